@@ -1,0 +1,1 @@
+//! origin (work in progress).

@@ -1,0 +1,1 @@
+//! packager (work in progress).

@@ -1,0 +1,1 @@
+//! rtmp (work in progress).
