@@ -1,1 +1,52 @@
-//! origin (work in progress).
+//! HLS origin: serves a packager's output directory to players (directly or behind the eBPF
+//! VIP) over HTTP/1.1 and h2, optionally with TLS.
+//!
+//! URL contract: `http://HOST:PORT/hls/<stream>/<file>` (e.g. `/hls/demo/index.m3u8`), plus
+//! `/healthz` and `/metrics`. Only GET, HEAD and OPTIONS are served.
+//!
+//! Live HLS rules it follows: playlists are re-read on every request and sent with
+//! `Cache-Control: no-cache` (never stale, never partial: the packager renames complete files
+//! into place and we read one open descriptor); segments are immutable, cached in memory
+//! (bounded in bytes, keyed by path and file version) and sent with a one-year `immutable`
+//! max-age. ETag/Last-Modified give cheap 304 revalidation of playlists.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one configuration struct, its defaults and validation.
+//! - [`server`]: accept loop, connection cap, TLS, HTTP/1.1+h2, timeouts, graceful drain.
+//! - [`activity`]: write-activity stamping behind the idle (slowloris) watchdog.
+//! - [`tls`]: rustls acceptor from PEM files, ALPN.
+//! - [`handler`]: HTTP semantics: methods, CORS, routing to files, 304/206/416.
+//! - [`route`]: sans-IO path routing and the first traversal defence.
+//! - [`files`]: opening below the root (canonical containment check) and file versions.
+//! - [`hls`]: content types and cache policy per HLS file type.
+//! - [`cache`]: byte-bounded LRU of segment bodies.
+//! - [`conditional`], [`range`]: sans-IO RFC 9110 preconditions and byte ranges.
+//! - [`body`]: response bodies (memory or file stream), byte-counted.
+//! - [`metrics`]: Prometheus metrics (`origin_*`).
+//! - [`signal`]: SIGTERM/SIGINT as a shutdown future for the binary.
+//!
+//! The binary (`src/main.rs`) only parses flags and calls [`run`]; tests call [`run`] with a
+//! listener bound to port 0.
+
+#![deny(missing_docs)]
+
+pub mod activity;
+pub mod body;
+pub mod cache;
+pub mod conditional;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod handler;
+pub mod hls;
+pub mod metrics;
+pub mod range;
+pub mod route;
+pub mod server;
+pub mod signal;
+pub mod tls;
+
+pub use config::{Config, TlsFiles};
+pub use error::{Error, Result};
+pub use server::run;

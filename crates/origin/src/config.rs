@@ -1,0 +1,119 @@
+//! Server configuration: one struct, every knob documented, checked once by [`Config::validate`].
+//!
+//! The CLI (`src/main.rs`) fills this from flags and environment variables; tests build it
+//! directly with short timeouts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Default bytes of segment data kept in memory. 256 MiB holds several minutes of a 1080p
+/// rendition, far more than a 6-segment live window per stream.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Default largest single file the cache accepts; bigger files are streamed from disk so one
+/// odd file cannot evict the whole live window.
+pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 16 * 1024 * 1024;
+/// Default cap on concurrent connections; the accept loop waits for a free slot beyond it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default time a client has to send a complete request head (HTTP/1.1) or TLS handshake.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a connection may go without the server writing a byte before it is closed.
+/// Longer than any sane player poll interval (a 2 s target duration polls every ~2 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time in-flight requests get to finish after SIGTERM/SIGINT.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default cap on the request head (request line + headers). hyper's floor is 8 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default cap on the number of request headers.
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// Default cap on the request target's length; HLS paths are short.
+pub const DEFAULT_MAX_URI_BYTES: usize = 2048;
+/// hyper refuses an HTTP/1 read buffer smaller than this.
+const HYPER_MIN_BUF_BYTES: usize = 8192;
+
+/// PEM files that turn TLS on.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Everything [`crate::run`] needs besides the listener and the shutdown signal.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory served under `/hls/`: `/hls/<stream>/<file>` maps to `root/<stream>/<file>`.
+    pub root: PathBuf,
+    /// Total bytes of segment bodies kept in memory (0 disables the cache).
+    pub cache_max_bytes: u64,
+    /// Largest file admitted to the cache.
+    pub cache_max_entry_bytes: u64,
+    /// Concurrent connections; further clients wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// Deadline for a complete request head and for the TLS handshake (anti-slowloris).
+    pub header_read_timeout: Duration,
+    /// A connection on which the server wrote nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Bound on the graceful drain at shutdown; connections still open then are dropped.
+    pub shutdown_grace: Duration,
+    /// Cap on the HTTP/1 request head and the h2 header list, in bytes.
+    pub max_header_bytes: usize,
+    /// Cap on the number of HTTP/1 request headers.
+    pub max_headers: usize,
+    /// Cap on the request target length; longer ones get 414.
+    pub max_uri_bytes: usize,
+    /// TLS certificate and key; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Config {
+    /// A configuration with every default and the given root.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            cache_max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            tls: None,
+        }
+    }
+
+    /// Checks the values and canonicalizes `root`, so that path containment checks compare
+    /// like with like (no symlinks, no `..`, absolute).
+    pub fn validate(mut self) -> Result<Self> {
+        let root = std::fs::canonicalize(&self.root)
+            .map_err(|source| Error::Root { path: self.root.clone(), source })?;
+        if !root.is_dir() {
+            return Err(Error::Config(format!("root {} is not a directory", root.display())));
+        }
+        self.root = root;
+        if self.max_connections == 0 {
+            return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        if self.max_header_bytes < HYPER_MIN_BUF_BYTES {
+            return Err(Error::Config(format!(
+                "max_header_bytes must be at least {HYPER_MIN_BUF_BYTES} (hyper's minimum)"
+            )));
+        }
+        for (name, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Config(format!("{name} must be greater than zero")));
+            }
+        }
+        if self.max_headers == 0 || self.max_uri_bytes == 0 {
+            return Err(Error::Config("max_headers and max_uri_bytes must be positive".into()));
+        }
+        Ok(self)
+    }
+}

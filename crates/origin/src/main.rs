@@ -1,0 +1,91 @@
+//! `origin` binary: parses flags (each with an environment variable) and runs the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use origin::config;
+
+/// HLS origin: serves `/hls/<stream>/<file>` from a packager's directory.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Directory holding one sub-directory per stream.
+    #[arg(long, env = "ORIGIN_ROOT")]
+    root: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "ORIGIN_LISTEN", default_value = "0.0.0.0:8081")]
+    listen: SocketAddr,
+    /// PEM certificate chain; with --tls-key, serves HTTPS (HTTP/1.1 and h2 by ALPN).
+    #[arg(long, env = "ORIGIN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "ORIGIN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Bytes of segment data cached in memory (0 disables the cache).
+    #[arg(long, env = "ORIGIN_CACHE_MAX_BYTES", default_value_t = config::DEFAULT_CACHE_MAX_BYTES)]
+    cache_max_bytes: u64,
+    /// Largest file admitted to the cache; bigger files are streamed from disk.
+    #[arg(long, env = "ORIGIN_CACHE_MAX_ENTRY_BYTES", default_value_t = config::DEFAULT_CACHE_MAX_ENTRY_BYTES)]
+    cache_max_entry_bytes: u64,
+    /// Maximum concurrent connections.
+    #[arg(long, env = "ORIGIN_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a client has to send a request head (and finish a TLS handshake).
+    #[arg(long, env = "ORIGIN_HEADER_READ_TIMEOUT_SECONDS", default_value_t = config::DEFAULT_HEADER_READ_TIMEOUT.as_secs_f64())]
+    header_read_timeout_seconds: f64,
+    /// Seconds without the server writing anything before a connection is closed.
+    #[arg(long, env = "ORIGIN_IDLE_TIMEOUT_SECONDS", default_value_t = config::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
+    idle_timeout_seconds: f64,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "ORIGIN_SHUTDOWN_GRACE_SECONDS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE.as_secs_f64())]
+    shutdown_grace_seconds: f64,
+    /// Maximum request head size in bytes (at least 8192).
+    #[arg(long, env = "ORIGIN_MAX_HEADER_BYTES", default_value_t = config::DEFAULT_MAX_HEADER_BYTES)]
+    max_header_bytes: usize,
+    /// Maximum number of request headers.
+    #[arg(long, env = "ORIGIN_MAX_HEADERS", default_value_t = config::DEFAULT_MAX_HEADERS)]
+    max_headers: usize,
+    /// Maximum request target length in bytes.
+    #[arg(long, env = "ORIGIN_MAX_URI_BYTES", default_value_t = config::DEFAULT_MAX_URI_BYTES)]
+    max_uri_bytes: usize,
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("--{name} must be a non-negative number of seconds"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = origin::Config {
+        root: cli.root,
+        cache_max_bytes: cli.cache_max_bytes,
+        cache_max_entry_bytes: cli.cache_max_entry_bytes,
+        max_connections: cli.max_connections,
+        header_read_timeout: seconds("header-read-timeout-seconds", cli.header_read_timeout_seconds)?,
+        idle_timeout: seconds("idle-timeout-seconds", cli.idle_timeout_seconds)?,
+        shutdown_grace: seconds("shutdown-grace-seconds", cli.shutdown_grace_seconds)?,
+        max_header_bytes: cli.max_header_bytes,
+        max_headers: cli.max_headers,
+        max_uri_bytes: cli.max_uri_bytes,
+        tls: match (cli.tls_cert, cli.tls_key) {
+            (Some(cert), Some(key)) => Some(origin::TlsFiles { cert, key }),
+            _ => None,
+        },
+    };
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    origin::run(listener, config, origin::signal::shutdown_signal())
+        .await
+        .context("origin server failed")
+}
