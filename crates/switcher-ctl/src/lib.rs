@@ -6,7 +6,24 @@
 //!   logic is tested against a fake without root.
 //! * [`loader`]: loads the eBPF object with aya, attaches (XDP native/generic, TC fallback,
 //!   TC egress via clsact/netlink), pins under the pin root, adopts pinned state, detaches.
+//! * [`config`]: the one configuration struct; flags, environment variables (the seed's
+//!   names), defaults, validation.
+//! * [`probe`]: one playlist probe over a fresh connection; pure playlist parsing (age, MSN).
+//! * [`decide`]: the failover state machine, pure (reports + time in, decision out).
+//! * [`control`]: the controller that owns the truth and applies decisions to the data plane.
+//! * [`metrics`]: the Prometheus registry and every metric.
+//! * [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/`, `POST /override`).
+//! * [`service`]: the run loop tying them together; `run(config, dataplane, listener, shutdown)`.
+//! * [`privileges`]: dropping every capability but CAP_BPF and CAP_NET_ADMIN after attaching.
 #![deny(missing_docs)]
 
+pub mod admin;
+pub mod config;
+pub mod control;
 pub mod dataplane;
+pub mod decide;
 pub mod loader;
+pub mod metrics;
+pub mod privileges;
+pub mod probe;
+pub mod service;

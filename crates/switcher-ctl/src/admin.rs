@@ -1,0 +1,197 @@
+//! The admin HTTP server (default 127.0.0.1:9180; loopback because `/override` has no
+//! authentication):
+//! * `GET /metrics`: Prometheus text format; the data plane's counters are read at scrape time.
+//! * `GET /healthz`: JSON [`Status`](crate::control::Status); 200, or 503 while both origins
+//!   are bad so an external checker alerts.
+//! * `GET /`: a small HTML status page.
+//! * `POST /override` with body `primary`, `backup` or `auto` (plain text, a JSON string, or
+//!   `{"mode": "..."}`): manual override, used by `switcher-ctl set`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::control::{Controller, Status};
+use crate::decide::{Mode, OriginId};
+
+/// The controller, shared by the run loop and the admin handlers. A std mutex, not a tokio
+/// one: it is never held across an `.await`, and every critical section is a few map
+/// syscalls or a render.
+pub type SharedController = Arc<Mutex<Controller>>;
+
+/// Largest `POST /override` body: one word or a tiny JSON object.
+const MAX_OVERRIDE_BODY: usize = 1024;
+/// Content type of the Prometheus text exposition format.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Pause after a failed accept (EMFILE and the like are transient; retrying at once spins).
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Parses an override body: `primary`, `backup`, `auto`, as plain text, a JSON string or
+/// `{"mode": ...}`.
+pub fn parse_override(body: &[u8]) -> Option<Mode> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    let word = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Object(map)) => map.get("mode")?.as_str()?.to_string(),
+        _ => text.to_string(),
+    };
+    match word.trim().to_ascii_lowercase().as_str() {
+        "primary" => Some(Mode::Manual(OriginId::Primary)),
+        "backup" => Some(Mode::Manual(OriginId::Backup)),
+        "auto" => Some(Mode::Auto),
+        _ => None,
+    }
+}
+
+/// Serves until `shutdown` completes; connections still open then are dropped.
+pub async fn serve(listener: TcpListener, controller: SharedController, shutdown: impl Future<Output = ()>) {
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let controller = controller.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(req, controller.clone()));
+                    if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                        tracing::debug!(error = %e, "admin connection");
+                    }
+                });
+            }
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_str(content_type).expect("static content type"));
+    r
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => response(status, "application/json", body),
+        Err(e) => response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+    }
+}
+
+fn lock(controller: &SharedController) -> std::sync::MutexGuard<'_, Controller> {
+    // A panic while holding the lock leaves a controller whose last write may be half done;
+    // the data plane itself is consistent (each write is one syscall), so keep serving.
+    controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn handle(req: Request<Incoming>, controller: SharedController) -> Result<Response<Full<Bytes>>, Infallible> {
+    let r = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut c = lock(&controller);
+            c.refresh_dataplane_metrics();
+            response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, c.metrics().render())
+        }
+        (&Method::GET, "/healthz") => {
+            let status = lock(&controller).status();
+            let code = if status.both_bad { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            json(code, &status)
+        }
+        (&Method::GET, "/") => response(StatusCode::OK, "text/html; charset=utf-8", status_page(&lock(&controller).status())),
+        (&Method::POST, "/override") => {
+            let body = match Limited::new(req.into_body(), MAX_OVERRIDE_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return Ok(response(StatusCode::BAD_REQUEST, "text/plain", e.to_string())),
+            };
+            match parse_override(&body) {
+                None => response(StatusCode::BAD_REQUEST, "text/plain", "body must be primary, backup or auto\n"),
+                Some(mode) => match lock(&controller).set_mode(mode, SystemTime::now()) {
+                    Ok(decision) => json(StatusCode::OK, &decision),
+                    Err(e) => response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+                },
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/" | "/override") => {
+            response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
+        }
+        _ => response(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    };
+    Ok(r)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A plain HTML rendering of the status (a later task makes it richer).
+pub fn status_page(s: &Status) -> String {
+    let opt = |v: Option<String>| v.map_or_else(|| "-".to_string(), |v| escape(&v));
+    let mut rows = String::new();
+    for (name, o) in [("primary", &s.origins.primary), ("backup", &s.origins.backup)] {
+        rows.push_str(&format!(
+            "<tr><td>{name}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            if s.active.label() == name { " (active)" } else { "" },
+            escape(&o.url),
+            if o.healthy { "healthy" } else { "unhealthy" },
+            opt(o.age_seconds.map(|a| format!("{a:.2}"))),
+            opt(o.msn.map(|m| m.to_string())),
+            opt(o.status.map(|c| c.to_string())),
+            opt(o.latency_ms.map(|l| format!("{l:.1}"))),
+            opt(o.last_error.clone()),
+        ));
+    }
+    let mut decisions = String::new();
+    for d in s.decisions.iter().rev() {
+        let at: chrono::DateTime<chrono::Utc> = d.at.into();
+        decisions.push_str(&format!(
+            "<li>{} {:?} {} ({} &rarr; {}): {}</li>\n",
+            at.format("%H:%M:%S%.3f"),
+            d.action,
+            d.reason.label(),
+            d.from,
+            d.to,
+            escape(&d.detail)
+        ));
+    }
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>switcher-ctl</title></head><body>\n\
+         <h1>switcher-ctl</h1>\n<p>Active origin: <b>{}</b>, mode: {}{}</p>\n\
+         <table border=\"1\"><tr><th>origin</th><th>url</th><th>state</th><th>age s</th><th>msn</th><th>status</th><th>latency ms</th><th>last error</th></tr>\n{rows}</table>\n\
+         <h2>Recent decisions</h2>\n<ul>\n{decisions}</ul>\n<p><a href=\"/metrics\">metrics</a> <a href=\"/healthz\">healthz</a></p>\n</body></html>\n",
+        s.active,
+        s.mode,
+        if s.both_bad { " &mdash; <b>BOTH ORIGINS BAD</b>" } else { "" },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_bodies() {
+        assert_eq!(parse_override(b"primary\n"), Some(Mode::Manual(OriginId::Primary)));
+        assert_eq!(parse_override(b"\"backup\""), Some(Mode::Manual(OriginId::Backup)));
+        assert_eq!(parse_override(br#"{"mode":"auto"}"#), Some(Mode::Auto));
+        assert_eq!(parse_override(b"sideways"), None);
+        assert_eq!(parse_override(&[0xff, 0xfe]), None);
+    }
+}

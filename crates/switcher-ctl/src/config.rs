@@ -1,0 +1,328 @@
+//! The control plane's configuration: one struct, every key a command-line flag with an
+//! environment variable (the seed switcher's variables keep their names and meaning), serde
+//! defaults so a partial config file or test literal fills in the rest, and [`Config::validate`]
+//! as the one place that rejects nonsense before anything is attached.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper::Uri;
+use serde::{Deserialize, Serialize};
+
+/// Default interface: the edge host's own loopback (DESIGN: "default interface `lo`").
+pub const DEFAULT_IFACE: &str = "lo";
+/// Default VIP: nothing listens there; the data plane steers it to an origin.
+pub const DEFAULT_VIP: &str = "127.0.0.1:8080";
+/// Default primary origin base URL (DESIGN contract: primary on 8081).
+pub const DEFAULT_PRIMARY: &str = "http://127.0.0.1:8081";
+/// Default backup origin base URL (DESIGN contract: backup on 8082).
+pub const DEFAULT_BACKUP: &str = "http://127.0.0.1:8082";
+/// Default stream name (`cargo xtask run` publishes `demo`).
+pub const DEFAULT_STREAM: &str = "demo";
+/// Default pin root of the eBPF objects.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/switcher";
+/// Default admin listen address (loopback only: the override endpoint has no authentication).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9180";
+/// Default probe interval. The seed polled every 5 s; a 2 s-segment live stream can afford
+/// a probe per 0.2 s (one small playlist per origin) and failover becomes sub-second.
+pub const DEFAULT_INTERVAL_SECONDS: f64 = 0.2;
+/// Default age threshold: three 2 s target durations. A healthy packager's newest segment
+/// ends at most ~one target duration ago (plus probe latency); 6 s is clearly stalled while
+/// still shorter than the 3 x 2 s of buffered segments a player holds.
+pub const DEFAULT_AGE_THRESHOLD_SECONDS: f64 = 6.0;
+/// Default hysteresis: two consecutive bad (or good) windows, so one lost probe never flips.
+pub const DEFAULT_REQUIRED_WINDOWS: u32 = 2;
+/// Default probe timeout: loopback origins answer in well under a millisecond; 0.5 s means a
+/// hung origin, not a slow one. Larger than the interval on purpose: the loop waits for both
+/// probes, so a hung origin slows the cadence to one probe per timeout rather than piling up.
+pub const DEFAULT_PROBE_TIMEOUT_SECONDS: f64 = 0.5;
+/// Default MSN tolerance (see [`Config::msn_tolerance`]).
+pub const DEFAULT_MSN_TOLERANCE: u64 = 1;
+/// Default cap on a playlist body: a 6-segment live playlist is well under 1 KiB; 1 MiB is
+/// room for long DVR windows while bounding what a broken origin can make us buffer.
+pub const DEFAULT_MAX_PLAYLIST_BYTES: usize = 1 << 20;
+/// Default number of recent decisions kept for `/healthz` and the status page.
+pub const DEFAULT_DECISION_HISTORY: usize = 20;
+
+/// How the loader attaches the ingress program (mapped onto the loader's own enum by `main`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachModeArg {
+    /// Native XDP where the driver has it, else generic XDP, else TC ingress.
+    #[default]
+    Auto,
+    /// Native (driver) XDP only.
+    Native,
+    /// Generic (skb) XDP only; the mode `lo` supports.
+    Generic,
+    /// TC ingress through clsact.
+    Tc,
+}
+
+/// Everything `switcher-ctl run` needs. Every field is a flag and an environment variable;
+/// durations are seconds as `f64` because the seed's variables are seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
+pub struct Config {
+    /// Interface the data plane attaches to.
+    #[arg(long, env = "SWITCHER_IFACE", default_value = DEFAULT_IFACE)]
+    pub iface: String,
+
+    /// Virtual service address:port viewers connect to (nothing listens there).
+    #[arg(long, env = "SWITCHER_VIP", default_value = DEFAULT_VIP)]
+    pub vip: SocketAddr,
+
+    /// Base URL of the primary origin (seed: `PRIMARY_BASE_URL`); the playlist path is
+    /// appended to it.
+    #[arg(long = "primary", env = "PRIMARY_BASE_URL", default_value = DEFAULT_PRIMARY)]
+    pub primary_base_url: String,
+
+    /// Base URL of the backup origin (seed: `BACKUP_BASE_URL`).
+    #[arg(long = "backup", env = "BACKUP_BASE_URL", default_value = DEFAULT_BACKUP)]
+    pub backup_base_url: String,
+
+    /// Stream name; the playlist path defaults to `/hls/<stream>/index.m3u8`.
+    #[arg(long, env = "SWITCHER_STREAM", default_value = DEFAULT_STREAM)]
+    pub stream: String,
+
+    /// Playlist path relative to each base URL (seed: `PLAYLIST_PATH`); overrides `--stream`.
+    #[arg(long, env = "PLAYLIST_PATH")]
+    pub playlist_path: Option<String>,
+
+    /// Seconds between probe rounds (seed: `CHECK_INTERVAL_SECONDS`, 5 there).
+    #[arg(long = "interval", env = "CHECK_INTERVAL_SECONDS", default_value_t = DEFAULT_INTERVAL_SECONDS)]
+    pub check_interval_seconds: f64,
+
+    /// An origin whose newest segment ended longer ago than this is stale
+    /// (seed: `SEGMENT_AGE_THRESHOLD_SECONDS`, 20 there).
+    #[arg(long = "age-threshold", env = "SEGMENT_AGE_THRESHOLD_SECONDS", default_value_t = DEFAULT_AGE_THRESHOLD_SECONDS)]
+    pub segment_age_threshold_seconds: f64,
+
+    /// Consecutive bad windows before leaving the active origin, and consecutive good windows
+    /// before an origin counts as healthy again (seed: `REQUIRED_WINDOWS`, 3 there).
+    /// A refused connection makes an origin bad at once.
+    #[arg(long, env = "REQUIRED_WINDOWS", default_value_t = DEFAULT_REQUIRED_WINDOWS)]
+    pub required_windows: u32,
+
+    /// Seconds a whole probe (connect, request, body, master-playlist hop) may take.
+    #[arg(long = "probe-timeout", env = "PROBE_TIMEOUT_SECONDS", default_value_t = DEFAULT_PROBE_TIMEOUT_SECONDS)]
+    pub probe_timeout_seconds: f64,
+
+    /// How many media sequence numbers an origin may be behind the other one before it counts
+    /// as bad. 1 by default: the two packagers publish the same segment independently, so a
+    /// probe round can land between one origin's playlist update and the other's; one segment
+    /// behind is that race, two is a real lag (the player would stall on it, RFC 8216 6.3.5).
+    #[arg(long, env = "MSN_TOLERANCE", default_value_t = DEFAULT_MSN_TOLERANCE)]
+    pub msn_tolerance: u64,
+
+    /// Largest playlist body accepted, in bytes; more is an error (`TooLarge`).
+    #[arg(long, env = "MAX_PLAYLIST_BYTES", default_value_t = DEFAULT_MAX_PLAYLIST_BYTES)]
+    pub max_playlist_bytes: usize,
+
+    /// When the backup is active and the primary is healthy again, switch back to it (true),
+    /// or stay on the backup until the backup itself fails (false).
+    #[arg(long, env = "PREFER_PRIMARY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prefer_primary: bool,
+
+    /// Directory of the pinned eBPF maps and links (bpffs).
+    #[arg(long, env = "SWITCHER_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
+    pub pin_root: PathBuf,
+
+    /// Admin HTTP listen address: /metrics, /healthz, /, POST /override.
+    #[arg(long, env = "SWITCHER_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+
+    /// How the ingress program is attached.
+    #[arg(long, env = "SWITCHER_ATTACH_MODE", value_enum, default_value_t = AttachModeArg::Auto)]
+    pub attach_mode: AttachModeArg,
+
+    /// Recent decisions kept for /healthz and the status page.
+    #[arg(long, env = "DECISION_HISTORY", default_value_t = DEFAULT_DECISION_HISTORY)]
+    pub decision_history: usize,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A duration is zero, negative or not a number.
+    #[error("{key} must be a positive number of seconds, got {value}")]
+    Duration {
+        /// The key.
+        key: &'static str,
+        /// What was given.
+        value: f64,
+    },
+    /// A count that must be at least one is zero.
+    #[error("{key} must be at least 1")]
+    Zero {
+        /// The key.
+        key: &'static str,
+    },
+    /// An origin URL is not an absolute `http://host[:port]` URL.
+    #[error("{key}: {url:?} is not an http:// URL with a host ({reason})")]
+    Url {
+        /// The key.
+        key: &'static str,
+        /// What was given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Primary and backup are the same URL, so failover could never help.
+    #[error("primary and backup base URLs are the same ({0})")]
+    SameOrigins(String),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            iface: DEFAULT_IFACE.into(),
+            vip: DEFAULT_VIP.parse().expect("DEFAULT_VIP is a socket address"),
+            primary_base_url: DEFAULT_PRIMARY.into(),
+            backup_base_url: DEFAULT_BACKUP.into(),
+            stream: DEFAULT_STREAM.into(),
+            playlist_path: None,
+            check_interval_seconds: DEFAULT_INTERVAL_SECONDS,
+            segment_age_threshold_seconds: DEFAULT_AGE_THRESHOLD_SECONDS,
+            required_windows: DEFAULT_REQUIRED_WINDOWS,
+            probe_timeout_seconds: DEFAULT_PROBE_TIMEOUT_SECONDS,
+            msn_tolerance: DEFAULT_MSN_TOLERANCE,
+            max_playlist_bytes: DEFAULT_MAX_PLAYLIST_BYTES,
+            prefer_primary: true,
+            pin_root: DEFAULT_PIN_ROOT.into(),
+            admin: DEFAULT_ADMIN.parse().expect("DEFAULT_ADMIN is a socket address"),
+            attach_mode: AttachModeArg::Auto,
+            decision_history: DEFAULT_DECISION_HISTORY,
+        }
+    }
+}
+
+fn positive_seconds(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::Duration { key, value })
+    }
+}
+
+fn http_url(key: &'static str, url: &str) -> Result<Uri, ConfigError> {
+    let bad = |reason: &str| ConfigError::Url { key, url: url.to_string(), reason: reason.into() };
+    let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
+    // Only plain HTTP: origins sit next to the edge and the probe speaks HTTP/1.1 itself.
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("scheme must be http"));
+    }
+    if uri.host().is_none() {
+        return Err(bad("no host"));
+    }
+    Ok(uri)
+}
+
+impl Config {
+    /// Checks every key; returns the config unchanged when it can work.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        positive_seconds("CHECK_INTERVAL_SECONDS", self.check_interval_seconds)?;
+        positive_seconds("SEGMENT_AGE_THRESHOLD_SECONDS", self.segment_age_threshold_seconds)?;
+        positive_seconds("PROBE_TIMEOUT_SECONDS", self.probe_timeout_seconds)?;
+        if self.required_windows == 0 {
+            return Err(ConfigError::Zero { key: "REQUIRED_WINDOWS" });
+        }
+        if self.max_playlist_bytes == 0 {
+            return Err(ConfigError::Zero { key: "MAX_PLAYLIST_BYTES" });
+        }
+        let primary = self.primary_url();
+        let backup = self.backup_url();
+        http_url("PRIMARY_BASE_URL", &primary)?;
+        http_url("BACKUP_BASE_URL", &backup)?;
+        if primary == backup {
+            return Err(ConfigError::SameOrigins(primary));
+        }
+        Ok(self)
+    }
+
+    /// The playlist path: `PLAYLIST_PATH` when given, else `/hls/<stream>/index.m3u8`.
+    pub fn playlist_path(&self) -> String {
+        match &self.playlist_path {
+            Some(p) => p.clone(),
+            None => format!("/hls/{}/index.m3u8", self.stream),
+        }
+    }
+
+    /// Full playlist URL of the primary origin.
+    pub fn primary_url(&self) -> String {
+        join_url(&self.primary_base_url, &self.playlist_path())
+    }
+
+    /// Full playlist URL of the backup origin.
+    pub fn backup_url(&self) -> String {
+        join_url(&self.backup_base_url, &self.playlist_path())
+    }
+
+    /// Probe interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.check_interval_seconds)
+    }
+
+    /// Age threshold.
+    pub fn age_threshold(&self) -> Duration {
+        Duration::from_secs_f64(self.segment_age_threshold_seconds)
+    }
+
+    /// Probe timeout.
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.probe_timeout_seconds)
+    }
+}
+
+/// Joins a base URL and a path with exactly one `/` between them, so the seed's
+/// `PRIMARY_BASE_URL=http://origin/hls` + `PLAYLIST_PATH=index.m3u8` and our
+/// `http://127.0.0.1:8081` + `/hls/demo/index.m3u8` both work.
+pub fn join_url(base: &str, path: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_build_contract_urls() {
+        let c = Config::default().validate().expect("defaults are valid");
+        assert_eq!(c.primary_url(), "http://127.0.0.1:8081/hls/demo/index.m3u8");
+        assert_eq!(c.backup_url(), "http://127.0.0.1:8082/hls/demo/index.m3u8");
+    }
+
+    #[test]
+    fn seed_style_base_and_path_join() {
+        let c = Config {
+            primary_base_url: "http://origin-primary/hls/".into(),
+            backup_base_url: "http://origin-backup/hls".into(),
+            playlist_path: Some("index.m3u8".into()),
+            ..Config::default()
+        };
+        assert_eq!(c.primary_url(), "http://origin-primary/hls/index.m3u8");
+        assert_eq!(c.backup_url(), "http://origin-backup/hls/index.m3u8");
+    }
+
+    #[test]
+    fn validate_rejects_bad_values() {
+        let bad = [
+            Config { check_interval_seconds: 0.0, ..Config::default() },
+            Config { segment_age_threshold_seconds: f64::NAN, ..Config::default() },
+            Config { required_windows: 0, ..Config::default() },
+            Config { primary_base_url: "https://x".into(), ..Config::default() },
+            Config { backup_base_url: DEFAULT_PRIMARY.into(), ..Config::default() },
+        ];
+        for c in bad {
+            assert!(c.clone().validate().is_err(), "{c:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn serde_default_fills_missing_keys() {
+        let c: Config = serde_json::from_str(r#"{"required_windows": 3}"#).expect("parses");
+        assert_eq!(c.required_windows, 3);
+        assert_eq!(c.check_interval_seconds, DEFAULT_INTERVAL_SECONDS);
+    }
+}

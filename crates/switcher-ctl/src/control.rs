@@ -1,0 +1,268 @@
+//! The one object that owns the truth in user space (Katran's `KatranLb`): the decider, the
+//! data plane handle, the metrics and the recent decisions. Every map write goes through
+//! [`Controller::apply`]: on a flip, `set_active(new)` first, then `retire_flows(old)`, so no
+//! window exists in which a retired flow's next packet could be steered back to the old origin.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::dataplane::DataPlane;
+use crate::decide::{Action, Decider, Decision, Health, Mode, OriginId, Policy, Reason};
+use crate::metrics::{Metrics, slot_label};
+use crate::probe::ProbeReport;
+
+/// A data plane operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Reading the active origin at start failed.
+    #[error("reading the active origin from the data plane: {0:#}")]
+    ReadActive(anyhow::Error),
+    /// Writing the active origin failed; the flip did not happen.
+    #[error("setting the active origin to {origin}: {source:#}")]
+    SetActive {
+        /// The origin that should have become active.
+        origin: OriginId,
+        /// The data plane's error.
+        source: anyhow::Error,
+    },
+}
+
+/// Per-origin part of [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct OriginStatus {
+    /// Playlist URL probed.
+    pub url: String,
+    /// Healthy after hysteresis.
+    pub healthy: bool,
+    /// `healthy` / `unhealthy`.
+    pub state: Health,
+    /// Segment age at the latest good probe, seconds.
+    pub age_seconds: Option<f64>,
+    /// Newest media sequence number at the latest good probe.
+    pub msn: Option<u64>,
+    /// Why the latest window was bad, if it was.
+    pub last_error: Option<String>,
+    /// HTTP status of the latest probe, if a response came.
+    pub status: Option<u16>,
+    /// Latency of the latest probe, milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Consecutive bad windows.
+    pub consecutive_bad: u32,
+    /// Consecutive good windows.
+    pub consecutive_good: u32,
+}
+
+/// Origins part of [`Status`], keyed by name in JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct Origins {
+    /// The primary origin.
+    pub primary: OriginStatus,
+    /// The backup origin.
+    pub backup: OriginStatus,
+}
+
+/// Everything `/healthz` and the status page show.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Active origin.
+    pub active: OriginId,
+    /// `auto` or `manual`.
+    pub mode: &'static str,
+    /// The pinned origin in manual mode.
+    pub manual_origin: Option<OriginId>,
+    /// True while both origins are bad.
+    pub both_bad: bool,
+    /// Per origin.
+    pub origins: Origins,
+    /// Tracked flows per stats slot label, when the data plane could be read.
+    pub flows: Option<Vec<(String, u64)>>,
+    /// Recent decisions that were not plain "stay, active healthy", newest last.
+    pub decisions: Vec<Decision>,
+}
+
+/// The control object.
+pub struct Controller {
+    dataplane: Box<dyn DataPlane>,
+    decider: Decider,
+    metrics: Metrics,
+    urls: [String; 2],
+    /// Recent notable decisions; plain "active healthy" windows are left out so the history
+    /// shows the last flips and alarms rather than the last second of routine.
+    history: VecDeque<Decision>,
+    history_len: usize,
+    last: Option<(Action, Reason)>,
+}
+
+impl Controller {
+    /// Adopts the data plane's active origin (a restarted `run` keeps what the pins say; an
+    /// index that is neither primary nor backup is corrected to the primary).
+    pub fn new(
+        mut dataplane: Box<dyn DataPlane>,
+        policy: Policy,
+        metrics: Metrics,
+        urls: [String; 2],
+        history_len: usize,
+    ) -> Result<Self, ControlError> {
+        let index = dataplane.active().map_err(ControlError::ReadActive)?;
+        let active = match OriginId::from_index(index) {
+            Some(o) => o,
+            None => {
+                tracing::warn!(index, "data plane's active origin is not primary or backup; setting primary");
+                let origin = OriginId::Primary;
+                dataplane.set_active(origin.index()).map_err(|source| ControlError::SetActive { origin, source })?;
+                origin
+            }
+        };
+        metrics.set_active(active);
+        tracing::info!(%active, "adopted active origin from the data plane");
+        Ok(Controller {
+            dataplane,
+            decider: Decider::new(policy, active),
+            metrics,
+            urls,
+            history: VecDeque::with_capacity(history_len),
+            history_len,
+            last: None,
+        })
+    }
+
+    /// The metrics this controller updates.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The active origin.
+    pub fn active(&self) -> OriginId {
+        self.decider.active()
+    }
+
+    /// One probe window: record, decide, apply.
+    pub fn on_window(&mut self, primary: &ProbeReport, backup: &ProbeReport, now: SystemTime) -> Result<Decision, ControlError> {
+        self.metrics.observe_probe(OriginId::Primary, primary);
+        self.metrics.observe_probe(OriginId::Backup, backup);
+        let decision = self.decider.step(primary, backup, now);
+        for o in OriginId::ALL {
+            self.metrics.set_healthy(o, self.decider.track(o).health == Health::Healthy);
+        }
+        self.apply(decision)
+    }
+
+    /// An operator's override (`POST /override`).
+    pub fn set_mode(&mut self, mode: Mode, now: SystemTime) -> Result<Decision, ControlError> {
+        let decision = self.decider.set_mode(mode, now);
+        self.metrics.manual_mode.set(i64::from(matches!(mode, Mode::Manual(_))));
+        self.apply(decision)
+    }
+
+    /// The single place that writes the data plane.
+    fn apply(&mut self, decision: Decision) -> Result<Decision, ControlError> {
+        if decision.flips() {
+            let (old, new) = (decision.from, decision.to);
+            if let Err(source) = self.dataplane.set_active(new.index()) {
+                self.decider.revert_active(old);
+                tracing::error!(from = %old, to = %new, error = %format!("{source:#}"), "flip failed; staying");
+                return Err(ControlError::SetActive { origin: new, source });
+            }
+            self.metrics.set_active(new);
+            // After set_active: a retired flow's next packet is a new flow for the new origin.
+            match self.dataplane.retire_flows(old.index()) {
+                Ok(n) => self.metrics.retired_flows.with_label_values(&[old.label()]).inc_by(n),
+                // The flip itself happened; the old flows stay pinned until they end or the LRU
+                // evicts them. Worth an error line, not a rollback.
+                Err(e) => tracing::error!(origin = %old, error = %format!("{e:#}"), "retiring flows failed"),
+            }
+        }
+        self.metrics.observe_decision(&decision);
+        self.log(&decision);
+        if decision.reason != Reason::ActiveHealthy && decision.reason != Reason::Manual {
+            if self.history.len() == self.history_len {
+                self.history.pop_front();
+            }
+            if self.history_len > 0 {
+                self.history.push_back(decision.clone());
+            }
+        }
+        self.last = Some((decision.action, decision.reason));
+        Ok(decision)
+    }
+
+    /// One line per decision. Routine windows at debug so a 0.2 s interval does not flood
+    /// the log; a repeated alarm (both bad) at debug after its first warning.
+    fn log(&self, d: &Decision) {
+        let repeated = self.last == Some((d.action, d.reason));
+        let (action, reason) = (format!("{:?}", d.action), d.reason.label());
+        match d.action {
+            Action::Failover => {
+                tracing::warn!(action, reason, from = %d.from, to = %d.to, detail = %d.detail, "failover")
+            }
+            Action::Switchback => {
+                tracing::info!(action, reason, from = %d.from, to = %d.to, detail = %d.detail, "switchback")
+            }
+            Action::BothBad if !repeated => {
+                tracing::warn!(action, reason, active = %d.to, detail = %d.detail, "both origins bad; staying")
+            }
+            Action::Stay if d.reason == Reason::ActiveDegraded || d.reason == Reason::ManualOverride || d.reason == Reason::ManualAuto => {
+                tracing::info!(action, reason, active = %d.to, detail = %d.detail, "stay")
+            }
+            _ => tracing::debug!(action, reason, active = %d.to, detail = %d.detail, "stay"),
+        }
+    }
+
+    /// Reads the data plane's flow counts and counters into the metrics (at scrape time and
+    /// every window). A failed read is counted and logged, never fatal.
+    pub fn refresh_dataplane_metrics(&mut self) {
+        match self.dataplane.flow_counts() {
+            Ok(counts) => self.metrics.observe_flows(&counts),
+            Err(e) => {
+                self.metrics.dp_read_errors.inc();
+                tracing::debug!(error = %format!("{e:#}"), "reading flow counts failed");
+            }
+        }
+        match self.dataplane.counters() {
+            Ok(slots) => self.metrics.observe_counters(&slots),
+            Err(e) => {
+                self.metrics.dp_read_errors.inc();
+                tracing::debug!(error = %format!("{e:#}"), "reading counters failed");
+            }
+        }
+    }
+
+    /// The state for `/healthz` and the status page.
+    pub fn status(&self) -> Status {
+        let origin = |o: OriginId| {
+            let t = self.decider.track(o);
+            let report = t.last_report.as_ref();
+            let fresh = report.and_then(|r| r.outcome.as_ref().ok());
+            OriginStatus {
+                url: self.urls[o.index() as usize].clone(),
+                healthy: t.health == Health::Healthy,
+                state: t.health,
+                age_seconds: fresh.map(|f| f.age_seconds),
+                msn: fresh.map(|f| f.newest_msn),
+                last_error: t.last_bad.as_ref().map(ToString::to_string),
+                status: report.and_then(|r| r.status),
+                latency_ms: report.map(|r| r.latency.as_secs_f64() * 1e3),
+                consecutive_bad: t.consecutive_bad,
+                consecutive_good: t.consecutive_good,
+            }
+        };
+        let flows = self.dataplane.flow_counts().ok().map(|counts| {
+            counts.iter().enumerate().map(|(i, n)| (slot_label(i as u32), *n)).collect()
+        });
+        let (mode, manual_origin) = match self.decider.mode() {
+            Mode::Auto => ("auto", None),
+            Mode::Manual(o) => ("manual", Some(o)),
+        };
+        Status {
+            active: self.decider.active(),
+            mode,
+            manual_origin,
+            both_bad: self.last.is_some_and(|(a, _)| a == Action::BothBad),
+            origins: Origins { primary: origin(OriginId::Primary), backup: origin(OriginId::Backup) },
+            flows,
+            decisions: self.history.iter().cloned().collect(),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Prometheus metrics of the control plane, in one registry. The seed switcher's names are
+//! kept (`switcher_active_origin`, `segment_age_seconds`, `origin_http_5xx_total`,
+//! `failovers_total`, `switchbacks_total`); new ones follow Prometheus conventions.
+//! Each metric is documented where it is declared, and that text is also its HELP line.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use switcher_common::{Counters, STATS_UNSTEERED};
+
+use crate::decide::{Action, Decision, OriginId, Reason};
+use crate::probe::{ProbeError, ProbeReport};
+
+/// Label of the stats slot for traffic bound to no origin.
+pub const UNSTEERED_LABEL: &str = "unsteered";
+/// Buckets of `probe_duration_seconds`: loopback probes take well under a millisecond, a
+/// remote origin tens of ms, and the default timeout is 0.5 s.
+const PROBE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Label of stats slot `i`: the two contract origins by name, other origin slots by index,
+/// and the unsteered slot.
+pub fn slot_label(i: u32) -> String {
+    match OriginId::from_index(i) {
+        Some(o) => o.label().to_string(),
+        None if i == STATS_UNSTEERED => UNSTEERED_LABEL.to_string(),
+        None => format!("slot{i}"),
+    }
+}
+
+/// Every metric of switcher-ctl.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `switcher_active_origin`: 1 while the primary is active, 0 while the backup is (seed).
+    pub active_origin: IntGauge,
+    /// `switcher_manual_mode`: 1 while an operator override pins the active origin.
+    pub manual_mode: IntGauge,
+    /// `segment_age_seconds{origin}`: now minus the end of the newest segment (its
+    /// PROGRAM-DATE-TIME + duration) at the latest successful probe (seed).
+    pub segment_age: prometheus::GaugeVec,
+    /// `origin_http_5xx_total{origin}`: probes answered with a 5xx status (seed).
+    pub http_5xx: IntCounterVec,
+    /// `origin_probe_errors_total{origin,kind}`: failed probes by error kind.
+    pub probe_errors: IntCounterVec,
+    /// `failovers_total`: flips to the backup (seed).
+    pub failovers: IntCounter,
+    /// `switchbacks_total`: flips back to the primary (seed).
+    pub switchbacks: IntCounter,
+    /// `probe_duration_seconds{origin}`: time of one probe, connect to full body or failure.
+    pub probe_duration: HistogramVec,
+    /// `origin_healthy{origin}`: 1 when the origin is healthy after hysteresis, else 0.
+    pub origin_healthy: IntGaugeVec,
+    /// `origin_newest_msn{origin}`: newest media sequence number at the latest good parse.
+    pub origin_newest_msn: IntGaugeVec,
+    /// `switcher_decisions_total{reason}`: decisions taken, one per probe window or override.
+    pub decisions: IntCounterVec,
+    /// `switcher_both_bad`: 1 while both origins are bad (alert on it).
+    pub both_bad: IntGauge,
+    /// `switcher_retired_flows_total{origin}`: conntrack entries removed when leaving an origin.
+    pub retired_flows: IntCounterVec,
+    /// `dataplane_flows{origin}`: flows tracked in the conntrack map, per origin.
+    pub dataplane_flows: IntGaugeVec,
+    /// `dataplane_packets_total{origin}`: request packets steered to the origin (summed CPUs).
+    pub dp_packets: IntCounterVec,
+    /// `dataplane_bytes_total{origin}`: bytes of those packets.
+    pub dp_bytes: IntCounterVec,
+    /// `dataplane_new_flows_total{origin}`: flows created for the origin.
+    pub dp_new_flows: IntCounterVec,
+    /// `dataplane_rewrites_total{origin}`: requests rewritten toward the origin.
+    pub dp_rewrites: IntCounterVec,
+    /// `dataplane_reply_rewrites_total{origin}`: replies rewritten back to the VIP.
+    pub dp_reply_rewrites: IntCounterVec,
+    /// `dataplane_passes_total{origin}`: packets passed unchanged.
+    pub dp_passes: IntCounterVec,
+    /// `dataplane_drops_total{origin}`: packets dropped (a TC helper failed).
+    pub dp_drops: IntCounterVec,
+    /// `dataplane_resteered_total{origin}`: packets of unknown mid-stream flows adopted.
+    pub dp_resteered: IntCounterVec,
+    /// `dataplane_malformed_total`: truncated packets passed unchanged (all slots).
+    pub dp_malformed: IntCounter,
+    /// `dataplane_fragments_total`: IP fragments passed unchanged (all slots).
+    pub dp_fragments: IntCounter,
+    /// `dataplane_ip_options_total`: packets with IP options/extension headers passed (all slots).
+    pub dp_ip_options: IntCounter,
+    /// `dataplane_read_errors_total`: failed reads of the data plane's maps.
+    pub dp_read_errors: IntCounter,
+}
+
+/// The registry refused a metric: a name registered twice (a bug, not a runtime condition).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registry: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// Sets a counter that mirrors an external, monotonic count. A smaller value means the
+/// source restarted (the data plane was reloaded): start over from it.
+fn mirror(counter: &IntCounter, value: u64) {
+    let current = counter.get();
+    if value >= current {
+        counter.inc_by(value - current);
+    } else {
+        counter.reset();
+        counter.inc_by(value);
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric, with the origin label values pre-created so a
+    /// dashboard sees zeros rather than absent series before the first event.
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let origin = &["origin"];
+        let counter_vec = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), origin);
+        let gauge_vec = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), origin);
+        let m = Metrics {
+            active_origin: IntGauge::new("switcher_active_origin", "Active origin: 1 primary, 0 backup.")?,
+            manual_mode: IntGauge::new("switcher_manual_mode", "1 while an operator override pins the active origin.")?,
+            segment_age: prometheus::GaugeVec::new(
+                Opts::new("segment_age_seconds", "Now minus the end of the newest segment, at the latest good probe."),
+                origin,
+            )?,
+            http_5xx: counter_vec("origin_http_5xx_total", "Probes answered with an HTTP 5xx status.")?,
+            probe_errors: IntCounterVec::new(
+                Opts::new("origin_probe_errors_total", "Failed probes by error kind."),
+                &["origin", "kind"],
+            )?,
+            failovers: IntCounter::new("failovers_total", "Flips to the backup origin.")?,
+            switchbacks: IntCounter::new("switchbacks_total", "Flips back to the primary origin.")?,
+            probe_duration: HistogramVec::new(
+                HistogramOpts::new("probe_duration_seconds", "Duration of one playlist probe.").buckets(PROBE_BUCKETS.to_vec()),
+                origin,
+            )?,
+            origin_healthy: gauge_vec("origin_healthy", "1 when the origin is healthy after hysteresis.")?,
+            origin_newest_msn: gauge_vec("origin_newest_msn", "Newest media sequence number at the latest good probe.")?,
+            decisions: IntCounterVec::new(Opts::new("switcher_decisions_total", "Decisions taken, by reason."), &["reason"])?,
+            both_bad: IntGauge::new("switcher_both_bad", "1 while both origins are bad.")?,
+            retired_flows: counter_vec("switcher_retired_flows_total", "Conntrack entries removed when leaving an origin.")?,
+            dataplane_flows: gauge_vec("dataplane_flows", "Flows tracked in the conntrack map.")?,
+            dp_packets: counter_vec("dataplane_packets_total", "Request packets steered to the origin.")?,
+            dp_bytes: counter_vec("dataplane_bytes_total", "Bytes of request packets steered to the origin.")?,
+            dp_new_flows: counter_vec("dataplane_new_flows_total", "Flows created for the origin.")?,
+            dp_rewrites: counter_vec("dataplane_rewrites_total", "Request packets rewritten toward the origin.")?,
+            dp_reply_rewrites: counter_vec("dataplane_reply_rewrites_total", "Reply packets rewritten back to the VIP.")?,
+            dp_passes: counter_vec("dataplane_passes_total", "Packets passed unchanged.")?,
+            dp_drops: counter_vec("dataplane_drops_total", "Packets dropped by the data plane.")?,
+            dp_resteered: counter_vec("dataplane_resteered_total", "Packets of unknown mid-stream flows adopted.")?,
+            dp_malformed: IntCounter::new("dataplane_malformed_total", "Truncated packets passed unchanged.")?,
+            dp_fragments: IntCounter::new("dataplane_fragments_total", "IP fragments passed unchanged.")?,
+            dp_ip_options: IntCounter::new("dataplane_ip_options_total", "Packets with IP options or IPv6 extension headers passed unchanged.")?,
+            dp_read_errors: IntCounter::new("dataplane_read_errors_total", "Failed reads of the data plane's maps.")?,
+            registry,
+        };
+        m.register_all()?;
+        for o in OriginId::ALL {
+            let l = o.label();
+            m.segment_age.with_label_values(&[l]);
+            m.http_5xx.with_label_values(&[l]);
+            m.probe_duration.with_label_values(&[l]);
+            m.origin_healthy.with_label_values(&[l]).set(1);
+            m.origin_newest_msn.with_label_values(&[l]);
+            m.retired_flows.with_label_values(&[l]);
+        }
+        for r in Reason::ALL {
+            m.decisions.with_label_values(&[r.label()]);
+        }
+        Ok(m)
+    }
+
+    fn register_all(&self) -> Result<(), MetricsError> {
+        let r = &self.registry;
+        r.register(Box::new(self.active_origin.clone()))?;
+        r.register(Box::new(self.manual_mode.clone()))?;
+        r.register(Box::new(self.segment_age.clone()))?;
+        r.register(Box::new(self.http_5xx.clone()))?;
+        r.register(Box::new(self.probe_errors.clone()))?;
+        r.register(Box::new(self.failovers.clone()))?;
+        r.register(Box::new(self.switchbacks.clone()))?;
+        r.register(Box::new(self.probe_duration.clone()))?;
+        r.register(Box::new(self.origin_healthy.clone()))?;
+        r.register(Box::new(self.origin_newest_msn.clone()))?;
+        r.register(Box::new(self.decisions.clone()))?;
+        r.register(Box::new(self.both_bad.clone()))?;
+        r.register(Box::new(self.retired_flows.clone()))?;
+        r.register(Box::new(self.dataplane_flows.clone()))?;
+        for c in [
+            &self.dp_packets,
+            &self.dp_bytes,
+            &self.dp_new_flows,
+            &self.dp_rewrites,
+            &self.dp_reply_rewrites,
+            &self.dp_passes,
+            &self.dp_drops,
+            &self.dp_resteered,
+        ] {
+            r.register(Box::new(c.clone()))?;
+        }
+        r.register(Box::new(self.dp_malformed.clone()))?;
+        r.register(Box::new(self.dp_fragments.clone()))?;
+        r.register(Box::new(self.dp_ip_options.clone()))?;
+        r.register(Box::new(self.dp_read_errors.clone()))?;
+        Ok(())
+    }
+
+    /// Records one probe of `origin`.
+    pub fn observe_probe(&self, origin: OriginId, report: &ProbeReport) {
+        let l = origin.label();
+        self.probe_duration.with_label_values(&[l]).observe(report.latency.as_secs_f64());
+        match &report.outcome {
+            Ok(f) => {
+                self.segment_age.with_label_values(&[l]).set(f.age_seconds);
+                self.origin_newest_msn.with_label_values(&[l]).set(i64::try_from(f.newest_msn).unwrap_or(i64::MAX));
+            }
+            Err(e) => {
+                if matches!(e, ProbeError::Http5xx(_)) {
+                    self.http_5xx.with_label_values(&[l]).inc();
+                }
+                self.probe_errors.with_label_values(&[l, e.kind()]).inc();
+            }
+        }
+    }
+
+    /// Records a decision that was applied; `active` and `healthy` are the state after it.
+    pub fn observe_decision(&self, d: &Decision) {
+        self.decisions.with_label_values(&[d.reason.label()]).inc();
+        match d.action {
+            Action::Failover => self.failovers.inc(),
+            Action::Switchback => self.switchbacks.inc(),
+            Action::Stay | Action::BothBad => {}
+        }
+        self.both_bad.set(i64::from(d.action == Action::BothBad));
+    }
+
+    /// Records the active origin.
+    pub fn set_active(&self, active: OriginId) {
+        self.active_origin.set(i64::from(active == OriginId::Primary));
+    }
+
+    /// Records an origin's health.
+    pub fn set_healthy(&self, origin: OriginId, healthy: bool) {
+        self.origin_healthy.with_label_values(&[origin.label()]).set(i64::from(healthy));
+    }
+
+    /// Mirrors the data plane's conntrack counts (index = origin slot).
+    pub fn observe_flows(&self, counts: &[u64]) {
+        for (i, n) in counts.iter().enumerate() {
+            let label = slot_label(i as u32);
+            self.dataplane_flows.with_label_values(&[&label]).set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Mirrors the data plane's per-slot counters (already summed over CPUs).
+    pub fn observe_counters(&self, slots: &[Counters]) {
+        let mut total = Counters::default();
+        for (i, c) in slots.iter().enumerate() {
+            let label = slot_label(i as u32);
+            let l = [label.as_str()];
+            mirror(&self.dp_packets.with_label_values(&l), c.packets);
+            mirror(&self.dp_bytes.with_label_values(&l), c.bytes);
+            mirror(&self.dp_new_flows.with_label_values(&l), c.new_flows);
+            mirror(&self.dp_rewrites.with_label_values(&l), c.rewrites);
+            mirror(&self.dp_reply_rewrites.with_label_values(&l), c.reply_rewrites);
+            mirror(&self.dp_passes.with_label_values(&l), c.passes);
+            mirror(&self.dp_drops.with_label_values(&l), c.drops);
+            mirror(&self.dp_resteered.with_label_values(&l), c.resteered);
+            total.add(c);
+        }
+        mirror(&self.dp_malformed, total.malformed);
+        mirror(&self.dp_fragments, total.fragments);
+        mirror(&self.dp_ip_options, total.ip_options);
+    }
+
+    /// The text exposition format (`/metrics`).
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on a metric family without metrics, which the
+        // registry never yields; an empty body is the honest answer if it ever did.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
