@@ -74,7 +74,20 @@ pub struct VipConfig {
     pub port_be: u16,
     /// `VIP_HAS_V4 | VIP_HAS_V6 | VIP_ENABLED`.
     pub flags: u16,
+    /// Interface index the programs are attached to, host order. Not read by the data plane:
+    /// kept here so `status` and `detach` know where the programs are without other state.
+    pub ifindex: u32,
+    /// How the request path is attached, one of the `ATTACH_*` values, host order. Not read
+    /// by the data plane.
+    pub attach_mode: u32,
 }
+
+/// [`VipConfig::attach_mode`]: XDP in the driver (native).
+pub const ATTACH_XDP_NATIVE: u32 = 1;
+/// [`VipConfig::attach_mode`]: XDP in the generic (skb) path, e.g. on `lo`.
+pub const ATTACH_XDP_GENERIC: u32 = 2;
+/// [`VipConfig::attach_mode`]: TC ingress classifier (no XDP).
+pub const ATTACH_TC: u32 = 3;
 
 /// [`VipConfig::flags`]: `addr_v4` is set.
 pub const VIP_HAS_V4: u16 = 1;
@@ -163,7 +176,7 @@ pub struct Counters {
 }
 
 // Sizes pinned: a change here is a change of the kernel/user contract.
-const _: () = assert!(core::mem::size_of::<VipConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<VipConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Origin>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);

@@ -1,18 +1,532 @@
-//! Loading, attaching and pinning the eBPF programs (work in progress).
+//! Loading, attaching and pinning the eBPF data plane, and adopting or removing what an earlier
+//! `switcher-ctl run` left pinned.
 //!
-//! Planned API (owned by the data-plane work; other modules code against these names):
-//! ```ignore
-//! pub enum AttachMode { Auto, Native, Generic, Tc }
-//! pub struct AttachConfig { pub iface: String, pub vip: std::net::SocketAddr,
-//!     pub vip_v6: Option<std::net::Ipv6Addr>, pub origins: Vec<std::net::SocketAddr>,
-//!     pub pin_root: std::path::PathBuf, pub mode: AttachMode }
-//! pub struct Pinned { .. }            // implements crate::dataplane::DataPlane
-//! impl Pinned {
-//!     pub fn attach(cfg: &AttachConfig) -> anyhow::Result<Pinned>;   // load or adopt pins
-//!     pub fn open(pin_root: &Path) -> anyhow::Result<Pinned>;        // pinned maps only
-//!     pub fn vip(&self) -> anyhow::Result<switcher_common::VipConfig>;
-//!     pub fn origins(&self) -> anyhow::Result<Vec<switcher_common::Origin>>;
-//!     pub fn attach_info(&self) -> String;                            // mode, iface
-//! }
-//! pub fn detach(pin_root: &Path) -> anyhow::Result<()>;
-//! ```
+//! # Pin layout (under the pin root, default `/sys/fs/bpf/switcher`)
+//! * `maps/SWITCHER_CONFIG`, `maps/SWITCHER_ORIGINS`, `maps/SWITCHER_ACTIVE`,
+//!   `maps/SWITCHER_FLOWS`, `maps/SWITCHER_STATS`: every map (see `switcher_common`).
+//! * `progs/switcher_xdp`, `progs/switcher_tc_ingress`, `progs/switcher_tc_egress`.
+//! * `links/xdp`: the XDP bpf_link (when XDP is used); it keeps the program attached after
+//!   the process exits, so a control-plane restart or crash leaves traffic flowing.
+//! TC programs are attached through a clsact qdisc with netlink filters (not tcx links), so
+//! `tc filter show` and `bpftool net show` list them; those filters live in the qdisc, not
+//! in a link, and are removed by [`detach`] by program name. Where they are attached (ifindex,
+//! mode) is kept in `SWITCHER_CONFIG` itself, so no state lives outside bpffs.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    include_bytes_aligned,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, TcAttachOptions, TcAttachType},
+        SchedClassifier, Xdp, XdpMode,
+    },
+    Ebpf,
+};
+use switcher_common::{
+    map_names, prog_names, Counters, FlowKey, FlowValue, Origin, VipConfig, ATTACH_TC,
+    ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, MAX_ORIGINS, ORIGIN_CONFIGURED, STATS_SLOTS,
+    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+};
+
+use crate::dataplane::{DataPlane, OriginIndex};
+
+/// The compiled data plane, built by `build.rs` from `crates/switcher-ebpf`.
+pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switcher"));
+
+/// Default pin root of the contract.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/switcher";
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// TC filter priority of our classifiers (low number = runs first). Fixed so a restarted
+/// control plane and `tc filter show` find them at a known place.
+const TC_PRIORITY: u16 = 1;
+
+/// How to attach the request path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// Native XDP if the driver has it, else generic XDP, else TC ingress. On `lo`, generic.
+    #[default]
+    Auto,
+    /// Native (driver) XDP only.
+    Native,
+    /// Generic (skb) XDP only.
+    Generic,
+    /// TC ingress classifier only.
+    Tc,
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => Self::Auto,
+            "native" => Self::Native,
+            "generic" => Self::Generic,
+            "tc" => Self::Tc,
+            other => bail!("unknown attach mode {other:?} (auto|native|generic|tc)"),
+        })
+    }
+}
+
+/// What to attach and where.
+#[derive(Clone, Debug)]
+pub struct AttachConfig {
+    /// Interface whose ingress carries viewers' requests and whose egress carries replies.
+    pub iface: String,
+    /// The VIP (address and port viewers connect to).
+    pub vip: SocketAddr,
+    /// An IPv6 VIP address served on the same port as `vip`, when `vip` is IPv4 (dual stack).
+    pub vip_v6: Option<Ipv6Addr>,
+    /// Origins by index (0 primary, 1 backup). An origin whose address equals the VIP's (or is
+    /// unspecified) only gets its port rewritten.
+    pub origins: Vec<SocketAddr>,
+    /// Pin root on a bpffs.
+    pub pin_root: PathBuf,
+    /// Attach mode of the request path.
+    pub mode: AttachMode,
+}
+
+/// The data plane's maps, opened from their pins. Implements [`DataPlane`].
+pub struct Pinned {
+    root: PathBuf,
+    config: Array<MapData, VipConfig>,
+    origins: Array<MapData, Origin>,
+    active: Array<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    stats: PerCpuArray<MapData, Counters>,
+}
+
+fn maps_dir(root: &Path) -> PathBuf {
+    root.join("maps")
+}
+fn progs_dir(root: &Path) -> PathBuf {
+    root.join("progs")
+}
+fn xdp_link_path(root: &Path) -> PathBuf {
+    root.join("links/xdp")
+}
+
+/// Whether `path` is on a bpffs.
+fn is_bpffs(path: &Path) -> bool {
+    nix_statfs_magic(path).map(|m| m == BPF_FS_MAGIC).unwrap_or(false)
+}
+
+fn nix_statfs_magic(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a properly sized out-buffer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
+    (rc == 0).then_some(buf.f_type as i64)
+}
+
+/// Makes sure the pin root exists on a bpffs: if its parent is not a bpffs, mounts one there
+/// (the default parent, /sys/fs/bpf, is not mounted on every system).
+pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
+    let parent = pin_root
+        .parent()
+        .ok_or_else(|| anyhow!("pin root {} has no parent", pin_root.display()))?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    if !is_bpffs(parent) {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(parent)
+            .status()
+            .context("running mount -t bpf")?;
+        if !status.success() || !is_bpffs(parent) {
+            bail!("{} is not a bpffs and mounting one there failed", parent.display());
+        }
+        tracing::info!(path = %parent.display(), "mounted bpffs");
+    }
+    for dir in [maps_dir(pin_root), progs_dir(pin_root), pin_root.join("links")] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface)?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface named {iface:?}");
+    }
+    Ok(idx)
+}
+
+fn ifname(index: u32) -> Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buffer of IF_NAMESIZE bytes as the function requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        bail!("no interface with index {index}");
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+fn open_map(root: &Path, name: &str) -> Result<Map> {
+    let path = maps_dir(root).join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("map {name}"))
+}
+
+/// Builds the VIP map value for `cfg`.
+fn vip_config(cfg: &AttachConfig, ifindex: u32, attach_mode: u32) -> VipConfig {
+    let mut v = VipConfig {
+        addr_v4: [0; 4],
+        addr_v6: [0; 16],
+        port_be: cfg.vip.port().to_be(),
+        flags: VIP_ENABLED,
+        ifindex,
+        attach_mode,
+    };
+    match cfg.vip.ip() {
+        IpAddr::V4(a) => {
+            v.addr_v4 = a.octets();
+            v.flags |= VIP_HAS_V4;
+        }
+        IpAddr::V6(a) => {
+            v.addr_v6 = a.octets();
+            v.flags |= VIP_HAS_V6;
+        }
+    }
+    if let Some(a) = cfg.vip_v6 {
+        v.addr_v6 = a.octets();
+        v.flags |= VIP_HAS_V6;
+    }
+    v
+}
+
+/// The origin map value for `addr`: the address is left zero ("the VIP's own") when it equals
+/// the VIP's or is unspecified, so only the port is rewritten.
+pub fn origin_value(addr: SocketAddr, vip: &VipConfig) -> Origin {
+    let mut o = Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: addr.port().to_be(), flags: ORIGIN_CONFIGURED };
+    match addr.ip() {
+        IpAddr::V4(a) if !a.is_unspecified() && a.octets() != vip.addr_v4 => o.addr_v4 = a.octets(),
+        IpAddr::V6(a) if !a.is_unspecified() && a.octets() != vip.addr_v6 => o.addr_v6 = a.octets(),
+        _ => {}
+    }
+    o
+}
+
+impl Pinned {
+    /// Loads and attaches the programs per `cfg` and pins everything, or, when an earlier run
+    /// left them pinned and attached, adopts them (open flows keep working). Either way the VIP
+    /// and origins maps are (re)written from `cfg`; the active origin is kept when adopting.
+    pub fn attach(cfg: &AttachConfig) -> Result<Pinned> {
+        if cfg.origins.is_empty() || cfg.origins.len() > MAX_ORIGINS as usize {
+            bail!("need 1..={MAX_ORIGINS} origins, got {}", cfg.origins.len());
+        }
+        ensure_bpffs(&cfg.pin_root)?;
+        let idx = ifindex(&cfg.iface)?;
+        let adopted = match Pinned::open(&cfg.pin_root) {
+            Ok(p) => {
+                let old = p.vip()?;
+                if old.ifindex == idx && p.is_attached(&old) {
+                    tracing::info!(pin_root = %cfg.pin_root.display(), iface = %cfg.iface, "adopting pinned data plane");
+                    Some((p, old.attach_mode))
+                } else {
+                    tracing::info!("pinned state is stale or for another interface; reloading");
+                    drop(p);
+                    detach(&cfg.pin_root)?;
+                    ensure_bpffs(&cfg.pin_root)?;
+                    None
+                }
+            }
+            Err(_) => None,
+        };
+        let (mut pinned, mode) = match adopted {
+            Some(x) => x,
+            None => {
+                let mode = load_and_attach(cfg, idx)?;
+                (Pinned::open(&cfg.pin_root)?, mode)
+            }
+        };
+        let vip = vip_config(cfg, idx, mode);
+        pinned.config.set(0, vip, 0).context("writing SWITCHER_CONFIG")?;
+        for i in 0..MAX_ORIGINS {
+            let value = match cfg.origins.get(i as usize) {
+                Some(a) => origin_value(*a, &vip),
+                None => Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: 0, flags: 0 },
+            };
+            pinned.origins.set(i, value, 0).context("writing SWITCHER_ORIGINS")?;
+        }
+        Ok(pinned)
+    }
+
+    /// Opens the pinned maps (for `status`, `set`, and adoption). Fails when nothing is pinned.
+    pub fn open(pin_root: &Path) -> Result<Pinned> {
+        if !maps_dir(pin_root).join(map_names::CONFIG).exists() {
+            bail!("nothing attached at {} (no pinned maps)", pin_root.display());
+        }
+        Ok(Pinned {
+            root: pin_root.to_path_buf(),
+            config: Array::try_from(open_map(pin_root, map_names::CONFIG)?)?,
+            origins: Array::try_from(open_map(pin_root, map_names::ORIGINS)?)?,
+            active: Array::try_from(open_map(pin_root, map_names::ACTIVE)?)?,
+            flows: HashMap::try_from(open_map(pin_root, map_names::FLOWS)?)?,
+            stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
+        })
+    }
+
+    /// The VIP map value (address, port, where attached).
+    pub fn vip(&self) -> Result<VipConfig> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    /// Every origin slot, configured or not (`flags == 0` when not).
+    pub fn origins(&self) -> Result<Vec<Origin>> {
+        (0..MAX_ORIGINS).map(|i| Ok(self.origins.get(&i, 0)?)).collect()
+    }
+
+    /// One line saying how and where the programs are attached.
+    pub fn attach_info(&self) -> String {
+        match self.vip() {
+            Ok(v) => format!(
+                "{} on {} (ifindex {}), pins under {}",
+                attach_mode_name(v.attach_mode),
+                ifname(v.ifindex).unwrap_or_else(|_| "?".into()),
+                v.ifindex,
+                self.root.display()
+            ),
+            Err(e) => format!("unreadable config: {e}"),
+        }
+    }
+
+    /// Whether the programs described by `vip` are still attached (the pinned XDP link exists,
+    /// or our TC ingress filter is on the interface).
+    fn is_attached(&self, vip: &VipConfig) -> bool {
+        match vip.attach_mode {
+            ATTACH_XDP_NATIVE | ATTACH_XDP_GENERIC => xdp_link_path(&self.root).exists(),
+            ATTACH_TC => ifname(vip.ifindex)
+                .map(|n| tc_filter_present(&n, "ingress", prog_names::TC_INGRESS))
+                .unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    /// Pin root these maps came from.
+    pub fn pin_root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Human name of a `VipConfig::attach_mode` value.
+pub fn attach_mode_name(mode: u32) -> &'static str {
+    match mode {
+        ATTACH_XDP_NATIVE => "xdp (native)",
+        ATTACH_XDP_GENERIC => "xdp (generic)",
+        ATTACH_TC => "tc ingress",
+        _ => "unknown",
+    }
+}
+
+/// Whether `tc filter show dev IFACE DIR` lists a filter named `name`.
+fn tc_filter_present(iface: &str, dir: &str, name: &str) -> bool {
+    std::process::Command::new("tc")
+        .args(["filter", "show", "dev", iface, dir])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(name))
+        .unwrap_or(false)
+}
+
+/// Loads the object, pins maps and programs, attaches the request path (per `cfg.mode`) and
+/// TC egress. Returns the `ATTACH_*` mode used.
+fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
+    let root = &cfg.pin_root;
+    let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the eBPF object")?;
+    for name in [map_names::CONFIG, map_names::ORIGINS, map_names::ACTIVE, map_names::FLOWS, map_names::STATS] {
+        let map = ebpf.map(name).ok_or_else(|| anyhow!("object has no map {name}"))?;
+        map.pin(maps_dir(root).join(name)).with_context(|| format!("pinning map {name}"))?;
+    }
+    // Steering is off until user space has written the VIP and origins (VIP_ENABLED unset in the
+    // zeroed map), so nothing is rewritten toward an unconfigured slot in between.
+    tc::qdisc_add_clsact(&cfg.iface)
+        .or_else(|e| if matches!(e, tc::TcError::NetlinkError(_)) { Ok(()) } else { Err(e) })
+        .context("adding clsact qdisc")?;
+
+    // Egress first: replies must be rewritten before any request is steered.
+    attach_tc(&mut ebpf, root, &cfg.iface, prog_names::TC_EGRESS, TcAttachType::Egress)?;
+
+    let lo = cfg.iface == "lo";
+    let attempts: &[u32] = match cfg.mode {
+        AttachMode::Auto if lo => &[ATTACH_XDP_GENERIC, ATTACH_TC],
+        AttachMode::Auto => &[ATTACH_XDP_NATIVE, ATTACH_XDP_GENERIC, ATTACH_TC],
+        AttachMode::Native => &[ATTACH_XDP_NATIVE],
+        AttachMode::Generic => &[ATTACH_XDP_GENERIC],
+        AttachMode::Tc => &[ATTACH_TC],
+    };
+    let mut last_err = None;
+    for &mode in attempts {
+        let result = match mode {
+            ATTACH_TC => attach_tc(&mut ebpf, root, &cfg.iface, prog_names::TC_INGRESS, TcAttachType::Ingress),
+            _ => attach_xdp(&mut ebpf, root, &cfg.iface, mode),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(iface = %cfg.iface, ifindex, mode = attach_mode_name(mode), "attached request path");
+                return Ok(mode);
+            }
+            Err(e) => {
+                tracing::warn!(mode = attach_mode_name(mode), error = %format!("{e:#}"), "attach failed, trying next mode");
+                last_err = Some(e);
+            }
+        }
+    }
+    // Leave nothing half-attached.
+    let _ = tc::qdisc_detach_program(&cfg.iface, TcAttachType::Egress, prog_names::TC_EGRESS);
+    let _ = remove_pins(root);
+    Err(last_err.unwrap_or_else(|| anyhow!("no attach mode to try")))
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, root: &Path, iface: &str, mode: u32) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(prog_names::XDP_INGRESS)
+        .ok_or_else(|| anyhow!("object has no program {}", prog_names::XDP_INGRESS))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load().context("loading XDP program (verifier)")?;
+        prog.pin(progs_dir(root).join(prog_names::XDP_INGRESS)).context("pinning XDP program")?;
+    }
+    let xdp_mode = if mode == ATTACH_XDP_NATIVE { XdpMode::Driver } else { XdpMode::Skb };
+    let id = prog.attach(iface, xdp_mode).with_context(|| format!("attaching XDP ({xdp_mode:?}) to {iface}"))?;
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .map_err(|e| anyhow!("XDP attached without a bpf_link (kernel too old?): {e:?}"))?;
+    link.pin(xdp_link_path(root)).context("pinning XDP link")?;
+    Ok(())
+}
+
+fn attach_tc(ebpf: &mut Ebpf, root: &Path, iface: &str, name: &str, dir: TcAttachType) -> Result<()> {
+    let prog: &mut SchedClassifier =
+        ebpf.program_mut(name).ok_or_else(|| anyhow!("object has no program {name}"))?.try_into()?;
+    if prog.fd().is_err() {
+        prog.load().with_context(|| format!("loading {name} (verifier)"))?;
+        prog.pin(progs_dir(root).join(name)).with_context(|| format!("pinning {name}"))?;
+    }
+    // Replace an older filter of ours, if a crashed run left one.
+    let _ = tc::qdisc_detach_program(iface, dir, name);
+    let id = prog
+        .attach_with_options(iface, dir, TcAttachOptions::Netlink(NlOptions { priority: TC_PRIORITY, ..Default::default() }))
+        .with_context(|| format!("attaching {name} to {iface} {dir:?}"))?;
+    // The netlink filter outlives this process by design: forget the link so dropping the
+    // program does not remove it. `detach` removes it by name.
+    std::mem::forget(prog.take_link(id)?);
+    Ok(())
+}
+
+/// Detaches everything a run attached under `pin_root` and removes the pins. Idempotent:
+/// detaching when nothing is attached succeeds.
+pub fn detach(pin_root: &Path) -> Result<()> {
+    if let Ok(p) = Pinned::open(pin_root) {
+        if let Ok(vip) = p.vip() {
+            if let Ok(name) = ifname(vip.ifindex) {
+                for (dir, prog) in [
+                    (TcAttachType::Ingress, prog_names::TC_INGRESS),
+                    (TcAttachType::Egress, prog_names::TC_EGRESS),
+                ] {
+                    match tc::qdisc_detach_program(&name, dir, prog) {
+                        Ok(()) => tracing::info!(iface = %name, prog, "detached TC filter"),
+                        Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => tracing::warn!(iface = %name, prog, error = %e, "detaching TC filter"),
+                    }
+                }
+            }
+        }
+    }
+    let link = xdp_link_path(pin_root);
+    if link.exists() {
+        // Unpinning drops the last reference to the link, which detaches the XDP program.
+        let pinned = PinnedLink::from_pin(&link).context("opening pinned XDP link")?;
+        drop(pinned.unpin().context("unpinning XDP link")?);
+        tracing::info!("detached XDP");
+    }
+    remove_pins(pin_root)
+}
+
+/// Removes every pin under `root` and the directories (pins are files on bpffs).
+fn remove_pins(root: &Path) -> Result<()> {
+    if !root.exists() {
+        return Ok(());
+    }
+    for sub in ["maps", "progs", "links"] {
+        let dir = root.join(sub);
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                fs::remove_file(e.path()).with_context(|| format!("unpinning {}", e.path().display()))?;
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+    }
+    fs::remove_dir(root).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        .with_context(|| format!("removing {}", root.display()))?;
+    Ok(())
+}
+
+impl DataPlane for Pinned {
+    fn active(&self) -> Result<OriginIndex> {
+        Ok(self.active.get(&0, 0)?)
+    }
+
+    fn set_active(&mut self, origin: OriginIndex) -> Result<()> {
+        if origin >= MAX_ORIGINS {
+            bail!("origin index {origin} out of range");
+        }
+        let o = self.origins.get(&origin, 0)?;
+        if o.flags & ORIGIN_CONFIGURED == 0 {
+            bail!("origin {origin} is not configured");
+        }
+        self.active.set(0, origin, 0).context("writing SWITCHER_ACTIVE")?;
+        Ok(())
+    }
+
+    fn retire_flows(&mut self, origin: OriginIndex) -> Result<u64> {
+        // Collect first: deleting while iterating a hash map restarts the kernel's walk.
+        let keys: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| v.origin == origin)
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for k in keys {
+            if self.flows.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn flow_counts(&self) -> Result<Vec<u64>> {
+        let mut counts = vec![0u64; MAX_ORIGINS as usize];
+        for (_, v) in self.flows.iter().filter_map(|r| r.ok()) {
+            if let Some(c) = counts.get_mut(v.origin as usize) {
+                *c += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    fn counters(&self) -> Result<Vec<Counters>> {
+        (0..STATS_SLOTS)
+            .map(|slot| {
+                let per_cpu = self.stats.get(&slot, 0)?;
+                let mut sum = Counters::default();
+                for c in per_cpu.iter() {
+                    sum.add(c);
+                }
+                Ok(sum)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,238 @@
+//! switcher-ebpf: the in-kernel data plane of the HLS edge.
+//!
+//! Viewers connect to a virtual port (the VIP, e.g. 127.0.0.1:8080) on which nothing listens.
+//! * `switcher_xdp` (XDP, ingress) rewrites requests to the VIP toward the origin their flow is
+//!   pinned to (new flows: the active origin), updating checksums incrementally (RFC 1624).
+//! * `switcher_tc_ingress` (TC, ingress) is the same request path for interfaces where XDP
+//!   cannot attach, using the kernel's checksum helpers.
+//! * `switcher_tc_egress` (TC, egress) gives replies of tracked flows the VIP's address and port
+//!   back, so the viewer only ever talks to the VIP.
+//!
+//! # Layout
+//! * `maps`: every map, with who writes it.
+//! * `packet`: bounds-checked parsing and header offsets.
+//! * `csum`: RFC 1624 incremental checksum (XDP).
+//! * `steer`: VIP matching, flow pinning, reply matching, counters.
+//! * this file: the programs, thin; rewriting bytes per program type.
+//!
+//! Anything that is not IPv4/IPv6 TCP to the VIP (or a tracked reply) passes unchanged;
+//! malformed, fragmented or option-carrying packets pass unchanged and are counted.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod maps;
+mod packet;
+mod steer;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use packet::{classify, ipv4, ipv6, ptr_at, tcp, Class, Tcp, ETH_HLEN, IPV6_HLEN, TCP_HLEN};
+use switcher_common::{Counters, FAMILY_V4};
+
+/// `bpf_l4_csum_replace` flag: the changed field is part of the pseudo-header.
+const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
+/// Bytes of headers the TC programs need in the linear area (IPv6 is the longer case).
+const TC_PULL_LEN: u32 = (ETH_HLEN + IPV6_HLEN + TCP_HLEN) as u32;
+
+/// Counts a packet that was classified as not steerable and passes unchanged.
+#[inline(always)]
+fn count_unsteerable(class: &Class) {
+    steer::count_pass(|c: &mut Counters| match class {
+        Class::Malformed => c.malformed += 1,
+        Class::Fragment => c.fragments += 1,
+        Class::IpOptions => c.ip_options += 1,
+        Class::Other | Class::Tcp(_) => {}
+    });
+}
+
+/// The request decision shared by XDP and TC ingress: `Some((tcp, target))` to rewrite.
+#[inline(always)]
+fn request(start: usize, end: usize) -> Option<(Tcp, steer::Target)> {
+    let class = classify(start, end);
+    let Class::Tcp(t) = class else {
+        count_unsteerable(&class);
+        return None;
+    };
+    let Some(vip) = steer::vip() else {
+        steer::count_pass(|_| {});
+        return None;
+    };
+    if !steer::is_to_vip(&t, &vip) {
+        steer::count_pass(|_| {});
+        return None;
+    }
+    let Some(target) = steer::steer_request(&t) else {
+        // For the VIP but no usable origin: the stack answers (RST, nothing listens there).
+        steer::count_pass(|_| {});
+        return None;
+    };
+    let len = (end - start) as u64;
+    steer::count(target.index, |c| {
+        c.packets += 1;
+        c.bytes += len;
+    });
+    Some((t, target))
+}
+
+#[xdp]
+pub fn switcher_xdp(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if let Some((t, target)) = request(start, end) {
+        if xdp_rewrite_dst(start, end, &t, &target).is_some() {
+            steer::count(target.index, |c| c.rewrites += 1);
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Writes the request's new destination straight into the packet with RFC 1624 updates.
+#[inline(always)]
+fn xdp_rewrite_dst(start: usize, end: usize, t: &Tcp, target: &steer::Target) -> Option<()> {
+    let check = ptr_at::<u16>(start, end, t.l4_off + tcp::CHECK)?;
+    let dport = ptr_at::<u16>(start, end, t.l4_off + tcp::DPORT)?;
+    // SAFETY: both pointers were bounds-checked by `ptr_at`; unaligned access is explicit.
+    unsafe {
+        let mut c = csum::replace16(check.read_unaligned(), t.dport, target.port);
+        dport.write_unaligned(target.port);
+        if let Some(addr) = target.addr {
+            if t.family == FAMILY_V4 {
+                let daddr = ptr_at::<[u8; 4]>(start, end, t.l3_off + ipv4::DADDR)?;
+                let ip_check = ptr_at::<u16>(start, end, t.l3_off + ipv4::CHECK)?;
+                let mut new = [0u8; 4];
+                new.copy_from_slice(&addr[..4]);
+                let mut old = [0u8; 4];
+                old.copy_from_slice(&t.daddr[..4]);
+                ip_check.write_unaligned(csum::replace32(ip_check.read_unaligned(), old, new));
+                c = csum::replace32(c, old, new);
+                daddr.write_unaligned(new);
+            } else {
+                let daddr = ptr_at::<[u8; 16]>(start, end, t.l3_off + ipv6::DADDR)?;
+                c = csum::replace128(c, &t.daddr, &addr);
+                daddr.write_unaligned(addr);
+            }
+        }
+        check.write_unaligned(c);
+    }
+    Some(())
+}
+
+/// Makes the headers readable through direct packet access (an skb may be non-linear).
+#[inline(always)]
+fn tc_pull(ctx: &TcContext) {
+    if ctx.data_end() - ctx.data() < TC_PULL_LEN as usize {
+        // Fails when the packet is shorter than that: then parsing classifies it malformed
+        // or short, which is what it is.
+        let _ = ctx.pull_data(TC_PULL_LEN);
+    }
+}
+
+#[classifier]
+pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
+    tc_pull(&ctx);
+    let Some((t, target)) = request(ctx.data(), ctx.data_end()) else {
+        return TC_ACT_OK;
+    };
+    let new_addr = target.addr;
+    match tc_rewrite(&ctx, &t, tcp::DPORT, t.dport, target.port, Field::Dst, &t.daddr, new_addr) {
+        Ok(()) => {
+            steer::count(target.index, |c| c.rewrites += 1);
+            TC_ACT_OK
+        }
+        Err(_) => {
+            steer::count(target.index, |c| c.drops += 1);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[classifier]
+pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
+    tc_pull(&ctx);
+    let Class::Tcp(t) = classify(ctx.data(), ctx.data_end()) else {
+        // Egress is everything the host sends; counting it would drown the ingress counters.
+        return TC_ACT_OK;
+    };
+    if !steer::is_origin_port(t.sport) {
+        return TC_ACT_OK;
+    }
+    let Some(vip) = steer::vip() else {
+        return TC_ACT_OK;
+    };
+    let Some(reply) = steer::match_reply(&t, &vip) else {
+        return TC_ACT_OK;
+    };
+    match tc_rewrite(&ctx, &t, tcp::SPORT, t.sport, reply.port, Field::Src, &t.saddr, reply.addr) {
+        Ok(()) => {
+            steer::count(reply.index, |c| c.reply_rewrites += 1);
+            TC_ACT_OK
+        }
+        Err(_) => {
+            steer::count(reply.index, |c| c.drops += 1);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Which address field a TC rewrite changes.
+#[derive(Clone, Copy)]
+enum Field {
+    Src,
+    Dst,
+}
+
+/// Rewrites a port (and optionally the matching address) with the kernel's checksum helpers,
+/// which are correct for CHECKSUM_PARTIAL skbs too.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tc_rewrite(
+    ctx: &TcContext,
+    t: &Tcp,
+    port_off: usize,
+    old_port: u16,
+    new_port: u16,
+    field: Field,
+    old_addr: &[u8; 16],
+    new_addr: Option<[u8; 16]>,
+) -> Result<(), i64> {
+    let csum_off = t.l4_off + tcp::CHECK;
+    ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, 2)?;
+    ctx.store(t.l4_off + port_off, &new_port, 0)?;
+    let Some(new) = new_addr else {
+        return Ok(());
+    };
+    if t.family == FAMILY_V4 {
+        let off = t.l3_off + if matches!(field, Field::Src) { ipv4::SADDR } else { ipv4::DADDR };
+        let old4 = u32::from_ne_bytes([old_addr[0], old_addr[1], old_addr[2], old_addr[3]]);
+        let new4 = u32::from_ne_bytes([new[0], new[1], new[2], new[3]]);
+        ctx.l4_csum_replace(csum_off, old4 as u64, new4 as u64, BPF_F_PSEUDO_HDR | 4)?;
+        ctx.l3_csum_replace(t.l3_off + ipv4::CHECK, old4 as u64, new4 as u64, 4)?;
+        ctx.store(off, &new4, 0)?;
+    } else {
+        let off = t.l3_off + if matches!(field, Field::Src) { ipv6::SADDR } else { ipv6::DADDR };
+        let mut i = 0;
+        while i < 16 {
+            let o = u32::from_ne_bytes([old_addr[i], old_addr[i + 1], old_addr[i + 2], old_addr[i + 3]]);
+            let n = u32::from_ne_bytes([new[i], new[i + 1], new[i + 2], new[i + 3]]);
+            ctx.l4_csum_replace(csum_off, o as u64, n as u64, BPF_F_PSEUDO_HDR | 4)?;
+            i += 4;
+        }
+        ctx.store(off, &new, 0)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program; required by no_std.
+    loop {}
+}
+
+/// License of the object: GPL, so the programs may call GPL-only helpers.
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

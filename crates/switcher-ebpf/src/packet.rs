@@ -1,0 +1,239 @@
+//! Packet parsing shared by the XDP and TC programs. Every read goes through [`ptr_at`], the
+//! one bounds check the verifier sees. Only the shapes the data plane acts on are parsed:
+//! Ethernet II -> IPv4 without options, or IPv6 without extension headers -> TCP. Anything
+//! else is classified so the caller can pass it unchanged and count why.
+
+use core::mem::size_of;
+
+use switcher_common::{FAMILY_V4, FAMILY_V6};
+
+/// Ethernet header length (no VLAN tags: tagged frames are not IP here and pass).
+pub const ETH_HLEN: usize = 14;
+/// Offset of the EtherType in the Ethernet header.
+const ETH_TYPE_OFF: usize = 12;
+/// EtherType IPv4, network byte order as it sits in the packet.
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+/// EtherType IPv6, network byte order.
+const ETH_P_IPV6_BE: u16 = 0x86DDu16.to_be();
+
+/// IPv4 header without options.
+pub const IPV4_HLEN: usize = 20;
+/// IPv6 fixed header.
+pub const IPV6_HLEN: usize = 40;
+/// TCP header without options.
+pub const TCP_HLEN: usize = 20;
+/// IP protocol number of TCP.
+const IPPROTO_TCP: u8 = 6;
+/// IPv6 next-header value of the fragment header.
+const IPPROTO_FRAGMENT: u8 = 44;
+
+/// IPv4 field offsets (RFC 791).
+pub mod ipv4 {
+    /// Total length.
+    pub const TOT_LEN: usize = 2;
+    /// Flags (3 bits) and fragment offset (13 bits).
+    pub const FRAG_OFF: usize = 6;
+    /// Protocol.
+    pub const PROTO: usize = 9;
+    /// Header checksum.
+    pub const CHECK: usize = 10;
+    /// Source address.
+    pub const SADDR: usize = 12;
+    /// Destination address.
+    pub const DADDR: usize = 16;
+    /// More-fragments flag and offset mask, host order (the reserved and DF bits excluded).
+    pub const MF_OFFSET_MASK: u16 = 0x3fff;
+}
+
+/// IPv6 field offsets (RFC 8200).
+pub mod ipv6 {
+    /// Payload length.
+    pub const PAYLOAD_LEN: usize = 4;
+    /// Next header.
+    pub const NEXTHDR: usize = 6;
+    /// Source address.
+    pub const SADDR: usize = 8;
+    /// Destination address.
+    pub const DADDR: usize = 24;
+}
+
+/// TCP field offsets (RFC 9293).
+pub mod tcp {
+    /// Source port.
+    pub const SPORT: usize = 0;
+    /// Destination port.
+    pub const DPORT: usize = 2;
+    /// Data offset (high 4 bits).
+    pub const DOFF: usize = 12;
+    /// Flags byte (CWR ECE URG ACK PSH RST SYN FIN).
+    pub const FLAGS: usize = 13;
+    /// Checksum.
+    pub const CHECK: usize = 16;
+    /// SYN flag bit.
+    pub const SYN: u8 = 0x02;
+    /// ACK flag bit.
+    pub const ACK: u8 = 0x10;
+}
+
+/// Bounds-checked pointer to a `T` at `off` bytes into the packet `[start, end)`.
+#[inline(always)]
+pub fn ptr_at<T>(start: usize, end: usize, off: usize) -> Option<*mut T> {
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// Reads a `T` (unaligned) at `off`, bounds-checked.
+#[inline(always)]
+fn read<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
+    // SAFETY: `ptr_at` checked that `size_of::<T>()` bytes at `off` lie inside the packet.
+    ptr_at::<T>(start, end, off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// A TCP segment the data plane may act on. Addresses and ports in network byte order.
+#[derive(Clone, Copy)]
+pub struct Tcp {
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u16,
+    /// Offset of the L3 header from the start of the packet.
+    pub l3_off: usize,
+    /// Offset of the TCP header from the start of the packet.
+    pub l4_off: usize,
+    /// Source address (IPv4 in the first 4 bytes).
+    pub saddr: [u8; 16],
+    /// Destination address (IPv4 in the first 4 bytes).
+    pub daddr: [u8; 16],
+    /// Source port, network order.
+    pub sport: u16,
+    /// Destination port, network order.
+    pub dport: u16,
+    /// TCP flags byte.
+    pub flags: u8,
+}
+
+/// What a packet is, as far as the data plane cares.
+pub enum Class {
+    /// Not IPv4/IPv6 (ARP, VLAN-tagged, ...), or IP but not TCP: not ours.
+    Other,
+    /// Shorter than the headers it claims.
+    Malformed,
+    /// An IP fragment.
+    Fragment,
+    /// IPv4 options or IPv6 extension headers before TCP.
+    IpOptions,
+    /// A TCP segment we can act on.
+    Tcp(Tcp),
+}
+
+/// Classifies the packet `[start, end)` (starting at the Ethernet header).
+#[inline(always)]
+pub fn classify(start: usize, end: usize) -> Class {
+    let Some(eth_type) = read::<u16>(start, end, ETH_TYPE_OFF) else {
+        return Class::Malformed;
+    };
+    if eth_type == ETH_P_IP_BE {
+        classify_v4(start, end)
+    } else if eth_type == ETH_P_IPV6_BE {
+        classify_v6(start, end)
+    } else {
+        Class::Other
+    }
+}
+
+#[inline(always)]
+fn classify_v4(start: usize, end: usize) -> Class {
+    let l3 = ETH_HLEN;
+    let Some(hdr) = read::<[u8; IPV4_HLEN]>(start, end, l3) else {
+        return Class::Malformed;
+    };
+    let version = hdr[0] >> 4;
+    let ihl = (hdr[0] & 0x0f) as usize * 4;
+    if version != 4 || ihl < IPV4_HLEN {
+        return Class::Malformed;
+    }
+    if hdr[ipv4::PROTO] != IPPROTO_TCP {
+        return Class::Other;
+    }
+    let frag = u16::from_be_bytes([hdr[ipv4::FRAG_OFF], hdr[ipv4::FRAG_OFF + 1]]);
+    if frag & ipv4::MF_OFFSET_MASK != 0 {
+        return Class::Fragment;
+    }
+    if ihl != IPV4_HLEN {
+        return Class::IpOptions;
+    }
+    let tot_len = u16::from_be_bytes([hdr[ipv4::TOT_LEN], hdr[ipv4::TOT_LEN + 1]]) as usize;
+    if tot_len < IPV4_HLEN + TCP_HLEN || start + l3 + tot_len > end {
+        return Class::Malformed;
+    }
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr[..4].copy_from_slice(&hdr[ipv4::SADDR..ipv4::SADDR + 4]);
+    daddr[..4].copy_from_slice(&hdr[ipv4::DADDR..ipv4::DADDR + 4]);
+    tcp_at(start, end, FAMILY_V4, l3, l3 + IPV4_HLEN, saddr, daddr)
+}
+
+#[inline(always)]
+fn classify_v6(start: usize, end: usize) -> Class {
+    let l3 = ETH_HLEN;
+    let Some(hdr) = read::<[u8; IPV6_HLEN]>(start, end, l3) else {
+        return Class::Malformed;
+    };
+    if hdr[0] >> 4 != 6 {
+        return Class::Malformed;
+    }
+    let next = hdr[ipv6::NEXTHDR];
+    if next == IPPROTO_FRAGMENT {
+        return Class::Fragment;
+    }
+    if next != IPPROTO_TCP {
+        // Extension headers (hop-by-hop, routing, ...) or another protocol. Only the shapes
+        // with TCP right after the fixed header are steered; count the extension-header case.
+        return if is_v6_extension(next) { Class::IpOptions } else { Class::Other };
+    }
+    let payload = u16::from_be_bytes([hdr[ipv6::PAYLOAD_LEN], hdr[ipv6::PAYLOAD_LEN + 1]]) as usize;
+    if payload < TCP_HLEN || start + l3 + IPV6_HLEN + payload > end {
+        return Class::Malformed;
+    }
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr.copy_from_slice(&hdr[ipv6::SADDR..ipv6::SADDR + 16]);
+    daddr.copy_from_slice(&hdr[ipv6::DADDR..ipv6::DADDR + 16]);
+    tcp_at(start, end, FAMILY_V6, l3, l3 + IPV6_HLEN, saddr, daddr)
+}
+
+/// IPv6 extension headers that may precede TCP (RFC 8200 4.1; fragment handled apart).
+#[inline(always)]
+fn is_v6_extension(next: u8) -> bool {
+    // hop-by-hop 0, routing 43, ESP 50, AH 51, destination options 60, mobility 135,
+    // HIP 139, shim6 140.
+    matches!(next, 0 | 43 | 50 | 51 | 60 | 135 | 139 | 140)
+}
+
+#[inline(always)]
+fn tcp_at(
+    start: usize,
+    end: usize,
+    family: u16,
+    l3_off: usize,
+    l4_off: usize,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+) -> Class {
+    let Some(hdr) = read::<[u8; TCP_HLEN]>(start, end, l4_off) else {
+        return Class::Malformed;
+    };
+    if ((hdr[tcp::DOFF] >> 4) as usize) * 4 < TCP_HLEN {
+        return Class::Malformed;
+    }
+    Class::Tcp(Tcp {
+        family,
+        l3_off,
+        l4_off,
+        saddr,
+        daddr,
+        sport: u16::from_ne_bytes([hdr[tcp::SPORT], hdr[tcp::SPORT + 1]]),
+        dport: u16::from_ne_bytes([hdr[tcp::DPORT], hdr[tcp::DPORT + 1]]),
+        flags: hdr[tcp::FLAGS],
+    })
+}

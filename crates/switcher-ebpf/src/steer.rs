@@ -1,0 +1,190 @@
+//! The steering decisions, independent of how a program rewrites bytes: which packets are
+//! requests to the VIP and which origin they go to (recording the flow), which packets are
+//! replies of a tracked flow, and the per-origin counters.
+
+use switcher_common::{
+    Counters, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4, FLOW_SEEN_SYN, MAX_ORIGINS,
+    ORIGIN_CONFIGURED, STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+};
+
+use crate::{
+    maps::{ACTIVE, CONFIG, FLOWS, ORIGINS, STATS},
+    packet::{tcp, Tcp},
+};
+
+/// Applies `f` to this CPU's counters of `slot`.
+#[inline(always)]
+pub fn count(slot: u32, f: impl FnOnce(&mut Counters)) {
+    if let Some(c) = STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, only this program on this CPU touches it (no preemption
+        // inside a BPF program on one CPU for the same map value's per-CPU copy).
+        f(unsafe { &mut *c });
+    }
+}
+
+/// The configured VIP, if steering is enabled.
+#[inline(always)]
+pub fn vip() -> Option<VipConfig> {
+    let vip = *CONFIG.get(0)?;
+    if vip.flags & VIP_ENABLED == 0 {
+        return None;
+    }
+    Some(vip)
+}
+
+/// Whether `t` is addressed to the VIP.
+#[inline(always)]
+pub fn is_to_vip(t: &Tcp, vip: &VipConfig) -> bool {
+    if t.dport != vip.port_be {
+        return false;
+    }
+    if t.family == FAMILY_V4 {
+        vip.flags & VIP_HAS_V4 != 0 && t.daddr[..4] == vip.addr_v4
+    } else {
+        vip.flags & VIP_HAS_V6 != 0 && t.daddr == vip.addr_v6
+    }
+}
+
+/// A configured origin by index.
+#[inline(always)]
+fn origin(index: u32) -> Option<Origin> {
+    let o = *ORIGINS.get(index)?;
+    if o.flags & ORIGIN_CONFIGURED == 0 {
+        return None;
+    }
+    Some(o)
+}
+
+/// Where a request goes: origin index, and the destination to write.
+pub struct Target {
+    /// Origin index (stats slot).
+    pub index: u32,
+    /// New destination port, network order.
+    pub port: u16,
+    /// New destination address when the origin's differs from the VIP's (IPv4 in the first
+    /// 4 bytes), `None` to keep the VIP address.
+    pub addr: Option<[u8; 16]>,
+}
+
+/// The origin address to write for `family`, or `None` when the origin lives at the VIP's
+/// own address (all-zero origin address).
+#[inline(always)]
+fn origin_addr(o: &Origin, family: u16) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    if family == FAMILY_V4 {
+        if o.addr_v4 == [0; 4] {
+            return None;
+        }
+        out[..4].copy_from_slice(&o.addr_v4);
+    } else {
+        if o.addr_v6 == [0; 16] {
+            return None;
+        }
+        out = o.addr_v6;
+    }
+    Some(out)
+}
+
+/// Steers a request `t` already known to be for the VIP: a SYN goes to the active origin;
+/// another packet follows its tracked flow, or (unknown flow, or its origin no longer
+/// configured) is adopted by the active origin. Records new flows. `None`: no usable origin.
+#[inline(always)]
+pub fn steer_request(t: &Tcp) -> Option<Target> {
+    let key = FlowKey { client_addr: t.saddr, client_port_be: t.sport, family: t.family };
+    let syn = t.flags & tcp::SYN != 0 && t.flags & tcp::ACK == 0;
+    if !syn {
+        // SAFETY: the value is copied out at once; a concurrent delete cannot free it while
+        // this program runs (RCU).
+        if let Some(flow) = unsafe { FLOWS.get(&key) } {
+            let index = flow.origin;
+            if let Some(o) = origin(index) {
+                return Some(Target { index, port: o.port_be, addr: origin_addr(&o, t.family) });
+            }
+        }
+    }
+    let index = *ACTIVE.get(0)?;
+    if index >= MAX_ORIGINS {
+        return None;
+    }
+    let o = origin(index)?;
+    let value = FlowValue { origin: index, flags: if syn { FLOW_SEEN_SYN } else { 0 } };
+    // An insert can only fail on memory pressure; the packet is still steered (statelessly) and
+    // the next one tries again.
+    let _ = FLOWS.insert(&key, &value, 0);
+    count(index, |c| {
+        c.new_flows += 1;
+        if !syn {
+            c.resteered += 1;
+        }
+    });
+    Some(Target { index, port: o.port_be, addr: origin_addr(&o, t.family) })
+}
+
+/// Where a reply goes back to: origin index, and the source to restore.
+pub struct Reply {
+    /// Origin index (stats slot).
+    pub index: u32,
+    /// VIP port to write as source, network order.
+    pub port: u16,
+    /// VIP address to write as source when the origin's address differs from it.
+    pub addr: Option<[u8; 16]>,
+}
+
+/// If `t` is a reply of a tracked flow from the origin that flow is pinned to, returns what
+/// its source must become.
+#[inline(always)]
+pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
+    let key = FlowKey { client_addr: t.daddr, client_port_be: t.dport, family: t.family };
+    // SAFETY: copied out at once (see steer_request).
+    let index = unsafe { FLOWS.get(&key) }?.origin;
+    let o = origin(index)?;
+    if o.port_be != t.sport {
+        return None;
+    }
+    let vip_addr = if t.family == FAMILY_V4 {
+        if vip.flags & VIP_HAS_V4 == 0 {
+            return None;
+        }
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&vip.addr_v4);
+        a
+    } else {
+        if vip.flags & VIP_HAS_V6 == 0 {
+            return None;
+        }
+        vip.addr_v6
+    };
+    let addr = match origin_addr(&o, t.family) {
+        // The origin answers from its own address: it must be that one, and it becomes the VIP.
+        Some(a) if a == t.saddr => Some(vip_addr),
+        Some(_) => return None,
+        // The origin shares the VIP's address: only the port changes.
+        None if t.saddr == vip_addr => None,
+        None => return None,
+    };
+    Some(Reply { index, port: vip.port_be, addr })
+}
+
+/// Quick filter before the conntrack lookup on egress: is `sport` some origin's port?
+#[inline(always)]
+pub fn is_origin_port(sport: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_ORIGINS {
+        if let Some(o) = origin(i) {
+            if o.port_be == sport {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Counts a packet passed unchanged in the unsteered slot.
+#[inline(always)]
+pub fn count_pass(f: impl FnOnce(&mut Counters)) {
+    count(STATS_UNSTEERED, |c| {
+        c.passes += 1;
+        f(c)
+    });
+}
