@@ -1,0 +1,236 @@
+//! Test helpers shared by the integration tests: a fake data plane that records every call,
+//! live playlists with controlled timestamps, and tiny HTTP servers on 127.0.0.1:0 whose
+//! answer (status, body, delay) the test changes while they run.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use switcher_common::{Counters, MAX_ORIGINS, STATS_SLOTS};
+use switcher_ctl::dataplane::{DataPlane, OriginIndex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Target duration of the generated playlists (DESIGN: 2 s segments).
+pub const TARGET_SECONDS: f64 = 2.0;
+/// Segments per generated playlist (DESIGN: window of 6).
+pub const WINDOW: u64 = 6;
+
+/// A call the controller made on the data plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    SetActive(OriginIndex),
+    RetireFlows(OriginIndex),
+}
+
+/// What the fake data plane holds; shared with the test through an `Arc`.
+#[derive(Debug)]
+pub struct FakeState {
+    pub active: OriginIndex,
+    pub calls: Vec<Call>,
+    pub flows: Vec<u64>,
+    pub counters: Vec<Counters>,
+    pub fail_set_active: bool,
+}
+
+/// A data plane in memory.
+#[derive(Clone)]
+pub struct FakeDataPlane(pub Arc<Mutex<FakeState>>);
+
+impl FakeDataPlane {
+    pub fn new(active: OriginIndex) -> Self {
+        FakeDataPlane(Arc::new(Mutex::new(FakeState {
+            active,
+            calls: Vec::new(),
+            flows: vec![0; MAX_ORIGINS as usize],
+            counters: vec![Counters::default(); STATS_SLOTS as usize],
+            fail_set_active: false,
+        })))
+    }
+    pub fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.0.lock().expect("fake data plane lock")
+    }
+    pub fn active(&self) -> OriginIndex {
+        self.state().active
+    }
+    pub fn calls(&self) -> Vec<Call> {
+        self.state().calls.clone()
+    }
+}
+
+impl DataPlane for FakeDataPlane {
+    fn active(&self) -> anyhow::Result<OriginIndex> {
+        Ok(self.state().active)
+    }
+    fn set_active(&mut self, origin: OriginIndex) -> anyhow::Result<()> {
+        let mut s = self.state();
+        if s.fail_set_active {
+            anyhow::bail!("injected set_active failure");
+        }
+        s.active = origin;
+        s.calls.push(Call::SetActive(origin));
+        Ok(())
+    }
+    fn retire_flows(&mut self, origin: OriginIndex) -> anyhow::Result<u64> {
+        let mut s = self.state();
+        s.calls.push(Call::RetireFlows(origin));
+        let n = std::mem::take(&mut s.flows[origin as usize]);
+        Ok(n)
+    }
+    fn flow_counts(&self) -> anyhow::Result<Vec<u64>> {
+        Ok(self.state().flows.clone())
+    }
+    fn counters(&self) -> anyhow::Result<Vec<Counters>> {
+        Ok(self.state().counters.clone())
+    }
+}
+
+/// A live media playlist of `WINDOW` 2 s segments, newest MSN `newest_msn`, every segment
+/// with PROGRAM-DATE-TIME, whose newest segment ends at `newest_end`.
+pub fn live_playlist(newest_msn: u64, newest_end: SystemTime) -> String {
+    let first = newest_msn + 1 - WINDOW;
+    let mut s = format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n");
+    for i in 0..WINDOW {
+        let start = newest_end - Duration::from_secs_f64(TARGET_SECONDS * (WINDOW - i) as f64);
+        let start: chrono::DateTime<chrono::Utc> = start.into();
+        s.push_str(&format!(
+            "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{TARGET_SECONDS:.3},\nseg{}.ts\n",
+            start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            first + i
+        ));
+    }
+    s
+}
+
+/// A live playlist whose newest segment ended `age` ago.
+pub fn playlist_aged(newest_msn: u64, age: Duration) -> String {
+    live_playlist(newest_msn, SystemTime::now() - age)
+}
+
+/// What a [`TestServer`] answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok(body: String) -> Self {
+        Reply { status: 200, body, delay: Duration::ZERO }
+    }
+}
+
+/// How a [`TestServer`] builds each answer: a fixed reply, or a function of the request path
+/// evaluated at request time (so playlists can stay fresh as time passes).
+pub type Responder = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+
+/// A one-request-per-connection HTTP/1.1 server on 127.0.0.1, answering with the current
+/// responder. `kill` closes the listener (connections are then refused); `restart` binds the
+/// same port again.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    responder: Arc<Mutex<Responder>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(responder: Responder) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind test server");
+        let addr = listener.local_addr().expect("local addr");
+        let responder = Arc::new(Mutex::new(responder));
+        let task = Some(tokio::spawn(serve(listener, responder.clone())));
+        TestServer { addr, responder, task }
+    }
+
+    /// Serves a fixed reply.
+    pub async fn fixed(reply: Reply) -> Self {
+        Self::start(Arc::new(move |_| reply.clone())).await
+    }
+
+    pub fn set(&self, responder: Responder) {
+        *self.responder.lock().expect("responder lock") = responder;
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Closes the listener: later connects are refused.
+    pub async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens on the same port again.
+    pub async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("rebind test server port");
+        self.task = Some(tokio::spawn(serve(listener, self.responder.clone())));
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Largest request head the test server reads.
+const MAX_HEAD: usize = 8192;
+
+async fn serve(listener: TcpListener, responder: Arc<Mutex<Responder>>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let responder = responder.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let f = responder.lock().expect("responder lock").clone();
+            let reply = f(&path);
+            if !reply.delay.is_zero() {
+                tokio::time::sleep(reply.delay).await;
+            }
+            let response = format!(
+                "HTTP/1.1 {} X\r\nContent-Type: application/vnd.apple.mpegurl\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                reply.status,
+                reply.body.len(),
+                reply.body
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// A minimal HTTP/1.1 client for the admin endpoints: returns (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write request");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read response");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
