@@ -32,13 +32,21 @@ enum Kind {
 impl Body {
     /// No body (HEAD, 304, 204).
     pub fn empty() -> Self {
-        Self { kind: Kind::Bytes(None), remaining: 0, sent: None }
+        Self {
+            kind: Kind::Bytes(None),
+            remaining: 0,
+            sent: None,
+        }
     }
 
     /// A body held in memory.
     pub fn bytes(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        Self { remaining: bytes.len() as u64, kind: Kind::Bytes(Some(bytes)), sent: None }
+        Self {
+            remaining: bytes.len() as u64,
+            kind: Kind::Bytes(Some(bytes)),
+            sent: None,
+        }
     }
 
     /// `len` bytes read from `file`, which must already be positioned at the first one.

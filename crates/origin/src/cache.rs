@@ -47,7 +47,11 @@ struct Entry {
 impl SegmentCache {
     /// A cache holding at most `max_bytes` of bodies, none larger than `max_entry_bytes`.
     pub fn new(max_bytes: u64, max_entry_bytes: u64) -> Self {
-        Self { max_bytes, max_entry_bytes: max_entry_bytes.min(max_bytes), inner: Mutex::default() }
+        Self {
+            max_bytes,
+            max_entry_bytes: max_entry_bytes.min(max_bytes),
+            inner: Mutex::default(),
+        }
     }
 
     /// Whether a body of `len` bytes may be cached at all.
@@ -95,7 +99,14 @@ impl SegmentCache {
         inner.tick += 1;
         let last_used = inner.tick;
         inner.bytes += len;
-        inner.entries.insert(path, Entry { version, body, last_used });
+        inner.entries.insert(
+            path,
+            Entry {
+                version,
+                body,
+                last_used,
+            },
+        );
     }
 
     /// Bytes currently held.
@@ -106,7 +117,9 @@ impl SegmentCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent data (every update is completed
         // before any call that could panic), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -115,7 +128,11 @@ mod tests {
     use super::*;
 
     fn version(inode: u64, len: u64) -> Version {
-        Version { inode, len, mtime_nanos: 1 }
+        Version {
+            inode,
+            len,
+            mtime_nanos: 1,
+        }
     }
 
     #[test]
@@ -124,7 +141,11 @@ mod tests {
         let p = PathBuf::from("/r/a.ts");
         cache.insert(p.clone(), version(1, 3), Bytes::from_static(b"old"));
         assert_eq!(cache.get(&p, &version(1, 3)).as_deref(), Some(&b"old"[..]));
-        assert_eq!(cache.get(&p, &version(2, 3)), None, "a renamed-over file must miss");
+        assert_eq!(
+            cache.get(&p, &version(2, 3)),
+            None,
+            "a renamed-over file must miss"
+        );
     }
 
     #[test]
@@ -136,10 +157,20 @@ mod tests {
         assert!(cache.get(&a, &version(1, 4)).is_some()); // a is now more recent than b
         cache.insert(c.clone(), version(3, 4), Bytes::from_static(b"cccc"));
         assert!(cache.bytes() <= 10);
-        assert!(cache.get(&b, &version(2, 4)).is_none(), "least recently used evicted");
+        assert!(
+            cache.get(&b, &version(2, 4)).is_none(),
+            "least recently used evicted"
+        );
         assert!(cache.get(&a, &version(1, 4)).is_some());
         assert!(cache.get(&c, &version(3, 4)).is_some());
-        cache.insert(PathBuf::from("big"), version(4, 11), Bytes::from(vec![0; 11]));
-        assert!(cache.get(Path::new("big"), &version(4, 11)).is_none(), "oversized not admitted");
+        cache.insert(
+            PathBuf::from("big"),
+            version(4, 11),
+            Bytes::from(vec![0; 11]),
+        );
+        assert!(
+            cache.get(Path::new("big"), &version(4, 11)).is_none(),
+            "oversized not admitted"
+        );
     }
 }

@@ -89,10 +89,15 @@ impl Config {
     /// Checks the values and canonicalizes `root`, so that path containment checks compare
     /// like with like (no symlinks, no `..`, absolute).
     pub fn validate(mut self) -> Result<Self> {
-        let root = std::fs::canonicalize(&self.root)
-            .map_err(|source| Error::Root { path: self.root.clone(), source })?;
+        let root = std::fs::canonicalize(&self.root).map_err(|source| Error::Root {
+            path: self.root.clone(),
+            source,
+        })?;
         if !root.is_dir() {
-            return Err(Error::Config(format!("root {} is not a directory", root.display())));
+            return Err(Error::Config(format!(
+                "root {} is not a directory",
+                root.display()
+            )));
         }
         self.root = root;
         if self.max_connections == 0 {
@@ -112,7 +117,9 @@ impl Config {
             }
         }
         if self.max_headers == 0 || self.max_uri_bytes == 0 {
-            return Err(Error::Config("max_headers and max_uri_bytes must be positive".into()));
+            return Err(Error::Config(
+                "max_headers and max_uri_bytes must be positive".into(),
+            ));
         }
         Ok(self)
     }

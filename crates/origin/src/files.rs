@@ -41,7 +41,11 @@ impl Version {
     /// The version described by a file's metadata.
     pub fn of(meta: &Metadata) -> Self {
         let mtime_nanos = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-        Self { inode: meta.ino(), len: meta.len(), mtime_nanos }
+        Self {
+            inode: meta.ino(),
+            len: meta.len(),
+            mtime_nanos,
+        }
     }
 
     /// Strong entity tag (RFC 9110 section 8.8.3). Strong because a (inode, size, mtime)
@@ -101,10 +105,17 @@ pub fn open_below(root: &Path, relative: &Path) -> Result<OpenFile, FileError> {
     if !meta.file_type().is_file() {
         return Err(FileError::NotFound);
     }
-    Ok(OpenFile { file, version: Version::of(&meta), canonical })
+    Ok(OpenFile {
+        file,
+        version: Version::of(&meta),
+        canonical,
+    })
 }
 
 fn is_not_found(e: &io::Error) -> bool {
     // ENOTDIR: a path component is a file (`/hls/index.m3u8/x.ts`): still just "not there".
-    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }

@@ -35,7 +35,8 @@ const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
 /// Request headers a player may send cross-origin (answered in preflights).
 const CORS_ALLOW_HEADERS: &str = "Range, If-None-Match, If-Modified-Since, If-Range";
 /// Response headers a cross-origin player may read (beyond the CORS-safelisted ones).
-const CORS_EXPOSE_HEADERS: &str = "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified";
+const CORS_EXPOSE_HEADERS: &str =
+    "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified";
 /// How long a browser may reuse a preflight answer: one day, since it never changes.
 const CORS_MAX_AGE_SECONDS: &str = "86400";
 /// Content type of the small text bodies of errors and `/healthz`.
@@ -59,8 +60,12 @@ pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>,
     let started = Instant::now();
     let (class, mut response) = respond(&app, &req).await;
     add_cors(response.headers_mut());
-    app.metrics.observe(class, response.status(), started.elapsed().as_secs_f64());
-    let counter = app.metrics.response_bytes.with_label_values(&[class.as_str()]);
+    app.metrics
+        .observe(class, response.status(), started.elapsed().as_secs_f64());
+    let counter = app
+        .metrics
+        .response_bytes
+        .with_label_values(&[class.as_str()]);
     Ok(response.map(|body| body.metered(counter)))
 }
 
@@ -69,7 +74,10 @@ async fn respond<B>(app: &App, req: &Request<B>) -> (RouteClass, Response<Body>)
     // path handling (RFC 9112 section 3: 414 for a target longer than we are willing to parse).
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > app.max_uri_bytes {
-        return (RouteClass::Other, text(StatusCode::URI_TOO_LONG, "request target too long\n"));
+        return (
+            RouteClass::Other,
+            text(StatusCode::URI_TOO_LONG, "request target too long\n"),
+        );
     }
     let route = route::route(req.uri().path());
     let kind = match &route {
@@ -89,14 +97,18 @@ async fn respond<B>(app: &App, req: &Request<B>) -> (RouteClass, Response<Body>)
     }
     if method != Method::GET && method != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        response.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
         return (class, response);
     }
     let head = method == Method::HEAD;
     let response = match (route, kind) {
         (Route::Healthz, _) => text(StatusCode::OK, "ok\n"),
         (Route::Metrics, _) => {
-            app.metrics.cache_bytes.set(i64::try_from(app.cache.bytes()).unwrap_or(i64::MAX));
+            app.metrics
+                .cache_bytes
+                .set(i64::try_from(app.cache.bytes()).unwrap_or(i64::MAX));
             let mut response = Response::new(Body::bytes(app.metrics.render()));
             set(response.headers_mut(), CONTENT_TYPE, metrics::CONTENT_TYPE);
             set(response.headers_mut(), CACHE_CONTROL, NO_STORE);
@@ -118,7 +130,11 @@ async fn serve_file(
 ) -> Response<Body> {
     let root = app.root.clone();
     let opened = blocking(move || files::open_below(&root, &relative)).await;
-    let OpenFile { file, version, canonical } = match opened {
+    let OpenFile {
+        file,
+        version,
+        canonical,
+    } = match opened {
         Ok(Ok(file)) => file,
         Ok(Err(FileError::NotFound)) => return not_found(),
         Ok(Err(FileError::Io(e))) => return internal_error(&e),
@@ -128,7 +144,11 @@ async fn serve_file(
     let modified = version.modified();
     let mut validators = HeaderMap::new();
     set(&mut validators, ETAG, &etag);
-    set(&mut validators, LAST_MODIFIED, &httpdate::fmt_http_date(modified));
+    set(
+        &mut validators,
+        LAST_MODIFIED,
+        &httpdate::fmt_http_date(modified),
+    );
     set(&mut validators, CACHE_CONTROL, kind.cache_control());
 
     if conditional::not_modified(headers, &etag, modified) {
@@ -140,7 +160,9 @@ async fn serve_file(
 
     let len = version.len;
     let wanted = match headers.get(RANGE).and_then(|v| v.to_str().ok()) {
-        Some(value) if conditional::range_applies(headers, &etag, modified) => range::parse(value, len),
+        Some(value) if conditional::range_applies(headers, &etag, modified) => {
+            range::parse(value, len)
+        }
         _ => RangeRequest::Full,
     };
     let (status, start, end) = match wanted {
@@ -148,7 +170,11 @@ async fn serve_file(
         RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
         RangeRequest::Unsatisfiable => {
             let mut response = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-            set(response.headers_mut(), CONTENT_RANGE, &format!("bytes */{len}"));
+            set(
+                response.headers_mut(),
+                CONTENT_RANGE,
+                &format!("bytes */{len}"),
+            );
             response.headers_mut().extend(validators);
             return response;
         }
@@ -210,7 +236,10 @@ async fn read_whole(mut file: std::fs::File, len: u64) -> std::io::Result<Bytes>
         let mut buf = Vec::with_capacity(capacity);
         file.by_ref().take(len).read_to_end(&mut buf)?;
         if buf.len() != capacity {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while read"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while read",
+            ));
         }
         Ok(Bytes::from(buf))
     })
@@ -226,14 +255,20 @@ async fn stream_from(file: std::fs::File, start: u64) -> std::io::Result<tokio::
 
 fn slice(bytes: Bytes, start: u64, len: u64) -> Bytes {
     // Both bounds come from a range already clamped to the file length.
-    let start = usize::try_from(start).unwrap_or(usize::MAX).min(bytes.len());
-    let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)).min(bytes.len());
+    let start = usize::try_from(start)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let end = start
+        .saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
+        .min(bytes.len());
     bytes.slice(start..end)
 }
 
 /// Runs blocking file-system work off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)
 }
 
 /// HEAD: the same head as GET (Content-Length included), no body.
@@ -272,7 +307,11 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::bytes(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     set(response.headers_mut(), CONTENT_TYPE, TEXT_PLAIN);
-    set(response.headers_mut(), CONTENT_LENGTH, &body.len().to_string());
+    set(
+        response.headers_mut(),
+        CONTENT_LENGTH,
+        &body.len().to_string(),
+    );
     set(response.headers_mut(), CACHE_CONTROL, NO_STORE);
     response
 }
@@ -283,4 +322,3 @@ fn set(h: &mut HeaderMap, name: http::header::HeaderName, value: &str) {
         h.insert(name, value);
     }
 }
-

@@ -66,7 +66,11 @@ impl MediaKind {
 
     /// `Cache-Control` value for a successful response.
     pub fn cache_control(self) -> &'static str {
-        if self.is_playlist() { PLAYLIST_CACHE_CONTROL } else { SEGMENT_CACHE_CONTROL }
+        if self.is_playlist() {
+            PLAYLIST_CACHE_CONTROL
+        } else {
+            SEGMENT_CACHE_CONTROL
+        }
     }
 }
 

@@ -54,7 +54,8 @@ struct Cli {
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value).with_context(|| format!("--{name} must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{name} must be a non-negative number of seconds"))
 }
 
 #[tokio::main]
@@ -71,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
         cache_max_bytes: cli.cache_max_bytes,
         cache_max_entry_bytes: cli.cache_max_entry_bytes,
         max_connections: cli.max_connections,
-        header_read_timeout: seconds("header-read-timeout-seconds", cli.header_read_timeout_seconds)?,
+        header_read_timeout: seconds(
+            "header-read-timeout-seconds",
+            cli.header_read_timeout_seconds,
+        )?,
         idle_timeout: seconds("idle-timeout-seconds", cli.idle_timeout_seconds)?,
         shutdown_grace: seconds("shutdown-grace-seconds", cli.shutdown_grace_seconds)?,
         max_header_bytes: cli.max_header_bytes,

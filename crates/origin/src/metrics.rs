@@ -14,8 +14,9 @@ use crate::error::Result;
 use crate::route::RouteClass;
 
 /// Latency buckets in seconds: from a cache hit (~100 µs) to a slow disk read (seconds).
-const DURATION_BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Every metric the origin exports.
 #[derive(Debug, Clone)]
@@ -46,11 +47,17 @@ impl Metrics {
     pub fn new() -> Result<Self> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("origin_requests_total", "Requests answered, by route class and status code."),
+            Opts::new(
+                "origin_requests_total",
+                "Requests answered, by route class and status code.",
+            ),
             &["class", "status"],
         )?;
         let response_bytes = IntCounterVec::new(
-            Opts::new("origin_response_bytes_total", "Response body bytes sent, by route class."),
+            Opts::new(
+                "origin_response_bytes_total",
+                "Response body bytes sent, by route class.",
+            ),
             &["class"],
         )?;
         let request_duration = HistogramVec::new(
@@ -61,20 +68,26 @@ impl Metrics {
             .buckets(DURATION_BUCKETS.to_vec()),
             &["class"],
         )?;
-        let open_connections =
-            IntGauge::new("origin_open_connections", "Client connections currently open.")?;
+        let open_connections = IntGauge::new(
+            "origin_open_connections",
+            "Client connections currently open.",
+        )?;
         let idle_closed = IntCounter::new(
             "origin_connections_closed_idle_total",
             "Connections closed because the server wrote nothing for the idle timeout.",
         )?;
-        let cache_hits =
-            IntCounter::new("origin_cache_hits_total", "Segment bodies served from memory.")?;
+        let cache_hits = IntCounter::new(
+            "origin_cache_hits_total",
+            "Segment bodies served from memory.",
+        )?;
         let cache_misses = IntCounter::new(
             "origin_cache_misses_total",
             "Segment bodies read from disk because no current cache entry existed.",
         )?;
-        let cache_bytes =
-            IntGauge::new("origin_cache_size_bytes", "Bytes of segment bodies held in memory.")?;
+        let cache_bytes = IntGauge::new(
+            "origin_cache_size_bytes",
+            "Bytes of segment bodies held in memory.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(response_bytes.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -98,7 +111,9 @@ impl Metrics {
 
     /// Records one answered request.
     pub fn observe(&self, class: RouteClass, status: http::StatusCode, seconds: f64) {
-        self.requests.with_label_values(&[class.as_str(), status.as_str()]).inc();
+        self.requests
+            .with_label_values(&[class.as_str(), status.as_str()])
+            .inc();
         self.duration(class).observe(seconds);
     }
 

@@ -46,7 +46,10 @@ pub fn parse(header: &str, len: u64) -> RangeRequest {
             None => RangeRequest::Full,
             Some(0) => RangeRequest::Unsatisfiable,
             Some(_) if len == 0 => RangeRequest::Unsatisfiable,
-            Some(n) => RangeRequest::Partial { start: len.saturating_sub(n), end: len - 1 },
+            Some(n) => RangeRequest::Partial {
+                start: len.saturating_sub(n),
+                end: len - 1,
+            },
         };
     }
     let Some(start) = number(first) else {
@@ -76,10 +79,28 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(parse("bytes=0-99", 1000), Partial { start: 0, end: 99 });
-        assert_eq!(parse("bytes=100-", 1000), Partial { start: 100, end: 999 });
-        assert_eq!(parse("bytes=-10", 1000), Partial { start: 990, end: 999 });
+        assert_eq!(
+            parse("bytes=100-", 1000),
+            Partial {
+                start: 100,
+                end: 999
+            }
+        );
+        assert_eq!(
+            parse("bytes=-10", 1000),
+            Partial {
+                start: 990,
+                end: 999
+            }
+        );
         assert_eq!(parse("bytes=-5000", 1000), Partial { start: 0, end: 999 });
-        assert_eq!(parse("bytes=900-5000", 1000), Partial { start: 900, end: 999 });
+        assert_eq!(
+            parse("bytes=900-5000", 1000),
+            Partial {
+                start: 900,
+                end: 999
+            }
+        );
         assert_eq!(parse("bytes=1000-", 1000), Unsatisfiable);
         assert_eq!(parse("bytes=-0", 1000), Unsatisfiable);
         assert_eq!(parse("bytes=0-", 0), Unsatisfiable);

@@ -111,8 +111,14 @@ mod tests {
     fn plain_paths_route() {
         assert_eq!(route("/healthz"), Route::Healthz);
         assert_eq!(route("/metrics"), Route::Metrics);
-        assert_eq!(route("/hls/demo/index.m3u8"), Route::Hls(PathBuf::from("demo/index.m3u8")));
-        assert_eq!(route("/hls/demo/720p/seg%201.ts"), Route::Hls(PathBuf::from("demo/720p/seg 1.ts")));
+        assert_eq!(
+            route("/hls/demo/index.m3u8"),
+            Route::Hls(PathBuf::from("demo/index.m3u8"))
+        );
+        assert_eq!(
+            route("/hls/demo/720p/seg%201.ts"),
+            Route::Hls(PathBuf::from("demo/720p/seg 1.ts"))
+        );
     }
 
     #[test]

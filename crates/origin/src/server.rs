@@ -37,7 +37,11 @@ struct Shared {
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
 /// finish for at most `config.shutdown_grace`, and drops whatever is left.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let config = config.validate()?;
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let app = Arc::new(App {
@@ -46,7 +50,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         metrics: Metrics::new()?,
         max_uri_bytes: config.max_uri_bytes,
     });
-    let shared = Arc::new(Shared { app, builder: builder(&config), tls, config });
+    let shared = Arc::new(Shared {
+        app,
+        builder: builder(&config),
+        tls,
+        config,
+    });
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
@@ -78,7 +87,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         };
         // Reap finished connection tasks so the set holds at most the open connections.
         while tasks.try_join_next().is_some() {}
-        tasks.spawn(connection(shared.clone(), stream, peer, permit, graceful.watcher()));
+        tasks.spawn(connection(
+            shared.clone(),
+            stream,
+            peer,
+            permit,
+            graceful.watcher(),
+        ));
     }
 
     drop(listener);
@@ -89,7 +104,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(left = tasks.len(), "grace period over, dropping remaining connections");
+        tracing::warn!(
+            left = tasks.len(),
+            "grace period over, dropping remaining connections"
+        );
         tasks.shutdown().await;
     }
     Ok(())
@@ -124,10 +142,19 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, watcher: Watcher) {
+async fn connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    watcher: Watcher,
+) {
     let metrics = &shared.app.metrics;
     metrics.open_connections.inc();
-    let _guard = ConnectionGuard { _permit: permit, gauge: metrics.open_connections.clone() };
+    let _guard = ConnectionGuard {
+        _permit: permit,
+        gauge: metrics.open_connections.clone(),
+    };
     // Small responses (playlists) go out at once instead of waiting on Nagle.
     let _ = stream.set_nodelay(true);
     let activity = Activity::new();
@@ -135,7 +162,8 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, pe
     match &shared.tls {
         None => serve(&shared, stream, activity, watcher).await,
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(shared.config.header_read_timeout, acceptor.accept(stream));
+            let handshake =
+                tokio::time::timeout(shared.config.header_read_timeout, acceptor.accept(stream));
             match handshake.await {
                 Ok(Ok(tls_stream)) => serve(&shared, tls_stream, activity, watcher).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -151,7 +179,10 @@ where
 {
     let app = shared.app.clone();
     let service = service_fn(move |req| handler::handle(app.clone(), req));
-    let conn = shared.builder.serve_connection(TokioIo::new(stream), service).into_owned();
+    let conn = shared
+        .builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
     let conn = watcher.watch(conn);
     tokio::pin!(conn);
     let idle_timeout = shared.config.idle_timeout;

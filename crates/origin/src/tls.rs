@@ -20,7 +20,10 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor> {
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| Error::Tls(format!("certificate {}: {e}", files.cert.display())))?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!("no certificate in {}", files.cert.display())));
+        return Err(Error::Tls(format!(
+            "no certificate in {}",
+            files.cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| Error::Tls(format!("private key {}: {e}", files.key.display())))?;

@@ -9,17 +9,36 @@ use common::{PLAYLIST, SECRET, SEGMENT_LEN, Server, metric, raw, segment_bytes, 
 async fn content_types_and_cache_control() {
     let server = Server::start(|_| {}).await;
     for (path, content_type, cache_control) in [
-        ("/hls/demo/index.m3u8", "application/vnd.apple.mpegurl", "no-cache"),
-        ("/hls/demo/seg1.ts", "video/mp2t", "public, max-age=31536000, immutable"),
-        ("/hls/demo/seg1.m4s", "video/mp4", "public, max-age=31536000, immutable"),
-        ("/hls/demo/init.mp4", "video/mp4", "public, max-age=31536000, immutable"),
+        (
+            "/hls/demo/index.m3u8",
+            "application/vnd.apple.mpegurl",
+            "no-cache",
+        ),
+        (
+            "/hls/demo/seg1.ts",
+            "video/mp2t",
+            "public, max-age=31536000, immutable",
+        ),
+        (
+            "/hls/demo/seg1.m4s",
+            "video/mp4",
+            "public, max-age=31536000, immutable",
+        ),
+        (
+            "/hls/demo/init.mp4",
+            "video/mp4",
+            "public, max-age=31536000, immutable",
+        ),
     ] {
         let r = server.get(path).await;
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.header("content-type"), Some(content_type), "{path}");
         assert_eq!(r.header("cache-control"), Some(cache_control), "{path}");
         assert_eq!(r.header("accept-ranges"), Some("bytes"), "{path}");
-        assert!(r.header("etag").is_some_and(|e| e.starts_with('"')), "{path} has a strong ETag");
+        assert!(
+            r.header("etag").is_some_and(|e| e.starts_with('"')),
+            "{path} has a strong ETag"
+        );
         assert!(r.header("last-modified").is_some(), "{path}");
     }
     let playlist = server.get("/hls/demo/index.m3u8").await;
@@ -39,25 +58,43 @@ async fn conditional_get_gives_304() {
     let server = Server::start(|_| {}).await;
     let first = server.get("/hls/demo/index.m3u8").await;
     let etag = first.header("etag").expect("etag").to_string();
-    let last_modified = first.header("last-modified").expect("last-modified").to_string();
+    let last_modified = first
+        .header("last-modified")
+        .expect("last-modified")
+        .to_string();
 
-    let by_etag = server.request("GET", "/hls/demo/index.m3u8", &[("If-None-Match", &etag)]).await;
+    let by_etag = server
+        .request("GET", "/hls/demo/index.m3u8", &[("If-None-Match", &etag)])
+        .await;
     assert_eq!(by_etag.status, 304);
     assert!(by_etag.body.is_empty());
     assert_eq!(by_etag.header("etag"), Some(etag.as_str()));
     assert_eq!(by_etag.header("cache-control"), Some("no-cache"));
 
-    let by_date =
-        server.request("GET", "/hls/demo/seg1.ts", &[("If-Modified-Since", &last_modified)]).await;
+    let by_date = server
+        .request(
+            "GET",
+            "/hls/demo/seg1.ts",
+            &[("If-Modified-Since", &last_modified)],
+        )
+        .await;
     assert_eq!(by_date.status, 304);
 
-    let other = server.request("GET", "/hls/demo/index.m3u8", &[("If-None-Match", "\"other\"")]).await;
+    let other = server
+        .request(
+            "GET",
+            "/hls/demo/index.m3u8",
+            &[("If-None-Match", "\"other\"")],
+        )
+        .await;
     assert_eq!(other.status, 200);
     assert_eq!(other.text(), PLAYLIST);
 
     // After the packager replaces the playlist, the old ETag no longer matches.
     server.replace("demo/index.m3u8", b"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:2\n");
-    let after = server.request("GET", "/hls/demo/index.m3u8", &[("If-None-Match", &etag)]).await;
+    let after = server
+        .request("GET", "/hls/demo/index.m3u8", &[("If-None-Match", &etag)])
+        .await;
     assert_eq!(after.status, 200);
     assert_ne!(after.header("etag"), Some(etag.as_str()));
 }
@@ -75,20 +112,41 @@ async fn byte_ranges() {
             ("bytes=-500", len - 500, len - 1),
             ("bytes=9990-", len - 10, len - 1),
         ] {
-            let r = server.request("GET", "/hls/demo/seg1.ts", &[("Range", range)]).await;
+            let r = server
+                .request("GET", "/hls/demo/seg1.ts", &[("Range", range)])
+                .await;
             assert_eq!(r.status, 206, "{range}");
-            assert_eq!(r.header("content-range"), Some(format!("bytes {start}-{end}/{len}").as_str()));
-            assert_eq!(r.header("content-length"), Some((end - start + 1).to_string().as_str()));
+            assert_eq!(
+                r.header("content-range"),
+                Some(format!("bytes {start}-{end}/{len}").as_str())
+            );
+            assert_eq!(
+                r.header("content-length"),
+                Some((end - start + 1).to_string().as_str())
+            );
             assert_eq!(r.body, &data[start..=end], "{range}");
         }
     }
-    let r = server.request("GET", "/hls/demo/seg1.ts", &[("Range", &format!("bytes={len}-"))]).await;
+    let r = server
+        .request(
+            "GET",
+            "/hls/demo/seg1.ts",
+            &[("Range", &format!("bytes={len}-"))],
+        )
+        .await;
     assert_eq!(r.status, 416);
-    assert_eq!(r.header("content-range"), Some(format!("bytes */{len}").as_str()));
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{len}").as_str())
+    );
 
     // If-Range with a stale validator: the whole (current) file, not a mismatched slice.
     let stale = server
-        .request("GET", "/hls/demo/seg1.ts", &[("Range", "bytes=0-9"), ("If-Range", "\"stale\"")])
+        .request(
+            "GET",
+            "/hls/demo/seg1.ts",
+            &[("Range", "bytes=0-9"), ("If-Range", "\"stale\"")],
+        )
         .await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.body.len(), len);
@@ -101,7 +159,9 @@ async fn ranges_on_streamed_files() {
     let data = segment_bytes(SEGMENT_LEN);
     let full = server.get("/hls/demo/seg1.ts").await;
     assert_eq!(full.body, data);
-    let r = server.request("GET", "/hls/demo/seg1.ts", &[("Range", "bytes=4000-4999")]).await;
+    let r = server
+        .request("GET", "/hls/demo/seg1.ts", &[("Range", "bytes=4000-4999")])
+        .await;
     assert_eq!(r.status, 206);
     assert_eq!(r.body, &data[4000..5000]);
 }
@@ -113,7 +173,10 @@ async fn head_has_get_headers_and_no_body() {
     let head = server.request("HEAD", "/hls/demo/seg1.ts", &[]).await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty(), "HEAD must not send a body");
-    assert_eq!(head.header("content-length"), Some(SEGMENT_LEN.to_string().as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(SEGMENT_LEN.to_string().as_str())
+    );
     for name in ["content-type", "etag", "last-modified", "cache-control"] {
         assert_eq!(head.header(name), get.header(name), "{name}");
     }
@@ -135,20 +198,37 @@ async fn cors_preflight_and_simple_requests() {
         .await;
     assert_eq!(pre.status, 204);
     assert_eq!(pre.header("access-control-allow-origin"), Some("*"));
-    assert!(pre.header("access-control-allow-methods").is_some_and(|m| m.contains("GET")));
-    assert!(pre.header("access-control-allow-headers").is_some_and(|h| h.contains("Range")));
+    assert!(
+        pre.header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("GET"))
+    );
+    assert!(
+        pre.header("access-control-allow-headers")
+            .is_some_and(|h| h.contains("Range"))
+    );
     assert!(pre.header("access-control-max-age").is_some());
 
-    let get = server.request("GET", "/hls/demo/index.m3u8", &[("Origin", "https://player.example")]).await;
+    let get = server
+        .request(
+            "GET",
+            "/hls/demo/index.m3u8",
+            &[("Origin", "https://player.example")],
+        )
+        .await;
     assert_eq!(get.header("access-control-allow-origin"), Some("*"));
-    assert!(get.header("access-control-expose-headers").is_some_and(|h| h.contains("Content-Range")));
+    assert!(
+        get.header("access-control-expose-headers")
+            .is_some_and(|h| h.contains("Content-Range"))
+    );
 }
 
 #[tokio::test]
 async fn other_methods_get_405() {
     let server = Server::start(|_| {}).await;
     for method in ["POST", "PUT", "DELETE", "PATCH", "TRACE"] {
-        let r = server.request(method, "/hls/demo/index.m3u8", &[("Content-Length", "0")]).await;
+        let r = server
+            .request(method, "/hls/demo/index.m3u8", &[("Content-Length", "0")])
+            .await;
         assert_eq!(r.status, 405, "{method}");
         assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
         assert!(r.body.len() < 64);
@@ -161,7 +241,10 @@ async fn traversal_attempts_are_refused() {
     let root = server.root();
     // Symlinks whose names are clean but whose targets leave the root: only the canonical
     // containment check can catch these.
-    symlink(&server.dir.path().join("secret.m3u8"), &root.join("demo/leak.m3u8"));
+    symlink(
+        &server.dir.path().join("secret.m3u8"),
+        &root.join("demo/leak.m3u8"),
+    );
     symlink(server.dir.path(), &root.join("escape"));
     // A symlink that stays inside the root is fine.
     symlink(&root.join("demo/index.m3u8"), &root.join("demo/alias.m3u8"));
@@ -201,7 +284,8 @@ async fn playlist_replaced_by_rename_is_served_fresh() {
     let server = Server::start(|_| {}).await;
     assert_eq!(server.get("/hls/demo/index.m3u8").await.text(), PLAYLIST);
     for sequence in 2..5 {
-        let next = format!("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:{sequence}\n#EXTINF:2.0,\nseg{sequence}.ts\n");
+        let next =
+            format!("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:{sequence}\n#EXTINF:2.0,\nseg{sequence}.ts\n");
         server.replace("demo/index.m3u8", next.as_bytes());
         // Same second, same length: only a fresh read (or the inode) tells the versions apart.
         assert_eq!(server.get("/hls/demo/index.m3u8").await.text(), next);
@@ -215,8 +299,16 @@ async fn segments_cached_but_never_stale() {
     assert_eq!(server.get("/hls/demo/seg1.ts").await.body, data);
     assert_eq!(server.get("/hls/demo/seg1.ts").await.body, data);
     let metrics = server.get("/metrics").await.text();
-    assert_eq!(metric(&metrics, "origin_cache_misses_total"), Some(1.0), "{metrics}");
-    assert_eq!(metric(&metrics, "origin_cache_hits_total"), Some(1.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "origin_cache_misses_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "origin_cache_hits_total"),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // A segment rewritten under the same name (same length) must not come from the cache.
     let rewritten = vec![b'x'; SEGMENT_LEN];
@@ -234,16 +326,36 @@ async fn healthz_and_metrics() {
     server.get("/hls/demo/missing.ts").await;
     let m = server.get("/metrics").await;
     assert_eq!(m.status, 200);
-    assert!(m.header("content-type").is_some_and(|t| t.starts_with("text/plain")));
+    assert!(
+        m.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain"))
+    );
     let text = m.text();
-    assert_eq!(metric(&text, r#"origin_requests_total{class="playlist",status="200"}"#), Some(1.0), "{text}");
-    assert_eq!(metric(&text, r#"origin_requests_total{class="segment",status="404"}"#), Some(1.0), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            r#"origin_requests_total{class="playlist",status="200"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"origin_requests_total{class="segment",status="404"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
     let playlist_bytes = metric(&text, r#"origin_response_bytes_total{class="playlist"}"#);
     assert_eq!(playlist_bytes, Some(PLAYLIST.len() as f64), "{text}");
     assert!(text.contains("origin_request_duration_seconds_bucket{class=\"playlist\""));
     // The /metrics request's own connection is open while it is rendered.
     assert!(metric(&text, "origin_open_connections").is_some_and(|v| v >= 1.0));
-    for name in ["# HELP origin_cache_hits_total", "# HELP origin_cache_misses_total"] {
+    for name in [
+        "# HELP origin_cache_hits_total",
+        "# HELP origin_cache_misses_total",
+    ] {
         assert!(text.contains(name), "{name} missing");
     }
 }

@@ -22,7 +22,10 @@ fn short_timeouts(c: &mut origin::Config) {
 }
 
 /// Reads until EOF or error; returns what was read and whether the peer closed in time.
-async fn read_until_closed(stream: &mut tokio::net::tcp::OwnedReadHalf, within: Duration) -> (Vec<u8>, bool) {
+async fn read_until_closed(
+    stream: &mut tokio::net::tcp::OwnedReadHalf,
+    within: Duration,
+) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
     let closed = tokio::time::timeout(within, async {
         let mut chunk = [0u8; 4096];
@@ -51,11 +54,18 @@ async fn oversized_header_refused_while_others_are_served() {
     if let Some(response) = parse(&buf) {
         assert_eq!(response.status, 431, "oversized head must be refused");
     }
-    assert!(!String::from_utf8_lossy(&buf).contains("#EXTM3U"), "oversized request was served");
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("#EXTM3U"),
+        "oversized request was served"
+    );
 
     // Many headers: also refused.
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let r = raw(server.addr, format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes()).await;
+    let r = raw(
+        server.addr,
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 431);
 
     // The server keeps serving everyone else.
@@ -96,7 +106,10 @@ async fn slowloris_connection_is_closed() {
     let elapsed = started.elapsed();
     trickle.abort();
     assert!(closed, "slowloris connection still open after {elapsed:?}");
-    assert!(elapsed >= HEADER_TIMEOUT, "closed before the header timeout: {elapsed:?}");
+    assert!(
+        elapsed >= HEADER_TIMEOUT,
+        "closed before the header timeout: {elapsed:?}"
+    );
     assert!(!String::from_utf8_lossy(&answer).contains("#EXTM3U"));
     // Meanwhile and afterwards, normal clients are served.
     assert_eq!(server.get("/hls/demo/index.m3u8").await.status, 200);
@@ -109,7 +122,11 @@ async fn silent_connection_is_closed() {
     let (mut reader, _writer) = stream.into_split();
     let started = Instant::now();
     let (_, closed) = read_until_closed(&mut reader, CUT_WITHIN).await;
-    assert!(closed, "silent connection still open after {:?}", started.elapsed());
+    assert!(
+        closed,
+        "silent connection still open after {:?}",
+        started.elapsed()
+    );
     let metrics = server.get("/metrics").await.text();
     let idle = common::metric(&metrics, "origin_connections_closed_idle_total");
     assert_eq!(idle, Some(1.0), "{metrics}");
@@ -119,20 +136,37 @@ async fn silent_connection_is_closed() {
 async fn connection_cap_queues_extra_clients() {
     let server = Server::start(|c| c.max_connections = 1).await;
     // Occupy the only slot with a keep-alive connection.
-    let mut first = TcpStream::connect(server.addr).await.expect("connect first");
-    first.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut first = TcpStream::connect(server.addr)
+        .await
+        .expect("connect first");
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = [0u8; 1024];
     let n = first.read(&mut buf).await.expect("read first response");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 
     // A second client connects (kernel backlog) but is not served while the slot is taken.
     let addr = server.addr;
-    let second = tokio::spawn(async move { raw(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await });
+    let second = tokio::spawn(async move {
+        raw(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "second connection served beyond the cap");
+    assert!(
+        !second.is_finished(),
+        "second connection served beyond the cap"
+    );
 
     drop(first);
-    let response = tokio::time::timeout(CLIENT_TIMEOUT, second).await.expect("served after slot frees").expect("task");
+    let response = tokio::time::timeout(CLIENT_TIMEOUT, second)
+        .await
+        .expect("served after slot frees")
+        .expect("task");
     assert_eq!(response.status, 200);
 }
 
@@ -148,7 +182,10 @@ async fn graceful_shutdown_finishes_in_flight_response() {
     .await;
     std::fs::write(server.root().join("demo/big.ts"), vec![7u8; BIG]).expect("write big");
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream.write_all(b"GET /hls/demo/big.ts HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    stream
+        .write_all(b"GET /hls/demo/big.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     let mut got = vec![0u8; 64 * 1024];
     let n = stream.read(&mut got).await.expect("first bytes");
     got.truncate(n);
@@ -157,13 +194,26 @@ async fn graceful_shutdown_finishes_in_flight_response() {
     let task = server.take_task();
     // New connections are refused once the listener is dropped.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(TcpStream::connect(server.addr).await.is_err(), "still accepting after shutdown");
-    assert!(!task.is_finished(), "run returned while a response was in flight");
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+    assert!(
+        !task.is_finished(),
+        "run returned while a response was in flight"
+    );
 
-    tokio::time::timeout(CLIENT_TIMEOUT, stream.read_to_end(&mut got)).await.expect("drained").expect("read rest");
+    tokio::time::timeout(CLIENT_TIMEOUT, stream.read_to_end(&mut got))
+        .await
+        .expect("drained")
+        .expect("read rest");
     let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
     assert_eq!(got.len() - head_end, BIG, "in-flight body completed");
-    tokio::time::timeout(CLIENT_TIMEOUT, task).await.expect("run returns").expect("join").expect("run ok");
+    tokio::time::timeout(CLIENT_TIMEOUT, task)
+        .await
+        .expect("run returns")
+        .expect("join")
+        .expect("run ok");
 }
 
 #[tokio::test]
@@ -174,16 +224,27 @@ async fn shutdown_is_bounded_by_grace() {
         c.idle_timeout = Duration::from_secs(60);
     })
     .await;
-    std::fs::write(server.root().join("demo/big.ts"), vec![7u8; 32 * 1024 * 1024]).expect("write big");
+    std::fs::write(
+        server.root().join("demo/big.ts"),
+        vec![7u8; 32 * 1024 * 1024],
+    )
+    .expect("write big");
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream.write_all(b"GET /hls/demo/big.ts HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    stream
+        .write_all(b"GET /hls/demo/big.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     let mut first = [0u8; 1024];
     let _ = stream.read(&mut first).await.expect("first bytes");
     // The client stops reading; the response can never finish.
     let started = Instant::now();
     server.signal_shutdown();
     let task = server.take_task();
-    tokio::time::timeout(CUT_WITHIN, task).await.expect("run returns within the grace bound").expect("join").expect("ok");
+    tokio::time::timeout(CUT_WITHIN, task)
+        .await
+        .expect("run returns within the grace bound")
+        .expect("join")
+        .expect("ok");
     assert!(started.elapsed() >= Duration::from_millis(300));
     drop(stream);
 }

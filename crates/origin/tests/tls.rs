@@ -16,7 +16,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 async fn tls_server() -> (Server, rustls::pki_types::CertificateDer<'static>) {
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("demo")).expect("mkdir");
@@ -31,7 +32,11 @@ async fn tls_server() -> (Server, rustls::pki_types::CertificateDer<'static>) {
     (Server::start_with(dir, config).await, der)
 }
 
-async fn connect(server: &Server, cert: &rustls::pki_types::CertificateDer<'static>, alpn: &[u8]) -> TlsStream<TcpStream> {
+async fn connect(
+    server: &Server,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[u8],
+) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).expect("trust the test certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -49,23 +54,38 @@ async fn connect(server: &Server, cert: &rustls::pki_types::CertificateDer<'stat
 }
 
 fn request() -> http::Request<Empty<Bytes>> {
-    http::Request::get("https://localhost/hls/demo/index.m3u8").body(Empty::new()).expect("request")
+    http::Request::get("https://localhost/hls/demo/index.m3u8")
+        .body(Empty::new())
+        .expect("request")
 }
 
 #[tokio::test]
 async fn tls_serves_h2_by_alpn() {
     let (server, cert) = tls_server().await;
     let tls = connect(&server, &cert, b"h2").await;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "server must pick h2");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .expect("h2 handshake");
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "server must pick h2"
+    );
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
     let response = sender.send_request(request()).await.expect("h2 request");
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_2);
-    assert_eq!(response.headers()["content-type"], "application/vnd.apple.mpegurl");
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/vnd.apple.mpegurl"
+    );
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     assert_eq!(body, PLAYLIST.as_bytes());
 }
 
@@ -74,12 +94,19 @@ async fn tls_serves_http1_by_alpn() {
     let (server, cert) = tls_server().await;
     let tls = connect(&server, &cert, b"http/1.1").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("h1 handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
     tokio::spawn(conn);
     let response = sender.send_request(request()).await.expect("h1 request");
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_11);
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     assert_eq!(body, PLAYLIST.as_bytes());
 }
 
@@ -87,8 +114,15 @@ async fn tls_serves_http1_by_alpn() {
 async fn plain_http_is_not_served_on_the_tls_port() {
     let (server, _) = tls_server().await;
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
-    tcp.write_all(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+    tcp.write_all(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(common::CLIENT_TIMEOUT, tcp.read_to_end(&mut buf)).await.expect("closed");
-    assert!(!String::from_utf8_lossy(&buf).contains("#EXTM3U"), "plaintext request was served");
+    let _ = tokio::time::timeout(common::CLIENT_TIMEOUT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("closed");
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("#EXTM3U"),
+        "plaintext request was served"
+    );
 }

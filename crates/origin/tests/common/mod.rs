@@ -65,7 +65,12 @@ impl Server {
         let task = tokio::spawn(origin::run(listener, config, async {
             let _ = rx.await;
         }));
-        Self { addr, dir, shutdown: Some(tx), task: Some(task) }
+        Self {
+            addr,
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Signals shutdown and waits for `run` to return.
@@ -74,7 +79,10 @@ impl Server {
             let _ = tx.send(());
         }
         let task = self.task.take().expect("task");
-        tokio::time::timeout(CLIENT_TIMEOUT, task).await.expect("run returns after shutdown").expect("run task")
+        tokio::time::timeout(CLIENT_TIMEOUT, task)
+            .await
+            .expect("run returns after shutdown")
+            .expect("run task")
     }
 
     pub fn signal_shutdown(&mut self) {
@@ -92,7 +100,8 @@ impl Server {
     }
 
     pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
         for (name, value) in headers {
             req.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -127,7 +136,9 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 
     pub fn text(&self) -> String {
@@ -144,7 +155,8 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> Response {
         .await
         .expect("server closes the connection in time")
         .expect("read response");
-    parse(&buf).unwrap_or_else(|| panic!("unparsable response: {:?}", String::from_utf8_lossy(&buf)))
+    parse(&buf)
+        .unwrap_or_else(|| panic!("unparsable response: {:?}", String::from_utf8_lossy(&buf)))
 }
 
 pub fn parse(buf: &[u8]) -> Option<Response> {
@@ -156,7 +168,11 @@ pub fn parse(buf: &[u8]) -> Option<Response> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Some(Response { status, headers, body: buf[end + 4..].to_vec() })
+    Some(Response {
+        status,
+        headers,
+        body: buf[end + 4..].to_vec(),
+    })
 }
 
 /// Value of an un-labelled or exactly-labelled sample in a Prometheus text exposition.
@@ -164,7 +180,10 @@ pub fn metric(exposition: &str, series: &str) -> Option<f64> {
     exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 
