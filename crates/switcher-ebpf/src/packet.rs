@@ -162,15 +162,19 @@ fn classify_v4(start: usize, end: usize) -> Class {
     if ihl != IPV4_HLEN {
         return Class::IpOptions;
     }
-    let tot_len = u16::from_be_bytes([hdr[ipv4::TOT_LEN], hdr[ipv4::TOT_LEN + 1]]) as usize;
-    if tot_len < IPV4_HLEN + TCP_HLEN || start + l3 + tot_len > end {
-        return Class::Malformed;
-    }
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     saddr[..4].copy_from_slice(&hdr[ipv4::SADDR..ipv4::SADDR + 4]);
     daddr[..4].copy_from_slice(&hdr[ipv4::DADDR..ipv4::DADDR + 4]);
-    tcp_at(start, end, FAMILY_V4, l3, l3 + IPV4_HLEN, saddr, daddr)
+    // The TCP header is bounds-checked first, the claimed length after: in the other order
+    // LLVM drops the header check as implied by the length check, and the verifier, which
+    // cannot follow a variable length, rejects the program.
+    let class = tcp_at(start, end, FAMILY_V4, l3, l3 + IPV4_HLEN, saddr, daddr);
+    let tot_len = u16::from_be_bytes([hdr[ipv4::TOT_LEN], hdr[ipv4::TOT_LEN + 1]]) as usize;
+    if tot_len < IPV4_HLEN + TCP_HLEN || start + l3 + tot_len > end {
+        return Class::Malformed;
+    }
+    class
 }
 
 #[inline(always)]
@@ -191,15 +195,17 @@ fn classify_v6(start: usize, end: usize) -> Class {
         // with TCP right after the fixed header are steered; count the extension-header case.
         return if is_v6_extension(next) { Class::IpOptions } else { Class::Other };
     }
-    let payload = u16::from_be_bytes([hdr[ipv6::PAYLOAD_LEN], hdr[ipv6::PAYLOAD_LEN + 1]]) as usize;
-    if payload < TCP_HLEN || start + l3 + IPV6_HLEN + payload > end {
-        return Class::Malformed;
-    }
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     saddr.copy_from_slice(&hdr[ipv6::SADDR..ipv6::SADDR + 16]);
     daddr.copy_from_slice(&hdr[ipv6::DADDR..ipv6::DADDR + 16]);
-    tcp_at(start, end, FAMILY_V6, l3, l3 + IPV6_HLEN, saddr, daddr)
+    // Header first, claimed length after (see classify_v4).
+    let class = tcp_at(start, end, FAMILY_V6, l3, l3 + IPV6_HLEN, saddr, daddr);
+    let payload = u16::from_be_bytes([hdr[ipv6::PAYLOAD_LEN], hdr[ipv6::PAYLOAD_LEN + 1]]) as usize;
+    if payload < TCP_HLEN || start + l3 + IPV6_HLEN + payload > end {
+        return Class::Malformed;
+    }
+    class
 }
 
 /// IPv6 extension headers that may precede TCP (RFC 8200 4.1; fragment handled apart).

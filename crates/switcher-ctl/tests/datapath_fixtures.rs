@@ -1,0 +1,455 @@
+//! The data plane's fixture table, Katran style: every case is {description, program, input
+//! packet, expected verdict, expected output bytes, expected counter changes}, run through
+//! BPF_PROG_TEST_RUN (aya `TestRun`) on the real programs and maps. Cases run in order and
+//! share the maps, so flows created by one case are seen by the next.
+//!
+//! Expected outputs are built from scratch by the test's own packet builder (full checksum
+//! computation), so a wrong incremental checksum update shows up as a byte mismatch; every
+//! rewritten packet is also checked with `verify_checksums`. Counter changes are asserted for
+//! every field of every slot: a case lists the fields it changes; every other must stay put.
+//!
+//! Needs root (CAP_BPF + CAP_NET_ADMIN for BPF_PROG_TEST_RUN of XDP/TC programs).
+
+mod packet;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use packet::{verify_checksums, Pkt, ACK, ICMP, PSH, RST, SYN, UDP};
+use switcher_common::{
+    map_names, prog_names, Counters, FlowKey, FlowValue, Origin, VipConfig, MAX_ORIGINS,
+    ORIGIN_CONFIGURED, STATS_SLOTS, STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+};
+
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+
+const VIP4: &str = "10.0.0.1";
+const VIP6: &str = "fd00::1";
+const VIP_PORT: u16 = 8080;
+const PRIMARY: u32 = 0;
+const BACKUP: u32 = 1;
+/// Slot 2: an origin at another address (10.0.0.2 / fd00::2, port 9000).
+const REMOTE: u32 = 2;
+const U: u32 = STATS_UNSTEERED;
+
+#[derive(Clone, Copy, Debug)]
+enum Prog {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+/// Something the control plane does before a case's packet.
+#[derive(Clone, Copy, Debug)]
+enum Before {
+    Nothing,
+    SetActive(u32),
+    Retire(u32),
+    Enable(bool),
+}
+
+struct Case {
+    desc: &'static str,
+    before: Before,
+    prog: Prog,
+    input: Vec<u8>,
+    /// `None`: the packet must come out unchanged.
+    output: Option<Vec<u8>>,
+    /// (slot, counter, increase); every counter not listed must not change.
+    deltas: Vec<(u32, &'static str, u64)>,
+}
+
+fn case(desc: &'static str, prog: Prog, input: Vec<u8>, output: Option<Vec<u8>>, deltas: Vec<(u32, &'static str, u64)>) -> Case {
+    Case { desc, before: Before::Nothing, prog, input, output, deltas }
+}
+
+impl Case {
+    fn before(mut self, b: Before) -> Case {
+        self.before = b;
+        self
+    }
+}
+
+fn field(c: &Counters, name: &str) -> u64 {
+    match name {
+        "packets" => c.packets,
+        "bytes" => c.bytes,
+        "new_flows" => c.new_flows,
+        "rewrites" => c.rewrites,
+        "reply_rewrites" => c.reply_rewrites,
+        "passes" => c.passes,
+        "drops" => c.drops,
+        "malformed" => c.malformed,
+        "fragments" => c.fragments,
+        "ip_options" => c.ip_options,
+        "resteered" => c.resteered,
+        other => panic!("unknown counter {other}"),
+    }
+}
+const FIELDS: [&str; 11] = [
+    "packets", "bytes", "new_flows", "rewrites", "reply_rewrites", "passes", "drops", "malformed",
+    "fragments", "ip_options", "resteered",
+];
+
+/// A request steered to `slot` for the first time (SYN or adopted flow).
+fn steered_new(slot: u32, len: usize) -> Vec<(u32, &'static str, u64)> {
+    vec![(slot, "packets", 1), (slot, "bytes", len as u64), (slot, "rewrites", 1), (slot, "new_flows", 1)]
+}
+/// A request of a tracked flow steered to `slot`.
+fn steered(slot: u32, len: usize) -> Vec<(u32, &'static str, u64)> {
+    vec![(slot, "packets", 1), (slot, "bytes", len as u64), (slot, "rewrites", 1)]
+}
+fn pass() -> Vec<(u32, &'static str, u64)> {
+    vec![(U, "passes", 1)]
+}
+fn pass_as(what: &'static str) -> Vec<(u32, &'static str, u64)> {
+    vec![(U, "passes", 1), (U, what, 1)]
+}
+
+fn with_dport(mut p: Pkt, port: u16) -> Pkt {
+    p.dport = port;
+    p
+}
+fn with_sport(mut p: Pkt, port: u16) -> Pkt {
+    p.sport = port;
+    p
+}
+
+struct Harness {
+    ebpf: Ebpf,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        assert!(
+            nix_is_root(),
+            "datapath fixtures need root (BPF_PROG_TEST_RUN); run them through `cargo xtask test`"
+        );
+        let mut ebpf = Ebpf::load(switcher_ctl::loader::EBPF_OBJECT).expect("load eBPF object");
+        {
+            let p: &mut Xdp = ebpf.program_mut(prog_names::XDP_INGRESS).unwrap().try_into().unwrap();
+            p.load().expect("verifier accepts XDP program");
+        }
+        for name in [prog_names::TC_INGRESS, prog_names::TC_EGRESS] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("verifier accepts {name}: {e:?}"));
+        }
+        let mut h = Harness { ebpf };
+        h.configure(true);
+        let mut origins: Array<_, Origin> = Array::try_from(h.ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+        let o = |port: u16| Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: port.to_be(), flags: ORIGIN_CONFIGURED };
+        origins.set(PRIMARY, o(8081), 0).unwrap();
+        origins.set(BACKUP, o(8082), 0).unwrap();
+        let remote = Origin {
+            addr_v4: "10.0.0.2".parse::<Ipv4Addr>().unwrap().octets(),
+            addr_v6: "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
+            port_be: 9000u16.to_be(),
+            flags: ORIGIN_CONFIGURED,
+        };
+        origins.set(REMOTE, remote, 0).unwrap();
+        h
+    }
+
+    fn configure(&mut self, enabled: bool) {
+        let mut cfg: Array<_, VipConfig> = Array::try_from(self.ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
+        let vip = VipConfig {
+            addr_v4: VIP4.parse::<Ipv4Addr>().unwrap().octets(),
+            addr_v6: VIP6.parse::<Ipv6Addr>().unwrap().octets(),
+            port_be: VIP_PORT.to_be(),
+            flags: VIP_HAS_V4 | VIP_HAS_V6 | if enabled { VIP_ENABLED } else { 0 },
+            ifindex: 0,
+            attach_mode: 0,
+        };
+        cfg.set(0, vip, 0).unwrap();
+    }
+
+    fn set_active(&mut self, idx: u32) {
+        let mut a: Array<_, u32> = Array::try_from(self.ebpf.map_mut(map_names::ACTIVE).unwrap()).unwrap();
+        a.set(0, idx, 0).unwrap();
+    }
+
+    fn retire(&mut self, idx: u32) -> usize {
+        let mut flows: HashMap<_, FlowKey, FlowValue> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
+        let keys: Vec<FlowKey> = flows.iter().filter_map(Result::ok).filter(|(_, v)| v.origin == idx).map(|(k, _)| k).collect();
+        for k in &keys {
+            flows.remove(k).unwrap();
+        }
+        keys.len()
+    }
+
+    fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        let flows: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(self.ebpf.map(map_names::FLOWS).unwrap()).unwrap();
+        flows.iter().filter_map(Result::ok).collect()
+    }
+
+    fn counters(&self) -> Vec<Counters> {
+        let stats: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.ebpf.map(map_names::STATS).unwrap()).unwrap();
+        (0..STATS_SLOTS)
+            .map(|s| {
+                let mut sum = Counters::default();
+                for c in stats.get(&s, 0).unwrap().iter() {
+                    sum.add(c);
+                }
+                sum
+            })
+            .collect()
+    }
+
+    /// Runs `prog` on `input`; returns (verdict, output bytes).
+    fn run(&mut self, prog: Prog, input: &[u8], repeat: u32) -> (u32, Vec<u8>, std::time::Duration) {
+        let mut out = vec![0u8; input.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(input);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let r = match prog {
+            Prog::Xdp => {
+                let p: &Xdp = self.ebpf.program(prog_names::XDP_INGRESS).unwrap().try_into().unwrap();
+                p.test_run(opts)
+            }
+            Prog::TcIngress | Prog::TcEgress => {
+                let name = if matches!(prog, Prog::TcIngress) { prog_names::TC_INGRESS } else { prog_names::TC_EGRESS };
+                let p: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
+                p.test_run(opts)
+            }
+        }
+        .expect("BPF_PROG_TEST_RUN");
+        let n = r.data_size_out as usize;
+        (r.return_value, out[..n].to_vec(), r.duration)
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn hexdiff(a: &[u8], b: &[u8]) -> String {
+    let mut s = format!("len {} vs {}\n", a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x != y {
+            s += &format!("  byte {i}: got {x:#04x} want {y:#04x}\n");
+        }
+    }
+    s
+}
+
+fn table() -> Vec<Case> {
+    use Prog::*;
+    let c1 = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, SYN);
+    let c1_ack = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, ACK | PSH).with_payload(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\n\r\n");
+    let c2 = Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, SYN);
+    let c3_ack = Pkt::tcp("10.1.1.3", 40002, VIP4, VIP_PORT, ACK);
+    let v6 = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, SYN);
+    let v6_ack = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, ACK).with_payload(b"hello");
+    // Replies (origin -> client).
+    let r1 = Pkt::tcp(VIP4, 8081, "10.1.1.1", 40000, SYN | ACK);
+    let r1_out = Pkt::tcp(VIP4, VIP_PORT, "10.1.1.1", 40000, SYN | ACK);
+    let r_remote = Pkt::tcp("10.0.0.2", 9000, "10.1.1.9", 40009, ACK).with_payload(b"segment bytes");
+    let r_remote_out = Pkt::tcp(VIP4, VIP_PORT, "10.1.1.9", 40009, ACK).with_payload(b"segment bytes");
+
+    let mut v4_options = Pkt::tcp("10.1.1.5", 40005, VIP4, VIP_PORT, SYN);
+    v4_options.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let mut frag_mf = Pkt::tcp("10.1.1.6", 40006, VIP4, VIP_PORT, SYN);
+    frag_mf.frag = 0x2000; // MF
+    let mut frag_off = Pkt::tcp("10.1.1.6", 40006, VIP4, VIP_PORT, ACK);
+    frag_off.frag = 0x0010; // offset 128 bytes
+    let mut df = Pkt::tcp("10.1.1.7", 40007, VIP4, VIP_PORT, SYN);
+    df.frag = 0x4000; // DF is not a fragment: steered
+    let mut v6_frag = Pkt::tcp("fd00::98", 50001, VIP6, VIP_PORT, SYN);
+    v6_frag.v6_ext = Some(44);
+    let mut v6_hbh = Pkt::tcp("fd00::98", 50001, VIP6, VIP_PORT, SYN);
+    v6_hbh.v6_ext = Some(0);
+
+    let syn1 = c1.build();
+    let truncated_tcp = { let mut b = c2.build(); b.truncate(14 + 20 + 10); b };
+    let truncated_ip = { let mut b = c2.build(); b.truncate(14 + 10); b };
+    let truncated_v6 = { let mut b = v6.build(); b.truncate(14 + 30); b };
+    let lying_tot_len = { let mut b = c2.build(); b.truncate(b.len() - 4); b };
+    let bad_version = { let mut b = c2.build(); b[14] = 0x55; b };
+    let arp = { let mut b = vec![0xff; 12]; b.extend_from_slice(&[0x08, 0x06]); b.extend_from_slice(&[0u8; 28]); b };
+    let vlan = { let mut b = c2.build(); b[12] = 0x81; b[13] = 0x00; b };
+
+    let len = |p: &Pkt| p.build().len();
+    vec![
+        case("IPv4 SYN to VIP goes to the active origin (primary)", Xdp, syn1.clone(),
+            Some(with_dport(c1.clone(), 8081).build()), steered_new(PRIMARY, syn1.len())),
+        case("tracked flow's next packet stays on primary", Xdp, c1_ack.build(),
+            Some(with_dport(c1_ack.clone(), 8081).build()), steered(PRIMARY, len(&c1_ack))),
+        case("TC egress: primary's SYN-ACK gets the VIP port back", TcEgress, r1.build(),
+            Some(r1_out.build()), vec![(PRIMARY, "reply_rewrites", 1)]),
+        case("after the flip, the tracked flow stays on primary", Xdp, c1_ack.build(),
+            Some(with_dport(c1_ack.clone(), 8081).build()), steered(PRIMARY, len(&c1_ack)))
+            .before(Before::SetActive(BACKUP)),
+        case("new SYN after the flip goes to backup", Xdp, c2.build(),
+            Some(with_dport(c2.clone(), 8082).build()), steered_new(BACKUP, len(&c2))),
+        case("retired primary: its flow is re-steered to the active origin", Xdp, c1_ack.build(),
+            Some(with_dport(c1_ack.clone(), 8082).build()),
+            [steered_new(BACKUP, len(&c1_ack)), vec![(BACKUP, "resteered", 1)]].concat())
+            .before(Before::Retire(PRIMARY)),
+        case("TC egress: a reply from the retired origin's port no longer matches", TcEgress, r1.build(),
+            None, vec![]),
+        case("unknown non-SYN flow is adopted by the active origin", Xdp, c3_ack.build(),
+            Some(with_dport(c3_ack.clone(), 8082).build()),
+            [steered_new(BACKUP, len(&c3_ack)), vec![(BACKUP, "resteered", 1)]].concat()),
+        case("RST of a tracked flow is steered like any packet", Xdp,
+            Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, RST).build(),
+            Some(Pkt::tcp("10.1.1.2", 40001, VIP4, 8082, RST).build()),
+            steered(BACKUP, len(&Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, RST)))),
+        case("other port on the VIP address passes unchanged", Xdp,
+            Pkt::tcp("10.1.1.1", 40000, VIP4, 22, SYN).build(), None, pass()),
+        case("VIP port on another address passes unchanged", Xdp,
+            Pkt::tcp("10.1.1.1", 40000, "10.0.0.3", VIP_PORT, SYN).build(), None, pass()),
+        case("UDP to VIP:8080 passes unchanged", Xdp,
+            Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, 0).proto(UDP).with_payload(b"x").build(), None, pass()),
+        case("ICMP to the VIP passes unchanged", Xdp,
+            Pkt::tcp("10.1.1.1", 0, VIP4, 0, 0).proto(ICMP).build(), None, pass()),
+        case("ARP passes unchanged", Xdp, arp, None, pass()),
+        case("VLAN-tagged frame passes unchanged", Xdp, vlan, None, pass()),
+        case("IPv6 SYN to the IPv6 VIP is steered", Xdp, v6.build(),
+            Some(with_dport(v6.clone(), 8082).build()), steered_new(BACKUP, len(&v6))),
+        case("IPv6 tracked flow stays put", Xdp, v6_ack.build(),
+            Some(with_dport(v6_ack.clone(), 8082).build()), steered(BACKUP, len(&v6_ack))),
+        case("IPv6 to another address passes unchanged", Xdp,
+            Pkt::tcp("fd00::99", 50000, "fd00::7", VIP_PORT, SYN).build(), None, pass()),
+        case("truncated IPv4 header passes, counted malformed", Xdp, truncated_ip, None, pass_as("malformed")),
+        case("truncated TCP header passes, counted malformed", Xdp, truncated_tcp, None, pass_as("malformed")),
+        case("truncated IPv6 header passes, counted malformed", Xdp, truncated_v6, None, pass_as("malformed")),
+        case("IPv4 total length beyond the frame passes, malformed", Xdp, lying_tot_len, None, pass_as("malformed")),
+        case("bad IP version passes, malformed", Xdp, bad_version, None, pass_as("malformed")),
+        case("IPv4 options pass unchanged, counted", Xdp, v4_options.build(), None, pass_as("ip_options")),
+        case("IPv4 first fragment (MF) passes unchanged", Xdp, frag_mf.build(), None, pass_as("fragments")),
+        case("IPv4 later fragment (offset) passes unchanged", Xdp, frag_off.build(), None, pass_as("fragments")),
+        case("IPv4 DF (not a fragment) is steered", Xdp, df.build(),
+            Some(with_dport(df.clone(), 8082).build()), steered_new(BACKUP, len(&df))),
+        case("IPv6 fragment header passes unchanged", Xdp, v6_frag.build(), None, pass_as("fragments")),
+        case("IPv6 hop-by-hop header passes unchanged, counted", Xdp, v6_hbh.build(), None, pass_as("ip_options")),
+        case("TC ingress: SYN rewritten like XDP does", TcIngress,
+            Pkt::tcp("10.1.2.1", 41000, VIP4, VIP_PORT, SYN).build(),
+            Some(Pkt::tcp("10.1.2.1", 41000, VIP4, 8082, SYN).build()),
+            steered_new(BACKUP, len(&Pkt::tcp("10.1.2.1", 41000, VIP4, VIP_PORT, SYN)))),
+        case("TC ingress: IPv6 data packet of a tracked flow", TcIngress, v6_ack.build(),
+            Some(with_dport(v6_ack.clone(), 8082).build()), steered(BACKUP, len(&v6_ack))),
+        case("origin at another address: IPv4 destination address and port rewritten", Xdp,
+            Pkt::tcp("10.1.1.9", 40009, VIP4, VIP_PORT, SYN).build(),
+            Some(Pkt::tcp("10.1.1.9", 40009, "10.0.0.2", 9000, SYN).build()),
+            steered_new(REMOTE, len(&Pkt::tcp("10.1.1.9", 40009, VIP4, VIP_PORT, SYN))))
+            .before(Before::SetActive(REMOTE)),
+        case("TC egress: the remote origin's reply gets VIP address and port", TcEgress, r_remote.build(),
+            Some(r_remote_out.build()), vec![(REMOTE, "reply_rewrites", 1)]),
+        case("TC egress: a reply from the right port but wrong address is left alone", TcEgress,
+            Pkt::tcp("10.0.0.5", 9000, "10.1.1.9", 40009, ACK).build(), None, vec![]),
+        case("origin at another address: IPv6 destination rewritten", Xdp,
+            Pkt::tcp("fd00::97", 50002, VIP6, VIP_PORT, SYN).build(),
+            Some(Pkt::tcp("fd00::97", 50002, "fd00::2", 9000, SYN).build()),
+            steered_new(REMOTE, len(&Pkt::tcp("fd00::97", 50002, VIP6, VIP_PORT, SYN)))),
+        case("TC egress: IPv6 reply from the remote origin", TcEgress,
+            Pkt::tcp("fd00::2", 9000, "fd00::97", 50002, SYN | ACK).build(),
+            Some(Pkt::tcp(VIP6, VIP_PORT, "fd00::97", 50002, SYN | ACK).build()),
+            vec![(REMOTE, "reply_rewrites", 1)]),
+        case("TC ingress: IPv4 to the remote origin rewrites address (helpers)", TcIngress,
+            Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, SYN).build(),
+            Some(Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, SYN).build()),
+            steered_new(REMOTE, len(&Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, SYN)))),
+        case("steering disabled: VIP traffic passes unchanged", Xdp,
+            Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, SYN).build(), None, pass())
+            .before(Before::Enable(false)),
+        case("re-enabled with primary active: SYN reuses the port on primary", Xdp,
+            with_sport(c1.clone(), 40000).build(), Some(with_dport(c1.clone(), 8081).build()),
+            steered_new(PRIMARY, syn1.len()))
+            .before(Before::SetActive(PRIMARY)),
+    ]
+}
+
+#[test]
+fn fixture_table() {
+    let mut h = Harness::new();
+    let cases = table();
+    assert!(cases.len() >= 20, "the table must cover at least 20 cases");
+    let mut failures = Vec::new();
+    for (i, c) in cases.into_iter().enumerate() {
+        match c.before {
+            Before::Nothing => {}
+            Before::SetActive(idx) => h.set_active(idx),
+            Before::Retire(idx) => {
+                let n = h.retire(idx);
+                assert!(n > 0, "case {i} ({}): retiring found no flow of origin {idx}", c.desc);
+            }
+            Before::Enable(on) => {
+                h.configure(on);
+                if !on {
+                    // Run this case disabled, then re-enable for the rest.
+                }
+            }
+        }
+        let before = h.counters();
+        let (verdict, out, _) = h.run(c.prog, &c.input, 1);
+        let after = h.counters();
+        if let Before::Enable(false) = c.before {
+            h.configure(true);
+        }
+        let want_verdict = if matches!(c.prog, Prog::Xdp) { XDP_PASS } else { TC_ACT_OK };
+        let mut errs = Vec::new();
+        if verdict != want_verdict {
+            errs.push(format!("verdict {verdict}, want {want_verdict}"));
+        }
+        let want = c.output.clone().unwrap_or_else(|| c.input.clone());
+        if out != want {
+            errs.push(format!("output differs from expected:\n{}", hexdiff(&out, &want)));
+        }
+        if c.output.is_some() {
+            if let Err(e) = verify_checksums(&out) {
+                errs.push(format!("recomputed checksum rejects output: {e}"));
+            }
+        }
+        for slot in 0..STATS_SLOTS {
+            for f in FIELDS {
+                let got = field(&after[slot as usize], f) - field(&before[slot as usize], f);
+                let want: u64 = c.deltas.iter().filter(|(s, n, _)| *s == slot && *n == f).map(|d| d.2).sum();
+                if got != want {
+                    errs.push(format!("counter slot {slot} {f}: +{got}, want +{want}"));
+                }
+            }
+        }
+        if !errs.is_empty() {
+            failures.push(format!("case {i}: {}\n    {}", c.desc, errs.join("\n    ")));
+        }
+    }
+    assert!(failures.is_empty(), "{} fixture case(s) failed:\n{}", failures.len(), failures.join("\n"));
+
+    // The conntrack map holds what the cases created: flows are pinned where they started.
+    let flows = h.flows();
+    let origin_of = |addr: [u8; 4], port: u16| {
+        flows
+            .iter()
+            .find(|(k, _)| k.client_addr[..4] == addr && k.client_port_be == port.to_be())
+            .map(|(_, v)| v.origin)
+    };
+    assert_eq!(origin_of([10, 1, 1, 2], 40001), Some(BACKUP));
+    assert_eq!(origin_of([10, 1, 1, 9], 40009), Some(REMOTE));
+    assert_eq!(origin_of([10, 1, 1, 1], 40000), Some(PRIMARY), "the last SYN re-pinned the flow");
+    assert!(flows.iter().all(|(_, v)| v.origin < MAX_ORIGINS));
+}
+
+/// A malformed frame shorter than Ethernet cannot go through BPF_PROG_TEST_RUN (the kernel
+/// refuses inputs under 14 bytes); what it must not do is reach the programs at all.
+#[test]
+fn kernel_refuses_frames_shorter_than_ethernet() {
+    let mut h = Harness::new();
+    let mut out = vec![0u8; 64];
+    let mut opts = TestRunOptions::new();
+    let short = [0u8; 10];
+    opts.data_in = Some(&short);
+    opts.data_out = Some(&mut out);
+    let p: &Xdp = h.ebpf.program(prog_names::XDP_INGRESS).unwrap().try_into().unwrap();
+    assert!(p.test_run(opts).is_err());
+    // And nothing was counted.
+    assert!(h.counters().iter().all(|c| *c == Counters::default()));
+    let _ = &mut h;
+}
