@@ -89,6 +89,7 @@ impl DataPlane for FakeDataPlane {
 /// A live media playlist of `WINDOW` 2 s segments, newest MSN `newest_msn`, every segment
 /// with PROGRAM-DATE-TIME, whose newest segment ends at `newest_end`.
 pub fn live_playlist(newest_msn: u64, newest_end: SystemTime) -> String {
+    assert!(newest_msn + 1 >= WINDOW, "newest MSN {newest_msn} leaves no room for a window of {WINDOW}");
     let first = newest_msn + 1 - WINDOW;
     let mut s = format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n");
     for i in 0..WINDOW {
@@ -131,6 +132,8 @@ pub type Responder = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 /// same port again.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepts: Arc<std::sync::atomic::AtomicUsize>,
     responder: Arc<Mutex<Responder>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -140,8 +143,9 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind test server");
         let addr = listener.local_addr().expect("local addr");
         let responder = Arc::new(Mutex::new(responder));
-        let task = Some(tokio::spawn(serve(listener, responder.clone())));
-        TestServer { addr, responder, task }
+        let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = Some(tokio::spawn(serve(listener, responder.clone(), accepts.clone())));
+        TestServer { addr, accepts, responder, task }
     }
 
     /// Serves a fixed reply.
@@ -172,7 +176,7 @@ impl TestServer {
     /// Listens on the same port again.
     pub async fn restart(&mut self) {
         let listener = TcpListener::bind(self.addr).await.expect("rebind test server port");
-        self.task = Some(tokio::spawn(serve(listener, self.responder.clone())));
+        self.task = Some(tokio::spawn(serve(listener, self.responder.clone(), self.accepts.clone())));
     }
 }
 
@@ -187,9 +191,10 @@ impl Drop for TestServer {
 /// Largest request head the test server reads.
 const MAX_HEAD: usize = 8192;
 
-async fn serve(listener: TcpListener, responder: Arc<Mutex<Responder>>) {
+async fn serve(listener: TcpListener, responder: Arc<Mutex<Responder>>, accepts: Arc<std::sync::atomic::AtomicUsize>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
+        accepts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let responder = responder.clone();
         tokio::spawn(async move {
             let mut head = Vec::new();

@@ -1,0 +1,211 @@
+//! Probing: playlist parsing with real playlists (pure), then probes over real HTTP against
+//! small servers on 127.0.0.1:0.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use common::{Reply, TestServer, playlist_aged};
+use switcher_ctl::probe::{MediaFacts, Parsed, ProbeError, Prober, parse_playlist};
+
+const MEDIA_WITH_PDT: &str = "#EXTM3U
+#EXT-X-VERSION:3
+#EXT-X-TARGETDURATION:2
+#EXT-X-MEDIA-SEQUENCE:100
+#EXT-X-PROGRAM-DATE-TIME:2024-01-01T00:00:00.000Z
+#EXTINF:2.000,
+seg100.ts
+#EXT-X-PROGRAM-DATE-TIME:2024-01-01T00:00:02.000Z
+#EXTINF:2.000,
+seg101.ts
+#EXT-X-PROGRAM-DATE-TIME:2024-01-01T00:00:04.000Z
+#EXTINF:1.500,
+seg102.ts
+";
+
+/// PDT only on the first segment (RFC 8216 4.3.2.6: later dates follow by durations), with
+/// a time zone offset.
+const MEDIA_PDT_FIRST_ONLY: &str = "#EXTM3U
+#EXT-X-TARGETDURATION:2
+#EXT-X-MEDIA-SEQUENCE:100
+#EXT-X-PROGRAM-DATE-TIME:2024-01-01T02:00:00.000+02:00
+#EXTINF:2.000,
+seg100.ts
+#EXTINF:2.000,
+seg101.ts
+#EXTINF:1.500,
+seg102.ts
+";
+
+const MEDIA_NO_PDT: &str = "#EXTM3U
+#EXT-X-TARGETDURATION:2
+#EXT-X-MEDIA-SEQUENCE:7
+#EXTINF:2.000,
+a.ts
+#EXTINF:2.000,
+b.ts
+";
+
+const MASTER: &str = "#EXTM3U
+#EXT-X-STREAM-INF:BANDWIDTH=2000000,RESOLUTION=1280x720
+v720/index.m3u8
+#EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=640x360
+v360/index.m3u8
+";
+
+fn newest_end_expected() -> DateTime<Utc> {
+    "2024-01-01T00:00:05.500Z".parse().expect("timestamp")
+}
+
+fn media(body: &str) -> MediaFacts {
+    match parse_playlist(body.as_bytes()) {
+        Ok(Parsed::Media(m)) => m,
+        other => panic!("expected a media playlist, got {other:?}"),
+    }
+}
+
+#[test]
+fn media_playlist_with_pdt_gives_msn_and_end() {
+    let m = media(MEDIA_WITH_PDT);
+    assert_eq!(m.newest_msn, 102, "MEDIA-SEQUENCE 100 + 3 segments - 1");
+    assert_eq!(m.newest_end, newest_end_expected(), "PDT of newest (00:04) + its 1.5 s");
+    let now: SystemTime = ("2024-01-01T00:00:10.000Z".parse::<DateTime<Utc>>().expect("now")).into();
+    assert!((m.age_seconds(now) - 4.5).abs() < 1e-6, "age {}", m.age_seconds(now));
+    // Clock behind the origin: a negative age, not hidden.
+    let early: SystemTime = ("2024-01-01T00:00:05.000Z".parse::<DateTime<Utc>>().expect("now")).into();
+    assert!((m.age_seconds(early) + 0.5).abs() < 1e-6);
+}
+
+#[test]
+fn pdt_on_first_segment_only_is_carried_forward() {
+    let m = media(MEDIA_PDT_FIRST_ONLY);
+    assert_eq!(m.newest_msn, 102);
+    assert_eq!(m.newest_end, newest_end_expected());
+}
+
+#[test]
+fn playlist_without_pdt_is_an_error() {
+    assert_eq!(parse_playlist(MEDIA_NO_PDT.as_bytes()), Err(ProbeError::NoProgramDateTime));
+}
+
+#[test]
+fn master_playlist_yields_first_variant() {
+    assert_eq!(parse_playlist(MASTER.as_bytes()), Ok(Parsed::Master { variant_uri: "v720/index.m3u8".into() }));
+}
+
+#[test]
+fn garbage_and_empty_are_errors() {
+    assert!(matches!(parse_playlist(b"<html>502 Bad Gateway</html>"), Err(ProbeError::Unparsable(_))));
+    assert!(matches!(parse_playlist(&[0xff, 0x00, 0x13, 0x37]), Err(ProbeError::Unparsable(_))));
+    assert_eq!(parse_playlist(b""), Err(ProbeError::Empty));
+    assert_eq!(parse_playlist(b"  \n"), Err(ProbeError::Empty));
+    assert_eq!(parse_playlist(b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n"), Err(ProbeError::Empty));
+}
+
+#[test]
+fn huge_valid_playlist_parses() {
+    // A long DVR window: 20 000 segments; the bound on size is the prober's, not the parser's.
+    let mut s = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:5\n");
+    s.push_str("#EXT-X-PROGRAM-DATE-TIME:2024-01-01T00:00:00.000Z\n");
+    for i in 0..20_000 {
+        s.push_str(&format!("#EXTINF:2.000,\ns{i}.ts\n"));
+    }
+    let m = media(&s);
+    assert_eq!(m.newest_msn, 5 + 20_000 - 1);
+    assert_eq!(m.newest_end, "2024-01-01T11:06:40.000Z".parse::<DateTime<Utc>>().expect("ts"));
+}
+
+// --- over HTTP ---
+
+const PATH: &str = "/hls/demo/index.m3u8";
+const TIMEOUT: Duration = Duration::from_millis(300);
+const MAX_BODY: usize = 1 << 20;
+
+fn prober() -> Prober {
+    Prober { timeout: TIMEOUT, max_body: MAX_BODY }
+}
+
+#[tokio::test]
+async fn fresh_playlist_over_http() {
+    let server = TestServer::start(Arc::new(|_| Reply::ok(playlist_aged(500, Duration::from_secs(1))))).await;
+    let r = prober().probe(&server.url(PATH)).await;
+    let f = r.outcome.expect("fresh playlist");
+    assert_eq!(f.newest_msn, 500);
+    assert!((0.9..2.0).contains(&f.age_seconds), "age {}", f.age_seconds);
+    assert_eq!(r.status, Some(200));
+    assert!(r.latency < TIMEOUT);
+}
+
+#[tokio::test]
+async fn every_probe_opens_a_fresh_connection() {
+    let server = TestServer::start(Arc::new(|_| Reply::ok(playlist_aged(500, Duration::from_secs(1))))).await;
+    let p = prober();
+    for _ in 0..3 {
+        p.probe(&server.url(PATH)).await.outcome.expect("fresh");
+    }
+    assert_eq!(server.accepts.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn status_503_and_404() {
+    let server = TestServer::fixed(Reply { status: 503, body: "busy".into(), delay: Duration::ZERO }).await;
+    let r = prober().probe(&server.url(PATH)).await;
+    assert_eq!(r.outcome, Err(ProbeError::Http5xx(503)));
+    assert_eq!(r.status, Some(503));
+    let server = TestServer::fixed(Reply { status: 404, body: "no".into(), delay: Duration::ZERO }).await;
+    assert_eq!(prober().probe(&server.url(PATH)).await.outcome, Err(ProbeError::HttpStatus(404)));
+}
+
+#[tokio::test]
+async fn refused_port() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let r = prober().probe(&format!("http://{addr}{PATH}")).await;
+    assert_eq!(r.outcome, Err(ProbeError::Refused));
+    assert_eq!(r.status, None);
+}
+
+#[tokio::test]
+async fn slow_server_times_out() {
+    let slow = Reply { status: 200, body: playlist_aged(100, Duration::from_secs(1)), delay: Duration::from_secs(5) };
+    let server = TestServer::fixed(slow).await;
+    let r = prober().probe(&server.url(PATH)).await;
+    assert_eq!(r.outcome, Err(ProbeError::Timeout));
+    assert!(r.latency >= TIMEOUT && r.latency < TIMEOUT * 3, "latency {:?}", r.latency);
+}
+
+#[tokio::test]
+async fn master_playlist_is_followed_over_http() {
+    let server = TestServer::start(Arc::new(|path| {
+        if path == "/hls/demo/v720/index.m3u8" {
+            Reply::ok(playlist_aged(42, Duration::from_millis(500)))
+        } else if path == PATH {
+            Reply::ok(MASTER.into())
+        } else {
+            Reply { status: 404, body: String::new(), delay: Duration::ZERO }
+        }
+    }))
+    .await;
+    let r = prober().probe(&server.url(PATH)).await;
+    assert_eq!(r.outcome.expect("followed the variant").newest_msn, 42);
+    assert_eq!(server.accepts.load(Ordering::SeqCst), 2, "one fresh connection per request");
+}
+
+#[tokio::test]
+async fn oversized_body_is_refused() {
+    let big = Reply::ok(format!("#EXTM3U\n#{}\n", "x".repeat(MAX_BODY + 1)));
+    let server = TestServer::fixed(big).await;
+    assert_eq!(prober().probe(&server.url(PATH)).await.outcome, Err(ProbeError::TooLarge(MAX_BODY)));
+}
+
+#[tokio::test]
+async fn garbage_over_http_is_unparsable() {
+    let server = TestServer::fixed(Reply::ok("<html>hello</html>".into())).await;
+    let r = prober().probe(&server.url(PATH)).await;
+    assert!(matches!(r.outcome, Err(ProbeError::Unparsable(_))), "{:?}", r.outcome);
+    assert_eq!(r.status, Some(200));
+}
