@@ -1,0 +1,162 @@
+//! The live media playlist: a sliding window of segments rendered with m3u8-rs.
+//!
+//! References: RFC 8216 4.3.3.1 (EXT-X-TARGETDURATION), 4.3.3.2 (EXT-X-MEDIA-SEQUENCE),
+//! 4.3.3.3 (EXT-X-DISCONTINUITY-SEQUENCE), 4.3.2.3 (EXT-X-DISCONTINUITY), 4.3.2.6
+//! (EXT-X-PROGRAM-DATE-TIME), 6.2.2 (live playlists: removing segments).
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use m3u8_rs::{MediaPlaylist, MediaSegment};
+
+/// EXT-X-VERSION 3: the lowest version that allows decimal EXTINF durations (RFC 8216 7).
+const PLAYLIST_VERSION: usize = 3;
+const MS_PER_SECOND: f32 = 1000.0;
+
+/// One published segment as the playlist lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Media sequence number; also the segment's file name stem.
+    pub msn: u64,
+    /// Duration in milliseconds (EXTINF).
+    pub duration_ms: u64,
+    /// UNIX time in milliseconds of the segment's first frame (EXT-X-PROGRAM-DATE-TIME).
+    pub pdt_ms: u64,
+    /// An EXT-X-DISCONTINUITY tag precedes this segment.
+    pub discontinuity: bool,
+}
+
+impl SegmentInfo {
+    /// The segment's file name: `<MSN>.ts`.
+    pub fn file_name(&self) -> String {
+        segment_file_name(self.msn)
+    }
+}
+
+/// File name of the segment with media sequence number `msn`.
+pub fn segment_file_name(msn: u64) -> String {
+    format!("{msn}.ts")
+}
+
+/// A sliding-window live playlist.
+#[derive(Debug, Clone)]
+pub struct Playlist {
+    target_duration_secs: u64,
+    window: usize,
+    entries: VecDeque<SegmentInfo>,
+    discontinuity_sequence: u64,
+}
+
+impl Playlist {
+    /// An empty playlist with the given EXT-X-TARGETDURATION and window length.
+    pub fn new(target_duration_secs: u64, window: usize) -> Self {
+        Self { target_duration_secs, window: window.max(1), entries: VecDeque::new(), discontinuity_sequence: 0 }
+    }
+
+    /// Appends a segment and returns the segments that left the window (to be deleted after a
+    /// grace period, RFC 8216 6.2.2).
+    ///
+    /// The media sequence number of every segment must equal its position-derived number
+    /// (EXT-X-MEDIA-SEQUENCE + index, RFC 8216 6.2.1), and ours are names derived from stream
+    /// time. So when a number is skipped (frames lost while reconnecting, a keyframe interval
+    /// longer than the target duration), the older segments are retired at once rather than
+    /// listed with numbers that would change on the next reload.
+    pub fn push(&mut self, seg: SegmentInfo) -> Vec<SegmentInfo> {
+        let mut retired = Vec::new();
+        let contiguous = self.entries.back().is_none_or(|last| last.msn + 1 == seg.msn);
+        if !contiguous {
+            tracing::warn!(msn = seg.msn, "media sequence gap: restarting the playlist window");
+            while let Some(old) = self.pop_front() {
+                retired.push(old);
+            }
+        }
+        self.entries.push_back(seg);
+        while self.entries.len() > self.window {
+            if let Some(old) = self.pop_front() {
+                retired.push(old);
+            }
+        }
+        retired
+    }
+
+    fn pop_front(&mut self) -> Option<SegmentInfo> {
+        let old = self.entries.pop_front()?;
+        // RFC 8216 6.2.2: removing an EXT-X-DISCONTINUITY tag increments the sequence.
+        if old.discontinuity {
+            self.discontinuity_sequence += 1;
+        }
+        Some(old)
+    }
+
+    /// Segments currently listed, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = &SegmentInfo> {
+        self.entries.iter()
+    }
+
+    /// Renders the playlist text.
+    pub fn render(&self) -> String {
+        let segments = self
+            .entries
+            .iter()
+            .map(|e| MediaSegment {
+                uri: e.file_name(),
+                duration: e.duration_ms as f32 / MS_PER_SECOND,
+                discontinuity: e.discontinuity,
+                program_date_time: Some(pdt(e.pdt_ms)),
+                ..Default::default()
+            })
+            .collect();
+        let playlist = MediaPlaylist {
+            version: Some(PLAYLIST_VERSION),
+            target_duration: self.target_duration_secs,
+            media_sequence: self.entries.front().map_or(0, |e| e.msn),
+            discontinuity_sequence: self.discontinuity_sequence,
+            segments,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        playlist.write_to(&mut out).expect("writing to a Vec cannot fail");
+        String::from_utf8(out).expect("m3u8-rs writes UTF-8")
+    }
+}
+
+fn pdt(ms: u64) -> DateTime<FixedOffset> {
+    let utc = Utc.timestamp_millis_opt(ms as i64).single().unwrap_or_default();
+    utc.fixed_offset()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(msn: u64, discontinuity: bool) -> SegmentInfo {
+        SegmentInfo { msn, duration_ms: 2000, pdt_ms: msn * 2000, discontinuity }
+    }
+
+    #[test]
+    fn window_slides_and_counts_discontinuities() {
+        let mut p = Playlist::new(2, 3);
+        assert!(p.push(seg(10, true)).is_empty());
+        p.push(seg(11, false));
+        p.push(seg(12, false));
+        let retired = p.push(seg(13, false));
+        assert_eq!(retired, vec![seg(10, true)]);
+        let text = p.render();
+        let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("parses");
+        assert_eq!(parsed.media_sequence, 11);
+        assert_eq!(parsed.discontinuity_sequence, 1);
+        assert_eq!(parsed.target_duration, 2);
+        assert_eq!(parsed.segments[0].uri, "11.ts");
+        assert_eq!(parsed.segments[0].program_date_time.unwrap().timestamp_millis(), 22000);
+    }
+
+    #[test]
+    fn gap_restarts_window() {
+        let mut p = Playlist::new(2, 6);
+        p.push(seg(1, false));
+        p.push(seg(2, false));
+        let retired = p.push(seg(5, true));
+        assert_eq!(retired.len(), 2);
+        assert_eq!(p.entries().map(|e| e.msn).collect::<Vec<_>>(), vec![5]);
+    }
+}

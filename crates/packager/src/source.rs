@@ -1,0 +1,255 @@
+//! The I/O edge: pulls events from a source, feeds the core, applies outputs, reconnects.
+//!
+//! A source is anything implementing [`Connector`]: the RTMP play client in production, an FLV
+//! file (played once per "connection", each play being a new publish session) for local runs.
+//! One thread per stream; `PlayClient::next_event` is blocking, so threads, not async.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::flv::{self, TagType};
+use crate::metrics::Metrics;
+use crate::segmenter::{Event, Metadata, Output, Packager};
+use crate::writer::{Progress, Writer};
+
+/// Errors from a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Could not connect or read.
+    #[error("source I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The source is not usable (bad URL, bad file, protocol error).
+    #[error("source: {0}")]
+    Other(String),
+}
+
+/// A connected source of events. `Ok(None)` means it closed.
+pub trait EventStream {
+    /// The next event, blocking.
+    fn next_event(&mut self) -> Result<Option<Event>, SourceError>;
+}
+
+/// Opens connections to one stream.
+pub trait Connector: Send {
+    /// Connects (the RTMP client does its own connect timeout).
+    fn connect(&mut self) -> Result<Box<dyn EventStream>, SourceError>;
+}
+
+/// AMF0 onMetaData property names of the ingest contract.
+pub const PROP_STREAM_START: &str = "streamStartTimeMs";
+/// See [`PROP_STREAM_START`].
+pub const PROP_SESSION_ID: &str = "streamSessionId";
+
+/// Extracts the ingest's timing from onMetaData Number properties. Without `streamStartTimeMs`
+/// (an ingest that does not implement the contract) we fall back to `fallback_now_ms` and log:
+/// segments are then still valid but not interchangeable with another instance's.
+pub fn metadata_from_numbers<'a>(props: impl IntoIterator<Item = (&'a str, Option<f64>)>, fallback_now_ms: u64) -> Metadata {
+    let mut start = None;
+    let mut session = None;
+    for (name, value) in props {
+        match (name, value) {
+            (PROP_STREAM_START, Some(v)) if v.is_finite() && v >= 0.0 => start = Some(v as u64),
+            (PROP_SESSION_ID, Some(v)) => session = Some(v.to_bits()),
+            _ => {}
+        }
+    }
+    let stream_start_time_ms = start.unwrap_or_else(|| {
+        tracing::warn!("onMetaData without {PROP_STREAM_START}: using the local clock; instances will not be interchangeable");
+        fallback_now_ms
+    });
+    Metadata { stream_start_time_ms, session_id: session.unwrap_or(stream_start_time_ms) }
+}
+
+/// UNIX time in ms.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Stream name from a source URL or path: its last path component, restricted to characters
+/// that are safe as a directory name.
+pub fn stream_name(source: &str) -> Result<String, SourceError> {
+    let last = source.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    let name = last.strip_suffix(".flv").unwrap_or(last);
+    let ok = !name.is_empty() && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok { Ok(name.to_owned()) } else { Err(SourceError::Other(format!("no usable stream name in {source:?}"))) }
+}
+
+/// Plays an FLV file as if it were one RTMP publish session (metadata with a fresh start time
+/// and session id, then every tag). With `realtime`, tags are paced by their timestamps.
+pub struct FileConnector {
+    path: PathBuf,
+    realtime: bool,
+}
+
+impl FileConnector {
+    /// A connector for `path`.
+    pub fn new(path: impl Into<PathBuf>, realtime: bool) -> Self {
+        Self { path: path.into(), realtime }
+    }
+}
+
+impl Connector for FileConnector {
+    fn connect(&mut self) -> Result<Box<dyn EventStream>, SourceError> {
+        let bytes = std::fs::read(&self.path)?;
+        let tags = flv::read_file(&bytes).map_err(|e| SourceError::Other(e.to_string()))?;
+        let now = unix_now_ms();
+        let mut events = vec![(0, Event::Metadata(Metadata { stream_start_time_ms: now, session_id: now }))];
+        for tag in tags {
+            let (ts, data) = (tag.timestamp_ms, tag.data);
+            match tag.kind {
+                TagType::Audio => events.push((ts, Event::Audio { timestamp_ms: ts, data })),
+                TagType::Video => events.push((ts, Event::Video { timestamp_ms: ts, data })),
+                TagType::Script => {}
+            }
+        }
+        events.push((events.last().map_or(0, |e| e.0), Event::EndOfSession));
+        Ok(Box::new(FileStream { events: events.into_iter(), started: Instant::now(), realtime: self.realtime }))
+    }
+}
+
+struct FileStream {
+    events: std::vec::IntoIter<(u32, Event)>,
+    started: Instant,
+    realtime: bool,
+}
+
+impl EventStream for FileStream {
+    fn next_event(&mut self) -> Result<Option<Event>, SourceError> {
+        let Some((ts, ev)) = self.events.next() else { return Ok(None) };
+        if self.realtime {
+            let due = self.started + Duration::from_millis(u64::from(ts));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        Ok(Some(ev))
+    }
+}
+
+/// Builds an event from an FLV tag body, for sources that deliver raw tags.
+pub fn tag_event(kind: TagType, timestamp_ms: u32, data: Bytes) -> Option<Event> {
+    match kind {
+        TagType::Audio => Some(Event::Audio { timestamp_ms, data }),
+        TagType::Video => Some(Event::Video { timestamp_ms, data }),
+        TagType::Script => None,
+    }
+}
+
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Sleep granularity while backing off (how fast `stop` and write retries are noticed).
+const BACKOFF_STEP: Duration = Duration::from_millis(50);
+
+/// One stream's pipeline: source -> core -> writer, with metrics.
+pub struct Pipeline {
+    /// Stream name (metric label, directory name).
+    pub stream: String,
+    /// The sans-IO core.
+    pub packager: Packager,
+    /// The directory writer.
+    pub writer: Writer,
+    /// Metrics sink.
+    pub metrics: Metrics,
+}
+
+impl Pipeline {
+    /// Feeds one event through the core and the writer.
+    pub fn handle(&mut self, event: Event) {
+        let outputs = self.packager.push(event);
+        for o in &outputs {
+            match o {
+                Output::Dropped(reason) => self.metrics.dropped_frames.with_label_values(&[self.stream.as_str(), reason.as_str()]).inc(),
+                Output::PartialDiscarded { .. } => self.metrics.partial_segments.with_label_values(&[&self.stream]).inc(),
+                Output::Discontinuity => self.metrics.discontinuities.with_label_values(&[&self.stream]).inc(),
+                _ => {}
+            }
+        }
+        let progress = self.writer.apply(outputs, Instant::now());
+        self.record(progress);
+    }
+
+    /// Retries pending writes and due deletions.
+    pub fn tick(&mut self) {
+        let progress = self.writer.tick(Instant::now());
+        self.record(progress);
+    }
+
+    fn record(&self, p: Progress) {
+        let s = self.stream.as_str();
+        self.metrics.write_errors.with_label_values(&[s]).inc_by(p.errors + p.abandoned);
+        for seg in p.segments {
+            tracing::info!(stream = s, msn = seg.msn, duration_ms = seg.duration_ms, "segment written");
+            self.metrics.segments_written.with_label_values(&[s]).inc();
+            self.metrics.segment_duration.with_label_values(&[s]).observe(seg.duration_ms as f64 / 1000.0);
+            self.metrics.newest_msn.with_label_values(&[s]).set(seg.msn as i64);
+            let lag_ms = unix_now_ms() as i64 - (seg.pdt_ms + seg.duration_ms) as i64;
+            self.metrics.lag_seconds.with_label_values(&[s]).set(lag_ms as f64 / 1000.0);
+        }
+    }
+
+    /// Runs until `stop` is set: connect, pump events, and on close or error tell the core,
+    /// back off (doubling from 250 ms to 8 s, reset once a connection delivered events), retry.
+    pub fn run(&mut self, connector: &mut dyn Connector, stop: &AtomicBool) {
+        let mut backoff = BACKOFF_MIN;
+        while !stop.load(Ordering::Relaxed) {
+            match connector.connect() {
+                Ok(mut events) => {
+                    tracing::info!(stream = self.stream, "source connected");
+                    self.metrics.source_connected.with_label_values(&[&self.stream]).set(1);
+                    while !stop.load(Ordering::Relaxed) {
+                        match events.next_event() {
+                            Ok(Some(ev)) => {
+                                backoff = BACKOFF_MIN;
+                                self.handle(ev);
+                            }
+                            Ok(None) => {
+                                tracing::info!(stream = self.stream, "source closed");
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(stream = self.stream, error = %e, "source failed");
+                                self.metrics.source_errors.with_label_values(&[&self.stream]).inc();
+                                break;
+                            }
+                        }
+                    }
+                    self.metrics.source_connected.with_label_values(&[&self.stream]).set(0);
+                    self.handle(Event::Disconnected);
+                }
+                Err(e) => {
+                    tracing::warn!(stream = self.stream, error = %e, retry_in = ?backoff, "connect failed");
+                    self.metrics.source_errors.with_label_values(&[&self.stream]).inc();
+                }
+            }
+            let until = Instant::now() + backoff;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                self.tick();
+                std::thread::sleep(BACKOFF_STEP);
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names() {
+        assert_eq!(stream_name("rtmp://127.0.0.1:1935/live/demo").unwrap(), "demo");
+        assert_eq!(stream_name("/tmp/x/cam-1.flv").unwrap(), "cam-1");
+        assert!(stream_name("rtmp://h/live/..").is_err());
+        assert!(stream_name("rtmp://h/live/a b").is_err());
+    }
+
+    #[test]
+    fn metadata_numbers() {
+        let m = metadata_from_numbers([("streamStartTimeMs", Some(1.7e12)), ("streamSessionId", Some(3.0)), ("width", Some(1.0))], 5);
+        assert_eq!(m.stream_start_time_ms, 1_700_000_000_000);
+        assert_eq!(m.session_id, 3.0f64.to_bits());
+        assert_eq!(metadata_from_numbers([], 5).stream_start_time_ms, 5);
+    }
+}

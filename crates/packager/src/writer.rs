@@ -1,0 +1,176 @@
+//! Applies core [`Output`]s to a directory: atomic writes, retries, delayed deletion.
+//!
+//! - Atomic: every file is written to a hidden temporary name in the same directory and renamed
+//!   over the target (rename(2) is atomic within a file system), so an HTTP origin never serves a
+//!   partial playlist or segment. No fsync: readers, not crash durability, are what matters for
+//!   a live window that is rewritten every 2 s.
+//! - Order: a playlist is written only after every segment queued before it, so it never lists a
+//!   segment that is not on disk yet.
+//! - Errors (disk full, permissions): logged, counted, and the job stays queued and is retried on
+//!   the next call; the queue is bounded, oldest segments give way first.
+//! - Deletion: a segment that left the playlist is deleted after `grace` (RFC 8216 6.2.2: keep it
+//!   available for its duration plus the longest playlist duration that listed it).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::playlist::SegmentInfo;
+use crate::segmenter::Output;
+
+/// Name of the playlist file in the stream directory.
+pub const PLAYLIST_NAME: &str = "index.m3u8";
+/// Queued segment writes kept while the disk refuses them (~1 minute of 2 s segments).
+const MAX_PENDING_SEGMENTS: usize = 32;
+
+#[derive(Debug)]
+enum Job {
+    Segment { info: SegmentInfo, data: Vec<u8> },
+    Playlist(String),
+}
+
+/// What one [`Writer::apply`] or [`Writer::tick`] call achieved, for metrics.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Segments now on disk.
+    pub segments: Vec<SegmentInfo>,
+    /// Failed write or delete attempts.
+    pub errors: u64,
+    /// Queued segments given up on because the queue was full.
+    pub abandoned: u64,
+}
+
+/// Writes one stream's directory.
+#[derive(Debug)]
+pub struct Writer {
+    dir: PathBuf,
+    grace: Duration,
+    pending: VecDeque<Job>,
+    to_delete: VecDeque<(Instant, PathBuf)>,
+}
+
+impl Writer {
+    /// A writer for `dir` (created on first write) deleting retired segments after `grace`.
+    pub fn new(dir: impl Into<PathBuf>, grace: Duration) -> Self {
+        Self { dir: dir.into(), grace, pending: VecDeque::new(), to_delete: VecDeque::new() }
+    }
+
+    /// The stream directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Queues the outputs and writes as much as possible.
+    pub fn apply(&mut self, outputs: Vec<Output>, now: Instant) -> Progress {
+        let mut progress = Progress::default();
+        for o in outputs {
+            match o {
+                Output::Segment { info, data } => {
+                    let queued = self.pending.iter().filter(|j| matches!(j, Job::Segment { .. })).count();
+                    if queued >= MAX_PENDING_SEGMENTS
+                        && let Some(pos) = self.pending.iter().position(|j| matches!(j, Job::Segment { .. }))
+                    {
+                        tracing::error!("write queue full: abandoning the oldest queued segment");
+                        self.pending.remove(pos);
+                        progress.abandoned += 1;
+                    }
+                    self.pending.push_back(Job::Segment { info, data });
+                }
+                Output::Playlist(text) => {
+                    // Only the newest playlist matters; it lists everything queued before it.
+                    self.pending.retain(|j| !matches!(j, Job::Playlist(_)));
+                    self.pending.push_back(Job::Playlist(text));
+                }
+                Output::Retire(info) => self.to_delete.push_back((now + self.grace, self.dir.join(info.file_name()))),
+                Output::Dropped(_) | Output::PartialDiscarded { .. } | Output::Discontinuity => {}
+            }
+        }
+        self.flush(now, &mut progress);
+        progress
+    }
+
+    /// Retries queued writes and deletes segments whose grace period is over.
+    pub fn tick(&mut self, now: Instant) -> Progress {
+        let mut progress = Progress::default();
+        self.flush(now, &mut progress);
+        progress
+    }
+
+    fn flush(&mut self, now: Instant, progress: &mut Progress) {
+        while let Some(job) = self.pending.front() {
+            let (name, bytes) = match job {
+                Job::Segment { info, data } => (info.file_name(), data.as_slice()),
+                Job::Playlist(text) => (PLAYLIST_NAME.to_owned(), text.as_bytes()),
+            };
+            match write_atomic(&self.dir, &name, bytes) {
+                Ok(()) => {
+                    if let Some(Job::Segment { info, .. }) = self.pending.pop_front() {
+                        progress.segments.push(info);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), file = name, error = %e, "write failed; will retry");
+                    progress.errors += 1;
+                    break;
+                }
+            }
+        }
+        while self.to_delete.front().is_some_and(|(due, _)| *due <= now) {
+            let Some((_, path)) = self.to_delete.pop_front() else { break };
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "deleted retired segment"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "delete failed");
+                    progress.errors += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `dir/name` via a temporary file and rename.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    // Hidden and suffixed so an origin listing or serving `*.ts` never picks it up.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(msn: u64) -> SegmentInfo {
+        SegmentInfo { msn, duration_ms: 2000, pdt_ms: 0, discontinuity: false }
+    }
+
+    #[test]
+    fn writes_retries_and_deletes_after_grace() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A file where the stream directory should be makes every write fail.
+        let dir = tmp.path().join("s");
+        std::fs::write(&dir, b"x").unwrap();
+        let mut w = Writer::new(&dir, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let p = w.apply(vec![Output::Segment { info: info(1), data: vec![1] }, Output::Playlist("a".into())], t0);
+        assert_eq!(p.errors, 1);
+        assert!(p.segments.is_empty());
+        std::fs::remove_file(&dir).unwrap();
+        let p = w.tick(t0);
+        assert_eq!(p.segments, vec![info(1)]);
+        assert_eq!(std::fs::read(dir.join("1.ts")).unwrap(), vec![1]);
+        assert_eq!(std::fs::read_to_string(dir.join(PLAYLIST_NAME)).unwrap(), "a");
+        w.apply(vec![Output::Retire(info(1))], t0);
+        w.tick(t0 + Duration::from_secs(9));
+        assert!(dir.join("1.ts").exists(), "kept during the grace period");
+        w.tick(t0 + Duration::from_secs(10));
+        assert!(!dir.join("1.ts").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        assert!(leftovers.is_empty());
+    }
+}
