@@ -3,7 +3,7 @@
 //! [`Controller::apply`]: on a flip, `set_active(new)` first, then `retire_flows(old)`, so no
 //! window exists in which a retired flow's next packet could be steered back to the old origin.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -76,8 +76,8 @@ pub struct Status {
     pub both_bad: bool,
     /// Per origin.
     pub origins: Origins,
-    /// Tracked flows per stats slot label, when the data plane could be read.
-    pub flows: Option<Vec<(String, u64)>>,
+    /// Tracked flows per origin slot label, when the data plane could be read.
+    pub flows: Option<BTreeMap<String, u64>>,
     /// Recent decisions that were not plain "stay, active healthy", newest last.
     pub decisions: Vec<Decision>,
 }
