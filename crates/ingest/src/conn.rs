@@ -1,0 +1,420 @@
+//! One RTMP connection: handshake, NetConnection commands (spec 7.2.1), then either a
+//! publish session or a play session (7.2.2). The protocol state machines are the sans-IO
+//! ones from `rtmp`; this module only moves bytes and applies policy.
+
+use crate::Server;
+use crate::hub::{Frame, HubError, Out, Stream};
+use bytes::BytesMut;
+use rtmp::amf0::Value;
+use rtmp::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Limits, RawMessage};
+use rtmp::handshake::{HandshakeError, ServerHandshake};
+use rtmp::message::{AckTracker, Command, Message, MessageError, build, type_id, user_control};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Window Acknowledgement Size and Set Peer Bandwidth we announce (what FMS and
+/// nginx-rtmp announce; ffmpeg and OBS expect values of this order).
+const WINDOW_ACK_SIZE: u32 = 2_500_000;
+/// Set Peer Bandwidth limit type 2: dynamic (spec 5.4.5).
+const PEER_BANDWIDTH_DYNAMIC: u8 = 2;
+/// Outgoing chunk size: large enough that a typical video frame is a few chunks, small
+/// enough that audio is not stuck behind a keyframe for long (nginx-rtmp's default).
+const OUT_CHUNK_SIZE: u32 = 4096;
+/// The one message stream id we hand out per connection (createStream).
+const MEDIA_STREAM_ID: u32 = 1;
+/// Bytes per socket read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most queued messages written in one batch to a player before flushing.
+const WRITE_BATCH: usize = 64;
+
+/// Why a connection was closed abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// Socket error.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// Handshake failure.
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// Broken chunk stream.
+    #[error("chunk stream: {0}")]
+    Chunk(#[from] ChunkError),
+    /// Malformed message.
+    #[error("message: {0}")]
+    Message(#[from] MessageError),
+    /// Handshake/connect or idle timeout.
+    #[error("timeout: {0}")]
+    Timeout(&'static str),
+}
+
+/// Publish or play state; dropping it leaves the hub, so cleanup also happens when the
+/// task is cancelled at shutdown.
+enum Role {
+    None,
+    Publishing { stream: Arc<Stream> },
+    Playing { stream: Arc<Stream>, rx: mpsc::Receiver<Out> },
+}
+
+struct Conn {
+    id: u64,
+    peer: SocketAddr,
+    server: Arc<Server>,
+    sock: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    dec: ChunkDecoder,
+    enc: ChunkEncoder,
+    acks: AckTracker,
+    connected: bool,
+    role: Role,
+    /// Close after flushing (a refused publish).
+    closing: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+/// Serves one connection until it closes.
+pub async fn handle(sock: TcpStream, peer: SocketAddr, id: u64, server: Arc<Server>) -> Result<(), ConnError> {
+    sock.set_nodelay(true)?;
+    let cfg = &server.config;
+    let limits = Limits {
+        max_chunk_size: cfg.max_chunk_size,
+        max_message_size: cfg.max_message_size,
+        ..Limits::default()
+    };
+    let mut c = Conn {
+        id,
+        peer,
+        dec: ChunkDecoder::new(limits),
+        server: server.clone(),
+        sock,
+        rbuf: BytesMut::with_capacity(READ_CHUNK),
+        wbuf: BytesMut::new(),
+        enc: ChunkEncoder::new(),
+        acks: AckTracker::default(),
+        connected: false,
+        role: Role::None,
+        closing: false,
+    };
+    tracing::debug!(%peer, conn = id, "connection accepted");
+    let hs_timeout = server.config.handshake_timeout();
+    tokio::time::timeout(hs_timeout, c.handshake()).await.map_err(|_| ConnError::Timeout("handshake"))??;
+    c.run().await
+}
+
+impl Conn {
+    async fn handshake(&mut self) -> Result<(), ConnError> {
+        let mut hs = ServerHandshake::new();
+        loop {
+            if hs.read(&mut self.rbuf, &mut self.wbuf)? {
+                tracing::debug!(conn = self.id, digest = hs.is_digest(), "handshake done");
+                return self.flush().await;
+            }
+            self.flush().await?;
+            if self.fill().await? == 0 {
+                return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<usize, ConnError> {
+        self.rbuf.reserve(READ_CHUNK);
+        let n = self.sock.read_buf(&mut self.rbuf).await?;
+        self.server.metrics.bytes_in.inc_by(n as u64);
+        if let Some(seq) = self.acks.received(n) {
+            self.send(&build::ack(seq));
+        }
+        Ok(n)
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        if !self.wbuf.is_empty() {
+            let idle = self.server.config.idle_timeout();
+            tokio::time::timeout(idle, self.sock.write_all(&self.wbuf))
+                .await
+                .map_err(|_| ConnError::Timeout("write blocked"))??;
+            self.server.metrics.bytes_out.inc_by(self.wbuf.len() as u64);
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, m: &RawMessage) {
+        self.enc.write(m, &mut self.wbuf);
+    }
+
+    async fn run(&mut self) -> Result<(), ConnError> {
+        let idle = self.server.config.idle_timeout();
+        let connect_deadline = tokio::time::Instant::now() + self.server.config.handshake_timeout();
+        loop {
+            // Process everything already buffered.
+            while let Some(raw) = self.dec.read(&mut self.rbuf)? {
+                self.on_message(raw)?;
+            }
+            self.flush().await?;
+            if self.closing {
+                return Ok(());
+            }
+            if !self.connected && tokio::time::Instant::now() > connect_deadline {
+                return Err(ConnError::Timeout("connect"));
+            }
+            let playing = matches!(self.role, Role::Playing { .. });
+            let event = {
+                let rx = match &mut self.role {
+                    Role::Playing { rx, .. } => Some(rx),
+                    _ => None,
+                };
+                tokio::select! {
+                    r = self.sock.read_buf(&mut self.rbuf) => Event::Read(r?),
+                    out = recv(rx) => Event::Out(out),
+                    // Players may legitimately send nothing for a long time; their
+                    // liveness is judged by writes (see `flush`).
+                    _ = tokio::time::sleep(idle), if !playing => return Err(ConnError::Timeout("idle")),
+                }
+            };
+            match event {
+                Event::Read(0) => {
+                    tracing::debug!(conn = self.id, "peer closed");
+                    return Ok(());
+                }
+                Event::Read(n) => {
+                    self.server.metrics.bytes_in.inc_by(n as u64);
+                    if let Some(seq) = self.acks.received(n) {
+                        self.send(&build::ack(seq));
+                    }
+                }
+                Event::Out(None) => {
+                    tracing::info!(conn = self.id, "dropped by the hub (too slow)");
+                    return Ok(());
+                }
+                Event::Out(Some(out)) => {
+                    self.write_out(out);
+                    // Batch whatever else is queued into the same write.
+                    for _ in 0..WRITE_BATCH {
+                        let Role::Playing { rx, .. } = &mut self.role else { break };
+                        match rx.try_recv() {
+                            Ok(o) => self.write_out(o),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_out(&mut self, out: Out) {
+        let sid = MEDIA_STREAM_ID;
+        match out {
+            Out::SessionStart => {
+                // New session: absolute timestamps again (type-0 headers on every chunk stream).
+                self.enc.reset();
+                self.send(&build::user_control(user_control::STREAM_BEGIN, sid));
+                self.send(&build::on_status(sid, "status", "NetStream.Play.PublishNotify", "publish session started"));
+            }
+            Out::SessionEnd => {
+                self.send(&build::user_control(user_control::STREAM_EOF, sid));
+                self.send(&build::on_status(sid, "status", "NetStream.Play.UnpublishNotify", "publish session ended"));
+            }
+            Out::Metadata(payload) => {
+                self.send(&RawMessage { csid: rtmp::message::csid::STREAM_COMMAND, timestamp: 0, type_id: type_id::DATA_AMF0, stream_id: sid, payload });
+            }
+            Out::Media(f) => self.send_frame(&f),
+            Out::Batch(frames) => {
+                for f in &frames {
+                    self.send_frame(f);
+                }
+            }
+        }
+    }
+
+    fn send_frame(&mut self, f: &Frame) {
+        self.send(&build::media(f.video, MEDIA_STREAM_ID, f.timestamp, f.data.clone()));
+    }
+
+    fn on_message(&mut self, raw: RawMessage) -> Result<(), ConnError> {
+        let msg = Message::parse(&raw)?;
+        match msg {
+            Message::SetChunkSize(n) => self.dec.set_chunk_size(n)?,
+            Message::Abort(csid) => self.dec.abort(csid),
+            Message::WindowAckSize(w) => self.acks.set_window(w),
+            Message::Ack(_) | Message::SetPeerBandwidth(..) => {}
+            Message::UserControl(user_control::PING_REQUEST, ts) => {
+                self.send(&build::user_control(user_control::PING_RESPONSE, ts));
+            }
+            Message::UserControl(..) => {}
+            Message::Audio(data) | Message::Video(data) => {
+                if let Role::Publishing { stream } = &self.role {
+                    let frame = Frame { video: raw.type_id == type_id::VIDEO, timestamp: raw.timestamp, data };
+                    self.server.hub.media(stream, frame);
+                }
+            }
+            Message::Data(values) => self.on_data(values),
+            Message::Command(cmd) => self.on_command(cmd),
+            Message::Other(t) => tracing::debug!(conn = self.id, type_id = t, "ignoring message type"),
+        }
+        Ok(())
+    }
+
+    fn on_data(&mut self, values: Vec<Value>) {
+        let Role::Publishing { stream } = &self.role else { return };
+        let mut it = values.into_iter().peekable();
+        if it.peek().and_then(Value::as_str) == Some("@setDataFrame") {
+            it.next();
+        }
+        if let (Some(Value::String(name)), Some(Value::Object(p) | Value::EcmaArray(p))) = (it.next(), it.next()) {
+            if name == "onMetaData" {
+                self.server.hub.set_metadata(stream, p);
+            }
+        }
+    }
+
+    fn reply_result(&mut self, txn: f64, args: &[Value]) {
+        if txn > 0.0 {
+            self.send(&build::command(0, "_result", txn, Value::Null, args));
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        tracing::debug!(conn = self.id, name = %cmd.name, txn = cmd.transaction_id, "command");
+        match cmd.name.as_str() {
+            "connect" => self.on_connect(cmd),
+            "createStream" => self.reply_result(cmd.transaction_id, &[Value::Number(MEDIA_STREAM_ID as f64)]),
+            "publish" => self.on_publish(cmd),
+            "play" => self.on_play(cmd),
+            "deleteStream" | "closeStream" | "FCUnpublish" => {
+                self.leave();
+                self.reply_result(cmd.transaction_id, &[Value::Undefined]);
+            }
+            // releaseStream, FCPublish, getStreamLength, ...: acknowledge so clients that
+            // wait for a reply proceed.
+            _ => self.reply_result(cmd.transaction_id, &[Value::Undefined]),
+        }
+    }
+
+    fn on_connect(&mut self, cmd: Command) {
+        let app = cmd.object.get("app").and_then(Value::as_str).unwrap_or("");
+        // Clients send "live", "live/" or "live?x=y" depending on how the URL was split.
+        let app = app.split('?').next().unwrap_or("").trim_end_matches('/');
+        if app != self.server.config.app {
+            tracing::warn!(conn = self.id, peer = %self.peer, app, "connect to unknown app refused");
+            let info = status_info("error", "NetConnection.Connect.Rejected", "unknown application");
+            self.send(&build::command(0, "_error", cmd.transaction_id, Value::Null, &[info]));
+            self.closing = true;
+            return;
+        }
+        self.send(&build::window_ack_size(WINDOW_ACK_SIZE));
+        self.send(&build::set_peer_bandwidth(WINDOW_ACK_SIZE, PEER_BANDWIDTH_DYNAMIC));
+        self.send(&build::set_chunk_size(OUT_CHUNK_SIZE));
+        self.enc.set_chunk_size(OUT_CHUNK_SIZE as usize);
+        let props = Value::Object(vec![
+            ("fmsVer".into(), Value::String("FMS/3,0,1,123".into())),
+            ("capabilities".into(), Value::Number(31.0)),
+        ]);
+        let mut info = status_info("status", "NetConnection.Connect.Success", "Connection succeeded.");
+        if let Value::Object(p) = &mut info {
+            p.push(("objectEncoding".into(), Value::Number(0.0)));
+        }
+        self.send(&build::command(0, "_result", cmd.transaction_id, props, &[info]));
+        self.connected = true;
+    }
+
+    fn on_publish(&mut self, cmd: Command) {
+        let full = cmd.args.first().and_then(Value::as_str).unwrap_or("").to_owned();
+        let (name, query) = split_query(&full);
+        let cfg = &self.server.config;
+        let refuse = |c: &mut Conn, code: &str, why: &str| {
+            tracing::warn!(conn = c.id, peer = %c.peer, stream = name, reason = why, "publish refused");
+            c.server.metrics.publish_rejected.inc();
+            c.send(&build::on_status(MEDIA_STREAM_ID, "error", code, why));
+            c.closing = true;
+        };
+        if !self.connected || !matches!(self.role, Role::None) || name.is_empty() {
+            return refuse(self, "NetStream.Publish.BadName", "not connected, already active, or empty name");
+        }
+        if let Some(secret) = &cfg.publish_key {
+            let key = query.split('&').find_map(|kv| kv.strip_prefix("key="));
+            if key != Some(secret.as_str()) {
+                return refuse(self, "NetStream.Publish.Unauthorized", "missing or wrong publish key");
+            }
+        }
+        if !cfg.allowed_streams.is_empty() && !cfg.allowed_streams.iter().any(|s| s == name) {
+            return refuse(self, "NetStream.Publish.Unauthorized", "stream key not in the allowlist");
+        }
+        match self.server.hub.publish(name, self.id) {
+            Ok(stream) => {
+                tracing::info!(conn = self.id, peer = %self.peer, stream = name, "publishing");
+                self.role = Role::Publishing { stream };
+                self.send(&build::user_control(user_control::STREAM_BEGIN, MEDIA_STREAM_ID));
+                self.send(&build::on_status(MEDIA_STREAM_ID, "status", "NetStream.Publish.Start", &format!("{name} is now published")));
+            }
+            Err(HubError::AlreadyPublishing(_)) => refuse(self, "NetStream.Publish.BadName", "stream already has a publisher"),
+            Err(e @ HubError::TooManyStreams) => refuse(self, "NetStream.Publish.Rejected", &e.to_string()),
+        }
+    }
+
+    fn on_play(&mut self, cmd: Command) {
+        let full = cmd.args.first().and_then(Value::as_str).unwrap_or("").to_owned();
+        let (name, _) = split_query(&full);
+        if !self.connected || !matches!(self.role, Role::None) || name.is_empty() {
+            self.send(&build::on_status(MEDIA_STREAM_ID, "error", "NetStream.Play.Failed", "not connected, already active, or empty name"));
+            self.closing = true;
+            return;
+        }
+        match self.server.hub.subscribe(name, self.id, self.server.config.subscriber_queue) {
+            Ok((stream, rx)) => {
+                tracing::info!(conn = self.id, peer = %self.peer, stream = name, "playing");
+                self.send(&build::user_control(user_control::STREAM_IS_RECORDED, MEDIA_STREAM_ID));
+                self.send(&build::user_control(user_control::STREAM_BEGIN, MEDIA_STREAM_ID));
+                self.send(&build::on_status(MEDIA_STREAM_ID, "status", "NetStream.Play.Reset", "Playing and resetting"));
+                self.send(&build::on_status(MEDIA_STREAM_ID, "status", "NetStream.Play.Start", "Started playing"));
+                self.send(&build::data(MEDIA_STREAM_ID, 0, &[Value::String("|RtmpSampleAccess".into()), Value::Boolean(true), Value::Boolean(true)]));
+                self.role = Role::Playing { stream, rx };
+            }
+            Err(e) => {
+                tracing::warn!(conn = self.id, stream = name, error = %e, "play refused");
+                self.send(&build::on_status(MEDIA_STREAM_ID, "error", "NetStream.Play.Failed", &e.to_string()));
+                self.closing = true;
+            }
+        }
+    }
+
+    /// Leaves the hub (end of publish or play).
+    fn leave(&mut self) {
+        match std::mem::replace(&mut self.role, Role::None) {
+            Role::None => {}
+            Role::Publishing { stream } => self.server.hub.unpublish(&stream, self.id),
+            Role::Playing { stream, .. } => self.server.hub.unsubscribe(&stream, self.id),
+        }
+    }
+}
+
+enum Event {
+    Read(usize),
+    Out(Option<Out>),
+}
+
+async fn recv(rx: Option<&mut mpsc::Receiver<Out>>) -> Option<Out> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn split_query(s: &str) -> (&str, &str) {
+    s.split_once('?').unwrap_or((s, ""))
+}
+
+fn status_info(level: &str, code: &str, description: &str) -> Value {
+    Value::Object(vec![
+        ("level".into(), Value::String(level.into())),
+        ("code".into(), Value::String(code.into())),
+        ("description".into(), Value::String(description.into())),
+    ])
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics and the admin HTTP endpoint (`GET /metrics`).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus::{IntCounter, IntGauge, Registry, TextEncoder};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// The ingest's metrics, all registered in `registry`.
+pub struct Metrics {
+    /// Registry served on /metrics.
+    pub registry: Registry,
+    /// `ingest_streams`: streams with a publisher or at least one subscriber.
+    pub streams: IntGauge,
+    /// `ingest_publishers`: active publish sessions.
+    pub publishers: IntGauge,
+    /// `ingest_subscribers`: active play sessions.
+    pub subscribers: IntGauge,
+    /// `ingest_connections`: open RTMP connections (any state).
+    pub connections: IntGauge,
+    /// `ingest_received_bytes_total`: bytes read from RTMP connections.
+    pub bytes_in: IntCounter,
+    /// `ingest_sent_bytes_total`: bytes written to RTMP connections.
+    pub bytes_out: IntCounter,
+    /// `ingest_dropped_frames_total`: media messages not delivered to a subscriber because
+    /// its queue was full (it skips to the next keyframe).
+    pub dropped_frames: IntCounter,
+    /// `ingest_subscribers_dropped_total`: subscribers disconnected for being too slow.
+    pub subscribers_dropped: IntCounter,
+    /// `ingest_publish_rejected_total`: publish attempts refused (duplicate, auth, limits).
+    pub publish_rejected: IntCounter,
+    /// `ingest_connections_rejected_total`: connections refused at the connection limit.
+    pub connections_rejected: IntCounter,
+    /// `ingest_protocol_errors_total`: connections closed for malformed input or timeouts.
+    pub protocol_errors: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        fn g(r: &Registry, name: &str, help: &str) -> IntGauge {
+            let m = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(m.clone())).expect("unique metric");
+            m
+        }
+        fn c(r: &Registry, name: &str, help: &str) -> IntCounter {
+            let m = IntCounter::new(name, help).expect("valid metric");
+            r.register(Box::new(m.clone())).expect("unique metric");
+            m
+        }
+        let r = &registry;
+        Arc::new(Self {
+            streams: g(r, "ingest_streams", "Streams with a publisher or at least one subscriber."),
+            publishers: g(r, "ingest_publishers", "Active publish sessions."),
+            subscribers: g(r, "ingest_subscribers", "Active play sessions."),
+            connections: g(r, "ingest_connections", "Open RTMP connections."),
+            bytes_in: c(r, "ingest_received_bytes_total", "Bytes read from RTMP connections."),
+            bytes_out: c(r, "ingest_sent_bytes_total", "Bytes written to RTMP connections."),
+            dropped_frames: c(r, "ingest_dropped_frames_total", "Media messages skipped for congested subscribers."),
+            subscribers_dropped: c(r, "ingest_subscribers_dropped_total", "Subscribers disconnected for being too slow."),
+            publish_rejected: c(r, "ingest_publish_rejected_total", "Publish attempts refused."),
+            connections_rejected: c(r, "ingest_connections_rejected_total", "Connections refused at the connection limit."),
+            protocol_errors: c(r, "ingest_protocol_errors_total", "Connections closed for malformed input or timeouts."),
+            registry,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown` resolves.
+pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (sock, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!(error = %e, "admin accept failed"); continue; }
+            },
+            _ = &mut shutdown => return,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(metrics.render())))
+                    } else {
+                        Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"not found\n")))
+                    };
+                    Ok::<_, hyper::http::Error>(resp.expect("static response parts"))
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(sock), svc).await {
+                tracing::debug!(error = %e, "admin connection error");
+            }
+        });
+    }
+}
