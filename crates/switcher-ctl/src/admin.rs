@@ -137,6 +137,61 @@ async fn handle(req: Request<Incoming>, controller: SharedController) -> Result<
     Ok(r)
 }
 
+/// `switcher-ctl status`/`set` talking to a running `run`.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No `run` is listening there (refused, timed out, unreachable).
+    #[error("no switcher-ctl run reachable at {addr}: {reason}")]
+    Unreachable {
+        /// Admin address tried.
+        addr: std::net::SocketAddr,
+        /// What happened.
+        reason: String,
+    },
+    /// The connection broke mid-request.
+    #[error("admin request to {addr}: {reason}")]
+    Protocol {
+        /// Admin address.
+        addr: std::net::SocketAddr,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// One request to a running `run`'s admin server; returns status and body.
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+    body: &str,
+    timeout: std::time::Duration,
+) -> Result<(StatusCode, String), ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
+    let protocol = |reason: String| ClientError::Protocol { addr, reason };
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable("connect timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, addr.to_string())
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| protocol(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| protocol(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| protocol(e.to_string()))?.to_bytes();
+        conn.abort();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| protocol("timed out".into()))?
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

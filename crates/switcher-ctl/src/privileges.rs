@@ -30,10 +30,15 @@ fn step<T>(step: &'static str, r: Result<T, caps::errors::CapsError>) -> Result<
 /// refuses an effective set larger than the permitted one).
 pub fn drop_to_bpf_and_net_admin() -> Result<(), PrivilegeError> {
     let keep: CapsHashSet = KEPT.into_iter().collect();
-    // Only the capabilities this kernel has: dropping an unknown one fails with EINVAL.
-    for cap in step("read bounding set", caps::read(None, CapSet::Bounding))? {
-        if !keep.contains(&cap) {
-            step("drop from bounding set", caps::drop(None, CapSet::Bounding, cap))?;
+    // Shrinking the bounding set needs CAP_SETPCAP: root has it; a process started with
+    // only file capabilities may not, and then its bounding set is left as it is (the
+    // permitted set below is what limits this process; bounding limits what exec regains).
+    if step("read effective set", caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP))? {
+        // Only the capabilities this kernel has: dropping an unknown one fails with EINVAL.
+        for cap in step("read bounding set", caps::read(None, CapSet::Bounding))? {
+            if !keep.contains(&cap) {
+                step("drop from bounding set", caps::drop(None, CapSet::Bounding, cap))?;
+            }
         }
     }
     step("clear ambient set", caps::clear(None, CapSet::Ambient))?;

@@ -1,0 +1,267 @@
+//! `switcher-ctl`: command line of the control plane. Parses the CLI and calls the library:
+//! * `run`: attach (or adopt) the data plane, drop to CAP_BPF + CAP_NET_ADMIN, run the service.
+//! * `status`: what is pinned (active origin, origins, flows, counters) and the running
+//!   service's `/healthz` when reachable.
+//! * `set primary|backup|auto`: override through the running service; without one, write the
+//!   active map directly (primary/backup only).
+//! * `detach`: remove programs and pins.
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use hyper::{Method, StatusCode};
+use switcher_common::ORIGIN_CONFIGURED;
+use switcher_ctl::config::{self, AttachModeArg, Config};
+use switcher_ctl::dataplane::DataPlane;
+use switcher_ctl::decide::OriginId;
+use switcher_ctl::loader::{self, AttachConfig, AttachMode, Pinned};
+use switcher_ctl::metrics::slot_label;
+use switcher_ctl::{admin, privileges, service};
+
+/// How long `status`/`set` wait for a running service's admin server.
+const ADMIN_CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Worker threads of `run`: the loop, the probes and the admin server are light; two match
+/// the small edge hosts this runs on.
+const RUN_WORKER_THREADS: usize = 2;
+
+#[derive(Parser)]
+#[command(name = "switcher-ctl", version, about = "Control plane of the eBPF HLS edge")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the pins and the running service are; shared by the commands that only look.
+#[derive(clap::Args)]
+struct Where {
+    /// Directory of the pinned eBPF maps and links (bpffs).
+    #[arg(long, env = "SWITCHER_PIN_ROOT", default_value = config::DEFAULT_PIN_ROOT)]
+    pin_root: PathBuf,
+    /// Admin address of a running `switcher-ctl run`.
+    #[arg(long, env = "SWITCHER_ADMIN", default_value = config::DEFAULT_ADMIN)]
+    admin: SocketAddr,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the data plane and run the failover service until SIGINT/SIGTERM.
+    Run(Config),
+    /// Show what is attached and, when a run is reachable, its health.
+    Status(Where),
+    /// Override the active origin (or go back to automatic).
+    Set {
+        /// primary, backup or auto.
+        target: Target,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Detach the programs and remove the pins.
+    Detach {
+        /// Directory of the pinned eBPF maps and links (bpffs).
+        #[arg(long, env = "SWITCHER_PIN_ROOT", default_value = config::DEFAULT_PIN_ROOT)]
+        pin_root: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Primary,
+    Backup,
+    Auto,
+}
+
+impl Target {
+    fn word(self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            Target::Backup => "backup",
+            Target::Auto => "auto",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Run(config) => run(config),
+        Command::Status(at) => status(&at),
+        Command::Set { target, at } => set(target, &at),
+        Command::Detach { pin_root } => {
+            loader::detach(&pin_root).with_context(|| format!("detaching under {}", pin_root.display())).map(|()| {
+                println!("detached; pins under {} removed", pin_root.display());
+                ExitCode::SUCCESS
+            })
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switcher-ctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The socket address of an origin base URL, for the data plane's origin map. The VIP's
+/// family is preferred when the host resolves to both.
+fn origin_addr(base_url: &str, vip: SocketAddr) -> Result<SocketAddr> {
+    let uri: hyper::Uri = base_url.parse().with_context(|| format!("origin URL {base_url:?}"))?;
+    let host = uri.host().context("origin URL has no host")?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let addrs: Vec<SocketAddr> =
+        (host, port).to_socket_addrs().with_context(|| format!("resolving origin host {host:?}"))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() == vip.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .with_context(|| format!("origin host {host:?} resolves to no address"))
+}
+
+fn run(config: Config) -> Result<ExitCode> {
+    let config = config.validate().context("invalid configuration")?;
+    let attach = AttachConfig {
+        iface: config.iface.clone(),
+        vip: config.vip,
+        vip_v6: None,
+        origins: vec![origin_addr(&config.primary_base_url, config.vip)?, origin_addr(&config.backup_base_url, config.vip)?],
+        pin_root: config.pin_root.clone(),
+        mode: match config.attach_mode {
+            AttachModeArg::Auto => AttachMode::Auto,
+            AttachModeArg::Native => AttachMode::Native,
+            AttachModeArg::Generic => AttachMode::Generic,
+            AttachModeArg::Tc => AttachMode::Tc,
+        },
+    };
+    let pinned = Pinned::attach(&attach)
+        .with_context(|| format!("attaching to {} (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN)", config.iface))?;
+    tracing::info!(info = %pinned.attach_info(), "data plane attached");
+    // Bound before dropping privileges, so an admin port below 1024 would still work.
+    let listener = StdTcpListener::bind(config.admin).with_context(|| format!("binding admin {}", config.admin))?;
+    listener.set_nonblocking(true).context("admin listener non-blocking")?;
+    // Before the runtime exists: capabilities are per thread, and its threads inherit ours.
+    privileges::drop_to_bpf_and_net_admin().context("dropping privileges")?;
+    tracing::info!(effective = ?privileges::effective(), "privileges dropped");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUN_WORKER_THREADS)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener).context("admin listener")?;
+        service::run(config, Box::new(pinned), listener, service::shutdown_signal()).await.context("service")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn small_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn describe_origin(o: &switcher_common::Origin) -> String {
+    if o.flags & ORIGIN_CONFIGURED == 0 {
+        return "-".into();
+    }
+    let port = u16::from_be(o.port_be);
+    if o.addr_v4 != [0; 4] {
+        format!("{}:{port}", std::net::Ipv4Addr::from(o.addr_v4))
+    } else if o.addr_v6 != [0; 16] {
+        format!("[{}]:{port}", std::net::Ipv6Addr::from(o.addr_v6))
+    } else {
+        format!("<VIP address>:{port}")
+    }
+}
+
+fn print_pinned(pin_root: &Path) -> Result<bool> {
+    let pinned = match Pinned::open(pin_root) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "opening pins");
+            println!("nothing attached at {}", pin_root.display());
+            return Ok(false);
+        }
+    };
+    println!("attached: {}", pinned.attach_info());
+    let vip = pinned.vip().context("reading the VIP map")?;
+    let port = u16::from_be(vip.port_be);
+    println!("vip: {}:{port}", std::net::Ipv4Addr::from(vip.addr_v4));
+    let active = pinned.active().context("reading the active map")?;
+    let name = OriginId::from_index(active).map_or("?", OriginId::label);
+    println!("active origin: {name} (index {active})");
+    let origins = pinned.origins().context("reading the origins map")?;
+    let flows = pinned.flow_counts().context("reading the flows map")?;
+    for (i, o) in origins.iter().enumerate() {
+        if o.flags & ORIGIN_CONFIGURED != 0 {
+            println!("origin {} [{i}]: {}, flows {}", slot_label(i as u32), describe_origin(o), flows.get(i).copied().unwrap_or(0));
+        }
+    }
+    println!("counters (summed over CPUs):");
+    for (i, c) in pinned.counters().context("reading the stats map")?.iter().enumerate() {
+        println!(
+            "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} resteered {}",
+            slot_label(i as u32),
+            c.packets,
+            c.bytes,
+            c.new_flows,
+            c.rewrites,
+            c.reply_rewrites,
+            c.passes,
+            c.drops,
+            c.malformed,
+            c.fragments,
+            c.ip_options,
+            c.resteered
+        );
+    }
+    Ok(true)
+}
+
+fn status(at: &Where) -> Result<ExitCode> {
+    let attached = print_pinned(&at.pin_root)?;
+    let rt = small_runtime()?;
+    match rt.block_on(admin::request(at.admin, Method::GET, "/healthz", "", ADMIN_CLIENT_TIMEOUT)) {
+        Ok((_, body)) => println!("service at {}:\n{body}", at.admin),
+        Err(e) => println!("{e}"),
+    }
+    Ok(if attached { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn set(target: Target, at: &Where) -> Result<ExitCode> {
+    let rt = small_runtime()?;
+    match rt.block_on(admin::request(at.admin, Method::POST, "/override", target.word(), ADMIN_CLIENT_TIMEOUT)) {
+        Ok((StatusCode::OK, body)) => {
+            println!("set {} through the running service at {}:\n{body}", target.word(), at.admin);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok((status, body)) => bail!("the running service refused the override ({status}): {}", body.trim()),
+        Err(admin::ClientError::Unreachable { reason, .. }) => {
+            let origin = match target {
+                Target::Primary => OriginId::Primary,
+                Target::Backup => OriginId::Backup,
+                Target::Auto => bail!("no switcher-ctl run reachable at {} ({reason}); auto needs a running service", at.admin),
+            };
+            let mut pinned = Pinned::open(&at.pin_root).with_context(|| {
+                format!("no switcher-ctl run reachable at {} ({reason}), and nothing attached at {}", at.admin, at.pin_root.display())
+            })?;
+            pinned.set_active(origin.index()).context("writing the active map")?;
+            // Flows on the other origin stay pinned to it: retiring them is the service's job
+            // when it decides; an operator without a service gets the map write only.
+            println!(
+                "no switcher-ctl run reachable at {} ({reason}); wrote active origin = {origin} to the pinned map under {} directly (new flows go there; a run started later adopts it)",
+                at.admin,
+                at.pin_root.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
