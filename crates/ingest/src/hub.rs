@@ -390,3 +390,74 @@ fn encode_metadata(st: &StreamState) -> Bytes {
     props.push((rtmp::STREAM_SESSION_ID.into(), Value::Number(st.session_id as f64)));
     amf0::encode_all(&[Value::String("onMetaData".into()), Value::EcmaArray(props)]).freeze()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(max_skipped_gops: u32) -> Hub {
+        Hub::new(HubLimits { max_streams: 4, gop_cache_bytes: 1 << 20, max_skipped_gops }, Metrics::new())
+    }
+
+    fn video(ts: u32, key: bool) -> Frame {
+        let b0 = if key { 0x17 } else { 0x27 };
+        Frame { video: true, timestamp: ts, data: Bytes::from(vec![b0, 1, 0, 0, 0, ts as u8]) }
+    }
+
+    #[test]
+    fn slow_subscriber_skips_then_is_dropped_fast_one_gets_everything() {
+        let h = hub(2);
+        let s = h.publish("s", 1).expect("publish");
+        let (_, mut fast) = h.subscribe("s", 2, 10_000).expect("fast");
+        let (_, slow) = h.subscribe("s", 3, 8).expect("slow");
+        let frames = 300u32;
+        for i in 0..frames {
+            h.media(&s, video(i * 33, i % 30 == 0));
+        }
+        let mut media = 0;
+        while let Ok(o) = fast.try_recv() {
+            if matches!(o, Out::Media(_)) {
+                media += 1;
+            }
+        }
+        assert_eq!(media, frames, "fast subscriber unaffected");
+        assert!(h.metrics.dropped_frames.get() > 0);
+        assert_eq!(h.metrics.subscribers_dropped.get(), 1, "slow one dropped after skipping GOPs");
+        assert!(slow.len() <= 8, "slow queue stayed bounded");
+        assert_eq!(s.state.lock().expect("lock").subscribers.len(), 1);
+    }
+
+    #[test]
+    fn late_joiner_gets_metadata_sequence_headers_and_gop_from_keyframe() {
+        let h = hub(2);
+        let s = h.publish("s", 1).expect("publish");
+        h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
+        h.media(&s, Frame { video: true, timestamp: 0, data: Bytes::from_static(&[0x17, 0, 0, 0, 0]) });
+        h.media(&s, Frame { video: false, timestamp: 0, data: Bytes::from_static(&[0xAF, 0, 0x12, 0x10]) });
+        for i in 0..45u32 {
+            h.media(&s, video(i * 33, i % 30 == 0));
+        }
+        let (_, mut rx) = h.subscribe("s", 2, 64).expect("join");
+        assert!(matches!(rx.try_recv(), Ok(Out::SessionStart)));
+        let Ok(Out::Metadata(m)) = rx.try_recv() else { panic!("metadata second") };
+        let vals = amf0::decode_all(&m).expect("amf0");
+        let props = vals[1].properties().expect("props");
+        assert_eq!(amf0::number_property(props, "width"), Some(320.0));
+        assert_eq!(amf0::number_property(props, rtmp::STREAM_SESSION_ID), Some(1.0));
+        assert!(amf0::number_property(props, rtmp::STREAM_START_TIME_MS).is_some());
+        let Ok(Out::Batch(b)) = rx.try_recv() else { panic!("batch third") };
+        assert_eq!(b.len(), 2 + 15, "two sequence headers + GOP from the keyframe at frame 30");
+        assert_eq!(b[2].timestamp, 30 * 33);
+        assert!(media::video_info(&b[2].data).keyframe);
+    }
+
+    #[test]
+    fn duplicate_publisher_refused_and_session_ids_increase() {
+        let h = hub(2);
+        let s = h.publish("s", 1).expect("publish");
+        assert_eq!(h.publish("s", 2).err(), Some(HubError::AlreadyPublishing("s".into())));
+        h.unpublish(&s, 1);
+        let s2 = h.publish("s", 3).expect("again");
+        assert_eq!(s2.state.lock().expect("lock").session_id, 2);
+    }
+}
