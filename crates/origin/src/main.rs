@@ -51,6 +51,9 @@ struct Cli {
     /// Maximum request target length in bytes.
     #[arg(long, env = "ORIGIN_MAX_URI_BYTES", default_value_t = config::DEFAULT_MAX_URI_BYTES)]
     max_uri_bytes: usize,
+    /// Run file-system calls on a blocking thread pool (for slow or network file systems).
+    #[arg(long, env = "ORIGIN_OFFLOAD_FILE_IO")]
+    offload_file_io: bool,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -81,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         max_header_bytes: cli.max_header_bytes,
         max_headers: cli.max_headers,
         max_uri_bytes: cli.max_uri_bytes,
+        offload_file_io: cli.offload_file_io,
         tls: match (cli.tls_cert, cli.tls_key) {
             (Some(cert), Some(key)) => Some(origin::TlsFiles { cert, key }),
             _ => None,

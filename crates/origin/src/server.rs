@@ -49,6 +49,7 @@ pub async fn run(
         cache: SegmentCache::new(config.cache_max_bytes, config.cache_max_entry_bytes),
         metrics: Metrics::new()?,
         max_uri_bytes: config.max_uri_bytes,
+        offload_file_io: config.offload_file_io,
     });
     let shared = Arc::new(Shared {
         app,

@@ -359,3 +359,17 @@ async fn healthz_and_metrics() {
         assert!(text.contains(name), "{name} missing");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offloaded_file_io_serves_the_same() {
+    let server = Server::start(|c| c.offload_file_io = true).await;
+    let data = segment_bytes(SEGMENT_LEN);
+    assert_eq!(server.get("/hls/demo/index.m3u8").await.text(), PLAYLIST);
+    assert_eq!(server.get("/hls/demo/seg1.ts").await.body, data);
+    let r = server
+        .request("GET", "/hls/demo/seg1.ts", &[("Range", "bytes=10-19")])
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &data[10..20]);
+    assert_eq!(server.get("/hls/demo/missing.ts").await.status, 404);
+}
