@@ -49,7 +49,7 @@ struct Where {
 #[derive(Subcommand)]
 enum Command {
     /// Attach the data plane and run the failover service until SIGINT/SIGTERM.
-    Run(Config),
+    Run(Box<Config>),
     /// Show what is attached and, when a run is reachable, its health.
     Status(Where),
     /// Override the active origin (or go back to automatic).
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Run(config) => run(config),
+        Command::Run(config) => run(*config),
         Command::Status(at) => status(&at),
         Command::Set { target, at } => set(target, &at),
         Command::Detach { pin_root } => {
