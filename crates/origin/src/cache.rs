@@ -1,7 +1,7 @@
 //! In-memory cache of segment bodies, bounded in bytes.
 //!
 //! Segments are immutable once renamed into place, so a body read once can be served from
-//! memory until evicted. Entries are keyed by canonical path and carry the file [`Version`]
+//! memory until evicted. Entries are keyed by relative path and carry the file [`Version`]
 //! (inode, size, mtime) they were read from: a lookup with a different version is a miss and
 //! replaces the entry, so a rewritten file is never served stale. Playlists never enter the
 //! cache (the handler re-reads them on every request).

@@ -24,7 +24,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use crate::body::Body;
 use crate::cache::SegmentCache;
 use crate::conditional;
-use crate::files::{self, FileError, OpenFile};
+use crate::files::{FileError, OpenFile, Root};
 use crate::hls::{MediaKind, NO_STORE};
 use crate::metrics::{self, Metrics};
 use crate::range::{self, RangeRequest};
@@ -45,8 +45,8 @@ const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// State shared by every request of one server.
 #[derive(Debug)]
 pub struct App {
-    /// Canonical root directory.
-    pub root: PathBuf,
+    /// The served directory.
+    pub root: Arc<Root>,
     /// Segment bodies in memory.
     pub cache: SegmentCache,
     /// Metrics of this server.
@@ -132,12 +132,10 @@ async fn serve_file(
     head: bool,
 ) -> Response<Body> {
     let root = app.root.clone();
-    let opened = app.fs(move || files::open_below(&root, &relative)).await;
-    let OpenFile {
-        file,
-        version,
-        canonical,
-    } = match opened {
+    // Cache key: the validated relative path (the version check makes renames safe).
+    let key = relative.clone();
+    let opened = app.fs(move || root.open_file(&relative)).await;
+    let OpenFile { file, version } = match opened {
         Ok(Ok(file)) => file,
         Ok(Err(FileError::NotFound)) => return not_found(),
         Ok(Err(FileError::Io(e))) => return internal_error(&e),
@@ -199,7 +197,7 @@ async fn serve_file(
             Err(e) => return internal_error(&e),
         }
     } else if app.cache.admits(len) {
-        match app.cache.get(&canonical, &version) {
+        match app.cache.get(&key, &version) {
             Some(bytes) => {
                 app.metrics.cache_hits.inc();
                 Body::bytes(slice(bytes, start, body_len))
@@ -212,7 +210,7 @@ async fn serve_file(
                     .and_then(|read| read)
                 {
                     Ok(bytes) => {
-                        app.cache.insert(canonical, version, bytes.clone());
+                        app.cache.insert(key, version, bytes.clone());
                         Body::bytes(slice(bytes, start, body_len))
                     }
                     Err(e) => return internal_error(&e),

@@ -18,7 +18,8 @@
 //! - [`tls`]: rustls acceptor from PEM files, ALPN.
 //! - [`handler`]: HTTP semantics: methods, CORS, routing to files, 304/206/416.
 //! - [`route`]: sans-IO path routing and the first traversal defence.
-//! - [`files`]: opening below the root (canonical containment check) and file versions.
+//! - [`files`]: opening below the root (openat2 `RESOLVE_BENEATH`, canonicalize fallback)
+//!   and file versions.
 //! - [`hls`]: content types and cache policy per HLS file type.
 //! - [`cache`]: byte-bounded LRU of segment bodies.
 //! - [`conditional`], [`range`]: sans-IO RFC 9110 preconditions and byte ranges.

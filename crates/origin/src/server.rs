@@ -20,6 +20,7 @@ use crate::activity::{Activity, Tracked};
 use crate::cache::SegmentCache;
 use crate::config::Config;
 use crate::error::Result;
+use crate::files::Root;
 use crate::handler::{self, App};
 use crate::metrics::Metrics;
 use crate::tls;
@@ -45,7 +46,7 @@ pub async fn run(
     let config = config.validate()?;
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let app = Arc::new(App {
-        root: config.root.clone(),
+        root: Arc::new(Root::open(config.root.clone())?),
         cache: SegmentCache::new(config.cache_max_bytes, config.cache_max_entry_bytes),
         metrics: Metrics::new()?,
         max_uri_bytes: config.max_uri_bytes,
