@@ -272,6 +272,7 @@ fn table() -> Vec<Case> {
     let truncated_ip = { let mut b = c2.build(); b.truncate(14 + 10); b };
     let truncated_v6 = { let mut b = v6.build(); b.truncate(14 + 30); b };
     let lying_tot_len = { let mut b = c2.build(); b.truncate(b.len() - 4); b };
+    let zero_tot_len = { let mut b = c2.build(); b[16] = 0; b[17] = 0; b };
     let bad_version = { let mut b = c2.build(); b[14] = 0x55; b };
     let arp = { let mut b = vec![0xff; 12]; b.extend_from_slice(&[0x08, 0x06]); b.extend_from_slice(&[0u8; 28]); b };
     let vlan = { let mut b = c2.build(); b[12] = 0x81; b[13] = 0x00; b };
@@ -323,6 +324,7 @@ fn table() -> Vec<Case> {
         case("truncated IPv6 header passes, counted malformed", Xdp, truncated_v6, None, pass_as("malformed")),
         case("IPv4 total length beyond the frame passes, malformed", Xdp, lying_tot_len, None, pass_as("malformed")),
         case("bad IP version passes, malformed", Xdp, bad_version, None, pass_as("malformed")),
+        case("IPv4 total length 0 on a small packet (not GSO) passes, malformed", Xdp, zero_tot_len, None, pass_as("malformed")),
         case("IPv4 options pass unchanged, counted", Xdp, v4_options.build(), None, pass_as("ip_options")),
         case("IPv4 first fragment (MF) passes unchanged", Xdp, frag_mf.build(), None, pass_as("fragments")),
         case("IPv4 later fragment (offset) passes unchanged", Xdp, frag_off.build(), None, pass_as("fragments")),

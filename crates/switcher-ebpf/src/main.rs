@@ -51,8 +51,8 @@ fn count_unsteerable(class: &Class) {
 
 /// The request decision shared by XDP and TC ingress: `Some((tcp, target))` to rewrite.
 #[inline(always)]
-fn request(start: usize, end: usize) -> Option<(Tcp, steer::Target)> {
-    let class = classify(start, end);
+fn request(start: usize, end: usize, len: usize) -> Option<(Tcp, steer::Target)> {
+    let class = classify(start, end, len);
     let Class::Tcp(t) = class else {
         count_unsteerable(&class);
         return None;
@@ -70,10 +70,9 @@ fn request(start: usize, end: usize) -> Option<(Tcp, steer::Target)> {
         steer::count_pass(|_| {});
         return None;
     };
-    let len = (end - start) as u64;
     steer::count(target.index, |c| {
         c.packets += 1;
-        c.bytes += len;
+        c.bytes += len as u64;
     });
     Some((t, target))
 }
@@ -81,7 +80,9 @@ fn request(start: usize, end: usize) -> Option<(Tcp, steer::Target)> {
 #[xdp]
 pub fn switcher_xdp(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    if let Some((t, target)) = request(start, end) {
+    // This program is not frags-aware, so the kernel hands it linear packets: the readable
+    // range is the whole packet.
+    if let Some((t, target)) = request(start, end, end - start) {
         if xdp_rewrite_dst(start, end, &t, &target).is_some() {
             steer::count(target.index, |c| c.rewrites += 1);
         }
@@ -133,7 +134,7 @@ fn tc_pull(ctx: &TcContext) {
 #[classifier]
 pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     tc_pull(&ctx);
-    let Some((t, target)) = request(ctx.data(), ctx.data_end()) else {
+    let Some((t, target)) = request(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_OK;
     };
     let new_addr = target.addr;
@@ -152,7 +153,7 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
     tc_pull(&ctx);
-    let Class::Tcp(t) = classify(ctx.data(), ctx.data_end()) else {
+    let Class::Tcp(t) = classify(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         // Egress is everything the host sends; counting it would drown the ingress counters.
         return TC_ACT_OK;
     };

@@ -22,6 +22,8 @@ pub const IPV4_HLEN: usize = 20;
 pub const IPV6_HLEN: usize = 40;
 /// TCP header without options.
 pub const TCP_HLEN: usize = 20;
+/// Largest length a 16-bit IP length field can state; longer GSO packets carry 0 there.
+const MAX_IP_LEN: usize = 0xffff;
 /// IP protocol number of TCP.
 const IPPROTO_TCP: u8 = 6;
 /// IPv6 next-header value of the fragment header.
@@ -126,23 +128,26 @@ pub enum Class {
     Tcp(Tcp),
 }
 
-/// Classifies the packet `[start, end)` (starting at the Ethernet header).
+/// Classifies the packet `[start, end)` (starting at the Ethernet header). `len` is the whole
+/// packet's length, which for an skb with paged data (TCP payload in fragments) is more than
+/// the linear `[start, end)` the program can read directly; the IP length fields are checked
+/// against it.
 #[inline(always)]
-pub fn classify(start: usize, end: usize) -> Class {
+pub fn classify(start: usize, end: usize, len: usize) -> Class {
     let Some(eth_type) = read::<u16>(start, end, ETH_TYPE_OFF) else {
         return Class::Malformed;
     };
     if eth_type == ETH_P_IP_BE {
-        classify_v4(start, end)
+        classify_v4(start, end, len)
     } else if eth_type == ETH_P_IPV6_BE {
-        classify_v6(start, end)
+        classify_v6(start, end, len)
     } else {
         Class::Other
     }
 }
 
 #[inline(always)]
-fn classify_v4(start: usize, end: usize) -> Class {
+fn classify_v4(start: usize, end: usize, len: usize) -> Class {
     let l3 = ETH_HLEN;
     let Some(hdr) = read::<[u8; IPV4_HLEN]>(start, end, l3) else {
         return Class::Malformed;
@@ -171,14 +176,19 @@ fn classify_v4(start: usize, end: usize) -> Class {
     // cannot follow a variable length, rejects the program.
     let class = tcp_at(start, end, FAMILY_V4, l3, l3 + IPV4_HLEN, saddr, daddr);
     let tot_len = u16::from_be_bytes([hdr[ipv4::TOT_LEN], hdr[ipv4::TOT_LEN + 1]]) as usize;
-    if tot_len < IPV4_HLEN + TCP_HLEN || start + l3 + tot_len > end {
+    if tot_len == 0 && len - l3 > MAX_IP_LEN {
+        // A GSO/BIG TCP packet longer than the field can say: the kernel leaves it 0 and
+        // takes the length from the skb (`iph_totlen()`), and so do we.
+        return class;
+    }
+    if tot_len < IPV4_HLEN + TCP_HLEN || l3 + tot_len > len {
         return Class::Malformed;
     }
     class
 }
 
 #[inline(always)]
-fn classify_v6(start: usize, end: usize) -> Class {
+fn classify_v6(start: usize, end: usize, len: usize) -> Class {
     let l3 = ETH_HLEN;
     let Some(hdr) = read::<[u8; IPV6_HLEN]>(start, end, l3) else {
         return Class::Malformed;
@@ -202,7 +212,11 @@ fn classify_v6(start: usize, end: usize) -> Class {
     // Header first, claimed length after (see classify_v4).
     let class = tcp_at(start, end, FAMILY_V6, l3, l3 + IPV6_HLEN, saddr, daddr);
     let payload = u16::from_be_bytes([hdr[ipv6::PAYLOAD_LEN], hdr[ipv6::PAYLOAD_LEN + 1]]) as usize;
-    if payload < TCP_HLEN || start + l3 + IPV6_HLEN + payload > end {
+    if payload == 0 && len - l3 - IPV6_HLEN > MAX_IP_LEN {
+        // IPv6 BIG TCP: payload length 0, length from the skb (see classify_v4).
+        return class;
+    }
+    if payload < TCP_HLEN || l3 + IPV6_HLEN + payload > len {
         return Class::Malformed;
     }
     class
