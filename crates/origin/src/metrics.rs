@@ -4,6 +4,10 @@
 //! Names follow Prometheus conventions: `origin_` prefix, `_total` for counters, base units
 //! (`_seconds`, `_bytes`). Labels are bounded: `class` is a [`RouteClass`], `status` a
 //! three-digit code.
+//!
+//! Requests that hyper refuses before they reach the handler (431 for an oversized head, a
+//! header-read timeout, a malformed request line) are not in `origin_requests_total`; the
+//! watchdog's closures are in `origin_connections_closed_idle_total`.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
