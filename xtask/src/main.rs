@@ -1,1 +1,69 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, so that two commands are all a user needs.
+//!
+//! * `cargo xtask run`: set up what is missing, build, start the whole stack on this machine.
+//! * `cargo xtask test`: set up what is missing, build, run every test (unit, fixture,
+//!   BPF_PROG_TEST_RUN, network-namespace integration, interop, end-to-end, monitoring checks).
+//! * `cargo xtask bench <name>`: benchmarks against their peers; results go to BENCHMARKS.md.
+//! * `cargo xtask drill <fault>`: failover drills against a running stack.
+//! * `cargo xtask setup`: only the installation step (`scripts/setup`).
+//!
+//! # Layout
+//! * `prereq`: what the build and the tests need, and running `scripts/setup` when missing.
+//! * `testing`: the test runner with its summary.
+//! * `bench/`: one module per benchmark.
+//! * `stack`: starting and stopping the services (`run`, drills, end-to-end tests).
+//! * `drill`: fault injection against a running stack.
+
+mod bench;
+mod prereq;
+mod testing;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, test and benchmark the eBPF HLS edge")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (Debian packages, bpf-linker, bpffs, hls.js): scripts/setup.
+    Setup,
+    /// Build the eBPF object and every service (release).
+    Build,
+    /// Run every test; prints a summary line at the end.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks against their peers (results appended to BENCHMARKS.md).
+    Bench {
+        /// datapath | origin | ingest | packager | failover | all
+        name: String,
+    },
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ws = workspace();
+    match cli.cmd {
+        Cmd::Setup => prereq::run_setup(&ws),
+        Cmd::Build => {
+            prereq::ensure(&ws)?;
+            prereq::cargo(&ws, &["build", "--release", "--workspace", "--bins"])
+        }
+        Cmd::Test { args } => testing::run(&ws, &args),
+        Cmd::Bench { name } => bench::run(&ws, &name),
+    }
+}

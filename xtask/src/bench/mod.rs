@@ -1,0 +1,44 @@
+//! Benchmarks. Each compares against its named peer in the same run and reports the ratio;
+//! results are printed and appended to BENCHMARKS.md with the command that produced them.
+
+mod failover;
+mod ingest;
+mod origin;
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{bail, Result};
+
+use crate::prereq;
+
+/// Runs benchmark `name` (or all) and appends its report to BENCHMARKS.md.
+pub fn run(ws: &Path, name: &str) -> Result<()> {
+    prereq::become_root()?;
+    prereq::ensure(ws)?;
+    let names: Vec<&str> = match name {
+        "all" => vec!["datapath", "origin", "ingest", "failover"],
+        n => vec![n],
+    };
+    prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
+    for n in names {
+        let mut out = String::new();
+        let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()?;
+        writeln!(out, "\n## `cargo xtask bench {n}` ({})\n", String::from_utf8_lossy(&date.stdout).trim())?;
+        match n {
+            "datapath" => prereq::cargo(ws, &["bench", "-p", "switcher-ctl", "--bench", "datapath"])
+                .map(|_| out.push_str("(see the datapath section written by the bench itself)\n"))?,
+            "origin" => origin::run(ws, &mut out)?,
+            "ingest" => ingest::run(ws, &mut out)?,
+            "failover" => failover::run(ws, &mut out)?,
+            other => bail!("unknown benchmark {other:?} (datapath|origin|ingest|failover|all)"),
+        }
+        println!("{out}");
+        if n != "datapath" {
+            let path = ws.join("BENCHMARKS.md");
+            let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+            text.push_str(&out);
+            std::fs::write(&path, text)?;
+        }
+    }
+    Ok(())
+}
