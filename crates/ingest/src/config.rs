@@ -5,7 +5,10 @@ use std::time::Duration;
 
 /// Ingest configuration (`ingest --help` lists the flags and variables).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "ingest", about = "RTMP ingest: publish, play fan-out with GOP cache")]
+#[command(
+    name = "ingest",
+    about = "RTMP ingest: publish, play fan-out with GOP cache"
+)]
 pub struct Config {
     /// RTMP listen address.
     #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:1935")]

@@ -25,8 +25,16 @@ const PEER_BANDWIDTH_DYNAMIC: u8 = 2;
 const OUT_CHUNK_SIZE: u32 = 4096;
 /// The one message stream id we hand out per connection (createStream).
 const MEDIA_STREAM_ID: u32 = 1;
-/// Bytes per socket read.
+/// Read buffer headroom for publishers (media comes in) ...
 const READ_CHUNK: usize = 64 * 1024;
+/// ... and for everyone else (players only send acks and commands): per-connection memory
+/// with hundreds of players is dominated by buffers, so they stay small.
+const READ_CHUNK_SMALL: usize = 4 * 1024;
+/// A write buffer that grew beyond this (a keyframe batch) is released after the flush
+/// instead of being kept per connection.
+const WBUF_KEEP: usize = 64 * 1024;
+/// Stop batching queued messages into one write once this many bytes are pending.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Most queued messages written in one batch to a player before flushing.
 const WRITE_BATCH: usize = 64;
 
@@ -54,8 +62,13 @@ pub enum ConnError {
 /// task is cancelled at shutdown.
 enum Role {
     None,
-    Publishing { stream: Arc<Stream> },
-    Playing { stream: Arc<Stream>, rx: mpsc::Receiver<Out> },
+    Publishing {
+        stream: Arc<Stream>,
+    },
+    Playing {
+        stream: Arc<Stream>,
+        rx: mpsc::Receiver<Out>,
+    },
 }
 
 struct Conn {
@@ -81,7 +94,12 @@ impl Drop for Conn {
 }
 
 /// Serves one connection until it closes.
-pub async fn handle(sock: TcpStream, peer: SocketAddr, id: u64, server: Arc<Server>) -> Result<(), ConnError> {
+pub async fn handle(
+    sock: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    server: Arc<Server>,
+) -> Result<(), ConnError> {
     sock.set_nodelay(true)?;
     let cfg = &server.config;
     let limits = Limits {
@@ -95,7 +113,7 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, id: u64, server: Arc<Serv
         dec: ChunkDecoder::new(limits),
         server: server.clone(),
         sock,
-        rbuf: BytesMut::with_capacity(READ_CHUNK),
+        rbuf: BytesMut::with_capacity(READ_CHUNK_SMALL),
         wbuf: BytesMut::new(),
         enc: ChunkEncoder::new(),
         acks: AckTracker::default(),
@@ -105,7 +123,9 @@ pub async fn handle(sock: TcpStream, peer: SocketAddr, id: u64, server: Arc<Serv
     };
     tracing::debug!(%peer, conn = id, "connection accepted");
     let hs_timeout = server.config.handshake_timeout();
-    tokio::time::timeout(hs_timeout, c.handshake()).await.map_err(|_| ConnError::Timeout("handshake"))??;
+    tokio::time::timeout(hs_timeout, c.handshake())
+        .await
+        .map_err(|_| ConnError::Timeout("handshake"))??;
     c.run().await
 }
 
@@ -124,8 +144,17 @@ impl Conn {
         }
     }
 
+    fn reserve_read(&mut self) {
+        let n = if matches!(self.role, Role::Publishing { .. }) {
+            READ_CHUNK
+        } else {
+            READ_CHUNK_SMALL
+        };
+        self.rbuf.reserve(n);
+    }
+
     async fn fill(&mut self) -> Result<usize, ConnError> {
-        self.rbuf.reserve(READ_CHUNK);
+        self.reserve_read();
         let n = self.sock.read_buf(&mut self.rbuf).await?;
         self.server.metrics.bytes_in.inc_by(n as u64);
         if let Some(seq) = self.acks.received(n) {
@@ -141,7 +170,11 @@ impl Conn {
                 .await
                 .map_err(|_| ConnError::Timeout("write blocked"))??;
             self.server.metrics.bytes_out.inc_by(self.wbuf.len() as u64);
-            self.wbuf.clear();
+            if self.wbuf.capacity() > WBUF_KEEP {
+                self.wbuf = BytesMut::new();
+            } else {
+                self.wbuf.clear();
+            }
         }
         Ok(())
     }
@@ -166,6 +199,7 @@ impl Conn {
                 return Err(ConnError::Timeout("connect"));
             }
             let playing = matches!(self.role, Role::Playing { .. });
+            self.reserve_read();
             let event = {
                 let rx = match &mut self.role {
                     Role::Playing { rx, .. } => Some(rx),
@@ -198,7 +232,12 @@ impl Conn {
                     self.write_out(out);
                     // Batch whatever else is queued into the same write.
                     for _ in 0..WRITE_BATCH {
-                        let Role::Playing { rx, .. } = &mut self.role else { break };
+                        if self.wbuf.len() >= WRITE_BATCH_BYTES {
+                            break;
+                        }
+                        let Role::Playing { rx, .. } = &mut self.role else {
+                            break;
+                        };
                         match rx.try_recv() {
                             Ok(o) => self.write_out(o),
                             Err(_) => break,
@@ -216,14 +255,30 @@ impl Conn {
                 // New session: absolute timestamps again (type-0 headers on every chunk stream).
                 self.enc.reset();
                 self.send(&build::user_control(user_control::STREAM_BEGIN, sid));
-                self.send(&build::on_status(sid, "status", "NetStream.Play.PublishNotify", "publish session started"));
+                self.send(&build::on_status(
+                    sid,
+                    "status",
+                    "NetStream.Play.PublishNotify",
+                    "publish session started",
+                ));
             }
             Out::SessionEnd => {
                 self.send(&build::user_control(user_control::STREAM_EOF, sid));
-                self.send(&build::on_status(sid, "status", "NetStream.Play.UnpublishNotify", "publish session ended"));
+                self.send(&build::on_status(
+                    sid,
+                    "status",
+                    "NetStream.Play.UnpublishNotify",
+                    "publish session ended",
+                ));
             }
             Out::Metadata(payload) => {
-                self.send(&RawMessage { csid: rtmp::message::csid::STREAM_COMMAND, timestamp: 0, type_id: type_id::DATA_AMF0, stream_id: sid, payload });
+                self.send(&RawMessage {
+                    csid: rtmp::message::csid::STREAM_COMMAND,
+                    timestamp: 0,
+                    type_id: type_id::DATA_AMF0,
+                    stream_id: sid,
+                    payload,
+                });
             }
             Out::Media(f) => self.send_frame(&f),
             Out::Batch(frames) => {
@@ -235,7 +290,12 @@ impl Conn {
     }
 
     fn send_frame(&mut self, f: &Frame) {
-        self.send(&build::media(f.video, MEDIA_STREAM_ID, f.timestamp, f.data.clone()));
+        self.send(&build::media(
+            f.video,
+            MEDIA_STREAM_ID,
+            f.timestamp,
+            f.data.clone(),
+        ));
     }
 
     fn on_message(&mut self, raw: RawMessage) -> Result<(), ConnError> {
@@ -251,27 +311,36 @@ impl Conn {
             Message::UserControl(..) => {}
             Message::Audio(data) | Message::Video(data) => {
                 if let Role::Publishing { stream } = &self.role {
-                    let frame = Frame { video: raw.type_id == type_id::VIDEO, timestamp: raw.timestamp, data };
+                    let frame = Frame {
+                        video: raw.type_id == type_id::VIDEO,
+                        timestamp: raw.timestamp,
+                        data,
+                    };
                     self.server.hub.media(stream, frame);
                 }
             }
             Message::Data(values) => self.on_data(values),
             Message::Command(cmd) => self.on_command(cmd),
-            Message::Other(t) => tracing::debug!(conn = self.id, type_id = t, "ignoring message type"),
+            Message::Other(t) => {
+                tracing::debug!(conn = self.id, type_id = t, "ignoring message type")
+            }
         }
         Ok(())
     }
 
     fn on_data(&mut self, values: Vec<Value>) {
-        let Role::Publishing { stream } = &self.role else { return };
+        let Role::Publishing { stream } = &self.role else {
+            return;
+        };
         let mut it = values.into_iter().peekable();
         if it.peek().and_then(Value::as_str) == Some("@setDataFrame") {
             it.next();
         }
-        if let (Some(Value::String(name)), Some(Value::Object(p) | Value::EcmaArray(p))) = (it.next(), it.next()) {
-            if name == "onMetaData" {
-                self.server.hub.set_metadata(stream, p);
-            }
+        if let (Some(Value::String(name)), Some(Value::Object(p) | Value::EcmaArray(p))) =
+            (it.next(), it.next())
+            && name == "onMetaData"
+        {
+            self.server.hub.set_metadata(stream, p);
         }
     }
 
@@ -285,7 +354,9 @@ impl Conn {
         tracing::debug!(conn = self.id, name = %cmd.name, txn = cmd.transaction_id, "command");
         match cmd.name.as_str() {
             "connect" => self.on_connect(cmd),
-            "createStream" => self.reply_result(cmd.transaction_id, &[Value::Number(MEDIA_STREAM_ID as f64)]),
+            "createStream" => {
+                self.reply_result(cmd.transaction_id, &[Value::Number(MEDIA_STREAM_ID as f64)])
+            }
             "publish" => self.on_publish(cmd),
             "play" => self.on_play(cmd),
             "deleteStream" | "closeStream" | "FCUnpublish" => {
@@ -304,29 +375,57 @@ impl Conn {
         let app = app.split('?').next().unwrap_or("").trim_end_matches('/');
         if app != self.server.config.app {
             tracing::warn!(conn = self.id, peer = %self.peer, app, "connect to unknown app refused");
-            let info = status_info("error", "NetConnection.Connect.Rejected", "unknown application");
-            self.send(&build::command(0, "_error", cmd.transaction_id, Value::Null, &[info]));
+            let info = status_info(
+                "error",
+                "NetConnection.Connect.Rejected",
+                "unknown application",
+            );
+            self.send(&build::command(
+                0,
+                "_error",
+                cmd.transaction_id,
+                Value::Null,
+                &[info],
+            ));
             self.closing = true;
             return;
         }
         self.send(&build::window_ack_size(WINDOW_ACK_SIZE));
-        self.send(&build::set_peer_bandwidth(WINDOW_ACK_SIZE, PEER_BANDWIDTH_DYNAMIC));
+        self.send(&build::set_peer_bandwidth(
+            WINDOW_ACK_SIZE,
+            PEER_BANDWIDTH_DYNAMIC,
+        ));
         self.send(&build::set_chunk_size(OUT_CHUNK_SIZE));
         self.enc.set_chunk_size(OUT_CHUNK_SIZE as usize);
         let props = Value::Object(vec![
             ("fmsVer".into(), Value::String("FMS/3,0,1,123".into())),
             ("capabilities".into(), Value::Number(31.0)),
         ]);
-        let mut info = status_info("status", "NetConnection.Connect.Success", "Connection succeeded.");
+        let mut info = status_info(
+            "status",
+            "NetConnection.Connect.Success",
+            "Connection succeeded.",
+        );
         if let Value::Object(p) = &mut info {
             p.push(("objectEncoding".into(), Value::Number(0.0)));
         }
-        self.send(&build::command(0, "_result", cmd.transaction_id, props, &[info]));
+        self.send(&build::command(
+            0,
+            "_result",
+            cmd.transaction_id,
+            props,
+            &[info],
+        ));
         self.connected = true;
     }
 
     fn on_publish(&mut self, cmd: Command) {
-        let full = cmd.args.first().and_then(Value::as_str).unwrap_or("").to_owned();
+        let full = cmd
+            .args
+            .first()
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let (name, query) = split_query(&full);
         let cfg = &self.server.config;
         let refuse = |c: &mut Conn, code: &str, why: &str| {
@@ -336,50 +435,119 @@ impl Conn {
             c.closing = true;
         };
         if !self.connected || !matches!(self.role, Role::None) || name.is_empty() {
-            return refuse(self, "NetStream.Publish.BadName", "not connected, already active, or empty name");
+            return refuse(
+                self,
+                "NetStream.Publish.BadName",
+                "not connected, already active, or empty name",
+            );
         }
         if let Some(secret) = &cfg.publish_key {
             let key = query.split('&').find_map(|kv| kv.strip_prefix("key="));
             if key != Some(secret.as_str()) {
-                return refuse(self, "NetStream.Publish.Unauthorized", "missing or wrong publish key");
+                return refuse(
+                    self,
+                    "NetStream.Publish.Unauthorized",
+                    "missing or wrong publish key",
+                );
             }
         }
         if !cfg.allowed_streams.is_empty() && !cfg.allowed_streams.iter().any(|s| s == name) {
-            return refuse(self, "NetStream.Publish.Unauthorized", "stream key not in the allowlist");
+            return refuse(
+                self,
+                "NetStream.Publish.Unauthorized",
+                "stream key not in the allowlist",
+            );
         }
         match self.server.hub.publish(name, self.id) {
             Ok(stream) => {
                 tracing::info!(conn = self.id, peer = %self.peer, stream = name, "publishing");
                 self.role = Role::Publishing { stream };
-                self.send(&build::user_control(user_control::STREAM_BEGIN, MEDIA_STREAM_ID));
-                self.send(&build::on_status(MEDIA_STREAM_ID, "status", "NetStream.Publish.Start", &format!("{name} is now published")));
+                self.send(&build::user_control(
+                    user_control::STREAM_BEGIN,
+                    MEDIA_STREAM_ID,
+                ));
+                self.send(&build::on_status(
+                    MEDIA_STREAM_ID,
+                    "status",
+                    "NetStream.Publish.Start",
+                    &format!("{name} is now published"),
+                ));
             }
-            Err(HubError::AlreadyPublishing(_)) => refuse(self, "NetStream.Publish.BadName", "stream already has a publisher"),
-            Err(e @ HubError::TooManyStreams) => refuse(self, "NetStream.Publish.Rejected", &e.to_string()),
+            Err(HubError::AlreadyPublishing(_)) => refuse(
+                self,
+                "NetStream.Publish.BadName",
+                "stream already has a publisher",
+            ),
+            Err(e @ HubError::TooManyStreams) => {
+                refuse(self, "NetStream.Publish.Rejected", &e.to_string())
+            }
         }
     }
 
     fn on_play(&mut self, cmd: Command) {
-        let full = cmd.args.first().and_then(Value::as_str).unwrap_or("").to_owned();
+        let full = cmd
+            .args
+            .first()
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let (name, _) = split_query(&full);
         if !self.connected || !matches!(self.role, Role::None) || name.is_empty() {
-            self.send(&build::on_status(MEDIA_STREAM_ID, "error", "NetStream.Play.Failed", "not connected, already active, or empty name"));
+            self.send(&build::on_status(
+                MEDIA_STREAM_ID,
+                "error",
+                "NetStream.Play.Failed",
+                "not connected, already active, or empty name",
+            ));
             self.closing = true;
             return;
         }
-        match self.server.hub.subscribe(name, self.id, self.server.config.subscriber_queue) {
+        match self
+            .server
+            .hub
+            .subscribe(name, self.id, self.server.config.subscriber_queue)
+        {
             Ok((stream, rx)) => {
                 tracing::info!(conn = self.id, peer = %self.peer, stream = name, "playing");
-                self.send(&build::user_control(user_control::STREAM_IS_RECORDED, MEDIA_STREAM_ID));
-                self.send(&build::user_control(user_control::STREAM_BEGIN, MEDIA_STREAM_ID));
-                self.send(&build::on_status(MEDIA_STREAM_ID, "status", "NetStream.Play.Reset", "Playing and resetting"));
-                self.send(&build::on_status(MEDIA_STREAM_ID, "status", "NetStream.Play.Start", "Started playing"));
-                self.send(&build::data(MEDIA_STREAM_ID, 0, &[Value::String("|RtmpSampleAccess".into()), Value::Boolean(true), Value::Boolean(true)]));
+                self.send(&build::user_control(
+                    user_control::STREAM_IS_RECORDED,
+                    MEDIA_STREAM_ID,
+                ));
+                self.send(&build::user_control(
+                    user_control::STREAM_BEGIN,
+                    MEDIA_STREAM_ID,
+                ));
+                self.send(&build::on_status(
+                    MEDIA_STREAM_ID,
+                    "status",
+                    "NetStream.Play.Reset",
+                    "Playing and resetting",
+                ));
+                self.send(&build::on_status(
+                    MEDIA_STREAM_ID,
+                    "status",
+                    "NetStream.Play.Start",
+                    "Started playing",
+                ));
+                self.send(&build::data(
+                    MEDIA_STREAM_ID,
+                    0,
+                    &[
+                        Value::String("|RtmpSampleAccess".into()),
+                        Value::Boolean(true),
+                        Value::Boolean(true),
+                    ],
+                ));
                 self.role = Role::Playing { stream, rx };
             }
             Err(e) => {
                 tracing::warn!(conn = self.id, stream = name, error = %e, "play refused");
-                self.send(&build::on_status(MEDIA_STREAM_ID, "error", "NetStream.Play.Failed", &e.to_string()));
+                self.send(&build::on_status(
+                    MEDIA_STREAM_ID,
+                    "error",
+                    "NetStream.Play.Failed",
+                    &e.to_string(),
+                ));
                 self.closing = true;
             }
         }

@@ -124,7 +124,12 @@ fn now_unix_ms() -> i64 {
 impl Hub {
     /// An empty hub.
     pub fn new(limits: HubLimits, metrics: Arc<Metrics>) -> Self {
-        Self { streams: Mutex::default(), session_ids: Mutex::default(), limits, metrics }
+        Self {
+            streams: Mutex::default(),
+            session_ids: Mutex::default(),
+            limits,
+            metrics,
+        }
     }
 
     fn get_or_create(&self, name: &str) -> Result<Arc<Stream>, HubError> {
@@ -135,7 +140,10 @@ impl Hub {
         if streams.len() >= self.limits.max_streams {
             return Err(HubError::TooManyStreams);
         }
-        let s = Arc::new(Stream { name: name.to_owned(), state: Mutex::default() });
+        let s = Arc::new(Stream {
+            name: name.to_owned(),
+            state: Mutex::default(),
+        });
         streams.insert(name.to_owned(), s.clone());
         self.metrics.streams.set(streams.len() as i64);
         Ok(s)
@@ -148,7 +156,11 @@ impl Hub {
             let st = stream.state.lock().expect("stream lock");
             st.publisher.is_none() && st.subscribers.is_empty()
         };
-        if idle && streams.get(&stream.name).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+        if idle
+            && streams
+                .get(&stream.name)
+                .is_some_and(|s| Arc::ptr_eq(s, stream))
+        {
             streams.remove(&stream.name);
             self.metrics.streams.set(streams.len() as i64);
         }
@@ -263,7 +275,10 @@ impl Hub {
         }
         let session_id = st.session_id;
         let metadata_out = st.metadata_out.clone();
-        let resync_batch: Vec<Frame> = [st.video_seq.clone(), st.audio_seq.clone()].into_iter().flatten().collect();
+        let resync_batch: Vec<Frame> = [st.video_seq.clone(), st.audio_seq.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
         let max_skips = self.limits.max_skipped_gops;
         let metrics = &self.metrics;
         st.subscribers.retain_mut(|s| {
@@ -285,7 +300,10 @@ impl Hub {
                 }
                 s.waiting_key = false;
                 s.skipped_gops = 0;
-                tracing::debug!(subscriber = s.id, "congested subscriber resumes at keyframe");
+                tracing::debug!(
+                    subscriber = s.id,
+                    "congested subscriber resumes at keyframe"
+                );
                 if s.session_seen != session_id {
                     s.session_seen = session_id;
                     let _ = s.tx.try_send(Out::SessionStart);
@@ -298,7 +316,10 @@ impl Hub {
             match s.tx.try_send(Out::Media(frame.clone())) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::debug!(subscriber = s.id, "subscriber queue full, skipping to next keyframe");
+                    tracing::debug!(
+                        subscriber = s.id,
+                        "subscriber queue full, skipping to next keyframe"
+                    );
                     metrics.dropped_frames.inc();
                     s.waiting_key = true;
                     true
@@ -310,7 +331,12 @@ impl Hub {
 
     /// Adds a subscriber and queues what a late joiner needs: session start, metadata,
     /// sequence headers and the GOP cache, all under the lock so nothing is missed or doubled.
-    pub fn subscribe(&self, name: &str, id: u64, queue: usize) -> Result<(Arc<Stream>, mpsc::Receiver<Out>), HubError> {
+    pub fn subscribe(
+        &self,
+        name: &str,
+        id: u64,
+        queue: usize,
+    ) -> Result<(Arc<Stream>, mpsc::Receiver<Out>), HubError> {
         let stream = self.get_or_create(name)?;
         // Room for the join burst (one Batch message) plus the regular queue.
         let (tx, rx) = mpsc::channel(queue.max(8));
@@ -323,7 +349,10 @@ impl Hub {
                 if let Some(m) = &st.metadata_out {
                     let _ = tx.try_send(Out::Metadata(m.clone()));
                 }
-                let mut batch: Vec<Frame> = [st.video_seq.clone(), st.audio_seq.clone()].into_iter().flatten().collect();
+                let mut batch: Vec<Frame> = [st.video_seq.clone(), st.audio_seq.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 if !st.gop.is_empty() {
                     waiting_key = false;
                     batch.extend(st.gop.iter().cloned());
@@ -331,7 +360,13 @@ impl Hub {
                 let _ = tx.try_send(Out::Batch(batch));
             }
             let session_seen = st.session_id;
-            st.subscribers.push(Subscriber { id, tx, waiting_key, skipped_gops: 0, session_seen });
+            st.subscribers.push(Subscriber {
+                id,
+                tx,
+                waiting_key,
+                skipped_gops: 0,
+                session_seen,
+            });
         }
         self.metrics.subscribers.inc();
         Ok((stream, rx))
@@ -386,8 +421,14 @@ fn encode_metadata(st: &StreamState) -> Bytes {
         .into_iter()
         .filter(|(k, _)| k != rtmp::STREAM_START_TIME_MS && k != rtmp::STREAM_SESSION_ID)
         .collect();
-    props.push((rtmp::STREAM_START_TIME_MS.into(), Value::Number(st.start_time_ms.unwrap_or(0) as f64)));
-    props.push((rtmp::STREAM_SESSION_ID.into(), Value::Number(st.session_id as f64)));
+    props.push((
+        rtmp::STREAM_START_TIME_MS.into(),
+        Value::Number(st.start_time_ms.unwrap_or(0) as f64),
+    ));
+    props.push((
+        rtmp::STREAM_SESSION_ID.into(),
+        Value::Number(st.session_id as f64),
+    ));
     amf0::encode_all(&[Value::String("onMetaData".into()), Value::EcmaArray(props)]).freeze()
 }
 
@@ -396,12 +437,23 @@ mod tests {
     use super::*;
 
     fn hub(max_skipped_gops: u32) -> Hub {
-        Hub::new(HubLimits { max_streams: 4, gop_cache_bytes: 1 << 20, max_skipped_gops }, Metrics::new())
+        Hub::new(
+            HubLimits {
+                max_streams: 4,
+                gop_cache_bytes: 1 << 20,
+                max_skipped_gops,
+            },
+            Metrics::new(),
+        )
     }
 
     fn video(ts: u32, key: bool) -> Frame {
         let b0 = if key { 0x17 } else { 0x27 };
-        Frame { video: true, timestamp: ts, data: Bytes::from(vec![b0, 1, 0, 0, 0, ts as u8]) }
+        Frame {
+            video: true,
+            timestamp: ts,
+            data: Bytes::from(vec![b0, 1, 0, 0, 0, ts as u8]),
+        }
     }
 
     #[test]
@@ -422,7 +474,11 @@ mod tests {
         }
         assert_eq!(media, frames, "fast subscriber unaffected");
         assert!(h.metrics.dropped_frames.get() > 0);
-        assert_eq!(h.metrics.subscribers_dropped.get(), 1, "slow one dropped after skipping GOPs");
+        assert_eq!(
+            h.metrics.subscribers_dropped.get(),
+            1,
+            "slow one dropped after skipping GOPs"
+        );
         assert!(slow.len() <= 8, "slow queue stayed bounded");
         assert_eq!(s.state.lock().expect("lock").subscribers.len(), 1);
     }
@@ -432,21 +488,46 @@ mod tests {
         let h = hub(2);
         let s = h.publish("s", 1).expect("publish");
         h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
-        h.media(&s, Frame { video: true, timestamp: 0, data: Bytes::from_static(&[0x17, 0, 0, 0, 0]) });
-        h.media(&s, Frame { video: false, timestamp: 0, data: Bytes::from_static(&[0xAF, 0, 0x12, 0x10]) });
+        h.media(
+            &s,
+            Frame {
+                video: true,
+                timestamp: 0,
+                data: Bytes::from_static(&[0x17, 0, 0, 0, 0]),
+            },
+        );
+        h.media(
+            &s,
+            Frame {
+                video: false,
+                timestamp: 0,
+                data: Bytes::from_static(&[0xAF, 0, 0x12, 0x10]),
+            },
+        );
         for i in 0..45u32 {
             h.media(&s, video(i * 33, i % 30 == 0));
         }
         let (_, mut rx) = h.subscribe("s", 2, 64).expect("join");
         assert!(matches!(rx.try_recv(), Ok(Out::SessionStart)));
-        let Ok(Out::Metadata(m)) = rx.try_recv() else { panic!("metadata second") };
+        let Ok(Out::Metadata(m)) = rx.try_recv() else {
+            panic!("metadata second")
+        };
         let vals = amf0::decode_all(&m).expect("amf0");
         let props = vals[1].properties().expect("props");
         assert_eq!(amf0::number_property(props, "width"), Some(320.0));
-        assert_eq!(amf0::number_property(props, rtmp::STREAM_SESSION_ID), Some(1.0));
+        assert_eq!(
+            amf0::number_property(props, rtmp::STREAM_SESSION_ID),
+            Some(1.0)
+        );
         assert!(amf0::number_property(props, rtmp::STREAM_START_TIME_MS).is_some());
-        let Ok(Out::Batch(b)) = rx.try_recv() else { panic!("batch third") };
-        assert_eq!(b.len(), 2 + 15, "two sequence headers + GOP from the keyframe at frame 30");
+        let Ok(Out::Batch(b)) = rx.try_recv() else {
+            panic!("batch third")
+        };
+        assert_eq!(
+            b.len(),
+            2 + 15,
+            "two sequence headers + GOP from the keyframe at frame 30"
+        );
         assert_eq!(b[2].timestamp, 30 * 33);
         assert!(media::video_info(&b[2].data).keyframe);
     }
@@ -455,7 +536,10 @@ mod tests {
     fn duplicate_publisher_refused_and_session_ids_increase() {
         let h = hub(2);
         let s = h.publish("s", 1).expect("publish");
-        assert_eq!(h.publish("s", 2).err(), Some(HubError::AlreadyPublishing("s".into())));
+        assert_eq!(
+            h.publish("s", 2).err(),
+            Some(HubError::AlreadyPublishing("s".into()))
+        );
         h.unpublish(&s, 1);
         let s2 = h.publish("s", 3).expect("again");
         assert_eq!(s2.state.lock().expect("lock").session_id, 2);

@@ -53,7 +53,12 @@ impl Server {
             },
             metrics.clone(),
         );
-        Arc::new(Self { config, hub, metrics, next_id: AtomicU64::new(1) })
+        Arc::new(Self {
+            config,
+            hub,
+            metrics,
+            next_id: AtomicU64::new(1),
+        })
     }
 
     /// A process-unique connection id (for logs and the hub).
@@ -64,7 +69,11 @@ impl Server {
 
 /// Runs the RTMP server on `listener` and the admin endpoint on `config.admin` until
 /// `shutdown` resolves.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let admin = TcpListener::bind(config.admin).await?;
     run_with_admin(listener, Some(admin), Server::new(config), shutdown).await
 }

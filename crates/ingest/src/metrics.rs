@@ -53,29 +53,67 @@ impl Metrics {
         }
         let r = &registry;
         Arc::new(Self {
-            streams: g(r, "ingest_streams", "Streams with a publisher or at least one subscriber."),
+            streams: g(
+                r,
+                "ingest_streams",
+                "Streams with a publisher or at least one subscriber.",
+            ),
             publishers: g(r, "ingest_publishers", "Active publish sessions."),
             subscribers: g(r, "ingest_subscribers", "Active play sessions."),
             connections: g(r, "ingest_connections", "Open RTMP connections."),
-            bytes_in: c(r, "ingest_received_bytes_total", "Bytes read from RTMP connections."),
-            bytes_out: c(r, "ingest_sent_bytes_total", "Bytes written to RTMP connections."),
-            dropped_frames: c(r, "ingest_dropped_frames_total", "Media messages skipped for congested subscribers."),
-            subscribers_dropped: c(r, "ingest_subscribers_dropped_total", "Subscribers disconnected for being too slow."),
-            publish_rejected: c(r, "ingest_publish_rejected_total", "Publish attempts refused."),
-            connections_rejected: c(r, "ingest_connections_rejected_total", "Connections refused at the connection limit."),
-            protocol_errors: c(r, "ingest_protocol_errors_total", "Connections closed for malformed input or timeouts."),
+            bytes_in: c(
+                r,
+                "ingest_received_bytes_total",
+                "Bytes read from RTMP connections.",
+            ),
+            bytes_out: c(
+                r,
+                "ingest_sent_bytes_total",
+                "Bytes written to RTMP connections.",
+            ),
+            dropped_frames: c(
+                r,
+                "ingest_dropped_frames_total",
+                "Media messages skipped for congested subscribers.",
+            ),
+            subscribers_dropped: c(
+                r,
+                "ingest_subscribers_dropped_total",
+                "Subscribers disconnected for being too slow.",
+            ),
+            publish_rejected: c(
+                r,
+                "ingest_publish_rejected_total",
+                "Publish attempts refused.",
+            ),
+            connections_rejected: c(
+                r,
+                "ingest_connections_rejected_total",
+                "Connections refused at the connection limit.",
+            ),
+            protocol_errors: c(
+                r,
+                "ingest_protocol_errors_total",
+                "Connections closed for malformed input or timeouts.",
+            ),
             registry,
         })
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
     }
 }
 
 /// Serves `GET /metrics` until `shutdown` resolves.
-pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>) {
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let (sock, _) = tokio::select! {
@@ -95,12 +133,17 @@ pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>, shutdown:
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(Full::new(Bytes::from(metrics.render())))
                     } else {
-                        Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"not found\n")))
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"not found\n")))
                     };
                     Ok::<_, hyper::http::Error>(resp.expect("static response parts"))
                 }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(sock), svc).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), svc)
+                .await
+            {
                 tracing::debug!(error = %e, "admin connection error");
             }
         });

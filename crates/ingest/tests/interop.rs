@@ -29,10 +29,19 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let server = Server::new(config);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(ingest::run_with_admin(listener, None, server.clone(), async {
-            let _ = rx.await;
-        }));
-        TestServer { addr, server, _stop: tx }
+        tokio::spawn(ingest::run_with_admin(
+            listener,
+            None,
+            server.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        TestServer {
+            addr,
+            server,
+            _stop: tx,
+        }
     }
 
     fn url(&self, stream: &str) -> String {
@@ -56,9 +65,29 @@ impl Publisher {
     fn spawn(url: &str, seconds: u32) -> Self {
         let child = Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-re"])
-            .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine",
+            ])
             .args(["-t", &seconds.to_string()])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30", "-c:a", "aac"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-g",
+                "30",
+                "-c:a",
+                "aac",
+            ])
             .args(["-f", "flv", url])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -95,7 +124,15 @@ impl Drop for Publisher {
 
 fn frames_decoded(file: &std::path::Path) -> String {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_name,nb_read_frames", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(file)
         .output()
         .expect("ffprobe installed");
@@ -110,14 +147,25 @@ fn assert_decodes_h264_and_aac(file: &std::path::Path) {
             codecs.insert(codec.to_owned(), n.trim().parse::<u64>().unwrap_or(0));
         }
     }
-    assert!(codecs.get("h264").copied().unwrap_or(0) >= 10, "h264 frames decoded: {probe}");
-    assert!(codecs.get("aac").copied().unwrap_or(0) >= 10, "aac frames decoded: {probe}");
+    assert!(
+        codecs.get("h264").copied().unwrap_or(0) >= 10,
+        "h264 frames decoded: {probe}"
+    );
+    assert!(
+        codecs.get("aac").copied().unwrap_or(0) >= 10,
+        "aac frames decoded: {probe}"
+    );
 }
 
 /// Runs a blocking command with a deadline, killing it when the deadline passes (players
 /// of a live stream do not end on their own).
 fn run_for(cmd: &mut Command, dur: Duration) {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn player");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn player");
     let deadline = Instant::now() + dur;
     while Instant::now() < deadline {
         if child.try_wait().expect("wait").is_some() {
@@ -141,10 +189,31 @@ async fn ffmpeg_publishes_ffmpeg_and_rtmpdump_play_and_ffprobe_decodes() {
     let (u1, u2, f1, f2) = (url.clone(), url.clone(), ff.clone(), rd.clone());
     // ffmpeg's player uses the digest handshake; rtmpdump the plain one.
     let a = tokio::task::spawn_blocking(move || {
-        run_for(Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-i", &u1, "-t", "3", "-c", "copy", "-y"]).arg(&f1), Duration::from_secs(8))
+        run_for(
+            Command::new("ffmpeg")
+                .args([
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-i",
+                    &u1,
+                    "-t",
+                    "3",
+                    "-c",
+                    "copy",
+                    "-y",
+                ])
+                .arg(&f1),
+            Duration::from_secs(8),
+        )
     });
     let b = tokio::task::spawn_blocking(move || {
-        run_for(Command::new("rtmpdump").args(["-q", "-v", "-r", &u2, "-o"]).arg(&f2), Duration::from_secs(4))
+        run_for(
+            Command::new("rtmpdump")
+                .args(["-q", "-v", "-r", &u2, "-o"])
+                .arg(&f2),
+            Duration::from_secs(4),
+        )
     });
     a.await.expect("ffmpeg player");
     b.await.expect("rtmpdump");
@@ -172,22 +241,47 @@ async fn two_players_joining_apart_see_identical_timestamps_and_start_time() {
     let url = srv.url("same");
     let _publisher = Publisher::spawn(&url, 12);
     srv.wait_publishers(1).await;
-    let mut a = PlayClient::connect(&url, CONNECT_TIMEOUT).await.expect("player A");
+    let mut a = PlayClient::connect(&url, CONNECT_TIMEOUT)
+        .await
+        .expect("player A");
     let early = collect(&mut a, Duration::from_secs(2)).await;
-    let mut b = PlayClient::connect(&url, CONNECT_TIMEOUT).await.expect("player B");
-    let (ea, eb) = tokio::join!(collect(&mut a, Duration::from_secs(3)), collect(&mut b, Duration::from_secs(3)));
+    let mut b = PlayClient::connect(&url, CONNECT_TIMEOUT)
+        .await
+        .expect("player B");
+    let (ea, eb) = tokio::join!(
+        collect(&mut a, Duration::from_secs(3)),
+        collect(&mut b, Duration::from_secs(3))
+    );
     let ea: Vec<_> = early.into_iter().chain(ea).collect();
 
-    let meta = |evs: &[PlayEvent]| evs.iter().find(|e| matches!(e, PlayEvent::Metadata(_))).cloned().expect("metadata");
+    let meta = |evs: &[PlayEvent]| {
+        evs.iter()
+            .find(|e| matches!(e, PlayEvent::Metadata(_)))
+            .cloned()
+            .expect("metadata")
+    };
     let (ma, mb) = (meta(&ea), meta(&eb));
     let start = ma.stream_start_time_ms().expect("streamStartTimeMs");
-    assert_eq!(Some(start), mb.stream_start_time_ms(), "same start time for both");
+    assert_eq!(
+        Some(start),
+        mb.stream_start_time_ms(),
+        "same start time for both"
+    );
     assert_eq!(ma.stream_session_id(), Some(1));
     assert_eq!(mb.stream_session_id(), Some(1));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
-    assert!((now - 30_000..=now).contains(&start), "start time {start} near now {now}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    assert!(
+        (now - 30_000..=now).contains(&start),
+        "start time {start} near now {now}"
+    );
     // The publisher's own metadata is kept.
-    assert!(ma.metadata_number("width").is_some(), "publisher metadata kept: {ma:?}");
+    assert!(
+        ma.metadata_number("width").is_some(),
+        "publisher metadata kept: {ma:?}"
+    );
 
     // Same frame (same bytes) -> same timestamp, for every video and audio frame B saw.
     let index: HashMap<(bool, bytes::Bytes), u32> = ea
@@ -201,8 +295,12 @@ async fn two_players_joining_apart_see_identical_timestamps_and_start_time() {
     let mut matched = 0;
     for e in &eb {
         let (key, ts) = match e {
-            PlayEvent::Video { timestamp_ms, data } if data.len() > 2 && data[1] == 1 => ((true, data.clone()), *timestamp_ms),
-            PlayEvent::Audio { timestamp_ms, data } if data.len() > 2 && data[1] == 1 => ((false, data.clone()), *timestamp_ms),
+            PlayEvent::Video { timestamp_ms, data } if data.len() > 2 && data[1] == 1 => {
+                ((true, data.clone()), *timestamp_ms)
+            }
+            PlayEvent::Audio { timestamp_ms, data } if data.len() > 2 && data[1] == 1 => {
+                ((false, data.clone()), *timestamp_ms)
+            }
             _ => continue,
         };
         if let Some(&ta) = index.get(&key) {
@@ -216,7 +314,11 @@ async fn two_players_joining_apart_see_identical_timestamps_and_start_time() {
         PlayEvent::Video { data, .. } if data.len() > 1 && data[1] == 1 => Some(data.clone()),
         _ => None,
     });
-    assert_eq!(first_b_video.expect("B got video")[0] >> 4, 1, "late joiner starts on a keyframe");
+    assert_eq!(
+        first_b_video.expect("B got video")[0] >> 4,
+        1,
+        "late joiner starts on a keyframe"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,8 +329,15 @@ async fn second_publisher_on_same_stream_is_refused() {
     srv.wait_publishers(1).await;
     let (ok, err) = Publisher::spawn(&url, 10).finish(Duration::from_secs(8));
     assert!(!ok, "second publisher must fail");
-    assert!(srv.server.metrics.publish_rejected.get() == 1, "refusal counted; ffmpeg said: {err}");
-    assert_eq!(srv.server.metrics.publishers.get(), 1, "first publisher unaffected");
+    assert!(
+        srv.server.metrics.publish_rejected.get() == 1,
+        "refusal counted; ffmpeg said: {err}"
+    );
+    assert_eq!(
+        srv.server.metrics.publishers.get(),
+        1,
+        "first publisher unaffected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,23 +346,42 @@ async fn publisher_restart_is_seen_by_connected_player() {
     let url = srv.url("restart");
     let first = Publisher::spawn(&url, 3);
     srv.wait_publishers(1).await;
-    let mut client = PlayClient::connect(&url, CONNECT_TIMEOUT).await.expect("player");
+    let mut client = PlayClient::connect(&url, CONNECT_TIMEOUT)
+        .await
+        .expect("player");
     let (ok, err) = first.finish(Duration::from_secs(10));
     assert!(ok, "first publisher ran: {err}");
     srv.wait_publishers(0).await;
     let _second = Publisher::spawn(&url, 8);
     let events = collect(&mut client, Duration::from_secs(5)).await;
-    let sessions: Vec<u64> = events.iter().filter_map(PlayEvent::stream_session_id).collect();
-    assert!(sessions.contains(&1) || srv.server.metrics.publishers.get() == 1, "{sessions:?}");
+    let sessions: Vec<u64> = events
+        .iter()
+        .filter_map(PlayEvent::stream_session_id)
+        .collect();
+    assert!(
+        sessions.contains(&1) || srv.server.metrics.publishers.get() == 1,
+        "{sessions:?}"
+    );
     assert!(sessions.contains(&2), "new session announced: {sessions:?}");
     let pos = |pred: &dyn Fn(&PlayEvent) -> bool| events.iter().position(pred);
     let eof = pos(&|e| matches!(e, PlayEvent::Status(s) if s == "StreamEOF")).expect("StreamEOF");
-    let begin2 = events.iter().enumerate().skip(eof).find(|(_, e)| matches!(e, PlayEvent::Status(s) if s == "StreamBegin")).map(|(i, _)| i).expect("StreamBegin after EOF");
+    let begin2 = events
+        .iter()
+        .enumerate()
+        .skip(eof)
+        .find(|(_, e)| matches!(e, PlayEvent::Status(s) if s == "StreamBegin"))
+        .map(|(i, _)| i)
+        .expect("StreamBegin after EOF");
     let meta2 = pos(&|e| e.stream_session_id() == Some(2)).expect("metadata of session 2");
     assert!(begin2 < meta2, "StreamBegin before the new metadata");
     // New sequence headers follow the new metadata.
-    let seq_after = events[meta2..].iter().any(|e| matches!(e, PlayEvent::Video { data, .. } if data.len() > 1 && data[1] == 0));
-    assert!(seq_after, "new AVC sequence header after the new session's metadata");
+    let seq_after = events[meta2..]
+        .iter()
+        .any(|e| matches!(e, PlayEvent::Video { data, .. } if data.len() > 1 && data[1] == 0));
+    assert!(
+        seq_after,
+        "new AVC sequence header after the new session's metadata"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +393,9 @@ async fn publish_key_is_enforced() {
     let _good = Publisher::spawn(&srv.url("k?key=s3cret"), 5);
     srv.wait_publishers(1).await;
     // Players address the stream without the key.
-    let mut c = PlayClient::connect(&srv.url("k"), CONNECT_TIMEOUT).await.expect("player");
+    let mut c = PlayClient::connect(&srv.url("k"), CONNECT_TIMEOUT)
+        .await
+        .expect("player");
     let evs = collect(&mut c, Duration::from_secs(1)).await;
     assert!(evs.iter().any(|e| matches!(e, PlayEvent::Video { .. })));
 }
@@ -277,7 +407,11 @@ async fn malformed_input_closes_only_that_connection() {
     let mut s = TcpStream::connect(srv.addr).await.expect("connect");
     s.write_all(&[0x06; 1537]).await.expect("write");
     let mut buf = [0u8; 16];
-    assert_eq!(s.read(&mut buf).await.expect("read"), 0, "closed on bad version");
+    assert_eq!(
+        s.read(&mut buf).await.expect("read"),
+        0,
+        "closed on bad version"
+    );
     // Valid handshake, then a chunk declaring a 16 MiB message.
     let mut s = TcpStream::connect(srv.addr).await.expect("connect");
     let mut c0c1 = vec![3u8];
@@ -286,9 +420,13 @@ async fn malformed_input_closes_only_that_connection() {
     let mut s0s1s2 = vec![0u8; 1 + 2 * 1536];
     s.read_exact(&mut s0s1s2).await.expect("S0S1S2");
     s.write_all(&[0u8; 1536]).await.expect("C2");
-    s.write_all(&[0x03, 0, 0, 0, 0xff, 0xff, 0xff, 20, 0, 0, 0, 0]).await.expect("hostile header");
+    s.write_all(&[0x03, 0, 0, 0, 0xff, 0xff, 0xff, 20, 0, 0, 0, 0])
+        .await
+        .expect("hostile header");
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.expect("server closes");
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("server closes");
     // The server still works: a player can connect.
     let c = PlayClient::connect(&srv.url("still-alive"), CONNECT_TIMEOUT).await;
     assert!(c.is_ok(), "server still serves: {c:?}");
@@ -302,14 +440,28 @@ async fn admin_endpoint_serves_prometheus_metrics() {
     let admin_addr = admin.local_addr().expect("addr");
     let server = Server::new(Config::default());
     let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(ingest::run_with_admin(listener, Some(admin), server, async {
-        let _ = rx.await;
-    }));
+    tokio::spawn(ingest::run_with_admin(
+        listener,
+        Some(admin),
+        server,
+        async {
+            let _ = rx.await;
+        },
+    ));
     let mut s = TcpStream::connect(admin_addr).await.expect("admin connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.expect("write");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     let mut body = String::new();
     s.read_to_string(&mut body).await.expect("read");
-    for name in ["ingest_streams", "ingest_publishers", "ingest_subscribers", "ingest_received_bytes_total", "ingest_sent_bytes_total", "ingest_dropped_frames_total"] {
+    for name in [
+        "ingest_streams",
+        "ingest_publishers",
+        "ingest_subscribers",
+        "ingest_received_bytes_total",
+        "ingest_sent_bytes_total",
+        "ingest_dropped_frames_total",
+    ] {
         assert!(body.contains(name), "{name} in /metrics:\n{body}");
     }
 }

@@ -138,10 +138,10 @@ impl ChunkDecoder {
 
     /// Applies an Abort Message (spec 5.4.2): drops the partial message on `csid`.
     pub fn abort(&mut self, csid: u32) {
-        if let Some(st) = self.streams.get_mut(&csid) {
-            if st.partial.take().is_some() {
-                self.pending -= st.length as usize;
-            }
+        if let Some(st) = self.streams.get_mut(&csid)
+            && st.partial.take().is_some()
+        {
+            self.pending -= st.length as usize;
         }
     }
 

@@ -253,13 +253,11 @@ impl PlayClient {
             let Some(ev) = c.read_event().await? else {
                 return Err(ClientError::Closed);
             };
-            if let PlayEvent::Status(code) = &ev {
-                if code == "NetStream.Play.Start" {
-                    c.queued.push_back(ev);
-                    return Ok(c);
-                }
-            }
+            let started = matches!(&ev, PlayEvent::Status(code) if code == "NetStream.Play.Start");
             c.queued.push_back(ev);
+            if started {
+                return Ok(c);
+            }
         }
     }
 

@@ -227,12 +227,6 @@ pub struct ClientHandshake {
     done: bool,
 }
 
-impl Default for ClientHandshake {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ClientHandshake {
     /// Starts a handshake: appends C0+C1 to `out`.
     pub fn start(out: &mut BytesMut) -> Self {
@@ -242,10 +236,6 @@ impl ClientHandshake {
         c1[..4].copy_from_slice(&epoch_ms_u32().to_be_bytes());
         c1[4..8].copy_from_slice(&[0; 4]);
         out.put_slice(&c1);
-        Self { done: false }
-    }
-
-    fn new() -> Self {
         Self { done: false }
     }
 

@@ -26,7 +26,12 @@ async fn main() -> anyhow::Result<()> {
     let events = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     for _ in 0..args.players {
-        let (url, connected, events, bytes) = (args.url.clone(), connected.clone(), events.clone(), bytes.clone());
+        let (url, connected, events, bytes) = (
+            args.url.clone(),
+            connected.clone(),
+            events.clone(),
+            bytes.clone(),
+        );
         tokio::spawn(async move {
             let mut c = match rtmp::PlayClient::connect(&url, Duration::from_secs(10)).await {
                 Ok(c) => c,
@@ -38,7 +43,9 @@ async fn main() -> anyhow::Result<()> {
             connected.fetch_add(1, Ordering::Relaxed);
             while let Ok(Some(ev)) = c.next_event().await {
                 events.fetch_add(1, Ordering::Relaxed);
-                if let rtmp::PlayEvent::Audio { data, .. } | rtmp::PlayEvent::Video { data, .. } = ev {
+                if let rtmp::PlayEvent::Audio { data, .. } | rtmp::PlayEvent::Video { data, .. } =
+                    ev
+                {
                     bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }

@@ -1,0 +1,397 @@
+//! `cargo xtask bench ingest`: our RTMP ingest against nginx-rtmp (Debian
+//! `libnginx-mod-rtmp`), one ffmpeg publisher -> N players, on loopback.
+//!
+//! Expects `target/release/ingest` and `target/release/ingest-loadgen` (or the directory
+//! named by `INGEST_BENCH_BIN_DIR`); build them with `cargo build --release -p ingest`.
+//! Needs `ffmpeg`, `nginx` and `/usr/lib/nginx/modules/ngx_rtmp_module.so`.
+//!
+//! Method: a 10 s 1280x720 30 fps H.264 + AAC clip (the `demo` stream's shape: keyframe
+//! every 2 s) is encoded once, then published in a loop with `-re -c copy` so the publisher
+//! costs almost no CPU. For each server and each N, `ingest-loadgen` connects N players
+//! (rtmp::PlayClient), and after a warm-up the server's CPU (utime+stime from
+//! /proc/PID/stat) and RSS (VmRSS) are sampled over a fixed interval. Players' received
+//! byte counts are checked so a server that sends nothing cannot "win".
+//!
+//! Fairness: nginx runs one process (`master_process off`, one worker), our ingest runs
+//! its default tokio runtime (one worker thread per core); both use 4096-byte chunks.
+//! Caveat: on 2 cores the load generator shares the CPUs with the server.
+//! Override N with `INGEST_BENCH_PLAYERS=10,100`.
+
+use std::fmt::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+/// Player counts measured by default.
+const DEFAULT_PLAYERS: &[usize] = &[10, 100, 500];
+/// Time for players to connect and reach steady state before sampling.
+const WARMUP: Duration = Duration::from_secs(4);
+/// Sampling interval.
+const MEASURE: Duration = Duration::from_secs(10);
+/// Time for the publisher to start before players join.
+const PUBLISH_SETTLE: Duration = Duration::from_secs(2);
+/// How long a server may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll interval for readiness.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Length of the pre-encoded clip.
+const CLIP_SECONDS: &str = "10";
+/// nginx-rtmp's module path in Debian.
+const NGINX_RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+
+/// One measurement.
+struct Sample {
+    cpu_percent: f64,
+    rss_mib: f64,
+    players_connected: usize,
+    mbit_per_player: f64,
+}
+
+/// Runs the benchmark and appends its markdown report to `out`.
+pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
+    let bin_dir = std::env::var_os("INGEST_BENCH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target/release"));
+    let ingest_bin = bin_dir.join("ingest");
+    let loadgen_bin = bin_dir.join("ingest-loadgen");
+    for b in [&ingest_bin, &loadgen_bin] {
+        if !b.is_file() {
+            bail!(
+                "{} not found: run `cargo build --release -p ingest` first",
+                b.display()
+            );
+        }
+    }
+    if !Path::new(NGINX_RTMP_MODULE).is_file() {
+        bail!("{NGINX_RTMP_MODULE} not found: apt-get install libnginx-mod-rtmp");
+    }
+    let players: Vec<usize> = match std::env::var("INGEST_BENCH_PLAYERS") {
+        Ok(s) => s
+            .split(',')
+            .map(|p| p.trim().parse().context("INGEST_BENCH_PLAYERS"))
+            .collect::<Result<_>>()?,
+        Err(_) => DEFAULT_PLAYERS.to_vec(),
+    };
+    let dir = TempDir::new()?;
+    let clip = dir.path.join("clip.flv");
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine",
+        ])
+        .args([
+            "-t",
+            CLIP_SECONDS,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "60",
+            "-b:v",
+            "2500k",
+        ])
+        .args(["-c:a", "aac", "-f", "flv"])
+        .arg(&clip)
+        .status()
+        .context("running ffmpeg to encode the clip")?;
+    if !status.success() {
+        bail!("ffmpeg failed to encode the bench clip");
+    }
+
+    let mut rows = Vec::new();
+    for &n in &players {
+        let ours = measure_ours(&ingest_bin, &loadgen_bin, &clip, &dir.path, n)
+            .with_context(|| format!("ingest with {n} players"))?;
+        let nginx = measure_nginx(&loadgen_bin, &clip, &dir.path, n)
+            .with_context(|| format!("nginx-rtmp with {n} players"))?;
+        rows.push((n, ours, nginx));
+    }
+
+    writeln!(
+        out,
+        "\n### RTMP fan-out: ingest vs nginx-rtmp (1 publisher, 720p30 ~2.6 Mbit/s, {}s sample)\n",
+        MEASURE.as_secs()
+    )?;
+    writeln!(
+        out,
+        "| players | server | connected | Mbit/s/player | CPU % (1 core = 100) | CPU ms/s per player | RSS MiB | CPU ratio ingest/nginx |"
+    )?;
+    writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|")?;
+    for (n, ours, nginx) in &rows {
+        let ratio = if nginx.cpu_percent > 0.0 {
+            ours.cpu_percent / nginx.cpu_percent
+        } else {
+            f64::NAN
+        };
+        for (name, s, r) in [
+            ("ingest", ours, format!("{ratio:.2}")),
+            ("nginx-rtmp", nginx, String::new()),
+        ] {
+            writeln!(
+                out,
+                "| {n} | {name} | {} | {:.2} | {:.1} | {:.3} | {:.1} | {r} |",
+                s.players_connected,
+                s.mbit_per_player,
+                s.cpu_percent,
+                s.cpu_percent * 10.0 / *n as f64,
+                s.rss_mib
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn measure_ours(bin: &Path, loadgen: &Path, clip: &Path, dir: &Path, n: usize) -> Result<Sample> {
+    let port = free_port()?;
+    let admin = free_port()?;
+    let server = Proc::spawn(
+        Command::new(bin)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin")
+            .arg(format!("127.0.0.1:{admin}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, "ingest.log")?),
+    )?;
+    measure(&server, port, loadgen, clip, dir, n)
+}
+
+fn measure_nginx(loadgen: &Path, clip: &Path, dir: &Path, n: usize) -> Result<Sample> {
+    let port = free_port()?;
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(&prefix).context("creating nginx prefix")?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "load_module {NGINX_RTMP_MODULE};\n\
+             daemon off;\nmaster_process off;\nworker_processes 1;\n\
+             worker_rlimit_nofile 8192;\n\
+             error_log {p}/error.log warn;\npid {p}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\n\
+             rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
+               application live {{ live on; record off; }} }} }}\n",
+            p = prefix.display()
+        ),
+    )
+    .context("writing nginx.conf")?;
+    let server = Proc::spawn(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, "nginx.stderr")?),
+    )?;
+    measure(&server, port, loadgen, clip, dir, n)
+}
+
+fn measure(
+    server: &Proc,
+    port: u16,
+    loadgen: &Path,
+    clip: &Path,
+    dir: &Path,
+    n: usize,
+) -> Result<Sample> {
+    wait_port(port)?;
+    let url = format!("rtmp://127.0.0.1:{port}/live/bench");
+    let _publisher = Proc::spawn(
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-stream_loop",
+                "-1",
+                "-i",
+            ])
+            .arg(clip)
+            .args(["-c", "copy", "-f", "flv", &url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, "publisher.log")?),
+    )?;
+    std::thread::sleep(PUBLISH_SETTLE);
+    let secs = (WARMUP + MEASURE).as_secs() + 2;
+    let lg_out = dir.join("loadgen.out");
+    let loadgen = Proc::spawn(
+        Command::new(loadgen)
+            .arg("--url")
+            .arg(&url)
+            .arg("--players")
+            .arg(n.to_string())
+            .arg("--seconds")
+            .arg(secs.to_string())
+            .stdout(std::fs::File::create(&lg_out).context("loadgen output file")?)
+            .stderr(log_file(dir, "loadgen.err")?),
+    )?;
+    std::thread::sleep(WARMUP);
+    let lines_before = read_lines(&lg_out);
+    let (cpu0, t0) = (cpu_ticks(server.pid())?, Instant::now());
+    std::thread::sleep(MEASURE);
+    let (cpu1, t1) = (cpu_ticks(server.pid())?, Instant::now());
+    let rss_mib = rss_kib(server.pid())? as f64 / 1024.0;
+    let lines_after = read_lines(&lg_out);
+    drop(loadgen);
+    let hz = clock_ticks_per_second()?;
+    let cpu_percent = (cpu1 - cpu0) as f64 / hz / (t1 - t0).as_secs_f64() * 100.0;
+    let parse = |l: Option<&String>| -> (usize, u64) {
+        let mut connected = 0;
+        let mut bytes = 0;
+        for kv in l.map(String::as_str).unwrap_or("").split_whitespace() {
+            match kv.split_once('=') {
+                Some(("connected", v)) => connected = v.parse().unwrap_or(0),
+                Some(("bytes", v)) => bytes = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        (connected, bytes)
+    };
+    let (_, b0) = parse(lines_before.last());
+    let (connected, b1) = parse(lines_after.last());
+    let elapsed_lines = lines_after.len().saturating_sub(lines_before.len()).max(1) as f64;
+    let mbit_per_player = if connected > 0 {
+        (b1 - b0) as f64 * 8.0 / 1e6 / elapsed_lines / connected as f64
+    } else {
+        0.0
+    };
+    if connected == 0 || b1 <= b0 {
+        bail!(
+            "players received nothing (connected={connected}); see {}",
+            dir.display()
+        );
+    }
+    Ok(Sample {
+        cpu_percent,
+        rss_mib,
+        players_connected: connected,
+        mbit_per_player,
+    })
+}
+
+fn read_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// utime + stime (fields 14 and 15 of /proc/PID/stat, after the parenthesised comm).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state), so utime (14) is index 11 and stime (15) index 12.
+    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading /proc/PID/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+fn clock_ticks_per_second() -> Result<f64> {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("getconf CLK_TCK")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .context("binding a free port")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("server on port {port} not ready after {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Ok(())
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .with_context(|| format!("opening {name}"))
+}
+
+/// A child process killed on drop, on every path.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Result<Proc> {
+        Ok(Proc(cmd.spawn().with_context(|| {
+            format!("spawning {:?}", cmd.get_program())
+        })?))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A temp directory removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+        let path =
+            std::env::temp_dir().join(format!("bench-ingest-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
