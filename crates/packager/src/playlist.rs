@@ -24,6 +24,9 @@ pub struct SegmentInfo {
     pub pdt_ms: u64,
     /// An EXT-X-DISCONTINUITY tag precedes this segment.
     pub discontinuity: bool,
+    /// Its Discontinuity Sequence Number (RFC 8216 4.3.3.3): assigned by the segmenter from the
+    /// ingest's session id, so instances agree without having seen the same history.
+    pub discontinuity_sequence: u64,
 }
 
 impl SegmentInfo {
@@ -44,13 +47,12 @@ pub struct Playlist {
     target_duration_secs: u64,
     window: usize,
     entries: VecDeque<SegmentInfo>,
-    discontinuity_sequence: u64,
 }
 
 impl Playlist {
     /// An empty playlist with the given EXT-X-TARGETDURATION and window length.
     pub fn new(target_duration_secs: u64, window: usize) -> Self {
-        Self { target_duration_secs, window: window.max(1), entries: VecDeque::new(), discontinuity_sequence: 0 }
+        Self { target_duration_secs, window: window.max(1), entries: VecDeque::new() }
     }
 
     /// Appends a segment and returns the segments that left the window (to be deleted after a
@@ -80,17 +82,19 @@ impl Playlist {
     }
 
     fn pop_front(&mut self) -> Option<SegmentInfo> {
-        let old = self.entries.pop_front()?;
-        // RFC 8216 6.2.2: removing an EXT-X-DISCONTINUITY tag increments the sequence.
-        if old.discontinuity {
-            self.discontinuity_sequence += 1;
-        }
-        Some(old)
+        self.entries.pop_front()
     }
 
     /// Segments currently listed, oldest first.
     pub fn entries(&self) -> impl Iterator<Item = &SegmentInfo> {
         self.entries.iter()
+    }
+
+    /// EXT-X-DISCONTINUITY-SEQUENCE: the first segment's number, less one if a DISCONTINUITY tag
+    /// precedes it (the tag counts towards it). When the segment with the tag leaves the window
+    /// the value grows by one, as RFC 8216 6.2.2 requires.
+    pub fn discontinuity_sequence(&self) -> u64 {
+        self.entries.front().map_or(0, |e| e.discontinuity_sequence.saturating_sub(u64::from(e.discontinuity)))
     }
 
     /// Renders the playlist text.
@@ -110,7 +114,7 @@ impl Playlist {
             version: Some(PLAYLIST_VERSION),
             target_duration: self.target_duration_secs,
             media_sequence: self.entries.front().map_or(0, |e| e.msn),
-            discontinuity_sequence: self.discontinuity_sequence,
+            discontinuity_sequence: self.discontinuity_sequence(),
             segments,
             ..Default::default()
         };
@@ -130,7 +134,7 @@ mod tests {
     use super::*;
 
     fn seg(msn: u64, discontinuity: bool) -> SegmentInfo {
-        SegmentInfo { msn, duration_ms: 2000, pdt_ms: msn * 2000, discontinuity }
+        SegmentInfo { msn, duration_ms: 2000, pdt_ms: msn * 2000, discontinuity, discontinuity_sequence: 7 + u64::from(msn >= 10) }
     }
 
     #[test]
@@ -144,7 +148,7 @@ mod tests {
         let text = p.render();
         let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("parses");
         assert_eq!(parsed.media_sequence, 11);
-        assert_eq!(parsed.discontinuity_sequence, 1);
+        assert_eq!(parsed.discontinuity_sequence, 8);
         assert_eq!(parsed.target_duration, 2);
         assert_eq!(parsed.segments[0].uri, "11.ts");
         assert_eq!(parsed.segments[0].program_date_time.unwrap().timestamp_millis(), 22000);

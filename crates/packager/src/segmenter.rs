@@ -55,7 +55,8 @@ impl Default for Config {
 pub struct Metadata {
     /// `streamStartTimeMs`: UNIX ms at which RTMP timestamp 0 of this publish session occurred.
     pub stream_start_time_ms: u64,
-    /// `streamSessionId`: changes with every publish session (kept as the f64 bit pattern).
+    /// `streamSessionId`: increments with every publish session. It is also the base of the
+    /// segments' Discontinuity Sequence Numbers, so every instance numbers a session alike.
     pub session_id: u64,
 }
 
@@ -144,6 +145,7 @@ pub enum Output {
 #[derive(Debug)]
 struct OpenSegment {
     msn: u64,
+    dsn: u64,
     start_t_ms: u64,
     last_t_ms: u64,
     /// We saw the cut that opened it (see module docs).
@@ -187,9 +189,18 @@ pub struct Packager {
     /// Added to stream time after backwards jumps (see [`REBASE_GAP_MS`]).
     rebase_ms: i64,
     last_video_t_ms: Option<u64>,
+    /// Discontinuities inside this session (timestamp jumps, codec changes) seen by us.
+    session_jumps: u64,
+    /// Discontinuity sequence number of the last opened segment.
+    last_dsn: Option<u64>,
     /// Duration of the last video frame, used to close the last segment of a session.
     last_frame_ms: u64,
 }
+
+/// A keyframe this close to RTMP timestamp 0 is taken as the session's first one, which every
+/// instance cut at. Publishers start video at 0 or a few audio frames later (ffmpeg: ~23 ms);
+/// a second keyframe within this time of the start would be misjudged, so it stays small.
+const SESSION_START_MAX_TS_MS: u32 = 250;
 
 /// Frame duration assumed before two video frames were seen (30 fps).
 const DEFAULT_FRAME_MS: u64 = 33;
@@ -211,6 +222,8 @@ impl Packager {
             last_ts: [None, None],
             rebase_ms: 0,
             last_video_t_ms: None,
+            session_jumps: 0,
+            last_dsn: None,
             last_frame_ms: DEFAULT_FRAME_MS,
         }
     }
@@ -266,6 +279,7 @@ impl Packager {
                 self.end_session(out);
                 self.meta = Some(m);
                 self.rebase_ms = 0;
+                self.session_jumps = 0;
             }
             None => self.meta = Some(m),
         }
@@ -445,6 +459,7 @@ impl Packager {
         }
         self.mark_discontinuity(out);
         self.forced_cut = true;
+        self.session_jumps += 1;
     }
 
     /// At a keyframe: cut if its time bucket differs from the open segment's. `prev_t` is the
@@ -465,7 +480,7 @@ impl Packager {
             // the previous frame (its open segment's number is at most that frame's bucket).
             // Otherwise this keyframe may be mid-segment for it, and we must not publish.
             None => {
-                self.forced_cut || ts == 0 || prev_t.is_some_and(|p| p / self.cfg.target_duration_ms < bucket)
+                self.forced_cut || ts <= SESSION_START_MAX_TS_MS || prev_t.is_some_and(|p| p / self.cfg.target_duration_ms < bucket)
             }
         };
         self.forced_cut = false;
@@ -473,8 +488,18 @@ impl Packager {
         self.last_msn = Some(msn);
         let with_audio = self.aac.is_some();
         let discontinuity = std::mem::take(&mut self.pending_discontinuity);
+        // Discontinuity Sequence Number: session id + jumps within it, never going backwards
+        // and one higher after a DISCONTINUITY tag (RFC 8216 4.3.3.3). Only in-session jumps
+        // are history a late joiner may not know; session changes number alike everywhere.
+        let base = self.meta.map_or(0, |m| m.session_id) + self.session_jumps;
+        let dsn = match self.last_dsn {
+            Some(last) if discontinuity => base.max(last + 1),
+            Some(last) => base.max(last),
+            None => base,
+        };
+        self.last_dsn = Some(dsn);
         tracing::debug!(msn, t, complete_start, "opening segment");
-        self.cur = Some(OpenSegment { msn, start_t_ms: t, last_t_ms: t, complete_start, discontinuity, with_audio, mux: TsMuxer::new(with_audio) });
+        self.cur = Some(OpenSegment { msn, dsn, start_t_ms: t, last_t_ms: t, complete_start, discontinuity, with_audio, mux: TsMuxer::new(with_audio) });
     }
 
     fn close(&mut self, cur: OpenSegment, end_t_ms: u64, out: &mut Vec<Output>) {
@@ -490,7 +515,7 @@ impl Packager {
         if duration_ms > self.cfg.target_duration_ms + self.cfg.target_duration_ms / 2 {
             tracing::warn!(msn = cur.msn, duration_ms, "segment longer than the target duration: keyframe interval too long?");
         }
-        let info = SegmentInfo { msn: cur.msn, duration_ms, pdt_ms: cur.start_t_ms, discontinuity: cur.discontinuity };
+        let info = SegmentInfo { msn: cur.msn, duration_ms, pdt_ms: cur.start_t_ms, discontinuity: cur.discontinuity, discontinuity_sequence: cur.dsn };
         out.push(Output::Segment { info: info.clone(), data: cur.mux.finish() });
         for old in self.playlist.push(info) {
             out.push(Output::Retire(old));

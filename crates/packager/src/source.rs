@@ -52,7 +52,7 @@ pub fn metadata_from_numbers<'a>(props: impl IntoIterator<Item = (&'a str, Optio
     for (name, value) in props {
         match (name, value) {
             (PROP_STREAM_START, Some(v)) if v.is_finite() && v >= 0.0 => start = Some(v as u64),
-            (PROP_SESSION_ID, Some(v)) => session = Some(v.to_bits()),
+            (PROP_SESSION_ID, Some(v)) if v.is_finite() && v >= 0.0 => session = Some(v as u64),
             _ => {}
         }
     }
@@ -82,12 +82,13 @@ pub fn stream_name(source: &str) -> Result<String, SourceError> {
 pub struct FileConnector {
     path: PathBuf,
     realtime: bool,
+    sessions: u64,
 }
 
 impl FileConnector {
     /// A connector for `path`.
     pub fn new(path: impl Into<PathBuf>, realtime: bool) -> Self {
-        Self { path: path.into(), realtime }
+        Self { path: path.into(), realtime, sessions: 0 }
     }
 }
 
@@ -96,7 +97,9 @@ impl Connector for FileConnector {
         let bytes = std::fs::read(&self.path)?;
         let tags = flv::read_file(&bytes).map_err(|e| SourceError::Other(e.to_string()))?;
         let now = unix_now_ms();
-        let mut events = vec![(0, Event::Metadata(Metadata { stream_start_time_ms: now, session_id: now }))];
+        // Each play of the file is a new session, numbered like the ingest numbers them.
+        self.sessions += 1;
+        let mut events = vec![(0, Event::Metadata(Metadata { stream_start_time_ms: now, session_id: self.sessions }))];
         for tag in tags {
             let (ts, data) = (tag.timestamp_ms, tag.data);
             match tag.kind {
@@ -249,7 +252,72 @@ mod tests {
     fn metadata_numbers() {
         let m = metadata_from_numbers([("streamStartTimeMs", Some(1.7e12)), ("streamSessionId", Some(3.0)), ("width", Some(1.0))], 5);
         assert_eq!(m.stream_start_time_ms, 1_700_000_000_000);
-        assert_eq!(m.session_id, 3.0f64.to_bits());
+        assert_eq!(m.session_id, 3);
         assert_eq!(metadata_from_numbers([], 5).stream_start_time_ms, 5);
+    }
+}
+
+/// Pulls one stream from the ingest with the `rtmp` crate's play client.
+///
+/// The client is async (tokio); each source thread owns a current-thread runtime and blocks on
+/// it, which keeps the core and writer plain synchronous code.
+pub struct RtmpConnector {
+    url: String,
+    timeout: Duration,
+    runtime: std::sync::Arc<tokio::runtime::Runtime>,
+}
+
+/// NetStream status telling a player that the publisher stopped.
+const STATUS_UNPUBLISH: &str = "NetStream.Play.UnpublishNotify";
+
+impl RtmpConnector {
+    /// A connector for `url` (`rtmp://host:port/app/stream`) with a connect timeout.
+    pub fn new(url: impl Into<String>, timeout: Duration) -> Result<Self, SourceError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Self { url: url.into(), timeout, runtime: std::sync::Arc::new(runtime) })
+    }
+}
+
+impl Connector for RtmpConnector {
+    fn connect(&mut self) -> Result<Box<dyn EventStream>, SourceError> {
+        let client = self
+            .runtime
+            .block_on(rtmp::client::PlayClient::connect(&self.url, self.timeout))
+            .map_err(|e| SourceError::Other(format!("connect {}: {e}", self.url)))?;
+        Ok(Box::new(RtmpStream { client, runtime: self.runtime.clone() }))
+    }
+}
+
+struct RtmpStream {
+    client: rtmp::client::PlayClient,
+    runtime: std::sync::Arc<tokio::runtime::Runtime>,
+}
+
+impl EventStream for RtmpStream {
+    fn next_event(&mut self) -> Result<Option<Event>, SourceError> {
+        use rtmp::client::PlayEvent;
+        loop {
+            let ev = self.runtime.block_on(self.client.next_event()).map_err(|e| SourceError::Other(e.to_string()))?;
+            let Some(ev) = ev else { return Ok(None) };
+            let mapped = match &ev {
+                PlayEvent::Metadata(props) => {
+                    let numbers = props.iter().map(|(k, v)| (k.as_str(), match v {
+                        rtmp::amf0::Value::Number(n) => Some(*n),
+                        _ => None,
+                    }));
+                    Some(Event::Metadata(metadata_from_numbers(numbers, unix_now_ms())))
+                }
+                PlayEvent::Audio { timestamp_ms, data } => Some(Event::Audio { timestamp_ms: *timestamp_ms, data: data.clone() }),
+                PlayEvent::Video { timestamp_ms, data } => Some(Event::Video { timestamp_ms: *timestamp_ms, data: data.clone() }),
+                PlayEvent::Status(code) if code == STATUS_UNPUBLISH => Some(Event::EndOfSession),
+                PlayEvent::Status(code) => {
+                    tracing::debug!(code, "rtmp status");
+                    None
+                }
+            };
+            if let Some(e) = mapped {
+                return Ok(Some(e));
+            }
+        }
     }
 }

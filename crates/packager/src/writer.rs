@@ -146,7 +146,7 @@ mod tests {
     use super::*;
 
     fn info(msn: u64) -> SegmentInfo {
-        SegmentInfo { msn, duration_ms: 2000, pdt_ms: 0, discontinuity: false }
+        SegmentInfo { msn, duration_ms: 2000, pdt_ms: 0, discontinuity: false, discontinuity_sequence: 0 }
     }
 
     #[test]
