@@ -11,7 +11,9 @@ pub enum AacError {
     #[error("AudioSpecificConfig truncated")]
     TruncatedConfig,
     /// ADTS can only signal object types 1-4 (profile is 2 bits) and indexed sample rates.
-    #[error("AAC object type {object_type} / frequency index {freq_index} cannot be carried in ADTS")]
+    #[error(
+        "AAC object type {object_type} / frequency index {freq_index} cannot be carried in ADTS"
+    )]
     NotAdtsCompatible {
         /// audioObjectType from the config.
         object_type: u8,
@@ -30,7 +32,9 @@ const ADTS_MAX_FRAME_LEN: usize = (1 << 13) - 1;
 /// samplingFrequencyIndex 15 means an explicit 24-bit rate, which ADTS cannot express.
 const FREQ_INDEX_EXPLICIT: u8 = 15;
 /// Sample rates for samplingFrequencyIndex 0..=12 (14496-3 Table 1.18).
-const SAMPLE_RATES: [u32; 13] = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
+const SAMPLE_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
 
 /// The fields of an AudioSpecificConfig that ADTS needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,15 +50,24 @@ pub struct AacConfig {
 impl AacConfig {
     /// Parses the first two bytes of an AudioSpecificConfig.
     pub fn parse(asc: &[u8]) -> Result<Self, AacError> {
-        let [a, b, ..] = *asc else { return Err(AacError::TruncatedConfig) };
+        let [a, b, ..] = *asc else {
+            return Err(AacError::TruncatedConfig);
+        };
         let object_type = a >> 3;
         let freq_index = ((a & 0x07) << 1) | (b >> 7);
         let channels = (b >> 3) & 0x0f;
         // The ADTS profile field is audioObjectType - 1 in 2 bits: only types 1..=4 fit.
         if !(1..=4).contains(&object_type) || freq_index == FREQ_INDEX_EXPLICIT {
-            return Err(AacError::NotAdtsCompatible { object_type, freq_index });
+            return Err(AacError::NotAdtsCompatible {
+                object_type,
+                freq_index,
+            });
         }
-        Ok(Self { object_type, freq_index, channels })
+        Ok(Self {
+            object_type,
+            freq_index,
+            channels,
+        })
     }
 
     /// Sample rate in Hz, if the index is a defined one.
@@ -73,7 +86,7 @@ impl AacConfig {
         let profile = self.object_type - 1;
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&[
-            0xff,                                                           // syncword (12 bits) ...
+            0xff, // syncword (12 bits) ...
             0xf1, // ... ID=0 (MPEG-4), layer=00, protection_absent=1
             (profile << 6) | (self.freq_index << 2) | ((self.channels >> 2) & 0x01),
             ((self.channels & 0x03) << 6) | ((len >> 11) & 0x03) as u8,
@@ -93,7 +106,14 @@ mod tests {
     #[test]
     fn lc_44k_stereo() {
         let c = AacConfig::parse(&[0x12, 0x10]).unwrap();
-        assert_eq!(c, AacConfig { object_type: 2, freq_index: 4, channels: 2 });
+        assert_eq!(
+            c,
+            AacConfig {
+                object_type: 2,
+                freq_index: 4,
+                channels: 2
+            }
+        );
         assert_eq!(c.sample_rate(), Some(44100));
         let adts = c.to_adts(&[0xaa; 10]).unwrap();
         // Same header ffmpeg writes for a 17-byte LC 44.1 kHz stereo frame.

@@ -75,11 +75,16 @@ pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
     }
     let keyframe = first >> 4 == FRAME_TYPE_KEY;
     // SI24, sign-extended.
-    let cts_ms = ((i32::from(body[2]) << 24) | (i32::from(body[3]) << 16) | (i32::from(body[4]) << 8)) >> 8;
+    let cts_ms =
+        ((i32::from(body[2]) << 24) | (i32::from(body[3]) << 16) | (i32::from(body[4]) << 8)) >> 8;
     let payload = body.slice(HEADER_LEN..);
     Ok(match body[1] {
         0 => VideoTag::SequenceHeader(payload),
-        1 => VideoTag::Nalu { keyframe, cts_ms, data: payload },
+        1 => VideoTag::Nalu {
+            keyframe,
+            cts_ms,
+            data: payload,
+        },
         _ => VideoTag::EndOfSequence,
     })
 }
@@ -97,7 +102,11 @@ pub fn parse_audio(body: &Bytes) -> Result<AudioTag, FlvError> {
         return Err(FlvError::Truncated(body.len()));
     }
     let payload = body.slice(HEADER_LEN..);
-    Ok(if body[1] == 0 { AudioTag::SequenceHeader(payload) } else { AudioTag::Raw(payload) })
+    Ok(if body[1] == 0 {
+        AudioTag::SequenceHeader(payload)
+    } else {
+        AudioTag::Raw(payload)
+    })
 }
 
 /// FLV tag types (E.4.1 TagType).
@@ -141,7 +150,10 @@ pub fn read_file(file: &[u8]) -> Result<Vec<FileTag>, FlvError> {
     while pos + TAG_HEADER_LEN <= file.len() {
         let h = &file[pos..pos + TAG_HEADER_LEN];
         let size = (usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3]);
-        let ts = (u32::from(h[7]) << 24) | (u32::from(h[4]) << 16) | (u32::from(h[5]) << 8) | u32::from(h[6]);
+        let ts = (u32::from(h[7]) << 24)
+            | (u32::from(h[4]) << 16)
+            | (u32::from(h[5]) << 8)
+            | u32::from(h[6]);
         let start = pos + TAG_HEADER_LEN;
         if start + size > file.len() {
             break;
@@ -153,7 +165,11 @@ pub fn read_file(file: &[u8]) -> Result<Vec<FileTag>, FlvError> {
             _ => None,
         };
         if let Some(kind) = kind {
-            tags.push(FileTag { kind, timestamp_ms: ts, data: whole.slice(start..start + size) });
+            tags.push(FileTag {
+                kind,
+                timestamp_ms: ts,
+                data: whole.slice(start..start + size),
+            });
         }
         pos = start + size + PREV_TAG_SIZE_LEN;
     }
@@ -168,15 +184,25 @@ mod tests {
     fn video_tag_fields() {
         let body = Bytes::from_static(&[0x17, 1, 0xff, 0xff, 0xfe, 0, 0, 0, 1, 0x65]);
         match parse_video(&body).unwrap() {
-            VideoTag::Nalu { keyframe, cts_ms, data } => {
+            VideoTag::Nalu {
+                keyframe,
+                cts_ms,
+                data,
+            } => {
                 assert!(keyframe);
                 assert_eq!(cts_ms, -2);
                 assert_eq!(&data[..], &[0, 0, 0, 1, 0x65]);
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(parse_video(&Bytes::from_static(&[0x12, 0])), Err(FlvError::UnsupportedVideoCodec(2)));
-        assert_eq!(parse_video(&Bytes::from_static(&[0x17, 1])), Err(FlvError::Truncated(2)));
+        assert_eq!(
+            parse_video(&Bytes::from_static(&[0x12, 0])),
+            Err(FlvError::UnsupportedVideoCodec(2))
+        );
+        assert_eq!(
+            parse_video(&Bytes::from_static(&[0x17, 1])),
+            Err(FlvError::Truncated(2))
+        );
     }
 
     #[test]
@@ -185,6 +211,9 @@ mod tests {
             parse_audio(&Bytes::from_static(&[0xaf, 0, 0x12, 0x10])).unwrap(),
             AudioTag::SequenceHeader(Bytes::from_static(&[0x12, 0x10]))
         );
-        assert_eq!(parse_audio(&Bytes::from_static(&[0x2f, 1])), Err(FlvError::UnsupportedAudioCodec(2)));
+        assert_eq!(
+            parse_audio(&Bytes::from_static(&[0x2f, 1])),
+            Err(FlvError::UnsupportedAudioCodec(2))
+        );
     }
 }

@@ -64,7 +64,11 @@ impl AvcConfig {
                 let len_bytes = rec.get(*pos..*pos + 2).ok_or(H264Error::TruncatedConfig)?;
                 let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
                 *pos += 2;
-                sets.push(rec.get(*pos..*pos + len).ok_or(H264Error::TruncatedConfig)?.to_vec());
+                sets.push(
+                    rec.get(*pos..*pos + len)
+                        .ok_or(H264Error::TruncatedConfig)?
+                        .to_vec(),
+                );
                 *pos += len;
             }
             Ok(sets)
@@ -75,7 +79,11 @@ impl AvcConfig {
         if sps.is_empty() || pps.is_empty() {
             return Err(H264Error::MissingParameterSets);
         }
-        Ok(Self { nal_length_size, sps, pps })
+        Ok(Self {
+            nal_length_size,
+            sps,
+            pps,
+        })
     }
 
     /// Converts one access unit of length-prefixed NAL units to Annex B: an AUD first, then, when
@@ -84,7 +92,9 @@ impl AvcConfig {
     /// In-band AUDs are dropped so there is exactly one per access unit.
     pub fn to_annex_b(&self, au: &[u8]) -> Result<Vec<u8>, H264Error> {
         let nals = split_nals(au, self.nal_length_size)?;
-        let has_idr = nals.iter().any(|n| n.first().map(|b| b & NAL_TYPE_MASK) == Some(NAL_IDR));
+        let has_idr = nals
+            .iter()
+            .any(|n| n.first().map(|b| b & NAL_TYPE_MASK) == Some(NAL_IDR));
         let mut out = Vec::with_capacity(au.len() + 64);
         out.extend_from_slice(&START_CODE);
         out.extend_from_slice(&AUD_NAL);
@@ -111,12 +121,20 @@ fn split_nals(mut au: &[u8], length_size: usize) -> Result<Vec<&[u8]>, H264Error
     let mut nals = Vec::new();
     while !au.is_empty() {
         if au.len() < length_size {
-            return Err(H264Error::TruncatedNal { len: length_size, remaining: au.len() });
+            return Err(H264Error::TruncatedNal {
+                len: length_size,
+                remaining: au.len(),
+            });
         }
-        let len = au[..length_size].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let len = au[..length_size]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         au = &au[length_size..];
         if len > au.len() {
-            return Err(H264Error::TruncatedNal { len, remaining: au.len() });
+            return Err(H264Error::TruncatedNal {
+                len,
+                remaining: au.len(),
+            });
         }
         if len > 0 {
             nals.push(&au[..len]);
@@ -131,7 +149,9 @@ mod tests {
     use super::*;
 
     fn config() -> AvcConfig {
-        let rec = [1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 2, 0x67, 0xaa, 1, 0, 2, 0x68, 0xbb];
+        let rec = [
+            1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 2, 0x67, 0xaa, 1, 0, 2, 0x68, 0xbb,
+        ];
         AvcConfig::parse(&rec).expect("valid record")
     }
 
@@ -141,14 +161,23 @@ mod tests {
         assert_eq!(c.nal_length_size, 4);
         assert_eq!(c.sps, vec![vec![0x67, 0xaa]]);
         assert_eq!(c.pps, vec![vec![0x68, 0xbb]]);
-        assert_eq!(AvcConfig::parse(&[1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 9]), Err(H264Error::TruncatedConfig));
+        assert_eq!(
+            AvcConfig::parse(&[1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 9]),
+            Err(H264Error::TruncatedConfig)
+        );
     }
 
     #[test]
     fn idr_gets_aud_and_parameter_sets() {
         let au = [0, 0, 0, 2, 0x09, 0xf0, 0, 0, 0, 2, 0x65, 0x88];
         let out = config().to_annex_b(&au).unwrap();
-        assert_eq!(out, [0, 0, 0, 1, 9, 0xf0, 0, 0, 0, 1, 0x67, 0xaa, 0, 0, 0, 1, 0x68, 0xbb, 0, 0, 0, 1, 0x65, 0x88]);
+        assert_eq!(
+            out,
+            [
+                0, 0, 0, 1, 9, 0xf0, 0, 0, 0, 1, 0x67, 0xaa, 0, 0, 0, 1, 0x68, 0xbb, 0, 0, 0, 1,
+                0x65, 0x88
+            ]
+        );
         let p = config().to_annex_b(&[0, 0, 0, 2, 0x41, 0x9a]).unwrap();
         assert_eq!(p, [0, 0, 0, 1, 9, 0xf0, 0, 0, 0, 1, 0x41, 0x9a]);
         assert!(config().to_annex_b(&[0, 0, 0, 9, 0x41]).is_err());

@@ -5,7 +5,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// All packager metrics, registered in their own registry.
 #[derive(Clone)]
@@ -44,34 +46,86 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
-        let segments_written = counter("packager_segments_written_total", "Segments written to disk.", &["stream"]);
-        let write_errors = counter("packager_write_errors_total", "Failed file writes or deletes (retried).", &["stream"]);
-        let dropped_frames = counter("packager_dropped_frames_total", "Frames dropped as bad input.", &["stream", "reason"]);
-        let partial_segments =
-            counter("packager_partial_segments_total", "Segments not published: start or end not seen.", &["stream"]);
-        let discontinuities = counter("packager_discontinuities_total", "Discontinuities started.", &["stream"]);
-        let source_errors = counter("packager_source_errors_total", "Failed or broken source connections.", &["stream"]);
+        let segments_written = counter(
+            "packager_segments_written_total",
+            "Segments written to disk.",
+            &["stream"],
+        );
+        let write_errors = counter(
+            "packager_write_errors_total",
+            "Failed file writes or deletes (retried).",
+            &["stream"],
+        );
+        let dropped_frames = counter(
+            "packager_dropped_frames_total",
+            "Frames dropped as bad input.",
+            &["stream", "reason"],
+        );
+        let partial_segments = counter(
+            "packager_partial_segments_total",
+            "Segments not published: start or end not seen.",
+            &["stream"],
+        );
+        let discontinuities = counter(
+            "packager_discontinuities_total",
+            "Discontinuities started.",
+            &["stream"],
+        );
+        let source_errors = counter(
+            "packager_source_errors_total",
+            "Failed or broken source connections.",
+            &["stream"],
+        );
         let segment_duration = HistogramVec::new(
-            HistogramOpts::new("packager_segment_duration_seconds", "Duration of written segments.").buckets(DURATION_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "packager_segment_duration_seconds",
+                "Duration of written segments.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
             &["stream"],
         )
         .expect("valid metric");
-        registry.register(Box::new(segment_duration.clone())).expect("unique metric");
-        let newest_msn = IntGaugeVec::new(Opts::new("packager_newest_media_sequence", "MSN of the newest written segment."), &["stream"])
-            .expect("valid metric");
-        registry.register(Box::new(newest_msn.clone())).expect("unique metric");
-        let source_connected =
-            IntGaugeVec::new(Opts::new("packager_source_connected", "1 while connected to the ingest."), &["stream"]).expect("valid metric");
-        registry.register(Box::new(source_connected.clone())).expect("unique metric");
+        registry
+            .register(Box::new(segment_duration.clone()))
+            .expect("unique metric");
+        let newest_msn = IntGaugeVec::new(
+            Opts::new(
+                "packager_newest_media_sequence",
+                "MSN of the newest written segment.",
+            ),
+            &["stream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(newest_msn.clone()))
+            .expect("unique metric");
+        let source_connected = IntGaugeVec::new(
+            Opts::new(
+                "packager_source_connected",
+                "1 while connected to the ingest.",
+            ),
+            &["stream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(source_connected.clone()))
+            .expect("unique metric");
         let lag_seconds = prometheus::GaugeVec::new(
-            Opts::new("packager_live_lag_seconds", "Wall clock minus the end of the newest segment when written."),
+            Opts::new(
+                "packager_live_lag_seconds",
+                "Wall clock minus the end of the newest segment when written.",
+            ),
             &["stream"],
         )
         .expect("valid metric");
-        registry.register(Box::new(lag_seconds.clone())).expect("unique metric");
+        registry
+            .register(Box::new(lag_seconds.clone()))
+            .expect("unique metric");
         Self {
             registry,
             segments_written,
@@ -90,7 +144,9 @@ impl Metrics {
     /// Text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding to a Vec");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding to a Vec");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }
@@ -113,9 +169,17 @@ pub fn serve(listener: TcpListener, metrics: Metrics) {
         let path = line.split_whitespace().nth(1).unwrap_or("/");
         let (status, ctype, body) = match path {
             "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-            "/healthz" => ("200 OK", "application/json", "{\"status\":\"ok\"}".to_owned()),
+            "/healthz" => (
+                "200 OK",
+                "application/json",
+                "{\"status\":\"ok\"}".to_owned(),
+            ),
             _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         };
-        let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     }
 }

@@ -52,7 +52,11 @@ pub struct Playlist {
 impl Playlist {
     /// An empty playlist with the given EXT-X-TARGETDURATION and window length.
     pub fn new(target_duration_secs: u64, window: usize) -> Self {
-        Self { target_duration_secs, window: window.max(1), entries: VecDeque::new() }
+        Self {
+            target_duration_secs,
+            window: window.max(1),
+            entries: VecDeque::new(),
+        }
     }
 
     /// Appends a segment and returns the segments that left the window (to be deleted after a
@@ -65,9 +69,15 @@ impl Playlist {
     /// listed with numbers that would change on the next reload.
     pub fn push(&mut self, seg: SegmentInfo) -> Vec<SegmentInfo> {
         let mut retired = Vec::new();
-        let contiguous = self.entries.back().is_none_or(|last| last.msn + 1 == seg.msn);
+        let contiguous = self
+            .entries
+            .back()
+            .is_none_or(|last| last.msn + 1 == seg.msn);
         if !contiguous {
-            tracing::warn!(msn = seg.msn, "media sequence gap: restarting the playlist window");
+            tracing::warn!(
+                msn = seg.msn,
+                "media sequence gap: restarting the playlist window"
+            );
             while let Some(old) = self.pop_front() {
                 retired.push(old);
             }
@@ -94,7 +104,10 @@ impl Playlist {
     /// precedes it (the tag counts towards it). When the segment with the tag leaves the window
     /// the value grows by one, as RFC 8216 6.2.2 requires.
     pub fn discontinuity_sequence(&self) -> u64 {
-        self.entries.front().map_or(0, |e| e.discontinuity_sequence.saturating_sub(u64::from(e.discontinuity)))
+        self.entries.front().map_or(0, |e| {
+            e.discontinuity_sequence
+                .saturating_sub(u64::from(e.discontinuity))
+        })
     }
 
     /// Renders the playlist text.
@@ -119,13 +132,18 @@ impl Playlist {
             ..Default::default()
         };
         let mut out = Vec::new();
-        playlist.write_to(&mut out).expect("writing to a Vec cannot fail");
+        playlist
+            .write_to(&mut out)
+            .expect("writing to a Vec cannot fail");
         String::from_utf8(out).expect("m3u8-rs writes UTF-8")
     }
 }
 
 fn pdt(ms: u64) -> DateTime<FixedOffset> {
-    let utc = Utc.timestamp_millis_opt(ms as i64).single().unwrap_or_default();
+    let utc = Utc
+        .timestamp_millis_opt(ms as i64)
+        .single()
+        .unwrap_or_default();
     utc.fixed_offset()
 }
 
@@ -134,7 +152,13 @@ mod tests {
     use super::*;
 
     fn seg(msn: u64, discontinuity: bool) -> SegmentInfo {
-        SegmentInfo { msn, duration_ms: 2000, pdt_ms: msn * 2000, discontinuity, discontinuity_sequence: 7 + u64::from(msn >= 10) }
+        SegmentInfo {
+            msn,
+            duration_ms: 2000,
+            pdt_ms: msn * 2000,
+            discontinuity,
+            discontinuity_sequence: 7 + u64::from(msn >= 10),
+        }
     }
 
     #[test]
@@ -151,7 +175,13 @@ mod tests {
         assert_eq!(parsed.discontinuity_sequence, 8);
         assert_eq!(parsed.target_duration, 2);
         assert_eq!(parsed.segments[0].uri, "11.ts");
-        assert_eq!(parsed.segments[0].program_date_time.unwrap().timestamp_millis(), 22000);
+        assert_eq!(
+            parsed.segments[0]
+                .program_date_time
+                .unwrap()
+                .timestamp_millis(),
+            22000
+        );
     }
 
     #[test]

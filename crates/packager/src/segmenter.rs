@@ -165,7 +165,9 @@ enum TimestampCheck {
     Ok,
     Drop,
     /// Forward (`false`) or backward (`true`) jump.
-    Jump { backwards: bool },
+    Jump {
+        backwards: bool,
+    },
 }
 
 /// Nominal gap inserted after a backwards timestamp jump so stream time keeps increasing.
@@ -253,7 +255,10 @@ impl Packager {
             }
             Event::Disconnected => {
                 if let Some(cur) = self.cur.take() {
-                    tracing::info!(msn = cur.msn, "disconnected: dropping the open segment, its end was not seen");
+                    tracing::info!(
+                        msn = cur.msn,
+                        "disconnected: dropping the open segment, its end was not seen"
+                    );
                     if cur.discontinuity {
                         self.pending_discontinuity = true;
                     }
@@ -275,7 +280,11 @@ impl Packager {
                 }
             }
             Some(old) => {
-                tracing::info!(old = old.session_id, new = m.session_id, "new publish session: discontinuity");
+                tracing::info!(
+                    old = old.session_id,
+                    new = m.session_id,
+                    "new publish session: discontinuity"
+                );
                 self.end_session(out);
                 self.meta = Some(m);
                 self.rebase_ms = 0;
@@ -307,7 +316,12 @@ impl Packager {
         }
     }
 
-    fn drop_frame(&self, reason: DropReason, detail: &dyn std::fmt::Display, out: &mut Vec<Output>) {
+    fn drop_frame(
+        &self,
+        reason: DropReason,
+        detail: &dyn std::fmt::Display,
+        out: &mut Vec<Output>,
+    ) {
         tracing::warn!(reason = reason.as_str(), %detail, "dropping frame");
         out.push(Output::Dropped(reason));
     }
@@ -336,14 +350,28 @@ impl Packager {
                 return;
             }
             VideoTag::EndOfSequence => return,
-            VideoTag::Nalu { keyframe, cts_ms, data } => (keyframe, cts_ms, data),
+            VideoTag::Nalu {
+                keyframe,
+                cts_ms,
+                data,
+            } => (keyframe, cts_ms, data),
         };
-        let Some(meta) = self.meta else { return self.drop_frame(DropReason::NoMetadata, &"video before onMetaData", out) };
+        let Some(meta) = self.meta else {
+            return self.drop_frame(DropReason::NoMetadata, &"video before onMetaData", out);
+        };
         let Some(avc) = &self.avc else {
-            return self.drop_frame(DropReason::NoSequenceHeader, &"video before the AVC sequence header", out);
+            return self.drop_frame(
+                DropReason::NoSequenceHeader,
+                &"video before the AVC sequence header",
+                out,
+            );
         };
         if data.len() > self.cfg.max_frame_bytes {
-            return self.drop_frame(DropReason::Oversized, &format!("video frame of {} bytes", data.len()), out);
+            return self.drop_frame(
+                DropReason::Oversized,
+                &format!("video frame of {} bytes", data.len()),
+                out,
+            );
         }
         let annex_b = match avc.to_annex_b(&data) {
             Ok(a) => a,
@@ -385,12 +413,22 @@ impl Packager {
             }
             AudioTag::Raw(raw) => raw,
         };
-        let Some(meta) = self.meta else { return self.drop_frame(DropReason::NoMetadata, &"audio before onMetaData", out) };
+        let Some(meta) = self.meta else {
+            return self.drop_frame(DropReason::NoMetadata, &"audio before onMetaData", out);
+        };
         let Some(aac) = self.aac else {
-            return self.drop_frame(DropReason::NoSequenceHeader, &"audio before the AAC sequence header", out);
+            return self.drop_frame(
+                DropReason::NoSequenceHeader,
+                &"audio before the AAC sequence header",
+                out,
+            );
         };
         if raw.len() > self.cfg.max_frame_bytes {
-            return self.drop_frame(DropReason::Oversized, &format!("audio frame of {} bytes", raw.len()), out);
+            return self.drop_frame(
+                DropReason::Oversized,
+                &format!("audio frame of {} bytes", raw.len()),
+                out,
+            );
         }
         let adts = match aac.to_adts(&raw) {
             Ok(a) => a,
@@ -402,7 +440,9 @@ impl Packager {
         let t = self.t_ms(meta, ts);
         // Audio before the first keyframe has no segment; audio whose config arrived after the
         // segment's PMT was written waits for the next segment.
-        let Some(cur) = self.cur.as_mut().filter(|c| c.with_audio) else { return };
+        let Some(cur) = self.cur.as_mut().filter(|c| c.with_audio) else {
+            return;
+        };
         cur.mux.write_audio(to_ticks(t as i64), &adts);
         cur.last_t_ms = cur.last_t_ms.max(t);
     }
@@ -419,7 +459,9 @@ impl Packager {
                     TimestampCheck::Drop
                 }
             }
-            Some(last) if u64::from(ts - last) > self.cfg.jump_threshold_ms => TimestampCheck::Jump { backwards: false },
+            Some(last) if u64::from(ts - last) > self.cfg.jump_threshold_ms => {
+                TimestampCheck::Jump { backwards: false }
+            }
             Some(_) => TimestampCheck::Ok,
         };
         match check {
@@ -428,18 +470,34 @@ impl Packager {
                 true
             }
             TimestampCheck::Drop => {
-                self.drop_frame(DropReason::NonMonotonic, &format!("{track:?} timestamp {ts} after {:?}", self.last_ts[idx]), out);
+                self.drop_frame(
+                    DropReason::NonMonotonic,
+                    &format!("{track:?} timestamp {ts} after {:?}", self.last_ts[idx]),
+                    out,
+                );
                 false
             }
             TimestampCheck::Jump { backwards } => {
                 let last = self.last_ts[idx];
-                tracing::warn!(?track, ts, ?last, backwards, "timestamp jump: discontinuity");
-                if backwards {
-                    if let (Some(meta), Some(last_t)) = (self.meta, self.cur.as_ref().map(|c| c.last_t_ms).or(self.last_video_t_ms)) {
-                        // Continue stream time just after the last frame, so numbers keep growing.
-                        let unrebased = meta.stream_start_time_ms as i64 + i64::from(ts);
-                        self.rebase_ms = (last_t + REBASE_GAP_MS) as i64 - unrebased;
-                    }
+                tracing::warn!(
+                    ?track,
+                    ts,
+                    ?last,
+                    backwards,
+                    "timestamp jump: discontinuity"
+                );
+                if backwards
+                    && let (Some(meta), Some(last_t)) = (
+                        self.meta,
+                        self.cur
+                            .as_ref()
+                            .map(|c| c.last_t_ms)
+                            .or(self.last_video_t_ms),
+                    )
+                {
+                    // Continue stream time just after the last frame, so numbers keep growing.
+                    let unrebased = meta.stream_start_time_ms as i64 + i64::from(ts);
+                    self.rebase_ms = (last_t + REBASE_GAP_MS) as i64 - unrebased;
                 }
                 self.force_cut(out);
                 self.last_ts = [None, None];
@@ -480,7 +538,9 @@ impl Packager {
             // the previous frame (its open segment's number is at most that frame's bucket).
             // Otherwise this keyframe may be mid-segment for it, and we must not publish.
             None => {
-                self.forced_cut || ts <= SESSION_START_MAX_TS_MS || prev_t.is_some_and(|p| p / self.cfg.target_duration_ms < bucket)
+                self.forced_cut
+                    || ts <= SESSION_START_MAX_TS_MS
+                    || prev_t.is_some_and(|p| p / self.cfg.target_duration_ms < bucket)
             }
         };
         self.forced_cut = false;
@@ -499,12 +559,24 @@ impl Packager {
         };
         self.last_dsn = Some(dsn);
         tracing::debug!(msn, t, complete_start, "opening segment");
-        self.cur = Some(OpenSegment { msn, dsn, start_t_ms: t, last_t_ms: t, complete_start, discontinuity, with_audio, mux: TsMuxer::new(with_audio) });
+        self.cur = Some(OpenSegment {
+            msn,
+            dsn,
+            start_t_ms: t,
+            last_t_ms: t,
+            complete_start,
+            discontinuity,
+            with_audio,
+            mux: TsMuxer::new(with_audio),
+        });
     }
 
     fn close(&mut self, cur: OpenSegment, end_t_ms: u64, out: &mut Vec<Output>) {
         if !cur.complete_start {
-            tracing::info!(msn = cur.msn, "not publishing segment: joined after its start");
+            tracing::info!(
+                msn = cur.msn,
+                "not publishing segment: joined after its start"
+            );
             if cur.discontinuity {
                 self.pending_discontinuity = true;
             }
@@ -513,10 +585,23 @@ impl Packager {
         }
         let duration_ms = end_t_ms.saturating_sub(cur.start_t_ms);
         if duration_ms > self.cfg.target_duration_ms + self.cfg.target_duration_ms / 2 {
-            tracing::warn!(msn = cur.msn, duration_ms, "segment longer than the target duration: keyframe interval too long?");
+            tracing::warn!(
+                msn = cur.msn,
+                duration_ms,
+                "segment longer than the target duration: keyframe interval too long?"
+            );
         }
-        let info = SegmentInfo { msn: cur.msn, duration_ms, pdt_ms: cur.start_t_ms, discontinuity: cur.discontinuity, discontinuity_sequence: cur.dsn };
-        out.push(Output::Segment { info: info.clone(), data: cur.mux.finish() });
+        let info = SegmentInfo {
+            msn: cur.msn,
+            duration_ms,
+            pdt_ms: cur.start_t_ms,
+            discontinuity: cur.discontinuity,
+            discontinuity_sequence: cur.dsn,
+        };
+        out.push(Output::Segment {
+            info: info.clone(),
+            data: cur.mux.finish(),
+        });
         for old in self.playlist.push(info) {
             out.push(Output::Retire(old));
         }
@@ -526,7 +611,9 @@ impl Packager {
 
 fn flv_reason(e: &FlvError) -> DropReason {
     match e {
-        FlvError::UnsupportedAudioCodec(_) | FlvError::UnsupportedVideoCodec(_) => DropReason::UnsupportedCodec,
+        FlvError::UnsupportedAudioCodec(_) | FlvError::UnsupportedVideoCodec(_) => {
+            DropReason::UnsupportedCodec
+        }
         _ => DropReason::Malformed,
     }
 }

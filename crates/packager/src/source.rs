@@ -46,7 +46,10 @@ pub const PROP_SESSION_ID: &str = "streamSessionId";
 /// Extracts the ingest's timing from onMetaData Number properties. Without `streamStartTimeMs`
 /// (an ingest that does not implement the contract) we fall back to `fallback_now_ms` and log:
 /// segments are then still valid but not interchangeable with another instance's.
-pub fn metadata_from_numbers<'a>(props: impl IntoIterator<Item = (&'a str, Option<f64>)>, fallback_now_ms: u64) -> Metadata {
+pub fn metadata_from_numbers<'a>(
+    props: impl IntoIterator<Item = (&'a str, Option<f64>)>,
+    fallback_now_ms: u64,
+) -> Metadata {
     let mut start = None;
     let mut session = None;
     for (name, value) in props {
@@ -60,21 +63,40 @@ pub fn metadata_from_numbers<'a>(props: impl IntoIterator<Item = (&'a str, Optio
         tracing::warn!("onMetaData without {PROP_STREAM_START}: using the local clock; instances will not be interchangeable");
         fallback_now_ms
     });
-    Metadata { stream_start_time_ms, session_id: session.unwrap_or(stream_start_time_ms) }
+    Metadata {
+        stream_start_time_ms,
+        session_id: session.unwrap_or(stream_start_time_ms),
+    }
 }
 
 /// UNIX time in ms.
 pub fn unix_now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Stream name from a source URL or path: its last path component, restricted to characters
 /// that are safe as a directory name.
 pub fn stream_name(source: &str) -> Result<String, SourceError> {
-    let last = source.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    let last = source
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
     let name = last.strip_suffix(".flv").unwrap_or(last);
-    let ok = !name.is_empty() && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok { Ok(name.to_owned()) } else { Err(SourceError::Other(format!("no usable stream name in {source:?}"))) }
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(SourceError::Other(format!(
+            "no usable stream name in {source:?}"
+        )))
+    }
 }
 
 /// Plays an FLV file as if it were one RTMP publish session (metadata with a fresh start time
@@ -88,7 +110,11 @@ pub struct FileConnector {
 impl FileConnector {
     /// A connector for `path`.
     pub fn new(path: impl Into<PathBuf>, realtime: bool) -> Self {
-        Self { path: path.into(), realtime, sessions: 0 }
+        Self {
+            path: path.into(),
+            realtime,
+            sessions: 0,
+        }
     }
 }
 
@@ -99,17 +125,39 @@ impl Connector for FileConnector {
         let now = unix_now_ms();
         // Each play of the file is a new session, numbered like the ingest numbers them.
         self.sessions += 1;
-        let mut events = vec![(0, Event::Metadata(Metadata { stream_start_time_ms: now, session_id: self.sessions }))];
+        let mut events = vec![(
+            0,
+            Event::Metadata(Metadata {
+                stream_start_time_ms: now,
+                session_id: self.sessions,
+            }),
+        )];
         for tag in tags {
             let (ts, data) = (tag.timestamp_ms, tag.data);
             match tag.kind {
-                TagType::Audio => events.push((ts, Event::Audio { timestamp_ms: ts, data })),
-                TagType::Video => events.push((ts, Event::Video { timestamp_ms: ts, data })),
+                TagType::Audio => events.push((
+                    ts,
+                    Event::Audio {
+                        timestamp_ms: ts,
+                        data,
+                    },
+                )),
+                TagType::Video => events.push((
+                    ts,
+                    Event::Video {
+                        timestamp_ms: ts,
+                        data,
+                    },
+                )),
                 TagType::Script => {}
             }
         }
         events.push((events.last().map_or(0, |e| e.0), Event::EndOfSession));
-        Ok(Box::new(FileStream { events: events.into_iter(), started: Instant::now(), realtime: self.realtime }))
+        Ok(Box::new(FileStream {
+            events: events.into_iter(),
+            started: Instant::now(),
+            realtime: self.realtime,
+        }))
     }
 }
 
@@ -121,7 +169,9 @@ struct FileStream {
 
 impl EventStream for FileStream {
     fn next_event(&mut self) -> Result<Option<Event>, SourceError> {
-        let Some((ts, ev)) = self.events.next() else { return Ok(None) };
+        let Some((ts, ev)) = self.events.next() else {
+            return Ok(None);
+        };
         if self.realtime {
             let due = self.started + Duration::from_millis(u64::from(ts));
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -163,9 +213,21 @@ impl Pipeline {
         let outputs = self.packager.push(event);
         for o in &outputs {
             match o {
-                Output::Dropped(reason) => self.metrics.dropped_frames.with_label_values(&[self.stream.as_str(), reason.as_str()]).inc(),
-                Output::PartialDiscarded { .. } => self.metrics.partial_segments.with_label_values(&[&self.stream]).inc(),
-                Output::Discontinuity => self.metrics.discontinuities.with_label_values(&[&self.stream]).inc(),
+                Output::Dropped(reason) => self
+                    .metrics
+                    .dropped_frames
+                    .with_label_values(&[self.stream.as_str(), reason.as_str()])
+                    .inc(),
+                Output::PartialDiscarded { .. } => self
+                    .metrics
+                    .partial_segments
+                    .with_label_values(&[&self.stream])
+                    .inc(),
+                Output::Discontinuity => self
+                    .metrics
+                    .discontinuities
+                    .with_label_values(&[&self.stream])
+                    .inc(),
                 _ => {}
             }
         }
@@ -181,14 +243,31 @@ impl Pipeline {
 
     fn record(&self, p: Progress) {
         let s = self.stream.as_str();
-        self.metrics.write_errors.with_label_values(&[s]).inc_by(p.errors + p.abandoned);
+        self.metrics
+            .write_errors
+            .with_label_values(&[s])
+            .inc_by(p.errors + p.abandoned);
         for seg in p.segments {
-            tracing::info!(stream = s, msn = seg.msn, duration_ms = seg.duration_ms, "segment written");
+            tracing::info!(
+                stream = s,
+                msn = seg.msn,
+                duration_ms = seg.duration_ms,
+                "segment written"
+            );
             self.metrics.segments_written.with_label_values(&[s]).inc();
-            self.metrics.segment_duration.with_label_values(&[s]).observe(seg.duration_ms as f64 / 1000.0);
-            self.metrics.newest_msn.with_label_values(&[s]).set(seg.msn as i64);
+            self.metrics
+                .segment_duration
+                .with_label_values(&[s])
+                .observe(seg.duration_ms as f64 / 1000.0);
+            self.metrics
+                .newest_msn
+                .with_label_values(&[s])
+                .set(seg.msn as i64);
             let lag_ms = unix_now_ms() as i64 - (seg.pdt_ms + seg.duration_ms) as i64;
-            self.metrics.lag_seconds.with_label_values(&[s]).set(lag_ms as f64 / 1000.0);
+            self.metrics
+                .lag_seconds
+                .with_label_values(&[s])
+                .set(lag_ms as f64 / 1000.0);
         }
     }
 
@@ -200,7 +279,10 @@ impl Pipeline {
             match connector.connect() {
                 Ok(mut events) => {
                     tracing::info!(stream = self.stream, "source connected");
-                    self.metrics.source_connected.with_label_values(&[&self.stream]).set(1);
+                    self.metrics
+                        .source_connected
+                        .with_label_values(&[&self.stream])
+                        .set(1);
                     while !stop.load(Ordering::Relaxed) {
                         match events.next_event() {
                             Ok(Some(ev)) => {
@@ -213,17 +295,26 @@ impl Pipeline {
                             }
                             Err(e) => {
                                 tracing::warn!(stream = self.stream, error = %e, "source failed");
-                                self.metrics.source_errors.with_label_values(&[&self.stream]).inc();
+                                self.metrics
+                                    .source_errors
+                                    .with_label_values(&[&self.stream])
+                                    .inc();
                                 break;
                             }
                         }
                     }
-                    self.metrics.source_connected.with_label_values(&[&self.stream]).set(0);
+                    self.metrics
+                        .source_connected
+                        .with_label_values(&[&self.stream])
+                        .set(0);
                     self.handle(Event::Disconnected);
                 }
                 Err(e) => {
                     tracing::warn!(stream = self.stream, error = %e, retry_in = ?backoff, "connect failed");
-                    self.metrics.source_errors.with_label_values(&[&self.stream]).inc();
+                    self.metrics
+                        .source_errors
+                        .with_label_values(&[&self.stream])
+                        .inc();
                 }
             }
             let until = Instant::now() + backoff;
@@ -233,27 +324,6 @@ impl Pipeline {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_names() {
-        assert_eq!(stream_name("rtmp://127.0.0.1:1935/live/demo").unwrap(), "demo");
-        assert_eq!(stream_name("/tmp/x/cam-1.flv").unwrap(), "cam-1");
-        assert!(stream_name("rtmp://h/live/..").is_err());
-        assert!(stream_name("rtmp://h/live/a b").is_err());
-    }
-
-    #[test]
-    fn metadata_numbers() {
-        let m = metadata_from_numbers([("streamStartTimeMs", Some(1.7e12)), ("streamSessionId", Some(3.0)), ("width", Some(1.0))], 5);
-        assert_eq!(m.stream_start_time_ms, 1_700_000_000_000);
-        assert_eq!(m.session_id, 3);
-        assert_eq!(metadata_from_numbers([], 5).stream_start_time_ms, 5);
     }
 }
 
@@ -273,8 +343,14 @@ const STATUS_UNPUBLISH: &str = "NetStream.Play.UnpublishNotify";
 impl RtmpConnector {
     /// A connector for `url` (`rtmp://host:port/app/stream`) with a connect timeout.
     pub fn new(url: impl Into<String>, timeout: Duration) -> Result<Self, SourceError> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Self { url: url.into(), timeout, runtime: std::sync::Arc::new(runtime) })
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            url: url.into(),
+            timeout,
+            runtime: std::sync::Arc::new(runtime),
+        })
     }
 }
 
@@ -284,7 +360,10 @@ impl Connector for RtmpConnector {
             .runtime
             .block_on(rtmp::client::PlayClient::connect(&self.url, self.timeout))
             .map_err(|e| SourceError::Other(format!("connect {}: {e}", self.url)))?;
-        Ok(Box::new(RtmpStream { client, runtime: self.runtime.clone() }))
+        Ok(Box::new(RtmpStream {
+            client,
+            runtime: self.runtime.clone(),
+        }))
     }
 }
 
@@ -297,18 +376,35 @@ impl EventStream for RtmpStream {
     fn next_event(&mut self) -> Result<Option<Event>, SourceError> {
         use rtmp::client::PlayEvent;
         loop {
-            let ev = self.runtime.block_on(self.client.next_event()).map_err(|e| SourceError::Other(e.to_string()))?;
+            let ev = self
+                .runtime
+                .block_on(self.client.next_event())
+                .map_err(|e| SourceError::Other(e.to_string()))?;
             let Some(ev) = ev else { return Ok(None) };
             let mapped = match &ev {
                 PlayEvent::Metadata(props) => {
-                    let numbers = props.iter().map(|(k, v)| (k.as_str(), match v {
-                        rtmp::amf0::Value::Number(n) => Some(*n),
-                        _ => None,
-                    }));
-                    Some(Event::Metadata(metadata_from_numbers(numbers, unix_now_ms())))
+                    let numbers = props.iter().map(|(k, v)| {
+                        (
+                            k.as_str(),
+                            match v {
+                                rtmp::amf0::Value::Number(n) => Some(*n),
+                                _ => None,
+                            },
+                        )
+                    });
+                    Some(Event::Metadata(metadata_from_numbers(
+                        numbers,
+                        unix_now_ms(),
+                    )))
                 }
-                PlayEvent::Audio { timestamp_ms, data } => Some(Event::Audio { timestamp_ms: *timestamp_ms, data: data.clone() }),
-                PlayEvent::Video { timestamp_ms, data } => Some(Event::Video { timestamp_ms: *timestamp_ms, data: data.clone() }),
+                PlayEvent::Audio { timestamp_ms, data } => Some(Event::Audio {
+                    timestamp_ms: *timestamp_ms,
+                    data: data.clone(),
+                }),
+                PlayEvent::Video { timestamp_ms, data } => Some(Event::Video {
+                    timestamp_ms: *timestamp_ms,
+                    data: data.clone(),
+                }),
                 PlayEvent::Status(code) if code == STATUS_UNPUBLISH => Some(Event::EndOfSession),
                 PlayEvent::Status(code) => {
                     tracing::debug!(code, "rtmp status");
@@ -319,5 +415,36 @@ impl EventStream for RtmpStream {
                 return Ok(Some(e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names() {
+        assert_eq!(
+            stream_name("rtmp://127.0.0.1:1935/live/demo").unwrap(),
+            "demo"
+        );
+        assert_eq!(stream_name("/tmp/x/cam-1.flv").unwrap(), "cam-1");
+        assert!(stream_name("rtmp://h/live/..").is_err());
+        assert!(stream_name("rtmp://h/live/a b").is_err());
+    }
+
+    #[test]
+    fn metadata_numbers() {
+        let m = metadata_from_numbers(
+            [
+                ("streamStartTimeMs", Some(1.7e12)),
+                ("streamSessionId", Some(3.0)),
+                ("width", Some(1.0)),
+            ],
+            5,
+        );
+        assert_eq!(m.stream_start_time_ms, 1_700_000_000_000);
+        assert_eq!(m.session_id, 3);
+        assert_eq!(metadata_from_numbers([], 5).stream_start_time_ms, 5);
     }
 }

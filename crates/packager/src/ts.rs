@@ -82,7 +82,13 @@ pub struct TsMuxer {
 impl TsMuxer {
     /// Starts a segment: PAT, then a PMT listing video and, if `with_audio`, audio.
     pub fn new(with_audio: bool) -> Self {
-        let mut m = Self { out: Vec::with_capacity(1 << 20), cc_pat: 0, cc_pmt: 0, cc_video: 0, cc_audio: 0 };
+        let mut m = Self {
+            out: Vec::with_capacity(1 << 20),
+            cc_pat: 0,
+            cc_pmt: 0,
+            cc_video: 0,
+            cc_audio: 0,
+        };
         let pat = pat_section();
         m.write_psi(PID_PAT, &pat);
         let pmt = pmt_section(with_audio);
@@ -114,7 +120,11 @@ impl TsMuxer {
     }
 
     fn write_psi(&mut self, pid: u16, section: &[u8]) {
-        let cc = if pid == PID_PAT { &mut self.cc_pat } else { &mut self.cc_pmt };
+        let cc = if pid == PID_PAT {
+            &mut self.cc_pat
+        } else {
+            &mut self.cc_pmt
+        };
         let header = packet_header(pid, true, AFC_PAYLOAD_ONLY, *cc);
         *cc = (*cc + 1) & CC_MASK;
         self.out.extend_from_slice(&header);
@@ -122,10 +132,18 @@ impl TsMuxer {
         self.out.push(0);
         self.out.extend_from_slice(section);
         let used = HEADER_LEN + 1 + section.len();
-        self.out.resize(self.out.len() + PACKET_LEN - used, STUFFING);
+        self.out
+            .resize(self.out.len() + PACKET_LEN - used, STUFFING);
     }
 
-    fn write_pes(&mut self, pid: u16, cc: &mut u8, pes: &[u8], pcr: Option<u64>, random_access: bool) {
+    fn write_pes(
+        &mut self,
+        pid: u16,
+        cc: &mut u8,
+        pes: &[u8],
+        pcr: Option<u64>,
+        random_access: bool,
+    ) {
         let mut rest = pes;
         let mut first = true;
         while !rest.is_empty() {
@@ -145,11 +163,24 @@ impl TsMuxer {
                 }
             }
             // With an adaptation field, one byte goes to adaptation_field_length.
-            let room = if af.is_empty() { PAYLOAD_LEN } else { PAYLOAD_LEN - 1 - af.len() };
+            let room = if af.is_empty() {
+                PAYLOAD_LEN
+            } else {
+                PAYLOAD_LEN - 1 - af.len()
+            };
             let take = rest.len().min(room);
             let stuffing = room - take;
             let has_af = !af.is_empty() || stuffing > 0;
-            let header = packet_header(pid, first, if has_af { AFC_AF_AND_PAYLOAD } else { AFC_PAYLOAD_ONLY }, *cc);
+            let header = packet_header(
+                pid,
+                first,
+                if has_af {
+                    AFC_AF_AND_PAYLOAD
+                } else {
+                    AFC_PAYLOAD_ONLY
+                },
+                *cc,
+            );
             *cc = (*cc + 1) & CC_MASK;
             self.out.extend_from_slice(&header);
             if has_af {
@@ -177,7 +208,12 @@ impl TsMuxer {
 
 fn packet_header(pid: u16, unit_start: bool, afc: u8, cc: u8) -> [u8; HEADER_LEN] {
     let pusi = if unit_start { PUSI } else { 0 };
-    [SYNC_BYTE, pusi | ((pid >> 8) as u8 & 0x1f), pid as u8, afc | (cc & CC_MASK)]
+    [
+        SYNC_BYTE,
+        pusi | ((pid >> 8) as u8 & 0x1f),
+        pid as u8,
+        afc | (cc & CC_MASK),
+    ]
 }
 
 /// PES packet (2.4.3.6) with PTS and optionally DTS; `bounded` sets PES_packet_length, which
@@ -194,12 +230,20 @@ fn pes_packet(stream_id: u8, pts: u64, dts: Option<u64>, payload: &[u8], bounded
     const PREFIX_DTS: u8 = 0x1;
     // A DTS equal to the PTS must not be sent (2.4.3.7).
     let dts = dts.filter(|d| *d != pts);
-    let header_data_len = if dts.is_some() { 2 * TIMESTAMP_LEN } else { TIMESTAMP_LEN };
+    let header_data_len = if dts.is_some() {
+        2 * TIMESTAMP_LEN
+    } else {
+        TIMESTAMP_LEN
+    };
     let mut pes = Vec::with_capacity(payload.len() + 9 + header_data_len);
     pes.extend_from_slice(&[0, 0, 1, stream_id]);
     // Bytes after PES_packet_length: 2 flag bytes + PES_header_data_length + header data + payload.
     let len = 3 + header_data_len + payload.len();
-    let len_field = if bounded && len <= usize::from(u16::MAX) { len as u16 } else { 0 };
+    let len_field = if bounded && len <= usize::from(u16::MAX) {
+        len as u16
+    } else {
+        0
+    };
     pes.extend_from_slice(&len_field.to_be_bytes());
     pes.push(FLAGS1);
     pes.push(if dts.is_some() { PTS_AND_DTS } else { PTS_ONLY });
@@ -292,7 +336,11 @@ pub fn crc32_mpeg2(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b) << 24;
         for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ POLY } else { crc << 1 };
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ POLY
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -312,7 +360,12 @@ mod tests {
     fn packets_are_aligned_and_counted() {
         let mut m = TsMuxer::new(true);
         for i in 0..20u64 {
-            m.write_video(i * 3000 + 6000, i * 3000, i == 0, &vec![0xab; 100 + 137 * i as usize]);
+            m.write_video(
+                i * 3000 + 6000,
+                i * 3000,
+                i == 0,
+                &vec![0xab; 100 + 137 * i as usize],
+            );
             m.write_audio(i * 3000, &[0xcd; 183]);
         }
         let out = m.finish();
@@ -333,6 +386,9 @@ mod tests {
     #[test]
     fn timestamp_encoding() {
         assert_eq!(encode_timestamp(2, 0), [0x21, 0, 1, 0, 1]);
-        assert_eq!(encode_timestamp(2, TIMESTAMP_MODULUS - 1), [0x2f, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            encode_timestamp(2, TIMESTAMP_MODULUS - 1),
+            [0x2f, 0xff, 0xff, 0xff, 0xff]
+        );
     }
 }

@@ -52,7 +52,12 @@ pub struct Writer {
 impl Writer {
     /// A writer for `dir` (created on first write) deleting retired segments after `grace`.
     pub fn new(dir: impl Into<PathBuf>, grace: Duration) -> Self {
-        Self { dir: dir.into(), grace, pending: VecDeque::new(), to_delete: VecDeque::new() }
+        Self {
+            dir: dir.into(),
+            grace,
+            pending: VecDeque::new(),
+            to_delete: VecDeque::new(),
+        }
     }
 
     /// The stream directory.
@@ -66,9 +71,16 @@ impl Writer {
         for o in outputs {
             match o {
                 Output::Segment { info, data } => {
-                    let queued = self.pending.iter().filter(|j| matches!(j, Job::Segment { .. })).count();
+                    let queued = self
+                        .pending
+                        .iter()
+                        .filter(|j| matches!(j, Job::Segment { .. }))
+                        .count();
                     if queued >= MAX_PENDING_SEGMENTS
-                        && let Some(pos) = self.pending.iter().position(|j| matches!(j, Job::Segment { .. }))
+                        && let Some(pos) = self
+                            .pending
+                            .iter()
+                            .position(|j| matches!(j, Job::Segment { .. }))
                     {
                         tracing::error!("write queue full: abandoning the oldest queued segment");
                         self.pending.remove(pos);
@@ -81,7 +93,9 @@ impl Writer {
                     self.pending.retain(|j| !matches!(j, Job::Playlist(_)));
                     self.pending.push_back(Job::Playlist(text));
                 }
-                Output::Retire(info) => self.to_delete.push_back((now + self.grace, self.dir.join(info.file_name()))),
+                Output::Retire(info) => self
+                    .to_delete
+                    .push_back((now + self.grace, self.dir.join(info.file_name()))),
                 Output::Dropped(_) | Output::PartialDiscarded { .. } | Output::Discontinuity => {}
             }
         }
@@ -116,7 +130,9 @@ impl Writer {
             }
         }
         while self.to_delete.front().is_some_and(|(due, _)| *due <= now) {
-            let Some((_, path)) = self.to_delete.pop_front() else { break };
+            let Some((_, path)) = self.to_delete.pop_front() else {
+                break;
+            };
             match std::fs::remove_file(&path) {
                 Ok(()) => tracing::debug!(path = %path.display(), "deleted retired segment"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -146,7 +162,13 @@ mod tests {
     use super::*;
 
     fn info(msn: u64) -> SegmentInfo {
-        SegmentInfo { msn, duration_ms: 2000, pdt_ms: 0, discontinuity: false, discontinuity_sequence: 0 }
+        SegmentInfo {
+            msn,
+            duration_ms: 2000,
+            pdt_ms: 0,
+            discontinuity: false,
+            discontinuity_sequence: 0,
+        }
     }
 
     #[test]
@@ -157,20 +179,36 @@ mod tests {
         std::fs::write(&dir, b"x").unwrap();
         let mut w = Writer::new(&dir, Duration::from_secs(10));
         let t0 = Instant::now();
-        let p = w.apply(vec![Output::Segment { info: info(1), data: vec![1] }, Output::Playlist("a".into())], t0);
+        let p = w.apply(
+            vec![
+                Output::Segment {
+                    info: info(1),
+                    data: vec![1],
+                },
+                Output::Playlist("a".into()),
+            ],
+            t0,
+        );
         assert_eq!(p.errors, 1);
         assert!(p.segments.is_empty());
         std::fs::remove_file(&dir).unwrap();
         let p = w.tick(t0);
         assert_eq!(p.segments, vec![info(1)]);
         assert_eq!(std::fs::read(dir.join("1.ts")).unwrap(), vec![1]);
-        assert_eq!(std::fs::read_to_string(dir.join(PLAYLIST_NAME)).unwrap(), "a");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(PLAYLIST_NAME)).unwrap(),
+            "a"
+        );
         w.apply(vec![Output::Retire(info(1))], t0);
         w.tick(t0 + Duration::from_secs(9));
         assert!(dir.join("1.ts").exists(), "kept during the grace period");
         w.tick(t0 + Duration::from_secs(10));
         assert!(!dir.join("1.ts").exists());
-        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
         assert!(leftovers.is_empty());
     }
 }

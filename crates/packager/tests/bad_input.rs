@@ -26,14 +26,22 @@ fn segments(out: &[Output]) -> Vec<(packager::playlist::SegmentInfo, &Vec<u8>)> 
 }
 
 fn dropped(out: &[Output], reason: DropReason) -> usize {
-    out.iter().filter(|o| **o == Output::Dropped(reason)).count()
+    out.iter()
+        .filter(|o| **o == Output::Dropped(reason))
+        .count()
 }
 
 fn shift(e: Event, by: i64) -> Event {
     let f = |t: u32| (i64::from(t) + by) as u32;
     match e {
-        Event::Video { timestamp_ms, data } => Event::Video { timestamp_ms: f(timestamp_ms), data },
-        Event::Audio { timestamp_ms, data } => Event::Audio { timestamp_ms: f(timestamp_ms), data },
+        Event::Video { timestamp_ms, data } => Event::Video {
+            timestamp_ms: f(timestamp_ms),
+            data,
+        },
+        Event::Audio { timestamp_ms, data } => Event::Audio {
+            timestamp_ms: f(timestamp_ms),
+            data,
+        },
         other => other,
     }
 }
@@ -46,7 +54,11 @@ fn missing_metadata_or_sequence_headers_drop_frames() {
     assert!(segments(&out).is_empty());
     assert!(dropped(&out, DropReason::NoMetadata) > 100);
 
-    let no_headers: Vec<_> = tags.iter().filter(|t| !is_sequence_header(t)).cloned().collect();
+    let no_headers: Vec<_> = tags
+        .iter()
+        .filter(|t| !is_sequence_header(t))
+        .cloned()
+        .collect();
     let mut ev = vec![metadata(START_MS, 1)];
     ev.extend(events(&no_headers));
     let out = run(Config::default(), ev);
@@ -61,12 +73,30 @@ fn unsupported_codec_and_oversized_frames_are_dropped() {
     let mut ev = vec![metadata(START_MS, 1)];
     ev.extend(events(&tags));
     // VP6 video (codec id 4) and MP3 audio (format 2) in the middle of the stream.
-    ev.insert(40, Event::Video { timestamp_ms: 1000, data: bytes(&[0x24, 0, 0, 0]) });
-    ev.insert(41, Event::Audio { timestamp_ms: 1000, data: bytes(&[0x2f, 0xff]) });
-    let cfg = Config { max_frame_bytes: 6000, ..Config::default() };
+    ev.insert(
+        40,
+        Event::Video {
+            timestamp_ms: 1000,
+            data: bytes(&[0x24, 0, 0, 0]),
+        },
+    );
+    ev.insert(
+        41,
+        Event::Audio {
+            timestamp_ms: 1000,
+            data: bytes(&[0x2f, 0xff]),
+        },
+    );
+    let cfg = Config {
+        max_frame_bytes: 6000,
+        ..Config::default()
+    };
     let out = run(cfg, ev);
     assert_eq!(dropped(&out, DropReason::UnsupportedCodec), 2);
-    assert!(dropped(&out, DropReason::Oversized) > 0, "IDR frames exceed 6000 bytes");
+    assert!(
+        dropped(&out, DropReason::Oversized) > 0,
+        "IDR frames exceed 6000 bytes"
+    );
     for (_, data) in segments(&out) {
         check_ts(data);
     }
@@ -88,12 +118,22 @@ fn timestamp_jumps_are_discontinuities_and_small_steps_back_are_dropped() {
     assert!(dropped(&out, DropReason::NonMonotonic) >= 1);
     assert!(out.contains(&Output::Discontinuity));
     let segs = segments(&out);
-    let after = segs.iter().find(|(i, _)| i.discontinuity).expect("a segment after the jump carries DISCONTINUITY");
+    let after = segs
+        .iter()
+        .find(|(i, _)| i.discontinuity)
+        .expect("a segment after the jump carries DISCONTINUITY");
     assert_eq!(after.0.discontinuity_sequence, 6);
-    assert!(after.0.msn > 850_000_010, "numbers follow stream time across the jump");
+    assert!(
+        after.0.msn > 850_000_010,
+        "numbers follow stream time across the jump"
+    );
     for w in segs.windows(2) {
         assert!(w[1].0.msn > w[0].0.msn);
-        assert!(w[0].0.duration_ms <= 2100, "no segment swallows the jump: {:?}", w[0].0);
+        assert!(
+            w[0].0.duration_ms <= 2100,
+            "no segment swallows the jump: {:?}",
+            w[0].0
+        );
     }
     for (_, data) in &segs {
         check_ts(data);
@@ -107,6 +147,11 @@ fn timestamp_jumps_are_discontinuities_and_small_steps_back_are_dropped() {
     let segs = segments(&out);
     assert!(segs.iter().any(|(i, _)| i.discontinuity));
     for w in segs.windows(2) {
-        assert!(w[1].0.msn > w[0].0.msn && w[1].0.pdt_ms > w[0].0.pdt_ms, "{:?} then {:?}", w[0].0, w[1].0);
+        assert!(
+            w[1].0.msn > w[0].0.msn && w[1].0.pdt_ms > w[0].0.pdt_ms,
+            "{:?} then {:?}",
+            w[0].0,
+            w[1].0
+        );
     }
 }

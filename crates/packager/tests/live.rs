@@ -42,7 +42,15 @@ fn playlist_entries(dir: &Path) -> BTreeMap<u64, (String, i64)> {
     pl.segments
         .iter()
         .enumerate()
-        .map(|(i, s)| (pl.media_sequence + i as u64, (format!("{}|{}", s.uri, s.duration), s.program_date_time.expect("PDT").timestamp_millis())))
+        .map(|(i, s)| {
+            (
+                pl.media_sequence + i as u64,
+                (
+                    format!("{}|{}", s.uri, s.duration),
+                    s.program_date_time.expect("PDT").timestamp_millis(),
+                ),
+            )
+        })
         .collect()
 }
 
@@ -50,7 +58,9 @@ fn playlist_entries(dir: &Path) -> BTreeMap<u64, (String, i64)> {
 fn two_packagers_behind_the_ingest_write_identical_segments() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
     let port = listener.local_addr().unwrap().port();
     let (stop_ingest, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = ingest::Server::new(ingest::Config::default());
@@ -59,8 +69,32 @@ fn two_packagers_behind_the_ingest_write_identical_segments() {
     }));
     let url = format!("rtmp://127.0.0.1:{port}/live/{STREAM}");
     let mut ffmpeg = Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-re", "-f", "lavfi", "-i", "sine"])
-        .args(["-t", &PUBLISH_SECS.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-keyint_min", "60"])
+        .args([
+            "-v",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine",
+        ])
+        .args([
+            "-t",
+            &PUBLISH_SECS.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+        ])
         .args(["-sc_threshold", "0", "-c:a", "aac", "-f", "flv", &url])
         .stdin(Stdio::null())
         .spawn()
@@ -77,7 +111,9 @@ fn two_packagers_behind_the_ingest_write_identical_segments() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let _ = stop_ingest.send(());
-    rt.block_on(ingest_task).expect("ingest task").expect("ingest ran");
+    rt.block_on(ingest_task)
+        .expect("ingest task")
+        .expect("ingest ran");
     a.join().expect("packager a");
     b.join().expect("packager b");
 
@@ -94,13 +130,20 @@ fn two_packagers_behind_the_ingest_write_identical_segments() {
     let (fa, fb) = (files(&seg_a), files(&seg_b));
     let mut common = 0;
     for (name, data) in &fb {
-        let Some(other) = fa.get(name) else { panic!("backup wrote {name}, primary did not") };
+        let Some(other) = fa.get(name) else {
+            panic!("backup wrote {name}, primary did not")
+        };
         assert!(other == data, "{name} differs between the packagers");
         common::check_ts(data);
         common += 1;
     }
     // 16 s at 2 s per segment; the backup joined 3.5 s later and drops the partial one.
-    assert!(common >= 4, "only {common} common segments (primary {}, backup {})", fa.len(), fb.len());
+    assert!(
+        common >= 4,
+        "only {common} common segments (primary {}, backup {})",
+        fa.len(),
+        fb.len()
+    );
     let (pa, pb) = (playlist_entries(&seg_a), playlist_entries(&seg_b));
     for (msn, entry) in &pb {
         if let Some(e) = pa.get(msn) {

@@ -18,7 +18,12 @@ use packager::{Config, Packager};
 struct Cli {
     /// Source to pull, repeatable: `rtmp://host:port/app/<stream>` (or an FLV file path, played
     /// in real time and looped, for local testing). Output goes to OUT/<stream>/.
-    #[arg(long = "source", env = "PACKAGER_SOURCES", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "source",
+        env = "PACKAGER_SOURCES",
+        value_delimiter = ',',
+        required = true
+    )]
     sources: Vec<String>,
     /// Output root directory (the origin serves it at /hls/).
     #[arg(long, env = "PACKAGER_OUT")]
@@ -45,15 +50,28 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let cli = Cli::parse();
     if cli.target_duration == 0 || cli.window == 0 {
         bail!("--target-duration and --window must be positive");
     }
-    let grace = Duration::from_secs(cli.delete_grace.unwrap_or(cli.target_duration * (cli.window as u64 + 1)));
-    let cfg = Config { target_duration_ms: cli.target_duration * 1000, window: cli.window, max_frame_bytes: cli.max_frame_bytes, ..Config::default() };
+    let grace = Duration::from_secs(
+        cli.delete_grace
+            .unwrap_or(cli.target_duration * (cli.window as u64 + 1)),
+    );
+    let cfg = Config {
+        target_duration_ms: cli.target_duration * 1000,
+        window: cli.window,
+        max_frame_bytes: cli.max_frame_bytes,
+        ..Config::default()
+    };
     let metrics = Metrics::new();
-    let listener = TcpListener::bind(cli.admin).with_context(|| format!("binding the admin address {}", cli.admin))?;
+    let listener = TcpListener::bind(cli.admin)
+        .with_context(|| format!("binding the admin address {}", cli.admin))?;
     tracing::info!(addr = %listener.local_addr()?, "admin endpoint listening");
     {
         let metrics = metrics.clone();
@@ -64,7 +82,10 @@ fn main() -> anyhow::Result<()> {
     for source in &cli.sources {
         let stream = stream_name(source).with_context(|| format!("source {source}"))?;
         let mut connector: Box<dyn Connector> = if source.starts_with("rtmp://") {
-            Box::new(RtmpConnector::new(source.clone(), Duration::from_millis(cli.connect_timeout_ms))?)
+            Box::new(RtmpConnector::new(
+                source.clone(),
+                Duration::from_millis(cli.connect_timeout_ms),
+            )?)
         } else {
             Box::new(FileConnector::new(source, true))
         };
@@ -75,7 +96,11 @@ fn main() -> anyhow::Result<()> {
             stream: stream.clone(),
         };
         tracing::info!(stream, source, "starting");
-        threads.push(std::thread::Builder::new().name(format!("src-{stream}")).spawn(move || pipeline.run(connector.as_mut(), &STOP))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("src-{stream}"))
+                .spawn(move || pipeline.run(connector.as_mut(), &STOP))?,
+        );
     }
     for t in threads {
         let _ = t.join();

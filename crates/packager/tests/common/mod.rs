@@ -19,9 +19,39 @@ pub fn make_flv(dir: &Path, secs: u32, gop: u32) -> Vec<FileTag> {
     let path = dir.join(format!("src-{secs}-{gop}.flv"));
     if !path.exists() {
         let status = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine"])
-            .args(["-t", &secs.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-g", &gop.to_string()])
-            .args(["-keyint_min", &gop.to_string(), "-sc_threshold", "0", "-c:a", "aac", "-f", "flv"])
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine",
+            ])
+            .args([
+                "-t",
+                &secs.to_string(),
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                &gop.to_string(),
+            ])
+            .args([
+                "-keyint_min",
+                &gop.to_string(),
+                "-sc_threshold",
+                "0",
+                "-c:a",
+                "aac",
+                "-f",
+                "flv",
+            ])
             .arg(&path)
             .status()
             .expect("ffmpeg must be installed (Debian package ffmpeg)");
@@ -32,15 +62,24 @@ pub fn make_flv(dir: &Path, secs: u32, gop: u32) -> Vec<FileTag> {
 
 /// Metadata as the ingest would announce it.
 pub fn metadata(start_ms: u64, session: u64) -> Event {
-    Event::Metadata(Metadata { stream_start_time_ms: start_ms, session_id: session })
+    Event::Metadata(Metadata {
+        stream_start_time_ms: start_ms,
+        session_id: session,
+    })
 }
 
 /// Audio/video events of the tags, in order.
 pub fn events(tags: &[FileTag]) -> Vec<Event> {
     tags.iter()
         .filter_map(|t| match t.kind {
-            TagType::Audio => Some(Event::Audio { timestamp_ms: t.timestamp_ms, data: t.data.clone() }),
-            TagType::Video => Some(Event::Video { timestamp_ms: t.timestamp_ms, data: t.data.clone() }),
+            TagType::Audio => Some(Event::Audio {
+                timestamp_ms: t.timestamp_ms,
+                data: t.data.clone(),
+            }),
+            TagType::Video => Some(Event::Video {
+                timestamp_ms: t.timestamp_ms,
+                data: t.data.clone(),
+            }),
             TagType::Script => None,
         })
         .collect()
@@ -58,7 +97,11 @@ pub fn is_video_keyframe(t: &FileTag) -> bool {
 /// the keyframe at tag index `from`.
 pub fn late_join(tags: &[FileTag], from: usize, start_ms: u64, session: u64) -> Vec<Event> {
     let mut ev = vec![metadata(start_ms, session)];
-    let headers: Vec<FileTag> = tags.iter().filter(|t| is_sequence_header(t)).cloned().collect();
+    let headers: Vec<FileTag> = tags
+        .iter()
+        .filter(|t| is_sequence_header(t))
+        .cloned()
+        .collect();
     ev.extend(events(&headers));
     ev.extend(events(&tags[from..]).into_iter().filter(|e| !matches!(e, Event::Video { data, .. } | Event::Audio { data, .. } if data.len() > 1 && data[1] == 0)));
     ev
@@ -82,7 +125,11 @@ pub struct TsSummary {
 /// continuity counters starting at 0 without gaps, PCR increasing, PES headers with PTS (and
 /// DTS increasing on video). Also reads it with the `mpeg2ts` crate.
 pub fn check_ts(data: &[u8]) -> TsSummary {
-    assert!(!data.is_empty() && data.len() % PACKET_LEN == 0, "segment length {} not a multiple of 188", data.len());
+    assert!(
+        !data.is_empty() && data.len().is_multiple_of(PACKET_LEN),
+        "segment length {} not a multiple of 188",
+        data.len()
+    );
     let mut cc: HashMap<u16, u8> = HashMap::new();
     let mut s = TsSummary::default();
     let mut last_dts: HashMap<u16, u64> = HashMap::new();
@@ -100,7 +147,10 @@ pub fn check_ts(data: &[u8]) -> TsSummary {
         if afc & 1 != 0 {
             let c = p[3] & 0x0f;
             let expected = cc.get(&pid).map_or(0, |prev| (prev + 1) & 0x0f);
-            assert_eq!(c, expected, "continuity counter of pid {pid:#x} at packet {i}");
+            assert_eq!(
+                c, expected,
+                "continuity counter of pid {pid:#x} at packet {i}"
+            );
             cc.insert(pid, c);
         }
         let mut payload_start = 4;
@@ -109,7 +159,11 @@ pub fn check_ts(data: &[u8]) -> TsSummary {
             assert!(len <= 183, "adaptation field length");
             if len > 0 && p[5] & 0x10 != 0 {
                 let b = &p[6..12];
-                let base = (u64::from(b[0]) << 25) | (u64::from(b[1]) << 17) | (u64::from(b[2]) << 9) | (u64::from(b[3]) << 1) | u64::from(b[4] >> 7);
+                let base = (u64::from(b[0]) << 25)
+                    | (u64::from(b[1]) << 17)
+                    | (u64::from(b[2]) << 9)
+                    | (u64::from(b[3]) << 1)
+                    | u64::from(b[4] >> 7);
                 if let Some(prev) = s.pcrs.last() {
                     assert!(base > *prev, "PCR increasing: {base} after {prev}");
                 }
@@ -121,7 +175,11 @@ pub fn check_ts(data: &[u8]) -> TsSummary {
         if pusi && (pid == PID_PAT || pid == PID_PMT) {
             let sec = &payload[1..];
             let len = ((usize::from(sec[1]) & 0x0f) << 8) | usize::from(sec[2]);
-            assert_eq!(ts::crc32_mpeg2(&sec[..3 + len]), 0, "PSI CRC of pid {pid:#x}");
+            assert_eq!(
+                ts::crc32_mpeg2(&sec[..3 + len]),
+                0,
+                "PSI CRC of pid {pid:#x}"
+            );
             if pid == PID_PMT {
                 let mut pos = 12;
                 while pos < 3 + len - 4 {
@@ -134,12 +192,25 @@ pub fn check_ts(data: &[u8]) -> TsSummary {
             assert_eq!(&payload[..3], &[0, 0, 1], "PES start code");
             let flags = payload[7] >> 6;
             assert!(flags == 2 || flags == 3, "PES has a PTS");
-            let read = |b: &[u8]| (u64::from(b[0] >> 1 & 7) << 30) | (u64::from(b[1]) << 22) | (u64::from(b[2] >> 1) << 15) | (u64::from(b[3]) << 7) | u64::from(b[4] >> 1);
+            let read = |b: &[u8]| {
+                (u64::from(b[0] >> 1 & 7) << 30)
+                    | (u64::from(b[1]) << 22)
+                    | (u64::from(b[2] >> 1) << 15)
+                    | (u64::from(b[3]) << 7)
+                    | u64::from(b[4] >> 1)
+            };
             let pts = read(&payload[9..14]);
-            let dts = if flags == 3 { read(&payload[14..19]) } else { pts };
+            let dts = if flags == 3 {
+                read(&payload[14..19])
+            } else {
+                pts
+            };
             assert!(pts >= dts, "PTS >= DTS");
             if let Some(prev) = last_dts.insert(pid, dts) {
-                assert!(dts > prev || pid == PID_AUDIO && dts >= prev, "DTS increasing on pid {pid:#x}");
+                assert!(
+                    dts > prev || pid == PID_AUDIO && dts >= prev,
+                    "DTS increasing on pid {pid:#x}"
+                );
             }
             if pid == PID_VIDEO {
                 s.video_pes += 1;
@@ -163,11 +234,22 @@ pub fn check_ts(data: &[u8]) -> TsSummary {
 /// ffprobe's view of a file: (codec names, duration seconds).
 pub fn ffprobe(path: &Path) -> (Vec<String>, f64) {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "stream=codec_name:format=duration", "-of", "default=noprint_wrappers=1"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name:format=duration",
+            "-of",
+            "default=noprint_wrappers=1",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe must be installed (Debian package ffmpeg)");
-    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let mut codecs = Vec::new();
     let mut duration = 0.0;
