@@ -19,6 +19,14 @@
 //!
 //! Crates: `m3u8-rs` writes the playlist; the TS muxer is hand-written (why: see [`ts`]) and
 //! tested against the `mpeg2ts` crate's reader and ffprobe.
+//!
+//! # Limits of interchangeability
+//! Instances agree on everything derived from the session (numbers, names, PDT, bytes,
+//! discontinuity numbering across publisher restarts, via `streamSessionId`). What only an
+//! instance that watched it can know is not reproduced by a later joiner: a timestamp jump
+//! inside a session (its discontinuity count, and after a backwards jump the rebased stream
+//! time). A keyframe interval longer than the target duration skips numbers; the playlist then
+//! restarts its window (see [`playlist::Playlist::push`]). Audio-only streams are not segmented.
 #![deny(missing_docs)]
 
 pub mod aac;
