@@ -15,7 +15,9 @@
 //! * `drill`: fault injection against a running stack.
 
 mod bench;
+mod drill;
 mod prereq;
+mod run;
 mod testing;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +44,10 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Start the whole stack on this machine (Ctrl-C stops it and detaches).
+    Run(run::RunArgs),
+    /// Inject a fault into a running stack, restore it, and print a timeline.
+    Drill(drill::DrillArgs),
     /// Benchmarks against their peers (results appended to BENCHMARKS.md).
     Bench {
         /// datapath | origin | ingest | packager | failover | all
@@ -64,6 +70,8 @@ fn main() -> Result<()> {
             prereq::cargo(&ws, &["build", "--release", "--workspace", "--bins"])
         }
         Cmd::Test { args } => testing::run(&ws, &args),
+        Cmd::Run(args) => run::run(&ws, args),
+        Cmd::Drill(args) => drill::run(&ws, args),
         Cmd::Bench { name } => bench::run(&ws, &name),
     }
 }

@@ -59,6 +59,8 @@ pub mod prog_names {
     pub const TC_INGRESS: &str = "switcher_tc_ingress";
     /// TC egress: replies from an origin on a tracked flow get the VIP's address and port back.
     pub const TC_EGRESS: &str = "switcher_tc_egress";
+    /// An empty XDP program (XDP_PASS), only loaded by the data-path benchmark as baseline.
+    pub const BENCH_XDP_PASS: &str = "bench_xdp_pass";
 }
 
 /// The virtual service: value of the `SWITCHER_CONFIG` map (key 0). Written by user space at

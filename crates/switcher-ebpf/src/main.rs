@@ -226,6 +226,14 @@ fn tc_rewrite(
     Ok(())
 }
 
+/// Benchmark baseline, never attached: passes every packet without reading it, so
+/// `cargo xtask bench datapath` can state the data plane's cost relative to an empty program
+/// measured in the same run.
+#[xdp]
+pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

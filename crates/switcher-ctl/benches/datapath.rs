@@ -1,0 +1,271 @@
+//! `cargo xtask bench datapath` (needs root).
+//!
+//! 1. ns per packet of the XDP program through BPF_PROG_TEST_RUN with repeat = 1,000,000, for
+//!    a SYN to the VIP (flow insert), a packet of a tracked flow (flow lookup) and a packet not
+//!    for the VIP, against an empty XDP_PASS program on the same packet in the same run.
+//! 2. wrk through VIP:8080 against wrk straight to the origin (:8081), same run, same origin
+//!    process (`target/release/origin`): client ns -> veth -> edge ns with native XDP, and on
+//!    `lo` inside a namespace with generic XDP and with TC ingress.
+//! Appends a markdown section to BENCHMARKS.md.
+
+#[path = "../tests/netns/mod.rs"]
+#[allow(dead_code)]
+mod netns;
+#[path = "../tests/packet/mod.rs"]
+#[allow(dead_code)]
+mod packet;
+
+use std::{
+    fmt::Write as _,
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use netns::{BpfFs, Netns, Pair, EDGE_V4};
+use packet::{Pkt, ACK, SYN};
+use switcher_common::{map_names, prog_names, Origin, VipConfig, ORIGIN_CONFIGURED, VIP_ENABLED, VIP_HAS_V4};
+use switcher_ctl::{
+    dataplane::DataPlane,
+    loader::{AttachConfig, AttachMode, Pinned},
+};
+
+const REPEAT: u32 = 1_000_000;
+/// Repetitions of each BPF_PROG_TEST_RUN measurement; the median is reported.
+const ROUNDS: usize = 5;
+const WRK_SECONDS: &str = "8";
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn prog_test_run(out: &mut String) {
+    let mut ebpf = Ebpf::load(switcher_ctl::loader::EBPF_OBJECT).expect("load object");
+    for name in [prog_names::XDP_INGRESS, prog_names::BENCH_XDP_PASS] {
+        let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        p.load().expect("load program");
+    }
+    let vip = VipConfig {
+        addr_v4: [10, 0, 0, 1],
+        addr_v6: [0; 16],
+        port_be: 8080u16.to_be(),
+        flags: VIP_ENABLED | VIP_HAS_V4,
+        ifindex: 0,
+        attach_mode: 0,
+    };
+    Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, vip, 0).unwrap();
+    let mut origins = Array::<_, Origin>::try_from(ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+    origins
+        .set(0, Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: 8081u16.to_be(), flags: ORIGIN_CONFIGURED }, 0)
+        .unwrap();
+
+    let cases = [
+        ("SYN to the VIP (flow insert + rewrite)", Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, SYN).build()),
+        (
+            "tracked flow, 1 KiB payload (lookup + rewrite)",
+            Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, ACK).with_payload(&[7u8; 1024]).build(),
+        ),
+        ("packet not for the VIP (parse + pass)", Pkt::tcp("10.1.1.1", 40000, "10.0.0.9", 443, ACK).build()),
+    ];
+    let run = |ebpf: &Ebpf, prog: &str, data: &[u8]| -> f64 {
+        let p: &Xdp = ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut buf = vec![0u8; data.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(data);
+        opts.data_out = Some(&mut buf);
+        opts.repeat = REPEAT;
+        p.test_run(opts).expect("test run").duration.as_nanos() as f64
+    };
+    writeln!(out, "### XDP program cost, BPF_PROG_TEST_RUN, repeat = {REPEAT}, median of {ROUNDS} rounds\n").unwrap();
+    writeln!(out, "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio |").unwrap();
+    writeln!(out, "|---|---:|---:|---:|").unwrap();
+    for (desc, data) in cases {
+        // Interleave the two programs so drift on a shared machine hits both alike.
+        let mut ours = Vec::new();
+        let mut base = Vec::new();
+        for _ in 0..ROUNDS {
+            ours.push(run(&ebpf, prog_names::XDP_INGRESS, &data));
+            base.push(run(&ebpf, prog_names::BENCH_XDP_PASS, &data));
+        }
+        let (o, b) = (median(ours), median(base));
+        writeln!(out, "| {desc} | {o:.1} | {b:.1} | {:.2}x |", o / b).unwrap();
+    }
+    out.push('\n');
+}
+
+/// The origin binary the wrk runs use.
+fn origin_bin() -> PathBuf {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let p = ws.join("target/release/origin");
+    assert!(p.exists(), "{} missing: cargo build --release -p origin", p.display());
+    p
+}
+
+/// A docroot with a ~600 B playlist and a 1 MiB segment.
+fn docroot() -> PathBuf {
+    let dir = std::env::temp_dir().join(netns::unique("www"));
+    let hls = dir.join("hls/demo");
+    std::fs::create_dir_all(&hls).unwrap();
+    let mut pl = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:880000000\n");
+    for i in 0..6 {
+        pl += &format!("#EXT-X-PROGRAM-DATE-TIME:2026-11-25T19:00:{:02}.000Z\n#EXTINF:2.000,\n{}.ts\n", i * 2, 880000000 + i);
+    }
+    std::fs::write(hls.join("index.m3u8"), pl).unwrap();
+    std::fs::write(hls.join("seg.ts"), vec![0x47u8; 1 << 20]).unwrap();
+    dir
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_origin(ns: &Netns, root: &Path, listen: &str) -> Proc {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(origin_bin())
+        .args(["--root", root.to_str().unwrap(), "--listen", listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start origin");
+    let probe = listen.replace("0.0.0.0", "127.0.0.1");
+    let ready = ns.run(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(&probe).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    });
+    assert!(ready, "origin did not start");
+    Proc(child)
+}
+
+/// (req/s, MB/s) from wrk run inside `ns` against `url`.
+fn wrk(ns: &Netns, url: &str) -> (f64, f64) {
+    let out = ns.exec(&["wrk", "-t2", "-c50", "-d", WRK_SECONDS, "--latency", url]);
+    let mut rps = 0.0;
+    let mut mbs = 0.0;
+    for line in out.lines() {
+        if let Some(v) = line.trim().strip_prefix("Requests/sec:") {
+            rps = v.trim().parse().unwrap();
+        }
+        if let Some(v) = line.trim().strip_prefix("Transfer/sec:") {
+            let v = v.trim();
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap());
+            let n: f64 = num.parse().unwrap();
+            mbs = match unit {
+                "GB" => n * 1024.0,
+                "MB" => n,
+                "KB" => n / 1024.0,
+                _ => n / 1048576.0,
+            };
+        }
+        if line.contains("Non-2xx") || line.contains("Socket errors") {
+            eprintln!("wrk reported errors for {url}: {line}");
+        }
+    }
+    (rps, mbs)
+}
+
+fn compare(out: &mut String, label: &str, ns: &Netns, vip: &str, direct: &str) {
+    for (what, path) in [("playlist ~600 B", "/hls/demo/index.m3u8"), ("segment 1 MiB", "/hls/demo/seg.ts")] {
+        // Alternate order: direct, VIP, direct, VIP; report the mean of each pair.
+        let d1 = wrk(ns, &format!("http://{direct}{path}"));
+        let v1 = wrk(ns, &format!("http://{vip}{path}"));
+        let d2 = wrk(ns, &format!("http://{direct}{path}"));
+        let v2 = wrk(ns, &format!("http://{vip}{path}"));
+        let d = ((d1.0 + d2.0) / 2.0, (d1.1 + d2.1) / 2.0);
+        let v = ((v1.0 + v2.0) / 2.0, (v1.1 + v2.1) / 2.0);
+        writeln!(
+            out,
+            "| {label} | {what} | {:.0} | {:.0} | {:.3}x | {:.1} | {:.1} | {:.3}x |",
+            v.0, d.0, v.0 / d.0, v.1, d.1, v.1 / d.1
+        )
+        .unwrap();
+    }
+}
+
+fn wrk_section(out: &mut String) {
+    let root = docroot();
+    writeln!(out, "### wrk through the VIP vs straight to the origin (`wrk -t2 -c50 -d{WRK_SECONDS}s`, same origin process)\n").unwrap();
+    writeln!(out, "| topology | file | VIP req/s | direct req/s | ratio | VIP MB/s | direct MB/s | ratio |").unwrap();
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|").unwrap();
+    {
+        let pair = Pair::new();
+        let bpf = BpfFs::new();
+        let _origin = start_origin(&pair.edge, &root, "0.0.0.0:8081");
+        let cfg = AttachConfig {
+            iface: pair.edge_if.clone(),
+            vip: format!("{EDGE_V4}:8080").parse().unwrap(),
+            vip_v6: None,
+            origins: vec!["0.0.0.0:8081".parse().unwrap(), "0.0.0.0:8082".parse().unwrap()],
+            pin_root: bpf.pin_root(),
+            mode: AttachMode::Native,
+        };
+        let dp = pair.edge.run(move || {
+            let mut p = Pinned::attach(&cfg).expect("attach");
+            p.set_active(0).unwrap();
+            p
+        });
+        compare(out, "veth, native XDP", &pair.client, &format!("{EDGE_V4}:8080"), &format!("{EDGE_V4}:8081"));
+        let root = bpf.pin_root();
+        pair.edge.run(move || switcher_ctl::loader::detach(&root).unwrap());
+        drop(dp);
+    }
+    for (mode, label) in [(AttachMode::Generic, "lo, generic XDP"), (AttachMode::Tc, "lo, TC ingress")] {
+        let ns = Netns::new("b");
+        let bpf = BpfFs::new();
+        let _origin = start_origin(&ns, &root, "127.0.0.1:8081");
+        let cfg = AttachConfig {
+            iface: "lo".into(),
+            vip: "127.0.0.1:8080".parse().unwrap(),
+            vip_v6: None,
+            origins: vec!["127.0.0.1:8081".parse().unwrap(), "127.0.0.1:8082".parse().unwrap()],
+            pin_root: bpf.pin_root(),
+            mode,
+        };
+        let dp = ns.run(move || {
+            let mut p = Pinned::attach(&cfg).expect("attach");
+            p.set_active(0).unwrap();
+            p
+        });
+        compare(out, label, &ns, "127.0.0.1:8080", "127.0.0.1:8081");
+        let root = bpf.pin_root();
+        ns.run(move || switcher_ctl::loader::detach(&root).unwrap());
+        drop(dp);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    out.push('\n');
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the data-path benchmark needs root");
+    let mut out = String::new();
+    let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().unwrap();
+    writeln!(out, "\n## `cargo xtask bench datapath` ({})\n", String::from_utf8_lossy(&date.stdout).trim()).unwrap();
+    prog_test_run(&mut out);
+    print!("{out}");
+    let mut wrk_out = String::new();
+    wrk_section(&mut wrk_out);
+    print!("{wrk_out}");
+    out.push_str(&wrk_out);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    text.push_str(&out);
+    std::fs::write(&path, text).unwrap();
+}

@@ -1,0 +1,259 @@
+//! `cargo xtask drill <fault>`: against a stack started by `cargo xtask run`, inject a fault,
+//! watch what the control plane and a player reading the VIP see, restore, print a timeline.
+//!
+//! Faults:
+//! * `origin-kill`: SIGKILL the primary origin (connection refused: counts at once), then
+//!   start it again.
+//! * `packager-kill`: SIGKILL the primary packager: its origin keeps serving an ever older
+//!   playlist, so the switch happens by staleness; then start it again.
+//! * `origin-freeze`: SIGSTOP the primary origin (connections hang: probe timeouts), SIGCONT.
+//! * `origin-5xx`: take read permission from the primary's stream directory, so the origin
+//!   answers 500; give it back.
+//!
+//! The drill talks to the `run` process through files in the run directory: `pids/<service>`
+//! (written by `run`) to find processes, `control/<service>.start` to ask `run` to start a
+//! service again (so it stays `run`'s child and Ctrl-C still stops it).
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+use xtask::stack::{self, http_get};
+
+use crate::prereq;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Fault {
+    OriginKill,
+    PackagerKill,
+    OriginFreeze,
+    Origin5xx,
+}
+
+/// Options of `cargo xtask drill`.
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// The fault to inject.
+    #[arg(value_enum)]
+    pub fault: Fault,
+    /// How long the fault lasts before it is restored, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+    /// How long to keep watching after the restore (switchback), seconds.
+    #[arg(long, default_value_t = 20.0)]
+    pub after: f64,
+    /// The run directory of the running stack.
+    #[arg(long, default_value = "run")]
+    pub run_dir: PathBuf,
+    /// VIP of the running stack.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub vip: String,
+    /// Stream name.
+    #[arg(long, default_value = "demo")]
+    pub stream: String,
+}
+
+/// What the player reading the VIP saw.
+#[derive(Default, Debug)]
+pub struct PlayerView {
+    /// Playlist fetches.
+    pub polls: u64,
+    /// Failed fetches (connection error or non-200).
+    pub errors: u64,
+    /// Times the newest MSN went backwards.
+    pub regressions: u64,
+    /// Times the newest MSN jumped by more than the window (segments a player would miss).
+    pub gaps: u64,
+    /// Newest MSN seen first and last.
+    pub first_msn: Option<u64>,
+    /// Newest MSN seen last.
+    pub last_msn: Option<u64>,
+}
+
+/// The newest media sequence number of a playlist (MEDIA-SEQUENCE + segments - 1).
+pub fn newest_msn(playlist: &str) -> Option<u64> {
+    let base: u64 = playlist.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))?.trim().parse().ok()?;
+    let n = playlist.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count() as u64;
+    (n > 0).then(|| base + n - 1)
+}
+
+/// Window size of our playlists: a jump larger than this loses segments for a player.
+const WINDOW: u64 = 6;
+
+impl PlayerView {
+    /// Records one playlist fetch.
+    pub fn record(&mut self, result: Result<(u16, Vec<u8>)>) {
+        self.polls += 1;
+        let msn = match result {
+            Ok((200, body)) => newest_msn(&String::from_utf8_lossy(&body)),
+            _ => None,
+        };
+        let Some(msn) = msn else {
+            self.errors += 1;
+            return;
+        };
+        if let Some(last) = self.last_msn {
+            if msn < last {
+                self.regressions += 1;
+            } else if msn > last + WINDOW {
+                self.gaps += 1;
+            }
+        }
+        self.first_msn.get_or_insert(msn);
+        self.last_msn = Some(msn);
+    }
+}
+
+fn pid(run_dir: &Path, name: &str) -> Result<i32> {
+    let p = run_dir.join("pids").join(name);
+    std::fs::read_to_string(&p)
+        .with_context(|| format!("{} missing: is `cargo xtask run` running with --run-dir {}?", p.display(), run_dir.display()))?
+        .trim()
+        .parse()
+        .context("bad pid file")
+}
+
+fn signal(pid: i32, sig: i32) -> Result<()> {
+    // SAFETY: plain kill(2).
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn request_start(run_dir: &Path, name: &str) -> Result<()> {
+    let dir = run_dir.join("control");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{name}.start")), b"")?;
+    Ok(())
+}
+
+fn stream_dir(run_dir: &Path, stream: &str) -> PathBuf {
+    stack::hls_dir(run_dir, "primary").join(stream)
+}
+
+pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
+    prereq::become_root()?;
+    let run_dir = if args.run_dir.is_absolute() { args.run_dir.clone() } else { ws.join(&args.run_dir) };
+    let health = || -> Result<serde_json::Value> {
+        let (_, b) = http_get(None, stack::SWITCHER_ADMIN, "/healthz", Duration::from_secs(1))?;
+        Ok(serde_json::from_slice(&b)?)
+    };
+    let h0 = health().context("switcher-ctl admin not reachable: start the stack with `cargo xtask run`")?;
+    if h0["active"] != "primary" {
+        bail!("the primary is not active ({}); wait for the stack to settle", h0["active"]);
+    }
+    let playlist = format!("/hls/{}/index.m3u8", args.stream);
+    let t0 = Instant::now();
+    let mut timeline: Vec<(f64, String)> = Vec::new();
+    let mark = |what: String, timeline: &mut Vec<(f64, String)>| {
+        let t = t0.elapsed().as_secs_f64();
+        println!("  {t:7.3}s  {what}");
+        timeline.push((t, what));
+    };
+    println!("drill {:?} at {:?}", args.fault, SystemTime::now());
+    let target = match args.fault {
+        Fault::OriginKill | Fault::OriginFreeze | Fault::Origin5xx => "origin-primary",
+        Fault::PackagerKill => "packager-primary",
+    };
+    let target_pid = pid(&run_dir, target)?;
+    match args.fault {
+        Fault::OriginKill | Fault::PackagerKill => signal(target_pid, libc::SIGKILL)?,
+        Fault::OriginFreeze => signal(target_pid, libc::SIGSTOP)?,
+        Fault::Origin5xx => set_mode(&stream_dir(&run_dir, &args.stream), 0o000)?,
+    }
+    mark(format!("fault: {:?} on {target} (pid {target_pid})", args.fault), &mut timeline);
+
+    let mut view = PlayerView::default();
+    let mut detected = false;
+    let mut flipped = false;
+    let mut first_good_after_flip = false;
+    let mut restored = false;
+    let mut switched_back = false;
+    let hold = Duration::from_secs_f64(args.hold);
+    let end = hold + Duration::from_secs_f64(args.after);
+    while t0.elapsed() < end {
+        let r = http_get(None, &args.vip, &playlist, Duration::from_secs(2));
+        let ok = matches!(r, Ok((200, _)));
+        view.record(r);
+        if let Ok(h) = health() {
+            if !detected && h["origins"]["primary"]["healthy"] == false {
+                detected = true;
+                mark(format!("detected: primary unhealthy ({})", h["origins"]["primary"]["last_error"]), &mut timeline);
+            }
+            if !flipped && h["active"] == "backup" {
+                flipped = true;
+                mark("flip: active origin = backup".into(), &mut timeline);
+            }
+            if flipped && !first_good_after_flip && ok {
+                first_good_after_flip = true;
+                mark("first 200 through the VIP after the flip".into(), &mut timeline);
+            }
+            if restored && !switched_back && h["active"] == "primary" {
+                switched_back = true;
+                mark("switchback: active origin = primary".into(), &mut timeline);
+            }
+        }
+        if !restored && t0.elapsed() >= hold {
+            match args.fault {
+                Fault::OriginKill | Fault::PackagerKill => request_start(&run_dir, target)?,
+                Fault::OriginFreeze => signal(target_pid, libc::SIGCONT)?,
+                Fault::Origin5xx => set_mode(&stream_dir(&run_dir, &args.stream), 0o755)?,
+            }
+            restored = true;
+            mark(format!("restore: {target}"), &mut timeline);
+        }
+        if switched_back && t0.elapsed() > hold + Duration::from_secs(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !restored {
+        bail!("drill ended before the restore");
+    }
+    println!(
+        "\nplayer reading http://{}{playlist} every 100 ms: {} fetches, {} errors, {} MSN regressions (repeats), \
+         {} gaps larger than the window; newest MSN {} -> {}",
+        args.vip,
+        view.polls,
+        view.errors,
+        view.regressions,
+        view.gaps,
+        view.first_msn.map_or("-".into(), |m| m.to_string()),
+        view.last_msn.map_or("-".into(), |m| m.to_string()),
+    );
+    if !flipped {
+        println!("note: no flip happened (the fault may have been too short for the hysteresis)");
+    }
+    Ok(())
+}
+
+fn set_mode(dir: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| anyhow!("chmod {:o} {}: {e}", mode, dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_msn_and_player_view() {
+        let pl = "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:100\n#EXTINF:2,\n100.ts\n#EXTINF:2,\n101.ts\n";
+        assert_eq!(newest_msn(pl), Some(101));
+        assert_eq!(newest_msn("#EXTM3U\n"), None);
+        let mut v = PlayerView::default();
+        let ok = |msn: u64| Ok((200u16, format!("#EXT-X-MEDIA-SEQUENCE:{msn}\n#EXTINF:2,\n{msn}.ts\n").into_bytes()));
+        v.record(ok(10));
+        v.record(ok(11));
+        v.record(ok(10));
+        v.record(ok(30));
+        v.record(Err(anyhow!("refused")));
+        assert_eq!((v.polls, v.errors, v.regressions, v.gaps), (5, 1, 1, 1));
+        assert_eq!(v.last_msn, Some(30));
+    }
+}

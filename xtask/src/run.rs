@@ -1,0 +1,158 @@
+//! `cargo xtask run`: the whole stack on this machine until Ctrl-C.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use xtask::stack::{self, Stack, StackConfig};
+
+use crate::prereq;
+
+/// Options of `cargo xtask run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Interface to attach the data plane to.
+    #[arg(long, default_value = "lo")]
+    pub iface: String,
+    /// The VIP viewers connect to.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub vip: SocketAddr,
+    /// Stream name.
+    #[arg(long, default_value = "demo")]
+    pub stream: String,
+    /// Do not start the ffmpeg test pattern (publish with your own OBS/ffmpeg).
+    #[arg(long)]
+    pub no_publisher: bool,
+    /// Directory for each service's log and the HLS output.
+    #[arg(long, default_value = "run")]
+    pub run_dir: PathBuf,
+    /// Pin root of the eBPF objects.
+    #[arg(long, default_value = "/sys/fs/bpf/switcher")]
+    pub pin_root: PathBuf,
+}
+
+/// The user unprivileged services run as: the one who invoked sudo, else the `hlsedge` system
+/// user that scripts/setup creates.
+fn service_user() -> String {
+    match std::env::var("SUDO_USER") {
+        Ok(u) if !u.is_empty() && u != "root" => u,
+        _ => "hlsedge".into(),
+    }
+}
+
+pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
+    prereq::become_root()?;
+    prereq::ensure(ws)?;
+    prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
+    for port in [stack::RTMP_PORT, stack::ORIGIN_PORTS[0], stack::ORIGIN_PORTS[1], 9180, 9181, 9183, 9184] {
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_err() {
+            bail!("port {port} is in use: is a stack already running? (stop it, or free the port)");
+        }
+    }
+    let run_dir = if args.run_dir.is_absolute() { args.run_dir.clone() } else { ws.join(&args.run_dir) };
+    let cfg = StackConfig {
+        bin_dir: ws.join("target/release"),
+        run_dir: run_dir.clone(),
+        iface: args.iface.clone(),
+        vip: args.vip,
+        stream: args.stream.clone(),
+        publisher: !args.no_publisher,
+        video: (1280, 720, 30),
+        netns: None,
+        service_user: Some(service_user()),
+        pin_root: args.pin_root.clone(),
+        assets_dir: Some(ws.join("web/node_modules/hls.js/dist")),
+        switcher_args: vec![],
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
+    let mut stack = Stack::new(cfg);
+    eprintln!("xtask: starting ingest, publisher, packagers, origins and switcher-ctl (logs in {})", run_dir.join("logs").display());
+    stack.start_all()?;
+    let vip = args.vip;
+    let pins = args.pin_root.display();
+    println!(
+        "\n  play      ffplay http://{vip}/hls/{s}/index.m3u8   (or VLC, or the status page's player)\n  \
+         publish   rtmp://127.0.0.1:1935/live/{s}{own}\n  \
+         status    http://127.0.0.1:9180/   metrics http://127.0.0.1:9180/metrics   health http://127.0.0.1:9180/healthz\n  \
+         origins   http://127.0.0.1:8081/hls/{s}/index.m3u8   http://127.0.0.1:8082/hls/{s}/index.m3u8\n  \
+         kernel    sudo bpftool prog show | grep switcher;  sudo bpftool net show dev {iface}\n            \
+         sudo bpftool map dump pinned {pins}/maps/SWITCHER_FLOWS;  sudo tc filter show dev {iface} egress\n  \
+         drills    cargo xtask drill origin-kill | packager-kill | origin-freeze | origin-5xx\n  \
+         Ctrl-C stops everything and detaches.\n",
+        s = args.stream,
+        own = if args.no_publisher { "   (publish there with OBS/ffmpeg)" } else { "" },
+        iface = args.iface,
+    );
+    let control = run_dir.join("control");
+    let mut tick = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        if tick % 10 == 0 {
+            print!("\r{}\x1b[K", status_line(&stack));
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        }
+        tick += 1;
+        // Drills ask for a service to be started again through control/<name>.start.
+        if let Ok(entries) = std::fs::read_dir(&control) {
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if let Some(name) = file.strip_suffix(".start") {
+                    let _ = std::fs::remove_file(e.path());
+                    let _ = stack.kill(name, libc::SIGKILL);
+                    match stack.start(name) {
+                        Ok(()) => eprintln!("\nxtask: restarted {name} (drill)"),
+                        Err(e) => eprintln!("\nxtask: restarting {name}: {e:#}"),
+                    }
+                }
+            }
+        }
+        for (name, svc) in stack.services.iter_mut() {
+            if let Some(child) = svc.child.as_mut() {
+                if let Ok(Some(st)) = child.try_wait() {
+                    eprintln!("\nxtask: {name} exited ({st}); see {}", run_dir.join("logs").join(format!("{name}.log")).display());
+                    svc.child = None;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("\nxtask: stopping");
+    stack.stop();
+    println!("xtask: stopped, data plane detached, pins removed");
+    Ok(())
+}
+
+/// One line: active origin and each origin's segment age and newest MSN.
+pub fn status_line(stack: &Stack) -> String {
+    match stack.healthz() {
+        Ok(h) => {
+            let o = |name: &str| {
+                let x = &h["origins"][name];
+                let age = x["age_seconds"].as_f64().map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into());
+                let msn = x["msn"].as_u64().map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+                let ok = if x["healthy"].as_bool().unwrap_or(false) { "ok" } else { "BAD" };
+                format!("{name} {ok} age {age} msn {msn}")
+            };
+            format!(
+                "active {} ({}) | {} | {}",
+                h["active"].as_str().unwrap_or("?"),
+                h["mode"].as_str().unwrap_or("?"),
+                o("primary"),
+                o("backup")
+            )
+        }
+        Err(e) => format!("switcher-ctl not answering: {e}"),
+    }
+}

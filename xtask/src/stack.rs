@@ -1,0 +1,412 @@
+//! The whole stack as processes: ingest, an ffmpeg publisher, two packagers, two origins and
+//! switcher-ctl, started in dependency order with a readiness check for each, optionally inside
+//! a network namespace, with every service but switcher-ctl dropped to an unprivileged user.
+//! Used by `cargo xtask run`, the drills and the end-to-end tests.
+//!
+//! Each service's argv is kept so a drill can kill it and start it again the same way; its
+//! output goes to `<run dir>/logs/<name>.log`. Dropping a [`Stack`] stops every process and
+//! detaches the data plane.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+/// RTMP port of the ingest (contract).
+pub const RTMP_PORT: u16 = 1935;
+/// Ports of the primary and backup origins (contract).
+pub const ORIGIN_PORTS: [u16; 2] = [8081, 8082];
+/// Admin (metrics) addresses of ingest, primary packager and backup packager.
+pub const INGEST_ADMIN: &str = "127.0.0.1:9181";
+/// Admin address of the primary packager.
+pub const PACKAGER_PRIMARY_ADMIN: &str = "127.0.0.1:9183";
+/// Admin address of the backup packager.
+pub const PACKAGER_BACKUP_ADMIN: &str = "127.0.0.1:9184";
+/// switcher-ctl's admin address (contract).
+pub const SWITCHER_ADMIN: &str = "127.0.0.1:9180";
+/// How long a service may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Names of the services, in start order.
+pub const SERVICES: [&str; 7] =
+    ["ingest", "publisher", "packager-primary", "packager-backup", "origin-primary", "origin-backup", "switcher-ctl"];
+
+/// What to start and where.
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// Directory with the built binaries (target/debug or target/release).
+    pub bin_dir: PathBuf,
+    /// Logs, HLS output directories.
+    pub run_dir: PathBuf,
+    /// Interface the data plane attaches to.
+    pub iface: String,
+    /// The VIP viewers use.
+    pub vip: SocketAddr,
+    /// Stream name.
+    pub stream: String,
+    /// Start the ffmpeg test-pattern publisher.
+    pub publisher: bool,
+    /// Test pattern size and rate (contract: 1280x720 at 30 fps; tests use less).
+    pub video: (u32, u32, u32),
+    /// Run every process inside this network namespace.
+    pub netns: Option<String>,
+    /// Drop services other than switcher-ctl to this user (when running as root).
+    pub service_user: Option<String>,
+    /// Pin root for switcher-ctl.
+    pub pin_root: PathBuf,
+    /// Directory with hls.js for the status page.
+    pub assets_dir: Option<PathBuf>,
+    /// Extra arguments for `switcher-ctl run`.
+    pub switcher_args: Vec<String>,
+}
+
+/// One service: how to start it and, while it runs, its process.
+pub struct Service {
+    /// Full argv (the binary first).
+    pub argv: Vec<String>,
+    /// Runs as root (switcher-ctl) rather than as the service user.
+    pub privileged: bool,
+    /// The address that answers once it is ready (checked inside the namespace).
+    pub ready: Option<String>,
+    /// The running process.
+    pub child: Option<Child>,
+}
+
+/// The running stack.
+pub struct Stack {
+    /// Its configuration.
+    pub cfg: StackConfig,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (or here when `None`).
+pub fn in_netns<T: Send + 'static>(ns: Option<&str>, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = ns.map(|n| format!("/var/run/netns/{n}"));
+    std::thread::spawn(move || {
+        if let Some(path) = path {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: a netns file descriptor; setns affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .expect("thread in netns panicked")
+}
+
+/// Waits until `addr` accepts TCP connections inside `ns`.
+pub fn wait_port(ns: Option<&str>, addr: &str, timeout: Duration) -> bool {
+    let addr: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => return false,
+    };
+    in_netns(ns, move || {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    })
+}
+
+/// GETs `http://addr/path` inside `ns` with a fresh connection: (status, body).
+pub fn http_get(ns: Option<&str>, addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
+    let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let path = path.to_string();
+    in_netns(ns, move || -> Result<(u16, Vec<u8>)> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("no HTTP head"))?;
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("bad status line"))?;
+        let mut body = buf[head_end + 4..].to_vec();
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            body = dechunk(&body);
+        }
+        Ok((status, body))
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
+        if n == 0 || b.len() < i + 2 + n {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[(i + 2 + n + 2).min(b.len())..];
+    }
+    out
+}
+
+impl StackConfig {
+    fn hls_dir(&self, which: &str) -> PathBuf {
+        self.run_dir.join(format!("hls-{which}"))
+    }
+    fn bin(&self, name: &str) -> String {
+        self.bin_dir.join(name).to_string_lossy().into_owned()
+    }
+    fn rtmp_url(&self) -> String {
+        format!("rtmp://127.0.0.1:{RTMP_PORT}/live/{}", self.stream)
+    }
+}
+
+impl Stack {
+    /// Builds the service table for `cfg` (nothing started).
+    pub fn new(cfg: StackConfig) -> Stack {
+        let mut services = BTreeMap::new();
+        let svc = |argv: Vec<String>, privileged: bool, ready: Option<String>| Service { argv, privileged, ready, child: None };
+        services.insert(
+            "ingest".into(),
+            svc(
+                vec![cfg.bin("ingest"), "--listen".into(), format!("0.0.0.0:{RTMP_PORT}"), "--admin".into(), INGEST_ADMIN.into()],
+                false,
+                Some(format!("127.0.0.1:{RTMP_PORT}")),
+            ),
+        );
+        let (w, h, fps) = cfg.video;
+        services.insert(
+            "publisher".into(),
+            svc(
+                [
+                    "ffmpeg", "-hide_banner", "-loglevel", "warning", "-nostdin", "-re",
+                    "-f", "lavfi", "-i", &format!("testsrc2=size={w}x{h}:rate={fps}"),
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+                    "-g", &(fps * 2).to_string(), "-keyint_min", &(fps * 2).to_string(), "-sc_threshold", "0",
+                    "-b:v", "2000k", "-c:a", "aac", "-b:a", "128k", "-f", "flv", &cfg.rtmp_url(),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+                false,
+                None,
+            ),
+        );
+        for (which, admin) in [("primary", PACKAGER_PRIMARY_ADMIN), ("backup", PACKAGER_BACKUP_ADMIN)] {
+            services.insert(
+                format!("packager-{which}"),
+                svc(
+                    vec![
+                        cfg.bin("packager"),
+                        "--source".into(),
+                        cfg.rtmp_url(),
+                        "--out".into(),
+                        cfg.hls_dir(which).to_string_lossy().into_owned(),
+                        "--admin".into(),
+                        admin.into(),
+                    ],
+                    false,
+                    Some(admin.to_string()),
+                ),
+            );
+        }
+        for (which, port) in [("primary", ORIGIN_PORTS[0]), ("backup", ORIGIN_PORTS[1])] {
+            services.insert(
+                format!("origin-{which}"),
+                svc(
+                    vec![
+                        cfg.bin("origin"),
+                        "--root".into(),
+                        cfg.hls_dir(which).to_string_lossy().into_owned(),
+                        "--listen".into(),
+                        format!("0.0.0.0:{port}"),
+                    ],
+                    false,
+                    Some(format!("127.0.0.1:{port}")),
+                ),
+            );
+        }
+        let vip_host = cfg.vip.ip();
+        let mut sw = vec![
+            cfg.bin("switcher-ctl"),
+            "run".into(),
+            "--iface".into(),
+            cfg.iface.clone(),
+            "--vip".into(),
+            cfg.vip.to_string(),
+            "--primary".into(),
+            format!("http://{}:{}", host_for(vip_host), ORIGIN_PORTS[0]),
+            "--backup".into(),
+            format!("http://{}:{}", host_for(vip_host), ORIGIN_PORTS[1]),
+            "--stream".into(),
+            cfg.stream.clone(),
+            "--pin-root".into(),
+            cfg.pin_root.to_string_lossy().into_owned(),
+            "--admin".into(),
+            SWITCHER_ADMIN.into(),
+        ];
+        if let Some(a) = &cfg.assets_dir {
+            sw.push("--assets-dir".into());
+            sw.push(a.to_string_lossy().into_owned());
+        }
+        sw.extend(cfg.switcher_args.iter().cloned());
+        services.insert("switcher-ctl".into(), svc(sw, true, Some(SWITCHER_ADMIN.into())));
+        Stack { cfg, services }
+    }
+
+    /// Starts every service in order, waiting for each to be ready.
+    pub fn start_all(&mut self) -> Result<()> {
+        fs::create_dir_all(self.cfg.run_dir.join("logs"))?;
+        for which in ["primary", "backup"] {
+            fs::create_dir_all(self.cfg.hls_dir(which))?;
+        }
+        if let Some(user) = &self.cfg.service_user {
+            let status = Command::new("chown")
+                .args(["-R", &format!("{user}:"), self.cfg.run_dir.to_str().unwrap()])
+                .status()?;
+            if !status.success() {
+                bail!("chown of {} to {user} failed", self.cfg.run_dir.display());
+            }
+        }
+        for name in SERVICES {
+            if name == "publisher" && !self.cfg.publisher {
+                continue;
+            }
+            self.start(name)?;
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) one service and waits until it is ready.
+    pub fn start(&mut self, name: &str) -> Result<()> {
+        let ns = self.cfg.netns.clone();
+        let user = self.cfg.service_user.clone();
+        let log_path = self.cfg.run_dir.join("logs").join(format!("{name}.log"));
+        let svc = self.services.get_mut(name).ok_or_else(|| anyhow!("no service {name}"))?;
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(ns) = &ns {
+            argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
+        }
+        if !svc.privileged {
+            if let Some(u) = &user {
+                argv.extend(["setpriv".into(), format!("--reuid={u}"), format!("--regid={u}"), "--init-groups".into(), "--".into()]);
+            }
+        }
+        argv.extend(svc.argv.iter().cloned());
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .spawn()
+            .with_context(|| format!("starting {name}: {}", argv.join(" ")))?;
+        let pid = child.id();
+        svc.child = Some(child);
+        let pids = self.cfg.run_dir.join("pids");
+        fs::create_dir_all(&pids)?;
+        fs::write(pids.join(name), format!("{pid}\n"))?;
+        if let Some(addr) = svc.ready.clone() {
+            if !wait_port(ns.as_deref(), &addr, READY_TIMEOUT) {
+                let tail = fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+                bail!("{name} not ready on {addr} within {READY_TIMEOUT:?}; log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Process id of a running service.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.services.get(name)?.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `signal` (e.g. libc::SIGKILL) to a service and reaps it.
+    pub fn kill(&mut self, name: &str, signal: i32) -> Result<()> {
+        let svc = self.services.get_mut(name).ok_or_else(|| anyhow!("no service {name}"))?;
+        if let Some(mut child) = svc.child.take() {
+            // SAFETY: plain kill(2) on our child's pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends SIGSTOP/SIGCONT (freeze drills) without reaping.
+    pub fn signal(&self, name: &str, signal: i32) -> Result<()> {
+        let pid = self.pid(name).ok_or_else(|| anyhow!("{name} not running"))?;
+        // SAFETY: plain kill(2).
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            bail!("signal {signal} to {name}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// switcher-ctl's /healthz as JSON.
+    pub fn healthz(&self) -> Result<serde_json::Value> {
+        let (_, body) = http_get(self.cfg.netns.as_deref(), SWITCHER_ADMIN, "/healthz", Duration::from_secs(2))?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Stops every service (switcher-ctl last, so the VIP works until the end) and detaches.
+    pub fn stop(&mut self) {
+        for name in SERVICES.iter().rev().filter(|n| **n != "switcher-ctl").chain(["switcher-ctl"].iter()) {
+            let _ = self.kill(name, libc::SIGTERM);
+        }
+        let mut detach = Vec::new();
+        if let Some(ns) = &self.cfg.netns {
+            detach.extend(["ip".to_string(), "netns".into(), "exec".into(), ns.clone()]);
+        }
+        detach.extend([
+            self.cfg.bin("switcher-ctl"),
+            "detach".into(),
+            "--pin-root".into(),
+            self.cfg.pin_root.to_string_lossy().into_owned(),
+        ]);
+        let _ = Command::new(&detach[0]).args(&detach[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The host part of an origin URL for a VIP address: origins listen on every address, so the
+/// VIP's own address reaches them.
+fn host_for(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+/// The run directory's HLS output for `which` (primary/backup).
+pub fn hls_dir(run_dir: &Path, which: &str) -> PathBuf {
+    run_dir.join(format!("hls-{which}"))
+}
