@@ -3,7 +3,10 @@
 //! * `GET /metrics`: Prometheus text format; the data plane's counters are read at scrape time.
 //! * `GET /healthz`: JSON [`Status`](crate::control::Status); 200, or 503 while both origins
 //!   are bad so an external checker alerts.
-//! * `GET /`: a small HTML status page.
+//! * `GET /`: the status page ([`crate::status_page`]): active origin, origin health, segment
+//!   age plot, recent decisions, a player of the stream through the VIP.
+//! * `GET /api/state`: JSON [`PageState`] the status page polls every second.
+//! * `GET /assets/hls.min.js`: hls.js for the page's player, read from `--assets-dir`.
 //! * `POST /override` with body `primary`, `backup` or `auto` (plain text, a JSON string, or
 //!   `{"mode": "..."}`): manual override, used by `switcher-ctl set`.
 
@@ -20,8 +23,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::control::{Controller, Status};
+use crate::control::Controller;
 use crate::decide::{Mode, OriginId};
+use crate::status_page::{self, Asset, PageConfig, PageState};
 
 /// The controller, shared by the run loop and the admin handlers. A std mutex, not a tokio
 /// one: it is never held across an `.await`, and every critical section is a few map
@@ -53,8 +57,18 @@ pub fn parse_override(body: &[u8]) -> Option<Mode> {
     }
 }
 
-/// Serves until `shutdown` completes; connections still open then are dropped.
+/// Serves until `shutdown` completes, with the status page's default settings.
 pub async fn serve(listener: TcpListener, controller: SharedController, shutdown: impl Future<Output = ()>) {
+    serve_with(listener, controller, Arc::new(PageConfig::default()), shutdown).await;
+}
+
+/// Serves until `shutdown` completes; connections still open then are dropped.
+pub async fn serve_with(
+    listener: TcpListener,
+    controller: SharedController,
+    page: Arc<PageConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -70,8 +84,9 @@ pub async fn serve(listener: TcpListener, controller: SharedController, shutdown
                     }
                 };
                 let controller = controller.clone();
+                let page = page.clone();
                 connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, controller.clone()));
+                    let service = hyper::service::service_fn(move |req| handle(req, controller.clone(), page.clone()));
                     if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                         tracing::debug!(error = %e, "admin connection");
                     }
@@ -103,7 +118,11 @@ fn lock(controller: &SharedController) -> std::sync::MutexGuard<'_, Controller> 
     controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn handle(req: Request<Incoming>, controller: SharedController) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    controller: SharedController,
+    page: Arc<PageConfig>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let r = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let mut c = lock(&controller);
@@ -115,7 +134,25 @@ async fn handle(req: Request<Incoming>, controller: SharedController) -> Result<
             let code = if status.both_bad { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
             json(code, &status)
         }
-        (&Method::GET, "/") => response(StatusCode::OK, "text/html; charset=utf-8", status_page(&lock(&controller).status())),
+        (&Method::GET, "/") => {
+            let status = lock(&controller).status();
+            let mut r = response(StatusCode::OK, "text/html; charset=utf-8", status_page::render(&status, &page));
+            r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+            r
+        }
+        (&Method::GET, "/api/state") => {
+            let (status, history) = {
+                let c = lock(&controller);
+                (c.status(), c.age_history())
+            };
+            json(StatusCode::OK, &PageState::new(status, history, &page, SystemTime::now()))
+        }
+        (&Method::GET, path) if path.starts_with("/assets/") => {
+            match status_page::asset(&page.assets_dir, &path["/assets/".len()..]).await {
+                Asset::Found(bytes) => response(StatusCode::OK, "text/javascript; charset=utf-8", bytes),
+                Asset::Missing(why) => response(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", why),
+            }
+        }
         (&Method::POST, "/override") => {
             let body = match Limited::new(req.into_body(), MAX_OVERRIDE_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -129,7 +166,7 @@ async fn handle(req: Request<Incoming>, controller: SharedController) -> Result<
                 },
             }
         }
-        (_, "/metrics" | "/healthz" | "/" | "/override") => {
+        (_, "/metrics" | "/healthz" | "/" | "/override" | "/api/state") => {
             response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
         }
         _ => response(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
@@ -190,51 +227,6 @@ pub async fn request(
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| protocol("timed out".into()))?
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// A plain HTML rendering of the status (a later task makes it richer).
-pub fn status_page(s: &Status) -> String {
-    let opt = |v: Option<String>| v.map_or_else(|| "-".to_string(), |v| escape(&v));
-    let mut rows = String::new();
-    for (name, o) in [("primary", &s.origins.primary), ("backup", &s.origins.backup)] {
-        rows.push_str(&format!(
-            "<tr><td>{name}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            if s.active.label() == name { " (active)" } else { "" },
-            escape(&o.url),
-            if o.healthy { "healthy" } else { "unhealthy" },
-            opt(o.age_seconds.map(|a| format!("{a:.2}"))),
-            opt(o.msn.map(|m| m.to_string())),
-            opt(o.status.map(|c| c.to_string())),
-            opt(o.latency_ms.map(|l| format!("{l:.1}"))),
-            opt(o.last_error.clone()),
-        ));
-    }
-    let mut decisions = String::new();
-    for d in s.decisions.iter().rev() {
-        let at: chrono::DateTime<chrono::Utc> = d.at.into();
-        decisions.push_str(&format!(
-            "<li>{} {:?} {} ({} &rarr; {}): {}</li>\n",
-            at.format("%H:%M:%S%.3f"),
-            d.action,
-            d.reason.label(),
-            d.from,
-            d.to,
-            escape(&d.detail)
-        ));
-    }
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>switcher-ctl</title></head><body>\n\
-         <h1>switcher-ctl</h1>\n<p>Active origin: <b>{}</b>, mode: {}{}</p>\n\
-         <table border=\"1\"><tr><th>origin</th><th>url</th><th>state</th><th>age s</th><th>msn</th><th>status</th><th>latency ms</th><th>last error</th></tr>\n{rows}</table>\n\
-         <h2>Recent decisions</h2>\n<ul>\n{decisions}</ul>\n<p><a href=\"/metrics\">metrics</a> <a href=\"/healthz\">healthz</a></p>\n</body></html>\n",
-        s.active,
-        s.mode,
-        if s.both_bad { " &mdash; <b>BOTH ORIGINS BAD</b>" } else { "" },
-    )
 }
 
 #[cfg(test)]

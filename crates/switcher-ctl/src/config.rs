@@ -42,6 +42,10 @@ pub const DEFAULT_MSN_TOLERANCE: u64 = 1;
 /// Default cap on a playlist body: a 6-segment live playlist is well under 1 KiB; 1 MiB is
 /// room for long DVR windows while bounding what a broken origin can make us buffer.
 pub const DEFAULT_MAX_PLAYLIST_BYTES: usize = 1 << 20;
+/// Default directory of hls.js, which the status page's player loads from
+/// `/assets/hls.min.js`: where `npm ci --prefix web` puts it, relative to the directory
+/// switcher-ctl starts in (the repository root under `cargo xtask run`).
+pub const DEFAULT_ASSETS_DIR: &str = "web/node_modules/hls.js/dist";
 /// Default number of recent decisions kept for `/healthz` and the status page.
 pub const DEFAULT_DECISION_HISTORY: usize = 20;
 
@@ -140,6 +144,16 @@ pub struct Config {
     /// Recent decisions kept for /healthz and the status page.
     #[arg(long, env = "DECISION_HISTORY", default_value_t = DEFAULT_DECISION_HISTORY)]
     pub decision_history: usize,
+
+    /// Directory holding `hls.min.js`, served at `/assets/hls.min.js` for the status page's
+    /// player (relative paths are resolved against the working directory).
+    #[arg(long, env = "SWITCHER_ASSETS_DIR", default_value = DEFAULT_ASSETS_DIR)]
+    pub assets_dir: PathBuf,
+
+    /// HLS URL the status page's player plays; default `http://<vip>/<playlist path>`, the
+    /// stream as a viewer gets it through the VIP.
+    #[arg(long, env = "SWITCHER_PLAYER_URL")]
+    pub player_url: Option<String>,
 }
 
 /// A configuration that cannot work.
@@ -194,6 +208,8 @@ impl Default for Config {
             admin: DEFAULT_ADMIN.parse().expect("DEFAULT_ADMIN is a socket address"),
             attach_mode: AttachModeArg::Auto,
             decision_history: DEFAULT_DECISION_HISTORY,
+            assets_dir: DEFAULT_ASSETS_DIR.into(),
+            player_url: None,
         }
     }
 }
@@ -259,6 +275,14 @@ impl Config {
         join_url(&self.backup_base_url, &self.playlist_path())
     }
 
+    /// URL the status page's player plays: `--player-url`, else the stream through the VIP.
+    pub fn player_url(&self) -> String {
+        match &self.player_url {
+            Some(u) => u.clone(),
+            None => join_url(&format!("http://{}", self.vip), &self.playlist_path()),
+        }
+    }
+
     /// Probe interval.
     pub fn interval(&self) -> Duration {
         Duration::from_secs_f64(self.check_interval_seconds)
@@ -291,6 +315,7 @@ mod tests {
         let c = Config::default().validate().expect("defaults are valid");
         assert_eq!(c.primary_url(), "http://127.0.0.1:8081/hls/demo/index.m3u8");
         assert_eq!(c.backup_url(), "http://127.0.0.1:8082/hls/demo/index.m3u8");
+        assert_eq!(c.player_url(), "http://127.0.0.1:8080/hls/demo/index.m3u8");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! window exists in which a retired flow's next packet could be steered back to the old origin.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -82,6 +82,23 @@ pub struct Status {
     pub decisions: Vec<Decision>,
 }
 
+/// Spacing of the segment-age history: one sample per second, whatever the probe interval,
+/// so the status page's plot covers minutes with a few hundred points.
+pub const AGE_SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+/// Samples kept: five minutes at [`AGE_SAMPLE_PERIOD`].
+pub const AGE_HISTORY_LEN: usize = 300;
+
+/// One point of the segment-age history (the status page's plot).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgeSample {
+    /// Time of the probe window, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The primary's segment age, or none when its probe failed (a gap in the plot).
+    pub primary: Option<f64>,
+    /// The backup's segment age, or none when its probe failed.
+    pub backup: Option<f64>,
+}
+
 /// The control object.
 pub struct Controller {
     dataplane: Box<dyn DataPlane>,
@@ -93,6 +110,9 @@ pub struct Controller {
     history: VecDeque<Decision>,
     history_len: usize,
     last: Option<(Action, Reason)>,
+    /// Segment ages sampled every [`AGE_SAMPLE_PERIOD`], newest last, at most
+    /// [`AGE_HISTORY_LEN`]; memory is bounded whatever the probe interval.
+    age_history: VecDeque<AgeSample>,
 }
 
 impl Controller {
@@ -125,6 +145,7 @@ impl Controller {
             history: VecDeque::with_capacity(history_len),
             history_len,
             last: None,
+            age_history: VecDeque::with_capacity(AGE_HISTORY_LEN),
         })
     }
 
@@ -142,11 +163,32 @@ impl Controller {
     pub fn on_window(&mut self, primary: &ProbeReport, backup: &ProbeReport, now: SystemTime) -> Result<Decision, ControlError> {
         self.metrics.observe_probe(OriginId::Primary, primary);
         self.metrics.observe_probe(OriginId::Backup, backup);
+        self.sample_ages(primary, backup, now);
         let decision = self.decider.step(primary, backup, now);
         for o in OriginId::ALL {
             self.metrics.set_healthy(o, self.decider.track(o).health == Health::Healthy);
         }
         self.apply(decision)
+    }
+
+    /// Appends to the age history when the newest sample is [`AGE_SAMPLE_PERIOD`] old.
+    fn sample_ages(&mut self, primary: &ProbeReport, backup: &ProbeReport, now: SystemTime) {
+        let at_ms = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let period_ms = AGE_SAMPLE_PERIOD.as_millis() as u64;
+        // A clock stepped back also takes a new sample rather than freezing the history.
+        if self.age_history.back().is_some_and(|s| at_ms >= s.at_ms && at_ms - s.at_ms < period_ms) {
+            return;
+        }
+        if self.age_history.len() == AGE_HISTORY_LEN {
+            self.age_history.pop_front();
+        }
+        let age = |r: &ProbeReport| r.outcome.as_ref().ok().map(|f| f.age_seconds);
+        self.age_history.push_back(AgeSample { at_ms, primary: age(primary), backup: age(backup) });
+    }
+
+    /// The segment-age history, oldest first.
+    pub fn age_history(&self) -> Vec<AgeSample> {
+        self.age_history.iter().cloned().collect()
     }
 
     /// An operator's override (`POST /override`).

@@ -12,7 +12,9 @@
 //! * [`decide`]: the failover state machine, pure (reports + time in, decision out).
 //! * [`control`]: the controller that owns the truth and applies decisions to the data plane.
 //! * [`metrics`]: the Prometheus registry and every metric.
-//! * [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/`, `POST /override`).
+//! * [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/`, `/api/state`,
+//!   `/assets/hls.min.js`, `POST /override`).
+//! * [`status_page`]: the status page (embedded HTML), its JSON state and its player asset.
 //! * [`service`]: the run loop tying them together; `run(config, dataplane, listener, shutdown)`.
 //! * [`privileges`]: dropping every capability but CAP_BPF and CAP_NET_ADMIN after attaching.
 #![deny(missing_docs)]
@@ -27,3 +29,4 @@ pub mod metrics;
 pub mod privileges;
 pub mod probe;
 pub mod service;
+pub mod status_page;

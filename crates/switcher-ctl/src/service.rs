@@ -17,6 +17,7 @@ use crate::dataplane::DataPlane;
 use crate::decide::{OriginId, Policy};
 use crate::metrics::{Metrics, MetricsError};
 use crate::probe::Prober;
+use crate::status_page::{self, PageConfig};
 
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +60,9 @@ pub async fn run(
     // Dropping the sender tells the admin server to stop.
     let (stop_admin, mut admin_stopped) = tokio::sync::watch::channel(());
     let admin_addr = admin_listener.local_addr().ok();
-    let admin = tokio::spawn(admin::serve(admin_listener, controller.clone(), async move {
+    let page = PageConfig::from_config(&config);
+    status_page::check_assets(&page);
+    let admin = tokio::spawn(admin::serve_with(admin_listener, controller.clone(), Arc::new(page), async move {
         let _ = admin_stopped.changed().await;
     }));
     tracing::info!(
