@@ -30,6 +30,7 @@ pub enum Fault {
     OriginKill,
     PackagerKill,
     OriginFreeze,
+    #[value(name = "origin-5xx")]
     Origin5xx,
 }
 
@@ -154,7 +155,8 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         println!("  {t:7.3}s  {what}");
         timeline.push((t, what));
     };
-    println!("drill {:?} at {:?}", args.fault, SystemTime::now());
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    println!("drill {:?} at unix time {now} (times below are seconds since the fault)", args.fault);
     let target = match args.fault {
         Fault::OriginKill | Fault::OriginFreeze | Fault::Origin5xx => "origin-primary",
         Fault::PackagerKill => "packager-primary",
