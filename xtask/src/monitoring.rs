@@ -280,9 +280,12 @@ pub fn promql_metric_names(expr: &str) -> BTreeSet<String> {
                 j += 1;
             }
             let call = j < chars.len() && chars[j] == '(';
-            if call && LABEL_LIST_KEYWORDS.contains(&word.as_str()) {
+            // `sum by (l) (x)`: an aggregation whose grouping comes first.
+            let next_word: String = chars[j..].iter().take_while(|c| is_ident(**c)).collect();
+            let grouped = matches!(next_word.to_ascii_lowercase().as_str(), "by" | "without");
+            if call && LABEL_LIST_KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
                 i = skip_group(&chars, j);
-            } else if !call && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
+            } else if !call && !grouped && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
                 names.insert(word);
             }
         } else {
