@@ -133,9 +133,22 @@ pub fn scrape(target: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)?;
     s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
     // HTTP/1.0 with close: the body ends at EOF (a server may still chunk; handled below).
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {target}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")?;
+    // One write: a minimal server that answers after the request line and closes would
+    // otherwise reset the connection under a second write.
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {target}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // Such a server may also reset the connection after its response, unread
+            // request bytes still queued; what arrived before the reset is the response.
+            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").context("no end of HTTP head")?;
     let status = head.split_whitespace().nth(1).unwrap_or_default();
