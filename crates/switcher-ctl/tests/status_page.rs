@@ -72,11 +72,20 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
+/// A temporary directory removed when the test ends, passed or not.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("switcher-status-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+    TempDir(dir)
 }
 
 fn require_tool(name: &str, install: &str) {
@@ -324,7 +333,8 @@ async fn page_shows_live_state_and_plays_the_stream() {
     let assets_dir = hls_js_dir();
 
     // The stream the player plays, on its own port as the VIP is.
-    let hls_dir = temp_dir("hls");
+    let hls = temp_dir("hls");
+    let hls_dir = hls.0.clone();
     let _ffmpeg = start_ffmpeg(&hls_dir);
     let (hls_addr, hls_task) = hls_server(hls_dir.clone()).await;
 
@@ -359,7 +369,7 @@ async fn page_shows_live_state_and_plays_the_stream() {
 
     let profile = temp_dir("chromium");
     let browser = tokio::task::spawn_blocking(move || {
-        let (chromium, port) = start_chromium(&format!("http://{admin}/"), &profile);
+        let (chromium, port) = start_chromium(&format!("http://{admin}/"), &profile.0);
         let mut page = Cdp::attach(port);
 
         // Live state, as rendered by the page's own script from /api/state.
@@ -403,8 +413,9 @@ async fn page_shows_live_state_and_plays_the_stream() {
                 .expect("screenshot is base64");
             std::fs::write(&path, png).expect("write screenshot");
         }
+        // Chromium first, then its profile.
         drop(chromium);
-        let _ = std::fs::remove_dir_all(&profile);
+        drop(profile);
         t1
     })
     .await;
@@ -412,7 +423,6 @@ async fn page_shows_live_state_and_plays_the_stream() {
     let _ = stop.send(());
     let _ = service.await;
     hls_task.abort();
-    let _ = std::fs::remove_dir_all(&hls_dir);
     let t1 = browser.expect("browser checks");
     assert!(t1.as_f64().is_some(), "{t1}");
 }
