@@ -567,7 +567,7 @@ impl Packager {
             complete_start,
             discontinuity,
             with_audio,
-            mux: TsMuxer::new(with_audio),
+            mux: TsMuxer::new(with_audio, msn),
         });
     }
 

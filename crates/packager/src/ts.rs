@@ -1,10 +1,17 @@
 //! Deterministic MPEG-2 transport stream muxer (ISO/IEC 13818-1).
 //!
 //! One [`TsMuxer`] produces one HLS segment: it starts with PAT and PMT (RFC 8216 3.2: "each
-//! Transport Stream segment MUST contain a PAT and a PMT" at its start) and all continuity
-//! counters start at 0. The bytes are a function of the frames and their timestamps only (no
+//! Transport Stream segment MUST contain a PAT and a PMT" at its start). The bytes are a
+//! function of the frames, their timestamps and the segment's media sequence number only (no
 //! clock, no state carried over from earlier segments), which is what makes two packager
 //! instances that joined at different times write identical segments.
+//!
+//! Continuity counters are nevertheless continuous from one segment to the next, so a player
+//! that reads consecutive segments as one transport stream (ffmpeg does) sees no discontinuity
+//! (2.4.3.3) and flags no packet as corrupt: every elementary stream starts each segment at 0
+//! and is padded to a multiple of 16 packets (its last PES is spread over a few more packets,
+//! with adaptation-field stuffing), so it ends at 15; PAT and PMT, one packet each per segment,
+//! take the media sequence number modulo 16.
 //!
 //! Hand-written rather than built on the `mpeg2ts` crate's writer: that writer leaves PES
 //! packetisation, stuffing and continuity counters to the caller, which is most of the work and
@@ -69,6 +76,15 @@ const CC_MASK: u8 = 0x0f;
 /// PCR is 6 bytes in the adaptation field.
 const PCR_LEN: usize = 6;
 
+/// A PES packet held back until the next one of its stream arrives, so the last one of the
+/// segment can be spread over the packets that bring the stream to a multiple of 16.
+#[derive(Debug)]
+struct PendingPes {
+    pes: Vec<u8>,
+    pcr: Option<u64>,
+    random_access: bool,
+}
+
 /// Writes one segment's transport stream into memory.
 #[derive(Debug)]
 pub struct TsMuxer {
@@ -77,17 +93,24 @@ pub struct TsMuxer {
     cc_pmt: u8,
     cc_video: u8,
     cc_audio: u8,
+    pending_video: Option<PendingPes>,
+    pending_audio: Option<PendingPes>,
 }
 
 impl TsMuxer {
-    /// Starts a segment: PAT, then a PMT listing video and, if `with_audio`, audio.
-    pub fn new(with_audio: bool) -> Self {
+    /// Starts segment `msn`: PAT, then a PMT listing video and, if `with_audio`, audio.
+    pub fn new(with_audio: bool, msn: u64) -> Self {
+        // One PAT and one PMT per segment: counting them by the sequence number makes them
+        // continuous across consecutive segments.
+        let psi_cc = (msn % 16) as u8;
         let mut m = Self {
             out: Vec::with_capacity(1 << 20),
-            cc_pat: 0,
-            cc_pmt: 0,
+            cc_pat: psi_cc,
+            cc_pmt: psi_cc,
             cc_video: 0,
             cc_audio: 0,
+            pending_video: None,
+            pending_audio: None,
         };
         let pat = pat_section();
         m.write_psi(PID_PAT, &pat);
@@ -101,21 +124,38 @@ impl TsMuxer {
     pub fn write_video(&mut self, pts: u64, dts: u64, keyframe: bool, annex_b: &[u8]) {
         let pes = pes_packet(STREAM_ID_VIDEO, pts, Some(dts), annex_b, false);
         let pcr = (dts + TIMESTAMP_MODULUS - PCR_LEAD_TICKS) % TIMESTAMP_MODULUS;
-        let mut cc = self.cc_video;
-        self.write_pes(PID_VIDEO, &mut cc, &pes, Some(pcr), keyframe);
-        self.cc_video = cc;
+        let next = PendingPes { pes, pcr: Some(pcr), random_access: keyframe };
+        if let Some(p) = self.pending_video.replace(next) {
+            let mut cc = self.cc_video;
+            self.write_pes(PID_VIDEO, &mut cc, &p, false);
+            self.cc_video = cc;
+        }
     }
 
     /// Writes one ADTS frame as a PES packet.
     pub fn write_audio(&mut self, pts: u64, adts: &[u8]) {
         let pes = pes_packet(STREAM_ID_AUDIO, pts, None, adts, true);
-        let mut cc = self.cc_audio;
-        self.write_pes(PID_AUDIO, &mut cc, &pes, None, false);
-        self.cc_audio = cc;
+        let next = PendingPes { pes, pcr: None, random_access: false };
+        if let Some(p) = self.pending_audio.replace(next) {
+            let mut cc = self.cc_audio;
+            self.write_pes(PID_AUDIO, &mut cc, &p, false);
+            self.cc_audio = cc;
+        }
     }
 
-    /// The finished segment.
-    pub fn finish(self) -> Vec<u8> {
+    /// The finished segment: the held-back last PES of each stream is written, padded so the
+    /// stream's continuity counter ends at 15.
+    pub fn finish(mut self) -> Vec<u8> {
+        if let Some(p) = self.pending_video.take() {
+            let mut cc = self.cc_video;
+            self.write_pes(PID_VIDEO, &mut cc, &p, true);
+            self.cc_video = cc;
+        }
+        if let Some(p) = self.pending_audio.take() {
+            let mut cc = self.cc_audio;
+            self.write_pes(PID_AUDIO, &mut cc, &p, true);
+            self.cc_audio = cc;
+        }
         self.out
     }
 
@@ -136,14 +176,18 @@ impl TsMuxer {
             .resize(self.out.len() + PACKET_LEN - used, STUFFING);
     }
 
-    fn write_pes(
-        &mut self,
-        pid: u16,
-        cc: &mut u8,
-        pes: &[u8],
-        pcr: Option<u64>,
-        random_access: bool,
-    ) {
+    /// Packetises one PES. With `pad`, it takes as many packets as bring the stream's packet
+    /// count (tracked by `cc`) to a multiple of 16, each carrying at least one payload byte.
+    fn write_pes(&mut self, pid: u16, cc: &mut u8, p: &PendingPes, pad: bool) {
+        let (pes, pcr, random_access) = (&p.pes[..], p.pcr, p.random_access);
+        let first_af = usize::from(pcr.is_some() || random_access)
+            + if pcr.is_some() { PCR_LEN } else { 0 };
+        let first_room = if first_af == 0 { PAYLOAD_LEN } else { PAYLOAD_LEN - 1 - first_af };
+        let natural = 1 + pes.len().saturating_sub(first_room).div_ceil(PAYLOAD_LEN);
+        let extra = if pad { (16 - (usize::from(*cc) + natural) % 16) % 16 } else { 0 };
+        // A PES is never shorter than its 14-byte header plus payload, and at most 15 packets
+        // are added, so each packet can carry a byte; if not, do without the padding.
+        let mut packets_left = if pes.len() >= natural + extra { natural + extra } else { natural };
         let mut rest = pes;
         let mut first = true;
         while !rest.is_empty() {
@@ -168,7 +212,9 @@ impl TsMuxer {
             } else {
                 PAYLOAD_LEN - 1 - af.len()
             };
-            let take = rest.len().min(room);
+            // Leave at least one byte for each packet still to come.
+            let take = rest.len().saturating_sub(packets_left - 1).clamp(1, room).min(rest.len());
+            packets_left = packets_left.saturating_sub(1).max(1);
             let stuffing = room - take;
             let has_af = !af.is_empty() || stuffing > 0;
             let header = packet_header(
@@ -358,7 +404,7 @@ mod tests {
 
     #[test]
     fn packets_are_aligned_and_counted() {
-        let mut m = TsMuxer::new(true);
+        let mut m = TsMuxer::new(true, 0);
         for i in 0..20u64 {
             m.write_video(
                 i * 3000 + 6000,
@@ -379,6 +425,30 @@ mod tests {
                 assert_eq!(cc, (prev + 1) & CC_MASK, "pid {pid:#x}");
             } else {
                 assert_eq!(cc, 0);
+            }
+        }
+        // Every elementary stream ends at 15, so the next segment (starting at 0) continues it.
+        assert_eq!(last_cc[&PID_VIDEO], 15);
+        assert_eq!(last_cc[&PID_AUDIO], 15);
+    }
+
+    #[test]
+    fn consecutive_segments_are_continuous() {
+        let mut all = Vec::new();
+        for msn in 41..45u64 {
+            let mut m = TsMuxer::new(true, msn);
+            for i in 0..(3 + msn % 5) {
+                m.write_video(i * 3000 + 6000, i * 3000, i == 0, &vec![0xab; 50 + 331 * i as usize]);
+                m.write_audio(i * 3000, &vec![0xcd; 7 + 17 * i as usize]);
+            }
+            all.extend(m.finish());
+        }
+        let mut last_cc = std::collections::HashMap::new();
+        for (i, p) in all.chunks(PACKET_LEN).enumerate() {
+            let pid = u16::from(p[1] & 0x1f) << 8 | u16::from(p[2]);
+            let cc = p[3] & CC_MASK;
+            if let Some(prev) = last_cc.insert(pid, cc) {
+                assert_eq!(cc, (prev + 1) & CC_MASK, "pid {pid:#x} at packet {i}");
             }
         }
     }

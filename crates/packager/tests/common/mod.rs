@@ -122,7 +122,8 @@ pub struct TsSummary {
 }
 
 /// Checks a segment: 188-byte packets with sync bytes, PAT then PMT first (with valid CRCs),
-/// continuity counters starting at 0 without gaps, PCR increasing, PES headers with PTS (and
+/// continuity counters without gaps (elementary streams from 0 to 15, so consecutive segments
+/// continue each other), PCR increasing, PES headers with PTS (and
 /// DTS increasing on video). Also reads it with the `mpeg2ts` crate.
 pub fn check_ts(data: &[u8]) -> TsSummary {
     assert!(
@@ -146,7 +147,9 @@ pub fn check_ts(data: &[u8]) -> TsSummary {
         }
         if afc & 1 != 0 {
             let c = p[3] & 0x0f;
-            let expected = cc.get(&pid).map_or(0, |prev| (prev + 1) & 0x0f);
+            // PAT/PMT count by media sequence number; elementary streams start at 0.
+            let first = if pid == PID_PAT || pid == PID_PMT { c } else { 0 };
+            let expected = cc.get(&pid).map_or(first, |prev| (prev + 1) & 0x0f);
             assert_eq!(
                 c, expected,
                 "continuity counter of pid {pid:#x} at packet {i}"
@@ -228,6 +231,11 @@ pub fn check_ts(data: &[u8]) -> TsSummary {
         n += 1;
     }
     assert_eq!(n, data.len() / PACKET_LEN);
+    for (pid, last) in &cc {
+        if *pid != PID_PAT && *pid != PID_PMT {
+            assert_eq!(*last, 15, "pid {pid:#x} must end at 15 so the next segment continues it");
+        }
+    }
     s
 }
 

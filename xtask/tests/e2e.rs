@@ -1,0 +1,258 @@
+//! End to end, the way a viewer lives it: the whole stack (ingest, ffmpeg publisher, two
+//! packagers, two origins, switcher-ctl with XDP on the edge veth) in an "edge" network
+//! namespace, and an ffmpeg player in a "client" namespace reading the VIP. Faults are real:
+//! SIGKILL of processes. Needs root; run through `cargo xtask test` (which builds the binaries
+//! into target/debug first). Namespaces, attachments and processes are removed even on failure.
+
+#[path = "../../crates/switcher-ctl/tests/netns/mod.rs"]
+#[allow(dead_code)]
+mod netns;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use netns::{BpfFs, Client, Pair, EDGE_V4};
+use xtask::stack::{http_get, Stack, StackConfig};
+
+const VIP: &str = "10.77.0.2:8080";
+const PLAYLIST: &str = "/hls/demo/index.m3u8";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// An ffmpeg player in the client namespace reading the VIP live, decoding everything; it
+/// records which segments it loaded and every error line.
+struct Player {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Player {
+    fn start(ns: &str) -> Player {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "verbose"])
+            // What a resilient player does: retry a failed segment or playlist request.
+            .args(["-reconnect", "1", "-reconnect_on_network_error", "1", "-reconnect_delay_max", "1"])
+            .args(["-live_start_index", "-2"])
+            .args(["-i", &format!("http://{VIP}{PLAYLIST}"), "-f", "null", "-"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ffmpeg player");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Player { child, lines }
+    }
+
+    /// Media sequence numbers of the segments the player requested, in order.
+    fn segments(&self) -> Vec<u64> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("HLS request for url"))
+            .filter_map(|l| {
+                let end = l.find(".ts'")?;
+                let start = l[..end].rfind('/')? + 1;
+                l[start..end].parse().ok()
+            })
+            .collect()
+    }
+
+    /// Decoder and demuxer error lines. A reset keep-alive connection that ffmpeg retries on a
+    /// new connection is the designed way a killed origin's viewers move (the data plane
+    /// resets retired flows), not an error; a segment that cannot be loaded is.
+    fn errors(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                (l.contains("error") || l.contains("corrupt") || l.contains("concealing") || l.contains("failed to open segment"))
+                    && !l.contains("reconnect")
+                    && !l.contains("keepalive request failed")
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn stop(mut self) -> (Vec<u64>, Vec<String>) {
+        // SIGINT lets ffmpeg finish cleanly.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        (self.segments(), self.errors())
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts the loaded MSNs are strictly consecutive.
+fn assert_no_gap_no_repeat(phase: &str, segs: &[u64], errors: &[String]) {
+    assert!(segs.len() >= 5, "{phase}: the player loaded too few segments: {segs:?}\nerrors: {errors:#?}");
+    let unique: BTreeSet<_> = segs.iter().collect();
+    assert_eq!(unique.len(), segs.len(), "{phase}: a segment was loaded twice: {segs:?}");
+    for w in segs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{phase}: gap between {} and {}: {segs:?}", w[0], w[1]);
+    }
+    assert!(errors.is_empty(), "{phase}: player errors:\n{}", errors.join("\n"));
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn active(stack: &Stack) -> String {
+    stack.healthz().ok().and_then(|h| h["active"].as_str().map(String::from)).unwrap_or_default()
+}
+
+#[test]
+fn viewer_keeps_playing_through_origin_and_packager_failures() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests need root; run `cargo xtask test`");
+    let ws = workspace();
+    for bin in ["ingest", "packager", "origin", "switcher-ctl"] {
+        assert!(ws.join("target/debug").join(bin).exists(), "target/debug/{bin} missing: run `cargo xtask test`");
+    }
+    let pair = Pair::new();
+    let bpf = BpfFs::new();
+    let run_dir = std::env::temp_dir().join(netns::unique("e2e"));
+    let cfg = StackConfig {
+        bin_dir: ws.join("target/debug"),
+        run_dir: run_dir.clone(),
+        iface: pair.edge_if.clone(),
+        vip: VIP.parse().unwrap(),
+        stream: "demo".into(),
+        publisher: true,
+        video: (640, 360, 30),
+        netns: Some(pair.edge.name.clone()),
+        service_user: Some("hlsedge".into()),
+        pin_root: bpf.pin_root(),
+        assets_dir: None,
+        switcher_args: vec![],
+    };
+    let mut stack = Stack::new(cfg);
+    stack.start_all().expect("stack starts");
+    let client_ns = pair.client.name.clone();
+    let vip_get = |path: &str| http_get(Some(&client_ns), VIP, path, Duration::from_secs(2));
+
+    // Both packagers fill their window; the VIP serves the primary's playlist.
+    wait_for("a full playlist through the VIP", Duration::from_secs(40), || {
+        matches!(vip_get(PLAYLIST), Ok((200, b)) if String::from_utf8_lossy(&b).matches(".ts").count() >= 4)
+    });
+    assert_eq!(active(&stack), "primary");
+    let attach = pair.edge.exec(&["bpftool", "net", "show"]);
+    assert!(attach.contains("driver id"), "native XDP on the edge veth:\n{attach}");
+
+    // Phase 1: SIGKILL the primary origin while a player reads the VIP; restart it later.
+    let player = Player::start(&client_ns);
+    std::thread::sleep(Duration::from_secs(6));
+    stack.kill("origin-primary", libc::SIGKILL).unwrap();
+    wait_for("failover to backup", Duration::from_secs(5), || active(&stack) == "backup");
+    std::thread::sleep(Duration::from_secs(6));
+    stack.start("origin-primary").unwrap();
+    wait_for("switchback to primary", Duration::from_secs(10), || active(&stack) == "primary");
+    std::thread::sleep(Duration::from_secs(6));
+    let (segs, errors) = player.stop();
+    assert_no_gap_no_repeat("origin killed", &segs, &errors);
+
+    // Phase 2: SIGKILL the primary packager: its origin goes stale, the switch is by staleness.
+    let player = Player::start(&client_ns);
+    std::thread::sleep(Duration::from_secs(4));
+    stack.kill("packager-primary", libc::SIGKILL).unwrap();
+    wait_for("failover by staleness", Duration::from_secs(15), || active(&stack) == "backup");
+    let h = stack.healthz().unwrap();
+    let reason = h["origins"]["primary"]["last_error"].to_string();
+    assert!(reason.contains("behind") || reason.contains("stale") || reason.contains("old"), "reason: {reason}");
+    std::thread::sleep(Duration::from_secs(4));
+    stack.start("packager-primary").unwrap();
+    wait_for("switchback after the packager returns", Duration::from_secs(20), || active(&stack) == "primary");
+    std::thread::sleep(Duration::from_secs(4));
+    let (segs, errors) = player.stop();
+    assert_no_gap_no_repeat("packager killed", &segs, &errors);
+
+    // Phase 3: restarting switcher-ctl breaks no flow: an open keep-alive connection through
+    // the VIP keeps working across the restart (the new run adopts the pinned programs).
+    let mut conn = pair.client.run(|| {
+        let mut c = Client::connect(VIP).expect("connect VIP");
+        c.get(PLAYLIST).expect("first request");
+        c
+    });
+    stack.kill("switcher-ctl", libc::SIGTERM).unwrap();
+    assert!(conn.get(PLAYLIST).is_ok(), "flow works while the control plane is down");
+    stack.start("switcher-ctl").unwrap();
+    assert!(conn.get(PLAYLIST).is_ok(), "flow survives the control-plane restart");
+    assert_eq!(active(&stack), "primary");
+
+    // Phase 4: both origins down: switcher-ctl stays on the active origin and reports both bad;
+    // when one returns, it serves from that one.
+    stack.kill("origin-primary", libc::SIGKILL).unwrap();
+    stack.kill("origin-backup", libc::SIGKILL).unwrap();
+    wait_for("both bad reported", Duration::from_secs(5), || {
+        stack.healthz().map(|h| h["both_bad"] == true).unwrap_or(false)
+    });
+    assert_eq!(active(&stack), "primary", "with both bad, no flip");
+    assert!(!matches!(vip_get(PLAYLIST), Ok((200, _))), "nothing to serve with both origins down");
+    stack.start("origin-backup").unwrap();
+    wait_for("backup takes over when it returns", Duration::from_secs(5), || active(&stack) == "backup");
+    wait_for("VIP serves again", Duration::from_secs(5), || matches!(vip_get(PLAYLIST), Ok((200, _))));
+
+    // The control plane's counters agree with what happened.
+    let (_, metrics) = http_get(Some(&pair.edge.name), "127.0.0.1:9180", "/metrics", Duration::from_secs(2)).unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    // Counters are per process: since the restart in phase 3 there was exactly one failover.
+    assert_eq!(value("failovers_total"), 1.0, "failovers_total since the restart:\n{metrics}");
+    assert_eq!(value("switchbacks_total"), 0.0, "switchbacks_total since the restart");
+    assert_eq!(value("switcher_active_origin"), 0.0, "switcher_active_origin: 0 = backup");
+
+    // `switcher-ctl status` reads the pinned maps and agrees.
+    let status = pair.edge.exec(&[
+        ws.join("target/debug/switcher-ctl").to_str().unwrap(),
+        "status",
+        "--pin-root",
+        bpf.pin_root().to_str().unwrap(),
+    ]);
+    assert!(status.to_lowercase().contains("backup"), "status shows the backup active:\n{status}");
+
+    stack.stop();
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let _ = EDGE_V4;
+}
