@@ -2,5 +2,8 @@
 //!
 //! # Layout
 //! * [`stack`]: the whole stack as processes (start, kill, restart, stop, health).
+//! * [`monitoring`]: promtool checks of `monitoring/` and the "every metric the dashboard and
+//!   the rules use is exported" check against a running stack.
 
+pub mod monitoring;
 pub mod stack;
