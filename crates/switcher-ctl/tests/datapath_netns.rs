@@ -66,6 +66,9 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
     for map in ["SWITCHER_CONFIG", "SWITCHER_FLOWS", "SWITCHER_STATS"] {
         assert!(bpf.pin_root().join("maps").join(map).exists(), "{map} pinned");
     }
+    // BTF-defined maps: bpftool decodes keys and values field by field.
+    let dump = netns::sh(&["bpftool", "map", "dump", "pinned", bpf.pin_root().join("maps/SWITCHER_CONFIG").to_str().unwrap()]);
+    assert!(dump.contains("\"port_be\": 36895") && dump.contains("\"attach_mode\": 1"), "BTF-decoded dump:\n{dump}");
 
     // The VIP reaches the active origin, over IPv4 and IPv6.
     assert_eq!(whoami(&pair.client, "10.77.0.2:8080"), "primary");
