@@ -46,9 +46,9 @@ pub struct DrillArgs {
     /// How long to keep watching after the restore (switchback), seconds.
     #[arg(long, default_value_t = 20.0)]
     pub after: f64,
-    /// The run directory of the running stack.
-    #[arg(long, default_value = "run")]
-    pub run_dir: PathBuf,
+    /// The run directory of the running stack (default: the one `cargo xtask run` announced).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
     /// VIP of the running stack.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub vip: String,
@@ -111,7 +111,7 @@ impl PlayerView {
 fn pid(run_dir: &Path, name: &str) -> Result<i32> {
     let p = run_dir.join("pids").join(name);
     std::fs::read_to_string(&p)
-        .with_context(|| format!("{} missing: is `cargo xtask run` running with --run-dir {}?", p.display(), run_dir.display()))?
+        .with_context(|| format!("{} missing: is `cargo xtask run` running with run dir {}?", p.display(), run_dir.display()))?
         .trim()
         .parse()
         .context("bad pid file")
@@ -138,7 +138,15 @@ fn stream_dir(run_dir: &Path, stream: &str) -> PathBuf {
 
 pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
     prereq::become_root()?;
-    let run_dir = if args.run_dir.is_absolute() { args.run_dir.clone() } else { ws.join(&args.run_dir) };
+    let run_dir = match &args.run_dir {
+        Some(d) if d.is_absolute() => d.clone(),
+        Some(d) => ws.join(d),
+        None => PathBuf::from(
+            std::fs::read_to_string(crate::run::RUN_DIR_POINTER)
+                .context("no running stack found (start one with `cargo xtask run`, or pass --run-dir)")?
+                .trim(),
+        ),
+    };
     let health = || -> Result<serde_json::Value> {
         let (_, b) = http_get(None, stack::SWITCHER_ADMIN, "/healthz", Duration::from_secs(1))?;
         Ok(serde_json::from_slice(&b)?)

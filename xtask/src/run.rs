@@ -31,13 +31,20 @@ pub struct RunArgs {
     /// Do not start the ffmpeg test pattern (publish with your own OBS/ffmpeg).
     #[arg(long)]
     pub no_publisher: bool,
-    /// Directory for each service's log and the HLS output.
-    #[arg(long, default_value = "run")]
-    pub run_dir: PathBuf,
+    /// Directory for each service's log and the HLS output (default: `run/` in the checkout when
+    /// started through sudo by a user, who then owns it; `/run/hls-edge` when started as root,
+    /// since the `hlsedge` service user may not be able to enter the checkout).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
     /// Pin root of the eBPF objects.
     #[arg(long, default_value = "/sys/fs/bpf/switcher")]
     pub pin_root: PathBuf,
 }
+
+/// Run directory when started as root (the service user can always reach it).
+const DEFAULT_ROOT_RUN_DIR: &str = "/run/hls-edge";
+/// File naming the run directory of the running stack, for `cargo xtask drill`.
+pub const RUN_DIR_POINTER: &str = "/run/hls-edge.rundir";
 
 /// The user unprivileged services run as: the one who invoked sudo, else the `hlsedge` system
 /// user that scripts/setup creates.
@@ -57,7 +64,15 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
             bail!("port {port} is in use: is a stack already running? (stop it, or free the port)");
         }
     }
-    let run_dir = if args.run_dir.is_absolute() { args.run_dir.clone() } else { ws.join(&args.run_dir) };
+    let user = service_user();
+    let run_dir = match &args.run_dir {
+        Some(d) if d.is_absolute() => d.clone(),
+        Some(d) => ws.join(d),
+        None if user == "hlsedge" => PathBuf::from(DEFAULT_ROOT_RUN_DIR),
+        None => ws.join("run"),
+    };
+    // Where drills find this run.
+    std::fs::write(RUN_DIR_POINTER, run_dir.to_string_lossy().as_bytes())?;
     let cfg = StackConfig {
         bin_dir: ws.join("target/release"),
         run_dir: run_dir.clone(),
@@ -67,7 +82,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
         publisher: !args.no_publisher,
         video: (1280, 720, 30),
         netns: None,
-        service_user: Some(service_user()),
+        service_user: Some(user),
         pin_root: args.pin_root.clone(),
         assets_dir: Some(ws.join("web/node_modules/hls.js/dist")),
         switcher_args: vec![],
@@ -130,6 +145,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
     }
     println!("\nxtask: stopping");
     stack.stop();
+    let _ = std::fs::remove_file(RUN_DIR_POINTER);
     println!("xtask: stopped, data plane detached, pins removed");
     Ok(())
 }

@@ -272,6 +272,9 @@ impl Stack {
         for which in ["primary", "backup"] {
             fs::create_dir_all(self.cfg.hls_dir(which))?;
         }
+        if self.cfg.service_user.is_some() {
+            self.stage_binaries()?;
+        }
         if let Some(user) = &self.cfg.service_user {
             let status = Command::new("chown")
                 .args(["-R", &format!("{user}:"), self.cfg.run_dir.to_str().unwrap()])
@@ -285,6 +288,25 @@ impl Stack {
                 continue;
             }
             self.start(name)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the unprivileged services' binaries into `<run dir>/bin`, so the service user can
+    /// run them wherever the build tree is (a checkout under /root is not readable by others).
+    fn stage_binaries(&mut self) -> Result<()> {
+        let staged = self.cfg.run_dir.join("bin");
+        fs::create_dir_all(&staged)?;
+        for name in ["ingest", "packager", "origin"] {
+            let from = self.cfg.bin_dir.join(name);
+            let to = staged.join(name);
+            fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            let from_s = from.to_string_lossy().into_owned();
+            for svc in self.services.values_mut().filter(|s| !s.privileged) {
+                if svc.argv[0] == from_s {
+                    svc.argv[0] = to.to_string_lossy().into_owned();
+                }
+            }
         }
         Ok(())
     }

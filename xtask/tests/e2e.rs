@@ -202,6 +202,15 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     let (segs, errors) = player.stop();
     assert_no_gap_no_repeat("packager killed", &segs, &errors);
 
+    // Every metric the Grafana dashboard and the alert rules use is exported by some service
+    // of this running stack (scraped inside the edge namespace).
+    let ws2 = ws.clone();
+    xtask::stack::in_netns(Some(&pair.edge.name), move || {
+        let targets: Vec<&str> = xtask::monitoring::SCRAPE_TARGETS.iter().map(|(_, a)| *a).collect();
+        xtask::monitoring::check_exported(&ws2, &targets)
+    })
+    .expect("dashboard and rules only use exported metrics");
+
     // Phase 3: restarting switcher-ctl breaks no flow: an open keep-alive connection through
     // the VIP keeps working across the restart (the new run adopts the pinned programs).
     let mut conn = pair.client.run(|| {

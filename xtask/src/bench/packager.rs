@@ -1,0 +1,437 @@
+//! `cargo xtask bench packager`: our packager against `ffmpeg -c copy -f hls`, both pulling
+//! the same streams from our ingest on loopback.
+//!
+//! Expects `target/release/packager` and `target/release/ingest` (or the directory named by
+//! `PACKAGER_BENCH_BIN_DIR`); build them with `cargo build --release -p packager -p ingest`.
+//! Needs `ffmpeg`.
+//!
+//! Method: a 10 s 1280x720 30 fps H.264 + AAC clip (the `demo` stream's shape: keyframe every
+//! 2 s, ~2.5 Mbit/s) is encoded once, then N ffmpeg publishers push it in a loop to the ingest
+//! with `-re -c copy` (no re-encoding, so publishers cost little; they are not measured). For
+//! each N the packagers run one after the other against the same publishers:
+//! - ours as a user runs it: one process with N `--source` flags (one thread per stream);
+//! - ffmpeg: one `ffmpeg -i rtmp://... -c copy -f hls -hls_time 2` process per stream (it has no
+//!   multi-stream mode), CPU and RSS summed.
+//!
+//! After a 5 s warm-up, CPU (utime+stime of /proc/PID/stat, all threads) is sampled over 15 s,
+//! and RSS (VmRSS) at the end. Each stream's playlist media sequence number must advance during
+//! the window, so a packager that writes nothing cannot "win". Caveat: on 2 cores the ingest and
+//! the publishers share the CPUs with the packager under test.
+//! Override N with `PACKAGER_BENCH_STREAMS=1,5,20`.
+
+use std::fmt::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+/// Stream counts measured by default.
+const DEFAULT_STREAMS: &[usize] = &[1, 20];
+/// Time for packagers to connect and write their first segments before sampling.
+const WARMUP: Duration = Duration::from_secs(5);
+/// Sampling interval.
+const MEASURE: Duration = Duration::from_secs(15);
+/// Time for the publishers to start before packagers join.
+const PUBLISH_SETTLE: Duration = Duration::from_secs(2);
+/// How long a server may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll interval for readiness.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Length of the pre-encoded clip.
+const CLIP_SECONDS: &str = "10";
+/// HLS target duration both packagers use (DESIGN.md contract).
+const HLS_TIME: &str = "2";
+/// Playlist window both packagers use.
+const HLS_LIST_SIZE: &str = "6";
+
+/// One packager's measurement over all its processes.
+struct Sample {
+    /// CPU, 100 = one core busy.
+    cpu_percent: f64,
+    /// Resident memory summed over the processes.
+    rss_mib: f64,
+    /// Smallest number of segments any stream published during the window.
+    min_segments: u64,
+}
+
+/// Runs the benchmark and appends its markdown report to `out`.
+pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
+    let bin_dir = std::env::var_os("PACKAGER_BENCH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target/release"));
+    let packager_bin = bin_dir.join("packager");
+    let ingest_bin = bin_dir.join("ingest");
+    for b in [&packager_bin, &ingest_bin] {
+        if !b.is_file() {
+            bail!(
+                "{} not found: run `cargo build --release -p packager -p ingest` first",
+                b.display()
+            );
+        }
+    }
+    let streams: Vec<usize> = match std::env::var("PACKAGER_BENCH_STREAMS") {
+        Ok(s) => s
+            .split(',')
+            .map(|p| p.trim().parse().context("PACKAGER_BENCH_STREAMS"))
+            .collect::<Result<_>>()?,
+        Err(_) => DEFAULT_STREAMS.to_vec(),
+    };
+    let dir = TempDir::new()?;
+    let clip = dir.path.join("clip.flv");
+    encode_clip(&clip)?;
+
+    let mut rows = Vec::new();
+    for &n in &streams {
+        let (ours, ffmpeg) = measure_pair(&ingest_bin, &packager_bin, &clip, &dir.path, n)
+            .with_context(|| format!("{n} streams"))?;
+        rows.push((n, ours, ffmpeg));
+    }
+
+    writeln!(
+        out,
+        "\n### RTMP -> HLS packaging: packager vs `ffmpeg -c copy -f hls` \
+         (720p30 ~2.5 Mbit/s + AAC per stream, {}s sample after {}s warm-up)\n",
+        MEASURE.as_secs(),
+        WARMUP.as_secs()
+    )?;
+    writeln!(
+        out,
+        "Ours: one process with N `--source`s; ffmpeg: one process per stream, summed. \
+         CPU % with 1 core = 100; target: ours <= 0.5x ffmpeg's CPU.\n"
+    )?;
+    writeln!(
+        out,
+        "| streams | packager | processes | CPU % total | CPU ms/s per stream | RSS MiB total | RSS MiB per stream | min segments/stream in sample | CPU ratio ours/ffmpeg |"
+    )?;
+    writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (n, ours, ffmpeg) in &rows {
+        let ratio = if ffmpeg.cpu_percent > 0.0 {
+            ours.cpu_percent / ffmpeg.cpu_percent
+        } else {
+            f64::NAN
+        };
+        for (name, procs, s, r) in [
+            ("packager", 1, ours, format!("{ratio:.2}")),
+            ("ffmpeg", *n, ffmpeg, String::new()),
+        ] {
+            let per = *n as f64;
+            writeln!(
+                out,
+                "| {n} | {name} | {procs} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {r} |",
+                s.cpu_percent,
+                s.cpu_percent * 10.0 / per,
+                s.rss_mib,
+                s.rss_mib / per,
+                s.min_segments,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_clip(clip: &Path) -> Result<()> {
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+        ])
+        .args([
+            "-t",
+            CLIP_SECONDS,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+            "-sc_threshold",
+            "0",
+            "-b:v",
+            "2500k",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv"])
+        .arg(clip)
+        .stdin(Stdio::null())
+        .status()
+        .context("running ffmpeg to encode the clip")?;
+    if !status.success() {
+        bail!("ffmpeg failed to encode the bench clip");
+    }
+    Ok(())
+}
+
+/// Starts an ingest and `n` publishers, then measures our packager and ffmpeg in turn.
+fn measure_pair(
+    ingest_bin: &Path,
+    packager_bin: &Path,
+    clip: &Path,
+    dir: &Path,
+    n: usize,
+) -> Result<(Sample, Sample)> {
+    let run_dir = dir.join(format!("n{n}"));
+    std::fs::create_dir_all(&run_dir).context("creating the run directory")?;
+    let port = free_port()?;
+    let admin = free_port()?;
+    let _ingest = Proc::spawn(
+        Command::new(ingest_bin)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin")
+            .arg(format!("127.0.0.1:{admin}"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&run_dir, "ingest.log")?),
+    )?;
+    wait_port(port)?;
+    let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+    let url = |name: &str| format!("rtmp://127.0.0.1:{port}/live/{name}");
+    let mut publishers = Vec::new();
+    for name in &names {
+        publishers.push(Proc::spawn(
+            Command::new("ffmpeg")
+                .args([
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-re",
+                    "-stream_loop",
+                    "-1",
+                    "-i",
+                ])
+                .arg(clip)
+                .args(["-c", "copy", "-f", "flv", &url(name)])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(&run_dir, &format!("publish-{name}.log"))?),
+        )?);
+    }
+    std::thread::sleep(PUBLISH_SETTLE);
+
+    let ours_out = run_dir.join("ours");
+    let ours = {
+        let mut cmd = Command::new(packager_bin);
+        for name in &names {
+            cmd.arg("--source").arg(url(name));
+        }
+        let proc = Proc::spawn(
+            cmd.arg("--out")
+                .arg(&ours_out)
+                .arg("--admin")
+                .arg(format!("127.0.0.1:{}", free_port()?))
+                .args(["--target-duration", HLS_TIME, "--window", HLS_LIST_SIZE])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(&run_dir, "packager.log")?),
+        )?;
+        sample(&[proc], &ours_out, &names).context("our packager")?
+    };
+
+    let ff_out = run_dir.join("ffmpeg");
+    let ffmpeg = {
+        let mut procs = Vec::new();
+        for name in &names {
+            let stream_dir = ff_out.join(name);
+            std::fs::create_dir_all(&stream_dir).context("creating an ffmpeg output dir")?;
+            procs.push(Proc::spawn(
+                Command::new("ffmpeg")
+                    .args(["-hide_banner", "-loglevel", "error", "-i", &url(name)])
+                    .args(["-c", "copy", "-f", "hls", "-hls_time", HLS_TIME])
+                    .args(["-hls_list_size", HLS_LIST_SIZE])
+                    .args(["-hls_flags", "delete_segments+program_date_time"])
+                    .arg("-hls_segment_filename")
+                    .arg(stream_dir.join("%d.ts"))
+                    .arg(stream_dir.join("index.m3u8"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log_file(&run_dir, &format!("ffmpeg-hls-{name}.log"))?),
+            )?);
+        }
+        sample(&procs, &ff_out, &names).context("ffmpeg hls")?
+    };
+    drop(publishers);
+    Ok((ours, ffmpeg))
+}
+
+/// Warms up, samples the processes' CPU over [`MEASURE`] and their RSS at the end, and checks
+/// that every stream's playlist advanced during the window.
+fn sample(procs: &[Proc], out_dir: &Path, names: &[String]) -> Result<Sample> {
+    std::thread::sleep(WARMUP);
+    for p in procs {
+        p.check_running()?;
+    }
+    let msn0: Vec<Option<u64>> = names.iter().map(|n| media_sequence(out_dir, n)).collect();
+    let cpu0 = total(procs, |p| cpu_ticks(p.pid()))?;
+    let t0 = Instant::now();
+    std::thread::sleep(MEASURE);
+    let cpu1 = total(procs, |p| cpu_ticks(p.pid()))?;
+    let elapsed = t0.elapsed();
+    let rss = total(procs, |p| rss_kib(p.pid()))?;
+    for p in procs {
+        p.check_running()?;
+    }
+    let mut min_segments = u64::MAX;
+    for (name, before) in names.iter().zip(&msn0) {
+        let after = media_sequence(out_dir, name);
+        let advanced = match (before, after) {
+            (Some(b), Some(a)) if a > *b => a - b,
+            _ => bail!(
+                "stream {name}: playlist did not advance during the sample ({before:?} -> {after:?}) in {}",
+                out_dir.display()
+            ),
+        };
+        min_segments = min_segments.min(advanced);
+    }
+    let hz = clock_ticks_per_second()?;
+    Ok(Sample {
+        cpu_percent: cpu1.saturating_sub(cpu0) as f64 / hz / elapsed.as_secs_f64() * 100.0,
+        rss_mib: rss as f64 / 1024.0,
+        min_segments,
+    })
+}
+
+fn total(procs: &[Proc], f: impl Fn(&Proc) -> Result<u64>) -> Result<u64> {
+    procs.iter().map(f).sum()
+}
+
+/// `#EXT-X-MEDIA-SEQUENCE` of `dir/name/index.m3u8`, if it exists yet.
+fn media_sequence(dir: &Path, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(name).join("index.m3u8")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// utime + stime (fields 14 and 15 of /proc/PID/stat, after the parenthesised comm).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state), so utime (14) is index 11 and stime (15) index 12.
+    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading /proc/PID/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+fn clock_ticks_per_second() -> Result<f64> {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("getconf CLK_TCK")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .context("binding a free port")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("server on port {port} not ready after {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Ok(())
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .with_context(|| format!("opening {name}"))
+}
+
+/// A child process killed on drop, on every path.
+struct Proc {
+    child: std::cell::RefCell<Child>,
+    pid: u32,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Result<Proc> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
+        Ok(Proc {
+            pid: child.id(),
+            child: std::cell::RefCell::new(child),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Fails if the process has exited (a crash would otherwise read as 0 CPU).
+    fn check_running(&self) -> Result<()> {
+        match self.child.borrow_mut().try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!("process {} exited early: {status}", self.pid),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let child = self.child.get_mut();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A temp directory removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+        let path =
+            std::env::temp_dir().join(format!("bench-packager-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
