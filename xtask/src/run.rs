@@ -86,6 +86,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
         pin_root: args.pin_root.clone(),
         assets_dir: Some(ws.join("web/node_modules/hls.js/dist")),
         switcher_args: vec![],
+        admin: stack::SWITCHER_ADMIN.parse().expect("contract address"),
     };
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -65,6 +65,20 @@ pub struct StackConfig {
     pub assets_dir: Option<PathBuf>,
     /// Extra arguments for `switcher-ctl run`.
     pub switcher_args: Vec<String>,
+    /// Address switcher-ctl's admin server binds (contract: 127.0.0.1:9180).
+    pub admin: SocketAddr,
+}
+
+impl StackConfig {
+    /// Where to reach the admin server from this host (an unspecified bind address is reached
+    /// through loopback).
+    pub fn admin_addr(&self) -> String {
+        if self.admin.ip().is_unspecified() {
+            format!("127.0.0.1:{}", self.admin.port())
+        } else {
+            self.admin.to_string()
+        }
+    }
 }
 
 /// One service: how to start it and, while it runs, its process.
@@ -255,14 +269,14 @@ impl Stack {
             "--pin-root".into(),
             cfg.pin_root.to_string_lossy().into_owned(),
             "--admin".into(),
-            SWITCHER_ADMIN.into(),
+            cfg.admin.to_string(),
         ];
         if let Some(a) = &cfg.assets_dir {
             sw.push("--assets-dir".into());
             sw.push(a.to_string_lossy().into_owned());
         }
         sw.extend(cfg.switcher_args.iter().cloned());
-        services.insert("switcher-ctl".into(), svc(sw, true, Some(SWITCHER_ADMIN.into())));
+        services.insert("switcher-ctl".into(), svc(sw, true, Some(cfg.admin_addr())));
         Stack { cfg, services }
     }
 
@@ -390,7 +404,7 @@ impl Stack {
 
     /// switcher-ctl's /healthz as JSON.
     pub fn healthz(&self) -> Result<serde_json::Value> {
-        let (_, body) = http_get(self.cfg.netns.as_deref(), SWITCHER_ADMIN, "/healthz", Duration::from_secs(2))?;
+        let (_, body) = http_get(self.cfg.netns.as_deref(), &self.cfg.admin_addr(), "/healthz", Duration::from_secs(2))?;
         Ok(serde_json::from_slice(&body)?)
     }
 

@@ -4,6 +4,8 @@
 //! SIGKILL of processes. Needs root; run through `cargo xtask test` (which builds the binaries
 //! into target/debug first). Namespaces, attachments and processes are removed even on failure.
 
+#[path = "../../crates/switcher-ctl/tests/browser/mod.rs"]
+mod browser;
 #[path = "../../crates/switcher-ctl/tests/netns/mod.rs"]
 #[allow(dead_code)]
 mod netns;
@@ -159,8 +161,10 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         netns: Some(pair.edge.name.clone()),
         service_user: Some("hlsedge".into()),
         pin_root: bpf.pin_root(),
-        assets_dir: None,
+        assets_dir: Some(ws.join("web/node_modules/hls.js/dist")),
         switcher_args: vec![],
+        // On the edge address too, so a browser in the client namespace reaches the page.
+        admin: "0.0.0.0:9180".parse().unwrap(),
     };
     let mut stack = Stack::new(cfg);
     stack.start_all().expect("stack starts");
@@ -174,6 +178,32 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     assert_eq!(active(&stack), "primary");
     let attach = pair.edge.exec(&["bpftool", "net", "show"]);
     assert!(attach.contains("driver id"), "native XDP on the edge veth:\n{attach}");
+
+    // The status page in headless Chromium in the client namespace: it shows the live state,
+    // and its hls.js player plays our packagers' stream through the VIP (XDP on the veth).
+    assert!(ws.join("web/node_modules/hls.js/dist/hls.min.js").exists(), "hls.js missing: npm ci --prefix web");
+    let profile = std::env::temp_dir().join(netns::unique("chr"));
+    let (chromium, mut page) = pair.client.run({
+        let profile = profile.clone();
+        move || {
+            let (chromium, port) = browser::start_chromium("http://10.77.0.2:9180/", &profile);
+            (chromium, browser::Cdp::attach(port))
+        }
+    });
+    page.wait_for("page shows the active origin", "document.querySelector('#summary b').textContent", |v| v == "primary");
+    page.wait_for("page shows the primary's MSN", "Number(document.querySelector('#origin-primary .msn').textContent)", |v| {
+        v.as_f64() > Some(1e6)
+    });
+    let t0 = page
+        .wait_for("video starts", "document.getElementById('player').currentTime", |v| v.as_f64() > Some(0.0))
+        .as_f64()
+        .unwrap();
+    page.wait_for("video advances 2 s", "document.getElementById('player').currentTime", |v| {
+        v.as_f64().is_some_and(|t| t >= t0 + 2.0)
+    });
+    drop(page);
+    drop(chromium);
+    let _ = std::fs::remove_dir_all(&profile);
 
     // Phase 1: SIGKILL the primary origin while a player reads the VIP; restart it later.
     let player = Player::start(&client_ns);
