@@ -263,11 +263,13 @@ impl Pipeline {
                 .newest_msn
                 .with_label_values(&[s])
                 .set(seg.msn as i64);
-            let lag_ms = unix_now_ms() as i64 - (seg.pdt_ms + seg.duration_ms) as i64;
             self.metrics
                 .lag_seconds
                 .with_label_values(&[s])
-                .set(lag_ms as f64 / 1000.0);
+                .set(crate::metrics::live_lag_seconds(
+                    unix_now_ms(),
+                    seg.pdt_ms + seg.duration_ms,
+                ));
         }
     }
 
