@@ -1,21 +1,56 @@
-//! In-memory cache of segment bodies, bounded in bytes.
+//! In-memory caches: segment bodies (bounded in bytes, LRU) and validated playlists.
+//!
+//! ## Segments
 //!
 //! Segments are immutable once renamed into place, so a body read once can be served from
 //! memory until evicted. Entries are keyed by relative path and carry the file [`Version`]
 //! (inode, size, mtime) they were read from: a lookup with a different version is a miss and
-//! replaces the entry, so a rewritten file is never served stale. Playlists never enter the
-//! cache (the handler re-reads them on every request).
+//! replaces the entry, so a rewritten file is never served stale.
 //!
 //! Eviction is least-recently-used. Live HLS reads the newest segments and never goes back,
 //! so LRU evicts exactly the segments that left the playlist window.
-
+//!
+//! ## Playlists
+//!
+//! [`PlaylistCache`] keeps each playlist's bytes with its [`Stamp`] and its prepared
+//! validator headers. The handler checks an entry with one `statx` on the path per request
+//! ([`crate::files::Root::stat`]) instead of open + fstat + read + close, and serves it only
+//! if the stamp is identical; anything else re-reads the file through the contained open.
+//!
+//! Why this never serves a stale or partial playlist:
+//! - The packager replaces a playlist by renaming a complete new file over it. A request that
+//!   starts after the rename resolves the name to the new inode, whose stamp (inode number,
+//!   ctime) differs from any entry made from the old one, so it is a miss and a fresh read.
+//! - An entry's stamp comes from `fstat` of the very descriptor its bytes were read from,
+//!   so bytes and stamp describe one inode; a partial file is never renamed into place.
+//! - Inode numbers are reused once a replaced file is freed, and ctime has the kernel's coarse
+//!   clock granularity (a few ms), so a new file could in principle repeat an old file's
+//!   (inode, size, mtime, ctime) if written within the same tick. Entries are therefore only
+//!   made from files whose ctime is at least [`PLAYLIST_SETTLE`] older than the wall clock
+//!   read *before* the open: a file that reuses the inode is created after that open (we held
+//!   the old inode open until then), so its ctime is at most a tick behind that clock and
+//!   cannot equal the cached, settled ctime. The same rule keeps a file still being written
+//!   in place (not our packager's way) out of the cache: every write moves its ctime.
+//!   Only a backwards step of the system clock larger than the settle time, together with an
+//!   inode reuse at equal size, could defeat it.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http::HeaderValue;
 
-use crate::files::Version;
+use crate::files::{Stamp, Version};
+
+/// A playlist enters the cache only once its ctime is this much older than the clock read
+/// before it was opened (see the module docs): comfortably above the kernel's coarse clock
+/// tick (1-10 ms), far below a live playlist's lifetime (a target duration, seconds).
+pub const PLAYLIST_SETTLE: Duration = Duration::from_millis(50);
+/// Most playlists kept; a live origin has a few per stream (master plus renditions).
+pub const PLAYLIST_MAX_ENTRIES: usize = 1024;
+/// Largest playlist kept; a live window is a few KiB, and bigger ones are read every time.
+pub const PLAYLIST_MAX_BYTES: u64 = 256 * 1024;
 
 /// Byte-bounded LRU map from path to body.
 #[derive(Debug)]
@@ -123,6 +158,106 @@ impl SegmentCache {
     }
 }
 
+/// One version of a playlist with the response headers derived from it, prepared once per
+/// version rather than once per request.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Identity of the inode the body was read from.
+    pub stamp: Stamp,
+    /// The whole file.
+    pub body: Bytes,
+    /// Strong ETag of the version ([`Version::etag`]).
+    pub etag: HeaderValue,
+    /// `Last-Modified` of the version.
+    pub last_modified: HeaderValue,
+    /// `Content-Length` of the whole body.
+    pub content_length: HeaderValue,
+}
+
+impl Prepared {
+    /// Prepares the headers of `body`, read from the file described by `stamp`.
+    pub fn new(stamp: Stamp, body: Bytes) -> Self {
+        let version = stamp.version;
+        Self {
+            stamp,
+            content_length: HeaderValue::from(body.len() as u64),
+            body,
+            etag: ascii_header(version.etag()),
+            last_modified: ascii_header(httpdate::fmt_http_date(version.modified())),
+        }
+    }
+
+    /// The version's ETag as text (for precondition checks).
+    pub fn etag_str(&self) -> &str {
+        self.etag.to_str().unwrap_or_default()
+    }
+}
+
+fn ascii_header(value: String) -> HeaderValue {
+    // Hex digits, quotes, dashes and an HTTP date: always a valid header value.
+    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Playlists by relative path, each valid only for the exact [`Stamp`] it was read at.
+#[derive(Debug, Default)]
+pub struct PlaylistCache {
+    // A std RwLock: every request takes a read lock for one hash lookup; writes happen once
+    // per playlist version (every few seconds per stream).
+    entries: RwLock<HashMap<PathBuf, Arc<Prepared>>>,
+}
+
+impl PlaylistCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The entry for `path` if it was read at exactly `stamp`.
+    pub fn get(&self, path: &Path, stamp: &Stamp) -> Option<Arc<Prepared>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(path)
+            .filter(|entry| entry.stamp == *stamp)
+            .cloned()
+    }
+
+    /// Whether `prepared`, read from a file opened after the wall clock read `opened_after`,
+    /// may be cached: small enough, and settled (see the module docs).
+    pub fn admits(prepared: &Prepared, opened_after: SystemTime) -> bool {
+        let settled = opened_after
+            .checked_sub(PLAYLIST_SETTLE)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(i128::MIN, |d| d.as_nanos() as i128);
+        prepared.body.len() as u64 <= PLAYLIST_MAX_BYTES && prepared.stamp.ctime_nanos <= settled
+    }
+
+    /// Stores `prepared` for `path`, replacing the previous version. Beyond
+    /// [`PLAYLIST_MAX_ENTRIES`] the cache starts over: a miss only costs one read.
+    pub fn insert(&self, path: PathBuf, prepared: Arc<Prepared>) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= PLAYLIST_MAX_ENTRIES && !entries.contains_key(&path) {
+            entries.clear();
+        }
+        entries.insert(path, prepared);
+    }
+
+    /// Forgets `path` (the file is gone).
+    pub fn remove(&self, path: &Path) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.remove(path);
+    }
+
+    /// Playlists currently held.
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no playlist is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +307,42 @@ mod tests {
             cache.get(Path::new("big"), &version(4, 11)).is_none(),
             "oversized not admitted"
         );
+    }
+
+    fn stamp(inode: u64, ctime_nanos: i128) -> Stamp {
+        Stamp {
+            dev: 1,
+            version: version(inode, 3),
+            ctime_nanos,
+        }
+    }
+
+    #[test]
+    fn playlist_entry_needs_the_exact_stamp() {
+        let cache = PlaylistCache::new();
+        let p = PathBuf::from("s/index.m3u8");
+        let old = Arc::new(Prepared::new(stamp(1, 10), Bytes::from_static(b"old")));
+        cache.insert(p.clone(), old);
+        assert!(cache.get(&p, &stamp(1, 10)).is_some());
+        assert!(cache.get(&p, &stamp(2, 10)).is_none(), "renamed-in file");
+        assert!(cache.get(&p, &stamp(1, 11)).is_none(), "changed in place");
+        cache.remove(&p);
+        assert!(cache.get(&p, &stamp(1, 10)).is_none());
+    }
+
+    #[test]
+    fn only_settled_playlists_are_admitted() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        let ctime = 1_000 * 1_000_000; // 1 s, in ns
+        let p = Prepared::new(stamp(1, ctime), Bytes::from_static(b"abc"));
+        assert!(!PlaylistCache::admits(&p, at(1_000)), "just written");
+        assert!(
+            !PlaylistCache::admits(&p, at(1_049)),
+            "within the settle time"
+        );
+        assert!(PlaylistCache::admits(&p, at(1_050)));
+        assert_eq!(p.etag_str(), version(1, 3).etag());
+        assert_eq!(p.content_length, "3");
     }
 }

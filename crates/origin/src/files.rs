@@ -69,6 +69,48 @@ impl Version {
     }
 }
 
+/// A finer identity than [`Version`], used to validate cached playlists: the device, and the
+/// inode change time on top of the version.
+///
+/// `ctime` is what makes it strict: every write, truncate, rename of the inode or metadata
+/// change sets it to the kernel's current time, and unlike `mtime` no unprivileged call can
+/// set it back. So a content change always yields a new stamp, except within one coarse clock
+/// tick, which [`crate::cache::PlaylistCache`] rules out by only caching settled files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Device number (`makedev(major, minor)`), since inode numbers are per file system.
+    pub dev: u64,
+    /// Inode, size and mtime.
+    pub version: Version,
+    /// Inode change time, nanoseconds since the Unix epoch.
+    pub ctime_nanos: i128,
+}
+
+impl Stamp {
+    /// The stamp described by a file's metadata.
+    pub fn of(meta: &Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            version: Version::of(meta),
+            ctime_nanos: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+
+    fn of_statx(stx: &libc::statx) -> Self {
+        let nanos =
+            |t: libc::statx_timestamp| i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec);
+        Self {
+            dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+            version: Version {
+                inode: stx.stx_ino,
+                len: stx.stx_size,
+                mtime_nanos: nanos(stx.stx_mtime),
+            },
+            ctime_nanos: nanos(stx.stx_ctime),
+        }
+    }
+}
+
 /// A regular file opened inside the root.
 #[derive(Debug)]
 pub struct OpenFile {
@@ -76,6 +118,8 @@ pub struct OpenFile {
     pub file: File,
     /// The version of exactly this descriptor.
     pub version: Version,
+    /// The stamp of exactly this descriptor.
+    pub stamp: Stamp,
 }
 
 /// The served directory: its canonical path and an open descriptor to resolve beneath.
@@ -142,19 +186,78 @@ impl Root {
         if !meta.file_type().is_file() {
             return Err(FileError::NotFound);
         }
+        let stamp = Stamp::of(&meta);
         Ok(OpenFile {
             file,
-            version: Version::of(&meta),
+            version: stamp.version,
+            stamp,
         })
+    }
+
+    /// The stamp of `relative` (already validated by [`crate::route`]) by one `statx` on the
+    /// path, without opening it; `None` when it is not a regular file (a final symlink is not
+    /// followed, so it is `None` too). Blocking file-system call.
+    ///
+    /// No containment here: `statx` has no `RESOLVE_BENEATH`. That is sound only because the
+    /// result is used for nothing but comparing against the stamp of bytes that were read
+    /// through [`Root::open_file`]: a match serves bytes of an inode already opened beneath
+    /// the root; a mismatch (an escape lands on another inode) falls back to `open_file`.
+    pub fn stat(&self, relative: &Path) -> io::Result<Option<Stamp>> {
+        with_c_path(relative, |path| {
+            // SAFETY: all-zero is a valid statx (plain integers), and the kernel overwrites it.
+            let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+            // SAFETY: `self.dir` is an open directory descriptor borrowed for the call, `path`
+            // is NUL-terminated, and `stx` is a writable statx the kernel fills.
+            let ret = unsafe {
+                libc::statx(
+                    self.dir.as_raw_fd(),
+                    path.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT | libc::AT_STATX_SYNC_AS_STAT,
+                    libc::STATX_TYPE
+                        | libc::STATX_INO
+                        | libc::STATX_SIZE
+                        | libc::STATX_MTIME
+                        | libc::STATX_CTIME,
+                    &mut stx,
+                )
+            };
+            if ret != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let is_file = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG;
+            Ok(is_file.then(|| Stamp::of_statx(&stx)))
+        })
+    }
+}
+
+/// Longest path converted to a C string on the stack; longer ones (rare: HLS paths are short,
+/// and [`crate::route`] caps their depth) take a heap allocation.
+const STACK_PATH_BYTES: usize = 256;
+
+/// Calls `f` with `path` as a NUL-terminated string, without allocating for short paths.
+fn with_c_path<T>(path: &Path, f: impl FnOnce(&std::ffi::CStr) -> io::Result<T>) -> io::Result<T> {
+    let bytes = path.as_os_str().as_bytes();
+    // An interior NUL cannot name a file; route() already refuses it.
+    let not_found = || io::Error::from(io::ErrorKind::NotFound);
+    if bytes.len() < STACK_PATH_BYTES {
+        let mut buf = [0u8; STACK_PATH_BYTES];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let c =
+            std::ffi::CStr::from_bytes_with_nul(&buf[..=bytes.len()]).map_err(|_| not_found())?;
+        f(c)
+    } else {
+        let c = CString::new(bytes).map_err(|_| not_found())?;
+        f(&c)
     }
 }
 
 /// `openat2(dir, relative, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: EXDEV if the path
 /// would leave `dir`.
 fn openat2_beneath(dir: &File, relative: &Path) -> io::Result<File> {
-    // An interior NUL cannot name a file; route() already refuses it.
-    let path = CString::new(relative.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::NotFound))?;
+    with_c_path(relative, |path| openat2_beneath_c(dir, path))
+}
+
+fn openat2_beneath_c(dir: &File, path: &std::ffi::CStr) -> io::Result<File> {
     // libc marks open_how non-exhaustive (the kernel may grow it), so start from zeroes,
     // which is also what the kernel expects for any field we do not set.
     // SAFETY: open_how is plain integers; all-zero is a valid value.

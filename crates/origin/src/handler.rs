@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
@@ -22,7 +22,7 @@ use http::header::{
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 
 use crate::body::Body;
-use crate::cache::SegmentCache;
+use crate::cache::{PlaylistCache, Prepared, SegmentCache};
 use crate::conditional;
 use crate::files::{FileError, OpenFile, Root};
 use crate::hls::{MediaKind, NO_STORE};
@@ -49,6 +49,8 @@ pub struct App {
     pub root: Arc<Root>,
     /// Segment bodies in memory.
     pub cache: SegmentCache,
+    /// Playlists in memory, each checked against the file by one `statx` per request.
+    pub playlists: Arc<PlaylistCache>,
     /// Metrics of this server.
     pub metrics: Metrics,
     /// Longest accepted request target, in bytes.
@@ -65,10 +67,7 @@ pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>,
     add_cors(response.headers_mut());
     app.metrics
         .observe(class, response.status(), started.elapsed().as_secs_f64());
-    let counter = app
-        .metrics
-        .response_bytes
-        .with_label_values(&[class.as_str()]);
+    let counter = app.metrics.response_bytes(class).clone();
     Ok(response.map(|body| body.metered(counter)))
 }
 
@@ -123,6 +122,38 @@ async fn respond<B>(app: &App, req: &Request<B>) -> (RouteClass, Response<Body>)
     (class, if head { strip_body(response) } else { response })
 }
 
+/// Validators of one file version, as header values and as what preconditions compare.
+struct Validators {
+    etag: HeaderValue,
+    last_modified: HeaderValue,
+    modified: SystemTime,
+    len: u64,
+}
+
+impl Validators {
+    fn etag_str(&self) -> &str {
+        self.etag.to_str().unwrap_or_default()
+    }
+
+    fn insert_into(&self, h: &mut HeaderMap, kind: MediaKind) {
+        h.insert(ETAG, self.etag.clone());
+        h.insert(LAST_MODIFIED, self.last_modified.clone());
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static(kind.cache_control()),
+        );
+    }
+}
+
+/// Where the bytes of a file response come from.
+enum Source {
+    /// The whole file in memory (playlists, cacheable segments) and its whole length as a
+    /// prepared `Content-Length`.
+    Memory(Bytes, HeaderValue),
+    /// An open file, streamed once the range is known (too big for the cache, or HEAD).
+    File(std::fs::File),
+}
+
 /// Serves a file below the root with validators, conditionals and ranges.
 async fn serve_file(
     app: &App,
@@ -131,37 +162,90 @@ async fn serve_file(
     headers: &HeaderMap,
     head: bool,
 ) -> Response<Body> {
-    let root = app.root.clone();
-    // Cache key: the validated relative path (the version check makes renames safe).
-    let key = relative.clone();
-    let opened = app.fs(move || root.open_file(&relative)).await;
-    let OpenFile { file, version } = match opened {
-        Ok(Ok(file)) => file,
-        Ok(Err(FileError::NotFound)) => return not_found(),
-        Ok(Err(FileError::Io(e))) => return internal_error(&e),
-        Err(e) => return internal_error(&e),
+    let (validators, source) = if kind.is_playlist() {
+        let loaded = if app.offload_file_io {
+            let (root, playlists) = (app.root.clone(), app.playlists.clone());
+            tokio::task::spawn_blocking(move || load_playlist(&root, &playlists, relative))
+                .await
+                .map_err(|e| FileError::Io(std::io::Error::other(e)))
+                .and_then(|loaded| loaded)
+        } else {
+            load_playlist(&app.root, &app.playlists, relative)
+        };
+        let prepared = match loaded {
+            Ok(prepared) => prepared,
+            Err(FileError::NotFound) => return not_found(),
+            Err(FileError::Io(e)) => return internal_error(&e),
+        };
+        let validators = Validators {
+            etag: prepared.etag.clone(),
+            last_modified: prepared.last_modified.clone(),
+            modified: prepared.stamp.version.modified(),
+            len: prepared.stamp.version.len,
+        };
+        let source = Source::Memory(prepared.body.clone(), prepared.content_length.clone());
+        (validators, source)
+    } else {
+        let root = app.root.clone();
+        let key = relative.clone();
+        let opened = app.fs(move || root.open_file(&relative)).await;
+        let OpenFile { file, version, .. } = match opened {
+            Ok(Ok(file)) => file,
+            Ok(Err(FileError::NotFound)) => return not_found(),
+            Ok(Err(FileError::Io(e))) => return internal_error(&e),
+            Err(e) => return internal_error(&e),
+        };
+        let validators = Validators {
+            etag: header_value(version.etag()),
+            last_modified: header_value(httpdate::fmt_http_date(version.modified())),
+            modified: version.modified(),
+            len: version.len,
+        };
+        if head {
+            // The head alone needs no bytes: do not read the file or touch the cache.
+            (validators, Source::File(file))
+        } else if app.cache.admits(version.len) {
+            // Cache key: the validated relative path (the version check makes renames safe).
+            let bytes = match app.cache.get(&key, &version) {
+                Some(bytes) => {
+                    app.metrics.cache_hits.inc();
+                    bytes
+                }
+                None => {
+                    app.metrics.cache_misses.inc();
+                    let len = version.len;
+                    match app
+                        .fs(move || read_whole(file, len))
+                        .await
+                        .and_then(|read| read)
+                    {
+                        Ok(bytes) => {
+                            app.cache.insert(key, version, bytes.clone());
+                            bytes
+                        }
+                        Err(e) => return internal_error(&e),
+                    }
+                }
+            };
+            let len = HeaderValue::from(version.len);
+            (validators, Source::Memory(bytes, len))
+        } else {
+            (validators, Source::File(file))
+        }
     };
-    let etag = version.etag();
-    let modified = version.modified();
-    let mut validators = HeaderMap::new();
-    set(&mut validators, ETAG, &etag);
-    set(
-        &mut validators,
-        LAST_MODIFIED,
-        &httpdate::fmt_http_date(modified),
-    );
-    set(&mut validators, CACHE_CONTROL, kind.cache_control());
+    let etag = validators.etag_str();
+    let modified = validators.modified;
 
-    if conditional::not_modified(headers, &etag, modified) {
+    if conditional::not_modified(headers, etag, modified) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
-        response.headers_mut().extend(validators);
+        validators.insert_into(response.headers_mut(), kind);
         return response;
     }
 
-    let len = version.len;
+    let len = validators.len;
     let wanted = match headers.get(RANGE).and_then(|v| v.to_str().ok()) {
-        Some(value) if conditional::range_applies(headers, &etag, modified) => {
+        Some(value) if conditional::range_applies(headers, etag, modified) => {
             range::parse(value, len)
         }
         _ => RangeRequest::Full,
@@ -171,70 +255,93 @@ async fn serve_file(
         RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
         RangeRequest::Unsatisfiable => {
             let mut response = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-            set(
-                response.headers_mut(),
-                CONTENT_RANGE,
-                &format!("bytes */{len}"),
-            );
-            response.headers_mut().extend(validators);
+            let h = response.headers_mut();
+            h.insert(CONTENT_RANGE, header_value(format!("bytes */{len}")));
+            validators.insert_into(h, kind);
             return response;
         }
     };
     let body_len = if len == 0 { 0 } else { end - start + 1 };
+    let full = status == StatusCode::OK;
 
-    let body = if head {
-        // The head alone needs no bytes: do not read the file or touch the cache.
-        Body::empty()
-    } else if kind.is_playlist() {
-        // Never cached: the packager renames a new playlist into place every segment, and
-        // reading the descriptor we opened gives exactly one complete version of it.
-        match app
-            .fs(move || read_whole(file, len))
-            .await
-            .and_then(|read| read)
-        {
-            Ok(bytes) => Body::bytes(slice(bytes, start, body_len)),
-            Err(e) => return internal_error(&e),
-        }
-    } else if app.cache.admits(len) {
-        match app.cache.get(&key, &version) {
-            Some(bytes) => {
-                app.metrics.cache_hits.inc();
+    let (body, content_length) = match source {
+        Source::Memory(bytes, full_len) => {
+            let content_length = if full {
+                full_len
+            } else {
+                HeaderValue::from(body_len)
+            };
+            let body = if head {
+                Body::empty()
+            } else {
                 Body::bytes(slice(bytes, start, body_len))
-            }
-            None => {
-                app.metrics.cache_misses.inc();
-                match app
-                    .fs(move || read_whole(file, len))
-                    .await
-                    .and_then(|read| read)
-                {
-                    Ok(bytes) => {
-                        app.cache.insert(key, version, bytes.clone());
-                        Body::bytes(slice(bytes, start, body_len))
-                    }
+            };
+            (body, content_length)
+        }
+        Source::File(file) => {
+            let body = if head {
+                Body::empty()
+            } else {
+                match stream_from(file, start).await {
+                    Ok(file) => Body::file(file, body_len),
                     Err(e) => return internal_error(&e),
                 }
-            }
-        }
-    } else {
-        match stream_from(file, start).await {
-            Ok(file) => Body::file(file, body_len),
-            Err(e) => return internal_error(&e),
+            };
+            (body, HeaderValue::from(body_len))
         }
     };
 
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();
-    set(h, CONTENT_TYPE, kind.content_type());
-    set(h, CONTENT_LENGTH, &body_len.to_string());
-    set(h, ACCEPT_RANGES, "bytes");
-    if status == StatusCode::PARTIAL_CONTENT {
-        set(h, CONTENT_RANGE, &format!("bytes {start}-{end}/{len}"));
+    // Room for these and the CORS pair without a regrowth.
+    h.reserve(RESPONSE_HEADERS);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(kind.content_type()));
+    h.insert(CONTENT_LENGTH, content_length);
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if !full {
+        h.insert(
+            CONTENT_RANGE,
+            header_value(format!("bytes {start}-{end}/{len}")),
+        );
     }
-    h.extend(validators);
+    validators.insert_into(h, kind);
     response
+}
+
+/// Headers of a file response: type, length, ranges, range, ETag, Last-Modified,
+/// Cache-Control, and the two CORS headers.
+const RESPONSE_HEADERS: usize = 9;
+
+/// A playlist at its current version: from the [`PlaylistCache`] when one `statx` shows the
+/// cached bytes are exactly the file now at `relative` (see `crate::cache` for why this is
+/// never stale), else read through the contained open and cached if settled.
+/// Blocking file-system calls.
+fn load_playlist(
+    root: &Root,
+    playlists: &PlaylistCache,
+    relative: PathBuf,
+) -> Result<Arc<Prepared>, FileError> {
+    if let Ok(Some(stamp)) = root.stat(&relative)
+        && let Some(prepared) = playlists.get(&relative, &stamp)
+    {
+        return Ok(prepared);
+    }
+    // Read before the open: the settle rule needs a time no later than the open.
+    let opened_after = SystemTime::now();
+    let opened = match root.open_file(&relative) {
+        Ok(opened) => opened,
+        Err(e) => {
+            playlists.remove(&relative);
+            return Err(e);
+        }
+    };
+    let body = read_whole(opened.file, opened.version.len)?;
+    let prepared = Arc::new(Prepared::new(opened.stamp, body));
+    if PlaylistCache::admits(&prepared, opened_after) {
+        playlists.insert(relative, prepared.clone());
+    }
+    Ok(prepared)
 }
 
 /// Reads exactly `len` bytes from the start of `file`; fewer means the file changed under us,
@@ -328,18 +435,18 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::bytes(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     set(response.headers_mut(), CONTENT_TYPE, TEXT_PLAIN);
-    set(
-        response.headers_mut(),
-        CONTENT_LENGTH,
-        &body.len().to_string(),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     set(response.headers_mut(), CACHE_CONTROL, NO_STORE);
     response
 }
 
-fn set(h: &mut HeaderMap, name: http::header::HeaderName, value: &str) {
-    // Every value we set is ASCII built from constants, numbers and hex.
-    if let Ok(value) = HeaderValue::from_str(value) {
-        h.insert(name, value);
-    }
+fn set(h: &mut HeaderMap, name: http::header::HeaderName, value: &'static str) {
+    h.insert(name, HeaderValue::from_static(value));
+}
+
+fn header_value(value: String) -> HeaderValue {
+    // Every computed value is ASCII built from numbers, hex and HTTP dates.
+    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

@@ -4,9 +4,10 @@
 //! URL contract: `http://HOST:PORT/hls/<stream>/<file>` (e.g. `/hls/demo/index.m3u8`), plus
 //! `/healthz` and `/metrics`. Only GET, HEAD and OPTIONS are served.
 //!
-//! Live HLS rules it follows: playlists are re-read on every request and sent with
-//! `Cache-Control: no-cache` (never stale, never partial: the packager renames complete files
-//! into place and we read one open descriptor); segments are immutable, cached in memory
+//! Live HLS rules it follows: playlists are sent with `Cache-Control: no-cache` and are never
+//! stale or partial: the packager renames complete files into place, every request checks the
+//! file now at the path (one `statx`) against the exact inode stamp of the bytes held in
+//! memory, and any difference re-reads it from one open descriptor; segments are immutable, cached in memory
 //! (bounded in bytes, keyed by path and file version) and sent with a one-year `immutable`
 //! max-age. ETag/Last-Modified give cheap 304 revalidation of playlists.
 //!
@@ -21,7 +22,8 @@
 //! - [`files`]: opening below the root (openat2 `RESOLVE_BENEATH`, canonicalize fallback)
 //!   and file versions.
 //! - [`hls`]: content types and cache policy per HLS file type.
-//! - [`cache`]: byte-bounded LRU of segment bodies.
+//! - [`cache`]: byte-bounded LRU of segment bodies; stamp-validated playlists (and why that is
+//!   never stale).
 //! - [`conditional`], [`range`]: sans-IO RFC 9110 preconditions and byte ranges.
 //! - [`body`]: response bodies (memory or file stream), byte-counted.
 //! - [`metrics`]: Prometheus metrics (`origin_*`).

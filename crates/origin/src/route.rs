@@ -49,6 +49,20 @@ pub enum RouteClass {
 }
 
 impl RouteClass {
+    /// Every class, in [`RouteClass::index`] order.
+    pub const ALL: [RouteClass; 5] = [
+        RouteClass::Playlist,
+        RouteClass::Segment,
+        RouteClass::Healthz,
+        RouteClass::Metrics,
+        RouteClass::Other,
+    ];
+
+    /// Position in [`RouteClass::ALL`], for per-class tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The label value in metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,7 +90,8 @@ pub fn route(raw_path: &str) -> Route {
 /// Validates the part after `/hls/` and returns it as a relative path, or `None` if any
 /// segment is unsafe. At least `<stream>/<file>` is required.
 fn hls_relative_path(rest: &str) -> Option<PathBuf> {
-    let mut path = PathBuf::new();
+    // Decoding never lengthens a segment, so this one allocation holds the whole path.
+    let mut path = PathBuf::with_capacity(rest.len());
     let mut depth = 0;
     for raw in rest.split('/') {
         depth += 1;

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::activity::{Activity, Tracked};
-use crate::cache::SegmentCache;
+use crate::cache::{PlaylistCache, SegmentCache};
 use crate::config::Config;
 use crate::error::Result;
 use crate::files::Root;
@@ -48,6 +48,7 @@ pub async fn run(
     let app = Arc::new(App {
         root: Arc::new(Root::open(config.root.clone())?),
         cache: SegmentCache::new(config.cache_max_bytes, config.cache_max_entry_bytes),
+        playlists: Arc::new(PlaylistCache::new()),
         metrics: Metrics::new()?,
         max_uri_bytes: config.max_uri_bytes,
         offload_file_io: config.offload_file_io,

@@ -295,6 +295,41 @@ async fn playlist_replaced_by_rename_is_served_fresh() {
     }
 }
 
+/// A settled playlist is served from memory, validated by its stamp: a rename over it, an
+/// in-place rewrite of the same length, a symlink swapped in, or its removal must all be seen
+/// by the very next request.
+#[tokio::test]
+async fn cached_playlist_is_never_stale() {
+    let server = Server::start(|_| {}).await;
+    let path = "/hls/demo/index.m3u8";
+    let file = server.root().join("demo/index.m3u8");
+    let mut current = PLAYLIST.to_string();
+    for round in 0..4 {
+        // Let the file settle so that these reads fill and then hit the playlist cache.
+        tokio::time::sleep(origin::cache::PLAYLIST_SETTLE * 2).await;
+        assert_eq!(server.get(path).await.text(), current);
+        assert_eq!(server.get(path).await.text(), current);
+        // Same length every round: only the stamp tells the versions apart.
+        let next = format!("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:{round}\n");
+        if round % 2 == 0 {
+            server.replace("demo/index.m3u8", next.as_bytes());
+        } else {
+            std::fs::write(&file, &next).expect("rewrite in place");
+        }
+        assert_eq!(server.get(path).await.text(), next, "round {round}");
+        current = next;
+    }
+    tokio::time::sleep(origin::cache::PLAYLIST_SETTLE * 2).await;
+    assert_eq!(server.get(path).await.text(), current);
+    std::fs::remove_file(&file).expect("remove playlist");
+    symlink(&server.dir.path().join("secret.m3u8"), &file);
+    let escaped = server.get(path).await;
+    assert_eq!(escaped.status, 404);
+    assert!(!escaped.text().contains(SECRET));
+    std::fs::remove_file(&file).expect("remove link");
+    assert_eq!(server.get(path).await.status, 404);
+}
+
 #[tokio::test]
 async fn segments_cached_but_never_stale() {
     let server = Server::start(|_| {}).await;
