@@ -44,8 +44,8 @@ pub struct Config {
     /// socket accepts nothing this long is closed.
     #[arg(long, env = "INGEST_IDLE_TIMEOUT_SECS", default_value_t = 30)]
     pub idle_timeout_secs: u64,
-    /// Per-subscriber queue length in messages; when full the subscriber skips to the next
-    /// keyframe.
+    /// How many messages a subscriber may fall behind (the length of each stream's shared
+    /// broadcast ring); one further behind skips to the next keyframe.
     #[arg(long, env = "INGEST_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     pub subscriber_queue: usize,
     /// Keyframes a congested subscriber may skip before it is disconnected.

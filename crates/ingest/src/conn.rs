@@ -3,40 +3,35 @@
 //! ones from `rtmp`; this module only moves bytes and applies policy.
 
 use crate::Server;
-use crate::hub::{Frame, HubError, Out, Stream};
-use bytes::BytesMut;
+use crate::hub::{Frame, HubError, MEDIA_STREAM_ID, OUT_CHUNK_SIZE, Pulled, Stream, Subscription};
+use bytes::{Buf, Bytes, BytesMut};
 use rtmp::amf0::Value;
 use rtmp::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Limits, RawMessage};
 use rtmp::handshake::{HandshakeError, ServerHandshake};
-use rtmp::message::{AckTracker, Command, Message, MessageError, build, type_id, user_control};
+use rtmp::message::{
+    AckTracker, Command, Message, MessageError, build, csid, type_id, user_control,
+};
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 /// Window Acknowledgement Size and Set Peer Bandwidth we announce (what FMS and
 /// nginx-rtmp announce; ffmpeg and OBS expect values of this order).
 const WINDOW_ACK_SIZE: u32 = 2_500_000;
 /// Set Peer Bandwidth limit type 2: dynamic (spec 5.4.5).
 const PEER_BANDWIDTH_DYNAMIC: u8 = 2;
-/// Outgoing chunk size: large enough that a typical video frame is a few chunks, small
-/// enough that audio is not stuck behind a keyframe for long (nginx-rtmp's default).
-const OUT_CHUNK_SIZE: u32 = 4096;
-/// The one message stream id we hand out per connection (createStream).
-const MEDIA_STREAM_ID: u32 = 1;
 /// Read buffer headroom for publishers (media comes in) ...
 const READ_CHUNK: usize = 64 * 1024;
 /// ... and for everyone else (players only send acks and commands): per-connection memory
 /// with hundreds of players is dominated by buffers, so they stay small.
 const READ_CHUNK_SMALL: usize = 4 * 1024;
-/// A write buffer that grew beyond this (a keyframe batch) is released after the flush
-/// instead of being kept per connection.
-const WBUF_KEEP: usize = 64 * 1024;
-/// Stop batching queued messages into one write once this many bytes are pending.
+/// A player pulls at most about this many bytes from the hub per write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
-/// Most queued messages written in one batch to a player before flushing.
-const WRITE_BATCH: usize = 64;
+/// Most buffers per vectored write (Linux's IOV_MAX is 1024).
+const MAX_IOV: usize = 64;
 
 /// Why a connection was closed abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +62,7 @@ enum Role {
     },
     Playing {
         stream: Arc<Stream>,
-        rx: mpsc::Receiver<Out>,
+        sub: Subscription,
     },
 }
 
@@ -77,7 +72,12 @@ struct Conn {
     server: Arc<Server>,
     sock: TcpStream,
     rbuf: BytesMut,
+    /// This connection's own messages (replies, acks), encoded by `enc`; moved to `out`
+    /// as one buffer before anything else is queued behind them.
     wbuf: BytesMut,
+    /// Buffers waiting to be written, in order: shared fan-out bytes from the hub and this
+    /// connection's own; written with vectored writes, never copied together.
+    out: VecDeque<Bytes>,
     dec: ChunkDecoder,
     enc: ChunkEncoder,
     acks: AckTracker,
@@ -115,6 +115,7 @@ pub async fn handle(
         sock,
         rbuf: BytesMut::with_capacity(READ_CHUNK_SMALL),
         wbuf: BytesMut::new(),
+        out: VecDeque::new(),
         enc: ChunkEncoder::new(),
         acks: AckTracker::default(),
         connected: false,
@@ -163,19 +164,37 @@ impl Conn {
         Ok(n)
     }
 
-    async fn flush(&mut self) -> Result<(), ConnError> {
+    /// Queues this connection's own encoded messages behind what is already queued.
+    fn stage(&mut self) {
         if !self.wbuf.is_empty() {
-            let idle = self.server.config.idle_timeout();
-            tokio::time::timeout(idle, self.sock.write_all(&self.wbuf))
-                .await
-                .map_err(|_| ConnError::Timeout("write blocked"))??;
-            self.server.metrics.bytes_out.inc_by(self.wbuf.len() as u64);
-            if self.wbuf.capacity() > WBUF_KEEP {
-                self.wbuf = BytesMut::new();
-            } else {
-                self.wbuf.clear();
-            }
+            self.out.push_back(self.wbuf.split().freeze());
         }
+    }
+
+    /// Writes everything queued. The socket usually has room, so the first attempt is a
+    /// plain non-blocking write, with no timer; only a full socket waits, up to the idle
+    /// timeout.
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        self.stage();
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let mut written = write_some(&self.sock, &mut self.out)?;
+        if !self.out.is_empty() {
+            let idle = self.server.config.idle_timeout();
+            let (sock, out) = (&self.sock, &mut self.out);
+            written += tokio::time::timeout(idle, async {
+                let mut n = 0;
+                while !out.is_empty() {
+                    sock.writable().await?;
+                    n += write_some(sock, out)?;
+                }
+                Ok::<_, std::io::Error>(n)
+            })
+            .await
+            .map_err(|_| ConnError::Timeout("write blocked"))??;
+        }
+        self.server.metrics.bytes_out.inc_by(written as u64);
         Ok(())
     }
 
@@ -191,6 +210,10 @@ impl Conn {
             while let Some(raw) = self.dec.read(&mut self.rbuf)? {
                 self.on_message(raw)?;
             }
+            if let Role::Publishing { stream } = &self.role {
+                // One wake-up of the subscribers per read, however many messages it held.
+                stream.wake();
+            }
             self.flush().await?;
             if self.closing {
                 return Ok(());
@@ -198,104 +221,51 @@ impl Conn {
             if !self.connected && tokio::time::Instant::now() > connect_deadline {
                 return Err(ConnError::Timeout("connect"));
             }
-            let playing = matches!(self.role, Role::Playing { .. });
-            self.reserve_read();
-            let event = {
-                let rx = match &mut self.role {
-                    Role::Playing { rx, .. } => Some(rx),
-                    _ => None,
-                };
+            let n = if let Role::Playing { stream, sub } = &mut self.role {
+                // Register for the next wake-up before looking, so none is missed.
+                let notified = stream.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if !self.wbuf.is_empty() {
+                    self.out.push_back(self.wbuf.split().freeze());
+                }
+                match sub.pull(&self.server.metrics, &mut self.out, WRITE_BATCH_BYTES) {
+                    Pulled::Dropped => {
+                        tracing::info!(conn = self.id, "dropped by the hub (too slow)");
+                        return Ok(());
+                    }
+                    Pulled::Control => {
+                        // The shared bytes used these chunk streams behind our encoder's back.
+                        self.enc.forget(csid::PROTOCOL_CONTROL);
+                        self.enc.forget(csid::STREAM_COMMAND);
+                        continue;
+                    }
+                    Pulled::Media => continue,
+                    Pulled::Nothing => {}
+                }
+                self.rbuf.reserve(READ_CHUNK_SMALL);
+                // Players may legitimately send nothing for a long time; their liveness is
+                // judged by writes (see `flush`).
                 tokio::select! {
-                    r = self.sock.read_buf(&mut self.rbuf) => Event::Read(r?),
-                    out = recv(rx) => Event::Out(out),
-                    // Players may legitimately send nothing for a long time; their
-                    // liveness is judged by writes (see `flush`).
-                    _ = tokio::time::sleep(idle), if !playing => return Err(ConnError::Timeout("idle")),
+                    r = self.sock.read_buf(&mut self.rbuf) => r?,
+                    _ = &mut notified => continue,
+                }
+            } else {
+                self.reserve_read();
+                tokio::select! {
+                    r = self.sock.read_buf(&mut self.rbuf) => r?,
+                    _ = tokio::time::sleep(idle) => return Err(ConnError::Timeout("idle")),
                 }
             };
-            match event {
-                Event::Read(0) => {
-                    tracing::debug!(conn = self.id, "peer closed");
-                    return Ok(());
-                }
-                Event::Read(n) => {
-                    self.server.metrics.bytes_in.inc_by(n as u64);
-                    if let Some(seq) = self.acks.received(n) {
-                        self.send(&build::ack(seq));
-                    }
-                }
-                Event::Out(None) => {
-                    tracing::info!(conn = self.id, "dropped by the hub (too slow)");
-                    return Ok(());
-                }
-                Event::Out(Some(out)) => {
-                    self.write_out(out);
-                    // Batch whatever else is queued into the same write.
-                    for _ in 0..WRITE_BATCH {
-                        if self.wbuf.len() >= WRITE_BATCH_BYTES {
-                            break;
-                        }
-                        let Role::Playing { rx, .. } = &mut self.role else {
-                            break;
-                        };
-                        match rx.try_recv() {
-                            Ok(o) => self.write_out(o),
-                            Err(_) => break,
-                        }
-                    }
-                }
+            if n == 0 {
+                tracing::debug!(conn = self.id, "peer closed");
+                return Ok(());
+            }
+            self.server.metrics.bytes_in.inc_by(n as u64);
+            if let Some(seq) = self.acks.received(n) {
+                self.send(&build::ack(seq));
             }
         }
-    }
-
-    fn write_out(&mut self, out: Out) {
-        let sid = MEDIA_STREAM_ID;
-        match out {
-            Out::SessionStart => {
-                // New session: absolute timestamps again (type-0 headers on every chunk stream).
-                self.enc.reset();
-                self.send(&build::user_control(user_control::STREAM_BEGIN, sid));
-                self.send(&build::on_status(
-                    sid,
-                    "status",
-                    "NetStream.Play.PublishNotify",
-                    "publish session started",
-                ));
-            }
-            Out::SessionEnd => {
-                self.send(&build::user_control(user_control::STREAM_EOF, sid));
-                self.send(&build::on_status(
-                    sid,
-                    "status",
-                    "NetStream.Play.UnpublishNotify",
-                    "publish session ended",
-                ));
-            }
-            Out::Metadata(payload) => {
-                self.send(&RawMessage {
-                    csid: rtmp::message::csid::STREAM_COMMAND,
-                    timestamp: 0,
-                    type_id: type_id::DATA_AMF0,
-                    stream_id: sid,
-                    payload,
-                });
-            }
-            Out::Media(f) => self.send_frame(&f),
-            Out::Batch(frames) => {
-                for f in &frames {
-                    self.send_frame(f);
-                }
-            }
-        }
-    }
-
-    fn send_frame(&mut self, f: &Frame) {
-        self.send(&build::media(
-            f.video,
-            MEDIA_STREAM_ID,
-            f.timestamp,
-            f.data.clone(),
-        ));
     }
 
     fn on_message(&mut self, raw: RawMessage) -> Result<(), ConnError> {
@@ -502,12 +472,8 @@ impl Conn {
             self.closing = true;
             return;
         }
-        match self
-            .server
-            .hub
-            .subscribe(name, self.id, self.server.config.subscriber_queue)
-        {
-            Ok((stream, rx)) => {
+        match self.server.hub.subscribe(name, self.id) {
+            Ok(sub) => {
                 tracing::info!(conn = self.id, peer = %self.peer, stream = name, "playing");
                 self.send(&build::user_control(
                     user_control::STREAM_IS_RECORDED,
@@ -538,7 +504,8 @@ impl Conn {
                         Value::Boolean(true),
                     ],
                 ));
-                self.role = Role::Playing { stream, rx };
+                let stream = sub.stream().clone();
+                self.role = Role::Playing { stream, sub };
             }
             Err(e) => {
                 tracing::warn!(conn = self.id, stream = name, error = %e, "play refused");
@@ -558,21 +525,45 @@ impl Conn {
         match std::mem::replace(&mut self.role, Role::None) {
             Role::None => {}
             Role::Publishing { stream } => self.server.hub.unpublish(&stream, self.id),
-            Role::Playing { stream, .. } => self.server.hub.unsubscribe(&stream, self.id),
+            Role::Playing { sub, .. } => self.server.hub.unsubscribe(&sub),
         }
     }
 }
 
-enum Event {
-    Read(usize),
-    Out(Option<Out>),
-}
-
-async fn recv(rx: Option<&mut mpsc::Receiver<Out>>) -> Option<Out> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+/// Writes as much of `out` as the socket takes now, in vectored writes; returns the bytes
+/// written (`WouldBlock` is not an error: the rest stays queued).
+fn write_some(sock: &TcpStream, out: &mut VecDeque<Bytes>) -> std::io::Result<usize> {
+    let mut total = 0;
+    while !out.is_empty() {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let mut k = 0;
+        for b in out.iter().filter(|b| !b.is_empty()).take(MAX_IOV) {
+            iov[k] = IoSlice::new(b);
+            k += 1;
+        }
+        if k == 0 {
+            out.clear();
+            break;
+        }
+        let mut n = match sock.try_write_vectored(&iov[..k]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        };
+        total += n;
+        while n > 0 || out.front().is_some_and(Bytes::is_empty) {
+            let front = out.front_mut().expect("written bytes were queued");
+            if front.len() <= n {
+                n -= front.len();
+                out.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
     }
+    Ok(total)
 }
 
 fn split_query(s: &str) -> (&str, &str) {

@@ -1,22 +1,49 @@
 //! The stream hub: one entry per stream name, holding its publisher slot, session identity
 //! (id and start time), metadata, sequence headers, GOP cache, and subscribers.
 //!
-//! Fan-out happens on the publisher's task, under the stream's lock, with `try_send` into
-//! each subscriber's bounded queue: a full queue never blocks the publisher or other
-//! subscribers. A subscriber whose queue is full skips media until the next keyframe (its
-//! player sees a jump, never a broken GOP); one that is still full after
-//! [`crate::Config::max_skipped_gops`] keyframes is dropped.
+//! # Fan-out: serialise once, share the bytes, subscribers pull
+//! Every message for subscribers (media, metadata, session start/end) is serialised once,
+//! on the publisher's task, into RTMP chunks ([`rtmp::chunk::write_absolute`]: a type-0
+//! header with the absolute timestamp, at the one outgoing chunk size [`OUT_CHUNK_SIZE`]
+//! every connection uses). A type-0 message decodes the same whatever a peer received before
+//! on that chunk stream, so these bytes are valid for every subscriber, whatever it joined
+//! at or skipped: one copy per message instead of one per subscriber, identical timestamps
+//! for all by construction, and no per-subscriber header state. The price is 4 header
+//! bytes per message over a type-1 delta header.
+//!
+//! The bytes (refcounted [`Bytes`]) go into one bounded ring per stream. Each subscriber
+//! has a cursor into it and pulls everything new in one go ([`Subscription::pull`]), which
+//! its connection writes with one vectored write; the publisher's connection wakes the
+//! subscribers once per read from its socket ([`Stream::wake`]), not once per subscriber
+//! and message. A subscriber holds no media of its own, so memory is the ring plus the GOP
+//! cache per stream, whatever the number of subscribers.
+//!
+//! # Slow subscribers
+//! A subscriber whose cursor falls behind the ring (more than [`HubLimits::ring_len`]
+//! messages behind) skips media until the next keyframe, where it gets the session
+//! start (if it missed one), metadata and sequence headers again (its player sees a jump,
+//! never a broken GOP). One that is still behind the ring at more than
+//! [`HubLimits::max_skipped_gops`] keyframes is dropped.
 //!
 //! A std `Mutex`, not a tokio one: it is never held across an `.await`, and every critical
-//! section is short (pushes of refcounted `Bytes`).
+//! section is short (pushes and clones of refcounted `Bytes`).
 
 use crate::metrics::Metrics;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rtmp::amf0::{self, Value};
+use rtmp::chunk::{self, RawMessage};
 use rtmp::media;
-use std::collections::HashMap;
+use rtmp::message::{build, csid, type_id, user_control};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+
+/// Outgoing chunk size of every connection: large enough that a typical video frame is a
+/// few chunks, small enough that audio is not stuck behind a keyframe for long
+/// (nginx-rtmp's default). One size for all is what lets subscribers share the bytes.
+pub const OUT_CHUNK_SIZE: u32 = 4096;
+/// The one message stream id we hand out per connection (createStream).
+pub const MEDIA_STREAM_ID: u32 = 1;
 
 /// One audio or video message as the publisher sent it.
 #[derive(Debug, Clone)]
@@ -27,22 +54,6 @@ pub struct Frame {
     pub timestamp: u32,
     /// FLV AUDIODATA / VIDEODATA body, untouched.
     pub data: Bytes,
-}
-
-/// What the hub sends a subscriber's connection task.
-#[derive(Debug, Clone)]
-pub enum Out {
-    /// A publish session started: StreamBegin + NetStream.Play.PublishNotify, and the
-    /// subscriber's chunk encoder resets so the next messages carry absolute timestamps.
-    SessionStart,
-    /// The publish session ended: StreamEOF + NetStream.Play.UnpublishNotify.
-    SessionEnd,
-    /// An encoded `onMetaData` data message body (AMF0).
-    Metadata(Bytes),
-    /// One media message.
-    Media(Frame),
-    /// Several media messages at once (sequence headers + GOP cache for a joiner).
-    Batch(Vec<Frame>),
 }
 
 /// Why the hub refused a publish or play.
@@ -56,16 +67,50 @@ pub enum HubError {
     TooManyStreams,
 }
 
-struct Subscriber {
+/// What a ring entry is, for skipping and resynchronisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// A media message that is neither a keyframe nor a sequence header: skippable.
+    Media,
+    /// A random access point (video keyframe, or any audio frame of an audio-only stream).
+    Key,
+    /// An audio or video sequence header.
+    SequenceHeader,
+    /// StreamBegin + NetStream.Play.PublishNotify.
+    SessionStart,
+    /// StreamEOF + NetStream.Play.UnpublishNotify.
+    SessionEnd,
+    /// onMetaData.
+    Metadata,
+}
+
+/// One message for subscribers, serialised once as RTMP chunks.
+#[derive(Debug, Clone)]
+struct Entry {
+    kind: Kind,
+    session_id: u64,
+    bytes: Bytes,
+    /// On [`Kind::Key`] entries: metadata and sequence headers as of this keyframe, for a
+    /// subscriber that resumes here after skipping.
+    resync: Option<Bytes>,
+}
+
+/// Per-subscriber state the publisher side needs (cursor for lag checks).
+struct SubState {
     id: u64,
-    tx: mpsc::Sender<Out>,
-    /// Skipping media until the next keyframe because the queue was full.
+    /// Sequence number of the next ring entry this subscriber takes.
+    next: u64,
+    /// Skipping media until the next keyframe.
     waiting_key: bool,
-    /// Keyframes passed while still full; over the limit the subscriber is dropped.
+    /// Entries were lost (ring overtook the cursor): resend session/metadata/sequence
+    /// headers at the keyframe where it resumes.
+    need_resync: bool,
+    /// Keyframes pushed while this subscriber was behind the ring.
     skipped_gops: u32,
-    /// Session id this subscriber has been told about (a missed SessionStart while skipping
-    /// is re-sent when it resumes).
+    /// Session id this subscriber has been told about.
     session_seen: u64,
+    /// Dropped by the hub (too slow); its connection closes at its next pull.
+    dropped: bool,
 }
 
 #[derive(Default)]
@@ -75,22 +120,107 @@ struct StreamState {
     start_time_ms: Option<i64>,
     /// The publisher's onMetaData properties.
     metadata: Option<Vec<(String, Value)>>,
-    /// Encoded onMetaData with our two properties, once the start time is known.
+    /// Serialised onMetaData with our two properties, once the start time is known.
     metadata_out: Option<Bytes>,
-    video_seq: Option<Frame>,
-    audio_seq: Option<Frame>,
+    video_seq: Option<Bytes>,
+    audio_seq: Option<Bytes>,
+    /// metadata_out + sequence headers in one buffer, built on demand, cleared on change.
+    resync: Option<Bytes>,
     has_video: bool,
-    /// Frames since the latest keyframe (empty if none yet, or if it outgrew the cap).
-    gop: Vec<Frame>,
+    /// Messages since the latest keyframe (empty if none yet, or if it outgrew the cap).
+    gop: Vec<Bytes>,
     gop_bytes: usize,
     gop_overflow: bool,
-    subscribers: Vec<Subscriber>,
+    /// The broadcast ring: entry `base + i` is `ring[i]`.
+    ring: VecDeque<Entry>,
+    base: u64,
+    /// Subscribers by slot ([`Subscription::slot`]); `None` is a free slot.
+    subs: Vec<Option<SubState>>,
+    free_slots: Vec<usize>,
+    sub_count: usize,
+}
+
+impl StreamState {
+    fn head(&self) -> u64 {
+        self.base + self.ring.len() as u64
+    }
+
+    fn push(&mut self, limits: &HubLimits, metrics: &Metrics, kind: Kind, bytes: Bytes) {
+        let resync = (kind == Kind::Key).then(|| self.resync_bytes());
+        if kind == Kind::Key {
+            self.check_lagging(limits, metrics);
+        }
+        if self.ring.len() >= limits.ring_len.max(1) {
+            self.ring.pop_front();
+            self.base += 1;
+        }
+        self.ring.push_back(Entry {
+            kind,
+            session_id: self.session_id,
+            bytes,
+            resync,
+        });
+    }
+
+    /// At each keyframe: subscribers still behind the ring have skipped one more GOP;
+    /// over the limit they are dropped. O(subscribers) once per GOP.
+    fn check_lagging(&mut self, limits: &HubLimits, metrics: &Metrics) {
+        let (base, head) = (self.base, self.head());
+        let ring_full = self.ring.len() >= limits.ring_len.max(1);
+        for s in self.subs.iter_mut().flatten() {
+            // Behind: entries it has not taken are gone, or are about to be.
+            let behind = s.next < base || (ring_full && s.next == base && base < head);
+            if s.dropped || !behind {
+                continue;
+            }
+            s.skipped_gops += 1;
+            if s.skipped_gops > limits.max_skipped_gops {
+                tracing::warn!(subscriber = s.id, "subscriber too slow, dropping it");
+                metrics.subscribers_dropped.inc();
+                metrics.dropped_frames.inc_by(head - s.next);
+                s.dropped = true;
+            }
+        }
+    }
+
+    fn resync_bytes(&mut self) -> Bytes {
+        if let Some(r) = &self.resync {
+            return r.clone();
+        }
+        let parts = [&self.metadata_out, &self.video_seq, &self.audio_seq];
+        let mut b =
+            BytesMut::with_capacity(parts.iter().flat_map(|p| p.iter()).map(Bytes::len).sum());
+        for p in parts.into_iter().flatten() {
+            b.extend_from_slice(p);
+        }
+        let r = b.freeze();
+        self.resync = Some(r.clone());
+        r
+    }
 }
 
 /// A stream's shared state.
 pub struct Stream {
     name: String,
     state: Mutex<StreamState>,
+    /// Wakes subscribers waiting for new ring entries.
+    notify: Notify,
+    /// The hub's serialised session start, for resynchronising subscribers.
+    session_start: Bytes,
+}
+
+impl Stream {
+    /// Wakes every subscriber waiting for new entries. The publisher's connection calls
+    /// this once per read from its socket, after pushing what that read held.
+    pub fn wake(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// A future that completes at the next [`Stream::wake`]. `enable` it before a
+    /// [`Subscription::pull`] that finds nothing, so a wake in between is not lost.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
 }
 
 /// Knobs the hub needs.
@@ -102,6 +232,9 @@ pub struct HubLimits {
     pub gop_cache_bytes: usize,
     /// Keyframes a congested subscriber may skip before it is dropped.
     pub max_skipped_gops: u32,
+    /// Messages in each stream's broadcast ring: how far a subscriber may fall behind
+    /// before it skips to the next keyframe.
+    pub ring_len: usize,
 }
 
 /// All streams.
@@ -112,6 +245,10 @@ pub struct Hub {
     session_ids: Mutex<HashMap<String, u64>>,
     limits: HubLimits,
     metrics: Arc<Metrics>,
+    /// Serialised StreamBegin + PublishNotify and StreamEOF + UnpublishNotify (the same
+    /// for every stream and subscriber).
+    session_start: Bytes,
+    session_end: Bytes,
 }
 
 fn now_unix_ms() -> i64 {
@@ -121,14 +258,44 @@ fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Serialises messages once for all subscribers.
+fn shared(msgs: &[RawMessage]) -> Bytes {
+    let size = OUT_CHUNK_SIZE as usize;
+    let len = msgs.iter().map(|m| chunk::absolute_len(size, m)).sum();
+    let mut b = BytesMut::with_capacity(len);
+    for m in msgs {
+        chunk::write_absolute(size, m, &mut b);
+    }
+    b.freeze()
+}
+
 impl Hub {
     /// An empty hub.
     pub fn new(limits: HubLimits, metrics: Arc<Metrics>) -> Self {
+        let sid = MEDIA_STREAM_ID;
         Self {
             streams: Mutex::default(),
             session_ids: Mutex::default(),
             limits,
             metrics,
+            session_start: shared(&[
+                build::user_control(user_control::STREAM_BEGIN, sid),
+                build::on_status(
+                    sid,
+                    "status",
+                    "NetStream.Play.PublishNotify",
+                    "publish session started",
+                ),
+            ]),
+            session_end: shared(&[
+                build::user_control(user_control::STREAM_EOF, sid),
+                build::on_status(
+                    sid,
+                    "status",
+                    "NetStream.Play.UnpublishNotify",
+                    "publish session ended",
+                ),
+            ]),
         }
     }
 
@@ -143,6 +310,8 @@ impl Hub {
         let s = Arc::new(Stream {
             name: name.to_owned(),
             state: Mutex::default(),
+            notify: Notify::new(),
+            session_start: self.session_start.clone(),
         });
         streams.insert(name.to_owned(), s.clone());
         self.metrics.streams.set(streams.len() as i64);
@@ -154,7 +323,7 @@ impl Hub {
         let mut streams = self.streams.lock().expect("hub lock");
         let idle = {
             let st = stream.state.lock().expect("stream lock");
-            st.publisher.is_none() && st.subscribers.is_empty()
+            st.publisher.is_none() && st.sub_count == 0
         };
         if idle
             && streams
@@ -189,13 +358,20 @@ impl Hub {
             st.metadata_out = None;
             st.video_seq = None;
             st.audio_seq = None;
+            st.resync = None;
             st.has_video = false;
             st.gop.clear();
             st.gop_bytes = 0;
             st.gop_overflow = false;
             tracing::info!(stream = name, session_id, "publish session started");
-            broadcast_control(&mut st, &self.metrics, Out::SessionStart);
+            st.push(
+                &self.limits,
+                &self.metrics,
+                Kind::SessionStart,
+                self.session_start.clone(),
+            );
         }
+        stream.wake();
         self.metrics.publishers.inc();
         Ok(stream)
     }
@@ -210,51 +386,75 @@ impl Hub {
             st.publisher = None;
             st.start_time_ms = None;
             st.metadata_out = None;
+            st.resync = None;
             st.gop.clear();
             st.gop_bytes = 0;
             tracing::info!(stream = %stream.name, session_id = st.session_id, "publish session ended");
-            broadcast_control(&mut st, &self.metrics, Out::SessionEnd);
+            st.push(
+                &self.limits,
+                &self.metrics,
+                Kind::SessionEnd,
+                self.session_end.clone(),
+            );
         }
+        stream.wake();
         self.metrics.publishers.dec();
         self.gc(stream);
     }
 
     /// The publisher's onMetaData.
     pub fn set_metadata(&self, stream: &Stream, props: Vec<(String, Value)>) {
-        let mut st = stream.state.lock().expect("stream lock");
-        st.metadata = Some(props);
-        if st.start_time_ms.is_some() {
-            let out = encode_metadata(&st);
-            st.metadata_out = Some(out.clone());
-            broadcast_control(&mut st, &self.metrics, Out::Metadata(out));
+        {
+            let mut st = stream.state.lock().expect("stream lock");
+            st.metadata = Some(props);
+            if st.start_time_ms.is_some() {
+                self.new_metadata(&mut st);
+            }
         }
+        stream.wake();
     }
 
-    /// One media message from the publisher.
+    fn new_metadata(&self, st: &mut StreamState) {
+        let out = encode_metadata(st);
+        st.metadata_out = Some(out.clone());
+        st.resync = None;
+        st.push(&self.limits, &self.metrics, Kind::Metadata, out);
+    }
+
+    /// One media message from the publisher. Subscribers see it after the next
+    /// [`Stream::wake`].
     pub fn media(&self, stream: &Stream, frame: Frame) {
-        let mut st = stream.state.lock().expect("stream lock");
-        if st.start_time_ms.is_none() {
-            // Contract: wall clock at the first media message minus its timestamp.
-            st.start_time_ms = Some(now_unix_ms() - frame.timestamp as i64);
-            let out = encode_metadata(&st);
-            st.metadata_out = Some(out.clone());
-            tracing::info!(stream = %stream.name, session_id = st.session_id, start_time_ms = st.start_time_ms, "stream start time fixed");
-            broadcast_control(&mut st, &self.metrics, Out::Metadata(out));
-        }
         let (keyframe, seq) = if frame.video {
             let i = media::video_info(&frame.data);
             (i.keyframe && !i.sequence_header, i.sequence_header)
         } else {
-            // Audio-only streams: every audio frame is a random access point.
-            (!st.has_video, media::is_audio_sequence_header(&frame.data))
+            (false, media::is_audio_sequence_header(&frame.data))
         };
-        if seq {
+        // Serialised outside the lock: the one copy of this message for all subscribers.
+        let bytes = shared(&[build::media(
+            frame.video,
+            MEDIA_STREAM_ID,
+            frame.timestamp,
+            frame.data,
+        )]);
+        let mut st = stream.state.lock().expect("stream lock");
+        if st.start_time_ms.is_none() {
+            // Contract: wall clock at the first media message minus its timestamp.
+            st.start_time_ms = Some(now_unix_ms() - frame.timestamp as i64);
+            tracing::info!(stream = %stream.name, session_id = st.session_id, start_time_ms = st.start_time_ms, "stream start time fixed");
+            self.new_metadata(&mut st);
+        }
+        // Audio-only streams: every audio frame is a random access point.
+        let keyframe = keyframe || (!frame.video && !seq && !st.has_video);
+        let kind = if seq {
             if frame.video {
                 st.has_video = true;
-                st.video_seq = Some(frame.clone());
+                st.video_seq = Some(bytes.clone());
             } else {
-                st.audio_seq = Some(frame.clone());
+                st.audio_seq = Some(bytes.clone());
             }
+            st.resync = None;
+            Kind::SequenceHeader
         } else {
             // GOP cache: restart at each keyframe; stop caching a GOP that outgrows the cap.
             if keyframe {
@@ -263,156 +463,199 @@ impl Hub {
                 st.gop_overflow = false;
             }
             if !st.gop_overflow && (keyframe || !st.gop.is_empty()) {
-                if st.gop_bytes + frame.data.len() > self.limits.gop_cache_bytes {
+                if st.gop_bytes + bytes.len() > self.limits.gop_cache_bytes {
                     st.gop.clear();
                     st.gop_bytes = 0;
                     st.gop_overflow = true;
                 } else {
-                    st.gop_bytes += frame.data.len();
-                    st.gop.push(frame.clone());
+                    st.gop_bytes += bytes.len();
+                    st.gop.push(bytes.clone());
                 }
             }
-        }
-        let session_id = st.session_id;
-        let metadata_out = st.metadata_out.clone();
-        let resync_batch: Vec<Frame> = [st.video_seq.clone(), st.audio_seq.clone()]
-            .into_iter()
-            .flatten()
-            .collect();
-        let max_skips = self.limits.max_skipped_gops;
-        let metrics = &self.metrics;
-        st.subscribers.retain_mut(|s| {
-            if s.waiting_key && !seq {
-                if !keyframe {
-                    metrics.dropped_frames.inc();
-                    return true;
-                }
-                // Resume at this keyframe, if there is room for it and the resync.
-                if s.tx.capacity() < 4 {
-                    s.skipped_gops += 1;
-                    metrics.dropped_frames.inc();
-                    if s.skipped_gops > max_skips {
-                        tracing::warn!(subscriber = s.id, "subscriber too slow, dropping it");
-                        metrics.subscribers_dropped.inc();
-                        return false;
-                    }
-                    return true;
-                }
-                s.waiting_key = false;
-                s.skipped_gops = 0;
-                tracing::debug!(
-                    subscriber = s.id,
-                    "congested subscriber resumes at keyframe"
-                );
-                if s.session_seen != session_id {
-                    s.session_seen = session_id;
-                    let _ = s.tx.try_send(Out::SessionStart);
-                    if let Some(m) = &metadata_out {
-                        let _ = s.tx.try_send(Out::Metadata(m.clone()));
-                    }
-                    let _ = s.tx.try_send(Out::Batch(resync_batch.clone()));
-                }
-            }
-            match s.tx.try_send(Out::Media(frame.clone())) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::debug!(
-                        subscriber = s.id,
-                        "subscriber queue full, skipping to next keyframe"
-                    );
-                    metrics.dropped_frames.inc();
-                    s.waiting_key = true;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+            if keyframe { Kind::Key } else { Kind::Media }
+        };
+        st.push(&self.limits, &self.metrics, kind, bytes);
     }
 
-    /// Adds a subscriber and queues what a late joiner needs: session start, metadata,
-    /// sequence headers and the GOP cache, all under the lock so nothing is missed or doubled.
-    pub fn subscribe(
-        &self,
-        name: &str,
-        id: u64,
-        queue: usize,
-    ) -> Result<(Arc<Stream>, mpsc::Receiver<Out>), HubError> {
+    /// Adds a subscriber. Its first pull returns what a late joiner needs: session start,
+    /// metadata, sequence headers and the GOP cache, taken under the lock together with its
+    /// ring cursor so nothing is missed or doubled.
+    pub fn subscribe(&self, name: &str, id: u64) -> Result<Subscription, HubError> {
         let stream = self.get_or_create(name)?;
-        // Room for the join burst (one Batch message) plus the regular queue.
-        let (tx, rx) = mpsc::channel(queue.max(8));
-        {
+        let mut join = Vec::new();
+        let slot = {
             let mut st = stream.state.lock().expect("stream lock");
             // With no publisher yet, the subscriber gets the next session from its start.
             let mut waiting_key = st.publisher.is_some();
             if st.publisher.is_some() {
-                let _ = tx.try_send(Out::SessionStart);
-                if let Some(m) = &st.metadata_out {
-                    let _ = tx.try_send(Out::Metadata(m.clone()));
-                }
-                let mut batch: Vec<Frame> = [st.video_seq.clone(), st.audio_seq.clone()]
-                    .into_iter()
-                    .flatten()
-                    .collect();
+                join.push(self.session_start.clone());
+                join.push(st.resync_bytes());
                 if !st.gop.is_empty() {
                     waiting_key = false;
-                    batch.extend(st.gop.iter().cloned());
+                    join.extend(st.gop.iter().cloned());
                 }
-                let _ = tx.try_send(Out::Batch(batch));
             }
-            let session_seen = st.session_id;
-            st.subscribers.push(Subscriber {
+            let sub = SubState {
                 id,
-                tx,
+                next: st.head(),
                 waiting_key,
+                need_resync: false,
                 skipped_gops: 0,
-                session_seen,
-            });
-        }
+                session_seen: st.session_id,
+                dropped: false,
+            };
+            st.sub_count += 1;
+            match st.free_slots.pop() {
+                Some(i) => {
+                    st.subs[i] = Some(sub);
+                    i
+                }
+                None => {
+                    st.subs.push(Some(sub));
+                    st.subs.len() - 1
+                }
+            }
+        };
         self.metrics.subscribers.inc();
-        Ok((stream, rx))
+        Ok(Subscription {
+            stream,
+            slot,
+            join: join.into_iter().filter(|b| !b.is_empty()).collect(),
+        })
     }
 
-    /// Removes a subscriber (idempotent).
-    pub fn unsubscribe(&self, stream: &Arc<Stream>, id: u64) {
+    /// Removes a subscriber (idempotent: a second call finds the slot gone).
+    pub fn unsubscribe(&self, sub: &Subscription) {
+        let stream = &sub.stream;
         {
             let mut st = stream.state.lock().expect("stream lock");
-            st.subscribers.retain(|s| s.id != id);
+            if st.subs.get_mut(sub.slot).and_then(Option::take).is_none() {
+                return;
+            }
+            st.free_slots.push(sub.slot);
+            st.sub_count -= 1;
         }
         self.metrics.subscribers.dec();
         self.gc(stream);
     }
 }
 
-/// Control events must not be lost: a subscriber whose queue cannot take one is put into
-/// skip mode with its session marked unseen, so it is resynchronised at the next keyframe.
-fn broadcast_control(st: &mut StreamState, metrics: &Metrics, out: Out) {
-    let session_id = st.session_id;
-    st.subscribers.retain_mut(|s| {
-        if s.waiting_key {
-            // It will get a full resync when it resumes.
-            s.session_seen = s.session_seen.min(session_id.saturating_sub(1));
-            return true;
-        }
-        match s.tx.try_send(out.clone()) {
-            Ok(()) => {
-                if matches!(out, Out::SessionStart) {
-                    s.session_seen = session_id;
-                }
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics.dropped_frames.inc();
-                s.waiting_key = true;
-                s.session_seen = session_id.saturating_sub(1);
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    });
+/// What [`Subscription::pull`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pulled {
+    /// Nothing new: wait for [`Subscription::notified`].
+    Nothing,
+    /// Media only.
+    Media,
+    /// Bytes that include messages on the control chunk streams (session start/end,
+    /// metadata): the connection's own encoder must forget those streams' header state.
+    Control,
+    /// The hub dropped this subscriber (too slow).
+    Dropped,
 }
 
-/// onMetaData for subscribers: the publisher's properties (or none) plus the two contract
-/// properties, replacing any the publisher sent under the same names.
+/// One subscriber's handle on a stream; the connection unsubscribes it with
+/// [`Hub::unsubscribe`].
+pub struct Subscription {
+    stream: Arc<Stream>,
+    slot: usize,
+    /// Join burst, handed out by the first pull.
+    join: Vec<Bytes>,
+}
+
+impl Subscription {
+    /// The stream.
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// Appends everything new for this subscriber to `out` (shared bytes, no copies), up
+    /// to about `max_bytes`, applying the skip-to-keyframe policy.
+    pub fn pull(
+        &mut self,
+        metrics: &Metrics,
+        out: &mut VecDeque<Bytes>,
+        max_bytes: usize,
+    ) -> Pulled {
+        let mut got = Pulled::Nothing;
+        if !self.join.is_empty() {
+            out.extend(self.join.drain(..));
+            got = Pulled::Control;
+        }
+        let mut st = self.stream.state.lock().expect("stream lock");
+        let st = &mut *st;
+        let Some(Some(sub)) = st.subs.get_mut(self.slot) else {
+            return Pulled::Dropped;
+        };
+        if sub.dropped {
+            return Pulled::Dropped;
+        }
+        if sub.next < st.base {
+            // The ring overtook us: skip to the next keyframe and resynchronise there.
+            metrics.dropped_frames.inc_by(st.base - sub.next);
+            tracing::debug!(
+                subscriber = sub.id,
+                lost = st.base - sub.next,
+                "subscriber behind the ring, skipping to next keyframe"
+            );
+            sub.next = st.base;
+            sub.waiting_key = true;
+            sub.need_resync = true;
+        }
+        let head = st.base + st.ring.len() as u64;
+        let mut bytes = 0;
+        while sub.next < head && bytes < max_bytes {
+            let e = &st.ring[(sub.next - st.base) as usize];
+            sub.next += 1;
+            if sub.waiting_key {
+                match e.kind {
+                    Kind::Media => {
+                        metrics.dropped_frames.inc();
+                        continue;
+                    }
+                    Kind::Key => {
+                        sub.waiting_key = false;
+                        sub.skipped_gops = 0;
+                        if sub.need_resync {
+                            sub.need_resync = false;
+                            if sub.session_seen != e.session_id {
+                                sub.session_seen = e.session_id;
+                                out.push_back(self.stream.session_start.clone());
+                            }
+                            if let Some(r) = e.resync.as_ref().filter(|r| !r.is_empty()) {
+                                out.push_back(r.clone());
+                            }
+                            got = Pulled::Control;
+                        }
+                        tracing::debug!(
+                            subscriber = sub.id,
+                            "congested subscriber resumes at keyframe"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            match e.kind {
+                Kind::SessionStart => {
+                    sub.session_seen = e.session_id;
+                    got = Pulled::Control;
+                }
+                Kind::SessionEnd | Kind::Metadata => got = Pulled::Control,
+                _ => {
+                    if got == Pulled::Nothing {
+                        got = Pulled::Media;
+                    }
+                }
+            }
+            bytes += e.bytes.len();
+            out.push_back(e.bytes.clone());
+        }
+        got
+    }
+}
+
+/// onMetaData for subscribers, serialised: the publisher's properties (or none) plus the
+/// two contract properties, replacing any the publisher sent under the same names.
 fn encode_metadata(st: &StreamState) -> Bytes {
     let mut props: Vec<(String, Value)> = st
         .metadata
@@ -429,19 +672,29 @@ fn encode_metadata(st: &StreamState) -> Bytes {
         rtmp::STREAM_SESSION_ID.into(),
         Value::Number(st.session_id as f64),
     ));
-    amf0::encode_all(&[Value::String("onMetaData".into()), Value::EcmaArray(props)]).freeze()
+    let body =
+        amf0::encode_all(&[Value::String("onMetaData".into()), Value::EcmaArray(props)]).freeze();
+    shared(&[RawMessage {
+        csid: csid::STREAM_COMMAND,
+        timestamp: 0,
+        type_id: type_id::DATA_AMF0,
+        stream_id: MEDIA_STREAM_ID,
+        payload: body,
+    }])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtmp::chunk::{ChunkDecoder, Limits};
 
-    fn hub(max_skipped_gops: u32) -> Hub {
+    fn hub(max_skipped_gops: u32, ring_len: usize) -> Hub {
         Hub::new(
             HubLimits {
                 max_streams: 4,
                 gop_cache_bytes: 1 << 20,
                 max_skipped_gops,
+                ring_len,
             },
             Metrics::new(),
         )
@@ -456,36 +709,106 @@ mod tests {
         }
     }
 
+    /// Decodes pulled bytes as a player would.
+    fn decode(dec: &mut ChunkDecoder, out: &mut VecDeque<Bytes>) -> Vec<RawMessage> {
+        let mut buf = BytesMut::new();
+        for b in out.drain(..) {
+            buf.extend_from_slice(&b);
+        }
+        let mut msgs = Vec::new();
+        while let Some(m) = dec.read(&mut buf).expect("valid chunk stream") {
+            msgs.push(m);
+        }
+        assert!(buf.is_empty(), "whole messages only");
+        msgs
+    }
+
+    fn decoder() -> ChunkDecoder {
+        let mut dec = ChunkDecoder::new(Limits::default());
+        dec.set_chunk_size(OUT_CHUNK_SIZE).expect("chunk size");
+        dec
+    }
+
     #[test]
     fn slow_subscriber_skips_then_is_dropped_fast_one_gets_everything() {
-        let h = hub(2);
+        let h = hub(2, 8);
         let s = h.publish("s", 1).expect("publish");
-        let (_, mut fast) = h.subscribe("s", 2, 10_000).expect("fast");
-        let (_, slow) = h.subscribe("s", 3, 8).expect("slow");
+        let mut fast = h.subscribe("s", 2).expect("fast");
+        let mut slow = h.subscribe("s", 3).expect("slow");
+        let (mut dec, mut out) = (decoder(), VecDeque::new());
         let frames = 300u32;
+        let mut timestamps = Vec::new();
         for i in 0..frames {
             h.media(&s, video(i * 33, i % 30 == 0));
+            fast.pull(&h.metrics, &mut out, usize::MAX);
+            timestamps.extend(
+                decode(&mut dec, &mut out)
+                    .iter()
+                    .filter(|m| m.type_id == type_id::VIDEO)
+                    .map(|m| m.timestamp),
+            );
         }
-        let mut media = 0;
-        while let Ok(o) = fast.try_recv() {
-            if matches!(o, Out::Media(_)) {
-                media += 1;
-            }
-        }
-        assert_eq!(media, frames, "fast subscriber unaffected");
-        assert!(h.metrics.dropped_frames.get() > 0);
+        let expect: Vec<u32> = (0..frames).map(|i| i * 33).collect();
+        assert_eq!(timestamps, expect, "fast subscriber unaffected");
         assert_eq!(
             h.metrics.subscribers_dropped.get(),
             1,
             "slow one dropped after skipping GOPs"
         );
-        assert!(slow.len() <= 8, "slow queue stayed bounded");
-        assert_eq!(s.state.lock().expect("lock").subscribers.len(), 1);
+        assert!(h.metrics.dropped_frames.get() > 0);
+        assert_eq!(slow.pull(&h.metrics, &mut out, usize::MAX), Pulled::Dropped);
+        assert!(
+            s.state.lock().expect("lock").ring.len() <= 8,
+            "ring stayed bounded"
+        );
+        h.unsubscribe(&slow);
+        h.unsubscribe(&slow);
+        assert_eq!(s.state.lock().expect("lock").sub_count, 1);
+    }
+
+    #[test]
+    fn lagging_subscriber_resumes_at_keyframe_with_metadata_and_sequence_headers() {
+        let h = hub(3, 16);
+        let s = h.publish("s", 1).expect("publish");
+        h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
+        h.media(
+            &s,
+            Frame {
+                video: true,
+                timestamp: 0,
+                data: Bytes::from_static(&[0x17, 0, 0, 0, 0]),
+            },
+        );
+        let mut sub = h.subscribe("s", 2).expect("join");
+        let (mut dec, mut out) = (decoder(), VecDeque::new());
+        sub.pull(&h.metrics, &mut out, usize::MAX);
+        decode(&mut dec, &mut out);
+        // 20 frames without pulling: the ring (16) overtakes the cursor.
+        for i in 0..20u32 {
+            h.media(&s, video(i * 33, i % 15 == 0));
+        }
+        assert_eq!(sub.pull(&h.metrics, &mut out, usize::MAX), Pulled::Control);
+        let msgs = decode(&mut dec, &mut out);
+        assert_eq!(msgs[0].type_id, type_id::DATA_AMF0, "metadata first");
+        assert_eq!(
+            &msgs[1].payload[..2],
+            &[0x17, 0],
+            "then the sequence header"
+        );
+        assert_eq!(
+            msgs[2].timestamp,
+            15 * 33,
+            "then the keyframe it resumes at"
+        );
+        assert!(media::video_info(&msgs[2].payload).keyframe);
+        let ts: Vec<u32> = msgs[2..].iter().map(|m| m.timestamp).collect();
+        assert_eq!(ts, (15..20).map(|i| i * 33).collect::<Vec<_>>());
+        assert!(h.metrics.dropped_frames.get() > 0);
     }
 
     #[test]
     fn late_joiner_gets_metadata_sequence_headers_and_gop_from_keyframe() {
-        let h = hub(2);
+        let h = hub(2, 1024);
         let s = h.publish("s", 1).expect("publish");
         h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
         h.media(
@@ -507,12 +830,14 @@ mod tests {
         for i in 0..45u32 {
             h.media(&s, video(i * 33, i % 30 == 0));
         }
-        let (_, mut rx) = h.subscribe("s", 2, 64).expect("join");
-        assert!(matches!(rx.try_recv(), Ok(Out::SessionStart)));
-        let Ok(Out::Metadata(m)) = rx.try_recv() else {
-            panic!("metadata second")
-        };
-        let vals = amf0::decode_all(&m).expect("amf0");
+        let mut sub = h.subscribe("s", 2).expect("join");
+        let (mut dec, mut out) = (decoder(), VecDeque::new());
+        assert_eq!(sub.pull(&h.metrics, &mut out, usize::MAX), Pulled::Control);
+        let msgs = decode(&mut dec, &mut out);
+        assert_eq!(msgs[0].type_id, type_id::USER_CONTROL, "StreamBegin first");
+        assert_eq!(msgs[1].type_id, type_id::COMMAND_AMF0, "PublishNotify");
+        assert_eq!(msgs[2].type_id, type_id::DATA_AMF0, "metadata third");
+        let vals = amf0::decode_all(&msgs[2].payload).expect("amf0");
         let props = vals[1].properties().expect("props");
         assert_eq!(amf0::number_property(props, "width"), Some(320.0));
         assert_eq!(
@@ -520,21 +845,24 @@ mod tests {
             Some(1.0)
         );
         assert!(amf0::number_property(props, rtmp::STREAM_START_TIME_MS).is_some());
-        let Ok(Out::Batch(b)) = rx.try_recv() else {
-            panic!("batch third")
-        };
+        let b = &msgs[3..];
         assert_eq!(
             b.len(),
             2 + 15,
             "two sequence headers + GOP from the keyframe at frame 30"
         );
         assert_eq!(b[2].timestamp, 30 * 33);
-        assert!(media::video_info(&b[2].data).keyframe);
+        assert!(media::video_info(&b[2].payload).keyframe);
+        assert_eq!(
+            sub.pull(&h.metrics, &mut out, usize::MAX),
+            Pulled::Nothing,
+            "nothing doubled"
+        );
     }
 
     #[test]
     fn duplicate_publisher_refused_and_session_ids_increase() {
-        let h = hub(2);
+        let h = hub(2, 1024);
         let s = h.publish("s", 1).expect("publish");
         assert_eq!(
             h.publish("s", 2).err(),

@@ -50,6 +50,7 @@ impl Server {
                 max_streams: config.max_streams,
                 gop_cache_bytes: config.gop_cache_bytes,
                 max_skipped_gops: config.max_skipped_gops,
+                ring_len: config.subscriber_queue,
             },
             metrics.clone(),
         );

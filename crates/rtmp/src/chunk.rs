@@ -357,6 +357,13 @@ impl ChunkEncoder {
         self.streams.clear();
     }
 
+    /// Forgets the header state of one chunk stream, after the caller wrote messages on it
+    /// that did not go through this encoder (see [`write_absolute`]); the next message on
+    /// `csid` gets a type-0 header.
+    pub fn forget(&mut self, csid: u32) {
+        self.streams.remove(&csid);
+    }
+
     /// Appends `msg` as chunks on chunk stream `msg.csid`.
     pub fn write(&mut self, msg: &RawMessage, out: &mut BytesMut) {
         self.write_parts(
@@ -392,38 +399,16 @@ impl ChunkEncoder {
             }
             _ => (0u8, timestamp),
         };
-        let extended = ts_field >= EXTENDED_TIMESTAMP_MARKER;
-        let field = if extended {
-            EXTENDED_TIMESTAMP_MARKER
-        } else {
-            ts_field
-        };
-        out.reserve(payload.len() + 18 + payload.len() / self.chunk_size * 8);
-        write_basic_header(out, fmt, csid);
-        out.put_uint(field as u64, 3);
-        if fmt <= 1 {
-            out.put_uint(length as u64, 3);
-            out.put_u8(type_id);
-        }
-        if fmt == 0 {
-            out.put_u32_le(stream_id);
-        }
-        if extended {
-            out.put_u32(ts_field);
-        }
-        let mut rest = payload;
-        let first = rest.len().min(self.chunk_size);
-        out.put_slice(&rest[..first]);
-        rest = &rest[first..];
-        while !rest.is_empty() {
-            write_basic_header(out, 3, csid);
-            if extended {
-                out.put_u32(ts_field);
-            }
-            let n = rest.len().min(self.chunk_size);
-            out.put_slice(&rest[..n]);
-            rest = &rest[n..];
-        }
+        write_chunks(
+            self.chunk_size,
+            fmt,
+            ts_field,
+            csid,
+            type_id,
+            stream_id,
+            payload,
+            out,
+        );
         self.streams.insert(
             csid,
             OutState {
@@ -433,6 +418,91 @@ impl ChunkEncoder {
                 stream_id,
             },
         );
+    }
+}
+
+/// Appends one message with a type-0 header (absolute timestamp) whatever was sent before
+/// on `msg.csid`, without an encoder's state.
+///
+/// A peer decodes a type-0 message the same way whatever it received before on that chunk
+/// stream (spec 5.3.1.2.1), so these bytes can be serialised once and sent, shared, to every
+/// peer that uses `chunk_size`: the fan-out path of a server. A [`ChunkEncoder`] writing on
+/// the same chunk stream must then be told with [`ChunkEncoder::forget`].
+pub fn write_absolute(chunk_size: usize, msg: &RawMessage, out: &mut BytesMut) {
+    write_chunks(
+        chunk_size.max(1),
+        0,
+        msg.timestamp,
+        msg.csid,
+        msg.type_id,
+        msg.stream_id,
+        &msg.payload,
+        out,
+    );
+}
+
+/// Length of [`write_absolute`]'s output, to size a buffer once.
+pub fn absolute_len(chunk_size: usize, msg: &RawMessage) -> usize {
+    let chunk_size = chunk_size.max(1);
+    let basic = match msg.csid {
+        0..=ONE_BYTE_CSID_MAX => 1,
+        0..=TWO_BYTE_CSID_MAX => 2,
+        _ => 3,
+    };
+    let ext = if msg.timestamp >= EXTENDED_TIMESTAMP_MARKER {
+        4
+    } else {
+        0
+    };
+    let conts = msg.payload.len().saturating_sub(1) / chunk_size;
+    basic + 11 + ext + msg.payload.len() + conts * (basic + ext)
+}
+
+/// Header `fmt` with timestamp field value `ts_field` (absolute for type 0, a delta
+/// otherwise), then the payload in `chunk_size` pieces behind type-3 headers.
+#[allow(clippy::too_many_arguments)]
+fn write_chunks(
+    chunk_size: usize,
+    fmt: u8,
+    ts_field: u32,
+    csid: u32,
+    type_id: u8,
+    stream_id: u32,
+    payload: &[u8],
+    out: &mut BytesMut,
+) {
+    let length = payload.len() as u32;
+    let extended = ts_field >= EXTENDED_TIMESTAMP_MARKER;
+    let field = if extended {
+        EXTENDED_TIMESTAMP_MARKER
+    } else {
+        ts_field
+    };
+    out.reserve(payload.len() + 18 + payload.len() / chunk_size * 8);
+    write_basic_header(out, fmt, csid);
+    out.put_uint(field as u64, 3);
+    if fmt <= 1 {
+        out.put_uint(length as u64, 3);
+        out.put_u8(type_id);
+    }
+    if fmt == 0 {
+        out.put_u32_le(stream_id);
+    }
+    if extended {
+        out.put_u32(ts_field);
+    }
+    let mut rest = payload;
+    let first = rest.len().min(chunk_size);
+    out.put_slice(&rest[..first]);
+    rest = &rest[first..];
+    while !rest.is_empty() {
+        write_basic_header(out, 3, csid);
+        if extended {
+            out.put_u32(ts_field);
+        }
+        let n = rest.len().min(chunk_size);
+        out.put_slice(&rest[..n]);
+        rest = &rest[n..];
     }
 }
 
@@ -664,6 +734,37 @@ mod tests {
             let mut buf = BytesMut::from(&data[..]);
             while let Ok(Some(_)) = dec.read(&mut buf) {}
         }
+    }
+
+    #[test]
+    fn absolute_messages_decode_the_same_after_any_history() {
+        // Shared fan-out bytes: whatever a peer decoded before on the chunk stream (here
+        // an encoder's compressed headers), a write_absolute message decodes to itself.
+        let chunk_size = 128;
+        let shared: Vec<RawMessage> = vec![
+            msg(6, 5000, 9, 300),
+            msg(4, 4990, 8, 10),
+            msg(6, 0x0100_0000, 9, 129), // extended timestamp on continuation chunks
+            msg(400, 7, 9, 0),
+        ];
+        let mut enc = ChunkEncoder::new();
+        enc.set_chunk_size(chunk_size);
+        let mut bytes = BytesMut::new();
+        let mut expect = Vec::new();
+        for m in &shared {
+            let before = msg(m.csid, m.timestamp.wrapping_add(77), 8, 20);
+            enc.write(&before, &mut bytes);
+            expect.push(before);
+            let start = bytes.len();
+            write_absolute(chunk_size, m, &mut bytes);
+            assert_eq!(bytes.len() - start, absolute_len(chunk_size, m));
+            assert_eq!(bytes[start] >> 6, 0, "type 0");
+            expect.push(m.clone());
+            enc.forget(m.csid);
+        }
+        let mut dec = ChunkDecoder::new(Limits::default());
+        dec.set_chunk_size(chunk_size as u32).expect("in range");
+        assert_eq!(decode_all(&mut dec, &bytes, 5), expect);
     }
 
     #[test]
