@@ -143,7 +143,7 @@ fn run(config: Config) -> Result<ExitCode> {
         },
     };
     let pinned = Pinned::attach(&attach)
-        .with_context(|| format!("attaching to {} (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN)", config.iface))?;
+        .with_context(|| format!("attaching to {} (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON to load the programs; adopting pinned ones needs only CAP_BPF + CAP_NET_ADMIN)", config.iface))?;
     tracing::info!(info = %pinned.attach_info(), "data plane attached");
     // Bound before dropping privileges, so an admin port below 1024 would still work.
     let listener = StdTcpListener::bind(config.admin).with_context(|| format!("binding admin {}", config.admin))?;

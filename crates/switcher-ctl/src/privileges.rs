@@ -1,6 +1,8 @@
-//! Least privilege after attaching: `switcher-ctl run` starts as root (loading and attaching
-//! need CAP_SYS_ADMIN on some kernels, mounting bpffs, writing pins), then keeps only
-//! CAP_BPF (map operations) and CAP_NET_ADMIN (re-attaching on the interface).
+//! Least privilege after attaching: `switcher-ctl run` starts as root, or with CAP_BPF +
+//! CAP_NET_ADMIN + CAP_PERFMON (measured on kernel 6.18: without CAP_PERFMON the verifier
+//! refuses the programs' packet-pointer arithmetic; no CAP_SYS_ADMIN is needed unless bpffs
+//! must be mounted), then keeps only CAP_BPF (map operations) and CAP_NET_ADMIN (attachments).
+//! Adopting already-pinned programs on a restart needs only those two.
 //!
 //! Capabilities are per thread: call [`drop_to_bpf_and_net_admin`] before any other thread
 //! exists (before the tokio runtime is built), so every later thread inherits the reduced sets.
