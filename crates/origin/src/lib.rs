@@ -14,7 +14,8 @@
 //! # Layout
 //!
 //! - [`config`]: the one configuration struct, its defaults and validation.
-//! - [`server`]: accept loop, connection cap, TLS, HTTP/1.1+h2, timeouts, graceful drain.
+//! - [`server`]: accept loop, connection cap, TLS, HTTP/1.1+h2, timeouts, graceful drain;
+//!   one single-threaded runtime per core on `SO_REUSEPORT` listeners ([`run_sharded`]).
 //! - [`activity`]: write-activity stamping behind the idle (slowloris) watchdog.
 //! - [`tls`]: rustls acceptor from PEM files, ALPN.
 //! - [`handler`]: HTTP semantics: methods, CORS, routing to files, 304/206/416.
@@ -29,8 +30,8 @@
 //! - [`metrics`]: Prometheus metrics (`origin_*`).
 //! - [`signal`]: SIGTERM/SIGINT as a shutdown future for the binary.
 //!
-//! The binary (`src/main.rs`) only parses flags and calls [`run`]; tests call [`run`] with a
-//! listener bound to port 0.
+//! The binary (`src/main.rs`) only parses flags, binds with [`bind_shards`] and calls
+//! [`run_sharded`]; tests call [`run`] with a listener bound to port 0.
 
 #![deny(missing_docs)]
 
@@ -52,4 +53,4 @@ pub mod tls;
 
 pub use config::{Config, TlsFiles};
 pub use error::{Error, Result};
-pub use server::run;
+pub use server::{bind_shards, run, run_sharded};

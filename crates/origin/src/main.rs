@@ -51,6 +51,9 @@ struct Cli {
     /// Maximum request target length in bytes.
     #[arg(long, env = "ORIGIN_MAX_URI_BYTES", default_value_t = config::DEFAULT_MAX_URI_BYTES)]
     max_uri_bytes: usize,
+    /// Event-loop threads, each with its own SO_REUSEPORT listener; 0 means one per CPU.
+    #[arg(long, env = "ORIGIN_WORKERS", default_value_t = 0)]
+    workers: usize,
     /// Run file-system calls on a blocking thread pool (for slow or network file systems).
     #[arg(long, env = "ORIGIN_OFFLOAD_FILE_IO")]
     offload_file_io: bool,
@@ -61,8 +64,7 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{name} must be a non-negative number of seconds"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -90,10 +92,12 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         },
     };
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
+    let workers = match cli.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listeners = origin::bind_shards(cli.listen, workers)
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    origin::run(listener, config, origin::signal::shutdown_signal())
-        .await
+    origin::run_sharded(listeners, config, origin::signal::shutdown_signal())
         .context("origin server failed")
 }
