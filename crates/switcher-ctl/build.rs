@@ -3,6 +3,7 @@
 //! 1. Debian's `rustc-web` with `libstd-rust-web-dev-bpf` (a prebuilt `core` for
 //!    `bpfel-unknown-none`): RUSTC=/usr/bin/rustc, RUSTC_BOOTSTRAP=1.
 //! 2. rustup nightly with rust-src: `cargo +nightly build -Z build-std=core`.
+//!
 //! Both link with `bpf-linker`. `SWITCHER_EBPF_OBJ=/path/to/object` skips the build.
 //! (aya-build does route 2 only, hence this script.)
 

@@ -114,7 +114,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
     let control = run_dir.join("control");
     let mut tick = 0u64;
     while !stop.load(Ordering::SeqCst) {
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             print!("\r{}\x1b[K", status_line(&stack));
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
@@ -135,12 +135,11 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
             }
         }
         for (name, svc) in stack.services.iter_mut() {
-            if let Some(child) = svc.child.as_mut() {
-                if let Ok(Some(st)) = child.try_wait() {
+            if let Some(child) = svc.child.as_mut()
+                && let Ok(Some(st)) = child.try_wait() {
                     eprintln!("\nxtask: {name} exited ({st}); see {}", run_dir.join("logs").join(format!("{name}.log")).display());
                     svc.child = None;
                 }
-            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }

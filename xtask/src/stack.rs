@@ -335,11 +335,10 @@ impl Stack {
         if let Some(ns) = &ns {
             argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
         }
-        if !svc.privileged {
-            if let Some(u) = &user {
+        if !svc.privileged
+            && let Some(u) = &user {
                 argv.extend(["setpriv".into(), format!("--reuid={u}"), format!("--regid={u}"), "--init-groups".into(), "--".into()]);
             }
-        }
         argv.extend(svc.argv.iter().cloned());
         let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let child = Command::new(&argv[0])
@@ -355,13 +354,12 @@ impl Stack {
         let pids = self.cfg.run_dir.join("pids");
         fs::create_dir_all(&pids)?;
         fs::write(pids.join(name), format!("{pid}\n"))?;
-        if let Some(addr) = svc.ready.clone() {
-            if !wait_port(ns.as_deref(), &addr, READY_TIMEOUT) {
+        if let Some(addr) = svc.ready.clone()
+            && !wait_port(ns.as_deref(), &addr, READY_TIMEOUT) {
                 let tail = fs::read_to_string(&log_path).unwrap_or_default();
                 let tail: Vec<&str> = tail.lines().rev().take(15).collect();
                 bail!("{name} not ready on {addr} within {READY_TIMEOUT:?}; log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
             }
-        }
         Ok(())
     }
 

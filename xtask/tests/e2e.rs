@@ -7,7 +7,6 @@
 #[path = "../../crates/switcher-ctl/tests/browser/mod.rs"]
 mod browser;
 #[path = "../../crates/switcher-ctl/tests/netns/mod.rs"]
-#[allow(dead_code)]
 mod netns;
 
 use std::{

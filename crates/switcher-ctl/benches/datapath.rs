@@ -6,13 +6,12 @@
 //! 2. wrk through VIP:8080 against wrk straight to the origin (:8081), same run, same origin
 //!    process (`target/release/origin`): client ns -> veth -> edge ns with native XDP, and on
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
+//!
 //! Appends a markdown section to BENCHMARKS.md.
 
 #[path = "../tests/netns/mod.rs"]
-#[allow(dead_code)]
 mod netns;
 #[path = "../tests/packet/mod.rs"]
-#[allow(dead_code)]
 mod packet;
 
 use std::{

@@ -7,6 +7,7 @@
 //! * `progs/switcher_xdp`, `progs/switcher_tc_ingress`, `progs/switcher_tc_egress`.
 //! * `links/xdp`: the XDP bpf_link (when XDP is used); it keeps the program attached after
 //!   the process exits, so a control-plane restart or crash leaves traffic flowing.
+//!
 //! TC programs are attached through a clsact qdisc with netlink filters (not tcx links), so
 //! `tc filter show` and `bpftool net show` list them; those filters live in the qdisc, not
 //! in a link, and are removed by [`detach`] by program name. Where they are attached (ifindex,
@@ -427,9 +428,9 @@ fn attach_tc(ebpf: &mut Ebpf, root: &Path, iface: &str, name: &str, dir: TcAttac
 /// Detaches everything a run attached under `pin_root` and removes the pins. Idempotent:
 /// detaching when nothing is attached succeeds.
 pub fn detach(pin_root: &Path) -> Result<()> {
-    if let Ok(p) = Pinned::open(pin_root) {
-        if let Ok(vip) = p.vip() {
-            if let Ok(name) = ifname(vip.ifindex) {
+    if let Ok(p) = Pinned::open(pin_root)
+        && let Ok(vip) = p.vip()
+            && let Ok(name) = ifname(vip.ifindex) {
                 for (dir, prog) in [
                     (TcAttachType::Ingress, prog_names::TC_INGRESS),
                     (TcAttachType::Egress, prog_names::TC_EGRESS),
@@ -441,8 +442,6 @@ pub fn detach(pin_root: &Path) -> Result<()> {
                     }
                 }
             }
-        }
-    }
     let link = xdp_link_path(pin_root);
     if link.exists() {
         // Unpinning drops the last reference to the link, which detaches the XDP program.

@@ -2,6 +2,7 @@
 //! * veth: client ns <-> veth <-> edge ns, XDP native on the edge veth, TC egress, two HTTP
 //!   origins on :8081/:8082 in the edge ns, requests from the client ns to VIP:8080;
 //! * local: everything on `lo` inside one namespace, XDP generic or TC ingress.
+//!
 //! Namespaces, attachments and pins are removed even when a test fails (Drop guards).
 
 mod netns;
