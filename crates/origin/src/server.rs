@@ -50,7 +50,10 @@ impl Shared {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let app = Arc::new(App {
             root: Arc::new(Root::open(config.root.clone())?),
-            cache: SegmentCache::new(config.cache_max_bytes, config.cache_max_entry_bytes),
+            cache: Arc::new(SegmentCache::new(
+                config.cache_max_bytes,
+                config.cache_max_entry_bytes,
+            )),
             playlists: Arc::new(PlaylistCache::new()),
             metrics: Metrics::new()?,
             max_uri_bytes: config.max_uri_bytes,
@@ -63,6 +66,17 @@ impl Shared {
             limit: Arc::new(Semaphore::new(config.max_connections)),
             config,
         }))
+    }
+
+    /// The state of one shard: shared except for its playlist cache ([`App::for_shard`]).
+    fn for_shard(&self) -> Arc<Self> {
+        Arc::new(Self {
+            app: Arc::new(self.app.for_shard()),
+            builder: self.builder.clone(),
+            tls: self.tls.clone(),
+            config: self.config.clone(),
+            limit: self.limit.clone(),
+        })
     }
 
     fn announce(&self, addr: SocketAddr, shards: usize) {
@@ -114,7 +128,8 @@ pub fn run_sharded(
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut shards = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
-        let (shared, mut stop_rx, ended_tx) = (shared.clone(), stop_rx.clone(), ended_tx.clone());
+        let (shared, mut stop_rx, ended_tx) =
+            (shared.for_shard(), stop_rx.clone(), ended_tx.clone());
         let shard = std::thread::Builder::new()
             .name(format!("origin-shard-{index}"))
             .spawn(move || -> Result<()> {
