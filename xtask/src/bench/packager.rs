@@ -14,7 +14,9 @@
 //!   multi-stream mode), CPU and RSS summed.
 //!
 //! After a 5 s warm-up, CPU (utime+stime of /proc/PID/stat, all threads) is sampled over 15 s,
-//! and RSS (VmRSS) at the end. Each stream's playlist media sequence number must advance during
+//! and RSS (VmRSS) at the end. utime+stime count 10 ms clock ticks, which is coarse for one
+//! stream (~1 ms/s, so 1-2 ticks in the window), so the report adds each thread's exact
+//! on-CPU time (`/proc/PID/task/TID/schedstat`, ns) over the same window as a cross-check. Each stream's playlist media sequence number must advance during
 //! the window, so a packager that writes nothing cannot "win". Caveat: on 2 cores the ingest and
 //! the publishers share the CPUs with the packager under test.
 //! Override N with `PACKAGER_BENCH_STREAMS=1,5,20`.
@@ -48,8 +50,10 @@ const HLS_LIST_SIZE: &str = "6";
 
 /// One packager's measurement over all its processes.
 struct Sample {
-    /// CPU, 100 = one core busy.
+    /// CPU from utime+stime, 100 = one core busy.
     cpu_percent: f64,
+    /// CPU from the threads' schedstat run time, 100 = one core busy.
+    sched_percent: f64,
     /// Resident memory summed over the processes.
     rss_mib: f64,
     /// Smallest number of segments any stream published during the window.
@@ -103,28 +107,36 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     )?;
     writeln!(
         out,
-        "| streams | packager | processes | CPU % total | CPU ms/s per stream | RSS MiB total | RSS MiB per stream | min segments/stream in sample | CPU ratio ours/ffmpeg |"
+        "| streams | packager | processes | CPU % total | CPU ms/s per stream | RSS MiB total | RSS MiB per stream | min segments/stream in sample | CPU ratio ours/ffmpeg | schedstat ms/s per stream | schedstat ratio |"
     )?;
-    writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        out,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
     for (n, ours, ffmpeg) in &rows {
-        let ratio = if ffmpeg.cpu_percent > 0.0 {
-            ours.cpu_percent / ffmpeg.cpu_percent
-        } else {
-            f64::NAN
-        };
-        for (name, procs, s, r) in [
-            ("packager", 1, ours, format!("{ratio:.2}")),
-            ("ffmpeg", *n, ffmpeg, String::new()),
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let stat_ratio = ratio(ours.cpu_percent, ffmpeg.cpu_percent);
+        let sched_ratio = ratio(ours.sched_percent, ffmpeg.sched_percent);
+        for (name, procs, s, r, rs) in [
+            (
+                "packager",
+                1,
+                ours,
+                format!("{stat_ratio:.2}"),
+                format!("{sched_ratio:.2}"),
+            ),
+            ("ffmpeg", *n, ffmpeg, String::new(), String::new()),
         ] {
             let per = *n as f64;
             writeln!(
                 out,
-                "| {n} | {name} | {procs} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {r} |",
+                "| {n} | {name} | {procs} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {r} | {:.2} | {rs} |",
                 s.cpu_percent,
                 s.cpu_percent * 10.0 / per,
                 s.rss_mib,
                 s.rss_mib / per,
                 s.min_segments,
+                s.sched_percent * 10.0 / per,
             )?;
         }
     }
@@ -276,9 +288,11 @@ fn sample(procs: &[Proc], out_dir: &Path, names: &[String]) -> Result<Sample> {
     }
     let msn0: Vec<Option<u64>> = names.iter().map(|n| media_sequence(out_dir, n)).collect();
     let cpu0 = total(procs, |p| cpu_ticks(p.pid()))?;
+    let ns0 = total(procs, |p| run_ns(p.pid()))?;
     let t0 = Instant::now();
     std::thread::sleep(MEASURE);
     let cpu1 = total(procs, |p| cpu_ticks(p.pid()))?;
+    let ns1 = total(procs, |p| run_ns(p.pid()))?;
     let elapsed = t0.elapsed();
     let rss = total(procs, |p| rss_kib(p.pid()))?;
     for p in procs {
@@ -299,6 +313,7 @@ fn sample(procs: &[Proc], out_dir: &Path, names: &[String]) -> Result<Sample> {
     let hz = clock_ticks_per_second()?;
     Ok(Sample {
         cpu_percent: cpu1.saturating_sub(cpu0) as f64 / hz / elapsed.as_secs_f64() * 100.0,
+        sched_percent: ns1.saturating_sub(ns0) as f64 / 1e9 / elapsed.as_secs_f64() * 100.0,
         rss_mib: rss as f64 / 1024.0,
         min_segments,
     })
@@ -327,6 +342,26 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     let f: Vec<&str> = after.split_whitespace().collect();
     // `after` starts at field 3 (state), so utime (14) is index 11 and stime (15) index 12.
     Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
+}
+
+/// Sum of the threads' on-CPU time in ns (first field of /proc/PID/task/TID/schedstat).
+/// Threads that exit during the window take their time with them; neither packager's
+/// long-lived threads do.
+fn run_ns(pid: u32) -> Result<u64> {
+    let mut sum = 0;
+    let tasks = format!("/proc/{pid}/task");
+    for entry in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
+        let Ok(stat) = std::fs::read_to_string(entry?.path().join("schedstat")) else {
+            continue; // the thread exited meanwhile
+        };
+        sum += stat
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse::<u64>()
+            .context("schedstat run time")?;
+    }
+    Ok(sum)
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
