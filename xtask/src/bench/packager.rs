@@ -58,6 +58,9 @@ struct Sample {
     rss_mib: f64,
     /// Smallest number of segments any stream published during the window.
     min_segments: u64,
+    /// 1-minute load average at the end of the window: other work on the machine skews
+    /// everything (starved publishers deliver fewer segments, caches are cold).
+    loadavg: f64,
 }
 
 /// Runs the benchmark and appends its markdown report to `out`.
@@ -107,11 +110,11 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     )?;
     writeln!(
         out,
-        "| streams | packager | processes | CPU % total | CPU ms/s per stream | RSS MiB total | RSS MiB per stream | min segments/stream in sample | CPU ratio ours/ffmpeg | schedstat ms/s per stream | schedstat ratio |"
+        "| streams | packager | processes | CPU % total | CPU ms/s per stream | RSS MiB total | RSS MiB per stream | min segments/stream in sample | CPU ratio ours/ffmpeg | schedstat ms/s per stream | schedstat ratio | loadavg |"
     )?;
     writeln!(
         out,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for (n, ours, ffmpeg) in &rows {
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
@@ -130,13 +133,14 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             let per = *n as f64;
             writeln!(
                 out,
-                "| {n} | {name} | {procs} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {r} | {:.2} | {rs} |",
+                "| {n} | {name} | {procs} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {r} | {:.2} | {rs} | {:.1} |",
                 s.cpu_percent,
                 s.cpu_percent * 10.0 / per,
                 s.rss_mib,
                 s.rss_mib / per,
                 s.min_segments,
                 s.sched_percent * 10.0 / per,
+                s.loadavg,
             )?;
         }
     }
@@ -311,7 +315,12 @@ fn sample(procs: &[Proc], out_dir: &Path, names: &[String]) -> Result<Sample> {
         min_segments = min_segments.min(advanced);
     }
     let hz = clock_ticks_per_second()?;
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
     Ok(Sample {
+        loadavg,
         cpu_percent: cpu1.saturating_sub(cpu0) as f64 / hz / elapsed.as_secs_f64() * 100.0,
         sched_percent: ns1.saturating_sub(ns0) as f64 / 1e9 / elapsed.as_secs_f64() * 100.0,
         rss_mib: rss as f64 / 1024.0,
