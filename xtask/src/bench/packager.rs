@@ -18,7 +18,9 @@
 //! stream (~1 ms/s, so 1-2 ticks in the window), so the report adds each thread's exact
 //! on-CPU time (`/proc/PID/task/TID/schedstat`, ns) over the same window as a cross-check. Each stream's playlist media sequence number must advance during
 //! the window, so a packager that writes nothing cannot "win". Caveat: on 2 cores the ingest and
-//! the publishers share the CPUs with the packager under test.
+//! the publishers share the CPUs with the packager under test, and other load on the machine
+//! starves the `-re` publishers so less media flows: the report therefore also gives CPU per
+//! second of media published (from the playlists) and the 1-minute load average.
 //! Override N with `PACKAGER_BENCH_STREAMS=1,5,20`.
 
 use std::fmt::Write as _;
@@ -56,11 +58,20 @@ struct Sample {
     sched_percent: f64,
     /// Resident memory summed over the processes.
     rss_mib: f64,
-    /// Smallest number of segments any stream published during the window.
-    min_segments: u64,
+    /// Media time published during the window, all streams: segments added times the mean
+    /// EXTINF of the final playlist (whole segments, so +-1 segment per stream).
+    media_seconds: f64,
     /// 1-minute load average at the end of the window: other work on the machine skews
     /// everything (starved publishers deliver fewer segments, caches are cold).
     loadavg: f64,
+}
+
+impl Sample {
+    /// CPU (schedstat) per second of media published: unlike CPU per wall-clock second, this
+    /// does not flatter a packager whose publishers were starved by other load.
+    fn ms_per_media_second(&self) -> f64 {
+        self.sched_percent * 10.0 * MEASURE.as_secs_f64() / self.media_seconds
+    }
 }
 
 /// Runs the benchmark and appends its markdown report to `out`.
@@ -110,36 +121,37 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     )?;
     writeln!(
         out,
-        "| streams | packager | processes | CPU % total | CPU ms/s per stream | RSS MiB total | RSS MiB per stream | min segments/stream in sample | CPU ratio ours/ffmpeg | schedstat ms/s per stream | schedstat ratio | loadavg |"
+        "| streams | packager | processes | CPU % total | CPU ms/s per stream | schedstat ms/s per stream | RSS MiB total | RSS MiB per stream | media s packaged | CPU ms per media s | CPU ratio ours/ffmpeg (ms/s) | ratio (per media s) | loadavg |"
     )?;
     writeln!(
         out,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for (n, ours, ffmpeg) in &rows {
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         let stat_ratio = ratio(ours.cpu_percent, ffmpeg.cpu_percent);
-        let sched_ratio = ratio(ours.sched_percent, ffmpeg.sched_percent);
-        for (name, procs, s, r, rs) in [
+        let work_ratio = ratio(ours.ms_per_media_second(), ffmpeg.ms_per_media_second());
+        for (name, procs, s, r, rw) in [
             (
                 "packager",
                 1,
                 ours,
                 format!("{stat_ratio:.2}"),
-                format!("{sched_ratio:.2}"),
+                format!("{work_ratio:.2}"),
             ),
             ("ffmpeg", *n, ffmpeg, String::new(), String::new()),
         ] {
             let per = *n as f64;
             writeln!(
                 out,
-                "| {n} | {name} | {procs} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {r} | {:.2} | {rs} | {:.1} |",
+                "| {n} | {name} | {procs} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.2} | {r} | {rw} | {:.1} |",
                 s.cpu_percent,
                 s.cpu_percent * 10.0 / per,
+                s.sched_percent * 10.0 / per,
                 s.rss_mib,
                 s.rss_mib / per,
-                s.min_segments,
-                s.sched_percent * 10.0 / per,
+                s.media_seconds,
+                s.ms_per_media_second(),
                 s.loadavg,
             )?;
         }
@@ -302,7 +314,7 @@ fn sample(procs: &[Proc], out_dir: &Path, names: &[String]) -> Result<Sample> {
     for p in procs {
         p.check_running()?;
     }
-    let mut min_segments = u64::MAX;
+    let mut media_seconds = 0.0;
     for (name, before) in names.iter().zip(&msn0) {
         let after = media_sequence(out_dir, name);
         let advanced = match (before, after) {
@@ -312,7 +324,7 @@ fn sample(procs: &[Proc], out_dir: &Path, names: &[String]) -> Result<Sample> {
                 out_dir.display()
             ),
         };
-        min_segments = min_segments.min(advanced);
+        media_seconds += advanced as f64 * mean_extinf(out_dir, name).unwrap_or(f64::NAN);
     }
     let hz = clock_ticks_per_second()?;
     let loadavg = std::fs::read_to_string("/proc/loadavg")
@@ -324,7 +336,7 @@ fn sample(procs: &[Proc], out_dir: &Path, names: &[String]) -> Result<Sample> {
         cpu_percent: cpu1.saturating_sub(cpu0) as f64 / hz / elapsed.as_secs_f64() * 100.0,
         sched_percent: ns1.saturating_sub(ns0) as f64 / 1e9 / elapsed.as_secs_f64() * 100.0,
         rss_mib: rss as f64 / 1024.0,
-        min_segments,
+        media_seconds,
     })
 }
 
@@ -338,6 +350,17 @@ fn media_sequence(dir: &Path, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Mean `#EXTINF` duration of `dir/name/index.m3u8`.
+fn mean_extinf(dir: &Path, name: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(name).join("index.m3u8")).ok()?;
+    let durations: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .filter_map(|v| v.split(',').next()?.trim().parse().ok())
+        .collect();
+    (!durations.is_empty()).then(|| durations.iter().sum::<f64>() / durations.len() as f64)
 }
 
 /// utime + stime (fields 14 and 15 of /proc/PID/stat, after the parenthesised comm).
