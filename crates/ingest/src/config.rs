@@ -51,6 +51,14 @@ pub struct Config {
     /// Keyframes a congested subscriber may skip before it is disconnected.
     #[arg(long, env = "INGEST_MAX_SKIPPED_GOPS", default_value_t = 3)]
     pub max_skipped_gops: u32,
+    /// Runtime threads. 1 (the default): one thread runs every connection, like one nginx
+    /// worker; the fan-out wakes subscribers on the publisher's own thread, with no
+    /// cross-thread wake-ups or work stealing, which costs the least CPU per player (see
+    /// the benchmark, `cargo xtask bench ingest`). One thread serves a few thousand
+    /// players of a 2.6 Mbit/s stream. More threads spread connections over cores for
+    /// more than that, at some CPU per player; 0 means one per core.
+    #[arg(long, env = "INGEST_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
     /// GOP cache cap per stream in bytes.
     #[arg(long, env = "INGEST_GOP_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub gop_cache_bytes: usize,

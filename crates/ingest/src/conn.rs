@@ -85,6 +85,8 @@ struct Conn {
     role: Role,
     /// Close after flushing (a refused publish).
     closing: bool,
+    /// This publisher pushed media since it last woke the subscribers.
+    pushed: bool,
 }
 
 impl Drop for Conn {
@@ -121,6 +123,7 @@ pub async fn handle(
         connected: false,
         role: Role::None,
         closing: false,
+        pushed: false,
     };
     tracing::debug!(%peer, conn = id, "connection accepted");
     let hs_timeout = server.config.handshake_timeout();
@@ -210,7 +213,9 @@ impl Conn {
             while let Some(raw) = self.dec.read(&mut self.rbuf)? {
                 self.on_message(raw)?;
             }
-            if let Role::Publishing { stream } = &self.role {
+            if let Role::Publishing { stream } = &self.role
+                && std::mem::take(&mut self.pushed)
+            {
                 // One wake-up of the subscribers per read, however many messages it held.
                 stream.wake();
             }
@@ -287,6 +292,7 @@ impl Conn {
                         data,
                     };
                     self.server.hub.media(stream, frame);
+                    self.pushed = true;
                 }
             }
             Message::Data(values) => self.on_data(values),

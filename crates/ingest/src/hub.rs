@@ -520,17 +520,20 @@ impl Hub {
         Ok(Subscription {
             stream,
             slot,
+            id,
             join: join.into_iter().filter(|b| !b.is_empty()).collect(),
         })
     }
 
-    /// Removes a subscriber (idempotent: a second call finds the slot gone).
+    /// Removes a subscriber (idempotent: a second call finds its slot empty or reused).
     pub fn unsubscribe(&self, sub: &Subscription) {
         let stream = &sub.stream;
         {
             let mut st = stream.state.lock().expect("stream lock");
-            if st.subs.get_mut(sub.slot).and_then(Option::take).is_none() {
-                return;
+            let slot = st.subs.get_mut(sub.slot);
+            match slot {
+                Some(s @ Some(_)) if s.as_ref().is_some_and(|s| s.id == sub.id) => *s = None,
+                _ => return,
             }
             st.free_slots.push(sub.slot);
             st.sub_count -= 1;
@@ -559,6 +562,8 @@ pub enum Pulled {
 pub struct Subscription {
     stream: Arc<Stream>,
     slot: usize,
+    /// The subscriber's connection id: a slot is reused after an unsubscribe.
+    id: u64,
     /// Join burst, handed out by the first pull.
     join: Vec<Bytes>,
 }
@@ -584,7 +589,11 @@ impl Subscription {
         }
         let mut st = self.stream.state.lock().expect("stream lock");
         let st = &mut *st;
-        let Some(Some(sub)) = st.subs.get_mut(self.slot) else {
+        let Some(Some(sub)) = st
+            .subs
+            .get_mut(self.slot)
+            .filter(|s| s.as_ref().is_some_and(|s| s.id == self.id))
+        else {
             return Pulled::Dropped;
         };
         if sub.dropped {

@@ -1,5 +1,7 @@
 //! `ingest-loadgen`: N RTMP players (rtmp::PlayClient) on one URL, for benchmarks.
-//! Prints one line per second: connected players, events and bytes received.
+//! Prints one line per second: connected players, events, audio/video payload bytes
+//! received, and milliseconds since start (rates should use `ms`, not the line count: a
+//! busy machine delays the ticks).
 
 use clap::Parser;
 use std::sync::Arc;
@@ -52,13 +54,16 @@ async fn main() -> anyhow::Result<()> {
             connected.fetch_sub(1, Ordering::Relaxed);
         });
     }
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
     for _ in 0..args.seconds {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tick.tick().await;
         println!(
-            "connected={} events={} bytes={}",
+            "connected={} events={} bytes={} ms={}",
             connected.load(Ordering::Relaxed),
             events.load(Ordering::Relaxed),
-            bytes.load(Ordering::Relaxed)
+            bytes.load(Ordering::Relaxed),
+            start.elapsed().as_millis()
         );
     }
     Ok(())
