@@ -134,7 +134,8 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let _ = writeln!(
         out,
         "\nnginx: sendfile on, worker_processes auto, keepalive (100000 requests), access_log off, \
-         open_file_cache off. origin: defaults (segment cache on), RUST_LOG=warn. \
+         open_file_cache off. origin: defaults (one event loop per core, segment cache on, \
+         playlists revalidated by statx), RUST_LOG=warn. \
          wrk and the servers share the machine's {} cores.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
