@@ -4,6 +4,7 @@
 mod failover;
 mod ingest;
 mod origin;
+mod packager;
 
 use std::{fmt::Write as _, path::Path};
 
@@ -16,7 +17,7 @@ pub fn run(ws: &Path, name: &str) -> Result<()> {
     prereq::become_root()?;
     prereq::ensure(ws)?;
     let names: Vec<&str> = match name {
-        "all" => vec!["datapath", "origin", "ingest", "failover"],
+        "all" => vec!["datapath", "origin", "ingest", "packager", "failover"],
         n => vec![n],
     };
     prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
@@ -33,8 +34,9 @@ pub fn run(ws: &Path, name: &str) -> Result<()> {
         match n {
             "origin" => origin::run(ws, &mut out)?,
             "ingest" => ingest::run(ws, &mut out)?,
+            "packager" => packager::run(ws, &mut out)?,
             "failover" => failover::run(ws, &mut out)?,
-            other => bail!("unknown benchmark {other:?} (datapath|origin|ingest|failover|all)"),
+            other => bail!("unknown benchmark {other:?} (datapath|origin|ingest|packager|failover|all)"),
         }
         println!("{out}");
         let path = ws.join("BENCHMARKS.md");
