@@ -200,6 +200,14 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     page.wait_for("video advances 2 s", "document.getElementById('player').currentTime", |v| {
         v.as_f64().is_some_and(|t| t >= t0 + 2.0)
     });
+    // `E2E_SCREENSHOT=docs/status-page.png` keeps a picture of the page of this real run.
+    if let Some(path) = std::env::var_os("E2E_SCREENSHOT") {
+        use base64::Engine as _;
+        std::thread::sleep(Duration::from_secs(20)); // some history in the segment-age plot
+        let shot = page.call("Page.captureScreenshot", serde_json::json!({"format": "png"}));
+        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
     drop(page);
     drop(chromium);
     let _ = std::fs::remove_dir_all(&profile);
