@@ -218,7 +218,10 @@ impl Controller {
         }
         self.metrics.observe_decision(&decision);
         self.log(&decision);
-        if decision.reason != Reason::ActiveHealthy && decision.reason != Reason::Manual {
+        // A condition that persists (both bad, a degraded active origin) is one entry of the
+        // history, not one per probe window: it would push every other decision out.
+        let repeated = self.last == Some((decision.action, decision.reason)) && !decision.flips();
+        if !repeated && decision.reason != Reason::ActiveHealthy && decision.reason != Reason::Manual {
             if self.history.len() == self.history_len {
                 self.history.pop_front();
             }

@@ -300,3 +300,19 @@ fn history_keeps_notable_decisions_only() {
     assert_eq!(s.decisions[0].action, Action::Failover);
     assert_eq!(s.origins.primary.last_error.as_deref(), Some("connection refused"));
 }
+
+#[test]
+fn a_persisting_condition_is_one_history_entry() {
+    let mut h = Harness::new(policy(2, true));
+    let mut windows = 0;
+    for _ in 0..20 {
+        if h.window(err(ProbeError::Timeout), err(ProbeError::Timeout)).action == Action::BothBad {
+            windows += 1;
+        }
+    }
+    assert!(windows >= 18, "both bad after the hysteresis: {windows}");
+    let both_bad = h.c.status().decisions.iter().filter(|d| d.action == Action::BothBad).count();
+    assert_eq!(both_bad, 1, "{windows} windows of both bad are one entry in the recent decisions");
+    // Counted every window all the same.
+    assert_eq!(h.metric("switcher_decisions_total{reason=\"both_bad\"}"), f64::from(windows));
+}
