@@ -32,16 +32,25 @@ fn main() {
     for dir in ["crates/switcher-ebpf/src", "crates/switcher-common/src"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    for file in ["crates/switcher-ebpf/Cargo.toml", "crates/switcher-ebpf/Cargo.lock"] {
+    for file in [
+        "crates/switcher-ebpf/Cargo.toml",
+        "crates/switcher-ebpf/Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }
     let target_dir = root.join("target/bpf");
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // The outer build's settings must not leak into the BPF build.
     for var in [
-        "RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET",
-        "CARGO_MAKEFLAGS", "RUSTDOC",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "RUSTDOC",
     ] {
         cmd.env_remove(var);
     }
@@ -55,12 +64,18 @@ fn main() {
     cmd.current_dir(&ebpf_dir)
         .args(["--release", "--target", TARGET, "--target-dir"])
         .arg(&target_dir);
-    let status = cmd.status().unwrap_or_else(|e| panic!("running cargo for the eBPF crate: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo for the eBPF crate: {e}"));
     if !status.success() {
         panic!(
             "building the eBPF object failed ({}); run `sudo scripts/setup` to install \
              bpf-linker and a BPF-capable rustc",
-            if debian { "Debian rustc-web route" } else { "rustup nightly route" }
+            if debian {
+                "Debian rustc-web route"
+            } else {
+                "rustup nightly route"
+            }
         );
     }
     let built = target_dir.join(TARGET).join("release/switcher");

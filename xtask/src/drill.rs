@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 use xtask::stack::{self, http_get};
 
@@ -76,8 +76,16 @@ pub struct PlayerView {
 
 /// The newest media sequence number of a playlist (MEDIA-SEQUENCE + segments - 1).
 pub fn newest_msn(playlist: &str) -> Option<u64> {
-    let base: u64 = playlist.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))?.trim().parse().ok()?;
-    let n = playlist.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count() as u64;
+    let base: u64 = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let n = playlist
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count() as u64;
     (n > 0).then(|| base + n - 1)
 }
 
@@ -111,7 +119,13 @@ impl PlayerView {
 fn pid(run_dir: &Path, name: &str) -> Result<i32> {
     let p = run_dir.join("pids").join(name);
     std::fs::read_to_string(&p)
-        .with_context(|| format!("{} missing: is `cargo xtask run` running with run dir {}?", p.display(), run_dir.display()))?
+        .with_context(|| {
+            format!(
+                "{} missing: is `cargo xtask run` running with run dir {}?",
+                p.display(),
+                run_dir.display()
+            )
+        })?
         .trim()
         .parse()
         .context("bad pid file")
@@ -143,17 +157,28 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         Some(d) => ws.join(d),
         None => PathBuf::from(
             std::fs::read_to_string(crate::run::RUN_DIR_POINTER)
-                .context("no running stack found (start one with `cargo xtask run`, or pass --run-dir)")?
+                .context(
+                    "no running stack found (start one with `cargo xtask run`, or pass --run-dir)",
+                )?
                 .trim(),
         ),
     };
     let health = || -> Result<serde_json::Value> {
-        let (_, b) = http_get(None, stack::SWITCHER_ADMIN, "/healthz", Duration::from_secs(1))?;
+        let (_, b) = http_get(
+            None,
+            stack::SWITCHER_ADMIN,
+            "/healthz",
+            Duration::from_secs(1),
+        )?;
         Ok(serde_json::from_slice(&b)?)
     };
-    let h0 = health().context("switcher-ctl admin not reachable: start the stack with `cargo xtask run`")?;
+    let h0 = health()
+        .context("switcher-ctl admin not reachable: start the stack with `cargo xtask run`")?;
     if h0["active"] != "primary" {
-        bail!("the primary is not active ({}); wait for the stack to settle", h0["active"]);
+        bail!(
+            "the primary is not active ({}); wait for the stack to settle",
+            h0["active"]
+        );
     }
     let playlist = format!("/hls/{}/index.m3u8", args.stream);
     let t0 = Instant::now();
@@ -163,8 +188,14 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         println!("  {t:7.3}s  {what}");
         timeline.push((t, what));
     };
-    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    println!("drill {:?} at unix time {now} (times below are seconds since the fault)", args.fault);
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    println!(
+        "drill {:?} at unix time {now} (times below are seconds since the fault)",
+        args.fault
+    );
     let target = match args.fault {
         Fault::OriginKill | Fault::OriginFreeze | Fault::Origin5xx => "origin-primary",
         Fault::PackagerKill => "packager-primary",
@@ -175,7 +206,10 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         Fault::OriginFreeze => signal(target_pid, libc::SIGSTOP)?,
         Fault::Origin5xx => set_mode(&stream_dir(&run_dir, &args.stream), 0o000)?,
     }
-    mark(format!("fault: {:?} on {target} (pid {target_pid})", args.fault), &mut timeline);
+    mark(
+        format!("fault: {:?} on {target} (pid {target_pid})", args.fault),
+        &mut timeline,
+    );
 
     let mut view = PlayerView::default();
     let mut detected = false;
@@ -192,7 +226,13 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         if let Ok(h) = health() {
             if !detected && h["origins"]["primary"]["healthy"] == false {
                 detected = true;
-                mark(format!("detected: primary unhealthy ({})", h["origins"]["primary"]["last_error"]), &mut timeline);
+                mark(
+                    format!(
+                        "detected: primary unhealthy ({})",
+                        h["origins"]["primary"]["last_error"]
+                    ),
+                    &mut timeline,
+                );
             }
             if !flipped && h["active"] == "backup" {
                 flipped = true;
@@ -200,7 +240,10 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
             }
             if flipped && !first_good_after_flip && ok {
                 first_good_after_flip = true;
-                mark("first 200 through the VIP after the flip".into(), &mut timeline);
+                mark(
+                    "first 200 through the VIP after the flip".into(),
+                    &mut timeline,
+                );
             }
             if restored && !switched_back && h["active"] == "primary" {
                 switched_back = true;
@@ -257,7 +300,12 @@ mod tests {
         assert_eq!(newest_msn(pl), Some(101));
         assert_eq!(newest_msn("#EXTM3U\n"), None);
         let mut v = PlayerView::default();
-        let ok = |msn: u64| Ok((200u16, format!("#EXT-X-MEDIA-SEQUENCE:{msn}\n#EXTINF:2,\n{msn}.ts\n").into_bytes()));
+        let ok = |msn: u64| {
+            Ok((
+                200u16,
+                format!("#EXT-X-MEDIA-SEQUENCE:{msn}\n#EXTINF:2,\n{msn}.ts\n").into_bytes(),
+            ))
+        };
         v.record(ok(10));
         v.record(ok(11));
         v.record(ok(10));

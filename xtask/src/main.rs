@@ -26,7 +26,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run, test and benchmark the eBPF HLS edge")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark the eBPF HLS edge"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -57,7 +60,10 @@ enum Cmd {
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 fn main() -> Result<()> {

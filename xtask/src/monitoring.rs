@@ -29,7 +29,13 @@ pub const SCRAPE_TARGETS: [(&str, &str); 6] = [
 
 /// Series Prometheus makes itself rather than scraping; [`metric_names_used`] leaves them
 /// out because no target exports them.
-const SYNTHETIC: &[&str] = &["up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"];
+const SYNTHETIC: &[&str] = &[
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "ALERTS",
+    "ALERTS_FOR_STATE",
+];
 
 /// Timeout of each connect/read of a scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,7 +49,10 @@ fn files(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if path.is_file() && exts.iter().any(|e| name.ends_with(e)) {
             out.push(path);
         }
@@ -78,9 +87,21 @@ fn promtool(workspace: &Path, args: &[&str], files: &[PathBuf]) -> Result<()> {
 /// `monitoring/rules/*.yml`, `promtool test rules` on `monitoring/tests/*.yml`.
 pub fn check(workspace: &Path) -> Result<()> {
     let dir = monitoring_dir(workspace);
-    promtool(workspace, &["check", "config"], &[dir.join("prometheus.yml")])?;
-    promtool(workspace, &["check", "rules"], &files(&dir.join("rules"), &[".yml", ".yaml"])?)?;
-    promtool(workspace, &["test", "rules"], &files(&dir.join("tests"), &[".yml", ".yaml"])?)?;
+    promtool(
+        workspace,
+        &["check", "config"],
+        &[dir.join("prometheus.yml")],
+    )?;
+    promtool(
+        workspace,
+        &["check", "rules"],
+        &files(&dir.join("rules"), &[".yml", ".yaml"])?,
+    )?;
+    promtool(
+        workspace,
+        &["test", "rules"],
+        &files(&dir.join("tests"), &[".yml", ".yaml"])?,
+    )?;
     Ok(())
 }
 
@@ -92,11 +113,13 @@ pub fn metric_names_used(workspace: &Path) -> Result<BTreeSet<String>> {
     let dir = monitoring_dir(workspace);
     let mut exprs = Vec::new();
     for path in files(&dir.join("grafana/dashboards"), &[".json"])? {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         exprs.extend(json_exprs(&text).with_context(|| format!("{}", path.display()))?);
     }
     for path in files(&dir.join("rules"), &[".yml", ".yaml"])? {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         exprs.extend(yaml_exprs(&text));
     }
     if exprs.is_empty() {
@@ -135,7 +158,9 @@ pub fn scrape(target: &str) -> Result<String> {
     // HTTP/1.0 with close: the body ends at EOF (a server may still chunk; handled below).
     // One write: a minimal server that answers after the request line and closes would
     // otherwise reset the connection under a second write.
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {target}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET /metrics HTTP/1.0\r\nHost: {target}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
@@ -156,21 +181,31 @@ pub fn scrape(target: &str) -> Result<String> {
         bail!("HTTP status {status}");
     }
     let chunked = head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked"))
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+        })
     });
-    Ok(if chunked { dechunk(body)? } else { body.to_string() })
+    Ok(if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    })
 }
 
 fn dechunk(mut body: &str) -> Result<String> {
     let mut out = String::new();
     loop {
         let (size, rest) = body.split_once("\r\n").context("truncated chunk size")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16).context("chunk size")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16)
+            .context("chunk size")?;
         if size == 0 {
             return Ok(out);
         }
         out.push_str(rest.get(..size).context("truncated chunk")?);
-        body = rest.get(size..).and_then(|r| r.strip_prefix("\r\n")).context("chunk without CRLF")?;
+        body = rest
+            .get(size..)
+            .and_then(|r| r.strip_prefix("\r\n"))
+            .context("chunk without CRLF")?;
     }
 }
 
@@ -193,7 +228,9 @@ pub fn exported_metric_names(exposition: &str) -> BTreeSet<String> {
                 names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
             }
         } else if !line.is_empty() && !line.starts_with('#') {
-            let end = line.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(line.len());
+            let end = line
+                .find(|c: char| c == '{' || c.is_whitespace())
+                .unwrap_or(line.len());
             names.insert(line[..end].to_string());
         }
     }
@@ -202,11 +239,32 @@ pub fn exported_metric_names(exposition: &str) -> BTreeSet<String> {
 
 /// PromQL keywords that look like identifiers.
 const KEYWORDS: &[&str] = &[
-    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right", "inf", "nan",
-    "atan2", "start", "end",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "atan2",
+    "start",
+    "end",
 ];
 /// Keywords followed by a parenthesized label list (not an expression).
-const LABEL_LIST_KEYWORDS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+const LABEL_LIST_KEYWORDS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
 
 fn is_ident_start(c: char) -> bool {
     c.is_ascii_alphabetic() || c == '_' || c == ':'
@@ -219,11 +277,14 @@ fn is_ident(c: char) -> bool {
 /// Index just past the delimiter that closes the one at `open` (`{}`, `[]`, `()`), skipping
 /// string literals inside.
 fn skip_group(chars: &[char], open: usize) -> usize {
-    let (o, c) = (chars[open], match chars[open] {
-        '{' => '}',
-        '[' => ']',
-        _ => ')',
-    });
+    let (o, c) = (
+        chars[open],
+        match chars[open] {
+            '{' => '}',
+            '[' => ']',
+            _ => ')',
+        },
+    );
     let mut depth = 0;
     let mut i = open;
     while i < chars.len() {
@@ -321,9 +382,13 @@ fn json_exprs(json: &str) -> Result<Vec<String>> {
             continue;
         }
         let rest = json[from..].trim_start();
-        let Some(rest) = rest.strip_prefix(':') else { continue };
+        let Some(rest) = rest.strip_prefix(':') else {
+            continue;
+        };
         let rest = rest.trim_start();
-        let Some(rest) = rest.strip_prefix('"') else { bail!("\"expr\" is not a string") };
+        let Some(rest) = rest.strip_prefix('"') else {
+            bail!("\"expr\" is not a string")
+        };
         let mut value = String::new();
         let mut chars = rest.chars();
         loop {
@@ -356,7 +421,9 @@ fn yaml_exprs(yaml: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (n, line) in lines.iter().enumerate() {
         let trimmed = line.trim_start().trim_start_matches("- ");
-        let Some(value) = trimmed.strip_prefix("expr:") else { continue };
+        let Some(value) = trimmed.strip_prefix("expr:") else {
+            continue;
+        };
         let indent = line.len() - line.trim_start().len();
         let value = value.trim();
         if value.starts_with('|') || value.starts_with('>') {
@@ -367,7 +434,12 @@ fn yaml_exprs(yaml: &str) -> Vec<String> {
                 .collect();
             out.push(block.join("\n"));
         } else if let Some(v) = value.strip_prefix('"') {
-            out.push(v.rsplit_once('"').map_or(v, |(v, _)| v).replace("\\\"", "\"").replace("\\\\", "\\"));
+            out.push(
+                v.rsplit_once('"')
+                    .map_or(v, |(v, _)| v)
+                    .replace("\\\"", "\"")
+                    .replace("\\\\", "\\"),
+            );
         } else if let Some(v) = value.strip_prefix('\'') {
             out.push(v.rsplit_once('\'').map_or(v, |(v, _)| v).replace("''", "'"));
         } else {
@@ -392,7 +464,10 @@ mod tests {
 
     #[test]
     fn promql_names_skip_functions_labels_keywords_and_durations() {
-        assert_eq!(promql_metric_names("segment_age_seconds > 6"), set(&["segment_age_seconds"]));
+        assert_eq!(
+            promql_metric_names("segment_age_seconds > 6"),
+            set(&["segment_age_seconds"])
+        );
         assert_eq!(
             promql_metric_names(
                 "histogram_quantile(0.99, sum by (origin, le) (rate(probe_duration_seconds_bucket{origin=\"primary\"}[1m])))"
@@ -400,36 +475,69 @@ mod tests {
             set(&["probe_duration_seconds_bucket"])
         );
         assert_eq!(
-            promql_metric_names("sum(rate(a_total[5m] offset 1h)) without (instance) / on (job) group_left (x) b unless c > bool 1e3"),
+            promql_metric_names(
+                "sum(rate(a_total[5m] offset 1h)) without (instance) / on (job) group_left (x) b unless c > bool 1e3"
+            ),
             set(&["a_total", "b", "c"])
         );
         assert_eq!(
-            promql_metric_names("rate(origin_requests_total{status=~\"5..\", class!='seg{ment}'}[$__rate_interval]) * 8"),
+            promql_metric_names(
+                "rate(origin_requests_total{status=~\"5..\", class!='seg{ment}'}[$__rate_interval]) * 8"
+            ),
             set(&["origin_requests_total"])
         );
-        assert_eq!(promql_metric_names("up == 0 and ON(job) vector(1)"), set(&["up"]));
-        assert_eq!(promql_metric_names("label_replace(x, \"dst\", \"$1\", \"src\", \"(.*)\")"), set(&["x"]));
+        assert_eq!(
+            promql_metric_names("up == 0 and ON(job) vector(1)"),
+            set(&["up"])
+        );
+        assert_eq!(
+            promql_metric_names("label_replace(x, \"dst\", \"$1\", \"src\", \"(.*)\")"),
+            set(&["x"])
+        );
     }
 
     #[test]
     fn json_and_yaml_exprs_are_extracted() {
         let json = r#"{"targets": [{"expr": "rate(a_total[1m])", "legendFormat": "{{x}}"},
             {"description": "see \"expr\": not a key", "expr" : "b{l=\"v\"}\n + c"}]}"#;
-        assert_eq!(json_exprs(json).expect("parses"), vec!["rate(a_total[1m])".to_string(), "b{l=\"v\"}\n + c".to_string()]);
+        assert_eq!(
+            json_exprs(json).expect("parses"),
+            vec![
+                "rate(a_total[1m])".to_string(),
+                "b{l=\"v\"}\n + c".to_string()
+            ]
+        );
         let yaml = "groups:\n  - rules:\n    - alert: A\n      expr: a > 1 # comment\n    - alert: B\n      expr: |\n        sum(b)\n          > 2\n      for: 5s\n    - expr: 'c == ''x'''\n    - expr: \"d\"\n";
-        assert_eq!(yaml_exprs(yaml), vec!["a > 1", "sum(b)\n> 2", "c == 'x'", "d"]);
+        assert_eq!(
+            yaml_exprs(yaml),
+            vec!["a > 1", "sum(b)\n> 2", "c == 'x'", "d"]
+        );
     }
 
     #[test]
     fn exposition_names_include_declared_families_and_histogram_series() {
         let text = "# HELP a_total A.\n# TYPE a_total counter\na_total{origin=\"primary\"} 1\n\
                     # TYPE h histogram\nh_bucket{le=\"+Inf\"} 0\n# TYPE empty_total counter\nplain 3\n";
-        assert_eq!(exported_metric_names(text), set(&["a_total", "empty_total", "h", "h_bucket", "h_count", "h_sum", "plain"]));
+        assert_eq!(
+            exported_metric_names(text),
+            set(&[
+                "a_total",
+                "empty_total",
+                "h",
+                "h_bucket",
+                "h_count",
+                "h_sum",
+                "plain"
+            ])
+        );
     }
 
     #[test]
     fn dechunks() {
-        assert_eq!(dechunk("4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\n\r\n").expect("valid"), "abcdefg");
+        assert_eq!(
+            dechunk("4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\n\r\n").expect("valid"),
+            "abcdefg"
+        );
         assert!(dechunk("9\r\nab").is_err());
     }
 
@@ -453,15 +561,24 @@ mod tests {
             "ingest_received_bytes_total",
             "packager_live_lag_seconds",
         ] {
-            assert!(used.contains(name), "{name} not used by monitoring/: {used:?}");
+            assert!(
+                used.contains(name),
+                "{name} not used by monitoring/: {used:?}"
+            );
         }
         assert!(!used.contains("up"), "synthetic series are left out");
-        assert!(!used.iter().any(|n| n == "le" || n == "origin" || n == "sum" || n == "rate"), "{used:?}");
+        assert!(
+            !used
+                .iter()
+                .any(|n| n == "le" || n == "origin" || n == "sum" || n == "rate"),
+            "{used:?}"
+        );
     }
 
     #[test]
     fn prometheus_config_scrapes_every_target() {
-        let config = std::fs::read_to_string(workspace().join("monitoring/prometheus.yml")).expect("prometheus.yml");
+        let config = std::fs::read_to_string(workspace().join("monitoring/prometheus.yml"))
+            .expect("prometheus.yml");
         for (job, addr) in SCRAPE_TARGETS {
             assert!(config.contains(&format!("job_name: {job}")), "no job {job}");
             assert!(config.contains(&format!("\"{addr}\"")), "no target {addr}");

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// Commands the build, the tests or the stack run, with the reason.
 const COMMANDS: &[(&str, &str)] = &[
@@ -25,7 +25,11 @@ const COMMANDS: &[(&str, &str)] = &[
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 fn on_path(cmd: &str) -> bool {
@@ -44,16 +48,21 @@ pub fn missing(ws: &Path) -> Vec<String> {
         .filter(|(c, _)| !on_path(c))
         .map(|(c, why)| format!("{c} ({why})"))
         .collect();
-    let debian = Path::new("/usr/bin/rustc").exists() && Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").exists();
+    let debian = Path::new("/usr/bin/rustc").exists()
+        && Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").exists();
     let nightly = Command::new("rustup")
         .args(["run", "nightly", "rustc", "--print", "sysroot"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !debian && !nightly {
-        out.push("a rustc that can build for bpfel-unknown-none (Debian rustc-web or nightly)".into());
+        out.push(
+            "a rustc that can build for bpfel-unknown-none (Debian rustc-web or nightly)".into(),
+        );
     }
-    if ws.join("web/package-lock.json").exists() && !ws.join("web/node_modules/hls.js/dist/hls.min.js").exists() {
+    if ws.join("web/package-lock.json").exists()
+        && !ws.join("web/node_modules/hls.js/dist/hls.min.js").exists()
+    {
         out.push("hls.js in web/node_modules (status page player)".into());
     }
     out
@@ -77,7 +86,10 @@ pub fn ensure(ws: &Path) -> Result<()> {
     if before.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: missing: {}; running scripts/setup", before.join(", "));
+    eprintln!(
+        "xtask: missing: {}; running scripts/setup",
+        before.join(", ")
+    );
     run_setup(ws)?;
     let after = missing(ws);
     if !after.is_empty() {

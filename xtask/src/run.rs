@@ -4,13 +4,13 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc,
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use xtask::stack::{self, Stack, StackConfig};
 
@@ -59,7 +59,15 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
     prereq::become_root()?;
     prereq::ensure(ws)?;
     prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
-    for port in [stack::RTMP_PORT, stack::ORIGIN_PORTS[0], stack::ORIGIN_PORTS[1], 9180, 9181, 9183, 9184] {
+    for port in [
+        stack::RTMP_PORT,
+        stack::ORIGIN_PORTS[0],
+        stack::ORIGIN_PORTS[1],
+        9180,
+        9181,
+        9183,
+        9184,
+    ] {
         if std::net::TcpListener::bind(("0.0.0.0", port)).is_err() {
             bail!("port {port} is in use: is a stack already running? (stop it, or free the port)");
         }
@@ -91,10 +99,14 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
     }
     let mut stack = Stack::new(cfg);
-    eprintln!("xtask: starting ingest, publisher, packagers, origins and switcher-ctl (logs in {})", run_dir.join("logs").display());
+    eprintln!(
+        "xtask: starting ingest, publisher, packagers, origins and switcher-ctl (logs in {})",
+        run_dir.join("logs").display()
+    );
     stack.start_all()?;
     let vip = args.vip;
     let pins = args.pin_root.display();
@@ -108,7 +120,11 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
          drills    cargo xtask drill origin-kill | packager-kill | origin-freeze | origin-5xx\n  \
          Ctrl-C stops everything and detaches.\n",
         s = args.stream,
-        own = if args.no_publisher { "   (publish there with OBS/ffmpeg)" } else { "" },
+        own = if args.no_publisher {
+            "   (publish there with OBS/ffmpeg)"
+        } else {
+            ""
+        },
         iface = args.iface,
     );
     let control = run_dir.join("control");
@@ -136,10 +152,14 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
         }
         for (name, svc) in stack.services.iter_mut() {
             if let Some(child) = svc.child.as_mut()
-                && let Ok(Some(st)) = child.try_wait() {
-                    eprintln!("\nxtask: {name} exited ({st}); see {}", run_dir.join("logs").join(format!("{name}.log")).display());
-                    svc.child = None;
-                }
+                && let Ok(Some(st)) = child.try_wait()
+            {
+                eprintln!(
+                    "\nxtask: {name} exited ({st}); see {}",
+                    run_dir.join("logs").join(format!("{name}.log")).display()
+                );
+                svc.child = None;
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -156,9 +176,19 @@ pub fn status_line(stack: &Stack) -> String {
         Ok(h) => {
             let o = |name: &str| {
                 let x = &h["origins"][name];
-                let age = x["age_seconds"].as_f64().map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into());
-                let msn = x["msn"].as_u64().map(|m| m.to_string()).unwrap_or_else(|| "-".into());
-                let ok = if x["healthy"].as_bool().unwrap_or(false) { "ok" } else { "BAD" };
+                let age = x["age_seconds"]
+                    .as_f64()
+                    .map(|a| format!("{a:.1}s"))
+                    .unwrap_or_else(|| "-".into());
+                let msn = x["msn"]
+                    .as_u64()
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let ok = if x["healthy"].as_bool().unwrap_or(false) {
+                    "ok"
+                } else {
+                    "BAD"
+                };
                 format!("{name} {ok} age {age} msn {msn}")
             };
             format!(

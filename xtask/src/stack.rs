@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 /// RTMP port of the ingest (contract).
 pub const RTMP_PORT: u16 = 1935;
@@ -35,8 +35,15 @@ pub const SWITCHER_ADMIN: &str = "127.0.0.1:9180";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Names of the services, in start order.
-pub const SERVICES: [&str; 7] =
-    ["ingest", "publisher", "packager-primary", "packager-backup", "origin-primary", "origin-backup", "switcher-ctl"];
+pub const SERVICES: [&str; 7] = [
+    "ingest",
+    "publisher",
+    "packager-primary",
+    "packager-backup",
+    "origin-primary",
+    "origin-backup",
+    "switcher-ctl",
+];
 
 /// What to start and where.
 #[derive(Clone, Debug)]
@@ -136,17 +143,28 @@ pub fn wait_port(ns: Option<&str>, addr: &str, timeout: Duration) -> bool {
 }
 
 /// GETs `http://addr/path` inside `ns` with a fresh connection: (status, body).
-pub fn http_get(ns: Option<&str>, addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
+pub fn http_get(
+    ns: Option<&str>,
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>)> {
     let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
     let path = path.to_string();
     in_netns(ns, move || -> Result<(u16, Vec<u8>)> {
         use std::io::{Read, Write};
         let mut s = TcpStream::connect_timeout(&addr, timeout)?;
         s.set_read_timeout(Some(timeout))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf)?;
-        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("no HTTP head"))?;
+        let head_end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| anyhow!("no HTTP head"))?;
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         let status: u16 = head
             .split_whitespace()
@@ -154,7 +172,10 @@ pub fn http_get(ns: Option<&str>, addr: &str, path: &str, timeout: Duration) -> 
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow!("bad status line"))?;
         let mut body = buf[head_end + 4..].to_vec();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             body = dechunk(&body);
         }
         Ok((status, body))
@@ -190,11 +211,22 @@ impl Stack {
     /// Builds the service table for `cfg` (nothing started).
     pub fn new(cfg: StackConfig) -> Stack {
         let mut services = BTreeMap::new();
-        let svc = |argv: Vec<String>, privileged: bool, ready: Option<String>| Service { argv, privileged, ready, child: None };
+        let svc = |argv: Vec<String>, privileged: bool, ready: Option<String>| Service {
+            argv,
+            privileged,
+            ready,
+            child: None,
+        };
         services.insert(
             "ingest".into(),
             svc(
-                vec![cfg.bin("ingest"), "--listen".into(), format!("0.0.0.0:{RTMP_PORT}"), "--admin".into(), INGEST_ADMIN.into()],
+                vec![
+                    cfg.bin("ingest"),
+                    "--listen".into(),
+                    format!("0.0.0.0:{RTMP_PORT}"),
+                    "--admin".into(),
+                    INGEST_ADMIN.into(),
+                ],
                 false,
                 Some(format!("127.0.0.1:{RTMP_PORT}")),
             ),
@@ -204,12 +236,43 @@ impl Stack {
             "publisher".into(),
             svc(
                 [
-                    "ffmpeg", "-hide_banner", "-loglevel", "warning", "-nostdin", "-re",
-                    "-f", "lavfi", "-i", &format!("testsrc2=size={w}x{h}:rate={fps}"),
-                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
-                    "-g", &(fps * 2).to_string(), "-keyint_min", &(fps * 2).to_string(), "-sc_threshold", "0",
-                    "-b:v", "2000k", "-c:a", "aac", "-b:a", "128k", "-f", "flv", &cfg.rtmp_url(),
+                    "ffmpeg",
+                    "-hide_banner",
+                    "-loglevel",
+                    "warning",
+                    "-nostdin",
+                    "-re",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    &format!("testsrc2=size={w}x{h}:rate={fps}"),
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "sine=frequency=440:sample_rate=48000",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-tune",
+                    "zerolatency",
+                    "-pix_fmt",
+                    "yuv420p",
+                    "-g",
+                    &(fps * 2).to_string(),
+                    "-keyint_min",
+                    &(fps * 2).to_string(),
+                    "-sc_threshold",
+                    "0",
+                    "-b:v",
+                    "2000k",
+                    "-c:a",
+                    "aac",
+                    "-b:a",
+                    "128k",
+                    "-f",
+                    "flv",
+                    &cfg.rtmp_url(),
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -218,7 +281,10 @@ impl Stack {
                 None,
             ),
         );
-        for (which, admin) in [("primary", PACKAGER_PRIMARY_ADMIN), ("backup", PACKAGER_BACKUP_ADMIN)] {
+        for (which, admin) in [
+            ("primary", PACKAGER_PRIMARY_ADMIN),
+            ("backup", PACKAGER_BACKUP_ADMIN),
+        ] {
             services.insert(
                 format!("packager-{which}"),
                 svc(
@@ -291,7 +357,11 @@ impl Stack {
         }
         if let Some(user) = &self.cfg.service_user {
             let status = Command::new("chown")
-                .args(["-R", &format!("{user}:"), self.cfg.run_dir.to_str().unwrap()])
+                .args([
+                    "-R",
+                    &format!("{user}:"),
+                    self.cfg.run_dir.to_str().unwrap(),
+                ])
                 .status()?;
             if !status.success() {
                 bail!("chown of {} to {user} failed", self.cfg.run_dir.display());
@@ -314,7 +384,8 @@ impl Stack {
         for name in ["ingest", "packager", "origin"] {
             let from = self.cfg.bin_dir.join(name);
             let to = staged.join(name);
-            fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
             let from_s = from.to_string_lossy().into_owned();
             for svc in self.services.values_mut().filter(|s| !s.privileged) {
                 if svc.argv[0] == from_s {
@@ -330,23 +401,39 @@ impl Stack {
         let ns = self.cfg.netns.clone();
         let user = self.cfg.service_user.clone();
         let log_path = self.cfg.run_dir.join("logs").join(format!("{name}.log"));
-        let svc = self.services.get_mut(name).ok_or_else(|| anyhow!("no service {name}"))?;
+        let svc = self
+            .services
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("no service {name}"))?;
         let mut argv: Vec<String> = Vec::new();
         if let Some(ns) = &ns {
             argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
         }
         if !svc.privileged
-            && let Some(u) = &user {
-                argv.extend(["setpriv".into(), format!("--reuid={u}"), format!("--regid={u}"), "--init-groups".into(), "--".into()]);
-            }
+            && let Some(u) = &user
+        {
+            argv.extend([
+                "setpriv".into(),
+                format!("--reuid={u}"),
+                format!("--regid={u}"),
+                "--init-groups".into(),
+                "--".into(),
+            ]);
+        }
         argv.extend(svc.argv.iter().cloned());
-        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .spawn()
             .with_context(|| format!("starting {name}: {}", argv.join(" ")))?;
         let pid = child.id();
@@ -355,11 +442,15 @@ impl Stack {
         fs::create_dir_all(&pids)?;
         fs::write(pids.join(name), format!("{pid}\n"))?;
         if let Some(addr) = svc.ready.clone()
-            && !wait_port(ns.as_deref(), &addr, READY_TIMEOUT) {
-                let tail = fs::read_to_string(&log_path).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(15).collect();
-                bail!("{name} not ready on {addr} within {READY_TIMEOUT:?}; log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-            }
+            && !wait_port(ns.as_deref(), &addr, READY_TIMEOUT)
+        {
+            let tail = fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+            bail!(
+                "{name} not ready on {addr} within {READY_TIMEOUT:?}; log tail:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         Ok(())
     }
 
@@ -370,7 +461,10 @@ impl Stack {
 
     /// Sends `signal` (e.g. libc::SIGKILL) to a service and reaps it.
     pub fn kill(&mut self, name: &str, signal: i32) -> Result<()> {
-        let svc = self.services.get_mut(name).ok_or_else(|| anyhow!("no service {name}"))?;
+        let svc = self
+            .services
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("no service {name}"))?;
         if let Some(mut child) = svc.child.take() {
             // SAFETY: plain kill(2) on our child's pid.
             unsafe { libc::kill(child.id() as i32, signal) };
@@ -392,23 +486,38 @@ impl Stack {
 
     /// Sends SIGSTOP/SIGCONT (freeze drills) without reaping.
     pub fn signal(&self, name: &str, signal: i32) -> Result<()> {
-        let pid = self.pid(name).ok_or_else(|| anyhow!("{name} not running"))?;
+        let pid = self
+            .pid(name)
+            .ok_or_else(|| anyhow!("{name} not running"))?;
         // SAFETY: plain kill(2).
         if unsafe { libc::kill(pid as i32, signal) } != 0 {
-            bail!("signal {signal} to {name}: {}", std::io::Error::last_os_error());
+            bail!(
+                "signal {signal} to {name}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
 
     /// switcher-ctl's /healthz as JSON.
     pub fn healthz(&self) -> Result<serde_json::Value> {
-        let (_, body) = http_get(self.cfg.netns.as_deref(), &self.cfg.admin_addr(), "/healthz", Duration::from_secs(2))?;
+        let (_, body) = http_get(
+            self.cfg.netns.as_deref(),
+            &self.cfg.admin_addr(),
+            "/healthz",
+            Duration::from_secs(2),
+        )?;
         Ok(serde_json::from_slice(&body)?)
     }
 
     /// Stops every service (switcher-ctl last, so the VIP works until the end) and detaches.
     pub fn stop(&mut self) {
-        for name in SERVICES.iter().rev().filter(|n| **n != "switcher-ctl").chain(["switcher-ctl"].iter()) {
+        for name in SERVICES
+            .iter()
+            .rev()
+            .filter(|n| **n != "switcher-ctl")
+            .chain(["switcher-ctl"].iter())
+        {
             let _ = self.kill(name, libc::SIGTERM);
         }
         let mut detach = Vec::new();
@@ -421,7 +530,11 @@ impl Stack {
             "--pin-root".into(),
             self.cfg.pin_root.to_string_lossy().into_owned(),
         ]);
-        let _ = Command::new(&detach[0]).args(&detach[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = Command::new(&detach[0])
+            .args(&detach[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

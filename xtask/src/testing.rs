@@ -10,7 +10,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::prereq;
 
@@ -25,7 +25,9 @@ struct Tally {
 impl Tally {
     /// Adds a line like `test result: ok. 12 passed; 0 failed; 1 ignored; ...`.
     fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
         for part in rest.split(';') {
             let words: Vec<&str> = part.split_whitespace().collect();
             let (n, what) = match words.as_slice() {
@@ -89,8 +91,17 @@ mod tests {
     fn tally_adds_cargo_result_lines() {
         let mut t = Tally::default();
         t.add_line("test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.2s");
-        t.add_line("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
         t.add_line("running 5 tests");
-        assert_eq!(t, Tally { passed: 15, failed: 2, ignored: 1 });
+        assert_eq!(
+            t,
+            Tally {
+                passed: 15,
+                failed: 2,
+                ignored: 1
+            }
+        );
     }
 }

@@ -18,14 +18,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netns::{BpfFs, Client, Pair, EDGE_V4};
-use xtask::stack::{http_get, Stack, StackConfig};
+use netns::{BpfFs, Client, EDGE_V4, Pair};
+use xtask::stack::{Stack, StackConfig, http_get};
 
 const VIP: &str = "10.77.0.2:8080";
 const PLAYLIST: &str = "/hls/demo/index.m3u8";
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// An ffmpeg player in the client namespace reading the VIP live, decoding everything; it
@@ -38,9 +41,25 @@ struct Player {
 impl Player {
     fn start(ns: &str) -> Player {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "verbose"])
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "ffmpeg",
+                "-hide_banner",
+                "-nostdin",
+                "-loglevel",
+                "verbose",
+            ])
             // What a resilient player does: retry a failed segment or playlist request.
-            .args(["-reconnect", "1", "-reconnect_on_network_error", "1", "-reconnect_delay_max", "1"])
+            .args([
+                "-reconnect",
+                "1",
+                "-reconnect_on_network_error",
+                "1",
+                "-reconnect_delay_max",
+                "1",
+            ])
             .args(["-live_start_index", "-2"])
             .args(["-i", &format!("http://{VIP}{PLAYLIST}"), "-f", "null", "-"])
             .stdout(Stdio::null())
@@ -83,12 +102,21 @@ impl Player {
             .iter()
             .filter(|l| {
                 let l = l.to_ascii_lowercase();
-                (l.contains("error") || l.contains("corrupt") || l.contains("concealing") || l.contains("failed to open segment"))
+                (l.contains("error")
+                    || l.contains("corrupt")
+                    || l.contains("concealing")
+                    || l.contains("failed to open segment"))
                     && !l.contains("reconnect")
                     && !l.contains("keepalive request failed")
             })
             .cloned()
             .collect()
+    }
+
+    /// The last lines ffmpeg printed (for failure messages).
+    fn tail(&self, n: usize) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     fn stop(mut self) -> (Vec<u64>, Vec<String>) {
@@ -101,7 +129,11 @@ impl Player {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(100));
-        (self.segments(), self.errors())
+        let (segs, mut errors) = (self.segments(), self.errors());
+        if segs.len() < 5 {
+            errors.push(format!("player log tail:\n{}", self.tail(40)));
+        }
+        (segs, errors)
     }
 }
 
@@ -114,13 +146,30 @@ impl Drop for Player {
 
 /// Asserts the loaded MSNs are strictly consecutive.
 fn assert_no_gap_no_repeat(phase: &str, segs: &[u64], errors: &[String]) {
-    assert!(segs.len() >= 5, "{phase}: the player loaded too few segments: {segs:?}\nerrors: {errors:#?}");
+    assert!(
+        segs.len() >= 5,
+        "{phase}: the player loaded too few segments: {segs:?}\nerrors: {errors:#?}"
+    );
     let unique: BTreeSet<_> = segs.iter().collect();
-    assert_eq!(unique.len(), segs.len(), "{phase}: a segment was loaded twice: {segs:?}");
+    assert_eq!(
+        unique.len(),
+        segs.len(),
+        "{phase}: a segment was loaded twice: {segs:?}"
+    );
     for w in segs.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "{phase}: gap between {} and {}: {segs:?}", w[0], w[1]);
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "{phase}: gap between {} and {}: {segs:?}",
+            w[0],
+            w[1]
+        );
     }
-    assert!(errors.is_empty(), "{phase}: player errors:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{phase}: player errors:\n{}",
+        errors.join("\n")
+    );
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -135,16 +184,27 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn active(stack: &Stack) -> String {
-    stack.healthz().ok().and_then(|h| h["active"].as_str().map(String::from)).unwrap_or_default()
+    stack
+        .healthz()
+        .ok()
+        .and_then(|h| h["active"].as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 #[test]
 fn viewer_keeps_playing_through_origin_and_packager_failures() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests need root; run `cargo xtask test`");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests need root; run `cargo xtask test`"
+    );
     let ws = workspace();
     for bin in ["ingest", "packager", "origin", "switcher-ctl"] {
-        assert!(ws.join("target/debug").join(bin).exists(), "target/debug/{bin} missing: run `cargo xtask test`");
+        assert!(
+            ws.join("target/debug").join(bin).exists(),
+            "target/debug/{bin} missing: run `cargo xtask test`"
+        );
     }
     let pair = Pair::new();
     let bpf = BpfFs::new();
@@ -171,16 +231,24 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     let vip_get = |path: &str| http_get(Some(&client_ns), VIP, path, Duration::from_secs(2));
 
     // Both packagers fill their window; the VIP serves the primary's playlist.
-    wait_for("a full playlist through the VIP", Duration::from_secs(40), || {
-        matches!(vip_get(PLAYLIST), Ok((200, b)) if String::from_utf8_lossy(&b).matches(".ts").count() >= 4)
-    });
+    wait_for(
+        "a full playlist through the VIP",
+        Duration::from_secs(40),
+        || matches!(vip_get(PLAYLIST), Ok((200, b)) if String::from_utf8_lossy(&b).matches(".ts").count() >= 4),
+    );
     assert_eq!(active(&stack), "primary");
     let attach = pair.edge.exec(&["bpftool", "net", "show"]);
-    assert!(attach.contains("driver id"), "native XDP on the edge veth:\n{attach}");
+    assert!(
+        attach.contains("driver id"),
+        "native XDP on the edge veth:\n{attach}"
+    );
 
     // The status page in headless Chromium in the client namespace: it shows the live state,
     // and its hls.js player plays our packagers' stream through the VIP (XDP on the veth).
-    assert!(ws.join("web/node_modules/hls.js/dist/hls.min.js").exists(), "hls.js missing: npm ci --prefix web");
+    assert!(
+        ws.join("web/node_modules/hls.js/dist/hls.min.js").exists(),
+        "hls.js missing: npm ci --prefix web"
+    );
     let profile = std::env::temp_dir().join(netns::unique("chr"));
     let (chromium, mut page) = pair.client.run({
         let profile = profile.clone();
@@ -189,23 +257,40 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
             (chromium, browser::Cdp::attach(port))
         }
     });
-    page.wait_for("page shows the active origin", "document.querySelector('#summary b').textContent", |v| v == "primary");
-    page.wait_for("page shows the primary's MSN", "Number(document.querySelector('#origin-primary .msn').textContent)", |v| {
-        v.as_f64() > Some(1e6)
-    });
+    page.wait_for(
+        "page shows the active origin",
+        "document.querySelector('#summary b').textContent",
+        |v| v == "primary",
+    );
+    page.wait_for(
+        "page shows the primary's MSN",
+        "Number(document.querySelector('#origin-primary .msn').textContent)",
+        |v| v.as_f64() > Some(1e6),
+    );
     let t0 = page
-        .wait_for("video starts", "document.getElementById('player').currentTime", |v| v.as_f64() > Some(0.0))
+        .wait_for(
+            "video starts",
+            "document.getElementById('player').currentTime",
+            |v| v.as_f64() > Some(0.0),
+        )
         .as_f64()
         .unwrap();
-    page.wait_for("video advances 2 s", "document.getElementById('player').currentTime", |v| {
-        v.as_f64().is_some_and(|t| t >= t0 + 2.0)
-    });
+    page.wait_for(
+        "video advances 2 s",
+        "document.getElementById('player').currentTime",
+        |v| v.as_f64().is_some_and(|t| t >= t0 + 2.0),
+    );
     // `E2E_SCREENSHOT=docs/status-page.png` keeps a picture of the page of this real run.
     if let Some(path) = std::env::var_os("E2E_SCREENSHOT") {
         use base64::Engine as _;
         std::thread::sleep(Duration::from_secs(20)); // some history in the segment-age plot
-        let shot = page.call("Page.captureScreenshot", serde_json::json!({"format": "png"}));
-        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+        let shot = page.call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
         std::fs::write(path, png).unwrap();
     }
     drop(page);
@@ -216,10 +301,14 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     let player = Player::start(&client_ns);
     std::thread::sleep(Duration::from_secs(6));
     stack.kill("origin-primary", libc::SIGKILL).unwrap();
-    wait_for("failover to backup", Duration::from_secs(5), || active(&stack) == "backup");
+    wait_for("failover to backup", Duration::from_secs(5), || {
+        active(&stack) == "backup"
+    });
     std::thread::sleep(Duration::from_secs(6));
     stack.start("origin-primary").unwrap();
-    wait_for("switchback to primary", Duration::from_secs(10), || active(&stack) == "primary");
+    wait_for("switchback to primary", Duration::from_secs(10), || {
+        active(&stack) == "primary"
+    });
     std::thread::sleep(Duration::from_secs(6));
     let (segs, errors) = player.stop();
     assert_no_gap_no_repeat("origin killed", &segs, &errors);
@@ -228,13 +317,22 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     let player = Player::start(&client_ns);
     std::thread::sleep(Duration::from_secs(4));
     stack.kill("packager-primary", libc::SIGKILL).unwrap();
-    wait_for("failover by staleness", Duration::from_secs(15), || active(&stack) == "backup");
+    wait_for("failover by staleness", Duration::from_secs(15), || {
+        active(&stack) == "backup"
+    });
     let h = stack.healthz().unwrap();
     let reason = h["origins"]["primary"]["last_error"].to_string();
-    assert!(reason.contains("behind") || reason.contains("stale") || reason.contains("old"), "reason: {reason}");
+    assert!(
+        reason.contains("behind") || reason.contains("stale") || reason.contains("old"),
+        "reason: {reason}"
+    );
     std::thread::sleep(Duration::from_secs(4));
     stack.start("packager-primary").unwrap();
-    wait_for("switchback after the packager returns", Duration::from_secs(20), || active(&stack) == "primary");
+    wait_for(
+        "switchback after the packager returns",
+        Duration::from_secs(20),
+        || active(&stack) == "primary",
+    );
     std::thread::sleep(Duration::from_secs(4));
     let (segs, errors) = player.stop();
     assert_no_gap_no_repeat("packager killed", &segs, &errors);
@@ -243,7 +341,10 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     // of this running stack (scraped inside the edge namespace).
     let ws2 = ws.clone();
     xtask::stack::in_netns(Some(&pair.edge.name), move || {
-        let targets: Vec<&str> = xtask::monitoring::SCRAPE_TARGETS.iter().map(|(_, a)| *a).collect();
+        let targets: Vec<&str> = xtask::monitoring::SCRAPE_TARGETS
+            .iter()
+            .map(|(_, a)| *a)
+            .collect();
         xtask::monitoring::check_exported(&ws2, &targets)
     })
     .expect("dashboard and rules only use exported metrics");
@@ -256,9 +357,15 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         c
     });
     stack.kill("switcher-ctl", libc::SIGTERM).unwrap();
-    assert!(conn.get(PLAYLIST).is_ok(), "flow works while the control plane is down");
+    assert!(
+        conn.get(PLAYLIST).is_ok(),
+        "flow works while the control plane is down"
+    );
     stack.start("switcher-ctl").unwrap();
-    assert!(conn.get(PLAYLIST).is_ok(), "flow survives the control-plane restart");
+    assert!(
+        conn.get(PLAYLIST).is_ok(),
+        "flow survives the control-plane restart"
+    );
     assert_eq!(active(&stack), "primary");
 
     // Phase 4: both origins down: switcher-ctl stays on the active origin and reports both bad;
@@ -266,16 +373,34 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     stack.kill("origin-primary", libc::SIGKILL).unwrap();
     stack.kill("origin-backup", libc::SIGKILL).unwrap();
     wait_for("both bad reported", Duration::from_secs(5), || {
-        stack.healthz().map(|h| h["both_bad"] == true).unwrap_or(false)
+        stack
+            .healthz()
+            .map(|h| h["both_bad"] == true)
+            .unwrap_or(false)
     });
     assert_eq!(active(&stack), "primary", "with both bad, no flip");
-    assert!(!matches!(vip_get(PLAYLIST), Ok((200, _))), "nothing to serve with both origins down");
+    assert!(
+        !matches!(vip_get(PLAYLIST), Ok((200, _))),
+        "nothing to serve with both origins down"
+    );
     stack.start("origin-backup").unwrap();
-    wait_for("backup takes over when it returns", Duration::from_secs(5), || active(&stack) == "backup");
-    wait_for("VIP serves again", Duration::from_secs(5), || matches!(vip_get(PLAYLIST), Ok((200, _))));
+    wait_for(
+        "backup takes over when it returns",
+        Duration::from_secs(5),
+        || active(&stack) == "backup",
+    );
+    wait_for("VIP serves again", Duration::from_secs(5), || {
+        matches!(vip_get(PLAYLIST), Ok((200, _)))
+    });
 
     // The control plane's counters agree with what happened.
-    let (_, metrics) = http_get(Some(&pair.edge.name), "127.0.0.1:9180", "/metrics", Duration::from_secs(2)).unwrap();
+    let (_, metrics) = http_get(
+        Some(&pair.edge.name),
+        "127.0.0.1:9180",
+        "/metrics",
+        Duration::from_secs(2),
+    )
+    .unwrap();
     let metrics = String::from_utf8_lossy(&metrics).to_string();
     let value = |name: &str| -> f64 {
         metrics
@@ -285,9 +410,21 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
             .unwrap_or(-1.0)
     };
     // Counters are per process: since the restart in phase 3 there was exactly one failover.
-    assert_eq!(value("failovers_total"), 1.0, "failovers_total since the restart:\n{metrics}");
-    assert_eq!(value("switchbacks_total"), 0.0, "switchbacks_total since the restart");
-    assert_eq!(value("switcher_active_origin"), 0.0, "switcher_active_origin: 0 = backup");
+    assert_eq!(
+        value("failovers_total"),
+        1.0,
+        "failovers_total since the restart:\n{metrics}"
+    );
+    assert_eq!(
+        value("switchbacks_total"),
+        0.0,
+        "switchbacks_total since the restart"
+    );
+    assert_eq!(
+        value("switcher_active_origin"),
+        0.0,
+        "switcher_active_origin: 0 = backup"
+    );
 
     // `switcher-ctl status` reads the pinned maps and agrees.
     let status = pair.edge.exec(&[
@@ -296,7 +433,10 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         "--pin-root",
         bpf.pin_root().to_str().unwrap(),
     ]);
-    assert!(status.to_lowercase().contains("backup"), "status shows the backup active:\n{status}");
+    assert!(
+        status.to_lowercase().contains("backup"),
+        "status shows the backup active:\n{status}"
+    );
 
     stack.stop();
     let _ = std::fs::remove_dir_all(&run_dir);

@@ -124,7 +124,11 @@ impl TsMuxer {
     pub fn write_video(&mut self, pts: u64, dts: u64, keyframe: bool, annex_b: &[u8]) {
         let pes = pes_packet(STREAM_ID_VIDEO, pts, Some(dts), annex_b, false);
         let pcr = (dts + TIMESTAMP_MODULUS - PCR_LEAD_TICKS) % TIMESTAMP_MODULUS;
-        let next = PendingPes { pes, pcr: Some(pcr), random_access: keyframe };
+        let next = PendingPes {
+            pes,
+            pcr: Some(pcr),
+            random_access: keyframe,
+        };
         if let Some(p) = self.pending_video.replace(next) {
             let mut cc = self.cc_video;
             self.write_pes(PID_VIDEO, &mut cc, &p, false);
@@ -135,7 +139,11 @@ impl TsMuxer {
     /// Writes one ADTS frame as a PES packet.
     pub fn write_audio(&mut self, pts: u64, adts: &[u8]) {
         let pes = pes_packet(STREAM_ID_AUDIO, pts, None, adts, true);
-        let next = PendingPes { pes, pcr: None, random_access: false };
+        let next = PendingPes {
+            pes,
+            pcr: None,
+            random_access: false,
+        };
         if let Some(p) = self.pending_audio.replace(next) {
             let mut cc = self.cc_audio;
             self.write_pes(PID_AUDIO, &mut cc, &p, false);
@@ -180,14 +188,26 @@ impl TsMuxer {
     /// count (tracked by `cc`) to a multiple of 16, each carrying at least one payload byte.
     fn write_pes(&mut self, pid: u16, cc: &mut u8, p: &PendingPes, pad: bool) {
         let (pes, pcr, random_access) = (&p.pes[..], p.pcr, p.random_access);
-        let first_af = usize::from(pcr.is_some() || random_access)
-            + if pcr.is_some() { PCR_LEN } else { 0 };
-        let first_room = if first_af == 0 { PAYLOAD_LEN } else { PAYLOAD_LEN - 1 - first_af };
+        let first_af =
+            usize::from(pcr.is_some() || random_access) + if pcr.is_some() { PCR_LEN } else { 0 };
+        let first_room = if first_af == 0 {
+            PAYLOAD_LEN
+        } else {
+            PAYLOAD_LEN - 1 - first_af
+        };
         let natural = 1 + pes.len().saturating_sub(first_room).div_ceil(PAYLOAD_LEN);
-        let extra = if pad { (16 - (usize::from(*cc) + natural) % 16) % 16 } else { 0 };
+        let extra = if pad {
+            (16 - (usize::from(*cc) + natural) % 16) % 16
+        } else {
+            0
+        };
         // A PES is never shorter than its 14-byte header plus payload, and at most 15 packets
         // are added, so each packet can carry a byte; if not, do without the padding.
-        let mut packets_left = if pes.len() >= natural + extra { natural + extra } else { natural };
+        let mut packets_left = if pes.len() >= natural + extra {
+            natural + extra
+        } else {
+            natural
+        };
         let mut rest = pes;
         let mut first = true;
         while !rest.is_empty() {
@@ -213,7 +233,11 @@ impl TsMuxer {
                 PAYLOAD_LEN - 1 - af.len()
             };
             // Leave at least one byte for each packet still to come.
-            let take = rest.len().saturating_sub(packets_left - 1).clamp(1, room).min(rest.len());
+            let take = rest
+                .len()
+                .saturating_sub(packets_left - 1)
+                .clamp(1, room)
+                .min(rest.len());
             packets_left = packets_left.saturating_sub(1).max(1);
             let stuffing = room - take;
             let has_af = !af.is_empty() || stuffing > 0;
@@ -438,7 +462,12 @@ mod tests {
         for msn in 41..45u64 {
             let mut m = TsMuxer::new(true, msn);
             for i in 0..(3 + msn % 5) {
-                m.write_video(i * 3000 + 6000, i * 3000, i == 0, &vec![0xab; 50 + 331 * i as usize]);
+                m.write_video(
+                    i * 3000 + 6000,
+                    i * 3000,
+                    i == 0,
+                    &vec![0xab; 50 + 331 * i as usize],
+                );
                 m.write_audio(i * 3000, &vec![0xcd; 7 + 17 * i as usize]);
             }
             all.extend(m.finish());

@@ -23,13 +23,15 @@ use std::{
 };
 
 use aya::{
+    Ebpf,
     maps::Array,
     programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
 };
-use netns::{BpfFs, Netns, Pair, EDGE_V4};
-use packet::{Pkt, ACK, SYN};
-use switcher_common::{map_names, prog_names, Origin, VipConfig, ORIGIN_CONFIGURED, VIP_ENABLED, VIP_HAS_V4};
+use netns::{BpfFs, EDGE_V4, Netns, Pair};
+use packet::{ACK, Pkt, SYN};
+use switcher_common::{
+    ORIGIN_CONFIGURED, Origin, VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names, prog_names,
+};
 use switcher_ctl::{
     dataplane::DataPlane,
     loader::{AttachConfig, AttachMode, Pinned},
@@ -61,19 +63,40 @@ fn prog_test_run(out: &mut String) {
         ifindex: 0,
         attach_mode: 0,
     };
-    Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap().set(0, vip, 0).unwrap();
-    let mut origins = Array::<_, Origin>::try_from(ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+    Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap())
+        .unwrap()
+        .set(0, vip, 0)
+        .unwrap();
+    let mut origins =
+        Array::<_, Origin>::try_from(ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
     origins
-        .set(0, Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: 8081u16.to_be(), flags: ORIGIN_CONFIGURED }, 0)
+        .set(
+            0,
+            Origin {
+                addr_v4: [0; 4],
+                addr_v6: [0; 16],
+                port_be: 8081u16.to_be(),
+                flags: ORIGIN_CONFIGURED,
+            },
+            0,
+        )
         .unwrap();
 
     let cases = [
-        ("SYN to the VIP (flow insert + rewrite)", Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, SYN).build()),
+        (
+            "SYN to the VIP (flow insert + rewrite)",
+            Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, SYN).build(),
+        ),
         (
             "tracked flow, 1 KiB payload (lookup + rewrite)",
-            Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, ACK).with_payload(&[7u8; 1024]).build(),
+            Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, ACK)
+                .with_payload(&[7u8; 1024])
+                .build(),
         ),
-        ("packet not for the VIP (parse + pass)", Pkt::tcp("10.1.1.1", 40000, "10.0.0.9", 443, ACK).build()),
+        (
+            "packet not for the VIP (parse + pass)",
+            Pkt::tcp("10.1.1.1", 40000, "10.0.0.9", 443, ACK).build(),
+        ),
     ];
     let run = |ebpf: &Ebpf, prog: &str, data: &[u8]| -> f64 {
         let p: &Xdp = ebpf.program(prog).unwrap().try_into().unwrap();
@@ -84,8 +107,16 @@ fn prog_test_run(out: &mut String) {
         opts.repeat = REPEAT;
         p.test_run(opts).expect("test run").duration.as_nanos() as f64
     };
-    writeln!(out, "### XDP program cost, BPF_PROG_TEST_RUN, repeat = {REPEAT}, median of {ROUNDS} rounds\n").unwrap();
-    writeln!(out, "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio |").unwrap();
+    writeln!(
+        out,
+        "### XDP program cost, BPF_PROG_TEST_RUN, repeat = {REPEAT}, median of {ROUNDS} rounds\n"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio |"
+    )
+    .unwrap();
     writeln!(out, "|---|---:|---:|---:|").unwrap();
     for (desc, data) in cases {
         // Interleave the two programs so drift on a shared machine hits both alike.
@@ -105,7 +136,11 @@ fn prog_test_run(out: &mut String) {
 fn origin_bin() -> PathBuf {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let p = ws.join("target/release/origin");
-    assert!(p.exists(), "{} missing: cargo build --release -p origin", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: cargo build --release -p origin",
+        p.display()
+    );
     p
 }
 
@@ -114,9 +149,15 @@ fn docroot() -> PathBuf {
     let dir = std::env::temp_dir().join(netns::unique("www"));
     let hls = dir.join("hls/demo");
     std::fs::create_dir_all(&hls).unwrap();
-    let mut pl = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:880000000\n");
+    let mut pl = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:880000000\n",
+    );
     for i in 0..6 {
-        pl += &format!("#EXT-X-PROGRAM-DATE-TIME:2026-11-25T19:00:{:02}.000Z\n#EXTINF:2.000,\n{}.ts\n", i * 2, 880000000 + i);
+        pl += &format!(
+            "#EXT-X-PROGRAM-DATE-TIME:2026-11-25T19:00:{:02}.000Z\n#EXTINF:2.000,\n{}.ts\n",
+            i * 2,
+            880000000 + i
+        );
     }
     std::fs::write(hls.join("index.m3u8"), pl).unwrap();
     std::fs::write(hls.join("seg.ts"), vec![0x47u8; 1 << 20]).unwrap();
@@ -140,7 +181,12 @@ fn start_origin(ns: &Netns, root: &Path, listen: &str) -> Proc {
     let child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .arg(origin_bin())
-        .args(["--root", origin_root(root).to_str().unwrap(), "--listen", listen])
+        .args([
+            "--root",
+            origin_root(root).to_str().unwrap(),
+            "--listen",
+            listen,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -181,7 +227,10 @@ fn wrk(ns: &Netns, url: &str) -> (f64, f64) {
             };
         }
         // A benchmark of error responses measures nothing: stop.
-        assert!(!line.contains("Non-2xx"), "wrk got error responses from {url}: {line}");
+        assert!(
+            !line.contains("Non-2xx"),
+            "wrk got error responses from {url}: {line}"
+        );
         if line.contains("Socket errors") {
             eprintln!("wrk reported socket errors for {url}: {line}");
         }
@@ -190,7 +239,10 @@ fn wrk(ns: &Netns, url: &str) -> (f64, f64) {
 }
 
 fn compare(out: &mut String, label: &str, ns: &Netns, vip: &str, direct: &str) {
-    for (what, path) in [("playlist ~600 B", "/hls/demo/index.m3u8"), ("segment 1 MiB", "/hls/demo/seg.ts")] {
+    for (what, path) in [
+        ("playlist ~600 B", "/hls/demo/index.m3u8"),
+        ("segment 1 MiB", "/hls/demo/seg.ts"),
+    ] {
         // Alternate direct and VIP runs, PAIRS times, and report the medians: drift of a
         // shared machine then hits both sides alike.
         let mut d = (Vec::new(), Vec::new());
@@ -207,7 +259,12 @@ fn compare(out: &mut String, label: &str, ns: &Netns, vip: &str, direct: &str) {
         writeln!(
             out,
             "| {label} | {what} | {:.0} | {:.0} | {:.3}x | {:.1} | {:.1} | {:.3}x |",
-            v.0, d.0, v.0 / d.0, v.1, d.1, v.1 / d.1
+            v.0,
+            d.0,
+            v.0 / d.0,
+            v.1,
+            d.1,
+            v.1 / d.1
         )
         .unwrap();
     }
@@ -216,7 +273,11 @@ fn compare(out: &mut String, label: &str, ns: &Netns, vip: &str, direct: &str) {
 fn wrk_section(out: &mut String) {
     let root = docroot();
     writeln!(out, "### wrk through the VIP vs straight to the origin (`wrk -t2 -c50 -d{WRK_SECONDS}s`, same origin process, median of {PAIRS} alternating pairs)\n").unwrap();
-    writeln!(out, "| topology | file | VIP req/s | direct req/s | ratio | VIP MB/s | direct MB/s | ratio |").unwrap();
+    writeln!(
+        out,
+        "| topology | file | VIP req/s | direct req/s | ratio | VIP MB/s | direct MB/s | ratio |"
+    )
+    .unwrap();
     writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|").unwrap();
     {
         let pair = Pair::new();
@@ -226,7 +287,10 @@ fn wrk_section(out: &mut String) {
             iface: pair.edge_if.clone(),
             vip: format!("{EDGE_V4}:8080").parse().unwrap(),
             vip_v6: None,
-            origins: vec!["0.0.0.0:8081".parse().unwrap(), "0.0.0.0:8082".parse().unwrap()],
+            origins: vec![
+                "0.0.0.0:8081".parse().unwrap(),
+                "0.0.0.0:8082".parse().unwrap(),
+            ],
             pin_root: bpf.pin_root(),
             mode: AttachMode::Native,
         };
@@ -235,12 +299,22 @@ fn wrk_section(out: &mut String) {
             p.set_active(0).unwrap();
             p
         });
-        compare(out, "veth, native XDP", &pair.client, &format!("{EDGE_V4}:8080"), &format!("{EDGE_V4}:8081"));
+        compare(
+            out,
+            "veth, native XDP",
+            &pair.client,
+            &format!("{EDGE_V4}:8080"),
+            &format!("{EDGE_V4}:8081"),
+        );
         let root = bpf.pin_root();
-        pair.edge.run(move || switcher_ctl::loader::detach(&root).unwrap());
+        pair.edge
+            .run(move || switcher_ctl::loader::detach(&root).unwrap());
         drop(dp);
     }
-    for (mode, label) in [(AttachMode::Generic, "lo, generic XDP"), (AttachMode::Tc, "lo, TC ingress")] {
+    for (mode, label) in [
+        (AttachMode::Generic, "lo, generic XDP"),
+        (AttachMode::Tc, "lo, TC ingress"),
+    ] {
         let ns = Netns::new("b");
         let bpf = BpfFs::new();
         let _origin = start_origin(&ns, &root, "127.0.0.1:8081");
@@ -248,7 +322,10 @@ fn wrk_section(out: &mut String) {
             iface: "lo".into(),
             vip: "127.0.0.1:8080".parse().unwrap(),
             vip_v6: None,
-            origins: vec!["127.0.0.1:8081".parse().unwrap(), "127.0.0.1:8082".parse().unwrap()],
+            origins: vec![
+                "127.0.0.1:8081".parse().unwrap(),
+                "127.0.0.1:8082".parse().unwrap(),
+            ],
             pin_root: bpf.pin_root(),
             mode,
         };
@@ -268,10 +345,22 @@ fn wrk_section(out: &mut String) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the data-path benchmark needs root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the data-path benchmark needs root"
+    );
     let mut out = String::new();
-    let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().unwrap();
-    writeln!(out, "\n## `cargo xtask bench datapath` ({})\n", String::from_utf8_lossy(&date.stdout).trim()).unwrap();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .unwrap();
+    writeln!(
+        out,
+        "\n## `cargo xtask bench datapath` ({})\n",
+        String::from_utf8_lossy(&date.stdout).trim()
+    )
+    .unwrap();
     prog_test_run(&mut out);
     print!("{out}");
     let mut wrk_out = String::new();

@@ -58,8 +58,18 @@ pub fn parse_override(body: &[u8]) -> Option<Mode> {
 }
 
 /// Serves until `shutdown` completes, with the status page's default settings.
-pub async fn serve(listener: TcpListener, controller: SharedController, shutdown: impl Future<Output = ()>) {
-    serve_with(listener, controller, Arc::new(PageConfig::default()), shutdown).await;
+pub async fn serve(
+    listener: TcpListener,
+    controller: SharedController,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(
+        listener,
+        controller,
+        Arc::new(PageConfig::default()),
+        shutdown,
+    )
+    .await;
 }
 
 /// Serves until `shutdown` completes; connections still open then are dropped.
@@ -98,24 +108,37 @@ pub async fn serve_with(
     }
 }
 
-fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn response(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_str(content_type).expect("static content type"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_str(content_type).expect("static content type"),
+    );
     r
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => response(status, "application/json", body),
-        Err(e) => response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        Err(e) => response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
     }
 }
 
 fn lock(controller: &SharedController) -> std::sync::MutexGuard<'_, Controller> {
     // A panic while holding the lock leaves a controller whose last write may be half done;
     // the data plane itself is consistent (each write is one syscall), so keep serving.
-    controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    controller
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn handle(
@@ -127,17 +150,32 @@ async fn handle(
         (&Method::GET, "/metrics") => {
             let mut c = lock(&controller);
             c.refresh_dataplane_metrics();
-            response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, c.metrics().render())
+            response(
+                StatusCode::OK,
+                PROMETHEUS_CONTENT_TYPE,
+                c.metrics().render(),
+            )
         }
         (&Method::GET, "/healthz") => {
             let status = lock(&controller).status();
-            let code = if status.both_bad { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            let code = if status.both_bad {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
             json(code, &status)
         }
         (&Method::GET, "/") => {
             let status = lock(&controller).status();
-            let mut r = response(StatusCode::OK, "text/html; charset=utf-8", status_page::render(&status, &page));
-            r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+            let mut r = response(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                status_page::render(&status, &page),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
             r
         }
         (&Method::GET, "/api/state") => {
@@ -145,30 +183,56 @@ async fn handle(
                 let c = lock(&controller);
                 (c.status(), c.age_history())
             };
-            json(StatusCode::OK, &PageState::new(status, history, &page, SystemTime::now()))
+            json(
+                StatusCode::OK,
+                &PageState::new(status, history, &page, SystemTime::now()),
+            )
         }
         (&Method::GET, path) if path.starts_with("/assets/") => {
             match status_page::asset(&page.assets_dir, &path["/assets/".len()..]).await {
-                Asset::Found(bytes) => response(StatusCode::OK, "text/javascript; charset=utf-8", bytes),
-                Asset::Missing(why) => response(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", why),
+                Asset::Found(bytes) => {
+                    response(StatusCode::OK, "text/javascript; charset=utf-8", bytes)
+                }
+                Asset::Missing(why) => {
+                    response(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", why)
+                }
             }
         }
         (&Method::POST, "/override") => {
-            let body = match Limited::new(req.into_body(), MAX_OVERRIDE_BODY).collect().await {
+            let body = match Limited::new(req.into_body(), MAX_OVERRIDE_BODY)
+                .collect()
+                .await
+            {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return Ok(response(StatusCode::BAD_REQUEST, "text/plain", e.to_string())),
+                Err(e) => {
+                    return Ok(response(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        e.to_string(),
+                    ));
+                }
             };
             match parse_override(&body) {
-                None => response(StatusCode::BAD_REQUEST, "text/plain", "body must be primary, backup or auto\n"),
+                None => response(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "body must be primary, backup or auto\n",
+                ),
                 Some(mode) => match lock(&controller).set_mode(mode, SystemTime::now()) {
                     Ok(decision) => json(StatusCode::OK, &decision),
-                    Err(e) => response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+                    Err(e) => response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        format!("{e}\n"),
+                    ),
                 },
             }
         }
-        (_, "/metrics" | "/healthz" | "/" | "/override" | "/api/state") => {
-            response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
-        }
+        (_, "/metrics" | "/healthz" | "/" | "/override" | "/api/state") => response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        ),
         _ => response(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     };
     Ok(r)
@@ -210,9 +274,10 @@ pub async fn request(
         .map_err(|_| unreachable("connect timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
     let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| protocol(e.to_string()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| protocol(e.to_string()))?;
         let conn = tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
@@ -220,13 +285,23 @@ pub async fn request(
             .header(header::HOST, addr.to_string())
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| protocol(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| protocol(e.to_string()))?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| protocol(e.to_string()))?
+            .to_bytes();
         conn.abort();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| protocol("timed out".into()))?
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| protocol("timed out".into()))?
 }
 
 #[cfg(test)]
@@ -235,8 +310,14 @@ mod tests {
 
     #[test]
     fn override_bodies() {
-        assert_eq!(parse_override(b"primary\n"), Some(Mode::Manual(OriginId::Primary)));
-        assert_eq!(parse_override(b"\"backup\""), Some(Mode::Manual(OriginId::Backup)));
+        assert_eq!(
+            parse_override(b"primary\n"),
+            Some(Mode::Manual(OriginId::Primary))
+        );
+        assert_eq!(
+            parse_override(b"\"backup\""),
+            Some(Mode::Manual(OriginId::Backup))
+        );
         assert_eq!(parse_override(br#"{"mode":"auto"}"#), Some(Mode::Auto));
         assert_eq!(parse_override(b"sideways"), None);
         assert_eq!(parse_override(&[0xff, 0xfe]), None);

@@ -192,7 +192,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             iface: DEFAULT_IFACE.into(),
-            vip: DEFAULT_VIP.parse().expect("DEFAULT_VIP is a socket address"),
+            vip: DEFAULT_VIP
+                .parse()
+                .expect("DEFAULT_VIP is a socket address"),
             primary_base_url: DEFAULT_PRIMARY.into(),
             backup_base_url: DEFAULT_BACKUP.into(),
             stream: DEFAULT_STREAM.into(),
@@ -205,7 +207,9 @@ impl Default for Config {
             max_playlist_bytes: DEFAULT_MAX_PLAYLIST_BYTES,
             prefer_primary: true,
             pin_root: DEFAULT_PIN_ROOT.into(),
-            admin: DEFAULT_ADMIN.parse().expect("DEFAULT_ADMIN is a socket address"),
+            admin: DEFAULT_ADMIN
+                .parse()
+                .expect("DEFAULT_ADMIN is a socket address"),
             attach_mode: AttachModeArg::Auto,
             decision_history: DEFAULT_DECISION_HISTORY,
             assets_dir: DEFAULT_ASSETS_DIR.into(),
@@ -223,8 +227,14 @@ fn positive_seconds(key: &'static str, value: f64) -> Result<(), ConfigError> {
 }
 
 fn http_url(key: &'static str, url: &str) -> Result<Uri, ConfigError> {
-    let bad = |reason: &str| ConfigError::Url { key, url: url.to_string(), reason: reason.into() };
-    let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
+    let bad = |reason: &str| ConfigError::Url {
+        key,
+        url: url.to_string(),
+        reason: reason.into(),
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
     // Only plain HTTP: origins sit next to the edge and the probe speaks HTTP/1.1 itself.
     if uri.scheme_str() != Some("http") {
         return Err(bad("scheme must be http"));
@@ -239,13 +249,20 @@ impl Config {
     /// Checks every key; returns the config unchanged when it can work.
     pub fn validate(self) -> Result<Self, ConfigError> {
         positive_seconds("CHECK_INTERVAL_SECONDS", self.check_interval_seconds)?;
-        positive_seconds("SEGMENT_AGE_THRESHOLD_SECONDS", self.segment_age_threshold_seconds)?;
+        positive_seconds(
+            "SEGMENT_AGE_THRESHOLD_SECONDS",
+            self.segment_age_threshold_seconds,
+        )?;
         positive_seconds("PROBE_TIMEOUT_SECONDS", self.probe_timeout_seconds)?;
         if self.required_windows == 0 {
-            return Err(ConfigError::Zero { key: "REQUIRED_WINDOWS" });
+            return Err(ConfigError::Zero {
+                key: "REQUIRED_WINDOWS",
+            });
         }
         if self.max_playlist_bytes == 0 {
-            return Err(ConfigError::Zero { key: "MAX_PLAYLIST_BYTES" });
+            return Err(ConfigError::Zero {
+                key: "MAX_PLAYLIST_BYTES",
+            });
         }
         let primary = self.primary_url();
         let backup = self.backup_url();
@@ -303,7 +320,11 @@ impl Config {
 /// `PRIMARY_BASE_URL=http://origin/hls` + `PLAYLIST_PATH=index.m3u8` and our
 /// `http://127.0.0.1:8081` + `/hls/demo/index.m3u8` both work.
 pub fn join_url(base: &str, path: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 #[cfg(test)]
@@ -333,11 +354,26 @@ mod tests {
     #[test]
     fn validate_rejects_bad_values() {
         let bad = [
-            Config { check_interval_seconds: 0.0, ..Config::default() },
-            Config { segment_age_threshold_seconds: f64::NAN, ..Config::default() },
-            Config { required_windows: 0, ..Config::default() },
-            Config { primary_base_url: "https://x".into(), ..Config::default() },
-            Config { backup_base_url: DEFAULT_PRIMARY.into(), ..Config::default() },
+            Config {
+                check_interval_seconds: 0.0,
+                ..Config::default()
+            },
+            Config {
+                segment_age_threshold_seconds: f64::NAN,
+                ..Config::default()
+            },
+            Config {
+                required_windows: 0,
+                ..Config::default()
+            },
+            Config {
+                primary_base_url: "https://x".into(),
+                ..Config::default()
+            },
+            Config {
+                backup_base_url: DEFAULT_PRIMARY.into(),
+                ..Config::default()
+            },
         ];
         for c in bad {
             assert!(c.clone().validate().is_err(), "{c:?} should be rejected");

@@ -129,9 +129,14 @@ impl Controller {
         let active = match OriginId::from_index(index) {
             Some(o) => o,
             None => {
-                tracing::warn!(index, "data plane's active origin is not primary or backup; setting primary");
+                tracing::warn!(
+                    index,
+                    "data plane's active origin is not primary or backup; setting primary"
+                );
                 let origin = OriginId::Primary;
-                dataplane.set_active(origin.index()).map_err(|source| ControlError::SetActive { origin, source })?;
+                dataplane
+                    .set_active(origin.index())
+                    .map_err(|source| ControlError::SetActive { origin, source })?;
                 origin
             }
         };
@@ -160,30 +165,46 @@ impl Controller {
     }
 
     /// One probe window: record, decide, apply.
-    pub fn on_window(&mut self, primary: &ProbeReport, backup: &ProbeReport, now: SystemTime) -> Result<Decision, ControlError> {
+    pub fn on_window(
+        &mut self,
+        primary: &ProbeReport,
+        backup: &ProbeReport,
+        now: SystemTime,
+    ) -> Result<Decision, ControlError> {
         self.metrics.observe_probe(OriginId::Primary, primary);
         self.metrics.observe_probe(OriginId::Backup, backup);
         self.sample_ages(primary, backup, now);
         let decision = self.decider.step(primary, backup, now);
         for o in OriginId::ALL {
-            self.metrics.set_healthy(o, self.decider.track(o).health == Health::Healthy);
+            self.metrics
+                .set_healthy(o, self.decider.track(o).health == Health::Healthy);
         }
         self.apply(decision)
     }
 
     /// Appends to the age history when the newest sample is [`AGE_SAMPLE_PERIOD`] old.
     fn sample_ages(&mut self, primary: &ProbeReport, backup: &ProbeReport, now: SystemTime) {
-        let at_ms = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let at_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let period_ms = AGE_SAMPLE_PERIOD.as_millis() as u64;
         // A clock stepped back also takes a new sample rather than freezing the history.
-        if self.age_history.back().is_some_and(|s| at_ms >= s.at_ms && at_ms - s.at_ms < period_ms) {
+        if self
+            .age_history
+            .back()
+            .is_some_and(|s| at_ms >= s.at_ms && at_ms - s.at_ms < period_ms)
+        {
             return;
         }
         if self.age_history.len() == AGE_HISTORY_LEN {
             self.age_history.pop_front();
         }
         let age = |r: &ProbeReport| r.outcome.as_ref().ok().map(|f| f.age_seconds);
-        self.age_history.push_back(AgeSample { at_ms, primary: age(primary), backup: age(backup) });
+        self.age_history.push_back(AgeSample {
+            at_ms,
+            primary: age(primary),
+            backup: age(backup),
+        });
     }
 
     /// The segment-age history, oldest first.
@@ -194,7 +215,9 @@ impl Controller {
     /// An operator's override (`POST /override`).
     pub fn set_mode(&mut self, mode: Mode, now: SystemTime) -> Result<Decision, ControlError> {
         let decision = self.decider.set_mode(mode, now);
-        self.metrics.manual_mode.set(i64::from(matches!(mode, Mode::Manual(_))));
+        self.metrics
+            .manual_mode
+            .set(i64::from(matches!(mode, Mode::Manual(_))));
         self.apply(decision)
     }
 
@@ -205,15 +228,24 @@ impl Controller {
             if let Err(source) = self.dataplane.set_active(new.index()) {
                 self.decider.revert_active(old);
                 tracing::error!(from = %old, to = %new, error = %format!("{source:#}"), "flip failed; staying");
-                return Err(ControlError::SetActive { origin: new, source });
+                return Err(ControlError::SetActive {
+                    origin: new,
+                    source,
+                });
             }
             self.metrics.set_active(new);
             // After set_active: a retired flow's next packet is a new flow for the new origin.
             match self.dataplane.retire_flows(old.index()) {
-                Ok(n) => self.metrics.retired_flows.with_label_values(&[old.label()]).inc_by(n),
+                Ok(n) => self
+                    .metrics
+                    .retired_flows
+                    .with_label_values(&[old.label()])
+                    .inc_by(n),
                 // The flip itself happened; the old flows stay pinned until they end or the LRU
                 // evicts them. Worth an error line, not a rollback.
-                Err(e) => tracing::error!(origin = %old, error = %format!("{e:#}"), "retiring flows failed"),
+                Err(e) => {
+                    tracing::error!(origin = %old, error = %format!("{e:#}"), "retiring flows failed")
+                }
             }
         }
         self.metrics.observe_decision(&decision);
@@ -221,7 +253,10 @@ impl Controller {
         // A condition that persists (both bad, a degraded active origin) is one entry of the
         // history, not one per probe window: it would push every other decision out.
         let repeated = self.last == Some((decision.action, decision.reason)) && !decision.flips();
-        if !repeated && decision.reason != Reason::ActiveHealthy && decision.reason != Reason::Manual {
+        if !repeated
+            && decision.reason != Reason::ActiveHealthy
+            && decision.reason != Reason::Manual
+        {
             if self.history.len() == self.history_len {
                 self.history.pop_front();
             }
@@ -248,7 +283,11 @@ impl Controller {
             Action::BothBad if !repeated => {
                 tracing::warn!(action, reason, active = %d.to, detail = %d.detail, "both origins bad; staying")
             }
-            Action::Stay if d.reason == Reason::ActiveDegraded || d.reason == Reason::ManualOverride || d.reason == Reason::ManualAuto => {
+            Action::Stay
+                if d.reason == Reason::ActiveDegraded
+                    || d.reason == Reason::ManualOverride
+                    || d.reason == Reason::ManualAuto =>
+            {
                 tracing::info!(action, reason, active = %d.to, detail = %d.detail, "stay")
             }
             _ => tracing::debug!(action, reason, active = %d.to, detail = %d.detail, "stay"),
@@ -294,7 +333,11 @@ impl Controller {
             }
         };
         let flows = self.dataplane.flow_counts().ok().map(|counts| {
-            counts.iter().enumerate().map(|(i, n)| (slot_label(i as u32), *n)).collect()
+            counts
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (slot_label(i as u32), *n))
+                .collect()
         });
         let (mode, manual_origin) = match self.decider.mode() {
             Mode::Auto => ("auto", None),
@@ -305,7 +348,10 @@ impl Controller {
             mode,
             manual_origin,
             both_bad: self.last.is_some_and(|(a, _)| a == Action::BothBad),
-            origins: Origins { primary: origin(OriginId::Primary), backup: origin(OriginId::Backup) },
+            origins: Origins {
+                primary: origin(OriginId::Primary),
+                backup: origin(OriginId::Backup),
+            },
             flows,
             decisions: self.history.iter().cloned().collect(),
         }

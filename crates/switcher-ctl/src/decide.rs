@@ -132,10 +132,18 @@ impl fmt::Display for BadReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BadReason::Probe(e) => write!(f, "{e}"),
-            BadReason::Stale { age_seconds, threshold_seconds } => {
-                write!(f, "stale: segment age {age_seconds:.1}s > {threshold_seconds}s")
+            BadReason::Stale {
+                age_seconds,
+                threshold_seconds,
+            } => {
+                write!(
+                    f,
+                    "stale: segment age {age_seconds:.1}s > {threshold_seconds}s"
+                )
             }
-            BadReason::Behind { msn, other_msn } => write!(f, "behind: newest MSN {msn} < other origin's {other_msn}"),
+            BadReason::Behind { msn, other_msn } => {
+                write!(f, "behind: newest MSN {msn} < other origin's {other_msn}")
+            }
         }
     }
 }
@@ -167,7 +175,13 @@ pub struct OriginTrack {
 
 impl OriginTrack {
     fn new() -> Self {
-        OriginTrack { health: Health::Healthy, consecutive_bad: 0, consecutive_good: 0, last_bad: None, last_report: None }
+        OriginTrack {
+            health: Health::Healthy,
+            consecutive_bad: 0,
+            consecutive_good: 0,
+            last_bad: None,
+            last_report: None,
+        }
     }
 
     /// Healthy and good in the latest window: the only kind of origin we flip to.
@@ -289,7 +303,12 @@ fn slot(o: OriginId) -> usize {
 impl Decider {
     /// Starts with `active` (adopted from the data plane), both origins healthy, mode auto.
     pub fn new(policy: Policy, active: OriginId) -> Self {
-        Decider { policy, active, mode: Mode::Auto, tracks: [OriginTrack::new(), OriginTrack::new()] }
+        Decider {
+            policy,
+            active,
+            mode: Mode::Auto,
+            tracks: [OriginTrack::new(), OriginTrack::new()],
+        }
     }
 
     /// The active origin as the decider believes it.
@@ -319,12 +338,18 @@ impl Decider {
             Ok(f) => f,
         };
         if mine.age_seconds > self.policy.age_threshold_seconds {
-            return Some(BadReason::Stale { age_seconds: mine.age_seconds, threshold_seconds: self.policy.age_threshold_seconds });
+            return Some(BadReason::Stale {
+                age_seconds: mine.age_seconds,
+                threshold_seconds: self.policy.age_threshold_seconds,
+            });
         }
         if let Ok(theirs) = &other.outcome
             && theirs.newest_msn > mine.newest_msn.saturating_add(self.policy.msn_tolerance)
         {
-            return Some(BadReason::Behind { msn: mine.newest_msn, other_msn: theirs.newest_msn });
+            return Some(BadReason::Behind {
+                msn: mine.newest_msn,
+                other_msn: theirs.newest_msn,
+            });
         }
         None
     }
@@ -357,14 +382,25 @@ impl Decider {
 
     fn decision(&self, to: OriginId, reason: Reason, at: SystemTime, detail: String) -> Decision {
         let action = if to == self.active {
-            if reason == Reason::BothBad { Action::BothBad } else { Action::Stay }
+            if reason == Reason::BothBad {
+                Action::BothBad
+            } else {
+                Action::Stay
+            }
         } else {
             match to {
                 OriginId::Backup => Action::Failover,
                 OriginId::Primary => Action::Switchback,
             }
         };
-        Decision { action, reason, from: self.active, to, at, detail }
+        Decision {
+            action,
+            reason,
+            from: self.active,
+            to,
+            at,
+            detail,
+        }
     }
 
     /// Puts the decider's belief back to `origin` after the data plane refused a flip, so the
@@ -375,7 +411,12 @@ impl Decider {
 
     /// One window: both origins' reports, judged, tracked, decided. The decider's active
     /// origin follows the decision (the caller applies it to the data plane).
-    pub fn step(&mut self, primary: &ProbeReport, backup: &ProbeReport, now: SystemTime) -> Decision {
+    pub fn step(
+        &mut self,
+        primary: &ProbeReport,
+        backup: &ProbeReport,
+        now: SystemTime,
+    ) -> Decision {
         let p_bad = self.judge(primary, backup);
         let b_bad = self.judge(backup, primary);
         self.record(OriginId::Primary, primary, p_bad);
@@ -385,13 +426,26 @@ impl Decider {
         let other = active.other();
         let a = self.track(active).clone();
         let o = self.track(other);
-        let why = |t: &OriginTrack| t.last_bad.as_ref().map_or_else(|| "good".to_string(), |r| r.to_string());
+        let why = |t: &OriginTrack| {
+            t.last_bad
+                .as_ref()
+                .map_or_else(|| "good".to_string(), |r| r.to_string())
+        };
 
         let decision = if let Mode::Manual(pinned) = self.mode {
-            self.decision(pinned, Reason::Manual, now, format!("pinned to {pinned}; {active}: {}", why(&a)))
+            self.decision(
+                pinned,
+                Reason::Manual,
+                now,
+                format!("pinned to {pinned}; {active}: {}", why(&a)),
+            )
         } else if a.health == Health::Unhealthy {
             if o.eligible() {
-                let detail = format!("{active} unhealthy ({}) for {} windows; {other} good", why(&a), a.consecutive_bad);
+                let detail = format!(
+                    "{active} unhealthy ({}) for {} windows; {other} good",
+                    why(&a),
+                    a.consecutive_bad
+                );
                 self.decision(other, Reason::ActiveUnhealthy, now, detail)
             } else {
                 let detail = format!("{active}: {}; {other}: {}", why(&a), why(o));
@@ -401,11 +455,20 @@ impl Decider {
             let detail = format!("primary good for {} windows", o.consecutive_good);
             self.decision(OriginId::Primary, Reason::PrimaryRecovered, now, detail)
         } else if a.last_bad.is_some() {
-            let detail =
-                format!("{active}: {} ({}/{} bad windows)", why(&a), a.consecutive_bad, self.policy.required_windows);
+            let detail = format!(
+                "{active}: {} ({}/{} bad windows)",
+                why(&a),
+                a.consecutive_bad,
+                self.policy.required_windows
+            );
             self.decision(active, Reason::ActiveDegraded, now, detail)
         } else {
-            self.decision(active, Reason::ActiveHealthy, now, format!("{active} good; {other}: {}", why(o)))
+            self.decision(
+                active,
+                Reason::ActiveHealthy,
+                now,
+                format!("{active} good; {other}: {}", why(o)),
+            )
         };
         self.active = decision.to;
         decision
@@ -422,11 +485,19 @@ impl Decider {
                 let detail = if t.eligible() {
                     format!("operator set {target}")
                 } else {
-                    format!("operator set {target} although it is not healthy ({:?})", t.health)
+                    format!(
+                        "operator set {target} although it is not healthy ({:?})",
+                        t.health
+                    )
                 };
                 self.decision(target, Reason::ManualOverride, now, detail)
             }
-            Mode::Auto => self.decision(self.active, Reason::ManualAuto, now, "operator set auto".into()),
+            Mode::Auto => self.decision(
+                self.active,
+                Reason::ManualAuto,
+                now,
+                "operator set auto".into(),
+            ),
         };
         self.active = decision.to;
         decision

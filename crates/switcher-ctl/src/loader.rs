@@ -19,21 +19,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    include_bytes_aligned,
+    Ebpf, include_bytes_aligned,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
+        SchedClassifier, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, TcAttachOptions, TcAttachType},
-        SchedClassifier, Xdp, XdpMode,
     },
-    Ebpf,
 };
 use switcher_common::{
-    map_names, prog_names, Counters, FlowKey, FlowValue, Origin, VipConfig, ATTACH_TC,
-    ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, MAX_ORIGINS, ORIGIN_CONFIGURED, STATS_SLOTS,
-    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FlowKey, FlowValue, MAX_ORIGINS,
+    ORIGIN_CONFIGURED, Origin, STATS_SLOTS, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
+    map_names, prog_names,
 };
 
 use crate::dataplane::{DataPlane, OriginIndex};
@@ -116,7 +115,9 @@ fn xdp_link_path(root: &Path) -> PathBuf {
 
 /// Whether `path` is on a bpffs.
 fn is_bpffs(path: &Path) -> bool {
-    nix_statfs_magic(path).map(|m| m == BPF_FS_MAGIC).unwrap_or(false)
+    nix_statfs_magic(path)
+        .map(|m| m == BPF_FS_MAGIC)
+        .unwrap_or(false)
 }
 
 fn nix_statfs_magic(path: &Path) -> Option<i64> {
@@ -142,11 +143,18 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
             .status()
             .context("running mount -t bpf")?;
         if !status.success() || !is_bpffs(parent) {
-            bail!("{} is not a bpffs and mounting one there failed", parent.display());
+            bail!(
+                "{} is not a bpffs and mounting one there failed",
+                parent.display()
+            );
         }
         tracing::info!(path = %parent.display(), "mounted bpffs");
     }
-    for dir in [maps_dir(pin_root), progs_dir(pin_root), pin_root.join("links")] {
+    for dir in [
+        maps_dir(pin_root),
+        progs_dir(pin_root),
+        pin_root.join("links"),
+    ] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     Ok(())
@@ -170,12 +178,15 @@ fn ifname(index: u32) -> Result<String> {
         bail!("no interface with index {index}");
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
 }
 
 fn open_map(root: &Path, name: &str) -> Result<Map> {
     let path = maps_dir(root).join(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
     Map::from_map_data(data).with_context(|| format!("map {name}"))
 }
 
@@ -209,7 +220,12 @@ fn vip_config(cfg: &AttachConfig, ifindex: u32, attach_mode: u32) -> VipConfig {
 /// The origin map value for `addr`: the address is left zero ("the VIP's own") when it equals
 /// the VIP's or is unspecified, so only the port is rewritten.
 pub fn origin_value(addr: SocketAddr, vip: &VipConfig) -> Origin {
-    let mut o = Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: addr.port().to_be(), flags: ORIGIN_CONFIGURED };
+    let mut o = Origin {
+        addr_v4: [0; 4],
+        addr_v6: [0; 16],
+        port_be: addr.port().to_be(),
+        flags: ORIGIN_CONFIGURED,
+    };
     match addr.ip() {
         IpAddr::V4(a) if !a.is_unspecified() && a.octets() != vip.addr_v4 => o.addr_v4 = a.octets(),
         IpAddr::V6(a) if !a.is_unspecified() && a.octets() != vip.addr_v6 => o.addr_v6 = a.octets(),
@@ -252,13 +268,24 @@ impl Pinned {
             }
         };
         let vip = vip_config(cfg, idx, mode);
-        pinned.config.set(0, vip, 0).context("writing SWITCHER_CONFIG")?;
+        pinned
+            .config
+            .set(0, vip, 0)
+            .context("writing SWITCHER_CONFIG")?;
         for i in 0..MAX_ORIGINS {
             let value = match cfg.origins.get(i as usize) {
                 Some(a) => origin_value(*a, &vip),
-                None => Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: 0, flags: 0 },
+                None => Origin {
+                    addr_v4: [0; 4],
+                    addr_v6: [0; 16],
+                    port_be: 0,
+                    flags: 0,
+                },
             };
-            pinned.origins.set(i, value, 0).context("writing SWITCHER_ORIGINS")?;
+            pinned
+                .origins
+                .set(i, value, 0)
+                .context("writing SWITCHER_ORIGINS")?;
         }
         Ok(pinned)
     }
@@ -266,7 +293,10 @@ impl Pinned {
     /// Opens the pinned maps (for `status`, `set`, and adoption). Fails when nothing is pinned.
     pub fn open(pin_root: &Path) -> Result<Pinned> {
         if !maps_dir(pin_root).join(map_names::CONFIG).exists() {
-            bail!("nothing attached at {} (no pinned maps)", pin_root.display());
+            bail!(
+                "nothing attached at {} (no pinned maps)",
+                pin_root.display()
+            );
         }
         Ok(Pinned {
             root: pin_root.to_path_buf(),
@@ -285,7 +315,9 @@ impl Pinned {
 
     /// Every origin slot, configured or not (`flags == 0` when not).
     pub fn origins(&self) -> Result<Vec<Origin>> {
-        (0..MAX_ORIGINS).map(|i| Ok(self.origins.get(&i, 0)?)).collect()
+        (0..MAX_ORIGINS)
+            .map(|i| Ok(self.origins.get(&i, 0)?))
+            .collect()
     }
 
     /// One line saying how and where the programs are attached.
@@ -344,18 +376,39 @@ fn tc_filter_present(iface: &str, dir: &str, name: &str) -> bool {
 fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
     let root = &cfg.pin_root;
     let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the eBPF object")?;
-    for name in [map_names::CONFIG, map_names::ORIGINS, map_names::ACTIVE, map_names::FLOWS, map_names::STATS] {
-        let map = ebpf.map(name).ok_or_else(|| anyhow!("object has no map {name}"))?;
-        map.pin(maps_dir(root).join(name)).with_context(|| format!("pinning map {name}"))?;
+    for name in [
+        map_names::CONFIG,
+        map_names::ORIGINS,
+        map_names::ACTIVE,
+        map_names::FLOWS,
+        map_names::STATS,
+    ] {
+        let map = ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("object has no map {name}"))?;
+        map.pin(maps_dir(root).join(name))
+            .with_context(|| format!("pinning map {name}"))?;
     }
     // Steering is off until user space has written the VIP and origins (VIP_ENABLED unset in the
     // zeroed map), so nothing is rewritten toward an unconfigured slot in between.
     tc::qdisc_add_clsact(&cfg.iface)
-        .or_else(|e| if matches!(e, tc::TcError::NetlinkError(_)) { Ok(()) } else { Err(e) })
+        .or_else(|e| {
+            if matches!(e, tc::TcError::NetlinkError(_)) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
         .context("adding clsact qdisc")?;
 
     // Egress first: replies must be rewritten before any request is steered.
-    attach_tc(&mut ebpf, root, &cfg.iface, prog_names::TC_EGRESS, TcAttachType::Egress)?;
+    attach_tc(
+        &mut ebpf,
+        root,
+        &cfg.iface,
+        prog_names::TC_EGRESS,
+        TcAttachType::Egress,
+    )?;
 
     let lo = cfg.iface == "lo";
     let attempts: &[u32] = match cfg.mode {
@@ -368,7 +421,13 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
     let mut last_err = None;
     for &mode in attempts {
         let result = match mode {
-            ATTACH_TC => attach_tc(&mut ebpf, root, &cfg.iface, prog_names::TC_INGRESS, TcAttachType::Ingress),
+            ATTACH_TC => attach_tc(
+                &mut ebpf,
+                root,
+                &cfg.iface,
+                prog_names::TC_INGRESS,
+                TcAttachType::Ingress,
+            ),
             _ => attach_xdp(&mut ebpf, root, &cfg.iface, mode),
         };
         match result {
@@ -395,10 +454,17 @@ fn attach_xdp(ebpf: &mut Ebpf, root: &Path, iface: &str, mode: u32) -> Result<()
         .try_into()?;
     if prog.fd().is_err() {
         prog.load().context("loading XDP program (verifier)")?;
-        prog.pin(progs_dir(root).join(prog_names::XDP_INGRESS)).context("pinning XDP program")?;
+        prog.pin(progs_dir(root).join(prog_names::XDP_INGRESS))
+            .context("pinning XDP program")?;
     }
-    let xdp_mode = if mode == ATTACH_XDP_NATIVE { XdpMode::Driver } else { XdpMode::Skb };
-    let id = prog.attach(iface, xdp_mode).with_context(|| format!("attaching XDP ({xdp_mode:?}) to {iface}"))?;
+    let xdp_mode = if mode == ATTACH_XDP_NATIVE {
+        XdpMode::Driver
+    } else {
+        XdpMode::Skb
+    };
+    let id = prog
+        .attach(iface, xdp_mode)
+        .with_context(|| format!("attaching XDP ({xdp_mode:?}) to {iface}"))?;
     let link: FdLink = prog
         .take_link(id)?
         .try_into()
@@ -407,17 +473,34 @@ fn attach_xdp(ebpf: &mut Ebpf, root: &Path, iface: &str, mode: u32) -> Result<()
     Ok(())
 }
 
-fn attach_tc(ebpf: &mut Ebpf, root: &Path, iface: &str, name: &str, dir: TcAttachType) -> Result<()> {
-    let prog: &mut SchedClassifier =
-        ebpf.program_mut(name).ok_or_else(|| anyhow!("object has no program {name}"))?.try_into()?;
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    root: &Path,
+    iface: &str,
+    name: &str,
+    dir: TcAttachType,
+) -> Result<()> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("object has no program {name}"))?
+        .try_into()?;
     if prog.fd().is_err() {
-        prog.load().with_context(|| format!("loading {name} (verifier)"))?;
-        prog.pin(progs_dir(root).join(name)).with_context(|| format!("pinning {name}"))?;
+        prog.load()
+            .with_context(|| format!("loading {name} (verifier)"))?;
+        prog.pin(progs_dir(root).join(name))
+            .with_context(|| format!("pinning {name}"))?;
     }
     // Replace an older filter of ours, if a crashed run left one.
     let _ = tc::qdisc_detach_program(iface, dir, name);
     let id = prog
-        .attach_with_options(iface, dir, TcAttachOptions::Netlink(NlOptions { priority: TC_PRIORITY, ..Default::default() }))
+        .attach_with_options(
+            iface,
+            dir,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                ..Default::default()
+            }),
+        )
         .with_context(|| format!("attaching {name} to {iface} {dir:?}"))?;
     // The netlink filter outlives this process by design: forget the link so dropping the
     // program does not remove it. `detach` removes it by name.
@@ -430,18 +513,19 @@ fn attach_tc(ebpf: &mut Ebpf, root: &Path, iface: &str, name: &str, dir: TcAttac
 pub fn detach(pin_root: &Path) -> Result<()> {
     if let Ok(p) = Pinned::open(pin_root)
         && let Ok(vip) = p.vip()
-            && let Ok(name) = ifname(vip.ifindex) {
-                for (dir, prog) in [
-                    (TcAttachType::Ingress, prog_names::TC_INGRESS),
-                    (TcAttachType::Egress, prog_names::TC_EGRESS),
-                ] {
-                    match tc::qdisc_detach_program(&name, dir, prog) {
-                        Ok(()) => tracing::info!(iface = %name, prog, "detached TC filter"),
-                        Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => tracing::warn!(iface = %name, prog, error = %e, "detaching TC filter"),
-                    }
-                }
+        && let Ok(name) = ifname(vip.ifindex)
+    {
+        for (dir, prog) in [
+            (TcAttachType::Ingress, prog_names::TC_INGRESS),
+            (TcAttachType::Egress, prog_names::TC_EGRESS),
+        ] {
+            match tc::qdisc_detach_program(&name, dir, prog) {
+                Ok(()) => tracing::info!(iface = %name, prog, "detached TC filter"),
+                Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(iface = %name, prog, error = %e, "detaching TC filter"),
             }
+        }
+    }
     let link = xdp_link_path(pin_root);
     if link.exists() {
         // Unpinning drops the last reference to the link, which detaches the XDP program.
@@ -461,12 +545,20 @@ fn remove_pins(root: &Path) -> Result<()> {
         let dir = root.join(sub);
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
-                fs::remove_file(e.path()).with_context(|| format!("unpinning {}", e.path().display()))?;
+                fs::remove_file(e.path())
+                    .with_context(|| format!("unpinning {}", e.path().display()))?;
             }
         }
         let _ = fs::remove_dir(&dir);
     }
-    fs::remove_dir(root).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+    fs::remove_dir(root)
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
         .with_context(|| format!("removing {}", root.display()))?;
     Ok(())
 }
@@ -484,7 +576,9 @@ impl DataPlane for Pinned {
         if o.flags & ORIGIN_CONFIGURED == 0 {
             bail!("origin {origin} is not configured");
         }
-        self.active.set(0, origin, 0).context("writing SWITCHER_ACTIVE")?;
+        self.active
+            .set(0, origin, 0)
+            .context("writing SWITCHER_ACTIVE")?;
         Ok(())
     }
 

@@ -29,7 +29,11 @@ const ADMIN_CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 const RUN_WORKER_THREADS: usize = 2;
 
 #[derive(Parser)]
-#[command(name = "switcher-ctl", version, about = "Control plane of the eBPF HLS edge")]
+#[command(
+    name = "switcher-ctl",
+    version,
+    about = "Control plane of the eBPF HLS edge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -87,7 +91,8 @@ impl Target {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -95,12 +100,12 @@ fn main() -> ExitCode {
         Command::Run(config) => run(*config),
         Command::Status(at) => status(&at),
         Command::Set { target, at } => set(target, &at),
-        Command::Detach { pin_root } => {
-            loader::detach(&pin_root).with_context(|| format!("detaching under {}", pin_root.display())).map(|()| {
+        Command::Detach { pin_root } => loader::detach(&pin_root)
+            .with_context(|| format!("detaching under {}", pin_root.display()))
+            .map(|()| {
                 println!("detached; pins under {} removed", pin_root.display());
                 ExitCode::SUCCESS
-            })
-        }
+            }),
     };
     match result {
         Ok(code) => code,
@@ -114,11 +119,19 @@ fn main() -> ExitCode {
 /// The socket address of an origin base URL, for the data plane's origin map. The VIP's
 /// family is preferred when the host resolves to both.
 fn origin_addr(base_url: &str, vip: SocketAddr) -> Result<SocketAddr> {
-    let uri: hyper::Uri = base_url.parse().with_context(|| format!("origin URL {base_url:?}"))?;
-    let host = uri.host().context("origin URL has no host")?.trim_start_matches('[').trim_end_matches(']');
+    let uri: hyper::Uri = base_url
+        .parse()
+        .with_context(|| format!("origin URL {base_url:?}"))?;
+    let host = uri
+        .host()
+        .context("origin URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
-    let addrs: Vec<SocketAddr> =
-        (host, port).to_socket_addrs().with_context(|| format!("resolving origin host {host:?}"))?.collect();
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving origin host {host:?}"))?
+        .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4() == vip.is_ipv4())
@@ -133,7 +146,10 @@ fn run(config: Config) -> Result<ExitCode> {
         iface: config.iface.clone(),
         vip: config.vip,
         vip_v6: None,
-        origins: vec![origin_addr(&config.primary_base_url, config.vip)?, origin_addr(&config.backup_base_url, config.vip)?],
+        origins: vec![
+            origin_addr(&config.primary_base_url, config.vip)?,
+            origin_addr(&config.backup_base_url, config.vip)?,
+        ],
         pin_root: config.pin_root.clone(),
         mode: match config.attach_mode {
             AttachModeArg::Auto => AttachMode::Auto,
@@ -146,8 +162,11 @@ fn run(config: Config) -> Result<ExitCode> {
         .with_context(|| format!("attaching to {} (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON to load the programs; adopting pinned ones needs only CAP_BPF + CAP_NET_ADMIN)", config.iface))?;
     tracing::info!(info = %pinned.attach_info(), "data plane attached");
     // Bound before dropping privileges, so an admin port below 1024 would still work.
-    let listener = StdTcpListener::bind(config.admin).with_context(|| format!("binding admin {}", config.admin))?;
-    listener.set_nonblocking(true).context("admin listener non-blocking")?;
+    let listener = StdTcpListener::bind(config.admin)
+        .with_context(|| format!("binding admin {}", config.admin))?;
+    listener
+        .set_nonblocking(true)
+        .context("admin listener non-blocking")?;
     // Before the runtime exists: capabilities are per thread, and its threads inherit ours.
     privileges::drop_to_bpf_and_net_admin().context("dropping privileges")?;
     tracing::info!(effective = ?privileges::effective(), "privileges dropped");
@@ -158,13 +177,23 @@ fn run(config: Config) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener).context("admin listener")?;
-        service::run(config, Box::new(pinned), listener, service::shutdown_signal()).await.context("service")
+        service::run(
+            config,
+            Box::new(pinned),
+            listener,
+            service::shutdown_signal(),
+        )
+        .await
+        .context("service")
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn small_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn describe_origin(o: &switcher_common::Origin) -> String {
@@ -201,11 +230,21 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
     let flows = pinned.flow_counts().context("reading the flows map")?;
     for (i, o) in origins.iter().enumerate() {
         if o.flags & ORIGIN_CONFIGURED != 0 {
-            println!("origin {} [{i}]: {}, flows {}", slot_label(i as u32), describe_origin(o), flows.get(i).copied().unwrap_or(0));
+            println!(
+                "origin {} [{i}]: {}, flows {}",
+                slot_label(i as u32),
+                describe_origin(o),
+                flows.get(i).copied().unwrap_or(0)
+            );
         }
     }
     println!("counters (summed over CPUs):");
-    for (i, c) in pinned.counters().context("reading the stats map")?.iter().enumerate() {
+    for (i, c) in pinned
+        .counters()
+        .context("reading the stats map")?
+        .iter()
+        .enumerate()
+    {
         println!(
             "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} resteered {}",
             slot_label(i as u32),
@@ -228,31 +267,63 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
 fn status(at: &Where) -> Result<ExitCode> {
     let attached = print_pinned(&at.pin_root)?;
     let rt = small_runtime()?;
-    match rt.block_on(admin::request(at.admin, Method::GET, "/healthz", "", ADMIN_CLIENT_TIMEOUT)) {
+    match rt.block_on(admin::request(
+        at.admin,
+        Method::GET,
+        "/healthz",
+        "",
+        ADMIN_CLIENT_TIMEOUT,
+    )) {
         Ok((_, body)) => println!("service at {}:\n{body}", at.admin),
         Err(e) => println!("{e}"),
     }
-    Ok(if attached { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if attached {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn set(target: Target, at: &Where) -> Result<ExitCode> {
     let rt = small_runtime()?;
-    match rt.block_on(admin::request(at.admin, Method::POST, "/override", target.word(), ADMIN_CLIENT_TIMEOUT)) {
+    match rt.block_on(admin::request(
+        at.admin,
+        Method::POST,
+        "/override",
+        target.word(),
+        ADMIN_CLIENT_TIMEOUT,
+    )) {
         Ok((StatusCode::OK, body)) => {
-            println!("set {} through the running service at {}:\n{body}", target.word(), at.admin);
+            println!(
+                "set {} through the running service at {}:\n{body}",
+                target.word(),
+                at.admin
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Ok((status, body)) => bail!("the running service refused the override ({status}): {}", body.trim()),
+        Ok((status, body)) => bail!(
+            "the running service refused the override ({status}): {}",
+            body.trim()
+        ),
         Err(admin::ClientError::Unreachable { reason, .. }) => {
             let origin = match target {
                 Target::Primary => OriginId::Primary,
                 Target::Backup => OriginId::Backup,
-                Target::Auto => bail!("no switcher-ctl run reachable at {} ({reason}); auto needs a running service", at.admin),
+                Target::Auto => bail!(
+                    "no switcher-ctl run reachable at {} ({reason}); auto needs a running service",
+                    at.admin
+                ),
             };
             let mut pinned = Pinned::open(&at.pin_root).with_context(|| {
-                format!("no switcher-ctl run reachable at {} ({reason}), and nothing attached at {}", at.admin, at.pin_root.display())
+                format!(
+                    "no switcher-ctl run reachable at {} ({reason}), and nothing attached at {}",
+                    at.admin,
+                    at.pin_root.display()
+                )
             })?;
-            pinned.set_active(origin.index()).context("writing the active map")?;
+            pinned
+                .set_active(origin.index())
+                .context("writing the active map")?;
             // Flows on the other origin stay pinned to it: retiring them is the service's job
             // when it decides; an operator without a service gets the map write only.
             println!(

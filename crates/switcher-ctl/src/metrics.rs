@@ -4,8 +4,8 @@
 //! Each metric is documented where it is declared, and that text is also its HELP line.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use switcher_common::{Counters, STATS_UNSTEERED};
 
@@ -16,7 +16,9 @@ use crate::probe::{ProbeError, ProbeReport};
 pub const UNSTEERED_LABEL: &str = "unsteered";
 /// Buckets of `probe_duration_seconds`: loopback probes take well under a millisecond, a
 /// remote origin tens of ms, and the default timeout is 0.5 s.
-const PROBE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const PROBE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Label of stats slot `i`: the two contract origins by name, other origin slots by index,
 /// and the unsteered slot.
@@ -110,16 +112,29 @@ impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let origin = &["origin"];
-        let counter_vec = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), origin);
+        let counter_vec =
+            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), origin);
         let gauge_vec = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), origin);
         let m = Metrics {
-            active_origin: IntGauge::new("switcher_active_origin", "Active origin: 1 primary, 0 backup.")?,
-            manual_mode: IntGauge::new("switcher_manual_mode", "1 while an operator override pins the active origin.")?,
+            active_origin: IntGauge::new(
+                "switcher_active_origin",
+                "Active origin: 1 primary, 0 backup.",
+            )?,
+            manual_mode: IntGauge::new(
+                "switcher_manual_mode",
+                "1 while an operator override pins the active origin.",
+            )?,
             segment_age: prometheus::GaugeVec::new(
-                Opts::new("segment_age_seconds", "Now minus the end of the newest segment, at the latest good probe."),
+                Opts::new(
+                    "segment_age_seconds",
+                    "Now minus the end of the newest segment, at the latest good probe.",
+                ),
                 origin,
             )?,
-            http_5xx: counter_vec("origin_http_5xx_total", "Probes answered with an HTTP 5xx status.")?,
+            http_5xx: counter_vec(
+                "origin_http_5xx_total",
+                "Probes answered with an HTTP 5xx status.",
+            )?,
             probe_errors: IntCounterVec::new(
                 Opts::new("origin_probe_errors_total", "Failed probes by error kind."),
                 &["origin", "kind"],
@@ -127,27 +142,73 @@ impl Metrics {
             failovers: IntCounter::new("failovers_total", "Flips to the backup origin.")?,
             switchbacks: IntCounter::new("switchbacks_total", "Flips back to the primary origin.")?,
             probe_duration: HistogramVec::new(
-                HistogramOpts::new("probe_duration_seconds", "Duration of one playlist probe.").buckets(PROBE_BUCKETS.to_vec()),
+                HistogramOpts::new("probe_duration_seconds", "Duration of one playlist probe.")
+                    .buckets(PROBE_BUCKETS.to_vec()),
                 origin,
             )?,
-            origin_healthy: gauge_vec("origin_healthy", "1 when the origin is healthy after hysteresis.")?,
-            origin_newest_msn: gauge_vec("origin_newest_msn", "Newest media sequence number at the latest good probe.")?,
-            decisions: IntCounterVec::new(Opts::new("switcher_decisions_total", "Decisions taken, by reason."), &["reason"])?,
+            origin_healthy: gauge_vec(
+                "origin_healthy",
+                "1 when the origin is healthy after hysteresis.",
+            )?,
+            origin_newest_msn: gauge_vec(
+                "origin_newest_msn",
+                "Newest media sequence number at the latest good probe.",
+            )?,
+            decisions: IntCounterVec::new(
+                Opts::new("switcher_decisions_total", "Decisions taken, by reason."),
+                &["reason"],
+            )?,
             both_bad: IntGauge::new("switcher_both_bad", "1 while both origins are bad.")?,
-            retired_flows: counter_vec("switcher_retired_flows_total", "Conntrack entries removed when leaving an origin.")?,
+            retired_flows: counter_vec(
+                "switcher_retired_flows_total",
+                "Conntrack entries removed when leaving an origin.",
+            )?,
             dataplane_flows: gauge_vec("dataplane_flows", "Flows tracked in the conntrack map.")?,
-            dp_packets: counter_vec("dataplane_packets_total", "Request packets steered to the origin.")?,
-            dp_bytes: counter_vec("dataplane_bytes_total", "Bytes of request packets steered to the origin.")?,
-            dp_new_flows: counter_vec("dataplane_new_flows_total", "Flows created for the origin.")?,
-            dp_rewrites: counter_vec("dataplane_rewrites_total", "Request packets rewritten toward the origin.")?,
-            dp_reply_rewrites: counter_vec("dataplane_reply_rewrites_total", "Reply packets rewritten back to the VIP.")?,
+            dp_packets: counter_vec(
+                "dataplane_packets_total",
+                "Request packets steered to the origin.",
+            )?,
+            dp_bytes: counter_vec(
+                "dataplane_bytes_total",
+                "Bytes of request packets steered to the origin.",
+            )?,
+            dp_new_flows: counter_vec(
+                "dataplane_new_flows_total",
+                "Flows created for the origin.",
+            )?,
+            dp_rewrites: counter_vec(
+                "dataplane_rewrites_total",
+                "Request packets rewritten toward the origin.",
+            )?,
+            dp_reply_rewrites: counter_vec(
+                "dataplane_reply_rewrites_total",
+                "Reply packets rewritten back to the VIP.",
+            )?,
             dp_passes: counter_vec("dataplane_passes_total", "Packets passed unchanged.")?,
-            dp_drops: counter_vec("dataplane_drops_total", "Packets dropped by the data plane.")?,
-            dp_resteered: counter_vec("dataplane_resteered_total", "Packets of unknown mid-stream flows adopted.")?,
-            dp_malformed: IntCounter::new("dataplane_malformed_total", "Truncated packets passed unchanged.")?,
-            dp_fragments: IntCounter::new("dataplane_fragments_total", "IP fragments passed unchanged.")?,
-            dp_ip_options: IntCounter::new("dataplane_ip_options_total", "Packets with IP options or IPv6 extension headers passed unchanged.")?,
-            dp_read_errors: IntCounter::new("dataplane_read_errors_total", "Failed reads of the data plane's maps.")?,
+            dp_drops: counter_vec(
+                "dataplane_drops_total",
+                "Packets dropped by the data plane.",
+            )?,
+            dp_resteered: counter_vec(
+                "dataplane_resteered_total",
+                "Packets of unknown mid-stream flows adopted.",
+            )?,
+            dp_malformed: IntCounter::new(
+                "dataplane_malformed_total",
+                "Truncated packets passed unchanged.",
+            )?,
+            dp_fragments: IntCounter::new(
+                "dataplane_fragments_total",
+                "IP fragments passed unchanged.",
+            )?,
+            dp_ip_options: IntCounter::new(
+                "dataplane_ip_options_total",
+                "Packets with IP options or IPv6 extension headers passed unchanged.",
+            )?,
+            dp_read_errors: IntCounter::new(
+                "dataplane_read_errors_total",
+                "Failed reads of the data plane's maps.",
+            )?,
             registry,
         };
         m.register_all()?;
@@ -204,11 +265,15 @@ impl Metrics {
     /// Records one probe of `origin`.
     pub fn observe_probe(&self, origin: OriginId, report: &ProbeReport) {
         let l = origin.label();
-        self.probe_duration.with_label_values(&[l]).observe(report.latency.as_secs_f64());
+        self.probe_duration
+            .with_label_values(&[l])
+            .observe(report.latency.as_secs_f64());
         match &report.outcome {
             Ok(f) => {
                 self.segment_age.with_label_values(&[l]).set(f.age_seconds);
-                self.origin_newest_msn.with_label_values(&[l]).set(i64::try_from(f.newest_msn).unwrap_or(i64::MAX));
+                self.origin_newest_msn
+                    .with_label_values(&[l])
+                    .set(i64::try_from(f.newest_msn).unwrap_or(i64::MAX));
             }
             Err(e) => {
                 if matches!(e, ProbeError::Http5xx(_)) {
@@ -232,19 +297,24 @@ impl Metrics {
 
     /// Records the active origin.
     pub fn set_active(&self, active: OriginId) {
-        self.active_origin.set(i64::from(active == OriginId::Primary));
+        self.active_origin
+            .set(i64::from(active == OriginId::Primary));
     }
 
     /// Records an origin's health.
     pub fn set_healthy(&self, origin: OriginId, healthy: bool) {
-        self.origin_healthy.with_label_values(&[origin.label()]).set(i64::from(healthy));
+        self.origin_healthy
+            .with_label_values(&[origin.label()])
+            .set(i64::from(healthy));
     }
 
     /// Mirrors the data plane's conntrack counts (index = origin slot).
     pub fn observe_flows(&self, counts: &[u64]) {
         for (i, n) in counts.iter().enumerate() {
             let label = slot_label(i as u32);
-            self.dataplane_flows.with_label_values(&[&label]).set(i64::try_from(*n).unwrap_or(i64::MAX));
+            self.dataplane_flows
+                .with_label_values(&[&label])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
     }
 
@@ -258,7 +328,10 @@ impl Metrics {
             mirror(&self.dp_bytes.with_label_values(&l), c.bytes);
             mirror(&self.dp_new_flows.with_label_values(&l), c.new_flows);
             mirror(&self.dp_rewrites.with_label_values(&l), c.rewrites);
-            mirror(&self.dp_reply_rewrites.with_label_values(&l), c.reply_rewrites);
+            mirror(
+                &self.dp_reply_rewrites.with_label_values(&l),
+                c.reply_rewrites,
+            );
             mirror(&self.dp_passes.with_label_values(&l), c.passes);
             mirror(&self.dp_drops.with_label_values(&l), c.drops);
             mirror(&self.dp_resteered.with_label_values(&l), c.resteered);

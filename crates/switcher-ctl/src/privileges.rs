@@ -35,26 +35,45 @@ pub fn drop_to_bpf_and_net_admin() -> Result<(), PrivilegeError> {
     // Shrinking the bounding set needs CAP_SETPCAP: root has it; a process started with
     // only file capabilities may not, and then its bounding set is left as it is (the
     // permitted set below is what limits this process; bounding limits what exec regains).
-    if step("read effective set", caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP))? {
+    if step(
+        "read effective set",
+        caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP),
+    )? {
         // Only the capabilities this kernel has: dropping an unknown one fails with EINVAL.
         for cap in step("read bounding set", caps::read(None, CapSet::Bounding))? {
             if !keep.contains(&cap) {
-                step("drop from bounding set", caps::drop(None, CapSet::Bounding, cap))?;
+                step(
+                    "drop from bounding set",
+                    caps::drop(None, CapSet::Bounding, cap),
+                )?;
             }
         }
     }
     step("clear ambient set", caps::clear(None, CapSet::Ambient))?;
-    step("clear inheritable set", caps::clear(None, CapSet::Inheritable))?;
+    step(
+        "clear inheritable set",
+        caps::clear(None, CapSet::Inheritable),
+    )?;
     let permitted = step("read permitted set", caps::read(None, CapSet::Permitted))?;
     let keep: CapsHashSet = keep.intersection(&permitted).copied().collect();
-    step("set effective set", caps::set(None, CapSet::Effective, &keep))?;
-    step("set permitted set", caps::set(None, CapSet::Permitted, &keep))?;
+    step(
+        "set effective set",
+        caps::set(None, CapSet::Effective, &keep),
+    )?;
+    step(
+        "set permitted set",
+        caps::set(None, CapSet::Permitted, &keep),
+    )?;
     Ok(())
 }
 
 /// The current thread's effective capabilities, for the log line after dropping.
 pub fn effective() -> Vec<String> {
-    let mut v: Vec<String> = caps::read(None, CapSet::Effective).unwrap_or_default().iter().map(ToString::to_string).collect();
+    let mut v: Vec<String> = caps::read(None, CapSet::Effective)
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     v.sort();
     v
 }

@@ -90,7 +90,9 @@ impl MediaFacts {
     /// timestamps run ahead of our clock (kept signed so skew is visible, not hidden as 0).
     pub fn age_seconds(&self, now: SystemTime) -> f64 {
         let now: DateTime<Utc> = now.into();
-        (now - self.newest_end).num_microseconds().map_or(f64::MAX, |us| us as f64 / MICROS_PER_SECOND)
+        (now - self.newest_end)
+            .num_microseconds()
+            .map_or(f64::MAX, |us| us as f64 / MICROS_PER_SECOND)
     }
 }
 
@@ -120,7 +122,9 @@ pub fn parse_playlist(body: &[u8]) -> Result<Parsed, ProbeError> {
     match playlist {
         Playlist::MasterPlaylist(master) => {
             let first = master.variants.first().ok_or(ProbeError::Empty)?;
-            Ok(Parsed::Master { variant_uri: first.uri.clone() })
+            Ok(Parsed::Master {
+                variant_uri: first.uri.clone(),
+            })
         }
         Playlist::MediaPlaylist(media) => {
             let count = media.segments.len() as u64;
@@ -139,9 +143,15 @@ pub fn parse_playlist(body: &[u8]) -> Result<Parsed, ProbeError> {
                 .rev()
                 .find_map(|(i, s)| s.program_date_time.map(|d| (i, d)))
                 .ok_or(ProbeError::NoProgramDateTime)?;
-            let seconds: f64 = media.segments[tagged..].iter().map(|s| f64::from(s.duration)).sum();
+            let seconds: f64 = media.segments[tagged..]
+                .iter()
+                .map(|s| f64::from(s.duration))
+                .sum();
             let span = chrono::Duration::microseconds((seconds * MICROS_PER_SECOND) as i64);
-            Ok(Parsed::Media(MediaFacts { newest_msn, newest_end: pdt.with_timezone(&Utc) + span }))
+            Ok(Parsed::Media(MediaFacts {
+                newest_msn,
+                newest_end: pdt.with_timezone(&Utc) + span,
+            }))
         }
     }
 }
@@ -170,7 +180,14 @@ pub struct ProbeReport {
 impl ProbeReport {
     /// A report of a probe that found `facts` at `now`; for tests and fakes.
     pub fn fresh(newest_msn: u64, age_seconds: f64) -> Self {
-        ProbeReport { status: Some(StatusCode::OK.as_u16()), latency: Duration::ZERO, outcome: Ok(Freshness { newest_msn, age_seconds }) }
+        ProbeReport {
+            status: Some(StatusCode::OK.as_u16()),
+            latency: Duration::ZERO,
+            outcome: Ok(Freshness {
+                newest_msn,
+                age_seconds,
+            }),
+        }
     }
 
     /// A report of a failed probe; for tests and fakes.
@@ -179,7 +196,11 @@ impl ProbeReport {
             ProbeError::Http5xx(s) | ProbeError::HttpStatus(s) => Some(s),
             _ => None,
         };
-        ProbeReport { status, latency: Duration::ZERO, outcome: Err(error) }
+        ProbeReport {
+            status,
+            latency: Duration::ZERO,
+            outcome: Err(error),
+        }
     }
 }
 
@@ -198,23 +219,39 @@ impl Prober {
     pub async fn probe(&self, url: &str) -> ProbeReport {
         let start = Instant::now();
         let mut status = None;
-        let outcome = match tokio::time::timeout(self.timeout, self.probe_inner(url, &mut status)).await {
-            Ok(Ok(facts)) => Ok(Freshness { newest_msn: facts.newest_msn, age_seconds: facts.age_seconds(SystemTime::now()) }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ProbeError::Timeout),
-        };
-        ProbeReport { status, latency: start.elapsed(), outcome }
+        let outcome =
+            match tokio::time::timeout(self.timeout, self.probe_inner(url, &mut status)).await {
+                Ok(Ok(facts)) => Ok(Freshness {
+                    newest_msn: facts.newest_msn,
+                    age_seconds: facts.age_seconds(SystemTime::now()),
+                }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ProbeError::Timeout),
+            };
+        ProbeReport {
+            status,
+            latency: start.elapsed(),
+            outcome,
+        }
     }
 
-    async fn probe_inner(&self, url: &str, status: &mut Option<u16>) -> Result<MediaFacts, ProbeError> {
-        let uri: Uri = url.parse().map_err(|_| ProbeError::BadUrl(url.to_string()))?;
+    async fn probe_inner(
+        &self,
+        url: &str,
+        status: &mut Option<u16>,
+    ) -> Result<MediaFacts, ProbeError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| ProbeError::BadUrl(url.to_string()))?;
         match parse_playlist(&self.fetch(&uri, status).await?)? {
             Parsed::Media(facts) => Ok(facts),
             Parsed::Master { variant_uri } => {
                 let variant = resolve(&uri, &variant_uri)?;
                 match parse_playlist(&self.fetch(&variant, status).await?)? {
                     Parsed::Media(facts) => Ok(facts),
-                    Parsed::Master { .. } => Err(ProbeError::Unparsable("master playlist points to another master".into())),
+                    Parsed::Master { .. } => Err(ProbeError::Unparsable(
+                        "master playlist points to another master".into(),
+                    )),
                 }
             }
         }
@@ -230,13 +267,16 @@ impl Prober {
         // `Uri::host` keeps the brackets of an IPv6 literal; `connect` wants them off.
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(HTTP_DEFAULT_PORT);
-        let stream = TcpStream::connect((host, port)).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => ProbeError::Refused,
-            _ => ProbeError::Io(e.to_string()),
-        })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        let stream = TcpStream::connect((host, port))
             .await
-            .map_err(|e| ProbeError::Io(e.to_string()))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => ProbeError::Refused,
+                _ => ProbeError::Io(e.to_string()),
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| ProbeError::Io(e.to_string()))?;
         // The connection task ends when the server closes (we ask it to) or when this probe
         // is dropped by its timeout: the guard aborts it so no task outlives its probe.
         let conn = AbortOnDrop(tokio::spawn(conn));
@@ -245,10 +285,16 @@ impl Prober {
         let request = Request::get(path)
             .header(header::HOST, authority)
             .header(header::CONNECTION, "close")
-            .header(header::USER_AGENT, concat!("switcher-ctl/", env!("CARGO_PKG_VERSION")))
+            .header(
+                header::USER_AGENT,
+                concat!("switcher-ctl/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Empty::new())
             .map_err(|_| bad_url())?;
-        let response = sender.send_request(request).await.map_err(|e| ProbeError::Io(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ProbeError::Io(e.to_string()))?;
         let code = response.status();
         *status = Some(code.as_u16());
         if code.is_server_error() {
@@ -257,13 +303,18 @@ impl Prober {
         if !code.is_success() {
             return Err(ProbeError::HttpStatus(code.as_u16()));
         }
-        let body = Limited::new(response.into_body(), self.max_body).collect().await.map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ProbeError::TooLarge(self.max_body)
-            } else {
-                ProbeError::Io(e.to_string())
-            }
-        })?;
+        let body = Limited::new(response.into_body(), self.max_body)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ProbeError::TooLarge(self.max_body)
+                } else {
+                    ProbeError::Io(e.to_string())
+                }
+            })?;
         drop(conn);
         Ok(body.to_bytes())
     }
@@ -294,7 +345,9 @@ pub fn resolve(base: &Uri, reference: &str) -> Result<Uri, ProbeError> {
         let dir = base.path().rsplit_once('/').map_or("", |(dir, _)| dir);
         format!("{dir}/{reference}")
     };
-    format!("{scheme}://{authority}{path}").parse().map_err(|_| bad())
+    format!("{scheme}://{authority}{path}")
+        .parse()
+        .map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -304,8 +357,19 @@ mod tests {
     #[test]
     fn resolve_forms() {
         let base: Uri = "http://h:1/hls/demo/index.m3u8".parse().expect("uri");
-        assert_eq!(resolve(&base, "v0/index.m3u8").expect("rel").to_string(), "http://h:1/hls/demo/v0/index.m3u8");
-        assert_eq!(resolve(&base, "/x.m3u8").expect("abs path").to_string(), "http://h:1/x.m3u8");
-        assert_eq!(resolve(&base, "http://o:2/y.m3u8").expect("abs").to_string(), "http://o:2/y.m3u8");
+        assert_eq!(
+            resolve(&base, "v0/index.m3u8").expect("rel").to_string(),
+            "http://h:1/hls/demo/v0/index.m3u8"
+        );
+        assert_eq!(
+            resolve(&base, "/x.m3u8").expect("abs path").to_string(),
+            "http://h:1/x.m3u8"
+        );
+        assert_eq!(
+            resolve(&base, "http://o:2/y.m3u8")
+                .expect("abs")
+                .to_string(),
+            "http://o:2/y.m3u8"
+        );
     }
 }

@@ -55,16 +55,24 @@ pub async fn run(
         urls.clone(),
         config.decision_history,
     )?));
-    let prober = Prober { timeout: config.probe_timeout(), max_body: config.max_playlist_bytes };
+    let prober = Prober {
+        timeout: config.probe_timeout(),
+        max_body: config.max_playlist_bytes,
+    };
 
     // Dropping the sender tells the admin server to stop.
     let (stop_admin, mut admin_stopped) = tokio::sync::watch::channel(());
     let admin_addr = admin_listener.local_addr().ok();
     let page = PageConfig::from_config(&config);
     status_page::check_assets(&page);
-    let admin = tokio::spawn(admin::serve_with(admin_listener, controller.clone(), Arc::new(page), async move {
-        let _ = admin_stopped.changed().await;
-    }));
+    let admin = tokio::spawn(admin::serve_with(
+        admin_listener,
+        controller.clone(),
+        Arc::new(page),
+        async move {
+            let _ = admin_stopped.changed().await;
+        },
+    ));
     tracing::info!(
         primary = %urls[0], backup = %urls[1], admin = ?admin_addr,
         interval_s = config.check_interval_seconds, threshold_s = config.segment_age_threshold_seconds,
@@ -82,7 +90,9 @@ pub async fn run(
             _ = ticker.tick() => {}
         }
         let (primary, backup) = tokio::join!(prober.probe(&urls[0]), prober.probe(&urls[1]));
-        let mut c = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut c = controller
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A failed flip is logged by the controller and retried by the next window.
         let _ = c.on_window(&primary, &backup, SystemTime::now());
         c.refresh_dataplane_metrics();
@@ -92,7 +102,10 @@ pub async fn run(
     if let Err(e) = admin.await {
         tracing::error!(error = %e, "admin server task failed");
     }
-    let active: OriginId = controller.lock().unwrap_or_else(std::sync::PoisonError::into_inner).active();
+    let active: OriginId = controller
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .active();
     // The data plane keeps steering to the active origin after we exit (pins outlive us).
     tracing::info!(%active, "switcher stopped; data plane keeps the active origin");
     Ok(())
@@ -101,7 +114,10 @@ pub async fn run(
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(i), Ok(t)) => (i, t),
         // Without signal handlers the process still dies on the default action.
         _ => return std::future::pending().await,

@@ -65,20 +65,30 @@ pub struct PageState {
 
 impl PageState {
     /// Assembles the state at `now`.
-    pub fn new(status: Status, age_history: Vec<AgeSample>, page: &PageConfig, now: SystemTime) -> Self {
+    pub fn new(
+        status: Status,
+        age_history: Vec<AgeSample>,
+        page: &PageConfig,
+        now: SystemTime,
+    ) -> Self {
         PageState {
             status,
             age_history,
             age_threshold_seconds: page.age_threshold_seconds,
             player_url: page.player_url.clone(),
-            now_ms: now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            now_ms: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 }
 
 /// Escapes text for HTML element content and double-quoted attributes.
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn or_dash(v: Option<String>) -> String {
@@ -92,11 +102,19 @@ pub fn render(s: &Status, page: &PageConfig) -> String {
     let summary = format!(
         "Active origin: <b>{active}</b>, mode: <span id=\"mode\">{}{}</span>",
         s.mode,
-        s.manual_origin.map_or_else(String::new, |o| format!(" (pinned to {o})")),
+        s.manual_origin
+            .map_or_else(String::new, |o| format!(" (pinned to {o})")),
     );
     let mut rows = String::new();
-    for (name, o) in [("primary", &s.origins.primary), ("backup", &s.origins.backup)] {
-        let flows = s.flows.as_ref().and_then(|f| f.get(name)).map(ToString::to_string);
+    for (name, o) in [
+        ("primary", &s.origins.primary),
+        ("backup", &s.origins.backup),
+    ] {
+        let flows = s
+            .flows
+            .as_ref()
+            .and_then(|f| f.get(name))
+            .map(ToString::to_string);
         let state = if o.healthy { "healthy" } else { "unhealthy" };
         rows.push_str(&format!(
             "<tr id=\"origin-{name}\"><td>{name}{}</td><td class=\"health {state}\">{state}</td><td class=\"age\">{} s</td>\
@@ -131,7 +149,10 @@ pub fn render(s: &Status, page: &PageConfig) -> String {
     TEMPLATE
         .replace("{{ACTIVE}}", active)
         .replace("{{SUMMARY}}", &summary)
-        .replace("{{BOTH_BAD_HIDDEN}}", if s.both_bad { "" } else { "hidden" })
+        .replace(
+            "{{BOTH_BAD_HIDDEN}}",
+            if s.both_bad { "" } else { "hidden" },
+        )
         .replace("{{ORIGIN_ROWS}}", &rows)
         .replace("{{DECISIONS}}", &decisions)
         .replace("{{PLAYER_URL}}", &escape(&page.player_url))
@@ -150,7 +171,9 @@ pub enum Asset {
 /// Reads `/assets/<name>`; only [`HLS_JS`] is served, from `dir`.
 pub async fn asset(dir: &Path, name: &str) -> Asset {
     if name != HLS_JS {
-        return Asset::Missing(format!("no asset {name:?}; only /assets/{HLS_JS} is served\n"));
+        return Asset::Missing(format!(
+            "no asset {name:?}; only /assets/{HLS_JS} is served\n"
+        ));
     }
     let path = dir.join(HLS_JS);
     match tokio::fs::read(&path).await {
@@ -184,7 +207,15 @@ mod tests {
     #[test]
     fn template_has_only_slots_render_fills() {
         let mut t = TEMPLATE.to_string();
-        for slot in ["{{ACTIVE}}", "{{SUMMARY}}", "{{BOTH_BAD_HIDDEN}}", "{{ORIGIN_ROWS}}", "{{DECISIONS}}", "{{PLAYER_URL}}", "{{AGE_THRESHOLD}}"] {
+        for slot in [
+            "{{ACTIVE}}",
+            "{{SUMMARY}}",
+            "{{BOTH_BAD_HIDDEN}}",
+            "{{ORIGIN_ROWS}}",
+            "{{DECISIONS}}",
+            "{{PLAYER_URL}}",
+            "{{AGE_THRESHOLD}}",
+        ] {
             assert!(t.contains(slot), "template lost {slot}");
             t = t.replace(slot, "");
         }
@@ -200,7 +231,10 @@ mod tests {
             Asset::Found(_) => panic!("served a file that does not exist"),
         }
         std::fs::write(dir.join(HLS_JS), b"/* hls */").expect("write");
-        assert_eq!(asset(&dir, HLS_JS).await, Asset::Found(b"/* hls */".to_vec()));
+        assert_eq!(
+            asset(&dir, HLS_JS).await,
+            Asset::Found(b"/* hls */".to_vec())
+        );
         assert!(matches!(asset(&dir, "../secret").await, Asset::Missing(_)));
         std::fs::remove_dir_all(&dir).expect("clean up");
     }

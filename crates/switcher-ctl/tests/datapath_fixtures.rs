@@ -15,14 +15,14 @@ mod packet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
+    Ebpf,
     maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-    Ebpf,
 };
-use packet::{verify_checksums, Pkt, ACK, ICMP, PSH, RST, SYN, UDP};
+use packet::{ACK, ICMP, PSH, Pkt, RST, SYN, UDP, verify_checksums};
 use switcher_common::{
-    map_names, prog_names, Counters, FlowKey, FlowValue, Origin, VipConfig, MAX_ORIGINS,
-    ORIGIN_CONFIGURED, STATS_SLOTS, STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    Counters, FlowKey, FlowValue, MAX_ORIGINS, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
+    STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 
 const XDP_PASS: u32 = 2;
@@ -64,8 +64,21 @@ struct Case {
     deltas: Vec<(u32, &'static str, u64)>,
 }
 
-fn case(desc: &'static str, prog: Prog, input: Vec<u8>, output: Option<Vec<u8>>, deltas: Vec<(u32, &'static str, u64)>) -> Case {
-    Case { desc, before: Before::Nothing, prog, input, output, deltas }
+fn case(
+    desc: &'static str,
+    prog: Prog,
+    input: Vec<u8>,
+    output: Option<Vec<u8>>,
+    deltas: Vec<(u32, &'static str, u64)>,
+) -> Case {
+    Case {
+        desc,
+        before: Before::Nothing,
+        prog,
+        input,
+        output,
+        deltas,
+    }
 }
 
 impl Case {
@@ -92,17 +105,35 @@ fn field(c: &Counters, name: &str) -> u64 {
     }
 }
 const FIELDS: [&str; 11] = [
-    "packets", "bytes", "new_flows", "rewrites", "reply_rewrites", "passes", "drops", "malformed",
-    "fragments", "ip_options", "resteered",
+    "packets",
+    "bytes",
+    "new_flows",
+    "rewrites",
+    "reply_rewrites",
+    "passes",
+    "drops",
+    "malformed",
+    "fragments",
+    "ip_options",
+    "resteered",
 ];
 
 /// A request steered to `slot` for the first time (SYN or adopted flow).
 fn steered_new(slot: u32, len: usize) -> Vec<(u32, &'static str, u64)> {
-    vec![(slot, "packets", 1), (slot, "bytes", len as u64), (slot, "rewrites", 1), (slot, "new_flows", 1)]
+    vec![
+        (slot, "packets", 1),
+        (slot, "bytes", len as u64),
+        (slot, "rewrites", 1),
+        (slot, "new_flows", 1),
+    ]
 }
 /// A request of a tracked flow steered to `slot`.
 fn steered(slot: u32, len: usize) -> Vec<(u32, &'static str, u64)> {
-    vec![(slot, "packets", 1), (slot, "bytes", len as u64), (slot, "rewrites", 1)]
+    vec![
+        (slot, "packets", 1),
+        (slot, "bytes", len as u64),
+        (slot, "rewrites", 1),
+    ]
 }
 fn pass() -> Vec<(u32, &'static str, u64)> {
     vec![(U, "passes", 1)]
@@ -132,17 +163,28 @@ impl Harness {
         );
         let mut ebpf = Ebpf::load(switcher_ctl::loader::EBPF_OBJECT).expect("load eBPF object");
         {
-            let p: &mut Xdp = ebpf.program_mut(prog_names::XDP_INGRESS).unwrap().try_into().unwrap();
+            let p: &mut Xdp = ebpf
+                .program_mut(prog_names::XDP_INGRESS)
+                .unwrap()
+                .try_into()
+                .unwrap();
             p.load().expect("verifier accepts XDP program");
         }
         for name in [prog_names::TC_INGRESS, prog_names::TC_EGRESS] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().unwrap_or_else(|e| panic!("verifier accepts {name}: {e:?}"));
+            p.load()
+                .unwrap_or_else(|e| panic!("verifier accepts {name}: {e:?}"));
         }
         let mut h = Harness { ebpf };
         h.configure(true);
-        let mut origins: Array<_, Origin> = Array::try_from(h.ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
-        let o = |port: u16| Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: port.to_be(), flags: ORIGIN_CONFIGURED };
+        let mut origins: Array<_, Origin> =
+            Array::try_from(h.ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+        let o = |port: u16| Origin {
+            addr_v4: [0; 4],
+            addr_v6: [0; 16],
+            port_be: port.to_be(),
+            flags: ORIGIN_CONFIGURED,
+        };
         origins.set(PRIMARY, o(8081), 0).unwrap();
         origins.set(BACKUP, o(8082), 0).unwrap();
         let remote = Origin {
@@ -156,7 +198,8 @@ impl Harness {
     }
 
     fn configure(&mut self, enabled: bool) {
-        let mut cfg: Array<_, VipConfig> = Array::try_from(self.ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
+        let mut cfg: Array<_, VipConfig> =
+            Array::try_from(self.ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
         let vip = VipConfig {
             addr_v4: VIP4.parse::<Ipv4Addr>().unwrap().octets(),
             addr_v6: VIP6.parse::<Ipv6Addr>().unwrap().octets(),
@@ -169,14 +212,20 @@ impl Harness {
     }
 
     fn set_active(&mut self, idx: u32) {
-        let mut a: Array<_, u32> = Array::try_from(self.ebpf.map_mut(map_names::ACTIVE).unwrap()).unwrap();
+        let mut a: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(map_names::ACTIVE).unwrap()).unwrap();
         a.set(0, idx, 0).unwrap();
     }
 
     fn retire(&mut self, idx: u32) -> usize {
         let mut flows: HashMap<_, FlowKey, FlowValue> =
             HashMap::try_from(self.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
-        let keys: Vec<FlowKey> = flows.iter().filter_map(Result::ok).filter(|(_, v)| v.origin == idx).map(|(k, _)| k).collect();
+        let keys: Vec<FlowKey> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.origin == idx)
+            .map(|(k, _)| k)
+            .collect();
         for k in &keys {
             flows.remove(k).unwrap();
         }
@@ -184,12 +233,14 @@ impl Harness {
     }
 
     fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        let flows: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(self.ebpf.map(map_names::FLOWS).unwrap()).unwrap();
+        let flows: HashMap<_, FlowKey, FlowValue> =
+            HashMap::try_from(self.ebpf.map(map_names::FLOWS).unwrap()).unwrap();
         flows.iter().filter_map(Result::ok).collect()
     }
 
     fn counters(&self) -> Vec<Counters> {
-        let stats: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.ebpf.map(map_names::STATS).unwrap()).unwrap();
+        let stats: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(self.ebpf.map(map_names::STATS).unwrap()).unwrap();
         (0..STATS_SLOTS)
             .map(|s| {
                 let mut sum = Counters::default();
@@ -202,7 +253,12 @@ impl Harness {
     }
 
     /// Runs `prog` on `input`; returns (verdict, output bytes).
-    fn run(&mut self, prog: Prog, input: &[u8], repeat: u32) -> (u32, Vec<u8>, std::time::Duration) {
+    fn run(
+        &mut self,
+        prog: Prog,
+        input: &[u8],
+        repeat: u32,
+    ) -> (u32, Vec<u8>, std::time::Duration) {
         let mut out = vec![0u8; input.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(input);
@@ -210,11 +266,20 @@ impl Harness {
         opts.repeat = repeat;
         let r = match prog {
             Prog::Xdp => {
-                let p: &Xdp = self.ebpf.program(prog_names::XDP_INGRESS).unwrap().try_into().unwrap();
+                let p: &Xdp = self
+                    .ebpf
+                    .program(prog_names::XDP_INGRESS)
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
                 p.test_run(opts)
             }
             Prog::TcIngress | Prog::TcEgress => {
-                let name = if matches!(prog, Prog::TcIngress) { prog_names::TC_INGRESS } else { prog_names::TC_EGRESS };
+                let name = if matches!(prog, Prog::TcIngress) {
+                    prog_names::TC_INGRESS
+                } else {
+                    prog_names::TC_EGRESS
+                };
                 let p: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
                 p.test_run(opts)
             }
@@ -243,7 +308,8 @@ fn hexdiff(a: &[u8], b: &[u8]) -> String {
 fn table() -> Vec<Case> {
     use Prog::*;
     let c1 = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, SYN);
-    let c1_ack = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, ACK | PSH).with_payload(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\n\r\n");
+    let c1_ack = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, ACK | PSH)
+        .with_payload(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\n\r\n");
     let c2 = Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, SYN);
     let c3_ack = Pkt::tcp("10.1.1.3", 40002, VIP4, VIP_PORT, ACK);
     let v6 = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, SYN);
@@ -251,8 +317,10 @@ fn table() -> Vec<Case> {
     // Replies (origin -> client).
     let r1 = Pkt::tcp(VIP4, 8081, "10.1.1.1", 40000, SYN | ACK);
     let r1_out = Pkt::tcp(VIP4, VIP_PORT, "10.1.1.1", 40000, SYN | ACK);
-    let r_remote = Pkt::tcp("10.0.0.2", 9000, "10.1.1.9", 40009, ACK).with_payload(b"segment bytes");
-    let r_remote_out = Pkt::tcp(VIP4, VIP_PORT, "10.1.1.9", 40009, ACK).with_payload(b"segment bytes");
+    let r_remote =
+        Pkt::tcp("10.0.0.2", 9000, "10.1.1.9", 40009, ACK).with_payload(b"segment bytes");
+    let r_remote_out =
+        Pkt::tcp(VIP4, VIP_PORT, "10.1.1.9", 40009, ACK).with_payload(b"segment bytes");
 
     let mut v4_options = Pkt::tcp("10.1.1.5", 40005, VIP4, VIP_PORT, SYN);
     v4_options.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
@@ -268,104 +336,357 @@ fn table() -> Vec<Case> {
     v6_hbh.v6_ext = Some(0);
 
     let syn1 = c1.build();
-    let truncated_tcp = { let mut b = c2.build(); b.truncate(14 + 20 + 10); b };
-    let truncated_ip = { let mut b = c2.build(); b.truncate(14 + 10); b };
-    let truncated_v6 = { let mut b = v6.build(); b.truncate(14 + 30); b };
-    let lying_tot_len = { let mut b = c2.build(); b.truncate(b.len() - 4); b };
-    let zero_tot_len = { let mut b = c2.build(); b[16] = 0; b[17] = 0; b };
-    let bad_version = { let mut b = c2.build(); b[14] = 0x55; b };
-    let arp = { let mut b = vec![0xff; 12]; b.extend_from_slice(&[0x08, 0x06]); b.extend_from_slice(&[0u8; 28]); b };
-    let vlan = { let mut b = c2.build(); b[12] = 0x81; b[13] = 0x00; b };
+    let truncated_tcp = {
+        let mut b = c2.build();
+        b.truncate(14 + 20 + 10);
+        b
+    };
+    let truncated_ip = {
+        let mut b = c2.build();
+        b.truncate(14 + 10);
+        b
+    };
+    let truncated_v6 = {
+        let mut b = v6.build();
+        b.truncate(14 + 30);
+        b
+    };
+    let lying_tot_len = {
+        let mut b = c2.build();
+        b.truncate(b.len() - 4);
+        b
+    };
+    let zero_tot_len = {
+        let mut b = c2.build();
+        b[16] = 0;
+        b[17] = 0;
+        b
+    };
+    let bad_version = {
+        let mut b = c2.build();
+        b[14] = 0x55;
+        b
+    };
+    let arp = {
+        let mut b = vec![0xff; 12];
+        b.extend_from_slice(&[0x08, 0x06]);
+        b.extend_from_slice(&[0u8; 28]);
+        b
+    };
+    let vlan = {
+        let mut b = c2.build();
+        b[12] = 0x81;
+        b[13] = 0x00;
+        b
+    };
 
     let len = |p: &Pkt| p.build().len();
     vec![
-        case("IPv4 SYN to VIP goes to the active origin (primary)", Xdp, syn1.clone(),
-            Some(with_dport(c1.clone(), 8081).build()), steered_new(PRIMARY, syn1.len())),
-        case("tracked flow's next packet stays on primary", Xdp, c1_ack.build(),
-            Some(with_dport(c1_ack.clone(), 8081).build()), steered(PRIMARY, len(&c1_ack))),
-        case("TC egress: primary's SYN-ACK gets the VIP port back", TcEgress, r1.build(),
-            Some(r1_out.build()), vec![(PRIMARY, "reply_rewrites", 1)]),
-        case("after the flip, the tracked flow stays on primary", Xdp, c1_ack.build(),
-            Some(with_dport(c1_ack.clone(), 8081).build()), steered(PRIMARY, len(&c1_ack)))
-            .before(Before::SetActive(BACKUP)),
-        case("new SYN after the flip goes to backup", Xdp, c2.build(),
-            Some(with_dport(c2.clone(), 8082).build()), steered_new(BACKUP, len(&c2))),
-        case("retired primary: its flow is re-steered to the active origin", Xdp, c1_ack.build(),
+        case(
+            "IPv4 SYN to VIP goes to the active origin (primary)",
+            Xdp,
+            syn1.clone(),
+            Some(with_dport(c1.clone(), 8081).build()),
+            steered_new(PRIMARY, syn1.len()),
+        ),
+        case(
+            "tracked flow's next packet stays on primary",
+            Xdp,
+            c1_ack.build(),
+            Some(with_dport(c1_ack.clone(), 8081).build()),
+            steered(PRIMARY, len(&c1_ack)),
+        ),
+        case(
+            "TC egress: primary's SYN-ACK gets the VIP port back",
+            TcEgress,
+            r1.build(),
+            Some(r1_out.build()),
+            vec![(PRIMARY, "reply_rewrites", 1)],
+        ),
+        case(
+            "after the flip, the tracked flow stays on primary",
+            Xdp,
+            c1_ack.build(),
+            Some(with_dport(c1_ack.clone(), 8081).build()),
+            steered(PRIMARY, len(&c1_ack)),
+        )
+        .before(Before::SetActive(BACKUP)),
+        case(
+            "new SYN after the flip goes to backup",
+            Xdp,
+            c2.build(),
+            Some(with_dport(c2.clone(), 8082).build()),
+            steered_new(BACKUP, len(&c2)),
+        ),
+        case(
+            "retired primary: its flow is re-steered to the active origin",
+            Xdp,
+            c1_ack.build(),
             Some(with_dport(c1_ack.clone(), 8082).build()),
-            [steered_new(BACKUP, len(&c1_ack)), vec![(BACKUP, "resteered", 1)]].concat())
-            .before(Before::Retire(PRIMARY)),
-        case("TC egress: a reply from the retired origin's port no longer matches", TcEgress, r1.build(),
-            None, vec![]),
-        case("unknown non-SYN flow is adopted by the active origin", Xdp, c3_ack.build(),
+            [
+                steered_new(BACKUP, len(&c1_ack)),
+                vec![(BACKUP, "resteered", 1)],
+            ]
+            .concat(),
+        )
+        .before(Before::Retire(PRIMARY)),
+        case(
+            "TC egress: a reply from the retired origin's port no longer matches",
+            TcEgress,
+            r1.build(),
+            None,
+            vec![],
+        ),
+        case(
+            "unknown non-SYN flow is adopted by the active origin",
+            Xdp,
+            c3_ack.build(),
             Some(with_dport(c3_ack.clone(), 8082).build()),
-            [steered_new(BACKUP, len(&c3_ack)), vec![(BACKUP, "resteered", 1)]].concat()),
-        case("RST of a tracked flow is steered like any packet", Xdp,
+            [
+                steered_new(BACKUP, len(&c3_ack)),
+                vec![(BACKUP, "resteered", 1)],
+            ]
+            .concat(),
+        ),
+        case(
+            "RST of a tracked flow is steered like any packet",
+            Xdp,
             Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, RST).build(),
             Some(Pkt::tcp("10.1.1.2", 40001, VIP4, 8082, RST).build()),
-            steered(BACKUP, len(&Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, RST)))),
-        case("other port on the VIP address passes unchanged", Xdp,
-            Pkt::tcp("10.1.1.1", 40000, VIP4, 22, SYN).build(), None, pass()),
-        case("VIP port on another address passes unchanged", Xdp,
-            Pkt::tcp("10.1.1.1", 40000, "10.0.0.3", VIP_PORT, SYN).build(), None, pass()),
-        case("UDP to VIP:8080 passes unchanged", Xdp,
-            Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, 0).proto(UDP).with_payload(b"x").build(), None, pass()),
-        case("ICMP to the VIP passes unchanged", Xdp,
-            Pkt::tcp("10.1.1.1", 0, VIP4, 0, 0).proto(ICMP).build(), None, pass()),
+            steered(
+                BACKUP,
+                len(&Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, RST)),
+            ),
+        ),
+        case(
+            "other port on the VIP address passes unchanged",
+            Xdp,
+            Pkt::tcp("10.1.1.1", 40000, VIP4, 22, SYN).build(),
+            None,
+            pass(),
+        ),
+        case(
+            "VIP port on another address passes unchanged",
+            Xdp,
+            Pkt::tcp("10.1.1.1", 40000, "10.0.0.3", VIP_PORT, SYN).build(),
+            None,
+            pass(),
+        ),
+        case(
+            "UDP to VIP:8080 passes unchanged",
+            Xdp,
+            Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, 0)
+                .proto(UDP)
+                .with_payload(b"x")
+                .build(),
+            None,
+            pass(),
+        ),
+        case(
+            "ICMP to the VIP passes unchanged",
+            Xdp,
+            Pkt::tcp("10.1.1.1", 0, VIP4, 0, 0).proto(ICMP).build(),
+            None,
+            pass(),
+        ),
         case("ARP passes unchanged", Xdp, arp, None, pass()),
-        case("VLAN-tagged frame passes unchanged", Xdp, vlan, None, pass()),
-        case("IPv6 SYN to the IPv6 VIP is steered", Xdp, v6.build(),
-            Some(with_dport(v6.clone(), 8082).build()), steered_new(BACKUP, len(&v6))),
-        case("IPv6 tracked flow stays put", Xdp, v6_ack.build(),
-            Some(with_dport(v6_ack.clone(), 8082).build()), steered(BACKUP, len(&v6_ack))),
-        case("IPv6 to another address passes unchanged", Xdp,
-            Pkt::tcp("fd00::99", 50000, "fd00::7", VIP_PORT, SYN).build(), None, pass()),
-        case("truncated IPv4 header passes, counted malformed", Xdp, truncated_ip, None, pass_as("malformed")),
-        case("truncated TCP header passes, counted malformed", Xdp, truncated_tcp, None, pass_as("malformed")),
-        case("truncated IPv6 header passes, counted malformed", Xdp, truncated_v6, None, pass_as("malformed")),
-        case("IPv4 total length beyond the frame passes, malformed", Xdp, lying_tot_len, None, pass_as("malformed")),
-        case("bad IP version passes, malformed", Xdp, bad_version, None, pass_as("malformed")),
-        case("IPv4 total length 0 on a small packet (not GSO) passes, malformed", Xdp, zero_tot_len, None, pass_as("malformed")),
-        case("IPv4 options pass unchanged, counted", Xdp, v4_options.build(), None, pass_as("ip_options")),
-        case("IPv4 first fragment (MF) passes unchanged", Xdp, frag_mf.build(), None, pass_as("fragments")),
-        case("IPv4 later fragment (offset) passes unchanged", Xdp, frag_off.build(), None, pass_as("fragments")),
-        case("IPv4 DF (not a fragment) is steered", Xdp, df.build(),
-            Some(with_dport(df.clone(), 8082).build()), steered_new(BACKUP, len(&df))),
-        case("IPv6 fragment header passes unchanged", Xdp, v6_frag.build(), None, pass_as("fragments")),
-        case("IPv6 hop-by-hop header passes unchanged, counted", Xdp, v6_hbh.build(), None, pass_as("ip_options")),
-        case("TC ingress: SYN rewritten like XDP does", TcIngress,
+        case(
+            "VLAN-tagged frame passes unchanged",
+            Xdp,
+            vlan,
+            None,
+            pass(),
+        ),
+        case(
+            "IPv6 SYN to the IPv6 VIP is steered",
+            Xdp,
+            v6.build(),
+            Some(with_dport(v6.clone(), 8082).build()),
+            steered_new(BACKUP, len(&v6)),
+        ),
+        case(
+            "IPv6 tracked flow stays put",
+            Xdp,
+            v6_ack.build(),
+            Some(with_dport(v6_ack.clone(), 8082).build()),
+            steered(BACKUP, len(&v6_ack)),
+        ),
+        case(
+            "IPv6 to another address passes unchanged",
+            Xdp,
+            Pkt::tcp("fd00::99", 50000, "fd00::7", VIP_PORT, SYN).build(),
+            None,
+            pass(),
+        ),
+        case(
+            "truncated IPv4 header passes, counted malformed",
+            Xdp,
+            truncated_ip,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "truncated TCP header passes, counted malformed",
+            Xdp,
+            truncated_tcp,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "truncated IPv6 header passes, counted malformed",
+            Xdp,
+            truncated_v6,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "IPv4 total length beyond the frame passes, malformed",
+            Xdp,
+            lying_tot_len,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "bad IP version passes, malformed",
+            Xdp,
+            bad_version,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "IPv4 total length 0 on a small packet (not GSO) passes, malformed",
+            Xdp,
+            zero_tot_len,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "IPv4 options pass unchanged, counted",
+            Xdp,
+            v4_options.build(),
+            None,
+            pass_as("ip_options"),
+        ),
+        case(
+            "IPv4 first fragment (MF) passes unchanged",
+            Xdp,
+            frag_mf.build(),
+            None,
+            pass_as("fragments"),
+        ),
+        case(
+            "IPv4 later fragment (offset) passes unchanged",
+            Xdp,
+            frag_off.build(),
+            None,
+            pass_as("fragments"),
+        ),
+        case(
+            "IPv4 DF (not a fragment) is steered",
+            Xdp,
+            df.build(),
+            Some(with_dport(df.clone(), 8082).build()),
+            steered_new(BACKUP, len(&df)),
+        ),
+        case(
+            "IPv6 fragment header passes unchanged",
+            Xdp,
+            v6_frag.build(),
+            None,
+            pass_as("fragments"),
+        ),
+        case(
+            "IPv6 hop-by-hop header passes unchanged, counted",
+            Xdp,
+            v6_hbh.build(),
+            None,
+            pass_as("ip_options"),
+        ),
+        case(
+            "TC ingress: SYN rewritten like XDP does",
+            TcIngress,
             Pkt::tcp("10.1.2.1", 41000, VIP4, VIP_PORT, SYN).build(),
             Some(Pkt::tcp("10.1.2.1", 41000, VIP4, 8082, SYN).build()),
-            steered_new(BACKUP, len(&Pkt::tcp("10.1.2.1", 41000, VIP4, VIP_PORT, SYN)))),
-        case("TC ingress: IPv6 data packet of a tracked flow", TcIngress, v6_ack.build(),
-            Some(with_dport(v6_ack.clone(), 8082).build()), steered(BACKUP, len(&v6_ack))),
-        case("origin at another address: IPv4 destination address and port rewritten", Xdp,
+            steered_new(
+                BACKUP,
+                len(&Pkt::tcp("10.1.2.1", 41000, VIP4, VIP_PORT, SYN)),
+            ),
+        ),
+        case(
+            "TC ingress: IPv6 data packet of a tracked flow",
+            TcIngress,
+            v6_ack.build(),
+            Some(with_dport(v6_ack.clone(), 8082).build()),
+            steered(BACKUP, len(&v6_ack)),
+        ),
+        case(
+            "origin at another address: IPv4 destination address and port rewritten",
+            Xdp,
             Pkt::tcp("10.1.1.9", 40009, VIP4, VIP_PORT, SYN).build(),
             Some(Pkt::tcp("10.1.1.9", 40009, "10.0.0.2", 9000, SYN).build()),
-            steered_new(REMOTE, len(&Pkt::tcp("10.1.1.9", 40009, VIP4, VIP_PORT, SYN))))
-            .before(Before::SetActive(REMOTE)),
-        case("TC egress: the remote origin's reply gets VIP address and port", TcEgress, r_remote.build(),
-            Some(r_remote_out.build()), vec![(REMOTE, "reply_rewrites", 1)]),
-        case("TC egress: a reply from the right port but wrong address is left alone", TcEgress,
-            Pkt::tcp("10.0.0.5", 9000, "10.1.1.9", 40009, ACK).build(), None, vec![]),
-        case("origin at another address: IPv6 destination rewritten", Xdp,
+            steered_new(
+                REMOTE,
+                len(&Pkt::tcp("10.1.1.9", 40009, VIP4, VIP_PORT, SYN)),
+            ),
+        )
+        .before(Before::SetActive(REMOTE)),
+        case(
+            "TC egress: the remote origin's reply gets VIP address and port",
+            TcEgress,
+            r_remote.build(),
+            Some(r_remote_out.build()),
+            vec![(REMOTE, "reply_rewrites", 1)],
+        ),
+        case(
+            "TC egress: a reply from the right port but wrong address is left alone",
+            TcEgress,
+            Pkt::tcp("10.0.0.5", 9000, "10.1.1.9", 40009, ACK).build(),
+            None,
+            vec![],
+        ),
+        case(
+            "origin at another address: IPv6 destination rewritten",
+            Xdp,
             Pkt::tcp("fd00::97", 50002, VIP6, VIP_PORT, SYN).build(),
             Some(Pkt::tcp("fd00::97", 50002, "fd00::2", 9000, SYN).build()),
-            steered_new(REMOTE, len(&Pkt::tcp("fd00::97", 50002, VIP6, VIP_PORT, SYN)))),
-        case("TC egress: IPv6 reply from the remote origin", TcEgress,
+            steered_new(
+                REMOTE,
+                len(&Pkt::tcp("fd00::97", 50002, VIP6, VIP_PORT, SYN)),
+            ),
+        ),
+        case(
+            "TC egress: IPv6 reply from the remote origin",
+            TcEgress,
             Pkt::tcp("fd00::2", 9000, "fd00::97", 50002, SYN | ACK).build(),
             Some(Pkt::tcp(VIP6, VIP_PORT, "fd00::97", 50002, SYN | ACK).build()),
-            vec![(REMOTE, "reply_rewrites", 1)]),
-        case("TC ingress: IPv4 to the remote origin rewrites address (helpers)", TcIngress,
+            vec![(REMOTE, "reply_rewrites", 1)],
+        ),
+        case(
+            "TC ingress: IPv4 to the remote origin rewrites address (helpers)",
+            TcIngress,
             Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, SYN).build(),
             Some(Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, SYN).build()),
-            steered_new(REMOTE, len(&Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, SYN)))),
-        case("steering disabled: VIP traffic passes unchanged", Xdp,
-            Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, SYN).build(), None, pass())
-            .before(Before::Enable(false)),
-        case("re-enabled with primary active: SYN reuses the port on primary", Xdp,
-            with_sport(c1.clone(), 40000).build(), Some(with_dport(c1.clone(), 8081).build()),
-            steered_new(PRIMARY, syn1.len()))
-            .before(Before::SetActive(PRIMARY)),
+            steered_new(
+                REMOTE,
+                len(&Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, SYN)),
+            ),
+        ),
+        case(
+            "steering disabled: VIP traffic passes unchanged",
+            Xdp,
+            Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, SYN).build(),
+            None,
+            pass(),
+        )
+        .before(Before::Enable(false)),
+        case(
+            "re-enabled with primary active: SYN reuses the port on primary",
+            Xdp,
+            with_sport(c1.clone(), 40000).build(),
+            Some(with_dport(c1.clone(), 8081).build()),
+            steered_new(PRIMARY, syn1.len()),
+        )
+        .before(Before::SetActive(PRIMARY)),
     ]
 }
 
@@ -381,7 +702,11 @@ fn fixture_table() {
             Before::SetActive(idx) => h.set_active(idx),
             Before::Retire(idx) => {
                 let n = h.retire(idx);
-                assert!(n > 0, "case {i} ({}): retiring found no flow of origin {idx}", c.desc);
+                assert!(
+                    n > 0,
+                    "case {i} ({}): retiring found no flow of origin {idx}",
+                    c.desc
+                );
             }
             Before::Enable(on) => {
                 h.configure(on);
@@ -396,23 +721,36 @@ fn fixture_table() {
         if let Before::Enable(false) = c.before {
             h.configure(true);
         }
-        let want_verdict = if matches!(c.prog, Prog::Xdp) { XDP_PASS } else { TC_ACT_OK };
+        let want_verdict = if matches!(c.prog, Prog::Xdp) {
+            XDP_PASS
+        } else {
+            TC_ACT_OK
+        };
         let mut errs = Vec::new();
         if verdict != want_verdict {
             errs.push(format!("verdict {verdict}, want {want_verdict}"));
         }
         let want = c.output.clone().unwrap_or_else(|| c.input.clone());
         if out != want {
-            errs.push(format!("output differs from expected:\n{}", hexdiff(&out, &want)));
+            errs.push(format!(
+                "output differs from expected:\n{}",
+                hexdiff(&out, &want)
+            ));
         }
         if c.output.is_some()
-            && let Err(e) = verify_checksums(&out) {
-                errs.push(format!("recomputed checksum rejects output: {e}"));
-            }
+            && let Err(e) = verify_checksums(&out)
+        {
+            errs.push(format!("recomputed checksum rejects output: {e}"));
+        }
         for slot in 0..STATS_SLOTS {
             for f in FIELDS {
                 let got = field(&after[slot as usize], f) - field(&before[slot as usize], f);
-                let want: u64 = c.deltas.iter().filter(|(s, n, _)| *s == slot && *n == f).map(|d| d.2).sum();
+                let want: u64 = c
+                    .deltas
+                    .iter()
+                    .filter(|(s, n, _)| *s == slot && *n == f)
+                    .map(|d| d.2)
+                    .sum();
                 if got != want {
                     errs.push(format!("counter slot {slot} {f}: +{got}, want +{want}"));
                 }
@@ -422,7 +760,12 @@ fn fixture_table() {
             failures.push(format!("case {i}: {}\n    {}", c.desc, errs.join("\n    ")));
         }
     }
-    assert!(failures.is_empty(), "{} fixture case(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} fixture case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // The conntrack map holds what the cases created: flows are pinned where they started.
     let flows = h.flows();
@@ -434,7 +777,11 @@ fn fixture_table() {
     };
     assert_eq!(origin_of([10, 1, 1, 2], 40001), Some(BACKUP));
     assert_eq!(origin_of([10, 1, 1, 9], 40009), Some(REMOTE));
-    assert_eq!(origin_of([10, 1, 1, 1], 40000), Some(PRIMARY), "the last SYN re-pinned the flow");
+    assert_eq!(
+        origin_of([10, 1, 1, 1], 40000),
+        Some(PRIMARY),
+        "the last SYN re-pinned the flow"
+    );
     assert!(flows.iter().all(|(_, v)| v.origin < MAX_ORIGINS));
 }
 
@@ -448,7 +795,12 @@ fn kernel_refuses_frames_shorter_than_ethernet() {
     let short = [0u8; 10];
     opts.data_in = Some(&short);
     opts.data_out = Some(&mut out);
-    let p: &Xdp = h.ebpf.program(prog_names::XDP_INGRESS).unwrap().try_into().unwrap();
+    let p: &Xdp = h
+        .ebpf
+        .program(prog_names::XDP_INGRESS)
+        .unwrap()
+        .try_into()
+        .unwrap();
     assert!(p.test_run(opts).is_err());
     // And nothing was counted.
     assert!(h.counters().iter().all(|c| *c == Counters::default()));

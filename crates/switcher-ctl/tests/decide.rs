@@ -25,7 +25,12 @@ struct Harness {
 }
 
 fn policy(required_windows: u32, prefer_primary: bool) -> Policy {
-    Policy { required_windows, age_threshold_seconds: THRESHOLD, msn_tolerance: 1, prefer_primary }
+    Policy {
+        required_windows,
+        age_threshold_seconds: THRESHOLD,
+        msn_tolerance: 1,
+        prefer_primary,
+    }
 }
 
 impl Harness {
@@ -35,10 +40,20 @@ impl Harness {
     fn with_active(policy: Policy, active: u32) -> Self {
         let dp = FakeDataPlane::new(active);
         let urls = ["http://p/x.m3u8".to_string(), "http://b/x.m3u8".to_string()];
-        let c = Controller::new(Box::new(dp.clone()), policy, Metrics::new().expect("metrics"), urls, 10)
-            .expect("controller");
+        let c = Controller::new(
+            Box::new(dp.clone()),
+            policy,
+            Metrics::new().expect("metrics"),
+            urls,
+            10,
+        )
+        .expect("controller");
         // A fake clock: any fixed start, advanced one interval per window.
-        Harness { dp, c, now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) }
+        Harness {
+            dp,
+            c,
+            now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
     }
     fn window(&mut self, p: ProbeReport, b: ProbeReport) -> Decision {
         self.now += INTERVAL;
@@ -76,23 +91,44 @@ fn stale_primary_fails_over_after_required_windows_only() {
     assert_eq!((d.action, d.reason), (Action::Stay, Reason::ActiveDegraded));
     assert!(h.dp.calls().is_empty(), "no flip after one bad window");
     let d = h.window(stale(), good());
-    assert_eq!((d.action, d.reason, d.to), (Action::Failover, Reason::ActiveUnhealthy, OriginId::Backup));
+    assert_eq!(
+        (d.action, d.reason, d.to),
+        (Action::Failover, Reason::ActiveUnhealthy, OriginId::Backup)
+    );
     assert!(d.detail.contains("stale"), "detail says why: {}", d.detail);
     // set_active(new) strictly before retire_flows(old).
-    assert_eq!(h.dp.calls(), vec![Call::SetActive(ORIGIN_BACKUP), Call::RetireFlows(ORIGIN_PRIMARY)]);
+    assert_eq!(
+        h.dp.calls(),
+        vec![
+            Call::SetActive(ORIGIN_BACKUP),
+            Call::RetireFlows(ORIGIN_PRIMARY)
+        ]
+    );
     assert_eq!(h.metric("failovers_total"), 1.0);
     assert_eq!(h.metric("switcher_active_origin"), 0.0);
-    assert_eq!(h.metric("switcher_decisions_total{reason=\"active_unhealthy\"}"), 1.0);
-    assert_eq!(h.metric("switcher_decisions_total{reason=\"active_degraded\"}"), 1.0);
+    assert_eq!(
+        h.metric("switcher_decisions_total{reason=\"active_unhealthy\"}"),
+        1.0
+    );
+    assert_eq!(
+        h.metric("switcher_decisions_total{reason=\"active_degraded\"}"),
+        1.0
+    );
 }
 
 #[test]
 fn seed_windows_need_three() {
     let mut h = Harness::new(policy(3, true));
     for _ in 0..2 {
-        assert_eq!(h.window(err(ProbeError::Timeout), good()).action, Action::Stay);
+        assert_eq!(
+            h.window(err(ProbeError::Timeout), good()).action,
+            Action::Stay
+        );
     }
-    assert_eq!(h.window(err(ProbeError::Timeout), good()).action, Action::Failover);
+    assert_eq!(
+        h.window(err(ProbeError::Timeout), good()).action,
+        Action::Failover
+    );
 }
 
 #[test]
@@ -115,8 +151,16 @@ fn other_errors_wait_for_hysteresis() {
         ProbeError::TooLarge(1),
     ] {
         let mut h = Harness::new(policy(2, true));
-        assert_eq!(h.window(err(e.clone()), good()).action, Action::Stay, "{e:?} once");
-        assert_eq!(h.window(err(e.clone()), good()).action, Action::Failover, "{e:?} twice");
+        assert_eq!(
+            h.window(err(e.clone()), good()).action,
+            Action::Stay,
+            "{e:?} once"
+        );
+        assert_eq!(
+            h.window(err(e.clone()), good()).action,
+            Action::Failover,
+            "{e:?} twice"
+        );
     }
 }
 
@@ -126,7 +170,10 @@ fn both_bad_stays_and_reports() {
     h.window(err(ProbeError::Http5xx(503)), err(ProbeError::Refused));
     for _ in 0..5 {
         let d = h.window(err(ProbeError::Http5xx(503)), err(ProbeError::Refused));
-        assert_eq!((d.action, d.reason, d.to), (Action::BothBad, Reason::BothBad, OriginId::Primary));
+        assert_eq!(
+            (d.action, d.reason, d.to),
+            (Action::BothBad, Reason::BothBad, OriginId::Primary)
+        );
     }
     assert!(h.dp.calls().is_empty(), "never flips to a bad origin");
     assert!(h.c.status().both_bad);
@@ -135,8 +182,14 @@ fn both_bad_stays_and_reports() {
     assert_eq!(h.metric("origin_http_5xx_total{origin=\"primary\"}"), 6.0);
     // The backup comes back: it is still healthy after hysteresis (refused made it unhealthy,
     // so it needs two good windows first).
-    assert_eq!(h.window(err(ProbeError::Http5xx(503)), good()).action, Action::BothBad);
-    assert_eq!(h.window(err(ProbeError::Http5xx(503)), good()).action, Action::Failover);
+    assert_eq!(
+        h.window(err(ProbeError::Http5xx(503)), good()).action,
+        Action::BothBad
+    );
+    assert_eq!(
+        h.window(err(ProbeError::Http5xx(503)), good()).action,
+        Action::Failover
+    );
     assert!(!h.c.status().both_bad);
     assert_eq!(h.metric("switcher_both_bad"), 0.0);
 }
@@ -146,11 +199,24 @@ fn origin_behind_on_msn_is_bad_beyond_tolerance() {
     let mut h = Harness::new(policy(2, true));
     // One segment behind: the probe race between two independent packagers, not a lag.
     for _ in 0..10 {
-        assert_eq!(h.window(ProbeReport::fresh(MSN, FRESH_AGE), ProbeReport::fresh(MSN + 1, FRESH_AGE)).action, Action::Stay);
+        assert_eq!(
+            h.window(
+                ProbeReport::fresh(MSN, FRESH_AGE),
+                ProbeReport::fresh(MSN + 1, FRESH_AGE)
+            )
+            .action,
+            Action::Stay
+        );
     }
     // Two behind, though fresh by age: the player would stall on it.
-    h.window(ProbeReport::fresh(MSN, FRESH_AGE), ProbeReport::fresh(MSN + 2, FRESH_AGE));
-    let d = h.window(ProbeReport::fresh(MSN, FRESH_AGE), ProbeReport::fresh(MSN + 2, FRESH_AGE));
+    h.window(
+        ProbeReport::fresh(MSN, FRESH_AGE),
+        ProbeReport::fresh(MSN + 2, FRESH_AGE),
+    );
+    let d = h.window(
+        ProbeReport::fresh(MSN, FRESH_AGE),
+        ProbeReport::fresh(MSN + 2, FRESH_AGE),
+    );
     assert_eq!(d.action, Action::Failover);
     assert!(d.detail.contains("behind"), "{}", d.detail);
 }
@@ -181,9 +247,20 @@ fn switchback_after_required_good_windows() {
     let mut h = Harness::new(policy(2, true));
     h.window(err(ProbeError::Refused), good());
     assert_eq!(h.dp.active(), ORIGIN_BACKUP);
-    assert_eq!(h.window(good(), good()).action, Action::Stay, "one good window is not enough");
+    assert_eq!(
+        h.window(good(), good()).action,
+        Action::Stay,
+        "one good window is not enough"
+    );
     let d = h.window(good(), good());
-    assert_eq!((d.action, d.reason, d.to), (Action::Switchback, Reason::PrimaryRecovered, OriginId::Primary));
+    assert_eq!(
+        (d.action, d.reason, d.to),
+        (
+            Action::Switchback,
+            Reason::PrimaryRecovered,
+            OriginId::Primary
+        )
+    );
     assert_eq!(
         h.dp.calls(),
         vec![
@@ -207,22 +284,37 @@ fn prefer_primary_off_stays_on_backup_until_it_fails() {
     assert_eq!(h.dp.active(), ORIGIN_BACKUP);
     h.window(good(), stale());
     let d = h.window(good(), stale());
-    assert_eq!((d.action, d.reason, d.to), (Action::Switchback, Reason::ActiveUnhealthy, OriginId::Primary));
+    assert_eq!(
+        (d.action, d.reason, d.to),
+        (
+            Action::Switchback,
+            Reason::ActiveUnhealthy,
+            OriginId::Primary
+        )
+    );
 }
 
 #[test]
 fn manual_override_pins_until_auto() {
     let mut h = Harness::new(policy(2, true));
     let now = h.now;
-    let d = h.c.set_mode(Mode::Manual(OriginId::Backup), now).expect("override");
-    assert_eq!((d.action, d.reason), (Action::Failover, Reason::ManualOverride));
+    let d =
+        h.c.set_mode(Mode::Manual(OriginId::Backup), now)
+            .expect("override");
+    assert_eq!(
+        (d.action, d.reason),
+        (Action::Failover, Reason::ManualOverride)
+    );
     assert_eq!(h.dp.active(), ORIGIN_BACKUP);
     // Primary perfectly good, prefer_primary on: still pinned.
     for _ in 0..5 {
         assert_eq!(h.window(good(), good()).reason, Reason::Manual);
     }
     // Even a dead pinned origin stays: the operator decides.
-    assert_eq!(h.window(good(), err(ProbeError::Refused)).action, Action::Stay);
+    assert_eq!(
+        h.window(good(), err(ProbeError::Refused)).action,
+        Action::Stay
+    );
     assert_eq!(h.dp.active(), ORIGIN_BACKUP);
     assert_eq!(h.metric("switcher_manual_mode"), 1.0);
     let d = h.c.set_mode(Mode::Auto, now).expect("auto");
@@ -237,7 +329,9 @@ fn manual_override_to_unhealthy_origin_says_so() {
     let mut h = Harness::new(policy(2, true));
     h.window(good(), err(ProbeError::Refused));
     let now = h.now;
-    let d = h.c.set_mode(Mode::Manual(OriginId::Backup), now).expect("override");
+    let d =
+        h.c.set_mode(Mode::Manual(OriginId::Backup), now)
+            .expect("override");
     assert_eq!(d.to, OriginId::Backup);
     assert!(d.detail.contains("not healthy"), "{}", d.detail);
 }
@@ -247,11 +341,21 @@ fn failed_set_active_keeps_truth_and_retries() {
     let mut h = Harness::new(policy(1, true));
     h.dp.state().fail_set_active = true;
     let now = h.now;
-    assert!(h.c.on_window(&err(ProbeError::Refused), &good(), now).is_err());
-    assert_eq!(h.c.active(), OriginId::Primary, "controller did not pretend the flip happened");
+    assert!(
+        h.c.on_window(&err(ProbeError::Refused), &good(), now)
+            .is_err()
+    );
+    assert_eq!(
+        h.c.active(),
+        OriginId::Primary,
+        "controller did not pretend the flip happened"
+    );
     assert_eq!(h.metric("switcher_active_origin"), 1.0);
     h.dp.state().fail_set_active = false;
-    assert_eq!(h.window(err(ProbeError::Refused), good()).action, Action::Failover);
+    assert_eq!(
+        h.window(err(ProbeError::Refused), good()).action,
+        Action::Failover
+    );
     assert_eq!(h.dp.active(), ORIGIN_BACKUP);
 }
 
@@ -271,17 +375,32 @@ fn retired_flows_and_dataplane_counters_reach_metrics() {
     {
         let mut s = h.dp.state();
         s.flows[ORIGIN_PRIMARY as usize] = 7;
-        s.counters[ORIGIN_PRIMARY as usize] = Counters { packets: 5, bytes: 500, malformed: 1, ..Counters::default() };
-        s.counters[STATS_UNSTEERED as usize] = Counters { passes: 9, malformed: 2, ..Counters::default() };
+        s.counters[ORIGIN_PRIMARY as usize] = Counters {
+            packets: 5,
+            bytes: 500,
+            malformed: 1,
+            ..Counters::default()
+        };
+        s.counters[STATS_UNSTEERED as usize] = Counters {
+            passes: 9,
+            malformed: 2,
+            ..Counters::default()
+        };
     }
     h.c.refresh_dataplane_metrics();
     assert_eq!(h.metric("dataplane_flows{origin=\"primary\"}"), 7.0);
     assert_eq!(h.metric("dataplane_packets_total{origin=\"primary\"}"), 5.0);
     assert_eq!(h.metric("dataplane_bytes_total{origin=\"primary\"}"), 500.0);
-    assert_eq!(h.metric("dataplane_passes_total{origin=\"unsteered\"}"), 9.0);
+    assert_eq!(
+        h.metric("dataplane_passes_total{origin=\"unsteered\"}"),
+        9.0
+    );
     assert_eq!(h.metric("dataplane_malformed_total"), 3.0);
     h.window(err(ProbeError::Refused), good());
-    assert_eq!(h.metric("switcher_retired_flows_total{origin=\"primary\"}"), 7.0);
+    assert_eq!(
+        h.metric("switcher_retired_flows_total{origin=\"primary\"}"),
+        7.0
+    );
     // The data plane restarted: counters went down; the metric follows instead of sticking.
     h.dp.state().counters[ORIGIN_PRIMARY as usize].packets = 2;
     h.c.refresh_dataplane_metrics();
@@ -298,7 +417,10 @@ fn history_keeps_notable_decisions_only() {
     let s = h.c.status();
     assert_eq!(s.decisions.len(), 1, "{:?}", s.decisions);
     assert_eq!(s.decisions[0].action, Action::Failover);
-    assert_eq!(s.origins.primary.last_error.as_deref(), Some("connection refused"));
+    assert_eq!(
+        s.origins.primary.last_error.as_deref(),
+        Some("connection refused")
+    );
 }
 
 #[test]
@@ -306,13 +428,27 @@ fn a_persisting_condition_is_one_history_entry() {
     let mut h = Harness::new(policy(2, true));
     let mut windows = 0;
     for _ in 0..20 {
-        if h.window(err(ProbeError::Timeout), err(ProbeError::Timeout)).action == Action::BothBad {
+        if h.window(err(ProbeError::Timeout), err(ProbeError::Timeout))
+            .action
+            == Action::BothBad
+        {
             windows += 1;
         }
     }
     assert!(windows >= 18, "both bad after the hysteresis: {windows}");
-    let both_bad = h.c.status().decisions.iter().filter(|d| d.action == Action::BothBad).count();
-    assert_eq!(both_bad, 1, "{windows} windows of both bad are one entry in the recent decisions");
+    let both_bad =
+        h.c.status()
+            .decisions
+            .iter()
+            .filter(|d| d.action == Action::BothBad)
+            .count();
+    assert_eq!(
+        both_bad, 1,
+        "{windows} windows of both bad are one entry in the recent decisions"
+    );
     // Counted every window all the same.
-    assert_eq!(h.metric("switcher_decisions_total{reason=\"both_bad\"}"), f64::from(windows));
+    assert_eq!(
+        h.metric("switcher_decisions_total{reason=\"both_bad\"}"),
+        f64::from(windows)
+    );
 }

@@ -71,11 +71,25 @@ fn media(body: &str) -> MediaFacts {
 fn media_playlist_with_pdt_gives_msn_and_end() {
     let m = media(MEDIA_WITH_PDT);
     assert_eq!(m.newest_msn, 102, "MEDIA-SEQUENCE 100 + 3 segments - 1");
-    assert_eq!(m.newest_end, newest_end_expected(), "PDT of newest (00:04) + its 1.5 s");
-    let now: SystemTime = ("2024-01-01T00:00:10.000Z".parse::<DateTime<Utc>>().expect("now")).into();
-    assert!((m.age_seconds(now) - 4.5).abs() < 1e-6, "age {}", m.age_seconds(now));
+    assert_eq!(
+        m.newest_end,
+        newest_end_expected(),
+        "PDT of newest (00:04) + its 1.5 s"
+    );
+    let now: SystemTime = ("2024-01-01T00:00:10.000Z"
+        .parse::<DateTime<Utc>>()
+        .expect("now"))
+    .into();
+    assert!(
+        (m.age_seconds(now) - 4.5).abs() < 1e-6,
+        "age {}",
+        m.age_seconds(now)
+    );
     // Clock behind the origin: a negative age, not hidden.
-    let early: SystemTime = ("2024-01-01T00:00:05.000Z".parse::<DateTime<Utc>>().expect("now")).into();
+    let early: SystemTime = ("2024-01-01T00:00:05.000Z"
+        .parse::<DateTime<Utc>>()
+        .expect("now"))
+    .into();
     assert!((m.age_seconds(early) + 0.5).abs() < 1e-6);
 }
 
@@ -88,21 +102,38 @@ fn pdt_on_first_segment_only_is_carried_forward() {
 
 #[test]
 fn playlist_without_pdt_is_an_error() {
-    assert_eq!(parse_playlist(MEDIA_NO_PDT.as_bytes()), Err(ProbeError::NoProgramDateTime));
+    assert_eq!(
+        parse_playlist(MEDIA_NO_PDT.as_bytes()),
+        Err(ProbeError::NoProgramDateTime)
+    );
 }
 
 #[test]
 fn master_playlist_yields_first_variant() {
-    assert_eq!(parse_playlist(MASTER.as_bytes()), Ok(Parsed::Master { variant_uri: "v720/index.m3u8".into() }));
+    assert_eq!(
+        parse_playlist(MASTER.as_bytes()),
+        Ok(Parsed::Master {
+            variant_uri: "v720/index.m3u8".into()
+        })
+    );
 }
 
 #[test]
 fn garbage_and_empty_are_errors() {
-    assert!(matches!(parse_playlist(b"<html>502 Bad Gateway</html>"), Err(ProbeError::Unparsable(_))));
-    assert!(matches!(parse_playlist(&[0xff, 0x00, 0x13, 0x37]), Err(ProbeError::Unparsable(_))));
+    assert!(matches!(
+        parse_playlist(b"<html>502 Bad Gateway</html>"),
+        Err(ProbeError::Unparsable(_))
+    ));
+    assert!(matches!(
+        parse_playlist(&[0xff, 0x00, 0x13, 0x37]),
+        Err(ProbeError::Unparsable(_))
+    ));
     assert_eq!(parse_playlist(b""), Err(ProbeError::Empty));
     assert_eq!(parse_playlist(b"  \n"), Err(ProbeError::Empty));
-    assert_eq!(parse_playlist(b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n"), Err(ProbeError::Empty));
+    assert_eq!(
+        parse_playlist(b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n"),
+        Err(ProbeError::Empty)
+    );
 }
 
 #[test]
@@ -115,7 +146,12 @@ fn huge_valid_playlist_parses() {
     }
     let m = media(&s);
     assert_eq!(m.newest_msn, 5 + 20_000 - 1);
-    assert_eq!(m.newest_end, "2024-01-01T11:06:40.000Z".parse::<DateTime<Utc>>().expect("ts"));
+    assert_eq!(
+        m.newest_end,
+        "2024-01-01T11:06:40.000Z"
+            .parse::<DateTime<Utc>>()
+            .expect("ts")
+    );
 }
 
 // --- over HTTP ---
@@ -125,12 +161,18 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 const MAX_BODY: usize = 1 << 20;
 
 fn prober() -> Prober {
-    Prober { timeout: TIMEOUT, max_body: MAX_BODY }
+    Prober {
+        timeout: TIMEOUT,
+        max_body: MAX_BODY,
+    }
 }
 
 #[tokio::test]
 async fn fresh_playlist_over_http() {
-    let server = TestServer::start(Arc::new(|_| Reply::ok(playlist_aged(500, Duration::from_secs(1))))).await;
+    let server = TestServer::start(Arc::new(|_| {
+        Reply::ok(playlist_aged(500, Duration::from_secs(1)))
+    }))
+    .await;
     let r = prober().probe(&server.url(PATH)).await;
     let f = r.outcome.expect("fresh playlist");
     assert_eq!(f.newest_msn, 500);
@@ -141,7 +183,10 @@ async fn fresh_playlist_over_http() {
 
 #[tokio::test]
 async fn every_probe_opens_a_fresh_connection() {
-    let server = TestServer::start(Arc::new(|_| Reply::ok(playlist_aged(500, Duration::from_secs(1))))).await;
+    let server = TestServer::start(Arc::new(|_| {
+        Reply::ok(playlist_aged(500, Duration::from_secs(1)))
+    }))
+    .await;
     let p = prober();
     for _ in 0..3 {
         p.probe(&server.url(PATH)).await.outcome.expect("fresh");
@@ -151,17 +196,32 @@ async fn every_probe_opens_a_fresh_connection() {
 
 #[tokio::test]
 async fn status_503_and_404() {
-    let server = TestServer::fixed(Reply { status: 503, body: "busy".into(), delay: Duration::ZERO }).await;
+    let server = TestServer::fixed(Reply {
+        status: 503,
+        body: "busy".into(),
+        delay: Duration::ZERO,
+    })
+    .await;
     let r = prober().probe(&server.url(PATH)).await;
     assert_eq!(r.outcome, Err(ProbeError::Http5xx(503)));
     assert_eq!(r.status, Some(503));
-    let server = TestServer::fixed(Reply { status: 404, body: "no".into(), delay: Duration::ZERO }).await;
-    assert_eq!(prober().probe(&server.url(PATH)).await.outcome, Err(ProbeError::HttpStatus(404)));
+    let server = TestServer::fixed(Reply {
+        status: 404,
+        body: "no".into(),
+        delay: Duration::ZERO,
+    })
+    .await;
+    assert_eq!(
+        prober().probe(&server.url(PATH)).await.outcome,
+        Err(ProbeError::HttpStatus(404))
+    );
 }
 
 #[tokio::test]
 async fn refused_port() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     let r = prober().probe(&format!("http://{addr}{PATH}")).await;
@@ -171,11 +231,19 @@ async fn refused_port() {
 
 #[tokio::test]
 async fn slow_server_times_out() {
-    let slow = Reply { status: 200, body: playlist_aged(100, Duration::from_secs(1)), delay: Duration::from_secs(5) };
+    let slow = Reply {
+        status: 200,
+        body: playlist_aged(100, Duration::from_secs(1)),
+        delay: Duration::from_secs(5),
+    };
     let server = TestServer::fixed(slow).await;
     let r = prober().probe(&server.url(PATH)).await;
     assert_eq!(r.outcome, Err(ProbeError::Timeout));
-    assert!(r.latency >= TIMEOUT && r.latency < TIMEOUT * 3, "latency {:?}", r.latency);
+    assert!(
+        r.latency >= TIMEOUT && r.latency < TIMEOUT * 3,
+        "latency {:?}",
+        r.latency
+    );
 }
 
 #[tokio::test]
@@ -186,26 +254,41 @@ async fn master_playlist_is_followed_over_http() {
         } else if path == PATH {
             Reply::ok(MASTER.into())
         } else {
-            Reply { status: 404, body: String::new(), delay: Duration::ZERO }
+            Reply {
+                status: 404,
+                body: String::new(),
+                delay: Duration::ZERO,
+            }
         }
     }))
     .await;
     let r = prober().probe(&server.url(PATH)).await;
     assert_eq!(r.outcome.expect("followed the variant").newest_msn, 42);
-    assert_eq!(server.accepts.load(Ordering::SeqCst), 2, "one fresh connection per request");
+    assert_eq!(
+        server.accepts.load(Ordering::SeqCst),
+        2,
+        "one fresh connection per request"
+    );
 }
 
 #[tokio::test]
 async fn oversized_body_is_refused() {
     let big = Reply::ok(format!("#EXTM3U\n#{}\n", "x".repeat(MAX_BODY + 1)));
     let server = TestServer::fixed(big).await;
-    assert_eq!(prober().probe(&server.url(PATH)).await.outcome, Err(ProbeError::TooLarge(MAX_BODY)));
+    assert_eq!(
+        prober().probe(&server.url(PATH)).await.outcome,
+        Err(ProbeError::TooLarge(MAX_BODY))
+    );
 }
 
 #[tokio::test]
 async fn garbage_over_http_is_unparsable() {
     let server = TestServer::fixed(Reply::ok("<html>hello</html>".into())).await;
     let r = prober().probe(&server.url(PATH)).await;
-    assert!(matches!(r.outcome, Err(ProbeError::Unparsable(_))), "{:?}", r.outcome);
+    assert!(
+        matches!(r.outcome, Err(ProbeError::Unparsable(_))),
+        "{:?}",
+        r.outcome
+    );
     assert_eq!(r.status, Some(200));
 }

@@ -24,7 +24,11 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// A playlist server whose playlist is fresh (computed at each request) or stale.
 async fn origin(stale: Arc<AtomicBool>) -> TestServer {
     TestServer::start(Arc::new(move |_| {
-        let age = if stale.load(Ordering::SeqCst) { STALE } else { FRESH };
+        let age = if stale.load(Ordering::SeqCst) {
+            STALE
+        } else {
+            FRESH
+        };
         Reply::ok(playlist_aged(MSN, age))
     }))
     .await
@@ -49,14 +53,26 @@ impl Running {
         }
         .validate()
         .expect("valid config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind admin");
         let admin = listener.local_addr().expect("admin addr");
         let dp = FakeDataPlane::new(ORIGIN_PRIMARY);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(switcher_ctl::service::run(config, Box::new(dp.clone()), listener, async move {
-            let _ = stopped.await;
-        }));
-        Running { admin, dp, stop: Some(stop), task }
+        let task = tokio::spawn(switcher_ctl::service::run(
+            config,
+            Box::new(dp.clone()),
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Running {
+            admin,
+            dp,
+            stop: Some(stop),
+            task,
+        }
     }
 
     async fn healthz(&self) -> Value {
@@ -83,14 +99,19 @@ impl Running {
             if pred(&h) {
                 return h;
             }
-            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}; last /healthz:\n{h:#}");
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; last /healthz:\n{h:#}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     async fn stop(mut self) {
         drop(self.stop.take());
-        let result = tokio::time::timeout(DEADLINE, self.task).await.expect("service stops on shutdown");
+        let result = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("service stops on shutdown");
         result.expect("service task").expect("service result");
     }
 }
@@ -106,7 +127,11 @@ async fn stale_primary_fails_over_and_switches_back() {
     let backup = origin(Arc::new(AtomicBool::new(false))).await;
     let run = Running::start(&primary, &backup, 2).await;
 
-    let h = run.wait_for("both origins probed good", |h| probed_good(h, "primary") && probed_good(h, "backup")).await;
+    let h = run
+        .wait_for("both origins probed good", |h| {
+            probed_good(h, "primary") && probed_good(h, "backup")
+        })
+        .await;
     assert_eq!(h["active"], "primary");
     assert_eq!(h["mode"], "auto");
     assert_eq!(h["origins"]["primary"]["msn"], MSN);
@@ -114,10 +139,18 @@ async fn stale_primary_fails_over_and_switches_back() {
 
     primary_stale.store(true, Ordering::SeqCst);
     let h = run.wait_for("failover", |h| h["active"] == "backup").await;
-    let last = h["decisions"].as_array().expect("decisions").last().expect("a decision").clone();
+    let last = h["decisions"]
+        .as_array()
+        .expect("decisions")
+        .last()
+        .expect("a decision")
+        .clone();
     assert_eq!(last["action"], "failover");
     assert_eq!(last["reason"], "active_unhealthy");
-    assert!(last["detail"].as_str().expect("detail").contains("stale"), "{last}");
+    assert!(
+        last["detail"].as_str().expect("detail").contains("stale"),
+        "{last}"
+    );
     assert_eq!(h["origins"]["primary"]["healthy"], false);
     assert_eq!(run.dp.active(), ORIGIN_BACKUP);
     assert_eq!(run.metric("failovers_total").await, 1.0);
@@ -126,7 +159,8 @@ async fn stale_primary_fails_over_and_switches_back() {
     assert_eq!(run.metric("switchbacks_total").await, 0.0);
 
     primary_stale.store(false, Ordering::SeqCst);
-    run.wait_for("switchback", |h| h["active"] == "primary").await;
+    run.wait_for("switchback", |h| h["active"] == "primary")
+        .await;
     assert_eq!(run.metric("switchbacks_total").await, 1.0);
     assert_eq!(
         run.dp.calls(),
@@ -148,25 +182,41 @@ async fn killed_primary_fails_over_at_once_and_comes_back() {
     let mut primary = origin(Arc::new(AtomicBool::new(false))).await;
     let backup = origin(Arc::new(AtomicBool::new(false))).await;
     let run = Running::start(&primary, &backup, WINDOWS).await;
-    run.wait_for("both origins probed good", |h| probed_good(h, "primary") && probed_good(h, "backup")).await;
+    run.wait_for("both origins probed good", |h| {
+        probed_good(h, "primary") && probed_good(h, "backup")
+    })
+    .await;
 
     let killed = Instant::now();
     primary.kill().await;
     let h = run.wait_for("failover", |h| h["active"] == "backup").await;
     let took = killed.elapsed();
-    assert!(took < hysteresis / 2, "refused connection flipped in {took:?}, hysteresis would take {hysteresis:?}");
+    assert!(
+        took < hysteresis / 2,
+        "refused connection flipped in {took:?}, hysteresis would take {hysteresis:?}"
+    );
     assert_eq!(h["origins"]["primary"]["last_error"], "connection refused");
     assert_eq!(run.dp.active(), ORIGIN_BACKUP);
     assert_eq!(run.metric("failovers_total").await, 1.0);
     // The prometheus crate sorts labels by name.
-    assert!(run.metric("origin_probe_errors_total{kind=\"refused\",origin=\"primary\"}").await >= 1.0);
+    assert!(
+        run.metric("origin_probe_errors_total{kind=\"refused\",origin=\"primary\"}")
+            .await
+            >= 1.0
+    );
 
     primary.restart().await;
     let restored = Instant::now();
-    let h = run.wait_for("switchback", |h| h["active"] == "primary").await;
+    let h = run
+        .wait_for("switchback", |h| h["active"] == "primary")
+        .await;
     // The first good window can come right after the restart: 39 intervals at least.
     let good_windows = Duration::from_secs_f64(INTERVAL_SECONDS * f64::from(WINDOWS - 1));
-    assert!(restored.elapsed() >= good_windows, "switchback after {:?}, before {WINDOWS} good windows:\n{h:#}", restored.elapsed());
+    assert!(
+        restored.elapsed() >= good_windows,
+        "switchback after {:?}, before {WINDOWS} good windows:\n{h:#}",
+        restored.elapsed()
+    );
     assert_eq!(run.metric("switchbacks_total").await, 1.0);
     run.stop().await;
 }
@@ -176,13 +226,19 @@ async fn override_endpoint_pins_and_releases() {
     let primary = origin(Arc::new(AtomicBool::new(false))).await;
     let backup = origin(Arc::new(AtomicBool::new(false))).await;
     let run = Running::start(&primary, &backup, 2).await;
-    run.wait_for("both origins probed good", |h| probed_good(h, "primary") && probed_good(h, "backup")).await;
+    run.wait_for("both origins probed good", |h| {
+        probed_good(h, "primary") && probed_good(h, "backup")
+    })
+    .await;
 
     let (status, body) = http(run.admin, "POST", "/override", "backup").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(run.dp.active(), ORIGIN_BACKUP);
     let h = run.healthz().await;
-    assert_eq!((h["mode"].as_str(), h["manual_origin"].as_str()), (Some("manual"), Some("backup")));
+    assert_eq!(
+        (h["mode"].as_str(), h["manual_origin"].as_str()),
+        (Some("manual"), Some("backup"))
+    );
     // A few windows later the healthy primary is still not taken back.
     let pinned_windows = Duration::from_secs_f64(INTERVAL_SECONDS * 5.0);
     tokio::time::sleep(pinned_windows).await;
@@ -190,7 +246,10 @@ async fn override_endpoint_pins_and_releases() {
 
     let (status, _) = http(run.admin, "POST", "/override", "{\"mode\": \"auto\"}").await;
     assert_eq!(status, 200);
-    run.wait_for("switchback after auto", |h| h["active"] == "primary" && h["mode"] == "auto").await;
+    run.wait_for("switchback after auto", |h| {
+        h["active"] == "primary" && h["mode"] == "auto"
+    })
+    .await;
 
     let (status, _) = http(run.admin, "POST", "/override", "sideways").await;
     assert_eq!(status, 400);
@@ -207,7 +266,10 @@ async fn both_dead_answers_503_and_stays() {
     let mut primary = origin(Arc::new(AtomicBool::new(false))).await;
     let mut backup = origin(Arc::new(AtomicBool::new(false))).await;
     let run = Running::start(&primary, &backup, 2).await;
-    run.wait_for("both origins probed good", |h| probed_good(h, "primary") && probed_good(h, "backup")).await;
+    run.wait_for("both origins probed good", |h| {
+        probed_good(h, "primary") && probed_good(h, "backup")
+    })
+    .await;
     backup.kill().await;
     primary.kill().await;
     let h = run.wait_for("both bad", |h| h["both_bad"] == true).await;
@@ -215,6 +277,10 @@ async fn both_dead_answers_503_and_stays() {
     let (status, _) = http(run.admin, "GET", "/healthz", "").await;
     assert_eq!(status, 503);
     assert_eq!(run.metric("switcher_both_bad").await, 1.0);
-    assert!(run.dp.calls().is_empty(), "never flipped to a dead backup: {:?}", run.dp.calls());
+    assert!(
+        run.dp.calls().is_empty(),
+        "never flipped to a dead backup: {:?}",
+        run.dp.calls()
+    );
     run.stop().await;
 }

@@ -44,7 +44,10 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const MIN_ADVANCE_SECONDS: f64 = 1.5;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// A temporary directory removed when the test ends, passed or not.
@@ -66,16 +69,46 @@ fn temp_dir(tag: &str) -> TempDir {
 fn require_tool(name: &str, install: &str) {
     let found = std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).is_file()));
-    assert!(found, "`{name}` is not on PATH; this test needs it: {install}");
+    assert!(
+        found,
+        "`{name}` is not on PATH; this test needs it: {install}"
+    );
 }
 
 /// ffmpeg writing a live HLS stream (1 s segments, window 6, PROGRAM-DATE-TIME) into `dir`.
 fn start_ffmpeg(dir: &Path) -> Killed {
     let child = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
-        .args(["-f", "hls", "-hls_time", "1", "-hls_list_size", "6", "-hls_flags", "delete_segments+program_date_time"])
+        .args([
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_list_size",
+            "6",
+            "-hls_flags",
+            "delete_segments+program_date_time",
+        ])
         .arg("-hls_segment_filename")
         .arg(dir.join("seg%05d.ts"))
         .arg(dir.join("index.m3u8"))
@@ -90,11 +123,16 @@ fn start_ffmpeg(dir: &Path) -> Killed {
 fn wait_for_segments(playlist: &Path) {
     let start = Instant::now();
     loop {
-        let listed = std::fs::read_to_string(playlist).map_or(0, |p| p.lines().filter(|l| l.ends_with(".ts")).count());
+        let listed = std::fs::read_to_string(playlist)
+            .map_or(0, |p| p.lines().filter(|l| l.ends_with(".ts")).count());
         if listed >= SEGMENTS_BEFORE_PLAYING {
             return;
         }
-        assert!(start.elapsed() < DEADLINE, "ffmpeg wrote {listed} segments to {} in {DEADLINE:?}", playlist.display());
+        assert!(
+            start.elapsed() < DEADLINE,
+            "ffmpeg wrote {listed} segments to {} in {DEADLINE:?}",
+            playlist.display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -102,11 +140,15 @@ fn wait_for_segments(playlist: &Path) {
 /// A static file server for `/hls/<STREAM>/<file>` from `dir`, with the CORS header the
 /// origin sends, so the page on the admin port may load it from another port.
 async fn hls_server(dir: PathBuf) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind hls server");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind hls server");
     let addr = listener.local_addr().expect("hls addr");
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
             let dir = dir.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
@@ -120,13 +162,21 @@ async fn hls_server(dir: PathBuf) -> (SocketAddr, tokio::task::JoinHandle<()>) {
                 let head = String::from_utf8_lossy(&head).to_string();
                 let path = head.split_whitespace().nth(1).unwrap_or("/");
                 let prefix = format!("/hls/{STREAM}/");
-                let file = path.strip_prefix(&prefix).filter(|f| !f.contains('/') && !f.contains("..")).map(|f| f.split('?').next().unwrap_or(f));
+                let file = path
+                    .strip_prefix(&prefix)
+                    .filter(|f| !f.contains('/') && !f.contains(".."))
+                    .map(|f| f.split('?').next().unwrap_or(f));
                 let found = match file {
-                    Some(f) => tokio::fs::read(dir.join(f)).await.ok().map(|b| (f.to_string(), b)),
+                    Some(f) => tokio::fs::read(dir.join(f))
+                        .await
+                        .ok()
+                        .map(|b| (f.to_string(), b)),
                     None => None,
                 };
                 let (status, ctype, body) = match found {
-                    Some((f, b)) if f.ends_with(".m3u8") => ("200 OK", "application/vnd.apple.mpegurl", b),
+                    Some((f, b)) if f.ends_with(".m3u8") => {
+                        ("200 OK", "application/vnd.apple.mpegurl", b)
+                    }
                     Some((_, b)) => ("200 OK", "video/mp2t", b),
                     None => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
                 };
@@ -167,7 +217,8 @@ async fn page_shows_live_state_and_plays_the_stream() {
     let (hls_addr, hls_task) = hls_server(hls_dir.clone()).await;
 
     // The service: primary stale, backup fresh and one MSN ahead, seven flows on the backup.
-    let primary = TestServer::start(Arc::new(|_| Reply::ok(playlist_aged(PRIMARY_MSN, STALE)))).await;
+    let primary =
+        TestServer::start(Arc::new(|_| Reply::ok(playlist_aged(PRIMARY_MSN, STALE)))).await;
     let backup = TestServer::start(Arc::new(|_| Reply::ok(playlist_aged(BACKUP_MSN, FRESH)))).await;
     let dp = FakeDataPlane::new(ORIGIN_PRIMARY);
     dp.state().flows[switcher_common::ORIGIN_BACKUP as usize] = BACKUP_FLOWS;
@@ -181,19 +232,28 @@ async fn page_shows_live_state_and_plays_the_stream() {
     }
     .validate()
     .expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
     let admin = listener.local_addr().expect("admin addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(switcher_ctl::service::run(config, Box::new(dp.clone()), listener, async move {
-        let _ = stopped.await;
-    }));
+    let service = tokio::spawn(switcher_ctl::service::run(
+        config,
+        Box::new(dp.clone()),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     // The asset route answers before any browser is involved.
     let (status, _) = common::http(admin, "GET", "/assets/hls.min.js", "").await;
     assert_eq!(status, 200, "/assets/hls.min.js");
 
     let playlist = hls_dir.join("index.m3u8");
-    tokio::task::spawn_blocking(move || wait_for_segments(&playlist)).await.expect("segment wait");
+    tokio::task::spawn_blocking(move || wait_for_segments(&playlist))
+        .await
+        .expect("segment wait");
 
     let profile = temp_dir("chromium");
     let browser = tokio::task::spawn_blocking(move || {
@@ -201,19 +261,43 @@ async fn page_shows_live_state_and_plays_the_stream() {
         let mut page = Cdp::attach(port);
 
         // Live state, as rendered by the page's own script from /api/state.
-        page.wait_for("page polled /api/state", "Number(document.body.dataset.updates || 0)", |v| v.as_f64() >= Some(2.0));
-        page.wait_for("active origin is the backup", "document.querySelector('#summary b').textContent", |v| v == "backup");
-        let msn = page.wait_for("backup MSN shown", "document.querySelector('#origin-backup .msn').textContent", |v| {
-            v == &BACKUP_MSN.to_string()
-        });
+        page.wait_for(
+            "page polled /api/state",
+            "Number(document.body.dataset.updates || 0)",
+            |v| v.as_f64() >= Some(2.0),
+        );
+        page.wait_for(
+            "active origin is the backup",
+            "document.querySelector('#summary b').textContent",
+            |v| v == "backup",
+        );
+        let msn = page.wait_for(
+            "backup MSN shown",
+            "document.querySelector('#origin-backup .msn').textContent",
+            |v| v == &BACKUP_MSN.to_string(),
+        );
         assert_eq!(msn, BACKUP_MSN.to_string());
-        assert_eq!(page.eval("document.querySelector('#origin-primary .msn').textContent"), PRIMARY_MSN.to_string());
-        assert_eq!(page.eval("document.querySelector('#origin-primary .health').textContent"), "unhealthy");
-        assert_eq!(page.eval("document.querySelector('#origin-backup .health').textContent"), "healthy");
-        assert_eq!(page.eval("document.querySelector('#origin-backup .flows').textContent"), BACKUP_FLOWS.to_string());
+        assert_eq!(
+            page.eval("document.querySelector('#origin-primary .msn').textContent"),
+            PRIMARY_MSN.to_string()
+        );
+        assert_eq!(
+            page.eval("document.querySelector('#origin-primary .health').textContent"),
+            "unhealthy"
+        );
+        assert_eq!(
+            page.eval("document.querySelector('#origin-backup .health').textContent"),
+            "healthy"
+        );
+        assert_eq!(
+            page.eval("document.querySelector('#origin-backup .flows').textContent"),
+            BACKUP_FLOWS.to_string()
+        );
         let decisions = page.eval("document.getElementById('decisions').textContent");
         assert!(
-            decisions.as_str().is_some_and(|d| d.contains("failover") && d.contains("active_unhealthy")),
+            decisions
+                .as_str()
+                .is_some_and(|d| d.contains("failover") && d.contains("active_unhealthy")),
             "the failover and its reason are listed: {decisions}"
         );
         // The plot: the backup's line has at least two points (the history samples once a second).
@@ -225,14 +309,23 @@ async fn page_shows_live_state_and_plays_the_stream() {
 
         // The player: hls.js loads the stream cross-origin and the video advances.
         let t0 = page
-            .wait_for("video starts", "document.getElementById('player').currentTime", |v| v.as_f64() > Some(0.0))
+            .wait_for(
+                "video starts",
+                "document.getElementById('player').currentTime",
+                |v| v.as_f64() > Some(0.0),
+            )
             .as_f64()
             .expect("currentTime is a number");
-        let t1 = page.wait_for("video advances", "document.getElementById('player').currentTime", |v| {
-            v.as_f64().is_some_and(|t| t >= t0 + MIN_ADVANCE_SECONDS)
-        });
+        let t1 = page.wait_for(
+            "video advances",
+            "document.getElementById('player').currentTime",
+            |v| v.as_f64().is_some_and(|t| t >= t0 + MIN_ADVANCE_SECONDS),
+        );
         let shown = page.eval("Number(document.getElementById('player-time').textContent)");
-        assert!(shown.as_f64() > Some(0.0), "the page shows the player position: {shown}");
+        assert!(
+            shown.as_f64() > Some(0.0),
+            "the page shows the player position: {shown}"
+        );
 
         if let Some(path) = std::env::var_os("STATUS_PAGE_SCREENSHOT") {
             let shot = page.call("Page.captureScreenshot", json!({"format": "png"}));

@@ -22,8 +22,16 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
 /// Checksum `check` after a 4-byte field changed from `old` to `new` (e.g. an IPv4 address).
 #[inline(always)]
 pub fn replace32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-    let c = replace16(check, u16::from_ne_bytes([old[0], old[1]]), u16::from_ne_bytes([new[0], new[1]]));
-    replace16(c, u16::from_ne_bytes([old[2], old[3]]), u16::from_ne_bytes([new[2], new[3]]))
+    let c = replace16(
+        check,
+        u16::from_ne_bytes([old[0], old[1]]),
+        u16::from_ne_bytes([new[0], new[1]]),
+    );
+    replace16(
+        c,
+        u16::from_ne_bytes([old[2], old[3]]),
+        u16::from_ne_bytes([new[2], new[3]]),
+    )
 }
 
 /// Checksum `check` after a 16-byte field changed from `old` to `new` (an IPv6 address).

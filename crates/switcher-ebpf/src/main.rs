@@ -138,7 +138,16 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let new_addr = target.addr;
-    match tc_rewrite(&ctx, &t, tcp::DPORT, t.dport, target.port, Field::Dst, &t.daddr, new_addr) {
+    match tc_rewrite(
+        &ctx,
+        &t,
+        tcp::DPORT,
+        t.dport,
+        target.port,
+        Field::Dst,
+        &t.daddr,
+        new_addr,
+    ) {
         Ok(()) => {
             steer::count(target.index, |c| c.rewrites += 1);
             TC_ACT_OK
@@ -166,7 +175,16 @@ pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
     let Some(reply) = steer::match_reply(&t, &vip) else {
         return TC_ACT_OK;
     };
-    match tc_rewrite(&ctx, &t, tcp::SPORT, t.sport, reply.port, Field::Src, &t.saddr, reply.addr) {
+    match tc_rewrite(
+        &ctx,
+        &t,
+        tcp::SPORT,
+        t.sport,
+        reply.port,
+        Field::Src,
+        &t.saddr,
+        reply.addr,
+    ) {
         Ok(()) => {
             steer::count(reply.index, |c| c.reply_rewrites += 1);
             TC_ACT_OK
@@ -206,17 +224,32 @@ fn tc_rewrite(
         return Ok(());
     };
     if t.family == FAMILY_V4 {
-        let off = t.l3_off + if matches!(field, Field::Src) { ipv4::SADDR } else { ipv4::DADDR };
+        let off = t.l3_off
+            + if matches!(field, Field::Src) {
+                ipv4::SADDR
+            } else {
+                ipv4::DADDR
+            };
         let old4 = u32::from_ne_bytes([old_addr[0], old_addr[1], old_addr[2], old_addr[3]]);
         let new4 = u32::from_ne_bytes([new[0], new[1], new[2], new[3]]);
         ctx.l4_csum_replace(csum_off, old4 as u64, new4 as u64, BPF_F_PSEUDO_HDR | 4)?;
         ctx.l3_csum_replace(t.l3_off + ipv4::CHECK, old4 as u64, new4 as u64, 4)?;
         ctx.store(off, &new4, 0)?;
     } else {
-        let off = t.l3_off + if matches!(field, Field::Src) { ipv6::SADDR } else { ipv6::DADDR };
+        let off = t.l3_off
+            + if matches!(field, Field::Src) {
+                ipv6::SADDR
+            } else {
+                ipv6::DADDR
+            };
         let mut i = 0;
         while i < 16 {
-            let o = u32::from_ne_bytes([old_addr[i], old_addr[i + 1], old_addr[i + 2], old_addr[i + 3]]);
+            let o = u32::from_ne_bytes([
+                old_addr[i],
+                old_addr[i + 1],
+                old_addr[i + 2],
+                old_addr[i + 3],
+            ]);
             let n = u32::from_ne_bytes([new[i], new[i + 1], new[i + 2], new[i + 3]]);
             ctx.l4_csum_replace(csum_off, o as u64, n as u64, BPF_F_PSEUDO_HDR | 4)?;
             i += 4;

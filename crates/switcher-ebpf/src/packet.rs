@@ -203,7 +203,11 @@ fn classify_v6(start: usize, end: usize, len: usize) -> Class {
     if next != IPPROTO_TCP {
         // Extension headers (hop-by-hop, routing, ...) or another protocol. Only the shapes
         // with TCP right after the fixed header are steered; count the extension-header case.
-        return if is_v6_extension(next) { Class::IpOptions } else { Class::Other };
+        return if is_v6_extension(next) {
+            Class::IpOptions
+        } else {
+            Class::Other
+        };
     }
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];

@@ -90,7 +90,11 @@ fn origin_addr(o: &Origin, family: u16) -> Option<[u8; 16]> {
 /// configured) is adopted by the active origin. Records new flows. `None`: no usable origin.
 #[inline(always)]
 pub fn steer_request(t: &Tcp) -> Option<Target> {
-    let key = FlowKey { client_addr: t.saddr, client_port_be: t.sport, family: t.family };
+    let key = FlowKey {
+        client_addr: t.saddr,
+        client_port_be: t.sport,
+        family: t.family,
+    };
     let syn = t.flags & tcp::SYN != 0 && t.flags & tcp::ACK == 0;
     if !syn {
         // SAFETY: the value is copied out at once; a concurrent delete cannot free it while
@@ -98,7 +102,11 @@ pub fn steer_request(t: &Tcp) -> Option<Target> {
         if let Some(flow) = unsafe { FLOWS.get(&key) } {
             let index = flow.origin;
             if let Some(o) = origin(index) {
-                return Some(Target { index, port: o.port_be, addr: origin_addr(&o, t.family) });
+                return Some(Target {
+                    index,
+                    port: o.port_be,
+                    addr: origin_addr(&o, t.family),
+                });
             }
         }
     }
@@ -107,7 +115,10 @@ pub fn steer_request(t: &Tcp) -> Option<Target> {
         return None;
     }
     let o = origin(index)?;
-    let value = FlowValue { origin: index, flags: if syn { FLOW_SEEN_SYN } else { 0 } };
+    let value = FlowValue {
+        origin: index,
+        flags: if syn { FLOW_SEEN_SYN } else { 0 },
+    };
     // An insert can only fail on memory pressure; the packet is still steered (statelessly) and
     // the next one tries again.
     let _ = FLOWS.insert(&key, &value, 0);
@@ -117,7 +128,11 @@ pub fn steer_request(t: &Tcp) -> Option<Target> {
             c.resteered += 1;
         }
     });
-    Some(Target { index, port: o.port_be, addr: origin_addr(&o, t.family) })
+    Some(Target {
+        index,
+        port: o.port_be,
+        addr: origin_addr(&o, t.family),
+    })
 }
 
 /// Where a reply goes back to: origin index, and the source to restore.
@@ -134,7 +149,11 @@ pub struct Reply {
 /// its source must become.
 #[inline(always)]
 pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
-    let key = FlowKey { client_addr: t.daddr, client_port_be: t.dport, family: t.family };
+    let key = FlowKey {
+        client_addr: t.daddr,
+        client_port_be: t.dport,
+        family: t.family,
+    };
     // SAFETY: copied out at once (see steer_request).
     let index = unsafe { FLOWS.get(&key) }?.origin;
     let o = origin(index)?;
@@ -162,7 +181,11 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
         None if t.saddr == vip_addr => None,
         None => return None,
     };
-    Some(Reply { index, port: vip.port_be, addr })
+    Some(Reply {
+        index,
+        port: vip.port_be,
+        addr,
+    })
 }
 
 /// Quick filter before the conntrack lookup on egress: is `sport` some origin's port?

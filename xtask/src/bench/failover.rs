@@ -61,16 +61,27 @@ struct Setup {
 }
 
 const SETUPS: [Setup; 2] = [
-    Setup { name: "defaults (0.2 s interval, 2 windows)", flags: &[] },
-    Setup { name: "seed cadence (5 s interval, 3 windows)", flags: &["--interval", "5", "--required-windows", "3"] },
+    Setup {
+        name: "defaults (0.2 s interval, 2 windows)",
+        flags: &[],
+    },
+    Setup {
+        name: "seed cadence (5 s interval, 3 windows)",
+        flags: &["--interval", "5", "--required-windows", "3"],
+    },
 ];
 
 /// Runs the benchmark and appends its markdown report to `out`.
 pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let bin = |var: &str, name: &str| -> Result<PathBuf> {
-        let p = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| workspace.join("target/release").join(name));
+        let p = std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target/release").join(name));
         if !p.is_file() {
-            bail!("{} not found: run `cargo build --release -p {name}` first", p.display());
+            bail!(
+                "{} not found: run `cargo build --release -p {name}` first",
+                p.display()
+            );
         }
         Ok(p)
     };
@@ -99,15 +110,29 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     };
     let result = run_setups(&origin_bin, &switcher_bin, &roots, out);
     stop_refresh.store(true, Ordering::SeqCst);
-    let refreshed = refresher.join().map_err(|_| anyhow::anyhow!("playlist refresher panicked"))?;
+    let refreshed = refresher
+        .join()
+        .map_err(|_| anyhow::anyhow!("playlist refresher panicked"))?;
     result.and(refreshed)
 }
 
-fn run_setups(origin_bin: &Path, switcher_bin: &Path, roots: &[PathBuf; 2], out: &mut String) -> Result<()> {
-    let _ = writeln!(out, "### Failover: kill -9 of the primary origin to first 200 from the backup via the VIP\n");
-    let _ = writeln!(out, "| configuration | runs | p50 | p99 | max |\n|---|---|---|---|---|");
+fn run_setups(
+    origin_bin: &Path,
+    switcher_bin: &Path,
+    roots: &[PathBuf; 2],
+    out: &mut String,
+) -> Result<()> {
+    let _ = writeln!(
+        out,
+        "### Failover: kill -9 of the primary origin to first 200 from the backup via the VIP\n"
+    );
+    let _ = writeln!(
+        out,
+        "| configuration | runs | p50 | p99 | max |\n|---|---|---|---|---|"
+    );
     for setup in &SETUPS {
-        let mut samples = measure(origin_bin, switcher_bin, roots, setup).with_context(|| format!("setup {}", setup.name))?;
+        let mut samples = measure(origin_bin, switcher_bin, roots, setup)
+            .with_context(|| format!("setup {}", setup.name))?;
         samples.sort();
         let _ = writeln!(
             out,
@@ -119,7 +144,11 @@ fn run_setups(origin_bin: &Path, switcher_bin: &Path, roots: &[PathBuf; 2], out:
             ms(*samples.last().unwrap_or(&Duration::ZERO))
         );
     }
-    let _ = writeln!(out, "\nClient poll every {} ms over a fresh connection; {RUNS} runs each.", POLL_INTERVAL.as_millis());
+    let _ = writeln!(
+        out,
+        "\nClient poll every {} ms over a fresh connection; {RUNS} runs each.",
+        POLL_INTERVAL.as_millis()
+    );
     Ok(())
 }
 
@@ -136,14 +165,24 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[rank - 1]
 }
 
-fn measure(origin_bin: &Path, switcher_bin: &Path, roots: &[PathBuf; 2], setup: &Setup) -> Result<Vec<Duration>> {
-    let [vip, primary_port, backup_port, admin] = [free_port()?, free_port()?, free_port()?, free_port()?];
+fn measure(
+    origin_bin: &Path,
+    switcher_bin: &Path,
+    roots: &[PathBuf; 2],
+    setup: &Setup,
+) -> Result<Vec<Duration>> {
+    let [vip, primary_port, backup_port, admin] =
+        [free_port()?, free_port()?, free_port()?, free_port()?];
     let vip = SocketAddr::from(([127, 0, 0, 1], vip));
     let admin = SocketAddr::from(([127, 0, 0, 1], admin));
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/switcher-bench-{}", std::process::id()));
     let origin = |root: &Path, port: u16| -> Result<Proc> {
         Proc::spawn(
-            Command::new(origin_bin).arg("--root").arg(root).arg("--listen").arg(format!("127.0.0.1:{port}")),
+            Command::new(origin_bin)
+                .arg("--root")
+                .arg(root)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}")),
             "origin",
         )
     };
@@ -151,7 +190,10 @@ fn measure(origin_bin: &Path, switcher_bin: &Path, roots: &[PathBuf; 2], setup: 
     let _backup = origin(&roots[1], backup_port)?;
     // Whatever happens below, the pins go; declared before the switcher so it drops after it
     // (guards drop in reverse order): detach once the switcher has stopped.
-    let _detach = Detach { bin: switcher_bin.to_path_buf(), pin_root: pin_root.clone() };
+    let _detach = Detach {
+        bin: switcher_bin.to_path_buf(),
+        pin_root: pin_root.clone(),
+    };
     let _switcher = Proc::spawn(
         Command::new(switcher_bin)
             .arg("run")
@@ -173,9 +215,14 @@ fn measure(origin_bin: &Path, switcher_bin: &Path, roots: &[PathBuf; 2], setup: 
 
     let mut samples = Vec::with_capacity(RUNS);
     for run in 0..RUNS {
-        wait_until(READY_TIMEOUT, "primary active and serving via the VIP", || {
-            healthz_active(admin).as_deref() == Some("primary") && served_by(vip, &path) == Some("primary")
-        })
+        wait_until(
+            READY_TIMEOUT,
+            "primary active and serving via the VIP",
+            || {
+                healthz_active(admin).as_deref() == Some("primary")
+                    && served_by(vip, &path) == Some("primary")
+            },
+        )
         .with_context(|| format!("run {run}"))?;
         let killed = Instant::now();
         primary.kill9();
@@ -184,7 +231,9 @@ fn measure(origin_bin: &Path, switcher_bin: &Path, roots: &[PathBuf; 2], setup: 
                 break killed.elapsed();
             }
             if killed.elapsed() > FAILOVER_LIMIT {
-                bail!("run {run}: no 200 from the backup through the VIP within {FAILOVER_LIMIT:?}");
+                bail!(
+                    "run {run}: no 200 from the backup through the VIP within {FAILOVER_LIMIT:?}"
+                );
             }
             std::thread::sleep(POLL_INTERVAL);
         };
@@ -200,7 +249,9 @@ fn served_by(addr: SocketAddr, path: &str) -> Option<&'static str> {
     if status != 200 {
         return None;
     }
-    ["primary", "backup"].into_iter().find(|o| body.contains(&format!("## origin={o}")))
+    ["primary", "backup"]
+        .into_iter()
+        .find(|o| body.contains(&format!("## origin={o}")))
 }
 
 /// `"active"` of a running switcher's /healthz.
@@ -216,7 +267,11 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT).ok()?;
     s.set_read_timeout(Some(CLIENT_TIMEOUT)).ok()?;
     s.set_write_timeout(Some(CLIENT_TIMEOUT)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
@@ -237,7 +292,10 @@ fn wait_until(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Re
 
 /// Writes a fresh live playlist (newest segment ending now) atomically into `dir`.
 fn write_playlist(dir: &Path, label: &str) -> Result<()> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("clock before 1970")?.as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("clock before 1970")?
+        .as_secs();
     // Time-based MSN, as our packagers number segments.
     let newest = now / TARGET_SECONDS;
     let first = newest + 1 - WINDOW;
@@ -246,7 +304,11 @@ fn write_playlist(dir: &Path, label: &str) -> Result<()> {
     );
     for msn in first..=newest {
         let start = msn * TARGET_SECONDS;
-        let _ = write!(s, "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{TARGET_SECONDS}.000,\nseg{msn}.ts\n", rfc3339(start));
+        let _ = write!(
+            s,
+            "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{TARGET_SECONDS}.000,\nseg{msn}.ts\n",
+            rfc3339(start)
+        );
     }
     let tmp = dir.join(".index.m3u8.tmp");
     std::fs::write(&tmp, s).context("writing playlist")?;
@@ -266,7 +328,12 @@ fn rfc3339(unix: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 fn free_port() -> Result<u16> {
@@ -281,8 +348,15 @@ struct Proc {
 
 impl Proc {
     fn spawn(cmd: &mut Command, name: &str) -> Result<Self> {
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
-        Ok(Proc { child, killed: false })
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            child,
+            killed: false,
+        })
     }
 
     /// `kill -9`: the failure under test.
@@ -299,7 +373,10 @@ impl Drop for Proc {
             return;
         }
         // SIGTERM first so switcher-ctl and the origin shut down cleanly; `kill` keeps this std-only.
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -320,7 +397,12 @@ struct Detach {
 
 impl Drop for Detach {
     fn drop(&mut self) {
-        let _ = Command::new(&self.bin).arg("detach").arg("--pin-root").arg(&self.pin_root).stdout(Stdio::null()).status();
+        let _ = Command::new(&self.bin)
+            .arg("detach")
+            .arg("--pin-root")
+            .arg(&self.pin_root)
+            .stdout(Stdio::null())
+            .status();
     }
 }
 

@@ -8,7 +8,7 @@ mod packager;
 
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 use crate::prereq;
 
@@ -29,14 +29,23 @@ pub fn run(ws: &Path, name: &str) -> Result<()> {
             continue;
         }
         let mut out = String::new();
-        let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()?;
-        writeln!(out, "\n## `cargo xtask bench {n}` ({})\n", String::from_utf8_lossy(&date.stdout).trim())?;
+        let date = std::process::Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d %H:%M UTC")
+            .output()?;
+        writeln!(
+            out,
+            "\n## `cargo xtask bench {n}` ({})\n",
+            String::from_utf8_lossy(&date.stdout).trim()
+        )?;
         match n {
             "origin" => origin::run(ws, &mut out)?,
             "ingest" => ingest::run(ws, &mut out)?,
             "packager" => packager::run(ws, &mut out)?,
             "failover" => failover::run(ws, &mut out)?,
-            other => bail!("unknown benchmark {other:?} (datapath|origin|ingest|packager|failover|all)"),
+            other => {
+                bail!("unknown benchmark {other:?} (datapath|origin|ingest|packager|failover|all)")
+            }
         }
         println!("{out}");
         let path = ws.join("BENCHMARKS.md");

@@ -148,7 +148,11 @@ pub fn check_ts(data: &[u8]) -> TsSummary {
         if afc & 1 != 0 {
             let c = p[3] & 0x0f;
             // PAT/PMT count by media sequence number; elementary streams start at 0.
-            let first = if pid == PID_PAT || pid == PID_PMT { c } else { 0 };
+            let first = if pid == PID_PAT || pid == PID_PMT {
+                c
+            } else {
+                0
+            };
             let expected = cc.get(&pid).map_or(first, |prev| (prev + 1) & 0x0f);
             assert_eq!(
                 c, expected,
@@ -233,7 +237,10 @@ pub fn check_ts(data: &[u8]) -> TsSummary {
     assert_eq!(n, data.len() / PACKET_LEN);
     for (pid, last) in &cc {
         if *pid != PID_PAT && *pid != PID_PMT {
-            assert_eq!(*last, 15, "pid {pid:#x} must end at 15 so the next segment continues it");
+            assert_eq!(
+                *last, 15,
+                "pid {pid:#x} must end at 15 so the next segment continues it"
+            );
         }
     }
     s

@@ -72,7 +72,8 @@ pub fn start_chromium(url: &str, profile: &Path) -> (Killed, u16) {
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && let Some(rest) = line.split("DevTools listening on ws://127.0.0.1:").nth(1) {
+            if !sent && let Some(rest) = line.split("DevTools listening on ws://127.0.0.1:").nth(1)
+            {
                 let port = rest.split('/').next().and_then(|p| p.parse::<u16>().ok());
                 let _ = tx.send(port);
                 sent = true;
@@ -109,7 +110,8 @@ pub fn devtools_get(port: u16, path: &str) -> Value {
     }
     let mut body = vec![0; length];
     r.read_exact(&mut body).expect("devtools response body");
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("devtools {path}: {e}: {}", String::from_utf8_lossy(&body)))
+    serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("devtools {path}: {e}: {}", String::from_utf8_lossy(&body)))
 }
 
 /// A DevTools protocol session on the page.
@@ -127,7 +129,8 @@ impl Cdp {
             .and_then(|t| t["webSocketDebuggerUrl"].as_str())
             .unwrap_or_else(|| panic!("no page target in {targets}"))
             .to_string();
-        let (ws, _) = tungstenite::connect(ws_url.as_str()).expect("connect to the page's DevTools socket");
+        let (ws, _) =
+            tungstenite::connect(ws_url.as_str()).expect("connect to the page's DevTools socket");
         if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
             // A browser that stops answering fails the test instead of hanging it.
             s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
@@ -139,7 +142,9 @@ impl Cdp {
         let id = self.next_id;
         self.next_id += 1;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
-        self.ws.send(tungstenite::Message::text(msg)).expect("send devtools command");
+        self.ws
+            .send(tungstenite::Message::text(msg))
+            .expect("send devtools command");
         loop {
             let msg = self.ws.read().expect("read devtools message");
             let Ok(text) = msg.to_text() else { continue };
@@ -156,7 +161,10 @@ impl Cdp {
 
     /// Evaluates a JavaScript expression in the page: its JSON value, or the exception.
     pub fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
-        let r = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true}));
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true}),
+        );
         match r.get("exceptionDetails") {
             Some(e) => Err(e["exception"]["description"].clone()),
             None => Ok(r["result"]["value"].clone()),
@@ -165,11 +173,17 @@ impl Cdp {
 
     /// Evaluates a JavaScript expression in the page; returns its JSON value.
     pub fn eval(&mut self, expression: &str) -> Value {
-        self.try_eval(expression).unwrap_or_else(|e| panic!("{expression}: {e}"))
+        self.try_eval(expression)
+            .unwrap_or_else(|e| panic!("{expression}: {e}"))
     }
 
     /// Re-evaluates `expression` until `pred` holds; returns the value that satisfied it.
-    pub fn wait_for(&mut self, what: &str, expression: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        expression: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             // An exception (the page still loading) counts as "not yet".
@@ -180,10 +194,11 @@ impl Cdp {
             if start.elapsed() > DEADLINE {
                 let player = self.try_eval("document.getElementById('player-state').textContent");
                 let conn = self.try_eval("document.getElementById('conn').textContent");
-                panic!("{what}: not after {DEADLINE:?}; last value {v}; player: {player:?}; page: {conn:?}");
+                panic!(
+                    "{what}: not after {DEADLINE:?}; last value {v}; player: {player:?}; page: {conn:?}"
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
-

@@ -89,9 +89,14 @@ impl DataPlane for FakeDataPlane {
 /// A live media playlist of `WINDOW` 2 s segments, newest MSN `newest_msn`, every segment
 /// with PROGRAM-DATE-TIME, whose newest segment ends at `newest_end`.
 pub fn live_playlist(newest_msn: u64, newest_end: SystemTime) -> String {
-    assert!(newest_msn + 1 >= WINDOW, "newest MSN {newest_msn} leaves no room for a window of {WINDOW}");
+    assert!(
+        newest_msn + 1 >= WINDOW,
+        "newest MSN {newest_msn} leaves no room for a window of {WINDOW}"
+    );
     let first = newest_msn + 1 - WINDOW;
-    let mut s = format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n");
+    let mut s = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
+    );
     for i in 0..WINDOW {
         let start = newest_end - Duration::from_secs_f64(TARGET_SECONDS * (WINDOW - i) as f64);
         let start: chrono::DateTime<chrono::Utc> = start.into();
@@ -119,7 +124,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: String) -> Self {
-        Reply { status: 200, body, delay: Duration::ZERO }
+        Reply {
+            status: 200,
+            body,
+            delay: Duration::ZERO,
+        }
     }
 }
 
@@ -140,12 +149,23 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(responder: Responder) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind test server");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind test server");
         let addr = listener.local_addr().expect("local addr");
         let responder = Arc::new(Mutex::new(responder));
         let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let task = Some(tokio::spawn(serve(listener, responder.clone(), accepts.clone())));
-        TestServer { addr, accepts, responder, task }
+        let task = Some(tokio::spawn(serve(
+            listener,
+            responder.clone(),
+            accepts.clone(),
+        )));
+        TestServer {
+            addr,
+            accepts,
+            responder,
+            task,
+        }
     }
 
     /// Serves a fixed reply.
@@ -175,8 +195,14 @@ impl TestServer {
 
     /// Listens on the same port again.
     pub async fn restart(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.expect("rebind test server port");
-        self.task = Some(tokio::spawn(serve(listener, self.responder.clone(), self.accepts.clone())));
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind test server port");
+        self.task = Some(tokio::spawn(serve(
+            listener,
+            self.responder.clone(),
+            self.accepts.clone(),
+        )));
     }
 }
 
@@ -191,9 +217,15 @@ impl Drop for TestServer {
 /// Largest request head the test server reads.
 const MAX_HEAD: usize = 8192;
 
-async fn serve(listener: TcpListener, responder: Arc<Mutex<Responder>>, accepts: Arc<std::sync::atomic::AtomicUsize>) {
+async fn serve(
+    listener: TcpListener,
+    responder: Arc<Mutex<Responder>>,
+    accepts: Arc<std::sync::atomic::AtomicUsize>,
+) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         accepts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let responder = responder.clone();
         tokio::spawn(async move {
@@ -226,7 +258,9 @@ async fn serve(listener: TcpListener, responder: Arc<Mutex<Responder>>, accepts:
 
 /// A minimal HTTP/1.1 client for the admin endpoints: returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -235,7 +269,14 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.expect("read response");
     let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }

@@ -23,16 +23,28 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, panicking with its output on failure.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     if !out.status.success() {
-        panic!("{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A short unique name (interface names are limited to 15 bytes).
 pub fn unique(tag: &str) -> String {
-    format!("sw{}{}{}", std::process::id() % 100_000, tag, SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "sw{}{}{}",
+        std::process::id() % 100_000,
+        tag,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A network namespace, deleted on drop (which also deletes the veth ends inside it).
@@ -73,14 +85,19 @@ impl Netns {
         let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
         let names: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
         let values: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        let i = names.iter().position(|n| *n == field).unwrap_or_else(|| panic!("no Tcp {field}"));
+        let i = names
+            .iter()
+            .position(|n| *n == field)
+            .unwrap_or_else(|| panic!("no Tcp {field}"));
         values[i].parse().unwrap()
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
     }
 }
 
@@ -104,14 +121,45 @@ impl Pair {
         let edge = Netns::new("e");
         let client_if = unique("vc");
         let edge_if = unique("ve");
-        sh(&["ip", "link", "add", &client_if, "netns", &client.name, "type", "veth", "peer", "name", &edge_if, "netns", &edge.name]);
-        for (ns, ifname, v4, v6) in [(&client, &client_if, CLIENT_V4, CLIENT_V6), (&edge, &edge_if, EDGE_V4, EDGE_V6)] {
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &client_if,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &edge_if,
+            "netns",
+            &edge.name,
+        ]);
+        for (ns, ifname, v4, v6) in [
+            (&client, &client_if, CLIENT_V4, CLIENT_V6),
+            (&edge, &edge_if, EDGE_V4, EDGE_V6),
+        ] {
             ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifname]);
-            ns.exec(&["ip", "-6", "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+            ns.exec(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ]);
             ns.exec(&["ethtool", "-K", ifname, "tx", "off", "rx", "off"]);
             ns.exec(&["ip", "link", "set", ifname, "up"]);
         }
-        Pair { client, edge, client_if, edge_if }
+        Pair {
+            client,
+            edge,
+            client_if,
+            edge_if,
+        }
     }
 }
 
@@ -180,7 +228,11 @@ fn handle(conn: TcpStream, name: &str) -> std::io::Result<()> {
             "/big" => big_body(),
             _ => name.as_bytes().to_vec(),
         };
-        write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Origin: {name}\r\n\r\n", body.len())?;
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Origin: {name}\r\n\r\n",
+            body.len()
+        )?;
         conn.write_all(&body)?;
     }
 }
@@ -204,12 +256,18 @@ impl Client {
         let mut len = None;
         let mut status = String::new();
         if self.reader.read_line(&mut status)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
         }
         loop {
             let mut h = String::new();
             if self.reader.read_line(&mut h)? == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed in headers"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed in headers",
+                ));
             }
             if h == "\r\n" {
                 break;

@@ -111,7 +111,14 @@ impl Pkt {
                 h[0..2].copy_from_slice(&self.sport.to_be_bytes());
                 h[2..4].copy_from_slice(&self.dport.to_be_bytes());
                 h[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
-                h[8..12].copy_from_slice(&(if self.flags & ACK != 0 { 0x0a0b_0c0du32 } else { 0 }).to_be_bytes());
+                h[8..12].copy_from_slice(
+                    &(if self.flags & ACK != 0 {
+                        0x0a0b_0c0du32
+                    } else {
+                        0
+                    })
+                    .to_be_bytes(),
+                );
                 h[12] = 5 << 4;
                 h[13] = self.flags;
                 h[14..16].copy_from_slice(&64240u16.to_be_bytes());
