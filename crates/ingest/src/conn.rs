@@ -208,6 +208,9 @@ impl Conn {
     async fn run(&mut self) -> Result<(), ConnError> {
         let idle = self.server.config.idle_timeout();
         let connect_deadline = tokio::time::Instant::now() + self.server.config.handshake_timeout();
+        let mut last_read = tokio::time::Instant::now();
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
         loop {
             // Process everything already buffered.
             while let Some(raw) = self.dec.read(&mut self.rbuf)? {
@@ -226,40 +229,28 @@ impl Conn {
             if !self.connected && tokio::time::Instant::now() > connect_deadline {
                 return Err(ConnError::Timeout("connect"));
             }
-            let n = if let Role::Playing { stream, sub } = &mut self.role {
-                // Register for the next wake-up before looking, so none is missed.
-                let notified = stream.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if !self.wbuf.is_empty() {
-                    self.out.push_back(self.wbuf.split().freeze());
-                }
-                match sub.pull(&self.server.metrics, &mut self.out, WRITE_BATCH_BYTES) {
-                    Pulled::Dropped => {
-                        tracing::info!(conn = self.id, "dropped by the hub (too slow)");
-                        return Ok(());
-                    }
-                    Pulled::Control => {
-                        // The shared bytes used these chunk streams behind our encoder's back.
-                        self.enc.forget(csid::PROTOCOL_CONTROL);
-                        self.enc.forget(csid::STREAM_COMMAND);
-                        continue;
-                    }
-                    Pulled::Media => continue,
-                    Pulled::Nothing => {}
-                }
-                self.rbuf.reserve(READ_CHUNK_SMALL);
-                // Players may legitimately send nothing for a long time; their liveness is
-                // judged by writes (see `flush`).
-                tokio::select! {
-                    r = self.sock.read_buf(&mut self.rbuf) => r?,
-                    _ = &mut notified => continue,
+            let n = if let Role::Playing { stream, .. } = &self.role {
+                match self.play(stream.clone()).await? {
+                    PlayStep::Read(n) => n,
+                    PlayStep::Woken => continue,
+                    PlayStep::Dropped => return Ok(()),
                 }
             } else {
                 self.reserve_read();
+                // The idle timer is armed once and pushed back only when it fires, not
+                // re-armed for every read.
                 tokio::select! {
-                    r = self.sock.read_buf(&mut self.rbuf) => r?,
-                    _ = tokio::time::sleep(idle) => return Err(ConnError::Timeout("idle")),
+                    r = self.sock.read_buf(&mut self.rbuf) => {
+                        last_read = tokio::time::Instant::now();
+                        r?
+                    }
+                    _ = &mut idle_timer => {
+                        if last_read.elapsed() >= idle {
+                            return Err(ConnError::Timeout("idle"));
+                        }
+                        idle_timer.as_mut().reset(last_read + idle);
+                        continue;
+                    }
                 }
             };
             if n == 0 {
@@ -269,6 +260,47 @@ impl Conn {
             self.server.metrics.bytes_in.inc_by(n as u64);
             if let Some(seq) = self.acks.received(n) {
                 self.send(&build::ack(seq));
+            }
+        }
+    }
+
+    /// A player's wait: writes whatever the hub has for it, then waits for the next wake-up
+    /// or for bytes from the player.
+    async fn play(&mut self, stream: Arc<Stream>) -> Result<PlayStep, ConnError> {
+        // Registered before the first look, and kept across pulls until it fires, so a
+        // wake-up between a pull and the wait is never lost.
+        let notified = stream.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        loop {
+            self.stage();
+            let Role::Playing { sub, .. } = &mut self.role else {
+                return Ok(PlayStep::Dropped);
+            };
+            match sub.pull(&self.server.metrics, &mut self.out, WRITE_BATCH_BYTES) {
+                Pulled::Dropped => {
+                    tracing::info!(conn = self.id, "dropped by the hub (too slow)");
+                    return Ok(PlayStep::Dropped);
+                }
+                Pulled::Control => {
+                    // The shared bytes used these chunk streams behind our encoder's back.
+                    self.enc.forget(csid::PROTOCOL_CONTROL);
+                    self.enc.forget(csid::STREAM_COMMAND);
+                    self.flush().await?;
+                    continue;
+                }
+                Pulled::Media => {
+                    self.flush().await?;
+                    continue;
+                }
+                Pulled::Nothing => {}
+            }
+            self.rbuf.reserve(READ_CHUNK_SMALL);
+            // Players may legitimately send nothing for a long time; their liveness is
+            // judged by writes (see `flush`).
+            tokio::select! {
+                r = self.sock.read_buf(&mut self.rbuf) => return Ok(PlayStep::Read(r?)),
+                _ = &mut notified => return Ok(PlayStep::Woken),
             }
         }
     }
@@ -570,6 +602,16 @@ fn write_some(sock: &TcpStream, out: &mut VecDeque<Bytes>) -> std::io::Result<us
         }
     }
     Ok(total)
+}
+
+/// How a player's wait ended.
+enum PlayStep {
+    /// Bytes from the player (0: it closed).
+    Read(usize),
+    /// The publisher pushed something.
+    Woken,
+    /// The hub dropped this player (too slow).
+    Dropped,
 }
 
 fn split_query(s: &str) -> (&str, &str) {

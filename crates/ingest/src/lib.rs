@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: [`Config`], the CLI flags / environment variables.
 //! - [`conn`]: one task per RTMP connection: handshake, commands, publish or play.
-//! - [`hub`]: streams, publish sessions (id, start time), GOP cache, bounded fan-out.
+//! - [`hub`]: streams, publish sessions (id, start time), GOP cache, and the fan-out: each
+//!   message serialised once into a bounded per-stream ring that subscribers pull from.
 //! - [`metrics`]: Prometheus metrics (`ingest_*`) and the admin `/metrics` endpoint.
 //! - `src/bin/ingest.rs`: parses the CLI and calls [`run`];
 //!   `src/bin/ingest-loadgen.rs`: N PlayClients for benchmarks.

@@ -12,6 +12,9 @@
 //! absolute timestamp; later ones get type 1/2 (delta) headers. Type 3 is used only for
 //! continuation chunks, because implementations disagree about what a type-3 *new message*
 //! after a type-0 header means (ffmpeg adds the absolute timestamp as a delta).
+//!
+//! [`write_absolute`] writes one message with a type-0 header and no encoder state: bytes a
+//! server can serialise once and send to every peer (the ingest's fan-out).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
@@ -444,10 +447,12 @@ pub fn write_absolute(chunk_size: usize, msg: &RawMessage, out: &mut BytesMut) {
 /// Length of [`write_absolute`]'s output, to size a buffer once.
 pub fn absolute_len(chunk_size: usize, msg: &RawMessage) -> usize {
     let chunk_size = chunk_size.max(1);
-    let basic = match msg.csid {
-        0..=ONE_BYTE_CSID_MAX => 1,
-        0..=TWO_BYTE_CSID_MAX => 2,
-        _ => 3,
+    let basic = if msg.csid <= ONE_BYTE_CSID_MAX {
+        1
+    } else if msg.csid <= TWO_BYTE_CSID_MAX {
+        2
+    } else {
+        3
     };
     let ext = if msg.timestamp >= EXTENDED_TIMESTAMP_MARKER {
         4

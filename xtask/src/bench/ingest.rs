@@ -23,8 +23,15 @@
 //! with something else for a while skews both sides of a ratio alike.
 //!
 //! Fairness: nginx runs one process (`master_process off`, one worker), our ingest runs
-//! its default tokio runtime; both use 4096-byte chunks.
-//! Caveat: on 2 cores the load generator shares the CPUs with the server.
+//! its default runtime (one thread); both use 4096-byte chunks.
+//!
+//! Pinning (default when the machine has 2 or more CPUs; `INGEST_BENCH_PIN=0` turns it
+//! off): the server runs on CPU 0, the publisher and the load generator on the others
+//! (`taskset`). Unpinned, the scheduler puts the load generator, woken by every write to a
+//! player, on the server's CPU, where it preempts the server: we measured ~900 preemptions
+//! per second for one server and ~70 for the other at 100 players, a scheduler artefact
+//! that moves the CPU figures by tens of percent and does not exist when players are on
+//! other machines. Pinned, both servers see a handful per second.
 //! Override N with `INGEST_BENCH_PLAYERS=10,100`.
 
 use std::fmt::Write as _;
@@ -57,6 +64,8 @@ const DEFAULT_REPEAT: usize = 3;
 const MIN_RATE_FRACTION: f64 = 0.9;
 /// Attempts per repetition to get a valid pair of samples before reporting an invalid one.
 const MAX_ATTEMPTS: usize = 3;
+/// CPU the server is pinned to; the publisher and load generator get the others.
+const SERVER_CPU: usize = 0;
 /// nginx-rtmp's module path in Debian.
 const NGINX_RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
 
@@ -207,9 +216,14 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
 
     writeln!(
         out,
-        "\n### RTMP fan-out: ingest vs nginx-rtmp (1 publisher, 720p30 ~2.6 Mbit/s, {}s sample, median of {})\n",
+        "\n### RTMP fan-out: ingest vs nginx-rtmp (1 publisher, 720p30 ~2.6 Mbit/s, {}s sample, median of {}, {})\n",
         MEASURE.as_secs(),
-        repeat.max(1)
+        repeat.max(1),
+        if std::env::var("INGEST_BENCH_PIN").is_ok_and(|v| v == "0") {
+            "unpinned"
+        } else {
+            "server pinned to its own CPU"
+        }
     )?;
     writeln!(
         out,
@@ -250,7 +264,7 @@ fn measure_ours(bin: &Path, loadgen: &Path, clip: &Path, dir: &Path, n: usize) -
     let port = free_port()?;
     let admin = free_port()?;
     let server = Proc::spawn(
-        Command::new(bin)
+        pinned(bin, Side::Server)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin")
@@ -282,7 +296,7 @@ fn measure_nginx(loadgen: &Path, clip: &Path, dir: &Path, n: usize) -> Result<Sa
     )
     .context("writing nginx.conf")?;
     let server = Proc::spawn(
-        Command::new("nginx")
+        pinned(Path::new("nginx"), Side::Server)
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -304,7 +318,7 @@ fn measure(
     wait_port(port)?;
     let url = format!("rtmp://127.0.0.1:{port}/live/bench");
     let _publisher = Proc::spawn(
-        Command::new("ffmpeg")
+        pinned(Path::new("ffmpeg"), Side::Load)
             .args([
                 "-hide_banner",
                 "-loglevel",
@@ -324,7 +338,7 @@ fn measure(
     let secs = (WARMUP + MEASURE).as_secs() + 2;
     let lg_out = dir.join("loadgen.out");
     let loadgen = Proc::spawn(
-        Command::new(loadgen)
+        pinned(loadgen, Side::Load)
             .arg("--url")
             .arg(&url)
             .arg("--players")
@@ -375,6 +389,37 @@ fn measure(
         players_connected: connected,
         mbit_per_player,
     })
+}
+
+/// Which CPUs a process of the benchmark runs on.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The server under test.
+    Server,
+    /// Publisher and load generator.
+    Load,
+}
+
+/// `program` under `taskset` on its side's CPUs (see the module doc), or plain when pinning
+/// is off or there is a single CPU. taskset execs the program, so the child's pid is the
+/// program's.
+fn pinned(program: &Path, side: Side) -> Command {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = std::env::var("INGEST_BENCH_PIN").map_or(true, |v| v != "0");
+    if !pin || cpus < 2 {
+        return Command::new(program);
+    }
+    let list = match side {
+        Side::Server => SERVER_CPU.to_string(),
+        Side::Load => (0..cpus)
+            .filter(|&c| c != SERVER_CPU)
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(list).arg(program);
+    cmd
 }
 
 fn read_lines(p: &Path) -> Vec<String> {
