@@ -97,6 +97,11 @@ pub const VIP_HAS_V4: u16 = 1;
 pub const VIP_HAS_V6: u16 = 2;
 /// [`VipConfig::flags`]: steering is on. Cleared, every packet passes unchanged (counted).
 pub const VIP_ENABLED: u16 = 4;
+/// [`VipConfig::flags`]: before steering a new flow to an origin on this host (all-zero origin
+/// address), check that a socket listens on its port (`bpf_sk_lookup_tcp`); if none does (the
+/// origin process died and the control plane has not flipped yet), steer the flow to the next
+/// configured origin that has one. Closes the gap between a crash and the next probe.
+pub const VIP_CHECK_LISTENER: u16 = 8;
 
 /// One origin: value of the `SWITCHER_ORIGINS` map, keyed by origin index. Written by user
 /// space; read by the programs to rewrite requests (destination) and recognise replies (source).
@@ -175,6 +180,9 @@ pub struct Counters {
     /// Packets of an unknown, non-SYN flow (e.g. one whose origin was retired) adopted by the
     /// active origin.
     pub resteered: u64,
+    /// New flows steered to this origin because the active origin had no listening socket
+    /// (see [`VIP_CHECK_LISTENER`]).
+    pub listener_fallbacks: u64,
 }
 
 // Sizes pinned: a change here is a change of the kernel/user contract.
@@ -182,7 +190,7 @@ const _: () = assert!(core::mem::size_of::<VipConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Origin>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
-const _: () = assert!(core::mem::size_of::<Counters>() == 11 * 8);
+const _: () = assert!(core::mem::size_of::<Counters>() == 12 * 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -209,5 +217,6 @@ impl Counters {
         self.fragments += other.fragments;
         self.ip_options += other.ip_options;
         self.resteered += other.resteered;
+        self.listener_fallbacks += other.listener_fallbacks;
     }
 }

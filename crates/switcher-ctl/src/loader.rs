@@ -31,7 +31,7 @@ use aya::{
 };
 use switcher_common::{
     ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FlowKey, FlowValue, MAX_ORIGINS,
-    ORIGIN_CONFIGURED, Origin, STATS_SLOTS, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
+    ORIGIN_CONFIGURED, Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
     map_names, prog_names,
 };
 
@@ -196,7 +196,7 @@ fn vip_config(cfg: &AttachConfig, ifindex: u32, attach_mode: u32) -> VipConfig {
         addr_v4: [0; 4],
         addr_v6: [0; 16],
         port_be: cfg.vip.port().to_be(),
-        flags: VIP_ENABLED,
+        flags: VIP_ENABLED | VIP_CHECK_LISTENER,
         ifindex,
         attach_mode,
     };

@@ -246,7 +246,7 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
         .enumerate()
     {
         println!(
-            "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} resteered {}",
+            "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} resteered {} listener_fallbacks {}",
             slot_label(i as u32),
             c.packets,
             c.bytes,
@@ -258,7 +258,8 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
             c.malformed,
             c.fragments,
             c.ip_options,
-            c.resteered
+            c.resteered,
+            c.listener_fallbacks
         );
     }
     Ok(true)

@@ -79,6 +79,9 @@ pub struct Metrics {
     pub dp_drops: IntCounterVec,
     /// `dataplane_resteered_total{origin}`: packets of unknown mid-stream flows adopted.
     pub dp_resteered: IntCounterVec,
+    /// `dataplane_listener_fallbacks_total{origin}`: new flows sent to this origin because the
+    /// active origin had no listening socket (its process died before the next probe).
+    pub dp_listener_fallbacks: IntCounterVec,
     /// `dataplane_malformed_total`: truncated packets passed unchanged (all slots).
     pub dp_malformed: IntCounter,
     /// `dataplane_fragments_total`: IP fragments passed unchanged (all slots).
@@ -193,6 +196,10 @@ impl Metrics {
                 "dataplane_resteered_total",
                 "Packets of unknown mid-stream flows adopted.",
             )?,
+            dp_listener_fallbacks: counter_vec(
+                "dataplane_listener_fallbacks_total",
+                "New flows steered to this origin because the active origin had no listener.",
+            )?,
             dp_malformed: IntCounter::new(
                 "dataplane_malformed_total",
                 "Truncated packets passed unchanged.",
@@ -252,6 +259,7 @@ impl Metrics {
             &self.dp_passes,
             &self.dp_drops,
             &self.dp_resteered,
+            &self.dp_listener_fallbacks,
         ] {
             r.register(Box::new(c.clone()))?;
         }
@@ -335,6 +343,7 @@ impl Metrics {
             mirror(&self.dp_passes.with_label_values(&l), c.passes);
             mirror(&self.dp_drops.with_label_values(&l), c.drops);
             mirror(&self.dp_resteered.with_label_values(&l), c.resteered);
+            mirror(&self.dp_listener_fallbacks.with_label_values(&l), c.listener_fallbacks);
             total.add(c);
         }
         mirror(&self.dp_malformed, total.malformed);

@@ -10,6 +10,7 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN for BPF_PROG_TEST_RUN of XDP/TC programs).
 
+mod netns;
 mod packet;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -22,7 +23,8 @@ use aya::{
 use packet::{ACK, ICMP, PSH, Pkt, RST, SYN, UDP, verify_checksums};
 use switcher_common::{
     Counters, FlowKey, FlowValue, MAX_ORIGINS, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
-    STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
+    map_names, prog_names,
 };
 
 const XDP_PASS: u32 = 2;
@@ -101,10 +103,11 @@ fn field(c: &Counters, name: &str) -> u64 {
         "fragments" => c.fragments,
         "ip_options" => c.ip_options,
         "resteered" => c.resteered,
+        "listener_fallbacks" => c.listener_fallbacks,
         other => panic!("unknown counter {other}"),
     }
 }
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "packets",
     "bytes",
     "new_flows",
@@ -116,6 +119,7 @@ const FIELDS: [&str; 11] = [
     "fragments",
     "ip_options",
     "resteered",
+    "listener_fallbacks",
 ];
 
 /// A request steered to `slot` for the first time (SYN or adopted flow).
@@ -205,6 +209,21 @@ impl Harness {
             addr_v6: VIP6.parse::<Ipv6Addr>().unwrap().octets(),
             port_be: VIP_PORT.to_be(),
             flags: VIP_HAS_V4 | VIP_HAS_V6 | if enabled { VIP_ENABLED } else { 0 },
+            ifindex: 0,
+            attach_mode: 0,
+        };
+        cfg.set(0, vip, 0).unwrap();
+    }
+
+    /// A loopback VIP (127.0.0.1:8080) with the listener check on, for the fallback test.
+    fn configure_loopback_with_listener_check(&mut self) {
+        let mut cfg: Array<_, VipConfig> =
+            Array::try_from(self.ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
+        let vip = VipConfig {
+            addr_v4: [127, 0, 0, 1],
+            addr_v6: [0; 16],
+            port_be: VIP_PORT.to_be(),
+            flags: VIP_HAS_V4 | VIP_ENABLED | VIP_CHECK_LISTENER,
             ifindex: 0,
             attach_mode: 0,
         };
@@ -805,4 +824,58 @@ fn kernel_refuses_frames_shorter_than_ethernet() {
     // And nothing was counted.
     assert!(h.counters().iter().all(|c| *c == Counters::default()));
     let _ = &mut h;
+}
+
+/// With VIP_CHECK_LISTENER, a new flow whose active origin has no listening socket on this
+/// host (its process died, the control plane has not flipped yet) goes to an origin that has
+/// one. Runs in a namespace of its own, where the test decides which ports listen.
+#[test]
+fn new_flow_falls_back_to_a_listening_origin() {
+    let ns = netns::Netns::new("f");
+    ns.run(|| {
+        let mut h = Harness::new();
+        h.configure_loopback_with_listener_check();
+        h.set_active(PRIMARY);
+        // Only the two local origins: an origin at another address cannot be checked from
+        // here and would count as alive.
+        let mut origins: Array<_, Origin> =
+            Array::try_from(h.ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+        let unset = Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: 0, flags: 0 };
+        origins.set(REMOTE, unset, 0).unwrap();
+        let syn = |port: u16| Pkt::tcp("127.0.0.1", port, "127.0.0.1", VIP_PORT, SYN);
+        let steer = |h: &mut Harness, port: u16| -> (u16, Vec<Counters>) {
+            let before = h.counters();
+            let (verdict, out, _) = h.run(Prog::Xdp, &syn(port).build(), 1);
+            assert_eq!(verdict, XDP_PASS);
+            verify_checksums(&out).expect("checksums");
+            let after = h.counters();
+            let delta = before.iter().zip(&after).map(|(b, a)| {
+                let mut d = *a;
+                d.new_flows -= b.new_flows;
+                d.listener_fallbacks -= b.listener_fallbacks;
+                d
+            });
+            (u16::from_be_bytes([out[36], out[37]]), delta.collect())
+        };
+
+        // Only the backup listens: the SYN goes there, counted as a fallback.
+        let backup = std::net::TcpListener::bind("127.0.0.1:8082").expect("bind backup port");
+        let (port, d) = steer(&mut h, 41000);
+        assert_eq!(port, 8082, "no listener on the active origin's port: fall back");
+        assert_eq!((d[BACKUP as usize].new_flows, d[BACKUP as usize].listener_fallbacks), (1, 1));
+        assert_eq!(d[PRIMARY as usize].new_flows, 0);
+
+        // The primary listens again: back to the active origin, no fallback.
+        let primary = std::net::TcpListener::bind("127.0.0.1:8081").expect("bind primary port");
+        let (port, d) = steer(&mut h, 41001);
+        assert_eq!(port, 8081);
+        assert_eq!((d[PRIMARY as usize].new_flows, d[PRIMARY as usize].listener_fallbacks), (1, 0));
+
+        // Nobody listens: the active origin gets it (and will reset it), as without the check.
+        drop(primary);
+        drop(backup);
+        let (port, d) = steer(&mut h, 41002);
+        assert_eq!(port, 8081);
+        assert_eq!(d.iter().map(|c| c.listener_fallbacks).sum::<u64>(), 0);
+    });
 }

@@ -27,6 +27,7 @@ mod steer;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    EbpfContext as _,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -51,7 +52,12 @@ fn count_unsteerable(class: &Class) {
 
 /// The request decision shared by XDP and TC ingress: `Some((tcp, target))` to rewrite.
 #[inline(always)]
-fn request(start: usize, end: usize, len: usize) -> Option<(Tcp, steer::Target)> {
+fn request(
+    ctx: *mut core::ffi::c_void,
+    start: usize,
+    end: usize,
+    len: usize,
+) -> Option<(Tcp, steer::Target)> {
     let class = classify(start, end, len);
     let Class::Tcp(t) = class else {
         count_unsteerable(&class);
@@ -65,7 +71,7 @@ fn request(start: usize, end: usize, len: usize) -> Option<(Tcp, steer::Target)>
         steer::count_pass(|_| {});
         return None;
     }
-    let Some(target) = steer::steer_request(&t) else {
+    let Some(target) = steer::steer_request(ctx, &t, &vip) else {
         // For the VIP but no usable origin: the stack answers (RST, nothing listens there).
         steer::count_pass(|_| {});
         return None;
@@ -82,7 +88,7 @@ pub fn switcher_xdp(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     // This program is not frags-aware, so the kernel hands it linear packets: the readable
     // range is the whole packet.
-    if let Some((t, target)) = request(start, end, end - start) {
+    if let Some((t, target)) = request(ctx.as_ptr(), start, end, end - start) {
         if xdp_rewrite_dst(start, end, &t, &target).is_some() {
             steer::count(target.index, |c| c.rewrites += 1);
         }
@@ -134,7 +140,7 @@ fn tc_pull(ctx: &TcContext) {
 #[classifier]
 pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     tc_pull(&ctx);
-    let Some((t, target)) = request(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
+    let Some((t, target)) = request(ctx.as_ptr(), ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_OK;
     };
     let new_addr = target.addr;

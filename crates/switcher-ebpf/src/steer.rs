@@ -2,9 +2,15 @@
 //! requests to the VIP and which origin they go to (recording the flow), which packets are
 //! replies of a tracked flow, and the per-origin counters.
 
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS},
+    helpers::{bpf_sk_lookup_tcp, bpf_sk_release},
+};
 use switcher_common::{
     Counters, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4, FLOW_SEEN_SYN, MAX_ORIGINS,
-    ORIGIN_CONFIGURED, STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    ORIGIN_CONFIGURED, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
 
 use crate::{
@@ -85,11 +91,85 @@ fn origin_addr(o: &Origin, family: u16) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// Steers a request `t` already known to be for the VIP: a SYN goes to the active origin;
-/// another packet follows its tracked flow, or (unknown flow, or its origin no longer
-/// configured) is adopted by the active origin. Records new flows. `None`: no usable origin.
+/// Whether a TCP socket on this host would take a connection from the client of `t` to the
+/// VIP's address (`t.daddr`) on `port_be`: a listener, or an established socket of that tuple.
 #[inline(always)]
-pub fn steer_request(t: &Tcp) -> Option<Target> {
+fn has_socket(ctx: *mut c_void, t: &Tcp, port_be: u16) -> bool {
+    // SAFETY: an all-zero bpf_sock_tuple is a valid value of the C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size;
+    // SAFETY: writing the union member that matches the family, as the kernel reads it.
+    unsafe {
+        if t.family == FAMILY_V4 {
+            let v4 = &mut tuple.__bindgen_anon_1.ipv4;
+            v4.saddr = u32::from_ne_bytes([t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]]);
+            v4.daddr = u32::from_ne_bytes([t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]]);
+            v4.sport = t.sport;
+            v4.dport = port_be;
+            size = core::mem::size_of_val(v4) as u32;
+        } else {
+            let v6 = &mut tuple.__bindgen_anon_1.ipv6;
+            let mut i = 0;
+            while i < 4 {
+                let j = i * 4;
+                v6.saddr[i] = u32::from_ne_bytes([t.saddr[j], t.saddr[j + 1], t.saddr[j + 2], t.saddr[j + 3]]);
+                v6.daddr[i] = u32::from_ne_bytes([t.daddr[j], t.daddr[j + 1], t.daddr[j + 2], t.daddr[j + 3]]);
+                i += 1;
+            }
+            v6.sport = t.sport;
+            v6.dport = port_be;
+            size = core::mem::size_of_val(v6) as u32;
+        }
+        let sk = bpf_sk_lookup_tcp(ctx, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk as *mut c_void);
+    }
+    true
+}
+
+/// Whether origin `o` can take a new flow: always for an origin at another address (it is not
+/// on this host to look at), otherwise when a socket listens on its port.
+#[inline(always)]
+fn alive(ctx: *mut c_void, t: &Tcp, o: &Origin) -> bool {
+    origin_addr(o, t.family).is_some() || has_socket(ctx, t, o.port_be)
+}
+
+/// The origin a new flow goes to: the active one, or, with [`VIP_CHECK_LISTENER`] and no
+/// socket on the active origin's port, the first other configured origin that has one.
+/// Returns (index, origin, fell back).
+#[inline(always)]
+fn new_flow_origin(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, Origin, bool)> {
+    let index = *ACTIVE.get(0)?;
+    if index >= MAX_ORIGINS {
+        return None;
+    }
+    let o = origin(index)?;
+    if vip.flags & VIP_CHECK_LISTENER == 0 || alive(ctx, t, &o) {
+        return Some((index, o, false));
+    }
+    let mut i = 0;
+    while i < MAX_ORIGINS {
+        if i != index {
+            if let Some(other) = origin(i) {
+                if alive(ctx, t, &other) {
+                    return Some((i, other, true));
+                }
+            }
+        }
+        i += 1;
+    }
+    // Nobody listens: the active origin answers with a reset, as without the check.
+    Some((index, o, false))
+}
+
+/// Steers a request `t` already known to be for the VIP: a SYN goes to the active origin
+/// (or, see [`new_flow_origin`], to a live one when the active origin has no listener);
+/// another packet follows its tracked flow, or (unknown flow, or its origin no longer
+/// configured) is adopted like a new flow. Records new flows. `None`: no usable origin.
+#[inline(always)]
+pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<Target> {
     let key = FlowKey {
         client_addr: t.saddr,
         client_port_be: t.sport,
@@ -110,11 +190,7 @@ pub fn steer_request(t: &Tcp) -> Option<Target> {
             }
         }
     }
-    let index = *ACTIVE.get(0)?;
-    if index >= MAX_ORIGINS {
-        return None;
-    }
-    let o = origin(index)?;
+    let (index, o, fell_back) = new_flow_origin(ctx, t, vip)?;
     let value = FlowValue {
         origin: index,
         flags: if syn { FLOW_SEEN_SYN } else { 0 },
@@ -124,6 +200,9 @@ pub fn steer_request(t: &Tcp) -> Option<Target> {
     let _ = FLOWS.insert(&key, &value, 0);
     count(index, |c| {
         c.new_flows += 1;
+        if fell_back {
+            c.listener_fallbacks += 1;
+        }
         if !syn {
             c.resteered += 1;
         }
