@@ -30,7 +30,8 @@ use aya::{
 use netns::{BpfFs, EDGE_V4, Netns, Pair};
 use packet::{ACK, Pkt, SYN};
 use switcher_common::{
-    ORIGIN_CONFIGURED, Origin, VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names, prog_names,
+    ORIGIN_CONFIGURED, Origin, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names,
+    prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -42,7 +43,7 @@ const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
 const WRK_SECONDS: &str = "4";
 /// Direct/VIP wrk pairs per measurement; medians are reported.
-const PAIRS: usize = 3;
+const PAIRS: usize = 5;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -118,7 +119,23 @@ fn prog_test_run(out: &mut String) {
     )
     .unwrap();
     writeln!(out, "|---|---:|---:|---:|").unwrap();
-    for (desc, data) in cases {
+    let syn = cases[0].1.clone();
+    let mut cases = cases.to_vec();
+    cases.push(("SYN, listener check on (production setting; nothing listens here, so every origin is looked up)", syn));
+    for (i, (desc, data)) in cases.into_iter().enumerate() {
+        if i == 3 {
+            let mut cfg =
+                Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
+            cfg.set(
+                0,
+                VipConfig {
+                    flags: vip.flags | VIP_CHECK_LISTENER,
+                    ..vip
+                },
+                0,
+            )
+            .unwrap();
+        }
         // Interleave the two programs so drift on a shared machine hits both alike.
         let mut ours = Vec::new();
         let mut base = Vec::new();

@@ -343,7 +343,10 @@ impl Metrics {
             mirror(&self.dp_passes.with_label_values(&l), c.passes);
             mirror(&self.dp_drops.with_label_values(&l), c.drops);
             mirror(&self.dp_resteered.with_label_values(&l), c.resteered);
-            mirror(&self.dp_listener_fallbacks.with_label_values(&l), c.listener_fallbacks);
+            mirror(
+                &self.dp_listener_fallbacks.with_label_values(&l),
+                c.listener_fallbacks,
+            );
             total.add(c);
         }
         mirror(&self.dp_malformed, total.malformed);

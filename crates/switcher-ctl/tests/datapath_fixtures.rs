@@ -23,8 +23,8 @@ use aya::{
 use packet::{ACK, ICMP, PSH, Pkt, RST, SYN, UDP, verify_checksums};
 use switcher_common::{
     Counters, FlowKey, FlowValue, MAX_ORIGINS, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
-    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
-    map_names, prog_names,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names,
+    prog_names,
 };
 
 const XDP_PASS: u32 = 2;
@@ -840,7 +840,12 @@ fn new_flow_falls_back_to_a_listening_origin() {
         // here and would count as alive.
         let mut origins: Array<_, Origin> =
             Array::try_from(h.ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
-        let unset = Origin { addr_v4: [0; 4], addr_v6: [0; 16], port_be: 0, flags: 0 };
+        let unset = Origin {
+            addr_v4: [0; 4],
+            addr_v6: [0; 16],
+            port_be: 0,
+            flags: 0,
+        };
         origins.set(REMOTE, unset, 0).unwrap();
         let syn = |port: u16| Pkt::tcp("127.0.0.1", port, "127.0.0.1", VIP_PORT, SYN);
         let steer = |h: &mut Harness, port: u16| -> (u16, Vec<Counters>) {
@@ -861,15 +866,30 @@ fn new_flow_falls_back_to_a_listening_origin() {
         // Only the backup listens: the SYN goes there, counted as a fallback.
         let backup = std::net::TcpListener::bind("127.0.0.1:8082").expect("bind backup port");
         let (port, d) = steer(&mut h, 41000);
-        assert_eq!(port, 8082, "no listener on the active origin's port: fall back");
-        assert_eq!((d[BACKUP as usize].new_flows, d[BACKUP as usize].listener_fallbacks), (1, 1));
+        assert_eq!(
+            port, 8082,
+            "no listener on the active origin's port: fall back"
+        );
+        assert_eq!(
+            (
+                d[BACKUP as usize].new_flows,
+                d[BACKUP as usize].listener_fallbacks
+            ),
+            (1, 1)
+        );
         assert_eq!(d[PRIMARY as usize].new_flows, 0);
 
         // The primary listens again: back to the active origin, no fallback.
         let primary = std::net::TcpListener::bind("127.0.0.1:8081").expect("bind primary port");
         let (port, d) = steer(&mut h, 41001);
         assert_eq!(port, 8081);
-        assert_eq!((d[PRIMARY as usize].new_flows, d[PRIMARY as usize].listener_fallbacks), (1, 0));
+        assert_eq!(
+            (
+                d[PRIMARY as usize].new_flows,
+                d[PRIMARY as usize].listener_fallbacks
+            ),
+            (1, 0)
+        );
 
         // Nobody listens: the active origin gets it (and will reset it), as without the check.
         drop(primary);

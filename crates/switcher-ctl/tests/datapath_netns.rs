@@ -277,10 +277,16 @@ fn local_mode(mode: AttachMode, expect: u32) {
 
 #[test]
 fn lo_generic_xdp_in_a_namespace() {
-    local_mode(AttachMode::Auto, ATTACH_XDP_GENERIC);
+    local_mode(AttachMode::Generic, ATTACH_XDP_GENERIC);
 }
 
 #[test]
 fn lo_tc_ingress_in_a_namespace() {
     local_mode(AttachMode::Tc, ATTACH_TC);
+}
+
+/// `auto` on lo picks TC ingress (faster than generic XDP there, see the loader).
+#[test]
+fn lo_auto_picks_tc_ingress() {
+    local_mode(AttachMode::Auto, ATTACH_TC);
 }
