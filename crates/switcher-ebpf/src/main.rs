@@ -27,9 +27,9 @@ mod steer;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    EbpfContext as _,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
+    EbpfContext as _,
 };
 use packet::{classify, ipv4, ipv6, ptr_at, tcp, Class, Tcp, ETH_HLEN, IPV6_HLEN, TCP_HLEN};
 use switcher_common::{Counters, FAMILY_V4};
@@ -140,7 +140,8 @@ fn tc_pull(ctx: &TcContext) {
 #[classifier]
 pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     tc_pull(&ctx);
-    let Some((t, target)) = request(ctx.as_ptr(), ctx.data(), ctx.data_end(), ctx.len() as usize) else {
+    let Some((t, target)) = request(ctx.as_ptr(), ctx.data(), ctx.data_end(), ctx.len() as usize)
+    else {
         return TC_ACT_OK;
     };
     let new_addr = target.addr;

@@ -112,8 +112,18 @@ fn has_socket(ctx: *mut c_void, t: &Tcp, port_be: u16) -> bool {
             let mut i = 0;
             while i < 4 {
                 let j = i * 4;
-                v6.saddr[i] = u32::from_ne_bytes([t.saddr[j], t.saddr[j + 1], t.saddr[j + 2], t.saddr[j + 3]]);
-                v6.daddr[i] = u32::from_ne_bytes([t.daddr[j], t.daddr[j + 1], t.daddr[j + 2], t.daddr[j + 3]]);
+                v6.saddr[i] = u32::from_ne_bytes([
+                    t.saddr[j],
+                    t.saddr[j + 1],
+                    t.saddr[j + 2],
+                    t.saddr[j + 3],
+                ]);
+                v6.daddr[i] = u32::from_ne_bytes([
+                    t.daddr[j],
+                    t.daddr[j + 1],
+                    t.daddr[j + 2],
+                    t.daddr[j + 3],
+                ]);
                 i += 1;
             }
             v6.sport = t.sport;
