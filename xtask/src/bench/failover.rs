@@ -24,13 +24,14 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::util::free_port;
 use anyhow::{Context, Result, bail};
 
 /// Kills per configuration.
@@ -334,10 +335,6 @@ fn rfc3339(unix: u64) -> String {
         secs % 3600 / 60,
         secs % 60
     )
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped.

@@ -5,6 +5,7 @@ mod failover;
 mod ingest;
 mod origin;
 mod packager;
+mod util;
 
 use std::{fmt::Write as _, path::Path};
 

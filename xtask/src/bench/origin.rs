@@ -14,11 +14,12 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::util::free_port;
 use anyhow::{Context, Result, bail};
 
 /// wrk threads, connections and duration: fixed so runs are comparable over time.
@@ -262,11 +263,6 @@ fn parse_binary_size(value: &str) -> Result<f64> {
         other => bail!("unknown wrk unit {other:?}"),
     };
     Ok(number.parse::<f64>()? * scale)
-}
-
-/// A free loopback port (bound then released; the race with other processes is accepted).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A child server, stopped with SIGTERM (then SIGKILL) when dropped.

@@ -24,11 +24,11 @@
 //! Override N with `PACKAGER_BENCH_STREAMS=1,5,20`.
 
 use std::fmt::Write as _;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::util::{free_port, log_file, rss_kib, wait_port};
 use anyhow::{Context, Result, bail};
 
 /// Stream counts measured by default.
@@ -40,9 +40,7 @@ const MEASURE: Duration = Duration::from_secs(15);
 /// Time for the publishers to start before packagers join.
 const PUBLISH_SETTLE: Duration = Duration::from_secs(2);
 /// How long a server may take to accept connections.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval for readiness.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Length of the pre-encoded clip.
 const CLIP_SECONDS: &str = "10";
 /// HLS target duration both packagers use (DESIGN.md contract).
@@ -396,52 +394,12 @@ fn run_ns(pid: u32) -> Result<u64> {
     Ok(sum)
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("reading /proc/PID/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
-}
-
 fn clock_ticks_per_second() -> Result<f64> {
     let out = Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .context("getconf CLK_TCK")?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .context("binding a free port")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("server on port {port} not ready after {READY_TIMEOUT:?}");
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    Ok(())
-}
-
-fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(name))
-        .with_context(|| format!("opening {name}"))
 }
 
 /// A child process killed on drop, on every path.

@@ -1,0 +1,60 @@
+//! Helpers every benchmark needs: free loopback ports, readiness waits, log files, process
+//! memory. std + anyhow only.
+
+use std::{
+    net::{TcpListener, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// How long a server under test may take to accept connections.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often readiness is polled.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A port free on 127.0.0.1 right now (bound then released; the race with other processes is
+/// accepted).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .context("binding a free port")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until 127.0.0.1:`port` accepts connections.
+pub fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("server on port {port} not ready after {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Ok(())
+}
+
+/// `dir/name` opened for appending (a child's stdout/stderr).
+pub fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .with_context(|| format!("opening {name}"))
+}
+
+/// Resident set size of `pid` in KiB (VmRSS of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS line")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .context("VmRSS value")
+}
