@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::util::TempDir;
 use super::util::free_port;
 use anyhow::{Context, Result, bail};
 
@@ -89,7 +90,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let origin_bin = bin("FAILOVER_BENCH_ORIGIN_BIN", "origin")?;
     let switcher_bin = bin("FAILOVER_BENCH_SWITCHER_BIN", "switcher-ctl")?;
 
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("failover-bench")?;
     let roots = [dir.path.join("primary"), dir.path.join("backup")];
     let labels = ["primary", "backup"];
     for root in &roots {
@@ -400,23 +401,5 @@ impl Drop for Detach {
             .arg(&self.pin_root)
             .stdout(Stdio::null())
             .status();
-    }
-}
-
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("failover-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

@@ -39,8 +39,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use super::util::TempDir;
 use super::util::{free_port, log_file, rss_kib, wait_port};
 use anyhow::{Context, Result, bail};
 
@@ -131,7 +132,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         Ok(s) => s.trim().parse().context("INGEST_BENCH_REPEAT")?,
         Err(_) => DEFAULT_REPEAT,
     };
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("bench-ingest")?;
     let clip = dir.path.join("clip.flv");
     let status = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y"])
@@ -469,26 +470,5 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A temp directory removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("bench-ingest-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

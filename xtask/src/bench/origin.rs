@@ -17,8 +17,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use super::util::TempDir;
 use super::util::free_port;
 use anyhow::{Context, Result, bail};
 
@@ -51,7 +52,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             origin_bin.display()
         );
     }
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("origin-bench")?;
     let www = dir.path.join("www");
     let stream_dir = www.join("hls/bench");
     std::fs::create_dir_all(&stream_dir).context("creating the bench stream directory")?;
@@ -332,29 +333,6 @@ fn wait_ready(server: &Server, addr: SocketAddr) -> Result<()> {
         server.name,
         server.log_tail()
     )
-}
-
-/// A temp dir removed on drop (std has none).
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path =
-            std::env::temp_dir().join(format!("origin-bench-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }
 
 #[cfg(test)]

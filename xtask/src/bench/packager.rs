@@ -26,8 +26,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use super::util::TempDir;
 use super::util::{free_port, log_file, rss_kib, wait_port};
 use anyhow::{Context, Result, bail};
 
@@ -94,7 +95,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             .collect::<Result<_>>()?,
         Err(_) => DEFAULT_STREAMS.to_vec(),
     };
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("bench-packager")?;
     let clip = dir.path.join("clip.flv");
     encode_clip(&clip)?;
 
@@ -437,26 +438,5 @@ impl Drop for Proc {
         let child = self.child.get_mut();
         let _ = child.kill();
         let _ = child.wait();
-    }
-}
-
-/// A temp directory removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("bench-packager-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
