@@ -197,7 +197,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 impl StackConfig {
     fn hls_dir(&self, which: &str) -> PathBuf {
-        self.run_dir.join(format!("hls-{which}"))
+        hls_dir(&self.run_dir, which)
     }
     fn bin(&self, name: &str) -> String {
         self.bin_dir.join(name).to_string_lossy().into_owned()

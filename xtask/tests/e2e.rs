@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netns::{BpfFs, Client, EDGE_V4, Pair};
+use netns::{BpfFs, Client, Pair};
 use xtask::stack::{Stack, StackConfig, http_get};
 
 const VIP: &str = "10.77.0.2:8080";
@@ -440,5 +440,4 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
 
     stack.stop();
     let _ = std::fs::remove_dir_all(&run_dir);
-    let _ = EDGE_V4;
 }

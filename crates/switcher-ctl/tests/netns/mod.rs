@@ -12,7 +12,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -285,9 +285,4 @@ impl Client {
 /// One request on a fresh connection.
 pub fn get_once(addr: &str, path: &str) -> std::io::Result<Vec<u8>> {
     Client::connect(addr)?.get(path)
-}
-
-/// Whether `path` exists (for pins).
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
