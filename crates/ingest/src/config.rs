@@ -59,6 +59,18 @@ pub struct Config {
     /// more than that, at some CPU per player; 0 means one per core.
     #[arg(long, env = "INGEST_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
+    /// Merged reads and writes, in milliseconds: a publisher's socket is read, and its
+    /// subscribers woken, at most once per interval, so each player gets one vectored
+    /// write per interval holding every message since the last, instead of one per
+    /// publisher read (~100/s for a 2.6 Mbit/s stream from ffmpeg). Per-write costs
+    /// (syscalls, TCP segments, ACKs, wake-ups) are most of the CPU per player; see
+    /// `cargo xtask bench ingest`. The price is up to this much added latency, which HLS
+    /// packagers (cutting 2 s segments) and RTMP players (buffering a second or more) do
+    /// not notice; the socket buffers hold the interval's media meanwhile. SRS has the same
+    /// two knobs (`mr_latency`, `mw_latency`, 350 ms by default). 0 reads and forwards
+    /// every message at once, like nginx-rtmp.
+    #[arg(long, env = "INGEST_MERGE_MS", default_value_t = 100)]
+    pub merge_ms: u64,
     /// GOP cache cap per stream in bytes.
     #[arg(long, env = "INGEST_GOP_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub gop_cache_bytes: usize,
@@ -79,5 +91,10 @@ impl Config {
     /// Idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// Merged read/write interval ([`Config::merge_ms`]).
+    pub fn merge_interval(&self) -> Duration {
+        Duration::from_millis(self.merge_ms)
     }
 }

@@ -87,6 +87,10 @@ struct Conn {
     closing: bool,
     /// This publisher pushed media since it last woke the subscribers.
     pushed: bool,
+    /// When this publisher last woke its subscribers (see [`Config::merge_ms`]).
+    ///
+    /// [`Config::merge_ms`]: crate::Config::merge_ms
+    last_wake: tokio::time::Instant,
 }
 
 impl Drop for Conn {
@@ -124,6 +128,7 @@ pub async fn handle(
         role: Role::None,
         closing: false,
         pushed: false,
+        last_wake: tokio::time::Instant::now(),
     };
     tracing::debug!(%peer, conn = id, "connection accepted");
     let hs_timeout = server.config.handshake_timeout();
@@ -201,26 +206,47 @@ impl Conn {
         Ok(())
     }
 
+    /// Wakes a publisher's subscribers for what it pushed since the last wake-up.
+    fn wake_subscribers(&mut self) {
+        if let Role::Publishing { stream } = &self.role
+            && std::mem::take(&mut self.pushed)
+        {
+            stream.wake();
+            self.server.metrics.fanout_wakeups.inc();
+            self.last_wake = tokio::time::Instant::now();
+        }
+    }
+
     fn send(&mut self, m: &RawMessage) {
         self.enc.write(m, &mut self.wbuf);
     }
 
     async fn run(&mut self) -> Result<(), ConnError> {
         let idle = self.server.config.idle_timeout();
+        let merge = self.server.config.merge_interval();
         let connect_deadline = tokio::time::Instant::now() + self.server.config.handshake_timeout();
         let mut last_read = tokio::time::Instant::now();
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
+        // Armed while a publisher holds pushed media its subscribers have not been woken for.
+        let wake_timer = tokio::time::sleep(merge);
+        tokio::pin!(wake_timer);
+        let mut wake_armed = false;
         loop {
             // Process everything already buffered.
             while let Some(raw) = self.dec.read(&mut self.rbuf)? {
                 self.on_message(raw)?;
             }
-            if let Role::Publishing { stream } = &self.role
-                && std::mem::take(&mut self.pushed)
-            {
-                // One wake-up of the subscribers per read, however many messages it held.
-                stream.wake();
+            if self.pushed && !wake_armed {
+                // At most one wake-up of the subscribers per merge interval, however many
+                // messages arrived: the rest wait for the timer.
+                let due = self.last_wake + merge;
+                if tokio::time::Instant::now() >= due {
+                    self.wake_subscribers();
+                } else {
+                    wake_timer.as_mut().reset(due);
+                    wake_armed = true;
+                }
             }
             self.flush().await?;
             if self.closing {
@@ -240,9 +266,23 @@ impl Conn {
                 // The idle timer is armed once and pushed back only when it fires, not
                 // re-armed for every read.
                 tokio::select! {
-                    r = self.sock.read_buf(&mut self.rbuf) => {
+                    // Merged reads: while a wake-up is pending, the publisher's socket is
+                    // left to fill; it is read once when the timer fires, right before the
+                    // wake-up, so one read, one ACK and one wake-up cover the interval.
+                    r = self.sock.read_buf(&mut self.rbuf), if !wake_armed => {
                         last_read = tokio::time::Instant::now();
                         r?
+                    }
+                    _ = &mut wake_timer, if wake_armed => {
+                        wake_armed = false;
+                        match self.sock.try_read_buf(&mut self.rbuf) {
+                            // Nothing arrived: the loop's top wakes for what is pending.
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                            r => {
+                                last_read = tokio::time::Instant::now();
+                                r?
+                            }
+                        }
                     }
                     _ = &mut idle_timer => {
                         if last_read.elapsed() >= idle {

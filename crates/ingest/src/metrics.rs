@@ -35,6 +35,9 @@ pub struct Metrics {
     pub connections_rejected: IntCounter,
     /// `ingest_protocol_errors_total`: connections closed for malformed input or timeouts.
     pub protocol_errors: IntCounter,
+    /// `ingest_fanout_wakeups_total`: times a publisher woke its stream's subscribers (at
+    /// most one per `--merge-ms` interval per stream; each is one write per subscriber).
+    pub fanout_wakeups: IntCounter,
 }
 
 impl Metrics {
@@ -95,6 +98,11 @@ impl Metrics {
                 r,
                 "ingest_protocol_errors_total",
                 "Connections closed for malformed input or timeouts.",
+            ),
+            fanout_wakeups: c(
+                r,
+                "ingest_fanout_wakeups_total",
+                "Times a publisher woke its stream's subscribers (at most once per merge interval).",
             ),
             registry,
         })

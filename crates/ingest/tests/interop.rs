@@ -384,6 +384,60 @@ async fn publisher_restart_is_seen_by_connected_player() {
     );
 }
 
+/// Counts a player's video frames and the publisher's wake-ups of the fan-out over `dur`.
+async fn wakeups_and_frames(
+    srv: &TestServer,
+    client: &mut PlayClient,
+    dur: Duration,
+) -> (u64, usize) {
+    let before = srv.server.metrics.fanout_wakeups.get();
+    let events = collect(client, dur).await;
+    let wakeups = srv.server.metrics.fanout_wakeups.get() - before;
+    let frames = events
+        .iter()
+        .filter(|e| matches!(e, PlayEvent::Video { data, .. } if data.len() > 1 && data[1] == 1))
+        .count();
+    (wakeups, frames)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_reads_and_writes_bound_wakeups_and_lose_nothing() {
+    // ffmpeg sends 30 video + ~47 audio frames per second; with 0 every read is forwarded at
+    // once, with 500 ms the fan-out is woken at most ~2 times a second, and every frame
+    // still arrives, in order.
+    let window = Duration::from_secs(3);
+    let mut seen = Vec::new();
+    for merge_ms in [0, 500] {
+        let srv = TestServer::start(|c| c.merge_ms = merge_ms).await;
+        let url = srv.url("merged");
+        let _publisher = Publisher::spawn(&url, 10);
+        srv.wait_publishers(1).await;
+        let mut client = PlayClient::connect(&url, CONNECT_TIMEOUT)
+            .await
+            .expect("player");
+        collect(&mut client, Duration::from_secs(1)).await;
+        seen.push((
+            merge_ms,
+            wakeups_and_frames(&srv, &mut client, window).await,
+        ));
+    }
+    eprintln!("(merge ms, (wake-ups, video frames)) over {window:?}: {seen:?}");
+    let (_, (eager_wakeups, eager_frames)) = seen[0];
+    let (_, (merged_wakeups, merged_frames)) = seen[1];
+    assert!(eager_wakeups >= 45, "merge 0: a wake-up per read: {seen:?}");
+    assert!(
+        merged_wakeups <= 8,
+        "merge 500 ms: at most ~2 wake-ups/s: {seen:?}"
+    );
+    // 30 fps for 3 s, give or take one merge interval at either end of the window.
+    for frames in [eager_frames, merged_frames] {
+        assert!(
+            (70..=110).contains(&frames),
+            "every frame delivered: {seen:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_key_is_enforced() {
     let srv = TestServer::start(|c| c.publish_key = Some("s3cret".into())).await;
