@@ -17,13 +17,17 @@
 //! the "media Mbit/s per player" column is the audio/video payload players received (no
 //! RTMP framing) over the loadgen's own clock, and should match the clip's bitrate.
 //!
-//! Each (N, server) pair is measured `INGEST_BENCH_REPEAT` times (default 3), alternating
+//! Each (N, server) pair is measured `INGEST_BENCH_REPEAT` times (default 3), rotating
 //! which server goes first, and the table shows medians; the ratio column is the median of
-//! the per-repetition ratios, each from two back-to-back runs, so a machine that is busy
+//! the per-repetition ratios, each from back-to-back runs, so a machine that is busy
 //! with something else for a while skews both sides of a ratio alike.
 //!
 //! Fairness: nginx runs one process (`master_process off`, one worker), our ingest runs
-//! its default runtime (one thread); both use 4096-byte chunks.
+//! its default runtime (one thread); both use 4096-byte chunks. Our ingest is measured
+//! twice: as shipped (merged reads and writes every 100 ms, `--merge-ms`) and with
+//! `--merge-ms 0`, which forwards every publisher read at once as nginx-rtmp does (it has
+//! no such knob), so the report shows what merging buys and what the rest of the server
+//! costs.
 //!
 //! Pinning (default when the machine has 2 or more CPUs; `INGEST_BENCH_PIN=0` turns it
 //! off): the server runs on CPU 0, the publisher and the load generator on the others
@@ -69,6 +73,37 @@ const MAX_ATTEMPTS: usize = 3;
 const SERVER_CPU: usize = 0;
 /// nginx-rtmp's module path in Debian.
 const NGINX_RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+
+/// A server under test.
+#[derive(Clone, Copy)]
+enum Server {
+    /// Our ingest; `merge_ms` overrides `--merge-ms` (None: the default).
+    Ingest { merge_ms: Option<u64> },
+    /// nginx with libnginx-mod-rtmp.
+    Nginx,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Ingest { merge_ms: None } => "ingest",
+            Server::Ingest { merge_ms: Some(0) } => "ingest --merge-ms 0",
+            Server::Ingest { .. } => "ingest (--merge-ms set)",
+            Server::Nginx => "nginx-rtmp",
+        }
+    }
+}
+
+/// The servers measured, in the report's order: our ingest as shipped; our ingest forwarding
+/// every publisher read at once (`--merge-ms 0`, what nginx-rtmp does), to show what the
+/// merged reads and writes buy; and the peer.
+const SERVERS: [Server; 3] = [
+    Server::Ingest { merge_ms: None },
+    Server::Ingest { merge_ms: Some(0) },
+    Server::Nginx,
+];
+/// nginx-rtmp's index in [`SERVERS`], the ratios' denominator.
+const NGINX: usize = 2;
 
 /// One measurement.
 #[derive(Clone, Copy)]
@@ -174,45 +209,63 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         let valid = |s: &Sample| {
             s.players_connected == n && s.mbit_per_player >= MIN_RATE_FRACTION * clip_mbit
         };
-        let (mut ours, mut nginx, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        // Per server: its samples, and its per-repetition CPU ratios to nginx-rtmp.
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); SERVERS.len()];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
         for rep in 0..repeat.max(1) {
             for attempt in 1..=MAX_ATTEMPTS {
-                let run_ours = || {
-                    measure_ours(&ingest_bin, &loadgen_bin, &clip, &dir.path, n)
-                        .with_context(|| format!("ingest with {n} players"))
-                };
-                let run_nginx = || {
-                    measure_nginx(&loadgen_bin, &clip, &dir.path, n)
-                        .with_context(|| format!("nginx-rtmp with {n} players"))
-                };
-                let (o, g) = if rep % 2 == 0 {
-                    let o = run_ours()?;
-                    (o, run_nginx()?)
-                } else {
-                    let g = run_nginx()?;
-                    (run_ours()?, g)
-                };
-                let ok = valid(&o) && valid(&g);
+                // Rotate the order, so a machine busy for a while skews all servers alike.
+                let mut got = vec![None; SERVERS.len()];
+                for k in 0..SERVERS.len() {
+                    let i = (rep + k) % SERVERS.len();
+                    let server = SERVERS[i];
+                    let sample = match server {
+                        Server::Nginx => measure_nginx(&loadgen_bin, &clip, &dir.path, n),
+                        Server::Ingest { merge_ms } => {
+                            measure_ours(&ingest_bin, merge_ms, &loadgen_bin, &clip, &dir.path, n)
+                        }
+                    }
+                    .with_context(|| format!("{} with {n} players", server.name()))?;
+                    got[i] = Some(sample);
+                }
+                let got: Vec<Sample> = got.into_iter().map(|s| s.expect("measured")).collect();
+                let ok = got.iter().all(valid);
                 if !ok && attempt < MAX_ATTEMPTS {
+                    let short: Vec<String> = SERVERS
+                        .iter()
+                        .zip(&got)
+                        .map(|(sv, s)| {
+                            format!(
+                                "{} {} at {:.2}",
+                                sv.name(),
+                                s.players_connected,
+                                s.mbit_per_player
+                            )
+                        })
+                        .collect();
                     eprintln!(
-                        "bench ingest: N={n}: players short of the stream (ingest {} at {:.2}, nginx {} at {:.2} Mbit/s); repeating",
-                        o.players_connected,
-                        o.mbit_per_player,
-                        g.players_connected,
-                        g.mbit_per_player
+                        "bench ingest: N={n}: players short of the stream ({} Mbit/s); repeating",
+                        short.join(", ")
                     );
                     continue;
                 }
                 if !ok {
                     invalid.push(n);
                 }
-                ratios.push(o.cpu_percent / g.cpu_percent);
-                ours.push(o);
-                nginx.push(g);
+                let nginx = got[NGINX].cpu_percent;
+                for (i, s) in got.into_iter().enumerate() {
+                    ratios[i].push(s.cpu_percent / nginx);
+                    samples[i].push(s);
+                }
                 break;
             }
         }
-        rows.push((n, median(&ours), median(&nginx), median_f64(ratios)));
+        let per_server: Vec<(Sample, f64)> = samples
+            .iter()
+            .zip(ratios)
+            .map(|(s, r)| (median(s), median_f64(r)))
+            .collect();
+        rows.push((n, per_server));
     }
 
     writeln!(
@@ -228,17 +281,20 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     )?;
     writeln!(
         out,
-        "| players | server | connected | media Mbit/s per player | CPU % (1 core = 100) | CPU ms/s per player | RSS MiB | CPU ratio ingest/nginx |"
+        "| players | server | connected | media Mbit/s per player | CPU % (1 core = 100) | CPU ms/s per player | RSS MiB | CPU ratio to nginx-rtmp |"
     )?;
     writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|")?;
-    for (n, ours, nginx, ratio) in &rows {
-        for (name, s, r) in [
-            ("ingest", ours, format!("{ratio:.2}")),
-            ("nginx-rtmp", nginx, String::new()),
-        ] {
+    for (n, per_server) in &rows {
+        for (i, (server, (s, ratio))) in SERVERS.iter().zip(per_server).enumerate() {
+            let r = if i == NGINX {
+                String::new()
+            } else {
+                format!("{ratio:.2}")
+            };
             writeln!(
                 out,
-                "| {n} | {name} | {} | {:.2} | {:.2} | {:.3} | {:.1} | {r} |",
+                "| {n} | {} | {} | {:.2} | {:.2} | {:.3} | {:.1} | {r} |",
+                server.name(),
                 s.players_connected,
                 s.mbit_per_player,
                 s.cpu_percent,
@@ -261,12 +317,22 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     Ok(())
 }
 
-fn measure_ours(bin: &Path, loadgen: &Path, clip: &Path, dir: &Path, n: usize) -> Result<Sample> {
+fn measure_ours(
+    bin: &Path,
+    merge_ms: Option<u64>,
+    loadgen: &Path,
+    clip: &Path,
+    dir: &Path,
+    n: usize,
+) -> Result<Sample> {
     let port = free_port()?;
     let admin = free_port()?;
+    let mut cmd = pinned(bin, Side::Server);
+    if let Some(ms) = merge_ms {
+        cmd.arg("--merge-ms").arg(ms.to_string());
+    }
     let server = Proc::spawn(
-        pinned(bin, Side::Server)
-            .arg("--listen")
+        cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin")
             .arg(format!("127.0.0.1:{admin}"))
