@@ -235,6 +235,17 @@ impl Packager {
         &self.playlist
     }
 
+    /// Stream time, in ms, from the newest frame of the open segment to the earliest moment
+    /// it can close: the next target-duration boundary, since only a keyframe at or after it
+    /// cuts. 0 once that boundary is passed (the next keyframe cuts, whenever it comes);
+    /// `None` with no open segment. A live source can sleep this long without delaying a
+    /// segment (see `source::RtmpStream`).
+    pub fn ms_until_cut(&self) -> Option<u64> {
+        let cur = self.cur.as_ref()?;
+        let boundary = (cur.msn + 1).saturating_mul(self.cfg.target_duration_ms);
+        Some(boundary.saturating_sub(cur.last_t_ms))
+    }
+
     /// Consumes one event; returns what to write, in order.
     ///
     /// Bad input never yields a corrupt segment: frames without metadata or sequence headers,

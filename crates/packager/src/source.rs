@@ -32,6 +32,12 @@ pub enum SourceError {
 pub trait EventStream {
     /// The next event, blocking.
     fn next_event(&mut self) -> Result<Option<Event>, SourceError>;
+
+    /// Tells the source how much stream time may pass before anything can be published
+    /// ([`Packager::ms_until_cut`]), so a live source may read less often. Default: ignored.
+    ///
+    /// [`Packager::ms_until_cut`]: crate::segmenter::Packager::ms_until_cut
+    fn set_idle_hint(&mut self, _until_cut: Option<Duration>) {}
 }
 
 /// Opens connections to one stream.
@@ -292,6 +298,9 @@ impl Pipeline {
                             Ok(Some(ev)) => {
                                 backoff = BACKOFF_MIN;
                                 self.handle(ev);
+                                events.set_idle_hint(
+                                    self.packager.ms_until_cut().map(Duration::from_millis),
+                                );
                             }
                             Ok(None) => {
                                 tracing::info!(stream = self.stream, "source closed");
@@ -367,27 +376,40 @@ impl Connector for RtmpConnector {
         Ok(Box::new(RtmpStream {
             client,
             runtime: self.runtime.clone(),
+            batch: READ_BATCH_INTERVAL,
         }))
     }
 }
 
-/// How long a source thread sleeps once it has drained its socket, so that the next wakeup
-/// finds several messages to read at once.
+/// How long a source thread sleeps at least once it has drained its socket, so that the
+/// next wakeup finds several messages to read at once.
 ///
 /// Why: a stream's ~80 messages/s (30 video, ~47 AAC frames) would otherwise each cost a
-/// wakeup (epoll_wait, context switch, one read), which is most of the packager's CPU. 40 ms
-/// adds at most that much to when a segment is published (2 % of a 2 s target duration) and
-/// changes nothing in what is written; the ingest buffers whole GOPs per subscriber and the
-/// kernel's socket buffer holds far more than 40 ms of a stream.
+/// wakeup (epoll_wait, context switch, one read, one ACK), which is most of the packager's
+/// CPU. 40 ms adds at most that much to when a segment is published (2 % of a 2 s target
+/// duration) and changes nothing in what is written.
 pub const READ_BATCH_INTERVAL: Duration = Duration::from_millis(40);
+
+/// How long a source thread sleeps at most once it has drained its socket.
+///
+/// Between two segment boundaries nothing can be published, so the thread sleeps until the
+/// next boundary is due ([`EventStream::set_idle_hint`]), in steps of at most this, then
+/// reads every [`READ_BATCH_INTERVAL`] until the keyframe that closes the segment arrives:
+/// a few wakeups per segment instead of one per 40 ms, and no added delay to a segment. The
+/// kernel's socket buffer (auto-tuned up to `net.ipv4.tcp_rmem`'s maximum, 6 MiB by
+/// default) and then the ingest's per-subscriber queue (about 13 s of a stream) hold the
+/// media meanwhile: 1 s of a 2.5 Mbit/s stream is about 320 KiB.
+pub const MAX_READ_BATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 struct RtmpStream {
     client: rtmp::client::PlayClient,
     runtime: std::sync::Arc<tokio::runtime::Runtime>,
+    /// How long to sleep after draining the socket (from the idle hint).
+    batch: Duration,
 }
 
 /// The client's next event; when it has nothing buffered and the socket is empty, first waits
-/// [`READ_BATCH_INTERVAL`] (see there).
+/// `batch` (see [`READ_BATCH_INTERVAL`]).
 ///
 /// The future is polled once and, if pending, kept alive (not cancelled) and awaited after a
 /// blocking sleep: `PlayClient::next_event` is not cancel-safe, and the sleep may block because
@@ -395,23 +417,30 @@ struct RtmpStream {
 /// arrives meanwhile is picked up by the next reactor turn without a context switch.
 async fn next_batched(
     client: &mut rtmp::client::PlayClient,
+    batch: Duration,
 ) -> Result<Option<rtmp::client::PlayEvent>, rtmp::client::ClientError> {
     let mut next = std::pin::pin!(client.next_event());
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx))).await;
     if let std::task::Poll::Ready(ev) = first {
         return ev;
     }
-    std::thread::sleep(READ_BATCH_INTERVAL);
+    std::thread::sleep(batch);
     next.await
 }
 
 impl EventStream for RtmpStream {
+    fn set_idle_hint(&mut self, until_cut: Option<Duration>) {
+        self.batch = until_cut.map_or(READ_BATCH_INTERVAL, |d| {
+            d.clamp(READ_BATCH_INTERVAL, MAX_READ_BATCH_INTERVAL)
+        });
+    }
+
     fn next_event(&mut self) -> Result<Option<Event>, SourceError> {
         use rtmp::client::PlayEvent;
         loop {
             let ev = self
                 .runtime
-                .block_on(next_batched(&mut self.client))
+                .block_on(next_batched(&mut self.client, self.batch))
                 .map_err(|e| SourceError::Other(e.to_string()))?;
             let Some(ev) = ev else { return Ok(None) };
             let mapped = match &ev {
