@@ -14,7 +14,8 @@
 //! The bytes (refcounted [`Bytes`]) go into one bounded ring per stream. Each subscriber
 //! has a cursor into it and pulls everything new in one go ([`Subscription::pull`]), which
 //! its connection writes with one vectored write; the publisher's connection wakes the
-//! subscribers once per read from its socket ([`Stream::wake`]), not once per subscriber
+//! subscribers ([`Stream::wake`]) at most once per merge interval (`--merge-ms`, 100 ms by
+//! default: one read of the publisher's socket, then one wake-up), not once per subscriber
 //! and message. A subscriber holds no media of its own, so memory is the ring plus the GOP
 //! cache per stream, whatever the number of subscribers.
 //!
@@ -211,7 +212,7 @@ pub struct Stream {
 
 impl Stream {
     /// Wakes every subscriber waiting for new entries. The publisher's connection calls
-    /// this once per read from its socket, after pushing what that read held.
+    /// this at most once per merge interval, after pushing what it read meanwhile.
     pub fn wake(&self) {
         self.notify.notify_waiters();
     }

@@ -168,8 +168,8 @@ impl Default for Metrics {
 /// when the session's *first* media message arrived minus its timestamp. A segment is closed by
 /// the arrival of the next keyframe, whose stream time is its end, so the difference is: how much
 /// later that keyframe reached us than the first message's pace predicts (publisher and ingest
-/// jitter, ingest fan-out queueing), plus this packager's read batching (up to
-/// [`crate::source::READ_BATCH_INTERVAL`]), muxing and write time. It grows when
+/// jitter, the ingest's merged writes), plus this packager's read batching (once the boundary
+/// is due, up to [`crate::source::READ_BATCH_INTERVAL`]), muxing and write time. It grows when
 /// the packager or the path from the ingest falls behind; it is not glass-to-glass latency
 /// (encoder delay before the first message is inside the anchor), and a player additionally sees
 /// up to a target duration of age between segments (switcher-ctl's `segment_age_seconds`).

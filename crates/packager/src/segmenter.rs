@@ -191,6 +191,10 @@ pub struct Packager {
     /// Added to stream time after backwards jumps (see [`REBASE_GAP_MS`]).
     rebase_ms: i64,
     last_video_t_ms: Option<u64>,
+    /// Stream time of the last video keyframe, and the interval between the last two (the
+    /// GOP length), for predicting the next cut ([`Packager::ms_until_cut`]).
+    last_key_t_ms: Option<u64>,
+    gop_ms: Option<u64>,
     /// Discontinuities inside this session (timestamp jumps, codec changes) seen by us.
     session_jumps: u64,
     /// Discontinuity sequence number of the last opened segment.
@@ -224,6 +228,8 @@ impl Packager {
             last_ts: [None, None],
             rebase_ms: 0,
             last_video_t_ms: None,
+            last_key_t_ms: None,
+            gop_ms: None,
             session_jumps: 0,
             last_dsn: None,
             last_frame_ms: DEFAULT_FRAME_MS,
@@ -235,15 +241,27 @@ impl Packager {
         &self.playlist
     }
 
-    /// Stream time, in ms, from the newest frame of the open segment to the earliest moment
-    /// it can close: the next target-duration boundary, since only a keyframe at or after it
-    /// cuts. 0 once that boundary is passed (the next keyframe cuts, whenever it comes);
+    /// Stream time, in ms, from the newest frame of the open segment to the expected next cut;
     /// `None` with no open segment. A live source can sleep this long without delaying a
     /// segment (see `source::RtmpStream`).
+    ///
+    /// No cut can happen before the next target-duration boundary. The cut is the first
+    /// keyframe at or after it, predicted from the last keyframe and the GOP length seen
+    /// (encoders keep a fixed keyframe interval for HLS, and the stream's start time puts the
+    /// boundaries at any phase of it). Without a GOP length yet, the boundary itself; 0 once
+    /// the prediction has passed (the next keyframe cuts, whenever it comes). An earlier,
+    /// irregular keyframe (a scene cut) still cuts where it is: the prediction only decides
+    /// how soon the segment is noticed, never what it holds.
     pub fn ms_until_cut(&self) -> Option<u64> {
         let cur = self.cur.as_ref()?;
         let boundary = (cur.msn + 1).saturating_mul(self.cfg.target_duration_ms);
-        Some(boundary.saturating_sub(cur.last_t_ms))
+        let cut = match (self.last_key_t_ms, self.gop_ms) {
+            (Some(key), Some(gop)) if key < boundary => {
+                key.saturating_add((boundary - key).div_ceil(gop).saturating_mul(gop))
+            }
+            _ => boundary,
+        };
+        Some(cut.saturating_sub(cur.last_t_ms))
     }
 
     /// Consumes one event; returns what to write, in order.
@@ -277,6 +295,7 @@ impl Packager {
                 }
                 self.last_ts = [None, None];
                 self.last_video_t_ms = None;
+                self.last_key_t_ms = None;
             }
         }
         out
@@ -318,6 +337,7 @@ impl Packager {
         self.aac = None;
         self.last_ts = [None, None];
         self.last_video_t_ms = None;
+        self.last_key_t_ms = None;
     }
 
     fn mark_discontinuity(&mut self, out: &mut Vec<Output>) {
@@ -397,6 +417,9 @@ impl Packager {
             self.last_frame_ms = t.saturating_sub(prev).max(1);
         }
         if keyframe {
+            if let Some(prev) = self.last_key_t_ms.replace(t) {
+                self.gop_ms = Some(t.saturating_sub(prev)).filter(|&g| g > 0);
+            }
             self.maybe_cut(t, ts, prev_t, out);
         }
         let Some(cur) = self.cur.as_mut() else {
@@ -514,6 +537,7 @@ impl Packager {
                 self.last_ts = [None, None];
                 self.last_ts[idx] = Some(ts);
                 self.last_video_t_ms = None;
+                self.last_key_t_ms = None;
                 true
             }
         }

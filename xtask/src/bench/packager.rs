@@ -1,5 +1,5 @@
 //! `cargo xtask bench packager`: our packager against `ffmpeg -c copy -f hls`, both pulling
-//! the same streams from our ingest on loopback.
+//! the same streams from our ingest (as shipped: merged writes every 100 ms) on loopback.
 //!
 //! Expects `target/release/packager` and `target/release/ingest` (or the directory named by
 //! `PACKAGER_BENCH_BIN_DIR`); build them with `cargo build --release -p packager -p ingest`.
@@ -13,14 +13,16 @@
 //! - ffmpeg: one `ffmpeg -i rtmp://... -c copy -f hls -hls_time 2` process per stream (it has no
 //!   multi-stream mode), CPU and RSS summed.
 //!
-//! After a 5 s warm-up, CPU (utime+stime of /proc/PID/stat, all threads) is sampled over 15 s,
-//! and RSS (VmRSS) at the end. utime+stime count 10 ms clock ticks, which is coarse for one
-//! stream (~1 ms/s, so 1-2 ticks in the window), so the report adds each thread's exact
-//! on-CPU time (`/proc/PID/task/TID/schedstat`, ns) over the same window as a cross-check. Each stream's playlist media sequence number must advance during
-//! the window, so a packager that writes nothing cannot "win". Caveat: on 2 cores the ingest and
-//! the publishers share the CPUs with the packager under test, and other load on the machine
-//! starves the `-re` publishers so less media flows: the report therefore also gives CPU per
-//! second of media published (from the playlists) and the 1-minute load average.
+//! After a 5 s warm-up, CPU is sampled over 15 s as each thread's exact on-CPU time
+//! (`/proc/PID/task/TID/schedstat`, ns), which the ratios use, with utime+stime of
+//! /proc/PID/stat (10 ms clock ticks, too coarse for one stream at ~1 ms/s) as a cross-check,
+//! and RSS (VmRSS) at the end. Each stream's newest media sequence number must advance during
+//! the window, so a packager that writes nothing cannot "win". Each N is measured
+//! `PACKAGER_BENCH_REPEAT` times (default 3), alternating which packager goes first, and the
+//! report gives medians. Caveat: on 2 cores the ingest and the publishers share the CPUs
+//! with the packager under test, and other load on the machine starves the `-re` publishers
+//! so less media flows: the report therefore also gives CPU per second of media published
+//! (from the playlists) and the 1-minute load average.
 //! Override N with `PACKAGER_BENCH_STREAMS=1,5,20`.
 
 use std::fmt::Write as _;
@@ -48,6 +50,55 @@ const CLIP_SECONDS: &str = "10";
 const HLS_TIME: &str = "2";
 /// Playlist window both packagers use.
 const HLS_LIST_SIZE: &str = "6";
+
+/// Repetitions unless `PACKAGER_BENCH_REPEAT` says otherwise.
+const DEFAULT_REPEAT: usize = 3;
+
+/// One row pair of the report: medians over the repetitions.
+struct Row {
+    ours: Sample,
+    ffmpeg: Sample,
+    /// Median of the per-repetition ratios of schedstat CPU.
+    cpu_ratio: f64,
+    /// Median of the per-repetition ratios of CPU per media second.
+    media_ratio: f64,
+}
+
+impl Row {
+    fn from_pairs(pairs: &[(Sample, Sample)]) -> Self {
+        let med = |v: Vec<f64>| {
+            let mut v = v;
+            v.sort_by(f64::total_cmp);
+            match v.len() {
+                0 => f64::NAN,
+                n if n % 2 == 1 => v[n / 2],
+                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            }
+        };
+        let median_sample = |pick: fn(&(Sample, Sample)) -> &Sample| {
+            let field = |f: fn(&Sample) -> f64| med(pairs.iter().map(|p| f(pick(p))).collect());
+            Sample {
+                cpu_percent: field(|s| s.cpu_percent),
+                sched_percent: field(|s| s.sched_percent),
+                rss_mib: field(|s| s.rss_mib),
+                media_seconds: field(|s| s.media_seconds),
+                loadavg: field(|s| s.loadavg),
+            }
+        };
+        Row {
+            ours: median_sample(|p| &p.0),
+            ffmpeg: median_sample(|p| &p.1),
+            cpu_ratio: med(pairs
+                .iter()
+                .map(|(o, f)| o.sched_percent / f.sched_percent)
+                .collect()),
+            media_ratio: med(pairs
+                .iter()
+                .map(|(o, f)| o.ms_per_media_second() / f.ms_per_media_second())
+                .collect()),
+        }
+    }
+}
 
 /// One packager's measurement over all its processes.
 struct Sample {
@@ -99,54 +150,58 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let clip = dir.path.join("clip.flv");
     encode_clip(&clip)?;
 
+    let repeat: usize = match std::env::var("PACKAGER_BENCH_REPEAT") {
+        Ok(s) => s.trim().parse().context("PACKAGER_BENCH_REPEAT")?,
+        Err(_) => DEFAULT_REPEAT,
+    };
     let mut rows = Vec::new();
     for &n in &streams {
-        let (ours, ffmpeg) = measure_pair(&ingest_bin, &packager_bin, &clip, &dir.path, n)
+        let pairs = measure_pairs(&ingest_bin, &packager_bin, &clip, &dir.path, n, repeat)
             .with_context(|| format!("{n} streams"))?;
-        rows.push((n, ours, ffmpeg));
+        rows.push((n, Row::from_pairs(&pairs)));
     }
 
     writeln!(
         out,
         "\n### RTMP -> HLS packaging: packager vs `ffmpeg -c copy -f hls` \
-         (720p30 ~2.5 Mbit/s + AAC per stream, {}s sample after {}s warm-up)\n",
+         (720p30 ~2.5 Mbit/s + AAC per stream, {}s sample after {}s warm-up, median of {})\n",
         MEASURE.as_secs(),
-        WARMUP.as_secs()
+        WARMUP.as_secs(),
+        repeat.max(1)
     )?;
     writeln!(
         out,
         "Ours: one process with N `--source`s; ffmpeg: one process per stream, summed. \
-         CPU % with 1 core = 100; target: ours <= 0.5x ffmpeg's CPU.\n"
+         CPU is on-CPU time from schedstat (ns), 1 core = 100 %; the tick-based figure \
+         (utime+stime, 10 ms ticks) is a coarse cross-check. Ratios are medians of the \
+         per-repetition ratios (back-to-back runs). Target: ours <= 0.5x ffmpeg's CPU.\n"
     )?;
     writeln!(
         out,
-        "| streams | packager | processes | CPU % total | CPU ms/s per stream | schedstat ms/s per stream | RSS MiB total | RSS MiB per stream | media s packaged | CPU ms per media s | CPU ratio ours/ffmpeg (ms/s) | ratio (per media s) | loadavg |"
+        "| streams | packager | processes | CPU % (schedstat) | CPU ms/s per stream | CPU % (ticks) | RSS MiB total | RSS MiB per stream | media s packaged | CPU ms per media s | CPU ratio ours/ffmpeg | ratio per media s | loadavg |"
     )?;
     writeln!(
         out,
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
-    for (n, ours, ffmpeg) in &rows {
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-        let stat_ratio = ratio(ours.cpu_percent, ffmpeg.cpu_percent);
-        let work_ratio = ratio(ours.ms_per_media_second(), ffmpeg.ms_per_media_second());
+    for (n, row) in &rows {
         for (name, procs, s, r, rw) in [
             (
                 "packager",
                 1,
-                ours,
-                format!("{stat_ratio:.2}"),
-                format!("{work_ratio:.2}"),
+                &row.ours,
+                format!("{:.2}", row.cpu_ratio),
+                format!("{:.2}", row.media_ratio),
             ),
-            ("ffmpeg", *n, ffmpeg, String::new(), String::new()),
+            ("ffmpeg", *n, &row.ffmpeg, String::new(), String::new()),
         ] {
             let per = *n as f64;
             writeln!(
                 out,
-                "| {n} | {name} | {procs} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.2} | {r} | {rw} | {:.1} |",
-                s.cpu_percent,
-                s.cpu_percent * 10.0 / per,
+                "| {n} | {name} | {procs} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.2} | {r} | {rw} | {:.1} |",
+                s.sched_percent,
                 s.sched_percent * 10.0 / per,
+                s.cpu_percent,
                 s.rss_mib,
                 s.rss_mib / per,
                 s.media_seconds,
@@ -200,14 +255,16 @@ fn encode_clip(clip: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts an ingest and `n` publishers, then measures our packager and ffmpeg in turn.
-fn measure_pair(
+/// Starts an ingest and `n` publishers, then measures our packager and ffmpeg in turn,
+/// `repeat` times; returns the (ours, ffmpeg) pairs.
+fn measure_pairs(
     ingest_bin: &Path,
     packager_bin: &Path,
     clip: &Path,
     dir: &Path,
     n: usize,
-) -> Result<(Sample, Sample)> {
+    repeat: usize,
+) -> Result<Vec<(Sample, Sample)>> {
     let run_dir = dir.join(format!("n{n}"));
     std::fs::create_dir_all(&run_dir).context("creating the run directory")?;
     let port = free_port()?;
@@ -248,8 +305,8 @@ fn measure_pair(
     }
     std::thread::sleep(PUBLISH_SETTLE);
 
-    let ours_out = run_dir.join("ours");
-    let ours = {
+    let run_ours = |rep: usize| -> Result<Sample> {
+        let ours_out = run_dir.join(format!("ours-{rep}"));
         let mut cmd = Command::new(packager_bin);
         for name in &names {
             cmd.arg("--source").arg(url(name));
@@ -265,11 +322,10 @@ fn measure_pair(
                 .stdout(Stdio::null())
                 .stderr(log_file(&run_dir, "packager.log")?),
         )?;
-        sample(&[proc], &ours_out, &names).context("our packager")?
+        sample(&[proc], &ours_out, &names).context("our packager")
     };
-
-    let ff_out = run_dir.join("ffmpeg");
-    let ffmpeg = {
+    let run_ffmpeg = |rep: usize| -> Result<Sample> {
+        let ff_out = run_dir.join(format!("ffmpeg-{rep}"));
         let mut procs = Vec::new();
         for name in &names {
             let stream_dir = ff_out.join(name);
@@ -288,10 +344,22 @@ fn measure_pair(
                     .stderr(log_file(&run_dir, &format!("ffmpeg-hls-{name}.log"))?),
             )?);
         }
-        sample(&procs, &ff_out, &names).context("ffmpeg hls")?
+        sample(&procs, &ff_out, &names).context("ffmpeg hls")
     };
+    let mut pairs = Vec::new();
+    for rep in 0..repeat.max(1) {
+        // Alternate which goes first, so a machine busy for a while skews both alike.
+        let pair = if rep % 2 == 0 {
+            let o = run_ours(rep)?;
+            (o, run_ffmpeg(rep)?)
+        } else {
+            let f = run_ffmpeg(rep)?;
+            (run_ours(rep)?, f)
+        };
+        pairs.push(pair);
+    }
     drop(publishers);
-    Ok((ours, ffmpeg))
+    Ok(pairs)
 }
 
 /// Warms up, samples the processes' CPU over [`MEASURE`] and their RSS at the end, and checks
@@ -343,12 +411,17 @@ fn total(procs: &[Proc], f: impl Fn(&Proc) -> Result<u64>) -> Result<u64> {
     procs.iter().map(f).sum()
 }
 
-/// `#EXT-X-MEDIA-SEQUENCE` of `dir/name/index.m3u8`, if it exists yet.
+/// Media sequence number of the newest segment of `dir/name/index.m3u8` (MEDIA-SEQUENCE plus
+/// the segments listed after the first), if it exists yet. Not MEDIA-SEQUENCE itself: that
+/// stands still until the window is full, which takes longer than the warm-up.
 fn media_sequence(dir: &Path, name: &str) -> Option<u64> {
     let text = std::fs::read_to_string(dir.join(name).join("index.m3u8")).ok()?;
-    text.lines()
+    let first: u64 = text
+        .lines()
         .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| v.trim().parse().ok())?;
+    let listed = text.lines().filter(|l| l.starts_with("#EXTINF:")).count() as u64;
+    Some(first + listed.checked_sub(1)?)
 }
 
 /// Mean `#EXTINF` duration of `dir/name/index.m3u8`.
