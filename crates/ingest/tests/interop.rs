@@ -439,6 +439,75 @@ async fn merged_reads_and_writes_bound_wakeups_and_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_reads_keep_up_with_a_high_bitrate_publisher() {
+    // Random noise barely compresses: ~70 Mbit/s of 640x360 video, encoded in about a
+    // second. Published in real time (-re) through the default merge interval, it must not
+    // be slowed down (ffmpeg would block on a full socket and take longer than the clip) and
+    // a player must get every frame.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("noise.flv");
+    let status = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("nullsrc=s=640x360:r=30,geq=lum='random(1)*255':cb=128:cr=128")
+        .args([
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "10",
+        ])
+        .args(["-g", "30", "-pix_fmt", "yuv420p", "-f", "flv"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg installed");
+    assert!(status.success(), "encoding the noise clip");
+    let mbit = std::fs::metadata(&clip).expect("clip").len() as f64 * 8.0 / 4.0 / 1e6;
+    assert!(mbit > 40.0, "clip is only {mbit:.1} Mbit/s");
+
+    let srv = TestServer::start(|_| {}).await;
+    let url = srv.url("noise");
+    let mut client = PlayClient::connect(&url, CONNECT_TIMEOUT)
+        .await
+        .expect("player");
+    let started = Instant::now();
+    let mut publisher = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
+        .arg(&clip)
+        .args(["-c", "copy", "-f", "flv", &url])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
+    let waiter = std::thread::spawn(move || (publisher.wait(), started.elapsed()));
+    let events = collect(&mut client, Duration::from_secs(9)).await;
+    let (status, took) = waiter.join().expect("waiter thread");
+    assert!(status.expect("ffmpeg exit").success(), "publisher failed");
+    let frames = events
+        .iter()
+        .filter(|e| matches!(e, PlayEvent::Video { data, .. } if data.len() > 1 && data[1] == 1))
+        .count();
+    assert_eq!(
+        frames, 120,
+        "every frame of the {mbit:.1} Mbit/s clip delivered"
+    );
+    // Real time plus start-up; a publisher held back by a full socket takes twice as long.
+    assert!(
+        took < Duration::from_secs(7),
+        "publisher slowed down: {took:?} for a 4 s clip at {mbit:.1} Mbit/s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_key_is_enforced() {
     let srv = TestServer::start(|c| c.publish_key = Some("s3cret".into())).await;
     let (ok, _) = Publisher::spawn(&srv.url("k"), 5).finish(Duration::from_secs(8));
