@@ -217,9 +217,16 @@ impl Conn {
         let mut total = 0;
         while total < MAX_MERGED_READ {
             self.rbuf.reserve(READ_CHUNK);
+            let room = self.rbuf.capacity() - self.rbuf.len();
             match self.sock.try_read_buf(&mut self.rbuf) {
                 Ok(0) => return Ok(Some(total)),
-                Ok(n) => total += n,
+                Ok(n) => {
+                    total += n;
+                    if n < room {
+                        // A short read emptied the socket: no second syscall to learn that.
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
