@@ -392,10 +392,12 @@ pub const READ_BATCH_INTERVAL: Duration = Duration::from_millis(40);
 
 /// How long a source thread sleeps at most once it has drained its socket.
 ///
-/// Between two segment boundaries nothing can be published, so the thread sleeps until the
-/// next boundary is due ([`EventStream::set_idle_hint`]), in steps of at most this, then
-/// reads every [`READ_BATCH_INTERVAL`] until the keyframe that closes the segment arrives:
-/// a few wakeups per segment instead of one per 40 ms, and no added delay to a segment. The
+/// Until the keyframe that closes the open segment nothing can be published, so the thread
+/// sleeps until that cut is due ([`EventStream::set_idle_hint`]: the first keyframe after
+/// the next target-duration boundary, predicted from the GOP length), in steps of at most
+/// this, then reads every [`READ_BATCH_INTERVAL`] until the keyframe arrives: about two
+/// wakeups per 2 s segment instead of fifty, and, with a regular GOP, no added delay to a
+/// segment (an irregular early keyframe is noticed up to this late). The
 /// kernel's socket buffer (auto-tuned up to `net.ipv4.tcp_rmem`'s maximum, 6 MiB by
 /// default) and then the ingest's per-subscriber queue (about 13 s of a stream) hold the
 /// media meanwhile: 1 s of a 2.5 Mbit/s stream is about 320 KiB.
