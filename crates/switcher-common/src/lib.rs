@@ -183,6 +183,10 @@ pub struct Counters {
     /// New flows steered to this origin because the active origin had no listening socket
     /// (see [`VIP_CHECK_LISTENER`]).
     pub listener_fallbacks: u64,
+    /// Flows pinned to this origin forgotten because their client opened a connection
+    /// straight to this origin from the same port (the VIP flow was over; its entry would
+    /// have rewritten the new connection's replies).
+    pub stale_flows: u64,
 }
 
 // Sizes pinned: a change here is a change of the kernel/user contract.
@@ -190,7 +194,7 @@ const _: () = assert!(core::mem::size_of::<VipConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Origin>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
-const _: () = assert!(core::mem::size_of::<Counters>() == 12 * 8);
+const _: () = assert!(core::mem::size_of::<Counters>() == 13 * 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -218,5 +222,6 @@ impl Counters {
         self.ip_options += other.ip_options;
         self.resteered += other.resteered;
         self.listener_fallbacks += other.listener_fallbacks;
+        self.stale_flows += other.stale_flows;
     }
 }

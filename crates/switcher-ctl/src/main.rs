@@ -246,7 +246,7 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
         .enumerate()
     {
         println!(
-            "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} resteered {} listener_fallbacks {}",
+            "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} resteered {} listener_fallbacks {} stale_flows {}",
             slot_label(i as u32),
             c.packets,
             c.bytes,
@@ -259,7 +259,8 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
             c.fragments,
             c.ip_options,
             c.resteered,
-            c.listener_fallbacks
+            c.listener_fallbacks,
+            c.stale_flows
         );
     }
     Ok(true)

@@ -82,6 +82,10 @@ pub struct Metrics {
     /// `dataplane_listener_fallbacks_total{origin}`: new flows sent to this origin because the
     /// active origin had no listening socket (its process died before the next probe).
     pub dp_listener_fallbacks: IntCounterVec,
+    /// `dataplane_stale_flows_total{origin}`: flows pinned to this origin forgotten because
+    /// their client connected straight to the origin from the same port (see the data
+    /// plane's `forget_stale_flow`).
+    pub dp_stale_flows: IntCounterVec,
     /// `dataplane_malformed_total`: truncated packets passed unchanged (all slots).
     pub dp_malformed: IntCounter,
     /// `dataplane_fragments_total`: IP fragments passed unchanged (all slots).
@@ -200,6 +204,10 @@ impl Metrics {
                 "dataplane_listener_fallbacks_total",
                 "New flows steered to this origin because the active origin had no listener.",
             )?,
+            dp_stale_flows: counter_vec(
+                "dataplane_stale_flows_total",
+                "Flows to this origin forgotten when their client port connected to it directly.",
+            )?,
             dp_malformed: IntCounter::new(
                 "dataplane_malformed_total",
                 "Truncated packets passed unchanged.",
@@ -260,6 +268,7 @@ impl Metrics {
             &self.dp_drops,
             &self.dp_resteered,
             &self.dp_listener_fallbacks,
+            &self.dp_stale_flows,
         ] {
             r.register(Box::new(c.clone()))?;
         }
@@ -347,6 +356,7 @@ impl Metrics {
                 &self.dp_listener_fallbacks.with_label_values(&l),
                 c.listener_fallbacks,
             );
+            mirror(&self.dp_stale_flows.with_label_values(&l), c.stale_flows);
             total.add(c);
         }
         mirror(&self.dp_malformed, total.malformed);

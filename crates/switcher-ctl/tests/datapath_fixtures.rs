@@ -104,10 +104,11 @@ fn field(c: &Counters, name: &str) -> u64 {
         "ip_options" => c.ip_options,
         "resteered" => c.resteered,
         "listener_fallbacks" => c.listener_fallbacks,
+        "stale_flows" => c.stale_flows,
         other => panic!("unknown counter {other}"),
     }
 }
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "packets",
     "bytes",
     "new_flows",
@@ -120,6 +121,7 @@ const FIELDS: [&str; 12] = [
     "ip_options",
     "resteered",
     "listener_fallbacks",
+    "stale_flows",
 ];
 
 /// A request steered to `slot` for the first time (SYN or adopted flow).
@@ -706,6 +708,65 @@ fn table() -> Vec<Case> {
             steered_new(PRIMARY, syn1.len()),
         )
         .before(Before::SetActive(PRIMARY)),
+        // A client port reused for a connection straight to an origin (a probe, wrk): the VIP
+        // flow it held, if pinned to that origin, is over and must not rewrite the new
+        // connection's replies.
+        case(
+            "SYN straight to the other origin's port from a pinned client port passes, flow kept",
+            Xdp,
+            Pkt::tcp("10.1.1.1", 40000, VIP4, 8082, SYN).build(),
+            None,
+            pass(),
+        ),
+        case(
+            "TC egress: the kept flow's reply still gets the VIP port",
+            TcEgress,
+            r1.build(),
+            Some(r1_out.build()),
+            vec![(PRIMARY, "reply_rewrites", 1)],
+        ),
+        case(
+            "SYN straight to the pinned origin's port forgets the stale flow",
+            Xdp,
+            Pkt::tcp("10.1.1.1", 40000, VIP4, 8081, SYN).build(),
+            None,
+            [pass(), vec![(PRIMARY, "stale_flows", 1)]].concat(),
+        ),
+        case(
+            "TC egress: the direct connection's SYN-ACK passes unchanged",
+            TcEgress,
+            r1.build(),
+            None,
+            vec![],
+        ),
+        case(
+            "TC ingress: a new VIP flow from a reused port",
+            TcIngress,
+            syn1.clone(),
+            Some(with_dport(c1.clone(), 8081).build()),
+            steered_new(PRIMARY, syn1.len()),
+        ),
+        case(
+            "TC ingress: a SYN straight to its origin forgets it too",
+            TcIngress,
+            Pkt::tcp("10.1.1.1", 40000, VIP4, 8081, SYN).build(),
+            None,
+            [pass(), vec![(PRIMARY, "stale_flows", 1)]].concat(),
+        ),
+        case(
+            "an ACK straight to the origin (not a SYN) forgets nothing",
+            Xdp,
+            Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, ACK).build(),
+            None,
+            pass(),
+        ),
+        case(
+            "a SYN straight to a remote origin's address forgets its flow",
+            Xdp,
+            Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, SYN).build(),
+            None,
+            [pass(), vec![(REMOTE, "stale_flows", 1)]].concat(),
+        ),
     ]
 }
 
@@ -794,8 +855,13 @@ fn fixture_table() {
     assert_eq!(origin_of([10, 1, 1, 9], 40009), Some(REMOTE));
     assert_eq!(
         origin_of([10, 1, 1, 1], 40000),
-        Some(PRIMARY),
-        "the last SYN re-pinned the flow"
+        None,
+        "re-pinned by a later VIP SYN, then forgotten by the SYN straight to its origin"
+    );
+    assert_eq!(
+        origin_of([10, 1, 2, 2], 41001),
+        None,
+        "forgotten by the SYN straight to the remote origin"
     );
     assert!(flows.iter().all(|(_, v)| v.origin < MAX_ORIGINS));
 }

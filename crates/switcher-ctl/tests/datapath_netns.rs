@@ -245,6 +245,29 @@ fn local_mode(mode: AttachMode, expect: u32) {
     assert_eq!(dp.vip().unwrap().attach_mode, expect);
     assert_eq!(whoami(&ns, "127.0.0.1:8080"), "primary");
     assert_eq!(whoami(&ns, "[::1]:8080"), "primary");
+    // A client port that talked to the VIP (flow pinned to primary), then connects straight
+    // to the primary (as a probe or wrk does): the stale flow must not rewrite its replies.
+    let direct = ns.run(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let mut via_vip = Client::connect_from("127.0.0.1:8080", port).unwrap();
+        assert_eq!(via_vip.get("/whoami").unwrap(), b"primary");
+        drop(via_vip);
+        Client::connect_from("127.0.0.1:8081", port).and_then(|mut c| c.get("/whoami"))
+    });
+    assert_eq!(
+        direct.unwrap_or_else(|e| panic!(
+            "direct connection from a port a VIP flow used: {e}; counters {:?}",
+            dp.counters()
+        )),
+        b"primary"
+    );
+    assert_eq!(
+        dp.counters().unwrap()[ORIGIN_PRIMARY as usize].stale_flows,
+        1
+    );
     let mut kept = ns.run(|| {
         let mut c = Client::connect("127.0.0.1:8080").unwrap();
         assert_eq!(c.get("/whoami").unwrap(), b"primary");

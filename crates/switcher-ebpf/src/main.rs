@@ -68,6 +68,7 @@ fn request(
         return None;
     };
     if !steer::is_to_vip(&t, &vip) {
+        steer::forget_stale_flow(&t, &vip);
         steer::count_pass(|_| {});
         return None;
     }

@@ -224,6 +224,60 @@ pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<Targe
     })
 }
 
+/// Forgets a flow a new direct connection has outlived.
+///
+/// Flows are keyed by the client's address and port, so that replies (origin -> client) find
+/// them. When that client opens a connection straight to an origin's port (a probe, a
+/// monitoring check, wrk) from a port an earlier VIP connection used, and that VIP flow was
+/// pinned to the same origin, both connections are the same 4-tuple at the origin: the VIP
+/// one is over, and its entry would make the egress program rewrite the new connection's
+/// replies into VIP ones, which the client drops (its SYN never completes). So a SYN straight
+/// to the origin a flow is pinned to removes that flow. Only SYNs pay for the lookup.
+#[inline(always)]
+pub fn forget_stale_flow(t: &Tcp, vip: &VipConfig) {
+    if t.flags & tcp::SYN == 0 || t.flags & tcp::ACK != 0 || !is_origin_port(t.dport) {
+        return;
+    }
+    let key = FlowKey {
+        client_addr: t.saddr,
+        client_port_be: t.sport,
+        family: t.family,
+    };
+    // SAFETY: copied out at once (see steer_request).
+    let Some(index) = (unsafe { FLOWS.get(&key) }).map(|f| f.origin) else {
+        return;
+    };
+    let Some(o) = origin(index) else { return };
+    if o.port_be != t.dport {
+        return;
+    }
+    let to_that_origin = match origin_addr(&o, t.family) {
+        Some(addr) => addr == t.daddr,
+        None => vip_addr(vip, t.family) == Some(t.daddr),
+    };
+    if to_that_origin && FLOWS.remove(&key).is_ok() {
+        count(index, |c| c.stale_flows += 1);
+    }
+}
+
+/// The VIP's address for `family` (IPv4 in the first 4 bytes), if it has one.
+#[inline(always)]
+fn vip_addr(vip: &VipConfig, family: u16) -> Option<[u8; 16]> {
+    if family == FAMILY_V4 {
+        if vip.flags & VIP_HAS_V4 == 0 {
+            return None;
+        }
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&vip.addr_v4);
+        Some(a)
+    } else {
+        if vip.flags & VIP_HAS_V6 == 0 {
+            return None;
+        }
+        Some(vip.addr_v6)
+    }
+}
+
 /// Where a reply goes back to: origin index, and the source to restore.
 pub struct Reply {
     /// Origin index (stats slot).
@@ -249,19 +303,7 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     if o.port_be != t.sport {
         return None;
     }
-    let vip_addr = if t.family == FAMILY_V4 {
-        if vip.flags & VIP_HAS_V4 == 0 {
-            return None;
-        }
-        let mut a = [0u8; 16];
-        a[..4].copy_from_slice(&vip.addr_v4);
-        a
-    } else {
-        if vip.flags & VIP_HAS_V6 == 0 {
-            return None;
-        }
-        vip.addr_v6
-    };
+    let vip_addr = vip_addr(vip, t.family)?;
     let addr = match origin_addr(&o, t.family) {
         // The origin answers from its own address: it must be that one, and it becomes the VIP.
         Some(a) if a == t.saddr => Some(vip_addr),

@@ -250,6 +250,28 @@ impl Client {
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Client { stream, reader })
     }
+    /// Like [`Client::connect`], from local port `port` (SO_REUSEADDR, so a port whose last
+    /// connection is in TIME_WAIT can connect elsewhere).
+    pub fn connect_from(addr: &str, port: u16) -> std::io::Result<Client> {
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        let local: std::net::SocketAddr = match addr {
+            std::net::SocketAddr::V4(_) => ([127, 0, 0, 1], port).into(),
+            std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, port).into(),
+        };
+        socket.bind(&local.into())?;
+        socket.connect_timeout(&addr.into(), Duration::from_secs(3))?;
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Client { stream, reader })
+    }
+
     /// GET `path` on this connection; returns the body.
     pub fn get(&mut self, path: &str) -> std::io::Result<Vec<u8>> {
         write!(self.stream, "GET {path} HTTP/1.1\r\nHost: vip\r\n\r\n")?;
