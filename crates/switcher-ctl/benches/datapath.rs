@@ -1,8 +1,10 @@
 //! `cargo xtask bench datapath` (needs root).
 //!
 //! 1. ns per packet of the XDP program through BPF_PROG_TEST_RUN with repeat = 1,000,000, for
-//!    a SYN to the VIP (flow insert), a packet of a tracked flow (flow lookup) and a packet not
-//!    for the VIP, against an empty XDP_PASS program on the same packet in the same run.
+//!    a SYN to the VIP (flow insert), a packet of a tracked flow (flow lookup), a packet not
+//!    for the VIP, a SYN straight to an origin (stale-flow check) and a SYN with the listener
+//!    check, against an empty XDP_PASS program on the same packet in the same run; every
+//!    repetition is checked to take the path it is named after (see `prog_test_run`).
 //! 2. wrk through VIP:8080 against wrk straight to the origin (:8081), same run, same origin
 //!    process (`target/release/origin`): client ns -> veth -> edge ns with native XDP, and on
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
@@ -24,14 +26,14 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use netns::{BpfFs, EDGE_V4, Netns, Pair};
 use packet::{ACK, Pkt, SYN};
 use switcher_common::{
-    ORIGIN_CONFIGURED, Origin, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names,
-    prog_names,
+    Counters, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER,
+    VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -50,6 +52,36 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Which counter proves a repetition took the path a case is meant to measure.
+#[derive(Clone, Copy)]
+enum Taken {
+    /// Steered and rewritten toward origin 0.
+    Rewrite,
+    /// Passed unchanged (unsteered slot).
+    Pass,
+}
+
+fn stats(ebpf: &Ebpf) -> Vec<Counters> {
+    let map: PerCpuArray<_, Counters> =
+        PerCpuArray::try_from(ebpf.map(map_names::STATS).unwrap()).unwrap();
+    (0..STATS_SLOTS)
+        .map(|slot| {
+            let mut sum = Counters::default();
+            for c in map.get(&slot, 0).unwrap().iter() {
+                sum.add(c);
+            }
+            sum
+        })
+        .collect()
+}
+
+/// BPF_PROG_TEST_RUN with `repeat` runs the program again and again on the *same* buffer,
+/// which the program rewrites in place: a request rewritten from VIP:8080 to an origin's
+/// port would, from the second repetition on, be a packet to that port, not to the VIP, and
+/// the run would time the pass path. So origin 0 here is the VIP's own address and port (an
+/// identity rewrite: the same lookups, checksum arithmetic and stores, and the same packet
+/// every repetition), and each case checks, from the counters, that every repetition took
+/// the path it is named after.
 fn prog_test_run(out: &mut String) {
     let mut ebpf = Ebpf::load(switcher_ctl::loader::EBPF_OBJECT).expect("load object");
     for name in [prog_names::XDP_INGRESS, prog_names::BENCH_XDP_PASS] {
@@ -64,39 +96,58 @@ fn prog_test_run(out: &mut String) {
         ifindex: 0,
         attach_mode: 0,
     };
-    Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap())
-        .unwrap()
-        .set(0, vip, 0)
-        .unwrap();
+    let set_vip = |ebpf: &mut Ebpf, vip: VipConfig| {
+        Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap())
+            .unwrap()
+            .set(0, vip, 0)
+            .unwrap();
+    };
+    set_vip(&mut ebpf, vip);
     let mut origins =
         Array::<_, Origin>::try_from(ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
-    origins
-        .set(
-            0,
-            Origin {
-                addr_v4: [0; 4],
-                addr_v6: [0; 16],
-                port_be: 8081u16.to_be(),
-                flags: ORIGIN_CONFIGURED,
-            },
-            0,
-        )
-        .unwrap();
+    for (i, port) in [(0, 8080u16), (1, 8082)] {
+        let origin = Origin {
+            addr_v4: [0; 4],
+            addr_v6: [0; 16],
+            port_be: port.to_be(),
+            flags: ORIGIN_CONFIGURED,
+        };
+        origins.set(i, origin, 0).unwrap();
+    }
 
+    let syn = Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, SYN).build();
     let cases = [
         (
             "SYN to the VIP (flow insert + rewrite)",
-            Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, SYN).build(),
+            syn.clone(),
+            Taken::Rewrite,
+            false,
         ),
         (
             "tracked flow, 1 KiB payload (lookup + rewrite)",
             Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, ACK)
                 .with_payload(&[7u8; 1024])
                 .build(),
+            Taken::Rewrite,
+            false,
         ),
         (
             "packet not for the VIP (parse + pass)",
             Pkt::tcp("10.1.1.1", 40000, "10.0.0.9", 443, ACK).build(),
+            Taken::Pass,
+            false,
+        ),
+        (
+            "SYN straight to an origin (stale-flow lookup + pass)",
+            Pkt::tcp("10.1.1.2", 40001, "10.0.0.1", 8082, SYN).build(),
+            Taken::Pass,
+            false,
+        ),
+        (
+            "SYN, listener check on (production setting; nothing listens here, so every origin is looked up)",
+            syn,
+            Taken::Rewrite,
+            true,
         ),
     ];
     let run = |ebpf: &Ebpf, prog: &str, data: &[u8]| -> f64 {
@@ -106,7 +157,12 @@ fn prog_test_run(out: &mut String) {
         opts.data_in = Some(data);
         opts.data_out = Some(&mut buf);
         opts.repeat = REPEAT;
-        p.test_run(opts).expect("test run").duration.as_nanos() as f64
+        let r = p.test_run(opts).expect("test run");
+        assert!(
+            buf[..data.len()] == *data,
+            "{prog}: the packet must come out as it went in (identity rewrite)"
+        );
+        r.duration.as_nanos() as f64
     };
     writeln!(
         out,
@@ -119,23 +175,17 @@ fn prog_test_run(out: &mut String) {
     )
     .unwrap();
     writeln!(out, "|---|---:|---:|---:|").unwrap();
-    let syn = cases[0].1.clone();
-    let mut cases = cases.to_vec();
-    cases.push(("SYN, listener check on (production setting; nothing listens here, so every origin is looked up)", syn));
-    for (i, (desc, data)) in cases.into_iter().enumerate() {
-        if i == 3 {
-            let mut cfg =
-                Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
-            cfg.set(
-                0,
+    for (desc, data, path, listener_check) in cases {
+        if listener_check {
+            set_vip(
+                &mut ebpf,
                 VipConfig {
                     flags: vip.flags | VIP_CHECK_LISTENER,
                     ..vip
                 },
-                0,
-            )
-            .unwrap();
+            );
         }
+        let before = stats(&ebpf);
         // Interleave the two programs so drift on a shared machine hits both alike.
         let mut ours = Vec::new();
         let mut base = Vec::new();
@@ -143,6 +193,19 @@ fn prog_test_run(out: &mut String) {
             ours.push(run(&ebpf, prog_names::XDP_INGRESS, &data));
             base.push(run(&ebpf, prog_names::BENCH_XDP_PASS, &data));
         }
+        let after = stats(&ebpf);
+        let runs = u64::from(REPEAT) * ROUNDS as u64;
+        let took = match path {
+            Taken::Rewrite => after[0].rewrites - before[0].rewrites,
+            Taken::Pass => {
+                let u = STATS_UNSTEERED as usize;
+                after[u].passes - before[u].passes
+            }
+        };
+        assert_eq!(
+            took, runs,
+            "{desc}: not every repetition took the measured path"
+        );
         let (o, b) = (median(ours), median(base));
         writeln!(out, "| {desc} | {o:.1} | {b:.1} | {:.2}x |", o / b).unwrap();
     }

@@ -77,11 +77,19 @@ fn request(
         steer::count_pass(|_| {});
         return None;
     };
+    Some((t, target))
+}
+
+/// Counts a steered request once its rewrite is done or failed (`dropped`: at TC, a failed
+/// rewrite drops the packet): one per-CPU update per packet.
+#[inline(always)]
+fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: bool) {
     steer::count(target.index, |c| {
         c.packets += 1;
         c.bytes += len as u64;
+        c.rewrites += u64::from(rewritten);
+        c.drops += u64::from(dropped);
     });
-    Some((t, target))
 }
 
 #[xdp]
@@ -90,9 +98,10 @@ pub fn switcher_xdp(ctx: XdpContext) -> u32 {
     // This program is not frags-aware, so the kernel hands it linear packets: the readable
     // range is the whole packet.
     if let Some((t, target)) = request(ctx.as_ptr(), start, end, end - start) {
-        if xdp_rewrite_dst(start, end, &t, &target).is_some() {
-            steer::count(target.index, |c| c.rewrites += 1);
-        }
+        // A failed rewrite (headers out of bounds, which parsing already ruled out) passes the
+        // packet unchanged, counted but not as rewritten.
+        let rewritten = xdp_rewrite_dst(start, end, &t, &target).is_some();
+        count_steered(&target, end - start, rewritten, false);
     }
     xdp_action::XDP_PASS
 }
@@ -141,8 +150,8 @@ fn tc_pull(ctx: &TcContext) {
 #[classifier]
 pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     tc_pull(&ctx);
-    let Some((t, target)) = request(ctx.as_ptr(), ctx.data(), ctx.data_end(), ctx.len() as usize)
-    else {
+    let len = ctx.len() as usize;
+    let Some((t, target)) = request(ctx.as_ptr(), ctx.data(), ctx.data_end(), len) else {
         return TC_ACT_OK;
     };
     let new_addr = target.addr;
@@ -157,11 +166,11 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
         new_addr,
     ) {
         Ok(()) => {
-            steer::count(target.index, |c| c.rewrites += 1);
+            count_steered(&target, len, true, false);
             TC_ACT_OK
         }
         Err(_) => {
-            steer::count(target.index, |c| c.drops += 1);
+            count_steered(&target, len, false, true);
             TC_ACT_SHOT
         }
     }
