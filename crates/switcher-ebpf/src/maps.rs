@@ -1,6 +1,7 @@
 //! Every map of the data plane, declared in one place. Control maps are written by user space
 //! (switcher-ctl) and only read here; the conntrack map is written by both (the data plane
-//! inserts flows, user space deletes a retired origin's flows); statistics are written only
+//! inserts flows and forgets stale ones, user space deletes a retired origin's flows);
+//! statistics are written only
 //! here, per CPU. Key/value types and names come from `switcher-common`.
 //!
 //! BTF-defined maps (`.maps` section): the kernel gets the key and value types, so
@@ -30,7 +31,8 @@ pub static ACTIVE: Array<u32, 1> = Array::new();
 
 /// Conntrack. Key = client address/port/family of a connection to the VIP -> the origin it is
 /// pinned to. Inserted here on SYN and on unknown flows; deleted by user space when it retires
-/// an origin; evicted least-recently-used when full.
+/// an origin, and here when a SYN from the same client port goes straight to the flow's
+/// origin (`steer::forget_stale_flow`); evicted least-recently-used when full.
 #[btf_map(name = "SWITCHER_FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMap::new();
 
