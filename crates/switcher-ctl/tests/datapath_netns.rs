@@ -254,7 +254,8 @@ fn local_mode(mode: AttachMode, expect: u32) {
             .port();
         let mut via_vip = Client::connect_from("127.0.0.1:8080", port).unwrap();
         assert_eq!(via_vip.get("/whoami").unwrap(), b"primary");
-        drop(via_vip);
+        // Fully closed first: a late packet of it would be adopted as a flow again.
+        via_vip.close().unwrap();
         Client::connect_from("127.0.0.1:8081", port).and_then(|mut c| c.get("/whoami"))
     });
     assert_eq!(

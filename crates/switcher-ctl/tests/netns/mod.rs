@@ -272,6 +272,15 @@ impl Client {
         Ok(Client { stream, reader })
     }
 
+    /// Closes this side and waits for the peer's FIN, so that no packet of the connection is
+    /// still in flight afterwards (the final ACK goes out as the FIN is taken in).
+    pub fn close(mut self) -> std::io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)?;
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest)?;
+        Ok(())
+    }
+
     /// GET `path` on this connection; returns the body.
     pub fn get(&mut self, path: &str) -> std::io::Result<Vec<u8>> {
         write!(self.stream, "GET {path} HTTP/1.1\r\nHost: vip\r\n\r\n")?;
