@@ -9,7 +9,8 @@
 //! - Errors (disk full, permissions): logged, counted, and the job stays queued and is retried on
 //!   the next call; the queue is bounded, oldest segments give way first.
 //! - Deletion: a segment that left the playlist is deleted after `grace` (RFC 8216 6.2.2: keep it
-//!   available for its duration plus the longest playlist duration that listed it).
+//!   available for its duration plus the longest playlist duration that listed it). Segments an
+//!   earlier run left behind are deleted the same way, so restarts do not fill the disk.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -51,12 +52,43 @@ pub struct Writer {
 
 impl Writer {
     /// A writer for `dir` (created on first write) deleting retired segments after `grace`.
+    ///
+    /// What an earlier run left in `dir` is cleaned up: its temporary files at once, and its
+    /// segments (`<digits>.ts`) after `grace`, like segments that left the playlist (the old
+    /// playlist may still list them until this run writes its own). A segment this run writes
+    /// again under the same name is kept. Nothing else in the directory is touched.
     pub fn new(dir: impl Into<PathBuf>, grace: Duration) -> Self {
-        Self {
+        let mut w = Self {
             dir: dir.into(),
             grace,
             pending: VecDeque::new(),
             to_delete: VecDeque::new(),
+        };
+        w.adopt_leftovers(Instant::now());
+        w
+    }
+
+    fn adopt_leftovers(&mut self, now: Instant) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut segments = 0;
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let path = entry.path();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(&path);
+            } else if name
+                .strip_suffix(".ts")
+                .is_some_and(|stem| !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()))
+            {
+                self.to_delete.push_back((now + self.grace, path));
+                segments += 1;
+            }
+        }
+        if segments > 0 {
+            tracing::info!(dir = %self.dir.display(), segments, grace = ?self.grace, "segments of an earlier run will be deleted after the grace period");
         }
     }
 
@@ -119,6 +151,10 @@ impl Writer {
             match write_atomic(&self.dir, &name, bytes) {
                 Ok(()) => {
                     if let Some(Job::Segment { info, .. }) = self.pending.pop_front() {
+                        // Written again (an earlier run's, or retired and re-published after
+                        // a restart of the numbering): it is live, not due for deletion.
+                        let path = self.dir.join(&name);
+                        self.to_delete.retain(|(_, p)| *p != path);
                         progress.segments.push(info);
                     }
                 }
@@ -210,5 +246,52 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn an_earlier_runs_leftovers_are_cleaned_up_but_rewritten_segments_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        for name in [
+            "5.ts",
+            "6.ts",
+            ".7.ts.tmp",
+            "notes.txt",
+            "x5.ts",
+            PLAYLIST_NAME,
+        ] {
+            std::fs::write(dir.join(name), b"old").unwrap();
+        }
+        let mut w = Writer::new(dir, Duration::from_secs(1));
+        assert!(
+            !dir.join(".7.ts.tmp").exists(),
+            "temporary files go at once"
+        );
+        let t0 = Instant::now();
+        w.apply(
+            vec![
+                Output::Segment {
+                    info: info(6),
+                    data: vec![6],
+                },
+                Output::Playlist("new".into()),
+            ],
+            t0,
+        );
+        w.tick(t0 + Duration::from_millis(500));
+        assert!(dir.join("5.ts").exists(), "kept during the grace period");
+        w.tick(t0 + Duration::from_secs(2));
+        assert!(
+            !dir.join("5.ts").exists(),
+            "an earlier run's segment is deleted"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("6.ts")).unwrap(),
+            vec![6],
+            "rewritten: kept"
+        );
+        for other in ["notes.txt", "x5.ts", PLAYLIST_NAME] {
+            assert!(dir.join(other).exists(), "{other} is not ours to delete");
+        }
     }
 }
