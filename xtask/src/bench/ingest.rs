@@ -46,7 +46,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::util::TempDir;
-use super::util::{free_port, log_file, rss_kib, wait_port};
+use super::util::{free_port, log_file, median_f64, rss_kib, wait_port};
 use anyhow::{Context, Result, bail};
 
 /// Player counts measured by default.
@@ -126,15 +126,6 @@ fn median(samples: &[Sample]) -> Sample {
             .min()
             .unwrap_or(0),
         mbit_per_player: med(|s| s.mbit_per_player),
-    }
-}
-
-fn median_f64(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 

@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::util::TempDir;
-use super::util::{free_port, log_file, rss_kib, wait_port};
+use super::util::{free_port, log_file, median_f64, rss_kib, wait_port};
 use anyhow::{Context, Result, bail};
 
 /// Stream counts measured by default.
@@ -66,15 +66,7 @@ struct Row {
 
 impl Row {
     fn from_pairs(pairs: &[(Sample, Sample)]) -> Self {
-        let med = |v: Vec<f64>| {
-            let mut v = v;
-            v.sort_by(f64::total_cmp);
-            match v.len() {
-                0 => f64::NAN,
-                n if n % 2 == 1 => v[n / 2],
-                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-            }
-        };
+        let med = median_f64;
         let median_sample = |pick: fn(&(Sample, Sample)) -> &Sample| {
             let field = |f: fn(&Sample) -> f64| med(pairs.iter().map(|p| f(pick(p))).collect());
             Sample {
