@@ -41,12 +41,14 @@
 //! Override N with `INGEST_BENCH_PLAYERS=10,100`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::util::TempDir;
-use super::util::{free_port, log_file, median_f64, rss_kib, wait_port};
+use super::util::{
+    env_count, env_counts, free_port, log_file, median_f64, release_bins, rss_kib, wait_port,
+};
 use anyhow::{Context, Result, bail};
 
 /// Player counts measured by default.
@@ -131,33 +133,18 @@ fn median(samples: &[Sample]) -> Sample {
 
 /// Runs the benchmark and appends its markdown report to `out`.
 pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
-    let bin_dir = std::env::var_os("INGEST_BENCH_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target/release"));
-    let ingest_bin = bin_dir.join("ingest");
-    let loadgen_bin = bin_dir.join("ingest-loadgen");
-    for b in [&ingest_bin, &loadgen_bin] {
-        if !b.is_file() {
-            bail!(
-                "{} not found: run `cargo build --release -p ingest` first",
-                b.display()
-            );
-        }
-    }
+    let bins = release_bins(
+        workspace,
+        "INGEST_BENCH_BIN_DIR",
+        &["ingest", "ingest-loadgen"],
+        "cargo build --release -p ingest",
+    )?;
+    let (ingest_bin, loadgen_bin) = (&bins[0], &bins[1]);
     if !Path::new(NGINX_RTMP_MODULE).is_file() {
         bail!("{NGINX_RTMP_MODULE} not found: apt-get install libnginx-mod-rtmp");
     }
-    let players: Vec<usize> = match std::env::var("INGEST_BENCH_PLAYERS") {
-        Ok(s) => s
-            .split(',')
-            .map(|p| p.trim().parse().context("INGEST_BENCH_PLAYERS"))
-            .collect::<Result<_>>()?,
-        Err(_) => DEFAULT_PLAYERS.to_vec(),
-    };
-    let repeat: usize = match std::env::var("INGEST_BENCH_REPEAT") {
-        Ok(s) => s.trim().parse().context("INGEST_BENCH_REPEAT")?,
-        Err(_) => DEFAULT_REPEAT,
-    };
+    let players = env_counts("INGEST_BENCH_PLAYERS", DEFAULT_PLAYERS)?;
+    let repeat = env_count("INGEST_BENCH_REPEAT", DEFAULT_REPEAT)?;
     let dir = TempDir::new("bench-ingest")?;
     let clip = dir.path.join("clip.flv");
     let status = Command::new("ffmpeg")
@@ -211,9 +198,9 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
                     let i = (rep + k) % SERVERS.len();
                     let server = SERVERS[i];
                     let sample = match server {
-                        Server::Nginx => measure_nginx(&loadgen_bin, &clip, &dir.path, n),
+                        Server::Nginx => measure_nginx(loadgen_bin, &clip, &dir.path, n),
                         Server::Ingest { merge_ms } => {
-                            measure_ours(&ingest_bin, merge_ms, &loadgen_bin, &clip, &dir.path, n)
+                            measure_ours(ingest_bin, merge_ms, loadgen_bin, &clip, &dir.path, n)
                         }
                     }
                     .with_context(|| format!("{} with {n} players", server.name()))?;

@@ -26,12 +26,14 @@
 //! Override N with `PACKAGER_BENCH_STREAMS=1,5,20`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::util::TempDir;
-use super::util::{free_port, log_file, median_f64, rss_kib, wait_port};
+use super::util::{
+    env_count, env_counts, free_port, log_file, median_f64, release_bins, rss_kib, wait_port,
+};
 use anyhow::{Context, Result, bail};
 
 /// Stream counts measured by default.
@@ -118,37 +120,22 @@ impl Sample {
 
 /// Runs the benchmark and appends its markdown report to `out`.
 pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
-    let bin_dir = std::env::var_os("PACKAGER_BENCH_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target/release"));
-    let packager_bin = bin_dir.join("packager");
-    let ingest_bin = bin_dir.join("ingest");
-    for b in [&packager_bin, &ingest_bin] {
-        if !b.is_file() {
-            bail!(
-                "{} not found: run `cargo build --release -p packager -p ingest` first",
-                b.display()
-            );
-        }
-    }
-    let streams: Vec<usize> = match std::env::var("PACKAGER_BENCH_STREAMS") {
-        Ok(s) => s
-            .split(',')
-            .map(|p| p.trim().parse().context("PACKAGER_BENCH_STREAMS"))
-            .collect::<Result<_>>()?,
-        Err(_) => DEFAULT_STREAMS.to_vec(),
-    };
+    let bins = release_bins(
+        workspace,
+        "PACKAGER_BENCH_BIN_DIR",
+        &["packager", "ingest"],
+        "cargo build --release -p packager -p ingest",
+    )?;
+    let (packager_bin, ingest_bin) = (&bins[0], &bins[1]);
+    let streams = env_counts("PACKAGER_BENCH_STREAMS", DEFAULT_STREAMS)?;
     let dir = TempDir::new("bench-packager")?;
     let clip = dir.path.join("clip.flv");
     encode_clip(&clip)?;
 
-    let repeat: usize = match std::env::var("PACKAGER_BENCH_REPEAT") {
-        Ok(s) => s.trim().parse().context("PACKAGER_BENCH_REPEAT")?,
-        Err(_) => DEFAULT_REPEAT,
-    };
+    let repeat = env_count("PACKAGER_BENCH_REPEAT", DEFAULT_REPEAT)?;
     let mut rows = Vec::new();
     for &n in &streams {
-        let pairs = measure_pairs(&ingest_bin, &packager_bin, &clip, &dir.path, n, repeat)
+        let pairs = measure_pairs(ingest_bin, packager_bin, &clip, &dir.path, n, repeat)
             .with_context(|| format!("{n} streams"))?;
         rows.push((n, Row::from_pairs(&pairs)));
     }

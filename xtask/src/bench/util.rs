@@ -92,3 +92,45 @@ pub fn median_f64(mut v: Vec<f64>) -> f64 {
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
+
+/// The binaries `names` from the directory named by `$dir_var` (default `target/release`),
+/// or an error naming `build` when one is missing.
+pub fn release_bins(
+    workspace: &Path,
+    dir_var: &str,
+    names: &[&str],
+    build: &str,
+) -> Result<Vec<PathBuf>> {
+    let dir = std::env::var_os(dir_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target/release"));
+    names
+        .iter()
+        .map(|name| {
+            let bin = dir.join(name);
+            if !bin.is_file() {
+                bail!("{} not found: run `{build}` first", bin.display());
+            }
+            Ok(bin)
+        })
+        .collect()
+}
+
+/// `$var` as a comma-separated list of counts, or `default`.
+pub fn env_counts(var: &str, default: &[usize]) -> Result<Vec<usize>> {
+    match std::env::var(var) {
+        Ok(s) => s
+            .split(',')
+            .map(|p| p.trim().parse().with_context(|| var.to_owned()))
+            .collect(),
+        Err(_) => Ok(default.to_vec()),
+    }
+}
+
+/// `$var` as a count, or `default`.
+pub fn env_count(var: &str, default: usize) -> Result<usize> {
+    match std::env::var(var) {
+        Ok(s) => s.trim().parse().with_context(|| var.to_owned()),
+        Err(_) => Ok(default),
+    }
+}
