@@ -1,14 +1,7 @@
 //! `cargo xtask drill <fault>`: against a stack started by `cargo xtask run`, inject a fault,
 //! watch what the control plane and a player reading the VIP see, restore, print a timeline.
-//!
-//! Faults:
-//! * `origin-kill`: SIGKILL the primary origin (connection refused: counts at once), then
-//!   start it again.
-//! * `packager-kill`: SIGKILL the primary packager: its origin keeps serving an ever older
-//!   playlist, so the switch happens by staleness; then start it again.
-//! * `origin-freeze`: SIGSTOP the primary origin (connections hang: probe timeouts), SIGCONT.
-//! * `origin-5xx`: take read permission from the primary's stream directory, so the origin
-//!   answers 500; give it back.
+//! The faults are [`xtask::faults::Fault`] (kill, packager-kill, freeze, 5xx, slow, partition,
+//! truncate, ctl-restart), the same the end-to-end drill test injects.
 //!
 //! The drill talks to the `run` process through files in the run directory: `pids/<service>`
 //! (written by `run`) to find processes, `control/<service>.start` to ask `run` to start a
@@ -19,19 +12,26 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use clap::{Args, ValueEnum};
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use xtask::faults::{self, Fault, Processes, Site};
 use xtask::stack::{self, http_get};
 
 use crate::prereq;
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Fault {
-    OriginKill,
-    PackagerKill,
-    OriginFreeze,
-    #[value(name = "origin-5xx")]
-    Origin5xx,
+/// The services of a `cargo xtask run`, reached through its pid files and its control
+/// directory (a restarted service stays `run`'s child, so Ctrl-C still stops it).
+struct RunProcesses {
+    run_dir: PathBuf,
+}
+
+impl Processes for RunProcesses {
+    fn signal(&mut self, name: &str, sig: i32) -> Result<()> {
+        signal(pid(&self.run_dir, name)?, sig)
+    }
+    fn start(&mut self, name: &str) -> Result<()> {
+        request_start(&self.run_dir, name)
+    }
 }
 
 /// Options of `cargo xtask drill`.
@@ -196,18 +196,24 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         "drill {:?} at unix time {now} (times below are seconds since the fault)",
         args.fault
     );
-    let target = match args.fault {
-        Fault::OriginKill | Fault::OriginFreeze | Fault::Origin5xx => "origin-primary",
-        Fault::PackagerKill => "packager-primary",
-    };
+    let target = args.fault.service();
     let target_pid = pid(&run_dir, target)?;
-    match args.fault {
-        Fault::OriginKill | Fault::PackagerKill => signal(target_pid, libc::SIGKILL)?,
-        Fault::OriginFreeze => signal(target_pid, libc::SIGSTOP)?,
-        Fault::Origin5xx => set_mode(&stream_dir(&run_dir, &args.stream), 0o000)?,
-    }
+    let stream_dir = stream_dir(&run_dir, &args.stream);
+    let site = Site {
+        netns: None,
+        primary_port: stack::ORIGIN_PORTS[0],
+        service_user: owner(&stream_dir),
+        primary_stream_dir: stream_dir,
+    };
+    let mut procs = RunProcesses {
+        run_dir: run_dir.clone(),
+    };
+    let mut active_fault = Some(faults::inject(args.fault, &site, &mut procs)?);
     mark(
-        format!("fault: {:?} on {target} (pid {target_pid})", args.fault),
+        format!(
+            "fault: {} on {target} (pid {target_pid})",
+            args.fault.name()
+        ),
         &mut timeline,
     );
 
@@ -251,10 +257,8 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
             }
         }
         if !restored && t0.elapsed() >= hold {
-            match args.fault {
-                Fault::OriginKill | Fault::PackagerKill => request_start(&run_dir, target)?,
-                Fault::OriginFreeze => signal(target_pid, libc::SIGCONT)?,
-                Fault::Origin5xx => set_mode(&stream_dir(&run_dir, &args.stream), 0o755)?,
+            if let Some(f) = active_fault.take() {
+                f.restore(&mut procs)?;
             }
             restored = true;
             mark(format!("restore: {target}"), &mut timeline);
@@ -284,10 +288,15 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
     Ok(())
 }
 
-fn set_mode(dir: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| anyhow!("chmod {:o} {}: {e}", mode, dir.display()))
+/// The user owning `path` (the services' user), by name.
+fn owner(path: &Path) -> Option<String> {
+    let out = std::process::Command::new("stat")
+        .args(["-c", "%U"])
+        .arg(path)
+        .output()
+        .ok()?;
+    let name = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && name != "root" && !name.is_empty()).then_some(name)
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! Library half of xtask: what both `cargo xtask` and the end-to-end tests use.
 //!
 //! # Layout
+//! * [`faults`]: the drills' failure classes, injected into a running stack and restored.
 //! * [`stack`]: the whole stack as processes (start, kill, restart, stop, health).
 //! * [`monitoring`]: promtool checks of `monitoring/` and the "every metric the dashboard and
 //!   the rules use is exported" check against a running stack.
 
+pub mod faults;
 pub mod monitoring;
 pub mod stack;

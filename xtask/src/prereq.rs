@@ -21,6 +21,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("promtool", "monitoring config and rule tests"),
     ("chromium", "status page and hls.js player tests"),
     ("curl", "HTTP client in tests"),
+    ("nft", "partition and slow-origin drills"),
 ];
 
 /// Whether this process runs as root.

@@ -37,6 +37,13 @@ pub const DEFAULT_REQUIRED_WINDOWS: u32 = 2;
 /// hung origin, not a slow one. Larger than the interval on purpose: the loop waits for both
 /// probes, so a hung origin slows the cadence to one probe per timeout rather than piling up.
 pub const DEFAULT_PROBE_TIMEOUT_SECONDS: f64 = 0.5;
+/// Default connect timeout of a probe: a SYN to an origin next to the edge is answered in
+/// well under a millisecond; 0.1 s unanswered means its host or network is gone, or its accept
+/// queue is full (a hung process), and is judged without waiting for the whole probe budget.
+pub const DEFAULT_PROBE_CONNECT_TIMEOUT_SECONDS: f64 = 0.1;
+/// Default drain time: a healthy origin that stops getting new flows (switchback, override)
+/// keeps its open connections this long, then they are moved at a paced rate.
+pub const DEFAULT_DRAIN_SECONDS: f64 = 30.0;
 /// Default MSN tolerance (see [`Config::msn_tolerance`]).
 pub const DEFAULT_MSN_TOLERANCE: u64 = 1;
 /// Default cap on a playlist body: a 6-segment live playlist is well under 1 KiB; 1 MiB is
@@ -112,6 +119,24 @@ pub struct Config {
     /// Seconds a whole probe (connect, request, body, master-playlist hop) may take.
     #[arg(long = "probe-timeout", env = "PROBE_TIMEOUT_SECONDS", default_value_t = DEFAULT_PROBE_TIMEOUT_SECONDS)]
     pub probe_timeout_seconds: f64,
+
+    /// Seconds the TCP connect of a probe may take (within the probe timeout). A connect that
+    /// times out is a bad window like any other (hysteresis applies).
+    #[arg(long = "probe-connect-timeout", env = "SWITCHER_PROBE_CONNECT_TIMEOUT_SECONDS", default_value_t = DEFAULT_PROBE_CONNECT_TIMEOUT_SECONDS)]
+    pub probe_connect_timeout_seconds: f64,
+
+    /// Also fetch the newest segment of each playlist in every probe (within the probe
+    /// timeout): the whole body when the segment is new, its last 64 KiB otherwise. Catches
+    /// what a playlist alone cannot show: a segment path that hangs (stuck disk) or crawls, and
+    /// a body shorter than its Content-Length or not whole MPEG-TS packets.
+    #[arg(long = "probe-segments", env = "SWITCHER_PROBE_SEGMENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub probe_segments: bool,
+
+    /// Seconds a healthy origin that stopped getting new flows (a switchback, an override)
+    /// keeps its open viewer connections before the rest are moved (paced). An unhealthy
+    /// origin's connections are aborted at once whatever this says.
+    #[arg(long = "drain", env = "SWITCHER_DRAIN_SECONDS", default_value_t = DEFAULT_DRAIN_SECONDS)]
+    pub drain_seconds: f64,
 
     /// How many media sequence numbers an origin may be behind the other one before it counts
     /// as bad. 1 by default: the two packagers publish the same segment independently, so a
@@ -203,6 +228,9 @@ impl Default for Config {
             segment_age_threshold_seconds: DEFAULT_AGE_THRESHOLD_SECONDS,
             required_windows: DEFAULT_REQUIRED_WINDOWS,
             probe_timeout_seconds: DEFAULT_PROBE_TIMEOUT_SECONDS,
+            probe_connect_timeout_seconds: DEFAULT_PROBE_CONNECT_TIMEOUT_SECONDS,
+            probe_segments: true,
+            drain_seconds: DEFAULT_DRAIN_SECONDS,
             msn_tolerance: DEFAULT_MSN_TOLERANCE,
             max_playlist_bytes: DEFAULT_MAX_PLAYLIST_BYTES,
             prefer_primary: true,
@@ -254,6 +282,11 @@ impl Config {
             self.segment_age_threshold_seconds,
         )?;
         positive_seconds("PROBE_TIMEOUT_SECONDS", self.probe_timeout_seconds)?;
+        positive_seconds(
+            "SWITCHER_PROBE_CONNECT_TIMEOUT_SECONDS",
+            self.probe_connect_timeout_seconds,
+        )?;
+        positive_seconds("SWITCHER_DRAIN_SECONDS", self.drain_seconds)?;
         if self.required_windows == 0 {
             return Err(ConfigError::Zero {
                 key: "REQUIRED_WINDOWS",
@@ -313,6 +346,18 @@ impl Config {
     /// Probe timeout.
     pub fn probe_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.probe_timeout_seconds)
+    }
+
+    /// Connect timeout of a probe (never more than the whole probe's).
+    pub fn probe_connect_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.probe_connect_timeout_seconds)
+            .unwrap_or(Duration::MAX)
+            .min(self.probe_timeout())
+    }
+
+    /// Drain time of a healthy origin's flows.
+    pub fn drain(&self) -> Duration {
+        Duration::try_from_secs_f64(self.drain_seconds).unwrap_or(Duration::MAX)
     }
 }
 

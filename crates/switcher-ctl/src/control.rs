@@ -1,14 +1,30 @@
 //! The one object that owns the truth in user space (Katran's `KatranLb`): the decider, the
 //! data plane handle, the metrics and the recent decisions. Every map write goes through
-//! [`Controller::apply`]: on a flip, `set_active(new)` first, then `retire_flows(old)`, so no
-//! window exists in which a retired flow's next packet could be steered back to the old origin.
+//! [`Controller::apply`] and [`Controller::maintain_flows`].
+//!
+//! What happens to the viewers of the origin that stops being active (docs/ARCHITECTURE.md,
+//! "Failover and draining"):
+//! * It is **unhealthy** (a failover, or an override away from a bad origin): its viewer
+//!   connections are aborted at once: `set_active(new)` first, then `abort_flows(old)`, which
+//!   resets them (the kernel sends an RST from the VIP) and removes their flows. A player
+//!   waiting on a hung origin reconnects through the VIP to the healthy one instead of waiting
+//!   for its own timeout (HAProxy's `on-marked-down shutdown-sessions`, Envoy's
+//!   `close_connections_on_host_health_failure`, IPVS's `expire_nodest_conn`).
+//! * It is **healthy** (a switchback to the preferred origin, or an override): its flows
+//!   **drain**: they stay where they are, since nothing is wrong with them, and only new flows
+//!   move. Cutting them would make every viewer reconnect at once (a thundering herd). At the
+//!   drain deadline ([`crate::config::Config::drain_seconds`]) the rest are moved, paced at
+//!   [`DRAIN_ABORTS_PER_WINDOW`] per probe window. If the draining origin turns unhealthy, its
+//!   flows are aborted at once.
+//! * Every window, flows still pinned to an unhealthy origin that is not active (a flow that
+//!   raced the flip, or one adopted before) are aborted too.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::dataplane::DataPlane;
+use crate::dataplane::{Aborted, DataPlane};
 use crate::decide::{Action, Decider, Decision, Health, Mode, OriginId, Policy, Reason};
 use crate::metrics::{Metrics, slot_label};
 use crate::probe::ProbeReport;
@@ -99,6 +115,11 @@ pub struct AgeSample {
     pub backup: Option<f64>,
 }
 
+/// Connections of a drained origin moved per probe window once its drain deadline has passed
+/// (about 1,280/s at the default 0.2 s interval): a paced move, so the other origin sees a
+/// steady trickle of reconnects rather than every viewer at once.
+pub const DRAIN_ABORTS_PER_WINDOW: usize = 256;
+
 /// The control object.
 pub struct Controller {
     dataplane: Box<dyn DataPlane>,
@@ -113,6 +134,12 @@ pub struct Controller {
     /// Segment ages sampled every [`AGE_SAMPLE_PERIOD`], newest last, at most
     /// [`AGE_HISTORY_LEN`]; memory is bounded whatever the probe interval.
     age_history: VecDeque<AgeSample>,
+    /// How long a healthy origin that stopped getting new flows keeps its open ones.
+    drain_after: Duration,
+    /// Per origin slot: the drain deadline while its flows drain.
+    draining: [Option<SystemTime>; 2],
+    /// Flows per origin at the latest data plane read, to skip needless map walks.
+    last_flow_counts: Vec<u64>,
 }
 
 impl Controller {
@@ -124,6 +151,7 @@ impl Controller {
         metrics: Metrics,
         urls: [String; 2],
         history_len: usize,
+        drain_after: Duration,
     ) -> Result<Self, ControlError> {
         let index = dataplane.active().map_err(ControlError::ReadActive)?;
         let active = match OriginId::from_index(index) {
@@ -151,12 +179,27 @@ impl Controller {
             history_len,
             last: None,
             age_history: VecDeque::with_capacity(AGE_HISTORY_LEN),
+            drain_after,
+            draining: [None, None],
+            last_flow_counts: Vec::new(),
         })
     }
 
     /// The metrics this controller updates.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Whether an origin has a bad window on record that hysteresis has not judged yet
+    /// (`0 < consecutive_bad < required_windows`): the run loop then probes again at once
+    /// instead of waiting for the next interval, so confirming a fault costs one probe, not
+    /// one interval.
+    pub fn needs_confirmation(&self) -> bool {
+        let required = self.decider.policy().required_windows;
+        OriginId::ALL.iter().any(|o| {
+            let t = self.decider.track(*o);
+            t.health == Health::Healthy && t.consecutive_bad > 0 && t.consecutive_bad < required
+        })
     }
 
     /// The active origin.
@@ -179,7 +222,75 @@ impl Controller {
             self.metrics
                 .set_healthy(o, self.decider.track(o).health == Health::Healthy);
         }
-        self.apply(decision)
+        let decision = self.apply(decision, now)?;
+        self.maintain_flows(now);
+        Ok(decision)
+    }
+
+    /// Once per window, for each origin that is not active: abort the flows of an unhealthy
+    /// one, and move a drained one's flows once its deadline has passed.
+    pub fn maintain_flows(&mut self, now: SystemTime) {
+        let active = self.decider.active();
+        for o in OriginId::ALL {
+            let slot = o.index() as usize;
+            if o == active {
+                self.set_draining(o, None);
+                continue;
+            }
+            let unhealthy = self.decider.track(o).health == Health::Unhealthy;
+            let known_flows = self.last_flow_counts.get(slot).copied().unwrap_or(0);
+            if unhealthy && (known_flows > 0 || self.draining[slot].is_some()) {
+                self.abort(o, usize::MAX, "unhealthy origin");
+                self.set_draining(o, None);
+            } else if let Some(deadline) = self.draining[slot]
+                && now >= deadline
+            {
+                let done = self
+                    .abort(o, DRAIN_ABORTS_PER_WINDOW, "drain deadline")
+                    .is_some_and(|a| a.remaining == 0);
+                if done {
+                    tracing::info!(origin = %o, "drain finished");
+                    self.set_draining(o, None);
+                }
+            }
+        }
+    }
+
+    fn set_draining(&mut self, o: OriginId, deadline: Option<SystemTime>) {
+        self.draining[o.index() as usize] = deadline;
+        self.metrics
+            .draining
+            .with_label_values(&[o.label()])
+            .set(i64::from(deadline.is_some()));
+    }
+
+    /// Aborts up to `max` of `o`'s flows; counted and logged. `None` when the data plane
+    /// failed (logged; the next window tries again).
+    fn abort(&mut self, o: OriginId, max: usize, why: &str) -> Option<Aborted> {
+        match self.dataplane.abort_flows(o.index(), max) {
+            Ok(a) => {
+                let l = [o.label()];
+                self.metrics
+                    .retired_flows
+                    .with_label_values(&l)
+                    .inc_by(a.removed);
+                self.metrics
+                    .aborted_connections
+                    .with_label_values(&l)
+                    .inc_by(a.reset);
+                if a.removed > 0 || a.reset > 0 {
+                    tracing::warn!(origin = %o, why, reset = a.reset, flows_removed = a.removed, remaining = a.remaining, "aborted viewer connections");
+                }
+                if let Some(c) = self.last_flow_counts.get_mut(o.index() as usize) {
+                    *c = a.remaining;
+                }
+                Some(a)
+            }
+            Err(e) => {
+                tracing::error!(origin = %o, why, error = %format!("{e:#}"), "aborting flows failed");
+                None
+            }
+        }
     }
 
     /// Appends to the age history when the newest sample is [`AGE_SAMPLE_PERIOD`] old.
@@ -218,11 +329,11 @@ impl Controller {
         self.metrics
             .manual_mode
             .set(i64::from(matches!(mode, Mode::Manual(_))));
-        self.apply(decision)
+        self.apply(decision, now)
     }
 
     /// The single place that writes the data plane.
-    fn apply(&mut self, decision: Decision) -> Result<Decision, ControlError> {
+    fn apply(&mut self, decision: Decision, now: SystemTime) -> Result<Decision, ControlError> {
         if decision.flips() {
             let (old, new) = (decision.from, decision.to);
             if let Err(source) = self.dataplane.set_active(new.index()) {
@@ -234,18 +345,18 @@ impl Controller {
                 });
             }
             self.metrics.set_active(new);
-            // After set_active: a retired flow's next packet is a new flow for the new origin.
-            match self.dataplane.retire_flows(old.index()) {
-                Ok(n) => self
-                    .metrics
-                    .retired_flows
-                    .with_label_values(&[old.label()])
-                    .inc_by(n),
-                // The flip itself happened; the old flows stay pinned until they end or the LRU
-                // evicts them. Worth an error line, not a rollback.
-                Err(e) => {
-                    tracing::error!(origin = %old, error = %format!("{e:#}"), "retiring flows failed")
-                }
+            self.set_draining(new, None);
+            // After set_active: an aborted viewer reconnects to the new origin. A failed abort
+            // is logged; the flip itself happened, and the next window tries again.
+            if self.decider.track(old).health == Health::Unhealthy {
+                self.abort(old, usize::MAX, "origin retired");
+            } else {
+                // An absurd drain time (validated elsewhere) must not overflow the clock.
+                let deadline = now
+                    .checked_add(self.drain_after)
+                    .unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()));
+                tracing::info!(origin = %old, drain_s = self.drain_after.as_secs_f64(), "draining: open connections stay until they end or the deadline");
+                self.set_draining(old, Some(deadline));
             }
         }
         self.metrics.observe_decision(&decision);
@@ -298,7 +409,10 @@ impl Controller {
     /// every window). A failed read is counted and logged, never fatal.
     pub fn refresh_dataplane_metrics(&mut self) {
         match self.dataplane.flow_counts() {
-            Ok(counts) => self.metrics.observe_flows(&counts),
+            Ok(counts) => {
+                self.metrics.observe_flows(&counts);
+                self.last_flow_counts = counts;
+            }
             Err(e) => {
                 self.metrics.dp_read_errors.inc();
                 tracing::debug!(error = %format!("{e:#}"), "reading flow counts failed");

@@ -16,8 +16,25 @@ pub trait DataPlane: Send {
     /// Removes every tracked flow pinned to `origin`; their next packet is steered to the
     /// active origin (and reset there). Returns how many flows were removed.
     fn retire_flows(&mut self, origin: OriginIndex) -> anyhow::Result<u64>;
+    /// Aborts up to `max` viewer connections pinned to `origin`: the connections' sockets on
+    /// this host are destroyed (the kernel sends the viewer an RST, which the egress program
+    /// rewrites to come from the VIP, so the player reconnects through the VIP at once), then
+    /// their flows are removed. Unlike [`DataPlane::retire_flows`], this reaches a viewer that
+    /// sends nothing more because it waits on a hung origin.
+    fn abort_flows(&mut self, origin: OriginIndex, max: usize) -> anyhow::Result<Aborted>;
     /// Number of tracked flows per origin index (`[primary, backup, ...]`, MAX_ORIGINS long).
     fn flow_counts(&self) -> anyhow::Result<Vec<u64>>;
     /// Counters summed over CPUs, one per stats slot (origins, then the unsteered slot).
     fn counters(&self) -> anyhow::Result<Vec<Counters>>;
+}
+
+/// What [`DataPlane::abort_flows`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Aborted {
+    /// Connections reset (origin-side sockets destroyed on this host).
+    pub reset: u64,
+    /// Flows removed from the conntrack map.
+    pub removed: u64,
+    /// Flows of the origin left in the map because of `max` (a paced drain continues).
+    pub remaining: u64,
 }

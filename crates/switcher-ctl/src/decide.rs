@@ -2,7 +2,7 @@
 //! time; output: a [`Decision`] with its reason. No I/O and no clock of its own, so tests
 //! drive it through any sequence of windows with a fake clock.
 //!
-//! Rules (DESIGN "Failover rules"):
+//! Rules (docs/ARCHITECTURE.md, "Failover and draining"):
 //! * A window is **bad** for an origin when its probe failed (refused, timeout, 5xx, other
 //!   status, unparsable, no PROGRAM-DATE-TIME, empty, too large), when its segment age is over
 //!   the threshold, or when its newest MSN is more than [`Policy::msn_tolerance`] behind the

@@ -16,6 +16,8 @@
 //!   `/assets/hls.min.js`, `POST /override`).
 //! * [`status_page`]: the status page (embedded HTML), its JSON state and its player asset.
 //! * [`service`]: the run loop tying them together; `run(config, dataplane, listener, shutdown)`.
+//! * [`sockdiag`]: resetting a retired origin's viewer connections on this host (netlink
+//!   `SOCK_DESTROY`), so a viewer waiting on a hung origin reconnects at once.
 //! * [`privileges`]: dropping every capability but CAP_BPF and CAP_NET_ADMIN after attaching.
 #![deny(missing_docs)]
 
@@ -29,4 +31,5 @@ pub mod metrics;
 pub mod privileges;
 pub mod probe;
 pub mod service;
+pub mod sockdiag;
 pub mod status_page;

@@ -35,7 +35,8 @@ use switcher_common::{
     VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 
-use crate::dataplane::{DataPlane, OriginIndex};
+use crate::dataplane::{Aborted, DataPlane, OriginIndex};
+use crate::sockdiag::{self, SockDiag};
 
 /// The compiled data plane, built by `build.rs` from `crates/switcher-ebpf`.
 pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/switcher"));
@@ -567,6 +568,57 @@ fn remove_pins(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The viewer of a flow, as a socket address (IPv4 in the first 4 bytes of the key).
+fn flow_client(k: &FlowKey) -> SocketAddr {
+    let port = u16::from_be(k.client_port_be);
+    let ip = if k.family == switcher_common::FAMILY_V4 {
+        IpAddr::from([
+            k.client_addr[0],
+            k.client_addr[1],
+            k.client_addr[2],
+            k.client_addr[3],
+        ])
+    } else {
+        IpAddr::from(k.client_addr)
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Destroys the sockets of this host whose local end is one of `local` and whose peer is one
+/// of `viewers` (see [`sockdiag`]). Returns how many were reset.
+fn reset_viewers(
+    local: &[SocketAddr],
+    viewers: &std::collections::HashSet<SocketAddr>,
+) -> Result<usize> {
+    let mut diag = SockDiag::open().context("opening a sock_diag netlink socket")?;
+    let socks = diag.dump().context("dumping TCP sockets")?;
+    let targets = sockdiag::select_viewer_sockets(&socks, local, viewers);
+    diag.destroy(&targets)
+        .context("destroying sockets (needs CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY)")
+}
+
+impl Pinned {
+    /// The addresses an origin's sockets have locally on this host: its own address, or the
+    /// VIP's (both families) when the origin shares the VIP's address.
+    fn origin_local_addrs(&self, origin: OriginIndex) -> Result<Vec<SocketAddr>> {
+        let o = self.origins.get(&origin, 0)?;
+        let vip = self.vip()?;
+        let port = u16::from_be(o.port_be);
+        let mut out = Vec::new();
+        if o.addr_v4 != [0; 4] {
+            out.push(SocketAddr::new(IpAddr::from(o.addr_v4), port));
+        } else if vip.flags & VIP_HAS_V4 != 0 {
+            out.push(SocketAddr::new(IpAddr::from(vip.addr_v4), port));
+        }
+        if o.addr_v6 != [0; 16] {
+            out.push(SocketAddr::new(IpAddr::from(o.addr_v6), port));
+        } else if vip.flags & VIP_HAS_V6 != 0 {
+            out.push(SocketAddr::new(IpAddr::from(vip.addr_v6), port));
+        }
+        Ok(out)
+    }
+}
+
 impl DataPlane for Pinned {
     fn active(&self) -> Result<OriginIndex> {
         Ok(self.active.get(&0, 0)?)
@@ -602,6 +654,44 @@ impl DataPlane for Pinned {
             }
         }
         Ok(removed)
+    }
+
+    fn abort_flows(&mut self, origin: OriginIndex, max: usize) -> Result<Aborted> {
+        let all: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| v.origin == origin)
+            .map(|(k, _)| k)
+            .collect();
+        let keys = &all[..all.len().min(max)];
+        if keys.is_empty() {
+            return Ok(Aborted::default());
+        }
+        let viewers: std::collections::HashSet<SocketAddr> = keys.iter().map(flow_client).collect();
+        // Reset first, while the flows still exist: the RSTs leave through the egress
+        // program, which rewrites them to come from the VIP only for tracked flows.
+        let local = self.origin_local_addrs(origin)?;
+        let reset = match reset_viewers(&local, &viewers) {
+            Ok(n) => n as u64,
+            Err(e) => {
+                // Without the reset the flows are still retired: a viewer that sends again is
+                // steered to the active origin and reset there.
+                tracing::error!(error = %format!("{e:#}"), "resetting viewer connections failed");
+                0
+            }
+        };
+        let mut removed = 0;
+        for k in keys {
+            if self.flows.remove(k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(Aborted {
+            reset,
+            removed,
+            remaining: (all.len() - keys.len()) as u64,
+        })
     }
 
     fn flow_counts(&self) -> Result<Vec<u64>> {

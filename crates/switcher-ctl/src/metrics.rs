@@ -61,6 +61,12 @@ pub struct Metrics {
     pub both_bad: IntGauge,
     /// `switcher_retired_flows_total{origin}`: conntrack entries removed when leaving an origin.
     pub retired_flows: IntCounterVec,
+    /// `switcher_aborted_connections_total{origin}`: viewer connections pinned to the origin
+    /// that were reset when it was retired (unhealthy) or when its drain time ran out.
+    pub aborted_connections: IntCounterVec,
+    /// `switcher_draining{origin}`: 1 while the origin's flows drain (it is healthy but no
+    /// longer gets new flows; its open connections finish or are moved at the drain deadline).
+    pub draining: IntGaugeVec,
     /// `dataplane_flows{origin}`: flows tracked in the conntrack map, per origin.
     pub dataplane_flows: IntGaugeVec,
     /// `dataplane_packets_total{origin}`: request packets steered to the origin (summed CPUs).
@@ -170,6 +176,14 @@ impl Metrics {
                 "switcher_retired_flows_total",
                 "Conntrack entries removed when leaving an origin.",
             )?,
+            aborted_connections: counter_vec(
+                "switcher_aborted_connections_total",
+                "Viewer connections pinned to the origin reset when it was retired or its drain ended.",
+            )?,
+            draining: gauge_vec(
+                "switcher_draining",
+                "1 while the origin's flows drain after it stopped getting new flows.",
+            )?,
             dataplane_flows: gauge_vec("dataplane_flows", "Flows tracked in the conntrack map.")?,
             dp_packets: counter_vec(
                 "dataplane_packets_total",
@@ -235,6 +249,8 @@ impl Metrics {
             m.origin_healthy.with_label_values(&[l]).set(1);
             m.origin_newest_msn.with_label_values(&[l]);
             m.retired_flows.with_label_values(&[l]);
+            m.aborted_connections.with_label_values(&[l]);
+            m.draining.with_label_values(&[l]);
         }
         for r in Reason::ALL {
             m.decisions.with_label_values(&[r.label()]);
@@ -258,6 +274,8 @@ impl Metrics {
         r.register(Box::new(self.both_bad.clone()))?;
         r.register(Box::new(self.retired_flows.clone()))?;
         r.register(Box::new(self.dataplane_flows.clone()))?;
+        r.register(Box::new(self.aborted_connections.clone()))?;
+        r.register(Box::new(self.draining.clone()))?;
         for c in [
             &self.dp_packets,
             &self.dp_bytes,

@@ -20,6 +20,16 @@ use tokio::net::TcpStream;
 const HTTP_DEFAULT_PORT: u16 = 80;
 /// Microseconds per second, for sub-second segment durations.
 const MICROS_PER_SECOND: f64 = 1_000_000.0;
+/// MPEG-TS packet size and sync byte (ISO/IEC 13818-1 2.4.3.2).
+const TS_PACKET: usize = 188;
+const TS_SYNC: u8 = 0x47;
+/// Bytes of the newest segment's tail fetched by a probe that already checked the whole
+/// segment: a whole number of TS packets (about 64 KiB), so a suffix of a whole segment
+/// starts on a packet boundary and its sync bytes can be checked too.
+const SEGMENT_TAIL_BYTES: usize = TS_PACKET * 348;
+/// Largest segment body a probe reads: far above a 2 s segment at any sane bitrate, a bound
+/// on what a broken origin can make the prober buffer.
+const MAX_SEGMENT_BYTES: usize = 64 << 20;
 
 /// Why a probe found no usable playlist. Every variant makes the origin bad for that window.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +65,14 @@ pub enum ProbeError {
     /// The URL (or a master playlist's variant URI) cannot be probed.
     #[error("bad URL {0:?}")]
     BadUrl(String),
+    /// The TCP connect did not complete within the connect timeout (the SYN vanished, or the
+    /// origin's accept queue is full).
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// The newest segment listed is broken: cut short (body shorter than its Content-Length,
+    /// or the connection failed mid-body), not whole MPEG-TS packets, or not fetchable.
+    #[error("newest segment: {0}")]
+    Segment(String),
 }
 
 impl ProbeError {
@@ -71,6 +89,8 @@ impl ProbeError {
             ProbeError::Empty => "empty",
             ProbeError::TooLarge(_) => "too_large",
             ProbeError::BadUrl(_) => "bad_url",
+            ProbeError::ConnectTimeout => "connect_timeout",
+            ProbeError::Segment(_) => "segment",
         }
     }
 }
@@ -156,6 +176,35 @@ pub fn parse_playlist(body: &[u8]) -> Result<Parsed, ProbeError> {
     }
 }
 
+/// URI of the newest segment of a media playlist (as written, maybe relative); `None` for a
+/// master playlist or one that does not parse. Pure.
+pub fn newest_segment_uri(body: &[u8]) -> Option<String> {
+    match m3u8_rs::parse_playlist_res(body).ok()? {
+        Playlist::MediaPlaylist(media) => media.segments.last().map(|s| s.uri.clone()),
+        Playlist::MasterPlaylist(_) => None,
+    }
+}
+
+/// Checks a segment body (whole, or a suffix of whole packets) for MPEG-TS framing: a whole
+/// number of 188-byte packets, each starting with the sync byte. Pure.
+pub fn check_ts(body: &[u8]) -> Result<(), ProbeError> {
+    if body.is_empty() {
+        return Err(ProbeError::Segment("empty body".into()));
+    }
+    if !body.len().is_multiple_of(TS_PACKET) {
+        return Err(ProbeError::Segment(format!(
+            "{} bytes is not a whole number of TS packets (cut short?)",
+            body.len()
+        )));
+    }
+    if let Some(i) = body.chunks(TS_PACKET).position(|p| p[0] != TS_SYNC) {
+        return Err(ProbeError::Segment(format!(
+            "TS packet {i} has no sync byte"
+        )));
+    }
+    Ok(())
+}
+
 /// Freshness of an origin at probe time.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Freshness {
@@ -208,10 +257,35 @@ impl ProbeReport {
 /// bound on every body.
 #[derive(Clone, Debug)]
 pub struct Prober {
-    /// Budget of one whole probe, master-playlist hop included.
+    /// Budget of one whole probe, master-playlist hop and segment check included.
     pub timeout: Duration,
-    /// Largest body accepted.
+    /// Budget of each TCP connect within it.
+    pub connect_timeout: Duration,
+    /// Largest playlist body accepted.
     pub max_body: usize,
+    /// Also check the newest segment (see [`crate::config::Config::probe_segments`]).
+    pub segments: bool,
+    /// Per playlist URL, the newest segment already fetched whole: later probes fetch only
+    /// its tail until a newer one is listed. Shared by clones (one prober, many origins).
+    pub checked: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+}
+
+impl Prober {
+    /// A prober with these budgets and no segment checked yet.
+    pub fn new(
+        timeout: Duration,
+        connect_timeout: Duration,
+        max_body: usize,
+        segments: bool,
+    ) -> Self {
+        Prober {
+            timeout,
+            connect_timeout,
+            max_body,
+            segments,
+            checked: Default::default(),
+        }
+    }
 }
 
 impl Prober {
@@ -243,22 +317,81 @@ impl Prober {
         let uri: Uri = url
             .parse()
             .map_err(|_| ProbeError::BadUrl(url.to_string()))?;
-        match parse_playlist(&self.fetch(&uri, status).await?)? {
-            Parsed::Media(facts) => Ok(facts),
+        let body = self.fetch(&uri, status, None, self.max_body).await?;
+        let (media_uri, body, facts) = match parse_playlist(&body)? {
+            Parsed::Media(facts) => (uri, body, facts),
             Parsed::Master { variant_uri } => {
                 let variant = resolve(&uri, &variant_uri)?;
-                match parse_playlist(&self.fetch(&variant, status).await?)? {
-                    Parsed::Media(facts) => Ok(facts),
-                    Parsed::Master { .. } => Err(ProbeError::Unparsable(
-                        "master playlist points to another master".into(),
-                    )),
+                let body = self.fetch(&variant, status, None, self.max_body).await?;
+                match parse_playlist(&body)? {
+                    Parsed::Media(facts) => (variant, body, facts),
+                    Parsed::Master { .. } => {
+                        return Err(ProbeError::Unparsable(
+                            "master playlist points to another master".into(),
+                        ));
+                    }
                 }
             }
+        };
+        if self.segments
+            && let Some(segment) = newest_segment_uri(&body)
+        {
+            self.check_segment(url, &media_uri, &segment).await?;
         }
+        Ok(facts)
     }
 
-    /// One GET over a new connection; returns the body of a 2xx answer.
-    async fn fetch(&self, uri: &Uri, status: &mut Option<u16>) -> Result<Bytes, ProbeError> {
+    /// Fetches the newest segment: whole the first time it is listed, its tail afterwards
+    /// (a hung or crawling segment path times out the probe either way). A broken body is
+    /// [`ProbeError::Segment`].
+    async fn check_segment(
+        &self,
+        key: &str,
+        playlist: &Uri,
+        segment: &str,
+    ) -> Result<(), ProbeError> {
+        let target = resolve(playlist, segment)?;
+        let seen_whole = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|s| s == segment);
+        let range = seen_whole.then(|| format!("bytes=-{SEGMENT_TAIL_BYTES}"));
+        let mut status = None;
+        let body = self
+            .fetch(&target, &mut status, range.as_deref(), MAX_SEGMENT_BYTES)
+            .await
+            .map_err(|e| match e {
+                ProbeError::Io(msg) => ProbeError::Segment(msg),
+                ProbeError::HttpStatus(code) => ProbeError::Segment(format!("HTTP {code}")),
+                other => other,
+            })?;
+        let is_ts = target.path().ends_with(".ts");
+        // A suffix is packet-aligned only when the segment is shorter than the range (the
+        // origin then sends it whole) or a whole number of packets long, which `check_ts` of
+        // the whole body established when it was first seen.
+        if is_ts && (status == Some(StatusCode::OK.as_u16()) || seen_whole) {
+            check_ts(&body)?;
+        }
+        if !seen_whole {
+            self.checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key.to_string(), segment.to_string());
+        }
+        Ok(())
+    }
+
+    /// One GET over a new connection (with a `Range` header when given); returns the body of
+    /// a 2xx answer, at most `max_body` bytes.
+    async fn fetch(
+        &self,
+        uri: &Uri,
+        status: &mut Option<u16>,
+        range: Option<&str>,
+        max_body: usize,
+    ) -> Result<Bytes, ProbeError> {
         let bad_url = || ProbeError::BadUrl(uri.to_string());
         if uri.scheme_str() != Some("http") {
             return Err(bad_url());
@@ -267,8 +400,9 @@ impl Prober {
         // `Uri::host` keeps the brackets of an IPv6 literal; `connect` wants them off.
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(HTTP_DEFAULT_PORT);
-        let stream = TcpStream::connect((host, port))
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
             .await
+            .map_err(|_| ProbeError::ConnectTimeout)?
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::ConnectionRefused => ProbeError::Refused,
                 _ => ProbeError::Io(e.to_string()),
@@ -282,7 +416,11 @@ impl Prober {
         let conn = AbortOnDrop(tokio::spawn(conn));
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let request = Request::get(path)
+        let mut request = Request::get(path);
+        if let Some(r) = range {
+            request = request.header(header::RANGE, r);
+        }
+        let request = request
             .header(header::HOST, authority)
             .header(header::CONNECTION, "close")
             .header(
@@ -303,14 +441,14 @@ impl Prober {
         if !code.is_success() {
             return Err(ProbeError::HttpStatus(code.as_u16()));
         }
-        let body = Limited::new(response.into_body(), self.max_body)
+        let body = Limited::new(response.into_body(), max_body)
             .collect()
             .await
             .map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
                 {
-                    ProbeError::TooLarge(self.max_body)
+                    ProbeError::TooLarge(max_body)
                 } else {
                     ProbeError::Io(e.to_string())
                 }

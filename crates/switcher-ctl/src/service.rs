@@ -54,11 +54,14 @@ pub async fn run(
         Metrics::new()?,
         urls.clone(),
         config.decision_history,
+        config.drain(),
     )?));
-    let prober = Prober {
-        timeout: config.probe_timeout(),
-        max_body: config.max_playlist_bytes,
-    };
+    let prober = Prober::new(
+        config.probe_timeout(),
+        config.probe_connect_timeout(),
+        config.max_playlist_bytes,
+        config.probe_segments,
+    );
 
     // Dropping the sender tells the admin server to stop.
     let (stop_admin, mut admin_stopped) = tokio::sync::watch::channel(());
@@ -96,6 +99,11 @@ pub async fn run(
         // A failed flip is logged by the controller and retried by the next window.
         let _ = c.on_window(&primary, &backup, SystemTime::now());
         c.refresh_dataplane_metrics();
+        if c.needs_confirmation() {
+            // Confirm a first bad window with the next probe right away: a fault is judged
+            // after `required_windows` probes, not `required_windows` intervals.
+            ticker.reset_immediately();
+        }
     }
 
     drop(stop_admin);

@@ -17,6 +17,8 @@ const THRESHOLD: f64 = 6.0;
 const FRESH_AGE: f64 = 1.0;
 const STALE_AGE: f64 = 30.0;
 const MSN: u64 = 1000;
+/// Drain time of the harness: 10 windows.
+const DRAIN: Duration = Duration::from_secs(2);
 
 struct Harness {
     dp: FakeDataPlane,
@@ -46,6 +48,7 @@ impl Harness {
             Metrics::new().expect("metrics"),
             urls,
             10,
+            DRAIN,
         )
         .expect("controller");
         // A fake clock: any fixed start, advanced one interval per window.
@@ -96,12 +99,13 @@ fn stale_primary_fails_over_after_required_windows_only() {
         (Action::Failover, Reason::ActiveUnhealthy, OriginId::Backup)
     );
     assert!(d.detail.contains("stale"), "detail says why: {}", d.detail);
-    // set_active(new) strictly before retire_flows(old).
+    // set_active(new) strictly before abort_flows(old): an unhealthy origin's viewers are
+    // reset at once.
     assert_eq!(
         h.dp.calls(),
         vec![
             Call::SetActive(ORIGIN_BACKUP),
-            Call::RetireFlows(ORIGIN_PRIMARY)
+            Call::AbortFlows(ORIGIN_PRIMARY)
         ]
     );
     assert_eq!(h.metric("failovers_total"), 1.0);
@@ -261,15 +265,16 @@ fn switchback_after_required_good_windows() {
             OriginId::Primary
         )
     );
+    // The backup is healthy: its flows drain, nothing is cut at the switchback.
     assert_eq!(
         h.dp.calls(),
         vec![
             Call::SetActive(ORIGIN_BACKUP),
-            Call::RetireFlows(ORIGIN_PRIMARY),
+            Call::AbortFlows(ORIGIN_PRIMARY),
             Call::SetActive(ORIGIN_PRIMARY),
-            Call::RetireFlows(ORIGIN_BACKUP)
         ]
     );
+    assert_eq!(h.metric("switcher_draining{origin=\"backup\"}"), 1.0);
     assert_eq!(h.metric("switchbacks_total"), 1.0);
     assert_eq!(h.metric("switcher_active_origin"), 1.0);
 }
@@ -451,4 +456,94 @@ fn a_persisting_condition_is_one_history_entry() {
         h.metric("switcher_decisions_total{reason=\"both_bad\"}"),
         f64::from(windows)
     );
+}
+
+/// Flips the harness to the backup (refused primary), then back once the primary is good for
+/// two windows; returns with the backup holding `backup_flows` open flows and draining.
+fn switched_back_with_backup_flows(backup_flows: u64) -> Harness {
+    let mut h = Harness::new(policy(2, true));
+    h.window(err(ProbeError::Refused), good());
+    h.dp.state().flows[ORIGIN_BACKUP as usize] = backup_flows;
+    h.window(good(), good());
+    let d = h.window(good(), good());
+    assert_eq!(d.action, Action::Switchback);
+    h
+}
+
+#[test]
+fn switchback_leaves_the_backups_flows_alone_until_the_drain_deadline() {
+    let mut h = switched_back_with_backup_flows(600);
+    let aborts_of_backup = |h: &Harness| {
+        h.dp.calls()
+            .iter()
+            .filter(|c| **c == Call::AbortFlows(ORIGIN_BACKUP))
+            .count()
+    };
+    // Up to the deadline (10 windows of 0.2 s): not one backup viewer is cut.
+    for _ in 0..9 {
+        h.window(good(), good());
+        assert_eq!(aborts_of_backup(&h), 0, "a healthy origin's flows drain");
+        assert_eq!(h.metric("switcher_draining{origin=\"backup\"}"), 1.0);
+    }
+    assert_eq!(h.dp.state().flows[ORIGIN_BACKUP as usize], 600);
+    // At the deadline the rest move, paced: 256 per window, so 600 take three windows.
+    h.window(good(), good());
+    assert_eq!(aborts_of_backup(&h), 1);
+    assert_eq!(h.dp.state().flows[ORIGIN_BACKUP as usize], 600 - 256);
+    h.window(good(), good());
+    h.window(good(), good());
+    assert_eq!(aborts_of_backup(&h), 3);
+    assert_eq!(h.dp.state().flows[ORIGIN_BACKUP as usize], 0);
+    assert_eq!(h.metric("switcher_draining{origin=\"backup\"}"), 0.0);
+    assert_eq!(
+        h.metric("switcher_aborted_connections_total{origin=\"backup\"}"),
+        600.0
+    );
+    h.window(good(), good());
+    assert_eq!(aborts_of_backup(&h), 3, "the drain is over");
+}
+
+#[test]
+fn a_draining_origin_that_turns_unhealthy_is_cut_at_once() {
+    let mut h = switched_back_with_backup_flows(40);
+    h.window(good(), good());
+    h.window(good(), err(ProbeError::Timeout));
+    assert!(
+        !h.dp.calls().contains(&Call::AbortFlows(ORIGIN_BACKUP)),
+        "one bad window is not unhealthy yet"
+    );
+    h.window(good(), err(ProbeError::Timeout));
+    assert!(h.dp.calls().contains(&Call::AbortFlows(ORIGIN_BACKUP)));
+    assert_eq!(h.dp.state().flows[ORIGIN_BACKUP as usize], 0);
+    assert_eq!(h.metric("switcher_draining{origin=\"backup\"}"), 0.0);
+}
+
+#[test]
+fn stray_flows_of_an_unhealthy_inactive_origin_are_aborted() {
+    let mut h = Harness::new(policy(2, true));
+    h.window(err(ProbeError::Refused), good());
+    assert_eq!(h.dp.active(), ORIGIN_BACKUP);
+    // A flow that raced the flip lands on the dead primary.
+    h.dp.state().flows[ORIGIN_PRIMARY as usize] = 3;
+    h.c.refresh_dataplane_metrics();
+    h.window(err(ProbeError::Refused), good());
+    assert_eq!(h.dp.state().flows[ORIGIN_PRIMARY as usize], 0);
+    assert_eq!(
+        h.dp.calls()
+            .iter()
+            .filter(|c| **c == Call::AbortFlows(ORIGIN_PRIMARY))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_first_bad_window_asks_for_an_immediate_confirmation() {
+    let mut h = Harness::new(policy(2, true));
+    h.window(good(), good());
+    assert!(!h.c.needs_confirmation());
+    h.window(err(ProbeError::Timeout), good());
+    assert!(h.c.needs_confirmation(), "one bad window of two");
+    h.window(err(ProbeError::Timeout), good());
+    assert!(!h.c.needs_confirmation(), "judged: unhealthy");
 }

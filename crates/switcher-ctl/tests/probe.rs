@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use common::{Reply, TestServer, playlist_aged};
+use common::{Reply, TestServer, playlist_aged, ts_body};
 use switcher_ctl::probe::{MediaFacts, Parsed, ProbeError, Prober, parse_playlist};
 
 const MEDIA_WITH_PDT: &str = "#EXTM3U
@@ -161,10 +161,9 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 const MAX_BODY: usize = 1 << 20;
 
 fn prober() -> Prober {
-    Prober {
-        timeout: TIMEOUT,
-        max_body: MAX_BODY,
-    }
+    // Playlist-only: these servers answer every path with the playlist. The segment check
+    // has its own tests below.
+    Prober::new(TIMEOUT, TIMEOUT, MAX_BODY, false)
 }
 
 #[tokio::test]
@@ -291,4 +290,109 @@ async fn garbage_over_http_is_unparsable() {
         r.outcome
     );
     assert_eq!(r.status, Some(200));
+}
+
+// --- the newest segment ---
+
+/// A prober that checks segments too.
+fn segment_prober() -> Prober {
+    Prober::new(TIMEOUT, TIMEOUT, MAX_BODY, true)
+}
+
+/// An origin with a fresh playlist whose segments are answered by `segment`.
+async fn origin_with_segments(
+    segment: impl Fn(&str) -> Reply + Send + Sync + 'static,
+) -> TestServer {
+    TestServer::start(Arc::new(move |path| {
+        if path.ends_with(".ts") {
+            segment(path)
+        } else {
+            Reply::ok(playlist_aged(500, Duration::from_secs(1)))
+        }
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn a_whole_newest_segment_passes_and_is_then_fetched_by_its_tail() {
+    let server = origin_with_segments(|_| Reply::ok(ts_body(40))).await;
+    let p = segment_prober();
+    for _ in 0..3 {
+        let r = p.probe(&server.url(PATH)).await;
+        assert_eq!(r.outcome.expect("good origin").newest_msn, 500);
+    }
+    // One playlist and one segment request per probe, each on a fresh connection.
+    assert_eq!(server.accepts.load(Ordering::SeqCst), 6);
+    assert_eq!(
+        p.checked
+            .lock()
+            .expect("lock")
+            .values()
+            .next()
+            .map(String::as_str),
+        Some("seg500.ts"),
+        "the newest segment is remembered as checked whole"
+    );
+}
+
+#[tokio::test]
+async fn a_segment_cut_short_makes_the_origin_bad() {
+    // Half a segment plus a byte: no whole number of TS packets.
+    let cut = ts_body(40)[..40 * 188 / 2 + 1].to_string();
+    let server = origin_with_segments(move |_| Reply::ok(cut.clone())).await;
+    let r = segment_prober().probe(&server.url(PATH)).await;
+    match r.outcome {
+        Err(ProbeError::Segment(msg)) => assert!(msg.contains("TS packets"), "{msg}"),
+        other => panic!("expected a segment error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_segment_makes_the_origin_bad() {
+    let server = origin_with_segments(|_| Reply {
+        status: 404,
+        body: String::new(),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let r = segment_prober().probe(&server.url(PATH)).await;
+    assert_eq!(r.outcome, Err(ProbeError::Segment("HTTP 404".into())));
+}
+
+#[tokio::test]
+async fn a_hanging_segment_path_times_out_although_the_playlist_is_fine() {
+    let server = origin_with_segments(|_| Reply {
+        status: 200,
+        body: ts_body(10),
+        delay: TIMEOUT * 3,
+    })
+    .await;
+    let r = segment_prober().probe(&server.url(PATH)).await;
+    assert_eq!(r.outcome, Err(ProbeError::Timeout));
+    // The playlist alone is good: the same origin passes a playlist-only probe.
+    assert!(prober().probe(&server.url(PATH)).await.outcome.is_ok());
+}
+
+#[tokio::test]
+async fn a_connect_that_is_never_answered_is_a_connect_timeout() {
+    // A listener with a full backlog answers no SYN: fill it, never accept.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // SAFETY: listen(2) on our own socket, to shrink the backlog to its minimum.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 0) };
+    let mut held = Vec::new();
+    let quick = Prober::new(TIMEOUT, Duration::from_millis(100), MAX_BODY, false);
+    let url = format!("http://{addr}{PATH}");
+    let mut outcome = None;
+    // Each connect that completes takes a backlog slot; once they are full, SYNs go unanswered.
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => held.push(s),
+            Err(_) => {
+                outcome = Some(quick.probe(&url).await.outcome);
+                break;
+            }
+        }
+    }
+    assert_eq!(outcome, Some(Err(ProbeError::ConnectTimeout)));
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Call, FakeDataPlane, Reply, TestServer, http, playlist_aged};
+use common::{Call, FakeDataPlane, Reply, TestServer, http, playlist_aged, ts_body};
 use serde_json::Value;
 use switcher_common::{ORIGIN_BACKUP, ORIGIN_PRIMARY};
 use switcher_ctl::config::Config;
@@ -23,7 +23,10 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A playlist server whose playlist is fresh (computed at each request) or stale.
 async fn origin(stale: Arc<AtomicBool>) -> TestServer {
-    TestServer::start(Arc::new(move |_| {
+    TestServer::start(Arc::new(move |path| {
+        if path.ends_with(".ts") {
+            return Reply::ok(ts_body(20));
+        }
         let age = if stale.load(Ordering::SeqCst) {
             STALE
         } else {
@@ -166,9 +169,8 @@ async fn stale_primary_fails_over_and_switches_back() {
         run.dp.calls(),
         vec![
             Call::SetActive(ORIGIN_BACKUP),
-            Call::RetireFlows(ORIGIN_PRIMARY),
+            Call::AbortFlows(ORIGIN_PRIMARY),
             Call::SetActive(ORIGIN_PRIMARY),
-            Call::RetireFlows(ORIGIN_BACKUP)
         ]
     );
     run.stop().await;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use switcher_common::{Counters, MAX_ORIGINS, STATS_SLOTS};
-use switcher_ctl::dataplane::{DataPlane, OriginIndex};
+use switcher_ctl::dataplane::{Aborted, DataPlane, OriginIndex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -22,6 +22,7 @@ pub const WINDOW: u64 = 6;
 pub enum Call {
     SetActive(OriginIndex),
     RetireFlows(OriginIndex),
+    AbortFlows(OriginIndex),
 }
 
 /// What the fake data plane holds; shared with the test through an `Arc`.
@@ -78,6 +79,18 @@ impl DataPlane for FakeDataPlane {
         let n = std::mem::take(&mut s.flows[origin as usize]);
         Ok(n)
     }
+    fn abort_flows(&mut self, origin: OriginIndex, max: usize) -> anyhow::Result<Aborted> {
+        let mut s = self.state();
+        s.calls.push(Call::AbortFlows(origin));
+        let n = s.flows[origin as usize];
+        let taken = n.min(max as u64);
+        s.flows[origin as usize] -= taken;
+        Ok(Aborted {
+            reset: taken,
+            removed: taken,
+            remaining: n - taken,
+        })
+    }
     fn flow_counts(&self) -> anyhow::Result<Vec<u64>> {
         Ok(self.state().flows.clone())
     }
@@ -112,6 +125,12 @@ pub fn live_playlist(newest_msn: u64, newest_end: SystemTime) -> String {
 /// A live playlist whose newest segment ended `age` ago.
 pub fn playlist_aged(newest_msn: u64, age: Duration) -> String {
     live_playlist(newest_msn, SystemTime::now() - age)
+}
+
+/// A body of `packets` MPEG-TS-framed packets (sync byte, then filler): what the probe's
+/// segment check accepts.
+pub fn ts_body(packets: usize) -> String {
+    format!("G{}", "x".repeat(187)).repeat(packets)
 }
 
 /// What a [`TestServer`] answers.

@@ -1,0 +1,161 @@
+//! Aborting a retired origin's viewer connections, on the real data plane in namespaces
+//! (needs root): client ns <-> veth <-> edge ns with native XDP; a *hung* primary on :8081
+//! (the kernel accepts and ACKs requests, the process never answers, like a SIGSTOPped origin)
+//! and a working backup on :8082.
+//!
+//! What must be reset: the viewer waiting on the hung primary through the VIP. What must not:
+//! a connection straight to the primary's port (a probe, a monitoring check), and a viewer on
+//! the backup.
+
+mod netns;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use netns::{BpfFs, Client, Pair, serve};
+use switcher_common::{ORIGIN_BACKUP, ORIGIN_PRIMARY};
+use switcher_ctl::{
+    dataplane::DataPlane,
+    loader::{AttachConfig, AttachMode, Pinned},
+};
+
+/// Failsafe read timeout of the stranded viewer: without an abort its read would wait this
+/// long and fail with `TimedOut`, which the test reports; the abort makes it fail with a reset
+/// long before. Not a timing assertion: only the error kind is checked.
+const STRANDED_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server that accepts and holds every connection without ever reading or answering.
+fn hung_origin(listener: TcpListener) {
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+}
+
+#[test]
+fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root: `cargo xtask test`"
+    );
+    let pair = Pair::new();
+    let bpf = BpfFs::new();
+    pair.edge.run(|| {
+        hung_origin(TcpListener::bind("[::]:8081").expect("bind 8081"));
+        serve(TcpListener::bind("[::]:8082").expect("bind 8082"), "backup");
+    });
+    let cfg = AttachConfig {
+        iface: pair.edge_if.clone(),
+        vip: "10.77.0.2:8080".parse().expect("vip"),
+        vip_v6: None,
+        origins: vec![
+            "10.77.0.2:8081".parse().expect("primary"),
+            "10.77.0.2:8082".parse().expect("backup"),
+        ],
+        pin_root: bpf.pin_root(),
+        mode: AttachMode::Native,
+    };
+    let mut dp = pair.edge.run(move || {
+        let mut p = Pinned::attach(&cfg).expect("attach");
+        p.set_active(ORIGIN_PRIMARY).expect("primary active");
+        p
+    });
+
+    // The stranded viewer: its request is ACKed by the primary's kernel, never answered.
+    let mut stranded = pair.client.run(|| {
+        let mut s = TcpStream::connect("10.77.0.2:8080").expect("connect VIP");
+        s.write_all(b"GET /hls/demo/seg1.ts HTTP/1.1\r\nHost: vip\r\n\r\n")
+            .expect("send request");
+        s.set_read_timeout(Some(STRANDED_READ_TIMEOUT))
+            .expect("timeout");
+        s
+    });
+    // A connection straight to the primary's port from the edge (not through the VIP).
+    let direct = pair.edge.run(|| {
+        let s = TcpStream::connect("10.77.0.2:8081").expect("direct connect");
+        s.set_nonblocking(true).expect("nonblocking");
+        s
+    });
+    // A viewer on the backup, keep-alive.
+    dp.set_active(ORIGIN_BACKUP).expect("backup active");
+    let mut on_backup = pair.client.run(|| {
+        let mut c = Client::connect("10.77.0.2:8080").expect("connect VIP");
+        assert_eq!(c.get("/whoami").expect("backup answers"), b"backup");
+        c
+    });
+    let flows = dp.flow_counts().expect("flows");
+    assert_eq!(
+        flows[ORIGIN_PRIMARY as usize], 1,
+        "one viewer pinned to the primary"
+    );
+    assert_eq!(
+        flows[ORIGIN_BACKUP as usize], 1,
+        "one viewer pinned to the backup"
+    );
+
+    // Sockets are per namespace: the control plane runs in the edge's, as in production.
+    let (aborted, mut dp) = pair.edge.run(move || {
+        let a = dp.abort_flows(ORIGIN_PRIMARY, usize::MAX).expect("abort");
+        (a, dp)
+    });
+    assert_eq!(
+        aborted.reset, 1,
+        "exactly the stranded viewer's socket is destroyed"
+    );
+    assert_eq!(aborted.removed, 1);
+    assert_eq!(aborted.remaining, 0);
+
+    // The stranded viewer gets the reset from the VIP (it would not accept one from :8081).
+    let err = pair
+        .client
+        .run(move || {
+            let mut buf = [0u8; 64];
+            stranded.read(&mut buf).map(|n| n.to_string())
+        })
+        .expect_err("the stranded viewer's read must fail");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::ConnectionReset,
+        "reset by the abort, not a timeout: {err}"
+    );
+
+    // The direct connection is untouched: no reset, nothing to read, still writable.
+    let direct_state = pair.edge.run(move || {
+        let mut buf = [0u8; 1];
+        let mut d = direct;
+        let read = d.read(&mut buf).map_err(|e| e.kind());
+        let write = d.write_all(b"x").map_err(|e| e.kind());
+        (read, write)
+    });
+    assert_eq!(
+        direct_state,
+        (Err(ErrorKind::WouldBlock), Ok(())),
+        "a non-VIP connection to the origin port is not reset"
+    );
+    // The backup's viewer keeps its connection and its flow.
+    assert_eq!(
+        on_backup.get("/whoami").expect("backup viewer unaffected"),
+        b"backup"
+    );
+    assert_eq!(dp.flow_counts().expect("flows")[ORIGIN_BACKUP as usize], 1);
+    // The viewer reconnects through the VIP and lands on the backup.
+    let again = pair.client.run(|| {
+        let mut c = Client::connect("10.77.0.2:8080").expect("reconnect VIP");
+        c.get("/whoami").expect("answer")
+    });
+    assert_eq!(again, b"backup");
+    // Aborting an origin with no flow is a no-op.
+    let again = pair.edge.run(move || {
+        dp.abort_flows(ORIGIN_PRIMARY, usize::MAX)
+            .expect("abort again")
+    });
+    assert_eq!(again.reset, 0);
+    let root = bpf.pin_root();
+    pair.edge
+        .run(move || switcher_ctl::loader::detach(&root).expect("detach"));
+}
