@@ -302,6 +302,7 @@ fn owner(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anyhow::anyhow;
 
     #[test]
     fn newest_msn_and_player_view() {
