@@ -44,6 +44,9 @@ pub const DEFAULT_PROBE_CONNECT_TIMEOUT_SECONDS: f64 = 0.1;
 /// Default drain time: a healthy origin that stops getting new flows (switchback, override)
 /// keeps its open connections this long, then they are moved at a paced rate.
 pub const DEFAULT_DRAIN_SECONDS: f64 = 30.0;
+/// Default time a retired origin's connection that is still delivering a response may take to
+/// finish it: three 2 s segments, about what a player has buffered.
+pub const DEFAULT_FINISH_SECONDS: f64 = 6.0;
 /// Default MSN tolerance (see [`Config::msn_tolerance`]).
 pub const DEFAULT_MSN_TOLERANCE: u64 = 1;
 /// Default cap on a playlist body: a 6-segment live playlist is well under 1 KiB; 1 MiB is
@@ -138,6 +141,13 @@ pub struct Config {
     #[arg(long = "drain", env = "SWITCHER_DRAIN_SECONDS", default_value_t = DEFAULT_DRAIN_SECONDS)]
     pub drain_seconds: f64,
 
+    /// Seconds a retired (unhealthy) origin's connection that is still delivering a response
+    /// may take to finish it before it is reset too. Stalled, idle and waiting connections are
+    /// reset at once; one that is delivering (data in flight, the viewer acknowledging) would
+    /// lose the rest of its segment to a reset. 0 resets every connection at once.
+    #[arg(long = "finish", env = "SWITCHER_FINISH_SECONDS", default_value_t = DEFAULT_FINISH_SECONDS)]
+    pub finish_seconds: f64,
+
     /// How many media sequence numbers an origin may be behind the other one before it counts
     /// as bad. 1 by default: the two packagers publish the same segment independently, so a
     /// probe round can land between one origin's playlist update and the other's; one segment
@@ -231,6 +241,7 @@ impl Default for Config {
             probe_connect_timeout_seconds: DEFAULT_PROBE_CONNECT_TIMEOUT_SECONDS,
             probe_segments: true,
             drain_seconds: DEFAULT_DRAIN_SECONDS,
+            finish_seconds: DEFAULT_FINISH_SECONDS,
             msn_tolerance: DEFAULT_MSN_TOLERANCE,
             max_playlist_bytes: DEFAULT_MAX_PLAYLIST_BYTES,
             prefer_primary: true,
@@ -287,6 +298,12 @@ impl Config {
             self.probe_connect_timeout_seconds,
         )?;
         positive_seconds("SWITCHER_DRAIN_SECONDS", self.drain_seconds)?;
+        if !(self.finish_seconds.is_finite() && self.finish_seconds >= 0.0) {
+            return Err(ConfigError::Duration {
+                key: "SWITCHER_FINISH_SECONDS",
+                value: self.finish_seconds,
+            });
+        }
         if self.required_windows == 0 {
             return Err(ConfigError::Zero {
                 key: "REQUIRED_WINDOWS",
@@ -353,6 +370,11 @@ impl Config {
         Duration::try_from_secs_f64(self.probe_connect_timeout_seconds)
             .unwrap_or(Duration::MAX)
             .min(self.probe_timeout())
+    }
+
+    /// How long a retired origin's delivering connections may take to finish.
+    pub fn finish(&self) -> Duration {
+        Duration::try_from_secs_f64(self.finish_seconds).unwrap_or(Duration::MAX)
     }
 
     /// Drain time of a healthy origin's flows.

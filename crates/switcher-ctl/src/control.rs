@@ -138,6 +138,10 @@ pub struct Controller {
     drain_after: Duration,
     /// Per origin slot: the drain deadline while its flows drain.
     draining: [Option<SystemTime>; 2],
+    /// How long a retired origin's delivering connections may take to finish.
+    finish_after: Duration,
+    /// Per origin slot: when it was retired as unhealthy, while its connections finish.
+    retired_at: [Option<SystemTime>; 2],
     /// Flows per origin at the latest data plane read, to skip needless map walks.
     last_flow_counts: Vec<u64>,
 }
@@ -152,6 +156,7 @@ impl Controller {
         urls: [String; 2],
         history_len: usize,
         drain_after: Duration,
+        finish_after: Duration,
     ) -> Result<Self, ControlError> {
         let index = dataplane.active().map_err(ControlError::ReadActive)?;
         let active = match OriginId::from_index(index) {
@@ -181,6 +186,8 @@ impl Controller {
             age_history: VecDeque::with_capacity(AGE_HISTORY_LEN),
             drain_after,
             draining: [None, None],
+            finish_after,
+            retired_at: [None, None],
             last_flow_counts: Vec::new(),
         })
     }
@@ -233,21 +240,28 @@ impl Controller {
         let active = self.decider.active();
         for o in OriginId::ALL {
             let slot = o.index() as usize;
+            let unhealthy = self.decider.track(o).health == Health::Unhealthy;
+            if o == active || !unhealthy {
+                self.retired_at[slot] = None;
+            }
             if o == active {
                 self.set_draining(o, None);
                 continue;
             }
-            let unhealthy = self.decider.track(o).health == Health::Unhealthy;
             let known_flows = self.last_flow_counts.get(slot).copied().unwrap_or(0);
-            if unhealthy && (known_flows > 0 || self.draining[slot].is_some()) {
-                self.abort(o, usize::MAX, "unhealthy origin");
+            if unhealthy
+                && (known_flows > 0
+                    || self.draining[slot].is_some()
+                    || self.retired_at[slot].is_some())
+            {
                 self.set_draining(o, None);
+                self.retire(o, now, "unhealthy origin");
             } else if let Some(deadline) = self.draining[slot]
                 && now >= deadline
             {
                 let done = self
-                    .abort(o, DRAIN_ABORTS_PER_WINDOW, "drain deadline")
-                    .is_some_and(|a| a.remaining == 0);
+                    .abort(o, DRAIN_ABORTS_PER_WINDOW, true, "drain deadline")
+                    .is_some_and(|a| a.remaining == 0 && a.finishing == 0);
                 if done {
                     tracing::info!(origin = %o, "drain finished");
                     self.set_draining(o, None);
@@ -264,10 +278,30 @@ impl Controller {
             .set(i64::from(deadline.is_some()));
     }
 
+    /// Aborts an unhealthy origin's connections: all of them, except (within the finish time
+    /// since it was retired) those delivering a response right now, which later windows cut
+    /// once they finish or stall.
+    fn retire(&mut self, o: OriginId, now: SystemTime, why: &str) {
+        let slot = o.index() as usize;
+        let since = *self.retired_at[slot].get_or_insert(now);
+        let finish = now.duration_since(since).unwrap_or_default() < self.finish_after;
+        if let Some(a) = self.abort(o, usize::MAX, finish, why)
+            && a.finishing == 0
+        {
+            self.retired_at[slot] = None;
+        }
+    }
+
     /// Aborts up to `max` of `o`'s flows; counted and logged. `None` when the data plane
     /// failed (logged; the next window tries again).
-    fn abort(&mut self, o: OriginId, max: usize, why: &str) -> Option<Aborted> {
-        match self.dataplane.abort_flows(o.index(), max) {
+    fn abort(
+        &mut self,
+        o: OriginId,
+        max: usize,
+        finish_in_flight: bool,
+        why: &str,
+    ) -> Option<Aborted> {
+        match self.dataplane.abort_flows(o.index(), max, finish_in_flight) {
             Ok(a) => {
                 let l = [o.label()];
                 self.metrics
@@ -279,10 +313,10 @@ impl Controller {
                     .with_label_values(&l)
                     .inc_by(a.reset);
                 if a.removed > 0 || a.reset > 0 {
-                    tracing::warn!(origin = %o, why, reset = a.reset, flows_removed = a.removed, remaining = a.remaining, "aborted viewer connections");
+                    tracing::warn!(origin = %o, why, reset = a.reset, flows_removed = a.removed, finishing = a.finishing, remaining = a.remaining, "aborted viewer connections");
                 }
                 if let Some(c) = self.last_flow_counts.get_mut(o.index() as usize) {
-                    *c = a.remaining;
+                    *c = a.remaining + a.finishing;
                 }
                 Some(a)
             }
@@ -349,7 +383,7 @@ impl Controller {
             // After set_active: an aborted viewer reconnects to the new origin. A failed abort
             // is logged; the flip itself happened, and the next window tries again.
             if self.decider.track(old).health == Health::Unhealthy {
-                self.abort(old, usize::MAX, "origin retired");
+                self.retire(old, now, "origin retired");
             } else {
                 // An absurd drain time (validated elsewhere) must not overflow the clock.
                 let deadline = now

@@ -21,12 +21,29 @@ pub trait DataPlane: Send {
     /// rewrites to come from the VIP, so the player reconnects through the VIP at once), then
     /// their flows are removed. Unlike [`DataPlane::retire_flows`], this reaches a viewer that
     /// sends nothing more because it waits on a hung origin.
-    fn abort_flows(&mut self, origin: OriginIndex, max: usize) -> anyhow::Result<Aborted>;
+    ///
+    /// With `finish_in_flight`, a connection that is delivering a response right now (see
+    /// [`crate::sockdiag::Progress::delivering`] with [`DELIVERY_STALL_MS`]) is left to finish
+    /// it, flow included: a reset there would cost the player the rest of that segment, while
+    /// a stalled, idle or waiting connection loses nothing by a reset. The caller asks again
+    /// next window; those connections are cut once they stop delivering or the caller stops
+    /// asking for it.
+    fn abort_flows(
+        &mut self,
+        origin: OriginIndex,
+        max: usize,
+        finish_in_flight: bool,
+    ) -> anyhow::Result<Aborted>;
     /// Number of tracked flows per origin index (`[primary, backup, ...]`, MAX_ORIGINS long).
     fn flow_counts(&self) -> anyhow::Result<Vec<u64>>;
     /// Counters summed over CPUs, one per stats slot (origins, then the unsteered slot).
     fn counters(&self) -> anyhow::Result<Vec<Counters>>;
 }
+
+/// A connection that sent no new data, or got no acknowledgement, for this long is not
+/// delivering: on this host or a LAN an active transfer sends and hears back every few
+/// milliseconds, and a retransmission timeout is at least 200 ms.
+pub const DELIVERY_STALL_MS: u32 = 250;
 
 /// What [`DataPlane::abort_flows`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,6 +52,8 @@ pub struct Aborted {
     pub reset: u64,
     /// Flows removed from the conntrack map.
     pub removed: u64,
+    /// Connections left to finish the response they are delivering (flows kept).
+    pub finishing: u64,
     /// Flows of the origin left in the map because of `max` (a paced drain continues).
     pub remaining: u64,
 }

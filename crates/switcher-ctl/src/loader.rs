@@ -14,6 +14,7 @@
 //! mode) is kept in `SWITCHER_CONFIG` itself, so no state lives outside bpffs.
 
 use std::{
+    collections::HashSet,
     fs,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -584,17 +585,15 @@ fn flow_client(k: &FlowKey) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// Destroys the sockets of this host whose local end is one of `local` and whose peer is one
-/// of `viewers` (see [`sockdiag`]). Returns how many were reset.
-fn reset_viewers(
+/// The sockets of this host whose local end is one of `local` and whose peer is one of
+/// `viewers` (see [`sockdiag`]), with their delivery state.
+fn viewer_sockets(
     local: &[SocketAddr],
-    viewers: &std::collections::HashSet<SocketAddr>,
-) -> Result<usize> {
+    viewers: &HashSet<SocketAddr>,
+) -> Result<Vec<sockdiag::TcpSock>> {
     let mut diag = SockDiag::open().context("opening a sock_diag netlink socket")?;
     let socks = diag.dump().context("dumping TCP sockets")?;
-    let targets = sockdiag::select_viewer_sockets(&socks, local, viewers);
-    diag.destroy(&targets)
-        .context("destroying sockets (needs CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY)")
+    Ok(sockdiag::select_viewer_sockets(&socks, local, viewers))
 }
 
 impl Pinned {
@@ -656,7 +655,12 @@ impl DataPlane for Pinned {
         Ok(removed)
     }
 
-    fn abort_flows(&mut self, origin: OriginIndex, max: usize) -> Result<Aborted> {
+    fn abort_flows(
+        &mut self,
+        origin: OriginIndex,
+        max: usize,
+        finish_in_flight: bool,
+    ) -> Result<Aborted> {
         let all: Vec<FlowKey> = self
             .flows
             .iter()
@@ -668,21 +672,49 @@ impl DataPlane for Pinned {
         if keys.is_empty() {
             return Ok(Aborted::default());
         }
-        let viewers: std::collections::HashSet<SocketAddr> = keys.iter().map(flow_client).collect();
-        // Reset first, while the flows still exist: the RSTs leave through the egress
-        // program, which rewrites them to come from the VIP only for tracked flows.
+        let viewers: HashSet<SocketAddr> = keys.iter().map(flow_client).collect();
         let local = self.origin_local_addrs(origin)?;
-        let reset = match reset_viewers(&local, &viewers) {
-            Ok(n) => n as u64,
+        // The origin-side sockets of these viewers on this host (none for a remote origin).
+        let socks = match viewer_sockets(&local, &viewers) {
+            Ok(s) => s,
             Err(e) => {
                 // Without the reset the flows are still retired: a viewer that sends again is
                 // steered to the active origin and reset there.
-                tracing::error!(error = %format!("{e:#}"), "resetting viewer connections failed");
-                0
+                tracing::error!(error = %format!("{e:#}"), "listing viewer connections failed");
+                Vec::new()
+            }
+        };
+        let finishing: HashSet<SocketAddr> = socks
+            .iter()
+            .filter(|s| {
+                finish_in_flight
+                    && s.progress
+                        .is_some_and(|p| p.delivering(crate::dataplane::DELIVERY_STALL_MS))
+            })
+            .map(|s| s.remote_canonical())
+            .collect();
+        let doomed: Vec<sockdiag::TcpSock> = socks
+            .into_iter()
+            .filter(|s| !finishing.contains(&s.remote_canonical()))
+            .collect();
+        // Reset first, while the flows still exist: the RSTs leave through the egress
+        // program, which rewrites them to come from the VIP only for tracked flows.
+        let reset = if doomed.is_empty() {
+            0
+        } else {
+            match SockDiag::open().and_then(|mut d| d.destroy(&doomed)) {
+                Ok(n) => n as u64,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "destroying sockets failed (needs CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY)");
+                    0
+                }
             }
         };
         let mut removed = 0;
         for k in keys {
+            if finishing.contains(&flow_client(k)) {
+                continue;
+            }
             if self.flows.remove(k).is_ok() {
                 removed += 1;
             }
@@ -690,6 +722,7 @@ impl DataPlane for Pinned {
         Ok(Aborted {
             reset,
             removed,
+            finishing: finishing.len() as u64,
             remaining: (all.len() - keys.len()) as u64,
         })
     }

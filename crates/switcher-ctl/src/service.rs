@@ -55,6 +55,7 @@ pub async fn run(
         urls.clone(),
         config.decision_history,
         config.drain(),
+        config.finish(),
     )?));
     let prober = Prober::new(
         config.probe_timeout(),

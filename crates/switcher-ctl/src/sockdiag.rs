@@ -57,6 +57,40 @@ const RECV_BUF: usize = 64 * 1024;
 /// Destroy requests per `send`: 72 bytes each, well under the socket's send buffer.
 const DESTROY_BATCH: usize = 512;
 
+/// `idiag_ext` bit asking for `INET_DIAG_INFO` (a `struct tcp_info`) with each socket.
+const EXT_INFO: u8 = 1 << (INET_DIAG_INFO - 1);
+/// Attribute type of `struct tcp_info` in a dump reply.
+const INET_DIAG_INFO: u16 = 2;
+/// Offsets in `struct tcp_info` (`include/uapi/linux/tcp.h`), stable kernel ABI.
+const TI_UNACKED: usize = 24;
+const TI_LAST_DATA_SENT: usize = 44;
+const TI_LAST_ACK_RECV: usize = 56;
+const TI_NOTSENT_BYTES: usize = 144;
+
+/// What `struct tcp_info` says about a response in flight on a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Progress {
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Bytes written by the owner and not yet sent (`None` on kernels without the field).
+    pub notsent: Option<u32>,
+    /// Milliseconds since new data was last sent.
+    pub last_data_sent_ms: u32,
+    /// Milliseconds since the peer last acknowledged something.
+    pub last_ack_recv_ms: u32,
+}
+
+impl Progress {
+    /// A response is being delivered and the viewer is taking it: data waits to be sent or
+    /// acknowledged, new data left within `stall_ms`, and the viewer acknowledged within
+    /// `stall_ms`. A hung owner with nothing buffered, a request nobody answers, an idle
+    /// keep-alive connection or a viewer we can no longer reach (partition) all fail it.
+    pub fn delivering(&self, stall_ms: u32) -> bool {
+        let pending = self.unacked > 0 || self.notsent.is_some_and(|n| n > 0);
+        pending && self.last_data_sent_ms < stall_ms && self.last_ack_recv_ms < stall_ms
+    }
+}
+
 /// One TCP socket of this host, as a dump reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TcpSock {
@@ -70,6 +104,8 @@ pub struct TcpSock {
     pub remote: SocketAddr,
     /// The kernel's socket cookie: names this socket and no other, ever.
     pub cookie: u64,
+    /// Delivery state from `tcp_info`, when the dump carried it.
+    pub progress: Option<Progress>,
 }
 
 impl TcpSock {
@@ -120,7 +156,12 @@ fn encode_req(
     put_u32(buf, 0); // nlmsg_pid: the kernel
     buf.push(family);
     buf.push(libc::IPPROTO_TCP as u8);
-    buf.push(0); // idiag_ext: no extensions
+    // idiag_ext: a dump asks for tcp_info; a destroy needs nothing.
+    buf.push(if msg_type == SOCK_DIAG_BY_FAMILY {
+        EXT_INFO
+    } else {
+        0
+    });
     buf.push(0); // pad
     put_u32(buf, states);
     // inet_diag_sockid: ports and addresses in network order, interface, cookie.
@@ -208,6 +249,29 @@ fn decode_addr(family: u8, raw: &[u8], port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The `INET_DIAG_INFO` attribute among a dump message's attributes (`struct rtattr`: length
+/// and type, then the payload, 4-byte aligned), decoded.
+fn decode_progress(mut attrs: &[u8]) -> Option<Progress> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16_at(attrs, 0)?);
+        let kind = u16_at(attrs, 2)?;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == INET_DIAG_INFO {
+            let info = &attrs[4..len];
+            return Some(Progress {
+                unacked: u32_at(info, TI_UNACKED)?,
+                notsent: u32_at(info, TI_NOTSENT_BYTES),
+                last_data_sent_ms: u32_at(info, TI_LAST_DATA_SENT)?,
+                last_ack_recv_ms: u32_at(info, TI_LAST_ACK_RECV)?,
+            });
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    None
+}
+
 /// Decodes every netlink message in one datagram. A truncated or malformed message ends the
 /// datagram (the kernel never sends one; a bound, not a panic).
 pub fn decode(datagram: &[u8]) -> Vec<Reply> {
@@ -240,6 +304,7 @@ pub fn decode(datagram: &[u8]) -> Vec<Reply> {
                 let remote = decode_addr(family, &body[24..40], dport);
                 let cookie = u64::from(u32_at(body, 44).unwrap_or(0))
                     | (u64::from(u32_at(body, 48).unwrap_or(0)) << 32);
+                let progress = decode_progress(&body[DIAG_MSG_LEN..]);
                 match (local, remote) {
                     (Some(local), Some(remote)) => Reply::Sock(TcpSock {
                         family,
@@ -247,6 +312,7 @@ pub fn decode(datagram: &[u8]) -> Vec<Reply> {
                         local,
                         remote,
                         cookie,
+                        progress,
                     }),
                     _ => Reply::Other(kind),
                 }
@@ -411,6 +477,7 @@ mod tests {
             local: local.parse().expect("addr"),
             remote: remote.parse().expect("addr"),
             cookie,
+            progress: None,
         }
     }
 
@@ -518,6 +585,47 @@ mod tests {
     }
 
     #[test]
+    fn decodes_tcp_info_and_judges_delivery() {
+        let mut info = vec![0u8; 160];
+        info[TI_UNACKED..TI_UNACKED + 4].copy_from_slice(&3u32.to_ne_bytes());
+        info[TI_LAST_DATA_SENT..TI_LAST_DATA_SENT + 4].copy_from_slice(&12u32.to_ne_bytes());
+        info[TI_LAST_ACK_RECV..TI_LAST_ACK_RECV + 4].copy_from_slice(&5u32.to_ne_bytes());
+        let mut attrs = Vec::new();
+        // An unrelated attribute first (type 7, 5 bytes: padded to 8), then INET_DIAG_INFO.
+        put_u16(&mut attrs, 5);
+        put_u16(&mut attrs, 7);
+        attrs.extend_from_slice(&[9, 0, 0, 0]);
+        put_u16(&mut attrs, (4 + info.len()) as u16);
+        put_u16(&mut attrs, INET_DIAG_INFO);
+        attrs.extend_from_slice(&info);
+        let p = decode_progress(&attrs).expect("tcp_info");
+        assert_eq!(
+            p,
+            Progress {
+                unacked: 3,
+                notsent: Some(0),
+                last_data_sent_ms: 12,
+                last_ack_recv_ms: 5
+            }
+        );
+        assert!(p.delivering(200), "data in flight, acked 5 ms ago");
+        let stalled = Progress {
+            last_ack_recv_ms: 900,
+            ..p
+        };
+        assert!(!stalled.delivering(200), "the viewer stopped acknowledging");
+        let idle = Progress { unacked: 0, ..p };
+        assert!(
+            !idle.delivering(200),
+            "nothing in flight: idle or waiting for an answer"
+        );
+        assert!(
+            decode_progress(&[200, 0, 2, 0]).is_none(),
+            "bad length: no panic"
+        );
+    }
+
+    #[test]
     fn mapped_addresses_are_canonical() {
         let s = TcpSock {
             family: libc::AF_INET6 as u8,
@@ -525,6 +633,7 @@ mod tests {
             local: "[::ffff:127.0.0.1]:8081".parse().expect("addr"),
             remote: "[::ffff:10.0.0.2]:40000".parse().expect("addr"),
             cookie: 1,
+            progress: None,
         };
         assert_eq!(
             s.remote_canonical(),

@@ -11,7 +11,8 @@ mod netns;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use netns::{BpfFs, Client, Pair, serve};
 use switcher_common::{ORIGIN_BACKUP, ORIGIN_PRIMARY};
@@ -25,14 +26,70 @@ use switcher_ctl::{
 /// long before. Not a timing assertion: only the error kind is checked.
 const STRANDED_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A server that accepts and holds every connection without ever reading or answering.
-fn hung_origin(listener: TcpListener) {
+/// The primary: a request for `/stream` gets an endless body (a response being delivered,
+/// like a slow origin still sending a segment); any other request is read and never answered
+/// (a hung origin: its kernel ACKs, nobody answers).
+fn half_hung_origin(listener: TcpListener) {
     std::thread::spawn(move || {
-        let mut held = Vec::new();
         for s in listener.incoming().flatten() {
-            held.push(s);
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut req = [0u8; 512];
+                let n = s.read(&mut req).unwrap_or(0);
+                if req[..n].windows(7).any(|w| w == b"/stream") {
+                    let chunk = vec![b'x'; 64 * 1024];
+                    while s.write_all(&chunk).is_ok() {}
+                } else {
+                    // Hold the connection open, answer nothing.
+                    std::thread::park();
+                }
+            });
         }
     });
+}
+
+/// A viewer reading `/stream` through the VIP at a steady pace in the client namespace;
+/// returns (bytes read so far, the error that ended it).
+type Reading = Arc<Mutex<(u64, Option<ErrorKind>)>>;
+
+fn start_streaming_viewer(pair: &Pair) -> Reading {
+    let state: Reading = Arc::new(Mutex::new((0, None)));
+    let out = state.clone();
+    // A thread started in the namespace stays in it.
+    pair.client.run(move || {
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect("10.77.0.2:8080").expect("connect VIP");
+            s.write_all(b"GET /stream HTTP/1.1\r\nHost: vip\r\n\r\n")
+                .expect("send request");
+            s.set_read_timeout(Some(STRANDED_READ_TIMEOUT))
+                .expect("timeout");
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        out.lock().expect("lock").1 = Some(ErrorKind::UnexpectedEof);
+                        return;
+                    }
+                    Ok(n) => out.lock().expect("lock").0 += n as u64,
+                    Err(e) => {
+                        out.lock().expect("lock").1 = Some(e.kind());
+                        return;
+                    }
+                }
+                // About 3 MB/s: a player taking a segment, not a flood.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    });
+    state
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -46,7 +103,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
     let pair = Pair::new();
     let bpf = BpfFs::new();
     pair.edge.run(|| {
-        hung_origin(TcpListener::bind("[::]:8081").expect("bind 8081"));
+        half_hung_origin(TcpListener::bind("[::]:8081").expect("bind 8081"));
         serve(TcpListener::bind("[::]:8082").expect("bind 8082"), "backup");
     });
     let cfg = AttachConfig {
@@ -75,6 +132,11 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
             .expect("timeout");
         s
     });
+    // A viewer the primary is delivering a response to, right now.
+    let streaming = start_streaming_viewer(&pair);
+    wait_until("the streaming viewer receives", || {
+        streaming.lock().expect("lock").0 > 1 << 20
+    });
     // A connection straight to the primary's port from the edge (not through the VIP).
     let direct = pair.edge.run(|| {
         let s = TcpStream::connect("10.77.0.2:8081").expect("direct connect");
@@ -90,8 +152,8 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
     });
     let flows = dp.flow_counts().expect("flows");
     assert_eq!(
-        flows[ORIGIN_PRIMARY as usize], 1,
-        "one viewer pinned to the primary"
+        flows[ORIGIN_PRIMARY as usize], 2,
+        "two viewers pinned to the primary"
     );
     assert_eq!(
         flows[ORIGIN_BACKUP as usize], 1,
@@ -100,7 +162,9 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
 
     // Sockets are per namespace: the control plane runs in the edge's, as in production.
     let (aborted, mut dp) = pair.edge.run(move || {
-        let a = dp.abort_flows(ORIGIN_PRIMARY, usize::MAX).expect("abort");
+        let a = dp
+            .abort_flows(ORIGIN_PRIMARY, usize::MAX, true)
+            .expect("abort");
         (a, dp)
     });
     assert_eq!(
@@ -108,6 +172,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
         "exactly the stranded viewer's socket is destroyed"
     );
     assert_eq!(aborted.removed, 1);
+    assert_eq!(aborted.finishing, 1, "the delivering connection may finish");
     assert_eq!(aborted.remaining, 0);
 
     // The stranded viewer gets the reset from the VIP (it would not accept one from :8081).
@@ -137,6 +202,27 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
         (Err(ErrorKind::WouldBlock), Ok(())),
         "a non-VIP connection to the origin port is not reset"
     );
+    // The delivering connection keeps receiving; once the finish time is over (the caller
+    // stops asking to finish), it is reset too.
+    let before = streaming.lock().expect("lock").0;
+    wait_until("the finishing viewer still receives", || {
+        streaming.lock().expect("lock").0 > before + (1 << 20)
+    });
+    assert_eq!(streaming.lock().expect("lock").1, None);
+    let (cut, mut dp) = pair.edge.run(move || {
+        let a = dp
+            .abort_flows(ORIGIN_PRIMARY, usize::MAX, false)
+            .expect("abort");
+        (a, dp)
+    });
+    assert_eq!((cut.reset, cut.finishing), (1, 0));
+    wait_until("the finishing viewer is reset", || {
+        streaming.lock().expect("lock").1.is_some()
+    });
+    assert_eq!(
+        streaming.lock().expect("lock").1,
+        Some(ErrorKind::ConnectionReset)
+    );
     // The backup's viewer keeps its connection and its flow.
     assert_eq!(
         on_backup.get("/whoami").expect("backup viewer unaffected"),
@@ -151,7 +237,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
     assert_eq!(again, b"backup");
     // Aborting an origin with no flow is a no-op.
     let again = pair.edge.run(move || {
-        dp.abort_flows(ORIGIN_PRIMARY, usize::MAX)
+        dp.abort_flows(ORIGIN_PRIMARY, usize::MAX, true)
             .expect("abort again")
     });
     assert_eq!(again.reset, 0);

@@ -49,6 +49,7 @@ impl Harness {
             urls,
             10,
             DRAIN,
+            Duration::from_secs(6),
         )
         .expect("controller");
         // A fake clock: any fixed start, advanced one interval per window.

@@ -79,7 +79,12 @@ impl DataPlane for FakeDataPlane {
         let n = std::mem::take(&mut s.flows[origin as usize]);
         Ok(n)
     }
-    fn abort_flows(&mut self, origin: OriginIndex, max: usize) -> anyhow::Result<Aborted> {
+    fn abort_flows(
+        &mut self,
+        origin: OriginIndex,
+        max: usize,
+        _finish_in_flight: bool,
+    ) -> anyhow::Result<Aborted> {
         let mut s = self.state();
         s.calls.push(Call::AbortFlows(origin));
         let n = s.flows[origin as usize];
@@ -88,6 +93,7 @@ impl DataPlane for FakeDataPlane {
         Ok(Aborted {
             reset: taken,
             removed: taken,
+            finishing: 0,
             remaining: n - taken,
         })
     }
