@@ -856,7 +856,8 @@ async fn oversize_metadata_is_refused_and_the_packager_keeps_segmenting() {
         Value::EcmaArray(vec![("pad".into(), Value::String(String::new()))]),
     ])
     .len();
-    let pad = "p".repeat(16_777_199 - overhead);
+    // (+2: the pad is a long string, whose length field is 4 bytes instead of 2.)
+    let pad = "p".repeat(16_777_199 - overhead - 2);
     let meta = build::data(
         1,
         0,
