@@ -68,7 +68,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u64,
     /// A player of a stream that has no publisher is closed after this many seconds
-    /// (`NetStream.Play.StreamNotFound`); a publisher coming back in time keeps it.
+    /// (`NetStream.Play.StreamNotFound`); a publisher coming back in time keeps it. 0: never.
     #[arg(long, env = "INGEST_PLAY_WAIT_SECS", default_value_t = 30)]
     pub play_wait_secs: u64,
     /// For this many seconds after a publisher leaves, only a publisher from the same

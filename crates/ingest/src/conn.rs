@@ -594,14 +594,14 @@ impl Conn {
             );
         }
         let key = query.split('&').find_map(|kv| kv.strip_prefix("key="));
-        if let Some(secret) = &cfg.publish_key {
-            if key != Some(secret.as_str()) {
-                return refuse(
-                    self,
-                    "NetStream.Publish.Unauthorized",
-                    "missing or wrong publish key",
-                );
-            }
+        if let Some(secret) = &cfg.publish_key
+            && key != Some(secret.as_str())
+        {
+            return refuse(
+                self,
+                "NetStream.Publish.Unauthorized",
+                "missing or wrong publish key",
+            );
         }
         if !cfg.allowed_streams.is_empty() && !cfg.allowed_streams.iter().any(|s| s == name) {
             return refuse(
