@@ -31,9 +31,8 @@ pub struct RunArgs {
     /// Do not start the ffmpeg test pattern (publish with your own OBS/ffmpeg).
     #[arg(long)]
     pub no_publisher: bool,
-    /// Directory for each service's log and the HLS output (default: `run/` in the checkout when
-    /// started through sudo by a user, who then owns it; `/run/hls-edge` when started as root,
-    /// since the `hlsedge` service user may not be able to enter the checkout).
+    /// Directory for each service's log and the HLS output (default: `/run/hls-edge`, which the
+    /// `hlsedge` service user can reach; it may not be able to enter the checkout).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
     /// Pin root of the eBPF objects.
@@ -41,18 +40,19 @@ pub struct RunArgs {
     pub pin_root: PathBuf,
 }
 
-/// Run directory when started as root (the service user can always reach it).
+/// Default run directory (the service user can always reach it).
 const DEFAULT_ROOT_RUN_DIR: &str = "/run/hls-edge";
 /// File naming the run directory of the running stack, for `cargo xtask drill`.
 pub const RUN_DIR_POINTER: &str = "/run/hls-edge.rundir";
 
-/// The user unprivileged services run as: the one who invoked sudo, else the `hlsedge` system
-/// user that scripts/setup creates.
-fn service_user() -> String {
-    match std::env::var("SUDO_USER") {
-        Ok(u) if !u.is_empty() && u != "root" => u,
-        _ => "hlsedge".into(),
-    }
+/// A fresh publish key for this run: 128 random bits, hex.
+fn publish_key() -> Result<String> {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
@@ -72,12 +72,13 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
             bail!("port {port} is in use: is a stack already running? (stop it, or free the port)");
         }
     }
-    let user = service_user();
+    // The unprivileged system user, never the invoking one (whose files and sudo rights a
+    // compromised service would inherit).
+    let user = stack::SERVICE_USER.to_string();
     let run_dir = match &args.run_dir {
         Some(d) if d.is_absolute() => d.clone(),
         Some(d) => ws.join(d),
-        None if user == "hlsedge" => PathBuf::from(DEFAULT_ROOT_RUN_DIR),
-        None => ws.join("run"),
+        None => PathBuf::from(DEFAULT_ROOT_RUN_DIR),
     };
     // Where drills find this run.
     std::fs::write(RUN_DIR_POINTER, run_dir.to_string_lossy().as_bytes())?;
@@ -103,6 +104,9 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
             .context("installing the Ctrl-C handler")?;
     }
     let mut stack = Stack::new(cfg);
+    // Only holders of the key publish (ours gets it); nobody takes the stream name.
+    let key = publish_key()?;
+    stack.set_publish_key(&key);
     eprintln!(
         "xtask: starting ingest, publisher, packagers, origins and switcher-ctl (logs in {})",
         run_dir.join("logs").display()
@@ -112,7 +116,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
     let pins = args.pin_root.display();
     println!(
         "\n  play      ffplay http://{vip}/hls/{s}/index.m3u8   (or VLC, or the status page's player)\n  \
-         publish   rtmp://127.0.0.1:1935/live/{s}{own}\n  \
+         publish   rtmp://127.0.0.1:1935/live/{s}?key={key}{own}\n  \
          status    http://127.0.0.1:9180/   metrics http://127.0.0.1:9180/metrics   health http://127.0.0.1:9180/healthz\n  \
          origins   http://127.0.0.1:8081/hls/{s}/index.m3u8   http://127.0.0.1:8082/hls/{s}/index.m3u8\n  \
          kernel    sudo bpftool prog show | grep switcher;  sudo bpftool net show dev {iface}\n            \

@@ -1,6 +1,11 @@
 //! The whole stack as processes: ingest, an ffmpeg publisher, two packagers, two origins and
 //! switcher-ctl, started in dependency order with a readiness check for each, optionally inside
-//! a network namespace, with every service but switcher-ctl dropped to an unprivileged user.
+//! a network namespace, with every service but switcher-ctl dropped to an unprivileged user
+//! with no-new-privs (`setpriv --no-new-privs`: no setuid or file capability can raise it
+//! again). The ingest and the origins listen on the VIP's address when it is a loopback one
+//! (`cargo xtask run` on `lo`), not on every address. Root never follows a path the service
+//! user owns: only the HLS directories are given to it, and root's own files (logs, pid
+//! files) are opened without following symlinks.
 //! Used by `cargo xtask run`, the drills and the end-to-end tests.
 //!
 //! Each service's argv is kept so a drill can kill it and start it again the same way; its
@@ -33,6 +38,8 @@ pub const PACKAGER_BACKUP_ADMIN: &str = "127.0.0.1:9184";
 pub const SWITCHER_ADMIN: &str = "127.0.0.1:9180";
 /// How long a service may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The unprivileged user the services run as (created by scripts/setup).
+pub const SERVICE_USER: &str = "hlsedge";
 
 /// Names of the services, in start order.
 pub const SERVICES: [&str; 7] = [
@@ -203,7 +210,28 @@ impl StackConfig {
         self.bin_dir.join(name).to_string_lossy().into_owned()
     }
     fn rtmp_url(&self) -> String {
-        format!("rtmp://127.0.0.1:{RTMP_PORT}/live/{}", self.stream)
+        format!(
+            "rtmp://{}:{RTMP_PORT}/live/{}",
+            host_for(self.local_ip()),
+            self.stream
+        )
+    }
+    /// Address the ingest and the origins listen on: the VIP's when it is a loopback
+    /// address (nothing else needs them); otherwise every address, since local clients
+    /// (packagers, scrapes) use 127.0.0.1 and viewers the VIP.
+    fn bind_ip(&self) -> std::net::IpAddr {
+        if self.vip.ip().is_loopback() {
+            self.vip.ip()
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        }
+    }
+    /// Where local clients reach what listens on [`StackConfig::bind_ip`].
+    fn local_ip(&self) -> std::net::IpAddr {
+        match self.bind_ip() {
+            ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            ip => ip,
+        }
     }
 }
 
@@ -223,12 +251,12 @@ impl Stack {
                 vec![
                     cfg.bin("ingest"),
                     "--listen".into(),
-                    format!("0.0.0.0:{RTMP_PORT}"),
+                    format!("{}:{RTMP_PORT}", host_for(cfg.bind_ip())),
                     "--admin".into(),
                     INGEST_ADMIN.into(),
                 ],
                 false,
-                Some(format!("127.0.0.1:{RTMP_PORT}")),
+                Some(format!("{}:{RTMP_PORT}", host_for(cfg.local_ip()))),
             ),
         );
         let (w, h, fps) = cfg.video;
@@ -311,10 +339,10 @@ impl Stack {
                         "--root".into(),
                         cfg.hls_dir(which).to_string_lossy().into_owned(),
                         "--listen".into(),
-                        format!("0.0.0.0:{port}"),
+                        format!("{}:{port}", host_for(cfg.bind_ip())),
                     ],
                     false,
-                    Some(format!("127.0.0.1:{port}")),
+                    Some(format!("{}:{port}", host_for(cfg.local_ip()))),
                 ),
             );
         }
@@ -346,6 +374,20 @@ impl Stack {
         Stack { cfg, services }
     }
 
+    /// Requires `key` to publish (`ingest --publish-key`) and gives it to our publisher.
+    pub fn set_publish_key(&mut self, key: &str) {
+        if let Some(ingest) = self.services.get_mut("ingest") {
+            ingest.argv.extend(["--publish-key".into(), key.into()]);
+        }
+        if let Some(url) = self
+            .services
+            .get_mut("publisher")
+            .and_then(|p| p.argv.last_mut())
+        {
+            url.push_str(&format!("?key={key}"));
+        }
+    }
+
     /// Starts every service in order, waiting for each to be ready.
     pub fn start_all(&mut self) -> Result<()> {
         fs::create_dir_all(self.cfg.run_dir.join("logs"))?;
@@ -356,15 +398,14 @@ impl Stack {
             self.stage_binaries()?;
         }
         if let Some(user) = &self.cfg.service_user {
-            let status = Command::new("chown")
-                .args([
-                    "-R",
-                    &format!("{user}:"),
-                    self.cfg.run_dir.to_str().unwrap(),
-                ])
-                .status()?;
-            if !status.success() {
-                bail!("chown of {} to {user} failed", self.cfg.run_dir.display());
+            // Only the HLS directories (what the packagers write), and not recursively:
+            // their content is the service user's already, and a recursive chown as root
+            // would act on whatever that user put there.
+            let (uid, gid) = user_ids(user)?;
+            for which in ["primary", "backup"] {
+                let dir = self.cfg.hls_dir(which);
+                std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))
+                    .with_context(|| format!("chown {} to {user}", dir.display()))?;
             }
         }
         for name in SERVICES {
@@ -417,14 +458,12 @@ impl Stack {
                 format!("--reuid={u}"),
                 format!("--regid={u}"),
                 "--init-groups".into(),
+                "--no-new-privs".into(),
                 "--".into(),
             ]);
         }
         argv.extend(svc.argv.iter().cloned());
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
+        let log = open_nofollow(&log_path, true)?;
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
@@ -440,7 +479,10 @@ impl Stack {
         svc.child = Some(child);
         let pids = self.cfg.run_dir.join("pids");
         fs::create_dir_all(&pids)?;
-        fs::write(pids.join(name), format!("{pid}\n"))?;
+        {
+            use std::io::Write as _;
+            open_nofollow(&pids.join(name), false)?.write_all(format!("{pid}\n").as_bytes())?;
+        }
         if let Some(addr) = svc.ready.clone()
             && !wait_port(ns.as_deref(), &addr, READY_TIMEOUT)
         {
@@ -551,6 +593,33 @@ fn host_for(ip: std::net::IpAddr) -> String {
         std::net::IpAddr::V4(a) => a.to_string(),
         std::net::IpAddr::V6(a) => format!("[{a}]"),
     }
+}
+
+/// Opens `path` for writing (appending, or truncating) without following a symlink at its
+/// last component: root writes logs and pid files in a run directory that an earlier run's
+/// service user may have been able to write to.
+fn open_nofollow(path: &Path, append: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("opening {} (a symlink is refused)", path.display()))
+}
+
+/// uid and gid of `user` (its primary group).
+fn user_ids(user: &str) -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Result<u32> {
+        let out = Command::new("id").args([flag, user]).output()?;
+        if !out.status.success() {
+            bail!("no user {user} (scripts/setup creates it)");
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    Ok((id("-u")?, id("-g")?))
 }
 
 /// The run directory's HLS output for `which` (primary/backup).

@@ -28,7 +28,14 @@ pub struct Config {
     /// Most simultaneous RTMP connections.
     #[arg(long, env = "INGEST_MAX_CONNECTIONS", default_value_t = 2048)]
     pub max_connections: usize,
-    /// Most simultaneous streams.
+    /// Most simultaneous RTMP connections from one source address (0: no limit), so one
+    /// host cannot take every slot. Players on the same host as the ingest (packagers,
+    /// benchmarks) count too.
+    #[arg(long, env = "INGEST_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    pub max_connections_per_address: usize,
+    /// Most published streams (a name whose publisher left holds its slot during
+    /// `--republish-grace-secs`). Names that only players asked for are limited to as many
+    /// again, separately, so they cannot take publishers' slots.
     #[arg(long, env = "INGEST_MAX_STREAMS", default_value_t = 64)]
     pub max_streams: usize,
     /// Largest chunk size a peer may set (bytes).
@@ -37,9 +44,38 @@ pub struct Config {
     /// Largest RTMP message accepted (bytes).
     #[arg(long, env = "INGEST_MAX_MESSAGE_SIZE", default_value_t = 16 * 1024 * 1024)]
     pub max_message_size: usize,
-    /// Handshake + connect must complete within this many seconds.
+    /// Bytes of partial messages a connection may hold (sum of their declared lengths)
+    /// while it is not publishing: before `connect`, before `publish`, and as a player.
+    /// Commands are a few hundred bytes; a larger message closes the connection. A
+    /// publisher may hold up to 32 MiB.
+    #[arg(long, env = "INGEST_PRE_PUBLISH_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    pub pre_publish_buffer_bytes: usize,
+    /// Memory budget for partial messages across all connections, in bytes (0: no limit).
+    /// A connection whose next message would exceed it is closed. What the streams keep is
+    /// bounded separately, per stream (`--stream-buffer-bytes`, `--gop-cache-bytes`).
+    #[arg(long, env = "INGEST_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
+    /// The share of `--max-buffered-bytes` the connections of one source address may hold
+    /// together (0: no limit), so one host cannot spend the whole budget.
+    #[arg(
+        long,
+        env = "INGEST_MAX_BUFFERED_BYTES_PER_ADDRESS",
+        default_value_t = 64 * 1024 * 1024
+    )]
+    pub max_buffered_bytes_per_address: usize,
+    /// Handshake, `connect` and `publish` or `play` must complete within this many seconds;
+    /// so must a new `publish`/`play` after a connection ended its previous one.
     #[arg(long, env = "INGEST_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u64,
+    /// A player of a stream that has no publisher is closed after this many seconds
+    /// (`NetStream.Play.StreamNotFound`); a publisher coming back in time keeps it. 0: never.
+    #[arg(long, env = "INGEST_PLAY_WAIT_SECS", default_value_t = 30)]
+    pub play_wait_secs: u64,
+    /// For this many seconds after a publisher leaves, only a publisher from the same
+    /// source address, or with the same `?key=` as it used, may publish that stream name
+    /// (so nobody takes the name while its publisher reconnects). 0 disables it.
+    #[arg(long, env = "INGEST_REPUBLISH_GRACE_SECS", default_value_t = 10)]
+    pub republish_grace_secs: u64,
     /// A publisher or not-yet-playing connection silent this long is closed; a player whose
     /// socket accepts nothing this long is closed.
     #[arg(long, env = "INGEST_IDLE_TIMEOUT_SECS", default_value_t = 30)]
@@ -74,6 +110,11 @@ pub struct Config {
     /// GOP cache cap per stream in bytes.
     #[arg(long, env = "INGEST_GOP_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub gop_cache_bytes: usize,
+    /// Byte cap of each stream's broadcast ring (see `--subscriber-queue`, its length cap):
+    /// the oldest messages leave it first, and a subscriber that far behind skips to the
+    /// next keyframe. 32 MiB is ~2 minutes of the 2 Mbit/s demo stream, 5 s of 50 Mbit/s.
+    #[arg(long, env = "INGEST_STREAM_BUFFER_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub stream_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -91,6 +132,11 @@ impl Config {
     /// Idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// How long a player may wait for a publisher ([`Config::play_wait_secs`]).
+    pub fn play_wait(&self) -> Duration {
+        Duration::from_secs(self.play_wait_secs)
     }
 
     /// Merged read/write interval ([`Config::merge_ms`]).

@@ -1,9 +1,22 @@
 //! One RTMP connection: handshake, NetConnection commands (spec 7.2.1), then either a
 //! publish session or a play session (7.2.2). The protocol state machines are the sans-IO
 //! ones from `rtmp`; this module only moves bytes and applies policy.
+//!
+//! # What a peer can make a connection hold, and for how long
+//! - Partial messages: at most `--pre-publish-buffer-bytes` (declared lengths) until it
+//!   publishes, [`PUBLISHER_PENDING_BYTES`] while it publishes; every change is charged to
+//!   the memory budget ([`crate::budget`]), and a message that would exceed a cap closes
+//!   the connection before its bytes arrive.
+//! - Time: handshake, `connect` and `publish`/`play` within `--handshake-timeout-secs`
+//!   (acks or pings do not extend it); a publisher or a connection in setup silent for
+//!   `--idle-timeout-secs` (a stall mid-message included) is closed; a player waits at
+//!   most `--play-wait-secs` for a stream with no publisher.
 
 use crate::Server;
-use crate::hub::{Frame, HubError, MEDIA_STREAM_ID, OUT_CHUNK_SIZE, Pulled, Stream, Subscription};
+use crate::budget::{AddrSlot, Refused};
+use crate::hub::{
+    Claim, Frame, HubError, MEDIA_STREAM_ID, OUT_CHUNK_SIZE, Pulled, Stream, Subscription,
+};
 use bytes::{Buf, Bytes, BytesMut};
 use rtmp::amf0::Value;
 use rtmp::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, Limits, RawMessage};
@@ -36,6 +49,9 @@ const MAX_MERGED_READ: usize = 4 * 1024 * 1024;
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Most buffers per vectored write (Linux's IOV_MAX is 1024).
 const MAX_IOV: usize = 64;
+/// Partial-message bytes (declared) a publisher may hold: two or three large keyframes in
+/// flight on interleaved chunk streams.
+pub const PUBLISHER_PENDING_BYTES: usize = 32 * 1024 * 1024;
 
 /// Why a connection was closed abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +71,20 @@ pub enum ConnError {
     /// Handshake/connect or idle timeout.
     #[error("timeout: {0}")]
     Timeout(&'static str),
+    /// A message would have exceeded the memory budget.
+    #[error("{0}")]
+    Budget(#[from] Refused),
+}
+
+impl ConnError {
+    /// The connection was closed for what it would have made us hold (a budget, or the
+    /// pre-publish cap), counted in `ingest_budget_refusals_total`.
+    pub fn is_memory_refusal(&self) -> bool {
+        matches!(
+            self,
+            ConnError::Budget(_) | ConnError::Chunk(ChunkError::TooMuchPending)
+        )
+    }
 }
 
 /// Publish or play state; dropping it leaves the hub, so cleanup also happens when the
@@ -73,6 +103,12 @@ enum Role {
 struct Conn {
     id: u64,
     peer: SocketAddr,
+    /// This connection's slot of its address, and its charge against the memory budget.
+    slot: AddrSlot,
+    /// While neither publishing nor playing: when the connection must have started to.
+    setup_deadline: Option<tokio::time::Instant>,
+    /// While playing a stream that has no publisher: when the player is given up.
+    play_wait_until: Option<tokio::time::Instant>,
     server: Arc<Server>,
     sock: TcpStream,
     rbuf: BytesMut,
@@ -108,6 +144,7 @@ pub async fn handle(
     sock: TcpStream,
     peer: SocketAddr,
     id: u64,
+    slot: AddrSlot,
     server: Arc<Server>,
 ) -> Result<(), ConnError> {
     sock.set_nodelay(true)?;
@@ -115,11 +152,15 @@ pub async fn handle(
     let limits = Limits {
         max_chunk_size: cfg.max_chunk_size,
         max_message_size: cfg.max_message_size,
+        max_pending_bytes: cfg.pre_publish_buffer_bytes,
         ..Limits::default()
     };
     let mut c = Conn {
         id,
         peer,
+        slot,
+        setup_deadline: Some(tokio::time::Instant::now() + cfg.handshake_timeout()),
+        play_wait_until: None,
         dec: ChunkDecoder::new(limits),
         server: server.clone(),
         sock,
@@ -245,14 +286,23 @@ impl Conn {
         }
     }
 
+    /// Queues one of our messages. They are all small, but a refusal by the encoder (a
+    /// payload over the 24-bit length) closes the connection rather than panicking.
     fn send(&mut self, m: &RawMessage) {
-        self.enc.write(m, &mut self.wbuf);
+        if let Err(e) = self.enc.write(m, &mut self.wbuf) {
+            tracing::warn!(conn = self.id, error = %e, "message not sent, closing");
+            self.closing = true;
+        }
+    }
+
+    /// Charges the decoder's partial messages to the budget.
+    fn account(&mut self) -> Result<(), ConnError> {
+        Ok(self.slot.charge(self.dec.pending_bytes())?)
     }
 
     async fn run(&mut self) -> Result<(), ConnError> {
         let idle = self.server.config.idle_timeout();
         let merge = self.server.config.merge_interval();
-        let connect_deadline = tokio::time::Instant::now() + self.server.config.handshake_timeout();
         let mut last_read = tokio::time::Instant::now();
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
@@ -261,8 +311,11 @@ impl Conn {
         tokio::pin!(wake_timer);
         let mut wake_armed = false;
         loop {
-            // Process everything already buffered.
-            while let Some(raw) = self.dec.read(&mut self.rbuf)? {
+            // Process everything already buffered, charging partial messages as they start.
+            loop {
+                let msg = self.dec.read(&mut self.rbuf);
+                self.account()?;
+                let Some(raw) = msg? else { break };
                 self.on_message(raw)?;
             }
             if self.pushed && !wake_armed {
@@ -280,9 +333,7 @@ impl Conn {
             if self.closing {
                 return Ok(());
             }
-            if !self.connected && tokio::time::Instant::now() > connect_deadline {
-                return Err(ConnError::Timeout("connect"));
-            }
+            let setup_deadline = self.setup_deadline;
             let n = if let Role::Playing { stream, .. } = &self.role {
                 match self.play(stream.clone()).await? {
                     PlayStep::Read(n) => n,
@@ -311,6 +362,10 @@ impl Conn {
                                 n
                             }
                         }
+                    }
+                    // Neither publishing nor playing in time: whatever else it sends.
+                    _ = tokio::time::sleep_until(setup_deadline.unwrap_or(last_read)), if setup_deadline.is_some() => {
+                        return Err(ConnError::Timeout("no publish or play in time"));
                     }
                     _ = &mut idle_timer => {
                         if last_read.elapsed() >= idle {
@@ -363,12 +418,33 @@ impl Conn {
                 }
                 Pulled::Nothing => {}
             }
+            // A stream with no publisher: the player waits at most `--play-wait-secs` for
+            // one (publish and unpublish wake it, so this is re-evaluated then).
+            let wait = self.server.config.play_wait();
+            if stream.is_published() || wait.is_zero() {
+                self.play_wait_until = None;
+            } else if self.play_wait_until.is_none() {
+                self.play_wait_until = Some(tokio::time::Instant::now() + wait);
+            }
+            let give_up = self.play_wait_until;
             self.rbuf.reserve(READ_CHUNK_SMALL);
             // Players may legitimately send nothing for a long time; their liveness is
             // judged by writes (see `flush`).
             tokio::select! {
                 r = self.sock.read_buf(&mut self.rbuf) => return Ok(PlayStep::Read(r?)),
                 _ = &mut notified => return Ok(PlayStep::Woken),
+                _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
+                    tracing::info!(conn = self.id, peer = %self.peer, stream = stream.name(), "no publisher in time, closing the player");
+                    self.server.metrics.play_wait_expired.inc();
+                    self.send(&build::on_status(
+                        MEDIA_STREAM_ID,
+                        "error",
+                        "NetStream.Play.StreamNotFound",
+                        "no publisher for this stream",
+                    ));
+                    self.flush().await?;
+                    return Ok(PlayStep::Dropped);
+                }
             }
         }
     }
@@ -517,15 +593,15 @@ impl Conn {
                 "not connected, already active, or empty name",
             );
         }
-        if let Some(secret) = &cfg.publish_key {
-            let key = query.split('&').find_map(|kv| kv.strip_prefix("key="));
-            if key != Some(secret.as_str()) {
-                return refuse(
-                    self,
-                    "NetStream.Publish.Unauthorized",
-                    "missing or wrong publish key",
-                );
-            }
+        let key = query.split('&').find_map(|kv| kv.strip_prefix("key="));
+        if let Some(secret) = &cfg.publish_key
+            && key != Some(secret.as_str())
+        {
+            return refuse(
+                self,
+                "NetStream.Publish.Unauthorized",
+                "missing or wrong publish key",
+            );
         }
         if !cfg.allowed_streams.is_empty() && !cfg.allowed_streams.iter().any(|s| s == name) {
             return refuse(
@@ -534,10 +610,16 @@ impl Conn {
                 "stream key not in the allowlist",
             );
         }
-        match self.server.hub.publish(name, self.id) {
+        let claim = Claim {
+            addr: self.peer.ip(),
+            key: key.map(str::to_owned),
+        };
+        match self.server.hub.publish(name, self.id, claim) {
             Ok(stream) => {
                 tracing::info!(conn = self.id, peer = %self.peer, stream = name, "publishing");
                 self.role = Role::Publishing { stream };
+                self.setup_deadline = None;
+                self.dec.set_max_pending_bytes(PUBLISHER_PENDING_BYTES);
                 self.send(&build::user_control(
                     user_control::STREAM_BEGIN,
                     MEDIA_STREAM_ID,
@@ -554,9 +636,10 @@ impl Conn {
                 "NetStream.Publish.BadName",
                 "stream already has a publisher",
             ),
-            Err(e @ HubError::TooManyStreams) => {
-                refuse(self, "NetStream.Publish.Rejected", &e.to_string())
+            Err(e @ HubError::Reserved) => {
+                refuse(self, "NetStream.Publish.BadName", &e.to_string())
             }
+            Err(e) => refuse(self, "NetStream.Publish.Rejected", &e.to_string()),
         }
     }
 
@@ -612,6 +695,8 @@ impl Conn {
                 ));
                 let stream = sub.stream().clone();
                 self.role = Role::Playing { stream, sub };
+                self.setup_deadline = None;
+                self.play_wait_until = None;
             }
             Err(e) => {
                 tracing::warn!(conn = self.id, stream = name, error = %e, "play refused");
@@ -626,9 +711,17 @@ impl Conn {
         }
     }
 
-    /// Leaves the hub (end of publish or play).
+    /// Leaves the hub (end of publish or play). The connection may start again, under the
+    /// same setup deadline and pre-publish cap as a new one.
     fn leave(&mut self) {
-        match std::mem::replace(&mut self.role, Role::None) {
+        let role = std::mem::replace(&mut self.role, Role::None);
+        if !matches!(role, Role::None) {
+            self.setup_deadline =
+                Some(tokio::time::Instant::now() + self.server.config.handshake_timeout());
+            self.dec
+                .set_max_pending_bytes(self.server.config.pre_publish_buffer_bytes);
+        }
+        match role {
             Role::None => {}
             Role::Publishing { stream } => self.server.hub.unpublish(&stream, self.id),
             Role::Playing { sub, .. } => self.server.hub.unsubscribe(&sub),

@@ -26,17 +26,37 @@
 //! never a broken GOP). One that is still behind the ring at more than
 //! [`HubLimits::max_skipped_gops`] keyframes is dropped.
 //!
+//! # Memory
+//! Each stream's ring is capped in entries ([`HubLimits::ring_len`]) and in bytes
+//! ([`HubLimits::stream_buffer_bytes`]; a keyframe entry also counts the resync bytes it
+//! refers to), its GOP cache in bytes ([`HubLimits::gop_cache_bytes`]); both are reported in
+//! `ingest_buffered_bytes{buffer="streams"}`. A subscriber holds at most one write batch of
+//! shared buffers on top.
+//!
+//! # Slots
+//! At most [`HubLimits::max_streams`] streams hold a publish slot: those with a publisher,
+//! and those whose publisher left less than [`HubLimits::republish_grace`] ago. During that
+//! grace period only the previous publisher ([`Claim::may_reclaim`]: same address, or same
+//! `?key=`) may publish the name again, so nobody takes it while its publisher
+//! reconnects. Names that only players asked for (waiting for a publisher) are limited to
+//! as many again, separately: they cannot take publishers' slots.
+//!
 //! A std `Mutex`, not a tokio one: it is never held across an `.await`, and every critical
-//! section is short (pushes and clones of refcounted `Bytes`).
+//! section is short (pushes and clones of refcounted `Bytes`). Lock order: the hub's map,
+//! then a stream's state.
 
 use crate::metrics::Metrics;
 use bytes::{Bytes, BytesMut};
+use prometheus::IntGauge;
 use rtmp::amf0::{self, Value};
-use rtmp::chunk::{self, RawMessage};
+use rtmp::chunk::{self, ChunkError, RawMessage};
 use rtmp::media;
 use rtmp::message::{build, csid, type_id, user_control};
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Outgoing chunk size of every connection: large enough that a typical video frame is a
@@ -63,9 +83,34 @@ pub enum HubError {
     /// The stream already has a publisher.
     #[error("stream {0:?} already has a publisher")]
     AlreadyPublishing(String),
-    /// Creating the stream would exceed the stream limit.
+    /// Publishing the stream would exceed the stream limit.
     #[error("stream limit reached")]
     TooManyStreams,
+    /// Too many names are waiting for a publisher (players of streams that do not exist).
+    #[error("too many streams waiting for a publisher")]
+    TooManyWaiting,
+    /// The name's publisher left recently; only it may publish the name again for now.
+    #[error("stream name reserved for its previous publisher for a few seconds")]
+    Reserved,
+}
+
+/// Who publishes a stream, remembered for the republish grace period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The publisher's source address.
+    pub addr: IpAddr,
+    /// The `key` query parameter of its publish name, if any (with `--publish-key`, the
+    /// shared secret; without, a key the publisher chose).
+    pub key: Option<String>,
+}
+
+impl Claim {
+    /// Whether the holder of `self` may take back a name `previous` published: same source
+    /// address (a reconnect), or the same key from elsewhere (a publisher whose address
+    /// changed). A publisher that gave no key can only come back from its address.
+    pub fn may_reclaim(&self, previous: &Claim) -> bool {
+        self.addr == previous.addr || (self.key.is_some() && self.key == previous.key)
+    }
 }
 
 /// What a ring entry is, for skipping and resynchronisation.
@@ -96,6 +141,14 @@ struct Entry {
     resync: Option<Bytes>,
 }
 
+impl Entry {
+    /// Bytes charged to the ring for this entry: its own and the resync bytes it keeps
+    /// alive (shared between keyframes until metadata changes, so this over-counts).
+    fn cost(&self) -> usize {
+        self.bytes.len() + self.resync.as_ref().map_or(0, Bytes::len)
+    }
+}
+
 /// Per-subscriber state the publisher side needs (cursor for lag checks).
 struct SubState {
     id: u64,
@@ -117,6 +170,9 @@ struct SubState {
 #[derive(Default)]
 struct StreamState {
     publisher: Option<u64>,
+    /// The current publisher's claim; after it leaves, with the end of its grace period.
+    claim: Option<Claim>,
+    grace_until: Option<Instant>,
     session_id: u64,
     start_time_ms: Option<i64>,
     /// The publisher's onMetaData properties.
@@ -134,6 +190,8 @@ struct StreamState {
     gop_overflow: bool,
     /// The broadcast ring: entry `base + i` is `ring[i]`.
     ring: VecDeque<Entry>,
+    /// Sum of the ring entries' [`Entry::cost`].
+    ring_bytes: usize,
     base: u64,
     /// Subscribers by slot ([`Subscription::slot`]); `None` is a free slot.
     subs: Vec<Option<SubState>>,
@@ -146,28 +204,60 @@ impl StreamState {
         self.base + self.ring.len() as u64
     }
 
+    /// Holds a publish slot: publishing, or in its republish grace period.
+    fn holds_publish_slot(&self, now: Instant) -> bool {
+        self.publisher.is_some() || self.grace_until.is_some_and(|t| t > now)
+    }
+
+    /// Nobody uses the entry, and no grace period keeps the name.
+    fn idle(&self, now: Instant) -> bool {
+        !self.holds_publish_slot(now) && self.sub_count == 0
+    }
+
+    /// The ring has no room for an entry of `cost` bytes without evicting.
+    fn ring_full(&self, limits: &HubLimits, cost: usize) -> bool {
+        !self.ring.is_empty()
+            && (self.ring.len() >= limits.ring_len.max(1)
+                || self.ring_bytes + cost > limits.stream_buffer_bytes)
+    }
+
     fn push(&mut self, limits: &HubLimits, metrics: &Metrics, kind: Kind, bytes: Bytes) {
         let resync = (kind == Kind::Key).then(|| self.resync_bytes());
-        if kind == Kind::Key {
-            self.check_lagging(limits, metrics);
-        }
-        if self.ring.len() >= limits.ring_len.max(1) {
-            self.ring.pop_front();
-            self.base += 1;
-        }
-        self.ring.push_back(Entry {
+        let entry = Entry {
             kind,
             session_id: self.session_id,
             bytes,
             resync,
-        });
+        };
+        let cost = entry.cost();
+        if kind == Kind::Key {
+            self.check_lagging(limits, metrics, cost);
+        }
+        // Oldest first, by count and by bytes; an entry larger than the byte cap on its own
+        // still goes in (alone), so subscribers get every message.
+        while self.ring_full(limits, cost) {
+            let old = self.ring.pop_front().expect("ring not empty");
+            self.ring_bytes -= old.cost();
+            metrics.buffered_streams.sub(old.cost() as i64);
+            self.base += 1;
+        }
+        self.ring_bytes += cost;
+        metrics.buffered_streams.add(cost as i64);
+        self.ring.push_back(entry);
+    }
+
+    /// Forgets the GOP cache.
+    fn clear_gop(&mut self, metrics: &Metrics) {
+        metrics.buffered_streams.sub(self.gop_bytes as i64);
+        self.gop.clear();
+        self.gop_bytes = 0;
     }
 
     /// At each keyframe: subscribers still behind the ring have skipped one more GOP;
     /// over the limit they are dropped. O(subscribers) once per GOP.
-    fn check_lagging(&mut self, limits: &HubLimits, metrics: &Metrics) {
+    fn check_lagging(&mut self, limits: &HubLimits, metrics: &Metrics, cost: usize) {
         let (base, head) = (self.base, self.head());
-        let ring_full = self.ring.len() >= limits.ring_len.max(1);
+        let ring_full = self.ring_full(limits, cost);
         for s in self.subs.iter_mut().flatten() {
             // Behind: entries it has not taken are gone, or are about to be.
             let behind = s.next < base || (ring_full && s.next == base && base < head);
@@ -204,13 +294,35 @@ impl StreamState {
 pub struct Stream {
     name: String,
     state: Mutex<StreamState>,
+    /// Has a publisher (read by waiting players without taking the lock).
+    published: AtomicBool,
+    /// `ingest_buffered_bytes{buffer="streams"}`, to give back this stream's bytes when it
+    /// is dropped.
+    buffered: IntGauge,
     /// Wakes subscribers waiting for new ring entries.
     notify: Notify,
     /// The hub's serialised session start, for resynchronising subscribers.
     session_start: Bytes,
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.buffered.sub((st.ring_bytes + st.gop_bytes) as i64);
+    }
+}
+
 impl Stream {
+    /// The stream name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether a publisher is publishing it now.
+    pub fn is_published(&self) -> bool {
+        self.published.load(Ordering::Acquire)
+    }
+
     /// Wakes every subscriber waiting for new entries. The publisher's connection calls
     /// this at most once per merge interval, after pushing what it read meanwhile.
     pub fn wake(&self) {
@@ -227,8 +339,13 @@ impl Stream {
 /// Knobs the hub needs.
 #[derive(Debug, Clone, Copy)]
 pub struct HubLimits {
-    /// Most streams (entries with a publisher or subscribers).
+    /// Most streams holding a publish slot; as many again may exist only for waiting
+    /// players.
     pub max_streams: usize,
+    /// Byte cap of each stream's broadcast ring.
+    pub stream_buffer_bytes: usize,
+    /// How long a name stays reserved for its previous publisher.
+    pub republish_grace: Duration,
     /// GOP cache cap in bytes; a GOP larger than this is not cached.
     pub gop_cache_bytes: usize,
     /// Keyframes a congested subscriber may skip before it is dropped.
@@ -259,15 +376,15 @@ fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Serialises messages once for all subscribers.
-fn shared(msgs: &[RawMessage]) -> Bytes {
+/// Serialises messages once for all subscribers; refuses a message too long for RTMP.
+fn shared(msgs: &[RawMessage]) -> Result<Bytes, ChunkError> {
     let size = OUT_CHUNK_SIZE as usize;
     let len = msgs.iter().map(|m| chunk::absolute_len(size, m)).sum();
     let mut b = BytesMut::with_capacity(len);
     for m in msgs {
-        chunk::write_absolute(size, m, &mut b);
+        chunk::write_absolute(size, m, &mut b)?;
     }
-    b.freeze()
+    Ok(b.freeze())
 }
 
 impl Hub {
@@ -287,7 +404,8 @@ impl Hub {
                     "NetStream.Play.PublishNotify",
                     "publish session started",
                 ),
-            ]),
+            ])
+            .expect("a few bytes"),
             session_end: shared(&[
                 build::user_control(user_control::STREAM_EOF, sid),
                 build::on_status(
@@ -296,36 +414,46 @@ impl Hub {
                     "NetStream.Play.UnpublishNotify",
                     "publish session ended",
                 ),
-            ]),
+            ])
+            .expect("a few bytes"),
         }
     }
 
-    fn get_or_create(&self, name: &str) -> Result<Arc<Stream>, HubError> {
-        let mut streams = self.streams.lock().expect("hub lock");
-        if let Some(s) = streams.get(name) {
-            return Ok(s.clone());
-        }
-        if streams.len() >= self.limits.max_streams {
-            return Err(HubError::TooManyStreams);
-        }
-        let s = Arc::new(Stream {
+    fn new_stream(&self, name: &str) -> Arc<Stream> {
+        Arc::new(Stream {
             name: name.to_owned(),
             state: Mutex::default(),
+            published: AtomicBool::new(false),
+            buffered: self.metrics.buffered_streams.clone(),
             notify: Notify::new(),
             session_start: self.session_start.clone(),
-        });
-        streams.insert(name.to_owned(), s.clone());
+        })
+    }
+
+    /// Removes entries nobody uses whose grace period ran out (no event removes those).
+    fn sweep(&self, streams: &mut HashMap<String, Arc<Stream>>, now: Instant) {
+        streams.retain(|_, s| !s.state.lock().expect("stream lock").idle(now));
         self.metrics.streams.set(streams.len() as i64);
-        Ok(s)
+    }
+
+    /// Entries holding a publish slot, other than `name`.
+    fn publish_slots(streams: &HashMap<String, Arc<Stream>>, name: &str, now: Instant) -> usize {
+        streams
+            .iter()
+            .filter(|(n, s)| {
+                n.as_str() != name && s.state.lock().expect("stream lock").holds_publish_slot(now)
+            })
+            .count()
     }
 
     /// Removes the entry if nobody uses it any more.
     fn gc(&self, stream: &Arc<Stream>) {
         let mut streams = self.streams.lock().expect("hub lock");
-        let idle = {
-            let st = stream.state.lock().expect("stream lock");
-            st.publisher.is_none() && st.sub_count == 0
-        };
+        let idle = stream
+            .state
+            .lock()
+            .expect("stream lock")
+            .idle(Instant::now());
         if idle
             && streams
                 .get(&stream.name)
@@ -336,16 +464,43 @@ impl Hub {
         }
     }
 
-    /// Starts a publish session for connection `conn_id`.
-    pub fn publish(&self, name: &str, conn_id: u64) -> Result<Arc<Stream>, HubError> {
-        let stream = self.get_or_create(name)?;
+    /// Starts a publish session for connection `conn_id`, publishing as `claim`.
+    pub fn publish(&self, name: &str, conn_id: u64, claim: Claim) -> Result<Arc<Stream>, HubError> {
+        let now = Instant::now();
+        // The map stays locked until the publisher is set, so two publishers of new names
+        // cannot both take the last slot.
+        let mut streams = self.streams.lock().expect("hub lock");
+        self.sweep(&mut streams, now);
+        let existing = streams.get(name).cloned();
+        let holds_slot = match &existing {
+            Some(s) => {
+                let st = s.state.lock().expect("stream lock");
+                if st.publisher.is_some() {
+                    return Err(HubError::AlreadyPublishing(name.to_owned()));
+                }
+                if st.grace_until.is_some_and(|t| t > now)
+                    && !st
+                        .claim
+                        .as_ref()
+                        .is_some_and(|prev| claim.may_reclaim(prev))
+                {
+                    return Err(HubError::Reserved);
+                }
+                st.holds_publish_slot(now)
+            }
+            None => false,
+        };
+        if !holds_slot && Self::publish_slots(&streams, name, now) >= self.limits.max_streams {
+            return Err(HubError::TooManyStreams);
+        }
+        let stream = existing.unwrap_or_else(|| {
+            let s = self.new_stream(name);
+            streams.insert(name.to_owned(), s.clone());
+            self.metrics.streams.set(streams.len() as i64);
+            s
+        });
         {
             let mut st = stream.state.lock().expect("stream lock");
-            if st.publisher.is_some() {
-                drop(st);
-                self.gc(&stream);
-                return Err(HubError::AlreadyPublishing(name.to_owned()));
-            }
             let session_id = {
                 let mut ids = self.session_ids.lock().expect("ids lock");
                 let id = ids.entry(name.to_owned()).or_default();
@@ -353,6 +508,8 @@ impl Hub {
                 *id
             };
             st.publisher = Some(conn_id);
+            st.claim = Some(claim);
+            st.grace_until = None;
             st.session_id = session_id;
             st.start_time_ms = None;
             st.metadata = None;
@@ -361,8 +518,7 @@ impl Hub {
             st.audio_seq = None;
             st.resync = None;
             st.has_video = false;
-            st.gop.clear();
-            st.gop_bytes = 0;
+            st.clear_gop(&self.metrics);
             st.gop_overflow = false;
             tracing::info!(stream = name, session_id, "publish session started");
             st.push(
@@ -371,7 +527,9 @@ impl Hub {
                 Kind::SessionStart,
                 self.session_start.clone(),
             );
+            stream.published.store(true, Ordering::Release);
         }
+        drop(streams);
         stream.wake();
         self.metrics.publishers.inc();
         Ok(stream)
@@ -385,11 +543,14 @@ impl Hub {
                 return;
             }
             st.publisher = None;
+            stream.published.store(false, Ordering::Release);
+            if !self.limits.republish_grace.is_zero() {
+                st.grace_until = Some(Instant::now() + self.limits.republish_grace);
+            }
             st.start_time_ms = None;
             st.metadata_out = None;
             st.resync = None;
-            st.gop.clear();
-            st.gop_bytes = 0;
+            st.clear_gop(&self.metrics);
             tracing::info!(stream = %stream.name, session_id = st.session_id, "publish session ended");
             st.push(
                 &self.limits,
@@ -403,10 +564,19 @@ impl Hub {
         self.gc(stream);
     }
 
-    /// The publisher's onMetaData.
+    /// The publisher's onMetaData. Properties that would not fit one RTMP message once
+    /// re-encoded with our two properties (the 24-bit length) are refused with a log line
+    /// and the stream keeps its previous metadata: a truncated length would make every
+    /// subscriber misparse the rest of the stream.
     pub fn set_metadata(&self, stream: &Stream, props: Vec<(String, Value)>) {
         {
             let mut st = stream.state.lock().expect("stream lock");
+            // The size does not depend on the start time's value (an AMF0 number is 8 bytes).
+            if let Err(e) = encode_metadata(Some(&props), st.start_time_ms, st.session_id) {
+                tracing::warn!(stream = %stream.name, session_id = st.session_id, error = %e, "onMetaData too large once re-encoded: ignored, the previous metadata stays");
+                self.metrics.metadata_dropped.inc();
+                return;
+            }
             st.metadata = Some(props);
             if st.start_time_ms.is_some() {
                 self.new_metadata(&mut st);
@@ -416,7 +586,20 @@ impl Hub {
     }
 
     fn new_metadata(&self, st: &mut StreamState) {
-        let out = encode_metadata(st);
+        let out = match encode_metadata(st.metadata.as_deref(), st.start_time_ms, st.session_id) {
+            Ok(out) => out,
+            Err(e) => {
+                // Not reached (set_metadata checked the size); subscribers still need the
+                // start time, so fall back to our properties alone.
+                tracing::warn!(session_id = st.session_id, error = %e, "onMetaData too large: publisher properties dropped");
+                self.metrics.metadata_dropped.inc();
+                st.metadata = None;
+                match encode_metadata(None, st.start_time_ms, st.session_id) {
+                    Ok(out) => out,
+                    Err(_) => return,
+                }
+            }
+        };
         st.metadata_out = Some(out.clone());
         st.resync = None;
         st.push(&self.limits, &self.metrics, Kind::Metadata, out);
@@ -432,12 +615,19 @@ impl Hub {
             (false, media::is_audio_sequence_header(&frame.data))
         };
         // Serialised outside the lock: the one copy of this message for all subscribers.
-        let bytes = shared(&[build::media(
+        let bytes = match shared(&[build::media(
             frame.video,
             MEDIA_STREAM_ID,
             frame.timestamp,
             frame.data,
-        )]);
+        )]) {
+            Ok(b) => b,
+            Err(e) => {
+                // Not reached: the chunk decoder cannot produce a longer payload.
+                tracing::warn!(stream = %stream.name, error = %e, "media message dropped");
+                return;
+            }
+        };
         let mut st = stream.state.lock().expect("stream lock");
         if st.start_time_ms.is_none() {
             // Contract: wall clock at the first media message minus its timestamp.
@@ -459,17 +649,16 @@ impl Hub {
         } else {
             // GOP cache: restart at each keyframe; stop caching a GOP that outgrows the cap.
             if keyframe {
-                st.gop.clear();
-                st.gop_bytes = 0;
+                st.clear_gop(&self.metrics);
                 st.gop_overflow = false;
             }
             if !st.gop_overflow && (keyframe || !st.gop.is_empty()) {
                 if st.gop_bytes + bytes.len() > self.limits.gop_cache_bytes {
-                    st.gop.clear();
-                    st.gop_bytes = 0;
+                    st.clear_gop(&self.metrics);
                     st.gop_overflow = true;
                 } else {
                     st.gop_bytes += bytes.len();
+                    self.metrics.buffered_streams.add(bytes.len() as i64);
                     st.gop.push(bytes.clone());
                 }
             }
@@ -482,7 +671,25 @@ impl Hub {
     /// metadata, sequence headers and the GOP cache, taken under the lock together with its
     /// ring cursor so nothing is missed or doubled.
     pub fn subscribe(&self, name: &str, id: u64) -> Result<Subscription, HubError> {
-        let stream = self.get_or_create(name)?;
+        let stream = {
+            let mut streams = self.streams.lock().expect("hub lock");
+            match streams.get(name) {
+                Some(s) => s.clone(),
+                None => {
+                    // A name nobody publishes: counted apart from the publish slots.
+                    let now = Instant::now();
+                    self.sweep(&mut streams, now);
+                    let waiting = streams.len() - Self::publish_slots(&streams, name, now);
+                    if waiting >= self.limits.max_streams {
+                        return Err(HubError::TooManyWaiting);
+                    }
+                    let s = self.new_stream(name);
+                    streams.insert(name.to_owned(), s.clone());
+                    self.metrics.streams.set(streams.len() as i64);
+                    s
+                }
+            }
+        };
         let mut join = Vec::new();
         let slot = {
             let mut st = stream.state.lock().expect("stream lock");
@@ -666,21 +873,25 @@ impl Subscription {
 
 /// onMetaData for subscribers, serialised: the publisher's properties (or none) plus the
 /// two contract properties, replacing any the publisher sent under the same names.
-fn encode_metadata(st: &StreamState) -> Bytes {
-    let mut props: Vec<(String, Value)> = st
-        .metadata
-        .clone()
+/// Refused when the message would be longer than RTMP can carry.
+fn encode_metadata(
+    publisher: Option<&[(String, Value)]>,
+    start_time_ms: Option<i64>,
+    session_id: u64,
+) -> Result<Bytes, ChunkError> {
+    let mut props: Vec<(String, Value)> = publisher
         .unwrap_or_default()
-        .into_iter()
+        .iter()
         .filter(|(k, _)| k != rtmp::STREAM_START_TIME_MS && k != rtmp::STREAM_SESSION_ID)
+        .cloned()
         .collect();
     props.push((
         rtmp::STREAM_START_TIME_MS.into(),
-        Value::Number(st.start_time_ms.unwrap_or(0) as f64),
+        Value::Number(start_time_ms.unwrap_or(0) as f64),
     ));
     props.push((
         rtmp::STREAM_SESSION_ID.into(),
-        Value::Number(st.session_id as f64),
+        Value::Number(session_id as f64),
     ));
     let body =
         amf0::encode_all(&[Value::String("onMetaData".into()), Value::EcmaArray(props)]).freeze();
@@ -698,16 +909,30 @@ mod tests {
     use super::*;
     use rtmp::chunk::{ChunkDecoder, Limits};
 
+    fn limits(max_skipped_gops: u32, ring_len: usize) -> HubLimits {
+        HubLimits {
+            max_streams: 4,
+            stream_buffer_bytes: 64 << 20,
+            republish_grace: Duration::ZERO,
+            gop_cache_bytes: 1 << 20,
+            max_skipped_gops,
+            ring_len,
+        }
+    }
+
     fn hub(max_skipped_gops: u32, ring_len: usize) -> Hub {
-        Hub::new(
-            HubLimits {
-                max_streams: 4,
-                gop_cache_bytes: 1 << 20,
-                max_skipped_gops,
-                ring_len,
-            },
-            Metrics::new(),
-        )
+        Hub::new(limits(max_skipped_gops, ring_len), Metrics::new())
+    }
+
+    fn claim(addr: &str, key: Option<&str>) -> Claim {
+        Claim {
+            addr: addr.parse().expect("address"),
+            key: key.map(str::to_owned),
+        }
+    }
+
+    fn me() -> Claim {
+        claim("192.0.2.1", None)
     }
 
     fn video(ts: u32, key: bool) -> Frame {
@@ -742,7 +967,7 @@ mod tests {
     #[test]
     fn slow_subscriber_skips_then_is_dropped_fast_one_gets_everything() {
         let h = hub(2, 8);
-        let s = h.publish("s", 1).expect("publish");
+        let s = h.publish("s", 1, me()).expect("publish");
         let mut fast = h.subscribe("s", 2).expect("fast");
         let mut slow = h.subscribe("s", 3).expect("slow");
         let (mut dec, mut out) = (decoder(), VecDeque::new());
@@ -779,7 +1004,7 @@ mod tests {
     #[test]
     fn lagging_subscriber_resumes_at_keyframe_with_metadata_and_sequence_headers() {
         let h = hub(3, 16);
-        let s = h.publish("s", 1).expect("publish");
+        let s = h.publish("s", 1, me()).expect("publish");
         h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
         h.media(
             &s,
@@ -819,7 +1044,7 @@ mod tests {
     #[test]
     fn late_joiner_gets_metadata_sequence_headers_and_gop_from_keyframe() {
         let h = hub(2, 1024);
-        let s = h.publish("s", 1).expect("publish");
+        let s = h.publish("s", 1, me()).expect("publish");
         h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
         h.media(
             &s,
@@ -873,13 +1098,153 @@ mod tests {
     #[test]
     fn duplicate_publisher_refused_and_session_ids_increase() {
         let h = hub(2, 1024);
-        let s = h.publish("s", 1).expect("publish");
+        let s = h.publish("s", 1, me()).expect("publish");
         assert_eq!(
-            h.publish("s", 2).err(),
+            h.publish("s", 2, me()).err(),
             Some(HubError::AlreadyPublishing("s".into()))
         );
         h.unpublish(&s, 1);
-        let s2 = h.publish("s", 3).expect("again");
+        let s2 = h.publish("s", 3, me()).expect("again");
         assert_eq!(s2.state.lock().expect("lock").session_id, 2);
+    }
+
+    #[test]
+    fn ring_is_capped_in_bytes_and_the_gauge_follows() {
+        let h = Hub::new(
+            HubLimits {
+                stream_buffer_bytes: 1 << 20,
+                ..limits(3, 1024)
+            },
+            Metrics::new(),
+        );
+        let s = h.publish("s", 1, me()).expect("publish");
+        // 40 non-keyframe messages of 256 KiB: 10 MiB pushed, with an entry cap of 1024.
+        for i in 0..40u32 {
+            let mut data = vec![0u8; 256 * 1024];
+            data[0] = 0x27;
+            h.media(
+                &s,
+                Frame {
+                    video: true,
+                    timestamp: i * 33,
+                    data: Bytes::from(data),
+                },
+            );
+        }
+        let ring_bytes = s.state.lock().expect("lock").ring_bytes;
+        assert!(ring_bytes <= 1 << 20, "ring holds {ring_bytes} bytes");
+        assert!(
+            ring_bytes >= 3 * 256 * 1024,
+            "but is not emptied: {ring_bytes}"
+        );
+        assert_eq!(h.metrics.buffered_streams.get(), ring_bytes as i64);
+        // A subscriber still gets whole messages from what is left.
+        let mut sub = h.subscribe("s", 2).expect("join");
+        h.media(&s, video(40 * 33, true));
+        let (mut dec, mut out) = (decoder(), VecDeque::new());
+        sub.pull(&h.metrics, &mut out, usize::MAX);
+        assert!(!decode(&mut dec, &mut out).is_empty());
+        h.unpublish(&s, 1);
+        h.unsubscribe(&sub);
+        drop((s, sub));
+        assert_eq!(
+            h.metrics.buffered_streams.get(),
+            0,
+            "all returned when dropped"
+        );
+    }
+
+    #[test]
+    fn republish_grace_keeps_the_name_for_the_previous_publisher() {
+        let h = Hub::new(
+            HubLimits {
+                republish_grace: Duration::from_secs(60),
+                ..limits(3, 64)
+            },
+            Metrics::new(),
+        );
+        let first = claim("192.0.2.1", Some("k1"));
+        let s = h.publish("s", 1, first.clone()).expect("publish");
+        h.unpublish(&s, 1);
+        assert_eq!(
+            h.publish("s", 2, claim("198.51.100.7", None)).err(),
+            Some(HubError::Reserved),
+            "another address without the key"
+        );
+        assert_eq!(
+            h.publish("s", 3, claim("198.51.100.7", Some("other")))
+                .err(),
+            Some(HubError::Reserved),
+            "another address with another key"
+        );
+        let s = h
+            .publish("s", 4, claim("198.51.100.7", Some("k1")))
+            .expect("same key from a new address");
+        h.unpublish(&s, 4);
+        h.publish("s", 5, claim("198.51.100.7", None))
+            .expect("same address as the last publisher");
+        // Names in grace hold publish slots: 4 slots, "s" and 3 more.
+        for (i, n) in ["a", "b", "c"].iter().enumerate() {
+            let st = h.publish(n, 10 + i as u64, me()).expect("slot");
+            h.unpublish(&st, 10 + i as u64);
+        }
+        assert_eq!(
+            h.publish("d", 20, me()).err(),
+            Some(HubError::TooManyStreams),
+            "three names in grace and one published"
+        );
+    }
+
+    #[test]
+    fn waiting_players_cannot_take_publish_slots() {
+        let h = hub(3, 64);
+        let subs: Vec<_> = (0..4)
+            .map(|i| h.subscribe(&format!("ghost{i}"), i).expect("waiting"))
+            .collect();
+        assert_eq!(
+            h.subscribe("ghost4", 9).err(),
+            Some(HubError::TooManyWaiting)
+        );
+        for i in 0..4u64 {
+            h.publish(&format!("real{i}"), 100 + i, me())
+                .expect("publish slots are separate");
+        }
+        assert_eq!(
+            h.publish("real4", 200, me()).err(),
+            Some(HubError::TooManyStreams)
+        );
+        // A waiting name that gets published moves to a publish slot: none is left.
+        assert_eq!(
+            h.publish("ghost0", 201, me()).err(),
+            Some(HubError::TooManyStreams)
+        );
+        for s in &subs {
+            h.unsubscribe(s);
+        }
+        assert_eq!(h.metrics.streams.get(), 4, "waiting entries removed");
+    }
+
+    #[test]
+    fn metadata_too_long_to_encode_is_refused_and_the_previous_kept() {
+        let h = hub(3, 64);
+        let s = h.publish("s", 1, me()).expect("publish");
+        h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
+        h.media(&s, video(0, true));
+        // Under the 24-bit limit as the publisher sent it, over it with our properties.
+        let pad = "x".repeat(chunk::MAX_MESSAGE_LEN - 40);
+        h.set_metadata(&s, vec![("pad".into(), Value::String(pad))]);
+        assert_eq!(h.metrics.metadata_dropped.get(), 1);
+        let mut sub = h.subscribe("s", 2).expect("join");
+        let (mut dec, mut out) = (decoder(), VecDeque::new());
+        sub.pull(&h.metrics, &mut out, usize::MAX);
+        let msgs = decode(&mut dec, &mut out);
+        let meta = msgs
+            .iter()
+            .find(|m| m.type_id == type_id::DATA_AMF0)
+            .expect("metadata");
+        let vals = amf0::decode_all(&meta.payload).expect("whole, decodable metadata");
+        let props = vals[1].properties().expect("props");
+        assert_eq!(amf0::number_property(props, "width"), Some(320.0));
+        assert!(amf0::number_property(props, rtmp::STREAM_START_TIME_MS).is_some());
     }
 }

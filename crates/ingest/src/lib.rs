@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: [`Config`], the CLI flags / environment variables.
+//! - [`budget`]: connection slots per source address and the memory budget for partial
+//!   messages (total and per address).
 //! - [`conn`]: one task per RTMP connection: handshake, commands, publish or play.
 //! - [`hub`]: streams, publish sessions (id, start time), GOP cache, and the fan-out: each
 //!   message serialised once into a bounded per-stream ring that subscribers pull from.
@@ -19,6 +21,7 @@
 //! leaving sends StreamEOF + `NetStream.Play.UnpublishNotify`; subscribers stay connected.
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod config;
 pub mod conn;
 pub mod hub;
@@ -39,6 +42,8 @@ pub struct Server {
     pub hub: hub::Hub,
     /// Metrics.
     pub metrics: Arc<metrics::Metrics>,
+    /// Connection slots per address and the memory budget.
+    pub budget: Arc<budget::Budget>,
     next_id: AtomicU64,
 }
 
@@ -49,9 +54,19 @@ impl Server {
         let hub = hub::Hub::new(
             hub::HubLimits {
                 max_streams: config.max_streams,
+                stream_buffer_bytes: config.stream_buffer_bytes,
+                republish_grace: std::time::Duration::from_secs(config.republish_grace_secs),
                 gop_cache_bytes: config.gop_cache_bytes,
                 max_skipped_gops: config.max_skipped_gops,
                 ring_len: config.subscriber_queue,
+            },
+            metrics.clone(),
+        );
+        let budget = budget::Budget::new(
+            budget::BudgetLimits {
+                connections_per_address: config.max_connections_per_address,
+                total: config.max_buffered_bytes,
+                per_address: config.max_buffered_bytes_per_address,
             },
             metrics.clone(),
         );
@@ -59,6 +74,7 @@ impl Server {
             config,
             hub,
             metrics,
+            budget,
             next_id: AtomicU64::new(1),
         })
     }
@@ -118,6 +134,11 @@ pub async fn run_with_admin(
             server.metrics.connections_rejected.inc();
             continue;
         };
+        let Some(slot) = server.budget.admit(peer.ip()) else {
+            tracing::warn!(%peer, limit = server.config.max_connections_per_address, "connection limit of this address reached, refusing");
+            server.metrics.connections_rejected.inc();
+            continue;
+        };
         let server = server.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -125,9 +146,12 @@ pub async fn run_with_admin(
             let id = server.next_id();
             server.metrics.connections.inc();
             tokio::select! {
-                r = conn::handle(sock, peer, id, server.clone()) => {
+                r = conn::handle(sock, peer, id, slot, server.clone()) => {
                     if let Err(e) = r {
                         server.metrics.protocol_errors.inc();
+                        if e.is_memory_refusal() {
+                            server.metrics.budget_refusals.inc();
+                        }
                         tracing::warn!(%peer, conn = id, error = %e, "connection closed on error");
                     }
                 }

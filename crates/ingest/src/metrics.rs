@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use prometheus::{IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -31,8 +31,25 @@ pub struct Metrics {
     pub subscribers_dropped: IntCounter,
     /// `ingest_publish_rejected_total`: publish attempts refused (duplicate, auth, limits).
     pub publish_rejected: IntCounter,
-    /// `ingest_connections_rejected_total`: connections refused at the connection limit.
+    /// `ingest_connections_rejected_total`: connections refused at the connection limit or
+    /// the per-address limit.
     pub connections_rejected: IntCounter,
+    /// `ingest_buffered_bytes{buffer="partial_messages"}`: bytes charged to connections for
+    /// messages being reassembled (declared lengths; the memory budget).
+    pub buffered_partial: IntGauge,
+    /// `ingest_buffered_bytes{buffer="streams"}`: bytes in the streams' broadcast rings
+    /// plus their GOP caches (GOP entries are mostly the same buffers as ring entries, so
+    /// this is an upper bound of the memory).
+    pub buffered_streams: IntGauge,
+    /// `ingest_budget_refusals_total`: connections closed because a message would have
+    /// exceeded the memory budget (total or per address) or the pre-publish cap.
+    pub budget_refusals: IntCounter,
+    /// `ingest_play_wait_expired_total`: players closed after waiting `--play-wait-secs`
+    /// for a stream with no publisher.
+    pub play_wait_expired: IntCounter,
+    /// `ingest_metadata_dropped_total`: onMetaData whose properties were dropped because
+    /// the re-encoded message would not fit an RTMP message (24-bit length).
+    pub metadata_dropped: IntCounter,
     /// `ingest_protocol_errors_total`: connections closed for malformed input or timeouts.
     pub protocol_errors: IntCounter,
     /// `ingest_fanout_wakeups_total`: times a publisher woke its stream's subscribers (at
@@ -55,7 +72,34 @@ impl Metrics {
             m
         }
         let r = &registry;
+        let buffered = IntGaugeVec::new(
+            Opts::new(
+                "ingest_buffered_bytes",
+                "Bytes held for peers: partial messages (the memory budget) and stream buffers.",
+            ),
+            &["buffer"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(buffered.clone()))
+            .expect("unique metric");
         Arc::new(Self {
+            buffered_partial: buffered.with_label_values(&["partial_messages"]),
+            buffered_streams: buffered.with_label_values(&["streams"]),
+            budget_refusals: c(
+                r,
+                "ingest_budget_refusals_total",
+                "Connections closed for exceeding the memory budget or the pre-publish cap.",
+            ),
+            play_wait_expired: c(
+                r,
+                "ingest_play_wait_expired_total",
+                "Players closed after waiting too long for a stream with no publisher.",
+            ),
+            metadata_dropped: c(
+                r,
+                "ingest_metadata_dropped_total",
+                "onMetaData properties dropped because the re-encoded message was too long.",
+            ),
             streams: g(
                 r,
                 "ingest_streams",
@@ -92,7 +136,7 @@ impl Metrics {
             connections_rejected: c(
                 r,
                 "ingest_connections_rejected_total",
-                "Connections refused at the connection limit.",
+                "Connections refused at the connection limit or the per-address limit.",
             ),
             protocol_errors: c(
                 r,

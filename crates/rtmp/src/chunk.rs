@@ -15,12 +15,18 @@
 //!
 //! [`write_absolute`] writes one message with a type-0 header and no encoder state: bytes a
 //! server can serialise once and send to every peer (the ingest's fan-out).
+//!
+//! Both writers refuse a payload longer than [`MAX_MESSAGE_LEN`] (the 3-byte message length
+//! field, 5.3.1.2.1) with [`ChunkError::TooLongToEncode`] and write nothing: a length that
+//! silently wrapped would desynchronise every reader of the stream.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 
 /// Chunk size both sides start with (spec 5.4.1).
 pub const DEFAULT_CHUNK_SIZE: usize = 128;
+/// Longest message payload the 3-byte message length field can describe (spec 5.3.1.2.1).
+pub const MAX_MESSAGE_LEN: usize = 0x00FF_FFFF;
 /// Largest value of the 3-byte timestamp field; this value means "extended timestamp
 /// follows" (spec 5.3.1.3).
 const EXTENDED_TIMESTAMP_MARKER: u32 = 0x00FF_FFFF;
@@ -44,7 +50,8 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Most chunk streams with header state at once.
     pub max_chunk_streams: usize,
-    /// Sum of declared lengths of messages being reassembled at once.
+    /// Sum of declared lengths of messages being reassembled at once. A server lowers it
+    /// for peers it has not authorised yet ([`ChunkDecoder::set_max_pending_bytes`]).
     pub max_pending_bytes: usize,
 }
 
@@ -79,6 +86,10 @@ pub enum ChunkError {
     /// A type 1/2/3 header on a chunk stream that never had a type-0 header.
     #[error("chunk stream {0} starts without a full header")]
     NoPreviousHeader(u32),
+    /// (Encoding) a payload longer than [`MAX_MESSAGE_LEN`]: its length does not fit the
+    /// 24-bit field, so nothing was written.
+    #[error("message of {0} bytes does not fit the 24-bit RTMP length field")]
+    TooLongToEncode(usize),
 }
 
 /// A reassembled message (spec 5.1 / 6.1: header fields + payload).
@@ -137,6 +148,19 @@ impl ChunkDecoder {
         }
         self.chunk_size = size as usize;
         Ok(())
+    }
+
+    /// Changes [`Limits::max_pending_bytes`] from the next message header on (a server
+    /// raises it once a peer is allowed to publish). Lowering it below
+    /// [`ChunkDecoder::pending_bytes`] makes the next new message header an error.
+    pub fn set_max_pending_bytes(&mut self, max: usize) {
+        self.limits.max_pending_bytes = max;
+    }
+
+    /// Sum of the declared lengths of the messages being reassembled: the most the partial
+    /// messages held now can grow to (what a server accounts against its memory budget).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending
     }
 
     /// Applies an Abort Message (spec 5.4.2): drops the partial message on `csid`.
@@ -367,8 +391,9 @@ impl ChunkEncoder {
         self.streams.remove(&csid);
     }
 
-    /// Appends `msg` as chunks on chunk stream `msg.csid`.
-    pub fn write(&mut self, msg: &RawMessage, out: &mut BytesMut) {
+    /// Appends `msg` as chunks on chunk stream `msg.csid`; a payload longer than
+    /// [`MAX_MESSAGE_LEN`] is refused and nothing is written.
+    pub fn write(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), ChunkError> {
         self.write_parts(
             msg.csid,
             msg.timestamp,
@@ -376,10 +401,10 @@ impl ChunkEncoder {
             msg.stream_id,
             &msg.payload,
             out,
-        );
+        )
     }
 
-    /// Appends one message given its fields.
+    /// Appends one message given its fields (see [`ChunkEncoder::write`]).
     pub fn write_parts(
         &mut self,
         csid: u32,
@@ -388,8 +413,8 @@ impl ChunkEncoder {
         stream_id: u32,
         payload: &[u8],
         out: &mut BytesMut,
-    ) {
-        let length = payload.len() as u32;
+    ) -> Result<(), ChunkError> {
+        let length = encodable_len(payload)?;
         let prev = self.streams.get(&csid).copied();
         let (fmt, ts_field) = match prev {
             Some(p) if p.stream_id == stream_id && timestamp >= p.timestamp => {
@@ -421,7 +446,16 @@ impl ChunkEncoder {
                 stream_id,
             },
         );
+        Ok(())
     }
+}
+
+/// The payload length as the 24-bit field carries it, or the refusal.
+fn encodable_len(payload: &[u8]) -> Result<u32, ChunkError> {
+    if payload.len() > MAX_MESSAGE_LEN {
+        return Err(ChunkError::TooLongToEncode(payload.len()));
+    }
+    Ok(payload.len() as u32)
 }
 
 /// Appends one message with a type-0 header (absolute timestamp) whatever was sent before
@@ -430,8 +464,14 @@ impl ChunkEncoder {
 /// A peer decodes a type-0 message the same way whatever it received before on that chunk
 /// stream (spec 5.3.1.2.1), so these bytes can be serialised once and sent, shared, to every
 /// peer that uses `chunk_size`: the fan-out path of a server. A [`ChunkEncoder`] writing on
-/// the same chunk stream must then be told with [`ChunkEncoder::forget`].
-pub fn write_absolute(chunk_size: usize, msg: &RawMessage, out: &mut BytesMut) {
+/// the same chunk stream must then be told with [`ChunkEncoder::forget`]. A payload longer
+/// than [`MAX_MESSAGE_LEN`] is refused and nothing is written.
+pub fn write_absolute(
+    chunk_size: usize,
+    msg: &RawMessage,
+    out: &mut BytesMut,
+) -> Result<(), ChunkError> {
+    encodable_len(&msg.payload)?;
     write_chunks(
         chunk_size.max(1),
         0,
@@ -442,6 +482,7 @@ pub fn write_absolute(chunk_size: usize, msg: &RawMessage, out: &mut BytesMut) {
         &msg.payload,
         out,
     );
+    Ok(())
 }
 
 /// Length of [`write_absolute`]'s output, to size a buffer once.
@@ -578,7 +619,7 @@ mod tests {
             enc.set_chunk_size(chunk_size);
             let mut bytes = BytesMut::new();
             for m in &msgs {
-                enc.write(m, &mut bytes);
+                enc.write(m, &mut bytes).expect("encodable");
             }
             for step in [1usize, 3, 1000, bytes.len()] {
                 let mut dec = ChunkDecoder::new(Limits::default());
@@ -649,7 +690,8 @@ mod tests {
     fn abort_drops_partial_message() {
         let mut enc = ChunkEncoder::new();
         let mut bytes = BytesMut::new();
-        enc.write(&msg(5, 0, 9, 300), &mut bytes);
+        enc.write(&msg(5, 0, 9, 300), &mut bytes)
+            .expect("encodable");
         let mut dec = ChunkDecoder::new(Limits::default());
         let mut buf = BytesMut::from(&bytes[..140]);
         assert_eq!(dec.read(&mut buf), Ok(None));
@@ -657,7 +699,8 @@ mod tests {
         assert_eq!(dec.pending, 0);
         let mut bytes = BytesMut::new();
         enc.reset();
-        enc.write(&msg(5, 10, 9, 20), &mut bytes);
+        enc.write(&msg(5, 10, 9, 20), &mut bytes)
+            .expect("encodable");
         let mut buf = bytes;
         assert_eq!(
             dec.read(&mut buf).expect("ok").map(|m| m.payload.len()),
@@ -712,10 +755,97 @@ mod tests {
     }
 
     #[test]
+    fn pending_bytes_follow_declared_lengths_and_the_cap_can_be_raised() {
+        // A server's pre-publish cap: 1000 bytes of partial messages.
+        let mut dec = ChunkDecoder::new(Limits {
+            max_pending_bytes: 1000,
+            ..Limits::default()
+        });
+        let mut enc = ChunkEncoder::new();
+        let mut bytes = BytesMut::new();
+        enc.write(&msg(5, 0, 9, 900), &mut bytes)
+            .expect("encodable");
+        // First chunk only: 900 bytes declared, 128 held.
+        let mut buf = BytesMut::from(&bytes[..140]);
+        assert_eq!(dec.read(&mut buf), Ok(None));
+        assert_eq!(dec.pending_bytes(), 900);
+        // The rest completes it: nothing pending any more.
+        buf.extend_from_slice(&bytes[140..]);
+        assert_eq!(
+            dec.read(&mut buf).expect("ok").map(|m| m.payload.len()),
+            Some(900)
+        );
+        assert_eq!(dec.pending_bytes(), 0);
+        // A 2000-byte message is over the cap as soon as its header is complete ...
+        let mut big = BytesMut::new();
+        enc.write(&msg(6, 0, 9, 2000), &mut big).expect("encodable");
+        let mut buf = BytesMut::from(&big[..]);
+        assert_eq!(dec.read(&mut buf), Err(ChunkError::TooMuchPending));
+        // ... and accepted once the cap is raised (the peer was authorised).
+        let mut dec = ChunkDecoder::new(Limits {
+            max_pending_bytes: 1000,
+            ..Limits::default()
+        });
+        dec.set_max_pending_bytes(4000);
+        let mut buf = BytesMut::from(&big[..]);
+        assert_eq!(
+            dec.read(&mut buf).expect("ok").map(|m| m.payload.len()),
+            Some(2000)
+        );
+        // An interrupted partial message is released from the count.
+        let mut buf = BytesMut::from(&bytes[..140]);
+        assert_eq!(dec.read(&mut buf), Ok(None));
+        assert_eq!(dec.pending_bytes(), 900);
+        enc.reset();
+        let mut again = BytesMut::new();
+        enc.write(&msg(5, 7, 9, 10), &mut again).expect("encodable");
+        let mut buf = again;
+        assert_eq!(
+            dec.read(&mut buf).expect("ok").map(|m| m.payload.len()),
+            Some(10)
+        );
+        assert_eq!(dec.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn payloads_beyond_the_24_bit_length_are_refused_not_truncated() {
+        let big = RawMessage {
+            payload: Bytes::from(vec![0u8; MAX_MESSAGE_LEN + 1]),
+            ..msg(5, 0, 18, 0)
+        };
+        let mut out = BytesMut::new();
+        assert_eq!(
+            write_absolute(4096, &big, &mut out),
+            Err(ChunkError::TooLongToEncode(MAX_MESSAGE_LEN + 1))
+        );
+        let mut enc = ChunkEncoder::new();
+        assert_eq!(
+            enc.write(&big, &mut out),
+            Err(ChunkError::TooLongToEncode(MAX_MESSAGE_LEN + 1))
+        );
+        assert!(out.is_empty(), "nothing written");
+        // The largest encodable payload round-trips with its exact length.
+        let max = RawMessage {
+            payload: Bytes::from(vec![7u8; MAX_MESSAGE_LEN]),
+            ..msg(5, 0, 18, 0)
+        };
+        write_absolute(65536, &max, &mut out).expect("fits");
+        let mut dec = ChunkDecoder::new(Limits {
+            max_message_size: MAX_MESSAGE_LEN,
+            ..Limits::default()
+        });
+        dec.set_chunk_size(65536).expect("in range");
+        let got = dec.read(&mut out).expect("valid").expect("whole message");
+        assert_eq!(got.payload.len(), MAX_MESSAGE_LEN);
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn truncated_stream_never_consumes_partial_chunk() {
         let mut enc = ChunkEncoder::new();
         let mut bytes = BytesMut::new();
-        enc.write(&msg(6, 0x0200_0000, 9, 100), &mut bytes);
+        enc.write(&msg(6, 0x0200_0000, 9, 100), &mut bytes)
+            .expect("encodable");
         for cut in 0..bytes.len() {
             let mut dec = ChunkDecoder::new(Limits::default());
             let mut buf = BytesMut::from(&bytes[..cut]);
@@ -758,10 +888,10 @@ mod tests {
         let mut expect = Vec::new();
         for m in &shared {
             let before = msg(m.csid, m.timestamp.wrapping_add(77), 8, 20);
-            enc.write(&before, &mut bytes);
+            enc.write(&before, &mut bytes).expect("encodable");
             expect.push(before);
             let start = bytes.len();
-            write_absolute(chunk_size, m, &mut bytes);
+            write_absolute(chunk_size, m, &mut bytes).expect("encodable");
             assert_eq!(bytes.len() - start, absolute_len(chunk_size, m));
             assert_eq!(bytes[start] >> 6, 0, "type 0");
             expect.push(m.clone());
@@ -776,15 +906,18 @@ mod tests {
     fn first_message_per_chunk_stream_has_type0_absolute_timestamp() {
         let mut enc = ChunkEncoder::new();
         let mut out = BytesMut::new();
-        enc.write(&msg(6, 123_456, 9, 4), &mut out);
+        enc.write(&msg(6, 123_456, 9, 4), &mut out)
+            .expect("encodable");
         assert_eq!(out[0] >> 6, 0);
         assert_eq!(&out[1..4], &[0x01, 0xE2, 0x40]);
         let mut out = BytesMut::new();
-        enc.write(&msg(6, 123_500, 9, 4), &mut out);
+        enc.write(&msg(6, 123_500, 9, 4), &mut out)
+            .expect("encodable");
         assert_eq!(out[0] >> 6, 2, "same length/type: delta only");
         enc.reset();
         let mut out = BytesMut::new();
-        enc.write(&msg(6, 123_600, 9, 4), &mut out);
+        enc.write(&msg(6, 123_600, 9, 4), &mut out)
+            .expect("encodable");
         assert_eq!(out[0] >> 6, 0, "after reset: absolute again");
     }
 }

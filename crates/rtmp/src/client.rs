@@ -206,7 +206,7 @@ impl PlayClient {
                 return Err(ClientError::Closed);
             }
         }
-        c.send(&build::set_chunk_size(CLIENT_CHUNK_SIZE));
+        c.send(&build::set_chunk_size(CLIENT_CHUNK_SIZE))?;
         c.enc.set_chunk_size(CLIENT_CHUNK_SIZE as usize);
         let connect_obj = Value::Object(vec![
             ("app".into(), Value::String(url.app.clone())),
@@ -218,7 +218,7 @@ impl PlayClient {
             ("videoCodecs".into(), Value::Number(252.0)),
             ("videoFunction".into(), Value::Number(1.0)),
         ]);
-        c.send(&build::command(0, "connect", TXN_CONNECT, connect_obj, &[]));
+        c.send(&build::command(0, "connect", TXN_CONNECT, connect_obj, &[]))?;
         c.flush().await?;
         c.wait_result(TXN_CONNECT).await?;
         c.send(&build::command(
@@ -227,7 +227,7 @@ impl PlayClient {
             TXN_CREATE_STREAM,
             Value::Null,
             &[],
-        ));
+        ))?;
         c.flush().await?;
         let result = c.wait_result(TXN_CREATE_STREAM).await?;
         let stream_id = result.first().and_then(Value::as_f64).unwrap_or(1.0) as u32;
@@ -240,13 +240,13 @@ impl PlayClient {
                 Value::String(url.stream.clone()),
                 Value::Number(PLAY_START_ANY),
             ],
-        ));
+        ))?;
         // Set Buffer Length: event type, stream id, buffer length in ms (7.1.7).
         let mut sbl = build::user_control(user_control::SET_BUFFER_LENGTH, stream_id);
         let mut p = BytesMut::from(&sbl.payload[..]);
         p.extend_from_slice(&BUFFER_LENGTH_MS.to_be_bytes());
         sbl.payload = p.freeze();
-        c.send(&sbl);
+        c.send(&sbl)?;
         c.flush().await?;
         // Wait for the play status; keep everything seen for next_event.
         loop {
@@ -269,8 +269,8 @@ impl PlayClient {
         self.read_event().await
     }
 
-    fn send(&mut self, m: &RawMessage) {
-        self.enc.write(m, &mut self.wbuf);
+    fn send(&mut self, m: &RawMessage) -> Result<(), ClientError> {
+        Ok(self.enc.write(m, &mut self.wbuf)?)
     }
 
     async fn flush(&mut self) -> Result<(), ClientError> {
@@ -286,7 +286,7 @@ impl PlayClient {
         self.rbuf.reserve(READ_CHUNK);
         let n = self.stream.read_buf(&mut self.rbuf).await?;
         if let Some(seq) = self.acks.received(n) {
-            self.send(&build::ack(seq));
+            self.send(&build::ack(seq))?;
             self.flush().await?;
         }
         Ok(n)
@@ -362,7 +362,7 @@ impl PlayClient {
                 None
             }
             Message::UserControl(user_control::PING_REQUEST, ts) => {
-                self.send(&build::user_control(user_control::PING_RESPONSE, ts));
+                self.send(&build::user_control(user_control::PING_RESPONSE, ts))?;
                 self.flush().await?;
                 None
             }

@@ -314,6 +314,9 @@ fn measure_ours(
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin")
             .arg(format!("127.0.0.1:{admin}"))
+            // Every player comes from 127.0.0.1.
+            .arg("--max-connections-per-address")
+            .arg("0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log_file(dir, "ingest.log")?),
