@@ -16,7 +16,9 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The mount table of this process (the binary runs in the same mount namespace).
+/// The mount table of this process (the binary runs in the same mount namespace). Tests
+/// compare only the mounts under their own temp dir (`mounts_under`): other tests, and other
+/// processes on the machine, mount and unmount elsewhere meanwhile.
 fn mountinfo() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo")
 }
@@ -27,7 +29,7 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     mountinfo()
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|m| m.starts_with(&dir))
+        .filter(|m| *m == dir || m.starts_with(&format!("{dir}/")))
         .map(str::to_string)
         .collect()
 }
@@ -92,7 +94,6 @@ fn out_of_range_values_exit_2_before_touching_anything() {
     for (key, value, message) in cases {
         let dir = TempDir::new("cli-config");
         let pin_root = dir.path().join("bpf/pins");
-        let before = mountinfo();
         let out = run_binary(dir.path(), &pin_root, &["--iface", "lo"], &[(key, value)]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{key}={value}: {stderr}");
@@ -107,7 +108,11 @@ fn out_of_range_values_exit_2_before_touching_anything() {
             "{key}={value} created the pin root"
         );
         assert!(!dir.path().join("admin.sock").exists());
-        assert_eq!(mountinfo(), before, "{key}={value} changed the mount table");
+        assert_eq!(
+            mounts_under(dir.path()),
+            Vec::<String>::new(),
+            "{key}={value} mounted something"
+        );
     }
 }
 
@@ -119,7 +124,6 @@ fn unknown_interface_fails_before_mounting_anything() {
     std::fs::create_dir_all(&parent).expect("mkdir");
     std::fs::write(parent.join("keep.txt"), "still here").expect("write");
     let pin_root = parent.join("pins");
-    let before = mountinfo();
     let out = run_binary(dir.path(), &pin_root, &["--iface", "nonexist0"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -128,11 +132,10 @@ fn unknown_interface_fails_before_mounting_anything() {
         "{stderr}"
     );
     assert_eq!(
-        mountinfo(),
-        before,
-        "the failed run changed the mount table"
+        mounts_under(dir.path()),
+        Vec::<String>::new(),
+        "the failed run mounted something"
     );
-    assert!(mounts_under(dir.path()).is_empty());
     assert_eq!(
         std::fs::read_to_string(parent.join("keep.txt")).expect("still visible"),
         "still here"
@@ -156,7 +159,7 @@ fn bpffs_goes_on_the_pin_root_only_and_is_undone_unless_kept() {
         assert!(!dir.path().join("a").exists());
         return;
     }
-    let before = mountinfo();
+    assert!(mounts_under(dir.path()).is_empty());
     let guard = ensure_bpffs(&pin_root).expect("mount on the pin root");
     assert!(guard.mounted());
     assert_eq!(
@@ -166,7 +169,10 @@ fn bpffs_goes_on_the_pin_root_only_and_is_undone_unless_kept() {
     );
     assert!(pin_root.join("maps").is_dir());
     drop(guard);
-    assert_eq!(mountinfo(), before, "dropping the guard unmounts");
+    assert!(
+        mounts_under(dir.path()).is_empty(),
+        "dropping the guard unmounts"
+    );
     assert!(
         !dir.path().join("a").exists(),
         "and removes what it created"
@@ -178,11 +184,12 @@ fn bpffs_goes_on_the_pin_root_only_and_is_undone_unless_kept() {
     std::fs::write(full.join("data"), "x").expect("write");
     let err = ensure_bpffs(&full).expect_err("refuses to hide contents");
     assert!(format!("{err:#}").contains("not empty"), "{err:#}");
-    assert_eq!(mountinfo(), before);
+    assert!(mounts_under(dir.path()).is_empty());
 
     // Kept: stays mounted; a second call finds the bpffs and mounts nothing more.
     let kept = dir.path().join("kept");
     ensure_bpffs(&kept).expect("mount").keep();
+    let unmount = Unmount(kept.clone());
     let again = ensure_bpffs(&kept.join("inner")).expect("on a bpffs already");
     assert!(!again.mounted());
     again.keep();
@@ -190,12 +197,15 @@ fn bpffs_goes_on_the_pin_root_only_and_is_undone_unless_kept() {
         mounts_under(dir.path()),
         vec![kept.to_string_lossy().to_string()]
     );
-    assert!(
-        Command::new("umount")
-            .arg(&kept)
-            .status()
-            .expect("umount")
-            .success()
-    );
-    assert_eq!(mountinfo(), before);
+    drop(unmount);
+    assert!(mounts_under(dir.path()).is_empty());
+}
+
+/// Unmounts a test's mount when dropped, also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
