@@ -730,10 +730,33 @@ mod tests {
                 player_url: Some("javascript:alert(1)".into()),
                 ..Config::default()
             },
+            Config {
+                probe_connect_timeout_seconds: 1e20,
+                ..Config::default()
+            },
+            Config {
+                drain_seconds: f64::INFINITY,
+                ..Config::default()
+            },
+            Config {
+                finish_seconds: -1.0,
+                ..Config::default()
+            },
+            Config {
+                finish_seconds: 1e20,
+                ..Config::default()
+            },
         ];
         for c in bad {
             assert!(c.clone().validate().is_err(), "{c:?} should be rejected");
         }
+        // 0 means "reset at once" for SWITCHER_FINISH_SECONDS.
+        Config {
+            finish_seconds: 0.0,
+            ..Config::default()
+        }
+        .validate()
+        .expect("finish 0 is valid");
     }
 
     #[test]
