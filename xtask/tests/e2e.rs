@@ -405,8 +405,15 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         pin_root: bpf.pin_root(),
         assets_dir: Some(ws.join("web/node_modules/hls.js/dist")),
         // A short drain, so that hls.js's keep-alive connections, left on the backup by a
-        // switchback, are moved back to the primary before the next drill.
-        switcher_args: vec!["--drain".into(), "5".into()],
+        // switchback, are moved back to the primary before the next drill. A socket of this
+        // run's own: the default /run/switcher-ctl/admin.sock is shared by every mount
+        // namespace, so two e2e runs on one machine would collide there.
+        switcher_args: vec![
+            "--drain".into(),
+            "5".into(),
+            "--admin-socket".into(),
+            run_dir.join("admin.sock").to_string_lossy().into_owned(),
+        ],
         // On the edge address too, so a browser in the client namespace reaches the page.
         admin: "0.0.0.0:9180".parse().unwrap(),
     };

@@ -251,6 +251,8 @@ fn known_keys(section: &str) -> &'static [&'static str] {
             "ReadOnlyPaths",
             "StateDirectory",
             "StateDirectoryMode",
+            "RuntimeDirectory",
+            "RuntimeDirectoryMode",
             "LimitNOFILE",
             "LimitMEMLOCK",
             "KillSignal",
@@ -469,7 +471,7 @@ fn check_value(key: &str, value: &str) -> Result<()> {
             "bad value"
         ),
         "ProcSubset" => ensure!(["all", "pid"].contains(&value), "bad value"),
-        "UMask" | "StateDirectoryMode" => {
+        "UMask" | "StateDirectoryMode" | "RuntimeDirectoryMode" => {
             ensure!(
                 value.len() == 4 && value.chars().all(|c| ('0'..='7').contains(&c)),
                 "not an octal mode"
@@ -505,7 +507,7 @@ fn check_value(key: &str, value: &str) -> Result<()> {
                 "must be an absolute path"
             );
         }
-        "StateDirectory" => {
+        "StateDirectory" | "RuntimeDirectory" => {
             for d in value.split_whitespace() {
                 ensure!(
                     !d.starts_with('/') && !d.contains(".."),

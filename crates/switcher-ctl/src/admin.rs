@@ -1,5 +1,5 @@
-//! The admin HTTP server (default 127.0.0.1:9180; loopback because `/override` has no
-//! authentication):
+//! The admin servers: HTTP/1.1 over TCP (default 127.0.0.1:9180), read-only, and over a unix
+//! socket (default `/run/switcher-ctl/admin.sock`), the one channel that changes state.
 //! * `GET /metrics`: Prometheus text format; the data plane's counters are read at scrape time.
 //! * `GET /healthz`: JSON [`Status`](crate::control::Status); 200, or 503 while both origins
 //!   are bad so an external checker alerts.
@@ -8,22 +8,53 @@
 //! * `GET /api/state`: JSON [`PageState`] the status page polls every second.
 //! * `GET /assets/hls.min.js`: hls.js for the page's player, read from `--assets-dir`.
 //! * `POST /override` with body `primary`, `backup` or `auto` (plain text, a JSON string, or
-//!   `{"mode": "..."}`): manual override, used by `switcher-ctl set`.
+//!   `{"mode": "...", "force": bool}`): manual override, used by `switcher-ctl set`. Unix
+//!   socket only.
+//!
+//! # Who may change state
+//! A web page the operator has open can make the browser send requests to 127.0.0.1 (CSRF: a
+//! text/plain POST needs no CORS preflight), and a name that a hostile DNS server points at
+//! 127.0.0.1 makes them same-origin for that page (DNS rebinding). So:
+//! * the TCP server never changes state: `POST /override` there is 403;
+//! * it answers only requests whose `Host` is an IP address, `localhost` or a name from
+//!   `--admin-allowed-hosts` (a rebinding attack needs a name of its own), and whose `Origin`,
+//!   when a browser sends one, is the server itself (`Sec-Fetch-Site: cross-site` is refused
+//!   too): 403 otherwise;
+//! * the unix socket is created mode 0600 (its directory 0700 when we create it), owned by
+//!   the service's user (root under systemd), and a connecting peer's uid (`SO_PEERCRED`) must
+//!   be 0 or the service's own: the file system and the kernel authenticate, no token to leak.
+//!
+//! A manual override to an origin that is not healthy (last window bad, or never probed) is
+//! refused with 409 unless the request says `force` (`switcher-ctl set backup --force`): a
+//! pinned origin is never left by the rules, so pinning a bad one must be deliberate. Once
+//! pinned, the pin holds whatever the probes say (the decider's rule) and every window's
+//! decision says how the pinned origin is doing.
+//!
+//! # Bounds
+//! Each listener has its own connection cap (a permit is taken before `accept`, as in the
+//! origin's accept loop; a flood of TCP clients never locks the operator out of the socket),
+//! a request head must arrive within the header timeout (which also closes idle keep-alive
+//! connections), the body of an override within the same time, and heads are bounded in size.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::control::Controller;
+use crate::config::Config;
+use crate::control::{Controller, OriginStatus};
 use crate::decide::{Mode, OriginId};
 use crate::status_page::{self, Asset, PageConfig, PageState};
 
@@ -34,77 +65,324 @@ pub type SharedController = Arc<Mutex<Controller>>;
 
 /// Largest `POST /override` body: one word or a tiny JSON object.
 const MAX_OVERRIDE_BODY: usize = 1024;
+/// Largest request head buffered (hyper's minimum): admin requests are a line and a few
+/// headers.
+const MAX_HEAD_BYTES: usize = 8192;
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Pause after a failed accept (EMFILE and the like are transient; retrying at once spins).
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The channel a request came over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// The TCP listener: read-only, Host and Origin checked.
+    Tcp,
+    /// The unix socket: authenticated by file permissions and peer uid; may change state.
+    Unix,
+}
+
+/// The admin listeners: TCP (read-only) and, when given, the unix socket.
+pub struct Listeners {
+    /// The read-only HTTP listener.
+    pub tcp: TcpListener,
+    /// The state-changing unix socket listener, if any.
+    pub unix: Option<UnixListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    /// TCP only: nothing can change state (tests of the read-only surface).
+    fn from(tcp: TcpListener) -> Self {
+        Listeners { tcp, unix: None }
+    }
+}
+
+impl Listeners {
+    /// The TCP listener's address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.tcp.local_addr().ok()
+    }
+}
+
+/// Bounds and checks of the admin servers.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open connections per listener.
+    pub max_connections: usize,
+    /// Time to send a request head, and an override's body.
+    pub header_timeout: Duration,
+    /// Host names the TCP server answers to besides IP addresses and `localhost`, lowercase.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_config(&Config::default())
+    }
+}
+
+impl Limits {
+    /// The limits a (validated) config asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Limits {
+            max_connections: config.admin_max_connections,
+            header_timeout: config.admin_header_timeout(),
+            allowed_hosts: config
+                .admin_allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+}
+
+/// Why the admin socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Creating the directory, binding or setting permissions failed.
+    #[error("admin socket {path}: {step}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// What was being done.
+        step: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A live server answers on the path already.
+    #[error(
+        "admin socket {0}: another switcher-ctl run is listening there (stop it, or pass --admin-socket)"
+    )]
+    InUse(PathBuf),
+    /// Something that is not a socket is in the way; it is not removed.
+    #[error("admin socket {0}: exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
+}
+
+/// Binds the admin unix socket at `path`, mode 0600: creates its directory (mode 0700) when
+/// missing, removes a stale socket a killed run left, refuses when a live run answers there.
+/// Call before the async runtime exists: the umask is process-wide and changed around `bind`
+/// so that the socket is never reachable with looser permissions.
+pub fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, SocketError> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    let io = |step: &'static str| {
+        move |source| SocketError::Io {
+            path: path.to_path_buf(),
+            step,
+            source,
+        }
+    };
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("creating its directory"))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SocketError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(io("removing the stale socket"))?;
+            tracing::info!(path = %path.display(), "removed a stale admin socket");
+        }
+        Ok(_) => return Err(SocketError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("checking the path")(e)),
+    }
+    // SAFETY: umask(2) cannot fail; the previous mask is restored right after bind.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(io("binding"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("setting mode 0600"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io("setting non-blocking"))?;
+    Ok(listener)
+}
 
 /// Parses an override body: `primary`, `backup`, `auto`, as plain text, a JSON string or
 /// `{"mode": ...}`.
 pub fn parse_override(body: &[u8]) -> Option<Mode> {
-    let text = std::str::from_utf8(body).ok()?.trim();
-    let word = match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(serde_json::Value::Object(map)) => map.get("mode")?.as_str()?.to_string(),
-        _ => text.to_string(),
-    };
-    match word.trim().to_ascii_lowercase().as_str() {
-        "primary" => Some(Mode::Manual(OriginId::Primary)),
-        "backup" => Some(Mode::Manual(OriginId::Backup)),
-        "auto" => Some(Mode::Auto),
-        _ => None,
-    }
+    parse_override_request(body).map(|(mode, _)| mode)
 }
 
-/// Serves until `shutdown` completes, with the status page's default settings.
+/// Parses an override body with its `force` flag: `{"mode": "backup", "force": true}` or the
+/// plain text `backup force`; every other form has `force` false.
+pub fn parse_override_request(body: &[u8]) -> Option<(Mode, bool)> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    let (word, force) = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::String(s)) => (s, false),
+        Ok(serde_json::Value::Object(map)) => (
+            map.get("mode")?.as_str()?.to_string(),
+            map.get("force")
+                .map_or(Some(false), serde_json::Value::as_bool)?,
+        ),
+        _ => match text.split_ascii_whitespace().collect::<Vec<_>>()[..] {
+            [word] => (word.to_string(), false),
+            [word, "force"] => (word.to_string(), true),
+            _ => return None,
+        },
+    };
+    let mode = match word.trim().to_ascii_lowercase().as_str() {
+        "primary" => Mode::Manual(OriginId::Primary),
+        "backup" => Mode::Manual(OriginId::Backup),
+        "auto" => Mode::Auto,
+        _ => return None,
+    };
+    Some((mode, force))
+}
+
+/// Serves until `shutdown` completes, with the status page's and the limits' defaults.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     controller: SharedController,
     shutdown: impl Future<Output = ()>,
 ) {
     serve_with(
-        listener,
+        listeners,
         controller,
         Arc::new(PageConfig::default()),
+        Limits::default(),
         shutdown,
     )
     .await;
 }
 
-/// Serves until `shutdown` completes; connections still open then are dropped.
-pub async fn serve_with(
-    listener: TcpListener,
+/// Everything a connection's handler needs.
+struct Context {
     controller: SharedController,
     page: Arc<PageConfig>,
+    limits: Limits,
+}
+
+/// An accepted connection of either listener.
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Serves until `shutdown` completes; connections still open then are dropped.
+pub async fn serve_with(
+    listeners: impl Into<Listeners>,
+    controller: SharedController,
+    page: Arc<PageConfig>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                };
-                let controller = controller.clone();
-                let page = page.clone();
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, controller.clone(), page.clone()));
-                    if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
-                        tracing::debug!(error = %e, "admin connection");
-                    }
-                });
-            }
-            // Reap finished connections so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    let listeners = listeners.into();
+    let context = Arc::new(Context {
+        controller,
+        page,
+        limits,
+    });
+    let tcp = accept_loop(Either::Tcp(listeners.tcp), context.clone());
+    let unix = async {
+        match listeners.unix {
+            Some(unix) => accept_loop(Either::Unix(unix), context.clone()).await,
+            None => std::future::pending().await,
         }
+    };
+    // The loops never end on their own; dropping them drops their connections.
+    tokio::select! {
+        () = shutdown => {}
+        _ = async { tokio::join!(tcp, unix) } => {}
+    }
+}
+
+/// One of the two listeners.
+enum Either {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Either {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Either::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+            Either::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
+/// Whether a unix socket peer may talk to us: root, or the uid this service runs as.
+fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 || cred.uid() == me => true,
+        Ok(cred) => {
+            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "admin socket peer refused: not root nor the service's user");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin socket peer refused: no credentials");
+            false
+        }
+    }
+}
+
+async fn accept_loop(listener: Either, context: Arc<Context>) {
+    let limit = Arc::new(Semaphore::new(context.limits.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        // A slot before accepting: beyond the cap, clients wait in the kernel backlog instead
+        // of costing a task and buffers (the origin's accept loop does the same).
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let accepted = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // Reap finished connections so the set holds at most the open ones.
+        while connections.try_join_next().is_some() {}
+        match accepted {
+            Accepted::Tcp(stream) => {
+                connections.spawn(connection(stream, Channel::Tcp, context.clone(), permit));
+            }
+            Accepted::Unix(stream) => {
+                if peer_allowed(&stream) {
+                    connections.spawn(connection(stream, Channel::Unix, context.clone(), permit));
+                }
+            }
+        }
+    }
+}
+
+async fn connection<S>(
+    stream: S,
+    channel: Channel,
+    context: Arc<Context>,
+    _permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = context.limits.header_timeout;
+    let service = hyper::service::service_fn(move |req| handle(req, channel, context.clone()));
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // hyper starts this timer when it begins reading a request head, the first one
+        // included: a client that connects and sends nothing is closed too.
+        .header_read_timeout(timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, ?channel, "admin connection");
     }
 }
 
@@ -141,14 +419,85 @@ fn lock(controller: &SharedController) -> std::sync::MutexGuard<'_, Controller> 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The host part of a `Host` header value (`name:port`, `[v6]:port`, `name`), lowercase.
+fn host_name(value: &str) -> String {
+    let value = value.trim();
+    let host = if let Some(rest) = value.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        value.rsplit_once(':').map_or(value, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Why the TCP server refuses a request before routing it (DNS rebinding, CSRF), or `None`.
+fn cross_site(req: &Request<Incoming>, limits: &Limits) -> Option<String> {
+    let headers = req.headers();
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return Some("no Host header".into());
+    };
+    let name = host_name(host);
+    let allowed = name.parse::<IpAddr>().is_ok()
+        || name == "localhost"
+        || limits.allowed_hosts.contains(&name);
+    if !allowed {
+        return Some(format!(
+            "Host {host:?} is not an IP address, localhost or an allowed host (--admin-allowed-hosts)"
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        // A browser sends Origin on cross-origin requests and on same-origin POSTs; ours is
+        // `http://<the Host the browser used>`.
+        let same = origin
+            .to_str()
+            .is_ok_and(|o| o.eq_ignore_ascii_case(&format!("http://{host}")));
+        if !same {
+            return Some(format!("cross-site Origin {origin:?}"));
+        }
+    }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return Some("Sec-Fetch-Site: cross-site".into());
+    }
+    None
+}
+
+/// Whether `o` may be pinned without `force`: healthy after hysteresis, latest window good,
+/// probed at least once (the decider's own test for an origin it would switch to).
+fn pinnable(o: &OriginStatus) -> Result<(), String> {
+    if o.latency_ms.is_none() {
+        return Err("not probed yet".into());
+    }
+    if let Some(e) = &o.last_error {
+        return Err(format!("latest window bad: {e}"));
+    }
+    if !o.healthy {
+        return Err("unhealthy".into());
+    }
+    Ok(())
+}
+
 async fn handle(
     req: Request<Incoming>,
-    controller: SharedController,
-    page: Arc<PageConfig>,
+    channel: Channel,
+    context: Arc<Context>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (controller, page) = (&context.controller, &context.page);
+    if channel == Channel::Tcp
+        && let Some(why) = cross_site(&req, &context.limits)
+    {
+        tracing::warn!(method = %req.method(), path = req.uri().path(), why, "admin request refused");
+        return Ok(response(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            format!("refused: {why}\n"),
+        ));
+    }
     let r = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut c = lock(&controller);
+            let mut c = lock(controller);
             c.refresh_dataplane_metrics();
             response(
                 StatusCode::OK,
@@ -157,7 +506,7 @@ async fn handle(
             )
         }
         (&Method::GET, "/healthz") => {
-            let status = lock(&controller).status();
+            let status = lock(controller).status();
             let code = if status.both_bad {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
@@ -166,11 +515,11 @@ async fn handle(
             json(code, &status)
         }
         (&Method::GET, "/") => {
-            let status = lock(&controller).status();
+            let status = lock(controller).status();
             let mut r = response(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
-                status_page::render(&status, &page),
+                status_page::render(&status, page),
             );
             r.headers_mut().insert(
                 header::CACHE_CONTROL,
@@ -180,12 +529,12 @@ async fn handle(
         }
         (&Method::GET, "/api/state") => {
             let (status, history) = {
-                let c = lock(&controller);
+                let c = lock(controller);
                 (c.status(), c.age_history())
             };
             json(
                 StatusCode::OK,
-                &PageState::new(status, history, &page, SystemTime::now()),
+                &PageState::new(status, history, page, SystemTime::now()),
             )
         }
         (&Method::GET, path) if path.starts_with("/assets/") => {
@@ -198,34 +547,42 @@ async fn handle(
                 }
             }
         }
+        (&Method::POST, "/override") if channel == Channel::Tcp => {
+            tracing::warn!(
+                "POST /override over TCP refused: state changes go through the admin socket"
+            );
+            response(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "the TCP admin server is read-only; state changes go through the admin unix socket (switcher-ctl set)\n",
+            )
+        }
         (&Method::POST, "/override") => {
-            let body = match Limited::new(req.into_body(), MAX_OVERRIDE_BODY)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
+            let collect = Limited::new(req.into_body(), MAX_OVERRIDE_BODY).collect();
+            let body = match tokio::time::timeout(context.limits.header_timeout, collect).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => {
                     return Ok(response(
                         StatusCode::BAD_REQUEST,
                         "text/plain",
-                        e.to_string(),
+                        format!("{e}\n"),
+                    ));
+                }
+                Err(_) => {
+                    return Ok(response(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "text/plain",
+                        "body not received in time\n",
                     ));
                 }
             };
-            match parse_override(&body) {
+            match parse_override_request(&body) {
                 None => response(
                     StatusCode::BAD_REQUEST,
                     "text/plain",
-                    "body must be primary, backup or auto\n",
+                    "body must be primary, backup or auto (optionally followed by force)\n",
                 ),
-                Some(mode) => match lock(&controller).set_mode(mode, SystemTime::now()) {
-                    Ok(decision) => json(StatusCode::OK, &decision),
-                    Err(e) => response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "text/plain",
-                        format!("{e}\n"),
-                    ),
-                },
+                Some((mode, force)) => override_mode(controller, mode, force),
             }
         }
         (_, "/metrics" | "/healthz" | "/" | "/override" | "/api/state") => response(
@@ -238,22 +595,85 @@ async fn handle(
     Ok(r)
 }
 
+/// Applies an authenticated override; refuses (409) to pin an origin that is not
+/// [`pinnable`] unless `force`.
+fn override_mode(controller: &SharedController, mode: Mode, force: bool) -> Response<Full<Bytes>> {
+    let mut c = lock(controller);
+    if let Mode::Manual(target) = mode {
+        let status = c.status();
+        let origin = match target {
+            OriginId::Primary => &status.origins.primary,
+            OriginId::Backup => &status.origins.backup,
+        };
+        match pinnable(origin) {
+            Err(why) if !force => {
+                tracing::warn!(%target, why, "override refused: origin not healthy (force pins it anyway)");
+                return response(
+                    StatusCode::CONFLICT,
+                    "text/plain",
+                    format!(
+                        "refusing to pin {target}: {why}; `switcher-ctl set {target} --force` pins it anyway\n"
+                    ),
+                );
+            }
+            Err(why) => {
+                tracing::warn!(%target, why, "override forced onto an origin that is not healthy")
+            }
+            Ok(()) => {}
+        }
+    }
+    match c.set_mode(mode, SystemTime::now()) {
+        Ok(decision) => json(StatusCode::OK, &decision),
+        Err(e) => response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
+}
+
+/// Where a running `run` answers: its TCP admin address or its unix socket.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// The read-only TCP server.
+    Tcp(SocketAddr),
+    /// The admin unix socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// `switcher-ctl status`/`set` talking to a running `run`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No `run` is listening there (refused, timed out, unreachable).
-    #[error("no switcher-ctl run reachable at {addr}: {reason}")]
+    /// No `run` is listening there (refused, no socket file, timed out, unreachable).
+    #[error("no switcher-ctl run reachable at {endpoint}: {reason}")]
     Unreachable {
-        /// Admin address tried.
-        addr: std::net::SocketAddr,
+        /// Endpoint tried.
+        endpoint: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The socket exists but we may not use it (not root).
+    #[error("not allowed to use the admin socket {endpoint} ({reason}): run as root")]
+    Denied {
+        /// Endpoint tried.
+        endpoint: String,
         /// What happened.
         reason: String,
     },
     /// The connection broke mid-request.
-    #[error("admin request to {addr}: {reason}")]
+    #[error("admin request to {endpoint}: {reason}")]
     Protocol {
-        /// Admin address.
-        addr: std::net::SocketAddr,
+        /// Endpoint.
+        endpoint: String,
         /// What happened.
         reason: String,
     },
@@ -261,18 +681,68 @@ pub enum ClientError {
 
 /// One request to a running `run`'s admin server; returns status and body.
 pub async fn request(
-    addr: std::net::SocketAddr,
+    endpoint: &Endpoint,
     method: Method,
     path: &str,
     body: &str,
-    timeout: std::time::Duration,
+    timeout: Duration,
 ) -> Result<(StatusCode, String), ClientError> {
-    let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
-    let protocol = |reason: String| ClientError::Protocol { addr, reason };
-    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| unreachable("connect timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let name = endpoint.to_string();
+    let unreachable = |reason: String| ClientError::Unreachable {
+        endpoint: name.clone(),
+        reason,
+    };
+    let connect_error = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => ClientError::Denied {
+            endpoint: name.clone(),
+            reason: e.to_string(),
+        },
+        _ => unreachable(e.to_string()),
+    };
+    let timed_out = || unreachable("connect timed out".into());
+    match endpoint {
+        Endpoint::Tcp(addr) => {
+            let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(connect_error)?;
+            exchange(
+                stream,
+                &addr.to_string(),
+                &name,
+                method,
+                path,
+                body,
+                timeout,
+            )
+            .await
+        }
+        Endpoint::Unix(socket) => {
+            let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(socket))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(connect_error)?;
+            exchange(stream, "localhost", &name, method, path, body, timeout).await
+        }
+    }
+}
+
+async fn exchange<S>(
+    stream: S,
+    host: &str,
+    endpoint: &str,
+    method: Method,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, String), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let protocol = |reason: String| ClientError::Protocol {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
     let exchange = async {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -282,7 +752,7 @@ pub async fn request(
         let req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, addr.to_string())
+            .header(header::HOST, host)
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| protocol(e.to_string()))?;
         let resp = sender
@@ -321,5 +791,27 @@ mod tests {
         assert_eq!(parse_override(br#"{"mode":"auto"}"#), Some(Mode::Auto));
         assert_eq!(parse_override(b"sideways"), None);
         assert_eq!(parse_override(&[0xff, 0xfe]), None);
+        assert_eq!(
+            parse_override_request(br#"{"mode":"backup","force":true}"#),
+            Some((Mode::Manual(OriginId::Backup), true))
+        );
+        assert_eq!(
+            parse_override_request(b"primary force\n"),
+            Some((Mode::Manual(OriginId::Primary), true))
+        );
+        assert_eq!(parse_override_request(b"primary please"), None);
+        assert_eq!(
+            parse_override_request(br#"{"mode":"auto","force":"yes"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn host_names() {
+        assert_eq!(host_name("127.0.0.1:9180"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:9180"), "::1");
+        assert_eq!(host_name("LocalHost"), "localhost");
+        assert_eq!(host_name("evil.example:9180"), "evil.example");
+        assert_eq!(host_name("localhost.:9180"), "localhost");
     }
 }

@@ -4,7 +4,7 @@
 //! as the one place that rejects nonsense before anything is attached.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper::Uri;
@@ -22,8 +22,38 @@ pub const DEFAULT_BACKUP: &str = "http://127.0.0.1:8082";
 pub const DEFAULT_STREAM: &str = "demo";
 /// Default pin root of the eBPF objects.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/switcher";
-/// Default admin listen address (loopback only: the override endpoint has no authentication).
+/// Default admin listen address. The TCP admin server is read-only (state changes go through
+/// [`DEFAULT_ADMIN_SOCKET`]); loopback still, because metrics and the status page are for the
+/// edge host's operators.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9180";
+/// Default path of the admin unix socket, the only channel that changes state
+/// (`switcher-ctl set`): mode 0600 in a 0700 directory, owned by the service's user (root),
+/// so the file system is the authentication. Under systemd, `RuntimeDirectory=switcher-ctl`
+/// makes `/run/switcher-ctl`.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/switcher-ctl/admin.sock";
+/// Default cap on open admin connections, per listener (TCP and unix socket each): a
+/// scraper, a status page or two and an operator need a handful; beyond the cap clients wait
+/// in the kernel's backlog instead of costing tasks and buffers.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Default time an admin client has to send a request head (and its body), seconds; the
+/// origin's header timeout. Also bounds an idle keep-alive connection.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT_SECONDS: f64 = 10.0;
+/// Shortest duration accepted for the probe interval, probe timeout, age threshold and admin
+/// header timeout: tokio's timers count whole milliseconds (a zero interval panics).
+pub const MIN_SECONDS: f64 = 0.001;
+/// Longest duration accepted for them: a day. Far beyond any useful value, and far inside
+/// what `Duration` and the timers can represent (1e20 s overflows `Duration`).
+pub const MAX_SECONDS: f64 = 86_400.0;
+/// Largest `REQUIRED_WINDOWS`: 100,000 windows at the default interval is 5.5 hours.
+pub const MAX_REQUIRED_WINDOWS: u32 = 100_000;
+/// Largest `MSN_TOLERANCE`: an origin 10^6 segments behind is weeks behind.
+pub const MAX_MSN_TOLERANCE: u64 = 1_000_000;
+/// Largest `MAX_PLAYLIST_BYTES`: 64 MiB, a bound on what one origin can make a probe hold.
+pub const MAX_MAX_PLAYLIST_BYTES: usize = 64 << 20;
+/// Largest `DECISION_HISTORY`: every entry is rendered into `/healthz` and the status page.
+pub const MAX_DECISION_HISTORY: usize = 10_000;
+/// Largest `SWITCHER_ADMIN_MAX_CONNECTIONS`.
+pub const MAX_ADMIN_CONNECTIONS: usize = 4096;
 /// Default probe interval. The seed polled every 5 s; a 2 s-segment live stream can afford
 /// a probe per 0.2 s (one small playlist per origin) and failover becomes sub-second.
 pub const DEFAULT_INTERVAL_SECONDS: f64 = 0.2;
@@ -168,9 +198,31 @@ pub struct Config {
     #[arg(long, env = "SWITCHER_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
     pub pin_root: PathBuf,
 
-    /// Admin HTTP listen address: /metrics, /healthz, /, POST /override.
+    /// Admin HTTP listen address, read-only: /metrics, /healthz, /, /api/state, /assets/.
+    /// Requests whose Host is not an IP address, `localhost` or in `--admin-allowed-hosts`,
+    /// or whose Origin is another site, are refused (DNS rebinding, CSRF).
     #[arg(long, env = "SWITCHER_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
+
+    /// Admin unix socket, the one channel for state changes (`POST /override`, used by
+    /// `switcher-ctl set`): created mode 0600 (its directory 0700 when created), and only
+    /// peers with uid 0 or the service's own uid are served.
+    #[arg(long, env = "SWITCHER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
+
+    /// Host names (besides IP addresses and `localhost`) the TCP admin server answers to,
+    /// comma-separated, e.g. the edge's name for a remote Prometheus.
+    #[arg(long, env = "SWITCHER_ADMIN_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub admin_allowed_hosts: Vec<String>,
+
+    /// Most open connections per admin listener (TCP and unix socket each).
+    #[arg(long, env = "SWITCHER_ADMIN_MAX_CONNECTIONS", default_value_t = DEFAULT_ADMIN_MAX_CONNECTIONS)]
+    pub admin_max_connections: usize,
+
+    /// Seconds an admin client has to send a request head (and its body); also closes idle
+    /// keep-alive connections.
+    #[arg(long, env = "SWITCHER_ADMIN_HEADER_TIMEOUT_SECONDS", default_value_t = DEFAULT_ADMIN_HEADER_TIMEOUT_SECONDS)]
+    pub admin_header_timeout_seconds: f64,
 
     /// How the ingress program is attached.
     #[arg(long, env = "SWITCHER_ATTACH_MODE", value_enum, default_value_t = AttachModeArg::Auto)]
@@ -194,19 +246,39 @@ pub struct Config {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A duration is zero, negative or not a number.
-    #[error("{key} must be a positive number of seconds, got {value}")]
+    /// A duration is not a number, or outside [`MIN_SECONDS`]..=[`MAX_SECONDS`].
+    #[error("{key} must be a number of seconds from {min} to {max}, got {value}")]
     Duration {
         /// The key.
         key: &'static str,
         /// What was given.
         value: f64,
+        /// Smallest accepted.
+        min: f64,
+        /// Largest accepted.
+        max: f64,
     },
-    /// A count that must be at least one is zero.
-    #[error("{key} must be at least 1")]
-    Zero {
+    /// A count outside its range.
+    #[error("{key} must be from {min} to {max}, got {value}")]
+    Range {
         /// The key.
         key: &'static str,
+        /// What was given.
+        value: u64,
+        /// Smallest accepted.
+        min: u64,
+        /// Largest accepted.
+        max: u64,
+    },
+    /// Any other value that cannot work.
+    #[error("{key}: {value:?} {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// An origin URL is not an absolute `http://host[:port]` URL.
     #[error("{key}: {url:?} is not an http:// URL with a host ({reason})")]
@@ -249,6 +321,10 @@ impl Default for Config {
             admin: DEFAULT_ADMIN
                 .parse()
                 .expect("DEFAULT_ADMIN is a socket address"),
+            admin_socket: DEFAULT_ADMIN_SOCKET.into(),
+            admin_allowed_hosts: Vec::new(),
+            admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            admin_header_timeout_seconds: DEFAULT_ADMIN_HEADER_TIMEOUT_SECONDS,
             attach_mode: AttachModeArg::Auto,
             decision_history: DEFAULT_DECISION_HISTORY,
             assets_dir: DEFAULT_ASSETS_DIR.into(),
@@ -257,12 +333,59 @@ impl Default for Config {
     }
 }
 
-fn positive_seconds(key: &'static str, value: f64) -> Result<(), ConfigError> {
-    if value.is_finite() && value > 0.0 {
+/// A duration key: finite, within [`MIN_SECONDS`]..=[`MAX_SECONDS`], and convertible to a
+/// `Duration` of at least a millisecond (the accessors below then cannot panic).
+fn seconds(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    let in_range = (MIN_SECONDS..=MAX_SECONDS).contains(&value)
+        && Duration::try_from_secs_f64(value).is_ok_and(|d| d >= Duration::from_millis(1));
+    if in_range {
         Ok(())
     } else {
-        Err(ConfigError::Duration { key, value })
+        Err(ConfigError::Duration {
+            key,
+            value,
+            min: MIN_SECONDS,
+            max: MAX_SECONDS,
+        })
     }
+}
+
+fn range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Range {
+            key,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+fn invalid(key: &'static str, value: impl ToString, reason: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// An absolute path that is not `/` and has no `..`: the pin root may get a bpffs mounted on
+/// it, and the socket's directory may be created, so a path that resolves elsewhere than it
+/// reads is refused.
+fn plain_absolute(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    use std::path::Component;
+    if !path.is_absolute() {
+        return Err(invalid(key, path.display(), "must be an absolute path"));
+    }
+    if path.parent().is_none() {
+        return Err(invalid(key, path.display(), "must not be /"));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(key, path.display(), "must not contain .."));
+    }
+    Ok(())
 }
 
 fn http_url(key: &'static str, url: &str) -> Result<Uri, ConfigError> {
@@ -287,32 +410,113 @@ fn http_url(key: &'static str, url: &str) -> Result<Uri, ConfigError> {
 impl Config {
     /// Checks every key; returns the config unchanged when it can work.
     pub fn validate(self) -> Result<Self, ConfigError> {
-        positive_seconds("CHECK_INTERVAL_SECONDS", self.check_interval_seconds)?;
-        positive_seconds(
+        seconds("CHECK_INTERVAL_SECONDS", self.check_interval_seconds)?;
+        seconds(
             "SEGMENT_AGE_THRESHOLD_SECONDS",
             self.segment_age_threshold_seconds,
         )?;
-        positive_seconds("PROBE_TIMEOUT_SECONDS", self.probe_timeout_seconds)?;
-        positive_seconds(
+        seconds("PROBE_TIMEOUT_SECONDS", self.probe_timeout_seconds)?;
+        seconds(
             "SWITCHER_PROBE_CONNECT_TIMEOUT_SECONDS",
             self.probe_connect_timeout_seconds,
         )?;
-        positive_seconds("SWITCHER_DRAIN_SECONDS", self.drain_seconds)?;
-        if !(self.finish_seconds.is_finite() && self.finish_seconds >= 0.0) {
+        seconds("SWITCHER_DRAIN_SECONDS", self.drain_seconds)?;
+        // 0 is allowed here: reset every connection at once.
+        let finish_ok = self.finish_seconds == 0.0
+            || seconds("SWITCHER_FINISH_SECONDS", self.finish_seconds).is_ok();
+        if !finish_ok {
             return Err(ConfigError::Duration {
                 key: "SWITCHER_FINISH_SECONDS",
                 value: self.finish_seconds,
+                min: 0.0,
+                max: MAX_SECONDS,
             });
         }
-        if self.required_windows == 0 {
-            return Err(ConfigError::Zero {
-                key: "REQUIRED_WINDOWS",
-            });
+        seconds(
+            "SWITCHER_ADMIN_HEADER_TIMEOUT_SECONDS",
+            self.admin_header_timeout_seconds,
+        )?;
+        range(
+            "REQUIRED_WINDOWS",
+            self.required_windows.into(),
+            1,
+            MAX_REQUIRED_WINDOWS.into(),
+        )?;
+        range("MSN_TOLERANCE", self.msn_tolerance, 0, MAX_MSN_TOLERANCE)?;
+        range(
+            "MAX_PLAYLIST_BYTES",
+            self.max_playlist_bytes as u64,
+            1,
+            MAX_MAX_PLAYLIST_BYTES as u64,
+        )?;
+        range(
+            "DECISION_HISTORY",
+            self.decision_history as u64,
+            0,
+            MAX_DECISION_HISTORY as u64,
+        )?;
+        range(
+            "SWITCHER_ADMIN_MAX_CONNECTIONS",
+            self.admin_max_connections as u64,
+            1,
+            MAX_ADMIN_CONNECTIONS as u64,
+        )?;
+        // IFNAMSIZ is 16 with the NUL; the name goes to if_nametoindex and netlink.
+        let iface_ok = !self.iface.is_empty()
+            && self.iface.len() < libc::IFNAMSIZ
+            && self
+                .iface
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        if !iface_ok {
+            return Err(invalid(
+                "SWITCHER_IFACE",
+                &self.iface,
+                "is not an interface name (1-15 printable characters, no / or :)",
+            ));
         }
-        if self.max_playlist_bytes == 0 {
-            return Err(ConfigError::Zero {
-                key: "MAX_PLAYLIST_BYTES",
+        if self.vip.port() == 0 || self.vip.ip().is_unspecified() || self.vip.ip().is_multicast() {
+            return Err(invalid(
+                "SWITCHER_VIP",
+                self.vip,
+                "must be a unicast address with a port",
+            ));
+        }
+        plain_absolute("SWITCHER_PIN_ROOT", &self.pin_root)?;
+        plain_absolute("SWITCHER_ADMIN_SOCKET", &self.admin_socket)?;
+        // sun_path holds 108 bytes with the NUL.
+        if self.admin_socket.as_os_str().len() >= 108 {
+            return Err(invalid(
+                "SWITCHER_ADMIN_SOCKET",
+                self.admin_socket.display(),
+                "is longer than a unix socket path may be (107 bytes)",
+            ));
+        }
+        for host in &self.admin_allowed_hosts {
+            let ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !ok {
+                return Err(invalid(
+                    "SWITCHER_ADMIN_ALLOWED_HOSTS",
+                    host,
+                    "is not a host name (letters, digits, - and .)",
+                ));
+            }
+        }
+        if let Some(url) = &self.player_url {
+            let scheme = url.parse::<Uri>().ok().and_then(|u| {
+                u.host()?;
+                u.scheme_str().map(str::to_string)
             });
+            if !matches!(scheme.as_deref(), Some("http" | "https")) {
+                return Err(invalid(
+                    "SWITCHER_PLAYER_URL",
+                    url,
+                    "is not an http:// or https:// URL with a host",
+                ));
+            }
         }
         let primary = self.primary_url();
         let backup = self.backup_url();
@@ -350,6 +554,9 @@ impl Config {
         }
     }
 
+    // The accessors below convert validated values: [`Config::validate`] checked that each
+    // converts, so they cannot panic on a validated config.
+
     /// Probe interval.
     pub fn interval(&self) -> Duration {
         Duration::from_secs_f64(self.check_interval_seconds)
@@ -380,6 +587,11 @@ impl Config {
     /// Drain time of a healthy origin's flows.
     pub fn drain(&self) -> Duration {
         Duration::try_from_secs_f64(self.drain_seconds).unwrap_or(Duration::MAX)
+    }
+
+    /// Admin header (and body) timeout.
+    pub fn admin_header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.admin_header_timeout_seconds)
     }
 }
 
@@ -441,9 +653,135 @@ mod tests {
                 backup_base_url: DEFAULT_PRIMARY.into(),
                 ..Config::default()
             },
+            // Each of these passed the old check, then panicked after attaching.
+            Config {
+                check_interval_seconds: 1e20,
+                ..Config::default()
+            },
+            Config {
+                check_interval_seconds: 1e-10,
+                ..Config::default()
+            },
+            Config {
+                probe_timeout_seconds: 1e20,
+                ..Config::default()
+            },
+            Config {
+                segment_age_threshold_seconds: f64::INFINITY,
+                ..Config::default()
+            },
+            Config {
+                admin_header_timeout_seconds: 0.0,
+                ..Config::default()
+            },
+            Config {
+                admin_max_connections: 0,
+                ..Config::default()
+            },
+            Config {
+                max_playlist_bytes: usize::MAX,
+                ..Config::default()
+            },
+            Config {
+                decision_history: usize::MAX,
+                ..Config::default()
+            },
+            Config {
+                required_windows: u32::MAX,
+                ..Config::default()
+            },
+            Config {
+                iface: "a-name-longer-than-15".into(),
+                ..Config::default()
+            },
+            Config {
+                iface: String::new(),
+                ..Config::default()
+            },
+            Config {
+                vip: "0.0.0.0:8080".parse().expect("addr"),
+                ..Config::default()
+            },
+            Config {
+                vip: "127.0.0.1:0".parse().expect("addr"),
+                ..Config::default()
+            },
+            Config {
+                pin_root: "/".into(),
+                ..Config::default()
+            },
+            Config {
+                pin_root: "relative/pins".into(),
+                ..Config::default()
+            },
+            Config {
+                pin_root: "/sys/fs/bpf/../../etc".into(),
+                ..Config::default()
+            },
+            Config {
+                admin_socket: format!("/run/{}/admin.sock", "x".repeat(120)).into(),
+                ..Config::default()
+            },
+            Config {
+                admin_allowed_hosts: vec!["evil.example/".into()],
+                ..Config::default()
+            },
+            Config {
+                player_url: Some("javascript:alert(1)".into()),
+                ..Config::default()
+            },
+            Config {
+                probe_connect_timeout_seconds: 1e20,
+                ..Config::default()
+            },
+            Config {
+                drain_seconds: f64::INFINITY,
+                ..Config::default()
+            },
+            Config {
+                finish_seconds: -1.0,
+                ..Config::default()
+            },
+            Config {
+                finish_seconds: 1e20,
+                ..Config::default()
+            },
         ];
         for c in bad {
             assert!(c.clone().validate().is_err(), "{c:?} should be rejected");
+        }
+        // 0 means "reset at once" for SWITCHER_FINISH_SECONDS.
+        Config {
+            finish_seconds: 0.0,
+            ..Config::default()
+        }
+        .validate()
+        .expect("finish 0 is valid");
+    }
+
+    #[test]
+    fn duration_errors_name_the_key_and_the_range() {
+        let e = Config {
+            check_interval_seconds: 1e20,
+            ..Config::default()
+        }
+        .validate()
+        .expect_err("1e20 s");
+        assert_eq!(
+            e.to_string(),
+            "CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000"
+        );
+        // The edges of the range are accepted, and their durations convert.
+        for v in [MIN_SECONDS, MAX_SECONDS] {
+            let c = Config {
+                check_interval_seconds: v,
+                probe_timeout_seconds: v,
+                segment_age_threshold_seconds: v,
+                ..Config::default()
+            }
+            .validate()
+            .expect("edge of the range");
+            assert_eq!(c.interval(), Duration::from_secs_f64(v));
         }
     }
 

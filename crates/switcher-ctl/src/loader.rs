@@ -132,26 +132,151 @@ fn nix_statfs_magic(path: &Path) -> Option<i64> {
     (rc == 0).then_some(buf.f_type as i64)
 }
 
-/// Makes sure the pin root exists on a bpffs: if its parent is not a bpffs, mounts one there
-/// (the default parent, /sys/fs/bpf, is not mounted on every system).
-pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
-    let parent = pin_root
-        .parent()
-        .ok_or_else(|| anyhow!("pin root {} has no parent", pin_root.display()))?;
-    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    if !is_bpffs(parent) {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(parent)
-            .status()
-            .context("running mount -t bpf")?;
-        if !status.success() || !is_bpffs(parent) {
+/// Whether `path` is the root of a mount: on another device than its parent.
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (fs::metadata(path), path.parent().map(fs::metadata)) {
+        (Ok(me), Some(Ok(parent))) => me.dev() != parent.dev(),
+        _ => false,
+    }
+}
+
+/// What [`ensure_bpffs`] did to the file system, undone on drop unless [`BpffsMount::keep`]
+/// is called: an attach that fails leaves no mount and no directory behind.
+#[must_use = "dropping it undoes the mount; call keep() once the pins are in place"]
+#[derive(Debug, Default)]
+pub struct BpffsMount {
+    /// The pin root, when a bpffs was mounted on it.
+    mounted: Option<PathBuf>,
+    /// Directories created on the way, outermost first.
+    created: Vec<PathBuf>,
+}
+
+impl BpffsMount {
+    /// Keeps the mount and the directories (the pins live there now).
+    pub fn keep(mut self) {
+        self.mounted = None;
+        self.created.clear();
+    }
+
+    /// Whether a bpffs was mounted on the pin root.
+    pub fn mounted(&self) -> bool {
+        self.mounted.is_some()
+    }
+}
+
+impl Drop for BpffsMount {
+    fn drop(&mut self) {
+        if let Some(path) = self.mounted.take() {
+            match umount(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "unmounted the bpffs mounted for this attach")
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "unmounting bpffs failed")
+                }
+            }
+        }
+        for dir in self.created.drain(..).rev() {
+            // Only if empty: whatever something else put there stays.
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+}
+
+fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
+/// mount -t bpf -o mode=0700,nosuid,nodev,noexec bpf `path` (the options the systemd unit
+/// uses for /sys/fs/bpf).
+fn mount_bpffs(path: &Path) -> std::io::Result<()> {
+    let target = c_path(path)?;
+    // SAFETY: NUL-terminated strings that outlive the call; mount(2) does not keep them.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn umount(path: &Path) -> std::io::Result<()> {
+    let target = c_path(path)?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Makes sure the pin root is on a bpffs, touching as little as possible:
+/// * already on a bpffs (the pin root, or the nearest existing ancestor, e.g. /sys/fs/bpf):
+///   only the missing directories are created;
+/// * otherwise a bpffs is mounted on the pin root itself, never on a parent (that would hide
+///   the parent's contents), and only when the pin root is missing or an empty directory.
+///
+/// The returned guard undoes the mount and the new directories unless kept. Mounting needs
+/// CAP_SYS_ADMIN; under systemd the unit mounts /sys/fs/bpf instead.
+pub fn ensure_bpffs(pin_root: &Path) -> Result<BpffsMount> {
+    if !pin_root.is_absolute() || pin_root.parent().is_none() {
+        bail!(
+            "pin root {} must be an absolute path other than /",
+            pin_root.display()
+        );
+    }
+    let mut guard = BpffsMount::default();
+    // The missing directories, innermost first, and the nearest existing ancestor.
+    let mut missing = Vec::new();
+    let mut existing = pin_root;
+    while !existing.exists() {
+        missing.push(existing.to_path_buf());
+        existing = existing
+            .parent()
+            .ok_or_else(|| anyhow!("no existing ancestor of {}", pin_root.display()))?;
+    }
+    let on_bpffs = is_bpffs(existing);
+    if !on_bpffs && missing.is_empty() {
+        // The pin root exists on another file system: mount over it only if that hides nothing.
+        if !pin_root.is_dir() {
+            bail!("pin root {} is not a directory", pin_root.display());
+        }
+        let empty = fs::read_dir(pin_root)
+            .with_context(|| format!("reading {}", pin_root.display()))?
+            .next()
+            .is_none();
+        if !empty {
             bail!(
-                "{} is not a bpffs and mounting one there failed",
-                parent.display()
+                "pin root {} is not on a bpffs and not empty: refusing to mount a bpffs over its contents (mount one there yourself, or choose an empty or new directory)",
+                pin_root.display()
             );
         }
-        tracing::info!(path = %parent.display(), "mounted bpffs");
+    }
+    for dir in missing.iter().rev() {
+        fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+        guard.created.push(dir.clone());
+    }
+    if !on_bpffs {
+        mount_bpffs(pin_root).with_context(|| {
+            format!(
+                "{} is not on a bpffs and mounting one there failed (needs CAP_SYS_ADMIN; or mount one first: mount -t bpf bpf {})",
+                pin_root.display(),
+                pin_root.display()
+            )
+        })?;
+        guard.mounted = Some(pin_root.to_path_buf());
+        tracing::info!(path = %pin_root.display(), "mounted bpffs on the pin root");
     }
     for dir in [
         maps_dir(pin_root),
@@ -160,7 +285,7 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     ] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    Ok(())
+    Ok(guard)
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
@@ -245,8 +370,9 @@ impl Pinned {
         if cfg.origins.is_empty() || cfg.origins.len() > MAX_ORIGINS as usize {
             bail!("need 1..={MAX_ORIGINS} origins, got {}", cfg.origins.len());
         }
-        ensure_bpffs(&cfg.pin_root)?;
+        // The interface first: a wrong name must fail before anything is mounted or created.
         let idx = ifindex(&cfg.iface)?;
+        let mut mounts = vec![ensure_bpffs(&cfg.pin_root)?];
         let adopted = match Pinned::open(&cfg.pin_root) {
             Ok(p) => {
                 let old = p.vip()?;
@@ -257,7 +383,7 @@ impl Pinned {
                     tracing::info!("pinned state is stale or for another interface; reloading");
                     drop(p);
                     detach(&cfg.pin_root)?;
-                    ensure_bpffs(&cfg.pin_root)?;
+                    mounts.push(ensure_bpffs(&cfg.pin_root)?);
                     None
                 }
             }
@@ -290,6 +416,7 @@ impl Pinned {
                 .set(i, value, 0)
                 .context("writing SWITCHER_ORIGINS")?;
         }
+        mounts.into_iter().for_each(BpffsMount::keep);
         Ok(pinned)
     }
 
@@ -556,6 +683,11 @@ fn remove_pins(root: &Path) -> Result<()> {
             }
         }
         let _ = fs::remove_dir(&dir);
+    }
+    // A bpffs mounted on the pin root itself (`ensure_bpffs`) stays: removing its mount point
+    // would fail, and unmounting needs CAP_SYS_ADMIN, which `detach` does not have.
+    if is_mount_point(root) {
+        return Ok(());
     }
     fs::remove_dir(root)
         .or_else(|e| {

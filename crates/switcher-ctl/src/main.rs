@@ -2,7 +2,8 @@
 //! * `run`: attach (or adopt) the data plane, drop to CAP_BPF + CAP_NET_ADMIN, run the service.
 //! * `status`: what is pinned (active origin, origins, flows, counters) and the running
 //!   service's `/healthz` when reachable.
-//! * `set primary|backup|auto`: override through the running service; without one, write the
+//! * `set primary|backup|auto [--force]`: override through the running service's admin unix
+//!   socket (root only: the socket is mode 0600); without a running service, write the
 //!   active map directly (primary/backup only).
 //! * `detach`: remove programs and pins.
 
@@ -15,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::{Method, StatusCode};
 use switcher_common::ORIGIN_CONFIGURED;
+use switcher_ctl::admin::Endpoint;
 use switcher_ctl::config::{self, AttachModeArg, Config};
 use switcher_ctl::dataplane::DataPlane;
 use switcher_ctl::decide::OriginId;
@@ -24,6 +26,8 @@ use switcher_ctl::{admin, privileges, service};
 
 /// How long `status`/`set` wait for a running service's admin server.
 const ADMIN_CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Exit code of `run` for a configuration that cannot work (clap's own usage errors are 2 too).
+const EXIT_INVALID_CONFIG: u8 = 2;
 /// Worker threads of `run`: the loop, the probes and the admin server are light; two match
 /// the small edge hosts this runs on.
 const RUN_WORKER_THREADS: usize = 2;
@@ -48,6 +52,9 @@ struct Where {
     /// Admin address of a running `switcher-ctl run`.
     #[arg(long, env = "SWITCHER_ADMIN", default_value = config::DEFAULT_ADMIN)]
     admin: SocketAddr,
+    /// Admin unix socket of a running `switcher-ctl run` (state changes go through it).
+    #[arg(long, env = "SWITCHER_ADMIN_SOCKET", default_value = config::DEFAULT_ADMIN_SOCKET)]
+    admin_socket: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +67,9 @@ enum Command {
     Set {
         /// primary, backup or auto.
         target: Target,
+        /// Pin the origin even though it is not healthy (without it the service refuses).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         at: Where,
     },
@@ -99,7 +109,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(config) => run(*config),
         Command::Status(at) => status(&at),
-        Command::Set { target, at } => set(target, &at),
+        Command::Set { target, force, at } => set(target, force, &at),
         Command::Detach { pin_root } => loader::detach(&pin_root)
             .with_context(|| format!("detaching under {}", pin_root.display()))
             .map(|()| {
@@ -140,8 +150,24 @@ fn origin_addr(base_url: &str, vip: SocketAddr) -> Result<SocketAddr> {
         .with_context(|| format!("origin host {host:?} resolves to no address"))
 }
 
+/// Removes the admin socket file when `run` ends, however it ends.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn run(config: Config) -> Result<ExitCode> {
-    let config = config.validate().context("invalid configuration")?;
+    // Every value is checked before anything touches the kernel or the file system.
+    let config = match config.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switcher-ctl: invalid configuration: {e}");
+            return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+        }
+    };
     let attach = AttachConfig {
         iface: config.iface.clone(),
         vip: config.vip,
@@ -158,15 +184,18 @@ fn run(config: Config) -> Result<ExitCode> {
             AttachModeArg::Tc => AttachMode::Tc,
         },
     };
-    let pinned = Pinned::attach(&attach)
-        .with_context(|| format!("attaching to {} (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON to load the programs; adopting pinned ones needs only CAP_BPF + CAP_NET_ADMIN)", config.iface))?;
-    tracing::info!(info = %pinned.attach_info(), "data plane attached");
-    // Bound before dropping privileges, so an admin port below 1024 would still work.
+    // Both admin listeners before attaching: a port or socket in use then fails with nothing
+    // attached, and before dropping privileges, so a port below 1024 would still work.
     let listener = StdTcpListener::bind(config.admin)
         .with_context(|| format!("binding admin {}", config.admin))?;
     listener
         .set_nonblocking(true)
         .context("admin listener non-blocking")?;
+    let unix = admin::bind_unix(&config.admin_socket)?;
+    let _socket_file = SocketFile(config.admin_socket.clone());
+    let pinned = Pinned::attach(&attach)
+        .with_context(|| format!("attaching to {} (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON to load the programs; adopting pinned ones needs only CAP_BPF + CAP_NET_ADMIN)", config.iface))?;
+    tracing::info!(info = %pinned.attach_info(), "data plane attached");
     // Before the runtime exists: capabilities are per thread, and its threads inherit ours.
     privileges::drop_to_bpf_and_net_admin().context("dropping privileges")?;
     tracing::info!(effective = ?privileges::effective(), "privileges dropped");
@@ -176,11 +205,15 @@ fn run(config: Config) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::from_std(listener).context("admin listener")?;
+        let listeners = admin::Listeners {
+            tcp: tokio::net::TcpListener::from_std(listener).context("admin listener")?,
+            unix: Some(tokio::net::UnixListener::from_std(unix).context("admin socket")?),
+        };
+        tracing::info!(socket = %config.admin_socket.display(), "admin socket listening (state changes)");
         service::run(
             config,
             Box::new(pinned),
-            listener,
+            listeners,
             service::shutdown_signal(),
         )
         .await
@@ -270,7 +303,7 @@ fn status(at: &Where) -> Result<ExitCode> {
     let attached = print_pinned(&at.pin_root)?;
     let rt = small_runtime()?;
     match rt.block_on(admin::request(
-        at.admin,
+        &Endpoint::Tcp(at.admin),
         Method::GET,
         "/healthz",
         "",
@@ -286,20 +319,21 @@ fn status(at: &Where) -> Result<ExitCode> {
     })
 }
 
-fn set(target: Target, at: &Where) -> Result<ExitCode> {
+fn set(target: Target, force: bool, at: &Where) -> Result<ExitCode> {
     let rt = small_runtime()?;
+    let socket = Endpoint::Unix(at.admin_socket.clone());
+    let body = serde_json::json!({ "mode": target.word(), "force": force }).to_string();
     match rt.block_on(admin::request(
-        at.admin,
+        &socket,
         Method::POST,
         "/override",
-        target.word(),
+        &body,
         ADMIN_CLIENT_TIMEOUT,
     )) {
         Ok((StatusCode::OK, body)) => {
             println!(
-                "set {} through the running service at {}:\n{body}",
-                target.word(),
-                at.admin
+                "set {} through the running service at {socket}:\n{body}",
+                target.word()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -308,18 +342,34 @@ fn set(target: Target, at: &Where) -> Result<ExitCode> {
             body.trim()
         ),
         Err(admin::ClientError::Unreachable { reason, .. }) => {
+            // A service that answers over TCP but not on this socket keeps its own idea of
+            // the active origin: writing the map behind its back would be undone or, worse,
+            // disagree with it silently.
+            if rt
+                .block_on(admin::request(
+                    &Endpoint::Tcp(at.admin),
+                    Method::GET,
+                    "/healthz",
+                    "",
+                    ADMIN_CLIENT_TIMEOUT,
+                ))
+                .is_ok()
+            {
+                bail!(
+                    "a switcher-ctl run answers at {} but not on the admin socket {socket} ({reason}); pass its --admin-socket",
+                    at.admin
+                );
+            }
             let origin = match target {
                 Target::Primary => OriginId::Primary,
                 Target::Backup => OriginId::Backup,
                 Target::Auto => bail!(
-                    "no switcher-ctl run reachable at {} ({reason}); auto needs a running service",
-                    at.admin
+                    "no switcher-ctl run reachable at {socket} ({reason}); auto needs a running service"
                 ),
             };
             let mut pinned = Pinned::open(&at.pin_root).with_context(|| {
                 format!(
-                    "no switcher-ctl run reachable at {} ({reason}), and nothing attached at {}",
-                    at.admin,
+                    "no switcher-ctl run reachable at {socket} ({reason}), and nothing attached at {}",
                     at.pin_root.display()
                 )
             })?;
@@ -329,8 +379,7 @@ fn set(target: Target, at: &Where) -> Result<ExitCode> {
             // Flows on the other origin stay pinned to it: retiring them is the service's job
             // when it decides; an operator without a service gets the map write only.
             println!(
-                "no switcher-ctl run reachable at {} ({reason}); wrote active origin = {origin} to the pinned map under {} directly (new flows go there; a run started later adopts it)",
-                at.admin,
+                "no switcher-ctl run reachable at {socket} ({reason}); wrote active origin = {origin} to the pinned map under {} directly (new flows go there; a run started later adopts it)",
                 at.pin_root.display()
             );
             Ok(ExitCode::SUCCESS)

@@ -5,6 +5,16 @@
 //! clock as an argument; the I/O half ([`Prober::probe`]) opens a new `TcpStream` for every
 //! probe, because a pooled keep-alive connection hides exactly the L4 faults (a dead
 //! listener, a full accept queue) that failover must see (pingora's health checks do the same).
+//!
+//! # Hostile playlists
+//! The body comes from a peer, so every number in it is checked before it is used: an
+//! `#EXTINF` duration must be an RFC 8216 4.2 decimal (m3u8-rs reads `1e30` as `1` and drops
+//! the rest into the title), at most [`MAX_SEGMENT_SECONDS`]; the newest media sequence number
+//! and the date sums use checked arithmetic. Anything out of range is
+//! [`ProbeError::Invalid`]: "this origin is bad", never a panic and never a wrong age or MSN.
+//! As defence in depth, [`Prober::probe`] runs each probe in a task of its own, so a panic
+//! anywhere in it (hyper, m3u8-rs, us) becomes [`ProbeError::Internal`] instead of taking the
+//! run loop down with it.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,6 +40,16 @@ const SEGMENT_TAIL_BYTES: usize = TS_PACKET * 348;
 /// Largest segment body a probe reads: far above a 2 s segment at any sane bitrate, a bound
 /// on what a broken origin can make the prober buffer.
 const MAX_SEGMENT_BYTES: usize = 64 << 20;
+/// Longest `#EXTINF` duration accepted. A live segment is a few seconds (RFC 8216 6.2.1
+/// recommends a 6 s target duration); an hour is far beyond any packager's and keeps every
+/// sum of durations well inside chrono's and `f64`'s exact range.
+pub const MAX_SEGMENT_SECONDS: f64 = 3600.0;
+/// How far in the future a playlist's newest segment may end before its dates are rejected.
+/// The newest segment of a working packager ended in the past; a few seconds ahead is clock
+/// skew between hosts, but a playlist dated far ahead would look fresh for as long as that
+/// date lasts whatever the origin does (a stale origin kept active), so its age is not
+/// believed. A minute is far above NTP-level skew.
+pub const MAX_FUTURE_SECONDS: f64 = 60.0;
 
 /// Why a probe found no usable playlist. Every variant makes the origin bad for that window.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +93,15 @@ pub enum ProbeError {
     /// or the connection failed mid-body), not whole MPEG-TS packets, or not fetchable.
     #[error("newest segment: {0}")]
     Segment(String),
+    /// The playlist parses but a value in it is out of range (a malformed or huge `#EXTINF`,
+    /// a media sequence number that overflows, dates beyond the calendar or far in the
+    /// future): its freshness cannot be trusted.
+    #[error("invalid playlist: {0}")]
+    Invalid(String),
+    /// The probe itself failed unexpectedly (it panicked); the origin is treated as bad for
+    /// this window and the service goes on.
+    #[error("probe failed internally: {0}")]
+    Internal(String),
 }
 
 impl ProbeError {
@@ -91,6 +120,8 @@ impl ProbeError {
             ProbeError::BadUrl(_) => "bad_url",
             ProbeError::ConnectTimeout => "connect_timeout",
             ProbeError::Segment(_) => "segment",
+            ProbeError::Invalid(_) => "invalid",
+            ProbeError::Internal(_) => "internal",
         }
     }
 }
@@ -110,9 +141,13 @@ impl MediaFacts {
     /// timestamps run ahead of our clock (kept signed so skew is visible, not hidden as 0).
     pub fn age_seconds(&self, now: SystemTime) -> f64 {
         let now: DateTime<Utc> = now.into();
-        (now - self.newest_end)
-            .num_microseconds()
-            .map_or(f64::MAX, |us| us as f64 / MICROS_PER_SECOND)
+        let age = now.signed_duration_since(self.newest_end);
+        // Microseconds overflow i64 only ~292,000 years apart; milliseconds cannot (chrono's
+        // dates span less), and keep the sign.
+        age.num_microseconds().map_or_else(
+            || age.num_milliseconds() as f64 / 1e3,
+            |us| us as f64 / MICROS_PER_SECOND,
+        )
     }
 }
 
@@ -133,10 +168,10 @@ pub fn parse_playlist(body: &[u8]) -> Result<Parsed, ProbeError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ProbeError::Empty);
     }
+    check_extinf(body)?;
     let playlist = m3u8_rs::parse_playlist_res(body).map_err(|e| {
         // nom's error holds the remaining input; keep the message short.
-        let mut msg = format!("{e:?}");
-        msg.truncate(80);
+        let msg: String = format!("{e:?}").chars().take(80).collect();
         ProbeError::Unparsable(msg)
     })?;
     match playlist {
@@ -151,7 +186,12 @@ pub fn parse_playlist(body: &[u8]) -> Result<Parsed, ProbeError> {
             if count == 0 {
                 return Err(ProbeError::Empty);
             }
-            let newest_msn = media.media_sequence + count - 1;
+            let newest_msn = media.media_sequence.checked_add(count - 1).ok_or_else(|| {
+                ProbeError::Invalid(format!(
+                    "EXT-X-MEDIA-SEQUENCE {} + {count} segments overflows",
+                    media.media_sequence
+                ))
+            })?;
             // RFC 8216 4.3.2.6: a PROGRAM-DATE-TIME applies to its segment, and later segments'
             // dates follow by adding durations. So take the last segment that carries one and
             // add its duration and every later segment's (our packagers tag every segment,
@@ -163,14 +203,33 @@ pub fn parse_playlist(body: &[u8]) -> Result<Parsed, ProbeError> {
                 .rev()
                 .find_map(|(i, s)| s.program_date_time.map(|d| (i, d)))
                 .ok_or(ProbeError::NoProgramDateTime)?;
-            let seconds: f64 = media.segments[tagged..]
-                .iter()
-                .map(|s| f64::from(s.duration))
-                .sum();
-            let span = chrono::Duration::microseconds((seconds * MICROS_PER_SECOND) as i64);
+            // Each duration is at most MAX_SEGMENT_SECONDS (checked by `check_extinf` and
+            // again here on the parsed value), so the sum is finite; the conversion to
+            // microseconds and the date addition are checked all the same.
+            let mut seconds = 0.0_f64;
+            for s in &media.segments[tagged..] {
+                let d = f64::from(s.duration);
+                if !(0.0..=MAX_SEGMENT_SECONDS).contains(&d) {
+                    return Err(ProbeError::Invalid(format!("EXTINF duration {d} s")));
+                }
+                seconds += d;
+            }
+            let micros = seconds * MICROS_PER_SECOND;
+            if !micros.is_finite() || micros >= i64::MAX as f64 {
+                return Err(ProbeError::Invalid(format!(
+                    "segments after the last PROGRAM-DATE-TIME last {seconds} s"
+                )));
+            }
+            let span = chrono::Duration::microseconds(micros as i64);
+            let newest_end = pdt
+                .with_timezone(&Utc)
+                .checked_add_signed(span)
+                .ok_or_else(|| {
+                    ProbeError::Invalid(format!("PROGRAM-DATE-TIME {pdt} + {seconds} s overflows"))
+                })?;
             Ok(Parsed::Media(MediaFacts {
                 newest_msn,
-                newest_end: pdt.with_timezone(&Utc) + span,
+                newest_end,
             }))
         }
     }
@@ -203,6 +262,61 @@ pub fn check_ts(body: &[u8]) -> Result<(), ProbeError> {
         )));
     }
     Ok(())
+}
+
+/// Checks every `#EXTINF` line against RFC 8216 4.3.2.1 before m3u8-rs sees it:
+/// `#EXTINF:<duration>,[<title>]` with a decimal-integer or decimal-floating-point duration
+/// (4.2: digits and at most one `.`, no sign, no exponent), at most [`MAX_SEGMENT_SECONDS`].
+/// m3u8-rs reads the longest numeric prefix and moves the rest into the title, so `1e30,`
+/// would otherwise be a 1 s segment.
+fn check_extinf(body: &[u8]) -> Result<(), ProbeError> {
+    const TAG: &[u8] = b"#EXTINF:";
+    for line in body.split(|&b| b == b'\n') {
+        let Some(rest) = line.strip_prefix(TAG) else {
+            continue;
+        };
+        let end = rest
+            .iter()
+            .position(|&b| b == b',' || b == b'\r')
+            .unwrap_or(rest.len());
+        let value = &rest[..end];
+        let invalid = || {
+            let shown = String::from_utf8_lossy(&value[..value.len().min(40)]).into_owned();
+            ProbeError::Invalid(format!("EXTINF duration {shown:?}"))
+        };
+        let (int, frac) = match value.iter().position(|&b| b == b'.') {
+            Some(dot) => (&value[..dot], Some(&value[dot + 1..])),
+            None => (value, None),
+        };
+        let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+        if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+            return Err(invalid());
+        }
+        let seconds: f64 = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(invalid)?;
+        if seconds.is_nan() || seconds > MAX_SEGMENT_SECONDS {
+            return Err(invalid());
+        }
+    }
+    Ok(())
+}
+
+/// The freshness `facts` give at `now`; a newest segment that ends more than
+/// [`MAX_FUTURE_SECONDS`] after `now` is [`ProbeError::Invalid`] (see the constant).
+pub fn freshness(facts: &MediaFacts, now: SystemTime) -> Result<Freshness, ProbeError> {
+    let age_seconds = facts.age_seconds(now);
+    if age_seconds < -MAX_FUTURE_SECONDS {
+        return Err(ProbeError::Invalid(format!(
+            "newest segment ends {:.0} s in the future (PROGRAM-DATE-TIME {}; origin clock ahead?)",
+            -age_seconds, facts.newest_end
+        )));
+    }
+    Ok(Freshness {
+        newest_msn: facts.newest_msn,
+        age_seconds,
+    })
 }
 
 /// Freshness of an origin at probe time.
@@ -289,16 +403,46 @@ impl Prober {
 }
 
 impl Prober {
-    /// Probes the playlist at `url`. Never fails: every failure is in the report.
+    /// Probes the playlist at `url`. Never fails: every failure is in the report, a panic
+    /// inside the probe included (it runs in a task of its own, see the module docs).
     pub async fn probe(&self, url: &str) -> ProbeReport {
         let start = Instant::now();
+        let prober = self.clone();
+        let owned_url = url.to_string();
+        let task = tokio::spawn(async move { prober.probe_here(&owned_url, start).await });
+        // Dropping this probe (the run loop shutting down) ends the task too.
+        let abort = AbortOnDrop(task.abort_handle());
+        let joined = task.await;
+        drop(abort);
+        match joined {
+            Ok(report) => report,
+            Err(e) => {
+                let why = if e.is_panic() {
+                    let payload = e.into_panic();
+                    payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into())
+                } else {
+                    e.to_string()
+                };
+                tracing::error!(url, error = %why, "probe task failed; origin counted bad for this window");
+                ProbeReport {
+                    status: None,
+                    latency: start.elapsed(),
+                    outcome: Err(ProbeError::Internal(why)),
+                }
+            }
+        }
+    }
+
+    /// The probe proper, on the task [`Prober::probe`] spawned.
+    async fn probe_here(&self, url: &str, start: Instant) -> ProbeReport {
         let mut status = None;
         let outcome =
             match tokio::time::timeout(self.timeout, self.probe_inner(url, &mut status)).await {
-                Ok(Ok(facts)) => Ok(Freshness {
-                    newest_msn: facts.newest_msn,
-                    age_seconds: facts.age_seconds(SystemTime::now()),
-                }),
+                Ok(Ok(facts)) => freshness(&facts, SystemTime::now()),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(ProbeError::Timeout),
             };
@@ -413,7 +557,7 @@ impl Prober {
                 .map_err(|e| ProbeError::Io(e.to_string()))?;
         // The connection task ends when the server closes (we ask it to) or when this probe
         // is dropped by its timeout: the guard aborts it so no task outlives its probe.
-        let conn = AbortOnDrop(tokio::spawn(conn));
+        let conn = AbortOnDrop(tokio::spawn(conn).abort_handle());
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let mut request = Request::get(path);
@@ -459,7 +603,7 @@ impl Prober {
 }
 
 /// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::net::TcpListener;
 use tokio::time::MissedTickBehavior;
 
 use crate::admin::{self, SharedController};
@@ -40,11 +39,12 @@ pub fn policy(config: &Config) -> Policy {
     }
 }
 
-/// Runs until `shutdown` completes. `config` should be validated.
+/// Runs until `shutdown` completes. `config` should be validated. `admin_listeners`: a
+/// `TcpListener` (read-only admin), or [`admin::Listeners`] with the state-changing socket.
 pub async fn run(
     config: Config,
     dataplane: Box<dyn DataPlane>,
-    admin_listener: TcpListener,
+    admin_listeners: impl Into<admin::Listeners>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
     let urls = [config.primary_url(), config.backup_url()];
@@ -66,13 +66,15 @@ pub async fn run(
 
     // Dropping the sender tells the admin server to stop.
     let (stop_admin, mut admin_stopped) = tokio::sync::watch::channel(());
-    let admin_addr = admin_listener.local_addr().ok();
+    let admin_listeners = admin_listeners.into();
+    let admin_addr = admin_listeners.local_addr();
     let page = PageConfig::from_config(&config);
     status_page::check_assets(&page);
     let admin = tokio::spawn(admin::serve_with(
-        admin_listener,
+        admin_listeners,
         controller.clone(),
         Arc::new(page),
+        admin::Limits::from_config(&config),
         async move {
             let _ = admin_stopped.changed().await;
         },

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Call, FakeDataPlane, Reply, TestServer, http, playlist_aged, ts_body};
+use common::{
+    Call, FakeDataPlane, Reply, TempDir, TestServer, admin_socket, http, over_socket,
+    playlist_aged, ts_body,
+};
 use serde_json::Value;
 use switcher_common::{ORIGIN_BACKUP, ORIGIN_PRIMARY};
 use switcher_ctl::config::Config;
@@ -39,6 +42,9 @@ async fn origin(stale: Arc<AtomicBool>) -> TestServer {
 
 struct Running {
     admin: SocketAddr,
+    /// The admin unix socket (state changes).
+    socket: std::path::PathBuf,
+    _dir: TempDir,
     dp: FakeDataPlane,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), switcher_ctl::service::ServiceError>>,
@@ -46,32 +52,50 @@ struct Running {
 
 impl Running {
     async fn start(primary: &TestServer, backup: &TestServer, required_windows: u32) -> Self {
-        let config = Config {
+        Self::start_with(primary, backup, required_windows, |_| {}).await
+    }
+
+    /// Like `start`, with `tweak` applied to the config first.
+    async fn start_with(
+        primary: &TestServer,
+        backup: &TestServer,
+        required_windows: u32,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut config = Config {
             primary_base_url: primary.base_url(),
             backup_base_url: backup.base_url(),
             check_interval_seconds: INTERVAL_SECONDS,
             required_windows,
             probe_timeout_seconds: 0.5,
             ..Config::default()
-        }
-        .validate()
-        .expect("valid config");
+        };
+        tweak(&mut config);
+        let config = config.validate().expect("valid config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind admin");
         let admin = listener.local_addr().expect("admin addr");
+        let dir = TempDir::new("service");
+        let socket = dir.path().join("admin.sock");
+        let listeners = switcher_ctl::admin::Listeners {
+            tcp: listener,
+            unix: Some(admin_socket(&socket)),
+        };
         let dp = FakeDataPlane::new(ORIGIN_PRIMARY);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(switcher_ctl::service::run(
             config,
             Box::new(dp.clone()),
-            listener,
+            listeners,
             async move {
                 let _ = stopped.await;
             },
         ));
         Running {
             admin,
+            socket,
+            _dir: dir,
             dp,
             stop: Some(stop),
             task,
@@ -233,7 +257,7 @@ async fn override_endpoint_pins_and_releases() {
     })
     .await;
 
-    let (status, body) = http(run.admin, "POST", "/override", "backup").await;
+    let (status, body) = over_socket(&run.socket, "POST", "/override", "backup").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(run.dp.active(), ORIGIN_BACKUP);
     let h = run.healthz().await;
@@ -246,14 +270,14 @@ async fn override_endpoint_pins_and_releases() {
     tokio::time::sleep(pinned_windows).await;
     assert_eq!(run.healthz().await["active"], "backup");
 
-    let (status, _) = http(run.admin, "POST", "/override", "{\"mode\": \"auto\"}").await;
+    let (status, _) = over_socket(&run.socket, "POST", "/override", "{\"mode\": \"auto\"}").await;
     assert_eq!(status, 200);
     run.wait_for("switchback after auto", |h| {
         h["active"] == "primary" && h["mode"] == "auto"
     })
     .await;
 
-    let (status, _) = http(run.admin, "POST", "/override", "sideways").await;
+    let (status, _) = over_socket(&run.socket, "POST", "/override", "sideways").await;
     assert_eq!(status, 400);
     let (status, _) = http(run.admin, "GET", "/override", "").await;
     assert_eq!(status, 405);
@@ -284,5 +308,181 @@ async fn both_dead_answers_503_and_stays() {
         "never flipped to a dead backup: {:?}",
         run.dp.calls()
     );
+    run.stop().await;
+}
+
+/// Sends `raw` (a whole HTTP/1.1 request) over TCP and returns the status code and the body.
+async fn raw_http(addr: SocketAddr, raw: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_requests_are_refused_and_change_nothing() {
+    let primary = origin(Arc::new(AtomicBool::new(false))).await;
+    let backup = origin(Arc::new(AtomicBool::new(false))).await;
+    let run = Running::start(&primary, &backup, 2).await;
+    run.wait_for("both origins probed good", |h| {
+        probed_good(h, "primary") && probed_good(h, "backup")
+    })
+    .await;
+
+    // The attack of issue 13 verbatim: a page on evil.example posting a text/plain body (no
+    // CORS preflight) through a rebound name.
+    let csrf = "POST /override HTTP/1.1\r\nHost: evil.example:9180\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nbackup";
+    let (status, body) = raw_http(run.admin, csrf).await;
+    assert_eq!(status, 403, "{body}");
+    // Same POST with a loopback Host and no Origin: the TCP server is read-only anyway.
+    let (status, body) = http(run.admin, "POST", "/override", "backup").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("unix socket"), "{body}");
+    // A cross-site Origin with a good Host (CSRF without rebinding), and a rebound read.
+    let admin = run.admin;
+    for raw in [
+        format!(
+            "POST /override HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\nContent-Length: 6\r\nConnection: close\r\n\r\nbackup"
+        ),
+        format!(
+            "GET /api/state HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n"
+        ),
+        "GET /healthz HTTP/1.1\r\nHost: evil.example:9180\r\nConnection: close\r\n\r\n".into(),
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: {admin}\r\nSec-Fetch-Site: cross-site\r\nConnection: close\r\n\r\n"
+        ),
+    ] {
+        let (status, body) = raw_http(run.admin, &raw).await;
+        assert_eq!(status, 403, "{raw:?}: {body}");
+    }
+    // Nothing changed: no data plane call, still automatic on the primary.
+    assert!(run.dp.calls().is_empty(), "{:?}", run.dp.calls());
+    assert_eq!(run.dp.active(), ORIGIN_PRIMARY);
+    let h = run.healthz().await;
+    assert_eq!(
+        (h["mode"].as_str(), h["active"].as_str()),
+        (Some("auto"), Some("primary"))
+    );
+
+    // Good readers still read: loopback IP, localhost, a same-origin Origin.
+    let port = run.admin.port();
+    for raw in [
+        format!("GET /healthz HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"),
+        format!(
+            "GET /api/state HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://{admin}\r\nSec-Fetch-Site: same-origin\r\nConnection: close\r\n\r\n"
+        ),
+    ] {
+        let (status, body) = raw_http(run.admin, &raw).await;
+        assert_eq!(status, 200, "{raw:?}: {body}");
+    }
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_socket_is_private_and_refuses_to_pin_a_bad_origin_unless_forced() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let primary = origin(Arc::new(AtomicBool::new(false))).await;
+    let mut backup = origin(Arc::new(AtomicBool::new(false))).await;
+    let run = Running::start(&primary, &backup, 2).await;
+    let meta = std::fs::metadata(&run.socket).expect("socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    run.wait_for("both origins probed good", |h| {
+        probed_good(h, "primary") && probed_good(h, "backup")
+    })
+    .await;
+    backup.kill().await;
+    run.wait_for("backup bad", |h| {
+        !h["origins"]["backup"]["last_error"].is_null()
+    })
+    .await;
+    let (status, body) = over_socket(&run.socket, "POST", "/override", "backup").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("--force"), "{body}");
+    assert!(run.dp.calls().is_empty(), "{:?}", run.dp.calls());
+    assert_eq!(run.healthz().await["mode"], "auto");
+
+    let (status, body) = over_socket(
+        &run.socket,
+        "POST",
+        "/override",
+        r#"{"mode":"backup","force":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(run.dp.active(), ORIGIN_BACKUP);
+    let h = run.healthz().await;
+    assert_eq!(
+        (h["mode"].as_str(), h["manual_origin"].as_str()),
+        (Some("manual"), Some("backup"))
+    );
+    let (status, _) = over_socket(&run.socket, "POST", "/override", "auto").await;
+    assert_eq!(status, 200);
+    run.wait_for("back on the primary", |h| h["active"] == "primary")
+        .await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slowloris_connections_are_capped_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CAP: usize = 2;
+    let primary = origin(Arc::new(AtomicBool::new(false))).await;
+    let backup = origin(Arc::new(AtomicBool::new(false))).await;
+    let run = Running::start_with(&primary, &backup, 2, |c| {
+        c.admin_max_connections = CAP;
+        c.admin_header_timeout_seconds = 0.5;
+    })
+    .await;
+
+    // Fill every slot: one connection that says nothing, one that dribbles a head.
+    let silent = tokio::net::TcpStream::connect(run.admin)
+        .await
+        .expect("connect");
+    let mut slow = tokio::net::TcpStream::connect(run.admin)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("partial head");
+    // The good client queues behind them in the backlog.
+    let good = tokio::spawn(http(run.admin, "GET", "/healthz", ""));
+    let (status, body) = tokio::time::timeout(DEADLINE, good)
+        .await
+        .expect("the good client was served: the stalled connections were closed")
+        .expect("client task");
+    assert_eq!(status, 200, "{body}");
+    // It could only get a slot after a stalled one was closed by the header timeout (the cap
+    // is 2): that one's EOF is already there, no wait needed.
+    let mut buf = [0u8; 64];
+    let closed_before = [&silent, &slow]
+        .iter()
+        .filter(|s| matches!(s.try_read(&mut buf), Ok(0)))
+        .count();
+    assert!(
+        closed_before >= 1,
+        "the good client was served while both stalled connections held the 2 slots"
+    );
+    // And both stalled connections are closed by the header timeout, without a byte.
+    for (name, mut stream) in [("silent", silent), ("slowloris", slow)] {
+        let read = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{name} connection never closed"))
+            .expect("read");
+        assert_eq!(read, 0, "{name}");
+    }
     run.stop().await;
 }

@@ -305,3 +305,52 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
         .unwrap_or_default();
     (status, body)
 }
+
+/// A directory of its own under the system temp dir, removed (with its contents) on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("switcher-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A tokio listener on the admin socket `path` (bound by the service's own `bind_unix`).
+pub fn admin_socket(path: &std::path::Path) -> tokio::net::UnixListener {
+    let std = switcher_ctl::admin::bind_unix(path).expect("bind admin socket");
+    tokio::net::UnixListener::from_std(std).expect("admin socket listener")
+}
+
+/// One request over the admin unix socket: (status, body).
+pub async fn over_socket(
+    path: &std::path::Path,
+    method: &str,
+    uri: &str,
+    body: &str,
+) -> (u16, String) {
+    let (status, body) = switcher_ctl::admin::request(
+        &switcher_ctl::admin::Endpoint::Unix(path.to_path_buf()),
+        method.parse().expect("method"),
+        uri,
+        body,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin socket request");
+    (status.as_u16(), body)
+}

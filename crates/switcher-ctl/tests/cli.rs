@@ -1,0 +1,211 @@
+//! The real `switcher-ctl run` binary failing early: bad configuration values exit 2 with the
+//! key named, and a wrong interface fails before anything is mounted, created or attached.
+//! Plus the bpffs guard of the loader: a mount it made is undone unless kept.
+//! The mount tests need root (CAP_SYS_ADMIN); without it they say so and check what they can.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::TempDir;
+use switcher_ctl::loader::ensure_bpffs;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The mount table of this process (the binary runs in the same mount namespace). Tests
+/// compare only the mounts under their own temp dir (`mounts_under`): other tests, and other
+/// processes on the machine, mount and unmount elsewhere meanwhile.
+fn mountinfo() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo")
+}
+
+/// Mount points under `dir` (field 5 of mountinfo).
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().to_string();
+    mountinfo()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| *m == dir || m.starts_with(&format!("{dir}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `switcher-ctl run` with a pin root and admin socket inside `dir`, an admin port of 0, no
+/// inherited switcher variables, and `env` on top.
+fn run_binary(dir: &Path, pin_root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switcher-ctl"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHER_")
+            || [
+                "CHECK_INTERVAL_SECONDS",
+                "PROBE_TIMEOUT_SECONDS",
+                "SEGMENT_AGE_THRESHOLD_SECONDS",
+            ]
+            .contains(&key.as_str())
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("run")
+        .arg("--pin-root")
+        .arg(pin_root)
+        .arg("--admin")
+        .arg("127.0.0.1:0")
+        .arg("--admin-socket")
+        .arg(dir.join("admin.sock"))
+        .args(args)
+        .envs(env.iter().copied());
+    cmd.output().expect("run switcher-ctl")
+}
+
+#[test]
+fn out_of_range_values_exit_2_before_touching_anything() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "CHECK_INTERVAL_SECONDS",
+            "1e20",
+            "CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
+        ),
+        (
+            "CHECK_INTERVAL_SECONDS",
+            "1e-10",
+            "CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 0.0000000001",
+        ),
+        (
+            "PROBE_TIMEOUT_SECONDS",
+            "1e20",
+            "PROBE_TIMEOUT_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
+        ),
+        (
+            "SEGMENT_AGE_THRESHOLD_SECONDS",
+            "NaN",
+            "SEGMENT_AGE_THRESHOLD_SECONDS must be a number of seconds from 0.001 to 86400, got NaN",
+        ),
+        (
+            "SWITCHER_ADMIN_MAX_CONNECTIONS",
+            "0",
+            "SWITCHER_ADMIN_MAX_CONNECTIONS must be from 1 to 4096, got 0",
+        ),
+    ];
+    for (key, value, message) in cases {
+        let dir = TempDir::new("cli-config");
+        let pin_root = dir.path().join("bpf/pins");
+        let out = run_binary(dir.path(), &pin_root, &["--iface", "lo"], &[(key, value)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}={value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid configuration: {message}")),
+            "{key}={value}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        // Nothing made: no pin root (so nothing pinned or attached), no socket, no mount.
+        assert!(
+            !dir.path().join("bpf").exists(),
+            "{key}={value} created the pin root"
+        );
+        assert!(!dir.path().join("admin.sock").exists());
+        assert_eq!(
+            mounts_under(dir.path()),
+            Vec::<String>::new(),
+            "{key}={value} mounted something"
+        );
+    }
+}
+
+#[test]
+fn unknown_interface_fails_before_mounting_anything() {
+    let dir = TempDir::new("cli-iface");
+    // A directory with contents where the old code mounted a bpffs (the pin root's parent).
+    let parent = dir.path().join("some/dir");
+    std::fs::create_dir_all(&parent).expect("mkdir");
+    std::fs::write(parent.join("keep.txt"), "still here").expect("write");
+    let pin_root = parent.join("pins");
+    let out = run_binary(dir.path(), &pin_root, &["--iface", "nonexist0"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no interface named \"nonexist0\""),
+        "{stderr}"
+    );
+    assert_eq!(
+        mounts_under(dir.path()),
+        Vec::<String>::new(),
+        "the failed run mounted something"
+    );
+    assert_eq!(
+        std::fs::read_to_string(parent.join("keep.txt")).expect("still visible"),
+        "still here"
+    );
+    assert!(!pin_root.exists(), "the pin root was created");
+    assert!(
+        !dir.path().join("admin.sock").exists(),
+        "the admin socket outlived the run"
+    );
+}
+
+#[test]
+fn bpffs_goes_on_the_pin_root_only_and_is_undone_unless_kept() {
+    let dir = TempDir::new("cli-bpffs");
+    let pin_root = dir.path().join("a/b/pins");
+    if !is_root() {
+        eprintln!(
+            "not root: mounting needs CAP_SYS_ADMIN; checking only that the failure leaves nothing"
+        );
+        assert!(ensure_bpffs(&pin_root).is_err());
+        assert!(!dir.path().join("a").exists());
+        return;
+    }
+    assert!(mounts_under(dir.path()).is_empty());
+    let guard = ensure_bpffs(&pin_root).expect("mount on the pin root");
+    assert!(guard.mounted());
+    assert_eq!(
+        mounts_under(dir.path()),
+        vec![pin_root.to_string_lossy().to_string()],
+        "mounted on the pin root itself, nowhere else"
+    );
+    assert!(pin_root.join("maps").is_dir());
+    drop(guard);
+    assert!(
+        mounts_under(dir.path()).is_empty(),
+        "dropping the guard unmounts"
+    );
+    assert!(
+        !dir.path().join("a").exists(),
+        "and removes what it created"
+    );
+
+    // A non-empty directory not on a bpffs is never mounted over.
+    let full = dir.path().join("full");
+    std::fs::create_dir_all(&full).expect("mkdir");
+    std::fs::write(full.join("data"), "x").expect("write");
+    let err = ensure_bpffs(&full).expect_err("refuses to hide contents");
+    assert!(format!("{err:#}").contains("not empty"), "{err:#}");
+    assert!(mounts_under(dir.path()).is_empty());
+
+    // Kept: stays mounted; a second call finds the bpffs and mounts nothing more.
+    let kept = dir.path().join("kept");
+    ensure_bpffs(&kept).expect("mount").keep();
+    let unmount = Unmount(kept.clone());
+    let again = ensure_bpffs(&kept.join("inner")).expect("on a bpffs already");
+    assert!(!again.mounted());
+    again.keep();
+    assert_eq!(
+        mounts_under(dir.path()),
+        vec![kept.to_string_lossy().to_string()]
+    );
+    drop(unmount);
+    assert!(mounts_under(dir.path()).is_empty());
+}
+
+/// Unmounts a test's mount when dropped, also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
