@@ -10,9 +10,12 @@
 //!   the next call; the queue is bounded, oldest segments give way first.
 //! - Deletion: a segment that left the playlist is deleted after `grace` (RFC 8216 6.2.2: keep it
 //!   available for its duration plus the longest playlist duration that listed it). Segments an
-//!   earlier run left behind are deleted the same way, so restarts do not fill the disk.
+//!   earlier run left behind are deleted the same way, so restarts do not fill the disk, but the
+//!   period of those the earlier run's playlist still lists starts only when this run's first
+//!   playlist replaces it: until then that playlist is on disk and served, and a player that
+//!   loads it must be able to fetch every segment it names (see [`Writer::new`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,22 +50,35 @@ pub struct Writer {
     dir: PathBuf,
     grace: Duration,
     pending: VecDeque<Job>,
+    /// Due time and path, oldest first.
     to_delete: VecDeque<(Instant, PathBuf)>,
+    /// An earlier run's segments that its playlist (still on disk, still served) lists. Their
+    /// grace period starts when this run's first playlist replaces that one; deleting them
+    /// earlier made an origin serve a playlist whose segments were gone (HTTP 404 for every
+    /// player that loaded it between the deletion and this run's first segment).
+    held_for_playlist: Vec<PathBuf>,
 }
 
 impl Writer {
     /// A writer for `dir` (created on first write) deleting retired segments after `grace`.
     ///
     /// What an earlier run left in `dir` is cleaned up: its temporary files at once, and its
-    /// segments (`<digits>.ts`) after `grace`, like segments that left the playlist (the old
-    /// playlist may still list them until this run writes its own). A segment this run writes
-    /// again under the same name is kept. Nothing else in the directory is touched.
+    /// segments (`<digits>.ts`) like segments that left the playlist (RFC 8216 6.2.2):
+    /// - those its playlist no longer lists left it before that run stopped: deleted after
+    ///   `grace` from now;
+    /// - those its playlist lists (all of them if the playlist cannot be read) stay listed
+    ///   until this run writes its first playlist, however late that is (the publisher may come
+    ///   back minutes later): deleted `grace` after that write.
+    ///
+    /// A segment this run writes again under the same name is kept. Nothing else in the
+    /// directory is touched.
     pub fn new(dir: impl Into<PathBuf>, grace: Duration) -> Self {
         let mut w = Self {
             dir: dir.into(),
             grace,
             pending: VecDeque::new(),
             to_delete: VecDeque::new(),
+            held_for_playlist: Vec::new(),
         };
         w.adopt_leftovers(Instant::now());
         w
@@ -72,7 +88,8 @@ impl Writer {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let mut segments = 0;
+        let listed = listed_segments(&self.dir.join(PLAYLIST_NAME));
+        let (mut segments, mut held) = (0, 0);
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -83,12 +100,24 @@ impl Writer {
                 .strip_suffix(".ts")
                 .is_some_and(|stem| !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()))
             {
-                self.to_delete.push_back((now + self.grace, path));
                 segments += 1;
+                if listed.as_ref().is_none_or(|l| l.contains(name.as_ref())) {
+                    self.held_for_playlist.push(path);
+                    held += 1;
+                } else {
+                    self.to_delete.push_back((now + self.grace, path));
+                }
             }
         }
         if segments > 0 {
-            tracing::info!(dir = %self.dir.display(), segments, grace = ?self.grace, "segments of an earlier run will be deleted after the grace period");
+            tracing::info!(
+                dir = %self.dir.display(),
+                segments,
+                listed = held,
+                grace = ?self.grace,
+                "segments of an earlier run will be deleted after the grace period \
+                 (those its playlist lists: after this run's first playlist replaces it)"
+            );
         }
     }
 
@@ -149,15 +178,25 @@ impl Writer {
                 Job::Playlist(text) => (PLAYLIST_NAME.to_owned(), text.as_bytes()),
             };
             match write_atomic(&self.dir, &name, bytes) {
-                Ok(()) => {
-                    if let Some(Job::Segment { info, .. }) = self.pending.pop_front() {
+                Ok(()) => match self.pending.pop_front() {
+                    Some(Job::Segment { info, .. }) => {
                         // Written again (an earlier run's, or retired and re-published after
                         // a restart of the numbering): it is live, not due for deletion.
                         let path = self.dir.join(&name);
                         self.to_delete.retain(|(_, p)| *p != path);
+                        self.held_for_playlist.retain(|p| *p != path);
                         progress.segments.push(info);
                     }
-                }
+                    Some(Job::Playlist(_)) => {
+                        // The earlier run's playlist is gone: its segments now count as removed
+                        // from the playlist, and their grace period starts (RFC 8216 6.2.2).
+                        // Due no earlier than anything queued, so `to_delete` stays in order.
+                        for path in self.held_for_playlist.drain(..) {
+                            self.to_delete.push_back((now + self.grace, path));
+                        }
+                    }
+                    None => {}
+                },
                 Err(e) => {
                     tracing::error!(dir = %self.dir.display(), file = name, error = %e, "write failed; will retry");
                     progress.errors += 1;
@@ -179,6 +218,24 @@ impl Writer {
             }
         }
     }
+}
+
+/// File names of the segments the playlist at `path` lists: none if there is no playlist,
+/// `None` if it cannot be read or parsed (the caller then assumes it lists every segment).
+fn listed_segments(path: &Path) -> Option<HashSet<String>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(HashSet::new()),
+        Err(_) => return None,
+    };
+    let playlist = m3u8_rs::parse_media_playlist_res(&bytes).ok()?;
+    Some(
+        playlist
+            .segments
+            .into_iter()
+            .map(|s| s.uri.rsplit('/').next().unwrap_or_default().to_owned())
+            .collect(),
+    )
 }
 
 /// Writes `dir/name` via a temporary file and rename.
@@ -293,5 +350,67 @@ mod tests {
         for other in ["notes.txt", "x5.ts", PLAYLIST_NAME] {
             assert!(dir.join(other).exists(), "{other} is not ours to delete");
         }
+    }
+
+    fn old_playlist(msns: &[u64]) -> String {
+        let mut p = crate::playlist::Playlist::new(2, 6);
+        for &m in msns {
+            p.push(info(m));
+        }
+        p.render()
+    }
+
+    /// Issue 12: after a restart, the earlier run's playlist stays on disk (and an origin serves
+    /// it) until this run writes its first playlist, which can take longer than the grace
+    /// period (the publisher is not back yet). The segments it lists must outlive it.
+    #[test]
+    fn segments_the_earlier_playlist_lists_outlive_it_by_the_grace_period() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        for name in ["3.ts", "5.ts", "6.ts"] {
+            std::fs::write(dir.join(name), b"old").unwrap();
+        }
+        // 3.ts already left the earlier run's playlist; 5.ts and 6.ts are listed.
+        std::fs::write(dir.join(PLAYLIST_NAME), old_playlist(&[5, 6])).unwrap();
+        let mut w = Writer::new(dir, Duration::from_secs(1));
+        let t0 = Instant::now();
+        w.tick(t0 + Duration::from_secs(5));
+        assert!(!dir.join("3.ts").exists(), "unlisted: deleted after grace");
+        for listed in ["5.ts", "6.ts"] {
+            assert!(
+                dir.join(listed).exists(),
+                "{listed} is listed by the playlist on disk: it must not be deleted yet"
+            );
+        }
+        let t1 = t0 + Duration::from_secs(60);
+        w.apply(
+            vec![
+                Output::Segment {
+                    info: info(100),
+                    data: vec![1],
+                },
+                Output::Playlist(old_playlist(&[100])),
+            ],
+            t1,
+        );
+        w.tick(t1 + Duration::from_millis(999));
+        assert!(
+            dir.join("5.ts").exists(),
+            "kept for the grace period after the playlist that listed it was replaced"
+        );
+        w.tick(t1 + Duration::from_secs(1));
+        assert!(!dir.join("5.ts").exists() && !dir.join("6.ts").exists());
+        assert!(dir.join("100.ts").exists());
+    }
+
+    #[test]
+    fn an_unreadable_earlier_playlist_holds_every_leftover() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        std::fs::write(dir.join("7.ts"), b"old").unwrap();
+        std::fs::write(dir.join(PLAYLIST_NAME), b"not a playlist").unwrap();
+        let mut w = Writer::new(dir, Duration::ZERO);
+        w.tick(Instant::now() + Duration::from_secs(5));
+        assert!(dir.join("7.ts").exists(), "may be listed: kept");
     }
 }
