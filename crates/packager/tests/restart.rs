@@ -73,7 +73,7 @@ fn earlier_run(tmp: &Path, dir: &Path) -> (Vec<String>, Vec<String>) {
     for event in events(&tags) {
         let outputs = packager.push(event);
         retired.extend(outputs.iter().filter_map(|o| match o {
-            Output::Retire(info) => Some(info.file_name()),
+            Output::Retire(r) => Some(r.info.file_name()),
             _ => None,
         }));
         writer.apply(outputs, now);
