@@ -41,12 +41,31 @@ pub fn segment_file_name(msn: u64) -> String {
     format!("{msn}.ts")
 }
 
+/// A segment that left the playlist window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    /// The segment.
+    pub info: SegmentInfo,
+    /// How long, in ms, it must stay available from now on (RFC 8216 6.2.2): its duration plus
+    /// the duration of the longest playlist that listed it. With segments of exactly the target
+    /// duration that is `target x (window + 1)`; longer segments (a keyframe interval above the
+    /// target, 29.97 fps timing) need more.
+    pub keep_ms: u64,
+}
+
+/// A listed segment and the longest playlist duration (ms) that has listed it so far.
+#[derive(Debug, Clone)]
+struct Listed {
+    info: SegmentInfo,
+    longest_playlist_ms: u64,
+}
+
 /// A sliding-window live playlist.
 #[derive(Debug, Clone)]
 pub struct Playlist {
     target_duration_secs: u64,
     window: usize,
-    entries: VecDeque<SegmentInfo>,
+    entries: VecDeque<Listed>,
 }
 
 impl Playlist {
@@ -59,20 +78,20 @@ impl Playlist {
         }
     }
 
-    /// Appends a segment and returns the segments that left the window (to be deleted after a
-    /// grace period, RFC 8216 6.2.2).
+    /// Appends a segment and returns the segments that left the window, each with how long it
+    /// must stay available (RFC 8216 6.2.2).
     ///
     /// The media sequence number of every segment must equal its position-derived number
     /// (EXT-X-MEDIA-SEQUENCE + index, RFC 8216 6.2.1), and ours are names derived from stream
     /// time. So when a number is skipped (frames lost while reconnecting, a keyframe interval
     /// longer than the target duration), the older segments are retired at once rather than
     /// listed with numbers that would change on the next reload.
-    pub fn push(&mut self, seg: SegmentInfo) -> Vec<SegmentInfo> {
+    pub fn push(&mut self, seg: SegmentInfo) -> Vec<Retired> {
         let mut retired = Vec::new();
         let contiguous = self
             .entries
             .back()
-            .is_none_or(|last| last.msn + 1 == seg.msn);
+            .is_none_or(|last| last.info.msn + 1 == seg.msn);
         if !contiguous {
             tracing::warn!(
                 msn = seg.msn,
@@ -82,22 +101,33 @@ impl Playlist {
                 retired.push(old);
             }
         }
-        self.entries.push_back(seg);
+        self.entries.push_back(Listed {
+            info: seg,
+            longest_playlist_ms: 0,
+        });
         while self.entries.len() > self.window {
             if let Some(old) = self.pop_front() {
                 retired.push(old);
             }
         }
+        // The playlist about to be published lists every entry: remember its duration.
+        let total_ms = self.entries.iter().map(|e| e.info.duration_ms).sum();
+        for e in &mut self.entries {
+            e.longest_playlist_ms = e.longest_playlist_ms.max(total_ms);
+        }
         retired
     }
 
-    fn pop_front(&mut self) -> Option<SegmentInfo> {
-        self.entries.pop_front()
+    fn pop_front(&mut self) -> Option<Retired> {
+        self.entries.pop_front().map(|e| Retired {
+            keep_ms: e.info.duration_ms.saturating_add(e.longest_playlist_ms),
+            info: e.info,
+        })
     }
 
     /// Segments currently listed, oldest first.
     pub fn entries(&self) -> impl Iterator<Item = &SegmentInfo> {
-        self.entries.iter()
+        self.entries.iter().map(|e| &e.info)
     }
 
     /// EXT-X-DISCONTINUITY-SEQUENCE: the first segment's number, less one if a DISCONTINUITY tag
@@ -105,16 +135,16 @@ impl Playlist {
     /// the value grows by one, as RFC 8216 6.2.2 requires.
     pub fn discontinuity_sequence(&self) -> u64 {
         self.entries.front().map_or(0, |e| {
-            e.discontinuity_sequence
-                .saturating_sub(u64::from(e.discontinuity))
+            e.info
+                .discontinuity_sequence
+                .saturating_sub(u64::from(e.info.discontinuity))
         })
     }
 
     /// Renders the playlist text.
     pub fn render(&self) -> String {
         let segments = self
-            .entries
-            .iter()
+            .entries()
             .map(|e| MediaSegment {
                 uri: e.file_name(),
                 duration: e.duration_ms as f32 / MS_PER_SECOND,
@@ -126,7 +156,7 @@ impl Playlist {
         let playlist = MediaPlaylist {
             version: Some(PLAYLIST_VERSION),
             target_duration: self.target_duration_secs,
-            media_sequence: self.entries.front().map_or(0, |e| e.msn),
+            media_sequence: self.entries.front().map_or(0, |e| e.info.msn),
             discontinuity_sequence: self.discontinuity_sequence(),
             segments,
             ..Default::default()
@@ -168,7 +198,14 @@ mod tests {
         p.push(seg(11, false));
         p.push(seg(12, false));
         let retired = p.push(seg(13, false));
-        assert_eq!(retired, vec![seg(10, true)]);
+        assert_eq!(
+            retired,
+            vec![Retired {
+                info: seg(10, true),
+                // Its 2 s plus the longest playlist that listed it: 10, 11, 12 (6 s).
+                keep_ms: 2000 + 6000,
+            }]
+        );
         let text = p.render();
         let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("parses");
         assert_eq!(parsed.media_sequence, 11);
@@ -192,5 +229,21 @@ mod tests {
         let retired = p.push(seg(5, true));
         assert_eq!(retired.len(), 2);
         assert_eq!(p.entries().map(|e| e.msn).collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn longer_segments_are_kept_longer() {
+        let mut p = Playlist::new(2, 2);
+        let long = |msn, duration_ms| SegmentInfo {
+            duration_ms,
+            ..seg(msn, false)
+        };
+        p.push(long(1, 2002));
+        p.push(long(2, 3000));
+        p.push(long(3, 2000));
+        let retired = p.push(long(4, 2000));
+        // 2 was listed with 1 (5002 ms) and with 3 (5000 ms).
+        assert_eq!(retired[0].info.msn, 2);
+        assert_eq!(retired[0].keep_ms, 3000 + 5002);
     }
 }

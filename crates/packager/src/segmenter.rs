@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::aac::AacConfig;
 use crate::flv::{self, AudioTag, FlvError, VideoTag};
 use crate::h264::AvcConfig;
-use crate::playlist::{Playlist, SegmentInfo};
+use crate::playlist::{Playlist, Retired, SegmentInfo};
 use crate::ts::{TICKS_PER_MS, TIMESTAMP_MODULUS, TsMuxer};
 
 /// Tunables. Every instance serving the same stream must use the same values.
@@ -128,8 +128,8 @@ pub enum Output {
     },
     /// The new playlist text (after the segments it lists).
     Playlist(String),
-    /// This segment left the playlist: delete it after the grace period.
-    Retire(SegmentInfo),
+    /// This segment left the playlist: delete it once it has been available long enough.
+    Retire(Retired),
     /// A frame was dropped.
     Dropped(DropReason),
     /// A segment was not published because this instance did not see its start or end.

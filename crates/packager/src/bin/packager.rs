@@ -37,8 +37,9 @@ struct Cli {
     /// Segments in the playlist window (all instances must agree).
     #[arg(long, env = "PACKAGER_WINDOW", default_value_t = 6)]
     window: usize,
-    /// Seconds a segment stays on disk after leaving the playlist (default: window x target +
-    /// target, RFC 8216 6.2.2).
+    /// Least seconds a segment stays on disk after leaving the playlist (default: window x
+    /// target + target). RFC 8216 6.2.2's period for the segment (its duration plus the longest
+    /// playlist that listed it) applies where it is longer.
     #[arg(long, env = "PACKAGER_DELETE_GRACE")]
     delete_grace: Option<u64>,
     /// RTMP connect timeout in milliseconds.
