@@ -2,7 +2,7 @@
 //!
 //! Two packagers (primary and backup) reading the same ingest write the same playlist and
 //! byte-identical MPEG-TS segments, so a player switched between origins sees no difference
-//! (RFC 8216 6.3.5; DESIGN.md "Interchangeable packagers"). See [`segmenter`] for the rules
+//! (RFC 8216 6.3.5; docs/ARCHITECTURE.md, "Interchangeable packagers"). See [`segmenter`] for the rules
 //! that make every decision a function of the stream alone.
 //!
 //! # Layout

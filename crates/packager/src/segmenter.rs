@@ -2,7 +2,7 @@
 //!
 //! Every decision here depends only on the event stream (timestamps, keyframe flags, metadata
 //! announced by the ingest), never on a clock or on when this instance connected, so two
-//! instances reading the same RTMP session agree (DESIGN.md "Interchangeable packagers"):
+//! instances reading the same RTMP session agree (docs/ARCHITECTURE.md, "Interchangeable packagers"):
 //! - stream time `t_ms = streamStartTimeMs + rtmp_timestamp_ms` (plus a rebase after a backwards
 //!   jump, see [`Packager::push`]);
 //! - a segment is cut only at a keyframe whose `floor(t_ms / target)` differs from the open
@@ -23,10 +23,10 @@ use crate::ts::{TICKS_PER_MS, TIMESTAMP_MODULUS, TsMuxer};
 /// Tunables. Every instance serving the same stream must use the same values.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Segment target duration in milliseconds (DESIGN.md: 2 s). Must be whole seconds because
+    /// Segment target duration in milliseconds (the contract: 2 s). Must be whole seconds because
     /// EXT-X-TARGETDURATION is an integer (RFC 8216 4.3.3.1).
     pub target_duration_ms: u64,
-    /// Segments listed in the playlist (DESIGN.md: 6).
+    /// Segments listed in the playlist (the contract: 6).
     pub window: usize,
     /// Larger frames are dropped: caps what a publisher can make us buffer.
     pub max_frame_bytes: usize,

@@ -10,13 +10,13 @@ use std::time::Duration;
 use hyper::Uri;
 use serde::{Deserialize, Serialize};
 
-/// Default interface: the edge host's own loopback (DESIGN: "default interface `lo`").
+/// Default interface: the edge host's own loopback (the contract: "default interface `lo`", README).
 pub const DEFAULT_IFACE: &str = "lo";
 /// Default VIP: nothing listens there; the data plane steers it to an origin.
 pub const DEFAULT_VIP: &str = "127.0.0.1:8080";
-/// Default primary origin base URL (DESIGN contract: primary on 8081).
+/// Default primary origin base URL (the contract: primary on 8081).
 pub const DEFAULT_PRIMARY: &str = "http://127.0.0.1:8081";
-/// Default backup origin base URL (DESIGN contract: backup on 8082).
+/// Default backup origin base URL (the contract: backup on 8082).
 pub const DEFAULT_BACKUP: &str = "http://127.0.0.1:8082";
 /// Default stream name (`cargo xtask run` publishes `demo`).
 pub const DEFAULT_STREAM: &str = "demo";

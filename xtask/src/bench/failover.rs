@@ -48,7 +48,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the playlists are rewritten (segment target duration is 2 s; 1 s keeps the age
 /// well under any threshold).
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
-/// Segment duration and window of the generated playlists (DESIGN contract).
+/// Segment duration and window of the generated playlists (the contract in the README).
 const TARGET_SECONDS: u64 = 2;
 const WINDOW: u64 = 6;
 /// Stream name in the URLs.

@@ -48,7 +48,7 @@ const PUBLISH_SETTLE: Duration = Duration::from_secs(2);
 /// Poll interval for readiness.
 /// Length of the pre-encoded clip.
 const CLIP_SECONDS: &str = "10";
-/// HLS target duration both packagers use (DESIGN.md contract).
+/// HLS target duration both packagers use (the contract in the README).
 const HLS_TIME: &str = "2";
 /// Playlist window both packagers use.
 const HLS_LIST_SIZE: &str = "6";

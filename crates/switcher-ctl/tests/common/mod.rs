@@ -12,9 +12,9 @@ use switcher_ctl::dataplane::{Aborted, DataPlane, OriginIndex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Target duration of the generated playlists (DESIGN: 2 s segments).
+/// Target duration of the generated playlists (the contract: 2 s segments).
 pub const TARGET_SECONDS: f64 = 2.0;
-/// Segments per generated playlist (DESIGN: window of 6).
+/// Segments per generated playlist (the contract: window of 6).
 pub const WINDOW: u64 = 6;
 
 /// A call the controller made on the data plane.
