@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //! * [`faults`]: the drills' failure classes, injected into a running stack and restored.
+//! * [`netns`]: network namespaces, a veth pair and a private bpffs for benchmarks.
 //! * [`stack`]: the whole stack as processes (start, kill, restart, stop, health).
 //! * [`monitoring`]: promtool checks of `monitoring/` and the "every metric the dashboard and
 //!   the rules use is exported" check against a running stack.
 
 pub mod faults;
 pub mod monitoring;
+pub mod netns;
 pub mod stack;

@@ -1,405 +1,432 @@
-//! `cargo xtask bench failover` (issue 3): how long viewers are without a playlist when the
-//! primary origin dies. 20 runs per configuration: `kill -9` the primary origin while a client
-//! polls the VIP; the figure is the time from the kill to the first 200 served by the backup
-//! through the VIP. p50/p99/max for the defaults (0.2 s interval, 2 windows) and for the
-//! seed's cadence (5 s interval, 3 windows).
+//! `cargo xtask bench failover`: for every failure class of [`xtask::faults`], the time from
+//! the fault to the first media byte a player gets from the healthy origin, p50/p99/max over
+//! `FAILOVER_BENCH_RUNS` runs (20 by default); and the thundering-herd check: a switchback
+//! with `FAILOVER_BENCH_HERD` (1,000) open viewer connections on the backup resets none of
+//! them within the drain time.
 //!
-//! Assumptions (the whole stack, but no packager or ingest):
-//! * Built binaries: `target/release/origin` and `target/release/switcher-ctl` (override
-//!   with `FAILOVER_BENCH_ORIGIN_BIN` / `FAILOVER_BENCH_SWITCHER_BIN`). Runs as root: the
-//!   switcher attaches XDP (generic) to `lo`.
-//! * No packager: this bench writes both origins' live playlists itself and refreshes them
-//!   every second (atomic write + rename, PROGRAM-DATE-TIME from the wall clock), so both are
-//!   always fresh; the primary's carries `## origin=primary`, the backup's `## origin=backup`
-//!   (comment lines, ignored by players and by the switcher's parser), which is how the
-//!   client tells who answered through the VIP.
-//! * Free loopback ports are picked for the VIP, both origins and the admin server; pins go
-//!   under `/sys/fs/bpf/switcher-bench-<pid>` (bpffs mounted by the loader if needed), and
-//!   `switcher-ctl detach` removes them at the end, errors included.
-//! * The client opens a fresh connection per poll (every `POLL_INTERVAL`), as a player that
-//!   lost its connection does; the resolution of the figure is that interval.
-//! * Between runs the primary is restarted and the bench waits for the switchback (the
-//!   hysteresis of good windows: ~15 s per run with the seed's cadence) so each run starts
-//!   from the primary.
+//! Setup: the whole stack (ingest, ffmpeg test pattern, two packagers, two origins,
+//! switcher-ctl with native XDP on a veth) from `target/release` in an edge network namespace,
+//! viewers in a client namespace, as in the end-to-end test; switcher-ctl runs with its
+//! defaults (0.2 s interval, 2 windows, 0.1 s connect timeout, segment checks, 30 s drain).
+//!
+//! The player polls like an impatient player: every `POLL` it fetches the playlist and the
+//! newest segment over a keep-alive connection (a new one after an error), recording when
+//! each response's first byte arrives and on which local port. Which origin served a port is
+//! read from the data plane's conntrack map (`bpftool map dump`, BTF-decoded) once the
+//! failover has settled: the first response after the fault on a connection pinned to the
+//! backup is the figure. Its resolution is `POLL`.
+//!
+//! `ctl-restart` has no failover: its figure is the number of the player's requests that
+//! failed while switcher-ctl was down and restarting (0 expected).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::util::TempDir;
-use super::util::free_port;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
+use xtask::faults::{self, Fault, Site};
+use xtask::netns::{BpfFs, Pair};
+use xtask::stack::{Stack, StackConfig};
 
-/// Kills per configuration.
-const RUNS: usize = 20;
-/// How often the client polls the VIP (the resolution of the measurement).
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// Socket timeouts of one client poll.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Longest a failover may take before the run counts as failed (seed: 3 x 5 s + a probe).
-const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
-/// Longest to wait for the stack to be ready or to switch back.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often the playlists are rewritten (segment target duration is 2 s; 1 s keeps the age
-/// well under any threshold).
-const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
-/// Segment duration and window of the generated playlists (the contract in the README).
-const TARGET_SECONDS: u64 = 2;
-const WINDOW: u64 = 6;
-/// Stream name in the URLs.
-const STREAM: &str = "bench";
-/// How long a process gets after SIGTERM before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+use super::util::{TempDir, env_count};
 
-/// One configuration under test: name and the extra `switcher-ctl run` flags.
-struct Setup {
-    name: &'static str,
-    flags: &'static [&'static str],
+/// The VIP in the edge namespace.
+const VIP: &str = "10.77.0.2:8080";
+/// Stream and playlist.
+const PLAYLIST: &str = "/hls/demo/index.m3u8";
+/// How often the player polls (the resolution of the figures).
+const POLL: Duration = Duration::from_millis(20);
+/// Socket timeouts of the player: longer than any failover we measure, so a hung request
+/// shows up as a late figure rather than an early error.
+const PLAYER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Index of the backup origin in the data plane's maps (`switcher_common::ORIGIN_BACKUP`;
+/// xtask does not link the data plane's crates, see `prereq`).
+const BACKUP_INDEX: u32 = 1;
+/// Longest a failover or a switchback may take before the run counts as failed.
+const SETTLE_LIMIT: Duration = Duration::from_secs(40);
+
+/// One response's first byte, as the player saw it.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    at: Instant,
+    port: u16,
 }
 
-const SETUPS: [Setup; 2] = [
-    Setup {
-        name: "defaults (0.2 s interval, 2 windows)",
-        flags: &[],
-    },
-    Setup {
-        name: "seed cadence (5 s interval, 3 windows)",
-        flags: &["--interval", "5", "--required-windows", "3"],
-    },
-];
+/// What the polling player records.
+#[derive(Default)]
+struct Log {
+    seen: Vec<Seen>,
+    errors: Vec<Instant>,
+}
+
+/// A player in the client namespace (see the module docs).
+struct Player {
+    log: Arc<Mutex<Log>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Player {
+    fn start(client_ns: &str) -> Player {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (log.clone(), stop.clone());
+        let thread = xtask::netns::spawn_in(client_ns, move || {
+            let mut conn: Option<BufReader<TcpStream>> = None;
+            while !s.load(Ordering::SeqCst) {
+                let r = poll_once(&mut conn, &l);
+                if r.is_err() {
+                    conn = None;
+                    l.lock().expect("log").errors.push(Instant::now());
+                }
+                std::thread::sleep(POLL);
+            }
+        });
+        Player {
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen_since(&self, t: Instant) -> Vec<Seen> {
+        let log = self.log.lock().expect("log");
+        log.seen.iter().filter(|s| s.at >= t).copied().collect()
+    }
+
+    fn errors_since(&self, t: Instant) -> usize {
+        let log = self.log.lock().expect("log");
+        log.errors.iter().filter(|e| **e >= t).count()
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One GET on the keep-alive connection; returns the body. Records the first byte.
+fn get(conn: &mut BufReader<TcpStream>, path: &str, log: &Mutex<Log>) -> Result<Vec<u8>> {
+    let port = conn.get_ref().local_addr()?.port();
+    conn.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: vip\r\n\r\n").as_bytes())?;
+    let mut line = String::new();
+    if conn.read_line(&mut line)? == 0 {
+        bail!("connection closed");
+    }
+    log.lock().expect("log").seen.push(Seen {
+        at: Instant::now(),
+        port,
+    });
+    if !line.starts_with("HTTP/1.1 200") {
+        bail!("status {}", line.trim());
+    }
+    let mut len = None;
+    loop {
+        line.clear();
+        conn.read_line(&mut line)?;
+        let l = line.trim();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse::<usize>().ok();
+        }
+    }
+    let mut body = vec![0; len.context("no content-length")?];
+    conn.read_exact(&mut body)?;
+    Ok(body)
+}
+
+fn poll_once(conn: &mut Option<BufReader<TcpStream>>, log: &Mutex<Log>) -> Result<()> {
+    if conn.is_none() {
+        let s = TcpStream::connect_timeout(&VIP.parse()?, PLAYER_TIMEOUT)?;
+        s.set_read_timeout(Some(PLAYER_TIMEOUT))?;
+        *conn = Some(BufReader::new(s));
+    }
+    let c = conn.as_mut().expect("connected");
+    let playlist = String::from_utf8(get(c, PLAYLIST, log)?)?;
+    let newest = playlist
+        .lines()
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'))
+        .context("empty playlist")?
+        .to_string();
+    let body = get(c, &format!("/hls/demo/{newest}"), log)?;
+    if body.len() % 188 != 0 {
+        bail!("segment cut short");
+    }
+    Ok(())
+}
+
+/// Origin index per client port of the flows in the data plane's conntrack map.
+fn flows_by_port(edge_ns: &str, pin_root: &Path) -> Result<BTreeMap<u16, u32>> {
+    let map = pin_root.join("maps/SWITCHER_FLOWS");
+    let out = xtask::netns::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        edge_ns,
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "pinned",
+        &map.to_string_lossy(),
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("bpftool JSON")?;
+    let mut by_port = BTreeMap::new();
+    for e in v.as_array().context("array")? {
+        let port_be = e["key"]["client_port_be"].as_u64().context("port")? as u16;
+        let origin = e["value"]["origin"].as_u64().context("origin")? as u32;
+        by_port.insert(u16::from_be(port_be), origin);
+    }
+    Ok(by_port)
+}
+
+fn active(stack: &Stack) -> String {
+    stack
+        .healthz()
+        .ok()
+        .and_then(|h| h["active"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+fn healthy(stack: &Stack, origin: &str) -> bool {
+    stack
+        .healthz()
+        .map(|h| h["origins"][origin]["healthy"] == true)
+        .unwrap_or(false)
+}
+
+fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// One run of `fault`: the figure in seconds (for ctl-restart: failed requests).
+fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fault) -> Result<f64> {
+    wait("the primary active and both healthy", SETTLE_LIMIT, || {
+        active(stack) == "primary" && healthy(stack, "primary") && healthy(stack, "backup")
+    })?;
+    let player = Player::start(&pair.client.name);
+    wait("the player polls", SETTLE_LIMIT, || {
+        player
+            .seen_since(Instant::now() - Duration::from_secs(1))
+            .len()
+            >= 4
+    })?;
+    let t0 = Instant::now();
+    let injected = faults::inject(fault, site, stack)?;
+    let figure = if fault.fails_primary() {
+        wait("failover", SETTLE_LIMIT, || active(stack) == "backup")?;
+        // Let the player reconnect and poll the backup a while.
+        wait("the player on the backup", SETTLE_LIMIT, || {
+            player.seen_since(t0).len() >= 10
+        })?;
+        let flows = flows_by_port(&pair.edge.name, &bpf.pin_root())?;
+        let first = player
+            .seen_since(t0)
+            .into_iter()
+            .find(|s| flows.get(&s.port) == Some(&BACKUP_INDEX))
+            .context("no response from the backup after the fault")?;
+        first.at.duration_since(t0).as_secs_f64()
+    } else {
+        std::thread::sleep(Duration::from_secs(1));
+        0.0
+    };
+    injected.restore(stack)?;
+    let figure = if fault.fails_primary() {
+        figure
+    } else {
+        // A restarted control plane: requests that failed meanwhile.
+        std::thread::sleep(Duration::from_secs(2));
+        player.errors_since(t0) as f64
+    };
+    drop(player);
+    wait("switchback", SETTLE_LIMIT, || active(stack) == "primary")?;
+    Ok(figure)
+}
+
+/// The herd: `n` keep-alive viewers on the backup during a failover; after the switchback,
+/// within the drain time, each sends a request every second for `watch`: how many fail.
+fn herd(
+    stack: &mut Stack,
+    site: &Site,
+    pair: &Pair,
+    n: usize,
+    watch: Duration,
+) -> Result<(usize, usize)> {
+    let injected = faults::inject(Fault::OriginKill, site, stack)?;
+    wait("failover", SETTLE_LIMIT, || active(stack) == "backup")?;
+    let conns = pair
+        .client
+        .run(move || -> Result<Vec<BufReader<TcpStream>>> {
+            let log = Mutex::new(Log::default());
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let s = TcpStream::connect_timeout(&VIP.parse()?, PLAYER_TIMEOUT)?;
+                s.set_read_timeout(Some(PLAYER_TIMEOUT))?;
+                let mut c = BufReader::new(s);
+                get(&mut c, PLAYLIST, &log)?;
+                v.push(c);
+            }
+            Ok(v)
+        })?;
+    injected.restore(stack)?;
+    wait("switchback", SETTLE_LIMIT, || active(stack) == "primary")?;
+    let stop = Instant::now() + watch;
+    let (conns, failed, requests) = pair.client.run(move || {
+        let log = Mutex::new(Log::default());
+        let mut conns = conns;
+        let (mut failed, mut requests) = (0, 0);
+        while Instant::now() < stop {
+            for c in conns.iter_mut() {
+                requests += 1;
+                if get(c, PLAYLIST, &log).is_err() {
+                    failed += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        (conns, failed, requests)
+    });
+    drop(conns);
+    Ok((failed, requests))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
 
 /// Runs the benchmark and appends its markdown report to `out`.
 pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
-    let bin = |var: &str, name: &str| -> Result<PathBuf> {
-        let p = std::env::var_os(var)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join("target/release").join(name));
-        if !p.is_file() {
-            bail!(
-                "{} not found: run `cargo build --release -p {name}` first",
-                p.display()
-            );
+    let runs = env_count("FAILOVER_BENCH_RUNS", 20)?;
+    let herd_n = env_count("FAILOVER_BENCH_HERD", 1000)?;
+    let only = std::env::var("FAILOVER_BENCH_FAULTS").unwrap_or_default();
+    let bin_dir = workspace.join("target/release");
+    for b in ["ingest", "packager", "origin", "switcher-ctl"] {
+        if !bin_dir.join(b).is_file() {
+            bail!("{b} not built: run `cargo build --release --workspace --bins`");
         }
-        Ok(p)
-    };
-    let origin_bin = bin("FAILOVER_BENCH_ORIGIN_BIN", "origin")?;
-    let switcher_bin = bin("FAILOVER_BENCH_SWITCHER_BIN", "switcher-ctl")?;
-
+    }
+    let pair = Pair::new()?;
+    let bpf = BpfFs::new()?;
     let dir = TempDir::new("failover-bench")?;
-    let roots = [dir.path.join("primary"), dir.path.join("backup")];
-    let labels = ["primary", "backup"];
-    for root in &roots {
-        std::fs::create_dir_all(root.join(STREAM)).context("creating origin roots")?;
-    }
-    // The refresher keeps both playlists fresh for the whole bench.
-    let stop_refresh = Arc::new(AtomicBool::new(false));
-    let refresher = {
-        let (roots, stop) = (roots.clone(), stop_refresh.clone());
-        std::thread::spawn(move || -> Result<()> {
-            while !stop.load(Ordering::SeqCst) {
-                for (root, label) in roots.iter().zip(labels) {
-                    write_playlist(&root.join(STREAM), label)?;
-                }
-                std::thread::sleep(REFRESH_INTERVAL);
-            }
-            Ok(())
-        })
-    };
-    let result = run_setups(&origin_bin, &switcher_bin, &roots, out);
-    stop_refresh.store(true, Ordering::SeqCst);
-    let refreshed = refresher
-        .join()
-        .map_err(|_| anyhow::anyhow!("playlist refresher panicked"))?;
-    result.and(refreshed)
-}
-
-fn run_setups(
-    origin_bin: &Path,
-    switcher_bin: &Path,
-    roots: &[PathBuf; 2],
-    out: &mut String,
-) -> Result<()> {
-    let _ = writeln!(
-        out,
-        "### Failover: kill -9 of the primary origin to first 200 from the backup via the VIP\n"
-    );
-    let _ = writeln!(
-        out,
-        "| configuration | runs | p50 | p99 | max |\n|---|---|---|---|---|"
-    );
-    for setup in &SETUPS {
-        let mut samples = measure(origin_bin, switcher_bin, roots, setup)
-            .with_context(|| format!("setup {}", setup.name))?;
-        samples.sort();
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} |",
-            setup.name,
-            samples.len(),
-            ms(percentile(&samples, 50)),
-            ms(percentile(&samples, 99)),
-            ms(*samples.last().unwrap_or(&Duration::ZERO))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nClient poll every {} ms over a fresh connection; {RUNS} runs each.",
-        POLL_INTERVAL.as_millis()
-    );
-    Ok(())
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1e3)
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    sorted[rank - 1]
-}
-
-fn measure(
-    origin_bin: &Path,
-    switcher_bin: &Path,
-    roots: &[PathBuf; 2],
-    setup: &Setup,
-) -> Result<Vec<Duration>> {
-    let [vip, primary_port, backup_port, admin] =
-        [free_port()?, free_port()?, free_port()?, free_port()?];
-    let vip = SocketAddr::from(([127, 0, 0, 1], vip));
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
-    let pin_root = PathBuf::from(format!("/sys/fs/bpf/switcher-bench-{}", std::process::id()));
-    let origin = |root: &Path, port: u16| -> Result<Proc> {
-        Proc::spawn(
-            Command::new(origin_bin)
-                .arg("--root")
-                .arg(root)
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}")),
-            "origin",
-        )
-    };
-    let mut primary = origin(&roots[0], primary_port)?;
-    let _backup = origin(&roots[1], backup_port)?;
-    // Whatever happens below, the pins go; declared before the switcher so it drops after it
-    // (guards drop in reverse order): detach once the switcher has stopped.
-    let _detach = Detach {
-        bin: switcher_bin.to_path_buf(),
-        pin_root: pin_root.clone(),
-    };
-    let _switcher = Proc::spawn(
-        Command::new(switcher_bin)
-            .arg("run")
-            .args(["--iface", "lo", "--stream", STREAM])
-            .arg("--vip")
-            .arg(vip.to_string())
-            .arg("--primary")
-            .arg(format!("http://127.0.0.1:{primary_port}"))
-            .arg("--backup")
-            .arg(format!("http://127.0.0.1:{backup_port}"))
-            .arg("--admin")
-            .arg(admin.to_string())
-            .arg("--pin-root")
-            .arg(&pin_root)
-            .args(setup.flags),
-        "switcher-ctl",
+    // The service user must be able to enter the run directory.
+    std::fs::set_permissions(
+        &dir.path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let path = format!("/hls/{STREAM}/index.m3u8");
-
-    let mut samples = Vec::with_capacity(RUNS);
-    for run in 0..RUNS {
-        wait_until(
-            READY_TIMEOUT,
-            "primary active and serving via the VIP",
-            || {
-                healthz_active(admin).as_deref() == Some("primary")
-                    && served_by(vip, &path) == Some("primary")
-            },
-        )
-        .with_context(|| format!("run {run}"))?;
-        let killed = Instant::now();
-        primary.kill9();
-        let took = loop {
-            if served_by(vip, &path) == Some("backup") {
-                break killed.elapsed();
+    let cfg = StackConfig {
+        bin_dir,
+        run_dir: dir.path.clone(),
+        iface: pair.edge_if.clone(),
+        vip: VIP.parse()?,
+        stream: "demo".into(),
+        publisher: true,
+        video: (640, 360, 30),
+        netns: Some(pair.edge.name.clone()),
+        service_user: Some("hlsedge".into()),
+        pin_root: bpf.pin_root(),
+        assets_dir: None,
+        switcher_args: vec![
+            "--admin-socket".into(),
+            dir.path.join("admin.sock").to_string_lossy().into_owned(),
+        ],
+        admin: "127.0.0.1:9180".parse()?,
+    };
+    let mut stack = Stack::new(cfg);
+    stack.start_all().context("starting the stack")?;
+    let site = Site {
+        netns: Some(pair.edge.name.clone()),
+        primary_port: xtask::stack::ORIGIN_PORTS[0],
+        primary_stream_dir: xtask::stack::hls_dir(&dir.path, "primary").join("demo"),
+        service_user: Some("hlsedge".into()),
+    };
+    wait("a full playlist", Duration::from_secs(60), || {
+        healthy(&stack, "primary") && healthy(&stack, "backup") && active(&stack) == "primary"
+    })?;
+    let machine = super::util::machine();
+    let _ = writeln!(
+        out,
+        "Machine: {machine}. Stack from target/release in namespaces (native XDP on a veth), \
+         switcher-ctl defaults; player polling every {} ms; {runs} runs per class.\n",
+        POLL.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "| failure class | fault to first media byte from the healthy origin: p50 | p99 | max | target p99 |\n|---|---|---|---|---|"
+    );
+    let result = (|| -> Result<()> {
+        for fault in Fault::ALL {
+            if !only.is_empty() && !only.split(',').any(|f| f == fault.name()) {
+                continue;
             }
-            if killed.elapsed() > FAILOVER_LIMIT {
-                bail!(
-                    "run {run}: no 200 from the backup through the VIP within {FAILOVER_LIMIT:?}"
+            let mut samples = Vec::with_capacity(runs);
+            for i in 0..runs {
+                let s = run_once(&mut stack, &site, &pair, &bpf, fault)
+                    .with_context(|| format!("{} run {}", fault.name(), i + 1))?;
+                eprintln!("{} run {}: {s:.3}", fault.name(), i + 1);
+                samples.push(s);
+            }
+            samples.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+            if fault == Fault::CtlRestart {
+                let _ = writeln!(
+                    out,
+                    "| {} | failed player requests per restart: p50 {} | p99 {} | max {} | 0 |",
+                    fault.name(),
+                    percentile(&samples, 0.5),
+                    percentile(&samples, 0.99),
+                    samples.last().copied().unwrap_or(f64::NAN)
+                );
+            } else {
+                let target = match fault {
+                    Fault::OriginKill | Fault::OriginPartition | Fault::Origin5xx => "0.5 s",
+                    Fault::PackagerKill => "-",
+                    _ => "1.5 s",
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.3} s | {:.3} s | {:.3} s | {target} |",
+                    fault.name(),
+                    percentile(&samples, 0.5),
+                    percentile(&samples, 0.99),
+                    samples.last().copied().unwrap_or(f64::NAN)
                 );
             }
-            std::thread::sleep(POLL_INTERVAL);
-        };
-        samples.push(took);
-        primary = origin(&roots[0], primary_port)?;
-    }
-    Ok(samples)
-}
-
-/// One GET through `addr` on a fresh connection; which origin answered 200, if any.
-fn served_by(addr: SocketAddr, path: &str) -> Option<&'static str> {
-    let (status, body) = get(addr, path)?;
-    if status != 200 {
-        return None;
-    }
-    ["primary", "backup"]
-        .into_iter()
-        .find(|o| body.contains(&format!("## origin={o}")))
-}
-
-/// `"active"` of a running switcher's /healthz.
-fn healthz_active(admin: SocketAddr) -> Option<String> {
-    let (_, body) = get(admin, "/healthz")?;
-    // A tiny extraction keeps xtask free of a JSON dependency: `"active": "primary"`.
-    let rest = body.split("\"active\"").nth(1)?;
-    let value = rest.split('"').nth(1)?;
-    Some(value.to_string())
-}
-
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT).ok()?;
-    s.set_read_timeout(Some(CLIENT_TIMEOUT)).ok()?;
-    s.set_write_timeout(Some(CLIENT_TIMEOUT)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text.into_owned()))
-}
-
-fn wait_until(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ok() {
-            return Ok(());
         }
-        std::thread::sleep(POLL_INTERVAL * 10);
-    }
-    bail!("timed out after {timeout:?} waiting for {what}")
-}
-
-/// Writes a fresh live playlist (newest segment ending now) atomically into `dir`.
-fn write_playlist(dir: &Path, label: &str) -> Result<()> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("clock before 1970")?
-        .as_secs();
-    // Time-based MSN, as our packagers number segments.
-    let newest = now / TARGET_SECONDS;
-    let first = newest + 1 - WINDOW;
-    let mut s = format!(
-        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{TARGET_SECONDS}\n#EXT-X-MEDIA-SEQUENCE:{first}\n## origin={label}\n"
-    );
-    for msn in first..=newest {
-        let start = msn * TARGET_SECONDS;
-        let _ = write!(
-            s,
-            "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{TARGET_SECONDS}.000,\nseg{msn}.ts\n",
-            rfc3339(start)
-        );
-    }
-    let tmp = dir.join(".index.m3u8.tmp");
-    std::fs::write(&tmp, s).context("writing playlist")?;
-    std::fs::rename(&tmp, dir.join("index.m3u8")).context("renaming playlist")?;
-    Ok(())
-}
-
-/// UTC RFC 3339 for Unix seconds, std only (civil-from-days, H. Hinnant).
-fn rfc3339(unix: u64) -> String {
-    let (days, secs) = (unix / 86_400, unix % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    killed: bool,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, name: &str) -> Result<Self> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Proc {
-            child,
-            killed: false,
-        })
-    }
-
-    /// `kill -9`: the failure under test.
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.killed = true;
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.killed {
-            return;
+        if herd_n > 0 && (only.is_empty() || only.split(',').any(|f| f == "herd")) {
+            let (failed, requests) =
+                herd(&mut stack, &site, &pair, herd_n, Duration::from_secs(10))?;
+            let _ = writeln!(
+                out,
+                "\nThundering herd: {herd_n} keep-alive viewers on the backup at the switchback; \
+                 in the next 10 s (drain 30 s) they sent {requests} requests, {failed} failed (target 0).\n"
+            );
         }
-        // SIGTERM first so switcher-ctl and the origin shut down cleanly; `kill` keeps this std-only.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `switcher-ctl detach` for the bench's pin root when dropped.
-struct Detach {
-    bin: PathBuf,
-    pin_root: PathBuf,
-}
-
-impl Drop for Detach {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.bin)
-            .arg("detach")
-            .arg("--pin-root")
-            .arg(&self.pin_root)
-            .stdout(Stdio::null())
-            .status();
-    }
+        Ok(())
+    })();
+    stack.stop();
+    result
 }

@@ -134,3 +134,18 @@ pub fn env_count(var: &str, default: usize) -> Result<usize> {
         Err(_) => Ok(default),
     }
 }
+
+/// This machine, for the report: CPU model and logical CPU count (figures from another
+/// machine must never be mistaken for this one's).
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{model}, {cpus} CPUs")
+}
