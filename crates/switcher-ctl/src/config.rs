@@ -55,8 +55,10 @@ pub const MAX_DECISION_HISTORY: usize = 10_000;
 /// Largest `SWITCHER_ADMIN_MAX_CONNECTIONS`.
 pub const MAX_ADMIN_CONNECTIONS: usize = 4096;
 /// Default probe interval. The seed polled every 5 s; a 2 s-segment live stream can afford
-/// a probe per 0.2 s (one small playlist per origin) and failover becomes sub-second.
-pub const DEFAULT_INTERVAL_SECONDS: f64 = 0.2;
+/// a probe per 0.1 s (a small playlist and a segment tail per origin, ~0.7 MB/s), so failover
+/// is sub-second and a broken new segment is usually seen before players fetch it (they
+/// reload the playlist about once per 2 s target duration).
+pub const DEFAULT_INTERVAL_SECONDS: f64 = 0.1;
 /// Default age threshold: three 2 s target durations. A healthy packager's newest segment
 /// ends at most ~one target duration ago (plus probe latency); 6 s is clearly stalled while
 /// still shorter than the 3 x 2 s of buffered segments a player holds.
