@@ -68,6 +68,10 @@ pub struct OriginStatus {
     pub consecutive_bad: u32,
     /// Consecutive good windows.
     pub consecutive_good: u32,
+    /// Its flows are draining: no new flows, open ones stay until they end or the deadline.
+    pub draining: bool,
+    /// Retired as unhealthy and some of its connections are still finishing a response.
+    pub retiring: bool,
 }
 
 /// Origins part of [`Status`], keyed by name in JSON.
@@ -478,6 +482,8 @@ impl Controller {
                 latency_ms: report.map(|r| r.latency.as_secs_f64() * 1e3),
                 consecutive_bad: t.consecutive_bad,
                 consecutive_good: t.consecutive_good,
+                draining: self.draining[o.index() as usize].is_some(),
+                retiring: self.retired_at[o.index() as usize].is_some(),
             }
         };
         let flows = self.dataplane.flow_counts().ok().map(|counts| {
