@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use xtask::faults::{self, Fault, Processes, Site};
+use xtask::player::{Player, pts_holes, video_pts};
 use xtask::stack::{self, http_get};
 
 use crate::prereq;
@@ -181,6 +182,17 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         );
     }
     let playlist = format!("/hls/{}/index.m3u8", args.stream);
+    // A real player recording the VIP through the whole drill: what a viewer got.
+    let recording = std::env::temp_dir().join(format!("drill-{}.ts", args.fault.name()));
+    let mut player = Player::start(None, &format!("http://{}{playlist}", args.vip), &recording)
+        .context("starting the ffmpeg player")?;
+    let warmup = Instant::now();
+    while player.segments().len() < 2 {
+        if warmup.elapsed() > Duration::from_secs(30) || !player.running() {
+            bail!("the ffmpeg player loaded no segment:\n{}", player.tail(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let t0 = Instant::now();
     let mut timeline: Vec<(f64, String)> = Vec::new();
     let mark = |what: String, timeline: &mut Vec<(f64, String)>| {
@@ -282,7 +294,29 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         view.first_msn.map_or("-".into(), |m| m.to_string()),
         view.last_msn.map_or("-".into(), |m| m.to_string()),
     );
-    if !flipped {
+    let still_running = player.running();
+    let reconnects = player.reconnects();
+    let (segments, errors) = player.stop();
+    let pts = video_pts(&recording).context("ffprobe of the recording")?;
+    let (hole, repeats) = pts_holes(&pts);
+    let skipped = segments.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    println!(
+        "ffmpeg player recording the VIP ({}): {} segments (MSN {} -> {}), {skipped} skipped or repeated, \
+         {} video frames, largest PTS step {hole:.3} s, {repeats} repeated frames, \
+         {reconnects} connections retried, {} error lines, {}",
+        recording.display(),
+        segments.len(),
+        segments.first().map_or("-".into(), |m| m.to_string()),
+        segments.last().map_or("-".into(), |m| m.to_string()),
+        pts.len(),
+        errors.len(),
+        if still_running {
+            "still playing at the end"
+        } else {
+            "it had given up"
+        },
+    );
+    if !flipped && args.fault.fails_primary() {
         println!("note: no flip happened (the fault may have been too short for the hysteresis)");
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! # Layout
 //! * [`faults`]: the drills' failure classes, injected into a running stack and restored.
 //! * [`netns`]: network namespaces, a veth pair and a private bpffs for benchmarks.
+//! * [`player`]: a recording ffmpeg player and checks on what it recorded.
 //! * [`stack`]: the whole stack as processes (start, kill, restart, stop, health).
 //! * [`monitoring`]: promtool checks of `monitoring/` and the "every metric the dashboard and
 //!   the rules use is exported" check against a running stack.
@@ -10,4 +11,5 @@
 pub mod faults;
 pub mod monitoring;
 pub mod netns;
+pub mod player;
 pub mod stack;

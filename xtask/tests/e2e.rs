@@ -16,15 +16,13 @@ mod netns;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use netns::{BpfFs, Client, Pair};
 use xtask::faults::{self, Fault, Site};
+use xtask::player::{Player, pts_holes, video_pts};
 use xtask::stack::{Stack, StackConfig, http_get};
 
 const VIP: &str = "10.77.0.2:8080";
@@ -35,137 +33,6 @@ fn workspace() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-/// An ffmpeg player in the client namespace reading the VIP live, decoding everything; it
-/// records which segments it loaded and every error line.
-struct Player {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Player {
-    /// Starts a player recording the VIP's stream into `out` (MPEG-TS, streams copied).
-    fn start(ns: &str, out: &Path) -> Player {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "ffmpeg",
-                "-hide_banner",
-                "-nostdin",
-                "-loglevel",
-                "verbose",
-            ])
-            // What a resilient player does: retry a failed segment or playlist request.
-            .args([
-                "-reconnect",
-                "1",
-                "-reconnect_on_network_error",
-                "1",
-                "-reconnect_delay_max",
-                "1",
-            ])
-            .args(["-live_start_index", "-2"])
-            .args(["-i", &format!("http://{VIP}{PLAYLIST}")])
-            .args(["-map", "0", "-c", "copy", "-f", "mpegts", "-y"])
-            .arg(out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ffmpeg player");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Player { child, lines }
-    }
-
-    /// Media sequence numbers of the segments the player requested, in order.
-    fn segments(&self) -> Vec<u64> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("HLS request for url"))
-            .filter_map(|l| {
-                let end = l.find(".ts'")?;
-                let start = l[..end].rfind('/')? + 1;
-                l[start..end].parse().ok()
-            })
-            .collect()
-    }
-
-    /// Decoder and demuxer error lines. A reset keep-alive connection that ffmpeg retries on a
-    /// new connection is the designed way a killed origin's viewers move (the data plane
-    /// resets retired flows), not an error; a segment that cannot be loaded is.
-    fn errors(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| {
-                let l = l.to_ascii_lowercase();
-                (l.contains("error")
-                    || l.contains("corrupt")
-                    || l.contains("concealing")
-                    || l.contains("failed to open segment"))
-                    && !l.contains("reconnect")
-                    && !l.contains("keepalive request failed")
-            })
-            .cloned()
-            .collect()
-    }
-
-    /// The last lines ffmpeg printed (for failure messages).
-    fn tail(&self, n: usize) -> String {
-        let lines = self.lines.lock().unwrap();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// Whether ffmpeg is still running (a player that gave up has exited).
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Log lines mentioning a connection that was reset or retried.
-    fn reconnects(&self) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("keepalive request failed") || l.contains("reconnect"))
-            .count()
-    }
-
-    fn stop(mut self) -> (Vec<u64>, Vec<String>) {
-        // SIGINT lets ffmpeg finish cleanly.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
-        let (segs, mut errors) = (self.segments(), self.errors());
-        if segs.len() < 5 {
-            errors.push(format!("player log tail:\n{}", self.tail(40)));
-        }
-        (segs, errors)
-    }
-}
-
-impl Drop for Player {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Asserts the loaded MSNs are strictly consecutive.
@@ -216,38 +83,6 @@ const HLS_WATCH: &str = r#"(() => {
   return true;
 })()"#;
 
-/// Video PTS (seconds) of a recording, in file order.
-fn video_pts(file: &Path) -> Vec<f64> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=pts_time",
-        ])
-        .args(["-of", "csv=p=0"])
-        .arg(file)
-        .output()
-        .expect("ffprobe");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
-        .collect()
-}
-
-/// The largest forward step and whether any step goes backwards (a repeated segment), in
-/// decode order; PTS are in presentation order within a GOP, so compare sorted neighbours
-/// for holes and count duplicates for repeats.
-fn pts_holes(pts: &[f64]) -> (f64, usize) {
-    let mut sorted = pts.to_vec();
-    sorted.sort_by(|a, b| a.partial_cmp(b).expect("finite pts"));
-    let max_step = sorted.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-    let repeats = sorted.windows(2).filter(|w| w[1] - w[0] < 1e-6).count();
-    (max_step, repeats)
-}
-
 /// One drill: a recording ffmpeg player and hls.js play the VIP; `fault` is injected; after
 /// the failover (or, for a control-plane restart, the restart) it is restored and the
 /// primary takes new flows again. Asserts on what both players got.
@@ -261,7 +96,8 @@ fn drill(
 ) {
     let name = fault.name();
     let rec = run_dir.join(format!("rec-{name}.ts"));
-    let mut player = Player::start(client_ns, &rec);
+    let mut player = Player::start(Some(client_ns), &format!("http://{VIP}{PLAYLIST}"), &rec)
+        .expect("start ffmpeg player");
     wait_for(
         &format!("{name}: player loads 2 segments"),
         Duration::from_secs(30),
@@ -309,7 +145,7 @@ fn drill(
     }
     let (segs, errors) = player.stop();
     assert_no_gap_no_repeat(name, &segs, &errors);
-    let pts = video_pts(&rec);
+    let pts = video_pts(&rec).expect("ffprobe");
     assert!(
         pts.len() > 60,
         "{name}: recording has {} video packets",
