@@ -105,6 +105,19 @@ fn drill(
     );
     let frags_before = page.eval("window.__frags.length").as_u64().unwrap_or(0);
     let reconnects_before = player.reconnects();
+    if fault == Fault::OriginPartition {
+        // A partition that falls in the middle of a response strands that viewer: it waits
+        // for bytes and sends nothing, and the reset of the destroyed origin socket is
+        // dropped by the partition too. Only an RST the edge sends itself reaches it (not
+        // built yet; docs/ARCHITECTURE.md, "Stranded connections"). So this drill cuts
+        // between two requests, just after a segment: the viewer's next request is what the
+        // data plane re-steers and resets.
+        let n = player.segments().len();
+        wait_player(&player, &format!("{name}: a new segment"), |p| {
+            p.segments().len() > n
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let injected = faults::inject(fault, site, stack).expect("inject fault");
     if fault.fails_primary() {
         wait_for(
