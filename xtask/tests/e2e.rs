@@ -291,6 +291,42 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         attach.contains("driver id"),
         "native XDP on the edge veth:\n{attach}"
     );
+    // Only switcher-ctl holds privileges, and after attaching only CAP_BPF + CAP_NET_ADMIN;
+    // every other service runs as the service user with no-new-privs.
+    for name in xtask::stack::SERVICES {
+        let pid = stack
+            .pid(name)
+            .unwrap_or_else(|| panic!("{name} not running"));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        if name == "switcher-ctl" {
+            // CAP_NET_ADMIN is bit 12, CAP_BPF bit 39.
+            let eff = u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff");
+            assert_eq!(
+                eff,
+                (1 << 12) | (1 << 39),
+                "switcher-ctl keeps CAP_NET_ADMIN + CAP_BPF only"
+            );
+        } else {
+            assert_eq!(field("NoNewPrivs:"), "1", "{name} runs with no-new-privs");
+            let uid = field("Uid:");
+            assert!(
+                !uid.starts_with("0\t") && !uid.starts_with("0 "),
+                "{name} runs unprivileged: Uid {uid}"
+            );
+            assert_eq!(
+                field("CapEff:"),
+                "0000000000000000",
+                "{name} has no capability"
+            );
+        }
+    }
 
     // The status page in headless Chromium in the client namespace: it shows the live state,
     // and its hls.js player plays our packagers' stream through the VIP (XDP on the veth).
