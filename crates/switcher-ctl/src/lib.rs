@@ -10,6 +10,7 @@
 //!   names), defaults, validation.
 //! * [`probe`]: one playlist probe over a fresh connection; pure playlist parsing (age, MSN).
 //! * [`decide`]: the failover state machine, pure (reports + time in, decision out).
+//! * [`maglev`]: the weighted Maglev table builder and the flow hash that indexes it (pure).
 //! * [`control`]: the controller that owns the truth and applies decisions to the data plane.
 //! * [`metrics`]: the Prometheus registry and every metric.
 //! * [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/`, `/api/state`,
@@ -27,6 +28,7 @@ pub mod control;
 pub mod dataplane;
 pub mod decide;
 pub mod loader;
+pub mod maglev;
 pub mod metrics;
 pub mod privileges;
 pub mod probe;
