@@ -185,6 +185,9 @@ impl Table {
 /// `backends`. Slot values are indices into `backends`; which *name* owns a slot depends only on
 /// the set of `(name, weight)` pairs with weight > 0 and on `size`, not on the order of
 /// `backends`. No backend of weight > 0 gives an empty table (see the module docs).
+///
+/// Cost: `4 * size` bytes, and about `size * ln(size)` probes (the paper's estimate) plus
+/// `size` rounds over the backends at worst; a few milliseconds at 65,537 with 16 backends.
 pub fn build(backends: &[Backend<'_>], size: u32) -> Result<Table, MaglevError> {
     if !is_prime(size) {
         return Err(MaglevError::SizeNotPrime(size));
