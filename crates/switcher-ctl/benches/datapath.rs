@@ -1,15 +1,17 @@
 //! `cargo xtask bench datapath` (needs root).
 //!
 //! 1. ns per packet of the XDP program through BPF_PROG_TEST_RUN with repeat = 1,000,000, for
-//!    a SYN to the VIP (flow insert), a packet of a tracked flow (flow lookup), a packet not
-//!    for the VIP, a SYN straight to an origin (stale-flow check) and a SYN with the listener
-//!    check, against an empty XDP_PASS program on the same packet in the same run; every
-//!    repetition is checked to take the path it is named after (see `prog_test_run`).
+//!    a SYN to the VIP (flow lookup + handshake insert), a packet of a tracked flow (flow
+//!    lookup), a packet not for the VIP, a SYN straight to an origin (stale-flow check), a
+//!    SYN with the listener check, and a bare ACK of no flow (what a spoofed flood costs),
+//!    against an empty XDP_PASS program on the same packet in the same run; every repetition
+//!    is checked to take the path it is named after (see `prog_test_run`).
 //! 2. wrk through VIP:8080 against wrk straight to the origin (:8081), same run, same origin
 //!    process (`target/release/origin`): client ns -> veth -> edge ns with native XDP, and on
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
 //!
-//! Appends a markdown section to BENCHMARKS.md.
+//! Appends a markdown section to BENCHMARKS.md. `SWITCHER_BENCH_WRK=0` skips part 2 (the
+//! BPF_PROG_TEST_RUN part needs no release binaries and takes a minute).
 
 #[path = "../tests/netns/mod.rs"]
 mod netns;
@@ -26,14 +28,14 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use netns::{BpfFs, EDGE_V4, Netns, Pair};
 use packet::{ACK, Pkt, SYN};
 use switcher_common::{
-    Counters, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER,
-    VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names, prog_names,
+    Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -59,6 +61,8 @@ enum Taken {
     Rewrite,
     /// Passed unchanged (unsteered slot).
     Pass,
+    /// Passed unchanged as a packet of no flow (unsteered slot, `untracked`).
+    Untracked,
 }
 
 fn stats(ebpf: &Ebpf) -> Vec<Counters> {
@@ -115,10 +119,13 @@ fn prog_test_run(out: &mut String) {
         origins.set(i, origin, 0).unwrap();
     }
 
-    let syn = Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, SYN).build();
+    // A SYN from a port with no flow (a SYN of a tracked flow follows the flow instead).
+    let syn = Pkt::tcp("10.1.1.1", 40001, "10.0.0.1", 8080, SYN).build();
+    // The tracked flow's entry, as a completed handshake leaves it.
+    let tracked = switcher_ctl::loader::flow_key("10.1.1.1:40000".parse().unwrap());
     let cases = [
         (
-            "SYN to the VIP (flow insert + rewrite)",
+            "SYN to the VIP (flow lookup + handshake insert + rewrite)",
             syn.clone(),
             Taken::Rewrite,
             false,
@@ -144,8 +151,14 @@ fn prog_test_run(out: &mut String) {
             false,
         ),
         (
+            "bare ACK of no flow (a spoofed flood: two lookups + pass)",
+            Pkt::tcp("10.1.1.3", 40003, "10.0.0.1", 8080, ACK).build(),
+            Taken::Untracked,
+            false,
+        ),
+        (
             "SYN, listener check on (production setting; nothing listens here, so every origin is looked up)",
-            syn,
+            Pkt::tcp("10.1.1.2", 40002, "10.0.0.1", 8080, SYN).build(),
             Taken::Rewrite,
             true,
         ),
@@ -171,10 +184,21 @@ fn prog_test_run(out: &mut String) {
     .unwrap();
     writeln!(
         out,
-        "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio |"
+        "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio (median) | ratio range |"
     )
     .unwrap();
-    writeln!(out, "|---|---:|---:|---:|").unwrap();
+    writeln!(out, "|---|---:|---:|---:|---:|").unwrap();
+    HashMap::<_, FlowKey, FlowValue>::try_from(ebpf.map_mut(map_names::FLOWS).unwrap())
+        .unwrap()
+        .insert(
+            tracked,
+            FlowValue {
+                origin: 0,
+                flags: FLOW_SEEN_SYN,
+            },
+            0,
+        )
+        .unwrap();
     for (desc, data, path, listener_check) in cases {
         if listener_check {
             set_vip(
@@ -201,13 +225,32 @@ fn prog_test_run(out: &mut String) {
                 let u = STATS_UNSTEERED as usize;
                 after[u].passes - before[u].passes
             }
+            Taken::Untracked => {
+                let u = STATS_UNSTEERED as usize;
+                after[u].untracked - before[u].untracked
+            }
         };
+        // No repetition may have completed a handshake (the tracked case must be the
+        // established flow's path, not a handshake's).
+        assert_eq!(
+            after[0].established, before[0].established,
+            "{desc}: unexpected handshake completion"
+        );
         assert_eq!(
             took, runs,
             "{desc}: not every repetition took the measured path"
         );
+        let ratios: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b).collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         let (o, b) = (median(ours), median(base));
-        writeln!(out, "| {desc} | {o:.1} | {b:.1} | {:.2}x |", o / b).unwrap();
+        writeln!(
+            out,
+            "| {desc} | {o:.1} | {b:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |",
+            median(ratios)
+        )
+        .unwrap();
     }
     out.push('\n');
 }
@@ -373,6 +416,7 @@ fn wrk_section(out: &mut String) {
             ],
             pin_root: bpf.pin_root(),
             mode: AttachMode::Native,
+            max_flows: switcher_common::MAX_FLOWS,
         };
         let dp = pair.edge.run(move || {
             let mut p = Pinned::attach(&cfg).expect("attach");
@@ -408,6 +452,7 @@ fn wrk_section(out: &mut String) {
             ],
             pin_root: bpf.pin_root(),
             mode,
+            max_flows: switcher_common::MAX_FLOWS,
         };
         let dp = ns.run(move || {
             let mut p = Pinned::attach(&cfg).expect("attach");
@@ -421,6 +466,20 @@ fn wrk_section(out: &mut String) {
     }
     let _ = std::fs::remove_dir_all(&root);
     out.push('\n');
+}
+
+/// `lscpu`'s model name, for the report.
+fn cpu_model() -> String {
+    let out = Command::new("lscpu").output().expect("lscpu");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Model name:").map(|m| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Online CPUs.
+fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn main() {
@@ -441,12 +500,15 @@ fn main() {
         String::from_utf8_lossy(&date.stdout).trim()
     )
     .unwrap();
+    writeln!(out, "Machine: {}, {} CPUs.\n", cpu_model(), nproc()).unwrap();
     prog_test_run(&mut out);
     print!("{out}");
-    let mut wrk_out = String::new();
-    wrk_section(&mut wrk_out);
-    print!("{wrk_out}");
-    out.push_str(&wrk_out);
+    if std::env::var("SWITCHER_BENCH_WRK").as_deref() != Ok("0") {
+        let mut wrk_out = String::new();
+        wrk_section(&mut wrk_out);
+        print!("{wrk_out}");
+        out.push_str(&wrk_out);
+    }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md");
     let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
     text.push_str(&out);
