@@ -252,7 +252,87 @@ fn prog_test_run(out: &mut String) {
         )
         .unwrap();
     }
+    parallel_syns(out, &mut ebpf, vip);
     out.push('\n');
+}
+
+/// New flows from every CPU at once, each CPU on its own client port: what the per-CPU LRU
+/// lists (`BPF_F_NO_COMMON_LRU`) are for. One thread pinned per CPU runs BPF_PROG_TEST_RUN;
+/// the row gives the mean over the threads, against the empty program run the same way.
+fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig) {
+    Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap())
+        .unwrap()
+        .set(0, vip, 0)
+        .unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let packets: Vec<Vec<u8>> = (0..cpus)
+        .map(|i| Pkt::tcp("10.1.3.1", 42000 + i as u16, "10.0.0.1", 8080, SYN).build())
+        .collect();
+    let ebpf = &*ebpf;
+    let all_at_once = |prog: &str| -> f64 {
+        let per_thread: Vec<f64> = std::thread::scope(|s| {
+            let handles: Vec<_> = packets
+                .iter()
+                .enumerate()
+                .map(|(cpu, data)| {
+                    s.spawn(move || {
+                        pin_to_cpu(cpu);
+                        let p: &Xdp = ebpf.program(prog).unwrap().try_into().unwrap();
+                        let mut buf = vec![0u8; data.len() + 256];
+                        let mut opts = TestRunOptions::new();
+                        opts.data_in = Some(data);
+                        opts.data_out = Some(&mut buf);
+                        opts.repeat = REPEAT;
+                        p.test_run(opts).expect("test run").duration.as_nanos() as f64
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        per_thread.iter().sum::<f64>() / per_thread.len() as f64
+    };
+    let before = stats(ebpf);
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for _ in 0..ROUNDS {
+        ours.push(all_at_once(prog_names::XDP_INGRESS));
+        base.push(all_at_once(prog_names::BENCH_XDP_PASS));
+    }
+    let after = stats(ebpf);
+    assert_eq!(
+        after[0].new_flows - before[0].new_flows,
+        u64::from(REPEAT) * (ROUNDS * cpus) as u64,
+        "every repetition on every CPU took the SYN path"
+    );
+    let ratios: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b).collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    writeln!(
+        out,
+        "| SYN to the VIP on all {cpus} CPUs at once (handshake insert; LRU contention) | {:.1} | {:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |",
+        median(ours),
+        median(base),
+        median(ratios)
+    )
+    .unwrap();
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0, ...) act
+    // on it and on the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// The origin binary the wrk runs use.
