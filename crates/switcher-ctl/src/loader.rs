@@ -550,6 +550,28 @@ impl Pinned {
         }
     }
 
+    /// Removes the handshakes pinned to `origin` (connections between SYN and handshake ACK):
+    /// retiring an origin must remove them with its flows, or a handshake completing just
+    /// after the retirement would enter the flow table pinned to the retired origin. Returns
+    /// how many were removed.
+    pub fn retire_handshakes(&mut self, origin: u32) -> Result<u64> {
+        // Collect first: deleting while iterating a hash map restarts the kernel's walk.
+        let keys: Vec<FlowKey> = self
+            .handshakes
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| v.origin == origin)
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for k in keys {
+            if self.handshakes.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Number of connections in their handshake (a walk of `SWITCHER_HANDSHAKES`; a large
     /// number with few `established` means a SYN flood).
     pub fn handshake_count(&self) -> usize {
