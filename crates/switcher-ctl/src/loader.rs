@@ -51,6 +51,9 @@ pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Default pin root of the contract.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/switcher";
+/// Below this many flows per CPU (the maps' LRU lists are per CPU, and a CPU evicts from its
+/// own list only), `load_object` warns: uneven RSS would evict live flows early.
+const FEW_FLOWS_PER_CPU: u32 = 256;
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// TC filter priority of our classifiers (low number = runs first). Fixed so a restarted
@@ -708,6 +711,15 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
 /// Loads the object (creating its maps, not yet the programs) with the connection maps sized
 /// for `max_flows` entries each.
 pub fn load_object(max_flows: u32) -> Result<Ebpf> {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    if max_flows / cpus < FEW_FLOWS_PER_CPU {
+        tracing::warn!(
+            max_flows,
+            cpus,
+            "each CPU's LRU list gets fewer than {FEW_FLOWS_PER_CPU} flows; \
+             raise --max-flows, or flows will be evicted while the table is mostly empty"
+        );
+    }
     EbpfLoader::new()
         .map_max_entries(map_names::FLOWS, max_flows)
         .map_max_entries(map_names::HANDSHAKES, max_flows)

@@ -5,9 +5,12 @@
 //! from `switcher-common`.
 //!
 //! The two connection maps are LRU hashes with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): no
-//! lock shared by every CPU on insert, at the price of each CPU owning `max_entries / CPUs`
-//! of the capacity. Their size here is the default; switcher-ctl sets it from `--max-flows`
-//! when it loads the object.
+//! lock shared by every CPU on insert or eviction, and a flood processed on one CPU (one RX
+//! queue) evicts only that CPU's share of the entries; the price is that each CPU owns
+//! `max_entries / CPUs` of the capacity, so uneven RSS spreads fill some CPUs' share first.
+//! On a 2-vCPU VM the insert path costs the same either way, within noise (BENCHMARKS.md,
+//! the "all CPUs at once" row); the lock it avoids matters with many CPUs. Their size here is
+//! the default; switcher-ctl sets it from `--max-flows` when it loads the object.
 //!
 //! BTF-defined maps (`.maps` section): the kernel gets the key and value types, so
 //! `bpftool map dump` prints them field by field.
