@@ -27,9 +27,16 @@ pub const ORIGIN_BACKUP: u32 = 1;
 pub const STATS_UNSTEERED: u32 = MAX_ORIGINS;
 /// Number of slots in the per-CPU statistics map: one per origin plus [`STATS_UNSTEERED`].
 pub const STATS_SLOTS: u32 = MAX_ORIGINS + 1;
-/// Capacity of the LRU conntrack map (flows). At ~56 bytes a flow this is ~15 MiB of kernel
-/// memory; an edge with more concurrent viewers raises it.
+/// Default capacity of the conntrack map (established flows) and, separately, of the handshake
+/// map (connections between their SYN and the ACK that completes the handshake). The object
+/// declares the maps with this size; switcher-ctl sets both from `--max-flows` at load time.
+/// At ~100 bytes an entry (key, value and the kernel's element header) the two maps take
+/// ~50 MiB of kernel memory at this size; an edge with more concurrent viewers raises it.
 pub const MAX_FLOWS: u32 = 262_144;
+/// Smallest `--max-flows` switcher-ctl accepts: the maps use per-CPU LRU lists
+/// (`BPF_F_NO_COMMON_LRU`), which split the capacity evenly between the CPUs, and a CPU with
+/// a handful of entries would evict live flows at once.
+pub const MIN_FLOWS: u32 = 1_024;
 
 /// `family` value: IPv4 (same number as `AF_INET`).
 pub const FAMILY_V4: u16 = 2;
@@ -45,8 +52,12 @@ pub mod map_names {
     pub const ORIGINS: &str = "SWITCHER_ORIGINS";
     /// Array[1] of `u32`: the active origin's index.
     pub const ACTIVE: &str = "SWITCHER_ACTIVE";
-    /// LruHashMap of [`FlowKey`](super::FlowKey) -> [`FlowValue`](super::FlowValue).
+    /// LruHashMap (per-CPU LRU lists) of [`FlowKey`](super::FlowKey) ->
+    /// [`FlowValue`](super::FlowValue): established flows.
     pub const FLOWS: &str = "SWITCHER_FLOWS";
+    /// LruHashMap (per-CPU LRU lists) of [`FlowKey`](super::FlowKey) ->
+    /// [`Handshake`](super::Handshake): connections whose handshake has not completed.
+    pub const HANDSHAKES: &str = "SWITCHER_HANDSHAKES";
     /// PerCpuArray[STATS_SLOTS] of [`Counters`](super::Counters).
     pub const STATS: &str = "SWITCHER_STATS";
 }
@@ -122,10 +133,10 @@ pub struct Origin {
 /// [`Origin::flags`]: the slot holds an origin.
 pub const ORIGIN_CONFIGURED: u16 = 1;
 
-/// Key of the `SWITCHER_FLOWS` conntrack map: one viewer connection as it looks on ingress,
-/// client -> VIP. Replies (origin -> client) are looked up by rebuilding this key from the
-/// packet's destination and the configured VIP. Written by the data plane (new flows); deleted
-/// by user space when it retires an origin.
+/// Key of the `SWITCHER_FLOWS` conntrack map and of the `SWITCHER_HANDSHAKES` map: one viewer
+/// connection as it looks on ingress, client -> VIP. Replies (origin -> client) are looked up
+/// by rebuilding this key from the packet's destination. Written by the data plane; flows are
+/// deleted by user space when it retires an origin.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -137,7 +148,9 @@ pub struct FlowKey {
     pub family: u16,
 }
 
-/// Value of the `SWITCHER_FLOWS` map: the origin the flow is pinned to.
+/// Value of the `SWITCHER_FLOWS` map: an established flow and the origin it is pinned to.
+/// Inserted by the data plane only when the client acknowledges the origin's initial sequence
+/// number (see [`Handshake`]), so an off-path attacker with spoofed addresses cannot create one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowValue {
@@ -147,9 +160,35 @@ pub struct FlowValue {
     pub flags: u32,
 }
 
-/// [`FlowValue::flags`]: the flow started with a SYN (seen from its first packet). Flows
-/// without it were adopted mid-stream (e.g. re-steered after their origin was retired).
+/// [`FlowValue::flags`]: the flow started with a SYN through the VIP (every flow the data plane
+/// creates has it; kept so user space can tell them from entries it wrote itself).
 pub const FLOW_SEEN_SYN: u32 = 1;
+/// [`FlowValue::flags`]: the origin sent a FIN or RST on this flow (seen by TC egress; replies
+/// come from our own origin, so an attacker cannot set it). A SYN straight to an origin that
+/// is not on this host forgets the flow only when this is set.
+pub const FLOW_ORIGIN_CLOSED: u32 = 2;
+
+/// Value of the `SWITCHER_HANDSHAKES` map: a connection between its SYN and the client's ACK of
+/// the origin's SYN-ACK, pinned to the origin its SYN went to. Written only by the data plane:
+/// ingress inserts it on a SYN, TC egress records the origin's initial sequence number from
+/// the SYN-ACK, and the client's ACK of exactly that number moves the connection to
+/// `SWITCHER_FLOWS`. A spoofed SYN flood churns only this map; established flows are elsewhere.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    /// Index into `SWITCHER_ORIGINS`, host byte order.
+    pub origin: u32,
+    /// `HANDSHAKE_*` flags, host order.
+    pub flags: u32,
+    /// The origin's initial sequence number + 1, host order: the acknowledgment number the
+    /// client's handshake ACK must carry. Meaningful when `flags & HANDSHAKE_ISN_SEEN`.
+    pub expect_ack: u32,
+    /// Zero; makes the size a multiple of 8 with no implicit padding.
+    pub reserved: u32,
+}
+
+/// [`Handshake::flags`]: TC egress saw the origin's SYN-ACK; `expect_ack` is set.
+pub const HANDSHAKE_ISN_SEEN: u32 = 1;
 
 /// Per-CPU statistics: value of the `SWITCHER_STATS` map, one slot per origin index plus
 /// [`STATS_UNSTEERED`]. Written only by the data plane; user space sums the CPUs.
@@ -161,7 +200,8 @@ pub struct Counters {
     pub packets: u64,
     /// Bytes of those packets (L2 frame length as the program saw it).
     pub bytes: u64,
-    /// Flows created for this origin (SYN or unknown flow).
+    /// SYNs of new connections steered to this origin (a handshake entry created). A spoofed
+    /// SYN flood shows here, and not in `established`.
     pub new_flows: u64,
     /// Request packets rewritten toward this origin.
     pub rewrites: u64,
@@ -177,16 +217,26 @@ pub struct Counters {
     pub fragments: u64,
     /// IPv4 with options or IPv6 with extension headers before TCP; passed unchanged.
     pub ip_options: u64,
-    /// Packets of an unknown, non-SYN flow (e.g. one whose origin was retired) adopted by the
-    /// active origin.
-    pub resteered: u64,
+    /// Handshakes that completed through the VIP: the client acknowledged this origin's initial
+    /// sequence number, and the connection moved to the flow table.
+    pub established: u64,
+    /// Unsteered slot only: packets to the VIP that are not a SYN and belong to no flow or
+    /// handshake (a flow whose origin was retired and deleted, one evicted from a full table,
+    /// one older than the data plane, or a spoofed packet such as a bare-ACK flood). They pass
+    /// unchanged to this host's stack, which answers with a TCP reset from the VIP (nothing
+    /// listens there), so a live client learns at once that its connection is gone.
+    pub untracked: u64,
     /// New flows steered to this origin because the active origin had no listening socket
     /// (see [`VIP_CHECK_LISTENER`]).
     pub listener_fallbacks: u64,
-    /// Flows pinned to this origin forgotten because their client opened a connection
-    /// straight to this origin from the same port (the VIP flow was over; its entry would
-    /// have rewritten the new connection's replies).
+    /// Flows (or handshakes) pinned to this origin forgotten because their client opened a
+    /// connection straight to this origin from the same port, and the VIP connection was over
+    /// (its entry would have rewritten the new connection's replies).
     pub stale_flows: u64,
+    /// SYNs straight to this origin from the client port of a flow pinned to it that is still
+    /// open (the origin holds a live socket for it, or, for an origin on another host, sent no
+    /// FIN or RST): the flow is kept. A spoofed SYN aimed at a viewer's flow shows here.
+    pub stale_kept: u64,
 }
 
 // Sizes pinned: a change here is a change of the kernel/user contract.
@@ -194,7 +244,8 @@ const _: () = assert!(core::mem::size_of::<VipConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Origin>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
-const _: () = assert!(core::mem::size_of::<Counters>() == 13 * 8);
+const _: () = assert!(core::mem::size_of::<Handshake>() == 16);
+const _: () = assert!(core::mem::size_of::<Counters>() == 15 * 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -204,6 +255,7 @@ mod pod {
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::Handshake {}
     unsafe impl aya::Pod for super::Counters {}
 }
 
@@ -220,8 +272,10 @@ impl Counters {
         self.malformed += other.malformed;
         self.fragments += other.fragments;
         self.ip_options += other.ip_options;
-        self.resteered += other.resteered;
+        self.established += other.established;
+        self.untracked += other.untracked;
         self.listener_fallbacks += other.listener_fallbacks;
         self.stale_flows += other.stale_flows;
+        self.stale_kept += other.stale_kept;
     }
 }

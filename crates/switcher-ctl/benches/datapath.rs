@@ -1,15 +1,17 @@
 //! `cargo xtask bench datapath` (needs root).
 //!
 //! 1. ns per packet of the XDP program through BPF_PROG_TEST_RUN with repeat = 1,000,000, for
-//!    a SYN to the VIP (flow insert), a packet of a tracked flow (flow lookup), a packet not
-//!    for the VIP, a SYN straight to an origin (stale-flow check) and a SYN with the listener
-//!    check, against an empty XDP_PASS program on the same packet in the same run; every
-//!    repetition is checked to take the path it is named after (see `prog_test_run`).
+//!    a SYN to the VIP (flow lookup + handshake insert), a packet of a tracked flow (flow
+//!    lookup), a packet not for the VIP, a SYN straight to an origin (stale-flow check), a
+//!    SYN with the listener check, and a bare ACK of no flow (what a spoofed flood costs),
+//!    against an empty XDP_PASS program on the same packet in the same run; every repetition
+//!    is checked to take the path it is named after (see `prog_test_run`).
 //! 2. wrk through VIP:8080 against wrk straight to the origin (:8081), same run, same origin
 //!    process (`target/release/origin`): client ns -> veth -> edge ns with native XDP, and on
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
 //!
-//! Appends a markdown section to BENCHMARKS.md.
+//! Appends a markdown section to BENCHMARKS.md. `SWITCHER_BENCH_WRK=0` skips part 2 (the
+//! BPF_PROG_TEST_RUN part needs no release binaries and takes a minute).
 
 #[path = "../tests/netns/mod.rs"]
 mod netns;
@@ -26,14 +28,14 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use netns::{BpfFs, EDGE_V4, Netns, Pair};
 use packet::{ACK, Pkt, SYN};
 use switcher_common::{
-    Counters, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER,
-    VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names, prog_names,
+    Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -59,6 +61,8 @@ enum Taken {
     Rewrite,
     /// Passed unchanged (unsteered slot).
     Pass,
+    /// Passed unchanged as a packet of no flow (unsteered slot, `untracked`).
+    Untracked,
 }
 
 fn stats(ebpf: &Ebpf) -> Vec<Counters> {
@@ -115,10 +119,13 @@ fn prog_test_run(out: &mut String) {
         origins.set(i, origin, 0).unwrap();
     }
 
-    let syn = Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, SYN).build();
+    // A SYN from a port with no flow (a SYN of a tracked flow follows the flow instead).
+    let syn = Pkt::tcp("10.1.1.1", 40001, "10.0.0.1", 8080, SYN).build();
+    // The tracked flow's entry, as a completed handshake leaves it.
+    let tracked = switcher_ctl::loader::flow_key("10.1.1.1:40000".parse().unwrap());
     let cases = [
         (
-            "SYN to the VIP (flow insert + rewrite)",
+            "SYN to the VIP (flow lookup + handshake insert + rewrite)",
             syn.clone(),
             Taken::Rewrite,
             false,
@@ -144,8 +151,14 @@ fn prog_test_run(out: &mut String) {
             false,
         ),
         (
+            "bare ACK of no flow (a spoofed flood: two lookups + pass)",
+            Pkt::tcp("10.1.1.3", 40003, "10.0.0.1", 8080, ACK).build(),
+            Taken::Untracked,
+            false,
+        ),
+        (
             "SYN, listener check on (production setting; nothing listens here, so every origin is looked up)",
-            syn,
+            Pkt::tcp("10.1.1.2", 40002, "10.0.0.1", 8080, SYN).build(),
             Taken::Rewrite,
             true,
         ),
@@ -171,10 +184,21 @@ fn prog_test_run(out: &mut String) {
     .unwrap();
     writeln!(
         out,
-        "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio |"
+        "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio (median) | ratio range |"
     )
     .unwrap();
-    writeln!(out, "|---|---:|---:|---:|").unwrap();
+    writeln!(out, "|---|---:|---:|---:|---:|").unwrap();
+    HashMap::<_, FlowKey, FlowValue>::try_from(ebpf.map_mut(map_names::FLOWS).unwrap())
+        .unwrap()
+        .insert(
+            tracked,
+            FlowValue {
+                origin: 0,
+                flags: FLOW_SEEN_SYN,
+            },
+            0,
+        )
+        .unwrap();
     for (desc, data, path, listener_check) in cases {
         if listener_check {
             set_vip(
@@ -201,15 +225,114 @@ fn prog_test_run(out: &mut String) {
                 let u = STATS_UNSTEERED as usize;
                 after[u].passes - before[u].passes
             }
+            Taken::Untracked => {
+                let u = STATS_UNSTEERED as usize;
+                after[u].untracked - before[u].untracked
+            }
         };
+        // No repetition may have completed a handshake (the tracked case must be the
+        // established flow's path, not a handshake's).
+        assert_eq!(
+            after[0].established, before[0].established,
+            "{desc}: unexpected handshake completion"
+        );
         assert_eq!(
             took, runs,
             "{desc}: not every repetition took the measured path"
         );
+        let ratios: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b).collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         let (o, b) = (median(ours), median(base));
-        writeln!(out, "| {desc} | {o:.1} | {b:.1} | {:.2}x |", o / b).unwrap();
+        writeln!(
+            out,
+            "| {desc} | {o:.1} | {b:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |",
+            median(ratios)
+        )
+        .unwrap();
     }
+    parallel_syns(out, &mut ebpf, vip);
     out.push('\n');
+}
+
+/// New flows from every CPU at once, each CPU on its own client port: what the per-CPU LRU
+/// lists (`BPF_F_NO_COMMON_LRU`) are for. One thread pinned per CPU runs BPF_PROG_TEST_RUN;
+/// the row gives the mean over the threads, against the empty program run the same way.
+fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig) {
+    Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap())
+        .unwrap()
+        .set(0, vip, 0)
+        .unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let packets: Vec<Vec<u8>> = (0..cpus)
+        .map(|i| Pkt::tcp("10.1.3.1", 42000 + i as u16, "10.0.0.1", 8080, SYN).build())
+        .collect();
+    let ebpf = &*ebpf;
+    let all_at_once = |prog: &str| -> f64 {
+        let per_thread: Vec<f64> = std::thread::scope(|s| {
+            let handles: Vec<_> = packets
+                .iter()
+                .enumerate()
+                .map(|(cpu, data)| {
+                    s.spawn(move || {
+                        pin_to_cpu(cpu);
+                        let p: &Xdp = ebpf.program(prog).unwrap().try_into().unwrap();
+                        let mut buf = vec![0u8; data.len() + 256];
+                        let mut opts = TestRunOptions::new();
+                        opts.data_in = Some(data);
+                        opts.data_out = Some(&mut buf);
+                        opts.repeat = REPEAT;
+                        p.test_run(opts).expect("test run").duration.as_nanos() as f64
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        per_thread.iter().sum::<f64>() / per_thread.len() as f64
+    };
+    let before = stats(ebpf);
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for _ in 0..ROUNDS {
+        ours.push(all_at_once(prog_names::XDP_INGRESS));
+        base.push(all_at_once(prog_names::BENCH_XDP_PASS));
+    }
+    let after = stats(ebpf);
+    assert_eq!(
+        after[0].new_flows - before[0].new_flows,
+        u64::from(REPEAT) * (ROUNDS * cpus) as u64,
+        "every repetition on every CPU took the SYN path"
+    );
+    let ratios: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b).collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    writeln!(
+        out,
+        "| SYN to the VIP on all {cpus} CPUs at once (handshake insert; LRU contention) | {:.1} | {:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |",
+        median(ours),
+        median(base),
+        median(ratios)
+    )
+    .unwrap();
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0, ...) act
+    // on it and on the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// The origin binary the wrk runs use.
@@ -373,6 +496,7 @@ fn wrk_section(out: &mut String) {
             ],
             pin_root: bpf.pin_root(),
             mode: AttachMode::Native,
+            max_flows: switcher_common::MAX_FLOWS,
         };
         let dp = pair.edge.run(move || {
             let mut p = Pinned::attach(&cfg).expect("attach");
@@ -408,6 +532,7 @@ fn wrk_section(out: &mut String) {
             ],
             pin_root: bpf.pin_root(),
             mode,
+            max_flows: switcher_common::MAX_FLOWS,
         };
         let dp = ns.run(move || {
             let mut p = Pinned::attach(&cfg).expect("attach");
@@ -421,6 +546,20 @@ fn wrk_section(out: &mut String) {
     }
     let _ = std::fs::remove_dir_all(&root);
     out.push('\n');
+}
+
+/// `lscpu`'s model name, for the report.
+fn cpu_model() -> String {
+    let out = Command::new("lscpu").output().expect("lscpu");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Model name:").map(|m| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Online CPUs.
+fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn main() {
@@ -441,12 +580,15 @@ fn main() {
         String::from_utf8_lossy(&date.stdout).trim()
     )
     .unwrap();
+    writeln!(out, "Machine: {}, {} CPUs.\n", cpu_model(), nproc()).unwrap();
     prog_test_run(&mut out);
     print!("{out}");
-    let mut wrk_out = String::new();
-    wrk_section(&mut wrk_out);
-    print!("{wrk_out}");
-    out.push_str(&wrk_out);
+    if std::env::var("SWITCHER_BENCH_WRK").as_deref() != Ok("0") {
+        let mut wrk_out = String::new();
+        wrk_section(&mut wrk_out);
+        print!("{wrk_out}");
+        out.push_str(&wrk_out);
+    }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md");
     let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
     text.push_str(&out);

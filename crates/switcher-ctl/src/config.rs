@@ -230,6 +230,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHER_ATTACH_MODE", value_enum, default_value_t = AttachModeArg::Auto)]
     pub attach_mode: AttachModeArg,
 
+    /// Entries of the data plane's flow table (established viewer connections), and of its
+    /// handshake table: ~100 bytes of kernel memory each, split evenly between the CPUs.
+    /// Applied when the maps are created; adopted pinned maps keep their size (a warning says
+    /// so). Past it, the least recently used flow is evicted and its connection reset.
+    #[arg(long, env = "SWITCHER_MAX_FLOWS", default_value_t = switcher_common::MAX_FLOWS,
+          value_parser = clap::value_parser!(u32).range(i64::from(switcher_common::MIN_FLOWS)..))]
+    pub max_flows: u32,
+
     /// Recent decisions kept for /healthz and the status page.
     #[arg(long, env = "DECISION_HISTORY", default_value_t = DEFAULT_DECISION_HISTORY)]
     pub decision_history: usize,
@@ -328,6 +336,7 @@ impl Default for Config {
             admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             admin_header_timeout_seconds: DEFAULT_ADMIN_HEADER_TIMEOUT_SECONDS,
             attach_mode: AttachModeArg::Auto,
+            max_flows: switcher_common::MAX_FLOWS,
             decision_history: DEFAULT_DECISION_HISTORY,
             assets_dir: DEFAULT_ASSETS_DIR.into(),
             player_url: None,

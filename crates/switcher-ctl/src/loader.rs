@@ -3,7 +3,8 @@
 //!
 //! # Pin layout (under the pin root, default `/sys/fs/bpf/switcher`)
 //! * `maps/SWITCHER_CONFIG`, `maps/SWITCHER_ORIGINS`, `maps/SWITCHER_ACTIVE`,
-//!   `maps/SWITCHER_FLOWS`, `maps/SWITCHER_STATS`: every map (see `switcher_common`).
+//!   `maps/SWITCHER_FLOWS`, `maps/SWITCHER_HANDSHAKES`, `maps/SWITCHER_STATS`: every map (see
+//!   `switcher_common`).
 //! * `progs/switcher_xdp`, `progs/switcher_tc_ingress`, `progs/switcher_tc_egress`.
 //! * `links/xdp`: the XDP bpf_link (when XDP is used); it keeps the program attached after
 //!   the process exits, so a control-plane restart or crash leaves traffic flowing.
@@ -12,6 +13,12 @@
 //! `tc filter show` and `bpftool net show` list them; those filters live in the qdisc, not
 //! in a link, and are removed by [`detach`] by program name. Where they are attached (ifindex,
 //! mode) is kept in `SWITCHER_CONFIG` itself, so no state lives outside bpffs.
+//!
+//! # Flow table size
+//! `SWITCHER_FLOWS` and `SWITCHER_HANDSHAKES` get [`AttachConfig::max_flows`] entries each,
+//! set in the object before it is loaded (a map's size is fixed at creation). Adopting pinned
+//! maps keeps their size, whatever `max_flows` says, because replacing them would drop every
+//! viewer's flow: a mismatch is logged with both numbers and how to apply the new size.
 
 use std::{
     collections::HashSet,
@@ -22,8 +29,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, include_bytes_aligned,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray},
     programs::{
         SchedClassifier, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -31,9 +38,9 @@ use aya::{
     },
 };
 use switcher_common::{
-    ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FlowKey, FlowValue, MAX_ORIGINS,
-    ORIGIN_CONFIGURED, Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4,
-    VIP_HAS_V6, VipConfig, map_names, prog_names,
+    ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FAMILY_V4, FAMILY_V6, FlowKey,
+    FlowValue, Handshake, MAX_ORIGINS, MIN_FLOWS, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
+    VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 
 use crate::dataplane::{Aborted, DataPlane, OriginIndex};
@@ -44,6 +51,9 @@ pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Default pin root of the contract.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/switcher";
+/// Below this many flows per CPU (the maps' LRU lists are per CPU, and a CPU evicts from its
+/// own list only), `load_object` warns: uneven RSS would evict live flows early.
+const FEW_FLOWS_PER_CPU: u32 = 256;
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// TC filter priority of our classifiers (low number = runs first). Fixed so a restarted
@@ -94,6 +104,11 @@ pub struct AttachConfig {
     pub pin_root: PathBuf,
     /// Attach mode of the request path.
     pub mode: AttachMode,
+    /// Entries of the flow table, and of the handshake table (at least
+    /// [`MIN_FLOWS`]; [`switcher_common::MAX_FLOWS`] is the usual default). Split evenly
+    /// between the CPUs (per-CPU LRU lists) and rounded up to a multiple of their number by the
+    /// kernel. Only applied when the maps are created, not when pinned ones are adopted.
+    pub max_flows: u32,
 }
 
 /// The data plane's maps, opened from their pins. Implements [`DataPlane`].
@@ -103,6 +118,7 @@ pub struct Pinned {
     origins: Array<MapData, Origin>,
     active: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    handshakes: HashMap<MapData, FlowKey, Handshake>,
     stats: PerCpuArray<MapData, Counters>,
 }
 
@@ -370,6 +386,12 @@ impl Pinned {
         if cfg.origins.is_empty() || cfg.origins.len() > MAX_ORIGINS as usize {
             bail!("need 1..={MAX_ORIGINS} origins, got {}", cfg.origins.len());
         }
+        if cfg.max_flows < MIN_FLOWS {
+            bail!(
+                "max flows {} is below the minimum of {MIN_FLOWS}",
+                cfg.max_flows
+            );
+        }
         // The interface first: a wrong name must fail before anything is mounted or created.
         let idx = ifindex(&cfg.iface)?;
         let mut mounts = vec![ensure_bpffs(&cfg.pin_root)?];
@@ -378,6 +400,7 @@ impl Pinned {
                 let old = p.vip()?;
                 if old.ifindex == idx && p.is_attached(&old) {
                     tracing::info!(pin_root = %cfg.pin_root.display(), iface = %cfg.iface, "adopting pinned data plane");
+                    p.warn_on_size_mismatch(cfg.max_flows);
                     Some((p, old.attach_mode))
                 } else {
                     tracing::info!("pinned state is stale or for another interface; reloading");
@@ -386,6 +409,14 @@ impl Pinned {
                     mounts.push(ensure_bpffs(&cfg.pin_root)?);
                     None
                 }
+            }
+            Err(e) if maps_dir(&cfg.pin_root).join(map_names::CONFIG).exists() => {
+                // Pins of another build (e.g. without a map this one has): unusable, so start
+                // over rather than fail on pinning over them.
+                tracing::warn!(error = %format!("{e:#}"), "pinned maps cannot be adopted; reloading");
+                detach(&cfg.pin_root)?;
+                mounts.push(ensure_bpffs(&cfg.pin_root)?);
+                None
             }
             Err(_) => None,
         };
@@ -434,6 +465,7 @@ impl Pinned {
             origins: Array::try_from(open_map(pin_root, map_names::ORIGINS)?)?,
             active: Array::try_from(open_map(pin_root, map_names::ACTIVE)?)?,
             flows: HashMap::try_from(open_map(pin_root, map_names::FLOWS)?)?,
+            handshakes: HashMap::try_from(open_map(pin_root, map_names::HANDSHAKES)?)?,
             stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
         })
     }
@@ -480,6 +512,101 @@ impl Pinned {
     pub fn pin_root(&self) -> &Path {
         &self.root
     }
+
+    /// Entries of the flow table as the kernel created it (`--max-flows`, rounded up to a
+    /// multiple of the number of possible CPUs).
+    pub fn flow_capacity(&self) -> Result<u32> {
+        let flows: &dyn IterableMap<FlowKey, FlowValue> = &self.flows;
+        Ok(flows
+            .map()
+            .info()
+            .context("reading SWITCHER_FLOWS info")?
+            .max_entries())
+    }
+
+    /// Logs, clearly, when adopted maps are not the size `max_flows` asks for.
+    fn warn_on_size_mismatch(&self, max_flows: u32) {
+        match self.flow_capacity() {
+            Ok(have) if have != kernel_flow_capacity(max_flows) => tracing::warn!(
+                pinned = have,
+                requested = max_flows,
+                pin_root = %self.root.display(),
+                "the pinned flow table has another size than --max-flows; keeping the pinned one \
+                 (replacing it would drop every open flow). To apply the new size: \
+                 `switcher-ctl detach` (resets every viewer connection), then start again"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the pinned flow table size")
+            }
+        }
+    }
+
+    /// The established flow of the client at `client`, if the flow table has one (for tests
+    /// and diagnostics: one lookup, not a walk).
+    pub fn flow_of(&self, client: SocketAddr) -> Result<Option<FlowValue>> {
+        let key = flow_key(client);
+        match self.flows.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("looking up SWITCHER_FLOWS"),
+        }
+    }
+
+    /// Removes the handshakes pinned to `origin` (connections between SYN and handshake ACK):
+    /// retiring an origin must remove them with its flows, or a handshake completing just
+    /// after the retirement would enter the flow table pinned to the retired origin. Returns
+    /// how many were removed.
+    pub fn retire_handshakes(&mut self, origin: u32) -> Result<u64> {
+        // Collect first: deleting while iterating a hash map restarts the kernel's walk.
+        let keys: Vec<FlowKey> = self
+            .handshakes
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| v.origin == origin)
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for k in keys {
+            if self.handshakes.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Number of connections in their handshake (a walk of `SWITCHER_HANDSHAKES`; a large
+    /// number with few `established` means a SYN flood).
+    pub fn handshake_count(&self) -> usize {
+        self.handshakes.keys().filter(|k| k.is_ok()).count()
+    }
+}
+
+/// The conntrack key of a client address (as the data plane builds it from a request).
+pub fn flow_key(client: SocketAddr) -> FlowKey {
+    let mut client_addr = [0u8; 16];
+    let family = match client.ip() {
+        IpAddr::V4(a) => {
+            client_addr[..4].copy_from_slice(&a.octets());
+            FAMILY_V4
+        }
+        IpAddr::V6(a) => {
+            client_addr = a.octets();
+            FAMILY_V6
+        }
+    };
+    FlowKey {
+        client_addr,
+        client_port_be: client.port().to_be(),
+        family,
+    }
+}
+
+/// The size the kernel gives a per-CPU-LRU map asked for `max_flows` entries: rounded up to a
+/// multiple of the number of possible CPUs.
+fn kernel_flow_capacity(max_flows: u32) -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    max_flows.div_ceil(cpus).saturating_mul(cpus)
 }
 
 /// Human name of a `VipConfig::attach_mode` value.
@@ -505,12 +632,13 @@ fn tc_filter_present(iface: &str, dir: &str, name: &str) -> bool {
 /// TC egress. Returns the `ATTACH_*` mode used.
 fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
     let root = &cfg.pin_root;
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the eBPF object")?;
+    let mut ebpf = load_object(cfg.max_flows)?;
     for name in [
         map_names::CONFIG,
         map_names::ORIGINS,
         map_names::ACTIVE,
         map_names::FLOWS,
+        map_names::HANDSHAKES,
         map_names::STATS,
     ] {
         let map = ebpf
@@ -578,6 +706,25 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
     let _ = tc::qdisc_detach_program(&cfg.iface, TcAttachType::Egress, prog_names::TC_EGRESS);
     let _ = remove_pins(root);
     Err(last_err.unwrap_or_else(|| anyhow!("no attach mode to try")))
+}
+
+/// Loads the object (creating its maps, not yet the programs) with the connection maps sized
+/// for `max_flows` entries each.
+pub fn load_object(max_flows: u32) -> Result<Ebpf> {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    if max_flows / cpus < FEW_FLOWS_PER_CPU {
+        tracing::warn!(
+            max_flows,
+            cpus,
+            "each CPU's LRU list gets fewer than {FEW_FLOWS_PER_CPU} flows; \
+             raise --max-flows, or flows will be evicted while the table is mostly empty"
+        );
+    }
+    EbpfLoader::new()
+        .map_max_entries(map_names::FLOWS, max_flows)
+        .map_max_entries(map_names::HANDSHAKES, max_flows)
+        .load(EBPF_OBJECT)
+        .with_context(|| format!("loading the eBPF object (max flows {max_flows})"))
 }
 
 fn attach_xdp(ebpf: &mut Ebpf, root: &Path, iface: &str, mode: u32) -> Result<()> {

@@ -183,6 +183,7 @@ fn run(config: Config) -> Result<ExitCode> {
             AttachModeArg::Generic => AttachMode::Generic,
             AttachModeArg::Tc => AttachMode::Tc,
         },
+        max_flows: config.max_flows,
     };
     // Both admin listeners before attaching: a port or socket in use then fails with nothing
     // attached, and before dropping privileges, so a port below 1024 would still work.
@@ -279,7 +280,7 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
         .enumerate()
     {
         println!(
-            "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} resteered {} listener_fallbacks {} stale_flows {}",
+            "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} established {} untracked {} listener_fallbacks {} stale_flows {} stale_kept {}",
             slot_label(i as u32),
             c.packets,
             c.bytes,
@@ -291,9 +292,11 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
             c.malformed,
             c.fragments,
             c.ip_options,
-            c.resteered,
+            c.established,
+            c.untracked,
             c.listener_fallbacks,
-            c.stale_flows
+            c.stale_flows,
+            c.stale_kept
         );
     }
     Ok(true)

@@ -73,8 +73,12 @@ pub struct Metrics {
     pub dp_packets: IntCounterVec,
     /// `dataplane_bytes_total{origin}`: bytes of those packets.
     pub dp_bytes: IntCounterVec,
-    /// `dataplane_new_flows_total{origin}`: flows created for the origin.
+    /// `dataplane_new_flows_total{origin}`: SYNs of new connections steered to the origin
+    /// (handshakes started; spoofed SYNs included).
     pub dp_new_flows: IntCounterVec,
+    /// `dataplane_established_total{origin}`: handshakes completed through the VIP (flows
+    /// entered in the flow table). Far below `dataplane_new_flows_total`: a SYN flood.
+    pub dp_established: IntCounterVec,
     /// `dataplane_rewrites_total{origin}`: requests rewritten toward the origin.
     pub dp_rewrites: IntCounterVec,
     /// `dataplane_reply_rewrites_total{origin}`: replies rewritten back to the VIP.
@@ -83,8 +87,9 @@ pub struct Metrics {
     pub dp_passes: IntCounterVec,
     /// `dataplane_drops_total{origin}`: packets dropped (a TC helper failed).
     pub dp_drops: IntCounterVec,
-    /// `dataplane_resteered_total{origin}`: packets of unknown mid-stream flows adopted.
-    pub dp_resteered: IntCounterVec,
+    /// `dataplane_untracked_total`: non-SYN packets to the VIP of no flow, passed to the stack
+    /// (which resets them): retired or evicted flows, or a spoofed flood (all slots).
+    pub dp_untracked: IntCounter,
     /// `dataplane_listener_fallbacks_total{origin}`: new flows sent to this origin because the
     /// active origin had no listening socket (its process died before the next probe).
     pub dp_listener_fallbacks: IntCounterVec,
@@ -92,6 +97,10 @@ pub struct Metrics {
     /// their client connected straight to the origin from the same port (see the data
     /// plane's `forget_stale_flow`).
     pub dp_stale_flows: IntCounterVec,
+    /// `dataplane_stale_kept_total{origin}`: SYNs straight to the origin from the client port
+    /// of one of its flows that is still open: the flow was kept (a spoofed SYN aimed at a
+    /// viewer, or a client bug).
+    pub dp_stale_kept: IntCounterVec,
     /// `dataplane_malformed_total`: truncated packets passed unchanged (all slots).
     pub dp_malformed: IntCounter,
     /// `dataplane_fragments_total`: IP fragments passed unchanged (all slots).
@@ -195,7 +204,11 @@ impl Metrics {
             )?,
             dp_new_flows: counter_vec(
                 "dataplane_new_flows_total",
-                "Flows created for the origin.",
+                "SYNs of new connections steered to the origin (handshakes started).",
+            )?,
+            dp_established: counter_vec(
+                "dataplane_established_total",
+                "Handshakes completed through the VIP (flows entered in the flow table).",
             )?,
             dp_rewrites: counter_vec(
                 "dataplane_rewrites_total",
@@ -210,9 +223,9 @@ impl Metrics {
                 "dataplane_drops_total",
                 "Packets dropped by the data plane.",
             )?,
-            dp_resteered: counter_vec(
-                "dataplane_resteered_total",
-                "Packets of unknown mid-stream flows adopted.",
+            dp_untracked: IntCounter::new(
+                "dataplane_untracked_total",
+                "Non-SYN packets to the VIP of no flow, passed to the stack, which resets them.",
             )?,
             dp_listener_fallbacks: counter_vec(
                 "dataplane_listener_fallbacks_total",
@@ -221,6 +234,10 @@ impl Metrics {
             dp_stale_flows: counter_vec(
                 "dataplane_stale_flows_total",
                 "Flows to this origin forgotten when their client port connected to it directly.",
+            )?,
+            dp_stale_kept: counter_vec(
+                "dataplane_stale_kept_total",
+                "SYNs straight to this origin from the port of an open flow: the flow was kept.",
             )?,
             dp_malformed: IntCounter::new(
                 "dataplane_malformed_total",
@@ -280,16 +297,18 @@ impl Metrics {
             &self.dp_packets,
             &self.dp_bytes,
             &self.dp_new_flows,
+            &self.dp_established,
             &self.dp_rewrites,
             &self.dp_reply_rewrites,
             &self.dp_passes,
             &self.dp_drops,
-            &self.dp_resteered,
             &self.dp_listener_fallbacks,
             &self.dp_stale_flows,
+            &self.dp_stale_kept,
         ] {
             r.register(Box::new(c.clone()))?;
         }
+        r.register(Box::new(self.dp_untracked.clone()))?;
         r.register(Box::new(self.dp_malformed.clone()))?;
         r.register(Box::new(self.dp_fragments.clone()))?;
         r.register(Box::new(self.dp_ip_options.clone()))?;
@@ -362,6 +381,7 @@ impl Metrics {
             mirror(&self.dp_packets.with_label_values(&l), c.packets);
             mirror(&self.dp_bytes.with_label_values(&l), c.bytes);
             mirror(&self.dp_new_flows.with_label_values(&l), c.new_flows);
+            mirror(&self.dp_established.with_label_values(&l), c.established);
             mirror(&self.dp_rewrites.with_label_values(&l), c.rewrites);
             mirror(
                 &self.dp_reply_rewrites.with_label_values(&l),
@@ -369,14 +389,15 @@ impl Metrics {
             );
             mirror(&self.dp_passes.with_label_values(&l), c.passes);
             mirror(&self.dp_drops.with_label_values(&l), c.drops);
-            mirror(&self.dp_resteered.with_label_values(&l), c.resteered);
             mirror(
                 &self.dp_listener_fallbacks.with_label_values(&l),
                 c.listener_fallbacks,
             );
             mirror(&self.dp_stale_flows.with_label_values(&l), c.stale_flows);
+            mirror(&self.dp_stale_kept.with_label_values(&l), c.stale_kept);
             total.add(c);
         }
+        mirror(&self.dp_untracked, total.untracked);
         mirror(&self.dp_malformed, total.malformed);
         mirror(&self.dp_fragments, total.fragments);
         mirror(&self.dp_ip_options, total.ip_options);

@@ -6,12 +6,18 @@
 //! Namespaces, attachments and pins are removed even when a test fails (Drop guards).
 
 mod netns;
+mod packet;
 
 use std::{net::SocketAddr, path::Path};
 
-use netns::{BIG_LEN, BpfFs, Client, EDGE_V4, EDGE_V6, Netns, Pair, big_body, get_once, serve};
+use netns::{
+    BIG_LEN, BpfFs, CLIENT_V4, Client, EDGE_V4, EDGE_V6, Netns, Pair, big_body, get_once,
+    send_raw_v4, serve,
+};
+use packet::{ACK, Pkt, SYN};
 use switcher_common::{
-    ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, ORIGIN_BACKUP, ORIGIN_PRIMARY,
+    ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, MAX_FLOWS, MIN_FLOWS, ORIGIN_BACKUP,
+    ORIGIN_PRIMARY, STATS_UNSTEERED,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -76,6 +82,7 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
         ],
         pin_root: bpf.pin_root(),
         mode: AttachMode::Native,
+        max_flows: MAX_FLOWS,
     };
     let mut dp = attach_in(&pair.edge, cfg.clone());
     assert_eq!(
@@ -175,8 +182,8 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
         "replies rewritten at TC egress: {c:?}"
     );
     assert!(
-        c[1].resteered >= 1,
-        "the retired flow's next packet was adopted by backup: {c:?}"
+        c[STATS_UNSTEERED as usize].untracked >= 1,
+        "the retired flow's next packet passed to the edge's stack, which reset it: {c:?}"
     );
     let csum_errors_after = (
         pair.edge.tcp_snmp("InCsumErrors"),
@@ -240,6 +247,7 @@ fn local_mode(mode: AttachMode, expect: u32) {
         ],
         pin_root: bpf.pin_root(),
         mode,
+        max_flows: MAX_FLOWS,
     };
     let mut dp = attach_in(&ns, cfg);
     assert_eq!(dp.vip().unwrap().attach_mode, expect);
@@ -254,7 +262,9 @@ fn local_mode(mode: AttachMode, expect: u32) {
             .port();
         let mut via_vip = Client::connect_from("127.0.0.1:8080", port).unwrap();
         assert_eq!(via_vip.get("/whoami").unwrap(), b"primary");
-        // Fully closed first: a late packet of it would be adopted as a flow again.
+        // Fully closed first: while the origin may still send on the VIP connection
+        // (ESTABLISHED or CLOSE_WAIT), a SYN for the same 4-tuple is not taken as the end of
+        // that flow (it could be spoofed), and the flow is kept.
         via_vip.close().unwrap();
         Client::connect_from("127.0.0.1:8081", port).and_then(|mut c| c.get("/whoami"))
     });
@@ -313,4 +323,183 @@ fn lo_tc_ingress_in_a_namespace() {
 #[test]
 fn lo_auto_picks_tc_ingress() {
     local_mode(AttachMode::Auto, ATTACH_TC);
+}
+
+/// Issue 13 item 9: spoofed packets cannot evict a viewer. A viewer holds a keep-alive
+/// connection through the VIP while the client namespace floods the VIP, from a raw socket,
+/// with bare ACKs and SYNs from 16 times more (address, port) pairs than the flow table holds
+/// (the smallest table there is, so the flood is small). Before the fix each bare ACK created
+/// a flow and the viewer's was evicted, its replies left un-rewritten; now bare ACKs create
+/// nothing, SYNs only handshakes, and the viewer's flow stays, with its requests answered.
+/// Also: a table size other than the pinned one is not applied on adoption.
+#[test]
+fn spoofed_flood_does_not_evict_a_viewer() {
+    require_root();
+    let pair = Pair::new();
+    let bpf = BpfFs::new();
+    start_origins(&pair.edge);
+    let cfg = AttachConfig {
+        iface: pair.edge_if.clone(),
+        vip: format!("{EDGE_V4}:8080").parse().unwrap(),
+        vip_v6: None,
+        origins: vec![
+            "0.0.0.0:8081".parse().unwrap(),
+            "0.0.0.0:8082".parse().unwrap(),
+        ],
+        pin_root: bpf.pin_root(),
+        mode: AttachMode::Native,
+        max_flows: MIN_FLOWS,
+    };
+    let mut dp = attach_in(&pair.edge, cfg.clone());
+    let capacity = dp.flow_capacity().unwrap();
+    assert!(
+        (MIN_FLOWS..MIN_FLOWS + 1024).contains(&capacity),
+        "the flow table has --max-flows entries (rounded to the CPUs): {capacity}"
+    );
+
+    let mut viewer = pair.client.run(|| {
+        let mut c = Client::connect("10.77.0.2:8080").expect("connect VIP");
+        assert_eq!(c.get("/whoami").unwrap(), b"primary");
+        c
+    });
+    let viewer_addr: SocketAddr = format!("{CLIENT_V4}:{}", viewer.local_port())
+        .parse()
+        .unwrap();
+    assert_eq!(
+        dp.flow_of(viewer_addr).unwrap().map(|f| f.origin),
+        Some(ORIGIN_PRIMARY),
+        "the viewer's handshake established its flow"
+    );
+
+    // 16 x the table, each kind: bare ACKs (from the client's own address, every port but the
+    // viewer's, then spoofed addresses) and SYNs (the same). The SYN-ACKs to the client's
+    // address pass TC egress and are reset by the client's stack; those to spoofed addresses
+    // go nowhere.
+    let per_kind = 16 * MIN_FLOWS as usize;
+    let viewer_port = viewer.local_port();
+    let sources = move || {
+        (0..per_kind).map(move |i| {
+            let port = 1024 + (i % 60_000) as u16;
+            if i < 60_000 && port != viewer_port {
+                (CLIENT_V4.to_string(), port)
+            } else {
+                (format!("10.99.{}.{}", (i >> 8) & 0xff, i & 0xff), port)
+            }
+        })
+    };
+    // From every CPU in turn: the tables keep one LRU list per CPU, and the program runs on
+    // the CPU that sent (veth), so a flood from one CPU would only ever evict that CPU's share.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let sent = pair.client.run(move || {
+        let mut sent = (0, 0);
+        for cpu in 0..cpus {
+            pin_to_cpu(cpu);
+            let mine = move |i: &usize| i % cpus == cpu;
+            let acks = sources()
+                .enumerate()
+                .filter(|(i, _)| mine(i))
+                .map(|(_, (a, p))| Pkt::tcp(&a, p, EDGE_V4, 8080, ACK).build());
+            let syns = sources()
+                .enumerate()
+                .filter(|(i, _)| mine(i))
+                .map(|(_, (a, p))| Pkt::tcp(&a, p, EDGE_V4, 8080, SYN).build());
+            sent.0 += send_raw_v4(acks);
+            sent.1 += send_raw_v4(syns);
+        }
+        sent
+    });
+    assert!(
+        sent.0 >= per_kind * 9 / 10 && sent.1 >= per_kind * 9 / 10,
+        "the flood went out: {sent:?} of {per_kind} each"
+    );
+
+    assert_eq!(
+        dp.flow_of(viewer_addr).unwrap().map(|f| f.origin),
+        Some(ORIGIN_PRIMARY),
+        "the viewer's flow survived the flood"
+    );
+    assert_eq!(
+        viewer.get("/whoami").unwrap_or_else(|e| panic!(
+            "the viewer's request after the flood: {e}; {:?}",
+            dp.counters()
+        )),
+        b"primary",
+        "the viewer's replies are still rewritten"
+    );
+    let c = dp.counters().unwrap();
+    let u = STATS_UNSTEERED as usize;
+    // The programs saw most of the flood (veth may drop some when its ring is full).
+    assert!(
+        c[u].untracked >= (per_kind / 2) as u64,
+        "bare ACKs reached the program and passed as untracked: {c:?}"
+    );
+    assert!(
+        c[ORIGIN_PRIMARY as usize].new_flows >= (per_kind / 2) as u64,
+        "spoofed SYNs started handshakes: {c:?}"
+    );
+    assert_eq!(
+        c[ORIGIN_PRIMARY as usize].established, 1,
+        "the viewer's is the only handshake that ever completed: {c:?}"
+    );
+    // The spoofed SYNs left handshakes behind (nothing completes them); retiring the origin
+    // removes them with its flows.
+    let pending = dp.handshake_count();
+    assert!(pending > 0, "spoofed SYNs left handshakes");
+    assert_eq!(
+        dp.retire_handshakes(ORIGIN_PRIMARY).unwrap(),
+        pending as u64
+    );
+    assert_eq!(dp.handshake_count(), 0);
+    // And a new viewer still gets in.
+    assert_eq!(whoami(&pair.client, "10.77.0.2:8080"), "primary");
+
+    // Adoption keeps the pinned size whatever --max-flows says (and keeps the viewer).
+    drop(dp);
+    let bigger = AttachConfig {
+        max_flows: 4 * MIN_FLOWS,
+        ..cfg
+    };
+    let dp = pair
+        .edge
+        .run(move || Pinned::attach(&bigger).expect("re-attach adopts"));
+    assert_eq!(dp.flow_capacity().unwrap(), capacity);
+    assert_eq!(viewer.get("/whoami").unwrap(), b"primary");
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0, ...) act
+    // on it and on the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Sizes below the minimum are refused before anything is attached.
+#[test]
+fn max_flows_below_the_minimum_is_refused() {
+    require_root();
+    let ns = Netns::new("m");
+    let bpf = BpfFs::new();
+    let cfg = AttachConfig {
+        iface: "lo".into(),
+        vip: "127.0.0.1:8080".parse().unwrap(),
+        vip_v6: None,
+        origins: vec!["127.0.0.1:8081".parse().unwrap()],
+        pin_root: bpf.pin_root(),
+        mode: AttachMode::Tc,
+        max_flows: MIN_FLOWS - 1,
+    };
+    let err = ns.run(move || Pinned::attach(&cfg).err().map(|e| format!("{e:#}")));
+    let err = err.expect("attach must refuse");
+    assert!(err.contains("minimum"), "{err}");
+    assert!(!bpf.pin_root().join("maps").exists(), "nothing pinned");
 }

@@ -17,6 +17,28 @@
 //!
 //! Anything that is not IPv4/IPv6 TCP to the VIP (or a tracked reply) passes unchanged;
 //! malformed, fragmented or option-carrying packets pass unchanged and are counted.
+//!
+//! # Under spoofed packets
+//! Anyone can send packets with any source address and port; what they cannot do, off the
+//! path, is read the replies. So state is created only in proportion to what a spoofer cannot
+//! fake (see `steer::steer_request` and `steer::forget_stale_flow`):
+//! * A SYN creates a handshake entry (`SWITCHER_HANDSHAKES`), never a flow. The connection
+//!   enters the flow table (`SWITCHER_FLOWS`) when the client acknowledges the origin's
+//!   initial sequence number, which only the real client has seen. A spoofed SYN flood churns
+//!   the handshake table (new connections may need a retry); established flows stay.
+//! * A non-SYN packet of no flow or handshake creates nothing and passes to the stack, which
+//!   resets it (nothing listens on the VIP): a bare-ACK flood costs two lookups a packet.
+//! * A SYN from a tracked address and port follows its flow (it cannot move it), and a SYN
+//!   straight to an origin forgets a flow only once the flow is over, by the origin's own
+//!   socket state or its FIN/RST.
+//!
+//! What remains, and the counters that show it (`switcher_common::Counters`, exported by
+//! switcher-ctl as `dataplane_*_total`): a SYN flood (`new_flows` far above `established`);
+//! a non-SYN flood (`untracked`, each packet also answered by a reset from the stack); spoofed
+//! SYNs aimed at live viewers (`stale_kept`); and real connections from many addresses the
+//! attacker owns, which are real flows and can evict the least recently used ones when the
+//! table (`--max-flows`) is full, like any connection-exhaustion attack. An attacker on the
+//! path, who sees sequence numbers, can reset connections anyway and is out of scope.
 #![no_std]
 #![no_main]
 
@@ -68,16 +90,22 @@ fn request(
         return None;
     };
     if !steer::is_to_vip(&t, &vip) {
-        steer::forget_stale_flow(&t, &vip);
+        steer::forget_stale_flow(ctx, &t, &vip);
         steer::count_pass(|_| {});
         return None;
     }
-    let Some(target) = steer::steer_request(ctx, &t, &vip) else {
+    match steer::steer_request(ctx, &t, &vip) {
+        steer::Decision::Steer(target) => Some((t, target)),
+        steer::Decision::Untracked => {
+            steer::count_pass(|c| c.untracked += 1);
+            None
+        }
         // For the VIP but no usable origin: the stack answers (RST, nothing listens there).
-        steer::count_pass(|_| {});
-        return None;
-    };
-    Some((t, target))
+        steer::Decision::NoOrigin => {
+            steer::count_pass(|_| {});
+            None
+        }
+    }
 }
 
 /// Counts a steered request once its rewrite is done or failed (`dropped`: at TC, a failed

@@ -1,19 +1,31 @@
 //! Every map of the data plane, declared in one place. Control maps are written by user space
 //! (switcher-ctl) and only read here; the conntrack map is written by both (the data plane
-//! inserts flows and forgets stale ones, user space deletes a retired origin's flows);
-//! statistics are written only
-//! here, per CPU. Key/value types and names come from `switcher-common`.
+//! inserts flows and forgets stale ones, user space deletes a retired origin's flows); the
+//! handshake map and the statistics are written only here. Key/value types and names come
+//! from `switcher-common`.
+//!
+//! The two connection maps are LRU hashes with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): no
+//! lock shared by every CPU on insert or eviction, and a flood processed on one CPU (one RX
+//! queue) evicts only that CPU's share of the entries; the price is that each CPU owns
+//! `max_entries / CPUs` of the capacity, so uneven RSS spreads fill some CPUs' share first.
+//! On a 2-vCPU VM the insert path costs the same either way, within noise (BENCHMARKS.md,
+//! the "all CPUs at once" row); the lock it avoids matters with many CPUs. Their size here is
+//! the default; switcher-ctl sets it from `--max-flows` when it loads the object.
 //!
 //! BTF-defined maps (`.maps` section): the kernel gets the key and value types, so
 //! `bpftool map dump` prints them field by field.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     btf_maps::{Array, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use switcher_common::{
-    Counters, FlowKey, FlowValue, Origin, VipConfig, MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
+    Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
 };
+
+/// Map flags of the connection maps: per-CPU LRU lists.
+const LRU_FLAGS: usize = BPF_F_NO_COMMON_LRU as usize;
 
 /// Control, written by user space at attach time. Key 0 -> the VIP (address, port, flags).
 #[btf_map(name = "SWITCHER_CONFIG")]
@@ -29,12 +41,22 @@ pub static ORIGINS: Array<Origin, { MAX_ORIGINS as usize }> = Array::new();
 #[btf_map(name = "SWITCHER_ACTIVE")]
 pub static ACTIVE: Array<u32, 1> = Array::new();
 
-/// Conntrack. Key = client address/port/family of a connection to the VIP -> the origin it is
-/// pinned to. Inserted here on SYN and on unknown flows; deleted by user space when it retires
-/// an origin, and here when a SYN from the same client port goes straight to the flow's
-/// origin (`steer::forget_stale_flow`); evicted least-recently-used when full.
+/// Conntrack of established flows. Key = client address/port/family of a connection to the
+/// VIP -> the origin it is pinned to. Inserted here only when a handshake completes
+/// (`steer::steer_request`); deleted by user space when it retires an origin, and here when
+/// a SYN from the same client port goes straight to the flow's origin after the flow is over
+/// (`steer::forget_stale_flow`); evicted least-recently-used when full.
 #[btf_map(name = "SWITCHER_FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMap::new();
+pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }, LRU_FLAGS> =
+    LruHashMap::new();
+
+/// Connections between SYN and handshake ACK (see `switcher_common::Handshake`). Same key as
+/// `FLOWS`. Inserted by ingress on a SYN, updated by TC egress with the origin's SYN-ACK,
+/// moved to `FLOWS` by ingress on the matching ACK; evicted least-recently-used when full,
+/// which is what a spoofed SYN flood does, away from the established flows.
+#[btf_map(name = "SWITCHER_HANDSHAKES")]
+pub static HANDSHAKES: LruHashMap<FlowKey, Handshake, { MAX_FLOWS as usize }, LRU_FLAGS> =
+    LruHashMap::new();
 
 /// Statistics, written only here, per CPU. Key = origin index, or `STATS_UNSTEERED` for
 /// traffic bound to no origin -> counters (see `switcher_common::Counters`).

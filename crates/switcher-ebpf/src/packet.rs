@@ -65,14 +65,22 @@ pub mod tcp {
     pub const SPORT: usize = 0;
     /// Destination port.
     pub const DPORT: usize = 2;
+    /// Sequence number.
+    pub const SEQ: usize = 4;
+    /// Acknowledgment number.
+    pub const ACK_SEQ: usize = 8;
     /// Data offset (high 4 bits).
     pub const DOFF: usize = 12;
     /// Flags byte (CWR ECE URG ACK PSH RST SYN FIN).
     pub const FLAGS: usize = 13;
     /// Checksum.
     pub const CHECK: usize = 16;
+    /// FIN flag bit.
+    pub const FIN: u8 = 0x01;
     /// SYN flag bit.
     pub const SYN: u8 = 0x02;
+    /// RST flag bit.
+    pub const RST: u8 = 0x04;
     /// ACK flag bit.
     pub const ACK: u8 = 0x10;
 }
@@ -112,6 +120,18 @@ pub struct Tcp {
     pub dport: u16,
     /// TCP flags byte.
     pub flags: u8,
+    /// Sequence number, host order.
+    pub seq: u32,
+    /// Acknowledgment number, host order (meaningful when the ACK flag is set).
+    pub ack_seq: u32,
+}
+
+impl Tcp {
+    /// A connection request: SYN without ACK.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+    }
 }
 
 /// What a packet is, as far as the data plane cares.
@@ -259,5 +279,17 @@ fn tcp_at(
         sport: u16::from_ne_bytes([hdr[tcp::SPORT], hdr[tcp::SPORT + 1]]),
         dport: u16::from_ne_bytes([hdr[tcp::DPORT], hdr[tcp::DPORT + 1]]),
         flags: hdr[tcp::FLAGS],
+        seq: u32::from_be_bytes([
+            hdr[tcp::SEQ],
+            hdr[tcp::SEQ + 1],
+            hdr[tcp::SEQ + 2],
+            hdr[tcp::SEQ + 3],
+        ]),
+        ack_seq: u32::from_be_bytes([
+            hdr[tcp::ACK_SEQ],
+            hdr[tcp::ACK_SEQ + 1],
+            hdr[tcp::ACK_SEQ + 2],
+            hdr[tcp::ACK_SEQ + 3],
+        ]),
     })
 }

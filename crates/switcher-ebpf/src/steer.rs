@@ -1,6 +1,6 @@
 //! The steering decisions, independent of how a program rewrites bytes: which packets are
-//! requests to the VIP and which origin they go to (recording the flow), which packets are
-//! replies of a tracked flow, and the per-origin counters.
+//! requests to the VIP and which origin they go to (recording handshakes and flows), which
+//! packets are replies of a tracked flow, when a flow is over, and the per-origin counters.
 
 use core::ffi::c_void;
 
@@ -9,12 +9,13 @@ use aya_ebpf::{
     helpers::{bpf_sk_lookup_tcp, bpf_sk_release},
 };
 use switcher_common::{
-    Counters, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4, FLOW_SEEN_SYN, MAX_ORIGINS,
-    ORIGIN_CONFIGURED, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4, FLOW_ORIGIN_CLOSED,
+    FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAX_ORIGINS, ORIGIN_CONFIGURED, STATS_UNSTEERED,
+    VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
 
 use crate::{
-    maps::{ACTIVE, CONFIG, FLOWS, ORIGINS, STATS},
+    maps::{ACTIVE, CONFIG, FLOWS, HANDSHAKES, ORIGINS, STATS},
     packet::{tcp, Tcp},
 };
 
@@ -91,14 +92,27 @@ fn origin_addr(o: &Origin, family: u16) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// Whether a TCP socket on this host would take a connection from the client of `t` to the
-/// VIP's address (`t.daddr`) on `port_be`: a listener, or an established socket of that tuple.
+/// `bpf_sock.state` values (the kernel's `tcp_states.h`) of a connection whose origin may
+/// still send data: established, SYN_RECV (TCP Fast Open), and CLOSE_WAIT (the client has
+/// finished, the origin may still be answering). Every other state (a listener, FIN_WAIT*,
+/// LAST_ACK, CLOSING, CLOSE) means the origin has finished with the connection or never had it.
+const TCP_ESTABLISHED: u32 = 1;
+/// See [`TCP_ESTABLISHED`].
+const TCP_SYN_RECV: u32 = 3;
+/// See [`TCP_ESTABLISHED`].
+const TCP_CLOSE_WAIT: u32 = 8;
+
+/// The state of the TCP socket on this host that a segment from the client of `t` to the
+/// VIP's address (`t.daddr`) on `port_be` would reach: the established socket of that tuple
+/// if there is one, else a listener on the port; `None` when there is neither. (The kernel's
+/// lookup hides TIME_WAIT sockets and gives the listener for a connection still in SYN_RECV.)
 #[inline(always)]
-fn has_socket(ctx: *mut c_void, t: &Tcp, port_be: u16) -> bool {
+fn socket_state(ctx: *mut c_void, t: &Tcp, port_be: u16) -> Option<u32> {
     // SAFETY: an all-zero bpf_sock_tuple is a valid value of the C union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size;
-    // SAFETY: writing the union member that matches the family, as the kernel reads it.
+    // SAFETY: writing the union member that matches the family, as the kernel reads it; the
+    // socket the lookup returns is read once and released on every path.
     unsafe {
         if t.family == FAMILY_V4 {
             let v4 = &mut tuple.__bindgen_anon_1.ipv4;
@@ -132,11 +146,19 @@ fn has_socket(ctx: *mut c_void, t: &Tcp, port_be: u16) -> bool {
         }
         let sk = bpf_sk_lookup_tcp(ctx, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
         if sk.is_null() {
-            return false;
+            return None;
         }
+        let state = (*sk).state;
         bpf_sk_release(sk as *mut c_void);
+        Some(state)
     }
-    true
+}
+
+/// Whether a TCP socket on this host would take a connection from the client of `t` to the
+/// VIP's address (`t.daddr`) on `port_be`: a listener, or an established socket of that tuple.
+#[inline(always)]
+fn has_socket(ctx: *mut c_void, t: &Tcp, port_be: u16) -> bool {
+    socket_state(ctx, t, port_be).is_some()
 }
 
 /// Whether origin `o` can take a new flow: always for an origin at another address (it is not
@@ -174,54 +196,124 @@ fn new_flow_origin(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, O
     Some((index, o, false))
 }
 
-/// Steers a request `t` already known to be for the VIP: a SYN goes to the active origin
-/// (or, see [`new_flow_origin`], to a live one when the active origin has no listener);
-/// another packet follows its tracked flow, or (unknown flow, or its origin no longer
-/// configured) is adopted like a new flow. Records new flows. `None`: no usable origin.
+/// What ingress does with a packet for the VIP.
+pub enum Decision {
+    /// Rewrite it toward this origin.
+    Steer(Target),
+    /// Not a SYN, and no flow or handshake knows it: pass it unchanged to this host's stack,
+    /// which resets it (nothing listens on the VIP). Counted `untracked`.
+    Untracked,
+    /// A new connection but no usable origin: pass it; the stack resets it.
+    NoOrigin,
+}
+
+/// The [`Target`] of origin `index` for a packet of `family`.
 #[inline(always)]
-pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<Target> {
+fn target(index: u32, o: &Origin, family: u16) -> Target {
+    Target {
+        index,
+        port: o.port_be,
+        addr: origin_addr(o, family),
+    }
+}
+
+/// Steers a request `t` already known to be for the VIP.
+///
+/// Flow state, and why it is built this way (an attacker can spoof any source address and
+/// port, but cannot read the replies sent to an address it spoofs):
+/// * A packet of an established flow (`FLOWS`, one lookup: the common case) follows it; a SYN
+///   too (a client reusing the port of a flow that is still tracked stays on that origin, and
+///   a spoofed SYN cannot move a viewer's flow).
+/// * Any other SYN goes to the active origin (or, see [`new_flow_origin`], a live one) and is
+///   recorded in `HANDSHAKES`, never in `FLOWS`: a spoofed SYN flood evicts only other
+///   handshakes.
+/// * A non-SYN packet of a handshake goes to the handshake's origin. When it acknowledges the
+///   origin's initial sequence number + 1 (recorded by TC egress from the SYN-ACK), the client
+///   has seen the SYN-ACK, so its address is real: the connection moves to `FLOWS`.
+/// * Any other packet creates nothing and passes to the stack ([`Decision::Untracked`]): a
+///   flow deleted because its origin was retired gets a reset from the VIP that way, and so
+///   does a bare-ACK flood, which cannot fill the tables.
+#[inline(always)]
+pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Decision {
     let key = FlowKey {
         client_addr: t.saddr,
         client_port_be: t.sport,
         family: t.family,
     };
-    let syn = t.flags & tcp::SYN != 0 && t.flags & tcp::ACK == 0;
-    if !syn {
-        // SAFETY: the value is copied out at once; a concurrent delete cannot free it while
-        // this program runs (RCU).
-        if let Some(flow) = unsafe { FLOWS.get(&key) } {
-            let index = flow.origin;
-            if let Some(o) = origin(index) {
-                return Some(Target {
-                    index,
-                    port: o.port_be,
-                    addr: origin_addr(&o, t.family),
-                });
-            }
-        }
+    // SAFETY: the value is copied out at once; a concurrent delete cannot free it while this
+    // program runs (RCU).
+    if let Some(flow) = unsafe { FLOWS.get(&key) } {
+        let index = flow.origin;
+        return match origin(index) {
+            Some(o) => Decision::Steer(target(index, &o, t.family)),
+            // Its origin slot was emptied (a restart with fewer origins): the flow is over.
+            None => Decision::Untracked,
+        };
     }
-    let (index, o, fell_back) = new_flow_origin(ctx, t, vip)?;
-    let value = FlowValue {
-        origin: index,
-        flags: if syn { FLOW_SEEN_SYN } else { 0 },
+    if t.is_syn() {
+        let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip) else {
+            return Decision::NoOrigin;
+        };
+        let hs = Handshake {
+            origin: index,
+            flags: 0,
+            expect_ack: 0,
+            reserved: 0,
+        };
+        // An insert can only fail on memory pressure; the SYN is still steered and its
+        // retransmission tries again.
+        let _ = HANDSHAKES.insert(&key, &hs, 0);
+        count(index, |c| {
+            c.new_flows += 1;
+            if fell_back {
+                c.listener_fallbacks += 1;
+            }
+        });
+        return Decision::Steer(target(index, &o, t.family));
+    }
+    // SAFETY: copied out at once (see above).
+    let Some(hs) = (unsafe { HANDSHAKES.get(&key) }).copied() else {
+        return Decision::Untracked;
     };
-    // An insert can only fail on memory pressure; the packet is still steered (statelessly) and
-    // the next one tries again.
-    let _ = FLOWS.insert(&key, &value, 0);
-    count(index, |c| {
-        c.new_flows += 1;
-        if fell_back {
-            c.listener_fallbacks += 1;
-        }
-        if !syn {
-            c.resteered += 1;
-        }
-    });
-    Some(Target {
-        index,
-        port: o.port_be,
-        addr: origin_addr(&o, t.family),
-    })
+    let Some(o) = origin(hs.origin) else {
+        return Decision::Untracked;
+    };
+    if t.flags & tcp::ACK != 0
+        && hs.flags & HANDSHAKE_ISN_SEEN != 0
+        && t.ack_seq == hs.expect_ack
+        && promote(&key, hs.origin)
+    {
+        count(hs.origin, |c| c.established += 1);
+    }
+    Decision::Steer(target(hs.origin, &o, t.family))
+}
+
+/// Moves a completed handshake to the flow table. False when the insert failed (memory
+/// pressure); the handshake entry then stays and the next ACK tries again.
+#[inline(always)]
+fn promote(key: &FlowKey, origin: u32) -> bool {
+    let flow = FlowValue {
+        origin,
+        flags: FLOW_SEEN_SYN,
+    };
+    if FLOWS.insert(key, &flow, 0).is_err() {
+        return false;
+    }
+    let _ = HANDSHAKES.remove(key);
+    true
+}
+
+/// Whether `t` is addressed to origin `o` itself (its own address, or the VIP's address with
+/// its port for an origin that shares the VIP's address).
+#[inline(always)]
+fn is_to_origin(t: &Tcp, o: &Origin, vip: &VipConfig) -> bool {
+    if o.port_be != t.dport {
+        return false;
+    }
+    match origin_addr(o, t.family) {
+        Some(addr) => addr == t.daddr,
+        None => vip_addr(vip, t.family) == Some(t.daddr),
+    }
 }
 
 /// Forgets a flow a new direct connection has outlived.
@@ -231,11 +323,22 @@ pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<Targe
 /// monitoring check, wrk) from a port an earlier VIP connection used, and that VIP flow was
 /// pinned to the same origin, both connections are the same 4-tuple at the origin: the VIP
 /// one is over, and its entry would make the egress program rewrite the new connection's
-/// replies into VIP ones, which the client drops (its SYN never completes). So a SYN straight
-/// to the origin a flow is pinned to removes that flow. Only SYNs pay for the lookup.
+/// replies into VIP ones, which the client drops (its SYN never completes).
+///
+/// But anyone can send a SYN with a viewer's address and port, so the flow is forgotten only
+/// when it is over, by evidence an attacker cannot forge:
+/// * origin on this host (its address is the VIP's): the origin holds no socket for that
+///   4-tuple that it may still send on (the kernel's own connection table, looked up with
+///   `bpf_sk_lookup_tcp`; see [`TCP_ESTABLISHED`]);
+/// * origin on another host: the origin sent a FIN or RST on the flow (`FLOW_ORIGIN_CLOSED`,
+///   set by TC egress).
+///
+/// A live flow is kept and the SYN counted `stale_kept`. A handshake pinned to that origin
+/// is forgotten outright: it cannot be told apart from the new connection. Only SYNs to an
+/// origin's port pay for the lookups.
 #[inline(always)]
-pub fn forget_stale_flow(t: &Tcp, vip: &VipConfig) {
-    if t.flags & tcp::SYN == 0 || t.flags & tcp::ACK != 0 || !is_origin_port(t.dport) {
+pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
+    if !t.is_syn() || !is_origin_port(t.dport) {
         return;
     }
     let key = FlowKey {
@@ -244,19 +347,34 @@ pub fn forget_stale_flow(t: &Tcp, vip: &VipConfig) {
         family: t.family,
     };
     // SAFETY: copied out at once (see steer_request).
-    let Some(index) = (unsafe { FLOWS.get(&key) }).map(|f| f.origin) else {
-        return;
-    };
-    let Some(o) = origin(index) else { return };
-    if o.port_be != t.dport {
+    if let Some(flow) = (unsafe { FLOWS.get(&key) }).copied() {
+        let Some(o) = origin(flow.origin) else { return };
+        if !is_to_origin(t, &o, vip) {
+            return;
+        }
+        let over = match origin_addr(&o, t.family) {
+            Some(_) => flow.flags & FLOW_ORIGIN_CLOSED != 0,
+            None => !matches!(
+                socket_state(ctx, t, t.dport),
+                Some(TCP_ESTABLISHED | TCP_SYN_RECV | TCP_CLOSE_WAIT)
+            ),
+        };
+        if over {
+            if FLOWS.remove(&key).is_ok() {
+                count(flow.origin, |c| c.stale_flows += 1);
+            }
+        } else {
+            count(flow.origin, |c| c.stale_kept += 1);
+        }
         return;
     }
-    let to_that_origin = match origin_addr(&o, t.family) {
-        Some(addr) => addr == t.daddr,
-        None => vip_addr(vip, t.family) == Some(t.daddr),
-    };
-    if to_that_origin && FLOWS.remove(&key).is_ok() {
-        count(index, |c| c.stale_flows += 1);
+    // SAFETY: copied out at once (see steer_request).
+    if let Some(hs) = (unsafe { HANDSHAKES.get(&key) }).copied() {
+        if let Some(o) = origin(hs.origin) {
+            if is_to_origin(t, &o, vip) && HANDSHAKES.remove(&key).is_ok() {
+                count(hs.origin, |c| c.stale_flows += 1);
+            }
+        }
     }
 }
 
@@ -288,8 +406,11 @@ pub struct Reply {
     pub addr: Option<[u8; 16]>,
 }
 
-/// If `t` is a reply of a tracked flow from the origin that flow is pinned to, returns what
-/// its source must become.
+/// If `t` is a reply of a tracked flow or handshake from the origin it is pinned to, returns
+/// what its source must become. Records on the way what only the origin can tell: the
+/// SYN-ACK's initial sequence number (the handshake can then complete, see
+/// [`steer_request`]), and a FIN or RST (the flow may be forgotten, see
+/// [`forget_stale_flow`]).
 #[inline(always)]
 pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     let key = FlowKey {
@@ -297,8 +418,22 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
         client_port_be: t.dport,
         family: t.family,
     };
-    // SAFETY: copied out at once (see steer_request).
-    let index = unsafe { FLOWS.get(&key) }?.origin;
+    // The values are written in place below; a concurrent writer on another CPU can only set
+    // the same bits or the same sequence number (the origin's retransmitted SYN-ACK).
+    let flow = FLOWS.get_ptr_mut(&key);
+    let handshake = if flow.is_none() {
+        Some(HANDSHAKES.get_ptr_mut(&key)?)
+    } else {
+        None
+    };
+    // SAFETY: pointers into map values, valid while this program runs (RCU).
+    let index = unsafe {
+        match (flow, handshake) {
+            (Some(f), _) => (*f).origin,
+            (None, Some(h)) => (*h).origin,
+            (None, None) => return None,
+        }
+    };
     let o = origin(index)?;
     if o.port_be != t.sport {
         return None;
@@ -312,6 +447,19 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
         None if t.saddr == vip_addr => None,
         None => return None,
     };
+    // SAFETY: as above; single aligned u32 stores.
+    unsafe {
+        if let Some(f) = flow {
+            if t.flags & (tcp::FIN | tcp::RST) != 0 && (*f).flags & FLOW_ORIGIN_CLOSED == 0 {
+                (*f).flags |= FLOW_ORIGIN_CLOSED;
+            }
+        } else if let Some(h) = handshake {
+            if t.flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
+                (*h).expect_ack = t.seq.wrapping_add(1);
+                (*h).flags |= HANDSHAKE_ISN_SEEN;
+            }
+        }
+    }
     Some(Reply {
         index,
         port: vip.port_be,

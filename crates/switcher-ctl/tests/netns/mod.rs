@@ -272,6 +272,11 @@ impl Client {
         Ok(Client { stream, reader })
     }
 
+    /// The local (client) port of this connection.
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().expect("local address").port()
+    }
+
     /// Closes this side and waits for the peer's FIN, so that no packet of the connection is
     /// still in flight afterwards (the final ACK goes out as the FIN is taken in).
     pub fn close(mut self) -> std::io::Result<()> {
@@ -316,4 +321,38 @@ impl Client {
 /// One request on a fresh connection.
 pub fn get_once(addr: &str, path: &str) -> std::io::Result<Vec<u8>> {
     Client::connect(addr)?.get(path)
+}
+
+/// Sends `frames` (Ethernet frames as the test packet builder makes them; the Ethernet header
+/// is dropped) as raw IPv4 packets with the addresses they carry, spoofed or not, from the
+/// calling thread's namespace. Returns how many the kernel took.
+pub fn send_raw_v4(frames: impl IntoIterator<Item = Vec<u8>>) -> usize {
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let mut sent = 0;
+    for frame in frames {
+        let ip = &frame[14..];
+        let mut dst: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        dst.sin_family = libc::AF_INET as libc::sa_family_t;
+        dst.sin_addr.s_addr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        // SAFETY: valid buffer and address of the stated sizes. IPPROTO_RAW implies
+        // IP_HDRINCL: the kernel sends the header as given.
+        let rc = unsafe {
+            libc::sendto(
+                fd,
+                ip.as_ptr().cast(),
+                ip.len(),
+                0,
+                (&dst as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc == ip.len() as isize {
+            sent += 1;
+        }
+    }
+    // SAFETY: fd opened above.
+    unsafe { libc::close(fd) };
+    sent
 }

@@ -55,6 +55,12 @@ pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 pub const PSH: u8 = 0x08;
 pub const RST: u8 = 0x04;
+pub const FIN: u8 = 0x01;
+
+/// Sequence number [`Pkt::tcp`] gives every segment unless told otherwise.
+pub const DEFAULT_SEQ: u32 = 0x0102_0304;
+/// Acknowledgment number [`Pkt::tcp`] gives every segment with ACK unless told otherwise.
+pub const DEFAULT_ACK: u32 = 0x0a0b_0c0d;
 
 /// IP protocol numbers.
 pub const TCP: u8 = 6;
@@ -77,6 +83,10 @@ pub struct Pkt {
     pub frag: u16,
     /// IPv6: insert an extension header of this type before the L4 header.
     pub v6_ext: Option<u8>,
+    /// TCP sequence number.
+    pub seq: u32,
+    /// TCP acknowledgment number (written only when the ACK flag is set).
+    pub ack: u32,
 }
 
 impl Pkt {
@@ -92,7 +102,17 @@ impl Pkt {
             ip_options: Vec::new(),
             frag: 0,
             v6_ext: None,
+            seq: DEFAULT_SEQ,
+            ack: DEFAULT_ACK,
         }
+    }
+    pub fn with_seq(mut self, seq: u32) -> Pkt {
+        self.seq = seq;
+        self
+    }
+    pub fn with_ack(mut self, ack: u32) -> Pkt {
+        self.ack = ack;
+        self
     }
     pub fn with_payload(mut self, p: &[u8]) -> Pkt {
         self.payload = p.to_vec();
@@ -110,14 +130,9 @@ impl Pkt {
                 let mut h = vec![0u8; 20];
                 h[0..2].copy_from_slice(&self.sport.to_be_bytes());
                 h[2..4].copy_from_slice(&self.dport.to_be_bytes());
-                h[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
+                h[4..8].copy_from_slice(&self.seq.to_be_bytes());
                 h[8..12].copy_from_slice(
-                    &(if self.flags & ACK != 0 {
-                        0x0a0b_0c0du32
-                    } else {
-                        0
-                    })
-                    .to_be_bytes(),
+                    &(if self.flags & ACK != 0 { self.ack } else { 0 }).to_be_bytes(),
                 );
                 h[12] = 5 << 4;
                 h[13] = self.flags;
