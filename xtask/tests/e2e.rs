@@ -110,8 +110,8 @@ fn drill(
         // for bytes and sends nothing, and the reset of the destroyed origin socket is
         // dropped by the partition too. Only an RST the edge sends itself reaches it (not
         // built yet; docs/ARCHITECTURE.md, "Stranded connections"). So this drill cuts
-        // between two requests, just after a segment: the viewer's next request is what the
-        // data plane re-steers and resets.
+        // between two requests, just after a segment: the viewer's next request finds no flow
+        // and the edge's stack resets it from the VIP.
         let n = player.segments().len();
         wait_player(&player, &format!("{name}: a new segment"), |p| {
             p.segments().len() > n

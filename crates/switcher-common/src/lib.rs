@@ -167,6 +167,12 @@ pub const FLOW_SEEN_SYN: u32 = 1;
 /// come from our own origin, so an attacker cannot set it). A SYN straight to an origin that
 /// is not on this host forgets the flow only when this is set.
 pub const FLOW_ORIGIN_CLOSED: u32 = 2;
+/// [`FlowValue::flags`]: the flow's origin was retired while this connection was delivering a
+/// response, which it may finish (set by user space, docs/ARCHITECTURE.md "Stranded
+/// connections"). The data plane drops the viewer's next request on it (a segment carrying
+/// data), so the retired origin never starts another response; the control plane resets the
+/// connection once the response is done, and the viewer retries that request elsewhere.
+pub const FLOW_FINISHING: u32 = 4;
 
 /// Value of the `SWITCHER_HANDSHAKES` map: a connection between its SYN and the client's ACK of
 /// the origin's SYN-ACK, pinned to the origin its SYN went to. Written only by the data plane:
@@ -237,6 +243,9 @@ pub struct Counters {
     /// open (the origin holds a live socket for it, or, for an origin on another host, sent no
     /// FIN or RST): the flow is kept. A spoofed SYN aimed at a viewer's flow shows here.
     pub stale_kept: u64,
+    /// Requests dropped on a flow that is finishing its last response from a retired origin
+    /// (see [`FLOW_FINISHING`]).
+    pub held: u64,
 }
 
 // Sizes pinned: a change here is a change of the kernel/user contract.
@@ -245,7 +254,7 @@ const _: () = assert!(core::mem::size_of::<Origin>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 const _: () = assert!(core::mem::size_of::<Handshake>() == 16);
-const _: () = assert!(core::mem::size_of::<Counters>() == 15 * 8);
+const _: () = assert!(core::mem::size_of::<Counters>() == 16 * 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -277,5 +286,6 @@ impl Counters {
         self.listener_fallbacks += other.listener_fallbacks;
         self.stale_flows += other.stale_flows;
         self.stale_kept += other.stale_kept;
+        self.held += other.held;
     }
 }

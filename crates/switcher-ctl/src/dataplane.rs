@@ -11,10 +11,11 @@ pub type OriginIndex = u32;
 pub trait DataPlane: Send {
     /// The origin new flows go to (`SWITCHER_ACTIVE`).
     fn active(&self) -> anyhow::Result<OriginIndex>;
-    /// Makes `origin` the one new flows (SYN, unknown flows) go to.
+    /// Makes `origin` the one new flows (handshakes) go to.
     fn set_active(&mut self, origin: OriginIndex) -> anyhow::Result<()>;
-    /// Removes every tracked flow pinned to `origin`; their next packet is steered to the
-    /// active origin (and reset there). Returns how many flows were removed.
+    /// Removes every tracked flow (and handshake) pinned to `origin`, without resetting
+    /// anything: a viewer's next packet finds no flow and is passed to the edge's stack, which
+    /// resets it from the VIP (nothing listens there). Returns how many flows were removed.
     fn retire_flows(&mut self, origin: OriginIndex) -> anyhow::Result<u64>;
     /// Aborts up to `max` viewer connections pinned to `origin`: the connections' sockets on
     /// this host are destroyed (the kernel sends the viewer an RST, which the egress program
@@ -40,10 +41,12 @@ pub trait DataPlane: Send {
     fn counters(&self) -> anyhow::Result<Vec<Counters>>;
 }
 
-/// A connection that sent no new data, or got no acknowledgement, for this long is not
-/// delivering: on this host or a LAN an active transfer sends and hears back every few
-/// milliseconds, and a retransmission timeout is at least 200 ms.
-pub const DELIVERY_STALL_MS: u32 = 250;
+/// A connection with data in flight that got no acknowledgement for this long is not
+/// delivering. Generous on purpose: a transfer that loses packets (a throttled, slow origin)
+/// waits out retransmission timeouts of 200 ms, 400 ms, 800 ms... and is still delivering,
+/// and keeping a connection whose viewer we cannot reach anyway costs nothing (the reset could
+/// not reach it either); an idle or waiting connection has no data in flight and is cut at once.
+pub const DELIVERY_STALL_MS: u32 = 2_000;
 
 /// What [`DataPlane::abort_flows`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -38,9 +38,10 @@ use aya::{
     },
 };
 use switcher_common::{
-    ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FAMILY_V4, FAMILY_V6, FlowKey,
-    FlowValue, Handshake, MAX_ORIGINS, MIN_FLOWS, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
-    VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
+    ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FAMILY_V4, FAMILY_V6,
+    FLOW_FINISHING, FlowKey, FlowValue, Handshake, MAX_ORIGINS, MIN_FLOWS, ORIGIN_CONFIGURED,
+    Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
+    map_names, prog_names,
 };
 
 use crate::dataplane::{Aborted, DataPlane, OriginIndex};
@@ -917,6 +918,8 @@ impl DataPlane for Pinned {
     }
 
     fn retire_flows(&mut self, origin: OriginIndex) -> Result<u64> {
+        // A handshake completing after this would enter the flow table pinned to `origin`.
+        self.retire_handshakes(origin)?;
         // Collect first: deleting while iterating a hash map restarts the kernel's walk.
         let keys: Vec<FlowKey> = self
             .flows
@@ -940,6 +943,9 @@ impl DataPlane for Pinned {
         max: usize,
         finish_in_flight: bool,
     ) -> Result<Aborted> {
+        // A handshake completing after this would enter the flow table pinned to `origin`;
+        // its client's next packet then finds nothing and the edge's stack resets it.
+        self.retire_handshakes(origin)?;
         let all: Vec<FlowKey> = self
             .flows
             .iter()
@@ -992,6 +998,14 @@ impl DataPlane for Pinned {
         let mut removed = 0;
         for k in keys {
             if finishing.contains(&flow_client(k)) {
+                // Its next request is dropped by the data plane: the retired origin finishes
+                // this response and starts no other (FLOW_FINISHING).
+                if let Ok(mut v) = self.flows.get(k, 0)
+                    && v.flags & FLOW_FINISHING == 0
+                {
+                    v.flags |= FLOW_FINISHING;
+                    let _ = self.flows.insert(k, v, 0);
+                }
                 continue;
             }
             if self.flows.remove(k).is_ok() {

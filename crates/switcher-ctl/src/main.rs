@@ -280,7 +280,7 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
         .enumerate()
     {
         println!(
-            "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} established {} untracked {} listener_fallbacks {} stale_flows {} stale_kept {}",
+            "  {:<9} packets {} bytes {} new_flows {} rewrites {} reply_rewrites {} passes {} drops {} malformed {} fragments {} ip_options {} established {} untracked {} listener_fallbacks {} stale_flows {} stale_kept {} held {}",
             slot_label(i as u32),
             c.packets,
             c.bytes,
@@ -296,7 +296,8 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
             c.untracked,
             c.listener_fallbacks,
             c.stale_flows,
-            c.stale_kept
+            c.stale_kept,
+            c.held
         );
     }
     Ok(true)

@@ -101,6 +101,9 @@ pub struct Metrics {
     /// of one of its flows that is still open: the flow was kept (a spoofed SYN aimed at a
     /// viewer, or a client bug).
     pub dp_stale_kept: IntCounterVec,
+    /// `dataplane_held_requests_total{origin}`: requests dropped on a connection finishing its
+    /// last response from this retired origin (the viewer retries them elsewhere).
+    pub dp_held: IntCounterVec,
     /// `dataplane_malformed_total`: truncated packets passed unchanged (all slots).
     pub dp_malformed: IntCounter,
     /// `dataplane_fragments_total`: IP fragments passed unchanged (all slots).
@@ -239,6 +242,10 @@ impl Metrics {
                 "dataplane_stale_kept_total",
                 "SYNs straight to this origin from the port of an open flow: the flow was kept.",
             )?,
+            dp_held: counter_vec(
+                "dataplane_held_requests_total",
+                "Requests dropped on a connection finishing its last response from this retired origin.",
+            )?,
             dp_malformed: IntCounter::new(
                 "dataplane_malformed_total",
                 "Truncated packets passed unchanged.",
@@ -305,6 +312,7 @@ impl Metrics {
             &self.dp_listener_fallbacks,
             &self.dp_stale_flows,
             &self.dp_stale_kept,
+            &self.dp_held,
         ] {
             r.register(Box::new(c.clone()))?;
         }
@@ -395,6 +403,7 @@ impl Metrics {
             );
             mirror(&self.dp_stale_flows.with_label_values(&l), c.stale_flows);
             mirror(&self.dp_stale_kept.with_label_values(&l), c.stale_kept);
+            mirror(&self.dp_held.with_label_values(&l), c.held);
             total.add(c);
         }
         mirror(&self.dp_untracked, total.untracked);

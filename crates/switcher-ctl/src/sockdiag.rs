@@ -82,12 +82,14 @@ pub struct Progress {
 
 impl Progress {
     /// A response is being delivered and the viewer is taking it: data waits to be sent or
-    /// acknowledged, new data left within `stall_ms`, and the viewer acknowledged within
-    /// `stall_ms`. A hung owner with nothing buffered, a request nobody answers, an idle
-    /// keep-alive connection or a viewer we can no longer reach (partition) all fail it.
+    /// acknowledged, and the viewer acknowledged something within `stall_ms`. An idle
+    /// keep-alive connection or a request nobody answers has nothing pending; a viewer we can
+    /// no longer reach (partition) stops acknowledging. The time since new data was sent is
+    /// not used: a sender that lost packets waits out retransmission timeouts (200 ms,
+    /// doubling) without sending new data and is still delivering.
     pub fn delivering(&self, stall_ms: u32) -> bool {
         let pending = self.unacked > 0 || self.notsent.is_some_and(|n| n > 0);
-        pending && self.last_data_sent_ms < stall_ms && self.last_ack_recv_ms < stall_ms
+        pending && self.last_ack_recv_ms < stall_ms
     }
 }
 

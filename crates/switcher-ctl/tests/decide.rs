@@ -485,7 +485,10 @@ fn switchback_leaves_the_backups_flows_alone_until_the_drain_deadline() {
         h.window(good(), good());
         assert_eq!(aborts_of_backup(&h), 0, "a healthy origin's flows drain");
         assert_eq!(h.metric("switcher_draining{origin=\"backup\"}"), 1.0);
-        assert!(h.c.status().origins.backup.draining, "/healthz shows the drain");
+        assert!(
+            h.c.status().origins.backup.draining,
+            "/healthz shows the drain"
+        );
     }
     assert_eq!(h.dp.state().flows[ORIGIN_BACKUP as usize], 600);
     // At the deadline the rest move, paced: 256 per window, so 600 take three windows.

@@ -72,38 +72,47 @@ fn count_unsteerable(class: &Class) {
     });
 }
 
-/// The request decision shared by XDP and TC ingress: `Some((tcp, target))` to rewrite.
+/// What the request path does with a packet.
+enum Verdict {
+    /// Rewrite it toward the target.
+    Rewrite(Tcp, steer::Target),
+    /// Pass it unchanged.
+    Pass,
+    /// Drop it (a request held on a finishing flow, see `steer::Decision::Hold`).
+    Drop,
+}
+
+/// The request decision shared by XDP and TC ingress.
 #[inline(always)]
-fn request(
-    ctx: *mut core::ffi::c_void,
-    start: usize,
-    end: usize,
-    len: usize,
-) -> Option<(Tcp, steer::Target)> {
+fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) -> Verdict {
     let class = classify(start, end, len);
     let Class::Tcp(t) = class else {
         count_unsteerable(&class);
-        return None;
+        return Verdict::Pass;
     };
     let Some(vip) = steer::vip() else {
         steer::count_pass(|_| {});
-        return None;
+        return Verdict::Pass;
     };
     if !steer::is_to_vip(&t, &vip) {
         steer::forget_stale_flow(ctx, &t, &vip);
         steer::count_pass(|_| {});
-        return None;
+        return Verdict::Pass;
     }
     match steer::steer_request(ctx, &t, &vip) {
-        steer::Decision::Steer(target) => Some((t, target)),
+        steer::Decision::Steer(target) => Verdict::Rewrite(t, target),
         steer::Decision::Untracked => {
             steer::count_pass(|c| c.untracked += 1);
-            None
+            Verdict::Pass
         }
         // For the VIP but no usable origin: the stack answers (RST, nothing listens there).
         steer::Decision::NoOrigin => {
             steer::count_pass(|_| {});
-            None
+            Verdict::Pass
+        }
+        steer::Decision::Hold(index) => {
+            steer::count(index, |c| c.held += 1);
+            Verdict::Drop
         }
     }
 }
@@ -125,13 +134,17 @@ pub fn switcher_xdp(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     // This program is not frags-aware, so the kernel hands it linear packets: the readable
     // range is the whole packet.
-    if let Some((t, target)) = request(ctx.as_ptr(), start, end, end - start) {
-        // A failed rewrite (headers out of bounds, which parsing already ruled out) passes the
-        // packet unchanged, counted but not as rewritten.
-        let rewritten = xdp_rewrite_dst(start, end, &t, &target).is_some();
-        count_steered(&target, end - start, rewritten, false);
+    match request(ctx.as_ptr(), start, end, end - start) {
+        Verdict::Rewrite(t, target) => {
+            // A failed rewrite (headers out of bounds, which parsing already ruled out) passes
+            // the packet unchanged, counted but not as rewritten.
+            let rewritten = xdp_rewrite_dst(start, end, &t, &target).is_some();
+            count_steered(&target, end - start, rewritten, false);
+            xdp_action::XDP_PASS
+        }
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
     }
-    xdp_action::XDP_PASS
 }
 
 /// Writes the request's new destination straight into the packet with RFC 1624 updates.
@@ -179,8 +192,10 @@ fn tc_pull(ctx: &TcContext) {
 pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     tc_pull(&ctx);
     let len = ctx.len() as usize;
-    let Some((t, target)) = request(ctx.as_ptr(), ctx.data(), ctx.data_end(), len) else {
-        return TC_ACT_OK;
+    let (t, target) = match request(ctx.as_ptr(), ctx.data(), ctx.data_end(), len) {
+        Verdict::Rewrite(t, target) => (t, target),
+        Verdict::Pass => return TC_ACT_OK,
+        Verdict::Drop => return TC_ACT_SHOT,
     };
     let new_addr = target.addr;
     match tc_rewrite(

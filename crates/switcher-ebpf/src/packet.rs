@@ -124,6 +124,11 @@ pub struct Tcp {
     pub seq: u32,
     /// Acknowledgment number, host order (meaningful when the ACK flag is set).
     pub ack_seq: u32,
+    /// TCP header length (data offset x 4), bytes.
+    pub hdr_len: u16,
+    /// The segment carries data (a request), not only flags and an acknowledgment. Taken
+    /// from the IP length, never from the frame's: Ethernet pads short frames.
+    pub payload: bool,
 }
 
 impl Tcp {
@@ -194,8 +199,23 @@ fn classify_v4(start: usize, end: usize, len: usize) -> Class {
     // The TCP header is bounds-checked first, the claimed length after: in the other order
     // LLVM drops the header check as implied by the length check, and the verifier, which
     // cannot follow a variable length, rejects the program.
-    let class = tcp_at(start, end, FAMILY_V4, l3, l3 + IPV4_HLEN, saddr, daddr);
     let tot_len = u16::from_be_bytes([hdr[ipv4::TOT_LEN], hdr[ipv4::TOT_LEN + 1]]) as usize;
+    // GSO/BIG TCP packets (length field 0) always carry data.
+    let ip_payload = if tot_len == 0 {
+        usize::MAX
+    } else {
+        tot_len.saturating_sub(IPV4_HLEN)
+    };
+    let class = tcp_at(
+        start,
+        end,
+        FAMILY_V4,
+        l3,
+        l3 + IPV4_HLEN,
+        saddr,
+        daddr,
+        ip_payload,
+    );
     if tot_len == 0 && len - l3 > MAX_IP_LEN {
         // A GSO/BIG TCP packet longer than the field can say: the kernel leaves it 0 and
         // takes the length from the skb (`iph_totlen()`), and so do we.
@@ -233,9 +253,19 @@ fn classify_v6(start: usize, end: usize, len: usize) -> Class {
     let mut daddr = [0u8; 16];
     saddr.copy_from_slice(&hdr[ipv6::SADDR..ipv6::SADDR + 16]);
     daddr.copy_from_slice(&hdr[ipv6::DADDR..ipv6::DADDR + 16]);
-    // Header first, claimed length after (see classify_v4).
-    let class = tcp_at(start, end, FAMILY_V6, l3, l3 + IPV6_HLEN, saddr, daddr);
     let payload = u16::from_be_bytes([hdr[ipv6::PAYLOAD_LEN], hdr[ipv6::PAYLOAD_LEN + 1]]) as usize;
+    let ip_payload = if payload == 0 { usize::MAX } else { payload };
+    // Header first, claimed length after (see classify_v4).
+    let class = tcp_at(
+        start,
+        end,
+        FAMILY_V6,
+        l3,
+        l3 + IPV6_HLEN,
+        saddr,
+        daddr,
+        ip_payload,
+    );
     if payload == 0 && len - l3 - IPV6_HLEN > MAX_IP_LEN {
         // IPv6 BIG TCP: payload length 0, length from the skb (see classify_v4).
         return class;
@@ -254,7 +284,10 @@ fn is_v6_extension(next: u8) -> bool {
     matches!(next, 0 | 43 | 50 | 51 | 60 | 135 | 139 | 140)
 }
 
+/// The TCP header at `l4_off`; `ip_payload` is the IP payload length the IP header claims
+/// (TCP header and data; `usize::MAX` for a GSO packet whose length field is 0).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn tcp_at(
     start: usize,
     end: usize,
@@ -263,11 +296,13 @@ fn tcp_at(
     l4_off: usize,
     saddr: [u8; 16],
     daddr: [u8; 16],
+    ip_payload: usize,
 ) -> Class {
     let Some(hdr) = read::<[u8; TCP_HLEN]>(start, end, l4_off) else {
         return Class::Malformed;
     };
-    if ((hdr[tcp::DOFF] >> 4) as usize) * 4 < TCP_HLEN {
+    let hdr_len = ((hdr[tcp::DOFF] >> 4) as usize) * 4;
+    if hdr_len < TCP_HLEN {
         return Class::Malformed;
     }
     Class::Tcp(Tcp {
@@ -291,5 +326,7 @@ fn tcp_at(
             hdr[tcp::ACK_SEQ + 2],
             hdr[tcp::ACK_SEQ + 3],
         ]),
+        hdr_len: hdr_len as u16,
+        payload: ip_payload > hdr_len,
     })
 }

@@ -9,9 +9,9 @@ use aya_ebpf::{
     helpers::{bpf_sk_lookup_tcp, bpf_sk_release},
 };
 use switcher_common::{
-    Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4, FLOW_ORIGIN_CLOSED,
-    FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAX_ORIGINS, ORIGIN_CONFIGURED, STATS_UNSTEERED,
-    VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING,
+    FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAX_ORIGINS, ORIGIN_CONFIGURED,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
 
 use crate::{
@@ -205,6 +205,11 @@ pub enum Decision {
     Untracked,
     /// A new connection but no usable origin: pass it; the stack resets it.
     NoOrigin,
+    /// A request on a flow finishing its last response from a retired origin
+    /// (`FLOW_FINISHING`): drop it, so that origin never starts another response. The
+    /// viewer's TCP retransmits it until the control plane resets the connection, and the
+    /// viewer then sends it on a new connection, to the healthy origin. Origin index.
+    Hold(u32),
 }
 
 /// The [`Target`] of origin `index` for a packet of `family`.
@@ -244,6 +249,9 @@ pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Decision {
     // program runs (RCU).
     if let Some(flow) = unsafe { FLOWS.get(&key) } {
         let index = flow.origin;
+        if flow.flags & FLOW_FINISHING != 0 && t.payload {
+            return Decision::Hold(index);
+        }
         return match origin(index) {
             Some(o) => Decision::Steer(target(index, &o, t.family)),
             // Its origin slot was emptied (a restart with fewer origins): the flow is over.
