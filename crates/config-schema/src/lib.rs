@@ -148,7 +148,10 @@ fn collect(
         has_subcommands: cmd.has_subcommands(),
         args,
     });
-    for sub in cmd.get_subcommands() {
+    // Not clap's generated `help` subcommand (building adds it); it configures nothing.
+    let generated_help =
+        |sub: &clap::Command| sub.get_name() == "help" && !cmd.is_disable_help_subcommand_set();
+    for sub in cmd.get_subcommands().filter(|s| !generated_help(s)) {
         path.push(sub.get_name().to_string());
         collect(sub, path, deprecated, out);
         path.pop();
@@ -204,4 +207,62 @@ pub fn parse<P: clap::Parser>(deprecated: &[DeprecatedEnv]) -> P {
     P::from_arg_matches_mut(&mut matches)
         .map_err(|e| e.format(&mut cmd))
         .unwrap_or_else(|e| e.exit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// A test binary.
+    #[derive(clap::Parser)]
+    #[command(name = "demo", about = "Demo binary")]
+    struct Cli {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        /// Runs it.
+        Run {
+            /// Address to listen on.
+            #[arg(long, env = "DEMO_LISTEN", default_value = "127.0.0.1:1")]
+            listen: String,
+            /// How many to keep.
+            #[arg(long, env = "DEMO_KEEP", default_value_t = 3)]
+            keep: u32,
+            /// Also check.
+            #[arg(long)]
+            check: bool,
+        },
+    }
+
+    #[test]
+    fn schema_lists_every_argument_of_every_subcommand() {
+        let deprecated = [DeprecatedEnv {
+            old: "KEEP",
+            new: "DEMO_KEEP",
+        }];
+        let s = schema(&Cli::command(), &deprecated);
+        assert_eq!(s.bin, "demo");
+        let paths: Vec<Vec<String>> = s.commands.iter().map(|c| c.path.clone()).collect();
+        assert_eq!(paths, [vec![], vec!["run".to_string()]]);
+        assert!(s.commands[0].has_subcommands && s.commands[0].args.is_empty());
+        let run = &s.commands[1];
+        let ids: Vec<&str> = run.args.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["listen", "keep", "check"], "no --help");
+        let keep = &run.args[1];
+        assert_eq!(keep.env.as_deref(), Some("DEMO_KEEP"));
+        assert_eq!(keep.default, ["3"]);
+        assert_eq!(keep.deprecated_env, ["KEEP"]);
+        assert!(keep.help.starts_with("How many to keep"), "{}", keep.help);
+        assert_eq!(run.args[0].long.as_deref(), Some("listen"));
+        assert!(run.args[0].deprecated_env.is_empty());
+        // A switch's implied default is filled in.
+        assert_eq!(run.args[2].default, ["false"]);
+        let json = serde_json::to_string(&s).expect("serializes");
+        let back: Schema = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, s);
+    }
 }

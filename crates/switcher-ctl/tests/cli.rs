@@ -108,6 +108,14 @@ fn out_of_range_values_exit_2_before_touching_anything() {
             "{key}={value}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+        if *key == "PROBE_TIMEOUT_SECONDS" {
+            assert!(
+                stderr.contains(
+                    "PROBE_TIMEOUT_SECONDS is deprecated; set SWITCHER_PROBE_TIMEOUT_SECONDS"
+                ),
+                "{stderr}"
+            );
+        }
         // Nothing made: no pin root (so nothing pinned or attached), no socket, no mount.
         assert!(
             !dir.path().join("bpf").exists(),
