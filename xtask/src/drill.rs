@@ -167,7 +167,7 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
     let health = || -> Result<serde_json::Value> {
         let (_, b) = http_get(
             None,
-            stack::SWITCHER_ADMIN,
+            &stack::SWITCHER_ADMIN.to_string(),
             "/healthz",
             Duration::from_secs(1),
         )?;

@@ -1,6 +1,9 @@
 //! Library half of xtask: what both `cargo xtask` and the end-to-end tests use.
 //!
 //! # Layout
+//! * [`layout`]: the deployment layout (services, ports, units, scrape targets), written once.
+//! * [`codegen`]: `cargo xtask codegen`, the deployment files generated from the layout and
+//!   the binaries' flags.
 //! * [`faults`]: the drills' failure classes, injected into a running stack and restored.
 //! * [`netns`]: network namespaces, a veth pair and a private bpffs for benchmarks.
 //! * [`player`]: a recording ffmpeg player and checks on what it recorded.
@@ -8,7 +11,9 @@
 //! * [`monitoring`]: promtool checks of `monitoring/` and the "every metric the dashboard and
 //!   the rules use is exported" check against a running stack.
 
+pub mod codegen;
 pub mod faults;
+pub mod layout;
 pub mod monitoring;
 pub mod netns;
 pub mod player;

@@ -6,6 +6,7 @@
 //! * `cargo xtask bench <name>`: benchmarks against their peers; results go to BENCHMARKS.md.
 //! * `cargo xtask drill <fault>`: failover drills against a running stack.
 //! * `cargo xtask setup`: only the installation step (`scripts/setup`).
+//! * `cargo xtask codegen [--check]`: the deployment files from the layout (`layout`, `codegen`).
 //!
 //! # Layout
 //! * `prereq`: what the build and the tests need, and running `scripts/setup` when missing.
@@ -56,6 +57,13 @@ enum Cmd {
         /// datapath | origin | ingest | packager | failover | all
         name: String,
     },
+    /// Write scripts/edge.env.example, the units' generated blocks, prometheus.yml's targets
+    /// and the README's deployment table from xtask/src/layout.rs and the binaries' flags.
+    Codegen {
+        /// Change nothing; fail with a diff when a committed file differs.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -79,5 +87,16 @@ fn main() -> Result<()> {
         Cmd::Run(args) => run::run(&ws, args),
         Cmd::Drill(args) => drill::run(&ws, args),
         Cmd::Bench { name } => bench::run(&ws, &name),
+        Cmd::Codegen { check } => {
+            // The schemas come from the built binaries (switcher-ctl's build needs the eBPF
+            // toolchain that setup installs).
+            prereq::ensure(&ws)?;
+            let mut args = vec!["build", "--bins"];
+            for bin in xtask::codegen::BINARIES {
+                args.extend(["-p", bin]);
+            }
+            prereq::cargo(&ws, &args)?;
+            xtask::codegen::run(&ws, &xtask::codegen::debug_bin_dir(&ws), check)
+        }
     }
 }

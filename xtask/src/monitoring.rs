@@ -17,15 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-/// Every scrape target of `monitoring/prometheus.yml` (job, address): the contract ports.
-pub const SCRAPE_TARGETS: [(&str, &str); 6] = [
-    ("switcher-ctl", "127.0.0.1:9180"),
-    ("origin", "127.0.0.1:8081"),
-    ("origin", "127.0.0.1:8082"),
-    ("ingest", "127.0.0.1:9181"),
-    ("packager", "127.0.0.1:9183"),
-    ("packager", "127.0.0.1:9184"),
-];
+/// Every scrape target of `monitoring/prometheus.yml` (`cargo xtask codegen` writes them
+/// there from the layout).
+pub use crate::layout::scrape_targets;
 
 /// Series Prometheus makes itself rather than scraping; [`metric_names_used`] leaves them
 /// out because no target exports them.
@@ -579,9 +573,17 @@ mod tests {
     fn prometheus_config_scrapes_every_target() {
         let config = std::fs::read_to_string(workspace().join("monitoring/prometheus.yml"))
             .expect("prometheus.yml");
-        for (job, addr) in SCRAPE_TARGETS {
-            assert!(config.contains(&format!("job_name: {job}")), "no job {job}");
-            assert!(config.contains(&format!("\"{addr}\"")), "no target {addr}");
+        for t in scrape_targets() {
+            assert!(
+                config.contains(&format!("job_name: {}", t.job)),
+                "no job {}",
+                t.job
+            );
+            assert!(
+                config.contains(&format!("\"{}\"", t.addr)),
+                "no target {}",
+                t.addr
+            );
         }
     }
 

@@ -59,15 +59,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
     prereq::become_root()?;
     prereq::ensure(ws)?;
     prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
-    for port in [
-        stack::RTMP_PORT,
-        stack::ORIGIN_PORTS[0],
-        stack::ORIGIN_PORTS[1],
-        9180,
-        9181,
-        9183,
-        9184,
-    ] {
+    for port in xtask::layout::listen_ports() {
         if std::net::TcpListener::bind(("0.0.0.0", port)).is_err() {
             bail!("port {port} is in use: is a stack already running? (stop it, or free the port)");
         }
@@ -95,7 +87,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
         pin_root: args.pin_root.clone(),
         assets_dir: Some(ws.join("web/node_modules/hls.js/dist")),
         switcher_args: vec![],
-        admin: stack::SWITCHER_ADMIN.parse().expect("contract address"),
+        admin: stack::SWITCHER_ADMIN.into(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -116,9 +108,9 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
     let pins = args.pin_root.display();
     println!(
         "\n  play      ffplay http://{vip}/hls/{s}/index.m3u8   (or VLC, or the status page's player)\n  \
-         publish   rtmp://127.0.0.1:1935/live/{s}?key={key}{own}\n  \
-         status    http://127.0.0.1:9180/   metrics http://127.0.0.1:9180/metrics   health http://127.0.0.1:9180/healthz\n  \
-         origins   http://127.0.0.1:8081/hls/{s}/index.m3u8   http://127.0.0.1:8082/hls/{s}/index.m3u8\n  \
+         publish   rtmp://127.0.0.1:{rtmp}/live/{s}?key={key}{own}\n  \
+         status    http://{admin}/   metrics http://{admin}/metrics   health http://{admin}/healthz\n  \
+         origins   http://127.0.0.1:{o1}/hls/{s}/index.m3u8   http://127.0.0.1:{o2}/hls/{s}/index.m3u8\n  \
          kernel    sudo bpftool prog show | grep switcher;  sudo bpftool net show dev {iface}\n            \
          sudo bpftool map dump pinned {pins}/maps/SWITCHER_FLOWS;  sudo tc filter show dev {iface} egress\n  \
          drills    cargo xtask drill origin-kill | packager-kill | origin-freeze | origin-5xx\n  \
@@ -130,6 +122,10 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
             ""
         },
         iface = args.iface,
+        rtmp = stack::RTMP_PORT,
+        admin = stack::SWITCHER_ADMIN,
+        o1 = stack::ORIGIN_PORTS[0],
+        o2 = stack::ORIGIN_PORTS[1],
     );
     let control = run_dir.join("control");
     let mut tick = 0u64;

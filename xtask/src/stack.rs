@@ -24,18 +24,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-/// RTMP port of the ingest (contract).
-pub const RTMP_PORT: u16 = 1935;
-/// Ports of the primary and backup origins (contract).
-pub const ORIGIN_PORTS: [u16; 2] = [8081, 8082];
-/// Admin (metrics) addresses of ingest, primary packager and backup packager.
-pub const INGEST_ADMIN: &str = "127.0.0.1:9181";
-/// Admin address of the primary packager.
-pub const PACKAGER_PRIMARY_ADMIN: &str = "127.0.0.1:9183";
-/// Admin address of the backup packager.
-pub const PACKAGER_BACKUP_ADMIN: &str = "127.0.0.1:9184";
-/// switcher-ctl's admin address (contract).
-pub const SWITCHER_ADMIN: &str = "127.0.0.1:9180";
+// Ports and admin addresses: the layout's, written once there.
+pub use crate::layout::{INGEST_ADMIN, ORIGIN_PORTS, PACKAGER_ADMINS, RTMP_PORT, SWITCHER_ADMIN};
 /// How long a service may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The unprivileged user the services run as (created by scripts/setup).
@@ -253,7 +243,7 @@ impl Stack {
                     "--listen".into(),
                     format!("{}:{RTMP_PORT}", host_for(cfg.bind_ip())),
                     "--admin".into(),
-                    INGEST_ADMIN.into(),
+                    INGEST_ADMIN.to_string(),
                 ],
                 false,
                 Some(format!("{}:{RTMP_PORT}", host_for(cfg.local_ip()))),
@@ -309,10 +299,7 @@ impl Stack {
                 None,
             ),
         );
-        for (which, admin) in [
-            ("primary", PACKAGER_PRIMARY_ADMIN),
-            ("backup", PACKAGER_BACKUP_ADMIN),
-        ] {
+        for (which, admin) in crate::layout::SIDES.into_iter().zip(PACKAGER_ADMINS) {
             services.insert(
                 format!("packager-{which}"),
                 svc(
@@ -323,14 +310,14 @@ impl Stack {
                         "--out".into(),
                         cfg.hls_dir(which).to_string_lossy().into_owned(),
                         "--admin".into(),
-                        admin.into(),
+                        admin.to_string(),
                     ],
                     false,
                     Some(admin.to_string()),
                 ),
             );
         }
-        for (which, port) in [("primary", ORIGIN_PORTS[0]), ("backup", ORIGIN_PORTS[1])] {
+        for (which, port) in crate::layout::SIDES.into_iter().zip(ORIGIN_PORTS) {
             services.insert(
                 format!("origin-{which}"),
                 svc(

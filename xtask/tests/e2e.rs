@@ -404,10 +404,11 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     // of this running stack (scraped inside the edge namespace).
     let ws2 = ws.clone();
     xtask::stack::in_netns(Some(&pair.edge.name), move || {
-        let targets: Vec<&str> = xtask::monitoring::SCRAPE_TARGETS
+        let targets: Vec<String> = xtask::monitoring::scrape_targets()
             .iter()
-            .map(|(_, a)| *a)
+            .map(|t| t.addr.to_string())
             .collect();
+        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
         xtask::monitoring::check_exported(&ws2, &targets)
     })
     .expect("dashboard and rules only use exported metrics");

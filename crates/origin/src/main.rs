@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
+    let cli: Cli = config_schema::parse(&[]);
     let config = origin::Config {
         root: cli.root,
         cache_max_bytes: cli.cache_max_bytes,

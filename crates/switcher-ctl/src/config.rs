@@ -46,11 +46,11 @@ pub const MIN_SECONDS: f64 = 0.001;
 pub const MAX_SECONDS: f64 = 86_400.0;
 /// Largest `REQUIRED_WINDOWS`: 100,000 windows at the default interval is 5.5 hours.
 pub const MAX_REQUIRED_WINDOWS: u32 = 100_000;
-/// Largest `MSN_TOLERANCE`: an origin 10^6 segments behind is weeks behind.
+/// Largest `SWITCHER_MSN_TOLERANCE`: an origin 10^6 segments behind is weeks behind.
 pub const MAX_MSN_TOLERANCE: u64 = 1_000_000;
-/// Largest `MAX_PLAYLIST_BYTES`: 64 MiB, a bound on what one origin can make a probe hold.
+/// Largest `SWITCHER_MAX_PLAYLIST_BYTES`: 64 MiB, a bound on what one origin can make a probe hold.
 pub const MAX_MAX_PLAYLIST_BYTES: usize = 64 << 20;
-/// Largest `DECISION_HISTORY`: every entry is rendered into `/healthz` and the status page.
+/// Largest `SWITCHER_DECISION_HISTORY`: every entry is rendered into `/healthz` and the status page.
 pub const MAX_DECISION_HISTORY: usize = 10_000;
 /// Largest `SWITCHER_ADMIN_MAX_CONNECTIONS`.
 pub const MAX_ADMIN_CONNECTIONS: usize = 4096;
@@ -90,6 +90,33 @@ pub const DEFAULT_MAX_PLAYLIST_BYTES: usize = 1 << 20;
 pub const DEFAULT_ASSETS_DIR: &str = "web/node_modules/hls.js/dist";
 /// Default number of recent decisions kept for `/healthz` and the status page.
 pub const DEFAULT_DECISION_HISTORY: usize = 20;
+
+/// Variables that had no `SWITCHER_` prefix and were renamed (every binary reads one shared
+/// env file, so each name says whose it is). The old names are still read, with a warning.
+/// The seed switcher's own names (`PRIMARY_BASE_URL`, `CHECK_INTERVAL_SECONDS`, ...) keep
+/// theirs on purpose.
+pub const DEPRECATED_ENV: &[config_schema::DeprecatedEnv] = &[
+    config_schema::DeprecatedEnv {
+        old: "PROBE_TIMEOUT_SECONDS",
+        new: "SWITCHER_PROBE_TIMEOUT_SECONDS",
+    },
+    config_schema::DeprecatedEnv {
+        old: "MSN_TOLERANCE",
+        new: "SWITCHER_MSN_TOLERANCE",
+    },
+    config_schema::DeprecatedEnv {
+        old: "MAX_PLAYLIST_BYTES",
+        new: "SWITCHER_MAX_PLAYLIST_BYTES",
+    },
+    config_schema::DeprecatedEnv {
+        old: "PREFER_PRIMARY",
+        new: "SWITCHER_PREFER_PRIMARY",
+    },
+    config_schema::DeprecatedEnv {
+        old: "DECISION_HISTORY",
+        new: "SWITCHER_DECISION_HISTORY",
+    },
+];
 
 /// How the loader attaches the ingress program (mapped onto the loader's own enum by `main`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -152,7 +179,7 @@ pub struct Config {
     pub required_windows: u32,
 
     /// Seconds a whole probe (connect, request, body, master-playlist hop) may take.
-    #[arg(long = "probe-timeout", env = "PROBE_TIMEOUT_SECONDS", default_value_t = DEFAULT_PROBE_TIMEOUT_SECONDS)]
+    #[arg(long = "probe-timeout", env = "SWITCHER_PROBE_TIMEOUT_SECONDS", default_value_t = DEFAULT_PROBE_TIMEOUT_SECONDS)]
     pub probe_timeout_seconds: f64,
 
     /// Seconds the TCP connect of a probe may take (within the probe timeout). A connect that
@@ -184,16 +211,16 @@ pub struct Config {
     /// as bad. 1 by default: the two packagers publish the same segment independently, so a
     /// probe round can land between one origin's playlist update and the other's; one segment
     /// behind is that race, two is a real lag (the player would stall on it, RFC 8216 6.3.5).
-    #[arg(long, env = "MSN_TOLERANCE", default_value_t = DEFAULT_MSN_TOLERANCE)]
+    #[arg(long, env = "SWITCHER_MSN_TOLERANCE", default_value_t = DEFAULT_MSN_TOLERANCE)]
     pub msn_tolerance: u64,
 
     /// Largest playlist body accepted, in bytes; more is an error (`TooLarge`).
-    #[arg(long, env = "MAX_PLAYLIST_BYTES", default_value_t = DEFAULT_MAX_PLAYLIST_BYTES)]
+    #[arg(long, env = "SWITCHER_MAX_PLAYLIST_BYTES", default_value_t = DEFAULT_MAX_PLAYLIST_BYTES)]
     pub max_playlist_bytes: usize,
 
     /// When the backup is active and the primary is healthy again, switch back to it (true),
     /// or stay on the backup until the backup itself fails (false).
-    #[arg(long, env = "PREFER_PRIMARY", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SWITCHER_PREFER_PRIMARY", default_value_t = true, action = clap::ArgAction::Set)]
     pub prefer_primary: bool,
 
     /// Directory of the pinned eBPF maps and links (bpffs).
@@ -239,7 +266,7 @@ pub struct Config {
     pub max_flows: u32,
 
     /// Recent decisions kept for /healthz and the status page.
-    #[arg(long, env = "DECISION_HISTORY", default_value_t = DEFAULT_DECISION_HISTORY)]
+    #[arg(long, env = "SWITCHER_DECISION_HISTORY", default_value_t = DEFAULT_DECISION_HISTORY)]
     pub decision_history: usize,
 
     /// Directory holding `hls.min.js`, served at `/assets/hls.min.js` for the status page's
@@ -426,7 +453,7 @@ impl Config {
             "SEGMENT_AGE_THRESHOLD_SECONDS",
             self.segment_age_threshold_seconds,
         )?;
-        seconds("PROBE_TIMEOUT_SECONDS", self.probe_timeout_seconds)?;
+        seconds("SWITCHER_PROBE_TIMEOUT_SECONDS", self.probe_timeout_seconds)?;
         seconds(
             "SWITCHER_PROBE_CONNECT_TIMEOUT_SECONDS",
             self.probe_connect_timeout_seconds,
@@ -453,15 +480,20 @@ impl Config {
             1,
             MAX_REQUIRED_WINDOWS.into(),
         )?;
-        range("MSN_TOLERANCE", self.msn_tolerance, 0, MAX_MSN_TOLERANCE)?;
         range(
-            "MAX_PLAYLIST_BYTES",
+            "SWITCHER_MSN_TOLERANCE",
+            self.msn_tolerance,
+            0,
+            MAX_MSN_TOLERANCE,
+        )?;
+        range(
+            "SWITCHER_MAX_PLAYLIST_BYTES",
             self.max_playlist_bytes as u64,
             1,
             MAX_MAX_PLAYLIST_BYTES as u64,
         )?;
         range(
-            "DECISION_HISTORY",
+            "SWITCHER_DECISION_HISTORY",
             self.decision_history as u64,
             0,
             MAX_DECISION_HISTORY as u64,

@@ -106,7 +106,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
+    let cli: Cli = config_schema::parse(config::DEPRECATED_ENV);
+    let result = match cli.command {
         Command::Run(config) => run(*config),
         Command::Status(at) => status(&at),
         Command::Set { target, force, at } => set(target, force, &at),

@@ -76,9 +76,15 @@ fn out_of_range_values_exit_2_before_touching_anything() {
             "CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 0.0000000001",
         ),
         (
+            "SWITCHER_PROBE_TIMEOUT_SECONDS",
+            "1e20",
+            "SWITCHER_PROBE_TIMEOUT_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
+        ),
+        // The name before the rename still works, with a warning.
+        (
             "PROBE_TIMEOUT_SECONDS",
             "1e20",
-            "PROBE_TIMEOUT_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
+            "SWITCHER_PROBE_TIMEOUT_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
         ),
         (
             "SEGMENT_AGE_THRESHOLD_SECONDS",
@@ -102,6 +108,14 @@ fn out_of_range_values_exit_2_before_touching_anything() {
             "{key}={value}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+        if *key == "PROBE_TIMEOUT_SECONDS" {
+            assert!(
+                stderr.contains(
+                    "PROBE_TIMEOUT_SECONDS is deprecated; set SWITCHER_PROBE_TIMEOUT_SECONDS"
+                ),
+                "{stderr}"
+            );
+        }
         // Nothing made: no pin root (so nothing pinned or attached), no socket, no mount.
         assert!(
             !dir.path().join("bpf").exists(),

@@ -2,7 +2,6 @@
 //! (`--worker-threads`) and calls [`ingest::run`].
 
 use anyhow::Context;
-use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -10,7 +9,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = ingest::Config::parse();
+    let config: ingest::Config = config_schema::parse(&[]);
     let runtime = match config.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let cli: Cli = config_schema::parse(&[]);
     if cli.target_duration == 0 || cli.window == 0 {
         bail!("--target-duration and --window must be positive");
     }
