@@ -107,10 +107,11 @@ fn field(c: &Counters, name: &str) -> u64 {
         "listener_fallbacks" => c.listener_fallbacks,
         "stale_flows" => c.stale_flows,
         "stale_kept" => c.stale_kept,
+        "held" => c.held,
         other => panic!("unknown counter {other}"),
     }
 }
-const FIELDS: [&str; 15] = [
+const FIELDS: [&str; 16] = [
     "packets",
     "bytes",
     "new_flows",
@@ -126,6 +127,7 @@ const FIELDS: [&str; 15] = [
     "listener_fallbacks",
     "stale_flows",
     "stale_kept",
+    "held",
 ];
 
 /// A SYN steered to `slot` (a handshake recorded).
@@ -1192,4 +1194,72 @@ fn stale_rule_keeps_a_flow_whose_origin_socket_is_live() {
         assert!(!tracked(&h), "a finished flow is forgotten");
         drop(listener);
     });
+}
+
+/// A flow finishing its last response from a retired origin (`FLOW_FINISHING`, set by the
+/// control plane): the viewer's next request (a segment with data) is dropped and counted
+/// `held`, so the retired origin starts no other response; its acknowledgements still reach
+/// the origin (rewritten), so the response in flight completes. Without the flag the same
+/// request is steered as usual.
+#[test]
+fn a_finishing_flow_holds_new_requests_but_passes_acks() {
+    const XDP_DROP: u32 = 1;
+    const TC_ACT_SHOT: u32 = 2;
+    let mut h = Harness::new();
+    let client: Ipv4Addr = "10.1.7.7".parse().unwrap();
+    let mut client_addr = [0u8; 16];
+    client_addr[..4].copy_from_slice(&client.octets());
+    let key = FlowKey {
+        client_addr,
+        client_port_be: 47000u16.to_be(),
+        family: switcher_common::FAMILY_V4,
+    };
+    let set_flow = |h: &mut Harness, flags: u32| {
+        let mut flows: HashMap<_, FlowKey, FlowValue> =
+            HashMap::try_from(h.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
+        flows
+            .insert(
+                key,
+                FlowValue {
+                    origin: PRIMARY,
+                    flags,
+                },
+                0,
+            )
+            .unwrap();
+    };
+    let request = Pkt::tcp("10.1.7.7", 47000, VIP4, VIP_PORT, ACK | PSH)
+        .with_payload(b"GET /hls/demo/1001.ts HTTP/1.1\r\n\r\n")
+        .build();
+    let ack = Pkt::tcp("10.1.7.7", 47000, VIP4, VIP_PORT, ACK).build();
+    let held = |h: &Harness| h.counters()[PRIMARY as usize].held;
+
+    // A plain flow: the request goes to the primary.
+    set_flow(&mut h, switcher_common::FLOW_SEEN_SYN);
+    let (verdict, out, _) = h.run(Prog::Xdp, &request, 1);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        u16::from_be_bytes([out[36], out[37]]),
+        8081,
+        "steered to the primary"
+    );
+
+    // Finishing: the request is dropped (XDP and TC), the bare ACK still goes through.
+    set_flow(
+        &mut h,
+        switcher_common::FLOW_SEEN_SYN | switcher_common::FLOW_FINISHING,
+    );
+    let (verdict, _, _) = h.run(Prog::Xdp, &request, 1);
+    assert_eq!(
+        verdict, XDP_DROP,
+        "XDP drops a new request on a finishing flow"
+    );
+    let (verdict, _, _) = h.run(Prog::TcIngress, &request, 1);
+    assert_eq!(verdict, TC_ACT_SHOT, "TC ingress drops it too");
+    assert_eq!(held(&h), 2);
+    let (verdict, out, _) = h.run(Prog::Xdp, &ack, 1);
+    assert_eq!(verdict, XDP_PASS, "an acknowledgement keeps flowing");
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8081);
+    verify_checksums(&out).expect("checksums of the rewritten ACK");
+    assert_eq!(held(&h), 2, "an ACK is not held");
 }
