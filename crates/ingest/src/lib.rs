@@ -8,7 +8,8 @@
 //! - [`conn`]: one task per RTMP connection: handshake, commands, publish or play.
 //! - [`hub`]: streams, publish sessions (id, start time), GOP cache, and the fan-out: each
 //!   message serialised once into a bounded per-stream ring that subscribers pull from.
-//! - [`metrics`]: Prometheus metrics (`ingest_*`) and the admin `/metrics` endpoint.
+//! - [`metrics`]: Prometheus metrics (`ingest_*`), served on the admin endpoint (`/metrics`,
+//!   `/healthz`) by the `service` crate's hardened server.
 //! - `src/bin/ingest.rs`: parses the CLI and calls [`run`];
 //!   `src/bin/ingest-loadgen.rs`: N PlayClients for benchmarks.
 //!
@@ -105,14 +106,22 @@ pub async fn run_with_admin(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(admin) = admin {
-        tracing::info!(addr = %admin.local_addr()?, "admin endpoint listening");
-        let metrics = server.metrics.clone();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(metrics::serve_admin(admin, metrics, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
-    }
+    let admin = match admin {
+        Some(admin) => {
+            tracing::info!(addr = %admin.local_addr()?, "admin endpoint listening");
+            let metrics = server.metrics.clone();
+            let router = service::http::metrics_router(move || metrics.render());
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(service::serve_admin(
+                admin,
+                router,
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
     tracing::info!(addr = %listener.local_addr()?, app = %server.config.app, "RTMP listening");
     let permits = Arc::new(Semaphore::new(server.config.max_connections));
     tokio::pin!(shutdown);
@@ -161,6 +170,10 @@ pub async fn run_with_admin(
         });
     }
     let _ = stop_tx.send(true);
+    if let Some(admin) = admin {
+        // Bounded: the admin server drains for at most its grace period.
+        let _ = admin.await;
+    }
     tracing::info!("RTMP server stopped");
     Ok(())
 }

@@ -1,12 +1,8 @@
-//! Prometheus metrics and the admin HTTP endpoint (`GET /metrics`).
+//! Prometheus metrics (`ingest_*`); the admin endpoint serving them is
+//! [`service::serve_admin`] with [`service::http::metrics_router`] (see [`crate::run`]).
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 /// The ingest's metrics, all registered in `registry`.
 pub struct Metrics {
@@ -157,47 +153,5 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
-    }
-}
-
-/// Serves `GET /metrics` until `shutdown` resolves.
-pub async fn serve_admin(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        let (sock, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "admin accept failed"); continue; }
-            },
-            _ = &mut shutdown => return,
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(metrics.render())))
-                    } else {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"not found\n")))
-                    };
-                    Ok::<_, hyper::http::Error>(resp.expect("static response parts"))
-                }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(sock), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "admin connection error");
-            }
-        });
     }
 }

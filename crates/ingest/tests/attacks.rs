@@ -67,15 +67,16 @@ impl Ingest {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            // The log (service::init_tracing writes to stderr).
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the ingest binary");
-        let stdout = child.stdout.take().expect("piped stdout");
+        let log = child.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         // Keeps reading (and echoing, for failures) so the pipe never fills.
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in BufReader::new(log).lines().map_while(Result::ok) {
                 let line = strip_ansi(&line);
                 eprintln!("ingest| {line}");
                 let _ = tx.send(line);

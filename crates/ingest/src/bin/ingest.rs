@@ -4,11 +4,7 @@
 use anyhow::Context;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    service::init_tracing();
     let config: ingest::Config = config_schema::parse(&[]);
     let runtime = match config.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
@@ -35,11 +31,7 @@ async fn serve(config: ingest::Config) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-    };
-    ingest::run(listener, config.clone(), shutdown)
+    ingest::run(listener, config.clone(), service::shutdown_signal())
         .await
         .with_context(|| format!("running ingest (admin {})", config.admin))
 }
