@@ -2,15 +2,20 @@
 //!
 //! A source is anything implementing [`Connector`]: the RTMP play client in production, an FLV
 //! file (played once per "connection", each play being a new publish session) for local runs.
-//! One thread per stream; `PlayClient::next_event` is blocking, so threads, not async.
-//! A source thread that has drained its socket sleeps [`READ_BATCH_INTERVAL`] before reading
-//! again, so one wakeup handles several messages (the packager's main CPU cost otherwise).
+//! One thread per stream, each with a current-thread tokio runtime of its own (see
+//! [`crate::run`] for why not tasks on a shared runtime): a source thread that has drained its
+//! socket sleeps [`READ_BATCH_INTERVAL`] before reading again, so one wakeup handles several
+//! messages (the packager's main CPU cost otherwise).
+//!
+//! Stopping: [`Pipeline::run`] takes a [`CancellationToken`]. It is checked between events, and
+//! a source that waits (an RTMP connect, handshake or read) waits on it too, so a stop
+//! interrupts a packager blocked on a silent ingest at once.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::flv::{self, TagType};
 use crate::metrics::Metrics;
@@ -42,8 +47,10 @@ pub trait EventStream {
 
 /// Opens connections to one stream.
 pub trait Connector: Send {
-    /// Connects (the RTMP client does its own connect timeout).
-    fn connect(&mut self) -> Result<Box<dyn EventStream>, SourceError>;
+    /// Connects (the RTMP client does its own connect timeout). Once `stop` is cancelled,
+    /// waiting ends: `connect` fails, and the stream's `next_event` reports the end
+    /// (`Ok(None)`), so a stopped source never stays blocked on a silent peer.
+    fn connect(&mut self, stop: &CancellationToken) -> Result<Box<dyn EventStream>, SourceError>;
 }
 
 /// AMF0 onMetaData property names of the ingest contract.
@@ -127,7 +134,9 @@ impl FileConnector {
 }
 
 impl Connector for FileConnector {
-    fn connect(&mut self) -> Result<Box<dyn EventStream>, SourceError> {
+    /// A file never blocks for long (tags are paced a frame apart), so `stop` is only
+    /// checked between events by [`Pipeline::run`].
+    fn connect(&mut self, _stop: &CancellationToken) -> Result<Box<dyn EventStream>, SourceError> {
         let bytes = std::fs::read(&self.path)?;
         let tags = flv::read_file(&bytes).map_err(|e| SourceError::Other(e.to_string()))?;
         let now = unix_now_ms();
@@ -281,19 +290,21 @@ impl Pipeline {
         }
     }
 
-    /// Runs until `stop` is set: connect, pump events, and on close or error tell the core,
-    /// back off (doubling from 250 ms to 8 s, reset once a connection delivered events), retry.
-    pub fn run(&mut self, connector: &mut dyn Connector, stop: &AtomicBool) {
+    /// Runs until `stop` is cancelled: connect, pump events, and on close or error tell the
+    /// core, back off (doubling from 250 ms to 8 s, reset once a connection delivered events),
+    /// retry. On stop, the event in hand is finished, the open segment is discarded as on a
+    /// disconnect (it has no end), and pending writes get a last try.
+    pub fn run(&mut self, connector: &mut dyn Connector, stop: &CancellationToken) {
         let mut backoff = BACKOFF_MIN;
-        while !stop.load(Ordering::Relaxed) {
-            match connector.connect() {
+        while !stop.is_cancelled() {
+            match connector.connect(stop) {
                 Ok(mut events) => {
                     tracing::info!(stream = self.stream, "source connected");
                     self.metrics
                         .source_connected
                         .with_label_values(&[&self.stream])
                         .set(1);
-                    while !stop.load(Ordering::Relaxed) {
+                    while !stop.is_cancelled() {
                         match events.next_event() {
                             Ok(Some(ev)) => {
                                 backoff = BACKOFF_MIN;
@@ -322,6 +333,7 @@ impl Pipeline {
                         .set(0);
                     self.handle(Event::Disconnected);
                 }
+                Err(_) if stop.is_cancelled() => break,
                 Err(e) => {
                     tracing::warn!(stream = self.stream, error = %e, retry_in = ?backoff, "connect failed");
                     self.metrics
@@ -331,12 +343,14 @@ impl Pipeline {
                 }
             }
             let until = Instant::now() + backoff;
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            while Instant::now() < until && !stop.is_cancelled() {
                 self.tick();
                 std::thread::sleep(BACKOFF_STEP);
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+        self.tick();
+        tracing::info!(stream = self.stream, "source stopped");
     }
 }
 
@@ -368,15 +382,21 @@ impl RtmpConnector {
 }
 
 impl Connector for RtmpConnector {
-    fn connect(&mut self) -> Result<Box<dyn EventStream>, SourceError> {
-        let client = self
-            .runtime
-            .block_on(rtmp::client::PlayClient::connect(&self.url, self.timeout))
-            .map_err(|e| SourceError::Other(format!("connect {}: {e}", self.url)))?;
+    fn connect(&mut self, stop: &CancellationToken) -> Result<Box<dyn EventStream>, SourceError> {
+        let connect = rtmp::client::PlayClient::connect(&self.url, self.timeout);
+        let client = self.runtime.block_on(async {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => Err(SourceError::Other("stopped".into())),
+                client = connect => client
+                    .map_err(|e| SourceError::Other(format!("connect {}: {e}", self.url))),
+            }
+        })?;
         Ok(Box::new(RtmpStream {
             client,
             runtime: self.runtime.clone(),
             batch: READ_BATCH_INTERVAL,
+            stop: stop.clone(),
         }))
     }
 }
@@ -408,6 +428,8 @@ struct RtmpStream {
     runtime: std::sync::Arc<tokio::runtime::Runtime>,
     /// How long to sleep after draining the socket (from the idle hint).
     batch: Duration,
+    /// Ends a wait for the next event (the connection is dropped, not read further).
+    stop: CancellationToken,
 }
 
 /// The client's next event; when it has nothing buffered and the socket is empty, first waits
@@ -440,9 +462,18 @@ impl EventStream for RtmpStream {
     fn next_event(&mut self) -> Result<Option<Event>, SourceError> {
         use rtmp::client::PlayEvent;
         loop {
+            let (client, batch, stop) = (&mut self.client, self.batch, &self.stop);
             let ev = self
                 .runtime
-                .block_on(next_batched(&mut self.client, self.batch))
+                .block_on(async {
+                    tokio::select! {
+                        biased;
+                        // Dropping a pending read is fine here: the connection is not used
+                        // again (`next_event` is not cancel-safe, so it must not be).
+                        () = stop.cancelled() => Ok(None),
+                        ev = next_batched(client, batch) => ev,
+                    }
+                })
                 .map_err(|e| SourceError::Other(e.to_string()))?;
             let Some(ev) = ev else { return Ok(None) };
             let mapped = match &ev {

@@ -7,20 +7,19 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use packager::metrics::Metrics;
 use packager::source::{Pipeline, RtmpConnector};
 use packager::writer::{PLAYLIST_NAME, Writer};
 use packager::{Config, Packager};
+use tokio_util::sync::CancellationToken;
 
 /// Seconds of test pattern the publisher sends (real time).
 const PUBLISH_SECS: u32 = 16;
 const STREAM: &str = "demo";
 
-fn start_packager(url: String, out: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn start_packager(url: String, out: &Path, stop: CancellationToken) -> std::thread::JoinHandle<()> {
     let mut pipeline = Pipeline {
         stream: STREAM.into(),
         packager: Packager::new(Config::default()),
@@ -99,7 +98,7 @@ fn two_packagers_behind_the_ingest_write_identical_segments() {
         .stdin(Stdio::null())
         .spawn()
         .expect("ffmpeg must be installed");
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
     let a = start_packager(url.clone(), &dir_a, stop.clone());
     // The backup joins mid-stream, as after a restart: the ingest gives it the GOP cache.
@@ -109,7 +108,7 @@ fn two_packagers_behind_the_ingest_write_identical_segments() {
     assert!(status.success(), "publisher failed");
     // The publisher is gone; let UnpublishNotify reach both, then stop everything.
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
+    stop.cancel();
     let _ = stop_ingest.send(());
     rt.block_on(ingest_task)
         .expect("ingest task")

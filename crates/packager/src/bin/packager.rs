@@ -1,16 +1,16 @@
-//! `packager`: pulls RTMP streams from the ingest and writes HLS to `--out/<stream>/`.
+//! `packager`: pulls RTMP streams from the ingest and writes HLS to `--out/<stream>/`. Parses
+//! and validates the CLI, builds the sources and calls [`packager::run`] until SIGTERM/SIGINT.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use packager::metrics::{self, Metrics};
+use packager::metrics::Metrics;
 use packager::source::{Connector, FileConnector, Pipeline, RtmpConnector, stream_name};
 use packager::writer::Writer;
-use packager::{Config, Packager};
+use packager::{Config, Packager, Source};
 
 /// RTMP -> HLS packager; instances fed by the same ingest write identical output.
 #[derive(Debug, Parser)]
@@ -50,20 +50,30 @@ struct Cli {
     max_frame_bytes: usize,
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let cli: Cli = config_schema::parse(&[]);
-    if cli.target_duration == 0 || cli.window == 0 {
-        bail!("--target-duration and --window must be positive");
+impl Cli {
+    /// Checks every value before anything is bound, created or started.
+    fn validate(self) -> anyhow::Result<Self> {
+        if self.target_duration == 0 || self.window == 0 {
+            bail!("--target-duration and --window must be positive");
+        }
+        for source in &self.sources {
+            stream_name(source).with_context(|| format!("--source {source}"))?;
+        }
+        Ok(self)
     }
-    let grace = Duration::from_secs(
-        cli.delete_grace
-            .unwrap_or(cli.target_duration * (cli.window as u64 + 1)),
-    );
+
+    /// How long a retired segment stays on disk.
+    fn delete_grace(&self) -> Duration {
+        Duration::from_secs(
+            self.delete_grace
+                .unwrap_or(self.target_duration * (self.window as u64 + 1)),
+        )
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    service::init_tracing();
+    let cli = config_schema::parse::<Cli>(&[]).validate()?;
     let cfg = Config {
         target_duration_ms: cli.target_duration * 1000,
         window: cli.window,
@@ -71,18 +81,10 @@ fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
     let metrics = Metrics::new();
-    let listener = TcpListener::bind(cli.admin)
-        .with_context(|| format!("binding the admin address {}", cli.admin))?;
-    tracing::info!(addr = %listener.local_addr()?, "admin endpoint listening");
-    {
-        let metrics = metrics.clone();
-        std::thread::spawn(move || metrics::serve(listener, metrics));
-    }
-    static STOP: AtomicBool = AtomicBool::new(false);
-    let mut threads = Vec::new();
+    let mut sources = Vec::with_capacity(cli.sources.len());
     for source in &cli.sources {
-        let stream = stream_name(source).with_context(|| format!("source {source}"))?;
-        let mut connector: Box<dyn Connector> = if source.starts_with("rtmp://") {
+        let stream = stream_name(source).with_context(|| format!("--source {source}"))?;
+        let connector: Box<dyn Connector> = if source.starts_with("rtmp://") {
             Box::new(RtmpConnector::new(
                 source.clone(),
                 Duration::from_millis(cli.connect_timeout_ms),
@@ -90,21 +92,29 @@ fn main() -> anyhow::Result<()> {
         } else {
             Box::new(FileConnector::new(source, true))
         };
-        let mut pipeline = Pipeline {
-            writer: Writer::new(cli.out.join(&stream), grace),
-            packager: Packager::new(cfg.clone()),
-            metrics: metrics.clone(),
-            stream: stream.clone(),
-        };
         tracing::info!(stream, source, "starting");
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("src-{stream}"))
-                .spawn(move || pipeline.run(connector.as_mut(), &STOP))?,
-        );
+        sources.push(Source {
+            connector,
+            pipeline: Pipeline {
+                writer: Writer::new(cli.out.join(&stream), cli.delete_grace()),
+                packager: Packager::new(cfg.clone()),
+                metrics: metrics.clone(),
+                stream,
+            },
+        });
     }
-    for t in threads {
-        let _ = t.join();
-    }
-    Ok(())
+    // The sources have threads of their own; this runtime only serves the admin endpoint
+    // and waits for the signal.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(async {
+        let admin = tokio::net::TcpListener::bind(cli.admin)
+            .await
+            .with_context(|| format!("binding the admin address {}", cli.admin))?;
+        packager::run(sources, Some(admin), metrics, service::shutdown_signal())
+            .await
+            .context("running the packager")
+    })
 }
