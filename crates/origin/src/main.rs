@@ -65,12 +65,7 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    service::init_tracing();
     let cli: Cli = config_schema::parse(&[]);
     let config = origin::Config {
         root: cli.root,
@@ -98,6 +93,6 @@ fn main() -> anyhow::Result<()> {
     };
     let listeners = origin::bind_shards(cli.listen, workers)
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    origin::run_sharded(listeners, config, origin::signal::shutdown_signal())
+    origin::run_sharded(listeners, config, service::shutdown_signal())
         .context("origin server failed")
 }
