@@ -55,18 +55,6 @@ pub enum ConfigError {
         /// The value given.
         value: f64,
     },
-    /// A count outside its allowed range.
-    #[error("--{key} must be between {min} and {max}, not {value}")]
-    Range {
-        /// The flag's name, without dashes.
-        key: &'static str,
-        /// The value given.
-        value: u64,
-        /// Smallest allowed.
-        min: u64,
-        /// Largest allowed.
-        max: u64,
-    },
 }
 
 /// Seconds as a [`Duration`]: finite, positive and at least a millisecond (a zero or
@@ -76,20 +64,6 @@ pub fn seconds(key: &'static str, value: f64) -> Result<Duration, ConfigError> {
         .ok()
         .filter(|d| *d >= Duration::from_millis(1))
         .ok_or(ConfigError::Seconds { key, value })
-}
-
-/// `value` if it lies in `min..=max`.
-pub fn in_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(value)
-    } else {
-        Err(ConfigError::Range {
-            key,
-            value,
-            min,
-            max,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -109,12 +83,10 @@ mod tests {
                 "{bad} accepted"
             );
         }
-    }
-
-    #[test]
-    fn ranges_name_the_key() {
-        assert_eq!(in_range("window", 6, 1, 100), Ok(6));
-        let e = in_range("window", 0, 1, 100).unwrap_err();
-        assert_eq!(e.to_string(), "--window must be between 1 and 100, not 0");
+        // The message names the flag, so an operator knows what to fix.
+        assert_eq!(
+            seconds("interval", 0.0).unwrap_err().to_string(),
+            "--interval must be a positive number of seconds (at least 0.001), not 0"
+        );
     }
 }
