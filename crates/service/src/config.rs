@@ -15,7 +15,10 @@
 //!   with the helpers below, *before* anything is bound, created, spawned or written, so a
 //!   typo fails at start with the key's name and no half-started service. Accessors of a
 //!   validated config may then convert without error handling.
-//! - **The binary only parses, validates and wires**: `init_tracing()`, `Config::parse()`,
+//! - **Parsed through `config_schema::parse::<Config>(&deprecated)`**, not `Config::parse()`:
+//!   it adds `--print-config-schema`, from which `cargo xtask codegen` writes
+//!   `edge.env.example` and the systemd units, and keeps renamed variables working.
+//! - **The binary only parses, validates and wires**: [`crate::init_tracing`], parse,
 //!   `validate()?`, bind listeners, `run(listeners, config, shutdown_signal())`; errors
 //!   leave `main` through `anyhow` with `.context(...)` naming the flag.
 //!
