@@ -10,6 +10,16 @@
 //! Eviction is least-recently-used. Live HLS reads the newest segments and never goes back,
 //! so LRU evicts exactly the segments that left the playlist window.
 //!
+//! Memory follows the live window, not the byte cap: [`SegmentCache::sweep`] drops every entry
+//! whose file is gone or replaced (the packager deleted it after it left the window), since
+//! no request can ever hit it again. The server sweeps on every insert (a new segment is
+//! being read: the window just moved) and before each `/metrics` render; so the cache holds
+//! at most the segments still on disk, whatever the cap. Without it a 256 MiB cap filled at
+//! the stream's bitrate (~16 MB/min in a 50-viewer soak) before LRU did anything.
+//!
+//! Only connections whose bodies hyper sends (TLS, h2) use this cache: plain HTTP/1.1 sends
+//! segments from the page cache with `sendfile` ([`crate::h1`]) and holds no body in memory.
+//!
 //! ## Playlists
 //!
 //! [`PlaylistCache`] keeps each playlist's bytes with its [`Stamp`] and its prepared
@@ -142,6 +152,53 @@ impl SegmentCache {
                 last_used,
             },
         );
+    }
+
+    /// Drops every entry for which `current(path)` is not its version any more: the file was
+    /// deleted or replaced, so the entry can never be hit again. `current` is a stat of the
+    /// path (`None`: gone). Returns the bytes released.
+    pub fn sweep(&self, current: impl Fn(&Path) -> Option<Version>) -> u64 {
+        // Stat outside the lock (a stat per entry, a few per stream), then remove under it
+        // only entries still at the version found stale.
+        let entries: Vec<(PathBuf, Version)> = {
+            let inner = self.lock();
+            inner
+                .entries
+                .iter()
+                .map(|(path, entry)| (path.clone(), entry.version))
+                .collect()
+        };
+        let stale: Vec<(PathBuf, Version)> = entries
+            .into_iter()
+            .filter(|(path, version)| current(path) != Some(*version))
+            .collect();
+        if stale.is_empty() {
+            return 0;
+        }
+        let mut inner = self.lock();
+        let mut released = 0;
+        for (path, version) in stale {
+            if inner
+                .entries
+                .get(&path)
+                .is_some_and(|e| e.version == version)
+                && let Some(old) = inner.entries.remove(&path)
+            {
+                released += old.body.len() as u64;
+            }
+        }
+        inner.bytes -= released;
+        released
+    }
+
+    /// Entries currently held.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Bytes currently held.
@@ -307,6 +364,25 @@ mod tests {
             cache.get(Path::new("big"), &version(4, 11)).is_none(),
             "oversized not admitted"
         );
+    }
+
+    #[test]
+    fn sweep_drops_deleted_and_replaced_files_only() {
+        let cache = SegmentCache::new(100, 100);
+        let (kept, deleted, replaced) =
+            (PathBuf::from("k"), PathBuf::from("d"), PathBuf::from("r"));
+        cache.insert(kept.clone(), version(1, 4), Bytes::from_static(b"kkkk"));
+        cache.insert(deleted.clone(), version(2, 4), Bytes::from_static(b"dddd"));
+        cache.insert(replaced.clone(), version(3, 4), Bytes::from_static(b"rrrr"));
+        let released = cache.sweep(|path| match path.to_str() {
+            Some("k") => Some(version(1, 4)),
+            Some("r") => Some(version(9, 4)),
+            _ => None,
+        });
+        assert_eq!(released, 8);
+        assert_eq!(cache.bytes(), 4);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(&kept, &version(1, 4)).is_some());
     }
 
     fn stamp(inode: u64, ctime_nanos: i128) -> Stamp {

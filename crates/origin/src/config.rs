@@ -16,6 +16,10 @@ pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 16 * 1024 * 1024;
 /// Default cap on concurrent connections; the accept loop waits for a free slot beyond it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on concurrent connections from one source address (IPv4, or IPv6 /128);
+/// beyond it a new connection from that address is closed at once. Far above what one player
+/// opens (a handful), low enough that one host cannot take the global cap.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 /// Default time a client has to send a complete request head (HTTP/1.1) or TLS handshake.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a connection may go without the server writing a byte before it is closed.
@@ -52,7 +56,14 @@ pub struct Config {
     pub cache_max_entry_bytes: u64,
     /// Concurrent connections; further clients wait in the kernel's accept backlog.
     pub max_connections: usize,
+    /// Concurrent connections from one source address; further ones are closed at once
+    /// (counted in `origin_connections_refused_total`).
+    pub max_connections_per_address: usize,
     /// Deadline for a complete request head and for the TLS handshake (anti-slowloris).
+    /// It also bounds the wait for the next request on a connection with no request in
+    /// progress, on every protocol: HTTP/1.1 keep-alive, and h2, where an idle connection
+    /// (a preface and nothing more, or a finished stream) must not hold a slot for the
+    /// whole idle timeout.
     pub header_read_timeout: Duration,
     /// A connection on which the server wrote nothing for this long is closed.
     pub idle_timeout: Duration,
@@ -80,6 +91,7 @@ impl Config {
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             cache_max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -105,8 +117,10 @@ impl Config {
             )));
         }
         self.root = root;
-        if self.max_connections == 0 {
-            return Err(Error::Config("max_connections must be at least 1".into()));
+        if self.max_connections == 0 || self.max_connections_per_address == 0 {
+            return Err(Error::Config(
+                "max_connections and max_connections_per_address must be at least 1".into(),
+            ));
         }
         if self.max_header_bytes < HYPER_MIN_BUF_BYTES {
             return Err(Error::Config(format!(

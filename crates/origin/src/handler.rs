@@ -2,8 +2,8 @@
 //! sockets, TLS or connection limits (that is [`crate::server`]).
 //!
 //! Order of decisions: request-target length, method (OPTIONS preflight, then only GET/HEAD),
-//! route, file lookup, conditional (304), range (206/416), body source (cache, fresh read,
-//! or stream). CORS headers go on every response, errors included, so a browser player can
+//! route, file lookup, conditional (304), range (206/416), body source (the open file when
+//! the connection sends files with `sendfile`, else the cache, a fresh read, or a stream). CORS headers go on every response, errors included, so a browser player can
 //! read its own failures.
 
 use std::convert::Infallible;
@@ -21,7 +21,7 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 
-use crate::body::Body;
+use crate::body::{Body, FileRange};
 use crate::cache::{PlaylistCache, Prepared, SegmentCache};
 use crate::conditional;
 use crate::files::{FileError, OpenFile, Root};
@@ -41,6 +41,11 @@ const CORS_EXPOSE_HEADERS: &str =
 const CORS_MAX_AGE_SECONDS: &str = "86400";
 /// Content type of the small text bodies of errors and `/healthz`.
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Request extension set by a connection that sends file bodies itself with `sendfile(2)`
+/// ([`crate::h1`]): segments are then answered from the open file, never copied into memory.
+#[derive(Debug, Clone, Copy)]
+pub struct SendsFiles;
 
 /// State shared by every request of one server (of one shard: see [`App::for_shard`]).
 #[derive(Debug, Clone)]
@@ -108,6 +113,8 @@ async fn respond<B>(app: &App, req: &Request<B>) -> (RouteClass, Response<Body>)
     let response = match (route, kind) {
         (Route::Healthz, _) => text(StatusCode::OK, "ok\n"),
         (Route::Metrics, _) => {
+            // The gauge shows what the window needs, not what deleted segments left behind.
+            app.sweep_cache();
             app.metrics
                 .cache_bytes
                 .set(i64::try_from(app.cache.bytes()).unwrap_or(i64::MAX));
@@ -116,7 +123,10 @@ async fn respond<B>(app: &App, req: &Request<B>) -> (RouteClass, Response<Body>)
             set(response.headers_mut(), CACHE_CONTROL, NO_STORE);
             response
         }
-        (Route::Hls(path), Some(kind)) => serve_file(app, path, kind, req.headers(), head).await,
+        (Route::Hls(path), Some(kind)) => {
+            let sends_files = req.extensions().get::<SendsFiles>().is_some();
+            serve_file(app, path, kind, req.headers(), head, sends_files).await
+        }
         _ => not_found(),
     };
     (class, if head { strip_body(response) } else { response })
@@ -150,17 +160,20 @@ enum Source {
     /// The whole file in memory (playlists, cacheable segments) and its whole length as a
     /// prepared `Content-Length`.
     Memory(Bytes, HeaderValue),
-    /// An open file, streamed once the range is known (too big for the cache, or HEAD).
+    /// An open file, sent once the range is known: by `sendfile` where the connection can,
+    /// else streamed (too big for the cache, or HEAD).
     File(std::fs::File),
 }
 
-/// Serves a file below the root with validators, conditionals and ranges.
+/// Serves a file below the root with validators, conditionals and ranges. `sends_files`: the
+/// connection sends a file body with `sendfile` (see [`SendsFiles`]).
 async fn serve_file(
     app: &App,
     relative: PathBuf,
     kind: MediaKind,
     headers: &HeaderMap,
     head: bool,
+    sends_files: bool,
 ) -> Response<Body> {
     let (validators, source) = if kind.is_playlist() {
         let loaded = if app.offload_file_io {
@@ -201,8 +214,9 @@ async fn serve_file(
             modified: version.modified(),
             len: version.len,
         };
-        if head {
-            // The head alone needs no bytes: do not read the file or touch the cache.
+        if head || sends_files {
+            // The head alone needs no bytes, and `sendfile` takes them from the page cache:
+            // do not read the file or touch the cache.
             (validators, Source::File(file))
         } else if app.cache.admits(version.len) {
             // Cache key: the validated relative path (the version check makes renames safe).
@@ -220,6 +234,8 @@ async fn serve_file(
                         .and_then(|read| read)
                     {
                         Ok(bytes) => {
+                            // A new segment: the window moved, so older ones may be gone.
+                            app.sweep_cache();
                             app.cache.insert(key, version, bytes.clone());
                             bytes
                         }
@@ -282,10 +298,11 @@ async fn serve_file(
             let body = if head {
                 Body::empty()
             } else {
-                match stream_from(file, start).await {
-                    Ok(file) => Body::file(file, body_len),
-                    Err(e) => return internal_error(&e),
-                }
+                Body::file(FileRange {
+                    file,
+                    offset: start,
+                    len: body_len,
+                })
             };
             (body, HeaderValue::from(body_len))
         }
@@ -359,13 +376,6 @@ fn read_whole(mut file: std::fs::File, len: u64) -> std::io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-async fn stream_from(file: std::fs::File, start: u64) -> std::io::Result<tokio::fs::File> {
-    use tokio::io::AsyncSeekExt;
-    let mut file = tokio::fs::File::from_std(file);
-    file.seek(std::io::SeekFrom::Start(start)).await?;
-    Ok(file)
-}
-
 fn slice(bytes: Bytes, start: u64, len: u64) -> Bytes {
     // Both bounds come from a range already clamped to the file length.
     let start = usize::try_from(start)
@@ -389,6 +399,21 @@ impl App {
         Self {
             playlists: Arc::new(PlaylistCache::new()),
             ..self.clone()
+        }
+    }
+
+    /// Drops cached segments whose file was deleted or replaced (see [`SegmentCache::sweep`]).
+    /// One `statx` per cached segment, on the path only for comparison: no containment is
+    /// needed, as a match keeps bytes that were read through the contained open.
+    fn sweep_cache(&self) {
+        if self.cache.is_empty() {
+            return;
+        }
+        let released = self
+            .cache
+            .sweep(|path| self.root.stat(path).ok().flatten().map(|s| s.version));
+        if released > 0 {
+            tracing::debug!(released, "dropped cached segments no longer on disk");
         }
     }
 

@@ -16,8 +16,11 @@
 //! - [`config`]: the one configuration struct, its defaults and validation.
 //! - [`server`]: accept loop, connection cap, TLS, HTTP/1.1+h2, timeouts, graceful drain;
 //!   one single-threaded runtime per core on `SO_REUSEPORT` listeners ([`run_sharded`]).
-//! - [`activity`]: write-activity stamping behind the idle (slowloris) watchdog.
+//! - [`activity`]: write and request stamping behind the connection watchdog (idle,
+//!   slowloris, idle h2).
 //! - [`tls`]: rustls acceptor from PEM files, ALPN.
+//! - [`h1`]: plain HTTP/1.1 connections served with `sendfile(2)` for file bodies; hands
+//!   anything unusual to hyper.
 //! - [`handler`]: HTTP semantics: methods, CORS, routing to files, 304/206/416.
 //! - [`route`]: sans-IO path routing and the first traversal defence.
 //! - [`files`]: opening below the root (openat2 `RESOLVE_BENEATH`, canonicalize fallback)
@@ -26,7 +29,7 @@
 //! - [`cache`]: byte-bounded LRU of segment bodies; stamp-validated playlists (and why that is
 //!   never stale).
 //! - [`conditional`], [`range`]: sans-IO RFC 9110 preconditions and byte ranges.
-//! - [`body`]: response bodies (memory or file stream), byte-counted.
+//! - [`body`]: response bodies (memory or a file range), byte-counted.
 //! - [`metrics`]: Prometheus metrics (`origin_*`).
 //! - [`signal`]: SIGTERM/SIGINT as a shutdown future for the binary.
 //!
@@ -42,6 +45,7 @@ pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod h1;
 pub mod handler;
 pub mod hls;
 pub mod metrics;

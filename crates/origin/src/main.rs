@@ -33,7 +33,11 @@ struct Cli {
     /// Maximum concurrent connections.
     #[arg(long, env = "ORIGIN_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
-    /// Seconds a client has to send a request head (and finish a TLS handshake).
+    /// Maximum concurrent connections from one source address; more are closed at once.
+    #[arg(long, env = "ORIGIN_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = config::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    max_connections_per_address: usize,
+    /// Seconds a client has to send a request head (and finish a TLS handshake); also the
+    /// longest wait for the next request on an idle HTTP/1.1 or h2 connection.
     #[arg(long, env = "ORIGIN_HEADER_READ_TIMEOUT_SECONDS", default_value_t = config::DEFAULT_HEADER_READ_TIMEOUT.as_secs_f64())]
     header_read_timeout_seconds: f64,
     /// Seconds without the server writing anything before a connection is closed.
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         cache_max_bytes: cli.cache_max_bytes,
         cache_max_entry_bytes: cli.cache_max_entry_bytes,
         max_connections: cli.max_connections,
+        max_connections_per_address: cli.max_connections_per_address,
         header_read_timeout: seconds(
             "header-read-timeout-seconds",
             cli.header_read_timeout_seconds,

@@ -38,6 +38,13 @@ pub struct Metrics {
     /// `origin_connections_closed_idle_total`: connections closed by the idle or header-read
     /// timeout watchdog (slowloris and stalled clients).
     pub idle_closed: IntCounter,
+    /// `origin_connections_closed_no_request_total`: connections closed because no request
+    /// was in progress and none arrived within the header timeout (an idle h2 preface, an
+    /// idle keep-alive).
+    pub no_request_closed: IntCounter,
+    /// `origin_connections_refused_total`: connections closed at accept because their source
+    /// address already had `max_connections_per_address` open.
+    pub refused: IntCounter,
     /// `origin_cache_hits_total`: segment bodies served from memory.
     pub cache_hits: IntCounter,
     /// `origin_cache_misses_total`: segment bodies read from disk (absent or outdated entry).
@@ -91,6 +98,14 @@ impl Metrics {
             "origin_connections_closed_idle_total",
             "Connections closed because the server wrote nothing for the idle timeout.",
         )?;
+        let no_request_closed = IntCounter::new(
+            "origin_connections_closed_no_request_total",
+            "Connections closed because no request arrived within the header timeout.",
+        )?;
+        let refused = IntCounter::new(
+            "origin_connections_refused_total",
+            "Connections closed at accept: their source address was at its connection cap.",
+        )?;
         let cache_hits = IntCounter::new(
             "origin_cache_hits_total",
             "Segment bodies served from memory.",
@@ -108,6 +123,8 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(idle_closed.clone()))?;
+        registry.register(Box::new(no_request_closed.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(cache_hits.clone()))?;
         registry.register(Box::new(cache_misses.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
@@ -124,6 +141,8 @@ impl Metrics {
             request_duration,
             open_connections,
             idle_closed,
+            no_request_closed,
+            refused,
             cache_hits,
             cache_misses,
             cache_bytes,

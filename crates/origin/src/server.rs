@@ -1,9 +1,11 @@
-//! Connection handling: accept loop, connection cap, TLS handshake, HTTP/1.1 + h2 (auto),
-//! timeouts, and the bounded graceful drain at shutdown.
+//! Connection handling: accept loop, connection caps (global and per source address), TLS
+//! handshake, HTTP/1.1 (plain: [`crate::h1`], with `sendfile`) + h2 (hyper, auto), the
+//! connection watchdog, and the bounded graceful drain at shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -14,15 +16,16 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::activity::{Activity, Tracked};
+use crate::activity::{Activity, Expiry, Tracked};
 use crate::cache::{PlaylistCache, SegmentCache};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files::Root;
+use crate::h1;
 use crate::handler::{self, App};
 use crate::metrics::Metrics;
 use crate::tls;
@@ -42,6 +45,54 @@ struct Shared {
     // One cap for the whole server, whichever shard accepted the connection. A tokio
     // semaphore works across runtimes: it only needs wakers.
     limit: Arc<Semaphore>,
+    // Open connections per source address, shared by every shard like `limit`.
+    per_address: Arc<PerAddress>,
+}
+
+/// Open connections per source address, capped.
+#[derive(Debug)]
+struct PerAddress {
+    max: usize,
+    // A std Mutex: one hash update per accept and per close, never held across an await.
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection counted against its source address; released on drop.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    address: IpAddr,
+}
+
+impl PerAddress {
+    /// A slot for a connection from `address`, or `None` if that address is at the cap.
+    fn acquire(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        // An IPv4 client on a dual-stack listener appears as ::ffff:a.b.c.d: count it as
+        // its IPv4 address.
+        let address = address.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                // Forget the address, so the table holds only addresses with open connections.
+                open.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -64,6 +115,10 @@ impl Shared {
             builder: builder(&config),
             tls,
             limit: Arc::new(Semaphore::new(config.max_connections)),
+            per_address: Arc::new(PerAddress {
+                max: config.max_connections_per_address,
+                open: Mutex::default(),
+            }),
             config,
         }))
     }
@@ -76,6 +131,7 @@ impl Shared {
             tls: self.tls.clone(),
             config: self.config.clone(),
             limit: self.limit.clone(),
+            per_address: self.per_address.clone(),
         })
     }
 
@@ -217,6 +273,8 @@ async fn accept_loop(
 ) -> Result<()> {
     let limit = shared.limit.clone();
     let graceful = GracefulShutdown::new();
+    // Tells connections served by [`h1`] to close once idle; hyper's are told by `graceful`.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
     tokio::pin!(shutdown);
@@ -240,16 +298,26 @@ async fn accept_loop(
         };
         // Reap finished connection tasks so the set holds at most the open connections.
         while tasks.try_join_next().is_some() {}
+        let Some(slot) = shared.per_address.acquire(peer.ip()) else {
+            // Closing at once (not waiting in the backlog) so one address cannot hold the
+            // global cap's slots, and the client learns it now.
+            shared.app.metrics.refused.inc();
+            tracing::debug!(%peer, "refused: source address at its connection cap");
+            drop(stream);
+            continue;
+        };
         tasks.spawn(connection(
             shared.clone(),
             stream,
             peer,
-            permit,
+            (permit, slot),
             graceful.watcher(),
+            stop_rx.clone(),
         ));
     }
 
     drop(listener);
+    let _ = stop_tx.send(true);
     tracing::info!(open = tasks.len(), grace = ?shared.config.shutdown_grace, "shutting down");
     let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
         graceful.shutdown().await;
@@ -283,9 +351,9 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Keeps the open-connections gauge and the connection slot for a connection's lifetime.
+/// Keeps the open-connections gauge and the connection slots for a connection's lifetime.
 struct ConnectionGuard {
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, AddressSlot),
     gauge: prometheus::IntGauge,
 }
 
@@ -299,62 +367,106 @@ async fn connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    slots: (OwnedSemaphorePermit, AddressSlot),
     watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
 ) {
     let metrics = &shared.app.metrics;
     metrics.open_connections.inc();
     let _guard = ConnectionGuard {
-        _permit: permit,
+        _slots: slots,
         gauge: metrics.open_connections.clone(),
     };
     // Small responses (playlists) go out at once instead of waiting on Nagle.
     let _ = stream.set_nodelay(true);
     let activity = Activity::new();
     let stream = Tracked::new(stream, activity.clone());
-    match &shared.tls {
-        None => serve(&shared, stream, activity, watcher).await,
-        Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(shared.config.header_read_timeout, acceptor.accept(stream));
-            match handshake.await {
-                Ok(Ok(tls_stream)) => serve(&shared, tls_stream, activity, watcher).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    let work = async {
+        match &shared.tls {
+            // With offloaded file I/O (slow file systems), sendfile would block the event
+            // loop on the disk: hyper streams files through the blocking pool instead.
+            None if shared.config.offload_file_io => {
+                serve_hyper(&shared, stream, &activity, watcher).await;
+            }
+            None => {
+                let limits = h1::Limits {
+                    max_header_bytes: shared.config.max_header_bytes,
+                    max_headers: shared.config.max_headers,
+                };
+                match h1::serve(&shared.app, stream, &activity, limits, &mut stop).await {
+                    h1::Outcome::Closed => {}
+                    h1::Outcome::HandOver(stream) => {
+                        serve_hyper(&shared, stream, &activity, watcher).await;
+                    }
+                }
+            }
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(
+                    shared.config.header_read_timeout,
+                    acceptor.accept(stream),
+                );
+                match handshake.await {
+                    Ok(Ok(tls_stream)) => {
+                        serve_hyper(&shared, tls_stream, &activity, watcher).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    };
+    watchdog(&shared, &activity, work).await;
+}
+
+/// Runs `work` (a connection) until it ends or the connection expires (see
+/// [`Activity::deadline`]): nothing written for the idle timeout, or no request in progress
+/// and none for the header timeout. Dropping `work` closes the connection.
+async fn watchdog(shared: &Shared, activity: &Activity, work: impl Future<Output = ()>) {
+    tokio::pin!(work);
+    let (idle, header) = (
+        shared.config.idle_timeout,
+        shared.config.header_read_timeout,
+    );
+    loop {
+        let (deadline, _) = activity.deadline(idle, header);
+        tokio::select! {
+            () = &mut work => return,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                // Re-check: a write or a request may have landed while this timer was pending.
+                let (deadline, why) = activity.deadline(idle, header);
+                if deadline <= std::time::Instant::now() {
+                    match why {
+                        Expiry::Idle => shared.app.metrics.idle_closed.inc(),
+                        Expiry::NoRequest => shared.app.metrics.no_request_closed.inc(),
+                    }
+                    tracing::debug!(?why, "closing connection");
+                    return;
+                }
             }
         }
     }
 }
 
-async fn serve<S>(shared: &Shared, stream: S, activity: Arc<Activity>, watcher: Watcher)
+/// Serves a connection with hyper (HTTP/1.1 or h2, by preface or ALPN) until it ends.
+async fn serve_hyper<S>(shared: &Shared, stream: S, activity: &Arc<Activity>, watcher: Watcher)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let app = shared.app.clone();
-    let service = service_fn(move |req| handler::handle(app.clone(), req));
+    let (app, activity) = (shared.app.clone(), activity.clone());
+    let service = service_fn(move |req| {
+        // In progress until hyper drops the response body: sent, or the stream reset.
+        let in_flight = activity.request_started();
+        let app = app.clone();
+        async move {
+            let response = handler::handle(app, req).await;
+            response.map(|r| r.map(|body| body.in_flight(in_flight)))
+        }
+    });
     let conn = shared
         .builder
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();
-    let conn = watcher.watch(conn);
-    tokio::pin!(conn);
-    let idle_timeout = shared.config.idle_timeout;
-    loop {
-        tokio::select! {
-            result = &mut conn => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            () = tokio::time::sleep_until(activity.idle_deadline(idle_timeout).into()) => {
-                // Re-check: a write may have landed while this timer was pending.
-                if activity.idle_deadline(idle_timeout) <= std::time::Instant::now() {
-                    shared.app.metrics.idle_closed.inc();
-                    tracing::debug!("closing connection: nothing written for the idle timeout");
-                    return;
-                }
-            }
-        }
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -127,9 +127,34 @@ async fn silent_connection_is_closed() {
         "silent connection still open after {:?}",
         started.elapsed()
     );
+    // It never sent a request: the header deadline closed it, before the idle timeout.
     let metrics = server.get("/metrics").await.text();
+    let no_request = common::metric(&metrics, "origin_connections_closed_no_request_total");
+    assert_eq!(no_request, Some(1.0), "{metrics}");
     let idle = common::metric(&metrics, "origin_connections_closed_idle_total");
-    assert_eq!(idle, Some(1.0), "{metrics}");
+    assert_eq!(idle, Some(0.0), "{metrics}");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let server = Server::start(|c| {
+        c.header_read_timeout = HEADER_TIMEOUT;
+        c.idle_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /hls/demo/seg1.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (mut reader, _writer) = stream.into_split();
+    // The response, then nothing more is asked: the connection is closed (well before the
+    // 600 s idle timeout) once the header timeout passes with no request in progress.
+    let (answer, closed) = read_until_closed(&mut reader, CUT_WITHIN).await;
+    assert!(closed, "idle keep-alive connection kept open");
+    let response = parse(&answer).expect("the response came first");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), common::SEGMENT_LEN);
 }
 
 #[tokio::test]
