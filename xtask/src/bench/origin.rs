@@ -1,14 +1,21 @@
-//! `cargo xtask bench origin`: our origin against Debian's nginx serving the same files.
+//! `cargo xtask bench origin`: our origin against Debian's nginx serving the same files,
+//! over plain HTTP and over TLS with the same certificate.
 //!
 //! Builds nothing: it expects `target/release/origin` (or the binary named by
-//! `ORIGIN_BENCH_BIN`), the `nginx` binary and `wrk` on PATH. It writes a ~600 B live
-//! playlist and a 1 MiB segment into a fresh temp dir, starts both servers on free loopback
-//! ports, runs `wrk -t2 -c50 -d10s` against each for each file, and appends a markdown table
-//! to `out`. Both servers are stopped (and the temp dir removed) on every path, errors included.
+//! `ORIGIN_BENCH_BIN`), `nginx`, `openssl` and `wrk` on PATH. It writes a ~600 B live
+//! playlist and a 1 MiB segment into a fresh temp dir and a self-signed ECDSA P-256
+//! certificate, starts two origins (plain and TLS) and one nginx (a plain and a TLS server)
+//! on free loopback ports, and runs `wrk -t2 -c50 -d5s` for three cases: plain playlist,
+//! plain segment, HTTPS segment. Rounds are interleaved (origin and nginx alternate which goes
+//! first) and each case's ratio is the median of `ORIGIN_BENCH_ROUNDS` (default 5) rounds,
+//! reported with its range and the machine it ran on. Every server is stopped (and the temp
+//! dir removed) on every path, errors included.
 //!
 //! nginx is configured as a fair, HLS-safe peer: `sendfile on`, `worker_processes auto`,
 //! keep-alive with a high request cap (our origin has none), access log off (ours logs at
-//! `warn`), and `open_file_cache off` because it serves stale live playlists.
+//! `warn`), and `open_file_cache off` because it serves stale live playlists. Its TLS server
+//! uses the same certificate and key as ours, TLS 1.2 and 1.3 like ours, session tickets off
+//! (wrk keeps its connections, so they would not matter).
 //! Caveat: on a 2-core machine wrk and the server share the CPUs, so the figures compare
 //! the two servers under the same handicap rather than measuring either's ceiling.
 
@@ -19,14 +26,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::util::TempDir;
-use super::util::free_port;
+use super::util::{TempDir, env_count, free_port, median_f64, wait_port};
 use anyhow::{Context, Result, bail};
 
 /// wrk threads, connections and duration: fixed so runs are comparable over time.
 const WRK_THREADS: &str = "-t2";
 const WRK_CONNECTIONS: &str = "-c50";
-const WRK_DURATION: &str = "-d10s";
+const WRK_DURATION: &str = "-d5s";
+/// Interleaved rounds per case by default (`ORIGIN_BENCH_ROUNDS` overrides).
+const DEFAULT_ROUNDS: usize = 5;
 /// Segment size: one 2 s segment of a ~4 Mbit/s rendition.
 const SEGMENT_BYTES: usize = 1024 * 1024;
 /// Playlist size target: a 6-segment window with PROGRAM-DATE-TIME tags is about this big.
@@ -41,6 +49,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const PLAYLIST_PATH: &str = "/hls/bench/index.m3u8";
 const SEGMENT_PATH: &str = "/hls/bench/seg100.ts";
 
+/// One benchmark case: a file over plain HTTP or HTTPS.
+struct Case {
+    label: &'static str,
+    path: &'static str,
+    len: usize,
+    tls: bool,
+}
+
 /// Runs the benchmark and appends its markdown report to `out`.
 pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let origin_bin = std::env::var_os("ORIGIN_BENCH_BIN")
@@ -52,6 +68,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             origin_bin.display()
         );
     }
+    let rounds = env_count("ORIGIN_BENCH_ROUNDS", DEFAULT_ROUNDS)?.max(1);
     let dir = TempDir::new("origin-bench")?;
     let www = dir.path.join("www");
     let stream_dir = www.join("hls/bench");
@@ -60,22 +77,41 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     std::fs::write(stream_dir.join("index.m3u8"), &playlist).context("writing playlist")?;
     let segment: Vec<u8> = (0..SEGMENT_BYTES).map(|i| (i % 251) as u8).collect();
     std::fs::write(stream_dir.join("seg100.ts"), &segment).context("writing segment")?;
+    let (cert, key) = (dir.path.join("cert.pem"), dir.path.join("key.pem"));
+    make_certificate(&cert, &key)?;
 
-    let origin_port = free_port()?;
-    let nginx_port = free_port()?;
-    let origin = Server::spawn(
-        "origin",
-        Command::new(&origin_bin)
+    let ports = Ports {
+        origin: free_port()?,
+        origin_tls: free_port()?,
+        nginx: free_port()?,
+        nginx_tls: free_port()?,
+    };
+    let origin_command = |port: u16| {
+        let mut command = Command::new(&origin_bin);
+        command
             .arg("--root")
             .arg(www.join("hls"))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{origin_port}"))
-            .env("RUST_LOG", "warn"),
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let origin = Server::spawn("origin", &mut origin_command(ports.origin), &dir.path)?;
+    let origin_tls = Server::spawn(
+        "origin-tls",
+        origin_command(ports.origin_tls)
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key),
         &dir.path,
     )?;
     let nginx_conf = dir.path.join("nginx.conf");
-    std::fs::write(&nginx_conf, nginx_config(&dir.path, &www, nginx_port))
-        .context("writing nginx.conf")?;
+    std::fs::write(
+        &nginx_conf,
+        nginx_config(&dir.path, &www, &ports, &cert, &key),
+    )
+    .context("writing nginx.conf")?;
     let nginx = Server::spawn(
         "nginx",
         Command::new("nginx")
@@ -87,60 +123,160 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             .arg(dir.path.join("nginx-error.log")),
         &dir.path,
     )?;
-    let origin_addr = SocketAddr::from(([127, 0, 0, 1], origin_port));
-    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], nginx_port));
+    let origin_addr = SocketAddr::from(([127, 0, 0, 1], ports.origin));
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], ports.nginx));
     for (server, addr) in [(&origin, origin_addr), (&nginx, nginx_addr)] {
         wait_ready(server, addr)?;
     }
+    // TLS listeners: accepting is readiness enough (both bind before they serve).
+    wait_port(ports.origin_tls).context("origin TLS listener")?;
+    wait_port(ports.nginx_tls).context("nginx TLS listener")?;
+    let _ = &origin_tls;
 
-    let mut rows = Vec::new();
-    for (label, path, len) in [
-        ("playlist", PLAYLIST_PATH, playlist.len()),
-        ("segment", SEGMENT_PATH, segment.len()),
-    ] {
-        let ours =
-            wrk(origin_addr, path).with_context(|| format!("wrk against origin, {label}"))?;
-        let theirs =
-            wrk(nginx_addr, path).with_context(|| format!("wrk against nginx, {label}"))?;
-        rows.push((label, len, ours, theirs));
+    let cases = [
+        Case {
+            label: "playlist",
+            path: PLAYLIST_PATH,
+            len: playlist.len(),
+            tls: false,
+        },
+        Case {
+            label: "segment",
+            path: SEGMENT_PATH,
+            len: segment.len(),
+            tls: false,
+        },
+        Case {
+            label: "segment, HTTPS",
+            path: SEGMENT_PATH,
+            len: segment.len(),
+            tls: true,
+        },
+    ];
+    // results[case] = (origin runs, nginx runs)
+    let mut results: Vec<(Vec<WrkResult>, Vec<WrkResult>)> =
+        cases.iter().map(|_| (Vec::new(), Vec::new())).collect();
+    for round in 0..rounds {
+        for (case, result) in cases.iter().zip(&mut results) {
+            let (scheme, ours, theirs) = if case.tls {
+                ("https", ports.origin_tls, ports.nginx_tls)
+            } else {
+                ("http", ports.origin, ports.nginx)
+            };
+            let url = |port: u16| format!("{scheme}://127.0.0.1:{port}{}", case.path);
+            // Alternate who goes first, so neither always runs on a warmer (or busier) machine.
+            let origin_first = round % 2 == 0;
+            for ours_now in [origin_first, !origin_first] {
+                if ours_now {
+                    result.0.push(
+                        wrk(&url(ours))
+                            .with_context(|| format!("wrk against origin, {}", case.label))?,
+                    );
+                } else {
+                    result.1.push(
+                        wrk(&url(theirs))
+                            .with_context(|| format!("wrk against nginx, {}", case.label))?,
+                    );
+                }
+            }
+        }
     }
     drop(origin);
+    drop(origin_tls);
     drop(nginx);
 
     let _ = writeln!(
         out,
-        "## origin vs nginx (`wrk {WRK_THREADS} {WRK_CONNECTIONS} {WRK_DURATION}`, loopback)\n"
+        "## origin vs nginx (`wrk {WRK_THREADS} {WRK_CONNECTIONS} {WRK_DURATION}`, loopback, \
+         {rounds} interleaved rounds)\n"
     );
+    let _ = writeln!(out, "Machine: {}.\n", machine());
     let _ = writeln!(
         out,
-        "| file | size | origin req/s | nginx req/s | origin/nginx | origin MiB/s | nginx MiB/s | errors (origin/nginx) |"
+        "| case | size | origin req/s (median) | nginx req/s (median) | origin/nginx median | range | errors (origin/nginx) |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
-    for (label, len, ours, theirs) in rows {
-        let ratio = if theirs.requests_per_sec > 0.0 {
-            ours.requests_per_sec / theirs.requests_per_sec
-        } else {
-            f64::NAN
-        };
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---|---|");
+    for (case, (ours, theirs)) in cases.iter().zip(&results) {
+        let ratios: Vec<f64> = ours
+            .iter()
+            .zip(theirs)
+            .map(|(o, n)| o.requests_per_sec / n.requests_per_sec)
+            .collect();
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let rps =
+            |runs: &[WrkResult]| median_f64(runs.iter().map(|r| r.requests_per_sec).collect());
+        let errors = |runs: &[WrkResult]| runs.iter().map(|r| r.errors).sum::<u64>();
         let _ = writeln!(
             out,
-            "| {label} | {len} B | {:.0} | {:.0} | {ratio:.2} | {:.1} | {:.1} | {} / {} |",
-            ours.requests_per_sec,
-            theirs.requests_per_sec,
-            ours.bytes_per_sec / MIB,
-            theirs.bytes_per_sec / MIB,
-            ours.errors,
-            theirs.errors,
+            "| {} | {} B | {:.0} | {:.0} | {:.2} | {low:.2}-{high:.2} | {} / {} |",
+            case.label,
+            case.len,
+            rps(ours),
+            rps(theirs),
+            median_f64(ratios.clone()),
+            errors(ours),
+            errors(theirs),
         );
     }
     let _ = writeln!(
         out,
-        "\nnginx: sendfile on, worker_processes auto, keepalive (100000 requests), access_log off, \
-         open_file_cache off. origin: defaults (one event loop per core, segment cache on, \
-         playlists revalidated by statx), RUST_LOG=warn. \
-         wrk and the servers share the machine's {} cores.",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "\nEach ratio is origin/nginx within one round (same minute, same machine load); the \
+         median and range are over the rounds. \
+         nginx: sendfile on, tcp_nopush on, worker_processes auto, keepalive (100000 requests), \
+         access_log off, open_file_cache off; TLS: same ECDSA P-256 certificate as the origin, \
+         TLSv1.2+1.3, session tickets off. origin: defaults (one event loop per core, \
+         sendfile for plain HTTP/1.1 bodies, segment cache for TLS/h2, playlists revalidated \
+         by statx), RUST_LOG=warn. wrk and the servers share the machine's cores."
     );
+    Ok(())
+}
+
+/// The four loopback ports of a run.
+struct Ports {
+    origin: u16,
+    origin_tls: u16,
+    nginx: u16,
+    nginx_tls: u16,
+}
+
+/// CPU model and core count, so that a figure is never read as another machine's.
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{model}, {cores} cores")
+}
+
+/// A self-signed ECDSA P-256 certificate for `localhost` (wrk does not verify it).
+fn make_certificate(cert: &Path, key: &Path) -> Result<()> {
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl (apt-get install openssl)")?;
+    if !status.success() {
+        bail!("openssl could not make the bench certificate");
+    }
     Ok(())
 }
 
@@ -165,7 +301,7 @@ fn playlist() -> String {
     text
 }
 
-fn nginx_config(dir: &Path, www: &Path, port: u16) -> String {
+fn nginx_config(dir: &Path, www: &Path, ports: &Ports, cert: &Path, key: &Path) -> String {
     let d = dir.display();
     format!(
         r#"daemon off;
@@ -185,34 +321,44 @@ http {{
     keepalive_requests 100000;
     # Never on live HLS: it serves stale playlists.
     open_file_cache off;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets off;
     types {{
         application/vnd.apple.mpegurl m3u8;
         video/mp2t ts;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{plain};
+        listen 127.0.0.1:{tls} ssl;
         root {www};
         location ~ \.m3u8$ {{ add_header Cache-Control "no-cache"; }}
         location ~ \.ts$ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
     }}
 }}
 "#,
-        www = www.display()
+        www = www.display(),
+        cert = cert.display(),
+        key = key.display(),
+        plain = ports.nginx,
+        tls = ports.nginx_tls,
     )
 }
 
 /// One wrk run's figures.
 struct WrkResult {
     requests_per_sec: f64,
+    #[allow(dead_code)] // parsed and tested; the report shows requests/s
     bytes_per_sec: f64,
     /// Socket errors plus non-2xx/3xx responses.
     errors: u64,
 }
 
-fn wrk(addr: SocketAddr, path: &str) -> Result<WrkResult> {
+fn wrk(url: &str) -> Result<WrkResult> {
     let output = Command::new("wrk")
         .args([WRK_THREADS, WRK_CONNECTIONS, WRK_DURATION])
-        .arg(format!("http://{addr}{path}"))
+        .arg(url)
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&output.stdout);
