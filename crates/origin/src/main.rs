@@ -68,7 +68,27 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{name} must be a non-negative number of seconds"))
 }
 
+/// glibc's mmap threshold, fixed: see [`fix_mmap_threshold`].
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD_BYTES: libc::c_int = 128 * 1024;
+
+/// Keeps large allocations (cached segment bodies, ~1 MiB) in mappings of their own.
+///
+/// glibc starts at this same threshold but raises it to the size of any mapped block that is
+/// freed (up to 32 MiB). After the first segment body is evicted, later ones come from the
+/// heap arenas, whose freed memory mostly stays with the process: RSS would keep the
+/// high-water mark of every body ever cached instead of following the live window. Setting it
+/// explicitly turns that adjustment off, so a freed body is unmapped at once.
+fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator tunable; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    fix_mmap_threshold();
     service::init_tracing();
     let cli: Cli = config_schema::parse(&[]);
     let config = origin::Config {
