@@ -131,7 +131,6 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     // TLS listeners: accepting is readiness enough (both bind before they serve).
     wait_port(ports.origin_tls).context("origin TLS listener")?;
     wait_port(ports.nginx_tls).context("nginx TLS listener")?;
-    let _ = &origin_tls;
 
     let cases = [
         Case {
@@ -166,15 +165,16 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             let url = |port: u16| format!("{scheme}://127.0.0.1:{port}{}", case.path);
             // Alternate who goes first, so neither always runs on a warmer (or busier) machine.
             let origin_first = round % 2 == 0;
+            let origin_server = if case.tls { &origin_tls } else { &origin };
             for ours_now in [origin_first, !origin_first] {
                 if ours_now {
                     result.0.push(
-                        wrk(&url(ours))
+                        measured(origin_server, &url(ours))
                             .with_context(|| format!("wrk against origin, {}", case.label))?,
                     );
                 } else {
                     result.1.push(
-                        wrk(&url(theirs))
+                        measured(&nginx, &url(theirs))
                             .with_context(|| format!("wrk against nginx, {}", case.label))?,
                     );
                 }
@@ -193,9 +193,9 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let _ = writeln!(out, "Machine: {}.\n", machine());
     let _ = writeln!(
         out,
-        "| case | size | origin req/s (median) | nginx req/s (median) | origin/nginx median | range | errors (origin/nginx) |"
+        "| case | size | origin req/s (median) | nginx req/s (median) | origin/nginx median | range | server CPU µs/request, origin / nginx (median) | errors (origin/nginx) |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---|---|---|");
     for (case, (ours, theirs)) in cases.iter().zip(&results) {
         let ratios: Vec<f64> = ours
             .iter()
@@ -207,14 +207,23 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         let rps =
             |runs: &[WrkResult]| median_f64(runs.iter().map(|r| r.requests_per_sec).collect());
         let errors = |runs: &[WrkResult]| runs.iter().map(|r| r.errors).sum::<u64>();
+        let cpu = |runs: &[WrkResult]| {
+            median_f64(
+                runs.iter()
+                    .map(|r| r.cpu_seconds / r.requests as f64 * 1e6)
+                    .collect(),
+            )
+        };
         let _ = writeln!(
             out,
-            "| {} | {} B | {:.0} | {:.0} | {:.2} | {low:.2}-{high:.2} | {} / {} |",
+            "| {} | {} B | {:.0} | {:.0} | {:.2} | {low:.2}-{high:.2} | {:.1} / {:.1} | {} / {} |",
             case.label,
             case.len,
             rps(ours),
             rps(theirs),
             median_f64(ratios.clone()),
+            cpu(ours),
+            cpu(theirs),
             errors(ours),
             errors(theirs),
         );
@@ -222,7 +231,9 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let _ = writeln!(
         out,
         "\nEach ratio is origin/nginx within one round (same minute, same machine load); the \
-         median and range are over the rounds. \
+         median and range are over the rounds. Server CPU is user+system time of the server's \
+         processes (nginx: master and workers) during the run, per request: unlike req/s it \
+         does not depend on how much of a shared machine the server got. \
          nginx: sendfile on, tcp_nopush on, worker_processes auto, keepalive (100000 requests), \
          access_log off, open_file_cache off; TLS: same ECDSA P-256 certificate as the origin, \
          TLSv1.2+1.3, session tickets off. origin: defaults (one event loop per core, \
@@ -346,9 +357,51 @@ http {{
     )
 }
 
+/// One wrk run against `server`, with the CPU time the server's processes spent meanwhile.
+fn measured(server: &Server, url: &str) -> Result<WrkResult> {
+    let before = tree_cpu_seconds(server.child.id())?;
+    let mut result = wrk(url)?;
+    result.cpu_seconds = tree_cpu_seconds(server.child.id())? - before;
+    Ok(result)
+}
+
+/// User + system CPU seconds of process `pid` and its direct children (nginx's workers),
+/// from /proc/PID/stat (fields 14 and 15, in clock ticks).
+fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Ok(name) = entry?.file_name().into_string() else {
+            continue;
+        };
+        let Ok(candidate) = name.parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{candidate}/stat")) else {
+            continue; // exited meanwhile
+        };
+        // The command name (field 2) may hold spaces: fields are counted after its ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        if candidate == pid || field(4) == Some(u64::from(pid)) {
+            ticks += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+        }
+    }
+    Ok(ticks as f64 / ticks_per_second)
+}
+
 /// One wrk run's figures.
 struct WrkResult {
     requests_per_sec: f64,
+    /// Requests completed ("N requests in ...").
+    requests: u64,
+    /// Filled by [`measured`]: the server's CPU seconds during the run.
+    cpu_seconds: f64,
     #[allow(dead_code)] // parsed and tested; the report shows requests/s
     bytes_per_sec: f64,
     /// Socket errors plus non-2xx/3xx responses.
@@ -377,6 +430,13 @@ fn parse_wrk(text: &str) -> Result<WrkResult> {
             .find_map(|l| l.trim().strip_prefix(name).map(str::trim))
     };
     let requests_per_sec: f64 = field("Requests/sec:").context("no Requests/sec")?.parse()?;
+    // "  123456 requests in 5.00s, 1.2GB read"
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .context("no request count")?
+        .0
+        .parse()?;
     let bytes_per_sec = parse_binary_size(field("Transfer/sec:").context("no Transfer/sec")?)?;
     let mut errors = field("Non-2xx or 3xx responses:").map_or(Ok(0), str::parse)?;
     // "Socket errors: connect 0, read 0, write 0, timeout 0"
@@ -390,6 +450,8 @@ fn parse_wrk(text: &str) -> Result<WrkResult> {
     }
     Ok(WrkResult {
         requests_per_sec,
+        requests,
+        cpu_seconds: 0.0,
         bytes_per_sec,
         errors,
     })
@@ -488,10 +550,12 @@ mod tests {
     #[test]
     fn parses_wrk_output() {
         let text = "Running 10s test @ http://127.0.0.1:1/x\n  2 threads and 50 connections\n\
+            512345 requests in 10.00s, 15.00GB read\n\
             Requests/sec:  51234.56\nTransfer/sec:      1.50GB\n\
             Socket errors: connect 0, read 2, write 0, timeout 1\nNon-2xx or 3xx responses: 3\n";
         let r = parse_wrk(text).expect("parse");
         assert_eq!(r.requests_per_sec, 51234.56);
+        assert_eq!(r.requests, 512345);
         assert_eq!(r.bytes_per_sec, 1.5 * 1024.0 * MIB);
         assert_eq!(r.errors, 6);
         assert!((playlist().len() as i64 - PLAYLIST_TARGET_BYTES as i64).abs() < 20);
