@@ -8,7 +8,9 @@
 //! on free loopback ports, and runs `wrk -t2 -c50 -d5s` for three cases: plain playlist,
 //! plain segment, HTTPS segment. Rounds are interleaved (origin and nginx alternate which goes
 //! first) and each case's ratio is the median of `ORIGIN_BENCH_ROUNDS` (default 5) rounds,
-//! reported with its range and the machine it ran on. Every server is stopped (and the temp
+//! reported with its range and the machine it ran on. A memory soak follows: a plain and a
+//! TLS origin serve a live window of 6 x 1 MiB segments moving over 200, and their RSS is
+//! checked against 2 x the window + their RSS at start. Every server is stopped (and the temp
 //! dir removed) on every path, errors included.
 //!
 //! nginx is configured as a fair, HLS-safe peer: `sendfile on`, `worker_processes auto`,
@@ -184,6 +186,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     drop(origin);
     drop(origin_tls);
     drop(nginx);
+    let soak = soak(&origin_bin, &cert, &key, &dir.path).context("memory soak")?;
 
     let _ = writeln!(
         out,
@@ -240,7 +243,160 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
          sendfile for plain HTTP/1.1 bodies, segment cache for TLS/h2, playlists revalidated \
          by statx), RUST_LOG=warn. wrk and the servers share the machine's cores."
     );
+    soak.report(out);
     Ok(())
+}
+
+/// Segments the memory soak goes through, and how many stay on disk (the live window).
+const SOAK_SEGMENTS: usize = 200;
+const SOAK_WINDOW: usize = 6;
+/// Fetches of each new segment per protocol (viewers).
+const SOAK_VIEWERS: usize = 2;
+/// RSS is sampled after this many segments, and after the last.
+const SOAK_SAMPLE_EVERY: usize = 50;
+
+/// RSS of a plain and a TLS origin over a live window that moves (see [`soak`]).
+struct Soak {
+    /// RSS (KiB) of each origin before any request: the fixed base.
+    base_kib: (u64, u64),
+    /// (segments so far, plain origin RSS KiB, TLS origin RSS KiB).
+    samples: Vec<(usize, u64, u64)>,
+}
+
+impl Soak {
+    fn report(&self, out: &mut String) {
+        let window_kib = (SOAK_WINDOW * SEGMENT_BYTES / 1024) as u64;
+        let _ = writeln!(
+            out,
+            "\n### origin RSS over a moving live window ({SOAK_SEGMENTS} segments of 1 MiB, \
+             window {SOAK_WINDOW}, each new segment fetched {SOAK_VIEWERS}x over plain HTTP and \
+             {SOAK_VIEWERS}x over HTTPS (curl), then the one {SOAK_WINDOW} behind deleted)\n"
+        );
+        let _ = writeln!(out, "| segments | plain origin RSS | TLS origin RSS |");
+        let _ = writeln!(out, "|---:|---:|---:|");
+        let _ = writeln!(
+            out,
+            "| 0 (base) | {} KiB | {} KiB |",
+            self.base_kib.0, self.base_kib.1
+        );
+        for (segments, plain, tls) in &self.samples {
+            let _ = writeln!(out, "| {segments} | {plain} KiB | {tls} KiB |");
+        }
+        if let Some((_, plain, tls)) = self.samples.last() {
+            let bound = |base: u64| 2 * window_kib + base;
+            let verdict = |rss: u64, base: u64| if rss <= bound(base) { "met" } else { "NOT met" };
+            let _ = writeln!(
+                out,
+                "\nTarget: RSS <= 2 x window ({window_kib} KiB) + base: plain {plain} <= {} KiB \
+                 {}, TLS {tls} <= {} KiB {}.",
+                bound(self.base_kib.0),
+                verdict(*plain, self.base_kib.0),
+                bound(self.base_kib.1),
+                verdict(*tls, self.base_kib.1),
+            );
+        }
+    }
+}
+
+/// Runs a plain and a TLS origin over a live stream of [`SOAK_SEGMENTS`] segments: each is
+/// renamed into place, fetched by [`SOAK_VIEWERS`] viewers per protocol, and the segment
+/// [`SOAK_WINDOW`] behind it deleted, as the packager does. Samples both origins' RSS.
+fn soak(origin_bin: &Path, cert: &Path, key: &Path, dir: &Path) -> Result<Soak> {
+    let root = dir.join("soak");
+    let live = root.join("live");
+    std::fs::create_dir_all(&live).context("creating the soak directory")?;
+    let (plain_port, tls_port) = (free_port()?, free_port()?);
+    let start = |name: &'static str, port: u16, tls: bool| {
+        let mut command = Command::new(origin_bin);
+        command
+            .arg("--root")
+            .arg(&root)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn");
+        if tls {
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+        }
+        Server::spawn(name, &mut command, dir)
+    };
+    let plain = start("soak-origin", plain_port, false)?;
+    let tls = start("soak-origin-tls", tls_port, true)?;
+    wait_port(plain_port)?;
+    wait_port(tls_port)?;
+    let rss = |server: &Server| super::util::rss_kib(server.child.id());
+    let base_kib = (rss(&plain)?, rss(&tls)?);
+    let mut samples = Vec::new();
+    let mut body: Vec<u8> = (0..SEGMENT_BYTES).map(|i| (i % 253) as u8).collect();
+    for i in 0..SOAK_SEGMENTS {
+        // Each segment distinct, written whole then renamed in (the packager's way).
+        body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let tmp = live.join(".tmp");
+        std::fs::write(&tmp, &body).context("writing a soak segment")?;
+        std::fs::rename(&tmp, live.join(format!("s{i}.ts"))).context("renaming it in")?;
+        let path = format!("/hls/live/s{i}.ts");
+        for _ in 0..SOAK_VIEWERS {
+            let got = get_plain(plain_port, &path)?;
+            let got_tls = get_curl(&format!("https://127.0.0.1:{tls_port}{path}"))?;
+            if got != SEGMENT_BYTES || got_tls != SEGMENT_BYTES {
+                bail!("soak segment {i}: got {got} B plain, {got_tls} B HTTPS");
+            }
+        }
+        if i >= SOAK_WINDOW {
+            std::fs::remove_file(live.join(format!("s{}.ts", i - SOAK_WINDOW)))
+                .context("deleting the segment that left the window")?;
+        }
+        if (i + 1) % SOAK_SAMPLE_EVERY == 0 || i + 1 == SOAK_SEGMENTS {
+            samples.push((i + 1, rss(&plain)?, rss(&tls)?));
+        }
+    }
+    Ok(Soak { base_kib, samples })
+}
+
+/// GET over plain HTTP/1.1 on a fresh connection; the body length of a 200.
+fn get_plain(port: u16, path: &str) -> Result<usize> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connecting")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    if !response.starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "GET {path}: {}",
+            String::from_utf8_lossy(&response[..response.len().min(200)])
+        );
+    }
+    let head = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no response head")?;
+    Ok(response.len() - head - 4)
+}
+
+/// GET over HTTPS with curl (no certificate check: the bench's own self-signed one); the
+/// body length of a 200.
+fn get_curl(url: &str) -> Result<usize> {
+    let output = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .arg(url)
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.split_once(' ') {
+        Some(("200", size)) => Ok(size.trim().parse()?),
+        _ => bail!("curl {url}: {text}"),
+    }
 }
 
 /// The four loopback ports of a run.
