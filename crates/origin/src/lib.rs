@@ -31,7 +31,6 @@
 //! - [`conditional`], [`range`]: sans-IO RFC 9110 preconditions and byte ranges.
 //! - [`body`]: response bodies (memory or a file range), byte-counted.
 //! - [`metrics`]: Prometheus metrics (`origin_*`).
-//! - [`signal`]: SIGTERM/SIGINT as a shutdown future for the binary.
 //!
 //! The binary (`src/main.rs`) only parses flags, binds with [`bind_shards`] and calls
 //! [`run_sharded`]; tests call [`run`] with a listener bound to port 0.
@@ -52,7 +51,6 @@ pub mod metrics;
 pub mod range;
 pub mod route;
 pub mod server;
-pub mod signal;
 pub mod tls;
 
 pub use config::{Config, TlsFiles};

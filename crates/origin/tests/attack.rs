@@ -41,12 +41,12 @@ impl Origin {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped()) // tracing's fmt subscriber logs to stdout
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()) // service::init_tracing logs to stderr
             .spawn()
             .expect("start the origin binary");
         // Readiness: the "origin listening" line, which carries the bound address.
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let addr = loop {
             let line = lines
                 .next()
