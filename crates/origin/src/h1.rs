@@ -49,6 +49,8 @@ use crate::handler::{self, App, SendsFiles};
 const READ_CHUNK_BYTES: usize = 4096;
 /// Bodies up to this size go out in the same write as the head (playlists, errors, metrics).
 const INLINE_BODY_BYTES: usize = 64 * 1024;
+/// Read size when a file system cannot `sendfile` and the body is copied instead.
+const COPY_CHUNK_BYTES: usize = 64 * 1024;
 /// Most bytes one `sendfile` call is asked for, so that one large response yields to the
 /// other connections of this event loop between calls.
 const SENDFILE_CHUNK_BYTES: usize = 1024 * 1024;
@@ -383,8 +385,54 @@ async fn send_file(
                 tokio::task::consume_budget().await;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
+            // A file system without sendfile support: nothing was sent yet, so the same
+            // bytes can go out through an ordinary read and write.
+            Err(e) if left == range.len && sendfile_unsupported(&e) => {
+                return copy_file(socket, activity, range, meter).await;
+            }
             Err(e) => return Err(e),
         }
+    }
+    Ok(())
+}
+
+/// sendfile(2) refuses this file: EINVAL/ENOSYS/EOPNOTSUPP ("fd is not a regular file that
+/// supports mmap-like operations", per the man page).
+fn sendfile_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
+/// `range` through a user-space buffer: positional reads, then `send`.
+async fn copy_file(
+    socket: &TcpStream,
+    activity: &Activity,
+    range: &FileRange,
+    meter: Option<&prometheus::IntCounter>,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
+    let (mut offset, end) = (range.offset, range.offset + range.len);
+    while offset < end {
+        let want = usize::try_from(end - offset)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        // Inline, like every file call on this path (the offloading mode never gets here).
+        let n = range.file.read_at(&mut buf[..want], offset)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than announced",
+            ));
+        }
+        send_all(socket, &buf[..n], 0).await?;
+        activity.touch();
+        if let Some(meter) = meter {
+            meter.inc_by(n as u64);
+        }
+        offset += n as u64;
     }
     Ok(())
 }
