@@ -559,21 +559,8 @@ impl Pinned {
     /// after the retirement would enter the flow table pinned to the retired origin. Returns
     /// how many were removed.
     pub fn retire_handshakes(&mut self, origin: u32) -> Result<u64> {
-        // Collect first: deleting while iterating a hash map restarts the kernel's walk.
-        let keys: Vec<FlowKey> = self
-            .handshakes
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| v.origin == origin)
-            .map(|(k, _)| k)
-            .collect();
-        let mut removed = 0;
-        for k in keys {
-            if self.handshakes.remove(&k).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        let keys = keys_pinned_to(&self.handshakes, |h| h.origin == origin);
+        Ok(remove_keys(&mut self.handshakes, &keys))
     }
 
     /// Number of connections in their handshake (a walk of `SWITCHER_HANDSHAKES`; a large
@@ -849,6 +836,24 @@ fn remove_pins(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The keys of a conntrack-keyed map whose value `pinned` accepts. Collected first: deleting
+/// while iterating a hash map restarts the kernel's walk.
+fn keys_pinned_to<V: aya::Pod>(
+    map: &HashMap<MapData, FlowKey, V>,
+    pinned: impl Fn(&V) -> bool,
+) -> Vec<FlowKey> {
+    map.iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, v)| pinned(v))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// Removes `keys` from `map`; how many were still there.
+fn remove_keys<V: aya::Pod>(map: &mut HashMap<MapData, FlowKey, V>, keys: &[FlowKey]) -> u64 {
+    keys.iter().filter(|k| map.remove(k).is_ok()).count() as u64
+}
+
 /// The viewer of a flow, as a socket address (IPv4 in the first 4 bytes of the key).
 fn flow_client(k: &FlowKey) -> SocketAddr {
     let port = u16::from_be(k.client_port_be);
@@ -920,21 +925,8 @@ impl DataPlane for Pinned {
     fn retire_flows(&mut self, origin: OriginIndex) -> Result<u64> {
         // A handshake completing after this would enter the flow table pinned to `origin`.
         self.retire_handshakes(origin)?;
-        // Collect first: deleting while iterating a hash map restarts the kernel's walk.
-        let keys: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| v.origin == origin)
-            .map(|(k, _)| k)
-            .collect();
-        let mut removed = 0;
-        for k in keys {
-            if self.flows.remove(&k).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        let keys = keys_pinned_to(&self.flows, |f| f.origin == origin);
+        Ok(remove_keys(&mut self.flows, &keys))
     }
 
     fn abort_flows(
@@ -946,13 +938,7 @@ impl DataPlane for Pinned {
         // A handshake completing after this would enter the flow table pinned to `origin`;
         // its client's next packet then finds nothing and the edge's stack resets it.
         self.retire_handshakes(origin)?;
-        let all: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| v.origin == origin)
-            .map(|(k, _)| k)
-            .collect();
+        let all = keys_pinned_to(&self.flows, |f| f.origin == origin);
         let keys = &all[..all.len().min(max)];
         if keys.is_empty() {
             return Ok(Aborted::default());
