@@ -187,8 +187,19 @@ fn flows_by_port(edge_ns: &str, pin_root: &Path) -> Result<BTreeMap<u16, u32>> {
     let v: serde_json::Value = serde_json::from_str(&out).context("bpftool JSON")?;
     let mut by_port = BTreeMap::new();
     for e in v.as_array().context("array")? {
-        let port_be = e["key"]["client_port_be"].as_u64().context("port")? as u16;
-        let origin = e["value"]["origin"].as_u64().context("origin")? as u32;
+        // `bpftool -j` gives the raw bytes in key/value and the BTF-decoded fields under
+        // "formatted" (`-p` without `-j` prints the decoded ones at the top).
+        let e = if e.get("formatted").is_some() {
+            &e["formatted"]
+        } else {
+            e
+        };
+        let port_be = e["key"]["client_port_be"]
+            .as_u64()
+            .with_context(|| format!("no client_port_be in {e}"))? as u16;
+        let origin = e["value"]["origin"]
+            .as_u64()
+            .with_context(|| format!("no origin in {e}"))? as u32;
         by_port.insert(u16::from_be(port_be), origin);
     }
     Ok(by_port)
@@ -241,11 +252,14 @@ fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fau
             player.seen_since(t0).len() >= 10
         })?;
         let flows = flows_by_port(&pair.edge.name, &bpf.pin_root())?;
-        let first = player
-            .seen_since(t0)
-            .into_iter()
+        let seen = player.seen_since(t0);
+        let first = seen
+            .iter()
             .find(|s| flows.get(&s.port) == Some(&BACKUP_INDEX))
-            .context("no response from the backup after the fault")?;
+            .with_context(|| {
+                let ports: std::collections::BTreeSet<u16> = seen.iter().map(|s| s.port).collect();
+                format!("no response from the backup after the fault: player ports {ports:?}, flows {flows:?}")
+            })?;
         first.at.duration_since(t0).as_secs_f64()
     } else {
         std::thread::sleep(Duration::from_secs(1));
@@ -384,11 +398,32 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
                 continue;
             }
             let mut samples = Vec::with_capacity(runs);
+            let mut failed: Vec<String> = Vec::new();
             for i in 0..runs {
-                let s = run_once(&mut stack, &site, &pair, &bpf, fault)
-                    .with_context(|| format!("{} run {}", fault.name(), i + 1))?;
-                eprintln!("{} run {}: {s:.3}", fault.name(), i + 1);
-                samples.push(s);
+                match run_once(&mut stack, &site, &pair, &bpf, fault) {
+                    Ok(s) => {
+                        eprintln!("{} run {}: {s:.3}", fault.name(), i + 1);
+                        samples.push(s);
+                    }
+                    // A run that could not be measured is reported, not hidden; the stack is
+                    // brought back to the primary before the next one.
+                    Err(e) => {
+                        eprintln!("{} run {}: FAILED: {e:#}", fault.name(), i + 1);
+                        failed.push(format!("{e:#}"));
+                        wait("switchback after a failed run", SETTLE_LIMIT, || {
+                            active(&stack) == "primary"
+                        })?;
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} of {runs} runs could not be measured: {} | | | |",
+                    fault.name(),
+                    failed.len(),
+                    failed[0].replace('|', "/")
+                );
             }
             samples.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
             if fault == Fault::CtlRestart {
