@@ -247,19 +247,21 @@ fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fau
     let injected = faults::inject(fault, site, stack)?;
     let figure = if fault.fails_primary() {
         wait("failover", SETTLE_LIMIT, || active(stack) == "backup")?;
-        // Let the player reconnect and poll the backup a while.
-        wait("the player on the backup", SETTLE_LIMIT, || {
-            player.seen_since(t0).len() >= 10
-        })?;
-        let flows = flows_by_port(&pair.edge.name, &bpf.pin_root())?;
-        let seen = player.seen_since(t0);
-        let first = seen
-            .iter()
-            .find(|s| flows.get(&s.port) == Some(&BACKUP_INDEX))
-            .with_context(|| {
+        // The first response after the fault on a connection the data plane pins to the
+        // backup (the player reconnects once its old connection is reset or fails).
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        let first = loop {
+            let flows = flows_by_port(&pair.edge.name, &bpf.pin_root())?;
+            let seen = player.seen_since(t0);
+            if let Some(s) = seen.iter().find(|s| flows.get(&s.port) == Some(&BACKUP_INDEX)) {
+                break *s;
+            }
+            if Instant::now() > deadline {
                 let ports: std::collections::BTreeSet<u16> = seen.iter().map(|s| s.port).collect();
-                format!("no response from the backup after the fault: player ports {ports:?}, flows {flows:?}")
-            })?;
+                bail!("no response from the backup after the fault: player ports {ports:?}, flows {flows:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         first.at.duration_since(t0).as_secs_f64()
     } else {
         std::thread::sleep(Duration::from_secs(1));
