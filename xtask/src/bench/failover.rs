@@ -16,6 +16,9 @@
 //! failover has settled: the first response after the fault on a connection pinned to the
 //! backup is the figure. Its resolution is `POLL`.
 //!
+//! `FAILOVER_BENCH_FAULTS=a,b` runs only those classes (`herd` for the herd check);
+//! `FAILOVER_BENCH_SWITCHER_ARGS` adds `switcher-ctl run` flags (e.g. `--finish 0`).
+//!
 //! `ctl-restart` has no failover: its figure is the number of the player's requests that
 //! failed while switcher-ctl was down and restarting (0 expected).
 
@@ -253,12 +256,17 @@ fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fau
         let first = loop {
             let flows = flows_by_port(&pair.edge.name, &bpf.pin_root())?;
             let seen = player.seen_since(t0);
-            if let Some(s) = seen.iter().find(|s| flows.get(&s.port) == Some(&BACKUP_INDEX)) {
+            if let Some(s) = seen
+                .iter()
+                .find(|s| flows.get(&s.port) == Some(&BACKUP_INDEX))
+            {
                 break *s;
             }
             if Instant::now() > deadline {
                 let ports: std::collections::BTreeSet<u16> = seen.iter().map(|s| s.port).collect();
-                bail!("no response from the backup after the fault: player ports {ports:?}, flows {flows:?}");
+                bail!(
+                    "no response from the backup after the fault: player ports {ports:?}, flows {flows:?}"
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         };
@@ -340,6 +348,8 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let runs = env_count("FAILOVER_BENCH_RUNS", 20)?;
     let herd_n = env_count("FAILOVER_BENCH_HERD", 1000)?;
     let only = std::env::var("FAILOVER_BENCH_FAULTS").unwrap_or_default();
+    // Extra `switcher-ctl run` flags, e.g. `--finish 0` (space separated).
+    let extra = std::env::var("FAILOVER_BENCH_SWITCHER_ARGS").unwrap_or_default();
     let bin_dir = workspace.join("target/release");
     for b in ["ingest", "packager", "origin", "switcher-ctl"] {
         if !bin_dir.join(b).is_file() {
@@ -366,10 +376,13 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         service_user: Some("hlsedge".into()),
         pin_root: bpf.pin_root(),
         assets_dir: None,
-        switcher_args: vec![
-            "--admin-socket".into(),
+        switcher_args: [
+            "--admin-socket".to_string(),
             dir.path.join("admin.sock").to_string_lossy().into_owned(),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.split_whitespace().map(String::from))
+        .collect(),
         admin: "127.0.0.1:9180".parse()?,
     };
     let mut stack = Stack::new(cfg);
@@ -387,7 +400,12 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let _ = writeln!(
         out,
         "Machine: {machine}. Stack from target/release in namespaces (native XDP on a veth), \
-         switcher-ctl defaults; player polling every {} ms; {runs} runs per class.\n",
+         switcher-ctl defaults{}; player polling every {} ms; {runs} runs per class.\n",
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" plus `{extra}`")
+        },
         POLL.as_millis()
     );
     let _ = writeln!(
