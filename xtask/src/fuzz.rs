@@ -129,9 +129,27 @@ fn ensure_cargo_fuzz() -> Result<()> {
     Ok(())
 }
 
+/// Variables `cargo run` sets for xtask itself. Build scripts (ring's) declare some of them
+/// with `rerun-if-env-changed`, so passing them on would make every fuzz build started from
+/// here rebuild what a `cargo fuzz` typed in a shell built, and back.
+const CARGO_RUN_VARS: &[&str] = &[
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "OUT_DIR",
+];
+
 /// `cargo fuzz run` for `target` with `dirs` as corpus directories and libFuzzer `flags`.
 fn cargo_fuzz_run(ws: &Path, args: &FuzzArgs, dirs: &[&Path], flags: &[String]) -> Command {
     let mut cmd = Command::new(cargo());
+    for (name, _) in std::env::vars_os() {
+        let name_str = name.to_string_lossy();
+        if CARGO_RUN_VARS.iter().any(|p| name_str.starts_with(p)) {
+            cmd.env_remove(&name);
+        }
+    }
     cmd.current_dir(ws)
         // cargo-fuzz passes -Z flags; the stable toolchain accepts them with this.
         .env("RUSTC_BOOTSTRAP", "1")
