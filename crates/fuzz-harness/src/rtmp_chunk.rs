@@ -79,7 +79,8 @@ pub fn run(data: &[u8]) {
     let mut enc = ChunkEncoder::new();
     let mut bytes = BytesMut::new();
     for m in &messages {
-        enc.write(m, &mut bytes);
+        enc.write(m, &mut bytes)
+            .expect("a decoded message is within the encoder's limits");
     }
     let mut dec = ChunkDecoder::new(Limits::default());
     for m in &messages {
