@@ -7,6 +7,7 @@
 //! * `cargo xtask drill <fault>`: failover drills against a running stack.
 //! * `cargo xtask setup`: only the installation step (`scripts/setup`).
 //! * `cargo xtask codegen [--check]`: the deployment files from the layout (`layout`, `codegen`).
+//! * `cargo xtask fuzz <target>`: coverage-guided fuzzing of the peer-facing parsers.
 //!
 //! # Layout
 //! * `prereq`: what the build and the tests need, and running `scripts/setup` when missing.
@@ -14,9 +15,11 @@
 //! * `bench/`: one module per benchmark.
 //! * `stack`: starting and stopping the services (`run`, drills, end-to-end tests).
 //! * `drill`: fault injection against a running stack.
+//! * `fuzz`: cargo-fuzz (libFuzzer) runs of `fuzz/`.
 
 mod bench;
 mod drill;
+mod fuzz;
 mod prereq;
 mod run;
 mod testing;
@@ -64,6 +67,8 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Coverage-guided fuzzing of a peer-facing parser (`list` names the targets).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -98,5 +103,6 @@ fn main() -> Result<()> {
             prereq::cargo(&ws, &args)?;
             xtask::codegen::run(&ws, &xtask::codegen::debug_bin_dir(&ws), check)
         }
+        Cmd::Fuzz(args) => fuzz::run(&ws, args),
     }
 }

@@ -1,0 +1,4 @@
+//! See `fuzz_harness::ebpf` for the input format and the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_harness::ebpf::run(data));
