@@ -105,19 +105,21 @@ fn drill(
     );
     let frags_before = page.eval("window.__frags.length").as_u64().unwrap_or(0);
     let reconnects_before = player.reconnects();
-    if fault == Fault::OriginPartition {
-        // A partition that falls in the middle of a response strands that viewer: it waits
-        // for bytes and sends nothing, and the reset of the destroyed origin socket is
-        // dropped by the partition too. Only an RST the edge sends itself reaches it (not
-        // built yet; docs/ARCHITECTURE.md, "Stranded connections"). So this drill cuts
-        // between two requests, just after a segment: the viewer's next request finds no flow
-        // and the edge's stack resets it from the VIP.
-        let n = player.segments().len();
-        wait_player(&player, &format!("{name}: a new segment"), |p| {
-            p.segments().len() > n
-        });
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    // Every fault is injected between two of the ffmpeg player's requests, just after it
+    // started a segment. ffmpeg does not retry a segment whose download fails half-way (it
+    // skips to the next one), so a fault in the middle of a response costs it the rest of
+    // that segment whatever the edge does: the reset comes at once, but the bytes are gone.
+    // Mid-response faults are covered where they can be asserted: the abort test
+    // (`switcher-ctl/tests/abort_netns.rs`: a stalled viewer is reset, a delivering one
+    // finishes), and hls.js here, which plays on through every drill and retries a fragment
+    // that fails. A partition in the middle of a response also strands the viewer until its
+    // own timeout: the reset of the destroyed origin socket is dropped by the partition too,
+    // and only an RST sent by the edge itself (not built yet) would reach it.
+    let n = player.segments().len();
+    wait_player(&player, &format!("{name}: a new segment"), |p| {
+        p.segments().len() > n
+    });
+    std::thread::sleep(Duration::from_millis(500));
     let injected = faults::inject(fault, site, stack).expect("inject fault");
     if fault.fails_primary() {
         wait_for(
