@@ -133,20 +133,12 @@ pub struct Site {
 impl Site {
     /// `argv` inside the edge namespace, as the service user when `as_service`.
     fn command(&self, as_service: bool, argv: &[&str]) -> Command {
-        let mut full: Vec<String> = Vec::new();
-        if let Some(ns) = &self.netns {
-            full.extend(["ip", "netns", "exec", ns].map(String::from));
-        }
-        if as_service && let Some(u) = &self.service_user {
-            full.extend([
-                "setpriv".into(),
-                format!("--reuid={u}"),
-                format!("--regid={u}"),
-                "--init-groups".into(),
-                "--no-new-privs".into(),
-                "--".into(),
-            ]);
-        }
+        let user = if as_service {
+            self.service_user.as_deref()
+        } else {
+            None
+        };
+        let mut full = crate::stack::command_prefix(self.netns.as_deref(), user);
         full.extend(argv.iter().map(|s| s.to_string()));
         let mut c = Command::new(&full[0]);
         c.args(&full[1..]);

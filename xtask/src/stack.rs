@@ -433,22 +433,12 @@ impl Stack {
             .services
             .get_mut(name)
             .ok_or_else(|| anyhow!("no service {name}"))?;
-        let mut argv: Vec<String> = Vec::new();
-        if let Some(ns) = &ns {
-            argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
-        }
-        if !svc.privileged
-            && let Some(u) = &user
-        {
-            argv.extend([
-                "setpriv".into(),
-                format!("--reuid={u}"),
-                format!("--regid={u}"),
-                "--init-groups".into(),
-                "--no-new-privs".into(),
-                "--".into(),
-            ]);
-        }
+        let as_user = if svc.privileged {
+            None
+        } else {
+            user.as_deref()
+        };
+        let mut argv = command_prefix(ns.as_deref(), as_user);
         argv.extend(svc.argv.iter().cloned());
         let log = open_nofollow(&log_path, true)?;
         let child = Command::new(&argv[0])
@@ -481,6 +471,21 @@ impl Stack {
             );
         }
         Ok(())
+    }
+
+    /// The active origin switcher-ctl reports (`""` when its admin is unreachable).
+    pub fn active(&self) -> String {
+        self.healthz()
+            .ok()
+            .and_then(|h| h["active"].as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
+    /// Whether switcher-ctl reports `origin` healthy.
+    pub fn healthy(&self, origin: &str) -> bool {
+        self.healthz()
+            .map(|h| h["origins"][origin]["healthy"] == true)
+            .unwrap_or(false)
     }
 
     /// Process id of a running service.
@@ -612,4 +617,24 @@ fn user_ids(user: &str) -> Result<(u32, u32)> {
 /// The run directory's HLS output for `which` (primary/backup).
 pub fn hls_dir(run_dir: &Path, which: &str) -> PathBuf {
     run_dir.join(format!("hls-{which}"))
+}
+
+/// The argv prefix that runs a command inside network namespace `ns` (when given) as the
+/// unprivileged `user` with no-new-privs (when given): `ip netns exec NS setpriv ... --`.
+pub fn command_prefix(ns: Option<&str>, user: Option<&str>) -> Vec<String> {
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(ns) = ns {
+        argv.extend(["ip", "netns", "exec", ns].map(String::from));
+    }
+    if let Some(u) = user {
+        argv.extend([
+            "setpriv".into(),
+            format!("--reuid={u}"),
+            format!("--regid={u}"),
+            "--init-groups".into(),
+            "--no-new-privs".into(),
+            "--".into(),
+        ]);
+    }
+    argv
 }

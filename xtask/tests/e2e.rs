@@ -125,7 +125,7 @@ fn drill(
         wait_for(
             &format!("{name}: failover to backup"),
             Duration::from_secs(20),
-            || active(stack) == "backup",
+            || stack.active() == "backup",
         );
     }
     // The player goes on through the fault: two more segments.
@@ -137,7 +137,7 @@ fn drill(
     wait_for(
         &format!("{name}: primary active again"),
         Duration::from_secs(30),
-        || active(stack) == "primary",
+        || stack.active() == "primary",
     );
     let n = player.segments().len();
     wait_player(
@@ -225,14 +225,6 @@ fn wait_player(player: &Player, what: &str, mut f: impl FnMut(&Player) -> bool) 
     );
 }
 
-fn active(stack: &Stack) -> String {
-    stack
-        .healthz()
-        .ok()
-        .and_then(|h| h["active"].as_str().map(String::from))
-        .unwrap_or_default()
-}
-
 #[test]
 fn viewer_keeps_playing_through_origin_and_packager_failures() {
     // SAFETY: geteuid has no preconditions.
@@ -287,7 +279,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         Duration::from_secs(40),
         || matches!(vip_get(PLAYLIST), Ok((200, b)) if String::from_utf8_lossy(&b).matches(".ts").count() >= 4),
     );
-    assert_eq!(active(&stack), "primary");
+    assert_eq!(stack.active(), "primary");
     let attach = pair.edge.exec(&["bpftool", "net", "show"]);
     assert!(
         attach.contains("driver id"),
@@ -432,7 +424,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         conn.get(PLAYLIST).is_ok(),
         "flow survives the control-plane restart"
     );
-    assert_eq!(active(&stack), "primary");
+    assert_eq!(stack.active(), "primary");
 
     // Phase 4: both origins down: switcher-ctl stays on the active origin and reports both bad;
     // when one returns, it serves from that one.
@@ -444,7 +436,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
             .map(|h| h["both_bad"] == true)
             .unwrap_or(false)
     });
-    assert_eq!(active(&stack), "primary", "with both bad, no flip");
+    assert_eq!(stack.active(), "primary", "with both bad, no flip");
     assert!(
         !matches!(vip_get(PLAYLIST), Ok((200, _))),
         "nothing to serve with both origins down"
@@ -453,7 +445,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     wait_for(
         "backup takes over when it returns",
         Duration::from_secs(5),
-        || active(&stack) == "backup",
+        || stack.active() == "backup",
     );
     wait_for("VIP serves again", Duration::from_secs(5), || {
         matches!(vip_get(PLAYLIST), Ok((200, _)))

@@ -871,14 +871,18 @@ fn flow_client(k: &FlowKey) -> SocketAddr {
 }
 
 /// The sockets of this host whose local end is one of `local` and whose peer is one of
-/// `viewers` (see [`sockdiag`]), with their delivery state.
+/// `viewers` (see [`sockdiag`]), with their delivery state, and the netlink socket that
+/// found them (to destroy them with).
 fn viewer_sockets(
     local: &[SocketAddr],
     viewers: &HashSet<SocketAddr>,
-) -> Result<Vec<sockdiag::TcpSock>> {
+) -> Result<(SockDiag, Vec<sockdiag::TcpSock>)> {
     let mut diag = SockDiag::open().context("opening a sock_diag netlink socket")?;
     let socks = diag.dump().context("dumping TCP sockets")?;
-    Ok(sockdiag::select_viewer_sockets(&socks, local, viewers))
+    Ok((
+        diag,
+        sockdiag::select_viewer_sockets(&socks, local, viewers),
+    ))
 }
 
 impl Pinned {
@@ -946,13 +950,13 @@ impl DataPlane for Pinned {
         let viewers: HashSet<SocketAddr> = keys.iter().map(flow_client).collect();
         let local = self.origin_local_addrs(origin)?;
         // The origin-side sockets of these viewers on this host (none for a remote origin).
-        let socks = match viewer_sockets(&local, &viewers) {
-            Ok(s) => s,
+        let (diag, socks) = match viewer_sockets(&local, &viewers) {
+            Ok((d, s)) => (Some(d), s),
             Err(e) => {
-                // Without the reset the flows are still retired: a viewer that sends again is
-                // steered to the active origin and reset there.
+                // Without the reset the flows are still retired: a viewer that sends again
+                // finds no flow and the edge's stack resets it from the VIP.
                 tracing::error!(error = %format!("{e:#}"), "listing viewer connections failed");
-                Vec::new()
+                (None, Vec::new())
             }
         };
         let finishing: HashSet<SocketAddr> = socks
@@ -970,16 +974,16 @@ impl DataPlane for Pinned {
             .collect();
         // Reset first, while the flows still exist: the RSTs leave through the egress
         // program, which rewrites them to come from the VIP only for tracked flows.
-        let reset = if doomed.is_empty() {
-            0
-        } else {
-            match SockDiag::open().and_then(|mut d| d.destroy(&doomed)) {
+        let reset = match diag {
+            None => 0,
+            Some(_) if doomed.is_empty() => 0,
+            Some(mut d) => match d.destroy(&doomed) {
                 Ok(n) => n as u64,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "destroying sockets failed (needs CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY)");
                     0
                 }
-            }
+            },
         };
         let mut removed = 0;
         for k in keys {

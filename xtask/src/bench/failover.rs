@@ -208,21 +208,6 @@ fn flows_by_port(edge_ns: &str, pin_root: &Path) -> Result<BTreeMap<u16, u32>> {
     Ok(by_port)
 }
 
-fn active(stack: &Stack) -> String {
-    stack
-        .healthz()
-        .ok()
-        .and_then(|h| h["active"].as_str().map(String::from))
-        .unwrap_or_default()
-}
-
-fn healthy(stack: &Stack, origin: &str) -> bool {
-    stack
-        .healthz()
-        .map(|h| h["origins"][origin]["healthy"] == true)
-        .unwrap_or(false)
-}
-
 fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + limit;
     while !f() {
@@ -237,7 +222,7 @@ fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<()> 
 /// One run of `fault`: the figure in seconds (for ctl-restart: failed requests).
 fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fault) -> Result<f64> {
     wait("the primary active and both healthy", SETTLE_LIMIT, || {
-        active(stack) == "primary" && healthy(stack, "primary") && healthy(stack, "backup")
+        stack.active() == "primary" && stack.healthy("primary") && stack.healthy("backup")
     })?;
     let player = Player::start(&pair.client.name);
     wait("the player polls", SETTLE_LIMIT, || {
@@ -249,7 +234,7 @@ fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fau
     let t0 = Instant::now();
     let injected = faults::inject(fault, site, stack)?;
     let figure = if fault.fails_primary() {
-        wait("failover", SETTLE_LIMIT, || active(stack) == "backup")?;
+        wait("failover", SETTLE_LIMIT, || stack.active() == "backup")?;
         // The first response after the fault on a connection the data plane pins to the
         // backup (the player reconnects once its old connection is reset or fails).
         let deadline = Instant::now() + SETTLE_LIMIT;
@@ -284,7 +269,7 @@ fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fau
         player.errors_since(t0) as f64
     };
     drop(player);
-    wait("switchback", SETTLE_LIMIT, || active(stack) == "primary")?;
+    wait("switchback", SETTLE_LIMIT, || stack.active() == "primary")?;
     Ok(figure)
 }
 
@@ -298,7 +283,7 @@ fn herd(
     watch: Duration,
 ) -> Result<(usize, usize)> {
     let injected = faults::inject(Fault::OriginKill, site, stack)?;
-    wait("failover", SETTLE_LIMIT, || active(stack) == "backup")?;
+    wait("failover", SETTLE_LIMIT, || stack.active() == "backup")?;
     let conns = pair
         .client
         .run(move || -> Result<Vec<BufReader<TcpStream>>> {
@@ -314,7 +299,7 @@ fn herd(
             Ok(v)
         })?;
     injected.restore(stack)?;
-    wait("switchback", SETTLE_LIMIT, || active(stack) == "primary")?;
+    wait("switchback", SETTLE_LIMIT, || stack.active() == "primary")?;
     let stop = Instant::now() + watch;
     let (conns, failed, requests) = pair.client.run(move || {
         let log = Mutex::new(Log::default());
@@ -403,7 +388,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         service_user: Some("hlsedge".into()),
     };
     wait("a full playlist", Duration::from_secs(60), || {
-        healthy(&stack, "primary") && healthy(&stack, "backup") && active(&stack) == "primary"
+        stack.healthy("primary") && stack.healthy("backup") && stack.active() == "primary"
     })?;
     let machine = super::util::machine();
     let _ = writeln!(
@@ -440,7 +425,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
                         eprintln!("{} run {}: FAILED: {e:#}", fault.name(), i + 1);
                         failed.push(format!("{e:#}"));
                         wait("switchback after a failed run", SETTLE_LIMIT, || {
-                            active(&stack) == "primary"
+                            stack.active() == "primary"
                         })?;
                     }
                 }
