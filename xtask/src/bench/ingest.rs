@@ -45,7 +45,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::util::TempDir;
+use super::util::{Side, TempDir, pinned};
 use super::util::{
     env_count, env_counts, free_port, log_file, median_f64, release_bins, rss_kib, wait_port,
 };
@@ -71,8 +71,8 @@ const DEFAULT_REPEAT: usize = 3;
 const MIN_RATE_FRACTION: f64 = 0.9;
 /// Attempts per repetition to get a valid pair of samples before reporting an invalid one.
 const MAX_ATTEMPTS: usize = 3;
-/// CPU the server is pinned to; the publisher and load generator get the others.
-const SERVER_CPU: usize = 0;
+/// Turns pinning off when `0` (see the module doc).
+const PIN_VAR: &str = "INGEST_BENCH_PIN";
 /// nginx-rtmp's module path in Debian.
 const NGINX_RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
 
@@ -305,7 +305,7 @@ fn measure_ours(
 ) -> Result<Sample> {
     let port = free_port()?;
     let admin = free_port()?;
-    let mut cmd = pinned(bin, Side::Server);
+    let mut cmd = pinned(bin, Side::Server, PIN_VAR);
     if let Some(ms) = merge_ms {
         cmd.arg("--merge-ms").arg(ms.to_string());
     }
@@ -344,7 +344,7 @@ fn measure_nginx(loadgen: &Path, clip: &Path, dir: &Path, n: usize) -> Result<Sa
     )
     .context("writing nginx.conf")?;
     let server = Proc::spawn(
-        pinned(Path::new("nginx"), Side::Server)
+        pinned(Path::new("nginx"), Side::Server, PIN_VAR)
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -366,7 +366,7 @@ fn measure(
     wait_port(port)?;
     let url = format!("rtmp://127.0.0.1:{port}/live/bench");
     let _publisher = Proc::spawn(
-        pinned(Path::new("ffmpeg"), Side::Load)
+        pinned(Path::new("ffmpeg"), Side::Load, PIN_VAR)
             .args([
                 "-hide_banner",
                 "-loglevel",
@@ -386,7 +386,7 @@ fn measure(
     let secs = (WARMUP + MEASURE).as_secs() + 2;
     let lg_out = dir.join("loadgen.out");
     let loadgen = Proc::spawn(
-        pinned(loadgen, Side::Load)
+        pinned(loadgen, Side::Load, PIN_VAR)
             .arg("--url")
             .arg(&url)
             .arg("--players")
@@ -439,36 +439,6 @@ fn measure(
     })
 }
 
-/// Which CPUs a process of the benchmark runs on.
-#[derive(Clone, Copy)]
-enum Side {
-    /// The server under test.
-    Server,
-    /// Publisher and load generator.
-    Load,
-}
-
-/// `program` under `taskset` on its side's CPUs (see the module doc), or plain when pinning
-/// is off or there is a single CPU. taskset execs the program, so the child's pid is the
-/// program's.
-fn pinned(program: &Path, side: Side) -> Command {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = std::env::var("INGEST_BENCH_PIN").map_or(true, |v| v != "0");
-    if !pin || cpus < 2 {
-        return Command::new(program);
-    }
-    let list = match side {
-        Side::Server => SERVER_CPU.to_string(),
-        Side::Load => (0..cpus)
-            .filter(|&c| c != SERVER_CPU)
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-    };
-    let mut cmd = Command::new("taskset");
-    cmd.arg("-c").arg(list).arg(program);
-    cmd
-}
 
 fn read_lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p)

@@ -13,13 +13,18 @@
 //! checked against 2 x the window + their RSS at start. Every server is stopped (and the temp
 //! dir removed) on every path, errors included.
 //!
-//! nginx is configured as a fair, HLS-safe peer: `sendfile on`, `worker_processes auto`,
+//! nginx is configured as a fair, HLS-safe peer: `sendfile on`, as many workers as the origin,
 //! keep-alive with a high request cap (our origin has none), access log off (ours logs at
 //! `warn`), and `open_file_cache off` because it serves stale live playlists. Its TLS server
 //! uses the same certificate and key as ours, TLS 1.2 and 1.3 like ours, session tickets off
 //! (wrk keeps its connections, so they would not matter).
-//! Caveat: on a 2-core machine wrk and the server share the CPUs, so the figures compare
-//! the two servers under the same handicap rather than measuring either's ceiling.
+//!
+//! Pinning (default with 2 or more CPUs; `ORIGIN_BENCH_PIN=0` turns it off): each server runs
+//! on one CPU of its own (`taskset`; the origin with `--workers 1`, nginx with
+//! `worker_processes 1`) and wrk on the others, so the ratio compares what each server does
+//! with one core, on any machine. Unpinned, wrk and the servers share the CPUs and the
+//! scheduler decides how much each server gets, which moved this ratio from 0.65x to 1.39x
+//! between rounds of one run on a loaded 2-core machine.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -28,7 +33,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::util::{TempDir, env_count, free_port, median_f64, wait_port};
+use super::util::{Side, TempDir, env_count, free_port, median_f64, pinned, pinning, wait_port};
+
+/// Turns pinning off when `0` (see the module doc).
+const PIN_VAR: &str = "ORIGIN_BENCH_PIN";
 use anyhow::{Context, Result, bail};
 
 /// wrk threads, connections and duration: fixed so runs are comparable over time.
@@ -88,8 +96,11 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         nginx: free_port()?,
         nginx_tls: free_port()?,
     };
-    let origin_command = |port: u16| {
-        let mut command = Command::new(&origin_bin);
+    let origin_command = |port: u16| -> Command {
+        let mut command = pinned(&origin_bin, Side::Server, PIN_VAR);
+        if pinning(PIN_VAR) {
+            command.arg("--workers").arg("1");
+        }
         command
             .arg("--root")
             .arg(www.join("hls"))
@@ -116,7 +127,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     .context("writing nginx.conf")?;
     let nginx = Server::spawn(
         "nginx",
-        Command::new("nginx")
+        pinned(Path::new("nginx"), Side::Server, PIN_VAR)
             .arg("-p")
             .arg(&dir.path)
             .arg("-c")
@@ -231,17 +242,24 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             errors(theirs),
         );
     }
+    let placement = if pinning(PIN_VAR) {
+        "Pinned: each server on CPU 0 alone (origin `--workers 1`, nginx `worker_processes 1`), \
+         wrk on the other CPUs."
+    } else {
+        "Unpinned (`ORIGIN_BENCH_PIN=0`): wrk and the servers share the machine's cores \
+         (origin one event loop per core, nginx `worker_processes auto`)."
+    };
     let _ = writeln!(
         out,
         "\nEach ratio is origin/nginx within one round (same minute, same machine load); the \
          median and range are over the rounds. Server CPU is user+system time of the server's \
          processes (nginx: master and workers) during the run, per request: unlike req/s it \
-         does not depend on how much of a shared machine the server got. \
-         nginx: sendfile on, tcp_nopush on, worker_processes auto, keepalive (100000 requests), \
+         does not depend on how much of a shared machine the server got. {placement} \
+         nginx: sendfile on, tcp_nopush on, keepalive (100000 requests), \
          access_log off, open_file_cache off; TLS: same ECDSA P-256 certificate as the origin, \
-         TLSv1.2+1.3, session tickets off. origin: defaults (one event loop per core, \
-         sendfile for plain HTTP/1.1 bodies, segment cache for TLS/h2, playlists revalidated \
-         by statx), RUST_LOG=warn. wrk and the servers share the machine's cores."
+         TLSv1.2+1.3, session tickets off. origin: defaults otherwise (sendfile for plain \
+         HTTP/1.1 bodies, segment cache for TLS/h2, playlists revalidated by statx), \
+         RUST_LOG=warn."
     );
     soak.report(out);
     Ok(())
@@ -472,7 +490,7 @@ fn nginx_config(dir: &Path, www: &Path, ports: &Ports, cert: &Path, key: &Path) 
     let d = dir.display();
     format!(
         r#"daemon off;
-worker_processes auto;
+worker_processes {workers};
 pid {d}/nginx.pid;
 events {{ worker_connections 1024; }}
 http {{
@@ -510,6 +528,7 @@ http {{
         key = key.display(),
         plain = ports.nginx,
         tls = ports.nginx_tls,
+        workers = if pinning(PIN_VAR) { "1" } else { "auto" },
     )
 }
 
@@ -565,7 +584,7 @@ struct WrkResult {
 }
 
 fn wrk(url: &str) -> Result<WrkResult> {
-    let output = Command::new("wrk")
+    let output = pinned(Path::new("wrk"), Side::Load, PIN_VAR)
         .args([WRK_THREADS, WRK_CONNECTIONS, WRK_DURATION])
         .arg(url)
         .output()

@@ -4,6 +4,7 @@
 use std::{
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -148,4 +149,47 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{model}, {cpus} CPUs")
+}
+
+/// CPU a benchmark pins the server under test to; the load generators get the others.
+pub const SERVER_CPU: usize = 0;
+
+/// Which CPUs a process of a benchmark runs on (see [`pinned`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The server under test: [`SERVER_CPU`] alone.
+    Server,
+    /// Publishers and load generators: every other CPU.
+    Load,
+}
+
+/// Whether benchmarks pin: on with 2 or more CPUs unless `pin_var` is `0`.
+pub fn pinning(pin_var: &str) -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus >= 2 && std::env::var(pin_var).map_or(true, |v| v != "0")
+}
+
+/// `program` under `taskset` on its side's CPUs, or plain when [`pinning`] is off. taskset
+/// execs the program, so the child's pid is the program's.
+///
+/// Why pin: unpinned, the scheduler puts the load generator (woken by every response) on the
+/// server's CPU, where it preempts the server, and how much CPU each server gets then depends
+/// on the machine's other load more than on the server. Pinned, each server has one CPU of
+/// its own and the load generator the rest, on any machine with 2 or more CPUs.
+pub fn pinned(program: &Path, side: Side, pin_var: &str) -> Command {
+    if !pinning(pin_var) {
+        return Command::new(program);
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let list = match side {
+        Side::Server => SERVER_CPU.to_string(),
+        Side::Load => (0..cpus)
+            .filter(|&c| c != SERVER_CPU)
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(list).arg(program);
+    cmd
 }
