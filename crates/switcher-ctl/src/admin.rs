@@ -7,9 +7,15 @@
 //!   age plot, recent decisions, a player of the stream through the VIP.
 //! * `GET /api/state`: JSON [`PageState`] the status page polls every second.
 //! * `GET /assets/hls.min.js`: hls.js for the page's player, read from `--assets-dir`.
-//! * `POST /override` with body `primary`, `backup` or `auto` (plain text, a JSON string, or
+//! * `POST /override` with body an origin name or `auto` (plain text, a JSON string, or
 //!   `{"mode": "...", "force": bool}`): manual override, used by `switcher-ctl set`. Unix
 //!   socket only.
+//! * `POST /drain` with body `NAME [SECONDS]` or `{"origin": "NAME", "deadline_seconds": S}`:
+//!   the origin gets no new flows; its open flows finish or are moved at the deadline
+//!   (default `--drain`). `POST /undrain` with `NAME` or `{"origin": "NAME"}` undoes it.
+//!   `POST /weight` with `NAME W` or `{"origin": "NAME", "weight": W}` sets a weight. Used by
+//!   `switcher-ctl drain|undrain|set-weight`; unix socket only, like `/override`. Draining (or
+//!   weighting 0) the last origin that could take new flows is refused with 409.
 //!
 //! # Who may change state
 //! A web page the operator has open can make the browser send requests to 127.0.0.1 (CSRF: a
@@ -54,8 +60,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::control::{Controller, OriginStatus};
-use crate::decide::{Mode, OriginId};
+use crate::control::{ControlError, Controller, OriginStatus};
+use crate::decide::Mode;
 use crate::status_page::{self, Asset, PageConfig, PageState};
 
 /// The controller, shared by the run loop and the admin handlers. A std mutex, not a tokio
@@ -63,7 +69,8 @@ use crate::status_page::{self, Asset, PageConfig, PageState};
 /// syscalls or a render.
 pub type SharedController = Arc<Mutex<Controller>>;
 
-/// Largest `POST /override` body: one word or a tiny JSON object.
+/// Largest `POST /override` (`/drain`, `/undrain`, `/weight`) body: a word or two, or a tiny
+/// JSON object.
 const MAX_OVERRIDE_BODY: usize = 1024;
 /// Largest request head buffered (hyper's minimum): admin requests are a line and a few
 /// headers.
@@ -208,15 +215,24 @@ pub fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, Socket
     Ok(listener)
 }
 
-/// Parses an override body: `primary`, `backup`, `auto`, as plain text, a JSON string or
+/// What an override asks for: an origin by name, or the rules back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OverrideTarget {
+    /// Pin the origin of this name.
+    Origin(String),
+    /// `auto`.
+    Auto,
+}
+
+/// Parses an override body: an origin name or `auto`, as plain text, a JSON string or
 /// `{"mode": ...}`.
-pub fn parse_override(body: &[u8]) -> Option<Mode> {
-    parse_override_request(body).map(|(mode, _)| mode)
+pub fn parse_override(body: &[u8]) -> Option<OverrideTarget> {
+    parse_override_request(body).map(|(target, _)| target)
 }
 
 /// Parses an override body with its `force` flag: `{"mode": "backup", "force": true}` or the
 /// plain text `backup force`; every other form has `force` false.
-pub fn parse_override_request(body: &[u8]) -> Option<(Mode, bool)> {
+pub fn parse_override_request(body: &[u8]) -> Option<(OverrideTarget, bool)> {
     let text = std::str::from_utf8(body).ok()?.trim();
     let (word, force) = match serde_json::from_str::<serde_json::Value>(text) {
         Ok(serde_json::Value::String(s)) => (s, false),
@@ -231,13 +247,92 @@ pub fn parse_override_request(body: &[u8]) -> Option<(Mode, bool)> {
             _ => return None,
         },
     };
-    let mode = match word.trim().to_ascii_lowercase().as_str() {
-        "primary" => Mode::Manual(OriginId::Primary),
-        "backup" => Mode::Manual(OriginId::Backup),
-        "auto" => Mode::Auto,
-        _ => return None,
-    };
-    Some((mode, force))
+    let word = word.trim();
+    if word.eq_ignore_ascii_case("auto") {
+        return Some((OverrideTarget::Auto, force));
+    }
+    crate::config::valid_origin_name(word)
+        .then(|| (OverrideTarget::Origin(word.to_string()), force))
+}
+
+/// An operator's request about one origin (`/drain`, `/undrain`, `/weight`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum OriginRequest {
+    /// Drain, with an optional deadline in seconds.
+    Drain {
+        /// The origin.
+        origin: String,
+        /// Seconds its open flows may take before they are moved.
+        deadline_seconds: Option<f64>,
+    },
+    /// Undrain.
+    Undrain {
+        /// The origin.
+        origin: String,
+    },
+    /// Set the weight.
+    Weight {
+        /// The origin.
+        origin: String,
+        /// The new weight.
+        weight: u32,
+    },
+}
+
+/// Parses the body of `POST /drain` (`NAME [S]`), `/undrain` (`NAME`) or `/weight` (`NAME W`),
+/// plain text or JSON (`{"origin": NAME, "deadline_seconds": S}` / `{"origin": NAME,
+/// "weight": W}`). `None` for anything else, a bad name, a deadline that is not a number of
+/// seconds within the configuration's bounds, or a weight that is not a whole number.
+pub fn parse_origin_request(path: &str, body: &[u8]) -> Option<OriginRequest> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    let (origin, arg): (String, Option<serde_json::Value>) =
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => {
+                let origin = map.get("origin")?.as_str()?.to_string();
+                let key = match path {
+                    "/drain" => "deadline_seconds",
+                    "/weight" => "weight",
+                    _ => "",
+                };
+                (origin, map.get(key).cloned())
+            }
+            Ok(serde_json::Value::String(s)) => (s, None),
+            _ => match text.split_ascii_whitespace().collect::<Vec<_>>()[..] {
+                [name] => (name.to_string(), None),
+                [name, value] => (name.to_string(), Some(serde_json::from_str(value).ok()?)),
+                _ => return None,
+            },
+        };
+    if !crate::config::valid_origin_name(&origin) {
+        return None;
+    }
+    match path {
+        "/drain" => {
+            let deadline_seconds = match arg {
+                None => None,
+                Some(v) => {
+                    // 0: move the open flows now (paced); otherwise a duration the config
+                    // would accept.
+                    let s = v.as_f64()?;
+                    let bounds = crate::config::MIN_SECONDS..=crate::config::MAX_SECONDS;
+                    if s != 0.0 && !bounds.contains(&s) {
+                        return None;
+                    }
+                    Some(s)
+                }
+            };
+            Some(OriginRequest::Drain {
+                origin,
+                deadline_seconds,
+            })
+        }
+        "/undrain" => arg.is_none().then_some(OriginRequest::Undrain { origin }),
+        "/weight" => {
+            let weight = u32::try_from(arg?.as_u64()?).ok()?;
+            Some(OriginRequest::Weight { origin, weight })
+        }
+        _ => None,
+    }
 }
 
 /// Serves until `shutdown` completes, with the status page's and the limits' defaults.
@@ -547,17 +642,21 @@ async fn handle(
                 }
             }
         }
-        (&Method::POST, "/override") if channel == Channel::Tcp => {
+        (&Method::POST, "/override" | "/drain" | "/undrain" | "/weight")
+            if channel == Channel::Tcp =>
+        {
             tracing::warn!(
-                "POST /override over TCP refused: state changes go through the admin socket"
+                path = req.uri().path(),
+                "POST over TCP refused: state changes go through the admin socket"
             );
             response(
                 StatusCode::FORBIDDEN,
                 "text/plain",
-                "the TCP admin server is read-only; state changes go through the admin unix socket (switcher-ctl set)\n",
+                "the TCP admin server is read-only; state changes go through the admin unix socket (switcher-ctl set, drain, undrain, set-weight)\n",
             )
         }
-        (&Method::POST, "/override") => {
+        (&Method::POST, path @ ("/override" | "/drain" | "/undrain" | "/weight")) => {
+            let path = path.to_string();
             let collect = Limited::new(req.into_body(), MAX_OVERRIDE_BODY).collect();
             let body = match tokio::time::timeout(context.limits.header_timeout, collect).await {
                 Ok(Ok(b)) => b.to_bytes(),
@@ -576,16 +675,37 @@ async fn handle(
                     ));
                 }
             };
-            match parse_override_request(&body) {
-                None => response(
-                    StatusCode::BAD_REQUEST,
-                    "text/plain",
-                    "body must be primary, backup or auto (optionally followed by force)\n",
-                ),
-                Some((mode, force)) => override_mode(controller, mode, force),
+            if path == "/override" {
+                match parse_override_request(&body) {
+                    None => response(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        "body must be an origin name or auto (optionally followed by force)\n",
+                    ),
+                    Some((target, force)) => override_mode(controller, target, force),
+                }
+            } else {
+                match parse_origin_request(&path, &body) {
+                    None => response(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        match path.as_str() {
+                            "/drain" => {
+                                "body must be NAME [DEADLINE_SECONDS] or {\"origin\": NAME, \"deadline_seconds\": S}\n"
+                            }
+                            "/undrain" => "body must be NAME or {\"origin\": NAME}\n",
+                            _ => "body must be NAME WEIGHT or {\"origin\": NAME, \"weight\": W}\n",
+                        },
+                    ),
+                    Some(request) => origin_request(controller, request),
+                }
             }
         }
-        (_, "/metrics" | "/healthz" | "/" | "/override" | "/api/state") => response(
+        (
+            _,
+            "/metrics" | "/healthz" | "/" | "/override" | "/drain" | "/undrain" | "/weight"
+            | "/api/state",
+        ) => response(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n",
@@ -595,16 +715,37 @@ async fn handle(
     Ok(r)
 }
 
+/// The response to a controller error: 404 for an unknown origin, 409 for a refused change,
+/// 500 for a data plane failure.
+fn control_error(e: &ControlError) -> Response<Full<Bytes>> {
+    let status = match e {
+        ControlError::UnknownOrigin(_) => StatusCode::NOT_FOUND,
+        ControlError::Refused(_) => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    response(status, "text/plain", format!("{e}\n"))
+}
+
 /// Applies an authenticated override; refuses (409) to pin an origin that is not
 /// [`pinnable`] unless `force`.
-fn override_mode(controller: &SharedController, mode: Mode, force: bool) -> Response<Full<Bytes>> {
+fn override_mode(
+    controller: &SharedController,
+    target: OverrideTarget,
+    force: bool,
+) -> Response<Full<Bytes>> {
     let mut c = lock(controller);
-    if let Mode::Manual(target) = mode {
+    let mode = match &target {
+        OverrideTarget::Auto => Mode::Auto,
+        OverrideTarget::Origin(name) => match c.find(name) {
+            Some(o) => Mode::Manual(o),
+            None => return control_error(&ControlError::UnknownOrigin(name.clone())),
+        },
+    };
+    if let OverrideTarget::Origin(target) = &target {
         let status = c.status();
-        let origin = match target {
-            OriginId::Primary => &status.origins.primary,
-            OriginId::Backup => &status.origins.backup,
-        };
+        let origin = status
+            .origin(target)
+            .expect("found by name just above, under the same lock");
         match pinnable(origin) {
             Err(why) if !force => {
                 tracing::warn!(%target, why, "override refused: origin not healthy (force pins it anyway)");
@@ -624,11 +765,40 @@ fn override_mode(controller: &SharedController, mode: Mode, force: bool) -> Resp
     }
     match c.set_mode(mode, SystemTime::now()) {
         Ok(decision) => json(StatusCode::OK, &decision),
-        Err(e) => response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            format!("{e}\n"),
+        Err(e) => control_error(&e),
+    }
+}
+
+/// Applies an authenticated drain, undrain or weight change; answers with the origin's
+/// status afterwards.
+fn origin_request(controller: &SharedController, request: OriginRequest) -> Response<Full<Bytes>> {
+    let mut c = lock(controller);
+    let now = SystemTime::now();
+    let (name, result) = match &request {
+        OriginRequest::Drain {
+            origin,
+            deadline_seconds,
+        } => (
+            origin,
+            c.drain(origin, deadline_seconds.map(Duration::from_secs_f64), now),
         ),
+        OriginRequest::Undrain { origin } => (origin, c.undrain(origin, now)),
+        OriginRequest::Weight { origin, weight } => (origin, c.set_weight(origin, *weight, now)),
+    };
+    match result {
+        Ok(decision) => {
+            let status = c.status();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "origin": status.origin(name),
+                    "rotation": status.rotation,
+                    "active": status.active,
+                    "decision": decision,
+                }),
+            )
+        }
+        Err(e) => control_error(&e),
     }
 }
 
@@ -780,30 +950,76 @@ mod tests {
 
     #[test]
     fn override_bodies() {
+        let origin = |n: &str| Some(OverrideTarget::Origin(n.into()));
+        assert_eq!(parse_override(b"primary\n"), origin("primary"));
+        assert_eq!(parse_override(b"\"backup\""), origin("backup"));
+        assert_eq!(parse_override(b"edge-3"), origin("edge-3"));
         assert_eq!(
-            parse_override(b"primary\n"),
-            Some(Mode::Manual(OriginId::Primary))
+            parse_override(br#"{"mode":"auto"}"#),
+            Some(OverrideTarget::Auto)
         );
-        assert_eq!(
-            parse_override(b"\"backup\""),
-            Some(Mode::Manual(OriginId::Backup))
-        );
-        assert_eq!(parse_override(br#"{"mode":"auto"}"#), Some(Mode::Auto));
-        assert_eq!(parse_override(b"sideways"), None);
+        assert_eq!(parse_override(b"side/ways"), None);
         assert_eq!(parse_override(&[0xff, 0xfe]), None);
         assert_eq!(
             parse_override_request(br#"{"mode":"backup","force":true}"#),
-            Some((Mode::Manual(OriginId::Backup), true))
+            Some((OverrideTarget::Origin("backup".into()), true))
         );
         assert_eq!(
             parse_override_request(b"primary force\n"),
-            Some((Mode::Manual(OriginId::Primary), true))
+            Some((OverrideTarget::Origin("primary".into()), true))
         );
         assert_eq!(parse_override_request(b"primary please"), None);
         assert_eq!(
             parse_override_request(br#"{"mode":"auto","force":"yes"}"#),
             None
         );
+    }
+
+    #[test]
+    fn origin_request_bodies() {
+        assert_eq!(
+            parse_origin_request("/drain", b"o2"),
+            Some(OriginRequest::Drain {
+                origin: "o2".into(),
+                deadline_seconds: None
+            })
+        );
+        assert_eq!(
+            parse_origin_request("/drain", b"o2 12.5"),
+            Some(OriginRequest::Drain {
+                origin: "o2".into(),
+                deadline_seconds: Some(12.5)
+            })
+        );
+        assert_eq!(
+            parse_origin_request("/drain", br#"{"origin":"o2","deadline_seconds":0}"#),
+            Some(OriginRequest::Drain {
+                origin: "o2".into(),
+                deadline_seconds: Some(0.0)
+            })
+        );
+        assert_eq!(parse_origin_request("/drain", b"o2 -1"), None);
+        assert_eq!(parse_origin_request("/drain", b"o2 1e30"), None);
+        assert_eq!(parse_origin_request("/drain", b"o2 soon"), None);
+        assert_eq!(
+            parse_origin_request("/undrain", br#"{"origin":"backup"}"#),
+            Some(OriginRequest::Undrain {
+                origin: "backup".into()
+            })
+        );
+        assert_eq!(parse_origin_request("/undrain", b"backup 3"), None);
+        assert_eq!(
+            parse_origin_request("/weight", b"o1 3"),
+            Some(OriginRequest::Weight {
+                origin: "o1".into(),
+                weight: 3
+            })
+        );
+        assert_eq!(parse_origin_request("/weight", b"o1"), None);
+        assert_eq!(parse_origin_request("/weight", b"o1 2.5"), None);
+        assert_eq!(parse_origin_request("/weight", b"o1 -2"), None);
+        assert_eq!(parse_origin_request("/weight", b"o1 99999999999"), None);
+        assert_eq!(parse_origin_request("/weight", b"../x 1"), None);
     }
 
     #[test]

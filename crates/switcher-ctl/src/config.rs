@@ -10,6 +10,8 @@ use std::time::Duration;
 use hyper::Uri;
 use serde::{Deserialize, Serialize};
 
+pub use crate::decide::{MAX_ORIGINS, Steering};
+
 /// Default interface: the edge host's own loopback (the contract: "default interface `lo`", README).
 pub const DEFAULT_IFACE: &str = "lo";
 /// Default VIP: nothing listens there; the data plane steers it to an origin.
@@ -18,6 +20,13 @@ pub const DEFAULT_VIP: &str = "127.0.0.1:8080";
 pub const DEFAULT_PRIMARY: &str = "http://127.0.0.1:8081";
 /// Default backup origin base URL (the contract: backup on 8082).
 pub const DEFAULT_BACKUP: &str = "http://127.0.0.1:8082";
+/// Largest origin weight (`--origin NAME=URL,weight=W`, `set-weight`): weights are relative,
+/// and 10,000 is finer than any share a 65,537-slot Maglev table can show.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Weight of an origin that does not say (`--origin NAME=URL`, the two-origin shorthand).
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Longest origin name: it is a metric label value, a JSON key and a Maglev backend name.
+pub const MAX_ORIGIN_NAME: usize = 32;
 /// Default stream name (`cargo xtask run` publishes `demo`).
 pub const DEFAULT_STREAM: &str = "demo";
 /// Default pin root of the eBPF objects.
@@ -155,6 +164,22 @@ pub struct Config {
     #[arg(long = "backup", env = "BACKUP_BASE_URL", default_value = DEFAULT_BACKUP)]
     pub backup_base_url: String,
 
+    /// Origins, each `NAME=URL[,weight=W]`, in failover preference order (the first is
+    /// preferred); repeat the flag for each, up to 16 (env: separated by spaces). NAME is 1-32
+    /// letters, digits, `-` or `_` (it is the metric label, the JSON key and what `drain` and
+    /// `set` take); URL is the base URL the playlist path is appended to; W (default 1, 0 to
+    /// 10000) is its share of new flows under `--policy balance`. When given,
+    /// `PRIMARY_BASE_URL`/`BACKUP_BASE_URL` are not used; when not, they are the origins
+    /// `primary` and `backup`, weight 1.
+    #[arg(long = "origin", env = "SWITCHER_ORIGINS", value_delimiter = ' ')]
+    pub origins: Vec<OriginArg>,
+
+    /// How new flows are steered: `failover` sends them all to one active origin, the first
+    /// healthy one in preference order; `balance` spreads them over every healthy origin in
+    /// proportion to its weight (weighted Maglev consistent hashing).
+    #[arg(long, env = "SWITCHER_POLICY", value_enum, default_value_t = Steering::Failover)]
+    pub policy: Steering,
+
     /// Stream name; the playlist path defaults to `/hls/<stream>/index.m3u8`.
     #[arg(long, env = "SWITCHER_STREAM", default_value = DEFAULT_STREAM)]
     pub stream: String,
@@ -218,8 +243,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHER_MAX_PLAYLIST_BYTES", default_value_t = DEFAULT_MAX_PLAYLIST_BYTES)]
     pub max_playlist_bytes: usize,
 
-    /// When the backup is active and the primary is healthy again, switch back to it (true),
-    /// or stay on the backup until the backup itself fails (false).
+    /// Failover: when an origin later in the preference list is active and an earlier one (the
+    /// primary) is healthy again, switch back to the earlier one (true), or stay until the
+    /// active one fails itself (false).
     #[arg(long, env = "SWITCHER_PREFER_PRIMARY", default_value_t = true, action = clap::ArgAction::Set)]
     pub prefer_primary: bool,
 
@@ -330,6 +356,92 @@ pub enum ConfigError {
     /// Primary and backup are the same URL, so failover could never help.
     #[error("primary and backup base URLs are the same ({0})")]
     SameOrigins(String),
+    /// Two origins share a name or a URL.
+    #[error("two origins have the same {what} {value:?}")]
+    DuplicateOrigin {
+        /// `name` or `URL`.
+        what: &'static str,
+        /// The shared value.
+        value: String,
+    },
+    /// More origins than the data plane and the decider hold.
+    #[error("SWITCHER_ORIGINS: {0} origins given, at most {MAX_ORIGINS} are supported")]
+    TooManyOrigins(usize),
+}
+
+/// One origin of `--origin NAME=URL[,weight=W]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OriginArg {
+    /// The origin's name.
+    pub name: String,
+    /// Its base URL (the playlist path is appended).
+    pub base_url: String,
+    /// Its share of new flows under the balance policy.
+    pub weight: u32,
+}
+
+impl std::str::FromStr for OriginArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not NAME=URL[,weight=W]"))?;
+        let mut parts = rest.split(',');
+        let base_url = parts.next().unwrap_or_default().to_string();
+        let mut weight = DEFAULT_WEIGHT;
+        for option in parts {
+            match option.split_once('=') {
+                Some(("weight", w)) => {
+                    weight = w.parse().map_err(|_| {
+                        format!("weight {w:?} of origin {name:?} is not a whole number")
+                    })?;
+                }
+                _ => {
+                    return Err(format!(
+                        "origin {name:?}: unknown option {option:?} (only weight=W)"
+                    ));
+                }
+            }
+        }
+        Ok(OriginArg {
+            name: name.to_string(),
+            base_url,
+            weight,
+        })
+    }
+}
+
+impl TryFrom<String> for OriginArg {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<OriginArg> for String {
+    fn from(o: OriginArg) -> String {
+        o.to_string()
+    }
+}
+
+impl std::fmt::Display for OriginArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={},weight={}", self.name, self.base_url, self.weight)
+    }
+}
+
+/// Whether `name` may name an origin: 1-32 ASCII letters, digits, `-`, `_`, and not a word
+/// that means something else where names are used (`auto` for `set`, `unsteered` as a label).
+pub fn valid_origin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ORIGIN_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name != "auto"
+        && name != crate::metrics::UNSTEERED_LABEL
 }
 
 impl Default for Config {
@@ -341,6 +453,8 @@ impl Default for Config {
                 .expect("DEFAULT_VIP is a socket address"),
             primary_base_url: DEFAULT_PRIMARY.into(),
             backup_base_url: DEFAULT_BACKUP.into(),
+            origins: Vec::new(),
+            policy: Steering::Failover,
             stream: DEFAULT_STREAM.into(),
             playlist_path: None,
             check_interval_seconds: DEFAULT_INTERVAL_SECONDS,
@@ -561,14 +675,87 @@ impl Config {
                 ));
             }
         }
-        let primary = self.primary_url();
-        let backup = self.backup_url();
-        http_url("PRIMARY_BASE_URL", &primary)?;
-        http_url("BACKUP_BASE_URL", &backup)?;
-        if primary == backup {
-            return Err(ConfigError::SameOrigins(primary));
+        if self.origins.is_empty() {
+            let primary = self.primary_url();
+            let backup = self.backup_url();
+            http_url("PRIMARY_BASE_URL", &primary)?;
+            http_url("BACKUP_BASE_URL", &backup)?;
+            if primary == backup {
+                return Err(ConfigError::SameOrigins(primary));
+            }
+        } else {
+            self.validate_origins()?;
         }
         Ok(self)
+    }
+
+    fn validate_origins(&self) -> Result<(), ConfigError> {
+        const KEY: &str = "SWITCHER_ORIGINS";
+        if self.origins.len() > MAX_ORIGINS {
+            return Err(ConfigError::TooManyOrigins(self.origins.len()));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut urls = std::collections::HashSet::new();
+        for o in &self.origins {
+            if !valid_origin_name(&o.name) {
+                return Err(invalid(
+                    KEY,
+                    &o.name,
+                    "is not an origin name (1-32 letters, digits, - or _; not auto or unsteered)",
+                ));
+            }
+            http_url(KEY, &o.base_url)?;
+            range(KEY, o.weight.into(), 0, MAX_WEIGHT.into())?;
+            if !names.insert(o.name.as_str()) {
+                return Err(ConfigError::DuplicateOrigin {
+                    what: "name",
+                    value: o.name.clone(),
+                });
+            }
+            let url = join_url(&o.base_url, &self.playlist_path());
+            if !urls.insert(url.clone()) {
+                return Err(ConfigError::DuplicateOrigin {
+                    what: "URL",
+                    value: url,
+                });
+            }
+        }
+        if self.origins.iter().all(|o| o.weight == 0) {
+            return Err(invalid(
+                KEY,
+                self.origins.len(),
+                "origins all have weight 0: none could take a flow",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The origins in preference order: `--origin` when given, else the two-origin shorthand
+    /// `primary` = `PRIMARY_BASE_URL`, `backup` = `BACKUP_BASE_URL`, weight 1 each.
+    pub fn origin_list(&self) -> Vec<OriginArg> {
+        if !self.origins.is_empty() {
+            return self.origins.clone();
+        }
+        vec![
+            OriginArg {
+                name: "primary".into(),
+                base_url: self.primary_base_url.clone(),
+                weight: DEFAULT_WEIGHT,
+            },
+            OriginArg {
+                name: "backup".into(),
+                base_url: self.backup_base_url.clone(),
+                weight: DEFAULT_WEIGHT,
+            },
+        ]
+    }
+
+    /// Full playlist URL of every origin, in preference order.
+    pub fn origin_urls(&self) -> Vec<String> {
+        self.origin_list()
+            .iter()
+            .map(|o| join_url(&o.base_url, &self.playlist_path()))
+            .collect()
     }
 
     /// The playlist path: `PLAYLIST_PATH` when given, else `/hls/<stream>/index.m3u8`.

@@ -2,6 +2,16 @@
 //! data plane handle, the metrics and the recent decisions. Every map write goes through
 //! [`Controller::apply`] and [`Controller::maintain_flows`].
 //!
+//! Where new flows go: under [`Steering::Failover`] the active origin (`set_active`); under
+//! [`Steering::Balance`] a weighted Maglev table ([`crate::maglev::build`]) over the origins in
+//! rotation, rebuilt and published (`set_lookup_table`) whenever the rotation or a weight
+//! changes. Maglev moves only the leaving origin's share of new flows; tracked flows stay
+//! pinned to their origin in the data plane unless that origin is retired.
+//!
+//! Operators drain an origin ([`Controller::drain`]): it gets no new flows, its open flows
+//! finish, and at the deadline the rest are moved (paced, as below). `undrain` and
+//! [`Controller::set_weight`] change the rotation the same way.
+//!
 //! What happens to the viewers of the origin that stops being active (docs/ARCHITECTURE.md,
 //! "Failover and draining"):
 //! * It is **unhealthy** (a failover, or an override away from a bad origin): its viewer
@@ -24,12 +34,13 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::dataplane::{Aborted, DataPlane};
-use crate::decide::{Action, Decider, Decision, Health, Mode, OriginId, Policy, Reason};
-use crate::metrics::{Metrics, slot_label};
+use crate::dataplane::{Aborted, DataPlane, OriginIndex};
+use crate::decide::{Action, Decider, Decision, Health, Mode, OriginId, Policy, Reason, Steering};
+use crate::maglev;
+use crate::metrics::Metrics;
 use crate::probe::ProbeReport;
 
-/// A data plane operation failed.
+/// A data plane operation failed, or an operator's request cannot be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Reading the active origin at start failed.
@@ -38,22 +49,70 @@ pub enum ControlError {
     /// Writing the active origin failed; the flip did not happen.
     #[error("setting the active origin to {origin}: {source:#}")]
     SetActive {
-        /// The origin that should have become active.
-        origin: OriginId,
+        /// The origin that should have become active (its name).
+        origin: String,
         /// The data plane's error.
         source: anyhow::Error,
     },
+    /// Building or publishing the Maglev table failed; new flows keep the previous table.
+    #[error("publishing the lookup table: {0:#}")]
+    Publish(anyhow::Error),
+    /// No origin has that name.
+    #[error("no origin named {0:?}")]
+    UnknownOrigin(String),
+    /// The change would leave no origin to take new flows.
+    #[error("refusing: {0}")]
+    Refused(String),
+}
+
+/// One origin as the controller is configured with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginConfig {
+    /// Stable name (label, JSON key, Maglev backend name).
+    pub name: String,
+    /// Playlist URL probed.
+    pub url: String,
+    /// Initial weight.
+    pub weight: u32,
+}
+
+impl OriginConfig {
+    /// The two-origin shorthand: `primary` and `backup`, weight 1.
+    pub fn pair(primary_url: &str, backup_url: &str) -> Vec<OriginConfig> {
+        vec![
+            OriginConfig {
+                name: "primary".into(),
+                url: primary_url.into(),
+                weight: 1,
+            },
+            OriginConfig {
+                name: "backup".into(),
+                url: backup_url.into(),
+                weight: 1,
+            },
+        ]
+    }
 }
 
 /// Per-origin part of [`Status`].
 #[derive(Clone, Debug, Serialize)]
 pub struct OriginStatus {
+    /// Name.
+    pub name: String,
+    /// Index in the data plane's maps (and place in the preference list).
+    pub index: OriginIndex,
     /// Playlist URL probed.
     pub url: String,
     /// Healthy after hysteresis.
     pub healthy: bool,
     /// `healthy` / `unhealthy`.
     pub state: Health,
+    /// Weight (share of new flows under balance).
+    pub weight: u32,
+    /// Drained by an operator: no new flows until undrained.
+    pub drained: bool,
+    /// Gets new flows now (failover: it is the active origin).
+    pub in_rotation: bool,
     /// Segment age at the latest good probe, seconds.
     pub age_seconds: Option<f64>,
     /// Newest media sequence number at the latest good probe.
@@ -70,36 +129,55 @@ pub struct OriginStatus {
     pub consecutive_good: u32,
     /// Its flows are draining: no new flows, open ones stay until they end or the deadline.
     pub draining: bool,
+    /// Seconds until the drain deadline, while draining (0 once it has passed).
+    pub drain_deadline_seconds: Option<f64>,
     /// Retired as unhealthy and some of its connections are still finishing a response.
     pub retiring: bool,
 }
 
-/// Origins part of [`Status`], keyed by name in JSON.
-#[derive(Clone, Debug, Serialize)]
-pub struct Origins {
-    /// The primary origin.
-    pub primary: OriginStatus,
-    /// The backup origin.
-    pub backup: OriginStatus,
+/// Serializes the origins as a JSON object keyed by name, in preference order
+/// (`origins.primary.healthy`, as the two-origin status always read).
+fn origins_by_name<S: serde::Serializer>(
+    origins: &[OriginStatus],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(origins.len()))?;
+    for o in origins {
+        map.serialize_entry(&o.name, o)?;
+    }
+    map.end()
 }
 
 /// Everything `/healthz` and the status page show.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
-    /// Active origin.
-    pub active: OriginId,
+    /// `failover` or `balance`.
+    pub policy: &'static str,
+    /// Active origin's name (balance: the first origin in rotation).
+    pub active: String,
     /// `auto` or `manual`.
     pub mode: &'static str,
     /// The pinned origin in manual mode.
-    pub manual_origin: Option<OriginId>,
-    /// True while both origins are bad.
+    pub manual_origin: Option<String>,
+    /// True while every origin that could take new flows is bad.
     pub both_bad: bool,
-    /// Per origin.
-    pub origins: Origins,
+    /// Origins getting new flows, by name, in preference order.
+    pub rotation: Vec<String>,
+    /// Per origin, in preference order (a JSON object keyed by name).
+    #[serde(serialize_with = "origins_by_name")]
+    pub origins: Vec<OriginStatus>,
     /// Tracked flows per origin slot label, when the data plane could be read.
     pub flows: Option<BTreeMap<String, u64>>,
     /// Recent decisions that were not plain "stay, active healthy", newest last.
     pub decisions: Vec<Decision>,
+}
+
+impl Status {
+    /// The origin called `name`.
+    pub fn origin(&self, name: &str) -> Option<&OriginStatus> {
+        self.origins.iter().find(|o| o.name == name)
+    }
 }
 
 /// Spacing of the segment-age history: one sample per second, whatever the probe interval,
@@ -113,14 +191,12 @@ pub const AGE_HISTORY_LEN: usize = 300;
 pub struct AgeSample {
     /// Time of the probe window, milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// The primary's segment age, or none when its probe failed (a gap in the plot).
-    pub primary: Option<f64>,
-    /// The backup's segment age, or none when its probe failed.
-    pub backup: Option<f64>,
+    /// Each origin's segment age, in origin order; none when its probe failed (a gap).
+    pub ages: Vec<Option<f64>>,
 }
 
 /// Connections of a drained origin moved per probe window once its drain deadline has passed
-/// (about 1,280/s at the default 0.2 s interval): a paced move, so the other origin sees a
+/// (about 1,280/s at the default 0.2 s interval): a paced move, so the other origins see a
 /// steady trickle of reconnects rather than every viewer at once.
 pub const DRAIN_ABORTS_PER_WINDOW: usize = 256;
 
@@ -129,7 +205,7 @@ pub struct Controller {
     dataplane: Box<dyn DataPlane>,
     decider: Decider,
     metrics: Metrics,
-    urls: [String; 2],
+    urls: Vec<String>,
     /// Recent notable decisions; plain "active healthy" windows are left out so the history
     /// shows the last flips and alarms rather than the last second of routine.
     history: VecDeque<Decision>,
@@ -140,48 +216,66 @@ pub struct Controller {
     age_history: VecDeque<AgeSample>,
     /// How long a healthy origin that stopped getting new flows keeps its open ones.
     drain_after: Duration,
-    /// Per origin slot: the drain deadline while its flows drain.
-    draining: [Option<SystemTime>; 2],
+    /// Per origin: the drain deadline while its flows drain.
+    draining: Vec<Option<SystemTime>>,
+    /// Per origin: the drain time an operator asked for (`drain NAME --deadline S`), used
+    /// instead of `drain_after` when the drain starts.
+    drain_for: Vec<Option<Duration>>,
     /// How long a retired origin's delivering connections may take to finish.
     finish_after: Duration,
-    /// Per origin slot: when it was retired as unhealthy, while its connections finish.
-    retired_at: [Option<SystemTime>; 2],
+    /// Per origin: when it was retired as unhealthy, while its connections finish.
+    retired_at: Vec<Option<SystemTime>>,
     /// Flows per origin at the latest data plane read, to skip needless map walks.
     last_flow_counts: Vec<u64>,
+    /// Balance: the (origin, weight) pairs of the table the data plane has, or `None` before
+    /// the first publication and after a failed one (the next window publishes again).
+    published: Option<Vec<(OriginId, u32)>>,
 }
 
 impl Controller {
-    /// Adopts the data plane's active origin (a restarted `run` keeps what the pins say; an
-    /// index that is neither primary nor backup is corrected to the primary).
+    /// Failover: adopts the data plane's active origin (a restarted `run` keeps what the pins
+    /// say; an index that is not one of ours is corrected to the first origin). Balance:
+    /// publishes the table over every origin of weight above 0.
     pub fn new(
         mut dataplane: Box<dyn DataPlane>,
         policy: Policy,
-        metrics: Metrics,
-        urls: [String; 2],
+        mut metrics: Metrics,
+        origins: Vec<OriginConfig>,
         history_len: usize,
         drain_after: Duration,
         finish_after: Duration,
     ) -> Result<Self, ControlError> {
+        let n = origins.len();
+        let names: Vec<String> = origins.iter().map(|o| o.name.clone()).collect();
+        metrics.set_origins(&names);
         let index = dataplane.active().map_err(ControlError::ReadActive)?;
-        let active = match OriginId::from_index(index) {
-            Some(o) => o,
-            None => {
+        let active = if (index as usize) < n {
+            OriginId(index)
+        } else {
+            let origin = OriginId(0);
+            if policy.steering == Steering::Failover {
                 tracing::warn!(
                     index,
-                    "data plane's active origin is not primary or backup; setting primary"
+                    "data plane's active origin is not one of ours; setting the first origin"
                 );
-                let origin = OriginId::Primary;
                 dataplane
                     .set_active(origin.index())
-                    .map_err(|source| ControlError::SetActive { origin, source })?;
-                origin
+                    .map_err(|source| ControlError::SetActive {
+                        origin: names.first().cloned().unwrap_or_default(),
+                        source,
+                    })?;
             }
+            origin
         };
-        metrics.set_active(active);
-        tracing::info!(%active, "adopted active origin from the data plane");
-        Ok(Controller {
+        let urls = origins.iter().map(|o| o.url.clone()).collect();
+        let decider = Decider::new(
+            policy,
+            origins.into_iter().map(|o| (o.name, o.weight)).collect(),
+            active,
+        );
+        let mut c = Controller {
             dataplane,
-            decider: Decider::new(policy, active),
+            decider,
             metrics,
             urls,
             history: VecDeque::with_capacity(history_len),
@@ -189,11 +283,25 @@ impl Controller {
             last: None,
             age_history: VecDeque::with_capacity(AGE_HISTORY_LEN),
             drain_after,
-            draining: [None, None],
+            draining: vec![None; n],
+            drain_for: vec![None; n],
             finish_after,
-            retired_at: [None, None],
+            retired_at: vec![None; n],
             last_flow_counts: Vec::new(),
-        })
+            published: None,
+        };
+        c.metrics.set_active(c.decider.active());
+        if policy.steering == Steering::Balance {
+            c.publish_table()?;
+        }
+        c.refresh_origin_metrics();
+        tracing::info!(
+            policy = policy.steering.label(),
+            active = c.decider.name(c.decider.active()),
+            rotation = ?c.rotation_names(),
+            "adopted the data plane"
+        );
+        Ok(c)
     }
 
     /// The metrics this controller updates.
@@ -207,48 +315,78 @@ impl Controller {
     /// one interval.
     pub fn needs_confirmation(&self) -> bool {
         let required = self.decider.policy().required_windows;
-        OriginId::ALL.iter().any(|o| {
-            let t = self.decider.track(*o);
+        self.decider.ids().any(|o| {
+            let t = self.decider.track(o);
             t.health == Health::Healthy && t.consecutive_bad > 0 && t.consecutive_bad < required
         })
     }
 
-    /// The active origin.
+    /// The active origin (balance: the first origin in rotation).
     pub fn active(&self) -> OriginId {
         self.decider.active()
     }
 
-    /// One probe window: record, decide, apply.
-    pub fn on_window(
-        &mut self,
-        primary: &ProbeReport,
-        backup: &ProbeReport,
-        now: SystemTime,
-    ) -> Result<Decision, ControlError> {
-        self.metrics.observe_probe(OriginId::Primary, primary);
-        self.metrics.observe_probe(OriginId::Backup, backup);
-        self.sample_ages(primary, backup, now);
-        let decision = self.decider.step(primary, backup, now);
-        for o in OriginId::ALL {
-            self.metrics
-                .set_healthy(o, self.decider.track(o).health == Health::Healthy);
-        }
-        let decision = self.apply(decision, now)?;
-        self.maintain_flows(now);
-        Ok(decision)
+    /// The active origin's name.
+    pub fn active_name(&self) -> &str {
+        self.decider.name(self.decider.active())
     }
 
-    /// Once per window, for each origin that is not active: abort the flows of an unhealthy
-    /// one, and move a drained one's flows once its deadline has passed.
+    /// The origin called `name`.
+    pub fn find(&self, name: &str) -> Option<OriginId> {
+        self.decider.find(name)
+    }
+
+    /// Playlist URLs, in origin order (what the run loop probes).
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    fn rotation_names(&self) -> Vec<String> {
+        self.decider
+            .rotation()
+            .iter()
+            .map(|o| self.decider.name(*o).to_string())
+            .collect()
+    }
+
+    /// One probe window: record, decide, apply. `reports` in origin order.
+    pub fn on_window(
+        &mut self,
+        reports: &[ProbeReport],
+        now: SystemTime,
+    ) -> Result<Decision, ControlError> {
+        for (o, r) in self.decider.ids().zip(reports) {
+            self.metrics.observe_probe(self.decider.name(o), r);
+        }
+        self.sample_ages(reports, now);
+        let decision = self.decider.step(reports, now);
+        for o in self.decider.ids() {
+            self.metrics.set_healthy(
+                self.decider.name(o),
+                self.decider.track(o).health == Health::Healthy,
+            );
+        }
+        let decision = self.apply(decision, now);
+        self.maintain_flows(now);
+        decision
+    }
+
+    /// Whether `o` gets new flows now.
+    fn gets_new_flows(&self, o: OriginId) -> bool {
+        self.decider.in_rotation(o)
+    }
+
+    /// Once per window, for each origin that gets no new flows: abort the flows of an
+    /// unhealthy one, and move a drained one's flows once its deadline has passed.
     pub fn maintain_flows(&mut self, now: SystemTime) {
-        let active = self.decider.active();
-        for o in OriginId::ALL {
-            let slot = o.index() as usize;
+        for o in self.decider.ids().collect::<Vec<_>>() {
+            let slot = o.slot();
             let unhealthy = self.decider.track(o).health == Health::Unhealthy;
-            if o == active || !unhealthy {
+            let serving = self.gets_new_flows(o);
+            if serving || !unhealthy {
                 self.retired_at[slot] = None;
             }
-            if o == active {
+            if serving {
                 self.set_draining(o, None);
                 continue;
             }
@@ -267,7 +405,7 @@ impl Controller {
                     .abort(o, DRAIN_ABORTS_PER_WINDOW, true, "drain deadline")
                     .is_some_and(|a| a.remaining == 0 && a.finishing == 0);
                 if done {
-                    tracing::info!(origin = %o, "drain finished");
+                    tracing::info!(origin = self.decider.name(o), "drain finished");
                     self.set_draining(o, None);
                 }
             }
@@ -275,18 +413,41 @@ impl Controller {
     }
 
     fn set_draining(&mut self, o: OriginId, deadline: Option<SystemTime>) {
-        self.draining[o.index() as usize] = deadline;
+        self.draining[o.slot()] = deadline;
+        if deadline.is_none() {
+            self.drain_for[o.slot()] = None;
+        }
         self.metrics
             .draining
-            .with_label_values(&[o.label()])
+            .with_label_values(&[self.decider.name(o)])
             .set(i64::from(deadline.is_some()));
+    }
+
+    /// Starts draining `o`'s open flows (a healthy origin that stopped getting new flows):
+    /// they stay until they end or the deadline, then are moved, paced.
+    fn start_drain(&mut self, o: OriginId, now: SystemTime) {
+        if self.draining[o.slot()].is_some() {
+            return;
+        }
+        let after = self.drain_for[o.slot()].unwrap_or(self.drain_after);
+        // An absurd drain time (validated elsewhere) must not overflow the clock.
+        let deadline = now
+            .checked_add(after)
+            .unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()));
+        tracing::info!(
+            origin = self.decider.name(o),
+            drain_s = after.as_secs_f64(),
+            "draining: open connections stay until they end or the deadline"
+        );
+        self.set_draining(o, Some(deadline));
+        // set_draining(Some) keeps drain_for; it is cleared when the drain ends.
     }
 
     /// Aborts an unhealthy origin's connections: all of them, except (within the finish time
     /// since it was retired) those delivering a response right now, which later windows cut
     /// once they finish or stall.
     fn retire(&mut self, o: OriginId, now: SystemTime, why: &str) {
-        let slot = o.index() as usize;
+        let slot = o.slot();
         let since = *self.retired_at[slot].get_or_insert(now);
         let finish = now.duration_since(since).unwrap_or_default() < self.finish_after;
         if let Some(a) = self.abort(o, usize::MAX, finish, why)
@@ -305,9 +466,10 @@ impl Controller {
         finish_in_flight: bool,
         why: &str,
     ) -> Option<Aborted> {
+        let name = self.decider.name(o).to_string();
         match self.dataplane.abort_flows(o.index(), max, finish_in_flight) {
             Ok(a) => {
-                let l = [o.label()];
+                let l = [name.as_str()];
                 self.metrics
                     .retired_flows
                     .with_label_values(&l)
@@ -317,22 +479,22 @@ impl Controller {
                     .with_label_values(&l)
                     .inc_by(a.reset);
                 if a.removed > 0 || a.reset > 0 {
-                    tracing::warn!(origin = %o, why, reset = a.reset, flows_removed = a.removed, finishing = a.finishing, remaining = a.remaining, "aborted viewer connections");
+                    tracing::warn!(origin = %name, why, reset = a.reset, flows_removed = a.removed, finishing = a.finishing, remaining = a.remaining, "aborted viewer connections");
                 }
-                if let Some(c) = self.last_flow_counts.get_mut(o.index() as usize) {
+                if let Some(c) = self.last_flow_counts.get_mut(o.slot()) {
                     *c = a.remaining + a.finishing;
                 }
                 Some(a)
             }
             Err(e) => {
-                tracing::error!(origin = %o, why, error = %format!("{e:#}"), "aborting flows failed");
+                tracing::error!(origin = %name, why, error = %format!("{e:#}"), "aborting flows failed");
                 None
             }
         }
     }
 
     /// Appends to the age history when the newest sample is [`AGE_SAMPLE_PERIOD`] old.
-    fn sample_ages(&mut self, primary: &ProbeReport, backup: &ProbeReport, now: SystemTime) {
+    fn sample_ages(&mut self, reports: &[ProbeReport], now: SystemTime) {
         let at_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -348,12 +510,11 @@ impl Controller {
         if self.age_history.len() == AGE_HISTORY_LEN {
             self.age_history.pop_front();
         }
-        let age = |r: &ProbeReport| r.outcome.as_ref().ok().map(|f| f.age_seconds);
-        self.age_history.push_back(AgeSample {
-            at_ms,
-            primary: age(primary),
-            backup: age(backup),
-        });
+        let ages = reports
+            .iter()
+            .map(|r| r.outcome.as_ref().ok().map(|f| f.age_seconds))
+            .collect();
+        self.age_history.push_back(AgeSample { at_ms, ages });
     }
 
     /// The segment-age history, oldest first.
@@ -370,38 +531,154 @@ impl Controller {
         self.apply(decision, now)
     }
 
+    fn origin_named(&self, name: &str) -> Result<OriginId, ControlError> {
+        self.decider
+            .find(name)
+            .ok_or_else(|| ControlError::UnknownOrigin(name.to_string()))
+    }
+
+    /// Whether some origin other than `except` could still take new flows (open, healthy).
+    fn another_open(&self, except: OriginId) -> bool {
+        self.decider.ids().any(|o| {
+            o != except
+                && self.decider.origin(o).open()
+                && self.decider.track(o).health == Health::Healthy
+        })
+    }
+
+    /// An operator drains `name` (`POST /drain`): no new flows from now on; its open flows
+    /// stay until they end or `deadline` (default: the drain time) passes, then are moved.
+    /// Refused when no other origin could take new flows.
+    pub fn drain(
+        &mut self,
+        name: &str,
+        deadline: Option<Duration>,
+        now: SystemTime,
+    ) -> Result<Decision, ControlError> {
+        let o = self.origin_named(name)?;
+        if !self.another_open(o) {
+            return Err(ControlError::Refused(format!(
+                "draining {name} would leave no healthy origin to take new flows"
+            )));
+        }
+        tracing::info!(origin = name, deadline_s = ?deadline.map(|d| d.as_secs_f64()), "operator drains origin");
+        self.decider.set_drained(o, true);
+        self.drain_for[o.slot()] = Some(deadline.unwrap_or(self.drain_after));
+        let decision = self.decider.decide(now);
+        let decision = self.apply(decision, now)?;
+        // Not getting new flows any more (or not before either): its open flows drain, by
+        // the deadline asked for even when they were draining already.
+        if !self.gets_new_flows(o) {
+            self.draining[o.slot()] = None;
+            self.start_drain(o, now);
+        }
+        self.refresh_origin_metrics();
+        Ok(decision)
+    }
+
+    /// An operator undrains `name` (`POST /undrain`): it may get new flows again (when
+    /// healthy), and its open flows are no longer moved at a deadline.
+    pub fn undrain(&mut self, name: &str, now: SystemTime) -> Result<Decision, ControlError> {
+        let o = self.origin_named(name)?;
+        tracing::info!(origin = name, "operator undrains origin");
+        let was = self.decider.origin(o).drained;
+        self.decider.set_drained(o, false);
+        if was {
+            self.set_draining(o, None);
+        }
+        let decision = self.decider.decide(now);
+        let decision = self.apply(decision, now)?;
+        self.refresh_origin_metrics();
+        Ok(decision)
+    }
+
+    /// An operator sets `name`'s weight (`POST /weight`): balance rebuilds the table. 0 takes
+    /// it out of rotation (its open flows stay). Refused when no other origin could take new
+    /// flows.
+    pub fn set_weight(
+        &mut self,
+        name: &str,
+        weight: u32,
+        now: SystemTime,
+    ) -> Result<Decision, ControlError> {
+        let o = self.origin_named(name)?;
+        if weight > crate::config::MAX_WEIGHT {
+            return Err(ControlError::Refused(format!(
+                "weight {weight} is above {}",
+                crate::config::MAX_WEIGHT
+            )));
+        }
+        if weight == 0 && !self.another_open(o) {
+            return Err(ControlError::Refused(format!(
+                "weight 0 for {name} would leave no healthy origin to take new flows"
+            )));
+        }
+        tracing::info!(origin = name, weight, "operator sets weight");
+        self.decider.set_weight(o, weight);
+        let decision = self.decider.decide(now);
+        let decision = self.apply(decision, now)?;
+        self.refresh_origin_metrics();
+        Ok(decision)
+    }
+
+    /// Builds the Maglev table over the origins in rotation and publishes it, unless the data
+    /// plane has that very table already.
+    fn publish_table(&mut self) -> Result<(), ControlError> {
+        let want: Vec<(OriginId, u32)> = self
+            .decider
+            .rotation()
+            .iter()
+            .map(|o| (*o, self.decider.origin(*o).weight))
+            .collect();
+        if self.published.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        let backends: Vec<maglev::Backend<'_>> = want
+            .iter()
+            .map(|(o, weight)| maglev::Backend {
+                name: self.decider.name(*o),
+                weight: *weight,
+            })
+            .collect();
+        let table = maglev::build(&backends, maglev::DEFAULT_TABLE_SIZE)
+            .map_err(|e| ControlError::Publish(e.into()))?;
+        // The table holds positions in `backends`; the data plane wants origin indices.
+        let slots: Vec<OriginIndex> = table
+            .slots()
+            .iter()
+            .map(|&b| match want.get(b as usize) {
+                Some((o, _)) => o.index(),
+                None => maglev::NO_BACKEND,
+            })
+            .collect();
+        self.published = None;
+        self.dataplane
+            .set_lookup_table(&slots)
+            .map_err(ControlError::Publish)?;
+        let shares = table.entry_counts(want.len());
+        tracing::info!(
+            rotation = ?want.iter().zip(&shares).map(|((o, w), n)| format!("{}(w{w}, {n} slots)", self.decider.name(*o))).collect::<Vec<_>>(),
+            "published the lookup table"
+        );
+        self.metrics.table_rebuilds.inc();
+        self.published = Some(want);
+        Ok(())
+    }
+
     /// The single place that writes the data plane.
     fn apply(&mut self, decision: Decision, now: SystemTime) -> Result<Decision, ControlError> {
-        if decision.flips() {
-            let (old, new) = (decision.from, decision.to);
-            if let Err(source) = self.dataplane.set_active(new.index()) {
-                self.decider.revert_active(old);
-                tracing::error!(from = %old, to = %new, error = %format!("{source:#}"), "flip failed; staying");
-                return Err(ControlError::SetActive {
-                    origin: new,
-                    source,
-                });
-            }
-            self.metrics.set_active(new);
-            self.set_draining(new, None);
-            // After set_active: an aborted viewer reconnects to the new origin. A failed abort
-            // is logged; the flip itself happened, and the next window tries again.
-            if self.decider.track(old).health == Health::Unhealthy {
-                self.retire(old, now, "origin retired");
-            } else {
-                // An absurd drain time (validated elsewhere) must not overflow the clock.
-                let deadline = now
-                    .checked_add(self.drain_after)
-                    .unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()));
-                tracing::info!(origin = %old, drain_s = self.drain_after.as_secs_f64(), "draining: open connections stay until they end or the deadline");
-                self.set_draining(old, Some(deadline));
-            }
+        match self.decider.policy().steering {
+            Steering::Failover => self.apply_failover(&decision, now)?,
+            Steering::Balance => self.apply_balance(&decision, now)?,
         }
         self.metrics.observe_decision(&decision);
+        self.refresh_origin_metrics();
         self.log(&decision);
         // A condition that persists (both bad, a degraded active origin) is one entry of the
         // history, not one per probe window: it would push every other decision out.
-        let repeated = self.last == Some((decision.action, decision.reason)) && !decision.flips();
+        let repeated = self.last == Some((decision.action, decision.reason))
+            && !decision.flips()
+            && decision.action != Action::Rebalance;
         if !repeated
             && decision.reason != Reason::ActiveHealthy
             && decision.reason != Reason::Manual
@@ -417,6 +694,63 @@ impl Controller {
         Ok(decision)
     }
 
+    fn apply_failover(&mut self, decision: &Decision, now: SystemTime) -> Result<(), ControlError> {
+        if decision.flips() {
+            let (old, new) = (decision.from, decision.to);
+            if let Err(source) = self.dataplane.set_active(new.index()) {
+                self.decider.revert_active(old);
+                tracing::error!(from = %decision.from_name, to = %decision.to_name, error = %format!("{source:#}"), "flip failed; staying");
+                return Err(ControlError::SetActive {
+                    origin: decision.to_name.clone(),
+                    source,
+                });
+            }
+            self.metrics.set_active(new);
+            self.set_draining(new, None);
+            // After set_active: an aborted viewer reconnects to the new origin. A failed abort
+            // is logged; the flip itself happened, and the next window tries again.
+            if self.decider.track(old).health == Health::Unhealthy {
+                self.retire(old, now, "origin retired");
+            } else {
+                self.start_drain(old, now);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_balance(&mut self, decision: &Decision, now: SystemTime) -> Result<(), ControlError> {
+        let before: Vec<OriginId> = self
+            .published
+            .as_ref()
+            .map(|p| p.iter().map(|(o, _)| *o).collect())
+            .unwrap_or_default();
+        if let Err(e) = self.publish_table() {
+            // The data plane keeps the table it has: so does the decider (and the next window
+            // publishes again).
+            if !before.is_empty() {
+                self.decider.revert_rotation(before);
+            }
+            tracing::error!(error = %e, "lookup table not published; staying");
+            return Err(e);
+        }
+        self.metrics.set_active(decision.to);
+        for o in self.decider.ids().collect::<Vec<_>>() {
+            let was = before.contains(&o);
+            if self.decider.in_rotation(o) {
+                self.set_draining(o, None);
+            } else if was {
+                // Left the rotation: an unhealthy origin's viewers are cut now (after the new
+                // table, so they reconnect to the others); a drained one's drain.
+                if self.decider.track(o).health == Health::Unhealthy {
+                    self.retire(o, now, "origin retired");
+                } else if self.decider.origin(o).drained {
+                    self.start_drain(o, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One line per decision. Routine windows at debug so a 0.2 s interval does not flood
     /// the log; a repeated alarm (both bad) at debug after its first warning.
     fn log(&self, d: &Decision) {
@@ -424,22 +758,35 @@ impl Controller {
         let (action, reason) = (format!("{:?}", d.action), d.reason.label());
         match d.action {
             Action::Failover => {
-                tracing::warn!(action, reason, from = %d.from, to = %d.to, detail = %d.detail, "failover")
+                tracing::warn!(action, reason, from = %d.from_name, to = %d.to_name, detail = %d.detail, "failover")
             }
             Action::Switchback => {
-                tracing::info!(action, reason, from = %d.from, to = %d.to, detail = %d.detail, "switchback")
+                tracing::info!(action, reason, from = %d.from_name, to = %d.to_name, detail = %d.detail, "switchback")
+            }
+            Action::Rebalance => {
+                tracing::warn!(action, reason, rotation = ?d.rotation, detail = %d.detail, "rotation changed")
             }
             Action::BothBad if !repeated => {
-                tracing::warn!(action, reason, active = %d.to, detail = %d.detail, "both origins bad; staying")
+                tracing::warn!(action, reason, active = %d.to_name, detail = %d.detail, "every origin bad; staying")
             }
             Action::Stay
                 if d.reason == Reason::ActiveDegraded
                     || d.reason == Reason::ManualOverride
-                    || d.reason == Reason::ManualAuto =>
+                    || d.reason == Reason::ManualAuto
+                    || d.reason == Reason::Drained =>
             {
-                tracing::info!(action, reason, active = %d.to, detail = %d.detail, "stay")
+                tracing::info!(action, reason, active = %d.to_name, detail = %d.detail, "stay")
             }
-            _ => tracing::debug!(action, reason, active = %d.to, detail = %d.detail, "stay"),
+            _ => tracing::debug!(action, reason, active = %d.to_name, detail = %d.detail, "stay"),
+        }
+    }
+
+    /// Weight, drained and in-rotation gauges of every origin.
+    fn refresh_origin_metrics(&self) {
+        for o in self.decider.ids() {
+            let s = self.decider.origin(o);
+            self.metrics
+                .set_origin(&s.name, s.weight, s.drained, self.gets_new_flows(o));
         }
     }
 
@@ -467,14 +814,22 @@ impl Controller {
 
     /// The state for `/healthz` and the status page.
     pub fn status(&self) -> Status {
+        let now = SystemTime::now();
         let origin = |o: OriginId| {
-            let t = self.decider.track(o);
+            let s = self.decider.origin(o);
+            let t = &s.track;
             let report = t.last_report.as_ref();
             let fresh = report.and_then(|r| r.outcome.as_ref().ok());
+            let deadline = self.draining[o.slot()];
             OriginStatus {
-                url: self.urls[o.index() as usize].clone(),
+                name: s.name.clone(),
+                index: o.index(),
+                url: self.urls[o.slot()].clone(),
                 healthy: t.health == Health::Healthy,
                 state: t.health,
+                weight: s.weight,
+                drained: s.drained,
+                in_rotation: self.gets_new_flows(o),
                 age_seconds: fresh.map(|f| f.age_seconds),
                 msn: fresh.map(|f| f.newest_msn),
                 last_error: t.last_bad.as_ref().map(ToString::to_string),
@@ -482,30 +837,31 @@ impl Controller {
                 latency_ms: report.map(|r| r.latency.as_secs_f64() * 1e3),
                 consecutive_bad: t.consecutive_bad,
                 consecutive_good: t.consecutive_good,
-                draining: self.draining[o.index() as usize].is_some(),
-                retiring: self.retired_at[o.index() as usize].is_some(),
+                draining: deadline.is_some(),
+                drain_deadline_seconds: deadline
+                    .map(|d| d.duration_since(now).map_or(0.0, |left| left.as_secs_f64())),
+                retiring: self.retired_at[o.slot()].is_some(),
             }
         };
         let flows = self.dataplane.flow_counts().ok().map(|counts| {
             counts
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (slot_label(i as u32), *n))
+                .map(|(i, n)| (self.metrics.slot_label(i as u32), *n))
                 .collect()
         });
         let (mode, manual_origin) = match self.decider.mode() {
             Mode::Auto => ("auto", None),
-            Mode::Manual(o) => ("manual", Some(o)),
+            Mode::Manual(o) => ("manual", Some(self.decider.name(o).to_string())),
         };
         Status {
-            active: self.decider.active(),
+            policy: self.decider.policy().steering.label(),
+            active: self.active_name().to_string(),
             mode,
             manual_origin,
             both_bad: self.last.is_some_and(|(a, _)| a == Action::BothBad),
-            origins: Origins {
-                primary: origin(OriginId::Primary),
-                backup: origin(OriginId::Backup),
-            },
+            rotation: self.rotation_names(),
+            origins: self.decider.ids().map(origin).collect(),
             flows,
             decisions: self.history.iter().cloned().collect(),
         }

@@ -3,8 +3,9 @@
 
 use switcher_common::Counters;
 
-/// An origin slot of the data plane: [`switcher_common::ORIGIN_PRIMARY`] (0) or
-/// [`switcher_common::ORIGIN_BACKUP`] (1).
+/// An origin slot of the data plane: the origin's position in the configuration
+/// ([`switcher_common::ORIGIN_PRIMARY`] (0) and [`switcher_common::ORIGIN_BACKUP`] (1) for the
+/// two-origin shorthand).
 pub type OriginIndex = u32;
 
 /// Operations on the data plane's maps. Every map write of the control plane goes through it.
@@ -13,6 +14,10 @@ pub trait DataPlane: Send {
     fn active(&self) -> anyhow::Result<OriginIndex>;
     /// Makes `origin` the one new flows (handshakes) go to.
     fn set_active(&mut self, origin: OriginIndex) -> anyhow::Result<()>;
+    /// Publishes the lookup table new flows are steered by: `slots[i]` is the origin index of
+    /// Maglev slot `i` (`slots.len() == switcher_common::MAGLEV_SIZE`). Packets see the old
+    /// table or the new one, never a mix.
+    fn set_lookup_table(&mut self, slots: &[OriginIndex]) -> anyhow::Result<()>;
     /// Removes every tracked flow (and handshake) pinned to `origin`, without resetting
     /// anything: a viewer's next packet finds no flow and is passed to the edge's stack, which
     /// resets it from the VIP (nothing listens there). Returns how many flows were removed.

@@ -1,24 +1,36 @@
-//! The failover decision: a pure state machine. Input: one probe report per origin and the
+//! The steering decision: a pure state machine. Input: one probe report per origin and the
 //! time; output: a [`Decision`] with its reason. No I/O and no clock of its own, so tests
 //! drive it through any sequence of windows with a fake clock.
+//!
+//! Origins are numbered in configuration order ([`OriginId`], the data plane's index) and
+//! named; the order is the failover preference list (the first one is "the primary").
 //!
 //! Rules (docs/ARCHITECTURE.md, "Failover and draining"):
 //! * A window is **bad** for an origin when its probe failed (refused, timeout, 5xx, other
 //!   status, unparsable, no PROGRAM-DATE-TIME, empty, too large), when its segment age is over
 //!   the threshold, or when its newest MSN is more than [`Policy::msn_tolerance`] behind the
-//!   other origin's (only compared when both parsed).
+//!   newest MSN among the healthy origins that parsed in this window.
 //! * Hysteresis: an origin turns **unhealthy** after `required_windows` consecutive bad
 //!   windows, and **healthy** again after `required_windows` consecutive good ones. A refused
 //!   connection makes it unhealthy at once: nothing listens, waiting more windows only
 //!   lengthens the outage (the process is gone, not slow).
-//! * The active origin is left only when it is unhealthy, and only for an origin that is
-//!   healthy *and* good in this very window (never flip to a bad origin). Otherwise: both bad,
-//!   stay where we are and say so.
-//! * With `prefer_primary`, the backup is left for the primary as soon as the primary is
-//!   healthy again; without it, the backup stays until it fails itself.
-//! * A manual override pins the active origin until `auto` is set again.
+//! * Never steer new flows to a bad origin: an origin starts getting new flows only when it
+//!   is healthy *and* good in this very window ([`OriginTrack::eligible`]), not drained by an
+//!   operator, and of weight above 0.
+//! * [`Steering::Failover`]: one active origin. It is left only when it is unhealthy (or
+//!   drained, or of weight 0), for the first eligible origin in preference order; none
+//!   eligible: stay where we are and say so ([`Action::BothBad`]). With `prefer_primary`
+//!   (prefer earlier origins), an origin earlier in the list than the active one is taken
+//!   back as soon as it is eligible again.
+//! * [`Steering::Balance`]: every origin in **rotation** gets new flows (the controller spreads
+//!   them with a weighted Maglev table). An origin stays in rotation while it is healthy (so
+//!   one bad window moves nothing: hysteresis), not drained and of weight above 0; it joins
+//!   when it is eligible. A rotation that would be left empty by health stays as it is
+//!   ([`Action::BothBad`]): there is nowhere better to go.
+//! * A manual override pins the active origin (in balance: the rotation is that one origin)
+//!   until `auto` is set again.
 //!
-//! Both origins start healthy (innocent until probed): at start the controller adopts the
+//! Every origin starts healthy (innocent until probed): at start the controller adopts the
 //! data plane's active origin, and a dead one is still left after `required_windows` (or at
 //! once when refused).
 
@@ -30,67 +42,67 @@ use serde::Serialize;
 use crate::dataplane::OriginIndex;
 use crate::probe::{ProbeError, ProbeReport};
 
-/// One of the two origins of the contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OriginId {
-    /// Origin index [`switcher_common::ORIGIN_PRIMARY`].
-    Primary,
-    /// Origin index [`switcher_common::ORIGIN_BACKUP`].
-    Backup,
-}
+/// Most origins an edge steers to (`--origin` given up to this many times).
+pub const MAX_ORIGINS: usize = 16;
+
+/// An origin: its position in the configuration, which is also its index in the data
+/// plane's maps and its place in the failover preference list. Its name is the decider's
+/// ([`Decider::name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OriginId(pub u32);
 
 impl OriginId {
-    /// Both origins, in index order.
-    pub const ALL: [OriginId; 2] = [OriginId::Primary, OriginId::Backup];
+    /// The first origin: the seed's primary ([`switcher_common::ORIGIN_PRIMARY`]).
+    pub const PRIMARY: OriginId = OriginId(switcher_common::ORIGIN_PRIMARY);
+    /// The second origin: the seed's backup ([`switcher_common::ORIGIN_BACKUP`]).
+    pub const BACKUP: OriginId = OriginId(switcher_common::ORIGIN_BACKUP);
 
     /// Index in the data plane's maps.
     pub fn index(self) -> OriginIndex {
-        match self {
-            OriginId::Primary => switcher_common::ORIGIN_PRIMARY,
-            OriginId::Backup => switcher_common::ORIGIN_BACKUP,
-        }
+        self.0
     }
 
-    /// The origin at a data plane index, if it is one of the two.
-    pub fn from_index(index: OriginIndex) -> Option<Self> {
-        match index {
-            switcher_common::ORIGIN_PRIMARY => Some(OriginId::Primary),
-            switcher_common::ORIGIN_BACKUP => Some(OriginId::Backup),
-            _ => None,
-        }
-    }
-
-    /// The other origin.
-    pub fn other(self) -> Self {
-        match self {
-            OriginId::Primary => OriginId::Backup,
-            OriginId::Backup => OriginId::Primary,
-        }
-    }
-
-    /// Label value (`origin="primary"`), JSON key, and CLI word.
-    pub fn label(self) -> &'static str {
-        match self {
-            OriginId::Primary => "primary",
-            OriginId::Backup => "backup",
-        }
+    /// Position in per-origin vectors.
+    pub fn slot(self) -> usize {
+        self.0 as usize
     }
 }
 
 impl fmt::Display for OriginId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// How new flows are spread over the origins (`--policy`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Steering {
+    /// One active origin at a time, in preference order (the seed's behaviour).
+    #[default]
+    Failover,
+    /// Every healthy origin, in proportion to its weight (weighted Maglev).
+    Balance,
+}
+
+impl Steering {
+    /// `failover` or `balance`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Steering::Failover => "failover",
+            Steering::Balance => "balance",
+        }
     }
 }
 
 /// Who chooses the active origin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// The rules above.
     Auto,
-    /// An operator pinned this origin (`switcher-ctl set primary|backup`).
+    /// An operator pinned this origin (`switcher-ctl set NAME`).
     Manual(OriginId),
 }
 
@@ -101,10 +113,13 @@ pub struct Policy {
     pub required_windows: u32,
     /// Segment age above which a window is bad.
     pub age_threshold_seconds: f64,
-    /// How many MSNs an origin may trail the other before a window is bad.
+    /// How many MSNs an origin may trail the newest healthy one before a window is bad.
     pub msn_tolerance: u64,
-    /// Switch back to the primary when it is healthy again.
+    /// Failover: go back to an origin earlier in the preference list (the primary) when it is
+    /// healthy again.
     pub prefer_primary: bool,
+    /// Failover (one active origin) or balance (all healthy origins, weighted).
+    pub steering: Steering,
 }
 
 /// Why one window is bad for one origin.
@@ -119,11 +134,11 @@ pub enum BadReason {
         /// Threshold, seconds.
         threshold_seconds: f64,
     },
-    /// The newest MSN trails the other origin's by more than the tolerance.
+    /// The newest MSN trails the newest healthy origin's by more than the tolerance.
     Behind {
         /// This origin's newest MSN.
         msn: u64,
-        /// The other origin's newest MSN.
+        /// The newest MSN among the healthy origins.
         other_msn: u64,
     },
 }
@@ -152,13 +167,13 @@ impl fmt::Display for BadReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
-    /// Eligible to be active (when its latest window is good too).
+    /// Eligible for new flows (when its latest window is good too).
     Healthy,
-    /// Left when active; never flipped to.
+    /// Gets no new flows; its flows are retired.
     Unhealthy,
 }
 
-/// What the decider knows about one origin.
+/// What the decider knows about one origin's probes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OriginTrack {
     /// State after hysteresis.
@@ -184,9 +199,29 @@ impl OriginTrack {
         }
     }
 
-    /// Healthy and good in the latest window: the only kind of origin we flip to.
+    /// Healthy and good in the latest window: the only kind of origin new flows move to.
     pub fn eligible(&self) -> bool {
         self.health == Health::Healthy && self.last_bad.is_none() && self.last_report.is_some()
+    }
+}
+
+/// One origin as the decider holds it: name, operator settings and probe track.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OriginState {
+    /// Stable name (label value, JSON key, CLI word, Maglev backend name).
+    pub name: String,
+    /// Relative share of new flows in balance mode; 0 takes it out of rotation.
+    pub weight: u32,
+    /// Drained by an operator: no new flows until undrained.
+    pub drained: bool,
+    /// Probe history.
+    pub track: OriginTrack,
+}
+
+impl OriginState {
+    /// Not drained and of weight above 0: the operator lets it take new flows.
+    pub fn open(&self) -> bool {
+        !self.drained && self.weight > 0
     }
 }
 
@@ -194,13 +229,16 @@ impl OriginTrack {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
-    /// Keep the active origin.
+    /// Keep where new flows go.
     Stay,
-    /// Make the backup active (`failovers_total`).
+    /// Failover: make an origin later in the preference list active (`failovers_total`).
     Failover,
-    /// Make the primary active (`switchbacks_total`).
+    /// Failover: make an origin earlier in the preference list active (`switchbacks_total`).
     Switchback,
-    /// The active origin is unhealthy and the other is no better: stay, and alert.
+    /// Balance: the set of origins in rotation changed (the table is rebuilt).
+    Rebalance,
+    /// New flows' origin (failover) or every origin in rotation (balance) is unhealthy and no
+    /// other is better: stay, and alert.
     BothBad,
 }
 
@@ -208,15 +246,20 @@ pub enum Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
-    /// Stay: the active origin's window was good.
+    /// Stay: the active origin's window (every origin in rotation's) was good.
     ActiveHealthy,
-    /// Stay: the active origin's window was bad, but not for enough windows yet.
+    /// Stay: the active origin's window (one in rotation's) was bad, not for enough windows yet.
     ActiveDegraded,
-    /// Flip: the active origin is unhealthy and the other is good.
+    /// Flip (or leave the rotation): the active origin (one in rotation) is unhealthy.
     ActiveUnhealthy,
-    /// Flip: the primary is healthy again and `prefer_primary` is on.
+    /// Flip back: an origin earlier in the preference list (the primary) is healthy again
+    /// and `prefer_primary` is on.
     PrimaryRecovered,
-    /// Stay: both origins are bad.
+    /// Balance: an eligible origin joins the rotation.
+    OriginRecovered,
+    /// An operator drained, undrained or re-weighted an origin.
+    Drained,
+    /// Stay: every origin that could take new flows is bad.
     BothBad,
     /// Stay: an operator pinned the active origin.
     Manual,
@@ -228,11 +271,13 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for pre-registering metric label values.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::ActiveHealthy,
         Reason::ActiveDegraded,
         Reason::ActiveUnhealthy,
         Reason::PrimaryRecovered,
+        Reason::OriginRecovered,
+        Reason::Drained,
         Reason::BothBad,
         Reason::Manual,
         Reason::ManualOverride,
@@ -246,6 +291,8 @@ impl Reason {
             Reason::ActiveDegraded => "active_degraded",
             Reason::ActiveUnhealthy => "active_unhealthy",
             Reason::PrimaryRecovered => "primary_recovered",
+            Reason::OriginRecovered => "origin_recovered",
+            Reason::Drained => "drained",
             Reason::BothBad => "both_bad",
             Reason::Manual => "manual",
             Reason::ManualOverride => "manual_override",
@@ -261,10 +308,21 @@ pub struct Decision {
     pub action: Action,
     /// Why (label).
     pub reason: Reason,
-    /// Active origin before.
+    /// Active origin before (balance: the first origin in rotation).
+    #[serde(skip)]
     pub from: OriginId,
     /// Active origin after (equal to `from` unless the action flips).
+    #[serde(skip)]
     pub to: OriginId,
+    /// Name of `from` (JSON `from`).
+    #[serde(rename = "from")]
+    pub from_name: String,
+    /// Name of `to` (JSON `to`).
+    #[serde(rename = "to")]
+    pub to_name: String,
+    /// Balance: the origins in rotation after the decision, by name (empty in failover).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rotation: Vec<String>,
     /// Time of the window (the caller's clock).
     #[serde(serialize_with = "serialize_time")]
     pub at: SystemTime,
@@ -290,30 +348,83 @@ pub struct Decider {
     policy: Policy,
     active: OriginId,
     mode: Mode,
-    tracks: [OriginTrack; 2],
-}
-
-fn slot(o: OriginId) -> usize {
-    match o {
-        OriginId::Primary => 0,
-        OriginId::Backup => 1,
-    }
+    origins: Vec<OriginState>,
+    /// Balance: origins getting new flows, in preference order. Failover: `[active]`.
+    rotation: Vec<OriginId>,
 }
 
 impl Decider {
-    /// Starts with `active` (adopted from the data plane), both origins healthy, mode auto.
-    pub fn new(policy: Policy, active: OriginId) -> Self {
-        Decider {
+    /// Starts with `active` (adopted from the data plane), every origin healthy, mode auto.
+    /// `origins`: (name, weight) in preference order; at most [`MAX_ORIGINS`], validated by
+    /// the configuration. In balance mode every origin of weight above 0 starts in rotation.
+    pub fn new(policy: Policy, origins: Vec<(String, u32)>, active: OriginId) -> Self {
+        let origins: Vec<OriginState> = origins
+            .into_iter()
+            .map(|(name, weight)| OriginState {
+                name,
+                weight,
+                drained: false,
+                track: OriginTrack::new(),
+            })
+            .collect();
+        let mut d = Decider {
             policy,
             active,
             mode: Mode::Auto,
-            tracks: [OriginTrack::new(), OriginTrack::new()],
+            origins,
+            rotation: Vec::new(),
+        };
+        d.rotation = match policy.steering {
+            Steering::Failover => vec![active],
+            Steering::Balance => d.ids().filter(|o| d.origins[o.slot()].open()).collect(),
+        };
+        if policy.steering == Steering::Balance {
+            d.active = d.rotation.first().copied().unwrap_or(active);
         }
+        d
     }
 
-    /// The active origin as the decider believes it.
+    /// Every origin, in preference order.
+    pub fn ids(&self) -> impl Iterator<Item = OriginId> + use<> {
+        (0..self.origins.len() as u32).map(OriginId)
+    }
+
+    /// Number of origins.
+    pub fn len(&self) -> usize {
+        self.origins.len()
+    }
+
+    /// True without origins (never, for a validated configuration).
+    pub fn is_empty(&self) -> bool {
+        self.origins.is_empty()
+    }
+
+    /// The origin called `name`.
+    pub fn find(&self, name: &str) -> Option<OriginId> {
+        self.origins
+            .iter()
+            .position(|o| o.name == name)
+            .map(|i| OriginId(i as u32))
+    }
+
+    /// Whether `o` is one of ours.
+    pub fn contains(&self, o: OriginId) -> bool {
+        o.slot() < self.origins.len()
+    }
+
+    /// The active origin as the decider believes it (balance: the first in rotation).
     pub fn active(&self) -> OriginId {
         self.active
+    }
+
+    /// Origins getting new flows, in preference order.
+    pub fn rotation(&self) -> &[OriginId] {
+        &self.rotation
+    }
+
+    /// Whether `o` gets new flows.
+    pub fn in_rotation(&self, o: OriginId) -> bool {
+        self.rotation.contains(&o)
     }
 
     /// Current mode.
@@ -323,7 +434,17 @@ impl Decider {
 
     /// What is known about `origin`.
     pub fn track(&self, origin: OriginId) -> &OriginTrack {
-        &self.tracks[slot(origin)]
+        &self.origins[origin.slot()].track
+    }
+
+    /// Name, settings and track of `origin`.
+    pub fn origin(&self, origin: OriginId) -> &OriginState {
+        &self.origins[origin.slot()]
+    }
+
+    /// Name of `origin` (`?` for an index that is not ours).
+    pub fn name(&self, origin: OriginId) -> &str {
+        self.origins.get(origin.slot()).map_or("?", |o| &o.name)
     }
 
     /// The policy in force.
@@ -331,8 +452,19 @@ impl Decider {
         &self.policy
     }
 
-    /// Judges one window of one origin against the other's report.
-    fn judge(&self, report: &ProbeReport, other: &ProbeReport) -> Option<BadReason> {
+    /// Drains (`true`) or undrains an origin: a drained origin gets no new flows. Takes
+    /// effect at the next [`Decider::decide`].
+    pub fn set_drained(&mut self, origin: OriginId, drained: bool) {
+        self.origins[origin.slot()].drained = drained;
+    }
+
+    /// Sets an origin's weight. Takes effect at the next [`Decider::decide`].
+    pub fn set_weight(&mut self, origin: OriginId, weight: u32) {
+        self.origins[origin.slot()].weight = weight;
+    }
+
+    /// Judges one window of one origin against the newest MSN among healthy origins.
+    fn judge(&self, report: &ProbeReport, newest_msn: Option<u64>) -> Option<BadReason> {
         let mine = match &report.outcome {
             Err(e) => return Some(BadReason::Probe(e.clone())),
             Ok(f) => f,
@@ -343,12 +475,12 @@ impl Decider {
                 threshold_seconds: self.policy.age_threshold_seconds,
             });
         }
-        if let Ok(theirs) = &other.outcome
-            && theirs.newest_msn > mine.newest_msn.saturating_add(self.policy.msn_tolerance)
+        if let Some(newest) = newest_msn
+            && newest > mine.newest_msn.saturating_add(self.policy.msn_tolerance)
         {
             return Some(BadReason::Behind {
                 msn: mine.newest_msn,
-                other_msn: theirs.newest_msn,
+                other_msn: newest,
             });
         }
         None
@@ -356,7 +488,7 @@ impl Decider {
 
     fn record(&mut self, origin: OriginId, report: &ProbeReport, bad: Option<BadReason>) {
         let required = self.policy.required_windows;
-        let t = &mut self.tracks[slot(origin)];
+        let t = &mut self.origins[origin.slot()].track;
         match &bad {
             Some(reason) => {
                 t.consecutive_good = 0;
@@ -387,17 +519,19 @@ impl Decider {
             } else {
                 Action::Stay
             }
+        } else if to > self.active {
+            Action::Failover
         } else {
-            match to {
-                OriginId::Backup => Action::Failover,
-                OriginId::Primary => Action::Switchback,
-            }
+            Action::Switchback
         };
         Decision {
             action,
             reason,
             from: self.active,
             to,
+            from_name: self.name(self.active).to_string(),
+            to_name: self.name(to).to_string(),
+            rotation: Vec::new(),
             at,
             detail,
         }
@@ -407,57 +541,139 @@ impl Decider {
     /// next window decides again from what is really active.
     pub fn revert_active(&mut self, origin: OriginId) {
         self.active = origin;
+        if self.policy.steering == Steering::Failover {
+            self.rotation = vec![origin];
+        }
     }
 
-    /// One window: both origins' reports, judged, tracked, decided. The decider's active
-    /// origin follows the decision (the caller applies it to the data plane).
-    pub fn step(
-        &mut self,
-        primary: &ProbeReport,
-        backup: &ProbeReport,
-        now: SystemTime,
-    ) -> Decision {
-        let p_bad = self.judge(primary, backup);
-        let b_bad = self.judge(backup, primary);
-        self.record(OriginId::Primary, primary, p_bad);
-        self.record(OriginId::Backup, backup, b_bad);
+    /// Puts the rotation back after the data plane refused a new table.
+    pub fn revert_rotation(&mut self, rotation: Vec<OriginId>) {
+        self.active = rotation.first().copied().unwrap_or(self.active);
+        self.rotation = rotation;
+    }
 
-        let active = self.active;
-        let other = active.other();
-        let a = self.track(active).clone();
-        let o = self.track(other);
-        let why = |t: &OriginTrack| {
-            t.last_bad
-                .as_ref()
-                .map_or_else(|| "good".to_string(), |r| r.to_string())
+    /// One window: every origin's report (in origin order), judged, tracked, decided. The
+    /// decider's active origin and rotation follow the decision (the caller applies it to the
+    /// data plane). A missing report counts as no window for that origin.
+    pub fn step(&mut self, reports: &[ProbeReport], now: SystemTime) -> Decision {
+        // The reference MSN: the newest among origins that are healthy (before this window)
+        // and parsed now. An unhealthy origin's numbers say nothing about where the stream is.
+        let newest_msn = self
+            .ids()
+            .zip(reports)
+            .filter(|(o, _)| self.track(*o).health == Health::Healthy)
+            .filter_map(|(_, r)| r.outcome.as_ref().ok().map(|f| f.newest_msn))
+            .max();
+        let judged: Vec<Option<BadReason>> = reports
+            .iter()
+            .take(self.origins.len())
+            .map(|r| self.judge(r, newest_msn))
+            .collect();
+        for ((o, report), bad) in self.ids().zip(reports).zip(judged) {
+            self.record(o, report, bad);
+        }
+        self.decide(now)
+    }
+
+    fn why(&self, o: OriginId) -> String {
+        self.track(o)
+            .last_bad
+            .as_ref()
+            .map_or_else(|| "good".to_string(), |r| r.to_string())
+    }
+
+    /// Whether new flows may move to `o` now: eligible and open.
+    fn candidate(&self, o: OriginId) -> bool {
+        let s = self.origin(o);
+        s.track.eligible() && s.open()
+    }
+
+    /// Decides from what is recorded (after [`Decider::step`], or after an operator drained
+    /// or re-weighted an origin).
+    pub fn decide(&mut self, now: SystemTime) -> Decision {
+        let decision = match self.policy.steering {
+            Steering::Failover => self.decide_failover(now),
+            Steering::Balance => self.decide_balance(now),
         };
+        self.active = decision.to;
+        if self.policy.steering == Steering::Failover {
+            self.rotation = vec![self.active];
+        }
+        decision
+    }
 
-        let decision = if let Mode::Manual(pinned) = self.mode {
+    fn decide_failover(&self, now: SystemTime) -> Decision {
+        let active = self.active;
+        let a = self.track(active);
+        let first_candidate = self.ids().find(|o| *o != active && self.candidate(*o));
+        let others = || {
+            self.ids()
+                .filter(|o| *o != active)
+                .map(|o| format!("{}: {}", self.name(o), self.why(o)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let name = self.name(active);
+        if let Mode::Manual(pinned) = self.mode {
             self.decision(
                 pinned,
                 Reason::Manual,
                 now,
-                format!("pinned to {pinned}; {active}: {}", why(&a)),
+                format!(
+                    "pinned to {}; {name}: {}",
+                    self.name(pinned),
+                    self.why(active)
+                ),
             )
         } else if a.health == Health::Unhealthy {
-            if o.eligible() {
-                let detail = format!(
-                    "{active} unhealthy ({}) for {} windows; {other} good",
-                    why(&a),
-                    a.consecutive_bad
-                );
-                self.decision(other, Reason::ActiveUnhealthy, now, detail)
-            } else {
-                let detail = format!("{active}: {}; {other}: {}", why(&a), why(o));
-                self.decision(active, Reason::BothBad, now, detail)
+            match first_candidate {
+                Some(o) => {
+                    let detail = format!(
+                        "{name} unhealthy ({}) for {} windows; {} good",
+                        self.why(active),
+                        a.consecutive_bad,
+                        self.name(o)
+                    );
+                    self.decision(o, Reason::ActiveUnhealthy, now, detail)
+                }
+                None => {
+                    let detail = format!("{name}: {}; {}", self.why(active), others());
+                    self.decision(active, Reason::BothBad, now, detail)
+                }
             }
-        } else if active == OriginId::Backup && self.policy.prefer_primary && o.eligible() {
-            let detail = format!("primary good for {} windows", o.consecutive_good);
-            self.decision(OriginId::Primary, Reason::PrimaryRecovered, now, detail)
+        } else if !self.origin(active).open() {
+            let what = if self.origin(active).drained {
+                "drained"
+            } else {
+                "weight 0"
+            };
+            match first_candidate {
+                Some(o) => self.decision(
+                    o,
+                    Reason::Drained,
+                    now,
+                    format!("{name} {what}; {} good", self.name(o)),
+                ),
+                None => self.decision(
+                    active,
+                    Reason::Drained,
+                    now,
+                    format!("{name} {what}, but no other origin is good: {}", others()),
+                ),
+            }
+        } else if let Some(earlier) = first_candidate.filter(|o| *o < active)
+            && self.policy.prefer_primary
+        {
+            let detail = format!(
+                "{} good for {} windows",
+                self.name(earlier),
+                self.track(earlier).consecutive_good
+            );
+            self.decision(earlier, Reason::PrimaryRecovered, now, detail)
         } else if a.last_bad.is_some() {
             let detail = format!(
-                "{active}: {} ({}/{} bad windows)",
-                why(&a),
+                "{name}: {} ({}/{} bad windows)",
+                self.why(active),
                 a.consecutive_bad,
                 self.policy.required_windows
             );
@@ -467,26 +683,135 @@ impl Decider {
                 active,
                 Reason::ActiveHealthy,
                 now,
-                format!("{active} good; {other}: {}", why(o)),
+                format!("{name} good; {}", others()),
             )
+        }
+    }
+
+    fn decide_balance(&mut self, now: SystemTime) -> Decision {
+        let old = self.rotation.clone();
+        let names = |set: &[OriginId]| {
+            set.iter()
+                .map(|o| self.name(*o).to_string())
+                .collect::<Vec<_>>()
         };
-        self.active = decision.to;
-        decision
+        let (rotation, reason, detail) = if let Mode::Manual(pinned) = self.mode {
+            (
+                vec![pinned],
+                Reason::Manual,
+                format!("pinned to {}", self.name(pinned)),
+            )
+        } else {
+            let new: Vec<OriginId> = self
+                .ids()
+                .filter(|o| {
+                    let s = self.origin(*o);
+                    s.open()
+                        && s.track.health == Health::Healthy
+                        && (old.contains(o) || s.track.eligible())
+                })
+                .collect();
+            let left: Vec<OriginId> = old.iter().copied().filter(|o| !new.contains(o)).collect();
+            let joined: Vec<OriginId> = new.iter().copied().filter(|o| !old.contains(o)).collect();
+            let unhealthy: Vec<OriginId> = left
+                .iter()
+                .copied()
+                .filter(|o| self.track(*o).health == Health::Unhealthy)
+                .collect();
+            let describe = |set: &[OriginId]| {
+                set.iter()
+                    .map(|o| format!("{} ({})", self.name(*o), self.why(*o)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if new.is_empty() {
+                let all_bad = old.is_empty()
+                    || old
+                        .iter()
+                        .all(|o| self.track(*o).health == Health::Unhealthy);
+                let reason = if all_bad {
+                    Reason::BothBad
+                } else {
+                    Reason::Drained
+                };
+                let detail = format!(
+                    "no origin left to take new flows; staying on {}",
+                    describe(&old)
+                );
+                (old.clone(), reason, detail)
+            } else if !unhealthy.is_empty() {
+                let detail = format!("{} unhealthy; out of rotation", describe(&unhealthy));
+                (new, Reason::ActiveUnhealthy, detail)
+            } else if !left.is_empty() {
+                let detail = format!("{} drained or weight 0", names(&left).join(", "));
+                (new, Reason::Drained, detail)
+            } else if !joined.is_empty() {
+                let detail = format!("{} good; into rotation", names(&joined).join(", "));
+                let reason = if joined
+                    .iter()
+                    .all(|o| self.origin(*o).track.consecutive_good > 0)
+                {
+                    Reason::OriginRecovered
+                } else {
+                    Reason::Drained
+                };
+                (new, reason, detail)
+            } else if let Some(o) = new.iter().find(|o| self.track(**o).last_bad.is_some()) {
+                let t = self.track(*o);
+                let detail = format!(
+                    "{}: {} ({}/{} bad windows)",
+                    self.name(*o),
+                    self.why(*o),
+                    t.consecutive_bad,
+                    self.policy.required_windows
+                );
+                (new, Reason::ActiveDegraded, detail)
+            } else {
+                (
+                    new,
+                    Reason::ActiveHealthy,
+                    "every origin in rotation good".into(),
+                )
+            }
+        };
+        let changed = rotation != old;
+        let first = rotation.first().copied().unwrap_or(self.active);
+        let action = if changed {
+            Action::Rebalance
+        } else if reason == Reason::BothBad {
+            Action::BothBad
+        } else {
+            Action::Stay
+        };
+        let d = Decision {
+            action,
+            reason,
+            from: self.active,
+            to: first,
+            from_name: self.name(self.active).to_string(),
+            to_name: self.name(first).to_string(),
+            rotation: names(&rotation),
+            at: now,
+            detail,
+        };
+        self.rotation = rotation;
+        d
     }
 
     /// An operator's override: `Manual(origin)` makes `origin` active now (even an unhealthy
     /// one: the operator knows something the probes do not, and the detail says so) and
-    /// keeps it; `Auto` gives the choice back to the rules from the next window on.
+    /// keeps it; `Auto` gives the choice back to the rules from now on.
     pub fn set_mode(&mut self, mode: Mode, now: SystemTime) -> Decision {
         self.mode = mode;
-        let decision = match mode {
+        let mut decision = match mode {
             Mode::Manual(target) => {
                 let t = self.track(target);
+                let name = self.name(target);
                 let detail = if t.eligible() {
-                    format!("operator set {target}")
+                    format!("operator set {name}")
                 } else {
                     format!(
-                        "operator set {target} although it is not healthy ({:?})",
+                        "operator set {name} although it is not healthy ({:?})",
                         t.health
                     )
                 };
@@ -499,7 +824,26 @@ impl Decider {
                 "operator set auto".into(),
             ),
         };
-        self.active = decision.to;
+        match self.policy.steering {
+            Steering::Failover => {
+                self.active = decision.to;
+                self.rotation = vec![self.active];
+            }
+            Steering::Balance => {
+                // Pinned: the rotation is that one origin. Auto: the rules decide now.
+                let old = self.rotation.clone();
+                let d = self.decide_balance(now);
+                decision.action = if self.rotation != old {
+                    Action::Rebalance
+                } else {
+                    Action::Stay
+                };
+                decision.rotation = d.rotation;
+                decision.to = d.to;
+                decision.to_name = d.to_name;
+                self.active = decision.to;
+            }
+        }
         decision
     }
 }

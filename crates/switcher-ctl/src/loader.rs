@@ -926,6 +926,15 @@ impl DataPlane for Pinned {
         Ok(())
     }
 
+    fn set_lookup_table(&mut self, slots: &[OriginIndex]) -> Result<()> {
+        // The Maglev array and its atomic swap come with the balance data plane; until then
+        // the balance policy cannot steer, and says so rather than steering nothing.
+        bail!(
+            "this data plane has no Maglev lookup table yet (table of {} slots not published); --policy balance needs it, --policy failover works",
+            slots.len()
+        )
+    }
+
     fn retire_flows(&mut self, origin: OriginIndex) -> Result<u64> {
         // A handshake completing after this would enter the flow table pinned to `origin`.
         self.retire_handshakes(origin)?;

@@ -2,9 +2,11 @@
 //! * `run`: attach (or adopt) the data plane, drop to CAP_BPF + CAP_NET_ADMIN, run the service.
 //! * `status`: what is pinned (active origin, origins, flows, counters) and the running
 //!   service's `/healthz` when reachable.
-//! * `set primary|backup|auto [--force]`: override through the running service's admin unix
+//! * `set NAME|auto [--force]`: override through the running service's admin unix
 //!   socket (root only: the socket is mode 0600); without a running service, write the
-//!   active map directly (primary/backup only).
+//!   active map directly (primary/backup only: names of other origins live in the service).
+//! * `drain NAME [--deadline S]`, `undrain NAME`, `set-weight NAME W`: through the admin
+//!   socket of the running service (they change its state, there is no map to write alone).
 //! * `detach`: remove programs and pins.
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
@@ -13,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use hyper::{Method, StatusCode};
 use switcher_common::ORIGIN_CONFIGURED;
 use switcher_ctl::admin::Endpoint;
@@ -65,11 +67,38 @@ enum Command {
     Status(Where),
     /// Override the active origin (or go back to automatic).
     Set {
-        /// primary, backup or auto.
-        target: Target,
+        /// An origin's name (primary, backup, or a --origin NAME), or auto.
+        target: String,
         /// Pin the origin even though it is not healthy (without it the service refuses).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Drain an origin: no new flows; its open flows finish, or are moved at the deadline.
+    Drain {
+        /// The origin's name.
+        name: String,
+        /// Seconds its open flows may take before they are moved (default: the service's
+        /// --drain; 0 moves them now, paced).
+        #[arg(long)]
+        deadline: Option<f64>,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Undrain an origin: it may get new flows again.
+    Undrain {
+        /// The origin's name.
+        name: String,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Set an origin's weight (its share of new flows under --policy balance; 0 takes it out).
+    SetWeight {
+        /// The origin's name.
+        name: String,
+        /// The new weight, 0 to 10000.
+        weight: u32,
         #[command(flatten)]
         at: Where,
     },
@@ -79,23 +108,6 @@ enum Command {
         #[arg(long, env = "SWITCHER_PIN_ROOT", default_value = config::DEFAULT_PIN_ROOT)]
         pin_root: PathBuf,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Target {
-    Primary,
-    Backup,
-    Auto,
-}
-
-impl Target {
-    fn word(self) -> &'static str {
-        match self {
-            Target::Primary => "primary",
-            Target::Backup => "backup",
-            Target::Auto => "auto",
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -110,7 +122,23 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(config) => run(*config),
         Command::Status(at) => status(&at),
-        Command::Set { target, force, at } => set(target, force, &at),
+        Command::Set { target, force, at } => set(&target, force, &at),
+        Command::Drain { name, deadline, at } => {
+            let body = serde_json::json!({ "origin": name, "deadline_seconds": deadline });
+            origin_request("/drain", &format!("drained {name}"), &body, &at)
+        }
+        Command::Undrain { name, at } => origin_request(
+            "/undrain",
+            &format!("undrained {name}"),
+            &serde_json::json!({ "origin": name }),
+            &at,
+        ),
+        Command::SetWeight { name, weight, at } => origin_request(
+            "/weight",
+            &format!("set the weight of {name} to {weight}"),
+            &serde_json::json!({ "origin": name, "weight": weight }),
+            &at,
+        ),
         Command::Detach { pin_root } => loader::detach(&pin_root)
             .with_context(|| format!("detaching under {}", pin_root.display()))
             .map(|()| {
@@ -173,10 +201,11 @@ fn run(config: Config) -> Result<ExitCode> {
         iface: config.iface.clone(),
         vip: config.vip,
         vip_v6: None,
-        origins: vec![
-            origin_addr(&config.primary_base_url, config.vip)?,
-            origin_addr(&config.backup_base_url, config.vip)?,
-        ],
+        origins: config
+            .origin_list()
+            .iter()
+            .map(|o| origin_addr(&o.base_url, config.vip))
+            .collect::<Result<_>>()?,
         pin_root: config.pin_root.clone(),
         mode: match config.attach_mode {
             AttachModeArg::Auto => AttachMode::Auto,
@@ -259,8 +288,10 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
     let port = u16::from_be(vip.port_be);
     println!("vip: {}:{port}", std::net::Ipv4Addr::from(vip.addr_v4));
     let active = pinned.active().context("reading the active map")?;
-    let name = OriginId::from_index(active).map_or("?", OriginId::label);
-    println!("active origin: {name} (index {active})");
+    println!(
+        "active origin: index {active} ({} with the two-origin shorthand; the service's names are in its /healthz below)",
+        slot_label(active)
+    );
     let origins = pinned.origins().context("reading the origins map")?;
     let flows = pinned.flow_counts().context("reading the flows map")?;
     for (i, o) in origins.iter().enumerate() {
@@ -324,10 +355,34 @@ fn status(at: &Where) -> Result<ExitCode> {
     })
 }
 
-fn set(target: Target, force: bool, at: &Where) -> Result<ExitCode> {
+/// One drain/undrain/set-weight request to the running service's admin socket.
+fn origin_request(
+    path: &str,
+    done: &str,
+    body: &serde_json::Value,
+    at: &Where,
+) -> Result<ExitCode> {
     let rt = small_runtime()?;
     let socket = Endpoint::Unix(at.admin_socket.clone());
-    let body = serde_json::json!({ "mode": target.word(), "force": force }).to_string();
+    match rt.block_on(admin::request(
+        &socket,
+        Method::POST,
+        path,
+        &body.to_string(),
+        ADMIN_CLIENT_TIMEOUT,
+    ))? {
+        (StatusCode::OK, body) => {
+            println!("{done} through the running service at {socket}:\n{body}");
+            Ok(ExitCode::SUCCESS)
+        }
+        (status, body) => bail!("the running service refused ({status}): {}", body.trim()),
+    }
+}
+
+fn set(target: &str, force: bool, at: &Where) -> Result<ExitCode> {
+    let rt = small_runtime()?;
+    let socket = Endpoint::Unix(at.admin_socket.clone());
+    let body = serde_json::json!({ "mode": target, "force": force }).to_string();
     match rt.block_on(admin::request(
         &socket,
         Method::POST,
@@ -336,10 +391,7 @@ fn set(target: Target, force: bool, at: &Where) -> Result<ExitCode> {
         ADMIN_CLIENT_TIMEOUT,
     )) {
         Ok((StatusCode::OK, body)) => {
-            println!(
-                "set {} through the running service at {socket}:\n{body}",
-                target.word()
-            );
+            println!("set {target} through the running service at {socket}:\n{body}");
             Ok(ExitCode::SUCCESS)
         }
         Ok((status, body)) => bail!(
@@ -366,10 +418,13 @@ fn set(target: Target, force: bool, at: &Where) -> Result<ExitCode> {
                 );
             }
             let origin = match target {
-                Target::Primary => OriginId::Primary,
-                Target::Backup => OriginId::Backup,
-                Target::Auto => bail!(
+                "primary" => OriginId::PRIMARY,
+                "backup" => OriginId::BACKUP,
+                "auto" => bail!(
                     "no switcher-ctl run reachable at {socket} ({reason}); auto needs a running service"
+                ),
+                other => bail!(
+                    "no switcher-ctl run reachable at {socket} ({reason}); without it only primary and backup (indices 0 and 1) can be written to the pins, not {other:?}"
                 ),
             };
             let mut pinned = Pinned::open(&at.pin_root).with_context(|| {
@@ -384,7 +439,7 @@ fn set(target: Target, force: bool, at: &Where) -> Result<ExitCode> {
             // Flows on the other origin stay pinned to it: retiring them is the service's job
             // when it decides; an operator without a service gets the map write only.
             println!(
-                "no switcher-ctl run reachable at {socket} ({reason}); wrote active origin = {origin} to the pinned map under {} directly (new flows go there; a run started later adopts it)",
+                "no switcher-ctl run reachable at {socket} ({reason}); wrote active origin = {target} to the pinned map under {} directly (new flows go there; a run started later adopts it)",
                 at.pin_root.display()
             );
             Ok(ExitCode::SUCCESS)

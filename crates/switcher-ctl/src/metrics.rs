@@ -1,7 +1,12 @@
 //! Prometheus metrics of the control plane, in one registry. The seed switcher's names are
 //! kept (`switcher_active_origin`, `segment_age_seconds`, `origin_http_5xx_total`,
-//! `failovers_total`, `switchbacks_total`); new ones follow Prometheus conventions.
-//! Each metric is documented where it is declared, and that text is also its HELP line.
+//! `failovers_total`, `switchbacks_total`) with their meaning for two origins under the
+//! failover policy; new ones follow Prometheus conventions. Each metric is documented where it
+//! is declared, and that text is also its HELP line.
+//!
+//! The `origin` label is the origin's configured name (`primary` and `backup` for the
+//! two-origin shorthand) on every per-origin metric; the data plane's slots without an origin
+//! are `slot<i>`, and traffic bound to none is `unsteered`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -20,13 +25,15 @@ const PROBE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Label of stats slot `i`: the two contract origins by name, other origin slots by index,
-/// and the unsteered slot.
+/// Label of stats slot `i` without a configuration at hand (`switcher-ctl status` reading
+/// the pins): the two-origin shorthand's names for slots 0 and 1, other origin slots by
+/// index, and the unsteered slot. [`Metrics::slot_label`] uses the configured names.
 pub fn slot_label(i: u32) -> String {
-    match OriginId::from_index(i) {
-        Some(o) => o.label().to_string(),
-        None if i == STATS_UNSTEERED => UNSTEERED_LABEL.to_string(),
-        None => format!("slot{i}"),
+    match i {
+        switcher_common::ORIGIN_PRIMARY => "primary".into(),
+        switcher_common::ORIGIN_BACKUP => "backup".into(),
+        STATS_UNSTEERED => UNSTEERED_LABEL.to_string(),
+        _ => format!("slot{i}"),
     }
 }
 
@@ -34,8 +41,23 @@ pub fn slot_label(i: u32) -> String {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// `switcher_active_origin`: 1 while the primary is active, 0 while the backup is (seed).
+    /// Configured origin names, by index (empty until [`Metrics::set_origins`]).
+    names: Vec<String>,
+    /// `switcher_active_origin`: 1 while the primary (the first origin) is active, 0 while
+    /// another is (seed). Under balance, "active" is the first origin in rotation.
     pub active_origin: IntGauge,
+    /// `switcher_origin_weight{origin}`: the origin's weight, its share of new flows under the
+    /// balance policy (set by `--origin NAME=URL,weight=W` and `switcher-ctl set-weight`).
+    pub origin_weight: IntGaugeVec,
+    /// `switcher_origin_in_rotation{origin}`: 1 while the origin gets new flows (failover: it is
+    /// the active origin; balance: it has slots in the lookup table).
+    pub origin_in_rotation: IntGaugeVec,
+    /// `switcher_origin_drained{origin}`: 1 while an operator has drained the origin
+    /// (`switcher-ctl drain`): it gets no new flows until `undrain`.
+    pub origin_drained: IntGaugeVec,
+    /// `switcher_lookup_table_rebuilds_total`: Maglev lookup tables built and published to the
+    /// data plane (balance policy: at start and on every rotation or weight change).
+    pub table_rebuilds: IntCounter,
     /// `switcher_manual_mode`: 1 while an operator override pins the active origin.
     pub manual_mode: IntGauge,
     /// `segment_age_seconds{origin}`: now minus the end of the newest segment (its
@@ -45,9 +67,11 @@ pub struct Metrics {
     pub http_5xx: IntCounterVec,
     /// `origin_probe_errors_total{origin,kind}`: failed probes by error kind.
     pub probe_errors: IntCounterVec,
-    /// `failovers_total`: flips to the backup (seed).
+    /// `failovers_total`: flips to the backup (seed); with more origins, to an origin later in
+    /// the preference list.
     pub failovers: IntCounter,
-    /// `switchbacks_total`: flips back to the primary (seed).
+    /// `switchbacks_total`: flips back to the primary (seed); with more origins, to an origin
+    /// earlier in the preference list.
     pub switchbacks: IntCounter,
     /// `probe_duration_seconds{origin}`: time of one probe, connect to full body or failure.
     pub probe_duration: HistogramVec,
@@ -57,7 +81,8 @@ pub struct Metrics {
     pub origin_newest_msn: IntGaugeVec,
     /// `switcher_decisions_total{reason}`: decisions taken, one per probe window or override.
     pub decisions: IntCounterVec,
-    /// `switcher_both_bad`: 1 while both origins are bad (alert on it).
+    /// `switcher_both_bad`: 1 while both origins are bad (alert on it); with more origins,
+    /// while every origin that could take new flows is bad.
     pub both_bad: IntGauge,
     /// `switcher_retired_flows_total{origin}`: conntrack entries removed when leaving an origin.
     pub retired_flows: IntCounterVec,
@@ -141,9 +166,26 @@ impl Metrics {
             |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), origin);
         let gauge_vec = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), origin);
         let m = Metrics {
+            names: Vec::new(),
             active_origin: IntGauge::new(
                 "switcher_active_origin",
-                "Active origin: 1 primary, 0 backup.",
+                "Active origin: 1 primary (the first origin), 0 another.",
+            )?,
+            origin_weight: gauge_vec(
+                "switcher_origin_weight",
+                "The origin's weight: its share of new flows under the balance policy.",
+            )?,
+            origin_in_rotation: gauge_vec(
+                "switcher_origin_in_rotation",
+                "1 while the origin gets new flows (failover: active; balance: in the lookup table).",
+            )?,
+            origin_drained: gauge_vec(
+                "switcher_origin_drained",
+                "1 while an operator has drained the origin (no new flows until undrained).",
+            )?,
+            table_rebuilds: IntCounter::new(
+                "switcher_lookup_table_rebuilds_total",
+                "Maglev lookup tables built and published to the data plane.",
             )?,
             manual_mode: IntGauge::new(
                 "switcher_manual_mode",
@@ -164,8 +206,14 @@ impl Metrics {
                 Opts::new("origin_probe_errors_total", "Failed probes by error kind."),
                 &["origin", "kind"],
             )?,
-            failovers: IntCounter::new("failovers_total", "Flips to the backup origin.")?,
-            switchbacks: IntCounter::new("switchbacks_total", "Flips back to the primary origin.")?,
+            failovers: IntCounter::new(
+                "failovers_total",
+                "Flips to the backup origin (an origin later in the preference list).",
+            )?,
+            switchbacks: IntCounter::new(
+                "switchbacks_total",
+                "Flips back to the primary origin (an origin earlier in the preference list).",
+            )?,
             probe_duration: HistogramVec::new(
                 HistogramOpts::new("probe_duration_seconds", "Duration of one playlist probe.")
                     .buckets(PROBE_BUCKETS.to_vec()),
@@ -183,7 +231,10 @@ impl Metrics {
                 Opts::new("switcher_decisions_total", "Decisions taken, by reason."),
                 &["reason"],
             )?,
-            both_bad: IntGauge::new("switcher_both_bad", "1 while both origins are bad.")?,
+            both_bad: IntGauge::new(
+                "switcher_both_bad",
+                "1 while both origins (every origin that could take new flows) are bad.",
+            )?,
             retired_flows: counter_vec(
                 "switcher_retired_flows_total",
                 "Conntrack entries removed when leaving an origin.",
@@ -265,26 +316,64 @@ impl Metrics {
             registry,
         };
         m.register_all()?;
-        for o in OriginId::ALL {
-            let l = o.label();
-            m.segment_age.with_label_values(&[l]);
-            m.http_5xx.with_label_values(&[l]);
-            m.probe_duration.with_label_values(&[l]);
-            m.origin_healthy.with_label_values(&[l]).set(1);
-            m.origin_newest_msn.with_label_values(&[l]);
-            m.retired_flows.with_label_values(&[l]);
-            m.aborted_connections.with_label_values(&[l]);
-            m.draining.with_label_values(&[l]);
-        }
         for r in Reason::ALL {
             m.decisions.with_label_values(&[r.label()]);
         }
         Ok(m)
     }
 
+    /// Names the origins (by index) and pre-creates their label values, so a dashboard sees
+    /// zeros rather than absent series before the first event.
+    pub fn set_origins(&mut self, names: &[String]) {
+        self.names = names.to_vec();
+        for l in names {
+            let l = [l.as_str()];
+            self.segment_age.with_label_values(&l);
+            self.http_5xx.with_label_values(&l);
+            self.probe_duration.with_label_values(&l);
+            self.origin_healthy.with_label_values(&l).set(1);
+            self.origin_newest_msn.with_label_values(&l);
+            self.retired_flows.with_label_values(&l);
+            self.aborted_connections.with_label_values(&l);
+            self.draining.with_label_values(&l);
+            self.origin_weight.with_label_values(&l);
+            self.origin_in_rotation.with_label_values(&l);
+            self.origin_drained.with_label_values(&l);
+        }
+    }
+
+    /// Label of stats slot `i`: the configured origin's name, `unsteered`, or `slot<i>` for a
+    /// slot with no origin.
+    pub fn slot_label(&self, i: u32) -> String {
+        match self.names.get(i as usize) {
+            Some(name) => name.clone(),
+            None if self.names.is_empty() => slot_label(i),
+            None if i == STATS_UNSTEERED => UNSTEERED_LABEL.to_string(),
+            None => format!("slot{i}"),
+        }
+    }
+
+    /// Records an origin's operator settings and whether it gets new flows.
+    pub fn set_origin(&self, name: &str, weight: u32, drained: bool, in_rotation: bool) {
+        let l = [name];
+        self.origin_weight
+            .with_label_values(&l)
+            .set(i64::from(weight));
+        self.origin_drained
+            .with_label_values(&l)
+            .set(i64::from(drained));
+        self.origin_in_rotation
+            .with_label_values(&l)
+            .set(i64::from(in_rotation));
+    }
+
     fn register_all(&self) -> Result<(), MetricsError> {
         let r = &self.registry;
         r.register(Box::new(self.active_origin.clone()))?;
+        r.register(Box::new(self.origin_weight.clone()))?;
+        r.register(Box::new(self.origin_in_rotation.clone()))?;
+        r.register(Box::new(self.origin_drained.clone()))?;
+        r.register(Box::new(self.table_rebuilds.clone()))?;
         r.register(Box::new(self.manual_mode.clone()))?;
         r.register(Box::new(self.segment_age.clone()))?;
         r.register(Box::new(self.http_5xx.clone()))?;
@@ -325,8 +414,8 @@ impl Metrics {
     }
 
     /// Records one probe of `origin`.
-    pub fn observe_probe(&self, origin: OriginId, report: &ProbeReport) {
-        let l = origin.label();
+    pub fn observe_probe(&self, origin: &str, report: &ProbeReport) {
+        let l = origin;
         self.probe_duration
             .with_label_values(&[l])
             .observe(report.latency.as_secs_f64());
@@ -352,7 +441,7 @@ impl Metrics {
         match d.action {
             Action::Failover => self.failovers.inc(),
             Action::Switchback => self.switchbacks.inc(),
-            Action::Stay | Action::BothBad => {}
+            Action::Stay | Action::Rebalance | Action::BothBad => {}
         }
         self.both_bad.set(i64::from(d.action == Action::BothBad));
     }
@@ -360,20 +449,20 @@ impl Metrics {
     /// Records the active origin.
     pub fn set_active(&self, active: OriginId) {
         self.active_origin
-            .set(i64::from(active == OriginId::Primary));
+            .set(i64::from(active == OriginId::PRIMARY));
     }
 
     /// Records an origin's health.
-    pub fn set_healthy(&self, origin: OriginId, healthy: bool) {
+    pub fn set_healthy(&self, origin: &str, healthy: bool) {
         self.origin_healthy
-            .with_label_values(&[origin.label()])
+            .with_label_values(&[origin])
             .set(i64::from(healthy));
     }
 
     /// Mirrors the data plane's conntrack counts (index = origin slot).
     pub fn observe_flows(&self, counts: &[u64]) {
         for (i, n) in counts.iter().enumerate() {
-            let label = slot_label(i as u32);
+            let label = self.slot_label(i as u32);
             self.dataplane_flows
                 .with_label_values(&[&label])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
@@ -384,7 +473,7 @@ impl Metrics {
     pub fn observe_counters(&self, slots: &[Counters]) {
         let mut total = Counters::default();
         for (i, c) in slots.iter().enumerate() {
-            let label = slot_label(i as u32);
+            let label = self.slot_label(i as u32);
             let l = [label.as_str()];
             mirror(&self.dp_packets.with_label_values(&l), c.packets);
             mirror(&self.dp_bytes.with_label_values(&l), c.bytes);

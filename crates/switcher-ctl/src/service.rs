@@ -1,4 +1,4 @@
-//! The run loop: every interval, probe both origins concurrently, decide, apply, update the
+//! The run loop: every interval, probe every origin concurrently, decide, apply, update the
 //! metrics; serve the admin endpoints beside it; stop on the shutdown future (SIGINT/SIGTERM
 //! in the binary, a channel in tests). Library entry [`run`] takes the data plane and the
 //! admin listener so tests run it with a fake data plane on port 0 (mini-redis style).
@@ -11,9 +11,10 @@ use tokio::time::MissedTickBehavior;
 
 use crate::admin::{self, SharedController};
 use crate::config::Config;
-use crate::control::{ControlError, Controller};
+use crate::config::join_url;
+use crate::control::{ControlError, Controller, OriginConfig};
 use crate::dataplane::DataPlane;
-use crate::decide::{OriginId, Policy};
+use crate::decide::Policy;
 use crate::metrics::{Metrics, MetricsError};
 use crate::probe::Prober;
 use crate::status_page::{self, PageConfig};
@@ -36,7 +37,21 @@ pub fn policy(config: &Config) -> Policy {
         age_threshold_seconds: config.segment_age_threshold_seconds,
         msn_tolerance: config.msn_tolerance,
         prefer_primary: config.prefer_primary,
+        steering: config.policy,
     }
+}
+
+/// The origins a config names, in preference order, with their playlist URLs.
+pub fn origins(config: &Config) -> Vec<OriginConfig> {
+    config
+        .origin_list()
+        .into_iter()
+        .map(|o| OriginConfig {
+            url: join_url(&o.base_url, &config.playlist_path()),
+            name: o.name,
+            weight: o.weight,
+        })
+        .collect()
 }
 
 /// Runs until `shutdown` completes. `config` should be validated. `admin_listeners`: a
@@ -47,12 +62,14 @@ pub async fn run(
     admin_listeners: impl Into<admin::Listeners>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
-    let urls = [config.primary_url(), config.backup_url()];
+    let origins = origins(&config);
+    let urls: Vec<String> = origins.iter().map(|o| o.url.clone()).collect();
+    let names: Vec<String> = origins.iter().map(|o| o.name.clone()).collect();
     let controller: SharedController = Arc::new(Mutex::new(Controller::new(
         dataplane,
         policy(&config),
         Metrics::new()?,
-        urls.clone(),
+        origins,
         config.decision_history,
         config.drain(),
         config.finish(),
@@ -80,7 +97,7 @@ pub async fn run(
         },
     ));
     tracing::info!(
-        primary = %urls[0], backup = %urls[1], admin = ?admin_addr,
+        origins = ?names, policy = config.policy.label(), admin = ?admin_addr,
         interval_s = config.check_interval_seconds, threshold_s = config.segment_age_threshold_seconds,
         required_windows = config.required_windows, "switcher running"
     );
@@ -95,12 +112,14 @@ pub async fn run(
             () = &mut shutdown => break,
             _ = ticker.tick() => {}
         }
-        let (primary, backup) = tokio::join!(prober.probe(&urls[0]), prober.probe(&urls[1]));
+        // Every origin at once: a hung origin costs one probe timeout per round, not one per
+        // origin.
+        let reports = futures_join_all(urls.iter().map(|u| prober.probe(u))).await;
         let mut c = controller
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A failed flip is logged by the controller and retried by the next window.
-        let _ = c.on_window(&primary, &backup, SystemTime::now());
+        let _ = c.on_window(&reports, SystemTime::now());
         c.refresh_dataplane_metrics();
         if c.needs_confirmation() {
             // Confirm a first bad window with the next probe right away: a fault is judged
@@ -113,13 +132,39 @@ pub async fn run(
     if let Err(e) = admin.await {
         tracing::error!(error = %e, "admin server task failed");
     }
-    let active: OriginId = controller
+    let active = controller
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .active();
-    // The data plane keeps steering to the active origin after we exit (pins outlive us).
-    tracing::info!(%active, "switcher stopped; data plane keeps the active origin");
+        .active_name()
+        .to_string();
+    // The data plane keeps steering as it was told after we exit (pins outlive us).
+    tracing::info!(%active, "switcher stopped; data plane keeps the active origin and table");
     Ok(())
+}
+
+/// Runs the futures concurrently on this task and returns their outputs in order (the probes
+/// of one round; at most 16, so polling each on every wake-up costs nothing).
+async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in set.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// Completes on SIGINT or SIGTERM.

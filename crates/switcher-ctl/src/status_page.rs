@@ -95,38 +95,63 @@ fn or_dash(v: Option<String>) -> String {
     v.map_or_else(|| "-".to_string(), |v| escape(&v))
 }
 
+/// One colour per origin, in origin order: the first two are the primary's and the backup's.
+/// The page's script has the same list (`PALETTE` in `assets/status.html`).
+pub const PALETTE: [&str; 16] = [
+    "#2563eb", "#ea580c", "#15803d", "#9333ea", "#0891b2", "#ca8a04", "#db2777", "#4b5563",
+    "#1e3a8a", "#9a3412", "#166534", "#581c87", "#155e75", "#854d0e", "#9d174d", "#111827",
+];
+
+/// What the page says about an origin's new flows (the script's `rotationState`).
+fn rotation_state(o: &crate::control::OriginStatus) -> &'static str {
+    match (o.drained, o.in_rotation, o.draining) {
+        (true, _, true) => "drained (draining)",
+        (true, _, false) => "drained",
+        (false, true, _) => "in rotation",
+        (false, false, true) => "out (draining)",
+        (false, false, false) => "out",
+    }
+}
+
 /// The page with `status` rendered in; the script keeps it current afterwards.
 pub fn render(s: &Status, page: &PageConfig) -> String {
-    let active = s.active.label();
+    let active = escape(&s.active);
     // `<b>` without attributes: `Active origin: <b>primary</b>` is what scripts grep for.
     let summary = format!(
         "Active origin: <b>{active}</b>, mode: <span id=\"mode\">{}{}</span>",
         s.mode,
         s.manual_origin
-            .map_or_else(String::new, |o| format!(" (pinned to {o})")),
+            .as_deref()
+            .map_or_else(String::new, |o| format!(" (pinned to {})", escape(o))),
     );
     let mut rows = String::new();
-    for (name, o) in [
-        ("primary", &s.origins.primary),
-        ("backup", &s.origins.backup),
-    ] {
+    let mut legend = String::new();
+    for (i, o) in s.origins.iter().enumerate() {
+        let name = escape(&o.name);
+        let color = PALETTE[i % PALETTE.len()];
         let flows = s
             .flows
             .as_ref()
-            .and_then(|f| f.get(name))
+            .and_then(|f| f.get(&o.name))
             .map(ToString::to_string);
         let state = if o.healthy { "healthy" } else { "unhealthy" };
         rows.push_str(&format!(
-            "<tr id=\"origin-{name}\"><td>{name}{}</td><td class=\"health {state}\">{state}</td><td class=\"age\">{} s</td>\
+            "<tr id=\"origin-{name}\"><td><span class=\"swatch\" style=\"background:{color}\"></span>{name}{}</td>\
+             <td class=\"health {state}\">{state}</td><td class=\"rotation\">{}</td><td class=\"weight\">{}</td><td class=\"age\">{} s</td>\
              <td class=\"msn\">{}</td><td class=\"status\">{}</td><td class=\"latency\">{} ms</td><td class=\"flows\">{}</td>\
              <td class=\"err\">{}</td></tr>\n",
-            if active == name { " (active)" } else { "" },
+            if s.active == o.name { " (active)" } else { "" },
+            rotation_state(o),
+            o.weight,
             or_dash(o.age_seconds.map(|a| format!("{a:.2}"))),
             or_dash(o.msn.map(|m| m.to_string())),
             or_dash(o.status.map(|c| c.to_string())),
             or_dash(o.latency_ms.map(|l| format!("{l:.1}"))),
             or_dash(flows),
             o.last_error.as_deref().map(escape).unwrap_or_default(),
+        ));
+        legend.push_str(&format!(
+            "<span style=\"margin-right:16px\"><span class=\"swatch\" style=\"background:{color}\"></span>{name}</span>"
         ));
     }
     let mut decisions = String::new();
@@ -138,8 +163,8 @@ pub fn render(s: &Status, page: &PageConfig) -> String {
             // The JSON spelling, as the page's script renders it.
             serde_json::to_value(d.action).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
             d.reason.label(),
-            d.from,
-            d.to,
+            escape(&d.from_name),
+            escape(&d.to_name),
             escape(&d.detail)
         ));
     }
@@ -147,13 +172,14 @@ pub fn render(s: &Status, page: &PageConfig) -> String {
         decisions.push_str("<li class=\"none\">no flips or alarms yet</li>");
     }
     TEMPLATE
-        .replace("{{ACTIVE}}", active)
+        .replace("{{ACTIVE}}", &active)
         .replace("{{SUMMARY}}", &summary)
         .replace(
             "{{BOTH_BAD_HIDDEN}}",
             if s.both_bad { "" } else { "hidden" },
         )
         .replace("{{ORIGIN_ROWS}}", &rows)
+        .replace("{{LEGEND}}", &legend)
         .replace("{{DECISIONS}}", &decisions)
         .replace("{{PLAYER_URL}}", &escape(&page.player_url))
         .replace("{{AGE_THRESHOLD}}", &page.age_threshold_seconds.to_string())
@@ -212,6 +238,7 @@ mod tests {
             "{{SUMMARY}}",
             "{{BOTH_BAD_HIDDEN}}",
             "{{ORIGIN_ROWS}}",
+            "{{LEGEND}}",
             "{{DECISIONS}}",
             "{{PLAYER_URL}}",
             "{{AGE_THRESHOLD}}",

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use common::{Call, FakeDataPlane};
 use switcher_common::{Counters, ORIGIN_BACKUP, ORIGIN_PRIMARY, STATS_UNSTEERED};
 use switcher_ctl::control::Controller;
-use switcher_ctl::decide::{Action, Decision, Mode, OriginId, Policy, Reason};
+use switcher_ctl::control::OriginConfig;
+use switcher_ctl::decide::{Action, Decision, Mode, OriginId, Policy, Reason, Steering};
 use switcher_ctl::metrics::Metrics;
 use switcher_ctl::probe::{ProbeError, ProbeReport};
 
@@ -32,6 +33,7 @@ fn policy(required_windows: u32, prefer_primary: bool) -> Policy {
         age_threshold_seconds: THRESHOLD,
         msn_tolerance: 1,
         prefer_primary,
+        steering: Steering::Failover,
     }
 }
 
@@ -41,12 +43,11 @@ impl Harness {
     }
     fn with_active(policy: Policy, active: u32) -> Self {
         let dp = FakeDataPlane::new(active);
-        let urls = ["http://p/x.m3u8".to_string(), "http://b/x.m3u8".to_string()];
         let c = Controller::new(
             Box::new(dp.clone()),
             policy,
             Metrics::new().expect("metrics"),
-            urls,
+            OriginConfig::pair("http://p/x.m3u8", "http://b/x.m3u8"),
             10,
             DRAIN,
             Duration::from_secs(6),
@@ -61,7 +62,7 @@ impl Harness {
     }
     fn window(&mut self, p: ProbeReport, b: ProbeReport) -> Decision {
         self.now += INTERVAL;
-        self.c.on_window(&p, &b, self.now).expect("apply")
+        self.c.on_window(&[p, b], self.now).expect("apply")
     }
     fn metric(&self, line_prefix: &str) -> f64 {
         metric(&self.c.metrics().render(), line_prefix)
@@ -97,7 +98,7 @@ fn stale_primary_fails_over_after_required_windows_only() {
     let d = h.window(stale(), good());
     assert_eq!(
         (d.action, d.reason, d.to),
-        (Action::Failover, Reason::ActiveUnhealthy, OriginId::Backup)
+        (Action::Failover, Reason::ActiveUnhealthy, OriginId::BACKUP)
     );
     assert!(d.detail.contains("stale"), "detail says why: {}", d.detail);
     // set_active(new) strictly before abort_flows(old): an unhealthy origin's viewers are
@@ -177,7 +178,7 @@ fn both_bad_stays_and_reports() {
         let d = h.window(err(ProbeError::Http5xx(503)), err(ProbeError::Refused));
         assert_eq!(
             (d.action, d.reason, d.to),
-            (Action::BothBad, Reason::BothBad, OriginId::Primary)
+            (Action::BothBad, Reason::BothBad, OriginId::PRIMARY)
         );
     }
     assert!(h.dp.calls().is_empty(), "never flips to a bad origin");
@@ -263,7 +264,7 @@ fn switchback_after_required_good_windows() {
         (
             Action::Switchback,
             Reason::PrimaryRecovered,
-            OriginId::Primary
+            OriginId::PRIMARY
         )
     );
     // The backup is healthy: its flows drain, nothing is cut at the switchback.
@@ -295,7 +296,7 @@ fn prefer_primary_off_stays_on_backup_until_it_fails() {
         (
             Action::Switchback,
             Reason::ActiveUnhealthy,
-            OriginId::Primary
+            OriginId::PRIMARY
         )
     );
 }
@@ -305,7 +306,7 @@ fn manual_override_pins_until_auto() {
     let mut h = Harness::new(policy(2, true));
     let now = h.now;
     let d =
-        h.c.set_mode(Mode::Manual(OriginId::Backup), now)
+        h.c.set_mode(Mode::Manual(OriginId::BACKUP), now)
             .expect("override");
     assert_eq!(
         (d.action, d.reason),
@@ -336,9 +337,9 @@ fn manual_override_to_unhealthy_origin_says_so() {
     h.window(good(), err(ProbeError::Refused));
     let now = h.now;
     let d =
-        h.c.set_mode(Mode::Manual(OriginId::Backup), now)
+        h.c.set_mode(Mode::Manual(OriginId::BACKUP), now)
             .expect("override");
-    assert_eq!(d.to, OriginId::Backup);
+    assert_eq!(d.to, OriginId::BACKUP);
     assert!(d.detail.contains("not healthy"), "{}", d.detail);
 }
 
@@ -348,12 +349,12 @@ fn failed_set_active_keeps_truth_and_retries() {
     h.dp.state().fail_set_active = true;
     let now = h.now;
     assert!(
-        h.c.on_window(&err(ProbeError::Refused), &good(), now)
+        h.c.on_window(&[err(ProbeError::Refused), good()], now)
             .is_err()
     );
     assert_eq!(
         h.c.active(),
-        OriginId::Primary,
+        OriginId::PRIMARY,
         "controller did not pretend the flip happened"
     );
     assert_eq!(h.metric("switcher_active_origin"), 1.0);
@@ -368,10 +369,10 @@ fn failed_set_active_keeps_truth_and_retries() {
 #[test]
 fn adopts_the_data_planes_active_origin() {
     let h = Harness::with_active(policy(2, true), ORIGIN_BACKUP);
-    assert_eq!(h.c.active(), OriginId::Backup);
+    assert_eq!(h.c.active(), OriginId::BACKUP);
     assert!(h.dp.calls().is_empty());
     let h = Harness::with_active(policy(2, true), 3);
-    assert_eq!(h.c.active(), OriginId::Primary);
+    assert_eq!(h.c.active(), OriginId::PRIMARY);
     assert_eq!(h.dp.calls(), vec![Call::SetActive(ORIGIN_PRIMARY)]);
 }
 
@@ -424,7 +425,7 @@ fn history_keeps_notable_decisions_only() {
     assert_eq!(s.decisions.len(), 1, "{:?}", s.decisions);
     assert_eq!(s.decisions[0].action, Action::Failover);
     assert_eq!(
-        s.origins.primary.last_error.as_deref(),
+        s.origin("primary").expect("primary").last_error.as_deref(),
         Some("connection refused")
     );
 }
@@ -486,7 +487,7 @@ fn switchback_leaves_the_backups_flows_alone_until_the_drain_deadline() {
         assert_eq!(aborts_of_backup(&h), 0, "a healthy origin's flows drain");
         assert_eq!(h.metric("switcher_draining{origin=\"backup\"}"), 1.0);
         assert!(
-            h.c.status().origins.backup.draining,
+            h.c.status().origin("backup").expect("backup").draining,
             "/healthz shows the drain"
         );
     }

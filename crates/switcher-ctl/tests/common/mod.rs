@@ -21,6 +21,8 @@ pub const WINDOW: u64 = 6;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
     SetActive(OriginIndex),
+    /// A published lookup table: slots per origin index (origin index -> slot count).
+    SetLookupTable(Vec<(OriginIndex, usize)>),
     RetireFlows(OriginIndex),
     AbortFlows(OriginIndex),
 }
@@ -33,6 +35,9 @@ pub struct FakeState {
     pub flows: Vec<u64>,
     pub counters: Vec<Counters>,
     pub fail_set_active: bool,
+    /// The latest published lookup table, if any.
+    pub table: Option<Vec<OriginIndex>>,
+    pub fail_set_lookup_table: bool,
 }
 
 /// A data plane in memory.
@@ -47,6 +52,8 @@ impl FakeDataPlane {
             flows: vec![0; MAX_ORIGINS as usize],
             counters: vec![Counters::default(); STATS_SLOTS as usize],
             fail_set_active: false,
+            table: None,
+            fail_set_lookup_table: false,
         })))
     }
     pub fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -58,6 +65,23 @@ impl FakeDataPlane {
     pub fn calls(&self) -> Vec<Call> {
         self.state().calls.clone()
     }
+    /// Slots per origin index in the latest published table (index -> count), sorted by index.
+    pub fn table_shares(&self) -> Vec<(OriginIndex, usize)> {
+        self.state()
+            .table
+            .as_deref()
+            .map(shares)
+            .unwrap_or_default()
+    }
+}
+
+/// Slots per origin index in `table`, sorted by index.
+pub fn shares(table: &[OriginIndex]) -> Vec<(OriginIndex, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for o in table {
+        *counts.entry(*o).or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
 }
 
 impl DataPlane for FakeDataPlane {
@@ -71,6 +95,20 @@ impl DataPlane for FakeDataPlane {
         }
         s.active = origin;
         s.calls.push(Call::SetActive(origin));
+        Ok(())
+    }
+    fn set_lookup_table(&mut self, slots: &[OriginIndex]) -> anyhow::Result<()> {
+        let mut s = self.state();
+        if s.fail_set_lookup_table {
+            anyhow::bail!("injected set_lookup_table failure");
+        }
+        anyhow::ensure!(
+            slots.len() == switcher_ctl::maglev::DEFAULT_TABLE_SIZE as usize,
+            "a table of {} slots",
+            slots.len()
+        );
+        s.calls.push(Call::SetLookupTable(shares(slots)));
+        s.table = Some(slots.to_vec());
         Ok(())
     }
     fn retire_flows(&mut self, origin: OriginIndex) -> anyhow::Result<u64> {
