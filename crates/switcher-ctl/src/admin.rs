@@ -715,11 +715,11 @@ async fn handle(
     Ok(r)
 }
 
-/// The response to a controller error: 404 for an unknown origin, 409 for a refused change,
-/// 500 for a data plane failure.
+/// The response to a controller error: 400 for an unknown origin (the body names it), 409 for
+/// a refused change, 500 for a data plane failure.
 fn control_error(e: &ControlError) -> Response<Full<Bytes>> {
     let status = match e {
-        ControlError::UnknownOrigin(_) => StatusCode::NOT_FOUND,
+        ControlError::UnknownOrigin(_) => StatusCode::BAD_REQUEST,
         ControlError::Refused(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
