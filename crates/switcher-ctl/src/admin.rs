@@ -294,7 +294,8 @@ pub fn parse_origin_request(path: &str, body: &[u8]) -> Option<OriginRequest> {
                     "/weight" => "weight",
                     _ => "",
                 };
-                (origin, map.get(key).cloned())
+                // `null` is the same as leaving the key out.
+                (origin, map.get(key).filter(|v| !v.is_null()).cloned())
             }
             Ok(serde_json::Value::String(s)) => (s, None),
             _ => match text.split_ascii_whitespace().collect::<Vec<_>>()[..] {
@@ -996,6 +997,13 @@ mod tests {
             Some(OriginRequest::Drain {
                 origin: "o2".into(),
                 deadline_seconds: Some(0.0)
+            })
+        );
+        assert_eq!(
+            parse_origin_request("/drain", br#"{"origin":"o2","deadline_seconds":null}"#),
+            Some(OriginRequest::Drain {
+                origin: "o2".into(),
+                deadline_seconds: None
             })
         );
         assert_eq!(parse_origin_request("/drain", b"o2 -1"), None);

@@ -1015,6 +1015,125 @@ mod tests {
         }
     }
 
+    fn origin(s: &str) -> OriginArg {
+        s.parse().expect("origin argument")
+    }
+
+    #[test]
+    fn origin_arguments_parse_with_and_without_weight() {
+        assert_eq!(
+            origin("edge-a=http://10.0.0.1:8081"),
+            OriginArg {
+                name: "edge-a".into(),
+                base_url: "http://10.0.0.1:8081".into(),
+                weight: DEFAULT_WEIGHT,
+            }
+        );
+        assert_eq!(origin("b=http://h:8082,weight=3").weight, 3);
+        assert_eq!(origin("b=http://h:8082,weight=0").weight, 0);
+        for bad in [
+            "no-equals-sign",
+            "b=http://h:8082,weight=-1",
+            "b=http://h:8082,weight=1.5",
+            "b=http://h:8082,weight=",
+            "b=http://h:8082,weight=99999999999",
+            "b=http://h:8082,colour=red",
+        ] {
+            assert!(bad.parse::<OriginArg>().is_err(), "{bad} parsed");
+        }
+        // The config file form is the same string.
+        let c: Config = serde_json::from_str(
+            r#"{"origins": ["a=http://h:1", "b=http://h:2,weight=2"], "policy": "balance"}"#,
+        )
+        .expect("config");
+        assert_eq!(c.origins[1].weight, 2);
+        assert_eq!(c.policy, Steering::Balance);
+    }
+
+    #[test]
+    fn without_origins_the_shorthand_is_primary_and_backup() {
+        let c = Config {
+            primary_base_url: "http://p:1".into(),
+            backup_base_url: "http://b:2".into(),
+            ..Config::default()
+        }
+        .validate()
+        .expect("valid");
+        let names: Vec<(String, String, u32)> = c
+            .origin_list()
+            .into_iter()
+            .map(|o| (o.name, o.base_url, o.weight))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("primary".into(), "http://p:1".into(), 1),
+                ("backup".into(), "http://b:2".into(), 1)
+            ]
+        );
+        assert_eq!(
+            c.origin_urls(),
+            [
+                "http://p:1/hls/demo/index.m3u8",
+                "http://b:2/hls/demo/index.m3u8"
+            ]
+        );
+        assert_eq!(c.policy, Steering::Failover, "failover stays the default");
+        // --origin replaces the shorthand.
+        let c = Config {
+            origins: vec![origin("x=http://x:1"), origin("y=http://y:1,weight=4")],
+            ..Config::default()
+        }
+        .validate()
+        .expect("valid");
+        assert_eq!(c.origin_list()[1].name, "y");
+        assert_eq!(c.origin_urls()[0], "http://x:1/hls/demo/index.m3u8");
+    }
+
+    #[test]
+    fn validate_rejects_bad_origin_lists() {
+        let with = |list: Vec<OriginArg>| Config {
+            origins: list,
+            ..Config::default()
+        };
+        let sixteen: Vec<OriginArg> = (1..=MAX_ORIGINS)
+            .map(|i| origin(&format!("o{i}=http://127.0.0.1:{}", 8080 + i)))
+            .collect();
+        with(sixteen.clone())
+            .validate()
+            .expect("16 origins are fine");
+        let mut seventeen = sixteen;
+        seventeen.push(origin("o17=http://127.0.0.1:8097"));
+        let cases = [
+            (seventeen, "at most 16"),
+            (
+                vec![origin("a=http://h:1"), origin("a=http://h:2")],
+                "same name",
+            ),
+            (
+                vec![origin("a=http://h:1"), origin("b=http://h:1/")],
+                "same URL",
+            ),
+            (vec![origin("a=http://h:1,weight=10001")], "from 0 to 10000"),
+            (
+                vec![
+                    origin("a=http://h:1,weight=0"),
+                    origin("b=http://h:2,weight=0"),
+                ],
+                "weight 0",
+            ),
+            (vec![origin("auto=http://h:1")], "not an origin name"),
+            (vec![origin("unsteered=http://h:1")], "not an origin name"),
+            (vec![origin("a b=http://h:1")], "not an origin name"),
+            (vec![origin("=http://h:1")], "not an origin name"),
+            (vec![origin("a=https://h:1")], "scheme must be http"),
+        ];
+        for (list, message) in cases {
+            let e = with(list.clone()).validate().expect_err("invalid list");
+            assert!(e.to_string().contains(message), "{list:?}: {e}");
+        }
+    }
+
     #[test]
     fn serde_default_fills_missing_keys() {
         let c: Config = serde_json::from_str(r#"{"required_windows": 3}"#).expect("parses");

@@ -131,6 +131,64 @@ fn out_of_range_values_exit_2_before_touching_anything() {
 }
 
 #[test]
+fn bad_origin_lists_exit_2_before_touching_anything() {
+    let seventeen: Vec<String> = (1..=17)
+        .map(|i| format!("o{i}=http://127.0.0.1:{}", 8080 + i))
+        .collect();
+    let seventeen = seventeen.join(" ");
+    /// Flags, environment, and what the error says.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &[
+                "--origin",
+                "a=http://127.0.0.1:8081",
+                "--origin",
+                "a=http://127.0.0.1:8082",
+            ],
+            &[],
+            "invalid configuration: two origins have the same name \"a\"",
+        ),
+        (
+            &[],
+            &[("SWITCHER_ORIGINS", &seventeen)],
+            "invalid configuration: SWITCHER_ORIGINS: 17 origins given, at most 16 are supported",
+        ),
+        (
+            &["--origin", "a=http://127.0.0.1:8081,weight=20000"],
+            &[],
+            "invalid configuration: SWITCHER_ORIGINS must be from 0 to 10000, got 20000",
+        ),
+        // A weight that is not a number is clap's usage error, exit 2 as well.
+        (
+            &["--origin", "a=http://127.0.0.1:8081,weight=heavy"],
+            &[],
+            "weight \"heavy\" of origin \"a\" is not a whole number",
+        ),
+        (
+            &["--policy", "random"],
+            &[],
+            "invalid value 'random' for '--policy <POLICY>'",
+        ),
+    ];
+    for (args, env, message) in cases {
+        let dir = TempDir::new("cli-origins");
+        let pin_root = dir.path().join("bpf/pins");
+        let mut all = vec!["--iface", "lo"];
+        all.extend_from_slice(args);
+        let out = run_binary(dir.path(), &pin_root, &all, env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?} {env:?}: {stderr}");
+        assert!(
+            !dir.path().join("bpf").exists(),
+            "{args:?} created the pin root"
+        );
+        assert!(!dir.path().join("admin.sock").exists());
+    }
+}
+
+#[test]
 fn unknown_interface_fails_before_mounting_anything() {
     let dir = TempDir::new("cli-iface");
     // A directory with contents where the old code mounted a bpffs (the pin root's parent).

@@ -486,3 +486,117 @@ async fn idle_and_slowloris_connections_are_capped_and_closed() {
     }
     run.stop().await;
 }
+
+/// `switcher-ctl drain|undrain|set-weight` (the binary) against a running service with three
+/// origins under the balance policy: each goes through the admin socket, and each shows in
+/// the fake data plane's table, `/healthz`, `/metrics` and the status page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_undrain_and_set_weight_through_the_admin_socket() {
+    let o1 = origin(Arc::new(AtomicBool::new(false))).await;
+    let o2 = origin(Arc::new(AtomicBool::new(false))).await;
+    let o3 = origin(Arc::new(AtomicBool::new(false))).await;
+    let list = [&o1, &o2, &o3]
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            format!("o{}={}", i + 1, o.base_url())
+                .parse()
+                .expect("origin")
+        })
+        .collect();
+    let run = Running::start_with(&o1, &o2, 2, |c| {
+        c.origins = list;
+        c.policy = switcher_ctl::config::Steering::Balance;
+    })
+    .await;
+    run.wait_for("three origins probed good", |h| {
+        ["o1", "o2", "o3"].iter().all(|o| probed_good(h, o))
+    })
+    .await;
+    let table_origins = |dp: &FakeDataPlane| -> Vec<u32> {
+        dp.table_shares().into_iter().map(|(o, _)| o).collect()
+    };
+    assert_eq!(table_origins(&run.dp), [0, 1, 2]);
+
+    let socket = run.socket.clone();
+    let cli = move |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switcher-ctl"))
+            .args(args)
+            .arg("--admin-socket")
+            .arg(&socket)
+            .output()
+            .expect("run switcher-ctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let blocking = |args: Vec<&'static str>| {
+        let cli = cli.clone();
+        tokio::task::spawn_blocking(move || cli(&args))
+    };
+
+    let (code, text) = blocking(vec!["drain", "o2", "--deadline", "30"])
+        .await
+        .expect("cli");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("drained o2"), "{text}");
+    assert_eq!(table_origins(&run.dp), [0, 2], "o2 gets no new flows");
+    let h = run.healthz().await;
+    assert_eq!(h["origins"]["o2"]["drained"], true, "{h:#}");
+    assert_eq!(h["origins"]["o2"]["in_rotation"], false);
+    assert_eq!(h["origins"]["o2"]["draining"], true);
+    assert!(h["origins"]["o2"]["drain_deadline_seconds"].as_f64() > Some(20.0));
+    assert_eq!(h["rotation"], serde_json::json!(["o1", "o3"]));
+    assert_eq!(
+        run.metric("switcher_origin_drained{origin=\"o2\"}").await,
+        1.0
+    );
+    let (_, page) = http(run.admin, "GET", "/", "").await;
+    assert!(
+        page.contains("<td class=\"rotation\">drained (draining)</td>"),
+        "{page}"
+    );
+
+    let (code, text) = blocking(vec!["set-weight", "o3", "3"]).await.expect("cli");
+    assert_eq!(code, Some(0), "{text}");
+    let shares = run.dp.table_shares();
+    assert_eq!(shares.len(), 2);
+    let o3_share = shares[1].1 as f64 / (shares[0].1 + shares[1].1) as f64;
+    assert!((o3_share - 0.75).abs() < 0.01, "{shares:?}");
+    assert_eq!(
+        run.metric("switcher_origin_weight{origin=\"o3\"}").await,
+        3.0
+    );
+
+    let (code, text) = blocking(vec!["undrain", "o2"]).await.expect("cli");
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(table_origins(&run.dp), [0, 1, 2]);
+    let h = run.healthz().await;
+    assert_eq!(h["origins"]["o2"]["drained"], false);
+    assert_eq!(h["origins"]["o2"]["draining"], false);
+
+    // Refusals: an unknown origin, a bad weight, the last origin, and the TCP server.
+    let (code, text) = blocking(vec!["drain", "o9"]).await.expect("cli");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no origin named \"o9\""), "{text}");
+    let (code, text) = blocking(vec!["set-weight", "o1", "10001"])
+        .await
+        .expect("cli");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("409"), "{text}");
+    for o in ["o1", "o2"] {
+        let (status, body) = over_socket(&run.socket, "POST", "/weight", &format!("{o} 0")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = over_socket(&run.socket, "POST", "/drain", "o3").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(table_origins(&run.dp), [2], "the refusal changed nothing");
+    let (status, _) = http(run.admin, "POST", "/drain", "o3").await;
+    assert_eq!(status, 403, "the TCP admin server is read-only");
+    let (status, _) = over_socket(&run.socket, "POST", "/drain", "o3 forever").await;
+    assert_eq!(status, 400);
+    run.stop().await;
+}
