@@ -22,17 +22,42 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 pub const VIP_PORT: u16 = 8080;
 /// RTMP port of the ingest.
 pub const RTMP_PORT: u16 = 1935;
+/// Most packager+origin pairs `cargo xtask run --origins N` starts (switcher-ctl's limit).
+pub const MAX_ORIGINS: usize = 16;
+/// Packager+origin pairs of the default stack and of the systemd deployment: the primary and
+/// the backup.
+pub const DEFAULT_ORIGINS: usize = 2;
+
+/// HLS port of origin `i` (0-based): 8080 + i + 1, so origin 1 of N is on 8081 (the
+/// contract: "with `--origins N`, origin i (1..N) on 8080+i").
+pub const fn origin_port(i: usize) -> u16 {
+    VIP_PORT + 1 + i as u16
+}
+
+/// Admin address (`/metrics`, `/healthz`) of packager `i` (0-based): 9183 + i.
+pub const fn packager_admin(i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9183 + i as u16)
+}
+
+/// Names of the origins (and their packagers) of a stack of `n` pairs, in preference order:
+/// the two-origin shorthand's [`SIDES`] for 2, else `o1`..`oN`. The packager, the origin and
+/// switcher-ctl's `origin` label all use them.
+pub fn origin_names(n: usize) -> Vec<String> {
+    if n == DEFAULT_ORIGINS {
+        SIDES.iter().map(|s| s.to_string()).collect()
+    } else {
+        (1..=n).map(|i| format!("o{i}")).collect()
+    }
+}
+
 /// HLS ports of the primary and backup origins (each also serves its `/metrics`).
-pub const ORIGIN_PORTS: [u16; 2] = [8081, 8082];
+pub const ORIGIN_PORTS: [u16; 2] = [origin_port(0), origin_port(1)];
 /// switcher-ctl's admin server (status page, `/metrics`, `/healthz`).
 pub const SWITCHER_ADMIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9180);
 /// The ingest's admin server (`/metrics`).
 pub const INGEST_ADMIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9181);
 /// The primary and backup packagers' admin servers (`/metrics`, `/healthz`).
-pub const PACKAGER_ADMINS: [SocketAddrV4; 2] = [
-    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9183),
-    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9184),
-];
+pub const PACKAGER_ADMINS: [SocketAddrV4; 2] = [packager_admin(0), packager_admin(1)];
 /// The two sides of the chain, in the order of the port arrays above: packager, origin and
 /// switcher-ctl's `origin` label all use these names.
 pub const SIDES: [&str; 2] = ["primary", "backup"];
@@ -341,10 +366,21 @@ pub fn scrape_targets() -> Vec<ScrapeTarget> {
 /// Every TCP port the stack listens on (a running stack, or something else, holding one of
 /// them makes `cargo xtask run` refuse to start).
 pub fn listen_ports() -> Vec<u16> {
-    services()
+    listen_ports_for(DEFAULT_ORIGINS)
+}
+
+/// [`listen_ports`] of a stack of `n` packager+origin pairs: the deployment's, plus the
+/// origins and packagers beyond the second.
+pub fn listen_ports_for(n: usize) -> Vec<u16> {
+    let mut ports: Vec<u16> = services()
         .iter()
         .flat_map(|s| s.listens.iter().map(|l| l.addr.port()))
-        .collect()
+        .collect();
+    for i in DEFAULT_ORIGINS..n {
+        ports.push(origin_port(i));
+        ports.push(packager_admin(i).port());
+    }
+    ports
 }
 
 #[cfg(test)]
@@ -360,6 +396,21 @@ mod tests {
         ports.dedup();
         assert_eq!(ports.len(), n, "a port is listed twice: {ports:?}");
         assert!(ports.contains(&RTMP_PORT) && ports.contains(&ORIGIN_PORTS[1]));
+    }
+
+    #[test]
+    fn sixteen_origins_take_ports_of_their_own() {
+        let mut ports = listen_ports_for(MAX_ORIGINS);
+        ports.push(VIP_PORT);
+        let n = ports.len();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), n, "a port is listed twice: {ports:?}");
+        assert_eq!(origin_port(0), 8081);
+        assert_eq!(origin_port(3), 8084, "origin 4 of 4 on 8080 + 4");
+        assert_eq!(ORIGIN_PORTS, [8081, 8082]);
+        assert_eq!(origin_names(2), ["primary", "backup"]);
+        assert_eq!(origin_names(4), ["o1", "o2", "o3", "o4"]);
     }
 
     #[test]

@@ -38,6 +38,23 @@ pub struct RunArgs {
     /// Pin root of the eBPF objects.
     #[arg(long, default_value = "/sys/fs/bpf/switcher")]
     pub pin_root: PathBuf,
+    /// Packager+origin pairs to start, origin i (1..N) on port 8080+i: 2 are the primary and
+    /// the backup, other counts are named o1..oN.
+    #[arg(long, default_value_t = xtask::layout::DEFAULT_ORIGINS, value_parser = origin_count)]
+    pub origins: usize,
+    /// switcher-ctl's steering policy: failover (one active origin, in preference order) or
+    /// balance (every healthy origin, weighted Maglev).
+    #[arg(long, default_value = "failover", value_parser = ["failover", "balance"])]
+    pub policy: String,
+}
+
+/// `--origins`: 1 to [`xtask::layout::MAX_ORIGINS`].
+fn origin_count(s: &str) -> Result<usize, String> {
+    let max = xtask::layout::MAX_ORIGINS;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("must be a number of origins from 1 to {max}")),
+    }
 }
 
 /// Default run directory (the service user can always reach it).
@@ -59,7 +76,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
     prereq::become_root()?;
     prereq::ensure(ws)?;
     prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
-    for port in xtask::layout::listen_ports() {
+    for port in xtask::layout::listen_ports_for(args.origins) {
         if std::net::TcpListener::bind(("0.0.0.0", port)).is_err() {
             bail!("port {port} is in use: is a stack already running? (stop it, or free the port)");
         }
@@ -86,8 +103,9 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
         service_user: Some(user),
         pin_root: args.pin_root.clone(),
         assets_dir: Some(ws.join("web/node_modules/hls.js/dist")),
-        switcher_args: vec![],
+        switcher_args: vec!["--policy".into(), args.policy.clone()],
         admin: stack::SWITCHER_ADMIN.into(),
+        origins: args.origins,
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -100,8 +118,10 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
     let key = publish_key()?;
     stack.set_publish_key(&key);
     eprintln!(
-        "xtask: starting ingest, publisher, packagers, origins and switcher-ctl (logs in {})",
-        run_dir.join("logs").display()
+        "xtask: starting ingest, publisher, {n} packagers, {n} origins and switcher-ctl, policy {} (logs in {})",
+        args.policy,
+        run_dir.join("logs").display(),
+        n = args.origins,
     );
     stack.start_all()?;
     let vip = args.vip;
@@ -110,7 +130,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
         "\n  play      ffplay http://{vip}/hls/{s}/index.m3u8   (or VLC, or the status page's player)\n  \
          publish   rtmp://127.0.0.1:{rtmp}/live/{s}?key={key}{own}\n  \
          status    http://{admin}/   metrics http://{admin}/metrics   health http://{admin}/healthz\n  \
-         origins   http://127.0.0.1:{o1}/hls/{s}/index.m3u8   http://127.0.0.1:{o2}/hls/{s}/index.m3u8\n  \
+         origins   {origins}\n  \
          kernel    sudo bpftool prog show | grep switcher;  sudo bpftool net show dev {iface}\n            \
          sudo bpftool map dump pinned {pins}/maps/SWITCHER_FLOWS;  sudo tc filter show dev {iface} egress\n  \
          drills    cargo xtask drill origin-kill | packager-kill | origin-freeze | origin-5xx\n  \
@@ -124,8 +144,16 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
         iface = args.iface,
         rtmp = stack::RTMP_PORT,
         admin = stack::SWITCHER_ADMIN,
-        o1 = stack::ORIGIN_PORTS[0],
-        o2 = stack::ORIGIN_PORTS[1],
+        origins = xtask::layout::origin_names(args.origins)
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!(
+                "{name} http://127.0.0.1:{}/hls/{}/index.m3u8",
+                xtask::layout::origin_port(i),
+                args.stream
+            ))
+            .collect::<Vec<_>>()
+            .join("\n            "),
     );
     let control = run_dir.join("control");
     let mut tick = 0u64;
@@ -172,6 +200,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
 
 /// One line: active origin and each origin's segment age and newest MSN.
 pub fn status_line(stack: &Stack) -> String {
+    let names = xtask::layout::origin_names(stack.cfg.origins);
     match stack.healthz() {
         Ok(h) => {
             let o = |name: &str| {
@@ -191,12 +220,12 @@ pub fn status_line(stack: &Stack) -> String {
                 };
                 format!("{name} {ok} age {age} msn {msn}")
             };
+            let origins: Vec<String> = names.iter().map(|n| o(n)).collect();
             format!(
-                "active {} ({}) | {} | {}",
+                "active {} ({}) | {}",
                 h["active"].as_str().unwrap_or("?"),
                 h["mode"].as_str().unwrap_or("?"),
-                o("primary"),
-                o("backup")
+                origins.join(" | ")
             )
         }
         Err(e) => format!("switcher-ctl not answering: {e}"),

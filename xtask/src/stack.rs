@@ -1,5 +1,5 @@
-//! The whole stack as processes: ingest, an ffmpeg publisher, two packagers, two origins and
-//! switcher-ctl, started in dependency order with a readiness check for each, optionally inside
+//! The whole stack as processes: ingest, an ffmpeg publisher, N packagers, N origins (two by
+//! default: primary and backup; `cargo xtask run --origins N`) and switcher-ctl, started in dependency order with a readiness check for each, optionally inside
 //! a network namespace, with every service but switcher-ctl dropped to an unprivileged user
 //! with no-new-privs (`setpriv --no-new-privs`: no setuid or file capability can raise it
 //! again). The ingest and the origins listen on the VIP's address when it is a loopback one
@@ -31,7 +31,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The unprivileged user the services run as (created by scripts/setup).
 pub const SERVICE_USER: &str = "hlsedge";
 
-/// Names of the services, in start order.
+/// Names of the services of the default (two-origin) stack, in start order
+/// ([`Stack::service_names`] for any number of origins).
 pub const SERVICES: [&str; 7] = [
     "ingest",
     "publisher",
@@ -71,6 +72,10 @@ pub struct StackConfig {
     pub switcher_args: Vec<String>,
     /// Address switcher-ctl's admin server binds (contract: 127.0.0.1:9180).
     pub admin: SocketAddr,
+    /// Packager+origin pairs: origin i (0-based) on [`crate::layout::origin_port`]`(i)`,
+    /// named by [`crate::layout::origin_names`] ([`crate::layout::DEFAULT_ORIGINS`]: the
+    /// primary and the backup).
+    pub origins: usize,
 }
 
 impl StackConfig {
@@ -299,7 +304,9 @@ impl Stack {
                 None,
             ),
         );
-        for (which, admin) in crate::layout::SIDES.into_iter().zip(PACKAGER_ADMINS) {
+        let names = crate::layout::origin_names(cfg.origins);
+        for (i, which) in names.iter().enumerate() {
+            let admin = crate::layout::packager_admin(i);
             services.insert(
                 format!("packager-{which}"),
                 svc(
@@ -317,7 +324,8 @@ impl Stack {
                 ),
             );
         }
-        for (which, port) in crate::layout::SIDES.into_iter().zip(ORIGIN_PORTS) {
+        for (i, which) in names.iter().enumerate() {
+            let port = crate::layout::origin_port(i);
             services.insert(
                 format!("origin-{which}"),
                 svc(
@@ -341,10 +349,6 @@ impl Stack {
             cfg.iface.clone(),
             "--vip".into(),
             cfg.vip.to_string(),
-            "--primary".into(),
-            format!("http://{}:{}", host_for(vip_host), ORIGIN_PORTS[0]),
-            "--backup".into(),
-            format!("http://{}:{}", host_for(vip_host), ORIGIN_PORTS[1]),
             "--stream".into(),
             cfg.stream.clone(),
             "--pin-root".into(),
@@ -352,6 +356,26 @@ impl Stack {
             "--admin".into(),
             cfg.admin.to_string(),
         ];
+        let origin_url = |i: usize| {
+            format!(
+                "http://{}:{}",
+                host_for(vip_host),
+                crate::layout::origin_port(i)
+            )
+        };
+        if cfg.origins == crate::layout::DEFAULT_ORIGINS {
+            // The seed's two-origin shorthand, as the deployment's units use it.
+            sw.extend([
+                "--primary".into(),
+                origin_url(0),
+                "--backup".into(),
+                origin_url(1),
+            ]);
+        } else {
+            for (i, name) in names.iter().enumerate() {
+                sw.extend(["--origin".into(), format!("{name}={}", origin_url(i))]);
+            }
+        }
         if let Some(a) = &cfg.assets_dir {
             sw.push("--assets-dir".into());
             sw.push(a.to_string_lossy().into_owned());
@@ -375,10 +399,22 @@ impl Stack {
         }
     }
 
+    /// Names of the services, in start order: the ingest, the publisher, the packagers, the
+    /// origins, switcher-ctl.
+    pub fn service_names(&self) -> Vec<String> {
+        let names = crate::layout::origin_names(self.cfg.origins);
+        let mut out = vec!["ingest".to_string(), "publisher".into()];
+        out.extend(names.iter().map(|n| format!("packager-{n}")));
+        out.extend(names.iter().map(|n| format!("origin-{n}")));
+        out.push("switcher-ctl".into());
+        out
+    }
+
     /// Starts every service in order, waiting for each to be ready.
     pub fn start_all(&mut self) -> Result<()> {
         fs::create_dir_all(self.cfg.run_dir.join("logs"))?;
-        for which in ["primary", "backup"] {
+        let origins = crate::layout::origin_names(self.cfg.origins);
+        for which in &origins {
             fs::create_dir_all(self.cfg.hls_dir(which))?;
         }
         if self.cfg.service_user.is_some() {
@@ -389,17 +425,17 @@ impl Stack {
             // their content is the service user's already, and a recursive chown as root
             // would act on whatever that user put there.
             let (uid, gid) = user_ids(user)?;
-            for which in ["primary", "backup"] {
+            for which in &origins {
                 let dir = self.cfg.hls_dir(which);
                 std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))
                     .with_context(|| format!("chown {} to {user}", dir.display()))?;
             }
         }
-        for name in SERVICES {
+        for name in self.service_names() {
             if name == "publisher" && !self.cfg.publisher {
                 continue;
             }
-            self.start(name)?;
+            self.start(&name)?;
         }
         Ok(())
     }
@@ -546,11 +582,12 @@ impl Stack {
 
     /// Stops every service (switcher-ctl last, so the VIP works until the end) and detaches.
     pub fn stop(&mut self) {
-        for name in SERVICES
+        let names = self.service_names();
+        for name in names
             .iter()
             .rev()
-            .filter(|n| **n != "switcher-ctl")
-            .chain(["switcher-ctl"].iter())
+            .filter(|n| *n != "switcher-ctl")
+            .chain(["switcher-ctl".to_string()].iter())
         {
             let _ = self.kill(name, libc::SIGTERM);
         }
@@ -614,7 +651,7 @@ fn user_ids(user: &str) -> Result<(u32, u32)> {
     Ok((id("-u")?, id("-g")?))
 }
 
-/// The run directory's HLS output for `which` (primary/backup).
+/// The run directory's HLS output for `which` (an origin's name: primary, backup, o3...).
 pub fn hls_dir(run_dir: &Path, which: &str) -> PathBuf {
     run_dir.join(format!("hls-{which}"))
 }

@@ -267,6 +267,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         ],
         // On the edge address too, so a browser in the client namespace reaches the page.
         admin: "0.0.0.0:9180".parse().unwrap(),
+        origins: xtask::layout::DEFAULT_ORIGINS,
     };
     let mut stack = Stack::new(cfg);
     stack.start_all().expect("stack starts");

@@ -259,8 +259,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHER_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
 
-    /// Admin unix socket, the one channel for state changes (`POST /override`, used by
-    /// `switcher-ctl set`): created mode 0600 (its directory 0700 when created), and only
+    /// Admin unix socket, the one channel for state changes (`POST /override`, `/drain`,
+    /// `/undrain`, `/weight`, used by `switcher-ctl set`, `drain`, `undrain`, `set-weight`):
+    /// created mode 0600 (its directory 0700 when created), and only
     /// peers with uid 0 or the service's own uid are served.
     #[arg(long, env = "SWITCHER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
     pub admin_socket: PathBuf,

@@ -378,6 +378,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         .chain(extra.split_whitespace().map(String::from))
         .collect(),
         admin: "127.0.0.1:9180".parse()?,
+        origins: xtask::layout::DEFAULT_ORIGINS,
     };
     let mut stack = Stack::new(cfg);
     stack.start_all().context("starting the stack")?;
