@@ -554,6 +554,12 @@ mod tests {
             "origin_request_duration_seconds_bucket",
             "ingest_received_bytes_total",
             "packager_live_lag_seconds",
+            // N origins, balance and draining.
+            "switcher_origin_weight",
+            "switcher_origin_in_rotation",
+            "switcher_origin_drained",
+            "switcher_lookup_table_rebuilds_total",
+            "origin_healthy",
         ] {
             assert!(
                 used.contains(name),
