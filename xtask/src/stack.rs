@@ -675,3 +675,90 @@ pub fn command_prefix(ns: Option<&str>, user: Option<&str>) -> Vec<String> {
     }
     argv
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(origins: usize, policy: &str) -> StackConfig {
+        StackConfig {
+            bin_dir: "/bin-dir".into(),
+            run_dir: "/run-dir".into(),
+            iface: "lo".into(),
+            vip: "127.0.0.1:8080".parse().expect("vip"),
+            stream: "demo".into(),
+            publisher: true,
+            video: (640, 360, 30),
+            netns: None,
+            service_user: None,
+            pin_root: "/pins".into(),
+            assets_dir: None,
+            switcher_args: vec!["--policy".into(), policy.into()],
+            admin: SWITCHER_ADMIN.into(),
+            origins,
+        }
+    }
+
+    fn arg_after<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
+        argv.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn four_origins_are_four_pairs_on_their_ports_and_named_to_switcher_ctl() {
+        let stack = Stack::new(config(4, "balance"));
+        let names = stack.service_names();
+        assert_eq!(
+            names,
+            [
+                "ingest",
+                "publisher",
+                "packager-o1",
+                "packager-o2",
+                "packager-o3",
+                "packager-o4",
+                "origin-o1",
+                "origin-o2",
+                "origin-o3",
+                "origin-o4",
+                "switcher-ctl"
+            ]
+        );
+        assert!(names.iter().all(|n| stack.services.contains_key(n)));
+        assert_eq!(stack.services.len(), names.len());
+        let origin4 = &stack.services["origin-o4"].argv;
+        assert_eq!(arg_after(origin4, "--listen"), ["127.0.0.1:8084"]);
+        assert_eq!(arg_after(origin4, "--root"), ["/run-dir/hls-o4"]);
+        let packager3 = &stack.services["packager-o3"];
+        assert_eq!(arg_after(&packager3.argv, "--admin"), ["127.0.0.1:9185"]);
+        assert_eq!(arg_after(&packager3.argv, "--out"), ["/run-dir/hls-o3"]);
+        let sw = &stack.services["switcher-ctl"].argv;
+        assert_eq!(
+            arg_after(sw, "--origin"),
+            [
+                "o1=http://127.0.0.1:8081",
+                "o2=http://127.0.0.1:8082",
+                "o3=http://127.0.0.1:8083",
+                "o4=http://127.0.0.1:8084"
+            ]
+        );
+        assert_eq!(arg_after(sw, "--policy"), ["balance"]);
+        assert!(arg_after(sw, "--primary").is_empty());
+    }
+
+    #[test]
+    fn two_origins_keep_the_primary_backup_shorthand() {
+        let stack = Stack::new(config(2, "failover"));
+        assert_eq!(stack.service_names(), SERVICES);
+        let sw = &stack.services["switcher-ctl"].argv;
+        assert_eq!(arg_after(sw, "--primary"), ["http://127.0.0.1:8081"]);
+        assert_eq!(arg_after(sw, "--backup"), ["http://127.0.0.1:8082"]);
+        assert!(arg_after(sw, "--origin").is_empty());
+        assert_eq!(
+            arg_after(&stack.services["origin-backup"].argv, "--listen"),
+            ["127.0.0.1:8082"]
+        );
+    }
+}
