@@ -592,9 +592,11 @@ impl Controller {
         Ok(decision)
     }
 
-    /// An operator sets `name`'s weight (`POST /weight`): balance rebuilds the table. 0 takes
-    /// it out of rotation (its open flows stay). Refused when no other origin could take new
-    /// flows.
+    /// An operator sets `name`'s weight (`POST /weight`): balance rebuilds the table, and 0
+    /// takes the origin out of rotation (its open flows stay: nothing is wrong with them).
+    /// Failover: 0 makes an active origin leave as a drained one does (its flows drain).
+    /// Refused when no other origin could take new flows. When the new table cannot be
+    /// published, the weight stays set and the next window publishes it.
     pub fn set_weight(
         &mut self,
         name: &str,

@@ -9,12 +9,16 @@
 //! * [`config`]: the one configuration struct; flags, environment variables (the seed's
 //!   names), defaults, validation.
 //! * [`probe`]: one playlist probe over a fresh connection; pure playlist parsing (age, MSN).
-//! * [`decide`]: the failover state machine, pure (reports + time in, decision out).
+//! * [`decide`]: the steering state machine over N named origins, pure (reports + time in,
+//!   decision out): failover (one active origin, in preference order) or balance (the origins
+//!   in rotation).
 //! * [`maglev`]: the weighted Maglev table builder and the flow hash that indexes it (pure).
-//! * [`control`]: the controller that owns the truth and applies decisions to the data plane.
+//! * [`control`]: the controller that owns the truth and applies decisions to the data plane
+//!   (the active origin, or the Maglev table over the origins in rotation), drains origins
+//!   and changes weights.
 //! * [`metrics`]: the Prometheus registry and every metric.
 //! * [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/`, `/api/state`,
-//!   `/assets/hls.min.js`, `POST /override`).
+//!   `/assets/hls.min.js`, `POST /override`, `/drain`, `/undrain`, `/weight`).
 //! * [`status_page`]: the status page (embedded HTML), its JSON state and its player asset.
 //! * [`service`]: the run loop tying them together; `run(config, dataplane, listener, shutdown)`.
 //! * [`sockdiag`]: resetting a retired origin's viewer connections on this host (netlink

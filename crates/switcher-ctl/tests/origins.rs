@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{Call, FakeDataPlane};
 use switcher_ctl::control::{ControlError, Controller, OriginConfig};
-use switcher_ctl::decide::{Action, Decision, OriginId, Policy, Reason, Steering};
+use switcher_ctl::decide::{Action, Decider, Decision, Mode, OriginId, Policy, Reason, Steering};
 use switcher_ctl::maglev::DEFAULT_TABLE_SIZE;
 use switcher_ctl::metrics::Metrics;
 use switcher_ctl::probe::{ProbeError, ProbeReport};
@@ -392,6 +392,29 @@ fn balance_with_every_origin_bad_stays_and_alerts() {
 }
 
 #[test]
+fn a_manual_override_in_balance_gives_the_whole_table_to_one_origin() {
+    let mut h = Harness::new(Steering::Balance, &[1, 1, 1]);
+    h.window(&[good(), good(), good()]);
+    let now = h.now;
+    let d =
+        h.c.set_mode(Mode::Manual(OriginId(2)), now)
+            .expect("override");
+    assert_eq!(
+        (d.action, d.reason),
+        (Action::Rebalance, Reason::ManualOverride)
+    );
+    assert_eq!(h.dp.table_shares(), vec![(2, TABLE)]);
+    // Pinned: the rules do not bring the others back.
+    for _ in 0..3 {
+        assert_eq!(h.window(&[good(), good(), good()]).reason, Reason::Manual);
+    }
+    assert_eq!(h.dp.table_shares(), vec![(2, TABLE)]);
+    let d = h.c.set_mode(Mode::Auto, now).expect("auto");
+    assert_eq!(d.action, Action::Rebalance);
+    assert_eq!(h.dp.table_shares().len(), 3);
+}
+
+#[test]
 fn a_failed_publication_is_retried_next_window() {
     let mut h = Harness::new(Steering::Balance, &[1, 1, 1]);
     h.window(&[good(), good(), good()]);
@@ -424,4 +447,75 @@ fn healthz_names_every_origin_in_order() {
     assert_eq!(json["origins"]["o3"]["weight"], 3);
     assert_eq!(json["origins"]["o2"]["in_rotation"], true);
     assert_eq!(json["rotation"], serde_json::json!(["o1", "o2", "o3"]));
+}
+
+// --- the decider alone -------------------------------------------------------------------
+
+fn decider(steering: Steering, n: usize) -> Decider {
+    let policy = Policy {
+        required_windows: 2,
+        age_threshold_seconds: 6.0,
+        msn_tolerance: 1,
+        prefer_primary: true,
+        steering,
+    };
+    let origins = (1..=n).map(|i| (format!("o{i}"), 1)).collect();
+    Decider::new(policy, origins, OriginId(0))
+}
+
+#[test]
+fn balance_takes_back_only_an_origin_good_in_this_window() {
+    let t = SystemTime::UNIX_EPOCH;
+    let mut d = decider(Steering::Balance, 3);
+    assert_eq!(d.rotation(), [OriginId(0), OriginId(1), OriginId(2)]);
+    d.step(&[good(), good(), good()], t);
+    d.set_drained(OriginId(1), true);
+    assert_eq!(d.decide(t).rotation, ["o1", "o3"]);
+    // Undrained while its latest window is bad: healthy still (one bad window), but not
+    // good now, so it stays out until a good window.
+    d.step(&[good(), timeout(), good()], t);
+    d.set_drained(OriginId(1), false);
+    let decision = d.decide(t);
+    assert_eq!(
+        (decision.action, decision.rotation.len()),
+        (Action::Stay, 2)
+    );
+    let decision = d.step(&[good(), good(), good()], t);
+    assert_eq!(decision.action, Action::Rebalance);
+    assert_eq!(decision.rotation, ["o1", "o2", "o3"]);
+    // In rotation, one bad window keeps it there (hysteresis); a refusal takes it out at once.
+    assert_eq!(d.step(&[good(), timeout(), good()], t).action, Action::Stay);
+    assert!(d.in_rotation(OriginId(1)));
+    let decision = d.step(&[good(), good(), refused()], t);
+    assert_eq!(decision.rotation, ["o1", "o2"]);
+}
+
+#[test]
+fn failover_actions_follow_the_list_order() {
+    let t = SystemTime::UNIX_EPOCH;
+    let mut d = decider(Steering::Failover, 4);
+    d.step(&[good(), good(), good(), good()], t);
+    // o1 and o2 dead at once: straight to o3, a failover.
+    let decision = d.step(&[refused(), refused(), good(), good()], t);
+    assert_eq!(
+        (decision.action, decision.to),
+        (Action::Failover, OriginId(2))
+    );
+    assert_eq!(
+        (decision.from_name.as_str(), decision.to_name.as_str()),
+        ("o1", "o3")
+    );
+    assert_eq!(d.rotation(), [OriginId(2)]);
+    // Every origin but the dead ones bad in this window: stay on o3 (degraded), never o4.
+    let decision = d.step(&[refused(), refused(), timeout(), timeout()], t);
+    assert_eq!(
+        (decision.action, decision.reason),
+        (Action::Stay, Reason::ActiveDegraded)
+    );
+    let decision = d.step(&[refused(), refused(), timeout(), timeout()], t);
+    assert_eq!(
+        (decision.action, decision.reason),
+        (Action::BothBad, Reason::BothBad)
+    );
+    assert_eq!(d.active(), OriginId(2));
 }
