@@ -351,6 +351,9 @@ pub struct Decider {
     origins: Vec<OriginState>,
     /// Balance: origins getting new flows, in preference order. Failover: `[active]`.
     rotation: Vec<OriginId>,
+    /// An operator drained, undrained or re-weighted an origin since the last decision: a
+    /// change of rotation it causes is theirs ([`Reason::Drained`]), not the probes'.
+    operator_change: bool,
 }
 
 impl Decider {
@@ -373,6 +376,7 @@ impl Decider {
             mode: Mode::Auto,
             origins,
             rotation: Vec::new(),
+            operator_change: false,
         };
         d.rotation = match policy.steering {
             Steering::Failover => vec![active],
@@ -456,11 +460,13 @@ impl Decider {
     /// effect at the next [`Decider::decide`].
     pub fn set_drained(&mut self, origin: OriginId, drained: bool) {
         self.origins[origin.slot()].drained = drained;
+        self.operator_change = true;
     }
 
     /// Sets an origin's weight. Takes effect at the next [`Decider::decide`].
     pub fn set_weight(&mut self, origin: OriginId, weight: u32) {
         self.origins[origin.slot()].weight = weight;
+        self.operator_change = true;
     }
 
     /// Judges one window of one origin against the newest MSN among healthy origins.
@@ -595,6 +601,7 @@ impl Decider {
             Steering::Failover => self.decide_failover(now),
             Steering::Balance => self.decide_balance(now),
         };
+        self.operator_change = false;
         self.active = decision.to;
         if self.policy.steering == Steering::Failover {
             self.rotation = vec![self.active];
@@ -669,7 +676,12 @@ impl Decider {
                 self.name(earlier),
                 self.track(earlier).consecutive_good
             );
-            self.decision(earlier, Reason::PrimaryRecovered, now, detail)
+            let reason = if self.operator_change {
+                Reason::Drained
+            } else {
+                Reason::PrimaryRecovered
+            };
+            self.decision(earlier, reason, now, detail)
         } else if a.last_bad.is_some() {
             let detail = format!(
                 "{name}: {} ({}/{} bad windows)",
@@ -747,13 +759,10 @@ impl Decider {
                 (new, Reason::Drained, detail)
             } else if !joined.is_empty() {
                 let detail = format!("{} good; into rotation", names(&joined).join(", "));
-                let reason = if joined
-                    .iter()
-                    .all(|o| self.origin(*o).track.consecutive_good > 0)
-                {
-                    Reason::OriginRecovered
-                } else {
+                let reason = if self.operator_change {
                     Reason::Drained
+                } else {
+                    Reason::OriginRecovered
                 };
                 (new, reason, detail)
             } else if let Some(o) = new.iter().find(|o| self.track(**o).last_bad.is_some()) {
@@ -839,6 +848,7 @@ impl Decider {
                     Action::Stay
                 };
                 decision.rotation = d.rotation;
+                self.operator_change = false;
                 decision.to = d.to;
                 decision.to_name = d.to_name;
                 self.active = decision.to;

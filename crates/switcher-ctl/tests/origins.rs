@@ -189,7 +189,11 @@ fn failover_skips_bad_and_drained_origins_in_the_list() {
         assert_eq!(h.window(&[good(), good(), good()]).action, Action::Stay);
     }
     let d = h.c.undrain("o1", h.now).expect("undrain");
-    assert_eq!((d.action, d.to), (Action::Switchback, OriginId(0)));
+    assert_eq!(
+        (d.action, d.reason, d.to),
+        (Action::Switchback, Reason::Drained, OriginId(0)),
+        "the operator's change, not a recovery"
+    );
 }
 
 #[test]
