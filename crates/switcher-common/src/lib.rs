@@ -15,9 +15,10 @@
 #![no_std]
 #![deny(missing_docs)]
 
-/// Number of origins the data plane knows. Index [`ORIGIN_PRIMARY`] and [`ORIGIN_BACKUP`]
-/// are the two of the contract; the map has room for a few more.
-pub const MAX_ORIGINS: u32 = 4;
+/// Number of origins the data plane knows (origin indices `0..MAX_ORIGINS`). Index
+/// [`ORIGIN_PRIMARY`] and [`ORIGIN_BACKUP`] are the two of the failover shorthand. An origin
+/// index must fit a [`MaglevTable`] slot (`u8`, [`MAGLEV_NO_ORIGIN`] reserved).
+pub const MAX_ORIGINS: u32 = 16;
 /// Origin index of the primary origin (default port 8081).
 pub const ORIGIN_PRIMARY: u32 = 0;
 /// Origin index of the backup origin (default port 8082).
@@ -27,6 +28,18 @@ pub const ORIGIN_BACKUP: u32 = 1;
 pub const STATS_UNSTEERED: u32 = MAX_ORIGINS;
 /// Number of slots in the per-CPU statistics map: one per origin plus [`STATS_UNSTEERED`].
 pub const STATS_SLOTS: u32 = MAX_ORIGINS + 1;
+/// Slots of the Maglev lookup table (a prime, as Maglev's permutations require; the paper's
+/// and Katran's default). A new flow goes to the origin of slot
+/// `jhash2(flow words, FLOW_HASH_SEED) % MAGLEV_SIZE` (see [`flow_hash`]).
+pub const MAGLEV_SIZE: u32 = 65_537;
+/// [`MaglevTable`] slot value meaning "no origin" (an empty table: no origin in rotation).
+/// The data plane passes such a new flow to the stack, which resets it.
+pub const MAGLEV_NO_ORIGIN: u8 = 0xff;
+/// Number of Maglev tables in `SWITCHER_MAGLEV`: the live one and the one user space writes
+/// next (see [`map_names::MAGLEV`]).
+pub const MAGLEV_TABLES: u32 = 2;
+const _: () = assert!(MAX_ORIGINS <= MAGLEV_NO_ORIGIN as u32);
+
 /// Default capacity of the conntrack map (established flows) and, separately, of the handshake
 /// map (connections between their SYN and the ACK that completes the handshake). The object
 /// declares the maps with this size; switcher-ctl sets both from `--max-flows` at load time.
@@ -50,8 +63,24 @@ pub mod map_names {
     pub const CONFIG: &str = "SWITCHER_CONFIG";
     /// Array[MAX_ORIGINS] of [`Origin`](super::Origin).
     pub const ORIGINS: &str = "SWITCHER_ORIGINS";
-    /// Array[1] of `u32`: the active origin's index.
+    /// Array[1] of `u32`: the origin of the last `set_active` (policy failover). Written and
+    /// read by user space only (the data plane steers new flows by `SWITCHER_MAGLEV`); kept in
+    /// a map so `status` and a restarted control plane read it.
     pub const ACTIVE: &str = "SWITCHER_ACTIVE";
+    /// Array[[`MAGLEV_TABLES`](super::MAGLEV_TABLES)] of [`MaglevTable`](super::MaglevTable):
+    /// two lookup tables, one live (named by `SWITCHER_MAGLEV_LIVE`), the other written by user
+    /// space when it publishes a new table. Read by the data plane for every new flow.
+    pub const MAGLEV: &str = "SWITCHER_MAGLEV";
+    /// Array[1] of `u32`: which `SWITCHER_MAGLEV` table is live (0 or 1). User space writes the
+    /// other table whole, then this index (an aligned 4-byte store the data plane reads
+    /// atomically), then waits for an RCU grace period so no program still reads the table it
+    /// will write next. A packet reads one slot of one table: the old table or the new one.
+    pub const MAGLEV_LIVE: &str = "SWITCHER_MAGLEV_LIVE";
+    /// Array[MAX_ORIGINS] of `u64`: per origin, the open flows user space removed (retired or
+    /// aborted flows the origin had not closed). Written by user space only; open flows per
+    /// origin = `established - flows_closed` (data plane, [`Counters`](super::Counters)) minus
+    /// this, so counting flows never walks `SWITCHER_FLOWS`.
+    pub const FLOWS_REMOVED: &str = "SWITCHER_FLOWS_REMOVED";
     /// LruHashMap (per-CPU LRU lists) of [`FlowKey`](super::FlowKey) ->
     /// [`FlowValue`](super::FlowValue): established flows.
     pub const FLOWS: &str = "SWITCHER_FLOWS";
@@ -132,6 +161,115 @@ pub struct Origin {
 
 /// [`Origin::flags`]: the slot holds an origin.
 pub const ORIGIN_CONFIGURED: u16 = 1;
+
+/// A Maglev lookup table: value of one `SWITCHER_MAGLEV` element. `slots[i]` is the origin
+/// index (into `SWITCHER_ORIGINS`) that new flows hashing to slot `i` go to, or
+/// [`MAGLEV_NO_ORIGIN`]. Built by switcher-ctl's `maglev` module (or filled with one origin
+/// for policy failover); written whole by user space, one byte read per new flow by the data
+/// plane. One byte a slot keeps a table at 64 KiB, written with one syscall.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MaglevTable {
+    /// Origin index per slot.
+    pub slots: [u8; MAGLEV_SIZE as usize],
+}
+
+impl MaglevTable {
+    /// A table whose every slot is `origin` (policy failover: every new flow to one origin).
+    pub const fn uniform(origin: u8) -> MaglevTable {
+        MaglevTable {
+            slots: [origin; MAGLEV_SIZE as usize],
+        }
+    }
+}
+
+/// The flow hash that indexes the Maglev table: the Linux kernel's `jhash2()`
+/// (`include/linux/jhash.h`, Bob Jenkins' lookup3 `hashword()`) over the flow's words with
+/// [`FLOW_HASH_SEED`]. One definition for the data plane and user space (switcher-ctl's
+/// `maglev::flow_hash_v4/v6` state the word layout and call this).
+pub mod flow_hash {
+    /// `initval` of [`jhash2`] in the flow hash (ASCII "HLSe"). Part of the contract: every
+    /// edge computes the same slot for a flow.
+    pub const FLOW_HASH_SEED: u32 = 0x484c_5365;
+    /// jhash's arbitrary initial value (`JHASH_INITVAL` in `include/linux/jhash.h`).
+    const JHASH_INITVAL: u32 = 0xdead_beef;
+
+    /// The kernel's `jhash2(k, length, initval)`: hash of `words` with `initval`.
+    #[inline(always)]
+    pub fn jhash2(words: &[u32], initval: u32) -> u32 {
+        // The kernel adds `length << 2` in u32; a flow has at most 10 words.
+        let init = JHASH_INITVAL
+            .wrapping_add((words.len() as u32).wrapping_shl(2))
+            .wrapping_add(initval);
+        let (mut a, mut b, mut c) = (init, init, init);
+        let mut rest = words;
+        while rest.len() > 3 {
+            a = a.wrapping_add(rest[0]);
+            b = b.wrapping_add(rest[1]);
+            c = c.wrapping_add(rest[2]);
+            mix(&mut a, &mut b, &mut c);
+            rest = &rest[3..];
+        }
+        // The last 1 to 3 words, then the final mix; nothing left (an empty key) returns `c`.
+        match *rest {
+            [x, y, z] => {
+                c = c.wrapping_add(z);
+                b = b.wrapping_add(y);
+                a = a.wrapping_add(x);
+            }
+            [x, y] => {
+                b = b.wrapping_add(y);
+                a = a.wrapping_add(x);
+            }
+            [x] => a = a.wrapping_add(x),
+            _ => return c,
+        }
+        finalize(&mut a, &mut b, &mut c);
+        c
+    }
+
+    /// `__jhash_mix` of `include/linux/jhash.h`: mixes 3 words reversibly.
+    #[inline(always)]
+    fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
+        *a = a.wrapping_sub(*c);
+        *a ^= c.rotate_left(4);
+        *c = c.wrapping_add(*b);
+        *b = b.wrapping_sub(*a);
+        *b ^= a.rotate_left(6);
+        *a = a.wrapping_add(*c);
+        *c = c.wrapping_sub(*b);
+        *c ^= b.rotate_left(8);
+        *b = b.wrapping_add(*a);
+        *a = a.wrapping_sub(*c);
+        *a ^= c.rotate_left(16);
+        *c = c.wrapping_add(*b);
+        *b = b.wrapping_sub(*a);
+        *b ^= a.rotate_left(19);
+        *a = a.wrapping_add(*c);
+        *c = c.wrapping_sub(*b);
+        *c ^= b.rotate_left(4);
+        *b = b.wrapping_add(*a);
+    }
+
+    /// `__jhash_final` of `include/linux/jhash.h`: final mixing of 3 words into `c`.
+    #[inline(always)]
+    fn finalize(a: &mut u32, b: &mut u32, c: &mut u32) {
+        *c ^= *b;
+        *c = c.wrapping_sub(b.rotate_left(14));
+        *a ^= *c;
+        *a = a.wrapping_sub(c.rotate_left(11));
+        *b ^= *a;
+        *b = b.wrapping_sub(a.rotate_left(25));
+        *c ^= *b;
+        *c = c.wrapping_sub(b.rotate_left(16));
+        *a ^= *c;
+        *a = a.wrapping_sub(c.rotate_left(4));
+        *b ^= *a;
+        *b = b.wrapping_sub(a.rotate_left(14));
+        *c ^= *b;
+        *c = c.wrapping_sub(b.rotate_left(24));
+    }
+}
 
 /// Key of the `SWITCHER_FLOWS` conntrack map and of the `SWITCHER_HANDSHAKES` map: one viewer
 /// connection as it looks on ingress, client -> VIP. Replies (origin -> client) are looked up
@@ -246,6 +384,11 @@ pub struct Counters {
     /// Requests dropped on a flow that is finishing its last response from a retired origin
     /// (see [`FLOW_FINISHING`]).
     pub held: u64,
+    /// Established flows of this origin that ended as the data plane saw it: the origin's
+    /// first FIN or RST on the flow (TC egress, which sets `FLOW_ORIGIN_CLOSED`), or an open
+    /// flow the data plane forgot. `established - flows_closed` minus what user space removed
+    /// (`SWITCHER_FLOWS_REMOVED`) is the origin's open flows, read without walking the map.
+    pub flows_closed: u64,
 }
 
 // Sizes pinned: a change here is a change of the kernel/user contract.
@@ -254,7 +397,8 @@ const _: () = assert!(core::mem::size_of::<Origin>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 const _: () = assert!(core::mem::size_of::<Handshake>() == 16);
-const _: () = assert!(core::mem::size_of::<Counters>() == 16 * 8);
+const _: () = assert!(core::mem::size_of::<Counters>() == 17 * 8);
+const _: () = assert!(core::mem::size_of::<MaglevTable>() == MAGLEV_SIZE as usize);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -266,6 +410,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::Handshake {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::MaglevTable {}
 }
 
 impl Counters {
@@ -287,5 +432,6 @@ impl Counters {
         self.stale_flows += other.stale_flows;
         self.stale_kept += other.stale_kept;
         self.held += other.held;
+        self.flows_closed += other.flows_closed;
     }
 }

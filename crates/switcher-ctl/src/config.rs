@@ -151,9 +151,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHER_IFACE", default_value = DEFAULT_IFACE)]
     pub iface: String,
 
-    /// Virtual service address:port viewers connect to (nothing listens there).
-    #[arg(long, env = "SWITCHER_VIP", default_value = DEFAULT_VIP)]
-    pub vip: SocketAddr,
+    /// Virtual service address:port viewers connect to (nothing listens there). Give it twice,
+    /// one IPv4 and one IPv6 address on the same port, to serve both families at once (dual
+    /// stack; in the environment, comma-separated).
+    #[arg(long, env = "SWITCHER_VIP", default_value = DEFAULT_VIP, value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub vip: Vec<SocketAddr>,
 
     /// Base URL of the primary origin (seed: `PRIMARY_BASE_URL`); the playlist path is
     /// appended to it.
@@ -449,9 +451,11 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             iface: DEFAULT_IFACE.into(),
-            vip: DEFAULT_VIP
-                .parse()
-                .expect("DEFAULT_VIP is a socket address"),
+            vip: vec![
+                DEFAULT_VIP
+                    .parse()
+                    .expect("DEFAULT_VIP is a socket address"),
+            ],
             primary_base_url: DEFAULT_PRIMARY.into(),
             backup_base_url: DEFAULT_BACKUP.into(),
             origins: Vec::new(),
@@ -561,6 +565,33 @@ fn http_url(key: &'static str, url: &str) -> Result<Uri, ConfigError> {
 }
 
 impl Config {
+    /// The VIP viewers are told about (status page, player URL): the IPv4 one when there are
+    /// two. Validated configs always have one.
+    pub fn main_vip(&self) -> SocketAddr {
+        let first = self.vip.first().copied();
+        self.vip
+            .iter()
+            .copied()
+            .find(SocketAddr::is_ipv4)
+            .or(first)
+            .unwrap_or_else(|| {
+                DEFAULT_VIP
+                    .parse()
+                    .expect("DEFAULT_VIP is a socket address")
+            })
+    }
+
+    /// The IPv6 VIP address served next to an IPv4 one (dual stack), if `--vip` gave both.
+    pub fn vip_v6_also(&self) -> Option<std::net::Ipv6Addr> {
+        if !self.main_vip().is_ipv4() {
+            return None;
+        }
+        self.vip.iter().find_map(|v| match v.ip() {
+            std::net::IpAddr::V6(a) => Some(a),
+            std::net::IpAddr::V4(_) => None,
+        })
+    }
+
     /// Checks every key; returns the config unchanged when it can work.
     pub fn validate(self) -> Result<Self, ConfigError> {
         seconds("CHECK_INTERVAL_SECONDS", self.check_interval_seconds)?;
@@ -633,12 +664,25 @@ impl Config {
                 "is not an interface name (1-15 printable characters, no / or :)",
             ));
         }
-        if self.vip.port() == 0 || self.vip.ip().is_unspecified() || self.vip.ip().is_multicast() {
-            return Err(invalid(
-                "SWITCHER_VIP",
-                self.vip,
-                "must be a unicast address with a port",
-            ));
+        for vip in &self.vip {
+            if vip.port() == 0 || vip.ip().is_unspecified() || vip.ip().is_multicast() {
+                return Err(invalid(
+                    "SWITCHER_VIP",
+                    vip,
+                    "must be a unicast address with a port",
+                ));
+            }
+        }
+        match self.vip.as_slice() {
+            [_] => {}
+            [a, b] if a.is_ipv4() != b.is_ipv4() && a.port() == b.port() => {}
+            _ => {
+                return Err(invalid(
+                    "SWITCHER_VIP",
+                    format!("{:?}", self.vip),
+                    "must be one address, or one IPv4 and one IPv6 address on the same port",
+                ));
+            }
         }
         plain_absolute("SWITCHER_PIN_ROOT", &self.pin_root)?;
         plain_absolute("SWITCHER_ADMIN_SOCKET", &self.admin_socket)?;
@@ -781,7 +825,10 @@ impl Config {
     pub fn player_url(&self) -> String {
         match &self.player_url {
             Some(u) => u.clone(),
-            None => join_url(&format!("http://{}", self.vip), &self.playlist_path()),
+            None => join_url(
+                &format!("http://{}", self.main_vip()),
+                &self.playlist_path(),
+            ),
         }
     }
 
@@ -930,11 +977,25 @@ mod tests {
                 ..Config::default()
             },
             Config {
-                vip: "0.0.0.0:8080".parse().expect("addr"),
+                vip: vec!["0.0.0.0:8080".parse().expect("addr")],
                 ..Config::default()
             },
             Config {
-                vip: "127.0.0.1:0".parse().expect("addr"),
+                vip: vec!["127.0.0.1:0".parse().expect("addr")],
+                ..Config::default()
+            },
+            Config {
+                vip: vec![
+                    "127.0.0.1:8080".parse().expect("addr"),
+                    "10.0.0.1:8080".parse().expect("addr"),
+                ],
+                ..Config::default()
+            },
+            Config {
+                vip: vec![
+                    "127.0.0.1:8080".parse().expect("addr"),
+                    "[::1]:8081".parse().expect("addr"),
+                ],
                 ..Config::default()
             },
             Config {

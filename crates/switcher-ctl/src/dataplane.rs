@@ -3,20 +3,28 @@
 
 use switcher_common::Counters;
 
-/// An origin slot of the data plane: the origin's position in the configuration
-/// ([`switcher_common::ORIGIN_PRIMARY`] (0) and [`switcher_common::ORIGIN_BACKUP`] (1) for the
+/// An origin slot of the data plane, `0..switcher_common::MAX_ORIGINS`
+/// ([`switcher_common::ORIGIN_PRIMARY`] (0) and [`switcher_common::ORIGIN_BACKUP`] (1) in the
 /// two-origin shorthand).
 pub type OriginIndex = u32;
 
 /// Operations on the data plane's maps. Every map write of the control plane goes through it.
 pub trait DataPlane: Send {
-    /// The origin new flows go to (`SWITCHER_ACTIVE`).
+    /// The origin of the last [`DataPlane::set_active`] (`SWITCHER_ACTIVE`): where every new
+    /// flow goes under policy failover. Not changed by [`DataPlane::set_lookup_table`].
     fn active(&self) -> anyhow::Result<OriginIndex>;
-    /// Makes `origin` the one new flows (handshakes) go to.
+    /// Makes `origin` the one new flows (handshakes) go to: publishes a lookup table whose
+    /// every slot is `origin` (as [`DataPlane::set_lookup_table`] does), and records `origin`
+    /// for [`DataPlane::active`].
     fn set_active(&mut self, origin: OriginIndex) -> anyhow::Result<()>;
     /// Publishes the lookup table new flows are steered by: `slots[i]` is the origin index of
     /// Maglev slot `i` (`slots.len() == switcher_common::MAGLEV_SIZE`). Packets see the old
     /// table or the new one, never a mix.
+    ///
+    /// A slot may hold [`crate::maglev::NO_BACKEND`] (an empty table: no origin in rotation);
+    /// a new flow hashing there passes to the edge's stack, which resets it. Tracked flows
+    /// never move. The data plane hashes a flow exactly as [`crate::maglev::flow_hash_v4`] /
+    /// [`crate::maglev::flow_hash_v6`] with [`crate::maglev::slot_index`] do.
     fn set_lookup_table(&mut self, slots: &[OriginIndex]) -> anyhow::Result<()>;
     /// Removes every tracked flow (and handshake) pinned to `origin`, without resetting
     /// anything: a viewer's next packet finds no flow and is passed to the edge's stack, which
@@ -40,7 +48,11 @@ pub trait DataPlane: Send {
         max: usize,
         finish_in_flight: bool,
     ) -> anyhow::Result<Aborted>;
-    /// Number of tracked flows per origin index (`[primary, backup, ...]`, MAX_ORIGINS long).
+    /// Open flows per origin index (`[primary, backup, ...]`, MAX_ORIGINS long): flows
+    /// established through the VIP that their origin has not closed (FIN or RST) and that were
+    /// not removed. Read from counters, never by walking the flow map, so its cost does not
+    /// depend on the number of viewers. An open flow the LRU evicts from a full table (only
+    /// when `--max-flows` is reached) can no longer be seen closing and stays counted.
     fn flow_counts(&self) -> anyhow::Result<Vec<u64>>;
     /// Counters summed over CPUs, one per stats slot (origins, then the unsteered slot).
     fn counters(&self) -> anyhow::Result<Vec<Counters>>;

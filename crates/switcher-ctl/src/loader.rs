@@ -3,8 +3,9 @@
 //!
 //! # Pin layout (under the pin root, default `/sys/fs/bpf/switcher`)
 //! * `maps/SWITCHER_CONFIG`, `maps/SWITCHER_ORIGINS`, `maps/SWITCHER_ACTIVE`,
-//!   `maps/SWITCHER_FLOWS`, `maps/SWITCHER_HANDSHAKES`, `maps/SWITCHER_STATS`: every map (see
-//!   `switcher_common`).
+//!   `maps/SWITCHER_MAGLEV`, `maps/SWITCHER_MAGLEV_LIVE`, `maps/SWITCHER_FLOWS`,
+//!   `maps/SWITCHER_HANDSHAKES`, `maps/SWITCHER_STATS`, `maps/SWITCHER_FLOWS_REMOVED`: every
+//!   map (see `switcher_common::map_names`).
 //! * `progs/switcher_xdp`, `progs/switcher_tc_ingress`, `progs/switcher_tc_egress`.
 //! * `links/xdp`: the XDP bpf_link (when XDP is used); it keeps the program attached after
 //!   the process exits, so a control-plane restart or crash leaves traffic flowing.
@@ -24,6 +25,7 @@ use std::{
     collections::HashSet,
     fs,
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -39,9 +41,10 @@ use aya::{
 };
 use switcher_common::{
     ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FAMILY_V4, FAMILY_V6,
-    FLOW_FINISHING, FlowKey, FlowValue, Handshake, MAX_ORIGINS, MIN_FLOWS, ORIGIN_CONFIGURED,
-    Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
-    map_names, prog_names,
+    FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN,
+    MAGLEV_SIZE, MAGLEV_TABLES, MAX_ORIGINS, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED, Origin,
+    STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names,
+    prog_names,
 };
 
 use crate::dataplane::{Aborted, DataPlane, OriginIndex};
@@ -118,9 +121,12 @@ pub struct Pinned {
     config: Array<MapData, VipConfig>,
     origins: Array<MapData, Origin>,
     active: Array<MapData, u32>,
+    maglev: Array<MapData, MaglevTable>,
+    maglev_live: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     handshakes: HashMap<MapData, FlowKey, Handshake>,
     stats: PerCpuArray<MapData, Counters>,
+    flows_removed: Array<MapData, u64>,
 }
 
 fn maps_dir(root: &Path) -> PathBuf {
@@ -465,9 +471,12 @@ impl Pinned {
             config: Array::try_from(open_map(pin_root, map_names::CONFIG)?)?,
             origins: Array::try_from(open_map(pin_root, map_names::ORIGINS)?)?,
             active: Array::try_from(open_map(pin_root, map_names::ACTIVE)?)?,
+            maglev: Array::try_from(open_map(pin_root, map_names::MAGLEV)?)?,
+            maglev_live: Array::try_from(open_map(pin_root, map_names::MAGLEV_LIVE)?)?,
             flows: HashMap::try_from(open_map(pin_root, map_names::FLOWS)?)?,
             handshakes: HashMap::try_from(open_map(pin_root, map_names::HANDSHAKES)?)?,
             stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
+            flows_removed: Array::try_from(open_map(pin_root, map_names::FLOWS_REMOVED)?)?,
         })
     }
 
@@ -559,8 +568,46 @@ impl Pinned {
     /// after the retirement would enter the flow table pinned to the retired origin. Returns
     /// how many were removed.
     pub fn retire_handshakes(&mut self, origin: u32) -> Result<u64> {
-        let keys = keys_pinned_to(&self.handshakes, |h| h.origin == origin);
-        Ok(remove_keys(&mut self.handshakes, &keys))
+        let keys: Vec<FlowKey> = batch_entries(&self.handshakes)?
+            .into_iter()
+            .filter(|(_, h)| h.origin == origin)
+            .map(|(k, _)| k)
+            .collect();
+        batch_delete(&self.handshakes, &keys)
+    }
+
+    /// Writes `table` into the table that is not live, makes it live, then waits until no
+    /// program can still be reading the old one (which the next publish overwrites).
+    fn publish(&mut self, table: &MaglevTable) -> Result<()> {
+        let live = self
+            .maglev_live
+            .get(&0, 0)
+            .context("reading SWITCHER_MAGLEV_LIVE")?;
+        let next = if live == 0 { 1 } else { 0 };
+        debug_assert!(next < MAGLEV_TABLES);
+        // One syscall copies the whole 64 KiB value; no program reads this table now (the
+        // last publish waited for its readers to finish).
+        self.maglev
+            .set(next, table, 0)
+            .context("writing SWITCHER_MAGLEV")?;
+        // An aligned u32 store: a program reads the old number or the new one.
+        self.maglev_live
+            .set(0, next, 0)
+            .context("writing SWITCHER_MAGLEV_LIVE")?;
+        wait_for_readers();
+        Ok(())
+    }
+
+    /// Adds `open` to the open flows removed from `origin` (see `SWITCHER_FLOWS_REMOVED`).
+    fn count_removed(&mut self, origin: OriginIndex, open: u64) -> Result<()> {
+        if open == 0 {
+            return Ok(());
+        }
+        let old = self.flows_removed.get(&origin, 0)?;
+        self.flows_removed
+            .set(origin, old + open, 0)
+            .context("writing SWITCHER_FLOWS_REMOVED")?;
+        Ok(())
     }
 
     /// Number of connections in their handshake (a walk of `SWITCHER_HANDSHAKES`; a large
@@ -625,9 +672,12 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
         map_names::CONFIG,
         map_names::ORIGINS,
         map_names::ACTIVE,
+        map_names::MAGLEV,
+        map_names::MAGLEV_LIVE,
         map_names::FLOWS,
         map_names::HANDSHAKES,
         map_names::STATS,
+        map_names::FLOWS_REMOVED,
     ] {
         let map = ebpf
             .map(name)
@@ -836,22 +886,51 @@ fn remove_pins(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The keys of a conntrack-keyed map whose value `pinned` accepts. Collected first: deleting
-/// while iterating a hash map restarts the kernel's walk.
-fn keys_pinned_to<V: aya::Pod>(
-    map: &HashMap<MapData, FlowKey, V>,
-    pinned: impl Fn(&V) -> bool,
-) -> Vec<FlowKey> {
-    map.iter()
-        .filter_map(|r| r.ok())
-        .filter(|(_, v)| pinned(v))
-        .map(|(k, _)| k)
-        .collect()
+/// Every entry of a conntrack-keyed map, read with batch lookups (see [`crate::mapbatch`]).
+fn batch_entries<V: aya::Pod>(map: &HashMap<MapData, FlowKey, V>) -> Result<Vec<(FlowKey, V)>> {
+    let map: &dyn IterableMap<FlowKey, V> = map;
+    crate::mapbatch::lookup_all(map.map().fd().as_fd()).context("batch lookup of a flow map")
 }
 
-/// Removes `keys` from `map`; how many were still there.
-fn remove_keys<V: aya::Pod>(map: &mut HashMap<MapData, FlowKey, V>, keys: &[FlowKey]) -> u64 {
-    keys.iter().filter(|k| map.remove(k).is_ok()).count() as u64
+/// Deletes `keys` from a conntrack-keyed map with batch deletes; how many were still there.
+fn batch_delete<V: aya::Pod>(map: &HashMap<MapData, FlowKey, V>, keys: &[FlowKey]) -> Result<u64> {
+    let map: &dyn IterableMap<FlowKey, V> = map;
+    crate::mapbatch::delete(map.map().fd().as_fd(), keys).context("batch delete from a flow map")
+}
+
+/// A table whose every slot is `origin`, on the heap (64 KiB).
+fn uniform_table(origin: u8) -> Box<MaglevTable> {
+    let mut t = empty_table();
+    t.slots.fill(origin);
+    t
+}
+
+/// A table of [`MAGLEV_NO_ORIGIN`] slots, on the heap.
+fn empty_table() -> Box<MaglevTable> {
+    // Built in place: a 64 KiB value is not worth a trip through the stack.
+    let slots: Box<[u8; MAGLEV_SIZE as usize]> = vec![MAGLEV_NO_ORIGIN; MAGLEV_SIZE as usize]
+        .into_boxed_slice()
+        .try_into()
+        .expect("MAGLEV_SIZE bytes");
+    // SAFETY: MaglevTable is repr(C) with the slots array as its only field: same layout.
+    unsafe { Box::from_raw(Box::into_raw(slots).cast::<MaglevTable>()) }
+}
+
+/// Waits for an RCU grace period: every BPF program running when it starts has finished when
+/// it ends (programs run under `rcu_read_lock`). `membarrier(MEMBARRIER_CMD_GLOBAL)` is
+/// `synchronize_rcu()` in the kernel (`kernel/sched/membarrier.c`). After a table switch this
+/// guarantees no packet still reads the old table when the next publish overwrites it.
+fn wait_for_readers() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        // EINVAL with nohz_full CPUs. A program reads the table for well under a
+        // microsecond, and a publish takes longer than that, so a straggler is already
+        // unlikely; this pause makes it practically impossible where the kernel cannot wait.
+        tracing::debug!(error = %std::io::Error::last_os_error(), "membarrier(GLOBAL) unavailable; pausing instead");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// The viewer of a flow, as a socket address (IPv4 in the first 4 bytes of the key).
@@ -920,6 +999,8 @@ impl DataPlane for Pinned {
         if o.flags & ORIGIN_CONFIGURED == 0 {
             bail!("origin {origin} is not configured");
         }
+        // Fits: origin < MAX_ORIGINS <= MAGLEV_NO_ORIGIN.
+        self.publish(&uniform_table(origin as u8))?;
         self.active
             .set(0, origin, 0)
             .context("writing SWITCHER_ACTIVE")?;
@@ -927,19 +1008,51 @@ impl DataPlane for Pinned {
     }
 
     fn set_lookup_table(&mut self, slots: &[OriginIndex]) -> Result<()> {
-        // The Maglev array and its atomic swap come with the balance data plane; until then
-        // the balance policy cannot steer, and says so rather than steering nothing.
-        bail!(
-            "this data plane has no Maglev lookup table yet (table of {} slots not published); --policy balance needs it, --policy failover works",
-            slots.len()
-        )
+        if slots.len() != MAGLEV_SIZE as usize {
+            bail!(
+                "a lookup table has {MAGLEV_SIZE} slots, got {}",
+                slots.len()
+            );
+        }
+        let mut table = empty_table();
+        let mut used = [false; MAX_ORIGINS as usize];
+        for (slot, &origin) in table.slots.iter_mut().zip(slots) {
+            *slot = if origin == crate::maglev::NO_BACKEND {
+                MAGLEV_NO_ORIGIN
+            } else {
+                let u = used
+                    .get_mut(origin as usize)
+                    .ok_or_else(|| anyhow!("origin index {origin} out of range"))?;
+                *u = true;
+                origin as u8
+            };
+        }
+        for (origin, _) in used.iter().enumerate().filter(|(_, u)| **u) {
+            let o = self.origins.get(&(origin as u32), 0)?;
+            if o.flags & ORIGIN_CONFIGURED == 0 {
+                bail!("the lookup table names origin {origin}, which is not configured");
+            }
+        }
+        self.publish(&table)
     }
 
     fn retire_flows(&mut self, origin: OriginIndex) -> Result<u64> {
         // A handshake completing after this would enter the flow table pinned to `origin`.
         self.retire_handshakes(origin)?;
-        let keys = keys_pinned_to(&self.flows, |f| f.origin == origin);
-        Ok(remove_keys(&mut self.flows, &keys))
+        let mine: Vec<(FlowKey, FlowValue)> = batch_entries(&self.flows)?
+            .into_iter()
+            .filter(|(_, f)| f.origin == origin)
+            .collect();
+        let keys: Vec<FlowKey> = mine.iter().map(|(k, _)| *k).collect();
+        let removed = batch_delete(&self.flows, &keys)?;
+        // The open ones leave the open-flow count (a flow deleted meanwhile by the data plane
+        // was counted there already; the difference is at most those few).
+        let open = mine
+            .iter()
+            .filter(|(_, f)| f.flags & FLOW_ORIGIN_CLOSED == 0)
+            .count() as u64;
+        self.count_removed(origin, open.min(removed))?;
+        Ok(removed)
     }
 
     fn abort_flows(
@@ -951,8 +1064,13 @@ impl DataPlane for Pinned {
         // A handshake completing after this would enter the flow table pinned to `origin`;
         // its client's next packet then finds nothing and the edge's stack resets it.
         self.retire_handshakes(origin)?;
-        let all = keys_pinned_to(&self.flows, |f| f.origin == origin);
-        let keys = &all[..all.len().min(max)];
+        let all: Vec<(FlowKey, FlowValue)> = batch_entries(&self.flows)?
+            .into_iter()
+            .filter(|(_, f)| f.origin == origin)
+            .collect();
+        let chosen = &all[..all.len().min(max)];
+        let keys: Vec<FlowKey> = chosen.iter().map(|(k, _)| *k).collect();
+        let keys = &keys[..];
         if keys.is_empty() {
             return Ok(Aborted::default());
         }
@@ -995,7 +1113,8 @@ impl DataPlane for Pinned {
             },
         };
         let mut removed = 0;
-        for k in keys {
+        let mut removed_open = 0;
+        for (k, v) in chosen {
             if finishing.contains(&flow_client(k)) {
                 // Its next request is dropped by the data plane: the retired origin finishes
                 // this response and starts no other (FLOW_FINISHING).
@@ -1009,8 +1128,10 @@ impl DataPlane for Pinned {
             }
             if self.flows.remove(k).is_ok() {
                 removed += 1;
+                removed_open += u64::from(v.flags & FLOW_ORIGIN_CLOSED == 0);
             }
         }
+        self.count_removed(origin, removed_open)?;
         Ok(Aborted {
             reset,
             removed,
@@ -1020,13 +1141,18 @@ impl DataPlane for Pinned {
     }
 
     fn flow_counts(&self) -> Result<Vec<u64>> {
-        let mut counts = vec![0u64; MAX_ORIGINS as usize];
-        for (_, v) in self.flows.iter().filter_map(|r| r.ok()) {
-            if let Some(c) = counts.get_mut(v.origin as usize) {
-                *c += 1;
-            }
-        }
-        Ok(counts)
+        // MAX_ORIGINS + 1 small reads (per-CPU counters, then user space's removals), however
+        // many flows there are.
+        let counters = self.counters()?;
+        (0..MAX_ORIGINS)
+            .map(|o| {
+                let c = &counters[o as usize];
+                let removed = self.flows_removed.get(&o, 0)?;
+                Ok(c.established
+                    .saturating_sub(c.flows_closed)
+                    .saturating_sub(removed))
+            })
+            .collect()
     }
 
     fn counters(&self) -> Result<Vec<Counters>> {

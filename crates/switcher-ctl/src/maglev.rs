@@ -75,7 +75,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Default lookup table size: a prime, as the permutations require. The data plane's Maglev
 /// array must have exactly this many entries.
-pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+pub const DEFAULT_TABLE_SIZE: u32 = switcher_common::MAGLEV_SIZE;
 
 /// Slot value meaning "no backend": only found in an empty table (no backend of weight > 0).
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -89,11 +89,8 @@ pub const OFFSET_SEED: u64 = 0x6d61_676c_6576_2d6f;
 pub const SKIP_SEED: u64 = 0x6d61_676c_6576_2d73;
 
 /// `initval` of [`jhash2`] in the flow hash (ASCII "HLSe"). Part of the contract: the data
-/// plane uses the same value.
-pub const FLOW_HASH_SEED: u32 = 0x484c_5365;
-
-/// jhash's arbitrary initial value (`JHASH_INITVAL` in `include/linux/jhash.h`).
-const JHASH_INITVAL: u32 = 0xdead_beef;
+/// plane uses the same value (one definition, in `switcher_common::flow_hash`).
+pub const FLOW_HASH_SEED: u32 = switcher_common::flow_hash::FLOW_HASH_SEED;
 
 /// FNV-1a 64-bit offset basis (draft-eastlake-fnv, section 5).
 const FNV64_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -376,75 +373,8 @@ fn ports_word(src_port: u16, dst_port: u16) -> u32 {
 
 /// The Linux kernel's `jhash2(k, length, initval)` (`include/linux/jhash.h`; Bob Jenkins'
 /// lookup3 `hashword()`): hash of `words` with `initval`. Same result as the kernel's for the
-/// same words, so an eBPF program can use a transcription of that header.
+/// same words. The data plane runs this very code (`switcher_common::flow_hash::jhash2`,
+/// compiled for BPF), so user space and kernel cannot disagree on it.
 pub fn jhash2(words: &[u32], initval: u32) -> u32 {
-    // The kernel adds `length << 2` in u32; a flow has at most 10 words.
-    let init = JHASH_INITVAL
-        .wrapping_add((words.len() as u32).wrapping_shl(2))
-        .wrapping_add(initval);
-    let (mut a, mut b, mut c) = (init, init, init);
-    let mut rest = words;
-    while rest.len() > 3 {
-        a = a.wrapping_add(rest[0]);
-        b = b.wrapping_add(rest[1]);
-        c = c.wrapping_add(rest[2]);
-        jhash_mix(&mut a, &mut b, &mut c);
-        rest = &rest[3..];
-    }
-    // The last 1 to 3 words, then the final mix; nothing left (an empty key) returns `c`.
-    match *rest {
-        [x, y, z] => {
-            c = c.wrapping_add(z);
-            b = b.wrapping_add(y);
-            a = a.wrapping_add(x);
-        }
-        [x, y] => {
-            b = b.wrapping_add(y);
-            a = a.wrapping_add(x);
-        }
-        [x] => a = a.wrapping_add(x),
-        _ => return c,
-    }
-    jhash_final(&mut a, &mut b, &mut c);
-    c
-}
-
-/// `__jhash_mix` of `include/linux/jhash.h`: mixes 3 words reversibly.
-fn jhash_mix(a: &mut u32, b: &mut u32, c: &mut u32) {
-    *a = a.wrapping_sub(*c);
-    *a ^= c.rotate_left(4);
-    *c = c.wrapping_add(*b);
-    *b = b.wrapping_sub(*a);
-    *b ^= a.rotate_left(6);
-    *a = a.wrapping_add(*c);
-    *c = c.wrapping_sub(*b);
-    *c ^= b.rotate_left(8);
-    *b = b.wrapping_add(*a);
-    *a = a.wrapping_sub(*c);
-    *a ^= c.rotate_left(16);
-    *c = c.wrapping_add(*b);
-    *b = b.wrapping_sub(*a);
-    *b ^= a.rotate_left(19);
-    *a = a.wrapping_add(*c);
-    *c = c.wrapping_sub(*b);
-    *c ^= b.rotate_left(4);
-    *b = b.wrapping_add(*a);
-}
-
-/// `__jhash_final` of `include/linux/jhash.h`: final mixing of 3 words into `c`.
-fn jhash_final(a: &mut u32, b: &mut u32, c: &mut u32) {
-    *c ^= *b;
-    *c = c.wrapping_sub(b.rotate_left(14));
-    *a ^= *c;
-    *a = a.wrapping_sub(c.rotate_left(11));
-    *b ^= *a;
-    *b = b.wrapping_sub(a.rotate_left(25));
-    *c ^= *b;
-    *c = c.wrapping_sub(b.rotate_left(16));
-    *a ^= *c;
-    *a = a.wrapping_sub(c.rotate_left(4));
-    *b ^= *a;
-    *b = b.wrapping_sub(a.rotate_left(14));
-    *c ^= *b;
-    *c = c.wrapping_sub(b.rotate_left(24));
+    switcher_common::flow_hash::jhash2(words, initval)
 }

@@ -199,12 +199,12 @@ fn run(config: Config) -> Result<ExitCode> {
     };
     let attach = AttachConfig {
         iface: config.iface.clone(),
-        vip: config.vip,
-        vip_v6: None,
+        vip: config.main_vip(),
+        vip_v6: config.vip_v6_also(),
         origins: config
             .origin_list()
             .iter()
-            .map(|o| origin_addr(&o.base_url, config.vip))
+            .map(|o| origin_addr(&o.base_url, config.main_vip()))
             .collect::<Result<_>>()?,
         pin_root: config.pin_root.clone(),
         mode: match config.attach_mode {
@@ -286,7 +286,12 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
     println!("attached: {}", pinned.attach_info());
     let vip = pinned.vip().context("reading the VIP map")?;
     let port = u16::from_be(vip.port_be);
-    println!("vip: {}:{port}", std::net::Ipv4Addr::from(vip.addr_v4));
+    if vip.flags & switcher_common::VIP_HAS_V4 != 0 {
+        println!("vip: {}:{port}", std::net::Ipv4Addr::from(vip.addr_v4));
+    }
+    if vip.flags & switcher_common::VIP_HAS_V6 != 0 {
+        println!("vip: [{}]:{port}", std::net::Ipv6Addr::from(vip.addr_v6));
+    }
     let active = pinned.active().context("reading the active map")?;
     println!(
         "active origin: index {active} ({} with the two-origin shorthand; the service's names are in its /healthz below)",

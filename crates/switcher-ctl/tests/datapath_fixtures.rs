@@ -22,10 +22,11 @@ use aya::{
 };
 use packet::{ACK, DEFAULT_SEQ, FIN, ICMP, PSH, Pkt, RST, SYN, UDP, verify_checksums};
 use switcher_common::{
-    Counters, FlowKey, FlowValue, Handshake, MAX_ORIGINS, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
-    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names,
-    prog_names,
+    Counters, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN, MAGLEV_SIZE, MAX_ORIGINS,
+    MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER,
+    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
+use switcher_ctl::maglev;
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
@@ -108,10 +109,11 @@ fn field(c: &Counters, name: &str) -> u64 {
         "stale_flows" => c.stale_flows,
         "stale_kept" => c.stale_kept,
         "held" => c.held,
+        "flows_closed" => c.flows_closed,
         other => panic!("unknown counter {other}"),
     }
 }
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
     "packets",
     "bytes",
     "new_flows",
@@ -128,6 +130,7 @@ const FIELDS: [&str; 16] = [
     "stale_flows",
     "stale_kept",
     "held",
+    "flows_closed",
 ];
 
 /// A SYN steered to `slot` (a handshake recorded).
@@ -242,10 +245,33 @@ impl Harness {
         cfg.set(0, vip, 0).unwrap();
     }
 
+    /// Policy failover: a lookup table whose every slot is `idx` (what `Pinned::set_active`
+    /// publishes).
     fn set_active(&mut self, idx: u32) {
-        let mut a: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut(map_names::ACTIVE).unwrap()).unwrap();
-        a.set(0, idx, 0).unwrap();
+        self.publish(&vec![idx; MAGLEV_SIZE as usize]);
+    }
+
+    /// Publishes a lookup table as `Pinned::set_lookup_table` does: the table that is not
+    /// live is written, then made live.
+    fn publish(&mut self, slots: &[u32]) {
+        assert_eq!(slots.len(), MAGLEV_SIZE as usize);
+        let mut live: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(map_names::MAGLEV_LIVE).unwrap()).unwrap();
+        let next = 1 - live.get(&0, 0).unwrap();
+        let mut table = Box::new(MaglevTable::uniform(MAGLEV_NO_ORIGIN));
+        for (t, &s) in table.slots.iter_mut().zip(slots) {
+            *t = if s == maglev::NO_BACKEND {
+                MAGLEV_NO_ORIGIN
+            } else {
+                u8::try_from(s).unwrap()
+            };
+        }
+        let mut tables: Array<_, MaglevTable> =
+            Array::try_from(self.ebpf.map_mut(map_names::MAGLEV).unwrap()).unwrap();
+        tables.set(next, table.as_ref(), 0).unwrap();
+        let mut live: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(map_names::MAGLEV_LIVE).unwrap()).unwrap();
+        live.set(0, next, 0).unwrap();
     }
 
     fn retire(&mut self, idx: u32) -> usize {
@@ -837,11 +863,15 @@ fn table() -> Vec<Case> {
             vec![(PRIMARY, "reply_rewrites", 1)],
         ),
         case(
-            "SYN straight to the pinned origin's port forgets the finished flow",
+            "SYN straight to the pinned origin's port forgets the finished flow (closed count +1: no FIN was seen)",
             Xdp,
             Pkt::tcp("10.1.1.1", 40000, VIP4, 8081, SYN).build(),
             None,
-            [pass(), vec![(PRIMARY, "stale_flows", 1)]].concat(),
+            [
+                pass(),
+                vec![(PRIMARY, "stale_flows", 1), (PRIMARY, "flows_closed", 1)],
+            ]
+            .concat(),
         ),
         case(
             "TC egress: the direct connection's SYN-ACK passes unchanged",
@@ -879,7 +909,14 @@ fn table() -> Vec<Case> {
             [pass(), vec![(REMOTE, "stale_kept", 1)]].concat(),
         ),
         case(
-            "TC egress: the remote origin's FIN is rewritten (flow marked closed by the origin)",
+            "TC egress: the remote origin's FIN is rewritten (flow marked and counted closed)",
+            TcEgress,
+            r_remote2(FIN | ACK).build(),
+            Some(r_remote2_out(FIN | ACK).build()),
+            vec![(REMOTE, "reply_rewrites", 1), (REMOTE, "flows_closed", 1)],
+        ),
+        case(
+            "TC egress: the origin's second FIN counts no second close",
             TcEgress,
             r_remote2(FIN | ACK).build(),
             Some(r_remote2_out(FIN | ACK).build()),

@@ -2,7 +2,8 @@
 //!
 //! Viewers connect to a virtual port (the VIP, e.g. 127.0.0.1:8080) on which nothing listens.
 //! * `switcher_xdp` (XDP, ingress) rewrites requests to the VIP toward the origin their flow is
-//!   pinned to (new flows: the active origin), updating checksums incrementally (RFC 1624).
+//!   pinned to (new flows: the origin the Maglev lookup table gives their 5-tuple), updating
+//!   checksums incrementally (RFC 1624).
 //! * `switcher_tc_ingress` (TC, ingress) is the same request path for interfaces where XDP
 //!   cannot attach, using the kernel's checksum helpers.
 //! * `switcher_tc_egress` (TC, egress) gives replies of tracked flows the VIP's address and port
@@ -246,11 +247,17 @@ pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
         reply.addr,
     ) {
         Ok(()) => {
-            steer::count(reply.index, |c| c.reply_rewrites += 1);
+            steer::count(reply.index, |c| {
+                c.reply_rewrites += 1;
+                c.flows_closed += u64::from(reply.closed);
+            });
             TC_ACT_OK
         }
         Err(_) => {
-            steer::count(reply.index, |c| c.drops += 1);
+            steer::count(reply.index, |c| {
+                c.drops += 1;
+                c.flows_closed += u64::from(reply.closed);
+            });
             TC_ACT_SHOT
         }
     }

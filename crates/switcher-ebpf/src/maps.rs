@@ -21,7 +21,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use switcher_common::{
-    Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
+    Counters, FlowKey, FlowValue, Handshake, MaglevTable, Origin, VipConfig, MAGLEV_TABLES,
+    MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
 };
 
 /// Map flags of the connection maps: per-CPU LRU lists.
@@ -36,10 +37,26 @@ pub static CONFIG: Array<VipConfig, 1> = Array::new();
 #[btf_map(name = "SWITCHER_ORIGINS")]
 pub static ORIGINS: Array<Origin, { MAX_ORIGINS as usize }> = Array::new();
 
-/// Control, written by user space on every flip. Key 0 -> index of the origin that new flows
-/// (SYN, or a packet of an unknown flow) are steered to.
+/// User space's own record, never read here. Key 0 -> the origin of the last `set_active`
+/// (policy failover), so `status` and a restarted control plane can read it back.
 #[btf_map(name = "SWITCHER_ACTIVE")]
 pub static ACTIVE: Array<u32, 1> = Array::new();
+
+/// Control, written by user space. Key = table number (0 or 1) -> a Maglev lookup table
+/// (slot -> origin index). Only the live table (`MAGLEV_LIVE`) is read, one byte per new flow;
+/// user space writes the other one whole before making it live.
+#[btf_map(name = "SWITCHER_MAGLEV")]
+pub static MAGLEV: Array<MaglevTable, { MAGLEV_TABLES as usize }> = Array::new();
+
+/// Control, written by user space after the table it names. Key 0 -> the live table's number.
+#[btf_map(name = "SWITCHER_MAGLEV_LIVE")]
+pub static MAGLEV_LIVE: Array<u32, 1> = Array::new();
+
+/// User space's own counts, never read here. Key = origin index -> open flows user space
+/// removed from `FLOWS` (retired or aborted before their origin closed them); subtracted from
+/// the data plane's `established - flows_closed` to count open flows without a map walk.
+#[btf_map(name = "SWITCHER_FLOWS_REMOVED")]
+pub static FLOWS_REMOVED: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
 
 /// Conntrack of established flows. Key = client address/port/family of a connection to the
 /// VIP -> the origin it is pinned to. Inserted here only when a handshake completes

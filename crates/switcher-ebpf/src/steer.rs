@@ -9,15 +9,19 @@ use aya_ebpf::{
     helpers::{bpf_sk_lookup_tcp, bpf_sk_release},
 };
 use switcher_common::{
+    flow_hash::{jhash2, FLOW_HASH_SEED},
     Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING,
-    FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAX_ORIGINS, ORIGIN_CONFIGURED,
-    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS,
+    ORIGIN_CONFIGURED, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
 
 use crate::{
-    maps::{ACTIVE, CONFIG, FLOWS, HANDSHAKES, ORIGINS, STATS},
+    maps::{CONFIG, FLOWS, HANDSHAKES, MAGLEV, MAGLEV_LIVE, ORIGINS, STATS},
     packet::{tcp, Tcp},
 };
+
+/// IP protocol number of TCP, the last word of the flow hash.
+const PROTO_TCP: u32 = 6;
 
 /// Applies `f` to this CPU's counters of `slot`.
 #[inline(always)]
@@ -168,15 +172,62 @@ fn alive(ctx: *mut c_void, t: &Tcp, o: &Origin) -> bool {
     origin_addr(o, t.family).is_some() || has_socket(ctx, t, o.port_be)
 }
 
-/// The origin a new flow goes to: the active one, or, with [`VIP_CHECK_LISTENER`] and no
-/// socket on the active origin's port, the first other configured origin that has one.
-/// Returns (index, origin, fell back).
+/// A 16-byte address as the 4 little-endian words the flow hash reads (`s6_addr32` on bpfel).
 #[inline(always)]
-fn new_flow_origin(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, Origin, bool)> {
-    let index = *ACTIVE.get(0)?;
-    if index >= MAX_ORIGINS {
+fn addr_words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_le_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_le_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_le_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_le_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// The flow's Maglev hash, word for word what switcher-ctl's `maglev::flow_hash_v4/v6`
+/// compute: `[src addr, dst addr, ports, proto]`, each word the packet's bytes read as a
+/// little-endian u32 (the ports word is the first 4 bytes of the TCP header: `sport` and
+/// `dport` hold the wire bytes, so on bpfel `sport | dport << 16` is that load).
+#[inline(always)]
+fn flow_hash(t: &Tcp) -> u32 {
+    let ports = u32::from(t.sport) | u32::from(t.dport) << 16;
+    let s = addr_words(&t.saddr);
+    let d = addr_words(&t.daddr);
+    if t.family == FAMILY_V4 {
+        jhash2(&[s[0], d[0], ports, PROTO_TCP], FLOW_HASH_SEED)
+    } else {
+        jhash2(
+            &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, PROTO_TCP],
+            FLOW_HASH_SEED,
+        )
+    }
+}
+
+/// The origin index the live Maglev table gives the flow `t`, if it names one (an empty
+/// table holds `MAGLEV_NO_ORIGIN`, which is out of range).
+#[inline(always)]
+fn maglev_origin(t: &Tcp) -> Option<u32> {
+    let live = *MAGLEV_LIVE.get(0)?;
+    let table = MAGLEV.get(live)?;
+    let slot = flow_hash(t) % MAGLEV_SIZE;
+    // The verifier does not bound the result of `%`, and LLVM drops a range check it can prove
+    // redundant; reading the slot back through a volatile load hides the proof from LLVM, so
+    // the check stays and the verifier sees the table access bounded.
+    // SAFETY: a read of a local.
+    let slot = unsafe { core::ptr::read_volatile(&slot) } as usize;
+    if slot >= MAGLEV_SIZE as usize {
         return None;
     }
+    // SAFETY: `slot` < MAGLEV_SIZE, the array's length.
+    let index = u32::from(unsafe { *table.slots.as_ptr().add(slot) });
+    (index < MAX_ORIGINS).then_some(index)
+}
+
+/// The origin a new flow goes to: the live Maglev table's choice, or, with
+/// [`VIP_CHECK_LISTENER`] and no socket on that origin's port, the first other configured
+/// origin that has one. Returns (index, origin, fell back).
+#[inline(always)]
+fn new_flow_origin(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, Origin, bool)> {
+    let index = maglev_origin(t)?;
     let o = origin(index)?;
     if vip.flags & VIP_CHECK_LISTENER == 0 || alive(ctx, t, &o) {
         return Some((index, o, false));
@@ -192,7 +243,7 @@ fn new_flow_origin(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, O
         }
         i += 1;
     }
-    // Nobody listens: the active origin answers with a reset, as without the check.
+    // Nobody listens: the table's origin answers with a reset, as without the check.
     Some((index, o, false))
 }
 
@@ -229,7 +280,8 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 /// * A packet of an established flow (`FLOWS`, one lookup: the common case) follows it; a SYN
 ///   too (a client reusing the port of a flow that is still tracked stays on that origin, and
 ///   a spoofed SYN cannot move a viewer's flow).
-/// * Any other SYN goes to the active origin (or, see [`new_flow_origin`], a live one) and is
+/// * Any other SYN goes to the origin the Maglev table gives its 5-tuple (or, see
+///   [`new_flow_origin`], a live one) and is
 ///   recorded in `HANDSHAKES`, never in `FLOWS`: a spoofed SYN flood evicts only other
 ///   handshakes.
 /// * A non-SYN packet of a handshake goes to the handshake's origin. When it acknowledges the
@@ -369,7 +421,11 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
         };
         if over {
             if FLOWS.remove(&key).is_ok() {
-                count(flow.origin, |c| c.stale_flows += 1);
+                let open = flow.flags & FLOW_ORIGIN_CLOSED == 0;
+                count(flow.origin, |c| {
+                    c.stale_flows += 1;
+                    c.flows_closed += u64::from(open);
+                });
             }
         } else {
             count(flow.origin, |c| c.stale_kept += 1);
@@ -412,6 +468,9 @@ pub struct Reply {
     pub port: u16,
     /// VIP address to write as source when the origin's address differs from it.
     pub addr: Option<[u8; 16]>,
+    /// This reply is the origin's first FIN or RST on an established flow: the flow is over
+    /// (counted `flows_closed` by the caller, once per flow).
+    pub closed: bool,
 }
 
 /// If `t` is a reply of a tracked flow or handshake from the origin it is pinned to, returns
@@ -455,11 +514,17 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
         None if t.saddr == vip_addr => None,
         None => return None,
     };
+    let mut closed = false;
     // SAFETY: as above; single aligned u32 stores.
     unsafe {
         if let Some(f) = flow {
             if t.flags & (tcp::FIN | tcp::RST) != 0 && (*f).flags & FLOW_ORIGIN_CLOSED == 0 {
+                // Not atomic (the BPF target has no atomic fetch-or in Rust's core): a FIN and
+                // an RST of one flow processed on two CPUs at the same instant would count it
+                // twice. One socket's segments leave one at a time, so this does not happen in
+                // practice; `flow_counts` saturates at 0 if it ever did.
                 (*f).flags |= FLOW_ORIGIN_CLOSED;
+                closed = true;
             }
         } else if let Some(h) = handshake {
             if t.flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
@@ -472,6 +537,7 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
         index,
         port: vip.port_be,
         addr,
+        closed,
     })
 }
 
