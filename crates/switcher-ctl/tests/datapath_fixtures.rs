@@ -1300,3 +1300,265 @@ fn a_finishing_flow_holds_new_requests_but_passes_acks() {
     verify_checksums(&out).expect("checksums of the rewritten ACK");
     assert_eq!(held(&h), 2, "an ACK is not held");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Balance: new flows steered by the Maglev lookup table.
+
+/// Origins of the balance fixtures: origin `i` is named `BALANCE_NAMES[i]` and listens on the
+/// VIP's address, port `8081 + i`.
+const BALANCE_NAMES: [&str; 4] = ["origin-a", "origin-b", "origin-c", "origin-d"];
+
+/// A harness with the four balance origins configured (and no remote one).
+fn balance_harness() -> Harness {
+    let mut h = Harness::new();
+    let mut origins: Array<_, Origin> =
+        Array::try_from(h.ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+    for i in 0..BALANCE_NAMES.len() as u32 {
+        let o = Origin {
+            addr_v4: [0; 4],
+            addr_v6: [0; 16],
+            port_be: (8081 + i as u16).to_be(),
+            flags: ORIGIN_CONFIGURED,
+        };
+        origins.set(i, o, 0).unwrap();
+    }
+    h
+}
+
+/// The Maglev table of the balance origins with `weights`, as the control plane builds it.
+fn balance_table(weights: [u32; 4]) -> maglev::Table {
+    let backends: Vec<maglev::Backend<'_>> = BALANCE_NAMES
+        .iter()
+        .zip(weights)
+        .map(|(name, weight)| maglev::Backend { name, weight })
+        .collect();
+    maglev::build(&backends, MAGLEV_SIZE).expect("valid table")
+}
+
+/// A client of the balance fixtures: the `i`-th of many distinct 5-tuples, IPv4 or IPv6.
+fn client(i: u32, v6: bool) -> (String, u16) {
+    let port = 1024 + (i * 7919 % 60000) as u16;
+    if v6 {
+        (format!("fd00:1::{:x}:{:x}", i / 251, i % 251 + 1), port)
+    } else {
+        (
+            format!("10.{}.{}.{}", 2 + i / 62500, i / 250 % 250, i % 250 + 1),
+            port,
+        )
+    }
+}
+
+/// The origin Maglev's user-space lookup gives a flow from `(addr, port)` to the VIP.
+fn expected_origin(table: &maglev::Table, addr: &str, port: u16) -> Option<u32> {
+    let hash = match addr.parse::<std::net::IpAddr>().unwrap() {
+        std::net::IpAddr::V4(a) => {
+            maglev::flow_hash_v4(a, port, VIP4.parse().unwrap(), VIP_PORT, 6)
+        }
+        std::net::IpAddr::V6(a) => {
+            maglev::flow_hash_v6(a, port, VIP6.parse().unwrap(), VIP_PORT, 6)
+        }
+    };
+    table.lookup(hash).map(|b| b as u32)
+}
+
+/// Runs `pkt` through `prog`: the balance origin its destination port was rewritten to, or
+/// `None` when it passed unchanged.
+fn steered_to(h: &mut Harness, prog: Prog, pkt: &Pkt) -> Option<u32> {
+    let input = pkt.build();
+    let (verdict, out, _) = h.run(prog, &input, 1);
+    let pass = if matches!(prog, Prog::Xdp) {
+        XDP_PASS
+    } else {
+        TC_ACT_OK
+    };
+    assert_eq!(verdict, pass, "{pkt:?}");
+    if out == input {
+        return None;
+    }
+    verify_checksums(&out).expect("checksums of a steered packet");
+    let l4 = if pkt.dst.is_ipv6() { 14 + 40 } else { 14 + 20 };
+    let port = u16::from_be_bytes([out[l4 + 2], out[l4 + 3]]);
+    Some(u32::from(port - 8081))
+}
+
+fn syn_of(addr: &str, port: u16) -> Pkt {
+    let vip = if addr.contains(':') { VIP6 } else { VIP4 };
+    Pkt::tcp(addr, port, vip, VIP_PORT, SYN)
+}
+
+/// The data plane hashes a flow exactly as `maglev::flow_hash_v4/v6` + `slot_index` do: for
+/// many IPv4 and IPv6 tuples, through XDP and TC ingress, its choice is the one
+/// `maglev::Table::lookup` makes, with unequal weights so every origin owns slots.
+#[test]
+fn data_plane_choice_equals_maglev_table_lookup() {
+    let mut h = balance_harness();
+    let table = balance_table([1, 2, 3, 4]);
+    h.publish(table.slots());
+    let mut seen = [0u32; 4];
+    for i in 0..1_200 {
+        let (addr, port) = client(i, i % 3 == 0);
+        let prog = if i % 2 == 0 {
+            Prog::Xdp
+        } else {
+            Prog::TcIngress
+        };
+        let got = steered_to(&mut h, prog, &syn_of(&addr, port));
+        let want = expected_origin(&table, &addr, port);
+        assert_eq!(got, want, "tuple {addr}:{port} through {prog:?}");
+        seen[got.unwrap() as usize] += 1;
+    }
+    assert!(
+        seen.iter().all(|&n| n > 0),
+        "every origin got new flows: {seen:?}"
+    );
+    // Heavier origins get more (weights 1..4 over 1,200 flows: far apart).
+    assert!(seen[0] < seen[3], "weights show in the spread: {seen:?}");
+}
+
+/// The same 5-tuple always gets the same origin: its SYN (retransmitted, or after the table
+/// was rebuilt from the same inputs and published into the other buffer) lands on one origin.
+#[test]
+fn the_same_tuple_always_gets_the_same_origin() {
+    let mut h = balance_harness();
+    h.publish(balance_table([3, 1, 1, 2]).slots());
+    let tuples: Vec<(String, u16)> = (0..200).map(|i| client(i, i % 2 == 1)).collect();
+    let first: Vec<Option<u32>> = tuples
+        .iter()
+        .map(|(a, p)| steered_to(&mut h, Prog::Xdp, &syn_of(a, *p)))
+        .collect();
+    assert!(first.iter().all(Option::is_some));
+    let distinct: std::collections::HashSet<_> = first.iter().collect();
+    assert!(distinct.len() > 1, "flows spread over several origins");
+    for round in 0..3 {
+        // Rebuilt from the same inputs: byte-identical, published into the other table.
+        h.publish(balance_table([3, 1, 1, 2]).slots());
+        for ((a, p), want) in tuples.iter().zip(&first) {
+            let prog = if round % 2 == 0 {
+                Prog::TcIngress
+            } else {
+                Prog::Xdp
+            };
+            assert_eq!(
+                steered_to(&mut h, prog, &syn_of(a, *p)),
+                *want,
+                "{a}:{p} round {round}"
+            );
+        }
+    }
+}
+
+/// A table without origin X (weight 0: drained or unhealthy) sends no new flow to X, and its
+/// counters show none.
+#[test]
+fn a_weight_zero_origin_gets_no_new_flow() {
+    let mut h = balance_harness();
+    let table = balance_table([1, 1, 0, 1]);
+    h.publish(table.slots());
+    let before = h.counters();
+    let mut seen = [0u32; 4];
+    for i in 0..2_000 {
+        let (addr, port) = client(i, i % 4 == 0);
+        let got = steered_to(&mut h, Prog::Xdp, &syn_of(&addr, port)).expect("steered");
+        seen[got as usize] += 1;
+    }
+    let after = h.counters();
+    assert_eq!(seen[2], 0, "no new flow to the weight-0 origin: {seen:?}");
+    assert_eq!(after[2].new_flows, before[2].new_flows);
+    for o in [0, 1, 3] {
+        assert!(seen[o] > 500, "origin {o} takes its share: {seen:?}");
+    }
+}
+
+/// Completes the handshake of `(addr, port)` through the programs: SYN (steered by the
+/// table), the origin's SYN-ACK at TC egress, the client's ACK of its ISN. Returns the origin.
+fn establish(h: &mut Harness, addr: &str, port: u16) -> u32 {
+    let origin = steered_to(h, Prog::Xdp, &syn_of(addr, port)).expect("SYN steered");
+    let vip = if addr.contains(':') { VIP6 } else { VIP4 };
+    let synack = Pkt::tcp(vip, 8081 + origin as u16, addr, port, SYN | ACK).build();
+    let (verdict, out, _) = h.run(Prog::TcEgress, &synack, 1);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_ne!(out, synack, "the SYN-ACK is rewritten to come from the VIP");
+    let ack = Pkt::tcp(addr, port, vip, VIP_PORT, ACK).with_ack(DEFAULT_SEQ.wrapping_add(1));
+    assert_eq!(steered_to(h, Prog::Xdp, &ack), Some(origin));
+    origin
+}
+
+/// Tracked flows never move when a table is swapped, even to a table that sends every new flow
+/// elsewhere; a retired origin's flow is gone (its next packet passes to the stack, which
+/// resets it), and the client's new connection from the same tuple is steered by the table.
+#[test]
+fn a_table_swap_moves_no_tracked_flow_and_a_retired_flow_is_resteered() {
+    let mut h = balance_harness();
+    h.publish(balance_table([1, 1, 1, 1]).slots());
+    let mut pinned: Vec<(String, u16, u32)> = Vec::new();
+    for i in 0..64 {
+        let (addr, port) = client(i, i % 2 == 0);
+        let origin = establish(&mut h, &addr, port);
+        pinned.push((addr, port, origin));
+    }
+    assert!(
+        pinned.iter().any(|p| p.2 == 0) && pinned.iter().any(|p| p.2 != 0),
+        "flows on origin 0 and on others"
+    );
+    let data = |addr: &str, port: u16| {
+        let vip = if addr.contains(':') { VIP6 } else { VIP4 };
+        Pkt::tcp(addr, port, vip, VIP_PORT, ACK | PSH).with_payload(b"GET /seg.ts HTTP/1.1\r\n\r\n")
+    };
+
+    // Origin 0 drained, then every new flow to origin 3: no tracked flow moves.
+    let drained = balance_table([0, 1, 1, 1]);
+    h.publish(drained.slots());
+    h.publish(balance_table([0, 0, 0, 1]).slots());
+    for (addr, port, origin) in &pinned {
+        let prog = if port % 2 == 0 {
+            Prog::Xdp
+        } else {
+            Prog::TcIngress
+        };
+        assert_eq!(
+            steered_to(&mut h, prog, &data(addr, *port)),
+            Some(*origin),
+            "tracked flow {addr}:{port} stays on origin {origin}"
+        );
+    }
+
+    // Retire origin 0 (its flows deleted, as the control plane does) with the drained table
+    // live: its viewers' next packets pass unchanged, counted untracked; their reconnection
+    // from the same tuple goes where the table says, never to origin 0.
+    h.publish(drained.slots());
+    assert!(h.retire(0) > 0);
+    for (addr, port, origin) in pinned.iter().filter(|p| p.2 == 0) {
+        let before = h.counters()[U as usize].untracked;
+        assert_eq!(steered_to(&mut h, Prog::Xdp, &data(addr, *port)), None);
+        assert_eq!(h.counters()[U as usize].untracked, before + 1);
+        let again = steered_to(&mut h, Prog::Xdp, &syn_of(addr, *port));
+        assert_eq!(again, expected_origin(&drained, addr, *port));
+        assert_ne!(
+            again,
+            Some(*origin),
+            "re-steered away from the retired origin"
+        );
+    }
+    // The others still follow their flows.
+    for (addr, port, origin) in pinned.iter().filter(|p| p.2 != 0) {
+        assert_eq!(
+            steered_to(&mut h, Prog::Xdp, &data(addr, *port)),
+            Some(*origin)
+        );
+    }
+}
+
+/// An empty table (no origin in rotation): a new flow passes to the stack, which resets it.
+#[test]
+fn an_empty_table_steers_no_new_flow() {
+    let mut h = balance_harness();
+    let empty = balance_table([0, 0, 0, 0]);
+    assert!(empty.is_empty());
+    h.publish(empty.slots());
+    let before = h.counters()[U as usize].passes;
+    assert_eq!(
+        steered_to(&mut h, Prog::Xdp, &syn_of("10.9.9.9", 4242)),
+        None
+    );
+    assert_eq!(h.counters()[U as usize].passes, before + 1);
+}
