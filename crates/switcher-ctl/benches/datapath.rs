@@ -10,8 +10,12 @@
 //!    process (`target/release/origin`): client ns -> veth -> edge ns with native XDP, and on
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
 //!
+//! 3. The control plane's data-plane reads and writes at 200,000 tracked flows: what a scrape
+//!    reads (`flow_counts` + `counters`) and retiring an origin's flows (`retire_flows`, batch
+//!    map operations), against the map walks they replaced (peer, same run).
+//!
 //! Appends a markdown section to BENCHMARKS.md. `SWITCHER_BENCH_WRK=0` skips part 2 (the
-//! BPF_PROG_TEST_RUN part needs no release binaries and takes a minute).
+//! other parts need no release binaries and take a few minutes).
 
 #[path = "../tests/netns/mod.rs"]
 mod netns;
@@ -28,14 +32,15 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use netns::{BpfFs, EDGE_V4, Netns, Pair};
 use packet::{ACK, Pkt, SYN};
 use switcher_common::{
-    Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
-    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig, map_names, prog_names,
+    Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, MaglevTable, ORIGIN_CONFIGURED, Origin,
+    STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig,
+    map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -43,8 +48,12 @@ use switcher_ctl::{
 };
 
 const REPEAT: u32 = 1_000_000;
-/// Repetitions of each BPF_PROG_TEST_RUN measurement; the median is reported.
-const ROUNDS: usize = 5;
+/// Repetitions of each BPF_PROG_TEST_RUN measurement, ours and the empty program's
+/// interleaved; the median and the range of the per-round ratios are reported. Odd, so the
+/// median is a measured round.
+const ROUNDS: usize = 11;
+/// Tracked flows of the control-plane measurements (issue 15 item 6).
+const SCALE_FLOWS: u32 = 200_000;
 const WRK_SECONDS: &str = "4";
 /// Direct/VIP wrk pairs per measurement; medians are reported.
 const PAIRS: usize = 5;
@@ -86,26 +95,16 @@ fn stats(ebpf: &Ebpf) -> Vec<Counters> {
 /// identity rewrite: the same lookups, checksum arithmetic and stores, and the same packet
 /// every repetition), and each case checks, from the counters, that every repetition took
 /// the path it is named after.
-fn prog_test_run(out: &mut String) {
-    let mut ebpf = Ebpf::load(switcher_ctl::loader::EBPF_OBJECT).expect("load object");
+/// Loads an object's XDP programs and configures its maps for the measurements: VIP
+/// 10.0.0.1:8080, origin 0 at the VIP's own address and port (identity rewrite, see above),
+/// origin 1 on 8082, every lookup-table slot to origin 0 (when the object has the table), and
+/// the tracked flow's entry.
+fn load_for_bench(object: &[u8], vip: VipConfig, tracked: FlowKey) -> Ebpf {
+    let mut ebpf = Ebpf::load(object).expect("load object");
     for name in [prog_names::XDP_INGRESS, prog_names::BENCH_XDP_PASS] {
         let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("load program");
     }
-    let vip = VipConfig {
-        addr_v4: [10, 0, 0, 1],
-        addr_v6: [0; 16],
-        port_be: 8080u16.to_be(),
-        flags: VIP_ENABLED | VIP_HAS_V4,
-        ifindex: 0,
-        attach_mode: 0,
-    };
-    let set_vip = |ebpf: &mut Ebpf, vip: VipConfig| {
-        Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap())
-            .unwrap()
-            .set(0, vip, 0)
-            .unwrap();
-    };
     set_vip(&mut ebpf, vip);
     let mut origins =
         Array::<_, Origin>::try_from(ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
@@ -118,11 +117,62 @@ fn prog_test_run(out: &mut String) {
         };
         origins.set(i, origin, 0).unwrap();
     }
+    // Every slot of the lookup table to origin 0 (policy failover), as `set_active(0)` does;
+    // the SYN case pays for the flow hash and the table read like any table. (An object of
+    // an earlier build has no table; its zeroed `SWITCHER_ACTIVE` says origin 0.)
+    if ebpf.map(map_names::MAGLEV).is_some() {
+        publish_uniform(&mut ebpf, 0);
+    }
+    HashMap::<_, FlowKey, FlowValue>::try_from(ebpf.map_mut(map_names::FLOWS).unwrap())
+        .unwrap()
+        .insert(
+            tracked,
+            FlowValue {
+                origin: 0,
+                flags: FLOW_SEEN_SYN,
+            },
+            0,
+        )
+        .unwrap();
+    ebpf
+}
+
+fn set_vip(ebpf: &mut Ebpf, vip: VipConfig) {
+    Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap())
+        .unwrap()
+        .set(0, vip, 0)
+        .unwrap();
+}
+
+fn prog_test_run(out: &mut String) {
+    let vip = VipConfig {
+        addr_v4: [10, 0, 0, 1],
+        addr_v6: [0; 16],
+        port_be: 8080u16.to_be(),
+        flags: VIP_ENABLED | VIP_HAS_V4,
+        ifindex: 0,
+        attach_mode: 0,
+    };
+    // The tracked flow's entry, as a completed handshake leaves it.
+    let tracked = switcher_ctl::loader::flow_key("10.1.1.1:40000".parse().unwrap());
+    let mut ebpf = load_for_bench(switcher_ctl::loader::EBPF_OBJECT, vip, tracked);
+    // An earlier build's object (e.g. main's), measured in the same rounds: a change's effect
+    // without the drift between runs of a shared machine.
+    let peer_path = std::env::var("SWITCHER_BENCH_PEER_OBJ").ok();
+    let mut peer = peer_path.as_ref().map(|path| {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // Aligned copy: the object loader wants 8-byte alignment.
+        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: a byte view of the u64 buffer, as long as it.
+        let view = unsafe {
+            std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), bytes.len())
+        };
+        view.copy_from_slice(&bytes);
+        load_for_bench(view, vip, tracked)
+    });
 
     // A SYN from a port with no flow (a SYN of a tracked flow follows the flow instead).
     let syn = Pkt::tcp("10.1.1.1", 40001, "10.0.0.1", 8080, SYN).build();
-    // The tracked flow's entry, as a completed handshake leaves it.
-    let tracked = switcher_ctl::loader::flow_key("10.1.1.1:40000".parse().unwrap());
     let cases = [
         (
             "SYN to the VIP (flow lookup + handshake insert + rewrite)",
@@ -179,42 +229,50 @@ fn prog_test_run(out: &mut String) {
     };
     writeln!(
         out,
-        "### XDP program cost, BPF_PROG_TEST_RUN, repeat = {REPEAT}, median of {ROUNDS} rounds\n"
+        "### XDP program cost, BPF_PROG_TEST_RUN, repeat = {REPEAT}, median of {ROUNDS} interleaved rounds\n"
     )
     .unwrap();
-    writeln!(
-        out,
-        "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio (median) | ratio range |"
-    )
-    .unwrap();
-    writeln!(out, "|---|---:|---:|---:|---:|").unwrap();
-    HashMap::<_, FlowKey, FlowValue>::try_from(ebpf.map_mut(map_names::FLOWS).unwrap())
-        .unwrap()
-        .insert(
-            tracked,
-            FlowValue {
-                origin: 0,
-                flags: FLOW_SEEN_SYN,
-            },
-            0,
+    if let Some(path) = &peer_path {
+        writeln!(
+            out,
+            "Peer: the object `{path}` (an earlier build), run in the same rounds.\n"
         )
         .unwrap();
+        writeln!(
+            out,
+            "| packet | switcher_xdp ns/pkt | earlier build ns/pkt | empty XDP_PASS ns/pkt | ratio (median) | ratio range | earlier build's ratio (median) |"
+        )
+        .unwrap();
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|").unwrap();
+    } else {
+        writeln!(
+            out,
+            "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio (median) | ratio range |"
+        )
+        .unwrap();
+        writeln!(out, "|---|---:|---:|---:|---:|").unwrap();
+    }
     for (desc, data, path, listener_check) in cases {
         if listener_check {
-            set_vip(
-                &mut ebpf,
-                VipConfig {
-                    flags: vip.flags | VIP_CHECK_LISTENER,
-                    ..vip
-                },
-            );
+            let checked = VipConfig {
+                flags: vip.flags | VIP_CHECK_LISTENER,
+                ..vip
+            };
+            set_vip(&mut ebpf, checked);
+            if let Some(p) = peer.as_mut() {
+                set_vip(p, checked);
+            }
         }
         let before = stats(&ebpf);
-        // Interleave the two programs so drift on a shared machine hits both alike.
+        // Interleave the programs so drift on a shared machine hits them alike.
         let mut ours = Vec::new();
+        let mut theirs = Vec::new();
         let mut base = Vec::new();
         for _ in 0..ROUNDS {
             ours.push(run(&ebpf, prog_names::XDP_INGRESS, &data));
+            if let Some(p) = &peer {
+                theirs.push(run(p, prog_names::XDP_INGRESS, &data));
+            }
             base.push(run(&ebpf, prog_names::BENCH_XDP_PASS, &data));
         }
         let after = stats(&ebpf);
@@ -244,16 +302,41 @@ fn prog_test_run(out: &mut String) {
         let (lo, hi) = ratios
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-        let (o, b) = (median(ours), median(base));
-        writeln!(
-            out,
-            "| {desc} | {o:.1} | {b:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |",
-            median(ratios)
-        )
-        .unwrap();
+        let peer_ratios: Vec<f64> = theirs.iter().zip(&base).map(|(o, b)| o / b).collect();
+        let (o, b) = (median(ours), median(base.clone()));
+        if peer.is_some() {
+            writeln!(
+                out,
+                "| {desc} | {o:.1} | {:.1} | {b:.1} | {:.2}x | {lo:.2}x..{hi:.2}x | {:.2}x |",
+                median(theirs),
+                median(ratios),
+                median(peer_ratios)
+            )
+            .unwrap();
+        } else {
+            writeln!(
+                out,
+                "| {desc} | {o:.1} | {b:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |",
+                median(ratios)
+            )
+            .unwrap();
+        }
     }
     parallel_syns(out, &mut ebpf, vip);
     out.push('\n');
+}
+
+/// Makes a lookup table whose every slot is `origin` live (what `Pinned::set_active` does).
+fn publish_uniform(ebpf: &mut Ebpf, origin: u8) {
+    let table = Box::new(MaglevTable::uniform(origin));
+    Array::<_, MaglevTable>::try_from(ebpf.map_mut(map_names::MAGLEV).unwrap())
+        .unwrap()
+        .set(1, table.as_ref(), 0)
+        .unwrap();
+    Array::<_, u32>::try_from(ebpf.map_mut(map_names::MAGLEV_LIVE).unwrap())
+        .unwrap()
+        .set(0, 1, 0)
+        .unwrap();
 }
 
 /// New flows from every CPU at once, each CPU on its own client port: what the per-CPU LRU
@@ -548,6 +631,148 @@ fn wrk_section(out: &mut String) {
     out.push('\n');
 }
 
+/// (median, min, max) of `v`, milliseconds.
+fn stats_ms(v: &[Duration]) -> (f64, f64, f64) {
+    let ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    let lo = ms.iter().cloned().fold(f64::MAX, f64::min);
+    let hi = ms.iter().cloned().fold(f64::MIN, f64::max);
+    (median(ms), lo, hi)
+}
+
+/// The pinned flow map, opened on its own (as a test or `bpftool` would) to fill it.
+fn pinned_flows(root: &Path) -> HashMap<MapData, FlowKey, FlowValue> {
+    let data = MapData::from_pin(root.join("maps").join(map_names::FLOWS)).expect("open pin");
+    HashMap::try_from(Map::HashMap(data)).expect("flow map")
+}
+
+/// Inserts `n` flows pinned to `origin` from this thread.
+fn fill_flows(flows: &mut HashMap<MapData, FlowKey, FlowValue>, n: u32, origin: u32) {
+    for i in 0..n {
+        let client = std::net::SocketAddr::from((
+            [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            40_000,
+        ));
+        let key = switcher_ctl::loader::flow_key(client);
+        let value = FlowValue {
+            origin,
+            flags: FLOW_SEEN_SYN,
+        };
+        flows.insert(key, value, 0).expect("insert flow");
+    }
+}
+
+/// Part 3: a scrape's data-plane reads and a retirement at [`SCALE_FLOWS`] tracked flows,
+/// against the map walks of the previous build (walking `SWITCHER_FLOWS` to count, walking it
+/// again and deleting key by key to retire).
+fn control_plane_at_scale(out: &mut String) {
+    // The maps' LRU lists are per CPU and a user-space insert fills the inserting CPU's share:
+    // size them so one CPU's share holds every flow, and insert from one pinned CPU.
+    let max_flows = SCALE_FLOWS * nproc() as u32 + 4096;
+    let ns = Netns::new("cp");
+    let bpf = BpfFs::new();
+    let root = bpf.pin_root();
+    let cfg = AttachConfig {
+        iface: "lo".into(),
+        vip: "127.0.0.1:8080".parse().unwrap(),
+        vip_v6: None,
+        origins: vec![
+            "127.0.0.1:8081".parse().unwrap(),
+            "127.0.0.1:8082".parse().unwrap(),
+        ],
+        pin_root: root.clone(),
+        mode: AttachMode::Tc,
+        max_flows,
+    };
+    let dp = ns.run(move || Pinned::attach(&cfg).expect("attach"));
+    let root2 = root.clone();
+    let (scrape, walk_count, retire, walk_retire) = std::thread::spawn(move || {
+        pin_to_cpu(0);
+        let mut dp = dp;
+        let mut flows = pinned_flows(&root2);
+        fill_flows(&mut flows, SCALE_FLOWS, 0);
+        let mut scrape = Vec::new();
+        for _ in 0..21 {
+            let t = Instant::now();
+            let counts = dp.flow_counts().expect("flow counts");
+            let counters = dp.counters().expect("counters");
+            scrape.push(t.elapsed());
+            assert_eq!(counts.len() + 1, counters.len());
+        }
+        // Peer: the walk the previous build did for every scrape.
+        let mut walk_count = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut counts = vec![0u64; switcher_common::MAX_ORIGINS as usize];
+            for (_, v) in flows.iter().filter_map(Result::ok) {
+                counts[v.origin as usize] += 1;
+            }
+            walk_count.push(t.elapsed());
+            assert_eq!(counts[0], u64::from(SCALE_FLOWS), "every flow walked");
+        }
+        let mut retire = Vec::new();
+        for round in 0..3 {
+            if round > 0 {
+                fill_flows(&mut flows, SCALE_FLOWS, 0);
+            }
+            let t = Instant::now();
+            let removed = dp.retire_flows(0).expect("retire");
+            retire.push(t.elapsed());
+            assert_eq!(removed, u64::from(SCALE_FLOWS), "every flow retired");
+        }
+        // Peer: walk, then one delete syscall per key (the previous build's retire).
+        fill_flows(&mut flows, SCALE_FLOWS, 0);
+        let t = Instant::now();
+        let keys: Vec<FlowKey> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.origin == 0)
+            .map(|(k, _)| k)
+            .collect();
+        let removed = keys.iter().filter(|k| flows.remove(k).is_ok()).count();
+        let walk_retire = vec![t.elapsed()];
+        assert_eq!(removed, SCALE_FLOWS as usize);
+        (scrape, walk_count, retire, walk_retire)
+    })
+    .join()
+    .expect("measuring thread");
+    ns.run(move || switcher_ctl::loader::detach(&root).unwrap());
+    writeln!(
+        out,
+        "### Control plane at {SCALE_FLOWS} tracked flows (ms; median and range)\n"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| operation | this build | rounds | previous build's map walk (peer) | rounds | ratio |"
+    )
+    .unwrap();
+    writeln!(out, "|---|---:|---:|---:|---:|---:|").unwrap();
+    for (what, ours, peer) in [
+        (
+            "scrape: `flow_counts()` + `counters()`",
+            &scrape,
+            &walk_count,
+        ),
+        (
+            "retire an origin's 200,000 flows (`retire_flows`)",
+            &retire,
+            &walk_retire,
+        ),
+    ] {
+        let (m, lo, hi) = stats_ms(ours);
+        let (pm, plo, phi) = stats_ms(peer);
+        writeln!(
+            out,
+            "| {what} | {m:.2} ({lo:.2}..{hi:.2}) | {} | {pm:.1} ({plo:.1}..{phi:.1}) | {} | {:.3}x |",
+            ours.len(),
+            peer.len(),
+            m / pm
+        )
+        .unwrap();
+    }
+    out.push('\n');
+}
+
 /// `lscpu`'s model name, for the report.
 fn cpu_model() -> String {
     let out = Command::new("lscpu").output().expect("lscpu");
@@ -580,9 +805,27 @@ fn main() {
         String::from_utf8_lossy(&date.stdout).trim()
     )
     .unwrap();
-    writeln!(out, "Machine: {}, {} CPUs.\n", cpu_model(), nproc()).unwrap();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    writeln!(
+        out,
+        "Machine: {}, {} CPUs, kernel {}; load average at start: {}.\n",
+        cpu_model(),
+        nproc(),
+        String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout).trim(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+    .unwrap();
     prog_test_run(&mut out);
     print!("{out}");
+    if std::env::var("SWITCHER_BENCH_SCALE").as_deref() != Ok("0") {
+        let mut scale = String::new();
+        control_plane_at_scale(&mut scale);
+        print!("{scale}");
+        out.push_str(&scale);
+    }
     if std::env::var("SWITCHER_BENCH_WRK").as_deref() != Ok("0") {
         let mut wrk_out = String::new();
         wrk_section(&mut wrk_out);

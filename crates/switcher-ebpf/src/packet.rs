@@ -94,11 +94,23 @@ pub fn ptr_at<T>(start: usize, end: usize, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
-/// Reads a `T` (unaligned) at `off`, bounds-checked.
+/// Reads a `T` at `base + off` with one load of `T`'s width. `base` points to a header the
+/// caller bounds-checked whole with [`ptr_at`], and `off + size_of::<T>()` lies inside it.
+///
+/// Why not `read_unaligned`: for the BPF target LLVM turns an unaligned read into one load
+/// per byte plus shifts and ORs (a 16-byte address became 16 loads and 30 ALU instructions),
+/// and that was most of the cost of parsing. Headers are not always aligned to `T` (the IP
+/// header starts at offset 14), but the verifier accepts misaligned packet loads unless
+/// BPF_F_STRICT_ALIGNMENT is asked for, and the JITs of the architectures an edge runs on
+/// (x86-64, arm64) emit plain loads that the CPU handles. aya's own examples read packet
+/// headers through typed pointers the same way.
+///
+/// # Safety
+/// `base + off .. base + off + size_of::<T>()` must be inside a bounds-checked header.
 #[inline(always)]
-fn read<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
-    // SAFETY: `ptr_at` checked that `size_of::<T>()` bytes at `off` lie inside the packet.
-    ptr_at::<T>(start, end, off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+unsafe fn load<T: Copy>(base: usize, off: usize) -> T {
+    // SAFETY: in bounds per the caller; see above for alignment.
+    unsafe { core::ptr::read((base + off) as *const T) }
 }
 
 /// A TCP segment the data plane may act on. Addresses and ports in network byte order.
@@ -149,6 +161,10 @@ pub enum Class {
     Fragment,
     /// IPv4 options or IPv6 extension headers before TCP.
     IpOptions,
+    /// A well-formed TCP segment to another port than the one the caller steers, and not a
+    /// SYN: nothing to do but pass it. Told apart before the segment's addresses are read,
+    /// which is what makes the common not-for-the-VIP packet cheap.
+    Elsewhere,
     /// A TCP segment we can act on.
     Tcp(Tcp),
 }
@@ -158,34 +174,43 @@ pub enum Class {
 /// the linear `[start, end)` the program can read directly; the IP length fields are checked
 /// against it.
 #[inline(always)]
-pub fn classify(start: usize, end: usize, len: usize) -> Class {
-    let Some(eth_type) = read::<u16>(start, end, ETH_TYPE_OFF) else {
+///
+/// `steered_port` (network order, 0 for none) is the port the caller steers: a non-SYN
+/// segment to any other port is [`Class::Elsewhere`]. SYNs are always [`Class::Tcp`] (a SYN
+/// straight to an origin's port may end a stale flow, see `steer::forget_stale_flow`).
+pub fn classify(start: usize, end: usize, len: usize, steered_port: u16) -> Class {
+    let Some(eth) = ptr_at::<[u8; ETH_HLEN]>(start, end, 0) else {
         return Class::Malformed;
     };
+    // SAFETY: the type field is inside the Ethernet header checked above.
+    let eth_type: u16 = unsafe { load(eth as usize, ETH_TYPE_OFF) };
     if eth_type == ETH_P_IP_BE {
-        classify_v4(start, end, len)
+        classify_v4(start, end, len, steered_port)
     } else if eth_type == ETH_P_IPV6_BE {
-        classify_v6(start, end, len)
+        classify_v6(start, end, len, steered_port)
     } else {
         Class::Other
     }
 }
 
 #[inline(always)]
-fn classify_v4(start: usize, end: usize, len: usize) -> Class {
+fn classify_v4(start: usize, end: usize, len: usize, steered_port: u16) -> Class {
     let l3 = ETH_HLEN;
-    let Some(hdr) = read::<[u8; IPV4_HLEN]>(start, end, l3) else {
+    let Some(hdr) = ptr_at::<[u8; IPV4_HLEN]>(start, end, l3) else {
         return Class::Malformed;
     };
-    let version = hdr[0] >> 4;
-    let ihl = (hdr[0] & 0x0f) as usize * 4;
+    let h = hdr as usize;
+    // SAFETY (every `load` below): offsets inside the 20-byte header checked above.
+    let vihl: u8 = unsafe { load(h, 0) };
+    let version = vihl >> 4;
+    let ihl = (vihl & 0x0f) as usize * 4;
     if version != 4 || ihl < IPV4_HLEN {
         return Class::Malformed;
     }
-    if hdr[ipv4::PROTO] != IPPROTO_TCP {
+    if unsafe { load::<u8>(h, ipv4::PROTO) } != IPPROTO_TCP {
         return Class::Other;
     }
-    let frag = u16::from_be_bytes([hdr[ipv4::FRAG_OFF], hdr[ipv4::FRAG_OFF + 1]]);
+    let frag = u16::from_be(unsafe { load(h, ipv4::FRAG_OFF) });
     if frag & ipv4::MF_OFFSET_MASK != 0 {
         return Class::Fragment;
     }
@@ -194,12 +219,12 @@ fn classify_v4(start: usize, end: usize, len: usize) -> Class {
     }
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
-    saddr[..4].copy_from_slice(&hdr[ipv4::SADDR..ipv4::SADDR + 4]);
-    daddr[..4].copy_from_slice(&hdr[ipv4::DADDR..ipv4::DADDR + 4]);
+    saddr[..4].copy_from_slice(&unsafe { load::<u32>(h, ipv4::SADDR) }.to_ne_bytes());
+    daddr[..4].copy_from_slice(&unsafe { load::<u32>(h, ipv4::DADDR) }.to_ne_bytes());
     // The TCP header is bounds-checked first, the claimed length after: in the other order
     // LLVM drops the header check as implied by the length check, and the verifier, which
     // cannot follow a variable length, rejects the program.
-    let tot_len = u16::from_be_bytes([hdr[ipv4::TOT_LEN], hdr[ipv4::TOT_LEN + 1]]) as usize;
+    let tot_len = u16::from_be(unsafe { load(h, ipv4::TOT_LEN) }) as usize;
     // GSO/BIG TCP packets (length field 0) always carry data.
     let ip_payload = if tot_len == 0 {
         usize::MAX
@@ -215,6 +240,7 @@ fn classify_v4(start: usize, end: usize, len: usize) -> Class {
         saddr,
         daddr,
         ip_payload,
+        steered_port,
     );
     if tot_len == 0 && len - l3 > MAX_IP_LEN {
         // A GSO/BIG TCP packet longer than the field can say: the kernel leaves it 0 and
@@ -228,15 +254,17 @@ fn classify_v4(start: usize, end: usize, len: usize) -> Class {
 }
 
 #[inline(always)]
-fn classify_v6(start: usize, end: usize, len: usize) -> Class {
+fn classify_v6(start: usize, end: usize, len: usize, steered_port: u16) -> Class {
     let l3 = ETH_HLEN;
-    let Some(hdr) = read::<[u8; IPV6_HLEN]>(start, end, l3) else {
+    let Some(hdr) = ptr_at::<[u8; IPV6_HLEN]>(start, end, l3) else {
         return Class::Malformed;
     };
-    if hdr[0] >> 4 != 6 {
+    let h = hdr as usize;
+    // SAFETY (every `load` below): offsets inside the 40-byte header checked above.
+    if unsafe { load::<u8>(h, 0) } >> 4 != 6 {
         return Class::Malformed;
     }
-    let next = hdr[ipv6::NEXTHDR];
+    let next: u8 = unsafe { load(h, ipv6::NEXTHDR) };
     if next == IPPROTO_FRAGMENT {
         return Class::Fragment;
     }
@@ -249,11 +277,9 @@ fn classify_v6(start: usize, end: usize, len: usize) -> Class {
             Class::Other
         };
     }
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    saddr.copy_from_slice(&hdr[ipv6::SADDR..ipv6::SADDR + 16]);
-    daddr.copy_from_slice(&hdr[ipv6::DADDR..ipv6::DADDR + 16]);
-    let payload = u16::from_be_bytes([hdr[ipv6::PAYLOAD_LEN], hdr[ipv6::PAYLOAD_LEN + 1]]) as usize;
+    let saddr = unsafe { load_addr6(h, ipv6::SADDR) };
+    let daddr = unsafe { load_addr6(h, ipv6::DADDR) };
+    let payload = u16::from_be(unsafe { load(h, ipv6::PAYLOAD_LEN) }) as usize;
     let ip_payload = if payload == 0 { usize::MAX } else { payload };
     // Header first, claimed length after (see classify_v4).
     let class = tcp_at(
@@ -265,6 +291,7 @@ fn classify_v6(start: usize, end: usize, len: usize) -> Class {
         saddr,
         daddr,
         ip_payload,
+        steered_port,
     );
     if payload == 0 && len - l3 - IPV6_HLEN > MAX_IP_LEN {
         // IPv6 BIG TCP: payload length 0, length from the skb (see classify_v4).
@@ -274,6 +301,23 @@ fn classify_v6(start: usize, end: usize, len: usize) -> Class {
         return Class::Malformed;
     }
     class
+}
+
+/// A 16-byte address at `base + off`, as four 4-byte loads.
+///
+/// # Safety
+/// As [`load`], for the 16 bytes.
+#[inline(always)]
+unsafe fn load_addr6(base: usize, off: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: per the caller.
+        let w: u32 = unsafe { load(base, off + i * 4) };
+        a[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        i += 1;
+    }
+    a
 }
 
 /// IPv6 extension headers that may precede TCP (RFC 8200 4.1; fragment handled apart).
@@ -297,13 +341,21 @@ fn tcp_at(
     saddr: [u8; 16],
     daddr: [u8; 16],
     ip_payload: usize,
+    steered_port: u16,
 ) -> Class {
-    let Some(hdr) = read::<[u8; TCP_HLEN]>(start, end, l4_off) else {
+    let Some(hdr) = ptr_at::<[u8; TCP_HLEN]>(start, end, l4_off) else {
         return Class::Malformed;
     };
-    let hdr_len = ((hdr[tcp::DOFF] >> 4) as usize) * 4;
+    let h = hdr as usize;
+    // SAFETY (every `load` below): offsets inside the 20-byte header checked above.
+    let hdr_len = ((unsafe { load::<u8>(h, tcp::DOFF) } >> 4) as usize) * 4;
     if hdr_len < TCP_HLEN {
         return Class::Malformed;
+    }
+    let dport: u16 = unsafe { load(h, tcp::DPORT) };
+    let flags: u8 = unsafe { load(h, tcp::FLAGS) };
+    if steered_port != 0 && dport != steered_port && flags & (tcp::SYN | tcp::ACK) != tcp::SYN {
+        return Class::Elsewhere;
     }
     Class::Tcp(Tcp {
         family,
@@ -311,21 +363,11 @@ fn tcp_at(
         l4_off,
         saddr,
         daddr,
-        sport: u16::from_ne_bytes([hdr[tcp::SPORT], hdr[tcp::SPORT + 1]]),
-        dport: u16::from_ne_bytes([hdr[tcp::DPORT], hdr[tcp::DPORT + 1]]),
-        flags: hdr[tcp::FLAGS],
-        seq: u32::from_be_bytes([
-            hdr[tcp::SEQ],
-            hdr[tcp::SEQ + 1],
-            hdr[tcp::SEQ + 2],
-            hdr[tcp::SEQ + 3],
-        ]),
-        ack_seq: u32::from_be_bytes([
-            hdr[tcp::ACK_SEQ],
-            hdr[tcp::ACK_SEQ + 1],
-            hdr[tcp::ACK_SEQ + 2],
-            hdr[tcp::ACK_SEQ + 3],
-        ]),
+        sport: unsafe { load(h, tcp::SPORT) },
+        dport,
+        flags,
+        seq: u32::from_be(unsafe { load(h, tcp::SEQ) }),
+        ack_seq: u32::from_be(unsafe { load(h, tcp::ACK_SEQ) }),
         hdr_len: hdr_len as u16,
         payload: ip_payload > hdr_len,
     })
