@@ -221,6 +221,13 @@ impl StackConfig {
             std::net::Ipv4Addr::UNSPECIFIED.into()
         }
     }
+    /// The IPv6 VIP served next to a loopback IPv4 one (dual stack on `lo`): `::1`, on the
+    /// same port. The origins then listen on `::1` too, so the data plane can steer IPv6
+    /// viewers to them (it rewrites the port, never the address family).
+    fn vip_v6(&self) -> Option<std::net::Ipv6Addr> {
+        (self.vip.ip() == std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST))
+            .then_some(std::net::Ipv6Addr::LOCALHOST)
+    }
     /// Where local clients reach what listens on [`StackConfig::bind_ip`].
     fn local_ip(&self) -> std::net::IpAddr {
         match self.bind_ip() {
@@ -335,7 +342,15 @@ impl Stack {
                         cfg.hls_dir(which).to_string_lossy().into_owned(),
                         "--listen".into(),
                         format!("{}:{port}", host_for(cfg.bind_ip())),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(
+                        cfg.vip_v6()
+                            .map(|v6| ["--listen".into(), format!("[{v6}]:{port}")])
+                            .into_iter()
+                            .flatten(),
+                    )
+                    .collect(),
                     false,
                     Some(format!("{}:{port}", host_for(cfg.local_ip()))),
                 ),
@@ -375,6 +390,10 @@ impl Stack {
             for (i, name) in names.iter().enumerate() {
                 sw.extend(["--origin".into(), format!("{name}={}", origin_url(i))]);
             }
+        }
+        if let Some(v6) = cfg.vip_v6() {
+            sw.push("--vip".into());
+            sw.push(format!("[{v6}]:{}", cfg.vip.port()));
         }
         if let Some(a) = &cfg.assets_dir {
             sw.push("--assets-dir".into());

@@ -15,9 +15,10 @@ struct Cli {
     /// Directory holding one sub-directory per stream.
     #[arg(long, env = "ORIGIN_ROOT")]
     root: PathBuf,
-    /// Address to listen on.
-    #[arg(long, env = "ORIGIN_LISTEN", default_value = "0.0.0.0:8081")]
-    listen: SocketAddr,
+    /// Address to listen on. Give it twice (e.g. 127.0.0.1:8081 and [::1]:8081) to listen on
+    /// both (in the environment, comma-separated).
+    #[arg(long, env = "ORIGIN_LISTEN", default_value = "0.0.0.0:8081", value_delimiter = ',', action = clap::ArgAction::Append)]
+    listen: Vec<SocketAddr>,
     /// PEM certificate chain; with --tls-key, serves HTTPS (HTTP/1.1 and h2 by ALPN).
     #[arg(long, env = "ORIGIN_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -116,8 +117,13 @@ fn main() -> anyhow::Result<()> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let listeners = origin::bind_shards(cli.listen, workers)
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let mut listeners = Vec::new();
+    for addr in &cli.listen {
+        listeners.extend(
+            origin::bind_shards(*addr, workers)
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        );
+    }
     origin::run_sharded(listeners, config, service::shutdown_signal())
         .context("origin server failed")
 }

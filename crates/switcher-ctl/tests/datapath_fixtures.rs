@@ -255,8 +255,8 @@ impl Harness {
     /// live is written, then made live.
     fn publish(&mut self, slots: &[u32]) {
         assert_eq!(slots.len(), MAGLEV_SIZE as usize);
-        let mut live: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut(map_names::MAGLEV_LIVE).unwrap()).unwrap();
+        let live: Array<_, u32> =
+            Array::try_from(self.ebpf.map(map_names::MAGLEV_LIVE).unwrap()).unwrap();
         let next = 1 - live.get(&0, 0).unwrap();
         let mut table = Box::new(MaglevTable::uniform(MAGLEV_NO_ORIGIN));
         for (t, &s) in table.slots.iter_mut().zip(slots) {

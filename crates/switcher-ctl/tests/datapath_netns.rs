@@ -503,3 +503,82 @@ fn max_flows_below_the_minimum_is_refused() {
     assert!(err.contains("minimum"), "{err}");
     assert!(!bpf.pin_root().join("maps").exists(), "nothing pinned");
 }
+
+/// Kills and reaps the `switcher-ctl run` of a test, whatever happens to the test.
+struct RunningCtl(std::process::Child);
+
+impl Drop for RunningCtl {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real `switcher-ctl run` with `--vip` given twice (127.0.0.1:8080 and [::1]:8080) on
+/// `lo` in a namespace: an IPv4 viewer and an IPv6 viewer reach an origin through the VIP at
+/// the same time, and `status` lists both VIPs.
+#[test]
+fn run_serves_an_ipv4_and_an_ipv6_vip_at_once() {
+    require_root();
+    let ns = Netns::new("v");
+    let bpf = BpfFs::new();
+    start_origins(&ns);
+    let dir = std::env::temp_dir().join(netns::unique("dual"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pin_root = bpf.pin_root();
+    let bin = env!("CARGO_BIN_EXE_switcher-ctl");
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, bin, "run", "--iface", "lo"])
+        .args(["--vip", "127.0.0.1:8080", "--vip", "[::1]:8080"])
+        .arg("--pin-root")
+        .arg(&pin_root)
+        .args(["--admin", "127.0.0.1:0", "--admin-socket"])
+        .arg(dir.join("admin.sock"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHER_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut ctl = RunningCtl(cmd.spawn().expect("start switcher-ctl run"));
+    // Ready when `status` shows the data plane attached with both VIPs (the VIP map is
+    // written last); a run that exits is a failure, not something to wait for.
+    let status = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, bin, "status", "--pin-root"])
+            .arg(&pin_root)
+            .args(["--admin-socket"])
+            .arg(dir.join("admin.sock"))
+            .output()
+            .expect("switcher-ctl status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = String::new();
+    while !(last.contains("vip: 127.0.0.1:8080") && last.contains("vip: [::1]:8080")) {
+        if let Some(code) = ctl.0.try_wait().expect("poll switcher-ctl") {
+            panic!("switcher-ctl run exited early ({code}); last status:\n{last}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "switcher-ctl run did not attach both VIPs in 30 s; last status:\n{last}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        last = status();
+    }
+    // Both families at once: a keep-alive IPv6 viewer stays served while IPv4 viewers come.
+    let mut v6 = ns.run(|| {
+        let mut c = Client::connect("[::1]:8080").expect("IPv6 viewer connects to the VIP");
+        assert_eq!(c.get("/whoami").expect("IPv6 through the VIP"), b"primary");
+        c
+    });
+    assert_eq!(whoami(&ns, "127.0.0.1:8080"), "primary");
+    assert_eq!(v6.get("/whoami").expect("IPv6 keep-alive"), b"primary");
+    assert_eq!(whoami(&ns, "[::1]:8080"), "primary");
+    drop(v6);
+    drop(ctl);
+    let root = bpf.pin_root();
+    ns.run(move || loader::detach(&root).expect("detach"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
