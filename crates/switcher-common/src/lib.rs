@@ -61,7 +61,9 @@ pub const FAMILY_V6: u16 = 10;
 pub mod map_names {
     /// Array[1] of [`VipConfig`](super::VipConfig).
     pub const CONFIG: &str = "SWITCHER_CONFIG";
-    /// Array[MAX_ORIGINS] of [`Origin`](super::Origin).
+    /// Array[MAX_ORIGINS] of [`Origin`](super::Origin). Configured origins fill slots
+    /// `0..n` without a gap (the data plane's loops over origins stop at the first empty
+    /// slot); user space keeps it that way.
     pub const ORIGINS: &str = "SWITCHER_ORIGINS";
     /// Array[1] of `u32`: the origin of the last `set_active` (policy failover). Written and
     /// read by user space only (the data plane steers new flows by `SWITCHER_MAGLEV`); kept in

@@ -685,7 +685,7 @@ fn control_plane_at_scale(out: &mut String) {
     };
     let dp = ns.run(move || Pinned::attach(&cfg).expect("attach"));
     let root2 = root.clone();
-    let (scrape, walk_count, retire, walk_retire) = std::thread::spawn(move || {
+    let (scrape, walk_count, read_all, retire, walk_retire) = std::thread::spawn(move || {
         pin_to_cpu(0);
         let mut dp = dp;
         let mut flows = pinned_flows(&root2);
@@ -709,6 +709,17 @@ fn control_plane_at_scale(out: &mut String) {
             walk_count.push(t.elapsed());
             assert_eq!(counts[0], u64::from(SCALE_FLOWS), "every flow walked");
         }
+        // The read half of a retirement: every entry, in batches.
+        let mut read_all = Vec::new();
+        for _ in 0..3 {
+            use std::os::fd::AsFd as _;
+            let t = Instant::now();
+            let map: &dyn aya::maps::IterableMap<FlowKey, FlowValue> = &flows;
+            let all: Vec<(FlowKey, FlowValue)> =
+                switcher_ctl::mapbatch::lookup_all(map.map().fd().as_fd()).expect("batch read");
+            read_all.push(t.elapsed());
+            assert_eq!(all.len(), SCALE_FLOWS as usize);
+        }
         let mut retire = Vec::new();
         for round in 0..3 {
             if round > 0 {
@@ -731,7 +742,7 @@ fn control_plane_at_scale(out: &mut String) {
         let removed = keys.iter().filter(|k| flows.remove(k).is_ok()).count();
         let walk_retire = vec![t.elapsed()];
         assert_eq!(removed, SCALE_FLOWS as usize);
-        (scrape, walk_count, retire, walk_retire)
+        (scrape, walk_count, read_all, retire, walk_retire)
     })
     .join()
     .expect("measuring thread");
@@ -751,6 +762,11 @@ fn control_plane_at_scale(out: &mut String) {
         (
             "scrape: `flow_counts()` + `counters()`",
             &scrape,
+            &walk_count,
+        ),
+        (
+            "read every flow (batch lookup, the first half of a retirement; peer: the walk)",
+            &read_all,
             &walk_count,
         ),
         (

@@ -439,6 +439,8 @@ impl Pinned {
             .config
             .set(0, vip, 0)
             .context("writing SWITCHER_CONFIG")?;
+        // Slots 0..n in order, the rest emptied: no gap (the data plane stops at the first
+        // empty slot, see `map_names::ORIGINS`).
         for i in 0..MAX_ORIGINS {
             let value = match cfg.origins.get(i as usize) {
                 Some(a) => origin_value(*a, &vip),

@@ -234,12 +234,10 @@ fn new_flow_origin(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, O
     }
     let mut i = 0;
     while i < MAX_ORIGINS {
-        if i != index {
-            if let Some(other) = origin(i) {
-                if alive(ctx, t, &other) {
-                    return Some((i, other, true));
-                }
-            }
+        // Origins fill slots 0.. without a gap: the first empty slot ends the list.
+        let Some(other) = origin(i) else { break };
+        if i != index && alive(ctx, t, &other) {
+            return Some((i, other, true));
         }
         i += 1;
     }
@@ -546,10 +544,11 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
 pub fn is_origin_port(sport: u16) -> bool {
     let mut i = 0;
     while i < MAX_ORIGINS {
-        if let Some(o) = origin(i) {
-            if o.port_be == sport {
-                return true;
-            }
+        // Origins fill slots 0.. without a gap: the first empty slot ends the list, so a host
+        // with two origins pays two lookups per packet it sends, not MAX_ORIGINS.
+        let Some(o) = origin(i) else { break };
+        if o.port_be == sport {
+            return true;
         }
         i += 1;
     }
