@@ -1562,3 +1562,49 @@ fn an_empty_table_steers_no_new_flow() {
     );
     assert_eq!(h.counters()[U as usize].passes, before + 1);
 }
+
+/// A SYN from the address and port of a flow its origin has closed (FIN seen at egress) is a
+/// new connection: it is steered by the table, not to the old flow's origin (which may be
+/// drained or dead by now). A SYN on a flow the origin has not closed still follows the flow.
+#[test]
+fn a_syn_on_a_flow_its_origin_closed_is_steered_by_the_table() {
+    let mut h = balance_harness();
+    h.publish(balance_table([1, 1, 1, 1]).slots());
+    // Two flows on origins other than 3.
+    let mut flows = Vec::new();
+    let mut i = 0;
+    while flows.len() < 2 {
+        let (addr, port) = client(i, i % 2 == 0);
+        i += 1;
+        if expected_origin(&balance_table([1, 1, 1, 1]), &addr, port) == Some(3) {
+            continue;
+        }
+        let origin = establish(&mut h, &addr, port);
+        flows.push((addr, port, origin));
+    }
+    // Every new flow to origin 3 from now on.
+    h.publish(balance_table([0, 0, 0, 1]).slots());
+    let (closed, open) = (&flows[0], &flows[1]);
+    let vip = |addr: &str| if addr.contains(':') { VIP6 } else { VIP4 };
+    let fin = Pkt::tcp(
+        vip(&closed.0),
+        8081 + closed.2 as u16,
+        &closed.0,
+        closed.1,
+        FIN | ACK,
+    );
+    let before = h.counters()[closed.2 as usize].flows_closed;
+    let (verdict, _, _) = h.run(Prog::TcEgress, &fin.build(), 1);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(h.counters()[closed.2 as usize].flows_closed, before + 1);
+    assert_eq!(
+        steered_to(&mut h, Prog::Xdp, &syn_of(&closed.0, closed.1)),
+        Some(3),
+        "the closed flow's port starts a new flow where the table says"
+    );
+    assert_eq!(
+        steered_to(&mut h, Prog::Xdp, &syn_of(&open.0, open.1)),
+        Some(open.2),
+        "a SYN on an open flow follows it"
+    );
+}

@@ -277,7 +277,8 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 /// port, but cannot read the replies sent to an address it spoofs):
 /// * A packet of an established flow (`FLOWS`, one lookup: the common case) follows it; a SYN
 ///   too (a client reusing the port of a flow that is still tracked stays on that origin, and
-///   a spoofed SYN cannot move a viewer's flow).
+///   a spoofed SYN cannot move a viewer's flow), unless the origin has closed the flow
+///   (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow, steered by the table.
 /// * Any other SYN goes to the origin the Maglev table gives its 5-tuple (or, see
 ///   [`new_flow_origin`], a live one) and is
 ///   recorded in `HANDSHAKES`, never in `FLOWS`: a spoofed SYN flood evicts only other
@@ -297,16 +298,25 @@ pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Decision {
     };
     // SAFETY: the value is copied out at once; a concurrent delete cannot free it while this
     // program runs (RCU).
-    if let Some(flow) = unsafe { FLOWS.get(&key) } {
+    if let Some(flow) = unsafe { FLOWS.get(&key) }.copied() {
         let index = flow.origin;
-        if flow.flags & FLOW_FINISHING != 0 && t.payload {
-            return Decision::Hold(index);
+        if t.is_syn() && flow.flags & FLOW_ORIGIN_CLOSED != 0 {
+            // The origin ended this flow (its FIN or RST, seen at TC egress: nobody else can
+            // set the flag), so this SYN is a new connection from a reused client port: forget
+            // the old flow and steer the SYN as new, by the table, not to an origin that may
+            // have been drained or retired since. (A closed flow is not an open one, so the
+            // control plane, counting open flows, does not necessarily retire it.)
+            let _ = FLOWS.remove(&key);
+        } else {
+            if flow.flags & FLOW_FINISHING != 0 && t.payload {
+                return Decision::Hold(index);
+            }
+            return match origin(index) {
+                Some(o) => Decision::Steer(target(index, &o, t.family)),
+                // Its origin slot was emptied (a restart with fewer origins): the flow is over.
+                None => Decision::Untracked,
+            };
         }
-        return match origin(index) {
-            Some(o) => Decision::Steer(target(index, &o, t.family)),
-            // Its origin slot was emptied (a restart with fewer origins): the flow is over.
-            None => Decision::Untracked,
-        };
     }
     if t.is_syn() {
         let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip) else {
