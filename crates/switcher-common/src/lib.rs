@@ -141,8 +141,8 @@ pub const VIP_HAS_V6: u16 = 2;
 pub const VIP_ENABLED: u16 = 4;
 /// [`VipConfig::flags`]: before steering a new flow to an origin on this host (all-zero origin
 /// address), check that a socket listens on its port (`bpf_sk_lookup_tcp`); if none does (the
-/// origin process died and the control plane has not flipped yet), steer the flow to the next
-/// configured origin that has one. Closes the gap between a crash and the next probe.
+/// origin process died and the control plane has not published a table without it yet), steer
+/// the flow to the first other configured origin that has one. Closes the gap between a crash and the next probe.
 pub const VIP_CHECK_LISTENER: u16 = 8;
 
 /// One origin: value of the `SWITCHER_ORIGINS` map, keyed by origin index. Written by user
@@ -372,8 +372,8 @@ pub struct Counters {
     /// unchanged to this host's stack, which answers with a TCP reset from the VIP (nothing
     /// listens there), so a live client learns at once that its connection is gone.
     pub untracked: u64,
-    /// New flows steered to this origin because the active origin had no listening socket
-    /// (see [`VIP_CHECK_LISTENER`]).
+    /// New flows steered to this origin because the origin the lookup table chose had no
+    /// listening socket (see [`VIP_CHECK_LISTENER`]).
     pub listener_fallbacks: u64,
     /// Flows (or handshakes) pinned to this origin forgotten because their client opened a
     /// connection straight to this origin from the same port, and the VIP connection was over
