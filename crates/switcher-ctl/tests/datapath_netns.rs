@@ -582,3 +582,102 @@ fn run_serves_an_ipv4_and_an_ipv6_vip_at_once() {
     ns.run(move || loader::detach(&root).expect("detach"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `Pinned::set_lookup_table` on real maps and real connections, in a namespace on `lo`: every
+/// new connection lands on the origin `maglev::Table::lookup` gives its 5-tuple, both origins
+/// get some; `flow_counts` counts open flows from counters (closing connections lowers it, with
+/// no map walk), and `retire_flows` (batch delete) empties an origin's count.
+#[test]
+fn lookup_table_steers_real_connections_and_flows_are_counted_without_a_walk() {
+    use switcher_ctl::maglev;
+    require_root();
+    let ns = Netns::new("m");
+    let bpf = BpfFs::new();
+    start_origins(&ns);
+    let cfg = AttachConfig {
+        iface: "lo".into(),
+        vip: "127.0.0.1:8080".parse::<SocketAddr>().unwrap(),
+        vip_v6: None,
+        origins: vec![
+            "127.0.0.1:8081".parse().unwrap(),
+            "127.0.0.1:8082".parse().unwrap(),
+        ],
+        pin_root: bpf.pin_root(),
+        mode: AttachMode::Tc,
+        max_flows: MAX_FLOWS,
+    };
+    let mut dp = attach_in(&ns, cfg);
+    let names = ["primary", "backup"];
+    let backends: Vec<maglev::Backend<'_>> = names
+        .iter()
+        .map(|name| maglev::Backend { name, weight: 1 })
+        .collect();
+    let table = maglev::build(&backends, maglev::DEFAULT_TABLE_SIZE).expect("table");
+    dp.set_lookup_table(table.slots())
+        .expect("publish the table");
+    assert!(
+        dp.set_lookup_table(&table.slots()[1..]).is_err(),
+        "a table of the wrong size is refused"
+    );
+
+    // 40 keep-alive viewers: each on the origin the table gives its tuple.
+    let clients = ns.run(|| {
+        (0..40)
+            .map(|_| {
+                let mut c = Client::connect("127.0.0.1:8080").expect("connect VIP");
+                let who = String::from_utf8(c.get("/whoami").expect("GET via VIP")).unwrap();
+                (c, who)
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut per_origin = [0u64; 2];
+    for (c, who) in &clients {
+        let hash = maglev::flow_hash_v4(
+            std::net::Ipv4Addr::LOCALHOST,
+            c.local_port(),
+            std::net::Ipv4Addr::LOCALHOST,
+            8080,
+            6,
+        );
+        let want = table.lookup(hash).expect("a full table");
+        assert_eq!(
+            who,
+            names[want],
+            "port {} steered by the table",
+            c.local_port()
+        );
+        per_origin[want] += 1;
+    }
+    assert!(
+        per_origin.iter().all(|&n| n > 0),
+        "both origins: {per_origin:?}"
+    );
+    let counts = dp.flow_counts().expect("flow counts");
+    assert_eq!(&counts[..2], &per_origin, "open flows per origin");
+
+    // Closing a viewer: the origin's FIN (seen at egress before `close` returns) ends its flow.
+    let mut open = per_origin;
+    let mut rest = Vec::new();
+    for (i, (c, who)) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            let o = names.iter().position(|n| *n == who).unwrap();
+            ns.run(move || c.close().expect("close"));
+            open[o] -= 1;
+        } else {
+            rest.push((c, who));
+        }
+    }
+    assert_eq!(&dp.flow_counts().expect("flow counts")[..2], &open);
+
+    // Retiring the primary removes its flows (batch) and its count; the backup's stay.
+    let retired = dp.retire_flows(ORIGIN_PRIMARY).expect("retire");
+    assert_eq!(
+        retired, per_origin[0],
+        "every flow of the primary, closed ones too, is in the table until retired"
+    );
+    let counts = dp.flow_counts().expect("flow counts");
+    assert_eq!((counts[0], counts[1]), (0, open[1]));
+    drop(rest);
+    let root = bpf.pin_root();
+    ns.run(move || loader::detach(&root).expect("detach"));
+}
