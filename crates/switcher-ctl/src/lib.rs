@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! * [`dataplane`]: the [`dataplane::DataPlane`] trait, everything the control logic may do
-//!   to the kernel data plane (set the active origin, retire flows, read counters), so the
-//!   logic is tested against a fake without root.
+//!   to the kernel data plane (publish the lookup table or one active origin, retire flows,
+//!   read counters), so the logic is tested against a fake without root.
 //! * [`loader`]: loads the eBPF object with aya, attaches (XDP native/generic, TC fallback,
 //!   TC egress via clsact/netlink), pins under the pin root, adopts pinned state, detaches.
 //! * [`config`]: the one configuration struct; flags, environment variables (the seed's
