@@ -748,7 +748,11 @@ mod tests {
         assert!(names.iter().all(|n| stack.services.contains_key(n)));
         assert_eq!(stack.services.len(), names.len());
         let origin4 = &stack.services["origin-o4"].argv;
-        assert_eq!(arg_after(origin4, "--listen"), ["127.0.0.1:8084"]);
+        // A loopback IPv4 VIP comes with [::1] (dual stack): the origins listen on both.
+        assert_eq!(
+            arg_after(origin4, "--listen"),
+            ["127.0.0.1:8084", "[::1]:8084"]
+        );
         assert_eq!(arg_after(origin4, "--root"), ["/run-dir/hls-o4"]);
         let packager3 = &stack.services["packager-o3"];
         assert_eq!(arg_after(&packager3.argv, "--admin"), ["127.0.0.1:9185"]);
@@ -765,6 +769,7 @@ mod tests {
         );
         assert_eq!(arg_after(sw, "--policy"), ["balance"]);
         assert!(arg_after(sw, "--primary").is_empty());
+        assert_eq!(arg_after(sw, "--vip"), ["127.0.0.1:8080", "[::1]:8080"]);
     }
 
     #[test]
@@ -777,7 +782,7 @@ mod tests {
         assert!(arg_after(sw, "--origin").is_empty());
         assert_eq!(
             arg_after(&stack.services["origin-backup"].argv, "--listen"),
-            ["127.0.0.1:8082"]
+            ["127.0.0.1:8082", "[::1]:8082"]
         );
     }
 }
