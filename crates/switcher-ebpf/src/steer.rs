@@ -280,9 +280,8 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 ///   a spoofed SYN cannot move a viewer's flow), unless the origin has closed the flow
 ///   (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow, steered by the table.
 /// * Any other SYN goes to the origin the Maglev table gives its 5-tuple (or, see
-///   [`new_flow_origin`], a live one) and is
-///   recorded in `HANDSHAKES`, never in `FLOWS`: a spoofed SYN flood evicts only other
-///   handshakes.
+///   [`new_flow_origin`], a live one) and is recorded in `HANDSHAKES`, never in `FLOWS`: a
+///   spoofed SYN flood evicts only other handshakes.
 /// * A non-SYN packet of a handshake goes to the handshake's origin. When it acknowledges the
 ///   origin's initial sequence number + 1 (recorded by TC egress from the SYN-ACK), the client
 ///   has seen the SYN-ACK, so its address is real: the connection moves to `FLOWS`.
