@@ -322,7 +322,7 @@ fn prog_test_run(out: &mut String) {
             .unwrap();
         }
     }
-    parallel_syns(out, &mut ebpf, vip);
+    parallel_syns(out, &mut ebpf, vip, peer.is_some());
     out.push('\n');
 }
 
@@ -342,7 +342,9 @@ fn publish_uniform(ebpf: &mut Ebpf, origin: u8) {
 /// New flows from every CPU at once, each CPU on its own client port: what the per-CPU LRU
 /// lists (`BPF_F_NO_COMMON_LRU`) are for. One thread pinned per CPU runs BPF_PROG_TEST_RUN;
 /// the row gives the mean over the threads, against the empty program run the same way.
-fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig) {
+/// `peer_column`: the table has the earlier build's column, left empty here (only this build
+/// runs on every CPU).
+fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig, peer_column: bool) {
     Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap())
         .unwrap()
         .set(0, vip, 0)
@@ -391,9 +393,10 @@ fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig) {
     let (lo, hi) = ratios
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    let peer_cell = if peer_column { " |" } else { "" };
     writeln!(
         out,
-        "| SYN to the VIP on all {cpus} CPUs at once (handshake insert; LRU contention) | {:.1} | {:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |",
+        "| SYN to the VIP on all {cpus} CPUs at once (handshake insert; LRU contention) | {:.1} |{peer_cell} {:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |{peer_cell}",
         median(ours),
         median(base),
         median(ratios)
