@@ -92,7 +92,11 @@ pub struct Metrics {
     /// `switcher_draining{origin}`: 1 while the origin's flows drain (it is healthy but no
     /// longer gets new flows; its open connections finish or are moved at the drain deadline).
     pub draining: IntGaugeVec,
-    /// `dataplane_flows{origin}`: flows tracked in the conntrack map, per origin.
+    /// `dataplane_flows{origin}`: open viewer connections pinned to the origin: handshakes
+    /// completed through the VIP, minus those the origin closed (FIN/RST seen at egress) and
+    /// those user space removed. Kept by the data plane's counters, so reading it never walks
+    /// the flow map (docs/ARCHITECTURE.md, "Kernel/user contract"). A flow the LRU evicts
+    /// from a full table is not seen closing and stays counted.
     pub dataplane_flows: IntGaugeVec,
     /// `dataplane_packets_total{origin}`: request packets steered to the origin (summed CPUs).
     pub dp_packets: IntCounterVec,
@@ -247,7 +251,10 @@ impl Metrics {
                 "switcher_draining",
                 "1 while the origin's flows drain after it stopped getting new flows.",
             )?,
-            dataplane_flows: gauge_vec("dataplane_flows", "Flows tracked in the conntrack map.")?,
+            dataplane_flows: gauge_vec(
+                "dataplane_flows",
+                "Open viewer connections pinned to the origin (from data-plane counters).",
+            )?,
             dp_packets: counter_vec(
                 "dataplane_packets_total",
                 "Request packets steered to the origin.",
