@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use test_kit::http::Response;
 use xtask::faults::{self, Fault, Processes, Site};
 use xtask::player::{Player, pts_holes, video_pts};
 use xtask::stack::{self, http_get};
@@ -75,19 +76,12 @@ pub struct PlayerView {
     pub last_msn: Option<u64>,
 }
 
-/// The newest media sequence number of a playlist (MEDIA-SEQUENCE + segments - 1).
+/// The newest media sequence number of a media playlist (RFC 8216 6.3.5: MEDIA-SEQUENCE
+/// plus the segments before the last one); `None` for anything else.
 pub fn newest_msn(playlist: &str) -> Option<u64> {
-    let base: u64 = playlist
-        .lines()
-        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))?
-        .trim()
-        .parse()
-        .ok()?;
-    let n = playlist
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .count() as u64;
-    (n > 0).then(|| base + n - 1)
+    let media = m3u8_rs::parse_media_playlist_res(playlist.as_bytes()).ok()?;
+    let n = media.segments.len() as u64;
+    (n > 0).then(|| media.media_sequence + n - 1)
 }
 
 /// Window size of our playlists: a jump larger than this loses segments for a player.
@@ -95,10 +89,10 @@ const WINDOW: u64 = 6;
 
 impl PlayerView {
     /// Records one playlist fetch.
-    pub fn record(&mut self, result: Result<(u16, Vec<u8>)>) {
+    pub fn record(&mut self, result: Result<Response>) {
         self.polls += 1;
         let msn = match result {
-            Ok((200, body)) => newest_msn(&String::from_utf8_lossy(&body)),
+            Ok(r) if r.status == 200 => newest_msn(&r.text()),
             _ => None,
         };
         let Some(msn) = msn else {
@@ -165,13 +159,13 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         ),
     };
     let health = || -> Result<serde_json::Value> {
-        let (_, b) = http_get(
+        let response = http_get(
             None,
             &stack::SWITCHER_ADMIN.to_string(),
             "/healthz",
             Duration::from_secs(1),
         )?;
-        Ok(serde_json::from_slice(&b)?)
+        Ok(response.json()?)
     };
     let h0 = health()
         .context("switcher-ctl admin not reachable: start the stack with `cargo xtask run`")?;
@@ -186,12 +180,11 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
     let recording = std::env::temp_dir().join(format!("drill-{}.ts", args.fault.name()));
     let mut player = Player::start(None, &format!("http://{}{playlist}", args.vip), &recording)
         .context("starting the ffmpeg player")?;
-    let warmup = Instant::now();
-    while player.segments().len() < 2 {
-        if warmup.elapsed() > Duration::from_secs(30) || !player.running() {
-            bail!("the ffmpeg player loaded no segment:\n{}", player.tail(20));
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let started = test_kit::wait::try_wait_until(Duration::from_secs(30), || {
+        player.segments().len() >= 2 || !player.running()
+    });
+    if !started || player.segments().len() < 2 {
+        bail!("the ffmpeg player loaded no segment:\n{}", player.tail(20));
     }
     let t0 = Instant::now();
     let mut timeline: Vec<(f64, String)> = Vec::new();
@@ -239,7 +232,7 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
     let end = hold + Duration::from_secs_f64(args.after);
     while t0.elapsed() < end {
         let r = http_get(None, &args.vip, &playlist, Duration::from_secs(2));
-        let ok = matches!(r, Ok((200, _)));
+        let ok = matches!(&r, Ok(r) if r.status == 200);
         view.record(r);
         if let Ok(h) = health() {
             if !detected && h["origins"]["primary"]["healthy"] == false {
@@ -340,15 +333,18 @@ mod tests {
 
     #[test]
     fn newest_msn_and_player_view() {
-        let pl = "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:100\n#EXTINF:2,\n100.ts\n#EXTINF:2,\n101.ts\n";
+        let pl = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:100\n#EXTINF:2,\n100.ts\n#EXTINF:2,\n101.ts\n";
         assert_eq!(newest_msn(pl), Some(101));
         assert_eq!(newest_msn("#EXTM3U\n"), None);
         let mut v = PlayerView::default();
         let ok = |msn: u64| {
-            Ok((
-                200u16,
-                format!("#EXT-X-MEDIA-SEQUENCE:{msn}\n#EXTINF:2,\n{msn}.ts\n").into_bytes(),
-            ))
+            Ok(Response {
+                status: 200,
+                body: format!(
+                    "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{msn}\n#EXTINF:2,\n{msn}.ts\n"
+                )
+                .into_bytes(),
+            })
         };
         v.record(ok(10));
         v.record(ok(11));

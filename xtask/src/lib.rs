@@ -5,7 +5,6 @@
 //! * [`codegen`]: `cargo xtask codegen`, the deployment files generated from the layout and
 //!   the binaries' flags.
 //! * [`faults`]: the drills' failure classes, injected into a running stack and restored.
-//! * [`netns`]: network namespaces, a veth pair and a private bpffs for benchmarks.
 //! * [`player`]: a recording ffmpeg player and checks on what it recorded.
 //! * [`stack`]: the whole stack as processes (start, kill, restart, stop, health).
 //! * [`monitoring`]: promtool checks of `monitoring/` and the "every metric the dashboard and
@@ -15,6 +14,5 @@ pub mod codegen;
 pub mod faults;
 pub mod layout;
 pub mod monitoring;
-pub mod netns;
 pub mod player;
 pub mod stack;

@@ -5,17 +5,18 @@
 //! * [`metric_names_used`]: every metric name the dashboards and the rules query, so an
 //!   end-to-end test can compare it with a live scrape ([`check_exported`] does both).
 //!
-//! std + anyhow only: the PromQL, JSON and YAML handled here are our own files, so small
-//! scanners suffice where a full parser would add dependencies.
+//! The dashboards are read with serde_json, the rules with serde_yaml, the expressions with
+//! promql-parser (the PromQL grammar of GreptimeDB, a Prometheus-compatible database).
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use promql_parser::parser::Expr;
+use promql_parser::util::{ExprVisitor, walk_expr};
 
 /// Every scrape target of `monitoring/prometheus.yml` (`cargo xtask codegen` writes them
 /// there from the layout).
@@ -109,19 +110,23 @@ pub fn metric_names_used(workspace: &Path) -> Result<BTreeSet<String>> {
     for path in files(&dir.join("grafana/dashboards"), &[".json"])? {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        exprs.extend(json_exprs(&text).with_context(|| format!("{}", path.display()))?);
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        exprs.extend(json_exprs(&doc));
     }
     for path in files(&dir.join("rules"), &[".yml", ".yaml"])? {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        exprs.extend(yaml_exprs(&text));
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        exprs.extend(yaml_exprs(&doc));
     }
     if exprs.is_empty() {
         bail!("no expressions found under {}", dir.display());
     }
     let mut names = BTreeSet::new();
     for e in &exprs {
-        names.extend(promql_metric_names(e));
+        names.extend(promql_metric_names(e).with_context(|| format!("PromQL {e:?}"))?);
     }
     names.retain(|n| !SYNTHETIC.contains(&n.as_str()));
     Ok(names)
@@ -146,61 +151,12 @@ pub fn check_exported(workspace: &Path, targets: &[&str]) -> Result<()> {
 
 /// GET `http://<target>/metrics`; the body.
 pub fn scrape(target: &str) -> Result<String> {
-    let addr = target.to_socket_addrs()?.next().context("no address")?;
-    let mut s = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)?;
-    s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
-    // HTTP/1.0 with close: the body ends at EOF (a server may still chunk; handled below).
-    // One write: a minimal server that answers after the request line and closes would
-    // otherwise reset the connection under a second write.
-    let request = format!(
-        "GET /metrics HTTP/1.0\r\nHost: {target}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            // Such a server may also reset the connection after its response, unread
-            // request bytes still queued; what arrived before the reset is the response.
-            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => return Err(e.into()),
-        }
+    let url = format!("http://{target}/metrics");
+    let response = test_kit::http::get_within(&url, SCRAPE_TIMEOUT)?;
+    if response.status != 200 {
+        bail!("HTTP status {}", response.status);
     }
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of HTTP head")?;
-    let status = head.split_whitespace().nth(1).unwrap_or_default();
-    if status != "200" {
-        bail!("HTTP status {status}");
-    }
-    let chunked = head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
-    Ok(if chunked {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    })
-}
-
-fn dechunk(mut body: &str) -> Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("truncated chunk size")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16)
-            .context("chunk size")?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(rest.get(..size).context("truncated chunk")?);
-        body = rest
-            .get(size..)
-            .and_then(|r| r.strip_prefix("\r\n"))
-            .context("chunk without CRLF")?;
-    }
+    Ok(response.text())
 }
 
 /// Metric names in a Prometheus text exposition: every sample's name, plus the families
@@ -231,214 +187,91 @@ pub fn exported_metric_names(exposition: &str) -> BTreeSet<String> {
     names
 }
 
-/// PromQL keywords that look like identifiers.
-const KEYWORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "inf",
-    "nan",
-    "atan2",
-    "start",
-    "end",
-];
-/// Keywords followed by a parenthesized label list (not an expression).
-const LABEL_LIST_KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
+/// Grafana's interval variables, which stand where PromQL has a duration; replaced by one
+/// before parsing (any other `$variable` outside a string is an error).
+const GRAFANA_DURATIONS: &[&str] = &[
+    "${__rate_interval}",
+    "$__rate_interval",
+    "${__interval}",
+    "$__interval",
+    "${__range}",
+    "$__range",
 ];
 
-fn is_ident_start(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':'
+/// Collects selector names while promql-parser walks an expression.
+struct SelectorNames(BTreeSet<String>);
+
+impl ExprVisitor for SelectorNames {
+    type Error = Infallible;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Infallible> {
+        let selector = match expr {
+            Expr::VectorSelector(vs) => vs,
+            Expr::MatrixSelector(ms) => &ms.vs,
+            _ => return Ok(true),
+        };
+        // `{__name__="x"}` names its metric with a matcher instead.
+        let by_matcher = selector
+            .matchers
+            .matchers
+            .iter()
+            .filter(|m| m.name == "__name__")
+            .map(|m| m.value.clone());
+        self.0
+            .extend(selector.name.clone().into_iter().chain(by_matcher));
+        Ok(true)
+    }
 }
 
-fn is_ident(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+/// Metric names in one PromQL expression: the name of every vector and range selector.
+pub fn promql_metric_names(expr: &str) -> Result<BTreeSet<String>> {
+    let mut expr = expr.to_string();
+    for var in GRAFANA_DURATIONS {
+        expr = expr.replace(var, "5m");
+    }
+    let ast = promql_parser::parser::parse(&expr).map_err(|e| anyhow!("{e}"))?;
+    let mut names = SelectorNames(BTreeSet::new());
+    let Ok(_) = walk_expr(&mut names, &ast);
+    Ok(names.0)
 }
 
-/// Index just past the delimiter that closes the one at `open` (`{}`, `[]`, `()`), skipping
-/// string literals inside.
-fn skip_group(chars: &[char], open: usize) -> usize {
-    let (o, c) = (
-        chars[open],
-        match chars[open] {
-            '{' => '}',
-            '[' => ']',
-            _ => ')',
-        },
-    );
-    let mut depth = 0;
-    let mut i = open;
-    while i < chars.len() {
-        match chars[i] {
-            q @ ('"' | '\'' | '`') => i = skip_string(chars, i, q) - 1,
-            x if x == o => depth += 1,
-            x if x == c => {
-                depth -= 1;
-                if depth == 0 {
-                    return i + 1;
+/// The value of every string `"expr"` key in a JSON document (a Grafana dashboard).
+fn json_exprs(doc: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![doc];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match value.as_str() {
+                        Some(expr) if key == "expr" => out.push(expr.to_string()),
+                        _ => stack.push(value),
+                    }
                 }
             }
+            serde_json::Value::Array(items) => stack.extend(items),
             _ => {}
         }
-        i += 1;
     }
-    chars.len()
+    out
 }
 
-/// Index just past the string literal opened by `quote` at `start`.
-fn skip_string(chars: &[char], start: usize, quote: char) -> usize {
-    let mut i = start + 1;
-    while i < chars.len() {
-        if chars[i] == '\\' && quote != '`' {
-            i += 2;
-            continue;
-        }
-        if chars[i] == quote {
-            return i + 1;
-        }
-        i += 1;
-    }
-    chars.len()
-}
-
-/// Metric names in one PromQL expression: identifiers that are not functions, aggregations,
-/// keywords, label names (inside `{}` or a `by (...)` list), durations, numbers or Grafana
-/// `$variables`.
-pub fn promql_metric_names(expr: &str) -> BTreeSet<String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = BTreeSet::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' || c == '\'' || c == '`' {
-            i = skip_string(&chars, i, c);
-        } else if c == '{' || c == '[' {
-            i = skip_group(&chars, i);
-        } else if c == '$' {
-            i += 1;
-            while i < chars.len() && (is_ident(chars[i]) || chars[i] == '{' || chars[i] == '}') {
-                i += 1;
-            }
-        } else if c.is_ascii_digit() || c == '.' {
-            // Numbers and durations (1e3, 0x1f, 5m, 1h30m).
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-        } else if is_ident_start(c) {
-            let start = i;
-            while i < chars.len() && is_ident(chars[i]) {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            let mut j = i;
-            while j < chars.len() && chars[j].is_whitespace() {
-                j += 1;
-            }
-            let call = j < chars.len() && chars[j] == '(';
-            // `sum by (l) (x)`: an aggregation whose grouping comes first.
-            let next_word: String = chars[j..].iter().take_while(|c| is_ident(**c)).collect();
-            let grouped = matches!(next_word.to_ascii_lowercase().as_str(), "by" | "without");
-            if call && LABEL_LIST_KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
-                i = skip_group(&chars, j);
-            } else if !call && !grouped && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
-                names.insert(word);
-            }
-        } else {
-            i += 1;
-        }
-    }
-    names
-}
-
-/// The value of every `"expr"` key in a JSON document.
-fn json_exprs(json: &str) -> Result<Vec<String>> {
+/// The value of every string `expr:` key in a YAML document (a rule file).
+fn yaml_exprs(doc: &serde_yaml::Value) -> Vec<String> {
     let mut out = Vec::new();
-    let key = "\"expr\"";
-    let mut from = 0;
-    while let Some(pos) = json[from..].find(key) {
-        let at = from + pos;
-        from = at + key.len();
-        // `\"expr\"` inside another string is not a key.
-        if json[..at].ends_with('\\') {
-            continue;
-        }
-        let rest = json[from..].trim_start();
-        let Some(rest) = rest.strip_prefix(':') else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        let Some(rest) = rest.strip_prefix('"') else {
-            bail!("\"expr\" is not a string")
-        };
-        let mut value = String::new();
-        let mut chars = rest.chars();
-        loop {
-            match chars.next().context("unterminated \"expr\" string")? {
-                '"' => break,
-                '\\' => match chars.next().context("unterminated escape")? {
-                    'n' => value.push('\n'),
-                    't' => value.push('\t'),
-                    'r' => value.push('\r'),
-                    'b' | 'f' => value.push(' '),
-                    'u' => {
-                        let hex: String = chars.by_ref().take(4).collect();
-                        let code = u32::from_str_radix(&hex, 16).context("\\u escape")?;
-                        value.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+    let mut stack = vec![doc];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_yaml::Value::Mapping(map) => {
+                for (key, value) in map {
+                    match value.as_str() {
+                        Some(expr) if key.as_str() == Some("expr") => out.push(expr.to_string()),
+                        _ => stack.push(value),
                     }
-                    other => value.push(other),
-                },
-                other => value.push(other),
+                }
             }
-        }
-        out.push(value);
-    }
-    Ok(out)
-}
-
-/// The value of every `expr:` key in a YAML rule file: plain, single- or double-quoted
-/// scalars on the key's line, or a `|`/`>` block scalar on the lines indented below it.
-fn yaml_exprs(yaml: &str) -> Vec<String> {
-    let lines: Vec<&str> = yaml.lines().collect();
-    let mut out = Vec::new();
-    for (n, line) in lines.iter().enumerate() {
-        let trimmed = line.trim_start().trim_start_matches("- ");
-        let Some(value) = trimmed.strip_prefix("expr:") else {
-            continue;
-        };
-        let indent = line.len() - line.trim_start().len();
-        let value = value.trim();
-        if value.starts_with('|') || value.starts_with('>') {
-            let block: Vec<&str> = lines[n + 1..]
-                .iter()
-                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-                .map(|l| l.trim())
-                .collect();
-            out.push(block.join("\n"));
-        } else if let Some(v) = value.strip_prefix('"') {
-            out.push(
-                v.rsplit_once('"')
-                    .map_or(v, |(v, _)| v)
-                    .replace("\\\"", "\"")
-                    .replace("\\\\", "\\"),
-            );
-        } else if let Some(v) = value.strip_prefix('\'') {
-            out.push(v.rsplit_once('\'').map_or(v, |(v, _)| v).replace("''", "'"));
-        } else {
-            // A plain scalar ends at a comment.
-            out.push(value.split(" #").next().unwrap_or(value).to_string());
+            serde_yaml::Value::Sequence(items) => stack.extend(items),
+            _ => {}
         }
     }
     out
@@ -456,37 +289,43 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
     }
 
+    fn names(expr: &str) -> BTreeSet<String> {
+        promql_metric_names(expr).expect("valid PromQL")
+    }
+
     #[test]
     fn promql_names_skip_functions_labels_keywords_and_durations() {
         assert_eq!(
-            promql_metric_names("segment_age_seconds > 6"),
+            names("segment_age_seconds > 6"),
             set(&["segment_age_seconds"])
         );
         assert_eq!(
-            promql_metric_names(
+            names(
                 "histogram_quantile(0.99, sum by (origin, le) (rate(probe_duration_seconds_bucket{origin=\"primary\"}[1m])))"
             ),
             set(&["probe_duration_seconds_bucket"])
         );
         assert_eq!(
-            promql_metric_names(
+            names(
                 "sum(rate(a_total[5m] offset 1h)) without (instance) / on (job) group_left (x) b unless c > bool 1e3"
             ),
             set(&["a_total", "b", "c"])
         );
         assert_eq!(
-            promql_metric_names(
+            names(
                 "rate(origin_requests_total{status=~\"5..\", class!='seg{ment}'}[$__rate_interval]) * 8"
             ),
             set(&["origin_requests_total"])
         );
+        assert_eq!(names("up == 0 and ON(job) vector(1)"), set(&["up"]));
         assert_eq!(
-            promql_metric_names("up == 0 and ON(job) vector(1)"),
-            set(&["up"])
-        );
-        assert_eq!(
-            promql_metric_names("label_replace(x, \"dst\", \"$1\", \"src\", \"(.*)\")"),
+            names("label_replace(x, \"dst\", \"$1\", \"src\", \"(.*)\")"),
             set(&["x"])
+        );
+        assert_eq!(names("{__name__=\"by_matcher\"}"), set(&["by_matcher"]));
+        assert!(
+            promql_metric_names("rate(x[").is_err(),
+            "invalid PromQL is an error"
         );
     }
 
@@ -494,18 +333,19 @@ mod tests {
     fn json_and_yaml_exprs_are_extracted() {
         let json = r#"{"targets": [{"expr": "rate(a_total[1m])", "legendFormat": "{{x}}"},
             {"description": "see \"expr\": not a key", "expr" : "b{l=\"v\"}\n + c"}]}"#;
+        let mut exprs = json_exprs(&serde_json::from_str(json).expect("JSON"));
+        exprs.sort();
         assert_eq!(
-            json_exprs(json).expect("parses"),
+            exprs,
             vec![
-                "rate(a_total[1m])".to_string(),
-                "b{l=\"v\"}\n + c".to_string()
+                "b{l=\"v\"}\n + c".to_string(),
+                "rate(a_total[1m])".to_string()
             ]
         );
         let yaml = "groups:\n  - rules:\n    - alert: A\n      expr: a > 1 # comment\n    - alert: B\n      expr: |\n        sum(b)\n          > 2\n      for: 5s\n    - expr: 'c == ''x'''\n    - expr: \"d\"\n";
-        assert_eq!(
-            yaml_exprs(yaml),
-            vec!["a > 1", "sum(b)\n> 2", "c == 'x'", "d"]
-        );
+        let mut exprs = yaml_exprs(&serde_yaml::from_str(yaml).expect("YAML"));
+        exprs.sort();
+        assert_eq!(exprs, vec!["a > 1", "c == 'x'", "d", "sum(b)\n  > 2\n"]);
     }
 
     #[test]
@@ -524,15 +364,6 @@ mod tests {
                 "plain"
             ])
         );
-    }
-
-    #[test]
-    fn dechunks() {
-        assert_eq!(
-            dechunk("4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\n\r\n").expect("valid"),
-            "abcdefg"
-        );
-        assert!(dechunk("9\r\nab").is_err());
     }
 
     #[test]

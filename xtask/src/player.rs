@@ -8,7 +8,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// An ffmpeg player recording a live HLS stream; it keeps every log line (which segments it
@@ -16,6 +16,8 @@ use std::{
 pub struct Player {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The thread collecting the log; it ends when ffmpeg's stderr closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Player {
@@ -48,14 +50,18 @@ impl Player {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let stderr = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(line);
             }
         });
-        Ok(Player { child, lines })
+        Ok(Player {
+            child,
+            lines,
+            reader: Some(reader),
+        })
     }
 
     /// Media sequence numbers of the segments the player requested, in order.
@@ -122,13 +128,15 @@ impl Player {
         // SIGINT lets ffmpeg finish the recording cleanly.
         // SAFETY: plain kill(2) on our child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        test_kit::wait::try_wait_until(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
+        // Every log line is in once the reader has seen the end of ffmpeg's stderr.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
         let (segs, mut errors) = (self.segments(), self.errors());
         if segs.len() < 5 {
             errors.push(format!("player log tail:\n{}", self.tail(40)));

@@ -16,7 +16,6 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -111,20 +110,7 @@ pub struct Stack {
 }
 
 /// Runs `f` on a thread inside network namespace `ns` (or here when `None`).
-pub fn in_netns<T: Send + 'static>(ns: Option<&str>, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = ns.map(|n| format!("/var/run/netns/{n}"));
-    std::thread::spawn(move || {
-        if let Some(path) = path {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: a netns file descriptor; setns affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        }
-        f()
-    })
-    .join()
-    .expect("thread in netns panicked")
-}
+pub use test_kit::netns::run_in as in_netns;
 
 /// Waits until `addr` accepts TCP connections inside `ns`.
 pub fn wait_port(ns: Option<&str>, addr: &str, timeout: Duration) -> bool {
@@ -133,68 +119,21 @@ pub fn wait_port(ns: Option<&str>, addr: &str, timeout: Duration) -> bool {
         Err(_) => return false,
     };
     in_netns(ns, move || {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
+        test_kit::wait::try_wait_until(timeout, || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })
     })
 }
 
-/// GETs `http://addr/path` inside `ns` with a fresh connection: (status, body).
+/// GETs `http://addr/path` inside `ns` with a fresh connection.
 pub fn http_get(
     ns: Option<&str>,
     addr: &str,
     path: &str,
     timeout: Duration,
-) -> Result<(u16, Vec<u8>)> {
-    let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
-    let path = path.to_string();
-    in_netns(ns, move || -> Result<(u16, Vec<u8>)> {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)?;
-        let head_end = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| anyhow!("no HTTP head"))?;
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("bad status line"))?;
-        let mut body = buf[head_end + 4..].to_vec();
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            body = dechunk(&body);
-        }
-        Ok((status, body))
-    })
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
-        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
-        if n == 0 || b.len() < i + 2 + n {
-            break;
-        }
-        out.extend_from_slice(&b[i + 2..i + 2 + n]);
-        b = &b[(i + 2 + n + 2).min(b.len())..];
-    }
-    out
+) -> Result<test_kit::http::Response> {
+    test_kit::http::get_in(ns, addr, path, timeout)
+        .with_context(|| format!("GET http://{addr}{path}"))
 }
 
 impl StackConfig {
@@ -265,48 +204,20 @@ impl Stack {
         services.insert(
             "publisher".into(),
             svc(
-                [
-                    "ffmpeg",
-                    "-hide_banner",
-                    "-loglevel",
-                    "warning",
-                    "-nostdin",
-                    "-re",
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    &format!("testsrc2=size={w}x{h}:rate={fps}"),
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    "sine=frequency=440:sample_rate=48000",
-                    "-c:v",
-                    "libx264",
-                    "-preset",
-                    "ultrafast",
-                    "-tune",
-                    "zerolatency",
-                    "-pix_fmt",
-                    "yuv420p",
-                    "-g",
-                    &(fps * 2).to_string(),
-                    "-keyint_min",
-                    &(fps * 2).to_string(),
-                    "-sc_threshold",
-                    "0",
-                    "-b:v",
-                    "2000k",
-                    "-c:a",
-                    "aac",
-                    "-b:a",
-                    "128k",
-                    "-f",
-                    "flv",
-                    &cfg.rtmp_url(),
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+                std::iter::once("ffmpeg".to_string())
+                    .chain(
+                        test_kit::Publisher::new(w, h, fps)
+                            .audio_source("sine=frequency=440:sample_rate=48000")
+                            .log_level("warning")
+                            .realtime()
+                            .zerolatency()
+                            .yuv420p()
+                            .fixed_gop(fps * 2)
+                            .video_bitrate("2000k")
+                            .audio_bitrate("128k")
+                            .args(&cfg.rtmp_url()),
+                    )
+                    .collect(),
                 false,
                 None,
             ),
@@ -590,13 +501,13 @@ impl Stack {
 
     /// switcher-ctl's /healthz as JSON.
     pub fn healthz(&self) -> Result<serde_json::Value> {
-        let (_, body) = http_get(
+        let response = http_get(
             self.cfg.netns.as_deref(),
             &self.cfg.admin_addr(),
             "/healthz",
             Duration::from_secs(2),
         )?;
-        Ok(serde_json::from_slice(&body)?)
+        Ok(response.json()?)
     }
 
     /// Stops every service (switcher-ctl last, so the VIP works until the end) and detaches.

@@ -9,18 +9,17 @@
 //! into target/debug first). Namespaces, attachments, rules and processes are removed even on
 //! failure.
 
-#[path = "../../crates/switcher-ctl/tests/browser/mod.rs"]
-mod browser;
-#[path = "../../crates/switcher-ctl/tests/netns/mod.rs"]
-mod netns;
-
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use netns::{BpfFs, Client, Pair};
+use test_kit::browser;
+use test_kit::keepalive::Client;
+use test_kit::netns::{self, BpfFs, Pair};
+use test_kit::wait::try_wait_until;
+use test_kit::wait_until;
 use xtask::faults::{self, Fault, Site};
 use xtask::player::{Player, pts_holes, video_pts};
 use xtask::stack::{Stack, StackConfig, http_get};
@@ -63,17 +62,6 @@ fn assert_no_gap_no_repeat(phase: &str, segs: &[u64], errors: &[String]) {
     );
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 /// Installed in the status page: records every fragment hls.js loads (its MSN), fatal errors
 /// and how far the video has played, for the drills to read.
 const HLS_WATCH: &str = r#"(() => {
@@ -98,9 +86,9 @@ fn drill(
     let rec = run_dir.join(format!("rec-{name}.ts"));
     let mut player = Player::start(Some(client_ns), &format!("http://{VIP}{PLAYLIST}"), &rec)
         .expect("start ffmpeg player");
-    wait_for(
-        &format!("{name}: player loads 2 segments"),
+    wait_until(
         Duration::from_secs(30),
+        &format!("{name}: player loads 2 segments"),
         || player.segments().len() >= 2,
     );
     let frags_before = page.eval("window.__frags.length").as_u64().unwrap_or(0);
@@ -122,9 +110,9 @@ fn drill(
     std::thread::sleep(Duration::from_millis(500));
     let injected = faults::inject(fault, site, stack).expect("inject fault");
     if fault.fails_primary() {
-        wait_for(
-            &format!("{name}: failover to backup"),
+        wait_until(
             Duration::from_secs(20),
+            &format!("{name}: failover to backup"),
             || stack.active() == "backup",
         );
     }
@@ -134,9 +122,9 @@ fn drill(
         p.segments().len() >= n + 2
     });
     injected.restore(stack).expect("restore");
-    wait_for(
-        &format!("{name}: primary active again"),
+    wait_until(
         Duration::from_secs(30),
+        &format!("{name}: primary active again"),
         || stack.active() == "primary",
     );
     let n = player.segments().len();
@@ -210,14 +198,10 @@ fn drill(
     );
 }
 
-/// [`wait_for`] on the player, with its log tail when it does not happen.
+/// [`wait_until`] on the player, with its log tail when it does not happen.
 fn wait_player(player: &Player, what: &str, mut f: impl FnMut(&Player) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if f(player) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if try_wait_until(Duration::from_secs(20), || f(player)) {
+        return;
     }
     panic!(
         "timed out waiting for: {what}\nplayer log tail:\n{}",
@@ -241,7 +225,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         );
     }
     let pair = Pair::new();
-    let bpf = BpfFs::new();
+    let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     let run_dir = std::env::temp_dir().join(netns::unique("e2e"));
     let cfg = StackConfig {
         bin_dir: ws.join("target/debug"),
@@ -273,12 +257,13 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     stack.start_all().expect("stack starts");
     let client_ns = pair.client.name.clone();
     let vip_get = |path: &str| http_get(Some(&client_ns), VIP, path, Duration::from_secs(2));
+    let vip_ok = |path: &str| vip_get(path).is_ok_and(|r| r.status == 200);
 
     // Both packagers fill their window; the VIP serves the primary's playlist.
-    wait_for(
-        "a full playlist through the VIP",
+    wait_until(
         Duration::from_secs(40),
-        || matches!(vip_get(PLAYLIST), Ok((200, b)) if String::from_utf8_lossy(&b).matches(".ts").count() >= 4),
+        "a full playlist through the VIP",
+        || matches!(vip_get(PLAYLIST), Ok(r) if r.status == 200 && r.text().matches(".ts").count() >= 4),
     );
     assert_eq!(stack.active(), "primary");
     let attach = pair.edge.exec(&["bpftool", "net", "show"]);
@@ -431,36 +416,33 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     // when one returns, it serves from that one.
     stack.kill("origin-primary", libc::SIGKILL).unwrap();
     stack.kill("origin-backup", libc::SIGKILL).unwrap();
-    wait_for("both bad reported", Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(5), "both bad reported", || {
         stack
             .healthz()
             .map(|h| h["both_bad"] == true)
             .unwrap_or(false)
     });
     assert_eq!(stack.active(), "primary", "with both bad, no flip");
-    assert!(
-        !matches!(vip_get(PLAYLIST), Ok((200, _))),
-        "nothing to serve with both origins down"
-    );
+    assert!(!vip_ok(PLAYLIST), "nothing to serve with both origins down");
     stack.start("origin-backup").unwrap();
-    wait_for(
-        "backup takes over when it returns",
+    wait_until(
         Duration::from_secs(5),
+        "backup takes over when it returns",
         || stack.active() == "backup",
     );
-    wait_for("VIP serves again", Duration::from_secs(5), || {
-        matches!(vip_get(PLAYLIST), Ok((200, _)))
+    wait_until(Duration::from_secs(5), "VIP serves again", || {
+        vip_ok(PLAYLIST)
     });
 
     // The control plane's counters agree with what happened.
-    let (_, metrics) = http_get(
+    let metrics = http_get(
         Some(&pair.edge.name),
         "127.0.0.1:9180",
         "/metrics",
         Duration::from_secs(2),
     )
-    .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    .expect("switcher-ctl's metrics")
+    .text();
     let value = |name: &str| -> f64 {
         metrics
             .lines()

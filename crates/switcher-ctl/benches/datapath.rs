@@ -17,11 +17,6 @@
 //! Appends a markdown section to BENCHMARKS.md. `SWITCHER_BENCH_WRK=0` skips part 2 (the
 //! other parts need no release binaries and take a few minutes).
 
-#[path = "../tests/netns/mod.rs"]
-mod netns;
-#[path = "../tests/packet/mod.rs"]
-mod packet;
-
 use std::{
     fmt::Write as _,
     net::TcpStream,
@@ -35,8 +30,6 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use netns::{BpfFs, EDGE_V4, Netns, Pair};
-use packet::{ACK, Pkt, SYN};
 use switcher_common::{
     Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, MaglevTable, ORIGIN_CONFIGURED, Origin,
     STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig,
@@ -46,6 +39,8 @@ use switcher_ctl::{
     dataplane::DataPlane,
     loader::{AttachConfig, AttachMode, Pinned},
 };
+use test_kit::netns::{self, BpfFs, EDGE_V4, Netns, Pair};
+use test_kit::packet::{ACK, Pkt, SYN};
 
 const REPEAT: u32 = 1_000_000;
 /// Repetitions of each BPF_PROG_TEST_RUN measurement, ours and the empty program's
@@ -570,7 +565,7 @@ fn wrk_section(out: &mut String) {
     writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|").unwrap();
     {
         let pair = Pair::new();
-        let bpf = BpfFs::new();
+        let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
         let _origin = start_origin(&pair.edge, &root, "0.0.0.0:8081");
         let cfg = AttachConfig {
             iface: pair.edge_if.clone(),
@@ -606,7 +601,7 @@ fn wrk_section(out: &mut String) {
         (AttachMode::Tc, "lo, TC ingress"),
     ] {
         let ns = Netns::new("b");
-        let bpf = BpfFs::new();
+        let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
         let _origin = start_origin(&ns, &root, "127.0.0.1:8081");
         let cfg = AttachConfig {
             iface: "lo".into(),

@@ -7,19 +7,18 @@
 //! a connection straight to the primary's port (a probe, a monitoring check), and a viewer on
 //! the backup.
 
-mod netns;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netns::{BpfFs, Client, Pair, serve};
 use switcher_common::{ORIGIN_BACKUP, ORIGIN_PRIMARY};
 use switcher_ctl::{
     dataplane::DataPlane,
     loader::{AttachConfig, AttachMode, Pinned},
 };
+use test_kit::keepalive::{Client, serve};
+use test_kit::netns::{BpfFs, Pair};
 
 /// Failsafe read timeout of the stranded viewer: without an abort its read would wait this
 /// long and fail with `TimedOut`, which the test reports; the abort makes it fail with a reset
@@ -101,7 +100,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
         "needs root: `cargo xtask test`"
     );
     let pair = Pair::new();
-    let bpf = BpfFs::new();
+    let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     pair.edge.run(|| {
         half_hung_origin(TcpListener::bind("[::]:8081").expect("bind 8081"));
         serve(TcpListener::bind("[::]:8082").expect("bind 8082"), "backup");

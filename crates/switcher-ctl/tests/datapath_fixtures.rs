@@ -10,9 +10,6 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN for BPF_PROG_TEST_RUN of XDP/TC programs).
 
-mod netns;
-mod packet;
-
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
@@ -20,13 +17,14 @@ use aya::{
     maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use packet::{ACK, DEFAULT_SEQ, FIN, ICMP, PSH, Pkt, RST, SYN, UDP, verify_checksums};
 use switcher_common::{
     Counters, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN, MAGLEV_SIZE, MAX_ORIGINS,
     MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER,
     VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 use switcher_ctl::maglev;
+use test_kit::netns;
+use test_kit::packet::{ACK, DEFAULT_SEQ, FIN, ICMP, PSH, Pkt, RST, SYN, UDP, verify_checksums};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;

@@ -5,16 +5,8 @@
 //!
 //! Namespaces, attachments and pins are removed even when a test fails (Drop guards).
 
-mod netns;
-mod packet;
-
 use std::{net::SocketAddr, path::Path};
 
-use netns::{
-    BIG_LEN, BpfFs, CLIENT_V4, Client, EDGE_V4, EDGE_V6, Netns, Pair, big_body, get_once,
-    send_raw_v4, serve,
-};
-use packet::{ACK, Pkt, SYN};
 use switcher_common::{
     ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, MAX_FLOWS, MIN_FLOWS, ORIGIN_BACKUP,
     ORIGIN_PRIMARY, STATS_UNSTEERED,
@@ -23,6 +15,9 @@ use switcher_ctl::{
     dataplane::DataPlane,
     loader::{self, AttachConfig, AttachMode, Pinned},
 };
+use test_kit::keepalive::{BIG_LEN, Client, big_body, get_once, serve};
+use test_kit::netns::{self, BpfFs, CLIENT_V4, EDGE_V4, EDGE_V6, Netns, Pair};
+use test_kit::packet::{ACK, Pkt, SYN, send_raw_v4};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -65,7 +60,7 @@ fn whoami(ns: &Netns, addr: &'static str) -> String {
 fn veth_native_xdp_steers_pins_and_retires_flows() {
     require_root();
     let pair = Pair::new();
-    let bpf = BpfFs::new();
+    let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     start_origins(&pair.edge);
     let csum_errors_before = (
         pair.edge.tcp_snmp("InCsumErrors"),
@@ -113,7 +108,7 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
         );
     }
     // BTF-defined maps: bpftool decodes keys and values field by field.
-    let dump = netns::sh(&[
+    let dump = test_kit::process::sh(&[
         "bpftool",
         "map",
         "dump",
@@ -235,7 +230,7 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
 fn local_mode(mode: AttachMode, expect: u32) {
     require_root();
     let ns = Netns::new("l");
-    let bpf = BpfFs::new();
+    let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     start_origins(&ns);
     let cfg = AttachConfig {
         iface: "lo".into(),
@@ -336,7 +331,7 @@ fn lo_auto_picks_tc_ingress() {
 fn spoofed_flood_does_not_evict_a_viewer() {
     require_root();
     let pair = Pair::new();
-    let bpf = BpfFs::new();
+    let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     start_origins(&pair.edge);
     let cfg = AttachConfig {
         iface: pair.edge_if.clone(),
@@ -488,7 +483,7 @@ fn pin_to_cpu(cpu: usize) {
 fn max_flows_below_the_minimum_is_refused() {
     require_root();
     let ns = Netns::new("m");
-    let bpf = BpfFs::new();
+    let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     let cfg = AttachConfig {
         iface: "lo".into(),
         vip: "127.0.0.1:8080".parse().unwrap(),

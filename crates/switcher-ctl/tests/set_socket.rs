@@ -4,7 +4,6 @@
 //! pinning one is refused until `--force`.
 
 mod common;
-mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -13,10 +12,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::TempDir;
-use netns::{BpfFs, Netns};
 use switcher_common::ORIGIN_BACKUP;
 use switcher_ctl::dataplane::DataPlane;
 use switcher_ctl::loader::Pinned;
+use test_kit::netns::{BpfFs, Netns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switcher-ctl");
 /// How long the run may take to attach and start serving.
@@ -58,7 +57,7 @@ fn set_goes_through_the_admin_socket() {
     );
     // Dropped in reverse: the run stops, then the detach inside the namespace, then the
     // namespace and the bpffs go.
-    let bpf = BpfFs::new();
+    let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     let ns = Netns::new("set");
     let pin_root = bpf.pin_root();
     let _detach = DetachIn(&ns, pin_root.clone());

@@ -9,21 +9,21 @@
 //! missing one fails the test with what to install, it never skips.
 //! `STATUS_PAGE_SCREENSHOT=path.png` also saves a screenshot of the page (docs/status-page.png).
 
-mod browser;
 mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
-use browser::{Cdp, Killed, start_chromium};
 use common::{FakeDataPlane, Reply, TestServer, playlist_aged};
 use serde_json::json;
 use switcher_common::ORIGIN_PRIMARY;
 use switcher_ctl::config::Config;
+use test_kit::browser::{Cdp, start_chromium};
+use test_kit::process::Killed;
+use test_kit::{Publisher, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PRIMARY_MSN: u64 = 4241;
@@ -77,64 +77,34 @@ fn require_tool(name: &str, install: &str) {
 
 /// ffmpeg writing a live HLS stream (1 s segments, window 6, PROGRAM-DATE-TIME) into `dir`.
 fn start_ffmpeg(dir: &Path) -> Killed {
-    let child = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=25",
-        ])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
-        .args([
-            "-f",
-            "hls",
-            "-hls_time",
-            "1",
-            "-hls_list_size",
-            "6",
-            "-hls_flags",
-            "delete_segments+program_date_time",
-        ])
-        .arg("-hls_segment_filename")
-        .arg(dir.join("seg%05d.ts"))
-        .arg(dir.join("index.m3u8"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start ffmpeg");
-    Killed(child)
+    let segments = dir.join("seg%05d.ts").to_string_lossy().into_owned();
+    Publisher::new(640, 360, 25)
+        .no_audio()
+        .realtime()
+        .zerolatency()
+        .yuv420p()
+        .fixed_gop(25)
+        .format("hls")
+        .output_args(["-hls_time", "1", "-hls_list_size", "6"])
+        .output_args(["-hls_flags", "delete_segments+program_date_time"])
+        .output_args(["-hls_segment_filename", &segments])
+        .spawn(&dir.join("index.m3u8").to_string_lossy())
 }
 
 /// Waits until ffmpeg's playlist lists enough segments for hls.js to start.
 fn wait_for_segments(playlist: &Path) {
-    let start = Instant::now();
-    loop {
-        let listed = std::fs::read_to_string(playlist)
-            .map_or(0, |p| p.lines().filter(|l| l.ends_with(".ts")).count());
-        if listed >= SEGMENTS_BEFORE_PLAYING {
-            return;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "ffmpeg wrote {listed} segments to {} in {DEADLINE:?}",
+    wait_until(
+        DEADLINE,
+        &format!(
+            "ffmpeg writes {SEGMENTS_BEFORE_PLAYING} segments to {}",
             playlist.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ),
+        || {
+            std::fs::read_to_string(playlist)
+                .map_or(0, |p| p.lines().filter(|l| l.ends_with(".ts")).count())
+                >= SEGMENTS_BEFORE_PLAYING
+        },
+    );
 }
 
 /// A static file server for `/hls/<STREAM>/<file>` from `dir`, with the CORS header the

@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use test_kit::netns::{BpfFs, Pair};
 use xtask::faults::{self, Fault, Site};
-use xtask::netns::{BpfFs, Pair};
 use xtask::stack::{Stack, StackConfig};
 
 use super::util::{TempDir, env_count};
@@ -71,7 +71,7 @@ struct Log {
 struct Player {
     log: Arc<Mutex<Log>>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Player {
@@ -79,7 +79,7 @@ impl Player {
         let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s) = (log.clone(), stop.clone());
-        let thread = xtask::netns::spawn_in(client_ns, move || {
+        let thread = test_kit::netns::spawn_in(client_ns, move || {
             let mut conn: Option<BufReader<TcpStream>> = None;
             while !s.load(Ordering::SeqCst) {
                 let r = poll_once(&mut conn, &l);
@@ -175,7 +175,7 @@ fn poll_once(conn: &mut Option<BufReader<TcpStream>>, log: &Mutex<Log>) -> Resul
 /// Origin index per client port of the flows in the data plane's conntrack map.
 fn flows_by_port(edge_ns: &str, pin_root: &Path) -> Result<BTreeMap<u16, u32>> {
     let map = pin_root.join("maps/SWITCHER_FLOWS");
-    let out = xtask::netns::sh(&[
+    let out = test_kit::process::try_sh(&[
         "ip",
         "netns",
         "exec",
@@ -209,12 +209,8 @@ fn flows_by_port(edge_ns: &str, pin_root: &Path) -> Result<BTreeMap<u16, u32>> {
 }
 
 fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for: {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !test_kit::wait::try_wait_until(limit, &mut f) {
+        bail!("timed out waiting for: {what}");
     }
     Ok(())
 }
@@ -350,8 +346,8 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             (herd_n + 512).to_string(),
         )
     };
-    let pair = Pair::new()?;
-    let bpf = BpfFs::new()?;
+    let pair = Pair::new();
+    let bpf = BpfFs::new();
     let dir = TempDir::new("failover-bench")?;
     // The service user must be able to enter the run directory.
     std::fs::set_permissions(

@@ -147,37 +147,13 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let repeat = env_count("INGEST_BENCH_REPEAT", DEFAULT_REPEAT)?;
     let dir = TempDir::new("bench-ingest")?;
     let clip = dir.path.join("clip.flv");
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine",
-        ])
-        .args([
-            "-t",
-            CLIP_SECONDS,
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-g",
-            "60",
-            "-b:v",
-            "2500k",
-        ])
-        .args(["-c:a", "aac", "-f", "flv"])
-        .arg(&clip)
-        .status()
-        .context("running ffmpeg to encode the clip")?;
-    if !status.success() {
-        bail!("ffmpeg failed to encode the bench clip");
-    }
+    test_kit::Publisher::new(1280, 720, 30)
+        .seconds(CLIP_SECONDS.parse::<f64>()?)
+        .preset("veryfast")
+        .gop(60)
+        .video_bitrate("2500k")
+        .try_encode(&clip)
+        .context("ffmpeg failed to encode the bench clip")?;
 
     let clip_secs: f64 = CLIP_SECONDS.parse()?;
     let clip_mbit = std::fs::metadata(&clip)?.len() as f64 * 8.0 / 1e6 / clip_secs;

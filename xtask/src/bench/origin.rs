@@ -27,8 +27,7 @@
 //! between rounds of one run on a loaded 2-core machine.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -376,24 +375,12 @@ fn soak(origin_bin: &Path, cert: &Path, key: &Path, dir: &Path) -> Result<Soak> 
 
 /// GET over plain HTTP/1.1 on a fresh connection; the body length of a 200.
 fn get_plain(port: u16, path: &str) -> Result<usize> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connecting")?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    if !response.starts_with(b"HTTP/1.1 200") {
-        bail!(
-            "GET {path}: {}",
-            String::from_utf8_lossy(&response[..response.len().min(200)])
-        );
+    let response = test_kit::http::get(&format!("http://127.0.0.1:{port}{path}"))
+        .with_context(|| format!("GET {path}"))?;
+    if response.status != 200 {
+        bail!("GET {path}: status {}", response.status);
     }
-    let head = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no response head")?;
-    Ok(response.len() - head - 4)
+    Ok(response.body.len())
 }
 
 /// GET over HTTPS with curl (no certificate check: the bench's own self-signed one); the
@@ -696,20 +683,11 @@ impl Drop for Server {
 }
 
 fn wait_ready(server: &Server, addr: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(mut stream) = TcpStream::connect(addr) {
-            let request =
-                format!("GET {PLAYLIST_PATH} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
-            let mut response = String::new();
-            if stream.write_all(request.as_bytes()).is_ok()
-                && stream.read_to_string(&mut response).is_ok()
-                && response.starts_with("HTTP/1.1 200")
-            {
-                return Ok(());
-            }
-        }
-        std::thread::sleep(POLL_INTERVAL);
+    let url = format!("http://{addr}{PLAYLIST_PATH}");
+    if test_kit::wait::try_wait_until(READY_TIMEOUT, || {
+        test_kit::http::get(&url).is_ok_and(|r| r.status == 200)
+    }) {
+        return Ok(());
     }
     bail!(
         "{} not ready on {addr} within {READY_TIMEOUT:?}; log:\n{}",

@@ -193,45 +193,16 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
 }
 
 fn encode_clip(clip: &Path) -> Result<()> {
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-        ])
-        .args([
-            "-t",
-            CLIP_SECONDS,
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-g",
-            "60",
-            "-keyint_min",
-            "60",
-            "-sc_threshold",
-            "0",
-            "-b:v",
-            "2500k",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv"])
-        .arg(clip)
-        .stdin(Stdio::null())
-        .status()
-        .context("running ffmpeg to encode the clip")?;
-    if !status.success() {
-        bail!("ffmpeg failed to encode the bench clip");
-    }
-    Ok(())
+    test_kit::Publisher::new(1280, 720, 30)
+        .audio_source("sine=frequency=440:sample_rate=48000")
+        .seconds(CLIP_SECONDS.parse::<f64>()?)
+        .preset("veryfast")
+        .fixed_gop(60)
+        .video_bitrate("2500k")
+        .yuv420p()
+        .audio_bitrate("128k")
+        .try_encode(clip)
+        .context("ffmpeg failed to encode the bench clip")
 }
 
 /// Starts an ingest and `n` publishers, then measures our packager and ffmpeg in turn,

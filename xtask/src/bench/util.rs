@@ -5,15 +5,13 @@ use std::{
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail};
 
 /// How long a server under test may take to accept connections.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often readiness is polled.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A port free on 127.0.0.1 right now (bound then released; the race with other processes is
 /// accepted).
@@ -26,12 +24,10 @@ pub fn free_port() -> Result<u16> {
 
 /// Waits until 127.0.0.1:`port` accepts connections.
 pub fn wait_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("server on port {port} not ready after {READY_TIMEOUT:?}");
-        }
-        std::thread::sleep(POLL_INTERVAL);
+    if !test_kit::wait::try_wait_until(READY_TIMEOUT, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }) {
+        bail!("server on port {port} not ready after {READY_TIMEOUT:?}");
     }
     Ok(())
 }

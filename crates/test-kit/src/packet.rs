@@ -1,8 +1,6 @@
 //! Test packet builder: Ethernet + IPv4/IPv6 + TCP/UDP/ICMP with checksums computed from
 //! scratch, and a verifier that recomputes them on a packet the data plane produced.
 
-#![allow(dead_code)]
-
 use std::net::IpAddr;
 
 /// One's-complement sum of `data` (RFC 1071), not yet inverted.
@@ -50,11 +48,15 @@ pub fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) -> u16 {
     !fold(sum16(seg, pseudo_sum(src, dst, proto, seg.len())))
 }
 
-/// TCP flag bits.
+/// TCP flag SYN.
 pub const SYN: u8 = 0x02;
+/// TCP flag ACK.
 pub const ACK: u8 = 0x10;
+/// TCP flag PSH.
 pub const PSH: u8 = 0x08;
+/// TCP flag RST.
 pub const RST: u8 = 0x04;
+/// TCP flag FIN.
 pub const FIN: u8 = 0x01;
 
 /// Sequence number [`Pkt::tcp`] gives every segment unless told otherwise.
@@ -62,20 +64,29 @@ pub const DEFAULT_SEQ: u32 = 0x0102_0304;
 /// Acknowledgment number [`Pkt::tcp`] gives every segment with ACK unless told otherwise.
 pub const DEFAULT_ACK: u32 = 0x0a0b_0c0d;
 
-/// IP protocol numbers.
+/// IP protocol number of TCP.
 pub const TCP: u8 = 6;
+/// IP protocol number of UDP.
 pub const UDP: u8 = 17;
+/// IP protocol number of ICMP.
 pub const ICMP: u8 = 1;
 
 /// A packet description; `build()` makes the bytes.
 #[derive(Clone, Debug)]
 pub struct Pkt {
+    /// Source address (its family is the packet's).
     pub src: IpAddr,
+    /// Destination address.
     pub dst: IpAddr,
+    /// Source port.
     pub sport: u16,
+    /// Destination port.
     pub dport: u16,
+    /// IP protocol ([`TCP`], [`UDP`], [`ICMP`]).
     pub proto: u8,
+    /// TCP flags.
     pub flags: u8,
+    /// L4 payload.
     pub payload: Vec<u8>,
     /// IPv4 options bytes (multiple of 4).
     pub ip_options: Vec<u8>,
@@ -90,6 +101,7 @@ pub struct Pkt {
 }
 
 impl Pkt {
+    /// A TCP segment with `flags` and the default sequence numbers.
     pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Pkt {
         Pkt {
             src: src.parse().unwrap(),
@@ -106,18 +118,22 @@ impl Pkt {
             ack: DEFAULT_ACK,
         }
     }
+    /// With sequence number `seq`.
     pub fn with_seq(mut self, seq: u32) -> Pkt {
         self.seq = seq;
         self
     }
+    /// With acknowledgment number `ack`.
     pub fn with_ack(mut self, ack: u32) -> Pkt {
         self.ack = ack;
         self
     }
+    /// With payload `p`.
     pub fn with_payload(mut self, p: &[u8]) -> Pkt {
         self.payload = p.to_vec();
         self
     }
+    /// With IP protocol `proto` (the L4 header follows it).
     pub fn proto(mut self, proto: u8) -> Pkt {
         self.proto = proto;
         self
@@ -241,4 +257,38 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         return Err("TCP checksum".into());
     }
     Ok(())
+}
+
+/// Sends `frames` (Ethernet frames as the test packet builder makes them; the Ethernet header
+/// is dropped) as raw IPv4 packets with the addresses they carry, spoofed or not, from the
+/// calling thread's namespace. Returns how many the kernel took.
+pub fn send_raw_v4(frames: impl IntoIterator<Item = Vec<u8>>) -> usize {
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let mut sent = 0;
+    for frame in frames {
+        let ip = &frame[14..];
+        let mut dst: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        dst.sin_family = libc::AF_INET as libc::sa_family_t;
+        dst.sin_addr.s_addr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        // SAFETY: valid buffer and address of the stated sizes. IPPROTO_RAW implies
+        // IP_HDRINCL: the kernel sends the header as given.
+        let rc = unsafe {
+            libc::sendto(
+                fd,
+                ip.as_ptr().cast(),
+                ip.len(),
+                0,
+                (&dst as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc == ip.len() as isize {
+            sent += 1;
+        }
+    }
+    // SAFETY: fd opened above.
+    unsafe { libc::close(fd) };
+    sent
 }

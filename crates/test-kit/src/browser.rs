@@ -1,44 +1,18 @@
 //! Headless Chromium driven through the DevTools protocol, for tests that check a page in a
-//! real browser (the status page, its hls.js player). Shared by switcher-ctl's status page test
-//! and the end-to-end test (included there with `#[path]`).
-#![allow(dead_code)]
+//! real browser (the status page, its hls.js player).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::process::Killed;
+
 /// Upper bound for each wait on the browser.
 pub const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A child process stopped and reaped when the test ends, passed or not.
-pub struct Killed(pub Child);
-
-/// How long a child gets to exit on SIGTERM before SIGKILL.
-const TERM_GRACE: Duration = Duration::from_secs(5);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // SIGTERM first: Chromium then stops and reaps its own helper processes, which a
-        // SIGKILL would leave behind.
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let start = Instant::now();
-        while start.elapsed() < TERM_GRACE {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Headless Chromium on `url` with remote debugging on a free port; returns the process and
 /// the DevTools port it printed.
@@ -87,31 +61,13 @@ pub fn start_chromium(url: &str, profile: &Path) -> (Killed, u16) {
     (child, port)
 }
 
-/// GET on the DevTools HTTP endpoint (it keeps connections open, so the body is read by
-/// its Content-Length, not to EOF).
+/// GET on the DevTools HTTP endpoint: its JSON.
 pub fn devtools_get(port: u16, path: &str) -> Value {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect devtools");
-    s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
-    write!(&s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").expect("devtools request");
-    let mut r = BufReader::new(s);
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).expect("devtools response head");
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().expect("content length");
-        }
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body).expect("devtools response body");
-    serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("devtools {path}: {e}: {}", String::from_utf8_lossy(&body)))
+    let response = crate::http::get_within(&format!("http://127.0.0.1:{port}{path}"), DEADLINE)
+        .unwrap_or_else(|e| panic!("devtools {path}: {e}"));
+    response
+        .json()
+        .unwrap_or_else(|e| panic!("devtools {path}: {e}: {}", response.text()))
 }
 
 /// A DevTools protocol session on the page.
@@ -121,6 +77,7 @@ pub struct Cdp {
 }
 
 impl Cdp {
+    /// Attaches to the page target of the browser whose DevTools listen on `port`.
     pub fn attach(port: u16) -> Self {
         let targets = devtools_get(port, "/json/list");
         let ws_url = targets
@@ -138,6 +95,7 @@ impl Cdp {
         Cdp { ws, next_id: 1 }
     }
 
+    /// Calls DevTools method `method`; its result (panics on a protocol error).
     pub fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
@@ -184,21 +142,21 @@ impl Cdp {
         expression: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let start = Instant::now();
-        loop {
+        let mut last = Value::Null;
+        let found = crate::wait::try_poll_until(DEADLINE, || {
             // An exception (the page still loading) counts as "not yet".
-            let v = match self.try_eval(expression) {
-                Ok(v) if pred(&v) => return v,
-                Ok(v) | Err(v) => v,
-            };
-            if start.elapsed() > DEADLINE {
-                let player = self.try_eval("document.getElementById('player-state').textContent");
-                let conn = self.try_eval("document.getElementById('conn').textContent");
-                panic!(
-                    "{what}: not after {DEADLINE:?}; last value {v}; player: {player:?}; page: {conn:?}"
-                );
+            match self.try_eval(expression) {
+                Ok(v) if pred(&v) => Some(v),
+                Ok(v) | Err(v) => {
+                    last = v;
+                    None
+                }
             }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        });
+        found.unwrap_or_else(|| {
+            let player = self.try_eval("document.getElementById('player-state').textContent");
+            let conn = self.try_eval("document.getElementById('conn').textContent");
+            panic!("{what}: not after {DEADLINE:?}; last value {last}; player: {player:?}; page: {conn:?}")
+        })
     }
 }

@@ -1,0 +1,146 @@
+//! A tiny keep-alive HTTP/1.1 server that says which origin answered (`/whoami`) and serves
+//! a large deterministic body (`/big`), and a raw keep-alive client that controls its own
+//! connection (which local port, when it closes), for data-plane tests where the connection
+//! itself is what is checked. For plain fetches use [`crate::http`].
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+/// Size of the large body `/big` serves.
+pub const BIG_LEN: usize = 1 << 20;
+
+/// Deterministic content of `/big`.
+pub fn big_body() -> Vec<u8> {
+    (0..BIG_LEN).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// Serves HTTP/1.1 keep-alive on `listener` until the process ends: `/whoami` answers `name`,
+/// `/big` answers [`big_body`]. One thread per connection.
+pub fn serve(listener: TcpListener, name: &'static str) {
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            thread::spawn(move || {
+                let _ = handle(conn, name);
+            });
+        }
+    });
+}
+
+fn handle(conn: TcpStream, name: &str) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut conn = conn;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+                break;
+            }
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let body: Vec<u8> = match path {
+            "/big" => big_body(),
+            _ => name.as_bytes().to_vec(),
+        };
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Origin: {name}\r\n\r\n",
+            body.len()
+        )?;
+        conn.write_all(&body)?;
+    }
+}
+
+/// A keep-alive HTTP client connection.
+/// One keep-alive connection.
+pub struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    /// Connects to `addr` (3 s connect timeout, 5 s read timeout).
+    pub fn connect(addr: &str) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Client { stream, reader })
+    }
+    /// Like [`Client::connect`], from local port `port` (SO_REUSEADDR, so a port whose last
+    /// connection is in TIME_WAIT can connect elsewhere).
+    pub fn connect_from(addr: &str, port: u16) -> std::io::Result<Client> {
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        let local: std::net::SocketAddr = match addr {
+            std::net::SocketAddr::V4(_) => ([127, 0, 0, 1], port).into(),
+            std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, port).into(),
+        };
+        socket.bind(&local.into())?;
+        socket.connect_timeout(&addr.into(), Duration::from_secs(3))?;
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Client { stream, reader })
+    }
+
+    /// The local (client) port of this connection.
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().expect("local address").port()
+    }
+
+    /// Closes this side and waits for the peer's FIN, so that no packet of the connection is
+    /// still in flight afterwards (the final ACK goes out as the FIN is taken in).
+    pub fn close(mut self) -> std::io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)?;
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest)?;
+        Ok(())
+    }
+
+    /// GET `path` on this connection; returns the body.
+    pub fn get(&mut self, path: &str) -> std::io::Result<Vec<u8>> {
+        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+        let mut len = None;
+        let mut status = String::new();
+        if self.reader.read_line(&mut status)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        loop {
+            let mut h = String::new();
+            if self.reader.read_line(&mut h)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed in headers",
+                ));
+            }
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse::<usize>().ok();
+            }
+        }
+        let mut body = vec![0u8; len.unwrap_or(0)];
+        self.reader.read_exact(&mut body)?;
+        Ok(body)
+    }
+}
+
+/// One request on a fresh connection.
+pub fn get_once(addr: &str, path: &str) -> std::io::Result<Vec<u8>> {
+    Client::connect(addr)?.get(path)
+}
