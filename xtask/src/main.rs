@@ -57,8 +57,9 @@ enum Cmd {
     Drill(drill::DrillArgs),
     /// Benchmarks against their peers (results appended to BENCHMARKS.md).
     Bench {
-        /// datapath | origin | ingest | packager | failover | all
-        name: String,
+        /// Which benchmark.
+        #[arg(value_enum)]
+        name: bench::Bench,
     },
     /// Write scripts/edge.env.example, the units' generated blocks, prometheus.yml's targets
     /// and the README's deployment table from xtask/src/layout.rs and the binaries' flags.
@@ -91,7 +92,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => testing::run(&ws, &args),
         Cmd::Run(args) => run::run(&ws, args),
         Cmd::Drill(args) => drill::run(&ws, args),
-        Cmd::Bench { name } => bench::run(&ws, &name),
+        Cmd::Bench { name } => bench::run(&ws, name),
         Cmd::Codegen { check } => {
             // The schemas come from the built binaries (switcher-ctl's build needs the eBPF
             // toolchain that setup installs).

@@ -78,6 +78,47 @@ pub struct StackConfig {
 }
 
 impl StackConfig {
+    /// The whole stack in `pair`'s edge namespace, as the end-to-end test and the failover
+    /// benchmark run it: the VIP on the edge address, the data plane on the edge veth with its
+    /// pins in `bpf`, a 640x360 test pattern, every service but switcher-ctl as the service
+    /// user, switcher-ctl's admin socket in `run_dir` (the default one under /run is shared by
+    /// every mount namespace, so two runs on one machine would collide there).
+    pub fn in_namespaces(
+        bin_dir: PathBuf,
+        run_dir: PathBuf,
+        pair: &test_kit::netns::Pair,
+        bpf: &test_kit::netns::BpfFs,
+    ) -> StackConfig {
+        let edge: std::net::Ipv4Addr = test_kit::netns::EDGE_V4.parse().expect("edge address");
+        let admin_socket = run_dir.join("admin.sock").to_string_lossy().into_owned();
+        StackConfig {
+            bin_dir,
+            run_dir,
+            iface: pair.edge_if.clone(),
+            vip: (edge, crate::layout::VIP_PORT).into(),
+            stream: crate::layout::STREAM.into(),
+            publisher: true,
+            video: (640, 360, 30),
+            netns: Some(pair.edge.name.clone()),
+            service_user: Some(SERVICE_USER.into()),
+            pin_root: bpf.pin_root(),
+            assets_dir: None,
+            switcher_args: vec!["--admin-socket".into(), admin_socket],
+            admin: SWITCHER_ADMIN.into(),
+            origins: crate::layout::DEFAULT_ORIGINS,
+        }
+    }
+
+    /// Where the drills inject faults into this stack.
+    pub fn fault_site(&self) -> crate::faults::Site {
+        crate::faults::Site {
+            netns: self.netns.clone(),
+            primary_port: ORIGIN_PORTS[0],
+            primary_stream_dir: hls_dir(&self.run_dir, "primary").join(&self.stream),
+            service_user: self.service_user.clone(),
+        }
+    }
+
     /// Where to reach the admin server from this host (an unspecified bind address is reached
     /// through loopback).
     pub fn admin_addr(&self) -> String {

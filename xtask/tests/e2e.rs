@@ -227,32 +227,13 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     let pair = Pair::new();
     let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     let run_dir = std::env::temp_dir().join(netns::unique("e2e"));
-    let cfg = StackConfig {
-        bin_dir: ws.join("target/debug"),
-        run_dir: run_dir.clone(),
-        iface: pair.edge_if.clone(),
-        vip: VIP.parse().unwrap(),
-        stream: "demo".into(),
-        publisher: true,
-        video: (640, 360, 30),
-        netns: Some(pair.edge.name.clone()),
-        service_user: Some("hlsedge".into()),
-        pin_root: bpf.pin_root(),
-        assets_dir: Some(ws.join("web/node_modules/hls.js/dist")),
-        // A short drain, so that hls.js's keep-alive connections, left on the backup by a
-        // switchback, are moved back to the primary before the next drill. A socket of this
-        // run's own: the default /run/switcher-ctl/admin.sock is shared by every mount
-        // namespace, so two e2e runs on one machine would collide there.
-        switcher_args: vec![
-            "--drain".into(),
-            "5".into(),
-            "--admin-socket".into(),
-            run_dir.join("admin.sock").to_string_lossy().into_owned(),
-        ],
-        // On the edge address too, so a browser in the client namespace reaches the page.
-        admin: "0.0.0.0:9180".parse().unwrap(),
-        origins: xtask::layout::DEFAULT_ORIGINS,
-    };
+    let mut cfg = StackConfig::in_namespaces(ws.join("target/debug"), run_dir.clone(), &pair, &bpf);
+    cfg.assets_dir = Some(ws.join("web/node_modules/hls.js/dist"));
+    // A short drain, so that hls.js's keep-alive connections, left on the backup by a
+    // switchback, are moved back to the primary before the next drill.
+    cfg.switcher_args.extend(["--drain".into(), "5".into()]);
+    // On the edge address too, so a browser in the client namespace reaches the page.
+    cfg.admin = "0.0.0.0:9180".parse().unwrap();
     let mut stack = Stack::new(cfg);
     stack.start_all().expect("stack starts");
     let client_ns = pair.client.name.clone();
@@ -332,19 +313,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
         "Number(document.querySelector('#origin-primary .msn').textContent)",
         |v| v.as_f64() > Some(1e6),
     );
-    let t0 = page
-        .wait_for(
-            "video starts",
-            "document.getElementById('player').currentTime",
-            |v| v.as_f64() > Some(0.0),
-        )
-        .as_f64()
-        .unwrap();
-    page.wait_for(
-        "video advances 2 s",
-        "document.getElementById('player').currentTime",
-        |v| v.as_f64().is_some_and(|t| t >= t0 + 2.0),
-    );
+    page.wait_video_advances("player", 2.0);
     // `E2E_SCREENSHOT=docs/status-page.png` keeps a picture of the page of this real run.
     if let Some(path) = std::env::var_os("E2E_SCREENSHOT") {
         use base64::Engine as _;
@@ -363,12 +332,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
 
     // Every failure class, each with a fresh recording player and hls.js watching, then a
     // switchback. The primary is active before each drill.
-    let site = Site {
-        netns: Some(pair.edge.name.clone()),
-        primary_port: xtask::stack::ORIGIN_PORTS[0],
-        primary_stream_dir: xtask::stack::hls_dir(&run_dir, "primary").join("demo"),
-        service_user: Some("hlsedge".into()),
-    };
+    let site = stack.cfg.fault_site();
     // `E2E_DRILLS=origin-partition,...` runs only those (when chasing one failure class).
     let only = std::env::var("E2E_DRILLS").unwrap_or_default();
     for fault in Fault::ALL {

@@ -17,11 +17,13 @@ use rtmp::handshake::ClientHandshake;
 use rtmp::message::{Message, build, csid, type_id};
 use rtmp::{PlayClient, PlayEvent};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use test_kit::process::Killed;
+use test_kit::process::strip_ansi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -38,23 +40,6 @@ struct Ingest {
     child: Child,
     rtmp: SocketAddr,
     admin: SocketAddr,
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl Ingest {
@@ -112,11 +97,9 @@ impl Ingest {
 
     /// Every sample of `/metrics`, by name with labels.
     fn metrics(&self) -> HashMap<String, f64> {
-        let mut s = std::net::TcpStream::connect(self.admin).expect("admin connect");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .expect("admin write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("admin read");
+        let body = test_kit::http::get(&format!("http://{}/metrics", self.admin))
+            .expect("GET the admin's /metrics")
+            .text();
         body.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {
@@ -135,15 +118,13 @@ impl Ingest {
 
     /// Waits until `pred(metric)` holds.
     async fn wait_metric(&self, name: &str, what: &str, pred: impl Fn(f64) -> bool) -> f64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let v = self.metric(name);
-            if pred(v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{what}: {name} stayed at {v}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut last = f64::NAN;
+        let held = test_kit::wait::try_poll_until_async(WAIT, || {
+            last = self.metric(name);
+            std::future::ready(pred(last).then_some(last))
+        })
+        .await;
+        held.unwrap_or_else(|| panic!("{what}: {name} stayed at {last}"))
     }
 }
 
@@ -162,41 +143,22 @@ const BUFFERED_STREAMS: &str = "ingest_buffered_bytes{buffer=\"streams\"}";
 // ---------------------------------------------------------------------------------------
 
 /// ffmpeg publishing the test pattern (from 127.0.0.1) until dropped or `seconds` pass.
-struct Publisher(Child);
+struct Publisher(Killed);
 
 impl Publisher {
     fn spawn(url: &str, seconds: u32) -> Self {
-        let child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-re"])
-            .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
-            .args(["-f", "lavfi", "-i", "sine"])
-            .args(["-t", &seconds.to_string()])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-            ])
-            .args(["-g", "25", "-c:a", "aac", "-f", "flv", url])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("ffmpeg installed (Debian package ffmpeg)");
-        Publisher(child)
+        Publisher(
+            test_kit::Publisher::new(320, 240, 25)
+                .realtime()
+                .seconds(seconds)
+                .zerolatency()
+                .gop(25)
+                .spawn(url),
+        )
     }
 
     fn wait(mut self) -> bool {
-        self.0.wait().expect("wait ffmpeg").success()
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.wait().success()
     }
 }
 
@@ -205,7 +167,7 @@ async fn good_player_decodes(url: &str, dir: &Path, name: &str) {
     let file = dir.join(format!("{name}.flv"));
     let (url, f) = (url.to_owned(), file.clone());
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("ffmpeg")
+        let child = Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-i", &url])
             .args(["-t", "2", "-c", "copy", "-y"])
             .arg(&f)
@@ -214,15 +176,8 @@ async fn good_player_decodes(url: &str, dir: &Path, name: &str) {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ffmpeg player");
-        let deadline = Instant::now() + WAIT;
-        while child.try_wait().expect("wait").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.wait();
+        // A live stream does not end: the player stops after its 2 s of media, or is stopped.
+        Killed(child).wait_within(WAIT);
     })
     .await
     .expect("player thread");
@@ -812,17 +767,10 @@ fn packager_bin() -> PathBuf {
 async fn oversize_metadata_is_refused_and_the_packager_keeps_segmenting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clip = dir.path().join("clip.flv");
-    let ok = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
-        .args(["-f", "lavfi", "-i", "sine", "-t", "9"])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25"])
-        .args(["-c:a", "aac", "-f", "flv"])
-        .arg(&clip)
-        .status()
-        .expect("ffmpeg installed")
-        .success();
-    assert!(ok, "encoding the clip");
+    test_kit::Publisher::new(320, 240, 25)
+        .seconds(9)
+        .gop(25)
+        .encode(&clip);
     let tags = flv_tags(&std::fs::read(&clip).expect("clip"));
     let ingest = Ingest::start(&[]);
     let out = dir.path().join("hls");
@@ -921,25 +869,19 @@ async fn oversize_metadata_is_refused_and_the_packager_keeps_segmenting() {
     assert_eq!(ingest.metric("ingest_metadata_dropped_total"), 1.0);
     // The packager cut segments from the attacked stream.
     let stream_dir = out.join("meta");
-    let deadline = Instant::now() + WAIT;
-    let segments = loop {
-        let n = std::fs::read_dir(&stream_dir)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".ts"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if n >= 3 || Instant::now() > deadline {
-            break n;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let segments = || {
+        std::fs::read_dir(&stream_dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".ts"))
+                .count()
+        })
     };
-    assert!(
-        segments >= 3,
-        "packager wrote {segments} segments in {}",
-        stream_dir.display()
-    );
+    test_kit::wait_until_async(
+        WAIT,
+        &format!("the packager writes 3 segments in {}", stream_dir.display()),
+        || std::future::ready(segments() >= 3),
+    )
+    .await;
     assert!(stream_dir.join("index.m3u8").exists());
     // A good ffmpeg publisher and player on the same ingest, after the attack.
     let _good = Publisher::spawn(&ingest.url("good"), 30);

@@ -6,9 +6,10 @@ use ingest::{Config, Server};
 use rtmp::{PlayClient, PlayEvent};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use test_kit::process::Killed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -50,75 +51,45 @@ impl TestServer {
 
     /// Waits until the number of publishers reaches `n` (the readiness signal).
     async fn wait_publishers(&self, n: i64) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while self.server.metrics.publishers.get() != n {
-            assert!(Instant::now() < deadline, "publishers never reached {n}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        test_kit::wait_until_async(READY_TIMEOUT, &format!("{n} publishers"), || {
+            std::future::ready(self.server.metrics.publishers.get() == n)
+        })
+        .await;
     }
 }
 
-/// ffmpeg publishing the test pattern for `seconds`.
-struct Publisher(Child);
+/// ffmpeg publishing the test pattern for `seconds`; its stderr is kept for [`finish`].
+///
+/// [`finish`]: Publisher::finish
+struct Publisher(Killed);
 
 impl Publisher {
     fn spawn(url: &str, seconds: u32) -> Self {
-        let child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-re"])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=320x240:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine",
-            ])
-            .args(["-t", &seconds.to_string()])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-                "-g",
-                "30",
-                "-c:a",
-                "aac",
-            ])
-            .args(["-f", "flv", url])
-            .stdin(Stdio::null())
+        let child = test_kit::Publisher::new(320, 240, 30)
+            .realtime()
+            .seconds(seconds)
+            .zerolatency()
+            .gop(30)
+            .command(url)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("ffmpeg installed (Debian package ffmpeg)");
-        Publisher(child)
+        Publisher(Killed(child))
     }
 
     /// Waits for exit (bounded), returning (success, stderr).
     fn finish(mut self, within: Duration) -> (bool, String) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.0.try_wait().expect("wait ffmpeg") {
-                let mut err = String::new();
-                if let Some(mut e) = self.0.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                return (status.success(), err);
-            }
-            assert!(Instant::now() < deadline, "ffmpeg did not exit in time");
-            std::thread::sleep(Duration::from_millis(50));
+        let status = self
+            .0
+            .wait_within(within)
+            .expect("ffmpeg did not exit in time");
+        let mut err = String::new();
+        if let Some(mut e) = self.0.0.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
         }
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        (status.success(), err)
     }
 }
 
@@ -160,21 +131,13 @@ fn assert_decodes_h264_and_aac(file: &std::path::Path) {
 /// Runs a blocking command with a deadline, killing it when the deadline passes (players
 /// of a live stream do not end on their own).
 fn run_for(cmd: &mut Command, dur: Duration) {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn player");
-    let deadline = Instant::now() + dur;
-    while Instant::now() < deadline {
-        if child.try_wait().expect("wait").is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    Killed(child).wait_within(dur);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,32 +409,14 @@ async fn merged_reads_keep_up_with_a_high_bitrate_publisher() {
     // `cargo xtask bench ingest`, not for a test.)
     let dir = tempfile::tempdir().expect("tempdir");
     let clip = dir.path().join("noise.flv");
-    let status = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg("nullsrc=s=640x360:r=30,geq=lum='random(1)*255':cb=128:cr=128")
-        .args([
-            "-t",
-            "4",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-qp",
-            "10",
-        ])
-        .args(["-g", "30", "-pix_fmt", "yuv420p", "-f", "flv"])
-        .arg(&clip)
-        .status()
-        .expect("ffmpeg installed");
-    assert!(status.success(), "encoding the noise clip");
+    test_kit::Publisher::new(640, 360, 30)
+        .video_source("nullsrc=s=640x360:r=30,geq=lum='random(1)*255':cb=128:cr=128")
+        .no_audio()
+        .seconds(4)
+        .output_args(["-qp", "10"])
+        .gop(30)
+        .yuv420p()
+        .encode(&clip);
     let mbit = std::fs::metadata(&clip).expect("clip").len() as f64 * 8.0 / 4.0 / 1e6;
     assert!(mbit > 40.0, "clip is only {mbit:.1} Mbit/s");
 

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use test_kit::process::strip_ansi;
 
 /// The h2 connection preface (RFC 9113 section 3.4) followed by an empty SETTINGS frame:
 /// everything a client must send before its first request.
@@ -132,24 +133,6 @@ fn socket2_free_connect(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
         stream.set_nonblocking(false).expect("blocking");
         stream
     })
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters final-letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Reads until the server closes the connection; `true` if it did before the guard fired.

@@ -218,11 +218,11 @@ async fn graceful_shutdown_finishes_in_flight_response() {
     server.signal_shutdown();
     let task = server.take_task();
     // New connections are refused once the listener is dropped.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        TcpStream::connect(server.addr).await.is_err(),
-        "still accepting after shutdown"
-    );
+    let addr = server.addr;
+    test_kit::wait_until_async(CLIENT_TIMEOUT, "the listener closes", move || async move {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     assert!(
         !task.is_finished(),
         "run returned while a response was in flight"

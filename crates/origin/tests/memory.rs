@@ -6,8 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{Server, metric};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::Empty;
 use tokio::net::TcpStream;
 
 /// Segments in the playlist window, as the packager keeps them on disk.
@@ -21,11 +20,7 @@ async fn deleted_segments_are_released_from_the_cache() {
     let server = Server::start(|_| {}).await;
     // h2 with prior knowledge over plain TCP: served by hyper, through the segment cache.
     let tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = common::h2_client(tcp).await;
 
     // A live stream: each new segment is written, fetched, and the one WINDOW behind deleted.
     for i in 0..SEGMENTS {
@@ -36,13 +31,7 @@ async fn deleted_segments_are_released_from_the_cache() {
             .expect("request");
         let response = sender.send_request(request).await.expect("h2 request");
         assert_eq!(response.status(), 200);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        assert_eq!(body.len(), SEGMENT_BYTES);
+        assert_eq!(common::body(response).await.len(), SEGMENT_BYTES);
         if i >= WINDOW {
             std::fs::remove_file(server.root().join(format!("demo/live{}.ts", i - WINDOW)))
                 .expect("delete the segment that left the window");
@@ -55,12 +44,7 @@ async fn deleted_segments_are_released_from_the_cache() {
             .body(Empty::<Bytes>::new())
             .expect("request");
         let response = sender.send_request(request).await.expect("h2 request");
-        response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
+        common::body(response).await
     };
     let last = SEGMENTS - 1;
     assert_eq!(

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{PLAYLIST, Server};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -68,11 +68,7 @@ async fn tls_serves_h2_by_alpn() {
         Some(&b"h2"[..]),
         "server must pick h2"
     );
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = common::h2_client(tls).await;
     let response = sender.send_request(request()).await.expect("h2 request");
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_2);
@@ -80,13 +76,7 @@ async fn tls_serves_h2_by_alpn() {
         response.headers()["content-type"],
         "application/vnd.apple.mpegurl"
     );
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    assert_eq!(body, PLAYLIST.as_bytes());
+    assert_eq!(common::body(response).await, PLAYLIST.as_bytes());
 }
 
 #[tokio::test]
@@ -101,13 +91,7 @@ async fn tls_serves_http1_by_alpn() {
     let response = sender.send_request(request()).await.expect("h1 request");
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_11);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    assert_eq!(body, PLAYLIST.as_bytes());
+    assert_eq!(common::body(response).await, PLAYLIST.as_bytes());
 }
 
 #[tokio::test]

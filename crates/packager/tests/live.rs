@@ -1,25 +1,75 @@
 //! Live: ffmpeg publishes a test pattern to our ingest (in-process, port 0); two packagers
-//! started 3.5 s apart pull it over RTMP; every segment both wrote is byte-identical and listed
-//! alike.
+//! pull it over RTMP, the second from after the first wrote a segment; every segment both
+//! wrote is byte-identical and listed alike.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use packager::metrics::Metrics;
-use packager::source::{Pipeline, RtmpConnector};
+use packager::source::{Connector, EventStream, Pipeline, RtmpConnector, SourceError};
 use packager::writer::{PLAYLIST_NAME, Writer};
-use packager::{Config, Packager};
+use packager::{Config, Event, Packager};
+use test_kit::{Publisher, wait_until};
 use tokio_util::sync::CancellationToken;
 
 /// Seconds of test pattern the publisher sends (real time).
 const PUBLISH_SECS: u32 = 16;
 const STREAM: &str = "demo";
+/// Bound on each wait (the publisher runs for `PUBLISH_SECS`).
+const WAIT: Duration = Duration::from_secs(30);
 
-fn start_packager(url: String, out: &Path, stop: CancellationToken) -> std::thread::JoinHandle<()> {
+/// The RTMP connector, counting the ends of stream (UnpublishNotify, as
+/// [`Event::EndOfSession`]) the pipeline has handled: it asks for the next event only once it
+/// handled the one before.
+struct Counting {
+    inner: RtmpConnector,
+    ended: Arc<AtomicUsize>,
+}
+
+impl Connector for Counting {
+    fn connect(&mut self, stop: &CancellationToken) -> Result<Box<dyn EventStream>, SourceError> {
+        Ok(Box::new(Watched {
+            inner: self.inner.connect(stop)?,
+            end_in_hand: false,
+            ended: self.ended.clone(),
+        }))
+    }
+}
+
+/// One session of [`Counting`].
+struct Watched {
+    inner: Box<dyn EventStream>,
+    /// The last event given out was the end of the stream.
+    end_in_hand: bool,
+    ended: Arc<AtomicUsize>,
+}
+
+impl EventStream for Watched {
+    fn next_event(&mut self) -> Result<Option<Event>, SourceError> {
+        if std::mem::take(&mut self.end_in_hand) {
+            self.ended.fetch_add(1, Ordering::SeqCst);
+        }
+        let next = self.inner.next_event();
+        self.end_in_hand = matches!(next, Ok(Some(Event::EndOfSession)));
+        next
+    }
+
+    fn set_idle_hint(&mut self, until_cut: Option<Duration>) {
+        self.inner.set_idle_hint(until_cut);
+    }
+}
+
+/// A packager thread, and the count of ends of stream it handled.
+fn start_packager(
+    url: String,
+    out: &Path,
+    stop: CancellationToken,
+) -> (std::thread::JoinHandle<()>, Arc<AtomicUsize>) {
     let mut pipeline = Pipeline {
         stream: STREAM.into(),
         packager: Packager::new(Config::default()),
@@ -27,9 +77,22 @@ fn start_packager(url: String, out: &Path, stop: CancellationToken) -> std::thre
         writer: Writer::new(out.join(STREAM), Duration::from_secs(600)),
         metrics: Metrics::new(),
     };
-    std::thread::spawn(move || {
-        let mut connector = RtmpConnector::new(url, Duration::from_secs(5)).expect("runtime");
-        pipeline.run(&mut connector, &stop);
+    let ended = Arc::new(AtomicUsize::new(0));
+    let mut connector = Counting {
+        inner: RtmpConnector::new(url, Duration::from_secs(5)).expect("runtime"),
+        ended: ended.clone(),
+    };
+    let thread = std::thread::spawn(move || pipeline.run(&mut connector, &stop));
+    (thread, ended)
+}
+
+/// Whether `dir` holds a finished segment.
+fn has_segment(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".ts") && !name.starts_with('.')
+        })
     })
 }
 
@@ -67,47 +130,24 @@ fn two_packagers_behind_the_ingest_write_identical_segments() {
         let _ = stopped.await;
     }));
     let url = format!("rtmp://127.0.0.1:{port}/live/{STREAM}");
-    let mut ffmpeg = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine",
-        ])
-        .args([
-            "-t",
-            &PUBLISH_SECS.to_string(),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "60",
-            "-keyint_min",
-            "60",
-        ])
-        .args(["-sc_threshold", "0", "-c:a", "aac", "-f", "flv", &url])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("ffmpeg must be installed");
+    let mut ffmpeg = Publisher::new(320, 240, 30)
+        .realtime()
+        .seconds(PUBLISH_SECS)
+        .fixed_gop(60)
+        .spawn(&url);
     let stop = CancellationToken::new();
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = start_packager(url.clone(), &dir_a, stop.clone());
+    let (a, a_ended) = start_packager(url.clone(), &dir_a, stop.clone());
     // The backup joins mid-stream, as after a restart: the ingest gives it the GOP cache.
-    std::thread::sleep(Duration::from_millis(3500));
-    let b = start_packager(url, &dir_b, stop.clone());
-    let status = ffmpeg.wait().expect("ffmpeg ran");
-    assert!(status.success(), "publisher failed");
-    // The publisher is gone; let UnpublishNotify reach both, then stop everything.
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(WAIT, "the primary writes its first segment", || {
+        has_segment(&dir_a.join(STREAM))
+    });
+    let (b, b_ended) = start_packager(url, &dir_b, stop.clone());
+    assert!(ffmpeg.wait().success(), "publisher failed");
+    // The publisher is gone: once both packagers handled its UnpublishNotify, stop everything.
+    wait_until(WAIT, "both packagers see the end of the stream", || {
+        a_ended.load(Ordering::SeqCst) >= 1 && b_ended.load(Ordering::SeqCst) >= 1
+    });
     stop.cancel();
     let _ = stop_ingest.send(());
     rt.block_on(ingest_task)
@@ -136,7 +176,7 @@ fn two_packagers_behind_the_ingest_write_identical_segments() {
         common::check_ts(data);
         common += 1;
     }
-    // 16 s at 2 s per segment; the backup joined 3.5 s later and drops the partial one.
+    // 16 s at 2 s per segment; the backup joined after the first and drops the partial one.
     assert!(
         common >= 4,
         "only {common} common segments (primary {}, backup {})",

@@ -10,12 +10,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use packager::writer::{PLAYLIST_NAME, Writer};
 use packager::{Config, Event, Output, Packager};
+use test_kit::Publisher;
+use test_kit::process::Killed;
 
 const STREAM: &str = "demo";
 /// Short, so the test sees deletions soon; the rule is the same for the default 14 s.
@@ -23,16 +25,6 @@ const GRACE_SECS: u64 = 1;
 /// Generous bound on each wait (a loaded CI machine, the packager's reconnect backoff of up to
 /// 8 s); the waits end on what they wait for, not on this.
 const WAIT: Duration = Duration::from_secs(90);
-
-/// Kills the child when the test ends, passed or not.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Segment file names in `dir`.
 fn segment_files(dir: &Path) -> BTreeSet<String> {
@@ -82,7 +74,7 @@ fn earlier_run(tmp: &Path, dir: &Path) -> (Vec<String>, Vec<String>) {
     (listed(dir), retired)
 }
 
-fn spawn_packager(port: u16, out: &Path) -> KillOnDrop {
+fn spawn_packager(port: u16, out: &Path) -> Killed {
     let child = Command::new(env!("CARGO_BIN_EXE_packager"))
         .args([
             "--source",
@@ -96,21 +88,15 @@ fn spawn_packager(port: u16, out: &Path) -> KillOnDrop {
         .stdin(Stdio::null())
         .spawn()
         .expect("start the packager binary");
-    KillOnDrop(child)
+    Killed(child)
 }
 
-fn spawn_publisher(port: u16) -> KillOnDrop {
-    let child = Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-re", "-f", "lavfi"])
-        .args(["-i", "testsrc2=size=320x240:rate=30", "-re", "-f", "lavfi"])
-        .args(["-i", "sine", "-t", "60", "-c:v", "libx264"])
-        .args(["-preset", "ultrafast", "-g", "60", "-keyint_min", "60"])
-        .args(["-sc_threshold", "0", "-c:a", "aac", "-f", "flv"])
-        .arg(format!("rtmp://127.0.0.1:{port}/live/{STREAM}"))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("ffmpeg must be installed");
-    KillOnDrop(child)
+fn spawn_publisher(port: u16) -> Killed {
+    Publisher::new(320, 240, 30)
+        .realtime()
+        .seconds(60)
+        .fixed_gop(60)
+        .spawn(&format!("rtmp://127.0.0.1:{port}/live/{STREAM}"))
 }
 
 /// Polls `done` every 20 ms, checking the playlist on disk each time, until `done` or [`WAIT`].

@@ -201,13 +201,10 @@ async fn shutdown_stops_sources_blocked_on_a_silent_or_idle_ingest() {
         .expect("join")
         .expect("the packager connects to the silent server");
     let connected = metrics.source_connected.with_label_values(&["idle"]);
-    tokio::time::timeout(HANG, async {
-        while connected.get() != 1 || ingest.metrics.subscribers.get() != 1 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    test_kit::wait_until_async(HANG, "the idle source plays the stream", || {
+        std::future::ready(connected.get() == 1 && ingest.metrics.subscribers.get() == 1)
     })
-    .await
-    .expect("the idle source plays the stream");
+    .await;
 
     let _ = stop.send(());
     tokio::time::timeout(HANG, run)
@@ -220,13 +217,10 @@ async fn shutdown_stops_sources_blocked_on_a_silent_or_idle_ingest() {
     tokio::task::spawn_blocking(move || assert_closed_by_peer(handshake, "handshake"))
         .await
         .expect("join");
-    tokio::time::timeout(HANG, async {
-        while ingest.metrics.subscribers.get() != 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    test_kit::wait_until_async(HANG, "the ingest sees its player leave", || {
+        std::future::ready(ingest.metrics.subscribers.get() == 0)
     })
-    .await
-    .expect("the ingest sees its player leave");
+    .await;
     let _ = stop_ingest.send(());
     ingest_task.await.expect("ingest task").expect("ingest");
 }

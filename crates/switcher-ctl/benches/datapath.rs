@@ -41,6 +41,7 @@ use switcher_ctl::{
 };
 use test_kit::netns::{self, BpfFs, EDGE_V4, Netns, Pair};
 use test_kit::packet::{ACK, Pkt, SYN};
+use test_kit::process::pin_to_cpu;
 
 const REPEAT: u32 = 1_000_000;
 /// Repetitions of each BPF_PROG_TEST_RUN measurement, ours and the empty program's
@@ -397,23 +398,6 @@ fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig, peer_column:
         median(ratios)
     )
     .unwrap();
-}
-
-/// Pins the calling thread to one CPU.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0, ...) act
-    // on it and on the calling thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(
-            rc,
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 /// The origin binary the wrk runs use.

@@ -10,7 +10,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switcher_common::{ORIGIN_BACKUP, ORIGIN_PRIMARY};
 use switcher_ctl::{
@@ -19,6 +19,7 @@ use switcher_ctl::{
 };
 use test_kit::keepalive::{Client, serve};
 use test_kit::netns::{BpfFs, Pair};
+use test_kit::wait_until;
 
 /// Failsafe read timeout of the stranded viewer: without an abort its read would wait this
 /// long and fail with `TimedOut`, which the test reports; the abort makes it fail with a reset
@@ -83,13 +84,8 @@ fn start_streaming_viewer(pair: &Pair) -> Reading {
     state
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// Bound on each wait.
+const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
@@ -134,7 +130,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
     });
     // A viewer the primary is delivering a response to, right now.
     let streaming = start_streaming_viewer(&pair);
-    wait_until("the streaming viewer receives", || {
+    wait_until(WAIT, "the streaming viewer receives", || {
         streaming.lock().expect("lock").0 > 1 << 20
     });
     // A connection straight to the primary's port from the edge (not through the VIP).
@@ -205,7 +201,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
     // The delivering connection keeps receiving; once the finish time is over (the caller
     // stops asking to finish), it is reset too.
     let before = streaming.lock().expect("lock").0;
-    wait_until("the finishing viewer still receives", || {
+    wait_until(WAIT, "the finishing viewer still receives", || {
         streaming.lock().expect("lock").0 > before + (1 << 20)
     });
     assert_eq!(streaming.lock().expect("lock").1, None);
@@ -216,7 +212,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
         (a, dp)
     });
     assert_eq!((cut.reset, cut.finishing), (1, 0));
-    wait_until("the finishing viewer is reset", || {
+    wait_until(WAIT, "the finishing viewer is reset", || {
         streaming.lock().expect("lock").1.is_some()
     });
     assert_eq!(

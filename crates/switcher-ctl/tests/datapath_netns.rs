@@ -18,6 +18,7 @@ use switcher_ctl::{
 use test_kit::keepalive::{BIG_LEN, Client, big_body, get_once, serve};
 use test_kit::netns::{self, BpfFs, CLIENT_V4, EDGE_V4, EDGE_V6, Netns, Pair};
 use test_kit::packet::{ACK, Pkt, SYN, send_raw_v4};
+use test_kit::process::pin_to_cpu;
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -459,23 +460,6 @@ fn spoofed_flood_does_not_evict_a_viewer() {
         .run(move || Pinned::attach(&bigger).expect("re-attach adopts"));
     assert_eq!(dp.flow_capacity().unwrap(), capacity);
     assert_eq!(viewer.get("/whoami").unwrap(), b"primary");
-}
-
-/// Pins the calling thread to one CPU.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0, ...) act
-    // on it and on the calling thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(
-            rc,
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 /// Sizes below the minimum are refused before anything is attached.

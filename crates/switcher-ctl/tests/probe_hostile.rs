@@ -308,21 +308,18 @@ async fn service_keeps_running_against_a_hostile_origin() {
             let _ = stopped.await;
         },
     ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let healthz = || async move {
         let (_, body) = http(admin, "GET", "/healthz", "").await;
-        let h: serde_json::Value = serde_json::from_str(&body).expect("json");
-        if h["active"] == "backup" {
-            let err = h["origins"]["primary"]["last_error"].as_str().unwrap_or("");
-            assert!(err.contains("invalid playlist"), "{h:#}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never failed over from the hostile primary: {h:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")
+    };
+    let h = test_kit::wait::try_poll_until_async(Duration::from_secs(10), || async move {
+        let h = healthz().await;
+        (h["active"] == "backup").then_some(h)
+    })
+    .await
+    .unwrap_or_else(|| panic!("never failed over from the hostile primary"));
+    let err = h["origins"]["primary"]["last_error"].as_str().unwrap_or("");
+    assert!(err.contains("invalid playlist"), "{h:#}");
     drop(stop);
     task.await
         .expect("service task did not panic")

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     Call, FakeDataPlane, Reply, TempDir, TestServer, admin_socket, http, over_socket,
@@ -118,20 +118,40 @@ impl Running {
             .expect("number")
     }
 
+    /// Probes of `origin` so far (each probe window probes each origin once; a first bad
+    /// window is confirmed by an immediate second probe).
+    async fn probes(&self, origin: &str) -> f64 {
+        self.metric(&format!(
+            "probe_duration_seconds_count{{origin=\"{origin}\"}}"
+        ))
+        .await
+    }
+
+    /// Waits until both origins have been probed good; that /healthz.
+    async fn wait_both_good(&self) -> Value {
+        self.wait_for("both origins probed good", |h| {
+            probed_good(h, "primary") && probed_good(h, "backup")
+        })
+        .await
+    }
+
     /// Polls /healthz until `pred` holds; returns the JSON that satisfied it.
     async fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
+        let last = std::sync::Mutex::new(Value::Null);
+        let (last_ref, pred) = (&last, &pred);
+        let held = test_kit::wait::try_poll_until_async(DEADLINE, move || async move {
             let h = self.healthz().await;
             if pred(&h) {
-                return h;
+                return Some(h);
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {what}; last /healthz:\n{h:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            *last_ref.lock().expect("last /healthz") = h;
+            None
+        })
+        .await;
+        held.unwrap_or_else(|| {
+            let last = last.lock().expect("last /healthz");
+            panic!("timed out waiting for {what}; last /healthz:\n{last:#}")
+        })
     }
 
     async fn stop(mut self) {
@@ -154,11 +174,7 @@ async fn stale_primary_fails_over_and_switches_back() {
     let backup = origin(Arc::new(AtomicBool::new(false))).await;
     let run = Running::start(&primary, &backup, 2).await;
 
-    let h = run
-        .wait_for("both origins probed good", |h| {
-            probed_good(h, "primary") && probed_good(h, "backup")
-        })
-        .await;
+    let h = run.wait_both_good().await;
     assert_eq!(h["active"], "primary");
     assert_eq!(h["mode"], "auto");
     assert_eq!(h["origins"]["primary"]["msn"], MSN);
@@ -204,22 +220,19 @@ async fn stale_primary_fails_over_and_switches_back() {
 async fn killed_primary_fails_over_at_once_and_comes_back() {
     // Hysteresis of 40 windows x 50 ms = 2 s: only "refused counts at once" flips sooner.
     const WINDOWS: u32 = 40;
-    let hysteresis = Duration::from_secs_f64(INTERVAL_SECONDS * f64::from(WINDOWS));
     let mut primary = origin(Arc::new(AtomicBool::new(false))).await;
     let backup = origin(Arc::new(AtomicBool::new(false))).await;
     let run = Running::start(&primary, &backup, WINDOWS).await;
-    run.wait_for("both origins probed good", |h| {
-        probed_good(h, "primary") && probed_good(h, "backup")
-    })
-    .await;
+    run.wait_both_good().await;
 
-    let killed = Instant::now();
+    let before_kill = run.probes("primary").await;
     primary.kill().await;
     let h = run.wait_for("failover", |h| h["active"] == "backup").await;
-    let took = killed.elapsed();
+    // Counted in probes, not in time: the flip came long before the hysteresis's windows.
+    let probes = run.probes("primary").await - before_kill;
     assert!(
-        took < hysteresis / 2,
-        "refused connection flipped in {took:?}, hysteresis would take {hysteresis:?}"
+        probes < f64::from(WINDOWS / 2),
+        "refused connection flipped after {probes} probes, hysteresis is {WINDOWS} windows"
     );
     assert_eq!(h["origins"]["primary"]["last_error"], "connection refused");
     assert_eq!(run.dp.active(), ORIGIN_BACKUP);
@@ -231,17 +244,16 @@ async fn killed_primary_fails_over_at_once_and_comes_back() {
             >= 1.0
     );
 
+    let before_restart = run.probes("primary").await;
     primary.restart().await;
-    let restored = Instant::now();
     let h = run
         .wait_for("switchback", |h| h["active"] == "primary")
         .await;
-    // The first good window can come right after the restart: 39 intervals at least.
-    let good_windows = Duration::from_secs_f64(INTERVAL_SECONDS * f64::from(WINDOWS - 1));
+    // The first good window can come right after the restart: 39 probes after it at least.
+    let probes = run.probes("primary").await - before_restart;
     assert!(
-        restored.elapsed() >= good_windows,
-        "switchback after {:?}, before {WINDOWS} good windows:\n{h:#}",
-        restored.elapsed()
+        probes >= f64::from(WINDOWS - 1),
+        "switchback after {probes} probes, before {WINDOWS} good windows:\n{h:#}"
     );
     assert_eq!(run.metric("switchbacks_total").await, 1.0);
     run.stop().await;
@@ -252,10 +264,7 @@ async fn override_endpoint_pins_and_releases() {
     let primary = origin(Arc::new(AtomicBool::new(false))).await;
     let backup = origin(Arc::new(AtomicBool::new(false))).await;
     let run = Running::start(&primary, &backup, 2).await;
-    run.wait_for("both origins probed good", |h| {
-        probed_good(h, "primary") && probed_good(h, "backup")
-    })
-    .await;
+    run.wait_both_good().await;
 
     let (status, body) = over_socket(&run.socket, "POST", "/override", "backup").await;
     assert_eq!(status, 200, "{body}");
@@ -266,8 +275,12 @@ async fn override_endpoint_pins_and_releases() {
         (Some("manual"), Some("backup"))
     );
     // A few windows later the healthy primary is still not taken back.
-    let pinned_windows = Duration::from_secs_f64(INTERVAL_SECONDS * 5.0);
-    tokio::time::sleep(pinned_windows).await;
+    let pinned_from = run.probes("primary").await;
+    let running = &run;
+    test_kit::wait_until_async(DEADLINE, "5 more probe windows", move || async move {
+        running.probes("primary").await >= pinned_from + 5.0
+    })
+    .await;
     assert_eq!(run.healthz().await["active"], "backup");
 
     let (status, _) = over_socket(&run.socket, "POST", "/override", "{\"mode\": \"auto\"}").await;
@@ -292,10 +305,7 @@ async fn both_dead_answers_503_and_stays() {
     let mut primary = origin(Arc::new(AtomicBool::new(false))).await;
     let mut backup = origin(Arc::new(AtomicBool::new(false))).await;
     let run = Running::start(&primary, &backup, 2).await;
-    run.wait_for("both origins probed good", |h| {
-        probed_good(h, "primary") && probed_good(h, "backup")
-    })
-    .await;
+    run.wait_both_good().await;
     backup.kill().await;
     primary.kill().await;
     let h = run.wait_for("both bad", |h| h["both_bad"] == true).await;
@@ -336,10 +346,7 @@ async fn cross_site_requests_are_refused_and_change_nothing() {
     let primary = origin(Arc::new(AtomicBool::new(false))).await;
     let backup = origin(Arc::new(AtomicBool::new(false))).await;
     let run = Running::start(&primary, &backup, 2).await;
-    run.wait_for("both origins probed good", |h| {
-        probed_good(h, "primary") && probed_good(h, "backup")
-    })
-    .await;
+    run.wait_both_good().await;
 
     // The attack of issue 13 verbatim: a page on evil.example posting a text/plain body (no
     // CORS preflight) through a rebound name.
@@ -400,10 +407,7 @@ async fn admin_socket_is_private_and_refuses_to_pin_a_bad_origin_unless_forced()
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
-    run.wait_for("both origins probed good", |h| {
-        probed_good(h, "primary") && probed_good(h, "backup")
-    })
-    .await;
+    run.wait_both_good().await;
     backup.kill().await;
     run.wait_for("backup bad", |h| {
         !h["origins"]["backup"]["last_error"].is_null()

@@ -159,4 +159,21 @@ impl Cdp {
             panic!("{what}: not after {DEADLINE:?}; last value {last}; player: {player:?}; page: {conn:?}")
         })
     }
+
+    /// Waits until the `<video>` element `id` plays and has advanced by `seconds`; its
+    /// `currentTime` when it started and when it had advanced.
+    pub fn wait_video_advances(&mut self, id: &str, seconds: f64) -> (f64, f64) {
+        let current = format!("document.getElementById('{id}').currentTime");
+        let t0 = self
+            .wait_for("video starts", &current, |v| v.as_f64() > Some(0.0))
+            .as_f64()
+            .expect("currentTime is a number");
+        let t1 = self
+            .wait_for(&format!("video advances {seconds} s"), &current, |v| {
+                v.as_f64().is_some_and(|t| t >= t0 + seconds)
+            })
+            .as_f64()
+            .expect("currentTime is a number");
+        (t0, t1)
+    }
 }

@@ -1,6 +1,6 @@
 //! Running commands and owning child processes in tests.
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// Runs a command; its stdout, or an error that carries the command and its output.
@@ -35,6 +35,17 @@ impl Killed {
     pub fn id(&self) -> u32 {
         self.0.id()
     }
+
+    /// Waits for the process to exit on its own; its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.0.wait().expect("wait for child")
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its status, or `None` while
+    /// it still runs (it is stopped on drop).
+    pub fn wait_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        crate::wait::try_poll_until(timeout, || self.0.try_wait().ok().flatten())
+    }
 }
 
 impl From<Child> for Killed {
@@ -62,4 +73,41 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Pins the calling thread to CPU `cpu` (benchmarks and tests that measure one core, or that
+/// need per-CPU state on a known CPU).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0, ...) act
+    // on it and on the calling thread only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `line` without ANSI escape sequences (CSI: ESC [ parameters final-letter), for matching a
+/// child's log lines whatever its colour setting.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -256,3 +256,16 @@ impl Publisher {
         Ok(())
     }
 }
+
+/// ffmpeg's arguments (without `ffmpeg` itself) publishing the FLV file `clip` to `url` in a
+/// loop, in real time, streams copied: many publishers for the price of one encode.
+pub fn replay_args(clip: &Path, url: &str) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = ["-hide_banner", "-loglevel", "error", "-nostdin"]
+        .into_iter()
+        .chain(["-re", "-stream_loop", "-1", "-i"])
+        .map(Into::into)
+        .collect();
+    a.push(clip.into());
+    a.extend(["-c", "copy", "-f", "flv", url].map(Into::into));
+    a
+}

@@ -47,6 +47,28 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     poll_until(timeout, what, || f().then_some(()))
 }
 
+/// [`try_poll_until`] for async tests: awaits `f()` until it returns `Some`, sleeping on the
+/// tokio timer in between, for at most `timeout`; `None` when it never did.
+pub async fn try_poll_until_async<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut interval = FIRST;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        tokio::time::sleep(interval.min(deadline - now)).await;
+        interval = next(interval);
+    }
+}
+
 /// [`wait_until`] for async tests: awaits `f()` until it holds, sleeping on the tokio timer
 /// in between; panics naming `what` after `timeout`.
 pub async fn wait_until_async<F, Fut>(timeout: Duration, what: &str, mut f: F)
@@ -54,18 +76,13 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut interval = FIRST;
-    loop {
-        if f().await {
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        assert!(
-            now < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(interval.min(deadline - now)).await;
-        interval = next(interval);
-    }
+    let held = try_poll_until_async(timeout, || {
+        let fut = f();
+        async move { fut.await.then_some(()) }
+    })
+    .await;
+    assert!(
+        held.is_some(),
+        "timed out after {timeout:?} waiting for: {what}"
+    );
 }

@@ -354,36 +354,12 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         &dir.path,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let cfg = StackConfig {
-        bin_dir,
-        run_dir: dir.path.clone(),
-        iface: pair.edge_if.clone(),
-        vip: VIP.parse()?,
-        stream: "demo".into(),
-        publisher: true,
-        video: (640, 360, 30),
-        netns: Some(pair.edge.name.clone()),
-        service_user: Some("hlsedge".into()),
-        pin_root: bpf.pin_root(),
-        assets_dir: None,
-        switcher_args: [
-            "--admin-socket".to_string(),
-            dir.path.join("admin.sock").to_string_lossy().into_owned(),
-        ]
-        .into_iter()
-        .chain(extra.split_whitespace().map(String::from))
-        .collect(),
-        admin: "127.0.0.1:9180".parse()?,
-        origins: xtask::layout::DEFAULT_ORIGINS,
-    };
+    let mut cfg = StackConfig::in_namespaces(bin_dir, dir.path.clone(), &pair, &bpf);
+    cfg.switcher_args
+        .extend(extra.split_whitespace().map(String::from));
     let mut stack = Stack::new(cfg);
     stack.start_all().context("starting the stack")?;
-    let site = Site {
-        netns: Some(pair.edge.name.clone()),
-        primary_port: xtask::stack::ORIGIN_PORTS[0],
-        primary_stream_dir: xtask::stack::hls_dir(&dir.path, "primary").join("demo"),
-        service_user: Some("hlsedge".into()),
-    };
+    let site = stack.cfg.fault_site();
     wait("a full playlist", Duration::from_secs(60), || {
         stack.healthy("primary") && stack.healthy("backup") && stack.active() == "primary"
     })?;

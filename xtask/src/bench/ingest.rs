@@ -343,17 +343,7 @@ fn measure(
     let url = format!("rtmp://127.0.0.1:{port}/live/bench");
     let _publisher = Proc::spawn(
         pinned(Path::new("ffmpeg"), Side::Load, PIN_VAR)
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-re",
-                "-stream_loop",
-                "-1",
-                "-i",
-            ])
-            .arg(clip)
-            .args(["-c", "copy", "-f", "flv", &url])
+            .args(test_kit::publisher::replay_args(clip, &url))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(dir, "publisher.log")?),
@@ -414,7 +404,6 @@ fn measure(
         mbit_per_player,
     })
 }
-
 
 fn read_lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p)

@@ -9,44 +9,79 @@ mod util;
 
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::prereq;
 
-/// Runs benchmark `name` (or all) and appends its report to BENCHMARKS.md.
-pub fn run(ws: &Path, name: &str) -> Result<()> {
+/// The benchmarks, by the name `cargo xtask bench` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bench {
+    /// XDP program cost (BPF_PROG_TEST_RUN) and wrk through the VIP against direct.
+    Datapath,
+    /// The origin against nginx.
+    Origin,
+    /// The ingest against nginx-rtmp.
+    Ingest,
+    /// The packager against ffmpeg's HLS muxer.
+    Packager,
+    /// Failover time per failure class, and the thundering herd at switchback.
+    Failover,
+    /// Every benchmark above, in that order.
+    All,
+}
+
+impl Bench {
+    /// Every single benchmark, in the order `all` runs them.
+    const EACH: [Bench; 5] = [
+        Bench::Datapath,
+        Bench::Origin,
+        Bench::Ingest,
+        Bench::Packager,
+        Bench::Failover,
+    ];
+
+    /// The name on the command line and in BENCHMARKS.md.
+    fn name(self) -> &'static str {
+        match self {
+            Bench::Datapath => "datapath",
+            Bench::Origin => "origin",
+            Bench::Ingest => "ingest",
+            Bench::Packager => "packager",
+            Bench::Failover => "failover",
+            Bench::All => "all",
+        }
+    }
+}
+
+/// Runs benchmark `which` (or all) and appends its report to BENCHMARKS.md.
+pub fn run(ws: &Path, which: Bench) -> Result<()> {
     prereq::become_root()?;
     prereq::ensure(ws)?;
-    let names: Vec<&str> = match name {
-        "all" => vec!["datapath", "origin", "ingest", "packager", "failover"],
-        n => vec![n],
+    let benches: Vec<Bench> = match which {
+        Bench::All => Bench::EACH.to_vec(),
+        one => vec![one],
     };
     prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
-    for n in names {
-        if n == "datapath" {
+    for bench in benches {
+        if bench == Bench::Datapath {
             // A cargo bench of its own (it needs the eBPF object and the netns fixtures); it
             // prints and appends its own section.
             prereq::cargo(ws, &["bench", "-p", "switcher-ctl", "--bench", "datapath"])?;
             continue;
         }
         let mut out = String::new();
-        let date = std::process::Command::new("date")
-            .arg("-u")
-            .arg("+%Y-%m-%d %H:%M UTC")
-            .output()?;
         writeln!(
             out,
-            "\n## `cargo xtask bench {n}` ({})\n",
-            String::from_utf8_lossy(&date.stdout).trim()
+            "\n## `cargo xtask bench {}` ({})\n",
+            bench.name(),
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
         )?;
-        match n {
-            "origin" => origin::run(ws, &mut out)?,
-            "ingest" => ingest::run(ws, &mut out)?,
-            "packager" => packager::run(ws, &mut out)?,
-            "failover" => failover::run(ws, &mut out)?,
-            other => {
-                bail!("unknown benchmark {other:?} (datapath|origin|ingest|packager|failover|all)")
-            }
+        match bench {
+            Bench::Origin => origin::run(ws, &mut out)?,
+            Bench::Ingest => ingest::run(ws, &mut out)?,
+            Bench::Packager => packager::run(ws, &mut out)?,
+            Bench::Failover => failover::run(ws, &mut out)?,
+            Bench::Datapath | Bench::All => unreachable!("handled above"),
         }
         println!("{out}");
         let path = ws.join("BENCHMARKS.md");

@@ -237,17 +237,7 @@ fn measure_pairs(
     for name in &names {
         publishers.push(Proc::spawn(
             Command::new("ffmpeg")
-                .args([
-                    "-hide_banner",
-                    "-loglevel",
-                    "error",
-                    "-re",
-                    "-stream_loop",
-                    "-1",
-                    "-i",
-                ])
-                .arg(clip)
-                .args(["-c", "copy", "-f", "flv", &url(name)])
+                .args(test_kit::publisher::replay_args(clip, &url(name)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log_file(&run_dir, &format!("publish-{name}.log"))?),

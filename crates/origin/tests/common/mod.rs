@@ -190,3 +190,32 @@ pub fn metric(exposition: &str, series: &str) -> Option<f64> {
 pub fn symlink(target: &Path, link: &Path) {
     std::os::unix::fs::symlink(target, link).expect("symlink");
 }
+
+/// An h2 client connection (prior knowledge or negotiated by ALPN) over `io`; its connection
+/// task runs in the background.
+pub async fn h2_client<IO>(
+    io: IO,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// The whole body of a response of hyper's client.
+pub async fn body(response: hyper::Response<hyper::body::Incoming>) -> bytes::Bytes {
+    use http_body_util::BodyExt as _;
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+}

@@ -18,44 +18,10 @@ pub const START_MS: u64 = 1_700_000_000_777;
 pub fn make_flv(dir: &Path, secs: u32, gop: u32) -> Vec<FileTag> {
     let path = dir.join(format!("src-{secs}-{gop}.flv"));
     if !path.exists() {
-        let status = Command::new("ffmpeg")
-            .args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=320x240:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine",
-            ])
-            .args([
-                "-t",
-                &secs.to_string(),
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                &gop.to_string(),
-            ])
-            .args([
-                "-keyint_min",
-                &gop.to_string(),
-                "-sc_threshold",
-                "0",
-                "-c:a",
-                "aac",
-                "-f",
-                "flv",
-            ])
-            .arg(&path)
-            .status()
-            .expect("ffmpeg must be installed (Debian package ffmpeg)");
-        assert!(status.success(), "ffmpeg failed");
+        test_kit::Publisher::new(320, 240, 30)
+            .seconds(secs)
+            .fixed_gop(gop)
+            .encode(&path);
     }
     flv::read_file(&std::fs::read(&path).expect("read flv")).expect("parse flv")
 }
