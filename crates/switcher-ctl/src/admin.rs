@@ -53,11 +53,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::control::{ControlError, Controller, OriginStatus};
@@ -77,9 +75,6 @@ const MAX_OVERRIDE_BODY: usize = 1024;
 const MAX_HEAD_BYTES: usize = 8192;
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Pause after a failed accept (EMFILE and the like are transient; retrying at once spins).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The channel a request came over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -359,13 +354,13 @@ struct Context {
     limits: Limits,
 }
 
-/// An accepted connection of either listener.
-enum Accepted {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
 /// Serves until `shutdown` completes; connections still open then are dropped.
+///
+/// Each listener is served by the workspace's hardened admin server
+/// ([`::service::serve_admin_with`]: a connection cap per listener taken before `accept`,
+/// the header deadline, the head bound, a backoff after a failed `accept`); the unix socket
+/// admits root and this service's own user only ([`::service::server::root_or_same_user`],
+/// from `SO_PEERCRED`).
 pub async fn serve_with(
     listeners: impl Into<Listeners>,
     controller: SharedController,
@@ -374,112 +369,57 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) {
     let listeners = listeners.into();
+    let server_limits = ::service::Limits {
+        max_connections: limits.max_connections,
+        header_read_timeout: limits.header_timeout,
+        max_head_bytes: MAX_HEAD_BYTES,
+        // Nothing to drain: admin requests are answered at once.
+        shutdown_grace: Duration::ZERO,
+        admit: ::service::server::anyone,
+    };
     let context = Arc::new(Context {
         controller,
         page,
         limits,
     });
-    let tcp = accept_loop(Either::Tcp(listeners.tcp), context.clone());
-    let unix = async {
-        match listeners.unix {
-            Some(unix) => accept_loop(Either::Unix(unix), context.clone()).await,
-            None => std::future::pending().await,
-        }
-    };
-    // The loops never end on their own; dropping them drops their connections.
-    tokio::select! {
-        () = shutdown => {}
-        _ = async { tokio::join!(tcp, unix) } => {}
-    }
-}
-
-/// One of the two listeners.
-enum Either {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-impl Either {
-    async fn accept(&self) -> std::io::Result<Accepted> {
-        match self {
-            Either::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
-            Either::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
-        }
-    }
-}
-
-/// Whether a unix socket peer may talk to us: root, or the uid this service runs as.
-fn peer_allowed(stream: &tokio::net::UnixStream) -> bool {
-    // SAFETY: geteuid(2) cannot fail.
-    let me = unsafe { libc::geteuid() };
-    match stream.peer_cred() {
-        Ok(cred) if cred.uid() == 0 || cred.uid() == me => true,
-        Ok(cred) => {
-            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "admin socket peer refused: not root nor the service's user");
-            false
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "admin socket peer refused: no credentials");
-            false
-        }
-    }
-}
-
-async fn accept_loop(listener: Either, context: Arc<Context>) {
-    let limit = Arc::new(Semaphore::new(context.limits.max_connections));
-    let mut connections = JoinSet::new();
-    loop {
-        // A slot before accepting: beyond the cap, clients wait in the kernel backlog instead
-        // of costing a task and buffers (the origin's accept loop does the same).
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let accepted = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        // Reap finished connections so the set holds at most the open ones.
-        while connections.try_join_next().is_some() {}
-        match accepted {
-            Accepted::Tcp(stream) => {
-                connections.spawn(connection(stream, Channel::Tcp, context.clone(), permit));
-            }
-            Accepted::Unix(stream) => {
-                if peer_allowed(&stream) {
-                    connections.spawn(connection(stream, Channel::Unix, context.clone(), permit));
+    let router = |channel: Channel| {
+        let context = context.clone();
+        move |req: Request<Incoming>| {
+            let response = handle(req, channel, context.clone());
+            async move {
+                match response.await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
                 }
             }
         }
-    }
-}
-
-async fn connection<S>(
-    stream: S,
-    channel: Channel,
-    context: Arc<Context>,
-    _permit: OwnedSemaphorePermit,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let timeout = context.limits.header_timeout;
-    let service = hyper::service::service_fn(move |req| handle(req, channel, context.clone()));
-    let served = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        // hyper starts this timer when it begins reading a request head, the first one
-        // included: a client that connects and sends nothing is closed too.
-        .header_read_timeout(timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-    if let Err(e) = served {
-        tracing::debug!(error = %e, ?channel, "admin connection");
-    }
+    };
+    // Both servers stop when `stop` is dropped.
+    let (stop, stop_rx) = tokio::sync::watch::channel(());
+    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let tcp = ::service::serve_admin_with(
+        listeners.tcp,
+        router(Channel::Tcp),
+        server_limits.clone(),
+        stopped(stop_rx.clone()),
+    );
+    let unix = async {
+        if let Some(unix) = listeners.unix {
+            let limits = ::service::Limits {
+                admit: ::service::server::root_or_same_user,
+                ..server_limits.clone()
+            };
+            ::service::serve_admin_with(unix, router(Channel::Unix), limits, stopped(stop_rx))
+                .await;
+        }
+    };
+    let signal = async {
+        shutdown.await;
+        drop(stop);
+    };
+    tokio::join!(signal, tcp, unix);
 }
 
 fn response(

@@ -167,6 +167,15 @@ fn probed_good(h: &Value, origin: &str) -> bool {
     h["origins"][origin]["status"] == 200 && h["origins"][origin]["last_error"].is_null()
 }
 
+/// Two fresh origins and the service with `windows` of hysteresis, both origins probed good.
+async fn started(windows: u32) -> (TestServer, TestServer, Running) {
+    let primary = origin(Arc::new(AtomicBool::new(false))).await;
+    let backup = origin(Arc::new(AtomicBool::new(false))).await;
+    let run = Running::start(&primary, &backup, windows).await;
+    run.wait_both_good().await;
+    (primary, backup, run)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_primary_fails_over_and_switches_back() {
     let primary_stale = Arc::new(AtomicBool::new(false));
@@ -220,10 +229,7 @@ async fn stale_primary_fails_over_and_switches_back() {
 async fn killed_primary_fails_over_at_once_and_comes_back() {
     // Hysteresis of 40 windows x 50 ms = 2 s: only "refused counts at once" flips sooner.
     const WINDOWS: u32 = 40;
-    let mut primary = origin(Arc::new(AtomicBool::new(false))).await;
-    let backup = origin(Arc::new(AtomicBool::new(false))).await;
-    let run = Running::start(&primary, &backup, WINDOWS).await;
-    run.wait_both_good().await;
+    let (mut primary, _backup, run) = started(WINDOWS).await;
 
     let before_kill = run.probes("primary").await;
     primary.kill().await;
@@ -261,10 +267,7 @@ async fn killed_primary_fails_over_at_once_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn override_endpoint_pins_and_releases() {
-    let primary = origin(Arc::new(AtomicBool::new(false))).await;
-    let backup = origin(Arc::new(AtomicBool::new(false))).await;
-    let run = Running::start(&primary, &backup, 2).await;
-    run.wait_both_good().await;
+    let (_primary, _backup, run) = started(2).await;
 
     let (status, body) = over_socket(&run.socket, "POST", "/override", "backup").await;
     assert_eq!(status, 200, "{body}");
@@ -302,10 +305,7 @@ async fn override_endpoint_pins_and_releases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_dead_answers_503_and_stays() {
-    let mut primary = origin(Arc::new(AtomicBool::new(false))).await;
-    let mut backup = origin(Arc::new(AtomicBool::new(false))).await;
-    let run = Running::start(&primary, &backup, 2).await;
-    run.wait_both_good().await;
+    let (mut primary, mut backup, run) = started(2).await;
     backup.kill().await;
     primary.kill().await;
     let h = run.wait_for("both bad", |h| h["both_bad"] == true).await;
@@ -343,10 +343,7 @@ async fn raw_http(addr: SocketAddr, raw: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_site_requests_are_refused_and_change_nothing() {
-    let primary = origin(Arc::new(AtomicBool::new(false))).await;
-    let backup = origin(Arc::new(AtomicBool::new(false))).await;
-    let run = Running::start(&primary, &backup, 2).await;
-    run.wait_both_good().await;
+    let (_primary, _backup, run) = started(2).await;
 
     // The attack of issue 13 verbatim: a page on evil.example posting a text/plain body (no
     // CORS preflight) through a rebound name.
