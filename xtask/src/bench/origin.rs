@@ -56,7 +56,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// URL paths (HLS URL contract: /hls/<stream>/<file>).
 const PLAYLIST_PATH: &str = "/hls/bench/index.m3u8";
-const SEGMENT_PATH: &str = "/hls/bench/seg100.ts";
+const SEGMENT_PATH: &str = "/hls/bench/100.ts";
 
 /// One benchmark case: a file over plain HTTP or HTTPS.
 struct Case {
@@ -85,7 +85,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let playlist = playlist();
     std::fs::write(stream_dir.join("index.m3u8"), &playlist).context("writing playlist")?;
     let segment: Vec<u8> = (0..SEGMENT_BYTES).map(|i| (i % 251) as u8).collect();
-    std::fs::write(stream_dir.join("seg100.ts"), &segment).context("writing segment")?;
+    std::fs::write(stream_dir.join("100.ts"), &segment).context("writing segment")?;
     let (cert, key) = (dir.path.join("cert.pem"), dir.path.join("key.pem"));
     make_certificate(&cert, &key)?;
 
@@ -457,16 +457,20 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// A live media playlist of about [`PLAYLIST_TARGET_BYTES`]: 6 segments, each with its
 /// PROGRAM-DATE-TIME, as the packager writes them.
 fn playlist() -> String {
-    let mut text = String::from(
-        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:95\n",
-    );
-    for (i, sequence) in (95..101).enumerate() {
-        let _ = write!(
-            text,
-            "#EXT-X-PROGRAM-DATE-TIME:2025-01-01T00:00:{:02}.000Z\n#EXTINF:2.000,\nseg{sequence}.ts\n",
-            i * 2
-        );
+    // The packager's own playlist writer, so the bench serves what production serves.
+    let mut window = packager::playlist::Playlist::new(2, 6);
+    // 2025-01-01T00:00:00Z.
+    const START_MS: u64 = 1_735_689_600_000;
+    for (i, msn) in (95..101).enumerate() {
+        window.push(packager::playlist::SegmentInfo {
+            msn,
+            duration_ms: 2000,
+            pdt_ms: START_MS + 2000 * i as u64,
+            discontinuity: false,
+            discontinuity_sequence: 0,
+        });
     }
+    let mut text = window.render();
     while text.len() < PLAYLIST_TARGET_BYTES {
         text.push_str("#\n");
     }
