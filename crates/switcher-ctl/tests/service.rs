@@ -127,6 +127,17 @@ impl Running {
         .await
     }
 
+    /// Asserts the data plane sends new flows to the backup and /healthz says it is pinned
+    /// there by hand.
+    async fn assert_pinned_to_backup(&self) {
+        assert_eq!(self.dp.active(), ORIGIN_BACKUP);
+        let h = self.healthz().await;
+        assert_eq!(
+            (h["mode"].as_str(), h["manual_origin"].as_str()),
+            (Some("manual"), Some("backup"))
+        );
+    }
+
     /// Waits until both origins have been probed good; that /healthz.
     async fn wait_both_good(&self) -> Value {
         self.wait_for("both origins probed good", |h| {
@@ -271,12 +282,7 @@ async fn override_endpoint_pins_and_releases() {
 
     let (status, body) = over_socket(&run.socket, "POST", "/override", "backup").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(run.dp.active(), ORIGIN_BACKUP);
-    let h = run.healthz().await;
-    assert_eq!(
-        (h["mode"].as_str(), h["manual_origin"].as_str()),
-        (Some("manual"), Some("backup"))
-    );
+    run.assert_pinned_to_backup().await;
     // A few windows later the healthy primary is still not taken back.
     let pinned_from = run.probes("primary").await;
     let running = &run;
@@ -424,12 +430,7 @@ async fn admin_socket_is_private_and_refuses_to_pin_a_bad_origin_unless_forced()
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(run.dp.active(), ORIGIN_BACKUP);
-    let h = run.healthz().await;
-    assert_eq!(
-        (h["mode"].as_str(), h["manual_origin"].as_str()),
-        (Some("manual"), Some("backup"))
-    );
+    run.assert_pinned_to_backup().await;
     let (status, _) = over_socket(&run.socket, "POST", "/override", "auto").await;
     assert_eq!(status, 200);
     run.wait_for("back on the primary", |h| h["active"] == "primary")
