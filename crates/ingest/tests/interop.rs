@@ -510,12 +510,13 @@ async fn admin_endpoint_serves_prometheus_metrics() {
             let _ = rx.await;
         },
     ));
-    let mut s = TcpStream::connect(admin_addr).await.expect("admin connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    let url = format!("http://{admin_addr}/metrics");
+    let response = tokio::task::spawn_blocking(move || test_kit::http::get(&url))
         .await
-        .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read");
+        .expect("client thread")
+        .expect("GET the admin's /metrics");
+    assert_eq!(response.status, 200);
+    let body = response.text();
     for name in [
         "ingest_streams",
         "ingest_publishers",
