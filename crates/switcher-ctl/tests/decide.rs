@@ -65,18 +65,8 @@ impl Harness {
         self.c.on_window(&[p, b], self.now).expect("apply")
     }
     fn metric(&self, line_prefix: &str) -> f64 {
-        metric(&self.c.metrics().render(), line_prefix)
+        test_kit::metrics::expect(&self.c.metrics().render(), line_prefix)
     }
-}
-
-/// Value of the first exposition line starting with `prefix` followed by a space.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no metric line {prefix} in\n{text}"))
-        .trim()
-        .parse()
-        .expect("metric value")
 }
 
 fn good() -> ProbeReport {

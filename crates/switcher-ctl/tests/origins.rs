@@ -58,13 +58,7 @@ impl Harness {
                 weight: *w,
             })
             .collect();
-        let policy = Policy {
-            required_windows: 2,
-            age_threshold_seconds: 6.0,
-            msn_tolerance: 1,
-            prefer_primary: true,
-            steering,
-        };
+        let policy = policy(steering);
         let c = Controller::new(
             Box::new(dp.clone()),
             policy,
@@ -87,13 +81,7 @@ impl Harness {
     }
 
     fn metric(&self, prefix: &str) -> f64 {
-        let text = self.c.metrics().render();
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix).and_then(|r| r.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("no metric line {prefix} in\n{text}"))
-            .trim()
-            .parse()
-            .expect("metric value")
+        test_kit::metrics::expect(&self.c.metrics().render(), prefix)
     }
 
     fn tables_published(&self) -> usize {
@@ -453,16 +441,21 @@ fn healthz_names_every_origin_in_order() {
     assert_eq!(json["rotation"], serde_json::json!(["o1", "o2", "o3"]));
 }
 
-// --- the decider alone -------------------------------------------------------------------
-
-fn decider(steering: Steering, n: usize) -> Decider {
-    let policy = Policy {
+/// The policy of these tests: 2 windows of hysteresis, the contract's thresholds.
+fn policy(steering: Steering) -> Policy {
+    Policy {
         required_windows: 2,
         age_threshold_seconds: 6.0,
         msn_tolerance: 1,
         prefer_primary: true,
         steering,
-    };
+    }
+}
+
+// --- the decider alone -------------------------------------------------------------------
+
+fn decider(steering: Steering, n: usize) -> Decider {
+    let policy = policy(steering);
     let origins = (1..=n).map(|i| (format!("o{i}"), 1)).collect();
     Decider::new(policy, origins, OriginId(0))
 }

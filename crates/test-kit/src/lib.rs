@@ -12,6 +12,7 @@
 //!   inside a namespace.
 //! - [`keepalive`]: a tiny keep-alive HTTP server that says which origin answered, and a raw
 //!   keep-alive client that controls its connection (local port, close), for data-plane tests.
+//! - [`metrics`]: reading a sample from a Prometheus text exposition.
 //! - [`publisher`]: the ffmpeg test-pattern publisher ([`Publisher`]), one builder for every
 //!   test, benchmark and the stack.
 //! - [`browser`]: headless Chromium driven through the DevTools protocol.
@@ -23,6 +24,7 @@
 pub mod browser;
 pub mod http;
 pub mod keepalive;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod process;

@@ -176,16 +176,8 @@ pub fn parse(buf: &[u8]) -> Option<Response> {
 }
 
 /// Value of an un-labelled or exactly-labelled sample in a Prometheus text exposition.
-pub fn metric(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
-}
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use test_kit::metrics::value as metric;
 
 pub fn symlink(target: &Path, link: &Path) {
     std::os::unix::fs::symlink(target, link).expect("symlink");
