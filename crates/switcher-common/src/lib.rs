@@ -163,6 +163,11 @@ pub struct Origin {
 
 /// [`Origin::flags`]: the slot holds an origin.
 pub const ORIGIN_CONFIGURED: u16 = 1;
+/// [`Origin::flags`]: the origin is on another host and answers viewers directly (direct
+/// server return, see [`dsr`]): requests are sent to it unchanged inside an IPv4-in-IPv4
+/// header addressed to `addr_v4` (the origin host), and `port_be` is the VIP's port. Replies
+/// never cross the edge.
+pub const ORIGIN_REMOTE: u16 = 2;
 
 /// A Maglev lookup table: value of one `SWITCHER_MAGLEV` element. `slots[i]` is the origin
 /// index (into `SWITCHER_ORIGINS`) that new flows hashing to slot `i` go to, or
@@ -435,5 +440,131 @@ impl Counters {
         self.stale_kept += other.stale_kept;
         self.held += other.held;
         self.flows_closed += other.flows_closed;
+    }
+}
+
+pub mod dsr {
+    //! Direct server return: the types of the encapsulation path (edge) and of the decap
+    //! program (origin host). An origin flagged [`ORIGIN_REMOTE`](super::ORIGIN_REMOTE) is
+    //! reached by IPv4-in-IPv4 (RFC 2003); its host strips the outer header in eBPF and its
+    //! origin, listening on the VIP (on `lo`, ARP for it off), answers the viewer directly.
+    //! Same layout rules as the rest of this crate.
+
+    /// Names of the maps of the DSR path.
+    pub mod map_names {
+        /// PerCpuArray[MAX_ORIGINS] of [`EncapCounters`](super::EncapCounters), by origin index.
+        pub const ENCAP_STATS: &str = "SWITCHER_ENCAP_STATS";
+        /// Array[1] of [`DecapConfig`](super::DecapConfig).
+        pub const DECAP_CONFIG: &str = "SWITCHER_DECAP_CONFIG";
+        /// PerCpuArray[1] of [`DecapCounters`](super::DecapCounters).
+        pub const DECAP_STATS: &str = "SWITCHER_DECAP_STATS";
+    }
+
+    /// Names of the DSR programs in the object.
+    pub mod prog_names {
+        /// XDP on an origin host: strips the outer IPv4 header of IP-in-IP packets for the VIP.
+        pub const XDP_DECAP: &str = "switcher_decap";
+    }
+
+    /// IP protocol number of IPv4-in-IPv4 (RFC 2003).
+    pub const IPPROTO_IPIP: u8 = 4;
+    /// TTL of the outer header the edge builds.
+    pub const OUTER_TTL: u8 = 64;
+
+    /// Per-CPU counters of the encapsulation path, by origin index (value of
+    /// `SWITCHER_ENCAP_STATS`). Written only by the data plane; host order; since load.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct EncapCounters {
+        /// Requests encapsulated toward this origin's host and sent from XDP (`XDP_TX` or
+        /// `bpf_redirect` to the interface the route says).
+        pub encapsulated: u64,
+        /// Bytes of those packets as sent (outer header included).
+        pub bytes: u64,
+        /// Encapsulated, but the route lookup could not complete (no neighbour entry yet, or
+        /// forwarding off on the ingress interface): handed to this host's stack, which routes
+        /// it and resolves the neighbour (needs `net.ipv4.ip_forward=1`).
+        pub to_stack: u64,
+        /// Encapsulated packet larger than the route's MTU: dropped (the viewer's TCP
+        /// retransmits; the edge-to-origin path needs 20 bytes more MTU than viewers use).
+        pub too_big: u64,
+        /// No route to the origin host (unreachable, blackhole, prohibit), or growing the
+        /// packet failed: dropped.
+        pub errors: u64,
+        /// Packets of no flow or handshake (taken over from another edge, or whose state was
+        /// evicted) sent to the origin new flows go to, without creating state.
+        pub adopted: u64,
+    }
+
+    /// The decap program's configuration (value of `SWITCHER_DECAP_CONFIG`, key 0). Written by
+    /// `switcher-ctl decap` at attach time.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct DecapConfig {
+        /// This host's address that edges encapsulate to (outer destination), network order.
+        pub local_v4: [u8; 4],
+        /// The VIP (inner destination), network order.
+        pub vip_v4: [u8; 4],
+        /// [`DECAP_ENABLED`]; host order.
+        pub flags: u32,
+    }
+
+    /// [`DecapConfig::flags`]: decapsulation is on (cleared, every packet passes, counted).
+    pub const DECAP_ENABLED: u32 = 1;
+
+    /// Per-CPU counters of the decap program (value of `SWITCHER_DECAP_STATS`, key 0). Written
+    /// only by the data plane; host order; since load.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct DecapCounters {
+        /// IP-in-IP packets to this host for the VIP whose outer header was removed.
+        pub decapsulated: u64,
+        /// Bytes of those packets as received (outer header included).
+        pub bytes: u64,
+        /// IP-in-IP packets not for this host or whose inner destination is not the VIP:
+        /// passed unchanged.
+        pub foreign: u64,
+        /// IP-in-IP packets to this host too short for the headers they claim, with outer
+        /// options, fragmented, or with an inner header that is not plain IPv4: passed
+        /// unchanged.
+        pub malformed: u64,
+        /// Everything else (not IP-in-IP, or decapsulation disabled): passed unchanged.
+        pub passed: u64,
+    }
+
+    const _: () = assert!(core::mem::size_of::<EncapCounters>() == 6 * 8);
+    const _: () = assert!(core::mem::size_of::<DecapConfig>() == 12);
+    const _: () = assert!(core::mem::size_of::<DecapCounters>() == 5 * 8);
+
+    #[cfg(feature = "user")]
+    mod pod {
+        // SAFETY: `repr(C)`, `Copy`, integers and byte arrays only, no implicit padding (sizes
+        // asserted above).
+        unsafe impl aya::Pod for super::EncapCounters {}
+        unsafe impl aya::Pod for super::DecapConfig {}
+        unsafe impl aya::Pod for super::DecapCounters {}
+    }
+
+    impl EncapCounters {
+        /// Adds `other` field by field (user space sums per-CPU values with it).
+        pub fn add(&mut self, other: &EncapCounters) {
+            self.encapsulated += other.encapsulated;
+            self.bytes += other.bytes;
+            self.to_stack += other.to_stack;
+            self.too_big += other.too_big;
+            self.errors += other.errors;
+            self.adopted += other.adopted;
+        }
+    }
+
+    impl DecapCounters {
+        /// Adds `other` field by field (user space sums per-CPU values with it).
+        pub fn add(&mut self, other: &DecapCounters) {
+            self.decapsulated += other.decapsulated;
+            self.bytes += other.bytes;
+            self.foreign += other.foreign;
+            self.malformed += other.malformed;
+            self.passed += other.passed;
+        }
     }
 }

@@ -562,6 +562,7 @@ fn wrk_section(out: &mut String) {
             pin_root: bpf.pin_root(),
             mode: AttachMode::Native,
             max_flows: switcher_common::MAX_FLOWS,
+            dsr: false,
         };
         let dp = pair.edge.run(move || {
             let mut p = Pinned::attach(&cfg).expect("attach");
@@ -598,6 +599,7 @@ fn wrk_section(out: &mut String) {
             pin_root: bpf.pin_root(),
             mode,
             max_flows: switcher_common::MAX_FLOWS,
+            dsr: false,
         };
         let dp = ns.run(move || {
             let mut p = Pinned::attach(&cfg).expect("attach");

@@ -294,6 +294,20 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(i64::from(switcher_common::MIN_FLOWS)..))]
     pub max_flows: u32,
 
+    /// Direct server return: origins whose address is not on this host are reached by IP-in-IP
+    /// from XDP and answer viewers directly (their host runs `switcher-ctl decap`, owns the VIP,
+    /// and the origin listens on the VIP's port). IPv4 only. Off: such origins get their
+    /// address rewritten and their replies must come back through this host.
+    #[arg(long, env = "SWITCHER_DSR")]
+    pub dsr: bool,
+
+    /// Announce the VIP /32 through this host's BGP speaker: a blackhole route to it with
+    /// protocol 77 in the main table, which the speaker redistributes (FRR: `redistribute
+    /// kernel` with a route-map matching the VIP), present only while the data plane is
+    /// attached and at least one origin is healthy; removed on shutdown. IPv4 VIP only.
+    #[arg(long, env = "SWITCHER_ANNOUNCE")]
+    pub announce: bool,
+
     /// Recent decisions kept for /healthz and the status page.
     #[arg(long, env = "SWITCHER_DECISION_HISTORY", default_value_t = DEFAULT_DECISION_HISTORY)]
     pub decision_history: usize,
@@ -483,6 +497,8 @@ impl Default for Config {
             admin_header_timeout_seconds: DEFAULT_ADMIN_HEADER_TIMEOUT_SECONDS,
             attach_mode: AttachModeArg::Auto,
             max_flows: switcher_common::MAX_FLOWS,
+            dsr: false,
+            announce: false,
             decision_history: DEFAULT_DECISION_HISTORY,
             assets_dir: DEFAULT_ASSETS_DIR.into(),
             player_url: None,

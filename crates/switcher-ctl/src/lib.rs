@@ -26,12 +26,17 @@
 //! * [`sockdiag`]: resetting a retired origin's viewer connections on this host (netlink
 //!   `SOCK_DESTROY`), so a viewer waiting on a hung origin reconnects at once.
 //! * [`privileges`]: dropping every capability but CAP_BPF and CAP_NET_ADMIN after attaching.
+//! * [`decap`]: the origin-host end of direct server return (`switcher-ctl decap`).
+//! * [`announce`]: announcing the VIP /32 through the host's BGP speaker (a route it
+//!   redistributes) while attached and healthy.
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod announce;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod decap;
 pub mod decide;
 pub mod loader;
 pub mod maglev;

@@ -42,9 +42,9 @@ use aya::{
 use switcher_common::{
     ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FAMILY_V4, FAMILY_V6,
     FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN,
-    MAGLEV_SIZE, MAGLEV_TABLES, MAX_ORIGINS, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED, Origin,
-    STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names,
-    prog_names,
+    MAGLEV_SIZE, MAGLEV_TABLES, MAX_ORIGINS, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED,
+    ORIGIN_REMOTE, Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    VipConfig, map_names, prog_names,
 };
 
 use crate::dataplane::{Aborted, DataPlane, OriginIndex};
@@ -113,6 +113,10 @@ pub struct AttachConfig {
     /// between the CPUs (per-CPU LRU lists) and rounded up to a multiple of their number by the
     /// kernel. Only applied when the maps are created, not when pinned ones are adopted.
     pub max_flows: u32,
+    /// Direct server return: an origin whose address is not on this host is remote
+    /// (`ORIGIN_REMOTE`, reached by IP-in-IP, see [`remote_origin`]) instead of getting its
+    /// address rewritten.
+    pub dsr: bool,
 }
 
 /// The data plane's maps, opened from their pins. Implements [`DataPlane`].
@@ -385,6 +389,27 @@ pub fn origin_value(addr: SocketAddr, vip: &VipConfig) -> Origin {
     o
 }
 
+/// [`origin_value`] for a run with direct server return: an origin whose address is not on
+/// this host (a UDP socket cannot bind it) is flagged `ORIGIN_REMOTE`. A remote origin must be
+/// IPv4 and listen on the VIP's port, on the VIP (it answers viewers directly, unchanged).
+pub fn remote_origin(addr: SocketAddr, vip: &VipConfig) -> Result<Origin> {
+    let mut o = origin_value(addr, vip);
+    if std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).is_ok() {
+        return Ok(o);
+    }
+    if !addr.is_ipv4() {
+        bail!("remote origin {addr}: direct server return is IPv4 only");
+    }
+    if addr.port() != u16::from_be(vip.port_be) {
+        bail!(
+            "remote origin {addr}: must listen on the VIP's port {} (it answers viewers directly)",
+            u16::from_be(vip.port_be)
+        );
+    }
+    o.flags |= ORIGIN_REMOTE;
+    Ok(o)
+}
+
 impl Pinned {
     /// Loads and attaches the programs per `cfg` and pins everything, or, when an earlier run
     /// left them pinned and attached, adopts them (open flows keep working). Either way the VIP
@@ -443,6 +468,7 @@ impl Pinned {
         // empty slot, see `map_names::ORIGINS`).
         for i in 0..MAX_ORIGINS {
             let value = match cfg.origins.get(i as usize) {
+                Some(a) if cfg.dsr => remote_origin(*a, &vip)?,
                 Some(a) => origin_value(*a, &vip),
                 None => Origin {
                     addr_v4: [0; 4],

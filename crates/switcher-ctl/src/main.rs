@@ -8,6 +8,8 @@
 //! * `drain NAME [--deadline S]`, `undrain NAME`, `set-weight NAME W`: through the admin
 //!   socket of the running service (they change its state, there is no map to write alone).
 //! * `detach`: remove programs and pins.
+//! * `decap`: attach (or `--detach`, or `--status`) the origin-host end of direct server
+//!   return.
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -24,7 +26,7 @@ use switcher_ctl::dataplane::DataPlane;
 use switcher_ctl::decide::OriginId;
 use switcher_ctl::loader::{self, AttachConfig, AttachMode, Pinned};
 use switcher_ctl::metrics::slot_label;
-use switcher_ctl::{admin, privileges, service};
+use switcher_ctl::{admin, decap, privileges, service};
 
 /// How long `status`/`set` wait for a running service's admin server.
 const ADMIN_CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -102,12 +104,98 @@ enum Command {
         #[command(flatten)]
         at: Where,
     },
+    /// On an origin host: attach the program that strips the IP-in-IP header edges add for
+    /// direct server return (or detach it, or show its counters).
+    Decap(DecapArgs),
     /// Detach the programs and remove the pins.
     Detach {
         /// Directory of the pinned eBPF maps and links (bpffs).
         #[arg(long, env = "SWITCHER_PIN_ROOT", default_value = config::DEFAULT_PIN_ROOT)]
         pin_root: PathBuf,
     },
+}
+
+/// `switcher-ctl decap`.
+#[derive(clap::Args)]
+struct DecapArgs {
+    /// Interface the encapsulated requests arrive on.
+    #[arg(long, required_unless_present_any = ["detach", "status"])]
+    iface: Option<String>,
+    /// The VIP the origin on this host listens on (inner destination).
+    #[arg(long, required_unless_present_any = ["detach", "status"])]
+    vip: Option<std::net::Ipv4Addr>,
+    /// This host's address edges encapsulate to (default: the interface's first IPv4 address).
+    #[arg(long)]
+    local: Option<std::net::Ipv4Addr>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = DecapModeArg::Auto)]
+    mode: DecapModeArg,
+    /// Directory of the decap program's pins (bpffs).
+    #[arg(long, env = "SWITCHER_DECAP_PIN_ROOT", default_value = decap::DEFAULT_DECAP_PIN_ROOT)]
+    pin_root: PathBuf,
+    /// Detach the decap program and remove its pins.
+    #[arg(long, conflicts_with = "status")]
+    detach: bool,
+    /// Show the decap program's configuration and counters.
+    #[arg(long)]
+    status: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DecapModeArg {
+    Auto,
+    Native,
+    Generic,
+}
+
+fn decap_cmd(args: DecapArgs) -> Result<ExitCode> {
+    if args.detach {
+        decap::detach(&args.pin_root)
+            .with_context(|| format!("detaching decap under {}", args.pin_root.display()))?;
+        println!(
+            "decap detached; pins under {} removed",
+            args.pin_root.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.status {
+        let (cfg, c) = decap::status(&args.pin_root)?;
+        println!(
+            "decap: local {} vip {} enabled {}",
+            std::net::Ipv4Addr::from(cfg.local_v4),
+            std::net::Ipv4Addr::from(cfg.vip_v4),
+            cfg.flags & switcher_common::dsr::DECAP_ENABLED != 0
+        );
+        println!(
+            "counters (summed over CPUs): decapsulated {} bytes {} foreign {} malformed {} passed {}",
+            c.decapsulated, c.bytes, c.foreign, c.malformed, c.passed
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(iface), Some(vip)) = (args.iface, args.vip) else {
+        bail!("--iface and --vip are required to attach");
+    };
+    let setup = decap::DecapSetup {
+        iface,
+        vip,
+        local: args.local,
+        pin_root: args.pin_root,
+        mode: match args.mode {
+            DecapModeArg::Auto => decap::DecapMode::Auto,
+            DecapModeArg::Native => decap::DecapMode::Native,
+            DecapModeArg::Generic => decap::DecapMode::Generic,
+        },
+    };
+    let cfg = decap::attach(&setup)
+        .with_context(|| format!("attaching decap to {} (needs root)", setup.iface))?;
+    println!(
+        "decap attached to {}: IP-in-IP to {} for {} is decapsulated; pins under {}",
+        setup.iface,
+        std::net::Ipv4Addr::from(cfg.local_v4),
+        setup.vip,
+        setup.pin_root.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -139,6 +227,7 @@ fn main() -> ExitCode {
             &serde_json::json!({ "origin": name, "weight": weight }),
             &at,
         ),
+        Command::Decap(args) => decap_cmd(args),
         Command::Detach { pin_root } => loader::detach(&pin_root)
             .with_context(|| format!("detaching under {}", pin_root.display()))
             .map(|()| {
@@ -214,6 +303,7 @@ fn run(config: Config) -> Result<ExitCode> {
             AttachModeArg::Tc => AttachMode::Tc,
         },
         max_flows: config.max_flows,
+        dsr: config.dsr,
     };
     // Both admin listeners before attaching: a port or socket in use then fails with nothing
     // attached, and before dropping privileges, so a port below 1024 would still work.

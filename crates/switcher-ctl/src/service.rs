@@ -107,6 +107,7 @@ pub async fn run(
     // next round instead of firing a burst of catch-up rounds.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    let mut announcer = announcer(&config);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -121,6 +122,17 @@ pub async fn run(
         // A failed flip is logged by the controller and retried by the next window.
         let _ = c.on_window(&reports, SystemTime::now());
         c.refresh_dataplane_metrics();
+        if let Some(a) = announcer.as_mut() {
+            let any_healthy = !c.status().both_bad;
+            a.set(
+                any_healthy,
+                if any_healthy {
+                    "an origin is healthy"
+                } else {
+                    "no healthy origin"
+                },
+            );
+        }
         if c.needs_confirmation() {
             // Confirm a first bad window with the next probe right away: a fault is judged
             // after `required_windows` probes, not `required_windows` intervals.
@@ -128,6 +140,9 @@ pub async fn run(
         }
     }
 
+    if let Some(a) = announcer.as_mut() {
+        a.set(false, "shutdown");
+    }
     drop(stop_admin);
     if let Err(e) = admin.await {
         tracing::error!(error = %e, "admin server task failed");
@@ -165,6 +180,22 @@ async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Ve
     })
     .await;
     out.into_iter().flatten().collect()
+}
+
+/// The VIP's announcer when `--announce` is on (its IPv4 address; an IPv6 VIP is not
+/// announced).
+fn announcer(config: &Config) -> Option<crate::announce::Announcer> {
+    if !config.announce {
+        return None;
+    }
+    let v4 = config.vip.iter().find_map(|a| match a.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
+    });
+    if v4.is_none() {
+        tracing::error!(vip = ?config.vip, "--announce needs an IPv4 VIP; not announcing");
+    }
+    v4.map(crate::announce::Announcer::new)
 }
 
 /// Completes on SIGINT or SIGTERM.

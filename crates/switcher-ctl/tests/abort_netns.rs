@@ -112,6 +112,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
         pin_root: bpf.pin_root(),
         mode: AttachMode::Native,
         max_flows: switcher_common::MAX_FLOWS,
+        dsr: false,
     };
     let mut dp = pair.edge.run(move || {
         let mut p = Pinned::attach(&cfg).expect("attach");

@@ -79,6 +79,7 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
         pin_root: bpf.pin_root(),
         mode: AttachMode::Native,
         max_flows: MAX_FLOWS,
+        dsr: false,
     };
     let mut dp = attach_in(&pair.edge, cfg.clone());
     assert_eq!(
@@ -244,6 +245,7 @@ fn local_mode(mode: AttachMode, expect: u32) {
         pin_root: bpf.pin_root(),
         mode,
         max_flows: MAX_FLOWS,
+        dsr: false,
     };
     let mut dp = attach_in(&ns, cfg);
     assert_eq!(dp.vip().unwrap().attach_mode, expect);
@@ -345,6 +347,7 @@ fn spoofed_flood_does_not_evict_a_viewer() {
         pin_root: bpf.pin_root(),
         mode: AttachMode::Native,
         max_flows: MIN_FLOWS,
+        dsr: false,
     };
     let mut dp = attach_in(&pair.edge, cfg.clone());
     let capacity = dp.flow_capacity().unwrap();
@@ -476,6 +479,7 @@ fn max_flows_below_the_minimum_is_refused() {
         pin_root: bpf.pin_root(),
         mode: AttachMode::Tc,
         max_flows: MIN_FLOWS - 1,
+        dsr: false,
     };
     let err = ns.run(move || Pinned::attach(&cfg).err().map(|e| format!("{e:#}")));
     let err = err.expect("attach must refuse");

@@ -8,12 +8,16 @@
 //!   cannot attach, using the kernel's checksum helpers.
 //! * `switcher_tc_egress` (TC, egress) gives replies of tracked flows the VIP's address and port
 //!   back, so the viewer only ever talks to the VIP.
+//! * Origins on other hosts (`ORIGIN_REMOTE`) are reached by IP-in-IP from XDP and answer the
+//!   viewer directly (`encap`); `switcher_decap` (XDP, on the origin host) strips the outer
+//!   header there (`decap`).
 //!
 //! # Layout
 //! * `maps`: every map, with who writes it.
 //! * `packet`: bounds-checked parsing and header offsets.
 //! * `csum`: RFC 1624 incremental checksum (XDP).
 //! * `steer`: VIP matching, flow pinning, reply matching, counters.
+//! * `encap`, `decap`: direct server return, both ends.
 //! * this file: the programs, thin; rewriting bytes per program type.
 //!
 //! Anything that is not IPv4/IPv6 TCP to the VIP (or a tracked reply) passes unchanged;
@@ -44,6 +48,8 @@
 #![no_main]
 
 mod csum;
+mod decap;
+mod encap;
 mod maps;
 mod packet;
 mod steer;
@@ -81,6 +87,8 @@ enum Verdict {
     Pass,
     /// Drop it (a request held on a finishing flow, see `steer::Decision::Hold`).
     Drop,
+    /// Encapsulate it toward a remote origin (index, host address); see `encap`.
+    Encap(Tcp, u32, [u8; 4]),
 }
 
 /// The request decision shared by XDP and TC ingress.
@@ -104,8 +112,19 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
         return Verdict::Pass;
     }
     match steer::steer_request(ctx, &t, &vip) {
-        steer::Decision::Steer(target) => Verdict::Rewrite(t, target),
+        steer::Decision::Steer(target) => match encap::remote_host(target.index) {
+            None => Verdict::Rewrite(t, target),
+            Some(host) if t.family == FAMILY_V4 => Verdict::Encap(t, target.index, host),
+            // IPv4 outer headers only: an IPv6 flow cannot reach a remote origin.
+            Some(_) => {
+                encap::count(target.index, |c| c.errors += 1);
+                Verdict::Pass
+            }
+        },
         steer::Decision::Untracked => {
+            if let Some((index, host)) = encap::adopt(ctx, &t, &vip) {
+                return Verdict::Encap(t, index, host);
+            }
             steer::count_pass(|c| c.untracked += 1);
             Verdict::Pass
         }
@@ -146,6 +165,7 @@ pub fn switcher_xdp(ctx: XdpContext) -> u32 {
             count_steered(&target, end - start, rewritten, false);
             xdp_action::XDP_PASS
         }
+        Verdict::Encap(t, index, host) => encap::xdp_encap(&ctx, &t, index, host),
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
@@ -214,6 +234,11 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
         Verdict::Rewrite(t, target) => (t, target),
         Verdict::Pass => return TC_ACT_OK,
         Verdict::Drop => return TC_ACT_SHOT,
+        // Direct server return is built in XDP only: on a TC attachment the stack resets it.
+        Verdict::Encap(_, index, _) => {
+            encap::count(index, |c| c.errors += 1);
+            return TC_ACT_OK;
+        }
     };
     let new_addr = target.addr;
     match tc_rewrite(
@@ -341,6 +366,13 @@ fn tc_rewrite(
         ctx.store(off, &new, 0)?;
     }
     Ok(())
+}
+
+/// Origin host side of direct server return: strips the outer header of IP-in-IP packets for
+/// the VIP (see `decap`); everything else passes unchanged.
+#[xdp]
+pub fn switcher_decap(ctx: XdpContext) -> u32 {
+    decap::xdp_decap(&ctx)
 }
 
 /// Benchmark baseline, never attached: passes every packet without reading it, so

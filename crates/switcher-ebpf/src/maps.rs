@@ -21,6 +21,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use switcher_common::{
+    dsr::{DecapConfig, DecapCounters, EncapCounters},
     Counters, FlowKey, FlowValue, Handshake, MaglevTable, Origin, VipConfig, MAGLEV_TABLES,
     MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
 };
@@ -79,3 +80,19 @@ pub static HANDSHAKES: LruHashMap<FlowKey, Handshake, { MAX_FLOWS as usize }, LR
 /// traffic bound to no origin -> counters (see `switcher_common::Counters`).
 #[btf_map(name = "SWITCHER_STATS")]
 pub static STATS: PerCpuArray<Counters, { STATS_SLOTS as usize }> = PerCpuArray::new();
+
+// Direct server return (`encap`, `decap`); types in `switcher_common::dsr`.
+
+/// Statistics of the encapsulation path, written only here, per CPU. Key = origin index ->
+/// counters (see `switcher_common::dsr::EncapCounters`).
+#[btf_map(name = "SWITCHER_ENCAP_STATS")]
+pub static ENCAP_STATS: PerCpuArray<EncapCounters, { MAX_ORIGINS as usize }> = PerCpuArray::new();
+
+/// Control of the decap program, written by `switcher-ctl decap`. Key 0 -> this host's
+/// address and the VIP.
+#[btf_map(name = "SWITCHER_DECAP_CONFIG")]
+pub static DECAP_CONFIG: Array<DecapConfig, 1> = Array::new();
+
+/// Statistics of the decap program, written only here, per CPU. Key 0 -> counters.
+#[btf_map(name = "SWITCHER_DECAP_STATS")]
+pub static DECAP_STATS: PerCpuArray<DecapCounters, 1> = PerCpuArray::new();

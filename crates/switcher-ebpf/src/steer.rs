@@ -12,7 +12,8 @@ use switcher_common::{
     flow_hash::{jhash2, FLOW_HASH_SEED},
     Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING,
     FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS,
-    ORIGIN_CONFIGURED, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    ORIGIN_CONFIGURED, ORIGIN_REMOTE, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4,
+    VIP_HAS_V6,
 };
 
 use crate::{
@@ -196,7 +197,9 @@ fn flow_hash(t: &Tcp) -> u32 {
         jhash2(&[s[0], d[0], ports, PROTO_TCP], FLOW_HASH_SEED)
     } else {
         jhash2(
-            &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, PROTO_TCP],
+            &[
+                s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], ports, PROTO_TCP,
+            ],
             FLOW_HASH_SEED,
         )
     }
@@ -226,7 +229,11 @@ fn maglev_origin(t: &Tcp) -> Option<u32> {
 /// [`VIP_CHECK_LISTENER`] and no socket on that origin's port, the first other configured
 /// origin that has one. Returns (index, origin, fell back).
 #[inline(always)]
-fn new_flow_origin(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, Origin, bool)> {
+pub(crate) fn new_flow_origin(
+    ctx: *mut c_void,
+    t: &Tcp,
+    vip: &VipConfig,
+) -> Option<(u32, Origin, bool)> {
     let index = maglev_origin(t)?;
     let o = origin(index)?;
     if vip.flags & VIP_CHECK_LISTENER == 0 || alive(ctx, t, &o) {
@@ -345,9 +352,11 @@ pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Decision {
     let Some(o) = origin(hs.origin) else {
         return Decision::Untracked;
     };
+    // A remote (DSR) origin's SYN-ACK never crosses the edge: its handshake completes on the
+    // client's first ACK (see `encap`, "Flow state without replies").
+    let remote = o.flags & ORIGIN_REMOTE != 0;
     if t.flags & tcp::ACK != 0
-        && hs.flags & HANDSHAKE_ISN_SEEN != 0
-        && t.ack_seq == hs.expect_ack
+        && (remote || hs.flags & HANDSHAKE_ISN_SEEN != 0 && t.ack_seq == hs.expect_ack)
         && promote(&key, hs.origin)
     {
         count(hs.origin, |c| c.established += 1);

@@ -1,0 +1,628 @@
+//! Direct server return through BPF_PROG_TEST_RUN, in the style of `datapath_fixtures.rs`:
+//! tables of {description, input, expected verdict, expected output bytes, expected counter
+//! changes} on the real programs and maps.
+//!
+//! * Encap (`switcher_xdp` with remote origins): exact outer headers (built here from scratch,
+//!   checksum computed in full), next hop from `bpf_fib_lookup`, verdicts for a known
+//!   neighbour (redirect), a missing neighbour (to the stack), an oversized packet, no route;
+//!   the handshake of a remote origin completes on the client's first ACK; a packet of no flow
+//!   is adopted statelessly.
+//! * Decap (`switcher_decap`): the inner packet comes out with the frame's Ethernet header;
+//!   foreign, malformed and other packets pass unchanged and are counted.
+//!
+//! The route lookup needs a known routing table: the cases run on a thread inside a namespace
+//! made here (veth `dsr0` 192.0.2.1/24, neighbour 192.0.2.2 permanent, 198.51.100.0/24 via it).
+//! Needs root.
+
+mod netns;
+mod packet;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use netns::Netns;
+use packet::{ACK, PSH, Pkt, SYN, checksum, verify_checksums};
+use switcher_common::{
+    Counters, FlowKey, FlowValue, MIN_FLOWS, ORIGIN_CONFIGURED, ORIGIN_REMOTE, Origin,
+    STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
+    dsr::{self, DECAP_ENABLED, DecapConfig, DecapCounters, EncapCounters},
+    map_names, prog_names,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+
+const VIP4: &str = "10.0.0.1";
+const VIP6: &str = "fd00::1";
+const VIP_PORT: u16 = 8080;
+/// The edge's address on the test veth (the outer source the route lookup gives).
+const EDGE: &str = "192.0.2.1";
+/// The next hop toward the origin hosts, with a permanent neighbour entry.
+const GATEWAY: &str = "192.0.2.2";
+const GATEWAY_MAC: [u8; 6] = [0x02, 0xd5, 0, 0, 0, 0x02];
+/// Slot 0: an origin on this host (port rewrite), for contrast.
+const LOCAL: u32 = 0;
+/// Slot 1: remote origin host 198.51.100.7, routed via the gateway.
+const REMOTE: u32 = 1;
+const REMOTE_HOST: &str = "198.51.100.7";
+/// Slot 2: remote origin host on the veth's subnet without a neighbour entry.
+const NO_NEIGH: u32 = 2;
+const NO_NEIGH_HOST: &str = "192.0.2.9";
+/// Slot 3: remote origin host with no route.
+const NO_ROUTE: u32 = 3;
+const NO_ROUTE_HOST: &str = "203.0.113.5";
+const U: u32 = STATS_UNSTEERED;
+
+/// The namespace the encap cases run in, with its routes; removed on drop.
+struct Net {
+    ns: Netns,
+    mac: [u8; 6],
+}
+
+fn net() -> Net {
+    let ns = Netns::new("dsr");
+    ns.exec(&[
+        "ip", "link", "add", "dsr0", "type", "veth", "peer", "name", "dsr1",
+    ]);
+    ns.exec(&["ip", "link", "set", "dsr0", "up"]);
+    ns.exec(&["ip", "link", "set", "dsr1", "up"]);
+    ns.exec(&["ip", "addr", "add", &format!("{EDGE}/24"), "dev", "dsr0"]);
+    let mac = GATEWAY_MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    ns.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        GATEWAY,
+        "lladdr",
+        &mac,
+        "dev",
+        "dsr0",
+        "nud",
+        "permanent",
+    ]);
+    ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        GATEWAY,
+        "dev",
+        "dsr0",
+    ]);
+    // The lookup is a forwarding lookup from the ingress interface.
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let text = ns.exec(&["cat", "/sys/class/net/dsr0/address"]);
+    let mac: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("MAC hex"))
+        .collect();
+    Net {
+        mac: mac.try_into().expect("6-byte MAC"),
+        ns,
+    }
+}
+
+fn origin(addr: &str, port: u16, flags: u16) -> Origin {
+    Origin {
+        addr_v4: addr.parse::<Ipv4Addr>().unwrap().octets(),
+        addr_v6: [0; 16],
+        port_be: port.to_be(),
+        flags,
+    }
+}
+
+fn load() -> Ebpf {
+    assert!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "DSR fixtures need root (BPF_PROG_TEST_RUN); run them through `cargo xtask test`"
+    );
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(map_names::FLOWS, MIN_FLOWS)
+        .map_max_entries(map_names::HANDSHAKES, MIN_FLOWS)
+        .load(switcher_ctl::loader::EBPF_OBJECT)
+        .expect("load eBPF object");
+    for name in [prog_names::XDP_INGRESS, dsr::prog_names::XDP_DECAP] {
+        let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        p.load()
+            .unwrap_or_else(|e| panic!("verifier accepts {name}: {e:?}"));
+    }
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(prog_names::TC_INGRESS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    p.load().expect("verifier accepts TC ingress");
+    ebpf
+}
+
+fn configure_edge(ebpf: &mut Ebpf) {
+    let mut cfg: Array<_, VipConfig> =
+        Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
+    cfg.set(
+        0,
+        VipConfig {
+            addr_v4: VIP4.parse::<Ipv4Addr>().unwrap().octets(),
+            addr_v6: VIP6.parse::<Ipv6Addr>().unwrap().octets(),
+            port_be: VIP_PORT.to_be(),
+            flags: VIP_HAS_V4 | VIP_HAS_V6 | VIP_ENABLED,
+            ifindex: 0,
+            attach_mode: 0,
+        },
+        0,
+    )
+    .unwrap();
+    let mut origins: Array<_, Origin> =
+        Array::try_from(ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+    let remote = ORIGIN_CONFIGURED | ORIGIN_REMOTE;
+    origins
+        .set(LOCAL, origin("0.0.0.0", 8081, ORIGIN_CONFIGURED), 0)
+        .unwrap();
+    origins
+        .set(REMOTE, origin(REMOTE_HOST, VIP_PORT, remote), 0)
+        .unwrap();
+    origins
+        .set(NO_NEIGH, origin(NO_NEIGH_HOST, VIP_PORT, remote), 0)
+        .unwrap();
+    origins
+        .set(NO_ROUTE, origin(NO_ROUTE_HOST, VIP_PORT, remote), 0)
+        .unwrap();
+    set_active(ebpf, REMOTE);
+}
+
+fn set_active(ebpf: &mut Ebpf, index: u32) {
+    let mut a: Array<_, u32> = Array::try_from(ebpf.map_mut(map_names::ACTIVE).unwrap()).unwrap();
+    a.set(0, index, 0).unwrap();
+}
+
+fn run(ebpf: &Ebpf, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; input.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(input);
+    opts.data_out = Some(&mut out);
+    let r = if name == prog_names::TC_INGRESS {
+        let p: &SchedClassifier = ebpf.program(name).unwrap().try_into().unwrap();
+        p.test_run(opts)
+    } else {
+        let p: &Xdp = ebpf.program(name).unwrap().try_into().unwrap();
+        p.test_run(opts)
+    }
+    .expect("BPF_PROG_TEST_RUN");
+    let n = r.data_size_out as usize;
+    (r.return_value, out[..n].to_vec())
+}
+
+fn counters(ebpf: &Ebpf) -> Vec<Counters> {
+    let stats: PerCpuArray<_, Counters> =
+        PerCpuArray::try_from(ebpf.map(map_names::STATS).unwrap()).unwrap();
+    (0..=U)
+        .map(|s| {
+            let mut sum = Counters::default();
+            for c in stats.get(&s, 0).unwrap().iter() {
+                sum.add(c);
+            }
+            sum
+        })
+        .collect()
+}
+
+fn encap_counters(ebpf: &Ebpf) -> Vec<EncapCounters> {
+    let stats: PerCpuArray<_, EncapCounters> =
+        PerCpuArray::try_from(ebpf.map(dsr::map_names::ENCAP_STATS).unwrap()).unwrap();
+    (0..4)
+        .map(|s| {
+            let mut sum = EncapCounters::default();
+            for c in stats.get(&s, 0).unwrap().iter() {
+                sum.add(c);
+            }
+            sum
+        })
+        .collect()
+}
+
+fn decap_counters(ebpf: &Ebpf) -> DecapCounters {
+    let stats: PerCpuArray<_, DecapCounters> =
+        PerCpuArray::try_from(ebpf.map(dsr::map_names::DECAP_STATS).unwrap()).unwrap();
+    let mut sum = DecapCounters::default();
+    for c in stats.get(&0, 0).unwrap().iter() {
+        sum.add(c);
+    }
+    sum
+}
+
+fn flows(ebpf: &Ebpf) -> Vec<(FlowKey, FlowValue)> {
+    let flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(ebpf.map(map_names::FLOWS).unwrap()).unwrap();
+    flows.iter().filter_map(Result::ok).collect()
+}
+
+/// `inner` (a whole frame from `Pkt::build`) inside an outer IPv4 header from `src` to `dst`,
+/// built from scratch: what the edge must send.
+fn ipip(eth_dst: [u8; 6], eth_src: [u8; 6], src: &str, dst: &str, inner: &[u8]) -> Vec<u8> {
+    let ip_in = &inner[14..];
+    let mut f = Vec::new();
+    f.extend_from_slice(&eth_dst);
+    f.extend_from_slice(&eth_src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[1] = ip_in[1];
+    h[2..4].copy_from_slice(&((20 + ip_in.len()) as u16).to_be_bytes());
+    // Identification 0; DF copied from the inner header.
+    h[6] = ip_in[6] & 0x40;
+    h[8] = dsr::OUTER_TTL;
+    h[9] = dsr::IPPROTO_IPIP;
+    h[12..16].copy_from_slice(&src.parse::<Ipv4Addr>().unwrap().octets());
+    h[16..20].copy_from_slice(&dst.parse::<Ipv4Addr>().unwrap().octets());
+    let c = checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&h);
+    f.extend_from_slice(ip_in);
+    f
+}
+
+/// Checks the outer IPv4 header checksum and the inner packet's checksums of an IP-in-IP frame.
+fn verify_ipip(frame: &[u8]) {
+    assert_eq!(checksum(&frame[14..34]), 0, "outer header checksum");
+    let mut inner = frame[..14].to_vec();
+    inner.extend_from_slice(&frame[34..]);
+    verify_checksums(&inner).expect("inner checksums");
+}
+
+struct Expect {
+    desc: &'static str,
+    verdict: u32,
+    output: Option<Vec<u8>>,
+    /// (slot, Counters field, increase)
+    counters: Vec<(u32, &'static str, u64)>,
+    /// (slot, EncapCounters field, increase)
+    encap: Vec<(u32, &'static str, u64)>,
+}
+
+fn field(c: &Counters, name: &str) -> u64 {
+    match name {
+        "packets" => c.packets,
+        "bytes" => c.bytes,
+        "new_flows" => c.new_flows,
+        "rewrites" => c.rewrites,
+        "passes" => c.passes,
+        "established" => c.established,
+        "untracked" => c.untracked,
+        other => panic!("unknown counter {other}"),
+    }
+}
+const FIELDS: [&str; 7] = [
+    "packets",
+    "bytes",
+    "new_flows",
+    "rewrites",
+    "passes",
+    "established",
+    "untracked",
+];
+fn encap_field(c: &EncapCounters, name: &str) -> u64 {
+    match name {
+        "encapsulated" => c.encapsulated,
+        "bytes" => c.bytes,
+        "to_stack" => c.to_stack,
+        "too_big" => c.too_big,
+        "errors" => c.errors,
+        "adopted" => c.adopted,
+        other => panic!("unknown encap counter {other}"),
+    }
+}
+const ENCAP_FIELDS: [&str; 6] = [
+    "encapsulated",
+    "bytes",
+    "to_stack",
+    "too_big",
+    "errors",
+    "adopted",
+];
+
+fn check_case(ebpf: &Ebpf, prog: &str, input: &[u8], e: &Expect) {
+    let (c0, e0) = (counters(ebpf), encap_counters(ebpf));
+    let (verdict, out) = run(ebpf, prog, input);
+    assert_eq!(verdict, e.verdict, "{}: verdict", e.desc);
+    match &e.output {
+        None => assert_eq!(out, input, "{}: must pass unchanged", e.desc),
+        Some(want) => {
+            assert_eq!(&out, want, "{}: output bytes", e.desc);
+            verify_ipip(&out);
+        }
+    }
+    let (c1, e1) = (counters(ebpf), encap_counters(ebpf));
+    for slot in 0..=U {
+        for f in FIELDS {
+            let want: u64 = e
+                .counters
+                .iter()
+                .filter(|(s, n, _)| *s == slot && *n == f)
+                .map(|(_, _, d)| d)
+                .sum();
+            let got = field(&c1[slot as usize], f) - field(&c0[slot as usize], f);
+            assert_eq!(got, want, "{}: counter {f} of slot {slot}", e.desc);
+        }
+    }
+    for slot in 0..4u32 {
+        for f in ENCAP_FIELDS {
+            let want: u64 = e
+                .encap
+                .iter()
+                .filter(|(s, n, _)| *s == slot && *n == f)
+                .map(|(_, _, d)| d)
+                .sum();
+            let got = encap_field(&e1[slot as usize], f) - encap_field(&e0[slot as usize], f);
+            assert_eq!(got, want, "{}: encap counter {f} of slot {slot}", e.desc);
+        }
+    }
+}
+
+/// The edge's Ethernet address as `Pkt::build` writes it (the frame's destination).
+const FRAME_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const FRAME_SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+#[test]
+fn encapsulation_to_remote_origins() {
+    let net = net();
+    let mac = net.mac;
+    net.ns.run(move || {
+        let mut ebpf = load();
+        configure_edge(&mut ebpf);
+        let xdp = prog_names::XDP_INGRESS;
+        let get = b"GET /hls/demo/index.m3u8 HTTP/1.1\r\n\r\n";
+        let syn = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, SYN).build();
+        let ack = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, ACK).build();
+        let req = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, ACK | PSH)
+            .with_payload(get)
+            .build();
+        let mut df = Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, SYN);
+        df.frag = 0x4000;
+        let df = df.build();
+        let stray = Pkt::tcp("10.1.1.3", 40002, VIP4, VIP_PORT, ACK)
+            .with_payload(b"x")
+            .build();
+        let to_remote = |inner: &[u8]| ipip(GATEWAY_MAC, mac, EDGE, REMOTE_HOST, inner);
+        let steered = |slot: u32, len: usize| vec![(slot, "packets", 1), (slot, "bytes", len as u64)];
+        let sent = |slot: u32, inner: &[u8]| {
+            vec![
+                (slot, "encapsulated", 1),
+                (slot, "bytes", (inner.len() + 20) as u64),
+            ]
+        };
+
+        check_case(&ebpf, xdp, &syn, &Expect {
+            desc: "SYN to the VIP, active origin remote: encapsulated to its host, redirected to the route's interface",
+            verdict: XDP_REDIRECT,
+            output: Some(to_remote(&syn)),
+            counters: [steered(REMOTE, syn.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+            encap: sent(REMOTE, &syn),
+        });
+        assert!(flows(&ebpf).is_empty(), "a SYN records a handshake, not a flow");
+        check_case(&ebpf, xdp, &ack, &Expect {
+            desc: "the client's handshake ACK (no SYN-ACK seen: DSR) completes the handshake",
+            verdict: XDP_REDIRECT,
+            output: Some(to_remote(&ack)),
+            counters: [steered(REMOTE, ack.len()), vec![(REMOTE, "established", 1)]].concat(),
+            encap: sent(REMOTE, &ack),
+        });
+        let f = flows(&ebpf);
+        assert_eq!(f.len(), 1, "one flow after the handshake: {f:?}");
+        assert_eq!(f[0].1.origin, REMOTE);
+        // Failover: new flows go to the local origin; the flow stays on the remote one.
+        set_active(&mut ebpf, LOCAL);
+        check_case(&ebpf, xdp, &req, &Expect {
+            desc: "a request of the flow follows it to the remote origin after a flip",
+            verdict: XDP_REDIRECT,
+            output: Some(to_remote(&req)),
+            counters: steered(REMOTE, req.len()),
+            encap: sent(REMOTE, &req),
+        });
+        check_case(&ebpf, xdp, &stray, &Expect {
+            desc: "a packet of no flow, new flows local: passed to the stack (reset there)",
+            verdict: XDP_PASS,
+            output: None,
+            counters: vec![(U, "passes", 1), (U, "untracked", 1)],
+            encap: vec![],
+        });
+        set_active(&mut ebpf, REMOTE);
+        check_case(&ebpf, xdp, &stray, &Expect {
+            desc: "a packet of no flow, new flows remote: adopted without state (another edge's flow)",
+            verdict: XDP_REDIRECT,
+            output: Some(to_remote(&stray)),
+            counters: steered(REMOTE, stray.len()),
+            encap: [sent(REMOTE, &stray), vec![(REMOTE, "adopted", 1)]].concat(),
+        });
+        assert_eq!(flows(&ebpf).len(), 1, "adopting creates no flow");
+        check_case(&ebpf, xdp, &df, &Expect {
+            desc: "DF is copied to the outer header",
+            verdict: XDP_REDIRECT,
+            output: Some(to_remote(&df)),
+            counters: [steered(REMOTE, df.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+            encap: sent(REMOTE, &df),
+        });
+        let big = Pkt::tcp("10.1.1.4", 40003, VIP4, VIP_PORT, SYN)
+            .with_payload(&[0u8; 1450])
+            .build();
+        check_case(&ebpf, xdp, &big, &Expect {
+            desc: "larger than the route's MTU once encapsulated: dropped, counted too_big",
+            verdict: XDP_DROP,
+            output: None,
+            counters: [steered(REMOTE, big.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+            encap: vec![(REMOTE, "too_big", 1)],
+        });
+
+        set_active(&mut ebpf, NO_NEIGH);
+        let syn2 = Pkt::tcp("10.1.1.5", 40004, VIP4, VIP_PORT, SYN).build();
+        check_case(&ebpf, xdp, &syn2, &Expect {
+            desc: "no neighbour entry for the origin host: encapsulated, handed to the stack with the frame's MACs",
+            verdict: XDP_PASS,
+            output: Some(ipip(FRAME_DST, FRAME_SRC, EDGE, NO_NEIGH_HOST, &syn2)),
+            counters: [steered(NO_NEIGH, syn2.len()), vec![(NO_NEIGH, "new_flows", 1)]].concat(),
+            encap: vec![(NO_NEIGH, "to_stack", 1), (NO_NEIGH, "bytes", (syn2.len() + 20) as u64)],
+        });
+        set_active(&mut ebpf, NO_ROUTE);
+        let syn3 = Pkt::tcp("10.1.1.6", 40005, VIP4, VIP_PORT, SYN).build();
+        check_case(&ebpf, xdp, &syn3, &Expect {
+            desc: "no route to the origin host: dropped, counted as an error",
+            verdict: XDP_DROP,
+            output: None,
+            counters: [steered(NO_ROUTE, syn3.len()), vec![(NO_ROUTE, "new_flows", 1)]].concat(),
+            encap: vec![(NO_ROUTE, "errors", 1)],
+        });
+        set_active(&mut ebpf, REMOTE);
+        let v6 = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, SYN).build();
+        check_case(&ebpf, xdp, &v6, &Expect {
+            desc: "IPv6 flow to a remote origin (IPv4 outer only): passed, counted as an error",
+            verdict: XDP_PASS,
+            output: None,
+            counters: vec![(REMOTE, "new_flows", 1)],
+            encap: vec![(REMOTE, "errors", 1)],
+        });
+        let syn4 = Pkt::tcp("10.1.1.7", 40006, VIP4, VIP_PORT, SYN).build();
+        check_case(&ebpf, prog_names::TC_INGRESS, &syn4, &Expect {
+            desc: "TC ingress cannot encapsulate: passed, counted as an error",
+            verdict: TC_ACT_OK,
+            output: None,
+            counters: vec![(REMOTE, "new_flows", 1)],
+            encap: vec![(REMOTE, "errors", 1)],
+        });
+        set_active(&mut ebpf, LOCAL);
+        let local = Pkt::tcp("10.1.1.8", 40007, VIP4, VIP_PORT, SYN).build();
+        let (verdict, out) = run(&ebpf, xdp, &local);
+        assert_eq!(verdict, XDP_PASS, "a local origin keeps the port rewrite");
+        assert_eq!(&out[14 + 20 + 2..14 + 20 + 4], &8081u16.to_be_bytes());
+        verify_checksums(&out).expect("rewritten checksums");
+    });
+}
+
+fn configure_decap(ebpf: &mut Ebpf) {
+    let mut cfg: Array<_, DecapConfig> =
+        Array::try_from(ebpf.map_mut(dsr::map_names::DECAP_CONFIG).unwrap()).unwrap();
+    cfg.set(
+        0,
+        DecapConfig {
+            local_v4: REMOTE_HOST.parse::<Ipv4Addr>().unwrap().octets(),
+            vip_v4: VIP4.parse::<Ipv4Addr>().unwrap().octets(),
+            flags: DECAP_ENABLED,
+        },
+        0,
+    )
+    .unwrap();
+}
+
+#[test]
+fn decapsulation_on_the_origin_host() {
+    let mut ebpf = load();
+    let decap = dsr::prog_names::XDP_DECAP;
+    let inner = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, ACK | PSH)
+        .with_payload(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\n\r\n")
+        .build();
+    let eth_dst = [0x02, 0xaa, 0, 0, 0, 0x07];
+    let eth_src = [0x02, 0xbb, 0, 0, 0, 0x01];
+    let good = ipip(eth_dst, eth_src, EDGE, REMOTE_HOST, &inner);
+    // Before configuration the program passes everything.
+    let (v, out) = run(&ebpf, decap, &good);
+    assert_eq!((v, out.as_slice()), (XDP_PASS, good.as_slice()));
+    assert_eq!(
+        decap_counters(&ebpf).passed,
+        1,
+        "unconfigured: counted passed"
+    );
+    configure_decap(&mut ebpf);
+
+    let mut want = eth_dst.to_vec();
+    want.extend_from_slice(&eth_src);
+    want.extend_from_slice(&inner[12..]);
+    let before = decap_counters(&ebpf);
+    let (v, out) = run(&ebpf, decap, &good);
+    assert_eq!(v, XDP_PASS);
+    assert_eq!(
+        out, want,
+        "the inner packet with the frame's Ethernet header"
+    );
+    verify_checksums(&out).expect("inner checksums untouched");
+    let after = decap_counters(&ebpf);
+    assert_eq!(after.decapsulated - before.decapsulated, 1);
+    assert_eq!(after.bytes - before.bytes, good.len() as u64);
+
+    let other_host = ipip(eth_dst, eth_src, EDGE, "198.51.100.8", &inner);
+    let other_vip = ipip(
+        eth_dst,
+        eth_src,
+        EDGE,
+        REMOTE_HOST,
+        &Pkt::tcp("10.1.1.1", 40000, "10.0.0.9", VIP_PORT, ACK).build(),
+    );
+    let truncated = good[..good.len() - 10].to_vec();
+    let short_inner = good[..14 + 20 + 8].to_vec();
+    let with_options = {
+        let mut b = good.clone();
+        b[14] = 0x46;
+        b
+    };
+    let fragment = {
+        let mut b = good.clone();
+        b[14 + 6] = 0x20; // MF
+        b
+    };
+    let inner_v6 = {
+        let mut b = good.clone();
+        b[34] = 0x65;
+        b
+    };
+    let plain = inner.clone();
+    let arp = {
+        let mut b = good.clone();
+        b[12..14].copy_from_slice(&[0x08, 0x06]);
+        b
+    };
+    let cases: [(&str, &[u8], &str); 9] = [
+        ("IP-in-IP for another host", &other_host, "foreign"),
+        (
+            "IP-in-IP for another inner destination",
+            &other_vip,
+            "foreign",
+        ),
+        ("outer length beyond the frame", &truncated, "malformed"),
+        ("inner header cut short", &short_inner, "malformed"),
+        ("outer header with options", &with_options, "malformed"),
+        ("fragmented outer packet", &fragment, "malformed"),
+        ("inner header not IPv4", &inner_v6, "malformed"),
+        ("plain TCP to the VIP (not encapsulated)", &plain, "passed"),
+        ("not IP", &arp, "passed"),
+    ];
+    for (desc, input, counter) in cases {
+        let before = decap_counters(&ebpf);
+        let (v, out) = run(&ebpf, decap, input);
+        assert_eq!(v, XDP_PASS, "{desc}: verdict");
+        assert_eq!(out, input, "{desc}: must pass unchanged");
+        let after = decap_counters(&ebpf);
+        let delta = DecapCounters {
+            decapsulated: after.decapsulated - before.decapsulated,
+            bytes: after.bytes - before.bytes,
+            foreign: after.foreign - before.foreign,
+            malformed: after.malformed - before.malformed,
+            passed: after.passed - before.passed,
+        };
+        let mut want = DecapCounters::default();
+        match counter {
+            "foreign" => want.foreign = 1,
+            "malformed" => want.malformed = 1,
+            _ => want.passed = 1,
+        }
+        assert_eq!(delta, want, "{desc}: counters");
+    }
+}
