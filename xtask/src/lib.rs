@@ -4,6 +4,8 @@
 //! * [`layout`]: the deployment layout (services, ports, units, scrape targets), written once.
 //! * [`codegen`]: `cargo xtask codegen`, the deployment files generated from the layout and
 //!   the binaries' flags.
+//! * [`lab`]: the multi-host lab of direct server return (router, two edges, two origin
+//!   hosts, ingest, client) in network namespaces, with FRR for BGP/BFD.
 //! * [`faults`]: the drills' failure classes, injected into a running stack and restored.
 //! * [`player`]: a recording ffmpeg player and checks on what it recorded.
 //! * [`stack`]: the whole stack as processes (start, kill, restart, stop, health).
@@ -12,6 +14,7 @@
 
 pub mod codegen;
 pub mod faults;
+pub mod lab;
 pub mod layout;
 pub mod monitoring;
 pub mod player;

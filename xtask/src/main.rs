@@ -5,6 +5,7 @@
 //!   BPF_PROG_TEST_RUN, network-namespace integration, interop, end-to-end, monitoring checks).
 //! * `cargo xtask bench <name>`: benchmarks against their peers; results go to BENCHMARKS.md.
 //! * `cargo xtask drill <fault>`: failover drills against a running stack.
+//! * `cargo xtask lab [--drill ...]`: the multi-host lab (BGP/ECMP edges, DSR origin hosts).
 //! * `cargo xtask setup`: only the installation step (`scripts/setup`).
 //! * `cargo xtask codegen [--check]`: the deployment files from the layout (`layout`, `codegen`).
 //! * `cargo xtask fuzz <target>`: coverage-guided fuzzing of the peer-facing parsers.
@@ -20,6 +21,7 @@
 mod bench;
 mod drill;
 mod fuzz;
+mod lab_run;
 mod prereq;
 mod run;
 mod testing;
@@ -53,6 +55,9 @@ enum Cmd {
     },
     /// Start the whole stack on this machine (Ctrl-C stops it and detaches).
     Run(run::RunArgs),
+    /// Start the multi-host lab in namespaces (router with ECMP, two edges announcing the VIP
+    /// over BGP, two origin hosts answering viewers directly, ingest, client); drills.
+    Lab(lab_run::LabArgs),
     /// Inject a fault into a running stack, restore it, and print a timeline.
     Drill(drill::DrillArgs),
     /// Benchmarks against their peers (results appended to BENCHMARKS.md).
@@ -91,6 +96,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => testing::run(&ws, &args),
         Cmd::Run(args) => run::run(&ws, args),
+        Cmd::Lab(args) => lab_run::run(&ws, args),
         Cmd::Drill(args) => drill::run(&ws, args),
         Cmd::Bench { name } => bench::run(&ws, name),
         Cmd::Codegen { check } => {

@@ -1,0 +1,937 @@
+//! `cargo xtask lab`: the multi-host topology of direct server return in network namespaces,
+//! used by the lab command, its drills and the lab tests.
+//!
+//! ```text
+//!                         client 10.10.1.2
+//!                               |
+//!   edge1 10.10.11.2 ---- router (FRR bgpd+bfdd, ECMP, L4 hash) ---- origin1 10.10.21.2
+//!   edge2 10.10.12.2 ----/      |         \---------------------- origin2 10.10.22.2
+//!                          ingest 10.10.30.2
+//! ```
+//! * Every host is a namespace with one veth to the router (host .2, router .1 of its /24).
+//! * **router**: forwards, `fib_multipath_hash_policy=1` (L4 hash), `rp_filter` off (replies
+//!   from the VIP come from the origin hosts, not from the edges the VIP is routed to). FRR
+//!   zebra + bgpd + bfdd, one eBGP session per edge with BFD (300 ms x 3) and 1 s / 3 s timers,
+//!   `maximum-paths 2`.
+//! * **edge1, edge2**: `switcher-ctl run --dsr --announce` with XDP (native) on the veth, both
+//!   origin hosts as remote origins; FRR zebra + bgpd + bfdd redistributing the kernel route
+//!   switcher-ctl installs for the VIP (`announce`). Forwarding on (the route lookup from XDP
+//!   is a forwarding lookup). The router's end of their veth has GRO on, so that the frames
+//!   the edge sends with `XDP_TX` are taken in (veth needs NAPI on the peer for that).
+//! * **origin1, origin2**: a packager pulling from the ingest host, an origin on `0.0.0.0:8080`
+//!   (the VIP's port: it answers viewers on the VIP, and the edges' probes on the host address),
+//!   the VIP on `lo` with `arp_ignore=1`/`arp_announce=2`, `switcher-ctl decap` on the veth.
+//! * **ingest**: the RTMP ingest and an ffmpeg test-pattern publisher.
+//! * **client**: nothing runs; viewers go there (`ip netns exec <client> curl ...`).
+//!
+//! Links inside the lab have MTU 1600, so a full-size viewer packet still fits once the edge
+//! adds its 20-byte outer header; the client's link has 1500. Checksum offload is off on every
+//! veth, so packets carry full checksums through XDP and every receiver verifies them.
+//!
+//! Names are unique per run (`hx<pid><tag><n>`); dropping the [`Lab`] stops every process,
+//! detaches the programs, unmounts the lab's bpffs (releasing every pin) and deletes every
+//! namespace, also on failure.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::netns::{BpfFs, Netns, sh, unique};
+use crate::stack::{RTMP_PORT, http_get, wait_port};
+
+/// The VIP viewers use.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+/// The VIP's port (and the origins' port: they answer on the VIP directly).
+pub const VIP_PORT: u16 = 8080;
+/// Admin address of each edge's switcher-ctl, inside its namespace.
+pub const EDGE_ADMIN: &str = "127.0.0.1:9180";
+/// Admin address of each origin host's packager, inside its namespace.
+pub const PACKAGER_ADMIN: &str = "127.0.0.1:9183";
+/// Admin address of the ingest, inside its namespace.
+pub const INGEST_ADMIN: &str = "127.0.0.1:9181";
+/// AS number of the router.
+const ROUTER_AS: u32 = 65000;
+/// AS number of both edges (the router does eBGP multipath over them).
+const EDGE_AS: u32 = 65001;
+/// MTU of the links inside the lab (viewer MTU 1500 + the outer header, with room).
+const LAB_MTU: &str = "1600";
+/// How long a process may take to be ready.
+const READY: Duration = Duration::from_secs(60);
+
+/// The hosts of the lab, by role, with the third octet of their /24.
+pub const ROLES: [(&str, u8); 6] = [
+    ("client", 1),
+    ("edge1", 11),
+    ("edge2", 12),
+    ("origin1", 21),
+    ("origin2", 22),
+    ("ingest", 30),
+];
+/// The drills of [`Lab::drill`].
+pub const DRILLS: [&str; 4] = [
+    "edge-kill",
+    "edge-link-down",
+    "origin-host-kill",
+    "router-flap",
+];
+/// The edges.
+pub const EDGES: [&str; 2] = ["edge1", "edge2"];
+/// The origin hosts.
+pub const ORIGIN_HOSTS: [&str; 2] = ["origin1", "origin2"];
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// Directory with the built binaries (switcher-ctl, ingest, packager, origin).
+    pub bin_dir: PathBuf,
+    /// Logs, FRR configurations, HLS output.
+    pub run_dir: PathBuf,
+    /// Stream name.
+    pub stream: String,
+    /// Test pattern size and rate.
+    pub video: (u32, u32, u32),
+}
+
+/// A host of the lab: its namespace and its link to the router.
+pub struct Host {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its address.
+    pub addr: Ipv4Addr,
+    /// The router's address on its link.
+    pub gateway: Ipv4Addr,
+    /// Its end of the link.
+    pub iface: String,
+    /// The router's end of the link.
+    pub router_iface: String,
+}
+
+/// One process of the lab.
+struct Proc {
+    ns: String,
+    argv: Vec<String>,
+    child: Option<Child>,
+}
+
+/// The running lab. Drop stops and removes everything.
+pub struct Lab {
+    /// Its configuration.
+    pub cfg: LabConfig,
+    procs: BTreeMap<String, Proc>,
+    /// Hosts by role.
+    pub hosts: BTreeMap<&'static str, Host>,
+    /// The router.
+    pub router: Netns,
+    /// The bpffs every switcher-ctl pins under (outside /sys, see `netns::BpfFs`).
+    pub bpffs: BpfFs,
+}
+
+/// Address `.host` of the /24 of `octet`.
+fn addr(octet: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 10, octet, host)
+}
+
+impl Lab {
+    /// Builds the topology and starts every process, waiting for each to be ready and for the
+    /// router to route the VIP over both edges.
+    pub fn start(cfg: LabConfig) -> Result<Lab> {
+        for bin in ["switcher-ctl", "ingest", "packager", "origin"] {
+            if !cfg.bin_dir.join(bin).exists() {
+                bail!(
+                    "{} missing: build the workspace first",
+                    cfg.bin_dir.join(bin).display()
+                );
+            }
+        }
+        for tool in [
+            "/usr/lib/frr/zebra",
+            "/usr/lib/frr/bgpd",
+            "/usr/lib/frr/bfdd",
+        ] {
+            if !Path::new(tool).exists() {
+                bail!(
+                    "{tool} missing: install FRR (`sudo scripts/setup` installs the frr package)"
+                );
+            }
+        }
+        fs::create_dir_all(cfg.run_dir.join("logs"))?;
+        let router = Netns::new("rt")?;
+        let bpffs = BpfFs::new()?;
+        let mut lab = Lab {
+            cfg,
+            procs: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            router,
+            bpffs,
+        };
+        lab.build_network()?;
+        lab.start_processes()?;
+        Ok(lab)
+    }
+
+    fn build_network(&mut self) -> Result<()> {
+        let r = &self.router;
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.fib_multipath_hash_policy", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            r.exec(&["sysctl", "-qw", &format!("{key}={value}")])?;
+        }
+        for (role, octet) in ROLES {
+            let ns = Netns::new(&role[..1])?;
+            let iface = unique("h");
+            let router_iface = unique("r");
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                &iface,
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &router_iface,
+                "netns",
+                &r.name,
+            ])?;
+            let mtu = if role == "client" { "1500" } else { LAB_MTU };
+            let (host, gateway) = (addr(octet, 2), addr(octet, 1));
+            for (n, ifname, a) in [(&ns, &iface, host), (r, &router_iface, gateway)] {
+                n.exec(&["ip", "link", "set", ifname, "mtu", mtu])?;
+                n.exec(&["ip", "addr", "add", &format!("{a}/24"), "dev", ifname])?;
+                n.exec(&["ethtool", "-K", ifname, "tx", "off", "rx", "off"])?;
+                n.exec(&["ip", "link", "set", ifname, "up"])?;
+            }
+            ns.exec(&["ip", "route", "add", "default", "via", &gateway.to_string()])?;
+            ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"])?;
+            ns.exec(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"])?;
+            if role.starts_with("edge") {
+                // XDP_TX from the edge lands on the router's end: veth takes XDP frames in
+                // only with NAPI on, which GRO turns on.
+                r.exec(&["ethtool", "-K", &router_iface, "gro", "on"])?;
+                ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            }
+            if role.starts_with("origin") {
+                ns.exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+                for key in ["all", &iface] {
+                    ns.exec(&[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv4.conf.{key}.arp_ignore=1"),
+                    ])?;
+                    ns.exec(&[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv4.conf.{key}.arp_announce=2"),
+                    ])?;
+                }
+            }
+            self.hosts.insert(
+                role,
+                Host {
+                    ns,
+                    addr: host,
+                    gateway,
+                    iface,
+                    router_iface,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// A host by role.
+    pub fn host(&self, role: &str) -> &Host {
+        &self.hosts[role]
+    }
+
+    fn bin(&self, name: &str) -> String {
+        self.cfg.bin_dir.join(name).to_string_lossy().into_owned()
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.cfg.run_dir.join(name)
+    }
+
+    /// The HLS directory of an origin host.
+    pub fn hls_dir(&self, origin_host: &str) -> PathBuf {
+        self.dir(&format!("hls-{origin_host}"))
+    }
+
+    /// Pin root of an edge's switcher-ctl, or of an origin host's decap program.
+    pub fn pin_root(&self, role: &str) -> PathBuf {
+        self.bpffs.dir.join(role)
+    }
+
+    fn start_processes(&mut self) -> Result<()> {
+        // Routing first: the edges announce as soon as an origin is healthy.
+        self.start_frr_all()?;
+        let ingest_ns = self.host("ingest").ns.name.clone();
+        let rtmp = format!("0.0.0.0:{RTMP_PORT}");
+        self.spawn(
+            "ingest",
+            &ingest_ns,
+            vec![
+                self.bin("ingest"),
+                "--listen".into(),
+                rtmp,
+                "--admin".into(),
+                INGEST_ADMIN.into(),
+            ],
+            Some(format!("127.0.0.1:{RTMP_PORT}")),
+        )?;
+        let (w, h, fps) = self.cfg.video;
+        let publish = format!("rtmp://127.0.0.1:{RTMP_PORT}/live/{}", self.cfg.stream);
+        let publisher: Vec<String> = [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "warning",
+            "-nostdin",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={w}x{h}:rate={fps}"),
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            &(fps * 2).to_string(),
+            "-keyint_min",
+            &(fps * 2).to_string(),
+            "-sc_threshold",
+            "0",
+            "-b:v",
+            "1000k",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "flv",
+            &publish,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.spawn("publisher", &ingest_ns, publisher, None)?;
+        let source = format!(
+            "rtmp://{}:{RTMP_PORT}/live/{}",
+            self.host("ingest").addr,
+            self.cfg.stream
+        );
+        for o in ORIGIN_HOSTS {
+            let ns = self.host(o).ns.name.clone();
+            let dir = self.hls_dir(o);
+            fs::create_dir_all(&dir)?;
+            let dir = dir.to_string_lossy().into_owned();
+            self.spawn(
+                &format!("packager-{o}"),
+                &ns,
+                vec![
+                    self.bin("packager"),
+                    "--source".into(),
+                    source.clone(),
+                    "--out".into(),
+                    dir.clone(),
+                    "--admin".into(),
+                    PACKAGER_ADMIN.into(),
+                ],
+                Some(PACKAGER_ADMIN.into()),
+            )?;
+            self.spawn(
+                &format!("origin-{o}"),
+                &ns,
+                vec![
+                    self.bin("origin"),
+                    "--root".into(),
+                    dir,
+                    "--listen".into(),
+                    format!("0.0.0.0:{VIP_PORT}"),
+                ],
+                Some(format!("127.0.0.1:{VIP_PORT}")),
+            )?;
+            let iface = self.host(o).iface.clone();
+            let pins = self.pin_root(o).to_string_lossy().into_owned();
+            let (sw, vip) = (self.bin("switcher-ctl"), VIP.to_string());
+            self.run_in(
+                o,
+                &[
+                    &sw,
+                    "decap",
+                    "--iface",
+                    &iface,
+                    "--vip",
+                    &vip,
+                    "--mode",
+                    "native",
+                    "--pin-root",
+                    &pins,
+                ],
+            )?;
+        }
+        for e in EDGES {
+            self.start_edge(e)?;
+        }
+        self.wait_for(
+            "the router to route the VIP over both edges",
+            READY,
+            |lab| Ok(lab.vip_nexthops()?.len() == 2),
+        )?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) an edge's switcher-ctl.
+    pub fn start_edge(&mut self, edge: &str) -> Result<()> {
+        let ns = self.host(edge).ns.name.clone();
+        let iface = self.host(edge).iface.clone();
+        let origin = |o: &str| format!("http://{}:{VIP_PORT}", self.host(o).addr);
+        let argv = vec![
+            self.bin("switcher-ctl"),
+            "run".into(),
+            "--iface".into(),
+            iface,
+            "--vip".into(),
+            format!("{VIP}:{VIP_PORT}"),
+            "--primary".into(),
+            origin("origin1"),
+            "--backup".into(),
+            origin("origin2"),
+            "--stream".into(),
+            self.cfg.stream.clone(),
+            "--pin-root".into(),
+            self.pin_root(edge).to_string_lossy().into_owned(),
+            "--admin".into(),
+            EDGE_ADMIN.into(),
+            "--admin-socket".into(),
+            self.dir(&format!("{edge}.sock"))
+                .to_string_lossy()
+                .into_owned(),
+            "--attach-mode".into(),
+            "native".into(),
+            "--dsr".into(),
+            "--announce".into(),
+        ];
+        self.spawn(
+            &format!("switcher-{edge}"),
+            &ns,
+            argv,
+            Some(EDGE_ADMIN.into()),
+        )
+    }
+
+    /// The FRR configuration of `role` (router or an edge), for bgpd.
+    fn bgpd_conf(&self, role: &str) -> String {
+        if role == "router" {
+            let mut c = format!(
+                "router bgp {ROUTER_AS}\n bgp router-id 10.10.0.1\n no bgp ebgp-requires-policy\n"
+            );
+            for e in EDGES {
+                let a = self.host(e).addr;
+                c += &format!(
+                    " neighbor {a} remote-as {EDGE_AS}\n neighbor {a} bfd\n neighbor {a} timers 1 3\n"
+                );
+            }
+            c += " address-family ipv4 unicast\n  maximum-paths 2\n exit-address-family\n";
+            c
+        } else {
+            let h = self.host(role);
+            format!(
+                "ip prefix-list VIP seq 5 permit {VIP}/32\n\
+                 route-map VIP permit 10\n match ip address prefix-list VIP\n\
+                 router bgp {EDGE_AS}\n bgp router-id {a}\n no bgp ebgp-requires-policy\n \
+                 neighbor {g} remote-as {ROUTER_AS}\n neighbor {g} bfd\n neighbor {g} timers 1 3\n \
+                 address-family ipv4 unicast\n  redistribute kernel route-map VIP\n exit-address-family\n",
+                a = h.addr,
+                g = h.gateway
+            )
+        }
+    }
+
+    /// The namespace name of `role` (`router` included).
+    pub fn ns_name(&self, role: &str) -> String {
+        if role == "router" {
+            self.router.name.clone()
+        } else {
+            self.host(role).ns.name.clone()
+        }
+    }
+
+    fn start_frr_all(&mut self) -> Result<()> {
+        for role in ["router", "edge1", "edge2"] {
+            for daemon in ["zebra", "bfdd", "bgpd"] {
+                self.start_frr(role, daemon)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts one FRR daemon of `role` in the foreground (a child of ours), with its own path
+    /// space (`-N <namespace name>`) and configuration under the run directory.
+    pub fn start_frr(&mut self, role: &str, daemon: &str) -> Result<()> {
+        let ns = self.ns_name(role);
+        let conf_dir = self.dir(&format!("frr-{role}"));
+        let state = PathBuf::from(format!("/var/run/frr/{ns}"));
+        for d in [&conf_dir, &state] {
+            fs::create_dir_all(d)?;
+            sh(&["chown", "frr:frr", &d.to_string_lossy()])?;
+        }
+        let conf = conf_dir.join(format!("{daemon}.conf"));
+        let text = if daemon == "bgpd" {
+            self.bgpd_conf(role)
+        } else {
+            String::new()
+        };
+        fs::write(&conf, text)?;
+        sh(&["chown", "frr:frr", &conf.to_string_lossy()])?;
+        let argv = vec![
+            format!("/usr/lib/frr/{daemon}"),
+            "-N".into(),
+            ns.clone(),
+            "-f".into(),
+            conf.to_string_lossy().into_owned(),
+            "-i".into(),
+            conf_dir
+                .join(format!("{daemon}.pid"))
+                .to_string_lossy()
+                .into_owned(),
+        ];
+        self.spawn(&format!("{daemon}-{role}"), &ns, argv, None)?;
+        if daemon == "zebra" {
+            // bgpd and bfdd connect to zebra's socket; wait for it.
+            let sock = state.join("zserv.api");
+            self.wait_for(&format!("zebra of {role}"), READY, move |_| {
+                Ok(sock.exists())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Starts a process inside namespace `ns`, logging to `logs/<name>.log`, and waits until
+    /// `ready` accepts connections (inside the namespace).
+    fn spawn(
+        &mut self,
+        name: &str,
+        ns: &str,
+        argv: Vec<String>,
+        ready: Option<String>,
+    ) -> Result<()> {
+        let log_path = self.dir("logs").join(format!("{name}.log"));
+        let log = fs::File::create(&log_path)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .spawn()
+            .with_context(|| format!("starting {name}: {}", argv.join(" ")))?;
+        self.procs.insert(
+            name.to_string(),
+            Proc {
+                ns: ns.to_string(),
+                argv,
+                child: Some(child),
+            },
+        );
+        if let Some(addr) = ready
+            && !wait_port(Some(ns), &addr, READY)
+        {
+            let tail = fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("{name} not ready on {addr}; log:\n{tail}");
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to a process of the lab and reaps it (SIGKILL after 10 s).
+    pub fn kill(&mut self, name: &str, signal: i32) -> Result<()> {
+        let p = self
+            .procs
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("no process {name}"))?;
+        if let Some(mut child) = p.child.take() {
+            // `ip netns exec` execs the command, so the child's pid is the process's.
+            // SAFETY: plain kill(2) on our child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a killed process again, the same way.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        let p = self
+            .procs
+            .get(name)
+            .ok_or_else(|| anyhow!("no process {name}"))?;
+        let (ns, argv) = (p.ns.clone(), p.argv.clone());
+        self.spawn(name, &ns, argv, None)
+    }
+
+    /// Runs a command inside `role`'s namespace to completion; its stdout.
+    pub fn run_in(&self, role: &str, argv: &[&str]) -> Result<String> {
+        let ns = self.ns_name(role);
+        let mut full = vec!["ip", "netns", "exec", &ns];
+        full.extend_from_slice(argv);
+        sh(&full)
+    }
+
+    /// Polls `cond` every 50 ms until it holds or `timeout` passes.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Lab) -> Result<bool>,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < timeout {
+            match cond(self) {
+                Ok(true) => return Ok(start.elapsed()),
+                Ok(false) => {}
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("timed out after {timeout:?} waiting for {what} (last error: {last:?})")
+    }
+
+    /// The next hops the router's kernel uses for the VIP (one per edge that announces it).
+    pub fn vip_nexthops(&self) -> Result<Vec<Ipv4Addr>> {
+        let out = self.run_in(
+            "router",
+            &["ip", "-4", "route", "show", &format!("{VIP}/32")],
+        )?;
+        Ok(parse_nexthops(&out))
+    }
+
+    /// The edge at `addr`, by role.
+    pub fn edge_at(&self, addr: Ipv4Addr) -> Option<&'static str> {
+        EDGES.into_iter().find(|e| self.host(e).addr == addr)
+    }
+
+    /// Sum over origins of a `dataplane_*` counter in an edge's `/metrics`.
+    pub fn edge_counter(&self, edge: &str, metric: &str) -> Result<f64> {
+        let ns = self.ns_name(edge);
+        let (_, body) = http_get(Some(&ns), EDGE_ADMIN, "/metrics", Duration::from_secs(2))?;
+        Ok(sum_metric(&String::from_utf8_lossy(&body), metric))
+    }
+
+    /// `switcher-ctl decap --status` of an origin host: its decapsulated count.
+    pub fn decapsulated(&self, origin_host: &str) -> Result<u64> {
+        let pins = self.pin_root(origin_host).to_string_lossy().into_owned();
+        let sw = self.bin("switcher-ctl");
+        let out = self.run_in(
+            origin_host,
+            &[&sw, "decap", "--status", "--pin-root", &pins],
+        )?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "decapsulated")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("no decapsulated count in {out:?}"))
+    }
+
+    /// GETs `path` through the VIP from the client namespace, on a fresh connection.
+    pub fn get(&self, path: &str) -> Result<(u16, Vec<u8>)> {
+        http_get(
+            Some(&self.ns_name("client")),
+            &format!("{VIP}:{VIP_PORT}"),
+            path,
+            Duration::from_secs(5),
+        )
+    }
+
+    /// Sets a host's link to the router down or up (from the router's side).
+    pub fn link(&self, role: &str, up: bool) -> Result<()> {
+        let iface = self.host(role).router_iface.clone();
+        self.run_in(
+            "router",
+            &["ip", "link", "set", &iface, if up { "up" } else { "down" }],
+        )?;
+        Ok(())
+    }
+
+    /// Kills an edge the hard way: its switcher-ctl and its FRR daemons (SIGKILL). Its XDP
+    /// program stays attached (pinned); the router takes the edge out when BFD times out.
+    pub fn kill_edge(&mut self, edge: &str) -> Result<()> {
+        self.kill(&format!("switcher-{edge}"), libc::SIGKILL)?;
+        for d in ["bgpd", "bfdd", "zebra"] {
+            self.kill(&format!("{d}-{edge}"), libc::SIGKILL)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a killed edge again (FRR, then switcher-ctl, which adopts the pinned programs).
+    pub fn restart_edge(&mut self, edge: &str) -> Result<()> {
+        for d in ["zebra", "bfdd", "bgpd"] {
+            self.start_frr(edge, d)?;
+        }
+        self.start_edge(edge)
+    }
+
+    /// Runs one drill (see [`DRILLS`]) and restores: a timeline of (event, time since the
+    /// fault). Viewers keep fetching the playlist through the VIP during it; a failed fetch is
+    /// an event of the timeline.
+    pub fn drill(&mut self, name: &str) -> Result<Vec<(String, Duration)>> {
+        let t0 = Instant::now();
+        let mut timeline = Vec::new();
+        let mark = |what: String, tl: &mut Vec<(String, Duration)>| tl.push((what, t0.elapsed()));
+        let edge2 = self.host("edge2").addr;
+        let only_edge2 = move |lab: &Lab| Ok(lab.vip_nexthops()? == vec![edge2]);
+        let both = |lab: &Lab| Ok(lab.vip_nexthops()?.len() == 2);
+        match name {
+            "edge-kill" | "edge-link-down" => {
+                if name == "edge-kill" {
+                    self.kill_edge("edge1")?;
+                } else {
+                    self.link("edge1", false)?;
+                }
+                mark(format!("{name}: edge1 down"), &mut timeline);
+                self.wait_for("the router to drop edge1", READY, only_edge2)?;
+                mark(
+                    "router routes the VIP over edge2 only".into(),
+                    &mut timeline,
+                );
+                self.check_fetch(&mut timeline, t0)?;
+                if name == "edge-kill" {
+                    self.restart_edge("edge1")?;
+                } else {
+                    self.link("edge1", true)?;
+                }
+                mark("edge1 restored".into(), &mut timeline);
+                self.wait_for("the router to route over both edges", READY, both)?;
+                mark(
+                    "router routes the VIP over both edges".into(),
+                    &mut timeline,
+                );
+            }
+            "origin-host-kill" => {
+                self.link("origin1", false)?;
+                mark("origin1 unreachable".into(), &mut timeline);
+                for e in EDGES {
+                    self.wait_for(&format!("{e} to fail over"), READY, |lab| {
+                        Ok(lab.edge_active(e)? == "backup")
+                    })?;
+                    mark(
+                        format!("{e} active origin: backup (origin2)"),
+                        &mut timeline,
+                    );
+                }
+                self.check_fetch(&mut timeline, t0)?;
+                self.link("origin1", true)?;
+                mark("origin1 reachable again".into(), &mut timeline);
+                for e in EDGES {
+                    self.wait_for(&format!("{e} to switch back"), READY, |lab| {
+                        Ok(lab.edge_active(e)? == "primary")
+                    })?;
+                    mark(
+                        format!("{e} active origin: primary (origin1)"),
+                        &mut timeline,
+                    );
+                }
+            }
+            "router-flap" => {
+                self.kill("bgpd-router", libc::SIGKILL)?;
+                mark("router bgpd killed".into(), &mut timeline);
+                self.start_frr("router", "bgpd")?;
+                mark("router bgpd started".into(), &mut timeline);
+                self.wait_for("the router to route over both edges", READY, both)?;
+                mark(
+                    "router routes the VIP over both edges".into(),
+                    &mut timeline,
+                );
+            }
+            other => bail!("unknown drill {other:?} ({})", DRILLS.join(", ")),
+        }
+        self.check_fetch(&mut timeline, t0)?;
+        Ok(timeline)
+    }
+
+    /// Fetches the playlist through the VIP and notes the outcome in the timeline.
+    fn check_fetch(&self, timeline: &mut Vec<(String, Duration)>, t0: Instant) -> Result<()> {
+        let path = format!("/hls/{}/index.m3u8", self.cfg.stream);
+        let what = match self.get(&path) {
+            Ok((200, body)) if body.starts_with(b"#EXTM3U") => {
+                "viewer fetch through the VIP: 200".to_string()
+            }
+            Ok((status, _)) => format!("viewer fetch through the VIP: HTTP {status}"),
+            Err(e) => format!("viewer fetch through the VIP failed: {e:#}"),
+        };
+        timeline.push((what, t0.elapsed()));
+        Ok(())
+    }
+
+    /// The active origin an edge's switcher-ctl reports (`primary`/`backup`).
+    pub fn edge_active(&self, edge: &str) -> Result<String> {
+        let ns = self.ns_name(edge);
+        let (_, body) = http_get(Some(&ns), EDGE_ADMIN, "/healthz", Duration::from_secs(2))?;
+        let h: serde_json::Value = serde_json::from_slice(&body)?;
+        Ok(h["active"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Prints what is where and how to look at each part.
+    pub fn describe(&self) -> String {
+        let ns = |r: &str| self.ns_name(r);
+        let sw = self.bin("switcher-ctl");
+        let mut s = format!(
+            "\n  VIP        http://{VIP}:{VIP_PORT}/hls/{stream}/index.m3u8  (from the client namespace)\n  \
+             play       sudo ip netns exec {client} ffplay http://{VIP}:{VIP_PORT}/hls/{stream}/index.m3u8\n  \
+             fetch      sudo ip netns exec {client} curl -s http://{VIP}:{VIP_PORT}/hls/{stream}/index.m3u8\n  \
+             router     sudo ip netns exec {router} ip route show {VIP}     (one next hop per announcing edge)\n             \
+             sudo vtysh -N {router} -c 'show bgp summary' -c 'show bfd peers brief'\n",
+            stream = self.cfg.stream,
+            client = ns("client"),
+            router = ns("router"),
+        );
+        for e in EDGES {
+            s += &format!(
+                "  {e}      {addr}: sudo ip netns exec {n} curl -s http://{EDGE_ADMIN}/healthz   (and /metrics)\n             \
+                 sudo ip netns exec {n} {sw} status --pin-root {pins} --admin {EDGE_ADMIN}\n             \
+                 sudo ip netns exec {n} ip route show proto 77   (the announcement);  sudo vtysh -N {n}\n",
+                addr = self.host(e).addr,
+                n = ns(e),
+                pins = self.pin_root(e).display(),
+            );
+        }
+        for o in ORIGIN_HOSTS {
+            s += &format!(
+                "  {o}    {addr}: sudo ip netns exec {n} {sw} decap --status --pin-root {pins}\n             \
+                 sudo ip netns exec {n} curl -s http://{addr}:{VIP_PORT}/hls/{stream}/index.m3u8\n",
+                addr = self.host(o).addr,
+                n = ns(o),
+                pins = self.pin_root(o).display(),
+                stream = self.cfg.stream,
+            );
+        }
+        s += &format!(
+            "  ingest     rtmp://{}:{RTMP_PORT}/live/{} (inside the lab)\n  logs       {}\n",
+            self.host("ingest").addr,
+            self.cfg.stream,
+            self.dir("logs").display()
+        );
+        s
+    }
+
+    /// Stops every process and detaches every program (the namespaces and the bpffs go when
+    /// the fields drop).
+    pub fn stop(&mut self) {
+        let names: Vec<String> = self.procs.keys().cloned().collect();
+        // switcher-ctl first (it withdraws the VIP on SIGTERM), FRR last.
+        let mut order: Vec<&String> = names.iter().filter(|n| n.starts_with("switcher")).collect();
+        order.extend(names.iter().filter(|n| !n.starts_with("switcher")));
+        for n in order {
+            let _ = self.kill(n, libc::SIGTERM);
+        }
+        let sw = self.bin("switcher-ctl");
+        for e in EDGES.into_iter().filter(|e| self.hosts.contains_key(e)) {
+            let pins = self.pin_root(e).to_string_lossy().into_owned();
+            let _ = self.run_in(e, &[&sw, "detach", "--pin-root", &pins]);
+        }
+        for o in ORIGIN_HOSTS
+            .into_iter()
+            .filter(|o| self.hosts.contains_key(o))
+        {
+            let pins = self.pin_root(o).to_string_lossy().into_owned();
+            let _ = self.run_in(o, &[&sw, "decap", "--detach", "--pin-root", &pins]);
+        }
+        let mut frr_state = vec![self.router.name.clone()];
+        frr_state.extend(
+            EDGES
+                .iter()
+                .filter_map(|e| self.hosts.get(e))
+                .map(|h| h.ns.name.clone()),
+        );
+        for ns in frr_state {
+            let _ = fs::remove_dir_all(format!("/var/run/frr/{ns}"));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The next hops of an `ip route show` of one prefix: `via A` on the route line, or one
+/// `nexthop via A` line per path of a multipath route.
+pub fn parse_nexthops(out: &str) -> Vec<Ipv4Addr> {
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .filter_map(|w| w[1].parse().ok())
+        .collect()
+}
+
+/// Sum of every sample of `metric` (any labels) in a Prometheus text exposition.
+pub fn sum_metric(text: &str, metric: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nexthops_of_single_and_multipath_routes() {
+        let single = "10.99.0.1 nhid 6 via 10.10.11.2 dev hx1r3 proto bgp metric 20 \n";
+        assert_eq!(parse_nexthops(single), vec![Ipv4Addr::new(10, 10, 11, 2)]);
+        let multi = "10.99.0.1 nhid 9 proto bgp metric 20 \n\tnexthop via 10.10.11.2 dev a weight 1 \n\tnexthop via 10.10.12.2 dev b weight 1 \n";
+        assert_eq!(
+            parse_nexthops(multi),
+            vec![Ipv4Addr::new(10, 10, 11, 2), Ipv4Addr::new(10, 10, 12, 2)]
+        );
+        assert!(parse_nexthops("").is_empty());
+    }
+
+    #[test]
+    fn metric_sums_over_labels_only_for_that_name() {
+        let text = "# HELP dataplane_packets_total x\n\
+                    dataplane_packets_total{origin=\"primary\"} 3\n\
+                    dataplane_packets_total{origin=\"backup\"} 4\n\
+                    dataplane_packets_total_extra 100\n";
+        assert_eq!(sum_metric(text, "dataplane_packets_total"), 7.0);
+    }
+}
