@@ -13,11 +13,15 @@
 //!   from the VIP come from the origin hosts, not from the edges the VIP is routed to). FRR
 //!   zebra + bgpd + bfdd, one eBGP session per edge with BFD (300 ms x 3) and 1 s / 3 s timers,
 //!   `maximum-paths 2`.
-//! * **edge1, edge2**: `switcher-ctl run --dsr --announce` with XDP (native) on the veth, both
-//!   origin hosts as remote origins; FRR zebra + bgpd + bfdd redistributing the kernel route
+//! * **edge1, edge2**: `switcher-ctl run --dsr --announce` with XDP on the veth, both origin
+//!   hosts as remote origins; FRR zebra + bgpd + bfdd redistributing the kernel route
 //!   switcher-ctl installs for the VIP (`announce`). Forwarding on (the route lookup from XDP
-//!   is a forwarding lookup). The router's end of their veth has GRO on, so that the frames
-//!   the edge sends with `XDP_TX` are taken in (veth needs NAPI on the peer for that).
+//!   is a forwarding lookup). XDP is attached in generic (skb) mode by default: in native
+//!   mode the frames an edge sends with `XDP_TX` reach the router only with NAPI on the
+//!   router's end (GRO on, which [`LabConfig::native`] sets), and with that, under 100
+//!   concurrent downloads, an edge's link to the router stalled for good (its own probes then
+//!   timed out too) on this kernel; not root-caused. Probe timeouts are raised to 0.5 s / 1 s
+//!   so a loaded 2-CPU machine does not make an edge withdraw.
 //! * **origin1, origin2**: a packager pulling from the ingest host, an origin on `0.0.0.0:8080`
 //!   (the VIP's port: it answers viewers on the VIP, and the edges' probes on the host address),
 //!   the VIP on `lo` with `arp_ignore=1`/`arp_announce=2`, `switcher-ctl decap` on the veth.
@@ -97,6 +101,9 @@ pub struct LabConfig {
     pub stream: String,
     /// Test pattern size and rate.
     pub video: (u32, u32, u32),
+    /// Attach XDP in the driver (veth's native mode) instead of the generic (skb) path, on
+    /// the edges and for decap (see the module docs for why the lab defaults to generic).
+    pub native: bool,
 }
 
 /// A host of the lab: its namespace and its link to the router.
@@ -217,9 +224,11 @@ impl Lab {
             ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"])?;
             ns.exec(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"])?;
             if role.starts_with("edge") {
-                // XDP_TX from the edge lands on the router's end: veth takes XDP frames in
-                // only with NAPI on, which GRO turns on.
-                r.exec(&["ethtool", "-K", &router_iface, "gro", "on"])?;
+                if self.cfg.native {
+                    // Native XDP_TX from the edge lands on the router's end: veth takes XDP
+                    // frames in only with NAPI on, which GRO turns on.
+                    r.exec(&["ethtool", "-K", &router_iface, "gro", "on"])?;
+                }
                 ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             }
             if role.starts_with("origin") {
@@ -385,7 +394,7 @@ impl Lab {
                     "--vip",
                     &vip,
                     "--mode",
-                    "native",
+                    self.xdp_mode(),
                     "--pin-root",
                     &pins,
                 ],
@@ -429,9 +438,13 @@ impl Lab {
                 .to_string_lossy()
                 .into_owned(),
             "--attach-mode".into(),
-            "native".into(),
+            self.xdp_mode().into(),
             "--dsr".into(),
             "--announce".into(),
+            "--probe-connect-timeout".into(),
+            "0.5".into(),
+            "--probe-timeout".into(),
+            "1".into(),
         ];
         self.spawn(
             &format!("switcher-{edge}"),
@@ -439,6 +452,11 @@ impl Lab {
             argv,
             Some(EDGE_ADMIN.into()),
         )
+    }
+
+    /// `native` or `generic`, per [`LabConfig::native`].
+    fn xdp_mode(&self) -> &'static str {
+        if self.cfg.native { "native" } else { "generic" }
     }
 
     /// The FRR configuration of `role` (router or an edge), for bgpd.
@@ -663,6 +681,28 @@ impl Lab {
             .nth(1)
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| anyhow!("no decapsulated count in {out:?}"))
+    }
+
+    /// Sum over an edge's remote origins of one encapsulation counter (`encapsulated`,
+    /// `adopted`, ...), from `switcher-ctl status`.
+    pub fn edge_encap(&self, edge: &str, counter: &str) -> Result<u64> {
+        let pins = self.pin_root(edge).to_string_lossy().into_owned();
+        let sw = self.bin("switcher-ctl");
+        let out = self.run_in(
+            edge,
+            &[&sw, "status", "--pin-root", &pins, "--admin", EDGE_ADMIN],
+        )?;
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with("encap "))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .skip_while(|w| *w != counter)
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum())
     }
 
     /// GETs `path` through the VIP from the client namespace, on a fresh connection.

@@ -33,6 +33,9 @@ pub struct LabArgs {
     /// Stop after the drills instead of waiting for Ctrl-C.
     #[arg(long)]
     pub exit: bool,
+    /// Attach XDP in veth's native mode instead of generic (see `xtask::lab`).
+    #[arg(long)]
+    pub native: bool,
 }
 
 pub fn run(ws: &Path, args: LabArgs) -> Result<()> {
@@ -58,6 +61,7 @@ pub fn run(ws: &Path, args: LabArgs) -> Result<()> {
         run_dir,
         stream: args.stream.clone(),
         video: (1280, 720, 30),
+        native: args.native,
     })?;
     println!("{}", lab.describe());
     for d in &args.drill {

@@ -30,11 +30,15 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Removes the run directory on drop.
+/// Removes the run directory on drop, unless the test failed (its logs are kept).
 struct RunDir(PathBuf);
 impl Drop for RunDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::thread::panicking() {
+            eprintln!("lab logs kept in {}", self.0.join("logs").display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -68,6 +72,7 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
         run_dir: run_dir.0.clone(),
         stream: "demo".into(),
         video: (320, 240, 10),
+        native: false,
     })
     .expect("start the lab");
     lab.wait_for("the playlist through the VIP", WAIT, |lab| {
@@ -141,4 +146,126 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
     })
     .expect("the router routes the VIP over both edges again");
     fetch_all(&lab, 8);
+}
+
+/// Size of the file the slow downloads fetch.
+const BIG: usize = 3 << 20;
+/// Concurrent slow downloads through the VIP.
+const DOWNLOADS: usize = 100;
+
+#[test]
+fn edge_loss_is_hitless_for_established_downloads() {
+    assert!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "the lab test needs root; run it through `cargo xtask test`"
+    );
+    let run_dir = RunDir(PathBuf::from(format!(
+        "/run/hls-edge-labloss-{}",
+        std::process::id()
+    )));
+    let mut lab = Lab::start(LabConfig {
+        bin_dir: workspace().join("target/debug"),
+        run_dir: run_dir.0.clone(),
+        stream: "demo".into(),
+        video: (320, 240, 10),
+        native: false,
+    })
+    .expect("start the lab");
+    // The same large file on both origin hosts.
+    let mut content = vec![0u8; BIG];
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut content))
+        .expect("random content");
+    for o in ORIGIN_HOSTS {
+        let dir = lab.hls_dir(o).join("big");
+        std::fs::create_dir_all(&dir).expect("create the file's directory");
+        std::fs::write(dir.join("big.ts"), &content).expect("write the file");
+    }
+    let url = format!(
+        "http://{}:{}/hls/big/big.ts",
+        xtask::lab::VIP,
+        xtask::lab::VIP_PORT
+    );
+    let client = lab.ns_name("client");
+    let out_dir = run_dir.0.join("downloads");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let before: Vec<f64> = EDGES
+        .iter()
+        .map(|e| lab.edge_counter(e, "dataplane_packets_total").unwrap())
+        .collect();
+    // ~30 s each at 100 kB/s: still running when the edge dies.
+    let mut curls: Vec<(PathBuf, std::process::Child)> = (0..DOWNLOADS)
+        .map(|i| {
+            let out = out_dir.join(format!("{i}.ts"));
+            let child = std::process::Command::new("ip")
+                .args(["netns", "exec", &client, "curl", "-sS", "--fail"])
+                .args(["--limit-rate", "100k", "-o"])
+                .arg(&out)
+                .arg(&url)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start curl");
+            (out, child)
+        })
+        .collect();
+    // Every download has started (bytes arrived) before the edge dies.
+    lab.wait_for("every download to start", WAIT, |_| {
+        for (i, (_, c)) in curls.iter_mut().enumerate() {
+            if let Some(status) = c.try_wait()?
+                && !status.success()
+            {
+                let mut err = String::new();
+                if let Some(mut e) = c.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("download {i} ended before the edge loss ({status}): {err}");
+            }
+        }
+        Ok(curls
+            .iter()
+            .all(|(out, _)| std::fs::metadata(out).is_ok_and(|m| m.len() > 0)))
+    })
+    .expect("downloads started");
+    let edge1_carried = lab
+        .edge_counter("edge1", "dataplane_packets_total")
+        .unwrap()
+        > before[0];
+    assert!(
+        edge1_carried,
+        "ECMP put none of {DOWNLOADS} downloads on edge1; the edge loss would test nothing"
+    );
+    let adopted_before = lab.edge_encap("edge2", "adopted").unwrap();
+    lab.kill_edge("edge1").expect("kill edge1");
+    let edge2 = lab.host("edge2").addr;
+    let reconverged = lab
+        .wait_for("the router to drop edge1", WAIT, |lab| {
+            Ok(lab.vip_nexthops()? == vec![edge2])
+        })
+        .expect("the router routes the VIP over edge2 only");
+    eprintln!(
+        "router reconverged {:.3} s after edge1 was killed (BFD 300 ms x 3)",
+        reconverged.as_secs_f64()
+    );
+    for (i, (out, child)) in curls.iter_mut().enumerate() {
+        let status = child.wait().expect("curl wait");
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        assert!(status.success(), "download {i} failed ({status}): {err}");
+        let got = std::fs::read(&out).expect("downloaded file");
+        assert!(
+            got == content,
+            "download {i}: {} bytes, not byte-identical to the {BIG}-byte original",
+            got.len()
+        );
+    }
+    let adopted = lab.edge_encap("edge2", "adopted").unwrap() - adopted_before;
+    assert!(
+        adopted > 0,
+        "edge2 adopted no packet of edge1's downloads: the takeover path was not exercised"
+    );
+    eprintln!("edge2 carried {adopted} packets of connections it never saw start");
 }

@@ -645,6 +645,23 @@ impl Pinned {
     }
 }
 
+/// The encapsulation counters per origin slot (summed over CPUs), from the pins under
+/// `pin_root` (direct server return; all zero without remote origins).
+pub fn encap_counters(pin_root: &Path) -> Result<Vec<switcher_common::dsr::EncapCounters>> {
+    use switcher_common::dsr::{EncapCounters, map_names as dsr_maps};
+    let stats: PerCpuArray<MapData, EncapCounters> =
+        PerCpuArray::try_from(open_map(pin_root, dsr_maps::ENCAP_STATS)?)?;
+    (0..MAX_ORIGINS)
+        .map(|slot| {
+            let mut sum = EncapCounters::default();
+            for c in stats.get(&slot, 0)?.iter() {
+                sum.add(c);
+            }
+            Ok(sum)
+        })
+        .collect()
+}
+
 /// The conntrack key of a client address (as the data plane builds it from a request).
 pub fn flow_key(client: SocketAddr) -> FlowKey {
     let mut client_addr = [0u8; 16];
@@ -706,6 +723,7 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
         map_names::HANDSHAKES,
         map_names::STATS,
         map_names::FLOWS_REMOVED,
+        switcher_common::dsr::map_names::ENCAP_STATS,
     ] {
         let map = ebpf
             .map(name)

@@ -355,6 +355,12 @@ fn describe_origin(o: &switcher_common::Origin) -> String {
         return "-".into();
     }
     let port = u16::from_be(o.port_be);
+    if o.flags & switcher_common::ORIGIN_REMOTE != 0 {
+        return format!(
+            "{}:{port} (remote: IP-in-IP, answers directly)",
+            std::net::Ipv4Addr::from(o.addr_v4)
+        );
+    }
     if o.addr_v4 != [0; 4] {
         format!("{}:{port}", std::net::Ipv4Addr::from(o.addr_v4))
     } else if o.addr_v6 != [0; 16] {
@@ -397,6 +403,23 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
                 describe_origin(o),
                 flows.get(i).copied().unwrap_or(0)
             );
+        }
+    }
+    // Direct server return: the encapsulation counters of the remote origins.
+    if let Ok(encap) = loader::encap_counters(pin_root) {
+        for (i, (o, c)) in origins.iter().zip(&encap).enumerate() {
+            if o.flags & switcher_common::ORIGIN_REMOTE != 0 {
+                println!(
+                    "encap {} [{i}]: encapsulated {} bytes {} to_stack {} too_big {} errors {} adopted {}",
+                    slot_label(i as u32),
+                    c.encapsulated,
+                    c.bytes,
+                    c.to_stack,
+                    c.too_big,
+                    c.errors,
+                    c.adopted
+                );
+            }
         }
     }
     println!("counters (summed over CPUs):");
