@@ -11,7 +11,8 @@
 //! * Every host is a namespace with one veth to the router (host .2, router .1 of its /24).
 //! * **router**: forwards, `fib_multipath_hash_policy=1` (L4 hash), `rp_filter` off (replies
 //!   from the VIP come from the origin hosts, not from the edges the VIP is routed to). FRR
-//!   zebra + bgpd + bfdd, one eBGP session per edge with BFD (300 ms x 3) and 1 s / 3 s timers,
+//!   zebra + bgpd + bfdd, one eBGP session per edge with BFD (300 ms x 3), 1 s / 3 s timers and
+//!   a 1 s connect retry,
 //!   `maximum-paths 2`.
 //! * **edge1, edge2**: `switcher-ctl run --dsr --announce` with XDP on the veth, both origin
 //!   hosts as remote origins; FRR zebra + bgpd + bfdd redistributing the kernel route
@@ -468,7 +469,7 @@ impl Lab {
             for e in EDGES {
                 let a = self.host(e).addr;
                 c += &format!(
-                    " neighbor {a} remote-as {EDGE_AS}\n neighbor {a} bfd\n neighbor {a} timers 1 3\n"
+                    " neighbor {a} remote-as {EDGE_AS}\n neighbor {a} bfd\n neighbor {a} timers 1 3\n neighbor {a} timers connect 1\n"
                 );
             }
             c += " address-family ipv4 unicast\n  maximum-paths 2\n exit-address-family\n";
@@ -479,7 +480,7 @@ impl Lab {
                 "ip prefix-list VIP seq 5 permit {VIP}/32\n\
                  route-map VIP permit 10\n match ip address prefix-list VIP\n\
                  router bgp {EDGE_AS}\n bgp router-id {a}\n no bgp ebgp-requires-policy\n \
-                 neighbor {g} remote-as {ROUTER_AS}\n neighbor {g} bfd\n neighbor {g} timers 1 3\n \
+                 neighbor {g} remote-as {ROUTER_AS}\n neighbor {g} bfd\n neighbor {g} timers 1 3\n neighbor {g} timers connect 1\n \
                  address-family ipv4 unicast\n  redistribute kernel route-map VIP\n exit-address-family\n",
                 a = h.addr,
                 g = h.gateway
@@ -656,6 +657,21 @@ impl Lab {
         Ok(parse_nexthops(&out))
     }
 
+    /// Whether the router's BFD session with `edge` is down (`show bfd peers brief`).
+    pub fn bfd_down(&self, edge: &str) -> Result<bool> {
+        let addr = self.host(edge).addr.to_string();
+        let out = sh(&[
+            "vtysh",
+            "-N",
+            &self.ns_name("router"),
+            "-c",
+            "show bfd peers brief",
+        ])?;
+        Ok(out
+            .lines()
+            .any(|l| l.split_whitespace().any(|w| w == addr) && l.contains("down")))
+    }
+
     /// The edge at `addr`, by role.
     pub fn edge_at(&self, addr: Ipv4Addr) -> Option<&'static str> {
         EDGES.into_iter().find(|e| self.host(e).addr == addr)
@@ -715,13 +731,22 @@ impl Lab {
         )
     }
 
-    /// Sets a host's link to the router down or up (from the router's side).
+    /// Sets a host's link to the router down or up, from the host's side (the router's end
+    /// loses its carrier and stays configured, as with a cable pulled at the host). zebra
+    /// (FRR 8.4) drops the next hop as soon as the carrier goes, but when the link comes back
+    /// before BFD has taken the session down, it was seen not to reinstall it: a drill keeps
+    /// the link down until the router's BFD reports the peer down.
     pub fn link(&self, role: &str, up: bool) -> Result<()> {
-        let iface = self.host(role).router_iface.clone();
+        let iface = self.host(role).iface.clone();
         self.run_in(
-            "router",
+            role,
             &["ip", "link", "set", &iface, if up { "up" } else { "down" }],
         )?;
+        if up {
+            // Admin down removed the host's default route with the link.
+            let gw = self.host(role).gateway.to_string();
+            self.run_in(role, &["ip", "route", "replace", "default", "via", &gw])?;
+        }
         Ok(())
     }
 
@@ -747,6 +772,47 @@ impl Lab {
     /// fault). Viewers keep fetching the playlist through the VIP during it; a failed fetch is
     /// an event of the timeline.
     pub fn drill(&mut self, name: &str) -> Result<Vec<(String, Duration)>> {
+        self.drill_steps(name)
+            .map_err(|e| e.context(format!("routing state:\n{}", self.routing_state())))
+    }
+
+    /// The router's route and BGP/BFD state and each edge's announcement, for diagnostics.
+    pub fn routing_state(&self) -> String {
+        let router = self.ns_name("router");
+        let show = |argv: &[&str]| match sh(argv) {
+            Ok(out) => out,
+            Err(e) => format!("{e:#}\n"),
+        };
+        let mut s = show(&[
+            "ip",
+            "netns",
+            "exec",
+            &router,
+            "ip",
+            "route",
+            "show",
+            &VIP.to_string(),
+        ]);
+        s += &show(&[
+            "vtysh",
+            "-N",
+            &router,
+            "-c",
+            "show bgp summary",
+            "-c",
+            "show bfd peers brief",
+        ]);
+        for e in EDGES {
+            let ns = self.ns_name(e);
+            s += &format!("{e} announcement: ");
+            s += &show(&[
+                "ip", "netns", "exec", &ns, "ip", "route", "show", "proto", "77",
+            ]);
+        }
+        s
+    }
+
+    fn drill_steps(&mut self, name: &str) -> Result<Vec<(String, Duration)>> {
         let t0 = Instant::now();
         let mut timeline = Vec::new();
         let mark = |what: String, tl: &mut Vec<(String, Duration)>| tl.push((what, t0.elapsed()));
@@ -766,6 +832,12 @@ impl Lab {
                     "router routes the VIP over edge2 only".into(),
                     &mut timeline,
                 );
+                // The router's BFD session must see it too: a link that comes back before
+                // that leaves zebra (FRR 8.4) routing over one edge (see `link`).
+                self.wait_for("the router's BFD to declare edge1 down", READY, |lab| {
+                    lab.bfd_down("edge1")
+                })?;
+                mark("router BFD: edge1 down".into(), &mut timeline);
                 self.check_fetch(&mut timeline, t0)?;
                 if name == "edge-kill" {
                     self.restart_edge("edge1")?;
