@@ -666,6 +666,7 @@ fn control_plane_at_scale(out: &mut String) {
         pin_root: root.clone(),
         mode: AttachMode::Tc,
         max_flows,
+        dsr: false,
     };
     let dp = ns.run(move || Pinned::attach(&cfg).expect("attach"));
     let root2 = root.clone();

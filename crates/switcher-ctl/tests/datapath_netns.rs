@@ -588,6 +588,7 @@ fn lookup_table_steers_real_connections_and_flows_are_counted_without_a_walk() {
         pin_root: bpf.pin_root(),
         mode: AttachMode::Tc,
         max_flows: MAX_FLOWS,
+        dsr: false,
     };
     let mut dp = attach_in(&ns, cfg);
     let names = ["primary", "backup"];

@@ -27,7 +27,7 @@ use aya::{
 use netns::Netns;
 use packet::{ACK, PSH, Pkt, SYN, checksum, verify_checksums};
 use switcher_common::{
-    Counters, FlowKey, FlowValue, MIN_FLOWS, ORIGIN_CONFIGURED, ORIGIN_REMOTE, Origin,
+    Counters, FlowKey, FlowValue, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED, ORIGIN_REMOTE, Origin,
     STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
     dsr::{self, DECAP_ENABLED, DecapConfig, DecapCounters, EncapCounters},
     map_names, prog_names,
@@ -182,9 +182,18 @@ fn configure_edge(ebpf: &mut Ebpf) {
     set_active(ebpf, REMOTE);
 }
 
+/// New flows go to origin `index`: a uniform Maglev table made live (the way the control
+/// plane publishes one: write the table that is not live, then switch).
 fn set_active(ebpf: &mut Ebpf, index: u32) {
-    let mut a: Array<_, u32> = Array::try_from(ebpf.map_mut(map_names::ACTIVE).unwrap()).unwrap();
-    a.set(0, index, 0).unwrap();
+    let live: Array<_, u32> = Array::try_from(ebpf.map(map_names::MAGLEV_LIVE).unwrap()).unwrap();
+    let next = 1 - live.get(&0, 0).unwrap();
+    let table = Box::new(MaglevTable::uniform(u8::try_from(index).unwrap()));
+    let mut tables: Array<_, MaglevTable> =
+        Array::try_from(ebpf.map_mut(map_names::MAGLEV).unwrap()).unwrap();
+    tables.set(next, table.as_ref(), 0).unwrap();
+    let mut live: Array<_, u32> =
+        Array::try_from(ebpf.map_mut(map_names::MAGLEV_LIVE).unwrap()).unwrap();
+    live.set(0, next, 0).unwrap();
 }
 
 fn run(ebpf: &Ebpf, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
