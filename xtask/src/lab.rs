@@ -517,10 +517,13 @@ impl Lab {
             sh(&["chown", "frr:frr", &d.to_string_lossy()])?;
         }
         let conf = conf_dir.join(format!("{daemon}.conf"));
-        let text = if daemon == "bgpd" {
-            self.bgpd_conf(role)
-        } else {
-            String::new()
+        let text = match daemon {
+            "bgpd" => self.bgpd_conf(role),
+            // Routes with their next hops inline rather than as kernel nexthop objects: with
+            // nexthop objects, FRR 8.4's zebra kept routing the VIP over one edge after that
+            // edge's link flapped, though both BGP sessions were up with the VIP from each.
+            "zebra" => "no zebra nexthop kernel enable\n".to_string(),
+            _ => String::new(),
         };
         fs::write(&conf, text)?;
         sh(&["chown", "frr:frr", &conf.to_string_lossy()])?;
@@ -732,10 +735,7 @@ impl Lab {
     }
 
     /// Sets a host's link to the router down or up, from the host's side (the router's end
-    /// loses its carrier and stays configured, as with a cable pulled at the host). zebra
-    /// (FRR 8.4) drops the next hop as soon as the carrier goes, but when the link comes back
-    /// before BFD has taken the session down, it was seen not to reinstall it: a drill keeps
-    /// the link down until the router's BFD reports the peer down.
+    /// loses its carrier and stays configured, as with a cable pulled at the host).
     pub fn link(&self, role: &str, up: bool) -> Result<()> {
         let iface = self.host(role).iface.clone();
         self.run_in(
@@ -832,8 +832,8 @@ impl Lab {
                     "router routes the VIP over edge2 only".into(),
                     &mut timeline,
                 );
-                // The router's BFD session must see it too: a link that comes back before
-                // that leaves zebra (FRR 8.4) routing over one edge (see `link`).
+                // The fault is over for the router only when BFD has taken the session down
+                // (zebra drops the next hop on the carrier loss alone).
                 self.wait_for("the router's BFD to declare edge1 down", READY, |lab| {
                     lab.bfd_down("edge1")
                 })?;

@@ -293,10 +293,7 @@ fn lab_drills_recover_and_viewers_stay_served() {
         Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U")))
     })
     .expect("the stream reaches viewers through the VIP");
-    // edge-link-down is left out: after the edge's link comes back, the router's BGP sessions
-    // with both edges are up with the VIP from each, yet FRR 8.4's zebra installs one next hop
-    // (seen every run; not root-caused). `cargo xtask lab --drill edge-link-down` shows it.
-    for drill in ["edge-kill", "origin-host-kill", "router-flap"] {
+    for drill in xtask::lab::DRILLS {
         // Each drill waits for its fault to be seen (router or edges) and for the recovery,
         // and fails if either does not come.
         let timeline = lab
