@@ -201,7 +201,8 @@ fn edge_loss_is_hitless_for_established_downloads() {
             let out = out_dir.join(format!("{i}.ts"));
             let child = std::process::Command::new("ip")
                 .args(["netns", "exec", &client, "curl", "-sS", "--fail"])
-                .args(["--limit-rate", "100k", "-o"])
+                // A stalled download fails the test instead of hanging it.
+                .args(["--limit-rate", "100k", "--max-time", "120", "-o"])
                 .arg(&out)
                 .arg(&url)
                 .stderr(std::process::Stdio::piped())
