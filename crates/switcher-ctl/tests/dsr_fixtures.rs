@@ -14,9 +14,6 @@
 //! made here (veth `dsr0` 192.0.2.1/24, neighbour 192.0.2.2 permanent, 198.51.100.0/24 via it).
 //! Needs root.
 
-mod netns;
-mod packet;
-
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
@@ -24,14 +21,14 @@ use aya::{
     maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use netns::Netns;
-use packet::{ACK, PSH, Pkt, SYN, checksum, verify_checksums};
 use switcher_common::{
     Counters, FlowKey, FlowValue, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED, ORIGIN_REMOTE, Origin,
     STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
     dsr::{self, DECAP_ENABLED, DecapConfig, DecapCounters, EncapCounters},
     map_names, prog_names,
 };
+use test_kit::netns::Netns;
+use test_kit::packet::{ACK, PSH, Pkt, SYN, checksum, verify_checksums};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
