@@ -101,6 +101,9 @@ pub mod prog_names {
     pub const TC_INGRESS: &str = "switcher_tc_ingress";
     /// TC egress: replies from an origin on a tracked flow get the VIP's address and port back.
     pub const TC_EGRESS: &str = "switcher_tc_egress";
+    /// XDP program never attached: switcher-ctl runs it with `BPF_PROG_TEST_RUN` in live-frame
+    /// mode to transmit an RST it built (an edge-originated reset) out of the VIP's interface.
+    pub const EMIT_RST: &str = "switcher_emit_rst";
     /// An empty XDP program (XDP_PASS), only loaded by the data-path benchmark as baseline.
     pub const BENCH_XDP_PASS: &str = "bench_xdp_pass";
 }
@@ -296,6 +299,10 @@ pub struct FlowKey {
 /// Value of the `SWITCHER_FLOWS` map: an established flow and the origin it is pinned to.
 /// Inserted by the data plane only when the client acknowledges the origin's initial sequence
 /// number (see [`Handshake`]), so an off-path attacker with spoofed addresses cannot create one.
+///
+/// It also keeps what the edge needs to reset the viewer itself when the origin cannot
+/// (docs/ARCHITECTURE.md, "Edge-originated resets"): the client's latest acknowledgment
+/// number and the link-layer addresses its packets carry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowValue {
@@ -303,6 +310,19 @@ pub struct FlowValue {
     pub origin: u32,
     /// `FLOW_*` flags, host order.
     pub flags: u32,
+    /// The acknowledgment number of the newest segment the client sent on this flow, as seen
+    /// by ingress, **host order**: the client's `RCV.NXT` once nothing is in flight toward it,
+    /// so the sequence number of an RST the edge sends it (RFC 5961 3.2). Set when the flow
+    /// is created (the handshake ACK) and written again only when a segment acknowledges
+    /// more (serial-number comparison, RFC 1982), so reordered segments never move it back.
+    pub client_ack: u32,
+    /// Ethernet source address of the client's handshake ACK as it sits in the frame (the
+    /// client, or the router it comes through): the destination of an edge RST. Written once,
+    /// when the flow is created. All zero on interfaces without Ethernet addresses (`lo`).
+    pub hop_mac: [u8; 6],
+    /// Ethernet destination address of that same frame (this edge's interface): the source
+    /// of an edge RST. Written once, with `hop_mac`.
+    pub local_mac: [u8; 6],
 }
 
 /// [`FlowValue::flags`]: the flow started with a SYN through the VIP (every flow the data plane
@@ -402,7 +422,7 @@ pub struct Counters {
 const _: () = assert!(core::mem::size_of::<VipConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Origin>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 const _: () = assert!(core::mem::size_of::<Handshake>() == 16);
 const _: () = assert!(core::mem::size_of::<Counters>() == 17 * 8);
 const _: () = assert!(core::mem::size_of::<MaglevTable>() == MAGLEV_SIZE as usize);

@@ -126,6 +126,9 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: FlowKey) -> Ebpf {
             FlowValue {
                 origin: 0,
                 flags: FLOW_SEEN_SYN,
+                client_ack: 0,
+                hop_mac: [0; 6],
+                local_mac: [0; 6],
             },
             0,
         )
@@ -640,6 +643,9 @@ fn fill_flows(flows: &mut HashMap<MapData, FlowKey, FlowValue>, n: u32, origin: 
         let value = FlowValue {
             origin,
             flags: FLOW_SEEN_SYN,
+            client_ack: 0,
+            hop_mac: [0; 6],
+            local_mac: [0; 6],
         };
         flows.insert(key, value, 0).expect("insert flow");
     }

@@ -444,12 +444,14 @@ impl Controller {
     }
 
     /// Aborts an unhealthy origin's connections: all of them, except (within the finish time
-    /// since it was retired) those delivering a response right now, which later windows cut
-    /// once they finish or stall.
+    /// since it was retired, and only when it was retired for a reason that leaves it
+    /// delivering at full speed, see [`crate::finish::may_finish`]) those delivering a
+    /// response right now, which later windows cut once they finish or stall.
     fn retire(&mut self, o: OriginId, now: SystemTime, why: &str) {
         let slot = o.slot();
         let since = *self.retired_at[slot].get_or_insert(now);
-        let finish = now.duration_since(since).unwrap_or_default() < self.finish_after;
+        let finish = now.duration_since(since).unwrap_or_default() < self.finish_after
+            && crate::finish::may_finish(self.decider.track(o).last_bad.as_ref());
         if let Some(a) = self.abort(o, usize::MAX, finish, why)
             && a.finishing == 0
         {
@@ -479,7 +481,7 @@ impl Controller {
                     .with_label_values(&l)
                     .inc_by(a.reset);
                 if a.removed > 0 || a.reset > 0 {
-                    tracing::warn!(origin = %name, why, reset = a.reset, flows_removed = a.removed, finishing = a.finishing, remaining = a.remaining, "aborted viewer connections");
+                    tracing::warn!(origin = %name, why, reset = a.reset, edge_resets = a.edge_resets, flows_removed = a.removed, finishing = a.finishing, remaining = a.remaining, "aborted viewer connections");
                 }
                 if let Some(c) = self.last_flow_counts.get_mut(o.slot()) {
                     *c = a.remaining + a.finishing;

@@ -33,7 +33,8 @@ pub trait DataPlane: Send {
     /// Aborts up to `max` viewer connections pinned to `origin`: the connections' sockets on
     /// this host are destroyed (the kernel sends the viewer an RST, which the egress program
     /// rewrites to come from the VIP, so the player reconnects through the VIP at once), then
-    /// their flows are removed. Unlike [`DataPlane::retire_flows`], this reaches a viewer that
+    /// their flows are removed, and the edge sends each viewer an RST of its own (which
+    /// reaches it when the origin's cannot: a partition, an origin on another host). Unlike [`DataPlane::retire_flows`], this reaches a viewer that
     /// sends nothing more because it waits on a hung origin.
     ///
     /// With `finish_in_flight`, a connection that is delivering a response right now (see
@@ -70,6 +71,10 @@ pub const DELIVERY_STALL_MS: u32 = 2_000;
 pub struct Aborted {
     /// Connections reset (origin-side sockets destroyed on this host).
     pub reset: u64,
+    /// Edge-originated resets sent: one per removed flow, from the VIP with the client's
+    /// latest acknowledgment number (see [`crate::edge_rst`]); 0 where the interface cannot
+    /// transmit them (not native XDP).
+    pub edge_resets: u64,
     /// Flows removed from the conntrack map.
     pub removed: u64,
     /// Connections left to finish the response they are delivering (flows kept).

@@ -25,6 +25,10 @@
 //! * [`service`]: the run loop tying them together; `run(config, dataplane, listener, shutdown)`.
 //! * [`sockdiag`]: resetting a retired origin's viewer connections on this host (netlink
 //!   `SOCK_DESTROY`), so a viewer waiting on a hung origin reconnects at once.
+//! * [`edge_rst`]: the edge's own TCP reset of a viewer (frame builder, pure; live-frame XDP
+//!   transmit), for viewers the origin's reset cannot reach (a partition, a remote origin).
+//! * [`finish`]: whether a retired origin's connection may finish the response it is
+//!   delivering, by why the origin was retired (pure).
 //! * [`privileges`]: dropping every capability but CAP_BPF and CAP_NET_ADMIN after attaching.
 //! * [`decap`]: the origin-host end of direct server return (`switcher-ctl decap`).
 //! * [`announce`]: announcing the VIP /32 through the host's BGP speaker (a route it
@@ -38,6 +42,8 @@ pub mod control;
 pub mod dataplane;
 pub mod decap;
 pub mod decide;
+pub mod edge_rst;
+pub mod finish;
 pub mod loader;
 pub mod maglev;
 pub mod mapbatch;

@@ -6,7 +6,9 @@
 //!   `maps/SWITCHER_MAGLEV`, `maps/SWITCHER_MAGLEV_LIVE`, `maps/SWITCHER_FLOWS`,
 //!   `maps/SWITCHER_HANDSHAKES`, `maps/SWITCHER_STATS`, `maps/SWITCHER_FLOWS_REMOVED`: every
 //!   map (see `switcher_common::map_names`).
-//! * `progs/switcher_xdp`, `progs/switcher_tc_ingress`, `progs/switcher_tc_egress`.
+//! * `progs/switcher_xdp`, `progs/switcher_tc_ingress`, `progs/switcher_tc_egress`, and
+//!   `progs/switcher_emit_rst` (never attached: it transmits edge resets, see
+//!   [`crate::edge_rst`]).
 //! * `links/xdp`: the XDP bpf_link (when XDP is used); it keeps the program attached after
 //!   the process exits, so a control-plane restart or crash leaves traffic flowing.
 //!
@@ -131,6 +133,9 @@ pub struct Pinned {
     handshakes: HashMap<MapData, FlowKey, Handshake>,
     stats: PerCpuArray<MapData, Counters>,
     flows_removed: Array<MapData, u64>,
+    /// The edge-reset transmitter, opened on first use; `Some(None)` once it turned out to be
+    /// unavailable (not native XDP, or pins of a build without it), so that is logged once.
+    emitter: Option<Option<crate::edge_rst::Emitter>>,
 }
 
 fn maps_dir(root: &Path) -> PathBuf {
@@ -505,6 +510,7 @@ impl Pinned {
             handshakes: HashMap::try_from(open_map(pin_root, map_names::HANDSHAKES)?)?,
             stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
             flows_removed: Array::try_from(open_map(pin_root, map_names::FLOWS_REMOVED)?)?,
+            emitter: None,
         })
     }
 
@@ -743,6 +749,7 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
         })
         .context("adding clsact qdisc")?;
 
+    load_emitter(&mut ebpf, root)?;
     // Egress first: replies must be rewritten before any request is steered.
     attach_tc(
         &mut ebpf,
@@ -809,6 +816,19 @@ pub fn load_object(max_flows: u32) -> Result<Ebpf> {
         .map_max_entries(map_names::HANDSHAKES, max_flows)
         .load(EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object (max flows {max_flows})"))
+}
+
+/// Loads and pins the edge-reset program (never attached; see [`crate::edge_rst`]).
+fn load_emitter(ebpf: &mut Ebpf, root: &Path) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(prog_names::EMIT_RST)
+        .ok_or_else(|| anyhow!("object has no program {}", prog_names::EMIT_RST))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("loading {} (verifier)", prog_names::EMIT_RST))?;
+    prog.pin(progs_dir(root).join(prog_names::EMIT_RST))
+        .with_context(|| format!("pinning {}", prog_names::EMIT_RST))?;
+    Ok(())
 }
 
 fn attach_xdp(ebpf: &mut Ebpf, root: &Path, iface: &str, mode: u32) -> Result<()> {
@@ -1032,6 +1052,65 @@ impl Pinned {
     }
 }
 
+impl Pinned {
+    /// The edge-reset transmitter, when this data plane can send edge resets: the request
+    /// path is native XDP (see [`crate::edge_rst`] for why only then) and the program is
+    /// pinned. Opened once; unavailability is logged once.
+    fn emitter(&mut self) -> Option<&crate::edge_rst::Emitter> {
+        if self.emitter.is_none() {
+            let opened = self
+                .vip()
+                .and_then(|vip| {
+                    if vip.attach_mode != ATTACH_XDP_NATIVE {
+                        bail!(
+                            "the request path is {}, not native XDP: only the origin socket's reset is sent",
+                            attach_mode_name(vip.attach_mode)
+                        );
+                    }
+                    crate::edge_rst::Emitter::open(
+                        &progs_dir(&self.root).join(prog_names::EMIT_RST),
+                        vip.ifindex,
+                    )
+                })
+                .inspect_err(|e| {
+                    tracing::warn!(error = %format!("{e:#}"), "edge resets unavailable")
+                })
+                .ok();
+            self.emitter = Some(opened);
+        }
+        self.emitter.as_ref().and_then(Option::as_ref)
+    }
+
+    /// Sends an edge reset to the client of each flow (see [`crate::edge_rst`]); how many
+    /// were handed to the kernel. Failures are logged; the origin socket's reset and the
+    /// edge's stack (which resets a viewer's next packet) remain.
+    fn send_edge_resets(&mut self, flows: &[(FlowKey, FlowValue)]) -> u64 {
+        if flows.is_empty() {
+            return 0;
+        }
+        let Ok(vip) = self.vip() else {
+            return 0;
+        };
+        let Some(emitter) = self.emitter() else {
+            return 0;
+        };
+        let mut sent = 0;
+        for (k, v) in flows {
+            let Some(spec) = crate::edge_rst::flow_rst(&vip, k, v) else {
+                continue;
+            };
+            match crate::edge_rst::rst_frame(&spec).and_then(|f| emitter.send(&f)) {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    tracing::error!(client = %spec.client, error = %format!("{e:#}"), "sending an edge reset failed");
+                    break;
+                }
+            }
+        }
+        sent
+    }
+}
+
 impl DataPlane for Pinned {
     fn active(&self) -> Result<OriginIndex> {
         Ok(self.active.get(&0, 0)?)
@@ -1114,13 +1193,11 @@ impl DataPlane for Pinned {
             .into_iter()
             .filter(|(_, f)| f.origin == origin)
             .collect();
-        let chosen = &all[..all.len().min(max)];
-        let keys: Vec<FlowKey> = chosen.iter().map(|(k, _)| *k).collect();
-        let keys = &keys[..];
-        if keys.is_empty() {
+        let flows = &all[..all.len().min(max)];
+        if flows.is_empty() {
             return Ok(Aborted::default());
         }
-        let viewers: HashSet<SocketAddr> = keys.iter().map(flow_client).collect();
+        let viewers: HashSet<SocketAddr> = flows.iter().map(|(k, _)| flow_client(k)).collect();
         let local = self.origin_local_addrs(origin)?;
         // The origin-side sockets of these viewers on this host (none for a remote origin).
         let (diag, socks) = match viewer_sockets(&local, &viewers) {
@@ -1158,9 +1235,9 @@ impl DataPlane for Pinned {
                 }
             },
         };
-        let mut removed = 0;
+        let mut removed = Vec::with_capacity(flows.len());
         let mut removed_open = 0;
-        for (k, v) in chosen {
+        for (k, v) in flows {
             if finishing.contains(&flow_client(k)) {
                 // Its next request is dropped by the data plane: the retired origin finishes
                 // this response and starts no other (FLOW_FINISHING).
@@ -1173,16 +1250,21 @@ impl DataPlane for Pinned {
                 continue;
             }
             if self.flows.remove(k).is_ok() {
-                removed += 1;
+                removed.push((*k, *v));
                 removed_open += u64::from(v.flags & FLOW_ORIGIN_CLOSED == 0);
             }
         }
         self.count_removed(origin, removed_open)?;
+        // The edge's own resets, after the flows are gone: a viewer whose acknowledgment
+        // number was not exact answers with a challenge ACK, which must find no flow, so the
+        // edge's stack resets it exactly (docs/ARCHITECTURE.md, "Edge-originated resets").
+        let edge_resets = self.send_edge_resets(&removed);
         Ok(Aborted {
             reset,
-            removed,
+            edge_resets,
+            removed: removed.len() as u64,
             finishing: finishing.len() as u64,
-            remaining: (all.len() - keys.len()) as u64,
+            remaining: (all.len() - flows.len()) as u64,
         })
     }
 

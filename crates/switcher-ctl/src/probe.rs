@@ -264,6 +264,27 @@ pub fn check_ts(body: &[u8]) -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// The complete length a `Content-Range` value states (RFC 9110 14.4: `bytes a-b/TOTAL`);
+/// `None` when it is unknown (`*`) or the value is malformed. Pure.
+pub fn content_range_total(value: &str) -> Option<u64> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (_, total) = rest.split_once('/')?;
+    total.trim().parse().ok()
+}
+
+/// A newest segment checked whole at `was` bytes and now `now` bytes long: an error when it
+/// shrank. A listed segment never changes (RFC 8216 6.2.2: the server must not change a
+/// segment it listed), so a shorter one was cut short in place, and a player fetching it
+/// now gets a broken body. Pure.
+pub fn shrank(was: u64, now: u64) -> Result<(), ProbeError> {
+    if now < was {
+        return Err(ProbeError::Segment(format!(
+            "shrank from {was} to {now} bytes while listed (cut short?)"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks every `#EXTINF` line against RFC 8216 4.3.2.1 before m3u8-rs sees it:
 /// `#EXTINF:<duration>,[<title>]` with a decimal-integer or decimal-floating-point duration
 /// (4.2: digits and at most one `.`, no sign, no exponent), at most [`MAX_SEGMENT_SECONDS`].
@@ -382,6 +403,10 @@ pub struct Prober {
     /// Per playlist URL, the newest segment already fetched whole: later probes fetch only
     /// its tail until a newer one is listed. Shared by clones (one prober, many origins).
     pub checked: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// Per playlist URL, the size of that newest segment when it was fetched whole: a later
+    /// probe that finds it shorter (a segment rewritten short while listed, which players
+    /// are fetching) reports it at once, whatever bytes its tail holds.
+    pub whole_sizes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl Prober {
@@ -398,6 +423,7 @@ impl Prober {
             max_body,
             segments,
             checked: Default::default(),
+            whole_sizes: Default::default(),
         }
     }
 }
@@ -503,8 +529,15 @@ impl Prober {
             .is_some_and(|s| s == segment);
         let range = seen_whole.then(|| format!("bytes=-{SEGMENT_TAIL_BYTES}"));
         let mut status = None;
+        let mut total = None;
         let body = self
-            .fetch(&target, &mut status, range.as_deref(), MAX_SEGMENT_BYTES)
+            .fetch_total(
+                &target,
+                &mut status,
+                &mut total,
+                range.as_deref(),
+                MAX_SEGMENT_BYTES,
+            )
             .await
             .map_err(|e| match e {
                 ProbeError::Io(msg) => ProbeError::Segment(msg),
@@ -518,7 +551,25 @@ impl Prober {
         if is_ts && (status == Some(StatusCode::OK.as_u16()) || seen_whole) {
             check_ts(&body)?;
         }
-        if !seen_whole {
+        // The segment's size now: the whole body, or the total a ranged answer states.
+        let size = if status == Some(StatusCode::PARTIAL_CONTENT.as_u16()) {
+            total
+        } else {
+            Some(body.len() as u64)
+        };
+        let mut sizes = self
+            .whole_sizes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen_whole {
+            if let (Some(was), Some(now)) = (sizes.get(key).copied(), size) {
+                shrank(was, now)?;
+            }
+        } else {
+            match size {
+                Some(n) => sizes.insert(key.to_string(), n),
+                None => sizes.remove(key),
+            };
             self.checked
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -527,12 +578,37 @@ impl Prober {
         Ok(())
     }
 
+    /// [`Prober::fetch`], also giving the total size a `206` answer states in its
+    /// `Content-Range` (`None` otherwise).
+    async fn fetch_total(
+        &self,
+        uri: &Uri,
+        status: &mut Option<u16>,
+        total: &mut Option<u64>,
+        range: Option<&str>,
+        max_body: usize,
+    ) -> Result<Bytes, ProbeError> {
+        self.fetch_inner(uri, status, Some(total), range, max_body)
+            .await
+    }
+
     /// One GET over a new connection (with a `Range` header when given); returns the body of
     /// a 2xx answer, at most `max_body` bytes.
     async fn fetch(
         &self,
         uri: &Uri,
         status: &mut Option<u16>,
+        range: Option<&str>,
+        max_body: usize,
+    ) -> Result<Bytes, ProbeError> {
+        self.fetch_inner(uri, status, None, range, max_body).await
+    }
+
+    async fn fetch_inner(
+        &self,
+        uri: &Uri,
+        status: &mut Option<u16>,
+        total: Option<&mut Option<u64>>,
         range: Option<&str>,
         max_body: usize,
     ) -> Result<Bytes, ProbeError> {
@@ -585,6 +661,13 @@ impl Prober {
         if !code.is_success() {
             return Err(ProbeError::HttpStatus(code.as_u16()));
         }
+        if let Some(total) = total {
+            *total = response
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(content_range_total);
+        }
         let body = Limited::new(response.into_body(), max_body)
             .collect()
             .await
@@ -635,6 +718,25 @@ pub fn resolve(base: &Uri, reference: &str) -> Result<Uri, ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_range_totals() {
+        assert_eq!(content_range_total("bytes 100-199/200"), Some(200));
+        assert_eq!(content_range_total("bytes 0-0/1048576"), Some(1_048_576));
+        assert_eq!(content_range_total("bytes 0-9/*"), None);
+        assert_eq!(content_range_total("items 0-9/10"), None);
+        assert_eq!(content_range_total("bytes 0-9"), None);
+    }
+
+    #[test]
+    fn a_shrunk_segment_is_an_error_and_a_grown_or_equal_one_is_not() {
+        assert!(shrank(1000, 1000).is_ok());
+        assert!(shrank(1000, 1200).is_ok());
+        match shrank(1000, 501) {
+            Err(ProbeError::Segment(msg)) => assert!(msg.contains("1000 to 501"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn resolve_forms() {

@@ -1258,6 +1258,9 @@ fn a_finishing_flow_holds_new_requests_but_passes_acks() {
                 FlowValue {
                     origin: PRIMARY,
                     flags,
+                    client_ack: 0,
+                    hop_mac: [0; 6],
+                    local_mac: [0; 6],
                 },
                 0,
             )

@@ -111,7 +111,7 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
         steer::count_pass(|_| {});
         return Verdict::Pass;
     }
-    match steer::steer_request(ctx, &t, &vip) {
+    match steer::steer_request(ctx, &t, &vip, (start, end)) {
         steer::Decision::Steer(target) => match encap::remote_host(target.index) {
             None => Verdict::Rewrite(t, target),
             Some(host) if t.family == FAMILY_V4 => Verdict::Encap(t, target.index, host),
@@ -373,6 +373,33 @@ fn tc_rewrite(
 #[xdp]
 pub fn switcher_decap(ctx: XdpContext) -> u32 {
     decap::xdp_decap(&ctx)
+}
+
+/// Never attached: transmits one edge-originated reset that switcher-ctl built, run by it with
+/// `BPF_PROG_TEST_RUN` in live-frame mode (`BPF_F_TEST_XDP_LIVE_FRAMES`) on the VIP's
+/// interface (docs/ARCHITECTURE.md, "Edge-originated resets"). Why this way: switcher-ctl
+/// keeps only CAP_BPF and CAP_NET_ADMIN after attaching, and a raw socket needs CAP_NET_RAW;
+/// a live-frame run needs nothing more, and XDP_TX puts the frame on the wire without the
+/// host's stack, so the partition or firewall that cut the origin off does not drop it.
+///
+/// The frame arrives complete (Ethernet addresses from the flow, sequence number, checksums:
+/// `switcher-ctl/src/edge_rst.rs`); this program only checks that it is what it must be, a
+/// bare TCP RST from the VIP's address and port, and drops anything else, so the program can
+/// never put another kind of packet on the wire.
+#[xdp]
+pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // No port filter (0): the reset goes from the VIP's port to the client's.
+    let Class::Tcp(t) = classify(start, end, end - start, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let Some(vip) = steer::vip() else {
+        return xdp_action::XDP_DROP;
+    };
+    if t.flags != tcp::RST || t.payload || !steer::is_from_vip(&t, &vip) {
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_TX
 }
 
 /// Benchmark baseline, never attached: passes every packet without reading it, so

@@ -113,6 +113,33 @@ unsafe fn load<T: Copy>(base: usize, off: usize) -> T {
     unsafe { core::ptr::read((base + off) as *const T) }
 }
 
+/// A frame's Ethernet addresses, as they sit in it.
+pub struct EthAddrs {
+    /// Destination (this edge's interface, for a request).
+    pub dst: [u8; 6],
+    /// Source (the client, or the router it comes through).
+    pub src: [u8; 6],
+}
+
+/// The Ethernet addresses of the frame `[start, end)`; all zero when it is shorter than an
+/// Ethernet header (which `classify` has already ruled out for a TCP segment).
+#[inline(always)]
+pub fn eth_addrs(start: usize, end: usize) -> EthAddrs {
+    match ptr_at::<[u8; ETH_HLEN]>(start, end, 0) {
+        // SAFETY: both fields lie inside the Ethernet header checked by `ptr_at`.
+        Some(eth) => unsafe {
+            EthAddrs {
+                dst: load(eth as usize, 0),
+                src: load(eth as usize, 6),
+            }
+        },
+        None => EthAddrs {
+            dst: [0; 6],
+            src: [0; 6],
+        },
+    }
+}
+
 /// A TCP segment the data plane may act on. Addresses and ports in network byte order.
 #[derive(Clone, Copy)]
 pub struct Tcp {

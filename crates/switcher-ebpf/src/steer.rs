@@ -18,7 +18,7 @@ use switcher_common::{
 
 use crate::{
     maps::{CONFIG, FLOWS, HANDSHAKES, MAGLEV, MAGLEV_LIVE, ORIGINS, STATS},
-    packet::{tcp, Tcp},
+    packet::{eth_addrs, tcp, EthAddrs, Tcp},
 };
 
 /// IP protocol number of TCP, the last word of the flow hash.
@@ -295,18 +295,27 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 /// * Any other packet creates nothing and passes to the stack ([`Decision::Untracked`]): a
 ///   flow deleted because its origin was retired gets a reset from the VIP that way, and so
 ///   does a bare-ACK flood, which cannot fill the tables.
+///
+/// `frame` is the packet's `[start, end)`: its Ethernet addresses are recorded in the flow
+/// when a handshake completes (read only then), and an established flow records the client's
+/// acknowledgment number ([`record_client_ack`]): what an edge-originated reset needs.
 #[inline(always)]
-pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Decision {
+pub fn steer_request(
+    ctx: *mut c_void,
+    t: &Tcp,
+    vip: &VipConfig,
+    frame: (usize, usize),
+) -> Decision {
     let key = FlowKey {
         client_addr: t.saddr,
         client_port_be: t.sport,
         family: t.family,
     };
-    // SAFETY: the value is copied out at once; a concurrent delete cannot free it while this
-    // program runs (RCU).
-    if let Some(flow) = unsafe { FLOWS.get(&key) }.copied() {
-        let index = flow.origin;
-        if t.is_syn() && flow.flags & FLOW_ORIGIN_CLOSED != 0 {
+    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the map value, valid while this program runs (RCU); fields are
+        // read once, and the one write (`record_client_ack`) is an aligned u32 store.
+        let (index, flags) = unsafe { ((*flow).origin, (*flow).flags) };
+        if t.is_syn() && flags & FLOW_ORIGIN_CLOSED != 0 {
             // The origin ended this flow (its FIN or RST, seen at TC egress: nobody else can
             // set the flag), so this SYN is a new connection from a reused client port: forget
             // the old flow and steer the SYN as new, by the table, not to an origin that may
@@ -314,7 +323,8 @@ pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Decision {
             // control plane, counting open flows, does not necessarily retire it.)
             let _ = FLOWS.remove(&key);
         } else {
-            if flow.flags & FLOW_FINISHING != 0 && t.payload {
+            record_client_ack(flow, t);
+            if flags & FLOW_FINISHING != 0 && t.payload {
                 return Decision::Hold(index);
             }
             return match origin(index) {
@@ -357,20 +367,44 @@ pub fn steer_request(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) -> Decision {
     let remote = o.flags & ORIGIN_REMOTE != 0;
     if t.flags & tcp::ACK != 0
         && (remote || hs.flags & HANDSHAKE_ISN_SEEN != 0 && t.ack_seq == hs.expect_ack)
-        && promote(&key, hs.origin)
+        && promote(&key, hs.origin, t.ack_seq, &eth_addrs(frame.0, frame.1))
     {
         count(hs.origin, |c| c.established += 1);
     }
     Decision::Steer(target(hs.origin, &o, t.family))
 }
 
-/// Moves a completed handshake to the flow table. False when the insert failed (memory
-/// pressure); the handshake entry then stays and the next ACK tries again.
+/// Keeps the flow's `client_ack` at the newest acknowledgment number the client sent, for an
+/// edge-originated reset (docs/ARCHITECTURE.md, "Edge-originated resets"). Written only when
+/// the number moves forward (RFC 1982 serial comparison: a reordered older segment does not
+/// move it back), so a stream of segments acknowledging the same data costs one compare each;
+/// the store happens about once per window of data the client receives.
 #[inline(always)]
-fn promote(key: &FlowKey, origin: u32) -> bool {
+fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
+    if t.flags & tcp::ACK == 0 {
+        return;
+    }
+    // SAFETY: see steer_request; a concurrent writer on another CPU stores a number of the
+    // same connection, and either one is a valid, recent acknowledgment number.
+    unsafe {
+        if (t.ack_seq.wrapping_sub((*flow).client_ack) as i32) > 0 {
+            (*flow).client_ack = t.ack_seq;
+        }
+    }
+}
+
+/// Moves a completed handshake to the flow table, with the client's acknowledgment number and
+/// the frame's Ethernet addresses (an edge reset's sequence number and addresses). False when
+/// the insert failed (memory pressure); the handshake entry then stays and the next ACK tries
+/// again.
+#[inline(always)]
+fn promote(key: &FlowKey, origin: u32, client_ack: u32, macs: &EthAddrs) -> bool {
     let flow = FlowValue {
         origin,
         flags: FLOW_SEEN_SYN,
+        client_ack,
+        hop_mac: macs.src,
+        local_mac: macs.dst,
     };
     if FLOWS.insert(key, &flow, 0).is_err() {
         return false;
@@ -474,6 +508,13 @@ fn vip_addr(vip: &VipConfig, family: u16) -> Option<[u8; 16]> {
         }
         Some(vip.addr_v6)
     }
+}
+
+/// Whether `t` comes from the VIP (its address for the family, and its port): the only
+/// source an edge-originated reset may have.
+#[inline(always)]
+pub fn is_from_vip(t: &Tcp, vip: &VipConfig) -> bool {
+    t.sport == vip.port_be && vip_addr(vip, t.family) == Some(t.saddr)
 }
 
 /// Where a reply goes back to: origin index, and the source to restore.

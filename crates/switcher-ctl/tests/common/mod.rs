@@ -130,6 +130,7 @@ impl DataPlane for FakeDataPlane {
         s.flows[origin as usize] -= taken;
         Ok(Aborted {
             reset: taken,
+            edge_resets: 0,
             removed: taken,
             finishing: 0,
             remaining: n - taken,
