@@ -6,6 +6,10 @@
 //! What must be reset: the viewer waiting on the hung primary through the VIP. What must not:
 //! a connection straight to the primary's port (a probe, a monitoring check), and a viewer on
 //! the backup.
+//!
+//! Behind a *partition* (nftables drops the primary's packets both ways in the edge
+//! namespace), the reset of the destroyed origin socket is dropped too: the viewer is reached
+//! only by the edge's own reset (docs/ARCHITECTURE.md, "Edge-originated resets").
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -238,6 +242,196 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
             .expect("abort again")
     });
     assert_eq!(again.reset, 0);
+    let root = bpf.pin_root();
+    pair.edge
+        .run(move || switcher_ctl::loader::detach(&root).expect("detach"));
+}
+
+/// nftables table of the partition, in the edge namespace; removed on drop.
+struct Partition<'a> {
+    ns: &'a netns::Netns,
+    table: String,
+}
+
+impl<'a> Partition<'a> {
+    /// Drops every packet to or from `port` in `ns`, as `cargo xtask drill origin-partition`.
+    fn new(ns: &'a netns::Netns, port: u16) -> Partition<'a> {
+        let table = netns::unique("p");
+        let script = format!(
+            "table inet {table} {{\n chain in {{ type filter hook input priority 0; \
+             tcp dport {port} drop; }}\n chain out {{ type filter hook output priority 0; \
+             tcp sport {port} drop; }}\n}}\n"
+        );
+        let path = std::env::temp_dir().join(format!("{table}.nft"));
+        std::fs::write(&path, script).expect("write nft script");
+        let p = Partition { ns, table };
+        ns.exec(&["nft", "-f", &path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&path);
+        p
+    }
+}
+
+impl Drop for Partition<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns.name,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+            ])
+            .arg(&self.table)
+            .status();
+    }
+}
+
+/// A viewer through the VIP whose request the hung primary's kernel ACKs and nobody answers.
+fn stranded_viewer(pair: &Pair, path: &'static str) -> TcpStream {
+    pair.client.run(move || {
+        let mut s = TcpStream::connect("10.77.0.2:8080").expect("connect VIP");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: vip\r\n\r\n").as_bytes())
+            .expect("send request");
+        s.set_read_timeout(Some(STRANDED_READ_TIMEOUT))
+            .expect("timeout");
+        s
+    })
+}
+
+#[test]
+fn edge_resets_reach_viewers_behind_a_partition() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root: `cargo xtask test`"
+    );
+    let pair = Pair::new();
+    // The edge transmits its resets with XDP_TX; a veth delivers XDP frames only to a peer
+    // that receives through NAPI (GRO on, as a NIC would), see switcher_ctl::edge_rst.
+    pair.client
+        .exec(&["ethtool", "-K", &pair.client_if, "gro", "on"]);
+    let bpf = BpfFs::new();
+    pair.edge.run(|| {
+        half_hung_origin(TcpListener::bind("[::]:8081").expect("bind 8081"));
+        serve(TcpListener::bind("[::]:8082").expect("bind 8082"), "backup");
+    });
+    let cfg = AttachConfig {
+        iface: pair.edge_if.clone(),
+        vip: "10.77.0.2:8080".parse().expect("vip"),
+        vip_v6: None,
+        origins: vec![
+            "10.77.0.2:8081".parse().expect("primary"),
+            "10.77.0.2:8082".parse().expect("backup"),
+        ],
+        pin_root: bpf.pin_root(),
+        mode: AttachMode::Native,
+        max_flows: switcher_common::MAX_FLOWS,
+    };
+    let mut dp = pair.edge.run(move || {
+        let mut p = Pinned::attach(&cfg).expect("attach");
+        p.set_active(ORIGIN_PRIMARY).expect("primary active");
+        p
+    });
+    let mut exact = stranded_viewer(&pair, "/hls/demo/seg1.ts");
+    let mut inexact = stranded_viewer(&pair, "/hls/demo/seg2.ts");
+    // A connection from the client straight to the primary's port, not through the VIP.
+    let direct = pair.client.run(|| {
+        let s = TcpStream::connect("10.77.0.2:8081").expect("direct connect");
+        s.set_nonblocking(true).expect("nonblocking");
+        s
+    });
+    let flows = dp.flow_counts().expect("flows");
+    assert_eq!(
+        flows[ORIGIN_PRIMARY as usize], 2,
+        "two viewers on the primary"
+    );
+
+    // One viewer's recorded acknowledgment number is made in-window but not exact (ahead of
+    // what it has received): it must answer the edge's reset with a challenge ACK, which
+    // finds no flow and is reset by the edge's stack, exactly.
+    let inexact_port = inexact.local_addr().expect("local").port();
+    {
+        use aya::maps::{HashMap, Map, MapData};
+        let pin = bpf
+            .pin_root()
+            .join("maps")
+            .join(switcher_common::map_names::FLOWS);
+        let mut flows: HashMap<MapData, switcher_common::FlowKey, switcher_common::FlowValue> =
+            HashMap::try_from(Map::HashMap(MapData::from_pin(&pin).expect("flows pin")))
+                .or_else(|_| {
+                    HashMap::try_from(Map::LruHashMap(MapData::from_pin(&pin).expect("flows pin")))
+                })
+                .expect("flows map");
+        let key = switcher_ctl::loader::flow_key(
+            format!("10.77.0.1:{inexact_port}").parse().expect("addr"),
+        );
+        let mut v = flows.get(&key, 0).expect("the viewer's flow");
+        assert_ne!(v.hop_mac, [0; 6], "the client's link address is recorded");
+        v.client_ack = v.client_ack.wrapping_add(1000);
+        flows.insert(key, v, 0).expect("update flow");
+    }
+
+    let untracked = |dp: &Pinned| {
+        dp.counters().expect("counters")[switcher_common::STATS_UNSTEERED as usize].untracked
+    };
+    let untracked_before = untracked(&dp);
+    let partition = Partition::new(&pair.edge, 8081);
+    let (aborted, mut dp) = pair.edge.run(move || {
+        let a = dp
+            .abort_flows(ORIGIN_PRIMARY, usize::MAX, true)
+            .expect("abort");
+        (a, dp)
+    });
+    assert_eq!(
+        aborted.reset, 2,
+        "both origin sockets destroyed (their RSTs are dropped)"
+    );
+    assert_eq!(aborted.removed, 2);
+    assert_eq!(aborted.edge_resets, 2, "one edge reset per removed flow");
+    for (name, s) in [("exact", &mut exact), ("in-window", &mut inexact)] {
+        let err = pair
+            .client
+            .run({
+                let mut s = s.try_clone().expect("clone");
+                move || {
+                    let mut buf = [0u8; 64];
+                    s.read(&mut buf).map(|n| n.to_string())
+                }
+            })
+            .expect_err("the stranded viewer's read must fail");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::ConnectionReset,
+            "{name}: reset by the edge behind the partition, not a timeout: {err}"
+        );
+    }
+    // The in-window viewer's challenge ACK found no flow: it passed to the edge's stack.
+    assert!(
+        untracked(&dp) > untracked_before,
+        "the challenge ACK reached the edge's stack as an untracked packet"
+    );
+    // The connection straight to the origin's port is untouched: no reset, nothing to read.
+    let direct_read = pair.client.run(move || {
+        let mut buf = [0u8; 1];
+        let mut d = direct;
+        d.read(&mut buf).map_err(|e| e.kind())
+    });
+    assert_eq!(
+        direct_read,
+        Err(ErrorKind::WouldBlock),
+        "a non-VIP connection is not reset"
+    );
+    drop(partition);
+    // The viewers reconnect through the VIP to the backup.
+    dp.set_active(ORIGIN_BACKUP).expect("backup active");
+    let again = pair.client.run(|| {
+        let mut c = Client::connect("10.77.0.2:8080").expect("reconnect VIP");
+        c.get("/whoami").expect("answer")
+    });
+    assert_eq!(again, b"backup");
     let root = bpf.pin_root();
     pair.edge
         .run(move || switcher_ctl::loader::detach(&root).expect("detach"));

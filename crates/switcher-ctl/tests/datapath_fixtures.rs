@@ -1609,3 +1609,195 @@ fn a_syn_on_a_flow_its_origin_closed_is_steered_by_the_table() {
         "a SYN on an open flow follows it"
     );
 }
+
+/// The flow's value, looked up by client address and port.
+fn flow_of(h: &Harness, client: &str, port: u16) -> Option<FlowValue> {
+    let key =
+        switcher_ctl::loader::flow_key(std::net::SocketAddr::new(client.parse().unwrap(), port));
+    h.flows()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// What an edge reset needs is recorded per flow (docs/ARCHITECTURE.md, "Edge-originated
+/// resets"): the handshake ACK's Ethernet addresses and acknowledgment number when the flow
+/// is created; afterwards the acknowledgment number whenever a segment acknowledges more,
+/// through XDP and TC ingress alike, and never moved back by a reordered older segment or
+/// changed by a segment without ACK.
+#[test]
+fn flows_record_the_clients_latest_ack_and_link_addresses() {
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let isn_ack = DEFAULT_SEQ.wrapping_add(1);
+    let (client, port) = ("10.1.8.8", 48000);
+    let syn = Pkt::tcp(client, port, VIP4, VIP_PORT, SYN).build();
+    assert_eq!(h.run(Prog::Xdp, &syn, 1).0, XDP_PASS);
+    let syn_ack = Pkt::tcp(VIP4, 8081, client, port, SYN | ACK).build();
+    assert_eq!(h.run(Prog::TcEgress, &syn_ack, 1).0, TC_ACT_OK);
+    let ack = |n: u32| {
+        Pkt::tcp(client, port, VIP4, VIP_PORT, ACK)
+            .with_ack(n)
+            .build()
+    };
+    h.run(Prog::Xdp, &ack(isn_ack), 1);
+    let flow = flow_of(&h, client, port).expect("the handshake ACK creates the flow");
+    assert_eq!(flow.client_ack, isn_ack, "the handshake ACK's number");
+    // `Pkt` frames go from 02:00:00:00:00:01 to 02:00:00:00:00:02.
+    assert_eq!(flow.hop_mac, [2, 0, 0, 0, 0, 1], "the frame's source");
+    assert_eq!(
+        flow.local_mac,
+        [2, 0, 0, 0, 0, 2],
+        "the frame's destination"
+    );
+
+    let steps: [(Prog, Vec<u8>, u32, &str); 6] = [
+        (
+            Prog::Xdp,
+            ack(isn_ack + 1000),
+            isn_ack + 1000,
+            "XDP: more acknowledged",
+        ),
+        (
+            Prog::Xdp,
+            ack(isn_ack + 500),
+            isn_ack + 1000,
+            "a reordered older ACK",
+        ),
+        (
+            Prog::TcIngress,
+            ack(isn_ack + 3000),
+            isn_ack + 3000,
+            "TC ingress: more acknowledged",
+        ),
+        (
+            Prog::Xdp,
+            Pkt::tcp(client, port, VIP4, VIP_PORT, RST)
+                .with_ack(isn_ack + 9000)
+                .build(),
+            isn_ack + 3000,
+            "a segment without ACK",
+        ),
+        (
+            Prog::Xdp,
+            Pkt::tcp(client, port, VIP4, VIP_PORT, ACK | PSH)
+                .with_ack(isn_ack + 4000)
+                .with_payload(b"GET /hls/demo/1002.ts HTTP/1.1\r\n\r\n")
+                .build(),
+            isn_ack + 4000,
+            "a request with ACK",
+        ),
+        // Serial-number arithmetic (RFC 1982): across the 2^32 wrap is still forward.
+        (
+            Prog::Xdp,
+            ack(isn_ack.wrapping_add(0x8000_0000 - 1)),
+            isn_ack.wrapping_add(0x8000_0000 - 1),
+            "a big step forward",
+        ),
+    ];
+    for (prog, frame, want, what) in steps {
+        h.run(prog, &frame, 1);
+        let got = flow_of(&h, client, port).expect("flow").client_ack;
+        assert_eq!(got, want, "{what}: client_ack {got:#x}, want {want:#x}");
+    }
+    let wrapped = isn_ack
+        .wrapping_add(0x8000_0000 - 1)
+        .wrapping_add(0x7000_0000);
+    h.run(Prog::Xdp, &ack(wrapped), 1);
+    assert_eq!(
+        flow_of(&h, client, port).expect("flow").client_ack,
+        wrapped,
+        "forward across the wrap of the sequence space"
+    );
+    // The link addresses stay those of the handshake ACK.
+    let flow = flow_of(&h, client, port).expect("flow");
+    assert_eq!((flow.hop_mac, flow.origin), ([2, 0, 0, 0, 0, 1], PRIMARY));
+}
+
+/// The emitter transmits (`XDP_TX`) exactly the frames switcher-ctl builds for an edge reset,
+/// unchanged, and drops anything else: another source address or port, other flags, data.
+#[test]
+fn the_reset_emitter_transmits_only_bare_resets_from_the_vip() {
+    const XDP_DROP: u32 = 1;
+    const XDP_TX: u32 = 3;
+    let mut h = Harness::new();
+    {
+        let p: &mut Xdp = h
+            .ebpf
+            .program_mut(prog_names::EMIT_RST)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        p.load().expect("verifier accepts the emitter");
+    }
+    let emit = |h: &Harness, frame: &[u8]| -> (u32, Vec<u8>) {
+        let p: &Xdp = h
+            .ebpf
+            .program(prog_names::EMIT_RST)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; frame.len() + 64];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = p.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        (r.return_value, out[..r.data_size_out as usize].to_vec())
+    };
+    let spec = |vip: &str, client: &str| switcher_ctl::edge_rst::RstSpec {
+        vip: vip.parse().unwrap(),
+        client: client.parse().unwrap(),
+        seq: 0x1234_5678,
+        src_mac: [2, 0, 0, 0, 0, 2],
+        dst_mac: [2, 0, 0, 0, 0, 1],
+    };
+    for (vip, client) in [
+        ("10.0.0.1:8080", "10.1.9.9:49000"),
+        ("[fd00::1]:8080", "[fd00::99]:49001"),
+    ] {
+        let frame = switcher_ctl::edge_rst::rst_frame(&spec(vip, client)).unwrap();
+        verify_checksums(&frame).expect("the built reset's checksums");
+        let (verdict, out) = emit(&h, &frame);
+        assert_eq!(verdict, XDP_TX, "a reset from the VIP {vip} is transmitted");
+        assert_eq!(out, frame, "unchanged");
+    }
+    let refused: [(&str, Vec<u8>); 6] = [
+        (
+            "from another address",
+            switcher_ctl::edge_rst::rst_frame(&spec("10.0.0.9:8080", "10.1.9.9:49000")).unwrap(),
+        ),
+        (
+            "from another port (an origin's)",
+            switcher_ctl::edge_rst::rst_frame(&spec("10.0.0.1:8081", "10.1.9.9:49000")).unwrap(),
+        ),
+        (
+            "a SYN",
+            Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, SYN).build(),
+        ),
+        (
+            "RST with ACK",
+            Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, RST | ACK).build(),
+        ),
+        (
+            "an RST carrying data",
+            Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, RST)
+                .with_payload(b"x")
+                .build(),
+        ),
+        (
+            "UDP",
+            Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, 0)
+                .proto(UDP)
+                .with_payload(b"x")
+                .build(),
+        ),
+    ];
+    for (what, frame) in refused {
+        assert_eq!(emit(&h, &frame).0, XDP_DROP, "{what} is dropped");
+    }
+    // Steering disabled: nothing is transmitted.
+    h.configure(false);
+    let frame =
+        switcher_ctl::edge_rst::rst_frame(&spec("10.0.0.1:8080", "10.1.9.9:49000")).unwrap();
+    assert_eq!(emit(&h, &frame).0, XDP_DROP);
+}
