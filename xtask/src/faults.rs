@@ -10,7 +10,7 @@
 //! | `origin-5xx` | answers 500 | the stream directory made unreadable (as the service user) |
 //! | `origin-slow` | answers, ~100x slower than it needs to | nftables: its replies beyond 64 kB/s dropped |
 //! | `origin-partition` | its packets vanish | nftables: every packet to or from its port dropped |
-//! | `origin-truncate` | serves segments cut short mid-body | each new segment file truncated (as the service user) |
+//! | `origin-truncate` | serves segments cut short mid-body | the newest listed segment and every later one truncated in place (as the service user) |
 //! | `ctl-restart` | nothing: switcher-ctl is killed and started again | SIGKILL switcher-ctl; restore: start |
 //!
 //! nftables rules live in their own table (`inet hls_edge_drill`) in the stack's network
@@ -195,11 +195,17 @@ pub struct Active {
     restored: bool,
 }
 
-/// Shell loop run as the service user: every segment file that appears after it starts is
-/// replaced (write + rename, like the packager) by its first half plus one byte, so it is no
-/// whole number of TS packets: a body cut short mid-segment.
+/// Shell loop run as the service user: the newest segment the playlist lists when it starts
+/// (the one players are fetching right now), then every segment file that appears after it,
+/// is replaced (write + rename, like the packager) by its first half plus one byte, so it is
+/// no whole number of TS packets: a body cut short mid-segment. A player that already has the
+/// file open keeps the whole one; every request after the fault gets the cut one.
 const TRUNCATE_LOOP: &str = r#"cd "$1" || exit 1
-seen=" $(ls *.ts 2>/dev/null | tr '\n' ' ') "
+newest=$(grep -v '^#' index.m3u8 2>/dev/null | grep -v '^$' | tail -n 1)
+seen=" "
+for f in *.ts; do
+  [ -f "$f" ] && [ "$f" != "$newest" ] && seen="$seen$f "
+done
 while :; do
   for f in *.ts; do
     [ -f "$f" ] || continue

@@ -347,6 +347,11 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         )
     };
     let pair = Pair::new();
+    // The client end receives through NAPI with GRO, as a NIC does: the edge transmits its own
+    // resets with XDP_TX, and a veth hands XDP frames only to a peer that receives that way
+    // (switcher-ctl's `edge_rst` module).
+    pair.client
+        .exec(&["ethtool", "-K", &pair.client_if, "gro", "on"]);
     let bpf = BpfFs::new();
     let dir = TempDir::new("failover-bench")?;
     // The service user must be able to enter the run directory.
