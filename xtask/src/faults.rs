@@ -196,15 +196,17 @@ pub struct Active {
 }
 
 /// Shell loop run as the service user: the newest segment the playlist lists when it starts
-/// (the one players are fetching right now), then every segment file that appears after it,
-/// is replaced (write + rename, like the packager) by its first half plus one byte, so it is
-/// no whole number of TS packets: a body cut short mid-segment. A player that already has the
-/// file open keeps the whole one; every request after the fault gets the cut one.
+/// (the one players are fetching right now), then every segment file not listed before it
+/// (one the packager has written but not listed yet included), is replaced (write + rename,
+/// like the packager) by its first half plus one byte, so it is no whole number of TS
+/// packets: a body cut short mid-segment. A player that already has the file open keeps the
+/// whole one; every request after the fault gets the cut one.
 const TRUNCATE_LOOP: &str = r#"cd "$1" || exit 1
-newest=$(grep -v '^#' index.m3u8 2>/dev/null | grep -v '^$' | tail -n 1)
+listed=$(grep -v '^#' index.m3u8 2>/dev/null | grep -v '^$')
+newest=$(printf '%s\n' "$listed" | tail -n 1)
 seen=" "
-for f in *.ts; do
-  [ -f "$f" ] && [ "$f" != "$newest" ] && seen="$seen$f "
+for f in $listed; do
+  [ "$f" != "$newest" ] && seen="$seen$f "
 done
 while :; do
   for f in *.ts; do

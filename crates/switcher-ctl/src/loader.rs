@@ -530,11 +530,18 @@ impl Pinned {
     pub fn attach_info(&self) -> String {
         match self.vip() {
             Ok(v) => format!(
-                "{} on {} (ifindex {}), pins under {}",
+                "{} on {} (ifindex {}), pins under {}; edge resets: {}",
                 attach_mode_name(v.attach_mode),
                 ifname(v.ifindex).unwrap_or_else(|_| "?".into()),
                 v.ifindex,
-                self.root.display()
+                self.root.display(),
+                if v.attach_mode != ATTACH_XDP_NATIVE {
+                    "off (need native XDP; the origin socket's reset only)"
+                } else if progs_dir(&self.root).join(prog_names::EMIT_RST).exists() {
+                    "on"
+                } else {
+                    "off (pins of a build without them)"
+                }
             ),
             Err(e) => format!("unreadable config: {e}"),
         }

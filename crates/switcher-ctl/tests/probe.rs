@@ -348,6 +348,30 @@ async fn a_segment_cut_short_makes_the_origin_bad() {
 }
 
 #[tokio::test]
+async fn a_listed_segment_that_shrinks_is_reported_at_the_next_probe() {
+    // Whole at first; then cut to half, still a whole number of TS packets with sync bytes,
+    // so only the size tells: a listed segment must never change (RFC 8216 6.2.2).
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cut.clone();
+    let server = origin_with_segments(move |_| {
+        let packets = if flag.load(Ordering::SeqCst) { 20 } else { 40 };
+        Reply::ok(ts_body(packets))
+    })
+    .await;
+    let p = segment_prober();
+    for _ in 0..2 {
+        assert!(p.probe(&server.url(PATH)).await.outcome.is_ok(), "whole");
+    }
+    cut.store(true, Ordering::SeqCst);
+    match p.probe(&server.url(PATH)).await.outcome {
+        Err(ProbeError::Segment(msg)) => {
+            assert!(msg.contains("shrank from 7520 to 3760 bytes"), "{msg}")
+        }
+        other => panic!("expected the shrunk segment to be reported, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_missing_segment_makes_the_origin_bad() {
     let server = origin_with_segments(|_| Reply {
         status: 404,

@@ -382,7 +382,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "| failure class | fault to first media byte from the healthy origin: p50 | p99 | max | target p99 |\n|---|---|---|---|---|"
+        "| failure class | fault to first media byte from the healthy origin: p50 | p99 | range (min-max) | target p99 |\n|---|---|---|---|---|"
     );
     let result = (|| -> Result<()> {
         for fault in Fault::ALL {
@@ -435,10 +435,11 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {:.3} s | {:.3} s | {:.3} s | {target} |",
+                    "| {} | {:.3} s | {:.3} s | {:.3}-{:.3} s | {target} |",
                     fault.name(),
                     percentile(&samples, 0.5),
                     percentile(&samples, 0.99),
+                    samples.first().copied().unwrap_or(f64::NAN),
                     samples.last().copied().unwrap_or(f64::NAN)
                 );
             }
