@@ -480,6 +480,10 @@ impl Controller {
                     .aborted_connections
                     .with_label_values(&l)
                     .inc_by(a.reset);
+                self.metrics
+                    .edge_resets
+                    .with_label_values(&l)
+                    .inc_by(a.edge_resets);
                 if a.removed > 0 || a.reset > 0 {
                     tracing::warn!(origin = %name, why, reset = a.reset, edge_resets = a.edge_resets, flows_removed = a.removed, finishing = a.finishing, remaining = a.remaining, "aborted viewer connections");
                 }

@@ -89,6 +89,10 @@ pub struct Metrics {
     /// `switcher_aborted_connections_total{origin}`: viewer connections pinned to the origin
     /// that were reset when it was retired (unhealthy) or when its drain time ran out.
     pub aborted_connections: IntCounterVec,
+    /// `switcher_edge_resets_total{origin}`: TCP resets the edge itself sent to viewers of the
+    /// origin as their connections were aborted (docs/ARCHITECTURE.md, "Edge-originated
+    /// resets"); stays 0 where the interface cannot transmit them (not native XDP).
+    pub edge_resets: IntCounterVec,
     /// `switcher_draining{origin}`: 1 while the origin's flows drain (it is healthy but no
     /// longer gets new flows; its open connections finish or are moved at the drain deadline).
     pub draining: IntGaugeVec,
@@ -247,6 +251,10 @@ impl Metrics {
                 "switcher_aborted_connections_total",
                 "Viewer connections pinned to the origin reset when it was retired or its drain ended.",
             )?,
+            edge_resets: counter_vec(
+                "switcher_edge_resets_total",
+                "TCP resets the edge itself sent to the origin's viewers as their connections were aborted.",
+            )?,
             draining: gauge_vec(
                 "switcher_draining",
                 "1 while the origin's flows drain after it stopped getting new flows.",
@@ -342,6 +350,7 @@ impl Metrics {
             self.origin_newest_msn.with_label_values(&l);
             self.retired_flows.with_label_values(&l);
             self.aborted_connections.with_label_values(&l);
+            self.edge_resets.with_label_values(&l);
             self.draining.with_label_values(&l);
             self.origin_weight.with_label_values(&l);
             self.origin_in_rotation.with_label_values(&l);
@@ -395,6 +404,7 @@ impl Metrics {
         r.register(Box::new(self.retired_flows.clone()))?;
         r.register(Box::new(self.dataplane_flows.clone()))?;
         r.register(Box::new(self.aborted_connections.clone()))?;
+        r.register(Box::new(self.edge_resets.clone()))?;
         r.register(Box::new(self.draining.clone()))?;
         for c in [
             &self.dp_packets,

@@ -495,6 +495,11 @@ fn switchback_leaves_the_backups_flows_alone_until_the_drain_deadline() {
         h.metric("switcher_aborted_connections_total{origin=\"backup\"}"),
         600.0
     );
+    assert_eq!(
+        h.metric("switcher_edge_resets_total{origin=\"backup\"}"),
+        600.0,
+        "every aborted connection also got the edge's reset"
+    );
     h.window(good(), good());
     assert_eq!(aborts_of_backup(&h), 3, "the drain is over");
 }

@@ -130,7 +130,8 @@ impl DataPlane for FakeDataPlane {
         s.flows[origin as usize] -= taken;
         Ok(Aborted {
             reset: taken,
-            edge_resets: 0,
+            // Like the real data plane on native XDP: one edge reset per removed flow.
+            edge_resets: taken,
             removed: taken,
             finishing: 0,
             remaining: n - taken,
