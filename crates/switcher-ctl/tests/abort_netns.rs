@@ -22,7 +22,7 @@ use switcher_ctl::{
     loader::{AttachConfig, AttachMode, Pinned},
 };
 use test_kit::keepalive::{Client, serve};
-use test_kit::netns::{BpfFs, Pair};
+use test_kit::netns::{self as netns, BpfFs, Pair};
 use test_kit::wait_until;
 
 /// Failsafe read timeout of the stranded viewer: without an abort its read would wait this
