@@ -329,6 +329,7 @@ fn edge_resets_reach_viewers_behind_a_partition() {
         pin_root: bpf.pin_root(),
         mode: AttachMode::Native,
         max_flows: switcher_common::MAX_FLOWS,
+        dsr: false,
     };
     let mut dp = pair.edge.run(move || {
         let mut p = Pinned::attach(&cfg).expect("attach");
