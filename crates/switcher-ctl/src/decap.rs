@@ -13,12 +13,11 @@
 //! VIP that the edges announce.
 
 use std::{
-    fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     EbpfLoader,
     maps::{Array, MapData, PerCpuArray},
@@ -33,7 +32,7 @@ use switcher_common::{
     map_names as edge_maps,
 };
 
-use crate::loader::{EBPF_OBJECT, ensure_bpffs};
+use crate::loader::{EBPF_OBJECT, ensure_bpffs, remove_pins};
 
 /// Default pin root of the decap program (apart from the edge's, so a host can be both).
 pub const DEFAULT_DECAP_PIN_ROOT: &str = "/sys/fs/bpf/switcher-decap";
@@ -205,29 +204,4 @@ pub fn detach(pin_root: &Path) -> Result<()> {
         tracing::info!("decap detached");
     }
     remove_pins(pin_root)
-}
-
-fn remove_pins(root: &Path) -> Result<()> {
-    if !root.exists() {
-        return Ok(());
-    }
-    for sub in ["maps", "progs", "links"] {
-        let dir = root.join(sub);
-        if let Ok(entries) = fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                fs::remove_file(e.path())
-                    .with_context(|| format!("unpinning {}", e.path().display()))?;
-            }
-        }
-        let _ = fs::remove_dir(&dir);
-    }
-    // A bpffs mounted on the pin root itself stays (see `loader::remove_pins`).
-    match fs::remove_dir(root) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
-        Err(e) => {
-            bail!("removing {}: {e}", root.display())
-        }
-    }
 }

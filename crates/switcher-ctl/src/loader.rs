@@ -121,6 +121,29 @@ pub struct AttachConfig {
     pub dsr: bool,
 }
 
+impl AttachConfig {
+    /// The common case: native XDP on `iface`, one VIP family, origins on this host or
+    /// rewritten to their address (no DSR), and the default table size. Callers change the
+    /// rest with struct update syntax.
+    pub fn native(
+        iface: &str,
+        vip: SocketAddr,
+        origins: Vec<SocketAddr>,
+        pin_root: PathBuf,
+    ) -> Self {
+        Self {
+            iface: iface.to_string(),
+            vip,
+            vip_v6: None,
+            origins,
+            pin_root,
+            mode: AttachMode::Native,
+            max_flows: switcher_common::MAX_FLOWS,
+            dsr: false,
+        }
+    }
+}
+
 /// The data plane's maps, opened from their pins. Implements [`DataPlane`].
 pub struct Pinned {
     root: PathBuf,
@@ -927,8 +950,9 @@ pub fn detach(pin_root: &Path) -> Result<()> {
     remove_pins(pin_root)
 }
 
-/// Removes every pin under `root` and the directories (pins are files on bpffs).
-fn remove_pins(root: &Path) -> Result<()> {
+/// Removes every pin under `root` and the directories (pins are files on bpffs). Shared by
+/// the steering programs and the decap program (`decap.rs`), which pin under the same layout.
+pub(crate) fn remove_pins(root: &Path) -> Result<()> {
     if !root.exists() {
         return Ok(());
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use switcher_common::{ORIGIN_BACKUP, ORIGIN_PRIMARY};
 use switcher_ctl::{
     dataplane::DataPlane,
-    loader::{AttachConfig, AttachMode, Pinned},
+    loader::{AttachConfig, Pinned},
 };
 use test_kit::keepalive::{Client, serve};
 use test_kit::netns::{self as netns, BpfFs, Pair};
@@ -101,28 +101,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
     );
     let pair = Pair::new();
     let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
-    pair.edge.run(|| {
-        half_hung_origin(TcpListener::bind("[::]:8081").expect("bind 8081"));
-        serve(TcpListener::bind("[::]:8082").expect("bind 8082"), "backup");
-    });
-    let cfg = AttachConfig {
-        iface: pair.edge_if.clone(),
-        vip: "10.77.0.2:8080".parse().expect("vip"),
-        vip_v6: None,
-        origins: vec![
-            "10.77.0.2:8081".parse().expect("primary"),
-            "10.77.0.2:8082".parse().expect("backup"),
-        ],
-        pin_root: bpf.pin_root(),
-        mode: AttachMode::Native,
-        max_flows: switcher_common::MAX_FLOWS,
-        dsr: false,
-    };
-    let mut dp = pair.edge.run(move || {
-        let mut p = Pinned::attach(&cfg).expect("attach");
-        p.set_active(ORIGIN_PRIMARY).expect("primary active");
-        p
-    });
+    let mut dp = edge_with_hung_primary(&pair, &bpf);
 
     // The stranded viewer: its request is ACKed by the primary's kernel, never answered.
     let mut stranded = pair.client.run(|| {
@@ -314,28 +293,7 @@ fn edge_resets_reach_viewers_behind_a_partition() {
     pair.client
         .exec(&["ethtool", "-K", &pair.client_if, "gro", "on"]);
     let bpf = BpfFs::new();
-    pair.edge.run(|| {
-        half_hung_origin(TcpListener::bind("[::]:8081").expect("bind 8081"));
-        serve(TcpListener::bind("[::]:8082").expect("bind 8082"), "backup");
-    });
-    let cfg = AttachConfig {
-        iface: pair.edge_if.clone(),
-        vip: "10.77.0.2:8080".parse().expect("vip"),
-        vip_v6: None,
-        origins: vec![
-            "10.77.0.2:8081".parse().expect("primary"),
-            "10.77.0.2:8082".parse().expect("backup"),
-        ],
-        pin_root: bpf.pin_root(),
-        mode: AttachMode::Native,
-        max_flows: switcher_common::MAX_FLOWS,
-        dsr: false,
-    };
-    let mut dp = pair.edge.run(move || {
-        let mut p = Pinned::attach(&cfg).expect("attach");
-        p.set_active(ORIGIN_PRIMARY).expect("primary active");
-        p
-    });
+    let mut dp = edge_with_hung_primary(&pair, &bpf);
     let mut exact = stranded_viewer(&pair, "/hls/demo/seg1.ts");
     let mut inexact = stranded_viewer(&pair, "/hls/demo/seg2.ts");
     // A connection from the client straight to the primary's port, not through the VIP.
@@ -436,4 +394,28 @@ fn edge_resets_reach_viewers_behind_a_partition() {
     let root = bpf.pin_root();
     pair.edge
         .run(move || switcher_ctl::loader::detach(&root).expect("detach"));
+}
+
+/// The edge of both tests: a primary on :8081 that ACKs requests and never answers (hung), a
+/// backup on :8082 that answers, and the data plane attached (native XDP) with the primary
+/// active.
+fn edge_with_hung_primary(pair: &Pair, bpf: &BpfFs) -> Pinned {
+    pair.edge.run(|| {
+        half_hung_origin(TcpListener::bind("[::]:8081").expect("bind 8081"));
+        serve(TcpListener::bind("[::]:8082").expect("bind 8082"), "backup");
+    });
+    let cfg = AttachConfig::native(
+        &pair.edge_if,
+        "10.77.0.2:8080".parse().expect("vip"),
+        vec![
+            "10.77.0.2:8081".parse().expect("primary"),
+            "10.77.0.2:8082".parse().expect("backup"),
+        ],
+        bpf.pin_root(),
+    );
+    pair.edge.run(move || {
+        let mut p = Pinned::attach(&cfg).expect("attach");
+        p.set_active(ORIGIN_PRIMARY).expect("primary active");
+        p
+    })
 }

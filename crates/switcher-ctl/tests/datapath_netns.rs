@@ -69,17 +69,16 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
     );
 
     let cfg = AttachConfig {
-        iface: pair.edge_if.clone(),
-        vip: format!("{EDGE_V4}:8080").parse().unwrap(),
         vip_v6: Some(EDGE_V6.parse().unwrap()),
-        origins: vec![
-            "0.0.0.0:8081".parse().unwrap(),
-            "0.0.0.0:8082".parse().unwrap(),
-        ],
-        pin_root: bpf.pin_root(),
-        mode: AttachMode::Native,
-        max_flows: MAX_FLOWS,
-        dsr: false,
+        ..AttachConfig::native(
+            &pair.edge_if,
+            format!("{EDGE_V4}:8080").parse().unwrap(),
+            vec![
+                "0.0.0.0:8081".parse().unwrap(),
+                "0.0.0.0:8082".parse().unwrap(),
+            ],
+            bpf.pin_root(),
+        )
     };
     let mut dp = attach_in(&pair.edge, cfg.clone());
     assert_eq!(
@@ -337,17 +336,16 @@ fn spoofed_flood_does_not_evict_a_viewer() {
     let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     start_origins(&pair.edge);
     let cfg = AttachConfig {
-        iface: pair.edge_if.clone(),
-        vip: format!("{EDGE_V4}:8080").parse().unwrap(),
-        vip_v6: None,
-        origins: vec![
-            "0.0.0.0:8081".parse().unwrap(),
-            "0.0.0.0:8082".parse().unwrap(),
-        ],
-        pin_root: bpf.pin_root(),
-        mode: AttachMode::Native,
         max_flows: MIN_FLOWS,
-        dsr: false,
+        ..AttachConfig::native(
+            &pair.edge_if,
+            format!("{EDGE_V4}:8080").parse().unwrap(),
+            vec![
+                "0.0.0.0:8081".parse().unwrap(),
+                "0.0.0.0:8082".parse().unwrap(),
+            ],
+            bpf.pin_root(),
+        )
     };
     let mut dp = attach_in(&pair.edge, cfg.clone());
     let capacity = dp.flow_capacity().unwrap();
