@@ -57,6 +57,10 @@ pub struct DrillArgs {
     /// Stream name.
     #[arg(long, default_value = "demo")]
     pub stream: String,
+    /// The origin the fault acts on, by name (a stack of N origins: `o1`..`oN`). Default: the
+    /// first origin in preference order (the primary of the two-origin stack).
+    #[arg(long)]
+    pub origin: Option<String>,
 }
 
 /// What the player reading the VIP saw.
@@ -141,8 +145,43 @@ fn request_start(run_dir: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn stream_dir(run_dir: &Path, stream: &str) -> PathBuf {
-    stack::hls_dir(run_dir, "primary").join(stream)
+fn stream_dir(run_dir: &Path, origin: &str, stream: &str) -> PathBuf {
+    stack::hls_dir(run_dir, origin).join(stream)
+}
+
+/// The drill's target in the running stack, from switcher-ctl's `/healthz`: the origin
+/// asked for (else the first in preference order), its port (`cargo xtask run` puts origin
+/// `index` on [`xtask::layout::origin_port`]), and the policy.
+fn target(h: &serde_json::Value, asked: Option<&str>) -> Result<(String, u16, bool)> {
+    let origins = h["origins"]
+        .as_object()
+        .context("switcher-ctl's /healthz lists no origins")?;
+    let name = match asked {
+        Some(n) => n.to_string(),
+        None => origins
+            .iter()
+            .min_by_key(|(_, o)| o["index"].as_u64().unwrap_or(u64::MAX))
+            .map(|(n, _)| n.clone())
+            .context("no origin")?,
+    };
+    let Some(index) = origins.get(&name).and_then(|o| o["index"].as_u64()) else {
+        bail!(
+            "no origin named {name:?} (the stack has {})",
+            origins.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    let balance = h["policy"] == "balance";
+    Ok((name, xtask::layout::origin_port(index as usize), balance))
+}
+
+/// Whether the target takes new flows: under failover it is the active origin, under
+/// balance it is in rotation.
+fn takes_new_flows(h: &serde_json::Value, origin: &str, balance: bool) -> bool {
+    if balance {
+        h["origins"][origin]["in_rotation"] == true
+    } else {
+        h["active"] == origin
+    }
 }
 
 pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
@@ -169,10 +208,13 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
     };
     let h0 = health()
         .context("switcher-ctl admin not reachable: start the stack with `cargo xtask run`")?;
-    if h0["active"] != "primary" {
+    let (origin, port, balance) = target(&h0, args.origin.as_deref())?;
+    if !takes_new_flows(&h0, &origin, balance) {
         bail!(
-            "the primary is not active ({}); wait for the stack to settle",
-            h0["active"]
+            "{origin} takes no new flows (active: {}, in rotation: {}); wait for the stack to \
+             settle or pick another --origin",
+            h0["active"],
+            h0["rotation"]
         );
     }
     let playlist = format!("/hls/{}/index.m3u8", args.stream);
@@ -201,14 +243,15 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         "drill {:?} at unix time {now} (times below are seconds since the fault)",
         args.fault
     );
-    let target = args.fault.service();
-    let target_pid = pid(&run_dir, target)?;
-    let stream_dir = stream_dir(&run_dir, &args.stream);
+    let target = args.fault.service_on(&origin);
+    let target_pid = pid(&run_dir, &target)?;
+    let stream_dir = stream_dir(&run_dir, &origin, &args.stream);
     let site = Site {
         netns: None,
-        primary_port: stack::ORIGIN_PORTS[0],
+        origin: origin.clone(),
+        port,
         service_user: owner(&stream_dir),
-        primary_stream_dir: stream_dir,
+        stream_dir,
     };
     let mut procs = RunProcesses {
         run_dir: run_dir.clone(),
@@ -235,19 +278,30 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
         let ok = matches!(&r, Ok(r) if r.status == 200);
         view.record(r);
         if let Ok(h) = health() {
-            if !detected && h["origins"]["primary"]["healthy"] == false {
+            if !detected && h["origins"][&origin]["healthy"] == false {
                 detected = true;
                 mark(
                     format!(
-                        "detected: primary unhealthy ({})",
-                        h["origins"]["primary"]["last_error"]
+                        "detected: {origin} unhealthy ({})",
+                        h["origins"][&origin]["last_error"]
                     ),
                     &mut timeline,
                 );
             }
-            if !flipped && h["active"] == "backup" {
+            if !flipped && !takes_new_flows(&h, &origin, balance) {
                 flipped = true;
-                mark("flip: active origin = backup".into(), &mut timeline);
+                let what = if balance {
+                    format!(
+                        "flip: {origin} out of rotation (rotation {})",
+                        h["rotation"]
+                    )
+                } else {
+                    format!(
+                        "flip: active origin = {}",
+                        h["active"].as_str().unwrap_or("?")
+                    )
+                };
+                mark(what, &mut timeline);
             }
             if flipped && !first_good_after_flip && ok {
                 first_good_after_flip = true;
@@ -256,9 +310,14 @@ pub fn run(ws: &Path, args: DrillArgs) -> Result<()> {
                     &mut timeline,
                 );
             }
-            if restored && !switched_back && h["active"] == "primary" {
+            if restored && !switched_back && takes_new_flows(&h, &origin, balance) {
                 switched_back = true;
-                mark("switchback: active origin = primary".into(), &mut timeline);
+                let what = if balance {
+                    format!("switchback: {origin} back in rotation")
+                } else {
+                    format!("switchback: active origin = {origin}")
+                };
+                mark(what, &mut timeline);
             }
         }
         if !restored && t0.elapsed() >= hold {
@@ -353,5 +412,41 @@ mod tests {
         v.record(Err(anyhow!("refused")));
         assert_eq!((v.polls, v.errors, v.regressions, v.gaps), (5, 1, 1, 1));
         assert_eq!(v.last_msn, Some(30));
+    }
+
+    #[test]
+    fn the_target_is_the_named_origin_or_the_first_and_its_port_follows_its_index() {
+        let two = serde_json::json!({
+            "policy": "failover", "active": "primary", "rotation": ["primary"],
+            "origins": {
+                "primary": {"index": 0, "in_rotation": true},
+                "backup": {"index": 1, "in_rotation": false}
+            }
+        });
+        // The two-origin stack: the primary by default, as before `--origin`.
+        assert_eq!(
+            target(&two, None).unwrap(),
+            ("primary".to_string(), 8081, false)
+        );
+        assert!(takes_new_flows(&two, "primary", false));
+        assert!(!takes_new_flows(&two, "backup", false));
+        let four = serde_json::json!({
+            "policy": "balance", "active": "o1", "rotation": ["o1", "o2", "o4"],
+            "origins": {
+                "o3": {"index": 2, "in_rotation": false},
+                "o1": {"index": 0, "in_rotation": true},
+                "o2": {"index": 1, "in_rotation": true},
+                "o4": {"index": 3, "in_rotation": true}
+            }
+        });
+        assert_eq!(target(&four, None).unwrap(), ("o1".to_string(), 8081, true));
+        assert_eq!(
+            target(&four, Some("o4")).unwrap(),
+            ("o4".to_string(), 8084, true)
+        );
+        assert!(target(&four, Some("primary")).is_err());
+        // Balance: an origin takes new flows while in rotation, active or not.
+        assert!(takes_new_flows(&four, "o2", true));
+        assert!(!takes_new_flows(&four, "o3", true));
     }
 }

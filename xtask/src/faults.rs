@@ -2,7 +2,10 @@
 //! one definition shared by `cargo xtask drill` (against `cargo xtask run`), the end-to-end
 //! drill test and `cargo xtask bench failover`.
 //!
-//! | fault | what the primary origin does | how it is injected |
+//! Each fault acts on one origin, the site's target ([`Site::origin`]): the primary in the
+//! two-origin stack, any named origin in a stack of N (`cargo xtask drill --origin o3`).
+//!
+//! | fault | what the target origin does | how it is injected |
 //! |---|---|---|
 //! | `origin-kill` | dies (connections refused) | SIGKILL; restore: start again |
 //! | `packager-kill` | serves an ever older playlist | SIGKILL the packager; restore: start |
@@ -84,12 +87,18 @@ impl Fault {
         self != Fault::CtlRestart
     }
 
-    /// The service the fault acts on.
-    pub fn service(self) -> &'static str {
+    /// The service the fault acts on in the two-origin stack (its target is the primary).
+    pub fn service(self) -> String {
+        self.service_on("primary")
+    }
+
+    /// The service the fault acts on when its target is the origin called `origin`
+    /// (`origin-NAME`, `packager-NAME`, or switcher-ctl).
+    pub fn service_on(self, origin: &str) -> String {
         match self {
-            Fault::PackagerKill => "packager-primary",
-            Fault::CtlRestart => "switcher-ctl",
-            _ => "origin-primary",
+            Fault::PackagerKill => format!("packager-{origin}"),
+            Fault::CtlRestart => "switcher-ctl".into(),
+            _ => format!("origin-{origin}"),
         }
     }
 }
@@ -121,10 +130,12 @@ impl Processes for crate::stack::Stack {
 pub struct Site {
     /// Network namespace of the edge (`None`: this one).
     pub netns: Option<String>,
-    /// The primary origin's TCP port.
-    pub primary_port: u16,
-    /// The primary's HLS directory of the stream (`<hls dir>/<stream>`).
-    pub primary_stream_dir: PathBuf,
+    /// Name of the origin the faults act on (`primary` in the two-origin stack).
+    pub origin: String,
+    /// That origin's TCP port.
+    pub port: u16,
+    /// That origin's HLS directory of the stream (`<hls dir>/<stream>`).
+    pub stream_dir: PathBuf,
     /// The unprivileged user the services run as (file faults act as that user, so root
     /// never follows a path the services own). `None`: the current user.
     pub service_user: Option<String>,
@@ -181,7 +192,7 @@ impl Site {
     }
 
     fn chmod(&self, mode: &str) -> Result<()> {
-        let dir = self.primary_stream_dir.to_string_lossy().to_string();
+        let dir = self.stream_dir.to_string_lossy().to_string();
         self.run(true, &["chmod", mode, &dir], None)
     }
 }
@@ -221,13 +232,14 @@ done"#;
 
 /// Injects `fault`.
 pub fn inject(fault: Fault, site: &Site, procs: &mut dyn Processes) -> Result<Active> {
-    let port = site.primary_port;
+    let port = site.port;
+    let service = fault.service_on(&site.origin);
     let mut truncator = None;
     match fault {
         Fault::OriginKill | Fault::PackagerKill | Fault::CtlRestart => {
-            procs.signal(fault.service(), libc::SIGKILL)?
+            procs.signal(&service, libc::SIGKILL)?
         }
-        Fault::OriginFreeze => procs.signal(fault.service(), libc::SIGSTOP)?,
+        Fault::OriginFreeze => procs.signal(&service, libc::SIGSTOP)?,
         Fault::Origin5xx => site.chmod("000")?,
         Fault::OriginSlow => {
             site.nft_clear();
@@ -245,7 +257,7 @@ pub fn inject(fault: Fault, site: &Site, procs: &mut dyn Processes) -> Result<Ac
             ))?
         }
         Fault::OriginTruncate => {
-            let dir = site.primary_stream_dir.to_string_lossy().to_string();
+            let dir = site.stream_dir.to_string_lossy().to_string();
             truncator = Some(
                 site.command(true, &["sh", "-c", TRUNCATE_LOOP, "truncate", &dir])
                     .stdin(Stdio::null())
@@ -275,9 +287,11 @@ impl Active {
         self.restored = true;
         match self.fault {
             Fault::OriginKill | Fault::PackagerKill | Fault::CtlRestart => {
-                procs.start(self.fault.service())
+                procs.start(&self.fault.service_on(&self.site.origin))
             }
-            Fault::OriginFreeze => procs.signal(self.fault.service(), libc::SIGCONT),
+            Fault::OriginFreeze => {
+                procs.signal(&self.fault.service_on(&self.site.origin), libc::SIGCONT)
+            }
             Fault::Origin5xx => self.site.chmod("755"),
             Fault::OriginSlow | Fault::OriginPartition => {
                 self.site.nft_clear();
@@ -310,5 +324,19 @@ impl Drop for Active {
                 let _ = self.site.chmod("755");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_acts_on_its_target_origins_services() {
+        assert_eq!(Fault::OriginKill.service(), "origin-primary");
+        assert_eq!(Fault::PackagerKill.service(), "packager-primary");
+        assert_eq!(Fault::OriginFreeze.service_on("o3"), "origin-o3");
+        assert_eq!(Fault::PackagerKill.service_on("o3"), "packager-o3");
+        assert_eq!(Fault::CtlRestart.service_on("o3"), "switcher-ctl");
     }
 }

@@ -109,12 +109,21 @@ impl StackConfig {
         }
     }
 
-    /// Where the drills inject faults into this stack.
+    /// Where the drills inject faults into this stack: on its first origin (the primary of
+    /// the two-origin stack).
     pub fn fault_site(&self) -> crate::faults::Site {
+        self.fault_site_on(0)
+    }
+
+    /// Where the drills inject faults into this stack's origin `i` (0-based, preference
+    /// order).
+    pub fn fault_site_on(&self, i: usize) -> crate::faults::Site {
+        let name = crate::layout::origin_names(self.origins)[i].clone();
         crate::faults::Site {
             netns: self.netns.clone(),
-            primary_port: ORIGIN_PORTS[0],
-            primary_stream_dir: hls_dir(&self.run_dir, "primary").join(&self.stream),
+            port: crate::layout::origin_port(i),
+            stream_dir: hls_dir(&self.run_dir, &name).join(&self.stream),
+            origin: name,
             service_user: self.service_user.clone(),
         }
     }
@@ -717,6 +726,11 @@ mod tests {
         assert_eq!(arg_after(sw, "--policy"), ["balance"]);
         assert!(arg_after(sw, "--primary").is_empty());
         assert_eq!(arg_after(sw, "--vip"), ["127.0.0.1:8080", "[::1]:8080"]);
+        // The drills' site of origin 3 of 4: its port and its HLS directory.
+        let site = stack.cfg.fault_site_on(2);
+        assert_eq!((site.origin.as_str(), site.port), ("o3", 8083));
+        assert_eq!(site.stream_dir, Path::new("/run-dir/hls-o3/demo"));
+        assert_eq!(stack.cfg.fault_site().origin, "o1");
     }
 
     #[test]
@@ -727,6 +741,9 @@ mod tests {
         assert_eq!(arg_after(sw, "--primary"), ["http://127.0.0.1:8081"]);
         assert_eq!(arg_after(sw, "--backup"), ["http://127.0.0.1:8082"]);
         assert!(arg_after(sw, "--origin").is_empty());
+        let site = stack.cfg.fault_site();
+        assert_eq!((site.origin.as_str(), site.port), ("primary", 8081));
+        assert_eq!(site.stream_dir, Path::new("/run-dir/hls-primary/demo"));
         assert_eq!(
             arg_after(&stack.services["origin-backup"].argv, "--listen"),
             ["127.0.0.1:8082", "[::1]:8082"]

@@ -19,6 +19,13 @@
 //! `FAILOVER_BENCH_FAULTS=a,b` runs only those classes (`herd` for the herd check);
 //! `FAILOVER_BENCH_SWITCHER_ARGS` adds `switcher-ctl run` flags (e.g. `--finish 0`).
 //!
+//! `FAILOVER_BENCH_POLICY=balance FAILOVER_BENCH_ORIGINS=4` runs the stack of `cargo xtask
+//! run --origins 4 --policy balance` instead. Each run's fault then acts on the origin the
+//! player's connection is pinned to (read from the conntrack map), and the figure is the
+//! first response after the fault on a connection pinned to any other origin; "failover" is
+//! that origin leaving the rotation, "switchback" its coming back. The herd check is
+//! failover's (viewers left on the backup at a switchback) and is skipped.
+//!
 //! `ctl-restart` has no failover: its figure is the number of the player's requests that
 //! failed while switcher-ctl was down and restarting (0 expected).
 
@@ -215,11 +222,61 @@ fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<()> 
     Ok(())
 }
 
+/// The policy the bench runs, over which origins.
+struct Setup {
+    /// `--policy balance` (else the two-origin failover stack).
+    balance: bool,
+    /// The origins' names, in preference order (index = data-plane slot).
+    names: Vec<String>,
+}
+
+impl Setup {
+    /// Every origin healthy and, under failover, the primary active; under balance, every
+    /// origin in rotation.
+    fn settled(&self, stack: &Stack) -> bool {
+        let Ok(h) = stack.healthz() else {
+            return false;
+        };
+        let all_healthy = self
+            .names
+            .iter()
+            .all(|n| h["origins"][n]["healthy"] == true);
+        all_healthy
+            && if self.balance {
+                self.names
+                    .iter()
+                    .all(|n| h["origins"][n]["in_rotation"] == true)
+            } else {
+                h["active"] == "primary"
+            }
+    }
+
+    /// Whether origin `victim` takes new flows (failover: it is the active origin).
+    fn takes_new_flows(&self, stack: &Stack, victim: usize) -> bool {
+        let name = &self.names[victim];
+        stack.healthz().is_ok_and(|h| {
+            if self.balance {
+                h["origins"][name]["in_rotation"] == true
+            } else {
+                h["active"] == name.as_str()
+            }
+        })
+    }
+}
+
 /// One run of `fault`: the figure in seconds (for ctl-restart: failed requests).
-fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fault) -> Result<f64> {
-    wait("the primary active and both healthy", SETTLE_LIMIT, || {
-        stack.active() == "primary" && stack.healthy("primary") && stack.healthy("backup")
-    })?;
+fn run_once(
+    stack: &mut Stack,
+    setup: &Setup,
+    pair: &Pair,
+    bpf: &BpfFs,
+    fault: Fault,
+) -> Result<f64> {
+    wait(
+        "every origin healthy, the preferred one active",
+        SETTLE_LIMIT,
+        || setup.settled(stack),
+    )?;
     let player = Player::start(&pair.client.name);
     wait("the player polls", SETTLE_LIMIT, || {
         player
@@ -227,26 +284,54 @@ fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fau
             .len()
             >= 4
     })?;
+    // The origin the fault acts on: failover, the primary (slot 0); balance, the origin of
+    // the player's connection, so that the player has something to fail over from.
+    let victim = if setup.balance {
+        let mut victim = None;
+        wait(
+            "the player's flow in the conntrack map",
+            SETTLE_LIMIT,
+            || {
+                let flows = flows_by_port(&pair.edge.name, &bpf.pin_root()).unwrap_or_default();
+                let last = player.seen_since(Instant::now() - Duration::from_secs(1));
+                victim = last
+                    .last()
+                    .and_then(|s| flows.get(&s.port))
+                    .map(|&o| o as usize);
+                victim.is_some()
+            },
+        )?;
+        victim.expect("found")
+    } else {
+        0
+    };
+    let site = stack.cfg.fault_site_on(victim);
     let t0 = Instant::now();
-    let injected = faults::inject(fault, site, stack)?;
+    let injected = faults::inject(fault, &site, stack)?;
     let figure = if fault.fails_primary() {
-        wait("failover", SETTLE_LIMIT, || stack.active() == "backup")?;
-        // The first response after the fault on a connection the data plane pins to the
-        // backup (the player reconnects once its old connection is reset or fails).
+        wait("failover", SETTLE_LIMIT, || {
+            !setup.takes_new_flows(stack, victim)
+        })?;
+        // The first response after the fault on a connection the data plane pins to another
+        // origin (the player reconnects once its old connection is reset or fails).
         let deadline = Instant::now() + SETTLE_LIMIT;
+        let elsewhere = |o: Option<&u32>| {
+            if setup.balance {
+                o.is_some_and(|&o| o as usize != victim)
+            } else {
+                o == Some(&BACKUP_INDEX)
+            }
+        };
         let first = loop {
             let flows = flows_by_port(&pair.edge.name, &bpf.pin_root())?;
             let seen = player.seen_since(t0);
-            if let Some(s) = seen
-                .iter()
-                .find(|s| flows.get(&s.port) == Some(&BACKUP_INDEX))
-            {
+            if let Some(s) = seen.iter().find(|s| elsewhere(flows.get(&s.port))) {
                 break *s;
             }
             if Instant::now() > deadline {
                 let ports: std::collections::BTreeSet<u16> = seen.iter().map(|s| s.port).collect();
                 bail!(
-                    "no response from the backup after the fault: player ports {ports:?}, flows {flows:?}"
+                    "no response from another origin after the fault: player ports {ports:?}, flows {flows:?}"
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -265,7 +350,9 @@ fn run_once(stack: &mut Stack, site: &Site, pair: &Pair, bpf: &BpfFs, fault: Fau
         player.errors_since(t0) as f64
     };
     drop(player);
-    wait("switchback", SETTLE_LIMIT, || stack.active() == "primary")?;
+    wait("switchback", SETTLE_LIMIT, || {
+        setup.takes_new_flows(stack, victim)
+    })?;
     Ok(figure)
 }
 
@@ -331,6 +418,18 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let only = std::env::var("FAILOVER_BENCH_FAULTS").unwrap_or_default();
     // Extra `switcher-ctl run` flags, e.g. `--finish 0` (space separated).
     let extra = std::env::var("FAILOVER_BENCH_SWITCHER_ARGS").unwrap_or_default();
+    let balance = match std::env::var("FAILOVER_BENCH_POLICY").as_deref() {
+        Ok("balance") => true,
+        Ok("failover") | Err(_) => false,
+        Ok(other) => bail!("FAILOVER_BENCH_POLICY: {other:?} is neither failover nor balance"),
+    };
+    let origins = env_count("FAILOVER_BENCH_ORIGINS", xtask::layout::DEFAULT_ORIGINS)?;
+    if !(2..=xtask::layout::MAX_ORIGINS).contains(&origins) {
+        bail!(
+            "FAILOVER_BENCH_ORIGINS: 2 to {}",
+            xtask::layout::MAX_ORIGINS
+        );
+    }
     let bin_dir = workspace.join("target/release");
     for b in ["ingest", "packager", "origin", "switcher-ctl"] {
         if !bin_dir.join(b).is_file() {
@@ -360,19 +459,30 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
     let mut cfg = StackConfig::in_namespaces(bin_dir, dir.path.clone(), &pair, &bpf);
+    cfg.origins = origins;
+    if balance {
+        cfg.switcher_args
+            .extend(["--policy".into(), "balance".into()]);
+    }
     cfg.switcher_args
         .extend(extra.split_whitespace().map(String::from));
     let mut stack = Stack::new(cfg);
     stack.start_all().context("starting the stack")?;
+    let setup = Setup {
+        balance,
+        names: xtask::layout::origin_names(origins),
+    };
     let site = stack.cfg.fault_site();
     wait("a full playlist", Duration::from_secs(60), || {
-        stack.healthy("primary") && stack.healthy("backup") && stack.active() == "primary"
+        setup.settled(&stack)
     })?;
     let machine = super::util::machine();
     let _ = writeln!(
         out,
         "Machine: {machine}. Stack from target/release in namespaces (native XDP on a veth), \
-         switcher-ctl defaults{}; player polling every {} ms; {runs} runs per class.\n",
+         {origins} origins, policy {}, switcher-ctl defaults{}; player polling every {} ms; \
+         {runs} runs per class.\n",
+        if balance { "balance" } else { "failover" },
         if extra.is_empty() {
             String::new()
         } else {
@@ -392,7 +502,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             let mut samples = Vec::with_capacity(runs);
             let mut failed: Vec<String> = Vec::new();
             for i in 0..runs {
-                match run_once(&mut stack, &site, &pair, &bpf, fault) {
+                match run_once(&mut stack, &setup, &pair, &bpf, fault) {
                     Ok(s) => {
                         eprintln!("{} run {}: {s:.3}", fault.name(), i + 1);
                         samples.push(s);
@@ -403,7 +513,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
                         eprintln!("{} run {}: FAILED: {e:#}", fault.name(), i + 1);
                         failed.push(format!("{e:#}"));
                         wait("switchback after a failed run", SETTLE_LIMIT, || {
-                            stack.active() == "primary"
+                            setup.settled(&stack)
                         })?;
                     }
                 }
@@ -444,7 +554,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
                 );
             }
         }
-        if herd_n > 0 && (only.is_empty() || only.split(',').any(|f| f == "herd")) {
+        if herd_n > 0 && !balance && (only.is_empty() || only.split(',').any(|f| f == "herd")) {
             match herd(&mut stack, &site, &pair, herd_n, Duration::from_secs(10)) {
                 Ok((failed, requests)) => {
                     let _ = writeln!(

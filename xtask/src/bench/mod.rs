@@ -1,6 +1,7 @@
 //! Benchmarks. Each compares against its named peer in the same run and reports the ratio;
 //! results are printed and appended to BENCHMARKS.md with the command that produced them.
 
+mod balance;
 mod failover;
 mod ingest;
 mod origin;
@@ -26,18 +27,21 @@ pub enum Bench {
     Packager,
     /// Failover time per failure class, and the thundering herd at switchback.
     Failover,
+    /// wrk through the VIP balanced over four origins against wrk straight to one origin.
+    Balance,
     /// Every benchmark above, in that order.
     All,
 }
 
 impl Bench {
     /// Every single benchmark, in the order `all` runs them.
-    const EACH: [Bench; 5] = [
+    const EACH: [Bench; 6] = [
         Bench::Datapath,
         Bench::Origin,
         Bench::Ingest,
         Bench::Packager,
         Bench::Failover,
+        Bench::Balance,
     ];
 
     /// The name on the command line and in BENCHMARKS.md.
@@ -48,6 +52,7 @@ impl Bench {
             Bench::Ingest => "ingest",
             Bench::Packager => "packager",
             Bench::Failover => "failover",
+            Bench::Balance => "balance",
             Bench::All => "all",
         }
     }
@@ -81,6 +86,7 @@ pub fn run(ws: &Path, which: Bench) -> Result<()> {
             Bench::Ingest => ingest::run(ws, &mut out)?,
             Bench::Packager => packager::run(ws, &mut out)?,
             Bench::Failover => failover::run(ws, &mut out)?,
+            Bench::Balance => balance::run(ws, &mut out)?,
             Bench::Datapath | Bench::All => unreachable!("handled above"),
         }
         println!("{out}");

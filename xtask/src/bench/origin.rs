@@ -533,7 +533,7 @@ fn measured(server: &Server, url: &str) -> Result<WrkResult> {
 
 /// User + system CPU seconds of process `pid` and its direct children (nginx's workers),
 /// from /proc/PID/stat (fields 14 and 15, in clock ticks).
-fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+pub(super) fn tree_cpu_seconds(pid: u32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut ticks = 0u64;
@@ -562,16 +562,17 @@ fn tree_cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 /// One wrk run's figures.
-struct WrkResult {
-    requests_per_sec: f64,
+pub(super) struct WrkResult {
+    /// Requests per second.
+    pub(super) requests_per_sec: f64,
     /// Requests completed ("N requests in ...").
-    requests: u64,
+    pub(super) requests: u64,
     /// Filled by [`measured`]: the server's CPU seconds during the run.
-    cpu_seconds: f64,
+    pub(super) cpu_seconds: f64,
     #[allow(dead_code)] // parsed and tested; the report shows requests/s
     bytes_per_sec: f64,
     /// Socket errors plus non-2xx/3xx responses.
-    errors: u64,
+    pub(super) errors: u64,
 }
 
 fn wrk(url: &str) -> Result<WrkResult> {
@@ -590,7 +591,7 @@ fn wrk(url: &str) -> Result<WrkResult> {
     parse_wrk(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
 }
 
-fn parse_wrk(text: &str) -> Result<WrkResult> {
+pub(super) fn parse_wrk(text: &str) -> Result<WrkResult> {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(name).map(str::trim))
