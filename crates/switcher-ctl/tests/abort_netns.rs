@@ -141,12 +141,7 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
     );
 
     // Sockets are per namespace: the control plane runs in the edge's, as in production.
-    let (aborted, mut dp) = pair.edge.run(move || {
-        let a = dp
-            .abort_flows(ORIGIN_PRIMARY, usize::MAX, true)
-            .expect("abort");
-        (a, dp)
-    });
+    let (aborted, mut dp) = abort_primary(&pair, dp);
     assert_eq!(
         aborted.reset, 1,
         "exactly the stranded viewer's socket is destroyed"
@@ -293,7 +288,7 @@ fn edge_resets_reach_viewers_behind_a_partition() {
     pair.client
         .exec(&["ethtool", "-K", &pair.client_if, "gro", "on"]);
     let bpf = BpfFs::new();
-    let mut dp = edge_with_hung_primary(&pair, &bpf);
+    let dp = edge_with_hung_primary(&pair, &bpf);
     let mut exact = stranded_viewer(&pair, "/hls/demo/seg1.ts");
     let mut inexact = stranded_viewer(&pair, "/hls/demo/seg2.ts");
     // A connection from the client straight to the primary's port, not through the VIP.
@@ -338,12 +333,7 @@ fn edge_resets_reach_viewers_behind_a_partition() {
     };
     let untracked_before = untracked(&dp);
     let partition = Partition::new(&pair.edge, 8081);
-    let (aborted, mut dp) = pair.edge.run(move || {
-        let a = dp
-            .abort_flows(ORIGIN_PRIMARY, usize::MAX, true)
-            .expect("abort");
-        (a, dp)
-    });
+    let (aborted, mut dp) = abort_primary(&pair, dp);
     assert_eq!(
         aborted.reset, 2,
         "both origin sockets destroyed (their RSTs are dropped)"
@@ -417,5 +407,17 @@ fn edge_with_hung_primary(pair: &Pair, bpf: &BpfFs) -> Pinned {
         let mut p = Pinned::attach(&cfg).expect("attach");
         p.set_active(ORIGIN_PRIMARY).expect("primary active");
         p
+    })
+}
+
+/// Aborts every connection of the primary (letting delivering ones finish), from the edge's
+/// namespace: sockets are per namespace, and the control plane runs in the edge's, as in
+/// production.
+fn abort_primary(pair: &Pair, mut dp: Pinned) -> (switcher_ctl::dataplane::Aborted, Pinned) {
+    pair.edge.run(move || {
+        let a = dp
+            .abort_flows(ORIGIN_PRIMARY, usize::MAX, true)
+            .expect("abort");
+        (a, dp)
     })
 }

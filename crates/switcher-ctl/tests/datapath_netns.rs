@@ -43,6 +43,20 @@ fn start_origins(ns: &Netns) {
     });
 }
 
+/// The edge's data plane on its veth: native XDP, the VIP on the edge's IPv4 address, the two
+/// origins of `start_origins` on this host.
+fn edge_config(pair: &Pair, bpf: &BpfFs) -> AttachConfig {
+    AttachConfig::native(
+        &pair.edge_if,
+        format!("{EDGE_V4}:8080").parse().unwrap(),
+        vec![
+            "0.0.0.0:8081".parse().unwrap(),
+            "0.0.0.0:8082".parse().unwrap(),
+        ],
+        bpf.pin_root(),
+    )
+}
+
 fn attach_in(ns: &Netns, cfg: AttachConfig) -> Pinned {
     ns.run(move || {
         let mut p = Pinned::attach(&cfg).expect("attach");
@@ -70,15 +84,7 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
 
     let cfg = AttachConfig {
         vip_v6: Some(EDGE_V6.parse().unwrap()),
-        ..AttachConfig::native(
-            &pair.edge_if,
-            format!("{EDGE_V4}:8080").parse().unwrap(),
-            vec![
-                "0.0.0.0:8081".parse().unwrap(),
-                "0.0.0.0:8082".parse().unwrap(),
-            ],
-            bpf.pin_root(),
-        )
+        ..edge_config(&pair, &bpf)
     };
     let mut dp = attach_in(&pair.edge, cfg.clone());
     assert_eq!(
@@ -337,15 +343,7 @@ fn spoofed_flood_does_not_evict_a_viewer() {
     start_origins(&pair.edge);
     let cfg = AttachConfig {
         max_flows: MIN_FLOWS,
-        ..AttachConfig::native(
-            &pair.edge_if,
-            format!("{EDGE_V4}:8080").parse().unwrap(),
-            vec![
-                "0.0.0.0:8081".parse().unwrap(),
-                "0.0.0.0:8082".parse().unwrap(),
-            ],
-            bpf.pin_root(),
-        )
+        ..edge_config(&pair, &bpf)
     };
     let mut dp = attach_in(&pair.edge, cfg.clone());
     let capacity = dp.flow_capacity().unwrap();
