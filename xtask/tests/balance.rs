@@ -217,19 +217,12 @@ fn load(
 
 #[test]
 fn balance_spreads_survives_a_kill_and_drains() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "end-to-end tests need root; run `cargo xtask test`"
-    );
+    test_kit::process::require_root();
     let ws = workspace();
-    for bin in ["ingest", "packager", "origin", "switcher-ctl"] {
-        assert!(
-            ws.join("target/debug").join(bin).exists(),
-            "target/debug/{bin} missing: run `cargo xtask test`"
-        );
-    }
+    test_kit::process::require_binaries(
+        &ws.join("target/debug"),
+        &["ingest", "packager", "origin", "switcher-ctl"],
+    );
     let pair = Pair::new();
     let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
     let run_dir = std::env::temp_dir().join(netns::unique("bal"));

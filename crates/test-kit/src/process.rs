@@ -111,3 +111,24 @@ pub fn strip_ansi(line: &str) -> String {
     }
     out
 }
+
+/// Fails the test at once, with a hint, unless it runs as root (namespaces, eBPF).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root; run it through `cargo xtask test`"
+    );
+}
+
+/// Fails the test at once, with a hint, unless every binary in `names` was built in `dir`.
+pub fn require_binaries(dir: &std::path::Path, names: &[&str]) {
+    for name in names {
+        assert!(
+            dir.join(name).exists(),
+            "{}/{name} missing: run `cargo xtask test`, which builds it",
+            dir.display()
+        );
+    }
+}
