@@ -116,7 +116,9 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
             "{e}'s dataplane_encap_packets_total did not move ({scraped}) while it steered viewers to remote origins"
         );
         // The metric mirrors the data plane's counters, which the CLI reads from the pins.
-        let cli = lab.edge_encap(e, "encapsulated").expect("switcher-ctl status") as f64;
+        let cli = lab
+            .edge_encap(e, "encapsulated")
+            .expect("switcher-ctl status") as f64;
         assert!(
             cli >= scraped,
             "{e}: /metrics says {scraped} encapsulated, more than the pinned counters' {cli}"

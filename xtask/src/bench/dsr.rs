@@ -22,7 +22,7 @@
 //! for dsr the generic-XDP skb handling and the forwarding of the encapsulated packet; for
 //! haproxy the TCP receive processing done in softirq context (its send path and the receive
 //! path run from its own syscalls are counted, as system time). The machine's whole busy CPU
-//! (`/proc/stat`, every namespace: client, router, origins, edges) is reported too.
+//! (`/proc/stat`: every namespace, and any other job on the machine) is reported too.
 
 use std::{
     fmt::Write as _,
@@ -128,9 +128,11 @@ fn measure(
         native: false,
     })
     .context("starting the lab")?;
-    lab.wait_for("the playlist through the VIP", Duration::from_secs(60), |lab| {
-        Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U")))
-    })?;
+    lab.wait_for(
+        "the playlist through the VIP",
+        Duration::from_secs(60),
+        |lab| Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U"))),
+    )?;
     // The same file on both origin hosts.
     let size = mib << 20;
     let mut content = vec![0u8; size];
@@ -173,12 +175,16 @@ fn measure(
         };
         format!("http://{host}/hls/big/big.ts")
     };
-    lab.wait_for("haproxy to serve the file", Duration::from_secs(20), |lab| {
-        if let Some(status) = hap.0.try_wait()? {
-            bail!("haproxy exited ({status})");
-        }
-        Ok(download(lab, &url(Route::Haproxy), 1, 1).map(|b| b == size as u64)?)
-    })?;
+    lab.wait_for(
+        "haproxy to serve the file",
+        Duration::from_secs(20),
+        |lab| {
+            if let Some(status) = hap.0.try_wait()? {
+                bail!("haproxy exited ({status})");
+            }
+            download(lab, &url(Route::Haproxy), 1, 1).map(|b| b == size as u64)
+        },
+    )?;
     let hap_pid = hap.0.id();
 
     let mut samples = Vec::new();
@@ -292,7 +298,13 @@ fn machine_busy() -> Result<f64> {
         .map(|x| x.parse().unwrap_or(0))
         .collect();
     // user nice system idle iowait irq softirq steal (guest is inside user).
-    let busy: u64 = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(busy as f64 / hz)
@@ -307,7 +319,11 @@ fn which(name: &str) -> Option<PathBuf> {
 
 /// Median and range of `f` over the samples of path `p`.
 fn stats(samples: &[(Route, Sample)], p: Route, f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
-    let v: Vec<f64> = samples.iter().filter(|(q, _)| *q == p).map(|(_, s)| f(s)).collect();
+    let v: Vec<f64> = samples
+        .iter()
+        .filter(|(q, _)| *q == p)
+        .map(|(_, s)| f(s))
+        .collect();
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (util::median_f64(v), lo, hi)
@@ -320,8 +336,16 @@ fn ratios(
     den: Route,
     f: impl Fn(&Sample) -> f64,
 ) -> (f64, f64, f64) {
-    let a: Vec<f64> = samples.iter().filter(|(q, _)| *q == num).map(|(_, s)| f(s)).collect();
-    let b: Vec<f64> = samples.iter().filter(|(q, _)| *q == den).map(|(_, s)| f(s)).collect();
+    let a: Vec<f64> = samples
+        .iter()
+        .filter(|(q, _)| *q == num)
+        .map(|(_, s)| f(s))
+        .collect();
+    let b: Vec<f64> = samples
+        .iter()
+        .filter(|(q, _)| *q == den)
+        .map(|(_, s)| f(s))
+        .collect();
     let v: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -390,7 +414,7 @@ fn report(
          kernel.bpf_stats_enabled=1); haproxy edge CPU = the haproxy process's user+system time. \
          Neither counts softirq work outside those accounts (dsr: generic-XDP skb handling and \
          forwarding of the encapsulated packets; haproxy: TCP receive processing in softirq). \
-         Machine CPU is every namespace (client, router, origins, edges). On a 2-CPU VM shared \
+         Machine CPU is the whole machine's /proc/stat (client, router, origins, edges, and any other job on the machine), so under outside load it says little. On a 2-CPU VM shared \
          with other jobs, the client, the origins and the edge compete for the same two CPUs, so \
          throughput is bound by the machine, not the edge, and absolute figures move with the \
          other load; the per-round ratios are the figures to read."
