@@ -620,6 +620,12 @@ impl Lab {
         Ok(())
     }
 
+    /// The pid of a running process of the lab (`switcher-edge1`, ...), for benchmarks that
+    /// read its CPU time.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.get(name)?.child.as_ref().map(Child::id)
+    }
+
     /// Starts a killed process again, the same way.
     pub fn restart(&mut self, name: &str) -> Result<()> {
         let p = self

@@ -85,7 +85,13 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
         lab.edge_counter(e, "dataplane_packets_total")
             .expect("edge metrics")
     };
+    // The encapsulation counters, on /metrics (read at scrape time) per origin.
+    let encap = |lab: &Lab, e: &str| {
+        lab.edge_counter(e, "dataplane_encap_packets_total")
+            .expect("edge metrics")
+    };
     let before: Vec<f64> = EDGES.iter().map(|e| packets(&lab, e)).collect();
+    let encap_before: Vec<f64> = EDGES.iter().map(|e| encap(&lab, e)).collect();
     let decap_before: u64 = ORIGIN_HOSTS
         .iter()
         .map(|o| lab.decapsulated(o).expect("decap status"))
@@ -102,6 +108,21 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
                 lab.describe()
             )
         });
+    }
+    for (i, e) in EDGES.iter().enumerate() {
+        let scraped = encap(&lab, e);
+        assert!(
+            scraped > encap_before[i],
+            "{e}'s dataplane_encap_packets_total did not move ({scraped}) while it steered viewers to remote origins"
+        );
+        // The metric mirrors the data plane's counters, which the CLI reads from the pins.
+        let cli = lab
+            .edge_encap(e, "encapsulated")
+            .expect("switcher-ctl status") as f64;
+        assert!(
+            cli >= scraped,
+            "{e}: /metrics says {scraped} encapsulated, more than the pinned counters' {cli}"
+        );
     }
     let decap_after: u64 = ORIGIN_HOSTS
         .iter()

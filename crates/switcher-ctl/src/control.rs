@@ -818,6 +818,13 @@ impl Controller {
                 tracing::debug!(error = %format!("{e:#}"), "reading counters failed");
             }
         }
+        match self.dataplane.encap_counters() {
+            Ok(slots) => self.metrics.observe_encap(&slots),
+            Err(e) => {
+                self.metrics.dp_read_errors.inc();
+                tracing::debug!(error = %format!("{e:#}"), "reading encap counters failed");
+            }
+        }
     }
 
     /// The state for `/healthz` and the status page.

@@ -2,6 +2,7 @@
 //! on the real eBPF maps; tests implement it with a fake.
 
 use switcher_common::Counters;
+use switcher_common::dsr::EncapCounters;
 
 /// An origin slot of the data plane, `0..switcher_common::MAX_ORIGINS`
 /// ([`switcher_common::ORIGIN_PRIMARY`] (0) and [`switcher_common::ORIGIN_BACKUP`] (1) in the
@@ -57,6 +58,9 @@ pub trait DataPlane: Send {
     fn flow_counts(&self) -> anyhow::Result<Vec<u64>>;
     /// Counters summed over CPUs, one per stats slot (origins, then the unsteered slot).
     fn counters(&self) -> anyhow::Result<Vec<Counters>>;
+    /// Encapsulation counters summed over CPUs, one per origin slot (direct server return to
+    /// origins on other hosts; zero for same-host origins).
+    fn encap_counters(&self) -> anyhow::Result<Vec<EncapCounters>>;
 }
 
 /// A connection with data in flight that got no acknowledgement for this long is not

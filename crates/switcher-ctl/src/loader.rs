@@ -1326,4 +1326,8 @@ impl DataPlane for Pinned {
             })
             .collect()
     }
+
+    fn encap_counters(&self) -> Result<Vec<switcher_common::dsr::EncapCounters>> {
+        encap_counters(&self.root)
+    }
 }

@@ -12,6 +12,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use switcher_common::dsr::EncapCounters;
 use switcher_common::{Counters, STATS_UNSTEERED};
 
 use crate::decide::{Action, Decision, OriginId, Reason};
@@ -145,6 +146,24 @@ pub struct Metrics {
     pub dp_ip_options: IntCounter,
     /// `dataplane_read_errors_total`: failed reads of the data plane's maps.
     pub dp_read_errors: IntCounter,
+    /// `dataplane_encap_packets_total{origin}`: requests encapsulated (IP-in-IP) toward the
+    /// origin's host and sent from XDP (direct server return; zero for same-host origins).
+    pub dp_encap_packets: IntCounterVec,
+    /// `dataplane_encap_bytes_total{origin}`: bytes of those packets as sent (outer header
+    /// included).
+    pub dp_encap_bytes: IntCounterVec,
+    /// `dataplane_encap_to_stack_total{origin}`: encapsulated packets handed to the edge's
+    /// stack because the route lookup could not complete (no neighbour entry yet).
+    pub dp_encap_to_stack: IntCounterVec,
+    /// `dataplane_encap_too_big_total{origin}`: encapsulated packets over the route's MTU,
+    /// dropped (the edge-to-origin path needs 20 bytes more MTU than viewers use).
+    pub dp_encap_too_big: IntCounterVec,
+    /// `dataplane_encap_errors_total{origin}`: packets for the origin's host dropped for no
+    /// route or a failed packet resize.
+    pub dp_encap_errors: IntCounterVec,
+    /// `dataplane_encap_adopted_total{origin}`: packets of no flow or handshake (taken over
+    /// from another edge, or evicted) encapsulated to the origin new flows go to.
+    pub dp_encap_adopted: IntCounterVec,
 }
 
 /// The registry refused a metric: a name registered twice (a bug, not a runtime condition).
@@ -328,6 +347,30 @@ impl Metrics {
                 "dataplane_read_errors_total",
                 "Failed reads of the data plane's maps.",
             )?,
+            dp_encap_packets: counter_vec(
+                "dataplane_encap_packets_total",
+                "Requests encapsulated toward the origin's host and sent from XDP (direct server return).",
+            )?,
+            dp_encap_bytes: counter_vec(
+                "dataplane_encap_bytes_total",
+                "Bytes of the encapsulated requests as sent, outer header included.",
+            )?,
+            dp_encap_to_stack: counter_vec(
+                "dataplane_encap_to_stack_total",
+                "Encapsulated requests handed to the edge's stack (route lookup incomplete).",
+            )?,
+            dp_encap_too_big: counter_vec(
+                "dataplane_encap_too_big_total",
+                "Encapsulated requests over the route's MTU, dropped.",
+            )?,
+            dp_encap_errors: counter_vec(
+                "dataplane_encap_errors_total",
+                "Requests for the origin's host dropped: no route or a failed resize.",
+            )?,
+            dp_encap_adopted: counter_vec(
+                "dataplane_encap_adopted_total",
+                "Packets of no flow or handshake encapsulated to the origin new flows go to.",
+            )?,
             registry,
         };
         m.register_all()?;
@@ -419,6 +462,12 @@ impl Metrics {
             &self.dp_stale_flows,
             &self.dp_stale_kept,
             &self.dp_held,
+            &self.dp_encap_packets,
+            &self.dp_encap_bytes,
+            &self.dp_encap_to_stack,
+            &self.dp_encap_too_big,
+            &self.dp_encap_errors,
+            &self.dp_encap_adopted,
         ] {
             r.register(Box::new(c.clone()))?;
         }
@@ -518,6 +567,22 @@ impl Metrics {
         mirror(&self.dp_ip_options, total.ip_options);
     }
 
+    /// Mirrors the data plane's encapsulation counters per origin slot (already summed over
+    /// CPUs; direct server return). Only configured origins get a series: the other slots
+    /// never encapsulate.
+    pub fn observe_encap(&self, slots: &[EncapCounters]) {
+        for (i, c) in slots.iter().enumerate().take(self.names.len()) {
+            let label = self.slot_label(i as u32);
+            let l = [label.as_str()];
+            mirror(&self.dp_encap_packets.with_label_values(&l), c.encapsulated);
+            mirror(&self.dp_encap_bytes.with_label_values(&l), c.bytes);
+            mirror(&self.dp_encap_to_stack.with_label_values(&l), c.to_stack);
+            mirror(&self.dp_encap_too_big.with_label_values(&l), c.too_big);
+            mirror(&self.dp_encap_errors.with_label_values(&l), c.errors);
+            mirror(&self.dp_encap_adopted.with_label_values(&l), c.adopted);
+        }
+    }
+
     /// The text exposition format (`/metrics`).
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -525,5 +590,35 @@ impl Metrics {
         // registry never yields; an empty body is the honest answer if it ever did.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encap_counters_are_labelled_by_origin_name() {
+        let mut m = Metrics::new().expect("metrics");
+        m.set_origins(&["east".to_string(), "west".to_string()]);
+        let mut slots = vec![EncapCounters::default(); 3];
+        slots[1].encapsulated = 7;
+        slots[1].bytes = 700;
+        slots[2].encapsulated = 9; // A slot without an origin gets no series.
+        m.observe_encap(&slots);
+        let text = m.render();
+        assert!(
+            text.contains("dataplane_encap_packets_total{origin=\"west\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dataplane_encap_bytes_total{origin=\"west\"} 700"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dataplane_encap_packets_total{origin=\"east\"} 0"),
+            "{text}"
+        );
+        assert!(!text.contains("slot2"), "{text}");
     }
 }

@@ -2,6 +2,7 @@
 //! results are printed and appended to BENCHMARKS.md with the command that produced them.
 
 mod balance;
+mod dsr;
 mod failover;
 mod ingest;
 mod origin;
@@ -29,19 +30,23 @@ pub enum Bench {
     Failover,
     /// wrk through the VIP balanced over four origins against wrk straight to one origin.
     Balance,
+    /// Direct server return in the multi-host lab: edge CPU per Gbit/s against HAProxy, and
+    /// throughput against straight to an origin host.
+    Dsr,
     /// Every benchmark above, in that order.
     All,
 }
 
 impl Bench {
     /// Every single benchmark, in the order `all` runs them.
-    const EACH: [Bench; 6] = [
+    const EACH: [Bench; 7] = [
         Bench::Datapath,
         Bench::Origin,
         Bench::Ingest,
         Bench::Packager,
         Bench::Failover,
         Bench::Balance,
+        Bench::Dsr,
     ];
 
     /// The name on the command line and in BENCHMARKS.md.
@@ -53,6 +58,7 @@ impl Bench {
             Bench::Packager => "packager",
             Bench::Failover => "failover",
             Bench::Balance => "balance",
+            Bench::Dsr => "dsr",
             Bench::All => "all",
         }
     }
@@ -66,7 +72,14 @@ pub fn run(ws: &Path, which: Bench) -> Result<()> {
         Bench::All => Bench::EACH.to_vec(),
         one => vec![one],
     };
-    prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
+    if benches.iter().any(|b| *b != Bench::Dsr) {
+        prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
+    }
+    if benches.contains(&Bench::Dsr) {
+        // The lab runs the debug binaries, as its tests do (the data path is the eBPF object,
+        // built the same either way; see bench/dsr.rs).
+        prereq::cargo(ws, &["build", "--workspace", "--bins"])?;
+    }
     for bench in benches {
         if bench == Bench::Datapath {
             // A cargo bench of its own (it needs the eBPF object and the netns fixtures); it
@@ -87,6 +100,7 @@ pub fn run(ws: &Path, which: Bench) -> Result<()> {
             Bench::Packager => packager::run(ws, &mut out)?,
             Bench::Failover => failover::run(ws, &mut out)?,
             Bench::Balance => balance::run(ws, &mut out)?,
+            Bench::Dsr => dsr::run(ws, &mut out)?,
             Bench::Datapath | Bench::All => unreachable!("handled above"),
         }
         println!("{out}");

@@ -143,6 +143,13 @@ impl DataPlane for FakeDataPlane {
     fn counters(&self) -> anyhow::Result<Vec<Counters>> {
         Ok(self.state().counters.clone())
     }
+    /// Same-host origins only: nothing is ever encapsulated.
+    fn encap_counters(&self) -> anyhow::Result<Vec<switcher_common::dsr::EncapCounters>> {
+        Ok(vec![
+            switcher_common::dsr::EncapCounters::default();
+            switcher_common::MAX_ORIGINS as usize
+        ])
+    }
 }
 
 /// A live media playlist of `WINDOW` 2 s segments, newest MSN `newest_msn`, every segment
