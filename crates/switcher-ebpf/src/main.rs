@@ -106,12 +106,12 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
         steer::count_pass(|_| {});
         return Verdict::Pass;
     };
-    if !steer::is_to_vip(&t, &vip) {
-        steer::forget_stale_flow(ctx, &t, &vip);
+    if !steer::is_to_vip(&t, vip) {
+        steer::forget_stale_flow(ctx, &t, vip);
         steer::count_pass(|_| {});
         return Verdict::Pass;
     }
-    match steer::steer_request(ctx, &t, &vip, (start, end)) {
+    match steer::steer_request(ctx, &t, vip, (start, end)) {
         steer::Decision::Steer(target) => match encap::remote_host(target.index) {
             None => Verdict::Rewrite(t, target),
             Some(host) if t.family == FAMILY_V4 => Verdict::Encap(t, target.index, host),
@@ -122,7 +122,7 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
             }
         },
         steer::Decision::Untracked => {
-            if let Some((index, host)) = encap::adopt(ctx, &t, &vip) {
+            if let Some((index, host)) = encap::adopt(ctx, &t, vip) {
                 return Verdict::Encap(t, index, host);
             }
             steer::count_pass(|c| c.untracked += 1);
@@ -275,7 +275,7 @@ pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
     let Some(vip) = steer::vip() else {
         return TC_ACT_OK;
     };
-    let Some(reply) = steer::match_reply(&t, &vip) else {
+    let Some(reply) = steer::match_reply(&t, vip) else {
         return TC_ACT_OK;
     };
     match tc_rewrite(
@@ -396,7 +396,7 @@ pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
     let Some(vip) = steer::vip() else {
         return xdp_action::XDP_DROP;
     };
-    if t.flags != tcp::RST || t.payload || !steer::is_from_vip(&t, &vip) {
+    if t.flags != tcp::RST || t.payload || !steer::is_from_vip(&t, vip) {
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_TX

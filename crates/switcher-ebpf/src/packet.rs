@@ -244,10 +244,6 @@ fn classify_v4(start: usize, end: usize, len: usize, steered_port: u16) -> Class
     if ihl != IPV4_HLEN {
         return Class::IpOptions;
     }
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    saddr[..4].copy_from_slice(&unsafe { load::<u32>(h, ipv4::SADDR) }.to_ne_bytes());
-    daddr[..4].copy_from_slice(&unsafe { load::<u32>(h, ipv4::DADDR) }.to_ne_bytes());
     // The TCP header is bounds-checked first, the claimed length after: in the other order
     // LLVM drops the header check as implied by the length check, and the verifier, which
     // cannot follow a variable length, rejects the program.
@@ -264,8 +260,13 @@ fn classify_v4(start: usize, end: usize, len: usize, steered_port: u16) -> Class
         FAMILY_V4,
         l3,
         l3 + IPV4_HLEN,
-        saddr,
-        daddr,
+        || {
+            let mut saddr = [0u8; 16];
+            let mut daddr = [0u8; 16];
+            saddr[..4].copy_from_slice(&unsafe { load::<u32>(h, ipv4::SADDR) }.to_ne_bytes());
+            daddr[..4].copy_from_slice(&unsafe { load::<u32>(h, ipv4::DADDR) }.to_ne_bytes());
+            (saddr, daddr)
+        },
         ip_payload,
         steered_port,
     );
@@ -304,8 +305,6 @@ fn classify_v6(start: usize, end: usize, len: usize, steered_port: u16) -> Class
             Class::Other
         };
     }
-    let saddr = unsafe { load_addr6(h, ipv6::SADDR) };
-    let daddr = unsafe { load_addr6(h, ipv6::DADDR) };
     let payload = u16::from_be(unsafe { load(h, ipv6::PAYLOAD_LEN) }) as usize;
     let ip_payload = if payload == 0 { usize::MAX } else { payload };
     // Header first, claimed length after (see classify_v4).
@@ -315,8 +314,7 @@ fn classify_v6(start: usize, end: usize, len: usize, steered_port: u16) -> Class
         FAMILY_V6,
         l3,
         l3 + IPV6_HLEN,
-        saddr,
-        daddr,
+        || unsafe { (load_addr6(h, ipv6::SADDR), load_addr6(h, ipv6::DADDR)) },
         ip_payload,
         steered_port,
     );
@@ -356,7 +354,9 @@ fn is_v6_extension(next: u8) -> bool {
 }
 
 /// The TCP header at `l4_off`; `ip_payload` is the IP payload length the IP header claims
-/// (TCP header and data; `usize::MAX` for a GSO packet whose length field is 0).
+/// (TCP header and data; `usize::MAX` for a GSO packet whose length field is 0). `addrs`
+/// reads the source and destination addresses from the IP header, called only for a segment
+/// the caller may act on: a packet to another port (`Class::Elsewhere`) never loads them.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn tcp_at(
@@ -365,8 +365,7 @@ fn tcp_at(
     family: u16,
     l3_off: usize,
     l4_off: usize,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    addrs: impl FnOnce() -> ([u8; 16], [u8; 16]),
     ip_payload: usize,
     steered_port: u16,
 ) -> Class {
@@ -384,6 +383,7 @@ fn tcp_at(
     if steered_port != 0 && dport != steered_port && flags & (tcp::SYN | tcp::ACK) != tcp::SYN {
         return Class::Elsewhere;
     }
+    let (saddr, daddr) = addrs();
     Class::Tcp(Tcp {
         family,
         l3_off,

@@ -34,10 +34,12 @@ pub fn count(slot: u32, f: impl FnOnce(&mut Counters)) {
     }
 }
 
-/// The configured VIP, if steering is enabled.
+/// The configured VIP, if steering is enabled: a reference into the map value, so callers
+/// load only the fields they use (the commonest packet, not for the VIP, needs only the port
+/// and the flags; a copy of the whole value cost loads and stack stores on every packet).
 #[inline(always)]
-pub fn vip() -> Option<VipConfig> {
-    let vip = *CONFIG.get(0)?;
+pub fn vip() -> Option<&'static VipConfig> {
+    let vip = CONFIG.get(0)?;
     if vip.flags & VIP_ENABLED == 0 {
         return None;
     }
@@ -59,8 +61,9 @@ pub fn is_to_vip(t: &Tcp, vip: &VipConfig) -> bool {
 
 /// A configured origin by index.
 #[inline(always)]
-fn origin(index: u32) -> Option<Origin> {
-    let o = *ORIGINS.get(index)?;
+fn origin(index: u32) -> Option<&'static Origin> {
+    // A reference, not a copy: a tracked flow's packet reads only the port and the address.
+    let o = ORIGINS.get(index)?;
     if o.flags & ORIGIN_CONFIGURED == 0 {
         return None;
     }
@@ -233,7 +236,7 @@ pub(crate) fn new_flow_origin(
     ctx: *mut c_void,
     t: &Tcp,
     vip: &VipConfig,
-) -> Option<(u32, Origin, bool)> {
+) -> Option<(u32, &'static Origin, bool)> {
     let index = maglev_origin(t)?;
     let o = origin(index)?;
     if vip.flags & VIP_CHECK_LISTENER == 0 || alive(ctx, t, &o) {
