@@ -190,7 +190,8 @@ pub enum Class {
     IpOptions,
     /// A well-formed TCP segment to another port than the one the caller steers, and not a
     /// SYN: nothing to do but pass it. Told apart before the segment's addresses are read,
-    /// which is what makes the common not-for-the-VIP packet cheap.
+    /// which is what makes the common not-for-the-VIP packet cheap; its IP length is not
+    /// checked either (a malformed one is counted as a pass, not as malformed).
     Elsewhere,
     /// A TCP segment we can act on.
     Tcp(Tcp),
@@ -270,6 +271,11 @@ fn classify_v4(start: usize, end: usize, len: usize, steered_port: u16) -> Class
         ip_payload,
         steered_port,
     );
+    if matches!(class, Class::Elsewhere) {
+        // Passed unchanged whatever its length says: checking it would only move the packet
+        // from one pass counter to another, on the path every packet not for us takes.
+        return class;
+    }
     if tot_len == 0 && len - l3 > MAX_IP_LEN {
         // A GSO/BIG TCP packet longer than the field can say: the kernel leaves it 0 and
         // takes the length from the skb (`iph_totlen()`), and so do we.
@@ -318,6 +324,10 @@ fn classify_v6(start: usize, end: usize, len: usize, steered_port: u16) -> Class
         ip_payload,
         steered_port,
     );
+    if matches!(class, Class::Elsewhere) {
+        // See classify_v4.
+        return class;
+    }
     if payload == 0 && len - l3 - IPV6_HLEN > MAX_IP_LEN {
         // IPv6 BIG TCP: payload length 0, length from the skb (see classify_v4).
         return class;
