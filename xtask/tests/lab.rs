@@ -56,15 +56,12 @@ fn fetch_all(lab: &Lab, n: usize) {
     }
 }
 
-#[test]
-fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
-    assert!(
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() } == 0,
-        "the lab test needs root; run it through `cargo xtask test`"
-    );
+/// Starts the lab (debug binaries, generic XDP) in `/run/hls-edge-<tag>-<pid>`. Drop the lab
+/// before the run directory (declare them in this order), so logs are written until the end.
+fn start_lab(tag: &str) -> (RunDir, Lab) {
+    test_kit::process::require_root();
     let run_dir = RunDir(PathBuf::from(format!(
-        "/run/hls-edge-labtest-{}",
+        "/run/hls-edge-{tag}-{}",
         std::process::id()
     )));
     let lab = Lab::start(LabConfig {
@@ -75,6 +72,12 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
         native: false,
     })
     .expect("start the lab");
+    (run_dir, lab)
+}
+
+#[test]
+fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
+    let (_run_dir, lab) = start_lab("labtest");
     lab.wait_for("the playlist through the VIP", WAIT, |lab| {
         Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U")))
     })
@@ -176,23 +179,7 @@ const DOWNLOADS: usize = 100;
 
 #[test]
 fn edge_loss_is_hitless_for_established_downloads() {
-    assert!(
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() } == 0,
-        "the lab test needs root; run it through `cargo xtask test`"
-    );
-    let run_dir = RunDir(PathBuf::from(format!(
-        "/run/hls-edge-labloss-{}",
-        std::process::id()
-    )));
-    let mut lab = Lab::start(LabConfig {
-        bin_dir: workspace().join("target/debug"),
-        run_dir: run_dir.0.clone(),
-        stream: "demo".into(),
-        video: (320, 240, 10),
-        native: false,
-    })
-    .expect("start the lab");
+    let (run_dir, mut lab) = start_lab("labloss");
     // The same large file on both origin hosts.
     let mut content = vec![0u8; BIG];
     use std::io::Read as _;
@@ -294,23 +281,7 @@ fn edge_loss_is_hitless_for_established_downloads() {
 
 #[test]
 fn lab_drills_recover_and_viewers_stay_served() {
-    assert!(
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() } == 0,
-        "the lab test needs root; run it through `cargo xtask test`"
-    );
-    let run_dir = RunDir(PathBuf::from(format!(
-        "/run/hls-edge-labdrill-{}",
-        std::process::id()
-    )));
-    let mut lab = Lab::start(LabConfig {
-        bin_dir: workspace().join("target/debug"),
-        run_dir: run_dir.0.clone(),
-        stream: "demo".into(),
-        video: (320, 240, 10),
-        native: false,
-    })
-    .expect("start the lab");
+    let (_run_dir, mut lab) = start_lab("labdrill");
     lab.wait_for("the playlist through the VIP", WAIT, |lab| {
         Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U")))
     })
