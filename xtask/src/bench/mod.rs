@@ -28,7 +28,8 @@ pub enum Bench {
     Packager,
     /// Failover time per failure class, and the thundering herd at switchback.
     Failover,
-    /// wrk through the VIP balanced over four origins against wrk straight to one origin.
+    /// wrk through the VIP balanced over four origins against wrk straight to the same four
+    /// origins (the data plane alone) and against wrk straight to one origin.
     Balance,
     /// Direct server return in the multi-host lab: edge CPU per Gbit/s against HAProxy, and
     /// throughput against straight to an origin host.
