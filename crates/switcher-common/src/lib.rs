@@ -461,6 +461,52 @@ impl Counters {
         self.held += other.held;
         self.flows_closed += other.flows_closed;
     }
+
+    /// Every field's name (as in the struct), in declaration order.
+    pub const FIELD_NAMES: [&'static str; 17] = [
+        "packets",
+        "bytes",
+        "new_flows",
+        "rewrites",
+        "reply_rewrites",
+        "passes",
+        "drops",
+        "malformed",
+        "fragments",
+        "ip_options",
+        "established",
+        "untracked",
+        "listener_fallbacks",
+        "stale_flows",
+        "stale_kept",
+        "held",
+        "flows_closed",
+    ];
+
+    /// The field named `name` (one of [`Counters::FIELD_NAMES`]), for tables of expected
+    /// counter changes (the data-plane fixtures); `None` for an unknown name.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        Some(match name {
+            "packets" => self.packets,
+            "bytes" => self.bytes,
+            "new_flows" => self.new_flows,
+            "rewrites" => self.rewrites,
+            "reply_rewrites" => self.reply_rewrites,
+            "passes" => self.passes,
+            "drops" => self.drops,
+            "malformed" => self.malformed,
+            "fragments" => self.fragments,
+            "ip_options" => self.ip_options,
+            "established" => self.established,
+            "untracked" => self.untracked,
+            "listener_fallbacks" => self.listener_fallbacks,
+            "stale_flows" => self.stale_flows,
+            "stale_kept" => self.stale_kept,
+            "held" => self.held,
+            "flows_closed" => self.flows_closed,
+            _ => return None,
+        })
+    }
 }
 
 pub mod dsr {

@@ -554,19 +554,15 @@ fn wrk_section(out: &mut String) {
         let pair = Pair::new();
         let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
         let _origin = start_origin(&pair.edge, &root, "0.0.0.0:8081");
-        let cfg = AttachConfig {
-            iface: pair.edge_if.clone(),
-            vip: format!("{EDGE_V4}:8080").parse().unwrap(),
-            vip_v6: None,
-            origins: vec![
+        let cfg = AttachConfig::native(
+            &pair.edge_if,
+            format!("{EDGE_V4}:8080").parse().unwrap(),
+            vec![
                 "0.0.0.0:8081".parse().unwrap(),
                 "0.0.0.0:8082".parse().unwrap(),
             ],
-            pin_root: bpf.pin_root(),
-            mode: AttachMode::Native,
-            max_flows: switcher_common::MAX_FLOWS,
-            dsr: false,
-        };
+            bpf.pin_root(),
+        );
         let dp = pair.edge.run(move || {
             let mut p = Pinned::attach(&cfg).expect("attach");
             p.set_active(0).unwrap();
@@ -592,17 +588,8 @@ fn wrk_section(out: &mut String) {
         let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
         let _origin = start_origin(&ns, &root, "127.0.0.1:8081");
         let cfg = AttachConfig {
-            iface: "lo".into(),
-            vip: "127.0.0.1:8080".parse().unwrap(),
-            vip_v6: None,
-            origins: vec![
-                "127.0.0.1:8081".parse().unwrap(),
-                "127.0.0.1:8082".parse().unwrap(),
-            ],
-            pin_root: bpf.pin_root(),
             mode,
-            max_flows: switcher_common::MAX_FLOWS,
-            dsr: false,
+            ..loopback_config(bpf.pin_root())
         };
         let dp = ns.run(move || {
             let mut p = Pinned::attach(&cfg).expect("attach");
@@ -662,17 +649,9 @@ fn control_plane_at_scale(out: &mut String) {
     let bpf = BpfFs::new();
     let root = bpf.pin_root();
     let cfg = AttachConfig {
-        iface: "lo".into(),
-        vip: "127.0.0.1:8080".parse().unwrap(),
-        vip_v6: None,
-        origins: vec![
-            "127.0.0.1:8081".parse().unwrap(),
-            "127.0.0.1:8082".parse().unwrap(),
-        ],
-        pin_root: root.clone(),
         mode: AttachMode::Tc,
         max_flows,
-        dsr: false,
+        ..loopback_config(root.clone())
     };
     let dp = ns.run(move || Pinned::attach(&cfg).expect("attach"));
     let root2 = root.clone();
@@ -843,4 +822,18 @@ fn main() {
     let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
     text.push_str(&out);
     std::fs::write(&path, text).unwrap();
+}
+
+/// The data plane on `lo` with the VIP and both origins on 127.0.0.1 (native XDP by default;
+/// callers set the mode).
+fn loopback_config(pin_root: std::path::PathBuf) -> AttachConfig {
+    AttachConfig::native(
+        "lo",
+        "127.0.0.1:8080".parse().unwrap(),
+        vec![
+            "127.0.0.1:8081".parse().unwrap(),
+            "127.0.0.1:8082".parse().unwrap(),
+        ],
+        pin_root,
+    )
 }

@@ -827,6 +827,12 @@ impl Controller {
         }
     }
 
+    /// Whether the last decision was that no origin can take new flows (`both_bad`). Cheap:
+    /// the VIP announcer asks every window, which [`Controller::status`] (map reads) is not.
+    pub fn both_bad(&self) -> bool {
+        self.last.is_some_and(|(a, _)| a == Action::BothBad)
+    }
+
     /// The state for `/healthz` and the status page.
     pub fn status(&self) -> Status {
         let now = SystemTime::now();
@@ -874,7 +880,7 @@ impl Controller {
             active: self.active_name().to_string(),
             mode,
             manual_origin,
-            both_bad: self.last.is_some_and(|(a, _)| a == Action::BothBad),
+            both_bad: self.both_bad(),
             rotation: self.rotation_names(),
             origins: self.decider.ids().map(origin).collect(),
             flows,

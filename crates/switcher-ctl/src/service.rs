@@ -123,7 +123,7 @@ pub async fn run(
         let _ = c.on_window(&reports, SystemTime::now());
         c.refresh_dataplane_metrics();
         if let Some(a) = announcer.as_mut() {
-            let any_healthy = !c.status().both_bad;
+            let any_healthy = !c.both_bad();
             a.set(
                 any_healthy,
                 if any_healthy {

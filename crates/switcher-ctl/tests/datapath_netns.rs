@@ -533,19 +533,18 @@ fn run_serves_an_ipv4_and_an_ipv6_vip_at_once() {
             .expect("switcher-ctl status");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut last = String::new();
-    while !(last.contains("vip: 127.0.0.1:8080") && last.contains("vip: [::1]:8080")) {
+    let attached = test_kit::wait::try_wait_until(std::time::Duration::from_secs(30), || {
         if let Some(code) = ctl.0.try_wait().expect("poll switcher-ctl") {
             panic!("switcher-ctl run exited early ({code}); last status:\n{last}");
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "switcher-ctl run did not attach both VIPs in 30 s; last status:\n{last}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
         last = status();
-    }
+        last.contains("vip: 127.0.0.1:8080") && last.contains("vip: [::1]:8080")
+    });
+    assert!(
+        attached,
+        "switcher-ctl run did not attach both VIPs in 30 s; last status:\n{last}"
+    );
     // Both families at once: a keep-alive IPv6 viewer stays served while IPv4 viewers come.
     let mut v6 = ns.run(|| {
         let mut c = Client::connect("[::1]:8080").expect("IPv6 viewer connects to the VIP");
