@@ -1,7 +1,10 @@
 //! The data plane's fixture table, Katran style: every case is {description, program, input
 //! packet, expected verdict, expected output bytes, expected counter changes}, run through
-//! BPF_PROG_TEST_RUN (aya `TestRun`) on the real programs and maps. Cases run in order and
-//! share the maps, so flows created by one case are seen by the next.
+//! BPF_PROG_TEST_RUN (aya `TestRun`) on the real programs and maps. Every case starts from the
+//! same state (no flow, no handshake, steering on, the primary active) and states its
+//! preconditions: the control-plane actions and the packets that build the flow or handshake
+//! it is about (a case on a tracked flow runs that flow's handshake first). No case depends on
+//! another; the table runs in its order and then in reverse to show it.
 //!
 //! Expected outputs are built from scratch by the test's own packet builder (full checksum
 //! computation), so a wrong incremental checksum update shows up as a byte mismatch; every
@@ -10,7 +13,7 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN for BPF_PROG_TEST_RUN of XDP/TC programs).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::{
     Ebpf,
@@ -45,24 +48,78 @@ enum Prog {
     TcEgress,
 }
 
-/// Something the control plane does before a case's packet.
-#[derive(Clone, Copy, Debug)]
-enum Before {
-    Nothing,
-    SetActive(u32),
+/// A precondition of a case, run in order on the case's own harness before its packet. The
+/// counters these steps move are not the case's: only its own packet is measured.
+#[derive(Clone)]
+enum Given {
+    /// The control plane sends every new flow to this origin (policy failover).
+    Active(u32),
+    /// The control plane retires an origin: its flows are deleted (at least one must exist).
     Retire(u32),
-    Enable(bool),
+    /// Steering on or off (`VIP_ENABLED` in the VIP config).
+    Enabled(bool),
+    /// A packet through a program, which must let it through; the state it leaves behind is
+    /// the precondition.
+    Packet(Prog, Vec<u8>),
+    /// A check of the state the steps so far built.
+    Holds(State),
+}
+
+impl std::fmt::Debug for Given {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Given::Active(o) => write!(f, "origin {o} active"),
+            Given::Retire(o) => write!(f, "origin {o} retired"),
+            Given::Enabled(on) => write!(f, "steering enabled: {on}"),
+            Given::Packet(prog, bytes) => {
+                write!(f, "a {}-byte packet through {prog:?}", bytes.len())
+            }
+            Given::Holds(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// Which conntrack map a [`State`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Map {
+    Flows,
+    Handshakes,
+}
+
+/// The origin a client's entry in one map is pinned to; `None`: the client has no entry.
+#[derive(Clone, Copy, Debug)]
+struct State {
+    map: Map,
+    client: SocketAddr,
+    origin: Option<u32>,
+}
+
+fn flow(client: &str, port: u16, origin: Option<u32>) -> State {
+    State {
+        map: Map::Flows,
+        client: SocketAddr::new(client.parse().unwrap(), port),
+        origin,
+    }
+}
+
+fn handshake(client: &str, port: u16, origin: Option<u32>) -> State {
+    State {
+        map: Map::Handshakes,
+        ..flow(client, port, origin)
+    }
 }
 
 struct Case {
     desc: &'static str,
-    before: Before,
+    given: Vec<Given>,
     prog: Prog,
     input: Vec<u8>,
     /// `None`: the packet must come out unchanged.
     output: Option<Vec<u8>>,
     /// (slot, counter, increase); every counter not listed must not change.
     deltas: Vec<(u32, &'static str, u64)>,
+    /// The map state the case's packet must leave.
+    then: Vec<State>,
 }
 
 fn case(
@@ -74,19 +131,89 @@ fn case(
 ) -> Case {
     Case {
         desc,
-        before: Before::Nothing,
+        given: Vec::new(),
         prog,
         input,
         output,
         deltas,
+        then: Vec::new(),
     }
 }
 
 impl Case {
-    fn before(mut self, b: Before) -> Case {
-        self.before = b;
+    fn given(mut self, steps: Vec<Given>) -> Case {
+        self.given = steps;
         self
     }
+
+    fn then(mut self, states: Vec<State>) -> Case {
+        self.then = states;
+        self
+    }
+}
+
+/// The origin's SYN-ACK carries DEFAULT_SEQ as its initial sequence number; the client's ACK
+/// completes the handshake by acknowledging the next one.
+const ISN_ACK: u32 = DEFAULT_SEQ.wrapping_add(1);
+
+/// The address and port origin `origin` answers from: the VIP's address for the origins on it,
+/// its own for the remote one.
+fn origin_addr(origin: u32, v6: bool) -> (&'static str, u16) {
+    match (origin, v6) {
+        (REMOTE, false) => ("10.0.0.2", 9000),
+        (REMOTE, true) => ("fd00::2", 9000),
+        (o, false) => (VIP4, 8081 + o as u16),
+        (o, true) => (VIP6, 8081 + o as u16),
+    }
+}
+
+/// The client address and port of `syn`, as strings for `Pkt::tcp`.
+fn client_of(syn: &Pkt) -> (String, u16) {
+    (syn.src.to_string(), syn.sport)
+}
+
+/// The SYN-ACK of `origin` to the client of `syn`.
+fn syn_ack_of(origin: u32, syn: &Pkt) -> Pkt {
+    let (addr, port) = origin_addr(origin, syn.src.is_ipv6());
+    let (client, cport) = client_of(syn);
+    Pkt::tcp(addr, port, &client, cport, SYN | ACK)
+}
+
+/// The client's ACK of the origin's ISN + 1 on the connection `syn` opened.
+fn handshake_ack_of(syn: &Pkt) -> Pkt {
+    let (client, cport) = client_of(syn);
+    Pkt::tcp(&client, cport, &syn.dst.to_string(), syn.dport, ACK).with_ack(ISN_ACK)
+}
+
+/// The client of `syn` has sent its SYN to the VIP with `origin` active: a handshake on
+/// `origin` whose ISN is not known yet.
+fn syn_seen(origin: u32, syn: &Pkt) -> Vec<Given> {
+    let (client, port) = client_of(syn);
+    vec![
+        Given::Active(origin),
+        Given::Packet(Prog::Xdp, syn.build()),
+        Given::Holds(handshake(&client, port, Some(origin))),
+    ]
+}
+
+/// [`syn_seen`], then the origin's SYN-ACK at TC egress: the handshake waits for the ACK of
+/// the origin's ISN.
+fn syn_ack_seen(origin: u32, syn: &Pkt) -> Vec<Given> {
+    let mut steps = syn_seen(origin, syn);
+    steps.push(Given::Packet(
+        Prog::TcEgress,
+        syn_ack_of(origin, syn).build(),
+    ));
+    steps
+}
+
+/// [`syn_ack_seen`], then the client's handshake ACK: an established flow on `origin`.
+fn tracked(origin: u32, syn: &Pkt) -> Vec<Given> {
+    let (client, port) = client_of(syn);
+    let mut steps = syn_ack_seen(origin, syn);
+    steps.push(Given::Packet(Prog::Xdp, handshake_ack_of(syn).build()));
+    steps.push(Given::Holds(flow(&client, port, Some(origin))));
+    steps
 }
 
 fn field(c: &Counters, name: &str) -> u64 {
@@ -192,6 +319,24 @@ impl Harness {
         cfg.set(0, vip, 0).unwrap();
     }
 
+    /// Back to the state every fixture case starts from: no flow, no handshake, steering on,
+    /// the primary active (the origins are never changed by a case).
+    fn reset(&mut self) {
+        fn clear<V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+            let mut map: HashMap<_, FlowKey, V> =
+                HashMap::try_from(ebpf.map_mut(name).unwrap()).unwrap();
+            let keys: Vec<FlowKey> = map.keys().filter_map(Result::ok).collect();
+            for k in &keys {
+                map.remove(k).unwrap();
+            }
+        }
+        clear::<FlowValue>(&mut self.ebpf, map_names::FLOWS);
+        clear::<Handshake>(&mut self.ebpf, map_names::HANDSHAKES);
+        assert!(self.flows().is_empty() && self.handshakes().is_empty());
+        self.configure(true);
+        self.set_active(PRIMARY);
+    }
+
     /// A loopback VIP (127.0.0.1:8080) with the listener check on, for the fallback test.
     fn configure_loopback_with_listener_check(&mut self) {
         let mut cfg: Array<_, VipConfig> =
@@ -263,6 +408,57 @@ impl Harness {
         hs.iter().filter_map(Result::ok).collect()
     }
 
+    /// The origin `client`'s entry in `map` is pinned to, if it has one.
+    fn origin_of(&self, map: Map, client: SocketAddr) -> Option<u32> {
+        let key = switcher_ctl::loader::flow_key(client);
+        match map {
+            Map::Flows => self
+                .flows()
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.origin),
+            Map::Handshakes => self
+                .handshakes()
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.origin),
+        }
+    }
+
+    /// Checks one expected map state.
+    fn holds(&self, s: &State) -> Result<(), String> {
+        let got = self.origin_of(s.map, s.client);
+        if got == s.origin {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?} of {}: origin {got:?}, want {:?}",
+                s.map, s.client, s.origin
+            ))
+        }
+    }
+
+    /// Applies one precondition step.
+    fn given(&mut self, g: &Given) -> Result<(), String> {
+        match g {
+            Given::Active(idx) => self.set_active(*idx),
+            Given::Retire(idx) => {
+                if self.retire(*idx) == 0 {
+                    return Err(format!("retiring found no flow of origin {idx}"));
+                }
+            }
+            Given::Enabled(on) => self.configure(*on),
+            Given::Packet(prog, input) => {
+                let (verdict, _, _) = self.run(*prog, input, 1);
+                if verdict != pass_verdict(*prog) {
+                    return Err(format!("verdict {verdict}"));
+                }
+            }
+            Given::Holds(s) => self.holds(s)?,
+        }
+        Ok(())
+    }
+
     fn counters(&self) -> Vec<Counters> {
         let stats: PerCpuArray<_, Counters> =
             PerCpuArray::try_from(self.ebpf.map(map_names::STATS).unwrap()).unwrap();
@@ -315,6 +511,15 @@ impl Harness {
     }
 }
 
+/// The verdict of a packet the program lets through: XDP_PASS or TC_ACT_OK.
+fn pass_verdict(prog: Prog) -> u32 {
+    if matches!(prog, Prog::Xdp) {
+        XDP_PASS
+    } else {
+        TC_ACT_OK
+    }
+}
+
 fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -331,23 +536,25 @@ fn hexdiff(a: &[u8], b: &[u8]) -> String {
 }
 
 fn table() -> Vec<Case> {
+    use Given::*;
     use Prog::*;
-    // The origin's SYN-ACK carries DEFAULT_SEQ as its initial sequence number; a client ACK
-    // completes the handshake by acknowledging the next one.
-    let isn_ack = DEFAULT_SEQ.wrapping_add(1);
     let c1 = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, SYN);
     let c1_ack = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, ACK | PSH)
-        .with_ack(isn_ack)
+        .with_ack(ISN_ACK)
         .with_payload(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\n\r\n");
     let c1_bad_ack = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, ACK);
     let c2 = Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, SYN);
-    let c2_ack = Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, ACK).with_ack(isn_ack);
+    let c2_ack = Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, ACK).with_ack(ISN_ACK);
     let c3_ack = Pkt::tcp("10.1.1.3", 40002, VIP4, VIP_PORT, ACK);
     let v6 = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, SYN);
     let v6_ack = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, ACK)
-        .with_ack(isn_ack)
+        .with_ack(ISN_ACK)
         .with_payload(b"hello");
-    let remote_ack = Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, ACK).with_ack(isn_ack);
+    // Clients of the origin at another address.
+    let remote_syn = Pkt::tcp("10.1.1.9", 40009, VIP4, VIP_PORT, SYN);
+    let remote_v6_syn = Pkt::tcp("fd00::97", 50002, VIP6, VIP_PORT, SYN);
+    let remote2_syn = Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, SYN);
+    let remote_ack = Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, ACK).with_ack(ISN_ACK);
     // Replies (origin -> client).
     let r1 = Pkt::tcp(VIP4, 8081, "10.1.1.1", 40000, SYN | ACK);
     let r1_out = Pkt::tcp(VIP4, VIP_PORT, "10.1.1.1", 40000, SYN | ACK);
@@ -359,6 +566,35 @@ fn table() -> Vec<Case> {
         Pkt::tcp(VIP4, VIP_PORT, "10.1.1.9", 40009, ACK).with_payload(b"segment bytes");
     let r_remote2 = |flags: u8| Pkt::tcp("10.0.0.2", 9000, "10.1.2.2", 41001, flags);
     let r_remote2_out = |flags: u8| Pkt::tcp(VIP4, VIP_PORT, "10.1.2.2", 41001, flags);
+    // Connections straight to an origin from a client port that holds a VIP flow.
+    let direct_to_backup = Pkt::tcp("10.1.1.1", 40000, VIP4, 8082, SYN).build();
+    let direct_to_primary = Pkt::tcp("10.1.1.1", 40000, VIP4, 8081, SYN).build();
+    let direct_to_remote = Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, SYN).build();
+
+    // c1's flow on the primary, flipped to the backup, then the primary retired (its flow
+    // deleted): what a reused client port finds.
+    let c1_retired = [tracked(PRIMARY, &c1), vec![Active(BACKUP), Retire(PRIMARY)]].concat();
+    // The same, after steering was disabled and re-enabled with the primary active again.
+    let c1_port_reused = [
+        c1_retired.clone(),
+        vec![Enabled(false), Enabled(true), Active(PRIMARY)],
+    ]
+    .concat();
+    // c1's flow on the primary, forgotten by a SYN straight to the primary's port.
+    let c1_forgotten = [
+        tracked(PRIMARY, &c1),
+        vec![
+            Packet(Xdp, direct_to_primary.clone()),
+            Holds(flow("10.1.1.1", 40000, None)),
+        ],
+    ]
+    .concat();
+    // remote2's flow, whose FIN the remote origin has sent.
+    let remote2_closed = [
+        tracked(REMOTE, &remote2_syn),
+        vec![Packet(TcEgress, r_remote2(FIN | ACK).build())],
+    ]
+    .concat();
 
     let mut v4_options = Pkt::tcp("10.1.1.5", 40005, VIP4, VIP_PORT, SYN);
     v4_options.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
@@ -426,42 +662,52 @@ fn table() -> Vec<Case> {
             syn1.clone(),
             Some(with_dport(c1.clone(), 8081).build()),
             steered_new(PRIMARY, syn1.len()),
-        ),
+        )
+        .given(vec![Active(PRIMARY)])
+        .then(vec![handshake("10.1.1.1", 40000, Some(PRIMARY))]),
         case(
             "an ACK before the origin's SYN-ACK follows the handshake, establishes nothing",
             Xdp,
             c1_ack.build(),
             Some(with_dport(c1_ack.clone(), 8081).build()),
             steered(PRIMARY, len(&c1_ack)),
-        ),
+        )
+        .given(syn_seen(PRIMARY, &c1))
+        .then(vec![flow("10.1.1.1", 40000, None)]),
         case(
             "TC egress: primary's SYN-ACK gets the VIP port back (its ISN recorded)",
             TcEgress,
             r1.build(),
             Some(r1_out.build()),
             vec![(PRIMARY, "reply_rewrites", 1)],
-        ),
+        )
+        .given(syn_seen(PRIMARY, &c1)),
         case(
             "an ACK of another number (a blind spoofer's guess) establishes nothing",
             Xdp,
             c1_bad_ack.build(),
             Some(with_dport(c1_bad_ack.clone(), 8081).build()),
             steered(PRIMARY, len(&c1_bad_ack)),
-        ),
+        )
+        .given(syn_ack_seen(PRIMARY, &c1))
+        .then(vec![flow("10.1.1.1", 40000, None)]),
         case(
             "the ACK of the origin's ISN + 1 completes the handshake: an established flow",
             Xdp,
             c1_ack.build(),
             Some(with_dport(c1_ack.clone(), 8081).build()),
             steered_established(PRIMARY, len(&c1_ack)),
-        ),
+        )
+        .given(syn_ack_seen(PRIMARY, &c1))
+        .then(vec![flow("10.1.1.1", 40000, Some(PRIMARY))]),
         case(
             "tracked flow's next packet stays on primary",
             Xdp,
             c1_ack.build(),
             Some(with_dport(c1_ack.clone(), 8081).build()),
             steered(PRIMARY, len(&c1_ack)),
-        ),
+        )
+        .given(tracked(PRIMARY, &c1)),
         case(
             "after the flip, the tracked flow stays on primary",
             Xdp,
@@ -469,35 +715,41 @@ fn table() -> Vec<Case> {
             Some(with_dport(c1_ack.clone(), 8081).build()),
             steered(PRIMARY, len(&c1_ack)),
         )
-        .before(Before::SetActive(BACKUP)),
+        .given([tracked(PRIMARY, &c1), vec![Active(BACKUP)]].concat()),
         case(
             "a SYN from a tracked flow's address and port follows the flow (cannot move it)",
             Xdp,
             syn1.clone(),
             Some(with_dport(c1.clone(), 8081).build()),
             steered(PRIMARY, syn1.len()),
-        ),
+        )
+        .given([tracked(PRIMARY, &c1), vec![Active(BACKUP)]].concat())
+        .then(vec![flow("10.1.1.1", 40000, Some(PRIMARY))]),
         case(
             "new SYN after the flip goes to backup",
             Xdp,
             c2.build(),
             Some(with_dport(c2.clone(), 8082).build()),
             steered_new(BACKUP, len(&c2)),
-        ),
+        )
+        .given(vec![Active(PRIMARY), Active(BACKUP)]),
         case(
             "TC egress: backup's SYN-ACK gets the VIP port back",
             TcEgress,
             r2.build(),
             Some(r2_out.build()),
             vec![(BACKUP, "reply_rewrites", 1)],
-        ),
+        )
+        .given(syn_seen(BACKUP, &c2)),
         case(
             "TC ingress: the handshake ACK establishes the flow on backup",
             TcIngress,
             c2_ack.build(),
             Some(with_dport(c2_ack.clone(), 8082).build()),
             steered_established(BACKUP, len(&c2_ack)),
-        ),
+        )
+        .given(syn_ack_seen(BACKUP, &c2))
+        .then(vec![flow("10.1.1.2", 40001, Some(BACKUP))]),
         case(
             "retired primary: its flow's next packet passes to the stack (which resets it)",
             Xdp,
@@ -505,28 +757,39 @@ fn table() -> Vec<Case> {
             None,
             pass_as("untracked"),
         )
-        .before(Before::Retire(PRIMARY)),
+        .given(c1_retired.clone())
+        .then(vec![flow("10.1.1.1", 40000, None)]),
         case(
             "TC egress: a reply from the retired origin's port no longer matches",
             TcEgress,
             r1.build(),
             None,
             vec![],
-        ),
+        )
+        .given(c1_retired.clone()),
         case(
             "a bare ACK of no flow creates nothing and passes to the stack",
             Xdp,
             c3_ack.build(),
             None,
             pass_as("untracked"),
-        ),
+        )
+        .then(vec![
+            flow("10.1.1.3", 40002, None),
+            handshake("10.1.1.3", 40002, None),
+        ]),
         case(
             "TC ingress: the same bare ACK again: still no flow",
             TcIngress,
             c3_ack.build(),
             None,
             pass_as("untracked"),
-        ),
+        )
+        .given(vec![Packet(Xdp, c3_ack.build())])
+        .then(vec![
+            flow("10.1.1.3", 40002, None),
+            handshake("10.1.1.3", 40002, None),
+        ]),
         case(
             "RST of a tracked flow is steered like any packet",
             Xdp,
@@ -536,7 +799,9 @@ fn table() -> Vec<Case> {
                 BACKUP,
                 len(&Pkt::tcp("10.1.1.2", 40001, VIP4, VIP_PORT, RST)),
             ),
-        ),
+        )
+        .given(tracked(BACKUP, &c2))
+        .then(vec![flow("10.1.1.2", 40001, Some(BACKUP))]),
         case(
             "other port on the VIP address passes unchanged",
             Xdp,
@@ -582,21 +847,25 @@ fn table() -> Vec<Case> {
             v6.build(),
             Some(with_dport(v6.clone(), 8082).build()),
             steered_new(BACKUP, len(&v6)),
-        ),
+        )
+        .given(vec![Active(BACKUP)]),
         case(
             "TC egress: IPv6 SYN-ACK from backup",
             TcEgress,
             Pkt::tcp(VIP6, 8082, "fd00::99", 50000, SYN | ACK).build(),
             Some(Pkt::tcp(VIP6, VIP_PORT, "fd00::99", 50000, SYN | ACK).build()),
             vec![(BACKUP, "reply_rewrites", 1)],
-        ),
+        )
+        .given(syn_seen(BACKUP, &v6)),
         case(
             "IPv6 handshake ACK establishes the flow",
             Xdp,
             v6_ack.build(),
             Some(with_dport(v6_ack.clone(), 8082).build()),
             steered_established(BACKUP, len(&v6_ack)),
-        ),
+        )
+        .given(syn_ack_seen(BACKUP, &v6))
+        .then(vec![flow("fd00::99", 50000, Some(BACKUP))]),
         case(
             "IPv6 to another address passes unchanged",
             Xdp,
@@ -673,7 +942,8 @@ fn table() -> Vec<Case> {
             df.build(),
             Some(with_dport(df.clone(), 8082).build()),
             steered_new(BACKUP, len(&df)),
-        ),
+        )
+        .given(vec![Active(BACKUP)]),
         case(
             "IPv6 fragment header passes unchanged",
             Xdp,
@@ -697,84 +967,89 @@ fn table() -> Vec<Case> {
                 BACKUP,
                 len(&Pkt::tcp("10.1.2.1", 41000, VIP4, VIP_PORT, SYN)),
             ),
-        ),
+        )
+        .given(vec![Active(BACKUP)]),
         case(
             "TC ingress: IPv6 data packet of a tracked flow",
             TcIngress,
             v6_ack.build(),
             Some(with_dport(v6_ack.clone(), 8082).build()),
             steered(BACKUP, len(&v6_ack)),
-        ),
+        )
+        .given(tracked(BACKUP, &v6)),
         case(
             "origin at another address: IPv4 destination address and port rewritten",
             Xdp,
-            Pkt::tcp("10.1.1.9", 40009, VIP4, VIP_PORT, SYN).build(),
+            remote_syn.build(),
             Some(Pkt::tcp("10.1.1.9", 40009, "10.0.0.2", 9000, SYN).build()),
-            steered_new(
-                REMOTE,
-                len(&Pkt::tcp("10.1.1.9", 40009, VIP4, VIP_PORT, SYN)),
-            ),
+            steered_new(REMOTE, len(&remote_syn)),
         )
-        .before(Before::SetActive(REMOTE)),
+        .given(vec![Active(REMOTE)])
+        .then(vec![
+            handshake("10.1.1.9", 40009, Some(REMOTE)),
+            flow("10.1.1.9", 40009, None),
+        ]),
         case(
             "TC egress: the remote origin's reply gets VIP address and port",
             TcEgress,
             r_remote.build(),
             Some(r_remote_out.build()),
             vec![(REMOTE, "reply_rewrites", 1)],
-        ),
+        )
+        .given(syn_seen(REMOTE, &remote_syn)),
         case(
             "TC egress: a reply from the right port but wrong address is left alone",
             TcEgress,
             Pkt::tcp("10.0.0.5", 9000, "10.1.1.9", 40009, ACK).build(),
             None,
             vec![],
-        ),
+        )
+        .given(syn_seen(REMOTE, &remote_syn)),
         case(
             "origin at another address: IPv6 destination rewritten",
             Xdp,
-            Pkt::tcp("fd00::97", 50002, VIP6, VIP_PORT, SYN).build(),
+            remote_v6_syn.build(),
             Some(Pkt::tcp("fd00::97", 50002, "fd00::2", 9000, SYN).build()),
-            steered_new(
-                REMOTE,
-                len(&Pkt::tcp("fd00::97", 50002, VIP6, VIP_PORT, SYN)),
-            ),
-        ),
+            steered_new(REMOTE, len(&remote_v6_syn)),
+        )
+        .given(vec![Active(REMOTE)]),
         case(
             "TC egress: IPv6 reply from the remote origin",
             TcEgress,
-            Pkt::tcp("fd00::2", 9000, "fd00::97", 50002, SYN | ACK).build(),
+            syn_ack_of(REMOTE, &remote_v6_syn).build(),
             Some(Pkt::tcp(VIP6, VIP_PORT, "fd00::97", 50002, SYN | ACK).build()),
             vec![(REMOTE, "reply_rewrites", 1)],
-        ),
+        )
+        .given(syn_seen(REMOTE, &remote_v6_syn)),
         case(
             "TC ingress: IPv4 to the remote origin rewrites address (helpers)",
             TcIngress,
-            Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, SYN).build(),
+            remote2_syn.build(),
             Some(Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, SYN).build()),
-            steered_new(
-                REMOTE,
-                len(&Pkt::tcp("10.1.2.2", 41001, VIP4, VIP_PORT, SYN)),
-            ),
-        ),
+            steered_new(REMOTE, len(&remote2_syn)),
+        )
+        .given(vec![Active(REMOTE)]),
         case(
             "TC egress: the remote origin's SYN-ACK gets VIP address and port",
             TcEgress,
             r_remote2(SYN | ACK).build(),
             Some(r_remote2_out(SYN | ACK).build()),
             vec![(REMOTE, "reply_rewrites", 1)],
-        ),
+        )
+        .given(syn_seen(REMOTE, &remote2_syn)),
         case(
             "the remote flow's handshake ACK establishes it",
             Xdp,
             remote_ack.build(),
             Some(
                 Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, ACK)
-                    .with_ack(isn_ack)
+                    .with_ack(ISN_ACK)
                     .build(),
             ),
             steered_established(REMOTE, len(&remote_ack)),
-        ),
+        )
+        .given(syn_ack_seen(REMOTE, &remote2_syn))
+        .then(vec![flow("10.1.2.2", 41001, Some(REMOTE))]),
         case(
             "steering disabled: VIP traffic passes unchanged",
             Xdp,
@@ -782,7 +1057,7 @@ fn table() -> Vec<Case> {
             None,
             pass(),
         )
-        .before(Before::Enable(false)),
+        .given(vec![Enabled(false)]),
         case(
             "re-enabled with primary active: SYN reuses the port on primary",
             Xdp,
@@ -790,21 +1065,24 @@ fn table() -> Vec<Case> {
             Some(with_dport(c1.clone(), 8081).build()),
             steered_new(PRIMARY, syn1.len()),
         )
-        .before(Before::SetActive(PRIMARY)),
+        .given(c1_port_reused.clone()),
         case(
             "TC egress: primary's SYN-ACK on the reused port",
             TcEgress,
             r1.build(),
             Some(r1_out.build()),
             vec![(PRIMARY, "reply_rewrites", 1)],
-        ),
+        )
+        .given([c1_port_reused.clone(), syn_seen(PRIMARY, &c1)].concat()),
         case(
             "the reused port's handshake completes on primary",
             Xdp,
             c1_ack.build(),
             Some(with_dport(c1_ack.clone(), 8081).build()),
             steered_established(PRIMARY, len(&c1_ack)),
-        ),
+        )
+        .given([c1_port_reused.clone(), syn_ack_seen(PRIMARY, &c1)].concat())
+        .then(vec![flow("10.1.1.1", 40000, Some(PRIMARY))]),
         // A client port reused for a connection straight to an origin (a probe, wrk): the VIP
         // flow it held, if pinned to that origin and over, must not rewrite the new
         // connection's replies. No socket exists here (the test's namespace has none for these
@@ -813,203 +1091,180 @@ fn table() -> Vec<Case> {
         case(
             "SYN straight to the other origin's port from a pinned client port passes, flow kept",
             Xdp,
-            Pkt::tcp("10.1.1.1", 40000, VIP4, 8082, SYN).build(),
+            direct_to_backup.clone(),
             None,
             pass(),
-        ),
+        )
+        .given(tracked(PRIMARY, &c1))
+        .then(vec![flow("10.1.1.1", 40000, Some(PRIMARY))]),
         case(
             "TC egress: the kept flow's reply still gets the VIP port",
             TcEgress,
             r1.build(),
             Some(r1_out.build()),
             vec![(PRIMARY, "reply_rewrites", 1)],
-        ),
+        )
+        .given([tracked(PRIMARY, &c1), vec![Packet(Xdp, direct_to_backup)]].concat()),
         case(
             "SYN straight to the pinned origin's port forgets the finished flow (closed count +1: no FIN was seen)",
             Xdp,
-            Pkt::tcp("10.1.1.1", 40000, VIP4, 8081, SYN).build(),
+            direct_to_primary.clone(),
             None,
             [
                 pass(),
                 vec![(PRIMARY, "stale_flows", 1), (PRIMARY, "flows_closed", 1)],
             ]
             .concat(),
-        ),
+        )
+        .given(tracked(PRIMARY, &c1))
+        .then(vec![flow("10.1.1.1", 40000, None)]),
         case(
             "TC egress: the direct connection's SYN-ACK passes unchanged",
             TcEgress,
             r1.build(),
             None,
             vec![],
-        ),
+        )
+        .given(c1_forgotten.clone()),
         case(
             "TC ingress: a new VIP handshake from a reused port",
             TcIngress,
             syn1.clone(),
             Some(with_dport(c1.clone(), 8081).build()),
             steered_new(PRIMARY, syn1.len()),
-        ),
+        )
+        .given(c1_forgotten.clone())
+        .then(vec![handshake("10.1.1.1", 40000, Some(PRIMARY))]),
         case(
             "TC ingress: a SYN straight to its origin forgets the handshake too",
             TcIngress,
-            Pkt::tcp("10.1.1.1", 40000, VIP4, 8081, SYN).build(),
+            direct_to_primary.clone(),
             None,
             [pass(), vec![(PRIMARY, "stale_flows", 1)]].concat(),
-        ),
+        )
+        .given([c1_forgotten.clone(), syn_seen(PRIMARY, &c1)].concat())
+        .then(vec![
+            flow("10.1.1.1", 40000, None),
+            handshake("10.1.1.1", 40000, None),
+        ]),
         case(
             "an ACK straight to the origin (not a SYN) forgets nothing",
             Xdp,
             Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, ACK).build(),
             None,
             pass(),
-        ),
+        )
+        .given(tracked(REMOTE, &remote2_syn))
+        .then(vec![flow("10.1.2.2", 41001, Some(REMOTE))]),
         case(
             "a SYN straight to a remote origin whose flow it never closed: flow kept",
             Xdp,
-            Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, SYN).build(),
+            direct_to_remote.clone(),
             None,
             [pass(), vec![(REMOTE, "stale_kept", 1)]].concat(),
-        ),
+        )
+        .given(tracked(REMOTE, &remote2_syn))
+        .then(vec![flow("10.1.2.2", 41001, Some(REMOTE))]),
         case(
             "TC egress: the remote origin's FIN is rewritten (flow marked and counted closed)",
             TcEgress,
             r_remote2(FIN | ACK).build(),
             Some(r_remote2_out(FIN | ACK).build()),
             vec![(REMOTE, "reply_rewrites", 1), (REMOTE, "flows_closed", 1)],
-        ),
+        )
+        .given(tracked(REMOTE, &remote2_syn)),
         case(
             "TC egress: the origin's second FIN counts no second close",
             TcEgress,
             r_remote2(FIN | ACK).build(),
             Some(r_remote2_out(FIN | ACK).build()),
             vec![(REMOTE, "reply_rewrites", 1)],
-        ),
+        )
+        .given(remote2_closed.clone()),
         case(
             "a SYN straight to the remote origin now forgets its closed flow",
             Xdp,
-            Pkt::tcp("10.1.2.2", 41001, "10.0.0.2", 9000, SYN).build(),
+            direct_to_remote,
             None,
             [pass(), vec![(REMOTE, "stale_flows", 1)]].concat(),
-        ),
+        )
+        .given(remote2_closed)
+        .then(vec![flow("10.1.2.2", 41001, None)]),
     ]
 }
 
+/// Runs one case from the reset state: its preconditions, then its packet; returns what went
+/// wrong.
+fn run_case(h: &mut Harness, c: &Case) -> Vec<String> {
+    h.reset();
+    for (i, g) in c.given.iter().enumerate() {
+        if let Err(e) = h.given(g) {
+            return vec![format!("precondition {i} ({g:?}): {e}")];
+        }
+    }
+    let before = h.counters();
+    let (verdict, out, _) = h.run(c.prog, &c.input, 1);
+    let after = h.counters();
+    let mut errs = Vec::new();
+    let want_verdict = pass_verdict(c.prog);
+    if verdict != want_verdict {
+        errs.push(format!("verdict {verdict}, want {want_verdict}"));
+    }
+    let want = c.output.clone().unwrap_or_else(|| c.input.clone());
+    if out != want {
+        errs.push(format!(
+            "output differs from expected:\n{}",
+            hexdiff(&out, &want)
+        ));
+    }
+    if c.output.is_some()
+        && let Err(e) = verify_checksums(&out)
+    {
+        errs.push(format!("recomputed checksum rejects output: {e}"));
+    }
+    for slot in 0..STATS_SLOTS {
+        for f in FIELDS {
+            let got = field(&after[slot as usize], f) - field(&before[slot as usize], f);
+            let want: u64 = c
+                .deltas
+                .iter()
+                .filter(|(s, n, _)| *s == slot && *n == f)
+                .map(|d| d.2)
+                .sum();
+            if got != want {
+                errs.push(format!("counter slot {slot} {f}: +{got}, want +{want}"));
+            }
+        }
+    }
+    errs.extend(c.then.iter().filter_map(|s| h.holds(s).err()));
+    if let Some((k, v)) = h.flows().iter().find(|(_, v)| v.origin >= MAX_ORIGINS) {
+        errs.push(format!("flow {k:?} on origin {}", v.origin));
+    }
+    errs
+}
+
+/// Every case, from the reset state, in the table's order and then in reverse: a case that
+/// relied on state an earlier case left would fail in one of the two.
 #[test]
 fn fixture_table() {
     let mut h = Harness::new();
     let cases = table();
     assert!(cases.len() >= 20, "the table must cover at least 20 cases");
-    let mut failures = Vec::new();
-    for (i, c) in cases.into_iter().enumerate() {
-        match c.before {
-            Before::Nothing => {}
-            Before::SetActive(idx) => h.set_active(idx),
-            Before::Retire(idx) => {
-                let n = h.retire(idx);
-                assert!(
-                    n > 0,
-                    "case {i} ({}): retiring found no flow of origin {idx}",
-                    c.desc
-                );
-            }
-            // A disabled case runs disabled; steering is re-enabled right after it.
-            Before::Enable(on) => h.configure(on),
-        }
-        let before = h.counters();
-        let (verdict, out, _) = h.run(c.prog, &c.input, 1);
-        let after = h.counters();
-        if let Before::Enable(false) = c.before {
-            h.configure(true);
-        }
-        let want_verdict = if matches!(c.prog, Prog::Xdp) {
-            XDP_PASS
-        } else {
-            TC_ACT_OK
-        };
-        let mut errs = Vec::new();
-        if verdict != want_verdict {
-            errs.push(format!("verdict {verdict}, want {want_verdict}"));
-        }
-        let want = c.output.clone().unwrap_or_else(|| c.input.clone());
-        if out != want {
-            errs.push(format!(
-                "output differs from expected:\n{}",
-                hexdiff(&out, &want)
-            ));
-        }
-        if c.output.is_some()
-            && let Err(e) = verify_checksums(&out)
-        {
-            errs.push(format!("recomputed checksum rejects output: {e}"));
-        }
-        for slot in 0..STATS_SLOTS {
-            for f in FIELDS {
-                let got = field(&after[slot as usize], f) - field(&before[slot as usize], f);
-                let want: u64 = c
-                    .deltas
-                    .iter()
-                    .filter(|(s, n, _)| *s == slot && *n == f)
-                    .map(|d| d.2)
-                    .sum();
-                if got != want {
-                    errs.push(format!("counter slot {slot} {f}: +{got}, want +{want}"));
-                }
-            }
-        }
-        if !errs.is_empty() {
-            failures.push(format!("case {i}: {}\n    {}", c.desc, errs.join("\n    ")));
-        }
-    }
+    let forward = cases.iter().enumerate();
+    let order: Vec<(usize, &Case)> = forward.clone().chain(forward.rev()).collect();
+    let failures: Vec<String> = order
+        .into_iter()
+        .filter_map(|(i, c)| {
+            let errs = run_case(&mut h, c);
+            (!errs.is_empty()).then(|| format!("case {i}: {}\n    {}", c.desc, errs.join("\n    ")))
+        })
+        .collect();
     assert!(
         failures.is_empty(),
         "{} fixture case(s) failed:\n{}",
         failures.len(),
         failures.join("\n")
     );
-
-    // The conntrack map holds what the cases established: flows are pinned where they
-    // started; handshakes that never completed and packets of no flow are not in it.
-    let flows = h.flows();
-    let handshakes = h.handshakes();
-    let find = |table: &[(FlowKey, u32)], addr: [u8; 4], port: u16| {
-        table
-            .iter()
-            .find(|(k, _)| k.client_addr[..4] == addr && k.client_port_be == port.to_be())
-            .map(|(_, origin)| *origin)
-    };
-    let flows: Vec<(FlowKey, u32)> = flows.iter().map(|(k, v)| (*k, v.origin)).collect();
-    let handshakes: Vec<(FlowKey, u32)> = handshakes.iter().map(|(k, v)| (*k, v.origin)).collect();
-    assert_eq!(find(&flows, [10, 1, 1, 2], 40001), Some(BACKUP));
-    assert_eq!(
-        find(&flows, [10, 1, 1, 9], 40009),
-        None,
-        "no ACK completed that handshake"
-    );
-    assert_eq!(find(&handshakes, [10, 1, 1, 9], 40009), Some(REMOTE));
-    assert_eq!(
-        (
-            find(&flows, [10, 1, 1, 3], 40002),
-            find(&handshakes, [10, 1, 1, 3], 40002)
-        ),
-        (None, None),
-        "a bare ACK of no flow creates nothing"
-    );
-    assert_eq!(
-        find(&flows, [10, 1, 1, 1], 40000),
-        None,
-        "re-pinned by a later VIP SYN, then forgotten by the SYN straight to its origin"
-    );
-    assert_eq!(
-        find(&handshakes, [10, 1, 1, 1], 40000),
-        None,
-        "the handshake too"
-    );
-    assert_eq!(
-        find(&flows, [10, 1, 2, 2], 41001),
-        None,
-        "forgotten by the SYN straight to the remote origin after its FIN"
-    );
-    assert!(flows.iter().all(|(_, o)| *o < MAX_ORIGINS));
 }
 
 /// A malformed frame shorter than Ethernet cannot go through BPF_PROG_TEST_RUN (the kernel

@@ -6,7 +6,9 @@
 //!   checksum computed in full), next hop from `bpf_fib_lookup`, verdicts for a known
 //!   neighbour (redirect), a missing neighbour (to the stack), an oversized packet, no route;
 //!   the handshake of a remote origin completes on the client's first ACK; a packet of no flow
-//!   is adopted statelessly.
+//!   is adopted statelessly. Every case starts from the same state (no flow, no handshake, new
+//!   flows to the remote origin) and states its preconditions (the handshake a case on a flow
+//!   needs runs in that case); the cases run in order and then in reverse.
 //! * Decap (`switcher_decap`): the inner packet comes out with the frame's Ethernet header;
 //!   foreign, malformed and other packets pass unchanged and are counted.
 //!
@@ -22,8 +24,8 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
-    Counters, FlowKey, FlowValue, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED, ORIGIN_REMOTE, Origin,
-    STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
+    Counters, FlowKey, FlowValue, Handshake, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED,
+    ORIGIN_REMOTE, Origin, STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
     dsr::{self, DECAP_ENABLED, DecapConfig, DecapCounters, EncapCounters},
     map_names, prog_names,
 };
@@ -372,6 +374,66 @@ fn check_case(ebpf: &Ebpf, prog: &str, input: &[u8], e: &Expect) {
 const FRAME_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const FRAME_SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
+/// A precondition of an encap case, applied after [`reset`].
+enum Given {
+    /// New flows go to this origin.
+    Active(u32),
+    /// A packet through `switcher_xdp`, which must encapsulate it to the remote origin.
+    Packet(Vec<u8>),
+}
+
+/// One encap case: its preconditions, its packet, what must come out, and the origins of the
+/// flows the map must hold afterwards.
+struct EncapCase {
+    given: Vec<Given>,
+    prog: &'static str,
+    input: Vec<u8>,
+    expect: Expect,
+    flows_after: Vec<u32>,
+}
+
+/// Back to the state every encap case starts from: no flow, no handshake, new flows to the
+/// remote origin.
+fn reset(ebpf: &mut Ebpf) {
+    fn clear<V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+        let mut map: HashMap<_, FlowKey, V> =
+            HashMap::try_from(ebpf.map_mut(name).unwrap()).unwrap();
+        let keys: Vec<FlowKey> = map.keys().filter_map(Result::ok).collect();
+        for k in &keys {
+            map.remove(k).unwrap();
+        }
+    }
+    clear::<FlowValue>(ebpf, map_names::FLOWS);
+    clear::<Handshake>(ebpf, map_names::HANDSHAKES);
+    assert!(flows(ebpf).is_empty());
+    set_active(ebpf, REMOTE);
+}
+
+/// Runs one encap case from the reset state.
+fn run_encap_case(ebpf: &mut Ebpf, c: &EncapCase) {
+    reset(ebpf);
+    for g in &c.given {
+        match g {
+            Given::Active(index) => set_active(ebpf, *index),
+            Given::Packet(input) => assert_eq!(
+                run(ebpf, prog_names::XDP_INGRESS, input).0,
+                XDP_REDIRECT,
+                "{}: a precondition packet is encapsulated",
+                c.expect.desc
+            ),
+        }
+    }
+    check_case(ebpf, c.prog, &c.input, &c.expect);
+    let origins: Vec<u32> = flows(ebpf).iter().map(|(_, v)| v.origin).collect();
+    assert_eq!(
+        origins, c.flows_after,
+        "{}: flows afterwards",
+        c.expect.desc
+    );
+}
+
+/// Every case from the reset state, in the table's order and then in reverse: a case that
+/// relied on state an earlier case left would fail in one of the two.
 #[test]
 fn encapsulation_to_remote_origins() {
     let net = net();
@@ -392,6 +454,13 @@ fn encapsulation_to_remote_origins() {
         let stray = Pkt::tcp("10.1.1.3", 40002, VIP4, VIP_PORT, ACK)
             .with_payload(b"x")
             .build();
+        let big = Pkt::tcp("10.1.1.4", 40003, VIP4, VIP_PORT, SYN)
+            .with_payload(&[0u8; 1450])
+            .build();
+        let syn2 = Pkt::tcp("10.1.1.5", 40004, VIP4, VIP_PORT, SYN).build();
+        let syn3 = Pkt::tcp("10.1.1.6", 40005, VIP4, VIP_PORT, SYN).build();
+        let v6 = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, SYN).build();
+        let syn4 = Pkt::tcp("10.1.1.7", 40006, VIP4, VIP_PORT, SYN).build();
         let to_remote = |inner: &[u8]| ipip(GATEWAY_MAC, mac, EDGE, REMOTE_HOST, inner);
         let steered = |slot: u32, len: usize| vec![(slot, "packets", 1), (slot, "bytes", len as u64)];
         let sent = |slot: u32, inner: &[u8]| {
@@ -400,103 +469,102 @@ fn encapsulation_to_remote_origins() {
                 (slot, "bytes", (inner.len() + 20) as u64),
             ]
         };
+        let case = |given: Vec<Given>, input: &[u8], expect: Expect, flows_after: Vec<u32>| EncapCase {
+            given,
+            prog: xdp,
+            input: input.to_vec(),
+            expect,
+            flows_after,
+        };
 
-        check_case(&ebpf, xdp, &syn, &Expect {
-            desc: "SYN to the VIP, active origin remote: encapsulated to its host, redirected to the route's interface",
-            verdict: XDP_REDIRECT,
-            output: Some(to_remote(&syn)),
-            counters: [steered(REMOTE, syn.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
-            encap: sent(REMOTE, &syn),
-        });
-        assert!(flows(&ebpf).is_empty(), "a SYN records a handshake, not a flow");
-        check_case(&ebpf, xdp, &ack, &Expect {
-            desc: "the client's handshake ACK (no SYN-ACK seen: DSR) completes the handshake",
-            verdict: XDP_REDIRECT,
-            output: Some(to_remote(&ack)),
-            counters: [steered(REMOTE, ack.len()), vec![(REMOTE, "established", 1)]].concat(),
-            encap: sent(REMOTE, &ack),
-        });
-        let f = flows(&ebpf);
-        assert_eq!(f.len(), 1, "one flow after the handshake: {f:?}");
-        assert_eq!(f[0].1.origin, REMOTE);
-        // Failover: new flows go to the local origin; the flow stays on the remote one.
-        set_active(&mut ebpf, LOCAL);
-        check_case(&ebpf, xdp, &req, &Expect {
-            desc: "a request of the flow follows it to the remote origin after a flip",
-            verdict: XDP_REDIRECT,
-            output: Some(to_remote(&req)),
-            counters: steered(REMOTE, req.len()),
-            encap: sent(REMOTE, &req),
-        });
-        check_case(&ebpf, xdp, &stray, &Expect {
-            desc: "a packet of no flow, new flows local: passed to the stack (reset there)",
-            verdict: XDP_PASS,
-            output: None,
-            counters: vec![(U, "passes", 1), (U, "untracked", 1)],
-            encap: vec![],
-        });
-        set_active(&mut ebpf, REMOTE);
-        check_case(&ebpf, xdp, &stray, &Expect {
-            desc: "a packet of no flow, new flows remote: adopted without state (another edge's flow)",
-            verdict: XDP_REDIRECT,
-            output: Some(to_remote(&stray)),
-            counters: steered(REMOTE, stray.len()),
-            encap: [sent(REMOTE, &stray), vec![(REMOTE, "adopted", 1)]].concat(),
-        });
-        assert_eq!(flows(&ebpf).len(), 1, "adopting creates no flow");
-        check_case(&ebpf, xdp, &df, &Expect {
-            desc: "DF is copied to the outer header",
-            verdict: XDP_REDIRECT,
-            output: Some(to_remote(&df)),
-            counters: [steered(REMOTE, df.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
-            encap: sent(REMOTE, &df),
-        });
-        let big = Pkt::tcp("10.1.1.4", 40003, VIP4, VIP_PORT, SYN)
-            .with_payload(&[0u8; 1450])
-            .build();
-        check_case(&ebpf, xdp, &big, &Expect {
-            desc: "larger than the route's MTU once encapsulated: dropped, counted too_big",
-            verdict: XDP_DROP,
-            output: None,
-            counters: [steered(REMOTE, big.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
-            encap: vec![(REMOTE, "too_big", 1)],
-        });
+        let cases = vec![
+            case(vec![], &syn, Expect {
+                desc: "SYN to the VIP, active origin remote: encapsulated to its host, redirected to the route's interface",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote(&syn)),
+                counters: [steered(REMOTE, syn.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+                encap: sent(REMOTE, &syn),
+            }, vec![]), // a SYN records a handshake, not a flow
+            case(vec![Given::Packet(syn.clone())], &ack, Expect {
+                desc: "the client's handshake ACK (no SYN-ACK seen: DSR) completes the handshake",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote(&ack)),
+                counters: [steered(REMOTE, ack.len()), vec![(REMOTE, "established", 1)]].concat(),
+                encap: sent(REMOTE, &ack),
+            }, vec![REMOTE]),
+            // Failover: new flows go to the local origin; the flow stays on the remote one.
+            case(vec![Given::Packet(syn.clone()), Given::Packet(ack.clone()), Given::Active(LOCAL)], &req, Expect {
+                desc: "a request of the flow follows it to the remote origin after a flip",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote(&req)),
+                counters: steered(REMOTE, req.len()),
+                encap: sent(REMOTE, &req),
+            }, vec![REMOTE]),
+            case(vec![Given::Active(LOCAL)], &stray, Expect {
+                desc: "a packet of no flow, new flows local: passed to the stack (reset there)",
+                verdict: XDP_PASS,
+                output: None,
+                counters: vec![(U, "passes", 1), (U, "untracked", 1)],
+                encap: vec![],
+            }, vec![]),
+            case(vec![], &stray, Expect {
+                desc: "a packet of no flow, new flows remote: adopted without state (another edge's flow)",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote(&stray)),
+                counters: steered(REMOTE, stray.len()),
+                encap: [sent(REMOTE, &stray), vec![(REMOTE, "adopted", 1)]].concat(),
+            }, vec![]), // adopting creates no flow
+            case(vec![], &df, Expect {
+                desc: "DF is copied to the outer header",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote(&df)),
+                counters: [steered(REMOTE, df.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+                encap: sent(REMOTE, &df),
+            }, vec![]),
+            case(vec![], &big, Expect {
+                desc: "larger than the route's MTU once encapsulated: dropped, counted too_big",
+                verdict: XDP_DROP,
+                output: None,
+                counters: [steered(REMOTE, big.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+                encap: vec![(REMOTE, "too_big", 1)],
+            }, vec![]),
+            case(vec![Given::Active(NO_NEIGH)], &syn2, Expect {
+                desc: "no neighbour entry for the origin host: encapsulated, handed to the stack with the frame's MACs",
+                verdict: XDP_PASS,
+                output: Some(ipip(FRAME_DST, FRAME_SRC, EDGE, NO_NEIGH_HOST, &syn2)),
+                counters: [steered(NO_NEIGH, syn2.len()), vec![(NO_NEIGH, "new_flows", 1)]].concat(),
+                encap: vec![(NO_NEIGH, "to_stack", 1), (NO_NEIGH, "bytes", (syn2.len() + 20) as u64)],
+            }, vec![]),
+            case(vec![Given::Active(NO_ROUTE)], &syn3, Expect {
+                desc: "no route to the origin host: dropped, counted as an error",
+                verdict: XDP_DROP,
+                output: None,
+                counters: [steered(NO_ROUTE, syn3.len()), vec![(NO_ROUTE, "new_flows", 1)]].concat(),
+                encap: vec![(NO_ROUTE, "errors", 1)],
+            }, vec![]),
+            case(vec![], &v6, Expect {
+                desc: "IPv6 flow to a remote origin (IPv4 outer only): passed, counted as an error",
+                verdict: XDP_PASS,
+                output: None,
+                counters: vec![(REMOTE, "new_flows", 1)],
+                encap: vec![(REMOTE, "errors", 1)],
+            }, vec![]),
+            EncapCase {
+                prog: prog_names::TC_INGRESS,
+                ..case(vec![], &syn4, Expect {
+                    desc: "TC ingress cannot encapsulate: passed, counted as an error",
+                    verdict: TC_ACT_OK,
+                    output: None,
+                    counters: vec![(REMOTE, "new_flows", 1)],
+                    encap: vec![(REMOTE, "errors", 1)],
+                }, vec![])
+            },
+        ];
+        for c in cases.iter().chain(cases.iter().rev()) {
+            run_encap_case(&mut ebpf, c);
+        }
 
-        set_active(&mut ebpf, NO_NEIGH);
-        let syn2 = Pkt::tcp("10.1.1.5", 40004, VIP4, VIP_PORT, SYN).build();
-        check_case(&ebpf, xdp, &syn2, &Expect {
-            desc: "no neighbour entry for the origin host: encapsulated, handed to the stack with the frame's MACs",
-            verdict: XDP_PASS,
-            output: Some(ipip(FRAME_DST, FRAME_SRC, EDGE, NO_NEIGH_HOST, &syn2)),
-            counters: [steered(NO_NEIGH, syn2.len()), vec![(NO_NEIGH, "new_flows", 1)]].concat(),
-            encap: vec![(NO_NEIGH, "to_stack", 1), (NO_NEIGH, "bytes", (syn2.len() + 20) as u64)],
-        });
-        set_active(&mut ebpf, NO_ROUTE);
-        let syn3 = Pkt::tcp("10.1.1.6", 40005, VIP4, VIP_PORT, SYN).build();
-        check_case(&ebpf, xdp, &syn3, &Expect {
-            desc: "no route to the origin host: dropped, counted as an error",
-            verdict: XDP_DROP,
-            output: None,
-            counters: [steered(NO_ROUTE, syn3.len()), vec![(NO_ROUTE, "new_flows", 1)]].concat(),
-            encap: vec![(NO_ROUTE, "errors", 1)],
-        });
-        set_active(&mut ebpf, REMOTE);
-        let v6 = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, SYN).build();
-        check_case(&ebpf, xdp, &v6, &Expect {
-            desc: "IPv6 flow to a remote origin (IPv4 outer only): passed, counted as an error",
-            verdict: XDP_PASS,
-            output: None,
-            counters: vec![(REMOTE, "new_flows", 1)],
-            encap: vec![(REMOTE, "errors", 1)],
-        });
-        let syn4 = Pkt::tcp("10.1.1.7", 40006, VIP4, VIP_PORT, SYN).build();
-        check_case(&ebpf, prog_names::TC_INGRESS, &syn4, &Expect {
-            desc: "TC ingress cannot encapsulate: passed, counted as an error",
-            verdict: TC_ACT_OK,
-            output: None,
-            counters: vec![(REMOTE, "new_flows", 1)],
-            encap: vec![(REMOTE, "errors", 1)],
-        });
+        reset(&mut ebpf);
         set_active(&mut ebpf, LOCAL);
         let local = Pkt::tcp("10.1.1.8", 40007, VIP4, VIP_PORT, SYN).build();
         let (verdict, out) = run(&ebpf, xdp, &local);
