@@ -10,23 +10,41 @@
 //! playlist (small: what costs is per request and per packet, which is where steering costs
 //! too).
 //!
-//! Each round runs four cases, each `wrk -d5s`:
-//! - **VIP x4**: four wrk processes in parallel (`-t1 -c12` each, 48 connections), all to the
-//!   VIP; the data plane spreads their connections over the four origins.
-//! - **direct x4**: the same four wrk processes, one per origin port. The same client
-//!   processes, the same total connections and the same four origin processes as VIP x4; only
-//!   the steering differs. VIP x4 / direct x4 is the data plane's cost.
+//! Each round runs five cases, each `wrk -d5s`:
+//! - **VIP x4**: four wrk processes in parallel (`-t12 -c12` each, 48 connections, one per
+//!   wrk thread), all to the VIP; the data plane spreads their connections over the four
+//!   origins.
+//! - **matched x4**: one wrk per origin port, each with as many connections (one per thread)
+//!   as the VIP x4 run just before put on that origin (counted with `ss` in the middle of the
+//!   run). The same origin processes and the same connections per origin as VIP x4; only the
+//!   path differs. VIP x4 / matched x4 is the data plane's cost, the issue's quantity.
+//! - **direct x4**: four `wrk -t12 -c12`, one per origin port: the even split.
 //! - **VIP x1**: one `wrk -t2 -c50` to the VIP (the first version of this bench).
 //! - **direct x1**: one `wrk -t2 -c50` to origin o1 alone. VIP x1 / direct x1 mixes the
 //!   steering with four origin processes sharing the machine's cores against one.
 //!
-//! The pairs alternate which case goes first from round to round.
+//! Odd rounds run VIP x4 first, even rounds direct x4 and direct x1 first; matched x4 always
+//! follows its VIP x4 run.
+//!
+//! Why one connection per wrk thread and a matched split (the first control, four `wrk -t1
+//! -c12`, compared VIP x4 with the even split and gave 0.82x): the origin's CPU per request
+//! depends on how many requests each wakeup finds, which the client side shapes, not the path.
+//! - With twelve connections per wrk thread, a thread's burst of requests lands on one origin
+//!   when direct, but on four through the VIP: the origins woke up about 45% more often per
+//!   request (context switches per request 0.29 against 0.20, both direct splits alike), with
+//!   the data plane's own programs under 0.5% of the CPU (perf, BENCHMARKS.md). One connection
+//!   per client thread is what independent viewers look like, and makes both paths alike.
+//! - Maglev splits 48 connections unevenly (e.g. 18/9/15/10); an origin's batching, and so its
+//!   CPU per request, follows its share. The matched case gives each origin the same share.
 //!
 //! "Per origin-core" is requests per CPU-second the origin processes spent (user + system,
 //! from /proc), so a figure does not depend on how many cores the origins had. The data
 //! plane's own cost is spent in softirq, which the kernel charges to whatever task runs
-//! (often wrk), so it shows in the raw throughput ratio, reported too, more than in the
-//! per-origin-core one.
+//! (often wrk or an origin), so it shows in both figures. The report also gives the origin
+//! threads' context switches per request, and the VIP runs' connection split.
+//!
+//! `BALANCE_BENCH_PERF=DIR` records each case system-wide (`perf record -a -g`, 4 s) as
+//! `DIR/CASE-ROUND.data`, for `perf report --no-children --sort sym` side by side.
 //!
 //! Before the first round the bench waits until `/healthz` shows all four origins in
 //! rotation and every origin, and the VIP, answer the playlist with 200. During each VIP run
@@ -52,7 +70,7 @@ const ORIGINS: usize = 4;
 /// wrk's duration for every case.
 const DURATION: &str = "-d5s";
 /// One wrk's threads and connections in the x4 cases (four of them: 48 connections).
-const WRK_X4: [&str; 2] = ["-t1", "-c12"];
+const WRK_X4: [&str; 2] = ["-t12", "-c12"];
 /// The single wrk's threads and connections in the x1 cases, as in `bench origin`.
 const WRK_X1: [&str; 2] = ["-t2", "-c50"];
 /// The edge address (the VIP's and the origins').
@@ -81,6 +99,10 @@ struct Load {
     non_2xx: u64,
     /// Socket errors (connect, read, write, timeout).
     socket_errors: u64,
+    /// Established connections per origin port (:8081..), sampled in the middle of the run.
+    conns: [u32; ORIGINS],
+    /// Context switches of the origin processes' threads (voluntary + involuntary).
+    switches: u64,
 }
 
 impl Load {
@@ -103,6 +125,8 @@ fn parse_load(text: &str) -> Result<Load> {
         cpu_seconds: 0.0,
         non_2xx,
         socket_errors: r.errors - non_2xx,
+        conns: [0; ORIGINS],
+        switches: 0,
     })
 }
 
@@ -114,6 +138,8 @@ fn sum(a: Load, b: Load) -> Load {
         cpu_seconds: a.cpu_seconds + b.cpu_seconds,
         non_2xx: a.non_2xx + b.non_2xx,
         socket_errors: a.socket_errors + b.socket_errors,
+        conns: std::array::from_fn(|i| a.conns[i] + b.conns[i]),
+        switches: a.switches + b.switches,
     }
 }
 
@@ -148,16 +174,81 @@ fn rotation_counters(stack: &Stack) -> Result<[f64; 4]> {
     Ok(ROTATION_COUNTERS.map(|n| counter_sum(&text, n)))
 }
 
+/// Where the cases run, and what is recorded besides wrk's figures.
+struct Setup<'a> {
+    /// The client namespace (wrk).
+    client_ns: &'a str,
+    /// The edge namespace (origins), where connections are counted.
+    edge_ns: &'a str,
+    /// `BALANCE_BENCH_PERF`: a directory for a system-wide `perf record -g` of each case.
+    perf_dir: Option<std::path::PathBuf>,
+}
+
+/// Context switches of every thread of process `pid` (0 if it is gone).
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Established TCP connections in namespace `ns` per local origin port (:8081..), from `ss`.
+fn connections_per_origin(ns: &str) -> Result<[u32; ORIGINS]> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-Htn", "state", "established"])
+        .output()
+        .context("running ss")?;
+    Ok(count_local_ports(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Counts `ss -Htn state established` lines per local origin port (:8081..).
+fn count_local_ports(text: &str) -> [u32; ORIGINS] {
+    let mut counts = [0; ORIGINS];
+    for line in text.lines() {
+        // Recv-Q Send-Q Local:Port Peer:Port
+        let Some(local) = line.split_whitespace().nth(2) else {
+            continue;
+        };
+        let Some(port) = local
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if let Some(i) = (0..ORIGINS).find(|&i| xtask::layout::origin_port(i) == port) {
+            counts[i] += 1;
+        }
+    }
+    counts
+}
+
 /// wrk processes run in parallel from the client namespace, one per URL in `urls`, each with
-/// `args`; the result is their sum, with the CPU seconds the processes `pids` spent meanwhile.
-fn measured(client_ns: &str, urls: &[String], args: &[&str], pids: &[u32]) -> Result<Load> {
+/// `args`; the result is their sum, with the CPU seconds the processes `pids` spent meanwhile
+/// and the connections per origin in the middle of the run. With a perf directory, the run is
+/// also recorded as `DIR/LABEL.data`.
+fn measured(
+    setup: &Setup,
+    label: &str,
+    runs: &[(String, Vec<String>)],
+    pids: &[u32],
+) -> Result<Load> {
     let cpu = || -> Result<f64> { pids.iter().map(|&p| tree_cpu_seconds(p)).sum() };
     let before = cpu()?;
-    let children = urls
+    let switches_before = pids.iter().map(|&p| context_switches(p)).sum::<u64>();
+    let children = runs
         .iter()
-        .map(|url| {
+        .map(|(url, args)| {
             Command::new("ip")
-                .args(["netns", "exec", client_ns, "wrk"])
+                .args(["netns", "exec", setup.client_ns, "wrk"])
                 .args(args)
                 .arg(DURATION)
                 .arg(url)
@@ -167,6 +258,25 @@ fn measured(client_ns: &str, urls: &[String], args: &[&str], pids: &[u32]) -> Re
                 .context("running wrk (apt-get install wrk)")
         })
         .collect::<Result<Vec<_>>>()?;
+    let perf = match &setup.perf_dir {
+        Some(dir) => Some(
+            Command::new("perf")
+                .args(["record", "-a", "-g", "-q", "-o"])
+                .arg(dir.join(format!("{label}.data")))
+                .args(["--", "sleep", "4"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("running perf")?,
+        ),
+        None => None,
+    };
+    // Halfway through the run every connection is open; wrk offers no signal for that.
+    std::thread::sleep(Duration::from_millis(2500));
+    let conns = connections_per_origin(setup.edge_ns)?;
+    if let Some(mut p) = perf {
+        p.wait()?;
+    }
     let mut total = Load::default();
     let mut failure = None;
     // Wait for every child before failing, so none is left running.
@@ -190,19 +300,21 @@ fn measured(client_ns: &str, urls: &[String], args: &[&str], pids: &[u32]) -> Re
         bail!(f);
     }
     total.cpu_seconds = cpu()? - before;
+    total.switches = pids.iter().map(|&p| context_switches(p)).sum::<u64>() - switches_before;
+    total.conns = conns;
     Ok(total)
 }
 
 /// A VIP run, with how much the rotation counters moved during it.
 fn measured_vip(
     stack: &Stack,
-    client_ns: &str,
-    urls: &[String],
-    args: &[&str],
+    setup: &Setup,
+    label: &str,
+    runs: &[(String, Vec<String>)],
     pids: &[u32],
 ) -> Result<(Load, [f64; 4])> {
     let before = rotation_counters(stack)?;
-    let load = measured(client_ns, urls, args, pids)?;
+    let load = measured(setup, label, runs, pids)?;
     let after = rotation_counters(stack)?;
     Ok((load, std::array::from_fn(|i| after[i] - before[i])))
 }
@@ -257,6 +369,7 @@ fn wait_ready(stack: &Stack, names: &[String], client_ns: &str, urls: &[String])
 /// One round's four cases and the rotation-counter deltas of its VIP runs.
 struct Round {
     vip4: Load,
+    matched4: Load,
     direct4: Load,
     vip1: Load,
     direct1: Load,
@@ -307,35 +420,76 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
                     .with_context(|| format!("origin-{n} not running"))
             })
             .collect::<Result<_>>()?;
-        let vip_x4 = vec![vip_url.clone(); ORIGINS];
-        let vip_x1 = [vip_url];
-        let direct_x1 = [origin_urls[0].clone()];
+        let wrk = |url: &String, args: &[&str]| -> (String, Vec<String>) {
+            (url.clone(), args.iter().map(|a| a.to_string()).collect())
+        };
+        let vip_x4: Vec<_> = (0..ORIGINS).map(|_| wrk(&vip_url, &WRK_X4)).collect();
+        let direct_x4: Vec<_> = origin_urls.iter().map(|u| wrk(u, &WRK_X4)).collect();
+        let vip_x1 = [wrk(&vip_url, &WRK_X1)];
+        let direct_x1 = [wrk(&origin_urls[0], &WRK_X1)];
+        // The VIP run's split, one wrk per origin port with that origin's share.
+        let matched = |split: &[u32; ORIGINS]| -> Vec<(String, Vec<String>)> {
+            origin_urls
+                .iter()
+                .zip(split)
+                .filter(|(_, n)| **n > 0)
+                .map(|(u, n)| (u.clone(), vec![format!("-t{n}"), format!("-c{n}")]))
+                .collect()
+        };
         let load_before = load_average();
         let mut results = Vec::new();
+        let setup = Setup {
+            client_ns: &client,
+            edge_ns: &pair.edge.name,
+            perf_dir: std::env::var_os("BALANCE_BENCH_PERF").map(Into::into),
+        };
         for round in 0..rounds {
-            let vip4 = || measured_vip(&stack, &client, &vip_x4, &WRK_X4, &pids);
-            let direct4 = || measured(&client, &origin_urls, &WRK_X4, &pids);
-            let vip1 = || measured_vip(&stack, &client, &vip_x1, &WRK_X1, &pids);
-            let direct1 = || measured(&client, &direct_x1, &WRK_X1, &pids[..1]);
-            let ((v4, r4), d4, (v1, r1), d1) = if round % 2 == 0 {
-                (vip4()?, direct4()?, vip1()?, direct1()?)
+            let r = round + 1;
+            let vip4 = || measured_vip(&stack, &setup, &format!("vip4-{r}"), &vip_x4, &pids);
+            let matched4 = |split: &[u32; ORIGINS]| {
+                measured(&setup, &format!("matched4-{r}"), &matched(split), &pids)
+            };
+            let direct4 = || measured(&setup, &format!("direct4-{r}"), &direct_x4, &pids);
+            let vip1 = || measured_vip(&stack, &setup, &format!("vip1-{r}"), &vip_x1, &pids);
+            let direct1 = || measured(&setup, &format!("direct1-{r}"), &direct_x1, &pids[..1]);
+            let ((v4, r4), m4, d4, (v1, r1), d1) = if round % 2 == 0 {
+                let (v4, r4) = vip4()?;
+                let m4 = matched4(&v4.conns)?;
+                ((v4, r4), m4, direct4()?, vip1()?, direct1()?)
             } else {
                 let d4 = direct4()?;
-                let v4 = vip4()?;
+                let (v4, r4) = vip4()?;
+                let m4 = matched4(&v4.conns)?;
                 let d1 = direct1()?;
-                (v4, d4, vip1()?, d1)
+                ((v4, r4), m4, d4, vip1()?, d1)
             };
             eprintln!(
-                "balance round {}: VIP x4 / direct x4 per origin-core {:.3}x, raw {:.3}x; \
+                "balance round {r}: VIP x4 / matched x4 per origin-core {:.3}x, raw {:.3}x; \
+                 VIP x4 / direct x4 per origin-core {:.3}x, raw {:.3}x; \
                  VIP x1 / direct x1 per origin-core {:.3}x, raw {:.3}x",
-                round + 1,
+                v4.per_core() / m4.per_core(),
+                v4.requests_per_sec / m4.requests_per_sec,
                 v4.per_core() / d4.per_core(),
                 v4.requests_per_sec / d4.requests_per_sec,
                 v1.per_core() / d1.per_core(),
                 v1.requests_per_sec / d1.requests_per_sec,
             );
+            eprintln!(
+                "  connections per origin: VIP x4 {:?}, matched x4 {:?}, direct x4 {:?}; \
+                 origin CPU s: {:.2} / {:.2} / {:.2}; switches per request: {:.3} / {:.3} / {:.3}",
+                v4.conns,
+                m4.conns,
+                d4.conns,
+                v4.cpu_seconds,
+                m4.cpu_seconds,
+                d4.cpu_seconds,
+                v4.switches as f64 / v4.requests as f64,
+                m4.switches as f64 / m4.requests as f64,
+                d4.switches as f64 / d4.requests as f64,
+            );
             results.push(Round {
                 vip4: v4,
+                matched4: m4,
                 direct4: d4,
                 vip1: v1,
                 direct1: d1,
@@ -350,6 +504,16 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     result
 }
 
+/// `a/b/c/d` of a connection split.
+fn split(c: &[u32; ORIGINS]) -> String {
+    c.iter().map(u32::to_string).collect::<Vec<_>>().join("/")
+}
+
+/// Context switches of the origin threads per request.
+fn switches_per_request(l: &Load) -> f64 {
+    l.switches as f64 / l.requests.max(1) as f64
+}
+
 /// Writes the markdown report of `results`.
 fn report(out: &mut String, rounds: usize, results: &[Round], load_before: &str, load_after: &str) {
     let _ = writeln!(
@@ -357,37 +521,52 @@ fn report(out: &mut String, rounds: usize, results: &[Round], load_before: &str,
         "Machine: {}; load average {load_before} before, {load_after} after. Stack from \
          target/release in namespaces (native XDP on a veth), {ORIGINS} origins, `--policy \
          balance`; wrk `{DURATION}` from the client namespace for `{PLAYLIST}`. {rounds} rounds; \
-         each pair alternates which goes first. Cases: **VIP x4** = four `wrk {}` in parallel \
-         to the VIP (:8080, steered over the four origins); **direct x4** = the same four wrk, \
-         one per origin port (:8081..:8084, passed untouched); **VIP x1** = one `wrk {}` to the \
-         VIP; **direct x1** = the same to origin o1 alone. Per origin-core = requests / \
-         CPU-seconds of the origin processes (all four, or o1 alone for direct x1).\n",
+         odd rounds run VIP x4, matched x4, direct x4, VIP x1, direct x1, even rounds direct x4, \
+         VIP x4, matched x4, direct x1, VIP x1 (matched x4 needs its VIP run's split). Cases: \
+         **VIP x4** = four `wrk {}` in parallel to the VIP (:8080, steered over the four \
+         origins; one connection per wrk thread); **matched x4** = one wrk per origin port \
+         (:8081..:8084, passed untouched) with as many connections (one per thread) as the VIP \
+         x4 run before it put on that origin; **direct x4** = four `wrk {}`, one per origin \
+         port (the even split); **VIP x1** = one `wrk {}` to the VIP; **direct x1** = the same \
+         to origin o1 alone. Per origin-core = requests / CPU-seconds of the origin processes \
+         (all four, or o1 alone for direct x1).\n",
         super::util::machine(),
+        WRK_X4.join(" "),
         WRK_X4.join(" "),
         WRK_X1.join(" "),
     );
     let _ = writeln!(
         out,
-        "| round | VIP x4 req/s | VIP x4 origin CPU s | direct x4 req/s | direct x4 origin CPU s | \
-         VIP x1 req/s | VIP x1 origin CPU s | direct x1 req/s | direct x1 origin CPU s | \
-         errors non-2xx+socket (VIP x4 / direct x4 / VIP x1 / direct x1) | rotation counters \
-         moved during VIP runs |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| round | VIP x4 req/s | VIP x4 origin CPU s | VIP x4 split o1/o2/o3/o4 | matched x4 req/s | \
+         matched x4 origin CPU s | direct x4 req/s | direct x4 origin CPU s | VIP x1 req/s | \
+         VIP x1 origin CPU s | direct x1 req/s | direct x1 origin CPU s | origin context \
+         switches per request (VIP x4 / matched x4 / direct x4) | errors non-2xx+socket (VIP \
+         x4 / matched x4 / direct x4 / VIP x1 / direct x1) | rotation counters moved during \
+         VIP runs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let errors = |l: &Load| format!("{}+{}", l.non_2xx, l.socket_errors);
     for (i, r) in results.iter().enumerate() {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {} / {} / {} / {} | {} |",
+            "| {} | {:.0} | {:.2} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | \
+             {:.2} | {:.3} / {:.3} / {:.3} | {} / {} / {} / {} / {} | {} |",
             i + 1,
             r.vip4.requests_per_sec,
             r.vip4.cpu_seconds,
+            split(&r.vip4.conns),
+            r.matched4.requests_per_sec,
+            r.matched4.cpu_seconds,
             r.direct4.requests_per_sec,
             r.direct4.cpu_seconds,
             r.vip1.requests_per_sec,
             r.vip1.cpu_seconds,
             r.direct1.requests_per_sec,
             r.direct1.cpu_seconds,
+            switches_per_request(&r.vip4),
+            switches_per_request(&r.matched4),
+            switches_per_request(&r.direct4),
             errors(&r.vip4),
+            errors(&r.matched4),
             errors(&r.direct4),
             errors(&r.vip1),
             errors(&r.direct1),
@@ -416,6 +595,11 @@ fn report(out: &mut String, rounds: usize, results: &[Round], load_before: &str,
             col(|r| r.vip4.per_core()),
         ),
         (
+            "matched x4",
+            col(|r| r.matched4.requests_per_sec),
+            col(|r| r.matched4.per_core()),
+        ),
+        (
             "direct x4",
             col(|r| r.direct4.requests_per_sec),
             col(|r| r.direct4.per_core()),
@@ -439,10 +623,17 @@ fn report(out: &mut String, rounds: usize, results: &[Round], load_before: &str,
     );
     for (name, pc, raw, what) in [
         (
+            "VIP x4 / matched x4",
+            col(|r| r.vip4.per_core() / r.matched4.per_core()),
+            col(|r| r.vip4.requests_per_sec / r.matched4.requests_per_sec),
+            "the data plane alone: same origin processes, same connections per origin, one \
+             connection per client thread; only the path differs (target >= 0.97x)",
+        ),
+        (
             "VIP x4 / direct x4",
             col(|r| r.vip4.per_core() / r.direct4.per_core()),
             col(|r| r.vip4.requests_per_sec / r.direct4.requests_per_sec),
-            "the data plane alone: same clients, connections and origin processes (target >= 0.97x)",
+            "the data plane plus Maglev's uneven split of 48 connections against 12 each",
         ),
         (
             "VIP x1 / direct x1",
@@ -500,6 +691,17 @@ mod tests {
             2.0
         );
         assert_eq!(counter_sum(text, "dataplane_held_requests_total"), 0.0);
+    }
+
+    #[test]
+    fn counts_established_connections_per_origin_port_only() {
+        let ss = "0      0      10.77.0.2:8081    10.77.0.1:40000\n\
+            0      0      10.77.0.2:8081    10.77.0.1:40002\n\
+            0      0      10.77.0.2:8084    10.77.0.1:40004\n\
+            0      0      10.77.0.2:9090    10.77.0.1:40006\n\
+            0      0      [::1]:8082        [::1]:40008\n\
+            garbage\n";
+        assert_eq!(count_local_ports(ss), [2, 1, 0, 1]);
     }
 
     #[test]
