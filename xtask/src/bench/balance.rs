@@ -201,6 +201,13 @@ fn context_switches(pid: u32) -> u64 {
         .sum()
 }
 
+/// The connections a wrk command line asks for (its `-cN`), 0 if none.
+fn connections_of(args: &[String]) -> u32 {
+    args.iter()
+        .find_map(|a| a.strip_prefix("-c")?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Established TCP connections in namespace `ns` per local origin port (:8081..), from `ss`.
 fn connections_per_origin(ns: &str) -> Result<[u32; ORIGINS]> {
     let output = Command::new("ip")
@@ -271,9 +278,15 @@ fn measured(
         ),
         None => None,
     };
-    // Halfway through the run every connection is open; wrk offers no signal for that.
-    std::thread::sleep(Duration::from_millis(2500));
-    let conns = connections_per_origin(setup.edge_ns)?;
+    // The split once every connection is open (wrk opens them all at its start and keeps
+    // them; under load that can take a while). If they never all show, the last count is kept
+    // and the report shows a total below the connections asked for.
+    let expected: u32 = runs.iter().map(|(_, args)| connections_of(args)).sum();
+    let mut conns = [0; ORIGINS];
+    test_kit::wait::try_wait_until(Duration::from_secs(4), || {
+        conns = connections_per_origin(setup.edge_ns).unwrap_or(conns);
+        conns.iter().sum::<u32>() >= expected
+    });
     if let Some(mut p) = perf {
         p.wait()?;
     }
@@ -702,6 +715,13 @@ mod tests {
             0      0      [::1]:8082        [::1]:40008\n\
             garbage\n";
         assert_eq!(count_local_ports(ss), [2, 1, 0, 1]);
+    }
+
+    #[test]
+    fn reads_the_connection_count_of_a_wrk_command_line() {
+        let args = ["-t7".to_string(), "-c7".to_string()];
+        assert_eq!(connections_of(&args), 7);
+        assert_eq!(connections_of(&["-t2".to_string()]), 0);
     }
 
     #[test]
