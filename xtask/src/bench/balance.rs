@@ -11,14 +11,14 @@
 //! too).
 //!
 //! Each round runs five cases, each `wrk -d5s`:
-//! - **VIP x4**: four wrk processes in parallel (`-t12 -c12` each, 48 connections, one per
-//!   wrk thread), all to the VIP; the data plane spreads their connections over the four
-//!   origins.
-//! - **matched x4**: one wrk per origin port, each with as many connections (one per thread)
-//!   as the VIP x4 run just before put on that origin (counted with `ss` in the middle of the
-//!   run). The same origin processes and the same connections per origin as VIP x4; only the
-//!   path differs. VIP x4 / matched x4 is the data plane's cost, the issue's quantity.
-//! - **direct x4**: four `wrk -t12 -c12`, one per origin port: the even split.
+//! - **VIP x4**: one `wrk -t48 -c48` (one connection per wrk thread) to the VIP; the data
+//!   plane spreads the connections over the four origins.
+//! - **matched x4**: the same wrk with a script (`split_script`) that sends its threads
+//!   straight to the origin ports, as many to each origin as the VIP x4 run just before had
+//!   there (counted with `ss` once all 48 are open). The same client, the same origin
+//!   processes and the same connections per origin as VIP x4; only the path differs. VIP x4 /
+//!   matched x4 is the data plane's cost, the issue's quantity.
+//! - **direct x4**: the same with 12 threads per origin port: the even split.
 //! - **VIP x1**: one `wrk -t2 -c50` to the VIP (the first version of this bench).
 //! - **direct x1**: one `wrk -t2 -c50` to origin o1 alone. VIP x1 / direct x1 mixes the
 //!   steering with four origin processes sharing the machine's cores against one.
@@ -26,16 +26,19 @@
 //! Odd rounds run VIP x4 first, even rounds direct x4 and direct x1 first; matched x4 always
 //! follows its VIP x4 run.
 //!
-//! Why one connection per wrk thread and a matched split (the first control, four `wrk -t1
-//! -c12`, compared VIP x4 with the even split and gave 0.82x): the origin's CPU per request
-//! depends on how many requests each wakeup finds, which the client side shapes, not the path.
+//! Why this client (the first control, four `wrk -t1 -c12` to the VIP against the same four
+//! one per origin port, gave 0.82x): the origin's CPU per request depends on how many
+//! requests each wakeup finds, which the client side shapes, not the path.
 //! - With twelve connections per wrk thread, a thread's burst of requests lands on one origin
 //!   when direct, but on four through the VIP: the origins woke up about 45% more often per
-//!   request (context switches per request 0.29 against 0.20, both direct splits alike), with
-//!   the data plane's own programs under 0.5% of the CPU (perf, BENCHMARKS.md). One connection
-//!   per client thread is what independent viewers look like, and makes both paths alike.
+//!   request (context switches per request 0.29 against 0.20), with the data plane's own
+//!   programs under 0.5% of the CPU (perf, BENCHMARKS.md). One connection per client thread
+//!   is what independent viewers look like, and makes both paths alike.
 //! - Maglev splits 48 connections unevenly (e.g. 18/9/15/10); an origin's batching, and so its
 //!   CPU per request, follows its share. The matched case gives each origin the same share.
+//! - Four wrk processes started through `ip netns exec` on a loaded machine did not always
+//!   overlap (one round counted 13 of 48 connections open); one process starts its threads
+//!   together.
 //!
 //! "Per origin-core" is requests per CPU-second the origin processes spent (user + system,
 //! from /proc), so a figure does not depend on how many cores the origins had. The data
@@ -70,7 +73,9 @@ const ORIGINS: usize = 4;
 /// wrk's duration for every case.
 const DURATION: &str = "-d5s";
 /// One wrk's threads and connections in the x4 cases (four of them: 48 connections).
-const WRK_X4: [&str; 2] = ["-t12", "-c12"];
+const WRK_X4: [&str; 2] = ["-t48", "-c48"];
+/// The connections of an x4 case (`WRK_X4`'s `-c`).
+const X4_CONNECTIONS: u32 = 48;
 /// The single wrk's threads and connections in the x1 cases, as in `bench origin`.
 const WRK_X1: [&str; 2] = ["-t2", "-c50"];
 /// The edge address (the VIP's and the origins').
@@ -248,6 +253,11 @@ fn measured(
     runs: &[(String, Vec<String>)],
     pids: &[u32],
 ) -> Result<Load> {
+    // The previous case's connections must be gone before this one's are counted (a closing
+    // wrk's last connections were counted as this case's otherwise).
+    test_kit::wait::try_wait_until(Duration::from_secs(10), || {
+        connections_per_origin(setup.edge_ns).is_ok_and(|c| c.iter().sum::<u32>() == 0)
+    });
     let cpu = || -> Result<f64> { pids.iter().map(|&p| tree_cpu_seconds(p)).sum() };
     let before = cpu()?;
     let switches_before = pids.iter().map(|&p| context_switches(p)).sum::<u64>();
@@ -285,7 +295,7 @@ fn measured(
     let mut conns = [0; ORIGINS];
     test_kit::wait::try_wait_until(Duration::from_secs(4), || {
         conns = connections_per_origin(setup.edge_ns).unwrap_or(conns);
-        conns.iter().sum::<u32>() >= expected
+        conns.iter().sum::<u32>() == expected
     });
     if let Some(mut p) = perf {
         p.wait()?;
@@ -436,19 +446,21 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         let wrk = |url: &String, args: &[&str]| -> (String, Vec<String>) {
             (url.clone(), args.iter().map(|a| a.to_string()).collect())
         };
-        let vip_x4: Vec<_> = (0..ORIGINS).map(|_| wrk(&vip_url, &WRK_X4)).collect();
-        let direct_x4: Vec<_> = origin_urls.iter().map(|u| wrk(u, &WRK_X4)).collect();
+        let vip_x4 = [wrk(&vip_url, &WRK_X4)];
         let vip_x1 = [wrk(&vip_url, &WRK_X1)];
         let direct_x1 = [wrk(&origin_urls[0], &WRK_X1)];
-        // The VIP run's split, one wrk per origin port with that origin's share.
-        let matched = |split: &[u32; ORIGINS]| -> Vec<(String, Vec<String>)> {
-            origin_urls
-                .iter()
-                .zip(split)
-                .filter(|(_, n)| **n > 0)
-                .map(|(u, n)| (u.clone(), vec![format!("-t{n}"), format!("-c{n}")]))
-                .collect()
-        };
+        // The x4 cases straight to the origins: the same single wrk as VIP x4, its threads
+        // spread over the origin ports by a script, `split[i]` threads to origin i.
+        let split_run =
+            |name: &str, split: &[u32; ORIGINS]| -> Result<Vec<(String, Vec<String>)>> {
+                let script = dir.path.join(format!("{name}.lua"));
+                std::fs::write(&script, split_script(split))?;
+                let mut run = wrk(&origin_urls[0], &WRK_X4);
+                run.1
+                    .extend(["-s".to_string(), script.to_string_lossy().into_owned()]);
+                Ok(vec![run])
+            };
+        let direct_x4 = split_run("even", &[X4_CONNECTIONS / ORIGINS as u32; ORIGINS])?;
         let load_before = load_average();
         let mut results = Vec::new();
         let setup = Setup {
@@ -459,8 +471,16 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         for round in 0..rounds {
             let r = round + 1;
             let vip4 = || measured_vip(&stack, &setup, &format!("vip4-{r}"), &vip_x4, &pids);
-            let matched4 = |split: &[u32; ORIGINS]| {
-                measured(&setup, &format!("matched4-{r}"), &matched(split), &pids)
+            let matched4 = |split: &[u32; ORIGINS]| -> Result<Load> {
+                // A VIP run whose connections did not all show leaves no split to match:
+                // the round is reported and left out of the ratio (`complete`).
+                let split = if split.iter().sum::<u32>() == X4_CONNECTIONS {
+                    *split
+                } else {
+                    [X4_CONNECTIONS / ORIGINS as u32; ORIGINS]
+                };
+                let name = format!("matched4-{r}");
+                measured(&setup, &name, &split_run(&name, &split)?, &pids)
             };
             let direct4 = || measured(&setup, &format!("direct4-{r}"), &direct_x4, &pids);
             let vip1 = || measured_vip(&stack, &setup, &format!("vip1-{r}"), &vip_x1, &pids);
@@ -517,6 +537,35 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     result
 }
 
+/// A wrk script that sends thread `i` (in creation order) to the origin port the split gives
+/// it: the first `split[0]` threads to origin o1, the next `split[1]` to o2, and so on. With
+/// one connection per thread, that is the split's connections per origin.
+fn split_script(split: &[u32; ORIGINS]) -> String {
+    let ports: Vec<String> = split
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| {
+            std::iter::repeat_n(xtask::layout::origin_port(i).to_string(), n as usize)
+        })
+        .collect();
+    format!(
+        "-- Generated by `cargo xtask bench balance`: thread i connects to ports[i].\n\
+         local ports = {{{}}}\n\
+         local n = 0\n\
+         function setup(thread)\n  \
+           n = n + 1\n  \
+           thread.addr = wrk.lookup(wrk.host, tostring(ports[n]))[1]\n\
+         end\n",
+        ports.join(", ")
+    )
+}
+
+/// Whether a round's x4 comparison holds: every VIP x4 connection was counted, and matched
+/// x4 had the same connections per origin.
+fn complete(r: &Round) -> bool {
+    r.vip4.conns.iter().sum::<u32>() == X4_CONNECTIONS && r.matched4.conns == r.vip4.conns
+}
+
 /// `a/b/c/d` of a connection split.
 fn split(c: &[u32; ORIGINS]) -> String {
     c.iter().map(u32::to_string).collect::<Vec<_>>().join("/")
@@ -536,17 +585,16 @@ fn report(out: &mut String, rounds: usize, results: &[Round], load_before: &str,
          balance`; wrk `{DURATION}` from the client namespace for `{PLAYLIST}`. {rounds} rounds; \
          odd rounds run VIP x4, matched x4, direct x4, VIP x1, direct x1, even rounds direct x4, \
          VIP x4, matched x4, direct x1, VIP x1 (matched x4 needs its VIP run's split). Cases: \
-         **VIP x4** = four `wrk {}` in parallel to the VIP (:8080, steered over the four \
-         origins; one connection per wrk thread); **matched x4** = one wrk per origin port \
-         (:8081..:8084, passed untouched) with as many connections (one per thread) as the VIP \
-         x4 run before it put on that origin; **direct x4** = four `wrk {}`, one per origin \
-         port (the even split); **VIP x1** = one `wrk {}` to the VIP; **direct x1** = the same \
-         to origin o1 alone. Per origin-core = requests / CPU-seconds of the origin processes \
-         (all four, or o1 alone for direct x1).\n",
+         **VIP x4** = one `wrk {x4}` to the VIP (:8080, steered over the four origins; one \
+         connection per wrk thread); **matched x4** = the same wrk with a script that sends its \
+         threads straight to the origin ports (:8081..:8084, passed untouched), as many to each \
+         origin as the VIP x4 run before it had there; **direct x4** = the same with 12 each; \
+         **VIP x1** = one `wrk {x1}` to the VIP; **direct x1** = the same to origin o1 alone. \
+         Per origin-core = requests / CPU-seconds of the origin processes (all four, or o1 alone \
+         for direct x1).\n",
         super::util::machine(),
-        WRK_X4.join(" "),
-        WRK_X4.join(" "),
-        WRK_X1.join(" "),
+        x4 = WRK_X4.join(" "),
+        x1 = WRK_X1.join(" "),
     );
     let _ = writeln!(
         out,
@@ -634,11 +682,14 @@ fn report(out: &mut String, rounds: usize, results: &[Round], load_before: &str,
         out,
         "\n| ratio (per round, then median and range) | per origin-core | raw req/s | what it measures |\n|---|---|---|---|"
     );
+    // Rounds whose VIP split was not fully counted have no matched case (see `complete`).
+    let matched: Vec<&Round> = results.iter().filter(|r| complete(r)).collect();
+    let matched_col = |f: fn(&Round) -> f64| matched.iter().map(|r| f(r)).collect::<Vec<f64>>();
     for (name, pc, raw, what) in [
         (
             "VIP x4 / matched x4",
-            col(|r| r.vip4.per_core() / r.matched4.per_core()),
-            col(|r| r.vip4.requests_per_sec / r.matched4.requests_per_sec),
+            matched_col(|r| r.vip4.per_core() / r.matched4.per_core()),
+            matched_col(|r| r.vip4.requests_per_sec / r.matched4.requests_per_sec),
             "the data plane alone: same origin processes, same connections per origin, one \
              connection per client thread; only the path differs (target >= 0.97x)",
         ),
@@ -655,6 +706,10 @@ fn report(out: &mut String, rounds: usize, results: &[Round], load_before: &str,
             "the data plane plus four origin processes sharing the cores against one",
         ),
     ] {
+        if pc.is_empty() {
+            let _ = writeln!(out, "| {name} | no complete round | | {what} |");
+            continue;
+        }
         let _ = writeln!(
             out,
             "| {name} | {:.3}x ({}) | {:.3}x ({}) | {what} |",
@@ -662,6 +717,15 @@ fn report(out: &mut String, rounds: usize, results: &[Round], load_before: &str,
             range(&pc),
             median_f64(raw.clone()),
             range(&raw)
+        );
+    }
+    if matched.len() < results.len() {
+        let _ = writeln!(
+            out,
+            "\nVIP x4 / matched x4 leaves out {} of {} rounds: their VIP x4 connections were not \
+             all counted (the split column sums to less than {X4_CONNECTIONS}).",
+            results.len() - matched.len(),
+            results.len()
         );
     }
     let _ = writeln!(out);
@@ -715,6 +779,36 @@ mod tests {
             0      0      [::1]:8082        [::1]:40008\n\
             garbage\n";
         assert_eq!(count_local_ports(ss), [2, 1, 0, 1]);
+    }
+
+    #[test]
+    fn split_script_sends_each_thread_to_its_origin_port() {
+        let script = split_script(&[2, 0, 1, 1]);
+        assert!(
+            script.contains("local ports = {8081, 8081, 8083, 8084}"),
+            "{script}"
+        );
+        assert!(script.contains("function setup(thread)"), "{script}");
+        assert!(script.contains("thread.addr = wrk.lookup(wrk.host, tostring(ports[n]))[1]"));
+    }
+
+    #[test]
+    fn a_round_is_complete_only_with_every_vip_connection_matched() {
+        let load = |conns| Load {
+            conns,
+            ..Load::default()
+        };
+        let round = |vip, matched| Round {
+            vip4: load(vip),
+            matched4: load(matched),
+            direct4: Load::default(),
+            vip1: Load::default(),
+            direct1: Load::default(),
+            rotation: [0.0; 4],
+        };
+        assert!(complete(&round([18, 9, 11, 10], [18, 9, 11, 10])));
+        assert!(!complete(&round([4, 3, 3, 3], [4, 3, 3, 3])));
+        assert!(!complete(&round([18, 9, 11, 10], [12, 12, 12, 12])));
     }
 
     #[test]
