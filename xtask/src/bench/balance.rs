@@ -722,8 +722,9 @@ fn report(out: &mut String, rounds: usize, results: &[Round], load_before: &str,
     if matched.len() < results.len() {
         let _ = writeln!(
             out,
-            "\nVIP x4 / matched x4 leaves out {} of {} rounds: their VIP x4 connections were not \
-             all counted (the split column sums to less than {X4_CONNECTIONS}).",
+            "\nVIP x4 / matched x4 leaves out {} of {} rounds: their VIP x4 split was not counted \
+             in full (its column sums to less than {X4_CONNECTIONS}), or matched x4 counted \
+             other connections per origin.",
             results.len() - matched.len(),
             results.len()
         );
