@@ -572,12 +572,7 @@ impl Conn {
     }
 
     fn on_publish(&mut self, cmd: Command) {
-        let full = cmd
-            .args
-            .first()
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
+        let full = stream_arg(&cmd);
         let (name, query) = split_query(&full);
         let cfg = &self.server.config;
         let refuse = |c: &mut Conn, code: &str, why: &str| {
@@ -620,16 +615,10 @@ impl Conn {
                 self.role = Role::Publishing { stream };
                 self.setup_deadline = None;
                 self.dec.set_max_pending_bytes(PUBLISHER_PENDING_BYTES);
-                self.send(&build::user_control(
-                    user_control::STREAM_BEGIN,
-                    MEDIA_STREAM_ID,
-                ));
-                self.send(&build::on_status(
-                    MEDIA_STREAM_ID,
-                    "status",
+                self.begin_stream(
                     "NetStream.Publish.Start",
                     &format!("{name} is now published"),
-                ));
+                );
             }
             Err(HubError::AlreadyPublishing(_)) => refuse(
                 self,
@@ -643,13 +632,23 @@ impl Conn {
         }
     }
 
+    /// StreamBegin on the media stream, then the status `code` that starts publishing or
+    /// playing (7.2.2).
+    fn begin_stream(&mut self, code: &str, description: &str) {
+        self.send(&build::user_control(
+            user_control::STREAM_BEGIN,
+            MEDIA_STREAM_ID,
+        ));
+        self.send(&build::on_status(
+            MEDIA_STREAM_ID,
+            "status",
+            code,
+            description,
+        ));
+    }
+
     fn on_play(&mut self, cmd: Command) {
-        let full = cmd
-            .args
-            .first()
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
+        let full = stream_arg(&cmd);
         let (name, _) = split_query(&full);
         if !self.connected || !matches!(self.role, Role::None) || name.is_empty() {
             self.send(&build::on_status(
@@ -668,16 +667,7 @@ impl Conn {
                     user_control::STREAM_IS_RECORDED,
                     MEDIA_STREAM_ID,
                 ));
-                self.send(&build::user_control(
-                    user_control::STREAM_BEGIN,
-                    MEDIA_STREAM_ID,
-                ));
-                self.send(&build::on_status(
-                    MEDIA_STREAM_ID,
-                    "status",
-                    "NetStream.Play.Reset",
-                    "Playing and resetting",
-                ));
+                self.begin_stream("NetStream.Play.Reset", "Playing and resetting");
                 self.send(&build::on_status(
                     MEDIA_STREAM_ID,
                     "status",
@@ -773,6 +763,16 @@ enum PlayStep {
     Woken,
     /// The hub dropped this player (too slow).
     Dropped,
+}
+
+/// The stream name argument of `publish` and `play` (their first argument after the null
+/// command object), query string included; empty when missing.
+fn stream_arg(cmd: &Command) -> String {
+    cmd.args
+        .first()
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn split_query(s: &str) -> (&str, &str) {

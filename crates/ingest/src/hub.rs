@@ -944,6 +944,21 @@ mod tests {
         }
     }
 
+    /// Publishes stream "s" with metadata (width 320) and an AVC sequence header.
+    fn publish_with_headers(h: &Hub) -> Arc<Stream> {
+        let s = h.publish("s", 1, me()).expect("publish");
+        h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
+        h.media(
+            &s,
+            Frame {
+                video: true,
+                timestamp: 0,
+                data: Bytes::from_static(&[0x17, 0, 0, 0, 0]),
+            },
+        );
+        s
+    }
+
     /// Decodes pulled bytes as a player would.
     fn decode(dec: &mut ChunkDecoder, out: &mut VecDeque<Bytes>) -> Vec<RawMessage> {
         let mut buf = BytesMut::new();
@@ -1004,16 +1019,7 @@ mod tests {
     #[test]
     fn lagging_subscriber_resumes_at_keyframe_with_metadata_and_sequence_headers() {
         let h = hub(3, 16);
-        let s = h.publish("s", 1, me()).expect("publish");
-        h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
-        h.media(
-            &s,
-            Frame {
-                video: true,
-                timestamp: 0,
-                data: Bytes::from_static(&[0x17, 0, 0, 0, 0]),
-            },
-        );
+        let s = publish_with_headers(&h);
         let mut sub = h.subscribe("s", 2).expect("join");
         let (mut dec, mut out) = (decoder(), VecDeque::new());
         sub.pull(&h.metrics, &mut out, usize::MAX);
@@ -1044,16 +1050,7 @@ mod tests {
     #[test]
     fn late_joiner_gets_metadata_sequence_headers_and_gop_from_keyframe() {
         let h = hub(2, 1024);
-        let s = h.publish("s", 1, me()).expect("publish");
-        h.set_metadata(&s, vec![("width".into(), Value::Number(320.0))]);
-        h.media(
-            &s,
-            Frame {
-                video: true,
-                timestamp: 0,
-                data: Bytes::from_static(&[0x17, 0, 0, 0, 0]),
-            },
-        );
+        let s = publish_with_headers(&h);
         h.media(
             &s,
             Frame {
