@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// When a connection last made progress, shared between its socket and its watchdog.
@@ -110,12 +111,27 @@ impl Activity {
 pub struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
+    // Bytes already read from `inner` and put back (`with_unread`): reads return them first.
+    unread: Bytes,
 }
 
 impl<T> Tracked<T> {
     /// Wraps `inner`, stamping `activity`.
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            unread: Bytes::new(),
+        }
+    }
+
+    /// The same connection with `bytes`, already read from its socket, put back in front of
+    /// it: reads return them first, then the socket's. Lets hyper take over a connection whose
+    /// first request `h1` started reading.
+    pub fn with_unread(mut self, bytes: Bytes) -> Self {
+        debug_assert!(self.unread.is_empty(), "bytes put back once");
+        self.unread = bytes;
+        self
     }
 
     /// The wrapped socket (for calls that are not plain reads and writes, e.g. sendfile).
@@ -130,6 +146,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
