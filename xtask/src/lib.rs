@@ -19,3 +19,11 @@ pub mod layout;
 pub mod monitoring;
 pub mod player;
 pub mod stack;
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}

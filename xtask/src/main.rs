@@ -26,8 +26,6 @@ mod prereq;
 mod run;
 mod testing;
 
-use std::path::{Path, PathBuf};
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -77,13 +75,7 @@ enum Cmd {
     Fuzz(fuzz::FuzzArgs),
 }
 
-/// The workspace root (xtask lives one level below it).
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent")
-        .to_path_buf()
-}
+use xtask::workspace;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();

@@ -285,9 +285,7 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
-    fn workspace() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-    }
+    use crate::workspace;
 
     fn names(expr: &str) -> BTreeSet<String> {
         promql_metric_names(expr).expect("valid PromQL")

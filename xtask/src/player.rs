@@ -100,6 +100,18 @@ impl Player {
             .collect()
     }
 
+    /// Waits up to 20 s for `f` to hold of this player; panics with `what` and the end of
+    /// ffmpeg's log when it does not (for tests).
+    pub fn wait_for(&self, what: &str, mut f: impl FnMut(&Player) -> bool) {
+        if test_kit::wait::try_wait_until(Duration::from_secs(20), || f(self)) {
+            return;
+        }
+        panic!(
+            "timed out waiting for: {what}\nplayer log tail:\n{}",
+            self.tail(40)
+        );
+    }
+
     /// The last lines ffmpeg printed (for failure messages).
     pub fn tail(&self, n: usize) -> String {
         let lines = self

@@ -109,6 +109,26 @@ impl StackConfig {
         }
     }
 
+    /// An end-to-end test's stack: [`StackConfig::in_namespaces`] on the workspace's debug
+    /// build, with a run directory of its own under the temp directory (named after `tag`).
+    /// Fails the test at once, saying what to run, when a service binary is not built.
+    pub fn for_test(
+        tag: &str,
+        pair: &test_kit::netns::Pair,
+        bpf: &test_kit::netns::BpfFs,
+    ) -> StackConfig {
+        let bin_dir = crate::workspace().join("target/debug");
+        let services = crate::layout::services();
+        let mut binaries: Vec<&str> = services
+            .iter()
+            .filter_map(crate::layout::Service::binary)
+            .collect();
+        binaries.dedup();
+        test_kit::process::require_binaries(&bin_dir, &binaries);
+        let run_dir = std::env::temp_dir().join(test_kit::netns::unique(tag));
+        StackConfig::in_namespaces(bin_dir, run_dir, pair, bpf)
+    }
+
     /// Where the drills inject faults into this stack: on its first origin (the primary of
     /// the two-origin stack).
     pub fn fault_site(&self) -> crate::faults::Site {

@@ -27,7 +27,6 @@
 use std::{
     io::{BufReader, Write as _},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -37,7 +36,6 @@ use std::{
 
 use test_kit::keepalive::Client;
 use test_kit::netns::{self, BpfFs, Pair};
-use test_kit::wait::try_wait_until;
 use test_kit::wait_until;
 use xtask::player::{Player, pts_holes, video_pts};
 use xtask::stack::{Stack, StackConfig, http_get};
@@ -50,13 +48,6 @@ const ORIGINS: usize = 4;
 const HEALTHZ_SERIES: &str = r#"origin_requests_total{class="healthz",status="200"}"#;
 /// Bound on one request of the test (connect, send, read).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Reads one HTTP/1.1 response of a `/healthz` request from `reader`: status 200 and the
 /// origin's `ok` body, else an error.
@@ -180,17 +171,6 @@ impl Origins<'_> {
     }
 }
 
-/// [`wait_until`] on the player, with its log tail when it does not happen.
-fn wait_player(player: &Player, what: &str, mut f: impl FnMut(&Player) -> bool) {
-    if try_wait_until(Duration::from_secs(20), || f(player)) {
-        return;
-    }
-    panic!(
-        "timed out waiting for: {what}\nplayer log tail:\n{}",
-        player.tail(40)
-    );
-}
-
 /// Requests made by a load thread: when each started, and whether it succeeded.
 type Log = Vec<(Instant, Result<(), String>)>;
 
@@ -218,15 +198,10 @@ fn load(
 #[test]
 fn balance_spreads_survives_a_kill_and_drains() {
     test_kit::process::require_root();
-    let ws = workspace();
-    test_kit::process::require_binaries(
-        &ws.join("target/debug"),
-        &["ingest", "packager", "origin", "switcher-ctl"],
-    );
     let pair = Pair::new();
     let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
-    let run_dir = std::env::temp_dir().join(netns::unique("bal"));
-    let mut cfg = StackConfig::in_namespaces(ws.join("target/debug"), run_dir.clone(), &pair, &bpf);
+    let mut cfg = StackConfig::for_test("bal", &pair, &bpf);
+    let (ws, run_dir) = (xtask::workspace(), cfg.run_dir.clone());
     cfg.origins = ORIGINS;
     cfg.switcher_args
         .extend(["--policy".into(), "balance".into()]);
@@ -284,14 +259,12 @@ fn balance_spreads_survives_a_kill_and_drains() {
     let rec = run_dir.join("rec-kill.ts");
     let mut player = Player::start(Some(&client_ns), &format!("http://{VIP}{PLAYLIST}"), &rec)
         .expect("start ffmpeg player");
-    wait_player(&player, "player loads 2 segments", |p| {
-        p.segments().len() >= 2
-    });
+    player.wait_for("player loads 2 segments", |p| p.segments().len() >= 2);
     // The kill lands between two of the player's requests, just after it started a segment
     // (as in e2e.rs's drills): ffmpeg skips the rest of a segment whose download is cut,
     // whatever the edge does, so a kill mid-response would test ffmpeg, not the edge.
     let n = player.segments().len();
-    wait_player(&player, "a new segment", |p| p.segments().len() > n);
+    player.wait_for("a new segment", |p| p.segments().len() > n);
     std::thread::sleep(Duration::from_millis(500));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -324,7 +297,7 @@ fn balance_spreads_survives_a_kill_and_drains() {
     );
     // The player goes on through the kill: two more segments.
     let n = player.segments().len();
-    wait_player(&player, "player goes on after the kill", |p| {
+    player.wait_for("player goes on after the kill", |p| {
         p.segments().len() >= n + 2
     });
     stop.store(true, Ordering::Relaxed);

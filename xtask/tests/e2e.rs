@@ -9,16 +9,11 @@
 //! into target/debug first). Namespaces, attachments, rules and processes are removed even on
 //! failure.
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use test_kit::browser;
 use test_kit::keepalive::Client;
 use test_kit::netns::{self, BpfFs, Pair};
-use test_kit::wait::try_wait_until;
 use test_kit::wait_until;
 use xtask::faults::{self, Fault, Site};
 use xtask::player::{Player, pts_holes, video_pts};
@@ -26,13 +21,6 @@ use xtask::stack::{Stack, StackConfig, http_get};
 
 const VIP: &str = "10.77.0.2:8080";
 const PLAYLIST: &str = "/hls/demo/index.m3u8";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Asserts the loaded MSNs are strictly consecutive.
 fn assert_no_gap_no_repeat(phase: &str, segs: &[u64], errors: &[String]) {
@@ -104,7 +92,7 @@ fn drill(
     // origin socket's reset is dropped by the partition too): asserted in the abort test and
     // measured by `cargo xtask bench failover`.
     let n = player.segments().len();
-    wait_player(&player, &format!("{name}: a new segment"), |p| {
+    player.wait_for(&format!("{name}: a new segment"), |p| {
         p.segments().len() > n
     });
     std::thread::sleep(Duration::from_millis(500));
@@ -118,7 +106,7 @@ fn drill(
     }
     // The player goes on through the fault: two more segments.
     let n = player.segments().len();
-    wait_player(&player, &format!("{name}: player goes on"), |p| {
+    player.wait_for(&format!("{name}: player goes on"), |p| {
         p.segments().len() >= n + 2
     });
     injected.restore(stack).expect("restore");
@@ -128,8 +116,7 @@ fn drill(
         || stack.active() == "primary",
     );
     let n = player.segments().len();
-    wait_player(
-        &player,
+    player.wait_for(
         &format!("{name}: player goes on after the switchback"),
         |p| p.segments().len() >= n + 2,
     );
@@ -198,29 +185,13 @@ fn drill(
     );
 }
 
-/// [`wait_until`] on the player, with its log tail when it does not happen.
-fn wait_player(player: &Player, what: &str, mut f: impl FnMut(&Player) -> bool) {
-    if try_wait_until(Duration::from_secs(20), || f(player)) {
-        return;
-    }
-    panic!(
-        "timed out waiting for: {what}\nplayer log tail:\n{}",
-        player.tail(40)
-    );
-}
-
 #[test]
 fn viewer_keeps_playing_through_origin_and_packager_failures() {
     test_kit::process::require_root();
-    let ws = workspace();
-    test_kit::process::require_binaries(
-        &ws.join("target/debug"),
-        &["ingest", "packager", "origin", "switcher-ctl"],
-    );
     let pair = Pair::new();
     let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
-    let run_dir = std::env::temp_dir().join(netns::unique("e2e"));
-    let mut cfg = StackConfig::in_namespaces(ws.join("target/debug"), run_dir.clone(), &pair, &bpf);
+    let mut cfg = StackConfig::for_test("e2e", &pair, &bpf);
+    let (ws, run_dir) = (xtask::workspace(), cfg.run_dir.clone());
     cfg.assets_dir = Some(ws.join("web/node_modules/hls.js/dist"));
     // A short drain, so that hls.js's keep-alive connections, left on the backup by a
     // switchback, are moved back to the primary before the next drill.

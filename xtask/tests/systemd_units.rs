@@ -21,13 +21,7 @@ use std::process::Command;
 
 use xtask::codegen;
 use xtask::layout::{self, INSTALL_DIR, Program};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent")
-        .to_path_buf()
-}
+use xtask::workspace;
 
 /// A directory removed on drop.
 struct TempDir(PathBuf);
