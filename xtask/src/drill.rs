@@ -3,9 +3,9 @@
 //! The faults are [`xtask::faults::Fault`] (kill, packager-kill, freeze, 5xx, slow, partition,
 //! truncate, ctl-restart), the same the end-to-end drill test injects.
 //!
-//! The drill talks to the `run` process through files in the run directory: `pids/<service>`
-//! (written by `run`) to find processes, `control/<service>.start` to ask `run` to start a
-//! service again (so it stays `run`'s child and Ctrl-C still stops it).
+//! The drill talks to the `run` process through its run directory: `pids/<service>` (written
+//! by `run`) to find processes, and the control socket ([`crate::control`]) to ask `run` to
+//! start a service again (so it stays `run`'s child and Ctrl-C still stops it).
 
 use std::{
     path::{Path, PathBuf},
@@ -22,7 +22,7 @@ use xtask::stack::{self, http_get};
 use crate::prereq;
 
 /// The services of a `cargo xtask run`, reached through its pid files and its control
-/// directory (a restarted service stays `run`'s child, so Ctrl-C still stops it).
+/// socket (a restarted service stays `run`'s child, so Ctrl-C still stops it).
 struct RunProcesses {
     run_dir: PathBuf,
 }
@@ -32,7 +32,7 @@ impl Processes for RunProcesses {
         signal(pid(&self.run_dir, name)?, sig)
     }
     fn start(&mut self, name: &str) -> Result<()> {
-        request_start(&self.run_dir, name)
+        crate::control::request_start(&self.run_dir, name)
     }
 }
 
@@ -135,13 +135,6 @@ fn signal(pid: i32, sig: i32) -> Result<()> {
     if unsafe { libc::kill(pid, sig) } != 0 {
         bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
     }
-    Ok(())
-}
-
-fn request_start(run_dir: &Path, name: &str) -> Result<()> {
-    let dir = run_dir.join("control");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(format!("{name}.start")), b"")?;
     Ok(())
 }
 

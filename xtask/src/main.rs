@@ -16,9 +16,11 @@
 //! * `bench/`: one module per benchmark.
 //! * `stack`: starting and stopping the services (`run`, drills, end-to-end tests).
 //! * `drill`: fault injection against a running stack.
+//! * `control`: the unix socket through which a drill asks `run` to start a service again.
 //! * `fuzz`: cargo-fuzz (libFuzzer) runs of `fuzz/`.
 
 mod bench;
+mod control;
 mod drill;
 mod fuzz;
 mod lab_run;

@@ -155,7 +155,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join("\n            "),
     );
-    let control = run_dir.join("control");
+    let requests = crate::control::listen(&run_dir)?;
     let mut tick = 0u64;
     while !stop.load(Ordering::SeqCst) {
         if tick.is_multiple_of(10) {
@@ -164,19 +164,17 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
             let _ = std::io::stdout().flush();
         }
         tick += 1;
-        // Drills ask for a service to be started again through control/<name>.start.
-        if let Ok(entries) = std::fs::read_dir(&control) {
-            for e in entries.flatten() {
-                let file = e.file_name().to_string_lossy().into_owned();
-                if let Some(name) = file.strip_suffix(".start") {
-                    let _ = std::fs::remove_file(e.path());
-                    let _ = stack.kill(name, libc::SIGKILL);
-                    match stack.start(name) {
-                        Ok(()) => eprintln!("\nxtask: restarted {name} (drill)"),
-                        Err(e) => eprintln!("\nxtask: restarting {name}: {e:#}"),
-                    }
-                }
+        // Drills ask for a service to be started again (a request on the control socket),
+        // so it stays our child; between requests this waits one tick.
+        if let Ok(request) = requests.recv_timeout(Duration::from_millis(100)) {
+            let name = request.service.clone();
+            let _ = stack.kill(&name, libc::SIGKILL);
+            let started = stack.start(&name);
+            match &started {
+                Ok(()) => eprintln!("\nxtask: restarted {name} (drill)"),
+                Err(e) => eprintln!("\nxtask: restarting {name}: {e:#}"),
             }
+            request.answer(&started);
         }
         for (name, svc) in stack.services.iter_mut() {
             if let Some(child) = svc.child.as_mut()
@@ -189,7 +187,6 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
                 svc.child = None;
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
     println!("\nxtask: stopping");
     stack.stop();
