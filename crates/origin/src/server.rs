@@ -1,23 +1,23 @@
-//! Connection handling: accept loop, connection caps (global and per source address), TLS
-//! handshake, HTTP/1.1 (plain: [`crate::h1`], with `sendfile`) + h2 (hyper, auto), the
-//! connection watchdog, and the bounded graceful drain at shutdown.
+//! Connection handling: the accept loop (the service crate's [`service::accept::accept_loop`]:
+//! global connection cap taken before `accept`, accept-error backoff, bounded graceful drain
+//! at shutdown), the per-source-address cap, TLS handshake, HTTP/1.1 (plain: [`crate::h1`],
+//! with `sendfile`) + h2 (hyper, auto), and the connection watchdog.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::Watcher;
+use service::accept::AcceptLimits;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::activity::{Activity, Expiry, Tracked};
@@ -29,9 +29,6 @@ use crate::h1;
 use crate::handler::{self, App};
 use crate::metrics::Metrics;
 use crate::tls;
-
-/// Pause after a failed `accept` (typically EMFILE) so the loop does not spin on it.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accept backlog of each listener [`bind_shards`] makes (tokio's own default).
 const LISTEN_BACKLOG: libc::c_int = 1024;
@@ -265,72 +262,48 @@ pub fn bind_shards(addr: SocketAddr, shards: usize) -> std::io::Result<Vec<std::
     Ok(listeners)
 }
 
-/// One accept loop until `shutdown`, then the bounded drain.
+/// One accept loop until `shutdown`, then the bounded drain: the service crate's
+/// [`accept_loop`] (global cap taken before `accept`, accept-error backoff, bounded drain),
+/// with the origin's per-address cap on each accepted connection.
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let limit = shared.limit.clone();
-    let graceful = GracefulShutdown::new();
-    // Tells connections served by [`h1`] to close once idle; hyper's are told by `graceful`.
+    // Tells connections served by [`h1`] to close once idle; hyper's are told by the
+    // graceful-shutdown watcher each connection gets.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-
-    tokio::pin!(shutdown);
-    loop {
-        // Take a connection slot before accepting: beyond the cap, clients wait in the
-        // kernel backlog instead of costing us a task and buffers.
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        // Reap finished connection tasks so the set holds at most the open connections.
-        while tasks.try_join_next().is_some() {}
-        let Some(slot) = shared.per_address.acquire(peer.ip()) else {
-            // Closing at once (not waiting in the backlog) so one address cannot hold the
-            // global cap's slots, and the client learns it now.
-            shared.app.metrics.refused.inc();
-            tracing::debug!(%peer, "refused: source address at its connection cap");
-            drop(stream);
-            continue;
-        };
-        tasks.spawn(connection(
-            shared.clone(),
-            stream,
-            peer,
-            (permit, slot),
-            graceful.watcher(),
-            stop_rx.clone(),
-        ));
-    }
-
-    drop(listener);
-    let _ = stop_tx.send(true);
-    tracing::info!(open = tasks.len(), grace = ?shared.config.shutdown_grace, "shutting down");
-    let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
-        graceful.shutdown().await;
-        while tasks.join_next().await.is_some() {}
-    })
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let limits = AcceptLimits {
+        slots: shared.limit.clone(),
+        shutdown_grace: shared.config.shutdown_grace,
+    };
+    service::accept::accept_loop(
+        listener,
+        limits,
+        shutdown,
+        |stream, peer, permit, watcher| {
+            let Some(slot) = shared.per_address.acquire(peer.ip()) else {
+                // Closing at once (not waiting in the backlog) so one address cannot hold the
+                // global cap's slots, and the client learns it now.
+                shared.app.metrics.refused.inc();
+                tracing::debug!(%peer, "refused: source address at its connection cap");
+                return None;
+            };
+            Some(connection(
+                shared.clone(),
+                stream,
+                peer,
+                (permit, slot),
+                watcher,
+                stop_rx.clone(),
+            ))
+        },
+    )
     .await;
-    if drained.is_err() {
-        tracing::warn!(
-            left = tasks.len(),
-            "grace period over, dropping remaining connections"
-        );
-        tasks.shutdown().await;
-    }
     Ok(())
 }
 

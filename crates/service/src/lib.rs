@@ -6,10 +6,13 @@
 //! port 0 and a shutdown future of their own.
 //!
 //! # Layout
+//! - [`accept`]: the accept loop every server runs, admin endpoints and the origin's data
+//!   port alike: connection cap taken before `accept`, accept-error backoff, bounded drain at
+//!   shutdown.
 //! - [`server`]: [`serve_admin`], the hardened HTTP/1.1 server for admin endpoints
-//!   (`/metrics`, `/healthz`, status pages, control sockets) over TCP or a unix socket:
-//!   connection cap, header-read deadline, request-head bound, accept-error backoff,
-//!   bounded drain at shutdown. [`Router`] is what a binary plugs in.
+//!   (`/metrics`, `/healthz`, status pages, control sockets) over TCP or a unix socket: the
+//!   accept loop, plus a header-read deadline and a request-head bound. [`Router`] is what a
+//!   binary plugs in.
 //! - [`http`]: small response helpers and [`http::metrics_router`], the `/metrics` +
 //!   `/healthz` router of the services that only export metrics.
 //! - [`shutdown`]: [`shutdown_signal`], SIGTERM or SIGINT.
@@ -19,6 +22,7 @@
 //!   ([`config::seconds`]) used by `validate()`.
 #![deny(missing_docs)]
 
+pub mod accept;
 pub mod config;
 pub mod http;
 pub mod server;

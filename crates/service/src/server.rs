@@ -3,20 +3,15 @@
 //!
 //! What a peer can make it spend is bounded, so a scraper gone wrong, a port scanner or a
 //! slowloris client cannot take the service's admin endpoint (or the service) down:
-//! - **Connection cap** ([`Limits::max_connections`]): a slot is taken *before* `accept`, so
-//!   clients beyond the cap wait in the kernel's accept backlog instead of costing a task and
-//!   buffers; each is accepted as soon as a slot frees.
+//! - **Connection cap** ([`Limits::max_connections`]), **accept-error backoff** and **bounded
+//!   drain** ([`Limits::shutdown_grace`]): the accept loop the origin's data port runs too,
+//!   [`crate::accept::accept_loop`] (its docs say how each works).
 //! - **Header-read deadline** ([`Limits::header_read_timeout`]): a request head must arrive
 //!   within it. hyper starts this timer when it starts waiting for a head, so it also closes
 //!   a connection that never sends anything and an idle keep-alive connection.
 //! - **Request-head bound** ([`Limits::max_head_bytes`]): a larger head is answered 431 and
 //!   the connection closed. Bodies are the router's business: it reads them with a limit
 //!   (`http_body_util::Limited`) and a timeout, or not at all.
-//! - **Accept-error backoff** ([`ACCEPT_ERROR_BACKOFF`]): a failed `accept` (EMFILE, ENFILE,
-//!   ENOBUFS) is logged and retried after a pause; retrying at once would spin a core on an
-//!   error that only time (connections closing) can clear.
-//! - **Bounded drain**: when `shutdown` resolves the listener is closed, requests in flight
-//!   get [`Limits::shutdown_grace`] to finish, and whatever is left is dropped.
 //!
 //! Each call serves one listener with its own cap: a service with a read-only TCP endpoint
 //! and a state-changing unix socket calls [`serve_admin_with`] twice (with two routers), so a
@@ -35,14 +30,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
-/// Pause after a failed `accept` before the next attempt (see the module docs).
-pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+use crate::accept::{Accept, AcceptLimits, accept_loop};
+
+pub use crate::accept::ACCEPT_ERROR_BACKOFF;
 
 /// Smallest request-head buffer hyper accepts; larger than any admin request needs.
 pub const MIN_HEAD_BYTES: usize = 8192;
@@ -70,6 +63,12 @@ pub fn root_or_same_user(peer: &Peer) -> bool {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
     matches!(peer, Peer::Unix { uid: Some(uid), .. } if *uid == 0 || *uid == me)
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Peer::Tcp(addr)
+    }
 }
 
 /// Admits every peer (the default of [`Limits::admit`]).
@@ -193,30 +192,15 @@ pub async fn serve_admin_with(
 ) {
     let router = Arc::new(router);
     match listener.into() {
-        Listener::Tcp(l) => accept_loop(l, router, limits, shutdown).await,
-        Listener::Unix(l) => accept_loop(l, router, limits, shutdown).await,
+        Listener::Tcp(l) => serve_on(l, router, limits, shutdown).await,
+        Listener::Unix(l) => serve_on(l, router, limits, shutdown).await,
     }
 }
 
-/// The accept side of a listener, so one loop serves both kinds (and tests can inject
-/// failures).
-pub(crate) trait Accept: Send {
-    /// The accepted connection.
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// The next connection and who it is from.
-    fn accept(&mut self) -> impl Future<Output = std::io::Result<(Self::Io, Peer)>> + Send;
-}
-
-impl Accept for TcpListener {
-    type Io = TcpStream;
-    async fn accept(&mut self) -> std::io::Result<(TcpStream, Peer)> {
-        let (stream, addr) = TcpListener::accept(self).await?;
-        Ok((stream, Peer::Tcp(addr)))
-    }
-}
-
+/// A unix socket client, with its credentials from `SO_PEERCRED`.
 impl Accept for UnixListener {
     type Io = UnixStream;
+    type Addr = Peer;
     async fn accept(&mut self) -> std::io::Result<(UnixStream, Peer)> {
         let (stream, _) = UnixListener::accept(self).await?;
         let peer = match stream.peer_cred() {
@@ -236,71 +220,49 @@ impl Accept for UnixListener {
     }
 }
 
-pub(crate) async fn accept_loop<A: Accept>(
-    mut listener: A,
+/// The accept loop on one listener, each admitted connection served by hyper's HTTP/1.
+async fn serve_on<A>(
+    listener: A,
     router: Arc<impl Router>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+) where
+    A: Accept,
+    A::Addr: Into<Peer>,
+{
     let builder = builder(&limits);
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        // A slot before accepting: beyond the cap, clients wait in the kernel backlog.
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let (io, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?ACCEPT_ERROR_BACKOFF, "admin accept failed");
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
-                    }
-                }
-            },
-        };
-        // Reap finished connections so the set holds at most the open ones.
-        while connections.try_join_next().is_some() {}
-        if !(limits.admit)(&peer) {
-            tracing::warn!(?peer, "admin peer refused");
-            continue;
-        }
-        let service = {
-            let (router, peer) = (router.clone(), peer.clone());
-            hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(peer.clone());
-                let response = router.route(request);
-                async move { Ok::<_, Infallible>(response.await) }
-            })
-        };
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
-        connections.spawn(async move {
-            let _slot = permit;
-            if let Err(e) = connection.await {
-                tracing::debug!(?peer, error = %e, "admin connection ended with an error");
+    let accept_limits = AcceptLimits {
+        slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        shutdown_grace: limits.shutdown_grace,
+    };
+    accept_loop(
+        listener,
+        accept_limits,
+        shutdown,
+        |io, addr, slot, watcher| {
+            let peer: Peer = addr.into();
+            if !(limits.admit)(&peer) {
+                tracing::warn!(?peer, "admin peer refused");
+                return None;
             }
-        });
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(limits.shutdown_grace, async {
-        graceful.shutdown().await;
-        while connections.join_next().await.is_some() {}
-    })
+            let service = {
+                let (router, peer) = (router.clone(), peer.clone());
+                hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(peer.clone());
+                    let response = router.route(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                })
+            };
+            let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+            Some(async move {
+                let _slot = slot;
+                if let Err(e) = connection.await {
+                    tracing::debug!(?peer, error = %e, "admin connection ended with an error");
+                }
+            })
+        },
+    )
     .await;
-    if drained.is_err() {
-        tracing::debug!(
-            left = connections.len(),
-            "admin drain time over, dropping the remaining connections"
-        );
-        connections.shutdown().await;
-    }
 }
 
 fn builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
@@ -315,63 +277,6 @@ fn builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A listener whose every accept fails, as on EMFILE, and that counts the attempts.
-    struct Failing(Arc<AtomicUsize>);
-
-    impl Accept for Failing {
-        type Io = tokio::io::DuplexStream;
-        async fn accept(&mut self) -> std::io::Result<(Self::Io, Peer)> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            // Returning to the scheduler, as a real failed accept does, so that a loop
-            // without backoff spins visibly instead of starving this test.
-            tokio::task::yield_now().await;
-            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
-        }
-    }
-
-    async fn not_found(_: Request<Incoming>) -> Response<Full<Bytes>> {
-        crate::http::text(hyper::StatusCode::NOT_FOUND, "not found\n")
-    }
-
-    /// Time is paused and only moves when the test moves it: the loop may try `accept` once
-    /// per backoff interval, however many times the scheduler runs it.
-    #[tokio::test(start_paused = true)]
-    async fn failed_accepts_are_retried_once_per_backoff_not_in_a_spin() {
-        let attempts = Arc::new(AtomicUsize::new(0));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(accept_loop(
-            Failing(attempts.clone()),
-            Arc::new(not_found),
-            Limits::default(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        // Many scheduler turns at one instant: a spinning loop would try on each of them.
-        for _ in 0..1000 {
-            tokio::task::yield_now().await;
-        }
-        let at_once = attempts.load(Ordering::SeqCst);
-        assert_eq!(at_once, 1, "accept retried without waiting");
-        // Ten backoff intervals of (virtual) time: about ten more attempts, not thousands.
-        for _ in 0..10 {
-            tokio::time::advance(ACCEPT_ERROR_BACKOFF).await;
-            for _ in 0..100 {
-                tokio::task::yield_now().await;
-            }
-        }
-        let later = attempts.load(Ordering::SeqCst);
-        assert!(
-            (at_once + 9..=at_once + 11).contains(&later),
-            "{later} attempts over 10 backoff intervals"
-        );
-        stop.send(()).expect("server still running");
-        server
-            .await
-            .expect("the loop ends at shutdown, even while backing off");
-    }
 
     #[test]
     fn only_root_or_our_own_user_passes_the_socket_check() {
