@@ -554,13 +554,10 @@ fn wrk_section(out: &mut String) {
         let pair = Pair::new();
         let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
         let _origin = start_origin(&pair.edge, &root, "0.0.0.0:8081");
-        let cfg = AttachConfig::native(
+        let cfg = AttachConfig::primary_backup(
             &pair.edge_if,
             format!("{EDGE_V4}:8080").parse().unwrap(),
-            vec![
-                "0.0.0.0:8081".parse().unwrap(),
-                "0.0.0.0:8082".parse().unwrap(),
-            ],
+            std::net::Ipv4Addr::UNSPECIFIED.into(),
             bpf.pin_root(),
         );
         let dp = pair.edge.run(move || {
@@ -827,13 +824,10 @@ fn main() {
 /// The data plane on `lo` with the VIP and both origins on 127.0.0.1 (native XDP by default;
 /// callers set the mode).
 fn loopback_config(pin_root: std::path::PathBuf) -> AttachConfig {
-    AttachConfig::native(
+    AttachConfig::primary_backup(
         "lo",
         "127.0.0.1:8080".parse().unwrap(),
-        vec![
-            "127.0.0.1:8081".parse().unwrap(),
-            "127.0.0.1:8082".parse().unwrap(),
-        ],
+        std::net::Ipv4Addr::LOCALHOST.into(),
         pin_root,
     )
 }

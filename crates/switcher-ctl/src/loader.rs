@@ -142,6 +142,23 @@ impl AttachConfig {
             dsr: false,
         }
     }
+
+    /// [`AttachConfig::native`] with the default two origins (the contract's primary on
+    /// 8081 and backup on 8082, see [`crate::config::DEFAULT_PRIMARY`]) at `origin_ip`; the
+    /// unspecified address stands for the VIP's own. What the namespace tests and the
+    /// data-path benchmark attach.
+    pub fn primary_backup(
+        iface: &str,
+        vip: SocketAddr,
+        origin_ip: IpAddr,
+        pin_root: PathBuf,
+    ) -> Self {
+        let origins = [8081, 8082]
+            .into_iter()
+            .map(|port| SocketAddr::new(origin_ip, port))
+            .collect();
+        Self::native(iface, vip, origins, pin_root)
+    }
 }
 
 /// The data plane's maps, opened from their pins. Implements [`DataPlane`].

@@ -394,13 +394,10 @@ fn edge_with_hung_primary(pair: &Pair, bpf: &BpfFs) -> Pinned {
         half_hung_origin(TcpListener::bind("[::]:8081").expect("bind 8081"));
         serve(TcpListener::bind("[::]:8082").expect("bind 8082"), "backup");
     });
-    let cfg = AttachConfig::native(
+    let cfg = AttachConfig::primary_backup(
         &pair.edge_if,
         "10.77.0.2:8080".parse().expect("vip"),
-        vec![
-            "10.77.0.2:8081".parse().expect("primary"),
-            "10.77.0.2:8082".parse().expect("backup"),
-        ],
+        "10.77.0.2".parse().expect("origin address"),
         bpf.pin_root(),
     );
     pair.edge.run(move || {

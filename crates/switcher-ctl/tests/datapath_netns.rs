@@ -46,13 +46,10 @@ fn start_origins(ns: &Netns) {
 /// The edge's data plane on its veth: native XDP, the VIP on the edge's IPv4 address, the two
 /// origins of `start_origins` on this host.
 fn edge_config(pair: &Pair, bpf: &BpfFs) -> AttachConfig {
-    AttachConfig::native(
+    AttachConfig::primary_backup(
         &pair.edge_if,
         format!("{EDGE_V4}:8080").parse().unwrap(),
-        vec![
-            "0.0.0.0:8081".parse().unwrap(),
-            "0.0.0.0:8082".parse().unwrap(),
-        ],
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
         bpf.pin_root(),
     )
 }
