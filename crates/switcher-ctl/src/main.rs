@@ -199,13 +199,7 @@ fn decap_cmd(args: DecapArgs) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ::service::init_tracing();
     let cli: Cli = config_schema::parse(config::DEPRECATED_ENV);
     let result = match cli.command {
         Command::Run(config) => run(*config),
@@ -335,7 +329,7 @@ fn run(config: Config) -> Result<ExitCode> {
             config,
             Box::new(pinned),
             listeners,
-            service::shutdown_signal(),
+            ::service::shutdown_signal(),
         )
         .await
         .context("service")

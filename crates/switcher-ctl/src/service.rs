@@ -197,20 +197,3 @@ fn announcer(config: &Config) -> Option<crate::announce::Announcer> {
     }
     v4.map(crate::announce::Announcer::new)
 }
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut int, mut term) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(i), Ok(t)) => (i, t),
-        // Without signal handlers the process still dies on the default action.
-        _ => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT"),
-        _ = term.recv() => tracing::info!("SIGTERM"),
-    }
-}
