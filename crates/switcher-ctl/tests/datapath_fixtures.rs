@@ -402,10 +402,15 @@ impl Harness {
         flows.iter().filter_map(Result::ok).collect()
     }
 
+    /// The pending handshakes: the non-empty slots of the handshake table, by key.
     fn handshakes(&self) -> Vec<(FlowKey, Handshake)> {
-        let hs: HashMap<_, FlowKey, Handshake> =
-            HashMap::try_from(self.ebpf.map(map_names::HANDSHAKES).unwrap()).unwrap();
-        hs.iter().filter_map(Result::ok).collect()
+        let hs: Array<_, Handshake> =
+            Array::try_from(self.ebpf.map(map_names::HANDSHAKES).unwrap()).unwrap();
+        hs.iter()
+            .filter_map(Result::ok)
+            .filter(|h| h.key.family != 0)
+            .map(|h| (h.key, h))
+            .collect()
     }
 
     /// The origin `client`'s entry in `map` is pinned to, if it has one.

@@ -11,13 +11,12 @@ use aya_ebpf::{
 use switcher_common::{
     flow_hash::{jhash2, FLOW_HASH_SEED},
     Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING,
-    FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS,
-    ORIGIN_CONFIGURED, ORIGIN_REMOTE, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4,
-    VIP_HAS_V6,
+    FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
 
 use crate::{
-    maps::{CONFIG, FLOWS, HANDSHAKES, MAGLEV, MAGLEV_LIVE, ORIGINS, STATS},
+    maps::{handshake_slot_mask, CONFIG, FLOWS, HANDSHAKES, MAGLEV, MAGLEV_LIVE, ORIGINS, STATS},
     packet::{eth_addrs, tcp, EthAddrs, Tcp},
 };
 
@@ -187,16 +186,24 @@ fn addr_words(a: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// The flow's Maglev hash, word for word what switcher-ctl's `maglev::flow_hash_v4/v6`
-/// compute: `[src addr, dst addr, ports, proto]`, each word the packet's bytes read as a
-/// little-endian u32 (the ports word is the first 4 bytes of the TCP header: `sport` and
-/// `dport` hold the wire bytes, so on bpfel `sport | dport << 16` is that load).
+/// The Maglev hash of a connection from `client:client_port` to `server:server_port` (ports
+/// in network order), word for word what switcher-ctl's `maglev::flow_hash_v4/v6` compute:
+/// `[src addr, dst addr, ports, proto]`, each word the packet's bytes read as a little-endian
+/// u32 (the ports word is the first 4 bytes of the TCP header: ports hold the wire bytes, so
+/// on bpfel `sport | dport << 16` is that load). It also places the connection in the
+/// handshake table (see `switcher_common::Handshake`).
 #[inline(always)]
-fn flow_hash(t: &Tcp) -> u32 {
-    let ports = u32::from(t.sport) | u32::from(t.dport) << 16;
-    let s = addr_words(&t.saddr);
-    let d = addr_words(&t.daddr);
-    if t.family == FAMILY_V4 {
+fn conn_hash(
+    family: u16,
+    client: &[u8; 16],
+    client_port: u16,
+    server: &[u8; 16],
+    server_port: u16,
+) -> u32 {
+    let ports = u32::from(client_port) | u32::from(server_port) << 16;
+    let s = addr_words(client);
+    let d = addr_words(server);
+    if family == FAMILY_V4 {
         jhash2(&[s[0], d[0], ports, PROTO_TCP], FLOW_HASH_SEED)
     } else {
         jhash2(
@@ -208,13 +215,19 @@ fn flow_hash(t: &Tcp) -> u32 {
     }
 }
 
-/// The origin index the live Maglev table gives the flow `t`, if it names one (an empty
+/// The hash of the flow of request `t` (client -> VIP), see [`conn_hash`].
+#[inline(always)]
+pub(crate) fn flow_hash(t: &Tcp) -> u32 {
+    conn_hash(t.family, &t.saddr, t.sport, &t.daddr, t.dport)
+}
+
+/// The origin index the live Maglev table gives a flow of hash `hash`, if it names one (an empty
 /// table holds `MAGLEV_NO_ORIGIN`, which is out of range).
 #[inline(always)]
-fn maglev_origin(t: &Tcp) -> Option<u32> {
+fn maglev_origin(hash: u32) -> Option<u32> {
     let live = *MAGLEV_LIVE.get(0)?;
     let table = MAGLEV.get(live)?;
-    let slot = flow_hash(t) % MAGLEV_SIZE;
+    let slot = hash % MAGLEV_SIZE;
     // The verifier does not bound the result of `%`, and LLVM drops a range check it can prove
     // redundant; reading the slot back through a volatile load hides the proof from LLVM, so
     // the check stays and the verifier sees the table access bounded.
@@ -230,14 +243,15 @@ fn maglev_origin(t: &Tcp) -> Option<u32> {
 
 /// The origin a new flow goes to: the live Maglev table's choice, or, with
 /// [`VIP_CHECK_LISTENER`] and no socket on that origin's port, the first other configured
-/// origin that has one. Returns (index, origin, fell back).
+/// origin that has one. `hash` is `t`'s [`flow_hash`]. Returns (index, origin, fell back).
 #[inline(always)]
 pub(crate) fn new_flow_origin(
     ctx: *mut c_void,
     t: &Tcp,
     vip: &VipConfig,
+    hash: u32,
 ) -> Option<(u32, &'static Origin, bool)> {
-    let index = maglev_origin(t)?;
+    let index = maglev_origin(hash)?;
     let o = origin(index)?;
     if vip.flags & VIP_CHECK_LISTENER == 0 || alive(ctx, t, &o) {
         return Some((index, o, false));
@@ -260,8 +274,10 @@ pub enum Decision {
     /// Rewrite it toward this origin.
     Steer(Target),
     /// Not a SYN, and no flow or handshake knows it: pass it unchanged to this host's stack,
-    /// which resets it (nothing listens on the VIP). Counted `untracked`.
-    Untracked,
+    /// which resets it (nothing listens on the VIP). Counted `untracked`. The flow hash of the
+    /// packet (for `encap::adopt`, which steers it statelessly when new flows go to a remote
+    /// origin).
+    Untracked(u32),
     /// A new connection but no usable origin: pass it; the stack resets it.
     NoOrigin,
     /// A request on a flow finishing its last response from a retired origin
@@ -290,11 +306,12 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 ///   a spoofed SYN cannot move a viewer's flow), unless the origin has closed the flow
 ///   (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow, steered by the table.
 /// * Any other SYN goes to the origin the Maglev table gives its 5-tuple (or, see
-///   [`new_flow_origin`], a live one) and is recorded in `HANDSHAKES`, never in `FLOWS`: a
-///   spoofed SYN flood evicts only other handshakes.
+///   [`new_flow_origin`], a live one) and is recorded in its `HANDSHAKES` slot (the same flow
+///   hash picks both), never in `FLOWS`: a spoofed SYN flood overwrites only other handshakes.
 /// * A non-SYN packet of a handshake goes to the handshake's origin. When it acknowledges the
 ///   origin's initial sequence number + 1 (recorded by TC egress from the SYN-ACK), the client
-///   has seen the SYN-ACK, so its address is real: the connection moves to `FLOWS`.
+///   has seen the SYN-ACK, so its address is real: the connection enters `FLOWS` (the LRU
+///   insert happens here, not on the SYN) and the slot is emptied.
 /// * Any other packet creates nothing and passes to the stack ([`Decision::Untracked`]): a
 ///   flow deleted because its origin was retired gets a reset from the VIP that way, and so
 ///   does a bare-ACK flood, which cannot fill the tables.
@@ -333,23 +350,17 @@ pub fn steer_request(
             return match origin(index) {
                 Some(o) => Decision::Steer(target(index, &o, t.family)),
                 // Its origin slot was emptied (a restart with fewer origins): the flow is over.
-                None => Decision::Untracked,
+                None => Decision::Untracked(flow_hash(t)),
             };
         }
     }
+    // One hash for the Maglev slot of a new flow and the handshake table's slot.
+    let hash = flow_hash(t);
     if t.is_syn() {
-        let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip) else {
+        let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip, hash) else {
             return Decision::NoOrigin;
         };
-        let hs = Handshake {
-            origin: index,
-            flags: 0,
-            expect_ack: 0,
-            reserved: 0,
-        };
-        // An insert can only fail on memory pressure; the SYN is still steered and its
-        // retransmission tries again.
-        let _ = HANDSHAKES.insert(&key, &hs, 0);
+        record_handshake(&key, hash, index);
         count(index, |c| {
             c.new_flows += 1;
             if fell_back {
@@ -358,23 +369,104 @@ pub fn steer_request(
         });
         return Decision::Steer(target(index, &o, t.family));
     }
-    // SAFETY: copied out at once (see above).
-    let Some(hs) = (unsafe { HANDSHAKES.get(&key) }).copied() else {
-        return Decision::Untracked;
+    let Some((slot, hs_origin)) = handshake_of(&key, hash) else {
+        return Decision::Untracked(hash);
     };
-    let Some(o) = origin(hs.origin) else {
-        return Decision::Untracked;
+    let Some(o) = origin(hs_origin) else {
+        return Decision::Untracked(hash);
     };
     // A remote (DSR) origin's SYN-ACK never crosses the edge: its handshake completes on the
     // client's first ACK (see `encap`, "Flow state without replies").
     let remote = o.flags & ORIGIN_REMOTE != 0;
     if t.flags & tcp::ACK != 0
-        && (remote || hs.flags & HANDSHAKE_ISN_SEEN != 0 && t.ack_seq == hs.expect_ack)
-        && promote(&key, hs.origin, t.ack_seq, &eth_addrs(frame.0, frame.1))
+        && (remote || isn_matches(slot, hash, t.ack_seq))
+        && promote(&key, hs_origin, t.ack_seq, &eth_addrs(frame.0, frame.1))
     {
-        count(hs.origin, |c| c.established += 1);
+        clear_handshake(slot, hash);
+        count(hs_origin, |c| c.established += 1);
     }
-    Decision::Steer(target(hs.origin, &o, t.family))
+    Decision::Steer(target(hs_origin, &o, t.family))
+}
+
+/// Writes the handshake of a new connection (`key`, flow hash `hash`, pinned to `origin`) into
+/// its slot, whatever the slot held (see `switcher_common::Handshake`): the ISN word first
+/// (no ISN: `isn_tag = !hash`), then the key, then `tag` and `origin` in one store.
+#[inline(always)]
+fn record_handshake(key: &FlowKey, hash: u32, origin: u32) {
+    let Some(slot) = HANDSHAKES.get_ptr_mut(hash & handshake_slot_mask()) else {
+        return;
+    };
+    let k = key.words();
+    // SAFETY: a pointer into the array value (8-byte aligned, 40 bytes: `Handshake`'s layout,
+    // asserted in switcher-common); aligned stores of the value's own words.
+    unsafe {
+        let words = slot.cast::<u64>();
+        words.add(1).write_volatile(u64::from(!hash) << 32);
+        let key_words = core::ptr::addr_of_mut!((*slot).key).cast::<u32>();
+        let mut i = 0;
+        while i < 5 {
+            key_words.add(i).write_volatile(k[i]);
+            i += 1;
+        }
+        words.write_volatile(u64::from(hash) | u64::from(origin) << 32);
+    }
+}
+
+/// The handshake slot holding the connection `key` of flow hash `hash`, and its origin: the
+/// slot's `tag` is `hash` and its key is `key` (a slot since overwritten, emptied, or mixed by
+/// two writers holds neither).
+#[inline(always)]
+fn handshake_of(key: &FlowKey, hash: u32) -> Option<(*mut Handshake, u32)> {
+    let slot = HANDSHAKES.get_ptr_mut(hash & handshake_slot_mask())?;
+    let k = key.words();
+    // SAFETY: as in `record_handshake`; aligned loads. `tag` and `origin` are read in one load,
+    // as they are written, so the origin is the one written with this tag.
+    unsafe {
+        let meta = slot.cast::<u64>().read_volatile();
+        if meta as u32 != hash {
+            return None;
+        }
+        let s = (*slot).key.words();
+        if s[0] != k[0] || s[1] != k[1] || s[2] != k[2] || s[3] != k[3] || s[4] != k[4] {
+            return None;
+        }
+        Some((slot, (meta >> 32) as u32))
+    }
+}
+
+/// Whether the handshake in `slot` (flow hash `hash`) recorded its origin's SYN-ACK and the
+/// client acknowledges exactly that ISN + 1: `expect_ack` and `isn_tag` are read in one load.
+#[inline(always)]
+fn isn_matches(slot: *mut Handshake, hash: u32, ack_seq: u32) -> bool {
+    // SAFETY: as in `record_handshake`.
+    let isn = unsafe { slot.cast::<u64>().add(1).read_volatile() };
+    (isn >> 32) as u32 == hash && isn as u32 == ack_seq
+}
+
+/// Records the origin's SYN-ACK in the handshake `slot` of flow hash `hash`: the ACK that
+/// completes the handshake must acknowledge `seq + 1`. One store of `expect_ack` and `isn_tag`.
+#[inline(always)]
+fn record_isn(slot: *mut Handshake, hash: u32, seq: u32) {
+    // SAFETY: as in `record_handshake`.
+    unsafe {
+        slot.cast::<u64>()
+            .add(1)
+            .write_volatile(u64::from(seq.wrapping_add(1)) | u64::from(hash) << 32)
+    }
+}
+
+/// Empties the handshake `slot` (flow hash `hash`): a tag that is not `hash`, and a key of
+/// family 0 (what user space counts as empty).
+#[inline(always)]
+fn clear_handshake(slot: *mut Handshake, hash: u32) {
+    // SAFETY: as in `record_handshake`; the key's last word is its port and family.
+    unsafe {
+        slot.cast::<u64>().write_volatile(u64::from(!hash));
+        core::ptr::addr_of_mut!((*slot).key)
+            .cast::<u32>()
+            .add(4)
+            .write_volatile(0);
+    }
 }
 
 /// Keeps the flow's `client_ack` at the newest acknowledgment number the client sent, for an
@@ -396,10 +488,11 @@ fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
     }
 }
 
-/// Moves a completed handshake to the flow table, with the client's acknowledgment number and
-/// the frame's Ethernet addresses (an edge reset's sequence number and addresses). False when
-/// the insert failed (memory pressure); the handshake entry then stays and the next ACK tries
-/// again.
+/// Enters a completed handshake in the flow table, with the client's acknowledgment number and
+/// the frame's Ethernet addresses (an edge reset's sequence number and addresses): the one LRU
+/// insert of a connection, made on the ACK that only a client that saw the SYN-ACK can send.
+/// False when the insert failed (memory pressure); the handshake slot then stays and the next
+/// ACK tries again.
 #[inline(always)]
 fn promote(key: &FlowKey, origin: u32, client_ack: u32, macs: &EthAddrs) -> bool {
     let flow = FlowValue {
@@ -409,11 +502,7 @@ fn promote(key: &FlowKey, origin: u32, client_ack: u32, macs: &EthAddrs) -> bool
         hop_mac: macs.src,
         local_mac: macs.dst,
     };
-    if FLOWS.insert(key, &flow, 0).is_err() {
-        return false;
-    }
-    let _ = HANDSHAKES.remove(key);
-    true
+    FLOWS.insert(key, &flow, 0).is_ok()
 }
 
 /// Whether `t` is addressed to origin `o` itself (its own address, or the VIP's address with
@@ -485,11 +574,16 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
         }
         return;
     }
-    // SAFETY: copied out at once (see steer_request).
-    if let Some(hs) = (unsafe { HANDSHAKES.get(&key) }).copied() {
-        if let Some(o) = origin(hs.origin) {
-            if is_to_origin(t, &o, vip) && HANDSHAKES.remove(&key).is_ok() {
-                count(hs.origin, |c| c.stale_flows += 1);
+    // The handshake's slot is the one of its connection to the VIP.
+    let Some(vip_a) = vip_addr(vip, t.family) else {
+        return;
+    };
+    let hash = conn_hash(t.family, &t.saddr, t.sport, &vip_a, vip.port_be);
+    if let Some((slot, index)) = handshake_of(&key, hash) {
+        if let Some(o) = origin(index) {
+            if is_to_origin(t, &o, vip) {
+                clear_handshake(slot, hash);
+                count(index, |c| c.stale_flows += 1);
             }
         }
     }
@@ -548,24 +642,21 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     // The values are written in place below; a concurrent writer on another CPU can only set
     // the same bits or the same sequence number (the origin's retransmitted SYN-ACK).
     let flow = FLOWS.get_ptr_mut(&key);
-    let handshake = if flow.is_none() {
-        Some(HANDSHAKES.get_ptr_mut(&key)?)
-    } else {
-        None
-    };
-    // SAFETY: pointers into map values, valid while this program runs (RCU).
-    let index = unsafe {
-        match (flow, handshake) {
-            (Some(f), _) => (*f).origin,
-            (None, Some(h)) => (*h).origin,
-            (None, None) => return None,
+    let vip_addr = vip_addr(vip, t.family)?;
+    let (index, handshake) = match flow {
+        // SAFETY: a pointer into the map value, valid while this program runs (RCU).
+        Some(f) => (unsafe { (*f).origin }, None),
+        None => {
+            // The handshake's slot is the one of its connection to the VIP.
+            let hash = conn_hash(t.family, &t.daddr, t.dport, &vip_addr, vip.port_be);
+            let (slot, index) = handshake_of(&key, hash)?;
+            (index, Some((slot, hash)))
         }
     };
     let o = origin(index)?;
     if o.port_be != t.sport {
         return None;
     }
-    let vip_addr = vip_addr(vip, t.family)?;
     let addr = match origin_addr(&o, t.family) {
         // The origin answers from its own address: it must be that one, and it becomes the VIP.
         Some(a) if a == t.saddr => Some(vip_addr),
@@ -586,10 +677,9 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
                 (*f).flags |= FLOW_ORIGIN_CLOSED;
                 closed = true;
             }
-        } else if let Some(h) = handshake {
+        } else if let Some((slot, hash)) = handshake {
             if t.flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
-                (*h).expect_ack = t.seq.wrapping_add(1);
-                (*h).flags |= HANDSHAKE_ISN_SEEN;
+                record_isn(slot, hash, t.seq);
             }
         }
     }
