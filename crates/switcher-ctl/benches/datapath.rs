@@ -35,8 +35,9 @@
 //! * **wall** time (`CLOCK_MONOTONIC`) across the call: includes preemption by other tasks.
 //!
 //! The measuring thread is pinned to one CPU, and the programs alternate call by call
-//! (ours, the earlier build's, the empty one), [`ROUNDS`] times; every ratio is taken within
-//! one round, then the median and range over the rounds are reported.
+//! (ours, the earlier build's, the empty one; which goes first rotates from round to round),
+//! [`ROUNDS`] times; every ratio is taken within one round, then the median and range over the
+//! rounds are reported.
 //!
 //! The empty program (`bench_xdp_pass`, `return XDP_PASS`) costs what every XDP program pays
 //! in this harness before doing anything: the kernel's test loop (`bpf_test_run`: the
@@ -61,7 +62,7 @@ use aya::{
 use switcher_common::{
     Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, Handshake, MAX_FLOWS, MaglevTable,
     ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED,
-    VIP_HAS_V4, VipConfig, handshake_slots, map_names, prog_names,
+    VIP_HAS_V4, VipConfig, map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -126,6 +127,11 @@ fn stats(ebpf: &Ebpf) -> Vec<Counters> {
 fn load_for_bench(mut ebpf: Ebpf, vip: VipConfig, tracked: FlowKey) -> Ebpf {
     for name in [prog_names::XDP_INGRESS, prog_names::BENCH_XDP_PASS] {
         let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        p.load().expect("load program");
+    }
+    // A building block of this build only (an earlier build's object may lack it).
+    if let Some(p) = ebpf.program_mut(prog_names::BENCH_FLOW_LOOKUP) {
+        let p: &mut Xdp = p.try_into().unwrap();
         p.load().expect("load program");
     }
     set_vip(&mut ebpf, vip);
@@ -241,8 +247,12 @@ fn load_peer(vip: VipConfig, tracked: FlowKey) -> Option<(String, Ebpf)> {
     let view =
         unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), bytes.len()) };
     view.copy_from_slice(&bytes);
-    // As it was loaded then: an earlier build has no slot-mask global to set.
-    let ebpf = load_for_bench(Ebpf::load(view).expect("load object"), vip, tracked);
+    // Like this build when it has the handshake table's slot-mask global; as it was loaded
+    // then when it does not.
+    let ebpf = switcher_ctl::loader::load_object_bytes(view, MAX_FLOWS)
+        .or_else(|_| Ebpf::load(view))
+        .expect("load object");
+    let ebpf = load_for_bench(ebpf, vip, tracked);
     Some((path, ebpf))
 }
 
@@ -355,16 +365,23 @@ fn prog_test_run(out: &mut String) {
             }
         }
         let before = stats(&ebpf);
-        // Interleave the programs so drift on a shared machine hits them alike.
+        // Interleave the programs so drift on a shared machine hits them alike, and rotate
+        // which goes first from round to round, so none always runs after the same one.
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         let mut base = Vec::new();
-        for _ in 0..ROUNDS {
-            ours.push(test_run(&ebpf, prog_names::XDP_INGRESS, &data, REPEAT));
-            if let Some(p) = &peer {
-                theirs.push(test_run(p, prog_names::XDP_INGRESS, &data, REPEAT));
+        for round in 0..ROUNDS {
+            for turn in 0..3 {
+                match (round + turn) % 3 {
+                    0 => ours.push(test_run(&ebpf, prog_names::XDP_INGRESS, &data, REPEAT)),
+                    1 => {
+                        if let Some(p) = &peer {
+                            theirs.push(test_run(p, prog_names::XDP_INGRESS, &data, REPEAT));
+                        }
+                    }
+                    _ => base.push(test_run(&ebpf, prog_names::BENCH_XDP_PASS, &data, REPEAT)),
+                }
             }
-            base.push(test_run(&ebpf, prog_names::BENCH_XDP_PASS, &data, REPEAT));
         }
         let after = stats(&ebpf);
         let runs = u64::from(REPEAT) * ROUNDS as u64;
@@ -422,7 +439,30 @@ fn prog_test_run(out: &mut String) {
     }
     parallel_syns(out, &mut ebpf, vip, peer.is_some());
     out.push('\n');
+    flow_lookup_alone(out, &ebpf, &syn);
     distinct_rows(out, &mut ebpf, peer.as_mut(), median(empty_cpu));
+}
+
+/// The cost of the one `SWITCHER_FLOWS` lookup (a hit) of the tracked-flow path, alone:
+/// `bench_flow_lookup` against the empty program, interleaved like the rows above. What is
+/// left of a tracked flow's cost beyond it is parsing, the VIP and origin reads, the rewrite
+/// and the counter update.
+fn flow_lookup_alone(out: &mut String, ebpf: &Ebpf, data: &[u8]) {
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for _ in 0..ROUNDS {
+        ours.push(test_run(ebpf, prog_names::BENCH_FLOW_LOOKUP, data, REPEAT));
+        base.push(test_run(ebpf, prog_names::BENCH_XDP_PASS, data, REPEAT));
+    }
+    let (r, lo, hi) = spread(&ratios(&ours, &base, |c| c.cpu));
+    let o = median(ours.iter().map(|c| c.cpu).collect());
+    let b = median(base.iter().map(|c| c.cpu).collect());
+    writeln!(
+        out,
+        "Building block: one `SWITCHER_FLOWS` lookup (a hit, 20-byte key) and nothing else (`bench_flow_lookup`): {o:.2} ns/pkt against the empty program's {b:.2}, {r:.2}x ({lo:.2}x..{hi:.2}x), i.e. {:.1} ns for the lookup.\n",
+        o - b
+    )
+    .unwrap();
 }
 
 /// Distinct packets per round in [`distinct_rows`].
@@ -445,31 +485,36 @@ struct LruHandshake {
 unsafe impl aya::Pod for LruHandshake {}
 
 /// Records the origin's SYN-ACK (ISN [`BENCH_ISN`]) in the handshake of `client`, as TC egress
-/// would: in this build's table slot, or in an earlier build's LRU entry (`lru`).
-fn record_syn_ack(ebpf: &mut Ebpf, lru: bool, client: std::net::SocketAddrV4) {
+/// would: in the table slot of a build with the direct-mapped table, or in the LRU entry of an
+/// earlier build.
+fn record_syn_ack(ebpf: &mut Ebpf, client: std::net::SocketAddrV4) {
     let key = switcher_ctl::loader::flow_key(client.into());
-    let map = ebpf.map_mut(map_names::HANDSHAKES).unwrap();
-    if lru {
-        let mut m = HashMap::<_, FlowKey, LruHandshake>::try_from(map).unwrap();
-        let mut h = m.get(&key, 0).expect("the SYN left a handshake");
-        h.flags = 1;
-        h.expect_ack = BENCH_ISN + 1;
-        m.insert(key, h, 0).unwrap();
-    } else {
-        let mut m = Array::<_, Handshake>::try_from(map).unwrap();
-        let hash = switcher_ctl::maglev::flow_hash_v4(
-            *client.ip(),
-            client.port(),
-            "10.0.0.1".parse().unwrap(),
-            8080,
-            6,
-        );
-        let slot = hash & (handshake_slots(MAX_FLOWS) - 1);
-        let mut h = m.get(&slot, 0).unwrap();
-        assert!(h.key == key && h.tag == hash, "the SYN left a handshake");
-        h.expect_ack = BENCH_ISN + 1;
-        h.isn_tag = hash;
-        m.set(slot, h, 0).unwrap();
+    match ebpf.map_mut(map_names::HANDSHAKES).unwrap() {
+        map @ Map::LruHashMap(_) => {
+            let mut m = HashMap::<_, FlowKey, LruHandshake>::try_from(map).unwrap();
+            let mut h = m.get(&key, 0).expect("the SYN left a handshake");
+            h.flags = 1;
+            h.expect_ack = BENCH_ISN + 1;
+            m.insert(key, h, 0).unwrap();
+        }
+        map => {
+            let mut m = Array::<_, Handshake>::try_from(map).unwrap();
+            let hash = switcher_ctl::maglev::flow_hash_v4(
+                *client.ip(),
+                client.port(),
+                "10.0.0.1".parse().unwrap(),
+                8080,
+                6,
+            );
+            // The slot is the hash masked by the table's size (the loader sets the programs'
+            // mask to it; `load_for_bench`).
+            let slot = hash & (m.len() - 1);
+            let mut h = m.get(&slot, 0).unwrap();
+            assert!(h.key == key && h.tag == hash, "the SYN left a handshake");
+            h.expect_ack = BENCH_ISN + 1;
+            h.isn_tag = hash;
+            m.set(slot, h, 0).unwrap();
+        }
     }
 }
 
@@ -504,9 +549,9 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
     )
     .unwrap();
     writeln!(out, "|---|---|---:|---:|---:|---:|").unwrap();
-    let mut programs: Vec<(&str, bool, &mut Ebpf)> = vec![("this build", false, ebpf)];
+    let mut programs: Vec<(&str, &mut Ebpf)> = vec![("this build", ebpf)];
     if let Some(p) = peer {
-        programs.push(("earlier build", true, p));
+        programs.push(("earlier build", p));
     }
     // A fresh client for every packet of every row, program and round: 10.2.0.0 onwards.
     let mut next = 0usize;
@@ -525,8 +570,12 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
     // [row][program] -> (ours, empty) per round.
     let mut results = vec![vec![(Vec::new(), Vec::new()); programs.len()]; ROWS.len()];
     let control = Pkt::tcp("10.1.4.1", 43000, "10.0.0.1", 8080, SYN).build();
-    for _ in 0..ROUNDS {
-        for (which, (_, lru, prog)) in programs.iter_mut().enumerate() {
+    let n_programs = programs.len();
+    for round in 0..ROUNDS {
+        // Which program goes first alternates from round to round.
+        for turn in 0..n_programs {
+            let which = (round + turn) % n_programs;
+            let prog = &mut *programs[which].1;
             for (row, res) in results.iter_mut().enumerate() {
                 let before = stats(prog)[0];
                 let mut ours = 0.0;
@@ -543,7 +592,7 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
                             let ip = c.ip().to_string();
                             let syn = Pkt::tcp(&ip, c.port(), "10.0.0.1", 8080, SYN).build();
                             test_run(prog, prog_names::XDP_INGRESS, &syn, 1);
-                            record_syn_ack(prog, *lru, c);
+                            record_syn_ack(prog, c);
                             Pkt::tcp(&ip, c.port(), "10.0.0.1", 8080, ACK)
                                 .with_ack(BENCH_ISN + 1)
                                 .build()
@@ -568,7 +617,7 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
         }
     }
     for (row, res) in ROWS.iter().zip(&results) {
-        for ((name, _, _), (ours, base)) in programs.iter().zip(res) {
+        for ((name, _), (ours, base)) in programs.iter().zip(res) {
             let extra: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o - b).collect();
             let (e, lo, hi) = spread(&extra);
             writeln!(

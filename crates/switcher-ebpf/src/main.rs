@@ -129,9 +129,13 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
     match steer::steer_request(ctx, &t, vip, (start, end)) {
         steer::Decision::Steer(target) => match encap::remote_host(target.index) {
             None => Verdict::Rewrite(t, target),
-            Some(host) if t.family == FAMILY_V4 => Verdict::Encap(t, target.index, host),
+            Some(host) if t.family == FAMILY_V4 => {
+                steer::count_events(&target);
+                Verdict::Encap(t, target.index, host)
+            }
             // IPv4 outer headers only: an IPv6 flow cannot reach a remote origin.
             Some(_) => {
+                steer::count_events(&target);
                 encap::count(target.index, |c| c.errors += 1);
                 Verdict::Pass
             }
@@ -156,7 +160,8 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
 }
 
 /// Counts a steered request once its rewrite is done or failed (`dropped`: at TC, a failed
-/// rewrite drops the packet): one per-CPU update per packet.
+/// rewrite drops the packet), with what steering it did (a new handshake, a completed one):
+/// one per-CPU update per packet.
 #[inline(always)]
 fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: bool) {
     steer::count(target.index, |c| {
@@ -164,6 +169,7 @@ fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: b
         c.bytes += len as u64;
         c.rewrites += u64::from(rewritten);
         c.drops += u64::from(dropped);
+        steer::add_events(c, target.events);
     });
 }
 
@@ -448,6 +454,25 @@ pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Benchmark building block, never attached: one `SWITCHER_FLOWS` lookup of a constant key
+/// (client 10.1.1.1:40000, IPv4: the tracked flow `cargo xtask bench datapath` inserts), then
+/// XDP_PASS. What the tracked-flow path pays for its one lookup, measured alone.
+#[xdp]
+pub fn bench_flow_lookup(_ctx: XdpContext) -> u32 {
+    let mut client_addr = [0u8; 16];
+    client_addr[..4].copy_from_slice(&[10, 1, 1, 1]);
+    let key = switcher_common::FlowKey {
+        client_addr,
+        client_port_be: 40000u16.to_be(),
+        family: FAMILY_V4,
+    };
+    if maps::FLOWS.get_ptr(&key).is_some() {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_ABORTED
+    }
 }
 
 #[cfg(not(test))]

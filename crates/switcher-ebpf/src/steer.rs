@@ -78,6 +78,34 @@ pub struct Target {
     /// New destination address when the origin's differs from the VIP's (IPv4 in the first
     /// 4 bytes), `None` to keep the VIP address.
     pub addr: Option<[u8; 16]>,
+    /// What else this packet did, to count with its steering in one update of the origin's
+    /// counters ([`count_events`]): `EVENT_*` bits.
+    pub events: u32,
+}
+
+/// [`Target::events`]: a SYN started a handshake (`new_flows`).
+pub const EVENT_NEW_FLOW: u32 = 1;
+/// [`Target::events`]: with a listener fallback (`listener_fallbacks`).
+pub const EVENT_FELL_BACK: u32 = 2;
+/// [`Target::events`]: an ACK completed a handshake (`established`).
+pub const EVENT_ESTABLISHED: u32 = 4;
+
+/// Adds `events` (`EVENT_*` bits) to counters `c`: without branches, as part of the one
+/// update a steered packet makes.
+#[inline(always)]
+pub fn add_events(c: &mut Counters, events: u32) {
+    c.new_flows += u64::from(events & EVENT_NEW_FLOW);
+    c.listener_fallbacks += u64::from((events & EVENT_FELL_BACK) >> 1);
+    c.established += u64::from((events & EVENT_ESTABLISHED) >> 2);
+}
+
+/// Counts `target`'s events alone, for a steered packet whose path does not count them with
+/// its own update (encapsulation, errors).
+#[inline(always)]
+pub fn count_events(target: &Target) {
+    if target.events != 0 {
+        count(target.index, |c| add_events(c, target.events));
+    }
 }
 
 /// The origin address to write for `family`, or `None` when the origin lives at the VIP's
@@ -289,11 +317,12 @@ pub enum Decision {
 
 /// The [`Target`] of origin `index` for a packet of `family`.
 #[inline(always)]
-fn target(index: u32, o: &Origin, family: u16) -> Target {
+fn target(index: u32, o: &Origin, family: u16, events: u32) -> Target {
     Target {
         index,
         port: o.port_be,
         addr: origin_addr(o, family),
+        events,
     }
 }
 
@@ -348,7 +377,7 @@ pub fn steer_request(
                 return Decision::Hold(index);
             }
             return match origin(index) {
-                Some(o) => Decision::Steer(target(index, &o, t.family)),
+                Some(o) => Decision::Steer(target(index, &o, t.family, 0)),
                 // Its origin slot was emptied (a restart with fewer origins): the flow is over.
                 None => Decision::Untracked(flow_hash(t)),
             };
@@ -361,13 +390,8 @@ pub fn steer_request(
             return Decision::NoOrigin;
         };
         record_handshake(&key, hash, index);
-        count(index, |c| {
-            c.new_flows += 1;
-            if fell_back {
-                c.listener_fallbacks += 1;
-            }
-        });
-        return Decision::Steer(target(index, &o, t.family));
+        let events = EVENT_NEW_FLOW | if fell_back { EVENT_FELL_BACK } else { 0 };
+        return Decision::Steer(target(index, &o, t.family, events));
     }
     let Some((slot, hs_origin)) = handshake_of(&key, hash) else {
         return Decision::Untracked(hash);
@@ -378,14 +402,15 @@ pub fn steer_request(
     // A remote (DSR) origin's SYN-ACK never crosses the edge: its handshake completes on the
     // client's first ACK (see `encap`, "Flow state without replies").
     let remote = o.flags & ORIGIN_REMOTE != 0;
+    let mut events = 0;
     if t.flags & tcp::ACK != 0
         && (remote || isn_matches(slot, hash, t.ack_seq))
         && promote(&key, hs_origin, t.ack_seq, &eth_addrs(frame.0, frame.1))
     {
         clear_handshake(slot, hash);
-        count(hs_origin, |c| c.established += 1);
+        events = EVENT_ESTABLISHED;
     }
-    Decision::Steer(target(hs_origin, &o, t.family))
+    Decision::Steer(target(hs_origin, &o, t.family, events))
 }
 
 /// Writes the handshake of a new connection (`key`, flow hash `hash`, pinned to `origin`) into
