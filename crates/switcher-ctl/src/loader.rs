@@ -653,15 +653,7 @@ impl Pinned {
     /// write here loses its handshake (the slot is emptied); its client's ACK finds none, the
     /// stack resets it, and the client retries.
     pub fn retire_handshakes(&mut self, origin: u32) -> Result<u64> {
-        let fd = self.handshakes.map().fd().as_fd();
-        let slots: Vec<u32> = crate::mapbatch::lookup_all::<u32, Handshake>(fd)
-            .context("batch lookup of SWITCHER_HANDSHAKES")?
-            .into_iter()
-            .filter(|(_, h)| h.key.family != 0 && h.origin == origin)
-            .map(|(i, _)| i)
-            .collect();
-        let empty = vec![empty_handshake(); slots.len()];
-        crate::mapbatch::update(fd, &slots, &empty).context("emptying SWITCHER_HANDSHAKES slots")
+        empty_handshakes(&self.handshakes, Some(origin))
     }
 
     /// Writes `table` into the table that is not live, makes it live, then waits until no
@@ -702,11 +694,10 @@ impl Pinned {
     /// (a read of the whole table; a large number with few `established` means a SYN flood).
     /// 0, logged, when the table cannot be read.
     pub fn handshake_count(&self) -> usize {
-        let fd = self.handshakes.map().fd().as_fd();
-        match crate::mapbatch::lookup_all::<u32, Handshake>(fd) {
-            Ok(slots) => slots.iter().filter(|(_, h)| h.key.family != 0).count(),
+        match pending_handshakes(&self.handshakes) {
+            Ok(slots) => slots.len(),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read SWITCHER_HANDSHAKES");
+                tracing::warn!(error = %format!("{e:#}"), "cannot read SWITCHER_HANDSHAKES");
                 0
             }
         }
@@ -1023,6 +1014,35 @@ pub(crate) fn remove_pins(root: &Path) -> Result<()> {
         })
         .with_context(|| format!("removing {}", root.display()))?;
     Ok(())
+}
+
+/// The non-empty slots of a handshake table (`SWITCHER_HANDSHAKES`), read with batch lookups:
+/// (slot index, handshake).
+pub fn pending_handshakes<T: std::borrow::Borrow<MapData>>(
+    table: &Array<T, Handshake>,
+) -> Result<Vec<(u32, Handshake)>> {
+    let fd = table.map().fd().as_fd();
+    Ok(crate::mapbatch::lookup_all::<u32, Handshake>(fd)
+        .context("batch lookup of SWITCHER_HANDSHAKES")?
+        .into_iter()
+        .filter(|(_, h)| h.key.family != 0)
+        .collect())
+}
+
+/// Empties the non-empty slots of a handshake table, those pinned to `origin` or all (`None`),
+/// with batch updates; returns how many it emptied.
+pub fn empty_handshakes<T: std::borrow::Borrow<MapData>>(
+    table: &Array<T, Handshake>,
+    origin: Option<u32>,
+) -> Result<u64> {
+    let slots: Vec<u32> = pending_handshakes(table)?
+        .into_iter()
+        .filter(|(_, h)| origin.is_none_or(|o| h.origin == o))
+        .map(|(i, _)| i)
+        .collect();
+    let empty = vec![empty_handshake(); slots.len()];
+    let fd = table.map().fd().as_fd();
+    crate::mapbatch::update(fd, &slots, &empty).context("emptying SWITCHER_HANDSHAKES slots")
 }
 
 /// An empty handshake slot (family 0).

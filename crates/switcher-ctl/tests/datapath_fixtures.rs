@@ -331,7 +331,10 @@ impl Harness {
             }
         }
         clear::<FlowValue>(&mut self.ebpf, map_names::FLOWS);
-        clear::<Handshake>(&mut self.ebpf, map_names::HANDSHAKES);
+        // The handshake table is an array: empty its slots.
+        let table: Array<_, Handshake> =
+            Array::try_from(self.ebpf.map_mut(map_names::HANDSHAKES).unwrap()).unwrap();
+        switcher_ctl::loader::empty_handshakes(&table, None).unwrap();
         assert!(self.flows().is_empty() && self.handshakes().is_empty());
         self.configure(true);
         self.set_active(PRIMARY);
@@ -406,10 +409,10 @@ impl Harness {
     fn handshakes(&self) -> Vec<(FlowKey, Handshake)> {
         let hs: Array<_, Handshake> =
             Array::try_from(self.ebpf.map(map_names::HANDSHAKES).unwrap()).unwrap();
-        hs.iter()
-            .filter_map(Result::ok)
-            .filter(|h| h.key.family != 0)
-            .map(|h| (h.key, h))
+        switcher_ctl::loader::pending_handshakes(&hs)
+            .unwrap()
+            .into_iter()
+            .map(|(_, h)| (h.key, h))
             .collect()
     }
 

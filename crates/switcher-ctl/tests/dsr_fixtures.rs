@@ -404,7 +404,10 @@ fn reset(ebpf: &mut Ebpf) {
         }
     }
     clear::<FlowValue>(ebpf, map_names::FLOWS);
-    clear::<Handshake>(ebpf, map_names::HANDSHAKES);
+    // The handshake table is an array: empty its slots.
+    let table: Array<_, Handshake> =
+        Array::try_from(ebpf.map_mut(map_names::HANDSHAKES).unwrap()).unwrap();
+    switcher_ctl::loader::empty_handshakes(&table, None).unwrap();
     assert!(flows(ebpf).is_empty());
     set_active(ebpf, REMOTE);
 }
