@@ -19,7 +19,7 @@
 //! Appends a markdown section to BENCHMARKS.md. `SWITCHER_BENCH_WRK=0` skips part 2,
 //! `SWITCHER_BENCH_SCALE=0` part 3 (part 1 needs no release binaries and takes a minute or
 //! two). `SWITCHER_BENCH_PEER_OBJ=<object>` times an earlier build's data plane in the same
-//! rounds as this one (part 1).
+//! rounds as this one (part 1); `SWITCHER_BENCH_ROUNDS=<n>` sets part 1's rounds (default 11).
 //!
 //! # How part 1 measures (and what the empty program costs)
 //! Each BPF_PROG_TEST_RUN call runs the program `REPEAT` times on one buffer. Three clocks
@@ -75,8 +75,16 @@ use test_kit::process::pin_to_cpu;
 const REPEAT: u32 = 1_000_000;
 /// Repetitions of each BPF_PROG_TEST_RUN measurement, ours and the empty program's
 /// interleaved; the median and the range of the per-round ratios are reported. Odd, so the
-/// median is a measured round.
+/// median is a measured round. `SWITCHER_BENCH_ROUNDS` overrides it (made odd).
 const ROUNDS: usize = 11;
+
+/// The number of rounds: [`ROUNDS`] or `SWITCHER_BENCH_ROUNDS`.
+fn rounds() -> usize {
+    std::env::var("SWITCHER_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(ROUNDS, |n| n.max(1) | 1)
+}
 /// Tracked flows of the control-plane measurements (issue 15 item 6).
 const SCALE_FLOWS: u32 = 200_000;
 const WRK_SECONDS: &str = "4";
@@ -323,7 +331,8 @@ fn prog_test_run(out: &mut String) {
     ];
     writeln!(
         out,
-        "### XDP program cost, BPF_PROG_TEST_RUN, repeat = {REPEAT}, {ROUNDS} interleaved rounds on one pinned CPU\n"
+        "### XDP program cost, BPF_PROG_TEST_RUN, repeat = {REPEAT}, {} interleaved rounds on one pinned CPU\n",
+        rounds()
     )
     .unwrap();
     writeln!(
@@ -370,7 +379,7 @@ fn prog_test_run(out: &mut String) {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         let mut base = Vec::new();
-        for round in 0..ROUNDS {
+        for round in 0..rounds() {
             for turn in 0..3 {
                 match (round + turn) % 3 {
                     0 => ours.push(test_run(&ebpf, prog_names::XDP_INGRESS, &data, REPEAT)),
@@ -384,7 +393,7 @@ fn prog_test_run(out: &mut String) {
             }
         }
         let after = stats(&ebpf);
-        let runs = u64::from(REPEAT) * ROUNDS as u64;
+        let runs = u64::from(REPEAT) * rounds() as u64;
         let took = match path {
             Taken::Rewrite => after[0].rewrites - before[0].rewrites,
             Taken::Pass => {
@@ -450,7 +459,7 @@ fn prog_test_run(out: &mut String) {
 fn flow_lookup_alone(out: &mut String, ebpf: &Ebpf, data: &[u8]) {
     let mut ours = Vec::new();
     let mut base = Vec::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         ours.push(test_run(ebpf, prog_names::BENCH_FLOW_LOOKUP, data, REPEAT));
         base.push(test_run(ebpf, prog_names::BENCH_XDP_PASS, data, REPEAT));
     }
@@ -540,7 +549,8 @@ fn record_syn_ack(ebpf: &mut Ebpf, client: std::net::SocketAddrV4) {
 fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, empty_repeated: f64) {
     writeln!(
         out,
-        "### One call per packet: repeat = 1, {DISTINCT} packets per program per round, {ROUNDS} rounds; kernel `duration` averaged\n"
+        "### One call per packet: repeat = 1, {DISTINCT} packets per program per round, {} rounds; kernel `duration` averaged\n",
+        rounds()
     )
     .unwrap();
     writeln!(
@@ -571,7 +581,7 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
     let mut results = vec![vec![(Vec::new(), Vec::new()); programs.len()]; ROWS.len()];
     let control = Pkt::tcp("10.1.4.1", 43000, "10.0.0.1", 8080, SYN).build();
     let n_programs = programs.len();
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         // Which program goes first alternates from round to round.
         for turn in 0..n_programs {
             let which = (round + turn) % n_programs;
@@ -683,14 +693,14 @@ fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig, peer_column:
     let before = stats(ebpf);
     let mut ours = Vec::new();
     let mut base = Vec::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         ours.push(all_at_once(prog_names::XDP_INGRESS));
         base.push(all_at_once(prog_names::BENCH_XDP_PASS));
     }
     let after = stats(ebpf);
     assert_eq!(
         after[0].new_flows - before[0].new_flows,
-        u64::from(REPEAT) * (ROUNDS * cpus) as u64,
+        u64::from(REPEAT) * (rounds() * cpus) as u64,
         "every repetition on every CPU took the SYN path"
     );
     let (r, lo, hi) = spread(&ratios(&ours, &base, |c| c.cpu));
