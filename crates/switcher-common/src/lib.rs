@@ -56,8 +56,8 @@ pub const MAX_FLOWS: u32 = 262_144;
 pub const MIN_FLOWS: u32 = 1_024;
 const _: () = assert!(MAX_FLOWS.is_power_of_two() && MIN_FLOWS.is_power_of_two());
 
-/// Slots of the handshake table for `max_flows`: the next power of two (a slot is the flow
-/// hash masked, see [`Handshake`]). Never below [`MIN_FLOWS`].
+/// Slots of the handshake table for `max_flows`: the next power of two (a slot is
+/// [`handshake_hash`] masked, see [`Handshake`]). Never below [`MIN_FLOWS`].
 pub const fn handshake_slots(max_flows: u32) -> u32 {
     let n = if max_flows < MIN_FLOWS {
         MIN_FLOWS
@@ -75,7 +75,7 @@ pub const fn handshake_slots(max_flows: u32) -> u32 {
 pub mod global_names {
     /// `u32`: the handshake table's slot count minus one (see
     /// [`handshake_slots`](super::handshake_slots)); a new handshake goes to slot
-    /// `flow hash & mask`. Its value in the object is [`MIN_FLOWS`](super::MIN_FLOWS)` - 1`,
+    /// [`handshake_hash`](super::handshake_hash)` & mask`. Its value in the object is [`MIN_FLOWS`](super::MIN_FLOWS)` - 1`,
     /// valid for any table size switcher-ctl creates, so an object loaded without setting it
     /// (a test's own loader) works with a table of that many slots used.
     pub const HANDSHAKE_SLOT_MASK: &str = "HANDSHAKE_SLOT_MASK";
@@ -118,7 +118,8 @@ pub mod map_names {
     pub const FLOWS: &str = "SWITCHER_FLOWS";
     /// Array[[`handshake_slots`](super::handshake_slots)`(max flows)`] of
     /// [`Handshake`](super::Handshake): a direct-mapped table of connections whose handshake
-    /// has not completed, slot = flow hash & mask. A slot whose key has family 0 is empty.
+    /// has not completed, slot = [`handshake_hash`](super::handshake_hash)` & mask`. A slot
+    /// whose key has family 0 is empty.
     pub const HANDSHAKES: &str = "SWITCHER_HANDSHAKES";
     /// PerCpuArray[STATS_SLOTS] of [`Counters`](super::Counters).
     pub const STATS: &str = "SWITCHER_STATS";
@@ -343,6 +344,29 @@ impl FlowKey {
     }
 }
 
+/// The handshake table's hash of a connection: picks its slot (`& mask`, see
+/// [`global_names::HANDSHAKE_SLOT_MASK`]) and is the slot's [`Handshake::tag`]. A function of
+/// the key alone, so the ingress and egress programs compute it without the VIP's address,
+/// and cheap: a multiply per key word and murmur3's 32-bit finaliser (`fmix32`), a few
+/// instructions, where the flow hash (`jhash2`, the Maglev contract) costs about 80 as BPF,
+/// which has no rotate instruction. Not a defence against chosen collisions (nor is the
+/// flow hash, whose seed is public): see [`Handshake`].
+#[inline(always)]
+pub fn handshake_hash(key: &FlowKey) -> u32 {
+    let w = key.words();
+    let mut h = w[4].wrapping_mul(0x9e37_79b1)
+        ^ w[0].wrapping_mul(0x85eb_ca77)
+        ^ w[1].wrapping_mul(0xc2b2_ae3d)
+        ^ w[2].wrapping_mul(0x27d4_eb2f)
+        ^ w[3].wrapping_mul(0x1656_67b1);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
 /// Value of the `SWITCHER_FLOWS` map: an established flow and the origin it is pinned to.
 /// Inserted by the data plane only when the client acknowledges the origin's initial sequence
 /// number (see [`Handshake`]), so an off-path attacker with spoofed addresses cannot create one.
@@ -389,7 +413,7 @@ pub const FLOW_FINISHING: u32 = 4;
 /// One slot of the `SWITCHER_HANDSHAKES` table: a connection between its SYN and the client's
 /// ACK of the origin's SYN-ACK, pinned to the origin its SYN went to. Written only by the data
 /// plane (user space empties the slots of a retired origin):
-/// * ingress, on a SYN to the VIP: the whole slot `flow hash & mask` (see
+/// * ingress, on a SYN to the VIP: the whole slot [`handshake_hash`]`(key) & mask` (see
 ///   [`global_names::HANDSHAKE_SLOT_MASK`]): `tag`, `origin`, `key`, and `isn_tag = !tag`
 ///   (no ISN yet). A table slot, not a hash-map entry: a constant-cost write, no allocation,
 ///   no lock, the same for a flood of new clients as for a retransmitted SYN;
@@ -403,19 +427,17 @@ pub const FLOW_FINISHING: u32 = 4;
 /// handshakes as it evicted them from the LRU map this table replaced, and those clients
 /// retry. Two CPUs writing one slot at once can leave a mix of two connections (no lock):
 /// `tag`+`origin` and `expect_ack`+`isn_tag` are each written with one aligned 8-byte store,
-/// and every check compares `key`, `tag` (the full 32-bit flow hash, of which the slot index
-/// is only the low bits) and `isn_tag` with the packet's, so a mixed slot matches neither
+/// and every check compares `key`, `tag` (the full 32-bit [`handshake_hash`], of which the
+/// slot index is only the low bits) and `isn_tag` with the packet's, so a mixed slot matches neither
 /// connection: their ACKs find no handshake, the edge's stack resets them and the clients
-/// retry. No connection is ever pinned by a mixed slot. The flow hash is public (every edge
-/// computes the same Maglev slot), so a spoofer who knows a client's address and port can aim
+/// retry. No connection is ever pinned by a mixed slot. The hash has no secret, so a spoofer
+/// who knows a client's address and port can aim
 /// a SYN at that client's slot in the round trip between its SYN and ACK: the client retries,
 /// as under a flood; established flows are out of reach.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Handshake {
-    /// The connection's flow hash (the one that indexes the Maglev table: [`flow_hash`] over
-    /// client address, VIP address, ports and protocol), host order. Written with `origin` as
-    /// one 8-byte store.
+    /// [`handshake_hash`] of `key`, host order. Written with `origin` as one 8-byte store.
     pub tag: u32,
     /// Index into `SWITCHER_ORIGINS`, host byte order.
     pub origin: u32,

@@ -62,7 +62,7 @@ use aya::{
 use switcher_common::{
     Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, Handshake, MAX_FLOWS, MaglevTable,
     ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED,
-    VIP_HAS_V4, VipConfig, map_names, prog_names,
+    VIP_HAS_V4, VipConfig, handshake_hash, map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -508,13 +508,7 @@ fn record_syn_ack(ebpf: &mut Ebpf, client: std::net::SocketAddrV4) {
         }
         map => {
             let mut m = Array::<_, Handshake>::try_from(map).unwrap();
-            let hash = switcher_ctl::maglev::flow_hash_v4(
-                *client.ip(),
-                client.port(),
-                "10.0.0.1".parse().unwrap(),
-                8080,
-                6,
-            );
+            let hash = handshake_hash(&key);
             // The slot is the hash masked by the table's size (the loader sets the programs'
             // mask to it; `load_for_bench`).
             let slot = hash & (m.len() - 1);

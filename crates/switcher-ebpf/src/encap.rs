@@ -90,18 +90,12 @@ pub fn remote_host(index: u32) -> Option<[u8; 4]> {
 /// remote origin, it is sent there without creating state (a flow another edge carried until
 /// the router moved it here goes on; a stray packet is reset by that origin host). Returns
 /// the origin's index and host, or `None` to keep the local behaviour (pass to the stack).
-/// `hash` is the packet's flow hash.
 #[inline(always)]
-pub fn adopt(
-    ctx: *mut core::ffi::c_void,
-    t: &Tcp,
-    vip: &VipConfig,
-    hash: u32,
-) -> Option<(u32, [u8; 4])> {
+pub fn adopt(ctx: *mut core::ffi::c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, [u8; 4])> {
     if t.family != FAMILY_V4 {
         return None;
     }
-    let (index, _, _) = steer::new_flow_origin(ctx, t, vip, hash)?;
+    let (index, _, _) = steer::new_flow_origin(ctx, t, vip, steer::flow_hash(t))?;
     let host = remote_host(index)?;
     count(index, |c| c.adopted += 1);
     Some((index, host))

@@ -28,18 +28,18 @@
 //! path, is read the replies. So state is created only in proportion to what a spoofer cannot
 //! fake (see `steer::steer_request` and `steer::forget_stale_flow`):
 //! * A SYN writes a slot of the handshake table (`SWITCHER_HANDSHAKES`, direct-mapped: slot =
-//!   flow hash & mask), never a flow: a constant-cost store, no allocation, no lock, the same
+//!   a hash of the client's address and port & mask), never a flow: a constant-cost store, no allocation, no lock, the same
 //!   for a flood of new clients as for one retransmitted SYN. The connection enters the flow
 //!   table (`SWITCHER_FLOWS`, the one LRU insert of a connection) when the client acknowledges
 //!   the origin's initial sequence number, which only the real client has seen. A spoofed SYN
 //!   flood overwrites pending handshakes (those clients' ACKs find none, the stack resets them,
 //!   and they retry); established flows stay. Two CPUs writing one slot at once leave a slot
-//!   that matches neither connection (every check compares the key, the full flow hash and
-//!   the ISN's tag), with the same outcome for those two: a reset and a retry, never a flow
+//!   that matches neither connection (every check compares the key, the full hash and the
+//!   ISN's tag), with the same outcome for those two: a reset and a retry, never a flow
 //!   pinned to the wrong origin (`switcher_common::Handshake`).
 //! * A non-SYN packet of no flow or handshake creates nothing and passes to the stack, which
-//!   resets it (nothing listens on the VIP): a bare-ACK flood costs a flow lookup, a flow hash
-//!   and one slot read a packet.
+//!   resets it (nothing listens on the VIP): a bare-ACK flood costs a flow lookup and one slot
+//!   read a packet.
 //! * A SYN from a tracked address and port follows its flow (it cannot move it), and a SYN
 //!   straight to an origin forgets a flow only once the flow is over, by the origin's own
 //!   socket state or its FIN/RST.
@@ -140,8 +140,8 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
                 Verdict::Pass
             }
         },
-        steer::Decision::Untracked(hash) => {
-            if let Some((index, host)) = encap::adopt(ctx, &t, vip, hash) {
+        steer::Decision::Untracked => {
+            if let Some((index, host)) = encap::adopt(ctx, &t, vip) {
                 return Verdict::Encap(t, index, host);
             }
             steer::count_pass(|c| c.untracked += 1);

@@ -11,8 +11,8 @@
 //! of the capacity, so uneven RSS spreads fill some CPUs' share first. Its size here is the
 //! default; switcher-ctl sets it from `--max-flows` when it loads the object.
 //!
-//! The handshake table is not a hash map but a direct-mapped array (slot = flow hash & mask,
-//! see `switcher_common::Handshake`): a SYN writes one slot, at a constant cost, with no
+//! The handshake table is not a hash map but a direct-mapped array (slot =
+//! `switcher_common::handshake_hash` & mask, see `switcher_common::Handshake`): a SYN writes one slot, at a constant cost, with no
 //! allocation and no lock, where an LRU insert took a node from a free list, linked it under
 //! the LRU lock and freed the entry it replaced (~200 ns, most of a SYN's cost). Only the
 //! handshake ACK, which only a client that saw the SYN-ACK can send, inserts into the LRU.
@@ -74,8 +74,8 @@ pub static FLOWS_REMOVED: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }, LRU_FLAGS> =
     LruHashMap::new();
 
-/// Connections between SYN and handshake ACK, a direct-mapped table: index = the flow hash &
-/// [`HANDSHAKE_SLOT_MASK`] -> `switcher_common::Handshake` (the connection's key, its origin,
+/// Connections between SYN and handshake ACK, a direct-mapped table: index =
+/// `switcher_common::handshake_hash(key)` & [`HANDSHAKE_SLOT_MASK`] -> `switcher_common::Handshake` (the connection's key, its origin,
 /// the origin's ISN). Written whole by ingress on a SYN (overwriting whatever the slot held:
 /// a spoofed SYN flood overwrites pending handshakes, never established flows), updated by TC
 /// egress with the origin's SYN-ACK, emptied by ingress when the matching ACK moves the

@@ -10,9 +10,9 @@ use aya_ebpf::{
 };
 use switcher_common::{
     flow_hash::{jhash2, FLOW_HASH_SEED},
-    Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING,
-    FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
-    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    handshake_hash, Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4,
+    FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED,
+    ORIGIN_REMOTE, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
 
 use crate::{
@@ -218,8 +218,7 @@ fn addr_words(a: &[u8; 16]) -> [u32; 4] {
 /// (addresses as [`addr_words`] gives them, ports in network order), word for word what switcher-ctl's `maglev::flow_hash_v4/v6` compute:
 /// `[src addr, dst addr, ports, proto]`, each word the packet's bytes read as a little-endian
 /// u32 (the ports word is the first 4 bytes of the TCP header: ports hold the wire bytes, so
-/// on bpfel `sport | dport << 16` is that load). It also places the connection in the
-/// handshake table (see `switcher_common::Handshake`).
+/// on bpfel `sport | dport << 16` is that load).
 #[inline(always)]
 fn conn_hash(
     family: u16,
@@ -252,31 +251,6 @@ pub(crate) fn flow_hash(t: &Tcp) -> u32 {
         addr_words(&t.daddr),
         t.dport,
     )
-}
-
-/// The hash of the connection of client `client:client_port` (a packet's bytes) to the VIP
-/// (see [`conn_hash`]), if the VIP has an address of `family`: read from the VIP's config in
-/// place, word by word (IPv4: one load), without building a 16-byte address first.
-#[inline(always)]
-fn vip_conn_hash(vip: &VipConfig, family: u16, client: &[u8; 16], client_port: u16) -> Option<u32> {
-    let server = if family == FAMILY_V4 {
-        if vip.flags & VIP_HAS_V4 == 0 {
-            return None;
-        }
-        [u32::from_le_bytes(vip.addr_v4), 0, 0, 0]
-    } else {
-        if vip.flags & VIP_HAS_V6 == 0 {
-            return None;
-        }
-        addr_words(&vip.addr_v6)
-    };
-    Some(conn_hash(
-        family,
-        addr_words(client),
-        client_port,
-        server,
-        vip.port_be,
-    ))
 }
 
 /// The origin index the live Maglev table gives a flow of hash `hash`, if it names one (an empty
@@ -332,10 +306,8 @@ pub enum Decision {
     /// Rewrite it toward this origin.
     Steer(Target),
     /// Not a SYN, and no flow or handshake knows it: pass it unchanged to this host's stack,
-    /// which resets it (nothing listens on the VIP). Counted `untracked`. The flow hash of the
-    /// packet (for `encap::adopt`, which steers it statelessly when new flows go to a remote
-    /// origin).
-    Untracked(u32),
+    /// which resets it (nothing listens on the VIP). Counted `untracked`.
+    Untracked,
     /// A new connection but no usable origin: pass it; the stack resets it.
     NoOrigin,
     /// A request on a flow finishing its last response from a retired origin
@@ -365,8 +337,8 @@ fn target(index: u32, o: &Origin, family: u16, events: u32) -> Target {
 ///   a spoofed SYN cannot move a viewer's flow), unless the origin has closed the flow
 ///   (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow, steered by the table.
 /// * Any other SYN goes to the origin the Maglev table gives its 5-tuple (or, see
-///   [`new_flow_origin`], a live one) and is recorded in its `HANDSHAKES` slot (the same flow
-///   hash picks both), never in `FLOWS`: a spoofed SYN flood overwrites only other handshakes.
+///   [`new_flow_origin`], a live one) and is recorded in its `HANDSHAKES` slot, never in
+///   `FLOWS`: a spoofed SYN flood overwrites only other handshakes.
 /// * A non-SYN packet of a handshake goes to the handshake's origin. When it acknowledges the
 ///   origin's initial sequence number + 1 (recorded by TC egress from the SYN-ACK), the client
 ///   has seen the SYN-ACK, so its address is real: the connection enters `FLOWS` (the LRU
@@ -409,43 +381,42 @@ pub fn steer_request(
             return match origin(index) {
                 Some(o) => Decision::Steer(target(index, &o, t.family, 0)),
                 // Its origin slot was emptied (a restart with fewer origins): the flow is over.
-                None => Decision::Untracked(flow_hash(t)),
+                None => Decision::Untracked,
             };
         }
     }
-    // One hash for the Maglev slot of a new flow and the handshake table's slot.
-    let hash = flow_hash(t);
+    let tag = handshake_hash(&key);
     if t.is_syn() {
-        let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip, hash) else {
+        let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip, flow_hash(t)) else {
             return Decision::NoOrigin;
         };
-        record_handshake(&key, hash, index);
+        record_handshake(&key, tag, index);
         let events = EVENT_NEW_FLOW | if fell_back { EVENT_FELL_BACK } else { 0 };
         return Decision::Steer(target(index, &o, t.family, events));
     }
-    let Some((slot, hs_origin)) = handshake_of(&key, hash) else {
-        return Decision::Untracked(hash);
+    let Some((slot, hs_origin)) = handshake_of(&key, tag) else {
+        return Decision::Untracked;
     };
     let Some(o) = origin(hs_origin) else {
-        return Decision::Untracked(hash);
+        return Decision::Untracked;
     };
     // A remote (DSR) origin's SYN-ACK never crosses the edge: its handshake completes on the
     // client's first ACK (see `encap`, "Flow state without replies").
     let remote = o.flags & ORIGIN_REMOTE != 0;
     let mut events = 0;
     if t.flags & tcp::ACK != 0
-        && (remote || isn_matches(slot, hash, t.ack_seq))
+        && (remote || isn_matches(slot, tag, t.ack_seq))
         && promote(&key, hs_origin, t.ack_seq, &eth_addrs(frame.0, frame.1))
     {
-        clear_handshake(slot, hash);
+        clear_handshake(slot, tag);
         events = EVENT_ESTABLISHED;
     }
     Decision::Steer(target(hs_origin, &o, t.family, events))
 }
 
-/// Writes the handshake of a new connection (`key`, flow hash `hash`, pinned to `origin`) into
-/// its slot, whatever the slot held (see `switcher_common::Handshake`): the ISN word first
-/// (no ISN: `isn_tag = !hash`), then the key, then `tag` and `origin` in one store.
+/// Writes the handshake of a new connection (`key`, its `handshake_hash` `hash`, pinned to
+/// `origin`) into its slot, whatever the slot held (see `switcher_common::Handshake`): the ISN
+/// word first (no ISN: `isn_tag = !hash`), then the key, then `tag` and `origin` in one store.
 #[inline(always)]
 fn record_handshake(key: &FlowKey, hash: u32, origin: u32) {
     let Some(slot) = HANDSHAKES.get_ptr_mut(hash & handshake_slot_mask()) else {
@@ -467,7 +438,7 @@ fn record_handshake(key: &FlowKey, hash: u32, origin: u32) {
     }
 }
 
-/// The handshake slot holding the connection `key` of flow hash `hash`, and its origin: the
+/// The handshake slot holding the connection `key` of `handshake_hash` `hash`, and its origin: the
 /// slot's `tag` is `hash` and its key is `key` (a slot since overwritten, emptied, or mixed by
 /// two writers holds neither).
 #[inline(always)]
@@ -489,7 +460,7 @@ fn handshake_of(key: &FlowKey, hash: u32) -> Option<(*mut Handshake, u32)> {
     }
 }
 
-/// Whether the handshake in `slot` (flow hash `hash`) recorded its origin's SYN-ACK and the
+/// Whether the handshake in `slot` (`handshake_hash` `hash`) recorded its origin's SYN-ACK and the
 /// client acknowledges exactly that ISN + 1: `expect_ack` and `isn_tag` are read in one load.
 #[inline(always)]
 fn isn_matches(slot: *mut Handshake, hash: u32, ack_seq: u32) -> bool {
@@ -498,7 +469,7 @@ fn isn_matches(slot: *mut Handshake, hash: u32, ack_seq: u32) -> bool {
     (isn >> 32) as u32 == hash && isn as u32 == ack_seq
 }
 
-/// Records the origin's SYN-ACK in the handshake `slot` of flow hash `hash`: the ACK that
+/// Records the origin's SYN-ACK in the handshake `slot` of `handshake_hash` `hash`: the ACK that
 /// completes the handshake must acknowledge `seq + 1`. One store of `expect_ack` and `isn_tag`.
 #[inline(always)]
 fn record_isn(slot: *mut Handshake, hash: u32, seq: u32) {
@@ -510,7 +481,7 @@ fn record_isn(slot: *mut Handshake, hash: u32, seq: u32) {
     }
 }
 
-/// Empties the handshake `slot` (flow hash `hash`): a tag that is not `hash`, and a key of
+/// Empties the handshake `slot` (`handshake_hash` `hash`): a tag that is not `hash`, and a key of
 /// family 0 (what user space counts as empty).
 #[inline(always)]
 fn clear_handshake(slot: *mut Handshake, hash: u32) {
@@ -629,14 +600,11 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
         }
         return;
     }
-    // The handshake's slot is the one of its connection to the VIP.
-    let Some(hash) = vip_conn_hash(vip, t.family, &t.saddr, t.sport) else {
-        return;
-    };
-    if let Some((slot, index)) = handshake_of(&key, hash) {
+    let tag = handshake_hash(&key);
+    if let Some((slot, index)) = handshake_of(&key, tag) {
         if let Some(o) = origin(index) {
             if is_to_origin(t, &o, vip) {
-                clear_handshake(slot, hash);
+                clear_handshake(slot, tag);
                 count(index, |c| c.stale_flows += 1);
             }
         }
@@ -701,10 +669,9 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
         // SAFETY: a pointer into the map value, valid while this program runs (RCU).
         Some(f) => (unsafe { (*f).origin }, None),
         None => {
-            // The handshake's slot is the one of its connection to the VIP.
-            let hash = vip_conn_hash(vip, t.family, &t.daddr, t.dport)?;
-            let (slot, index) = handshake_of(&key, hash)?;
-            (index, Some((slot, hash)))
+            let tag = handshake_hash(&key);
+            let (slot, index) = handshake_of(&key, tag)?;
+            (index, Some((slot, tag)))
         }
     };
     let o = origin(index)?;
@@ -731,9 +698,9 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
                 (*f).flags |= FLOW_ORIGIN_CLOSED;
                 closed = true;
             }
-        } else if let Some((slot, hash)) = handshake {
+        } else if let Some((slot, tag)) = handshake {
             if t.flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
-                record_isn(slot, hash, t.seq);
+                record_isn(slot, tag, t.seq);
             }
         }
     }
