@@ -21,9 +21,9 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
-    Counters, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN, MAGLEV_SIZE, MAX_ORIGINS,
+    Counters, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN, MAGLEV_SIZE, MAX_ORIGINS, MIN_FLOWS,
     MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER,
-    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
+    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, handshake_hash, map_names, prog_names,
 };
 use switcher_ctl::maglev;
 use test_kit::netns;
@@ -412,7 +412,14 @@ impl Harness {
         switcher_ctl::loader::pending_handshakes(&hs)
             .unwrap()
             .into_iter()
-            .map(|(_, h)| (h.key, h))
+            .map(|(slot, h)| {
+                // The programs and user space hash a key alike: the slot and the tag are the
+                // ones `handshake_hash` gives (the object's default mask, `MIN_FLOWS - 1`:
+                // this object is loaded without setting it).
+                let hash = handshake_hash(&h.key);
+                assert_eq!((slot, h.tag), (hash & (MIN_FLOWS - 1), hash), "{h:?}");
+                (h.key, h)
+            })
             .collect()
     }
 
