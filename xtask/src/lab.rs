@@ -34,6 +34,14 @@
 //! adds its 20-byte outer header; the client's link has 1500. Checksum offload is off on every
 //! veth, so packets carry full checksums through XDP and every receiver verifies them.
 //!
+//! Privileges: ingest, the ffmpeg publisher, the packagers and the origins run as the
+//! unprivileged service user (`hlsedge`, created by scripts/setup) with no-new-privs, from
+//! copies of their binaries under the run directory, as the single-host stack runs them
+//! (`xtask::stack`); so do the viewers the tests start ([`Lab::unprivileged`]). switcher-ctl
+//! starts as root and keeps only CAP_BPF + CAP_NET_ADMIN once attached; FRR's daemons switch
+//! to Debian's `frr` user themselves. Each origin host's HLS directory stays root's, with the
+//! stream's directory the service user's (where the packager writes).
+//!
 //! Names are unique per run (`hx<pid><tag><n>`); dropping the [`Lab`] stops every process,
 //! detaches the programs, unmounts the lab's bpffs (releasing every pin) and deletes every
 //! namespace, also on failure.
@@ -43,11 +51,11 @@ use std::{
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 
 use test_kit::netns::{BpfFs, Netns, unique};
 use test_kit::process::try_sh;
@@ -56,7 +64,10 @@ use test_kit::process::try_sh;
 fn sh(args: &[&str]) -> Result<String> {
     Ok(try_sh(args)?)
 }
-use crate::stack::{RTMP_PORT, http_get, wait_port};
+use crate::stack::{
+    RTMP_PORT, SERVICE_USER, command_prefix, give_dir, http_get, spawn_logged, stage_binaries,
+    stop_child, wait_ready,
+};
 
 /// The VIP viewers use.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -132,6 +143,8 @@ pub struct Host {
 struct Proc {
     ns: String,
     argv: Vec<String>,
+    /// Runs as [`SERVICE_USER`] with no-new-privs (everything but switcher-ctl and FRR).
+    unprivileged: bool,
     child: Option<Child>,
 }
 
@@ -277,6 +290,12 @@ impl Lab {
         self.cfg.bin_dir.join(name).to_string_lossy().into_owned()
     }
 
+    /// The copy of an unprivileged service's binary the service user runs (see
+    /// [`stage_binaries`]).
+    fn staged(&self, name: &str) -> String {
+        self.dir("bin").join(name).to_string_lossy().into_owned()
+    }
+
     fn dir(&self, name: &str) -> PathBuf {
         self.cfg.run_dir.join(name)
     }
@@ -292,6 +311,11 @@ impl Lab {
     }
 
     fn start_processes(&mut self) -> Result<()> {
+        stage_binaries(
+            &self.cfg.bin_dir,
+            &self.cfg.run_dir,
+            &["ingest", "packager", "origin"],
+        )?;
         // Routing first: the edges announce as soon as an origin is healthy.
         self.start_frr_all()?;
         let ingest_ns = self.host("ingest").ns.name.clone();
@@ -300,12 +324,13 @@ impl Lab {
             "ingest",
             &ingest_ns,
             vec![
-                self.bin("ingest"),
+                self.staged("ingest"),
                 "--listen".into(),
                 rtmp,
                 "--admin".into(),
                 INGEST_ADMIN.into(),
             ],
+            true,
             Some(format!("127.0.0.1:{RTMP_PORT}")),
         )?;
         let (w, h, fps) = self.cfg.video;
@@ -352,7 +377,7 @@ impl Lab {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        self.spawn("publisher", &ingest_ns, publisher, None)?;
+        self.spawn("publisher", &ingest_ns, publisher, true, None)?;
         let source = format!(
             "rtmp://{}:{RTMP_PORT}/live/{}",
             self.host("ingest").addr,
@@ -360,14 +385,16 @@ impl Lab {
         );
         for o in ORIGIN_HOSTS {
             let ns = self.host(o).ns.name.clone();
+            // The HLS directory stays root's (tests put files there); only the stream's
+            // directory, where the packager writes, is the service user's.
             let dir = self.hls_dir(o);
-            fs::create_dir_all(&dir)?;
+            give_dir(&dir.join(&self.cfg.stream), SERVICE_USER)?;
             let dir = dir.to_string_lossy().into_owned();
             self.spawn(
                 &format!("packager-{o}"),
                 &ns,
                 vec![
-                    self.bin("packager"),
+                    self.staged("packager"),
                     "--source".into(),
                     source.clone(),
                     "--out".into(),
@@ -375,18 +402,20 @@ impl Lab {
                     "--admin".into(),
                     PACKAGER_ADMIN.into(),
                 ],
+                true,
                 Some(PACKAGER_ADMIN.into()),
             )?;
             self.spawn(
                 &format!("origin-{o}"),
                 &ns,
                 vec![
-                    self.bin("origin"),
+                    self.staged("origin"),
                     "--root".into(),
                     dir,
                     "--listen".into(),
                     format!("0.0.0.0:{VIP_PORT}"),
                 ],
+                true,
                 Some(format!("127.0.0.1:{VIP_PORT}")),
             )?;
             let iface = self.host(o).iface.clone();
@@ -458,6 +487,7 @@ impl Lab {
             &format!("switcher-{edge}"),
             &ns,
             argv,
+            false,
             Some(EDGE_ADMIN.into()),
         )
     }
@@ -546,7 +576,8 @@ impl Lab {
                 .to_string_lossy()
                 .into_owned(),
         ];
-        self.spawn(&format!("{daemon}-{role}"), &ns, argv, None)?;
+        // FRR drops to Debian's `frr` user itself (it keeps the capabilities it needs).
+        self.spawn(&format!("{daemon}-{role}"), &ns, argv, false, None)?;
         if daemon == "zebra" {
             // bgpd and bfdd connect to zebra's socket; wait for it.
             let sock = state.join("zserv.api");
@@ -557,44 +588,34 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts a process inside namespace `ns`, logging to `logs/<name>.log`, and waits until
-    /// `ready` accepts connections (inside the namespace).
+    /// Starts a process inside namespace `ns` (as [`SERVICE_USER`] with no-new-privs when
+    /// `unprivileged`), logging to `logs/<name>.log`, and waits until `ready` accepts
+    /// connections (inside the namespace).
     fn spawn(
         &mut self,
         name: &str,
         ns: &str,
         argv: Vec<String>,
+        unprivileged: bool,
         ready: Option<String>,
     ) -> Result<()> {
         let log_path = self.dir("logs").join(format!("{name}.log"));
-        let log = fs::File::create(&log_path)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(&argv)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .spawn()
-            .with_context(|| format!("starting {name}: {}", argv.join(" ")))?;
+        let mut full = command_prefix(Some(ns), unprivileged.then_some(SERVICE_USER));
+        full.extend(argv.iter().cloned());
+        let child = spawn_logged(name, &full, &log_path)?;
         self.procs.insert(
             name.to_string(),
             Proc {
                 ns: ns.to_string(),
                 argv,
+                unprivileged,
                 child: Some(child),
             },
         );
-        if let Some(addr) = ready
-            && !wait_port(Some(ns), &addr, READY)
-        {
-            let tail = fs::read_to_string(&log_path).unwrap_or_default();
-            bail!("{name} not ready on {addr}; log:\n{tail}");
+        match ready {
+            Some(addr) => wait_ready(name, Some(ns), &addr, &log_path),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Sends `signal` to a process of the lab and reaps it (SIGKILL after 10 s).
@@ -603,19 +624,8 @@ impl Lab {
             .procs
             .get_mut(name)
             .ok_or_else(|| anyhow!("no process {name}"))?;
-        if let Some(mut child) = p.child.take() {
-            // `ip netns exec` execs the command, so the child's pid is the process's.
-            // SAFETY: plain kill(2) on our child.
-            unsafe { libc::kill(child.id() as i32, signal) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(child) = p.child.take() {
+            stop_child(child, signal);
         }
         Ok(())
     }
@@ -626,14 +636,38 @@ impl Lab {
         self.procs.get(name)?.child.as_ref().map(Child::id)
     }
 
+    /// Every running process of the lab: its name, its pid, and whether it was started as
+    /// [`SERVICE_USER`] (everything but switcher-ctl and FRR, which drop privileges
+    /// themselves).
+    pub fn processes(&self) -> Vec<(String, u32, bool)> {
+        self.procs
+            .iter()
+            .filter_map(|(n, p)| Some((n.clone(), p.child.as_ref()?.id(), p.unprivileged)))
+            .collect()
+    }
+
+    /// The argv prefix that runs a command in `role`'s namespace as [`SERVICE_USER`] with
+    /// no-new-privs: how viewers (curl, players) run in the client namespace.
+    pub fn unprivileged(&self, role: &str) -> Vec<String> {
+        command_prefix(Some(&self.ns_name(role)), Some(SERVICE_USER))
+    }
+
+    /// A directory `name` under the run directory that [`SERVICE_USER`] may write (downloads,
+    /// recordings of unprivileged viewers).
+    pub fn user_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir(name);
+        give_dir(&dir, SERVICE_USER)?;
+        Ok(dir)
+    }
+
     /// Starts a killed process again, the same way.
     pub fn restart(&mut self, name: &str) -> Result<()> {
         let p = self
             .procs
             .get(name)
             .ok_or_else(|| anyhow!("no process {name}"))?;
-        let (ns, argv) = (p.ns.clone(), p.argv.clone());
-        self.spawn(name, &ns, argv, None)
+        let (ns, argv, unprivileged) = (p.ns.clone(), p.argv.clone(), p.unprivileged);
+        self.spawn(name, &ns, argv, unprivileged, None)
     }
 
     /// Runs a command inside `role`'s namespace to completion; its stdout.

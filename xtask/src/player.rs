@@ -24,10 +24,13 @@ impl Player {
     /// Starts a player recording `url` into `out` (MPEG-TS, streams copied), inside network
     /// namespace `ns` when given.
     pub fn start(ns: Option<&str>, url: &str, out: &Path) -> std::io::Result<Player> {
-        let mut argv: Vec<&str> = Vec::new();
-        if let Some(ns) = ns {
-            argv.extend(["ip", "netns", "exec", ns]);
-        }
+        Player::start_with(&crate::stack::command_prefix(ns, None), url, out)
+    }
+
+    /// Starts a player recording `url` into `out`, run through `prefix` (e.g.
+    /// [`crate::stack::command_prefix`]: inside a namespace, as an unprivileged user).
+    pub fn start_with(prefix: &[String], url: &str, out: &Path) -> std::io::Result<Player> {
+        let mut argv: Vec<&str> = prefix.iter().map(String::as_str).collect();
         argv.extend(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "verbose"]);
         let mut child = Command::new(argv[0])
             .args(&argv[1..])
@@ -119,6 +122,11 @@ impl Player {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The player's process id (ffmpeg's: `ip netns exec` and `setpriv` exec it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether ffmpeg is still running (a player that gave up has exited).

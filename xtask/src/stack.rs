@@ -424,11 +424,8 @@ impl Stack {
             // Only the HLS directories (what the packagers write), and not recursively:
             // their content is the service user's already, and a recursive chown as root
             // would act on whatever that user put there.
-            let (uid, gid) = user_ids(user)?;
             for which in &origins {
-                let dir = self.cfg.hls_dir(which);
-                std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))
-                    .with_context(|| format!("chown {} to {user}", dir.display()))?;
+                give_dir(&self.cfg.hls_dir(which), user)?;
             }
         }
         for name in self.service_names() {
@@ -440,20 +437,16 @@ impl Stack {
         Ok(())
     }
 
-    /// Copies the unprivileged services' binaries into `<run dir>/bin`, so the service user can
-    /// run them wherever the build tree is (a checkout under /root is not readable by others).
+    /// Runs the unprivileged services from copies of their binaries (see [`stage_binaries`]).
     fn stage_binaries(&mut self) -> Result<()> {
-        let staged = self.cfg.run_dir.join("bin");
-        fs::create_dir_all(&staged)?;
-        for name in ["ingest", "packager", "origin"] {
-            let from = self.cfg.bin_dir.join(name);
-            let to = staged.join(name);
-            fs::copy(&from, &to)
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-            let from_s = from.to_string_lossy().into_owned();
+        const STAGED: [&str; 3] = ["ingest", "packager", "origin"];
+        let staged = stage_binaries(&self.cfg.bin_dir, &self.cfg.run_dir, &STAGED)?;
+        for name in STAGED {
+            let from = self.cfg.bin_dir.join(name).to_string_lossy().into_owned();
+            let to = staged.join(name).to_string_lossy().into_owned();
             for svc in self.services.values_mut().filter(|s| !s.privileged) {
-                if svc.argv[0] == from_s {
-                    svc.argv[0] = to.to_string_lossy().into_owned();
+                if svc.argv[0] == from {
+                    svc.argv[0] = to.clone();
                 }
             }
         }
@@ -476,18 +469,7 @@ impl Stack {
         };
         let mut argv = command_prefix(ns.as_deref(), as_user);
         argv.extend(svc.argv.iter().cloned());
-        let log = open_nofollow(&log_path, true)?;
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .spawn()
-            .with_context(|| format!("starting {name}: {}", argv.join(" ")))?;
+        let child = spawn_logged(name, &argv, &log_path)?;
         let pid = child.id();
         svc.child = Some(child);
         let pids = self.cfg.run_dir.join("pids");
@@ -496,15 +478,8 @@ impl Stack {
             use std::io::Write as _;
             open_nofollow(&pids.join(name), false)?.write_all(format!("{pid}\n").as_bytes())?;
         }
-        if let Some(addr) = svc.ready.clone()
-            && !wait_port(ns.as_deref(), &addr, READY_TIMEOUT)
-        {
-            let tail = fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
-            bail!(
-                "{name} not ready on {addr} within {READY_TIMEOUT:?}; log tail:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+        if let Some(addr) = svc.ready.clone() {
+            wait_ready(name, ns.as_deref(), &addr, &log_path)?;
         }
         Ok(())
     }
@@ -535,16 +510,8 @@ impl Stack {
             .services
             .get_mut(name)
             .ok_or_else(|| anyhow!("no service {name}"))?;
-        if let Some(mut child) = svc.child.take() {
-            // SAFETY: plain kill(2) on our child's pid.
-            unsafe { libc::kill(child.id() as i32, signal) };
-            let exited = test_kit::wait::try_wait_until(Duration::from_secs(10), || {
-                child.try_wait().ok().flatten().is_some()
-            });
-            if !exited {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if let Some(child) = svc.child.take() {
+            stop_child(child, signal);
         }
         Ok(())
     }
@@ -632,6 +599,76 @@ fn open_nofollow(path: &Path, append: bool) -> Result<File> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("opening {} (a symlink is refused)", path.display()))
+}
+
+/// Starts `argv` (the whole command line: namespace and user prefix included, see
+/// [`command_prefix`]) with stdin closed, stdout and stderr appended to `log_path` (not
+/// following a symlink), and `RUST_LOG` passed on (`info` by default).
+pub fn spawn_logged(name: &str, argv: &[String], log_path: &Path) -> Result<Child> {
+    let log = open_nofollow(log_path, true)?;
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .spawn()
+        .with_context(|| format!("starting {name}: {}", argv.join(" ")))
+}
+
+/// Waits until the service `name` accepts connections on `addr` inside `ns`; an error with
+/// the tail of its log when it does not within [`READY_TIMEOUT`].
+pub fn wait_ready(name: &str, ns: Option<&str>, addr: &str, log_path: &Path) -> Result<()> {
+    if wait_port(ns, addr, READY_TIMEOUT) {
+        return Ok(());
+    }
+    let tail = fs::read_to_string(log_path).unwrap_or_default();
+    let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+    bail!(
+        "{name} not ready on {addr} within {READY_TIMEOUT:?}; log tail:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Sends `signal` (e.g. `libc::SIGTERM`) to `child` and reaps it; SIGKILL when it has not
+/// exited after 10 s. `ip netns exec` and `setpriv` exec the command, so the child's pid is
+/// the service's.
+pub fn stop_child(mut child: Child, signal: i32) {
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let exited = test_kit::wait::try_wait_until(Duration::from_secs(10), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Creates `dir` (and its parents, as root) and gives it, not recursively, to `user`: a
+/// directory a service running as `user` writes in.
+pub fn give_dir(dir: &Path, user: &str) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (uid, gid) = user_ids(user)?;
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .with_context(|| format!("chown {} to {user}", dir.display()))
+}
+
+/// Copies the unprivileged services' binaries (`names` in `bin_dir`) into `<run_dir>/bin`, so
+/// the service user can run them wherever the build tree is (a checkout under /root is not
+/// readable by others); the staged directory.
+pub fn stage_binaries(bin_dir: &Path, run_dir: &Path, names: &[&str]) -> Result<PathBuf> {
+    let staged = run_dir.join("bin");
+    fs::create_dir_all(&staged)?;
+    for name in names {
+        let (from, to) = (bin_dir.join(name), staged.join(name));
+        fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(staged)
 }
 
 /// uid and gid of `user` (its primary group).

@@ -7,6 +7,10 @@
 //!   cross an edge).
 //! * An edge with no healthy origin withdraws the VIP: the router then routes it over the
 //!   other edge only, viewers keep being served, and the route comes back with the health.
+//! * No service runs as root: ingest, publisher, packagers and origins run as the service user
+//!   with no-new-privs, FRR as `frr`, and switcher-ctl keeps only CAP_BPF + CAP_NET_ADMIN.
+//! * Edge loss is hitless: 100 slow downloads complete byte-identical, and an ffmpeg player
+//!   recording the VIP through the kill has no hole over 1 s and no repeat in its recording.
 //!
 //! Needs root, FRR (`scripts/setup`), and the binaries in target/debug (`cargo xtask test`
 //! builds them). Everything is removed on drop, also on failure.
@@ -16,7 +20,8 @@ use std::{
     time::Duration,
 };
 
-use xtask::lab::{EDGES, Lab, LabConfig, ORIGIN_HOSTS};
+use xtask::lab::{EDGES, Lab, LabConfig, ORIGIN_HOSTS, VIP, VIP_PORT};
+use xtask::player::{Player, pts_holes, video_pts};
 
 const PLAYLIST: &str = "/hls/demo/index.m3u8";
 /// Fresh connections (so fresh source ports, so L4-hashed paths) per spread check.
@@ -82,6 +87,7 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
         Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U")))
     })
     .expect("the stream reaches viewers through the VIP");
+    assert_least_privilege(&lab);
 
     // ECMP spread: both edges carry requests; the origin hosts decapsulate them.
     let packets = |lab: &Lab, e: &str| {
@@ -172,6 +178,66 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
     fetch_all(&lab, 8);
 }
 
+/// A `/proc/PID/status` field's value (`Uid`, `NoNewPrivs`, `CapEff`, ...).
+fn proc_status(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+/// Asserts that process `pid` (`what`) runs with no root uid (real, effective, saved, fs) and,
+/// when `no_new_privs`, cannot regain privileges by exec.
+fn assert_unprivileged(what: &str, pid: u32, no_new_privs: bool) {
+    let uids = proc_status(pid, "Uid");
+    assert!(
+        uids.split_whitespace().all(|u| u != "0"),
+        "{what} (pid {pid}) runs with a root uid: Uid {uids}"
+    );
+    if no_new_privs {
+        assert_eq!(
+            proc_status(pid, "NoNewPrivs"),
+            "1",
+            "{what} (pid {pid}) runs without no-new-privs"
+        );
+    }
+}
+
+/// CAP_NET_ADMIN (12) and CAP_BPF (39): all switcher-ctl keeps after attaching.
+const SWITCHER_CAPS: u64 = (1 << 12) | (1 << 39);
+
+/// No process of the lab runs as root: the services run as the service user with
+/// no-new-privs, FRR's daemons as `frr`, switcher-ctl with CAP_BPF + CAP_NET_ADMIN only.
+fn assert_least_privilege(lab: &Lab) {
+    let procs = lab.processes();
+    for svc in ["ingest", "publisher", "packager-origin1", "origin-origin2"] {
+        assert!(
+            procs.iter().any(|(n, _, u)| n == svc && *u),
+            "{svc} is not among the lab's unprivileged processes: {procs:?}"
+        );
+    }
+    for (name, pid, unprivileged) in &procs {
+        if *unprivileged {
+            assert_unprivileged(name, *pid, true);
+        } else if name.starts_with("switcher-") {
+            let eff = u64::from_str_radix(&proc_status(*pid, "CapEff"), 16).expect("CapEff");
+            let prm = u64::from_str_radix(&proc_status(*pid, "CapPrm"), 16).expect("CapPrm");
+            assert_eq!(
+                (eff, prm),
+                (SWITCHER_CAPS, SWITCHER_CAPS),
+                "{name} (pid {pid}) kept more than CAP_BPF + CAP_NET_ADMIN: effective {eff:#x}, permitted {prm:#x}"
+            );
+        } else {
+            // FRR: zebra, bfdd and bgpd switch to the `frr` user after startup.
+            assert_unprivileged(name, *pid, false);
+        }
+    }
+}
+
 /// Size of the file the slow downloads fetch.
 const BIG: usize = 3 << 20;
 /// Concurrent slow downloads through the VIP.
@@ -179,7 +245,11 @@ const DOWNLOADS: usize = 100;
 
 #[test]
 fn edge_loss_is_hitless_for_established_downloads() {
-    let (run_dir, mut lab) = start_lab("labloss");
+    let (_run_dir, mut lab) = start_lab("labloss");
+    lab.wait_for("the playlist through the VIP", WAIT, |lab| {
+        Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U")))
+    })
+    .expect("the stream reaches viewers through the VIP");
     // The same large file on both origin hosts.
     let mut content = vec![0u8; BIG];
     use std::io::Read as _;
@@ -196,9 +266,22 @@ fn edge_loss_is_hitless_for_established_downloads() {
         xtask::lab::VIP,
         xtask::lab::VIP_PORT
     );
-    let client = lab.ns_name("client");
-    let out_dir = run_dir.0.join("downloads");
-    std::fs::create_dir_all(&out_dir).unwrap();
+    // Viewers run as the service user, as the services do.
+    let viewer = lab.unprivileged("client");
+    let out_dir = lab.user_dir("downloads").expect("downloads directory");
+    // A player records the live stream through the VIP across the edge loss.
+    let rec = lab
+        .user_dir("recordings")
+        .expect("recordings directory")
+        .join("vip.ts");
+    let mut player =
+        Player::start_with(&viewer, &format!("http://{VIP}:{VIP_PORT}{PLAYLIST}"), &rec)
+            .expect("start the ffmpeg player");
+    wait_player(&lab, &player, "the player loads 2 segments", |p| {
+        p.segments().len() >= 2
+    });
+    // Checked once it plays: right after the spawn, `ip netns exec` may not have exec'd it.
+    assert_unprivileged("the player", player.pid(), true);
     let before: Vec<f64> = EDGES
         .iter()
         .map(|e| lab.edge_counter(e, "dataplane_packets_total").unwrap())
@@ -207,8 +290,9 @@ fn edge_loss_is_hitless_for_established_downloads() {
     let mut curls: Vec<(PathBuf, std::process::Child)> = (0..DOWNLOADS)
         .map(|i| {
             let out = out_dir.join(format!("{i}.ts"));
-            let child = std::process::Command::new("ip")
-                .args(["netns", "exec", &client, "curl", "-sS", "--fail"])
+            let child = std::process::Command::new(&viewer[0])
+                .args(&viewer[1..])
+                .args(["curl", "-sS", "--fail"])
                 // A stalled download fails the test instead of hanging it.
                 .args(["--limit-rate", "100k", "--max-time", "120", "-o"])
                 .arg(&out)
@@ -246,6 +330,7 @@ fn edge_loss_is_hitless_for_established_downloads() {
         "ECMP put none of {DOWNLOADS} downloads on edge1; the edge loss would test nothing"
     );
     let adopted_before = lab.edge_encap("edge2", "adopted").unwrap();
+    let segments_at_kill = player.segments().len();
     lab.kill_edge("edge1").expect("kill edge1");
     let edge2 = lab.host("edge2").addr;
     let reconverged = lab
@@ -277,6 +362,55 @@ fn edge_loss_is_hitless_for_established_downloads() {
         "edge2 adopted no packet of edge1's downloads: the takeover path was not exercised"
     );
     eprintln!("edge2 carried {adopted} packets of connections it never saw start");
+
+    // The player went on through the loss: two more segments after the downloads (which
+    // outlast the kill by ~30 s), still running, and its recording has no hole and no repeat.
+    wait_player(
+        &lab,
+        &player,
+        "the player goes on after the edge loss",
+        |p| p.segments().len() >= segments_at_kill + 2,
+    );
+    assert!(player.running(), "the player gave up:\n{}", player.tail(30));
+    let (segs, errors) = player.stop();
+    assert!(
+        errors.is_empty(),
+        "player errors across the edge loss:\n{}",
+        errors.join("\n")
+    );
+    for w in segs.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "the player skipped or repeated a segment across the edge loss: {segs:?}"
+        );
+    }
+    let pts = video_pts(&rec).expect("ffprobe the recording");
+    // 10 fps for the ~30 s of downloads at least.
+    assert!(
+        pts.len() > 200,
+        "the recording has {} video packets ({} segments loaded)",
+        pts.len(),
+        segs.len()
+    );
+    let (hole, repeats) = pts_holes(&pts);
+    assert!(
+        hole <= 1.0,
+        "a {hole:.2} s hole in the video recorded through the VIP across the edge loss ({segs:?})"
+    );
+    assert_eq!(repeats, 0, "repeated video in the recording");
+    eprintln!(
+        "player through the edge loss: {} segments, {} video packets, largest PTS step {hole:.3} s",
+        segs.len(),
+        pts.len()
+    );
+}
+
+/// Waits for `f` on the player, failing with its log tail when it does not come.
+fn wait_player(lab: &Lab, player: &Player, what: &str, mut f: impl FnMut(&Player) -> bool) {
+    if let Err(e) = lab.wait_for(what, WAIT, |_| Ok(f(player))) {
+        panic!("{e:#}\nplayer log tail:\n{}", player.tail(40));
+    }
 }
 
 #[test]

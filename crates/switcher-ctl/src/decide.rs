@@ -12,8 +12,9 @@
 //!   newest MSN among the healthy origins that parsed in this window.
 //! * Hysteresis: an origin turns **unhealthy** after `required_windows` consecutive bad
 //!   windows, and **healthy** again after `required_windows` consecutive good ones. A refused
-//!   connection makes it unhealthy at once: nothing listens, waiting more windows only
-//!   lengthens the outage (the process is gone, not slow).
+//!   connection, or an unreachable host, makes it unhealthy at once
+//!   ([`ProbeError::counts_at_once`]): nothing listens, or the host is gone; waiting more
+//!   windows only lengthens the outage (it is gone, not slow).
 //! * Never steer new flows to a bad origin: an origin starts getting new flows only when it
 //!   is healthy *and* good in this very window ([`OriginTrack::eligible`]), not drained by an
 //!   operator, and of weight above 0.
@@ -499,7 +500,7 @@ impl Decider {
             Some(reason) => {
                 t.consecutive_good = 0;
                 t.consecutive_bad = t.consecutive_bad.saturating_add(1);
-                if matches!(reason, BadReason::Probe(ProbeError::Refused)) {
+                if matches!(reason, BadReason::Probe(e) if e.counts_at_once()) {
                     t.consecutive_bad = t.consecutive_bad.max(required);
                 }
                 if t.consecutive_bad >= required {

@@ -30,6 +30,7 @@ pub fn may_finish(reason: Option<&BadReason>) -> bool {
             | ProbeError::ConnectTimeout
             | ProbeError::Segment(_)
             | ProbeError::Refused
+            | ProbeError::Unreachable(_)
             | ProbeError::Io(_) => false,
             ProbeError::Http5xx(_)
             | ProbeError::HttpStatus(_)
@@ -60,6 +61,7 @@ mod tests {
             probe(ProbeError::Segment("shrank".into())),
             probe(ProbeError::Refused),
             probe(ProbeError::Io("reset".into())),
+            probe(ProbeError::Unreachable("no route to host".into())),
         ] {
             assert!(!may_finish(r.as_ref()), "{r:?}");
         }

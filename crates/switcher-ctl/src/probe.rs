@@ -58,6 +58,12 @@ pub enum ProbeError {
     /// bad at once, without waiting for more windows.
     #[error("connection refused")]
     Refused,
+    /// The origin's host or network is unreachable: a router answered the connect with an
+    /// ICMP "host/net unreachable" (RFC 1122 4.2.3.9: a hard error while connecting), e.g.
+    /// for an origin host whose link went down. Like a refusal, the host is gone for certain,
+    /// so it counts as bad at once.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
     /// Connect, request or body did not finish within the probe timeout.
     #[error("timed out")]
     Timeout,
@@ -109,6 +115,7 @@ impl ProbeError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProbeError::Refused => "refused",
+            ProbeError::Unreachable(_) => "unreachable",
             ProbeError::Timeout => "timeout",
             ProbeError::Io(_) => "io",
             ProbeError::Http5xx(_) => "http_5xx",
@@ -123,6 +130,12 @@ impl ProbeError {
             ProbeError::Invalid(_) => "invalid",
             ProbeError::Internal(_) => "internal",
         }
+    }
+
+    /// Whether this failure makes the origin bad at once, without waiting for more windows:
+    /// a refusal or an unreachable host is an answer, not a lost packet.
+    pub fn counts_at_once(&self) -> bool {
+        matches!(self, ProbeError::Refused | ProbeError::Unreachable(_))
     }
 }
 
@@ -625,6 +638,9 @@ impl Prober {
             .map_err(|_| ProbeError::ConnectTimeout)?
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::ConnectionRefused => ProbeError::Refused,
+                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                    ProbeError::Unreachable(e.to_string())
+                }
                 _ => ProbeError::Io(e.to_string()),
             })?;
         let (mut sender, conn) =

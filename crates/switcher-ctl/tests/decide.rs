@@ -136,6 +136,17 @@ fn refused_connection_counts_at_once() {
 }
 
 #[test]
+fn unreachable_host_counts_at_once() {
+    let mut h = Harness::new(policy(3, true));
+    let d = h.window(
+        err(ProbeError::Unreachable("no route to host".into())),
+        good(),
+    );
+    assert_eq!(d.action, Action::Failover);
+    assert_eq!(h.dp.active(), ORIGIN_BACKUP);
+}
+
+#[test]
 fn other_errors_wait_for_hysteresis() {
     for e in [
         ProbeError::Timeout,

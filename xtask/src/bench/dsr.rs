@@ -1,7 +1,19 @@
 //! `cargo xtask bench dsr`: direct server return against a proxy, in the multi-host lab
 //! (`xtask::lab`: a router doing ECMP over two edges, two origin hosts, a client).
 //!
-//! Three ways of fetching the same large file from the client namespace, interleaved over
+//! Cases (`DSR_BENCH_CASES=a,b`, all by default, on one lab):
+//! - `throughput`: edge CPU and viewer throughput, below;
+//! - `origin-host-loss`: `DSR_BENCH_HOST_LOSS_RUNS` (20) times, origin1's link goes down while
+//!   a viewer (the failover benchmark's polling player) fetches the playlist and the newest
+//!   segment through the VIP every 20 ms; the figure is the time from the fault to the first
+//!   response on a connection the edges pin to origin2 (both edges' conntrack maps), the
+//!   failover issue's measure (target p99 <= 0.5 s);
+//! - `edge-kill`, `edge-link-down`: `DSR_BENCH_EDGE_RUNS` (10) times, edge1 is killed
+//!   (switcher-ctl and FRR, SIGKILL) or its link goes down; the figure is the time until the
+//!   router's kernel routes the VIP over edge2 only (target 1 s). The lab test prints this
+//!   too but asserts no time.
+//!
+//! Throughput: three ways of fetching the same large file from the client namespace, interleaved over
 //! several rounds (the order rotates each round):
 //! - **direct**: straight to an origin host (through the router, no edge);
 //! - **dsr**: through the VIP: an edge's XDP program encapsulates each request packet to an
@@ -25,6 +37,7 @@
 //! (`/proc/stat`: every namespace, and any other job on the machine) is reported too.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     io::Read as _,
     path::{Path, PathBuf},
@@ -34,6 +47,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::failover::{Player, flows_by_port};
 use super::util;
 use xtask::lab::{EDGES, Lab, LabConfig, ORIGIN_HOSTS, VIP, VIP_PORT};
 
@@ -88,39 +102,36 @@ impl Sample {
     }
 }
 
+/// The cases `DSR_BENCH_CASES` may name (all by default), in the order they run.
+const CASES: [&str; 4] = [
+    "throughput",
+    "origin-host-loss",
+    "edge-kill",
+    "edge-link-down",
+];
+/// Longest a failover, a switchback or a reconvergence may take before the run fails.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// Index of the primary origin (origin1) in the edges' data-plane maps; origin2 is 1.
+const PRIMARY_INDEX: u32 = 0;
+
 /// Runs the benchmark and writes its report into `out`.
 pub fn run(ws: &Path, out: &mut String) -> Result<()> {
-    let rounds = util::env_count("DSR_BENCH_ROUNDS", 5)?;
-    let parallel = util::env_count("DSR_BENCH_PARALLEL", 8)?;
-    let fetches = util::env_count("DSR_BENCH_FETCHES", 4)?;
-    let mib = util::env_count("DSR_BENCH_FILE_MIB", 32)?;
+    let cases: Vec<String> = match std::env::var("DSR_BENCH_CASES") {
+        Ok(v) => v.split(',').map(|c| c.trim().to_string()).collect(),
+        Err(_) => CASES.iter().map(|c| c.to_string()).collect(),
+    };
+    if let Some(bad) = cases.iter().find(|c| !CASES.contains(&c.as_str())) {
+        bail!(
+            "DSR_BENCH_CASES: unknown case {bad:?} ({})",
+            CASES.join(", ")
+        );
+    }
     let bin_dir = std::env::var_os("DSR_BENCH_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| ws.join("target/debug"));
-    let haproxy = which("haproxy").context("haproxy not found: run scripts/setup")?;
-    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?;
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-    let result = measure(&bin_dir, &haproxy, rounds, parallel, fetches, mib);
-    // Restore the setting whatever happened (it costs every BPF program two clock reads).
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
-    let (samples, load) = result?;
-    report(
-        out, &bin_dir, &samples, rounds, parallel, fetches, mib, &load,
-    )
-}
-
-/// Starts the lab and HAProxy and takes `rounds` interleaved rounds of every path.
-fn measure(
-    bin_dir: &Path,
-    haproxy: &Path,
-    rounds: usize,
-    parallel: usize,
-    fetches: usize,
-    mib: usize,
-) -> Result<(Vec<(Route, Sample)>, String)> {
     let run_dir = PathBuf::from(format!("/run/hls-edge-dsrbench-{}", std::process::id()));
     let _cleanup = RemoveDir(run_dir.clone());
-    let lab = Lab::start(LabConfig {
+    let mut lab = Lab::start(LabConfig {
         bin_dir: bin_dir.to_path_buf(),
         run_dir: run_dir.clone(),
         stream: "demo".into(),
@@ -128,11 +139,221 @@ fn measure(
         native: false,
     })
     .context("starting the lab")?;
-    lab.wait_for(
-        "the playlist through the VIP",
-        Duration::from_secs(60),
-        |lab| Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U"))),
+    lab.wait_for("the playlist through the VIP", SETTLE_LIMIT, |lab| {
+        Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U")))
+    })?;
+    writeln!(
+        out,
+        "Machine: {}. Lab binaries: {}; XDP in generic mode (veth); edge resets: {}.\n",
+        util::machine(),
+        bin_dir.display(),
+        edge_resets(&lab)?,
     )?;
+    if cases.iter().any(|c| c == "throughput") {
+        throughput(&lab, &run_dir, out)?;
+    }
+    if cases.iter().any(|c| c == "origin-host-loss") {
+        let runs = util::env_count("DSR_BENCH_HOST_LOSS_RUNS", 20)?;
+        let mut figures = Vec::new();
+        for i in 0..runs {
+            let f = origin_host_loss_once(&mut lab)
+                .with_context(|| format!("origin-host-loss run {i}"))?;
+            println!("origin-host-loss run {i}: {f:.3} s");
+            figures.push(f);
+        }
+        report_times(
+            out,
+            "Origin host loss",
+            "origin1's link goes down (its host is gone) while a viewer polls the playlist and the newest segment through the VIP every 20 ms; the figure is the time from the fault to the first response on a connection the edges pin to origin2 (read from both edges' conntrack maps), resolution 20 ms",
+            &figures,
+            Some(0.5),
+        )?;
+    }
+    for (case, what) in [
+        (
+            "edge-kill",
+            "edge1's switcher-ctl and FRR daemons are killed (SIGKILL: the kernel closes bgpd's BGP connection, so the router hears of it at once)",
+        ),
+        (
+            "edge-link-down",
+            "edge1's link to the router goes down from edge1's side (the router's end loses its carrier; BFD 300 ms x 3 declares the session down)",
+        ),
+    ] {
+        if !cases.iter().any(|c| c == case) {
+            continue;
+        }
+        let runs = util::env_count("DSR_BENCH_EDGE_RUNS", 10)?;
+        let mut figures = Vec::new();
+        for i in 0..runs {
+            let f = edge_loss_once(&mut lab, case).with_context(|| format!("{case} run {i}"))?;
+            println!("{case} run {i}: router reconverged in {f:.3} s");
+            figures.push(f);
+        }
+        report_times(
+            out,
+            &format!("Router reconvergence, {case}"),
+            &format!(
+                "{what}; the figure is the time from the fault to the router's kernel routing the VIP over edge2 only, polled with `ip route` every ~50 ms"
+            ),
+            &figures,
+            Some(1.0),
+        )?;
+    }
+    writeln!(
+        out,
+        "Load average after the run: {}.",
+        std::fs::read_to_string("/proc/loadavg")?.trim()
+    )?;
+    Ok(())
+}
+
+/// The edges' report of how they reset viewers of a retired remote origin (`status`).
+fn edge_resets(lab: &Lab) -> Result<String> {
+    let mut said = Vec::new();
+    for e in EDGES {
+        let pins = lab.pin_root(e).to_string_lossy().into_owned();
+        let sw = lab.cfg.bin_dir.join("switcher-ctl");
+        let out = lab.run_in(e, &[&sw.to_string_lossy(), "status", "--pin-root", &pins])?;
+        let line = out
+            .split("edge resets: ")
+            .nth(1)
+            .and_then(|r| r.lines().next())
+            .unwrap_or("not reported")
+            .to_string();
+        said.push(format!("{e} {line}"));
+    }
+    Ok(said.join("; "))
+}
+
+/// Both edges healthy on origin1, the router routing the VIP over both.
+fn settled(lab: &Lab) -> Result<bool> {
+    for e in EDGES {
+        if lab.edge_active(e)? != "primary" {
+            return Ok(false);
+        }
+    }
+    Ok(lab.vip_nexthops()?.len() == 2)
+}
+
+/// One origin host loss: the seconds from the fault to the viewer's first response from
+/// origin2 (see [`run`]'s report text).
+fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
+    lab.wait_for("both edges on origin1", SETTLE_LIMIT, settled)?;
+    let player = Player::start(&lab.ns_name("client"), &format!("{VIP}:{VIP_PORT}"));
+    lab.wait_for("the player to poll", SETTLE_LIMIT, |_| {
+        Ok(player
+            .seen_since(Instant::now() - Duration::from_secs(1))
+            .len()
+            >= 4)
+    })?;
+    let t0 = Instant::now();
+    lab.link("origin1", false)?;
+    let pinned = |lab: &Lab| -> Result<Vec<BTreeMap<u16, u32>>> {
+        EDGES
+            .iter()
+            .map(|e| flows_by_port(&lab.ns_name(e), &lab.pin_root(e)))
+            .collect()
+    };
+    let mut first = None;
+    let found = lab.wait_for("a response from origin2", SETTLE_LIMIT, |lab| {
+        let flows = pinned(lab)?;
+        first = player.seen_since(t0).into_iter().find(|s| {
+            flows
+                .iter()
+                .any(|m| m.get(&s.port).is_some_and(|&o| o != PRIMARY_INDEX))
+        });
+        Ok(first.is_some())
+    });
+    // Restore whatever happened, so the next run (or the lab's teardown) starts whole.
+    lab.link("origin1", true)?;
+    found?;
+    drop(player);
+    Ok(first.context("found")?.at.duration_since(t0).as_secs_f64())
+}
+
+/// One loss of edge1 (`edge-kill` or `edge-link-down`): the seconds until the router routes
+/// the VIP over edge2 only.
+fn edge_loss_once(lab: &mut Lab, case: &str) -> Result<f64> {
+    lab.wait_for("both edges on origin1", SETTLE_LIMIT, settled)?;
+    let edge2 = lab.host("edge2").addr;
+    let t0 = Instant::now();
+    if case == "edge-kill" {
+        lab.kill_edge("edge1")?;
+    } else {
+        lab.link("edge1", false)?;
+    }
+    let dropped = lab.wait_for("the router to drop edge1", SETTLE_LIMIT, |lab| {
+        Ok(lab.vip_nexthops()? == vec![edge2])
+    });
+    let figure = t0.elapsed().as_secs_f64();
+    if case == "edge-kill" {
+        lab.restart_edge("edge1")?;
+    } else {
+        lab.link("edge1", true)?;
+    }
+    dropped?;
+    Ok(figure)
+}
+
+/// Writes one table line of times: median, p99, range, against `target` when given.
+fn report_times(
+    out: &mut String,
+    title: &str,
+    what: &str,
+    figures: &[f64],
+    target: Option<f64>,
+) -> Result<()> {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let p99 = sorted
+        .get(((0.99 * sorted.len() as f64).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN);
+    let (lo, hi) = (
+        sorted.first().copied().unwrap_or(f64::NAN),
+        sorted.last().copied().unwrap_or(f64::NAN),
+    );
+    writeln!(
+        out,
+        "\n{title} ({} runs): {what}.\n\n| median | p99 | range | target |\n|---|---|---|---|\n| {:.3} s | {p99:.3} s | {lo:.3}-{hi:.3} s | {} |\n\nEvery run: {}.",
+        figures.len(),
+        util::median_f64(figures.to_vec()),
+        target.map_or("none".to_string(), |t| format!("<= {t} s")),
+        figures
+            .iter()
+            .map(|f| format!("{f:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    Ok(())
+}
+
+/// The throughput case: HAProxy next to the lab and `DSR_BENCH_ROUNDS` interleaved rounds.
+fn throughput(lab: &Lab, run_dir: &Path, out: &mut String) -> Result<()> {
+    let rounds = util::env_count("DSR_BENCH_ROUNDS", 5)?;
+    let parallel = util::env_count("DSR_BENCH_PARALLEL", 8)?;
+    let fetches = util::env_count("DSR_BENCH_FETCHES", 4)?;
+    let mib = util::env_count("DSR_BENCH_FILE_MIB", 32)?;
+    let haproxy = which("haproxy").context("haproxy not found: run scripts/setup")?;
+    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?;
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+    let result = measure(lab, run_dir, &haproxy, rounds, parallel, fetches, mib);
+    // Restore the setting whatever happened (it costs every BPF program two clock reads).
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
+    let (samples, load) = result?;
+    report(out, &samples, rounds, parallel, fetches, mib, &load)
+}
+
+/// Starts HAProxy and takes `rounds` interleaved rounds of every path.
+fn measure(
+    lab: &Lab,
+    run_dir: &Path,
+    haproxy: &Path,
+    rounds: usize,
+    parallel: usize,
+    fetches: usize,
+    mib: usize,
+) -> Result<(Vec<(Route, Sample)>, String)> {
     // The same file on both origin hosts.
     let size = mib << 20;
     let mut content = vec![0u8; size];
@@ -163,7 +384,7 @@ fn measure(
             .arg("-f")
             .arg(&cfg)
             .stdout(Stdio::null())
-            .stderr(util::log_file(&run_dir, "haproxy")?)
+            .stderr(util::log_file(run_dir, "haproxy")?)
             .spawn()
             .context("starting haproxy")?,
     );
@@ -209,7 +430,7 @@ fn measure(
             };
             let (e0, m0) = (edge()?, machine_busy()?);
             let start = Instant::now();
-            let bytes = download(&lab, &url(p), parallel, fetches)?;
+            let bytes = download(lab, &url(p), parallel, fetches)?;
             let secs = start.elapsed().as_secs_f64();
             let (e1, m1) = (edge()?, machine_busy()?);
             let want = (parallel * fetches * size) as u64;
@@ -237,13 +458,17 @@ fn measure(
 }
 
 /// Runs `parallel` downloaders in the client namespace, each fetching `url` `fetches` times
-/// on fresh connections; the response bytes received.
+/// on fresh connections, as the service user; the response bytes received.
 fn download(lab: &Lab, url: &str, parallel: usize, fetches: usize) -> Result<u64> {
     let script = format!(
         "for w in $(seq {parallel}); do (for f in $(seq {fetches}); do \
          curl -sf --max-time 120 -o /dev/null -w '%{{size_download}}\\n' {url} || echo fail; done) & done; wait"
     );
-    let out = lab.run_in("client", &["sh", "-c", &script])?;
+    // As the service user, as every viewer of the lab.
+    let mut argv = lab.unprivileged("client");
+    argv.extend(["sh".to_string(), "-c".into(), script]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = test_kit::process::try_sh(&argv)?;
     let mut total = 0;
     for l in out.lines() {
         total += l
@@ -355,7 +580,6 @@ fn ratios(
 #[allow(clippy::too_many_arguments)]
 fn report(
     out: &mut String,
-    bin_dir: &Path,
     samples: &[(Route, Sample)],
     rounds: usize,
     parallel: usize,
@@ -365,12 +589,9 @@ fn report(
 ) -> Result<()> {
     writeln!(
         out,
-        "Machine: {}; load average after the run: {load}. Lab binaries: {}. \
-         {rounds} interleaved rounds; each measurement: {parallel} parallel downloaders x \
-         {fetches} fetches of a {mib} MiB file, fresh connection per fetch (curl in the client \
-         namespace). XDP in generic mode (veth).\n",
-        util::machine(),
-        bin_dir.display()
+        "Throughput (load average after it: {load}): {rounds} interleaved rounds; each \
+         measurement: {parallel} parallel downloaders x {fetches} fetches of a {mib} MiB file, \
+         fresh connection per fetch (curl in the client namespace, as the service user).\n"
     )?;
     writeln!(
         out,

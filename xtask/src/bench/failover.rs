@@ -62,9 +62,11 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(40);
 
 /// One response's first byte, as the player saw it.
 #[derive(Clone, Copy, Debug)]
-struct Seen {
-    at: Instant,
-    port: u16,
+pub(super) struct Seen {
+    /// When its status line arrived.
+    pub(super) at: Instant,
+    /// The player's local port (which flow, in the data plane's conntrack map).
+    pub(super) port: u16,
 }
 
 /// What the polling player records.
@@ -74,22 +76,23 @@ struct Log {
     errors: Vec<Instant>,
 }
 
-/// A player in the client namespace (see the module docs).
-struct Player {
+/// A player in the client namespace (see the module docs); `bench dsr` uses it too.
+pub(super) struct Player {
     log: Arc<Mutex<Log>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Player {
-    fn start(client_ns: &str) -> Player {
+    /// Starts polling `vip` (`address:port`) from namespace `client_ns`.
+    pub(super) fn start(client_ns: &str, vip: &str) -> Player {
         let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l, s) = (log.clone(), stop.clone());
+        let (l, s, vip) = (log.clone(), stop.clone(), vip.to_string());
         let thread = test_kit::netns::spawn_in(client_ns, move || {
             let mut conn: Option<BufReader<TcpStream>> = None;
             while !s.load(Ordering::SeqCst) {
-                let r = poll_once(&mut conn, &l);
+                let r = poll_once(&mut conn, &vip, &l);
                 if r.is_err() {
                     conn = None;
                     l.lock().expect("log").errors.push(Instant::now());
@@ -104,7 +107,8 @@ impl Player {
         }
     }
 
-    fn seen_since(&self, t: Instant) -> Vec<Seen> {
+    /// The responses whose first byte came at or after `t`.
+    pub(super) fn seen_since(&self, t: Instant) -> Vec<Seen> {
         let log = self.log.lock().expect("log");
         log.seen.iter().filter(|s| s.at >= t).copied().collect()
     }
@@ -159,9 +163,9 @@ fn get(conn: &mut BufReader<TcpStream>, path: &str, log: &Mutex<Log>) -> Result<
     Ok(body)
 }
 
-fn poll_once(conn: &mut Option<BufReader<TcpStream>>, log: &Mutex<Log>) -> Result<()> {
+fn poll_once(conn: &mut Option<BufReader<TcpStream>>, vip: &str, log: &Mutex<Log>) -> Result<()> {
     if conn.is_none() {
-        let s = TcpStream::connect_timeout(&VIP.parse()?, PLAYER_TIMEOUT)?;
+        let s = TcpStream::connect_timeout(&vip.parse()?, PLAYER_TIMEOUT)?;
         s.set_read_timeout(Some(PLAYER_TIMEOUT))?;
         *conn = Some(BufReader::new(s));
     }
@@ -180,7 +184,7 @@ fn poll_once(conn: &mut Option<BufReader<TcpStream>>, log: &Mutex<Log>) -> Resul
 }
 
 /// Origin index per client port of the flows in the data plane's conntrack map.
-fn flows_by_port(edge_ns: &str, pin_root: &Path) -> Result<BTreeMap<u16, u32>> {
+pub(super) fn flows_by_port(edge_ns: &str, pin_root: &Path) -> Result<BTreeMap<u16, u32>> {
     let map = pin_root.join("maps/SWITCHER_FLOWS");
     let out = test_kit::process::try_sh(&[
         "ip",
@@ -277,7 +281,7 @@ fn run_once(
         SETTLE_LIMIT,
         || setup.settled(stack),
     )?;
-    let player = Player::start(&pair.client.name);
+    let player = Player::start(&pair.client.name, VIP);
     wait("the player polls", SETTLE_LIMIT, || {
         player
             .seen_since(Instant::now() - Duration::from_secs(1))
