@@ -10,7 +10,12 @@
 //! ```
 //! * Every host is a namespace with one veth to the router (host .2, router .1 of its /24).
 //! * **router**: forwards, `fib_multipath_hash_policy=1` (L4 hash), `rp_filter` off (replies
-//!   from the VIP come from the origin hosts, not from the edges the VIP is routed to). FRR
+//!   from the VIP come from the origin hosts, not from the edges the VIP is routed to),
+//!   `ignore_routes_with_linkdown=1` and no ICMP rate limit: a host whose link is down is
+//!   answered "unreachable" at once, as a router that drops a connected route with its link
+//!   does, so an edge's probe of a lost origin host fails at once (counted at once, like a
+//!   refusal) rather than after its connect timeout. GRO on its ends of the edges' links:
+//!   veth delivers the edges' `XDP_TX` frames (their edge resets) only to a NAPI receiver. FRR
 //!   zebra + bgpd + bfdd, one eBGP session per edge with BFD (300 ms x 3), 1 s / 3 s timers and
 //!   a 1 s connect retry,
 //!   `maximum-paths 2`.
@@ -21,9 +26,11 @@
 //!   mode the frames an edge sends with `XDP_TX` reach the router only with NAPI on the
 //!   router's end (GRO on, which [`LabConfig::native`] sets), and with that, under 100
 //!   concurrent downloads, an edge's link to the router stalled for good (its own probes then
-//!   timed out too) on this kernel; not root-caused. Probe timeouts are raised to 1 s (connect)
-//!   and 3 s (playlist and segment): with debug builds on a loaded 2-CPU machine, an origin
-//!   serving 100 downloads answered the probe in over 1 s, and the edges failed over from it.
+//!   timed out too) on this kernel; not root-caused. Probe timeouts are a parameter
+//!   ([`LabConfig::probe_timeouts`]): the tests raise them to 1 s (connect) and 3 s (playlist
+//!   and segment), since with debug builds on a loaded 2-CPU machine an origin serving 100
+//!   downloads answered the probe in over 1 s and the edges failed over from it; the
+//!   origin-host-loss benchmark keeps switcher-ctl's defaults.
 //! * **origin1, origin2**: a packager pulling from the ingest host, an origin on `0.0.0.0:8080`
 //!   (the VIP's port: it answers viewers on the VIP, and the edges' probes on the host address),
 //!   the VIP on `lo` with `arp_ignore=1`/`arp_announce=2`, `switcher-ctl decap` on the veth.
@@ -123,7 +130,15 @@ pub struct LabConfig {
     /// Attach XDP in the driver (veth's native mode) instead of the generic (skb) path, on
     /// the edges and for decap (see the module docs for why the lab defaults to generic).
     pub native: bool,
+    /// The edges' probe timeouts in seconds: connect, and the whole probe (`switcher-ctl
+    /// run`'s defaults are 0.1 and 0.5; see [`LOADED_PROBE_TIMEOUTS`]).
+    pub probe_timeouts: (f64, f64),
 }
+
+/// Probe timeouts (connect, whole probe) for a lab whose origins serve heavy traffic from
+/// debug builds on a loaded machine: with 100 downloads, an origin answered the probe in over
+/// 1 s there, and the edges failed over from it (the tests, `cargo xtask lab`).
+pub const LOADED_PROBE_TIMEOUTS: (f64, f64) = (1.0, 3.0);
 
 /// A host of the lab: its namespace and its link to the router.
 pub struct Host {
@@ -211,6 +226,14 @@ impl Lab {
             ("net.ipv4.fib_multipath_hash_policy", "1"),
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
+            // A link without carrier takes its routes with it, so traffic to a host whose
+            // link is down gets an ICMP "unreachable" at once instead of vanishing: the edges'
+            // probes of a lost origin host fail at once (see the module docs).
+            ("net.ipv4.conf.default.ignore_routes_with_linkdown", "1"),
+            // Every ICMP error of the lab comes from this router to a handful of hosts; the
+            // per-destination limit (one a second after a burst of six) would let a busy
+            // edge's encapsulated traffic to a lost host use up the probes' answers.
+            ("net.ipv4.icmp_ratelimit", "0"),
         ] {
             r.try_exec(&["sysctl", "-qw", &format!("{key}={value}")])?;
         }
@@ -245,11 +268,10 @@ impl Lab {
             ns.try_exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"])?;
             ns.try_exec(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"])?;
             if role.starts_with("edge") {
-                if self.cfg.native {
-                    // Native XDP_TX from the edge lands on the router's end: veth takes XDP
-                    // frames in only with NAPI on, which GRO turns on.
-                    r.try_exec(&["ethtool", "-K", &router_iface, "gro", "on"])?;
-                }
+                // XDP_TX from the edge (its edge resets, in either mode, and everything it
+                // sends in native mode) lands on the router's end: veth takes XDP frames in
+                // only with NAPI on, which GRO turns on.
+                r.try_exec(&["ethtool", "-K", &router_iface, "gro", "on"])?;
                 ns.try_exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             }
             if role.starts_with("origin") {
@@ -479,9 +501,9 @@ impl Lab {
             "--dsr".into(),
             "--announce".into(),
             "--probe-connect-timeout".into(),
-            "1".into(),
+            self.cfg.probe_timeouts.0.to_string(),
             "--probe-timeout".into(),
-            "3".into(),
+            self.cfg.probe_timeouts.1.to_string(),
         ];
         self.spawn(
             &format!("switcher-{edge}"),

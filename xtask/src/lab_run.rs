@@ -62,6 +62,7 @@ pub fn run(ws: &Path, args: LabArgs) -> Result<()> {
         stream: args.stream.clone(),
         video: (1280, 720, 30),
         native: args.native,
+        probe_timeouts: xtask::lab::LOADED_PROBE_TIMEOUTS,
     })?;
     println!("{}", lab.describe());
     for d in &args.drill {

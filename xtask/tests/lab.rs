@@ -75,6 +75,7 @@ fn start_lab(tag: &str) -> (RunDir, Lab) {
         stream: "demo".into(),
         video: (320, 240, 10),
         native: false,
+        probe_timeouts: xtask::lab::LOADED_PROBE_TIMEOUTS,
     })
     .expect("start the lab");
     (run_dir, lab)

@@ -23,13 +23,15 @@
 //! CAP_NET_RAW. `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` runs an XDP program on a
 //! frame we supply, as if received on the interface, and an `XDP_TX` verdict transmits it
 //! there, past the host's stack and its firewall. Measured on this project's test topology:
-//! * a veth with native XDP: delivered when the peer receives through NAPI (GRO on, or an XDP
-//!   program on the peer); veth's `ndo_xdp_xmit` drops frames otherwise, silently. A NIC with
-//!   native XDP transmits them (`ndo_xdp_xmit`).
+//! * a veth: delivered when the peer receives through NAPI (GRO on, or an XDP program on the
+//!   peer); veth's `ndo_xdp_xmit` drops frames otherwise, silently. This holds whatever mode
+//!   the request path is attached in (the live-frame `XDP_TX` is a redirect to the device, not
+//!   the driver's own XDP path): the DSR lab attaches in generic mode with GRO on the router's
+//!   ends of the edges' links. A NIC with native XDP transmits them (`ndo_xdp_xmit`).
 //! * `lo`: `lo` has no `ndo_xdp_xmit`, and a frame passed up the stack from a local address
 //!   (the VIP) to a local address (the viewer) is dropped as martian unless `accept_local` is
 //!   set. On `lo` the reset of the destroyed origin socket stays the only one, so edge resets
-//!   are sent only when the request path is native XDP ([`switcher_common::ATTACH_XDP_NATIVE`]).
+//!   are sent only when the request path is XDP on another interface (`status` says which).
 //!
 //! The other way considered, a UDP datagram that TC egress rewrites into the RST, works on
 //! every interface, but rewrites a protocol in flight under checksum offload (a

@@ -372,6 +372,26 @@ fn ifindex(iface: &str) -> Result<u32> {
     Ok(idx)
 }
 
+/// Whether edge resets can be sent where the request path described by `vip` is attached:
+/// the `XDP_TX` of a live-frame run goes out through the interface's `ndo_xdp_xmit`, whatever
+/// XDP mode the request path itself uses (native, or generic as on the DSR lab's veths), and
+/// `lo` has none (see [`crate::edge_rst`]). A TC-attached request path keeps the origin
+/// socket's reset only.
+fn edge_resets_possible(vip: &VipConfig) -> Result<()> {
+    let name = ifname(vip.ifindex)?;
+    let loopback = std::fs::read_to_string(format!("/sys/class/net/{name}/flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .map_or(name == "lo", |flags| flags & libc::IFF_LOOPBACK as u32 != 0);
+    match vip.attach_mode {
+        ATTACH_XDP_NATIVE | ATTACH_XDP_GENERIC if !loopback => Ok(()),
+        mode => bail!(
+            "the request path is {} on {name}: only the origin socket's reset is sent",
+            attach_mode_name(mode)
+        ),
+    }
+}
+
 fn ifname(index: u32) -> Result<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buffer of IF_NAMESIZE bytes as the function requires.
@@ -577,8 +597,8 @@ impl Pinned {
                 ifname(v.ifindex).unwrap_or_else(|_| "?".into()),
                 v.ifindex,
                 self.root.display(),
-                if v.attach_mode != ATTACH_XDP_NATIVE {
-                    "off (need native XDP; the origin socket's reset only)"
+                if edge_resets_possible(&v).is_err() {
+                    "off (need XDP on an interface that transmits XDP frames, not lo; the origin socket's reset only)"
                 } else if progs_dir(&self.root).join(prog_names::EMIT_RST).exists() {
                     "on"
                 } else {
@@ -1163,27 +1183,22 @@ impl Pinned {
 
 impl Pinned {
     /// The edge-reset transmitter, when this data plane can send edge resets: the request
-    /// path is native XDP (see [`crate::edge_rst`] for why only then) and the program is
-    /// pinned. Opened once; unavailability is logged once.
+    /// path is XDP on an interface other than `lo` ([`edge_resets_possible`]; see
+    /// [`crate::edge_rst`] for why) and the program is pinned. Opened once; unavailability is logged once.
     fn emitter(&mut self) -> Option<&crate::edge_rst::Emitter> {
         if self.emitter.is_none() {
             let opened = self
                 .vip()
                 .and_then(|vip| {
-                    if vip.attach_mode != ATTACH_XDP_NATIVE {
-                        bail!(
-                            "the request path is {}, not native XDP: only the origin socket's reset is sent",
-                            attach_mode_name(vip.attach_mode)
-                        );
-                    }
+                    edge_resets_possible(&vip)?;
                     crate::edge_rst::Emitter::open(
                         &progs_dir(&self.root).join(prog_names::EMIT_RST),
                         vip.ifindex,
                     )
                 })
-                .inspect_err(|e| {
-                    tracing::warn!(error = %format!("{e:#}"), "edge resets unavailable")
-                })
+                .inspect_err(
+                    |e| tracing::warn!(error = %format!("{e:#}"), "edge resets unavailable"),
+                )
                 .ok();
             self.emitter = Some(opened);
         }

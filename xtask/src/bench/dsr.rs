@@ -49,7 +49,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::failover::{Player, flows_by_port};
 use super::util;
-use xtask::lab::{EDGES, Lab, LabConfig, ORIGIN_HOSTS, VIP, VIP_PORT};
+use xtask::lab::{EDGES, LOADED_PROBE_TIMEOUTS, Lab, LabConfig, ORIGIN_HOSTS, VIP, VIP_PORT};
 
 /// Port HAProxy listens on in edge1's namespace.
 const HAPROXY_PORT: u16 = 8888;
@@ -129,29 +129,30 @@ pub fn run(ws: &Path, out: &mut String) -> Result<()> {
     let bin_dir = std::env::var_os("DSR_BENCH_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| ws.join("target/debug"));
-    let run_dir = PathBuf::from(format!("/run/hls-edge-dsrbench-{}", std::process::id()));
-    let _cleanup = RemoveDir(run_dir.clone());
-    let mut lab = Lab::start(LabConfig {
-        bin_dir: bin_dir.to_path_buf(),
-        run_dir: run_dir.clone(),
-        stream: "demo".into(),
-        video: (320, 240, 10),
-        native: false,
-    })
-    .context("starting the lab")?;
-    lab.wait_for("the playlist through the VIP", SETTLE_LIMIT, |lab| {
-        Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U")))
-    })?;
     writeln!(
         out,
-        "Machine: {}. Lab binaries: {}; XDP in generic mode (veth); edge resets: {}.\n",
+        "Machine: {}. Lab binaries: {}; XDP in generic mode (veth).",
         util::machine(),
         bin_dir.display(),
-        edge_resets(&lab)?,
     )?;
     if cases.iter().any(|c| c == "throughput") {
-        throughput(&lab, &run_dir, out)?;
+        // Probe timeouts for origins under heavy load (as the lab tests'): with switcher-ctl's
+        // defaults, the edges could fail over from a busy origin in the middle of a round.
+        let (run_dir, lab) = start_lab(&bin_dir, "tput", LOADED_PROBE_TIMEOUTS)?;
+        writeln!(out, "Edge resets: {}.\n", edge_resets(&lab)?)?;
+        throughput(&lab, &run_dir.0, out)?;
     }
+    if !cases.iter().any(|c| c != "throughput") {
+        return Ok(());
+    }
+    // The failure cases run with switcher-ctl's default probe timeouts, as the failover
+    // benchmark does: a lost host is judged within them.
+    let (_run_dir, mut lab) = start_lab(&bin_dir, "loss", DEFAULT_PROBE_TIMEOUTS)?;
+    writeln!(
+        out,
+        "\nFailure cases: probe timeouts {DEFAULT_PROBE_TIMEOUTS:?} s (connect, whole probe: switcher-ctl's defaults), probe interval 0.1 s; edge resets: {}.",
+        edge_resets(&lab)?
+    )?;
     if cases.iter().any(|c| c == "origin-host-loss") {
         let runs = util::env_count("DSR_BENCH_HOST_LOSS_RUNS", 20)?;
         let mut figures = Vec::new();
@@ -207,6 +208,32 @@ pub fn run(ws: &Path, out: &mut String) -> Result<()> {
     Ok(())
 }
 
+/// switcher-ctl's default probe timeouts (connect, whole probe), in seconds.
+const DEFAULT_PROBE_TIMEOUTS: (f64, f64) = (0.1, 0.5);
+
+/// Starts a lab from `bin_dir` in `/run/hls-edge-dsrbench-<tag>-<pid>` with these probe
+/// timeouts, once the stream reaches viewers through the VIP. Drop the lab first.
+fn start_lab(bin_dir: &Path, tag: &str, probe_timeouts: (f64, f64)) -> Result<(RemoveDir, Lab)> {
+    let run_dir = PathBuf::from(format!(
+        "/run/hls-edge-dsrbench-{tag}-{}",
+        std::process::id()
+    ));
+    let cleanup = RemoveDir(run_dir.clone());
+    let lab = Lab::start(LabConfig {
+        bin_dir: bin_dir.to_path_buf(),
+        run_dir,
+        stream: "demo".into(),
+        video: (320, 240, 10),
+        native: false,
+        probe_timeouts,
+    })
+    .context("starting the lab")?;
+    lab.wait_for("the playlist through the VIP", SETTLE_LIMIT, |lab| {
+        Ok(matches!(lab.get(PLAYLIST), Ok((200, b)) if b.starts_with(b"#EXTM3U")))
+    })?;
+    Ok((cleanup, lab))
+}
+
 /// The edges' report of how they reset viewers of a retired remote origin (`status`).
 fn edge_resets(lab: &Lab) -> Result<String> {
     let mut said = Vec::new();
@@ -246,6 +273,15 @@ fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
             .len()
             >= 4)
     })?;
+    let resets = |lab: &Lab| -> Result<Vec<f64>> {
+        EDGES
+            .iter()
+            .map(|e| lab.edge_counter(e, "switcher_edge_resets_total"))
+            .collect()
+    };
+    let resets_before = resets(lab)?;
+    let before = player.seen_since(Instant::now() - Duration::from_millis(100));
+    let wall0 = chrono::Utc::now();
     let t0 = Instant::now();
     lab.link("origin1", false)?;
     let pinned = |lab: &Lab| -> Result<Vec<BTreeMap<u16, u32>>> {
@@ -264,6 +300,60 @@ fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
         });
         Ok(first.is_some())
     });
+    // What happened, for a figure far from the others: which edge pinned each connection of
+    // the player (to which origin), and how many edge resets each edge sent.
+    let flows = pinned(lab)?;
+    let mut ports: Vec<u16> = before.iter().map(|s| s.port).collect();
+    ports.extend(player.seen_since(t0).iter().map(|s| s.port));
+    ports.dedup();
+    let where_: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            let at: Vec<String> = EDGES
+                .iter()
+                .zip(&flows)
+                .filter_map(|(e, m)| Some(format!("{e}->{}", m.get(p)?)))
+                .collect();
+            format!("{p}@[{}]", at.join(","))
+        })
+        .collect();
+    let sent: Vec<f64> = resets(lab)?
+        .iter()
+        .zip(&resets_before)
+        .map(|(a, b)| a - b)
+        .collect();
+    // Each edge's failover decision, in seconds after the fault.
+    let mut decided = Vec::new();
+    for e in EDGES {
+        let body = xtask::stack::http_get(
+            Some(&lab.ns_name(e)),
+            xtask::lab::EDGE_ADMIN,
+            "/healthz",
+            Duration::from_secs(2),
+        )?
+        .body;
+        let h: serde_json::Value = serde_json::from_slice(&body)?;
+        let last = h["decisions"]
+            .as_array()
+            .and_then(|d| {
+                d.iter()
+                    .rev()
+                    .find(|d| d["action"] == "failover" || d["to"] == "backup")
+            })
+            .cloned()
+            .unwrap_or_default();
+        let at = last["at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| (t.with_timezone(&chrono::Utc) - wall0).num_milliseconds() as f64 / 1000.0);
+        decided.push(format!("{e} {at:?} s ({})", last["detail"]));
+    }
+    println!(
+        "  player connections {} (edge->origin index); edge resets sent {sent:?}; errors {}; failovers: {}",
+        where_.join(" "),
+        player.errors_since(t0),
+        decided.join("; ")
+    );
     // Restore whatever happened, so the next run (or the lab's teardown) starts whole.
     lab.link("origin1", true)?;
     found?;

@@ -113,7 +113,8 @@ impl Player {
         log.seen.iter().filter(|s| s.at >= t).copied().collect()
     }
 
-    fn errors_since(&self, t: Instant) -> usize {
+    /// How many polls failed at or after `t`.
+    pub(super) fn errors_since(&self, t: Instant) -> usize {
         let log = self.log.lock().expect("log");
         log.errors.iter().filter(|e| **e >= t).count()
     }
