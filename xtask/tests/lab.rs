@@ -9,6 +9,8 @@
 //!   other edge only, viewers keep being served, and the route comes back with the health.
 //! * No service runs as root: ingest, publisher, packagers and origins run as the service user
 //!   with no-new-privs, FRR as `frr`, and switcher-ctl keeps only CAP_BPF + CAP_NET_ADMIN.
+//! * An origin host lost with a viewer idle on a keep-alive connection to it: the edge resets
+//!   that viewer itself (ECONNRESET), as nothing from the lost host can reach it.
 //! * Edge loss is hitless: 100 slow downloads complete byte-identical, and an ffmpeg player
 //!   recording the VIP through the kill has no hole over 1 s and no repeat in its recording.
 //!
@@ -407,6 +409,41 @@ fn edge_loss_is_hitless_for_established_downloads() {
     );
 }
 
+/// A keep-alive connection through the VIP from the client namespace, after one whole
+/// playlist response on it (so the edge has recorded the viewer's acknowledgment); reads on
+/// it time out after 10 s.
+fn keep_alive_viewer(lab: &Lab) -> std::net::TcpStream {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let client = lab.ns_name("client");
+    test_kit::netns::run_in(Some(&client), || {
+        let mut conn = std::net::TcpStream::connect((VIP, VIP_PORT)).expect("connect to the VIP");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        conn.write_all(format!("GET {PLAYLIST} HTTP/1.1\r\nHost: vip\r\n\r\n").as_bytes())
+            .expect("send the request");
+        let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+        let mut len = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("response header");
+            let l = line.trim();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse::<usize>().ok();
+            }
+        }
+        let mut body = vec![0; len.expect("a Content-Length")];
+        reader.read_exact(&mut body).expect("the playlist");
+        assert!(body.starts_with(b"#EXTM3U"), "not a playlist");
+        conn
+    })
+}
+
 /// Waits for `f` on the player, failing with its log tail when it does not come.
 fn wait_player(lab: &Lab, player: &Player, what: &str, mut f: impl FnMut(&Player) -> bool) {
     if let Err(e) = lab.wait_for(what, WAIT, |_| Ok(f(player))) {
@@ -422,11 +459,33 @@ fn lab_drills_recover_and_viewers_stay_served() {
     })
     .expect("the stream reaches viewers through the VIP");
     for drill in xtask::lab::DRILLS {
+        // A viewer idle on a keep-alive connection to origin1 when its host is lost: nothing
+        // of origin1 can reach it any more, so only the edge's own reset ends its connection.
+        let stranded = (drill == "origin-host-kill").then(|| {
+            lab.wait_for("both edges on origin1", WAIT, |lab| {
+                Ok(EDGES
+                    .iter()
+                    .all(|e| lab.edge_active(e).is_ok_and(|a| a == "primary")))
+            })
+            .expect("both edges on origin1 before the host loss");
+            keep_alive_viewer(&lab)
+        });
         // Each drill waits for its fault to be seen (router or edges) and for the recovery,
         // and fails if either does not come.
         let timeline = lab
             .drill(drill)
             .unwrap_or_else(|e| panic!("drill {drill}: {e:#}"));
+        if let Some(mut conn) = stranded {
+            use std::io::Read as _;
+            // The reset came during the drill; without it, the read times out.
+            let mut buf = [0u8; 1];
+            match conn.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!(
+                    "a viewer stranded on the lost origin host was not reset by the edge: read gave {other:?}"
+                ),
+            }
+        }
         for (what, at) in &timeline {
             eprintln!("{drill} {:>8.3} s  {what}", at.as_secs_f64());
         }
