@@ -47,7 +47,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::failover::{Player, flows_by_port};
+use super::failover::{Player, Seen, flows_by_port};
 use super::util;
 use xtask::lab::{EDGES, LOADED_PROBE_TIMEOUTS, Lab, LabConfig, ORIGIN_HOSTS, VIP, VIP_PORT};
 
@@ -279,7 +279,7 @@ fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
             .map(|e| lab.edge_counter(e, "switcher_edge_resets_total"))
             .collect()
     };
-    let resets_before = resets(lab)?;
+    let resets_before = resets(lab).unwrap_or_default();
     let before = player.seen_since(Instant::now() - Duration::from_millis(100));
     let wall0 = chrono::Utc::now();
     let t0 = Instant::now();
@@ -300,9 +300,33 @@ fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
         });
         Ok(first.is_some())
     });
-    // What happened, for a figure far from the others: which edge pinned each connection of
-    // the player (to which origin), and how many edge resets each edge sent.
-    let flows = pinned(lab)?;
+    // What happened, for a figure far from the others (best effort: a busy edge's admin may
+    // not answer in time, and that must not end the benchmark).
+    match diagnose(lab, &player, &before, t0, wall0, &resets_before) {
+        Ok(d) => println!("  {d}"),
+        Err(e) => println!("  diagnostics unavailable: {e:#}"),
+    }
+    // Restore whatever happened, so the next run (or the lab's teardown) starts whole.
+    lab.link("origin1", true)?;
+    found?;
+    drop(player);
+    Ok(first.context("found")?.at.duration_since(t0).as_secs_f64())
+}
+
+/// One origin-host-loss run's diagnostics: which edge pinned each connection of the player
+/// (to which origin), how many edge resets each edge sent, each edge's failover decision.
+fn diagnose(
+    lab: &Lab,
+    player: &Player,
+    before: &[Seen],
+    t0: Instant,
+    wall0: chrono::DateTime<chrono::Utc>,
+    resets_before: &[f64],
+) -> Result<String> {
+    let flows: Vec<BTreeMap<u16, u32>> = EDGES
+        .iter()
+        .map(|e| flows_by_port(&lab.ns_name(e), &lab.pin_root(e)))
+        .collect::<Result<_>>()?;
     let mut ports: Vec<u16> = before.iter().map(|s| s.port).collect();
     ports.extend(player.seen_since(t0).iter().map(|s| s.port));
     ports.dedup();
@@ -317,9 +341,12 @@ fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
             format!("{p}@[{}]", at.join(","))
         })
         .collect();
-    let sent: Vec<f64> = resets(lab)?
+    let sent: Vec<f64> = EDGES
         .iter()
-        .zip(&resets_before)
+        .map(|e| lab.edge_counter(e, "switcher_edge_resets_total"))
+        .collect::<Result<Vec<f64>>>()?
+        .iter()
+        .zip(resets_before)
         .map(|(a, b)| a - b)
         .collect();
     // Each edge's failover decision, in seconds after the fault.
@@ -348,17 +375,12 @@ fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
             .map(|t| (t.with_timezone(&chrono::Utc) - wall0).num_milliseconds() as f64 / 1000.0);
         decided.push(format!("{e} {at:?} s ({})", last["detail"]));
     }
-    println!(
-        "  player connections {} (edge->origin index); edge resets sent {sent:?}; errors {}; failovers: {}",
+    Ok(format!(
+        "player connections {} (edge->origin index); edge resets sent {sent:?}; errors {}; failovers: {}",
         where_.join(" "),
         player.errors_since(t0),
         decided.join("; ")
-    );
-    // Restore whatever happened, so the next run (or the lab's teardown) starts whole.
-    lab.link("origin1", true)?;
-    found?;
-    drop(player);
-    Ok(first.context("found")?.at.duration_since(t0).as_secs_f64())
+    ))
 }
 
 /// One loss of edge1 (`edge-kill` or `edge-link-down`): the seconds until the router routes
