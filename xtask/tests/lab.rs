@@ -17,10 +17,7 @@
 //! Needs root, FRR (`scripts/setup`), and the binaries in target/debug (`cargo xtask test`
 //! builds them). Everything is removed on drop, also on failure.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use xtask::lab::{EDGES, Lab, LabConfig, ORIGIN_HOSTS, VIP, VIP_PORT};
 use xtask::player::{Player, pts_holes, video_pts};
@@ -29,13 +26,6 @@ const PLAYLIST: &str = "/hls/demo/index.m3u8";
 /// Fresh connections (so fresh source ports, so L4-hashed paths) per spread check.
 const VIEWERS: usize = 64;
 const WAIT: Duration = Duration::from_secs(60);
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Removes the run directory on drop, unless the test failed (its logs are kept).
 struct RunDir(PathBuf);
@@ -72,7 +62,7 @@ fn start_lab(tag: &str) -> (RunDir, Lab) {
         std::process::id()
     )));
     let lab = Lab::start(LabConfig {
-        bin_dir: workspace().join("target/debug"),
+        bin_dir: xtask::workspace().join("target/debug"),
         run_dir: run_dir.0.clone(),
         stream: "demo".into(),
         video: (320, 240, 10),
@@ -280,9 +270,7 @@ fn edge_loss_is_hitless_for_established_downloads() {
     let mut player =
         Player::start_with(&viewer, &format!("http://{VIP}:{VIP_PORT}{PLAYLIST}"), &rec)
             .expect("start the ffmpeg player");
-    wait_player(&lab, &player, "the player loads 2 segments", |p| {
-        p.segments().len() >= 2
-    });
+    player.wait_for("the player loads 2 segments", |p| p.segments().len() >= 2);
     // Checked once it plays: right after the spawn, `ip netns exec` may not have exec'd it.
     assert_unprivileged("the player", player.pid(), true);
     let before: Vec<f64> = EDGES
@@ -368,12 +356,9 @@ fn edge_loss_is_hitless_for_established_downloads() {
 
     // The player went on through the loss: two more segments after the downloads (which
     // outlast the kill by ~30 s), still running, and its recording has no hole and no repeat.
-    wait_player(
-        &lab,
-        &player,
-        "the player goes on after the edge loss",
-        |p| p.segments().len() >= segments_at_kill + 2,
-    );
+    player.wait_for("the player goes on after the edge loss", |p| {
+        p.segments().len() >= segments_at_kill + 2
+    });
     assert!(player.running(), "the player gave up:\n{}", player.tail(30));
     let (segs, errors) = player.stop();
     assert!(
@@ -442,13 +427,6 @@ fn keep_alive_viewer(lab: &Lab) -> std::net::TcpStream {
         assert!(body.starts_with(b"#EXTM3U"), "not a playlist");
         conn
     })
-}
-
-/// Waits for `f` on the player, failing with its log tail when it does not come.
-fn wait_player(lab: &Lab, player: &Player, what: &str, mut f: impl FnMut(&Player) -> bool) {
-    if let Err(e) = lab.wait_for(what, WAIT, |_| Ok(f(player))) {
-        panic!("{e:#}\nplayer log tail:\n{}", player.tail(40));
-    }
 }
 
 #[test]
