@@ -40,46 +40,16 @@ pub const MAGLEV_NO_ORIGIN: u8 = 0xff;
 pub const MAGLEV_TABLES: u32 = 2;
 const _: () = assert!(MAX_ORIGINS <= MAGLEV_NO_ORIGIN as u32);
 
-/// Default capacity of the conntrack map (established flows) and number of slots of the
-/// handshake table (connections between their SYN and the ACK that completes the handshake).
-/// The object declares the maps with this size; switcher-ctl sets the flow map to
-/// `--max-flows` and the handshake table to [`handshake_slots`]`(--max-flows)` at load time.
-/// At ~100 bytes a flow entry (key, value and the kernel's element header) and 40 bytes a
-/// handshake slot, the two maps take ~35 MiB of kernel memory at this size; an edge with more
-/// concurrent viewers raises it. A power of two, as [`handshake_slots`] needs.
+/// Default capacity of the conntrack map (established flows) and, separately, of the handshake
+/// map (connections between their SYN and the ACK that completes the handshake). The object
+/// declares the maps with this size; switcher-ctl sets both from `--max-flows` at load time.
+/// At ~100 bytes an entry (key, value and the kernel's element header) the two maps take
+/// ~50 MiB of kernel memory at this size; an edge with more concurrent viewers raises it.
 pub const MAX_FLOWS: u32 = 262_144;
-/// Smallest `--max-flows` switcher-ctl accepts: the flow map uses per-CPU LRU lists
+/// Smallest `--max-flows` switcher-ctl accepts: the maps use per-CPU LRU lists
 /// (`BPF_F_NO_COMMON_LRU`), which split the capacity evenly between the CPUs, and a CPU with
-/// a handful of entries would evict live flows at once. A power of two: it is also the
-/// handshake table's smallest size, and the slot mask an object has until switcher-ctl sets
-/// it (see [`global_names::HANDSHAKE_SLOT_MASK`]).
+/// a handful of entries would evict live flows at once.
 pub const MIN_FLOWS: u32 = 1_024;
-const _: () = assert!(MAX_FLOWS.is_power_of_two() && MIN_FLOWS.is_power_of_two());
-
-/// Slots of the handshake table for `max_flows`: the next power of two (a slot is
-/// [`handshake_hash`] masked, see [`Handshake`]). Never below [`MIN_FLOWS`].
-pub const fn handshake_slots(max_flows: u32) -> u32 {
-    let n = if max_flows < MIN_FLOWS {
-        MIN_FLOWS
-    } else {
-        max_flows
-    };
-    match n.checked_next_power_of_two() {
-        Some(p) => p,
-        None => 1 << 31,
-    }
-}
-
-/// Names of the object's load-time globals (read-only data the loader writes before the
-/// programs are verified, with aya's `EbpfLoader::set_global`).
-pub mod global_names {
-    /// `u32`: the handshake table's slot count minus one (see
-    /// [`handshake_slots`](super::handshake_slots)); a new handshake goes to slot
-    /// [`handshake_hash`](super::handshake_hash)` & mask`. Its value in the object is [`MIN_FLOWS`](super::MIN_FLOWS)` - 1`,
-    /// valid for any table size switcher-ctl creates, so an object loaded without setting it
-    /// (a test's own loader) works with a table of that many slots used.
-    pub const HANDSHAKE_SLOT_MASK: &str = "HANDSHAKE_SLOT_MASK";
-}
 
 /// `family` value: IPv4 (same number as `AF_INET`).
 pub const FAMILY_V4: u16 = 2;
@@ -116,10 +86,8 @@ pub mod map_names {
     /// LruHashMap (per-CPU LRU lists) of [`FlowKey`](super::FlowKey) ->
     /// [`FlowValue`](super::FlowValue): established flows.
     pub const FLOWS: &str = "SWITCHER_FLOWS";
-    /// Array[[`handshake_slots`](super::handshake_slots)`(max flows)`] of
-    /// [`Handshake`](super::Handshake): a direct-mapped table of connections whose handshake
-    /// has not completed, slot = [`handshake_hash`](super::handshake_hash)` & mask`. A slot
-    /// whose key has family 0 is empty.
+    /// LruHashMap (per-CPU LRU lists) of [`FlowKey`](super::FlowKey) ->
+    /// [`Handshake`](super::Handshake): connections whose handshake has not completed.
     pub const HANDSHAKES: &str = "SWITCHER_HANDSHAKES";
     /// PerCpuArray[STATS_SLOTS] of [`Counters`](super::Counters).
     pub const STATS: &str = "SWITCHER_STATS";
@@ -138,9 +106,6 @@ pub mod prog_names {
     pub const EMIT_RST: &str = "switcher_emit_rst";
     /// An empty XDP program (XDP_PASS), only loaded by the data-path benchmark as baseline.
     pub const BENCH_XDP_PASS: &str = "bench_xdp_pass";
-    /// XDP program that only looks up one constant key in `SWITCHER_FLOWS` (the data-path
-    /// benchmark's tracked flow): the cost of the flow lookup alone, for the benchmark.
-    pub const BENCH_FLOW_LOOKUP: &str = "bench_flow_lookup";
 }
 
 /// The virtual service: value of the `SWITCHER_CONFIG` map (key 0). Written by user space at
@@ -316,14 +281,11 @@ pub mod flow_hash {
     }
 }
 
-/// Key of the `SWITCHER_FLOWS` conntrack map, also kept in each `SWITCHER_HANDSHAKES` slot:
-/// one viewer connection as it looks on ingress, client -> VIP. Replies (origin -> client) are
-/// looked up by rebuilding this key from the packet's destination. Written by the data plane;
-/// flows are deleted by user space when it retires an origin.
-///
-/// Aligned to 4 bytes (no padding: 20 bytes), so the data plane copies and compares it as five
-/// 32-bit words ([`FlowKey::words`]) instead of byte by byte.
-#[repr(C, align(4))]
+/// Key of the `SWITCHER_FLOWS` conntrack map and of the `SWITCHER_HANDSHAKES` map: one viewer
+/// connection as it looks on ingress, client -> VIP. Replies (origin -> client) are looked up
+/// by rebuilding this key from the packet's destination. Written by the data plane; flows are
+/// deleted by user space when it retires an origin.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Client address, network byte order (IPv4 in the first 4 bytes, rest zero).
@@ -332,39 +294,6 @@ pub struct FlowKey {
     pub client_port_be: u16,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u16,
-}
-
-impl FlowKey {
-    /// The key as the five 32-bit words it is made of (native byte order).
-    #[inline(always)]
-    pub fn words(&self) -> &[u32; 5] {
-        // SAFETY: `FlowKey` is `repr(C, align(4))`, 20 bytes of integers without padding
-        // (asserted below), so it is a valid `[u32; 5]` at the same address.
-        unsafe { &*(self as *const FlowKey).cast::<[u32; 5]>() }
-    }
-}
-
-/// The handshake table's hash of a connection: picks its slot (`& mask`, see
-/// [`global_names::HANDSHAKE_SLOT_MASK`]) and is the slot's [`Handshake::tag`]. A function of
-/// the key alone, so the ingress and egress programs compute it without the VIP's address,
-/// and cheap: a multiply per key word and murmur3's 32-bit finaliser (`fmix32`), a few
-/// instructions, where the flow hash (`jhash2`, the Maglev contract) costs about 80 as BPF,
-/// which has no rotate instruction. Not a defence against chosen collisions (nor is the
-/// flow hash, whose seed is public): see [`Handshake`].
-#[inline(always)]
-pub fn handshake_hash(key: &FlowKey) -> u32 {
-    let w = key.words();
-    let mut h = w[4].wrapping_mul(0x9e37_79b1)
-        ^ w[0].wrapping_mul(0x85eb_ca77)
-        ^ w[1].wrapping_mul(0xc2b2_ae3d)
-        ^ w[2].wrapping_mul(0x27d4_eb2f)
-        ^ w[3].wrapping_mul(0x1656_67b1);
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    h
 }
 
 /// Value of the `SWITCHER_FLOWS` map: an established flow and the origin it is pinned to.
@@ -410,48 +339,27 @@ pub const FLOW_ORIGIN_CLOSED: u32 = 2;
 /// connection once the response is done, and the viewer retries that request elsewhere.
 pub const FLOW_FINISHING: u32 = 4;
 
-/// One slot of the `SWITCHER_HANDSHAKES` table: a connection between its SYN and the client's
-/// ACK of the origin's SYN-ACK, pinned to the origin its SYN went to. Written only by the data
-/// plane (user space empties the slots of a retired origin):
-/// * ingress, on a SYN to the VIP: the whole slot [`handshake_hash`]`(key) & mask` (see
-///   [`global_names::HANDSHAKE_SLOT_MASK`]): `tag`, `origin`, `key`, and `isn_tag = !tag`
-///   (no ISN yet). A table slot, not a hash-map entry: a constant-cost write, no allocation,
-///   no lock, the same for a flood of new clients as for a retransmitted SYN;
-/// * TC egress, on the origin's SYN-ACK, if the slot still holds that connection (`key` and
-///   `tag`): `expect_ack` and `isn_tag = tag`;
-/// * ingress, on the client's ACK: if the slot holds the connection and the ACK acknowledges
-///   exactly `expect_ack`, the connection enters `SWITCHER_FLOWS` (only a client that saw the
-///   SYN-ACK knows the number) and the slot is emptied.
-///
-/// A SYN that hashes to a busy slot overwrites it: a spoofed SYN flood overwrites pending
-/// handshakes as it evicted them from the LRU map this table replaced, and those clients
-/// retry. Two CPUs writing one slot at once can leave a mix of two connections (no lock):
-/// `tag`+`origin` and `expect_ack`+`isn_tag` are each written with one aligned 8-byte store,
-/// and every check compares `key`, `tag` (the full 32-bit [`handshake_hash`], of which the
-/// slot index is only the low bits) and `isn_tag` with the packet's, so a mixed slot matches neither
-/// connection: their ACKs find no handshake, the edge's stack resets them and the clients
-/// retry. No connection is ever pinned by a mixed slot. The hash has no secret, so a spoofer
-/// who knows a client's address and port can aim
-/// a SYN at that client's slot in the round trip between its SYN and ACK: the client retries,
-/// as under a flood; established flows are out of reach.
-#[repr(C, align(8))]
+/// Value of the `SWITCHER_HANDSHAKES` map: a connection between its SYN and the client's ACK of
+/// the origin's SYN-ACK, pinned to the origin its SYN went to. Written only by the data plane:
+/// ingress inserts it on a SYN, TC egress records the origin's initial sequence number from
+/// the SYN-ACK, and the client's ACK of exactly that number moves the connection to
+/// `SWITCHER_FLOWS`. A spoofed SYN flood churns only this map; established flows are elsewhere.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Handshake {
-    /// [`handshake_hash`] of `key`, host order. Written with `origin` as one 8-byte store.
-    pub tag: u32,
     /// Index into `SWITCHER_ORIGINS`, host byte order.
     pub origin: u32,
+    /// `HANDSHAKE_*` flags, host order.
+    pub flags: u32,
     /// The origin's initial sequence number + 1, host order: the acknowledgment number the
-    /// client's handshake ACK must carry. Meaningful when `isn_tag == tag`.
+    /// client's handshake ACK must carry. Meaningful when `flags & HANDSHAKE_ISN_SEEN`.
     pub expect_ack: u32,
-    /// The `tag` of the connection whose SYN-ACK set `expect_ack` (written with it as one
-    /// 8-byte store); `!tag` until then.
-    pub isn_tag: u32,
-    /// The connection. Family 0: an empty slot.
-    pub key: FlowKey,
     /// Zero; makes the size a multiple of 8 with no implicit padding.
     pub reserved: u32,
 }
+
+/// [`Handshake::flags`]: TC egress saw the origin's SYN-ACK; `expect_ack` is set.
+pub const HANDSHAKE_ISN_SEEN: u32 = 1;
 
 /// Per-CPU statistics: value of the `SWITCHER_STATS` map, one slot per origin index plus
 /// [`STATS_UNSTEERED`]. Written only by the data plane; user space sums the CPUs.
@@ -515,8 +423,7 @@ const _: () = assert!(core::mem::size_of::<VipConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Origin>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
-const _: () = assert!(core::mem::size_of::<Handshake>() == 40);
-const _: () = assert!(core::mem::offset_of!(Handshake, key) == 16);
+const _: () = assert!(core::mem::size_of::<Handshake>() == 16);
 const _: () = assert!(core::mem::size_of::<Counters>() == 17 * 8);
 const _: () = assert!(core::mem::size_of::<MaglevTable>() == MAGLEV_SIZE as usize);
 

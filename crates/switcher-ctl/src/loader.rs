@@ -18,10 +18,8 @@
 //! mode) is kept in `SWITCHER_CONFIG` itself, so no state lives outside bpffs.
 //!
 //! # Flow table size
-//! `SWITCHER_FLOWS` gets [`AttachConfig::max_flows`] entries and `SWITCHER_HANDSHAKES`
-//! [`switcher_common::handshake_slots`] of it (the next power of two, with the slot mask set to
-//! match in the object's `HANDSHAKE_SLOT_MASK` global), set in the object before it is loaded
-//! (a map's size is fixed at creation). Adopting pinned
+//! `SWITCHER_FLOWS` and `SWITCHER_HANDSHAKES` get [`AttachConfig::max_flows`] entries each,
+//! set in the object before it is loaded (a map's size is fixed at creation). Adopting pinned
 //! maps keeps their size, whatever `max_flows` says, because replacing them would drop every
 //! viewer's flow: a mismatch is logged with both numbers and how to apply the new size.
 
@@ -48,7 +46,7 @@ use switcher_common::{
     FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN,
     MAGLEV_SIZE, MAGLEV_TABLES, MAX_ORIGINS, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED,
     ORIGIN_REMOTE, Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
-    VipConfig, global_names, handshake_slots, map_names, prog_names,
+    VipConfig, map_names, prog_names,
 };
 
 use crate::dataplane::{Aborted, DataPlane, OriginIndex};
@@ -172,7 +170,7 @@ pub struct Pinned {
     maglev: Array<MapData, MaglevTable>,
     maglev_live: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    handshakes: Array<MapData, Handshake>,
+    handshakes: HashMap<MapData, FlowKey, Handshake>,
     stats: PerCpuArray<MapData, Counters>,
     flows_removed: Array<MapData, u64>,
     /// The edge-reset transmitter, opened on first use; `Some(None)` once it turned out to be
@@ -569,7 +567,7 @@ impl Pinned {
             maglev: Array::try_from(open_map(pin_root, map_names::MAGLEV)?)?,
             maglev_live: Array::try_from(open_map(pin_root, map_names::MAGLEV_LIVE)?)?,
             flows: HashMap::try_from(open_map(pin_root, map_names::FLOWS)?)?,
-            handshakes: Array::try_from(open_map(pin_root, map_names::HANDSHAKES)?)?,
+            handshakes: HashMap::try_from(open_map(pin_root, map_names::HANDSHAKES)?)?,
             stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
             flows_removed: Array::try_from(open_map(pin_root, map_names::FLOWS_REMOVED)?)?,
             emitter: None,
@@ -666,14 +664,17 @@ impl Pinned {
         }
     }
 
-    /// Empties the handshake slots pinned to `origin` (connections between SYN and handshake
-    /// ACK): retiring an origin must remove them with its flows, or a handshake completing just
+    /// Removes the handshakes pinned to `origin` (connections between SYN and handshake ACK):
+    /// retiring an origin must remove them with its flows, or a handshake completing just
     /// after the retirement would enter the flow table pinned to the retired origin. Returns
-    /// how many were emptied. A SYN that writes one of these slots between the read and the
-    /// write here loses its handshake (the slot is emptied); its client's ACK finds none, the
-    /// stack resets it, and the client retries.
+    /// how many were removed.
     pub fn retire_handshakes(&mut self, origin: u32) -> Result<u64> {
-        empty_handshakes(&self.handshakes, Some(origin))
+        let keys: Vec<FlowKey> = batch_entries(&self.handshakes)?
+            .into_iter()
+            .filter(|(_, h)| h.origin == origin)
+            .map(|(k, _)| k)
+            .collect();
+        batch_delete(&self.handshakes, &keys)
     }
 
     /// Writes `table` into the table that is not live, makes it live, then waits until no
@@ -710,17 +711,10 @@ impl Pinned {
         Ok(())
     }
 
-    /// Number of connections in their handshake: the non-empty slots of `SWITCHER_HANDSHAKES`
-    /// (a read of the whole table; a large number with few `established` means a SYN flood).
-    /// 0, logged, when the table cannot be read.
+    /// Number of connections in their handshake (a walk of `SWITCHER_HANDSHAKES`; a large
+    /// number with few `established` means a SYN flood).
     pub fn handshake_count(&self) -> usize {
-        match pending_handshakes(&self.handshakes) {
-            Ok(slots) => slots.len(),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot read SWITCHER_HANDSHAKES");
-                0
-            }
-        }
+        self.handshakes.keys().filter(|k| k.is_ok()).count()
     }
 }
 
@@ -873,15 +867,8 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
 }
 
 /// Loads the object (creating its maps, not yet the programs) with the connection maps sized
-/// for `max_flows` flows: see [`load_object_bytes`].
+/// for `max_flows` entries each.
 pub fn load_object(max_flows: u32) -> Result<Ebpf> {
-    load_object_bytes(EBPF_OBJECT, max_flows)
-}
-
-/// Loads `object` (this build's data plane, or a test's copy of it) with `SWITCHER_FLOWS` sized
-/// for `max_flows` entries and `SWITCHER_HANDSHAKES` for
-/// [`switcher_common::handshake_slots`]`(max_flows)`, and the programs' slot mask to match.
-pub fn load_object_bytes(object: &[u8], max_flows: u32) -> Result<Ebpf> {
     let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
     if max_flows / cpus < FEW_FLOWS_PER_CPU {
         tracing::warn!(
@@ -891,13 +878,10 @@ pub fn load_object_bytes(object: &[u8], max_flows: u32) -> Result<Ebpf> {
              raise --max-flows, or flows will be evicted while the table is mostly empty"
         );
     }
-    let slots = handshake_slots(max_flows);
-    let mask = slots - 1;
     EbpfLoader::new()
         .map_max_entries(map_names::FLOWS, max_flows)
-        .map_max_entries(map_names::HANDSHAKES, slots)
-        .override_global(global_names::HANDSHAKE_SLOT_MASK, &mask, true)
-        .load(object)
+        .map_max_entries(map_names::HANDSHAKES, max_flows)
+        .load(EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object (max flows {max_flows})"))
 }
 
@@ -1034,51 +1018,6 @@ pub(crate) fn remove_pins(root: &Path) -> Result<()> {
         })
         .with_context(|| format!("removing {}", root.display()))?;
     Ok(())
-}
-
-/// The non-empty slots of a handshake table (`SWITCHER_HANDSHAKES`), read with batch lookups:
-/// (slot index, handshake).
-pub fn pending_handshakes<T: std::borrow::Borrow<MapData>>(
-    table: &Array<T, Handshake>,
-) -> Result<Vec<(u32, Handshake)>> {
-    let fd = table.map().fd().as_fd();
-    Ok(crate::mapbatch::lookup_all::<u32, Handshake>(fd)
-        .context("batch lookup of SWITCHER_HANDSHAKES")?
-        .into_iter()
-        .filter(|(_, h)| h.key.family != 0)
-        .collect())
-}
-
-/// Empties the non-empty slots of a handshake table, those pinned to `origin` or all (`None`),
-/// with batch updates; returns how many it emptied.
-pub fn empty_handshakes<T: std::borrow::Borrow<MapData>>(
-    table: &Array<T, Handshake>,
-    origin: Option<u32>,
-) -> Result<u64> {
-    let slots: Vec<u32> = pending_handshakes(table)?
-        .into_iter()
-        .filter(|(_, h)| origin.is_none_or(|o| h.origin == o))
-        .map(|(i, _)| i)
-        .collect();
-    let empty = vec![empty_handshake(); slots.len()];
-    let fd = table.map().fd().as_fd();
-    crate::mapbatch::update(fd, &slots, &empty).context("emptying SWITCHER_HANDSHAKES slots")
-}
-
-/// An empty handshake slot (family 0).
-fn empty_handshake() -> Handshake {
-    Handshake {
-        tag: 0,
-        origin: 0,
-        expect_ack: 0,
-        isn_tag: 0,
-        key: FlowKey {
-            client_addr: [0; 16],
-            client_port_be: 0,
-            family: 0,
-        },
-        reserved: 0,
-    }
 }
 
 /// Every entry of a conntrack-keyed map, read with batch lookups (see [`crate::mapbatch`]).

@@ -1,14 +1,11 @@
-//! Batch operations on BPF maps (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH`,
-//! `BPF_MAP_DELETE_BATCH`, Linux 5.6+; on arrays, lookup and update only), which aya 0.14 does
-//! not wrap. Retiring an origin reads the whole flow table and
+//! Batch operations on BPF hash maps (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`, Linux
+//! 5.6+), which aya 0.14 does not wrap. Retiring an origin reads the whole flow table and
 //! deletes that origin's flows: one syscall per entry and per key the plain way (~1.2 s for
 //! 200,000 flows), a few dozen syscalls this way.
 //!
 //! Reference: `include/uapi/linux/bpf.h` (the `batch` member of `union bpf_attr`) and
 //! `kernel/bpf/hashtab.c` (`__htab_map_lookup_and_delete_batch`: the batch token is a `u32`
-//! bucket index; `ENOENT` ends the walk; `ENOSPC` means a bucket holds more than `count`);
-//! arrays use `kernel/bpf/syscall.c`'s `generic_map_lookup_batch` (the token is the last key
-//! read, a `u32` index too) and `generic_map_update_batch`.
+//! bucket index; `ENOENT` ends the walk; `ENOSPC` means a bucket holds more than `count`).
 
 use std::io;
 use std::os::fd::{AsRawFd as _, BorrowedFd};
@@ -17,8 +14,6 @@ use aya::Pod;
 
 /// `BPF_MAP_LOOKUP_BATCH` (`enum bpf_cmd`).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-/// `BPF_MAP_UPDATE_BATCH` (`enum bpf_cmd`).
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// `BPF_MAP_DELETE_BATCH` (`enum bpf_cmd`).
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries asked for per lookup call: large enough that a syscall moves a lot, small enough
@@ -94,26 +89,6 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
         token_in = token_out;
         first = false;
     }
-}
-
-/// Writes `values[i]` at `keys[i]` in the map `fd` (`keys.len() == values.len()`), in chunks
-/// of `CHUNK`; returns how many were written.
-pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<u64> {
-    assert_eq!(keys.len(), values.len(), "one value per key");
-    let mut written = 0u64;
-    for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-        let mut attr = BatchAttr {
-            keys: k.as_ptr() as u64,
-            values: v.as_ptr() as u64,
-            count: k.len() as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
-        written += u64::from(attr.count.min(k.len() as u32));
-        result?;
-    }
-    Ok(written)
 }
 
 /// Deletes `keys` from the map `fd`, skipping keys that are already gone; returns how many

@@ -21,9 +21,9 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
-    Counters, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN, MAGLEV_SIZE, MAX_ORIGINS, MIN_FLOWS,
+    Counters, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN, MAGLEV_SIZE, MAX_ORIGINS,
     MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER,
-    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, handshake_hash, map_names, prog_names,
+    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 use switcher_ctl::maglev;
 use test_kit::netns;
@@ -331,10 +331,7 @@ impl Harness {
             }
         }
         clear::<FlowValue>(&mut self.ebpf, map_names::FLOWS);
-        // The handshake table is an array: empty its slots.
-        let table: Array<_, Handshake> =
-            Array::try_from(self.ebpf.map_mut(map_names::HANDSHAKES).unwrap()).unwrap();
-        switcher_ctl::loader::empty_handshakes(&table, None).unwrap();
+        clear::<Handshake>(&mut self.ebpf, map_names::HANDSHAKES);
         assert!(self.flows().is_empty() && self.handshakes().is_empty());
         self.configure(true);
         self.set_active(PRIMARY);
@@ -405,22 +402,10 @@ impl Harness {
         flows.iter().filter_map(Result::ok).collect()
     }
 
-    /// The pending handshakes: the non-empty slots of the handshake table, by key.
     fn handshakes(&self) -> Vec<(FlowKey, Handshake)> {
-        let hs: Array<_, Handshake> =
-            Array::try_from(self.ebpf.map(map_names::HANDSHAKES).unwrap()).unwrap();
-        switcher_ctl::loader::pending_handshakes(&hs)
-            .unwrap()
-            .into_iter()
-            .map(|(slot, h)| {
-                // The programs and user space hash a key alike: the slot and the tag are the
-                // ones `handshake_hash` gives (the object's default mask, `MIN_FLOWS - 1`:
-                // this object is loaded without setting it).
-                let hash = handshake_hash(&h.key);
-                assert_eq!((slot, h.tag), (hash & (MIN_FLOWS - 1), hash), "{h:?}");
-                (h.key, h)
-            })
-            .collect()
+        let hs: HashMap<_, FlowKey, Handshake> =
+            HashMap::try_from(self.ebpf.map(map_names::HANDSHAKES).unwrap()).unwrap();
+        hs.iter().filter_map(Result::ok).collect()
     }
 
     /// The origin `client`'s entry in `map` is pinned to, if it has one.

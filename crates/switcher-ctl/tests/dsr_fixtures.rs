@@ -404,10 +404,7 @@ fn reset(ebpf: &mut Ebpf) {
         }
     }
     clear::<FlowValue>(ebpf, map_names::FLOWS);
-    // The handshake table is an array: empty its slots.
-    let table: Array<_, Handshake> =
-        Array::try_from(ebpf.map_mut(map_names::HANDSHAKES).unwrap()).unwrap();
-    switcher_ctl::loader::empty_handshakes(&table, None).unwrap();
+    clear::<Handshake>(ebpf, map_names::HANDSHAKES);
     assert!(flows(ebpf).is_empty());
     set_active(ebpf, REMOTE);
 }

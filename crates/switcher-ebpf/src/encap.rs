@@ -95,7 +95,7 @@ pub fn adopt(ctx: *mut core::ffi::c_void, t: &Tcp, vip: &VipConfig) -> Option<(u
     if t.family != FAMILY_V4 {
         return None;
     }
-    let (index, _, _) = steer::new_flow_origin(ctx, t, vip, steer::flow_hash(t))?;
+    let (index, _, _) = steer::new_flow_origin(ctx, t, vip)?;
     let host = remote_host(index)?;
     count(index, |c| c.adopted += 1);
     Some((index, host))

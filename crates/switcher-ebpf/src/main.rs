@@ -27,19 +27,12 @@
 //! Anyone can send packets with any source address and port; what they cannot do, off the
 //! path, is read the replies. So state is created only in proportion to what a spoofer cannot
 //! fake (see `steer::steer_request` and `steer::forget_stale_flow`):
-//! * A SYN writes a slot of the handshake table (`SWITCHER_HANDSHAKES`, direct-mapped: slot =
-//!   a hash of the client's address and port & mask), never a flow: a constant-cost store, no allocation, no lock, the same
-//!   for a flood of new clients as for one retransmitted SYN. The connection enters the flow
-//!   table (`SWITCHER_FLOWS`, the one LRU insert of a connection) when the client acknowledges
-//!   the origin's initial sequence number, which only the real client has seen. A spoofed SYN
-//!   flood overwrites pending handshakes (those clients' ACKs find none, the stack resets them,
-//!   and they retry); established flows stay. Two CPUs writing one slot at once leave a slot
-//!   that matches neither connection (every check compares the key, the full hash and the
-//!   ISN's tag), with the same outcome for those two: a reset and a retry, never a flow
-//!   pinned to the wrong origin (`switcher_common::Handshake`).
+//! * A SYN creates a handshake entry (`SWITCHER_HANDSHAKES`), never a flow. The connection
+//!   enters the flow table (`SWITCHER_FLOWS`) when the client acknowledges the origin's
+//!   initial sequence number, which only the real client has seen. A spoofed SYN flood churns
+//!   the handshake table (new connections may need a retry); established flows stay.
 //! * A non-SYN packet of no flow or handshake creates nothing and passes to the stack, which
-//!   resets it (nothing listens on the VIP): a bare-ACK flood costs a flow lookup and one slot
-//!   read a packet.
+//!   resets it (nothing listens on the VIP): a bare-ACK flood costs two lookups a packet.
 //! * A SYN from a tracked address and port follows its flow (it cannot move it), and a SYN
 //!   straight to an origin forgets a flow only once the flow is over, by the origin's own
 //!   socket state or its FIN/RST.
@@ -129,13 +122,9 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
     match steer::steer_request(ctx, &t, vip, (start, end)) {
         steer::Decision::Steer(target) => match encap::remote_host(target.index) {
             None => Verdict::Rewrite(t, target),
-            Some(host) if t.family == FAMILY_V4 => {
-                steer::count_events(&target);
-                Verdict::Encap(t, target.index, host)
-            }
+            Some(host) if t.family == FAMILY_V4 => Verdict::Encap(t, target.index, host),
             // IPv4 outer headers only: an IPv6 flow cannot reach a remote origin.
             Some(_) => {
-                steer::count_events(&target);
                 encap::count(target.index, |c| c.errors += 1);
                 Verdict::Pass
             }
@@ -160,8 +149,7 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
 }
 
 /// Counts a steered request once its rewrite is done or failed (`dropped`: at TC, a failed
-/// rewrite drops the packet), with what steering it did (a new handshake, a completed one):
-/// one per-CPU update per packet.
+/// rewrite drops the packet): one per-CPU update per packet.
 #[inline(always)]
 fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: bool) {
     steer::count(target.index, |c| {
@@ -169,7 +157,6 @@ fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: b
         c.bytes += len as u64;
         c.rewrites += u64::from(rewritten);
         c.drops += u64::from(dropped);
-        steer::add_events(c, target.events);
     });
 }
 
@@ -454,25 +441,6 @@ pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
-}
-
-/// Benchmark building block, never attached: one `SWITCHER_FLOWS` lookup of a constant key
-/// (client 10.1.1.1:40000, IPv4: the tracked flow `cargo xtask bench datapath` inserts), then
-/// XDP_PASS. What the tracked-flow path pays for its one lookup, measured alone.
-#[xdp]
-pub fn bench_flow_lookup(_ctx: XdpContext) -> u32 {
-    let mut client_addr = [0u8; 16];
-    client_addr[..4].copy_from_slice(&[10, 1, 1, 1]);
-    let key = switcher_common::FlowKey {
-        client_addr,
-        client_port_be: 40000u16.to_be(),
-        family: FAMILY_V4,
-    };
-    if maps::FLOWS.get_ptr(&key).is_some() {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_ABORTED
-    }
 }
 
 #[cfg(not(test))]

@@ -1,21 +1,16 @@
 //! Every map of the data plane, declared in one place. Control maps are written by user space
 //! (switcher-ctl) and only read here; the conntrack map is written by both (the data plane
-//! inserts flows and forgets stale ones, user space deletes a retired origin's flows), and so
-//! is the handshake table (user space empties a retired origin's slots); the statistics are
-//! written only here. Key/value types and names come
+//! inserts flows and forgets stale ones, user space deletes a retired origin's flows); the
+//! handshake map and the statistics are written only here. Key/value types and names come
 //! from `switcher-common`.
 //!
-//! The flow map is an LRU hash with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): no lock shared
-//! by every CPU on insert or eviction, and a flood processed on one CPU (one RX queue) evicts
-//! only that CPU's share of the entries; the price is that each CPU owns `max_entries / CPUs`
-//! of the capacity, so uneven RSS spreads fill some CPUs' share first. Its size here is the
-//! default; switcher-ctl sets it from `--max-flows` when it loads the object.
-//!
-//! The handshake table is not a hash map but a direct-mapped array (slot =
-//! `switcher_common::handshake_hash` & mask, see `switcher_common::Handshake`): a SYN writes one slot, at a constant cost, with no
-//! allocation and no lock, where an LRU insert took a node from a free list, linked it under
-//! the LRU lock and freed the entry it replaced (~200 ns, most of a SYN's cost). Only the
-//! handshake ACK, which only a client that saw the SYN-ACK can send, inserts into the LRU.
+//! The two connection maps are LRU hashes with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): no
+//! lock shared by every CPU on insert or eviction, and a flood processed on one CPU (one RX
+//! queue) evicts only that CPU's share of the entries; the price is that each CPU owns
+//! `max_entries / CPUs` of the capacity, so uneven RSS spreads fill some CPUs' share first.
+//! On a 2-vCPU VM the insert path costs the same either way, within noise (BENCHMARKS.md,
+//! the "all CPUs at once" row); the lock it avoids matters with many CPUs. Their size here is
+//! the default; switcher-ctl sets it from `--max-flows` when it loads the object.
 //!
 //! BTF-defined maps (`.maps` section): the kernel gets the key and value types, so
 //! `bpftool map dump` prints them field by field.
@@ -24,12 +19,11 @@ use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     btf_maps::{Array, LruHashMap, PerCpuArray},
     macros::btf_map,
-    Global,
 };
 use switcher_common::{
     dsr::{DecapConfig, DecapCounters, EncapCounters},
     Counters, FlowKey, FlowValue, Handshake, MaglevTable, Origin, VipConfig, MAGLEV_TABLES,
-    MAX_FLOWS, MAX_ORIGINS, MIN_FLOWS, STATS_SLOTS,
+    MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
 };
 
 /// Map flags of the connection maps: per-CPU LRU lists.
@@ -74,32 +68,13 @@ pub static FLOWS_REMOVED: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }, LRU_FLAGS> =
     LruHashMap::new();
 
-/// Connections between SYN and handshake ACK, a direct-mapped table: index =
-/// `switcher_common::handshake_hash(key)` & [`HANDSHAKE_SLOT_MASK`] -> `switcher_common::Handshake` (the connection's key, its origin,
-/// the origin's ISN). Written whole by ingress on a SYN (overwriting whatever the slot held:
-/// a spoofed SYN flood overwrites pending handshakes, never established flows), updated by TC
-/// egress with the origin's SYN-ACK, emptied by ingress when the matching ACK moves the
-/// connection to `FLOWS`; user space empties a retired origin's slots. Two CPUs writing one
-/// slot at once leave a slot that matches neither connection; the `Handshake` docs say why
-/// that is safe. Its size here is the default; switcher-ctl sets it (and the mask) from
-/// `--max-flows` when it loads the object.
+/// Connections between SYN and handshake ACK (see `switcher_common::Handshake`). Same key as
+/// `FLOWS`. Inserted by ingress on a SYN, updated by TC egress with the origin's SYN-ACK,
+/// moved to `FLOWS` by ingress on the matching ACK; evicted least-recently-used when full,
+/// which is what a spoofed SYN flood does, away from the established flows.
 #[btf_map(name = "SWITCHER_HANDSHAKES")]
-pub static HANDSHAKES: Array<Handshake, { MAX_FLOWS as usize }> = Array::new();
-
-/// Load-time global (`switcher_common::global_names::HANDSHAKE_SLOT_MASK`): the handshake
-/// table's slot count minus one, written by switcher-ctl before the programs load (its own
-/// size, `switcher_common::handshake_slots(--max-flows)`). The value here fits the smallest
-/// table, so an object loaded by other means uses the first `MIN_FLOWS` slots of any table.
-/// Read-only to the programs (`.rodata`); read with [`handshake_slot_mask`].
-#[no_mangle]
-static HANDSHAKE_SLOT_MASK: Global<u32> = Global::new(MIN_FLOWS - 1);
-
-/// The value of [`HANDSHAKE_SLOT_MASK`] (a volatile read: the compiler must not fold the
-/// object's default, the loader replaces it).
-#[inline(always)]
-pub fn handshake_slot_mask() -> u32 {
-    HANDSHAKE_SLOT_MASK.load()
-}
+pub static HANDSHAKES: LruHashMap<FlowKey, Handshake, { MAX_FLOWS as usize }, LRU_FLAGS> =
+    LruHashMap::new();
 
 /// Statistics, written only here, per CPU. Key = origin index, or `STATS_UNSTEERED` for
 /// traffic bound to no origin -> counters (see `switcher_common::Counters`).

@@ -10,13 +10,14 @@ use aya_ebpf::{
 };
 use switcher_common::{
     flow_hash::{jhash2, FLOW_HASH_SEED},
-    handshake_hash, Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4,
-    FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED,
-    ORIGIN_REMOTE, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING,
+    FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS,
+    ORIGIN_CONFIGURED, ORIGIN_REMOTE, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4,
+    VIP_HAS_V6,
 };
 
 use crate::{
-    maps::{handshake_slot_mask, CONFIG, FLOWS, HANDSHAKES, MAGLEV, MAGLEV_LIVE, ORIGINS, STATS},
+    maps::{CONFIG, FLOWS, HANDSHAKES, MAGLEV, MAGLEV_LIVE, ORIGINS, STATS},
     packet::{eth_addrs, tcp, EthAddrs, Tcp},
 };
 
@@ -78,34 +79,6 @@ pub struct Target {
     /// New destination address when the origin's differs from the VIP's (IPv4 in the first
     /// 4 bytes), `None` to keep the VIP address.
     pub addr: Option<[u8; 16]>,
-    /// What else this packet did, to count with its steering in one update of the origin's
-    /// counters ([`count_events`]): `EVENT_*` bits.
-    pub events: u32,
-}
-
-/// [`Target::events`]: a SYN started a handshake (`new_flows`).
-pub const EVENT_NEW_FLOW: u32 = 1;
-/// [`Target::events`]: with a listener fallback (`listener_fallbacks`).
-pub const EVENT_FELL_BACK: u32 = 2;
-/// [`Target::events`]: an ACK completed a handshake (`established`).
-pub const EVENT_ESTABLISHED: u32 = 4;
-
-/// Adds `events` (`EVENT_*` bits) to counters `c`: without branches, as part of the one
-/// update a steered packet makes.
-#[inline(always)]
-pub fn add_events(c: &mut Counters, events: u32) {
-    c.new_flows += u64::from(events & EVENT_NEW_FLOW);
-    c.listener_fallbacks += u64::from((events & EVENT_FELL_BACK) >> 1);
-    c.established += u64::from((events & EVENT_ESTABLISHED) >> 2);
-}
-
-/// Counts `target`'s events alone, for a steered packet whose path does not count them with
-/// its own update (encapsulation, errors).
-#[inline(always)]
-pub fn count_events(target: &Target) {
-    if target.events != 0 {
-        count(target.index, |c| add_events(c, target.events));
-    }
 }
 
 /// The origin address to write for `family`, or `None` when the origin lives at the VIP's
@@ -214,22 +187,16 @@ fn addr_words(a: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// The Maglev hash of a connection from `client:client_port` to `server:server_port`
-/// (addresses as [`addr_words`] gives them, ports in network order), word for word what switcher-ctl's `maglev::flow_hash_v4/v6` compute:
-/// `[src addr, dst addr, ports, proto]`, each word the packet's bytes read as a little-endian
-/// u32 (the ports word is the first 4 bytes of the TCP header: ports hold the wire bytes, so
-/// on bpfel `sport | dport << 16` is that load).
+/// The flow's Maglev hash, word for word what switcher-ctl's `maglev::flow_hash_v4/v6`
+/// compute: `[src addr, dst addr, ports, proto]`, each word the packet's bytes read as a
+/// little-endian u32 (the ports word is the first 4 bytes of the TCP header: `sport` and
+/// `dport` hold the wire bytes, so on bpfel `sport | dport << 16` is that load).
 #[inline(always)]
-fn conn_hash(
-    family: u16,
-    client: [u32; 4],
-    client_port: u16,
-    server: [u32; 4],
-    server_port: u16,
-) -> u32 {
-    let ports = u32::from(client_port) | u32::from(server_port) << 16;
-    let (s, d) = (client, server);
-    if family == FAMILY_V4 {
+fn flow_hash(t: &Tcp) -> u32 {
+    let ports = u32::from(t.sport) | u32::from(t.dport) << 16;
+    let s = addr_words(&t.saddr);
+    let d = addr_words(&t.daddr);
+    if t.family == FAMILY_V4 {
         jhash2(&[s[0], d[0], ports, PROTO_TCP], FLOW_HASH_SEED)
     } else {
         jhash2(
@@ -241,25 +208,13 @@ fn conn_hash(
     }
 }
 
-/// The hash of the flow of request `t` (client -> VIP), see [`conn_hash`].
-#[inline(always)]
-pub(crate) fn flow_hash(t: &Tcp) -> u32 {
-    conn_hash(
-        t.family,
-        addr_words(&t.saddr),
-        t.sport,
-        addr_words(&t.daddr),
-        t.dport,
-    )
-}
-
-/// The origin index the live Maglev table gives a flow of hash `hash`, if it names one (an empty
+/// The origin index the live Maglev table gives the flow `t`, if it names one (an empty
 /// table holds `MAGLEV_NO_ORIGIN`, which is out of range).
 #[inline(always)]
-fn maglev_origin(hash: u32) -> Option<u32> {
+fn maglev_origin(t: &Tcp) -> Option<u32> {
     let live = *MAGLEV_LIVE.get(0)?;
     let table = MAGLEV.get(live)?;
-    let slot = hash % MAGLEV_SIZE;
+    let slot = flow_hash(t) % MAGLEV_SIZE;
     // The verifier does not bound the result of `%`, and LLVM drops a range check it can prove
     // redundant; reading the slot back through a volatile load hides the proof from LLVM, so
     // the check stays and the verifier sees the table access bounded.
@@ -275,15 +230,14 @@ fn maglev_origin(hash: u32) -> Option<u32> {
 
 /// The origin a new flow goes to: the live Maglev table's choice, or, with
 /// [`VIP_CHECK_LISTENER`] and no socket on that origin's port, the first other configured
-/// origin that has one. `hash` is `t`'s [`flow_hash`]. Returns (index, origin, fell back).
+/// origin that has one. Returns (index, origin, fell back).
 #[inline(always)]
 pub(crate) fn new_flow_origin(
     ctx: *mut c_void,
     t: &Tcp,
     vip: &VipConfig,
-    hash: u32,
 ) -> Option<(u32, &'static Origin, bool)> {
-    let index = maglev_origin(hash)?;
+    let index = maglev_origin(t)?;
     let o = origin(index)?;
     if vip.flags & VIP_CHECK_LISTENER == 0 || alive(ctx, t, &o) {
         return Some((index, o, false));
@@ -319,12 +273,11 @@ pub enum Decision {
 
 /// The [`Target`] of origin `index` for a packet of `family`.
 #[inline(always)]
-fn target(index: u32, o: &Origin, family: u16, events: u32) -> Target {
+fn target(index: u32, o: &Origin, family: u16) -> Target {
     Target {
         index,
         port: o.port_be,
         addr: origin_addr(o, family),
-        events,
     }
 }
 
@@ -337,12 +290,11 @@ fn target(index: u32, o: &Origin, family: u16, events: u32) -> Target {
 ///   a spoofed SYN cannot move a viewer's flow), unless the origin has closed the flow
 ///   (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow, steered by the table.
 /// * Any other SYN goes to the origin the Maglev table gives its 5-tuple (or, see
-///   [`new_flow_origin`], a live one) and is recorded in its `HANDSHAKES` slot, never in
-///   `FLOWS`: a spoofed SYN flood overwrites only other handshakes.
+///   [`new_flow_origin`], a live one) and is recorded in `HANDSHAKES`, never in `FLOWS`: a
+///   spoofed SYN flood evicts only other handshakes.
 /// * A non-SYN packet of a handshake goes to the handshake's origin. When it acknowledges the
 ///   origin's initial sequence number + 1 (recorded by TC egress from the SYN-ACK), the client
-///   has seen the SYN-ACK, so its address is real: the connection enters `FLOWS` (the LRU
-///   insert happens here, not on the SYN) and the slot is emptied.
+///   has seen the SYN-ACK, so its address is real: the connection moves to `FLOWS`.
 /// * Any other packet creates nothing and passes to the stack ([`Decision::Untracked`]): a
 ///   flow deleted because its origin was retired gets a reset from the VIP that way, and so
 ///   does a bare-ACK flood, which cannot fill the tables.
@@ -379,120 +331,50 @@ pub fn steer_request(
                 return Decision::Hold(index);
             }
             return match origin(index) {
-                Some(o) => Decision::Steer(target(index, &o, t.family, 0)),
+                Some(o) => Decision::Steer(target(index, &o, t.family)),
                 // Its origin slot was emptied (a restart with fewer origins): the flow is over.
                 None => Decision::Untracked,
             };
         }
     }
-    let tag = handshake_hash(&key);
     if t.is_syn() {
-        let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip, flow_hash(t)) else {
+        let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip) else {
             return Decision::NoOrigin;
         };
-        record_handshake(&key, tag, index);
-        let events = EVENT_NEW_FLOW | if fell_back { EVENT_FELL_BACK } else { 0 };
-        return Decision::Steer(target(index, &o, t.family, events));
+        let hs = Handshake {
+            origin: index,
+            flags: 0,
+            expect_ack: 0,
+            reserved: 0,
+        };
+        // An insert can only fail on memory pressure; the SYN is still steered and its
+        // retransmission tries again.
+        let _ = HANDSHAKES.insert(&key, &hs, 0);
+        count(index, |c| {
+            c.new_flows += 1;
+            if fell_back {
+                c.listener_fallbacks += 1;
+            }
+        });
+        return Decision::Steer(target(index, &o, t.family));
     }
-    let Some((slot, hs_origin)) = handshake_of(&key, tag) else {
+    // SAFETY: copied out at once (see above).
+    let Some(hs) = (unsafe { HANDSHAKES.get(&key) }).copied() else {
         return Decision::Untracked;
     };
-    let Some(o) = origin(hs_origin) else {
+    let Some(o) = origin(hs.origin) else {
         return Decision::Untracked;
     };
     // A remote (DSR) origin's SYN-ACK never crosses the edge: its handshake completes on the
     // client's first ACK (see `encap`, "Flow state without replies").
     let remote = o.flags & ORIGIN_REMOTE != 0;
-    let mut events = 0;
     if t.flags & tcp::ACK != 0
-        && (remote || isn_matches(slot, tag, t.ack_seq))
-        && promote(&key, hs_origin, t.ack_seq, &eth_addrs(frame.0, frame.1))
+        && (remote || hs.flags & HANDSHAKE_ISN_SEEN != 0 && t.ack_seq == hs.expect_ack)
+        && promote(&key, hs.origin, t.ack_seq, &eth_addrs(frame.0, frame.1))
     {
-        clear_handshake(slot, tag);
-        events = EVENT_ESTABLISHED;
+        count(hs.origin, |c| c.established += 1);
     }
-    Decision::Steer(target(hs_origin, &o, t.family, events))
-}
-
-/// Writes the handshake of a new connection (`key`, its `handshake_hash` `hash`, pinned to
-/// `origin`) into its slot, whatever the slot held (see `switcher_common::Handshake`): the ISN
-/// word first (no ISN: `isn_tag = !hash`), then the key, then `tag` and `origin` in one store.
-#[inline(always)]
-fn record_handshake(key: &FlowKey, hash: u32, origin: u32) {
-    let Some(slot) = HANDSHAKES.get_ptr_mut(hash & handshake_slot_mask()) else {
-        return;
-    };
-    let k = key.words();
-    // SAFETY: a pointer into the array value (8-byte aligned, 40 bytes: `Handshake`'s layout,
-    // asserted in switcher-common); aligned stores of the value's own words.
-    unsafe {
-        let words = slot.cast::<u64>();
-        words.add(1).write_volatile(u64::from(!hash) << 32);
-        let key_words = core::ptr::addr_of_mut!((*slot).key).cast::<u32>();
-        let mut i = 0;
-        while i < 5 {
-            key_words.add(i).write_volatile(k[i]);
-            i += 1;
-        }
-        words.write_volatile(u64::from(hash) | u64::from(origin) << 32);
-    }
-}
-
-/// The handshake slot holding the connection `key` of `handshake_hash` `hash`, and its origin: the
-/// slot's `tag` is `hash` and its key is `key` (a slot since overwritten, emptied, or mixed by
-/// two writers holds neither).
-#[inline(always)]
-fn handshake_of(key: &FlowKey, hash: u32) -> Option<(*mut Handshake, u32)> {
-    let slot = HANDSHAKES.get_ptr_mut(hash & handshake_slot_mask())?;
-    let k = key.words();
-    // SAFETY: as in `record_handshake`; aligned loads. `tag` and `origin` are read in one load,
-    // as they are written, so the origin is the one written with this tag.
-    unsafe {
-        let meta = slot.cast::<u64>().read_volatile();
-        if meta as u32 != hash {
-            return None;
-        }
-        let s = (*slot).key.words();
-        if s[0] != k[0] || s[1] != k[1] || s[2] != k[2] || s[3] != k[3] || s[4] != k[4] {
-            return None;
-        }
-        Some((slot, (meta >> 32) as u32))
-    }
-}
-
-/// Whether the handshake in `slot` (`handshake_hash` `hash`) recorded its origin's SYN-ACK and the
-/// client acknowledges exactly that ISN + 1: `expect_ack` and `isn_tag` are read in one load.
-#[inline(always)]
-fn isn_matches(slot: *mut Handshake, hash: u32, ack_seq: u32) -> bool {
-    // SAFETY: as in `record_handshake`.
-    let isn = unsafe { slot.cast::<u64>().add(1).read_volatile() };
-    (isn >> 32) as u32 == hash && isn as u32 == ack_seq
-}
-
-/// Records the origin's SYN-ACK in the handshake `slot` of `handshake_hash` `hash`: the ACK that
-/// completes the handshake must acknowledge `seq + 1`. One store of `expect_ack` and `isn_tag`.
-#[inline(always)]
-fn record_isn(slot: *mut Handshake, hash: u32, seq: u32) {
-    // SAFETY: as in `record_handshake`.
-    unsafe {
-        slot.cast::<u64>()
-            .add(1)
-            .write_volatile(u64::from(seq.wrapping_add(1)) | u64::from(hash) << 32)
-    }
-}
-
-/// Empties the handshake `slot` (`handshake_hash` `hash`): a tag that is not `hash`, and a key of
-/// family 0 (what user space counts as empty).
-#[inline(always)]
-fn clear_handshake(slot: *mut Handshake, hash: u32) {
-    // SAFETY: as in `record_handshake`; the key's last word is its port and family.
-    unsafe {
-        slot.cast::<u64>().write_volatile(u64::from(!hash));
-        core::ptr::addr_of_mut!((*slot).key)
-            .cast::<u32>()
-            .add(4)
-            .write_volatile(0);
-    }
+    Decision::Steer(target(hs.origin, &o, t.family))
 }
 
 /// Keeps the flow's `client_ack` at the newest acknowledgment number the client sent, for an
@@ -514,11 +396,10 @@ fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
     }
 }
 
-/// Enters a completed handshake in the flow table, with the client's acknowledgment number and
-/// the frame's Ethernet addresses (an edge reset's sequence number and addresses): the one LRU
-/// insert of a connection, made on the ACK that only a client that saw the SYN-ACK can send.
-/// False when the insert failed (memory pressure); the handshake slot then stays and the next
-/// ACK tries again.
+/// Moves a completed handshake to the flow table, with the client's acknowledgment number and
+/// the frame's Ethernet addresses (an edge reset's sequence number and addresses). False when
+/// the insert failed (memory pressure); the handshake entry then stays and the next ACK tries
+/// again.
 #[inline(always)]
 fn promote(key: &FlowKey, origin: u32, client_ack: u32, macs: &EthAddrs) -> bool {
     let flow = FlowValue {
@@ -528,7 +409,11 @@ fn promote(key: &FlowKey, origin: u32, client_ack: u32, macs: &EthAddrs) -> bool
         hop_mac: macs.src,
         local_mac: macs.dst,
     };
-    FLOWS.insert(key, &flow, 0).is_ok()
+    if FLOWS.insert(key, &flow, 0).is_err() {
+        return false;
+    }
+    let _ = HANDSHAKES.remove(key);
+    true
 }
 
 /// Whether `t` is addressed to origin `o` itself (its own address, or the VIP's address with
@@ -600,12 +485,11 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
         }
         return;
     }
-    let tag = handshake_hash(&key);
-    if let Some((slot, index)) = handshake_of(&key, tag) {
-        if let Some(o) = origin(index) {
-            if is_to_origin(t, &o, vip) {
-                clear_handshake(slot, tag);
-                count(index, |c| c.stale_flows += 1);
+    // SAFETY: copied out at once (see steer_request).
+    if let Some(hs) = (unsafe { HANDSHAKES.get(&key) }).copied() {
+        if let Some(o) = origin(hs.origin) {
+            if is_to_origin(t, &o, vip) && HANDSHAKES.remove(&key).is_ok() {
+                count(hs.origin, |c| c.stale_flows += 1);
             }
         }
     }
@@ -664,20 +548,24 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     // The values are written in place below; a concurrent writer on another CPU can only set
     // the same bits or the same sequence number (the origin's retransmitted SYN-ACK).
     let flow = FLOWS.get_ptr_mut(&key);
-    let vip_addr = vip_addr(vip, t.family)?;
-    let (index, handshake) = match flow {
-        // SAFETY: a pointer into the map value, valid while this program runs (RCU).
-        Some(f) => (unsafe { (*f).origin }, None),
-        None => {
-            let tag = handshake_hash(&key);
-            let (slot, index) = handshake_of(&key, tag)?;
-            (index, Some((slot, tag)))
+    let handshake = if flow.is_none() {
+        Some(HANDSHAKES.get_ptr_mut(&key)?)
+    } else {
+        None
+    };
+    // SAFETY: pointers into map values, valid while this program runs (RCU).
+    let index = unsafe {
+        match (flow, handshake) {
+            (Some(f), _) => (*f).origin,
+            (None, Some(h)) => (*h).origin,
+            (None, None) => return None,
         }
     };
     let o = origin(index)?;
     if o.port_be != t.sport {
         return None;
     }
+    let vip_addr = vip_addr(vip, t.family)?;
     let addr = match origin_addr(&o, t.family) {
         // The origin answers from its own address: it must be that one, and it becomes the VIP.
         Some(a) if a == t.saddr => Some(vip_addr),
@@ -698,9 +586,10 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
                 (*f).flags |= FLOW_ORIGIN_CLOSED;
                 closed = true;
             }
-        } else if let Some((slot, tag)) = handshake {
+        } else if let Some(h) = handshake {
             if t.flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
-                record_isn(slot, tag, t.seq);
+                (*h).expect_ack = t.seq.wrapping_add(1);
+                (*h).flags |= HANDSHAKE_ISN_SEEN;
             }
         }
     }
