@@ -4,9 +4,13 @@
 //! - **Connection cap** ([`AcceptLimits::slots`]): a slot is taken *before* `accept`, so
 //!   clients beyond the cap wait in the kernel's accept backlog instead of costing a task and
 //!   buffers; each is accepted as soon as a slot frees. The connection's task holds the slot.
-//! - **Accept-error backoff** ([`ACCEPT_ERROR_BACKOFF`]): a failed `accept` (EMFILE, ENFILE,
-//!   ENOBUFS) is logged and retried after a pause; retrying at once would spin a core on an
-//!   error that only time (connections closing) can clear.
+//! - **Accept-error backoff** ([`ACCEPT_ERROR_BACKOFF`]): an `accept` that failed for want of
+//!   a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM: [`is_resource_exhaustion`]) is logged and
+//!   retried after a pause; retrying at once would spin a core on an error that only time
+//!   (connections closing) can clear. Any other error belongs to the one connection being
+//!   accepted (ECONNABORTED: the client reset it while it waited in the backlog; EPROTO, EPERM
+//!   from a firewall): it is logged at debug and the next connection is accepted at once, as
+//!   hyper and axum do, so one client's reset never delays the others.
 //! - **Bounded drain**: when `shutdown` resolves the listener is closed, connections get
 //!   [`AcceptLimits::shutdown_grace`] to finish (hyper connections are told through the
 //!   graceful-shutdown watcher each one gets), and whatever is left is dropped.
@@ -28,6 +32,15 @@ use tokio::task::JoinSet;
 
 /// Pause after a failed `accept` before the next attempt (see the module docs).
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether a failed `accept` ran out of a resource that only time frees (file descriptors,
+/// buffer or kernel memory), so retrying at once would spin (see the module docs).
+pub fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
 
 /// The accept side of a listener, so one loop serves every kind (and tests can inject
 /// failures).
@@ -87,12 +100,16 @@ pub async fn accept_loop<A, F, Fut>(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(e) => {
+                Err(e) if is_resource_exhaustion(&e) => {
                     tracing::warn!(error = %e, retry_in = ?ACCEPT_ERROR_BACKOFF, "accept failed");
                     tokio::select! {
                         () = &mut shutdown => break,
                         () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
                     }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed for one connection");
+                    continue;
                 }
             },
         };
@@ -136,6 +153,64 @@ mod tests {
             tokio::task::yield_now().await;
             Err(std::io::Error::from_raw_os_error(libc::EMFILE))
         }
+    }
+
+    /// A listener whose first accepts fail as a client's reset in the backlog does
+    /// (ECONNABORTED), then hands out one connection.
+    struct AbortedThenOk {
+        aborted: usize,
+        served: Option<tokio::io::DuplexStream>,
+    }
+
+    impl Accept for AbortedThenOk {
+        type Io = tokio::io::DuplexStream;
+        type Addr = ();
+        async fn accept(&mut self) -> std::io::Result<(Self::Io, ())> {
+            if self.aborted > 0 {
+                self.aborted -= 1;
+                return Err(std::io::Error::from_raw_os_error(libc::ECONNABORTED));
+            }
+            match self.served.take() {
+                Some(io) => Ok((io, ())),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Time is paused: a connection behind three aborted ones is served without any backoff
+    /// passing, because an aborted connection is that client's error, not a lack of resources.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_aborted_in_the_backlog_does_not_delay_the_next() {
+        let (io, _peer) = tokio::io::duplex(64);
+        let (served_tx, mut served_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = AcceptLimits {
+            slots: Arc::new(Semaphore::new(4)),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let server = tokio::spawn(accept_loop(
+            AbortedThenOk {
+                aborted: 3,
+                served: Some(io),
+            },
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+            move |_, (), _, _| {
+                let _ = served_tx.send(());
+                None::<std::future::Ready<()>>
+            },
+        ));
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            served_rx.try_recv().is_ok(),
+            "the connection after three aborted ones waited for a backoff"
+        );
+        stop.send(()).expect("server still running");
+        server.await.expect("the loop ends at shutdown");
     }
 
     /// Time is paused and only moves when the test moves it: the loop may try `accept` once
