@@ -21,6 +21,10 @@
 //! - **haproxy**: through Debian's HAProxy (HTTP mode, round robin over the same two origin
 //!   hosts) in edge1's namespace: every response byte crosses the edge.
 //!
+//! The lab runs the release binaries (`DSR_BENCH_BIN_DIR` to choose others): switcher-ctl's
+//! CPU time is the edge's cost here and the origins' speed bounds the throughput, and a debug
+//! build inflates both.
+//!
 //! Each measurement runs `DSR_BENCH_PARALLEL` downloaders, each fetching the file
 //! `DSR_BENCH_FETCHES` times on fresh connections (curl), and takes the wall time.
 //!
@@ -128,7 +132,7 @@ pub fn run(ws: &Path, out: &mut String) -> Result<()> {
     }
     let bin_dir = std::env::var_os("DSR_BENCH_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target/debug"));
+        .unwrap_or_else(|| ws.join("target/release"));
     writeln!(
         out,
         "Machine: {}. Lab binaries: {}; XDP in generic mode (veth).",

@@ -73,14 +73,10 @@ pub fn run(ws: &Path, which: Bench) -> Result<()> {
         Bench::All => Bench::EACH.to_vec(),
         one => vec![one],
     };
-    if benches.iter().any(|b| *b != Bench::Dsr) {
-        prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
-    }
-    if benches.contains(&Bench::Dsr) {
-        // The lab runs the debug binaries, as its tests do (the data path is the eBPF object,
-        // built the same either way; see bench/dsr.rs).
-        prereq::cargo(ws, &["build", "--workspace", "--bins"])?;
-    }
+    // Every bench runs release binaries, the lab's included: the eBPF object is built the
+    // same either way, but switcher-ctl's CPU time is the DSR bench's edge cost and the
+    // origins' speed is its throughput, and a debug build inflates both.
+    prereq::cargo(ws, &["build", "--release", "--workspace", "--bins"])?;
     for bench in benches {
         if bench == Bench::Datapath {
             // A cargo bench of its own (it needs the eBPF object and the netns fixtures); it
