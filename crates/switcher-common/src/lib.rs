@@ -344,6 +344,10 @@ pub const FLOW_FINISHING: u32 = 4;
 /// ingress inserts it on a SYN, TC egress records the origin's initial sequence number from
 /// the SYN-ACK, and the client's ACK of exactly that number moves the connection to
 /// `SWITCHER_FLOWS`. A spoofed SYN flood churns only this map; established flows are elsewhere.
+///
+/// It also keeps what the edge needs to reset the client itself while the connection is
+/// pending, when its origin is cut off (docs/ARCHITECTURE.md, "Edge-originated resets"): the
+/// client's initial sequence number and the SYN's link-layer addresses, written with the entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Handshake {
@@ -354,8 +358,16 @@ pub struct Handshake {
     /// The origin's initial sequence number + 1, host order: the acknowledgment number the
     /// client's handshake ACK must carry. Meaningful when `flags & HANDSHAKE_ISN_SEEN`.
     pub expect_ack: u32,
-    /// Zero; makes the size a multiple of 8 with no implicit padding.
-    pub reserved: u32,
+    /// The client's initial sequence number (its SYN's sequence number), host order: an edge
+    /// reset of the pending connection acknowledges it + 1, the only acknowledgment number a
+    /// client in SYN-SENT accepts an RST with (RFC 9293 3.10.7.3).
+    pub client_isn: u32,
+    /// Ethernet source address of the SYN as it sits in the frame (the client, or the router
+    /// it comes through): the destination of an edge reset. As [`FlowValue::hop_mac`].
+    pub hop_mac: [u8; 6],
+    /// Ethernet destination address of the SYN (this edge's interface): the source of an edge
+    /// reset. As [`FlowValue::local_mac`].
+    pub local_mac: [u8; 6],
 }
 
 /// [`Handshake::flags`]: TC egress saw the origin's SYN-ACK; `expect_ack` is set.
@@ -423,7 +435,7 @@ const _: () = assert!(core::mem::size_of::<VipConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Origin>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
-const _: () = assert!(core::mem::size_of::<Handshake>() == 16);
+const _: () = assert!(core::mem::size_of::<Handshake>() == 28);
 const _: () = assert!(core::mem::size_of::<Counters>() == 17 * 8);
 const _: () = assert!(core::mem::size_of::<MaglevTable>() == MAGLEV_SIZE as usize);
 

@@ -446,7 +446,10 @@ impl Controller {
     /// Aborts an unhealthy origin's connections: all of them, except (within the finish time
     /// since it was retired, and only when it was retired for a reason that leaves it
     /// delivering at full speed, see [`crate::finish::may_finish`]) those delivering a
-    /// response right now, which later windows cut once they finish or stall.
+    /// response right now, which later windows cut once they finish or stall. An origin cut at
+    /// once also gets its pending handshakes reset (see [`DataPlane::abort_flows`]); the first
+    /// call of a retirement decides that, since it empties the origin's handshake slots and no
+    /// new SYN goes to a retired origin.
     fn retire(&mut self, o: OriginId, now: SystemTime, why: &str) {
         let slot = o.slot();
         let since = *self.retired_at[slot].get_or_insert(now);
@@ -484,8 +487,12 @@ impl Controller {
                     .edge_resets
                     .with_label_values(&l)
                     .inc_by(a.edge_resets);
-                if a.removed > 0 || a.reset > 0 {
-                    tracing::warn!(origin = %name, why, reset = a.reset, edge_resets = a.edge_resets, flows_removed = a.removed, finishing = a.finishing, remaining = a.remaining, "aborted viewer connections");
+                self.metrics
+                    .handshake_resets
+                    .with_label_values(&l)
+                    .inc_by(a.handshake_resets);
+                if a.removed > 0 || a.reset > 0 || a.handshake_resets > 0 {
+                    tracing::warn!(origin = %name, why, reset = a.reset, edge_resets = a.edge_resets, handshake_resets = a.handshake_resets, flows_removed = a.removed, finishing = a.finishing, remaining = a.remaining, "aborted viewer connections");
                 }
                 if let Some(c) = self.last_flow_counts.get_mut(o.slot()) {
                     *c = a.remaining + a.finishing;

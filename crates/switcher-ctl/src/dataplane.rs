@@ -38,6 +38,12 @@ pub trait DataPlane: Send {
     /// reaches it when the origin's cannot: a partition, an origin on another host). Unlike [`DataPlane::retire_flows`], this reaches a viewer that
     /// sends nothing more because it waits on a hung origin.
     ///
+    /// Without `finish_in_flight` (an origin cut at once, see [`crate::finish::may_finish`]),
+    /// the connections still in their handshake whose SYN went to `origin` are reset by the
+    /// edge too (RST+ACK of the client's SYN, see [`crate::edge_rst`]): their SYN went to an
+    /// origin that is slow, stuck or gone, and the client would otherwise wait for its own SYN
+    /// retransmission (1 s or more). With it, they are only forgotten.
+    ///
     /// With `finish_in_flight`, a connection that is delivering a response right now (see
     /// [`crate::sockdiag::Progress::delivering`] with [`DELIVERY_STALL_MS`]) is left to finish
     /// it, flow included: a reset there would cost the player the rest of that segment, while
@@ -79,6 +85,10 @@ pub struct Aborted {
     /// latest acknowledgment number (see [`crate::edge_rst`]); 0 where the interface cannot
     /// transmit them (not native XDP).
     pub edge_resets: u64,
+    /// Edge-originated resets of pending handshakes (RST+ACK of the client's SYN, see
+    /// [`crate::edge_rst::handshake_rst`]), sent only without `finish_in_flight`; 0 where the
+    /// interface cannot transmit them.
+    pub handshake_resets: u64,
     /// Flows removed from the conntrack map.
     pub removed: u64,
     /// Connections left to finish the response they are delivering (flows kept).

@@ -8,6 +8,11 @@
 //! ([`switcher_common::FlowValue`]); from those, [`rst_frame`] builds the whole frame, and
 //! [`Emitter`] transmits it with the `switcher_emit_rst` XDP program.
 //!
+//! Connections still in their handshake are reset too ([`handshake_rst`]): a viewer whose
+//! SYN went to an origin that is now retired, cut off or gone waits in SYN-SENT for its own
+//! SYN retransmission (1 s, then 3 s...) unless told. The data plane records the client's
+//! ISN and the SYN's Ethernet addresses in the handshake entry ([`switcher_common::Handshake`]).
+//!
 //! # Why the sequence number is right
 //! A stalled, hung or partitioned origin sends nothing that reaches the viewer any more, so
 //! once the viewer has acknowledged what it got, its latest ACK equals its `RCV.NXT`, and an
@@ -17,6 +22,16 @@
 //! before the RST is sent, so that ACK is untracked and passes to the edge's stack, which
 //! resets it with `SEQ = its ACK number`: exact. A number outside the window is ignored by
 //! the viewer: never a wrong reset of something else.
+//!
+//! # Why a pending handshake's reset is accepted
+//! A client in SYN-SENT ignores the sequence number of an RST and accepts it only with ACK set
+//! and the acknowledgment number of its SYN, its ISN + 1 (RFC 9293 3.10.7.3, "If the ACK bit
+//! is set ... If the RST bit is set ... If the ACK was acceptable then signal to the user
+//! 'error: connection reset'"; Linux's `tcp_rcv_synsent_state_process`, which fails the
+//! connect with `ECONNREFUSED`). A client that already got the origin's SYN-ACK is
+//! synchronized: when the origin's ISN is recorded the reset's sequence number is that ISN + 1,
+//! the client's `RCV.NXT`, exact (else 0, which it ignores or answers with a challenge ACK that
+//! the edge's stack resets, the entry being removed first, as above).
 //!
 //! # Why a live-frame test run, not a raw socket
 //! switcher-ctl keeps only CAP_BPF and CAP_NET_ADMIN after attaching; a raw socket needs
@@ -44,7 +59,9 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
 use aya_obj::programs::XdpAttachType;
-use switcher_common::{FAMILY_V4, FlowKey, FlowValue, VIP_HAS_V4, VIP_HAS_V6, VipConfig};
+use switcher_common::{
+    FAMILY_V4, FlowKey, FlowValue, HANDSHAKE_ISN_SEEN, Handshake, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
+};
 
 /// EtherTypes.
 const ETH_P_IP: u16 = 0x0800;
@@ -56,8 +73,9 @@ const TTL: u8 = 64;
 /// TCP header without options, and its data offset field (5 words, high nibble).
 const TCP_HLEN: usize = 20;
 const TCP_DOFF: u8 = 5 << 4;
-/// TCP RST flag.
+/// TCP RST and ACK flags.
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 /// IPv4 "don't fragment": an RST is 40 bytes.
 const IPV4_DF: u16 = 0x4000;
 
@@ -71,6 +89,9 @@ pub struct RstSpec {
     pub client: SocketAddr,
     /// Sequence number: the viewer's latest acknowledgment number.
     pub seq: u32,
+    /// Acknowledgment number, with ACK set: a connection in SYN-SENT (its ISN + 1); `None`
+    /// for a bare RST (a synchronized connection).
+    pub ack: Option<u32>,
     /// Ethernet source: the edge's interface.
     pub src_mac: [u8; 6],
     /// Ethernet destination: the viewer, or the router its packets come through.
@@ -98,17 +119,21 @@ fn finish(mut acc: u32) -> u16 {
 }
 
 /// The frame of `spec`: Ethernet II, IPv4 (no options) or IPv6 (no extension headers), and a
-/// 20-byte TCP header with only RST set, `ACK = 0`, window 0, checksums computed. Fails when
-/// the VIP and the client are of different families.
+/// 20-byte TCP header with RST set (and ACK with `spec.ack`, else acknowledgment number 0),
+/// window 0, checksums computed. Fails when the VIP and the client are of different families.
 pub fn rst_frame(spec: &RstSpec) -> Result<Vec<u8>> {
     let mut tcp = [0u8; TCP_HLEN];
     tcp[0..2].copy_from_slice(&spec.vip.port().to_be_bytes());
     tcp[2..4].copy_from_slice(&spec.client.port().to_be_bytes());
     tcp[4..8].copy_from_slice(&spec.seq.to_be_bytes());
-    // Acknowledgment number 0: an RST without ACK (RFC 9293 3.10.7.4 validates an RST in a
-    // synchronized state by its sequence number only).
+    // Without `ack`, acknowledgment number 0: an RST without ACK (RFC 9293 3.10.7.4 validates
+    // an RST in a synchronized state by its sequence number only). With it, RST+ACK (3.10.7.3).
     tcp[12] = TCP_DOFF;
     tcp[13] = TCP_RST;
+    if let Some(ack) = spec.ack {
+        tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+        tcp[13] |= TCP_ACK;
+    }
     let mut frame = Vec::with_capacity(14 + 40 + TCP_HLEN);
     frame.extend_from_slice(&spec.dst_mac);
     frame.extend_from_slice(&spec.src_mac);
@@ -163,6 +188,46 @@ pub fn rst_frame(spec: &RstSpec) -> Result<Vec<u8>> {
 /// latest acknowledgment number and the flow's Ethernet addresses reversed. `None` when the
 /// VIP has no address of the flow's family (a flow of another configuration).
 pub fn flow_rst(vip: &VipConfig, key: &FlowKey, value: &FlowValue) -> Option<RstSpec> {
+    let (vip, client) = endpoints(vip, key)?;
+    Some(RstSpec {
+        vip,
+        client,
+        seq: value.client_ack,
+        ack: None,
+        src_mac: value.local_mac,
+        dst_mac: value.hop_mac,
+    })
+}
+
+/// The reset of the pending handshake `key` -> `hs` of a data plane serving `vip`: from the
+/// VIP to the client, RST+ACK acknowledging the client's SYN (`client_isn + 1`), sequence
+/// number the origin's ISN + 1 when its SYN-ACK was seen (else 0), with the SYN's Ethernet
+/// addresses reversed. `None` when the VIP has no address of the key's family.
+///
+/// The entry is read while the data plane may write it: TC egress records the origin's ISN
+/// in place (`expect_ack`, then the flag). A read between the two gives sequence number 0, and
+/// a connection replaced by a new SYN from the same port between the read and the reset gets
+/// an acknowledgment number that is not its ISN + 1: both are resets the client ignores, never
+/// a reset of another connection.
+pub fn handshake_rst(vip: &VipConfig, key: &FlowKey, hs: &Handshake) -> Option<RstSpec> {
+    let (vip, client) = endpoints(vip, key)?;
+    Some(RstSpec {
+        vip,
+        client,
+        seq: if hs.flags & HANDSHAKE_ISN_SEEN != 0 {
+            hs.expect_ack
+        } else {
+            0
+        },
+        ack: Some(hs.client_isn.wrapping_add(1)),
+        src_mac: hs.local_mac,
+        dst_mac: hs.hop_mac,
+    })
+}
+
+/// The VIP's address of `key`'s family with its port, and `key`'s client; `None` when the VIP
+/// has no address of that family.
+fn endpoints(vip: &VipConfig, key: &FlowKey) -> Option<(SocketAddr, SocketAddr)> {
     let port = u16::from_be(vip.port_be);
     let (vip_ip, client_ip) = if key.family == FAMILY_V4 {
         if vip.flags & VIP_HAS_V4 == 0 {
@@ -179,13 +244,10 @@ pub fn flow_rst(vip: &VipConfig, key: &FlowKey, value: &FlowValue) -> Option<Rst
         }
         (IpAddr::from(vip.addr_v6), IpAddr::from(key.client_addr))
     };
-    Some(RstSpec {
-        vip: SocketAddr::new(vip_ip, port),
-        client: SocketAddr::new(client_ip, u16::from_be(key.client_port_be)),
-        seq: value.client_ack,
-        src_mac: value.local_mac,
-        dst_mac: value.hop_mac,
-    })
+    Some((
+        SocketAddr::new(vip_ip, port),
+        SocketAddr::new(client_ip, u16::from_be(key.client_port_be)),
+    ))
 }
 
 /// `struct xdp_md` of a live-frame run (`include/uapi/linux/bpf.h`): data, data_end,
@@ -260,6 +322,7 @@ mod tests {
             vip: "10.77.0.2:8080".parse().unwrap(),
             client: "10.77.0.1:40000".parse().unwrap(),
             seq: 0x0102_0304,
+            ack: None,
             src_mac: LOCAL,
             dst_mac: HOP,
         };
@@ -289,11 +352,47 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_rst_ack_bytes() {
+        // A pending handshake's reset: RST+ACK acknowledging the client's SYN (ISN 0xa1b2c3d4),
+        // sequence number 0 (no SYN-ACK seen).
+        let spec = RstSpec {
+            vip: "10.77.0.2:8080".parse().unwrap(),
+            client: "10.77.0.1:40000".parse().unwrap(),
+            seq: 0,
+            ack: Some(0xa1b2_c3d5),
+            src_mac: LOCAL,
+            dst_mac: HOP,
+        };
+        let f = rst_frame(&spec).unwrap();
+        // Worked by hand: the IPv4 header is the bare RST's (checksum 0x2634). TCP:
+        // pseudo-header 0x14b7 (as above), header 0x1f90+0x9c40+0xa1b2+0xc3d5+0x5014
+        // = 0x2_716b, total 0x2_8622 -> 0x8624 -> checksum 0x79db.
+        let want: Vec<u8> = [
+            &HOP[..],
+            &LOCAL[..],
+            &[0x08, 0x00],
+            &[
+                0x45, 0x00, 0x00, 0x28, 0x00, 0x00, 0x40, 0x00, 0x40, 0x06, 0x26, 0x34,
+            ],
+            &[10, 77, 0, 2, 10, 77, 0, 1],
+            // TCP: 8080 -> 40000, seq 0, ack ISN + 1, doff 5, RST|ACK, window 0, checksum, urg 0
+            &[0x1f, 0x90, 0x9c, 0x40, 0, 0, 0, 0, 0xa1, 0xb2, 0xc3, 0xd5],
+            &[0x50, 0x14, 0x00, 0x00, 0x79, 0xdb, 0x00, 0x00],
+        ]
+        .concat();
+        assert_eq!(f, want);
+        assert!(sums_to_ones(&[&f[14..34]]), "IPv4 header checksum");
+        let pseudo = [&f[26..34], &[0, 6, 0, 20][..]].concat();
+        assert!(sums_to_ones(&[&pseudo, &f[34..]]), "TCP checksum");
+    }
+
+    #[test]
     fn ipv6_rst_bytes() {
         let spec = RstSpec {
             vip: "[fd00::1]:8080".parse().unwrap(),
             client: "[fd00::99]:50000".parse().unwrap(),
             seq: 0xffff_fffe,
+            ack: None,
             src_mac: LOCAL,
             dst_mac: HOP,
         };
@@ -320,6 +419,7 @@ mod tests {
             vip: "10.0.0.1:8080".parse().unwrap(),
             client: "[fd00::99]:50000".parse().unwrap(),
             seq: 1,
+            ack: None,
             src_mac: LOCAL,
             dst_mac: HOP,
         };
@@ -364,6 +464,73 @@ mod tests {
             ..key
         };
         assert_eq!(flow_rst(&vip, &v6, &value), None);
+    }
+
+    /// A pending handshake of client 10.77.0.1:40000 as the data plane writes it on the SYN
+    /// (ISN 0xffff_ffff: its + 1 wraps), no SYN-ACK seen yet.
+    fn pending() -> (FlowKey, Handshake) {
+        let mut client_addr = [0u8; 16];
+        client_addr[..4].copy_from_slice(&[10, 77, 0, 1]);
+        let key = FlowKey {
+            client_addr,
+            client_port_be: 40000u16.to_be(),
+            family: FAMILY_V4,
+        };
+        let hs = Handshake {
+            origin: 1,
+            flags: 0,
+            expect_ack: 0,
+            client_isn: 0xffff_ffff,
+            hop_mac: HOP,
+            local_mac: LOCAL,
+        };
+        (key, hs)
+    }
+
+    fn vip4() -> VipConfig {
+        VipConfig {
+            addr_v4: [10, 77, 0, 2],
+            addr_v6: [0; 16],
+            port_be: 8080u16.to_be(),
+            flags: VIP_HAS_V4,
+            ifindex: 3,
+            attach_mode: 1,
+        }
+    }
+
+    #[test]
+    fn handshake_rst_acknowledges_the_clients_syn() {
+        let (key, hs) = pending();
+        let spec = handshake_rst(&vip4(), &key, &hs).unwrap();
+        assert_eq!(spec.vip, "10.77.0.2:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            spec.client,
+            "10.77.0.1:40000".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(spec.ack, Some(0), "the ISN + 1, wrapped");
+        assert_eq!(spec.seq, 0, "no SYN-ACK seen: sequence number 0");
+        assert_eq!((spec.src_mac, spec.dst_mac), (LOCAL, HOP));
+        // Once the origin's SYN-ACK is recorded, a client that got it is synchronized: the
+        // sequence number is its RCV.NXT, the origin's ISN + 1.
+        let seen = Handshake {
+            flags: HANDSHAKE_ISN_SEEN,
+            expect_ack: 5001,
+            ..hs
+        };
+        assert_eq!(handshake_rst(&vip4(), &key, &seen).unwrap().seq, 5001);
+        // An expect_ack written before its flag (a read between TC egress's two stores) is not
+        // used.
+        let half = Handshake {
+            expect_ack: 5001,
+            ..hs
+        };
+        assert_eq!(handshake_rst(&vip4(), &key, &half).unwrap().seq, 0);
+        // A VIP without an address of the key's family has no reset.
+        let v6_only = VipConfig {
+            flags: VIP_HAS_V6,
+            ..vip4()
+        };
+        assert_eq!(handshake_rst(&v6_only, &key, &hs), None);
     }
 
     #[test]

@@ -669,12 +669,41 @@ impl Pinned {
     /// after the retirement would enter the flow table pinned to the retired origin. Returns
     /// how many were removed.
     pub fn retire_handshakes(&mut self, origin: u32) -> Result<u64> {
-        let keys: Vec<FlowKey> = batch_entries(&self.handshakes)?
+        Ok(self.take_handshakes(origin)?.1)
+    }
+
+    /// Removes the handshakes pinned to `origin`; returns them as read, and how many were
+    /// removed (one that completed or was replaced meanwhile is not).
+    fn take_handshakes(&mut self, origin: u32) -> Result<(Vec<(FlowKey, Handshake)>, u64)> {
+        let mine: Vec<(FlowKey, Handshake)> = batch_entries(&self.handshakes)?
             .into_iter()
             .filter(|(_, h)| h.origin == origin)
-            .map(|(k, _)| k)
             .collect();
-        batch_delete(&self.handshakes, &keys)
+        let keys: Vec<FlowKey> = mine.iter().map(|(k, _)| *k).collect();
+        let removed = batch_delete(&self.handshakes, &keys)?;
+        Ok((mine, removed))
+    }
+
+    /// [`Pinned::retire_handshakes`], then, when `reset`, an edge reset to the client of each
+    /// handshake ([`crate::edge_rst::handshake_rst`]): a client in SYN-SENT fails its connect
+    /// at once instead of waiting for its own SYN retransmission. Removed first, so that a
+    /// client that already got the SYN-ACK and answers the reset with a challenge ACK finds no
+    /// handshake and is reset by the edge's stack. (A handshake that completed between the
+    /// read and the removal is a flow of `origin`, which the caller aborts next anyway.)
+    /// Returns how many resets were handed to the kernel.
+    fn retire_and_reset_handshakes(&mut self, origin: u32, reset: bool) -> Result<u64> {
+        let (taken, _) = self.take_handshakes(origin)?;
+        if !reset || taken.is_empty() {
+            return Ok(0);
+        }
+        let Ok(vip) = self.vip() else {
+            return Ok(0);
+        };
+        let specs: Vec<_> = taken
+            .iter()
+            .filter_map(|(k, h)| crate::edge_rst::handshake_rst(&vip, k, h))
+            .collect();
+        Ok(self.send_resets(&specs))
     }
 
     /// Writes `table` into the table that is not live, makes it live, then waits until no
@@ -1154,15 +1183,25 @@ impl Pinned {
         let Ok(vip) = self.vip() else {
             return 0;
         };
+        let specs: Vec<_> = flows
+            .iter()
+            .filter_map(|(k, v)| crate::edge_rst::flow_rst(&vip, k, v))
+            .collect();
+        self.send_resets(&specs)
+    }
+
+    /// Builds and transmits each reset of `specs`; how many were handed to the kernel (0 where
+    /// this data plane cannot send edge resets). Stops at the first failure, logged.
+    fn send_resets(&mut self, specs: &[crate::edge_rst::RstSpec]) -> u64 {
+        if specs.is_empty() {
+            return 0;
+        }
         let Some(emitter) = self.emitter() else {
             return 0;
         };
         let mut sent = 0;
-        for (k, v) in flows {
-            let Some(spec) = crate::edge_rst::flow_rst(&vip, k, v) else {
-                continue;
-            };
-            match crate::edge_rst::rst_frame(&spec).and_then(|f| emitter.send(&f)) {
+        for spec in specs {
+            match crate::edge_rst::rst_frame(spec).and_then(|f| emitter.send(&f)) {
                 Ok(()) => sent += 1,
                 Err(e) => {
                     tracing::error!(client = %spec.client, error = %format!("{e:#}"), "sending an edge reset failed");
@@ -1250,15 +1289,20 @@ impl DataPlane for Pinned {
         finish_in_flight: bool,
     ) -> Result<Aborted> {
         // A handshake completing after this would enter the flow table pinned to `origin`;
-        // its client's next packet then finds nothing and the edge's stack resets it.
-        self.retire_handshakes(origin)?;
+        // its client's next packet then finds nothing and the edge's stack resets it. An
+        // origin cut at once (no finishing) also has its pending handshakes reset: their SYNs
+        // went to an origin that is slow, stuck or gone, and would wait for a retransmission.
+        let handshake_resets = self.retire_and_reset_handshakes(origin, !finish_in_flight)?;
         let all: Vec<(FlowKey, FlowValue)> = batch_entries(&self.flows)?
             .into_iter()
             .filter(|(_, f)| f.origin == origin)
             .collect();
         let flows = &all[..all.len().min(max)];
         if flows.is_empty() {
-            return Ok(Aborted::default());
+            return Ok(Aborted {
+                handshake_resets,
+                ..Aborted::default()
+            });
         }
         let viewers: HashSet<SocketAddr> = flows.iter().map(|(k, _)| flow_client(k)).collect();
         let local = self.origin_local_addrs(origin)?;
@@ -1325,6 +1369,7 @@ impl DataPlane for Pinned {
         Ok(Aborted {
             reset,
             edge_resets,
+            handshake_resets,
             removed: removed.len() as u64,
             finishing: finishing.len() as u64,
             remaining: (all.len() - flows.len()) as u64,

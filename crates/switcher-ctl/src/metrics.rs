@@ -94,6 +94,13 @@ pub struct Metrics {
     /// origin as their connections were aborted (docs/ARCHITECTURE.md, "Edge-originated
     /// resets"); stays 0 where the interface cannot transmit them (not native XDP).
     pub edge_resets: IntCounterVec,
+    /// `switcher_handshake_resets_total{origin}`: TCP resets (RST+ACK of the client's SYN) the
+    /// edge itself sent to clients whose connection was still in its handshake with the origin
+    /// when it was retired for a reason that cuts at once (docs/ARCHITECTURE.md,
+    /// "Edge-originated resets"): their connect fails at once instead of waiting for a SYN
+    /// retransmission. Not part of `switcher_edge_resets_total`; 0 where edge resets cannot be
+    /// sent.
+    pub handshake_resets: IntCounterVec,
     /// `switcher_draining{origin}`: 1 while the origin's flows drain (it is healthy but no
     /// longer gets new flows; its open connections finish or are moved at the drain deadline).
     pub draining: IntGaugeVec,
@@ -274,6 +281,10 @@ impl Metrics {
                 "switcher_edge_resets_total",
                 "TCP resets the edge itself sent to the origin's viewers as their connections were aborted.",
             )?,
+            handshake_resets: counter_vec(
+                "switcher_handshake_resets_total",
+                "TCP resets the edge itself sent to clients still in their handshake with the origin when it was cut off.",
+            )?,
             draining: gauge_vec(
                 "switcher_draining",
                 "1 while the origin's flows drain after it stopped getting new flows.",
@@ -394,6 +405,7 @@ impl Metrics {
             self.retired_flows.with_label_values(&l);
             self.aborted_connections.with_label_values(&l);
             self.edge_resets.with_label_values(&l);
+            self.handshake_resets.with_label_values(&l);
             self.draining.with_label_values(&l);
             self.origin_weight.with_label_values(&l);
             self.origin_in_rotation.with_label_values(&l);
@@ -448,6 +460,7 @@ impl Metrics {
         r.register(Box::new(self.dataplane_flows.clone()))?;
         r.register(Box::new(self.aborted_connections.clone()))?;
         r.register(Box::new(self.edge_resets.clone()))?;
+        r.register(Box::new(self.handshake_resets.clone()))?;
         r.register(Box::new(self.draining.clone()))?;
         for c in [
             &self.dp_packets,

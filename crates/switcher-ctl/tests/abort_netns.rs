@@ -9,7 +9,9 @@
 //!
 //! Behind a *partition* (nftables drops the primary's packets both ways in the edge
 //! namespace), the reset of the destroyed origin socket is dropped too: the viewer is reached
-//! only by the edge's own reset (docs/ARCHITECTURE.md, "Edge-originated resets").
+//! only by the edge's own reset (docs/ARCHITECTURE.md, "Edge-originated resets"). So is a
+//! viewer whose SYN went to the partitioned primary: the edge resets its pending handshake,
+//! and its connect fails at once instead of waiting for its own SYN retransmission.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -386,7 +388,69 @@ fn edge_resets_reach_viewers_behind_a_partition() {
         .run(move || switcher_ctl::loader::detach(&root).expect("detach"));
 }
 
-/// The edge of both tests: a primary on :8081 that ACKs requests and never answers (hung), a
+/// Failsafe timeout of the connect whose SYN is lost behind the partition: far beyond the
+/// client's first SYN retransmission (1 s), which without the edge's reset would reach the
+/// backup (active by then) and succeed. Not a timing assertion: only the outcome is checked.
+const PENDING_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[test]
+fn edge_resets_refuse_pending_handshakes_behind_a_partition() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root: `cargo xtask test`"
+    );
+    let pair = Pair::new();
+    // See `edge_resets_reach_viewers_behind_a_partition`: XDP_TX frames reach a GRO peer.
+    pair.client
+        .exec(&["ethtool", "-K", &pair.client_if, "gro", "on"]);
+    let bpf = BpfFs::new();
+    let dp = edge_with_hung_primary(&pair, &bpf);
+    let partition = Partition::new(&pair.edge, 8081);
+    // A viewer connects to the VIP: its SYN is steered to the primary and dropped there.
+    let connecting = pair.client.run(|| {
+        std::thread::spawn(|| {
+            let vip = "10.77.0.2:8080".parse().expect("vip");
+            TcpStream::connect_timeout(&vip, PENDING_CONNECT_TIMEOUT)
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        })
+    });
+    wait_until(WAIT, "the viewer's SYN is a pending handshake", || {
+        dp.handshake_count() == 1
+    });
+    // The primary is cut at once (not finishing), after the backup takes new flows, as the
+    // control plane does.
+    let (aborted, dp) = pair.edge.run(move || {
+        let mut dp = dp;
+        dp.set_active(ORIGIN_BACKUP).expect("backup active");
+        let a = dp
+            .abort_flows(ORIGIN_PRIMARY, usize::MAX, false)
+            .expect("abort");
+        (a, dp)
+    });
+    assert_eq!(aborted.handshake_resets, 1, "one pending handshake reset");
+    assert_eq!(dp.handshake_count(), 0, "and its slot emptied");
+    assert_eq!(
+        connecting.join().expect("connect thread"),
+        Err(ErrorKind::ConnectionRefused),
+        "the connect is refused by the edge's reset, not completed by a retransmitted SYN \
+         (to the backup) nor timed out"
+    );
+    drop(partition);
+    // The viewer reconnects through the VIP to the backup.
+    let again = pair.client.run(|| {
+        let mut c = Client::connect("10.77.0.2:8080").expect("reconnect VIP");
+        c.get("/whoami").expect("answer")
+    });
+    assert_eq!(again, b"backup");
+    let root = bpf.pin_root();
+    pair.edge
+        .run(move || switcher_ctl::loader::detach(&root).expect("detach"));
+}
+
+/// The edge of the tests: a primary on :8081 that ACKs requests and never answers (hung), a
 /// backup on :8082 that answers, and the data plane attached (native XDP) with the primary
 /// active.
 fn edge_with_hung_primary(pair: &Pair, bpf: &BpfFs) -> Pinned {

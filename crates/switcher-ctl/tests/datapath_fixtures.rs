@@ -1933,10 +1933,82 @@ fn flows_record_the_clients_latest_ack_and_link_addresses() {
     assert_eq!((flow.hop_mac, flow.origin), ([2, 0, 0, 0, 0, 1], PRIMARY));
 }
 
-/// The emitter transmits (`XDP_TX`) exactly the frames switcher-ctl builds for an edge reset,
-/// unchanged, and drops anything else: another source address or port, other flags, data.
+/// What an edge reset of a pending handshake needs is recorded with it (docs/ARCHITECTURE.md,
+/// "Edge-originated resets"): the SYN's sequence number (the client's ISN) and its Ethernet
+/// addresses, through XDP and TC ingress alike; a retransmitted SYN with another ISN (a new
+/// connection from the same port) replaces them. The reset switcher-ctl builds from the entry
+/// acknowledges that ISN + 1 and goes back the way the SYN came.
 #[test]
-fn the_reset_emitter_transmits_only_bare_resets_from_the_vip() {
+fn handshakes_record_the_clients_isn_and_link_addresses() {
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let vip = {
+        let cfg: Array<_, VipConfig> =
+            Array::try_from(h.ebpf.map(map_names::CONFIG).unwrap()).unwrap();
+        cfg.get(&0, 0).unwrap()
+    };
+    for (prog, client, port, isn) in [
+        (Prog::Xdp, "10.1.8.9", 48001, 0x5555_0001u32),
+        (Prog::TcIngress, "10.1.8.9", 48002, 0xffff_ffff),
+    ] {
+        let syn = Pkt::tcp(client, port, VIP4, VIP_PORT, SYN)
+            .with_seq(isn)
+            .build();
+        assert_eq!(h.run(prog, &syn, 1).0, pass_verdict(prog));
+        let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
+        let (_, hs) = h
+            .handshakes()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .expect("the SYN's handshake");
+        // `Pkt` frames go from 02:00:00:00:00:01 to 02:00:00:00:00:02.
+        assert_eq!(
+            (hs.client_isn, hs.hop_mac, hs.local_mac, hs.origin),
+            (isn, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], PRIMARY),
+            "{prog:?}"
+        );
+        let spec = switcher_ctl::edge_rst::handshake_rst(&vip, &key, &hs).expect("a reset");
+        assert_eq!(spec.ack, Some(isn.wrapping_add(1)), "{prog:?}");
+        assert_eq!(spec.seq, 0, "no SYN-ACK seen");
+        assert_eq!(
+            (spec.dst_mac, spec.src_mac),
+            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        );
+        // The origin's SYN-ACK: a client that got it expects the origin's ISN + 1.
+        let syn_ack = Pkt::tcp(VIP4, 8081, client, port, SYN | ACK).build();
+        assert_eq!(h.run(Prog::TcEgress, &syn_ack, 1).0, TC_ACT_OK);
+        let (_, hs) = h
+            .handshakes()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .expect("the handshake");
+        let spec = switcher_ctl::edge_rst::handshake_rst(&vip, &key, &hs).expect("a reset");
+        assert_eq!(
+            (spec.seq, spec.ack),
+            (ISN_ACK, Some(isn.wrapping_add(1))),
+            "{prog:?}"
+        );
+    }
+    // A new SYN from the same port with another ISN replaces the recorded one.
+    let syn = Pkt::tcp("10.1.8.9", 48001, VIP4, VIP_PORT, SYN)
+        .with_seq(0x7777)
+        .build();
+    h.run(Prog::Xdp, &syn, 1);
+    let key = switcher_ctl::loader::flow_key("10.1.8.9:48001".parse().unwrap());
+    let hs = h
+        .handshakes()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .expect("the handshake")
+        .1;
+    assert_eq!(hs.client_isn, 0x7777);
+}
+
+/// The emitter transmits (`XDP_TX`) exactly the frames switcher-ctl builds for an edge reset,
+/// bare RSTs and the RST+ACKs of pending handshakes, unchanged, and drops anything else:
+/// another source address or port, other flags, data.
+#[test]
+fn the_reset_emitter_transmits_only_resets_from_the_vip() {
     const XDP_DROP: u32 = 1;
     const XDP_TX: u32 = 3;
     let mut h = Harness::new();
@@ -1967,6 +2039,7 @@ fn the_reset_emitter_transmits_only_bare_resets_from_the_vip() {
         vip: vip.parse().unwrap(),
         client: client.parse().unwrap(),
         seq: 0x1234_5678,
+        ack: None,
         src_mac: [2, 0, 0, 0, 0, 2],
         dst_mac: [2, 0, 0, 0, 0, 1],
     };
@@ -1974,13 +2047,22 @@ fn the_reset_emitter_transmits_only_bare_resets_from_the_vip() {
         ("10.0.0.1:8080", "10.1.9.9:49000"),
         ("[fd00::1]:8080", "[fd00::99]:49001"),
     ] {
-        let frame = switcher_ctl::edge_rst::rst_frame(&spec(vip, client)).unwrap();
-        verify_checksums(&frame).expect("the built reset's checksums");
-        let (verdict, out) = emit(&h, &frame);
-        assert_eq!(verdict, XDP_TX, "a reset from the VIP {vip} is transmitted");
-        assert_eq!(out, frame, "unchanged");
+        for ack in [None, Some(0xabcd_0001)] {
+            let s = switcher_ctl::edge_rst::RstSpec {
+                ack,
+                ..spec(vip, client)
+            };
+            let frame = switcher_ctl::edge_rst::rst_frame(&s).unwrap();
+            verify_checksums(&frame).expect("the built reset's checksums");
+            let (verdict, out) = emit(&h, &frame);
+            assert_eq!(
+                verdict, XDP_TX,
+                "a reset (ack {ack:?}) from the VIP {vip} is transmitted"
+            );
+            assert_eq!(out, frame, "unchanged");
+        }
     }
-    let refused: [(&str, Vec<u8>); 6] = [
+    let refused: [(&str, Vec<u8>); 8] = [
         (
             "from another address",
             switcher_ctl::edge_rst::rst_frame(&spec("10.0.0.9:8080", "10.1.9.9:49000")).unwrap(),
@@ -1994,12 +2076,22 @@ fn the_reset_emitter_transmits_only_bare_resets_from_the_vip() {
             Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, SYN).build(),
         ),
         (
-            "RST with ACK",
-            Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, RST | ACK).build(),
+            "RST with SYN",
+            Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, RST | SYN).build(),
+        ),
+        (
+            "an ACK",
+            Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, ACK).build(),
         ),
         (
             "an RST carrying data",
             Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, RST)
+                .with_payload(b"x")
+                .build(),
+        ),
+        (
+            "an RST+ACK carrying data",
+            Pkt::tcp(VIP4, VIP_PORT, "10.1.9.9", 49000, RST | ACK)
                 .with_payload(b"x")
                 .build(),
         ),

@@ -417,8 +417,9 @@ pub fn switcher_decap(ctx: XdpContext) -> u32 {
 ///
 /// The frame arrives complete (Ethernet addresses from the flow, sequence number, checksums:
 /// `switcher-ctl/src/edge_rst.rs`); this program only checks that it is what it must be, a
-/// bare TCP RST from the VIP's address and port, and drops anything else, so the program can
-/// never put another kind of packet on the wire.
+/// TCP RST (bare, or with ACK for a pending handshake) without data from the VIP's address and
+/// port, and drops anything else, so the program can never put another kind of packet on the
+/// wire.
 #[xdp]
 pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
@@ -429,7 +430,12 @@ pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
     let Some(vip) = steer::vip() else {
         return xdp_action::XDP_DROP;
     };
-    if t.flags != tcp::RST || t.payload || !steer::is_from_vip(&t, vip) {
+    // A bare RST (a synchronized connection), or RST+ACK (a connection in SYN-SENT, which
+    // accepts an RST only with the ACK of its SYN: RFC 9293 3.10.7.3).
+    if (t.flags != tcp::RST && t.flags != tcp::RST | tcp::ACK)
+        || t.payload
+        || !steer::is_from_vip(&t, vip)
+    {
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_TX

@@ -299,9 +299,10 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 ///   flow deleted because its origin was retired gets a reset from the VIP that way, and so
 ///   does a bare-ACK flood, which cannot fill the tables.
 ///
-/// `frame` is the packet's `[start, end)`: its Ethernet addresses are recorded in the flow
-/// when a handshake completes (read only then), and an established flow records the client's
-/// acknowledgment number ([`record_client_ack`]): what an edge-originated reset needs.
+/// `frame` is the packet's `[start, end)`: its Ethernet addresses are recorded in the
+/// handshake with the client's ISN (a SYN) and in the flow when a handshake completes (read
+/// only then), and an established flow records the client's acknowledgment number
+/// ([`record_client_ack`]): what an edge-originated reset needs.
 #[inline(always)]
 pub fn steer_request(
     ctx: *mut c_void,
@@ -341,11 +342,16 @@ pub fn steer_request(
         let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip) else {
             return Decision::NoOrigin;
         };
+        // The client's ISN and the SYN's link addresses: what an edge reset of the pending
+        // connection needs (docs/ARCHITECTURE.md, "Edge-originated resets").
+        let macs = eth_addrs(frame.0, frame.1);
         let hs = Handshake {
             origin: index,
             flags: 0,
             expect_ack: 0,
-            reserved: 0,
+            client_isn: t.seq,
+            hop_mac: macs.src,
+            local_mac: macs.dst,
         };
         // An insert can only fail on memory pressure; the SYN is still steered and its
         // retransmission tries again.

@@ -132,6 +132,8 @@ impl DataPlane for FakeDataPlane {
             reset: taken,
             // Like the real data plane on native XDP: one edge reset per removed flow.
             edge_resets: taken,
+            // The fake tracks no handshakes.
+            handshake_resets: 0,
             removed: taken,
             finishing: 0,
             remaining: n - taken,
