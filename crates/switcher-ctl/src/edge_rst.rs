@@ -73,8 +73,9 @@ const TTL: u8 = 64;
 /// TCP header without options, and its data offset field (5 words, high nibble).
 const TCP_HLEN: usize = 20;
 const TCP_DOFF: u8 = 5 << 4;
-/// TCP RST and ACK flags.
+/// TCP RST flag.
 const TCP_RST: u8 = 0x04;
+/// TCP ACK flag (with RST: the reset of a connection in SYN-SENT).
 const TCP_ACK: u8 = 0x10;
 /// IPv4 "don't fragment": an RST is 40 bytes.
 const IPV4_DF: u16 = 0x4000;
