@@ -106,6 +106,9 @@ pub mod prog_names {
     pub const EMIT_RST: &str = "switcher_emit_rst";
     /// An empty XDP program (XDP_PASS), only loaded by the data-path benchmark as baseline.
     pub const BENCH_XDP_PASS: &str = "bench_xdp_pass";
+    /// XDP program that only looks up one constant key in `SWITCHER_FLOWS` (the data-path
+    /// benchmark's tracked flow): the cost of the flow lookup alone, for the benchmark.
+    pub const BENCH_FLOW_LOOKUP: &str = "bench_flow_lookup";
 }
 
 /// The virtual service: value of the `SWITCHER_CONFIG` map (key 0). Written by user space at

@@ -1,11 +1,13 @@
 //! `cargo xtask bench datapath` (needs root).
 //!
-//! 1. ns per packet of the XDP program through BPF_PROG_TEST_RUN with repeat = 1,000,000, for
+//! 1. The XDP program's cost per packet through BPF_PROG_TEST_RUN with repeat = 1,000,000, for
 //!    a SYN to the VIP (flow lookup + handshake insert), a packet of a tracked flow (flow
 //!    lookup), a packet not for the VIP, a SYN straight to an origin (stale-flow check), a
 //!    SYN with the listener check, and a bare ACK of no flow (what a spoofed flood costs),
 //!    against an empty XDP_PASS program on the same packet in the same run; every repetition
-//!    is checked to take the path it is named after (see `prog_test_run`).
+//!    is checked to take the path it is named after (see `prog_test_run`). Then rows that a
+//!    repeated packet cannot measure: a flood of SYNs from distinct clients, and the
+//!    handshake ACK that inserts the flow (see [`distinct_rows`]).
 //! 2. wrk through VIP:8080 against wrk straight to the origin (:8081), same run, same origin
 //!    process (`target/release/origin`): client ns -> veth -> edge ns with native XDP, and on
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
@@ -14,9 +16,36 @@
 //!    reads (`flow_counts` + `counters`) and retiring an origin's flows (`retire_flows`, batch
 //!    map operations), against the map walks they replaced (peer, same run).
 //!
-//! Appends a markdown section to BENCHMARKS.md. `SWITCHER_BENCH_WRK=0` skips part 2 (the
-//! other parts need no release binaries and take a few minutes).
-
+//! Appends a markdown section to BENCHMARKS.md. `SWITCHER_BENCH_WRK=0` skips part 2,
+//! `SWITCHER_BENCH_SCALE=0` part 3 (part 1 needs no release binaries and takes a minute or
+//! two). `SWITCHER_BENCH_PEER_OBJ=<object>` times an earlier build's data plane in the same
+//! rounds as this one (part 1); `SWITCHER_BENCH_ROUNDS=<n>` sets part 1's rounds (default 11).
+//!
+//! # How part 1 measures (and what the empty program costs)
+//! Each BPF_PROG_TEST_RUN call runs the program `REPEAT` times on one buffer. Three clocks
+//! time each call; the table reports the first and the ratios of all three:
+//! * **CPU time** of the calling thread (`CLOCK_THREAD_CPUTIME_ID`) across the call, divided
+//!   by the repeat count: sub-ns resolution, and time other tasks run on the CPU is not
+//!   counted (the kernel's loop calls `cond_resched()` and the machine is shared). The
+//!   syscall's own entry, exit and buffer copies (a few microseconds) add under 0.01 ns a
+//!   packet. Interrupts that hit the CPU during the call are charged to it, alike for every
+//!   program since the programs alternate call by call.
+//! * the kernel's own **`duration`**: its `ktime` average over the repetitions, truncated to
+//!   whole ns (at 7-20 ns that alone is 5-15% quantisation: why it is no longer the headline).
+//! * **wall** time (`CLOCK_MONOTONIC`) across the call: includes preemption by other tasks.
+//!
+//! The measuring thread is pinned to one CPU, and the programs alternate call by call
+//! (ours, the earlier build's, the empty one; which goes first rotates from round to round),
+//! [`ROUNDS`] times (or `SWITCHER_BENCH_ROUNDS`); every ratio is taken within one round, then the median and range over the
+//! rounds are reported.
+//!
+//! The empty program (`bench_xdp_pass`, `return XDP_PASS`) costs what every XDP program pays
+//! in this harness before doing anything: the kernel's test loop (`bpf_test_run`: the
+//! repetition counter, a `signal_pending` and a `need_resched` check per repetition), the
+//! call into the program (an indirect call through a retpoline on a CPU with that Spectre v2
+//! mitigation, as this VM has), and the JITed program's prologue and epilogue. None of that is
+//! data-plane work, and its share differs between machines (mitigations, clock speed): a ratio
+//! against it depends on the machine, so the rows also give the absolute ns above it.
 use std::{
     fmt::Write as _,
     net::TcpStream,
@@ -31,9 +60,9 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
-    Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, MaglevTable, ORIGIN_CONFIGURED, Origin,
-    STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig,
-    map_names, prog_names,
+    Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, HANDSHAKE_ISN_SEEN, Handshake, MaglevTable,
+    ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED,
+    VIP_HAS_V4, VipConfig, map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -46,8 +75,16 @@ use test_kit::process::pin_to_cpu;
 const REPEAT: u32 = 1_000_000;
 /// Repetitions of each BPF_PROG_TEST_RUN measurement, ours and the empty program's
 /// interleaved; the median and the range of the per-round ratios are reported. Odd, so the
-/// median is a measured round.
+/// median is a measured round. `SWITCHER_BENCH_ROUNDS` overrides it (made odd).
 const ROUNDS: usize = 11;
+
+/// The number of rounds: [`ROUNDS`] or `SWITCHER_BENCH_ROUNDS`.
+fn rounds() -> usize {
+    std::env::var("SWITCHER_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(ROUNDS, |n| n.max(1) | 1)
+}
 /// Tracked flows of the control-plane measurements (issue 15 item 6).
 const SCALE_FLOWS: u32 = 200_000;
 const WRK_SECONDS: &str = "4";
@@ -101,6 +138,11 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: FlowKey) -> Ebpf {
         let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("load program");
     }
+    // A building block of this build only (an earlier build's object may lack it).
+    if let Some(p) = ebpf.program_mut(prog_names::BENCH_FLOW_LOOKUP) {
+        let p: &mut Xdp = p.try_into().unwrap();
+        p.load().expect("load program");
+    }
     set_vip(&mut ebpf, vip);
     let mut origins =
         Array::<_, Origin>::try_from(ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
@@ -143,7 +185,86 @@ fn set_vip(ebpf: &mut Ebpf, vip: VipConfig) {
         .unwrap();
 }
 
+/// One BPF_PROG_TEST_RUN call's cost per repetition, ns, by the three clocks of the module
+/// docs.
+#[derive(Clone, Copy)]
+struct Cost {
+    /// CPU time of the calling thread / repetitions.
+    cpu: f64,
+    /// The kernel's `duration` (whole ns).
+    kernel: f64,
+    /// CLOCK_MONOTONIC / repetitions.
+    wall: f64,
+}
+
+/// CPU time of the calling thread, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Runs XDP program `prog` of `ebpf` `repeat` times on `data` (one call).
+fn test_run(ebpf: &Ebpf, prog: &str, data: &[u8], repeat: u32) -> Cost {
+    let p: &Xdp = ebpf.program(prog).unwrap().try_into().unwrap();
+    let mut buf = vec![0u8; data.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(data);
+    opts.data_out = Some(&mut buf);
+    opts.repeat = repeat;
+    let wall = Instant::now();
+    let cpu = thread_cpu_ns();
+    let r = p.test_run(opts).expect("test run");
+    let cpu = thread_cpu_ns() - cpu;
+    let wall = wall.elapsed();
+    assert!(
+        buf[..data.len()] == *data,
+        "{prog}: the packet must come out as it went in (identity rewrite)"
+    );
+    let n = f64::from(repeat.max(1));
+    Cost {
+        cpu: cpu as f64 / n,
+        kernel: r.duration.as_nanos() as f64,
+        wall: wall.as_nanos() as f64 / n,
+    }
+}
+
+/// Median, min and max of `v`.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let lo = v.iter().cloned().fold(f64::MAX, f64::min);
+    let hi = v.iter().cloned().fold(f64::MIN, f64::max);
+    (median(v.to_vec()), lo, hi)
+}
+
+/// Per-round ratios `a[i] / b[i]` of one clock.
+fn ratios(a: &[Cost], b: &[Cost], clock: fn(&Cost) -> f64) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| clock(x) / clock(y)).collect()
+}
+
+/// The object of an earlier build named by `SWITCHER_BENCH_PEER_OBJ`, loaded like ours. It
+/// must have this build's map layout for the maps the bench writes (`SWITCHER_HANDSHAKES` an
+/// LRU hash of `FlowKey` -> `Handshake`, for [`record_syn_ack`]).
+fn load_peer(vip: VipConfig, tracked: FlowKey) -> Option<(String, Ebpf)> {
+    let path = std::env::var("SWITCHER_BENCH_PEER_OBJ").ok()?;
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // Aligned copy: the object loader wants 8-byte alignment.
+    let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+    // SAFETY: a byte view of the u64 buffer, as long as it.
+    let view =
+        unsafe { std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), bytes.len()) };
+    view.copy_from_slice(&bytes);
+    Some((path, load_for_bench(view, vip, tracked)))
+}
+
 fn prog_test_run(out: &mut String) {
+    // One CPU for every measurement of this part (the last one: CPU 0 takes more of the
+    // machine's interrupts), so the programs compared see the same core and caches.
+    pin_to_cpu(nproc() - 1);
     let vip = VipConfig {
         addr_v4: [10, 0, 0, 1],
         addr_v6: [0; 16],
@@ -157,24 +278,16 @@ fn prog_test_run(out: &mut String) {
     let mut ebpf = load_for_bench(switcher_ctl::loader::EBPF_OBJECT, vip, tracked);
     // An earlier build's object (e.g. main's), measured in the same rounds: a change's effect
     // without the drift between runs of a shared machine.
-    let peer_path = std::env::var("SWITCHER_BENCH_PEER_OBJ").ok();
-    let mut peer = peer_path.as_ref().map(|path| {
-        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // Aligned copy: the object loader wants 8-byte alignment.
-        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
-        // SAFETY: a byte view of the u64 buffer, as long as it.
-        let view = unsafe {
-            std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), bytes.len())
-        };
-        view.copy_from_slice(&bytes);
-        load_for_bench(view, vip, tracked)
-    });
+    let (peer_path, mut peer) = match load_peer(vip, tracked) {
+        Some((path, ebpf)) => (Some(path), Some(ebpf)),
+        None => (None, None),
+    };
 
     // A SYN from a port with no flow (a SYN of a tracked flow follows the flow instead).
     let syn = Pkt::tcp("10.1.1.1", 40001, "10.0.0.1", 8080, SYN).build();
     let cases = [
         (
-            "SYN to the VIP (flow lookup + handshake insert + rewrite)",
+            "SYN to the VIP, the same SYN repeated (flow lookup + handshake insert + rewrite)",
             syn.clone(),
             Taken::Rewrite,
             false,
@@ -200,7 +313,7 @@ fn prog_test_run(out: &mut String) {
             false,
         ),
         (
-            "bare ACK of no flow (a spoofed flood: two lookups + pass)",
+            "bare ACK of no flow (a spoofed flood: flow and handshake lookups + pass)",
             Pkt::tcp("10.1.1.3", 40003, "10.0.0.1", 8080, ACK).build(),
             Taken::Untracked,
             false,
@@ -212,23 +325,16 @@ fn prog_test_run(out: &mut String) {
             true,
         ),
     ];
-    let run = |ebpf: &Ebpf, prog: &str, data: &[u8]| -> f64 {
-        let p: &Xdp = ebpf.program(prog).unwrap().try_into().unwrap();
-        let mut buf = vec![0u8; data.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(data);
-        opts.data_out = Some(&mut buf);
-        opts.repeat = REPEAT;
-        let r = p.test_run(opts).expect("test run");
-        assert!(
-            buf[..data.len()] == *data,
-            "{prog}: the packet must come out as it went in (identity rewrite)"
-        );
-        r.duration.as_nanos() as f64
-    };
     writeln!(
         out,
-        "### XDP program cost, BPF_PROG_TEST_RUN, repeat = {REPEAT}, median of {ROUNDS} interleaved rounds\n"
+        "### XDP program cost, BPF_PROG_TEST_RUN, repeat = {REPEAT}, {} interleaved rounds on one pinned CPU\n",
+        rounds()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "ns/pkt by the calling thread's CPU time; ratios to the empty program per round (median, range), \
+         by CPU time, and, for comparison, by the kernel's whole-ns `duration` and by wall time.\n"
     )
     .unwrap();
     if let Some(path) = &peer_path {
@@ -239,18 +345,19 @@ fn prog_test_run(out: &mut String) {
         .unwrap();
         writeln!(
             out,
-            "| packet | switcher_xdp ns/pkt | earlier build ns/pkt | empty XDP_PASS ns/pkt | ratio (median) | ratio range | earlier build's ratio (median) |"
+            "| packet | switcher_xdp ns/pkt | earlier build ns/pkt | empty XDP_PASS ns/pkt | ratio (median) | ratio range | earlier build's ratio (median) | ratio by kernel `duration` (this / earlier) | ratio by wall time (this / earlier) |"
         )
         .unwrap();
-        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|").unwrap();
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
     } else {
         writeln!(
             out,
-            "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio (median) | ratio range |"
+            "| packet | switcher_xdp ns/pkt | empty XDP_PASS ns/pkt | ratio (median) | ratio range | ratio by kernel `duration` | ratio by wall time |"
         )
         .unwrap();
-        writeln!(out, "|---|---:|---:|---:|---:|").unwrap();
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|").unwrap();
     }
+    let mut empty_cpu = Vec::new();
     for (desc, data, path, listener_check) in cases {
         if listener_check {
             let checked = VipConfig {
@@ -263,19 +370,26 @@ fn prog_test_run(out: &mut String) {
             }
         }
         let before = stats(&ebpf);
-        // Interleave the programs so drift on a shared machine hits them alike.
+        // Interleave the programs so drift on a shared machine hits them alike, and rotate
+        // which goes first from round to round, so none always runs after the same one.
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         let mut base = Vec::new();
-        for _ in 0..ROUNDS {
-            ours.push(run(&ebpf, prog_names::XDP_INGRESS, &data));
-            if let Some(p) = &peer {
-                theirs.push(run(p, prog_names::XDP_INGRESS, &data));
+        for round in 0..rounds() {
+            for turn in 0..3 {
+                match (round + turn) % 3 {
+                    0 => ours.push(test_run(&ebpf, prog_names::XDP_INGRESS, &data, REPEAT)),
+                    1 => {
+                        if let Some(p) = &peer {
+                            theirs.push(test_run(p, prog_names::XDP_INGRESS, &data, REPEAT));
+                        }
+                    }
+                    _ => base.push(test_run(&ebpf, prog_names::BENCH_XDP_PASS, &data, REPEAT)),
+                }
             }
-            base.push(run(&ebpf, prog_names::BENCH_XDP_PASS, &data));
         }
         let after = stats(&ebpf);
-        let runs = u64::from(REPEAT) * ROUNDS as u64;
+        let runs = u64::from(REPEAT) * rounds() as u64;
         let took = match path {
             Taken::Rewrite => after[0].rewrites - before[0].rewrites,
             Taken::Pass => {
@@ -297,31 +411,207 @@ fn prog_test_run(out: &mut String) {
             took, runs,
             "{desc}: not every repetition took the measured path"
         );
-        let ratios: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b).collect();
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-        let peer_ratios: Vec<f64> = theirs.iter().zip(&base).map(|(o, b)| o / b).collect();
-        let (o, b) = (median(ours), median(base.clone()));
+        let cpu = |c: &Cost| c.cpu;
+        let kernel = |c: &Cost| c.kernel;
+        let wall = |c: &Cost| c.wall;
+        let (r, lo, hi) = spread(&ratios(&ours, &base, cpu));
+        let o = median(ours.iter().map(cpu).collect());
+        let b = median(base.iter().map(cpu).collect());
+        empty_cpu.extend(base.iter().map(cpu));
         if peer.is_some() {
+            let (pr, _, _) = spread(&ratios(&theirs, &base, cpu));
+            let (kr, klo, khi) = spread(&ratios(&ours, &theirs, kernel));
+            let (wr, wlo, whi) = spread(&ratios(&ours, &theirs, wall));
             writeln!(
                 out,
-                "| {desc} | {o:.1} | {:.1} | {b:.1} | {:.2}x | {lo:.2}x..{hi:.2}x | {:.2}x |",
-                median(theirs),
-                median(ratios),
-                median(peer_ratios)
+                "| {desc} | {o:.2} | {:.2} | {b:.2} | {r:.2}x | {lo:.2}x..{hi:.2}x | {pr:.2}x | {kr:.2} ({klo:.2}..{khi:.2}) | {wr:.2} ({wlo:.2}..{whi:.2}) |",
+                median(theirs.iter().map(cpu).collect()),
             )
             .unwrap();
         } else {
+            let (kr, klo, khi) = spread(&ratios(&ours, &base, kernel));
+            let (wr, wlo, whi) = spread(&ratios(&ours, &base, wall));
             writeln!(
                 out,
-                "| {desc} | {o:.1} | {b:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |",
-                median(ratios)
+                "| {desc} | {o:.2} | {b:.2} | {r:.2}x | {lo:.2}x..{hi:.2}x | {kr:.2}x ({klo:.2}..{khi:.2}) | {wr:.2}x ({wlo:.2}..{whi:.2}) |",
             )
             .unwrap();
         }
     }
+    set_vip(&mut ebpf, vip);
+    if let Some(p) = peer.as_mut() {
+        set_vip(p, vip);
+    }
     parallel_syns(out, &mut ebpf, vip, peer.is_some());
+    out.push('\n');
+    flow_lookup_alone(out, &ebpf, &syn);
+    distinct_rows(out, &mut ebpf, peer.as_mut(), median(empty_cpu));
+}
+
+/// The cost of the one `SWITCHER_FLOWS` lookup (a hit) of the tracked-flow path, alone:
+/// `bench_flow_lookup` against the empty program, interleaved like the rows above. What is
+/// left of a tracked flow's cost beyond it is parsing, the VIP and origin reads, the rewrite
+/// and the counter update.
+fn flow_lookup_alone(out: &mut String, ebpf: &Ebpf, data: &[u8]) {
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for round in 0..rounds() {
+        // Which one goes first alternates from round to round.
+        for turn in 0..2 {
+            if (round + turn) % 2 == 0 {
+                ours.push(test_run(ebpf, prog_names::BENCH_FLOW_LOOKUP, data, REPEAT));
+            } else {
+                base.push(test_run(ebpf, prog_names::BENCH_XDP_PASS, data, REPEAT));
+            }
+        }
+    }
+    let (r, lo, hi) = spread(&ratios(&ours, &base, |c| c.cpu));
+    let o = median(ours.iter().map(|c| c.cpu).collect());
+    let b = median(base.iter().map(|c| c.cpu).collect());
+    writeln!(
+        out,
+        "Building block: one `SWITCHER_FLOWS` lookup (a hit, 20-byte key) and nothing else (`bench_flow_lookup`): {o:.2} ns/pkt against the empty program's {b:.2}, {r:.2}x ({lo:.2}x..{hi:.2}x), i.e. {:.1} ns for the lookup.\n",
+        o - b
+    )
+    .unwrap();
+}
+
+/// Distinct packets per round in [`distinct_rows`].
+const DISTINCT: usize = 20_000;
+
+/// The initial sequence number the origin "sends" in [`distinct_rows`]' handshakes.
+const BENCH_ISN: u32 = 7_000_000;
+
+/// Records the origin's SYN-ACK (ISN [`BENCH_ISN`]) in the handshake entry of `client`, as TC
+/// egress does: `expect_ack` = ISN + 1 and [`HANDSHAKE_ISN_SEEN`] in the entry the client's
+/// SYN left in `SWITCHER_HANDSHAKES`. Written from user space on the measuring thread's CPU,
+/// so the entry stays in that CPU's LRU list, where the SYN put it.
+fn record_syn_ack(ebpf: &mut Ebpf, client: std::net::SocketAddrV4) {
+    let key = switcher_ctl::loader::flow_key(client.into());
+    let map = ebpf.map_mut(map_names::HANDSHAKES).unwrap();
+    let mut m = HashMap::<_, FlowKey, Handshake>::try_from(map)
+        .expect("the handshake table is an LRU hash map of FlowKey -> Handshake");
+    let mut h = m.get(&key, 0).expect("the SYN left a handshake");
+    h.flags |= HANDSHAKE_ISN_SEEN;
+    h.expect_ack = BENCH_ISN + 1;
+    m.insert(key, h, 0).unwrap();
+}
+
+/// Rows a repeated packet cannot measure, because the first repetition changes the state the
+/// next one sees: a SYN flood from distinct clients (every SYN a new handshake), and the
+/// handshake ACK that inserts a flow (the next repetition would be a tracked flow's packet).
+///
+/// Method: one BPF_PROG_TEST_RUN call with repeat = 1 per packet, [`DISTINCT`] packets of
+/// distinct clients per program per round, the kernel's `duration` (whole ns of that one run)
+/// averaged over them; the empty program runs on the same packets the same way. A single
+/// call runs cold (the syscall in between evicts some of the program's cache lines) and its
+/// `duration` includes reading the clock twice, so everything costs more than in the repeated
+/// rows; hence a control row, the same SYN again and again one call each (no new state), and
+/// the figure to compare is the difference, ns above the empty program.
+/// `equivalent ratio` = 1 + that difference / `empty_repeated` (the empty program's median CPU
+/// time per repetition above): the ratio the row would have in the repeated table.
+///
+/// The ACK row: each client's SYN runs first (not timed), then its SYN-ACK is recorded from
+/// user space ([`record_syn_ack`]), then its ACK of that ISN is timed: validation, the
+/// flow's LRU insert and the handshake entry's removal. The flows accumulate (all inserted
+/// from one CPU, whose LRU list holds `MAX_FLOWS / CPUs`), so later rounds also pay for
+/// evicting the oldest flows, as a full edge does. So do the SYN flood's handshakes (20,000
+/// a round and program, never completed): once that CPU's share of `SWITCHER_HANDSHAKES` is
+/// full, every flood SYN's insert evicts the oldest pending handshake, as a real flood's does.
+fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, empty_repeated: f64) {
+    writeln!(
+        out,
+        "### One call per packet: repeat = 1, {DISTINCT} packets per program per round, {} rounds; kernel `duration` averaged\n",
+        rounds()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| packet | program | ns/pkt | empty XDP_PASS ns/pkt (same packets) | ns above empty (median, range) | equivalent ratio (median) |"
+    )
+    .unwrap();
+    writeln!(out, "|---|---|---:|---:|---:|---:|").unwrap();
+    let mut programs: Vec<(&str, &mut Ebpf)> = vec![("this build", ebpf)];
+    if let Some(p) = peer {
+        programs.push(("earlier build", p));
+    }
+    // A fresh client for every packet of every row, program and round: 10.2.0.0 onwards.
+    let mut next = 0usize;
+    let mut fresh = move || {
+        next += 1;
+        std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::from(0x0a02_0000u32 + next as u32),
+            20_000 + (next % 40_000) as u16,
+        )
+    };
+    const ROWS: [&str; 3] = [
+        "the same SYN, one call each (control: a cold call, no new state)",
+        "SYN flood, distinct clients (flow lookup + handshake insert into the LRU + rewrite)",
+        "handshake ACK, distinct clients (validation + flow insert into the LRU)",
+    ];
+    // [row][program] -> (ours, empty) per round.
+    let mut results = vec![vec![(Vec::new(), Vec::new()); programs.len()]; ROWS.len()];
+    let control = Pkt::tcp("10.1.4.1", 43000, "10.0.0.1", 8080, SYN).build();
+    let n_programs = programs.len();
+    for round in 0..rounds() {
+        // Which program goes first alternates from round to round.
+        for turn in 0..n_programs {
+            let which = (round + turn) % n_programs;
+            let prog = &mut *programs[which].1;
+            for (row, res) in results.iter_mut().enumerate() {
+                let before = stats(prog)[0];
+                let mut ours = 0.0;
+                let mut base = 0.0;
+                for _ in 0..DISTINCT {
+                    let pkt = match row {
+                        0 => control.clone(),
+                        1 => {
+                            let c = fresh();
+                            Pkt::tcp(&c.ip().to_string(), c.port(), "10.0.0.1", 8080, SYN).build()
+                        }
+                        _ => {
+                            let c = fresh();
+                            let ip = c.ip().to_string();
+                            let syn = Pkt::tcp(&ip, c.port(), "10.0.0.1", 8080, SYN).build();
+                            test_run(prog, prog_names::XDP_INGRESS, &syn, 1);
+                            record_syn_ack(prog, c);
+                            Pkt::tcp(&ip, c.port(), "10.0.0.1", 8080, ACK)
+                                .with_ack(BENCH_ISN + 1)
+                                .build()
+                        }
+                    };
+                    ours += test_run(prog, prog_names::XDP_INGRESS, &pkt, 1).kernel;
+                    base += test_run(prog, prog_names::BENCH_XDP_PASS, &pkt, 1).kernel;
+                }
+                let after = stats(prog)[0];
+                let n = DISTINCT as u64;
+                match row {
+                    0 | 1 => assert_eq!(after.new_flows - before.new_flows, n, "{}", ROWS[row]),
+                    _ => assert_eq!(
+                        after.established - before.established,
+                        n,
+                        "every ACK completed its handshake"
+                    ),
+                }
+                res[which].0.push(ours / DISTINCT as f64);
+                res[which].1.push(base / DISTINCT as f64);
+            }
+        }
+    }
+    for (row, res) in ROWS.iter().zip(&results) {
+        for ((name, _), (ours, base)) in programs.iter().zip(res) {
+            let extra: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o - b).collect();
+            let (e, lo, hi) = spread(&extra);
+            writeln!(
+                out,
+                "| {row} | {name} | {:.1} | {:.1} | {e:.1} ({lo:.1}..{hi:.1}) | {:.2}x |",
+                median(ours.clone()),
+                median(base.clone()),
+                1.0 + e / empty_repeated
+            )
+            .unwrap();
+        }
+    }
     out.push('\n');
 }
 
@@ -339,68 +629,76 @@ fn publish_uniform(ebpf: &mut Ebpf, origin: u8) {
 }
 
 /// New flows from every CPU at once, each CPU on its own client port: what the per-CPU LRU
-/// lists (`BPF_F_NO_COMMON_LRU`) are for. One thread pinned per CPU runs BPF_PROG_TEST_RUN;
-/// the row gives the mean over the threads, against the empty program run the same way.
-/// `peer_column`: the table has the earlier build's column, left empty here (only this build
+/// lists (`BPF_F_NO_COMMON_LRU`) are for. One thread pinned per CPU runs BPF_PROG_TEST_RUN; the row gives the mean over
+/// the threads (CPU time), against the empty program run the same way.
+/// `peer_column`: the table has the earlier build's columns, left empty here (only this build
 /// runs on every CPU).
 fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig, peer_column: bool) {
-    Array::<_, VipConfig>::try_from(ebpf.map_mut(map_names::CONFIG).unwrap())
-        .unwrap()
-        .set(0, vip, 0)
-        .unwrap();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    set_vip(ebpf, vip);
+    let cpus = nproc();
     let packets: Vec<Vec<u8>> = (0..cpus)
         .map(|i| Pkt::tcp("10.1.3.1", 42000 + i as u16, "10.0.0.1", 8080, SYN).build())
         .collect();
     let ebpf = &*ebpf;
-    let all_at_once = |prog: &str| -> f64 {
-        let per_thread: Vec<f64> = std::thread::scope(|s| {
+    let all_at_once = |prog: &str| -> Cost {
+        let per_thread: Vec<Cost> = std::thread::scope(|s| {
             let handles: Vec<_> = packets
                 .iter()
                 .enumerate()
                 .map(|(cpu, data)| {
                     s.spawn(move || {
                         pin_to_cpu(cpu);
-                        let p: &Xdp = ebpf.program(prog).unwrap().try_into().unwrap();
-                        let mut buf = vec![0u8; data.len() + 256];
-                        let mut opts = TestRunOptions::new();
-                        opts.data_in = Some(data);
-                        opts.data_out = Some(&mut buf);
-                        opts.repeat = REPEAT;
-                        p.test_run(opts).expect("test run").duration.as_nanos() as f64
+                        test_run(ebpf, prog, data, REPEAT)
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        per_thread.iter().sum::<f64>() / per_thread.len() as f64
+        let n = per_thread.len() as f64;
+        Cost {
+            cpu: per_thread.iter().map(|c| c.cpu).sum::<f64>() / n,
+            kernel: per_thread.iter().map(|c| c.kernel).sum::<f64>() / n,
+            wall: per_thread.iter().map(|c| c.wall).sum::<f64>() / n,
+        }
     };
     let before = stats(ebpf);
     let mut ours = Vec::new();
     let mut base = Vec::new();
-    for _ in 0..ROUNDS {
-        ours.push(all_at_once(prog_names::XDP_INGRESS));
-        base.push(all_at_once(prog_names::BENCH_XDP_PASS));
+    for round in 0..rounds() {
+        for turn in 0..2 {
+            if (round + turn) % 2 == 0 {
+                ours.push(all_at_once(prog_names::XDP_INGRESS));
+            } else {
+                base.push(all_at_once(prog_names::BENCH_XDP_PASS));
+            }
+        }
     }
     let after = stats(ebpf);
     assert_eq!(
         after[0].new_flows - before[0].new_flows,
-        u64::from(REPEAT) * (ROUNDS * cpus) as u64,
+        u64::from(REPEAT) * (rounds() * cpus) as u64,
         "every repetition on every CPU took the SYN path"
     );
-    let ratios: Vec<f64> = ours.iter().zip(&base).map(|(o, b)| o / b).collect();
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-    let peer_cell = if peer_column { " |" } else { "" };
-    writeln!(
-        out,
-        "| SYN to the VIP on all {cpus} CPUs at once (handshake insert; LRU contention) | {:.1} |{peer_cell} {:.1} | {:.2}x | {lo:.2}x..{hi:.2}x |{peer_cell}",
-        median(ours),
-        median(base),
-        median(ratios)
-    )
-    .unwrap();
+    let (r, lo, hi) = spread(&ratios(&ours, &base, |c| c.cpu));
+    let (kr, klo, khi) = spread(&ratios(&ours, &base, |c| c.kernel));
+    let (wr, wlo, whi) = spread(&ratios(&ours, &base, |c| c.wall));
+    let o = median(ours.iter().map(|c| c.cpu).collect());
+    let b = median(base.iter().map(|c| c.cpu).collect());
+    let desc =
+        format!("SYN to the VIP on all {cpus} CPUs at once (handshake insert; LRU contention)");
+    if peer_column {
+        writeln!(
+            out,
+            "| {desc} | {o:.2} | | {b:.2} | {r:.2}x | {lo:.2}x..{hi:.2}x | | | |"
+        )
+        .unwrap();
+    } else {
+        writeln!(
+            out,
+            "| {desc} | {o:.2} | {b:.2} | {r:.2}x | {lo:.2}x..{hi:.2}x | {kr:.2}x ({klo:.2}..{khi:.2}) | {wr:.2}x ({wlo:.2}..{whi:.2}) |"
+        )
+        .unwrap();
+    }
 }
 
 /// The origin binary the wrk runs use.
@@ -765,9 +1063,12 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-/// Online CPUs.
+/// Online CPUs (not `available_parallelism`, which counts only the CPUs this thread may run
+/// on, and part 1 pins itself to one).
 fn nproc() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
 }
 
 fn main() {
@@ -801,7 +1102,16 @@ fn main() {
             .join(" ")
     )
     .unwrap();
-    prog_test_run(&mut out);
+    // In a thread of its own: it pins itself to one CPU, and the wrk processes of part 2 must
+    // not inherit that.
+    let part1 = std::thread::spawn(|| {
+        let mut s = String::new();
+        prog_test_run(&mut s);
+        s
+    })
+    .join()
+    .expect("part 1");
+    out.push_str(&part1);
     print!("{out}");
     if std::env::var("SWITCHER_BENCH_SCALE").as_deref() != Ok("0") {
         let mut scale = String::new();

@@ -449,6 +449,25 @@ pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Benchmark building block, never attached: one `SWITCHER_FLOWS` lookup of a constant key
+/// (client 10.1.1.1:40000, IPv4: the tracked flow `cargo xtask bench datapath` inserts), then
+/// XDP_PASS. What the tracked-flow path pays for its one lookup, measured alone.
+#[xdp]
+pub fn bench_flow_lookup(_ctx: XdpContext) -> u32 {
+    let mut client_addr = [0u8; 16];
+    client_addr[..4].copy_from_slice(&[10, 1, 1, 1]);
+    let key = switcher_common::FlowKey {
+        client_addr,
+        client_port_be: 40000u16.to_be(),
+        family: FAMILY_V4,
+    };
+    if maps::FLOWS.get_ptr(&key).is_some() {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_ABORTED
+    }
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
