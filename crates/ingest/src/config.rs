@@ -1,4 +1,5 @@
-//! Configuration: one struct, every field a CLI flag with an environment variable.
+//! Configuration: one struct, every field a CLI flag with an environment variable, checked
+//! once by [`Config::validate`] before anything is bound.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -123,7 +124,100 @@ impl Default for Config {
     }
 }
 
+/// A configuration value that makes no sense (see [`Config::validate`]).
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag} ({env}) must be at least {min}, got {value}")]
+pub struct ConfigError {
+    /// The flag, without the dashes.
+    pub flag: &'static str,
+    /// Its environment variable.
+    pub env: &'static str,
+    /// The value given.
+    pub value: u64,
+    /// The least value that works.
+    pub min: u64,
+}
+
+/// RTMP's initial chunk size (RTMP 1.0 section 5.4.1): every peer starts with it, so a
+/// `--max-chunk-size` below it would refuse what every peer sends before its Set Chunk Size.
+const RTMP_INITIAL_CHUNK_SIZE: u64 = 128;
+
 impl Config {
+    /// Checks the values before anything is bound or started: a value with which no
+    /// connection, stream or message could ever be served (0 connections, 0 streams, a 0 s
+    /// handshake, an empty ring or buffer...) is refused with the flag and variable named.
+    /// Values where 0 is documented as "off" or "no limit" are not checked, nor is
+    /// `--gop-cache-bytes` (0 caches no GOP: late joiners wait for the next keyframe).
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        let floors: [(&str, &str, u64, u64); 9] = [
+            (
+                "max-connections",
+                "INGEST_MAX_CONNECTIONS",
+                self.max_connections as u64,
+                1,
+            ),
+            (
+                "max-streams",
+                "INGEST_MAX_STREAMS",
+                self.max_streams as u64,
+                1,
+            ),
+            (
+                "max-chunk-size",
+                "INGEST_MAX_CHUNK_SIZE",
+                self.max_chunk_size as u64,
+                RTMP_INITIAL_CHUNK_SIZE,
+            ),
+            (
+                "max-message-size",
+                "INGEST_MAX_MESSAGE_SIZE",
+                self.max_message_size as u64,
+                1,
+            ),
+            (
+                "pre-publish-buffer-bytes",
+                "INGEST_PRE_PUBLISH_BUFFER_BYTES",
+                self.pre_publish_buffer_bytes as u64,
+                1,
+            ),
+            (
+                "handshake-timeout-secs",
+                "INGEST_HANDSHAKE_TIMEOUT_SECS",
+                self.handshake_timeout_secs,
+                1,
+            ),
+            (
+                "idle-timeout-secs",
+                "INGEST_IDLE_TIMEOUT_SECS",
+                self.idle_timeout_secs,
+                1,
+            ),
+            (
+                "subscriber-queue",
+                "INGEST_SUBSCRIBER_QUEUE",
+                self.subscriber_queue as u64,
+                1,
+            ),
+            (
+                "stream-buffer-bytes",
+                "INGEST_STREAM_BUFFER_BYTES",
+                self.stream_buffer_bytes as u64,
+                1,
+            ),
+        ];
+        for (flag, env, value, min) in floors {
+            if value < min {
+                return Err(ConfigError {
+                    flag,
+                    env,
+                    value,
+                    min,
+                });
+            }
+        }
+        Ok(self)
+    }
+
     /// Handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
@@ -142,5 +236,60 @@ impl Config {
     /// Merged read/write interval ([`Config::merge_ms`]).
     pub fn merge_interval(&self) -> Duration {
         Duration::from_millis(self.merge_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_nonsense_is_refused_with_its_flag() {
+        Config::default()
+            .validate()
+            .expect("the defaults are valid");
+        let parse = |args: &[&str]| {
+            <Config as clap::Parser>::parse_from(
+                std::iter::once("ingest").chain(args.iter().copied()),
+            )
+        };
+        for (args, message) in [
+            (
+                &["--max-connections", "0"][..],
+                "--max-connections (INGEST_MAX_CONNECTIONS) must be at least 1, got 0",
+            ),
+            (
+                &["--max-chunk-size", "127"],
+                "--max-chunk-size (INGEST_MAX_CHUNK_SIZE) must be at least 128, got 127",
+            ),
+            (
+                &["--subscriber-queue", "0"],
+                "--subscriber-queue (INGEST_SUBSCRIBER_QUEUE) must be at least 1, got 0",
+            ),
+            (
+                &["--handshake-timeout-secs", "0"],
+                "--handshake-timeout-secs (INGEST_HANDSHAKE_TIMEOUT_SECS) must be at least 1, got 0",
+            ),
+        ] {
+            let err = parse(args).validate().expect_err(message);
+            assert_eq!(err.to_string(), message);
+        }
+        // Documented as "off" or "no limit": 0 is fine.
+        parse(&[
+            "--max-connections-per-address",
+            "0",
+            "--max-buffered-bytes",
+            "0",
+            "--play-wait-secs",
+            "0",
+            "--republish-grace-secs",
+            "0",
+            "--merge-ms",
+            "0",
+            "--gop-cache-bytes",
+            "0",
+        ])
+        .validate()
+        .expect("0 where it means off");
     }
 }

@@ -1,4 +1,5 @@
-//! `origin` binary: parses flags (each with an environment variable) and runs the server.
+//! `origin` binary: parses flags (each with an environment variable), checks them
+//! ([`origin::Config::validate`]) before binding anything, and runs the server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,7 +113,9 @@ fn main() -> anyhow::Result<()> {
             (Some(cert), Some(key)) => Some(origin::TlsFiles { cert, key }),
             _ => None,
         },
-    };
+    }
+    // Checked before anything is bound; `run_sharded` checks again, for library callers.
+    .validate()?;
     let workers = match cli.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,

@@ -1,11 +1,13 @@
-//! `ingest`: the RTMP ingest server. Parses the CLI, builds the runtime
-//! (`--worker-threads`) and calls [`ingest::run`].
+//! `ingest`: the RTMP ingest server. Parses the CLI, checks it ([`ingest::Config::validate`],
+//! before anything is bound), builds the runtime (`--worker-threads`) and calls [`ingest::run`].
 
 use anyhow::Context;
 
 fn main() -> anyhow::Result<()> {
     service::init_tracing();
-    let config: ingest::Config = config_schema::parse(&[]);
+    let config = config_schema::parse::<ingest::Config>(&[])
+        .validate()
+        .context("invalid configuration")?;
     let runtime = match config.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
