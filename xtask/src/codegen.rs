@@ -543,6 +543,13 @@ impl<'a> Model<'a> {
                     for old in &arg.deprecated_env {
                         let _ = write!(doc, " Formerly {old} (still read, with a warning).");
                     }
+                    for seed in &arg.alias_env {
+                        let _ = write!(
+                            doc,
+                            " The seed's {seed} is read too, with the same meaning; {env} wins \
+                             when both are set."
+                        );
+                    }
                     out.push('\n');
                     out.push_str(&comment(&doc, "# "));
                     let shown = default

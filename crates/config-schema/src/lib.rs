@@ -11,7 +11,9 @@
 //!   `cargo xtask setup` has installed the eBPF toolchain that switcher-ctl's build needs.
 //! * [`DeprecatedEnv`] keeps a renamed environment variable working: clap reads one variable
 //!   per argument, so when only the old name is set, the argument is pointed at the old name
-//!   for this run and a warning says which name to use.
+//!   for this run and a warning says which name to use ([`OldName::Deprecated`]), or, for a
+//!   name kept on purpose as an equally valid spelling ([`OldName::Seed`]), a line at info
+//!   level says it was read. When both names are set, the current one wins.
 //!
 //! The flag is checked before clap parses (so it is not in `--help`, and it works even where
 //! required arguments are missing).
@@ -25,13 +27,26 @@ use serde::{Deserialize, Serialize};
 /// The hidden first argument that makes a binary print its [`Schema`] and exit.
 pub const FLAG: &str = "--print-config-schema";
 
-/// An environment variable renamed: the old name is still read, with a warning.
+/// An environment variable renamed: the old name is still read (see [`OldName`] for how).
 #[derive(Clone, Copy, Debug)]
 pub struct DeprecatedEnv {
     /// The name before the rename.
     pub old: &'static str,
-    /// The argument's current name (its clap `env`).
+    /// The argument's current name (its clap `env`), the canonical one.
     pub new: &'static str,
+    /// Whether the old name is on its way out or kept for good.
+    pub kind: OldName,
+}
+
+/// How an old name of a variable is read when it is the one set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OldName {
+    /// Renamed: still read, with a warning to use the new name.
+    Deprecated,
+    /// The seed switcher's name, kept for good with its meaning (a deployment of the seed
+    /// keeps working unchanged): read as a second spelling, which a line at info level
+    /// notes; the prefixed name is the canonical one.
+    Seed,
 }
 
 /// Every argument of a binary, by (sub)command.
@@ -66,8 +81,11 @@ pub struct ArgSchema {
     pub long: Option<String>,
     /// Environment variable read when the flag is absent.
     pub env: Option<String>,
-    /// Older names of `env`, still read (see [`DeprecatedEnv`]).
+    /// Older names of `env`, still read with a warning ([`OldName::Deprecated`]).
     pub deprecated_env: Vec<String>,
+    /// Other spellings of `env` read as well, the seed's names ([`OldName::Seed`]).
+    #[serde(default)]
+    pub alias_env: Vec<String>,
     /// Default values (several for a list); empty when there is none.
     pub default: Vec<String>,
     /// Separator of a list given in one value (`,`), if any.
@@ -116,14 +134,18 @@ fn collect(
         })
         .map(|a| {
             let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+            let old_names = |kind| {
+                deprecated
+                    .iter()
+                    .filter(|d| d.kind == kind && env.as_deref() == Some(d.new))
+                    .map(|d| d.old.to_string())
+                    .collect()
+            };
             ArgSchema {
                 id: a.get_id().to_string(),
                 long: a.get_long().map(str::to_string),
-                deprecated_env: deprecated
-                    .iter()
-                    .filter(|d| env.as_deref() == Some(d.new))
-                    .map(|d| d.old.to_string())
-                    .collect(),
+                deprecated_env: old_names(OldName::Deprecated),
+                alias_env: old_names(OldName::Seed),
                 env,
                 default: a
                     .get_default_values()
@@ -158,24 +180,38 @@ fn collect(
     }
 }
 
-/// Points every argument whose variable is only set under an old name at that name, with a
-/// warning on stderr; when both are set, the current one wins and the old one is reported
-/// as ignored.
+/// Points every argument whose variable is only set under an old name at that name: a
+/// deprecated name with a warning on stderr, a seed name with a line at info level (through
+/// `tracing`: binaries initialise it before parsing). When both are set, the current one wins;
+/// the old one is reported as ignored (a warning, unless a seed name has the same value).
 pub fn apply_deprecated_env(mut cmd: clap::Command, deprecated: &[DeprecatedEnv]) -> clap::Command {
     for d in deprecated {
-        let set = |name: &str| std::env::var_os(name).is_some();
-        if !set(d.old) {
+        let Some(old) = std::env::var_os(d.old) else {
             continue;
-        }
-        if set(d.new) {
-            eprintln!(
+        };
+        match (std::env::var_os(d.new), d.kind) {
+            (Some(new), OldName::Seed) if new == old => {}
+            (Some(_), OldName::Seed) => eprintln!(
+                "warning: {} is ignored because {} is set (the prefixed name wins)",
+                d.old, d.new
+            ),
+            (Some(_), OldName::Deprecated) => eprintln!(
                 "warning: {} is ignored because {} is set (the old name is deprecated)",
                 d.old, d.new
-            );
-            continue;
+            ),
+            (None, OldName::Seed) => {
+                tracing::info!(
+                    "{} (the seed's name) read as {}, its canonical spelling",
+                    d.old,
+                    d.new
+                );
+                cmd = repoint(cmd, d);
+            }
+            (None, OldName::Deprecated) => {
+                eprintln!("warning: {} is deprecated; set {} instead", d.old, d.new);
+                cmd = repoint(cmd, d);
+            }
         }
-        eprintln!("warning: {} is deprecated; set {} instead", d.old, d.new);
-        cmd = repoint(cmd, d);
     }
     cmd
 }
@@ -240,10 +276,18 @@ mod tests {
 
     #[test]
     fn schema_lists_every_argument_of_every_subcommand() {
-        let deprecated = [DeprecatedEnv {
-            old: "KEEP",
-            new: "DEMO_KEEP",
-        }];
+        let deprecated = [
+            DeprecatedEnv {
+                old: "KEEP",
+                new: "DEMO_KEEP",
+                kind: OldName::Deprecated,
+            },
+            DeprecatedEnv {
+                old: "LISTEN",
+                new: "DEMO_LISTEN",
+                kind: OldName::Seed,
+            },
+        ];
         let s = schema(&Cli::command(), &deprecated);
         assert_eq!(s.bin, "demo");
         let paths: Vec<Vec<String>> = s.commands.iter().map(|c| c.path.clone()).collect();
@@ -256,9 +300,11 @@ mod tests {
         assert_eq!(keep.env.as_deref(), Some("DEMO_KEEP"));
         assert_eq!(keep.default, ["3"]);
         assert_eq!(keep.deprecated_env, ["KEEP"]);
+        assert!(keep.alias_env.is_empty());
         assert!(keep.help.starts_with("How many to keep"), "{}", keep.help);
         assert_eq!(run.args[0].long.as_deref(), Some("listen"));
         assert!(run.args[0].deprecated_env.is_empty());
+        assert_eq!(run.args[0].alias_env, ["LISTEN"]);
         // A switch's implied default is filled in.
         assert_eq!(run.args[2].default, ["false"]);
         let json = serde_json::to_string(&s).expect("serializes");

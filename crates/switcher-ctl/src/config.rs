@@ -53,7 +53,7 @@ pub const MIN_SECONDS: f64 = 0.001;
 /// Longest duration accepted for them: a day. Far beyond any useful value, and far inside
 /// what `Duration` and the timers can represent (1e20 s overflows `Duration`).
 pub const MAX_SECONDS: f64 = 86_400.0;
-/// Largest `REQUIRED_WINDOWS`: 100,000 windows at the default interval is 5.5 hours.
+/// Largest `SWITCHER_REQUIRED_WINDOWS`: 100,000 windows at the default interval is 5.5 hours.
 pub const MAX_REQUIRED_WINDOWS: u32 = 100_000;
 /// Largest `SWITCHER_MSN_TOLERANCE`: an origin 10^6 segments behind is weeks behind.
 pub const MAX_MSN_TOLERANCE: u64 = 1_000_000;
@@ -101,31 +101,57 @@ pub const DEFAULT_ASSETS_DIR: &str = "web/node_modules/hls.js/dist";
 pub const DEFAULT_DECISION_HISTORY: usize = 20;
 
 /// Variables that had no `SWITCHER_` prefix and were renamed (every binary reads one shared
-/// env file, so each name says whose it is). The old names are still read, with a warning.
-/// The seed switcher's own names (`PRIMARY_BASE_URL`, `CHECK_INTERVAL_SECONDS`, ...) keep
-/// theirs on purpose.
+/// env file, so each name says whose it is). Ours are deprecated: still read, with a warning.
+/// The seed switcher's six (`PRIMARY_BASE_URL`, `BACKUP_BASE_URL`, `PLAYLIST_PATH`,
+/// `CHECK_INTERVAL_SECONDS`, `SEGMENT_AGE_THRESHOLD_SECONDS`, `REQUIRED_WINDOWS`) are kept
+/// for good with their meaning, so a seed deployment's env file works unchanged (the
+/// two-origin shorthand included): read as a second spelling, noted at info level. The
+/// prefixed name is canonical, and wins when both are set.
 pub const DEPRECATED_ENV: &[config_schema::DeprecatedEnv] = &[
+    seed("PRIMARY_BASE_URL", "SWITCHER_PRIMARY_BASE_URL"),
+    seed("BACKUP_BASE_URL", "SWITCHER_BACKUP_BASE_URL"),
+    seed("PLAYLIST_PATH", "SWITCHER_PLAYLIST_PATH"),
+    seed("CHECK_INTERVAL_SECONDS", "SWITCHER_CHECK_INTERVAL_SECONDS"),
+    seed(
+        "SEGMENT_AGE_THRESHOLD_SECONDS",
+        "SWITCHER_SEGMENT_AGE_THRESHOLD_SECONDS",
+    ),
+    seed("REQUIRED_WINDOWS", "SWITCHER_REQUIRED_WINDOWS"),
     config_schema::DeprecatedEnv {
         old: "PROBE_TIMEOUT_SECONDS",
         new: "SWITCHER_PROBE_TIMEOUT_SECONDS",
+        kind: config_schema::OldName::Deprecated,
     },
     config_schema::DeprecatedEnv {
         old: "MSN_TOLERANCE",
         new: "SWITCHER_MSN_TOLERANCE",
+        kind: config_schema::OldName::Deprecated,
     },
     config_schema::DeprecatedEnv {
         old: "MAX_PLAYLIST_BYTES",
         new: "SWITCHER_MAX_PLAYLIST_BYTES",
+        kind: config_schema::OldName::Deprecated,
     },
     config_schema::DeprecatedEnv {
         old: "PREFER_PRIMARY",
         new: "SWITCHER_PREFER_PRIMARY",
+        kind: config_schema::OldName::Deprecated,
     },
     config_schema::DeprecatedEnv {
         old: "DECISION_HISTORY",
         new: "SWITCHER_DECISION_HISTORY",
+        kind: config_schema::OldName::Deprecated,
     },
 ];
+
+/// A seed switcher's name for a variable (see [`DEPRECATED_ENV`]).
+const fn seed(old: &'static str, new: &'static str) -> config_schema::DeprecatedEnv {
+    config_schema::DeprecatedEnv {
+        old,
+        new,
+        kind: config_schema::OldName::Seed,
+    }
+}
 
 /// How the loader attaches the ingress program (mapped onto the loader's own enum by `main`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -157,13 +183,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHER_VIP", default_value = DEFAULT_VIP, value_delimiter = ',', action = clap::ArgAction::Append)]
     pub vip: Vec<SocketAddr>,
 
-    /// Base URL of the primary origin (seed: `PRIMARY_BASE_URL`); the playlist path is
-    /// appended to it.
-    #[arg(long = "primary", env = "PRIMARY_BASE_URL", default_value = DEFAULT_PRIMARY)]
+    /// Base URL of the primary origin; the playlist path is appended to it.
+    #[arg(long = "primary", env = "SWITCHER_PRIMARY_BASE_URL", default_value = DEFAULT_PRIMARY)]
     pub primary_base_url: String,
 
-    /// Base URL of the backup origin (seed: `BACKUP_BASE_URL`).
-    #[arg(long = "backup", env = "BACKUP_BASE_URL", default_value = DEFAULT_BACKUP)]
+    /// Base URL of the backup origin.
+    #[arg(long = "backup", env = "SWITCHER_BACKUP_BASE_URL", default_value = DEFAULT_BACKUP)]
     pub backup_base_url: String,
 
     /// Origins, each `NAME=URL[,weight=W]`, in failover preference order (the first is
@@ -171,8 +196,8 @@ pub struct Config {
     /// letters, digits, `-` or `_` (it is the metric label, the JSON key and what `drain` and
     /// `set` take); URL is the base URL the playlist path is appended to; W (default 1, 0 to
     /// 10000) is its share of new flows under `--policy balance`. When given,
-    /// `PRIMARY_BASE_URL`/`BACKUP_BASE_URL` are not used; when not, they are the origins
-    /// `primary` and `backup`, weight 1.
+    /// `--primary`/`--backup` are not used; when not, they are the origins `primary` and
+    /// `backup`, weight 1.
     #[arg(long = "origin", env = "SWITCHER_ORIGINS", value_delimiter = ' ')]
     pub origins: Vec<OriginArg>,
 
@@ -186,23 +211,22 @@ pub struct Config {
     #[arg(long, env = "SWITCHER_STREAM", default_value = DEFAULT_STREAM)]
     pub stream: String,
 
-    /// Playlist path relative to each base URL (seed: `PLAYLIST_PATH`); overrides `--stream`.
-    #[arg(long, env = "PLAYLIST_PATH")]
+    /// Playlist path relative to each base URL; overrides `--stream`.
+    #[arg(long, env = "SWITCHER_PLAYLIST_PATH")]
     pub playlist_path: Option<String>,
 
-    /// Seconds between probe rounds (seed: `CHECK_INTERVAL_SECONDS`, 5 there).
-    #[arg(long = "interval", env = "CHECK_INTERVAL_SECONDS", default_value_t = DEFAULT_INTERVAL_SECONDS)]
+    /// Seconds between probe rounds (5 in the seed).
+    #[arg(long = "interval", env = "SWITCHER_CHECK_INTERVAL_SECONDS", default_value_t = DEFAULT_INTERVAL_SECONDS)]
     pub check_interval_seconds: f64,
 
-    /// An origin whose newest segment ended longer ago than this is stale
-    /// (seed: `SEGMENT_AGE_THRESHOLD_SECONDS`, 20 there).
-    #[arg(long = "age-threshold", env = "SEGMENT_AGE_THRESHOLD_SECONDS", default_value_t = DEFAULT_AGE_THRESHOLD_SECONDS)]
+    /// An origin whose newest segment ended longer ago than this is stale (20 in the seed).
+    #[arg(long = "age-threshold", env = "SWITCHER_SEGMENT_AGE_THRESHOLD_SECONDS", default_value_t = DEFAULT_AGE_THRESHOLD_SECONDS)]
     pub segment_age_threshold_seconds: f64,
 
     /// Consecutive bad windows before leaving the active origin, and consecutive good windows
-    /// before an origin counts as healthy again (seed: `REQUIRED_WINDOWS`, 3 there).
+    /// before an origin counts as healthy again (3 in the seed).
     /// A refused connection makes an origin bad at once.
-    #[arg(long, env = "REQUIRED_WINDOWS", default_value_t = DEFAULT_REQUIRED_WINDOWS)]
+    #[arg(long, env = "SWITCHER_REQUIRED_WINDOWS", default_value_t = DEFAULT_REQUIRED_WINDOWS)]
     pub required_windows: u32,
 
     /// Seconds a whole probe (connect, request, body, master-playlist hop) may take.
@@ -610,9 +634,12 @@ impl Config {
 
     /// Checks every key; returns the config unchanged when it can work.
     pub fn validate(self) -> Result<Self, ConfigError> {
-        seconds("CHECK_INTERVAL_SECONDS", self.check_interval_seconds)?;
         seconds(
-            "SEGMENT_AGE_THRESHOLD_SECONDS",
+            "SWITCHER_CHECK_INTERVAL_SECONDS",
+            self.check_interval_seconds,
+        )?;
+        seconds(
+            "SWITCHER_SEGMENT_AGE_THRESHOLD_SECONDS",
             self.segment_age_threshold_seconds,
         )?;
         seconds("SWITCHER_PROBE_TIMEOUT_SECONDS", self.probe_timeout_seconds)?;
@@ -637,7 +664,7 @@ impl Config {
             self.admin_header_timeout_seconds,
         )?;
         range(
-            "REQUIRED_WINDOWS",
+            "SWITCHER_REQUIRED_WINDOWS",
             self.required_windows.into(),
             1,
             MAX_REQUIRED_WINDOWS.into(),
@@ -739,8 +766,8 @@ impl Config {
         if self.origins.is_empty() {
             let primary = self.primary_url();
             let backup = self.backup_url();
-            http_url("PRIMARY_BASE_URL", &primary)?;
-            http_url("BACKUP_BASE_URL", &backup)?;
+            http_url("SWITCHER_PRIMARY_BASE_URL", &primary)?;
+            http_url("SWITCHER_BACKUP_BASE_URL", &backup)?;
             if primary == backup {
                 return Err(ConfigError::SameOrigins(primary));
             }
@@ -792,7 +819,8 @@ impl Config {
     }
 
     /// The origins in preference order: `--origin` when given, else the two-origin shorthand
-    /// `primary` = `PRIMARY_BASE_URL`, `backup` = `BACKUP_BASE_URL`, weight 1 each.
+    /// `primary` = `SWITCHER_PRIMARY_BASE_URL`, `backup` = `SWITCHER_BACKUP_BASE_URL` (or the
+    /// seed's names of them), weight 1 each.
     pub fn origin_list(&self) -> Vec<OriginArg> {
         if !self.origins.is_empty() {
             return self.origins.clone();
@@ -819,7 +847,7 @@ impl Config {
             .collect()
     }
 
-    /// The playlist path: `PLAYLIST_PATH` when given, else `/hls/<stream>/index.m3u8`.
+    /// The playlist path: `SWITCHER_PLAYLIST_PATH` when given, else `/hls/<stream>/index.m3u8`.
     pub fn playlist_path(&self) -> String {
         match &self.playlist_path {
             Some(p) => p.clone(),
@@ -1077,7 +1105,7 @@ mod tests {
         .expect_err("1e20 s");
         assert_eq!(
             e.to_string(),
-            "CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000"
+            "SWITCHER_CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000"
         );
         // The edges of the range are accepted, and their durations convert.
         for v in [MIN_SECONDS, MAX_SECONDS] {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::TempDir;
+use switcher_ctl::config::DEPRECATED_ENV;
 use switcher_ctl::loader::ensure_bpffs;
 
 fn is_root() -> bool {
@@ -35,18 +36,11 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// `switcher-ctl run` with a pin root and admin socket inside `dir`, an admin port of 0, no
-/// inherited switcher variables, and `env` on top.
+/// inherited switcher variables (nor their seed or deprecated names), and `env` on top.
 fn run_binary(dir: &Path, pin_root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switcher-ctl"));
     for (key, _) in std::env::vars() {
-        if key.starts_with("SWITCHER_")
-            || [
-                "CHECK_INTERVAL_SECONDS",
-                "PROBE_TIMEOUT_SECONDS",
-                "SEGMENT_AGE_THRESHOLD_SECONDS",
-            ]
-            .contains(&key.as_str())
-        {
+        if key.starts_with("SWITCHER_") || DEPRECATED_ENV.iter().any(|d| d.old == key) {
             cmd.env_remove(key);
         }
     }
@@ -66,14 +60,14 @@ fn run_binary(dir: &Path, pin_root: &Path, args: &[&str], env: &[(&str, &str)]) 
 fn out_of_range_values_exit_2_before_touching_anything() {
     let cases: &[(&str, &str, &str)] = &[
         (
-            "CHECK_INTERVAL_SECONDS",
+            "SWITCHER_CHECK_INTERVAL_SECONDS",
             "1e20",
-            "CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
+            "SWITCHER_CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
         ),
         (
-            "CHECK_INTERVAL_SECONDS",
+            "SWITCHER_CHECK_INTERVAL_SECONDS",
             "1e-10",
-            "CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 0.0000000001",
+            "SWITCHER_CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 0.0000000001",
         ),
         (
             "SWITCHER_PROBE_TIMEOUT_SECONDS",
@@ -87,9 +81,9 @@ fn out_of_range_values_exit_2_before_touching_anything() {
             "SWITCHER_PROBE_TIMEOUT_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
         ),
         (
-            "SEGMENT_AGE_THRESHOLD_SECONDS",
+            "SWITCHER_SEGMENT_AGE_THRESHOLD_SECONDS",
             "NaN",
-            "SEGMENT_AGE_THRESHOLD_SECONDS must be a number of seconds from 0.001 to 86400, got NaN",
+            "SWITCHER_SEGMENT_AGE_THRESHOLD_SECONDS must be a number of seconds from 0.001 to 86400, got NaN",
         ),
         (
             "SWITCHER_ADMIN_MAX_CONNECTIONS",
@@ -127,6 +121,106 @@ fn out_of_range_values_exit_2_before_touching_anything() {
             Vec::<String>::new(),
             "{key}={value} mounted something"
         );
+    }
+}
+
+/// The seed switcher's six names are a second spelling of the `SWITCHER_` ones (README,
+/// "Configuration"): either spelling of a bad value gives the same error, naming the canonical
+/// key, with a line at info level (not a deprecation warning) when the seed name was read; when
+/// both are set, the prefixed one wins and the seed one is reported as ignored.
+#[test]
+fn seed_names_mean_the_same_and_the_prefixed_ones_win() {
+    // Two base URLs that are the same once joined with the playlist path, so that an error
+    // shows which playlist path was read.
+    let same = [
+        ("SWITCHER_PRIMARY_BASE_URL", "http://127.0.0.1:1"),
+        ("SWITCHER_BACKUP_BASE_URL", "http://127.0.0.1:1"),
+    ];
+    /// The seed's name, a bad value, another bad value, the variables every run gets, and
+    /// the error the first bad value gives.
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            "PRIMARY_BASE_URL",
+            "ftp://a",
+            "ftp://b",
+            &[],
+            "SWITCHER_PRIMARY_BASE_URL: \"ftp://a/hls/demo/index.m3u8\" is not an http:// URL",
+        ),
+        (
+            "BACKUP_BASE_URL",
+            "ftp://a",
+            "ftp://b",
+            &[],
+            "SWITCHER_BACKUP_BASE_URL: \"ftp://a/hls/demo/index.m3u8\" is not an http:// URL",
+        ),
+        (
+            "PLAYLIST_PATH",
+            "/a.m3u8",
+            "/b.m3u8",
+            &same,
+            "primary and backup base URLs are the same (http://127.0.0.1:1/a.m3u8)",
+        ),
+        (
+            "CHECK_INTERVAL_SECONDS",
+            "1e20",
+            "NaN",
+            &[],
+            "SWITCHER_CHECK_INTERVAL_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
+        ),
+        (
+            "SEGMENT_AGE_THRESHOLD_SECONDS",
+            "1e20",
+            "NaN",
+            &[],
+            "SWITCHER_SEGMENT_AGE_THRESHOLD_SECONDS must be a number of seconds from 0.001 to 86400, got 100000000000000000000",
+        ),
+        (
+            "REQUIRED_WINDOWS",
+            "0",
+            "100001",
+            &[],
+            "SWITCHER_REQUIRED_WINDOWS must be from 1 to 100000, got 0",
+        ),
+    ];
+    for (seed, bad, other, base, message) in cases {
+        let canonical = format!("SWITCHER_{seed}");
+        let runs: [&[(&str, &str)]; 3] = [
+            &[(&canonical, bad)],
+            &[(seed, bad)],
+            &[(&canonical, bad), (seed, other)],
+        ];
+        for vars in runs {
+            let dir = TempDir::new("cli-seed");
+            let pin_root = dir.path().join("bpf/pins");
+            let mut env = base.to_vec();
+            env.extend_from_slice(vars);
+            let out = run_binary(dir.path(), &pin_root, &["--iface", "lo"], &env);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{vars:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("invalid configuration: {message}")),
+                "{vars:?}: {stderr}"
+            );
+            assert!(!stderr.contains("deprecated"), "{vars:?}: {stderr}");
+            let read_as = format!("{seed} (the seed's name) read as {canonical}");
+            let ignored = format!("{seed} is ignored because {canonical} is set");
+            let only_seed = vars.len() == 1 && vars[0].0 == *seed;
+            assert_eq!(stderr.contains(&read_as), only_seed, "{vars:?}: {stderr}");
+            if only_seed {
+                let line = stderr.lines().find(|l| l.contains(&read_as)).expect("line");
+                assert!(line.contains("INFO"), "at info level: {line}");
+            }
+            assert_eq!(
+                stderr.contains(&ignored),
+                vars.len() == 2,
+                "{vars:?}: {stderr}"
+            );
+            assert!(
+                !dir.path().join("bpf").exists(),
+                "{vars:?} created the pin root"
+            );
+        }
     }
 }
 
