@@ -26,7 +26,8 @@ pub struct Config {
     /// Comma-separated stream names allowed to publish (default: any).
     #[arg(long, env = "INGEST_ALLOWED_STREAMS", value_delimiter = ',')]
     pub allowed_streams: Vec<String>,
-    /// Most simultaneous RTMP connections.
+    /// Most simultaneous RTMP connections; beyond it, clients wait in the kernel's accept
+    /// backlog until one closes (the slot is taken before `accept`).
     #[arg(long, env = "INGEST_MAX_CONNECTIONS", default_value_t = 2048)]
     pub max_connections: usize,
     /// Most simultaneous RTMP connections from one source address (0: no limit), so one

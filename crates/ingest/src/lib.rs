@@ -86,6 +86,10 @@ impl Server {
     }
 }
 
+/// Bound on the wait for connection tasks at shutdown: they are told to stop at once (a live
+/// stream has no request to finish), so this is only the time they take to notice.
+const CONNECTION_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the RTMP server on `listener` and the admin endpoint on `config.admin` until
 /// `shutdown` resolves.
 pub async fn run(
@@ -99,6 +103,13 @@ pub async fn run(
 
 /// Like [`run`], with an already-bound admin listener (or none) and server state the caller
 /// can inspect (tests read its metrics).
+///
+/// Connections are accepted by the service crate's [`service::accept::accept_loop`]: a slot
+/// of `--max-connections` is taken before `accept` (beyond it, clients wait in the kernel's
+/// backlog until a connection closes), accept errors back off only when a resource ran out,
+/// and shutdown stops accepting, then stops every connection. Each accepted connection must
+/// also get a slot of its source address (`--max-connections-per-address`), or it is closed
+/// at once and counted in `ingest_connections_rejected_total`.
 pub async fn run_with_admin(
     listener: TcpListener,
     admin: Option<TcpListener>,
@@ -123,34 +134,25 @@ pub async fn run_with_admin(
         None => None,
     };
     tracing::info!(addr = %listener.local_addr()?, app = %server.config.app, "RTMP listening");
-    let permits = Arc::new(Semaphore::new(server.config.max_connections));
-    tokio::pin!(shutdown);
-    loop {
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: log and keep serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached, refusing");
-            server.metrics.connections_rejected.inc();
-            continue;
-        };
+    // Connections serve until their peer leaves; at shutdown they are told to stop at once,
+    // and so is the admin endpoint.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let limits = service::accept::AcceptLimits {
+        slots: Arc::new(Semaphore::new(server.config.max_connections)),
+        shutdown_grace: CONNECTION_STOP_GRACE,
+    };
+    service::accept::accept_loop(listener, limits, shutdown, |sock, peer, permit, _| {
         let Some(slot) = server.budget.admit(peer.ip()) else {
             tracing::warn!(%peer, limit = server.config.max_connections_per_address, "connection limit of this address reached, refusing");
             server.metrics.connections_rejected.inc();
-            continue;
+            return None;
         };
         let server = server.clone();
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
+        Some(async move {
             let _permit = permit;
             let id = server.next_id();
             server.metrics.connections.inc();
@@ -167,9 +169,9 @@ pub async fn run_with_admin(
                 _ = stop.wait_for(|s| *s) => {}
             }
             server.metrics.connections.dec();
-        });
-    }
-    let _ = stop_tx.send(true);
+        })
+    })
+    .await;
     if let Some(admin) = admin {
         // Bounded: the admin server drains for at most its grace period.
         let _ = admin.await;

@@ -27,8 +27,8 @@ pub struct Metrics {
     pub subscribers_dropped: IntCounter,
     /// `ingest_publish_rejected_total`: publish attempts refused (duplicate, auth, limits).
     pub publish_rejected: IntCounter,
-    /// `ingest_connections_rejected_total`: connections refused at the connection limit or
-    /// the per-address limit.
+    /// `ingest_connections_rejected_total`: connections refused at the per-address limit
+    /// (beyond the global limit, connections wait in the kernel's accept backlog instead).
     pub connections_rejected: IntCounter,
     /// `ingest_buffered_bytes{buffer="partial_messages"}`: bytes charged to connections for
     /// messages being reassembled (declared lengths; the memory budget).
@@ -132,7 +132,7 @@ impl Metrics {
             connections_rejected: c(
                 r,
                 "ingest_connections_rejected_total",
-                "Connections refused at the connection limit or the per-address limit.",
+                "Connections refused at the per-address limit.",
             ),
             protocol_errors: c(
                 r,

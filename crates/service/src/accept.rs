@@ -1,5 +1,5 @@
-//! The accept loop of every server in hls-edge: the origin's data port and every admin
-//! endpoint ([`crate::serve_admin`]) run this one loop, so the limits on what a peer can make a
+//! The accept loop of every server in hls-edge: the origin's data port, the ingest's RTMP
+//! port and every admin endpoint ([`crate::serve_admin`]) run this one loop, so the limits on what a peer can make a
 //! listener spend are written once:
 //! - **Connection cap** ([`AcceptLimits::slots`]): a slot is taken *before* `accept`, so
 //!   clients beyond the cap wait in the kernel's accept backlog instead of costing a task and
@@ -17,7 +17,8 @@
 //!
 //! What a server does with a connection is its own: the admin server serves a router with
 //! hyper's HTTP/1 and a header-read deadline; the origin adds a per-address cap, TLS, its own
-//! HTTP/1 path with `sendfile`, hyper for the rest (h2) and a watchdog.
+//! HTTP/1 path with `sendfile`, hyper for the rest (h2) and a watchdog; the ingest adds its
+//! per-address cap and serves RTMP, stopping every connection at shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
