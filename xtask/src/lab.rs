@@ -357,48 +357,14 @@ impl Lab {
         )?;
         let (w, h, fps) = self.cfg.video;
         let publish = format!("rtmp://127.0.0.1:{RTMP_PORT}/live/{}", self.cfg.stream);
-        let publisher: Vec<String> = [
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "warning",
-            "-nostdin",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("testsrc2=size={w}x{h}:rate={fps}"),
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-pix_fmt",
-            "yuv420p",
-            "-g",
-            &(fps * 2).to_string(),
-            "-keyint_min",
-            &(fps * 2).to_string(),
-            "-sc_threshold",
-            "0",
-            "-b:v",
-            "1000k",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-f",
-            "flv",
-            &publish,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let publisher: Vec<String> = std::iter::once("ffmpeg".to_string())
+            .chain(
+                crate::stack::live_publisher(w, h, fps)
+                    .video_bitrate("1000k")
+                    .audio_bitrate("64k")
+                    .args(&publish),
+            )
+            .collect();
         self.spawn("publisher", &ingest_ns, publisher, true, None)?;
         let source = format!(
             "rtmp://{}:{RTMP_PORT}/live/{}",

@@ -276,13 +276,7 @@ impl Stack {
             svc(
                 std::iter::once("ffmpeg".to_string())
                     .chain(
-                        test_kit::Publisher::new(w, h, fps)
-                            .audio_source("sine=frequency=440:sample_rate=48000")
-                            .log_level("warning")
-                            .realtime()
-                            .zerolatency()
-                            .yuv420p()
-                            .fixed_gop(fps * 2)
+                        live_publisher(w, h, fps)
                             .video_bitrate("2000k")
                             .audio_bitrate("128k")
                             .args(&cfg.rtmp_url()),
@@ -686,6 +680,19 @@ fn user_ids(user: &str) -> Result<(u32, u32)> {
 /// The run directory's HLS output for `which` (an origin's name: primary, backup, o3...).
 pub fn hls_dir(run_dir: &Path, which: &str) -> PathBuf {
     run_dir.join(format!("hls-{which}"))
+}
+
+/// The live test publisher of the stack and the lab: the test pattern at `w`x`h` and `fps`
+/// with a 440 Hz tone, in real time, low latency, a keyframe exactly every 2 s (the packagers
+/// cut 2 s segments); each says its bitrates.
+pub fn live_publisher(w: u32, h: u32, fps: u32) -> test_kit::Publisher {
+    test_kit::Publisher::new(w, h, fps)
+        .audio_source("sine=frequency=440:sample_rate=48000")
+        .log_level("warning")
+        .realtime()
+        .zerolatency()
+        .yuv420p()
+        .fixed_gop(fps * 2)
 }
 
 /// The argv prefix that runs a command inside network namespace `ns` (when given) as the
