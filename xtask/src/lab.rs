@@ -56,7 +56,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Child,
     time::{Duration, Instant},
@@ -78,14 +78,15 @@ use crate::stack::{
 
 /// The VIP viewers use.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-/// The VIP's port (and the origins' port: they answer on the VIP directly).
-pub const VIP_PORT: u16 = 8080;
-/// Admin address of each edge's switcher-ctl, inside its namespace.
-pub const EDGE_ADMIN: &str = "127.0.0.1:9180";
-/// Admin address of each origin host's packager, inside its namespace.
-pub const PACKAGER_ADMIN: &str = "127.0.0.1:9183";
-/// Admin address of the ingest, inside its namespace.
-pub const INGEST_ADMIN: &str = "127.0.0.1:9181";
+/// The VIP's port (and the origins' port: they answer on the VIP directly): the layout's.
+pub use crate::layout::VIP_PORT;
+/// Admin address of each edge's switcher-ctl, inside its namespace: the layout's.
+pub const EDGE_ADMIN: SocketAddrV4 = crate::layout::SWITCHER_ADMIN;
+/// Admin address of each origin host's packager, inside its namespace: the layout's
+/// (primary's; each host runs one packager).
+pub const PACKAGER_ADMIN: SocketAddrV4 = crate::layout::packager_admin(0);
+/// Admin address of the ingest, inside its namespace: the layout's.
+pub const INGEST_ADMIN: SocketAddrV4 = crate::layout::INGEST_ADMIN;
 /// AS number of the router.
 const ROUTER_AS: u32 = 65000;
 /// AS number of both edges (the router does eBGP multipath over them).
@@ -350,7 +351,7 @@ impl Lab {
                 "--listen".into(),
                 rtmp,
                 "--admin".into(),
-                INGEST_ADMIN.into(),
+                INGEST_ADMIN.to_string(),
             ],
             true,
             Some(format!("127.0.0.1:{RTMP_PORT}")),
@@ -388,10 +389,10 @@ impl Lab {
                     "--out".into(),
                     dir.clone(),
                     "--admin".into(),
-                    PACKAGER_ADMIN.into(),
+                    PACKAGER_ADMIN.to_string(),
                 ],
                 true,
-                Some(PACKAGER_ADMIN.into()),
+                Some(PACKAGER_ADMIN.to_string()),
             )?;
             self.spawn(
                 &format!("origin-{o}"),
@@ -457,7 +458,7 @@ impl Lab {
             "--pin-root".into(),
             self.pin_root(edge).to_string_lossy().into_owned(),
             "--admin".into(),
-            EDGE_ADMIN.into(),
+            EDGE_ADMIN.to_string(),
             "--admin-socket".into(),
             self.dir(&format!("{edge}.sock"))
                 .to_string_lossy()
@@ -476,7 +477,7 @@ impl Lab {
             &ns,
             argv,
             false,
-            Some(EDGE_ADMIN.into()),
+            Some(EDGE_ADMIN.to_string()),
         )
     }
 
@@ -718,7 +719,13 @@ impl Lab {
     /// Sum over origins of a `dataplane_*` counter in an edge's `/metrics`.
     pub fn edge_counter(&self, edge: &str, metric: &str) -> Result<f64> {
         let ns = self.ns_name(edge);
-        let body = http_get(Some(&ns), EDGE_ADMIN, "/metrics", Duration::from_secs(2))?.body;
+        let body = http_get(
+            Some(&ns),
+            &EDGE_ADMIN.to_string(),
+            "/metrics",
+            Duration::from_secs(2),
+        )?
+        .body;
         Ok(sum_metric(&String::from_utf8_lossy(&body), metric))
     }
 
@@ -744,7 +751,14 @@ impl Lab {
         let sw = self.bin("switcher-ctl");
         let out = self.run_in(
             edge,
-            &[&sw, "status", "--pin-root", &pins, "--admin", EDGE_ADMIN],
+            &[
+                &sw,
+                "status",
+                "--pin-root",
+                &pins,
+                "--admin",
+                &EDGE_ADMIN.to_string(),
+            ],
         )?;
         Ok(out
             .lines()
@@ -946,7 +960,13 @@ impl Lab {
     /// The active origin an edge's switcher-ctl reports (`primary`/`backup`).
     pub fn edge_active(&self, edge: &str) -> Result<String> {
         let ns = self.ns_name(edge);
-        let body = http_get(Some(&ns), EDGE_ADMIN, "/healthz", Duration::from_secs(2))?.body;
+        let body = http_get(
+            Some(&ns),
+            &EDGE_ADMIN.to_string(),
+            "/healthz",
+            Duration::from_secs(2),
+        )?
+        .body;
         let h: serde_json::Value = serde_json::from_slice(&body)?;
         Ok(h["active"].as_str().unwrap_or_default().to_string())
     }

@@ -197,7 +197,11 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     // switchback, are moved back to the primary before the next drill.
     cfg.switcher_args.extend(["--drain".into(), "5".into()]);
     // On the edge address too, so a browser in the client namespace reaches the page.
-    cfg.admin = "0.0.0.0:9180".parse().unwrap();
+    cfg.admin = (
+        std::net::Ipv4Addr::UNSPECIFIED,
+        xtask::layout::SWITCHER_ADMIN.port(),
+    )
+        .into();
     let mut stack = Stack::new(cfg);
     stack.start_all().expect("stack starts");
     let client_ns = pair.client.name.clone();
@@ -263,7 +267,8 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     let (chromium, mut page) = pair.client.run({
         let profile = profile.clone();
         move || {
-            let (chromium, port) = browser::start_chromium("http://10.77.0.2:9180/", &profile);
+            let page = format!("http://10.77.0.2:{}/", xtask::layout::SWITCHER_ADMIN.port());
+            let (chromium, port) = browser::start_chromium(&page, &profile);
             (chromium, browser::Cdp::attach(port))
         }
     });
@@ -365,7 +370,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     // The control plane's counters agree with what happened.
     let metrics = http_get(
         Some(&pair.edge.name),
-        "127.0.0.1:9180",
+        &xtask::layout::SWITCHER_ADMIN.to_string(),
         "/metrics",
         Duration::from_secs(2),
     )

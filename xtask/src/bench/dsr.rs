@@ -358,7 +358,7 @@ fn diagnose(
     for e in EDGES {
         let body = xtask::stack::http_get(
             Some(&lab.ns_name(e)),
-            xtask::lab::EDGE_ADMIN,
+            &xtask::lab::EDGE_ADMIN.to_string(),
             "/healthz",
             Duration::from_secs(2),
         )?
