@@ -356,23 +356,22 @@ fn total(procs: &[Proc], f: impl Fn(&Proc) -> Result<u64>) -> Result<u64> {
 /// stands still until the window is full, which takes longer than the warm-up.
 fn media_sequence(dir: &Path, name: &str) -> Option<u64> {
     let text = std::fs::read_to_string(dir.join(name).join("index.m3u8")).ok()?;
-    let first: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
-        .and_then(|v| v.trim().parse().ok())?;
-    let listed = text.lines().filter(|l| l.starts_with("#EXTINF:")).count() as u64;
-    Some(first + listed.checked_sub(1)?)
+    crate::drill::newest_msn(&text)
 }
 
-/// Mean `#EXTINF` duration of `dir/name/index.m3u8`.
+/// Mean `#EXTINF` duration of `dir/name/index.m3u8` (parsed by m3u8-rs).
 fn mean_extinf(dir: &Path, name: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(dir.join(name).join("index.m3u8")).ok()?;
-    let durations: Vec<f64> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("#EXTINF:"))
-        .filter_map(|v| v.split(',').next()?.trim().parse().ok())
-        .collect();
-    (!durations.is_empty()).then(|| durations.iter().sum::<f64>() / durations.len() as f64)
+    let text = std::fs::read(dir.join(name).join("index.m3u8")).ok()?;
+    let media = m3u8_rs::parse_media_playlist_res(&text).ok()?;
+    let n = media.segments.len();
+    (n > 0).then(|| {
+        media
+            .segments
+            .iter()
+            .map(|s| f64::from(s.duration))
+            .sum::<f64>()
+            / n as f64
+    })
 }
 
 /// utime + stime (fields 14 and 15 of /proc/PID/stat, after the parenthesised comm).
