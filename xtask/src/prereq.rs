@@ -18,10 +18,28 @@ const COMMANDS: &[(&str, &str)] = &[
     ("ffmpeg", "publisher, player and packager peer"),
     ("ffprobe", "decoding checks"),
     ("rtmpdump", "RTMP player interop"),
+    // The prometheus package's: nothing runs the server itself.
     ("promtool", "monitoring config and rule tests"),
     ("chromium", "status page and hls.js player tests"),
     ("curl", "HTTP client in tests"),
     ("nft", "partition and slow-origin drills"),
+    ("systemd-analyze", "unit checks (verify, security)"),
+    ("vtysh", "FRR's shell: the lab's BGP and BFD state"),
+    ("wrk", "HTTP load in benchmarks"),
+    ("nginx", "the benchmarks' reference origin and RTMP ingest"),
+    ("haproxy", "the DSR benchmark's proxy peer"),
+];
+
+/// Files the tests and benchmarks run or load that are not on PATH, with the reason
+/// (`scripts/setup` installs their packages: frr, libnginx-mod-rtmp).
+const FILES: &[(&str, &str)] = &[
+    ("/usr/lib/frr/zebra", "FRR's routing daemon in the lab"),
+    ("/usr/lib/frr/bgpd", "FRR's BGP speaker in the lab"),
+    ("/usr/lib/frr/bfdd", "FRR's BFD daemon in the lab"),
+    (
+        "/usr/lib/nginx/modules/ngx_rtmp_module.so",
+        "nginx-rtmp, the ingest benchmark's reference",
+    ),
 ];
 
 /// Whether this process runs as root.
@@ -49,6 +67,12 @@ pub fn missing(ws: &Path) -> Vec<String> {
         .filter(|(c, _)| !on_path(c))
         .map(|(c, why)| format!("{c} ({why})"))
         .collect();
+    out.extend(
+        FILES
+            .iter()
+            .filter(|(f, _)| !Path::new(f).exists())
+            .map(|(f, why)| format!("{f} ({why})")),
+    );
     let debian = Path::new("/usr/bin/rustc").exists()
         && Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").exists();
     let nightly = Command::new("rustup")
