@@ -45,10 +45,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::util::{Side, TempDir, pinned};
 use super::util::{
-    env_count, env_counts, free_port, log_file, median_f64, release_bins, rss_kib, wait_port,
+    PUBLISH_TIMEOUT, env_count, env_counts, free_port, log_file, median_f64, release_bins, rss_kib,
+    wait_port, wait_published,
 };
+use super::util::{Side, TempDir, pinned};
 use anyhow::{Context, Result, bail};
 
 /// Player counts measured by default.
@@ -57,8 +58,6 @@ const DEFAULT_PLAYERS: &[usize] = &[10, 100, 500];
 const WARMUP: Duration = Duration::from_secs(4);
 /// Sampling interval.
 const MEASURE: Duration = Duration::from_secs(10);
-/// Time for the publisher to start before players join.
-const PUBLISH_SETTLE: Duration = Duration::from_secs(2);
 /// How long a server may take to accept connections.
 /// Poll interval for readiness.
 /// Length of the pre-encoded clip.
@@ -297,7 +296,9 @@ fn measure_ours(
             .stdout(Stdio::null())
             .stderr(log_file(dir, "ingest.log")?),
     )?;
-    measure(&server, port, loadgen, clip, dir, n)
+    measure(&server, port, loadgen, clip, dir, n, &|| {
+        wait_published(admin, 1)
+    })
 }
 
 fn measure_nginx(loadgen: &Path, clip: &Path, dir: &Path, n: usize) -> Result<Sample> {
@@ -328,7 +329,30 @@ fn measure_nginx(loadgen: &Path, clip: &Path, dir: &Path, n: usize) -> Result<Sa
             .stdout(Stdio::null())
             .stderr(log_file(dir, "nginx.stderr")?),
     )?;
-    measure(&server, port, loadgen, clip, dir, n)
+    // nginx-rtmp exports no metrics here: the stream is published once ffprobe, an RTMP
+    // player, can read its streams (nginx keeps a player of an unpublished stream waiting,
+    // so each try is bounded).
+    let url = format!("rtmp://127.0.0.1:{port}/live/bench");
+    measure(&server, port, loadgen, clip, dir, n, &|| {
+        wait_playable(&url)
+    })
+}
+
+/// Waits until ffprobe can read the streams of the RTMP `url`.
+fn wait_playable(url: &str) -> Result<()> {
+    let playable = || {
+        Command::new("ffprobe")
+            .args(["-v", "error", "-rw_timeout", "2000000", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !test_kit::wait::try_wait_until(PUBLISH_TIMEOUT, playable) {
+        bail!("{url} not playable after {PUBLISH_TIMEOUT:?}");
+    }
+    Ok(())
 }
 
 fn measure(
@@ -338,6 +362,7 @@ fn measure(
     clip: &Path,
     dir: &Path,
     n: usize,
+    published: &dyn Fn() -> Result<()>,
 ) -> Result<Sample> {
     wait_port(port)?;
     let url = format!("rtmp://127.0.0.1:{port}/live/bench");
@@ -348,7 +373,8 @@ fn measure(
             .stdout(Stdio::null())
             .stderr(log_file(dir, "publisher.log")?),
     )?;
-    std::thread::sleep(PUBLISH_SETTLE);
+    // Players join a published stream.
+    published()?;
     let secs = (WARMUP + MEASURE).as_secs() + 2;
     let lg_out = dir.join("loadgen.out");
     let loadgen = Proc::spawn(

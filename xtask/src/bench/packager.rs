@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use super::util::TempDir;
 use super::util::{
     env_count, env_counts, free_port, log_file, median_f64, release_bins, rss_kib, wait_port,
+    wait_published,
 };
 use anyhow::{Context, Result, bail};
 
@@ -42,8 +43,6 @@ const DEFAULT_STREAMS: &[usize] = &[1, 20];
 const WARMUP: Duration = Duration::from_secs(5);
 /// Sampling interval.
 const MEASURE: Duration = Duration::from_secs(15);
-/// Time for the publishers to start before packagers join.
-const PUBLISH_SETTLE: Duration = Duration::from_secs(2);
 /// How long a server may take to accept connections.
 /// Poll interval for readiness.
 /// Length of the pre-encoded clip.
@@ -243,7 +242,7 @@ fn measure_pairs(
                 .stderr(log_file(&run_dir, &format!("publish-{name}.log"))?),
         )?);
     }
-    std::thread::sleep(PUBLISH_SETTLE);
+    wait_published(admin, n)?;
 
     let run_ours = |rep: usize| -> Result<Sample> {
         let ours_out = run_dir.join(format!("ours-{rep}"));

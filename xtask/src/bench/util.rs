@@ -32,6 +32,25 @@ pub fn wait_port(port: u16) -> Result<()> {
     Ok(())
 }
 
+/// How long publishers may take to be publishing (an ffmpeg start, an RTMP handshake).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the ingest whose admin endpoint is on `admin_port` (loopback) reports `n`
+/// publish sessions (`ingest_publishers`): the streams are published, players can join.
+pub fn wait_published(admin_port: u16, n: usize) -> Result<()> {
+    let url = format!("http://127.0.0.1:{admin_port}/metrics");
+    let published = || {
+        test_kit::http::get(&url)
+            .ok()
+            .and_then(|r| test_kit::metrics::value(&r.text(), "ingest_publishers"))
+            .is_some_and(|v| v >= n as f64)
+    };
+    if !test_kit::wait::try_wait_until(PUBLISH_TIMEOUT, published) {
+        bail!("{n} streams not published after {PUBLISH_TIMEOUT:?} ({url})");
+    }
+    Ok(())
+}
+
 /// `dir/name` opened for appending (a child's stdout/stderr).
 pub fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
     std::fs::OpenOptions::new()
