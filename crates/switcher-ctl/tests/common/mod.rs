@@ -330,29 +330,21 @@ async fn serve(
     }
 }
 
-/// A minimal HTTP/1.1 client for the admin endpoints: returns (status, body).
+/// `method path` with `body` to an admin endpoint (test_kit::http, on a blocking thread):
+/// returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect admin");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let (method, url, body) = (
+        method.to_string(),
+        format!("http://{addr}{path}"),
+        body.to_string(),
     );
-    s.write_all(req.as_bytes()).await.expect("write request");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.expect("read response");
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    tokio::task::spawn_blocking(move || {
+        let r = test_kit::http::request(&method, &url, body.as_bytes(), test_kit::http::TIMEOUT)
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        (r.status, r.text())
+    })
+    .await
+    .expect("request thread")
 }
 
 /// A directory of its own under the system temp dir, removed (with its contents) on drop.
