@@ -27,8 +27,6 @@
 //! attachments and processes are removed even on failure.
 
 use std::{
-    io::{BufReader, Write as _},
-    net::{SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -54,55 +52,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// succeed): enough to hash to every remaining origin many times over.
 const AFTER_SWITCH: usize = 50;
 
-/// Reads one HTTP/1.1 response of a `/healthz` request from `reader`: status 200 and the
-/// origin's `ok` body, else an error.
-fn read_ok(reader: &mut impl std::io::BufRead) -> std::io::Result<()> {
-    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    if !status.starts_with("HTTP/1.1 200 ") {
-        return Err(bad(format!("status line {status:?}")));
-    }
-    let mut len = None;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 {
-            return Err(bad("closed in the headers".into()));
-        }
-        if h == "\r\n" {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse::<usize>().ok();
-        }
-    }
-    let mut body = vec![0; len.ok_or_else(|| bad("no content-length".into()))?];
-    reader.read_exact(&mut body)?;
-    if body != b"ok\n" {
-        return Err(bad(format!("body {:?}", String::from_utf8_lossy(&body))));
+/// One `GET /healthz` through the VIP on a new connection, from client port `port` (an
+/// ephemeral one when `None`): status 200 and the origin's `ok` body, else an error. Call it
+/// inside the client namespace.
+fn healthz_once(port: Option<u16>) -> std::io::Result<()> {
+    let mut conn = match port {
+        None => Client::connect_within(VIP, REQUEST_TIMEOUT)?,
+        Some(port) => Client::connect_from(VIP, port)?,
+    };
+    let (status, body) = conn.request("/healthz", |_| {})?;
+    if status != 200 || body != b"ok\n" {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("status {status}, body {:?}", String::from_utf8_lossy(&body)),
+        ));
     }
     Ok(())
-}
-
-/// One `GET /healthz` through the VIP on a new connection, from client port `port` (an
-/// ephemeral one when `None`). Call it inside the client namespace.
-fn healthz_once(port: Option<u16>) -> std::io::Result<()> {
-    let vip: SocketAddr = VIP.parse().expect("VIP");
-    let stream: TcpStream = match port {
-        None => TcpStream::connect_timeout(&vip, REQUEST_TIMEOUT)?,
-        Some(port) => {
-            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-            socket.set_reuse_address(true)?;
-            let local: SocketAddr = ([0, 0, 0, 0], port).into();
-            socket.bind(&local.into())?;
-            socket.connect_timeout(&vip.into(), REQUEST_TIMEOUT)?;
-            socket.into()
-        }
-    };
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    (&stream).write_all(b"GET /healthz HTTP/1.1\r\nHost: vip\r\n\r\n")?;
-    read_ok(&mut BufReader::new(&stream))
 }
 
 /// `GET /healthz` through the VIP from each of `ports`, one new connection each; every one

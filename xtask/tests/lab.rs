@@ -398,34 +398,16 @@ fn edge_loss_is_hitless_for_established_downloads() {
 /// playlist response on it (so the edge has recorded the viewer's acknowledgment); reads on
 /// it time out after 10 s.
 fn keep_alive_viewer(lab: &Lab) -> std::net::TcpStream {
-    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
     let client = lab.ns_name("client");
     test_kit::netns::run_in(Some(&client), || {
-        let mut conn = std::net::TcpStream::connect((VIP, VIP_PORT)).expect("connect to the VIP");
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-        conn.write_all(format!("GET {PLAYLIST} HTTP/1.1\r\nHost: vip\r\n\r\n").as_bytes())
-            .expect("send the request");
-        let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-        let mut len = None;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("response header");
-            let l = line.trim();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse::<usize>().ok();
-            }
-        }
-        let mut body = vec![0; len.expect("a Content-Length")];
-        reader.read_exact(&mut body).expect("the playlist");
+        let mut conn = test_kit::keepalive::Client::connect_within(
+            &format!("{VIP}:{VIP_PORT}"),
+            Duration::from_secs(10),
+        )
+        .expect("connect to the VIP");
+        let body = conn.get(PLAYLIST).expect("the playlist");
         assert!(body.starts_with(b"#EXTM3U"), "not a playlist");
-        conn
+        conn.into_stream()
     })
 }
 

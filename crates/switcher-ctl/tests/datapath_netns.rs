@@ -145,18 +145,16 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
         b"primary"
     );
 
-    // A 1 MiB body through the VIP arrives byte-identical (curl in the client ns).
-    let out = std::env::temp_dir().join(format!("{}-big", netns::unique("b")));
-    pair.client.exec(&[
-        "curl",
-        "-sS",
-        "--fail",
-        "-o",
-        out.to_str().unwrap(),
-        "http://10.77.0.2:8080/big",
-    ]);
-    let got = std::fs::read(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
+    // A 1 MiB body through the VIP arrives byte-identical (a fresh client in the client ns).
+    let big = test_kit::http::get_in(
+        Some(&pair.client.name),
+        "10.77.0.2:8080",
+        "/big",
+        std::time::Duration::from_secs(10),
+    )
+    .expect("GET /big through the VIP");
+    assert_eq!(big.status, 200);
+    let got = big.body;
     assert_eq!(got.len(), BIG_LEN);
     assert!(got == big_body(), "1 MiB body differs");
 

@@ -57,25 +57,35 @@ fn handle(conn: TcpStream, name: &str) -> std::io::Result<()> {
     }
 }
 
-/// A keep-alive HTTP client connection.
-/// One keep-alive connection.
+/// One keep-alive HTTP/1.1 client connection: GETs with a `Content-Length` response each.
 pub struct Client {
     stream: TcpStream,
     reader: BufReader<TcpStream>,
 }
 
+/// Connect timeout of [`Client::connect`] and [`Client::connect_from`].
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read timeout of [`Client::connect`] and [`Client::connect_from`].
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Client {
     /// Connects to `addr` (3 s connect timeout, 5 s read timeout).
     pub fn connect(addr: &str) -> std::io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let reader = BufReader::new(stream.try_clone()?);
-        Ok(Client { stream, reader })
+        let stream = TcpStream::connect_timeout(&parse(addr)?, CONNECT_TIMEOUT)?;
+        Client::over(stream, READ_TIMEOUT)
     }
-    /// Like [`Client::connect`], from local port `port` (SO_REUSEADDR, so a port whose last
-    /// connection is in TIME_WAIT can connect elsewhere).
+
+    /// Connects to `addr` with `timeout` for the connect and for every read and write.
+    pub fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&parse(addr)?, timeout)?;
+        stream.set_write_timeout(Some(timeout))?;
+        Client::over(stream, timeout)
+    }
+
+    /// Like [`Client::connect`], from local port `port` of any local address (SO_REUSEADDR,
+    /// so a port whose last connection is in TIME_WAIT can connect elsewhere).
     pub fn connect_from(addr: &str, port: u16) -> std::io::Result<Client> {
-        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let addr = parse(addr)?;
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -83,15 +93,24 @@ impl Client {
         )?;
         socket.set_reuse_address(true)?;
         let local: std::net::SocketAddr = match addr {
-            std::net::SocketAddr::V4(_) => ([127, 0, 0, 1], port).into(),
-            std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, port).into(),
+            std::net::SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+            std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
         };
         socket.bind(&local.into())?;
-        socket.connect_timeout(&addr.into(), Duration::from_secs(3))?;
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        socket.connect_timeout(&addr.into(), CONNECT_TIMEOUT)?;
+        Client::over(socket.into(), READ_TIMEOUT)
+    }
+
+    fn over(stream: TcpStream, read_timeout: Duration) -> std::io::Result<Client> {
+        stream.set_read_timeout(Some(read_timeout))?;
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Client { stream, reader })
+    }
+
+    /// The connection itself, after the responses read so far (for a test that watches
+    /// what happens to it next, e.g. a reset).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
     }
 
     /// The local (client) port of this connection.
@@ -108,17 +127,38 @@ impl Client {
         Ok(())
     }
 
-    /// GET `path` on this connection; returns the body.
+    /// GET `path` on this connection; returns the body, whatever the status.
     pub fn get(&mut self, path: &str) -> std::io::Result<Vec<u8>> {
+        self.request(path, |_| {}).map(|(_, body)| body)
+    }
+
+    /// GET `path` on this connection; `on_status` gets the status code as soon as the status
+    /// line has arrived (before the headers and body: the first byte, for timing). Returns
+    /// the status and the body.
+    pub fn request(
+        &mut self,
+        path: &str,
+        on_status: impl FnOnce(u16),
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         write!(self.stream, "GET {path} HTTP/1.1\r\nHost: vip\r\n\r\n")?;
         let mut len = None;
-        let mut status = String::new();
-        if self.reader.read_line(&mut status)? == 0 {
+        let mut status_line = String::new();
+        if self.reader.read_line(&mut status_line)? == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "closed",
             ));
         }
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3)?.parse::<u16>().ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("status line {status_line:?}"),
+                )
+            })?;
+        on_status(status);
         loop {
             let mut h = String::new();
             if self.reader.read_line(&mut h)? == 0 {
@@ -136,8 +176,17 @@ impl Client {
         }
         let mut body = vec![0u8; len.unwrap_or(0)];
         self.reader.read_exact(&mut body)?;
-        Ok(body)
+        Ok((status, body))
     }
+}
+
+fn parse(addr: &str) -> std::io::Result<std::net::SocketAddr> {
+    addr.parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("address {addr:?}: {e}"),
+        )
+    })
 }
 
 /// One request on a fresh connection.

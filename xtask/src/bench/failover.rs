@@ -31,14 +31,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use test_kit::keepalive::Client;
 use test_kit::netns::{BpfFs, Pair};
 use xtask::faults::{self, Fault, Site};
 use xtask::stack::{Stack, StackConfig};
@@ -90,7 +89,7 @@ impl Player {
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s, vip) = (log.clone(), stop.clone(), vip.to_string());
         let thread = test_kit::netns::spawn_in(client_ns, move || {
-            let mut conn: Option<BufReader<TcpStream>> = None;
+            let mut conn: Option<Client> = None;
             while !s.load(Ordering::SeqCst) {
                 let r = poll_once(&mut conn, &vip, &l);
                 if r.is_err() {
@@ -129,46 +128,24 @@ impl Drop for Player {
     }
 }
 
-/// One GET on the keep-alive connection; returns the body. Records the first byte.
-fn get(conn: &mut BufReader<TcpStream>, path: &str, log: &Mutex<Log>) -> Result<Vec<u8>> {
-    let port = conn.get_ref().local_addr()?.port();
-    conn.get_mut()
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: vip\r\n\r\n").as_bytes())?;
-    let mut line = String::new();
-    if conn.read_line(&mut line)? == 0 {
-        bail!("connection closed");
+/// One GET on the keep-alive connection; returns the body of a 200. Records the first byte.
+fn get(conn: &mut Client, path: &str, log: &Mutex<Log>) -> Result<Vec<u8>> {
+    let port = conn.local_port();
+    let (status, body) = conn.request(path, |_| {
+        log.lock().expect("log").seen.push(Seen {
+            at: Instant::now(),
+            port,
+        });
+    })?;
+    if status != 200 {
+        bail!("status {status}");
     }
-    log.lock().expect("log").seen.push(Seen {
-        at: Instant::now(),
-        port,
-    });
-    if !line.starts_with("HTTP/1.1 200") {
-        bail!("status {}", line.trim());
-    }
-    let mut len = None;
-    loop {
-        line.clear();
-        conn.read_line(&mut line)?;
-        let l = line.trim();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse::<usize>().ok();
-        }
-    }
-    let mut body = vec![0; len.context("no content-length")?];
-    conn.read_exact(&mut body)?;
     Ok(body)
 }
 
-fn poll_once(conn: &mut Option<BufReader<TcpStream>>, vip: &str, log: &Mutex<Log>) -> Result<()> {
+fn poll_once(conn: &mut Option<Client>, vip: &str, log: &Mutex<Log>) -> Result<()> {
     if conn.is_none() {
-        let s = TcpStream::connect_timeout(&vip.parse()?, PLAYER_TIMEOUT)?;
-        s.set_read_timeout(Some(PLAYER_TIMEOUT))?;
-        *conn = Some(BufReader::new(s));
+        *conn = Some(Client::connect_within(vip, PLAYER_TIMEOUT)?);
     }
     let c = conn.as_mut().expect("connected");
     let playlist = String::from_utf8(get(c, PLAYLIST, log)?)?;
@@ -372,20 +349,16 @@ fn herd(
 ) -> Result<(usize, usize)> {
     let injected = faults::inject(Fault::OriginKill, site, stack)?;
     wait("failover", SETTLE_LIMIT, || stack.active() == "backup")?;
-    let conns = pair
-        .client
-        .run(move || -> Result<Vec<BufReader<TcpStream>>> {
-            let log = Mutex::new(Log::default());
-            let mut v = Vec::with_capacity(n);
-            for _ in 0..n {
-                let s = TcpStream::connect_timeout(&VIP.parse()?, PLAYER_TIMEOUT)?;
-                s.set_read_timeout(Some(PLAYER_TIMEOUT))?;
-                let mut c = BufReader::new(s);
-                get(&mut c, PLAYLIST, &log)?;
-                v.push(c);
-            }
-            Ok(v)
-        })?;
+    let conns = pair.client.run(move || -> Result<Vec<Client>> {
+        let log = Mutex::new(Log::default());
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut c = Client::connect_within(VIP, PLAYER_TIMEOUT)?;
+            get(&mut c, PLAYLIST, &log)?;
+            v.push(c);
+        }
+        Ok(v)
+    })?;
     injected.restore(stack)?;
     wait("switchback", SETTLE_LIMIT, || stack.active() == "primary")?;
     let stop = Instant::now() + watch;
