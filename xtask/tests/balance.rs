@@ -263,6 +263,10 @@ fn balance_spreads_survives_a_kill_and_drains() {
     // whatever the edge does, so a kill mid-response would test ffmpeg, not the edge.
     let n = player.segments().len();
     player.wait_for("a new segment", |p| p.segments().len() > n);
+    // No readiness signal exists for "the player has the whole segment": ffmpeg logs when it
+    // opens a segment, not when it has read it, and the origin counts bytes handed to the
+    // socket, not delivered. A 2 s segment crosses these links in a few milliseconds, so
+    // half a second puts the fault between two requests without timing anything.
     std::thread::sleep(Duration::from_millis(500));
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -95,6 +95,10 @@ fn drill(
     player.wait_for(&format!("{name}: a new segment"), |p| {
         p.segments().len() > n
     });
+    // No readiness signal exists for "the player has the whole segment": ffmpeg logs when it
+    // opens a segment, not when it has read it, and the origin counts bytes handed to the
+    // socket, not delivered. A 2 s segment crosses these links in a few milliseconds, so
+    // half a second puts the fault between two requests without timing anything.
     std::thread::sleep(Duration::from_millis(500));
     let injected = faults::inject(fault, site, stack).expect("inject fault");
     if fault.fails_primary() {
