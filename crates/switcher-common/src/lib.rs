@@ -170,9 +170,10 @@ pub struct Origin {
 /// [`Origin::flags`]: the slot holds an origin.
 pub const ORIGIN_CONFIGURED: u16 = 1;
 /// [`Origin::flags`]: the origin is on another host and answers viewers directly (direct
-/// server return, see [`dsr`]): requests are sent to it unchanged inside an IPv4-in-IPv4
-/// header addressed to `addr_v4` (the origin host), and `port_be` is the VIP's port. Replies
-/// never cross the edge.
+/// server return, see [`dsr`]): requests are sent to it unchanged inside an outer IPv4 header
+/// addressed to `addr_v4` (the origin host; IPv4-in-IPv4 for IPv4 viewers, IPv6-in-IPv4 for
+/// IPv6 viewers, so `addr_v6` is unused), and `port_be` is the VIP's port. Replies never
+/// cross the edge.
 pub const ORIGIN_REMOTE: u16 = 2;
 
 /// A Maglev lookup table: value of one `SWITCHER_MAGLEV` element. `slots[i]` is the origin
@@ -527,9 +528,11 @@ impl Counters {
 pub mod dsr {
     //! Direct server return: the types of the encapsulation path (edge) and of the decap
     //! program (origin host). An origin flagged [`ORIGIN_REMOTE`](super::ORIGIN_REMOTE) is
-    //! reached by IPv4-in-IPv4 (RFC 2003); its host strips the outer header in eBPF and its
-    //! origin, listening on the VIP (on `lo`, ARP for it off), answers the viewer directly.
-    //! Same layout rules as the rest of this crate.
+    //! reached over an IPv4 underlay: IPv4 requests by IPv4-in-IPv4 (RFC 2003, protocol
+    //! [`IPPROTO_IPIP`]), IPv6 requests by IPv6-in-IPv4 (RFC 4213 "6in4", protocol
+    //! [`IPPROTO_IPV6`]); its host strips the outer header in eBPF and its origin, listening on
+    //! the VIP (on `lo`, ARP for it off), answers the viewer directly. Same layout rules as the
+    //! rest of this crate.
 
     /// Names of the maps of the DSR path.
     pub mod map_names {
@@ -543,17 +546,21 @@ pub mod dsr {
 
     /// Names of the DSR programs in the object.
     pub mod prog_names {
-        /// XDP on an origin host: strips the outer IPv4 header of IP-in-IP packets for the VIP.
+        /// XDP on an origin host: strips the outer IPv4 header of IP-in-IP and 6in4 packets
+        /// for the VIP.
         pub const XDP_DECAP: &str = "switcher_decap";
     }
 
     /// IP protocol number of IPv4-in-IPv4 (RFC 2003).
     pub const IPPROTO_IPIP: u8 = 4;
-    /// TTL of the outer header the edge builds.
+    /// IP protocol number of IPv6-in-IPv4 (RFC 4213 "6in4", the outer header's protocol).
+    pub const IPPROTO_IPV6: u8 = 41;
+    /// TTL of the outer header the edge builds (both inner families).
     pub const OUTER_TTL: u8 = 64;
 
     /// Per-CPU counters of the encapsulation path, by origin index (value of
-    /// `SWITCHER_ENCAP_STATS`). Written only by the data plane; host order; since load.
+    /// `SWITCHER_ENCAP_STATS`). Written only by the data plane; host order; since load. Both
+    /// inner families count here alike (IP-in-IP and 6in4).
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct EncapCounters {
@@ -566,11 +573,13 @@ pub mod dsr {
         /// forwarding off on the ingress interface): handed to this host's stack, which routes
         /// it and resolves the neighbour (needs `net.ipv4.ip_forward=1`).
         pub to_stack: u64,
-        /// Encapsulated packet larger than the route's MTU: dropped (the viewer's TCP
-        /// retransmits; the edge-to-origin path needs 20 bytes more MTU than viewers use).
+        /// Encapsulated packet larger than the route's MTU (the inner IPv4 or IPv6 packet + 20
+        /// bytes): dropped (the viewer's TCP retransmits; the edge-to-origin path needs 20
+        /// bytes more MTU than viewers use).
         pub too_big: u64,
         /// No route to the origin host (unreachable, blackhole, prohibit), or growing the
-        /// packet failed: dropped.
+        /// packet failed: dropped. Also a request steered to a remote origin through TC
+        /// ingress (which cannot encapsulate): passed to the stack, which resets it.
         pub errors: u64,
         /// Packets of no flow or handshake (taken over from another edge, or whose state was
         /// evicted) sent to the origin new flows go to, without creating state.
@@ -584,37 +593,49 @@ pub mod dsr {
     pub struct DecapConfig {
         /// This host's address that edges encapsulate to (outer destination), network order.
         pub local_v4: [u8; 4],
-        /// The VIP (inner destination), network order.
+        /// The IPv4 VIP (inner destination of IP-in-IP), network order; meaningful when
+        /// `flags & DECAP_VIP_V4`.
         pub vip_v4: [u8; 4],
-        /// [`DECAP_ENABLED`]; host order.
+        /// `DECAP_ENABLED | DECAP_VIP_V4 | DECAP_VIP_V6`; host order.
         pub flags: u32,
+        /// The IPv6 VIP (inner destination of 6in4), network order; meaningful when
+        /// `flags & DECAP_VIP_V6`.
+        pub vip_v6: [u8; 16],
     }
 
     /// [`DecapConfig::flags`]: decapsulation is on (cleared, every packet passes, counted).
     pub const DECAP_ENABLED: u32 = 1;
+    /// [`DecapConfig::flags`]: `vip_v4` is set; IP-in-IP to it is decapsulated.
+    pub const DECAP_VIP_V4: u32 = 2;
+    /// [`DecapConfig::flags`]: `vip_v6` is set; 6in4 to it is decapsulated.
+    pub const DECAP_VIP_V6: u32 = 4;
 
     /// Per-CPU counters of the decap program (value of `SWITCHER_DECAP_STATS`, key 0). Written
     /// only by the data plane; host order; since load.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct DecapCounters {
-        /// IP-in-IP packets to this host for the VIP whose outer header was removed.
+        /// IP-in-IP (protocol 4) or 6in4 (protocol 41) packets to this host for the VIP of
+        /// the inner family whose outer header was removed.
         pub decapsulated: u64,
         /// Bytes of those packets as received (outer header included).
         pub bytes: u64,
-        /// IP-in-IP packets not for this host or whose inner destination is not the VIP:
-        /// passed unchanged.
-        pub foreign: u64,
-        /// IP-in-IP packets to this host too short for the headers they claim, with outer
-        /// options, fragmented, or with an inner header that is not plain IPv4: passed
+        /// IP-in-IP or 6in4 packets not for this host, or whose inner destination is not the
+        /// configured VIP of its family (or no VIP of that family is configured): passed
         /// unchanged.
+        pub foreign: u64,
+        /// IP-in-IP or 6in4 packets to this host too short for the headers they claim, with
+        /// outer options, fragmented, or whose inner header is not the protocol's family
+        /// (IPv4 for protocol 4, IPv6 for 41) with a length consistent with the outer one:
+        /// passed unchanged.
         pub malformed: u64,
-        /// Everything else (not IP-in-IP, or decapsulation disabled): passed unchanged.
+        /// Everything else (neither IP-in-IP nor 6in4, or decapsulation disabled): passed
+        /// unchanged.
         pub passed: u64,
     }
 
     const _: () = assert!(core::mem::size_of::<EncapCounters>() == 6 * 8);
-    const _: () = assert!(core::mem::size_of::<DecapConfig>() == 12);
+    const _: () = assert!(core::mem::size_of::<DecapConfig>() == 28);
     const _: () = assert!(core::mem::size_of::<DecapCounters>() == 5 * 8);
 
     #[cfg(feature = "user")]

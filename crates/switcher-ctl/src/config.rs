@@ -319,9 +319,12 @@ pub struct Config {
     pub max_flows: u32,
 
     /// Direct server return: origins whose address is not on this host are reached by IP-in-IP
-    /// from XDP and answer viewers directly (their host runs `switcher-ctl decap`, owns the VIP,
-    /// and the origin listens on the VIP's port). IPv4 only. Off: such origins get their
-    /// address rewritten and their replies must come back through this host.
+    /// (IPv4 viewers) or 6in4 (IPv6 viewers) from XDP and answer viewers directly (their host
+    /// runs `switcher-ctl decap` with the same VIPs, owns them, and the origin listens on the
+    /// VIP's port). A remote origin is named by its host's IPv4 address (the underlay is
+    /// IPv4); both `--vip` families are served. Needs XDP (TC ingress cannot encapsulate).
+    /// Off: such origins get their address rewritten and their replies must come back through
+    /// this host.
     #[arg(long, env = "SWITCHER_DSR")]
     pub dsr: bool,
 

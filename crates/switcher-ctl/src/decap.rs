@@ -3,21 +3,27 @@
 //! send to, and pins it, so it keeps working after the command exits; `--detach` removes it.
 //!
 //! # Pin layout (under the decap pin root, default `/sys/fs/bpf/switcher-decap`)
-//! * `maps/SWITCHER_DECAP_CONFIG` (this host's address, the VIP), `maps/SWITCHER_DECAP_STATS`
+//! * `maps/SWITCHER_DECAP_CONFIG` (this host's address, the VIPs), `maps/SWITCHER_DECAP_STATS`
 //!   (per-CPU counters, see `switcher_common::dsr::DecapCounters`);
 //! * `progs/switcher_decap`; `links/xdp`: the XDP bpf_link.
+//!
+//! The VIP is one IPv4 address (IP-in-IP), one IPv6 address (6in4), or one of each for a
+//! dual-stack VIP (`--vip` twice, like `run`'s): the edges reach this host at its IPv4 address
+//! for both families (docs/ARCHITECTURE.md, "Beyond one host").
 //!
 //! The host must own the VIP so that the decapsulated packet is delivered locally and the
 //! origin, listening on it, answers from it: e.g. `ip addr add VIP/32 dev lo` with
 //! `net.ipv4.conf.all.arp_ignore=1` and `arp_announce=2`, so the host never answers ARP for a
-//! VIP that the edges announce.
+//! VIP that the edges announce; for an IPv6 VIP `ip addr add VIP6/128 dev lo nodad` (neighbour
+//! solicitations are answered only for addresses of the interface they arrive on, so no sysctl
+//! is needed), and IPv6 routes back to the viewers.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     EbpfLoader,
     maps::{Array, MapData, PerCpuArray},
@@ -28,7 +34,10 @@ use aya::{
 };
 use switcher_common::{
     MIN_FLOWS,
-    dsr::{DECAP_ENABLED, DecapConfig, DecapCounters, map_names, prog_names},
+    dsr::{
+        DECAP_ENABLED, DECAP_VIP_V4, DECAP_VIP_V6, DecapConfig, DecapCounters, map_names,
+        prog_names,
+    },
     map_names as edge_maps,
 };
 
@@ -53,8 +62,11 @@ pub enum DecapMode {
 pub struct DecapSetup {
     /// Interface the encapsulated packets arrive on.
     pub iface: String,
-    /// The VIP (inner destination).
-    pub vip: Ipv4Addr,
+    /// The VIP (inner destination): its IPv4 address, its IPv6 address, or both; see
+    /// [`DecapSetup::vips`].
+    pub vip_v4: Option<Ipv4Addr>,
+    /// The IPv6 VIP (inner destination of 6in4).
+    pub vip_v6: Option<Ipv6Addr>,
     /// This host's address the edges encapsulate to; `None`: the interface's first IPv4
     /// address.
     pub local: Option<Ipv4Addr>,
@@ -62,6 +74,73 @@ pub struct DecapSetup {
     pub pin_root: PathBuf,
     /// Attach mode.
     pub mode: DecapMode,
+}
+
+impl DecapSetup {
+    /// Sorts `--vip` values into [`DecapSetup::vip_v4`] and [`DecapSetup::vip_v6`]: one or two
+    /// addresses, at most one per family, each a unicast address (the VIP the origin listens
+    /// on). Returns (IPv4, IPv6).
+    pub fn vips(vips: &[IpAddr]) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+        let (mut v4, mut v6) = (None, None);
+        for vip in vips {
+            if vip.is_unspecified() || vip.is_multicast() || vip.is_loopback() {
+                bail!("--vip {vip}: must be a unicast address (the VIP the origin listens on)");
+            }
+            let dup = match *vip {
+                IpAddr::V4(a) => v4.replace(a).is_some(),
+                IpAddr::V6(a) => v6.replace(a).is_some(),
+            };
+            if dup {
+                bail!("--vip: at most one IPv4 and one IPv6 address (the VIP of each family)");
+            }
+        }
+        if v4.is_none() && v6.is_none() {
+            bail!("--vip is required: the VIP's IPv4 address, IPv6 address, or both");
+        }
+        Ok((v4, v6))
+    }
+
+    /// The VIPs as given, for messages.
+    pub fn vip_text(&self) -> String {
+        vip_text(self.vip_v4, self.vip_v6)
+    }
+}
+
+/// `4.3.2.1 and 2001:db8::1`, or the one address.
+fn vip_text(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> String {
+    match (v4, v6) {
+        (Some(a), Some(b)) => format!("{a} and {b}"),
+        (Some(a), None) => a.to_string(),
+        (None, Some(b)) => b.to_string(),
+        (None, None) => "no VIP".into(),
+    }
+}
+
+/// The configured VIPs of a decap config (from the pins), for `--status`.
+pub fn config_vips(cfg: &DecapConfig) -> String {
+    vip_text(
+        (cfg.flags & DECAP_VIP_V4 != 0).then(|| Ipv4Addr::from(cfg.vip_v4)),
+        (cfg.flags & DECAP_VIP_V6 != 0).then(|| Ipv6Addr::from(cfg.vip_v6)),
+    )
+}
+
+/// The map value for `setup` with this host's address `local`.
+pub fn decap_config(setup: &DecapSetup, local: Ipv4Addr) -> DecapConfig {
+    let mut cfg = DecapConfig {
+        local_v4: local.octets(),
+        vip_v4: [0; 4],
+        flags: DECAP_ENABLED,
+        vip_v6: [0; 16],
+    };
+    if let Some(a) = setup.vip_v4 {
+        cfg.vip_v4 = a.octets();
+        cfg.flags |= DECAP_VIP_V4;
+    }
+    if let Some(a) = setup.vip_v6 {
+        cfg.vip_v6 = a.octets();
+        cfg.flags |= DECAP_VIP_V6;
+    }
+    cfg
 }
 
 fn link_path(root: &Path) -> PathBuf {
@@ -104,6 +183,9 @@ pub fn iface_v4(iface: &str) -> Result<Ipv4Addr> {
 /// Loads, configures, attaches and pins the decap program per `setup`. An earlier decap under
 /// the same pin root is replaced.
 pub fn attach(setup: &DecapSetup) -> Result<DecapConfig> {
+    if setup.vip_v4.is_none() && setup.vip_v6.is_none() {
+        bail!("decap needs a VIP (IPv4, IPv6 or both)");
+    }
     let local = match setup.local {
         Some(a) => a,
         None => iface_v4(&setup.iface)?,
@@ -118,11 +200,7 @@ pub fn attach(setup: &DecapSetup) -> Result<DecapConfig> {
         .map_max_entries(edge_maps::HANDSHAKES, MIN_FLOWS)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
-    let cfg = DecapConfig {
-        local_v4: local.octets(),
-        vip_v4: setup.vip.octets(),
-        flags: DECAP_ENABLED,
-    };
+    let cfg = decap_config(setup, local);
     {
         let mut map: Array<_, DecapConfig> = Array::try_from(
             ebpf.map_mut(map_names::DECAP_CONFIG)
@@ -159,7 +237,7 @@ pub fn attach(setup: &DecapSetup) -> Result<DecapConfig> {
                     .map_err(|e| anyhow!("XDP attached without a bpf_link: {e:?}"))?;
                 link.pin(link_path(&setup.pin_root))
                     .context("pinning the decap XDP link")?;
-                tracing::info!(iface = %setup.iface, ?mode, %local, vip = %setup.vip, "decap attached");
+                tracing::info!(iface = %setup.iface, ?mode, %local, vip = %setup.vip_text(), "decap attached");
                 mount.keep();
                 return Ok(cfg);
             }
@@ -204,4 +282,75 @@ pub fn detach(pin_root: &Path) -> Result<()> {
         tracing::info!("decap detached");
     }
     remove_pins(pin_root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(v4: Option<&str>, v6: Option<&str>) -> DecapSetup {
+        DecapSetup {
+            iface: "eth0".into(),
+            vip_v4: v4.map(|a| a.parse().unwrap()),
+            vip_v6: v6.map(|a| a.parse().unwrap()),
+            local: None,
+            pin_root: DEFAULT_DECAP_PIN_ROOT.into(),
+            mode: DecapMode::Auto,
+        }
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn vips_take_one_address_per_family() {
+        assert_eq!(
+            DecapSetup::vips(&ips(&["10.0.0.1"])).unwrap(),
+            (Some("10.0.0.1".parse().unwrap()), None)
+        );
+        assert_eq!(
+            DecapSetup::vips(&ips(&["fd00::1"])).unwrap(),
+            (None, Some("fd00::1".parse().unwrap()))
+        );
+        assert_eq!(
+            DecapSetup::vips(&ips(&["fd00::1", "10.0.0.1"])).unwrap(),
+            (
+                Some("10.0.0.1".parse().unwrap()),
+                Some("fd00::1".parse().unwrap())
+            )
+        );
+        for bad in [
+            &["10.0.0.1", "10.0.0.2"][..],
+            &["fd00::1", "fd00::2"],
+            &[],
+            &["0.0.0.0"],
+            &["::"],
+            &["ff02::1"],
+            &["::1"],
+        ] {
+            assert!(DecapSetup::vips(&ips(bad)).is_err(), "{bad:?} refused");
+        }
+    }
+
+    #[test]
+    fn config_flags_say_which_vips_are_set() {
+        let local: Ipv4Addr = "198.51.100.7".parse().unwrap();
+        let both = decap_config(&setup(Some("10.0.0.1"), Some("fd00::1")), local);
+        assert_eq!(both.local_v4, [198, 51, 100, 7]);
+        assert_eq!(both.vip_v4, [10, 0, 0, 1]);
+        assert_eq!(both.vip_v6, "fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(both.flags, DECAP_ENABLED | DECAP_VIP_V4 | DECAP_VIP_V6);
+        assert_eq!(config_vips(&both), "10.0.0.1 and fd00::1");
+
+        let v6 = decap_config(&setup(None, Some("fd00::1")), local);
+        assert_eq!(v6.flags, DECAP_ENABLED | DECAP_VIP_V6);
+        assert_eq!(v6.vip_v4, [0; 4]);
+        assert_eq!(config_vips(&v6), "fd00::1");
+
+        let v4 = decap_config(&setup(Some("10.0.0.1"), None), local);
+        assert_eq!(v4.flags, DECAP_ENABLED | DECAP_VIP_V4);
+        assert_eq!(v4.vip_v6, [0; 16]);
+        assert_eq!(config_vips(&v4), "10.0.0.1");
+    }
 }

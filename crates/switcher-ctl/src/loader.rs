@@ -455,15 +455,21 @@ pub fn origin_value(addr: SocketAddr, vip: &VipConfig) -> Origin {
 }
 
 /// [`origin_value`] for a run with direct server return: an origin whose address is not on
-/// this host (a UDP socket cannot bind it) is flagged `ORIGIN_REMOTE`. A remote origin must be
-/// IPv4 and listen on the VIP's port, on the VIP (it answers viewers directly, unchanged).
+/// this host (a UDP socket cannot bind it) is flagged `ORIGIN_REMOTE`. A remote origin is
+/// named by its host's IPv4 address (the underlay between edges and origin hosts is IPv4;
+/// IPv6 viewers reach it by 6in4) and must listen on the VIP's port, on the VIP (both
+/// addresses of a dual-stack VIP: it answers viewers directly, unchanged).
+/// docs/ARCHITECTURE.md, "Beyond one host".
 pub fn remote_origin(addr: SocketAddr, vip: &VipConfig) -> Result<Origin> {
     let mut o = origin_value(addr, vip);
     if std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).is_ok() {
         return Ok(o);
     }
     if !addr.is_ipv4() {
-        bail!("remote origin {addr}: direct server return is IPv4 only");
+        bail!(
+            "remote origin {addr}: name a remote origin by its host's IPv4 address (direct \
+             server return encapsulates in IPv4, IPv6 viewers included)"
+        );
     }
     if addr.port() != u16::from_be(vip.port_be) {
         bail!(

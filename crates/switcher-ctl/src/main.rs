@@ -121,9 +121,10 @@ struct DecapArgs {
     /// Interface the encapsulated requests arrive on.
     #[arg(long, required_unless_present_any = ["detach", "status"])]
     iface: Option<String>,
-    /// The VIP the origin on this host listens on (inner destination).
-    #[arg(long, required_unless_present_any = ["detach", "status"])]
-    vip: Option<std::net::Ipv4Addr>,
+    /// The VIP the origin on this host listens on (inner destination): an IPv4 address
+    /// (IP-in-IP), an IPv6 address (6in4), or, given twice, one of each (a dual-stack VIP).
+    #[arg(long, required_unless_present_any = ["detach", "status"], action = clap::ArgAction::Append)]
+    vip: Vec<std::net::IpAddr>,
     /// This host's address edges encapsulate to (default: the interface's first IPv4 address).
     #[arg(long)]
     local: Option<std::net::Ipv4Addr>,
@@ -163,7 +164,7 @@ fn decap_cmd(args: DecapArgs) -> Result<ExitCode> {
         println!(
             "decap: local {} vip {} enabled {}",
             std::net::Ipv4Addr::from(cfg.local_v4),
-            std::net::Ipv4Addr::from(cfg.vip_v4),
+            decap::config_vips(&cfg),
             cfg.flags & switcher_common::dsr::DECAP_ENABLED != 0
         );
         println!(
@@ -172,12 +173,14 @@ fn decap_cmd(args: DecapArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let (Some(iface), Some(vip)) = (args.iface, args.vip) else {
+    let Some(iface) = args.iface else {
         bail!("--iface and --vip are required to attach");
     };
+    let (vip_v4, vip_v6) = decap::DecapSetup::vips(&args.vip)?;
     let setup = decap::DecapSetup {
         iface,
-        vip,
+        vip_v4,
+        vip_v6,
         local: args.local,
         pin_root: args.pin_root,
         mode: match args.mode {
@@ -189,10 +192,10 @@ fn decap_cmd(args: DecapArgs) -> Result<ExitCode> {
     let cfg = decap::attach(&setup)
         .with_context(|| format!("attaching decap to {} (needs root)", setup.iface))?;
     println!(
-        "decap attached to {}: IP-in-IP to {} for {} is decapsulated; pins under {}",
+        "decap attached to {}: IP-in-IP and 6in4 to {} for {} is decapsulated; pins under {}",
         setup.iface,
         std::net::Ipv4Addr::from(cfg.local_v4),
-        setup.vip,
+        setup.vip_text(),
         setup.pin_root.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -153,8 +153,9 @@ pub struct Metrics {
     pub dp_ip_options: IntCounter,
     /// `dataplane_read_errors_total`: failed reads of the data plane's maps.
     pub dp_read_errors: IntCounter,
-    /// `dataplane_encap_packets_total{origin}`: requests encapsulated (IP-in-IP) toward the
-    /// origin's host and sent from XDP (direct server return; zero for same-host origins).
+    /// `dataplane_encap_packets_total{origin}`: requests encapsulated (IP-in-IP for IPv4
+    /// viewers, 6in4 for IPv6 viewers: both families count here) toward the origin's host and
+    /// sent from XDP (direct server return; zero for same-host origins).
     pub dp_encap_packets: IntCounterVec,
     /// `dataplane_encap_bytes_total{origin}`: bytes of those packets as sent (outer header
     /// included).
@@ -162,11 +163,13 @@ pub struct Metrics {
     /// `dataplane_encap_to_stack_total{origin}`: encapsulated packets handed to the edge's
     /// stack because the route lookup could not complete (no neighbour entry yet).
     pub dp_encap_to_stack: IntCounterVec,
-    /// `dataplane_encap_too_big_total{origin}`: encapsulated packets over the route's MTU,
-    /// dropped (the edge-to-origin path needs 20 bytes more MTU than viewers use).
+    /// `dataplane_encap_too_big_total{origin}`: encapsulated packets over the route's MTU
+    /// (inner IPv4 or IPv6 packet + 20 bytes), dropped (the edge-to-origin path needs 20 bytes
+    /// more MTU than viewers use).
     pub dp_encap_too_big: IntCounterVec,
     /// `dataplane_encap_errors_total{origin}`: packets for the origin's host dropped for no
-    /// route or a failed packet resize.
+    /// route or a failed packet resize, or passed to the stack because TC ingress cannot
+    /// encapsulate.
     pub dp_encap_errors: IntCounterVec,
     /// `dataplane_encap_adopted_total{origin}`: packets of no flow or handshake (taken over
     /// from another edge, or evicted) encapsulated to the origin new flows go to.
@@ -360,7 +363,7 @@ impl Metrics {
             )?,
             dp_encap_packets: counter_vec(
                 "dataplane_encap_packets_total",
-                "Requests encapsulated toward the origin's host and sent from XDP (direct server return).",
+                "Requests encapsulated (IP-in-IP or 6in4) toward the origin's host and sent from XDP (direct server return).",
             )?,
             dp_encap_bytes: counter_vec(
                 "dataplane_encap_bytes_total",

@@ -3,14 +3,18 @@
 //! changes} on the real programs and maps.
 //!
 //! * Encap (`switcher_xdp` with remote origins): exact outer headers (built here from scratch,
-//!   checksum computed in full), next hop from `bpf_fib_lookup`, verdicts for a known
-//!   neighbour (redirect), a missing neighbour (to the stack), an oversized packet, no route;
-//!   the handshake of a remote origin completes on the client's first ACK; a packet of no flow
-//!   is adopted statelessly. Every case starts from the same state (no flow, no handshake, new
-//!   flows to the remote origin) and states its preconditions (the handshake a case on a flow
-//!   needs runs in that case); the cases run in order and then in reverse.
-//! * Decap (`switcher_decap`): the inner packet comes out with the frame's Ethernet header;
-//!   foreign, malformed and other packets pass unchanged and are counted.
+//!   checksum computed in full; for 6in4 also one header written out byte by byte), next hop
+//!   from `bpf_fib_lookup`, verdicts for a known neighbour (redirect), a missing neighbour (to
+//!   the stack), an oversized packet (for IPv6 on both sides of the MTU), no route; the
+//!   handshake of a remote origin completes on the client's first ACK; a packet of no flow is
+//!   adopted statelessly; IPv4 viewers by IP-in-IP, IPv6 viewers by 6in4 (protocol 41). Every
+//!   case starts from the same state (no flow, no handshake, new flows to the remote origin,
+//!   no listener check) and states its preconditions (the handshake a case on a flow needs
+//!   runs in that case); the cases run in order and then in reverse.
+//! * Decap (`switcher_decap`): the inner packet comes out with the frame's Ethernet header
+//!   (EtherType IPv6 for 6in4: the original IPv6 frame exactly); foreign, malformed and other
+//!   packets pass unchanged and are counted. Every case writes the decap configuration it
+//!   runs with.
 //!
 //! The route lookup needs a known routing table: the cases run on a thread inside a namespace
 //! made here (veth `dsr0` 192.0.2.1/24, neighbour 192.0.2.2 permanent, 198.51.100.0/24 via it).
@@ -26,7 +30,11 @@ use aya::{
 use switcher_common::{
     Counters, FlowKey, FlowValue, Handshake, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED,
     ORIGIN_REMOTE, Origin, STATS_UNSTEERED, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
-    dsr::{self, DECAP_ENABLED, DecapConfig, DecapCounters, EncapCounters},
+    VIP_CHECK_LISTENER,
+    dsr::{
+        self, DECAP_ENABLED, DECAP_VIP_V4, DECAP_VIP_V6, DecapConfig, DecapCounters,
+        EncapCounters,
+    },
     map_names, prog_names,
 };
 use test_kit::netns::Netns;
@@ -147,7 +155,8 @@ fn load() -> Ebpf {
     ebpf
 }
 
-fn configure_edge(ebpf: &mut Ebpf) {
+/// The dual-stack VIP with `extra` flags.
+fn set_vip(ebpf: &mut Ebpf, extra: u16) {
     let mut cfg: Array<_, VipConfig> =
         Array::try_from(ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
     cfg.set(
@@ -156,13 +165,17 @@ fn configure_edge(ebpf: &mut Ebpf) {
             addr_v4: VIP4.parse::<Ipv4Addr>().unwrap().octets(),
             addr_v6: VIP6.parse::<Ipv6Addr>().unwrap().octets(),
             port_be: VIP_PORT.to_be(),
-            flags: VIP_HAS_V4 | VIP_HAS_V6 | VIP_ENABLED,
+            flags: VIP_HAS_V4 | VIP_HAS_V6 | VIP_ENABLED | extra,
             ifindex: 0,
             attach_mode: 0,
         },
         0,
     )
     .unwrap();
+}
+
+fn configure_edge(ebpf: &mut Ebpf) {
+    set_vip(ebpf, 0);
     let mut origins: Array<_, Origin> =
         Array::try_from(ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
     let remote = ORIGIN_CONFIGURED | ORIGIN_REMOTE;
@@ -281,10 +294,51 @@ fn ipip(eth_dst: [u8; 6], eth_src: [u8; 6], src: &str, dst: &str, inner: &[u8]) 
     f
 }
 
-/// Checks the outer IPv4 header checksum and the inner packet's checksums of an IP-in-IP frame.
+/// `inner` (a whole IPv6 frame from `Pkt::build`) inside an outer IPv4 header from `src` to
+/// `dst` (6in4, RFC 4213), built from scratch: what the edge must send. TOS = the inner
+/// traffic class, DF set, TTL 64, protocol 41, EtherType IPv4.
+fn six_in_four(eth_dst: [u8; 6], eth_src: [u8; 6], src: &str, dst: &str, inner: &[u8]) -> Vec<u8> {
+    assert_eq!(&inner[12..14], &[0x86, 0xdd], "an IPv6 frame");
+    let ip_in = &inner[14..];
+    let mut f = Vec::new();
+    f.extend_from_slice(&eth_dst);
+    f.extend_from_slice(&eth_src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[1] = (ip_in[0] << 4) | (ip_in[1] >> 4);
+    h[2..4].copy_from_slice(&((20 + ip_in.len()) as u16).to_be_bytes());
+    h[6] = 0x40;
+    h[8] = dsr::OUTER_TTL;
+    h[9] = dsr::IPPROTO_IPV6;
+    h[12..16].copy_from_slice(&src.parse::<Ipv4Addr>().unwrap().octets());
+    h[16..20].copy_from_slice(&dst.parse::<Ipv4Addr>().unwrap().octets());
+    let c = checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&h);
+    f.extend_from_slice(ip_in);
+    f
+}
+
+/// `frame` (IPv6) with traffic class `tclass` and flow label `label` (neither is covered by
+/// the TCP checksum).
+fn with_tclass(mut frame: Vec<u8>, tclass: u8, label: u32) -> Vec<u8> {
+    assert_eq!(&frame[12..14], &[0x86, 0xdd], "an IPv6 frame");
+    let word = 6u32 << 28 | u32::from(tclass) << 20 | (label & 0xf_ffff);
+    frame[14..18].copy_from_slice(&word.to_be_bytes());
+    frame
+}
+
+/// Checks the outer IPv4 header checksum and the inner packet's checksums of an IP-in-IP or
+/// 6in4 frame.
 fn verify_ipip(frame: &[u8]) {
     assert_eq!(checksum(&frame[14..34]), 0, "outer header checksum");
-    let mut inner = frame[..14].to_vec();
+    let mut inner = frame[..12].to_vec();
+    match frame[14 + 9] {
+        dsr::IPPROTO_IPIP => inner.extend_from_slice(&[0x08, 0x00]),
+        dsr::IPPROTO_IPV6 => inner.extend_from_slice(&[0x86, 0xdd]),
+        other => panic!("outer protocol {other}"),
+    }
     inner.extend_from_slice(&frame[34..]);
     verify_checksums(&inner).expect("inner checksums");
 }
@@ -378,6 +432,8 @@ const FRAME_SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 enum Given {
     /// New flows go to this origin.
     Active(u32),
+    /// The VIP asks for the listener check (`VIP_CHECK_LISTENER`).
+    CheckListener,
     /// A packet through `switcher_xdp`, which must encapsulate it to the remote origin.
     Packet(Vec<u8>),
 }
@@ -393,7 +449,7 @@ struct EncapCase {
 }
 
 /// Back to the state every encap case starts from: no flow, no handshake, new flows to the
-/// remote origin.
+/// remote origin, no listener check.
 fn reset(ebpf: &mut Ebpf) {
     fn clear<V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
         let mut map: HashMap<_, FlowKey, V> =
@@ -407,6 +463,7 @@ fn reset(ebpf: &mut Ebpf) {
     clear::<Handshake>(ebpf, map_names::HANDSHAKES);
     assert!(flows(ebpf).is_empty());
     set_active(ebpf, REMOTE);
+    set_vip(ebpf, 0);
 }
 
 /// Runs one encap case from the reset state.
@@ -415,6 +472,7 @@ fn run_encap_case(ebpf: &mut Ebpf, c: &EncapCase) {
     for g in &c.given {
         match g {
             Given::Active(index) => set_active(ebpf, *index),
+            Given::CheckListener => set_vip(ebpf, VIP_CHECK_LISTENER),
             Given::Packet(input) => assert_eq!(
                 run(ebpf, prog_names::XDP_INGRESS, input).0,
                 XDP_REDIRECT,
@@ -439,6 +497,9 @@ fn encapsulation_to_remote_origins() {
     let net = net();
     let mac = net.mac;
     net.ns.run(move || {
+        // The local origin's port has a listener (IPv6 and IPv4): with the listener check, a
+        // new flow the table gives an origin without one falls back to it.
+        let _listener = std::net::TcpListener::bind("[::]:8081").expect("listen on 8081");
         let mut ebpf = load();
         configure_edge(&mut ebpf);
         let xdp = prog_names::XDP_INGRESS;
@@ -459,9 +520,24 @@ fn encapsulation_to_remote_origins() {
             .build();
         let syn2 = Pkt::tcp("10.1.1.5", 40004, VIP4, VIP_PORT, SYN).build();
         let syn3 = Pkt::tcp("10.1.1.6", 40005, VIP4, VIP_PORT, SYN).build();
-        let v6 = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, SYN).build();
         let syn4 = Pkt::tcp("10.1.1.7", 40006, VIP4, VIP_PORT, SYN).build();
+        // IPv6 viewers: DSCP EF (46) and ECT(1) in the traffic class, a flow label.
+        let syn6 = with_tclass(Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, SYN).build(), 0xb9, 0x12345);
+        let ack6 = Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, ACK).build();
+        let req6 = with_tclass(
+            Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, ACK | PSH).with_payload(get).build(),
+            0x02, // ECT(0), DSCP 0
+            0,
+        );
+        let stray6 = Pkt::tcp("fd00::98", 50001, VIP6, VIP_PORT, ACK).with_payload(b"x").build();
+        // 40 + 20 + payload bytes of IPv6: 1480 fits the veth's 1500 once encapsulated, 1481 not.
+        let fits6 = Pkt::tcp("fd00::97", 50002, VIP6, VIP_PORT, SYN).with_payload(&[0u8; 1420]).build();
+        let big6 = Pkt::tcp("fd00::96", 50003, VIP6, VIP_PORT, SYN).with_payload(&[0u8; 1421]).build();
+        let syn6b = Pkt::tcp("fd00::95", 50004, VIP6, VIP_PORT, SYN).build();
+        let syn6c = Pkt::tcp("fd00::94", 50005, VIP6, VIP_PORT, SYN).build();
+        let syn6d = Pkt::tcp("fd00::93", 50006, VIP6, VIP_PORT, SYN).build();
         let to_remote = |inner: &[u8]| ipip(GATEWAY_MAC, mac, EDGE, REMOTE_HOST, inner);
+        let to_remote6 = |inner: &[u8]| six_in_four(GATEWAY_MAC, mac, EDGE, REMOTE_HOST, inner);
         let steered = |slot: u32, len: usize| vec![(slot, "packets", 1), (slot, "bytes", len as u64)];
         let sent = |slot: u32, inner: &[u8]| {
             vec![
@@ -542,13 +618,86 @@ fn encapsulation_to_remote_origins() {
                 counters: [steered(NO_ROUTE, syn3.len()), vec![(NO_ROUTE, "new_flows", 1)]].concat(),
                 encap: vec![(NO_ROUTE, "errors", 1)],
             }, vec![]),
-            case(vec![], &v6, Expect {
-                desc: "IPv6 flow to a remote origin (IPv4 outer only): passed, counted as an error",
+            case(vec![], &syn6, Expect {
+                desc: "IPv6 SYN to the VIP, active origin remote: 6in4 to its host (traffic class in the TOS, DF), redirected",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote6(&syn6)),
+                counters: [steered(REMOTE, syn6.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+                encap: sent(REMOTE, &syn6),
+            }, vec![]),
+            case(vec![Given::Packet(syn6.clone())], &ack6, Expect {
+                desc: "the IPv6 client's handshake ACK completes the handshake",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote6(&ack6)),
+                counters: [steered(REMOTE, ack6.len()), vec![(REMOTE, "established", 1)]].concat(),
+                encap: sent(REMOTE, &ack6),
+            }, vec![REMOTE]),
+            case(vec![Given::Packet(syn6.clone()), Given::Packet(ack6.clone()), Given::Active(LOCAL)], &req6, Expect {
+                desc: "a request of an IPv6 flow follows it to the remote origin after a flip, ECN in the TOS",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote6(&req6)),
+                counters: steered(REMOTE, req6.len()),
+                encap: sent(REMOTE, &req6),
+            }, vec![REMOTE]),
+            case(vec![], &stray6, Expect {
+                desc: "an IPv6 packet of no flow, new flows remote: adopted without state",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote6(&stray6)),
+                counters: steered(REMOTE, stray6.len()),
+                encap: [sent(REMOTE, &stray6), vec![(REMOTE, "adopted", 1)]].concat(),
+            }, vec![]),
+            case(vec![Given::Active(LOCAL)], &stray6, Expect {
+                desc: "an IPv6 packet of no flow, new flows local: passed to the stack",
                 verdict: XDP_PASS,
                 output: None,
-                counters: vec![(REMOTE, "new_flows", 1)],
-                encap: vec![(REMOTE, "errors", 1)],
+                counters: vec![(U, "passes", 1), (U, "untracked", 1)],
+                encap: vec![],
             }, vec![]),
+            case(vec![], &fits6, Expect {
+                desc: "IPv6 packet of 1480 bytes: 1500 encapsulated, the route's MTU, sent",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote6(&fits6)),
+                counters: [steered(REMOTE, fits6.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+                encap: sent(REMOTE, &fits6),
+            }, vec![]),
+            case(vec![], &big6, Expect {
+                desc: "IPv6 packet of 1481 bytes: 1501 encapsulated, over the MTU, dropped, counted too_big",
+                verdict: XDP_DROP,
+                output: None,
+                counters: [steered(REMOTE, big6.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+                encap: vec![(REMOTE, "too_big", 1)],
+            }, vec![]),
+            case(vec![Given::Active(NO_NEIGH)], &syn6b, Expect {
+                desc: "IPv6, no neighbour entry for the origin host: 6in4 handed to the stack with the frame's MACs",
+                verdict: XDP_PASS,
+                output: Some(six_in_four(FRAME_DST, FRAME_SRC, EDGE, NO_NEIGH_HOST, &syn6b)),
+                counters: [steered(NO_NEIGH, syn6b.len()), vec![(NO_NEIGH, "new_flows", 1)]].concat(),
+                encap: vec![(NO_NEIGH, "to_stack", 1), (NO_NEIGH, "bytes", (syn6b.len() + 20) as u64)],
+            }, vec![]),
+            case(vec![Given::Active(NO_ROUTE)], &syn6c, Expect {
+                desc: "IPv6, no route to the origin host: dropped, counted as an error",
+                verdict: XDP_DROP,
+                output: None,
+                counters: [steered(NO_ROUTE, syn6c.len()), vec![(NO_ROUTE, "new_flows", 1)]].concat(),
+                encap: vec![(NO_ROUTE, "errors", 1)],
+            }, vec![]),
+            case(vec![Given::CheckListener], &syn6d, Expect {
+                desc: "listener check on: an IPv6 SYN the table gives a remote origin stays on it (nothing of it listens here, yet it is alive)",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote6(&syn6d)),
+                counters: [steered(REMOTE, syn6d.len()), vec![(REMOTE, "new_flows", 1)]].concat(),
+                encap: sent(REMOTE, &syn6d),
+            }, vec![]),
+            EncapCase {
+                prog: prog_names::TC_INGRESS,
+                ..case(vec![], &syn6d, Expect {
+                    desc: "TC ingress cannot encapsulate IPv6 either: passed, counted as an error",
+                    verdict: TC_ACT_OK,
+                    output: None,
+                    counters: vec![(REMOTE, "new_flows", 1)],
+                    encap: vec![(REMOTE, "errors", 1)],
+                }, vec![])
+            },
             EncapCase {
                 prog: prog_names::TC_INGRESS,
                 ..case(vec![], &syn4, Expect {
@@ -564,6 +713,29 @@ fn encapsulation_to_remote_origins() {
             run_encap_case(&mut ebpf, c);
         }
 
+        // One 6in4 header written out byte by byte, not by `six_in_four`.
+        reset(&mut ebpf);
+        let (verdict, out) = run(&ebpf, xdp, &syn6);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let mut head = GATEWAY_MAC.to_vec();
+        head.extend_from_slice(&mac);
+        head.extend_from_slice(&[0x08, 0x00]); // EtherType IPv4
+        head.extend_from_slice(&[
+            0x45, // version 4, IHL 5
+            0xb9, // TOS: the traffic class, DSCP 46 and ECT(1)
+            0x00, 80, // total length: 20 + 40 + 20 (the IPv6 SYN)
+            0x00, 0x00, // identification
+            0x40, 0x00, // DF, offset 0
+            64,   // TTL
+            41,   // protocol: IPv6
+            0x4d, 0x90, // header checksum
+            192, 0, 2, 1, // the edge (route's source)
+            198, 51, 100, 7, // the origin host
+        ]);
+        assert_eq!(&out[..34], head.as_slice(), "Ethernet and outer header of a 6in4 SYN");
+        assert_eq!(&out[34..], &syn6[14..], "the IPv6 packet follows unchanged");
+        assert_eq!(checksum(&out[14..34]), 0, "the written-out checksum is right");
+
         reset(&mut ebpf);
         set_active(&mut ebpf, LOCAL);
         let local = Pkt::tcp("10.1.1.8", 40007, VIP4, VIP_PORT, SYN).build();
@@ -574,31 +746,80 @@ fn encapsulation_to_remote_origins() {
     });
 }
 
-fn configure_decap(ebpf: &mut Ebpf) {
+/// Writes the decap configuration: this host is the remote origin host, VIPs per `vips`
+/// (`DECAP_VIP_V4`, `DECAP_VIP_V6`); 0 disables decapsulation altogether.
+fn configure_decap(ebpf: &mut Ebpf, vips: u32) {
     let mut cfg: Array<_, DecapConfig> =
         Array::try_from(ebpf.map_mut(dsr::map_names::DECAP_CONFIG).unwrap()).unwrap();
+    let flags = if vips == 0 { 0 } else { DECAP_ENABLED | vips };
     cfg.set(
         0,
         DecapConfig {
             local_v4: REMOTE_HOST.parse::<Ipv4Addr>().unwrap().octets(),
             vip_v4: VIP4.parse::<Ipv4Addr>().unwrap().octets(),
-            flags: DECAP_ENABLED,
+            flags,
+            vip_v6: VIP6.parse::<Ipv6Addr>().unwrap().octets(),
         },
         0,
     )
     .unwrap();
 }
 
+/// Both VIPs configured.
+const BOTH: u32 = DECAP_VIP_V4 | DECAP_VIP_V6;
+
+/// `frame` with its Ethernet addresses replaced.
+fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame
+}
+
+fn decap_delta(before: &DecapCounters, after: &DecapCounters) -> DecapCounters {
+    DecapCounters {
+        decapsulated: after.decapsulated - before.decapsulated,
+        bytes: after.bytes - before.bytes,
+        foreign: after.foreign - before.foreign,
+        malformed: after.malformed - before.malformed,
+        passed: after.passed - before.passed,
+    }
+}
+
+/// One decap case: the configuration it runs with, its frame, and what must come out (`None`:
+/// the frame unchanged) with which counter.
+struct DecapCase {
+    desc: &'static str,
+    vips: u32,
+    input: Vec<u8>,
+    output: Option<Vec<u8>>,
+    counter: &'static str,
+}
+
 #[test]
 fn decapsulation_on_the_origin_host() {
     let mut ebpf = load();
     let decap = dsr::prog_names::XDP_DECAP;
+    let eth_dst = [0x02, 0xaa, 0, 0, 0, 0x07];
+    let eth_src = [0x02, 0xbb, 0, 0, 0, 0x01];
     let inner = Pkt::tcp("10.1.1.1", 40000, VIP4, VIP_PORT, ACK | PSH)
         .with_payload(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\n\r\n")
         .build();
-    let eth_dst = [0x02, 0xaa, 0, 0, 0, 0x07];
-    let eth_src = [0x02, 0xbb, 0, 0, 0, 0x01];
     let good = ipip(eth_dst, eth_src, EDGE, REMOTE_HOST, &inner);
+    // The IPv6 request as the viewer's frame would reach the origin host if it were local:
+    // the original frame the decapsulation must give back, byte for byte.
+    let inner6 = with_macs(
+        with_tclass(
+            Pkt::tcp("fd00::99", 50000, VIP6, VIP_PORT, ACK | PSH)
+                .with_payload(b"GET /hls/demo/index.m3u8 HTTP/1.1\r\n\r\n")
+                .build(),
+            0xb9,
+            0x12345,
+        ),
+        eth_dst,
+        eth_src,
+    );
+    let good6 = six_in_four(eth_dst, eth_src, EDGE, REMOTE_HOST, &inner6);
+
     // Before configuration the program passes everything.
     let (v, out) = run(&ebpf, decap, &good);
     assert_eq!((v, out.as_slice()), (XDP_PASS, good.as_slice()));
@@ -607,22 +828,10 @@ fn decapsulation_on_the_origin_host() {
         1,
         "unconfigured: counted passed"
     );
-    configure_decap(&mut ebpf);
 
-    let mut want = eth_dst.to_vec();
-    want.extend_from_slice(&eth_src);
-    want.extend_from_slice(&inner[12..]);
-    let before = decap_counters(&ebpf);
-    let (v, out) = run(&ebpf, decap, &good);
-    assert_eq!(v, XDP_PASS);
-    assert_eq!(
-        out, want,
-        "the inner packet with the frame's Ethernet header"
-    );
-    verify_checksums(&out).expect("inner checksums untouched");
-    let after = decap_counters(&ebpf);
-    assert_eq!(after.decapsulated - before.decapsulated, 1);
-    assert_eq!(after.bytes - before.bytes, good.len() as u64);
+    let mut want4 = eth_dst.to_vec();
+    want4.extend_from_slice(&eth_src);
+    want4.extend_from_slice(&inner[12..]);
 
     let other_host = ipip(eth_dst, eth_src, EDGE, "198.51.100.8", &inner);
     let other_vip = ipip(
@@ -655,40 +864,100 @@ fn decapsulation_on_the_origin_host() {
         b[12..14].copy_from_slice(&[0x08, 0x06]);
         b
     };
-    let cases: [(&str, &[u8], &str); 9] = [
-        ("IP-in-IP for another host", &other_host, "foreign"),
-        (
-            "IP-in-IP for another inner destination",
-            &other_vip,
-            "foreign",
-        ),
-        ("outer length beyond the frame", &truncated, "malformed"),
-        ("inner header cut short", &short_inner, "malformed"),
-        ("outer header with options", &with_options, "malformed"),
-        ("fragmented outer packet", &fragment, "malformed"),
-        ("inner header not IPv4", &inner_v6, "malformed"),
-        ("plain TCP to the VIP (not encapsulated)", &plain, "passed"),
-        ("not IP", &arp, "passed"),
+    // 6in4 variants.
+    let other_vip6 = six_in_four(
+        eth_dst,
+        eth_src,
+        EDGE,
+        REMOTE_HOST,
+        &Pkt::tcp("fd00::99", 50000, "fd00::9", VIP_PORT, ACK).build(),
+    );
+    let other_host6 = six_in_four(eth_dst, eth_src, EDGE, "198.51.100.8", &inner6);
+    let short_inner6 = {
+        // The outer header says 20 + 40 bytes, the frame ends 10 bytes into the IPv6 header's
+        // destination address.
+        let mut b = good6[..14 + 20 + 30].to_vec();
+        b[14 + 2..14 + 4].copy_from_slice(&60u16.to_be_bytes());
+        b[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let c = checksum(&b[14..34]);
+        b[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+        b
+    };
+    let truncated6 = good6[..good6.len() - 10].to_vec();
+    let v4_in_41 = {
+        // An IPv4 request to the VIP inside protocol 41: the outer header is IP-in-IP's but
+        // for the protocol number.
+        let mut b = good.clone();
+        b[14 + 9] = dsr::IPPROTO_IPV6;
+        b[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let c = checksum(&b[14..34]);
+        b[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+        b
+    };
+    let fragment6 = {
+        let mut b = good6.clone();
+        b[14 + 6] = 0x20; // MF
+        b
+    };
+    let plain6 = inner6.clone();
+
+    let case = |desc, vips, input: &[u8], output: Option<&[u8]>, counter| DecapCase {
+        desc,
+        vips,
+        input: input.to_vec(),
+        output: output.map(<[u8]>::to_vec),
+        counter,
+    };
+    let cases = vec![
+        case("IP-in-IP to this host for the IPv4 VIP: the inner packet with the frame's Ethernet header", BOTH, &good, Some(&want4), "decapsulated"),
+        case("IP-in-IP with only the IPv4 VIP configured", DECAP_VIP_V4, &good, Some(&want4), "decapsulated"),
+        case("6in4 to this host for the IPv6 VIP: exactly the original IPv6 frame (EtherType IPv6)", BOTH, &good6, Some(&inner6), "decapsulated"),
+        case("6in4 with only the IPv6 VIP configured", DECAP_VIP_V6, &good6, Some(&inner6), "decapsulated"),
+        case("decapsulation disabled: 6in4 passes", 0, &good6, None, "passed"),
+        case("IP-in-IP for another host", BOTH, &other_host, None, "foreign"),
+        case("IP-in-IP for another inner destination", BOTH, &other_vip, None, "foreign"),
+        case("IP-in-IP with no IPv4 VIP configured", DECAP_VIP_V6, &good, None, "foreign"),
+        case("outer length beyond the frame", BOTH, &truncated, None, "malformed"),
+        case("inner header cut short", BOTH, &short_inner, None, "malformed"),
+        case("outer header with options", BOTH, &with_options, None, "malformed"),
+        case("fragmented outer packet", BOTH, &fragment, None, "malformed"),
+        case("inner header not IPv4", BOTH, &inner_v6, None, "malformed"),
+        case("6in4 for another inner destination", BOTH, &other_vip6, None, "foreign"),
+        case("6in4 for another host", BOTH, &other_host6, None, "foreign"),
+        case("6in4 with no IPv6 VIP configured", DECAP_VIP_V4, &good6, None, "foreign"),
+        case("6in4 whose IPv6 header is cut short", BOTH, &short_inner6, None, "malformed"),
+        case("6in4 whose outer length is beyond the frame", BOTH, &truncated6, None, "malformed"),
+        case("an IPv4 packet inside protocol 41", BOTH, &v4_in_41, None, "malformed"),
+        case("fragmented 6in4", BOTH, &fragment6, None, "malformed"),
+        case("plain TCP to the VIP (not encapsulated)", BOTH, &plain, None, "passed"),
+        case("plain IPv6 TCP to the VIP (not encapsulated)", BOTH, &plain6, None, "passed"),
+        case("not IP", BOTH, &arp, None, "passed"),
     ];
-    for (desc, input, counter) in cases {
+    // Each case writes its own configuration; counters are compared as changes.
+    for c in cases.iter().chain(cases.iter().rev()) {
+        configure_decap(&mut ebpf, c.vips);
         let before = decap_counters(&ebpf);
-        let (v, out) = run(&ebpf, decap, input);
-        assert_eq!(v, XDP_PASS, "{desc}: verdict");
-        assert_eq!(out, input, "{desc}: must pass unchanged");
-        let after = decap_counters(&ebpf);
-        let delta = DecapCounters {
-            decapsulated: after.decapsulated - before.decapsulated,
-            bytes: after.bytes - before.bytes,
-            foreign: after.foreign - before.foreign,
-            malformed: after.malformed - before.malformed,
-            passed: after.passed - before.passed,
-        };
+        let (v, out) = run(&ebpf, decap, &c.input);
+        assert_eq!(v, XDP_PASS, "{}: verdict", c.desc);
+        match &c.output {
+            None => assert_eq!(out, c.input, "{}: must pass unchanged", c.desc),
+            Some(want) => {
+                assert_eq!(&out, want, "{}: output bytes", c.desc);
+                verify_checksums(&out).expect("inner checksums untouched");
+            }
+        }
+        let delta = decap_delta(&before, &decap_counters(&ebpf));
         let mut want = DecapCounters::default();
-        match counter {
+        match c.counter {
+            "decapsulated" => {
+                want.decapsulated = 1;
+                want.bytes = c.input.len() as u64;
+            }
             "foreign" => want.foreign = 1,
             "malformed" => want.malformed = 1,
-            _ => want.passed = 1,
+            "passed" => want.passed = 1,
+            other => panic!("unknown decap counter {other}"),
         }
-        assert_eq!(delta, want, "{desc}: counters");
+        assert_eq!(delta, want, "{}: counters", c.desc);
     }
 }

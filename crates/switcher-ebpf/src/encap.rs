@@ -1,12 +1,29 @@
 //! Direct server return, edge side: a request steered to an origin flagged `ORIGIN_REMOTE`
-//! is sent to that origin's host unchanged inside an outer IPv4 header (IPv4-in-IPv4,
-//! RFC 2003), from XDP. The origin host strips the outer header (`decap`) and its origin,
-//! which listens on the VIP, answers the viewer directly: replies never cross the edge.
+//! is sent to that origin's host unchanged inside an outer IPv4 header, from XDP: an IPv4
+//! request as IPv4-in-IPv4 (RFC 2003, protocol 4), an IPv6 request as IPv6-in-IPv4 (RFC 4213
+//! "6in4", protocol 41) over the same IPv4 underlay, so a dual-stack VIP needs nothing but
+//! IPv4 between the edges and the origin hosts. The origin host strips the outer header
+//! (`decap`) and its origin, which listens on the VIP (both families), answers the viewer
+//! directly: replies never cross the edge (docs/ARCHITECTURE.md, "Beyond one host").
 //!
-//! The outer header: version 4, no options, TOS (DSCP and ECN) and DF copied from the inner
-//! header (RFC 2003 3.1; RFC 6040's "normal mode" for ECN), identification 0, TTL
-//! [`OUTER_TTL`], protocol 4, source = the address the kernel would send from toward the
-//! origin host, destination = the origin host; header checksum computed in full (20 bytes).
+//! The outer header: version 4, no options, identification 0, TTL [`OUTER_TTL`], source =
+//! the address the kernel would send from toward the origin host, destination = the origin
+//! host; header checksum computed in full (20 bytes); the frame's EtherType becomes IPv4.
+//! * IPv4 inside: TOS (DSCP and ECN) and DF copied from the inner header (RFC 2003 3.1;
+//!   RFC 6040's "normal mode" for ECN), protocol 4.
+//! * IPv6 inside: TOS = the inner traffic class (DSCP and ECN; RFC 2983's uniform model for
+//!   DSCP, as RFC 4213 3.5 refers to, and RFC 6040 normal mode for ECN: the ECN field is
+//!   copied, never reset), DF set (RFC 4213 3.2/3.3: IPv6 is never fragmented on the way, and
+//!   the decap end refuses fragmented outer packets, so an underlay router must answer "too
+//!   big" rather than fragment), protocol 41. The flow label is not carried.
+//!
+//! Neither the inner TTL nor the inner hop limit is decremented, at either end. The packet is
+//! addressed to the VIP, which the edge and the origin host serve together: the tunnel runs
+//! inside the destination, not between two routers (RFC 2003 3.1 decrements only "if the
+//! tunneling is being done as part of forwarding the datagram"; RFC 4213 3.3's single-hop
+//! model has "the originating node and final destination" not decrement). The edge answers
+//! for the VIP (resets, the stack's RST) with the viewer seeing one hop less either way, and
+//! the inner packet reaches the origin byte for byte as the viewer sent it.
 //!
 //! Next hop by `bpf_fib_lookup` (a forwarding lookup from the ingress interface, with
 //! `BPF_FIB_LOOKUP_SRC` for the outer source), then `XDP_TX` when the route leaves through the
@@ -15,12 +32,15 @@
 //! * route and neighbour known: sent from XDP (`encapsulated`);
 //! * no neighbour entry yet: the encapsulated packet goes to this host's stack, which forwards
 //!   it (resolving the neighbour; needs `ip_forward`) (`to_stack`);
-//! * larger than the route's MTU: dropped (`too_big`); the edge-to-origin links need 20 bytes
-//!   more MTU than the viewers' path (viewer requests are small; full-size segments are not);
+//! * larger than the route's MTU (the inner IPv4 or IPv6 packet + 20 bytes: the lookup's
+//!   `tot_len`, which the kernel checks against the route's MTU): dropped (`too_big`); the
+//!   edge-to-origin links need 20 bytes more MTU than the viewers' path (viewer requests are
+//!   small; full-size segments are not);
 //! * no route, forwarding disabled on the ingress interface, or the head adjust failed:
 //!   dropped (`errors`).
 //!
-//! IPv4 flows only: an IPv6 flow steered to a remote origin is passed to the stack (counted
+//! Both families share the counters (`SWITCHER_ENCAP_STATS` has no family split). TC ingress
+//! cannot encapsulate: a request it steers to a remote origin passes to the stack (counted
 //! `errors`), which resets it.
 //!
 //! # Flow state without replies
@@ -43,13 +63,13 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use switcher_common::{
-    dsr::{EncapCounters, IPPROTO_IPIP, OUTER_TTL},
+    dsr::{EncapCounters, IPPROTO_IPIP, IPPROTO_IPV6, OUTER_TTL},
     Counters, VipConfig, FAMILY_V4, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
 };
 
 use crate::{
     maps::{ENCAP_STATS, ORIGINS},
-    packet::{ipv4, ptr_at, Tcp, ETH_HLEN, IPV4_HLEN},
+    packet::{ipv4, ipv6, ptr_at, Tcp, ETH_HLEN, IPV4_HLEN, IPV6_HLEN},
     steer,
 };
 
@@ -92,13 +112,40 @@ pub fn remote_host(index: u32) -> Option<[u8; 4]> {
 /// the origin's index and host, or `None` to keep the local behaviour (pass to the stack).
 #[inline(always)]
 pub fn adopt(ctx: *mut core::ffi::c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, [u8; 4])> {
-    if t.family != FAMILY_V4 {
-        return None;
-    }
     let (index, _, _) = steer::new_flow_origin(ctx, t, vip)?;
     let host = remote_host(index)?;
     count(index, |c| c.adopted += 1);
     Some((index, host))
+}
+
+/// What the outer header takes from the inner packet of `t`: (TOS, DF bit as in the flags
+/// field, the inner packet's IP length or 0 when its header says 0 (GSO, BIG TCP), outer
+/// protocol). `None` when the header is out of bounds (classification ruled that out).
+#[inline(always)]
+fn inner_fields(start: usize, end: usize, t: &Tcp) -> Option<(u8, u16, usize, u8)> {
+    if t.family == FAMILY_V4 {
+        let h = ptr_at::<[u8; IPV4_HLEN]>(start, end, t.l3_off)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        let h = unsafe { h.read_unaligned() };
+        let df = u16::from_be_bytes([h[ipv4::FRAG_OFF], h[ipv4::FRAG_OFF + 1]]) & DF;
+        let len = u16::from_be_bytes([h[ipv4::TOT_LEN], h[ipv4::TOT_LEN + 1]]) as usize;
+        Some((h[TOS], df, len, IPPROTO_IPIP))
+    } else {
+        // Version, traffic class, flow label, payload length: the first 8 bytes are enough.
+        let h = ptr_at::<[u8; 8]>(start, end, t.l3_off)?;
+        // SAFETY: bounds-checked by `ptr_at`.
+        let h = unsafe { h.read_unaligned() };
+        // The traffic class straddles the first two bytes (4 bits after the version).
+        let tclass = (h[0] << 4) | (h[1] >> 4);
+        let payload =
+            u16::from_be_bytes([h[ipv6::PAYLOAD_LEN], h[ipv6::PAYLOAD_LEN + 1]]) as usize;
+        let len = if payload == 0 {
+            0
+        } else {
+            IPV6_HLEN + payload
+        };
+        Some((tclass, DF, len, IPPROTO_IPV6))
+    }
 }
 
 /// The Internet checksum of a 20-byte IPv4 header whose checksum field is zero.
@@ -128,18 +175,15 @@ pub fn xdp_encap(ctx: &XdpContext, t: &Tcp, index: u32, host: [u8; 4]) -> u32 {
     });
     // What the outer header copies from the inner one, and the frame's own Ethernet header
     // (kept for the stack path), read before the head moves.
-    let (Some(eth), Some(inner)) = (
+    let (Some(eth), Some((tos, df, claimed, proto))) = (
         ptr_at::<[u8; ETH_HLEN]>(start, end, 0),
-        ptr_at::<[u8; IPV4_HLEN]>(start, end, t.l3_off),
+        inner_fields(start, end, t),
     ) else {
         count(index, |c| c.errors += 1);
         return xdp_action::XDP_DROP;
     };
     // SAFETY: bounds-checked by `ptr_at`.
-    let (eth, inner) = unsafe { (eth.read_unaligned(), inner.read_unaligned()) };
-    let tos = inner[TOS];
-    let df = u16::from_be_bytes([inner[ipv4::FRAG_OFF], inner[ipv4::FRAG_OFF + 1]]) & DF;
-    let claimed = u16::from_be_bytes([inner[ipv4::TOT_LEN], inner[ipv4::TOT_LEN + 1]]) as usize;
+    let eth = unsafe { eth.read_unaligned() };
     // The IP length, not the frame's (Ethernet pads short frames); classify checked it fits.
     let inner_len = if claimed == 0 {
         rx_len - ETH_HLEN
@@ -155,7 +199,7 @@ pub fn xdp_encap(ctx: &XdpContext, t: &Tcp, index: u32, host: [u8; 4]) -> u32 {
     // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
-    fib.l4_protocol = IPPROTO_IPIP;
+    fib.l4_protocol = proto;
     fib.__bindgen_anon_1.tot_len = outer_len as u16;
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.__bindgen_anon_2.tos = tos;
@@ -202,7 +246,7 @@ pub fn xdp_encap(ctx: &XdpContext, t: &Tcp, index: u32, host: [u8; 4]) -> u32 {
     ip[ipv4::TOT_LEN..ipv4::TOT_LEN + 2].copy_from_slice(&(outer_len as u16).to_be_bytes());
     ip[ipv4::FRAG_OFF..ipv4::FRAG_OFF + 2].copy_from_slice(&df.to_be_bytes());
     ip[8] = OUTER_TTL;
-    ip[ipv4::PROTO] = IPPROTO_IPIP;
+    ip[ipv4::PROTO] = proto;
     ip[ipv4::SADDR..ipv4::SADDR + 4].copy_from_slice(&src);
     ip[ipv4::DADDR..ipv4::DADDR + 4].copy_from_slice(&host);
     let check = header_checksum(&ip);
@@ -216,6 +260,7 @@ pub fn xdp_encap(ctx: &XdpContext, t: &Tcp, index: u32, host: [u8; 4]) -> u32 {
         frame[0..6].copy_from_slice(&fib.dmac);
         frame[6..12].copy_from_slice(&fib.smac);
     }
+    // IPv4 whatever the inner family (an IPv6 frame's 0x86DD is replaced).
     frame[12..14].copy_from_slice(&ETH_P_IP);
     frame[ETH_HLEN..].copy_from_slice(&ip);
     // SAFETY: bounds-checked by `ptr_at` after the head moved.

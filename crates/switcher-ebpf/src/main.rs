@@ -8,9 +8,9 @@
 //!   cannot attach, using the kernel's checksum helpers.
 //! * `switcher_tc_egress` (TC, egress) gives replies of tracked flows the VIP's address and port
 //!   back, so the viewer only ever talks to the VIP.
-//! * Origins on other hosts (`ORIGIN_REMOTE`) are reached by IP-in-IP from XDP and answer the
-//!   viewer directly (`encap`); `switcher_decap` (XDP, on the origin host) strips the outer
-//!   header there (`decap`).
+//! * Origins on other hosts (`ORIGIN_REMOTE`) are reached by IP-in-IP (IPv4 viewers) or 6in4
+//!   (IPv6 viewers) from XDP and answer the viewer directly (`encap`); `switcher_decap` (XDP,
+//!   on the origin host) strips the outer header there (`decap`).
 //!
 //! # Layout
 //! * `maps`: every map, with who writes it.
@@ -120,14 +120,10 @@ fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) ->
         return Verdict::Pass;
     }
     match steer::steer_request(ctx, &t, vip, (start, end)) {
+        // Either family: IPv6 requests go in 6in4 (see `encap`).
         steer::Decision::Steer(target) => match encap::remote_host(target.index) {
             None => Verdict::Rewrite(t, target),
-            Some(host) if t.family == FAMILY_V4 => Verdict::Encap(t, target.index, host),
-            // IPv4 outer headers only: an IPv6 flow cannot reach a remote origin.
-            Some(_) => {
-                encap::count(target.index, |c| c.errors += 1);
-                Verdict::Pass
-            }
+            Some(host) => Verdict::Encap(t, target.index, host),
         },
         steer::Decision::Untracked => {
             if let Some((index, host)) = encap::adopt(ctx, &t, vip) {

@@ -169,11 +169,15 @@ fn has_socket(ctx: *mut c_void, t: &Tcp, port_be: u16) -> bool {
     socket_state(ctx, t, port_be).is_some()
 }
 
-/// Whether origin `o` can take a new flow: always for an origin at another address (it is not
-/// on this host to look at), otherwise when a socket listens on its port.
+/// Whether origin `o` can take a new flow: always for an origin at another address or on
+/// another host (`ORIGIN_REMOTE`, whose IPv6 flows go to its host's IPv4 address with no
+/// IPv6 origin address set): it is not on this host to look at. Otherwise when a socket
+/// listens on its port.
 #[inline(always)]
 fn alive(ctx: *mut c_void, t: &Tcp, o: &Origin) -> bool {
-    origin_addr(o, t.family).is_some() || has_socket(ctx, t, o.port_be)
+    o.flags & ORIGIN_REMOTE != 0
+        || origin_addr(o, t.family).is_some()
+        || has_socket(ctx, t, o.port_be)
 }
 
 /// A 16-byte address as the 4 little-endian words the flow hash reads (`s6_addr32` on bpfel).
