@@ -104,7 +104,7 @@ enum Command {
         #[command(flatten)]
         at: Where,
     },
-    /// On an origin host: attach the program that strips the IP-in-IP header edges add for
+    /// On an origin host: attach the program that strips the IP-in-IP or 6in4 header edges add for
     /// direct server return (or detach it, or show its counters).
     Decap(DecapArgs),
     /// Detach the programs and remove the pins.
@@ -192,7 +192,7 @@ fn decap_cmd(args: DecapArgs) -> Result<ExitCode> {
     let cfg = decap::attach(&setup)
         .with_context(|| format!("attaching decap to {} (needs root)", setup.iface))?;
     println!(
-        "decap attached to {}: IP-in-IP and 6in4 to {} for {} is decapsulated; pins under {}",
+        "decap attached to {}: requests encapsulated to {} for {} are decapsulated; pins under {}",
         setup.iface,
         std::net::Ipv4Addr::from(cfg.local_v4),
         setup.vip_text(),
@@ -354,7 +354,7 @@ fn describe_origin(o: &switcher_common::Origin) -> String {
     let port = u16::from_be(o.port_be);
     if o.flags & switcher_common::ORIGIN_REMOTE != 0 {
         return format!(
-            "{}:{port} (remote: IP-in-IP, answers directly)",
+            "{}:{port} (remote: IP-in-IP or 6in4, answers directly)",
             std::net::Ipv4Addr::from(o.addr_v4)
         );
     }
