@@ -137,13 +137,8 @@ fn inner_fields(start: usize, end: usize, t: &Tcp) -> Option<(u8, u16, usize, u8
         let h = unsafe { h.read_unaligned() };
         // The traffic class straddles the first two bytes (4 bits after the version).
         let tclass = (h[0] << 4) | (h[1] >> 4);
-        let payload =
-            u16::from_be_bytes([h[ipv6::PAYLOAD_LEN], h[ipv6::PAYLOAD_LEN + 1]]) as usize;
-        let len = if payload == 0 {
-            0
-        } else {
-            IPV6_HLEN + payload
-        };
+        let payload = u16::from_be_bytes([h[ipv6::PAYLOAD_LEN], h[ipv6::PAYLOAD_LEN + 1]]) as usize;
+        let len = if payload == 0 { 0 } else { IPV6_HLEN + payload };
         Some((tclass, DF, len, IPPROTO_IPV6))
     }
 }
