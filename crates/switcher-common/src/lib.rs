@@ -571,7 +571,8 @@ pub mod dsr {
         pub bytes: u64,
         /// Encapsulated, but the route lookup could not complete (no neighbour entry yet, or
         /// forwarding off on the ingress interface): handed to this host's stack, which routes
-        /// it and resolves the neighbour (needs `net.ipv4.ip_forward=1`).
+        /// it and resolves the neighbour (needs `net.ipv4.ip_forward=1` and `accept_local`
+        /// on the interface: the packet's source is this host's address).
         pub to_stack: u64,
         /// Encapsulated packet larger than the route's MTU (the inner IPv4 or IPv6 packet + 20
         /// bytes): dropped (the viewer's TCP retransmits; the edge-to-origin path needs 20

@@ -481,6 +481,33 @@ pub fn remote_origin(addr: SocketAddr, vip: &VipConfig) -> Result<Origin> {
     Ok(o)
 }
 
+/// What the host lacks for direct server return on `iface`, one line each (empty: nothing),
+/// reading sysctls through `read` (a path under `/proc/sys`, e.g. `net/ipv4/ip_forward`; `None`
+/// when unreadable). docs/ARCHITECTURE.md, "Beyond one host":
+/// * forwarding: the route lookup from XDP is a forwarding lookup, and an encapsulated packet
+///   XDP cannot send yet (no neighbour entry) is forwarded by the stack;
+/// * `accept_local` (the interface's or `all`): that packet's source is this host's own
+///   address, which the stack otherwise drops as martian, so the neighbour is never resolved
+///   and the viewer's connection never completes (`tests/dsr_netns.rs` saw exactly that).
+pub fn dsr_sysctl_problems(iface: &str, read: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let on = |path: &str| read(path).is_some_and(|v| v.trim() == "1");
+    let mut problems = Vec::new();
+    if !on("net/ipv4/ip_forward") || !on(&format!("net/ipv4/conf/{iface}/forwarding")) {
+        problems.push(format!(
+            "IPv4 forwarding is off on {iface} (net.ipv4.ip_forward=1 turns it on): remote \
+             origins are unreachable"
+        ));
+    }
+    if !on("net/ipv4/conf/all/accept_local") && !on(&format!("net/ipv4/conf/{iface}/accept_local"))
+    {
+        problems.push(format!(
+            "net.ipv4.conf.{iface}.accept_local is 0: a request encapsulated before the next \
+             hop's neighbour entry exists is dropped as martian and the entry is never made"
+        ));
+    }
+    problems
+}
+
 impl Pinned {
     /// Loads and attaches the programs per `cfg` and pins everything, or, when an earlier run
     /// left them pinned and attached, adopts them (open flows keep working). Either way the VIP
@@ -554,6 +581,12 @@ impl Pinned {
                 .context("writing SWITCHER_ORIGINS")?;
         }
         mounts.into_iter().for_each(BpffsMount::keep);
+        if cfg.dsr {
+            let read = |p: &str| std::fs::read_to_string(Path::new("/proc/sys").join(p)).ok();
+            for problem in dsr_sysctl_problems(&cfg.iface, read) {
+                tracing::warn!("direct server return: {problem}");
+            }
+        }
         Ok(pinned)
     }
 
@@ -1412,5 +1445,44 @@ impl DataPlane for Pinned {
 
     fn encap_counters(&self) -> Result<Vec<switcher_common::dsr::EncapCounters>> {
         encap_counters(&self.root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dsr_sysctl_problems;
+
+    #[test]
+    fn dsr_needs_forwarding_and_accept_local() {
+        let sysctls = |set: &'static [(&'static str, &'static str)]| {
+            move |p: &str| {
+                set.iter()
+                    .find(|(k, _)| *k == p)
+                    .map(|(_, v)| format!("{v}\n"))
+            }
+        };
+        let good = sysctls(&[
+            ("net/ipv4/ip_forward", "1"),
+            ("net/ipv4/conf/eth0/forwarding", "1"),
+            ("net/ipv4/conf/all/accept_local", "1"),
+        ]);
+        assert!(dsr_sysctl_problems("eth0", good).is_empty());
+        let iface_only = sysctls(&[
+            ("net/ipv4/ip_forward", "1"),
+            ("net/ipv4/conf/eth0/forwarding", "1"),
+            ("net/ipv4/conf/eth0/accept_local", "1"),
+            ("net/ipv4/conf/all/accept_local", "0"),
+        ]);
+        assert!(dsr_sysctl_problems("eth0", iface_only).is_empty());
+        let no_local = sysctls(&[
+            ("net/ipv4/ip_forward", "1"),
+            ("net/ipv4/conf/eth0/forwarding", "1"),
+        ]);
+        let p = dsr_sysctl_problems("eth0", no_local);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("accept_local"), "{p:?}");
+        let nothing = dsr_sysctl_problems("eth0", |_| None);
+        assert_eq!(nothing.len(), 2, "{nothing:?}");
+        assert!(nothing[0].contains("forwarding"), "{nothing:?}");
     }
 }

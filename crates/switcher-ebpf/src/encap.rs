@@ -31,7 +31,8 @@
 //! `SWITCHER_ENCAP_STATS` (`switcher_common::dsr::EncapCounters`):
 //! * route and neighbour known: sent from XDP (`encapsulated`);
 //! * no neighbour entry yet: the encapsulated packet goes to this host's stack, which forwards
-//!   it (resolving the neighbour; needs `ip_forward`) (`to_stack`);
+//!   it (resolving the neighbour; needs `ip_forward`, and `accept_local`: the outer source
+//!   is this host's address, a martian to the stack otherwise) (`to_stack`);
 //! * larger than the route's MTU (the inner IPv4 or IPv6 packet + 20 bytes: the lookup's
 //!   `tot_len`, which the kernel checks against the route's MTU): dropped (`too_big`); the
 //!   edge-to-origin links need 20 bytes more MTU than the viewers' path (viewer requests are
