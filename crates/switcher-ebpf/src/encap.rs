@@ -12,18 +12,19 @@
 //! * IPv4 inside: TOS (DSCP and ECN) and DF copied from the inner header (RFC 2003 3.1;
 //!   RFC 6040's "normal mode" for ECN), protocol 4.
 //! * IPv6 inside: TOS = the inner traffic class (DSCP and ECN; RFC 2983's uniform model for
-//!   DSCP, as RFC 4213 3.5 refers to, and RFC 6040 normal mode for ECN: the ECN field is
-//!   copied, never reset), DF set (RFC 4213 3.2/3.3: IPv6 is never fragmented on the way, and
-//!   the decap end refuses fragmented outer packets, so an underlay router must answer "too
-//!   big" rather than fragment), protocol 41. The flow label is not carried.
+//!   DSCP, which RFC 4213 3.5 points to, and RFC 6040 normal mode for ECN: the ECN field is
+//!   copied, never reset), DF set (RFC 4213 3.2's dynamic tunnel MTU: IPv6 is not fragmented
+//!   on the way, the decap end refuses fragmented outer packets, and an underlay router's
+//!   "fragmentation needed" becomes a path MTU the kernel records for the origin host, which
+//!   the route lookup below enforces), protocol 41. The flow label is not carried. As for
+//!   IPv4, an oversized request is dropped without an ICMPv6 Packet Too Big to the viewer.
 //!
 //! Neither the inner TTL nor the inner hop limit is decremented, at either end. The packet is
 //! addressed to the VIP, which the edge and the origin host serve together: the tunnel runs
-//! inside the destination, not between two routers (RFC 2003 3.1 decrements only "if the
-//! tunneling is being done as part of forwarding the datagram"; RFC 4213 3.3's single-hop
-//! model has "the originating node and final destination" not decrement). The edge answers
-//! for the VIP (resets, the stack's RST) with the viewer seeing one hop less either way, and
-//! the inner packet reaches the origin byte for byte as the viewer sent it.
+//! inside the destination, not between two routers (RFC 2003 3.1 decrements the inner TTL only
+//! when tunneling is part of forwarding the datagram; in RFC 4213 3.3's single-hop model the
+//! source and the final destination do not decrement the hop limit), so the origin gets the
+//! packet exactly as the viewer sent it.
 //!
 //! Next hop by `bpf_fib_lookup` (a forwarding lookup from the ingress interface, with
 //! `BPF_FIB_LOOKUP_SRC` for the outer source), then `XDP_TX` when the route leaves through the
