@@ -13,11 +13,11 @@
 //!   RFC 6040's "normal mode" for ECN), protocol 4.
 //! * IPv6 inside: TOS = the inner traffic class (DSCP and ECN; RFC 2983's uniform model for
 //!   DSCP, which RFC 4213 3.5 points to, and RFC 6040 normal mode for ECN: the ECN field is
-//!   copied, never reset), DF set (RFC 4213 3.2's dynamic tunnel MTU: IPv6 is not fragmented
-//!   on the way, the decap end refuses fragmented outer packets, and an underlay router's
-//!   "fragmentation needed" becomes a path MTU the kernel records for the origin host, which
-//!   the route lookup below enforces), protocol 41. The flow label is not carried. As for
-//!   IPv4, an oversized request is dropped without an ICMPv6 Packet Too Big to the viewer.
+//!   copied, never reset), DF set (as RFC 4213 3.2 has it when the tunnel MTU is not a fixed
+//!   1280: IPv6 is not fragmented on the way, and the decap end refuses fragmented outer
+//!   packets anyway, so an underlay router must drop, not fragment), protocol 41. The flow
+//!   label is not carried. The entry enforces the route's MTU (below); as for IPv4, an
+//!   oversized request is dropped without an ICMPv6 Packet Too Big to the viewer.
 //!
 //! Neither the inner TTL nor the inner hop limit is decremented, at either end. The packet is
 //! addressed to the VIP, which the edge and the origin host serve together: the tunnel runs
