@@ -1,12 +1,14 @@
 //! Announcing the VIP to the network: with several edges behind a router doing ECMP, each
-//! edge's BGP speaker (FRR bgpd, or BIRD) announces the VIP /32, and switcher-ctl decides
+//! edge's BGP speaker (FRR bgpd, or BIRD) announces the VIP (/32, and /128 for the IPv6
+//! address of a dual-stack VIP: one [`Announcer`] per address), and switcher-ctl decides
 //! whether it does: only while the data plane is attached and at least one origin is healthy;
 //! withdrawn when no origin is, and on shutdown.
 //!
 //! Through the speaker's supported interface, without touching its configuration: switcher-ctl
-//! installs a blackhole route to VIP/32 in the main routing table with its own protocol number
-//! ([`RTPROT_SWITCHER`]), and the speaker redistributes kernel routes matching the VIP (FRR:
-//! `redistribute kernel route-map <map matching VIP/32>`; BIRD: a `kernel` protocol with
+//! installs a blackhole route to VIP/32 (VIP/128) in the main routing table with its own
+//! protocol number ([`RTPROT_SWITCHER`]), and the speaker redistributes kernel routes matching
+//! the VIP (FRR: `redistribute kernel route-map <map matching VIP/32>` in the address family of
+//! the VIP; BIRD: a `kernel` protocol with
 //! `learn` and an export filter). Removing the route withdraws the announcement. A route is
 //! one netlink message (CAP_NET_ADMIN, which switcher-ctl keeps after dropping privileges),
 //! and zebra sees it at once. The blackhole never carries a viewer's packet in the normal case:
@@ -17,7 +19,7 @@
 //! a crashed or killed speaker is taken out by the router's BFD (or hold timer).
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 /// Routing protocol number of the announcement route (`ip route show proto 77`). Any number
@@ -32,16 +34,16 @@ const RT_TABLE_MAIN: u8 = 254;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RTN_BLACKHOLE: u8 = 6;
 
-/// Announces and withdraws one VIP by its route, remembering which it last did so that each
-/// change is logged once.
+/// Announces and withdraws one VIP address by its route, remembering which it last did so
+/// that each change is logged once.
 pub struct Announcer {
-    vip: Ipv4Addr,
+    vip: IpAddr,
     announced: Option<bool>,
 }
 
 impl Announcer {
-    /// An announcer for `vip`; nothing is done until [`Announcer::set`].
-    pub fn new(vip: Ipv4Addr) -> Announcer {
+    /// An announcer for `vip` (IPv4 or IPv6); nothing is done until [`Announcer::set`].
+    pub fn new(vip: IpAddr) -> Announcer {
         Announcer {
             vip,
             announced: None,
@@ -72,9 +74,13 @@ impl Announcer {
 }
 
 /// Encodes the RTM_NEWROUTE (replace) or RTM_DELROUTE message of the blackhole route to
-/// `vip`/32 with protocol [`RTPROT_SWITCHER`] (rtnetlink(7)).
-pub fn encode_route(vip: Ipv4Addr, add: bool, seq: u32) -> Vec<u8> {
-    let rta_len = 4 + 4;
+/// `vip`/32 (IPv4) or `vip`/128 (IPv6) with protocol [`RTPROT_SWITCHER`] (rtnetlink(7)).
+pub fn encode_route(vip: IpAddr, add: bool, seq: u32) -> Vec<u8> {
+    let (family, prefix, addr) = match vip {
+        IpAddr::V4(a) => (libc::AF_INET, 32, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6, 128, a.octets().to_vec()),
+    };
+    let rta_len = 4 + addr.len();
     let len = NLMSG_HDRLEN + RTMSG_LEN + rta_len;
     let (ty, flags) = if add {
         (
@@ -92,8 +98,8 @@ pub fn encode_route(vip: Ipv4Addr, add: bool, seq: u32) -> Vec<u8> {
     b.extend_from_slice(&0u32.to_ne_bytes());
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
     b.extend_from_slice(&[
-        libc::AF_INET as u8,
-        32,
+        family as u8,
+        prefix,
         0,
         0,
         RT_TABLE_MAIN,
@@ -104,13 +110,13 @@ pub fn encode_route(vip: Ipv4Addr, add: bool, seq: u32) -> Vec<u8> {
     b.extend_from_slice(&0u32.to_ne_bytes());
     b.extend_from_slice(&(rta_len as u16).to_ne_bytes());
     b.extend_from_slice(&RTA_DST.to_ne_bytes());
-    b.extend_from_slice(&vip.octets());
+    b.extend_from_slice(&addr);
     b
 }
 
 /// Adds (replacing) or deletes the announcement route; deleting a route that is not there
 /// succeeds.
-pub fn route(vip: Ipv4Addr, add: bool) -> io::Result<()> {
+pub fn route(vip: IpAddr, add: bool) -> io::Result<()> {
     // SAFETY: plain socket(2); the descriptor is owned at once.
     let fd = unsafe {
         libc::socket(
@@ -164,10 +170,11 @@ fn ack_errno(reply: &[u8]) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn route_message_matches_the_kernel_layout() {
-        let m = encode_route(Ipv4Addr::new(10, 99, 0, 1), true, 7);
+        let m = encode_route(Ipv4Addr::new(10, 99, 0, 1).into(), true, 7);
         assert_eq!(m.len(), 16 + 12 + 8);
         assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 36);
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWROUTE);
@@ -179,10 +186,28 @@ mod tests {
         assert_eq!(m[21], RTPROT_SWITCHER);
         assert_eq!(m[23], RTN_BLACKHOLE);
         assert_eq!(&m[32..36], &[10, 99, 0, 1]);
-        let del = encode_route(Ipv4Addr::new(10, 99, 0, 1), false, 8);
+        let del = encode_route(Ipv4Addr::new(10, 99, 0, 1).into(), false, 8);
         assert_eq!(u16::from_ne_bytes([del[4], del[5]]), libc::RTM_DELROUTE);
         let flags = u16::from_ne_bytes([del[6], del[7]]);
         assert_eq!(flags & libc::NLM_F_CREATE as u16, 0);
+    }
+
+    #[test]
+    fn ipv6_route_message_is_a_slash_128() {
+        let vip: Ipv6Addr = "fd00:99::1".parse().unwrap();
+        let m = encode_route(vip.into(), true, 9);
+        assert_eq!(m.len(), 16 + 12 + 4 + 16);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 48);
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWROUTE);
+        assert_eq!(m[16], libc::AF_INET6 as u8);
+        assert_eq!(m[17], 128);
+        assert_eq!(m[20], RT_TABLE_MAIN);
+        assert_eq!(m[21], RTPROT_SWITCHER);
+        assert_eq!(m[23], RTN_BLACKHOLE);
+        // rtattr: length 20, RTA_DST, the address.
+        assert_eq!(u16::from_ne_bytes([m[28], m[29]]), 20);
+        assert_eq!(u16::from_ne_bytes([m[30], m[31]]), RTA_DST);
+        assert_eq!(&m[32..48], &vip.octets());
     }
 
     #[test]

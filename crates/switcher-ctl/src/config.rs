@@ -328,10 +328,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHER_DSR")]
     pub dsr: bool,
 
-    /// Announce the VIP /32 through this host's BGP speaker: a blackhole route to it with
-    /// protocol 77 in the main table, which the speaker redistributes (FRR: `redistribute
-    /// kernel` with a route-map matching the VIP), present only while the data plane is
-    /// attached and at least one origin is healthy; removed on shutdown. IPv4 VIP only.
+    /// Announce the VIP /32 (and the /128 of a dual-stack VIP's IPv6 address) through this
+    /// host's BGP speaker: a blackhole route to each with protocol 77 in the main table, which
+    /// the speaker redistributes (FRR: `redistribute kernel` with a route-map matching the VIP,
+    /// in each address family), present only while the data plane is attached and at least
+    /// one origin is healthy; removed on shutdown.
     #[arg(long, env = "SWITCHER_ANNOUNCE")]
     pub announce: bool,
 

@@ -107,7 +107,7 @@ pub async fn run(
     // next round instead of firing a burst of catch-up rounds.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    let mut announcer = announcer(&config);
+    let mut announcers = announcers(&config);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -122,8 +122,8 @@ pub async fn run(
         // A failed flip is logged by the controller and retried by the next window.
         let _ = c.on_window(&reports, SystemTime::now());
         c.refresh_dataplane_metrics();
-        if let Some(a) = announcer.as_mut() {
-            let any_healthy = !c.both_bad();
+        let any_healthy = !c.both_bad();
+        for a in &mut announcers {
             a.set(
                 any_healthy,
                 if any_healthy {
@@ -140,7 +140,7 @@ pub async fn run(
         }
     }
 
-    if let Some(a) = announcer.as_mut() {
+    for a in &mut announcers {
         a.set(false, "shutdown");
     }
     drop(stop_admin);
@@ -182,18 +182,15 @@ async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Ve
     out.into_iter().flatten().collect()
 }
 
-/// The VIP's announcer when `--announce` is on (its IPv4 address; an IPv6 VIP is not
-/// announced).
-fn announcer(config: &Config) -> Option<crate::announce::Announcer> {
+/// The VIP's announcers when `--announce` is on: one per address of the VIP (both of a
+/// dual-stack VIP, announced and withdrawn together), none otherwise.
+fn announcers(config: &Config) -> Vec<crate::announce::Announcer> {
     if !config.announce {
-        return None;
+        return Vec::new();
     }
-    let v4 = config.vip.iter().find_map(|a| match a.ip() {
-        std::net::IpAddr::V4(ip) => Some(ip),
-        std::net::IpAddr::V6(_) => None,
-    });
-    if v4.is_none() {
-        tracing::error!(vip = ?config.vip, "--announce needs an IPv4 VIP; not announcing");
-    }
-    v4.map(crate::announce::Announcer::new)
+    config
+        .vip
+        .iter()
+        .map(|a| crate::announce::Announcer::new(a.ip()))
+        .collect()
 }

@@ -17,6 +17,9 @@
 //!
 //! Links inside have MTU 1600 (the client's 1500), checksum offload off on every veth so
 //! every receiver verifies checksums. Namespaces and pins are removed on drop.
+//!
+//! Also: the IPv6 VIP's announcement route (what `run --announce` installs for BGP), in a
+//! namespace of its own.
 
 use std::net::SocketAddr;
 
@@ -212,4 +215,27 @@ fn an_ipv6_viewer_is_served_by_a_remote_origin_through_6in4() {
     );
     drop(pinned);
     drop((client, router, edge, origin));
+}
+
+/// The announcement route of a dual-stack VIP's IPv6 address (`run --announce`): a blackhole
+/// `/128` with protocol 77 the kernel takes, and removes again; withdrawing twice succeeds.
+#[test]
+fn the_ipv6_vip_route_is_announced_and_withdrawn() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let ns = Netns::new("da");
+    let vip: std::net::IpAddr = VIP6.parse().unwrap();
+    ns.run(move || switcher_ctl::announce::route(vip, true))
+        .expect("add the IPv6 announcement route");
+    let shown = ns.exec(&["ip", "-6", "route", "show", "proto", "77"]);
+    assert!(
+        shown.starts_with(&format!("blackhole {VIP6} ")),
+        "a blackhole /128 to the VIP: {shown:?}"
+    );
+    for _ in 0..2 {
+        ns.run(move || switcher_ctl::announce::route(vip, false))
+            .expect("withdraw the IPv6 announcement route");
+    }
+    let shown = ns.exec(&["ip", "-6", "route", "show", "proto", "77"]);
+    assert!(shown.trim().is_empty(), "withdrawn: {shown:?}");
 }
