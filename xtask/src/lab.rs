@@ -37,6 +37,14 @@
 //! * **ingest**: the RTMP ingest and an ffmpeg test-pattern publisher.
 //! * **client**: nothing runs; viewers go there (`ip netns exec <client> curl ...`).
 //!
+//! * **IPv6** (a dual-stack VIP, [`VIP6`]): every link also has `fd10:10:<octet>::/64` (host
+//!   `::2`, router `::1`, no DAD); the router forwards IPv6 with the same L4 multipath hash;
+//!   the edges serve `--vip` twice and announce the IPv6 VIP over the same IPv4 BGP sessions
+//!   (address family ipv6, next hop their IPv6 link address); they send IPv6 viewers' requests
+//!   as 6in4 over the IPv4 links (`accept_local` on, for the ones the stack forwards); the
+//!   origin hosts own the IPv6 VIP on `lo`, decapsulate 6in4 too, and their origins also
+//!   listen on `[VIP6]:8080`.
+//!
 //! Links inside the lab have MTU 1600, so a full-size viewer packet still fits once the edge
 //! adds its 20-byte outer header; the client's link has 1500. Checksum offload is off on every
 //! veth, so packets carry full checksums through XDP and every receiver verifies them.
@@ -56,7 +64,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Child,
     time::{Duration, Instant},
@@ -78,6 +86,9 @@ use crate::stack::{
 
 /// The VIP viewers use.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+/// The VIP's IPv6 address (a dual-stack VIP): IPv6 viewers reach the origin hosts by 6in4
+/// over the same IPv4 links, and the edges announce it over the same BGP sessions.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
 /// The VIP's port (and the origins' port: they answer on the VIP directly): the layout's.
 pub use crate::layout::VIP_PORT;
 /// Admin address of each edge's switcher-ctl, inside its namespace: the layout's.
@@ -182,6 +193,11 @@ fn addr(octet: u8, host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 10, octet, host)
 }
 
+/// The IPv6 address of `host` on the /64 of link `octet` (`fd10:10:<octet>::<host>`).
+pub fn addr6(octet: u8, host: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd10, 0x10, u16::from(octet), 0, 0, 0, 0, u16::from(host))
+}
+
 impl Lab {
     /// Builds the topology and starts every process, waiting for each to be ready and for the
     /// router to route the VIP over both edges.
@@ -235,6 +251,10 @@ impl Lab {
             // per-destination limit (one a second after a burst of six) would let a busy
             // edge's encapsulated traffic to a lost host use up the probes' answers.
             ("net.ipv4.icmp_ratelimit", "0"),
+            // IPv6 viewers: forwarded, and spread over the edges by the same L4 hash.
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv6.conf.default.forwarding", "1"),
+            ("net.ipv6.fib_multipath_hash_policy", "1"),
         ] {
             r.try_exec(&["sysctl", "-qw", &format!("{key}={value}")])?;
         }
@@ -259,13 +279,37 @@ impl Lab {
             ])?;
             let mtu = if role == "client" { "1500" } else { LAB_MTU };
             let (host, gateway) = (addr(octet, 2), addr(octet, 1));
-            for (n, ifname, a) in [(&ns, &iface, host), (r, &router_iface, gateway)] {
+            let (host6, gateway6) = (addr6(octet, 2), addr6(octet, 1));
+            for (n, ifname, a, a6) in [
+                (&ns, &iface, host, host6),
+                (r, &router_iface, gateway, gateway6),
+            ] {
                 n.try_exec(&["ip", "link", "set", ifname, "mtu", mtu])?;
                 n.try_exec(&["ip", "addr", "add", &format!("{a}/24"), "dev", ifname])?;
+                // `nodad`: usable at once.
+                n.try_exec(&[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a6}/64"),
+                    "dev",
+                    ifname,
+                    "nodad",
+                ])?;
                 n.try_exec(&["ethtool", "-K", ifname, "tx", "off", "rx", "off"])?;
                 n.try_exec(&["ip", "link", "set", ifname, "up"])?;
             }
             ns.try_exec(&["ip", "route", "add", "default", "via", &gateway.to_string()])?;
+            ns.try_exec(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &gateway6.to_string(),
+            ])?;
             ns.try_exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"])?;
             ns.try_exec(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"])?;
             if role.starts_with("edge") {
@@ -274,9 +318,23 @@ impl Lab {
                 // only with NAPI on, which GRO turns on.
                 r.try_exec(&["ethtool", "-K", &router_iface, "gro", "on"])?;
                 ns.try_exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+                // A request encapsulated before the router's neighbour entry exists goes to
+                // the stack with the edge's own address as its source: a martian without this.
+                ns.try_exec(&["sysctl", "-qw", "net.ipv4.conf.all.accept_local=1"])?;
             }
             if role.starts_with("origin") {
                 ns.try_exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+                // Neighbour solicitations are answered only on the interface that has the
+                // address: no sysctl needed for the IPv6 VIP.
+                ns.try_exec(&[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{VIP6}/128"),
+                    "dev",
+                    "lo",
+                ])?;
                 for key in ["all", &iface] {
                     ns.try_exec(&[
                         "sysctl",
@@ -403,13 +461,15 @@ impl Lab {
                     dir,
                     "--listen".into(),
                     format!("0.0.0.0:{VIP_PORT}"),
+                    "--listen".into(),
+                    format!("[{VIP6}]:{VIP_PORT}"),
                 ],
                 true,
                 Some(format!("127.0.0.1:{VIP_PORT}")),
             )?;
             let iface = self.host(o).iface.clone();
             let pins = self.pin_root(o).to_string_lossy().into_owned();
-            let (sw, vip) = (self.bin("switcher-ctl"), VIP.to_string());
+            let (sw, vip, vip6) = (self.bin("switcher-ctl"), VIP.to_string(), VIP6.to_string());
             self.run_in(
                 o,
                 &[
@@ -419,6 +479,8 @@ impl Lab {
                     &iface,
                     "--vip",
                     &vip,
+                    "--vip",
+                    &vip6,
                     "--mode",
                     self.xdp_mode(),
                     "--pin-root",
@@ -433,6 +495,11 @@ impl Lab {
             "the router to route the VIP over both edges",
             READY,
             |lab| Ok(lab.vip_nexthops()?.len() == 2),
+        )?;
+        self.wait_for(
+            "the router to route the IPv6 VIP over both edges",
+            READY,
+            |lab| Ok(lab.vip6_edges()?.len() == 2),
         )?;
         Ok(())
     }
@@ -449,6 +516,8 @@ impl Lab {
             iface,
             "--vip".into(),
             format!("{VIP}:{VIP_PORT}"),
+            "--vip".into(),
+            format!("[{VIP6}]:{VIP_PORT}"),
             "--primary".into(),
             origin("origin1"),
             "--backup".into(),
@@ -499,17 +568,29 @@ impl Lab {
                 );
             }
             c += " address-family ipv4 unicast\n  maximum-paths 2\n exit-address-family\n";
+            // The IPv6 VIP over the same sessions; its next hop is the edge's IPv6 address on
+            // the link (bgpd takes it from the session's interface).
+            c += " address-family ipv6 unicast\n  maximum-paths 2\n";
+            for e in EDGES {
+                c += &format!("  neighbor {} activate\n", self.host(e).addr);
+            }
+            c += " exit-address-family\n";
             c
         } else {
             let h = self.host(role);
             format!(
                 "ip prefix-list VIP seq 5 permit {VIP}/32\n\
                  route-map VIP permit 10\n match ip address prefix-list VIP\n\
+                 ipv6 prefix-list VIP6 seq 5 permit {VIP6}/128\n\
+                 route-map VIP6 permit 10\n match ipv6 address prefix-list VIP6\n\
+                 route-map NH6 permit 10\n set ipv6 next-hop global {a6}\n\
                  router bgp {EDGE_AS}\n bgp router-id {a}\n no bgp ebgp-requires-policy\n \
                  neighbor {g} remote-as {ROUTER_AS}\n neighbor {g} bfd\n neighbor {g} timers 1 3\n neighbor {g} timers connect 1\n \
-                 address-family ipv4 unicast\n  redistribute kernel route-map VIP\n exit-address-family\n",
+                 address-family ipv4 unicast\n  redistribute kernel route-map VIP\n exit-address-family\n \
+                 address-family ipv6 unicast\n  redistribute kernel route-map VIP6\n  neighbor {g} activate\n  neighbor {g} route-map NH6 out\n exit-address-family\n",
                 a = h.addr,
-                g = h.gateway
+                g = h.gateway,
+                a6 = addr6(h.addr.octets()[2], 2),
             )
         }
     }
@@ -696,6 +777,27 @@ impl Lab {
         Ok(parse_nexthops(&out))
     }
 
+    /// The edges the router routes the IPv6 VIP over, by the router's interface each next hop
+    /// leaves by (zebra installs the edges' link-local addresses as next hops, so the
+    /// interface, not the address, says which edge).
+    pub fn vip6_edges(&self) -> Result<Vec<&'static str>> {
+        let out = self.run_in(
+            "router",
+            &["ip", "-6", "route", "show", &format!("{VIP6}/128")],
+        )?;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        Ok(words
+            .windows(2)
+            .filter(|w| w[0] == "dev")
+            .filter_map(|w| {
+                EDGES
+                    .iter()
+                    .copied()
+                    .find(|e| self.host(e).router_iface == w[1])
+            })
+            .collect())
+    }
+
     /// Whether the router's BFD session with `edge` is down (`show bfd peers brief`).
     pub fn bfd_down(&self, edge: &str) -> Result<bool> {
         let addr = self.host(edge).addr.to_string();
@@ -778,6 +880,17 @@ impl Lab {
         let r = http_get(
             Some(&self.ns_name("client")),
             &format!("{VIP}:{VIP_PORT}"),
+            path,
+            Duration::from_secs(5),
+        )?;
+        Ok((r.status, r.body))
+    }
+
+    /// [`Lab::get`] through the IPv6 VIP (an IPv6 viewer; 6in4 to the origin hosts).
+    pub fn get6(&self, path: &str) -> Result<(u16, Vec<u8>)> {
+        let r = http_get(
+            Some(&self.ns_name("client")),
+            &format!("[{VIP6}]:{VIP_PORT}"),
             path,
             Duration::from_secs(5),
         )?;

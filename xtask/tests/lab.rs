@@ -40,9 +40,17 @@ impl Drop for RunDir {
 }
 
 fn fetch_all(lab: &Lab, n: usize) {
+    fetch_all_by(lab, n, Lab::get);
+}
+
+/// [`fetch_all`] by IPv6 viewers (the dual-stack VIP's IPv6 address; 6in4 to the origins).
+fn fetch_all6(lab: &Lab, n: usize) {
+    fetch_all_by(lab, n, Lab::get6);
+}
+
+fn fetch_all_by(lab: &Lab, n: usize, get: fn(&Lab, &str) -> anyhow::Result<(u16, Vec<u8>)>) {
     for i in 0..n {
-        let (status, body) = lab
-            .get(PLAYLIST)
+        let (status, body) = get(lab, PLAYLIST)
             .unwrap_or_else(|e| panic!("viewer {i}: fetch through the VIP failed: {e:#}"));
         assert_eq!(status, 200, "viewer {i}: status");
         assert!(
@@ -136,6 +144,42 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
         decap_after - decap_before
     );
 
+    // IPv6 viewers of the dual-stack VIP: announced over the same sessions, spread over both
+    // edges, carried as 6in4 over the IPv4 links, decapsulated by the origin hosts.
+    let sent6 = |lab: &Lab, e: &str| {
+        lab.edge_encap(e, "encapsulated")
+            .expect("switcher-ctl status")
+            + lab.edge_encap(e, "to_stack").expect("switcher-ctl status")
+    };
+    let sent6_before: Vec<u64> = EDGES.iter().map(|e| sent6(&lab, e)).collect();
+    let decap6_before: u64 = ORIGIN_HOSTS
+        .iter()
+        .map(|o| lab.decapsulated(o).expect("decap status"))
+        .sum();
+    fetch_all6(&lab, VIEWERS);
+    for (i, e) in EDGES.iter().enumerate() {
+        let now = sent6(&lab, e);
+        assert!(
+            now > sent6_before[i],
+            "{e} encapsulated none of {VIEWERS} IPv6 viewers' packets (ECMP over both edges expected)\n{}",
+            lab.describe()
+        );
+        assert_eq!(
+            lab.edge_encap(e, "errors").expect("switcher-ctl status"),
+            0,
+            "{e}: encapsulation errors"
+        );
+    }
+    let decap6_after: u64 = ORIGIN_HOSTS
+        .iter()
+        .map(|o| lab.decapsulated(o).expect("decap status"))
+        .sum();
+    assert!(
+        decap6_after >= decap6_before + VIEWERS as u64,
+        "the origin hosts decapsulated {} packets for {VIEWERS} IPv6 viewers",
+        decap6_after - decap6_before
+    );
+
     // No announcement without health: edge1's probes are cut, so it sees no healthy origin.
     let edge2 = lab.host("edge2").addr;
     for cmd in [
@@ -154,6 +198,10 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
         Ok(lab.vip_nexthops()? == vec![edge2])
     })
     .expect("the router routes the VIP over edge2 only");
+    lab.wait_for("edge1 to withdraw the IPv6 VIP", WAIT, |lab| {
+        Ok(lab.vip6_edges()? == vec!["edge2"])
+    })
+    .expect("the router routes the IPv6 VIP over edge2 only");
     let announced = lab
         .run_in("edge1", &["ip", "route", "show", "proto", "77"])
         .expect("ip route");
@@ -162,12 +210,17 @@ fn lab_spreads_viewers_over_both_edges_and_an_unhealthy_edge_withdraws() {
         "edge1 still has its announcement route: {announced}"
     );
     fetch_all(&lab, 8);
+    fetch_all6(&lab, 8);
     lab.run_in("edge1", &["nft", "delete", "table", "ip", "labfault"])
         .expect("nft delete");
     lab.wait_for("edge1 to announce the VIP again", WAIT, |lab| {
         Ok(lab.vip_nexthops()?.len() == 2)
     })
     .expect("the router routes the VIP over both edges again");
+    lab.wait_for("edge1 to announce the IPv6 VIP again", WAIT, |lab| {
+        Ok(lab.vip6_edges()?.len() == 2)
+    })
+    .expect("the router routes the IPv6 VIP over both edges again");
     fetch_all(&lab, 8);
 }
 
