@@ -48,7 +48,10 @@ fn fetch_all6(lab: &Lab, n: usize) {
     fetch_all_by(lab, n, Lab::get6);
 }
 
-fn fetch_all_by(lab: &Lab, n: usize, get: fn(&Lab, &str) -> anyhow::Result<(u16, Vec<u8>)>) {
+/// A fetch through the VIP: status and body (`Lab::get`, `Lab::get6`).
+type Fetch = fn(&Lab, &str) -> anyhow::Result<(u16, Vec<u8>)>;
+
+fn fetch_all_by(lab: &Lab, n: usize, get: Fetch) {
     for i in 0..n {
         let (status, body) = get(lab, PLAYLIST)
             .unwrap_or_else(|e| panic!("viewer {i}: fetch through the VIP failed: {e:#}"));
