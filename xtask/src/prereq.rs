@@ -21,7 +21,10 @@ const COMMANDS: &[(&str, &str)] = &[
     // The prometheus package's: nothing runs the server itself.
     ("promtool", "monitoring config and rule tests"),
     ("chromium", "status page and hls.js player tests"),
-    ("curl", "HTTP client of the lab test and the origin benchmark"),
+    (
+        "curl",
+        "HTTP client of the lab test and the origin benchmark",
+    ),
     ("nft", "partition and slow-origin drills"),
     ("systemd-analyze", "unit checks (verify, security)"),
     ("vtysh", "FRR's shell: the lab's BGP and BFD state"),
