@@ -24,9 +24,16 @@
 //!   switcher-ctl installs for the VIP (`announce`). Forwarding on (the route lookup from XDP
 //!   is a forwarding lookup). XDP is attached in generic (skb) mode by default: in native
 //!   mode the frames an edge sends with `XDP_TX` reach the router only with NAPI on the
-//!   router's end (GRO on, which [`LabConfig::native`] sets), and with that, under 100
-//!   concurrent downloads, an edge's link to the router stalled for good (its own probes then
-//!   timed out too) on this kernel; not root-caused. Probe timeouts are a parameter
+//!   router's end (GRO on, which [`LabConfig::native`] sets), and with that, under load (100
+//!   concurrent downloads; again with `bench dsr`'s 8 x 4, 2026-12-02), an edge's link to the
+//!   router stalls for good: the edge's veth drops everything its stack sends (TX `dropped`
+//!   grows, so its own probes time out), the router's end receives nothing more, and ethtool
+//!   shows XDP_TX frames lost to a full ring (`rx_queue_0_xdp_tx_errors`). That is the veth
+//!   transmit queue stopped by veth's backpressure (since 6.17, a sender stops its queue when
+//!   the peer's ring is full and the peer's NAPI poll wakes it) and never woken; turning GRO
+//!   off and on again on the router's end, which rebuilds that NAPI context, brings the link
+//!   back at once. A kernel matter (veth's wake-up when XDP_TX frames share the ring with the
+//!   stack's packets), not of the edge's program. Probe timeouts are a parameter
 //!   ([`LabConfig::probe_timeouts`]): the tests raise them to 1 s (connect) and 3 s (playlist
 //!   and segment), since with debug builds on a loaded 2-CPU machine an origin serving 100
 //!   downloads answered the probe in over 1 s and the edges failed over from it; the
