@@ -109,7 +109,66 @@ pub mod prog_names {
     /// XDP program that only looks up one constant key in `SWITCHER_FLOWS` (the data-path
     /// benchmark's tracked flow): the cost of the flow lookup alone, for the benchmark.
     pub const BENCH_FLOW_LOOKUP: &str = "bench_flow_lookup";
+    /// Benchmark floor, never attached: only the fresh-key derivation the insert floors below
+    /// share (a per-CPU counter add and the key built from it), to subtract from them.
+    pub const BENCH_FRESH_KEY: &str = "bench_fresh_key";
+    /// Benchmark floor, never attached: one insert of a fresh key into an LRU hash shaped like
+    /// `SWITCHER_HANDSHAKES` (`bench_map_names::HS_LRU`), what a SYN flood's SYN costs there.
+    pub const BENCH_HS_LRU_FRESH: &str = "bench_hs_lru_fresh";
+    /// Benchmark floor, never attached: one insert of the same key into that LRU hash, what a
+    /// retransmitted (or this bench's repeated) SYN costs there.
+    pub const BENCH_HS_LRU_SAME: &str = "bench_hs_lru_same";
+    /// Benchmark floor, never attached: one insert of a fresh key into a preallocated plain
+    /// hash of the same shape (`bench_map_names::HS_HASH`) and one delete of the key inserted
+    /// `BENCH_HASH_WINDOW` inserts earlier (a plain hash does not evict: steady state).
+    pub const BENCH_HS_HASH_FRESH: &str = "bench_hs_hash_fresh";
+    /// Benchmark floor, never attached: one insert of the same key into the plain hash.
+    pub const BENCH_HS_HASH_SAME: &str = "bench_hs_hash_same";
+    /// Benchmark prototype, never attached: the tracked-flow path with a per-CPU direct-mapped
+    /// flow cache in front of `SWITCHER_FLOWS` (`bench_map_names::FLOW_CACHE`).
+    pub const BENCH_CACHE_HIT: &str = "bench_cache_hit";
+    /// Benchmark variant, never attached: `switcher_xdp` with a packet not for the VIP counted
+    /// where it is recognised.
+    pub const BENCH_NFV_COUNT_EARLY: &str = "bench_nfv_count_early";
+    /// Benchmark variant, never attached: `switcher_xdp` parsing IPv4 with one bounds check.
+    pub const BENCH_NFV_ONE_BOUND: &str = "bench_nfv_one_bound";
+    /// Benchmark variant, never attached: both of the above.
+    pub const BENCH_NFV_BOTH: &str = "bench_nfv_both";
 }
+
+/// Maps only the never-attached benchmark programs use (`switcher-ebpf/src/bench.rs`). The
+/// object declares them with one entry each, so loading it for steering costs next to
+/// nothing; the data-path bench sizes them when it loads the object. Never pinned.
+pub mod bench_map_names {
+    /// LruHashMap (per-CPU LRU lists) of [`FlowKey`](super::FlowKey) ->
+    /// [`Handshake`](super::Handshake): `SWITCHER_HANDSHAKES`' shape, for the insert floors.
+    pub const HS_LRU: &str = "BENCH_HS_LRU";
+    /// HashMap (preallocated) of [`FlowKey`](super::FlowKey) -> [`Handshake`](super::Handshake).
+    pub const HS_HASH: &str = "BENCH_HS_HASH";
+    /// PerCpuArray of flow-cache slots (`bench_cache_hit`): [`super::BENCH_CACHE_SLOTS`] slots.
+    pub const FLOW_CACHE: &str = "BENCH_FLOW_CACHE";
+    /// Array[1] of `u32`: the flow cache's epoch (`bench_cache_hit`).
+    pub const CACHE_EPOCH: &str = "BENCH_CACHE_EPOCH";
+    /// PerCpuArray[5] of `u64`, indices `BENCH_COUNT_*`: what the bench programs did, so the
+    /// bench can check every repetition took the path it measures.
+    pub const COUNTS: &str = "BENCH_COUNTS";
+}
+
+/// Slots of the benchmark flow cache (a power of two: the slot is `hash & (slots - 1)`).
+pub const BENCH_CACHE_SLOTS: u32 = 4096;
+/// Inserts between a plain-hash insert and the delete of the same key (`bench_hs_hash_fresh`).
+pub const BENCH_HASH_WINDOW: u64 = 65_536;
+/// `BENCH_COUNTS` index: flow-cache misses (slot empty, another flow's, or stale epoch).
+pub const BENCH_COUNT_CACHE_MISS: u32 = 0;
+/// `BENCH_COUNTS` index: inserts (or deletes of a key that must be present) that failed.
+pub const BENCH_COUNT_FAILED: u32 = 1;
+/// `BENCH_COUNTS` index: the fresh-key counter of `bench_fresh_key` (keys drawn on this CPU).
+pub const BENCH_COUNT_FRESH: u32 = 2;
+/// `BENCH_COUNTS` index: the fresh-key counter of `bench_hs_lru_fresh`.
+pub const BENCH_COUNT_FRESH_LRU: u32 = 3;
+/// `BENCH_COUNTS` index: the fresh-key counter of `bench_hs_hash_fresh` (its own, so the key it
+/// deletes is one it inserted).
+pub const BENCH_COUNT_FRESH_HASH: u32 = 4;
 
 /// The virtual service: value of the `SWITCHER_CONFIG` map (key 0). Written by user space at
 /// attach time, read by every program.

@@ -55,14 +55,16 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
-    Counters, FLOW_SEEN_SYN, FlowKey, FlowValue, HANDSHAKE_ISN_SEEN, Handshake, MaglevTable,
-    ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED,
-    VIP_HAS_V4, VipConfig, map_names, prog_names,
+    BENCH_CACHE_SLOTS, BENCH_COUNT_CACHE_MISS, BENCH_COUNT_FAILED, BENCH_COUNT_FRESH,
+    BENCH_COUNT_FRESH_HASH, BENCH_COUNT_FRESH_LRU, Counters, FLOW_SEEN_SYN, FlowKey, FlowValue,
+    HANDSHAKE_ISN_SEEN, Handshake, MAX_FLOWS, MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig, bench_map_names,
+    map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -73,6 +75,20 @@ use test_kit::packet::{ACK, Pkt, SYN};
 use test_kit::process::pin_to_cpu;
 
 const REPEAT: u32 = 1_000_000;
+
+/// The never-attached programs besides the empty one (`switcher-ebpf/src/bench.rs`).
+const BENCH_ONLY: [&str; 10] = [
+    prog_names::BENCH_FLOW_LOOKUP,
+    prog_names::BENCH_FRESH_KEY,
+    prog_names::BENCH_HS_LRU_FRESH,
+    prog_names::BENCH_HS_LRU_SAME,
+    prog_names::BENCH_HS_HASH_FRESH,
+    prog_names::BENCH_HS_HASH_SAME,
+    prog_names::BENCH_CACHE_HIT,
+    prog_names::BENCH_NFV_COUNT_EARLY,
+    prog_names::BENCH_NFV_ONE_BOUND,
+    prog_names::BENCH_NFV_BOTH,
+];
 /// Repetitions of each BPF_PROG_TEST_RUN measurement, ours and the empty program's
 /// interleaved; the median and the range of the per-round ratios are reported. Odd, so the
 /// median is a measured round. `SWITCHER_BENCH_ROUNDS` overrides it (made odd).
@@ -133,15 +149,34 @@ fn stats(ebpf: &Ebpf) -> Vec<Counters> {
 /// origin 1 on 8082, every lookup-table slot to origin 0 (when the object has the table), and
 /// the tracked flow's entry.
 fn load_for_bench(object: &[u8], vip: VipConfig, tracked: FlowKey) -> Ebpf {
-    let mut ebpf = Ebpf::load(object).expect("load object");
+    // The bench-only maps are declared with one entry (the steering load creates them too):
+    // the insert floors' maps get `SWITCHER_HANDSHAKES`' size here (this bench loads the
+    // object unsized, so `MAX_FLOWS`), the flow cache its slots. (Names an earlier build's
+    // object lacks are ignored.)
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(bench_map_names::HS_LRU, MAX_FLOWS)
+        .map_max_entries(bench_map_names::HS_HASH, MAX_FLOWS)
+        .map_max_entries(bench_map_names::FLOW_CACHE, BENCH_CACHE_SLOTS)
+        .load(object)
+        .expect("load object");
     for name in [prog_names::XDP_INGRESS, prog_names::BENCH_XDP_PASS] {
         let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("load program");
     }
-    // A building block of this build only (an earlier build's object may lack it).
-    if let Some(p) = ebpf.program_mut(prog_names::BENCH_FLOW_LOOKUP) {
-        let p: &mut Xdp = p.try_into().unwrap();
-        p.load().expect("load program");
+    // Building blocks, floors and variants of this build only (an earlier build's object may
+    // lack them).
+    for name in BENCH_ONLY {
+        if let Some(p) = ebpf.program_mut(name) {
+            let p: &mut Xdp = p.try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("load {name}: {e:?}"));
+        }
+    }
+    if let Some(map) = ebpf.map_mut(bench_map_names::CACHE_EPOCH) {
+        // Epoch 1: a never-filled slot (epoch 0) is a miss.
+        Array::<_, u32>::try_from(map)
+            .unwrap()
+            .set(0, 1, 0)
+            .unwrap();
     }
     set_vip(&mut ebpf, vip);
     let mut origins =
@@ -265,6 +300,8 @@ fn prog_test_run(out: &mut String) {
     // One CPU for every measurement of this part (the last one: CPU 0 takes more of the
     // machine's interrupts), so the programs compared see the same core and caches.
     pin_to_cpu(nproc() - 1);
+    // Progress on stderr (the table goes to stdout and BENCHMARKS.md).
+    let started = Instant::now();
     let vip = VipConfig {
         addr_v4: [10, 0, 0, 1],
         addr_v6: [0; 16],
@@ -294,9 +331,7 @@ fn prog_test_run(out: &mut String) {
         ),
         (
             "tracked flow, 1 KiB payload (lookup + rewrite)",
-            Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, ACK)
-                .with_payload(&[7u8; 1024])
-                .build(),
+            tracked_pkt(),
             Taken::Rewrite,
             false,
         ),
@@ -444,7 +479,12 @@ fn prog_test_run(out: &mut String) {
     }
     parallel_syns(out, &mut ebpf, vip, peer.is_some());
     out.push('\n');
+    eprintln!("datapath bench: first table done, {:?}", started.elapsed());
     flow_lookup_alone(out, &ebpf, &syn);
+    floors(out, &ebpf, &tracked_pkt());
+    eprintln!("datapath bench: floors done, {:?}", started.elapsed());
+    parse_variants(out, &ebpf);
+    eprintln!("datapath bench: variants done, {:?}", started.elapsed());
     distinct_rows(out, &mut ebpf, peer.as_mut(), median(empty_cpu));
 }
 
@@ -474,6 +514,235 @@ fn flow_lookup_alone(out: &mut String, ebpf: &Ebpf, data: &[u8]) {
         o - b
     )
     .unwrap();
+}
+
+/// The tracked flow's packet: an ACK with 1 KiB of data from 10.1.1.1:40000 to the VIP.
+fn tracked_pkt() -> Vec<u8> {
+    Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, ACK)
+        .with_payload(&[7u8; 1024])
+        .build()
+}
+
+/// This CPU-summed `BENCH_COUNTS` value at `index`.
+fn bench_count(ebpf: &Ebpf, index: u32) -> u64 {
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(bench_map_names::COUNTS).unwrap()).unwrap();
+    map.get(&index, 0).unwrap().iter().sum()
+}
+
+/// Runs every program of `progs` on `data` once per round (repeat [`REPEAT`]), in an order
+/// that rotates from round to round, for [`rounds`] rounds: per program, its cost per round.
+fn interleaved(ebpf: &Ebpf, progs: &[&str], data: &[u8]) -> Vec<Vec<Cost>> {
+    let mut costs = vec![Vec::new(); progs.len()];
+    for round in 0..rounds() {
+        for turn in 0..progs.len() {
+            let which = (round + turn) % progs.len();
+            costs[which].push(test_run(ebpf, progs[which], data, REPEAT));
+        }
+    }
+    costs
+}
+
+/// Per-round differences `a[i] - b[i]` of CPU time, ns.
+fn above(a: &[Cost], b: &[Cost]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x.cpu - y.cpu).collect()
+}
+
+/// Floors of the targets, measured with never-attached programs in the same rounds as the
+/// empty program, `bench_flow_lookup` and `switcher_xdp` on the tracked flow's packet:
+/// * what recording state on a SYN costs at the least: one insert into a map shaped like
+///   `SWITCHER_HANDSHAKES` (LRU hash, per-CPU lists, `MAX_FLOWS`), of a fresh key each
+///   repetition (the LRU evicts once this CPU's share is full, as under a SYN flood) or of
+///   the same key (the repeated-SYN row's case), and the same into a preallocated plain hash
+///   (fresh: insert + delete of an older key, steady state); `bench_fresh_key` is the fresh
+///   key's derivation alone, to subtract;
+/// * the tracked-flow path with a per-CPU direct-mapped flow cache in front of
+///   `SWITCHER_FLOWS` (`bench_cache_hit`, a prototype), every timed repetition a hit.
+fn floors(out: &mut String, ebpf: &Ebpf, tracked: &[u8]) {
+    const PROGS: [(&str, &str); 9] = [
+        (prog_names::BENCH_XDP_PASS, "empty program (baseline)"),
+        (
+            prog_names::XDP_INGRESS,
+            "`switcher_xdp`, tracked flow (the product path, for comparison)",
+        ),
+        (
+            prog_names::BENCH_CACHE_HIT,
+            "`bench_cache_hit`: tracked flow through a per-CPU direct-mapped flow cache (parse, VIP check, hash, slot lookup, key + epoch check, client_ack, origin read, rewrite, counter)",
+        ),
+        (
+            prog_names::BENCH_FLOW_LOOKUP,
+            "`bench_flow_lookup`: one `SWITCHER_FLOWS` lookup (hit) alone",
+        ),
+        (
+            prog_names::BENCH_FRESH_KEY,
+            "`bench_fresh_key`: the fresh key's derivation alone (per-CPU counter + key build)",
+        ),
+        (
+            prog_names::BENCH_HS_LRU_FRESH,
+            "`bench_hs_lru_fresh`: insert of a fresh key into the LRU hash shaped like `SWITCHER_HANDSHAKES` (evicting)",
+        ),
+        (
+            prog_names::BENCH_HS_LRU_SAME,
+            "`bench_hs_lru_same`: insert of the same key into that LRU hash",
+        ),
+        (
+            prog_names::BENCH_HS_HASH_FRESH,
+            "`bench_hs_hash_fresh`: insert of a fresh key + delete of an older one, preallocated plain hash",
+        ),
+        (
+            prog_names::BENCH_HS_HASH_SAME,
+            "`bench_hs_hash_same`: insert of the same key into the plain hash",
+        ),
+    ];
+    let names: Vec<&str> = PROGS.iter().map(|(p, _)| *p).collect();
+    // Fill the cache slot of the tracked flow on this CPU (the first repetition misses).
+    test_run(ebpf, prog_names::BENCH_CACHE_HIT, tracked, 1);
+    let before = (
+        stats(ebpf)[0],
+        bench_count(ebpf, BENCH_COUNT_CACHE_MISS),
+        bench_count(ebpf, BENCH_COUNT_FAILED),
+        [
+            BENCH_COUNT_FRESH,
+            BENCH_COUNT_FRESH_LRU,
+            BENCH_COUNT_FRESH_HASH,
+        ]
+        .map(|i| bench_count(ebpf, i)),
+    );
+    let costs = interleaved(ebpf, &names, tracked);
+    let runs = u64::from(REPEAT) * rounds() as u64;
+    let after = stats(ebpf)[0];
+    assert_eq!(
+        after.rewrites - before.0.rewrites,
+        2 * runs,
+        "switcher_xdp and bench_cache_hit rewrote every repetition"
+    );
+    assert_eq!(
+        bench_count(ebpf, BENCH_COUNT_CACHE_MISS) - before.1,
+        0,
+        "every timed bench_cache_hit repetition hit the cache"
+    );
+    assert_eq!(
+        bench_count(ebpf, BENCH_COUNT_FAILED) - before.2,
+        0,
+        "every insert (and every delete of a present key) succeeded"
+    );
+    for (i, b) in [
+        BENCH_COUNT_FRESH,
+        BENCH_COUNT_FRESH_LRU,
+        BENCH_COUNT_FRESH_HASH,
+    ]
+    .into_iter()
+    .zip(before.3)
+    {
+        assert_eq!(
+            bench_count(ebpf, i) - b,
+            runs,
+            "every fresh-key repetition drew a new key"
+        );
+    }
+    writeln!(
+        out,
+        "### Floors: never-attached programs, tracked flow's packet, repeat = {REPEAT}, {} interleaved rounds on one pinned CPU\n",
+        rounds()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| program | ns/pkt (median) | ratio to the empty program (median) | ratio range | ns above empty (median of per-round differences, range) |"
+    )
+    .unwrap();
+    writeln!(out, "|---|---:|---:|---:|---:|").unwrap();
+    let base = &costs[0];
+    for ((_, desc), c) in PROGS.iter().zip(&costs) {
+        let (r, lo, hi) = spread(&ratios(c, base, |c| c.cpu));
+        let (a, alo, ahi) = spread(&above(c, base));
+        writeln!(
+            out,
+            "| {desc} | {:.2} | {r:.2}x | {lo:.2}x..{hi:.2}x | {a:.1} ({alo:.1}..{ahi:.1}) |",
+            median(c.iter().map(|c| c.cpu).collect()),
+        )
+        .unwrap();
+    }
+    let (r, lo, hi) = spread(&ratios(&costs[2], &costs[1], |c| c.cpu));
+    writeln!(
+        out,
+        "\n`bench_cache_hit` / `switcher_xdp` on the tracked flow, same rounds: {r:.2} ({lo:.2}..{hi:.2}).\n"
+    )
+    .unwrap();
+}
+
+/// The not-for-the-VIP variants (`bench_nfv_*`: `switcher_xdp` with another way of parsing or
+/// counting, never attached) against `switcher_xdp` and the empty program in the same rounds,
+/// on packets not for the VIP (IPv4, IPv6) and on the tracked flow's (a variant must not cost
+/// the packets for the VIP more).
+fn parse_variants(out: &mut String, ebpf: &Ebpf) {
+    const PROGS: [&str; 5] = [
+        prog_names::XDP_INGRESS,
+        prog_names::BENCH_NFV_COUNT_EARLY,
+        prog_names::BENCH_NFV_ONE_BOUND,
+        prog_names::BENCH_NFV_BOTH,
+        prog_names::BENCH_XDP_PASS,
+    ];
+    writeln!(
+        out,
+        "### Not-for-the-VIP variants against `switcher_xdp`, repeat = {REPEAT}, {} interleaved rounds on one pinned CPU\n",
+        rounds()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| packet | program | ns/pkt (median) | ratio to the empty program (median, range) | ns above empty (median) | ratio to `switcher_xdp` (median, range) |"
+    )
+    .unwrap();
+    writeln!(out, "|---|---|---:|---:|---:|---:|").unwrap();
+    let packets = [
+        (
+            "not for the VIP, IPv4",
+            Pkt::tcp("10.1.1.1", 40000, "10.0.0.9", 443, ACK).build(),
+            Taken::Pass,
+        ),
+        (
+            "not for the VIP, IPv6",
+            Pkt::tcp("fd00::1:1", 40000, "fd00::9", 443, ACK).build(),
+            Taken::Pass,
+        ),
+        ("tracked flow, IPv4", tracked_pkt(), Taken::Rewrite),
+    ];
+    for (desc, data, path) in packets {
+        let before = stats(ebpf);
+        let costs = interleaved(ebpf, &PROGS, &data);
+        let after = stats(ebpf);
+        let runs = u64::from(REPEAT) * rounds() as u64;
+        let u = STATS_UNSTEERED as usize;
+        let took = match path {
+            Taken::Pass => after[u].passes - before[u].passes,
+            _ => after[0].rewrites - before[0].rewrites,
+        };
+        assert_eq!(
+            took,
+            4 * runs,
+            "{desc}: every variant took the measured path"
+        );
+        let base = &costs[4];
+        for (prog, c) in PROGS.iter().zip(&costs).take(4) {
+            let (r, lo, hi) = spread(&ratios(c, base, |c| c.cpu));
+            let (p, plo, phi) = spread(&ratios(c, &costs[0], |c| c.cpu));
+            let (a, _, _) = spread(&above(c, base));
+            writeln!(
+                out,
+                "| {desc} | `{prog}` | {:.2} | {r:.2}x ({lo:.2}x..{hi:.2}x) | {a:.1} | {p:.3} ({plo:.3}..{phi:.3}) |",
+                median(c.iter().map(|c| c.cpu).collect()),
+            )
+            .unwrap();
+        }
+        writeln!(
+            out,
+            "| {desc} | empty program | {:.2} | | | |",
+            median(base.iter().map(|c| c.cpu).collect())
+        )
+        .unwrap();
+    }
+    out.push('\n');
 }
 
 /// Distinct packets per round in [`distinct_rows`].

@@ -47,6 +47,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod csum;
 mod decap;
 mod encap;
@@ -99,13 +100,47 @@ enum Verdict {
     Encap(Tcp, u32, [u8; 4]),
 }
 
+/// How the request path parses and counts a packet not for the VIP: the product's choice
+/// ([`request`]) and the alternatives the data-path bench measures against it in the same
+/// rounds (`bench::bench_nfv_*`, never attached). Every variant takes the same decisions and
+/// counts the same counters; only the instructions differ.
+#[derive(Clone, Copy)]
+struct ParseVariant {
+    /// A segment to another port (`Class::Elsewhere`) is counted where it is recognised, with
+    /// the one `passes` add, before any other class is looked at.
+    count_early: bool,
+    /// IPv4 is parsed with one bounds check for the common shape (`packet::classify_with`).
+    one_bound: bool,
+}
+
+/// The variant the product uses.
+const PRODUCT_PARSE: ParseVariant = ParseVariant {
+    count_early: false,
+    one_bound: false,
+};
+
 /// The request decision shared by XDP and TC ingress.
 #[inline(always)]
 fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) -> Verdict {
+    request_with::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.one_bound }>(ctx, start, end, len)
+}
+
+/// [`request`] with a [`ParseVariant`] spelled out (const generics take no structs).
+#[inline(always)]
+fn request_with<const COUNT_EARLY: bool, const ONE_BOUND: bool>(
+    ctx: *mut core::ffi::c_void,
+    start: usize,
+    end: usize,
+    len: usize,
+) -> Verdict {
     // The VIP first: its port lets parsing stop early for the commonest packet on an edge NIC,
     // one that is not for the VIP (`Class::Elsewhere`), with one per-CPU counter add.
     let vip = steer::vip();
-    let class = classify(start, end, len, vip.map_or(0, |v| v.port_be));
+    let class = packet::classify_with::<ONE_BOUND>(start, end, len, vip.map_or(0, |v| v.port_be));
+    if COUNT_EARLY && matches!(class, Class::Elsewhere) {
+        steer::count_pass(|_| {});
+        return Verdict::Pass;
+    }
     let Class::Tcp(t) = class else {
         count_unsteerable(&class);
         return Verdict::Pass;
@@ -158,10 +193,17 @@ fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: b
 
 #[xdp]
 pub fn switcher_xdp(ctx: XdpContext) -> u32 {
+    xdp_request::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.one_bound }>(&ctx)
+}
+
+/// The XDP request path with a [`ParseVariant`] spelled out: `switcher_xdp` is the product's
+/// variant, `bench::bench_nfv_*` the others.
+#[inline(always)]
+fn xdp_request<const COUNT_EARLY: bool, const ONE_BOUND: bool>(ctx: &XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     // This program is not frags-aware, so the kernel hands it linear packets: the readable
     // range is the whole packet.
-    match request(ctx.as_ptr(), start, end, end - start) {
+    match request_with::<COUNT_EARLY, ONE_BOUND>(ctx.as_ptr(), start, end, end - start) {
         Verdict::Rewrite(t, target) => {
             // A failed rewrite (headers out of bounds, which parsing already ruled out) passes
             // the packet unchanged, counted but not as rewritten.
@@ -169,7 +211,7 @@ pub fn switcher_xdp(ctx: XdpContext) -> u32 {
             count_steered(&target, end - start, rewritten, false);
             xdp_action::XDP_PASS
         }
-        Verdict::Encap(t, index, host) => encap::xdp_encap(&ctx, &t, index, host),
+        Verdict::Encap(t, index, host) => encap::xdp_encap(ctx, &t, index, host),
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
@@ -435,33 +477,6 @@ pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_TX
-}
-
-/// Benchmark baseline, never attached: passes every packet without reading it, so
-/// `cargo xtask bench datapath` can state the data plane's cost relative to an empty program
-/// measured in the same run.
-#[xdp]
-pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// Benchmark building block, never attached: one `SWITCHER_FLOWS` lookup of a constant key
-/// (client 10.1.1.1:40000, IPv4: the tracked flow `cargo xtask bench datapath` inserts), then
-/// XDP_PASS. What the tracked-flow path pays for its one lookup, measured alone.
-#[xdp]
-pub fn bench_flow_lookup(_ctx: XdpContext) -> u32 {
-    let mut client_addr = [0u8; 16];
-    client_addr[..4].copy_from_slice(&[10, 1, 1, 1]);
-    let key = switcher_common::FlowKey {
-        client_addr,
-        client_port_be: 40000u16.to_be(),
-        family: FAMILY_V4,
-    };
-    if maps::FLOWS.get_ptr(&key).is_some() {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_ABORTED
-    }
 }
 
 #[cfg(not(test))]

@@ -259,6 +259,14 @@ pub(crate) fn new_flow_origin(
     Some((index, o, false))
 }
 
+/// The [`Target`] of configured origin `index` for a packet of `family` (the flow cache
+/// prototype, `bench::bench_cache_hit`, never attached).
+#[inline(always)]
+pub(crate) fn origin_target(index: u32, family: u16) -> Option<Target> {
+    let o = origin(index)?;
+    Some(target(index, o, family))
+}
+
 /// What ingress does with a packet for the VIP.
 pub enum Decision {
     /// Rewrite it toward this origin.

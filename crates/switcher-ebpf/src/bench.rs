@@ -1,0 +1,360 @@
+//! Never-attached programs for `cargo xtask bench datapath` (`switcher-ctl/benches/datapath.rs`),
+//! which runs them with `BPF_PROG_TEST_RUN` next to `switcher_xdp` and the empty program. None
+//! is loaded by switcher-ctl for steering, and none touches a map an attached program reads:
+//! the insert floors and the cache prototype use maps of their own, declared here with one
+//! entry each (the bench sizes them when it loads the object; `switcher_common::bench_map_names`).
+//!
+//! * `bench_xdp_pass`: the empty program, the baseline of every ratio.
+//! * `bench_flow_lookup`: one `SWITCHER_FLOWS` lookup (a hit), the tracked flow's map cost.
+//! * `bench_fresh_key`, `bench_hs_{lru,hash}_{fresh,same}`: floors of the SYN path's state
+//!   write: one insert into a map shaped like `SWITCHER_HANDSHAKES` (the LRU hash, and a
+//!   preallocated plain hash for comparison), of a new key each repetition (a SYN flood) or of
+//!   the same key (a retransmitted SYN, and the bench's repeated-SYN row).
+//! * `bench_cache_hit`: a prototype, not the product: the tracked-flow path with a per-CPU
+//!   direct-mapped flow cache in front of `SWITCHER_FLOWS`, to learn what such a cache would
+//!   cost on a hit.
+//! * `bench_nfv_*`: `switcher_xdp` with another way of parsing and counting a packet not for
+//!   the VIP (`crate::ParseVariant`), timed against the product's in the same rounds.
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_F_NO_COMMON_LRU},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use switcher_common::{
+    FlowKey, Handshake, BENCH_CACHE_SLOTS, BENCH_COUNT_CACHE_MISS, BENCH_COUNT_FAILED,
+    BENCH_COUNT_FRESH, BENCH_COUNT_FRESH_HASH, BENCH_COUNT_FRESH_LRU, BENCH_HASH_WINDOW, FAMILY_V4,
+    FLOW_FINISHING,
+};
+
+use crate::{
+    count_steered, encap, maps,
+    packet::{classify, tcp, Class},
+    steer, xdp_request, xdp_rewrite_dst,
+};
+
+/// `SWITCHER_HANDSHAKES`' shape (key, value, flags; the bench gives it the same size): one
+/// entry in the object.
+#[btf_map(name = "BENCH_HS_LRU")]
+static HS_LRU: LruHashMap<FlowKey, Handshake, 1, { BPF_F_NO_COMMON_LRU as usize }> =
+    LruHashMap::new();
+
+/// The same key and value in a preallocated plain hash (no eviction): one entry in the object.
+#[btf_map(name = "BENCH_HS_HASH")]
+static HS_HASH: HashMap<FlowKey, Handshake, 1> = HashMap::new();
+
+/// One flow-cache slot of `bench_cache_hit`: what a tracked packet needs from `SWITCHER_FLOWS`
+/// (`FlowValue`'s origin, flags and client_ack), the key to tell flows apart, and the epoch
+/// the slot was filled in (user space would bump `CACHE_EPOCH` whenever it changes or deletes
+/// flows, which makes every older slot a miss).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CacheSlot {
+    /// The flow's key as 5 words (`FlowKey`'s bytes).
+    key: [u32; 5],
+    origin: u32,
+    flags: u32,
+    epoch: u32,
+    client_ack: u32,
+    _pad: u32,
+}
+
+/// Per-CPU direct-mapped flow cache of `bench_cache_hit`, `BENCH_CACHE_SLOTS` slots once the
+/// bench sizes it (one in the object).
+#[btf_map(name = "BENCH_FLOW_CACHE")]
+static FLOW_CACHE: PerCpuArray<CacheSlot, 1> = PerCpuArray::new();
+
+/// The flow cache's epoch (key 0).
+#[btf_map(name = "BENCH_CACHE_EPOCH")]
+static CACHE_EPOCH: Array<u32, 1> = Array::new();
+
+/// What the bench programs did, per CPU (`BENCH_COUNT_*` indices).
+#[btf_map(name = "BENCH_COUNTS")]
+static COUNTS: PerCpuArray<u64, 5> = PerCpuArray::new();
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = COUNTS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, this program alone on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Benchmark baseline, never attached: passes every packet without reading it, so
+/// `cargo xtask bench datapath` can state the data plane's cost relative to an empty program
+/// measured in the same run.
+#[xdp]
+pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Benchmark building block, never attached: one `SWITCHER_FLOWS` lookup of a constant key
+/// (client 10.1.1.1:40000, IPv4: the tracked flow `cargo xtask bench datapath` inserts), then
+/// XDP_PASS. What the tracked-flow path pays for its one lookup, measured alone. (Until
+/// branch dp-floor the key was built with `[0u8; 16]`, which added a 12-byte byte-loop
+/// `memset` call to what this measured; the product's tracked path builds its key without.)
+#[xdp]
+pub fn bench_flow_lookup(_ctx: XdpContext) -> u32 {
+    let found = with_key(40000u64 << 32 | 0x0a01_0101, |key| {
+        maps::FLOWS.get_ptr(key).is_some()
+    });
+    if found {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_ABORTED
+    }
+}
+
+/// The number of a new IPv4 key (see [`with_key`]) from this CPU's counter
+/// `BENCH_COUNTS[counter]` (one inlined per-CPU lookup and an add): address = the number's low
+/// 32 bits, port = the next 16. `None` if the counter cannot be read (never, for an index in
+/// range).
+#[inline(always)]
+fn fresh_key(counter: u32) -> Option<u64> {
+    let c = COUNTS.get_ptr_mut(counter)?;
+    // SAFETY: per-CPU value, this program alone on this CPU.
+    let n = unsafe {
+        let n = *c;
+        *c = n + 1;
+        n
+    };
+    Some(n)
+}
+
+/// The IPv4 key of counter value `n` (see [`fresh_key`]), written in place as five 4-byte
+/// stores and handed to `f` by reference: built the ordinary way (`[0u8; 16]`, then the
+/// address), or moved, the zeroing becomes a call of the BPF build's byte-by-byte `memset`,
+/// which is not what the product's key costs.
+#[inline(always)]
+fn with_key<R>(n: u64, f: impl FnOnce(&FlowKey) -> R) -> R {
+    let port_family = u32::from(((n >> 32) as u16).to_be()) | u32::from(FAMILY_V4) << 16;
+    let words = [(n as u32).to_be(), 0, 0, 0, port_family];
+    let mut key = core::mem::MaybeUninit::<FlowKey>::uninit();
+    let p = key.as_mut_ptr().cast::<u32>();
+    let mut i = 0;
+    while i < 5 {
+        // SAFETY: `FlowKey` is 20 bytes of plain integers, 4-byte aligned: five u32 stores
+        // write all of it. Volatile, so LLVM does not merge the zero stores into a `memset`.
+        unsafe { core::ptr::write_volatile(p.add(i), words[i]) };
+        i += 1;
+    }
+    // SAFETY: every byte written above.
+    f(unsafe { &*key.as_ptr() })
+}
+
+/// The handshake value the floors insert: what a SYN writes (origin, ISN, link addresses).
+#[inline(always)]
+fn handshake(n: u64) -> Handshake {
+    Handshake {
+        origin: 0,
+        flags: 0,
+        expect_ack: 0,
+        client_isn: n as u32,
+        hop_mac: [2, 0, 0, 0, 0, 1],
+        local_mac: [2, 0, 0, 0, 0, 2],
+    }
+}
+
+/// Floor, never attached: [`fresh_key`] alone (its key is written to the stack and read back
+/// through a volatile load so it is built), the part of `bench_hs_*_fresh` that is not the map.
+#[xdp]
+pub fn bench_fresh_key(_ctx: XdpContext) -> u32 {
+    let Some(n) = fresh_key(BENCH_COUNT_FRESH) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let hs = handshake(n);
+    with_key(n, |key| {
+        // SAFETY: reads of locals; keeps key and value from being optimised away.
+        unsafe {
+            core::ptr::read_volatile(key);
+            core::ptr::read_volatile(&hs);
+        }
+    });
+    xdp_action::XDP_PASS
+}
+
+/// Floor, never attached: one insert of a fresh key into the LRU hash shaped like
+/// `SWITCHER_HANDSHAKES` (once this CPU's share is full, every insert evicts its oldest entry,
+/// as a SYN flood's do).
+#[xdp]
+pub fn bench_hs_lru_fresh(_ctx: XdpContext) -> u32 {
+    let Some(n) = fresh_key(BENCH_COUNT_FRESH_LRU) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if with_key(n, |key| HS_LRU.insert(key, &handshake(n), 0)).is_err() {
+        count(BENCH_COUNT_FAILED);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Floor, never attached: one insert of the same key into that LRU hash (a retransmitted SYN,
+/// and what the bench's "same SYN repeated" row pays: the LRU takes a free node and frees the
+/// old one of the key each time).
+#[xdp]
+pub fn bench_hs_lru_same(_ctx: XdpContext) -> u32 {
+    if with_key(1 << 40, |key| HS_LRU.insert(key, &handshake(1), 0)).is_err() {
+        count(BENCH_COUNT_FAILED);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Floor, never attached: one insert of a fresh key into the preallocated plain hash, and the
+/// delete of the key inserted `BENCH_HASH_WINDOW` inserts earlier on this CPU (a plain hash
+/// does not evict; what a design with a non-LRU handshake table would pay per SYN in steady
+/// state, the delete standing for a completion or expiry).
+#[xdp]
+pub fn bench_hs_hash_fresh(_ctx: XdpContext) -> u32 {
+    let Some(n) = fresh_key(BENCH_COUNT_FRESH_HASH) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if with_key(n, |key| HS_HASH.insert(key, &handshake(n), 0)).is_err() {
+        count(BENCH_COUNT_FAILED);
+    }
+    if n >= BENCH_HASH_WINDOW && with_key(n - BENCH_HASH_WINDOW, |key| HS_HASH.remove(key)).is_err()
+    {
+        count(BENCH_COUNT_FAILED);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Floor, never attached: one insert of the same key into the plain hash.
+#[xdp]
+pub fn bench_hs_hash_same(_ctx: XdpContext) -> u32 {
+    if with_key(1 << 40, |key| HS_HASH.insert(key, &handshake(1), 0)).is_err() {
+        count(BENCH_COUNT_FAILED);
+    }
+    xdp_action::XDP_PASS
+}
+
+/// murmur3's 32-bit finaliser.
+#[inline(always)]
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// The cache's hash of a key: a multiply per word, then [`fmix32`] (no rotates: BPF has none).
+#[inline(always)]
+fn cache_hash(w: &[u32; 5]) -> u32 {
+    let mut h: u32 = 0x9747_b28c;
+    let mut i = 0;
+    while i < 5 {
+        h = (h ^ w[i]).wrapping_mul(0xcc9e_2d51);
+        i += 1;
+    }
+    fmix32(h)
+}
+
+/// Prototype, never attached (not the product): the tracked-flow path of `switcher_xdp` with a
+/// per-CPU direct-mapped flow cache in front of `SWITCHER_FLOWS`. The real parse and VIP
+/// check, the key hashed ([`cache_hash`]), one per-CPU array lookup of the slot (inlined by the
+/// kernel), the key compared, the slot's epoch checked against `BENCH_CACHE_EPOCH`, the
+/// FINISHING check, the client's acknowledgment recorded in the slot, the origin read, the real
+/// rewrite and the per-origin counter update. A miss (or a SYN, which must see the flow's
+/// current flags) falls back to `SWITCHER_FLOWS` and fills the slot; misses are counted in
+/// `BENCH_COUNTS` so the bench can check that the timed repetitions all hit.
+///
+/// What it leaves out, which a product would need: writing `client_ack` back to
+/// `SWITCHER_FLOWS` (an edge reset reads it there), and invalidating slots when TC egress marks
+/// a flow closed (the SYN path already bypasses the cache here).
+#[xdp]
+pub fn bench_cache_hit(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let Some(vip) = steer::vip() else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let Class::Tcp(t) = classify(start, end, end - start, vip.port_be) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if !steer::is_to_vip(&t, vip) {
+        return xdp_action::XDP_ABORTED;
+    }
+    let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let key = [
+        w(&t.saddr, 0),
+        w(&t.saddr, 4),
+        w(&t.saddr, 8),
+        w(&t.saddr, 12),
+        u32::from(t.sport) | u32::from(t.family) << 16,
+    ];
+    let Some(epoch) = CACHE_EPOCH.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let epoch = *epoch;
+    let index = cache_hash(&key) & (BENCH_CACHE_SLOTS - 1);
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
+        count(BENCH_COUNT_CACHE_MISS);
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: a pointer to this CPU's slot, valid while the program runs; no other program
+    // runs on this CPU meanwhile.
+    let slot = unsafe { &mut *slot };
+    // Word by word, OR-folded: `slot.key == key` compiles to a call of a byte-wise `memcmp`.
+    let mut diff = slot.epoch ^ epoch;
+    let mut i = 0;
+    while i < 5 {
+        diff |= slot.key[i] ^ key[i];
+        i += 1;
+    }
+    let hit = !t.is_syn() && diff == 0;
+    if !hit {
+        count(BENCH_COUNT_CACHE_MISS);
+        let fk = FlowKey {
+            client_addr: t.saddr,
+            client_port_be: t.sport,
+            family: t.family,
+        };
+        let Some(flow) = maps::FLOWS.get_ptr(&fk) else {
+            return xdp_action::XDP_PASS;
+        };
+        // SAFETY: a pointer into the map value, valid while the program runs (RCU).
+        let flow = unsafe { *flow };
+        slot.key = key;
+        slot.origin = flow.origin;
+        slot.flags = flow.flags;
+        slot.client_ack = flow.client_ack;
+        slot.epoch = epoch;
+    }
+    if t.flags & tcp::ACK != 0 && (t.ack_seq.wrapping_sub(slot.client_ack) as i32) > 0 {
+        slot.client_ack = t.ack_seq;
+    }
+    let index = slot.origin;
+    if slot.flags & FLOW_FINISHING != 0 && t.payload {
+        return xdp_action::XDP_DROP;
+    }
+    let Some(target) = steer::origin_target(index, t.family) else {
+        return xdp_action::XDP_PASS;
+    };
+    // As `switcher_xdp`: a remote origin's packets are encapsulated (not measured here).
+    if encap::remote_host(target.index).is_some() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let rewritten = xdp_rewrite_dst(start, end, &t, &target).is_some();
+    count_steered(&target, end - start, rewritten, false);
+    xdp_action::XDP_PASS
+}
+
+/// Variant, never attached: `switcher_xdp` counting a packet not for the VIP where it is
+/// recognised (`ParseVariant::count_early`).
+#[xdp]
+pub fn bench_nfv_count_early(ctx: XdpContext) -> u32 {
+    xdp_request::<true, false>(&ctx)
+}
+
+/// Variant, never attached: `switcher_xdp` parsing IPv4 with one bounds check
+/// (`ParseVariant::one_bound`).
+#[xdp]
+pub fn bench_nfv_one_bound(ctx: XdpContext) -> u32 {
+    xdp_request::<false, true>(&ctx)
+}
+
+/// Variant, never attached: both.
+#[xdp]
+pub fn bench_nfv_both(ctx: XdpContext) -> u32 {
+    xdp_request::<true, true>(&ctx)
+}
