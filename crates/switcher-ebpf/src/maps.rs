@@ -12,6 +12,9 @@
 //! the "all CPUs at once" row); the lock it avoids matters with many CPUs. Their size here is
 //! the default; switcher-ctl sets it from `--max-flows` when it loads the object.
 //!
+//! The never-attached benchmark programs' own maps (`BENCH_*`) are declared with them, in
+//! `bench`: no attached program reads or writes them.
+//!
 //! BTF-defined maps (`.maps` section): the kernel gets the key and value types, so
 //! `bpftool map dump` prints them field by field.
 
