@@ -127,12 +127,14 @@ pub mod prog_names {
     /// Benchmark prototype, never attached: the tracked-flow path with a per-CPU direct-mapped
     /// flow cache in front of `SWITCHER_FLOWS` (`bench_map_names::FLOW_CACHE`).
     pub const BENCH_CACHE_HIT: &str = "bench_cache_hit";
-    /// Benchmark variant, never attached: `switcher_xdp` with a packet not for the VIP counted
-    /// where it is recognised.
-    pub const BENCH_NFV_COUNT_EARLY: &str = "bench_nfv_count_early";
-    /// Benchmark variant, never attached: `switcher_xdp` parsing IPv4 with one bounds check.
+    /// Benchmark variant, never attached: `switcher_xdp` as it was before branch dp-floor
+    /// (a packet not for the VIP counted after the class is matched).
+    pub const BENCH_NFV_BEFORE: &str = "bench_nfv_before";
+    /// Benchmark variant, never attached: `switcher_xdp` counting a packet not for the VIP late
+    /// (as before) and parsing IPv4 with one bounds check.
     pub const BENCH_NFV_ONE_BOUND: &str = "bench_nfv_one_bound";
-    /// Benchmark variant, never attached: both of the above.
+    /// Benchmark variant, never attached: `switcher_xdp` (counting early) parsing IPv4 with one
+    /// bounds check.
     pub const BENCH_NFV_BOTH: &str = "bench_nfv_both";
 }
 

@@ -115,10 +115,9 @@ struct ParseVariant {
     one_bound: bool,
 }
 
-/// The variant the product uses: counting early measured 0.90 (IPv4) and 0.87 (IPv6) of the
-/// previous path's time on a packet not for the VIP, same rounds, 21 rounds (BENCHMARKS.md,
-/// 2026-12-02, branch dp-floor); one bounds check for IPv4 measured 0.96 and 0.99, within
-/// noise, and is not used.
+/// The variant the product uses: counting early (see BENCHMARKS.md, 2026-12-02, branch
+/// dp-floor, for its time against the previous path, `bench_nfv_before`, in the same rounds);
+/// one bounds check for IPv4 showed no gain beyond noise and is not used.
 const PRODUCT_PARSE: ParseVariant = ParseVariant {
     count_early: true,
     one_bound: false,
