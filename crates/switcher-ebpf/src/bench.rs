@@ -53,10 +53,15 @@ static HS_HASH: HashMap<FlowKey, Handshake, 1> = HashMap::new();
 struct CacheSlot {
     /// The flow's key as 5 words (`FlowKey`'s bytes).
     key: [u32; 5],
+    /// `FlowValue::origin`.
     origin: u32,
+    /// `FlowValue::flags` when the slot was filled.
     flags: u32,
+    /// `BENCH_CACHE_EPOCH` when the slot was filled.
     epoch: u32,
+    /// The client's newest acknowledgment number (`FlowValue::client_ack`), kept here.
     client_ack: u32,
+    /// Pads the slot to 40 bytes.
     _pad: u32,
 }
 
@@ -252,8 +257,8 @@ fn cache_hash(w: &[u32; 5]) -> u32 {
 
 /// Prototype, never attached (not the product): the tracked-flow path of `switcher_xdp` with a
 /// per-CPU direct-mapped flow cache in front of `SWITCHER_FLOWS`. The real parse and VIP
-/// check, the key hashed ([`cache_hash`]), one per-CPU array lookup of the slot (inlined by the
-/// kernel), the key compared, the slot's epoch checked against `BENCH_CACHE_EPOCH`, the
+/// check, the key hashed ([`cache_hash`]), one per-CPU array lookup of the slot (which recent
+/// kernels inline; not checked in this JIT's output), the key compared, the slot's epoch checked against `BENCH_CACHE_EPOCH`, the
 /// FINISHING check, the client's acknowledgment recorded in the slot, the origin read, the real
 /// rewrite and the per-origin counter update. A miss (or a SYN, which must see the flow's
 /// current flags) falls back to `SWITCHER_FLOWS` and fills the slot; misses are counted in
