@@ -294,13 +294,7 @@ fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
             .len()
             >= 4)
     })?;
-    let resets = |lab: &Lab| -> Result<Vec<f64>> {
-        EDGES
-            .iter()
-            .map(|e| lab.edge_counter(e, "switcher_edge_resets_total"))
-            .collect()
-    };
-    let resets_before = resets(lab).unwrap_or_default();
+    let counters_before = Counters::read(lab).unwrap_or_default();
     let before = player.seen_since(Instant::now() - Duration::from_millis(100));
     let wall0 = chrono::Utc::now();
     let t0 = Instant::now();
@@ -323,7 +317,7 @@ fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
     });
     // What happened, for a figure far from the others (best effort: a busy edge's admin may
     // not answer in time, and that must not end the benchmark).
-    match diagnose(lab, &player, &before, t0, wall0, &resets_before) {
+    match diagnose(lab, &player, &before, t0, wall0, &counters_before) {
         Ok(d) => println!("  {d}"),
         Err(e) => println!("  diagnostics unavailable: {e:#}"),
     }
@@ -334,44 +328,111 @@ fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
     Ok(first.context("found")?.at.duration_since(t0).as_secs_f64())
 }
 
-/// One origin-host-loss run's diagnostics: which edge pinned each connection of the player
-/// (to which origin), how many edge resets each edge sent, each edge's failover decision.
+/// Counters read before and after an origin-host-loss run (see [`diagnose`]).
+#[derive(Clone, Debug, Default)]
+struct Counters {
+    /// Per edge: `switcher_edge_resets_total` (established viewers reset by the edge).
+    edge_resets: Vec<f64>,
+    /// Per edge: `switcher_handshake_resets_total` (pending handshakes reset by the edge).
+    handshake_resets: Vec<f64>,
+    /// The router's packets with no route (`IpExt InNoRoutes`, /proc/net/netstat): every
+    /// packet to the lost host once its link's routes are gone.
+    no_routes: u64,
+    /// The router's ICMP "destination unreachable" sent (`Icmp OutDestUnreachs`,
+    /// /proc/net/snmp): fewer than `no_routes` when the kernel's per-source limit of routing
+    /// errors (`net.ipv4.route.error_cost`/`error_burst`) held some back.
+    unreachables_sent: u64,
+}
+
+impl Counters {
+    fn read(lab: &Lab) -> Result<Counters> {
+        let per_edge = |metric: &str| -> Result<Vec<f64>> {
+            EDGES.iter().map(|e| lab.edge_counter(e, metric)).collect()
+        };
+        let router = |file: &str, table: &str, field: &str| -> Result<u64> {
+            let text = lab.run_in("router", &["cat", file])?;
+            snmp_field(&text, table, field).with_context(|| format!("{table} {field} in {file}"))
+        };
+        Ok(Counters {
+            edge_resets: per_edge("switcher_edge_resets_total")?,
+            handshake_resets: per_edge("switcher_handshake_resets_total")?,
+            no_routes: router("/proc/net/netstat", "IpExt", "InNoRoutes")?,
+            unreachables_sent: router("/proc/net/snmp", "Icmp", "OutDestUnreachs")?,
+        })
+    }
+}
+
+/// One field of a `/proc/net/snmp`-style table (a header line `Table: names...` followed by
+/// `Table: values...`).
+fn snmp_field(text: &str, table: &str, field: &str) -> Option<u64> {
+    let prefix = format!("{table}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        let i = names.split_whitespace().position(|n| n == field);
+        if let Some(i) = i {
+            return values.split_whitespace().nth(i)?.parse().ok();
+        }
+    }
+    None
+}
+
+/// One origin-host-loss run's diagnostics, times in seconds after the fault: each edge's
+/// decisions since the fault (its first bad window and what the probe saw: `unreachable`
+/// (the router's ICMP answer), `connect timed out`, `timed out` (a probe under way when the
+/// link went down waits out the whole probe timeout); its failover), the resets each edge
+/// sent, the router's routing errors against the "unreachable" it sent, and the player's
+/// failed polls and new connections (which edge pinned each, to which origin index).
 fn diagnose(
     lab: &Lab,
     player: &Player,
     before: &[Seen],
     t0: Instant,
     wall0: chrono::DateTime<chrono::Utc>,
-    resets_before: &[f64],
+    counters_before: &Counters,
 ) -> Result<String> {
+    let since = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
     let flows: Vec<BTreeMap<u16, u32>> = EDGES
         .iter()
         .map(|e| flows_by_port(&lab.ns_name(e), &lab.pin_root(e)))
         .collect::<Result<_>>()?;
-    let mut ports: Vec<u16> = before.iter().map(|s| s.port).collect();
-    ports.extend(player.seen_since(t0).iter().map(|s| s.port));
-    ports.dedup();
-    let where_: Vec<String> = ports
+    let pinned = |p: u16| -> String {
+        let at: Vec<String> = EDGES
+            .iter()
+            .zip(&flows)
+            .filter_map(|(e, m)| Some(format!("{e}->{}", m.get(&p)?)))
+            .collect();
+        format!("{p}@[{}]", at.join(","))
+    };
+    let mut lines = Vec::new();
+    let old: Vec<String> = before
         .iter()
-        .map(|p| {
-            let at: Vec<String> = EDGES
-                .iter()
-                .zip(&flows)
-                .filter_map(|(e, m)| Some(format!("{e}->{}", m.get(p)?)))
-                .collect();
-            format!("{p}@[{}]", at.join(","))
-        })
+        .map(|s| s.port)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(pinned)
         .collect();
-    let sent: Vec<f64> = EDGES
-        .iter()
-        .map(|e| lab.edge_counter(e, "switcher_edge_resets_total"))
-        .collect::<Result<Vec<f64>>>()?
-        .iter()
-        .zip(resets_before)
-        .map(|(a, b)| a - b)
-        .collect();
-    // Each edge's failover decision, in seconds after the fault.
-    let mut decided = Vec::new();
+    lines.push(format!("player before the fault on {}", old.join(" ")));
+    for (c, port) in player.connects_since(t0) {
+        lines.push(format!("+{:.3} connected {}", since(c), pinned(port)));
+    }
+    for (e, why) in player.error_log_since(t0) {
+        lines.push(format!("+{:.3} poll failed: {why}", since(e)));
+    }
+    let after = Counters::read(lab)?;
+    let diff = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        a.iter()
+            .zip(b.iter().chain(std::iter::repeat(&0.0)))
+            .map(|(a, b)| a - b)
+            .collect()
+    };
+    lines.push(format!(
+        "edge resets {:?}, handshake resets {:?} (edge1, edge2); router: {} packets without a route, {} unreachables sent",
+        diff(&after.edge_resets, &counters_before.edge_resets),
+        diff(&after.handshake_resets, &counters_before.handshake_resets),
+        after.no_routes.saturating_sub(counters_before.no_routes),
+        after.unreachables_sent.saturating_sub(counters_before.unreachables_sent),
+    ));
+    // Each edge's decisions since the fault (the history keeps every notable one).
     for e in EDGES {
         let body = xtask::stack::http_get(
             Some(&lab.ns_name(e)),
@@ -381,27 +442,34 @@ fn diagnose(
         )?
         .body;
         let h: serde_json::Value = serde_json::from_slice(&body)?;
-        let last = h["decisions"]
-            .as_array()
-            .and_then(|d| {
-                d.iter()
-                    .rev()
-                    .find(|d| d["action"] == "failover" || d["to"] == "backup")
-            })
-            .cloned()
-            .unwrap_or_default();
-        let at = last["at"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| (t.with_timezone(&chrono::Utc) - wall0).num_milliseconds() as f64 / 1000.0);
-        decided.push(format!("{e} {at:?} s ({})", last["detail"]));
+        for d in h["decisions"].as_array().into_iter().flatten() {
+            let Some(at) = d["at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| {
+                    (t.with_timezone(&chrono::Utc) - wall0).num_milliseconds() as f64 / 1000.0
+                })
+            else {
+                continue;
+            };
+            if at >= 0.0 {
+                lines.push(format!(
+                    "+{at:.3} {e} {} {}: {}",
+                    d["action"].as_str().unwrap_or("?"),
+                    d["reason"].as_str().unwrap_or("?"),
+                    d["detail"].as_str().unwrap_or("?")
+                ));
+            }
+        }
     }
-    Ok(format!(
-        "player connections {} (edge->origin index); edge resets sent {sent:?}; errors {}; failovers: {}",
-        where_.join(" "),
-        player.errors_since(t0),
-        decided.join("; ")
-    ))
+    lines.sort_by(|a, b| {
+        let t = |l: &str| {
+            l.strip_prefix('+')
+                .and_then(|r| r.split(' ').next()?.parse::<f64>().ok())
+        };
+        t(a).unwrap_or(-1.0).total_cmp(&t(b).unwrap_or(-1.0))
+    });
+    Ok(lines.join("\n  "))
 }
 
 /// One loss of edge1 (`edge-kill` or `edge-link-down`): the seconds until the router routes

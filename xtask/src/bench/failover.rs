@@ -72,7 +72,10 @@ pub(super) struct Seen {
 #[derive(Default)]
 struct Log {
     seen: Vec<Seen>,
-    errors: Vec<Instant>,
+    /// Failed polls: when, and the error (`bench dsr`'s per-run diagnostics print them).
+    errors: Vec<(Instant, String)>,
+    /// New connections: when the connect returned, and the local port.
+    connects: Vec<(Instant, u16)>,
 }
 
 /// A player in the client namespace (see the module docs); `bench dsr` uses it too.
@@ -92,9 +95,12 @@ impl Player {
             let mut conn: Option<Client> = None;
             while !s.load(Ordering::SeqCst) {
                 let r = poll_once(&mut conn, &vip, &l);
-                if r.is_err() {
+                if let Err(e) = r {
                     conn = None;
-                    l.lock().expect("log").errors.push(Instant::now());
+                    l.lock()
+                        .expect("log")
+                        .errors
+                        .push((Instant::now(), format!("{e:#}")));
                 }
                 std::thread::sleep(POLL);
             }
@@ -115,7 +121,27 @@ impl Player {
     /// How many polls failed at or after `t`.
     pub(super) fn errors_since(&self, t: Instant) -> usize {
         let log = self.log.lock().expect("log");
-        log.errors.iter().filter(|e| **e >= t).count()
+        log.errors.iter().filter(|(e, _)| *e >= t).count()
+    }
+
+    /// The failed polls at or after `t`: when, and why.
+    pub(super) fn error_log_since(&self, t: Instant) -> Vec<(Instant, String)> {
+        let log = self.log.lock().expect("log");
+        log.errors
+            .iter()
+            .filter(|(e, _)| *e >= t)
+            .cloned()
+            .collect()
+    }
+
+    /// The connections made at or after `t`: when the connect returned, and the local port.
+    pub(super) fn connects_since(&self, t: Instant) -> Vec<(Instant, u16)> {
+        let log = self.log.lock().expect("log");
+        log.connects
+            .iter()
+            .filter(|(c, _)| *c >= t)
+            .copied()
+            .collect()
     }
 }
 
@@ -131,12 +157,14 @@ impl Drop for Player {
 /// One GET on the keep-alive connection; returns the body of a 200. Records the first byte.
 fn get(conn: &mut Client, path: &str, log: &Mutex<Log>) -> Result<Vec<u8>> {
     let port = conn.local_port();
-    let (status, body) = conn.request(path, |_| {
-        log.lock().expect("log").seen.push(Seen {
-            at: Instant::now(),
-            port,
-        });
-    })?;
+    let (status, body) = conn
+        .request(path, |_| {
+            log.lock().expect("log").seen.push(Seen {
+                at: Instant::now(),
+                port,
+            });
+        })
+        .with_context(|| format!("GET {path}"))?;
     if status != 200 {
         bail!("status {status}");
     }
@@ -145,7 +173,12 @@ fn get(conn: &mut Client, path: &str, log: &Mutex<Log>) -> Result<Vec<u8>> {
 
 fn poll_once(conn: &mut Option<Client>, vip: &str, log: &Mutex<Log>) -> Result<()> {
     if conn.is_none() {
-        *conn = Some(Client::connect_within(vip, PLAYER_TIMEOUT)?);
+        let c = Client::connect_within(vip, PLAYER_TIMEOUT).context("connect")?;
+        log.lock()
+            .expect("log")
+            .connects
+            .push((Instant::now(), c.local_port()));
+        *conn = Some(c);
     }
     let c = conn.as_mut().expect("connected");
     let playlist = String::from_utf8(get(c, PLAYLIST, log)?)?;
