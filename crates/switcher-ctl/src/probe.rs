@@ -25,6 +25,7 @@ use hyper::{Request, StatusCode, Uri, header};
 use hyper_util::rt::TokioIo;
 use m3u8_rs::Playlist;
 use tokio::net::TcpStream;
+use tokio::time::MissedTickBehavior;
 
 /// Port of an `http://` URL without one.
 const HTTP_DEFAULT_PORT: u16 = 80;
@@ -50,6 +51,10 @@ pub const MAX_SEGMENT_SECONDS: f64 = 3600.0;
 /// date lasts whatever the origin does (a stale origin kept active), so its age is not
 /// believed. A minute is far above NTP-level skew.
 pub const MAX_FUTURE_SECONDS: f64 = 60.0;
+
+/// What the log says when a probe under way is ended by a new connection to its origin's
+/// host that failed ([`Prober::probe`]; `bench dsr` counts these lines per run).
+pub const WATCHDOG_ENDED: &str = "probe under way ended: a new connection to its origin failed";
 
 /// Why a probe found no usable playlist. Every variant makes the origin bad for that window.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -490,7 +495,10 @@ impl Prober {
 
 impl Prober {
     /// Probes the playlist at `url`. Never fails: every failure is in the report, a panic
-    /// inside the probe included (it runs in a task of its own, see the module docs).
+    /// inside the probe included (it runs in a task of its own, see the module docs). While
+    /// it runs, a new connection to the origin's host is tried once per connect timeout, and
+    /// the first that fails ends the probe with its error ([`Prober::watch_reachable`]: a
+    /// probe under way when the host is lost is judged like one that starts after it).
     pub async fn probe(&self, url: &str) -> ProbeReport {
         let start = Instant::now();
         let prober = self.clone();
@@ -523,15 +531,27 @@ impl Prober {
         }
     }
 
-    /// The probe proper, on the task [`Prober::probe`] spawned.
+    /// The probe proper, on the task [`Prober::probe`] spawned. While it runs, the origin's
+    /// host is checked for new connections ([`Prober::watch_reachable`]): a probe whose
+    /// connection was under way when the host went away ends as soon as a new connection
+    /// fails, not at the whole probe timeout.
     async fn probe_here(&self, url: &str, start: Instant) -> ProbeReport {
         let mut status = None;
-        let outcome =
-            match tokio::time::timeout(self.timeout, self.probe_inner(url, &mut status)).await {
-                Ok(Ok(facts)) => freshness(&facts, SystemTime::now()),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(ProbeError::Timeout),
-            };
+        let probe = async {
+            let uri: Uri = url
+                .parse()
+                .map_err(|_| ProbeError::BadUrl(url.to_string()))?;
+            let (host, port) = host_port(&uri)?;
+            tokio::select! {
+                r = self.probe_inner(url, &uri, &mut status) => r,
+                e = self.watch_reachable(host, port) => Err(e),
+            }
+        };
+        let outcome = match tokio::time::timeout(self.timeout, probe).await {
+            Ok(Ok(facts)) => freshness(&facts, SystemTime::now()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ProbeError::Timeout),
+        };
         ProbeReport {
             status,
             latency: start.elapsed(),
@@ -539,14 +559,57 @@ impl Prober {
         }
     }
 
+    /// Returns (with the error of that connect) once a new TCP connection to `host:port`
+    /// fails: refused, unreachable, or not established within the connect timeout. Checks
+    /// once per connect timeout, from one connect timeout after it is called; a connection
+    /// that succeeds is closed at once, nothing sent. Never returns while the host accepts.
+    ///
+    /// Why: a probe whose connection was established before the origin's host went away
+    /// (its link down, a partition) has nothing to send while it waits for the response, so
+    /// neither a retransmission nor an ICMP error ends it: alone it would wait out the whole
+    /// probe timeout (0.5 s) before its window counts as bad, where a probe that starts after
+    /// the loss is judged at its connect. This gives the in-flight probe the same judgement:
+    /// the window is bad on exactly the evidence a new probe's connect would give, and
+    /// hysteresis still needs the next (confirmation) probe to fail too. A hung origin process
+    /// on a live host (its kernel still accepts) keeps the whole probe timeout.
+    async fn watch_reachable(&self, host: &str, port: u16) -> ProbeError {
+        let mut checks = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.connect_timeout,
+            self.connect_timeout,
+        );
+        checks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            checks.tick().await;
+            if let Err(e) = self.connect(host, port).await {
+                tracing::info!(host, port, error = %e, "{WATCHDOG_ENDED}");
+                return e;
+            }
+        }
+    }
+
+    /// A new TCP connection to `host:port` within the connect timeout; the probe error of a
+    /// failure.
+    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, ProbeError> {
+        tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| ProbeError::ConnectTimeout)?
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => ProbeError::Refused,
+                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                    ProbeError::Unreachable(e.to_string())
+                }
+                _ => ProbeError::Io(e.to_string()),
+            })
+    }
+
+    /// The probe of `url` (parsed: `uri`): playlist, variant, newest segment.
     async fn probe_inner(
         &self,
         url: &str,
+        uri: &Uri,
         status: &mut Option<u16>,
     ) -> Result<MediaFacts, ProbeError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| ProbeError::BadUrl(url.to_string()))?;
+        let uri = uri.clone();
         let body = self.fetch(&uri, status, None, self.max_body).await?;
         let (media_uri, body, facts) = match parse_playlist(&body)? {
             Parsed::Media(facts) => (uri, body, facts),
@@ -673,23 +736,8 @@ impl Prober {
         max_body: usize,
     ) -> Result<Bytes, ProbeError> {
         let bad_url = || ProbeError::BadUrl(uri.to_string());
-        if uri.scheme_str() != Some("http") {
-            return Err(bad_url());
-        }
-        let host = uri.host().ok_or_else(bad_url)?;
-        // `Uri::host` keeps the brackets of an IPv6 literal; `connect` wants them off.
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(HTTP_DEFAULT_PORT);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| ProbeError::ConnectTimeout)?
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => ProbeError::Refused,
-                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
-                    ProbeError::Unreachable(e.to_string())
-                }
-                _ => ProbeError::Io(e.to_string()),
-            })?;
+        let (host, port) = host_port(uri)?;
+        let stream = self.connect(host, port).await?;
         report_icmp_errors(&stream);
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
@@ -747,6 +795,19 @@ impl Prober {
         drop(conn);
         Ok(body.to_bytes())
     }
+}
+
+/// Host (IPv6 brackets off) and port of an `http://` URL; [`ProbeError::BadUrl`] for any
+/// other.
+fn host_port(uri: &Uri) -> Result<(&str, u16), ProbeError> {
+    let bad_url = || ProbeError::BadUrl(uri.to_string());
+    if uri.scheme_str() != Some("http") {
+        return Err(bad_url());
+    }
+    let host = uri.host().ok_or_else(bad_url)?;
+    // `Uri::host` keeps the brackets of an IPv6 literal; `connect` wants them off.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host, uri.port_u16().unwrap_or(HTTP_DEFAULT_PORT)))
 }
 
 /// Aborts a spawned task when dropped.

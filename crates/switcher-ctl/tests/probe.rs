@@ -420,3 +420,45 @@ async fn a_connect_that_is_never_answered_is_a_connect_timeout() {
     }
     assert_eq!(outcome, Some(Err(ProbeError::ConnectTimeout)));
 }
+
+#[tokio::test]
+async fn a_probe_waiting_on_a_host_that_stops_accepting_ends_at_its_failed_connect() {
+    // The origin's host takes the probe's connection, then goes away for new ones (nothing
+    // listens: refused) while that connection's request stays unanswered, as a probe under
+    // way when an origin's host is lost. The whole-probe budget is far longer than the test.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let (_conn, _) = listener.accept().await.expect("accept");
+        drop(listener);
+        std::future::pending::<()>().await;
+    });
+    let p = Prober::new(
+        Duration::from_secs(3600),
+        Duration::from_millis(50),
+        MAX_BODY,
+        false,
+    );
+    let r = p.probe(&format!("http://{addr}{PATH}")).await;
+    held.abort();
+    assert_eq!(r.outcome, Err(ProbeError::Refused));
+}
+
+#[tokio::test]
+async fn a_hung_origin_on_a_live_host_still_waits_for_the_whole_probe_timeout() {
+    // New connections succeed (the host is there) while the answer hangs: the checks of the
+    // host do not end the probe; only its own timeout does.
+    let server = TestServer::fixed(Reply {
+        status: 200,
+        body: playlist_aged(100, Duration::from_secs(1)),
+        delay: Duration::from_secs(5),
+    })
+    .await;
+    let p = Prober::new(TIMEOUT, Duration::from_millis(50), MAX_BODY, false);
+    let r = p.probe(&server.url(PATH)).await;
+    assert_eq!(r.outcome, Err(ProbeError::Timeout));
+    // The probe's own connection and at least one check of the host.
+    assert!(server.accepts.load(Ordering::SeqCst) >= 2);
+}

@@ -335,6 +335,9 @@ struct Counters {
     edge_resets: Vec<f64>,
     /// Per edge: `switcher_handshake_resets_total` (pending handshakes reset by the edge).
     handshake_resets: Vec<f64>,
+    /// Per edge: probes under way that a failed new connection to their origin ended
+    /// (lines of switcher-ctl's log saying [`WATCHDOG_ENDED`]).
+    watchdog_ended: Vec<usize>,
     /// The router's packets with no route (`IpExt InNoRoutes`, /proc/net/netstat): every
     /// packet to the lost host once its link's routes are gone.
     no_routes: u64,
@@ -353,7 +356,17 @@ impl Counters {
             let text = lab.run_in("router", &["cat", file])?;
             snmp_field(&text, table, field).with_context(|| format!("{table} {field} in {file}"))
         };
+        let watchdog_ended = EDGES
+            .iter()
+            .map(|e| {
+                let log = lab.cfg.run_dir.join(format!("logs/switcher-{e}.log"));
+                let text = std::fs::read_to_string(&log)
+                    .with_context(|| format!("reading {}", log.display()))?;
+                Ok(text.matches(WATCHDOG_ENDED).count())
+            })
+            .collect::<Result<_>>()?;
         Ok(Counters {
+            watchdog_ended,
             edge_resets: per_edge("switcher_edge_resets_total")?,
             handshake_resets: per_edge("switcher_handshake_resets_total")?,
             no_routes: router("/proc/net/netstat", "IpExt", "InNoRoutes")?,
@@ -361,6 +374,10 @@ impl Counters {
         })
     }
 }
+
+/// switcher-ctl's log line for a probe under way ended by a failed new connection to its
+/// origin (`switcher_ctl::probe::WATCHDOG_ENDED`; xtask does not link switcher-ctl).
+const WATCHDOG_ENDED: &str = "probe under way ended: a new connection to its origin failed";
 
 /// One field of a `/proc/net/snmp`-style table (a header line `Table: names...` followed by
 /// `Table: values...`).
@@ -426,9 +443,15 @@ fn diagnose(
             .collect()
     };
     lines.push(format!(
-        "edge resets {:?}, handshake resets {:?} (edge1, edge2); router: {} packets without a route, {} unreachables sent",
+        "edge resets {:?}, handshake resets {:?}, probes under way ended by a failed new connection {:?} (edge1, edge2); router: {} packets without a route, {} unreachables sent",
         diff(&after.edge_resets, &counters_before.edge_resets),
         diff(&after.handshake_resets, &counters_before.handshake_resets),
+        after
+            .watchdog_ended
+            .iter()
+            .zip(counters_before.watchdog_ended.iter().chain(std::iter::repeat(&0)))
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect::<Vec<_>>(),
         after.no_routes.saturating_sub(counters_before.no_routes),
         after.unreachables_sent.saturating_sub(counters_before.unreachables_sent),
     ));
