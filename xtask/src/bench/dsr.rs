@@ -397,8 +397,10 @@ fn snmp_field(text: &str, table: &str, field: &str) -> Option<u64> {
 /// decisions since the fault (its first bad window and what the probe saw: `unreachable`
 /// (the router's ICMP answer), `connect timed out`, `timed out` (a probe under way when the
 /// link went down waits out the whole probe timeout); its failover), the resets each edge
-/// sent, the router's routing errors against the "unreachable" it sent, and the player's
-/// failed polls and new connections (which edge pinned each, to which origin index).
+/// sent (and when each edge logged cutting its viewers off), the probes under way that a
+/// failed new connection ended, the router's routing errors against the "unreachable" it
+/// sent, and the player's failed polls and new connections (which edge pinned each, to which
+/// origin index).
 fn diagnose(
     lab: &Lab,
     player: &Player,
@@ -455,6 +457,43 @@ fn diagnose(
         after.no_routes.saturating_sub(counters_before.no_routes),
         after.unreachables_sent.saturating_sub(counters_before.unreachables_sent),
     ));
+    // What each edge logged since the fault about cutting viewers off and about probes
+    // under way ended early: when the resets went out, after the failover decision.
+    for e in EDGES {
+        let log = lab.cfg.run_dir.join(format!("logs/switcher-{e}.log"));
+        for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+            if !(line.contains("aborted viewer connections") || line.contains(WATCHDOG_ENDED)) {
+                continue;
+            }
+            let Some(at) = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| {
+                    (t.with_timezone(&chrono::Utc) - wall0).num_milliseconds() as f64 / 1000.0
+                })
+            else {
+                continue;
+            };
+            if at >= 0.0 {
+                let what = match line.split_once(WATCHDOG_ENDED) {
+                    Some((_, fields)) => format!("{WATCHDOG_ENDED}:{fields}"),
+                    None => {
+                        let counts: Vec<&str> = line
+                            .split_whitespace()
+                            .filter(|w| {
+                                ["edge_resets=", "handshake_resets=", "flows_removed="]
+                                    .iter()
+                                    .any(|k| w.starts_with(k))
+                            })
+                            .collect();
+                        format!("aborted viewer connections {}", counts.join(" "))
+                    }
+                };
+                lines.push(format!("+{at:.3} {e} logged: {what}"));
+            }
+        }
+    }
     // Each edge's decisions since the fault (the history keeps every notable one).
     for e in EDGES {
         let body = xtask::stack::http_get(
