@@ -288,12 +288,24 @@ fn settled(lab: &Lab) -> Result<bool> {
 fn origin_host_loss_once(lab: &mut Lab) -> Result<f64> {
     lab.wait_for("both edges on origin1", SETTLE_LIMIT, settled)?;
     let player = Player::start(&lab.ns_name("client"), &format!("{VIP}:{VIP_PORT}"));
-    lab.wait_for("the player to poll", SETTLE_LIMIT, |_| {
-        Ok(player
-            .seen_since(Instant::now() - Duration::from_secs(1))
-            .len()
-            >= 4)
-    })?;
+    // The fault must find the viewer on origin1 and both edges still steering there (an
+    // origin host back from the previous run can be judged bad again while its packager
+    // catches up, and a viewer already moved to origin2 would measure nothing).
+    lab.wait_for(
+        "the player to poll origin1, both edges on it",
+        SETTLE_LIMIT,
+        |lab| {
+            let recent = player.seen_since(Instant::now() - Duration::from_secs(1));
+            let Some(last) = recent.last() else {
+                return Ok(false);
+            };
+            let on_origin1 = EDGES.iter().any(|e| {
+                flows_by_port(&lab.ns_name(e), &lab.pin_root(e))
+                    .is_ok_and(|m| m.get(&last.port) == Some(&PRIMARY_INDEX))
+            });
+            Ok(recent.len() >= 4 && on_origin1 && settled(lab)?)
+        },
+    )?;
     let counters_before = Counters::read(lab).unwrap_or_default();
     let before = player.seen_since(Instant::now() - Duration::from_millis(100));
     let wall0 = chrono::Utc::now();
