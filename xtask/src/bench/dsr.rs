@@ -985,3 +985,23 @@ impl Drop for RemoveDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::snmp_field;
+
+    #[test]
+    fn snmp_fields_by_table_and_name() {
+        let text = "Ip: Forwarding DefaultTTL InNoRoutes\n\
+                    Ip: 1 64 9\n\
+                    Icmp: InMsgs OutDestUnreachs\n\
+                    Icmp: 5 7\n\
+                    IcmpMsg: InType3 OutType3\n\
+                    IcmpMsg: 1 2\n";
+        assert_eq!(snmp_field(text, "Icmp", "OutDestUnreachs"), Some(7));
+        assert_eq!(snmp_field(text, "Ip", "InNoRoutes"), Some(9));
+        // `IcmpMsg:` is another table, not `Icmp:`.
+        assert_eq!(snmp_field(text, "Icmp", "OutType3"), None);
+        assert_eq!(snmp_field(text, "Tcp", "InSegs"), None);
+    }
+}
