@@ -338,15 +338,8 @@ impl Lab {
                 ns.try_exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
                 // Neighbour solicitations are answered only on the interface that has the
                 // address: no sysctl needed for the IPv6 VIP.
-                ns.try_exec(&[
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{VIP6}/128"),
-                    "dev",
-                    "lo",
-                ])?;
+                let vip6 = format!("{VIP6}/128");
+                ns.try_exec(&["ip", "-6", "addr", "add", &vip6, "dev", "lo"])?;
                 for key in ["all", &iface] {
                     ns.try_exec(&[
                         "sysctl",

@@ -115,15 +115,8 @@ fn an_ipv6_viewer_is_served_by_a_remote_origin_through_6in4() {
     edge.exec(&["sysctl", "-qw", "net.ipv4.conf.all.accept_local=1"]);
     origin.exec(&["ip", "route", "add", "default", "via", "10.10.21.1"]);
     origin.exec(&["ip", "-6", "route", "add", "default", "via", "fd10:21::1"]);
-    origin.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{VIP6}/128"),
-        "dev",
-        "lo",
-    ]);
+    let vip6 = format!("{VIP6}/128");
+    origin.exec(&["ip", "-6", "addr", "add", &vip6, "dev", "lo"]);
 
     // The origin host: decap for the IPv6 VIP only, an origin on the VIP's port.
     let decap_pins = BpfFs::new().on_drop(decap::detach);

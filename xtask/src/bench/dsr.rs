@@ -480,10 +480,7 @@ fn diagnose(
             let Some(at) = line
                 .split_whitespace()
                 .next()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| {
-                    (t.with_timezone(&chrono::Utc) - wall0).num_milliseconds() as f64 / 1000.0
-                })
+                .and_then(|t| seconds_since(wall0, t))
             else {
                 continue;
             };
@@ -517,13 +514,7 @@ fn diagnose(
         .body;
         let h: serde_json::Value = serde_json::from_slice(&body)?;
         for d in h["decisions"].as_array().into_iter().flatten() {
-            let Some(at) = d["at"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| {
-                    (t.with_timezone(&chrono::Utc) - wall0).num_milliseconds() as f64 / 1000.0
-                })
-            else {
+            let Some(at) = d["at"].as_str().and_then(|t| seconds_since(wall0, t)) else {
                 continue;
             };
             if at >= 0.0 {
@@ -1004,4 +995,10 @@ mod tests {
         assert_eq!(snmp_field(text, "Icmp", "OutType3"), None);
         assert_eq!(snmp_field(text, "Tcp", "InSegs"), None);
     }
+}
+
+/// Seconds from `wall0` to the RFC 3339 time `t` (negative before it), if `t` parses.
+fn seconds_since(wall0: chrono::DateTime<chrono::Utc>, t: &str) -> Option<f64> {
+    let t = chrono::DateTime::parse_from_rfc3339(t).ok()?;
+    Some((t.with_timezone(&chrono::Utc) - wall0).num_milliseconds() as f64 / 1000.0)
 }
