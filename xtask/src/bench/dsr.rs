@@ -2,7 +2,10 @@
 //! (`xtask::lab`: a router doing ECMP over two edges, two origin hosts, a client).
 //!
 //! Cases (`DSR_BENCH_CASES=a,b`, all by default, on one lab):
-//! - `throughput`: edge CPU and viewer throughput, below;
+//! - `throughput`: edge CPU and viewer throughput, below, bound by the machine's CPU;
+//! - `throughput-shaped`: the same rounds with the viewer's access link (the router's egress
+//!   toward the client) shaped to `DSR_BENCH_RATE_MBIT` (400) Mbit/s, so the link is the
+//!   bottleneck, below;
 //! - `origin-host-loss`: `DSR_BENCH_HOST_LOSS_RUNS` (20) times, origin1's link goes down while
 //!   a viewer (the failover benchmark's polling player) fetches the playlist and the newest
 //!   segment through the VIP every 20 ms; the figure is the time from the fault to the first
@@ -20,6 +23,23 @@
 //!   origin host, which answers the viewer directly;
 //! - **haproxy**: through Debian's HAProxy (HTTP mode, round robin over the same two origin
 //!   hosts) in edge1's namespace: every response byte crosses the edge.
+//!
+//! Two measures of the viewer's throughput, reported side by side:
+//! - **CPU-bound** (`throughput`): nothing limits the downloads but the machine. Every host
+//!   of the lab shares one machine's CPUs (2 here), so this measures CPU per byte: through
+//!   the VIP the client's ACKs cross the router twice and the edge's generic XDP, 3-8% more
+//!   of the lab's CPU per byte (docs/ARCHITECTURE.md, "Lab caveats"), and the machine's other
+//!   load moves each measurement by 20-40%.
+//! - **Link-bound** (`throughput-shaped`): a token bucket on the router's egress toward the
+//!   client (`Shaper`: rate `DSR_BENCH_RATE_MBIT`, burst 10 ms of tokens, latency 20 ms) holds
+//!   every path below what the machine carries, as a viewer's access link does in production,
+//!   where the edge and the router are other machines. It measures what the path does to the
+//!   viewer: extra latency, loss, reordering or MTU trouble each lower TCP's share of the
+//!   link. It does not measure CPU cost (the CPU-bound case and the edge-CPU column do). Its
+//!   report gives each path's link use (bytes the shaper sent / (rate x time), from `tc -s`),
+//!   so a reader sees the link was the bottleneck (each path close to 1.0; if direct is not,
+//!   the rate is too high for the machine under its load, and the report says so), and the
+//!   shaper's drops. The shaper is removed after the case, also on failure.
 //!
 //! The lab runs the release binaries (`DSR_BENCH_BIN_DIR` to choose others): switcher-ctl's
 //! CPU time is the edge's cost here and the origins' speed bounds the throughput, and a debug
@@ -105,6 +125,8 @@ struct Sample {
     machine_cpu: f64,
     /// Viewer-path CPU seconds (see the module docs).
     path_cpu: f64,
+    /// What the shaper of the client's link counted (`throughput-shaped` only).
+    link: Option<LinkCounters>,
 }
 
 impl Sample {
@@ -124,8 +146,9 @@ impl Sample {
 }
 
 /// The cases `DSR_BENCH_CASES` may name (all by default), in the order they run.
-const CASES: [&str; 4] = [
+const CASES: [&str; 5] = [
     "throughput",
+    "throughput-shaped",
     "origin-host-loss",
     "edge-kill",
     "edge-link-down",
@@ -156,14 +179,27 @@ pub fn run(ws: &Path, out: &mut String) -> Result<()> {
         util::machine(),
         bin_dir.display(),
     )?;
-    if cases.iter().any(|c| c == "throughput") {
+    let throughput_cases = ["throughput", "throughput-shaped"];
+    if cases.iter().any(|c| throughput_cases.contains(&c.as_str())) {
         // Probe timeouts for origins under heavy load (as the lab tests'): with switcher-ctl's
         // defaults, the edges could fail over from a busy origin in the middle of a round.
         let (run_dir, lab) = start_lab(&bin_dir, "tput", LOADED_PROBE_TIMEOUTS)?;
         writeln!(out, "Edge resets: {}.\n", edge_resets(&lab)?)?;
-        throughput(&lab, &run_dir.0, out)?;
+        if cases.iter().any(|c| c == "throughput") {
+            throughput(&lab, &run_dir.0, out, None)?;
+        }
+        if cases.iter().any(|c| c == "throughput-shaped") {
+            let mbit = util::env_count("DSR_BENCH_RATE_MBIT", 400)? as u64;
+            if mbit == 0 {
+                bail!("DSR_BENCH_RATE_MBIT: 0 is no rate (Mbit/s, e.g. 400)");
+            }
+            throughput(&lab, &run_dir.0, out, Some(mbit))?;
+        }
     }
-    if !cases.iter().any(|c| c != "throughput") {
+    if !cases
+        .iter()
+        .any(|c| !throughput_cases.contains(&c.as_str()))
+    {
         return Ok(());
     }
     // The failure cases run with switcher-ctl's default probe timeouts, as the failover
@@ -594,23 +630,152 @@ fn report_times(
     Ok(())
 }
 
-/// The throughput case: HAProxy next to the lab and `DSR_BENCH_ROUNDS` interleaved rounds.
-fn throughput(lab: &Lab, run_dir: &Path, out: &mut String) -> Result<()> {
+/// The throughput cases: HAProxy next to the lab and `DSR_BENCH_ROUNDS` interleaved rounds;
+/// with `shaped_mbit`, `throughput-shaped`: the viewer's access link shaped to that rate for
+/// the whole case (see [`Shaper`]).
+fn throughput(lab: &Lab, run_dir: &Path, out: &mut String, shaped_mbit: Option<u64>) -> Result<()> {
     let rounds = util::env_count("DSR_BENCH_ROUNDS", 5)?;
     let parallel = util::env_count("DSR_BENCH_PARALLEL", 8)?;
     let fetches = util::env_count("DSR_BENCH_FETCHES", 4)?;
     let mib = util::env_count("DSR_BENCH_FILE_MIB", 32)?;
     let haproxy = which("haproxy").context("haproxy not found: run scripts/setup")?;
+    // Removed when dropped: at the end of this function, also on failure.
+    let shaper = shaped_mbit.map(|m| Shaper::install(lab, m)).transpose()?;
     let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?;
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-    let result = measure(lab, run_dir, &haproxy, rounds, parallel, fetches, mib);
+    let result = measure(
+        lab,
+        run_dir,
+        &haproxy,
+        rounds,
+        parallel,
+        fetches,
+        mib,
+        shaper.as_ref(),
+    );
     // Restore the setting whatever happened (it costs every BPF program two clock reads).
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     let (samples, load) = result?;
-    report(out, &samples, rounds, parallel, fetches, mib, &load)
+    match &shaper {
+        None => report(out, &samples, rounds, parallel, fetches, mib, &load),
+        Some(sh) => report_shaped(out, sh, &samples, rounds, parallel, fetches, mib, &load),
+    }
 }
 
-/// Starts HAProxy and takes `rounds` interleaved rounds of every path.
+/// The viewer's access link for `throughput-shaped`: a token bucket (`tc-tbf(8)`) on the
+/// router's egress toward the client, so the responses of every path (direct, dsr, haproxy:
+/// all reach the client over that link) are bound by the link's rate rather than by the
+/// machine's CPU. Removed (`tc qdisc del`, back to veth's default) when dropped.
+///
+/// - rate: `DSR_BENCH_RATE_MBIT` Mbit/s (default 400: well under every path's CPU-bound
+///   throughput in the lab, 0.9-3.5 Gbit/s on the 2-CPU machine, HAProxy the slowest);
+/// - burst: 10 ms of tokens (500 kB at 400 Mbit/s). tc-tbf(8): the bucket must hold at
+///   least rate / HZ bytes or the rate is not reached (tokens that arrive between two runs of
+///   the shaper and overflow the bucket are lost; 200 kB here, `CONFIG_HZ=250`), and at least
+///   one packet; 10 ms leaves room for the shaper's dequeue running late on a loaded machine.
+///   Above the rate it lets through at most one bucket per measurement: 0.05% of the 1 GiB;
+/// - latency: 20 ms, the longest a packet may wait in the queue (the queue holds rate x 20 ms
+///   + burst). A queue shorter than the path's round trip would leave the link idle after each
+///   loss (the bandwidth-delay rule); round trips in the lab under load measured 0.02-12 ms
+///   (`ss -ti`), so 20 ms keeps the link the bottleneck, as an access link's buffer does.
+struct Shaper {
+    /// The router's namespace.
+    ns: String,
+    /// The router's end of the client's link.
+    dev: String,
+    mbit: u64,
+    burst: u64,
+}
+
+/// The shaper's counters: bytes it sent (Ethernet frames without FCS, as tbf counts them)
+/// and packets it dropped (queue full).
+#[derive(Clone, Copy, Debug, Default)]
+struct LinkCounters {
+    bytes: u64,
+    drops: u64,
+}
+
+impl Shaper {
+    /// tbf's latency parameter, in milliseconds (see the type's docs).
+    const LATENCY_MS: u64 = 20;
+
+    fn install(lab: &Lab, mbit: u64) -> Result<Shaper> {
+        let shaper = Shaper {
+            ns: lab.router.name.clone(),
+            dev: lab.host("client").router_iface.clone(),
+            mbit,
+            // 10 ms of tokens, never less than a full-size frame.
+            burst: (mbit * 1_000_000 / 8 / 100).max(1600),
+        };
+        shaper
+            .tc(&[
+                "qdisc",
+                "replace",
+                "dev",
+                &shaper.dev,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{mbit}mbit"),
+                "burst",
+                &shaper.burst.to_string(),
+                "latency",
+                &format!("{}ms", Self::LATENCY_MS),
+            ])
+            .context("shaping the client's link (tc tbf)")?;
+        // What the kernel took, so the report states the link's real rate.
+        let rate = shaper.qdisc()?["options"]["rate"].as_u64().unwrap_or(0);
+        if rate != mbit * 1_000_000 / 8 {
+            bail!(
+                "tbf on {} runs at {rate} B/s, not {mbit} Mbit/s",
+                shaper.dev
+            );
+        }
+        Ok(shaper)
+    }
+
+    fn tc(&self, args: &[&str]) -> Result<String> {
+        let mut argv = vec!["ip", "netns", "exec", &self.ns, "tc"];
+        argv.extend_from_slice(args);
+        Ok(test_kit::process::try_sh(&argv)?)
+    }
+
+    /// The tbf qdisc's entry in `tc -s -j qdisc show`.
+    fn qdisc(&self) -> Result<serde_json::Value> {
+        let out = self.tc(&["-s", "-j", "qdisc", "show", "dev", &self.dev])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v.as_array()
+            .and_then(|q| q.iter().find(|q| q["kind"] == "tbf" && q["root"] == true))
+            .cloned()
+            .with_context(|| format!("no tbf on {}: {out}", self.dev))
+    }
+
+    fn counters(&self) -> Result<LinkCounters> {
+        let q = self.qdisc()?;
+        Ok(LinkCounters {
+            bytes: q["bytes"].as_u64().context("tbf: no byte count")?,
+            drops: q["drops"].as_u64().context("tbf: no drop count")?,
+        })
+    }
+
+    /// Bytes a second the link carries.
+    fn bytes_per_sec(&self) -> f64 {
+        self.mbit as f64 * 1e6 / 8.0
+    }
+}
+
+impl Drop for Shaper {
+    fn drop(&mut self) {
+        let dev = self.dev.clone();
+        if let Err(e) = self.tc(&["qdisc", "del", "dev", &dev, "root"]) {
+            eprintln!("removing the shaper from {dev}: {e:#}");
+        }
+    }
+}
+
+/// Starts HAProxy and takes `rounds` interleaved rounds of every path (with the shaper's
+/// counters around each measurement when the client's link is shaped).
+#[allow(clippy::too_many_arguments)]
 fn measure(
     lab: &Lab,
     run_dir: &Path,
@@ -619,6 +784,7 @@ fn measure(
     parallel: usize,
     fetches: usize,
     mib: usize,
+    shaper: Option<&Shaper>,
 ) -> Result<(Vec<(Route, Sample)>, String)> {
     // The same file on both origin hosts.
     let size = mib << 20;
@@ -695,11 +861,13 @@ fn measure(
                 })
             };
             let (e0, m0, l0) = (edge()?, machine_busy()?, lab_cpu(lab, hap_pid)?);
+            let link0 = shaper.map(Shaper::counters).transpose()?;
             let c0 = children_cpu();
             let start = Instant::now();
             let bytes = download(lab, &url(p), parallel, fetches)?;
             let secs = start.elapsed().as_secs_f64();
             let c1 = children_cpu();
+            let link1 = shaper.map(Shaper::counters).transpose()?;
             let (e1, m1, l1) = (edge()?, machine_busy()?, lab_cpu(lab, hap_pid)?);
             let want = (parallel * fetches * size) as u64;
             if bytes != want {
@@ -711,9 +879,21 @@ fn measure(
                 edge_cpu: e1 - e0,
                 machine_cpu: m1 - m0,
                 path_cpu: (c1 - c0) + (l1 - l0),
+                link: link0.zip(link1).map(|(a, b)| LinkCounters {
+                    bytes: b.bytes - a.bytes,
+                    drops: b.drops - a.drops,
+                }),
+            };
+            let link = match (shaper, s.link) {
+                (Some(sh), Some(l)) => format!(
+                    ", link use {:.3} of the rate, {} shaper drops",
+                    l.bytes as f64 / s.secs / sh.bytes_per_sec(),
+                    l.drops
+                ),
+                _ => String::new(),
             };
             println!(
-                "round {round} {}: {:.2} Gbit/s, edge CPU {:.3} s, machine CPU {:.3} s, viewer-path CPU {:.3} s",
+                "round {round} {}: {:.3} Gbit/s, edge CPU {:.3} s, machine CPU {:.3} s, viewer-path CPU {:.3} s{link}",
                 p.name(),
                 s.gbps(),
                 s.edge_cpu,
@@ -954,6 +1134,91 @@ fn report(
          with other jobs, the client, the origins and the edge compete for the same two CPUs, so \
          throughput is bound by the machine, not the edge, and absolute figures move with the \
          other load; the per-round ratios are the figures to read."
+    )?;
+    Ok(())
+}
+
+/// The `throughput-shaped` report: the viewer's throughput through a link shaped to the
+/// shaper's rate, per path, next to the link's use (how close each path came to the rate).
+#[allow(clippy::too_many_arguments)]
+fn report_shaped(
+    out: &mut String,
+    shaper: &Shaper,
+    samples: &[(Route, Sample)],
+    rounds: usize,
+    parallel: usize,
+    fetches: usize,
+    mib: usize,
+    load: &str,
+) -> Result<()> {
+    let rate = shaper.bytes_per_sec();
+    let use_of_rate = |s: &Sample| s.link.map_or(f64::NAN, |l| l.bytes as f64 / s.secs / rate);
+    let drops = |s: &Sample| s.link.map_or(f64::NAN, |l| l.drops as f64);
+    // A full-size response packet on the client's 1500-byte link: 1448 bytes of payload
+    // (MSS 1460 less the timestamp option) in a 1514-byte frame, which tbf counts.
+    let ceiling = shaper.mbit as f64 * 1448.0 / 1514.0;
+    writeln!(
+        out,
+        "\nThroughput through a shaped access link (load average after it: {load}): the \
+         router's egress toward the client shaped by a token bucket (`tc qdisc replace dev \
+         <router's end of the client link> root tbf rate {}mbit burst {} latency {}ms`), so \
+         the viewer's link, not the machine's CPU, is the bottleneck; {rounds} interleaved \
+         rounds, the same downloads ({parallel} parallel downloaders x {fetches} fetches of a \
+         {mib} MiB file, fresh connection per fetch). The most payload the link carries is \
+         {ceiling:.0} Mbit/s (1448 bytes per 1514-byte frame).\n",
+        shaper.mbit,
+        shaper.burst,
+        Shaper::LATENCY_MS,
+    )?;
+    writeln!(
+        out,
+        "| path | viewer throughput Mbit/s median (range) | link use: bytes sent / (rate x time) median (range) | shaper drops per measurement median (range) |"
+    )?;
+    writeln!(out, "|---|---|---|---|")?;
+    for p in Route::ALL {
+        let (g, glo, ghi) = stats(samples, p, Sample::gbps);
+        let (u, ulo, uhi) = stats(samples, p, use_of_rate);
+        let (d, dlo, dhi) = stats(samples, p, drops);
+        writeln!(
+            out,
+            "| {} | {:.0} ({:.0}-{:.0}) | {u:.3} ({ulo:.3}-{uhi:.3}) | {d:.0} ({dlo:.0}-{dhi:.0}) |",
+            p.name(),
+            g * 1e3,
+            glo * 1e3,
+            ghi * 1e3,
+        )?;
+    }
+    let (r, lo, hi) = ratios(samples, Route::Dsr, Route::Direct, Sample::gbps);
+    writeln!(
+        out,
+        "\nThroughput through the shaped link, dsr / direct (per round): median {r:.3}x (range {lo:.3}-{hi:.3}x; target >= 0.95x)."
+    )?;
+    let (r, lo, hi) = ratios(samples, Route::Haproxy, Route::Direct, Sample::gbps);
+    writeln!(
+        out,
+        "Throughput through the shaped link, haproxy / direct (per round): median {r:.3}x (range {lo:.3}-{hi:.3}x)."
+    )?;
+    let (u, ulo, _) = stats(samples, Route::Direct, use_of_rate);
+    if u < 0.9 {
+        writeln!(
+            out,
+            "**Direct did not reach the rate** (link use median {u:.3}, lowest {ulo:.3}): \
+             {} Mbit/s is too high for this machine under this load, so these figures are \
+             bound by the CPU too; rerun with a lower DSR_BENCH_RATE_MBIT.",
+            shaper.mbit
+        )?;
+    }
+    writeln!(
+        out,
+        "\nWhat this measures: what the path does to a viewer whose own link is the bottleneck, \
+         as in production, where the edge and the router are other machines: any extra \
+         latency, loss, reordering or MTU trouble on a path shows as a lower share of the \
+         link (TCP's throughput falls with each). What it does not: CPU cost (the CPU-bound \
+         case and its edge-CPU and viewer-path-CPU columns cover that), since every path is \
+         held below what the machine can carry. Both are reported because on one shared \
+         2-CPU machine the CPU-bound ratio mixes the lab's own CPU per byte through the VIP \
+         (the client's ACKs cross the router twice and the edge's generic XDP) and the other \
+         jobs' load into the viewer's figure."
     )?;
     Ok(())
 }
