@@ -674,8 +674,8 @@ fn throughput(lab: &Lab, run_dir: &Path, out: &mut String, shaped_mbit: Option<u
 ///   the shaper and overflow the bucket are lost; 200 kB here, `CONFIG_HZ=250`), and at least
 ///   one packet; 10 ms leaves room for the shaper's dequeue running late on a loaded machine.
 ///   Above the rate it lets through at most one bucket per measurement: 0.05% of the 1 GiB;
-/// - latency: 20 ms, the longest a packet may wait in the queue (the queue holds rate x 20 ms
-///   + burst). A queue shorter than the path's round trip would leave the link idle after each
+/// - latency: 20 ms, the longest a packet may wait in the queue (the queue holds the burst
+///   plus rate x 20 ms). A queue shorter than the path's round trip would leave the link idle after each
 ///   loss (the bandwidth-delay rule); round trips in the lab under load measured 0.02-12 ms
 ///   (`ss -ti`), so 20 ms keeps the link the bottleneck, as an access link's buffer does.
 struct Shaper {
