@@ -743,24 +743,60 @@ impl Shaper {
     /// The tbf qdisc's entry in `tc -s -j qdisc show`.
     fn qdisc(&self) -> Result<serde_json::Value> {
         let out = self.tc(&["-s", "-j", "qdisc", "show", "dev", &self.dev])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        v.as_array()
-            .and_then(|q| q.iter().find(|q| q["kind"] == "tbf" && q["root"] == true))
-            .cloned()
-            .with_context(|| format!("no tbf on {}: {out}", self.dev))
+        root_tbf(&out).with_context(|| format!("the shaper on {}", self.dev))
     }
 
     fn counters(&self) -> Result<LinkCounters> {
-        let q = self.qdisc()?;
-        Ok(LinkCounters {
-            bytes: q["bytes"].as_u64().context("tbf: no byte count")?,
-            drops: q["drops"].as_u64().context("tbf: no drop count")?,
-        })
+        LinkCounters::of(&self.qdisc()?)
     }
 
     /// Bytes a second the link carries.
     fn bytes_per_sec(&self) -> f64 {
         self.mbit as f64 * 1e6 / 8.0
+    }
+}
+
+/// The root tbf qdisc's entry in `tc -s -j qdisc show dev <dev>`'s output.
+fn root_tbf(out: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(out).context("tc's JSON")?;
+    v.as_array()
+        .and_then(|q| q.iter().find(|q| q["kind"] == "tbf" && q["root"] == true))
+        .cloned()
+        .with_context(|| format!("no root tbf qdisc: {out}"))
+}
+
+impl LinkCounters {
+    /// The counters of a qdisc's entry in `tc -s -j` output.
+    fn of(q: &serde_json::Value) -> Result<LinkCounters> {
+        Ok(LinkCounters {
+            bytes: q["bytes"].as_u64().context("tbf: no byte count")?,
+            drops: q["drops"].as_u64().context("tbf: no drop count")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod shaper_tests {
+    use super::{LinkCounters, root_tbf};
+
+    /// `tc -s -j qdisc show dev <veth>` (iproute2 6.1) with the shaper on, after traffic.
+    const SHAPED: &str = r#"[{"kind":"tbf","handle":"8003:","root":true,"refcnt":3,"options":{"rate":50000000,"burst":500000,"lat":20000},"bytes":7246408066,"packets":4788633,"drops":262395,"overlimits":6093095,"requeues":0,"backlog":1456468,"qlen":102}]"#;
+
+    #[test]
+    fn root_tbf_counters_and_rate() {
+        let q = root_tbf(SHAPED).unwrap();
+        assert_eq!(q["options"]["rate"].as_u64(), Some(400 * 1_000_000 / 8));
+        let c = LinkCounters::of(&q).unwrap();
+        assert_eq!((c.bytes, c.drops), (7_246_408_066, 262_395));
+    }
+
+    #[test]
+    fn no_shaper_is_an_error() {
+        // veth's default (noqueue: nothing listed) and another qdisc at the root.
+        assert!(root_tbf("[]").is_err());
+        let other = r#"[{"kind":"fq_codel","handle":"0:","root":true,"bytes":1,"drops":0}]"#;
+        assert!(root_tbf(other).is_err());
+        assert!(root_tbf("not json").is_err());
     }
 }
 
