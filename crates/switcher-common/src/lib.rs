@@ -214,7 +214,11 @@ pub const VIP_CHECK_LISTENER: u16 = 8;
 
 /// One origin: value of the `SWITCHER_ORIGINS` map, keyed by origin index. Written by user
 /// space; read by the programs to rewrite requests (destination) and recognise replies (source).
-#[repr(C)]
+///
+/// Aligned to 4 bytes (the byte layout is that of `repr(C)` alone: the same offsets, 24 bytes)
+/// so that the data plane reads the addresses as aligned 4-byte words: with the 2-byte
+/// alignment its fields alone give, the BPF build reads an address byte by byte.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Origin {
     /// IPv4 address of the origin, network byte order; all zero means "the VIP's own address"
@@ -498,6 +502,11 @@ pub struct Counters {
 // Sizes pinned: a change here is a change of the kernel/user contract.
 const _: () = assert!(core::mem::size_of::<VipConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Origin>() == 24);
+const _: () = assert!(core::mem::offset_of!(Origin, addr_v6) == 4);
+const _: () = assert!(core::mem::offset_of!(Origin, port_be) == 20);
+const _: () = assert!(core::mem::offset_of!(Origin, flags) == 22);
+const _: () = assert!(core::mem::offset_of!(VipConfig, addr_v6) == 4);
+const _: () = assert!(core::mem::align_of::<VipConfig>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 const _: () = assert!(core::mem::size_of::<Handshake>() == 28);

@@ -5,7 +5,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS},
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_CURRENT_NETNS,
+    },
     helpers::{bpf_sk_lookup_tcp, bpf_sk_release},
 };
 use switcher_common::{
@@ -46,16 +49,77 @@ pub fn vip() -> Option<&'static VipConfig> {
     Some(vip)
 }
 
+// Addresses are read, compared and built as 4-byte words, never as `[u8; N]` values: the BPF
+// build compares and copies byte arrays byte by byte (a load, shift and OR per byte of a map
+// value, or a call of compiler_builtins' byte-loop `memset`/`memcmp`, BPF having no such
+// instructions); see BENCHMARKS.md, 2026-12-02, branch dp-memset.
+
+/// The IPv4 address field `a` of a map value as one aligned 4-byte load.
+///
+/// `a` must be a field of a [`VipConfig`] or an [`Origin`] in a map: both are 4-byte aligned
+/// with their addresses at offsets 0 and 4 (pinned in switcher-common), and the kernel keeps
+/// map values 8-byte aligned.
+#[inline(always)]
+fn map_word(a: &[u8; 4]) -> u32 {
+    // SAFETY: a valid reference, 4-byte aligned per the above.
+    unsafe { core::ptr::read((a as *const [u8; 4]).cast::<u32>()) }
+}
+
+/// The IPv6 address field `a` of a map value as four aligned 4-byte loads (native order, the
+/// bytes in memory order). `a` as for [`map_word`].
+#[inline(always)]
+fn map_words(a: &[u8; 16]) -> [u32; 4] {
+    let p = (a as *const [u8; 16]).cast::<u32>();
+    // SAFETY: a valid reference, 4-byte aligned as for `map_word`; the 4 words are its 16 bytes.
+    unsafe { [p.read(), p.add(1).read(), p.add(2).read(), p.add(3).read()] }
+}
+
+/// A 16-byte address held in a local (a parsed packet's, in registers) as four native words.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// The 16-byte address of four native words (the inverse of [`words`]).
+#[inline(always)]
+fn addr_of_words(w: [u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
+}
+
+/// Whether two 16-byte addresses are equal, word by word.
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (words(a), words(b));
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+}
+
 /// Whether `t` is addressed to the VIP.
 #[inline(always)]
 pub fn is_to_vip(t: &Tcp, vip: &VipConfig) -> bool {
     if t.dport != vip.port_be {
         return false;
     }
+    let d = words(&t.daddr);
     if t.family == FAMILY_V4 {
-        vip.flags & VIP_HAS_V4 != 0 && t.daddr[..4] == vip.addr_v4
+        vip.flags & VIP_HAS_V4 != 0 && d[0] == map_word(&vip.addr_v4)
     } else {
-        vip.flags & VIP_HAS_V6 != 0 && t.daddr == vip.addr_v6
+        let v = map_words(&vip.addr_v6);
+        vip.flags & VIP_HAS_V6 != 0
+            && (d[0] ^ v[0]) | (d[1] ^ v[1]) | (d[2] ^ v[2]) | (d[3] ^ v[3]) == 0
     }
 }
 
@@ -85,19 +149,15 @@ pub struct Target {
 /// own address (all-zero origin address).
 #[inline(always)]
 fn origin_addr(o: &Origin, family: u16) -> Option<[u8; 16]> {
-    let mut out = [0u8; 16];
-    if family == FAMILY_V4 {
-        if o.addr_v4 == [0; 4] {
-            return None;
-        }
-        out[..4].copy_from_slice(&o.addr_v4);
+    let w = if family == FAMILY_V4 {
+        [map_word(&o.addr_v4), 0, 0, 0]
     } else {
-        if o.addr_v6 == [0; 16] {
-            return None;
-        }
-        out = o.addr_v6;
+        map_words(&o.addr_v6)
+    };
+    if w[0] | w[1] | w[2] | w[3] == 0 {
+        return None;
     }
-    Some(out)
+    Some(addr_of_words(w))
 }
 
 /// `bpf_sock.state` values (the kernel's `tcp_states.h`) of a connection whose origin may
@@ -114,45 +174,40 @@ const TCP_CLOSE_WAIT: u32 = 8;
 /// VIP's address (`t.daddr`) on `port_be` would reach: the established socket of that tuple
 /// if there is one, else a listener on the port; `None` when there is neither. (The kernel's
 /// lookup hides TIME_WAIT sockets and gives the listener for a connection still in SYN_RECV.)
-#[inline(always)]
+#[inline(never)]
 fn socket_state(ctx: *mut c_void, t: &Tcp, port_be: u16) -> Option<u32> {
-    // SAFETY: an all-zero bpf_sock_tuple is a valid value of the C union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // The member the family uses is written in place, the union not zeroed first: zeroing its
+    // 36 bytes compiled to a call of the byte-loop `memset` (see `map_word`), and the kernel
+    // reads only the `size` bytes of that member. (An IPv4 tuple leaves the rest of the union
+    // unwritten, which the helper never reads.)
+    let mut tuple = core::mem::MaybeUninit::<bpf_sock_tuple>::uninit();
+    let (s, d) = (words(&t.saddr), words(&t.daddr));
     let size;
-    // SAFETY: writing the union member that matches the family, as the kernel reads it; the
-    // socket the lookup returns is read once and released on every path.
+    // SAFETY: writes of the union member that matches the family, through a pointer into the
+    // local; the helper reads `size` bytes, that member; the socket the lookup returns is read
+    // once and released on every path.
     unsafe {
+        let u = tuple.as_mut_ptr().cast::<bpf_sock_tuple__bindgen_ty_1>();
         if t.family == FAMILY_V4 {
-            let v4 = &mut tuple.__bindgen_anon_1.ipv4;
-            v4.saddr = u32::from_ne_bytes([t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]]);
-            v4.daddr = u32::from_ne_bytes([t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]]);
-            v4.sport = t.sport;
-            v4.dport = port_be;
-            size = core::mem::size_of_val(v4) as u32;
+            let v4 = core::ptr::addr_of_mut!((*u).ipv4);
+            v4.write(bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: s[0],
+                daddr: d[0],
+                sport: t.sport,
+                dport: port_be,
+            });
+            size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
         } else {
-            let v6 = &mut tuple.__bindgen_anon_1.ipv6;
-            let mut i = 0;
-            while i < 4 {
-                let j = i * 4;
-                v6.saddr[i] = u32::from_ne_bytes([
-                    t.saddr[j],
-                    t.saddr[j + 1],
-                    t.saddr[j + 2],
-                    t.saddr[j + 3],
-                ]);
-                v6.daddr[i] = u32::from_ne_bytes([
-                    t.daddr[j],
-                    t.daddr[j + 1],
-                    t.daddr[j + 2],
-                    t.daddr[j + 3],
-                ]);
-                i += 1;
-            }
-            v6.sport = t.sport;
-            v6.dport = port_be;
-            size = core::mem::size_of_val(v6) as u32;
+            let v6 = core::ptr::addr_of_mut!((*u).ipv6);
+            v6.write(bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: s,
+                daddr: d,
+                sport: t.sport,
+                dport: port_be,
+            });
+            size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
         }
-        let sk = bpf_sk_lookup_tcp(ctx, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
+        let sk = bpf_sk_lookup_tcp(ctx, tuple.as_mut_ptr(), size, BPF_F_CURRENT_NETNS as u64, 0);
         if sk.is_null() {
             return None;
         }
@@ -441,9 +496,9 @@ fn is_to_origin(t: &Tcp, o: &Origin, vip: &VipConfig) -> bool {
     if o.port_be != t.dport {
         return false;
     }
-    match origin_addr(o, t.family) {
-        Some(addr) => addr == t.daddr,
-        None => vip_addr(vip, t.family) == Some(t.daddr),
+    match origin_addr(o, t.family).or_else(|| vip_addr(vip, t.family)) {
+        Some(addr) => same_addr(&addr, &t.daddr),
+        None => false,
     }
 }
 
@@ -520,14 +575,12 @@ fn vip_addr(vip: &VipConfig, family: u16) -> Option<[u8; 16]> {
         if vip.flags & VIP_HAS_V4 == 0 {
             return None;
         }
-        let mut a = [0u8; 16];
-        a[..4].copy_from_slice(&vip.addr_v4);
-        Some(a)
+        Some(addr_of_words([map_word(&vip.addr_v4), 0, 0, 0]))
     } else {
         if vip.flags & VIP_HAS_V6 == 0 {
             return None;
         }
-        Some(vip.addr_v6)
+        Some(addr_of_words(map_words(&vip.addr_v6)))
     }
 }
 
@@ -535,7 +588,8 @@ fn vip_addr(vip: &VipConfig, family: u16) -> Option<[u8; 16]> {
 /// source an edge-originated reset may have.
 #[inline(always)]
 pub fn is_from_vip(t: &Tcp, vip: &VipConfig) -> bool {
-    t.sport == vip.port_be && vip_addr(vip, t.family) == Some(t.saddr)
+    t.sport == vip.port_be
+        && vip_addr(vip, t.family).is_some_and(|a| same_addr(&a, &t.saddr))
 }
 
 /// Where a reply goes back to: origin index, and the source to restore.
@@ -586,10 +640,10 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     let vip_addr = vip_addr(vip, t.family)?;
     let addr = match origin_addr(&o, t.family) {
         // The origin answers from its own address: it must be that one, and it becomes the VIP.
-        Some(a) if a == t.saddr => Some(vip_addr),
+        Some(a) if same_addr(&a, &t.saddr) => Some(vip_addr),
         Some(_) => return None,
         // The origin shares the VIP's address: only the port changes.
-        None if t.saddr == vip_addr => None,
+        None if same_addr(&t.saddr, &vip_addr) => None,
         None => return None,
     };
     let mut closed = false;
