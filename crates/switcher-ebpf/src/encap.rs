@@ -159,6 +159,30 @@ fn header_checksum(h: &[u8; OUTER_LEN]) -> u16 {
     !(sum as u16)
 }
 
+/// 4-byte words of [`FibParams`] (64 bytes, 4-byte aligned).
+const FIB_WORDS: usize = core::mem::size_of::<FibParams>() / 4;
+const _: () = assert!(core::mem::size_of::<FibParams>() % 4 == 0);
+const _: () = assert!(core::mem::align_of::<FibParams>() >= 4);
+
+/// Zeroes `fib` in place, as 4-byte words: `core::mem::zeroed()` compiled to a call of
+/// compiler_builtins' byte-loop `memset` (64 iterations; BPF has no memset instruction), and
+/// LLVM merges plain word stores, or a copy of a zeroed value, back into such calls, hence
+/// volatile stores into the value the helper reads (see BENCHMARKS.md, 2026-12-02, branch
+/// dp-memset).
+#[inline(always)]
+fn zero_fib(fib: &mut core::mem::MaybeUninit<FibParams>) -> &mut FibParams {
+    let p = fib.as_mut_ptr().cast::<u32>();
+    let mut i = 0;
+    while i < FIB_WORDS {
+        // SAFETY: word `i` of `fib`, aligned (asserted above).
+        unsafe { p.add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: every byte was written above, and all-zero is a valid bpf_fib_lookup (plain
+    // integers and unions of them).
+    unsafe { fib.assume_init_mut() }
+}
+
 /// Encapsulates the request `t` (already steered to remote origin `index` on `host`) and
 /// sends it; returns the XDP verdict. Counts in both the origin's `Counters` (packets,
 /// bytes as received) and its encap counters.
@@ -193,8 +217,8 @@ pub fn xdp_encap(ctx: &XdpContext, t: &Tcp, index: u32, host: [u8; 4]) -> u32 {
         return xdp_action::XDP_DROP;
     }
 
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let mut fib_mem = core::mem::MaybeUninit::<FibParams>::uninit();
+    let fib = zero_fib(&mut fib_mem);
     fib.family = AF_INET;
     fib.l4_protocol = proto;
     fib.__bindgen_anon_1.tot_len = outer_len as u16;
@@ -205,7 +229,7 @@ pub fn xdp_encap(ctx: &XdpContext, t: &Tcp, index: u32, host: [u8; 4]) -> u32 {
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut fib,
+            &mut *fib,
             core::mem::size_of::<FibParams>() as i32,
             BPF_FIB_LOOKUP_SRC,
         )
