@@ -5,10 +5,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{
-        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_CURRENT_NETNS,
-    },
+    bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS},
     helpers::{bpf_sk_lookup_tcp, bpf_sk_release},
 };
 use switcher_common::{
@@ -174,40 +171,50 @@ const TCP_CLOSE_WAIT: u32 = 8;
 /// VIP's address (`t.daddr`) on `port_be` would reach: the established socket of that tuple
 /// if there is one, else a listener on the port; `None` when there is neither. (The kernel's
 /// lookup hides TIME_WAIT sockets and gives the listener for a connection still in SYN_RECV.)
-#[inline(never)]
+#[inline(always)]
 fn socket_state(ctx: *mut c_void, t: &Tcp, port_be: u16) -> Option<u32> {
-    // The member the family uses is written in place, the union not zeroed first: zeroing its
-    // 36 bytes compiled to a call of the byte-loop `memset` (see `map_word`), and the kernel
-    // reads only the `size` bytes of that member. (An IPv4 tuple leaves the rest of the union
-    // unwritten, which the helper never reads.)
-    let mut tuple = core::mem::MaybeUninit::<bpf_sock_tuple>::uninit();
-    let (s, d) = (words(&t.saddr), words(&t.daddr));
+    // The zeroing compiles to a call of the byte-loop `memset` (24-32 bytes; see `map_word`).
+    // Kept: writing only the family's member inlined pushed `switcher_xdp` past the 512-byte
+    // stack, and as a BPF-to-BPF call taking `t` it kept the parsed packet in memory and slowed
+    // the tracked flow by ~1.2x (BENCHMARKS.md, 2026-12-02, branch dp-memset). Only SYNs to an
+    // origin's port (with a tracked flow) and the listener check reach it.
+    // SAFETY: an all-zero bpf_sock_tuple is a valid value of the C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size;
-    // SAFETY: writes of the union member that matches the family, through a pointer into the
-    // local; the helper reads `size` bytes, that member; the socket the lookup returns is read
-    // once and released on every path.
+    // SAFETY: writing the union member that matches the family, as the kernel reads it; the
+    // socket the lookup returns is read once and released on every path.
     unsafe {
-        let u = tuple.as_mut_ptr().cast::<bpf_sock_tuple__bindgen_ty_1>();
         if t.family == FAMILY_V4 {
-            let v4 = core::ptr::addr_of_mut!((*u).ipv4);
-            v4.write(bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: s[0],
-                daddr: d[0],
-                sport: t.sport,
-                dport: port_be,
-            });
-            size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+            let v4 = &mut tuple.__bindgen_anon_1.ipv4;
+            v4.saddr = u32::from_ne_bytes([t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]]);
+            v4.daddr = u32::from_ne_bytes([t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]]);
+            v4.sport = t.sport;
+            v4.dport = port_be;
+            size = core::mem::size_of_val(v4) as u32;
         } else {
-            let v6 = core::ptr::addr_of_mut!((*u).ipv6);
-            v6.write(bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
-                saddr: s,
-                daddr: d,
-                sport: t.sport,
-                dport: port_be,
-            });
-            size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
+            let v6 = &mut tuple.__bindgen_anon_1.ipv6;
+            let mut i = 0;
+            while i < 4 {
+                let j = i * 4;
+                v6.saddr[i] = u32::from_ne_bytes([
+                    t.saddr[j],
+                    t.saddr[j + 1],
+                    t.saddr[j + 2],
+                    t.saddr[j + 3],
+                ]);
+                v6.daddr[i] = u32::from_ne_bytes([
+                    t.daddr[j],
+                    t.daddr[j + 1],
+                    t.daddr[j + 2],
+                    t.daddr[j + 3],
+                ]);
+                i += 1;
+            }
+            v6.sport = t.sport;
+            v6.dport = port_be;
+            size = core::mem::size_of_val(v6) as u32;
         }
-        let sk = bpf_sk_lookup_tcp(ctx, tuple.as_mut_ptr(), size, BPF_F_CURRENT_NETNS as u64, 0);
+        let sk = bpf_sk_lookup_tcp(ctx, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0);
         if sk.is_null() {
             return None;
         }
