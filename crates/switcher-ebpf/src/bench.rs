@@ -279,14 +279,8 @@ pub fn bench_cache_hit(ctx: XdpContext) -> u32 {
     if !steer::is_to_vip(&t, vip) {
         return xdp_action::XDP_ABORTED;
     }
-    let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    let key = [
-        w(&t.saddr, 0),
-        w(&t.saddr, 4),
-        w(&t.saddr, 8),
-        w(&t.saddr, 12),
-        u32::from(t.sport) | u32::from(t.family) << 16,
-    ];
+    let [a0, a1, a2, a3] = steer::words(&t.saddr);
+    let key = [a0, a1, a2, a3, u32::from(t.sport) | u32::from(t.family) << 16];
     let Some(epoch) = CACHE_EPOCH.get(0) else {
         return xdp_action::XDP_ABORTED;
     };

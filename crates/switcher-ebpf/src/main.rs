@@ -247,18 +247,7 @@ fn xdp_rewrite_dst(start: usize, end: usize, t: &Tcp, target: &steer::Target) ->
             } else {
                 let daddr = ptr_at::<[u32; 4]>(start, end, t.l3_off + ipv6::DADDR)?;
                 c = csum::replace128(c, &t.daddr, &addr);
-                let mut words = [0u32; 4];
-                let mut i = 0;
-                while i < 4 {
-                    words[i] = u32::from_ne_bytes([
-                        addr[i * 4],
-                        addr[i * 4 + 1],
-                        addr[i * 4 + 2],
-                        addr[i * 4 + 3],
-                    ]);
-                    i += 1;
-                }
-                daddr.write(words);
+                daddr.write(steer::words(&addr));
             }
         }
         check.write(c);

@@ -73,7 +73,7 @@ fn map_words(a: &[u8; 16]) -> [u32; 4] {
 
 /// A 16-byte address held in a local (a parsed packet's, in registers) as four native words.
 #[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
+pub(crate) fn words(a: &[u8; 16]) -> [u32; 4] {
     [
         u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
         u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
@@ -97,11 +97,16 @@ fn addr_of_words(w: [u32; 4]) -> [u8; 16] {
     ]
 }
 
+/// Whether two addresses given as four words are equal (no early exit: one compare).
+#[inline(always)]
+fn same_words(a: [u32; 4], b: [u32; 4]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+}
+
 /// Whether two 16-byte addresses are equal, word by word.
 #[inline(always)]
 fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let (a, b) = (words(a), words(b));
-    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+    same_words(words(a), words(b))
 }
 
 /// Whether `t` is addressed to the VIP.
@@ -114,9 +119,7 @@ pub fn is_to_vip(t: &Tcp, vip: &VipConfig) -> bool {
     if t.family == FAMILY_V4 {
         vip.flags & VIP_HAS_V4 != 0 && d[0] == map_word(&vip.addr_v4)
     } else {
-        let v = map_words(&vip.addr_v6);
-        vip.flags & VIP_HAS_V6 != 0
-            && (d[0] ^ v[0]) | (d[1] ^ v[1]) | (d[2] ^ v[2]) | (d[3] ^ v[3]) == 0
+        vip.flags & VIP_HAS_V6 != 0 && same_words(d, map_words(&vip.addr_v6))
     }
 }
 
@@ -321,8 +324,8 @@ pub(crate) fn new_flow_origin(
     Some((index, o, false))
 }
 
-/// The [`Target`] of configured origin `index` for a packet of `family` (the flow cache
-/// prototype, `bench::bench_cache_hit`, never attached).
+/// The [`Target`] of configured origin `index` for a packet of `family`; `None` when the slot
+/// is empty.
 #[inline(always)]
 pub(crate) fn origin_target(index: u32, family: u16) -> Option<Target> {
     let o = origin(index)?;
@@ -405,8 +408,8 @@ pub fn steer_request(
             if flags & FLOW_FINISHING != 0 && t.payload {
                 return Decision::Hold(index);
             }
-            return match origin(index) {
-                Some(o) => Decision::Steer(target(index, &o, t.family)),
+            return match origin_target(index, t.family) {
+                Some(target) => Decision::Steer(target),
                 // Its origin slot was emptied (a restart with fewer origins): the flow is over.
                 None => Decision::Untracked,
             };
@@ -503,10 +506,9 @@ fn is_to_origin(t: &Tcp, o: &Origin, vip: &VipConfig) -> bool {
     if o.port_be != t.dport {
         return false;
     }
-    match origin_addr(o, t.family).or_else(|| vip_addr(vip, t.family)) {
-        Some(addr) => same_addr(&addr, &t.daddr),
-        None => false,
-    }
+    origin_addr(o, t.family)
+        .or_else(|| vip_addr(vip, t.family))
+        .is_some_and(|addr| same_addr(&addr, &t.daddr))
 }
 
 /// Forgets a flow a new direct connection has outlived.
