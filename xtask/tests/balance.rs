@@ -58,7 +58,7 @@ const AFTER_SWITCH: usize = 50;
 fn healthz_once(port: Option<u16>) -> std::io::Result<()> {
     let mut conn = match port {
         None => Client::connect_within(VIP, REQUEST_TIMEOUT)?,
-        Some(port) => Client::connect_from(VIP, port)?,
+        Some(port) => Client::connect_from_within(VIP, port, REQUEST_TIMEOUT)?,
     };
     let (status, body) = conn.request("/healthz", |_| {})?;
     if status != 200 || body != b"ok\n" {

@@ -1,6 +1,6 @@
 //! The accept loop of every server in hls-edge: the origin's data port, the ingest's RTMP
-//! port and every admin endpoint ([`crate::serve_admin`]) run this one loop, so the limits on what a peer can make a
-//! listener spend are written once:
+//! port and every admin endpoint ([`crate::serve_admin`]) run this one loop, so the limits on
+//! what a peer can make a listener spend are written once:
 //! - **Connection cap** ([`AcceptLimits::slots`]): a slot is taken *before* `accept`, so
 //!   clients beyond the cap wait in the kernel's accept backlog instead of costing a task and
 //!   buffers; each is accepted as soon as a slot frees. The connection's task holds the slot.

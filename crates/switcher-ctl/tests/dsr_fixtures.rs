@@ -269,28 +269,18 @@ fn flows(ebpf: &Ebpf) -> Vec<(FlowKey, FlowValue)> {
 }
 
 /// `inner` (a whole frame from `Pkt::build`) inside an outer IPv4 header from `src` to `dst`,
-/// built from scratch: what the edge must send.
+/// built from scratch: what the edge must send. TOS and DF copied from the inner header.
 fn ipip(eth_dst: [u8; 6], eth_src: [u8; 6], src: &str, dst: &str, inner: &[u8]) -> Vec<u8> {
     let ip_in = &inner[14..];
-    let mut f = Vec::new();
-    f.extend_from_slice(&eth_dst);
-    f.extend_from_slice(&eth_src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut h = [0u8; 20];
-    h[0] = 0x45;
-    h[1] = ip_in[1];
-    h[2..4].copy_from_slice(&((20 + ip_in.len()) as u16).to_be_bytes());
-    // Identification 0; DF copied from the inner header.
-    h[6] = ip_in[6] & 0x40;
-    h[8] = dsr::OUTER_TTL;
-    h[9] = dsr::IPPROTO_IPIP;
-    h[12..16].copy_from_slice(&src.parse::<Ipv4Addr>().unwrap().octets());
-    h[16..20].copy_from_slice(&dst.parse::<Ipv4Addr>().unwrap().octets());
-    let c = checksum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&h);
-    f.extend_from_slice(ip_in);
-    f
+    let (tos, df) = (ip_in[1], ip_in[6] & 0x40);
+    outer_v4(
+        (eth_dst, eth_src),
+        (src, dst),
+        tos,
+        df,
+        dsr::IPPROTO_IPIP,
+        ip_in,
+    )
 }
 
 /// `inner` (a whole IPv6 frame from `Pkt::build`) inside an outer IPv4 header from `src` to
@@ -299,17 +289,38 @@ fn ipip(eth_dst: [u8; 6], eth_src: [u8; 6], src: &str, dst: &str, inner: &[u8]) 
 fn six_in_four(eth_dst: [u8; 6], eth_src: [u8; 6], src: &str, dst: &str, inner: &[u8]) -> Vec<u8> {
     assert_eq!(&inner[12..14], &[0x86, 0xdd], "an IPv6 frame");
     let ip_in = &inner[14..];
+    let tclass = (ip_in[0] << 4) | (ip_in[1] >> 4);
+    outer_v4(
+        (eth_dst, eth_src),
+        (src, dst),
+        tclass,
+        0x40,
+        dsr::IPPROTO_IPV6,
+        ip_in,
+    )
+}
+
+/// An Ethernet frame (EtherType IPv4) of a 20-byte outer IPv4 header (`tos`, the DF byte
+/// `df`, identification 0, TTL `OUTER_TTL`, `proto`, checksum computed) before `ip_in`.
+fn outer_v4(
+    (eth_dst, eth_src): ([u8; 6], [u8; 6]),
+    (src, dst): (&str, &str),
+    tos: u8,
+    df: u8,
+    proto: u8,
+    ip_in: &[u8],
+) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&eth_dst);
     f.extend_from_slice(&eth_src);
     f.extend_from_slice(&[0x08, 0x00]);
     let mut h = [0u8; 20];
     h[0] = 0x45;
-    h[1] = (ip_in[0] << 4) | (ip_in[1] >> 4);
+    h[1] = tos;
     h[2..4].copy_from_slice(&((20 + ip_in.len()) as u16).to_be_bytes());
-    h[6] = 0x40;
+    h[6] = df;
     h[8] = dsr::OUTER_TTL;
-    h[9] = dsr::IPPROTO_IPV6;
+    h[9] = proto;
     h[12..16].copy_from_slice(&src.parse::<Ipv4Addr>().unwrap().octets());
     h[16..20].copy_from_slice(&dst.parse::<Ipv4Addr>().unwrap().octets());
     let c = checksum(&h);

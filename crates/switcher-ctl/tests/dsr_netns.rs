@@ -31,7 +31,7 @@ use switcher_ctl::{
 };
 use test_kit::keepalive::{BIG_LEN, big_body, get_once, serve};
 use test_kit::netns::{BpfFs, Netns, unique};
-use test_kit::process::sh;
+use test_kit::process::{require_root, sh};
 
 const VIP6: &str = "fd00::1";
 const ORIGIN_HOST: &str = "10.10.21.2";
@@ -61,12 +61,7 @@ fn link(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str], mtu: &str) -> 
 
 #[test]
 fn an_ipv6_viewer_is_served_by_a_remote_origin_through_6in4() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "namespace tests need root; run them via `cargo xtask test`"
-    );
+    require_root();
     let (client, router, edge, origin) = (
         Netns::new("dc"),
         Netns::new("dr"),
@@ -214,8 +209,7 @@ fn an_ipv6_viewer_is_served_by_a_remote_origin_through_6in4() {
 /// `/128` with protocol 77 the kernel takes, and removes again; withdrawing twice succeeds.
 #[test]
 fn the_ipv6_vip_route_is_announced_and_withdrawn() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    require_root();
     let ns = Netns::new("da");
     let vip: std::net::IpAddr = VIP6.parse().unwrap();
     ns.run(move || switcher_ctl::announce::route(vip, true))

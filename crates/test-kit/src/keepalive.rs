@@ -85,6 +85,18 @@ impl Client {
     /// Like [`Client::connect`], from local port `port` of any local address (SO_REUSEADDR,
     /// so a port whose last connection is in TIME_WAIT can connect elsewhere).
     pub fn connect_from(addr: &str, port: u16) -> std::io::Result<Client> {
+        let client = Self::connect_from_within(addr, port, CONNECT_TIMEOUT)?;
+        client.stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        Ok(client)
+    }
+
+    /// Like [`Client::connect_from`], with one `timeout` for the connect, every read and every
+    /// write (as [`Client::connect_within`]).
+    pub fn connect_from_within(
+        addr: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> std::io::Result<Client> {
         let addr = parse(addr)?;
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -97,8 +109,10 @@ impl Client {
             std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
         };
         socket.bind(&local.into())?;
-        socket.connect_timeout(&addr.into(), CONNECT_TIMEOUT)?;
-        Client::over(socket.into(), READ_TIMEOUT)
+        socket.connect_timeout(&addr.into(), timeout)?;
+        let stream: TcpStream = socket.into();
+        stream.set_write_timeout(Some(timeout))?;
+        Client::over(stream, timeout)
     }
 
     fn over(stream: TcpStream, read_timeout: Duration) -> std::io::Result<Client> {

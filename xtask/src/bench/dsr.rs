@@ -130,6 +130,12 @@ struct Sample {
 }
 
 impl Sample {
+    /// Bytes the shaper sent / (its rate x the wall time), `rate` in bytes per second; NaN
+    /// without a shaper.
+    fn link_use(&self, rate: f64) -> f64 {
+        self.link
+            .map_or(f64::NAN, |l| l.bytes as f64 / self.secs / rate)
+    }
     fn gbps(&self) -> f64 {
         self.bytes as f64 * 8.0 / self.secs / 1e9
     }
@@ -923,7 +929,7 @@ fn measure(
             let link = match (shaper, s.link) {
                 (Some(sh), Some(l)) => format!(
                     ", link use {:.3} of the rate, {} shaper drops",
-                    l.bytes as f64 / s.secs / sh.bytes_per_sec(),
+                    s.link_use(sh.bytes_per_sec()),
                     l.drops
                 ),
                 _ => String::new(),
@@ -1188,7 +1194,7 @@ fn report_shaped(
     load: &str,
 ) -> Result<()> {
     let rate = shaper.bytes_per_sec();
-    let use_of_rate = |s: &Sample| s.link.map_or(f64::NAN, |l| l.bytes as f64 / s.secs / rate);
+    let use_of_rate = |s: &Sample| s.link_use(rate);
     let drops = |s: &Sample| s.link.map_or(f64::NAN, |l| l.drops as f64);
     // A full-size response packet on the client's 1500-byte link: 1448 bytes of payload
     // (MSS 1460 less the timestamp option) in a 1514-byte frame, which tbf counts.
