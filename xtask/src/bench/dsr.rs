@@ -640,31 +640,42 @@ fn report_times(
 /// with `shaped_mbit`, `throughput-shaped`: the viewer's access link shaped to that rate for
 /// the whole case (see [`Shaper`]).
 fn throughput(lab: &Lab, run_dir: &Path, out: &mut String, shaped_mbit: Option<u64>) -> Result<()> {
-    let rounds = util::env_count("DSR_BENCH_ROUNDS", 5)?;
-    let parallel = util::env_count("DSR_BENCH_PARALLEL", 8)?;
-    let fetches = util::env_count("DSR_BENCH_FETCHES", 4)?;
-    let mib = util::env_count("DSR_BENCH_FILE_MIB", 32)?;
+    let w = Workload::from_env()?;
     let haproxy = which("haproxy").context("haproxy not found: run scripts/setup")?;
     // Removed when dropped: at the end of this function, also on failure.
     let shaper = shaped_mbit.map(|m| Shaper::install(lab, m)).transpose()?;
     let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?;
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-    let result = measure(
-        lab,
-        run_dir,
-        &haproxy,
-        rounds,
-        parallel,
-        fetches,
-        mib,
-        shaper.as_ref(),
-    );
+    let result = measure(lab, run_dir, &haproxy, &w, shaper.as_ref());
     // Restore the setting whatever happened (it costs every BPF program two clock reads).
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     let (samples, load) = result?;
     match &shaper {
-        None => report(out, &samples, rounds, parallel, fetches, mib, &load),
-        Some(sh) => report_shaped(out, sh, &samples, rounds, parallel, fetches, mib, &load),
+        None => report(out, &samples, &w, &load),
+        Some(sh) => report_shaped(out, sh, &samples, &w, &load),
+    }
+}
+
+/// What each throughput measurement downloads, and how many rounds (env, with defaults).
+struct Workload {
+    /// Interleaved rounds (`DSR_BENCH_ROUNDS`, 5).
+    rounds: usize,
+    /// Parallel downloaders (`DSR_BENCH_PARALLEL`, 8).
+    parallel: usize,
+    /// Fetches per downloader, each on a fresh connection (`DSR_BENCH_FETCHES`, 4).
+    fetches: usize,
+    /// Size of the file in MiB (`DSR_BENCH_FILE_MIB`, 32).
+    mib: usize,
+}
+
+impl Workload {
+    fn from_env() -> Result<Workload> {
+        Ok(Workload {
+            rounds: util::env_count("DSR_BENCH_ROUNDS", 5)?,
+            parallel: util::env_count("DSR_BENCH_PARALLEL", 8)?,
+            fetches: util::env_count("DSR_BENCH_FETCHES", 4)?,
+            mib: util::env_count("DSR_BENCH_FILE_MIB", 32)?,
+        })
     }
 }
 
@@ -817,17 +828,19 @@ impl Drop for Shaper {
 
 /// Starts HAProxy and takes `rounds` interleaved rounds of every path (with the shaper's
 /// counters around each measurement when the client's link is shaped).
-#[allow(clippy::too_many_arguments)]
 fn measure(
     lab: &Lab,
     run_dir: &Path,
     haproxy: &Path,
-    rounds: usize,
-    parallel: usize,
-    fetches: usize,
-    mib: usize,
+    w: &Workload,
     shaper: Option<&Shaper>,
 ) -> Result<(Vec<(Route, Sample)>, String)> {
+    let &Workload {
+        rounds,
+        parallel,
+        fetches,
+        mib,
+    } = w;
     // The same file on both origin hosts.
     let size = mib << 20;
     let mut content = vec![0u8; size];
@@ -1103,16 +1116,13 @@ fn ratios(
     (util::median_f64(v), lo, hi)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    out: &mut String,
-    samples: &[(Route, Sample)],
-    rounds: usize,
-    parallel: usize,
-    fetches: usize,
-    mib: usize,
-    load: &str,
-) -> Result<()> {
+fn report(out: &mut String, samples: &[(Route, Sample)], w: &Workload, load: &str) -> Result<()> {
+    let &Workload {
+        rounds,
+        parallel,
+        fetches,
+        mib,
+    } = w;
     writeln!(
         out,
         "Throughput (load average after it: {load}): {rounds} interleaved rounds; each \
@@ -1182,17 +1192,19 @@ fn report(
 
 /// The `throughput-shaped` report: the viewer's throughput through a link shaped to the
 /// shaper's rate, per path, next to the link's use (how close each path came to the rate).
-#[allow(clippy::too_many_arguments)]
 fn report_shaped(
     out: &mut String,
     shaper: &Shaper,
     samples: &[(Route, Sample)],
-    rounds: usize,
-    parallel: usize,
-    fetches: usize,
-    mib: usize,
+    w: &Workload,
     load: &str,
 ) -> Result<()> {
+    let &Workload {
+        rounds,
+        parallel,
+        fetches,
+        mib,
+    } = w;
     let rate = shaper.bytes_per_sec();
     let use_of_rate = |s: &Sample| s.link_use(rate);
     let drops = |s: &Sample| s.link.map_or(f64::NAN, |l| l.drops as f64);
