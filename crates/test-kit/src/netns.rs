@@ -102,24 +102,23 @@ impl Netns {
 
     /// A counter of /proc/net/snmp's `Tcp:` lines (e.g. "InCsumErrors") inside the namespace.
     pub fn tcp_snmp(&self, field: &str) -> u64 {
-        let snmp = self.exec(&["cat", "/proc/net/snmp"]);
-        let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-        let names: Vec<&str> = lines
-            .next()
-            .expect("Tcp names")
-            .split_whitespace()
-            .collect();
-        let values: Vec<&str> = lines
-            .next()
-            .expect("Tcp values")
-            .split_whitespace()
-            .collect();
-        let i = names
-            .iter()
-            .position(|n| *n == field)
-            .unwrap_or_else(|| panic!("no Tcp {field}"));
-        values[i].parse().expect("Tcp counter")
+        snmp_field(&self.exec(&["cat", "/proc/net/snmp"]), "Tcp", field)
+            .unwrap_or_else(|| panic!("no Tcp {field}"))
     }
+}
+
+/// One field of a `/proc/net/snmp`-style table (a header line `Table: names...` followed by
+/// `Table: values...`).
+pub fn snmp_field(text: &str, table: &str, field: &str) -> Option<u64> {
+    let prefix = format!("{table}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        let i = names.split_whitespace().position(|n| n == field);
+        if let Some(i) = i {
+            return values.split_whitespace().nth(i)?.parse().ok();
+        }
+    }
+    None
 }
 
 impl Drop for Netns {
@@ -258,5 +257,25 @@ impl Drop for BpfFs {
         }
         let _ = Command::new("umount").arg(&self.dir).status();
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snmp_field;
+
+    #[test]
+    fn snmp_fields_by_table_and_name() {
+        let text = "Ip: Forwarding DefaultTTL InNoRoutes\n\
+                    Ip: 1 64 9\n\
+                    Icmp: InMsgs OutDestUnreachs\n\
+                    Icmp: 5 7\n\
+                    IcmpMsg: InType3 OutType3\n\
+                    IcmpMsg: 1 2\n";
+        assert_eq!(snmp_field(text, "Icmp", "OutDestUnreachs"), Some(7));
+        assert_eq!(snmp_field(text, "Ip", "InNoRoutes"), Some(9));
+        // `IcmpMsg:` is another table, not `Icmp:`.
+        assert_eq!(snmp_field(text, "Icmp", "OutType3"), None);
+        assert_eq!(snmp_field(text, "Tcp", "InSegs"), None);
     }
 }

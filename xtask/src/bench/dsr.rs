@@ -85,6 +85,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::failover::{Player, Seen, flows_by_port};
 use super::util;
+use test_kit::netns::snmp_field;
 use xtask::lab::{EDGES, LOADED_PROBE_TIMEOUTS, Lab, LabConfig, ORIGIN_HOSTS, VIP, VIP_PORT};
 
 /// Port HAProxy listens on in edge1's namespace.
@@ -433,20 +434,6 @@ impl Counters {
 /// origin (`switcher_ctl::probe::WATCHDOG_ENDED`; xtask does not link switcher-ctl).
 const WATCHDOG_ENDED: &str = "probe under way ended: a new connection to its origin failed";
 
-/// One field of a `/proc/net/snmp`-style table (a header line `Table: names...` followed by
-/// `Table: values...`).
-fn snmp_field(text: &str, table: &str, field: &str) -> Option<u64> {
-    let prefix = format!("{table}:");
-    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
-    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-        let i = names.split_whitespace().position(|n| n == field);
-        if let Some(i) = i {
-            return values.split_whitespace().nth(i)?.parse().ok();
-        }
-    }
-    None
-}
-
 /// One origin-host-loss run's diagnostics, times in seconds after the fault: each edge's
 /// decisions since the fault (its first bad window and what the probe saw: `unreachable`
 /// (the router's ICMP answer), `connect timed out`, `timed out` (a probe under way when the
@@ -789,31 +776,6 @@ impl LinkCounters {
             bytes: q["bytes"].as_u64().context("tbf: no byte count")?,
             drops: q["drops"].as_u64().context("tbf: no drop count")?,
         })
-    }
-}
-
-#[cfg(test)]
-mod shaper_tests {
-    use super::{LinkCounters, root_tbf};
-
-    /// `tc -s -j qdisc show dev <veth>` (iproute2 6.1) with the shaper on, after traffic.
-    const SHAPED: &str = r#"[{"kind":"tbf","handle":"8003:","root":true,"refcnt":3,"options":{"rate":50000000,"burst":500000,"lat":20000},"bytes":7246408066,"packets":4788633,"drops":262395,"overlimits":6093095,"requeues":0,"backlog":1456468,"qlen":102}]"#;
-
-    #[test]
-    fn root_tbf_counters_and_rate() {
-        let q = root_tbf(SHAPED).unwrap();
-        assert_eq!(q["options"]["rate"].as_u64(), Some(400 * 1_000_000 / 8));
-        let c = LinkCounters::of(&q).unwrap();
-        assert_eq!((c.bytes, c.drops), (7_246_408_066, 262_395));
-    }
-
-    #[test]
-    fn no_shaper_is_an_error() {
-        // veth's default (noqueue: nothing listed) and another qdisc at the root.
-        assert!(root_tbf("[]").is_err());
-        let other = r#"[{"kind":"fq_codel","handle":"0:","root":true,"bytes":1,"drops":0}]"#;
-        assert!(root_tbf(other).is_err());
-        assert!(root_tbf("not json").is_err());
     }
 }
 
@@ -1296,28 +1258,33 @@ impl Drop for RemoveDir {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::snmp_field;
-
-    #[test]
-    fn snmp_fields_by_table_and_name() {
-        let text = "Ip: Forwarding DefaultTTL InNoRoutes\n\
-                    Ip: 1 64 9\n\
-                    Icmp: InMsgs OutDestUnreachs\n\
-                    Icmp: 5 7\n\
-                    IcmpMsg: InType3 OutType3\n\
-                    IcmpMsg: 1 2\n";
-        assert_eq!(snmp_field(text, "Icmp", "OutDestUnreachs"), Some(7));
-        assert_eq!(snmp_field(text, "Ip", "InNoRoutes"), Some(9));
-        // `IcmpMsg:` is another table, not `Icmp:`.
-        assert_eq!(snmp_field(text, "Icmp", "OutType3"), None);
-        assert_eq!(snmp_field(text, "Tcp", "InSegs"), None);
-    }
-}
-
 /// Seconds from `wall0` to the RFC 3339 time `t` (negative before it), if `t` parses.
 fn seconds_since(wall0: chrono::DateTime<chrono::Utc>, t: &str) -> Option<f64> {
     let t = chrono::DateTime::parse_from_rfc3339(t).ok()?;
     Some((t.with_timezone(&chrono::Utc) - wall0).num_milliseconds() as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod shaper_tests {
+    use super::{LinkCounters, root_tbf};
+
+    /// `tc -s -j qdisc show dev <veth>` (iproute2 6.1) with the shaper on, after traffic.
+    const SHAPED: &str = r#"[{"kind":"tbf","handle":"8003:","root":true,"refcnt":3,"options":{"rate":50000000,"burst":500000,"lat":20000},"bytes":7246408066,"packets":4788633,"drops":262395,"overlimits":6093095,"requeues":0,"backlog":1456468,"qlen":102}]"#;
+
+    #[test]
+    fn root_tbf_counters_and_rate() {
+        let q = root_tbf(SHAPED).unwrap();
+        assert_eq!(q["options"]["rate"].as_u64(), Some(400 * 1_000_000 / 8));
+        let c = LinkCounters::of(&q).unwrap();
+        assert_eq!((c.bytes, c.drops), (7_246_408_066, 262_395));
+    }
+
+    #[test]
+    fn no_shaper_is_an_error() {
+        // veth's default (noqueue: nothing listed) and another qdisc at the root.
+        assert!(root_tbf("[]").is_err());
+        let other = r#"[{"kind":"fq_codel","handle":"0:","root":true,"bytes":1,"drops":0}]"#;
+        assert!(root_tbf(other).is_err());
+        assert!(root_tbf("not json").is_err());
+    }
 }
