@@ -40,12 +40,28 @@ pub const MAGLEV_NO_ORIGIN: u8 = 0xff;
 pub const MAGLEV_TABLES: u32 = 2;
 const _: () = assert!(MAX_ORIGINS <= MAGLEV_NO_ORIGIN as u32);
 
-/// Default capacity of the conntrack map (established flows) and, separately, of the handshake
-/// map (connections between their SYN and the ACK that completes the handshake). The object
-/// declares the maps with this size; switcher-ctl sets both from `--max-flows` at load time.
-/// At ~100 bytes an entry (key, value and the kernel's element header) the two maps take
-/// ~50 MiB of kernel memory at this size; an edge with more concurrent viewers raises it.
+/// Default capacity of the conntrack map (established flows). The object declares the map
+/// with this size; switcher-ctl sets it from `--max-flows` at load time. At ~100 bytes an
+/// entry (key, value and the kernel's element header) the map takes ~25 MiB of kernel memory
+/// at this size; an edge with more concurrent viewers raises it. (The handshake table has a
+/// fixed size, [`HANDSHAKE_BUCKETS`] x [`HANDSHAKE_WAYS`].)
 pub const MAX_FLOWS: u32 = 262_144;
+/// Buckets of the handshake table `SWITCHER_HANDSHAKES` (a power of two): a connection's bucket
+/// is the low bits of its flow hash ([`handshake_bucket`]).
+pub const HANDSHAKE_BUCKETS: u32 = 65_536;
+/// Slots per bucket of the handshake table: a connection's handshake may sit in any of them.
+/// Losing a live handshake to a collision takes this many other SYNs landing in its bucket
+/// while it waits for its ACK; see `switcher-ebpf/src/handshakes.rs`.
+pub const HANDSHAKE_WAYS: u32 = 4;
+const _: () = assert!(HANDSHAKE_BUCKETS.is_power_of_two() && HANDSHAKE_WAYS.is_power_of_two());
+
+/// The handshake-table bucket (the `SWITCHER_HANDSHAKES` index) of a connection whose
+/// request's flow hash (the Maglev hash of client -> VIP, see [`flow_hash`]) is `flow_hash`.
+#[inline(always)]
+pub const fn handshake_bucket(flow_hash: u32) -> u32 {
+    flow_hash & (HANDSHAKE_BUCKETS - 1)
+}
+
 /// Smallest `--max-flows` switcher-ctl accepts: the maps use per-CPU LRU lists
 /// (`BPF_F_NO_COMMON_LRU`), which split the capacity evenly between the CPUs, and a CPU with
 /// a handful of entries would evict live flows at once.
@@ -86,8 +102,10 @@ pub mod map_names {
     /// LruHashMap (per-CPU LRU lists) of [`FlowKey`](super::FlowKey) ->
     /// [`FlowValue`](super::FlowValue): established flows.
     pub const FLOWS: &str = "SWITCHER_FLOWS";
-    /// LruHashMap (per-CPU LRU lists) of [`FlowKey`](super::FlowKey) ->
-    /// [`Handshake`](super::Handshake): connections whose handshake has not completed.
+    /// Array[[`HANDSHAKE_BUCKETS`](super::HANDSHAKE_BUCKETS)] of
+    /// [`HandshakeBucket`](super::HandshakeBucket), mmapable: connections whose handshake has
+    /// not completed, a set-associative table (bucket by flow hash,
+    /// [`handshake_bucket`](super::handshake_bucket)).
     pub const HANDSHAKES: &str = "SWITCHER_HANDSHAKES";
     /// PerCpuArray[STATS_SLOTS] of [`Counters`](super::Counters).
     pub const STATS: &str = "SWITCHER_STATS";
@@ -112,8 +130,9 @@ pub mod prog_names {
     /// Benchmark floor, never attached: only the fresh-key derivation the insert floors below
     /// share (a per-CPU counter add and the key built from it), to subtract from them.
     pub const BENCH_FRESH_KEY: &str = "bench_fresh_key";
-    /// Benchmark floor, never attached: one insert of a fresh key into an LRU hash shaped like
-    /// `SWITCHER_HANDSHAKES` (`bench_map_names::HS_LRU`), what a SYN flood's SYN costs there.
+    /// Benchmark floor, never attached: one insert of a fresh key into an LRU hash of the shape
+    /// `SWITCHER_HANDSHAKES` had until it became an array (`bench_map_names::HS_LRU`), what a
+    /// SYN flood's SYN cost there.
     pub const BENCH_HS_LRU_FRESH: &str = "bench_hs_lru_fresh";
     /// Benchmark floor, never attached: one insert of the same key into that LRU hash, what a
     /// retransmitted (or this bench's repeated) SYN costs there.
@@ -143,7 +162,8 @@ pub mod prog_names {
 /// nothing; the data-path bench sizes them when it loads the object. Never pinned.
 pub mod bench_map_names {
     /// LruHashMap (per-CPU LRU lists) of [`FlowKey`](super::FlowKey) ->
-    /// [`Handshake`](super::Handshake): `SWITCHER_HANDSHAKES`' shape, for the insert floors.
+    /// [`Handshake`](super::Handshake): the shape `SWITCHER_HANDSHAKES` had until it became an
+    /// array, for the insert floors.
     pub const HS_LRU: &str = "BENCH_HS_LRU";
     /// HashMap (preallocated) of [`FlowKey`](super::FlowKey) -> [`Handshake`](super::Handshake).
     pub const HS_HASH: &str = "BENCH_HS_HASH";
@@ -350,11 +370,14 @@ pub mod flow_hash {
     }
 }
 
-/// Key of the `SWITCHER_FLOWS` conntrack map and of the `SWITCHER_HANDSHAKES` map: one viewer
+/// Key of the `SWITCHER_FLOWS` conntrack map and of the handshake table's slots: one viewer
 /// connection as it looks on ingress, client -> VIP. Replies (origin -> client) are looked up
 /// by rebuilding this key from the packet's destination. Written by the data plane; flows are
 /// deleted by user space when it retires an origin.
-#[repr(C)]
+///
+/// 4-byte aligned (no padding: 20 bytes either way), so the data plane reads a key it built as
+/// five words (`handshakes::Key::of`).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Client address, network byte order (IPv4 in the first 4 bytes, rest zero).
@@ -408,7 +431,7 @@ pub const FLOW_ORIGIN_CLOSED: u32 = 2;
 /// connection once the response is done, and the viewer retries that request elsewhere.
 pub const FLOW_FINISHING: u32 = 4;
 
-/// Value of the `SWITCHER_HANDSHAKES` map: a connection between its SYN and the client's ACK of
+/// The handshake of a [`HandshakeSlot`]: a connection between its SYN and the client's ACK of
 /// the origin's SYN-ACK, pinned to the origin its SYN went to. Written only by the data plane:
 /// ingress inserts it on a SYN, TC egress records the origin's initial sequence number from
 /// the SYN-ACK, and the client's ACK of exactly that number moves the connection to
@@ -441,6 +464,35 @@ pub struct Handshake {
 
 /// [`Handshake::flags`]: TC egress saw the origin's SYN-ACK; `expect_ack` is set.
 pub const HANDSHAKE_ISN_SEEN: u32 = 1;
+
+/// Value of the `SWITCHER_HANDSHAKES` array: one slot of the set-associative handshake table,
+/// a connection's key and its [`Handshake`]. A slot whose `key.family` is 0 is empty (the
+/// data plane empties a slot by zeroing the 4 bytes of port and family). A connection of flow
+/// hash `hash` may sit in any slot of bucket [`handshake_bucket`]`(hash)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandshakeSlot {
+    /// The connection (`family` 0: an empty slot).
+    pub key: FlowKey,
+    /// Its handshake.
+    pub hs: Handshake,
+}
+
+/// Value of the `SWITCHER_HANDSHAKES` array: one bucket of the handshake table, 192 bytes.
+/// The whole array (12 MiB) is fixed in size: `--max-flows` sizes the flow table only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandshakeBucket {
+    /// The bucket's slots, in no order.
+    pub slots: [HandshakeSlot; HANDSHAKE_WAYS as usize],
+}
+
+impl HandshakeSlot {
+    /// Whether the slot holds a handshake.
+    pub const fn is_used(&self) -> bool {
+        self.key.family != 0
+    }
+}
 
 /// Per-CPU statistics: value of the `SWITCHER_STATS` map, one slot per origin index plus
 /// [`STATS_UNSTEERED`]. Written only by the data plane; user space sums the CPUs.
@@ -508,8 +560,15 @@ const _: () = assert!(core::mem::offset_of!(Origin, flags) == 22);
 const _: () = assert!(core::mem::offset_of!(VipConfig, addr_v6) == 4);
 const _: () = assert!(core::mem::align_of::<VipConfig>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
+const _: () = assert!(core::mem::align_of::<FlowKey>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 const _: () = assert!(core::mem::size_of::<Handshake>() == 28);
+// The data plane reads and writes slots as 4-byte words at these offsets (`handshakes.rs`).
+const _: () = assert!(core::mem::size_of::<HandshakeSlot>() == 48);
+const _: () = assert!(core::mem::size_of::<HandshakeBucket>() == 48 * HANDSHAKE_WAYS as usize);
+const _: () = assert!(core::mem::offset_of!(HandshakeSlot, hs) == 20);
+const _: () = assert!(core::mem::offset_of!(FlowKey, client_port_be) == 16);
+const _: () = assert!(core::mem::offset_of!(Handshake, hop_mac) == 16);
 const _: () = assert!(core::mem::size_of::<Counters>() == 17 * 8);
 const _: () = assert!(core::mem::size_of::<MaglevTable>() == MAGLEV_SIZE as usize);
 
@@ -522,6 +581,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::Handshake {}
+    unsafe impl aya::Pod for super::HandshakeSlot {}
+    unsafe impl aya::Pod for super::HandshakeBucket {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::MaglevTable {}
 }

@@ -68,6 +68,7 @@ use switcher_common::{
 };
 use switcher_ctl::{
     dataplane::DataPlane,
+    handshake_table::HandshakeTable,
     loader::{AttachConfig, AttachMode, Pinned},
 };
 use test_kit::netns::{self, BpfFs, EDGE_V4, Netns, Pair};
@@ -150,8 +151,8 @@ fn stats(ebpf: &Ebpf) -> Vec<Counters> {
 /// the tracked flow's entry.
 fn load_for_bench(object: &[u8], vip: VipConfig, tracked: FlowKey) -> Ebpf {
     // The bench-only maps are declared with one entry (the steering load creates them too):
-    // the insert floors' maps get `SWITCHER_HANDSHAKES`' size here (this bench loads the
-    // object unsized, so `MAX_FLOWS`), the flow cache its slots. (Names an earlier build's
+    // the insert floors' maps get the size the LRU `SWITCHER_HANDSHAKES` had (`MAX_FLOWS`),
+    // the flow cache its slots. (Names an earlier build's
     // object lacks are ignored.)
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(bench_map_names::HS_LRU, MAX_FLOWS)
@@ -282,8 +283,8 @@ fn ratios(a: &[Cost], b: &[Cost], clock: fn(&Cost) -> f64) -> Vec<f64> {
 }
 
 /// The object of an earlier build named by `SWITCHER_BENCH_PEER_OBJ`, loaded like ours. It
-/// must have this build's map layout for the maps the bench writes (`SWITCHER_HANDSHAKES` an
-/// LRU hash of `FlowKey` -> `Handshake`, for [`record_syn_ack`]).
+/// must have this build's map layout for the maps the bench writes, but for
+/// `SWITCHER_HANDSHAKES`, which [`SynAckWriter`] writes in either shape.
 fn load_peer(vip: VipConfig, tracked: FlowKey) -> Option<(String, Ebpf)> {
     let path = std::env::var("SWITCHER_BENCH_PEER_OBJ").ok()?;
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -758,19 +759,58 @@ const DISTINCT: usize = 20_000;
 /// The initial sequence number the origin "sends" in [`distinct_rows`]' handshakes.
 const BENCH_ISN: u32 = 7_000_000;
 
-/// Records the origin's SYN-ACK (ISN [`BENCH_ISN`]) in the handshake entry of `client`, as TC
-/// egress does: `expect_ack` = ISN + 1 and [`HANDSHAKE_ISN_SEEN`] in the entry the client's
-/// SYN left in `SWITCHER_HANDSHAKES`. Written from user space on the measuring thread's CPU,
-/// so the entry stays in that CPU's LRU list, where the SYN put it.
-fn record_syn_ack(ebpf: &mut Ebpf, client: std::net::SocketAddrV4) {
-    let key = switcher_ctl::loader::flow_key(client.into());
-    let map = ebpf.map_mut(map_names::HANDSHAKES).unwrap();
-    let mut m = HashMap::<_, FlowKey, Handshake>::try_from(map)
-        .expect("the handshake table is an LRU hash map of FlowKey -> Handshake");
-    let mut h = m.get(&key, 0).expect("the SYN left a handshake");
-    h.flags |= HANDSHAKE_ISN_SEEN;
-    h.expect_ack = BENCH_ISN + 1;
-    m.insert(key, h, 0).unwrap();
+/// Records the origin's SYN-ACK (ISN [`BENCH_ISN`]) in the handshake entry of a client, as
+/// TC egress does: `expect_ack` = ISN + 1 and [`HANDSHAKE_ISN_SEEN`] in the entry the client's
+/// SYN left in `SWITCHER_HANDSHAKES`. Written from user space on the measuring thread's CPU.
+/// Set up once per program, so that between a SYN and its timed ACK the harness does no more
+/// than the write itself (mapping the table for every packet made the ACK row's programs,
+/// the empty one too, run colder).
+enum SynAckWriter {
+    /// This build: the mapped array (`HandshakeTable`), and the VIP (its bucket hash).
+    Table(HandshakeTable, VipConfig),
+    /// A peer object built before 2026-12-02 (branch hsarray): an LRU hash of `FlowKey` ->
+    /// `Handshake`, written with map syscalls.
+    Lru,
+}
+
+impl SynAckWriter {
+    fn new(ebpf: &Ebpf) -> Self {
+        use std::os::fd::AsFd as _;
+        match ebpf.map(map_names::HANDSHAKES).unwrap() {
+            Map::Array(data) => {
+                let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
+                let table = HandshakeTable::new(MapData::from_fd(fd).unwrap()).unwrap();
+                let vip = Array::<_, VipConfig>::try_from(ebpf.map(map_names::CONFIG).unwrap())
+                    .unwrap()
+                    .get(&0, 0)
+                    .unwrap();
+                SynAckWriter::Table(table, vip)
+            }
+            _ => SynAckWriter::Lru,
+        }
+    }
+
+    fn record(&self, ebpf: &mut Ebpf, client: std::net::SocketAddrV4) {
+        let key = switcher_ctl::loader::flow_key(client.into());
+        match self {
+            SynAckWriter::Table(table, vip) => {
+                assert!(
+                    table.record_syn_ack(&key, vip, BENCH_ISN),
+                    "the SYN left a handshake"
+                )
+            }
+            SynAckWriter::Lru => {
+                let map = ebpf.map_mut(map_names::HANDSHAKES).unwrap();
+                let mut m = HashMap::<_, FlowKey, Handshake>::try_from(map).expect(
+                    "an earlier build's handshake table: an LRU hash of FlowKey -> Handshake",
+                );
+                let mut h = m.get(&key, 0).expect("the SYN left a handshake");
+                h.flags |= HANDSHAKE_ISN_SEEN;
+                h.expect_ack = BENCH_ISN + 1;
+                m.insert(key, h, 0).unwrap();
+            }
+        }
+    }
 }
 
 /// Rows a repeated packet cannot measure, because the first repetition changes the state the
@@ -788,12 +828,13 @@ fn record_syn_ack(ebpf: &mut Ebpf, client: std::net::SocketAddrV4) {
 /// time per repetition above): the ratio the row would have in the repeated table.
 ///
 /// The ACK row: each client's SYN runs first (not timed), then its SYN-ACK is recorded from
-/// user space ([`record_syn_ack`]), then its ACK of that ISN is timed: validation, the
+/// user space ([`SynAckWriter`]), then its ACK of that ISN is timed: validation, the
 /// flow's LRU insert and the handshake entry's removal. The flows accumulate (all inserted
 /// from one CPU, whose LRU list holds `MAX_FLOWS / CPUs`), so later rounds also pay for
 /// evicting the oldest flows, as a full edge does. So do the SYN flood's handshakes (20,000
-/// a round and program, never completed): once that CPU's share of `SWITCHER_HANDSHAKES` is
-/// full, every flood SYN's insert evicts the oldest pending handshake, as a real flood's does.
+/// a round and program, never completed): they fill the handshake table's buckets (an earlier
+/// build's LRU hash: that CPU's share), after which every flood SYN replaces a pending
+/// handshake, as a real flood's does.
 fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, empty_repeated: f64) {
     writeln!(
         out,
@@ -811,6 +852,7 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
     if let Some(p) = peer {
         programs.push(("earlier build", p));
     }
+    let syn_ack: Vec<SynAckWriter> = programs.iter().map(|(_, p)| SynAckWriter::new(p)).collect();
     // A fresh client for every packet of every row, program and round: 10.2.0.0 onwards.
     let mut next = 0usize;
     let mut fresh = move || {
@@ -822,7 +864,7 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
     };
     const ROWS: [&str; 3] = [
         "the same SYN, one call each (control: a cold call, no new state)",
-        "SYN flood, distinct clients (flow lookup + handshake insert into the LRU + rewrite)",
+        "SYN flood, distinct clients (flow lookup + handshake record + rewrite)",
         "handshake ACK, distinct clients (validation + flow insert into the LRU)",
     ];
     // [row][program] -> (ours, empty) per round.
@@ -850,7 +892,7 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
                             let ip = c.ip().to_string();
                             let syn = Pkt::tcp(&ip, c.port(), "10.0.0.1", 8080, SYN).build();
                             test_run(prog, prog_names::XDP_INGRESS, &syn, 1);
-                            record_syn_ack(prog, c);
+                            syn_ack[which].record(prog, c);
                             Pkt::tcp(&ip, c.port(), "10.0.0.1", 8080, ACK)
                                 .with_ack(BENCH_ISN + 1)
                                 .build()
@@ -961,7 +1003,7 @@ fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig, peer_column:
     let o = median(ours.iter().map(|c| c.cpu).collect());
     let b = median(base.iter().map(|c| c.cpu).collect());
     let desc =
-        format!("SYN to the VIP on all {cpus} CPUs at once (handshake insert; LRU contention)");
+        format!("SYN to the VIP on all {cpus} CPUs at once (handshake record; contention)");
     if peer_column {
         writeln!(
             out,

@@ -310,8 +310,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHER_ATTACH_MODE", value_enum, default_value_t = AttachModeArg::Auto)]
     pub attach_mode: AttachModeArg,
 
-    /// Entries of the data plane's flow table (established viewer connections), and of its
-    /// handshake table: ~100 bytes of kernel memory each, split evenly between the CPUs.
+    /// Entries of the data plane's flow table (established viewer connections): ~100 bytes of
+    /// kernel memory each, split evenly between the CPUs. (The handshake table has a fixed
+    /// 262,144 slots, 12 MiB.)
     /// Applied when the maps are created; adopted pinned maps keep their size (a warning says
     /// so). Past it, the least recently used flow is evicted and its connection reset.
     #[arg(long, env = "SWITCHER_MAX_FLOWS", default_value_t = switcher_common::MAX_FLOWS,

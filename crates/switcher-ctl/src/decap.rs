@@ -194,7 +194,8 @@ pub fn attach(setup: &DecapSetup) -> Result<DecapConfig> {
         detach(&setup.pin_root)?;
     }
     let mount = ensure_bpffs(&setup.pin_root)?;
-    // The object's edge maps are created too; the connection tables at their smallest.
+    // The object's edge maps are created too; the connection tables at their smallest (the
+    // handshake array to MIN_FLOWS buckets instead of its 12 MiB: no edge program runs here).
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(edge_maps::FLOWS, MIN_FLOWS)
         .map_max_entries(edge_maps::HANDSHAKES, MIN_FLOWS)

@@ -15,6 +15,8 @@
 //! * [`maglev`]: the weighted Maglev table builder and the flow hash that indexes it (pure).
 //! * [`mapbatch`]: batch lookups and deletes on BPF hash maps (retiring 200,000 flows in a few
 //!   dozen syscalls).
+//! * [`handshake_table`]: the handshake table mapped into memory: read, count, and empty a
+//!   retired origin's slots without overwriting the data plane's concurrent writes.
 //! * [`control`]: the controller that owns the truth and applies decisions to the data plane
 //!   (the active origin, or the Maglev table over the origins in rotation), drains origins
 //!   and changes weights.
@@ -44,6 +46,7 @@ pub mod decap;
 pub mod decide;
 pub mod edge_rst;
 pub mod finish;
+pub mod handshake_table;
 pub mod loader;
 pub mod maglev;
 pub mod mapbatch;

@@ -18,8 +18,9 @@
 //! mode) is kept in `SWITCHER_CONFIG` itself, so no state lives outside bpffs.
 //!
 //! # Flow table size
-//! `SWITCHER_FLOWS` and `SWITCHER_HANDSHAKES` get [`AttachConfig::max_flows`] entries each,
-//! set in the object before it is loaded (a map's size is fixed at creation). Adopting pinned
+//! `SWITCHER_FLOWS` gets [`AttachConfig::max_flows`] entries, set in the object before it is
+//! loaded (a map's size is fixed at creation); `SWITCHER_HANDSHAKES` has a fixed size
+//! (`switcher_common::HANDSHAKE_BUCKETS`), which user space checks when it maps it. Adopting pinned
 //! maps keeps their size, whatever `max_flows` says, because replacing them would drop every
 //! viewer's flow: a mismatch is logged with both numbers and how to apply the new size.
 
@@ -110,7 +111,7 @@ pub struct AttachConfig {
     pub pin_root: PathBuf,
     /// Attach mode of the request path.
     pub mode: AttachMode,
-    /// Entries of the flow table, and of the handshake table (at least
+    /// Entries of the flow table (at least
     /// [`MIN_FLOWS`]; [`switcher_common::MAX_FLOWS`] is the usual default). Split evenly
     /// between the CPUs (per-CPU LRU lists) and rounded up to a multiple of their number by the
     /// kernel. Only applied when the maps are created, not when pinned ones are adopted.
@@ -170,7 +171,7 @@ pub struct Pinned {
     maglev: Array<MapData, MaglevTable>,
     maglev_live: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    handshakes: HashMap<MapData, FlowKey, Handshake>,
+    handshakes: crate::handshake_table::HandshakeTable,
     stats: PerCpuArray<MapData, Counters>,
     flows_removed: Array<MapData, u64>,
     /// The edge-reset transmitter, opened on first use; `Some(None)` once it turned out to be
@@ -606,7 +607,10 @@ impl Pinned {
             maglev: Array::try_from(open_map(pin_root, map_names::MAGLEV)?)?,
             maglev_live: Array::try_from(open_map(pin_root, map_names::MAGLEV_LIVE)?)?,
             flows: HashMap::try_from(open_map(pin_root, map_names::FLOWS)?)?,
-            handshakes: HashMap::try_from(open_map(pin_root, map_names::HANDSHAKES)?)?,
+            handshakes: crate::handshake_table::HandshakeTable::new(
+                MapData::from_pin(maps_dir(pin_root).join(map_names::HANDSHAKES))
+                    .context("opening pinned map SWITCHER_HANDSHAKES")?,
+            )?,
             stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
             flows_removed: Array::try_from(open_map(pin_root, map_names::FLOWS_REMOVED)?)?,
             emitter: None,
@@ -714,13 +718,9 @@ impl Pinned {
     /// Removes the handshakes pinned to `origin`; returns them as read, and how many were
     /// removed (one that completed or was replaced meanwhile is not).
     fn take_handshakes(&mut self, origin: u32) -> Result<(Vec<(FlowKey, Handshake)>, u64)> {
-        let mine: Vec<(FlowKey, Handshake)> = batch_entries(&self.handshakes)?
-            .into_iter()
-            .filter(|(_, h)| h.origin == origin)
-            .collect();
-        let keys: Vec<FlowKey> = mine.iter().map(|(k, _)| *k).collect();
-        let removed = batch_delete(&self.handshakes, &keys)?;
-        Ok((mine, removed))
+        let taken = self.handshakes.take(origin);
+        let removed = taken.len() as u64;
+        Ok((taken, removed))
     }
 
     /// [`Pinned::retire_handshakes`], then, when `reset`, an edge reset to the client of each
@@ -779,10 +779,11 @@ impl Pinned {
         Ok(())
     }
 
-    /// Number of connections in their handshake (a walk of `SWITCHER_HANDSHAKES`; a large
-    /// number with few `established` means a SYN flood).
+    /// Number of connections in their handshake (a read of the whole mapped
+    /// `SWITCHER_HANDSHAKES`, 12 MiB; a large number with few `established` means a SYN
+    /// flood).
     pub fn handshake_count(&self) -> usize {
-        self.handshakes.keys().filter(|k| k.is_ok()).count()
+        self.handshakes.count()
     }
 }
 
@@ -948,7 +949,6 @@ pub fn load_object(max_flows: u32) -> Result<Ebpf> {
     }
     EbpfLoader::new()
         .map_max_entries(map_names::FLOWS, max_flows)
-        .map_max_entries(map_names::HANDSHAKES, max_flows)
         .load(EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object (max flows {max_flows})"))
 }

@@ -14,10 +14,11 @@
 //! Needs root (CAP_BPF + CAP_NET_ADMIN for BPF_PROG_TEST_RUN of XDP/TC programs).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
@@ -25,6 +26,7 @@ use switcher_common::{
     MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER,
     VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
+use switcher_ctl::handshake_table::HandshakeTable;
 use switcher_ctl::maglev;
 use test_kit::netns;
 use test_kit::packet::{ACK, DEFAULT_SEQ, FIN, ICMP, PSH, Pkt, RST, SYN, UDP, verify_checksums};
@@ -331,7 +333,7 @@ impl Harness {
             }
         }
         clear::<FlowValue>(&mut self.ebpf, map_names::FLOWS);
-        clear::<Handshake>(&mut self.ebpf, map_names::HANDSHAKES);
+        self.handshake_table().clear();
         assert!(self.flows().is_empty() && self.handshakes().is_empty());
         self.configure(true);
         self.set_active(PRIMARY);
@@ -402,10 +404,17 @@ impl Harness {
         flows.iter().filter_map(Result::ok).collect()
     }
 
+    /// The handshake table, mapped (`switcher_ctl::handshake_table`).
+    fn handshake_table(&self) -> HandshakeTable {
+        let Some(aya::maps::Map::Array(data)) = self.ebpf.map(map_names::HANDSHAKES) else {
+            panic!("SWITCHER_HANDSHAKES is an array");
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
+        HandshakeTable::new(MapData::from_fd(fd).unwrap()).unwrap()
+    }
+
     fn handshakes(&self) -> Vec<(FlowKey, Handshake)> {
-        let hs: HashMap<_, FlowKey, Handshake> =
-            HashMap::try_from(self.ebpf.map(map_names::HANDSHAKES).unwrap()).unwrap();
-        hs.iter().filter_map(Result::ok).collect()
+        self.handshake_table().entries()
     }
 
     /// The origin `client`'s entry in `map` is pinned to, if it has one.
@@ -2002,6 +2011,107 @@ fn handshakes_record_the_clients_isn_and_link_addresses() {
         .expect("the handshake")
         .1;
     assert_eq!(hs.client_isn, 0x7777);
+}
+
+/// The handshake table is set-associative (`switcher-ebpf/src/handshakes.rs`): a connection's
+/// handshake sits in one of the `HANDSHAKE_WAYS` slots of the bucket its request's flow hash
+/// picks, the bucket user space computes too (`handshake_table::bucket_of`). A retransmitted
+/// SYN keeps its slot; a SYN finding its bucket full replaces the one handshake its ISN picks
+/// and keeps the others (whose ACKs still complete), the lost one's ACK passes to the stack
+/// (untracked); a completed handshake empties its slot for the next SYN.
+#[test]
+fn a_full_handshake_bucket_replaces_one_handshake_and_keeps_the_others() {
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let vip = {
+        let cfg: Array<_, VipConfig> =
+            Array::try_from(h.ebpf.map(map_names::CONFIG).unwrap()).unwrap();
+        cfg.get(&0, 0).unwrap()
+    };
+    // Five clients whose connections to the VIP share one bucket: one bucket in 65,536, so a
+    // search over 10.2.0.0/16 port 40000 finds such a group within a few thousand addresses.
+    let ways = switcher_common::HANDSHAKE_WAYS as usize;
+    let mut by_bucket: std::collections::HashMap<u32, Vec<SocketAddr>> = Default::default();
+    let (bucket, clients) = (0u32..65_536)
+        .find_map(|i| {
+            let client = SocketAddr::new(Ipv4Addr::from(0x0a02_0000 + i).into(), 40_000);
+            let key = switcher_ctl::loader::flow_key(client);
+            let b = switcher_ctl::handshake_table::bucket_of(&key, &vip).unwrap();
+            let group = by_bucket.entry(b).or_default();
+            group.push(client);
+            (group.len() == ways + 1).then(|| (b, group.clone()))
+        })
+        .expect("five clients in one bucket");
+    let syn = |c: &SocketAddr, isn: u32| {
+        Pkt::tcp(&c.ip().to_string(), c.port(), VIP4, VIP_PORT, SYN).with_seq(isn)
+    };
+    let held = |h: &Harness, c: &SocketAddr| {
+        let key = switcher_ctl::loader::flow_key(*c);
+        h.handshakes().iter().any(|(k, _)| *k == key)
+    };
+    // The first four fill the bucket's slots in order (an empty slot is taken first); their
+    // ISNs are 4k + 1, so none would pick slot 2 as the one to replace.
+    for (i, c) in clients[..ways].iter().enumerate() {
+        assert_eq!(
+            h.run(Prog::Xdp, &syn(c, 4 * i as u32 + 1).build(), 1).0,
+            XDP_PASS
+        );
+    }
+    assert!(
+        clients[..ways].iter().all(|c| held(&h, c)),
+        "four handshakes in bucket {bucket}"
+    );
+    assert_eq!(h.handshakes().len(), ways);
+    // User space finds them in the bucket it computes (it reads only that bucket).
+    let table = h.handshake_table();
+    let key0 = switcher_ctl::loader::flow_key(clients[0]);
+    assert!(
+        table.record_syn_ack(&key0, &vip, DEFAULT_SEQ),
+        "bucket_of is the data plane's bucket"
+    );
+    // A retransmitted SYN keeps its slot.
+    h.run(Prog::Xdp, &syn(&clients[1], 5).build(), 1);
+    assert_eq!(
+        h.handshakes().len(),
+        ways,
+        "a retransmission takes no other slot"
+    );
+    // The fifth, ISN 4k + 2: the bucket is full, so it replaces the handshake in slot 2, the
+    // third client's, and only that one.
+    assert_eq!(
+        h.run(Prog::Xdp, &syn(&clients[ways], 6).build(), 1).0,
+        XDP_PASS
+    );
+    let kept: Vec<bool> = clients.iter().map(|c| held(&h, c)).collect();
+    assert_eq!(kept, [true, true, false, true, true], "clients {clients:?}");
+    // The third client's ACK finds no handshake: it passes, untracked, and the stack resets it.
+    let u = STATS_UNSTEERED as usize;
+    let untracked = h.counters()[u].untracked;
+    let lost = handshake_ack_of(&syn(&clients[2], 9));
+    assert_eq!(h.run(Prog::Xdp, &lost.build(), 1).0, XDP_PASS);
+    assert_eq!(h.counters()[u].untracked, untracked + 1);
+    assert_eq!(h.origin_of(Map::Flows, clients[2]), None);
+    // The first client's handshake (its SYN-ACK recorded above) completes: a flow, and its
+    // slot empty, which the next SYN of the bucket takes instead of replacing another.
+    let established = h.counters()[PRIMARY as usize].established;
+    h.run(
+        Prog::Xdp,
+        &handshake_ack_of(&syn(&clients[0], 1)).build(),
+        1,
+    );
+    assert_eq!(h.counters()[PRIMARY as usize].established, established + 1);
+    assert_eq!(h.origin_of(Map::Flows, clients[0]), Some(PRIMARY));
+    assert!(
+        !held(&h, &clients[0]),
+        "the completed handshake left its slot"
+    );
+    h.run(Prog::Xdp, &syn(&clients[2], 2).build(), 1);
+    let kept: Vec<bool> = clients.iter().map(|c| held(&h, c)).collect();
+    assert_eq!(
+        kept,
+        [false, true, true, true, true],
+        "the freed slot was taken"
+    );
 }
 
 /// The emitter transmits (`XDP_TX`) exactly the frames switcher-ctl builds for an edge reset,

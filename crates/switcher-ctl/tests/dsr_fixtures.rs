@@ -21,21 +21,22 @@
 //! Needs root.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
-    Counters, FlowKey, FlowValue, Handshake, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED,
-    ORIGIN_REMOTE, Origin, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4,
-    VIP_HAS_V6, VipConfig,
+    Counters, FlowKey, FlowValue, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED, ORIGIN_REMOTE, Origin,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
     dsr::{
         self, DECAP_ENABLED, DECAP_VIP_V4, DECAP_VIP_V6, DecapConfig, DecapCounters, EncapCounters,
     },
     map_names, prog_names,
 };
+use switcher_ctl::handshake_table::HandshakeTable;
 use test_kit::netns::Netns;
 use test_kit::packet::{ACK, PSH, Pkt, SYN, checksum, verify_checksums};
 
@@ -137,7 +138,6 @@ fn load() -> Ebpf {
     );
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::FLOWS, MIN_FLOWS)
-        .map_max_entries(map_names::HANDSHAKES, MIN_FLOWS)
         .load(switcher_ctl::loader::EBPF_OBJECT)
         .expect("load eBPF object");
     for name in [prog_names::XDP_INGRESS, dsr::prog_names::XDP_DECAP] {
@@ -470,7 +470,13 @@ fn reset(ebpf: &mut Ebpf) {
         }
     }
     clear::<FlowValue>(ebpf, map_names::FLOWS);
-    clear::<Handshake>(ebpf, map_names::HANDSHAKES);
+    let Some(aya::maps::Map::Array(data)) = ebpf.map(map_names::HANDSHAKES) else {
+        panic!("SWITCHER_HANDSHAKES is an array");
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
+    HandshakeTable::new(MapData::from_fd(fd).unwrap())
+        .unwrap()
+        .clear();
     assert!(flows(ebpf).is_empty());
     set_active(ebpf, REMOTE);
     set_vip(ebpf, 0);

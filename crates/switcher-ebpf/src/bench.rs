@@ -7,9 +7,10 @@
 //! * `bench_xdp_pass`: the empty program, the baseline of every ratio.
 //! * `bench_flow_lookup`: one `SWITCHER_FLOWS` lookup (a hit), the tracked flow's map cost.
 //! * `bench_fresh_key`, `bench_hs_{lru,hash}_{fresh,same}`: floors of the SYN path's state
-//!   write: one insert into a map shaped like `SWITCHER_HANDSHAKES` (the LRU hash, and a
-//!   preallocated plain hash for comparison), of a new key each repetition (a SYN flood) or of
-//!   the same key (a retransmitted SYN, and the bench's repeated-SYN row).
+//!   write in a kernel hash map: one insert into the LRU hash `SWITCHER_HANDSHAKES` was until
+//!   branch hsarray (and a preallocated plain hash for comparison), of a new key each
+//!   repetition (a SYN flood) or of the same key (a retransmitted SYN, and the bench's
+//!   repeated-SYN row). What made the handshake table an array (`crate::handshakes`).
 //! * `bench_cache_hit`: a prototype, not the product: the tracked-flow path with a per-CPU
 //!   direct-mapped flow cache in front of `SWITCHER_FLOWS`, to learn what such a cache would
 //!   cost on a hit.
@@ -34,8 +35,8 @@ use crate::{
     steer, xdp_request, xdp_rewrite_dst,
 };
 
-/// `SWITCHER_HANDSHAKES`' shape (key, value, flags; the bench gives it the same size): one
-/// entry in the object.
+/// The shape `SWITCHER_HANDSHAKES` had until branch hsarray (key, value, flags; the bench
+/// gives it `MAX_FLOWS` entries): one entry in the object.
 #[btf_map(name = "BENCH_HS_LRU")]
 static HS_LRU: LruHashMap<FlowKey, Handshake, 1, { BPF_F_NO_COMMON_LRU as usize }> =
     LruHashMap::new();
@@ -280,7 +281,13 @@ pub fn bench_cache_hit(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     }
     let [a0, a1, a2, a3] = steer::words(&t.saddr);
-    let key = [a0, a1, a2, a3, u32::from(t.sport) | u32::from(t.family) << 16];
+    let key = [
+        a0,
+        a1,
+        a2,
+        a3,
+        u32::from(t.sport) | u32::from(t.family) << 16,
+    ];
     let Some(epoch) = CACHE_EPOCH.get(0) else {
         return xdp_action::XDP_ABORTED;
     };

@@ -114,7 +114,7 @@ pub fn remote_host(index: u32) -> Option<[u8; 4]> {
 /// the origin's index and host, or `None` to keep the local behaviour (pass to the stack).
 #[inline(always)]
 pub fn adopt(ctx: *mut core::ffi::c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, [u8; 4])> {
-    let (index, _, _) = steer::new_flow_origin(ctx, t, vip)?;
+    let (index, _, _) = steer::new_flow_origin(ctx, t, vip, steer::flow_hash(t))?;
     let host = remote_host(index)?;
     count(index, |c| c.adopted += 1);
     Some((index, host))

@@ -17,6 +17,7 @@
 //! * `packet`: bounds-checked parsing and header offsets.
 //! * `csum`: RFC 1624 incremental checksum (XDP).
 //! * `steer`: VIP matching, flow pinning, reply matching, counters.
+//! * `handshakes`: the handshake table, a set-associative array.
 //! * `encap`, `decap`: direct server return, both ends.
 //! * `bench`: never-attached programs for `cargo xtask bench datapath` (baseline, floors,
 //!   prototypes, parse variants) and their own maps.
@@ -34,7 +35,8 @@
 //!   initial sequence number, which only the real client has seen. A spoofed SYN flood churns
 //!   the handshake table (new connections may need a retry); established flows stay.
 //! * A non-SYN packet of no flow or handshake creates nothing and passes to the stack, which
-//!   resets it (nothing listens on the VIP): a bare-ACK flood costs two lookups a packet.
+//!   resets it (nothing listens on the VIP): a bare-ACK flood costs a flow lookup and a
+//!   handshake-bucket scan a packet.
 //! * A SYN from a tracked address and port follows its flow (it cannot move it), and a SYN
 //!   straight to an origin forgets a flow only once the flow is over, by the origin's own
 //!   socket state or its FIN/RST.
@@ -53,6 +55,7 @@ mod bench;
 mod csum;
 mod decap;
 mod encap;
+mod handshakes;
 mod maps;
 mod packet;
 mod steer;

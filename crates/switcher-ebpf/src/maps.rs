@@ -4,13 +4,14 @@
 //! handshake map and the statistics are written only here. Key/value types and names come
 //! from `switcher-common`.
 //!
-//! The two connection maps are LRU hashes with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): no
-//! lock shared by every CPU on insert or eviction, and a flood processed on one CPU (one RX
-//! queue) evicts only that CPU's share of the entries; the price is that each CPU owns
+//! The flow table is an LRU hash with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`): no lock
+//! shared by every CPU on insert or eviction, and a flood processed on one CPU (one RX queue)
+//! evicts only that CPU's share of the entries; the price is that each CPU owns
 //! `max_entries / CPUs` of the capacity, so uneven RSS spreads fill some CPUs' share first.
 //! On a 2-vCPU VM the insert path costs the same either way, within noise (BENCHMARKS.md,
-//! the "all CPUs at once" row); the lock it avoids matters with many CPUs. Their size here is
-//! the default; switcher-ctl sets it from `--max-flows` when it loads the object.
+//! the "all CPUs at once" row); the lock it avoids matters with many CPUs. Its size here is
+//! the default; switcher-ctl sets it from `--max-flows` when it loads the object. The
+//! handshake table is an array (see `handshakes` for why), of fixed size.
 //!
 //! The never-attached benchmark programs' own maps (`BENCH_*`) are declared with them, in
 //! `bench`: no attached program reads or writes them.
@@ -19,14 +20,14 @@
 //! `bpftool map dump` prints them field by field.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     btf_maps::{Array, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use switcher_common::{
     dsr::{DecapConfig, DecapCounters, EncapCounters},
-    Counters, FlowKey, FlowValue, Handshake, MaglevTable, Origin, VipConfig, MAGLEV_TABLES,
-    MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
+    Counters, FlowKey, FlowValue, HandshakeBucket, MaglevTable, Origin, VipConfig,
+    HANDSHAKE_BUCKETS, MAGLEV_TABLES, MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
 };
 
 /// Map flags of the connection maps: per-CPU LRU lists.
@@ -71,13 +72,20 @@ pub static FLOWS_REMOVED: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }, LRU_FLAGS> =
     LruHashMap::new();
 
-/// Connections between SYN and handshake ACK (see `switcher_common::Handshake`). Same key as
-/// `FLOWS`. Inserted by ingress on a SYN, updated by TC egress with the origin's SYN-ACK,
-/// moved to `FLOWS` by ingress on the matching ACK; evicted least-recently-used when full,
-/// which is what a spoofed SYN flood does, away from the established flows.
+/// Connections between SYN and handshake ACK (see `switcher_common::HandshakeSlot`), a
+/// set-associative table in an array of buckets, indexed by flow hash (`handshakes`).
+/// Written by ingress on a SYN, updated by TC egress with the origin's SYN-ACK, emptied by
+/// ingress when the matching ACK moves the connection to `FLOWS`; a SYN finding its bucket
+/// full replaces one of its handshakes, which is what a spoofed SYN flood does, away from the
+/// established flows. User space empties the slots of a retired origin.
+/// Mmapable (`BPF_F_MMAPABLE`): user space counts and empties slots in place, one word at a
+/// time, never overwriting a bucket a SYN is writing.
 #[btf_map(name = "SWITCHER_HANDSHAKES")]
-pub static HANDSHAKES: LruHashMap<FlowKey, Handshake, { MAX_FLOWS as usize }, LRU_FLAGS> =
-    LruHashMap::new();
+pub static HANDSHAKES: Array<
+    HandshakeBucket,
+    { HANDSHAKE_BUCKETS as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
 
 /// Statistics, written only here, per CPU. Key = origin index, or `STATS_UNSTEERED` for
 /// traffic bound to no origin -> counters (see `switcher_common::Counters`).

@@ -140,6 +140,21 @@ pub fn eth_addrs(start: usize, end: usize) -> EthAddrs {
     }
 }
 
+/// The first 12 bytes of the frame `[start, end)`, its destination and source Ethernet
+/// addresses, as three native 4-byte words (three loads; `EthAddrs`' byte arrays are copied
+/// byte by byte). All zero when it is shorter than an Ethernet header.
+#[inline(always)]
+pub fn eth_words(start: usize, end: usize) -> [u32; 3] {
+    match ptr_at::<[u8; ETH_HLEN]>(start, end, 0) {
+        // SAFETY: the three words lie inside the Ethernet header checked by `ptr_at`.
+        Some(eth) => unsafe {
+            let e = eth as usize;
+            [load(e, 0), load(e, 4), load(e, 8)]
+        },
+        None => [0; 3],
+    }
+}
+
 /// A TCP segment the data plane may act on. Addresses and ports in network byte order.
 #[derive(Clone, Copy)]
 pub struct Tcp {

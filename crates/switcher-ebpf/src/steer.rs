@@ -10,15 +10,15 @@ use aya_ebpf::{
 };
 use switcher_common::{
     flow_hash::{jhash2, FLOW_HASH_SEED},
-    Counters, FlowKey, FlowValue, Handshake, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING,
-    FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS,
-    ORIGIN_CONFIGURED, ORIGIN_REMOTE, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4,
-    VIP_HAS_V6,
+    Counters, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING, FLOW_ORIGIN_CLOSED,
+    FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
 
 use crate::{
-    maps::{CONFIG, FLOWS, HANDSHAKES, MAGLEV, MAGLEV_LIVE, ORIGINS, STATS},
-    packet::{eth_addrs, tcp, EthAddrs, Tcp},
+    handshakes,
+    maps::{CONFIG, FLOWS, MAGLEV, MAGLEV_LIVE, ORIGINS, STATS},
+    packet::{eth_addrs, eth_words, tcp, EthAddrs, Tcp},
 };
 
 /// IP protocol number of TCP, the last word of the flow hash.
@@ -259,13 +259,30 @@ fn addr_words(a: &[u8; 16]) -> [u32; 4] {
 /// The flow's Maglev hash, word for word what switcher-ctl's `maglev::flow_hash_v4/v6`
 /// compute: `[src addr, dst addr, ports, proto]`, each word the packet's bytes read as a
 /// little-endian u32 (the ports word is the first 4 bytes of the TCP header: `sport` and
-/// `dport` hold the wire bytes, so on bpfel `sport | dport << 16` is that load).
+/// `dport` hold the wire bytes, so on bpfel `sport | dport << 16` is that load). For a
+/// request to the VIP it also picks the connection's handshake-table bucket.
 #[inline(always)]
-fn flow_hash(t: &Tcp) -> u32 {
-    let ports = u32::from(t.sport) | u32::from(t.dport) << 16;
-    let s = addr_words(&t.saddr);
-    let d = addr_words(&t.daddr);
-    if t.family == FAMILY_V4 {
+pub(crate) fn flow_hash(t: &Tcp) -> u32 {
+    hash_of(t.family, &t.saddr, t.sport, &t.daddr, t.dport)
+}
+
+/// The flow hash of a request of the connection whose client is `client`:`client_port`,
+/// of `family`, to the VIP: what its handshake-table bucket is, computed from a packet that is
+/// not that request (a reply, or a SYN to an origin's port). `None` when the VIP has no
+/// address of that family (no such connection can exist).
+#[inline(always)]
+fn vip_flow_hash(family: u16, client: &[u8; 16], client_port: u16, vip: &VipConfig) -> Option<u32> {
+    let v = vip_addr(vip, family)?;
+    Some(hash_of(family, client, client_port, &v, vip.port_be))
+}
+
+/// [`flow_hash`] of the segment `src`:`src_port` -> `dst`:`dst_port` of `family`.
+#[inline(always)]
+fn hash_of(family: u16, src: &[u8; 16], src_port: u16, dst: &[u8; 16], dst_port: u16) -> u32 {
+    let ports = u32::from(src_port) | u32::from(dst_port) << 16;
+    let s = addr_words(src);
+    let d = addr_words(dst);
+    if family == FAMILY_V4 {
         jhash2(&[s[0], d[0], ports, PROTO_TCP], FLOW_HASH_SEED)
     } else {
         jhash2(
@@ -277,13 +294,13 @@ fn flow_hash(t: &Tcp) -> u32 {
     }
 }
 
-/// The origin index the live Maglev table gives the flow `t`, if it names one (an empty
-/// table holds `MAGLEV_NO_ORIGIN`, which is out of range).
+/// The origin index the live Maglev table gives a flow of flow hash `hash`, if it names one
+/// (an empty table holds `MAGLEV_NO_ORIGIN`, which is out of range).
 #[inline(always)]
-fn maglev_origin(t: &Tcp) -> Option<u32> {
+fn maglev_origin(hash: u32) -> Option<u32> {
     let live = *MAGLEV_LIVE.get(0)?;
     let table = MAGLEV.get(live)?;
-    let slot = flow_hash(t) % MAGLEV_SIZE;
+    let slot = hash % MAGLEV_SIZE;
     // The verifier does not bound the result of `%`, and LLVM drops a range check it can prove
     // redundant; reading the slot back through a volatile load hides the proof from LLVM, so
     // the check stays and the verifier sees the table access bounded.
@@ -297,16 +314,17 @@ fn maglev_origin(t: &Tcp) -> Option<u32> {
     (index < MAX_ORIGINS).then_some(index)
 }
 
-/// The origin a new flow goes to: the live Maglev table's choice, or, with
-/// [`VIP_CHECK_LISTENER`] and no socket on that origin's port, the first other configured
-/// origin that has one. Returns (index, origin, fell back).
+/// The origin a new flow `t` of flow hash `hash` ([`flow_hash`]) goes to: the live Maglev
+/// table's choice, or, with [`VIP_CHECK_LISTENER`] and no socket on that origin's port, the
+/// first other configured origin that has one. Returns (index, origin, fell back).
 #[inline(always)]
 pub(crate) fn new_flow_origin(
     ctx: *mut c_void,
     t: &Tcp,
     vip: &VipConfig,
+    hash: u32,
 ) -> Option<(u32, &'static Origin, bool)> {
-    let index = maglev_origin(t)?;
+    let index = maglev_origin(hash)?;
     let o = origin(index)?;
     if vip.flags & VIP_CHECK_LISTENER == 0 || alive(ctx, t, &o) {
         return Some((index, o, false));
@@ -367,7 +385,8 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 ///   a spoofed SYN cannot move a viewer's flow), unless the origin has closed the flow
 ///   (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow, steered by the table.
 /// * Any other SYN goes to the origin the Maglev table gives its 5-tuple (or, see
-///   [`new_flow_origin`], a live one) and is recorded in `HANDSHAKES`, never in `FLOWS`: a
+///   [`new_flow_origin`], a live one) and is recorded in the handshake table
+///   ([`handshakes`]), never in `FLOWS`: a
 ///   spoofed SYN flood evicts only other handshakes.
 /// * A non-SYN packet of a handshake goes to the handshake's origin. When it acknowledges the
 ///   origin's initial sequence number + 1 (recorded by TC egress from the SYN-ACK), the client
@@ -415,24 +434,16 @@ pub fn steer_request(
             };
         }
     }
+    // The flow's hash: its Maglev slot, and its handshake-table bucket.
+    let hash = flow_hash(t);
+    let hkey = handshakes::Key::of(&key);
     if t.is_syn() {
-        let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip) else {
+        let Some((index, o, fell_back)) = new_flow_origin(ctx, t, vip, hash) else {
             return Decision::NoOrigin;
         };
         // The client's ISN and the SYN's link addresses: what an edge reset of the pending
         // connection needs (docs/ARCHITECTURE.md, "Edge-originated resets").
-        let macs = eth_addrs(frame.0, frame.1);
-        let hs = Handshake {
-            origin: index,
-            flags: 0,
-            expect_ack: 0,
-            client_isn: t.seq,
-            hop_mac: macs.src,
-            local_mac: macs.dst,
-        };
-        // An insert can only fail on memory pressure; the SYN is still steered and its
-        // retransmission tries again.
-        let _ = HANDSHAKES.insert(&key, &hs, 0);
+        handshakes::record(&hkey, hash, index, t.seq, eth_words(frame.0, frame.1));
         count(index, |c| {
             c.new_flows += 1;
             if fell_back {
@@ -441,8 +452,7 @@ pub fn steer_request(
         });
         return Decision::Steer(target(index, &o, t.family));
     }
-    // SAFETY: copied out at once (see above).
-    let Some(hs) = (unsafe { HANDSHAKES.get(&key) }).copied() else {
+    let Some(hs) = handshakes::find(&hkey, hash) else {
         return Decision::Untracked;
     };
     let Some(o) = origin(hs.origin) else {
@@ -453,7 +463,7 @@ pub fn steer_request(
     let remote = o.flags & ORIGIN_REMOTE != 0;
     if t.flags & tcp::ACK != 0
         && (remote || hs.flags & HANDSHAKE_ISN_SEEN != 0 && t.ack_seq == hs.expect_ack)
-        && promote(&key, hs.origin, t.ack_seq, &eth_addrs(frame.0, frame.1))
+        && promote(&key, &hs, t.ack_seq, &eth_addrs(frame.0, frame.1))
     {
         count(hs.origin, |c| c.established += 1);
     }
@@ -484,9 +494,9 @@ fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
 /// the insert failed (memory pressure); the handshake entry then stays and the next ACK tries
 /// again.
 #[inline(always)]
-fn promote(key: &FlowKey, origin: u32, client_ack: u32, macs: &EthAddrs) -> bool {
+fn promote(key: &FlowKey, hs: &handshakes::Found, client_ack: u32, macs: &EthAddrs) -> bool {
     let flow = FlowValue {
-        origin,
+        origin: hs.origin,
         flags: FLOW_SEEN_SYN,
         client_ack,
         hop_mac: macs.src,
@@ -495,7 +505,7 @@ fn promote(key: &FlowKey, origin: u32, client_ack: u32, macs: &EthAddrs) -> bool
     if FLOWS.insert(key, &flow, 0).is_err() {
         return false;
     }
-    let _ = HANDSHAKES.remove(key);
+    handshakes::remove(hs);
     true
 }
 
@@ -567,10 +577,12 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
         }
         return;
     }
-    // SAFETY: copied out at once (see steer_request).
-    if let Some(hs) = (unsafe { HANDSHAKES.get(&key) }).copied() {
+    let Some(hash) = vip_flow_hash(t.family, &t.saddr, t.sport, vip) else {
+        return;
+    };
+    if let Some(hs) = handshakes::find(&handshakes::Key::of(&key), hash) {
         if let Some(o) = origin(hs.origin) {
-            if is_to_origin(t, &o, vip) && HANDSHAKES.remove(&key).is_ok() {
+            if is_to_origin(t, &o, vip) && handshakes::remove(&hs) {
                 count(hs.origin, |c| c.stale_flows += 1);
             }
         }
@@ -597,8 +609,7 @@ fn vip_addr(vip: &VipConfig, family: u16) -> Option<[u8; 16]> {
 /// source an edge-originated reset may have.
 #[inline(always)]
 pub fn is_from_vip(t: &Tcp, vip: &VipConfig) -> bool {
-    t.sport == vip.port_be
-        && vip_addr(vip, t.family).is_some_and(|a| same_addr(&a, &t.saddr))
+    t.sport == vip.port_be && vip_addr(vip, t.family).is_some_and(|a| same_addr(&a, &t.saddr))
 }
 
 /// Where a reply goes back to: origin index, and the source to restore.
@@ -630,17 +641,16 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     // the same bits or the same sequence number (the origin's retransmitted SYN-ACK).
     let flow = FLOWS.get_ptr_mut(&key);
     let handshake = if flow.is_none() {
-        Some(HANDSHAKES.get_ptr_mut(&key)?)
+        let hash = vip_flow_hash(t.family, &t.daddr, t.dport, vip)?;
+        Some(handshakes::find(&handshakes::Key::of(&key), hash)?)
     } else {
         None
     };
-    // SAFETY: pointers into map values, valid while this program runs (RCU).
-    let index = unsafe {
-        match (flow, handshake) {
-            (Some(f), _) => (*f).origin,
-            (None, Some(h)) => (*h).origin,
-            (None, None) => return None,
-        }
+    let index = match (flow, &handshake) {
+        // SAFETY: a pointer into the map value, valid while this program runs (RCU).
+        (Some(f), _) => unsafe { (*f).origin },
+        (None, Some(h)) => h.origin,
+        (None, None) => return None,
     };
     let o = origin(index)?;
     if o.port_be != t.sport {
@@ -667,10 +677,9 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
                 (*f).flags |= FLOW_ORIGIN_CLOSED;
                 closed = true;
             }
-        } else if let Some(h) = handshake {
+        } else if let Some(h) = &handshake {
             if t.flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
-                (*h).expect_ack = t.seq.wrapping_add(1);
-                (*h).flags |= HANDSHAKE_ISN_SEEN;
+                handshakes::set_isn_seen(h, t.seq.wrapping_add(1));
             }
         }
     }

@@ -1,0 +1,244 @@
+//! The handshake table (`maps::HANDSHAKES`): connections between their SYN and the client's
+//! ACK of the origin's SYN-ACK (why the data plane keeps them: `steer::steer_request`).
+//!
+//! # Shape
+//! A set-associative table in a `BPF_MAP_TYPE_ARRAY`: `HANDSHAKE_BUCKETS` buckets of
+//! `HANDSHAKE_WAYS` slots (`switcher_common::HandshakeBucket`). A connection's bucket is the
+//! low bits of its request's flow hash (the Maglev hash of client -> VIP, which a SYN computes
+//! anyway for its table slot), and its handshake sits in any slot of that bucket. A SYN takes
+//! the slot already holding its connection (a retransmission), else an empty one, else one
+//! chosen by its initial sequence number (random per connection), whose handshake is lost.
+//!
+//! # Why not a hash map
+//! It was an LRU hash (`BPF_F_NO_COMMON_LRU`) until 2026-12-02. One insert there costs
+//! 130-160 ns for a key already present and 650-690 ns for a new one once the table is full,
+//! which is every SYN of a flood (BENCHMARKS.md, 2026-12-02, branch dp-floor: a plain
+//! preallocated hash is no better, 53 ns and 390-420 ns), against an empty program's 8-10 ns.
+//! Here a SYN costs an inlined array lookup, at most four key compares and twelve stores, so
+//! a SYN flood costs the edge little more than the SYN parse does.
+//!
+//! # What is given up, and why it is acceptable
+//! * Capacity is per bucket: a live handshake is lost only when its bucket is full and a new
+//!   SYN picks its slot, i.e. four other connections hash to the same 1 of 65,536 buckets
+//!   while it waits one round trip for its ACK. With 1,000 handshakes in flight that is about
+//!   one bucket in 10^9; under a SYN flood, handshakes are replaced as the LRU evicted them
+//!   (the flood's SYNs land in every bucket), and the client's retransmitted SYN starts over.
+//! * Slots are written without a lock, as word stores. A writer first zeroes the slot's
+//!   port/family word (an empty slot), writes the rest, and writes that word last; readers
+//!   compare the key, read the fields, and compare the key again, so they see a whole
+//!   handshake or none. Two SYNs of different connections writing the same slot at the same
+//!   instant on two CPUs could leave a slot mixing both: that connection's ACK then goes to
+//!   the other's origin, which resets it, and the client connects again. It takes the same
+//!   bucket, the same slot and the same few nanoseconds: not seen outside a flood.
+//! * Abandoned handshakes (a SYN never answered, a client that gave up) stay until a SYN
+//!   reuses their slot; they cost nothing but the slot.
+//!
+//! User space maps the array (`BPF_F_MMAPABLE`) to count handshakes and empty those of a
+//! retired origin, with the same one-word store (`switcher-ctl/src/handshake_table.rs`).
+
+use core::ptr::{read_volatile, write_volatile};
+
+use switcher_common::{handshake_bucket, FlowKey, HANDSHAKE_ISN_SEEN, HANDSHAKE_WAYS};
+
+use crate::maps::HANDSHAKES;
+
+/// 4-byte words per slot (`HandshakeSlot`, 48 bytes; its layout is pinned in switcher-common).
+const SLOT_WORDS: usize = 12;
+/// Word of a slot: the key's client port (low half, network order) and family (high half);
+/// 0 in an empty slot.
+const W_PORT_FAMILY: usize = 4;
+/// Word of a slot: `Handshake::origin`.
+const W_ORIGIN: usize = 5;
+/// Word of a slot: `Handshake::flags`.
+const W_FLAGS: usize = 6;
+/// Word of a slot: `Handshake::expect_ack`.
+const W_EXPECT_ACK: usize = 7;
+/// Word of a slot: `Handshake::client_isn`.
+const W_CLIENT_ISN: usize = 8;
+/// Words of a slot: `Handshake::hop_mac` then `local_mac` (12 bytes).
+const W_MACS: usize = 9;
+
+/// A connection as the table compares it: its `FlowKey`'s five words as they sit in a slot.
+#[derive(Clone, Copy)]
+pub struct Key([u32; 5]);
+
+impl Key {
+    /// The table's key of the connection `k`: its five words, read from where it was built.
+    ///
+    /// Read through memory, not assembled from the packet's address bytes: taking the address
+    /// apart into words here made LLVM keep the parsed client address as 16 separate bytes,
+    /// and every flow lookup then built its key with 16 one-byte stores (the tracked flow
+    /// 1.17x slower in the same rounds).
+    #[inline(always)]
+    pub fn of(k: &FlowKey) -> Self {
+        // SAFETY: `FlowKey` is 20 bytes of plain integers, 4-byte aligned (pinned in
+        // switcher-common): five u32 words.
+        Key(unsafe { core::ptr::read((k as *const FlowKey).cast::<[u32; 5]>()) })
+    }
+}
+
+/// A handshake found in the table: where it is, and the fields the data plane reads.
+pub struct Found {
+    /// The slot's first word, for [`set_isn_seen`] and [`remove`].
+    slot: *mut u32,
+    /// The connection's key, to check it still holds the slot when writing it.
+    key: Key,
+    /// `Handshake::origin`.
+    pub origin: u32,
+    /// `Handshake::flags`.
+    pub flags: u32,
+    /// `Handshake::expect_ack`.
+    pub expect_ack: u32,
+}
+
+/// The first word of the bucket of flow hash `hash`.
+#[inline(always)]
+fn bucket(hash: u32) -> Option<*mut u32> {
+    let b = HANDSHAKES.get_ptr_mut(handshake_bucket(hash))?;
+    Some(b.cast::<u32>())
+}
+
+/// Word `w` of the slot at `s`.
+///
+/// # Safety
+/// `s` is a slot of a bucket from [`bucket`], `w < SLOT_WORDS`.
+#[inline(always)]
+unsafe fn load(s: *mut u32, w: usize) -> u32 {
+    // SAFETY: per the caller. Volatile: each word is read once, where it is written here, and
+    // the stores below stay in the order the protocol (module docs) needs.
+    unsafe { read_volatile(s.add(w)) }
+}
+
+/// Writes word `w` of the slot at `s`.
+///
+/// # Safety
+/// As [`load`].
+#[inline(always)]
+unsafe fn store(s: *mut u32, w: usize, v: u32) {
+    // SAFETY: per the caller.
+    unsafe { write_volatile(s.add(w), v) }
+}
+
+/// Whether the slot at `s` holds connection `k`.
+///
+/// # Safety
+/// As [`load`].
+#[inline(always)]
+unsafe fn holds(s: *mut u32, k: &Key) -> bool {
+    // SAFETY: per the caller; words 0..=4 are the key. The port/family word first: it tells
+    // most other connections apart, and it is 0 in an empty slot or one being written.
+    unsafe {
+        load(s, W_PORT_FAMILY) == k.0[4]
+            && (load(s, 0) ^ k.0[0])
+                | (load(s, 1) ^ k.0[1])
+                | (load(s, 2) ^ k.0[2])
+                | (load(s, 3) ^ k.0[3])
+                == 0
+    }
+}
+
+/// The handshake of connection `k`, whose request's flow hash is `hash`, if the table has it.
+#[inline(always)]
+pub fn find(k: &Key, hash: u32) -> Option<Found> {
+    let b = bucket(hash)?;
+    let mut w = 0;
+    while w < HANDSHAKE_WAYS as usize {
+        // SAFETY: slot `w` of the bucket (the loop bound is the number of ways).
+        unsafe {
+            let s = b.add(w * SLOT_WORDS);
+            if holds(s, k) {
+                let found = Found {
+                    slot: s,
+                    key: *k,
+                    origin: load(s, W_ORIGIN),
+                    flags: load(s, W_FLAGS),
+                    expect_ack: load(s, W_EXPECT_ACK),
+                };
+                // A SYN on another CPU may have taken the slot while it was read.
+                return holds(s, k).then_some(found);
+            }
+        }
+        w += 1;
+    }
+    None
+}
+
+/// Records the handshake of connection `k` (flow hash `hash`) pinned to `origin`: its SYN's
+/// sequence number `client_isn` and the SYN frame's Ethernet addresses, `eth` being the
+/// frame's first 12 bytes as three native words (destination, then source address). A
+/// handshake this connection already had is replaced (a retransmitted SYN).
+#[inline(always)]
+pub fn record(k: &Key, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3]) {
+    let Some(b) = bucket(hash) else { return };
+    // The slot already holding `k`, else the first empty one, else the one the SYN's
+    // sequence number picks (random per connection, so a flood cannot aim at one slot).
+    // SAFETY: slots 0..HANDSHAKE_WAYS of the bucket; the victim index is masked into range.
+    let s = unsafe {
+        let mut mine = None;
+        let mut empty = None;
+        let mut w = 0;
+        while w < HANDSHAKE_WAYS as usize {
+            let s = b.add(w * SLOT_WORDS);
+            if holds(s, k) {
+                mine = Some(s);
+                break;
+            }
+            if empty.is_none() && load(s, W_PORT_FAMILY) == 0 {
+                empty = Some(s);
+            }
+            w += 1;
+        }
+        mine.or(empty)
+            .unwrap_or_else(|| b.add((client_isn & (HANDSHAKE_WAYS - 1)) as usize * SLOT_WORDS))
+    };
+    // The frame's addresses, destination (this edge) then source (the client's hop), as the
+    // slot keeps them: hop_mac (source) then local_mac (destination).
+    let hop_lo = eth[1] >> 16 | eth[2] << 16;
+    let hop_hi_local_lo = eth[2] >> 16 | eth[0] << 16;
+    let local_hi = eth[0] >> 16 | eth[1] << 16;
+    // SAFETY: `s` is a slot of the bucket. The port/family word is zeroed first and written
+    // last (module docs): a reader never matches a half-written slot.
+    unsafe {
+        store(s, W_PORT_FAMILY, 0);
+        store(s, 0, k.0[0]);
+        store(s, 1, k.0[1]);
+        store(s, 2, k.0[2]);
+        store(s, 3, k.0[3]);
+        store(s, W_ORIGIN, origin);
+        store(s, W_FLAGS, 0);
+        store(s, W_EXPECT_ACK, 0);
+        store(s, W_CLIENT_ISN, client_isn);
+        store(s, W_MACS, hop_lo);
+        store(s, W_MACS + 1, hop_hi_local_lo);
+        store(s, W_MACS + 2, local_hi);
+        store(s, W_PORT_FAMILY, k.0[4]);
+    }
+}
+
+/// Records what the origin's SYN-ACK says: the ACK that completes the handshake must carry
+/// `expect_ack` (its initial sequence number + 1).
+#[inline(always)]
+pub fn set_isn_seen(f: &Found, expect_ack: u32) {
+    // SAFETY: a slot from `find`. A SYN of another connection taking the slot meanwhile gets
+    // these two words overwritten by its own record or keeps a number its ACK cannot match.
+    unsafe {
+        if holds(f.slot, &f.key) {
+            store(f.slot, W_EXPECT_ACK, expect_ack);
+            store(f.slot, W_FLAGS, f.flags | HANDSHAKE_ISN_SEEN);
+        }
+    }
+}
+
+/// Empties the slot of a handshake `find` returned, unless another connection has taken it
+/// since. Returns whether it did.
+#[inline(always)]
+pub fn remove(f: &Found) -> bool {
+    // SAFETY: a slot from `find`; one word store empties it.
+    unsafe {
+        if !holds(f.slot, &f.key) {
+            return false;
+        }
+        store(f.slot, W_PORT_FAMILY, 0);
+    }
+    true
+}
