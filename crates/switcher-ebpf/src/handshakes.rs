@@ -19,9 +19,10 @@
 //!
 //! # What is given up, and why it is acceptable
 //! * Capacity is per bucket: a live handshake is lost only when its bucket is full and a new
-//!   SYN picks its slot, i.e. four other connections hash to the same 1 of 65,536 buckets
-//!   while it waits one round trip for its ACK. With 1,000 handshakes in flight that is about
-//!   one bucket in 10^9; under a SYN flood, handshakes are replaced as the LRU evicted them
+//!   SYN picks its slot, i.e. while it waits one round trip for its ACK, three other
+//!   connections fill its bucket (1 of 65,536) and a fourth arrives whose ISN picks its slot.
+//!   With 1,000 handshakes in flight (0.015 a bucket) that is about one handshake in 10^9
+//!   (Poisson: 0.015^4 / 4! / 4); under a SYN flood, handshakes are replaced as the LRU evicted them
 //!   (the flood's SYNs land in every bucket), and the client's retransmitted SYN starts over.
 //! * Slots are written without a lock, as word stores. A writer first zeroes the slot's
 //!   port/family word (an empty slot), writes the rest, and writes that word last; readers
