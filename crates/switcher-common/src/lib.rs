@@ -155,6 +155,21 @@ pub mod prog_names {
     /// Benchmark variant, never attached: `switcher_xdp` (counting early) parsing IPv4 with one
     /// bounds check.
     pub const BENCH_NFV_BOTH: &str = "bench_nfv_both";
+    /// Benchmark variant, never attached: `switcher_xdp` without the fast exit for a packet
+    /// not for the VIP (branch dplean), i.e. the product's path before it.
+    pub const BENCH_NFV_NO_FAST: &str = "bench_nfv_no_fast";
+    /// Benchmark step, never attached: the tracked-flow path of `switcher_xdp` up to its parse
+    /// and VIP check.
+    pub const BENCH_TF_PARSE: &str = "bench_tf_parse";
+    /// Benchmark step, never attached: [`BENCH_TF_PARSE`] + the flow key and the
+    /// `SWITCHER_FLOWS` lookup.
+    pub const BENCH_TF_LOOKUP: &str = "bench_tf_lookup";
+    /// Benchmark step, never attached: [`BENCH_TF_LOOKUP`] + the flow's fields, the client
+    /// ACK record, the origin's target and the remote check.
+    pub const BENCH_TF_ORIGIN: &str = "bench_tf_origin";
+    /// Benchmark step, never attached: [`BENCH_TF_ORIGIN`] + the rewrite (`switcher_xdp`
+    /// adds the counter update).
+    pub const BENCH_TF_REWRITE: &str = "bench_tf_rewrite";
 }
 
 /// Maps only the never-attached benchmark programs use (`switcher-ebpf/src/bench.rs`). The

@@ -78,7 +78,7 @@ use test_kit::process::pin_to_cpu;
 const REPEAT: u32 = 1_000_000;
 
 /// The never-attached programs besides the empty one (`switcher-ebpf/src/bench.rs`).
-const BENCH_ONLY: [&str; 10] = [
+const BENCH_ONLY: [&str; 15] = [
     prog_names::BENCH_FLOW_LOOKUP,
     prog_names::BENCH_FRESH_KEY,
     prog_names::BENCH_HS_LRU_FRESH,
@@ -89,6 +89,11 @@ const BENCH_ONLY: [&str; 10] = [
     prog_names::BENCH_NFV_BEFORE,
     prog_names::BENCH_NFV_ONE_BOUND,
     prog_names::BENCH_NFV_BOTH,
+    prog_names::BENCH_NFV_NO_FAST,
+    prog_names::BENCH_TF_PARSE,
+    prog_names::BENCH_TF_LOOKUP,
+    prog_names::BENCH_TF_ORIGIN,
+    prog_names::BENCH_TF_REWRITE,
 ];
 /// Repetitions of each BPF_PROG_TEST_RUN measurement, ours and the empty program's
 /// interleaved; the median and the range of the per-round ratios are reported. Odd, so the
@@ -231,6 +236,8 @@ struct Cost {
     kernel: f64,
     /// CLOCK_MONOTONIC / repetitions.
     wall: f64,
+    /// The program's return code (of the last repetition).
+    ret: u32,
 }
 
 /// CPU time of the calling thread, ns.
@@ -267,6 +274,7 @@ fn test_run(ebpf: &Ebpf, prog: &str, data: &[u8], repeat: u32) -> Cost {
         cpu: cpu as f64 / n,
         kernel: r.duration.as_nanos() as f64,
         wall: wall.as_nanos() as f64 / n,
+        ret: r.return_value,
     }
 }
 
@@ -486,6 +494,11 @@ fn prog_test_run(out: &mut String) {
     eprintln!("datapath bench: floors done, {:?}", started.elapsed());
     parse_variants(out, &ebpf);
     eprintln!("datapath bench: variants done, {:?}", started.elapsed());
+    tracked_steps(out, &ebpf);
+    eprintln!(
+        "datapath bench: tracked-flow steps done, {:?}",
+        started.elapsed()
+    );
     distinct_rows(out, &mut ebpf, peer.as_mut(), median(empty_cpu));
 }
 
@@ -684,13 +697,15 @@ fn variant_rounds() -> usize {
 /// (IPv4, IPv6) and on the tracked flow's (a variant must not cost the packets for the VIP
 /// more).
 fn parse_variants(out: &mut String, ebpf: &Ebpf) {
-    const PROGS: [&str; 5] = [
+    const PROGS: [&str; 6] = [
         prog_names::XDP_INGRESS,
         prog_names::BENCH_NFV_BEFORE,
         prog_names::BENCH_NFV_ONE_BOUND,
         prog_names::BENCH_NFV_BOTH,
+        prog_names::BENCH_NFV_NO_FAST,
         prog_names::BENCH_XDP_PASS,
     ];
+    let variants = PROGS.len() - 1;
     writeln!(
         out,
         "### Not-for-the-VIP variants against `switcher_xdp`, repeat = {REPEAT}, {} interleaved rounds on one pinned CPU\n",
@@ -728,11 +743,11 @@ fn parse_variants(out: &mut String, ebpf: &Ebpf) {
         };
         assert_eq!(
             took,
-            4 * runs,
+            variants as u64 * runs,
             "{desc}: every variant took the measured path"
         );
-        let base = &costs[4];
-        for (prog, c) in PROGS.iter().zip(&costs).take(4) {
+        let base = &costs[variants];
+        for (prog, c) in PROGS.iter().zip(&costs).take(variants) {
             let (r, lo, hi) = spread(&ratios(c, base, |c| c.cpu));
             let (p, plo, phi) = spread(&ratios(c, &costs[0], |c| c.cpu));
             let (a, _, _) = spread(&above(c, base));
@@ -751,6 +766,102 @@ fn parse_variants(out: &mut String, ebpf: &Ebpf) {
         .unwrap();
     }
     out.push('\n');
+}
+
+/// The tracked flow's path step by step: the `bench_tf_*` programs (`switcher_xdp`'s tracked
+/// path cut after each step, never attached), `switcher_xdp` (the last step adds the counter
+/// update), `bench_nfv_no_fast` (`switcher_xdp` without the fast exit for packets not for the
+/// VIP, which the tracked packet runs through first) and `bench_flow_lookup` (the lookup
+/// alone) against the empty program, in [`variant_rounds`] interleaved rounds on the tracked
+/// flow's packet. Each row gives its time above the empty program and what it adds to the
+/// row before it (median of the per-round differences).
+fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
+    const PROGS: [(&str, &str); 8] = [
+        (prog_names::BENCH_XDP_PASS, "empty program (baseline)"),
+        (
+            prog_names::BENCH_TF_PARSE,
+            "`bench_tf_parse`: VIP lookup, parse (`classify`), VIP check",
+        ),
+        (
+            prog_names::BENCH_TF_LOOKUP,
+            "`bench_tf_lookup`: + flow key, `SWITCHER_FLOWS` lookup",
+        ),
+        (
+            prog_names::BENCH_TF_ORIGIN,
+            "`bench_tf_origin`: + flow fields, client ACK, FINISHING check, origin target, remote check",
+        ),
+        (
+            prog_names::BENCH_TF_REWRITE,
+            "`bench_tf_rewrite`: + rewrite (ports, checksum)",
+        ),
+        (
+            prog_names::XDP_INGRESS,
+            "`switcher_xdp`: + counter update (the product)",
+        ),
+        (
+            prog_names::BENCH_NFV_NO_FAST,
+            "`bench_nfv_no_fast`: `switcher_xdp` without the not-for-the-VIP fast exit",
+        ),
+        (
+            prog_names::BENCH_FLOW_LOOKUP,
+            "`bench_flow_lookup`: the `SWITCHER_FLOWS` lookup alone (constant key)",
+        ),
+    ];
+    let names: Vec<&str> = PROGS.iter().map(|(p, _)| *p).collect();
+    let data = tracked_pkt();
+    let before = stats(ebpf)[0];
+    let costs = interleaved(ebpf, &names, &data, variant_rounds());
+    let runs = u64::from(REPEAT) * variant_rounds() as u64;
+    assert_eq!(
+        stats(ebpf)[0].rewrites - before.rewrites,
+        2 * runs,
+        "switcher_xdp and bench_nfv_no_fast rewrote every repetition"
+    );
+    for ((prog, _), c) in PROGS.iter().zip(&costs) {
+        assert!(
+            c.iter().all(|c| c.ret == 2),
+            "{prog}: every call returned XDP_PASS (took the tracked path)"
+        );
+    }
+    writeln!(
+        out,
+        "### Tracked flow step by step, repeat = {REPEAT}, {} interleaved rounds on one pinned CPU
+",
+        variant_rounds()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| program | ns/pkt (median) | ratio to the empty program (median, range) | ns above empty (median, range) | ns above the row before (median, range) |"
+    )
+    .unwrap();
+    writeln!(out, "|---|---:|---:|---:|---:|").unwrap();
+    let base = &costs[0];
+    for (i, ((_, desc), c)) in PROGS.iter().zip(&costs).enumerate() {
+        let (r, lo, hi) = spread(&ratios(c, base, |c| c.cpu));
+        let (a, alo, ahi) = spread(&above(c, base));
+        // Steps 1..=5 add to the row before; the last two rows are comparisons.
+        let step = if (1..=5).contains(&i) {
+            let (d, dlo, dhi) = spread(&above(c, &costs[i - 1]));
+            format!("{d:.1} ({dlo:.1}..{dhi:.1})")
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "| {desc} | {:.2} | {r:.2}x ({lo:.2}x..{hi:.2}x) | {a:.1} ({alo:.1}..{ahi:.1}) | {step} |",
+            median(c.iter().map(|c| c.cpu).collect()),
+        )
+        .unwrap();
+    }
+    let (r, lo, hi) = spread(&ratios(&costs[5], &costs[6], |c| c.cpu));
+    writeln!(
+        out,
+        "
+`switcher_xdp` / `bench_nfv_no_fast` on the tracked flow, same rounds: {r:.3} ({lo:.3}..{hi:.3}).
+"
+    )
+    .unwrap();
 }
 
 /// Distinct packets per round in [`distinct_rows`].
@@ -977,6 +1088,7 @@ fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig, peer_column:
             cpu: per_thread.iter().map(|c| c.cpu).sum::<f64>() / n,
             kernel: per_thread.iter().map(|c| c.kernel).sum::<f64>() / n,
             wall: per_thread.iter().map(|c| c.wall).sum::<f64>() / n,
+            ret: per_thread[0].ret,
         }
     };
     let before = stats(ebpf);

@@ -663,8 +663,125 @@ fn table() -> Vec<Case> {
         b
     };
 
+    // Segments to another port than the VIP's and not SYNs: the shapes `switcher_xdp`'s fast
+    // exit passes (`packet::is_elsewhere_common`), and those it must leave to the full
+    // classification, which counts them as it always did.
+    let other_v4 = Pkt::tcp("10.1.1.1", 40000, VIP4, 443, ACK).with_payload(b"x");
+    let other_v6 = Pkt::tcp("fd00::99", 50000, VIP6, 443, ACK).with_payload(b"x");
+    let mut other_options = Pkt::tcp("10.1.1.5", 40005, VIP4, 443, ACK);
+    other_options.ip_options = vec![1, 1, 1, 0];
+    let mut other_frag = Pkt::tcp("10.1.1.6", 40006, VIP4, 443, ACK);
+    other_frag.frag = 0x2000; // MF
+    let mut other_v6_frag = Pkt::tcp("fd00::98", 50001, VIP6, 443, ACK);
+    other_v6_frag.v6_ext = Some(44);
+    let mut other_v6_hbh = Pkt::tcp("fd00::98", 50001, VIP6, 443, ACK);
+    other_v6_hbh.v6_ext = Some(0);
+    let other_v4_with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = other_v4.build();
+        f(&mut b);
+        b
+    };
+    let other_bad_version = other_v4_with(&|b| b[14] = 0x55);
+    let other_short_doff = other_v4_with(&|b| b[14 + 20 + 12] = 0x40); // data offset 4
+    let other_truncated_tcp = other_v4_with(&|b| b.truncate(14 + 20 + 10));
+    let other_lying_len = other_v4_with(&|b| b.truncate(b.len() - 1));
+    let other_v6_bad_version = {
+        let mut b = other_v6.build();
+        b[14] = 0x45;
+        b
+    };
+    let other_v6_truncated_tcp = {
+        let mut b = other_v6.build();
+        b.truncate(14 + 40 + 10);
+        b
+    };
+
     let len = |p: &Pkt| p.build().len();
     vec![
+        case(
+            "IPv4 ACK to another port passes, counted as a pass only",
+            Xdp,
+            other_v4.build(),
+            None,
+            pass(),
+        ),
+        case(
+            "IPv6 ACK to another port passes, counted as a pass only",
+            Xdp,
+            other_v6.build(),
+            None,
+            pass(),
+        ),
+        case(
+            "IPv4 ACK to another port whose length lies passes, a pass only (length not checked)",
+            Xdp,
+            other_lying_len,
+            None,
+            pass(),
+        ),
+        case(
+            "IPv4 options to another port pass, counted",
+            Xdp,
+            other_options.build(),
+            None,
+            pass_as("ip_options"),
+        ),
+        case(
+            "IPv4 fragment to another port passes, counted",
+            Xdp,
+            other_frag.build(),
+            None,
+            pass_as("fragments"),
+        ),
+        case(
+            "IPv6 fragment header to another port passes, counted",
+            Xdp,
+            other_v6_frag.build(),
+            None,
+            pass_as("fragments"),
+        ),
+        case(
+            "IPv6 hop-by-hop header to another port passes, counted",
+            Xdp,
+            other_v6_hbh.build(),
+            None,
+            pass_as("ip_options"),
+        ),
+        case(
+            "bad IP version to another port passes, malformed",
+            Xdp,
+            other_bad_version,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "IPv6 EtherType with version 4 to another port passes, malformed",
+            Xdp,
+            other_v6_bad_version,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "TCP data offset below 5 to another port passes, malformed",
+            Xdp,
+            other_short_doff,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "truncated TCP header to another port passes, malformed",
+            Xdp,
+            other_truncated_tcp,
+            None,
+            pass_as("malformed"),
+        ),
+        case(
+            "truncated IPv6 TCP header to another port passes, malformed",
+            Xdp,
+            other_v6_truncated_tcp,
+            None,
+            pass_as("malformed"),
+        ),
         case(
             "IPv4 SYN to VIP goes to the active origin (primary) as a handshake",
             Xdp,

@@ -16,6 +16,10 @@
 //!   cost on a hit.
 //! * `bench_nfv_*`: `switcher_xdp` with another way of parsing and counting a packet not for
 //!   the VIP (`crate::ParseVariant`), timed against the product's in the same rounds.
+//! * `bench_tf_*`: the tracked-flow path of `switcher_xdp` cut after each of its steps (parse
+//!   and VIP check; + flow key and `SWITCHER_FLOWS` lookup; + the flow's fields, client ACK
+//!   and origin; + the rewrite), built from the product's own functions, so the bench can
+//!   say what each step adds; `switcher_xdp` itself is the last step (+ the counters).
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_COMMON_LRU},
@@ -30,7 +34,7 @@ use switcher_common::{
 };
 
 use crate::{
-    count_steered, encap, maps,
+    count_steered, maps,
     packet::{classify, tcp, Class},
     steer, xdp_request, xdp_rewrite_dst,
 };
@@ -337,7 +341,7 @@ pub fn bench_cache_hit(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     // As `switcher_xdp`: a remote origin's packets are encapsulated (not measured here).
-    if encap::remote_host(target.index).is_some() {
+    if target.remote_host.is_some() {
         return xdp_action::XDP_ABORTED;
     }
     let rewritten = xdp_rewrite_dst(start, end, &t, &target).is_some();
@@ -350,18 +354,122 @@ pub fn bench_cache_hit(ctx: XdpContext) -> u32 {
 /// choice is timed against.
 #[xdp]
 pub fn bench_nfv_before(ctx: XdpContext) -> u32 {
-    xdp_request::<false, false>(&ctx)
+    xdp_request::<false, false, false>(&ctx)
 }
 
 /// Variant, never attached: the previous counting with IPv4 parsed with one bounds check
 /// (`ParseVariant::one_bound`).
 #[xdp]
 pub fn bench_nfv_one_bound(ctx: XdpContext) -> u32 {
-    xdp_request::<false, true>(&ctx)
+    xdp_request::<false, true, false>(&ctx)
 }
 
-/// Variant, never attached: the product's counting (early) with one bounds check for IPv4.
+/// Variant, never attached: the product's counting (early) with one bounds check for IPv4
+/// (without the fast exit).
 #[xdp]
 pub fn bench_nfv_both(ctx: XdpContext) -> u32 {
-    xdp_request::<true, true>(&ctx)
+    xdp_request::<true, true, false>(&ctx)
+}
+
+/// Variant, never attached: the product's parsing and counting without the fast exit
+/// (`ParseVariant::fast_exit`), i.e. `switcher_xdp` before branch dplean.
+#[xdp]
+pub fn bench_nfv_no_fast(ctx: XdpContext) -> u32 {
+    xdp_request::<true, false, false>(&ctx)
+}
+
+/// How far a `bench_tf_*` program runs the tracked-flow path (see [`tracked_until`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    /// The VIP's lookup, the packet's parse (`classify`) and the VIP check.
+    Parse,
+    /// + the flow key and the `SWITCHER_FLOWS` lookup (a hit).
+    Lookup,
+    /// + the flow's origin and flags, the client ACK (`steer::record_client_ack`), the
+    /// FINISHING check, the origin's target (`steer::origin_target`) and the remote check
+    /// (`steer::Target::remote_host`): everything `switcher_xdp` decides before rewriting.
+    Origin,
+    /// + the rewrite (`xdp_rewrite_dst`); `switcher_xdp` adds the counter update to it.
+    Rewrite,
+}
+
+/// The tracked-flow path of `switcher_xdp` (`request_with` and `steer::steer_request`'s
+/// tracked branch, with the product's functions) up to `until`, then XDP_PASS; XDP_ABORTED if
+/// the packet does not take the tracked path (the bench checks the return code). Results the
+/// later steps would use are fed to the return code, so LLVM keeps each step's work.
+#[inline(always)]
+fn tracked_until(ctx: &XdpContext, until: Step) -> u32 {
+    let Some(vip) = steer::vip() else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let Class::Tcp(t) = classify(start, end, end - start, vip.port_be) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if !steer::is_to_vip(&t, vip) {
+        return xdp_action::XDP_ABORTED;
+    }
+    if until == Step::Parse {
+        return pass_if(t.sport != 0);
+    }
+    let key = steer::flow_key(&t);
+    let Some(flow) = maps::FLOWS.get_ptr_mut(&key) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if until == Step::Lookup {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: as in `steer::steer_request`.
+    let (index, flags) = unsafe { ((*flow).origin, (*flow).flags) };
+    if t.is_syn() {
+        return xdp_action::XDP_ABORTED;
+    }
+    steer::record_client_ack(flow, &t);
+    if flags & FLOW_FINISHING != 0 && t.payload {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(target) = steer::origin_target(index, t.family) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if target.remote_host.is_some() {
+        return xdp_action::XDP_ABORTED;
+    }
+    if until == Step::Origin {
+        return pass_if(target.port != 0 && target.addr.is_none());
+    }
+    pass_if(xdp_rewrite_dst(start, end, &t, &target).is_some())
+}
+
+/// XDP_PASS if `ok`, else XDP_ABORTED.
+#[inline(always)]
+fn pass_if(ok: bool) -> u32 {
+    if ok {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_ABORTED
+    }
+}
+
+/// Step, never attached: the tracked flow's parse and VIP check ([`Step::Parse`]).
+#[xdp]
+pub fn bench_tf_parse(ctx: XdpContext) -> u32 {
+    tracked_until(&ctx, Step::Parse)
+}
+
+/// Step, never attached: + the flow lookup ([`Step::Lookup`]).
+#[xdp]
+pub fn bench_tf_lookup(ctx: XdpContext) -> u32 {
+    tracked_until(&ctx, Step::Lookup)
+}
+
+/// Step, never attached: + the flow's fields, client ACK and origin ([`Step::Origin`]).
+#[xdp]
+pub fn bench_tf_origin(ctx: XdpContext) -> u32 {
+    tracked_until(&ctx, Step::Origin)
+}
+
+/// Step, never attached: + the rewrite ([`Step::Rewrite`]).
+#[xdp]
+pub fn bench_tf_rewrite(ctx: XdpContext) -> u32 {
+    tracked_until(&ctx, Step::Rewrite)
 }

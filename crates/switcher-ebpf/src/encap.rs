@@ -66,7 +66,7 @@ use aya_ebpf::{
 };
 use switcher_common::{
     dsr::{EncapCounters, IPPROTO_IPIP, IPPROTO_IPV6, OUTER_TTL},
-    Counters, VipConfig, FAMILY_V4, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
+    Counters, Origin, VipConfig, FAMILY_V4, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
 };
 
 use crate::{
@@ -101,7 +101,14 @@ pub fn remote_host(index: u32) -> Option<[u8; 4]> {
     if index >= MAX_ORIGINS {
         return None;
     }
-    let o = ORIGINS.get(index)?;
+    remote_host_of(ORIGINS.get(index)?)
+}
+
+/// The host address of origin `o` (a `SWITCHER_ORIGINS` value) when it is a configured remote
+/// (DSR) origin, else `None`: what `steer::Target::remote_host` holds, read from the origin
+/// the target was made of, so a steered request looks its origin up once.
+#[inline(always)]
+pub fn remote_host_of(o: &Origin) -> Option<[u8; 4]> {
     if o.flags & (ORIGIN_CONFIGURED | ORIGIN_REMOTE) != ORIGIN_CONFIGURED | ORIGIN_REMOTE {
         return None;
     }

@@ -69,7 +69,7 @@ use aya_ebpf::{
 use packet::{
     classify, ipv4, ipv6, ptr_at, tcp, Class, Tcp, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN,
 };
-use switcher_common::{Counters, FAMILY_V4};
+use switcher_common::{Counters, VipConfig, FAMILY_V4};
 
 /// `bpf_l4_csum_replace` flag: the changed field is part of the pseudo-header.
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
@@ -116,33 +116,52 @@ struct ParseVariant {
     count_early: bool,
     /// IPv4 is parsed with one bounds check for the common shape (`packet::classify_with`).
     one_bound: bool,
+    /// XDP only ([`xdp_request`]): before any classification, a segment to another port in
+    /// the commonest IPv4 or IPv6 shape is recognised by `packet::is_elsewhere_common` and
+    /// counted as [`count_early`](Self::count_early) counts it ([`fast_exit`]); every other
+    /// packet takes the full path. (TC ingress, the fallback attachment, is not timed by the
+    /// bench and keeps the full path.)
+    fast_exit: bool,
 }
 
 /// The variant the product uses: counting early (see BENCHMARKS.md, 2026-12-02, branch
-/// dp-floor, for its time against the previous path, `bench_nfv_before`, in the same rounds);
-/// one bounds check for IPv4 showed no gain beyond noise and is not used.
+/// dp-floor, for its time against the previous path, `bench_nfv_before`, in the same rounds)
+/// and the fast exit before it (branch dplean, against `bench_nfv_no_fast`, the product
+/// without it, and against main's object); one bounds check for IPv4 showed no gain beyond
+/// noise and is not used.
 const PRODUCT_PARSE: ParseVariant = ParseVariant {
     count_early: true,
     one_bound: false,
+    fast_exit: true,
 };
 
 /// The request decision shared by XDP and TC ingress.
 #[inline(always)]
-fn request(ctx: *mut core::ffi::c_void, start: usize, end: usize, len: usize) -> Verdict {
-    request_with::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.one_bound }>(ctx, start, end, len)
-}
-
-/// [`request`] with a [`ParseVariant`] spelled out (const generics take no structs).
-#[inline(always)]
-fn request_with<const COUNT_EARLY: bool, const ONE_BOUND: bool>(
+fn request(
     ctx: *mut core::ffi::c_void,
+    vip: Option<&VipConfig>,
     start: usize,
     end: usize,
     len: usize,
 ) -> Verdict {
-    // The VIP first: its port lets parsing stop early for the commonest packet on an edge NIC,
-    // one that is not for the VIP (`Class::Elsewhere`), with one per-CPU counter add.
-    let vip = steer::vip();
+    request_with::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.one_bound }>(
+        ctx, vip, start, end, len,
+    )
+}
+
+/// [`request`] with a [`ParseVariant`] spelled out (const generics take no structs).
+///
+/// `vip` is `steer::vip()`, which the caller looks up first: its port lets parsing stop early
+/// for the commonest packet on an edge NIC, one that is not for the VIP (`Class::Elsewhere`),
+/// with one per-CPU counter add.
+#[inline(always)]
+fn request_with<const COUNT_EARLY: bool, const ONE_BOUND: bool>(
+    ctx: *mut core::ffi::c_void,
+    vip: Option<&VipConfig>,
+    start: usize,
+    end: usize,
+    len: usize,
+) -> Verdict {
     let class = packet::classify_with::<ONE_BOUND>(start, end, len, vip.map_or(0, |v| v.port_be));
     if COUNT_EARLY && matches!(class, Class::Elsewhere) {
         steer::count_pass(|_| {});
@@ -163,7 +182,7 @@ fn request_with<const COUNT_EARLY: bool, const ONE_BOUND: bool>(
     }
     match steer::steer_request(ctx, &t, vip, (start, end)) {
         // Either family: IPv6 requests go in 6in4 (see `encap`).
-        steer::Decision::Steer(target) => match encap::remote_host(target.index) {
+        steer::Decision::Steer(target) => match target.remote_host {
             None => Verdict::Rewrite(t, target),
             Some(host) => Verdict::Encap(t, target.index, host),
         },
@@ -186,6 +205,25 @@ fn request_with<const COUNT_EARLY: bool, const ONE_BOUND: bool>(
     }
 }
 
+/// The fast exit of [`ParseVariant::fast_exit`]: true when the packet `[start, end)` is a
+/// segment to another port than the VIP's in the commonest shape (see
+/// `packet::is_elsewhere_common`), then counted as [`request_with`] counts
+/// `Class::Elsewhere` (one `passes` add in the unsteered slot); false, nothing counted, for
+/// every other packet, which the caller then gives to [`request_with`].
+///
+/// Why it exists (BENCHMARKS.md, 2026-12-02, branch dplean): inlined into the one big request
+/// path, the same checks in `classify` ran with the VIP port and the class discriminant
+/// spilled to the stack and reloaded, for the packet that is most of an edge NIC's traffic.
+#[inline(always)]
+fn fast_exit(vip: Option<&VipConfig>, start: usize, end: usize) -> bool {
+    let Some(vip) = vip else { return false };
+    if !packet::is_elsewhere_common(start, end, vip.port_be) {
+        return false;
+    }
+    steer::count_pass(|_| {});
+    true
+}
+
 /// Counts a steered request once its rewrite is done or failed (`dropped`: at TC, a failed
 /// rewrite drops the packet): one per-CPU update per packet.
 #[inline(always)]
@@ -200,17 +238,47 @@ fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: b
 
 #[xdp]
 pub fn switcher_xdp(ctx: XdpContext) -> u32 {
-    xdp_request::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.one_bound }>(&ctx)
+    xdp_request::<
+        { PRODUCT_PARSE.count_early },
+        { PRODUCT_PARSE.one_bound },
+        { PRODUCT_PARSE.fast_exit },
+    >(&ctx)
 }
 
 /// The XDP request path with a [`ParseVariant`] spelled out: `switcher_xdp` is the product's
 /// variant, `bench::bench_nfv_*` the others.
 #[inline(always)]
-fn xdp_request<const COUNT_EARLY: bool, const ONE_BOUND: bool>(ctx: &XdpContext) -> u32 {
+fn xdp_request<const COUNT_EARLY: bool, const ONE_BOUND: bool, const FAST_EXIT: bool>(
+    ctx: &XdpContext,
+) -> u32 {
+    let vip = steer::vip();
+    // Read after the VIP's lookup (a helper call, which clobbers the caller-saved registers),
+    // so only the context is kept across it.
     let (start, end) = (ctx.data(), ctx.data_end());
+    if FAST_EXIT {
+        if fast_exit(vip, start, end) {
+            return xdp_action::XDP_PASS;
+        }
+    }
+    // Read again past the fast exit, with loads the optimiser may not merge with the first
+    // ones: with the same values, LLVM threads what the fast exit's checks found into
+    // `classify`'s, keeping flags and the packet length live (some on the stack) on the fast
+    // exit's own path instead of leaving it self-contained. (`core::hint::black_box` does the
+    // same through a stack round trip, which cost the tracked flow more.)
+    let (start, end) = if FAST_EXIT {
+        // SAFETY: the context the kernel passed, valid for the whole run.
+        unsafe {
+            (
+                core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+                core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+            )
+        }
+    } else {
+        (start, end)
+    };
     // This program is not frags-aware, so the kernel hands it linear packets: the readable
     // range is the whole packet.
-    match request_with::<COUNT_EARLY, ONE_BOUND>(ctx.as_ptr(), start, end, end - start) {
+    match request_with::<COUNT_EARLY, ONE_BOUND>(ctx.as_ptr(), vip, start, end, end - start) {
         Verdict::Rewrite(t, target) => {
             // A failed rewrite (headers out of bounds, which parsing already ruled out) passes
             // the packet unchanged, counted but not as rewritten.
@@ -272,7 +340,8 @@ fn tc_pull(ctx: &TcContext) {
 pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     tc_pull(&ctx);
     let len = ctx.len() as usize;
-    let (t, target) = match request(ctx.as_ptr(), ctx.data(), ctx.data_end(), len) {
+    let vip = steer::vip();
+    let (t, target) = match request(ctx.as_ptr(), vip, ctx.data(), ctx.data_end(), len) {
         Verdict::Rewrite(t, target) => (t, target),
         Verdict::Pass => return TC_ACT_OK,
         Verdict::Drop => return TC_ACT_SHOT,

@@ -284,6 +284,76 @@ fn classify_v4(start: usize, end: usize, len: usize, steered_port: u16) -> Class
     v4_tcp(start, end, len, h, steered_port)
 }
 
+/// Whether the packet `[start, end)` is, in one of its two commonest shapes, what [`classify`]
+/// calls [`Class::Elsewhere`] for `steered_port`: Ethernet + IPv4 without options (version/IHL
+/// byte 0x45), not a fragment, TCP, or Ethernet + IPv6 with TCP as next header; then a TCP
+/// header of at least 20 bytes (data offset >= 5) whose destination port is not
+/// `steered_port` (0: none) and which is not a SYN. False means "not decided here": the
+/// caller classifies the packet in full, so a shape this leaves out (a short frame, options,
+/// extension headers, a fragment, a SYN, ...) is classified exactly as before.
+///
+/// Why a second parse of the same fields: this is the request path's fast exit for the
+/// commonest packet on an edge NIC, one not for the VIP (`crate::ParseVariant::fast_exit`).
+/// In [`classify`] the same checks come one field at a time, each leaving a class to tell
+/// apart afterwards, inside the one big inlined request path whose register pressure spilled
+/// the VIP port and the class to the stack on that path; here the fields are tested with one
+/// bounds check per family and nothing else is live but `start`, `end` and the port. Every
+/// check mirrors one of [`classify_v4`] / [`classify_v6`] / [`tcp_at`]'s (commented below);
+/// the data-path fixtures check the counters of every class. See BENCHMARKS.md, 2026-12-02,
+/// branch dplean, for what it saves.
+#[inline(always)]
+pub fn is_elsewhere_common(start: usize, end: usize, steered_port: u16) -> bool {
+    // `tcp_at`: no port to steer, nothing is `Elsewhere`.
+    if steered_port == 0 {
+        return false;
+    }
+    let Some(all) = ptr_at::<[u8; ETH_HLEN + IPV4_HLEN + TCP_HLEN]>(start, end, 0) else {
+        return false;
+    };
+    let a = all as usize;
+    // SAFETY (every `load` below): offsets inside the bytes bounds-checked just before (for
+    // IPv6, the longer check in its branch).
+    let eth_type: u16 = unsafe { load(a, ETH_TYPE_OFF) };
+    // The checks are those of `classify_v4` / `classify_v6` and `tcp_at`, all of which must
+    // pass; the destination port comes first, where the TCP header would be, so a packet for
+    // the VIP (which takes the full path) leaves after three tests.
+    let (h, l4) = if eth_type == ETH_P_IP_BE {
+        (a + ETH_HLEN, a + ETH_HLEN + IPV4_HLEN)
+    } else if eth_type == ETH_P_IPV6_BE {
+        let Some(all6) = ptr_at::<[u8; ETH_HLEN + IPV6_HLEN + TCP_HLEN]>(start, end, 0) else {
+            return false;
+        };
+        (
+            all6 as usize + ETH_HLEN,
+            all6 as usize + ETH_HLEN + IPV6_HLEN,
+        )
+    } else {
+        return false;
+    };
+    if unsafe { load::<u16>(l4, tcp::DPORT) } == steered_port {
+        return false;
+    }
+    if eth_type == ETH_P_IP_BE {
+        // `classify_v4`: version 4 and IHL 5 (IHL < 5 is malformed, > 5 carries options), TCP,
+        // no fragment offset or more-fragments flag. (IHL 5 puts the TCP header at `l4`.)
+        if unsafe { load::<u8>(h, 0) } != 0x45
+            || unsafe { load::<u8>(h, ipv4::PROTO) } != IPPROTO_TCP
+            || u16::from_be(unsafe { load(h, ipv4::FRAG_OFF) }) & ipv4::MF_OFFSET_MASK != 0
+        {
+            return false;
+        }
+    } else if unsafe { load::<u8>(h, 0) } >> 4 != 6
+        || unsafe { load::<u8>(h, ipv6::NEXTHDR) } != IPPROTO_TCP
+    {
+        // `classify_v6`: version 6, TCP right after the fixed header.
+        return false;
+    }
+    // `tcp_at`: a header of at least 20 bytes, not a SYN.
+    let doff: u8 = unsafe { load(l4, tcp::DOFF) };
+    let flags: u8 = unsafe { load(l4, tcp::FLAGS) };
+    doff >= (TCP_HLEN as u8 / 4) << 4 && flags & (tcp::SYN | tcp::ACK) != tcp::SYN
+}
+
 /// The commonest IPv4 shape with one bounds check (see [`classify_with`]): `None` when the
 /// frame is shorter than Ethernet + IPv4 + TCP fixed headers or the version/IHL byte is not
 /// 0x45 (IPv4, no options), which the field-by-field path then classifies.

@@ -143,6 +143,11 @@ pub struct Target {
     /// New destination address when the origin's differs from the VIP's (IPv4 in the first
     /// 4 bytes), `None` to keep the VIP address.
     pub addr: Option<[u8; 16]>,
+    /// The origin's host when it is a remote (DSR) origin (`encap::remote_host_of`): the
+    /// request is encapsulated to it instead of rewritten. Read with the rest from the one
+    /// `SWITCHER_ORIGINS` lookup (until branch dplean, `encap::remote_host` looked the origin
+    /// up a second time for every steered request).
+    pub remote_host: Option<[u8; 4]>,
 }
 
 /// The origin address to write for `family`, or `None` when the origin lives at the VIP's
@@ -350,6 +355,59 @@ pub(crate) fn origin_target(index: u32, family: u16) -> Option<Target> {
     Some(target(index, o, family))
 }
 
+/// A [`FlowKey`] on a 4-byte boundary, so that [`flow_key`] can write its port and family as
+/// one word; usable wherever a `&FlowKey` is (`Deref`, `Borrow`).
+#[repr(C, align(4))]
+pub(crate) struct AlignedKey(FlowKey);
+
+impl core::ops::Deref for AlignedKey {
+    type Target = FlowKey;
+
+    #[inline(always)]
+    fn deref(&self) -> &FlowKey {
+        &self.0
+    }
+}
+
+/// What the map methods take (`impl Borrow<FlowKey>`), as for a `&FlowKey`.
+impl core::borrow::Borrow<FlowKey> for &AlignedKey {
+    #[inline(always)]
+    fn borrow(&self) -> &FlowKey {
+        &self.0
+    }
+}
+
+// The layout `flow_key` writes.
+const _: () = assert!(core::mem::offset_of!(FlowKey, client_port_be) == 16);
+const _: () = assert!(core::mem::offset_of!(FlowKey, family) == 18);
+const _: () = assert!(core::mem::size_of::<AlignedKey>() == 20);
+
+/// The flow key of a request `t` (its client's address and port, and the family), as
+/// `FLOWS` and `HANDSHAKES` are keyed.
+///
+/// Written as the address and then one 4-byte word of port and family. Why: built as a
+/// struct literal, the port and the family were two 2-byte stack stores, and the map's hash
+/// (the kernel's `jhash`) reads that word back as one 4-byte load, which the CPU cannot
+/// forward from two smaller stores: a stall on every tracked packet's lookup (BENCHMARKS.md,
+/// 2026-12-02, branch dplean: `bench_tf_lookup` against `bench_flow_lookup`, whose constant
+/// key is five 4-byte stores).
+#[inline(always)]
+pub(crate) fn flow_key(t: &Tcp) -> AlignedKey {
+    let mut key = core::mem::MaybeUninit::<AlignedKey>::uninit();
+    let p = key.as_mut_ptr().cast::<u8>();
+    let (port, family) = (t.sport.to_ne_bytes(), t.family.to_ne_bytes());
+    // SAFETY: `FlowKey` is `repr(C)`: 16 bytes of address, then the port and the family (2
+    // bytes each), no padding (20 bytes, asserted in switcher-common); `AlignedKey` puts it
+    // on a 4-byte boundary, so the word at offset 16 is aligned. Every byte is written.
+    unsafe {
+        p.cast::<[u8; 16]>().write(t.saddr);
+        p.add(16)
+            .cast::<u32>()
+            .write(u32::from_ne_bytes([port[0], port[1], family[0], family[1]]));
+        key.assume_init()
+    }
+}
+
 /// What ingress does with a packet for the VIP.
 pub enum Decision {
     /// Rewrite it toward this origin.
@@ -373,6 +431,7 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
         index,
         port: o.port_be,
         addr: origin_addr(o, family),
+        remote_host: crate::encap::remote_host_of(o),
     }
 }
 
@@ -406,11 +465,7 @@ pub fn steer_request(
     vip: &VipConfig,
     frame: (usize, usize),
 ) -> Decision {
-    let key = FlowKey {
-        client_addr: t.saddr,
-        client_port_be: t.sport,
-        family: t.family,
-    };
+    let key = flow_key(t);
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map value, valid while this program runs (RCU); fields are
         // read once, and the one write (`record_client_ack`) is an aligned u32 store.
@@ -476,7 +531,7 @@ pub fn steer_request(
 /// move it back), so a stream of segments acknowledging the same data costs one compare each;
 /// the store happens about once per window of data the client receives.
 #[inline(always)]
-fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
+pub(crate) fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
     if t.flags & tcp::ACK == 0 {
         return;
     }
