@@ -284,7 +284,7 @@ pub fn bench_cache_hit(ctx: XdpContext) -> u32 {
     if !steer::is_to_vip(&t, vip) {
         return xdp_action::XDP_ABORTED;
     }
-    let [a0, a1, a2, a3] = steer::words(&t.saddr);
+    let [a0, a1, a2, a3] = t.saddr;
     let key = [
         a0,
         a1,
@@ -315,7 +315,7 @@ pub fn bench_cache_hit(ctx: XdpContext) -> u32 {
     if !hit {
         count(BENCH_COUNT_CACHE_MISS);
         let fk = FlowKey {
-            client_addr: t.saddr,
+            client_addr: steer::addr_of_words(t.saddr),
             client_port_be: t.sport,
             family: t.family,
         };

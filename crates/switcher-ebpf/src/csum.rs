@@ -19,33 +19,16 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
     !fold(sum)
 }
 
-/// Checksum `check` after a 4-byte field changed from `old` to `new` (e.g. an IPv4 address).
+/// Checksum `check` after a 4-byte field changed from `old` to `new`, each given as the
+/// native word of its 4 bytes (a 4-byte load of the field): its two halves are the field's
+/// two 16-bit words, in one order or the other depending on the byte order, which a
+/// one's-complement sum does not depend on.
 #[inline(always)]
-pub fn replace32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-    let c = replace16(
-        check,
-        u16::from_ne_bytes([old[0], old[1]]),
-        u16::from_ne_bytes([new[0], new[1]]),
-    );
-    replace16(
-        c,
-        u16::from_ne_bytes([old[2], old[3]]),
-        u16::from_ne_bytes([new[2], new[3]]),
-    )
-}
-
-/// Checksum `check` after a 16-byte field changed from `old` to `new` (an IPv6 address).
-#[inline(always)]
-pub fn replace128(check: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
-    let mut c = check;
-    let mut i = 0;
-    while i < 16 {
-        c = replace16(
-            c,
-            u16::from_ne_bytes([old[i], old[i + 1]]),
-            u16::from_ne_bytes([new[i], new[i + 1]]),
-        );
-        i += 2;
-    }
-    c
+pub fn replace_word(check: u16, old: u32, new: u32) -> u16 {
+    let sum = (!check) as u32
+        + (!old & 0xffff)
+        + (!old >> 16)
+        + (new & 0xffff)
+        + (new >> 16);
+    !fold(sum)
 }

@@ -308,17 +308,18 @@ fn xdp_rewrite_dst(start: usize, end: usize, t: &Tcp, target: &steer::Target) ->
             if t.family == FAMILY_V4 {
                 let daddr = ptr_at::<u32>(start, end, t.l3_off + ipv4::DADDR)?;
                 let ip_check = ptr_at::<u16>(start, end, t.l3_off + ipv4::CHECK)?;
-                let mut new = [0u8; 4];
-                new.copy_from_slice(&addr[..4]);
-                let mut old = [0u8; 4];
-                old.copy_from_slice(&t.daddr[..4]);
-                ip_check.write(csum::replace32(ip_check.read(), old, new));
-                c = csum::replace32(c, old, new);
-                daddr.write(u32::from_ne_bytes(new));
+                let (old, new) = (t.daddr[0], addr[0]);
+                ip_check.write(csum::replace_word(ip_check.read(), old, new));
+                c = csum::replace_word(c, old, new);
+                daddr.write(new);
             } else {
                 let daddr = ptr_at::<[u32; 4]>(start, end, t.l3_off + ipv6::DADDR)?;
-                c = csum::replace128(c, &t.daddr, &addr);
-                daddr.write(steer::words(&addr));
+                let mut i = 0;
+                while i < 4 {
+                    c = csum::replace_word(c, t.daddr[i], addr[i]);
+                    i += 1;
+                }
+                daddr.write(addr);
             }
         }
         check.write(c);
@@ -351,7 +352,7 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
             return TC_ACT_OK;
         }
     };
-    let new_addr = target.addr;
+    let new_addr = target.addr.map(steer::addr_of_words);
     match tc_rewrite(
         &ctx,
         &t,
@@ -359,7 +360,7 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
         t.dport,
         target.port,
         Field::Dst,
-        &t.daddr,
+        &steer::addr_of_words(t.daddr),
         new_addr,
     ) {
         Ok(()) => {
@@ -421,7 +422,7 @@ pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
         t.sport,
         reply.port,
         Field::Src,
-        &t.saddr,
+        &steer::addr_of_words(t.saddr),
         reply.addr,
     ) {
         Ok(()) => {

@@ -164,10 +164,16 @@ pub struct Tcp {
     pub l3_off: usize,
     /// Offset of the TCP header from the start of the packet.
     pub l4_off: usize,
-    /// Source address (IPv4 in the first 4 bytes).
-    pub saddr: [u8; 16],
-    /// Destination address (IPv4 in the first 4 bytes).
-    pub daddr: [u8; 16],
+    /// Source address as four native words in memory order (`steer::words` of its 16 bytes;
+    /// IPv4 in the first word, the others 0).
+    ///
+    /// Words, not `[u8; 16]`: held in registers, a byte array is split by LLVM into one value
+    /// per byte, which every 4-byte use (the VIP compare, the flow key, the rewrite) shifted
+    /// and ORed back together, with the bytes spilled to the stack and the IPv6 bytes zeroed
+    /// there on every IPv4 packet (BENCHMARKS.md, 2026-12-02, branch dplean).
+    pub saddr: [u32; 4],
+    /// Destination address, as [`saddr`](Self::saddr).
+    pub daddr: [u32; 4],
     /// Source port, network order.
     pub sport: u16,
     /// Destination port, network order.
@@ -399,12 +405,11 @@ fn v4_tcp(start: usize, end: usize, len: usize, h: usize, steered_port: u16) -> 
         FAMILY_V4,
         l3,
         l3 + IPV4_HLEN,
-        || {
-            let mut saddr = [0u8; 16];
-            let mut daddr = [0u8; 16];
-            saddr[..4].copy_from_slice(&unsafe { load::<u32>(h, ipv4::SADDR) }.to_ne_bytes());
-            daddr[..4].copy_from_slice(&unsafe { load::<u32>(h, ipv4::DADDR) }.to_ne_bytes());
-            (saddr, daddr)
+        || unsafe {
+            (
+                [load::<u32>(h, ipv4::SADDR), 0, 0, 0],
+                [load::<u32>(h, ipv4::DADDR), 0, 0, 0],
+            )
         },
         ip_payload,
         steered_port,
@@ -476,21 +481,21 @@ fn classify_v6(start: usize, end: usize, len: usize, steered_port: u16) -> Class
     class
 }
 
-/// A 16-byte address at `base + off`, as four 4-byte loads.
+/// A 16-byte address at `base + off`, as four 4-byte loads (see [`Tcp::saddr`]).
 ///
 /// # Safety
 /// As [`load`], for the 16 bytes.
 #[inline(always)]
-unsafe fn load_addr6(base: usize, off: usize) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        // SAFETY: per the caller.
-        let w: u32 = unsafe { load(base, off + i * 4) };
-        a[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-        i += 1;
+unsafe fn load_addr6(base: usize, off: usize) -> [u32; 4] {
+    // SAFETY: per the caller.
+    unsafe {
+        [
+            load(base, off),
+            load(base, off + 4),
+            load(base, off + 8),
+            load(base, off + 12),
+        ]
     }
-    a
 }
 
 /// IPv6 extension headers that may precede TCP (RFC 8200 4.1; fragment handled apart).
@@ -513,7 +518,7 @@ fn tcp_at(
     family: u16,
     l3_off: usize,
     l4_off: usize,
-    addrs: impl FnOnce() -> ([u8; 16], [u8; 16]),
+    addrs: impl FnOnce() -> ([u32; 4], [u32; 4]),
     ip_payload: usize,
     steered_port: u16,
 ) -> Class {

@@ -84,7 +84,7 @@ pub(crate) fn words(a: &[u8; 16]) -> [u32; 4] {
 
 /// The 16-byte address of four native words (the inverse of [`words`]).
 #[inline(always)]
-fn addr_of_words(w: [u32; 4]) -> [u8; 16] {
+pub(crate) fn addr_of_words(w: [u32; 4]) -> [u8; 16] {
     let (a, b, c, d) = (
         w[0].to_ne_bytes(),
         w[1].to_ne_bytes(),
@@ -103,10 +103,10 @@ fn same_words(a: [u32; 4], b: [u32; 4]) -> bool {
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
 }
 
-/// Whether two 16-byte addresses are equal, word by word.
+/// Whether a 16-byte address equals one given as four native words (a parsed packet's).
 #[inline(always)]
-fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    same_words(words(a), words(b))
+fn same_addr(a: &[u8; 16], b: [u32; 4]) -> bool {
+    same_words(words(a), b)
 }
 
 /// Whether `t` is addressed to the VIP.
@@ -115,7 +115,7 @@ pub fn is_to_vip(t: &Tcp, vip: &VipConfig) -> bool {
     if t.dport != vip.port_be {
         return false;
     }
-    let d = words(&t.daddr);
+    let d = t.daddr;
     if t.family == FAMILY_V4 {
         vip.flags & VIP_HAS_V4 != 0 && d[0] == map_word(&vip.addr_v4)
     } else {
@@ -140,9 +140,10 @@ pub struct Target {
     pub index: u32,
     /// New destination port, network order.
     pub port: u16,
-    /// New destination address when the origin's differs from the VIP's (IPv4 in the first
-    /// 4 bytes), `None` to keep the VIP address.
-    pub addr: Option<[u8; 16]>,
+    /// New destination address when the origin's differs from the VIP's, as four native
+    /// words (`Tcp::daddr`'s form, for the same reason; IPv4 in the first), `None` to keep the
+    /// VIP address.
+    pub addr: Option<[u32; 4]>,
     /// The origin's host when it is a remote (DSR) origin (`encap::remote_host_of`): the
     /// request is encapsulated to it instead of rewritten. Read with the rest from the one
     /// `SWITCHER_ORIGINS` lookup (until branch dplean, `encap::remote_host` looked the origin
@@ -150,10 +151,10 @@ pub struct Target {
     pub remote_host: Option<[u8; 4]>,
 }
 
-/// The origin address to write for `family`, or `None` when the origin lives at the VIP's
-/// own address (all-zero origin address).
+/// The origin address to write for `family` (four native words, as `Tcp::daddr`), or `None`
+/// when the origin lives at the VIP's own address (all-zero origin address).
 #[inline(always)]
-fn origin_addr(o: &Origin, family: u16) -> Option<[u8; 16]> {
+fn origin_addr(o: &Origin, family: u16) -> Option<[u32; 4]> {
     let w = if family == FAMILY_V4 {
         [map_word(&o.addr_v4), 0, 0, 0]
     } else {
@@ -162,7 +163,7 @@ fn origin_addr(o: &Origin, family: u16) -> Option<[u8; 16]> {
     if w[0] | w[1] | w[2] | w[3] == 0 {
         return None;
     }
-    Some(addr_of_words(w))
+    Some(w)
 }
 
 /// `bpf_sock.state` values (the kernel's `tcp_states.h`) of a connection whose origin may
@@ -194,30 +195,15 @@ fn socket_state(ctx: *mut c_void, t: &Tcp, port_be: u16) -> Option<u32> {
     unsafe {
         if t.family == FAMILY_V4 {
             let v4 = &mut tuple.__bindgen_anon_1.ipv4;
-            v4.saddr = u32::from_ne_bytes([t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]]);
-            v4.daddr = u32::from_ne_bytes([t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]]);
+            v4.saddr = t.saddr[0];
+            v4.daddr = t.daddr[0];
             v4.sport = t.sport;
             v4.dport = port_be;
             size = core::mem::size_of_val(v4) as u32;
         } else {
             let v6 = &mut tuple.__bindgen_anon_1.ipv6;
-            let mut i = 0;
-            while i < 4 {
-                let j = i * 4;
-                v6.saddr[i] = u32::from_ne_bytes([
-                    t.saddr[j],
-                    t.saddr[j + 1],
-                    t.saddr[j + 2],
-                    t.saddr[j + 3],
-                ]);
-                v6.daddr[i] = u32::from_ne_bytes([
-                    t.daddr[j],
-                    t.daddr[j + 1],
-                    t.daddr[j + 2],
-                    t.daddr[j + 3],
-                ]);
-                i += 1;
-            }
+            v6.saddr = t.saddr;
+            v6.daddr = t.daddr;
             v6.sport = t.sport;
             v6.dport = port_be;
             size = core::mem::size_of_val(v6) as u32;
@@ -250,15 +236,11 @@ fn alive(ctx: *mut c_void, t: &Tcp, o: &Origin) -> bool {
         || has_socket(ctx, t, o.port_be)
 }
 
-/// A 16-byte address as the 4 little-endian words the flow hash reads (`s6_addr32` on bpfel).
+/// An address (four native words in memory order, see `Tcp::saddr`) as the 4 little-endian
+/// words the flow hash reads (`s6_addr32` on bpfel: the same words).
 #[inline(always)]
-fn addr_words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_le_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_le_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_le_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_le_bytes([a[12], a[13], a[14], a[15]]),
-    ]
+fn addr_words(a: [u32; 4]) -> [u32; 4] {
+    a.map(|w| u32::from_le_bytes(w.to_ne_bytes()))
 }
 
 /// The flow's Maglev hash, word for word what switcher-ctl's `maglev::flow_hash_v4/v6`
@@ -268,22 +250,23 @@ fn addr_words(a: &[u8; 16]) -> [u32; 4] {
 /// request to the VIP it also picks the connection's handshake-table bucket.
 #[inline(always)]
 pub(crate) fn flow_hash(t: &Tcp) -> u32 {
-    hash_of(t.family, &t.saddr, t.sport, &t.daddr, t.dport)
+    hash_of(t.family, t.saddr, t.sport, t.daddr, t.dport)
 }
 
 /// The flow hash of a request of the connection whose client is `client`:`client_port`,
 /// of `family`, to the VIP: what its handshake-table bucket is, computed from a packet that is
 /// not that request (a reply, or a SYN to an origin's port). `None` when the VIP has no
-/// address of that family (no such connection can exist).
+/// address of that family (no such connection can exist). `client` as `Tcp::saddr`.
 #[inline(always)]
-fn vip_flow_hash(family: u16, client: &[u8; 16], client_port: u16, vip: &VipConfig) -> Option<u32> {
+fn vip_flow_hash(family: u16, client: [u32; 4], client_port: u16, vip: &VipConfig) -> Option<u32> {
     let v = vip_addr(vip, family)?;
-    Some(hash_of(family, client, client_port, &v, vip.port_be))
+    Some(hash_of(family, client, client_port, words(&v), vip.port_be))
 }
 
-/// [`flow_hash`] of the segment `src`:`src_port` -> `dst`:`dst_port` of `family`.
+/// [`flow_hash`] of the segment `src`:`src_port` -> `dst`:`dst_port` of `family` (addresses
+/// as `Tcp::saddr`).
 #[inline(always)]
-fn hash_of(family: u16, src: &[u8; 16], src_port: u16, dst: &[u8; 16], dst_port: u16) -> u32 {
+fn hash_of(family: u16, src: [u32; 4], src_port: u16, dst: [u32; 4], dst_port: u16) -> u32 {
     let ports = u32::from(src_port) | u32::from(dst_port) << 16;
     let s = addr_words(src);
     let d = addr_words(dst);
@@ -400,7 +383,7 @@ pub(crate) fn flow_key(t: &Tcp) -> AlignedKey {
     // bytes each), no padding (20 bytes, asserted in switcher-common); `AlignedKey` puts it
     // on a 4-byte boundary, so the word at offset 16 is aligned. Every byte is written.
     unsafe {
-        p.cast::<[u8; 16]>().write(t.saddr);
+        p.cast::<[u32; 4]>().write(t.saddr);
         p.add(16)
             .cast::<u32>()
             .write(u32::from_ne_bytes([port[0], port[1], family[0], family[1]]));
@@ -572,8 +555,8 @@ fn is_to_origin(t: &Tcp, o: &Origin, vip: &VipConfig) -> bool {
         return false;
     }
     origin_addr(o, t.family)
-        .or_else(|| vip_addr(vip, t.family))
-        .is_some_and(|addr| same_addr(&addr, &t.daddr))
+        .or_else(|| vip_addr(vip, t.family).map(|a| words(&a)))
+        .is_some_and(|addr| same_words(addr, t.daddr))
 }
 
 /// Forgets a flow a new direct connection has outlived.
@@ -602,7 +585,7 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
         return;
     }
     let key = FlowKey {
-        client_addr: t.saddr,
+        client_addr: addr_of_words(t.saddr),
         client_port_be: t.sport,
         family: t.family,
     };
@@ -632,7 +615,7 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
         }
         return;
     }
-    let Some(hash) = vip_flow_hash(t.family, &t.saddr, t.sport, vip) else {
+    let Some(hash) = vip_flow_hash(t.family, t.saddr, t.sport, vip) else {
         return;
     };
     if let Some(hs) = handshakes::find(&handshakes::Key::of(&key), hash) {
@@ -664,7 +647,7 @@ fn vip_addr(vip: &VipConfig, family: u16) -> Option<[u8; 16]> {
 /// source an edge-originated reset may have.
 #[inline(always)]
 pub fn is_from_vip(t: &Tcp, vip: &VipConfig) -> bool {
-    t.sport == vip.port_be && vip_addr(vip, t.family).is_some_and(|a| same_addr(&a, &t.saddr))
+    t.sport == vip.port_be && vip_addr(vip, t.family).is_some_and(|a| same_addr(&a, t.saddr))
 }
 
 /// Where a reply goes back to: origin index, and the source to restore.
@@ -688,7 +671,7 @@ pub struct Reply {
 #[inline(always)]
 pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     let key = FlowKey {
-        client_addr: t.daddr,
+        client_addr: addr_of_words(t.daddr),
         client_port_be: t.dport,
         family: t.family,
     };
@@ -696,7 +679,7 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     // the same bits or the same sequence number (the origin's retransmitted SYN-ACK).
     let flow = FLOWS.get_ptr_mut(&key);
     let handshake = if flow.is_none() {
-        let hash = vip_flow_hash(t.family, &t.daddr, t.dport, vip)?;
+        let hash = vip_flow_hash(t.family, t.daddr, t.dport, vip)?;
         Some(handshakes::find(&handshakes::Key::of(&key), hash)?)
     } else {
         None
@@ -714,10 +697,10 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     let vip_addr = vip_addr(vip, t.family)?;
     let addr = match origin_addr(&o, t.family) {
         // The origin answers from its own address: it must be that one, and it becomes the VIP.
-        Some(a) if same_addr(&a, &t.saddr) => Some(vip_addr),
+        Some(a) if same_words(a, t.saddr) => Some(vip_addr),
         Some(_) => return None,
         // The origin shares the VIP's address: only the port changes.
-        None if same_addr(&t.saddr, &vip_addr) => None,
+        None if same_addr(&vip_addr, t.saddr) => None,
         None => return None,
     };
     let mut closed = false;
