@@ -25,10 +25,6 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
 /// one's-complement sum does not depend on.
 #[inline(always)]
 pub fn replace_word(check: u16, old: u32, new: u32) -> u16 {
-    let sum = (!check) as u32
-        + (!old & 0xffff)
-        + (!old >> 16)
-        + (new & 0xffff)
-        + (new >> 16);
+    let sum = (!check) as u32 + (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16);
     !fold(sum)
 }
