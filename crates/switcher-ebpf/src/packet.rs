@@ -321,8 +321,8 @@ pub fn is_elsewhere_common(start: usize, end: usize, steered_port: u16) -> bool 
     // IPv6, the longer check in its branch).
     let eth_type: u16 = unsafe { load(a, ETH_TYPE_OFF) };
     // The checks are those of `classify_v4` / `classify_v6` and `tcp_at`, all of which must
-    // pass; the destination port comes first, where the TCP header would be, so a packet for
-    // the VIP (which takes the full path) leaves after three tests.
+    // pass; the destination port and the SYN flag come first, where the TCP header would be,
+    // so a packet for the VIP or a SYN (which take the full path) leaves after a few tests.
     let (h, l4) = if eth_type == ETH_P_IP_BE {
         (a + ETH_HLEN, a + ETH_HLEN + IPV4_HLEN)
     } else if eth_type == ETH_P_IPV6_BE {
@@ -336,7 +336,10 @@ pub fn is_elsewhere_common(start: usize, end: usize, steered_port: u16) -> bool 
     } else {
         return false;
     };
-    if unsafe { load::<u16>(l4, tcp::DPORT) } == steered_port {
+    let dport: u16 = unsafe { load(l4, tcp::DPORT) };
+    let flags: u8 = unsafe { load(l4, tcp::FLAGS) };
+    // `tcp_at`: to another port, not a SYN.
+    if dport == steered_port || flags & (tcp::SYN | tcp::ACK) == tcp::SYN {
         return false;
     }
     if eth_type == ETH_P_IP_BE {
@@ -354,10 +357,9 @@ pub fn is_elsewhere_common(start: usize, end: usize, steered_port: u16) -> bool 
         // `classify_v6`: version 6, TCP right after the fixed header.
         return false;
     }
-    // `tcp_at`: a header of at least 20 bytes, not a SYN.
+    // `tcp_at`: a header of at least 20 bytes.
     let doff: u8 = unsafe { load(l4, tcp::DOFF) };
-    let flags: u8 = unsafe { load(l4, tcp::FLAGS) };
-    doff >= (TCP_HLEN as u8 / 4) << 4 && flags & (tcp::SYN | tcp::ACK) != tcp::SYN
+    doff >= (TCP_HLEN as u8 / 4) << 4
 }
 
 /// The commonest IPv4 shape with one bounds check (see [`classify_with`]): `None` when the
