@@ -314,11 +314,7 @@ pub fn bench_cache_hit(ctx: XdpContext) -> u32 {
     let hit = !t.is_syn() && diff == 0;
     if !hit {
         count(BENCH_COUNT_CACHE_MISS);
-        let fk = FlowKey {
-            client_addr: steer::addr_of_words(t.saddr),
-            client_port_be: t.sport,
-            family: t.family,
-        };
+        let fk = steer::flow_key(&t);
         let Some(flow) = maps::FLOWS.get_ptr(&fk) else {
             return xdp_action::XDP_PASS;
         };

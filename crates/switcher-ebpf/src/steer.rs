@@ -367,23 +367,30 @@ const _: () = assert!(core::mem::size_of::<AlignedKey>() == 20);
 
 /// The flow key of a request `t` (its client's address and port, and the family), as
 /// `FLOWS` and `HANDSHAKES` are keyed.
-///
-/// Written as the address and then one 4-byte word of port and family. Why: built as a
-/// struct literal, the port and the family were two 2-byte stack stores, and the map's hash
-/// (the kernel's `jhash`) reads that word back as one 4-byte load, which the CPU cannot
-/// forward from two smaller stores: a stall on every tracked packet's lookup (BENCHMARKS.md,
-/// 2026-12-02, branch dplean: `bench_tf_lookup` against `bench_flow_lookup`, whose constant
-/// key is five 4-byte stores).
 #[inline(always)]
 pub(crate) fn flow_key(t: &Tcp) -> AlignedKey {
+    key_of(t.saddr, t.sport, t.family)
+}
+
+/// The flow key of client address `addr` (four native words, `Tcp::saddr`'s form) and port
+/// `port_be`, of `family`.
+///
+/// Written as four 4-byte words of address and one of port and family. Why: built as a
+/// struct literal, the port and the family were two 2-byte stack stores (and, with the
+/// address converted to bytes, the address 16 one-byte stores), and the map's hash (the
+/// kernel's `jhash`) reads them back as 4-byte loads, which the CPU cannot forward from
+/// smaller stores: a stall on every lookup (BENCHMARKS.md, 2026-12-02, branch dplean:
+/// `bench_tf_lookup` against `bench_flow_lookup`, whose constant key is five 4-byte stores).
+#[inline(always)]
+fn key_of(addr: [u32; 4], port_be: u16, family: u16) -> AlignedKey {
     let mut key = core::mem::MaybeUninit::<AlignedKey>::uninit();
     let p = key.as_mut_ptr().cast::<u8>();
-    let (port, family) = (t.sport.to_ne_bytes(), t.family.to_ne_bytes());
+    let (port, family) = (port_be.to_ne_bytes(), family.to_ne_bytes());
     // SAFETY: `FlowKey` is `repr(C)`: 16 bytes of address, then the port and the family (2
     // bytes each), no padding (20 bytes, asserted in switcher-common); `AlignedKey` puts it
     // on a 4-byte boundary, so the word at offset 16 is aligned. Every byte is written.
     unsafe {
-        p.cast::<[u32; 4]>().write(t.saddr);
+        p.cast::<[u32; 4]>().write(addr);
         p.add(16)
             .cast::<u32>()
             .write(u32::from_ne_bytes([port[0], port[1], family[0], family[1]]));
@@ -584,11 +591,7 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
     if !t.is_syn() || !is_origin_port(t.dport) {
         return;
     }
-    let key = FlowKey {
-        client_addr: addr_of_words(t.saddr),
-        client_port_be: t.sport,
-        family: t.family,
-    };
+    let key = flow_key(t);
     // SAFETY: copied out at once (see steer_request).
     if let Some(flow) = (unsafe { FLOWS.get(&key) }).copied() {
         let Some(o) = origin(flow.origin) else { return };
@@ -670,11 +673,7 @@ pub struct Reply {
 /// [`forget_stale_flow`]).
 #[inline(always)]
 pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
-    let key = FlowKey {
-        client_addr: addr_of_words(t.daddr),
-        client_port_be: t.dport,
-        family: t.family,
-    };
+    let key = key_of(t.daddr, t.dport, t.family);
     // The values are written in place below; a concurrent writer on another CPU can only set
     // the same bits or the same sequence number (the origin's retransmitted SYN-ACK).
     let flow = FLOWS.get_ptr_mut(&key);
