@@ -167,9 +167,12 @@ pub mod prog_names {
     /// Benchmark step, never attached: [`BENCH_TF_LOOKUP`] + the flow's fields, the client
     /// ACK record, the origin's target and the remote check.
     pub const BENCH_TF_ORIGIN: &str = "bench_tf_origin";
-    /// Benchmark step, never attached: [`BENCH_TF_ORIGIN`] + the rewrite (`switcher_xdp`
-    /// adds the counter update).
+    /// Benchmark step, never attached: [`BENCH_TF_ORIGIN`] + the rewrite.
     pub const BENCH_TF_REWRITE: &str = "bench_tf_rewrite";
+    /// Benchmark step, never attached: [`BENCH_TF_REWRITE`] + the counter update: the whole
+    /// tracked path (`switcher_xdp` adds its hand-over between parse and rewrite, and its
+    /// fast exit for packets not for the VIP).
+    pub const BENCH_TF_COUNT: &str = "bench_tf_count";
 }
 
 /// Maps only the never-attached benchmark programs use (`switcher-ebpf/src/bench.rs`). The

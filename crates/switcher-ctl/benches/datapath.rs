@@ -78,7 +78,7 @@ use test_kit::process::pin_to_cpu;
 const REPEAT: u32 = 1_000_000;
 
 /// The never-attached programs besides the empty one (`switcher-ebpf/src/bench.rs`).
-const BENCH_ONLY: [&str; 15] = [
+const BENCH_ONLY: [&str; 16] = [
     prog_names::BENCH_FLOW_LOOKUP,
     prog_names::BENCH_FRESH_KEY,
     prog_names::BENCH_HS_LRU_FRESH,
@@ -94,6 +94,7 @@ const BENCH_ONLY: [&str; 15] = [
     prog_names::BENCH_TF_LOOKUP,
     prog_names::BENCH_TF_ORIGIN,
     prog_names::BENCH_TF_REWRITE,
+    prog_names::BENCH_TF_COUNT,
 ];
 /// Repetitions of each BPF_PROG_TEST_RUN measurement, ours and the empty program's
 /// interleaved; the median and the range of the per-round ratios are reported. Odd, so the
@@ -769,14 +770,13 @@ fn parse_variants(out: &mut String, ebpf: &Ebpf) {
 }
 
 /// The tracked flow's path step by step: the `bench_tf_*` programs (`switcher_xdp`'s tracked
-/// path cut after each step, never attached), `switcher_xdp` (the last step adds the counter
-/// update), `bench_nfv_no_fast` (`switcher_xdp` without the fast exit for packets not for the
+/// path cut after each step, never attached), `switcher_xdp`, `bench_nfv_no_fast` (`switcher_xdp` without the fast exit for packets not for the
 /// VIP, which the tracked packet runs through first) and `bench_flow_lookup` (the lookup
 /// alone) against the empty program, in [`variant_rounds`] interleaved rounds on the tracked
 /// flow's packet. Each row gives its time above the empty program and what it adds to the
 /// row before it (median of the per-round differences).
 fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
-    const PROGS: [(&str, &str); 8] = [
+    const PROGS: [(&str, &str); 9] = [
         (prog_names::BENCH_XDP_PASS, "empty program (baseline)"),
         (
             prog_names::BENCH_TF_PARSE,
@@ -795,8 +795,12 @@ fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
             "`bench_tf_rewrite`: + rewrite (ports, checksum)",
         ),
         (
+            prog_names::BENCH_TF_COUNT,
+            "`bench_tf_count`: + counter update (the whole tracked path)",
+        ),
+        (
             prog_names::XDP_INGRESS,
-            "`switcher_xdp`: + counter update (the product)",
+            "`switcher_xdp`: the product (+ its hand-over from parse to rewrite, and the fast exit's tests)",
         ),
         (
             prog_names::BENCH_NFV_NO_FAST,
@@ -814,8 +818,8 @@ fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
     let runs = u64::from(REPEAT) * variant_rounds() as u64;
     assert_eq!(
         stats(ebpf)[0].rewrites - before.rewrites,
-        2 * runs,
-        "switcher_xdp and bench_nfv_no_fast rewrote every repetition"
+        3 * runs,
+        "bench_tf_count, switcher_xdp and bench_nfv_no_fast rewrote every repetition"
     );
     for ((prog, _), c) in PROGS.iter().zip(&costs) {
         assert!(
@@ -840,8 +844,8 @@ fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
     for (i, ((_, desc), c)) in PROGS.iter().zip(&costs).enumerate() {
         let (r, lo, hi) = spread(&ratios(c, base, |c| c.cpu));
         let (a, alo, ahi) = spread(&above(c, base));
-        // Steps 1..=5 add to the row before; the last two rows are comparisons.
-        let step = if (1..=5).contains(&i) {
+        // Steps 1..=6 add to the row before; the last two rows are comparisons.
+        let step = if (1..=6).contains(&i) {
             let (d, dlo, dhi) = spread(&above(c, &costs[i - 1]));
             format!("{d:.1} ({dlo:.1}..{dhi:.1})")
         } else {
@@ -854,7 +858,7 @@ fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
         )
         .unwrap();
     }
-    let (r, lo, hi) = spread(&ratios(&costs[5], &costs[6], |c| c.cpu));
+    let (r, lo, hi) = spread(&ratios(&costs[6], &costs[7], |c| c.cpu));
     writeln!(
         out,
         "

@@ -18,8 +18,9 @@
 //!   the VIP (`crate::ParseVariant`), timed against the product's in the same rounds.
 //! * `bench_tf_*`: the tracked-flow path of `switcher_xdp` cut after each of its steps (parse
 //!   and VIP check; + flow key and `SWITCHER_FLOWS` lookup; + the flow's fields, client ACK
-//!   and origin; + the rewrite), built from the product's own functions, so the bench can
-//!   say what each step adds; `switcher_xdp` itself is the last step (+ the counters).
+//!   and origin; + the rewrite; + the counters), built from the product's own functions, so
+//!   the bench can say what each step adds; `switcher_xdp` adds its `Verdict` hand-over and
+//!   the fast exit for packets not for the VIP.
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_COMMON_LRU},
@@ -385,8 +386,11 @@ enum Step {
     /// FINISHING check, the origin's target (`steer::origin_target`) and the remote check
     /// (`steer::Target::remote_host`): everything `switcher_xdp` decides before rewriting.
     Origin,
-    /// + the rewrite (`xdp_rewrite_dst`); `switcher_xdp` adds the counter update to it.
+    /// + the rewrite (`xdp_rewrite_dst`).
     Rewrite,
+    /// + the counter update (`count_steered`): the whole tracked path, without the
+    /// `Verdict` hand-over of `switcher_xdp` and its fast exit for packets not for the VIP.
+    Count,
 }
 
 /// The tracked-flow path of `switcher_xdp` (`request_with` and `steer::steer_request`'s
@@ -433,7 +437,12 @@ fn tracked_until(ctx: &XdpContext, until: Step) -> u32 {
     if until == Step::Origin {
         return pass_if(target.port != 0 && target.addr.is_none());
     }
-    pass_if(xdp_rewrite_dst(start, end, &t, &target).is_some())
+    let rewritten = xdp_rewrite_dst(start, end, &t, &target).is_some();
+    if until == Step::Rewrite {
+        return pass_if(rewritten);
+    }
+    count_steered(&target, end - start, rewritten, false);
+    pass_if(rewritten)
 }
 
 /// XDP_PASS if `ok`, else XDP_ABORTED.
@@ -468,4 +477,10 @@ pub fn bench_tf_origin(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_tf_rewrite(ctx: XdpContext) -> u32 {
     tracked_until(&ctx, Step::Rewrite)
+}
+
+/// Step, never attached: + the counter update ([`Step::Count`]).
+#[xdp]
+pub fn bench_tf_count(ctx: XdpContext) -> u32 {
+    tracked_until(&ctx, Step::Count)
 }
