@@ -184,8 +184,6 @@ pub struct Tcp {
     pub seq: u32,
     /// Acknowledgment number, host order (meaningful when the ACK flag is set).
     pub ack_seq: u32,
-    /// TCP header length (data offset x 4), bytes.
-    pub hdr_len: u16,
     /// The segment carries data (a request), not only flags and an acknowledgment. Taken
     /// from the IP length, never from the frame's: Ethernet pads short frames.
     pub payload: bool,
@@ -550,7 +548,6 @@ fn tcp_at(
         flags,
         seq: u32::from_be(unsafe { load(h, tcp::SEQ) }),
         ack_seq: u32::from_be(unsafe { load(h, tcp::ACK_SEQ) }),
-        hdr_len: hdr_len as u16,
         payload: ip_payload > hdr_len,
     })
 }
