@@ -30,7 +30,7 @@ pub const STATS_UNSTEERED: u32 = MAX_ORIGINS;
 pub const STATS_SLOTS: u32 = MAX_ORIGINS + 1;
 /// Slots of the Maglev lookup table (a prime, as Maglev's permutations require; the paper's
 /// and Katran's default). A new flow goes to the origin of slot
-/// `jhash2(flow words, FLOW_HASH_SEED) % MAGLEV_SIZE` (see [`flow_hash`]).
+/// `flow_hash::slot_index(jhash2(flow words, FLOW_HASH_SEED), MAGLEV_SIZE)` (see [`flow_hash`]).
 pub const MAGLEV_SIZE: u32 = 65_537;
 /// [`MaglevTable`] slot value meaning "no origin" (an empty table: no origin in rotation).
 /// The data plane passes such a new flow to the stack, which resets it.
@@ -310,6 +310,22 @@ pub mod flow_hash {
     pub const FLOW_HASH_SEED: u32 = 0x484c_5365;
     /// jhash's arbitrary initial value (`JHASH_INITVAL` in `include/linux/jhash.h`).
     const JHASH_INITVAL: u32 = 0xdead_beef;
+
+    /// The slot of a flow of hash `hash` in a table of `size` slots: `hash * size / 2^32`, the
+    /// multiply-shift range reduction (Lemire, "A fast alternative to the modulo reduction",
+    /// 2016), as uniform as `hash % size` for a uniform 32-bit hash (each slot gets
+    /// `2^32 / size` hashes, give or take one), and the hash's high bits pick the slot, so the
+    /// low bits stay free for the handshake table's bucket ([`handshake_bucket`](super::handshake_bucket)).
+    ///
+    /// Why not `%` (what it was until 2026-12-02): the BPF build turned `% 65,537` into a
+    /// multiply, shift, multiply and subtract whose result the verifier cannot bound, so the
+    /// data plane read it back through the stack to keep a range check; here the verifier
+    /// itself bounds the product (a u32 times `size`, shifted right by 32, is below `size`), with
+    /// no check and no stack round trip, on the path of every new flow.
+    #[inline(always)]
+    pub const fn slot_index(hash: u32, size: u32) -> u32 {
+        ((hash as u64 * size as u64) >> 32) as u32
+    }
 
     /// The kernel's `jhash2(k, length, initval)`: hash of `words` with `initval`.
     #[inline(always)]

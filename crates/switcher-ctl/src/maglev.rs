@@ -41,7 +41,8 @@
 //!
 //! **Flow hash** ([`flow_hash_v4`], [`flow_hash_v6`], [`slot_index`]): the Linux kernel's
 //! `jhash2()` (`include/linux/jhash.h`, Bob Jenkins' lookup3 `hashword()`) over u32 words,
-//! seed [`FLOW_HASH_SEED`], then `slot = hash % M`. See [`flow_hash_v4`] for the words.
+//! seed [`FLOW_HASH_SEED`], then `slot = hash * M / 2^32` ([`slot_index`]). See
+//! [`flow_hash_v4`] for the words.
 //!
 //! # Weights
 //!
@@ -318,10 +319,9 @@ fn is_prime(n: u32) -> bool {
         .all(|d| !n.is_multiple_of(d))
 }
 
-/// The table slot of a flow: `flow_hash % table_size`. The data plane computes the same.
-pub fn slot_index(flow_hash: u32, table_size: u32) -> u32 {
-    flow_hash % table_size
-}
+/// The table slot of a flow: `flow_hash * table_size / 2^32`, the one function the data
+/// plane calls too (`switcher_common::flow_hash::slot_index`, which says why not `%`).
+pub use switcher_common::flow_hash::slot_index;
 
 /// The flow hash of an IPv4 flow: [`jhash2`] over 4 words with [`FLOW_HASH_SEED`]:
 /// `[src addr, dst addr, ports, proto]`.

@@ -400,9 +400,14 @@ fn lookup_is_the_slot_of_the_flow_hash() {
     let names = names(4);
     let table = build(&backends(&names, &[1, 2, 3, 4]), DEFAULT_TABLE_SIZE).expect("valid");
     for &h in &flow_hashes()[..1000] {
-        let slot = table.slots()[(h % DEFAULT_TABLE_SIZE) as usize];
+        // The multiply-shift range reduction: hash * size / 2^32.
+        let slot = table.slots()[((u64::from(h) * u64::from(DEFAULT_TABLE_SIZE)) >> 32) as usize];
         assert_eq!(table.lookup(h), Some(slot as usize));
     }
+    // Its ends: every hash has a slot, the last hash the last slot.
+    assert_eq!(slot_index(0, DEFAULT_TABLE_SIZE), 0);
+    assert_eq!(slot_index(u32::MAX, DEFAULT_TABLE_SIZE), DEFAULT_TABLE_SIZE - 1);
+    assert_eq!(slot_index(u32::MAX, 251), 250);
 }
 
 #[test]

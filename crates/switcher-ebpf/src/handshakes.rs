@@ -59,31 +59,40 @@ const W_CLIENT_ISN: usize = 8;
 /// Words of a slot: `Handshake::hop_mac` then `local_mac` (12 bytes).
 const W_MACS: usize = 9;
 
-/// A connection as the table compares it: its `FlowKey`'s five words as they sit in a slot.
+/// A connection as the table compares it: its `FlowKey`, read as five words where the caller
+/// built it (on the stack, for its flow-table lookup).
+///
+/// Read word by word, each time a slot is compared, not copied: a copy of the five words,
+/// kept across the map lookups in between (BPF calls, which leave only four registers),
+/// was stored to other stack slots and loaded back anyway (BENCHMARKS.md, 2026-12-02,
+/// branch hsarray). Nor assembled from the packet's address: that made LLVM keep the parsed
+/// address as 16 separate bytes, and every flow lookup then built its key with 16 one-byte
+/// stores (the tracked flow 1.17x slower in the same rounds).
 #[derive(Clone, Copy)]
-pub struct Key([u32; 5]);
+pub struct Key<'a>(&'a FlowKey);
 
-impl Key {
-    /// The table's key of the connection `k`: its five words, read from where it was built.
-    ///
-    /// Read through memory, not assembled from the packet's address bytes: taking the address
-    /// apart into words here made LLVM keep the parsed client address as 16 separate bytes,
-    /// and every flow lookup then built its key with 16 one-byte stores (the tracked flow
-    /// 1.17x slower in the same rounds).
+impl<'a> Key<'a> {
+    /// The table's view of the connection `k`.
     #[inline(always)]
-    pub fn of(k: &FlowKey) -> Self {
+    pub fn of(k: &'a FlowKey) -> Self {
+        Key(k)
+    }
+
+    /// Word `i` (< 5) of the key: its address words, then port and family.
+    #[inline(always)]
+    fn word(&self, i: usize) -> u32 {
         // SAFETY: `FlowKey` is 20 bytes of plain integers, 4-byte aligned (pinned in
-        // switcher-common): five u32 words.
-        Key(unsafe { core::ptr::read((k as *const FlowKey).cast::<[u32; 5]>()) })
+        // switcher-common): five u32 words, `i` < 5 at every call.
+        unsafe { read_volatile((self.0 as *const FlowKey).cast::<u32>().add(i)) }
     }
 }
 
 /// A handshake found in the table: where it is, and the fields the data plane reads.
-pub struct Found {
+pub struct Found<'a> {
     /// The slot's first word, for [`set_isn_seen`] and [`remove`].
     slot: *mut u32,
     /// The connection's key, to check it still holds the slot when writing it.
-    key: Key,
+    key: Key<'a>,
     /// `Handshake::origin`.
     pub origin: u32,
     /// `Handshake::flags`.
@@ -125,22 +134,22 @@ unsafe fn store(s: *mut u32, w: usize, v: u32) {
 /// # Safety
 /// As [`load`].
 #[inline(always)]
-unsafe fn holds(s: *mut u32, k: &Key) -> bool {
+unsafe fn holds(s: *mut u32, k: &Key<'_>) -> bool {
     // SAFETY: per the caller; words 0..=4 are the key. The port/family word first: it tells
     // most other connections apart, and it is 0 in an empty slot or one being written.
     unsafe {
-        load(s, W_PORT_FAMILY) == k.0[4]
-            && (load(s, 0) ^ k.0[0])
-                | (load(s, 1) ^ k.0[1])
-                | (load(s, 2) ^ k.0[2])
-                | (load(s, 3) ^ k.0[3])
+        load(s, W_PORT_FAMILY) == k.word(4)
+            && (load(s, 0) ^ k.word(0))
+                | (load(s, 1) ^ k.word(1))
+                | (load(s, 2) ^ k.word(2))
+                | (load(s, 3) ^ k.word(3))
                 == 0
     }
 }
 
 /// The handshake of connection `k`, whose request's flow hash is `hash`, if the table has it.
 #[inline(always)]
-pub fn find(k: &Key, hash: u32) -> Option<Found> {
+pub fn find<'a>(k: &Key<'a>, hash: u32) -> Option<Found<'a>> {
     let b = bucket(hash)?;
     let mut w = 0;
     while w < HANDSHAKE_WAYS as usize {
@@ -169,7 +178,7 @@ pub fn find(k: &Key, hash: u32) -> Option<Found> {
 /// frame's first 12 bytes as three native words (destination, then source address). A
 /// handshake this connection already had is replaced (a retransmitted SYN).
 #[inline(always)]
-pub fn record(k: &Key, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3]) {
+pub fn record(k: &Key<'_>, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3]) {
     let Some(b) = bucket(hash) else { return };
     // The slot already holding `k`, else the first empty one, else the one the SYN's
     // sequence number picks (random per connection, so a flood cannot aim at one slot).
@@ -201,10 +210,10 @@ pub fn record(k: &Key, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3]) {
     // last (module docs): a reader never matches a half-written slot.
     unsafe {
         store(s, W_PORT_FAMILY, 0);
-        store(s, 0, k.0[0]);
-        store(s, 1, k.0[1]);
-        store(s, 2, k.0[2]);
-        store(s, 3, k.0[3]);
+        store(s, 0, k.word(0));
+        store(s, 1, k.word(1));
+        store(s, 2, k.word(2));
+        store(s, 3, k.word(3));
         store(s, W_ORIGIN, origin);
         store(s, W_FLAGS, 0);
         store(s, W_EXPECT_ACK, 0);
@@ -212,14 +221,14 @@ pub fn record(k: &Key, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3]) {
         store(s, W_MACS, hop_lo);
         store(s, W_MACS + 1, hop_hi_local_lo);
         store(s, W_MACS + 2, local_hi);
-        store(s, W_PORT_FAMILY, k.0[4]);
+        store(s, W_PORT_FAMILY, k.word(4));
     }
 }
 
 /// Records what the origin's SYN-ACK says: the ACK that completes the handshake must carry
 /// `expect_ack` (its initial sequence number + 1).
 #[inline(always)]
-pub fn set_isn_seen(f: &Found, expect_ack: u32) {
+pub fn set_isn_seen(f: &Found<'_>, expect_ack: u32) {
     // SAFETY: a slot from `find`. A SYN of another connection taking the slot meanwhile gets
     // these two words overwritten by its own record or keeps a number its ACK cannot match.
     unsafe {
@@ -233,7 +242,7 @@ pub fn set_isn_seen(f: &Found, expect_ack: u32) {
 /// Empties the slot of a handshake `find` returned, unless another connection has taken it
 /// since. Returns whether it did.
 #[inline(always)]
-pub fn remove(f: &Found) -> bool {
+pub fn remove(f: &Found<'_>) -> bool {
     // SAFETY: a slot from `find`; one word store empties it.
     unsafe {
         if !holds(f.slot, &f.key) {

@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::{bpf_sk_lookup_tcp, bpf_sk_release},
 };
 use switcher_common::{
-    flow_hash::{jhash2, FLOW_HASH_SEED},
+    flow_hash::{jhash2, slot_index, FLOW_HASH_SEED},
     Counters, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING, FLOW_ORIGIN_CLOSED,
     FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
     STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
@@ -288,16 +288,9 @@ fn hash_of(family: u16, src: [u32; 4], src_port: u16, dst: [u32; 4], dst_port: u
 fn maglev_origin(hash: u32) -> Option<u32> {
     let live = *MAGLEV_LIVE.get(0)?;
     let table = MAGLEV.get(live)?;
-    let slot = hash % MAGLEV_SIZE;
-    // The verifier does not bound the result of `%`, and LLVM drops a range check it can prove
-    // redundant; reading the slot back through a volatile load hides the proof from LLVM, so
-    // the check stays and the verifier sees the table access bounded.
-    // SAFETY: a read of a local.
-    let slot = unsafe { core::ptr::read_volatile(&slot) } as usize;
-    if slot >= MAGLEV_SIZE as usize {
-        return None;
-    }
-    // SAFETY: `slot` < MAGLEV_SIZE, the array's length.
+    // Below MAGLEV_SIZE by construction, which the verifier sees from the arithmetic itself.
+    let slot = slot_index(hash, MAGLEV_SIZE) as usize;
+    // SAFETY: `slot` < MAGLEV_SIZE, the array's length (see `slot_index`).
     let index = u32::from(unsafe { *table.slots.as_ptr().add(slot) });
     (index < MAX_ORIGINS).then_some(index)
 }
@@ -338,37 +331,15 @@ pub(crate) fn origin_target(index: u32, family: u16) -> Option<Target> {
     Some(target(index, o, family))
 }
 
-/// A [`FlowKey`] on a 4-byte boundary, so that [`flow_key`] can write its port and family as
-/// one word; usable wherever a `&FlowKey` is (`Deref`, `Borrow`).
-#[repr(C, align(4))]
-pub(crate) struct AlignedKey(FlowKey);
-
-impl core::ops::Deref for AlignedKey {
-    type Target = FlowKey;
-
-    #[inline(always)]
-    fn deref(&self) -> &FlowKey {
-        &self.0
-    }
-}
-
-/// What the map methods take (`impl Borrow<FlowKey>`), as for a `&FlowKey`.
-impl core::borrow::Borrow<FlowKey> for &AlignedKey {
-    #[inline(always)]
-    fn borrow(&self) -> &FlowKey {
-        &self.0
-    }
-}
-
 // The layout `flow_key` writes.
 const _: () = assert!(core::mem::offset_of!(FlowKey, client_port_be) == 16);
 const _: () = assert!(core::mem::offset_of!(FlowKey, family) == 18);
-const _: () = assert!(core::mem::size_of::<AlignedKey>() == 20);
+const _: () = assert!(core::mem::align_of::<FlowKey>() == 4);
 
 /// The flow key of a request `t` (its client's address and port, and the family), as
 /// `FLOWS` and `HANDSHAKES` are keyed.
 #[inline(always)]
-pub(crate) fn flow_key(t: &Tcp) -> AlignedKey {
+pub(crate) fn flow_key(t: &Tcp) -> FlowKey {
     key_of(t.saddr, t.sport, t.family)
 }
 
@@ -382,13 +353,13 @@ pub(crate) fn flow_key(t: &Tcp) -> AlignedKey {
 /// smaller stores: a stall on every lookup (BENCHMARKS.md, 2026-12-02, branch dplean:
 /// `bench_tf_lookup` against `bench_flow_lookup`, whose constant key is five 4-byte stores).
 #[inline(always)]
-fn key_of(addr: [u32; 4], port_be: u16, family: u16) -> AlignedKey {
-    let mut key = core::mem::MaybeUninit::<AlignedKey>::uninit();
+fn key_of(addr: [u32; 4], port_be: u16, family: u16) -> FlowKey {
+    let mut key = core::mem::MaybeUninit::<FlowKey>::uninit();
     let p = key.as_mut_ptr().cast::<u8>();
     let (port, family) = (port_be.to_ne_bytes(), family.to_ne_bytes());
     // SAFETY: `FlowKey` is `repr(C)`: 16 bytes of address, then the port and the family (2
-    // bytes each), no padding (20 bytes, asserted in switcher-common); `AlignedKey` puts it
-    // on a 4-byte boundary, so the word at offset 16 is aligned. Every byte is written.
+    // bytes each), no padding (20 bytes), 4-byte aligned (both asserted in switcher-common),
+    // so the word at offset 16 is aligned. Every byte is written.
     unsafe {
         p.cast::<[u32; 4]>().write(addr);
         p.add(16)
@@ -539,7 +510,7 @@ pub(crate) fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
 /// the insert failed (memory pressure); the handshake entry then stays and the next ACK tries
 /// again.
 #[inline(always)]
-fn promote(key: &FlowKey, hs: &handshakes::Found, client_ack: u32, macs: &EthAddrs) -> bool {
+fn promote(key: &FlowKey, hs: &handshakes::Found<'_>, client_ack: u32, macs: &EthAddrs) -> bool {
     let flow = FlowValue {
         origin: hs.origin,
         flags: FLOW_SEEN_SYN,
