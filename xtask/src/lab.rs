@@ -1047,6 +1047,15 @@ impl Lab {
             "router-flap" => {
                 self.kill("bgpd-router", libc::SIGKILL)?;
                 mark("router bgpd killed".into(), &mut timeline);
+                // zebra removes the dead bgpd's routes when it sees its socket close (no
+                // graceful restart here), a few milliseconds later. Waiting for that first
+                // makes the routes found below the new bgpd's: without it, the check could
+                // see the old routes still in place, and the fetch that follows find them
+                // gone (ENETUNREACH from the router; CI, 2026-12-02).
+                self.wait_for("zebra to remove the dead bgpd's VIP route", READY, |lab| {
+                    Ok(lab.vip_nexthops()?.is_empty())
+                })?;
+                mark("router VIP route removed".into(), &mut timeline);
                 self.start_frr("router", "bgpd")?;
                 mark("router bgpd started".into(), &mut timeline);
                 self.wait_for("the router to route over both edges", READY, both)?;
