@@ -334,7 +334,7 @@ fn prog_test_run(out: &mut String) {
     let syn = Pkt::tcp("10.1.1.1", 40001, "10.0.0.1", 8080, SYN).build();
     let cases = [
         (
-            "SYN to the VIP, the same SYN repeated (flow lookup + handshake insert + rewrite)",
+            "SYN to the VIP, the same SYN repeated (flow lookup + handshake record + rewrite)",
             syn.clone(),
             Taken::Rewrite,
             false,
@@ -594,7 +594,7 @@ fn floors(out: &mut String, ebpf: &Ebpf, tracked: &[u8]) {
         ),
         (
             prog_names::BENCH_HS_LRU_FRESH,
-            "`bench_hs_lru_fresh`: insert of a fresh key into the LRU hash shaped like `SWITCHER_HANDSHAKES` (evicting)",
+            "`bench_hs_lru_fresh`: insert of a fresh key into an LRU hash of the shape `SWITCHER_HANDSHAKES` had until branch hsarray (evicting)",
         ),
         (
             prog_names::BENCH_HS_LRU_SAME,
