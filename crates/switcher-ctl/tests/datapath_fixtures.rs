@@ -404,6 +404,13 @@ impl Harness {
         flows.iter().filter_map(Result::ok).collect()
     }
 
+    /// The VIP as configured (`SWITCHER_CONFIG`).
+    fn vip(&self) -> VipConfig {
+        let cfg: Array<_, VipConfig> =
+            Array::try_from(self.ebpf.map(map_names::CONFIG).unwrap()).unwrap();
+        cfg.get(&0, 0).unwrap()
+    }
+
     /// The handshake table, mapped (`switcher_ctl::handshake_table`).
     fn handshake_table(&self) -> HandshakeTable {
         let Some(aya::maps::Map::Array(data)) = self.ebpf.map(map_names::HANDSHAKES) else {
@@ -2068,11 +2075,7 @@ fn flows_record_the_clients_latest_ack_and_link_addresses() {
 fn handshakes_record_the_clients_isn_and_link_addresses() {
     let mut h = Harness::new();
     h.set_active(PRIMARY);
-    let vip = {
-        let cfg: Array<_, VipConfig> =
-            Array::try_from(h.ebpf.map(map_names::CONFIG).unwrap()).unwrap();
-        cfg.get(&0, 0).unwrap()
-    };
+    let vip = h.vip();
     for (prog, client, port, isn) in [
         (Prog::Xdp, "10.1.8.9", 48001, 0x5555_0001u32),
         (Prog::TcIngress, "10.1.8.9", 48002, 0xffff_ffff),
@@ -2140,11 +2143,7 @@ fn handshakes_record_the_clients_isn_and_link_addresses() {
 fn a_full_handshake_bucket_replaces_one_handshake_and_keeps_the_others() {
     let mut h = Harness::new();
     h.set_active(PRIMARY);
-    let vip = {
-        let cfg: Array<_, VipConfig> =
-            Array::try_from(h.ebpf.map(map_names::CONFIG).unwrap()).unwrap();
-        cfg.get(&0, 0).unwrap()
-    };
+    let vip = h.vip();
     // Five clients whose connections to the VIP share one bucket: one bucket in 65,536, so a
     // search over 10.2.0.0/16 port 40000 finds such a group within a few thousand addresses.
     let ways = switcher_common::HANDSHAKE_WAYS as usize;

@@ -106,7 +106,7 @@ enum Verdict {
 }
 
 /// How the request path parses and counts a packet not for the VIP: the product's choice
-/// ([`request`]) and the alternatives the data-path bench measures against it in the same
+/// ([`PRODUCT_PARSE`]) and the alternatives the data-path bench measures against it in the same
 /// rounds (`bench::bench_nfv_*`, never attached). Every variant takes the same decisions and
 /// counts the same counters; only the instructions differ.
 #[derive(Clone, Copy)]
@@ -135,21 +135,8 @@ const PRODUCT_PARSE: ParseVariant = ParseVariant {
     fast_exit: true,
 };
 
-/// The request decision shared by XDP and TC ingress.
-#[inline(always)]
-fn request(
-    ctx: *mut core::ffi::c_void,
-    vip: Option<&VipConfig>,
-    start: usize,
-    end: usize,
-    len: usize,
-) -> Verdict {
-    request_with::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.one_bound }>(
-        ctx, vip, start, end, len,
-    )
-}
-
-/// [`request`] with a [`ParseVariant`] spelled out (const generics take no structs).
+/// The request decision shared by XDP and TC ingress, with a [`ParseVariant`] spelled out
+/// (const generics take no structs): the product's is [`PRODUCT_PARSE`].
 ///
 /// `vip` is `steer::vip()`, which the caller looks up first: its port lets parsing stop early
 /// for the commonest packet on an edge NIC, one that is not for the VIP (`Class::Elsewhere`),
@@ -342,7 +329,9 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     tc_pull(&ctx);
     let len = ctx.len() as usize;
     let vip = steer::vip();
-    let (t, target) = match request(ctx.as_ptr(), vip, ctx.data(), ctx.data_end(), len) {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let request = request_with::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.one_bound }>;
+    let (t, target) = match request(ctx.as_ptr(), vip, start, end, len) {
         Verdict::Rewrite(t, target) => (t, target),
         Verdict::Pass => return TC_ACT_OK,
         Verdict::Drop => return TC_ACT_SHOT,
