@@ -1118,8 +1118,7 @@ fn parallel_syns(out: &mut String, ebpf: &mut Ebpf, vip: VipConfig, peer_column:
     let (wr, wlo, whi) = spread(&ratios(&ours, &base, |c| c.wall));
     let o = median(ours.iter().map(|c| c.cpu).collect());
     let b = median(base.iter().map(|c| c.cpu).collect());
-    let desc =
-        format!("SYN to the VIP on all {cpus} CPUs at once (handshake record; contention)");
+    let desc = format!("SYN to the VIP on all {cpus} CPUs at once (handshake record; contention)");
     if peer_column {
         writeln!(
             out,

@@ -406,7 +406,10 @@ fn lookup_is_the_slot_of_the_flow_hash() {
     }
     // Its ends: every hash has a slot, the last hash the last slot.
     assert_eq!(slot_index(0, DEFAULT_TABLE_SIZE), 0);
-    assert_eq!(slot_index(u32::MAX, DEFAULT_TABLE_SIZE), DEFAULT_TABLE_SIZE - 1);
+    assert_eq!(
+        slot_index(u32::MAX, DEFAULT_TABLE_SIZE),
+        DEFAULT_TABLE_SIZE - 1
+    );
     assert_eq!(slot_index(u32::MAX, 251), 250);
 }
 
