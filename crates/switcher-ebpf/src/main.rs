@@ -341,7 +341,6 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
             return TC_ACT_OK;
         }
     };
-    let new_addr = target.addr.map(steer::addr_of_words);
     match tc_rewrite(
         &ctx,
         &t,
@@ -349,8 +348,8 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
         t.dport,
         target.port,
         Field::Dst,
-        &steer::addr_of_words(t.daddr),
-        new_addr,
+        t.daddr,
+        target.addr,
     ) {
         Ok(()) => {
             count_steered(&target, len, true, false);
@@ -411,7 +410,7 @@ pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
         t.sport,
         reply.port,
         Field::Src,
-        &steer::addr_of_words(t.saddr),
+        t.saddr,
         reply.addr,
     ) {
         Ok(()) => {
@@ -449,8 +448,8 @@ fn tc_rewrite(
     old_port: u16,
     new_port: u16,
     field: Field,
-    old_addr: &[u8; 16],
-    new_addr: Option<[u8; 16]>,
+    old_addr: [u32; 4],
+    new_addr: Option<[u32; 4]>,
 ) -> Result<(), i64> {
     let csum_off = t.l4_off + tcp::CHECK;
     ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, 2)?;
@@ -465,8 +464,7 @@ fn tc_rewrite(
             } else {
                 ipv4::DADDR
             };
-        let old4 = u32::from_ne_bytes([old_addr[0], old_addr[1], old_addr[2], old_addr[3]]);
-        let new4 = u32::from_ne_bytes([new[0], new[1], new[2], new[3]]);
+        let (old4, new4) = (old_addr[0], new[0]);
         ctx.l4_csum_replace(csum_off, old4 as u64, new4 as u64, BPF_F_PSEUDO_HDR | 4)?;
         ctx.l3_csum_replace(t.l3_off + ipv4::CHECK, old4 as u64, new4 as u64, 4)?;
         ctx.store(off, &new4, 0)?;
@@ -478,17 +476,12 @@ fn tc_rewrite(
                 ipv6::DADDR
             };
         let mut i = 0;
-        while i < 16 {
-            let o = u32::from_ne_bytes([
-                old_addr[i],
-                old_addr[i + 1],
-                old_addr[i + 2],
-                old_addr[i + 3],
-            ]);
-            let n = u32::from_ne_bytes([new[i], new[i + 1], new[i + 2], new[i + 3]]);
+        while i < 4 {
+            let (o, n) = (old_addr[i], new[i]);
             ctx.l4_csum_replace(csum_off, o as u64, n as u64, BPF_F_PSEUDO_HDR | 4)?;
-            i += 4;
+            i += 1;
         }
+        // The four words in memory order are the address's 16 bytes.
         ctx.store(off, &new, 0)?;
     }
     Ok(())

@@ -164,8 +164,8 @@ pub struct Tcp {
     pub l3_off: usize,
     /// Offset of the TCP header from the start of the packet.
     pub l4_off: usize,
-    /// Source address as four native words in memory order (`steer::words` of its 16 bytes;
-    /// IPv4 in the first word, the others 0).
+    /// Source address as four native words in memory order (the 16 wire bytes read as four
+    /// 4-byte loads; IPv4 in the first word, the others 0).
     ///
     /// Words, not `[u8; 16]`: held in registers, a byte array is split by LLVM into one value
     /// per byte, which every 4-byte use (the VIP compare, the flow key, the rewrite) shifted

@@ -71,42 +71,10 @@ fn map_words(a: &[u8; 16]) -> [u32; 4] {
     unsafe { [p.read(), p.add(1).read(), p.add(2).read(), p.add(3).read()] }
 }
 
-/// A 16-byte address held in a local (a parsed packet's, in registers) as four native words.
-#[inline(always)]
-pub(crate) fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
-}
-
-/// The 16-byte address of four native words (the inverse of [`words`]).
-#[inline(always)]
-pub(crate) fn addr_of_words(w: [u32; 4]) -> [u8; 16] {
-    let (a, b, c, d) = (
-        w[0].to_ne_bytes(),
-        w[1].to_ne_bytes(),
-        w[2].to_ne_bytes(),
-        w[3].to_ne_bytes(),
-    );
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
-        d[3],
-    ]
-}
-
 /// Whether two addresses given as four words are equal (no early exit: one compare).
 #[inline(always)]
 fn same_words(a: [u32; 4], b: [u32; 4]) -> bool {
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
-}
-
-/// Whether a 16-byte address equals one given as four native words (a parsed packet's).
-#[inline(always)]
-fn same_addr(a: &[u8; 16], b: [u32; 4]) -> bool {
-    same_words(words(a), b)
 }
 
 /// Whether `t` is addressed to the VIP.
@@ -260,7 +228,7 @@ pub(crate) fn flow_hash(t: &Tcp) -> u32 {
 #[inline(always)]
 fn vip_flow_hash(family: u16, client: [u32; 4], client_port: u16, vip: &VipConfig) -> Option<u32> {
     let v = vip_addr(vip, family)?;
-    Some(hash_of(family, client, client_port, words(&v), vip.port_be))
+    Some(hash_of(family, client, client_port, v, vip.port_be))
 }
 
 /// [`flow_hash`] of the segment `src`:`src_port` -> `dst`:`dst_port` of `family` (addresses
@@ -533,7 +501,7 @@ fn is_to_origin(t: &Tcp, o: &Origin, vip: &VipConfig) -> bool {
         return false;
     }
     origin_addr(o, t.family)
-        .or_else(|| vip_addr(vip, t.family).map(|a| words(&a)))
+        .or_else(|| vip_addr(vip, t.family))
         .is_some_and(|addr| same_words(addr, t.daddr))
 }
 
@@ -601,19 +569,20 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
     }
 }
 
-/// The VIP's address for `family` (IPv4 in the first 4 bytes), if it has one.
+/// The VIP's address for `family` as four native words (`Tcp::saddr`'s form; IPv4 in the
+/// first), if it has one.
 #[inline(always)]
-fn vip_addr(vip: &VipConfig, family: u16) -> Option<[u8; 16]> {
+fn vip_addr(vip: &VipConfig, family: u16) -> Option<[u32; 4]> {
     if family == FAMILY_V4 {
         if vip.flags & VIP_HAS_V4 == 0 {
             return None;
         }
-        Some(addr_of_words([map_word(&vip.addr_v4), 0, 0, 0]))
+        Some([map_word(&vip.addr_v4), 0, 0, 0])
     } else {
         if vip.flags & VIP_HAS_V6 == 0 {
             return None;
         }
-        Some(addr_of_words(map_words(&vip.addr_v6)))
+        Some(map_words(&vip.addr_v6))
     }
 }
 
@@ -621,7 +590,7 @@ fn vip_addr(vip: &VipConfig, family: u16) -> Option<[u8; 16]> {
 /// source an edge-originated reset may have.
 #[inline(always)]
 pub fn is_from_vip(t: &Tcp, vip: &VipConfig) -> bool {
-    t.sport == vip.port_be && vip_addr(vip, t.family).is_some_and(|a| same_addr(&a, t.saddr))
+    t.sport == vip.port_be && vip_addr(vip, t.family).is_some_and(|a| same_words(a, t.saddr))
 }
 
 /// Where a reply goes back to: origin index, and the source to restore.
@@ -630,8 +599,9 @@ pub struct Reply {
     pub index: u32,
     /// VIP port to write as source, network order.
     pub port: u16,
-    /// VIP address to write as source when the origin's address differs from it.
-    pub addr: Option<[u8; 16]>,
+    /// VIP address to write as source when the origin's address differs from it, as four
+    /// native words (`Tcp::saddr`'s form).
+    pub addr: Option<[u32; 4]>,
     /// This reply is the origin's first FIN or RST on an established flow: the flow is over
     /// (counted `flows_closed` by the caller, once per flow).
     pub closed: bool,
@@ -670,7 +640,7 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
         Some(a) if same_words(a, t.saddr) => Some(vip_addr),
         Some(_) => return None,
         // The origin shares the VIP's address: only the port changes.
-        None if same_addr(&vip_addr, t.saddr) => None,
+        None if same_words(vip_addr, t.saddr) => None,
         None => return None,
     };
     let mut closed = false;
