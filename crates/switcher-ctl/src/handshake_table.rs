@@ -94,16 +94,36 @@ impl HandshakeTable {
         })
     }
 
+    /// Pointers to the slots of bucket `b` (< `HANDSHAKE_BUCKETS`).
+    fn bucket_slots(&self, b: usize) -> impl Iterator<Item = *mut HandshakeSlot> + '_ {
+        assert!(b < HANDSHAKE_BUCKETS as usize);
+        // SAFETY: bucket `b` lies inside the mapping (checked above).
+        let bucket = unsafe { self.base.as_ptr().add(b) };
+        // SAFETY: a pointer to the bucket's slots array, in bounds.
+        let first = unsafe { std::ptr::addr_of_mut!((*bucket).slots) }.cast::<HandshakeSlot>();
+        // SAFETY: slot `w` of the bucket's `HANDSHAKE_WAYS` slots.
+        (0..HANDSHAKE_WAYS as usize).map(move |w| unsafe { first.add(w) })
+    }
+
     /// Pointers to every slot, in array order.
     fn slots(&self) -> impl Iterator<Item = *mut HandshakeSlot> + '_ {
-        (0..HANDSHAKE_BUCKETS as usize).flat_map(move |b| {
-            // SAFETY: bucket `b` < HANDSHAKE_BUCKETS lies inside the mapping.
-            let bucket = unsafe { self.base.as_ptr().add(b) };
-            // SAFETY: a pointer to the bucket's slots array, in bounds.
-            let first = unsafe { std::ptr::addr_of_mut!((*bucket).slots) }.cast::<HandshakeSlot>();
-            // SAFETY: slot `w` of the bucket's `HANDSHAKE_WAYS` slots.
-            (0..HANDSHAKE_WAYS as usize).map(move |w| unsafe { first.add(w) })
-        })
+        (0..HANDSHAKE_BUCKETS as usize).flat_map(move |b| self.bucket_slots(b))
+    }
+
+    /// Every slot that holds a handshake, with a copy of it as read.
+    fn used(&self) -> impl Iterator<Item = (*mut HandshakeSlot, HandshakeSlot)> + '_ {
+        self.slots()
+            .map(|s| (s, Self::read(s)))
+            .filter(|(_, slot)| slot.is_used())
+    }
+
+    /// The word of the slot at `s` holding the key's port and family, the one the data plane
+    /// writes last and empties a slot by zeroing.
+    fn port_family<'s>(s: *mut HandshakeSlot) -> &'s AtomicU32 {
+        // SAFETY: a word of a slot inside the mapping (which outlives every use here), 4-byte
+        // aligned (map memory is page aligned, slots are 48 bytes, the word is at offset 16);
+        // the data plane writes it only with aligned 4-byte stores.
+        unsafe { AtomicU32::from_ptr(s.cast::<u8>().add(PORT_FAMILY_OFF).cast()) }
     }
 
     /// A copy of the slot at `s`, as it is now (it may be mid-write: see [`Self::take`]).
@@ -114,19 +134,12 @@ impl HandshakeTable {
 
     /// Every handshake in the table.
     pub fn entries(&self) -> Vec<(FlowKey, Handshake)> {
-        self.slots()
-            .map(Self::read)
-            .filter(HandshakeSlot::is_used)
-            .map(|s| (s.key, s.hs))
-            .collect()
+        self.used().map(|(_, s)| (s.key, s.hs)).collect()
     }
 
     /// How many slots hold a handshake.
     pub fn count(&self) -> usize {
-        self.slots()
-            .map(Self::read)
-            .filter(HandshakeSlot::is_used)
-            .count()
+        self.used().count()
     }
 
     /// Empties the slots of the handshakes pinned to `origin`, and returns those it emptied as
@@ -135,17 +148,12 @@ impl HandshakeTable {
     /// is compared, and the new handshake is emptied with the old).
     pub fn take(&self, origin: u32) -> Vec<(FlowKey, Handshake)> {
         let mut taken = Vec::new();
-        for s in self.slots() {
-            let slot = Self::read(s);
-            if !slot.is_used() || slot.hs.origin != origin {
+        for (s, slot) in self.used() {
+            if slot.hs.origin != origin {
                 continue;
             }
-            // SAFETY: the port/family word of a slot inside the mapping, 4-byte aligned (map
-            // memory is page aligned, slots are 48 bytes, the word is at offset 16); the data
-            // plane writes it only with aligned 4-byte stores.
-            let word = unsafe { AtomicU32::from_ptr(s.cast::<u8>().add(PORT_FAMILY_OFF).cast()) };
             let seen = u32::from(slot.key.client_port_be) | u32::from(slot.key.family) << 16;
-            if word
+            if Self::port_family(s)
                 .compare_exchange(seen, 0, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
@@ -160,17 +168,8 @@ impl HandshakeTable {
     /// Empties every slot (a test or bench starting over; the data plane never needs it).
     pub fn clear(&self) {
         for s in self.slots() {
-            // SAFETY: as in `take`.
-            let word = unsafe { AtomicU32::from_ptr(s.cast::<u8>().add(PORT_FAMILY_OFF).cast()) };
-            word.store(0, Ordering::SeqCst);
+            Self::port_family(s).store(0, Ordering::SeqCst);
         }
-    }
-
-    /// The slots of bucket `bucket`.
-    fn bucket_slots(&self, bucket: u32) -> impl Iterator<Item = *mut HandshakeSlot> + '_ {
-        self.slots()
-            .skip(bucket as usize * HANDSHAKE_WAYS as usize)
-            .take(HANDSHAKE_WAYS as usize)
     }
 
     /// What TC egress records from the origin's SYN-ACK of initial sequence number `isn`, in
@@ -181,7 +180,7 @@ impl HandshakeTable {
         let Some(bucket) = bucket_of(key, vip) else {
             return false;
         };
-        for s in self.bucket_slots(bucket) {
+        for s in self.bucket_slots(bucket as usize) {
             let slot = Self::read(s);
             if slot.is_used() && slot.key == *key {
                 let mut hs = slot.hs;
