@@ -66,11 +66,11 @@ use aya_ebpf::{
 };
 use switcher_common::{
     dsr::{EncapCounters, IPPROTO_IPIP, IPPROTO_IPV6, OUTER_TTL},
-    Counters, Origin, VipConfig, FAMILY_V4, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
+    Counters, Origin, VipConfig, FAMILY_V4, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
 };
 
 use crate::{
-    maps::{ENCAP_STATS, ORIGINS},
+    maps::ENCAP_STATS,
     packet::{ipv4, ipv6, ptr_at, Tcp, ETH_HLEN, IPV4_HLEN, IPV6_HLEN},
     steer,
 };
@@ -95,15 +95,6 @@ pub fn count(index: u32, f: impl FnOnce(&mut EncapCounters)) {
     }
 }
 
-/// The host address of origin `index` when it is a remote (DSR) origin, else `None`.
-#[inline(always)]
-pub fn remote_host(index: u32) -> Option<[u8; 4]> {
-    if index >= MAX_ORIGINS {
-        return None;
-    }
-    remote_host_of(ORIGINS.get(index)?)
-}
-
 /// The host address of origin `o` (a `SWITCHER_ORIGINS` value) when it is a configured remote
 /// (DSR) origin, else `None`: what `steer::Target::remote_host` holds, read from the origin
 /// the target was made of, so a steered request looks its origin up once.
@@ -121,8 +112,8 @@ pub fn remote_host_of(o: &Origin) -> Option<[u8; 4]> {
 /// the origin's index and host, or `None` to keep the local behaviour (pass to the stack).
 #[inline(always)]
 pub fn adopt(ctx: *mut core::ffi::c_void, t: &Tcp, vip: &VipConfig) -> Option<(u32, [u8; 4])> {
-    let (index, _, _) = steer::new_flow_origin(ctx, t, vip, steer::flow_hash(t))?;
-    let host = remote_host(index)?;
+    let (index, o, _) = steer::new_flow_origin(ctx, t, vip, steer::flow_hash(t))?;
+    let host = remote_host_of(o)?;
     count(index, |c| c.adopted += 1);
     Some((index, host))
 }
