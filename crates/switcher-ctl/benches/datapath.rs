@@ -3,7 +3,8 @@
 //! 1. The XDP program's cost per packet through BPF_PROG_TEST_RUN with repeat = 1,000,000, for
 //!    a SYN to the VIP (flow lookup + handshake insert), a packet of a tracked flow (flow
 //!    lookup), a packet not for the VIP, a SYN straight to an origin (stale-flow check), a
-//!    SYN with the listener check, and a bare ACK of no flow (what a spoofed flood costs),
+//!    SYN with the listener check, a bare ACK of no flow (what a spoofed flood costs), and the
+//!    SYN, the tracked flow and the packet not for the VIP over IPv6 (the VIP is dual-stack),
 //!    against an empty XDP_PASS program on the same packet in the same run; every repetition
 //!    is checked to take the path it is named after (see `prog_test_run`). Then rows that a
 //!    repeated packet cannot measure: a flood of SYNs from distinct clients, and the
@@ -45,7 +46,13 @@
 //! call into the program (an indirect call through a retpoline on a CPU with that Spectre v2
 //! mitigation, as this VM has), and the JITed program's prologue and epilogue. None of that is
 //! data-plane work, and its share differs between machines (mitigations, clock speed): a ratio
-//! against it depends on the machine, so the rows also give the absolute ns above it.
+//! against it depends on the machine, so the rows also give the absolute ns above it, and the
+//! header names the mitigations ([`mitigations`]). How much: on an Intel Xeon VM with
+//! retpolines the empty program took 8.3 ns and a `SWITCHER_FLOWS` lookup 14 ns above it; on
+//! an AMD EPYC VM with retpolines and the SRSO "Safe RET" mitigation (every kernel `ret`
+//! through a thunk) 35 ns and 43 ns (the lookup calls `__htab_map_lookup_elem` and `memcmp`,
+//! two returns; array lookups are inlined and pay none), so the same build's tracked flow was
+//! 4.3x there and 2.7x here (BENCHMARKS.md, 2026-12-02, session 7).
 use std::{
     fmt::Write as _,
     net::TcpStream,
@@ -63,8 +70,8 @@ use switcher_common::{
     BENCH_CACHE_SLOTS, BENCH_COUNT_CACHE_MISS, BENCH_COUNT_FAILED, BENCH_COUNT_FRESH,
     BENCH_COUNT_FRESH_HASH, BENCH_COUNT_FRESH_LRU, Counters, FLOW_SEEN_SYN, FlowKey, FlowValue,
     HANDSHAKE_ISN_SEEN, Handshake, MAX_FLOWS, MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
-    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VipConfig, bench_map_names,
-    map_names, prog_names,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
+    bench_map_names, map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -154,8 +161,8 @@ fn stats(ebpf: &Ebpf) -> Vec<Counters> {
 /// Loads an object's XDP programs and configures its maps for the measurements: VIP
 /// 10.0.0.1:8080, origin 0 at the VIP's own address and port (identity rewrite, see above),
 /// origin 1 on 8082, every lookup-table slot to origin 0 (when the object has the table), and
-/// the tracked flow's entry.
-fn load_for_bench(object: &[u8], vip: VipConfig, tracked: FlowKey) -> Ebpf {
+/// the tracked flows' entries (one IPv4, one IPv6: [`tracked_keys`]).
+fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
     // The bench-only maps are declared with one entry (the steering load creates them too):
     // the insert floors' maps get the size the LRU `SWITCHER_HANDSHAKES` had (`MAX_FLOWS`),
     // the flow cache its slots. (Names an earlier build's
@@ -203,20 +210,19 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: FlowKey) -> Ebpf {
     if ebpf.map(map_names::MAGLEV).is_some() {
         publish_uniform(&mut ebpf, 0);
     }
-    HashMap::<_, FlowKey, FlowValue>::try_from(ebpf.map_mut(map_names::FLOWS).unwrap())
-        .unwrap()
-        .insert(
-            tracked,
-            FlowValue {
-                origin: 0,
-                flags: FLOW_SEEN_SYN,
-                client_ack: 0,
-                hop_mac: [0; 6],
-                local_mac: [0; 6],
-            },
-            0,
-        )
-        .unwrap();
+    let mut flows =
+        HashMap::<_, FlowKey, FlowValue>::try_from(ebpf.map_mut(map_names::FLOWS).unwrap())
+            .unwrap();
+    for key in tracked {
+        let flow = FlowValue {
+            origin: 0,
+            flags: FLOW_SEEN_SYN,
+            client_ack: 0,
+            hop_mac: [0; 6],
+            local_mac: [0; 6],
+        };
+        flows.insert(key, flow, 0).unwrap();
+    }
     ebpf
 }
 
@@ -294,7 +300,7 @@ fn ratios(a: &[Cost], b: &[Cost], clock: fn(&Cost) -> f64) -> Vec<f64> {
 /// The object of an earlier build named by `SWITCHER_BENCH_PEER_OBJ`, loaded like ours. It
 /// must have this build's map layout for the maps the bench writes, but for
 /// `SWITCHER_HANDSHAKES`, which [`SynAckWriter`] writes in either shape.
-fn load_peer(vip: VipConfig, tracked: FlowKey) -> Option<(String, Ebpf)> {
+fn load_peer(vip: VipConfig, tracked: &[FlowKey]) -> Option<(String, Ebpf)> {
     let path = std::env::var("SWITCHER_BENCH_PEER_OBJ").ok()?;
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     // Aligned copy: the object loader wants 8-byte alignment.
@@ -312,20 +318,21 @@ fn prog_test_run(out: &mut String) {
     pin_to_cpu(nproc() - 1);
     // Progress on stderr (the table goes to stdout and BENCHMARKS.md).
     let started = Instant::now();
+    // Dual-stack, as `cargo xtask run` serves it (10.0.0.1 and fd00::1).
     let vip = VipConfig {
         addr_v4: [10, 0, 0, 1],
-        addr_v6: [0; 16],
+        addr_v6: VIP_V6.parse::<std::net::Ipv6Addr>().unwrap().octets(),
         port_be: 8080u16.to_be(),
-        flags: VIP_ENABLED | VIP_HAS_V4,
+        flags: VIP_ENABLED | VIP_HAS_V4 | VIP_HAS_V6,
         ifindex: 0,
         attach_mode: 0,
     };
-    // The tracked flow's entry, as a completed handshake leaves it.
-    let tracked = switcher_ctl::loader::flow_key("10.1.1.1:40000".parse().unwrap());
-    let mut ebpf = load_for_bench(switcher_ctl::loader::EBPF_OBJECT, vip, tracked);
+    // The tracked flows' entries, as a completed handshake leaves them.
+    let tracked = tracked_keys();
+    let mut ebpf = load_for_bench(switcher_ctl::loader::EBPF_OBJECT, vip, &tracked);
     // An earlier build's object (e.g. main's), measured in the same rounds: a change's effect
     // without the drift between runs of a shared machine.
-    let (peer_path, mut peer) = match load_peer(vip, tracked) {
+    let (peer_path, mut peer) = match load_peer(vip, &tracked) {
         Some((path, ebpf)) => (Some(path), Some(ebpf)),
         None => (None, None),
     };
@@ -361,6 +368,24 @@ fn prog_test_run(out: &mut String) {
             "bare ACK of no flow (a spoofed flood: flow and handshake lookups + pass)",
             Pkt::tcp("10.1.1.3", 40003, "10.0.0.1", 8080, ACK).build(),
             Taken::Untracked,
+            false,
+        ),
+        (
+            "IPv6: SYN to the VIP, the same SYN repeated",
+            Pkt::tcp("fd01::1", 40001, VIP_V6, 8080, SYN).build(),
+            Taken::Rewrite,
+            false,
+        ),
+        (
+            "IPv6: tracked flow, 1 KiB payload",
+            tracked_pkt_v6(),
+            Taken::Rewrite,
+            false,
+        ),
+        (
+            "IPv6: packet not for the VIP",
+            Pkt::tcp("fd01::1", 40000, "fd00::9", 443, ACK).build(),
+            Taken::Pass,
             false,
         ),
         (
@@ -529,6 +554,23 @@ fn flow_lookup_alone(out: &mut String, ebpf: &Ebpf, data: &[u8]) {
         o - b
     )
     .unwrap();
+}
+
+/// The VIP's IPv6 address in part 1.
+const VIP_V6: &str = "fd00::1";
+
+/// The flows part 1 tracks: 10.1.1.1:40000 ([`tracked_pkt`]) and [fd01::1]:40000
+/// ([`tracked_pkt_v6`]).
+fn tracked_keys() -> [FlowKey; 2] {
+    ["10.1.1.1:40000", "[fd01::1]:40000"]
+        .map(|a| switcher_ctl::loader::flow_key(a.parse().unwrap()))
+}
+
+/// The IPv6 tracked flow's packet: an ACK with 1 KiB of data from [fd01::1]:40000 to the VIP.
+fn tracked_pkt_v6() -> Vec<u8> {
+    Pkt::tcp("fd01::1", 40000, VIP_V6, 8080, ACK)
+        .with_payload(&[7u8; 1024])
+        .build()
 }
 
 /// The tracked flow's packet: an ACK with 1 KiB of data from 10.1.1.1:40000 to the VIP.
@@ -1496,6 +1538,25 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// What the kernel reports for the CPU vulnerabilities whose mitigations tax calls, returns
+/// and indirect branches (`/sys/devices/system/cpu/vulnerabilities`): they set what the empty
+/// program costs (an indirect call into it, its return) and what every helper or kernel
+/// function call of the measured programs costs (a map lookup of a hash map calls
+/// `__htab_map_lookup_elem` and `memcmp`; an array lookup is inlined), so ratios to the empty
+/// program differ between machines by as much as the programs do (BENCHMARKS.md, 2026-12-02,
+/// session 7: an empty program of 8 ns on an Intel Xeon, 35 ns on an AMD EPYC with Safe RET).
+fn mitigations() -> String {
+    ["spectre_v2", "retbleed", "spec_rstack_overflow"]
+        .iter()
+        .filter_map(|v| {
+            let path = format!("/sys/devices/system/cpu/vulnerabilities/{v}");
+            let state = std::fs::read_to_string(path).ok()?;
+            Some(format!("{v}: {}", state.trim()))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Online CPUs (not `available_parallelism`, which counts only the CPUs this thread may run
 /// on, and part 1 pins itself to one).
 fn nproc() -> usize {
@@ -1525,14 +1586,15 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     writeln!(
         out,
-        "Machine: {}, {} CPUs, kernel {}; load average at start: {}.\n",
+        "Machine: {}, {} CPUs, kernel {}; load average at start: {}.\nCPU mitigations that tax calls and returns: {}.\n",
         cpu_model(),
         nproc(),
         String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout).trim(),
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        mitigations()
     )
     .unwrap();
     // In a thread of its own: it pins itself to one CPU, and the wrk processes of part 2 must
