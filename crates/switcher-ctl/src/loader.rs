@@ -717,8 +717,15 @@ impl Pinned {
 
     /// Removes the handshakes pinned to `origin`; returns them as read, and how many were
     /// removed (one that completed or was replaced meanwhile is not).
+    ///
+    /// Waits for the programs running meanwhile to finish before it returns: one that read a
+    /// handshake of `origin` just before it was emptied may still be moving it into the flow
+    /// table (`promote`: insert, then empty the slot), and the caller's walk of the flow table
+    /// must see that flow, or it would stay pinned to the retired origin. (~8 ms, an RCU grace
+    /// period; found in review, session 7.)
     fn take_handshakes(&mut self, origin: u32) -> Result<(Vec<(FlowKey, Handshake)>, u64)> {
         let taken = self.handshakes.take(origin);
+        wait_for_readers();
         let removed = taken.len() as u64;
         Ok((taken, removed))
     }

@@ -26,11 +26,26 @@
 //!   (the flood's SYNs land in every bucket), and the client's retransmitted SYN starts over.
 //! * Slots are written without a lock, as word stores. A writer first zeroes the slot's
 //!   port/family word (an empty slot), writes the rest, and writes that word last; readers
-//!   compare the key, read the fields, and compare the key again, so they see a whole
-//!   handshake or none. Two SYNs of different connections writing the same slot at the same
-//!   instant on two CPUs could leave a slot mixing both: that connection's ACK then goes to
-//!   the other's origin, which resets it, and the client connects again. It takes the same
-//!   bucket, the same slot and the same few nanoseconds: not seen outside a flood.
+//!   compare the key, read the fields, and compare the key again. On x86-64 (stores and loads
+//!   keep their program order, and the JIT emits them in the order written here) a reader
+//!   sees a whole handshake or none. On arm64 the JIT's plain loads and stores may be
+//!   reordered, so a reader that overlaps a writer can see a mix; readers of a handshake are
+//!   its SYN-ACK and ACK, a round trip after its SYN's write, so only the overlaps below can.
+//! * What the lock-free writes allow, all needing two connections in one bucket (1 of 65,536)
+//!   within the same few nanoseconds on two CPUs, so about (SYNs in flight at that instant) /
+//!   65,536 per SYN; none seen in any test or drill:
+//!   - two SYNs may pick the same slot, a slot being written looking empty, and leave it
+//!     mixing both: that connection's ACK then goes to the other's origin, which resets it,
+//!     and the client connects again (to a remote origin, whose handshake completes on any
+//!     ACK, the flow is pinned to the other's origin: the viewer's requests are reset and it
+//!     reconnects on a new port);
+//!   - [`remove`] checks the key, then stores: a SYN that takes the slot in between loses
+//!     its handshake, and its client retransmits the SYN (1 s).
+//!
+//!   Closing them needs a per-slot claim by compare-and-swap of the port/family word (BPF
+//!   atomics: kernel 5.12, and the 32-bit-subregister build, `-C target-cpu=v3`, which
+//!   verifies once `packet::classify` returns a struct: BENCHMARKS.md, session 7), at two
+//!   locked instructions a SYN; not done yet.
 //! * Abandoned handshakes (a SYN never answered, a client that gave up) stay until a SYN
 //!   reuses their slot; they cost nothing but the slot.
 //!
