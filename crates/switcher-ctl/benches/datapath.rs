@@ -213,14 +213,14 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
     let mut flows =
         HashMap::<_, FlowKey, FlowValue>::try_from(ebpf.map_mut(map_names::FLOWS).unwrap())
             .unwrap();
+    let flow = FlowValue {
+        origin: 0,
+        flags: FLOW_SEEN_SYN,
+        client_ack: 0,
+        hop_mac: [0; 6],
+        local_mac: [0; 6],
+    };
     for key in tracked {
-        let flow = FlowValue {
-            origin: 0,
-            flags: FLOW_SEEN_SYN,
-            client_ack: 0,
-            hop_mac: [0; 6],
-            local_mac: [0; 6],
-        };
         flows.insert(key, flow, 0).unwrap();
     }
     ebpf
@@ -558,26 +558,36 @@ fn flow_lookup_alone(out: &mut String, ebpf: &Ebpf, data: &[u8]) {
 
 /// The VIP's IPv6 address in part 1.
 const VIP_V6: &str = "fd00::1";
+/// The tracked flows' clients (IPv4, IPv6), each with the VIP address it talks to; their port
+/// is [`TRACKED_PORT`].
+const TRACKED: [(&str, &str); 2] = [("10.1.1.1", "10.0.0.1"), ("fd01::1", VIP_V6)];
+/// The tracked flows' client port.
+const TRACKED_PORT: u16 = 40000;
 
-/// The flows part 1 tracks: 10.1.1.1:40000 ([`tracked_pkt`]) and [fd01::1]:40000
-/// ([`tracked_pkt_v6`]).
+/// The flows part 1 tracks ([`TRACKED`]).
 fn tracked_keys() -> [FlowKey; 2] {
-    ["10.1.1.1:40000", "[fd01::1]:40000"]
-        .map(|a| switcher_ctl::loader::flow_key(a.parse().unwrap()))
+    TRACKED.map(|(client, _)| {
+        let ip: std::net::IpAddr = client.parse().unwrap();
+        switcher_ctl::loader::flow_key((ip, TRACKED_PORT).into())
+    })
 }
 
-/// The IPv6 tracked flow's packet: an ACK with 1 KiB of data from [fd01::1]:40000 to the VIP.
+/// A tracked flow's packet: an ACK with 1 KiB of data from `client`:[`TRACKED_PORT`] to
+/// `vip`:8080 (a pair of [`TRACKED`]).
+fn tracked_pkt_of((client, vip): (&str, &str)) -> Vec<u8> {
+    Pkt::tcp(client, TRACKED_PORT, vip, 8080, ACK)
+        .with_payload(&[7u8; 1024])
+        .build()
+}
+
+/// The IPv6 tracked flow's packet.
 fn tracked_pkt_v6() -> Vec<u8> {
-    Pkt::tcp("fd01::1", 40000, VIP_V6, 8080, ACK)
-        .with_payload(&[7u8; 1024])
-        .build()
+    tracked_pkt_of(TRACKED[1])
 }
 
-/// The tracked flow's packet: an ACK with 1 KiB of data from 10.1.1.1:40000 to the VIP.
+/// The IPv4 tracked flow's packet (10.1.1.1:40000 to the VIP).
 fn tracked_pkt() -> Vec<u8> {
-    Pkt::tcp("10.1.1.1", 40000, "10.0.0.1", 8080, ACK)
-        .with_payload(&[7u8; 1024])
-        .build()
+    tracked_pkt_of(TRACKED[0])
 }
 
 /// This CPU-summed `BENCH_COUNTS` value at `index`.
