@@ -468,12 +468,12 @@ async fn idle_and_slowloris_connections_are_capped_and_closed() {
         .expect("client task");
     assert_eq!(status, 200, "{body}");
     // It could only get a slot after a stalled one was closed by the header timeout (the cap
-    // is 2): that one's EOF is already there, no wait needed.
+    // is 2): that one's EOF is already in its socket, no wait needed. Asked of the socket
+    // itself (a non-blocking peek): tokio's `try_read` answers from the readiness its reactor
+    // has seen so far, and said "would block" when the reactor thread had not yet polled the
+    // FIN (a CI failure, session 7).
     let mut buf = [0u8; 64];
-    let closed_before = [&silent, &slow]
-        .iter()
-        .filter(|s| matches!(s.try_read(&mut buf), Ok(0)))
-        .count();
+    let closed_before = [&silent, &slow].iter().filter(|s| at_eof_now(s)).count();
     assert!(
         closed_before >= 1,
         "the good client was served while both stalled connections held the 2 slots"
@@ -487,6 +487,23 @@ async fn idle_and_slowloris_connections_are_capped_and_closed() {
         assert_eq!(read, 0, "{name}");
     }
     run.stop().await;
+}
+
+/// Whether the peer of `s` has closed it and everything it sent has been read: one
+/// non-blocking `recv(MSG_PEEK)` on the socket, which answers 0 only at end of stream.
+fn at_eof_now(s: &tokio::net::TcpStream) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut byte = 0u8;
+    // SAFETY: a valid socket descriptor and a one-byte buffer that outlives the call.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 /// `switcher-ctl drain|undrain|set-weight` (the binary) against a running service with three
