@@ -116,6 +116,7 @@ impl Dataplane {
                 addr_v6: [0; 16],
                 port_be: port.to_be(),
                 flags: ORIGIN_CONFIGURED,
+                generation: 0,
             };
             origins.set(index, origin, 0).expect("write origin");
         }

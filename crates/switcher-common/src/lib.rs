@@ -253,7 +253,7 @@ pub const VIP_CHECK_LISTENER: u16 = 8;
 /// One origin: value of the `SWITCHER_ORIGINS` map, keyed by origin index. Written by user
 /// space; read by the programs to rewrite requests (destination) and recognise replies (source).
 ///
-/// Aligned to 4 bytes (the byte layout is that of `repr(C)` alone: the same offsets, 24 bytes)
+/// Aligned to 4 bytes (the byte layout is that of `repr(C)` alone: the same offsets, 28 bytes)
 /// so that the data plane reads the addresses as aligned 4-byte words: with the 2-byte
 /// alignment its fields alone give, the BPF build reads an address byte by byte.
 #[repr(C, align(4))]
@@ -268,6 +268,14 @@ pub struct Origin {
     pub port_be: u16,
     /// `ORIGIN_CONFIGURED`, set when the slot holds an origin.
     pub flags: u16,
+    /// The origin's generation, host order: every flow pinned to it records the generation it
+    /// was pinned in ([`FlowValue::generation`]), and a flow of an older generation is over
+    /// (the data plane treats it as untracked), unless it is [`FLOW_FINISHING`]. User space
+    /// adds one to retire all of an origin's flows with this one write, instead of deleting
+    /// each flow on the failover path (docs/ARCHITECTURE.md, "Retiring flows"); the entries
+    /// left behind are deleted afterwards, paced. Kept when a restarted control plane adopts
+    /// the maps with the same origin in the slot, and changed when the slot gets another one.
+    pub generation: u32,
 }
 
 /// [`Origin::flags`]: the slot holds an origin.
@@ -406,8 +414,8 @@ pub mod flow_hash {
 
 /// Key of the `SWITCHER_FLOWS` conntrack map and of the handshake table's slots: one viewer
 /// connection as it looks on ingress, client -> VIP. Replies (origin -> client) are looked up
-/// by rebuilding this key from the packet's destination. Written by the data plane; flows are
-/// deleted by user space when it retires an origin.
+/// by rebuilding this key from the packet's destination. Written by the data plane; the
+/// entries of a retired origin's flows are deleted afterwards (see [`Origin::generation`]).
 ///
 /// 4-byte aligned (no padding: 20 bytes either way), so the data plane reads a key it built as
 /// five words (`handshakes::Key::of`).
@@ -449,6 +457,19 @@ pub struct FlowValue {
     /// Ethernet destination address of that same frame (this edge's interface): the source
     /// of an edge RST. Written once, with `hop_mac`.
     pub local_mac: [u8; 6],
+    /// [`Origin::generation`] of the flow's origin when the flow was created, host order. The
+    /// flow is live while it equals the origin's current generation (or the flow is
+    /// [`FLOW_FINISHING`]); an older one is a retired flow, as good as deleted.
+    pub generation: u32,
+}
+
+impl FlowValue {
+    /// Whether the flow is still steered, given its origin's current [`Origin::generation`]:
+    /// the same generation, or a retired origin's flow left to finish its response. What the
+    /// data plane and user space both use to tell live flows from retired ones.
+    pub const fn is_live(&self, origin_generation: u32) -> bool {
+        self.generation == origin_generation || self.flags & FLOW_FINISHING != 0
+    }
 }
 
 /// [`FlowValue::flags`]: the flow started with a SYN through the VIP (every flow the data plane
@@ -462,7 +483,9 @@ pub const FLOW_ORIGIN_CLOSED: u32 = 2;
 /// response, which it may finish (set by user space, docs/ARCHITECTURE.md "Stranded
 /// connections"). The data plane drops the viewer's next request on it (a segment carrying
 /// data), so the retired origin never starts another response; the control plane resets the
-/// connection once the response is done, and the viewer retries that request elsewhere.
+/// connection once the response is done, and the viewer retries that request elsewhere. Such a
+/// flow outlives its origin's retirement (see [`FlowValue::is_live`]): it is set before the
+/// generation moves, and the flow is deleted by user space when it ends.
 pub const FLOW_FINISHING: u32 = 4;
 
 /// The handshake of a [`HandshakeSlot`]: a connection between its SYN and the client's ACK of
@@ -559,7 +582,7 @@ pub struct Counters {
     /// sequence number, and the connection moved to the flow table.
     pub established: u64,
     /// Unsteered slot only: packets to the VIP that are not a SYN and belong to no flow or
-    /// handshake (a flow whose origin was retired and deleted, one evicted from a full table,
+    /// handshake (a flow whose origin was retired, one evicted from a full table,
     /// one older than the data plane, or a spoofed packet such as a bare-ACK flood). They pass
     /// unchanged to this host's stack, which answers with a TCP reset from the VIP (nothing
     /// listens there), so a live client learns at once that its connection is gone.
@@ -587,7 +610,8 @@ pub struct Counters {
 
 // Sizes pinned: a change here is a change of the kernel/user contract.
 const _: () = assert!(core::mem::size_of::<VipConfig>() == 32);
-const _: () = assert!(core::mem::size_of::<Origin>() == 24);
+const _: () = assert!(core::mem::size_of::<Origin>() == 28);
+const _: () = assert!(core::mem::offset_of!(Origin, generation) == 24);
 const _: () = assert!(core::mem::offset_of!(Origin, addr_v6) == 4);
 const _: () = assert!(core::mem::offset_of!(Origin, port_be) == 20);
 const _: () = assert!(core::mem::offset_of!(Origin, flags) == 22);
@@ -595,7 +619,8 @@ const _: () = assert!(core::mem::offset_of!(VipConfig, addr_v6) == 4);
 const _: () = assert!(core::mem::align_of::<VipConfig>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::align_of::<FlowKey>() == 4);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 28);
+const _: () = assert!(core::mem::offset_of!(FlowValue, generation) == 24);
 const _: () = assert!(core::mem::size_of::<Handshake>() == 28);
 // The data plane reads and writes slots as 4-byte words at these offsets (`handshakes.rs`).
 const _: () = assert!(core::mem::size_of::<HandshakeSlot>() == 48);

@@ -14,8 +14,9 @@
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
 //!
 //! 3. The control plane's data-plane reads and writes at 200,000 tracked flows: what a scrape
-//!    reads (`flow_counts` + `counters`) and retiring an origin's flows (`retire_flows`, batch
-//!    map operations), against the map walks they replaced (peer, same run).
+//!    reads (`flow_counts` + `counters`), retiring an origin's flows as the controller does
+//!    (`abort_flows`; and `retire_flows`), and deleting the retired entries afterwards
+//!    (`reap_retired`), against the map walks they replaced (peer, same run).
 //!
 //! Appends a markdown section to BENCHMARKS.md. `SWITCHER_BENCH_WRK=0` skips part 2,
 //! `SWITCHER_BENCH_SCALE=0` part 3 (part 1 needs no release binaries and takes a minute or
@@ -193,16 +194,21 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
             .unwrap();
     }
     set_vip(&mut ebpf, vip);
-    let mut origins =
-        Array::<_, Origin>::try_from(ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
     for (i, port) in [(0, 8080u16), (1, 8082)] {
         let origin = Origin {
             addr_v4: [0; 4],
             addr_v6: [0; 16],
             port_be: port.to_be(),
             flags: ORIGIN_CONFIGURED,
+            generation: 0,
         };
-        origins.set(i, origin, 0).unwrap();
+        let map = ebpf.map_mut(map_names::ORIGINS).unwrap();
+        if let Ok(mut origins) = Array::<_, Origin>::try_from(&mut *map) {
+            origins.set(i, origin, 0).unwrap();
+        } else {
+            let mut origins = Array::<_, legacy::Origin>::try_from(map).expect("origins map");
+            origins.set(i, legacy::Origin::from(origin), 0).unwrap();
+        }
     }
     // Every slot of the lookup table to origin 0 (policy failover), as `set_active(0)` does;
     // the SYN case pays for the flow hash and the table read like any table. (An object of
@@ -210,20 +216,81 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
     if ebpf.map(map_names::MAGLEV).is_some() {
         publish_uniform(&mut ebpf, 0);
     }
-    let mut flows =
-        HashMap::<_, FlowKey, FlowValue>::try_from(ebpf.map_mut(map_names::FLOWS).unwrap())
-            .unwrap();
     let flow = FlowValue {
         origin: 0,
         flags: FLOW_SEEN_SYN,
         client_ack: 0,
         hop_mac: [0; 6],
         local_mac: [0; 6],
+        generation: 0,
     };
-    for key in tracked {
-        flows.insert(key, flow, 0).unwrap();
+    let map = ebpf.map_mut(map_names::FLOWS).unwrap();
+    if let Ok(mut flows) = HashMap::<_, FlowKey, FlowValue>::try_from(&mut *map) {
+        for key in tracked {
+            flows.insert(key, flow, 0).unwrap();
+        }
+    } else {
+        let mut flows = HashMap::<_, FlowKey, legacy::FlowValue>::try_from(map).expect("flows map");
+        for key in tracked {
+            flows.insert(key, legacy::FlowValue::from(flow), 0).unwrap();
+        }
     }
     ebpf
+}
+
+/// The map values of builds before origin generations (BENCHMARKS.md, 2026-12-02, session 8),
+/// 24 bytes each, so an earlier build's object (`SWITCHER_BENCH_PEER_OBJ`) can be set up.
+mod legacy {
+    /// `switcher_common::Origin` without `generation`.
+    #[repr(C, align(4))]
+    #[derive(Clone, Copy)]
+    pub struct Origin {
+        addr_v4: [u8; 4],
+        addr_v6: [u8; 16],
+        port_be: u16,
+        flags: u16,
+    }
+
+    /// `switcher_common::FlowValue` without `generation`.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct FlowValue {
+        origin: u32,
+        flags: u32,
+        client_ack: u32,
+        hop_mac: [u8; 6],
+        local_mac: [u8; 6],
+    }
+
+    // SAFETY: `repr(C)`, integers and byte arrays only, no padding (24 bytes each).
+    unsafe impl aya::Pod for Origin {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowValue {}
+    const _: () = assert!(core::mem::size_of::<Origin>() == 24);
+    const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+
+    impl From<switcher_common::Origin> for Origin {
+        fn from(o: switcher_common::Origin) -> Self {
+            Origin {
+                addr_v4: o.addr_v4,
+                addr_v6: o.addr_v6,
+                port_be: o.port_be,
+                flags: o.flags,
+            }
+        }
+    }
+
+    impl From<switcher_common::FlowValue> for FlowValue {
+        fn from(f: switcher_common::FlowValue) -> Self {
+            FlowValue {
+                origin: f.origin,
+                flags: f.flags,
+                client_ack: f.client_ack,
+                hop_mac: f.hop_mac,
+                local_mac: f.local_mac,
+            }
+        }
+    }
 }
 
 fn set_vip(ebpf: &mut Ebpf, vip: VipConfig) {
@@ -1399,8 +1466,13 @@ fn pinned_flows(root: &Path) -> HashMap<MapData, FlowKey, FlowValue> {
     HashMap::try_from(Map::HashMap(data)).expect("flow map")
 }
 
-/// Inserts `n` flows pinned to `origin` from this thread.
-fn fill_flows(flows: &mut HashMap<MapData, FlowKey, FlowValue>, n: u32, origin: u32) {
+/// Inserts `n` flows pinned to `origin` in its generation `generation` from this thread.
+fn fill_flows(
+    flows: &mut HashMap<MapData, FlowKey, FlowValue>,
+    n: u32,
+    origin: u32,
+    generation: u32,
+) {
     for i in 0..n {
         let client = std::net::SocketAddr::from((
             [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
@@ -1413,14 +1485,22 @@ fn fill_flows(flows: &mut HashMap<MapData, FlowKey, FlowValue>, n: u32, origin: 
             client_ack: 0,
             hop_mac: [0; 6],
             local_mac: [0; 6],
+            generation,
         };
         flows.insert(key, value, 0).expect("insert flow");
     }
 }
 
 /// Part 3: a scrape's data-plane reads and a retirement at [`SCALE_FLOWS`] tracked flows,
-/// against the map walks of the previous build (walking `SWITCHER_FLOWS` to count, walking it
+/// against the map walks of the builds before (walking `SWITCHER_FLOWS` to count, walking it
 /// again and deleting key by key to retire).
+///
+/// A retirement is timed on the path the controller takes (`abort_flows` of every flow, as
+/// `Controller::retire` calls it, cut at once) and on `retire_flows`; both retire by moving the
+/// origin's generation. What is left is timed too: deleting the retired entries
+/// (`reap_retired`, which the controller spreads over windows, `REAPS_PER_WINDOW` at a time).
+/// Not timed: the per-viewer work of an abort, which this harness has none of (no origin
+/// sockets to destroy; TC on `lo` sends no edge resets).
 fn control_plane_at_scale(out: &mut String) {
     // The maps' LRU lists are per CPU and a user-space insert fills the inserting CPU's share:
     // size them so one CPU's share holds every flow, and insert from one pinned CPU.
@@ -1435,53 +1515,65 @@ fn control_plane_at_scale(out: &mut String) {
     };
     let dp = ns.run(move || Pinned::attach(&cfg).expect("attach"));
     let root2 = root.clone();
-    let (scrape, walk_count, read_all, retire, walk_retire) = std::thread::spawn(move || {
+    let m = std::thread::spawn(move || {
         pin_to_cpu(0);
         let mut dp = dp;
         let mut flows = pinned_flows(&root2);
-        fill_flows(&mut flows, SCALE_FLOWS, 0);
-        let mut scrape = Vec::new();
+        let mut m = ScaleTimes::default();
+        let generation = |dp: &Pinned| dp.generation(0).expect("generation");
+        fill_flows(&mut flows, SCALE_FLOWS, 0, generation(&dp));
         for _ in 0..21 {
             let t = Instant::now();
             let counts = dp.flow_counts().expect("flow counts");
             let counters = dp.counters().expect("counters");
-            scrape.push(t.elapsed());
+            m.scrape.push(t.elapsed());
             assert_eq!(counts.len() + 1, counters.len());
         }
-        // Peer: the walk the previous build did for every scrape.
-        let mut walk_count = Vec::new();
+        // Peer: the walk the builds before did for every scrape.
         for _ in 0..3 {
             let t = Instant::now();
             let mut counts = vec![0u64; switcher_common::MAX_ORIGINS as usize];
             for (_, v) in flows.iter().filter_map(Result::ok) {
                 counts[v.origin as usize] += 1;
             }
-            walk_count.push(t.elapsed());
+            m.walk_count.push(t.elapsed());
             assert_eq!(counts[0], u64::from(SCALE_FLOWS), "every flow walked");
         }
         // The read half of a retirement: every entry, in batches.
-        let mut read_all = Vec::new();
         for _ in 0..3 {
-            use std::os::fd::AsFd as _;
             let t = Instant::now();
-            let map: &dyn aya::maps::IterableMap<FlowKey, FlowValue> = &flows;
-            let all: Vec<(FlowKey, FlowValue)> =
-                switcher_ctl::mapbatch::lookup_all(map.map().fd().as_fd()).expect("batch read");
-            read_all.push(t.elapsed());
+            let all = dp.flow_entries().expect("batch read");
+            m.read_all.push(t.elapsed());
             assert_eq!(all.len(), SCALE_FLOWS as usize);
         }
-        let mut retire = Vec::new();
-        for round in 0..3 {
+        for round in 0..ROUNDS_AT_SCALE {
             if round > 0 {
-                fill_flows(&mut flows, SCALE_FLOWS, 0);
+                fill_flows(&mut flows, SCALE_FLOWS, 0, generation(&dp));
             }
             let t = Instant::now();
+            let a = dp.abort_flows(0, usize::MAX, false).expect("abort");
+            m.abort.push(t.elapsed());
+            assert_eq!(a.removed, u64::from(SCALE_FLOWS), "every flow retired");
+            assert_eq!(dp.flow_counts().expect("counts")[0], 0);
+            let t = Instant::now();
+            let reaped = dp.reap_retired(usize::MAX).expect("reap");
+            m.reap.push(t.elapsed());
+            assert_eq!(
+                reaped,
+                u64::from(SCALE_FLOWS),
+                "every retired entry deleted"
+            );
+
+            fill_flows(&mut flows, SCALE_FLOWS, 0, generation(&dp));
+            let t = Instant::now();
             let removed = dp.retire_flows(0).expect("retire");
-            retire.push(t.elapsed());
+            m.retire.push(t.elapsed());
             assert_eq!(removed, u64::from(SCALE_FLOWS), "every flow retired");
+            assert_eq!(dp.reap_retired(usize::MAX).expect("reap"), removed);
         }
-        // Peer: walk, then one delete syscall per key (the previous build's retire).
-        fill_flows(&mut flows, SCALE_FLOWS, 0);
+        // Peer: walk, then one delete syscall per key (the retirement of the builds before
+        // batch operations).
+        fill_flows(&mut flows, SCALE_FLOWS, 0, generation(&dp));
         let t = Instant::now();
         let keys: Vec<FlowKey> = flows
             .iter()
@@ -1490,9 +1582,9 @@ fn control_plane_at_scale(out: &mut String) {
             .map(|(k, _)| k)
             .collect();
         let removed = keys.iter().filter(|k| flows.remove(k).is_ok()).count();
-        let walk_retire = vec![t.elapsed()];
+        m.walk_retire.push(t.elapsed());
         assert_eq!(removed, SCALE_FLOWS as usize);
-        (scrape, walk_count, read_all, retire, walk_retire)
+        m
     })
     .join()
     .expect("measuring thread");
@@ -1504,39 +1596,60 @@ fn control_plane_at_scale(out: &mut String) {
     .unwrap();
     writeln!(
         out,
-        "| operation | this build | rounds | previous build's map walk (peer) | rounds | ratio |"
+        "| operation | this build | rounds | the map walk of builds before (peer) | rounds | ratio |"
     )
     .unwrap();
     writeln!(out, "|---|---:|---:|---:|---:|---:|").unwrap();
     for (what, ours, peer) in [
         (
             "scrape: `flow_counts()` + `counters()`",
-            &scrape,
-            &walk_count,
+            &m.scrape,
+            &m.walk_count,
         ),
         (
             "read every flow (batch lookup, the first half of a retirement; peer: the walk)",
-            &read_all,
-            &walk_count,
+            &m.read_all,
+            &m.walk_count,
         ),
         (
-            "retire an origin's 200,000 flows (`retire_flows`)",
-            &retire,
-            &walk_retire,
+            "retire an origin's 200,000 flows as the controller does (`abort_flows`, all, cut at once)",
+            &m.abort,
+            &m.walk_retire,
+        ),
+        ("retire them with `retire_flows`", &m.retire, &m.walk_retire),
+        (
+            "then delete the retired entries (`reap_retired`, all at once; the controller spreads it over windows)",
+            &m.reap,
+            &m.walk_retire,
         ),
     ] {
-        let (m, lo, hi) = stats_ms(ours);
+        let (med, lo, hi) = stats_ms(ours);
         let (pm, plo, phi) = stats_ms(peer);
         writeln!(
             out,
-            "| {what} | {m:.2} ({lo:.2}..{hi:.2}) | {} | {pm:.1} ({plo:.1}..{phi:.1}) | {} | {:.3}x |",
+            "| {what} | {med:.2} ({lo:.2}..{hi:.2}) | {} | {pm:.1} ({plo:.1}..{phi:.1}) | {} | {:.3}x |",
             ours.len(),
             peer.len(),
-            m / pm
+            med / pm
         )
         .unwrap();
     }
     out.push('\n');
+}
+
+/// Rounds of each retirement at [`SCALE_FLOWS`] (each refills the table first).
+const ROUNDS_AT_SCALE: usize = 5;
+
+/// What part 3 times.
+#[derive(Default)]
+struct ScaleTimes {
+    scrape: Vec<Duration>,
+    walk_count: Vec<Duration>,
+    read_all: Vec<Duration>,
+    abort: Vec<Duration>,
+    reap: Vec<Duration>,
+    retire: Vec<Duration>,
+    walk_retire: Vec<Duration>,
 }
 
 /// `lscpu`'s model name, for the report.

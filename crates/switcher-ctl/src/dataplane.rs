@@ -27,16 +27,25 @@ pub trait DataPlane: Send {
     /// never move. The data plane hashes a flow exactly as [`crate::maglev::flow_hash_v4`] /
     /// [`crate::maglev::flow_hash_v6`] with [`crate::maglev::slot_index`] do.
     fn set_lookup_table(&mut self, slots: &[OriginIndex]) -> anyhow::Result<()>;
-    /// Removes every tracked flow (and handshake) pinned to `origin`, without resetting
-    /// anything: a viewer's next packet finds no flow and is passed to the edge's stack, which
-    /// resets it from the VIP (nothing listens there). Returns how many flows were removed.
+    /// Retires every tracked flow (and removes every handshake) pinned to `origin`, without
+    /// resetting anything: a viewer's next packet finds no live flow and is passed to the
+    /// edge's stack, which resets it from the VIP (nothing listens there). Returns how many
+    /// flows were retired.
+    ///
+    /// Retiring all of an origin's flows is one map write, whatever their number: the
+    /// origin's generation moves on (`switcher_common::Origin::generation`); the retired
+    /// entries are deleted later by [`DataPlane::reap_retired`] (docs/ARCHITECTURE.md,
+    /// "Retiring flows").
     fn retire_flows(&mut self, origin: OriginIndex) -> anyhow::Result<u64>;
     /// Aborts up to `max` viewer connections pinned to `origin`: the connections' sockets on
     /// this host are destroyed (the kernel sends the viewer an RST, which the egress program
     /// rewrites to come from the VIP, so the player reconnects through the VIP at once), then
     /// their flows are removed, and the edge sends each viewer an RST of its own (which
-    /// reaches it when the origin's cannot: a partition, an origin on another host). Unlike [`DataPlane::retire_flows`], this reaches a viewer that
-    /// sends nothing more because it waits on a hung origin.
+    /// reaches it when the origin's cannot: a partition, an origin on another host). Unlike
+    /// [`DataPlane::retire_flows`], this reaches a viewer that sends nothing more because it
+    /// waits on a hung origin. When the call aborts all of the origin's flows, they are
+    /// retired as [`DataPlane::retire_flows`] does, with one write; a paced drain's `max`
+    /// deletes its few in batches.
     ///
     /// Without `finish_in_flight` (an origin cut at once, see [`crate::finish::may_finish`]),
     /// the connections still in their handshake whose SYN went to `origin` are reset by the
@@ -56,6 +65,12 @@ pub trait DataPlane: Send {
         max: usize,
         finish_in_flight: bool,
     ) -> anyhow::Result<Aborted>;
+    /// Deletes up to `budget` of the flow entries retired by a generation change (see
+    /// [`DataPlane::retire_flows`]); returns how many. Called once per window, so the
+    /// failover itself never waits for them; the data plane forgets a retired flow it meets
+    /// before that. A key that holds a live flow again by then (a viewer reconnecting from
+    /// the same port) is kept.
+    fn reap_retired(&mut self, budget: usize) -> anyhow::Result<u64>;
     /// Open flows per origin index (`[primary, backup, ...]`, MAX_ORIGINS long): flows
     /// established through the VIP that their origin has not closed (FIN or RST) and that were
     /// not removed. Read from counters, never by walking the flow map, so its cost does not

@@ -450,6 +450,7 @@ mod tests {
             client_ack: 77,
             hop_mac: HOP,
             local_mac: LOCAL,
+            generation: 0,
         };
         let spec = flow_rst(&vip, &key, &value).unwrap();
         assert_eq!(spec.vip, "10.77.0.2:8080".parse::<SocketAddr>().unwrap());

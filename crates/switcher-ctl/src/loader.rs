@@ -177,6 +177,14 @@ pub struct Pinned {
     /// The edge-reset transmitter, opened on first use; `Some(None)` once it turned out to be
     /// unavailable (not native XDP, or pins of a build without it), so that is logged once.
     emitter: Option<Option<crate::edge_rst::Emitter>>,
+    /// Keys of flows retired by a generation change and not deleted yet: deleted a few
+    /// thousand per call of [`DataPlane::reap_retired`], after the failover, not during it.
+    retired: Vec<FlowKey>,
+}
+
+/// Whether `a` and `b` name the same origin (address, port, kind), generations aside.
+fn same_origin(a: &Origin, b: &Origin) -> bool {
+    (a.addr_v4, a.addr_v6, a.port_be, a.flags) == (b.addr_v4, b.addr_v6, b.port_be, b.flags)
 }
 
 fn maps_dir(root: &Path) -> PathBuf {
@@ -446,6 +454,8 @@ pub fn origin_value(addr: SocketAddr, vip: &VipConfig) -> Origin {
         addr_v6: [0; 16],
         port_be: addr.port().to_be(),
         flags: ORIGIN_CONFIGURED,
+        // Set by `Pinned::attach`, which knows the generation the slot had.
+        generation: 0,
     };
     match addr.ip() {
         IpAddr::V4(a) if !a.is_unspecified() && a.octets() != vip.addr_v4 => o.addr_v4 = a.octets(),
@@ -566,7 +576,7 @@ impl Pinned {
         // Slots 0..n in order, the rest emptied: no gap (the data plane stops at the first
         // empty slot, see `map_names::ORIGINS`).
         for i in 0..MAX_ORIGINS {
-            let value = match cfg.origins.get(i as usize) {
+            let mut value = match cfg.origins.get(i as usize) {
                 Some(a) if cfg.dsr => remote_origin(*a, &vip)?,
                 Some(a) => origin_value(*a, &vip),
                 None => Origin {
@@ -574,13 +584,29 @@ impl Pinned {
                     addr_v6: [0; 16],
                     port_be: 0,
                     flags: 0,
+                    generation: 0,
                 },
+            };
+            // The same origin in the slot keeps its generation, so its flows survive a
+            // control-plane restart; another one (or none) gets the next, which retires the
+            // flows pinned to the one it replaces (a fresh map's slots are all zero).
+            let old = pinned
+                .origins
+                .get(&i, 0)
+                .context("reading SWITCHER_ORIGINS")?;
+            value.generation = if same_origin(&old, &value) {
+                old.generation
+            } else {
+                old.generation.wrapping_add(1)
             };
             pinned
                 .origins
                 .set(i, value, 0)
                 .context("writing SWITCHER_ORIGINS")?;
         }
+        // Flows an earlier run retired (and did not get to delete) or that the slot changes
+        // above retired: deleted from now on, paced like any retirement's.
+        pinned.find_retired()?;
         mounts.into_iter().for_each(BpffsMount::keep);
         if cfg.dsr {
             let read = |p: &str| std::fs::read_to_string(Path::new("/proc/sys").join(p)).ok();
@@ -614,6 +640,7 @@ impl Pinned {
             stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
             flows_removed: Array::try_from(open_map(pin_root, map_names::FLOWS_REMOVED)?)?,
             emitter: None,
+            retired: Vec::new(),
         })
     }
 
@@ -696,15 +723,23 @@ impl Pinned {
         }
     }
 
-    /// The established flow of the client at `client`, if the flow table has one (for tests
-    /// and diagnostics: one lookup, not a walk).
+    /// The established flow of the client at `client`, if the flow table has a live one (for
+    /// tests and diagnostics: one lookup, not a walk).
     pub fn flow_of(&self, client: SocketAddr) -> Result<Option<FlowValue>> {
         let key = flow_key(client);
         match self.flows.get(&key, 0) {
+            // A retired flow is as good as gone: the data plane no longer steers it.
+            Ok(v) if !v.is_live(self.generation(v.origin)?) => Ok(None),
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("looking up SWITCHER_FLOWS"),
         }
+    }
+
+    /// Every entry of the flow table, retired ones included (what `bpftool map dump` shows;
+    /// for tests and diagnostics: a walk, in batches).
+    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        batch_entries(&self.flows)
     }
 
     /// Removes the handshakes pinned to `origin` (connections between SYN and handshake ACK):
@@ -771,6 +806,110 @@ impl Pinned {
             .set(0, next, 0)
             .context("writing SWITCHER_MAGLEV_LIVE")?;
         wait_for_readers();
+        Ok(())
+    }
+
+    /// The current [`Origin::generation`] of origin slot `origin`.
+    pub fn generation(&self, origin: OriginIndex) -> Result<u32> {
+        Ok(self
+            .origins
+            .get(&origin, 0)
+            .context("reading SWITCHER_ORIGINS")?
+            .generation)
+    }
+
+    /// The live flows of `origin` ([`FlowValue::is_live`]), read with batch lookups.
+    fn live_flows(&self, origin: OriginIndex) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let generation = self.generation(origin)?;
+        Ok(batch_entries(&self.flows)?
+            .into_iter()
+            .filter(|(_, f)| f.origin == origin && f.is_live(generation))
+            .collect())
+    }
+
+    /// Retires every live flow of `origin` that is not finishing with one map write: the
+    /// origin's generation moves on, and the data plane treats a flow of an older one as
+    /// untracked (docs/ARCHITECTURE.md, "Retiring flows"). `flows` are those flows as the
+    /// caller read them, after taking the origin's handshakes (none completes into the new
+    /// generation, see [`Pinned::take_handshakes`]): their open ones leave the open-flow
+    /// count, and their entries are deleted later by [`DataPlane::reap_retired`].
+    ///
+    /// The array element is written in place (array maps copy the new value over the old):
+    /// a program reading it meanwhile sees the same address and port, and the old generation
+    /// or the new, either of which is right for a packet racing the retirement.
+    fn retire_generation(
+        &mut self,
+        origin: OriginIndex,
+        flows: &[(FlowKey, FlowValue)],
+        reset: &HashSet<SocketAddr>,
+    ) -> Result<()> {
+        let mut o = self
+            .origins
+            .get(&origin, 0)
+            .context("reading SWITCHER_ORIGINS")?;
+        o.generation = o.generation.wrapping_add(1);
+        self.origins
+            .set(origin, o, 0)
+            .context("writing SWITCHER_ORIGINS")?;
+        self.count_removed(origin, open_flows(flows, reset))?;
+        self.retired.extend(flows.iter().map(|(k, _)| *k));
+        Ok(())
+    }
+
+    /// Deletes `flows` of `origin` (batch deletes) and counts their open ones out of the
+    /// open-flow count (see [`open_flows`] for `reset`); returns those that were still there
+    /// (one the data plane forgot meanwhile gets no edge reset).
+    fn delete_flows(
+        &mut self,
+        origin: OriginIndex,
+        flows: Vec<(FlowKey, FlowValue)>,
+        reset: &HashSet<SocketAddr>,
+    ) -> Result<Vec<(FlowKey, FlowValue)>> {
+        if flows.is_empty() {
+            return Ok(flows);
+        }
+        let keys: Vec<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
+        let deleted = batch_delete(&self.flows, &keys)?;
+        let mut gone = deleted.missing.into_iter().peekable();
+        let removed: Vec<(FlowKey, FlowValue)> = flows
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| gone.next_if_eq(i).is_none())
+            .map(|(_, f)| f)
+            .collect();
+        self.count_removed(origin, open_flows(&removed, reset))?;
+        Ok(removed)
+    }
+
+    /// Collects the flows that are retired (an older generation of their origin, or an
+    /// origin slot emptied) for [`DataPlane::reap_retired`]: those an earlier run did not get
+    /// to delete, and those of a slot whose origin changed. One walk, when attaching.
+    fn find_retired(&mut self) -> Result<()> {
+        let mut generations = [None; MAX_ORIGINS as usize];
+        for (i, g) in generations.iter_mut().enumerate() {
+            let o = self
+                .origins
+                .get(&(i as u32), 0)
+                .context("reading SWITCHER_ORIGINS")?;
+            *g = (o.flags & ORIGIN_CONFIGURED != 0).then_some(o.generation);
+        }
+        let retired = batch_entries(&self.flows)?
+            .into_iter()
+            .filter(|(_, f)| {
+                generations
+                    .get(f.origin as usize)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|g| !f.is_live(g))
+            })
+            .map(|(k, _)| k);
+        self.retired.extend(retired);
+        if !self.retired.is_empty() {
+            tracing::info!(
+                flows = self.retired.len(),
+                "retired flows left in the flow table; deleting them, paced"
+            );
+        }
         Ok(())
     }
 
@@ -1101,8 +1240,11 @@ fn batch_entries<V: aya::Pod>(map: &HashMap<MapData, FlowKey, V>) -> Result<Vec<
     crate::mapbatch::lookup_all(map.map().fd().as_fd()).context("batch lookup of a flow map")
 }
 
-/// Deletes `keys` from a conntrack-keyed map with batch deletes; how many were still there.
-fn batch_delete<V: aya::Pod>(map: &HashMap<MapData, FlowKey, V>, keys: &[FlowKey]) -> Result<u64> {
+/// Deletes `keys` from a conntrack-keyed map with batch deletes; which were still there.
+fn batch_delete<V: aya::Pod>(
+    map: &HashMap<MapData, FlowKey, V>,
+    keys: &[FlowKey],
+) -> Result<crate::mapbatch::Deleted> {
     let map: &dyn IterableMap<FlowKey, V> = map;
     crate::mapbatch::delete(map.map().fd().as_fd(), keys).context("batch delete from a flow map")
 }
@@ -1156,6 +1298,18 @@ fn flow_client(k: &FlowKey) -> SocketAddr {
         IpAddr::from(k.client_addr)
     };
     SocketAddr::new(ip, port)
+}
+
+/// How many of `flows` (as read before their viewers in `reset` had their origin-side sockets
+/// destroyed) leave the open-flow count when they are retired or deleted: those the origin
+/// had not closed, except the viewers in `reset`. A destroyed socket's reset (or the FIN of
+/// one that closed meanwhile) crossed TC egress, which counted the flow closed already; the
+/// flags read before the destroy do not show that.
+fn open_flows(flows: &[(FlowKey, FlowValue)], reset: &HashSet<SocketAddr>) -> u64 {
+    flows
+        .iter()
+        .filter(|(k, f)| f.flags & FLOW_ORIGIN_CLOSED == 0 && !reset.contains(&flow_client(k)))
+        .count() as u64
 }
 
 /// The sockets of this host whose local end is one of `local` and whose peer is one of
@@ -1312,20 +1466,15 @@ impl DataPlane for Pinned {
     fn retire_flows(&mut self, origin: OriginIndex) -> Result<u64> {
         // A handshake completing after this would enter the flow table pinned to `origin`.
         self.retire_handshakes(origin)?;
-        let mine: Vec<(FlowKey, FlowValue)> = batch_entries(&self.flows)?
+        let none = HashSet::new();
+        // Left to finish by an abort (a generation change spares them): over now.
+        let (finishing, live): (Vec<_>, Vec<_>) = self
+            .live_flows(origin)?
             .into_iter()
-            .filter(|(_, f)| f.origin == origin)
-            .collect();
-        let keys: Vec<FlowKey> = mine.iter().map(|(k, _)| *k).collect();
-        let removed = batch_delete(&self.flows, &keys)?;
-        // The open ones leave the open-flow count (a flow deleted meanwhile by the data plane
-        // was counted there already; the difference is at most those few).
-        let open = mine
-            .iter()
-            .filter(|(_, f)| f.flags & FLOW_ORIGIN_CLOSED == 0)
-            .count() as u64;
-        self.count_removed(origin, open.min(removed))?;
-        Ok(removed)
+            .partition(|(_, f)| f.flags & FLOW_FINISHING != 0);
+        let deleted = self.delete_flows(origin, finishing, &none)?;
+        self.retire_generation(origin, &live, &none)?;
+        Ok((live.len() + deleted.len()) as u64)
     }
 
     fn abort_flows(
@@ -1339,10 +1488,7 @@ impl DataPlane for Pinned {
         // origin cut at once (no finishing) also has its pending handshakes reset: their SYNs
         // went to an origin that is slow, stuck or gone, and would wait for a retransmission.
         let handshake_resets = self.retire_and_reset_handshakes(origin, !finish_in_flight)?;
-        let all: Vec<(FlowKey, FlowValue)> = batch_entries(&self.flows)?
-            .into_iter()
-            .filter(|(_, f)| f.origin == origin)
-            .collect();
+        let all = self.live_flows(origin)?;
         let flows = &all[..all.len().min(max)];
         if flows.is_empty() {
             return Ok(Aborted {
@@ -1375,8 +1521,10 @@ impl DataPlane for Pinned {
             .into_iter()
             .filter(|s| !finishing.contains(&s.remote_canonical()))
             .collect();
-        // Reset first, while the flows still exist: the RSTs leave through the egress
-        // program, which rewrites them to come from the VIP only for tracked flows.
+        let reset_viewers: HashSet<SocketAddr> =
+            doomed.iter().map(|s| s.remote_canonical()).collect();
+        // Reset first, while the flows are live: the RSTs leave through the egress program,
+        // which rewrites them to come from the VIP only for live flows.
         let reset = match diag {
             None => 0,
             Some(_) if doomed.is_empty() => 0,
@@ -1388,38 +1536,74 @@ impl DataPlane for Pinned {
                 }
             },
         };
-        let mut removed = Vec::with_capacity(flows.len());
-        let mut removed_open = 0;
-        for (k, v) in flows {
-            if finishing.contains(&flow_client(k)) {
-                // Its next request is dropped by the data plane: the retired origin finishes
-                // this response and starts no other (FLOW_FINISHING).
-                if let Ok(mut v) = self.flows.get(k, 0)
-                    && v.flags & FLOW_FINISHING == 0
-                {
-                    v.flags |= FLOW_FINISHING;
-                    let _ = self.flows.insert(k, v, 0);
-                }
-                continue;
-            }
-            if self.flows.remove(k).is_ok() {
-                removed.push((*k, *v));
-                removed_open += u64::from(v.flags & FLOW_ORIGIN_CLOSED == 0);
+        let (kept, cut): (Vec<_>, Vec<_>) = flows
+            .iter()
+            .copied()
+            .partition(|(k, _)| finishing.contains(&flow_client(k)));
+        for (k, _) in &kept {
+            // Its next request is dropped by the data plane: the retired origin finishes this
+            // response and starts no other (FLOW_FINISHING). Set before the generation moves
+            // below, which spares finishing flows.
+            if let Ok(mut v) = self.flows.get(k, 0)
+                && v.flags & FLOW_FINISHING == 0
+            {
+                v.flags |= FLOW_FINISHING;
+                let _ = self.flows.insert(k, v, 0);
             }
         }
-        self.count_removed(origin, removed_open)?;
-        // The edge's own resets, after the flows are gone: a viewer whose acknowledgment
-        // number was not exact answers with a challenge ACK, which must find no flow, so the
-        // edge's stack resets it exactly (docs/ARCHITECTURE.md, "Edge-originated resets").
+        // Flows left to finish by an earlier call, cut now: a generation change spares them,
+        // so they are deleted (a few).
+        let (finished, plain): (Vec<_>, Vec<_>) = cut
+            .into_iter()
+            .partition(|(_, v)| v.flags & FLOW_FINISHING != 0);
+        let mut removed = self.delete_flows(origin, finished, &reset_viewers)?;
+        if flows.len() == all.len() {
+            // Every live flow of `origin` goes: one map write retires them, however many
+            // viewers there are (docs/ARCHITECTURE.md, "Retiring flows").
+            self.retire_generation(origin, &plain, &reset_viewers)?;
+            removed.extend(plain);
+        } else {
+            // A paced drain moves `max` of them: deleted one batch at a time.
+            removed.extend(self.delete_flows(origin, plain, &reset_viewers)?);
+        }
+        // The edge's own resets, once the flows are retired: a viewer whose acknowledgment
+        // number was not exact answers with a challenge ACK, which must find no live flow, so
+        // the edge's stack resets it exactly (docs/ARCHITECTURE.md, "Edge-originated resets").
         let edge_resets = self.send_edge_resets(&removed);
         Ok(Aborted {
             reset,
             edge_resets,
             handshake_resets,
             removed: removed.len() as u64,
-            finishing: finishing.len() as u64,
+            finishing: kept.len() as u64,
             remaining: (all.len() - flows.len()) as u64,
         })
+    }
+
+    fn reap_retired(&mut self, budget: usize) -> Result<u64> {
+        if self.retired.is_empty() {
+            return Ok(0);
+        }
+        let from = self.retired.len().saturating_sub(budget);
+        let batch: Vec<FlowKey> = self.retired.drain(from..).collect();
+        let mut generations = [0u32; MAX_ORIGINS as usize];
+        for (i, g) in generations.iter_mut().enumerate() {
+            *g = self.generation(i as u32)?;
+        }
+        // Each key is read again just before its delete: a viewer that reconnected from the
+        // same address and port since has a new, live flow under it, which must stay. (A
+        // reconnection between this read and the delete, microseconds, would still lose its
+        // flow and be reset once; the data plane forgets a retired flow it meets itself.)
+        let doomed: Vec<FlowKey> = batch
+            .into_iter()
+            .filter(|k| match self.flows.get(k, 0) {
+                Ok(v) => generations
+                    .get(v.origin as usize)
+                    .is_none_or(|&g| !v.is_live(g)),
+                Err(_) => false,
+            })
+            .collect();
+        Ok(batch_delete(&self.flows, &doomed)?.count)
     }
 
     fn flow_counts(&self) -> Result<Vec<u64>> {

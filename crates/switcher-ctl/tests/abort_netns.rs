@@ -151,6 +151,13 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
     assert_eq!(aborted.removed, 1);
     assert_eq!(aborted.finishing, 1, "the delivering connection may finish");
     assert_eq!(aborted.remaining, 0);
+    // The stranded viewer's flow was retired by the primary's generation; the finishing one
+    // stays live (and open).
+    assert_eq!(
+        dp.flow_counts().expect("flows")[ORIGIN_PRIMARY as usize],
+        1,
+        "only the finishing viewer's flow is open"
+    );
 
     // The stranded viewer gets the reset from the VIP (it would not accept one from :8081).
     let err = pair
@@ -206,6 +213,17 @@ fn abort_resets_the_viewers_of_a_hung_origin_and_nothing_else() {
         b"backup"
     );
     assert_eq!(dp.flow_counts().expect("flows")[ORIGIN_BACKUP as usize], 1);
+    assert_eq!(dp.flow_counts().expect("flows")[ORIGIN_PRIMARY as usize], 0);
+    // The retired entry is deleted by the next window's reaping (or was, by the data plane,
+    // if the viewer sent again); the finishing one was deleted when it was cut.
+    dp.reap_retired(usize::MAX).expect("reap");
+    let left: Vec<_> = dp
+        .flow_entries()
+        .expect("entries")
+        .into_iter()
+        .filter(|(_, v)| v.origin == ORIGIN_PRIMARY)
+        .collect();
+    assert!(left.is_empty(), "no primary entry left: {left:?}");
     // The viewer reconnects through the VIP and lands on the backup.
     let again = pair.client.run(|| {
         let mut c = Client::connect("10.77.0.2:8080").expect("reconnect VIP");

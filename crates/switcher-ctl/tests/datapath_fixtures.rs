@@ -294,6 +294,7 @@ impl Harness {
             addr_v6: [0; 16],
             port_be: port.to_be(),
             flags: ORIGIN_CONFIGURED,
+            generation: 0,
         };
         origins.set(PRIMARY, o(8081), 0).unwrap();
         origins.set(BACKUP, o(8082), 0).unwrap();
@@ -302,6 +303,7 @@ impl Harness {
             addr_v6: "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
             port_be: 9000u16.to_be(),
             flags: ORIGIN_CONFIGURED,
+            generation: 0,
         };
         origins.set(REMOTE, remote, 0).unwrap();
         h
@@ -383,19 +385,21 @@ impl Harness {
         live.set(0, next, 0).unwrap();
     }
 
+    /// Retires origin `idx`'s flows as the control plane does: the origin's generation moves
+    /// on, and no entry is deleted. Returns how many entries of the origin it retired.
     fn retire(&mut self, idx: u32) -> usize {
-        let mut flows: HashMap<_, FlowKey, FlowValue> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
-        let keys: Vec<FlowKey> = flows
+        let generation = {
+            let mut origins: Array<_, Origin> =
+                Array::try_from(self.ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+            let mut o = origins.get(&idx, 0).unwrap();
+            o.generation = o.generation.wrapping_add(1);
+            origins.set(idx, o, 0).unwrap();
+            o.generation
+        };
+        self.flows()
             .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.origin == idx)
-            .map(|(k, _)| k)
-            .collect();
-        for k in &keys {
-            flows.remove(k).unwrap();
-        }
-        keys.len()
+            .filter(|(_, v)| v.origin == idx && v.generation != generation)
+            .count()
     }
 
     fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
@@ -1440,6 +1444,7 @@ fn new_flow_falls_back_to_a_listening_origin() {
             addr_v6: [0; 16],
             port_be: 0,
             flags: 0,
+            generation: 0,
         };
         origins.set(REMOTE, unset, 0).unwrap();
         let syn = |port: u16| Pkt::tcp("127.0.0.1", port, "127.0.0.1", VIP_PORT, SYN);
@@ -1586,8 +1591,9 @@ fn stale_rule_keeps_a_flow_whose_origin_socket_is_live() {
 /// A flow finishing its last response from a retired origin (`FLOW_FINISHING`, set by the
 /// control plane): the viewer's next request (a segment with data) is dropped and counted
 /// `held`, so the retired origin starts no other response; its acknowledgements still reach
-/// the origin (rewritten), so the response in flight completes. Without the flag the same
-/// request is steered as usual.
+/// the origin (rewritten), so the response in flight completes, even after its origin's
+/// generation moved on. Without the flag the same request is steered as usual, and passes
+/// untouched once the generation moved.
 #[test]
 fn a_finishing_flow_holds_new_requests_but_passes_acks() {
     const XDP_DROP: u32 = 1;
@@ -1613,6 +1619,7 @@ fn a_finishing_flow_holds_new_requests_but_passes_acks() {
                     client_ack: 0,
                     hop_mac: [0; 6],
                     local_mac: [0; 6],
+                    generation: 0,
                 },
                 0,
             )
@@ -1634,7 +1641,32 @@ fn a_finishing_flow_holds_new_requests_but_passes_acks() {
         "steered to the primary"
     );
 
-    // Finishing: the request is dropped (XDP and TC), the bare ACK still goes through.
+    let reply = Pkt::tcp(VIP4, 8081, "10.1.7.7", 47000, ACK | PSH)
+        .with_payload(b"late bytes")
+        .build();
+    let (_, out, _) = h.run(Prog::TcEgress, &reply, 1);
+    assert_eq!(
+        u16::from_be_bytes([out[34], out[35]]),
+        VIP_PORT,
+        "the primary's reply comes from the VIP"
+    );
+
+    // The primary retired (its generation moved on, as the control plane does after marking
+    // the finishing flows): a plain flow of the old generation is over, its request passes
+    // unchanged to the stack...
+    assert_eq!(h.retire(PRIMARY), 1);
+    // (Its origin's replies are not rewritten to come from the VIP either.)
+    let (_, out, _) = h.run(Prog::TcEgress, &reply, 1);
+    assert_eq!(out, reply, "a retired flow's reply passes unchanged");
+    let untracked = |h: &Harness| h.counters()[U as usize].untracked;
+    let before = untracked(&h);
+    let (verdict, out, _) = h.run(Prog::Xdp, &request, 1);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, request, "a retired flow's request passes unchanged");
+    assert_eq!(untracked(&h), before + 1);
+
+    // ... and a finishing one of that same old generation lives on: the request is dropped
+    // (XDP and TC), the bare ACK still goes through.
     set_flow(
         &mut h,
         switcher_common::FLOW_SEEN_SYN | switcher_common::FLOW_FINISHING,
@@ -1672,6 +1704,7 @@ fn balance_harness() -> Harness {
             addr_v6: [0; 16],
             port_be: (8081 + i as u16).to_be(),
             flags: ORIGIN_CONFIGURED,
+            generation: 0,
         };
         origins.set(i, o, 0).unwrap();
     }
@@ -1875,15 +1908,25 @@ fn a_table_swap_moves_no_tracked_flow_and_a_retired_flow_is_resteered() {
         );
     }
 
-    // Retire origin 0 (its flows deleted, as the control plane does) with the drained table
-    // live: its viewers' next packets pass unchanged, counted untracked; their reconnection
-    // from the same tuple goes where the table says, never to origin 0.
+    // Retire origin 0 (its generation moved, as the control plane does) with the drained
+    // table live: its viewers' next packets pass unchanged, counted untracked, and the data
+    // plane forgets their entries; their reconnection from the same tuple goes where the
+    // table says, never to origin 0.
     h.publish(drained.slots());
-    assert!(h.retire(0) > 0);
+    let retired = h.retire(0);
+    assert!(retired > 0);
+    let entries_of_0 = |h: &Harness| h.flows().iter().filter(|(_, v)| v.origin == 0).count();
+    assert_eq!(entries_of_0(&h), retired, "retiring deletes nothing");
     for (addr, port, origin) in pinned.iter().filter(|p| p.2 == 0) {
         let before = h.counters()[U as usize].untracked;
+        let entries = entries_of_0(&h);
         assert_eq!(steered_to(&mut h, Prog::Xdp, &data(addr, *port)), None);
         assert_eq!(h.counters()[U as usize].untracked, before + 1);
+        assert_eq!(
+            entries_of_0(&h),
+            entries - 1,
+            "the retired flow met is forgotten"
+        );
         let again = steered_to(&mut h, Prog::Xdp, &syn_of(addr, *port));
         assert_eq!(again, expected_origin(&drained, addr, *port));
         assert_ne!(
@@ -2337,4 +2380,33 @@ fn the_reset_emitter_transmits_only_resets_from_the_vip() {
     let frame =
         switcher_ctl::edge_rst::rst_frame(&spec("10.0.0.1:8080", "10.1.9.9:49000")).unwrap();
     assert_eq!(emit(&h, &frame).0, XDP_DROP);
+}
+
+/// The batch delete (`mapbatch::delete`, what paced drains and the deletion of retired flows
+/// use) deletes the keys that are there and names those that are not (evicted, or forgotten
+/// by the data plane meanwhile: they must get no edge reset), wherever they sit in the batch.
+#[test]
+fn batch_delete_names_the_keys_already_gone() {
+    let mut h = Harness::new();
+    let key = |i: u8| switcher_ctl::loader::flow_key(SocketAddr::from(([10, 3, 0, i], 40_000)));
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(h.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
+    let value = FlowValue {
+        origin: PRIMARY,
+        flags: switcher_common::FLOW_SEEN_SYN,
+        client_ack: 0,
+        hop_mac: [0; 6],
+        local_mac: [0; 6],
+        generation: 0,
+    };
+    for i in [1, 2, 4] {
+        flows.insert(key(i), value, 0).unwrap();
+    }
+    // Missing at the front, in the middle (twice in a row) and at the end.
+    let batch = [key(0), key(1), key(3), key(5), key(2), key(4), key(6)];
+    let map: &dyn aya::maps::IterableMap<FlowKey, FlowValue> = &flows;
+    let deleted = switcher_ctl::mapbatch::delete(map.map().fd().as_fd(), &batch).unwrap();
+    assert_eq!(deleted.count, 3);
+    assert_eq!(deleted.missing, vec![0, 2, 3, 6]);
+    assert_eq!(flows.keys().count(), 0, "every present key deleted");
 }

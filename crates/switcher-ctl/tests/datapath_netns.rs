@@ -159,15 +159,42 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
     assert!(got == big_body(), "1 MiB body differs");
 
     // Retiring the primary resets its flows: the kept connection fails, the next one lands on
-    // the active origin.
+    // the active origin. Retiring is one write (the origin's generation moves on): the
+    // entries stay until the data plane meets them or `reap_retired` deletes them (the
+    // closed connections of the first requests are entries too, met by no packet).
+    let primary_entries = |dp: &Pinned| {
+        dp.flow_entries()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.origin == ORIGIN_PRIMARY)
+            .count()
+    };
+    let before = primary_entries(&dp);
     let retired = dp.retire_flows(ORIGIN_PRIMARY).unwrap();
     assert!(
         retired >= 1,
         "the kept connection's flow was tracked on primary"
     );
+    assert_eq!(
+        primary_entries(&dp),
+        before,
+        "retiring deletes no entry on the failover path"
+    );
+    assert_eq!(dp.flow_counts().unwrap()[ORIGIN_PRIMARY as usize], 0);
     let after = kept.get("/whoami");
     assert!(after.is_err(), "retired flow must be reset, got {after:?}");
     assert_eq!(whoami(&pair.client, "10.77.0.2:8080"), "backup");
+    let left = primary_entries(&dp);
+    assert!(
+        left < before,
+        "the data plane forgot the retired flow it met ({before} -> {left})"
+    );
+    let reaped = dp.reap_retired(usize::MAX).unwrap();
+    assert_eq!(
+        primary_entries(&dp),
+        0,
+        "reap_retired deleted the retired entries ({reaped} of them)"
+    );
 
     let c = dp.counters().unwrap();
     assert!(
@@ -198,6 +225,7 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
         c
     });
     drop(dp);
+    let mut moved = cfg.clone();
     let dp2 = pair
         .edge
         .run(move || Pinned::attach(&cfg).expect("re-attach adopts"));
@@ -210,6 +238,25 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
         kept2.get("/whoami").expect("flow survives re-attach"),
         b"backup"
     );
+    let kept2_addr = kept2.local_addr();
+    assert!(dp2.flow_of(kept2_addr).unwrap().is_some());
+    // A restart that puts another origin in the backup's slot retires the flows pinned to
+    // the one it replaces (the new one has no socket for them): one generation on, no walk.
+    drop(dp2);
+    moved.origins[ORIGIN_BACKUP as usize].set_port(8083);
+    let mut dp3 = pair
+        .edge
+        .run(move || Pinned::attach(&moved).expect("re-attach, another backup"));
+    assert_eq!(
+        dp3.flow_of(kept2_addr).unwrap(),
+        None,
+        "a flow of the replaced origin is retired"
+    );
+    assert!(
+        dp3.reap_retired(usize::MAX).unwrap() >= 1,
+        "attaching found the retired flow and deletes it"
+    );
+    drop(dp3);
 
     // Detach removes programs and pins; then nothing answers on the VIP.
     // Detach runs where the programs are: interface indexes are per namespace.

@@ -127,6 +127,7 @@ fn origin(addr: &str, port: u16, flags: u16) -> Origin {
         addr_v6: [0; 16],
         port_be: port.to_be(),
         flags,
+        generation: 0,
     }
 }
 

@@ -380,8 +380,8 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 ///   origin's initial sequence number + 1 (recorded by TC egress from the SYN-ACK), the client
 ///   has seen the SYN-ACK, so its address is real: the connection moves to `FLOWS`.
 /// * Any other packet creates nothing and passes to the stack ([`Decision::Untracked`]): a
-///   flow deleted because its origin was retired gets a reset from the VIP that way, and so
-///   does a bare-ACK flood, which cannot fill the tables.
+///   flow whose origin was retired (an older generation, see `FlowValue::is_live`) gets a
+///   reset from the VIP that way, and so does a bare-ACK flood, which cannot fill the tables.
 ///
 /// `frame` is the packet's `[start, end)`: its Ethernet addresses are recorded in the
 /// handshake with the client's ISN (a SYN) and in the flow when a handshake completes (read
@@ -398,25 +398,34 @@ pub fn steer_request(
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map value, valid while this program runs (RCU); fields are
         // read once, and the one write (`record_client_ack`) is an aligned u32 store.
-        let (index, flags) = unsafe { ((*flow).origin, (*flow).flags) };
-        if t.is_syn() && flags & FLOW_ORIGIN_CLOSED != 0 {
+        let (index, flags, generation) =
+            unsafe { ((*flow).origin, (*flow).flags, (*flow).generation) };
+        // The flow's origin, while the flow is live: its slot still holds an origin, and the
+        // origin was not retired since the flow was pinned (`FlowValue::is_live`).
+        let live = origin(index)
+            .filter(|o| o.generation == generation || flags & FLOW_FINISHING != 0);
+        match live {
             // The origin ended this flow (its FIN or RST, seen at TC egress: nobody else can
-            // set the flag), so this SYN is a new connection from a reused client port: forget
-            // the old flow and steer the SYN as new, by the table, not to an origin that may
-            // have been drained or retired since. (A closed flow is not an open one, so the
-            // control plane, counting open flows, does not necessarily retire it.)
-            let _ = FLOWS.remove(&key);
-        } else {
-            record_client_ack(flow, t);
-            if flags & FLOW_FINISHING != 0 && t.payload {
-                return Decision::Hold(index);
+            // set the flag), so this SYN is a new connection from a reused client port: it is
+            // steered as new, by the table, not to an origin that may have been drained or
+            // retired since. (A closed flow is not an open one, so the control plane, counting
+            // open flows, does not necessarily retire it.)
+            Some(_) if t.is_syn() && flags & FLOW_ORIGIN_CLOSED != 0 => {}
+            Some(o) => {
+                record_client_ack(flow, t);
+                if flags & FLOW_FINISHING != 0 && t.payload {
+                    return Decision::Hold(index);
+                }
+                return Decision::Steer(target(index, o, t.family));
             }
-            return match origin_target(index, t.family) {
-                Some(target) => Decision::Steer(target),
-                // Its origin slot was emptied (a restart with fewer origins): the flow is over.
-                None => Decision::Untracked,
-            };
+            // Retired (an older generation of its origin, counted out by user space when it
+            // moved the generation) or its slot emptied (a restart with fewer origins): the
+            // flow is over, and this packet is a new SYN or untracked.
+            None => {}
         }
+        // Forgotten here rather than left for user space to reap: a SYN then records a new
+        // handshake, and a retired flow's next packet finds nothing, like a deleted one.
+        let _ = FLOWS.remove(&key);
     }
     // The flow's hash: its Maglev slot, and its handshake-table bucket.
     let hash = flow_hash(t);
@@ -447,7 +456,7 @@ pub fn steer_request(
     let remote = o.flags & ORIGIN_REMOTE != 0;
     if t.flags & tcp::ACK != 0
         && (remote || hs.flags & HANDSHAKE_ISN_SEEN != 0 && t.ack_seq == hs.expect_ack)
-        && promote(&key, &hs, t.ack_seq, &eth_addrs(frame.0, frame.1))
+        && promote(&key, &hs, o.generation, t.ack_seq, &eth_addrs(frame.0, frame.1))
     {
         count(hs.origin, |c| c.established += 1);
     }
@@ -473,18 +482,29 @@ pub(crate) fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
     }
 }
 
-/// Moves a completed handshake to the flow table, with the client's acknowledgment number and
-/// the frame's Ethernet addresses (an edge reset's sequence number and addresses). False when
-/// the insert failed (memory pressure); the handshake entry then stays and the next ACK tries
-/// again.
+/// Moves a completed handshake to the flow table, pinned to the handshake's origin in its
+/// current `generation`, with the client's acknowledgment number and the frame's Ethernet
+/// addresses (an edge reset's sequence number and addresses). False when the insert failed
+/// (memory pressure); the handshake entry then stays and the next ACK tries again.
+///
+/// The generation is the one read now: a handshake of an origin being retired is taken out of
+/// the handshake table before the generation moves, and user space waits for programs that
+/// read it to finish (`take_handshakes` in switcher-ctl), so none is promoted into the new one.
 #[inline(always)]
-fn promote(key: &FlowKey, hs: &handshakes::Found<'_>, client_ack: u32, macs: &EthAddrs) -> bool {
+fn promote(
+    key: &FlowKey,
+    hs: &handshakes::Found<'_>,
+    generation: u32,
+    client_ack: u32,
+    macs: &EthAddrs,
+) -> bool {
     let flow = FlowValue {
         origin: hs.origin,
         flags: FLOW_SEEN_SYN,
         client_ack,
         hop_mac: macs.src,
         local_mac: macs.dst,
+        generation,
     };
     if FLOWS.insert(key, &flow, 0).is_err() {
         return false;
@@ -534,6 +554,11 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
     // SAFETY: copied out at once (see steer_request).
     if let Some(flow) = (unsafe { FLOWS.get(&key) }).copied() {
         let Some(o) = origin(flow.origin) else { return };
+        if !flow.is_live(o.generation) {
+            // Retired, and counted out by user space then: nothing to keep or count.
+            let _ = FLOWS.remove(&key);
+            return;
+        }
         if !is_to_origin(t, &o, vip) {
             return;
         }
@@ -624,13 +649,20 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     } else {
         None
     };
-    let index = match (flow, &handshake) {
+    let (index, generation) = match (flow, &handshake) {
         // SAFETY: a pointer into the map value, valid while this program runs (RCU).
-        (Some(f), _) => unsafe { (*f).origin },
-        (None, Some(h)) => h.origin,
+        (Some(f), _) => unsafe { ((*f).origin, Some(((*f).generation, (*f).flags))) },
+        (None, Some(h)) => (h.origin, None),
         (None, None) => return None,
     };
     let o = origin(index)?;
+    if let Some((g, flags)) = generation {
+        if g != o.generation && flags & FLOW_FINISHING == 0 {
+            // A retired flow: its origin's replies pass unchanged (the viewer was reset), and
+            // it is not counted closed (user space counted it out when it retired it).
+            return None;
+        }
+    }
     if o.port_be != t.sport {
         return None;
     }

@@ -69,6 +69,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Client {
+    /// The connection's local address (the viewer's address and port, as a flow is keyed).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.stream
+            .local_addr()
+            .expect("a connected socket has a local address")
+    }
+
     /// Connects to `addr` (3 s connect timeout, 5 s read timeout).
     pub fn connect(addr: &str) -> std::io::Result<Client> {
         let stream = TcpStream::connect_timeout(&parse(addr)?, CONNECT_TIMEOUT)?;
