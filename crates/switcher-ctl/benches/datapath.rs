@@ -14,7 +14,8 @@
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
 //!
 //! 3. The control plane's data-plane reads and writes at 200,000 tracked flows: what a scrape
-//!    reads (`flow_counts` + `counters`), retiring an origin's flows as the controller does
+//!    reads (`flow_counts` + `counters`), `GET /healthz` and `GET /metrics` from the admin
+//!    server, retiring an origin's flows as the controller does
 //!    (`abort_flows`; and `retire_flows`), and deleting the retired entries afterwards
 //!    (`reap_retired`), against the map walks they replaced (peer, same run).
 //!
@@ -1584,6 +1585,8 @@ fn control_plane_at_scale(out: &mut String) {
         let removed = keys.iter().filter(|k| flows.remove(k).is_ok()).count();
         m.walk_retire.push(t.elapsed());
         assert_eq!(removed, SCALE_FLOWS as usize);
+        fill_flows(&mut flows, SCALE_FLOWS, 0, generation(&dp));
+        (m.healthz, m.metrics) = admin_at_scale(dp);
         m
     })
     .join()
@@ -1612,6 +1615,16 @@ fn control_plane_at_scale(out: &mut String) {
             &m.walk_count,
         ),
         (
+            "`GET /healthz` from the admin server (HTTP over loopback, a new connection each)",
+            &m.healthz,
+            &m.walk_count,
+        ),
+        (
+            "`GET /metrics` from the admin server (likewise)",
+            &m.metrics,
+            &m.walk_count,
+        ),
+        (
             "retire an origin's 200,000 flows as the controller does (`abort_flows`, all, cut at once)",
             &m.abort,
             &m.walk_retire,
@@ -1637,6 +1650,61 @@ fn control_plane_at_scale(out: &mut String) {
     out.push('\n');
 }
 
+/// `GET /healthz` and `GET /metrics`, 21 of each, alternating, from the admin server of a
+/// controller over `dp` (the product's handlers, `admin::serve` on 127.0.0.1, a new
+/// connection per request as a scraper makes): what the targets are about, end to end.
+fn admin_at_scale(dp: Pinned) -> (Vec<Duration>, Vec<Duration>) {
+    use std::sync::{Arc, Mutex};
+    use switcher_ctl::{admin, config::Config, control::Controller, metrics::Metrics, service};
+    let config = Config::default();
+    let controller = Controller::new(
+        Box::new(dp),
+        service::policy(&config),
+        Metrics::new().expect("metrics"),
+        service::origins(&config),
+        config.decision_history,
+        config.drain(),
+        config.finish(),
+    )
+    .expect("controller");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        rt.block_on(admin::serve(
+            listener,
+            Arc::new(Mutex::new(controller)),
+            async move {
+                let _ = stopped.await;
+            },
+        ))
+    });
+    let (mut healthz, mut metrics) = (Vec::new(), Vec::new());
+    for _ in 0..21 {
+        for (path, times) in [("/healthz", &mut healthz), ("/metrics", &mut metrics)] {
+            let t = Instant::now();
+            let r = test_kit::http::get(&format!("http://{addr}{path}")).expect("admin GET");
+            times.push(t.elapsed());
+            assert_eq!(r.status, 200, "{path}");
+            if path == "/healthz" {
+                // Counted from the data plane's counters (0 here: these flows were inserted
+                // by user space, not established through the VIP), never by a walk.
+                let status = r.json().expect("/healthz is JSON");
+                assert!(status["flows"].is_object(), "/healthz has flow counts");
+            }
+        }
+    }
+    let _ = stop.send(());
+    server.join().expect("admin server");
+    (healthz, metrics)
+}
+
 /// Rounds of each retirement at [`SCALE_FLOWS`] (each refills the table first).
 const ROUNDS_AT_SCALE: usize = 5;
 
@@ -1650,6 +1718,8 @@ struct ScaleTimes {
     reap: Vec<Duration>,
     retire: Vec<Duration>,
     walk_retire: Vec<Duration>,
+    healthz: Vec<Duration>,
+    metrics: Vec<Duration>,
 }
 
 /// `lscpu`'s model name, for the report.
