@@ -575,6 +575,7 @@ impl Pinned {
             .context("writing SWITCHER_CONFIG")?;
         // Slots 0..n in order, the rest emptied: no gap (the data plane stops at the first
         // empty slot, see `map_names::ORIGINS`).
+        let mut replaced = Vec::new();
         for i in 0..MAX_ORIGINS {
             let mut value = match cfg.origins.get(i as usize) {
                 Some(a) if cfg.dsr => remote_origin(*a, &vip)?,
@@ -597,6 +598,9 @@ impl Pinned {
             value.generation = if same_origin(&old, &value) {
                 old.generation
             } else {
+                if old.flags & ORIGIN_CONFIGURED != 0 {
+                    replaced.push(i);
+                }
                 old.generation.wrapping_add(1)
             };
             pinned
@@ -606,7 +610,7 @@ impl Pinned {
         }
         // Flows an earlier run retired (and did not get to delete) or that the slot changes
         // above retired: deleted from now on, paced like any retirement's.
-        pinned.find_retired()?;
+        pinned.settle_replaced(&replaced)?;
         mounts.into_iter().for_each(BpffsMount::keep);
         if cfg.dsr {
             let read = |p: &str| std::fs::read_to_string(Path::new("/proc/sys").join(p)).ok();
@@ -831,8 +835,15 @@ impl Pinned {
     /// origin's generation moves on, and the data plane treats a flow of an older one as
     /// untracked (docs/ARCHITECTURE.md, "Retiring flows"). `flows` are those flows as the
     /// caller read them, after taking the origin's handshakes (none completes into the new
-    /// generation, see [`Pinned::take_handshakes`]): their open ones leave the open-flow
-    /// count, and their entries are deleted later by [`DataPlane::reap_retired`].
+    /// generation, see [`Pinned::take_handshakes`]): their entries are deleted later by
+    /// [`DataPlane::reap_retired`]. `kept_open`: how many of the finishing flows, which stay
+    /// live, are open.
+    ///
+    /// The open-flow count of `origin` is then set to `kept_open`, from the counters read just
+    /// before the write, whatever the caller's read said: a flow whose socket the caller
+    /// destroyed was counted closed by TC egress if (and only if) its reset crossed it, a flow
+    /// established after the read is retired too, and an open flow the LRU evicted unseen
+    /// stops being counted.
     ///
     /// The array element is written in place (array maps copy the new value over the old):
     /// a program reading it meanwhile sees the same address and port, and the old generation
@@ -841,50 +852,64 @@ impl Pinned {
         &mut self,
         origin: OriginIndex,
         flows: &[(FlowKey, FlowValue)],
-        reset: &HashSet<SocketAddr>,
+        kept_open: u64,
     ) -> Result<()> {
         let mut o = self
             .origins
             .get(&origin, 0)
             .context("reading SWITCHER_ORIGINS")?;
         o.generation = o.generation.wrapping_add(1);
+        let c = self.origin_counters(origin)?;
         self.origins
             .set(origin, o, 0)
             .context("writing SWITCHER_ORIGINS")?;
-        self.count_removed(origin, open_flows(flows, reset))?;
+        self.set_open(origin, &c, kept_open)?;
         self.retired.extend(flows.iter().map(|(k, _)| *k));
         Ok(())
     }
 
     /// Deletes `flows` of `origin` (batch deletes) and counts their open ones out of the
-    /// open-flow count (see [`open_flows`] for `reset`); returns those that were still there
-    /// (one the data plane forgot meanwhile gets no edge reset).
+    /// open-flow count; returns those that were still there (one the data plane forgot
+    /// meanwhile gets no edge reset). Each is read again first: whether it is open is what its
+    /// flags say now (a reset of its socket that crossed TC egress was counted closed there),
+    /// and a key that holds a flow of another origin by now (its client reconnected from the
+    /// same port) is left alone. One read syscall per flow: for the few of a paced drain or of
+    /// finished responses, not for a whole origin's.
     fn delete_flows(
         &mut self,
         origin: OriginIndex,
         flows: Vec<(FlowKey, FlowValue)>,
-        reset: &HashSet<SocketAddr>,
     ) -> Result<Vec<(FlowKey, FlowValue)>> {
-        if flows.is_empty() {
-            return Ok(flows);
+        let now: Vec<(FlowKey, FlowValue)> = flows
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let v = self.flows.get(&k, 0).ok()?;
+                (v.origin == origin).then_some((k, v))
+            })
+            .collect();
+        if now.is_empty() {
+            return Ok(now);
         }
-        let keys: Vec<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
+        let keys: Vec<FlowKey> = now.iter().map(|(k, _)| *k).collect();
         let deleted = batch_delete(&self.flows, &keys)?;
         let mut gone = deleted.missing.into_iter().peekable();
-        let removed: Vec<(FlowKey, FlowValue)> = flows
+        let removed: Vec<(FlowKey, FlowValue)> = now
             .into_iter()
             .enumerate()
             .filter(|(i, _)| gone.next_if_eq(i).is_none())
             .map(|(_, f)| f)
             .collect();
-        self.count_removed(origin, open_flows(&removed, reset))?;
+        let open = removed
+            .iter()
+            .filter(|(_, f)| f.flags & FLOW_ORIGIN_CLOSED == 0)
+            .count() as u64;
+        self.count_removed(origin, open)?;
         Ok(removed)
     }
 
-    /// Collects the flows that are retired (an older generation of their origin, or an
-    /// origin slot emptied) for [`DataPlane::reap_retired`]: those an earlier run did not get
-    /// to delete, and those of a slot whose origin changed. One walk, when attaching.
-    fn find_retired(&mut self) -> Result<()> {
+    /// Per origin slot, the generation its live flows have, `None` for an empty slot (whose
+    /// flows are all over).
+    fn live_generations(&self) -> Result<[Option<u32>; MAX_ORIGINS as usize]> {
         let mut generations = [None; MAX_ORIGINS as usize];
         for (i, g) in generations.iter_mut().enumerate() {
             let o = self
@@ -893,17 +918,34 @@ impl Pinned {
                 .context("reading SWITCHER_ORIGINS")?;
             *g = (o.flags & ORIGIN_CONFIGURED != 0).then_some(o.generation);
         }
-        let retired = batch_entries(&self.flows)?
-            .into_iter()
-            .filter(|(_, f)| {
-                generations
-                    .get(f.origin as usize)
-                    .copied()
-                    .flatten()
-                    .is_none_or(|g| !f.is_live(g))
-            })
-            .map(|(k, _)| k);
-        self.retired.extend(retired);
+        Ok(generations)
+    }
+
+    /// After attaching: the flows of the origin slots in `replaced` (another origin or none
+    /// in the slot now) are over, finishing ones included, which are deleted now (a
+    /// generation change spares them), and those slots' open-flow counts start again from
+    /// zero. Then collects every retired flow (an older generation of its origin, or an empty
+    /// slot) for [`DataPlane::reap_retired`]: those an earlier run did not get to delete, and
+    /// those of the replaced slots. One walk.
+    fn settle_replaced(&mut self, replaced: &[OriginIndex]) -> Result<()> {
+        let generations = self.live_generations()?;
+        let entries = batch_entries(&self.flows)?;
+        let finishing: Vec<FlowKey> = entries
+            .iter()
+            .filter(|(_, f)| replaced.contains(&f.origin) && f.flags & FLOW_FINISHING != 0)
+            .map(|(k, _)| *k)
+            .collect();
+        batch_delete(&self.flows, &finishing)?;
+        for &slot in replaced {
+            let c = self.origin_counters(slot)?;
+            self.set_open(slot, &c, 0)?;
+        }
+        self.retired.extend(
+            entries
+                .iter()
+                .filter(|(k, f)| is_retired(f, &generations) && !finishing.contains(k))
+                .map(|(k, _)| *k),
+        );
         if !self.retired.is_empty() {
             tracing::info!(
                 flows = self.retired.len(),
@@ -911,6 +953,49 @@ impl Pinned {
             );
         }
         Ok(())
+    }
+
+    /// The counters of stats slot `slot` (an origin, or `STATS_UNSTEERED`), summed over CPUs.
+    fn origin_counters(&self, slot: u32) -> Result<Counters> {
+        let per_cpu = self.stats.get(&slot, 0)?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
+        }
+        Ok(sum)
+    }
+
+    /// Sets what user space removed from `origin` so that its open-flow count (established,
+    /// minus closed, minus removed) is `open`, given its counters `c`.
+    fn set_open(&mut self, origin: OriginIndex, c: &Counters, open: u64) -> Result<()> {
+        let removed = c
+            .established
+            .saturating_sub(c.flows_closed)
+            .saturating_sub(open);
+        self.flows_removed
+            .set(origin, removed, 0)
+            .context("writing SWITCHER_FLOWS_REMOVED")?;
+        Ok(())
+    }
+
+    /// Deletes those of `keys` that are still retired flows; how many.
+    ///
+    /// Each key is read again just before its delete: a viewer that reconnected from the same
+    /// address and port since has a new, live flow under it, which must stay. (A reconnection
+    /// between this read and the delete, microseconds, would still lose its flow and be reset
+    /// once; the data plane forgets a retired flow it meets itself.)
+    fn reap(&self, keys: &[FlowKey]) -> Result<u64> {
+        let generations = self.live_generations()?;
+        let doomed: Vec<FlowKey> = keys
+            .iter()
+            .filter(|k| {
+                self.flows
+                    .get(k, 0)
+                    .is_ok_and(|v| is_retired(&v, &generations))
+            })
+            .copied()
+            .collect();
+        Ok(batch_delete(&self.flows, &doomed)?.count)
     }
 
     /// Adds `open` to the open flows removed from `origin` (see `SWITCHER_FLOWS_REMOVED`).
@@ -1300,16 +1385,14 @@ fn flow_client(k: &FlowKey) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// How many of `flows` (as read before their viewers in `reset` had their origin-side sockets
-/// destroyed) leave the open-flow count when they are retired or deleted: those the origin
-/// had not closed, except the viewers in `reset`. A destroyed socket's reset (or the FIN of
-/// one that closed meanwhile) crossed TC egress, which counted the flow closed already; the
-/// flags read before the destroy do not show that.
-fn open_flows(flows: &[(FlowKey, FlowValue)], reset: &HashSet<SocketAddr>) -> u64 {
-    flows
-        .iter()
-        .filter(|(k, f)| f.flags & FLOW_ORIGIN_CLOSED == 0 && !reset.contains(&flow_client(k)))
-        .count() as u64
+/// Whether flow `f` is retired, given [`Pinned::live_generations`]: its origin slot is empty,
+/// or it is not live in its origin's generation ([`FlowValue::is_live`]).
+fn is_retired(f: &FlowValue, generations: &[Option<u32>; MAX_ORIGINS as usize]) -> bool {
+    generations
+        .get(f.origin as usize)
+        .copied()
+        .flatten()
+        .is_none_or(|g| !f.is_live(g))
 }
 
 /// The sockets of this host whose local end is one of `local` and whose peer is one of
@@ -1466,14 +1549,13 @@ impl DataPlane for Pinned {
     fn retire_flows(&mut self, origin: OriginIndex) -> Result<u64> {
         // A handshake completing after this would enter the flow table pinned to `origin`.
         self.retire_handshakes(origin)?;
-        let none = HashSet::new();
         // Left to finish by an abort (a generation change spares them): over now.
         let (finishing, live): (Vec<_>, Vec<_>) = self
             .live_flows(origin)?
             .into_iter()
             .partition(|(_, f)| f.flags & FLOW_FINISHING != 0);
-        let deleted = self.delete_flows(origin, finishing, &none)?;
-        self.retire_generation(origin, &live, &none)?;
+        let deleted = self.delete_flows(origin, finishing)?;
+        self.retire_generation(origin, &live, 0)?;
         Ok((live.len() + deleted.len()) as u64)
     }
 
@@ -1521,8 +1603,6 @@ impl DataPlane for Pinned {
             .into_iter()
             .filter(|s| !finishing.contains(&s.remote_canonical()))
             .collect();
-        let reset_viewers: HashSet<SocketAddr> =
-            doomed.iter().map(|s| s.remote_canonical()).collect();
         // Reset first, while the flows are live: the RSTs leave through the egress program,
         // which rewrites them to come from the VIP only for live flows.
         let reset = match diag {
@@ -1556,15 +1636,19 @@ impl DataPlane for Pinned {
         let (finished, plain): (Vec<_>, Vec<_>) = cut
             .into_iter()
             .partition(|(_, v)| v.flags & FLOW_FINISHING != 0);
-        let mut removed = self.delete_flows(origin, finished, &reset_viewers)?;
+        let mut removed = self.delete_flows(origin, finished)?;
         if flows.len() == all.len() {
             // Every live flow of `origin` goes: one map write retires them, however many
             // viewers there are (docs/ARCHITECTURE.md, "Retiring flows").
-            self.retire_generation(origin, &plain, &reset_viewers)?;
+            let kept_open = kept
+                .iter()
+                .filter(|(_, f)| f.flags & FLOW_ORIGIN_CLOSED == 0)
+                .count() as u64;
+            self.retire_generation(origin, &plain, kept_open)?;
             removed.extend(plain);
         } else {
             // A paced drain moves `max` of them: deleted one batch at a time.
-            removed.extend(self.delete_flows(origin, plain, &reset_viewers)?);
+            removed.extend(self.delete_flows(origin, plain)?);
         }
         // The edge's own resets, once the flows are retired: a viewer whose acknowledgment
         // number was not exact answers with a challenge ACK, which must find no live flow, so
@@ -1586,24 +1670,12 @@ impl DataPlane for Pinned {
         }
         let from = self.retired.len().saturating_sub(budget);
         let batch: Vec<FlowKey> = self.retired.drain(from..).collect();
-        let mut generations = [0u32; MAX_ORIGINS as usize];
-        for (i, g) in generations.iter_mut().enumerate() {
-            *g = self.generation(i as u32)?;
+        let reaped = self.reap(&batch);
+        if reaped.is_err() {
+            // Tried again next window.
+            self.retired.extend(batch);
         }
-        // Each key is read again just before its delete: a viewer that reconnected from the
-        // same address and port since has a new, live flow under it, which must stay. (A
-        // reconnection between this read and the delete, microseconds, would still lose its
-        // flow and be reset once; the data plane forgets a retired flow it meets itself.)
-        let doomed: Vec<FlowKey> = batch
-            .into_iter()
-            .filter(|k| match self.flows.get(k, 0) {
-                Ok(v) => generations
-                    .get(v.origin as usize)
-                    .is_none_or(|&g| !v.is_live(g)),
-                Err(_) => false,
-            })
-            .collect();
-        Ok(batch_delete(&self.flows, &doomed)?.count)
+        reaped
     }
 
     fn flow_counts(&self) -> Result<Vec<u64>> {
@@ -1623,14 +1695,7 @@ impl DataPlane for Pinned {
 
     fn counters(&self) -> Result<Vec<Counters>> {
         (0..STATS_SLOTS)
-            .map(|slot| {
-                let per_cpu = self.stats.get(&slot, 0)?;
-                let mut sum = Counters::default();
-                for c in per_cpu.iter() {
-                    sum.add(c);
-                }
-                Ok(sum)
-            })
+            .map(|slot| self.origin_counters(slot))
             .collect()
     }
 

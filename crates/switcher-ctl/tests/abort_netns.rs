@@ -360,6 +360,11 @@ fn edge_resets_reach_viewers_behind_a_partition() {
     );
     assert_eq!(aborted.removed, 2);
     assert_eq!(aborted.edge_resets, 2, "one edge reset per removed flow");
+    assert_eq!(
+        dp.flow_counts().expect("flows")[ORIGIN_PRIMARY as usize],
+        0,
+        "counted out, though the partition dropped their origin's resets before TC egress"
+    );
     for (name, s) in [("exact", &mut exact), ("in-window", &mut inexact)] {
         let err = pair
             .client

@@ -240,6 +240,7 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
     );
     let kept2_addr = kept2.local_addr();
     assert!(dp2.flow_of(kept2_addr).unwrap().is_some());
+    assert_eq!(dp2.flow_counts().unwrap()[ORIGIN_BACKUP as usize], 1);
     // A restart that puts another origin in the backup's slot retires the flows pinned to
     // the one it replaces (the new one has no socket for them): one generation on, no walk.
     drop(dp2);
@@ -251,6 +252,11 @@ fn veth_native_xdp_steers_pins_and_retires_flows() {
         dp3.flow_of(kept2_addr).unwrap(),
         None,
         "a flow of the replaced origin is retired"
+    );
+    assert_eq!(
+        dp3.flow_counts().unwrap()[ORIGIN_BACKUP as usize],
+        0,
+        "the slot's new origin starts with no open flow"
     );
     assert!(
         dp3.reap_retired(usize::MAX).unwrap() >= 1,
