@@ -544,10 +544,17 @@ pub struct HandshakeBucket {
     pub slots: [HandshakeSlot; HANDSHAKE_WAYS as usize],
 }
 
+/// [`FlowKey::family`] of a [`HandshakeSlot`] that a SYN has claimed and is writing (its
+/// `Handshake::origin` is then `u32::MAX`): no connection has this family, so no reader
+/// matches the slot, and no other SYN writes it until the writer puts the key's port and
+/// family there, last. The data plane claims a slot by one compare-and-swap of the 8 bytes
+/// that hold the key's port and family and the handshake's origin (`handshakes.rs`).
+pub const HANDSHAKE_CLAIMED_FAMILY: u16 = 0xffff;
+
 impl HandshakeSlot {
-    /// Whether the slot holds a handshake.
+    /// Whether the slot holds a handshake (neither empty nor being written).
     pub const fn is_used(&self) -> bool {
-        self.key.family != 0
+        self.key.family != 0 && self.key.family != HANDSHAKE_CLAIMED_FAMILY
     }
 }
 

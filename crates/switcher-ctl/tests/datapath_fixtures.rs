@@ -22,9 +22,9 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
-    Counters, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN, MAGLEV_SIZE, MAX_ORIGINS,
-    MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER,
-    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
+    Counters, FlowKey, FlowValue, Handshake, HandshakeBucket, HandshakeSlot, MAGLEV_NO_ORIGIN,
+    MAGLEV_SIZE, MAX_ORIGINS, MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED,
+    VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 use switcher_ctl::handshake_table::HandshakeTable;
 use switcher_ctl::maglev;
@@ -2409,4 +2409,83 @@ fn batch_delete_names_the_keys_already_gone() {
     assert_eq!(deleted.count, 3);
     assert_eq!(deleted.missing, vec![0, 2, 3, 6]);
     assert_eq!(flows.keys().count(), 0, "every present key deleted");
+}
+
+/// A handshake slot that a SYN on another CPU has claimed and is writing
+/// (`HANDSHAKE_CLAIMED_FAMILY`) is never written by a second SYN, even one whose ISN picks it
+/// as the slot to replace: the claim is one compare-and-swap, so two SYNs never mix one slot.
+/// The SYN that finds no slot it can claim is still steered; it just records no handshake.
+/// Once the slot is released, a SYN takes it, and its completed handshake empties it again.
+#[test]
+fn a_claimed_handshake_slot_is_left_to_its_writer() {
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let vip = h.vip();
+    let client: SocketAddr = "10.4.0.9:40123".parse().unwrap();
+    let key = switcher_ctl::loader::flow_key(client);
+    let bucket = switcher_ctl::handshake_table::bucket_of(&key, &vip).unwrap();
+    let claimed = HandshakeSlot {
+        key: FlowKey {
+            client_addr: [0; 16],
+            client_port_be: 0,
+            family: switcher_common::HANDSHAKE_CLAIMED_FAMILY,
+        },
+        hs: Handshake {
+            origin: u32::MAX,
+            flags: 0,
+            expect_ack: 0,
+            client_isn: 0,
+            hop_mac: [0; 6],
+            local_mac: [0; 6],
+        },
+    };
+    let set_bucket = |h: &mut Harness, slots: [HandshakeSlot; 4]| {
+        let mut a: Array<_, HandshakeBucket> =
+            Array::try_from(h.ebpf.map_mut(map_names::HANDSHAKES).unwrap()).unwrap();
+        a.set(bucket, HandshakeBucket { slots }, 0).unwrap();
+    };
+    let get_bucket = |h: &mut Harness| {
+        let a: Array<_, HandshakeBucket> =
+            Array::try_from(h.ebpf.map_mut(map_names::HANDSHAKES).unwrap()).unwrap();
+        a.get(&bucket, 0).unwrap()
+    };
+    set_bucket(&mut h, [claimed; 4]);
+    let syn = Pkt::tcp("10.4.0.9", 40123, VIP4, VIP_PORT, SYN).with_seq(7);
+    let (verdict, out, _) = h.run(Prog::Xdp, &syn.build(), 1);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        u16::from_be_bytes([out[36], out[37]]),
+        8081,
+        "the SYN is steered all the same"
+    );
+    assert_eq!(
+        get_bucket(&mut h).slots,
+        [claimed; 4],
+        "no claimed slot written (ISN 7 picks slot 3 to replace)"
+    );
+    assert!(
+        h.handshakes().is_empty(),
+        "a claimed slot is not a handshake"
+    );
+
+    // Released (emptied) slot 1: the next SYN claims and fills it; the others stay claimed.
+    let mut slots = [claimed; 4];
+    slots[1].key.family = 0;
+    set_bucket(&mut h, slots);
+    h.run(Prog::Xdp, &syn.build(), 1);
+    let b = get_bucket(&mut h);
+    assert_eq!(b.slots[1].key, key, "the SYN took the empty slot");
+    assert_eq!(b.slots[1].hs.origin, PRIMARY);
+    assert_eq!(b.slots[1].hs.client_isn, 7);
+    assert_eq!([b.slots[0], b.slots[2], b.slots[3]], [claimed; 3]);
+
+    // Its handshake completes (SYN-ACK recorded, then the client's ACK): a flow, and the
+    // slot emptied by the compare-and-swap of `remove`.
+    assert!(h.handshake_table().record_syn_ack(&key, &vip, DEFAULT_SEQ));
+    h.run(Prog::Xdp, &handshake_ack_of(&syn).build(), 1);
+    assert_eq!(h.origin_of(Map::Flows, client), Some(PRIMARY));
+    assert!(
+        !get_bucket(&mut h).slots[1].is_used(),
+        "the slot is empty again"
+    );
 }

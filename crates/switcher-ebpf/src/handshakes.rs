@@ -24,37 +24,43 @@
 //!   With 1,000 handshakes in flight (0.015 a bucket) that is about one handshake in 10^9
 //!   (Poisson: 0.015^4 / 4! / 4); under a SYN flood, handshakes are replaced as the LRU evicted them
 //!   (the flood's SYNs land in every bucket), and the client's retransmitted SYN starts over.
-//! * Slots are written without a lock, as word stores. A writer first zeroes the slot's
-//!   port/family word (an empty slot), writes the rest, and writes that word last; readers
-//!   compare the key, read the fields, and compare the key again. On x86-64 (stores and loads
-//!   keep their program order, and the JIT emits them in the order written here) a reader
-//!   sees a whole handshake or none. On arm64 the JIT's plain loads and stores may be
-//!   reordered, so a reader that overlaps a writer can see a mix; readers of a handshake are
-//!   its SYN-ACK and ACK, a round trip after its SYN's write, so only the overlaps below can.
-//! * What the lock-free writes allow, all needing two connections in one bucket (1 of 65,536)
-//!   within the same few nanoseconds on two CPUs, so about (SYNs in flight at that instant) /
-//!   65,536 per SYN; none seen in any test or drill:
-//!   - two SYNs may pick the same slot, a slot being written looking empty, and leave it
-//!     mixing both: that connection's ACK then goes to the other's origin, which resets it,
-//!     and the client connects again (to a remote origin, whose handshake completes on any
-//!     ACK, the flow is pinned to the other's origin: the viewer's requests are reset and it
-//!     reconnects on a new port);
-//!   - [`remove`] checks the key, then stores: a SYN that takes the slot in between loses
-//!     its handshake, and its client retransmits the SYN (1 s).
-//!
-//!   Closing them needs a per-slot claim by compare-and-swap of the port/family word (BPF
-//!   atomics: kernel 5.12, and the 32-bit-subregister build, `-C target-cpu=v3`, which
-//!   verifies once `packet::classify` returns a struct: BENCHMARKS.md, session 7), at two
-//!   locked instructions a SYN; not done yet.
+//! * Slots are written without a lock. A SYN first **claims** its slot: one compare-and-swap
+//!   (`BPF_CMPXCHG`, 64-bit) of the 8 bytes holding the key's port/family word and the origin
+//!   word, from what it saw there (empty, its own connection, or the handshake it replaces)
+//!   to `HANDSHAKE_CLAIMED_FAMILY` (no connection's family, so no reader matches it and no
+//!   other SYN takes it). It then writes the other words, and publishes the port/family and
+//!   origin words last with an atomic exchange, which is fully ordered: a reader that matches
+//!   the key sees the rest written, on every architecture. A SYN that loses the claim to
+//!   another CPU records nothing: it is steered all the same, and its ACK, finding no
+//!   handshake, is reset by the edge's stack, so the client connects again. [`remove`] empties
+//!   a slot by a compare-and-swap of those 8 bytes from what `find` read, so a SYN that took
+//!   the slot meanwhile keeps it. Cost: two locked instructions per SYN, one per completed
+//!   handshake (BENCHMARKS.md, 2026-12-02, session 8). Until session 8 the writes were plain
+//!   stores, and two SYNs in one bucket at the same instant could mix one slot, or a
+//!   completing handshake empty a slot another SYN had just taken.
+//! * What is left: readers compare the key, read the fields and compare the key again with
+//!   plain loads. On x86-64 (loads keep their order) that shows them a whole handshake or
+//!   none; on arm64 a reader overlapping a writer could see a mix, which needs load-acquire
+//!   (not in this toolchain's BPF target). Readers of a handshake are its SYN-ACK and ACK, a
+//!   round trip after its SYN's write, so only another SYN of the same bucket writing at that
+//!   instant can overlap them. And a `remove` can still empty a slot that a SYN of another
+//!   client, from the same port, claimed and wrote between the key check and the swap
+//!   (nanoseconds; the same bucket of 65,536 and the same port number).
 //! * Abandoned handshakes (a SYN never answered, a client that gave up) stay until a SYN
 //!   reuses their slot; they cost nothing but the slot.
 //!
 //! User space maps the array (`BPF_F_MMAPABLE`) to count handshakes and empty those of a
-//! retired origin, with the same one-word store (`switcher-ctl/src/handshake_table.rs`).
+//! retired origin, each with a compare-and-swap of its port/family word
+//! (`switcher-ctl/src/handshake_table.rs`), which a claimed slot never matches.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::{
+    intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering},
+    ptr::{read_volatile, write_volatile},
+};
 
-use switcher_common::{handshake_bucket, FlowKey, HANDSHAKE_ISN_SEEN, HANDSHAKE_WAYS};
+use switcher_common::{
+    handshake_bucket, FlowKey, HANDSHAKE_CLAIMED_FAMILY, HANDSHAKE_ISN_SEEN, HANDSHAKE_WAYS,
+};
 
 use crate::maps::HANDSHAKES;
 
@@ -73,6 +79,13 @@ const W_EXPECT_ACK: usize = 7;
 const W_CLIENT_ISN: usize = 8;
 /// Words of a slot: `Handshake::hop_mac` then `local_mac` (12 bytes).
 const W_MACS: usize = 9;
+/// The port/family word and the origin word of a slot being written (see [`claim`]).
+const CLAIMED: u64 = (HANDSHAKE_CLAIMED_FAMILY as u64) << 16 | (u32::MAX as u64) << 32;
+
+// The claim's 8 bytes: the port/family word and the origin word after it, 8-byte aligned in
+// every slot (slots are 48 bytes; the kernel keeps map values 8-byte aligned).
+const _: () = assert!(W_ORIGIN == W_PORT_FAMILY + 1 && W_PORT_FAMILY % 2 == 0);
+const _: () = assert!(SLOT_WORDS % 2 == 0);
 
 /// A connection as the table compares it: its `FlowKey`, read as five words where the caller
 /// built it (on the stack, for its flow-table lookup).
@@ -142,6 +155,39 @@ unsafe fn load(s: *mut u32, w: usize) -> u32 {
 unsafe fn store(s: *mut u32, w: usize, v: u32) {
     // SAFETY: per the caller.
     unsafe { write_volatile(s.add(w), v) }
+}
+
+/// The slot's port/family word and origin word, as one 8-byte word (the port/family word in
+/// the low half: little-endian), for the atomics below.
+///
+/// Core's `AtomicU64` has no compare-and-swap on the BPF target (its `atomic_cas` is off,
+/// though the instruction set has had `BPF_CMPXCHG` on 64-bit words since Linux 5.12), hence
+/// the intrinsics, which LLVM's BPF backend lowers to `BPF_CMPXCHG` / `BPF_XCHG`.
+///
+/// # Safety
+/// As [`load`].
+#[inline(always)]
+unsafe fn claim_word(s: *mut u32) -> *mut u64 {
+    // SAFETY: per the caller; 8-byte aligned (asserted above).
+    unsafe { s.add(W_PORT_FAMILY).cast::<u64>() }
+}
+
+/// Claims the slot at `s` for writing, if it still holds what the caller saw (`seen`, its
+/// claim word: empty, the same connection, or the handshake it replaces): one
+/// compare-and-swap, so two SYNs never write one slot at once, and a slot emptied or taken
+/// meanwhile is left alone. False when another CPU got there first; the SYN then records
+/// nothing (its ACK finds no handshake and is reset by the edge's stack; the client connects
+/// again).
+///
+/// # Safety
+/// As [`load`].
+#[inline(always)]
+unsafe fn claim(s: *mut u32, seen: u64) -> bool {
+    if seen == CLAIMED || seen as u32 >> 16 == u32::from(HANDSHAKE_CLAIMED_FAMILY) {
+        return false;
+    }
+    // SAFETY: per the caller.
+    unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(claim_word(s), seen, CLAIMED).1 }
 }
 
 /// Whether the slot at `s` holds connection `k`.
@@ -216,27 +262,34 @@ pub fn record(k: &Key<'_>, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3
         mine.or(empty)
             .unwrap_or_else(|| b.add((client_isn & (HANDSHAKE_WAYS - 1)) as usize * SLOT_WORDS))
     };
+    // SAFETY: `s` is a slot of the bucket.
+    // (One 8-byte load: the pair as it is at one instant.)
+    if !unsafe { claim(s, read_volatile(claim_word(s))) } {
+        return;
+    }
     // The frame's addresses, destination (this edge) then source (the client's hop), as the
     // slot keeps them: hop_mac (source) then local_mac (destination).
     let hop_lo = eth[1] >> 16 | eth[2] << 16;
     let hop_hi_local_lo = eth[2] >> 16 | eth[0] << 16;
     let local_hi = eth[0] >> 16 | eth[1] << 16;
-    // SAFETY: `s` is a slot of the bucket. The port/family word is zeroed first and written
-    // last (module docs): a reader never matches a half-written slot.
+    // SAFETY: `s` is a slot of the bucket, claimed: no reader matches it and no other writer
+    // takes it until the port/family word is written, last, with the origin, by an atomic
+    // exchange (fully ordered: the other words are visible first, on every architecture).
     unsafe {
-        store(s, W_PORT_FAMILY, 0);
         store(s, 0, k.word(0));
         store(s, 1, k.word(1));
         store(s, 2, k.word(2));
         store(s, 3, k.word(3));
-        store(s, W_ORIGIN, origin);
         store(s, W_FLAGS, 0);
         store(s, W_EXPECT_ACK, 0);
         store(s, W_CLIENT_ISN, client_isn);
         store(s, W_MACS, hop_lo);
         store(s, W_MACS + 1, hop_hi_local_lo);
         store(s, W_MACS + 2, local_hi);
-        store(s, W_PORT_FAMILY, k.word(4));
+        atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(
+            claim_word(s),
+            u64::from(k.word(4)) | u64::from(origin) << 32,
+        );
     }
 }
 
@@ -256,14 +309,20 @@ pub fn set_isn_seen(f: &Found<'_>, expect_ack: u32) {
 
 /// Empties the slot of a handshake `find` returned, unless another connection has taken it
 /// since. Returns whether it did.
+///
+/// One compare-and-swap of the claim word (port/family and origin), after comparing the
+/// address: a SYN that claims the slot between the two makes the swap fail, so its handshake
+/// is never emptied. (A SYN of another client from the same port, to the same origin, that
+/// claims and writes the slot in between would be: two connections in one bucket of 65,536
+/// within nanoseconds, from one port number.)
 #[inline(always)]
 pub fn remove(f: &Found<'_>) -> bool {
-    // SAFETY: a slot from `find`; one word store empties it.
+    // SAFETY: a slot from `find`.
     unsafe {
         if !holds(f.slot, &f.key) {
             return false;
         }
-        store(f.slot, W_PORT_FAMILY, 0);
+        let mine = u64::from(f.key.word(4)) | u64::from(f.origin) << 32;
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(claim_word(f.slot), mine, 0).1
     }
-    true
 }
