@@ -32,8 +32,8 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
-    ORIGIN_BACKUP, ORIGIN_CONFIGURED, ORIGIN_PRIMARY, Origin, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
-    VipConfig, map_names, prog_names,
+    ORIGIN_BACKUP, ORIGIN_CONFIGURED, ORIGIN_FALLBACK, ORIGIN_PRIMARY, Origin, VIP_ENABLED,
+    VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 
 /// XDP verdict of every frame: the data plane rewrites in place and never drops.
@@ -115,7 +115,7 @@ impl Dataplane {
                 addr_v4: [0; 4],
                 addr_v6: [0; 16],
                 port_be: port.to_be(),
-                flags: ORIGIN_CONFIGURED,
+                flags: ORIGIN_CONFIGURED | ORIGIN_FALLBACK,
                 generation: 0,
             };
             origins.set(index, origin, 0).expect("write origin");

@@ -247,7 +247,8 @@ pub const VIP_ENABLED: u16 = 4;
 /// [`VipConfig::flags`]: before steering a new flow to an origin on this host (all-zero origin
 /// address), check that a socket listens on its port (`bpf_sk_lookup_tcp`); if none does (the
 /// origin process died and the control plane has not published a table without it yet), steer
-/// the flow to the first other configured origin that has one. Closes the gap between a crash and the next probe.
+/// the flow to the first other origin flagged [`ORIGIN_FALLBACK`] that has one. Closes the gap
+/// between a crash and the next probe.
 pub const VIP_CHECK_LISTENER: u16 = 8;
 
 /// One origin: value of the `SWITCHER_ORIGINS` map, keyed by origin index. Written by user
@@ -286,6 +287,12 @@ pub const ORIGIN_CONFIGURED: u16 = 1;
 /// IPv6 viewers, so `addr_v6` is unused), and `port_be` is the VIP's port. Replies never
 /// cross the edge.
 pub const ORIGIN_REMOTE: u16 = 2;
+/// [`Origin::flags`]: the origin may take a new flow whose lookup-table origin has no
+/// listening socket on this host ([`VIP_CHECK_LISTENER`]). Set by user space for the origins
+/// that are healthy and not drained (every configured origin until the control plane's first
+/// decision), so that such a flow never goes to an origin that is hung, failing or draining.
+/// Not part of what names an origin: it changes with health, the origin stays the same.
+pub const ORIGIN_FALLBACK: u16 = 4;
 
 /// A Maglev lookup table: value of one `SWITCHER_MAGLEV` element. `slots[i]` is the origin
 /// index (into `SWITCHER_ORIGINS`) that new flows hashing to slot `i` go to, or

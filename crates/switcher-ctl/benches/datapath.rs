@@ -71,9 +71,9 @@ use aya::{
 use switcher_common::{
     BENCH_CACHE_SLOTS, BENCH_COUNT_CACHE_MISS, BENCH_COUNT_FAILED, BENCH_COUNT_FRESH,
     BENCH_COUNT_FRESH_HASH, BENCH_COUNT_FRESH_LRU, Counters, FLOW_SEEN_SYN, FlowKey, FlowValue,
-    HANDSHAKE_ISN_SEEN, Handshake, MAX_FLOWS, MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS,
-    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig,
-    bench_map_names, map_names, prog_names,
+    HANDSHAKE_ISN_SEEN, Handshake, MAX_FLOWS, MaglevTable, ORIGIN_CONFIGURED, ORIGIN_FALLBACK,
+    Origin, STATS_SLOTS, STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    VipConfig, bench_map_names, map_names, prog_names,
 };
 use switcher_ctl::{
     dataplane::DataPlane,
@@ -200,7 +200,7 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
             addr_v4: [0; 4],
             addr_v6: [0; 16],
             port_be: port.to_be(),
-            flags: ORIGIN_CONFIGURED,
+            flags: ORIGIN_CONFIGURED | ORIGIN_FALLBACK,
             generation: 0,
         };
         let map = ebpf.map_mut(map_names::ORIGINS).unwrap();

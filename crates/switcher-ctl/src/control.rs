@@ -235,6 +235,9 @@ pub struct Controller {
     /// Balance: the (origin, weight) pairs of the table the data plane has, or `None` before
     /// the first publication and after a failed one (the next window publishes again).
     published: Option<Vec<(OriginId, u32)>>,
+    /// The origins the data plane was last told may take a listener-check fallback
+    /// ([`DataPlane::set_fallbacks`]); `None` before the first write and after a failed one.
+    fallbacks: Option<Vec<OriginIndex>>,
 }
 
 impl Controller {
@@ -294,6 +297,7 @@ impl Controller {
             retired_at: vec![None; n],
             last_flow_counts: Vec::new(),
             published: None,
+            fallbacks: None,
         };
         c.metrics.set_active(c.decider.active());
         if policy.steering == Steering::Balance {
@@ -691,6 +695,7 @@ impl Controller {
 
     /// The single place that writes the data plane.
     fn apply(&mut self, decision: Decision, now: SystemTime) -> Result<Decision, ControlError> {
+        self.publish_fallbacks();
         match self.decider.policy().steering {
             Steering::Failover => self.apply_failover(&decision, now)?,
             Steering::Balance => self.apply_balance(&decision, now)?,
@@ -716,6 +721,32 @@ impl Controller {
         }
         self.last = Some((decision.action, decision.reason));
         Ok(decision)
+    }
+
+    /// Tells the data plane which origins a new flow may fall back to when its table origin
+    /// has no listener (`VIP_CHECK_LISTENER`): the healthy ones that are not drained, so that
+    /// a crash of one origin never sends viewers to another that is hung, failing or
+    /// draining. Written when that set changes; a failed write is logged, and the next
+    /// window writes again.
+    fn publish_fallbacks(&mut self) {
+        let want: Vec<OriginIndex> = self
+            .decider
+            .ids()
+            .filter(|&o| {
+                self.decider.track(o).health == Health::Healthy && !self.decider.origin(o).drained
+            })
+            .map(OriginId::index)
+            .collect();
+        if self.fallbacks.as_ref() == Some(&want) {
+            return;
+        }
+        match self.dataplane.set_fallbacks(&want) {
+            Ok(()) => self.fallbacks = Some(want),
+            Err(e) => {
+                self.fallbacks = None;
+                tracing::error!(error = %format!("{e:#}"), "writing the fallback origins failed; next window tries again");
+            }
+        }
     }
 
     fn apply_failover(&mut self, decision: &Decision, now: SystemTime) -> Result<(), ControlError> {

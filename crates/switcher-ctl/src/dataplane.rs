@@ -27,6 +27,11 @@ pub trait DataPlane: Send {
     /// never move. The data plane hashes a flow exactly as [`crate::maglev::flow_hash_v4`] /
     /// [`crate::maglev::flow_hash_v6`] with [`crate::maglev::slot_index`] do.
     fn set_lookup_table(&mut self, slots: &[OriginIndex]) -> anyhow::Result<()>;
+    /// Makes `origins` the ones a new flow may go to when the origin the lookup table gives it
+    /// has no listening socket on this host (`switcher_common::VIP_CHECK_LISTENER`), and no
+    /// other: the control plane names the healthy origins that are not drained
+    /// (`switcher_common::ORIGIN_FALLBACK`). Until the first call, every configured origin.
+    fn set_fallbacks(&mut self, origins: &[OriginIndex]) -> anyhow::Result<()>;
     /// Retires every tracked flow (and removes every handshake) pinned to `origin`, without
     /// resetting anything: a viewer's next packet finds no live flow and is passed to the
     /// edge's stack, which resets it from the VIP (nothing listens there). Returns how many

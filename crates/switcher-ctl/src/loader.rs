@@ -46,8 +46,8 @@ use switcher_common::{
     ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FAMILY_V4, FAMILY_V6,
     FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN,
     MAGLEV_SIZE, MAGLEV_TABLES, MAX_ORIGINS, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED,
-    ORIGIN_REMOTE, Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
-    VipConfig, map_names, prog_names,
+    ORIGIN_FALLBACK, ORIGIN_REMOTE, Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED,
+    VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 
 use crate::dataplane::{Aborted, DataPlane, OriginIndex};
@@ -182,9 +182,11 @@ pub struct Pinned {
     retired: Vec<FlowKey>,
 }
 
-/// Whether `a` and `b` name the same origin (address, port, kind), generations aside.
+/// Whether `a` and `b` name the same origin (address, port, kind), generations and
+/// `ORIGIN_FALLBACK` (which follows its health) aside.
 fn same_origin(a: &Origin, b: &Origin) -> bool {
-    (a.addr_v4, a.addr_v6, a.port_be, a.flags) == (b.addr_v4, b.addr_v6, b.port_be, b.flags)
+    let kind = |o: &Origin| o.flags & !ORIGIN_FALLBACK;
+    (a.addr_v4, a.addr_v6, a.port_be, kind(a)) == (b.addr_v4, b.addr_v6, b.port_be, kind(b))
 }
 
 fn maps_dir(root: &Path) -> PathBuf {
@@ -588,6 +590,10 @@ impl Pinned {
                     generation: 0,
                 },
             };
+            if value.flags & ORIGIN_CONFIGURED != 0 {
+                // Until the control plane's first decision says which are healthy.
+                value.flags |= ORIGIN_FALLBACK;
+            }
             // The same origin in the slot keeps its generation, so its flows survive a
             // control-plane restart; another one (or none) gets the next, which retires the
             // flows pinned to the one it replaces (a fresh map's slots are all zero).
@@ -1544,6 +1550,32 @@ impl DataPlane for Pinned {
             }
         }
         self.publish(&table)
+    }
+
+    fn set_fallbacks(&mut self, origins: &[OriginIndex]) -> Result<()> {
+        for i in 0..MAX_ORIGINS {
+            let mut o = self
+                .origins
+                .get(&i, 0)
+                .context("reading SWITCHER_ORIGINS")?;
+            if o.flags & ORIGIN_CONFIGURED == 0 {
+                continue;
+            }
+            let flags = if origins.contains(&i) {
+                o.flags | ORIGIN_FALLBACK
+            } else {
+                o.flags & !ORIGIN_FALLBACK
+            };
+            if flags != o.flags {
+                // Written in place (see `retire_generation`): a program sees the old flags or
+                // the new, and the rest unchanged.
+                o.flags = flags;
+                self.origins
+                    .set(i, o, 0)
+                    .context("writing SWITCHER_ORIGINS")?;
+            }
+        }
+        Ok(())
     }
 
     fn retire_flows(&mut self, origin: OriginIndex) -> Result<u64> {

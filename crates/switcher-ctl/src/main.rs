@@ -395,10 +395,16 @@ fn print_pinned(pin_root: &Path) -> Result<bool> {
     for (i, o) in origins.iter().enumerate() {
         if o.flags & ORIGIN_CONFIGURED != 0 {
             println!(
-                "origin {} [{i}]: {}, flows {}",
+                "origin {} [{i}]: {}, flows {}, generation {}, listener fallback {}",
                 slot_label(i as u32),
                 describe_origin(o),
-                flows.get(i).copied().unwrap_or(0)
+                flows.get(i).copied().unwrap_or(0),
+                o.generation,
+                if o.flags & switcher_common::ORIGIN_FALLBACK != 0 {
+                    "yes"
+                } else {
+                    "no (unhealthy or drained)"
+                }
             );
         }
     }

@@ -23,8 +23,9 @@ use aya::{
 };
 use switcher_common::{
     Counters, FlowKey, FlowValue, Handshake, HandshakeBucket, HandshakeSlot, MAGLEV_NO_ORIGIN,
-    MAGLEV_SIZE, MAX_ORIGINS, MaglevTable, ORIGIN_CONFIGURED, Origin, STATS_SLOTS, STATS_UNSTEERED,
-    VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
+    MAGLEV_SIZE, MAX_ORIGINS, MaglevTable, ORIGIN_CONFIGURED, ORIGIN_FALLBACK, Origin, STATS_SLOTS,
+    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names,
+    prog_names,
 };
 use switcher_ctl::handshake_table::HandshakeTable;
 use switcher_ctl::maglev;
@@ -293,7 +294,7 @@ impl Harness {
             addr_v4: [0; 4],
             addr_v6: [0; 16],
             port_be: port.to_be(),
-            flags: ORIGIN_CONFIGURED,
+            flags: ORIGIN_CONFIGURED | ORIGIN_FALLBACK,
             generation: 0,
         };
         origins.set(PRIMARY, o(8081), 0).unwrap();
@@ -302,7 +303,7 @@ impl Harness {
             addr_v4: "10.0.0.2".parse::<Ipv4Addr>().unwrap().octets(),
             addr_v6: "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
             port_be: 9000u16.to_be(),
-            flags: ORIGIN_CONFIGURED,
+            flags: ORIGIN_CONFIGURED | ORIGIN_FALLBACK,
             generation: 0,
         };
         origins.set(REMOTE, remote, 0).unwrap();
@@ -1427,7 +1428,8 @@ fn kernel_refuses_frames_shorter_than_ethernet() {
 
 /// With VIP_CHECK_LISTENER, a new flow whose active origin has no listening socket on this
 /// host (its process died, the control plane has not flipped yet) goes to an origin that has
-/// one. Runs in a namespace of its own, where the test decides which ports listen.
+/// one, if the control plane flagged it `ORIGIN_FALLBACK` (healthy, not drained). Runs in a
+/// namespace of its own, where the test decides which ports listen.
 #[test]
 fn new_flow_falls_back_to_a_listening_origin() {
     let ns = netns::Netns::new("f");
@@ -1478,6 +1480,21 @@ fn new_flow_falls_back_to_a_listening_origin() {
             (1, 1)
         );
         assert_eq!(d[PRIMARY as usize].new_flows, 0);
+
+        // The backup no longer flagged ORIGIN_FALLBACK (the control plane found it unhealthy
+        // or drained it): no fallback to it, listening or not; the active origin gets the SYN.
+        let mut origins: Array<_, Origin> =
+            Array::try_from(h.ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+        let mut b = origins.get(&BACKUP, 0).unwrap();
+        b.flags &= !ORIGIN_FALLBACK;
+        origins.set(BACKUP, b, 0).unwrap();
+        let (port, d) = steer(&mut h, 41003);
+        assert_eq!(port, 8081, "no fallback to an origin not flagged for it");
+        assert_eq!(d.iter().map(|c| c.listener_fallbacks).sum::<u64>(), 0);
+        b.flags |= ORIGIN_FALLBACK;
+        let mut origins: Array<_, Origin> =
+            Array::try_from(h.ebpf.map_mut(map_names::ORIGINS).unwrap()).unwrap();
+        origins.set(BACKUP, b, 0).unwrap();
 
         // The primary listens again: back to the active origin, no fallback.
         let primary = std::net::TcpListener::bind("127.0.0.1:8081").expect("bind primary port");
@@ -1703,7 +1720,7 @@ fn balance_harness() -> Harness {
             addr_v4: [0; 4],
             addr_v6: [0; 16],
             port_be: (8081 + i as u16).to_be(),
-            flags: ORIGIN_CONFIGURED,
+            flags: ORIGIN_CONFIGURED | ORIGIN_FALLBACK,
             generation: 0,
         };
         origins.set(i, o, 0).unwrap();

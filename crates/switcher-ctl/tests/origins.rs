@@ -516,3 +516,39 @@ fn failover_actions_follow_the_list_order() {
     );
     assert_eq!(d.active(), OriginId(2));
 }
+
+/// The origins a new flow may fall back to when its table origin has no listener
+/// (`set_fallbacks`): the healthy ones that are not drained, whatever the policy. A hung or
+/// failing origin, or one being drained, never gets a viewer that way.
+#[test]
+fn only_healthy_undrained_origins_take_listener_fallbacks() {
+    for steering in [Steering::Failover, Steering::Balance] {
+        let mut h = Harness::new(steering, &[1, 1, 1]);
+        let fallbacks = |h: &Harness| h.dp.state().fallbacks.clone();
+        h.window(&[good(), good(), good()]);
+        assert_eq!(
+            fallbacks(&h),
+            Some(vec![0, 1, 2]),
+            "{steering:?}: all healthy"
+        );
+        // o2 hangs: out once it is unhealthy (two bad windows).
+        h.window(&[good(), timeout(), good()]);
+        h.window(&[good(), timeout(), good()]);
+        assert_eq!(
+            fallbacks(&h),
+            Some(vec![0, 2]),
+            "{steering:?}: o2 unhealthy"
+        );
+        // o3 drained: out, though healthy.
+        let now = h.now;
+        h.c.drain("o3", None, now).expect("drain");
+        assert_eq!(fallbacks(&h), Some(vec![0]), "{steering:?}: o3 drained");
+        // Both back.
+        let now = h.now;
+        h.c.undrain("o3", now).expect("undrain");
+        for _ in 0..3 {
+            h.window(&[good(), good(), good()]);
+        }
+        assert_eq!(fallbacks(&h), Some(vec![0, 1, 2]), "{steering:?}: all back");
+    }
+}

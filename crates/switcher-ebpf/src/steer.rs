@@ -11,7 +11,8 @@ use aya_ebpf::{
 use switcher_common::{
     flow_hash::{jhash2, slot_index, FLOW_HASH_SEED},
     Counters, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING, FLOW_ORIGIN_CLOSED,
-    FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_REMOTE,
+    FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_FALLBACK,
+    ORIGIN_REMOTE,
     STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
 
@@ -265,7 +266,8 @@ fn maglev_origin(hash: u32) -> Option<u32> {
 
 /// The origin a new flow `t` of flow hash `hash` ([`flow_hash`]) goes to: the live Maglev
 /// table's choice, or, with [`VIP_CHECK_LISTENER`] and no socket on that origin's port, the
-/// first other configured origin that has one. Returns (index, origin, fell back).
+/// first other origin flagged `ORIGIN_FALLBACK` that has one. Returns (index, origin, fell
+/// back).
 #[inline(always)]
 pub(crate) fn new_flow_origin(
     ctx: *mut c_void,
@@ -282,7 +284,8 @@ pub(crate) fn new_flow_origin(
     while i < MAX_ORIGINS {
         // Origins fill slots 0.. without a gap: the first empty slot ends the list.
         let Some(other) = origin(i) else { break };
-        if i != index && alive(ctx, t, &other) {
+        // Only an origin the control plane says may take new flows (healthy, not drained).
+        if i != index && other.flags & ORIGIN_FALLBACK != 0 && alive(ctx, t, &other) {
             return Some((i, other, true));
         }
         i += 1;

@@ -38,6 +38,8 @@ pub struct FakeState {
     /// The latest published lookup table, if any.
     pub table: Option<Vec<OriginIndex>>,
     pub fail_set_lookup_table: bool,
+    /// The latest `set_fallbacks`, if any.
+    pub fallbacks: Option<Vec<OriginIndex>>,
 }
 
 /// A data plane in memory.
@@ -54,6 +56,7 @@ impl FakeDataPlane {
             fail_set_active: false,
             table: None,
             fail_set_lookup_table: false,
+            fallbacks: None,
         })))
     }
     pub fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -116,6 +119,10 @@ impl DataPlane for FakeDataPlane {
         s.calls.push(Call::RetireFlows(origin));
         let n = std::mem::take(&mut s.flows[origin as usize]);
         Ok(n)
+    }
+    fn set_fallbacks(&mut self, origins: &[OriginIndex]) -> anyhow::Result<()> {
+        self.state().fallbacks = Some(origins.to_vec());
+        Ok(())
     }
     fn reap_retired(&mut self, _budget: usize) -> anyhow::Result<u64> {
         // The fake's retirements leave no entries behind.
