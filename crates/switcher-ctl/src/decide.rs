@@ -12,9 +12,10 @@
 //!   newest MSN among the healthy origins that parsed in this window.
 //! * Hysteresis: an origin turns **unhealthy** after `required_windows` consecutive bad
 //!   windows, and **healthy** again after `required_windows` consecutive good ones. A refused
-//!   connection, or an unreachable host, makes it unhealthy at once
-//!   ([`ProbeError::counts_at_once`]): nothing listens, or the host is gone; waiting more
-//!   windows only lengthens the outage (it is gone, not slow).
+//!   connection, an unreachable host or a corrupt newest segment makes it unhealthy at once
+//!   ([`ProbeError::counts_at_once`]): nothing listens, the host is gone, or what the origin
+//!   stores is broken; waiting more windows only lengthens the outage (or, for a corrupt
+//!   segment, the time players are served it).
 //! * Never steer new flows to a bad origin: an origin starts getting new flows only when it
 //!   is healthy *and* good in this very window ([`OriginTrack::eligible`]), not drained by an
 //!   operator, and of weight above 0.

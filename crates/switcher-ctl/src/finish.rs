@@ -29,6 +29,7 @@ pub fn may_finish(reason: Option<&BadReason>) -> bool {
             ProbeError::Timeout
             | ProbeError::ConnectTimeout
             | ProbeError::Segment(_)
+            | ProbeError::Corrupt(_)
             | ProbeError::Refused
             | ProbeError::Unreachable(_)
             | ProbeError::Io(_) => false,
@@ -58,7 +59,8 @@ mod tests {
         for r in [
             probe(ProbeError::Timeout),
             probe(ProbeError::ConnectTimeout),
-            probe(ProbeError::Segment("shrank".into())),
+            probe(ProbeError::Segment("cut short".into())),
+            probe(ProbeError::Corrupt("shrank".into())),
             probe(ProbeError::Refused),
             probe(ProbeError::Io("reset".into())),
             probe(ProbeError::Unreachable("no route to host".into())),

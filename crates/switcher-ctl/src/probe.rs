@@ -100,10 +100,17 @@ pub enum ProbeError {
     /// origin's accept queue is full).
     #[error("connect timed out")]
     ConnectTimeout,
-    /// The newest segment listed is broken: cut short (body shorter than its Content-Length,
-    /// or the connection failed mid-body), not whole MPEG-TS packets, or not fetchable.
+    /// The newest segment listed could not be fetched whole: its body was cut short (shorter
+    /// than its Content-Length, or the connection failed mid-body), or it was not found.
     #[error("newest segment: {0}")]
     Segment(String),
+    /// The newest segment listed, as the origin stores and serves it in full, is broken: not
+    /// whole MPEG-TS packets (or packets without the sync byte), or shorter than when it was
+    /// listed (RFC 8216 6.2.2: a listed segment never changes). No retry can change that
+    /// answer, and every player fetching it now gets a broken body, so, like a refusal, it
+    /// counts as bad at once.
+    #[error("newest segment corrupt: {0}")]
+    Corrupt(String),
     /// The playlist parses but a value in it is out of range (a malformed or huge `#EXTINF`,
     /// a media sequence number that overflows, dates beyond the calendar or far in the
     /// future): its freshness cannot be trusted.
@@ -132,15 +139,19 @@ impl ProbeError {
             ProbeError::BadUrl(_) => "bad_url",
             ProbeError::ConnectTimeout => "connect_timeout",
             ProbeError::Segment(_) => "segment",
+            ProbeError::Corrupt(_) => "corrupt_segment",
             ProbeError::Invalid(_) => "invalid",
             ProbeError::Internal(_) => "internal",
         }
     }
 
     /// Whether this failure makes the origin bad at once, without waiting for more windows:
-    /// a refusal or an unreachable host is an answer, not a lost packet.
+    /// a refusal, an unreachable host or a corrupt segment is an answer, not a lost packet.
     pub fn counts_at_once(&self) -> bool {
-        matches!(self, ProbeError::Refused | ProbeError::Unreachable(_))
+        matches!(
+            self,
+            ProbeError::Refused | ProbeError::Unreachable(_) | ProbeError::Corrupt(_)
+        )
     }
 }
 
@@ -309,20 +320,21 @@ pub fn newest_segment_uri(body: &[u8]) -> Option<String> {
     }
 }
 
-/// Checks a segment body (whole, or a suffix of whole packets) for MPEG-TS framing: a whole
-/// number of 188-byte packets, each starting with the sync byte. Pure.
+/// Checks a segment body the origin sent in full (whole, or a suffix of whole packets) for
+/// MPEG-TS framing: a whole number of 188-byte packets, each starting with the sync byte.
+/// Failing that, the segment itself is corrupt ([`ProbeError::Corrupt`]). Pure.
 pub fn check_ts(body: &[u8]) -> Result<(), ProbeError> {
     if body.is_empty() {
-        return Err(ProbeError::Segment("empty body".into()));
+        return Err(ProbeError::Corrupt("empty body".into()));
     }
     if !body.len().is_multiple_of(TS_PACKET) {
-        return Err(ProbeError::Segment(format!(
+        return Err(ProbeError::Corrupt(format!(
             "{} bytes is not a whole number of TS packets (cut short?)",
             body.len()
         )));
     }
     if let Some(i) = body.chunks(TS_PACKET).position(|p| p[0] != TS_SYNC) {
-        return Err(ProbeError::Segment(format!(
+        return Err(ProbeError::Corrupt(format!(
             "TS packet {i} has no sync byte"
         )));
     }
@@ -343,7 +355,7 @@ pub fn content_range_total(value: &str) -> Option<u64> {
 /// now gets a broken body. Pure.
 pub fn shrank(was: u64, now: u64) -> Result<(), ProbeError> {
     if now < was {
-        return Err(ProbeError::Segment(format!(
+        return Err(ProbeError::Corrupt(format!(
             "shrank from {was} to {now} bytes while listed (cut short?)"
         )));
     }
@@ -891,7 +903,7 @@ mod tests {
         assert!(shrank(1000, 1000).is_ok());
         assert!(shrank(1000, 1200).is_ok());
         match shrank(1000, 501) {
-            Err(ProbeError::Segment(msg)) => assert!(msg.contains("1000 to 501"), "{msg}"),
+            Err(ProbeError::Corrupt(msg)) => assert!(msg.contains("1000 to 501"), "{msg}"),
             other => panic!("{other:?}"),
         }
     }

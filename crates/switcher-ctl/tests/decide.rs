@@ -146,6 +146,23 @@ fn unreachable_host_counts_at_once() {
     assert_eq!(h.dp.active(), ORIGIN_BACKUP);
 }
 
+/// A corrupt newest segment (not whole TS packets, or shrunk while listed) is an answer from
+/// the origin's own storage, served to every player that fetches it: no hysteresis.
+#[test]
+fn a_corrupt_segment_counts_at_once() {
+    let mut h = Harness::new(policy(3, true));
+    let d = h.window(
+        err(ProbeError::Corrupt("shrank from 1000 to 501 bytes".into())),
+        good(),
+    );
+    assert_eq!(d.action, Action::Failover);
+    assert_eq!(h.dp.active(), ORIGIN_BACKUP);
+    // A segment that could not be fetched whole (a connection cut mid-body) waits.
+    let mut h = Harness::new(policy(3, true));
+    let d = h.window(err(ProbeError::Segment("connection reset".into())), good());
+    assert_eq!(d.action, Action::Stay);
+}
+
 #[test]
 fn other_errors_wait_for_hysteresis() {
     for e in [

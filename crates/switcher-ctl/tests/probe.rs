@@ -342,7 +342,7 @@ async fn a_segment_cut_short_makes_the_origin_bad() {
     let server = origin_with_segments(move |_| Reply::ok(cut.clone())).await;
     let r = segment_prober().probe(&server.url(PATH)).await;
     match r.outcome {
-        Err(ProbeError::Segment(msg)) => assert!(msg.contains("TS packets"), "{msg}"),
+        Err(ProbeError::Corrupt(msg)) => assert!(msg.contains("TS packets"), "{msg}"),
         other => panic!("expected a segment error, got {other:?}"),
     }
 }
@@ -364,7 +364,7 @@ async fn a_listed_segment_that_shrinks_is_reported_at_the_next_probe() {
     }
     cut.store(true, Ordering::SeqCst);
     match p.probe(&server.url(PATH)).await.outcome {
-        Err(ProbeError::Segment(msg)) => {
+        Err(ProbeError::Corrupt(msg)) => {
             assert!(msg.contains("shrank from 7520 to 3760 bytes"), "{msg}")
         }
         other => panic!("expected the shrunk segment to be reported, got {other:?}"),
