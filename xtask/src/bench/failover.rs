@@ -252,10 +252,16 @@ impl Setup {
         let Ok(h) = stack.healthz() else {
             return false;
         };
-        let all_healthy = self
-            .names
-            .iter()
-            .all(|n| h["origins"][n]["healthy"] == true);
+        // Healthy and seen good: an origin is healthy before its first probe ("innocent
+        // until probed"), so `healthy` alone held at switcher-ctl's start, before any playlist
+        // existed, and the first run's fault came before the stream did (session 8: run 1 of
+        // origin-kill took 1.6-2.7 s, the others 0.03 s).
+        let all_healthy = self.names.iter().all(|n| {
+            let o = &h["origins"][n];
+            o["healthy"] == true
+                && o["msn"].is_u64()
+                && o["consecutive_good"].as_u64().is_some_and(|g| g >= 2)
+        });
         all_healthy
             && if self.balance {
                 self.names
