@@ -724,16 +724,17 @@ impl Controller {
     }
 
     /// Tells the data plane which origins a new flow may fall back to when its table origin
-    /// has no listener (`VIP_CHECK_LISTENER`): the healthy ones that are not drained, so that
-    /// a crash of one origin never sends viewers to another that is hung, failing or
-    /// draining. Written when that set changes; a failed write is logged, and the next
+    /// has no listener (`VIP_CHECK_LISTENER`): the healthy ones that are not drained and have
+    /// a weight above 0, so that a crash of one origin never sends viewers to another that is
+    /// hung, failing or being emptied. Written when that set changes; a failed write is logged, and the next
     /// window writes again.
     fn publish_fallbacks(&mut self) {
         let want: Vec<OriginIndex> = self
             .decider
             .ids()
             .filter(|&o| {
-                self.decider.track(o).health == Health::Healthy && !self.decider.origin(o).drained
+                let s = self.decider.origin(o);
+                s.track.health == Health::Healthy && !s.drained && s.weight > 0
             })
             .map(OriginId::index)
             .collect();

@@ -578,6 +578,7 @@ impl Pinned {
         // Slots 0..n in order, the rest emptied: no gap (the data plane stops at the first
         // empty slot, see `map_names::ORIGINS`).
         let mut replaced = Vec::new();
+        let mut values = Vec::with_capacity(MAX_ORIGINS as usize);
         for i in 0..MAX_ORIGINS {
             let mut value = match cfg.origins.get(i as usize) {
                 Some(a) if cfg.dsr => remote_origin(*a, &vip)?,
@@ -609,14 +610,9 @@ impl Pinned {
                 }
                 old.generation.wrapping_add(1)
             };
-            pinned
-                .origins
-                .set(i, value, 0)
-                .context("writing SWITCHER_ORIGINS")?;
+            values.push(value);
         }
-        // Flows an earlier run retired (and did not get to delete) or that the slot changes
-        // above retired: deleted from now on, paced like any retirement's.
-        pinned.settle_replaced(&replaced)?;
+        pinned.write_origins(&values, &replaced)?;
         mounts.into_iter().for_each(BpffsMount::keep);
         if cfg.dsr {
             let read = |p: &str| std::fs::read_to_string(Path::new("/proc/sys").join(p)).ok();
@@ -927,25 +923,34 @@ impl Pinned {
         Ok(generations)
     }
 
-    /// After attaching: the flows of the origin slots in `replaced` (another origin or none
-    /// in the slot now) are over, finishing ones included, which are deleted now (a
-    /// generation change spares them), and those slots' open-flow counts start again from
-    /// zero. Then collects every retired flow (an older generation of its origin, or an empty
-    /// slot) for [`DataPlane::reap_retired`]: those an earlier run did not get to delete, and
-    /// those of the replaced slots. One walk.
-    fn settle_replaced(&mut self, replaced: &[OriginIndex]) -> Result<()> {
-        let generations = self.live_generations()?;
+    /// Writes the origin slots when attaching (`values[i]` into slot `i`). The flows of the
+    /// slots in `replaced` (another origin or none there now) are over: their finishing ones,
+    /// which a generation change spares, are deleted first, and those slots' open-flow counts
+    /// start again from zero, from counters read just before the write (so the flows the new
+    /// origin gets from then on count). Then collects every retired flow (an older generation
+    /// of its origin, or an empty slot) for [`DataPlane::reap_retired`]: those an earlier run
+    /// did not get to delete, and those of the replaced slots. One walk, before the write.
+    fn write_origins(&mut self, values: &[Origin], replaced: &[OriginIndex]) -> Result<()> {
         let entries = batch_entries(&self.flows)?;
-        let finishing: Vec<FlowKey> = entries
+        let finishing: HashSet<FlowKey> = entries
             .iter()
             .filter(|(_, f)| replaced.contains(&f.origin) && f.flags & FLOW_FINISHING != 0)
             .map(|(k, _)| *k)
             .collect();
-        batch_delete(&self.flows, &finishing)?;
-        for &slot in replaced {
-            let c = self.origin_counters(slot)?;
-            self.set_open(slot, &c, 0)?;
+        batch_delete(&self.flows, &finishing.iter().copied().collect::<Vec<_>>())?;
+        let before = replaced
+            .iter()
+            .map(|&slot| Ok((slot, self.origin_counters(slot)?)))
+            .collect::<Result<Vec<_>>>()?;
+        for (i, value) in values.iter().enumerate() {
+            self.origins
+                .set(i as u32, *value, 0)
+                .context("writing SWITCHER_ORIGINS")?;
         }
+        for (slot, c) in &before {
+            self.set_open(*slot, c, 0)?;
+        }
+        let generations = self.live_generations()?;
         self.retired.extend(
             entries
                 .iter()

@@ -518,8 +518,8 @@ fn failover_actions_follow_the_list_order() {
 }
 
 /// The origins a new flow may fall back to when its table origin has no listener
-/// (`set_fallbacks`): the healthy ones that are not drained, whatever the policy. A hung or
-/// failing origin, or one being drained, never gets a viewer that way.
+/// (`set_fallbacks`): the healthy ones that are not drained and have a weight, whatever the
+/// policy. A hung or failing origin, or one being emptied, never gets a viewer that way.
 #[test]
 fn only_healthy_undrained_origins_take_listener_fallbacks() {
     for steering in [Steering::Failover, Steering::Balance] {
@@ -543,9 +543,21 @@ fn only_healthy_undrained_origins_take_listener_fallbacks() {
         let now = h.now;
         h.c.drain("o3", None, now).expect("drain");
         assert_eq!(fallbacks(&h), Some(vec![0]), "{steering:?}: o3 drained");
-        // Both back.
+        // Both back, then o1 at weight 0 (being emptied): out.
         let now = h.now;
         h.c.undrain("o3", now).expect("undrain");
+        for _ in 0..3 {
+            h.window(&[good(), good(), good()]);
+        }
+        let now = h.now;
+        h.c.set_weight("o1", 0, now).expect("weight 0");
+        assert_eq!(
+            fallbacks(&h),
+            Some(vec![1, 2]),
+            "{steering:?}: o1 at weight 0"
+        );
+        let now = h.now;
+        h.c.set_weight("o1", 1, now).expect("weight 1");
         for _ in 0..3 {
             h.window(&[good(), good(), good()]);
         }

@@ -244,7 +244,9 @@ pub fn record(k: &Key<'_>, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3
     // The slot already holding `k`, else the first empty one, else the one the SYN's
     // sequence number picks (random per connection, so a flood cannot aim at one slot).
     // SAFETY: slots 0..HANDSHAKE_WAYS of the bucket; the victim index is masked into range.
-    let s = unsafe {
+    // With the port/family word the slot must still have for the choice to hold: this
+    // connection's, or 0 for an empty slot (`None`: a victim, whatever it holds).
+    let (s, expect) = unsafe {
         let mut mine = None;
         let mut empty = None;
         let mut w = 0;
@@ -259,12 +261,20 @@ pub fn record(k: &Key<'_>, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3
             }
             w += 1;
         }
-        mine.or(empty)
-            .unwrap_or_else(|| b.add((client_isn & (HANDSHAKE_WAYS - 1)) as usize * SLOT_WORDS))
+        match (mine, empty) {
+            (Some(s), _) => (s, Some(k.word(4))),
+            (None, Some(s)) => (s, Some(0)),
+            (None, None) => (
+                b.add((client_isn & (HANDSHAKE_WAYS - 1)) as usize * SLOT_WORDS),
+                None,
+            ),
+        }
     };
-    // SAFETY: `s` is a slot of the bucket.
-    // (One 8-byte load: the pair as it is at one instant.)
-    if !unsafe { claim(s, read_volatile(claim_word(s))) } {
+    // SAFETY: `s` is a slot of the bucket. One 8-byte load: the pair as it is at one instant,
+    // which the claim then swaps only if it is still that; a slot chosen as empty (or as this
+    // connection's) that another SYN took since the scan is left to it.
+    let seen = unsafe { read_volatile(claim_word(s)) };
+    if expect.is_some_and(|pf| seen as u32 != pf) || !unsafe { claim(s, seen) } {
         return;
     }
     // The frame's addresses, destination (this edge) then source (the client's hop), as the
