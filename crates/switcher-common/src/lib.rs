@@ -289,7 +289,7 @@ pub const ORIGIN_CONFIGURED: u16 = 1;
 pub const ORIGIN_REMOTE: u16 = 2;
 /// [`Origin::flags`]: the origin may take a new flow whose lookup-table origin has no
 /// listening socket on this host ([`VIP_CHECK_LISTENER`]). Set by user space for the origins
-/// that are healthy and not drained (every configured origin until the control plane's first
+/// that are healthy, not drained and of weight above 0 (every configured origin until the control plane's first
 /// decision), so that such a flow never goes to an origin that is hung, failing or draining.
 /// Not part of what names an origin: it changes with health, the origin stays the same.
 pub const ORIGIN_FALLBACK: u16 = 4;

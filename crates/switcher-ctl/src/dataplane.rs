@@ -29,7 +29,7 @@ pub trait DataPlane: Send {
     fn set_lookup_table(&mut self, slots: &[OriginIndex]) -> anyhow::Result<()>;
     /// Makes `origins` the ones a new flow may go to when the origin the lookup table gives it
     /// has no listening socket on this host (`switcher_common::VIP_CHECK_LISTENER`), and no
-    /// other: the control plane names the healthy origins that are not drained
+    /// other: the control plane names the healthy origins that are not drained and have a weight
     /// (`switcher_common::ORIGIN_FALLBACK`). Until the first call, every configured origin.
     fn set_fallbacks(&mut self, origins: &[OriginIndex]) -> anyhow::Result<()>;
     /// Retires every tracked flow (and removes every handshake) pinned to `origin`, without

@@ -284,7 +284,7 @@ pub(crate) fn new_flow_origin(
     while i < MAX_ORIGINS {
         // Origins fill slots 0.. without a gap: the first empty slot ends the list.
         let Some(other) = origin(i) else { break };
-        // Only an origin the control plane says may take new flows (healthy, not drained).
+        // Only an origin the control plane says may take new flows (healthy, not drained, weight above 0).
         if i != index && other.flags & ORIGIN_FALLBACK != 0 && alive(ctx, t, &other) {
             return Some((i, other, true));
         }
