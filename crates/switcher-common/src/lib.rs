@@ -471,12 +471,20 @@ pub struct FlowValue {
 }
 
 impl FlowValue {
-    /// Whether the flow is still steered, given its origin's current [`Origin::generation`]:
-    /// the same generation, or a retired origin's flow left to finish its response. What the
-    /// data plane and user space both use to tell live flows from retired ones.
+    /// Whether the flow is still steered, given its origin's current [`Origin::generation`]
+    /// (see [`flow_is_live`]).
     pub const fn is_live(&self, origin_generation: u32) -> bool {
-        self.generation == origin_generation || self.flags & FLOW_FINISHING != 0
+        flow_is_live(self.generation, self.flags, origin_generation)
     }
+}
+
+/// Whether a flow of generation `flow_generation` and `FLOW_*` `flags` is still steered, its
+/// origin being at `origin_generation`: the same generation, or a retired origin's flow left
+/// to finish its response. The one rule the data plane (which reads the fields in place,
+/// without copying the value) and user space ([`FlowValue::is_live`]) use to tell live flows
+/// from retired ones.
+pub const fn flow_is_live(flow_generation: u32, flags: u32, origin_generation: u32) -> bool {
+    flow_generation == origin_generation || flags & FLOW_FINISHING != 0
 }
 
 /// [`FlowValue::flags`]: the flow started with a SYN through the VIP (every flow the data plane

@@ -1655,18 +1655,8 @@ fn control_plane_at_scale(out: &mut String) {
 /// connection per request as a scraper makes): what the targets are about, end to end.
 fn admin_at_scale(dp: Pinned) -> (Vec<Duration>, Vec<Duration>) {
     use std::sync::{Arc, Mutex};
-    use switcher_ctl::{admin, config::Config, control::Controller, metrics::Metrics, service};
-    let config = Config::default();
-    let controller = Controller::new(
-        Box::new(dp),
-        service::policy(&config),
-        Metrics::new().expect("metrics"),
-        service::origins(&config),
-        config.decision_history,
-        config.drain(),
-        config.finish(),
-    )
-    .expect("controller");
+    use switcher_ctl::{admin, config::Config, service};
+    let controller = service::controller(&Config::default(), Box::new(dp)).expect("controller");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -735,7 +735,7 @@ impl Pinned {
         let key = flow_key(client);
         match self.flows.get(&key, 0) {
             // A retired flow is as good as gone: the data plane no longer steers it.
-            Ok(v) if !v.is_live(self.generation(v.origin)?) => Ok(None),
+            Ok(v) if is_retired(&v, &self.live_generations()?) => Ok(None),
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("looking up SWITCHER_FLOWS"),
@@ -913,11 +913,7 @@ impl Pinned {
     /// flows are all over).
     fn live_generations(&self) -> Result<[Option<u32>; MAX_ORIGINS as usize]> {
         let mut generations = [None; MAX_ORIGINS as usize];
-        for (i, g) in generations.iter_mut().enumerate() {
-            let o = self
-                .origins
-                .get(&(i as u32), 0)
-                .context("reading SWITCHER_ORIGINS")?;
+        for (g, o) in generations.iter_mut().zip(self.origins()?) {
             *g = (o.flags & ORIGIN_CONFIGURED != 0).then_some(o.generation);
         }
         Ok(generations)
@@ -1558,11 +1554,7 @@ impl DataPlane for Pinned {
     }
 
     fn set_fallbacks(&mut self, origins: &[OriginIndex]) -> Result<()> {
-        for i in 0..MAX_ORIGINS {
-            let mut o = self
-                .origins
-                .get(&i, 0)
-                .context("reading SWITCHER_ORIGINS")?;
+        for (i, mut o) in (0..MAX_ORIGINS).zip(self.origins()?) {
             if o.flags & ORIGIN_CONFIGURED == 0 {
                 continue;
             }

@@ -54,6 +54,22 @@ pub fn origins(config: &Config) -> Vec<OriginConfig> {
         .collect()
 }
 
+/// The controller `config` asks for, over `dataplane` (no probe run yet).
+pub fn controller(
+    config: &Config,
+    dataplane: Box<dyn DataPlane>,
+) -> Result<Controller, ServiceError> {
+    Ok(Controller::new(
+        dataplane,
+        policy(config),
+        Metrics::new()?,
+        origins(config),
+        config.decision_history,
+        config.drain(),
+        config.finish(),
+    )?)
+}
+
 /// Runs until `shutdown` completes. `config` should be validated. `admin_listeners`: a
 /// `TcpListener` (read-only admin), or [`admin::Listeners`] with the state-changing socket.
 pub async fn run(
@@ -65,15 +81,7 @@ pub async fn run(
     let origins = origins(&config);
     let urls: Vec<String> = origins.iter().map(|o| o.url.clone()).collect();
     let names: Vec<String> = origins.iter().map(|o| o.name.clone()).collect();
-    let controller: SharedController = Arc::new(Mutex::new(Controller::new(
-        dataplane,
-        policy(&config),
-        Metrics::new()?,
-        origins,
-        config.decision_history,
-        config.drain(),
-        config.finish(),
-    )?));
+    let controller: SharedController = Arc::new(Mutex::new(controller(&config, dataplane)?));
     let prober = Prober::new(
         config.probe_timeout(),
         config.probe_connect_timeout(),

@@ -127,40 +127,43 @@ fn seed_windows_need_three() {
     );
 }
 
+/// One window in which the primary's probe fails with `e` and the backup's is good, with 3
+/// windows of hysteresis: the action, and the active origin after it.
+fn one_bad_window(e: ProbeError) -> (Action, u32) {
+    let mut h = Harness::new(policy(3, true));
+    let d = h.window(err(e), good());
+    (d.action, h.dp.active())
+}
+
 #[test]
 fn refused_connection_counts_at_once() {
-    let mut h = Harness::new(policy(3, true));
-    let d = h.window(err(ProbeError::Refused), good());
-    assert_eq!(d.action, Action::Failover);
-    assert_eq!(h.dp.active(), ORIGIN_BACKUP);
+    assert_eq!(
+        one_bad_window(ProbeError::Refused),
+        (Action::Failover, ORIGIN_BACKUP)
+    );
 }
 
 #[test]
 fn unreachable_host_counts_at_once() {
-    let mut h = Harness::new(policy(3, true));
-    let d = h.window(
-        err(ProbeError::Unreachable("no route to host".into())),
-        good(),
+    assert_eq!(
+        one_bad_window(ProbeError::Unreachable("no route to host".into())),
+        (Action::Failover, ORIGIN_BACKUP)
     );
-    assert_eq!(d.action, Action::Failover);
-    assert_eq!(h.dp.active(), ORIGIN_BACKUP);
 }
 
 /// A corrupt newest segment (not whole TS packets, or shrunk while listed) is an answer from
 /// the origin's own storage, served to every player that fetches it: no hysteresis.
 #[test]
 fn a_corrupt_segment_counts_at_once() {
-    let mut h = Harness::new(policy(3, true));
-    let d = h.window(
-        err(ProbeError::Corrupt("shrank from 1000 to 501 bytes".into())),
-        good(),
+    assert_eq!(
+        one_bad_window(ProbeError::Corrupt("shrank from 1000 to 501 bytes".into())),
+        (Action::Failover, ORIGIN_BACKUP)
     );
-    assert_eq!(d.action, Action::Failover);
-    assert_eq!(h.dp.active(), ORIGIN_BACKUP);
     // A segment that could not be fetched whole (a connection cut mid-body) waits.
-    let mut h = Harness::new(policy(3, true));
-    let d = h.window(err(ProbeError::Segment("connection reset".into())), good());
-    assert_eq!(d.action, Action::Stay);
+    assert_eq!(
+        one_bad_window(ProbeError::Segment("connection reset".into())).0,
+        Action::Stay
+    );
 }
 
 #[test]

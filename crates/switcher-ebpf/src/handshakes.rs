@@ -80,7 +80,17 @@ const W_CLIENT_ISN: usize = 8;
 /// Words of a slot: `Handshake::hop_mac` then `local_mac` (12 bytes).
 const W_MACS: usize = 9;
 /// The port/family word and the origin word of a slot being written (see [`claim`]).
-const CLAIMED: u64 = (HANDSHAKE_CLAIMED_FAMILY as u64) << 16 | (u32::MAX as u64) << 32;
+const CLAIMED: u64 = pair((HANDSHAKE_CLAIMED_FAMILY as u32) << 16, u32::MAX);
+
+/// The claim word of a slot whose port/family word is `port_family` and origin word `origin`
+/// (little-endian: the port/family word, at the lower address, is the low half).
+#[inline(always)]
+const fn pair(port_family: u32, origin: u32) -> u64 {
+    port_family as u64 | (origin as u64) << 32
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("the handshake slot's claim word assumes little-endian (bpfel)");
 
 // The claim's 8 bytes: the port/family word and the origin word after it, 8-byte aligned in
 // every slot (slots are 48 bytes; the kernel keeps map values 8-byte aligned).
@@ -183,7 +193,8 @@ unsafe fn claim_word(s: *mut u32) -> *mut u64 {
 /// As [`load`].
 #[inline(always)]
 unsafe fn claim(s: *mut u32, seen: u64) -> bool {
-    if seen == CLAIMED || seen as u32 >> 16 == u32::from(HANDSHAKE_CLAIMED_FAMILY) {
+    // Claimed by another SYN (its family is no connection's), whatever its origin word.
+    if seen as u32 >> 16 == u32::from(HANDSHAKE_CLAIMED_FAMILY) {
         return false;
     }
     // SAFETY: per the caller.
@@ -298,7 +309,7 @@ pub fn record(k: &Key<'_>, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3
         store(s, W_MACS + 2, local_hi);
         atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(
             claim_word(s),
-            u64::from(k.word(4)) | u64::from(origin) << 32,
+            pair(k.word(4), origin),
         );
     }
 }
@@ -332,7 +343,7 @@ pub fn remove(f: &Found<'_>) -> bool {
         if !holds(f.slot, &f.key) {
             return false;
         }
-        let mine = u64::from(f.key.word(4)) | u64::from(f.origin) << 32;
+        let mine = pair(f.key.word(4), f.origin);
         atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(claim_word(f.slot), mine, 0).1
     }
 }

@@ -10,6 +10,7 @@ use aya_ebpf::{
 };
 use switcher_common::{
     flow_hash::{jhash2, slot_index, FLOW_HASH_SEED},
+    flow_is_live,
     Counters, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING, FLOW_ORIGIN_CLOSED,
     FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_FALLBACK,
     ORIGIN_REMOTE,
@@ -405,8 +406,7 @@ pub fn steer_request(
             unsafe { ((*flow).origin, (*flow).flags, (*flow).generation) };
         // The flow's origin, while the flow is live: its slot still holds an origin, and the
         // origin was not retired since the flow was pinned (`FlowValue::is_live`).
-        let live = origin(index)
-            .filter(|o| o.generation == generation || flags & FLOW_FINISHING != 0);
+        let live = origin(index).filter(|o| flow_is_live(generation, flags, o.generation));
         match live {
             // The origin ended this flow (its FIN or RST, seen at TC egress: nobody else can
             // set the flag), so this SYN is a new connection from a reused client port: it is
@@ -660,7 +660,7 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     };
     let o = origin(index)?;
     if let Some((g, flags)) = generation {
-        if g != o.generation && flags & FLOW_FINISHING == 0 {
+        if !flow_is_live(g, flags, o.generation) {
             // A retired flow: its origin's replies pass unchanged (the viewer was reset), and
             // it is not counted closed (user space counted it out when it retired it).
             return None;
