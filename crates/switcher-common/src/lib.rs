@@ -109,6 +109,16 @@ pub mod map_names {
     pub const HANDSHAKES: &str = "SWITCHER_HANDSHAKES";
     /// PerCpuArray[STATS_SLOTS] of [`Counters`](super::Counters).
     pub const STATS: &str = "SWITCHER_STATS";
+    /// PerCpuArray[[`FLOW_CACHE_SLOTS`](super::FLOW_CACHE_SLOTS)] of
+    /// [`FlowCacheSlot`](super::FlowCacheSlot): each CPU's direct-mapped cache of
+    /// `SWITCHER_FLOWS`, written by the data plane only; user space reads it for the newest
+    /// acknowledgment numbers of the flows it resets.
+    pub const FLOW_CACHE: &str = "SWITCHER_FLOW_CACHE";
+    /// Array[[`FLOW_CACHE_SLOTS`](super::FLOW_CACHE_SLOTS)] of `u32`, mmapable: per cache
+    /// slot, a version that whoever changes or deletes a flow of that slot in `SWITCHER_FLOWS`
+    /// increments afterwards (data plane and user space alike), which makes every CPU's cached
+    /// copy of it stale.
+    pub const FLOW_CACHE_VERSIONS: &str = "SWITCHER_FLOW_CACHE_VERSIONS";
 }
 
 /// Names of the programs in the object.
@@ -143,9 +153,9 @@ pub mod prog_names {
     pub const BENCH_HS_HASH_FRESH: &str = "bench_hs_hash_fresh";
     /// Benchmark floor, never attached: one insert of the same key into the plain hash.
     pub const BENCH_HS_HASH_SAME: &str = "bench_hs_hash_same";
-    /// Benchmark prototype, never attached: the tracked-flow path with a per-CPU direct-mapped
-    /// flow cache in front of `SWITCHER_FLOWS` (`bench_map_names::FLOW_CACHE`).
-    pub const BENCH_CACHE_HIT: &str = "bench_cache_hit";
+    /// Benchmark variant, never attached: `switcher_xdp` with the packet's copy in the flow
+    /// cache made stale before each run (a tracked flow's packet then always misses).
+    pub const BENCH_CACHE_MISS: &str = "bench_cache_miss";
     /// Benchmark variant, never attached: `switcher_xdp` as it was before branch dp-floor
     /// (a packet not for the VIP counted after the class is matched).
     pub const BENCH_NFV_BEFORE: &str = "bench_nfv_before";
@@ -161,11 +171,11 @@ pub mod prog_names {
     /// Benchmark step, never attached: the tracked-flow path of `switcher_xdp` up to its parse
     /// and VIP check.
     pub const BENCH_TF_PARSE: &str = "bench_tf_parse";
-    /// Benchmark step, never attached: [`BENCH_TF_PARSE`] + the flow key and the
-    /// `SWITCHER_FLOWS` lookup.
-    pub const BENCH_TF_LOOKUP: &str = "bench_tf_lookup";
-    /// Benchmark step, never attached: [`BENCH_TF_LOOKUP`] + the flow's fields, the client
-    /// ACK record, the origin's target and the remote check.
+    /// Benchmark step, never attached: [`BENCH_TF_PARSE`] + the flow key and this CPU's copy
+    /// of the flow (a flow-cache hit).
+    pub const BENCH_TF_COPY: &str = "bench_tf_copy";
+    /// Benchmark step, never attached: [`BENCH_TF_COPY`] + the copy's origin, the client ACK
+    /// record, the FINISHING check, the origin's target and the remote check.
     pub const BENCH_TF_ORIGIN: &str = "bench_tf_origin";
     /// Benchmark step, never attached: [`BENCH_TF_ORIGIN`] + the rewrite.
     pub const BENCH_TF_REWRITE: &str = "bench_tf_rewrite";
@@ -185,30 +195,22 @@ pub mod bench_map_names {
     pub const HS_LRU: &str = "BENCH_HS_LRU";
     /// HashMap (preallocated) of [`FlowKey`](super::FlowKey) -> [`Handshake`](super::Handshake).
     pub const HS_HASH: &str = "BENCH_HS_HASH";
-    /// PerCpuArray of flow-cache slots (`bench_cache_hit`): [`super::BENCH_CACHE_SLOTS`] slots.
-    pub const FLOW_CACHE: &str = "BENCH_FLOW_CACHE";
-    /// Array[1] of `u32`: the flow cache's epoch (`bench_cache_hit`).
-    pub const CACHE_EPOCH: &str = "BENCH_CACHE_EPOCH";
-    /// PerCpuArray[5] of `u64`, indices `BENCH_COUNT_*`: what the bench programs did, so the
+    /// PerCpuArray[4] of `u64`, indices `BENCH_COUNT_*`: what the bench programs did, so the
     /// bench can check every repetition took the path it measures.
     pub const COUNTS: &str = "BENCH_COUNTS";
 }
 
-/// Slots of the benchmark flow cache (a power of two: the slot is `hash & (slots - 1)`).
-pub const BENCH_CACHE_SLOTS: u32 = 4096;
 /// Inserts between a plain-hash insert and the delete of the same key (`bench_hs_hash_fresh`).
 pub const BENCH_HASH_WINDOW: u64 = 65_536;
-/// `BENCH_COUNTS` index: flow-cache misses (slot empty, another flow's, or stale epoch).
-pub const BENCH_COUNT_CACHE_MISS: u32 = 0;
 /// `BENCH_COUNTS` index: inserts (or deletes of a key that must be present) that failed.
-pub const BENCH_COUNT_FAILED: u32 = 1;
+pub const BENCH_COUNT_FAILED: u32 = 0;
 /// `BENCH_COUNTS` index: the fresh-key counter of `bench_fresh_key` (keys drawn on this CPU).
-pub const BENCH_COUNT_FRESH: u32 = 2;
+pub const BENCH_COUNT_FRESH: u32 = 1;
 /// `BENCH_COUNTS` index: the fresh-key counter of `bench_hs_lru_fresh`.
-pub const BENCH_COUNT_FRESH_LRU: u32 = 3;
+pub const BENCH_COUNT_FRESH_LRU: u32 = 2;
 /// `BENCH_COUNTS` index: the fresh-key counter of `bench_hs_hash_fresh` (its own, so the key it
 /// deletes is one it inserted).
-pub const BENCH_COUNT_FRESH_HASH: u32 = 4;
+pub const BENCH_COUNT_FRESH_HASH: u32 = 3;
 
 /// The virtual service: value of the `SWITCHER_CONFIG` map (key 0). Written by user space at
 /// attach time, read by every program.
@@ -478,6 +480,82 @@ impl FlowValue {
     }
 }
 
+impl FlowKey {
+    /// The key as five native-order words (its bytes in memory order): the form the flow
+    /// cache stores and hashes ([`FlowCacheSlot::key`], [`flow_cache_slot`]). The last word
+    /// holds the port and the family, never 0 for a real key (no family is 0).
+    pub const fn words(&self) -> [u32; 5] {
+        let a = &self.client_addr;
+        let p = self.client_port_be.to_ne_bytes();
+        let f = self.family.to_ne_bytes();
+        [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            u32::from_ne_bytes([p[0], p[1], f[0], f[1]]),
+        ]
+    }
+}
+
+/// Slots of each CPU's flow cache `SWITCHER_FLOW_CACHE`, and versions in
+/// `SWITCHER_FLOW_CACHE_VERSIONS` (a power of two: a key's slot is [`flow_cache_slot`]).
+/// 40 bytes a slot: 320 KiB a CPU. What it holds are the flows sending right now on that CPU,
+/// not every tracked flow: a flow whose slot another flow took meanwhile is looked up in
+/// `SWITCHER_FLOWS` again (docs/ARCHITECTURE.md, "The flow cache").
+pub const FLOW_CACHE_SLOTS: u32 = 8192;
+
+/// One slot of the flow cache (`SWITCHER_FLOW_CACHE`, per CPU): a copy of what a tracked
+/// packet needs from its `SWITCHER_FLOWS` entry, so that the commonest packet, one of an
+/// established flow, costs an array access instead of a hash-map lookup. Written by the data
+/// plane only, on the CPU it belongs to.
+///
+/// A slot is a hit for a packet when its key is the packet's and its `version` is the slot's
+/// current one in `SWITCHER_FLOW_CACHE_VERSIONS`: every change to a flow's entry (insert,
+/// delete, flags set by user space) increments that version afterwards, and a slot is filled
+/// with the version read *before* its `SWITCHER_FLOWS` lookup, so a copy that may predate a
+/// change is never a hit. The origin's generation is checked on every hit, as for the entry
+/// itself: retiring an origin needs no cache change. All-zero is an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSlot {
+    /// The flow's key ([`FlowKey::words`]).
+    pub key: [u32; 5],
+    /// The slot's version in `SWITCHER_FLOW_CACHE_VERSIONS` when it was filled.
+    pub version: u32,
+    /// [`FlowValue::origin`].
+    pub origin: u32,
+    /// [`FlowValue::generation`].
+    pub generation: u32,
+    /// [`FlowValue::flags`] when the slot was filled (only `FLOW_FINISHING` is read; a SYN,
+    /// which reads `FLOW_ORIGIN_CLOSED`, never uses the cache).
+    pub flags: u32,
+    /// The client's newest acknowledgment number, as [`FlowValue::client_ack`], kept here
+    /// while the slot is a hit (the entry's own goes stale): user space takes the newer of the
+    /// two for an edge reset, and the data plane writes it back to the entry when another flow
+    /// takes the slot.
+    pub client_ack: u32,
+}
+
+/// The flow-cache slot of a key given as [`FlowKey::words`]: a multiply per word, then
+/// murmur3's 32-bit finaliser (cheap, and no rotate, which BPF lacks), masked to
+/// [`FLOW_CACHE_SLOTS`]. The same function in the data plane and in user space.
+#[inline(always)]
+pub const fn flow_cache_slot(key: &[u32; 5]) -> u32 {
+    let mut h: u32 = 0x9747_b28c;
+    let mut i = 0;
+    while i < 5 {
+        h = (h ^ key[i]).wrapping_mul(0xcc9e_2d51);
+        i += 1;
+    }
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h & (FLOW_CACHE_SLOTS - 1)
+}
+
 /// Whether a flow of generation `flow_generation` and `FLOW_*` `flags` is still steered, its
 /// origin being at `origin_generation`: the same generation, or a retired origin's flow left
 /// to finish its response. The one rule the data plane (which reads the fields in place,
@@ -642,6 +720,8 @@ const _: () = assert!(core::mem::align_of::<VipConfig>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::align_of::<FlowKey>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 28);
+const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == 40);
+const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
 const _: () = assert!(core::mem::offset_of!(FlowValue, generation) == 24);
 const _: () = assert!(core::mem::size_of::<Handshake>() == 28);
 // The data plane reads and writes slots as 4-byte words at these offsets (`handshakes.rs`).
@@ -661,6 +741,7 @@ mod pod {
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FlowCacheSlot {}
     unsafe impl aya::Pod for super::Handshake {}
     unsafe impl aya::Pod for super::HandshakeSlot {}
     unsafe impl aya::Pod for super::HandshakeBucket {}

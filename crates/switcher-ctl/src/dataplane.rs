@@ -101,9 +101,10 @@ pub const DELIVERY_STALL_MS: u32 = 2_000;
 pub struct Aborted {
     /// Connections reset (origin-side sockets destroyed on this host).
     pub reset: u64,
-    /// Edge-originated resets sent: one per removed flow, from the VIP with the client's
-    /// latest acknowledgment number (see [`crate::edge_rst`]); 0 where the interface cannot
-    /// transmit them (not native XDP).
+    /// Removed flows the edge reset itself, from the VIP with the client's latest
+    /// acknowledgment number (see [`crate::edge_rst`]; one reset per number the flow may be
+    /// at, [`crate::flow_cache::client_acks`]); 0 where the interface cannot transmit them
+    /// (not native XDP).
     pub edge_resets: u64,
     /// Edge-originated resets of pending handshakes (RST+ACK of the client's SYN, see
     /// [`crate::edge_rst::handshake_rst`]), sent only without `finish_in_flight`; 0 where the

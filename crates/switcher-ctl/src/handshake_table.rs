@@ -9,96 +9,46 @@
 //! whole 192-byte bucket, and would put back the other slots of the bucket as they were when
 //! it was read, erasing a SYN the data plane recorded in between. Here a slot is emptied with
 //! one compare-and-swap of that word, which leaves the rest of the bucket alone and fails if
-//! a SYN has taken the slot since it was read. (aya 0.14 maps no map into memory, hence the
-//! `mmap` call here.)
+//! a SYN has taken the slot since it was read (the mapping: [`crate::mmapped`]).
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use aya::maps::MapData;
 use switcher_common::{
     FAMILY_V4, FlowKey, HANDSHAKE_BUCKETS, HANDSHAKE_WAYS, Handshake, HandshakeBucket,
     HandshakeSlot, VIP_HAS_V4, VIP_HAS_V6, VipConfig, handshake_bucket,
 };
 
-use crate::maglev;
+use crate::{maglev, mmapped::Mapped};
 
 /// IP protocol number of TCP, the last word of the flow hash.
 const IPPROTO_TCP: u8 = 6;
 
-/// Bytes of the mapping: the whole array.
-const LEN: usize = HANDSHAKE_BUCKETS as usize * size_of::<HandshakeBucket>();
-/// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`).
-const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Byte offset in a slot of the word holding the key's port and family (0: empty slot).
 const PORT_FAMILY_OFF: usize = std::mem::offset_of!(FlowKey, client_port_be);
 
 /// The handshake table, mapped.
 pub struct HandshakeTable {
-    /// The first bucket of the shared mapping of `LEN` bytes.
-    base: NonNull<HandshakeBucket>,
-    /// The map, kept open for as long as it is mapped.
-    _map: MapData,
+    /// Every bucket.
+    buckets: Mapped<HandshakeBucket>,
 }
-
-// SAFETY: the mapping is shared memory that the data plane writes concurrently anyway; this
-// type reads it only with volatile copies and writes it only with atomic compare-and-swap,
-// so using it from another thread adds nothing the kernel's writers do not already do.
-unsafe impl Send for HandshakeTable {}
-// SAFETY: as for `Send`: every access through `&self` is a volatile read or an atomic.
-unsafe impl Sync for HandshakeTable {}
 
 impl HandshakeTable {
     /// Maps `map`, which must be the `SWITCHER_HANDSHAKES` of this build (an array of
     /// `HANDSHAKE_BUCKETS` mmapable buckets); pins left by a build that kept handshakes in a
     /// hash map are refused with what to do.
     pub fn new(map: MapData) -> Result<Self> {
-        let info = map.info()?;
-        if info.value_size() as usize != size_of::<HandshakeBucket>()
-            || info.max_entries() != HANDSHAKE_BUCKETS
-            || info.map_flags() & BPF_F_MMAPABLE == 0
-        {
-            bail!(
-                "the pinned SWITCHER_HANDSHAKES is not this build's handshake table \
-                 ({} entries of {} bytes, flags {:#x}; expected {HANDSHAKE_BUCKETS} mmapable \
-                 buckets of {} bytes): run `switcher-ctl detach` and attach again",
-                info.max_entries(),
-                info.value_size(),
-                info.map_flags(),
-                size_of::<HandshakeBucket>()
-            );
-        }
-        // SAFETY: a new shared mapping of the map's fd; the kernel checks that `LEN` fits the
-        // array (it is exactly its size, a whole number of pages).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .map_err(|e| anyhow::anyhow!("mapping SWITCHER_HANDSHAKES: {e}"));
-        }
         Ok(HandshakeTable {
-            base: NonNull::new(p.cast()).expect("mmap returned a non-null address"),
-            _map: map,
+            buckets: Mapped::new(map, "SWITCHER_HANDSHAKES", HANDSHAKE_BUCKETS as usize)?,
         })
     }
 
     /// Pointers to the slots of bucket `b` (< `HANDSHAKE_BUCKETS`).
     fn bucket_slots(&self, b: usize) -> impl Iterator<Item = *mut HandshakeSlot> + '_ {
-        assert!(b < HANDSHAKE_BUCKETS as usize);
-        // SAFETY: bucket `b` lies inside the mapping (checked above).
-        let bucket = unsafe { self.base.as_ptr().add(b) };
+        let bucket = self.buckets.at(b);
         // SAFETY: a pointer to the bucket's slots array, in bounds.
         let first = unsafe { std::ptr::addr_of_mut!((*bucket).slots) }.cast::<HandshakeSlot>();
         // SAFETY: slot `w` of the bucket's `HANDSHAKE_WAYS` slots.
@@ -226,11 +176,4 @@ pub fn bucket_of(key: &FlowKey, vip: &VipConfig) -> Option<u32> {
         )
     };
     Some(handshake_bucket(hash))
-}
-
-impl Drop for HandshakeTable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, of `LEN` bytes, no longer used.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), LEN) };
-    }
 }

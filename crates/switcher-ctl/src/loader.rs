@@ -4,8 +4,9 @@
 //! # Pin layout (under the pin root, default `/sys/fs/bpf/switcher`)
 //! * `maps/SWITCHER_CONFIG`, `maps/SWITCHER_ORIGINS`, `maps/SWITCHER_ACTIVE`,
 //!   `maps/SWITCHER_MAGLEV`, `maps/SWITCHER_MAGLEV_LIVE`, `maps/SWITCHER_FLOWS`,
-//!   `maps/SWITCHER_HANDSHAKES`, `maps/SWITCHER_STATS`, `maps/SWITCHER_FLOWS_REMOVED`: every
-//!   map (see `switcher_common::map_names`).
+//!   `maps/SWITCHER_HANDSHAKES`, `maps/SWITCHER_STATS`, `maps/SWITCHER_FLOWS_REMOVED`,
+//!   `maps/SWITCHER_FLOW_CACHE`, `maps/SWITCHER_FLOW_CACHE_VERSIONS`: every map (see
+//!   `switcher_common::map_names`).
 //! * `progs/switcher_xdp`, `progs/switcher_tc_ingress`, `progs/switcher_tc_egress`, and
 //!   `progs/switcher_emit_rst` (never attached: it transmits edge resets, see
 //!   [`crate::edge_rst`]).
@@ -44,10 +45,10 @@ use aya::{
 };
 use switcher_common::{
     ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FAMILY_V4, FAMILY_V6,
-    FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN,
-    MAGLEV_SIZE, MAGLEV_TABLES, MAX_ORIGINS, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED,
-    ORIGIN_FALLBACK, ORIGIN_REMOTE, Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED,
-    VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
+    FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FlowCacheSlot, FlowKey, FlowValue, Handshake,
+    MAGLEV_NO_ORIGIN, MAGLEV_SIZE, MAGLEV_TABLES, MAX_ORIGINS, MIN_FLOWS, MaglevTable,
+    ORIGIN_CONFIGURED, ORIGIN_FALLBACK, ORIGIN_REMOTE, Origin, STATS_SLOTS, VIP_CHECK_LISTENER,
+    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 
 use crate::dataplane::{Aborted, DataPlane, OriginIndex};
@@ -174,6 +175,10 @@ pub struct Pinned {
     handshakes: crate::handshake_table::HandshakeTable,
     stats: PerCpuArray<MapData, Counters>,
     flows_removed: Array<MapData, u64>,
+    /// Each CPU's copies of flows (read for edge resets) and their versions (made stale after
+    /// every change to `flows`): [`crate::flow_cache`].
+    flow_cache: PerCpuArray<MapData, FlowCacheSlot>,
+    cache_versions: crate::flow_cache::Versions,
     /// The edge-reset transmitter, opened on first use; `Some(None)` once it turned out to be
     /// unavailable (not native XDP, or pins of a build without it), so that is logged once.
     emitter: Option<Option<crate::edge_rst::Emitter>>,
@@ -645,6 +650,11 @@ impl Pinned {
             )?,
             stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
             flows_removed: Array::try_from(open_map(pin_root, map_names::FLOWS_REMOVED)?)?,
+            flow_cache: PerCpuArray::try_from(open_map(pin_root, map_names::FLOW_CACHE)?)?,
+            cache_versions: crate::flow_cache::Versions::new(
+                MapData::from_pin(maps_dir(pin_root).join(map_names::FLOW_CACHE_VERSIONS))
+                    .context("opening pinned map SWITCHER_FLOW_CACHE_VERSIONS")?,
+            )?,
             emitter: None,
             retired: Vec::new(),
         })
@@ -893,7 +903,10 @@ impl Pinned {
             return Ok(now);
         }
         let keys: Vec<FlowKey> = now.iter().map(|(k, _)| *k).collect();
-        let deleted = batch_delete(&self.flows, &keys)?;
+        // Invalidated whatever the delete says: a failed batch may have deleted some.
+        let deleted = batch_delete(&self.flows, &keys);
+        self.cache_versions.invalidate(&keys);
+        let deleted = deleted?;
         let mut gone = deleted.missing.into_iter().peekable();
         let removed: Vec<(FlowKey, FlowValue)> = now
             .into_iter()
@@ -933,7 +946,9 @@ impl Pinned {
             .filter(|(_, f)| replaced.contains(&f.origin) && f.flags & FLOW_FINISHING != 0)
             .map(|(k, _)| *k)
             .collect();
-        batch_delete(&self.flows, &finishing.iter().copied().collect::<Vec<_>>())?;
+        let deleted = batch_delete(&self.flows, &finishing.iter().copied().collect::<Vec<_>>());
+        self.cache_versions.invalidate(&finishing);
+        deleted?;
         let before = replaced
             .iter()
             .map(|&slot| Ok((slot, self.origin_counters(slot)?)))
@@ -1002,7 +1017,9 @@ impl Pinned {
             })
             .copied()
             .collect();
-        Ok(batch_delete(&self.flows, &doomed)?.count)
+        let deleted = batch_delete(&self.flows, &doomed);
+        self.cache_versions.invalidate(&doomed);
+        Ok(deleted?.count)
     }
 
     /// Adds `open` to the open flows removed from `origin` (see `SWITCHER_FLOWS_REMOVED`).
@@ -1103,6 +1120,8 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
         map_names::HANDSHAKES,
         map_names::STATS,
         map_names::FLOWS_REMOVED,
+        map_names::FLOW_CACHE,
+        map_names::FLOW_CACHE_VERSIONS,
         switcher_common::dsr::map_names::ENCAP_STATS,
     ] {
         let map = ebpf
@@ -1463,9 +1482,10 @@ impl Pinned {
         self.emitter.as_ref().and_then(Option::as_ref)
     }
 
-    /// Sends an edge reset to the client of each flow (see [`crate::edge_rst`]); how many
-    /// were handed to the kernel. Failures are logged; the origin socket's reset and the
-    /// edge's stack (which resets a viewer's next packet) remain.
+    /// Sends an edge reset to the client of each flow (see [`crate::edge_rst`]), one for each
+    /// acknowledgment number the flow may be at ([`crate::flow_cache::client_acks`]); how many
+    /// flows got at least one. Failures are logged; the origin socket's reset and the edge's
+    /// stack (which resets a viewer's next packet) remain.
     fn send_edge_resets(&mut self, flows: &[(FlowKey, FlowValue)]) -> u64 {
         if flows.is_empty() {
             return 0;
@@ -1473,11 +1493,29 @@ impl Pinned {
         let Ok(vip) = self.vip() else {
             return 0;
         };
-        let specs: Vec<_> = flows
-            .iter()
-            .filter_map(|(k, v)| crate::edge_rst::flow_rst(&vip, k, v))
-            .collect();
-        self.send_resets(&specs)
+        // Before reading the copies, one syscall a flow: nothing to do where resets cannot
+        // be sent (e.g. on `lo`).
+        if self.emitter().is_none() {
+            return 0;
+        }
+        // The index of each flow's first reset in `specs`.
+        let mut firsts = Vec::with_capacity(flows.len());
+        let mut specs = Vec::with_capacity(flows.len());
+        for (k, v) in flows {
+            let acks = crate::flow_cache::client_acks(&self.flow_cache, k, v).unwrap_or_else(|e| {
+                tracing::warn!(error = %format!("{e:#}"), "reading the flow cache failed; resetting with the flow table's number");
+                vec![v.client_ack]
+            });
+            let before = specs.len();
+            specs.extend(acks.into_iter().filter_map(|client_ack| {
+                crate::edge_rst::flow_rst(&vip, k, &FlowValue { client_ack, ..*v })
+            }));
+            if specs.len() > before {
+                firsts.push(before as u64);
+            }
+        }
+        let sent = self.send_resets(&specs);
+        firsts.iter().filter(|&&first| first < sent).count() as u64
     }
 
     /// Builds and transmits each reset of `specs`; how many were handed to the kernel (0 where
@@ -1660,6 +1698,8 @@ impl DataPlane for Pinned {
                 let _ = self.flows.insert(k, v, 0);
             }
         }
+        // The CPUs' copies of those flows do not know they are finishing.
+        self.cache_versions.invalidate(kept.iter().map(|(k, _)| k));
         // Flows left to finish by an earlier call, cut now: a generation change spares them,
         // so they are deleted (a few).
         let (finished, plain): (Vec<_>, Vec<_>) = cut

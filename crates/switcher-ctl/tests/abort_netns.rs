@@ -346,6 +346,37 @@ fn edge_resets_reach_viewers_behind_a_partition() {
         assert_ne!(v.hop_mac, [0; 6], "the client's link address is recorded");
         v.client_ack = v.client_ack.wrapping_add(1000);
         flows.insert(key, v, 0).expect("update flow");
+        // And every CPU's copy of the flow (`flow_cache`), where the newest number is while
+        // the flow's packets hit it: an edge reset tries those numbers too.
+        let cache_pin = bpf
+            .pin_root()
+            .join("maps")
+            .join(switcher_common::map_names::FLOW_CACHE);
+        let mut cache: aya::maps::PerCpuArray<MapData, switcher_common::FlowCacheSlot> =
+            aya::maps::PerCpuArray::try_from(Map::PerCpuArray(
+                MapData::from_pin(&cache_pin).expect("flow cache pin"),
+            ))
+            .expect("flow cache map");
+        let slot = switcher_common::flow_cache_slot(&key.words());
+        let copies: Vec<switcher_common::FlowCacheSlot> = cache
+            .get(&slot, 0)
+            .expect("the flow's cache slot")
+            .iter()
+            .map(|c| {
+                let mut c = *c;
+                if c.key == key.words() {
+                    c.client_ack = c.client_ack.wrapping_add(1000);
+                }
+                c
+            })
+            .collect();
+        cache
+            .set(
+                slot,
+                aya::maps::PerCpuValues::try_from(copies).expect("one value per CPU"),
+                0,
+            )
+            .expect("update the copies");
     }
 
     let untracked = |dp: &Pinned| {

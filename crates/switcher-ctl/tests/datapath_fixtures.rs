@@ -336,6 +336,8 @@ impl Harness {
             }
         }
         clear::<FlowValue>(&mut self.ebpf, map_names::FLOWS);
+        // As user space does after deleting flows: no CPU's copy of them may steer again.
+        self.cache_versions().invalidate_all();
         self.handshake_table().clear();
         assert!(self.flows().is_empty() && self.handshakes().is_empty());
         self.configure(true);
@@ -423,6 +425,21 @@ impl Harness {
         };
         let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
         HandshakeTable::new(MapData::from_fd(fd).unwrap()).unwrap()
+    }
+
+    /// The flow cache's versions, mapped (`switcher_ctl::flow_cache`).
+    fn cache_versions(&self) -> switcher_ctl::flow_cache::Versions {
+        let Some(aya::maps::Map::Array(data)) = self.ebpf.map(map_names::FLOW_CACHE_VERSIONS)
+        else {
+            panic!("SWITCHER_FLOW_CACHE_VERSIONS is an array");
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
+        switcher_ctl::flow_cache::Versions::new(MapData::from_fd(fd).unwrap()).unwrap()
+    }
+
+    /// Every CPU's flow cache (`SWITCHER_FLOW_CACHE`).
+    fn flow_cache(&self) -> aya::maps::PerCpuArray<&MapData, switcher_common::FlowCacheSlot> {
+        aya::maps::PerCpuArray::try_from(self.ebpf.map(map_names::FLOW_CACHE).unwrap()).unwrap()
     }
 
     fn handshakes(&self) -> Vec<(FlowKey, Handshake)> {
@@ -1641,6 +1658,9 @@ fn a_finishing_flow_holds_new_requests_but_passes_acks() {
                 0,
             )
             .unwrap();
+        // As user space does after changing a flow (`Pinned::abort_flows`): without it, the
+        // CPU that steered the flow's last packet would go on steering from its copy.
+        h.cache_versions().invalidate([&key]);
     };
     let request = Pkt::tcp("10.1.7.7", 47000, VIP4, VIP_PORT, ACK | PSH)
         .with_payload(b"GET /hls/demo/1001.ts HTTP/1.1\r\n\r\n")
@@ -2107,9 +2127,19 @@ fn flows_record_the_clients_latest_ack_and_link_addresses() {
             "a big step forward",
         ),
     ];
+    // The number an edge reset would carry first: the newest of the entry's and of the CPUs'
+    // cached copies' (`flow_cache::client_acks`).
+    let newest = |h: &Harness| {
+        let key = switcher_ctl::loader::flow_key(std::net::SocketAddr::new(
+            client.parse().unwrap(),
+            port,
+        ));
+        let flow = flow_of(h, client, port).expect("flow");
+        switcher_ctl::flow_cache::client_acks(&h.flow_cache(), &key, &flow).unwrap()[0]
+    };
     for (prog, frame, want, what) in steps {
         h.run(prog, &frame, 1);
-        let got = flow_of(&h, client, port).expect("flow").client_ack;
+        let got = newest(&h);
         assert_eq!(got, want, "{what}: client_ack {got:#x}, want {want:#x}");
     }
     let wrapped = isn_ack
@@ -2117,7 +2147,7 @@ fn flows_record_the_clients_latest_ack_and_link_addresses() {
         .wrapping_add(0x7000_0000);
     h.run(Prog::Xdp, &ack(wrapped), 1);
     assert_eq!(
-        flow_of(&h, client, port).expect("flow").client_ack,
+        newest(&h),
         wrapped,
         "forward across the wrap of the sequence space"
     );
@@ -2504,5 +2534,173 @@ fn a_claimed_handshake_slot_is_left_to_its_writer() {
     assert!(
         !get_bucket(&mut h).slots[1].is_used(),
         "the slot is empty again"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The flow cache (`switcher-ebpf/src/flow_cache.rs`): each CPU's copies of the flows it steers.
+
+/// Pins the calling thread to the CPU it runs on: the flow cache is per CPU, and a test that
+/// says which packets find a copy must send them all through one CPU.
+fn pin_to_one_cpu() {
+    // SAFETY: libc calls on a zeroed `cpu_set_t`, for this thread (pid 0).
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity failed"
+        );
+    }
+}
+
+/// A segment of `client`:`port` to the VIP acknowledging `ack` (the origin's ISN + `ack`).
+fn ack_of(client: &str, port: u16, ack: u32) -> Vec<u8> {
+    Pkt::tcp(client, port, VIP4, VIP_PORT, ACK)
+        .with_ack(DEFAULT_SEQ.wrapping_add(ack))
+        .build()
+}
+
+/// The destination port of a rewritten IPv4 frame.
+fn dport_of(frame: &[u8]) -> u16 {
+    u16::from_be_bytes([frame[36], frame[37]])
+}
+
+/// A copy steers its flow until user space says the entry changed: an entry deleted without
+/// [`switcher_ctl::flow_cache::Versions::invalidate`] is still steered from the copy (why
+/// every delete and flag change in `Pinned` is followed by it), and after it the flow's next
+/// packet is untracked. A copy of an origin that was retired (its generation moved, no entry
+/// changed) is not used either.
+#[test]
+fn a_copy_is_used_until_its_entry_changes_or_its_origin_is_retired() {
+    pin_to_one_cpu();
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let (client, port) = ("10.1.9.1", 49001);
+    assert_eq!(establish(&mut h, client, port), PRIMARY);
+    let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
+    let seg = ack_of(client, port, 1);
+    let (verdict, out, _) = h.run(Prog::Xdp, &seg, 1);
+    assert_eq!((verdict, dport_of(&out)), (XDP_PASS, 8081));
+    let copies = h
+        .flow_cache()
+        .get(&switcher_common::flow_cache_slot(&key.words()), 0)
+        .unwrap();
+    assert!(
+        copies
+            .iter()
+            .any(|s| s.key == key.words() && s.origin == PRIMARY),
+        "the steered packet left a copy on its CPU"
+    );
+
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(h.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
+    let entry = flows.get(&key, 0).unwrap();
+    flows.remove(&key).unwrap();
+    let (verdict, out, _) = h.run(Prog::Xdp, &seg, 1);
+    assert_eq!(
+        (verdict, dport_of(&out)),
+        (XDP_PASS, 8081),
+        "without invalidation the copy still steers the deleted flow"
+    );
+    h.cache_versions().invalidate([&key]);
+    let untracked = |h: &Harness| h.counters()[U as usize].untracked;
+    let before = untracked(&h);
+    let (verdict, out, _) = h.run(Prog::Xdp, &seg, 1);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, seg, "after invalidation the deleted flow is untracked");
+    assert_eq!(untracked(&h), before + 1);
+
+    // The entry back, copied again by a packet; then the primary retired.
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(h.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
+    flows.insert(key, entry, 0).unwrap();
+    h.cache_versions().invalidate([&key]);
+    for _ in 0..2 {
+        let (_, out, _) = h.run(Prog::Xdp, &seg, 1);
+        assert_eq!(dport_of(&out), 8081);
+    }
+    assert_eq!(h.retire(PRIMARY), 1);
+    let before = untracked(&h);
+    let (_, out, _) = h.run(Prog::Xdp, &seg, 1);
+    assert_eq!(out, seg, "a retired origin's copy does not steer");
+    assert_eq!(untracked(&h), before + 1);
+    assert!(
+        flow_of(&h, client, port).is_none(),
+        "the retired entry is forgotten"
+    );
+}
+
+/// While a flow's packets hit its copy, the newest acknowledgment number is in the copy only;
+/// when another flow takes the slot, the copy gives it back to the flow's entry, so an edge
+/// reset never starts from a number older than the flow's last miss.
+#[test]
+fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
+    pin_to_one_cpu();
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let client = "10.1.9.2";
+    let key =
+        |port: u16| switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
+    let slot = |port: u16| switcher_common::flow_cache_slot(&key(port).words());
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (50_000..u16::MAX)
+        .find_map(|p| seen.insert(slot(p), p).map(|a| (a, p)))
+        .expect("two client ports sharing a cache slot");
+    assert_eq!(establish(&mut h, client, a), PRIMARY);
+    assert_eq!(establish(&mut h, client, b), PRIMARY);
+
+    h.run(Prog::Xdp, &ack_of(client, a, 5_000), 1);
+    h.run(Prog::Xdp, &ack_of(client, a, 7_000), 1);
+    let entry = |h: &Harness| flow_of(h, client, a).unwrap();
+    assert_eq!(
+        entry(&h).client_ack,
+        DEFAULT_SEQ.wrapping_add(5_000),
+        "the miss moved the entry, the hit only the copy"
+    );
+    let acks = switcher_ctl::flow_cache::client_acks(&h.flow_cache(), &key(a), &entry(&h)).unwrap();
+    assert_eq!(
+        acks,
+        [
+            DEFAULT_SEQ.wrapping_add(7_000),
+            DEFAULT_SEQ.wrapping_add(5_000)
+        ],
+        "an edge reset tries the copy's number first, then the entry's"
+    );
+
+    // Flow b's packet takes the slot.
+    let (_, out, _) = h.run(Prog::Xdp, &ack_of(client, b, 100), 1);
+    assert_eq!(dport_of(&out), 8081);
+    assert_eq!(
+        entry(&h).client_ack,
+        DEFAULT_SEQ.wrapping_add(7_000),
+        "the copy gave its number back"
+    );
+}
+
+/// Every program in the object passes the verifier, the never-attached bench programs too: a
+/// change that makes one of them unloadable (LLVM spilling a register the verifier calls
+/// unreadable, say) fails here, not first in `cargo xtask bench datapath`.
+#[test]
+fn every_program_in_the_object_passes_the_verifier() {
+    let mut ebpf = Ebpf::load(switcher_ctl::loader::EBPF_OBJECT).expect("load eBPF object");
+    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
+    for name in &names {
+        let loaded = match ebpf.program_mut(name).expect("program") {
+            aya::programs::Program::Xdp(p) => p.load(),
+            aya::programs::Program::SchedClassifier(p) => p.load(),
+            _ => panic!("{name}: a program type the data plane does not use"),
+        };
+        if let Err(e) = loaded {
+            panic!("{name} does not load: {e:?}");
+        }
+    }
+    assert!(
+        names.iter().any(|n| n == prog_names::XDP_INGRESS)
+            && names.iter().any(|n| n == prog_names::BENCH_CACHE_MISS),
+        "the product's and the bench's programs are in the object: {names:?}"
     );
 }

@@ -1,8 +1,8 @@
 //! Never-attached programs for `cargo xtask bench datapath` (`switcher-ctl/benches/datapath.rs`),
 //! which runs them with `BPF_PROG_TEST_RUN` next to `switcher_xdp` and the empty program. None
 //! is loaded by switcher-ctl for steering, and none touches a map an attached program reads:
-//! the insert floors and the cache prototype use maps of their own, declared here with one
-//! entry each (the bench sizes them when it loads the object; `switcher_common::bench_map_names`).
+//! the insert floors use maps of their own, declared here with one entry each (the bench sizes
+//! them when it loads the object; `switcher_common::bench_map_names`).
 //!
 //! * `bench_xdp_pass`: the empty program, the baseline of every ratio.
 //! * `bench_flow_lookup`: one `SWITCHER_FLOWS` lookup (a hit), the tracked flow's map cost.
@@ -11,32 +11,30 @@
 //!   branch hsarray (and a preallocated plain hash for comparison), of a new key each
 //!   repetition (a SYN flood) or of the same key (a retransmitted SYN, and the bench's
 //!   repeated-SYN row). What made the handshake table an array (`crate::handshakes`).
-//! * `bench_cache_hit`: a prototype, not the product: the tracked-flow path with a per-CPU
-//!   direct-mapped flow cache in front of `SWITCHER_FLOWS`, to learn what such a cache would
-//!   cost on a hit.
+//! * `bench_cache_miss`: `switcher_xdp` with the packet's copy in the flow cache made stale
+//!   before each run, so a tracked flow's packet takes the miss path (`crate::flow_cache`).
 //! * `bench_nfv_*`: `switcher_xdp` with another way of parsing and counting a packet not for
 //!   the VIP (`crate::ParseVariant`), timed against the product's in the same rounds.
 //! * `bench_tf_*`: the tracked-flow path of `switcher_xdp` cut after each of its steps (parse
-//!   and VIP check; + flow key and `SWITCHER_FLOWS` lookup; + the flow's fields, client ACK
+//!   and VIP check; + flow key and this CPU's copy of the flow; + the copy's fields, client ACK
 //!   and origin; + the rewrite; + the counters), built from the product's own functions, so
 //!   the bench can say what each step adds; `switcher_xdp` adds its `Verdict` hand-over and
 //!   the fast exit for packets not for the VIP.
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_COMMON_LRU},
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{HashMap, LruHashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use switcher_common::{
-    FlowKey, Handshake, BENCH_CACHE_SLOTS, BENCH_COUNT_CACHE_MISS, BENCH_COUNT_FAILED,
-    BENCH_COUNT_FRESH, BENCH_COUNT_FRESH_HASH, BENCH_COUNT_FRESH_LRU, BENCH_HASH_WINDOW, FAMILY_V4,
-    FLOW_FINISHING,
+    FlowKey, Handshake, BENCH_COUNT_FAILED, BENCH_COUNT_FRESH, BENCH_COUNT_FRESH_HASH,
+    BENCH_COUNT_FRESH_LRU, BENCH_HASH_WINDOW, FAMILY_V4,
 };
 
 use crate::{
-    count_steered, maps,
-    packet::{classify, tcp, Class},
+    count_steered, flow_cache, maps,
+    packet::{classify, Class},
     steer, xdp_request, xdp_rewrite_dst,
 };
 
@@ -50,39 +48,9 @@ static HS_LRU: LruHashMap<FlowKey, Handshake, 1, { BPF_F_NO_COMMON_LRU as usize 
 #[btf_map(name = "BENCH_HS_HASH")]
 static HS_HASH: HashMap<FlowKey, Handshake, 1> = HashMap::new();
 
-/// One flow-cache slot of `bench_cache_hit`: what a tracked packet needs from `SWITCHER_FLOWS`
-/// (`FlowValue`'s origin, flags and client_ack), the key to tell flows apart, and the epoch
-/// the slot was filled in (user space would bump `CACHE_EPOCH` whenever it changes or deletes
-/// flows, which makes every older slot a miss).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CacheSlot {
-    /// The flow's key as 5 words (`FlowKey`'s bytes).
-    key: [u32; 5],
-    /// `FlowValue::origin`.
-    origin: u32,
-    /// `FlowValue::flags` when the slot was filled.
-    flags: u32,
-    /// `BENCH_CACHE_EPOCH` when the slot was filled.
-    epoch: u32,
-    /// The client's newest acknowledgment number (`FlowValue::client_ack`), kept here.
-    client_ack: u32,
-    /// Pads the slot to 40 bytes.
-    _pad: u32,
-}
-
-/// Per-CPU direct-mapped flow cache of `bench_cache_hit`, `BENCH_CACHE_SLOTS` slots once the
-/// bench sizes it (one in the object).
-#[btf_map(name = "BENCH_FLOW_CACHE")]
-static FLOW_CACHE: PerCpuArray<CacheSlot, 1> = PerCpuArray::new();
-
-/// The flow cache's epoch (key 0).
-#[btf_map(name = "BENCH_CACHE_EPOCH")]
-static CACHE_EPOCH: Array<u32, 1> = Array::new();
-
 /// What the bench programs did, per CPU (`BENCH_COUNT_*` indices).
 #[btf_map(name = "BENCH_COUNTS")]
-static COUNTS: PerCpuArray<u64, 5> = PerCpuArray::new();
+static COUNTS: PerCpuArray<u64, 4> = PerCpuArray::new();
 
 #[inline(always)]
 fn count(index: u32) {
@@ -96,6 +64,7 @@ fn count(index: u32) {
 /// `cargo xtask bench datapath` can state the data plane's cost relative to an empty program
 /// measured in the same run.
 #[xdp]
+#[inline(always)]
 pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
@@ -106,6 +75,7 @@ pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
 /// branch dp-floor the key was built with `[0u8; 16]`, which added a 12-byte byte-loop
 /// `memset` call to what this measured; the product's tracked path builds its key without.)
 #[xdp]
+#[inline(always)]
 pub fn bench_flow_lookup(_ctx: XdpContext) -> u32 {
     let found = with_key(40000u64 << 32 | 0x0a01_0101, |key| {
         maps::FLOWS.get_ptr(key).is_some()
@@ -170,6 +140,7 @@ fn handshake(n: u64) -> Handshake {
 /// Floor, never attached: [`fresh_key`] alone (its key is written to the stack and read back
 /// through a volatile load so it is built), the part of `bench_hs_*_fresh` that is not the map.
 #[xdp]
+#[inline(always)]
 pub fn bench_fresh_key(_ctx: XdpContext) -> u32 {
     let Some(n) = fresh_key(BENCH_COUNT_FRESH) else {
         return xdp_action::XDP_ABORTED;
@@ -189,6 +160,7 @@ pub fn bench_fresh_key(_ctx: XdpContext) -> u32 {
 /// `SWITCHER_HANDSHAKES` (once this CPU's share is full, every insert evicts its oldest entry,
 /// as a SYN flood's do).
 #[xdp]
+#[inline(always)]
 pub fn bench_hs_lru_fresh(_ctx: XdpContext) -> u32 {
     let Some(n) = fresh_key(BENCH_COUNT_FRESH_LRU) else {
         return xdp_action::XDP_ABORTED;
@@ -203,6 +175,7 @@ pub fn bench_hs_lru_fresh(_ctx: XdpContext) -> u32 {
 /// and what the bench's "same SYN repeated" row pays: the LRU takes a free node and frees the
 /// old one of the key each time).
 #[xdp]
+#[inline(always)]
 pub fn bench_hs_lru_same(_ctx: XdpContext) -> u32 {
     if with_key(1 << 40, |key| HS_LRU.insert(key, &handshake(1), 0)).is_err() {
         count(BENCH_COUNT_FAILED);
@@ -215,6 +188,7 @@ pub fn bench_hs_lru_same(_ctx: XdpContext) -> u32 {
 /// does not evict; what a design with a non-LRU handshake table would pay per SYN in steady
 /// state, the delete standing for a completion or expiry).
 #[xdp]
+#[inline(always)]
 pub fn bench_hs_hash_fresh(_ctx: XdpContext) -> u32 {
     let Some(n) = fresh_key(BENCH_COUNT_FRESH_HASH) else {
         return xdp_action::XDP_ABORTED;
@@ -231,6 +205,7 @@ pub fn bench_hs_hash_fresh(_ctx: XdpContext) -> u32 {
 
 /// Floor, never attached: one insert of the same key into the plain hash.
 #[xdp]
+#[inline(always)]
 pub fn bench_hs_hash_same(_ctx: XdpContext) -> u32 {
     if with_key(1 << 40, |key| HS_HASH.insert(key, &handshake(1), 0)).is_err() {
         count(BENCH_COUNT_FAILED);
@@ -238,118 +213,32 @@ pub fn bench_hs_hash_same(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// murmur3's 32-bit finaliser.
-#[inline(always)]
-fn fmix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    h
-}
-
-/// The cache's hash of a key: a multiply per word, then [`fmix32`] (no rotates: BPF has none).
-#[inline(always)]
-fn cache_hash(w: &[u32; 5]) -> u32 {
-    let mut h: u32 = 0x9747_b28c;
-    let mut i = 0;
-    while i < 5 {
-        h = (h ^ w[i]).wrapping_mul(0xcc9e_2d51);
-        i += 1;
-    }
-    fmix32(h)
-}
-
-/// Prototype, never attached (not the product): the tracked-flow path of `switcher_xdp` with a
-/// per-CPU direct-mapped flow cache in front of `SWITCHER_FLOWS`. The real parse and VIP
-/// check, the key hashed ([`cache_hash`]), one per-CPU array lookup of the slot (which recent
-/// kernels inline; not checked in this JIT's output), the key compared, the slot's epoch checked against `BENCH_CACHE_EPOCH`, the
-/// FINISHING check, the client's acknowledgment recorded in the slot, the origin read, the real
-/// rewrite and the per-origin counter update. A miss (or a SYN, which must see the flow's
-/// current flags) falls back to `SWITCHER_FLOWS` and fills the slot; misses are counted in
-/// `BENCH_COUNTS` so the bench can check that the timed repetitions all hit.
-///
-/// What it leaves out, which a product would need: writing `client_ack` back to
-/// `SWITCHER_FLOWS` (an edge reset reads it there), and invalidating slots when TC egress marks
-/// a flow closed (the SYN path already bypasses the cache here).
+/// Variant, never attached: `switcher_xdp` with the packet's copy in this CPU's flow cache
+/// made stale first (`flow_cache::invalidate`, one atomic add to its slot's version), so every
+/// run of a tracked flow's packet misses: the `SWITCHER_FLOWS` lookup and the fill of the
+/// copy, what a packet pays when its flow's copy was taken by another flow or made stale by a
+/// change. An upper bound of the miss: the atomic add is not part of it.
 #[xdp]
-pub fn bench_cache_hit(ctx: XdpContext) -> u32 {
+#[inline(always)]
+pub fn bench_cache_miss(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    let Some(vip) = steer::vip() else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let Class::Tcp(t) = classify(start, end, end - start, vip.port_be) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    if !steer::is_to_vip(&t, vip) {
-        return xdp_action::XDP_ABORTED;
+    if let Some(vip) = steer::vip() {
+        if let Class::Tcp(t) = classify(start, end, end - start, vip.port_be) {
+            flow_cache::invalidate(&steer::flow_key(&t));
+        }
     }
-    let [a0, a1, a2, a3] = t.saddr;
-    let key = [
-        a0,
-        a1,
-        a2,
-        a3,
-        u32::from(t.sport) | u32::from(t.family) << 16,
-    ];
-    let Some(epoch) = CACHE_EPOCH.get(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let epoch = *epoch;
-    let index = cache_hash(&key) & (BENCH_CACHE_SLOTS - 1);
-    let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
-        count(BENCH_COUNT_CACHE_MISS);
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: a pointer to this CPU's slot, valid while the program runs; no other program
-    // runs on this CPU meanwhile.
-    let slot = unsafe { &mut *slot };
-    // Word by word, OR-folded: `slot.key == key` compiles to a call of a byte-wise `memcmp`.
-    let mut diff = slot.epoch ^ epoch;
-    let mut i = 0;
-    while i < 5 {
-        diff |= slot.key[i] ^ key[i];
-        i += 1;
-    }
-    let hit = !t.is_syn() && diff == 0;
-    if !hit {
-        count(BENCH_COUNT_CACHE_MISS);
-        let fk = steer::flow_key(&t);
-        let Some(flow) = maps::FLOWS.get_ptr(&fk) else {
-            return xdp_action::XDP_PASS;
-        };
-        // SAFETY: a pointer into the map value, valid while the program runs (RCU).
-        let flow = unsafe { *flow };
-        slot.key = key;
-        slot.origin = flow.origin;
-        slot.flags = flow.flags;
-        slot.client_ack = flow.client_ack;
-        slot.epoch = epoch;
-    }
-    if t.flags & tcp::ACK != 0 && (t.ack_seq.wrapping_sub(slot.client_ack) as i32) > 0 {
-        slot.client_ack = t.ack_seq;
-    }
-    let index = slot.origin;
-    if slot.flags & FLOW_FINISHING != 0 && t.payload {
-        return xdp_action::XDP_DROP;
-    }
-    let Some(target) = steer::origin_target(index, t.family) else {
-        return xdp_action::XDP_PASS;
-    };
-    // As `switcher_xdp`: a remote origin's packets are encapsulated (not measured here).
-    if target.remote_host.is_some() {
-        return xdp_action::XDP_ABORTED;
-    }
-    let rewritten = xdp_rewrite_dst(start, end, &t, &target).is_some();
-    count_steered(&target, end - start, rewritten, false);
-    xdp_action::XDP_PASS
+    xdp_request::<
+        { crate::PRODUCT_PARSE.count_early },
+        { crate::PRODUCT_PARSE.one_bound },
+        { crate::PRODUCT_PARSE.fast_exit },
+    >(&ctx)
 }
 
 /// Variant, never attached: `switcher_xdp` as it was before `ParseVariant::count_early` (a
 /// packet not for the VIP counted after its class is matched), the reference the product's
 /// choice is timed against.
 #[xdp]
+#[inline(always)]
 pub fn bench_nfv_before(ctx: XdpContext) -> u32 {
     xdp_request::<false, false, false>(&ctx)
 }
@@ -357,6 +246,7 @@ pub fn bench_nfv_before(ctx: XdpContext) -> u32 {
 /// Variant, never attached: the previous counting with IPv4 parsed with one bounds check
 /// (`ParseVariant::one_bound`).
 #[xdp]
+#[inline(always)]
 pub fn bench_nfv_one_bound(ctx: XdpContext) -> u32 {
     xdp_request::<false, true, false>(&ctx)
 }
@@ -364,6 +254,7 @@ pub fn bench_nfv_one_bound(ctx: XdpContext) -> u32 {
 /// Variant, never attached: the product's counting (early) with one bounds check for IPv4
 /// (without the fast exit).
 #[xdp]
+#[inline(always)]
 pub fn bench_nfv_both(ctx: XdpContext) -> u32 {
     xdp_request::<true, true, false>(&ctx)
 }
@@ -371,6 +262,7 @@ pub fn bench_nfv_both(ctx: XdpContext) -> u32 {
 /// Variant, never attached: the product's parsing and counting without the fast exit
 /// (`ParseVariant::fast_exit`), i.e. `switcher_xdp` before branch dplean.
 #[xdp]
+#[inline(always)]
 pub fn bench_nfv_no_fast(ctx: XdpContext) -> u32 {
     xdp_request::<true, false, false>(&ctx)
 }
@@ -380,10 +272,10 @@ pub fn bench_nfv_no_fast(ctx: XdpContext) -> u32 {
 enum Step {
     /// The VIP's lookup, the packet's parse (`classify`) and the VIP check.
     Parse,
-    /// + the flow key and the `SWITCHER_FLOWS` lookup (a hit).
-    Lookup,
-    /// + the flow's origin and flags, the client ACK (`steer::record_client_ack`), the
-    /// FINISHING check, the origin's target (`steer::origin_target`) and the remote check
+    /// + the flow key and this CPU's copy of the flow (`flow_cache::probe`, a hit).
+    Copy,
+    /// + the copy's origin (read, generation checked), the client ACK, the FINISHING check
+    /// and the origin's target (`steer::steer_cached`), and the remote check
     /// (`steer::Target::remote_host`): everything `switcher_xdp` decides before rewriting.
     Origin,
     /// + the rewrite (`xdp_rewrite_dst`).
@@ -413,22 +305,18 @@ fn tracked_until(ctx: &XdpContext, until: Step) -> u32 {
         return pass_if(t.sport != 0);
     }
     let key = steer::flow_key(&t);
-    let Some(flow) = maps::FLOWS.get_ptr_mut(&key) else {
+    // The bench fills the copy (a `switcher_xdp` run) before it times these.
+    let probe = flow_cache::probe(&key);
+    let Some(slot) = probe.hit() else {
         return xdp_action::XDP_ABORTED;
     };
-    if until == Step::Lookup {
+    if until == Step::Copy {
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: as in `steer::steer_request`.
-    let (index, flags) = unsafe { ((*flow).origin, (*flow).flags) };
     if t.is_syn() {
         return xdp_action::XDP_ABORTED;
     }
-    steer::record_client_ack(flow, &t);
-    if flags & FLOW_FINISHING != 0 && t.payload {
-        return xdp_action::XDP_ABORTED;
-    }
-    let Some(target) = steer::origin_target(index, t.family) else {
+    let Some(steer::Decision::Steer(target)) = steer::steer_cached(slot, &t) else {
         return xdp_action::XDP_ABORTED;
     };
     if target.remote_host.is_some() {
@@ -457,30 +345,35 @@ fn pass_if(ok: bool) -> u32 {
 
 /// Step, never attached: the tracked flow's parse and VIP check ([`Step::Parse`]).
 #[xdp]
+#[inline(always)]
 pub fn bench_tf_parse(ctx: XdpContext) -> u32 {
     tracked_until(&ctx, Step::Parse)
 }
 
-/// Step, never attached: + the flow lookup ([`Step::Lookup`]).
+/// Step, never attached: + this CPU's copy of the flow ([`Step::Copy`]).
 #[xdp]
-pub fn bench_tf_lookup(ctx: XdpContext) -> u32 {
-    tracked_until(&ctx, Step::Lookup)
+#[inline(always)]
+pub fn bench_tf_copy(ctx: XdpContext) -> u32 {
+    tracked_until(&ctx, Step::Copy)
 }
 
 /// Step, never attached: + the flow's fields, client ACK and origin ([`Step::Origin`]).
 #[xdp]
+#[inline(always)]
 pub fn bench_tf_origin(ctx: XdpContext) -> u32 {
     tracked_until(&ctx, Step::Origin)
 }
 
 /// Step, never attached: + the rewrite ([`Step::Rewrite`]).
 #[xdp]
+#[inline(always)]
 pub fn bench_tf_rewrite(ctx: XdpContext) -> u32 {
     tracked_until(&ctx, Step::Rewrite)
 }
 
 /// Step, never attached: + the counter update ([`Step::Count`]).
 #[xdp]
+#[inline(always)]
 pub fn bench_tf_count(ctx: XdpContext) -> u32 {
     tracked_until(&ctx, Step::Count)
 }

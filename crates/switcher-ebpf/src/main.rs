@@ -17,6 +17,7 @@
 //! * `packet`: bounds-checked parsing and header offsets.
 //! * `csum`: RFC 1624 incremental checksum (XDP).
 //! * `steer`: VIP matching, flow pinning, reply matching, counters.
+//! * `flow_cache`: each CPU's copy of the flows it steers, in front of the flow table.
 //! * `handshakes`: the handshake table, a set-associative array.
 //! * `encap`, `decap`: direct server return, both ends.
 //! * `bench`: never-attached programs for `cargo xtask bench datapath` (baseline, floors,
@@ -59,6 +60,7 @@ mod bench;
 mod csum;
 mod decap;
 mod encap;
+mod flow_cache;
 mod handshakes;
 mod maps;
 mod packet;
@@ -228,6 +230,7 @@ fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: b
 }
 
 #[xdp]
+#[inline(always)]
 pub fn switcher_xdp(ctx: XdpContext) -> u32 {
     xdp_request::<
         { PRODUCT_PARSE.count_early },
@@ -329,6 +332,7 @@ fn tc_pull(ctx: &TcContext) {
 }
 
 #[classifier]
+#[inline(always)]
 pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     tc_pull(&ctx);
     let len = ctx.len() as usize;
@@ -392,6 +396,7 @@ fn tc_pull_egress(ctx: &TcContext) {
 }
 
 #[classifier]
+#[inline(always)]
 pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
     tc_pull_egress(&ctx);
     let Class::Tcp(t) = classify(ctx.data(), ctx.data_end(), ctx.len() as usize, 0) else {
@@ -494,6 +499,7 @@ fn tc_rewrite(
 /// Origin host side of direct server return: strips the outer header of IP-in-IP packets for
 /// the VIP (see `decap`); everything else passes unchanged.
 #[xdp]
+#[inline(always)]
 pub fn switcher_decap(ctx: XdpContext) -> u32 {
     decap::xdp_decap(&ctx)
 }
@@ -511,6 +517,7 @@ pub fn switcher_decap(ctx: XdpContext) -> u32 {
 /// port, and drops anything else, so the program can never put another kind of packet on the
 /// wire.
 #[xdp]
+#[inline(always)]
 pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     // No port filter (0): the reset goes from the VIP's port to the client's.

@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use switcher_common::{
     dsr::{DecapConfig, DecapCounters, EncapCounters},
-    Counters, FlowKey, FlowValue, HandshakeBucket, MaglevTable, Origin, VipConfig,
-    HANDSHAKE_BUCKETS, MAGLEV_TABLES, MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
+    Counters, FlowCacheSlot, FlowKey, FlowValue, HandshakeBucket, MaglevTable, Origin, VipConfig,
+    FLOW_CACHE_SLOTS, HANDSHAKE_BUCKETS, MAGLEV_TABLES, MAX_FLOWS, MAX_ORIGINS, STATS_SLOTS,
 };
 
 /// Map flags of the connection maps: per-CPU LRU lists.
@@ -71,6 +71,26 @@ pub static FLOWS_REMOVED: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
 #[btf_map(name = "SWITCHER_FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }, LRU_FLAGS> =
     LruHashMap::new();
+
+/// Each CPU's direct-mapped cache of `FLOWS` (`flow_cache`): key slot (`flow_cache_slot`) ->
+/// a copy of the flow's entry. Written here only, by the CPU it belongs to: filled when a
+/// packet of a tracked flow misses, and its `client_ack` kept current on every hit. Read by
+/// user space for edge resets.
+#[btf_map(name = "SWITCHER_FLOW_CACHE")]
+pub static FLOW_CACHE: PerCpuArray<FlowCacheSlot, { FLOW_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
+/// The flow cache's versions: cache slot -> a counter incremented (atomically) after every
+/// insert into, delete from or flag change in `FLOWS` of a key of that slot: here when a
+/// handshake completes or a flow is forgotten, by user space when it marks or deletes flows.
+/// A cached copy is a hit only while its slot's version is the one it was filled with.
+/// Mmapable (`BPF_F_MMAPABLE`): user space increments the words in place.
+#[btf_map(name = "SWITCHER_FLOW_CACHE_VERSIONS")]
+pub static FLOW_CACHE_VERSIONS: Array<
+    u32,
+    { FLOW_CACHE_SLOTS as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
 
 /// Connections between SYN and handshake ACK (see `switcher_common::HandshakeSlot`), a
 /// set-associative table in an array of buckets, indexed by flow hash (`handshakes`).

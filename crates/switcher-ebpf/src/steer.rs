@@ -10,15 +10,14 @@ use aya_ebpf::{
 };
 use switcher_common::{
     flow_hash::{jhash2, slot_index, FLOW_HASH_SEED},
-    flow_is_live,
-    Counters, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4, FLOW_FINISHING, FLOW_ORIGIN_CLOSED,
-    FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE, MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_FALLBACK,
-    ORIGIN_REMOTE,
-    STATS_UNSTEERED, VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
+    flow_is_live, Counters, FlowCacheSlot, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4,
+    FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE,
+    MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_FALLBACK, ORIGIN_REMOTE, STATS_UNSTEERED,
+    VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
 
 use crate::{
-    handshakes,
+    flow_cache, handshakes,
     maps::{CONFIG, FLOWS, MAGLEV, MAGLEV_LIVE, ORIGINS, STATS},
     packet::{eth_addrs, eth_words, tcp, EthAddrs, Tcp},
 };
@@ -295,14 +294,6 @@ pub(crate) fn new_flow_origin(
     Some((index, o, false))
 }
 
-/// The [`Target`] of configured origin `index` for a packet of `family`; `None` when the slot
-/// is empty.
-#[inline(always)]
-pub(crate) fn origin_target(index: u32, family: u16) -> Option<Target> {
-    let o = origin(index)?;
-    Some(target(index, o, family))
-}
-
 // The layout `flow_key` writes.
 const _: () = assert!(core::mem::offset_of!(FlowKey, client_port_be) == 16);
 const _: () = assert!(core::mem::offset_of!(FlowKey, family) == 18);
@@ -399,6 +390,20 @@ pub fn steer_request(
     frame: (usize, usize),
 ) -> Decision {
     let key = flow_key(t);
+    // This CPU's copy of the flow (`flow_cache`): a packet of an established flow, the
+    // commonest, is steered from it without the map lookup. Not for a SYN, which reads the
+    // entry's `FLOW_ORIGIN_CLOSED` (not copied).
+    let cached = if t.is_syn() {
+        flow_cache::Probe::NONE
+    } else {
+        flow_cache::probe(&key)
+    };
+    if let Some(slot) = cached.hit() {
+        if let Some(decision) = steer_cached(slot, t) {
+            return decision;
+        }
+        // Retired: the entry is forgotten below.
+    }
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map value, valid while this program runs (RCU); fields are
         // read once, and the one write (`record_client_ack`) is an aligned u32 store.
@@ -416,6 +421,7 @@ pub fn steer_request(
             Some(_) if t.is_syn() && flags & FLOW_ORIGIN_CLOSED != 0 => {}
             Some(o) => {
                 record_client_ack(flow, t);
+                cached.fill(flow);
                 if flags & FLOW_FINISHING != 0 && t.payload {
                     return Decision::Hold(index);
                 }
@@ -428,7 +434,9 @@ pub fn steer_request(
         }
         // Forgotten here rather than left for user space to reap: a SYN then records a new
         // handshake, and a retired flow's next packet finds nothing, like a deleted one.
-        let _ = FLOWS.remove(&key);
+        if FLOWS.remove(&key).is_ok() {
+            flow_cache::invalidate(&key);
+        }
     }
     // The flow's hash: its Maglev slot, and its handshake-table bucket.
     let hash = flow_hash(t);
@@ -459,11 +467,31 @@ pub fn steer_request(
     let remote = o.flags & ORIGIN_REMOTE != 0;
     if t.flags & tcp::ACK != 0
         && (remote || hs.flags & HANDSHAKE_ISN_SEEN != 0 && t.ack_seq == hs.expect_ack)
-        && promote(&key, &hs, o.generation, t.ack_seq, &eth_addrs(frame.0, frame.1))
+        && promote(
+            &key,
+            &hs,
+            o.generation,
+            t.ack_seq,
+            &eth_addrs(frame.0, frame.1),
+        )
     {
         count(hs.origin, |c| c.established += 1);
     }
     Decision::Steer(target(hs.origin, &o, t.family))
+}
+
+/// Steers a packet `t` (not a SYN) of a flow from this CPU's copy of it, `slot`
+/// (`flow_cache`), by the rules `steer_request` applies to the entry: `None` when the copy's
+/// origin was retired or its slot emptied, for the entry to decide.
+#[inline(always)]
+pub(crate) fn steer_cached(slot: &mut FlowCacheSlot, t: &Tcp) -> Option<Decision> {
+    let o =
+        origin(slot.origin).filter(|o| flow_is_live(slot.generation, slot.flags, o.generation))?;
+    record_ack(&mut slot.client_ack, t);
+    if slot.flags & FLOW_FINISHING != 0 && t.payload {
+        return Some(Decision::Hold(slot.origin));
+    }
+    Some(Decision::Steer(target(slot.origin, o, t.family)))
 }
 
 /// Keeps the flow's `client_ack` at the newest acknowledgment number the client sent, for an
@@ -473,14 +501,22 @@ pub fn steer_request(
 /// the store happens about once per window of data the client receives.
 #[inline(always)]
 pub(crate) fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
+    // SAFETY: see steer_request; a concurrent writer on another CPU stores a number of the
+    // same connection, and either one is a valid, recent acknowledgment number.
+    record_ack(unsafe { core::ptr::addr_of_mut!((*flow).client_ack) }, t);
+}
+
+/// [`record_client_ack`] into the acknowledgment number at `ack` (an entry's, or this CPU's
+/// cached copy's, see `flow_cache`).
+#[inline(always)]
+fn record_ack(ack: *mut u32, t: &Tcp) {
     if t.flags & tcp::ACK == 0 {
         return;
     }
-    // SAFETY: see steer_request; a concurrent writer on another CPU stores a number of the
-    // same connection, and either one is a valid, recent acknowledgment number.
+    // SAFETY: `ack` points into a map value, valid while this program runs; an aligned u32.
     unsafe {
-        if (t.ack_seq.wrapping_sub((*flow).client_ack) as i32) > 0 {
-            (*flow).client_ack = t.ack_seq;
+        if (t.ack_seq.wrapping_sub(*ack) as i32) > 0 {
+            *ack = t.ack_seq;
         }
     }
 }
@@ -512,6 +548,8 @@ fn promote(
     if FLOWS.insert(key, &flow, 0).is_err() {
         return false;
     }
+    // A copy of an earlier flow of this key (a reused client port) must not outlive it.
+    flow_cache::invalidate(key);
     handshakes::remove(hs);
     true
 }
@@ -559,7 +597,9 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
         let Some(o) = origin(flow.origin) else { return };
         if !flow.is_live(o.generation) {
             // Retired, and counted out by user space then: nothing to keep or count.
-            let _ = FLOWS.remove(&key);
+            if FLOWS.remove(&key).is_ok() {
+                flow_cache::invalidate(&key);
+            }
             return;
         }
         if !is_to_origin(t, &o, vip) {
@@ -574,6 +614,7 @@ pub fn forget_stale_flow(ctx: *mut c_void, t: &Tcp, vip: &VipConfig) {
         };
         if over {
             if FLOWS.remove(&key).is_ok() {
+                flow_cache::invalidate(&key);
                 let open = flow.flags & FLOW_ORIGIN_CLOSED == 0;
                 count(flow.origin, |c| {
                     c.stale_flows += 1;

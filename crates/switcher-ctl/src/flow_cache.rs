@@ -1,0 +1,105 @@
+//! User space's side of the data plane's flow cache (`switcher-ebpf/src/flow_cache.rs`;
+//! docs/ARCHITECTURE.md, "The flow cache"): each CPU keeps copies of the `SWITCHER_FLOWS`
+//! entries of the flows it steers, and steers their packets from the copies.
+//!
+//! Two duties follow for user space:
+//! * After it changes or deletes entries of `SWITCHER_FLOWS` (flows marked finishing, paced
+//!   drains, finished and retired flows deleted), it makes every copy of them stale
+//!   ([`Versions::invalidate`]): otherwise a CPU would go on steering a deleted flow, or keep
+//!   sending a finishing flow's requests to its retired origin. Retiring a whole origin (its
+//!   generation) changes no entry and needs nothing: the data plane checks the generation on
+//!   every hit.
+//! * The client's newest acknowledgment number, which an edge reset needs, is in the copies
+//!   while they are hits, not in the entry: [`client_acks`] gives every candidate.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, PerCpuArray};
+use switcher_common::{FLOW_CACHE_SLOTS, FlowCacheSlot, FlowKey, FlowValue, flow_cache_slot};
+
+use crate::mmapped::Mapped;
+
+/// The flow cache's versions (`SWITCHER_FLOW_CACHE_VERSIONS`), mapped: user space increments
+/// them with atomics, as the data plane does (a map update syscall would write back a value
+/// read earlier and lose a concurrent increment).
+pub struct Versions {
+    /// One word per cache slot.
+    words: Mapped<u32>,
+}
+
+impl Versions {
+    /// Maps `map`, which must be this build's `SWITCHER_FLOW_CACHE_VERSIONS`.
+    pub fn new(map: MapData) -> Result<Self> {
+        Ok(Versions {
+            words: Mapped::new(
+                map,
+                switcher_common::map_names::FLOW_CACHE_VERSIONS,
+                FLOW_CACHE_SLOTS as usize,
+            )?,
+        })
+    }
+
+    /// The version of cache slot `i`.
+    fn word(&self, i: usize) -> &AtomicU32 {
+        // SAFETY: a word inside the mapping (which lives as long as `self`), 8-byte aligned
+        // (see `Mapped::at`); the data plane writes it only atomically.
+        unsafe { AtomicU32::from_ptr(self.words.at(i)) }
+    }
+
+    /// Makes every CPU's copy of the flows `keys` stale: call it after their entries in
+    /// `SWITCHER_FLOWS` were changed or deleted, never before (a copy made in between would
+    /// carry the new version and the old entry).
+    pub fn invalidate<'k>(&self, keys: impl IntoIterator<Item = &'k FlowKey>) {
+        for key in keys {
+            self.word(flow_cache_slot(&key.words()) as usize)
+                .fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Makes every copy stale (a test or bench that rewrote the flow table wholesale).
+    pub fn invalidate_all(&self) {
+        for i in 0..self.words.len() {
+            self.word(i).fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The acknowledgment numbers an edge reset of the flow `key` -> `flow` should carry: those of
+/// every CPU's copy of the same flow (same key, origin and generation, whatever its version: a
+/// copy made stale by a delete still holds the newest number), the newest first, then the
+/// entry's, each once. Read after the flow stopped being steered (its origin's generation
+/// moved, or its entry was deleted), so no CPU is still updating them.
+///
+/// The copies come first because they are never older than the entry was when they were made,
+/// and the entry may be far behind them (a flow that always hits moves only its copy); among
+/// themselves they are ordered by serial comparison (RFC 1982) from the first one, which is
+/// right while they are within 2^31 of each other, as numbers recorded moments apart are.
+///
+/// Several numbers mean several resets: the client accepts the one equal to its `RCV.NXT`,
+/// answers one in its window with a challenge ACK (which the edge's stack resets exactly, the
+/// flow being gone) and ignores the others (`crate::edge_rst`). A copy left by an earlier
+/// connection of the same client port to the same origin adds one such harmless reset.
+pub fn client_acks<M: std::borrow::Borrow<MapData>>(
+    cache: &PerCpuArray<M, FlowCacheSlot>,
+    key: &FlowKey,
+    flow: &FlowValue,
+) -> Result<Vec<u32>> {
+    let words = key.words();
+    let slots = cache
+        .get(&flow_cache_slot(&words), 0)
+        .context("reading SWITCHER_FLOW_CACHE")?;
+    let mut acks: Vec<u32> = slots
+        .iter()
+        .filter(|s| s.key == words && s.origin == flow.origin && s.generation == flow.generation)
+        .map(|s| s.client_ack)
+        .collect();
+    if let Some(&first) = acks.first() {
+        acks.sort_by_key(|a| std::cmp::Reverse(a.wrapping_sub(first) as i32));
+        acks.dedup();
+    }
+    if !acks.contains(&flow.client_ack) {
+        acks.push(flow.client_ack);
+    }
+    Ok(acks)
+}

@@ -1,0 +1,173 @@
+//! The flow cache: each CPU's direct-mapped copy of the `SWITCHER_FLOWS` entries of the flows
+//! it is seeing packets of (docs/ARCHITECTURE.md, "The flow cache").
+//!
+//! Why: a packet of an established flow, the commonest packet to the VIP, paid for one lookup
+//! in the kernel's LRU hash map (hashing a 20-byte key with `jhash`, walking a bucket,
+//! comparing, and the LRU's reference bit), about half of its cost. A slot of a per-CPU array
+//! is an array access that the verifier inlines, so a hit costs a short hash of the key
+//! ([`switcher_common::flow_cache_slot`]), a load of the slot's version, and a compare of six
+//! words. A miss (another flow in the slot, a stale version, a SYN) takes the map lookup as
+//! before and fills the slot.
+//!
+//! # Why a hit is never stale
+//! Every change to an entry of `SWITCHER_FLOWS` is followed by an increment of its slot's
+//! version in `SWITCHER_FLOW_CACHE_VERSIONS` ([`invalidate`] here, when a handshake completes or
+//! a flow is forgotten; `flow_cache.rs` in switcher-ctl, when user space marks flows finishing
+//! or deletes them). A slot is filled with the version read *before* the map lookup whose
+//! entry it copies ([`probe`], then [`Probe::fill`]): if the lookup saw the entry from before a
+//! change, the version was read before the increment that follows that change, so the copy
+//! carries an old version and is a miss from then on. (Loads of one program are not reordered
+//! with each other on x86; an arm64 JIT would need the version read to be a load-acquire.)
+//! Retiring an origin changes no entry: a hit checks the origin's generation like a lookup.
+//! What a copy does not hold, `FLOW_ORIGIN_CLOSED`, only a SYN reads, and SYNs do not use the
+//! cache.
+//!
+//! # The client's acknowledgment number
+//! An edge reset needs the client's newest acknowledgment number (`FlowValue::client_ack`). A
+//! hit records it in the slot, not in the entry; user space reads every CPU's slot of the
+//! flow too when it resets one, and a slot taken by another flow writes its number back to the
+//! entry first ([`Probe::fill`]).
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use switcher_common::{flow_cache_slot, FlowCacheSlot, FlowKey, FlowValue};
+
+use crate::maps::{FLOWS, FLOW_CACHE, FLOW_CACHE_VERSIONS};
+
+/// A key as [`FlowKey::words`] computes them, without the byte shuffling (one load a word).
+#[inline(always)]
+fn words(key: &FlowKey) -> [u32; 5] {
+    // SAFETY: `FlowKey` is `repr(C, align(4))`, 20 bytes without padding (asserted in
+    // switcher-common): exactly five aligned words.
+    unsafe { core::ptr::read((key as *const FlowKey).cast::<[u32; 5]>()) }
+}
+
+/// A packet's slot in this CPU's cache, and the slot's version as read before the packet's
+/// `SWITCHER_FLOWS` lookup.
+///
+/// A plain struct with a null slot for "none" ([`Probe::NONE`]), not an `Option`: LLVM leaves
+/// the payload of a `None` undefined and may spill it from a register the verifier considers
+/// unreadable, which it rejects (it did, in a bench variant of `switcher_xdp`).
+pub struct Probe {
+    /// This CPU's slot; null when there is none to use.
+    slot: *mut FlowCacheSlot,
+    /// `SWITCHER_FLOW_CACHE_VERSIONS` of the slot, read first.
+    version: u32,
+    /// The packet's key ([`words`]).
+    key: [u32; 5],
+}
+
+/// The slot of `key` on this CPU, to test ([`Probe::hit`]) and, on a miss, to fill once the
+/// entry has been looked up ([`Probe::fill`]). [`Probe::NONE`] only if a map access fails,
+/// which the slot index (masked to the arrays' size) rules out.
+#[inline(always)]
+pub fn probe(key: &FlowKey) -> Probe {
+    let key = words(key);
+    let index = flow_cache_slot(&key);
+    let Some(version) = FLOW_CACHE_VERSIONS.get_ptr(index) else {
+        return Probe::NONE;
+    };
+    // SAFETY: a pointer into the array, valid while the program runs; one aligned 4-byte load
+    // (volatile: it must stay before the map lookup that follows, see the module's docs).
+    let version = unsafe { core::ptr::read_volatile(version) };
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
+        return Probe::NONE;
+    };
+    Probe { slot, version, key }
+}
+
+impl Probe {
+    /// No slot: never a hit, and nothing to fill (a SYN's, which does not use the cache).
+    pub const NONE: Probe = Probe {
+        slot: core::ptr::null_mut(),
+        version: 0,
+        key: [0; 5],
+    };
+
+    /// This CPU's copy of the flow, when the slot holds this key at its current version.
+    #[inline(always)]
+    pub fn hit(&self) -> Option<&mut FlowCacheSlot> {
+        if self.slot.is_null() {
+            return None;
+        }
+        // SAFETY: this CPU's slot of a per-CPU array, valid while the program runs; no other
+        // program runs on this CPU meanwhile, and nothing else writes it.
+        let s = unsafe { &mut *self.slot };
+        // Word by word, OR-folded into one test (comparing the arrays compiles to a call of a
+        // byte-wise `memcmp`).
+        let mut diff = s.version ^ self.version;
+        let mut i = 0;
+        while i < 5 {
+            diff |= s.key[i] ^ self.key[i];
+            i += 1;
+        }
+        (diff == 0).then_some(s)
+    }
+
+    /// Copies the entry `flow` (found after [`probe`]) into the slot, with the version read
+    /// then. A current copy of another flow in the slot gives its acknowledgment number back
+    /// to that flow's entry first, so it is not lost.
+    #[inline(always)]
+    pub fn fill(&self, flow: *const FlowValue) {
+        if self.slot.is_null() {
+            return;
+        }
+        // SAFETY: as in `hit`.
+        let s = unsafe { &mut *self.slot };
+        let mut other = 0;
+        let mut i = 0;
+        while i < 5 {
+            other |= s.key[i] ^ self.key[i];
+            i += 1;
+        }
+        if other != 0 {
+            write_back(s, self.version);
+        }
+        // SAFETY: a pointer into the map value, valid while the program runs (RCU); the
+        // fields are read once each.
+        unsafe {
+            s.origin = (*flow).origin;
+            s.generation = (*flow).generation;
+            s.flags = (*flow).flags;
+            s.client_ack = (*flow).client_ack;
+        }
+        s.key = self.key;
+        s.version = self.version;
+    }
+}
+
+/// Writes the acknowledgment number of the slot `s`, about to hold another flow, back to its
+/// flow's entry, when the copy is current (`version`, the slot's) and its number is newer.
+#[inline(always)]
+fn write_back(s: &FlowCacheSlot, version: u32) {
+    if s.version != version || s.key[4] == 0 {
+        return;
+    }
+    // SAFETY: five words are a `FlowKey` (see `words`); every bit pattern is one.
+    let key: FlowKey = unsafe { core::mem::transmute(s.key) };
+    let Some(f) = FLOWS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a pointer into the map value, valid while the program runs (RCU); an aligned
+    // u32 store, as `steer::record_client_ack`'s.
+    unsafe {
+        if (*f).origin == s.origin
+            && (*f).generation == s.generation
+            && (s.client_ack.wrapping_sub((*f).client_ack) as i32) > 0
+        {
+            (*f).client_ack = s.client_ack;
+        }
+    }
+}
+
+/// Makes every CPU's copy of `key`'s entry stale: called after each insert or delete of
+/// `key` in `SWITCHER_FLOWS`. An atomic add: user space and other CPUs increment the same
+/// words.
+#[inline(always)]
+pub fn invalidate(key: &FlowKey) {
+    let index = flow_cache_slot(&words(key));
+    if let Some(v) = FLOW_CACHE_VERSIONS.get_ptr_mut(index) {
+        // SAFETY: a pointer into the array, valid while the program runs, 4-byte aligned.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(v, 1) };
+    }
+}
