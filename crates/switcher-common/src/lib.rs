@@ -159,12 +159,6 @@ pub mod prog_names {
     /// Benchmark variant, never attached: `switcher_xdp` as it was before branch dp-floor
     /// (a packet not for the VIP counted after the class is matched).
     pub const BENCH_NFV_BEFORE: &str = "bench_nfv_before";
-    /// Benchmark variant, never attached: `switcher_xdp` counting a packet not for the VIP late
-    /// (as before) and parsing IPv4 with one bounds check.
-    pub const BENCH_NFV_ONE_BOUND: &str = "bench_nfv_one_bound";
-    /// Benchmark variant, never attached: `switcher_xdp` (counting early) parsing IPv4 with one
-    /// bounds check.
-    pub const BENCH_NFV_BOTH: &str = "bench_nfv_both";
     /// Benchmark variant, never attached: `switcher_xdp` without the fast exit for a packet
     /// not for the VIP (branch dplean), i.e. the product's path before it.
     pub const BENCH_NFV_NO_FAST: &str = "bench_nfv_no_fast";
@@ -500,7 +494,7 @@ impl FlowKey {
 
 /// Slots of each CPU's flow cache `SWITCHER_FLOW_CACHE`, and versions in
 /// `SWITCHER_FLOW_CACHE_VERSIONS` (a power of two: a key's slot is [`flow_cache_slot`]).
-/// 40 bytes a slot: 320 KiB a CPU. What it holds are the flows sending right now on that CPU,
+/// 48 bytes a slot: 384 KiB a CPU. What it holds are the flows sending right now on that CPU,
 /// not every tracked flow: a flow whose slot another flow took meanwhile is looked up in
 /// `SWITCHER_FLOWS` again (docs/ARCHITECTURE.md, "The flow cache").
 pub const FLOW_CACHE_SLOTS: u32 = 8192;
@@ -516,6 +510,11 @@ pub const FLOW_CACHE_SLOTS: u32 = 8192;
 /// with the version read *before* its `SWITCHER_FLOWS` lookup, so a copy that may predate a
 /// change is never a hit. The origin's generation is checked on every hit, as for the entry
 /// itself: retiring an origin needs no cache change. All-zero is an empty slot.
+///
+/// Every [`FLOW_CACHE_REFRESH`]th hit also looks the entry up: that keeps the LRU's reference
+/// bit of a busy flow set (a hit alone does not touch the map, and the LRU would evict the
+/// busiest flows first), writes the acknowledgment number through, and drops a copy whose
+/// entry the LRU evicted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheSlot {
@@ -531,11 +530,21 @@ pub struct FlowCacheSlot {
     /// which reads `FLOW_ORIGIN_CLOSED`, never uses the cache).
     pub flags: u32,
     /// The client's newest acknowledgment number, as [`FlowValue::client_ack`], kept here
-    /// while the slot is a hit (the entry's own goes stale): user space takes the newer of the
-    /// two for an edge reset, and the data plane writes it back to the entry when another flow
-    /// takes the slot.
+    /// while the slot is a hit (the entry's own goes stale): user space tries both for an edge
+    /// reset, and the data plane writes it through to the entry at each refresh and when
+    /// another flow takes the slot.
     pub client_ack: u32,
+    /// The entry's `client_ack` when the copy was filled or last refreshed: the copy's number
+    /// is written back to the entry only while the entry still holds this one, i.e. it is the
+    /// same connection and nothing newer reached it.
+    pub base_ack: u32,
+    /// Hits since the copy was filled (wrapping), for [`FLOW_CACHE_REFRESH`].
+    pub hits: u32,
 }
+
+/// Every this many hits, a copy looks its entry up (see [`FlowCacheSlot`]): one hash-map
+/// lookup per 64 packets of a flow, about 1/64 of what the cache saves.
+pub const FLOW_CACHE_REFRESH: u32 = 64;
 
 /// The flow-cache slot of a key given as [`FlowKey::words`]: a multiply per word, then
 /// murmur3's 32-bit finaliser (cheap, and no rotate, which BPF lacks), masked to
@@ -720,7 +729,8 @@ const _: () = assert!(core::mem::align_of::<VipConfig>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::align_of::<FlowKey>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 28);
-const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == 48);
+const _: () = assert!(FLOW_CACHE_REFRESH.is_power_of_two());
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
 const _: () = assert!(core::mem::offset_of!(FlowValue, generation) == 24);
 const _: () = assert!(core::mem::size_of::<Handshake>() == 28);

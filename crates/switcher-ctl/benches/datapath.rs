@@ -86,7 +86,7 @@ use test_kit::process::pin_to_cpu;
 const REPEAT: u32 = 1_000_000;
 
 /// The never-attached programs besides the empty one (`switcher-ebpf/src/bench.rs`).
-const BENCH_ONLY: [&str; 16] = [
+const BENCH_ONLY: [&str; 14] = [
     prog_names::BENCH_FLOW_LOOKUP,
     prog_names::BENCH_FRESH_KEY,
     prog_names::BENCH_HS_LRU_FRESH,
@@ -95,8 +95,6 @@ const BENCH_ONLY: [&str; 16] = [
     prog_names::BENCH_HS_HASH_SAME,
     prog_names::BENCH_CACHE_MISS,
     prog_names::BENCH_NFV_BEFORE,
-    prog_names::BENCH_NFV_ONE_BOUND,
-    prog_names::BENCH_NFV_BOTH,
     prog_names::BENCH_NFV_NO_FAST,
     prog_names::BENCH_TF_PARSE,
     prog_names::BENCH_TF_COPY,
@@ -405,7 +403,7 @@ fn prog_test_run(out: &mut String) {
             false,
         ),
         (
-            "tracked flow, 1 KiB payload (flow-cache hit + rewrite)",
+            "tracked flow, 1 KiB payload (flow-cache hit, every 64th also a lookup + rewrite)",
             tracked_pkt(),
             Taken::Rewrite,
             false,
@@ -689,7 +687,7 @@ fn floors(out: &mut String, ebpf: &Ebpf, tracked: &[u8]) {
         (prog_names::BENCH_XDP_PASS, "empty program (baseline)"),
         (
             prog_names::XDP_INGRESS,
-            "`switcher_xdp`, tracked flow (the product path: a flow-cache hit)",
+            "`switcher_xdp`, tracked flow (the product path: a flow-cache hit, every 64th also a lookup)",
         ),
         (
             prog_names::BENCH_CACHE_MISS,
@@ -805,11 +803,9 @@ fn variant_rounds() -> usize {
 /// (IPv4, IPv6) and on the tracked flow's (a variant must not cost the packets for the VIP
 /// more).
 fn parse_variants(out: &mut String, ebpf: &Ebpf) {
-    const PROGS: [&str; 6] = [
+    const PROGS: [&str; 4] = [
         prog_names::XDP_INGRESS,
         prog_names::BENCH_NFV_BEFORE,
-        prog_names::BENCH_NFV_ONE_BOUND,
-        prog_names::BENCH_NFV_BOTH,
         prog_names::BENCH_NFV_NO_FAST,
         prog_names::BENCH_XDP_PASS,
     ];
@@ -895,7 +891,7 @@ fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
         ),
         (
             prog_names::BENCH_TF_ORIGIN,
-            "`bench_tf_origin`: + the copy's origin and generation, client ACK, FINISHING check, origin target, remote check",
+            "`bench_tf_origin`: + the copy's origin and generation, client ACK, refresh count (every 64th run a lookup), FINISHING check, origin target, remote check",
         ),
         (
             prog_names::BENCH_TF_REWRITE,

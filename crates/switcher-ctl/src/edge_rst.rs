@@ -5,8 +5,10 @@
 //! stack, so whatever cut the origin off (a partition, a firewall rule) drops it too, and an
 //! origin on another host has no socket here at all. The data plane records, per flow, the
 //! client's latest acknowledgment number and the Ethernet addresses of its handshake ACK
-//! ([`switcher_common::FlowValue`]); from those, [`rst_frame`] builds the whole frame, and
-//! [`Emitter`] transmits it with the `switcher_emit_rst` XDP program.
+//! ([`switcher_common::FlowValue`]; while the flow's packets hit a CPU's copy of it, the newest
+//! number is in the copy: [`crate::flow_cache::client_acks`]); from those, [`rst_frame`]
+//! builds the whole frame, and [`Emitter`] transmits it with the `switcher_emit_rst` XDP
+//! program.
 //!
 //! Connections still in their handshake are reset too ([`handshake_rst`]): a viewer whose
 //! SYN went to an origin that is now retired, cut off or gone waits in SYN-SENT for its own

@@ -65,31 +65,40 @@ impl Versions {
     }
 }
 
-/// The acknowledgment numbers an edge reset of the flow `key` -> `flow` should carry: those of
-/// every CPU's copy of the same flow (same key, origin and generation, whatever its version: a
-/// copy made stale by a delete still holds the newest number), the newest first, then the
-/// entry's, each once. Read after the flow stopped being steered (its origin's generation
-/// moved, or its entry was deleted), so no CPU is still updating them.
+/// Every CPU's copy in cache slot `slot` (< `FLOW_CACHE_SLOTS`): one map read.
+pub fn copies<M: std::borrow::Borrow<MapData>>(
+    cache: &PerCpuArray<M, FlowCacheSlot>,
+    slot: u32,
+) -> Result<Vec<FlowCacheSlot>> {
+    Ok(cache
+        .get(&slot, 0)
+        .context("reading SWITCHER_FLOW_CACHE")?
+        .iter()
+        .copied()
+        .collect())
+}
+
+/// The acknowledgment numbers an edge reset of the flow `key` -> `flow` should carry, given
+/// `copies`, every CPU's copy in the key's cache slot ([`copies`]): those of the copies of the
+/// same flow (same key, origin and generation, whatever their version: a copy made stale by a
+/// delete still holds the newest number), the newest first, then the entry's, each once. Read
+/// after the flow stopped being steered (its origin's generation moved, or its entry was
+/// deleted, and an RCU grace period passed), so no CPU is still updating them.
 ///
 /// The copies come first because they are never older than the entry was when they were made,
-/// and the entry may be far behind them (a flow that always hits moves only its copy); among
-/// themselves they are ordered by serial comparison (RFC 1982) from the first one, which is
-/// right while they are within 2^31 of each other, as numbers recorded moments apart are.
+/// and the entry may be behind them (a hit moves only its copy, and writes through only every
+/// `FLOW_CACHE_REFRESH`th packet); among themselves they are ordered by serial comparison
+/// (RFC 1982) from the first one, which is right while they are within 2^31 of each other, as
+/// numbers recorded moments apart are (a copy left by an earlier connection of the same client
+/// port to the same origin may sort anywhere).
 ///
 /// Several numbers mean several resets: the client accepts the one equal to its `RCV.NXT`,
 /// answers one in its window with a challenge ACK (which the edge's stack resets exactly, the
-/// flow being gone) and ignores the others (`crate::edge_rst`). A copy left by an earlier
-/// connection of the same client port to the same origin adds one such harmless reset.
-pub fn client_acks<M: std::borrow::Borrow<MapData>>(
-    cache: &PerCpuArray<M, FlowCacheSlot>,
-    key: &FlowKey,
-    flow: &FlowValue,
-) -> Result<Vec<u32>> {
+/// flow being gone) and ignores the others (`crate::edge_rst`), so the order does not decide
+/// which one works, and an earlier connection's copy adds one such harmless reset.
+pub fn client_acks(copies: &[FlowCacheSlot], key: &FlowKey, flow: &FlowValue) -> Vec<u32> {
     let words = key.words();
-    let slots = cache
-        .get(&flow_cache_slot(&words), 0)
-        .context("reading SWITCHER_FLOW_CACHE")?;
-    let mut acks: Vec<u32> = slots
+    let mut acks: Vec<u32> = copies
         .iter()
         .filter(|s| s.key == words && s.origin == flow.origin && s.generation == flow.generation)
         .map(|s| s.client_ack)
@@ -101,5 +110,5 @@ pub fn client_acks<M: std::borrow::Borrow<MapData>>(
     if !acks.contains(&flow.client_ack) {
         acks.push(flow.client_ack);
     }
-    Ok(acks)
+    acks
 }

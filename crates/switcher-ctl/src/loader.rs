@@ -1287,8 +1287,12 @@ fn attach_tc(
 /// Detaches everything a run attached under `pin_root` and removes the pins. Idempotent:
 /// detaching when nothing is attached succeeds.
 pub fn detach(pin_root: &Path) -> Result<()> {
-    if let Ok(p) = Pinned::open(pin_root)
-        && let Ok(vip) = p.vip()
+    // Only the VIP map, for where the TC filters are: pins of an older build, which lack a map
+    // this one has (and which `Pinned::open` refuses), must come off as cleanly.
+    let vip = open_map(pin_root, map_names::CONFIG)
+        .and_then(|m| Ok(Array::<_, VipConfig>::try_from(m)?))
+        .and_then(|a| Ok(a.get(&0, 0)?));
+    if let Ok(vip) = vip
         && let Ok(name) = ifname(vip.ifindex)
     {
         for (dir, prog) in [
@@ -1493,19 +1497,30 @@ impl Pinned {
         let Ok(vip) = self.vip() else {
             return 0;
         };
-        // Before reading the copies, one syscall a flow: nothing to do where resets cannot
-        // be sent (e.g. on `lo`).
+        // Before reading the copies: nothing to do where resets cannot be sent (e.g. on `lo`).
         if self.emitter().is_none() {
             return 0;
         }
+        // A program that was steering one of these flows from its copy as the flow was retired
+        // or deleted has finished, and recorded its number, once this returns.
+        wait_for_readers();
+        // Each cache slot read once (one syscall, every CPU's copy), however many flows share it.
+        let mut slots = std::collections::HashMap::new();
         // The index of each flow's first reset in `specs`.
         let mut firsts = Vec::with_capacity(flows.len());
         let mut specs = Vec::with_capacity(flows.len());
         for (k, v) in flows {
-            let acks = crate::flow_cache::client_acks(&self.flow_cache, k, v).unwrap_or_else(|e| {
-                tracing::warn!(error = %format!("{e:#}"), "reading the flow cache failed; resetting with the flow table's number");
-                vec![v.client_ack]
-            });
+            let slot = switcher_common::flow_cache_slot(&k.words());
+            let copies = slots
+                .entry(slot)
+                .or_insert_with(|| crate::flow_cache::copies(&self.flow_cache, slot));
+            let acks = match copies {
+                Ok(copies) => crate::flow_cache::client_acks(copies, k, v),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "reading the flow cache failed; resetting with the flow table's number");
+                    vec![v.client_ack]
+                }
+            };
             let before = specs.len();
             specs.extend(acks.into_iter().filter_map(|client_ack| {
                 crate::edge_rst::flow_rst(&vip, k, &FlowValue { client_ack, ..*v })

@@ -90,9 +90,11 @@ pub struct Metrics {
     /// `switcher_aborted_connections_total{origin}`: viewer connections pinned to the origin
     /// that were reset when it was retired (unhealthy) or when its drain time ran out.
     pub aborted_connections: IntCounterVec,
-    /// `switcher_edge_resets_total{origin}`: TCP resets the edge itself sent to viewers of the
-    /// origin as their connections were aborted (docs/ARCHITECTURE.md, "Edge-originated
-    /// resets"); stays 0 where the interface cannot transmit them (not native XDP).
+    /// `switcher_edge_resets_total{origin}`: viewer connections of the origin that the edge
+    /// itself sent a TCP reset as they were aborted (docs/ARCHITECTURE.md, "Edge-originated
+    /// resets"; a connection whose newest acknowledgment number is uncertain gets one reset per
+    /// candidate, counted once); stays 0 where the interface cannot transmit them (not native
+    /// XDP).
     pub edge_resets: IntCounterVec,
     /// `switcher_handshake_resets_total{origin}`: TCP resets (RST+ACK of the client's SYN) the
     /// edge itself sent to clients whose connection was still in its handshake with the origin
@@ -282,7 +284,7 @@ impl Metrics {
             )?,
             edge_resets: counter_vec(
                 "switcher_edge_resets_total",
-                "TCP resets the edge itself sent to the origin's viewers as their connections were aborted.",
+                "Viewer connections of the origin the edge itself sent a TCP reset as they were aborted.",
             )?,
             handshake_resets: counter_vec(
                 "switcher_handshake_resets_total",

@@ -2059,6 +2059,9 @@ fn flow_of(h: &Harness, client: &str, port: u16) -> Option<FlowValue> {
 /// changed by a segment without ACK.
 #[test]
 fn flows_record_the_clients_latest_ack_and_link_addresses() {
+    // One CPU: a copy left on another would hold an older number (and, more than 2^31 behind,
+    // could sort first).
+    pin_to_one_cpu();
     let mut h = Harness::new();
     h.set_active(PRIMARY);
     let isn_ack = DEFAULT_SEQ.wrapping_add(1);
@@ -2135,7 +2138,7 @@ fn flows_record_the_clients_latest_ack_and_link_addresses() {
             port,
         ));
         let flow = flow_of(h, client, port).expect("flow");
-        switcher_ctl::flow_cache::client_acks(&h.flow_cache(), &key, &flow).unwrap()[0]
+        acks_of(h, &key, &flow)[0]
     };
     for (prog, frame, want, what) in steps {
         h.run(prog, &frame, 1);
@@ -2634,9 +2637,19 @@ fn a_copy_is_used_until_its_entry_changes_or_its_origin_is_retired() {
     );
 }
 
+/// The acknowledgment numbers an edge reset of `key` -> `flow` would carry
+/// (`flow_cache::client_acks` over every CPU's copy in the key's slot).
+fn acks_of(h: &Harness, key: &FlowKey, flow: &FlowValue) -> Vec<u32> {
+    let slot = switcher_common::flow_cache_slot(&key.words());
+    let copies = switcher_ctl::flow_cache::copies(&h.flow_cache(), slot).unwrap();
+    switcher_ctl::flow_cache::client_acks(&copies, key, flow)
+}
+
 /// While a flow's packets hit its copy, the newest acknowledgment number is in the copy only;
 /// when another flow takes the slot, the copy gives it back to the flow's entry, so an edge
-/// reset never starts from a number older than the flow's last miss.
+/// reset never starts from a number older than the flow's last miss. The other flow's
+/// handshake completes after the copy was made, which moves the slot's version: the number is
+/// given back all the same (the entry still holds the one the copy started from).
 #[test]
 fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
     pin_to_one_cpu();
@@ -2651,7 +2664,6 @@ fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
         .find_map(|p| seen.insert(slot(p), p).map(|a| (a, p)))
         .expect("two client ports sharing a cache slot");
     assert_eq!(establish(&mut h, client, a), PRIMARY);
-    assert_eq!(establish(&mut h, client, b), PRIMARY);
 
     h.run(Prog::Xdp, &ack_of(client, a, 5_000), 1);
     h.run(Prog::Xdp, &ack_of(client, a, 7_000), 1);
@@ -2661,9 +2673,8 @@ fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
         DEFAULT_SEQ.wrapping_add(5_000),
         "the miss moved the entry, the hit only the copy"
     );
-    let acks = switcher_ctl::flow_cache::client_acks(&h.flow_cache(), &key(a), &entry(&h)).unwrap();
     assert_eq!(
-        acks,
+        acks_of(&h, &key(a), &entry(&h)),
         [
             DEFAULT_SEQ.wrapping_add(7_000),
             DEFAULT_SEQ.wrapping_add(5_000)
@@ -2671,7 +2682,9 @@ fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
         "an edge reset tries the copy's number first, then the entry's"
     );
 
-    // Flow b's packet takes the slot.
+    // Flow b's handshake (its promotion moves the slot's version), then its packet takes the
+    // slot.
+    assert_eq!(establish(&mut h, client, b), PRIMARY);
     let (_, out, _) = h.run(Prog::Xdp, &ack_of(client, b, 100), 1);
     assert_eq!(dport_of(&out), 8081);
     assert_eq!(
@@ -2679,6 +2692,48 @@ fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
         DEFAULT_SEQ.wrapping_add(7_000),
         "the copy gave its number back"
     );
+}
+
+/// Every `FLOW_CACHE_REFRESH`th hit looks the entry up: the acknowledgment number reaches the
+/// entry, and an entry that left the table without a version change (as the LRU evicts) stops
+/// steering the flow by the next refresh; its packet is then untracked.
+#[test]
+fn a_copy_refreshes_from_its_entry_every_few_hits() {
+    use switcher_common::FLOW_CACHE_REFRESH;
+    pin_to_one_cpu();
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let (client, port) = ("10.1.9.3", 49003);
+    assert_eq!(establish(&mut h, client, port), PRIMARY);
+    let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
+    // The first packet misses (fills the copy), the next ones hit.
+    for n in 1..=FLOW_CACHE_REFRESH + 1 {
+        let (_, out, _) = h.run(Prog::Xdp, &ack_of(client, port, 100 * n), 1);
+        assert_eq!(dport_of(&out), 8081);
+    }
+    let entry = flow_of(&h, client, port).unwrap().client_ack;
+    assert!(
+        (entry.wrapping_sub(DEFAULT_SEQ.wrapping_add(100)) as i32) > 0,
+        "a refresh wrote the copy's number through: entry at ISN + {}",
+        entry.wrapping_sub(DEFAULT_SEQ)
+    );
+
+    // The entry leaves the table with no version change, as an LRU eviction does.
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(h.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
+    flows.remove(&key).unwrap();
+    let seg = ack_of(client, port, 100_000);
+    let steered = (0..=FLOW_CACHE_REFRESH)
+        .take_while(|_| h.run(Prog::Xdp, &seg, 1).1 != seg)
+        .count() as u32;
+    assert!(
+        steered < FLOW_CACHE_REFRESH,
+        "the copy stopped steering by its next refresh (steered {steered} more packets)"
+    );
+    let untracked = h.counters()[U as usize].untracked;
+    let (_, out, _) = h.run(Prog::Xdp, &seg, 1);
+    assert_eq!(out, seg, "and stays dropped");
+    assert_eq!(h.counters()[U as usize].untracked, untracked + 1);
 }
 
 /// Every program in the object passes the verifier, the never-attached bench programs too: a

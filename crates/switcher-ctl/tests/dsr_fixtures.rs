@@ -471,6 +471,14 @@ fn reset(ebpf: &mut Ebpf) {
         }
     }
     clear::<FlowValue>(ebpf, map_names::FLOWS);
+    // As user space does after deleting flows: no CPU's copy of them may steer again.
+    let Some(aya::maps::Map::Array(data)) = ebpf.map(map_names::FLOW_CACHE_VERSIONS) else {
+        panic!("SWITCHER_FLOW_CACHE_VERSIONS is an array");
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
+    switcher_ctl::flow_cache::Versions::new(MapData::from_fd(fd).unwrap())
+        .unwrap()
+        .invalidate_all();
     let Some(aya::maps::Map::Array(data)) = ebpf.map(map_names::HANDSHAKES) else {
         panic!("SWITCHER_HANDSHAKES is an array");
     };

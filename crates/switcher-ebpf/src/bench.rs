@@ -1,11 +1,13 @@
 //! Never-attached programs for `cargo xtask bench datapath` (`switcher-ctl/benches/datapath.rs`),
 //! which runs them with `BPF_PROG_TEST_RUN` next to `switcher_xdp` and the empty program. None
-//! is loaded by switcher-ctl for steering, and none touches a map an attached program reads:
-//! the insert floors use maps of their own, declared here with one entry each (the bench sizes
-//! them when it loads the object; `switcher_common::bench_map_names`).
+//! is loaded by switcher-ctl for steering. The insert floors use maps of their own, declared
+//! here with one entry each (the bench sizes them when it loads the object;
+//! `switcher_common::bench_map_names`); the tracked-flow programs read and write the product's
+//! maps as `switcher_xdp` does, in the bench's own load of the object, never in a pinned one.
 //!
 //! * `bench_xdp_pass`: the empty program, the baseline of every ratio.
-//! * `bench_flow_lookup`: one `SWITCHER_FLOWS` lookup (a hit), the tracked flow's map cost.
+//! * `bench_flow_lookup`: one `SWITCHER_FLOWS` lookup (a hit), what a tracked flow's packet
+//!   pays for its lookup when it misses the flow cache.
 //! * `bench_fresh_key`, `bench_hs_{lru,hash}_{fresh,same}`: floors of the SYN path's state
 //!   write in a kernel hash map: one insert into the LRU hash `SWITCHER_HANDSHAKES` was until
 //!   branch hsarray (and a preallocated plain hash for comparison), of a new key each
@@ -227,11 +229,7 @@ pub fn bench_cache_miss(ctx: XdpContext) -> u32 {
             flow_cache::invalidate(&steer::flow_key(&t));
         }
     }
-    xdp_request::<
-        { crate::PRODUCT_PARSE.count_early },
-        { crate::PRODUCT_PARSE.one_bound },
-        { crate::PRODUCT_PARSE.fast_exit },
-    >(&ctx)
+    xdp_request::<{ crate::PRODUCT_PARSE.count_early }, { crate::PRODUCT_PARSE.fast_exit }>(&ctx)
 }
 
 /// Variant, never attached: `switcher_xdp` as it was before `ParseVariant::count_early` (a
@@ -240,23 +238,7 @@ pub fn bench_cache_miss(ctx: XdpContext) -> u32 {
 #[xdp]
 #[inline(always)]
 pub fn bench_nfv_before(ctx: XdpContext) -> u32 {
-    xdp_request::<false, false, false>(&ctx)
-}
-
-/// Variant, never attached: the previous counting with IPv4 parsed with one bounds check
-/// (`ParseVariant::one_bound`).
-#[xdp]
-#[inline(always)]
-pub fn bench_nfv_one_bound(ctx: XdpContext) -> u32 {
-    xdp_request::<false, true, false>(&ctx)
-}
-
-/// Variant, never attached: the product's counting (early) with one bounds check for IPv4
-/// (without the fast exit).
-#[xdp]
-#[inline(always)]
-pub fn bench_nfv_both(ctx: XdpContext) -> u32 {
-    xdp_request::<true, true, false>(&ctx)
+    xdp_request::<false, false>(&ctx)
 }
 
 /// Variant, never attached: the product's parsing and counting without the fast exit
@@ -264,7 +246,7 @@ pub fn bench_nfv_both(ctx: XdpContext) -> u32 {
 #[xdp]
 #[inline(always)]
 pub fn bench_nfv_no_fast(ctx: XdpContext) -> u32 {
-    xdp_request::<true, false, false>(&ctx)
+    xdp_request::<true, false>(&ctx)
 }
 
 /// How far a `bench_tf_*` program runs the tracked-flow path (see [`tracked_until`]).
@@ -274,8 +256,9 @@ enum Step {
     Parse,
     /// + the flow key and this CPU's copy of the flow (`flow_cache::probe`, a hit).
     Copy,
-    /// + the copy's origin (read, generation checked), the client ACK, the FINISHING check
-    /// and the origin's target (`steer::steer_cached`), and the remote check
+    /// + the copy's origin (read, generation checked), the client ACK, the refresh count (every
+    /// `FLOW_CACHE_REFRESH`th run looks the entry up), the FINISHING check and the origin's
+    /// target (`steer::steer_cached`), and the remote check
     /// (`steer::Target::remote_host`): everything `switcher_xdp` decides before rewriting.
     Origin,
     /// + the rewrite (`xdp_rewrite_dst`).

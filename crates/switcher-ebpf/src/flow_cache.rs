@@ -22,15 +22,19 @@
 //! What a copy does not hold, `FLOW_ORIGIN_CLOSED`, only a SYN reads, and SYNs do not use the
 //! cache.
 //!
-//! # The client's acknowledgment number
-//! An edge reset needs the client's newest acknowledgment number (`FlowValue::client_ack`). A
-//! hit records it in the slot, not in the entry; user space reads every CPU's slot of the
-//! flow too when it resets one, and a slot taken by another flow writes its number back to the
+//! # The LRU, and the client's acknowledgment number
+//! A hit does not touch `SWITCHER_FLOWS`, so the LRU would see the busiest flows as idle, and
+//! the entry would not learn the client's newest acknowledgment number, which an edge reset
+//! needs (`FlowValue::client_ack`; a hit records it in the copy). So every
+//! `FLOW_CACHE_REFRESH`th hit looks the entry up ([`refresh`]): the lookup sets the LRU's
+//! reference bit, the number is written through, and a copy whose entry is gone (evicted,
+//! which increments no version) is dropped. In between, user space reads every CPU's copy of
+//! a flow when it resets one, and a copy taken by another flow writes its number back to the
 //! entry first ([`Probe::fill`]).
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use switcher_common::{flow_cache_slot, FlowCacheSlot, FlowKey, FlowValue};
+use switcher_common::{flow_cache_slot, FlowCacheSlot, FlowKey, FlowValue, FLOW_CACHE_REFRESH};
 
 use crate::maps::{FLOWS, FLOW_CACHE, FLOW_CACHE_VERSIONS};
 
@@ -105,8 +109,8 @@ impl Probe {
     }
 
     /// Copies the entry `flow` (found after [`probe`]) into the slot, with the version read
-    /// then. A current copy of another flow in the slot gives its acknowledgment number back
-    /// to that flow's entry first, so it is not lost.
+    /// then. A copy of another flow in the slot gives its acknowledgment number back to that
+    /// flow's entry first, so it is not lost ([`write_back`]).
     #[inline(always)]
     pub fn fill(&self, flow: *const FlowValue) {
         if self.slot.is_null() {
@@ -120,8 +124,8 @@ impl Probe {
             other |= s.key[i] ^ self.key[i];
             i += 1;
         }
-        if other != 0 {
-            write_back(s, self.version);
+        if other != 0 && s.key[4] != 0 && s.client_ack != s.base_ack {
+            write_back(s);
         }
         // SAFETY: a pointer into the map value, valid while the program runs (RCU); the
         // fields are read once each.
@@ -131,33 +135,66 @@ impl Probe {
             s.flags = (*flow).flags;
             s.client_ack = (*flow).client_ack;
         }
+        s.base_ack = s.client_ack;
+        s.hits = 0;
         s.key = self.key;
         s.version = self.version;
     }
 }
 
-/// Writes the acknowledgment number of the slot `s`, about to hold another flow, back to its
-/// flow's entry, when the copy is current (`version`, the slot's) and its number is newer.
+/// The entry of the copy `s`'s flow, if `SWITCHER_FLOWS` holds one of the same origin and
+/// generation (the same flow, or a later connection of its client port to the same origin).
 #[inline(always)]
-fn write_back(s: &FlowCacheSlot, version: u32) {
-    if s.version != version || s.key[4] == 0 {
-        return;
-    }
+fn entry_of(s: &FlowCacheSlot) -> Option<*mut FlowValue> {
     // SAFETY: five words are a `FlowKey` (see `words`); every bit pattern is one.
     let key: FlowKey = unsafe { core::mem::transmute(s.key) };
-    let Some(f) = FLOWS.get_ptr_mut(&key) else {
+    let f = FLOWS.get_ptr_mut(&key)?;
+    // SAFETY: a pointer into the map value, valid while the program runs (RCU).
+    let same = unsafe { (*f).origin == s.origin && (*f).generation == s.generation };
+    same.then_some(f)
+}
+
+/// Writes the acknowledgment number of the copy `s`, about to hold another flow, back to its
+/// entry, if the entry still holds the number the copy started from (`base_ack`): then it is
+/// the same connection, and the copy's number is the newer. Whatever the copy's version (a
+/// version moves for any key of the slot); a later connection of the same client port has
+/// another number in its entry and is left alone.
+#[inline(always)]
+fn write_back(s: &FlowCacheSlot) {
+    let Some(f) = entry_of(s) else {
         return;
     };
     // SAFETY: a pointer into the map value, valid while the program runs (RCU); an aligned
     // u32 store, as `steer::record_client_ack`'s.
     unsafe {
-        if (*f).origin == s.origin
-            && (*f).generation == s.generation
-            && (s.client_ack.wrapping_sub((*f).client_ack) as i32) > 0
-        {
+        if (*f).client_ack == s.base_ack {
             (*f).client_ack = s.client_ack;
         }
     }
+}
+
+/// Every `FLOW_CACHE_REFRESH`th hit of the copy `s` (see the module's docs): looks its entry
+/// up (the LRU's reference bit), writes the copy's acknowledgment number through if the entry
+/// has not moved past it, and returns false, the copy emptied, when the entry is gone or is
+/// another flow's: the packet then takes the miss path.
+#[inline(always)]
+pub fn refresh(s: &mut FlowCacheSlot) -> bool {
+    s.hits = s.hits.wrapping_add(1);
+    if s.hits % FLOW_CACHE_REFRESH != 0 {
+        return true;
+    }
+    let Some(f) = entry_of(s) else {
+        *s = FlowCacheSlot::default();
+        return false;
+    };
+    // SAFETY: as in `write_back`.
+    unsafe {
+        if (s.client_ack.wrapping_sub((*f).client_ack) as i32) > 0 {
+            (*f).client_ack = s.client_ack;
+        }
+        s.base_ack = (*f).client_ack;
+    }
+    true
 }
 
 /// Makes every CPU's copy of `key`'s entry stale: called after each insert or delete of

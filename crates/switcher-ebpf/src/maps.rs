@@ -81,8 +81,10 @@ pub static FLOW_CACHE: PerCpuArray<FlowCacheSlot, { FLOW_CACHE_SLOTS as usize }>
     PerCpuArray::new();
 
 /// The flow cache's versions: cache slot -> a counter incremented (atomically) after every
-/// insert into, delete from or flag change in `FLOWS` of a key of that slot: here when a
-/// handshake completes or a flow is forgotten, by user space when it marks or deletes flows.
+/// insert into or delete from `FLOWS` of a key of that slot, and every flag user space sets:
+/// here when a handshake completes or a flow is forgotten, by user space when it marks or
+/// deletes flows. (What the data plane writes in place, the client's acknowledgment number and
+/// `FLOW_ORIGIN_CLOSED`, a hit does not read from the entry.)
 /// A cached copy is a hit only while its slot's version is the one it was filled with.
 /// Mmapable (`BPF_F_MMAPABLE`): user space increments the words in place.
 #[btf_map(name = "SWITCHER_FLOW_CACHE_VERSIONS")]

@@ -226,33 +226,12 @@ pub enum Class {
 /// segment to any other port is [`Class::Elsewhere`]. SYNs are always [`Class::Tcp`] (a SYN
 /// straight to an origin's port may end a stale flow, see `steer::forget_stale_flow`).
 pub fn classify(start: usize, end: usize, len: usize, steered_port: u16) -> Class {
-    classify_with::<false>(start, end, len, steered_port)
-}
-
-/// [`classify`], with a choice of how IPv4 is parsed: `ONE_BOUND` first tries the commonest
-/// shape (Ethernet + IPv4 without options + TCP, at least 54 bytes) with one bounds check and
-/// one compare of the version/IHL byte (0x45), then falls back to the field-by-field checks.
-/// The class is the same either way (the fast shape passes exactly the checks the slow path
-/// would); only the instructions differ. Measured against the default by the data-path bench
-/// (`bench::bench_nfv_*`, never attached), to decide which one the product uses.
-#[inline(always)]
-pub fn classify_with<const ONE_BOUND: bool>(
-    start: usize,
-    end: usize,
-    len: usize,
-    steered_port: u16,
-) -> Class {
     let Some(eth) = ptr_at::<[u8; ETH_HLEN]>(start, end, 0) else {
         return Class::Malformed;
     };
     // SAFETY: the type field is inside the Ethernet header checked above.
     let eth_type: u16 = unsafe { load(eth as usize, ETH_TYPE_OFF) };
     if eth_type == ETH_P_IP_BE {
-        if ONE_BOUND {
-            if let Some(class) = classify_v4_common(start, end, len, steered_port) {
-                return class;
-            }
-        }
         classify_v4(start, end, len, steered_port)
     } else if eth_type == ETH_P_IPV6_BE {
         classify_v6(start, end, len, steered_port)
@@ -358,28 +337,6 @@ pub fn is_elsewhere_common(start: usize, end: usize, steered_port: u16) -> bool 
     // `tcp_at`: a header of at least 20 bytes.
     let doff: u8 = unsafe { load(l4, tcp::DOFF) };
     doff >= (TCP_HLEN as u8 / 4) << 4
-}
-
-/// The commonest IPv4 shape with one bounds check (see [`classify_with`]): `None` when the
-/// frame is shorter than Ethernet + IPv4 + TCP fixed headers or the version/IHL byte is not
-/// 0x45 (IPv4, no options), which the field-by-field path then classifies.
-#[inline(always)]
-fn classify_v4_common(start: usize, end: usize, len: usize, steered_port: u16) -> Option<Class> {
-    let all = ptr_at::<[u8; ETH_HLEN + IPV4_HLEN + TCP_HLEN]>(start, end, 0)?;
-    let h = all as usize + ETH_HLEN;
-    // SAFETY (every `load` below): offsets inside the 20-byte IPv4 header, itself inside the
-    // 54 bytes checked above.
-    if unsafe { load::<u8>(h, 0) } != 0x45 {
-        return None;
-    }
-    if unsafe { load::<u8>(h, ipv4::PROTO) } != IPPROTO_TCP {
-        return Some(Class::Other);
-    }
-    let frag = u16::from_be(unsafe { load(h, ipv4::FRAG_OFF) });
-    if frag & ipv4::MF_OFFSET_MASK != 0 {
-        return Some(Class::Fragment);
-    }
-    Some(v4_tcp(start, end, len, h, steered_port))
 }
 
 /// The TCP segment of an IPv4 packet whose 20-byte header (no options, not a fragment, TCP)

@@ -363,7 +363,8 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 ///
 /// Flow state, and why it is built this way (an attacker can spoof any source address and
 /// port, but cannot read the replies sent to an address it spoofs):
-/// * A packet of an established flow (`FLOWS`, one lookup: the common case) follows it; a SYN
+/// * A packet of an established flow (the common case: this CPU's copy of its `FLOWS` entry,
+///   `flow_cache`, else one lookup) follows it; a SYN
 ///   too (a client reusing the port of a flow that is still tracked stays on that origin, and
 ///   a spoofed SYN cannot move a viewer's flow), unless the origin has closed the flow
 ///   (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow, steered by the table.
@@ -482,12 +483,16 @@ pub fn steer_request(
 
 /// Steers a packet `t` (not a SYN) of a flow from this CPU's copy of it, `slot`
 /// (`flow_cache`), by the rules `steer_request` applies to the entry: `None` when the copy's
-/// origin was retired or its slot emptied, for the entry to decide.
+/// origin was retired or its slot emptied, or the copy's periodic refresh found its entry gone
+/// (`flow_cache::refresh`), for the entry (or its absence) to decide.
 #[inline(always)]
 pub(crate) fn steer_cached(slot: &mut FlowCacheSlot, t: &Tcp) -> Option<Decision> {
     let o =
         origin(slot.origin).filter(|o| flow_is_live(slot.generation, slot.flags, o.generation))?;
     record_ack(&mut slot.client_ack, t);
+    if !flow_cache::refresh(slot) {
+        return None;
+    }
     if slot.flags & FLOW_FINISHING != 0 && t.payload {
         return Some(Decision::Hold(slot.origin));
     }
