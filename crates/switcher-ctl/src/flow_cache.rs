@@ -65,6 +65,21 @@ impl Versions {
     }
 }
 
+/// Empties every CPU's copy (a test or bench starting over; the data plane never needs it):
+/// one map write per slot.
+pub fn clear<M: std::borrow::BorrowMut<MapData>>(
+    cache: &mut PerCpuArray<M, FlowCacheSlot>,
+) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    for slot in 0..FLOW_CACHE_SLOTS {
+        let empty = aya::maps::PerCpuValues::try_from(vec![FlowCacheSlot::default(); cpus])?;
+        cache
+            .set(slot, empty, 0)
+            .context("writing SWITCHER_FLOW_CACHE")?;
+    }
+    Ok(())
+}
+
 /// Every CPU's copy in cache slot `slot` (< `FLOW_CACHE_SLOTS`): one map read.
 pub fn copies<M: std::borrow::Borrow<MapData>>(
     cache: &PerCpuArray<M, FlowCacheSlot>,

@@ -1292,6 +1292,11 @@ pub fn detach(pin_root: &Path) -> Result<()> {
     let vip = open_map(pin_root, map_names::CONFIG)
         .and_then(|m| Ok(Array::<_, VipConfig>::try_from(m)?))
         .and_then(|a| Ok(a.get(&0, 0)?));
+    if let Err(e) = &vip
+        && maps_dir(pin_root).join(map_names::CONFIG).exists()
+    {
+        tracing::warn!(error = %format!("{e:#}"), "cannot read the pinned VIP: TC filters of this data plane, if any, stay attached (`tc filter show dev IFACE ingress|egress`)");
+    }
     if let Ok(vip) = vip
         && let Ok(name) = ifname(vip.ifindex)
     {
@@ -1504,17 +1509,24 @@ impl Pinned {
         // A program that was steering one of these flows from its copy as the flow was retired
         // or deleted has finished, and recorded its number, once this returns.
         wait_for_readers();
-        // Each cache slot read once (one syscall, every CPU's copy), however many flows share it.
-        let mut slots = std::collections::HashMap::new();
+        // The flows in cache-slot order: each slot is read once (one syscall, every CPU's
+        // copy) however many flows share it, and only one slot's copies are held at a time.
+        let mut order: Vec<(u32, usize)> = flows
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (switcher_common::flow_cache_slot(&k.words()), i))
+            .collect();
+        order.sort_unstable();
+        let mut copies = (u32::MAX, Ok(Vec::new()));
         // The index of each flow's first reset in `specs`.
         let mut firsts = Vec::with_capacity(flows.len());
         let mut specs = Vec::with_capacity(flows.len());
-        for (k, v) in flows {
-            let slot = switcher_common::flow_cache_slot(&k.words());
-            let copies = slots
-                .entry(slot)
-                .or_insert_with(|| crate::flow_cache::copies(&self.flow_cache, slot));
-            let acks = match copies {
+        for (slot, i) in order {
+            let (k, v) = &flows[i];
+            if copies.0 != slot {
+                copies = (slot, crate::flow_cache::copies(&self.flow_cache, slot));
+            }
+            let acks = match &copies.1 {
                 Ok(copies) => crate::flow_cache::client_acks(copies, k, v),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "reading the flow cache failed; resetting with the flow table's number");

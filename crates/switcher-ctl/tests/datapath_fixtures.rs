@@ -336,8 +336,12 @@ impl Harness {
             }
         }
         clear::<FlowValue>(&mut self.ebpf, map_names::FLOWS);
-        // As user space does after deleting flows: no CPU's copy of them may steer again.
+        // As user space does after deleting flows: no CPU's copy of them may steer again. And
+        // no copy at all, so no case inherits another's.
         self.cache_versions().invalidate_all();
+        let mut cache =
+            PerCpuArray::try_from(self.ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
+        switcher_ctl::flow_cache::clear(&mut cache).unwrap();
         self.handshake_table().clear();
         assert!(self.flows().is_empty() && self.handshakes().is_empty());
         self.configure(true);
@@ -2726,14 +2730,57 @@ fn a_copy_refreshes_from_its_entry_every_few_hits() {
     let steered = (0..=FLOW_CACHE_REFRESH)
         .take_while(|_| h.run(Prog::Xdp, &seg, 1).1 != seg)
         .count() as u32;
-    assert!(
-        steered < FLOW_CACHE_REFRESH,
-        "the copy stopped steering by its next refresh (steered {steered} more packets)"
+    assert_eq!(
+        steered,
+        FLOW_CACHE_REFRESH - 1,
+        "the copy steered until its next refresh, the 64th hit since it was filled"
     );
     let untracked = h.counters()[U as usize].untracked;
     let (_, out, _) = h.run(Prog::Xdp, &seg, 1);
     assert_eq!(out, seg, "and stays dropped");
     assert_eq!(h.counters()[U as usize].untracked, untracked + 1);
+}
+
+/// A copy never moves its entry's acknowledgment number back: when the entry got ahead of the
+/// copy (another CPU's miss or refresh), the refresh takes the entry's number into the copy,
+/// so a later give-back (another flow taking the slot) writes nothing older.
+#[test]
+fn a_copy_never_moves_its_entrys_ack_back() {
+    use switcher_common::FLOW_CACHE_REFRESH;
+    pin_to_one_cpu();
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let client = "10.1.9.4";
+    let key =
+        |port: u16| switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
+    let slot = |port: u16| switcher_common::flow_cache_slot(&key(port).words());
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (50_000..u16::MAX)
+        .find_map(|p| seen.insert(slot(p), p).map(|a| (a, p)))
+        .expect("two client ports sharing a cache slot");
+    assert_eq!(establish(&mut h, client, a), PRIMARY);
+    assert_eq!(establish(&mut h, client, b), PRIMARY);
+    h.run(Prog::Xdp, &ack_of(client, a, 100), 1);
+
+    // The entry gets ahead of the copy, as another CPU's packets would move it.
+    let ahead = DEFAULT_SEQ.wrapping_add(50_000);
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(h.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
+    let mut v = flows.get(&key(a), 0).unwrap();
+    v.client_ack = ahead;
+    flows.insert(key(a), v, 0).unwrap();
+    // Hits up to and including a refresh, acknowledging less than the entry holds.
+    for _ in 0..FLOW_CACHE_REFRESH {
+        h.run(Prog::Xdp, &ack_of(client, a, 200), 1);
+    }
+    // Flow b takes the slot.
+    let (_, out, _) = h.run(Prog::Xdp, &ack_of(client, b, 100), 1);
+    assert_eq!(dport_of(&out), 8081);
+    assert_eq!(
+        flow_of(&h, client, a).unwrap().client_ack,
+        ahead,
+        "the entry's number did not move back"
+    );
 }
 
 /// Every program in the object passes the verifier, the never-attached bench programs too: a

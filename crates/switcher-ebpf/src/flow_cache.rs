@@ -10,10 +10,12 @@
 //! before and fills the slot.
 //!
 //! # Why a hit is never stale
-//! Every change to an entry of `SWITCHER_FLOWS` is followed by an increment of its slot's
-//! version in `SWITCHER_FLOW_CACHE_VERSIONS` ([`invalidate`] here, when a handshake completes or
-//! a flow is forgotten; `flow_cache.rs` in switcher-ctl, when user space marks flows finishing
-//! or deletes them). A slot is filled with the version read *before* the map lookup whose
+//! Every insert into or delete from `SWITCHER_FLOWS`, and every flag user space sets on an
+//! entry, is followed by an increment of its slot's version in `SWITCHER_FLOW_CACHE_VERSIONS`
+//! ([`invalidate`] here, when a handshake completes or a flow is forgotten; `flow_cache.rs` in
+//! switcher-ctl, when user space marks flows finishing or deletes them). What the data plane
+//! writes in place (the client's acknowledgment number, `FLOW_ORIGIN_CLOSED`) a hit does not
+//! read from the entry. A slot is filled with the version read *before* the map lookup whose
 //! entry it copies ([`probe`], then [`Probe::fill`]): if the lookup saw the entry from before a
 //! change, the version was read before the increment that follows that change, so the copy
 //! carries an old version and is a miss from then on. (Loads of one program are not reordered
@@ -118,13 +120,9 @@ impl Probe {
         }
         // SAFETY: as in `hit`.
         let s = unsafe { &mut *self.slot };
-        let mut other = 0;
-        let mut i = 0;
-        while i < 5 {
-            other |= s.key[i] ^ self.key[i];
-            i += 1;
-        }
-        if other != 0 && s.key[4] != 0 && s.client_ack != s.base_ack {
+        // This flow's own stale copy too: its number may be newer than this (reordered)
+        // packet's.
+        if s.key[4] != 0 && s.client_ack != s.base_ack {
             write_back(s);
         }
         // SAFETY: a pointer into the map value, valid while the program runs (RCU); the
@@ -154,20 +152,21 @@ fn entry_of(s: &FlowCacheSlot) -> Option<*mut FlowValue> {
     same.then_some(f)
 }
 
-/// Writes the acknowledgment number of the copy `s`, about to hold another flow, back to its
-/// entry, if the entry still holds the number the copy started from (`base_ack`): then it is
-/// the same connection, and the copy's number is the newer. Whatever the copy's version (a
-/// version moves for any key of the slot); a later connection of the same client port has
-/// another number in its entry and is left alone.
+/// Writes the acknowledgment number of the copy `s`, about to be refilled, back to its entry,
+/// if the entry still holds the number the copy started from (`base_ack`: then it is the same
+/// connection, and nothing newer reached the entry) and the copy's is newer. Whatever the
+/// copy's version (a version moves for any key of the slot); a later connection of the same
+/// client port has another number in its entry and is left alone.
 #[inline(always)]
 fn write_back(s: &FlowCacheSlot) {
     let Some(f) = entry_of(s) else {
         return;
     };
-    // SAFETY: a pointer into the map value, valid while the program runs (RCU); an aligned
-    // u32 store, as `steer::record_client_ack`'s.
+    // SAFETY: a pointer into the map value, valid while the program runs (RCU); one read,
+    // and an aligned u32 store, as `steer::record_client_ack`'s.
     unsafe {
-        if (*f).client_ack == s.base_ack {
+        let entry = (*f).client_ack;
+        if entry == s.base_ack && (s.client_ack.wrapping_sub(entry) as i32) > 0 {
             (*f).client_ack = s.client_ack;
         }
     }
@@ -187,12 +186,17 @@ pub fn refresh(s: &mut FlowCacheSlot) -> bool {
         *s = FlowCacheSlot::default();
         return false;
     };
-    // SAFETY: as in `write_back`.
+    // SAFETY: as in `write_back`. The entry's number is read once; copy and entry both end
+    // at the newer of the two, so the copy never holds one older than its base (which a later
+    // `write_back` would then write, moving the entry back).
     unsafe {
-        if (s.client_ack.wrapping_sub((*f).client_ack) as i32) > 0 {
+        let entry = (*f).client_ack;
+        if (s.client_ack.wrapping_sub(entry) as i32) > 0 {
             (*f).client_ack = s.client_ack;
+        } else {
+            s.client_ack = entry;
         }
-        s.base_ack = (*f).client_ack;
+        s.base_ack = s.client_ack;
     }
     true
 }

@@ -403,7 +403,8 @@ pub fn steer_request(
         if let Some(decision) = steer_cached(slot, t) {
             return decision;
         }
-        // Retired: the entry is forgotten below.
+        // The copy's origin retired, or its refresh found the entry gone: the entry (or its
+        // absence) decides below.
     }
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map value, valid while this program runs (RCU); fields are
