@@ -2641,6 +2641,19 @@ fn a_copy_is_used_until_its_entry_changes_or_its_origin_is_retired() {
     );
 }
 
+/// Two client ports of `client` whose flows share a flow-cache slot (the first such pair from
+/// port 50,000 on).
+fn ports_sharing_a_slot(client: &str) -> (u16, u16) {
+    let slot = |port: u16| {
+        let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
+        switcher_common::flow_cache_slot(&key.words())
+    };
+    let mut seen = std::collections::HashMap::new();
+    (50_000..u16::MAX)
+        .find_map(|p| seen.insert(slot(p), p).map(|a| (a, p)))
+        .expect("two client ports sharing a cache slot")
+}
+
 /// The acknowledgment numbers an edge reset of `key` -> `flow` would carry
 /// (`flow_cache::client_acks` over every CPU's copy in the key's slot).
 fn acks_of(h: &Harness, key: &FlowKey, flow: &FlowValue) -> Vec<u32> {
@@ -2662,11 +2675,7 @@ fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
     let client = "10.1.9.2";
     let key =
         |port: u16| switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
-    let slot = |port: u16| switcher_common::flow_cache_slot(&key(port).words());
-    let mut seen = std::collections::HashMap::new();
-    let (a, b) = (50_000..u16::MAX)
-        .find_map(|p| seen.insert(slot(p), p).map(|a| (a, p)))
-        .expect("two client ports sharing a cache slot");
+    let (a, b) = ports_sharing_a_slot(client);
     assert_eq!(establish(&mut h, client, a), PRIMARY);
 
     h.run(Prog::Xdp, &ack_of(client, a, 5_000), 1);
@@ -2753,11 +2762,7 @@ fn a_copy_never_moves_its_entrys_ack_back() {
     let client = "10.1.9.4";
     let key =
         |port: u16| switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
-    let slot = |port: u16| switcher_common::flow_cache_slot(&key(port).words());
-    let mut seen = std::collections::HashMap::new();
-    let (a, b) = (50_000..u16::MAX)
-        .find_map(|p| seen.insert(slot(p), p).map(|a| (a, p)))
-        .expect("two client ports sharing a cache slot");
+    let (a, b) = ports_sharing_a_slot(client);
     assert_eq!(establish(&mut h, client, a), PRIMARY);
     assert_eq!(establish(&mut h, client, b), PRIMARY);
     h.run(Prog::Xdp, &ack_of(client, a, 100), 1);
