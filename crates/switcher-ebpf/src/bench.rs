@@ -268,7 +268,7 @@ enum Step {
     Count,
 }
 
-/// The tracked-flow path of `switcher_xdp` (`request_with` and `steer::steer_request`'s
+/// The tracked-flow path of `switcher_xdp` (`request_segment`, `request_verdict` and `steer::steer_request`'s
 /// tracked branch, with the product's functions) up to `until`, then XDP_PASS; XDP_ABORTED if
 /// the packet does not take the tracked path (the bench checks the return code). Results the
 /// later steps would use are fed to the return code, so LLVM keeps each step's work.

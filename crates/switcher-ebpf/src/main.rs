@@ -99,16 +99,21 @@ fn count_unsteerable(class: &Class) {
     });
 }
 
-/// What the request path does with a packet.
+/// What the request path does with a TCP segment ([`request_segment`], then [`request_verdict`]).
+///
+/// The segment itself stays with the caller, borrowed: when the verdict carried it, it was
+/// moved through the stack into the verdict and out again for the rewrite; without that,
+/// `switcher_xdp` is 205 instructions shorter and its tracked flow 0.97 (IPv6 0.92) of the
+/// time by kernel `duration`, within the noise (BENCHMARKS.md, 2026-12-02, session 9, run E).
 enum Verdict {
     /// Rewrite it toward the target.
-    Rewrite(Tcp, steer::Target),
+    Rewrite(steer::Target),
     /// Pass it unchanged.
     Pass,
     /// Drop it (a request held on a finishing flow, see `steer::Decision::Hold`).
     Drop,
     /// Encapsulate it toward a remote origin (index, host address); see `encap`.
-    Encap(Tcp, u32, [u8; 4]),
+    Encap(u32, [u8; 4]),
 }
 
 /// How the request path parses and counts a packet not for the VIP: the product's choice
@@ -139,47 +144,61 @@ const PRODUCT_PARSE: ParseVariant = ParseVariant {
     fast_exit: true,
 };
 
-/// The request decision shared by XDP and TC ingress, with a [`ParseVariant`] spelled out
-/// (const generics take no structs): the product's is [`PRODUCT_PARSE`].
+/// The request path's parse, shared by XDP and TC ingress, with a [`ParseVariant`] spelled out
+/// (const generics take no structs): the product's is [`PRODUCT_PARSE`]. The TCP segment when
+/// the packet is one [`request_verdict`] decides; `None` for every other packet, counted, which
+/// passes unchanged.
 ///
 /// `vip` is `steer::vip()`, which the caller looks up first: its port lets parsing stop early
 /// for the commonest packet on an edge NIC, one that is not for the VIP (`Class::Elsewhere`),
 /// with one per-CPU counter add.
 #[inline(always)]
-fn request_with<const COUNT_EARLY: bool>(
-    ctx: *mut core::ffi::c_void,
+fn request_segment<const COUNT_EARLY: bool>(
     vip: Option<&VipConfig>,
     start: usize,
     end: usize,
     len: usize,
-) -> Verdict {
+) -> Option<Tcp> {
     let class = packet::classify(start, end, len, vip.map_or(0, |v| v.port_be));
     if COUNT_EARLY && matches!(class, Class::Elsewhere) {
         steer::count_pass(|_| {});
-        return Verdict::Pass;
+        return None;
     }
     let Class::Tcp(t) = class else {
         count_unsteerable(&class);
-        return Verdict::Pass;
+        return None;
     };
+    Some(t)
+}
+
+/// The request decision shared by XDP and TC ingress, for the TCP segment `t` of the packet
+/// `[start, end)` ([`request_segment`]).
+#[inline(always)]
+fn request_verdict(
+    ctx: *mut core::ffi::c_void,
+    t: &Tcp,
+    vip: Option<&VipConfig>,
+    start: usize,
+    end: usize,
+) -> Verdict {
     let Some(vip) = vip else {
         steer::count_pass(|_| {});
         return Verdict::Pass;
     };
-    if !steer::is_to_vip(&t, vip) {
-        steer::forget_stale_flow(ctx, &t, vip);
+    if !steer::is_to_vip(t, vip) {
+        steer::forget_stale_flow(ctx, t, vip);
         steer::count_pass(|_| {});
         return Verdict::Pass;
     }
-    match steer::steer_request(ctx, &t, vip, (start, end)) {
+    match steer::steer_request(ctx, t, vip, (start, end)) {
         // Either family: IPv6 requests go in 6in4 (see `encap`).
         steer::Decision::Steer(target) => match target.remote_host {
-            None => Verdict::Rewrite(t, target),
-            Some(host) => Verdict::Encap(t, target.index, host),
+            None => Verdict::Rewrite(target),
+            Some(host) => Verdict::Encap(target.index, host),
         },
         steer::Decision::Untracked => {
-            if let Some((index, host)) = encap::adopt(ctx, &t, vip) {
-                return Verdict::Encap(t, index, host);
+            if let Some((index, host)) = encap::adopt(ctx, t, vip) {
+                return Verdict::Encap(index, host);
             }
             steer::count_pass(|c| c.untracked += 1);
             Verdict::Pass
@@ -198,9 +217,9 @@ fn request_with<const COUNT_EARLY: bool>(
 
 /// The fast exit of [`ParseVariant::fast_exit`]: true when the packet `[start, end)` is a
 /// segment to another port than the VIP's in the commonest shape (see
-/// `packet::is_elsewhere_common`), then counted as [`request_with`] counts
+/// `packet::is_elsewhere_common`), then counted as [`request_segment`] counts
 /// `Class::Elsewhere` (one `passes` add in the unsteered slot); false, nothing counted, for
-/// every other packet, which the caller then gives to [`request_with`].
+/// every other packet, which the caller then gives to [`request_segment`].
 ///
 /// Why it exists (BENCHMARKS.md, 2026-12-02, branch dplean): inlined into the one big request
 /// path, the same checks in `classify` ran with the VIP port and the class discriminant
@@ -264,15 +283,18 @@ fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool>(ctx: &XdpContext)
     };
     // This program is not frags-aware, so the kernel hands it linear packets: the readable
     // range is the whole packet.
-    match request_with::<COUNT_EARLY>(ctx.as_ptr(), vip, start, end, end - start) {
-        Verdict::Rewrite(t, target) => {
+    let Some(t) = request_segment::<COUNT_EARLY>(vip, start, end, end - start) else {
+        return xdp_action::XDP_PASS;
+    };
+    match request_verdict(ctx.as_ptr(), &t, vip, start, end) {
+        Verdict::Rewrite(target) => {
             // A failed rewrite (headers out of bounds, which parsing already ruled out) passes
             // the packet unchanged, counted but not as rewritten.
             let rewritten = xdp_rewrite_dst(start, end, &t, &target).is_some();
             count_steered(&target, end - start, rewritten, false);
             xdp_action::XDP_PASS
         }
-        Verdict::Encap(t, index, host) => encap::xdp_encap(ctx, &t, index, host),
+        Verdict::Encap(index, host) => encap::xdp_encap(ctx, &t, index, host),
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
@@ -330,13 +352,15 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let vip = steer::vip();
     let (start, end) = (ctx.data(), ctx.data_end());
-    let request = request_with::<{ PRODUCT_PARSE.count_early }>;
-    let (t, target) = match request(ctx.as_ptr(), vip, start, end, len) {
-        Verdict::Rewrite(t, target) => (t, target),
+    let Some(t) = request_segment::<{ PRODUCT_PARSE.count_early }>(vip, start, end, len) else {
+        return TC_ACT_OK;
+    };
+    let target = match request_verdict(ctx.as_ptr(), &t, vip, start, end) {
+        Verdict::Rewrite(target) => target,
         Verdict::Pass => return TC_ACT_OK,
         Verdict::Drop => return TC_ACT_SHOT,
         // Direct server return is built in XDP only: on a TC attachment the stack resets it.
-        Verdict::Encap(_, index, _) => {
+        Verdict::Encap(index, _) => {
             encap::count(index, |c| c.errors += 1);
             return TC_ACT_OK;
         }
