@@ -132,6 +132,10 @@ pub mod prog_names {
     /// XDP program never attached: switcher-ctl runs it with `BPF_PROG_TEST_RUN` in live-frame
     /// mode to transmit an RST it built (an edge-originated reset) out of the VIP's interface.
     pub const EMIT_RST: &str = "switcher_emit_rst";
+    /// XDP program never attached: switcher-ctl runs it with `BPF_PROG_TEST_RUN` on a
+    /// `FlowKey` to set `FLOW_FINISHING` on that flow in place (a map update would write the
+    /// whole value over what the data plane writes in it).
+    pub const MARK_FINISHING: &str = "switcher_mark_finishing";
     /// An empty XDP program (XDP_PASS), only loaded by the data-path benchmark as baseline.
     pub const BENCH_XDP_PASS: &str = "bench_xdp_pass";
     /// XDP program that only looks up one constant key in `SWITCHER_FLOWS` (the data-path
@@ -511,10 +515,11 @@ pub const FLOW_CACHE_SLOTS: u32 = 8192;
 /// change is never a hit. The origin's generation is checked on every hit, as for the entry
 /// itself: retiring an origin needs no cache change. All-zero is an empty slot.
 ///
-/// Every [`FLOW_CACHE_REFRESH`]th hit also looks the entry up: that keeps the LRU's reference
-/// bit of a busy flow set (a hit alone does not touch the map, and the LRU would evict the
-/// busiest flows first), writes the acknowledgment number through, and drops a copy whose
-/// entry the LRU evicted.
+/// A hit also looks the entry up when the copy was last filled or refreshed
+/// [`FLOW_CACHE_REFRESH_TICKS`] or more jiffies ago: that keeps the LRU's reference bit of a
+/// busy flow set (a hit alone does not touch the map, and the LRU would evict the busiest
+/// flows first), writes the acknowledgment number through, and drops a copy whose entry the
+/// LRU evicted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheSlot {
@@ -538,13 +543,24 @@ pub struct FlowCacheSlot {
     /// is written back to the entry only while the entry still holds this one, i.e. it is the
     /// same connection and nothing newer reached it.
     pub base_ack: u32,
-    /// Hits since the copy was filled (wrapping), for [`FLOW_CACHE_REFRESH`].
-    pub hits: u32,
+    /// The low 32 bits of the kernel's `jiffies` (`bpf_jiffies64`) when the copy was filled
+    /// or last refreshed, for [`FLOW_CACHE_REFRESH_TICKS`].
+    pub refreshed: u32,
 }
 
-/// Every this many hits, a copy looks its entry up (see [`FlowCacheSlot`]): one hash-map
-/// lookup per 64 packets of a flow, about 1/64 of what the cache saves.
-pub const FLOW_CACHE_REFRESH: u32 = 64;
+/// A hit looks its entry up when the copy's `refreshed` is this many jiffies old or more (see
+/// [`FlowCacheSlot`]): 128 ms at `CONFIG_HZ=250` (Debian's), 32 ms at 1000, 320 ms at 100.
+///
+/// By time, not by packet count: what the lookup is for is the LRU, which evicts an entry
+/// not referenced since its last pass over the list, however many packets the flow sent
+/// before; a count would leave a flow sending a few packets a second unreferenced for
+/// minutes. A busy flow pays one lookup per 32 ticks, whatever its rate; a flow sending less
+/// often than that looks its entry up on each packet, which is what it paid without the
+/// cache. The age is compared signed (RFC 1982), so a test can date a copy either way; a copy
+/// left without a single hit for 2^31 ticks (99 days at 250 Hz) would skip refreshes until
+/// its age wraps, a copy of an entry whose slot's version no insert or delete moved in all
+/// that time, still steering its flow rightly.
+pub const FLOW_CACHE_REFRESH_TICKS: u32 = 32;
 
 /// The flow-cache slot of a key given as [`FlowKey::words`]: a multiply per word, then
 /// murmur3's 32-bit finaliser (cheap, and no rotate, which BPF lacks), masked to
@@ -730,7 +746,6 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::align_of::<FlowKey>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 28);
 const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == 48);
-const _: () = assert!(FLOW_CACHE_REFRESH.is_power_of_two());
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
 const _: () = assert!(core::mem::offset_of!(FlowValue, generation) == 24);
 const _: () = assert!(core::mem::size_of::<Handshake>() == 28);

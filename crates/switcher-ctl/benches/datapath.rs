@@ -403,7 +403,7 @@ fn prog_test_run(out: &mut String) {
             false,
         ),
         (
-            "tracked flow, 1 KiB payload (flow-cache hit, every 64th also a lookup + rewrite)",
+            "tracked flow, 1 KiB payload (flow-cache hit + rewrite; a copy 32 ticks old also a lookup)",
             tracked_pkt(),
             Taken::Rewrite,
             false,
@@ -687,7 +687,7 @@ fn floors(out: &mut String, ebpf: &Ebpf, tracked: &[u8]) {
         (prog_names::BENCH_XDP_PASS, "empty program (baseline)"),
         (
             prog_names::XDP_INGRESS,
-            "`switcher_xdp`, tracked flow (the product path: a flow-cache hit, every 64th also a lookup)",
+            "`switcher_xdp`, tracked flow (the product path: a flow-cache hit; a copy 32 ticks old also a lookup)",
         ),
         (
             prog_names::BENCH_CACHE_MISS,
@@ -891,7 +891,7 @@ fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
         ),
         (
             prog_names::BENCH_TF_ORIGIN,
-            "`bench_tf_origin`: + the copy's origin and generation, client ACK, refresh count (every 64th run a lookup), FINISHING check, origin target, remote check",
+            "`bench_tf_origin`: + the copy's origin and generation, client ACK, refresh check (a lookup if the copy is 32 ticks old), FINISHING check, origin target, remote check",
         ),
         (
             prog_names::BENCH_TF_REWRITE,

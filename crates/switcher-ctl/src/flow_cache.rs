@@ -101,11 +101,11 @@ pub fn copies<M: std::borrow::Borrow<MapData>>(
 /// deleted, and an RCU grace period passed), so no CPU is still updating them.
 ///
 /// The copies come first because they are never older than the entry was when they were made,
-/// and the entry may be behind them (a hit moves only its copy, and writes through only every
-/// `FLOW_CACHE_REFRESH`th packet); among themselves they are ordered by serial comparison
-/// (RFC 1982) from the first one, which is right while they are within 2^31 of each other, as
-/// numbers recorded moments apart are (a copy left by an earlier connection of the same client
-/// port to the same origin may sort anywhere).
+/// and the entry may be behind them (a hit moves only its copy, and writes through only when
+/// the copy is `FLOW_CACHE_REFRESH_TICKS` jiffies old); among themselves they are ordered by
+/// serial comparison (RFC 1982) from the first one, which is right while they are within 2^31
+/// of each other, as numbers recorded moments apart are (a copy left by an earlier connection
+/// of the same client port to the same origin may sort anywhere).
 ///
 /// Several numbers mean several resets: the client accepts the one equal to its `RCV.NXT`,
 /// answers one in its window with a challenge ACK (which the edge's stack resets exactly, the

@@ -49,6 +49,7 @@ pub mod decap;
 pub mod decide;
 pub mod edge_rst;
 pub mod finish;
+pub mod finish_mark;
 pub mod flow_cache;
 pub mod handshake_table;
 pub mod loader;

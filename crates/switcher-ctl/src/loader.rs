@@ -182,6 +182,10 @@ pub struct Pinned {
     /// The edge-reset transmitter, opened on first use; `Some(None)` once it turned out to be
     /// unavailable (not native XDP, or pins of a build without it), so that is logged once.
     emitter: Option<Option<crate::edge_rst::Emitter>>,
+    /// The program that marks flows finishing in place, opened on first use; `Some(None)`
+    /// with pins of a build without it (then a map update does it, see
+    /// [`crate::finish_mark`]), logged once.
+    marker: Option<Option<crate::finish_mark::FinishMarker>>,
     /// Keys of flows retired by a generation change and not deleted yet: deleted a few
     /// thousand per call of [`DataPlane::reap_retired`], after the failover, not during it.
     retired: Vec<FlowKey>,
@@ -656,6 +660,7 @@ impl Pinned {
                     .context("opening pinned map SWITCHER_FLOW_CACHE_VERSIONS")?,
             )?,
             emitter: None,
+            marker: None,
             retired: Vec::new(),
         })
     }
@@ -1142,7 +1147,9 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
         })
         .context("adding clsact qdisc")?;
 
-    load_emitter(&mut ebpf, root)?;
+    for tool in [prog_names::EMIT_RST, prog_names::MARK_FINISHING] {
+        load_tool(&mut ebpf, root, tool)?;
+    }
     // Egress first: replies must be rewritten before any request is steered.
     attach_tc(
         &mut ebpf,
@@ -1210,16 +1217,18 @@ pub fn load_object(max_flows: u32) -> Result<Ebpf> {
         .with_context(|| format!("loading the eBPF object (max flows {max_flows})"))
 }
 
-/// Loads and pins the edge-reset program (never attached; see [`crate::edge_rst`]).
-fn load_emitter(ebpf: &mut Ebpf, root: &Path) -> Result<()> {
+/// Loads and pins one of the XDP programs user space runs itself and never attaches: the
+/// edge-reset emitter ([`crate::edge_rst`]) and the finishing marker
+/// ([`crate::finish_mark`]).
+fn load_tool(ebpf: &mut Ebpf, root: &Path, name: &str) -> Result<()> {
     let prog: &mut Xdp = ebpf
-        .program_mut(prog_names::EMIT_RST)
-        .ok_or_else(|| anyhow!("object has no program {}", prog_names::EMIT_RST))?
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("object has no program {name}"))?
         .try_into()?;
     prog.load()
-        .with_context(|| format!("loading {} (verifier)", prog_names::EMIT_RST))?;
-    prog.pin(progs_dir(root).join(prog_names::EMIT_RST))
-        .with_context(|| format!("pinning {}", prog_names::EMIT_RST))?;
+        .with_context(|| format!("loading {name} (verifier)"))?;
+    prog.pin(progs_dir(root).join(name))
+        .with_context(|| format!("pinning {name}"))?;
     Ok(())
 }
 
@@ -1491,6 +1500,45 @@ impl Pinned {
         self.emitter.as_ref().and_then(Option::as_ref)
     }
 
+    /// The finishing marker ([`crate::finish_mark`]), opened once; `None` with pins of a
+    /// build without it, logged once.
+    fn marker(&mut self) -> Option<&crate::finish_mark::FinishMarker> {
+        if self.marker.is_none() {
+            let opened = crate::finish_mark::FinishMarker::open(
+                &progs_dir(&self.root).join(prog_names::MARK_FINISHING),
+            )
+            .inspect_err(|e| {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "no finishing marker (pins of an older build): finishing flows are marked \
+                     with a map update, which can undo an acknowledgment number or close the \
+                     data plane records meanwhile"
+                )
+            })
+            .ok();
+            self.marker = Some(opened);
+        }
+        self.marker.as_ref().and_then(Option::as_ref)
+    }
+
+    /// Marks the flow `key` finishing (`FLOW_FINISHING`), in place through the data plane
+    /// ([`crate::finish_mark`]), or with a map update on pins without the program (which
+    /// makes the flow's copies stale itself). False when the flow has no entry.
+    fn mark_finishing(&mut self, key: &FlowKey) -> Result<bool> {
+        if let Some(m) = self.marker() {
+            return m.mark(key);
+        }
+        let Ok(mut v) = self.flows.get(key, 0) else {
+            return Ok(false);
+        };
+        if v.flags & FLOW_FINISHING == 0 {
+            v.flags |= FLOW_FINISHING;
+            self.flows.insert(key, v, 0)?;
+            self.cache_versions.invalidate([key]);
+        }
+        Ok(true)
+    }
+
     /// Sends an edge reset to the client of each flow (see [`crate::edge_rst`]), one for each
     /// acknowledgment number the flow may be at ([`crate::flow_cache::client_acks`]); how many
     /// flows got at least one. Failures are logged; the origin socket's reset and the edge's
@@ -1714,19 +1762,17 @@ impl DataPlane for Pinned {
             .iter()
             .copied()
             .partition(|(k, _)| finishing.contains(&flow_client(k)));
-        for (k, _) in &kept {
+        for (k, v) in &kept {
             // Its next request is dropped by the data plane: the retired origin finishes this
             // response and starts no other (FLOW_FINISHING). Set before the generation moves
-            // below, which spares finishing flows.
-            if let Ok(mut v) = self.flows.get(k, 0)
-                && v.flags & FLOW_FINISHING == 0
+            // below, which spares finishing flows; the CPUs' copies of the flow are made
+            // stale with it.
+            if v.flags & FLOW_FINISHING == 0
+                && let Err(e) = self.mark_finishing(k)
             {
-                v.flags |= FLOW_FINISHING;
-                let _ = self.flows.insert(k, v, 0);
+                tracing::warn!(error = %format!("{e:#}"), "marking a flow finishing failed: the generation change below retires it instead");
             }
         }
-        // The CPUs' copies of those flows do not know they are finishing.
-        self.cache_versions.invalidate(kept.iter().map(|(k, _)| k));
         // Flows left to finish by an earlier call, cut now: a generation change spares them,
         // so they are deleted (a few).
         let (finished, plain): (Vec<_>, Vec<_>) = cut

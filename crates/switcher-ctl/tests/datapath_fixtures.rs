@@ -446,6 +446,26 @@ impl Harness {
         aya::maps::PerCpuArray::try_from(self.ebpf.map(map_names::FLOW_CACHE).unwrap()).unwrap()
     }
 
+    /// Moves the `refreshed` tick of every CPU's copy of `key` by `delta` (wrapping), so that
+    /// a test decides whether the copy's next hit refreshes ([`postpone_refresh`],
+    /// [`make_refresh_due`]) instead of the clock.
+    fn shift_refreshed(&mut self, key: &FlowKey, delta: u32) {
+        let slot = switcher_common::flow_cache_slot(&key.words());
+        let mut cache: aya::maps::PerCpuArray<&mut MapData, switcher_common::FlowCacheSlot> =
+            aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(map_names::FLOW_CACHE).unwrap())
+                .unwrap();
+        let mut copies: Vec<_> = cache.get(&slot, 0).unwrap().iter().copied().collect();
+        let mut shifted = 0;
+        for c in copies.iter_mut().filter(|c| c.key == key.words()) {
+            c.refreshed = c.refreshed.wrapping_add(delta);
+            shifted += 1;
+        }
+        assert!(shifted > 0, "a CPU holds a copy of the flow");
+        cache
+            .set(slot, aya::maps::PerCpuValues::try_from(copies).unwrap(), 0)
+            .unwrap();
+    }
+
     fn handshakes(&self) -> Vec<(FlowKey, Handshake)> {
         self.handshake_table().entries()
     }
@@ -2576,6 +2596,18 @@ fn dport_of(frame: &[u8]) -> u16 {
     u16::from_be_bytes([frame[36], frame[37]])
 }
 
+/// Dates the copies of `key` 2^20 ticks ahead: their hits do not refresh (the age is compared
+/// signed) until [`make_refresh_due`] or a refill, however long the test takes.
+fn postpone_refresh(h: &mut Harness, key: &FlowKey) {
+    h.shift_refreshed(key, 1 << 20);
+}
+
+/// Dates the copies of `key` 2^21 ticks back (2^20 from a [`postpone_refresh`]): their next
+/// hit refreshes.
+fn make_refresh_due(h: &mut Harness, key: &FlowKey) {
+    h.shift_refreshed(key, (1u32 << 21).wrapping_neg());
+}
+
 /// A copy steers its flow until user space says the entry changed: an entry deleted without
 /// [`switcher_ctl::flow_cache::Versions::invalidate`] is still steered from the copy (why
 /// every delete and flag change in `Pinned` is followed by it), and after it the flow's next
@@ -2603,6 +2635,8 @@ fn a_copy_is_used_until_its_entry_changes_or_its_origin_is_retired() {
         "the steered packet left a copy on its CPU"
     );
 
+    // No refresh due, whatever time the test takes (a refresh would find the entry gone).
+    postpone_refresh(&mut h, &key);
     let mut flows: HashMap<_, FlowKey, FlowValue> =
         HashMap::try_from(h.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
     let entry = flows.get(&key, 0).unwrap();
@@ -2679,6 +2713,7 @@ fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
     assert_eq!(establish(&mut h, client, a), PRIMARY);
 
     h.run(Prog::Xdp, &ack_of(client, a, 5_000), 1);
+    postpone_refresh(&mut h, &key(a));
     h.run(Prog::Xdp, &ack_of(client, a, 7_000), 1);
     let entry = |h: &Harness| flow_of(h, client, a).unwrap();
     assert_eq!(
@@ -2707,28 +2742,36 @@ fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
     );
 }
 
-/// Every `FLOW_CACHE_REFRESH`th hit looks the entry up: the acknowledgment number reaches the
-/// entry, and an entry that left the table without a version change (as the LRU evicts) stops
-/// steering the flow by the next refresh; its packet is then untracked.
+/// A hit on a copy `FLOW_CACHE_REFRESH_TICKS` jiffies old looks the entry up: the
+/// acknowledgment number reaches the entry, and an entry that left the table without a version
+/// change (as the LRU evicts) stops steering the flow at the copy's next refresh; its packet is
+/// then untracked. Hits before that touch only the copy.
 #[test]
-fn a_copy_refreshes_from_its_entry_every_few_hits() {
-    use switcher_common::FLOW_CACHE_REFRESH;
+fn a_copy_refreshes_from_its_entry_when_it_is_old() {
     pin_to_one_cpu();
     let mut h = Harness::new();
     h.set_active(PRIMARY);
     let (client, port) = ("10.1.9.3", 49003);
     assert_eq!(establish(&mut h, client, port), PRIMARY);
     let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
-    // The first packet misses (fills the copy), the next ones hit.
-    for n in 1..=FLOW_CACHE_REFRESH + 1 {
-        let (_, out, _) = h.run(Prog::Xdp, &ack_of(client, port, 100 * n), 1);
-        assert_eq!(dport_of(&out), 8081);
-    }
-    let entry = flow_of(&h, client, port).unwrap().client_ack;
-    assert!(
-        (entry.wrapping_sub(DEFAULT_SEQ.wrapping_add(100)) as i32) > 0,
-        "a refresh wrote the copy's number through: entry at ISN + {}",
-        entry.wrapping_sub(DEFAULT_SEQ)
+    let entry = |h: &Harness| flow_of(h, client, port).unwrap().client_ack;
+    // The first packet misses (fills the copy, writes the entry), the next one hits.
+    h.run(Prog::Xdp, &ack_of(client, port, 100), 1);
+    postpone_refresh(&mut h, &key);
+    let (_, out, _) = h.run(Prog::Xdp, &ack_of(client, port, 200), 1);
+    assert_eq!(dport_of(&out), 8081);
+    assert_eq!(
+        entry(&h),
+        DEFAULT_SEQ.wrapping_add(100),
+        "a hit with no refresh due moves only the copy"
+    );
+    make_refresh_due(&mut h, &key);
+    let (_, out, _) = h.run(Prog::Xdp, &ack_of(client, port, 300), 1);
+    assert_eq!(dport_of(&out), 8081);
+    assert_eq!(
+        entry(&h),
+        DEFAULT_SEQ.wrapping_add(300),
+        "the refresh wrote the copy's number through"
     );
 
     // The entry leaves the table with no version change, as an LRU eviction does.
@@ -2736,18 +2779,31 @@ fn a_copy_refreshes_from_its_entry_every_few_hits() {
         HashMap::try_from(h.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
     flows.remove(&key).unwrap();
     let seg = ack_of(client, port, 100_000);
-    let steered = (0..=FLOW_CACHE_REFRESH)
-        .take_while(|_| h.run(Prog::Xdp, &seg, 1).1 != seg)
-        .count() as u32;
+    postpone_refresh(&mut h, &key);
+    let (_, out, _) = h.run(Prog::Xdp, &seg, 1);
     assert_eq!(
-        steered,
-        FLOW_CACHE_REFRESH - 1,
-        "the copy steered until its next refresh, the 64th hit since it was filled"
+        dport_of(&out),
+        8081,
+        "the copy steers until its next refresh"
     );
+    make_refresh_due(&mut h, &key);
     let untracked = h.counters()[U as usize].untracked;
     let (_, out, _) = h.run(Prog::Xdp, &seg, 1);
-    assert_eq!(out, seg, "and stays dropped");
+    assert_eq!(out, seg, "the refresh found the entry gone: untracked");
     assert_eq!(h.counters()[U as usize].untracked, untracked + 1);
+    assert!(
+        !switcher_ctl::flow_cache::copies(
+            &h.flow_cache(),
+            switcher_common::flow_cache_slot(&key.words())
+        )
+        .unwrap()
+        .iter()
+        .any(|c| c.key == key.words()),
+        "and the copy is gone"
+    );
+    let (_, out, _) = h.run(Prog::Xdp, &seg, 1);
+    assert_eq!(out, seg, "and stays untracked");
+    assert_eq!(h.counters()[U as usize].untracked, untracked + 2);
 }
 
 /// A copy never moves its entry's acknowledgment number back: when the entry got ahead of the
@@ -2755,7 +2811,6 @@ fn a_copy_refreshes_from_its_entry_every_few_hits() {
 /// so a later give-back (another flow taking the slot) writes nothing older.
 #[test]
 fn a_copy_never_moves_its_entrys_ack_back() {
-    use switcher_common::FLOW_CACHE_REFRESH;
     pin_to_one_cpu();
     let mut h = Harness::new();
     h.set_active(PRIMARY);
@@ -2774,10 +2829,9 @@ fn a_copy_never_moves_its_entrys_ack_back() {
     let mut v = flows.get(&key(a), 0).unwrap();
     v.client_ack = ahead;
     flows.insert(key(a), v, 0).unwrap();
-    // Hits up to and including a refresh, acknowledging less than the entry holds.
-    for _ in 0..FLOW_CACHE_REFRESH {
-        h.run(Prog::Xdp, &ack_of(client, a, 200), 1);
-    }
+    // A hit that refreshes, acknowledging less than the entry holds.
+    make_refresh_due(&mut h, &key(a));
+    h.run(Prog::Xdp, &ack_of(client, a, 200), 1);
     // Flow b takes the slot.
     let (_, out, _) = h.run(Prog::Xdp, &ack_of(client, b, 100), 1);
     assert_eq!(dport_of(&out), 8081);
@@ -2786,6 +2840,82 @@ fn a_copy_never_moves_its_entrys_ack_back() {
         ahead,
         "the entry's number did not move back"
     );
+}
+
+/// `switcher_mark_finishing`, run by user space through its pin (`finish_mark::FinishMarker`,
+/// what `Pinned::abort_flows` uses), sets `FLOW_FINISHING` and nothing else: what the data
+/// plane wrote in the entry (the client's acknowledgment number, TC egress's
+/// `FLOW_ORIGIN_CLOSED`) stays, and the CPU's copy of the flow is made stale, so the flow's
+/// next request is held at once. A flow without an entry is reported, not created.
+#[test]
+fn marking_a_flow_finishing_changes_only_its_flag() {
+    use switcher_common::{FLOW_FINISHING, FLOW_ORIGIN_CLOSED};
+    const XDP_DROP: u32 = 1;
+    pin_to_one_cpu();
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let (client, port) = ("10.1.9.5", 49005);
+    assert_eq!(establish(&mut h, client, port), PRIMARY);
+    let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
+    let request = |ack: u32| {
+        Pkt::tcp(client, port, VIP4, VIP_PORT, ACK | PSH)
+            .with_ack(DEFAULT_SEQ.wrapping_add(ack))
+            .with_payload(b"GET /hls/demo/1001.ts HTTP/1.1\r\n\r\n")
+            .build()
+    };
+    // A request (a miss: the entry records its acknowledgment number, the CPU keeps a copy),
+    // then the origin's FIN (TC egress marks the entry closed).
+    assert_eq!(dport_of(&h.run(Prog::Xdp, &request(700), 1).1), 8081);
+    let fin = Pkt::tcp(VIP4, 8081, client, port, FIN | ACK).build();
+    assert_eq!(h.run(Prog::TcEgress, &fin, 1).0, TC_ACT_OK);
+    let before = flow_of(&h, client, port).unwrap();
+    assert_eq!(before.client_ack, DEFAULT_SEQ.wrapping_add(700));
+    assert_ne!(
+        before.flags & FLOW_ORIGIN_CLOSED,
+        0,
+        "the FIN closed the flow"
+    );
+
+    // The marker through a pin, as switcher-ctl opens it.
+    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/swfx-mark-{}", std::process::id()));
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin.clone());
+    {
+        let p: &mut Xdp = h
+            .ebpf
+            .program_mut(prog_names::MARK_FINISHING)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        p.load().expect("verifier accepts the marker");
+        p.pin(&pin).expect("pin the marker");
+    }
+    let marker = switcher_ctl::finish_mark::FinishMarker::open(&pin).unwrap();
+    assert!(marker.mark(&key).unwrap(), "the flow has an entry");
+    let after = flow_of(&h, client, port).unwrap();
+    assert_eq!(
+        after,
+        FlowValue {
+            flags: before.flags | FLOW_FINISHING,
+            ..before
+        },
+        "only the flag changed"
+    );
+    let (verdict, _, _) = h.run(Prog::Xdp, &request(800), 1);
+    assert_eq!(
+        verdict, XDP_DROP,
+        "the next request is held: the copy did not steer it"
+    );
+    assert_eq!(h.counters()[PRIMARY as usize].held, 1);
+
+    let gone = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), 1));
+    assert!(!marker.mark(&gone).unwrap(), "no entry, nothing marked");
+    assert!(flow_of(&h, client, 1).is_none(), "and none created");
 }
 
 /// Every program in the object passes the verifier, the never-attached bench programs too: a

@@ -256,8 +256,8 @@ enum Step {
     Parse,
     /// + the flow key and this CPU's copy of the flow (`flow_cache::probe`, a hit).
     Copy,
-    /// + the copy's origin (read, generation checked), the client ACK, the refresh count (every
-    /// `FLOW_CACHE_REFRESH`th run looks the entry up), the FINISHING check and the origin's
+    /// + the copy's origin (read, generation checked), the client ACK, the refresh check (a
+    /// copy `FLOW_CACHE_REFRESH_TICKS` jiffies old looks the entry up), the FINISHING check and the origin's
     /// target (`steer::steer_cached`), and the remote check
     /// (`steer::Target::remote_host`): everything `switcher_xdp` decides before rewriting.
     Origin,

@@ -27,18 +27,35 @@
 //! # The LRU, and the client's acknowledgment number
 //! A hit does not touch `SWITCHER_FLOWS`, so the LRU would see the busiest flows as idle, and
 //! the entry would not learn the client's newest acknowledgment number, which an edge reset
-//! needs (`FlowValue::client_ack`; a hit records it in the copy). So every
-//! `FLOW_CACHE_REFRESH`th hit looks the entry up ([`refresh`]): the lookup sets the LRU's
-//! reference bit, the number is written through, and a copy whose entry is gone (evicted,
-//! which increments no version) is dropped. In between, user space reads every CPU's copy of
-//! a flow when it resets one, and a copy taken by another flow writes its number back to the
-//! entry first ([`Probe::fill`]).
+//! needs (`FlowValue::client_ack`; a hit records it in the copy). So a hit on a copy filled or
+//! refreshed `FLOW_CACHE_REFRESH_TICKS` jiffies ago or more looks the entry up ([`refresh`]):
+//! the lookup sets the LRU's reference bit, the number is written through, and a copy whose
+//! entry is gone (evicted, which increments no version) is dropped. In between, user space
+//! reads every CPU's copy of a flow when it resets one, and a copy taken by another flow
+//! writes its number back to the entry first ([`Probe::fill`]).
+//!
+//! The entry's number is written by several CPUs (each one's misses, refreshes and
+//! give-backs), so those writes are compare-and-swaps (`steer::advance_ack`,
+//! `steer::replace_ack`): a number is never overwritten by an older one that was read before it
+//! was stored.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use switcher_common::{flow_cache_slot, FlowCacheSlot, FlowKey, FlowValue, FLOW_CACHE_REFRESH};
+use aya_ebpf::helpers::bpf_jiffies64;
+use switcher_common::{
+    flow_cache_slot, FlowCacheSlot, FlowKey, FlowValue, FLOW_CACHE_REFRESH_TICKS,
+};
 
 use crate::maps::{FLOWS, FLOW_CACHE, FLOW_CACHE_VERSIONS};
+use crate::steer::{advance_ack, replace_ack};
+
+/// The low 32 bits of the kernel's `jiffies`, for [`FlowCacheSlot::refreshed`]. The verifier
+/// inlines `bpf_jiffies64` on 64-bit JITs as one load of the kernel's variable: no call.
+#[inline(always)]
+fn ticks() -> u32 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_jiffies64() as u32 }
+}
 
 /// A key as [`FlowKey::words`] computes them, without the byte shuffling (one load a word).
 #[inline(always)]
@@ -134,7 +151,7 @@ impl Probe {
             s.client_ack = (*flow).client_ack;
         }
         s.base_ack = s.client_ack;
-        s.hits = 0;
+        s.refreshed = ticks();
         s.key = self.key;
         s.version = self.version;
     }
@@ -162,42 +179,37 @@ fn write_back(s: &FlowCacheSlot) {
     let Some(f) = entry_of(s) else {
         return;
     };
-    // SAFETY: a pointer into the map value, valid while the program runs (RCU); one read,
-    // and an aligned u32 store, as `steer::record_client_ack`'s.
-    unsafe {
-        let entry = (*f).client_ack;
-        if entry == s.base_ack && (s.client_ack.wrapping_sub(entry) as i32) > 0 {
-            (*f).client_ack = s.client_ack;
-        }
+    if (s.client_ack.wrapping_sub(s.base_ack) as i32) <= 0 {
+        return;
     }
+    // SAFETY: a pointer to the map value, valid while the program runs (RCU). A
+    // compare-and-swap: "still holds `base_ack`" and the store are one step, so a number
+    // another CPU stored meanwhile is never overwritten.
+    unsafe { replace_ack(f, s.base_ack, s.client_ack) };
 }
 
-/// Every `FLOW_CACHE_REFRESH`th hit of the copy `s` (see the module's docs): looks its entry
-/// up (the LRU's reference bit), writes the copy's acknowledgment number through if the entry
-/// has not moved past it, and returns false, the copy emptied, when the entry is gone or is
-/// another flow's: the packet then takes the miss path.
+/// On a hit of the copy `s` whose last fill or refresh is `FLOW_CACHE_REFRESH_TICKS` jiffies
+/// old or more (see the module's docs): looks its entry up (the LRU's reference bit), brings
+/// copy and entry to the newer of their two acknowledgment numbers, and returns false, the
+/// copy emptied, when the entry is gone or is another flow's: the packet then takes the miss
+/// path. True, with nothing done, on other hits: one load of `jiffies` and a compare.
 #[inline(always)]
 pub fn refresh(s: &mut FlowCacheSlot) -> bool {
-    s.hits = s.hits.wrapping_add(1);
-    if s.hits % FLOW_CACHE_REFRESH != 0 {
+    let now = ticks();
+    if (now.wrapping_sub(s.refreshed) as i32) < FLOW_CACHE_REFRESH_TICKS as i32 {
         return true;
     }
     let Some(f) = entry_of(s) else {
         *s = FlowCacheSlot::default();
         return false;
     };
-    // SAFETY: as in `write_back`. The entry's number is read once; copy and entry both end
-    // at the newer of the two, so the copy never holds one older than its base (which a later
-    // `write_back` would then write, moving the entry back).
-    unsafe {
-        let entry = (*f).client_ack;
-        if (s.client_ack.wrapping_sub(entry) as i32) > 0 {
-            (*f).client_ack = s.client_ack;
-        } else {
-            s.client_ack = entry;
-        }
-        s.base_ack = s.client_ack;
-    }
+    // SAFETY: a pointer to the map value, valid while the program runs (RCU). Copy and entry
+    // both end at the newer of the two, so the copy never holds one older than its base
+    // (which a later `write_back` would then write, moving the entry back).
+    let newest = unsafe { advance_ack(f, s.client_ack) };
+    s.client_ack = newest;
+    s.base_ack = newest;
+    s.refreshed = now;
     true
 }
 

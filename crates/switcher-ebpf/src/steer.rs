@@ -3,6 +3,7 @@
 //! packets are replies of a tracked flow, when a flow is over, and the per-origin counters.
 
 use core::ffi::c_void;
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS},
@@ -408,7 +409,7 @@ pub fn steer_request(
     }
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map value, valid while this program runs (RCU); fields are
-        // read once, and the one write (`record_client_ack`) is an aligned u32 store.
+        // read once, and the one write (`record_client_ack`) is a compare-and-swap.
         let (index, flags, generation) =
             unsafe { ((*flow).origin, (*flow).flags, (*flow).generation) };
         // The flow's origin, while the flow is live: its slot still holds an origin, and the
@@ -505,15 +506,154 @@ pub(crate) fn steer_cached(slot: &mut FlowCacheSlot, t: &Tcp) -> Option<Decision
 /// the number moves forward (RFC 1982 serial comparison: a reordered older segment does not
 /// move it back), so a stream of segments acknowledging the same data costs one compare each;
 /// the store happens about once per window of data the client receives.
+///
+/// The entry is shared by every CPU, so the store is [`advance_ack`]'s compare-and-swap: a
+/// number another CPU stored since this one read the entry is never overwritten by an older
+/// one.
 #[inline(always)]
 pub(crate) fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
-    // SAFETY: see steer_request; a concurrent writer on another CPU stores a number of the
-    // same connection, and either one is a valid, recent acknowledgment number.
-    record_ack(unsafe { core::ptr::addr_of_mut!((*flow).client_ack) }, t);
+    if t.flags & tcp::ACK == 0 {
+        return;
+    }
+    // SAFETY: see steer_request: a pointer to the map value.
+    unsafe { advance_ack(flow, t.ack_seq) };
 }
 
-/// [`record_client_ack`] into the acknowledgment number at `ack` (an entry's, or this CPU's
-/// cached copy's, see `flow_cache`).
+/// The 8-byte word of the flow entry `flow` that holds its `client_ack` (the low half: the
+/// field's offset is 8, a little-endian target) and the first four bytes of `hop_mac` (the
+/// high half, written once, when the entry is created). BPF's compare-and-swap on a 4-byte
+/// word needs the 32-bit ALU (`-mcpu=v3`), which this object is not built for (BENCHMARKS.md,
+/// session 7: tried, not kept); a map value is 8-byte aligned, so the 8-byte one is used on
+/// this word, whose high half never changes under it.
+#[inline(always)]
+fn ack_word(flow: *mut FlowValue) -> *mut u64 {
+    const _: () = assert!(core::mem::offset_of!(FlowValue, client_ack) == 8);
+    flow.cast::<u8>().wrapping_add(8).cast::<u64>()
+}
+
+/// Moves the entry `flow`'s `client_ack`, which several CPUs write, forward to `to` when `to`
+/// is newer (RFC 1982 serial comparison), with a compare-and-swap ([`ack_word`]), and returns
+/// the number it then holds as far as this CPU saw: `to`, or a newer one another CPU stored.
+/// Two tries: a second failure means two other CPUs moved it meanwhile, to numbers as recent
+/// as this one, and the newer of `to` and the last seen is returned.
+///
+/// # Safety
+/// `flow` points to a `SWITCHER_FLOWS` value, valid while this program runs.
+#[inline(always)]
+pub(crate) unsafe fn advance_ack(flow: *mut FlowValue, to: u32) -> u32 {
+    let word = ack_word(flow);
+    // SAFETY: per the caller; an aligned 8-byte load.
+    let mut seen = unsafe { core::ptr::read_volatile(word) };
+    for _ in 0..2 {
+        if (to.wrapping_sub(seen as u32) as i32) <= 0 {
+            return seen as u32;
+        }
+        let new = (seen & !0xffff_ffff) | u64::from(to);
+        // SAFETY: per the caller.
+        let (old, stored) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+                word, seen, new,
+            )
+        };
+        if stored {
+            return to;
+        }
+        seen = old;
+    }
+    if (to.wrapping_sub(seen as u32) as i32) > 0 {
+        to
+    } else {
+        seen as u32
+    }
+}
+
+/// The 8-byte word of the flow entry `flow` that holds its `origin` (the low half, never
+/// written in place) and its `flags` (the high half): the word [`set_flow_flag`] swaps (see
+/// [`ack_word`] for why 8 bytes).
+#[inline(always)]
+fn flags_word(flow: *mut FlowValue) -> *mut u64 {
+    const _: () = assert!(core::mem::offset_of!(FlowValue, flags) == 4);
+    flow.cast::<u64>()
+}
+
+/// Sets `flag` in the entry `flow`'s `flags`, with a compare-and-swap, so that two writers
+/// (TC egress's `FLOW_ORIGIN_CLOSED`, [`mark_finishing`]'s `FLOW_FINISHING`) never undo each
+/// other; true when this call set it, false when it was already set. Four tries: each failed
+/// one means another flag was set meanwhile, and there are two to set.
+///
+/// # Safety
+/// As [`advance_ack`].
+#[inline(always)]
+pub(crate) unsafe fn set_flow_flag(flow: *mut FlowValue, flag: u32) -> bool {
+    let word = flags_word(flow);
+    let bit = u64::from(flag) << 32;
+    // SAFETY: per the caller; an aligned 8-byte load.
+    let mut seen = unsafe { core::ptr::read_volatile(word) };
+    for _ in 0..4 {
+        if seen & bit != 0 {
+            return false;
+        }
+        // SAFETY: per the caller.
+        let (old, stored) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+                word,
+                seen,
+                seen | bit,
+            )
+        };
+        if stored {
+            return true;
+        }
+        seen = old;
+    }
+    false
+}
+
+/// Marks the flow `key` finishing (`FLOW_FINISHING`, docs/ARCHITECTURE.md "Stranded
+/// connections") for user space, which runs `switcher_mark_finishing` on the key: sets the flag
+/// in place ([`set_flow_flag`]) and makes every CPU's copy of the flow stale, so its next
+/// request is held. False when the flow has no entry.
+///
+/// Why the data plane and not a map update: an update writes the whole value, so user space's
+/// read-modify-write would undo what the data plane wrote in place in between (the client's
+/// acknowledgment number, `FLOW_ORIGIN_CLOSED`); here only the flag's word changes, atomically.
+#[inline(always)]
+pub fn mark_finishing(key: &FlowKey) -> bool {
+    let Some(f) = FLOWS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a pointer to the map value, valid while the program runs (RCU).
+    unsafe { set_flow_flag(f, FLOW_FINISHING) };
+    flow_cache::invalidate(key);
+    true
+}
+
+/// Stores `to` as the entry `flow`'s `client_ack` if it still holds `expect`, in one
+/// compare-and-swap ([`ack_word`]): the copy's give-back (`flow_cache`).
+///
+/// # Safety
+/// As [`advance_ack`].
+#[inline(always)]
+pub(crate) unsafe fn replace_ack(flow: *mut FlowValue, expect: u32, to: u32) {
+    let word = ack_word(flow);
+    // SAFETY: per the caller; an aligned 8-byte load.
+    let seen = unsafe { core::ptr::read_volatile(word) };
+    if seen as u32 != expect {
+        return;
+    }
+    let high = seen & !0xffff_ffff;
+    // SAFETY: per the caller.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+            word,
+            high | u64::from(expect),
+            high | u64::from(to),
+        );
+    }
+}
+
+/// Records the client's acknowledgment number of `t` in this CPU's cached copy of its flow
+/// (`flow_cache`), at `ack`: written by this CPU only, so a plain store.
 #[inline(always)]
 fn record_ack(ack: *mut u32, t: &Tcp) {
     if t.flags & tcp::ACK == 0 {
@@ -730,12 +870,9 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     unsafe {
         if let Some(f) = flow {
             if t.flags & (tcp::FIN | tcp::RST) != 0 && (*f).flags & FLOW_ORIGIN_CLOSED == 0 {
-                // Not atomic (the BPF target has no atomic fetch-or in Rust's core): a FIN and
-                // an RST of one flow processed on two CPUs at the same instant would count it
-                // twice. One socket's segments leave one at a time, so this does not happen in
-                // practice; `flow_counts` saturates at 0 if it ever did.
-                (*f).flags |= FLOW_ORIGIN_CLOSED;
-                closed = true;
+                // A compare-and-swap (`set_flow_flag`): a FINISHING mark set meanwhile is not
+                // lost, and a FIN and an RST of one flow on two CPUs count it closed once.
+                closed = set_flow_flag(f, FLOW_ORIGIN_CLOSED);
             }
         } else if let Some(h) = &handshake {
             if t.flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
