@@ -2,13 +2,15 @@
 //!
 //! 1. The XDP program's cost per packet through BPF_PROG_TEST_RUN with repeat = 1,000,000, for
 //!    a SYN to the VIP (flow lookup + handshake insert), a packet of a tracked flow (its
-//!    CPU's copy of the flow; the miss, a flow lookup, is a floor row), a packet not for the VIP, a SYN straight to an origin (stale-flow check), a
+//!    CPU's copy of the flow; the miss, a flow lookup, is a floor row), a packet not for the
+//!    VIP, a SYN straight to an origin (stale-flow check), a
 //!    SYN with the listener check, a bare ACK of no flow (what a spoofed flood costs), and the
 //!    SYN, the tracked flow and the packet not for the VIP over IPv6 (the VIP is dual-stack),
 //!    against an empty XDP_PASS program on the same packet in the same run; every repetition
 //!    is checked to take the path it is named after (see `prog_test_run`). Then rows that a
-//!    repeated packet cannot measure: a flood of SYNs from distinct clients, and the
-//!    handshake ACK that inserts the flow (see [`distinct_rows`]).
+//!    repeated packet cannot measure: a flood of SYNs from distinct clients, the handshake
+//!    ACK that inserts the flow, and tracked flows of many clients in turn, which the flow
+//!    cache does not all hold (see [`distinct_rows`]).
 //! 2. wrk through VIP:8080 against wrk straight to the origin (:8081), same run, same origin
 //!    process (`target/release/origin`): client ns -> veth -> edge ns with native XDP, and on
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
@@ -205,6 +207,13 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
     if ebpf.map(map_names::MAGLEV).is_some() {
         publish_uniform(&mut ebpf, 0);
     }
+    insert_flows(&mut ebpf, tracked);
+    ebpf
+}
+
+/// Enters `keys` in `SWITCHER_FLOWS` as completed handshakes leave them, pinned to origin 0
+/// (an earlier build's value layout too).
+fn insert_flows(ebpf: &mut Ebpf, keys: &[FlowKey]) {
     let flow = FlowValue {
         origin: 0,
         flags: FLOW_SEEN_SYN,
@@ -215,16 +224,15 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
     };
     let map = ebpf.map_mut(map_names::FLOWS).unwrap();
     if let Ok(mut flows) = HashMap::<_, FlowKey, FlowValue>::try_from(&mut *map) {
-        for key in tracked {
+        for key in keys {
             flows.insert(key, flow, 0).unwrap();
         }
     } else {
         let mut flows = HashMap::<_, FlowKey, legacy::FlowValue>::try_from(map).expect("flows map");
-        for key in tracked {
+        for key in keys {
             flows.insert(key, legacy::FlowValue::from(flow), 0).unwrap();
         }
     }
-    ebpf
 }
 
 /// The map values of builds before origin generations (BENCHMARKS.md, 2026-12-02, session 8),
@@ -975,6 +983,17 @@ fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
 
 /// Distinct packets per round in [`distinct_rows`].
 const DISTINCT: usize = 20_000;
+/// Clients of the "in turn" tracked row that mostly hits (see [`distinct_rows`]).
+const FEW_CLIENTS: usize = 1_000;
+/// Clients of the "in turn" tracked row that mostly misses: four times `FLOW_CACHE_SLOTS`.
+const MANY_CLIENTS: usize = 4 * switcher_common::FLOW_CACHE_SLOTS as usize;
+
+/// `n` clients from the IPv4 address `first` on, one address each, port 30,000.
+fn clients_in_turn(first: u32, n: usize) -> Vec<std::net::SocketAddrV4> {
+    (0..n)
+        .map(|i| std::net::SocketAddrV4::new(std::net::Ipv4Addr::from(first + i as u32), 30_000))
+        .collect()
+}
 
 /// The initial sequence number the origin "sends" in [`distinct_rows`]' handshakes.
 const BENCH_ISN: u32 = 7_000_000;
@@ -1055,6 +1074,16 @@ impl SynAckWriter {
 /// a round and program, never completed): they fill the handshake table's buckets (an earlier
 /// build's LRU hash: that CPU's share), after which every flood SYN replaces a pending
 /// handshake, as a real flood's does.
+///
+/// The tracked rows: flows entered from user space ([`insert_flows`], again after each ACK
+/// row, whose inserts evict the oldest entries of that CPU's LRU list), whose packets come in
+/// turn, one each per pass, as many viewers' ACKs interleave.
+/// The control is one flow's packet every call (a flow-cache hit each time, cold). With
+/// [`FEW_CLIENTS`] clients, a client alone in its cache slot hits on every pass after the
+/// first and one that shares its slot misses on every pass (the other flow took the slot in
+/// between): the share alone, computed from `flow_cache_slot`, is the row's expected hit
+/// rate. With [`MANY_CLIENTS`], four times the slots, nearly every packet misses (an earlier
+/// build, without the cache, pays the same lookup in every tracked row).
 fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, empty_repeated: f64) {
     writeln!(
         out,
@@ -1082,13 +1111,53 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
             20_000 + (next % 40_000) as u16,
         )
     };
-    const ROWS: [&str; 3] = [
-        "the same SYN, one call each (control: a cold call, no new state)",
-        "SYN flood, distinct clients (flow lookup + handshake record + rewrite)",
-        "handshake ACK, distinct clients (validation + flow insert into the LRU)",
+    let few = clients_in_turn(0x0a03_0000, FEW_CLIENTS);
+    let many = clients_in_turn(0x0a04_0000, MANY_CLIENTS);
+    let alone = |clients: &[std::net::SocketAddrV4]| {
+        let mut per_slot = std::collections::HashMap::new();
+        let slots: Vec<u32> = clients
+            .iter()
+            .map(|c| {
+                let key = switcher_ctl::loader::flow_key((*c).into());
+                switcher_common::flow_cache_slot(&key.words())
+            })
+            .collect();
+        for s in &slots {
+            *per_slot.entry(*s).or_insert(0u32) += 1;
+        }
+        100.0 * slots.iter().filter(|s| per_slot[*s] == 1).count() as f64 / slots.len() as f64
+    };
+    let rows: [String; 6] = [
+        "the same SYN, one call each (control: a cold call, no new state)".into(),
+        "SYN flood, distinct clients (flow lookup + handshake record + rewrite)".into(),
+        "handshake ACK, distinct clients (validation + flow insert into the LRU)".into(),
+        "tracked flow, the same client each call (control: a flow-cache hit each call, cold)"
+            .into(),
+        format!(
+            "tracked flows of {FEW_CLIENTS} clients in turn ({:.1}% alone in their cache slot: hits; the rest miss)",
+            alone(&few)
+        ),
+        format!(
+            "tracked flows of {MANY_CLIENTS} clients in turn (4x the cache's slots; {:.1}% alone in theirs: nearly all miss)",
+            alone(&many)
+        ),
     ];
+    let flow_keys = |clients: &[std::net::SocketAddrV4]| -> Vec<FlowKey> {
+        clients
+            .iter()
+            .map(|c| switcher_ctl::loader::flow_key((*c).into()))
+            .collect()
+    };
+    let (few_keys, many_keys) = (flow_keys(&few), flow_keys(&many));
+    let in_turn = |clients: &[std::net::SocketAddrV4], i: usize| {
+        let c = clients[i % clients.len()];
+        Pkt::tcp(&c.ip().to_string(), c.port(), "10.0.0.1", 8080, ACK)
+            .with_payload(&[7u8; 1024])
+            .build()
+    };
+    let tracked_control = tracked_pkt();
     // [row][program] -> (ours, empty) per round.
-    let mut results = vec![vec![(Vec::new(), Vec::new()); programs.len()]; ROWS.len()];
+    let mut results = vec![vec![(Vec::new(), Vec::new()); programs.len()]; rows.len()];
     let control = Pkt::tcp("10.1.4.1", 43000, "10.0.0.1", 8080, SYN).build();
     let n_programs = programs.len();
     for round in 0..rounds() {
@@ -1097,12 +1166,20 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
             let which = (round + turn) % n_programs;
             let prog = &mut *programs[which].1;
             for (row, res) in results.iter_mut().enumerate() {
+                if row == 3 {
+                    // After the ACK row, whose inserts evict the oldest entries.
+                    insert_flows(prog, &few_keys);
+                    insert_flows(prog, &many_keys);
+                }
                 let before = stats(prog)[0];
                 let mut ours = 0.0;
                 let mut base = 0.0;
-                for _ in 0..DISTINCT {
+                for i in 0..DISTINCT {
                     let pkt = match row {
                         0 => control.clone(),
+                        3 => tracked_control.clone(),
+                        4 => in_turn(&few, i),
+                        5 => in_turn(&many, i),
                         1 => {
                             let c = fresh();
                             Pkt::tcp(&c.ip().to_string(), c.port(), "10.0.0.1", 8080, SYN).build()
@@ -1124,11 +1201,17 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
                 let after = stats(prog)[0];
                 let n = DISTINCT as u64;
                 match row {
-                    0 | 1 => assert_eq!(after.new_flows - before.new_flows, n, "{}", ROWS[row]),
-                    _ => assert_eq!(
+                    0 | 1 => assert_eq!(after.new_flows - before.new_flows, n, "{}", rows[row]),
+                    2 => assert_eq!(
                         after.established - before.established,
                         n,
                         "every ACK completed its handshake"
+                    ),
+                    _ => assert_eq!(
+                        after.rewrites - before.rewrites,
+                        n,
+                        "every tracked packet was steered: {}",
+                        rows[row]
                     ),
                 }
                 res[which].0.push(ours / DISTINCT as f64);
@@ -1136,7 +1219,7 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
             }
         }
     }
-    for (row, res) in ROWS.iter().zip(&results) {
+    for (row, res) in rows.iter().zip(&results) {
         for ((name, _), (ours, base)) in programs.iter().zip(res) {
             let extra: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o - b).collect();
             let (e, lo, hi) = spread(&extra);
