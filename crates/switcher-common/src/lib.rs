@@ -478,6 +478,34 @@ impl FlowValue {
     }
 }
 
+/// The input of the never-attached `switcher_mark_finishing` program, which user space runs
+/// with `BPF_PROG_TEST_RUN` to set [`FLOW_FINISHING`] on a flow in place (docs/ARCHITECTURE.md,
+/// "Stranded connections"): the flow's key, and the origin and generation its entry held when
+/// user space chose the flow. The program marks the entry only if it still holds both, so a
+/// later connection from the same client port (an entry of another origin, or one created
+/// after a retirement) is neither marked nor, as [`FLOW_FINISHING`] would, kept alive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinishMark {
+    /// The flow's `SWITCHER_FLOWS` key.
+    pub key: FlowKey,
+    /// [`FlowValue::origin`] as user space read it, host order.
+    pub origin: u32,
+    /// [`FlowValue::generation`] as user space read it, host order.
+    pub generation: u32,
+}
+
+impl FinishMark {
+    /// The mark of the flow `key` whose entry user space read as `value`.
+    pub const fn of(key: &FlowKey, value: &FlowValue) -> FinishMark {
+        FinishMark {
+            key: *key,
+            origin: value.origin,
+            generation: value.generation,
+        }
+    }
+}
+
 impl FlowKey {
     /// The key as five native-order words (its bytes in memory order): the form the flow
     /// cache stores and hashes ([`FlowCacheSlot::key`], [`flow_cache_slot`]). The last word
@@ -556,10 +584,16 @@ pub struct FlowCacheSlot {
 /// before; a count would leave a flow sending a few packets a second unreferenced for
 /// minutes. A busy flow pays one lookup per 32 ticks, whatever its rate; a flow sending less
 /// often than that looks its entry up on each packet, which is what it paid without the
-/// cache. The age is compared signed (RFC 1982), so a test can date a copy either way; a copy
-/// left without a single hit for 2^31 ticks (99 days at 250 Hz) would skip refreshes until
-/// its age wraps, a copy of an entry whose slot's version no insert or delete moved in all
-/// that time, still steering its flow rightly.
+/// cache. The age is compared signed (RFC 1982), so a test can date a copy either way. The cost of
+/// that: a copy left without a single hit for 2^31 ticks or more (99 days at 250 Hz, 24.8 at
+/// 1000), in a slot no other flow took and whose version no insert or delete moved in all that
+/// time, reads as dated in the future when its flow comes back, and skips its refreshes for
+/// up to 2^31 more ticks. It still steers the flow where its entry would (a hit checks the
+/// origin's generation, and any insert or delete of the key moves the version), but the LRU
+/// does not see the flow referenced meanwhile and may evict its entry, which no version
+/// records, and the entry's `client_ack` is not written through (an edge reset reads every
+/// CPU's copy anyway). Only an edge that saw no other flow in that slot for months gets
+/// there.
 pub const FLOW_CACHE_REFRESH_TICKS: u32 = 32;
 
 /// The flow-cache slot of a key given as [`FlowKey::words`]: a multiply per word, then
@@ -745,6 +779,7 @@ const _: () = assert!(core::mem::align_of::<VipConfig>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 const _: () = assert!(core::mem::align_of::<FlowKey>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 28);
+const _: () = assert!(core::mem::size_of::<FinishMark>() == 28);
 const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == 48);
 const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
 const _: () = assert!(core::mem::offset_of!(FlowValue, generation) == 24);
@@ -766,6 +801,7 @@ mod pod {
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FinishMark {}
     unsafe impl aya::Pod for super::FlowCacheSlot {}
     unsafe impl aya::Pod for super::Handshake {}
     unsafe impl aya::Pod for super::HandshakeSlot {}

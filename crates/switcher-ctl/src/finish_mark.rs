@@ -1,7 +1,8 @@
 //! Marking a flow finishing (`FLOW_FINISHING`, docs/ARCHITECTURE.md "Stranded connections")
 //! through the data plane: switcher-ctl runs the never-attached `switcher_mark_finishing` XDP
-//! program with `BPF_PROG_TEST_RUN` on the flow's key, and the program sets the flag in place
-//! with a compare-and-swap and makes the CPUs' copies of the flow stale.
+//! program with `BPF_PROG_TEST_RUN` on a [`FinishMark`] (the flow's key, and the origin and
+//! generation its entry held when read), and the program, if the entry still holds them, sets
+//! the flag in place with a compare-and-swap and makes the CPUs' copies of the flow stale.
 //!
 //! Why not a map update: `BPF_MAP_UPDATE_ELEM` writes the whole value, so setting a flag from
 //! user space is a read-modify-write of the entry, and whatever the data plane wrote in place
@@ -19,7 +20,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use aya_obj::programs::XdpAttachType;
-use switcher_common::FlowKey;
+use switcher_common::FinishMark;
 
 /// XDP verdicts of `switcher_mark_finishing` (`include/uapi/linux/bpf.h`).
 const XDP_ABORTED: u32 = 0;
@@ -39,12 +40,16 @@ impl FinishMarker {
         Ok(FinishMarker { prog })
     }
 
-    /// Marks the flow `key` finishing; false when it has no entry (it ended meanwhile).
-    pub fn mark(&self, key: &FlowKey) -> Result<bool> {
-        // SAFETY: `FlowKey` is `repr(C)`, 20 bytes without padding (asserted in
-        // switcher-common): its bytes are the key as the map holds it.
+    /// Marks the flow `mark.key` finishing; false when it has no entry of `mark`'s origin and
+    /// generation (it ended meanwhile, or its client port is another connection's now).
+    pub fn mark(&self, mark: &FinishMark) -> Result<bool> {
+        // SAFETY: `FinishMark` is `repr(C)`, 28 bytes without padding (asserted in
+        // switcher-common): its bytes are what the program reads.
         let bytes = unsafe {
-            std::slice::from_raw_parts((key as *const FlowKey).cast::<u8>(), size_of::<FlowKey>())
+            std::slice::from_raw_parts(
+                (mark as *const FinishMark).cast::<u8>(),
+                size_of::<FinishMark>(),
+            )
         };
         let opts = TestRunOptions {
             data_in: Some(bytes),
@@ -58,7 +63,10 @@ impl FinishMarker {
         match run.return_value {
             XDP_PASS => Ok(true),
             XDP_DROP => Ok(false),
-            XDP_ABORTED => bail!("switcher_mark_finishing refused a {}-byte key", bytes.len()),
+            XDP_ABORTED => bail!(
+                "switcher_mark_finishing refused a {}-byte mark",
+                bytes.len()
+            ),
             v => bail!("switcher_mark_finishing returned {v}"),
         }
     }

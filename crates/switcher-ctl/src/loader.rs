@@ -7,9 +7,11 @@
 //!   `maps/SWITCHER_HANDSHAKES`, `maps/SWITCHER_STATS`, `maps/SWITCHER_FLOWS_REMOVED`,
 //!   `maps/SWITCHER_FLOW_CACHE`, `maps/SWITCHER_FLOW_CACHE_VERSIONS`: every map (see
 //!   `switcher_common::map_names`).
-//! * `progs/switcher_xdp`, `progs/switcher_tc_ingress`, `progs/switcher_tc_egress`, and
-//!   `progs/switcher_emit_rst` (never attached: it transmits edge resets, see
-//!   [`crate::edge_rst`]).
+//! * `progs/switcher_xdp`, `progs/switcher_tc_ingress`, `progs/switcher_tc_egress`, and two
+//!   programs that are never attached, which user space runs with BPF_PROG_TEST_RUN:
+//!   `progs/switcher_emit_rst` (transmits edge resets, see [`crate::edge_rst`]) and
+//!   `progs/switcher_mark_finishing` (marks a flow finishing in place, see
+//!   [`crate::finish_mark`]).
 //! * `links/xdp`: the XDP bpf_link (when XDP is used); it keeps the program attached after
 //!   the process exits, so a control-plane restart or crash leaves traffic flowing.
 //!
@@ -1111,8 +1113,20 @@ fn tc_filter_present(iface: &str, dir: &str, name: &str) -> bool {
 }
 
 /// Loads the object, pins maps and programs, attaches the request path (per `cfg.mode`) and
-/// TC egress. Returns the `ATTACH_*` mode used.
+/// TC egress. Returns the `ATTACH_*` mode used. On any failure it leaves nothing attached or
+/// pinned (the caller has adopted or removed earlier pins before this runs, so every pin
+/// under `cfg.pin_root` is this call's).
 fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
+    let attached = pin_and_attach(cfg, ifindex);
+    if attached.is_err() {
+        let _ = tc::qdisc_detach_program(&cfg.iface, TcAttachType::Egress, prog_names::TC_EGRESS);
+        let _ = remove_pins(&cfg.pin_root);
+    }
+    attached
+}
+
+/// [`load_and_attach`] without the clean-up on failure.
+fn pin_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
     let root = &cfg.pin_root;
     let mut ebpf = load_object(cfg.max_flows)?;
     for name in [
@@ -1193,9 +1207,6 @@ fn load_and_attach(cfg: &AttachConfig, ifindex: u32) -> Result<u32> {
             }
         }
     }
-    // Leave nothing half-attached.
-    let _ = tc::qdisc_detach_program(&cfg.iface, TcAttachType::Egress, prog_names::TC_EGRESS);
-    let _ = remove_pins(root);
     Err(last_err.unwrap_or_else(|| anyhow!("no attach mode to try")))
 }
 
@@ -1521,16 +1532,28 @@ impl Pinned {
         self.marker.as_ref().and_then(Option::as_ref)
     }
 
-    /// Marks the flow `key` finishing (`FLOW_FINISHING`), in place through the data plane
-    /// ([`crate::finish_mark`]), or with a map update on pins without the program (which
-    /// makes the flow's copies stale itself). False when the flow has no entry.
-    fn mark_finishing(&mut self, key: &FlowKey) -> Result<bool> {
+    /// Marks the flow `key`, read as `value`, finishing (`FLOW_FINISHING`), in place through
+    /// the data plane ([`crate::finish_mark`]), or with a map update on pins without the
+    /// program (which makes the flow's copies stale itself). False when the flow has no entry
+    /// of `value`'s origin and generation any more.
+    fn mark_finishing(&mut self, key: &FlowKey, value: &FlowValue) -> Result<bool> {
+        let mark = switcher_common::FinishMark::of(key, value);
         if let Some(m) = self.marker() {
-            return m.mark(key);
+            match m.mark(&mark) {
+                Ok(marked) => return Ok(marked),
+                // Not expected (the program takes any 20-byte key); the map update below does
+                // the same, less atomically.
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "switcher_mark_finishing failed: marking by a map update");
+                }
+            }
         }
         let Ok(mut v) = self.flows.get(key, 0) else {
             return Ok(false);
         };
+        if v.origin != mark.origin || v.generation != mark.generation {
+            return Ok(false);
+        }
         if v.flags & FLOW_FINISHING == 0 {
             v.flags |= FLOW_FINISHING;
             self.flows.insert(key, v, 0)?;
@@ -1758,19 +1781,24 @@ impl DataPlane for Pinned {
                 }
             },
         };
-        let (kept, cut): (Vec<_>, Vec<_>) = flows
+        let (delivering, mut cut): (Vec<_>, Vec<_>) = flows
             .iter()
             .copied()
             .partition(|(k, _)| finishing.contains(&flow_client(k)));
-        for (k, v) in &kept {
+        let mut kept = Vec::with_capacity(delivering.len());
+        for (k, v) in delivering {
             // Its next request is dropped by the data plane: the retired origin finishes this
             // response and starts no other (FLOW_FINISHING). Set before the generation moves
             // below, which spares finishing flows; the CPUs' copies of the flow are made
-            // stale with it.
+            // stale with it. A flow that cannot be marked is cut with the others: left
+            // unmarked, it would stay on the retired origin for its next request too.
             if v.flags & FLOW_FINISHING == 0
-                && let Err(e) = self.mark_finishing(k)
+                && let Err(e) = self.mark_finishing(&k, &v)
             {
-                tracing::warn!(error = %format!("{e:#}"), "marking a flow finishing failed: the generation change below retires it instead");
+                tracing::warn!(error = %format!("{e:#}"), "marking a flow finishing failed: it is cut instead");
+                cut.push((k, v));
+            } else {
+                kept.push((k, v));
             }
         }
         // Flows left to finish by an earlier call, cut now: a generation change spares them,

@@ -2846,10 +2846,12 @@ fn a_copy_never_moves_its_entrys_ack_back() {
 /// what `Pinned::abort_flows` uses), sets `FLOW_FINISHING` and nothing else: what the data
 /// plane wrote in the entry (the client's acknowledgment number, TC egress's
 /// `FLOW_ORIGIN_CLOSED`) stays, and the CPU's copy of the flow is made stale, so the flow's
-/// next request is held at once. A flow without an entry is reported, not created.
+/// next request is held at once. A flow without an entry is reported, not created, and an
+/// entry of another origin or generation than the caller read (a later connection of the
+/// client port) is left alone.
 #[test]
 fn marking_a_flow_finishing_changes_only_its_flag() {
-    use switcher_common::{FLOW_FINISHING, FLOW_ORIGIN_CLOSED};
+    use switcher_common::{FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FinishMark};
     const XDP_DROP: u32 = 1;
     pin_to_one_cpu();
     let mut h = Harness::new();
@@ -2896,7 +2898,24 @@ fn marking_a_flow_finishing_changes_only_its_flag() {
         p.pin(&pin).expect("pin the marker");
     }
     let marker = switcher_ctl::finish_mark::FinishMarker::open(&pin).unwrap();
-    assert!(marker.mark(&key).unwrap(), "the flow has an entry");
+    let mark = FinishMark::of(&key, &before);
+    for other in [
+        FinishMark {
+            generation: before.generation.wrapping_add(1),
+            ..mark
+        },
+        FinishMark {
+            origin: before.origin ^ 1,
+            ..mark
+        },
+    ] {
+        assert!(
+            !marker.mark(&other).unwrap(),
+            "an entry of another connection is not marked: {other:?}"
+        );
+        assert_eq!(flow_of(&h, client, port).unwrap(), before, "{other:?}");
+    }
+    assert!(marker.mark(&mark).unwrap(), "the flow has an entry");
     let after = flow_of(&h, client, port).unwrap();
     assert_eq!(
         after,
@@ -2914,7 +2933,10 @@ fn marking_a_flow_finishing_changes_only_its_flag() {
     assert_eq!(h.counters()[PRIMARY as usize].held, 1);
 
     let gone = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), 1));
-    assert!(!marker.mark(&gone).unwrap(), "no entry, nothing marked");
+    assert!(
+        !marker.mark(&FinishMark { key: gone, ..mark }).unwrap(),
+        "no entry, nothing marked"
+    );
     assert!(flow_of(&h, client, 1).is_none(), "and none created");
 }
 

@@ -189,8 +189,9 @@ fn write_back(s: &FlowCacheSlot) {
 }
 
 /// On a hit of the copy `s` whose last fill or refresh is `FLOW_CACHE_REFRESH_TICKS` jiffies
-/// old or more (see the module's docs): looks its entry up (the LRU's reference bit), brings
-/// copy and entry to the newer of their two acknowledgment numbers, and returns false, the
+/// old or more (see the module's docs): looks its entry up (the LRU's reference bit), moves
+/// the entry's acknowledgment number forward to the copy's and the copy's to the entry's,
+/// whichever is newer, and returns false, the
 /// copy emptied, when the entry is gone or is another flow's: the packet then takes the miss
 /// path. True, with nothing done, on other hits: one load of `jiffies` and a compare.
 #[inline(always)]
@@ -203,12 +204,16 @@ pub fn refresh(s: &mut FlowCacheSlot) -> bool {
         *s = FlowCacheSlot::default();
         return false;
     };
-    // SAFETY: a pointer to the map value, valid while the program runs (RCU). Copy and entry
-    // both end at the newer of the two, so the copy never holds one older than its base
-    // (which a later `write_back` would then write, moving the entry back).
-    let newest = unsafe { advance_ack(f, s.client_ack) };
-    s.client_ack = newest;
-    s.base_ack = newest;
+    // SAFETY: a pointer to the map value, valid while the program runs (RCU). The copy keeps
+    // the newer of the two numbers, and its base is what the entry holds, so that a later
+    // `write_back` replaces exactly that (when the swap lost to two other CPUs, the entry may
+    // hold an older number than the copy's). The copy never holds one older than its base,
+    // which `write_back` would otherwise write, moving the entry back.
+    let entry = unsafe { advance_ack(f, s.client_ack) };
+    if (entry.wrapping_sub(s.client_ack) as i32) > 0 {
+        s.client_ack = entry;
+    }
+    s.base_ack = entry;
     s.refreshed = now;
     true
 }

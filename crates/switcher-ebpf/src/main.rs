@@ -75,7 +75,7 @@ use aya_ebpf::{
 use packet::{
     classify, ipv4, ipv6, ptr_at, tcp, Class, Tcp, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN,
 };
-use switcher_common::{Counters, FlowKey, VipConfig, FAMILY_V4};
+use switcher_common::{Counters, FinishMark, VipConfig, FAMILY_V4};
 
 /// `bpf_l4_csum_replace` flag: the changed field is part of the pseudo-header.
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
@@ -555,20 +555,22 @@ pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
 }
 
 /// Never attached: marks one flow finishing for switcher-ctl, which runs it with
-/// `BPF_PROG_TEST_RUN` on the flow's `FlowKey` (20 bytes, as in `SWITCHER_FLOWS`) as the
-/// packet (docs/ARCHITECTURE.md, "Stranded connections"; `steer::mark_finishing` says why not
-/// a map update). XDP_PASS when marked, XDP_DROP when the flow has no entry, XDP_ABORTED when
-/// the input is shorter than a key.
+/// `BPF_PROG_TEST_RUN` on a `FinishMark` (28 bytes: the flow's key, origin and generation) as
+/// the packet (docs/ARCHITECTURE.md, "Stranded connections"; `steer::mark_finishing` says why
+/// not a map update). XDP_PASS when marked, XDP_DROP when the flow has no entry of that origin
+/// and generation, XDP_ABORTED when the input is shorter than a `FinishMark` (a caller of
+/// another build; switcher-ctl then marks with a map update). (Shorter, not "other than": the
+/// verifier learns a packet's bounds from an ordering compare, not from `!=`.)
 #[xdp]
 #[inline(always)]
 pub fn switcher_mark_finishing(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    if start + core::mem::size_of::<FlowKey>() > end {
+    if start + core::mem::size_of::<FinishMark>() > end {
         return xdp_action::XDP_ABORTED;
     }
-    // SAFETY: 20 bytes within the packet (checked above); every bit pattern is a key.
-    let key = unsafe { core::ptr::read_unaligned(start as *const FlowKey) };
-    if steer::mark_finishing(&key) {
+    // SAFETY: 28 bytes within the packet (checked above); every bit pattern is a mark.
+    let mark = unsafe { core::ptr::read_unaligned(start as *const FinishMark) };
+    if steer::mark_finishing(&mark) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP

@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use switcher_common::{
     flow_hash::{jhash2, slot_index, FLOW_HASH_SEED},
-    flow_is_live, Counters, FlowCacheSlot, FlowKey, FlowValue, Origin, VipConfig, FAMILY_V4,
-    FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE,
+    flow_is_live, Counters, FinishMark, FlowCacheSlot, FlowKey, FlowValue, Origin, VipConfig,
+    FAMILY_V4, FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FLOW_SEEN_SYN, HANDSHAKE_ISN_SEEN, MAGLEV_SIZE,
     MAX_ORIGINS, ORIGIN_CONFIGURED, ORIGIN_FALLBACK, ORIGIN_REMOTE, STATS_UNSTEERED,
     VIP_CHECK_LISTENER, VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6,
 };
@@ -533,9 +533,11 @@ fn ack_word(flow: *mut FlowValue) -> *mut u64 {
 
 /// Moves the entry `flow`'s `client_ack`, which several CPUs write, forward to `to` when `to`
 /// is newer (RFC 1982 serial comparison), with a compare-and-swap ([`ack_word`]), and returns
-/// the number it then holds as far as this CPU saw: `to`, or a newer one another CPU stored.
-/// Two tries: a second failure means two other CPUs moved it meanwhile, to numbers as recent
-/// as this one, and the newer of `to` and the last seen is returned.
+/// the number the entry holds as this CPU last saw it: `to` once stored, or a number another
+/// CPU stored that is at least as new. Two tries: after a second failure (two other CPUs wrote
+/// the entry meanwhile, not necessarily newer numbers) the last number seen there is returned,
+/// which may be older than `to`: `to` did not reach the entry, and a caller that keeps its own
+/// copy of the number (`flow_cache::refresh`) must keep `to` itself.
 ///
 /// # Safety
 /// `flow` points to a `SWITCHER_FLOWS` value, valid while this program runs.
@@ -560,11 +562,7 @@ pub(crate) unsafe fn advance_ack(flow: *mut FlowValue, to: u32) -> u32 {
         }
         seen = old;
     }
-    if (to.wrapping_sub(seen as u32) as i32) > 0 {
-        to
-    } else {
-        seen as u32
-    }
+    seen as u32
 }
 
 /// The 8-byte word of the flow entry `flow` that holds its `origin` (the low half, never
@@ -579,7 +577,8 @@ fn flags_word(flow: *mut FlowValue) -> *mut u64 {
 /// Sets `flag` in the entry `flow`'s `flags`, with a compare-and-swap, so that two writers
 /// (TC egress's `FLOW_ORIGIN_CLOSED`, [`mark_finishing`]'s `FLOW_FINISHING`) never undo each
 /// other; true when this call set it, false when it was already set. Four tries: each failed
-/// one means another flag was set meanwhile, and there are two to set.
+/// one means another writer set a flag meanwhile, and only two flags are ever set this way,
+/// each once, so at most one try fails and "out of tries" (also false) does not happen.
 ///
 /// # Safety
 /// As [`advance_ack`].
@@ -612,19 +611,25 @@ pub(crate) unsafe fn set_flow_flag(flow: *mut FlowValue, flag: u32) -> bool {
 /// Marks the flow `key` finishing (`FLOW_FINISHING`, docs/ARCHITECTURE.md "Stranded
 /// connections") for user space, which runs `switcher_mark_finishing` on the key: sets the flag
 /// in place ([`set_flow_flag`]) and makes every CPU's copy of the flow stale, so its next
-/// request is held. False when the flow has no entry.
+/// request is held. False when the flow has no entry, or one of another origin or generation
+/// than user space read (a later connection from the same client port: see `FinishMark`).
 ///
 /// Why the data plane and not a map update: an update writes the whole value, so user space's
 /// read-modify-write would undo what the data plane wrote in place in between (the client's
 /// acknowledgment number, `FLOW_ORIGIN_CLOSED`); here only the flag's word changes, atomically.
 #[inline(always)]
-pub fn mark_finishing(key: &FlowKey) -> bool {
-    let Some(f) = FLOWS.get_ptr_mut(key) else {
+pub fn mark_finishing(mark: &FinishMark) -> bool {
+    let Some(f) = FLOWS.get_ptr_mut(&mark.key) else {
         return false;
     };
-    // SAFETY: a pointer to the map value, valid while the program runs (RCU).
+    // SAFETY: a pointer to the map value, valid while the program runs (RCU). Origin and
+    // generation are written only when the entry is created (a new entry is a new element).
+    if unsafe { (*f).origin != mark.origin || (*f).generation != mark.generation } {
+        return false;
+    }
+    // SAFETY: as above.
     unsafe { set_flow_flag(f, FLOW_FINISHING) };
-    flow_cache::invalidate(key);
+    flow_cache::invalidate(&mark.key);
     true
 }
 
