@@ -82,7 +82,9 @@ fn is_root() -> bool {
 impl Dataplane {
     fn load() -> Dataplane {
         assert!(is_root(), "the ebpf target needs root (BPF_PROG_TEST_RUN)");
-        let mut ebpf = Ebpf::load(switcher_ctl::loader::EBPF_OBJECT).expect("load the eBPF object");
+        let mut ebpf = switcher_ctl::loader::size_for_cpus(&mut aya::EbpfLoader::new())
+            .load(switcher_ctl::loader::EBPF_OBJECT)
+            .expect("load the eBPF object");
         let xdp: &mut Xdp = ebpf
             .program_mut(prog_names::XDP_INGRESS)
             .expect("XDP program in the object")

@@ -109,10 +109,12 @@ pub mod map_names {
     pub const HANDSHAKES: &str = "SWITCHER_HANDSHAKES";
     /// PerCpuArray[STATS_SLOTS] of [`Counters`](super::Counters).
     pub const STATS: &str = "SWITCHER_STATS";
-    /// PerCpuArray[[`FLOW_CACHE_SLOTS`](super::FLOW_CACHE_SLOTS)] of
-    /// [`FlowCacheSlot`](super::FlowCacheSlot): each CPU's direct-mapped cache of
-    /// `SWITCHER_FLOWS`, written by the data plane only; user space reads it for the newest
-    /// acknowledgment numbers of the flows it resets.
+    /// Array[[`FLOW_CACHE_SLOTS`](super::FLOW_CACHE_SLOTS) x possible CPUs] of
+    /// [`FlowCacheSlot`](super::FlowCacheSlot), CPU-major ([`flow_cache_index`](super::flow_cache_index)):
+    /// each CPU's direct-mapped cache of `SWITCHER_FLOWS`, written by the data plane only, each
+    /// CPU its own part; user space reads it for the newest acknowledgment numbers of the
+    /// flows it resets. Sized by whoever loads the object (`loader::size_for_cpus`); the
+    /// object declares one CPU's part.
     pub const FLOW_CACHE: &str = "SWITCHER_FLOW_CACHE";
     /// Array[[`FLOW_CACHE_SLOTS`](super::FLOW_CACHE_SLOTS)] of `u32`, mmapable: per cache
     /// slot, a version that whoever changes or deletes a flow of that slot in `SWITCHER_FLOWS`
@@ -524,14 +526,24 @@ impl FlowKey {
     }
 }
 
-/// Slots of each CPU's flow cache `SWITCHER_FLOW_CACHE`, and versions in
+/// Slots of each CPU's flow cache in `SWITCHER_FLOW_CACHE`, and versions in
 /// `SWITCHER_FLOW_CACHE_VERSIONS` (a power of two: a key's slot is [`flow_cache_slot`]).
 /// 48 bytes a slot: 384 KiB a CPU. What it holds are the flows sending right now on that CPU,
 /// not every tracked flow: a flow whose slot another flow took meanwhile is looked up in
 /// `SWITCHER_FLOWS` again (docs/ARCHITECTURE.md, "The flow cache").
 pub const FLOW_CACHE_SLOTS: u32 = 8192;
 
-/// One slot of the flow cache (`SWITCHER_FLOW_CACHE`, per CPU): a copy of what a tracked
+/// The index in `SWITCHER_FLOW_CACHE` of cache slot `slot` of CPU `cpu`: each CPU's slots are
+/// contiguous. One plain array rather than a per-CPU one, because a per-CPU array's element is
+/// reached through a table of per-element pointers, a dependent load, and a packet of one of
+/// many interleaved flows finds both cold (BENCHMARKS.md, 2026-12-03, session 11: a packet of
+/// one of 1,000 flows in turn cost 0.70x as much with the plain array).
+#[inline(always)]
+pub const fn flow_cache_index(cpu: u32, slot: u32) -> u32 {
+    cpu * FLOW_CACHE_SLOTS + slot
+}
+
+/// One slot of the flow cache (`SWITCHER_FLOW_CACHE`, each CPU its own): a copy of what a tracked
 /// packet needs from its `SWITCHER_FLOWS` entry, so that the commonest packet, one of an
 /// established flow, costs an array access instead of a hash-map lookup. Written by the data
 /// plane only, on the CPU it belongs to.

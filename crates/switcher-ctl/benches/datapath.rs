@@ -167,7 +167,7 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
     // The bench-only maps are declared with one entry (the steering load creates them too):
     // the insert floors' maps get the size the LRU `SWITCHER_HANDSHAKES` had (`MAX_FLOWS`).
     // (Names an earlier build's object lacks are ignored.)
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = switcher_ctl::loader::size_for_cpus(&mut EbpfLoader::new())
         .map_max_entries(bench_map_names::HS_LRU, MAX_FLOWS)
         .map_max_entries(bench_map_names::HS_HASH, MAX_FLOWS)
         .load(object)

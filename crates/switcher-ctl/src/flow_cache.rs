@@ -15,8 +15,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, PerCpuArray};
-use switcher_common::{FLOW_CACHE_SLOTS, FlowCacheSlot, FlowKey, FlowValue, flow_cache_slot};
+use aya::maps::{Array, MapData};
+use switcher_common::{
+    FLOW_CACHE_SLOTS, FlowCacheSlot, FlowKey, FlowValue, flow_cache_index, flow_cache_slot,
+};
 
 use crate::mmapped::Mapped;
 
@@ -65,32 +67,43 @@ impl Versions {
     }
 }
 
+/// The size every loader of the object gives `SWITCHER_FLOW_CACHE`: [`FLOW_CACHE_SLOTS`] for
+/// each possible CPU (`/sys/devices/system/cpu/possible`: CPUs brought online later included).
+pub fn entries() -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    cpus.saturating_mul(FLOW_CACHE_SLOTS)
+}
+
+/// The CPUs whose slots `cache` holds (its size over [`FLOW_CACHE_SLOTS`]).
+fn cpus<M: std::borrow::Borrow<MapData>>(cache: &Array<M, FlowCacheSlot>) -> u32 {
+    cache.len() / FLOW_CACHE_SLOTS
+}
+
 /// Empties every CPU's copy (a test or bench starting over; the data plane never needs it):
 /// one map write per slot.
 pub fn clear<M: std::borrow::BorrowMut<MapData>>(
-    cache: &mut PerCpuArray<M, FlowCacheSlot>,
+    cache: &mut Array<M, FlowCacheSlot>,
 ) -> Result<()> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    for slot in 0..FLOW_CACHE_SLOTS {
-        let empty = aya::maps::PerCpuValues::try_from(vec![FlowCacheSlot::default(); cpus])?;
+    for i in 0..cache.len() {
         cache
-            .set(slot, empty, 0)
+            .set(i, FlowCacheSlot::default(), 0)
             .context("writing SWITCHER_FLOW_CACHE")?;
     }
     Ok(())
 }
 
-/// Every CPU's copy in cache slot `slot` (< `FLOW_CACHE_SLOTS`): one map read.
+/// Every CPU's copy in cache slot `slot` (< `FLOW_CACHE_SLOTS`): one map read per CPU.
 pub fn copies<M: std::borrow::Borrow<MapData>>(
-    cache: &PerCpuArray<M, FlowCacheSlot>,
+    cache: &Array<M, FlowCacheSlot>,
     slot: u32,
 ) -> Result<Vec<FlowCacheSlot>> {
-    Ok(cache
-        .get(&slot, 0)
-        .context("reading SWITCHER_FLOW_CACHE")?
-        .iter()
-        .copied()
-        .collect())
+    (0..cpus(cache))
+        .map(|cpu| {
+            cache
+                .get(&flow_cache_index(cpu, slot), 0)
+                .context("reading SWITCHER_FLOW_CACHE")
+        })
+        .collect()
 }
 
 /// The acknowledgment numbers an edge reset of the flow `key` -> `flow` should carry, given

@@ -179,7 +179,7 @@ pub struct Pinned {
     flows_removed: Array<MapData, u64>,
     /// Each CPU's copies of flows (read for edge resets) and their versions (made stale after
     /// every change to `flows`): [`crate::flow_cache`].
-    flow_cache: PerCpuArray<MapData, FlowCacheSlot>,
+    flow_cache: Array<MapData, FlowCacheSlot>,
     cache_versions: crate::flow_cache::Versions,
     /// The edge-reset transmitter, opened on first use; `Some(None)` once it turned out to be
     /// unavailable (not native XDP, or pins of a build without it), so that is logged once.
@@ -656,7 +656,7 @@ impl Pinned {
             )?,
             stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
             flows_removed: Array::try_from(open_map(pin_root, map_names::FLOWS_REMOVED)?)?,
-            flow_cache: PerCpuArray::try_from(open_map(pin_root, map_names::FLOW_CACHE)?)?,
+            flow_cache: Array::try_from(open_map(pin_root, map_names::FLOW_CACHE)?)?,
             cache_versions: crate::flow_cache::Versions::new(
                 MapData::from_pin(maps_dir(pin_root).join(map_names::FLOW_CACHE_VERSIONS))
                     .context("opening pinned map SWITCHER_FLOW_CACHE_VERSIONS")?,
@@ -1222,10 +1222,17 @@ pub fn load_object(max_flows: u32) -> Result<Ebpf> {
              raise --max-flows, or flows will be evicted while the table is mostly empty"
         );
     }
-    EbpfLoader::new()
+    size_for_cpus(&mut EbpfLoader::new())
         .map_max_entries(map_names::FLOWS, max_flows)
         .load(EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object (max flows {max_flows})"))
+}
+
+/// Sizes the object's maps that hold a part for each CPU and are not per-CPU maps
+/// (`SWITCHER_FLOW_CACHE`, [`crate::flow_cache::entries`]): every loader of the object that
+/// runs its programs calls it (a CPU beyond the declared size would run without a flow cache).
+pub fn size_for_cpus<'l, 'a>(loader: &'l mut EbpfLoader<'a>) -> &'l mut EbpfLoader<'a> {
+    loader.map_max_entries(map_names::FLOW_CACHE, crate::flow_cache::entries())
 }
 
 /// Loads and pins one of the XDP programs user space runs itself and never attaches: the
@@ -1580,8 +1587,8 @@ impl Pinned {
         // A program that was steering one of these flows from its copy as the flow was retired
         // or deleted has finished, and recorded its number, once this returns.
         wait_for_readers();
-        // The flows in cache-slot order: each slot is read once (one syscall, every CPU's
-        // copy) however many flows share it, and only one slot's copies are held at a time.
+        // The flows in cache-slot order: each slot is read once (one read per CPU's copy)
+        // however many flows share it, and only one slot's copies are held at a time.
         let mut order: Vec<(u32, usize)> = flows
             .iter()
             .enumerate()

@@ -17,7 +17,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd as _;
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
@@ -272,7 +272,9 @@ impl Harness {
             nix_is_root(),
             "datapath fixtures need root (BPF_PROG_TEST_RUN); run them through `cargo xtask test`"
         );
-        let mut ebpf = Ebpf::load(switcher_ctl::loader::EBPF_OBJECT).expect("load eBPF object");
+        let mut ebpf = switcher_ctl::loader::size_for_cpus(&mut EbpfLoader::new())
+            .load(switcher_ctl::loader::EBPF_OBJECT)
+            .expect("load eBPF object");
         {
             let p: &mut Xdp = ebpf
                 .program_mut(prog_names::XDP_INGRESS)
@@ -339,8 +341,7 @@ impl Harness {
         // As user space does after deleting flows: no CPU's copy of them may steer again. And
         // no copy at all, so no case inherits another's.
         self.cache_versions().invalidate_all();
-        let mut cache =
-            PerCpuArray::try_from(self.ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
+        let mut cache = Array::try_from(self.ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
         switcher_ctl::flow_cache::clear(&mut cache).unwrap();
         self.handshake_table().clear();
         assert!(self.flows().is_empty() && self.handshakes().is_empty());
@@ -442,8 +443,8 @@ impl Harness {
     }
 
     /// Every CPU's flow cache (`SWITCHER_FLOW_CACHE`).
-    fn flow_cache(&self) -> aya::maps::PerCpuArray<&MapData, switcher_common::FlowCacheSlot> {
-        aya::maps::PerCpuArray::try_from(self.ebpf.map(map_names::FLOW_CACHE).unwrap()).unwrap()
+    fn flow_cache(&self) -> Array<&MapData, switcher_common::FlowCacheSlot> {
+        Array::try_from(self.ebpf.map(map_names::FLOW_CACHE).unwrap()).unwrap()
     }
 
     /// Moves the `refreshed` tick of every CPU's copy of `key` by `delta` (wrapping), so that
@@ -451,19 +452,19 @@ impl Harness {
     /// [`make_refresh_due`]) instead of the clock.
     fn shift_refreshed(&mut self, key: &FlowKey, delta: u32) {
         let slot = switcher_common::flow_cache_slot(&key.words());
-        let mut cache: aya::maps::PerCpuArray<&mut MapData, switcher_common::FlowCacheSlot> =
-            aya::maps::PerCpuArray::try_from(self.ebpf.map_mut(map_names::FLOW_CACHE).unwrap())
-                .unwrap();
-        let mut copies: Vec<_> = cache.get(&slot, 0).unwrap().iter().copied().collect();
+        let mut cache: Array<&mut MapData, switcher_common::FlowCacheSlot> =
+            Array::try_from(self.ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
         let mut shifted = 0;
-        for c in copies.iter_mut().filter(|c| c.key == key.words()) {
-            c.refreshed = c.refreshed.wrapping_add(delta);
-            shifted += 1;
+        for cpu in 0..cache.len() / switcher_common::FLOW_CACHE_SLOTS {
+            let i = switcher_common::flow_cache_index(cpu, slot);
+            let mut c = cache.get(&i, 0).unwrap();
+            if c.key == key.words() {
+                c.refreshed = c.refreshed.wrapping_add(delta);
+                cache.set(i, c, 0).unwrap();
+                shifted += 1;
+            }
         }
         assert!(shifted > 0, "a CPU holds a copy of the flow");
-        cache
-            .set(slot, aya::maps::PerCpuValues::try_from(copies).unwrap(), 0)
-            .unwrap();
     }
 
     fn handshakes(&self) -> Vec<(FlowKey, Handshake)> {
@@ -2608,6 +2609,49 @@ fn make_refresh_due(h: &mut Harness, key: &FlowKey) {
     h.shift_refreshed(key, (1u32 << 21).wrapping_neg());
 }
 
+/// Each CPU fills its own part of `SWITCHER_FLOW_CACHE`, at the index user space reads it
+/// from (`switcher_common::flow_cache_index`): a packet steered on CPU c leaves a copy at
+/// (c, slot) and on no other CPU's part, and the loader sized the map for every possible CPU.
+#[test]
+fn each_cpu_fills_its_own_part_of_the_flow_cache() {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    assert_eq!(
+        h.flow_cache().len(),
+        switcher_ctl::flow_cache::entries(),
+        "sized for every possible CPU"
+    );
+    let (client, port) = ("10.1.9.7", 49007);
+    assert_eq!(establish(&mut h, client, port), PRIMARY);
+    let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
+    let slot = switcher_common::flow_cache_slot(&key.words());
+    for cpu in 0..online {
+        // SAFETY: libc calls on a zeroed `cpu_set_t`, for this thread (pid 0).
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+                0,
+                "sched_setaffinity to CPU {cpu}"
+            );
+        }
+        let mut cache = Array::try_from(h.ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
+        switcher_ctl::flow_cache::clear(&mut cache).unwrap();
+        let (verdict, out, _) = h.run(Prog::Xdp, &ack_of(client, port, 1), 1);
+        assert_eq!((verdict, dport_of(&out)), (XDP_PASS, 8081));
+        let copies = switcher_ctl::flow_cache::copies(&h.flow_cache(), slot).unwrap();
+        let holders: Vec<usize> = copies
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key == key.words())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(holders, vec![cpu], "the copy is in CPU {cpu}'s part only");
+    }
+}
+
 /// A copy steers its flow until user space says the entry changed: an entry deleted without
 /// [`switcher_ctl::flow_cache::Versions::invalidate`] is still steered from the copy (why
 /// every delete and flag change in `Pinned` is followed by it), and after it the flow's next
@@ -2624,10 +2668,11 @@ fn a_copy_is_used_until_its_entry_changes_or_its_origin_is_retired() {
     let seg = ack_of(client, port, 1);
     let (verdict, out, _) = h.run(Prog::Xdp, &seg, 1);
     assert_eq!((verdict, dport_of(&out)), (XDP_PASS, 8081));
-    let copies = h
-        .flow_cache()
-        .get(&switcher_common::flow_cache_slot(&key.words()), 0)
-        .unwrap();
+    let copies = switcher_ctl::flow_cache::copies(
+        &h.flow_cache(),
+        switcher_common::flow_cache_slot(&key.words()),
+    )
+    .unwrap();
     assert!(
         copies
             .iter()
@@ -2945,7 +2990,9 @@ fn marking_a_flow_finishing_changes_only_its_flag() {
 /// unreadable, say) fails here, not first in `cargo xtask bench datapath`.
 #[test]
 fn every_program_in_the_object_passes_the_verifier() {
-    let mut ebpf = Ebpf::load(switcher_ctl::loader::EBPF_OBJECT).expect("load eBPF object");
+    let mut ebpf = switcher_ctl::loader::size_for_cpus(&mut EbpfLoader::new())
+        .load(switcher_ctl::loader::EBPF_OBJECT)
+        .expect("load eBPF object");
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
     for name in &names {
         let loaded = match ebpf.program_mut(name).expect("program") {

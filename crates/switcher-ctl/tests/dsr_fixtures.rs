@@ -137,7 +137,7 @@ fn load() -> Ebpf {
         unsafe { libc::geteuid() } == 0,
         "DSR fixtures need root (BPF_PROG_TEST_RUN); run them through `cargo xtask test`"
     );
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = switcher_ctl::loader::size_for_cpus(&mut EbpfLoader::new())
         .map_max_entries(map_names::FLOWS, MIN_FLOWS)
         .load(switcher_ctl::loader::EBPF_OBJECT)
         .expect("load eBPF object");
@@ -480,7 +480,7 @@ fn reset(ebpf: &mut Ebpf) {
         .unwrap()
         .invalidate_all();
     let mut cache =
-        aya::maps::PerCpuArray::try_from(ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
+        aya::maps::Array::try_from(ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
     switcher_ctl::flow_cache::clear(&mut cache).unwrap();
     let Some(aya::maps::Map::Array(data)) = ebpf.map(map_names::HANDSHAKES) else {
         panic!("SWITCHER_HANDSHAKES is an array");

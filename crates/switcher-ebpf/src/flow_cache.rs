@@ -3,11 +3,12 @@
 //!
 //! Why: a packet of an established flow, the commonest packet to the VIP, paid for one lookup
 //! in the kernel's LRU hash map (hashing a 20-byte key with `jhash`, walking a bucket,
-//! comparing, and the LRU's reference bit), about half of its cost. A slot of a per-CPU array
-//! is an array access that the verifier inlines, so a hit costs a short hash of the key
-//! ([`switcher_common::flow_cache_slot`]), a load of the slot's version, and a compare of six
-//! words. A miss (another flow in the slot, a stale version, a SYN) takes the map lookup as
-//! before and fills the slot.
+//! comparing, and the LRU's reference bit), about half of its cost. This CPU's slot, in a
+//! plain array of every CPU's slots, is an array access that the verifier inlines, so a hit
+//! costs a short hash of the key ([`switcher_common::flow_cache_slot`]), the CPU's number
+//! (inlined too), two independent loads (the slot's version and the slot) and a compare of
+//! six words. A miss (another flow in the slot, a stale version, a SYN) takes the map lookup
+//! as before and fills the slot.
 //!
 //! # Why a hit is never stale
 //! Every insert into or delete from `SWITCHER_FLOWS`, and every flag user space sets on an
@@ -41,9 +42,10 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::helpers::bpf_jiffies64;
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64};
 use switcher_common::{
-    flow_cache_slot, FlowCacheSlot, FlowKey, FlowValue, FLOW_CACHE_REFRESH_TICKS,
+    flow_cache_index, flow_cache_slot, FlowCacheSlot, FlowKey, FlowValue,
+    FLOW_CACHE_REFRESH_TICKS,
 };
 
 use crate::maps::{FLOWS, FLOW_CACHE, FLOW_CACHE_VERSIONS};
@@ -81,8 +83,9 @@ pub struct Probe {
 }
 
 /// The slot of `key` on this CPU, to test ([`Probe::hit`]) and, on a miss, to fill once the
-/// entry has been looked up ([`Probe::fill`]). [`Probe::NONE`] only if a map access fails,
-/// which the slot index (masked to the arrays' size) rules out.
+/// entry has been looked up ([`Probe::fill`]). [`Probe::NONE`] only if a map access fails: a
+/// CPU beyond the size the loader gave `SWITCHER_FLOW_CACHE` (the slot index is masked to
+/// the arrays' size).
 #[inline(always)]
 pub fn probe(key: &FlowKey) -> Probe {
     let key = words(key);
@@ -93,7 +96,9 @@ pub fn probe(key: &FlowKey) -> Probe {
     // SAFETY: a pointer into the array, valid while the program runs; one aligned 4-byte load
     // (volatile: it must stay before the map lookup that follows, see the module's docs).
     let version = unsafe { core::ptr::read_volatile(version) };
-    let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
+    // SAFETY: a helper without arguments (inlined by the verifier on x86-64 and arm64).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_cache_index(cpu, index)) else {
         return Probe::NONE;
     };
     Probe { slot, version, key }
@@ -113,8 +118,9 @@ impl Probe {
         if self.slot.is_null() {
             return None;
         }
-        // SAFETY: this CPU's slot of a per-CPU array, valid while the program runs; no other
-        // program runs on this CPU meanwhile, and nothing else writes it.
+        // SAFETY: a slot of this CPU's part of the array (indexed by no other CPU), valid while
+        // the program runs; no other program runs on this CPU meanwhile, and user space only
+        // reads it.
         let s = unsafe { &mut *self.slot };
         // Word by word, OR-folded into one test (comparing the arrays compiles to a call of a
         // byte-wise `memcmp`).

@@ -72,19 +72,22 @@ pub static FLOWS_REMOVED: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
 pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }, LRU_FLAGS> =
     LruHashMap::new();
 
-/// Each CPU's direct-mapped cache of `FLOWS` (`flow_cache`): key slot (`flow_cache_slot`) ->
-/// a copy of the flow's entry. Written here only, by the CPU it belongs to: filled when a
-/// packet of a tracked flow misses, and its `client_ack` kept current on every hit. Read by
-/// user space for edge resets.
+/// Each CPU's direct-mapped cache of `FLOWS` (`flow_cache`): CPU and key slot
+/// (`flow_cache_index`, `flow_cache_slot`) -> a copy of the flow's entry. A plain array, each
+/// CPU's part contiguous, not a per-CPU array (see `flow_cache_index` for why). Written here
+/// only, each part by the CPU it belongs to: filled when a packet of a tracked flow misses,
+/// and its `client_ack` kept current on every hit. Read by user space for edge resets.
+/// Declared with one CPU's part; the loader sizes it for every possible CPU (a CPU beyond the
+/// map's size finds no slot and steers from `FLOWS`).
 #[btf_map(name = "SWITCHER_FLOW_CACHE")]
-pub static FLOW_CACHE: PerCpuArray<FlowCacheSlot, { FLOW_CACHE_SLOTS as usize }> =
-    PerCpuArray::new();
+pub static FLOW_CACHE: Array<FlowCacheSlot, { FLOW_CACHE_SLOTS as usize }> = Array::new();
 
 /// The flow cache's versions: cache slot -> a counter incremented (atomically) after every
-/// insert into or delete from `FLOWS` of a key of that slot, and every flag user space sets:
-/// here when a handshake completes or a flow is forgotten, by user space when it marks or
-/// deletes flows. (What the data plane writes in place, the client's acknowledgment number and
-/// `FLOW_ORIGIN_CLOSED`, a hit does not read from the entry.)
+/// insert into or delete from `FLOWS` of a key of that slot, and every `FLOW_FINISHING` mark:
+/// here when a handshake completes, a flow is forgotten or marked (`switcher_mark_finishing`),
+/// by user space when it deletes flows. (What else the data plane writes in place, the
+/// client's acknowledgment number and `FLOW_ORIGIN_CLOSED`, a hit does not read from the
+/// entry.)
 /// A cached copy is a hit only while its slot's version is the one it was filled with.
 /// Mmapable (`BPF_F_MMAPABLE`): user space increments the words in place.
 #[btf_map(name = "SWITCHER_FLOW_CACHE_VERSIONS")]
