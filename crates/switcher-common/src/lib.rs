@@ -113,8 +113,8 @@ pub mod map_names {
     /// [`FlowCacheSlot`](super::FlowCacheSlot), CPU-major ([`flow_cache_index`](super::flow_cache_index)):
     /// each CPU's direct-mapped cache of `SWITCHER_FLOWS`, written by the data plane only, each
     /// CPU its own part; user space reads it for the newest acknowledgment numbers of the
-    /// flows it resets. Sized by whoever loads the object (`loader::size_for_cpus`); the
-    /// object declares one CPU's part.
+    /// flows it resets, in place (mmapable). Sized by whoever loads the object
+    /// (`loader::size_for_cpus`); the object declares one CPU's part.
     pub const FLOW_CACHE: &str = "SWITCHER_FLOW_CACHE";
     /// Array[[`FLOW_CACHE_SLOTS`](super::FLOW_CACHE_SLOTS)] of `u32`, mmapable: per cache
     /// slot, a version that whoever changes or deletes a flow of that slot in `SWITCHER_FLOWS`

@@ -167,7 +167,18 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
     // The bench-only maps are declared with one entry (the steering load creates them too):
     // the insert floors' maps get the size the LRU `SWITCHER_HANDSHAKES` had (`MAX_FLOWS`).
     // (Names an earlier build's object lacks are ignored.)
-    let mut ebpf = switcher_ctl::loader::size_for_cpus(&mut EbpfLoader::new())
+    let mut loader = EbpfLoader::new();
+    // Sized for every CPU as the product sizes it, unless the object is an earlier build's
+    // whose flow cache is a per-CPU array (its declared size is already per CPU; sizing it
+    // would give every CPU all CPUs' slots).
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let cache_type = aya_obj::Object::parse(object)
+        .ok()
+        .and_then(|o| o.maps.get(map_names::FLOW_CACHE).map(|m| m.map_type()));
+    if cache_type == Some(BPF_MAP_TYPE_ARRAY) {
+        switcher_ctl::loader::size_for_cpus(&mut loader);
+    }
+    let mut ebpf = loader
         .map_max_entries(bench_map_names::HS_LRU, MAX_FLOWS)
         .map_max_entries(bench_map_names::HS_HASH, MAX_FLOWS)
         .load(object)

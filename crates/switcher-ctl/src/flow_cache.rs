@@ -14,8 +14,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use anyhow::{Context as _, Result};
-use aya::maps::{Array, MapData};
+use anyhow::Result;
+use aya::maps::MapData;
 use switcher_common::{
     FLOW_CACHE_SLOTS, FlowCacheSlot, FlowKey, FlowValue, flow_cache_index, flow_cache_slot,
 };
@@ -67,43 +67,95 @@ impl Versions {
     }
 }
 
+/// Where the kernel lists the CPUs that can ever be online.
+const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
+
 /// The size every loader of the object gives `SWITCHER_FLOW_CACHE`: [`FLOW_CACHE_SLOTS`] for
-/// each possible CPU (`/sys/devices/system/cpu/possible`: CPUs brought online later included).
+/// each CPU number up to the highest possible CPU (CPUs brought online later included; a gap
+/// in the numbering gets slots no program uses).
 pub fn entries() -> u32 {
-    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
-    cpus.saturating_mul(FLOW_CACHE_SLOTS)
+    cpu_ids_end().saturating_mul(FLOW_CACHE_SLOTS)
 }
 
-/// The CPUs whose slots `cache` holds (its size over [`FLOW_CACHE_SLOTS`]).
-fn cpus<M: std::borrow::Borrow<MapData>>(cache: &Array<M, FlowCacheSlot>) -> u32 {
-    cache.len() / FLOW_CACHE_SLOTS
+/// One more than the highest possible CPU number in [`POSSIBLE_CPUS`] ("0-3", "0,2-5"): every
+/// number `bpf_get_smp_processor_id` returns is below it. 1 when the file cannot be read or
+/// parsed, logged: then only CPU 0's packets use the cache (the others steer from
+/// `SWITCHER_FLOWS`, correctly but without it).
+fn cpu_ids_end() -> u32 {
+    let listed = std::fs::read_to_string(POSSIBLE_CPUS);
+    let end = listed.as_deref().ok().and_then(|t| {
+        let last = t.trim().rsplit([',', '-']).next()?;
+        last.parse::<u32>().ok()?.checked_add(1)
+    });
+    end.unwrap_or_else(|| {
+        tracing::warn!(
+            file = POSSIBLE_CPUS,
+            listed = ?listed,
+            "cannot tell the possible CPUs: the flow cache is sized for CPU 0 only"
+        );
+        1
+    })
 }
 
-/// Empties every CPU's copy (a test or bench starting over; the data plane never needs it):
-/// one map write per slot.
-pub fn clear<M: std::borrow::BorrowMut<MapData>>(
-    cache: &mut Array<M, FlowCacheSlot>,
-) -> Result<()> {
-    for i in 0..cache.len() {
-        cache
-            .set(i, FlowCacheSlot::default(), 0)
-            .context("writing SWITCHER_FLOW_CACHE")?;
-    }
-    Ok(())
+/// Every CPU's copies (`SWITCHER_FLOW_CACHE`), mapped: user space reads a slot's copies in
+/// place, one per CPU, without a syscall each (an edge reset of many flows on a host with
+/// many CPUs would otherwise make one map read per flow's slot and CPU).
+pub struct Copies {
+    /// [`entries`] slots, CPU-major ([`flow_cache_index`]).
+    slots: Mapped<FlowCacheSlot>,
 }
 
-/// Every CPU's copy in cache slot `slot` (< `FLOW_CACHE_SLOTS`): one map read per CPU.
-pub fn copies<M: std::borrow::Borrow<MapData>>(
-    cache: &Array<M, FlowCacheSlot>,
-    slot: u32,
-) -> Result<Vec<FlowCacheSlot>> {
-    (0..cpus(cache))
-        .map(|cpu| {
-            cache
-                .get(&flow_cache_index(cpu, slot), 0)
-                .context("reading SWITCHER_FLOW_CACHE")
+impl Copies {
+    /// Maps `map`, which must be this build's `SWITCHER_FLOW_CACHE` as loaded on this machine
+    /// ([`entries`] mmapable slots); anything else, e.g. pins of an earlier build, is refused.
+    pub fn new(map: MapData) -> Result<Self> {
+        Ok(Copies {
+            slots: Mapped::new(
+                map,
+                switcher_common::map_names::FLOW_CACHE,
+                entries() as usize,
+            )?,
         })
-        .collect()
+    }
+
+    /// The CPUs whose slots the map holds.
+    pub fn cpus(&self) -> u32 {
+        (self.slots.len() / FLOW_CACHE_SLOTS as usize) as u32
+    }
+
+    /// Every CPU's copy in cache slot `slot` (< `FLOW_CACHE_SLOTS`), in CPU order. Each copy
+    /// is read whole but not atomically: read them once the data plane no longer writes them
+    /// (after an RCU grace period, as for an edge reset), or expect a torn copy.
+    pub fn of_slot(&self, slot: u32) -> Vec<FlowCacheSlot> {
+        (0..self.cpus())
+            .map(|cpu| {
+                let p = self.slots.at(flow_cache_index(cpu, slot) as usize);
+                // SAFETY: a value inside the mapping (which lives as long as `self`), 8-byte
+                // aligned; every bit pattern is a `FlowCacheSlot`.
+                unsafe { std::ptr::read_volatile(p) }
+            })
+            .collect()
+    }
+
+    /// Changes CPU `cpu`'s copy in slot `slot` with `change` (a test dating a copy or moving
+    /// its number). A plain read-modify-write: only while that CPU runs no program on it.
+    pub fn update(&self, cpu: u32, slot: u32, change: impl FnOnce(&mut FlowCacheSlot)) {
+        let p = self.slots.at(flow_cache_index(cpu, slot) as usize);
+        // SAFETY: as in `of_slot`.
+        let mut copy = unsafe { std::ptr::read_volatile(p) };
+        change(&mut copy);
+        // SAFETY: as in `of_slot`; the caller keeps the CPU from writing it meanwhile.
+        unsafe { std::ptr::write_volatile(p, copy) };
+    }
+
+    /// Empties every CPU's copy (a test or bench starting over; the data plane never needs
+    /// it).
+    pub fn clear(&self) {
+        for i in 0..self.slots.len() {
+            // SAFETY: as in `of_slot`.
+            unsafe { std::ptr::write_volatile(self.slots.at(i), FlowCacheSlot::default()) };
+        }
+    }
 }
 
 /// The acknowledgment numbers an edge reset of the flow `key` -> `flow` should carry, given

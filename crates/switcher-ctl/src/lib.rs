@@ -17,8 +17,9 @@
 //!   dozen syscalls).
 //! * [`handshake_table`]: the handshake table mapped into memory: read, count, and empty a
 //!   retired origin's slots without overwriting the data plane's concurrent writes.
-//! * [`flow_cache`]: the data plane's per-CPU flow cache, from user space: making copies of
-//!   flows it changed stale, and the clients' newest acknowledgment numbers for edge resets.
+//! * [`flow_cache`]: the data plane's flow cache (each CPU its own copies), from user space:
+//!   making copies of flows it changed stale, and the clients' newest acknowledgment numbers
+//!   for edge resets.
 //! * [`mmapped`]: mapping an mmapable array map into this process.
 //! * [`control`]: the controller that owns the truth and applies decisions to the data plane
 //!   (the active origin, or the Maglev table over the origins in rotation), drains origins

@@ -47,10 +47,10 @@ use aya::{
 };
 use switcher_common::{
     ATTACH_TC, ATTACH_XDP_GENERIC, ATTACH_XDP_NATIVE, Counters, FAMILY_V4, FAMILY_V6,
-    FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FlowCacheSlot, FlowKey, FlowValue, Handshake,
-    MAGLEV_NO_ORIGIN, MAGLEV_SIZE, MAGLEV_TABLES, MAX_ORIGINS, MIN_FLOWS, MaglevTable,
-    ORIGIN_CONFIGURED, ORIGIN_FALLBACK, ORIGIN_REMOTE, Origin, STATS_SLOTS, VIP_CHECK_LISTENER,
-    VIP_ENABLED, VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
+    FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FlowKey, FlowValue, Handshake, MAGLEV_NO_ORIGIN,
+    MAGLEV_SIZE, MAGLEV_TABLES, MAX_ORIGINS, MIN_FLOWS, MaglevTable, ORIGIN_CONFIGURED,
+    ORIGIN_FALLBACK, ORIGIN_REMOTE, Origin, STATS_SLOTS, VIP_CHECK_LISTENER, VIP_ENABLED,
+    VIP_HAS_V4, VIP_HAS_V6, VipConfig, map_names, prog_names,
 };
 
 use crate::dataplane::{Aborted, DataPlane, OriginIndex};
@@ -179,7 +179,7 @@ pub struct Pinned {
     flows_removed: Array<MapData, u64>,
     /// Each CPU's copies of flows (read for edge resets) and their versions (made stale after
     /// every change to `flows`): [`crate::flow_cache`].
-    flow_cache: Array<MapData, FlowCacheSlot>,
+    flow_cache: crate::flow_cache::Copies,
     cache_versions: crate::flow_cache::Versions,
     /// The edge-reset transmitter, opened on first use; `Some(None)` once it turned out to be
     /// unavailable (not native XDP, or pins of a build without it), so that is logged once.
@@ -656,7 +656,10 @@ impl Pinned {
             )?,
             stats: PerCpuArray::try_from(open_map(pin_root, map_names::STATS)?)?,
             flows_removed: Array::try_from(open_map(pin_root, map_names::FLOWS_REMOVED)?)?,
-            flow_cache: Array::try_from(open_map(pin_root, map_names::FLOW_CACHE)?)?,
+            flow_cache: crate::flow_cache::Copies::new(
+                MapData::from_pin(maps_dir(pin_root).join(map_names::FLOW_CACHE))
+                    .context("opening pinned map SWITCHER_FLOW_CACHE")?,
+            )?,
             cache_versions: crate::flow_cache::Versions::new(
                 MapData::from_pin(maps_dir(pin_root).join(map_names::FLOW_CACHE_VERSIONS))
                     .context("opening pinned map SWITCHER_FLOW_CACHE_VERSIONS")?,
@@ -1587,30 +1590,24 @@ impl Pinned {
         // A program that was steering one of these flows from its copy as the flow was retired
         // or deleted has finished, and recorded its number, once this returns.
         wait_for_readers();
-        // The flows in cache-slot order: each slot is read once (one read per CPU's copy)
-        // however many flows share it, and only one slot's copies are held at a time.
+        // The flows in cache-slot order: each slot's copies are read once (in place, from the
+        // mapping) however many flows share it, and only one slot's copies are held at a time.
         let mut order: Vec<(u32, usize)> = flows
             .iter()
             .enumerate()
             .map(|(i, (k, _))| (switcher_common::flow_cache_slot(&k.words()), i))
             .collect();
         order.sort_unstable();
-        let mut copies = (u32::MAX, Ok(Vec::new()));
+        let mut copies = (u32::MAX, Vec::new());
         // The index of each flow's first reset in `specs`.
         let mut firsts = Vec::with_capacity(flows.len());
         let mut specs = Vec::with_capacity(flows.len());
         for (slot, i) in order {
             let (k, v) = &flows[i];
             if copies.0 != slot {
-                copies = (slot, crate::flow_cache::copies(&self.flow_cache, slot));
+                copies = (slot, self.flow_cache.of_slot(slot));
             }
-            let acks = match &copies.1 {
-                Ok(copies) => crate::flow_cache::client_acks(copies, k, v),
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "reading the flow cache failed; resetting with the flow table's number");
-                    vec![v.client_ack]
-                }
-            };
+            let acks = crate::flow_cache::client_acks(&copies.1, k, v);
             let before = specs.len();
             specs.extend(acks.into_iter().filter_map(|client_ack| {
                 crate::edge_rst::flow_rst(&vip, k, &FlowValue { client_ack, ..*v })

@@ -352,19 +352,17 @@ fn edge_resets_reach_viewers_behind_a_partition() {
             .pin_root()
             .join("maps")
             .join(switcher_common::map_names::FLOW_CACHE);
-        let mut cache: aya::maps::Array<MapData, switcher_common::FlowCacheSlot> =
-            aya::maps::Array::try_from(Map::Array(
-                MapData::from_pin(&cache_pin).expect("flow cache pin"),
-            ))
-            .expect("flow cache map");
+        let cache = switcher_ctl::flow_cache::Copies::new(
+            MapData::from_pin(&cache_pin).expect("flow cache pin"),
+        )
+        .expect("flow cache map");
         let slot = switcher_common::flow_cache_slot(&key.words());
-        for cpu in 0..cache.len() / switcher_common::FLOW_CACHE_SLOTS {
-            let i = switcher_common::flow_cache_index(cpu, slot);
-            let mut c = cache.get(&i, 0).expect("the flow's cache slot");
-            if c.key == key.words() {
-                c.client_ack = c.client_ack.wrapping_add(1000);
-                cache.set(i, c, 0).expect("update the copy");
-            }
+        for cpu in 0..cache.cpus() {
+            cache.update(cpu, slot, |c| {
+                if c.key == key.words() {
+                    c.client_ack = c.client_ack.wrapping_add(1000);
+                }
+            });
         }
     }
 

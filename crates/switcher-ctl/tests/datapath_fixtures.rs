@@ -341,8 +341,7 @@ impl Harness {
         // As user space does after deleting flows: no CPU's copy of them may steer again. And
         // no copy at all, so no case inherits another's.
         self.cache_versions().invalidate_all();
-        let mut cache = Array::try_from(self.ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
-        switcher_ctl::flow_cache::clear(&mut cache).unwrap();
+        self.flow_cache().clear();
         self.handshake_table().clear();
         assert!(self.flows().is_empty() && self.handshakes().is_empty());
         self.configure(true);
@@ -442,9 +441,13 @@ impl Harness {
         switcher_ctl::flow_cache::Versions::new(MapData::from_fd(fd).unwrap()).unwrap()
     }
 
-    /// Every CPU's flow cache (`SWITCHER_FLOW_CACHE`).
-    fn flow_cache(&self) -> Array<&MapData, switcher_common::FlowCacheSlot> {
-        Array::try_from(self.ebpf.map(map_names::FLOW_CACHE).unwrap()).unwrap()
+    /// Every CPU's flow cache (`SWITCHER_FLOW_CACHE`), mapped.
+    fn flow_cache(&self) -> switcher_ctl::flow_cache::Copies {
+        let Some(aya::maps::Map::Array(data)) = self.ebpf.map(map_names::FLOW_CACHE) else {
+            panic!("SWITCHER_FLOW_CACHE is an array");
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
+        switcher_ctl::flow_cache::Copies::new(MapData::from_fd(fd).unwrap()).unwrap()
     }
 
     /// Moves the `refreshed` tick of every CPU's copy of `key` by `delta` (wrapping), so that
@@ -452,17 +455,15 @@ impl Harness {
     /// [`make_refresh_due`]) instead of the clock.
     fn shift_refreshed(&mut self, key: &FlowKey, delta: u32) {
         let slot = switcher_common::flow_cache_slot(&key.words());
-        let mut cache: Array<&mut MapData, switcher_common::FlowCacheSlot> =
-            Array::try_from(self.ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
+        let cache = self.flow_cache();
         let mut shifted = 0;
-        for cpu in 0..cache.len() / switcher_common::FLOW_CACHE_SLOTS {
-            let i = switcher_common::flow_cache_index(cpu, slot);
-            let mut c = cache.get(&i, 0).unwrap();
-            if c.key == key.words() {
-                c.refreshed = c.refreshed.wrapping_add(delta);
-                cache.set(i, c, 0).unwrap();
-                shifted += 1;
-            }
+        for cpu in 0..cache.cpus() {
+            cache.update(cpu, slot, |c| {
+                if c.key == key.words() {
+                    c.refreshed = c.refreshed.wrapping_add(delta);
+                    shifted += 1;
+                }
+            });
         }
         assert!(shifted > 0, "a CPU holds a copy of the flow");
     }
@@ -2614,19 +2615,36 @@ fn make_refresh_due(h: &mut Harness, key: &FlowKey) {
 /// (c, slot) and on no other CPU's part, and the loader sized the map for every possible CPU.
 #[test]
 fn each_cpu_fills_its_own_part_of_the_flow_cache() {
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The CPUs this test may run on (all of them, unless started under a narrower mask).
+    let allowed: Vec<usize> = {
+        // SAFETY: libc calls on a zeroed `cpu_set_t`, for this thread (pid 0).
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set),
+                0
+            );
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        }
+    };
     let mut h = Harness::new();
     h.set_active(PRIMARY);
     assert_eq!(
-        h.flow_cache().len(),
+        h.flow_cache().cpus() * switcher_common::FLOW_CACHE_SLOTS,
         switcher_ctl::flow_cache::entries(),
         "sized for every possible CPU"
+    );
+    assert!(
+        allowed.iter().all(|&c| (c as u32) < h.flow_cache().cpus()),
+        "every CPU has its part"
     );
     let (client, port) = ("10.1.9.7", 49007);
     assert_eq!(establish(&mut h, client, port), PRIMARY);
     let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
     let slot = switcher_common::flow_cache_slot(&key.words());
-    for cpu in 0..online {
+    for &cpu in &allowed {
         // SAFETY: libc calls on a zeroed `cpu_set_t`, for this thread (pid 0).
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -2637,11 +2655,10 @@ fn each_cpu_fills_its_own_part_of_the_flow_cache() {
                 "sched_setaffinity to CPU {cpu}"
             );
         }
-        let mut cache = Array::try_from(h.ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
-        switcher_ctl::flow_cache::clear(&mut cache).unwrap();
+        h.flow_cache().clear();
         let (verdict, out, _) = h.run(Prog::Xdp, &ack_of(client, port, 1), 1);
         assert_eq!((verdict, dport_of(&out)), (XDP_PASS, 8081));
-        let copies = switcher_ctl::flow_cache::copies(&h.flow_cache(), slot).unwrap();
+        let copies = h.flow_cache().of_slot(slot);
         let holders: Vec<usize> = copies
             .iter()
             .enumerate()
@@ -2668,11 +2685,9 @@ fn a_copy_is_used_until_its_entry_changes_or_its_origin_is_retired() {
     let seg = ack_of(client, port, 1);
     let (verdict, out, _) = h.run(Prog::Xdp, &seg, 1);
     assert_eq!((verdict, dport_of(&out)), (XDP_PASS, 8081));
-    let copies = switcher_ctl::flow_cache::copies(
-        &h.flow_cache(),
-        switcher_common::flow_cache_slot(&key.words()),
-    )
-    .unwrap();
+    let copies = h
+        .flow_cache()
+        .of_slot(switcher_common::flow_cache_slot(&key.words()));
     assert!(
         copies
             .iter()
@@ -2737,7 +2752,7 @@ fn ports_sharing_a_slot(client: &str) -> (u16, u16) {
 /// (`flow_cache::client_acks` over every CPU's copy in the key's slot).
 fn acks_of(h: &Harness, key: &FlowKey, flow: &FlowValue) -> Vec<u32> {
     let slot = switcher_common::flow_cache_slot(&key.words());
-    let copies = switcher_ctl::flow_cache::copies(&h.flow_cache(), slot).unwrap();
+    let copies = h.flow_cache().of_slot(slot);
     switcher_ctl::flow_cache::client_acks(&copies, key, flow)
 }
 
@@ -2837,13 +2852,10 @@ fn a_copy_refreshes_from_its_entry_when_it_is_old() {
     assert_eq!(out, seg, "the refresh found the entry gone: untracked");
     assert_eq!(h.counters()[U as usize].untracked, untracked + 1);
     assert!(
-        !switcher_ctl::flow_cache::copies(
-            &h.flow_cache(),
-            switcher_common::flow_cache_slot(&key.words())
-        )
-        .unwrap()
-        .iter()
-        .any(|c| c.key == key.words()),
+        !h.flow_cache()
+            .of_slot(switcher_common::flow_cache_slot(&key.words()))
+            .iter()
+            .any(|c| c.key == key.words()),
         "and the copy is gone"
     );
     let (_, out, _) = h.run(Prog::Xdp, &seg, 1);

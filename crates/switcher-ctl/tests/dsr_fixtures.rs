@@ -479,9 +479,13 @@ fn reset(ebpf: &mut Ebpf) {
     switcher_ctl::flow_cache::Versions::new(MapData::from_fd(fd).unwrap())
         .unwrap()
         .invalidate_all();
-    let mut cache =
-        aya::maps::Array::try_from(ebpf.map_mut(map_names::FLOW_CACHE).unwrap()).unwrap();
-    switcher_ctl::flow_cache::clear(&mut cache).unwrap();
+    let Some(aya::maps::Map::Array(data)) = ebpf.map(map_names::FLOW_CACHE) else {
+        panic!("SWITCHER_FLOW_CACHE is an array");
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
+    switcher_ctl::flow_cache::Copies::new(MapData::from_fd(fd).unwrap())
+        .unwrap()
+        .clear();
     let Some(aya::maps::Map::Array(data)) = ebpf.map(map_names::HANDSHAKES) else {
         panic!("SWITCHER_HANDSHAKES is an array");
     };

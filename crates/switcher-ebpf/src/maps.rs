@@ -78,9 +78,15 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }, LRU_FLA
 /// only, each part by the CPU it belongs to: filled when a packet of a tracked flow misses,
 /// and its `client_ack` kept current on every hit. Read by user space for edge resets.
 /// Declared with one CPU's part; the loader sizes it for every possible CPU (a CPU beyond the
-/// map's size finds no slot and steers from `FLOWS`).
+/// map's size finds no slot and steers from `FLOWS`). Mmapable (`BPF_F_MMAPABLE`): user space
+/// reads a slot's copies in place, without a syscall per CPU, and the values start on a page,
+/// so each CPU's part (96 pages) shares no cache line with the next one's.
 #[btf_map(name = "SWITCHER_FLOW_CACHE")]
-pub static FLOW_CACHE: Array<FlowCacheSlot, { FLOW_CACHE_SLOTS as usize }> = Array::new();
+pub static FLOW_CACHE: Array<
+    FlowCacheSlot,
+    { FLOW_CACHE_SLOTS as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
 
 /// The flow cache's versions: cache slot -> a counter incremented (atomically) after every
 /// insert into or delete from `FLOWS` of a key of that slot, and every `FLOW_FINISHING` mark:
