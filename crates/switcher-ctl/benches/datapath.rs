@@ -171,11 +171,10 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
     // Sized for every CPU as the product sizes it, unless the object is an earlier build's
     // whose flow cache is a per-CPU array (its declared size is already per CPU; sizing it
     // would give every CPU all CPUs' slots).
-    const BPF_MAP_TYPE_ARRAY: u32 = 2;
     let cache_type = aya_obj::Object::parse(object)
         .ok()
         .and_then(|o| o.maps.get(map_names::FLOW_CACHE).map(|m| m.map_type()));
-    if cache_type == Some(BPF_MAP_TYPE_ARRAY) {
+    if cache_type == Some(aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32) {
         switcher_ctl::loader::size_for_cpus(&mut loader);
     }
     let mut ebpf = loader
@@ -1025,11 +1024,12 @@ enum SynAckWriter {
 
 impl SynAckWriter {
     fn new(ebpf: &Ebpf) -> Self {
-        use std::os::fd::AsFd as _;
         match ebpf.map(map_names::HANDSHAKES).unwrap() {
-            Map::Array(data) => {
-                let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
-                let table = HandshakeTable::new(MapData::from_fd(fd).unwrap()).unwrap();
+            Map::Array(_) => {
+                let table = HandshakeTable::new(
+                    switcher_ctl::mmapped::array_of(ebpf, map_names::HANDSHAKES).unwrap(),
+                )
+                .unwrap();
                 let vip = Array::<_, VipConfig>::try_from(ebpf.map(map_names::CONFIG).unwrap())
                     .unwrap()
                     .get(&0, 0)
@@ -1124,14 +1124,18 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
     };
     let few = clients_in_turn(0x0a03_0000, FEW_CLIENTS);
     let many = clients_in_turn(0x0a04_0000, MANY_CLIENTS);
-    let alone = |clients: &[std::net::SocketAddrV4]| {
-        let mut per_slot = std::collections::HashMap::new();
-        let slots: Vec<u32> = clients
+    let flow_keys = |clients: &[std::net::SocketAddrV4]| -> Vec<FlowKey> {
+        clients
             .iter()
-            .map(|c| {
-                let key = switcher_ctl::loader::flow_key((*c).into());
-                switcher_common::flow_cache_slot(&key.words())
-            })
+            .map(|c| switcher_ctl::loader::flow_key((*c).into()))
+            .collect()
+    };
+    let (few_keys, many_keys) = (flow_keys(&few), flow_keys(&many));
+    let alone = |keys: &[FlowKey]| {
+        let mut per_slot = std::collections::HashMap::new();
+        let slots: Vec<u32> = keys
+            .iter()
+            .map(|k| switcher_common::flow_cache_slot(&k.words()))
             .collect();
         for s in &slots {
             *per_slot.entry(*s).or_insert(0u32) += 1;
@@ -1146,20 +1150,13 @@ fn distinct_rows(out: &mut String, ebpf: &mut Ebpf, peer: Option<&mut Ebpf>, emp
             .into(),
         format!(
             "tracked flows of {FEW_CLIENTS} clients in turn ({:.1}% alone in their cache slot: hits; the rest miss)",
-            alone(&few)
+            alone(&few_keys)
         ),
         format!(
             "tracked flows of {MANY_CLIENTS} clients in turn (4x the cache's slots; {:.1}% alone in theirs: nearly all miss)",
-            alone(&many)
+            alone(&many_keys)
         ),
     ];
-    let flow_keys = |clients: &[std::net::SocketAddrV4]| -> Vec<FlowKey> {
-        clients
-            .iter()
-            .map(|c| switcher_ctl::loader::flow_key((*c).into()))
-            .collect()
-    };
-    let (few_keys, many_keys) = (flow_keys(&few), flow_keys(&many));
     let in_turn = |clients: &[std::net::SocketAddrV4], i: usize| {
         let c = clients[i % clients.len()];
         Pkt::tcp(&c.ip().to_string(), c.port(), "10.0.0.1", 8080, ACK)

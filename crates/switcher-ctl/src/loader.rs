@@ -1551,8 +1551,9 @@ impl Pinned {
         if let Some(m) = self.marker() {
             match m.mark(&mark) {
                 Ok(marked) => return Ok(marked),
-                // Not expected (the program takes any 20-byte key); the map update below does
-                // the same, less atomically.
+                // Not expected (the program takes any `FinishMark`; only pins of a build whose
+                // program read a bare key refuse one); the map update below does the same,
+                // less atomically.
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "switcher_mark_finishing failed: marking by a map update");
                 }

@@ -112,6 +112,17 @@ impl<T> Drop for Mapped<T> {
     }
 }
 
+/// A second handle on the array map `name` of the loaded object `ebpf`, to give to
+/// [`Mapped::new`] (through the types that map it: `HandshakeTable`, `flow_cache::Versions`,
+/// `flow_cache::Copies`) while `ebpf` keeps its own: what tests and benches that load the
+/// object themselves, not through pins, map it with.
+pub fn array_of(ebpf: &aya::Ebpf, name: &str) -> Result<MapData> {
+    let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
+        bail!("the object has no array map {name}");
+    };
+    Ok(MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?)
+}
+
 /// Bytes from one value of an array map to the next: the value size rounded up to 8 (the
 /// kernel's `round_up(attr->value_size, 8)` in `array_map_alloc`).
 const fn stride<T>() -> usize {

@@ -18,7 +18,7 @@ use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
@@ -424,30 +424,26 @@ impl Harness {
 
     /// The handshake table, mapped (`switcher_ctl::handshake_table`).
     fn handshake_table(&self) -> HandshakeTable {
-        let Some(aya::maps::Map::Array(data)) = self.ebpf.map(map_names::HANDSHAKES) else {
-            panic!("SWITCHER_HANDSHAKES is an array");
-        };
-        let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
-        HandshakeTable::new(MapData::from_fd(fd).unwrap()).unwrap()
+        HandshakeTable::new(
+            switcher_ctl::mmapped::array_of(&self.ebpf, map_names::HANDSHAKES).unwrap(),
+        )
+        .unwrap()
     }
 
     /// The flow cache's versions, mapped (`switcher_ctl::flow_cache`).
     fn cache_versions(&self) -> switcher_ctl::flow_cache::Versions {
-        let Some(aya::maps::Map::Array(data)) = self.ebpf.map(map_names::FLOW_CACHE_VERSIONS)
-        else {
-            panic!("SWITCHER_FLOW_CACHE_VERSIONS is an array");
-        };
-        let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
-        switcher_ctl::flow_cache::Versions::new(MapData::from_fd(fd).unwrap()).unwrap()
+        switcher_ctl::flow_cache::Versions::new(
+            switcher_ctl::mmapped::array_of(&self.ebpf, map_names::FLOW_CACHE_VERSIONS).unwrap(),
+        )
+        .unwrap()
     }
 
     /// Every CPU's flow cache (`SWITCHER_FLOW_CACHE`), mapped.
     fn flow_cache(&self) -> switcher_ctl::flow_cache::Copies {
-        let Some(aya::maps::Map::Array(data)) = self.ebpf.map(map_names::FLOW_CACHE) else {
-            panic!("SWITCHER_FLOW_CACHE is an array");
-        };
-        let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
-        switcher_ctl::flow_cache::Copies::new(MapData::from_fd(fd).unwrap()).unwrap()
+        switcher_ctl::flow_cache::Copies::new(
+            switcher_ctl::mmapped::array_of(&self.ebpf, map_names::FLOW_CACHE).unwrap(),
+        )
+        .unwrap()
     }
 
     /// Moves the `refreshed` tick of every CPU's copy of `key` by `delta` (wrapping), so that
@@ -2572,16 +2568,22 @@ fn a_claimed_handshake_slot_is_left_to_its_writer() {
 /// Pins the calling thread to the CPU it runs on: the flow cache is per CPU, and a test that
 /// says which packets find a copy must send them all through one CPU.
 fn pin_to_one_cpu() {
+    // SAFETY: a libc call without arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(cpu >= 0, "sched_getcpu failed");
+    pin_to_cpu(cpu as usize);
+}
+
+/// Keeps this thread on CPU `cpu`.
+fn pin_to_cpu(cpu: usize) {
     // SAFETY: libc calls on a zeroed `cpu_set_t`, for this thread (pid 0).
     unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu failed");
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         assert_eq!(
             libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
             0,
-            "sched_setaffinity failed"
+            "sched_setaffinity to CPU {cpu} failed"
         );
     }
 }
@@ -2645,16 +2647,7 @@ fn each_cpu_fills_its_own_part_of_the_flow_cache() {
     let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
     let slot = switcher_common::flow_cache_slot(&key.words());
     for &cpu in &allowed {
-        // SAFETY: libc calls on a zeroed `cpu_set_t`, for this thread (pid 0).
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-                0,
-                "sched_setaffinity to CPU {cpu}"
-            );
-        }
+        pin_to_cpu(cpu);
         h.flow_cache().clear();
         let (verdict, out, _) = h.run(Prog::Xdp, &ack_of(client, port, 1), 1);
         assert_eq!((verdict, dport_of(&out)), (XDP_PASS, 8081));

@@ -21,11 +21,10 @@
 //! Needs root.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
@@ -472,25 +471,17 @@ fn reset(ebpf: &mut Ebpf) {
     }
     clear::<FlowValue>(ebpf, map_names::FLOWS);
     // As user space does after deleting flows: no CPU's copy of them may steer again.
-    let Some(aya::maps::Map::Array(data)) = ebpf.map(map_names::FLOW_CACHE_VERSIONS) else {
-        panic!("SWITCHER_FLOW_CACHE_VERSIONS is an array");
-    };
-    let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
-    switcher_ctl::flow_cache::Versions::new(MapData::from_fd(fd).unwrap())
-        .unwrap()
-        .invalidate_all();
-    let Some(aya::maps::Map::Array(data)) = ebpf.map(map_names::FLOW_CACHE) else {
-        panic!("SWITCHER_FLOW_CACHE is an array");
-    };
-    let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
-    switcher_ctl::flow_cache::Copies::new(MapData::from_fd(fd).unwrap())
-        .unwrap()
-        .clear();
-    let Some(aya::maps::Map::Array(data)) = ebpf.map(map_names::HANDSHAKES) else {
-        panic!("SWITCHER_HANDSHAKES is an array");
-    };
-    let fd = data.fd().as_fd().try_clone_to_owned().unwrap();
-    HandshakeTable::new(MapData::from_fd(fd).unwrap())
+    switcher_ctl::flow_cache::Versions::new(
+        switcher_ctl::mmapped::array_of(ebpf, map_names::FLOW_CACHE_VERSIONS).unwrap(),
+    )
+    .unwrap()
+    .invalidate_all();
+    switcher_ctl::flow_cache::Copies::new(
+        switcher_ctl::mmapped::array_of(ebpf, map_names::FLOW_CACHE).unwrap(),
+    )
+    .unwrap()
+    .clear();
+    HandshakeTable::new(switcher_ctl::mmapped::array_of(ebpf, map_names::HANDSHAKES).unwrap())
         .unwrap()
         .clear();
     assert!(flows(ebpf).is_empty());
