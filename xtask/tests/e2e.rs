@@ -194,7 +194,7 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     test_kit::process::require_root();
     let pair = Pair::new();
     let bpf = BpfFs::new().on_drop(switcher_ctl::loader::detach);
-    let mut cfg = StackConfig::for_test("e2e", &pair, &bpf);
+    let mut cfg = StackConfig::for_test("ete", &pair, &bpf);
     let (ws, run_dir) = (xtask::workspace(), cfg.run_dir.clone());
     cfg.assets_dir = Some(ws.join("web/node_modules/hls.js/dist"));
     // A short drain, so that hls.js's keep-alive connections, left on the backup by a

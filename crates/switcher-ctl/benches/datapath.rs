@@ -25,6 +25,10 @@
 //! `SWITCHER_BENCH_SCALE=0` part 3 (part 1 needs no release binaries and takes a minute or
 //! two). `SWITCHER_BENCH_PEER_OBJ=<object>` times an earlier build's data plane in the same
 //! rounds as this one (part 1); `SWITCHER_BENCH_ROUNDS=<n>` sets part 1's rounds (default 11).
+//! `SWITCHER_BENCH_PROFILE_SECS=<n>` measures nothing and writes nothing: it runs the tracked
+//! flow's packet through `switcher_xdp` (or `SWITCHER_BENCH_PROFILE_PROG`) for n seconds, for
+//! a profiler; `scripts/profile-datapath.py` runs it under `perf record` and gives the samples
+//! by source line.
 //!
 //! # How part 1 measures (and what the empty program costs)
 //! Each BPF_PROG_TEST_RUN call runs the program `REPEAT` times on one buffer. Three clocks
@@ -411,6 +415,21 @@ fn prog_test_run(out: &mut String) {
         None => (None, None),
     };
 
+    // The profile mode (see the module's docs): the tracked flow's packet and nothing else.
+    if let Ok(secs) = std::env::var("SWITCHER_BENCH_PROFILE_SECS") {
+        let secs: u64 = secs.parse().expect("SWITCHER_BENCH_PROFILE_SECS: seconds");
+        let prog =
+            std::env::var("SWITCHER_BENCH_PROFILE_PROG").unwrap_or_else(|_| "switcher_xdp".into());
+        let pkt = tracked_pkt();
+        let until = Instant::now() + Duration::from_secs(secs);
+        let mut calls = 0u64;
+        while Instant::now() < until {
+            test_run(&ebpf, &prog, &pkt, REPEAT);
+            calls += 1;
+        }
+        eprintln!("profile: {calls} calls of {REPEAT} repetitions of {prog}");
+        std::process::exit(0);
+    }
     // A SYN from a port with no flow (a SYN of a tracked flow follows the flow instead).
     let syn = Pkt::tcp("10.1.1.1", 40001, "10.0.0.1", 8080, SYN).build();
     let cases = [

@@ -17,14 +17,109 @@ use crate::process::{sh, try_sh};
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call (interface names are limited to 15 bytes, so
-/// keep `tag` to three characters).
+/// keep `tag` to three characters): "hx", this process's id (mod 100,000), `tag` (lowercase
+/// letters only, so that [`creator_of`] can read the id back) and a sequence number.
 pub fn unique(tag: &str) -> String {
+    assert!(
+        !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_lowercase()),
+        "tag {tag:?}: lowercase letters only"
+    );
     format!(
         "hx{}{}{}",
         std::process::id() % 100_000,
         tag,
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The id (mod 100,000) of the process that made `name` with [`unique`], or `None` when
+/// `name` is not such a name.
+pub fn creator_of(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("hx")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let (pid, rest) = rest.split_at(digits);
+    let letters = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+    let (_tag, seq) = rest.split_at(letters);
+    let well_formed = (1..=5).contains(&digits)
+        && letters > 0
+        && !seq.is_empty()
+        && seq.bytes().all(|b| b.is_ascii_digit());
+    well_formed.then(|| pid.parse().ok()).flatten()
+}
+
+/// Removes what earlier runs left when they were killed before their drops ran (SIGKILL, the
+/// OOM killer, a machine restart): every network namespace, bpffs mount under /run and
+/// directory in the temporary directory named by [`unique`] whose creating process is gone
+/// (no live process has its id, mod 100,000). Processes still inside such a namespace (the
+/// servers a killed test had started) are killed first; deleting the namespace removes its
+/// veths and whatever XDP or TC program was attached to them, and unmounting the bpffs drops
+/// its pins. What a live process made is left alone. Returns what was removed.
+///
+/// `cargo xtask test` runs this first: CI runs on the machine a session just used.
+pub fn reap_stale() -> Vec<String> {
+    let live: std::collections::HashSet<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .map(|pid| pid % 100_000)
+                .collect()
+        })
+        .unwrap_or_default();
+    let stale = |name: &str| creator_of(name).is_some_and(|pid| !live.contains(&pid));
+    let names_in = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| stale(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut removed = Vec::new();
+    for name in names_in(Path::new("/var/run/netns")) {
+        kill_inside(&Path::new("/var/run/netns").join(&name));
+        if Command::new("ip")
+            .args(["netns", "delete", &name])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            removed.push(format!("netns {name}"));
+        }
+    }
+    for name in names_in(Path::new("/run")) {
+        let dir = Path::new("/run").join(&name);
+        let _ = Command::new("umount").arg(&dir).status();
+        if std::fs::remove_dir(&dir).is_ok() {
+            removed.push(dir.display().to_string());
+        }
+    }
+    let tmp = std::env::temp_dir();
+    for name in names_in(&tmp) {
+        let dir = tmp.join(&name);
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir.display().to_string());
+        }
+    }
+    removed
+}
+
+/// Kills (SIGKILL) every process whose network namespace is the one bound at `ns_file`.
+fn kill_inside(ns_file: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = std::fs::metadata(ns_file) else {
+        return;
+    };
+    let target = format!("net:[{}]", ns.ino());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in procs.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let inside = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|l| l.to_string_lossy() == target);
+        if inside {
+            // SAFETY: a plain kill(2) of a process id read from /proc.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 /// Joins the calling thread to namespace `name` (for threads that stay there).
@@ -262,7 +357,28 @@ impl Drop for BpfFs {
 
 #[cfg(test)]
 mod tests {
-    use super::snmp_field;
+    use super::{creator_of, snmp_field, unique};
+
+    #[test]
+    fn the_creator_of_a_unique_name_is_read_back() {
+        let name = unique("ve");
+        assert_eq!(creator_of(&name), Some(std::process::id() % 100_000));
+        assert_eq!(creator_of("hx20632e1"), Some(20632));
+        assert_eq!(creator_of("hx7bpf12"), Some(7));
+        // Not names `unique` makes: another prefix, no tag, no sequence number, a pid of
+        // more than five digits.
+        for other in [
+            "eth0",
+            "hx20632",
+            "hx20632e",
+            "hxe1",
+            "hx123456e1",
+            "hx1e1x",
+            "hx1E1",
+        ] {
+            assert_eq!(creator_of(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn snmp_fields_by_table_and_name() {

@@ -147,3 +147,53 @@ fn namespaces_and_bpffs_are_removed_on_drop() {
     assert!(!names.iter().any(|n| after.contains(n.as_str())), "{after}");
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+#[test]
+fn what_a_killed_run_left_is_reaped_and_a_live_runs_is_not() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root: `cargo xtask test`"
+    );
+    // An id (mod 100,000) no live process has: the creator of a killed run.
+    let live: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .map(|p| p % 100_000)
+        .collect();
+    let dead = (10_000..100_000u32)
+        .rev()
+        .find(|n| !live.contains(n))
+        .expect("a free id");
+    let ns = format!("hx{dead}e{}", std::process::id() % 1000);
+    let tmp = std::env::temp_dir().join(format!("hx{dead}www{}", std::process::id() % 1000));
+    let sh = test_kit::process::sh;
+    sh(&["ip", "netns", "add", &ns]);
+    std::fs::create_dir_all(tmp.join("sub")).expect("temp dir");
+    // A server the killed run had started, still running in its namespace.
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &ns, "sleep", "600"])
+        .spawn()
+        .expect("sleep in the namespace");
+    // What this (live) process made stays.
+    let mine = test_kit::netns::Netns::new("m");
+    try_wait_until(Duration::from_secs(5), || {
+        sh(&["ip", "netns", "pids", &ns]).trim().lines().count() == 1
+    });
+
+    let removed = test_kit::netns::reap_stale();
+
+    let listed = sh(&["ip", "netns", "list"]);
+    assert!(!listed.contains(&ns), "{listed}");
+    assert!(listed.contains(&mine.name), "{listed}");
+    assert!(!tmp.exists(), "{} left", tmp.display());
+    assert!(removed.iter().any(|r| r.contains(&ns)), "{removed:?}");
+    // The process inside was killed (SIGKILL), not left running.
+    let status = server.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status:?}"
+    );
+}
