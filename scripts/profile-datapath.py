@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Where `switcher_xdp` spends its time on a tracked flow's packet, by source line.
+"""Where `switcher_xdp` (or another program of the object) spends its time on a tracked
+flow's packet, by source line.
 
 Usage (root, from the repository):
     cargo bench -p switcher-ctl --bench datapath --no-run
-    python3 scripts/profile-datapath.py [SECONDS] [CPU]
+    python3 scripts/profile-datapath.py [SECONDS] [CPU] [PROGRAM]
+
+PROGRAM is `switcher_xdp` (the default) or another program of the object, e.g. a `bench_tf_*`
+step of the bench, on the same packet.
 
 It runs the data-path bench binary in its profile mode (SWITCHER_BENCH_PROFILE_SECS: the
 tracked flow's packet through `switcher_xdp` with BPF_PROG_TEST_RUN, repeat 1,000,000, and
@@ -117,19 +121,20 @@ def new_prog_id(name, before, timeout):
 def main():
     seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     cpu = sys.argv[2] if len(sys.argv) > 2 else str(os.cpu_count() - 1)
+    prog = sys.argv[3] if len(sys.argv) > 3 else "switcher_xdp"
     bins = [b for b in glob.glob("target/release/deps/datapath-*") if not b.endswith(".d")]
     if not bins:
         sys.exit("build the bench first: cargo bench -p switcher-ctl --bench datapath --no-run")
     binary = max(bins, key=os.path.getmtime)
     data = "/tmp/profile-datapath.perf"
-    env = dict(os.environ, SWITCHER_BENCH_PROFILE_SECS=str(seconds))
-    before = prog_ids("switcher_xdp")
+    env = dict(os.environ, SWITCHER_BENCH_PROFILE_SECS=str(seconds), SWITCHER_BENCH_PROFILE_PROG=prog)
+    before = prog_ids(prog)
     perf = subprocess.Popen(
         ["perf", "record", "-q", "-e", "cpu-clock", "-F", "20000", "-C", cpu, "-o", data,
          "--", binary, "--bench"],
         env=env, stdout=subprocess.DEVNULL,
     )
-    prog_id = new_prog_id("switcher_xdp", before, 120)
+    prog_id = new_prog_id(prog, before, 120)
     recs, jited_len = line_info(prog_id)
     text = sources(prog_id)
     if perf.wait() != 0:
@@ -148,7 +153,7 @@ def main():
         else:
             outside += 1
     total = sum(counts.values())
-    print(f"{total} samples in switcher_xdp (id {prog_id}), {outside} elsewhere "
+    print(f"{total} samples in {prog} (id {prog_id}), {outside} elsewhere "
           f"(the test-run loop, the verifier at load)")
     print("share  insn  source line of the line-info record")
     for i, n in counts.most_common(40):
