@@ -676,7 +676,7 @@ struct PairRun {
 impl PairRun {
     /// As [`complete`] for a round: every VIP connection counted and matched.
     fn complete(&self) -> bool {
-        self.vip.conns.iter().sum::<u32>() == X4_CONNECTIONS && self.matched.conns == self.vip.conns
+        matched_in_full(&self.vip, &self.matched)
     }
 }
 
@@ -793,7 +793,13 @@ fn report_pairs(
 /// Whether a round's x4 comparison holds: every VIP x4 connection was counted, and matched
 /// x4 had the same connections per origin.
 fn complete(r: &Round) -> bool {
-    r.vip4.conns.iter().sum::<u32>() == X4_CONNECTIONS && r.matched4.conns == r.vip4.conns
+    matched_in_full(&r.vip4, &r.matched4)
+}
+
+/// Every connection of the VIP x4 run `vip` was counted, and `matched` had the same ones per
+/// origin: the comparison of the two holds.
+fn matched_in_full(vip: &Load, matched: &Load) -> bool {
+    vip.conns.iter().sum::<u32>() == X4_CONNECTIONS && matched.conns == vip.conns
 }
 
 /// `a/b/c/d` of a connection split.
