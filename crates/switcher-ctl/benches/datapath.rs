@@ -26,9 +26,10 @@
 //! two). `SWITCHER_BENCH_PEER_OBJ=<object>` times an earlier build's data plane in the same
 //! rounds as this one (part 1); `SWITCHER_BENCH_ROUNDS=<n>` sets part 1's rounds (default 11).
 //! `SWITCHER_BENCH_PROFILE_SECS=<n>` measures nothing and writes nothing: it runs the tracked
-//! flow's packet through `switcher_xdp` (or `SWITCHER_BENCH_PROFILE_PROG`) for n seconds, for
-//! a profiler; `scripts/profile-datapath.py` runs it under `perf record` and gives the samples
-//! by source line.
+//! flow's packet (or `SWITCHER_BENCH_PROFILE_PACKET`: `tracked6`, `syn`, `elsewhere`,
+//! `untracked`) through `switcher_xdp` (or `SWITCHER_BENCH_PROFILE_PROG`) for n seconds, for a
+//! profiler; `scripts/profile-datapath.py` runs it under `perf record` and gives the samples
+//! by source line, and the x86 instructions the packet runs.
 //!
 //! # How part 1 measures (and what the empty program costs)
 //! Each BPF_PROG_TEST_RUN call runs the program `REPEAT` times on one buffer. Three clocks
@@ -420,16 +421,31 @@ fn prog_test_run(out: &mut String) {
         let secs: u64 = secs.parse().expect("SWITCHER_BENCH_PROFILE_SECS: seconds");
         let prog =
             std::env::var("SWITCHER_BENCH_PROFILE_PROG").unwrap_or_else(|_| "switcher_xdp".into());
-        let pkt = tracked_pkt();
+        // Which packet: `SWITCHER_BENCH_PROFILE_PACKET`, one of the timed rows'.
+        let packet =
+            std::env::var("SWITCHER_BENCH_PROFILE_PACKET").unwrap_or_else(|_| "tracked".into());
+        let pkt = match packet.as_str() {
+            "tracked" => tracked_pkt(),
+            "tracked6" => tracked_pkt_v6(),
+            "syn" => Pkt::tcp("10.1.1.1", 40001, "10.0.0.1", 8080, SYN).build(),
+            "elsewhere" => Pkt::tcp("10.1.1.1", 40000, "10.0.0.9", 443, ACK).build(),
+            "untracked" => Pkt::tcp("10.1.1.3", 40003, "10.0.0.1", 8080, ACK).build(),
+            other => panic!(
+                "SWITCHER_BENCH_PROFILE_PACKET={other}: tracked, tracked6, syn, elsewhere or \
+                 untracked"
+            ),
+        };
         // The flow's copy in this CPU's cache, as the timed rows have it (a `bench_tf_*` step
         // only reads it).
-        test_run(&ebpf, "switcher_xdp", &pkt, 1);
+        test_run(&ebpf, "switcher_xdp", &tracked_pkt(), 1);
+        test_run(&ebpf, "switcher_xdp", &tracked_pkt_v6(), 1);
         let until = Instant::now() + Duration::from_secs(secs);
         let mut calls = 0u64;
         while Instant::now() < until {
             let ret = test_run(&ebpf, &prog, &pkt, REPEAT).ret;
-            // 2: XDP_PASS (a `bench_tf_*` step returns XDP_ABORTED off the tracked path).
-            assert_eq!(ret, 2, "{prog} did not take the tracked flow's path");
+            // 2: XDP_PASS, every one of these packets' (a `bench_tf_*` step returns
+            // XDP_ABORTED off the tracked path).
+            assert_eq!(ret, 2, "{prog} did not pass the {packet} packet");
             calls += 1;
         }
         eprintln!("profile: {calls} calls of {REPEAT} repetitions of {prog}");
