@@ -2981,6 +2981,16 @@ fn marking_a_flow_finishing_changes_only_its_flag() {
         "the next request is held: the copy did not steer it"
     );
     assert_eq!(h.counters()[PRIMARY as usize].held, 1);
+    // That miss refilled the CPU's copy, flag included: the one after it is held by the copy
+    // (the fast path of a cache hit), counted once, and its acknowledgement still steered.
+    let (verdict, _, _) = h.run(Prog::Xdp, &request(900), 1);
+    assert_eq!(verdict, XDP_DROP, "a request held from the copy");
+    assert_eq!(h.counters()[PRIMARY as usize].held, 2, "counted once");
+    let bare_ack = Pkt::tcp(client, port, VIP4, VIP_PORT, ACK)
+        .with_ack(DEFAULT_SEQ.wrapping_add(900))
+        .build();
+    assert_eq!(dport_of(&h.run(Prog::Xdp, &bare_ack, 1).1), 8081);
+    assert_eq!(h.counters()[PRIMARY as usize].held, 2, "an ACK is not held");
 
     let gone = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), 1));
     assert!(

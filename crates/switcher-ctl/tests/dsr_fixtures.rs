@@ -458,6 +458,23 @@ struct EncapCase {
     flows_after: Vec<u32>,
 }
 
+/// Keeps this thread on the CPU it runs on.
+fn pin_to_this_cpu() {
+    // SAFETY: libc calls: one without arguments, then one on a zeroed `cpu_set_t` for this
+    // thread (pid 0).
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
 /// Back to the state every encap case starts from: no flow, no handshake, new flows to the
 /// remote origin, no listener check.
 fn reset(ebpf: &mut Ebpf) {
@@ -590,6 +607,15 @@ fn encapsulation_to_remote_origins() {
                 output: Some(to_remote(&ack)),
                 counters: [steered(REMOTE, ack.len()), vec![(REMOTE, "established", 1)]].concat(),
                 encap: sent(REMOTE, &ack),
+            }, vec![REMOTE]),
+            // A tracked flow's packet steered from this CPU's copy of the flow (the flow cache,
+            // filled by the request before it): the fast path of a cache hit encapsulates too.
+            case(vec![Given::Packet(syn.clone()), Given::Packet(ack.clone()), Given::Packet(req.clone())], &req, Expect {
+                desc: "a request of the flow steered from the CPU's copy of it (a cache hit): encapsulated",
+                verdict: XDP_REDIRECT,
+                output: Some(to_remote(&req)),
+                counters: steered(REMOTE, req.len()),
+                encap: sent(REMOTE, &req),
             }, vec![REMOTE]),
             // Failover: new flows go to the local origin; the flow stays on the remote one.
             case(vec![Given::Packet(syn.clone()), Given::Packet(ack.clone()), Given::Active(LOCAL)], &req, Expect {
@@ -732,6 +758,9 @@ fn encapsulation_to_remote_origins() {
                 }, vec![])
             },
         ];
+        // One CPU for every run: the flow cache is per CPU, and the cache-hit case needs the
+        // copy its precondition packets filled.
+        pin_to_this_cpu();
         for c in cases.iter().chain(cases.iter().rev()) {
             run_encap_case(&mut ebpf, c);
         }

@@ -20,8 +20,8 @@
 //! * `bench_tf_*`: the tracked-flow path of `switcher_xdp` cut after each of its steps (parse
 //!   and VIP check; + flow key and this CPU's copy of the flow; + the copy's fields, client ACK
 //!   and origin; + the rewrite; + the counters), built from the product's own functions, so
-//!   the bench can say what each step adds; `switcher_xdp` adds its `Verdict` hand-over and
-//!   the fast exit for packets not for the VIP.
+//!   the bench can say what each step adds; `switcher_xdp` adds the fast exit's tests for
+//!   packets not for the VIP, and the `Verdict` hand-over from `cached_verdict` to the rewrite.
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_COMMON_LRU},
@@ -268,8 +268,8 @@ enum Step {
     Count,
 }
 
-/// The tracked-flow path of `switcher_xdp` (`request_segment`, `request_verdict` and `steer::steer_request`'s
-/// tracked branch, with the product's functions) up to `until`, then XDP_PASS; XDP_ABORTED if
+/// The tracked-flow path of `switcher_xdp` (`request_segment` and `cached_verdict`, with the
+/// product's functions) up to `until`, then XDP_PASS; XDP_ABORTED if
 /// the packet does not take the tracked path (the bench checks the return code). Results the
 /// later steps would use are fed to the return code, so LLVM keeps each step's work.
 #[inline(always)]

@@ -99,7 +99,8 @@ fn count_unsteerable(class: &Class) {
     });
 }
 
-/// What the request path does with a TCP segment ([`request_segment`], then [`request_verdict`]).
+/// What the request path does with a TCP segment ([`request_segment`], then [`cached_verdict`]
+/// or [`request_verdict`]).
 ///
 /// The segment itself stays with the caller, borrowed: when the verdict carried it, it was
 /// moved through the stack into the verdict and out again for the rewrite; without that,
@@ -252,6 +253,38 @@ pub fn switcher_xdp(ctx: XdpContext) -> u32 {
     xdp_request::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.fast_exit }>(&ctx)
 }
 
+/// The verdict of a packet `t` from this CPU's copy of its flow (`flow_cache`), when the
+/// packet is not a SYN, is for the VIP and has a valid copy whose origin is live: what
+/// [`request_verdict`] would decide for it, with the same side effects (the copy's client ACK,
+/// its periodic refresh, a held request's count). `None` for every other packet, which
+/// `request_verdict` then decides from the start (probing the cache again).
+///
+/// Why apart from `request_verdict` (docs/ARCHITECTURE.md, "The flow cache"): inside it, the
+/// hit's compare branched into the miss path word by word, each branch setting up that path's
+/// registers; the tracked packet ran 567 x86 instructions of JIT code, 460 with this (counted
+/// by `scripts/profile-datapath.py`; BENCHMARKS.md, 2026-12-03, session 13).
+#[inline(always)]
+fn cached_verdict(t: &Tcp, vip: Option<&VipConfig>) -> Option<Verdict> {
+    let vip = vip?;
+    if t.is_syn() || !steer::is_to_vip(t, vip) {
+        return None;
+    }
+    let probe = flow_cache::probe(&steer::flow_key(t));
+    let slot = probe.hit()?;
+    match steer::steer_cached(slot, t)? {
+        steer::Decision::Steer(target) => Some(match target.remote_host {
+            None => Verdict::Rewrite(target),
+            Some(host) => Verdict::Encap(target.index, host),
+        }),
+        steer::Decision::Hold(index) => {
+            steer::count(index, |c| c.held += 1);
+            Some(Verdict::Drop)
+        }
+        // Not a decision a copy gives (`steer_cached` steers or holds).
+        steer::Decision::Untracked | steer::Decision::NoOrigin => None,
+    }
+}
+
 /// The XDP request path with a [`ParseVariant`] spelled out: `switcher_xdp` is the product's
 /// variant, `bench::bench_nfv_*` the others.
 #[inline(always)]
@@ -286,7 +319,11 @@ fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool>(ctx: &XdpContext)
     let Some(t) = request_segment::<COUNT_EARLY>(vip, start, end, end - start) else {
         return xdp_action::XDP_PASS;
     };
-    match request_verdict(ctx.as_ptr(), &t, vip, start, end) {
+    let verdict = match cached_verdict(&t, vip) {
+        Some(v) => v,
+        None => request_verdict(ctx.as_ptr(), &t, vip, start, end),
+    };
+    match verdict {
         Verdict::Rewrite(target) => {
             // A failed rewrite (headers out of bounds, which parsing already ruled out) passes
             // the packet unchanged, counted but not as rewritten.
