@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Where `switcher_xdp` (or another program of the object) spends its time on a tracked
-flow's packet, by source line.
+flow's packet (or another), by source line, and which x86 instructions it runs.
 
 Usage (root, from the repository):
     cargo bench -p switcher-ctl --bench datapath --no-run
@@ -13,11 +13,16 @@ VIP) or `untracked` (a bare ACK of no flow); a `bench_tf_*` step takes only `tra
 `tracked6`.
 
 It runs the data-path bench binary in its profile mode (SWITCHER_BENCH_PROFILE_SECS: the
-tracked flow's packet through `switcher_xdp` with BPF_PROG_TEST_RUN, repeat 1,000,000, and
-nothing else) under `perf record -e cpu-clock` on one CPU, reads the loaded program's line
-info (the JIT address of each BTF line-info record) with the bpf syscall, and sums the samples
-whose address falls in the program by line-info record: the source line the compiler gave
-those instructions.
+packet through the program with BPF_PROG_TEST_RUN, repeat 1,000,000, and nothing else) under
+`perf record -e cpu-clock` on one CPU, reads the loaded program's line info (the JIT address
+of each BTF line-info record) and JIT image with the bpf syscall, and prints:
+* the time in the program per repetition (its samples over the sample rate and the
+  repetitions: with perf's own cost, and as noisy as the machine);
+* the samples by line-info record: the source line the compiler gave those instructions;
+* the path: the x86 instructions the packet runs, in order (`walk`), their number, and their
+  number by source line. Unlike a time, the number is the same on every x86-64 machine with
+  this kernel's JIT and does not move with the machine's load: a figure to compare builds by
+  (BENCHMARKS.md, session 13).
 
 Why by hand: Debian's perf and bpftool are built without libopcodes/libbfd, so neither can
 annotate a JIT-compiled BPF program, and perf resolves only the first bytes of it to its
@@ -25,8 +30,11 @@ symbol. `cpu-clock` samples need no hardware counters (this project's VMs have n
 sample lands on the instruction after one that waited, so a line's share is where time went,
 give or take one line.
 
-What it is not: a benchmark. It says where the time goes, not how much; compare builds with
-`cargo bench -p switcher-ctl --bench datapath` (SWITCHER_BENCH_PEER_OBJ).
+What it is not: a benchmark. It says where the time goes and what runs, not how fast; time
+builds against each other with `cargo bench -p switcher-ctl --bench datapath`
+(SWITCHER_BENCH_PEER_OBJ). To count another build's instructions, embed its object in the
+bench binary: `SWITCHER_EBPF_OBJ=<object> cargo bench -p switcher-ctl --bench datapath
+--no-run`.
 """
 
 import bisect
