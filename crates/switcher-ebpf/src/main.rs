@@ -255,13 +255,15 @@ pub fn switcher_xdp(ctx: XdpContext) -> u32 {
 
 /// The verdict of a packet `t` from this CPU's copy of its flow (`flow_cache`), when the
 /// packet is not a SYN, is for the VIP and has a valid copy whose origin is live: what
-/// [`request_verdict`] would decide for it, with the same side effects (the copy's client ACK,
-/// its periodic refresh, a held request's count). `None` for every other packet, which
-/// `request_verdict` then decides from the start (probing the cache again).
+/// [`request_verdict`] would decide for it from the flow's entry, with the same side effects
+/// (the copy's client ACK, its periodic refresh, a held request's count). `None` for every
+/// other packet, which `request_verdict` then decides from the entry (probing the cache
+/// again, to fill the slot). Both request paths, XDP and TC ingress, ask this first:
+/// `steer::steer_request` does not read the copy.
 ///
 /// Why apart from `request_verdict` (docs/ARCHITECTURE.md, "The flow cache"): inside it, the
 /// hit's compare branched into the miss path word by word, each branch setting up that path's
-/// registers; the tracked packet ran 567 x86 instructions of JIT code, 460 with this (counted
+/// registers; the tracked packet ran 567 x86 instructions of JIT code, 458 with this (counted
 /// by `scripts/profile-datapath.py`; BENCHMARKS.md, 2026-12-03, session 13).
 #[inline(always)]
 fn cached_verdict(t: &Tcp, vip: Option<&VipConfig>) -> Option<Verdict> {
@@ -392,7 +394,11 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     let Some(t) = request_segment::<{ PRODUCT_PARSE.count_early }>(vip, start, end, len) else {
         return TC_ACT_OK;
     };
-    let target = match request_verdict(ctx.as_ptr(), &t, vip, start, end) {
+    let verdict = match cached_verdict(&t, vip) {
+        Some(v) => v,
+        None => request_verdict(ctx.as_ptr(), &t, vip, start, end),
+    };
+    let target = match verdict {
         Verdict::Rewrite(target) => target,
         Verdict::Pass => return TC_ACT_OK,
         Verdict::Drop => return TC_ACT_SHOT,

@@ -364,9 +364,9 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 ///
 /// Flow state, and why it is built this way (an attacker can spoof any source address and
 /// port, but cannot read the replies sent to an address it spoofs):
-/// * A packet of an established flow (the common case: this CPU's copy of its `FLOWS` entry,
-///   `flow_cache`, else one lookup) follows it; a SYN
-///   too (a client reusing the port of a flow that is still tracked stays on that origin, and
+/// * A packet of an established flow (the common case; steered from this CPU's copy of its
+///   `FLOWS` entry by `crate::cached_verdict` before this is called, else here after one
+///   lookup) follows it; a SYN too (a client reusing the port of a flow that is still tracked stays on that origin, and
 ///   a spoofed SYN cannot move a viewer's flow), unless the origin has closed the flow
 ///   (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow, steered by the table.
 /// * Any other SYN goes to the origin the Maglev table gives its 5-tuple (or, see
@@ -392,21 +392,16 @@ pub fn steer_request(
     frame: (usize, usize),
 ) -> Decision {
     let key = flow_key(t);
-    // This CPU's copy of the flow (`flow_cache`): a packet of an established flow, the
-    // commonest, is steered from it without the map lookup. Not for a SYN, which reads the
-    // entry's `FLOW_ORIGIN_CLOSED` (not copied).
+    // This CPU's copy of the flow (`flow_cache`) did not decide this packet
+    // (`crate::cached_verdict`, which every caller asks first: a miss, or a copy whose origin
+    // retired or whose refresh found the entry gone), so the entry (or its absence) decides,
+    // and the entry is copied into the slot. Not for a SYN, which reads the entry's
+    // `FLOW_ORIGIN_CLOSED` (not copied).
     let cached = if t.is_syn() {
         flow_cache::Probe::NONE
     } else {
         flow_cache::probe(&key)
     };
-    if let Some(slot) = cached.hit() {
-        if let Some(decision) = steer_cached(slot, t) {
-            return decision;
-        }
-        // The copy's origin retired, or its refresh found the entry gone: the entry (or its
-        // absence) decides below.
-    }
     if let Some(flow) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map value, valid while this program runs (RCU); fields are
         // read once, and the one write (`record_client_ack`) is a compare-and-swap.
