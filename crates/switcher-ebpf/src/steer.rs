@@ -366,9 +366,10 @@ fn target(index: u32, o: &Origin, family: u16) -> Target {
 /// port, but cannot read the replies sent to an address it spoofs):
 /// * A packet of an established flow (the common case; steered from this CPU's copy of its
 ///   `FLOWS` entry by `crate::cached_verdict` before this is called, else here after one
-///   lookup) follows it; a SYN too (a client reusing the port of a flow that is still tracked stays on that origin, and
-///   a spoofed SYN cannot move a viewer's flow), unless the origin has closed the flow
-///   (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow, steered by the table.
+///   lookup) follows it; a SYN too (a client reusing the port of a flow that is still
+///   tracked stays on that origin, and a spoofed SYN cannot move a viewer's flow), unless the
+///   origin has closed the flow (`FLOW_ORIGIN_CLOSED`): then the SYN starts a new flow,
+///   steered by the table.
 /// * Any other SYN goes to the origin the Maglev table gives its 5-tuple (or, see
 ///   [`new_flow_origin`], a live one) and is recorded in the handshake table
 ///   ([`handshakes`]), never in `FLOWS`: a
