@@ -2083,7 +2083,7 @@ fn flow_of(h: &Harness, client: &str, port: u16) -> Option<FlowValue> {
 fn flows_record_the_clients_latest_ack_and_link_addresses() {
     // One CPU: a copy left on another would hold an older number (and, more than 2^31 behind,
     // could sort first).
-    pin_to_one_cpu();
+    test_kit::process::pin_to_current_cpu();
     let mut h = Harness::new();
     h.set_active(PRIMARY);
     let isn_ack = DEFAULT_SEQ.wrapping_add(1);
@@ -2565,29 +2565,6 @@ fn a_claimed_handshake_slot_is_left_to_its_writer() {
 // ---------------------------------------------------------------------------------------------
 // The flow cache (`switcher-ebpf/src/flow_cache.rs`): each CPU's copies of the flows it steers.
 
-/// Pins the calling thread to the CPU it runs on: the flow cache is per CPU, and a test that
-/// says which packets find a copy must send them all through one CPU.
-fn pin_to_one_cpu() {
-    // SAFETY: a libc call without arguments.
-    let cpu = unsafe { libc::sched_getcpu() };
-    assert!(cpu >= 0, "sched_getcpu failed");
-    pin_to_cpu(cpu as usize);
-}
-
-/// Keeps this thread on CPU `cpu`.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: libc calls on a zeroed `cpu_set_t`, for this thread (pid 0).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity to CPU {cpu} failed"
-        );
-    }
-}
-
 /// A segment of `client`:`port` to the VIP acknowledging `ack` (the origin's ISN + `ack`).
 fn ack_of(client: &str, port: u16, ack: u32) -> Vec<u8> {
     Pkt::tcp(client, port, VIP4, VIP_PORT, ACK)
@@ -2647,7 +2624,7 @@ fn each_cpu_fills_its_own_part_of_the_flow_cache() {
     let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
     let slot = switcher_common::flow_cache_slot(&key.words());
     for &cpu in &allowed {
-        pin_to_cpu(cpu);
+        test_kit::process::pin_to_cpu(cpu);
         h.flow_cache().clear();
         let (verdict, out, _) = h.run(Prog::Xdp, &ack_of(client, port, 1), 1);
         assert_eq!((verdict, dport_of(&out)), (XDP_PASS, 8081));
@@ -2669,7 +2646,7 @@ fn each_cpu_fills_its_own_part_of_the_flow_cache() {
 /// changed) is not used either.
 #[test]
 fn a_copy_is_used_until_its_entry_changes_or_its_origin_is_retired() {
-    pin_to_one_cpu();
+    test_kit::process::pin_to_current_cpu();
     let mut h = Harness::new();
     h.set_active(PRIMARY);
     let (client, port) = ("10.1.9.1", 49001);
@@ -2756,7 +2733,7 @@ fn acks_of(h: &Harness, key: &FlowKey, flow: &FlowValue) -> Vec<u32> {
 /// given back all the same (the entry still holds the one the copy started from).
 #[test]
 fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
-    pin_to_one_cpu();
+    test_kit::process::pin_to_current_cpu();
     let mut h = Harness::new();
     h.set_active(PRIMARY);
     let client = "10.1.9.2";
@@ -2801,7 +2778,7 @@ fn a_copy_gives_its_ack_back_when_another_flow_takes_its_slot() {
 /// then untracked. Hits before that touch only the copy.
 #[test]
 fn a_copy_refreshes_from_its_entry_when_it_is_old() {
-    pin_to_one_cpu();
+    test_kit::process::pin_to_current_cpu();
     let mut h = Harness::new();
     h.set_active(PRIMARY);
     let (client, port) = ("10.1.9.3", 49003);
@@ -2861,7 +2838,7 @@ fn a_copy_refreshes_from_its_entry_when_it_is_old() {
 /// so a later give-back (another flow taking the slot) writes nothing older.
 #[test]
 fn a_copy_never_moves_its_entrys_ack_back() {
-    pin_to_one_cpu();
+    test_kit::process::pin_to_current_cpu();
     let mut h = Harness::new();
     h.set_active(PRIMARY);
     let client = "10.1.9.4";
@@ -2903,7 +2880,7 @@ fn a_copy_never_moves_its_entrys_ack_back() {
 fn marking_a_flow_finishing_changes_only_its_flag() {
     use switcher_common::{FLOW_FINISHING, FLOW_ORIGIN_CLOSED, FinishMark};
     const XDP_DROP: u32 = 1;
-    pin_to_one_cpu();
+    test_kit::process::pin_to_current_cpu();
     let mut h = Harness::new();
     h.set_active(PRIMARY);
     let (client, port) = ("10.1.9.5", 49005);

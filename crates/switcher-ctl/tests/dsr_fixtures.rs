@@ -458,23 +458,6 @@ struct EncapCase {
     flows_after: Vec<u32>,
 }
 
-/// Keeps this thread on the CPU it runs on.
-fn pin_to_this_cpu() {
-    // SAFETY: libc calls: one without arguments, then one on a zeroed `cpu_set_t` for this
-    // thread (pid 0).
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu failed");
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity"
-        );
-    }
-}
-
 /// Back to the state every encap case starts from: no flow, no handshake, new flows to the
 /// remote origin, no listener check.
 fn reset(ebpf: &mut Ebpf) {
@@ -760,7 +743,7 @@ fn encapsulation_to_remote_origins() {
         ];
         // One CPU for every run: the flow cache is per CPU, and the cache-hit case needs the
         // copy its precondition packets filled.
-        pin_to_this_cpu();
+        test_kit::process::pin_to_current_cpu();
         for c in cases.iter().chain(cases.iter().rev()) {
             run_encap_case(&mut ebpf, c);
         }

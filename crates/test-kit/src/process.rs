@@ -93,6 +93,19 @@ pub fn pin_to_cpu(cpu: usize) {
     );
 }
 
+/// Pins the calling thread to the CPU it runs on now (tests of per-CPU state, such as the
+/// data plane's flow cache, that must send every packet through one CPU).
+pub fn pin_to_current_cpu() {
+    // SAFETY: a libc call without arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(
+        cpu >= 0,
+        "sched_getcpu: {}",
+        std::io::Error::last_os_error()
+    );
+    pin_to_cpu(cpu as usize);
+}
+
 /// `line` without ANSI escape sequences (CSI: ESC [ parameters final-letter), for matching a
 /// child's log lines whatever its colour setting.
 pub fn strip_ansi(line: &str) -> String {
