@@ -268,10 +268,11 @@ enum Step {
     Count,
 }
 
-/// The tracked-flow path of `switcher_xdp` (`request_segment` and `cached_verdict`, with the
-/// product's functions) up to `until`, then XDP_PASS; XDP_ABORTED if
-/// the packet does not take the tracked path (the bench checks the return code). Results the
-/// later steps would use are fed to the return code, so LLVM keeps each step's work.
+/// The tracked-flow path of `switcher_xdp` (`request_segment`, then `request_verdict`'s checks
+/// and its `cached_verdict`, with the product's functions) up to `until`, then XDP_PASS;
+/// XDP_ABORTED if the packet does not take the tracked path (the bench checks the return
+/// code). Results the later steps would use are fed to the return code, so LLVM keeps each
+/// step's work.
 #[inline(always)]
 fn tracked_until(ctx: &XdpContext, until: Step) -> u32 {
     let Some(vip) = steer::vip() else {

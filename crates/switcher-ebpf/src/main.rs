@@ -99,8 +99,7 @@ fn count_unsteerable(class: &Class) {
     });
 }
 
-/// What the request path does with a TCP segment ([`request_segment`], then [`cached_verdict`]
-/// or [`request_verdict`]).
+/// What the request path does with a TCP segment ([`request_segment`], then [`request_verdict`]).
 ///
 /// The segment itself stays with the caller, borrowed: when the verdict carried it, it was
 /// moved through the stack into the verdict and out again for the rewrite; without that,
@@ -191,6 +190,9 @@ fn request_verdict(
         steer::count_pass(|_| {});
         return Verdict::Pass;
     }
+    if let Some(verdict) = cached_verdict(t) {
+        return verdict;
+    }
     match steer::steer_request(ctx, t, vip, (start, end)) {
         // Either family: IPv6 requests go in 6in4 (see `encap`).
         steer::Decision::Steer(target) => match target.remote_host {
@@ -253,22 +255,20 @@ pub fn switcher_xdp(ctx: XdpContext) -> u32 {
     xdp_request::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.fast_exit }>(&ctx)
 }
 
-/// The verdict of a packet `t` from this CPU's copy of its flow (`flow_cache`), when the
-/// packet is not a SYN, is for the VIP and has a valid copy whose origin is live: what
-/// [`request_verdict`] would decide for it from the flow's entry, with the same side effects
-/// (the copy's client ACK, its periodic refresh, a held request's count). `None` for every
-/// other packet, which `request_verdict` then decides from the entry (probing the cache
-/// again, to fill the slot). Both request paths, XDP and TC ingress, ask this first:
-/// `steer::steer_request` does not read the copy.
+/// The verdict of a packet `t` for the VIP from this CPU's copy of its flow (`flow_cache`),
+/// when the packet is not a SYN and has a valid copy whose origin is live: what
+/// `steer::steer_request` would decide for it from the flow's entry, with the same side
+/// effects (the copy's client ACK, its periodic refresh, a held request's count). `None` for
+/// every other packet, which `steer_request` then decides from the entry (probing the cache
+/// again, to fill the slot; it does not read the copy).
 ///
-/// Why apart from `request_verdict` (docs/ARCHITECTURE.md, "The flow cache"): inside it, the
-/// hit's compare branched into the miss path word by word, each branch setting up that path's
-/// registers; the tracked packet ran 567 x86 instructions of JIT code, 458 with this (counted
-/// by `scripts/profile-datapath.py`; BENCHMARKS.md, 2026-12-03, session 13).
+/// Why apart from `steer_request`, with the verdict returned at once (docs/ARCHITECTURE.md, "The
+/// flow cache"): inside it, the hit's compare branched into the miss path word by word, each branch
+/// setting up that path's registers; the tracked packet ran 567 x86 instructions of JIT code, 452
+/// with this (counted by `scripts/profile-datapath.py`; BENCHMARKS.md, 2026-12-03, session 13).
 #[inline(always)]
-fn cached_verdict(t: &Tcp, vip: Option<&VipConfig>) -> Option<Verdict> {
-    let vip = vip?;
-    if t.is_syn() || !steer::is_to_vip(t, vip) {
+fn cached_verdict(t: &Tcp) -> Option<Verdict> {
+    if t.is_syn() {
         return None;
     }
     let probe = flow_cache::probe(&steer::flow_key(t));
@@ -321,11 +321,7 @@ fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool>(ctx: &XdpContext)
     let Some(t) = request_segment::<COUNT_EARLY>(vip, start, end, end - start) else {
         return xdp_action::XDP_PASS;
     };
-    let verdict = match cached_verdict(&t, vip) {
-        Some(v) => v,
-        None => request_verdict(ctx.as_ptr(), &t, vip, start, end),
-    };
-    match verdict {
+    match request_verdict(ctx.as_ptr(), &t, vip, start, end) {
         Verdict::Rewrite(target) => {
             // A failed rewrite (headers out of bounds, which parsing already ruled out) passes
             // the packet unchanged, counted but not as rewritten.
@@ -394,11 +390,7 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     let Some(t) = request_segment::<{ PRODUCT_PARSE.count_early }>(vip, start, end, len) else {
         return TC_ACT_OK;
     };
-    let verdict = match cached_verdict(&t, vip) {
-        Some(v) => v,
-        None => request_verdict(ctx.as_ptr(), &t, vip, start, end),
-    };
-    let target = match verdict {
+    let target = match request_verdict(ctx.as_ptr(), &t, vip, start, end) {
         Verdict::Rewrite(target) => target,
         Verdict::Pass => return TC_ACT_OK,
         Verdict::Drop => return TC_ACT_SHOT,

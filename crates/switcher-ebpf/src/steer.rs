@@ -394,7 +394,7 @@ pub fn steer_request(
 ) -> Decision {
     let key = flow_key(t);
     // This CPU's copy of the flow (`flow_cache`) did not decide this packet
-    // (`crate::cached_verdict`, which every caller asks first: a miss, or a copy whose origin
+    // (`crate::cached_verdict`, which its one caller asks first: a miss, or a copy whose origin
     // retired or whose refresh found the entry gone), so the entry (or its absence) decides,
     // and the entry is copied into the slot. Not for a SYN, which reads the entry's
     // `FLOW_ORIGIN_CLOSED` (not copied).
