@@ -162,15 +162,14 @@ def main():
     if perf.returncode != 0:
         sys.exit(f"perf record failed: {err}")
     runs = re.search(r"profile: (\d+) calls of (\d+) repetitions", err)
-    ips = subprocess.run(
+    ips = [int(ip, 16) for ip in subprocess.run(
         ["perf", "script", "-i", data, "-F", "ip"], check=True, capture_output=True, text=True
-    ).stdout.split()
+    ).stdout.split()]
     start = recs[0][1]
     addrs = [a for _, a in recs]
     counts = collections.Counter()
     outside = 0
     for ip in ips:
-        ip = int(ip, 16)
         if start <= ip < start + jited_len:
             counts[bisect.bisect_right(addrs, ip) - 1] += 1
         else:
@@ -212,7 +211,6 @@ def hot_path(image, start, ips, total, line_addrs, line_text):
     addrs = [a for a, _ in insns]
     per = collections.Counter()
     for ip in ips:
-        ip = int(ip, 16)
         if start <= ip < start + len(image):
             per[bisect.bisect_right(addrs, ip) - 1] += 1
     path = walk(insns, per)
