@@ -1881,7 +1881,39 @@ impl DataPlane for Pinned {
 
 #[cfg(test)]
 mod tests {
-    use super::dsr_sysctl_problems;
+    use super::{EBPF_OBJECT, dsr_sysctl_problems};
+    use switcher_common::prog_names;
+
+    /// The reads one CPU makes of what another writes without a lock (the flow cache's slot
+    /// version, the handshake table's words) are load-acquires, `BPF_LOAD_ACQ`, which LLVM
+    /// emits only for BPF ISA v4 (`crates/switcher-ebpf/.cargo/config.toml`): built for an
+    /// older ISA they would be plain loads, which an arm64 CPU may reorder (docs/ARCHITECTURE.md,
+    /// "The flow cache"). Counted in the object's programs as linked, before any kernel.
+    #[test]
+    fn cross_cpu_reads_are_load_acquires() {
+        /// `BPF_STX` (0x03) `| BPF_W` (0x00) `| BPF_ATOMIC` (0xc0): a 4-byte atomic instruction.
+        const ATOMIC_W: u8 = 0xc3;
+        /// The atomic's `imm` that makes it a load-acquire.
+        const BPF_LOAD_ACQ: i32 = 0x100;
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        for name in [
+            prog_names::XDP_INGRESS,
+            prog_names::TC_INGRESS,
+            prog_names::TC_EGRESS,
+        ] {
+            let prog = &obj.programs[name];
+            let insns = &obj.functions[&prog.function_key()].instructions;
+            let acquires = insns
+                .iter()
+                .filter(|i| i.code == ATOMIC_W && i.imm == BPF_LOAD_ACQ)
+                .count();
+            assert!(
+                acquires > 0,
+                "{name}: no load-acquire among {} instructions",
+                insns.len()
+            );
+        }
+    }
 
     #[test]
     fn dsr_needs_forwarding_and_accept_local() {

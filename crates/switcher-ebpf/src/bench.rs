@@ -35,9 +35,7 @@ use switcher_common::{
 };
 
 use crate::{
-    count_steered, flow_cache, maps,
-    packet::{classify, Class},
-    steer, xdp_request, xdp_rewrite_dst,
+    count_steered, flow_cache, maps, packet::classify, steer, xdp_request, xdp_rewrite_dst,
 };
 
 /// The shape `SWITCHER_HANDSHAKES` had until branch hsarray (key, value, flags; the bench
@@ -225,7 +223,7 @@ pub fn bench_hs_hash_same(_ctx: XdpContext) -> u32 {
 pub fn bench_cache_miss(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     if let Some(vip) = steer::vip() {
-        if let Class::Tcp(t) = classify(start, end, end - start, vip.port_be) {
+        if let Some(t) = classify(start, end, end - start, vip.port_be).segment() {
             flow_cache::invalidate(&steer::flow_key(&t));
         }
     }
@@ -279,7 +277,7 @@ fn tracked_until(ctx: &XdpContext, until: Step) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     let (start, end) = (ctx.data(), ctx.data_end());
-    let Class::Tcp(t) = classify(start, end, end - start, vip.port_be) else {
+    let Some(t) = classify(start, end, end - start, vip.port_be).segment() else {
         return xdp_action::XDP_ABORTED;
     };
     if !steer::is_to_vip(&t, vip) {

@@ -19,8 +19,10 @@
 //! read from the entry. A slot is filled with the version read *before* the map lookup whose
 //! entry it copies ([`probe`], then [`Probe::fill`]): if the lookup saw the entry from before a
 //! change, the version was read before the increment that follows that change, so the copy
-//! carries an old version and is a miss from then on. (Loads of one program are not reordered
-//! with each other on x86; an arm64 JIT would need the version read to be a load-acquire.)
+//! carries an old version and is a miss from then on. The version read is a load-acquire
+//! (`BPF_LOAD_ACQ`, BPF ISA v4), so no later load, the lookup's included, is made before it on
+//! any architecture: the x86-64 JIT emits it as a plain load (x86 keeps loads in order), the
+//! arm64 JIT as `ldar`.
 //! Retiring an origin changes no entry: a hit checks the origin's generation like a lookup.
 //! What a copy does not hold, `FLOW_ORIGIN_CLOSED`, only a SYN reads, and SYNs do not use the
 //! cache.
@@ -40,12 +42,11 @@
 //! `steer::replace_ack`): a number is never overwritten by an older one that was read before it
 //! was stored.
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_load, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64};
 use switcher_common::{
-    flow_cache_index, flow_cache_slot, FlowCacheSlot, FlowKey, FlowValue,
-    FLOW_CACHE_REFRESH_TICKS,
+    flow_cache_index, flow_cache_slot, FlowCacheSlot, FlowKey, FlowValue, FLOW_CACHE_REFRESH_TICKS,
 };
 
 use crate::maps::{FLOWS, FLOW_CACHE, FLOW_CACHE_VERSIONS};
@@ -93,9 +94,9 @@ pub fn probe(key: &FlowKey) -> Probe {
     let Some(version) = FLOW_CACHE_VERSIONS.get_ptr(index) else {
         return Probe::NONE;
     };
-    // SAFETY: a pointer into the array, valid while the program runs; one aligned 4-byte load
-    // (volatile: it must stay before the map lookup that follows, see the module's docs).
-    let version = unsafe { core::ptr::read_volatile(version) };
+    // SAFETY: a pointer into the array, valid while the program runs, 4-byte aligned. A
+    // load-acquire: it must stay before the map lookup that follows (see the module's docs).
+    let version = unsafe { atomic_load::<u32, { AtomicOrdering::Acquire }>(version) };
     // SAFETY: a helper without arguments (inlined by the verifier on x86-64 and arm64).
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_cache_index(cpu, index)) else {

@@ -38,12 +38,14 @@
 //!   handshake (BENCHMARKS.md, 2026-12-02, session 8). Until session 8 the writes were plain
 //!   stores, and two SYNs in one bucket at the same instant could mix one slot, or a
 //!   completing handshake empty a slot another SYN had just taken.
-//! * What is left: readers compare the key, read the fields and compare the key again with
-//!   plain loads. On x86-64 (loads keep their order) that shows them a whole handshake or
-//!   none; on arm64 a reader overlapping a writer could see a mix, which needs load-acquire
-//!   (not in this toolchain's BPF target). Readers of a handshake are its SYN-ACK and ACK, a
-//!   round trip after its SYN's write, so only another SYN of the same bucket writing at that
-//!   instant can overlap them. And a `remove` can still empty a slot that a SYN of another
+//! * Readers compare the key, read the fields and compare the key again, every word with a
+//!   load-acquire (`BPF_LOAD_ACQ`, BPF ISA v4: a plain load on x86-64, `ldar` on arm64), so
+//!   the second compare is made after the fields are read, on every architecture: a reader
+//!   that overlaps a writer sees the claimed family, or another key, and finds nothing; it
+//!   never sees a mix. Readers of a handshake are its SYN-ACK and ACK, a round trip after its
+//!   SYN's write, so only another SYN of the same bucket writing at that instant can overlap
+//!   them.
+//! * What is left: a `remove` can still empty a slot that a SYN of another
 //!   client, from the same port, claimed and wrote between the key check and the swap
 //!   (nanoseconds; the same bucket of 65,536 and the same port number).
 //! * Abandoned handshakes (a SYN never answered, a client that gave up) stay until a SYN
@@ -54,7 +56,7 @@
 //! (`switcher-ctl/src/handshake_table.rs`), which a claimed slot never matches.
 
 use core::{
-    intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering},
+    intrinsics::{atomic_cxchg, atomic_load, atomic_xchg, AtomicOrdering},
     ptr::{read_volatile, write_volatile},
 };
 
@@ -152,9 +154,9 @@ fn bucket(hash: u32) -> Option<*mut u32> {
 /// `s` is a slot of a bucket from [`bucket`], `w < SLOT_WORDS`.
 #[inline(always)]
 unsafe fn load(s: *mut u32, w: usize) -> u32 {
-    // SAFETY: per the caller. Volatile: each word is read once, where it is written here, and
-    // the stores below stay in the order the protocol (module docs) needs.
-    unsafe { read_volatile(s.add(w)) }
+    // SAFETY: per the caller. A load-acquire: each word is read once, where it is written
+    // here, and no later load of the slot is made before it (module docs).
+    unsafe { atomic_load::<u32, { AtomicOrdering::Acquire }>(s.add(w)) }
 }
 
 /// Writes word `w` of the slot at `s`.
@@ -198,7 +200,14 @@ unsafe fn claim(s: *mut u32, seen: u64) -> bool {
         return false;
     }
     // SAFETY: per the caller.
-    unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(claim_word(s), seen, CLAIMED).1 }
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+            claim_word(s),
+            seen,
+            CLAIMED,
+        )
+        .1
+    }
 }
 
 /// Whether the slot at `s` holds connection `k`.
@@ -307,10 +316,7 @@ pub fn record(k: &Key<'_>, hash: u32, origin: u32, client_isn: u32, eth: [u32; 3
         store(s, W_MACS, hop_lo);
         store(s, W_MACS + 1, hop_hi_local_lo);
         store(s, W_MACS + 2, local_hi);
-        atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(
-            claim_word(s),
-            pair(k.word(4), origin),
-        );
+        atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(claim_word(s), pair(k.word(4), origin));
     }
 }
 
@@ -344,6 +350,11 @@ pub fn remove(f: &Found<'_>) -> bool {
             return false;
         }
         let mine = pair(f.key.word(4), f.origin);
-        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(claim_word(f.slot), mine, 0).1
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+            claim_word(f.slot),
+            mine,
+            0,
+        )
+        .1
     }
 }

@@ -73,7 +73,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use packet::{
-    classify, ipv4, ipv6, ptr_at, tcp, Class, Tcp, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN,
+    classify, ipv4, ipv6, ptr_at, tcp, Class, Kind, Tcp, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN,
 };
 use switcher_common::{Counters, FinishMark, VipConfig, FAMILY_V4};
 
@@ -91,11 +91,11 @@ const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 /// Counts a packet that was classified as not steerable and passes unchanged.
 #[inline(always)]
 fn count_unsteerable(class: &Class) {
-    steer::count_pass(|c: &mut Counters| match class {
-        Class::Malformed => c.malformed += 1,
-        Class::Fragment => c.fragments += 1,
-        Class::IpOptions => c.ip_options += 1,
-        Class::Other | Class::Elsewhere | Class::Tcp(_) => {}
+    steer::count_pass(|c: &mut Counters| match class.kind {
+        Kind::Malformed => c.malformed += 1,
+        Kind::Fragment => c.fragments += 1,
+        Kind::IpOptions => c.ip_options += 1,
+        Kind::Other | Kind::Elsewhere | Kind::Tcp => {}
     });
 }
 
@@ -122,7 +122,7 @@ enum Verdict {
 /// counts the same counters; only the instructions differ.
 #[derive(Clone, Copy)]
 struct ParseVariant {
-    /// A segment to another port (`Class::Elsewhere`) is counted where it is recognised, with
+    /// A segment to another port (`Kind::Elsewhere`) is counted where it is recognised, with
     /// the one `passes` add, before any other class is looked at.
     count_early: bool,
     /// XDP only ([`xdp_request`]): before any classification, a segment to another port in
@@ -150,7 +150,7 @@ const PRODUCT_PARSE: ParseVariant = ParseVariant {
 /// passes unchanged.
 ///
 /// `vip` is `steer::vip()`, which the caller looks up first: its port lets parsing stop early
-/// for the commonest packet on an edge NIC, one that is not for the VIP (`Class::Elsewhere`),
+/// for the commonest packet on an edge NIC, one that is not for the VIP (`Kind::Elsewhere`),
 /// with one per-CPU counter add.
 #[inline(always)]
 fn request_segment<const COUNT_EARLY: bool>(
@@ -160,11 +160,11 @@ fn request_segment<const COUNT_EARLY: bool>(
     len: usize,
 ) -> Option<Tcp> {
     let class = packet::classify(start, end, len, vip.map_or(0, |v| v.port_be));
-    if COUNT_EARLY && matches!(class, Class::Elsewhere) {
+    if COUNT_EARLY && class.kind == Kind::Elsewhere {
         steer::count_pass(|_| {});
         return None;
     }
-    let Class::Tcp(t) = class else {
+    let Some(t) = class.segment() else {
         count_unsteerable(&class);
         return None;
     };
@@ -221,7 +221,7 @@ fn request_verdict(
 /// The fast exit of [`ParseVariant::fast_exit`]: true when the packet `[start, end)` is a
 /// segment to another port than the VIP's in the commonest shape (see
 /// `packet::is_elsewhere_common`), then counted as [`request_segment`] counts
-/// `Class::Elsewhere` (one `passes` add in the unsteered slot); false, nothing counted, for
+/// `Kind::Elsewhere` (one `passes` add in the unsteered slot); false, nothing counted, for
 /// every other packet, which the caller then gives to [`request_segment`].
 ///
 /// Why it exists (BENCHMARKS.md, 2026-12-02, branch dplean): inlined into the one big request
@@ -450,7 +450,7 @@ fn tc_pull_egress(ctx: &TcContext) {
 #[inline(always)]
 pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
     tc_pull_egress(&ctx);
-    let Class::Tcp(t) = classify(ctx.data(), ctx.data_end(), ctx.len() as usize, 0) else {
+    let Some(t) = classify(ctx.data(), ctx.data_end(), ctx.len() as usize, 0).segment() else {
         // Egress is everything the host sends; counting it would drown the ingress counters.
         return TC_ACT_OK;
     };
@@ -572,7 +572,7 @@ pub fn switcher_decap(ctx: XdpContext) -> u32 {
 pub fn switcher_emit_rst(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     // No port filter (0): the reset goes from the VIP's port to the client's.
-    let Class::Tcp(t) = classify(start, end, end - start, 0) else {
+    let Some(t) = classify(start, end, end - start, 0).segment() else {
         return xdp_action::XDP_DROP;
     };
     let Some(vip) = steer::vip() else {

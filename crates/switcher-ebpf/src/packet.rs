@@ -190,6 +190,21 @@ pub struct Tcp {
 }
 
 impl Tcp {
+    /// No segment: [`Class`]'s for the kinds that have none.
+    const ZERO: Tcp = Tcp {
+        family: 0,
+        l3_off: 0,
+        l4_off: 0,
+        saddr: [0; 4],
+        daddr: [0; 4],
+        sport: 0,
+        dport: 0,
+        flags: 0,
+        seq: 0,
+        ack_seq: 0,
+        payload: false,
+    };
+
     /// A connection request: SYN without ACK.
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
@@ -198,7 +213,8 @@ impl Tcp {
 }
 
 /// What a packet is, as far as the data plane cares.
-pub enum Class {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     /// Not IPv4/IPv6 (ARP, VLAN-tagged, ...), or IP but not TCP: not ours.
     Other,
     /// Shorter than the headers it claims.
@@ -212,8 +228,51 @@ pub enum Class {
     /// which is what makes the common not-for-the-VIP packet cheap; its IP length is not
     /// checked either (a malformed one is counted as a pass, not as malformed).
     Elsewhere,
-    /// A TCP segment we can act on.
-    Tcp(Tcp),
+    /// A TCP segment we can act on ([`Class::segment`]).
+    Tcp,
+}
+
+/// A packet's [`Kind`], and its segment when it is [`Kind::Tcp`].
+///
+/// A struct whose segment is zeroed for the other kinds, not an enum whose `Tcp` variant
+/// carries it: an enum leaves the segment's fields undefined on the other kinds' paths, and
+/// where those paths join LLVM may store such an undefined register to the stack, which the
+/// verifier rejects (`R7 !read_ok`, in `switcher_tc_egress` built for BPF ISA v4; BENCHMARKS.md,
+/// session 7 for v3). The zeroing costs the other kinds' paths a few constant stores at most.
+#[derive(Clone, Copy)]
+pub struct Class {
+    /// What the packet is.
+    pub kind: Kind,
+    /// The segment when `kind` is [`Kind::Tcp`], zeroed otherwise.
+    tcp: Tcp,
+}
+
+impl Class {
+    /// A packet of kind `kind`, not [`Kind::Tcp`].
+    #[inline(always)]
+    const fn of(kind: Kind) -> Class {
+        Class {
+            kind,
+            tcp: Tcp::ZERO,
+        }
+    }
+
+    /// [`Kind::Other`].
+    pub const OTHER: Class = Class::of(Kind::Other);
+    /// [`Kind::Malformed`].
+    pub const MALFORMED: Class = Class::of(Kind::Malformed);
+    /// [`Kind::Fragment`].
+    pub const FRAGMENT: Class = Class::of(Kind::Fragment);
+    /// [`Kind::IpOptions`].
+    pub const IP_OPTIONS: Class = Class::of(Kind::IpOptions);
+    /// [`Kind::Elsewhere`].
+    pub const ELSEWHERE: Class = Class::of(Kind::Elsewhere);
+
+    /// The segment, when the packet is one the data plane may act on.
+    #[inline(always)]
+    pub fn segment(&self) -> Option<Tcp> {
+        (self.kind == Kind::Tcp).then_some(self.tcp)
+    }
 }
 
 /// Classifies the packet `[start, end)` (starting at the Ethernet header). `len` is the whole
@@ -223,11 +282,11 @@ pub enum Class {
 #[inline(always)]
 ///
 /// `steered_port` (network order, 0 for none) is the port the caller steers: a non-SYN
-/// segment to any other port is [`Class::Elsewhere`]. SYNs are always [`Class::Tcp`] (a SYN
+/// segment to any other port is [`Kind::Elsewhere`]. SYNs are always [`Kind::Tcp`] (a SYN
 /// straight to an origin's port may end a stale flow, see `steer::forget_stale_flow`).
 pub fn classify(start: usize, end: usize, len: usize, steered_port: u16) -> Class {
     let Some(eth) = ptr_at::<[u8; ETH_HLEN]>(start, end, 0) else {
-        return Class::Malformed;
+        return Class::MALFORMED;
     };
     // SAFETY: the type field is inside the Ethernet header checked above.
     let eth_type: u16 = unsafe { load(eth as usize, ETH_TYPE_OFF) };
@@ -236,7 +295,7 @@ pub fn classify(start: usize, end: usize, len: usize, steered_port: u16) -> Clas
     } else if eth_type == ETH_P_IPV6_BE {
         classify_v6(start, end, len, steered_port)
     } else {
-        Class::Other
+        Class::OTHER
     }
 }
 
@@ -244,7 +303,7 @@ pub fn classify(start: usize, end: usize, len: usize, steered_port: u16) -> Clas
 fn classify_v4(start: usize, end: usize, len: usize, steered_port: u16) -> Class {
     let l3 = ETH_HLEN;
     let Some(hdr) = ptr_at::<[u8; IPV4_HLEN]>(start, end, l3) else {
-        return Class::Malformed;
+        return Class::MALFORMED;
     };
     let h = hdr as usize;
     // SAFETY (every `load` below): offsets inside the 20-byte header checked above.
@@ -252,23 +311,23 @@ fn classify_v4(start: usize, end: usize, len: usize, steered_port: u16) -> Class
     let version = vihl >> 4;
     let ihl = (vihl & 0x0f) as usize * 4;
     if version != 4 || ihl < IPV4_HLEN {
-        return Class::Malformed;
+        return Class::MALFORMED;
     }
     if unsafe { load::<u8>(h, ipv4::PROTO) } != IPPROTO_TCP {
-        return Class::Other;
+        return Class::OTHER;
     }
     let frag = u16::from_be(unsafe { load(h, ipv4::FRAG_OFF) });
     if frag & ipv4::MF_OFFSET_MASK != 0 {
-        return Class::Fragment;
+        return Class::FRAGMENT;
     }
     if ihl != IPV4_HLEN {
-        return Class::IpOptions;
+        return Class::IP_OPTIONS;
     }
     v4_tcp(start, end, len, h, steered_port)
 }
 
 /// Whether the packet `[start, end)` is, in one of its two commonest shapes, what [`classify`]
-/// calls [`Class::Elsewhere`] for `steered_port`: Ethernet + IPv4 without options (version/IHL
+/// calls [`Kind::Elsewhere`] for `steered_port`: Ethernet + IPv4 without options (version/IHL
 /// byte 0x45), not a fragment, TCP, or Ethernet + IPv6 with TCP as next header; then a TCP
 /// header of at least 20 bytes (data offset >= 5) whose destination port is not
 /// `steered_port` (0: none) and which is not a SYN. False means "not decided here": the
@@ -356,7 +415,13 @@ fn v4_tcp(start: usize, end: usize, len: usize, h: usize, steered_port: u16) -> 
     } else {
         tot_len.saturating_sub(IPV4_HLEN)
     };
-    let class = tcp_at(
+    // A GSO/BIG TCP packet longer than the field can say has it 0: the kernel takes the
+    // length from the skb (`iph_totlen()`), and so do we.
+    let length_ok = || {
+        (tot_len == 0 && len - l3 > MAX_IP_LEN)
+            || (tot_len >= IPV4_HLEN + TCP_HLEN && l3 + tot_len <= len)
+    };
+    tcp_at(
         start,
         end,
         FAMILY_V4,
@@ -369,52 +434,44 @@ fn v4_tcp(start: usize, end: usize, len: usize, h: usize, steered_port: u16) -> 
             )
         },
         ip_payload,
+        length_ok,
         steered_port,
-    );
-    if matches!(class, Class::Elsewhere) {
-        // Passed unchanged whatever its length says: checking it would only move the packet
-        // from one pass counter to another, on the path every packet not for us takes.
-        return class;
-    }
-    if tot_len == 0 && len - l3 > MAX_IP_LEN {
-        // A GSO/BIG TCP packet longer than the field can say: the kernel leaves it 0 and
-        // takes the length from the skb (`iph_totlen()`), and so do we.
-        return class;
-    }
-    if tot_len < IPV4_HLEN + TCP_HLEN || l3 + tot_len > len {
-        return Class::Malformed;
-    }
-    class
+    )
 }
 
 #[inline(always)]
 fn classify_v6(start: usize, end: usize, len: usize, steered_port: u16) -> Class {
     let l3 = ETH_HLEN;
     let Some(hdr) = ptr_at::<[u8; IPV6_HLEN]>(start, end, l3) else {
-        return Class::Malformed;
+        return Class::MALFORMED;
     };
     let h = hdr as usize;
     // SAFETY (every `load` below): offsets inside the 40-byte header checked above.
     if unsafe { load::<u8>(h, 0) } >> 4 != 6 {
-        return Class::Malformed;
+        return Class::MALFORMED;
     }
     let next: u8 = unsafe { load(h, ipv6::NEXTHDR) };
     if next == IPPROTO_FRAGMENT {
-        return Class::Fragment;
+        return Class::FRAGMENT;
     }
     if next != IPPROTO_TCP {
         // Extension headers (hop-by-hop, routing, ...) or another protocol. Only the shapes
         // with TCP right after the fixed header are steered; count the extension-header case.
         return if is_v6_extension(next) {
-            Class::IpOptions
+            Class::IP_OPTIONS
         } else {
-            Class::Other
+            Class::OTHER
         };
     }
     let payload = u16::from_be(unsafe { load(h, ipv6::PAYLOAD_LEN) }) as usize;
     let ip_payload = if payload == 0 { usize::MAX } else { payload };
-    // Header first, claimed length after (see classify_v4).
-    let class = tcp_at(
+    // Header first, claimed length after (see classify_v4). IPv6 BIG TCP: payload length 0,
+    // length from the skb.
+    let length_ok = || {
+        (payload == 0 && len - l3 - IPV6_HLEN > MAX_IP_LEN)
+            || (payload >= TCP_HLEN && l3 + IPV6_HLEN + payload <= len)
+    };
+    tcp_at(
         start,
         end,
         FAMILY_V6,
@@ -422,20 +479,9 @@ fn classify_v6(start: usize, end: usize, len: usize, steered_port: u16) -> Class
         l3 + IPV6_HLEN,
         || unsafe { (load_addr6(h, ipv6::SADDR), load_addr6(h, ipv6::DADDR)) },
         ip_payload,
+        length_ok,
         steered_port,
-    );
-    if matches!(class, Class::Elsewhere) {
-        // See classify_v4.
-        return class;
-    }
-    if payload == 0 && len - l3 - IPV6_HLEN > MAX_IP_LEN {
-        // IPv6 BIG TCP: payload length 0, length from the skb (see classify_v4).
-        return class;
-    }
-    if payload < TCP_HLEN || l3 + IPV6_HLEN + payload > len {
-        return Class::Malformed;
-    }
-    class
+    )
 }
 
 /// A 16-byte address at `base + off`, as four 4-byte loads (see [`Tcp::saddr`]).
@@ -466,7 +512,11 @@ fn is_v6_extension(next: u8) -> bool {
 /// The TCP header at `l4_off`; `ip_payload` is the IP payload length the IP header claims
 /// (TCP header and data; `usize::MAX` for a GSO packet whose length field is 0). `addrs`
 /// reads the source and destination addresses from the IP header, called only for a segment
-/// the caller may act on: a packet to another port (`Class::Elsewhere`) never loads them.
+/// the caller may act on: a packet to another port (`Kind::Elsewhere`) never loads them.
+/// `length_ok` checks the IP header's claimed length against the packet's, after the TCP
+/// header's bounds (see `v4_tcp`) and before the segment is built: a segment built and then
+/// replaced by [`Class::MALFORMED`] made LLVM merge every field of it with the zeroed one,
+/// which cost the tracked packet a dozen instructions.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn tcp_at(
@@ -477,34 +527,43 @@ fn tcp_at(
     l4_off: usize,
     addrs: impl FnOnce() -> ([u32; 4], [u32; 4]),
     ip_payload: usize,
+    length_ok: impl FnOnce() -> bool,
     steered_port: u16,
 ) -> Class {
     let Some(hdr) = ptr_at::<[u8; TCP_HLEN]>(start, end, l4_off) else {
-        return Class::Malformed;
+        return Class::MALFORMED;
     };
     let h = hdr as usize;
     // SAFETY (every `load` below): offsets inside the 20-byte header checked above.
     let hdr_len = ((unsafe { load::<u8>(h, tcp::DOFF) } >> 4) as usize) * 4;
     if hdr_len < TCP_HLEN {
-        return Class::Malformed;
+        return Class::MALFORMED;
     }
     let dport: u16 = unsafe { load(h, tcp::DPORT) };
     let flags: u8 = unsafe { load(h, tcp::FLAGS) };
     if steered_port != 0 && dport != steered_port && flags & (tcp::SYN | tcp::ACK) != tcp::SYN {
-        return Class::Elsewhere;
+        // Passed unchanged whatever its length says: checking it would only move the packet
+        // from one pass counter to another, on the path every packet not for us takes.
+        return Class::ELSEWHERE;
+    }
+    if !length_ok() {
+        return Class::MALFORMED;
     }
     let (saddr, daddr) = addrs();
-    Class::Tcp(Tcp {
-        family,
-        l3_off,
-        l4_off,
-        saddr,
-        daddr,
-        sport: unsafe { load(h, tcp::SPORT) },
-        dport,
-        flags,
-        seq: u32::from_be(unsafe { load(h, tcp::SEQ) }),
-        ack_seq: u32::from_be(unsafe { load(h, tcp::ACK_SEQ) }),
-        payload: ip_payload > hdr_len,
-    })
+    Class {
+        kind: Kind::Tcp,
+        tcp: Tcp {
+            family,
+            l3_off,
+            l4_off,
+            saddr,
+            daddr,
+            sport: unsafe { load(h, tcp::SPORT) },
+            dport,
+            flags,
+            seq: u32::from_be(unsafe { load(h, tcp::SEQ) }),
+            ack_seq: u32::from_be(unsafe { load(h, tcp::ACK_SEQ) }),
+            payload: ip_payload > hdr_len,
+        },
+    }
 }

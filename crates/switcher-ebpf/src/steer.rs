@@ -3,7 +3,7 @@
 //! packets are replies of a tracked flow, when a flow is over, and the per-origin counters.
 
 use core::ffi::c_void;
-use core::intrinsics::{atomic_cxchg, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_or, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{bpf_sock_tuple, BPF_F_CURRENT_NETNS},
@@ -515,20 +515,18 @@ pub(crate) fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
     unsafe { advance_ack(flow, t.ack_seq) };
 }
 
-/// The 8-byte word of the flow entry `flow` that holds its `client_ack` (the low half: the
-/// field's offset is 8, a little-endian target) and the first four bytes of `hop_mac` (the
-/// high half, written once, when the entry is created). BPF's compare-and-swap on a 4-byte
-/// word needs the 32-bit ALU (`-mcpu=v3`), which this object is not built for (BENCHMARKS.md,
-/// session 7: tried, not kept); a map value is 8-byte aligned, so the 8-byte one is used on
-/// this word, whose high half never changes under it.
+/// The entry `flow`'s `client_ack`, which several CPUs write with compare-and-swaps: a
+/// 4-byte `BPF_CMPXCHG` (it needs the 32-bit ALU, BPF ISA v3 and later; this object is built
+/// for v4). Until session 14 the object was built for v1, and the swap was an 8-byte one on
+/// this field and the first four bytes of `hop_mac`, which never change under it.
 #[inline(always)]
-fn ack_word(flow: *mut FlowValue) -> *mut u64 {
-    const _: () = assert!(core::mem::offset_of!(FlowValue, client_ack) == 8);
-    flow.cast::<u8>().wrapping_add(8).cast::<u64>()
+fn ack_field(flow: *mut FlowValue) -> *mut u32 {
+    // SAFETY: a field of the value `flow` points to; no reference is made.
+    unsafe { &raw mut (*flow).client_ack }
 }
 
 /// Moves the entry `flow`'s `client_ack`, which several CPUs write, forward to `to` when `to`
-/// is newer (RFC 1982 serial comparison), with a compare-and-swap ([`ack_word`]), and returns
+/// is newer (RFC 1982 serial comparison), with a compare-and-swap ([`ack_field`]), and returns
 /// the number the entry holds as this CPU last saw it: `to` once stored, or a number another
 /// CPU stored that is at least as new. Two tries: after a second failure (two other CPUs wrote
 /// the entry meanwhile, not necessarily newer numbers) the last number seen there is returned,
@@ -539,18 +537,17 @@ fn ack_word(flow: *mut FlowValue) -> *mut u64 {
 /// `flow` points to a `SWITCHER_FLOWS` value, valid while this program runs.
 #[inline(always)]
 pub(crate) unsafe fn advance_ack(flow: *mut FlowValue, to: u32) -> u32 {
-    let word = ack_word(flow);
-    // SAFETY: per the caller; an aligned 8-byte load.
-    let mut seen = unsafe { core::ptr::read_volatile(word) };
+    let field = ack_field(flow);
+    // SAFETY: per the caller; an aligned 4-byte load.
+    let mut seen = unsafe { core::ptr::read_volatile(field) };
     for _ in 0..2 {
-        if (to.wrapping_sub(seen as u32) as i32) <= 0 {
-            return seen as u32;
+        if (to.wrapping_sub(seen) as i32) <= 0 {
+            return seen;
         }
-        let new = (seen & !0xffff_ffff) | u64::from(to);
         // SAFETY: per the caller.
         let (old, stored) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
-                word, seen, new,
+            atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+                field, seen, to,
             )
         };
         if stored {
@@ -558,50 +555,22 @@ pub(crate) unsafe fn advance_ack(flow: *mut FlowValue, to: u32) -> u32 {
         }
         seen = old;
     }
-    seen as u32
+    seen
 }
 
-/// The 8-byte word of the flow entry `flow` that holds its `origin` (the low half, never
-/// written in place) and its `flags` (the high half): the word [`set_flow_flag`] swaps (see
-/// [`ack_word`] for why 8 bytes).
-#[inline(always)]
-fn flags_word(flow: *mut FlowValue) -> *mut u64 {
-    const _: () = assert!(core::mem::offset_of!(FlowValue, flags) == 4);
-    flow.cast::<u64>()
-}
-
-/// Sets `flag` in the entry `flow`'s `flags`, with a compare-and-swap, so that two writers
+/// Sets `flag` in the entry `flow`'s `flags` with one atomic fetch-or, so that two writers
 /// (TC egress's `FLOW_ORIGIN_CLOSED`, [`mark_finishing`]'s `FLOW_FINISHING`) never undo each
-/// other; true when this call set it, false when it was already set. Four tries: each failed
-/// one means another writer set a flag meanwhile, and only two flags are ever set this way,
-/// each once, so at most one try fails and "out of tries" (also false) does not happen.
+/// other; true when this call set it, false when it was already set. (Until session 14, built
+/// for BPF ISA v1, it was a loop of 8-byte compare-and-swaps on `origin` and `flags`.)
 ///
 /// # Safety
 /// As [`advance_ack`].
 #[inline(always)]
 pub(crate) unsafe fn set_flow_flag(flow: *mut FlowValue, flag: u32) -> bool {
-    let word = flags_word(flow);
-    let bit = u64::from(flag) << 32;
-    // SAFETY: per the caller; an aligned 8-byte load.
-    let mut seen = unsafe { core::ptr::read_volatile(word) };
-    for _ in 0..4 {
-        if seen & bit != 0 {
-            return false;
-        }
-        // SAFETY: per the caller.
-        let (old, stored) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
-                word,
-                seen,
-                seen | bit,
-            )
-        };
-        if stored {
-            return true;
-        }
-        seen = old;
-    }
-    false
+    // SAFETY: per the caller; an aligned 4-byte field of the value, no reference made.
+    let old =
+        unsafe { atomic_or::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*flow).flags, flag) };
+    old & flag == 0
 }
 
 /// Marks the flow `key` finishing (`FLOW_FINISHING`, docs/ARCHITECTURE.md "Stranded
@@ -630,25 +599,18 @@ pub fn mark_finishing(mark: &FinishMark) -> bool {
 }
 
 /// Stores `to` as the entry `flow`'s `client_ack` if it still holds `expect`, in one
-/// compare-and-swap ([`ack_word`]): the copy's give-back (`flow_cache`).
+/// compare-and-swap ([`ack_field`]): the copy's give-back (`flow_cache`).
 ///
 /// # Safety
 /// As [`advance_ack`].
 #[inline(always)]
 pub(crate) unsafe fn replace_ack(flow: *mut FlowValue, expect: u32, to: u32) {
-    let word = ack_word(flow);
-    // SAFETY: per the caller; an aligned 8-byte load.
-    let seen = unsafe { core::ptr::read_volatile(word) };
-    if seen as u32 != expect {
-        return;
-    }
-    let high = seen & !0xffff_ffff;
     // SAFETY: per the caller.
     unsafe {
-        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
-            word,
-            high | u64::from(expect),
-            high | u64::from(to),
+        atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+            ack_field(flow),
+            expect,
+            to,
         );
     }
 }
@@ -871,7 +833,7 @@ pub fn match_reply(t: &Tcp, vip: &VipConfig) -> Option<Reply> {
     unsafe {
         if let Some(f) = flow {
             if t.flags & (tcp::FIN | tcp::RST) != 0 && (*f).flags & FLOW_ORIGIN_CLOSED == 0 {
-                // A compare-and-swap (`set_flow_flag`): a FINISHING mark set meanwhile is not
+                // An atomic fetch-or (`set_flow_flag`): a FINISHING mark set meanwhile is not
                 // lost, and a FIN and an RST of one flow on two CPUs count it closed once.
                 closed = set_flow_flag(f, FLOW_ORIGIN_CLOSED);
             }
