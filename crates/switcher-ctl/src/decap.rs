@@ -41,7 +41,7 @@ use switcher_common::{
     map_names as edge_maps,
 };
 
-use crate::loader::{EBPF_OBJECT, ensure_bpffs, remove_pins};
+use crate::loader::{EBPF_OBJECT, ensure_bpffs, remove_pins, verifier_context};
 
 /// Default pin root of the decap program (apart from the edge's, so a host can be both).
 pub const DEFAULT_DECAP_PIN_ROOT: &str = "/sys/fs/bpf/switcher-decap";
@@ -220,7 +220,7 @@ pub fn attach(setup: &DecapSetup) -> Result<DecapConfig> {
         .ok_or_else(|| anyhow!("object has no program {}", prog_names::XDP_DECAP))?
         .try_into()?;
     prog.load()
-        .context("loading the decap program (verifier)")?;
+        .with_context(|| verifier_context(prog_names::XDP_DECAP))?;
     prog.pin(setup.pin_root.join("progs").join(prog_names::XDP_DECAP))
         .context("pinning the decap program")?;
     let modes: &[XdpMode] = match setup.mode {

@@ -1238,6 +1238,35 @@ pub fn size_for_cpus<'l, 'a>(loader: &'l mut EbpfLoader<'a>) -> &'l mut EbpfLoad
     loader.map_max_entries(map_names::FLOW_CACHE, crate::flow_cache::entries())
 }
 
+/// The oldest Linux release that loads the object: it is built for BPF ISA v4 and uses its
+/// load-acquire (`BPF_LOAD_ACQ`, Linux 6.15; docs/ARCHITECTURE.md, "The object's instruction
+/// set").
+const MIN_KERNEL: (u32, u32) = (6, 15);
+
+/// The major and minor numbers of a kernel release string (`6.18.44-fc-v1098` -> (6, 18)).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// What to say when the verifier refuses program `name`: on a kernel older than
+/// [`MIN_KERNEL`], that it is the likely cause (the kernel then refuses the load-acquire
+/// instructions as invalid, which names neither the release nor the ISA).
+pub(crate) fn verifier_context(name: &str) -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    match kernel_version(release) {
+        Some(v) if v < MIN_KERNEL => format!(
+            "loading {name} (verifier): this kernel ({release}) is older than Linux {}.{}, \
+             which the data plane needs (BPF ISA v4's load-acquire)",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        ),
+        _ => format!("loading {name} (verifier)"),
+    }
+}
+
 /// Loads and pins one of the XDP programs user space runs itself and never attaches: the
 /// edge-reset emitter ([`crate::edge_rst`]) and the finishing marker
 /// ([`crate::finish_mark`]).
@@ -1246,8 +1275,7 @@ fn load_tool(ebpf: &mut Ebpf, root: &Path, name: &str) -> Result<()> {
         .program_mut(name)
         .ok_or_else(|| anyhow!("object has no program {name}"))?
         .try_into()?;
-    prog.load()
-        .with_context(|| format!("loading {name} (verifier)"))?;
+    prog.load().with_context(|| verifier_context(name))?;
     prog.pin(progs_dir(root).join(name))
         .with_context(|| format!("pinning {name}"))?;
     Ok(())
@@ -1259,7 +1287,8 @@ fn attach_xdp(ebpf: &mut Ebpf, root: &Path, iface: &str, mode: u32) -> Result<()
         .ok_or_else(|| anyhow!("object has no program {}", prog_names::XDP_INGRESS))?
         .try_into()?;
     if prog.fd().is_err() {
-        prog.load().context("loading XDP program (verifier)")?;
+        prog.load()
+            .with_context(|| verifier_context(prog_names::XDP_INGRESS))?;
         prog.pin(progs_dir(root).join(prog_names::XDP_INGRESS))
             .context("pinning XDP program")?;
     }
@@ -1291,8 +1320,7 @@ fn attach_tc(
         .ok_or_else(|| anyhow!("object has no program {name}"))?
         .try_into()?;
     if prog.fd().is_err() {
-        prog.load()
-            .with_context(|| format!("loading {name} (verifier)"))?;
+        prog.load().with_context(|| verifier_context(name))?;
         prog.pin(progs_dir(root).join(name))
             .with_context(|| format!("pinning {name}"))?;
     }
@@ -1881,7 +1909,7 @@ impl DataPlane for Pinned {
 
 #[cfg(test)]
 mod tests {
-    use super::{EBPF_OBJECT, dsr_sysctl_problems};
+    use super::{EBPF_OBJECT, MIN_KERNEL, dsr_sysctl_problems, kernel_version};
     use switcher_common::prog_names;
 
     /// The reads one CPU makes of what another writes without a lock (the flow cache's slot
@@ -1913,6 +1941,19 @@ mod tests {
                 insns.len()
             );
         }
+    }
+
+    #[test]
+    fn kernel_releases_are_compared_by_major_and_minor() {
+        assert_eq!(kernel_version("6.18.44-fc-v1098"), Some((6, 18)));
+        assert_eq!(kernel_version("6.1.0-28-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("6.15"), Some((6, 15)));
+        assert_eq!(kernel_version("7.0-rc1"), Some((7, 0)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!(kernel_version("6.1.0-28-amd64").unwrap() < MIN_KERNEL);
+        assert!(kernel_version("6.9.12").unwrap() < MIN_KERNEL);
+        assert!(kernel_version("6.15.0").unwrap() >= MIN_KERNEL);
+        assert!(kernel_version("7.0.1").unwrap() >= MIN_KERNEL);
     }
 
     #[test]
