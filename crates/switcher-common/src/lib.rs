@@ -140,6 +140,9 @@ pub mod prog_names {
     pub const MARK_FINISHING: &str = "switcher_mark_finishing";
     /// An empty XDP program (XDP_PASS), only loaded by the data-path benchmark as baseline.
     pub const BENCH_XDP_PASS: &str = "bench_xdp_pass";
+    /// An empty TC program (TC_ACT_OK), only loaded by the data-path benchmark as the baseline
+    /// of `switcher_tc_ingress`.
+    pub const BENCH_TC_PASS: &str = "bench_tc_pass";
     /// XDP program that only looks up one constant key in `SWITCHER_FLOWS` (the data-path
     /// benchmark's tracked flow): the cost of the flow lookup alone, for the benchmark.
     pub const BENCH_FLOW_LOOKUP: &str = "bench_flow_lookup";

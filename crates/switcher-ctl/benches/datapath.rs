@@ -10,7 +10,9 @@
 //!    is checked to take the path it is named after (see `prog_test_run`). Then rows that a
 //!    repeated packet cannot measure: a flood of SYNs from distinct clients, the handshake
 //!    ACK that inserts the flow, and tracked flows of many clients in turn, which the flow
-//!    cache does not all hold (see [`distinct_rows`]).
+//!    cache does not all hold (see [`distinct_rows`]). And the same request path through TC
+//!    ingress, `switcher_tc_ingress` against an empty TC program on an skb (see
+//!    [`tc_ingress_rows`]).
 //! 2. wrk through VIP:8080 against wrk straight to the origin (:8081), same run, same origin
 //!    process (`target/release/origin`): client ns -> veth -> edge ns with native XDP, and on
 //!    `lo` inside a namespace with generic XDP and with TC ingress.
@@ -73,7 +75,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use switcher_common::{
     BENCH_COUNT_FAILED, BENCH_COUNT_FRESH, BENCH_COUNT_FRESH_HASH, BENCH_COUNT_FRESH_LRU, Counters,
@@ -190,6 +192,13 @@ fn load_for_bench(object: &[u8], vip: VipConfig, tracked: &[FlowKey]) -> Ebpf {
     for name in [prog_names::XDP_INGRESS, prog_names::BENCH_XDP_PASS] {
         let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("load program");
+    }
+    // TC ingress (an earlier build's object lacks the empty TC program).
+    for name in [prog_names::TC_INGRESS, prog_names::BENCH_TC_PASS] {
+        if let Some(p) = ebpf.program_mut(name) {
+            let p: &mut SchedClassifier = p.try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("load {name}: {e:?}"));
+        }
     }
     // Building blocks, floors and variants of this build only (an earlier build's object may
     // lack them).
@@ -338,9 +347,9 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Runs XDP program `prog` of `ebpf` `repeat` times on `data` (one call).
+/// Runs program `prog` of `ebpf` (XDP, or TC on an skb) `repeat` times on `data` (one call).
 fn test_run(ebpf: &Ebpf, prog: &str, data: &[u8], repeat: u32) -> Cost {
-    let p: &Xdp = ebpf.program(prog).unwrap().try_into().unwrap();
+    let p = ebpf.program(prog).unwrap();
     let mut buf = vec![0u8; data.len() + 256];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(data);
@@ -348,7 +357,12 @@ fn test_run(ebpf: &Ebpf, prog: &str, data: &[u8], repeat: u32) -> Cost {
     opts.repeat = repeat;
     let wall = Instant::now();
     let cpu = thread_cpu_ns();
-    let r = p.test_run(opts).expect("test run");
+    let r = match p {
+        Program::Xdp(p) => p.test_run(opts),
+        Program::SchedClassifier(p) => p.test_run(opts),
+        _ => panic!("{prog}: neither XDP nor TC"),
+    }
+    .expect("test run");
     let cpu = thread_cpu_ns() - cpu;
     let wall = wall.elapsed();
     assert!(
@@ -628,6 +642,7 @@ fn prog_test_run(out: &mut String) {
     }
     parallel_syns(out, &mut ebpf, vip, peer.is_some());
     out.push('\n');
+    tc_ingress_rows(out, &ebpf, peer.as_ref());
     eprintln!("datapath bench: first table done, {:?}", started.elapsed());
     flow_lookup_alone(out, &ebpf, &syn);
     floors(out, &ebpf, &tracked_pkt());
@@ -640,6 +655,127 @@ fn prog_test_run(out: &mut String) {
         started.elapsed()
     );
     distinct_rows(out, &mut ebpf, peer.as_mut(), median(empty_cpu));
+}
+
+/// The request path through TC ingress (`switcher_tc_ingress`, for interfaces where XDP
+/// cannot attach, and `lo` under `cargo xtask run`) against the empty TC program
+/// (`bench_tc_pass`) on the same packet, interleaved like the XDP rows, each repetition checked
+/// to take its path. A TC program runs on an skb that the test run builds once per call, and
+/// rewrites through the kernel's checksum and store helpers (calls), where XDP writes the
+/// packet itself: its cost is not comparable to XDP's, only to its own baseline and to the
+/// earlier build's `switcher_tc_ingress` (`SWITCHER_BENCH_PEER_OBJ`).
+fn tc_ingress_rows(out: &mut String, ebpf: &Ebpf, peer: Option<&Ebpf>) {
+    let cases = [
+        (
+            "SYN to the VIP, the same SYN repeated",
+            Pkt::tcp("10.1.1.1", 40001, "10.0.0.1", 8080, SYN).build(),
+            Taken::Rewrite,
+        ),
+        (
+            "tracked flow, 1 KiB payload (flow-cache hit + rewrite by helpers)",
+            tracked_pkt(),
+            Taken::Rewrite,
+        ),
+        (
+            "packet not for the VIP",
+            Pkt::tcp("10.1.1.1", 40000, "10.0.0.9", 443, ACK).build(),
+            Taken::Pass,
+        ),
+        (
+            "IPv6: tracked flow, 1 KiB payload",
+            tracked_pkt_v6(),
+            Taken::Rewrite,
+        ),
+    ];
+    writeln!(
+        out,
+        "### TC ingress program cost (`switcher_tc_ingress`), BPF_PROG_TEST_RUN on an skb, repeat = {REPEAT}, {} interleaved rounds on one pinned CPU\n",
+        rounds()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "ns/pkt by the calling thread's CPU time; ratios to the empty TC program (`bench_tc_pass`, TC_ACT_OK) per round (median, range).{}\n",
+        if peer.is_some() {
+            " The earlier build's program in the same rounds, compared by the kernel's `duration`."
+        } else {
+            ""
+        }
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| packet | switcher_tc_ingress ns/pkt | empty TC ns/pkt | ratio (median) | ratio range | ns above empty (median) |{}",
+        if peer.is_some() {
+            " earlier build ns/pkt | ratio by kernel `duration` (this / earlier) |"
+        } else {
+            ""
+        }
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|{}",
+        if peer.is_some() { "---:|---:|" } else { "" }
+    )
+    .unwrap();
+    for (desc, data, path) in cases {
+        let before = stats(ebpf);
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        let mut base = Vec::new();
+        for round in 0..rounds() {
+            for turn in 0..3 {
+                match (round + turn) % 3 {
+                    0 => ours.push(test_run(ebpf, prog_names::TC_INGRESS, &data, REPEAT)),
+                    1 => {
+                        if let Some(p) = peer {
+                            theirs.push(test_run(p, prog_names::TC_INGRESS, &data, REPEAT));
+                        }
+                    }
+                    _ => base.push(test_run(ebpf, prog_names::BENCH_TC_PASS, &data, REPEAT)),
+                }
+            }
+        }
+        let after = stats(ebpf);
+        let runs = u64::from(REPEAT) * rounds() as u64;
+        let u = STATS_UNSTEERED as usize;
+        let took = match path {
+            Taken::Rewrite => after[0].rewrites - before[0].rewrites,
+            Taken::Pass => after[u].passes - before[u].passes,
+            Taken::Untracked => after[u].untracked - before[u].untracked,
+        };
+        assert_eq!(
+            took, runs,
+            "TC ingress, {desc}: not every repetition took the measured path"
+        );
+        // 0: TC_ACT_OK, every one of these packets'.
+        assert!(
+            ours.iter().chain(&theirs).all(|c| c.ret == 0),
+            "TC ingress, {desc}: a run did not return TC_ACT_OK"
+        );
+        let cpu = |c: &Cost| c.cpu;
+        let (r, lo, hi) = spread(&ratios(&ours, &base, cpu));
+        let o = median(ours.iter().map(cpu).collect());
+        let b = median(base.iter().map(cpu).collect());
+        let above = median(ours.iter().zip(&base).map(|(x, y)| x.cpu - y.cpu).collect());
+        write!(
+            out,
+            "| {desc} | {o:.2} | {b:.2} | {r:.2}x | {lo:.2}x..{hi:.2}x | {above:.1} |"
+        )
+        .unwrap();
+        if peer.is_some() {
+            let (kr, klo, khi) = spread(&ratios(&ours, &theirs, |c| c.kernel));
+            write!(
+                out,
+                " {:.2} | {kr:.2} ({klo:.2}..{khi:.2}) |",
+                median(theirs.iter().map(cpu).collect())
+            )
+            .unwrap();
+        }
+        out.push('\n');
+    }
+    out.push('\n');
 }
 
 /// The cost of the one `SWITCHER_FLOWS` lookup (a hit) of the tracked-flow path, alone:

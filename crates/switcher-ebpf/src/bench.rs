@@ -5,7 +5,8 @@
 //! `switcher_common::bench_map_names`); the tracked-flow programs read and write the product's
 //! maps as `switcher_xdp` does, in the bench's own load of the object, never in a pinned one.
 //!
-//! * `bench_xdp_pass`: the empty program, the baseline of every ratio.
+//! * `bench_xdp_pass`: the empty program, the baseline of every ratio; `bench_tc_pass`, the
+//!   empty TC program, the baseline of `switcher_tc_ingress`'s.
 //! * `bench_flow_lookup`: one `SWITCHER_FLOWS` lookup (a hit), what a tracked flow's packet
 //!   pays for its lookup when it misses the flow cache.
 //! * `bench_fresh_key`, `bench_hs_{lru,hash}_{fresh,same}`: floors of the SYN path's state
@@ -24,10 +25,10 @@
 //!   packets not for the VIP, and the `Verdict` hand-over from `cached_verdict` to the rewrite.
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_F_NO_COMMON_LRU},
+    bindings::{xdp_action, BPF_F_NO_COMMON_LRU, TC_ACT_OK},
     btf_maps::{HashMap, LruHashMap, PerCpuArray},
-    macros::{btf_map, xdp},
-    programs::XdpContext,
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use switcher_common::{
     FlowKey, Handshake, BENCH_COUNT_FAILED, BENCH_COUNT_FRESH, BENCH_COUNT_FRESH_HASH,
@@ -67,6 +68,14 @@ fn count(index: u32) {
 #[inline(always)]
 pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The empty TC program, never attached: the baseline of `switcher_tc_ingress` in the bench
+/// (a TC program runs on an skb, which costs the test run more than an XDP buffer does).
+#[classifier]
+#[inline(always)]
+pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
 }
 
 /// Benchmark building block, never attached: one `SWITCHER_FLOWS` lookup of a constant key

@@ -79,9 +79,9 @@ use switcher_common::{Counters, FinishMark, VipConfig, FAMILY_V4};
 
 /// `bpf_l4_csum_replace` flag: the changed field is part of the pseudo-header.
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
-/// Bytes of headers the TC programs need in the linear area (IPv6 is the longer case).
+/// Bytes of headers the TC programs need in the linear area for IPv6 (see [`tc_pull`]).
 const TC_PULL_LEN: u32 = (ETH_HLEN + IPV6_HLEN + TCP_HLEN) as u32;
-/// Bytes of headers TC egress needs in the linear area for IPv4 (see [`tc_pull_egress`]).
+/// Bytes of headers the TC programs need in the linear area for IPv4 (see [`tc_pull`]).
 const TC_PULL_LEN_V4: u32 = (ETH_HLEN + IPV4_HLEN + TCP_HLEN) as u32;
 /// Offset of the EtherType in the Ethernet header.
 const ETH_TYPE_OFF: usize = 12;
@@ -370,16 +370,6 @@ fn xdp_rewrite_dst(start: usize, end: usize, t: &Tcp, target: &steer::Target) ->
     Some(())
 }
 
-/// Makes the headers readable through direct packet access (an skb may be non-linear).
-#[inline(always)]
-fn tc_pull(ctx: &TcContext) {
-    if ctx.data_end() - ctx.data() < TC_PULL_LEN as usize {
-        // Fails when the packet is shorter than that: then parsing classifies it malformed
-        // or short, which is what it is.
-        let _ = ctx.pull_data(TC_PULL_LEN);
-    }
-}
-
 #[classifier]
 #[inline(always)]
 pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
@@ -421,19 +411,24 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     }
 }
 
-/// Makes the headers readable on egress, pulling only when the linear area is shorter than
-/// the packet's own family needs (IPv4: Ethernet + IPv4 + TCP fixed headers, 54 bytes).
+/// Makes the headers readable through direct packet access (an skb may be non-linear), on
+/// ingress and egress, pulling only when the linear area is shorter than the packet's own
+/// family needs (IPv4: Ethernet + IPv4 + TCP fixed headers, 54 bytes; otherwise IPv6's 74).
+/// A pull that cannot succeed (a packet shorter than that) leaves a packet that parsing
+/// classifies as what it is, malformed or short.
 ///
-/// Why not [`tc_pull`]'s one length for both families: the skbs TCP sends are clones whose
+/// Why not one length for both families: the skbs TCP sends are clones whose
 /// linear area holds just the headers (66 bytes for IPv4 with timestamps), the payload in
 /// page fragments. Pulling IPv6's 74 bytes out of such a clone made the kernel copy its head
 /// (`bpf_skb_pull_data` -> `skb_ensure_writable` -> `pskb_expand_head`) for every packet
 /// the host sent on this interface, steered or not: ~1.5% of all CPU under `bench balance`'s
 /// load, in the direct case as much as through the VIP. Without the pull, the reply rewrite's
 /// stores fall inside the headers TCP pushed on the clone, which the kernel lets a clone write
-/// without a copy (`skb_clone_writable`).
+/// without a copy (`skb_clone_writable`). On ingress, the one length made every IPv4 packet
+/// of 54 to 73 bytes (a bare ACK, to the VIP or not) call the helper in vain: 20.7 ns above the
+/// empty TC program for a packet not for the VIP (BENCHMARKS.md, session 14).
 #[inline(always)]
-fn tc_pull_egress(ctx: &TcContext) {
+fn tc_pull(ctx: &TcContext) {
     let (start, end) = (ctx.data(), ctx.data_end());
     let need = match ptr_at::<u16>(start, end, ETH_TYPE_OFF) {
         // SAFETY: bounds-checked by `ptr_at`.
@@ -441,7 +436,6 @@ fn tc_pull_egress(ctx: &TcContext) {
         _ => TC_PULL_LEN,
     };
     if end - start < need as usize {
-        // As in `tc_pull`: a failure leaves a packet that parsing classifies as what it is.
         let _ = ctx.pull_data(need);
     }
 }
@@ -449,7 +443,7 @@ fn tc_pull_egress(ctx: &TcContext) {
 #[classifier]
 #[inline(always)]
 pub fn switcher_tc_egress(ctx: TcContext) -> i32 {
-    tc_pull_egress(&ctx);
+    tc_pull(&ctx);
     let Some(t) = classify(ctx.data(), ctx.data_end(), ctx.len() as usize, 0).segment() else {
         // Egress is everything the host sends; counting it would drown the ingress counters.
         return TC_ACT_OK;
