@@ -1916,7 +1916,8 @@ mod tests {
     /// version, the handshake table's words) are load-acquires, `BPF_LOAD_ACQ`, which LLVM
     /// emits only for BPF ISA v4 (`crates/switcher-ebpf/.cargo/config.toml`): built for an
     /// older ISA they would be plain loads, which an arm64 CPU may reorder (docs/ARCHITECTURE.md,
-    /// "The flow cache"). Counted in the object's programs as linked, before any kernel.
+    /// "The object's instruction set"). Counted in the object's programs as linked, before any
+    /// kernel.
     #[test]
     fn cross_cpu_reads_are_load_acquires() {
         /// `BPF_STX` (0x03) `| BPF_W` (0x00) `| BPF_ATOMIC` (0xc0): a 4-byte atomic instruction.

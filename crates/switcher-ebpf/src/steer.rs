@@ -521,8 +521,9 @@ pub(crate) fn record_client_ack(flow: *mut FlowValue, t: &Tcp) {
 /// this field and the first four bytes of `hop_mac`, which never change under it.
 #[inline(always)]
 fn ack_field(flow: *mut FlowValue) -> *mut u32 {
-    // SAFETY: a field of the value `flow` points to; no reference is made.
-    unsafe { &raw mut (*flow).client_ack }
+    flow.cast::<u8>()
+        .wrapping_add(core::mem::offset_of!(FlowValue, client_ack))
+        .cast::<u32>()
 }
 
 /// Moves the entry `flow`'s `client_ack`, which several CPUs write, forward to `to` when `to`
