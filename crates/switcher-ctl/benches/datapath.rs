@@ -1097,11 +1097,11 @@ fn tracked_steps(out: &mut String, ebpf: &Ebpf) {
         ),
         (
             prog_names::XDP_INGRESS,
-            "`switcher_xdp`: the product (+ its hand-over from parse to rewrite, and the fast exit's tests)",
+            "`switcher_xdp`: the product (the fast exit's tests, then the tracked packet's fast path: the commonest IPv4 shape parsed apart, the same steps after it)",
         ),
         (
             prog_names::BENCH_NFV_NO_FAST,
-            "`bench_nfv_no_fast`: `switcher_xdp` without the not-for-the-VIP fast exit",
+            "`bench_nfv_no_fast`: `switcher_xdp` without the not-for-the-VIP fast exit (the tracked packet's fast path kept)",
         ),
         (
             prog_names::BENCH_FLOW_LOOKUP,

@@ -3002,3 +3002,103 @@ fn every_program_in_the_object_passes_the_verifier() {
         "the product's and the bench's programs are in the object: {names:?}"
     );
 }
+
+/// The tracked packet's fast path (`fast_tracked` in switcher-ebpf's main.rs, which parses the
+/// commonest IPv4 shape itself) takes the decisions the full parse takes, for packets of a
+/// flow this CPU holds a copy of: a segment with TCP options (a timestamp ACK, the commonest
+/// ACK) is steered, the options not counted as data, so a finishing flow's bare ACK passes
+/// and its request is held; the same flow's segments with a lying IP length, a zero one, or IP
+/// options pass unchanged, counted as the full parse counts them, and are not rewritten.
+#[test]
+fn the_fast_path_decides_as_the_full_parse_does() {
+    use switcher_common::FLOW_FINISHING;
+    const XDP_DROP: u32 = 1;
+    test_kit::process::pin_to_current_cpu();
+    let mut h = Harness::new();
+    h.set_active(PRIMARY);
+    let (client, port) = ("10.1.9.9", 49009);
+    assert_eq!(establish(&mut h, client, port), PRIMARY);
+    let key = switcher_ctl::loader::flow_key(SocketAddr::new(client.parse().unwrap(), port));
+    // 12 bytes of TCP options (NOP, NOP, timestamps) before `data`: the data offset says 8
+    // words. XDP checks no checksum, so the builder's (over a 20-byte header) does not matter.
+    let with_options = |data: &[u8]| {
+        let mut payload = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+        payload.extend_from_slice(data);
+        let mut b = Pkt::tcp(client, port, VIP4, VIP_PORT, ACK | PSH)
+            .with_ack(DEFAULT_SEQ.wrapping_add(1))
+            .with_payload(&payload)
+            .build();
+        b[14 + 20 + 12] = 8 << 4;
+        b
+    };
+    let bare_ack = with_options(b"");
+    let request = with_options(b"GET /hls/demo/1002.ts HTTP/1.1\r\n\r\n");
+
+    // Steered from the copy (the first packet fills it, the second hits).
+    for _ in 0..2 {
+        let (verdict, out, _) = h.run(Prog::Xdp, &request, 1);
+        assert_eq!((verdict, dport_of(&out)), (XDP_PASS, 8081));
+    }
+
+    // The flow finishing, as user space marks it (the entry's flag, then the version), and
+    // its copy refilled by a bare ACK (a miss) and then hit.
+    let mut flows: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(h.ebpf.map_mut(map_names::FLOWS).unwrap()).unwrap();
+    let mut entry = flows.get(&key, 0).unwrap();
+    entry.flags |= FLOW_FINISHING;
+    flows.insert(key, entry, 0).unwrap();
+    h.cache_versions().invalidate([&key]);
+    postpone_refresh(&mut h, &key);
+    for what in ["miss", "hit"] {
+        let (verdict, out, _) = h.run(Prog::Xdp, &bare_ack, 1);
+        assert_eq!(
+            (verdict, dport_of(&out)),
+            (XDP_PASS, 8081),
+            "a finishing flow's bare ACK with options is steered ({what})"
+        );
+    }
+    let held = h.counters()[PRIMARY as usize].held;
+    let (verdict, _, _) = h.run(Prog::Xdp, &request, 1);
+    assert_eq!(verdict, XDP_DROP, "a finishing flow's request is held");
+    assert_eq!(h.counters()[PRIMARY as usize].held, held + 1);
+
+    // Malformed or optioned IP headers of the same flow: passed unchanged, counted, whatever
+    // the copy says.
+    let lying = {
+        let mut b = request.clone();
+        b.truncate(b.len() - 4);
+        b
+    };
+    let zero = {
+        let mut b = request.clone();
+        b[16] = 0;
+        b[17] = 0;
+        b
+    };
+    let mut optioned = Pkt::tcp(client, port, VIP4, VIP_PORT, ACK)
+        .with_ack(DEFAULT_SEQ.wrapping_add(1))
+        .with_payload(b"GET / HTTP/1.1\r\n\r\n");
+    optioned.ip_options = vec![1, 1, 1, 0];
+    let optioned = optioned.build();
+    for (what, frame, counter) in [
+        ("an IP length beyond the frame", lying, "malformed"),
+        ("an IP length of 0 on a small frame", zero, "malformed"),
+        ("IP options", optioned, "ip_options"),
+    ] {
+        let before = h.counters();
+        let (verdict, out, _) = h.run(Prog::Xdp, &frame, 1);
+        let after = h.counters();
+        assert_eq!(verdict, XDP_PASS, "{what}");
+        assert_eq!(out, frame, "{what}: passed unchanged");
+        let u = U as usize;
+        let count = |c: &Counters| match counter {
+            "malformed" => c.malformed,
+            _ => c.ip_options,
+        };
+        assert_eq!(count(&after[u]), count(&before[u]) + 1, "{what}: counted");
+        assert_eq!(
+            after[PRIMARY as usize].rewrites, before[PRIMARY as usize].rewrites,
+            "{what}: not rewritten"
+        );
+    }
+}

@@ -236,7 +236,11 @@ pub fn bench_cache_miss(ctx: XdpContext) -> u32 {
             flow_cache::invalidate(&steer::flow_key(&t));
         }
     }
-    xdp_request::<{ crate::PRODUCT_PARSE.count_early }, { crate::PRODUCT_PARSE.fast_exit }>(&ctx)
+    xdp_request::<
+        { crate::PRODUCT_PARSE.count_early },
+        { crate::PRODUCT_PARSE.fast_exit },
+        { crate::PRODUCT_PARSE.fast_tracked },
+    >(&ctx)
 }
 
 /// Variant, never attached: `switcher_xdp` as it was before `ParseVariant::count_early` (a
@@ -245,7 +249,7 @@ pub fn bench_cache_miss(ctx: XdpContext) -> u32 {
 #[xdp]
 #[inline(always)]
 pub fn bench_nfv_before(ctx: XdpContext) -> u32 {
-    xdp_request::<false, false>(&ctx)
+    xdp_request::<false, false, true>(&ctx)
 }
 
 /// Variant, never attached: the product's parsing and counting without the fast exit
@@ -253,7 +257,7 @@ pub fn bench_nfv_before(ctx: XdpContext) -> u32 {
 #[xdp]
 #[inline(always)]
 pub fn bench_nfv_no_fast(ctx: XdpContext) -> u32 {
-    xdp_request::<true, false>(&ctx)
+    xdp_request::<true, false, true>(&ctx)
 }
 
 /// How far a `bench_tf_*` program runs the tracked-flow path (see [`tracked_until`]).

@@ -128,9 +128,14 @@ struct ParseVariant {
     /// XDP only ([`xdp_request`]): before any classification, a segment to another port in
     /// the commonest IPv4 or IPv6 shape is recognised by `packet::is_elsewhere_common` and
     /// counted as [`count_early`](Self::count_early) counts it ([`fast_exit`]); every other
-    /// packet takes the full path. (TC ingress, the fallback attachment, is not timed by the
-    /// bench and keeps the full path.)
+    /// packet takes the full path. (TC ingress, the fallback attachment, keeps the full path:
+    /// its rewrite's helper calls cost far more than the parse; BENCHMARKS.md, session 14.)
     fast_exit: bool,
+    /// XDP only ([`xdp_request`]): a request segment in the commonest shape (IPv4 without
+    /// options, to the VIP, not a SYN; `packet::common_v4_request`) whose flow this CPU's
+    /// cache holds is decided from the copy before any other parse ([`fast_tracked`]); every
+    /// other packet, a miss included, takes the full path.
+    fast_tracked: bool,
 }
 
 /// The variant the product uses: counting early (see BENCHMARKS.md, 2026-12-02, branch
@@ -142,6 +147,7 @@ struct ParseVariant {
 const PRODUCT_PARSE: ParseVariant = ParseVariant {
     count_early: true,
     fast_exit: true,
+    fast_tracked: true,
 };
 
 /// The request path's parse, shared by XDP and TC ingress, with a [`ParseVariant`] spelled out
@@ -172,7 +178,8 @@ fn request_segment<const COUNT_EARLY: bool>(
 }
 
 /// The request decision shared by XDP and TC ingress, for the TCP segment `t` of the packet
-/// `[start, end)` ([`request_segment`]).
+/// `[start, end)` ([`request_segment`]). `probed`: this CPU's flow cache already missed this
+/// packet ([`fast_tracked`]), so it is not asked again.
 #[inline(always)]
 fn request_verdict(
     ctx: *mut core::ffi::c_void,
@@ -180,6 +187,7 @@ fn request_verdict(
     vip: Option<&VipConfig>,
     start: usize,
     end: usize,
+    probed: bool,
 ) -> Verdict {
     let Some(vip) = vip else {
         steer::count_pass(|_| {});
@@ -190,8 +198,10 @@ fn request_verdict(
         steer::count_pass(|_| {});
         return Verdict::Pass;
     }
-    if let Some(verdict) = cached_verdict(t) {
-        return verdict;
+    if !probed {
+        if let Some(verdict) = cached_verdict(t) {
+            return verdict;
+        }
     }
     match steer::steer_request(ctx, t, vip, (start, end)) {
         // Either family: IPv6 requests go in 6in4 (see `encap`).
@@ -252,7 +262,11 @@ fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: b
 #[xdp]
 #[inline(always)]
 pub fn switcher_xdp(ctx: XdpContext) -> u32 {
-    xdp_request::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.fast_exit }>(&ctx)
+    xdp_request::<
+        { PRODUCT_PARSE.count_early },
+        { PRODUCT_PARSE.fast_exit },
+        { PRODUCT_PARSE.fast_tracked },
+    >(&ctx)
 }
 
 /// The verdict of a packet `t` for the VIP from this CPU's copy of its flow (`flow_cache`),
@@ -290,7 +304,9 @@ fn cached_verdict(t: &Tcp) -> Option<Verdict> {
 /// The XDP request path with a [`ParseVariant`] spelled out: `switcher_xdp` is the product's
 /// variant, `bench::bench_nfv_*` the others.
 #[inline(always)]
-fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool>(ctx: &XdpContext) -> u32 {
+fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool, const FAST_TRACKED: bool>(
+    ctx: &XdpContext,
+) -> u32 {
     let vip = steer::vip();
     // Read after the VIP's lookup (a helper call, which clobbers the caller-saved registers),
     // so only the context is kept across it.
@@ -300,12 +316,20 @@ fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool>(ctx: &XdpContext)
             return xdp_action::XDP_PASS;
         }
     }
+    let mut probed = false;
+    if FAST_TRACKED {
+        match fast_tracked(ctx, vip, start, end) {
+            Fast::Acted(action) => return action,
+            Fast::Missed => probed = true,
+            Fast::NotTaken => {}
+        }
+    }
     // Read again past the fast exit, with loads the optimiser may not merge with the first
     // ones: with the same values, LLVM threads what the fast exit's checks found into
     // `classify`'s, keeping flags and the packet length live (some on the stack) on the fast
     // exit's own path instead of leaving it self-contained. (`core::hint::black_box` does the
     // same through a stack round trip, which cost the tracked flow more.)
-    let (start, end) = if FAST_EXIT {
+    let (start, end) = if FAST_EXIT || FAST_TRACKED {
         // SAFETY: the context the kernel passed, valid for the whole run.
         unsafe {
             (
@@ -321,15 +345,60 @@ fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool>(ctx: &XdpContext)
     let Some(t) = request_segment::<COUNT_EARLY>(vip, start, end, end - start) else {
         return xdp_action::XDP_PASS;
     };
-    match request_verdict(ctx.as_ptr(), &t, vip, start, end) {
+    let verdict = request_verdict(ctx.as_ptr(), &t, vip, start, end, probed);
+    xdp_act(ctx, &t, start, end, verdict)
+}
+
+/// What [`fast_tracked`] did with a packet.
+enum Fast {
+    /// Decided from this CPU's copy of the flow, and carried out: the XDP action.
+    Acted(u32),
+    /// A request segment of the path's shape to the VIP that this CPU's cache does not decide
+    /// (no valid copy, or one whose origin is not live): the full path decides it without
+    /// probing the cache again.
+    Missed,
+    /// Not of the path's shape, or not to the VIP: the full path, as if there were no fast
+    /// path.
+    NotTaken,
+}
+
+/// The fast path of a tracked flow's request ([`ParseVariant::fast_tracked`]): a request
+/// segment in the commonest shape (`packet::common_v4_request`) to the VIP whose flow this
+/// CPU's cache holds ([`cached_verdict`]) is decided from the copy, and its rewrite or
+/// encapsulation done and counted, without the full parse.
+///
+/// Why (BENCHMARKS.md, session 14): the same decision through the full parse ran 451 x86
+/// instructions, about a fifth of them stack stores and loads of the parsed segment's fields,
+/// which the full path keeps for SYNs and misses.
+#[inline(always)]
+fn fast_tracked(ctx: &XdpContext, vip: Option<&VipConfig>, start: usize, end: usize) -> Fast {
+    let Some(vip) = vip else {
+        return Fast::NotTaken;
+    };
+    let Some(t) = packet::common_v4_request(start, end, vip.port_be) else {
+        return Fast::NotTaken;
+    };
+    if !steer::is_to_vip(&t, vip) {
+        return Fast::NotTaken;
+    }
+    match cached_verdict(&t) {
+        Some(verdict) => Fast::Acted(xdp_act(ctx, &t, start, end, verdict)),
+        None => Fast::Missed,
+    }
+}
+
+/// Carries out `verdict` on the XDP packet `[start, end)` whose segment is `t`.
+#[inline(always)]
+fn xdp_act(ctx: &XdpContext, t: &Tcp, start: usize, end: usize, verdict: Verdict) -> u32 {
+    match verdict {
         Verdict::Rewrite(target) => {
             // A failed rewrite (headers out of bounds, which parsing already ruled out) passes
             // the packet unchanged, counted but not as rewritten.
-            let rewritten = xdp_rewrite_dst(start, end, &t, &target).is_some();
+            let rewritten = xdp_rewrite_dst(start, end, t, &target).is_some();
             count_steered(&target, end - start, rewritten, false);
             xdp_action::XDP_PASS
         }
-        Verdict::Encap(index, host) => encap::xdp_encap(ctx, &t, index, host),
+        Verdict::Encap(index, host) => encap::xdp_encap(ctx, t, index, host),
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
@@ -380,7 +449,7 @@ pub fn switcher_tc_ingress(ctx: TcContext) -> i32 {
     let Some(t) = request_segment::<{ PRODUCT_PARSE.count_early }>(vip, start, end, len) else {
         return TC_ACT_OK;
     };
-    let target = match request_verdict(ctx.as_ptr(), &t, vip, start, end) {
+    let target = match request_verdict(ctx.as_ptr(), &t, vip, start, end, false) {
         Verdict::Rewrite(target) => target,
         Verdict::Pass => return TC_ACT_OK,
         Verdict::Drop => return TC_ACT_SHOT,

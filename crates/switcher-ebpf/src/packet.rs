@@ -398,6 +398,59 @@ pub fn is_elsewhere_common(start: usize, end: usize, steered_port: u16) -> bool 
     doff >= (TCP_HLEN as u8 / 4) << 4
 }
 
+/// The segment of the packet `[start, end)` when it is, in the commonest shape, a request
+/// segment of an established connection to `port` (the VIP's, network order): Ethernet +
+/// IPv4 without options, not a fragment, TCP with a header of at least 20 bytes, not a SYN,
+/// and an IP length that is not 0 (a GSO packet's) and fits in the packet. Exactly the segment
+/// [`classify`] gives such a packet, from the same checks made in one pass over bytes bounds-
+/// checked once; `None` for every other packet, which `classify` then classifies.
+///
+/// Why (BENCHMARKS.md, session 14): the tracked packet's fast path (`fast_tracked` in
+/// main.rs) builds only what a flow-cache hit uses, without the general parse, whose
+/// segment, carried to a decision that also serves SYNs and misses, was spilled to the stack
+/// field by field.
+#[inline(always)]
+pub fn common_v4_request(start: usize, end: usize, port: u16) -> Option<Tcp> {
+    let all = ptr_at::<[u8; ETH_HLEN + IPV4_HLEN + TCP_HLEN]>(start, end, 0)? as usize;
+    let (h, l4) = (all + ETH_HLEN, all + ETH_HLEN + IPV4_HLEN);
+    // SAFETY (every `load` below): offsets inside the 54 bytes bounds-checked just before.
+    let dport: u16 = unsafe { load(l4, tcp::DPORT) };
+    let flags: u8 = unsafe { load(l4, tcp::FLAGS) };
+    // The port and the SYN flag first: most packets that are not this path's leave here.
+    if dport != port
+        || flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+        || unsafe { load::<u16>(all, ETH_TYPE_OFF) } != ETH_P_IP_BE
+    {
+        return None;
+    }
+    // `classify_v4`: version 4 and IHL 5, TCP, no fragment offset or more-fragments flag.
+    if unsafe { load::<u8>(h, 0) } != 0x45
+        || unsafe { load::<u8>(h, ipv4::PROTO) } != IPPROTO_TCP
+        || u16::from_be(unsafe { load(h, ipv4::FRAG_OFF) }) & ipv4::MF_OFFSET_MASK != 0
+    {
+        return None;
+    }
+    // `tcp_at`: a header of at least 20 bytes; `v4_tcp`'s length check (0 is left to it).
+    let hdr_len = ((unsafe { load::<u8>(l4, tcp::DOFF) } >> 4) as usize) * 4;
+    let tot_len = u16::from_be(unsafe { load(h, ipv4::TOT_LEN) }) as usize;
+    if hdr_len < TCP_HLEN || tot_len < IPV4_HLEN + TCP_HLEN || ETH_HLEN + tot_len > end - start {
+        return None;
+    }
+    Some(Tcp {
+        family: FAMILY_V4,
+        l3_off: ETH_HLEN,
+        l4_off: ETH_HLEN + IPV4_HLEN,
+        saddr: [unsafe { load::<u32>(h, ipv4::SADDR) }, 0, 0, 0],
+        daddr: [unsafe { load::<u32>(h, ipv4::DADDR) }, 0, 0, 0],
+        sport: unsafe { load(l4, tcp::SPORT) },
+        dport,
+        flags,
+        seq: u32::from_be(unsafe { load(l4, tcp::SEQ) }),
+        ack_seq: u32::from_be(unsafe { load(l4, tcp::ACK_SEQ) }),
+        payload: tot_len - IPV4_HLEN > hdr_len,
+    })
+}
+
 /// The TCP segment of an IPv4 packet whose 20-byte header (no options, not a fragment, TCP)
 /// is at `h`, bounds-checked by the caller.
 #[inline(always)]
