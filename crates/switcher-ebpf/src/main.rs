@@ -367,7 +367,7 @@ enum Fast {
 /// CPU's cache holds ([`cached_verdict`]) is decided from the copy, and its rewrite or
 /// encapsulation done and counted, without the full parse.
 ///
-/// Why (BENCHMARKS.md, session 14): the same decision through the full parse ran 451 x86
+/// Why (BENCHMARKS.md, session 14): the same decision through the full parse ran 453 x86
 /// instructions, about a fifth of them stack stores and loads of the parsed segment's fields,
 /// which the full path keeps for SYNs and misses.
 #[inline(always)]
