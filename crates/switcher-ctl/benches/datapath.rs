@@ -567,47 +567,13 @@ fn prog_test_run(out: &mut String) {
                 set_vip(p, checked);
             }
         }
-        let before = stats(&ebpf);
-        // Interleave the programs so drift on a shared machine hits them alike, and rotate
-        // which goes first from round to round, so none always runs after the same one.
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        let mut base = Vec::new();
-        for round in 0..rounds() {
-            for turn in 0..3 {
-                match (round + turn) % 3 {
-                    0 => ours.push(test_run(&ebpf, prog_names::XDP_INGRESS, &data, REPEAT)),
-                    1 => {
-                        if let Some(p) = &peer {
-                            theirs.push(test_run(p, prog_names::XDP_INGRESS, &data, REPEAT));
-                        }
-                    }
-                    _ => base.push(test_run(&ebpf, prog_names::BENCH_XDP_PASS, &data, REPEAT)),
-                }
-            }
-        }
-        let after = stats(&ebpf);
-        let runs = u64::from(REPEAT) * rounds() as u64;
-        let took = match path {
-            Taken::Rewrite => after[0].rewrites - before[0].rewrites,
-            Taken::Pass => {
-                let u = STATS_UNSTEERED as usize;
-                after[u].passes - before[u].passes
-            }
-            Taken::Untracked => {
-                let u = STATS_UNSTEERED as usize;
-                after[u].untracked - before[u].untracked
-            }
-        };
-        // No repetition may have completed a handshake (the tracked case must be the
-        // established flow's path, not a handshake's).
-        assert_eq!(
-            after[0].established, before[0].established,
-            "{desc}: unexpected handshake completion"
-        );
-        assert_eq!(
-            took, runs,
-            "{desc}: not every repetition took the measured path"
+        let (ours, theirs, base) = interleaved_with_peer(
+            &ebpf,
+            peer.as_ref(),
+            [prog_names::XDP_INGRESS, prog_names::BENCH_XDP_PASS],
+            &data,
+            path,
+            desc,
         );
         let cpu = |c: &Cost| c.cpu;
         let kernel = |c: &Cost| c.kernel;
@@ -655,6 +621,56 @@ fn prog_test_run(out: &mut String) {
         started.elapsed()
     );
     distinct_rows(out, &mut ebpf, peer.as_mut(), median(empty_cpu));
+}
+
+/// Runs `prog` of this build, the same program of the earlier build (`peer`, if any) and the
+/// empty program `base` of this build on `data`, [`rounds`] times each, interleaved so drift
+/// on a shared machine hits them alike, with which goes first rotating from round to round,
+/// so none always runs after the same one; returns their costs (ours, the peer's, the empty
+/// program's). Asserts from the counters that every repetition of ours took `path`, and that
+/// none completed a handshake (the tracked case must be the established flow's path).
+fn interleaved_with_peer(
+    ebpf: &Ebpf,
+    peer: Option<&Ebpf>,
+    [prog, base_prog]: [&str; 2],
+    data: &[u8],
+    path: Taken,
+    desc: &str,
+) -> (Vec<Cost>, Vec<Cost>, Vec<Cost>) {
+    let before = stats(ebpf);
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut base = Vec::new();
+    for round in 0..rounds() {
+        for turn in 0..3 {
+            match (round + turn) % 3 {
+                0 => ours.push(test_run(ebpf, prog, data, REPEAT)),
+                1 => {
+                    if let Some(p) = peer {
+                        theirs.push(test_run(p, prog, data, REPEAT));
+                    }
+                }
+                _ => base.push(test_run(ebpf, base_prog, data, REPEAT)),
+            }
+        }
+    }
+    let after = stats(ebpf);
+    let runs = u64::from(REPEAT) * rounds() as u64;
+    let u = STATS_UNSTEERED as usize;
+    let took = match path {
+        Taken::Rewrite => after[0].rewrites - before[0].rewrites,
+        Taken::Pass => after[u].passes - before[u].passes,
+        Taken::Untracked => after[u].untracked - before[u].untracked,
+    };
+    assert_eq!(
+        after[0].established, before[0].established,
+        "{desc}: unexpected handshake completion"
+    );
+    assert_eq!(
+        took, runs,
+        "{desc}: not every repetition took the measured path"
+    );
+    (ours, theirs, base)
 }
 
 /// The request path through TC ingress (`switcher_tc_ingress`, for interfaces where XDP
@@ -720,34 +736,13 @@ fn tc_ingress_rows(out: &mut String, ebpf: &Ebpf, peer: Option<&Ebpf>) {
     )
     .unwrap();
     for (desc, data, path) in cases {
-        let before = stats(ebpf);
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        let mut base = Vec::new();
-        for round in 0..rounds() {
-            for turn in 0..3 {
-                match (round + turn) % 3 {
-                    0 => ours.push(test_run(ebpf, prog_names::TC_INGRESS, &data, REPEAT)),
-                    1 => {
-                        if let Some(p) = peer {
-                            theirs.push(test_run(p, prog_names::TC_INGRESS, &data, REPEAT));
-                        }
-                    }
-                    _ => base.push(test_run(ebpf, prog_names::BENCH_TC_PASS, &data, REPEAT)),
-                }
-            }
-        }
-        let after = stats(ebpf);
-        let runs = u64::from(REPEAT) * rounds() as u64;
-        let u = STATS_UNSTEERED as usize;
-        let took = match path {
-            Taken::Rewrite => after[0].rewrites - before[0].rewrites,
-            Taken::Pass => after[u].passes - before[u].passes,
-            Taken::Untracked => after[u].untracked - before[u].untracked,
-        };
-        assert_eq!(
-            took, runs,
-            "TC ingress, {desc}: not every repetition took the measured path"
+        let (ours, theirs, base) = interleaved_with_peer(
+            ebpf,
+            peer,
+            [prog_names::TC_INGRESS, prog_names::BENCH_TC_PASS],
+            &data,
+            path,
+            &format!("TC ingress, {desc}"),
         );
         // 0: TC_ACT_OK, every one of these packets'.
         assert!(
