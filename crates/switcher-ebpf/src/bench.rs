@@ -236,11 +236,7 @@ pub fn bench_cache_miss(ctx: XdpContext) -> u32 {
             flow_cache::invalidate(&steer::flow_key(&t));
         }
     }
-    xdp_request::<
-        { crate::PRODUCT_PARSE.count_early },
-        { crate::PRODUCT_PARSE.fast_exit },
-        { crate::PRODUCT_PARSE.fast_tracked },
-    >(&ctx)
+    xdp_request::<{ crate::PRODUCT_PARSE.count_early }, { crate::PRODUCT_PARSE.fast_exit }>(&ctx)
 }
 
 /// Variant, never attached: `switcher_xdp` as it was before `ParseVariant::count_early` (a
@@ -249,7 +245,7 @@ pub fn bench_cache_miss(ctx: XdpContext) -> u32 {
 #[xdp]
 #[inline(always)]
 pub fn bench_nfv_before(ctx: XdpContext) -> u32 {
-    xdp_request::<false, false, true>(&ctx)
+    xdp_request::<false, false>(&ctx)
 }
 
 /// Variant, never attached: the product's parsing and counting without the fast exit
@@ -257,7 +253,7 @@ pub fn bench_nfv_before(ctx: XdpContext) -> u32 {
 #[xdp]
 #[inline(always)]
 pub fn bench_nfv_no_fast(ctx: XdpContext) -> u32 {
-    xdp_request::<true, false, true>(&ctx)
+    xdp_request::<true, false>(&ctx)
 }
 
 /// How far a `bench_tf_*` program runs the tracked-flow path (see [`tracked_until`]).

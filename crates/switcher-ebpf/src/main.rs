@@ -131,11 +131,6 @@ struct ParseVariant {
     /// packet takes the full path. (TC ingress, the fallback attachment, keeps the full path:
     /// its rewrite's helper calls cost far more than the parse; BENCHMARKS.md, session 14.)
     fast_exit: bool,
-    /// XDP only ([`xdp_request`]): a request segment in the commonest shape (IPv4 without
-    /// options, to the VIP, not a SYN; `packet::common_v4_request`) whose flow this CPU's
-    /// cache holds is decided from the copy before any other parse ([`fast_tracked`]); every
-    /// other packet, a miss included, takes the full path.
-    fast_tracked: bool,
 }
 
 /// The variant the product uses: counting early (see BENCHMARKS.md, 2026-12-02, branch
@@ -147,7 +142,6 @@ struct ParseVariant {
 const PRODUCT_PARSE: ParseVariant = ParseVariant {
     count_early: true,
     fast_exit: true,
-    fast_tracked: true,
 };
 
 /// The request path's parse, shared by XDP and TC ingress, with a [`ParseVariant`] spelled out
@@ -262,11 +256,7 @@ fn count_steered(target: &steer::Target, len: usize, rewritten: bool, dropped: b
 #[xdp]
 #[inline(always)]
 pub fn switcher_xdp(ctx: XdpContext) -> u32 {
-    xdp_request::<
-        { PRODUCT_PARSE.count_early },
-        { PRODUCT_PARSE.fast_exit },
-        { PRODUCT_PARSE.fast_tracked },
-    >(&ctx)
+    xdp_request::<{ PRODUCT_PARSE.count_early }, { PRODUCT_PARSE.fast_exit }>(&ctx)
 }
 
 /// The verdict of a packet `t` for the VIP from this CPU's copy of its flow (`flow_cache`),
@@ -302,11 +292,10 @@ fn cached_verdict(t: &Tcp) -> Option<Verdict> {
 }
 
 /// The XDP request path with a [`ParseVariant`] spelled out: `switcher_xdp` is the product's
-/// variant, `bench::bench_nfv_*` the others.
+/// variant, `bench::bench_nfv_*` the others. Every variant takes the tracked packet's fast
+/// path ([`fast_tracked`]) first.
 #[inline(always)]
-fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool, const FAST_TRACKED: bool>(
-    ctx: &XdpContext,
-) -> u32 {
+fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool>(ctx: &XdpContext) -> u32 {
     let vip = steer::vip();
     // Read after the VIP's lookup (a helper call, which clobbers the caller-saved registers),
     // so only the context is kept across it.
@@ -316,29 +305,25 @@ fn xdp_request<const COUNT_EARLY: bool, const FAST_EXIT: bool, const FAST_TRACKE
             return xdp_action::XDP_PASS;
         }
     }
+    // A flag set in the match, not `let probed = match ..`: that form cost the hit 11 x86
+    // instructions (295 against 284, `scripts/profile-datapath.py`).
     let mut probed = false;
-    if FAST_TRACKED {
-        match fast_tracked(ctx, vip, start, end) {
-            Fast::Acted(action) => return action,
-            Fast::Missed => probed = true,
-            Fast::NotTaken => {}
-        }
+    match fast_tracked(ctx, vip, start, end) {
+        Fast::Acted(action) => return action,
+        Fast::Missed => probed = true,
+        Fast::NotTaken => {}
     }
-    // Read again past the fast exit, with loads the optimiser may not merge with the first
+    // Read again past the fast paths, with loads the optimiser may not merge with the first
     // ones: with the same values, LLVM threads what the fast exit's checks found into
     // `classify`'s, keeping flags and the packet length live (some on the stack) on the fast
     // exit's own path instead of leaving it self-contained. (`core::hint::black_box` does the
     // same through a stack round trip, which cost the tracked flow more.)
-    let (start, end) = if FAST_EXIT || FAST_TRACKED {
-        // SAFETY: the context the kernel passed, valid for the whole run.
-        unsafe {
-            (
-                core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
-                core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
-            )
-        }
-    } else {
-        (start, end)
+    // SAFETY: the context the kernel passed, valid for the whole run.
+    let (start, end) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
     };
     // This program is not frags-aware, so the kernel hands it linear packets: the readable
     // range is the whole packet.
@@ -362,7 +347,7 @@ enum Fast {
     NotTaken,
 }
 
-/// The fast path of a tracked flow's request ([`ParseVariant::fast_tracked`]): a request
+/// The fast path of a tracked flow's request (XDP, every [`ParseVariant`]): a request
 /// segment in the commonest shape (`packet::common_v4_request`) to the VIP whose flow this
 /// CPU's cache holds ([`cached_verdict`]) is decided from the copy, and its rewrite or
 /// encapsulation done and counted, without the full parse.
