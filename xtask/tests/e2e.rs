@@ -51,13 +51,52 @@ fn assert_no_gap_no_repeat(phase: &str, segs: &[u64], errors: &[String]) {
 }
 
 /// Installed in the status page: records every fragment hls.js loads (its MSN), fatal errors
-/// and how far the video has played, for the drills to read.
+/// and how far the video has played, for the drills to read; and a timed log of its loads and
+/// errors (fatal or not), printed when a drill's hls.js check fails.
 const HLS_WATCH: &str = r#"(() => {
-  window.__frags = []; window.__fatal = [];
-  window.__hls.on(window.Hls.Events.FRAG_LOADED, (_, d) => window.__frags.push(d.frag.sn));
-  window.__hls.on(window.Hls.Events.ERROR, (_, d) => { if (d.fatal) window.__fatal.push(d.details); });
+  window.__frags = []; window.__fatal = []; window.__log = [];
+  const log = (...e) => { window.__log.push([Date.now(), ...e]); if (window.__log.length > 400) window.__log.shift(); };
+  const E = window.Hls.Events;
+  window.__hls.on(E.FRAG_LOADING, (_, d) => log('frag-loading', d.frag.sn));
+  window.__hls.on(E.FRAG_LOADED, (_, d) => { window.__frags.push(d.frag.sn); log('frag-loaded', d.frag.sn); });
+  window.__hls.on(E.LEVEL_LOADED, (_, d) => log('playlist', d.details.startSN, d.details.endSN));
+  window.__hls.on(E.ERROR, (_, d) => {
+    log('error', d.details, d.fatal, d.response ? d.response.code : null, d.frag ? d.frag.sn : null);
+    if (d.fatal) window.__fatal.push(d.details);
+  });
   return true;
 })()"#;
+
+/// What a failed hls.js check prints: hls.js's log from `since` (the page's `Date.now()`),
+/// the drill's steps on the same clock, the client's TCP sockets (a connection still
+/// retransmitting into the partition shows here) and the end of switcher-ctl's log.
+fn hls_diagnosis(
+    page: &mut browser::Cdp,
+    since: f64,
+    steps: &[(&str, f64)],
+    client_ns: &str,
+    run_dir: &Path,
+) -> String {
+    let log = page.eval(&format!(
+        "JSON.stringify(window.__log.filter(e => e[0] >= {since}).map(e => [e[0] - {since}, ...e.slice(1)]))"
+    ));
+    let steps: Vec<String> = steps
+        .iter()
+        .map(|(s, t)| format!("{s} at {:.0} ms", t - since))
+        .collect();
+    let sockets = std::process::Command::new("ip")
+        .args(["netns", "exec", client_ns, "ss", "-tnoi"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| e.to_string());
+    let ctl = std::fs::read_to_string(run_dir.join("logs/switcher-ctl.log")).unwrap_or_default();
+    let ctl: Vec<&str> = ctl.lines().collect();
+    format!(
+        "steps (ms from the drill's start): {}\nhls.js: {log}\nclient sockets:\n{sockets}\nswitcher-ctl:\n{}",
+        steps.join(", "),
+        ctl[ctl.len().saturating_sub(40)..].join("\n")
+    )
+}
 
 /// One drill: a recording ffmpeg player and hls.js play the VIP; `fault` is injected; after
 /// the failover (or, for a control-plane restart, the restart) it is restored and the
@@ -80,6 +119,10 @@ fn drill(
         || player.segments().len() >= 2,
     );
     let frags_before = page.eval("window.__frags.length").as_u64().unwrap_or(0);
+    // The drill's steps on the page's clock, for `hls_diagnosis`.
+    let now = |page: &mut browser::Cdp| page.eval("Date.now()").as_f64().unwrap_or(0.0);
+    let since = now(page);
+    let mut steps = Vec::new();
     let reconnects_before = player.reconnects();
     // Every fault is injected between two of the ffmpeg player's requests, just after it
     // started a segment. ffmpeg does not retry a segment whose download fails half-way (it
@@ -101,12 +144,14 @@ fn drill(
     // half a second puts the fault between two requests without timing anything.
     std::thread::sleep(Duration::from_millis(500));
     let injected = faults::inject(fault, site, stack).expect("inject fault");
+    steps.push(("injected", now(page)));
     if fault.fails_primary() {
         wait_until(
             Duration::from_secs(20),
             &format!("{name}: failover to backup"),
             || stack.active() == "backup",
         );
+        steps.push(("failed over", now(page)));
     }
     // The player goes on through the fault: two more segments.
     let n = player.segments().len();
@@ -114,11 +159,13 @@ fn drill(
         p.segments().len() >= n + 2
     });
     injected.restore(stack).expect("restore");
+    steps.push(("restored", now(page)));
     wait_until(
         Duration::from_secs(30),
         &format!("{name}: primary active again"),
         || stack.active() == "primary",
     );
+    steps.push(("switched back", now(page)));
     let n = player.segments().len();
     player.wait_for(
         &format!("{name}: player goes on after the switchback"),
@@ -138,6 +185,7 @@ fn drill(
         );
     }
     let (segs, errors) = player.stop();
+    steps.push(("checks", now(page)));
     assert_no_gap_no_repeat(name, &segs, &errors);
     let pts = video_pts(&rec).expect("ffprobe");
     assert!(
@@ -161,7 +209,10 @@ fn drill(
         .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
         .unwrap_or_default();
     let new: BTreeSet<u64> = frags[frags_before as usize..].iter().copied().collect();
-    assert!(new.len() >= 2, "{name}: hls.js loaded {new:?}");
+    if new.len() < 2 {
+        let why = hls_diagnosis(page, since, &steps, client_ns, run_dir);
+        panic!("{name}: hls.js loaded {new:?}\n{why}");
+    }
     let distinct: Vec<u64> = frags
         .iter()
         .copied()
@@ -176,12 +227,13 @@ fn drill(
         );
     }
     let fatal = page.eval("window.__fatal.length").as_u64().unwrap_or(0);
-    assert_eq!(
-        fatal,
-        0,
-        "{name}: hls.js fatal errors: {}",
-        page.eval("JSON.stringify(window.__fatal)")
-    );
+    if fatal != 0 {
+        let why = hls_diagnosis(page, since, &steps, client_ns, run_dir);
+        panic!(
+            "{name}: hls.js fatal errors: {}\n{why}",
+            page.eval("JSON.stringify(window.__fatal)")
+        );
+    }
     eprintln!(
         "drill {name}: ffmpeg {} segments, max PTS step {hole:.3} s; hls.js {} fragments",
         segs.len(),
@@ -306,11 +358,18 @@ fn viewer_keeps_playing_through_origin_and_packager_failures() {
     // Every failure class, each with a fresh recording player and hls.js watching, then a
     // switchback. The primary is active before each drill.
     let site = stack.cfg.fault_site();
-    // `E2E_DRILLS=origin-partition,...` runs only those (when chasing one failure class).
+    // `E2E_DRILLS=origin-partition,...` runs only those, and `E2E_ROUNDS=N` runs them N times
+    // (when chasing one failure class).
     let only = std::env::var("E2E_DRILLS").unwrap_or_default();
-    for fault in Fault::ALL {
-        if only.is_empty() || only.split(',').any(|f| f == fault.name()) {
-            drill(&mut stack, &site, fault, &client_ns, &run_dir, &mut page);
+    let rounds: usize = std::env::var("E2E_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    for _ in 0..rounds {
+        for fault in Fault::ALL {
+            if only.is_empty() || only.split(',').any(|f| f == fault.name()) {
+                drill(&mut stack, &site, fault, &client_ns, &run_dir, &mut page);
+            }
         }
     }
     drop(page);

@@ -19,7 +19,8 @@ use crate::probe::ProbeError;
 /// they are delivering.
 ///
 /// Cut at once (`false`): timeouts (the probe, or its connect), a broken or stalled newest
-/// segment, a refused or failed connection: the origin is slow, stuck or gone.
+/// segment (or a corrupt one still listed: what is in flight may be it), a refused or failed
+/// connection: the origin is slow, stuck, gone or serves broken segments.
 /// May finish (`true`): HTTP errors, unusable or stale playlists, an MSN behind the other
 /// origin's, and a failure of the probe itself: the origin still delivers at full speed.
 pub fn may_finish(reason: Option<&BadReason>) -> bool {
@@ -30,6 +31,7 @@ pub fn may_finish(reason: Option<&BadReason>) -> bool {
             | ProbeError::ConnectTimeout
             | ProbeError::Segment(_)
             | ProbeError::Corrupt(_)
+            | ProbeError::CorruptListed(_)
             | ProbeError::Refused
             | ProbeError::Unreachable(_)
             | ProbeError::Io(_) => false,
@@ -61,6 +63,7 @@ mod tests {
             probe(ProbeError::ConnectTimeout),
             probe(ProbeError::Segment("cut short".into())),
             probe(ProbeError::Corrupt("shrank".into())),
+            probe(ProbeError::CorruptListed("seg7.ts".into())),
             probe(ProbeError::Refused),
             probe(ProbeError::Io("reset".into())),
             probe(ProbeError::Unreachable("no route to host".into())),

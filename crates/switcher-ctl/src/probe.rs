@@ -111,6 +111,13 @@ pub enum ProbeError {
     /// counts as bad at once.
     #[error("newest segment corrupt: {0}")]
     Corrupt(String),
+    /// A segment an earlier probe found corrupt ([`ProbeError::Corrupt`]) is still listed.
+    /// A listed segment never changes (RFC 8216 6.2.2), and any player may fetch any listed
+    /// one (a viewer joining three segments back from the live edge, hls.js refetching after a
+    /// buffer error), so the origin stays bad until its playlist no longer lists it, even
+    /// when its newest segment is whole again ([`Prober::broken`]).
+    #[error("a segment found corrupt is still listed: {0}")]
+    CorruptListed(String),
     /// The playlist parses but a value in it is out of range (a malformed or huge `#EXTINF`,
     /// a media sequence number that overflows, dates beyond the calendar or far in the
     /// future): its freshness cannot be trusted.
@@ -140,6 +147,7 @@ impl ProbeError {
             ProbeError::ConnectTimeout => "connect_timeout",
             ProbeError::Segment(_) => "segment",
             ProbeError::Corrupt(_) => "corrupt_segment",
+            ProbeError::CorruptListed(_) => "corrupt_segment_listed",
             ProbeError::Invalid(_) => "invalid",
             ProbeError::Internal(_) => "internal",
         }
@@ -150,7 +158,10 @@ impl ProbeError {
     pub fn counts_at_once(&self) -> bool {
         matches!(
             self,
-            ProbeError::Refused | ProbeError::Unreachable(_) | ProbeError::Corrupt(_)
+            ProbeError::Refused
+                | ProbeError::Unreachable(_)
+                | ProbeError::Corrupt(_)
+                | ProbeError::CorruptListed(_)
         )
     }
 }
@@ -314,10 +325,24 @@ pub fn parse_playlist(body: &[u8]) -> Result<Parsed, ProbeError> {
 /// URI of the newest segment of a media playlist (as written, maybe relative); `None` for a
 /// master playlist or one that does not parse. Pure.
 pub fn newest_segment_uri(body: &[u8]) -> Option<String> {
-    match m3u8_rs::parse_playlist_res(body).ok()? {
-        Playlist::MediaPlaylist(media) => media.segments.last().map(|s| s.uri.clone()),
-        Playlist::MasterPlaylist(_) => None,
+    segment_uris(body).pop()
+}
+
+/// URIs of every segment a media playlist lists (as written, oldest first); none for a
+/// master playlist or one that does not parse. Pure.
+pub fn segment_uris(body: &[u8]) -> Vec<String> {
+    match m3u8_rs::parse_playlist_res(body) {
+        Ok(Playlist::MediaPlaylist(media)) => media.segments.into_iter().map(|s| s.uri).collect(),
+        _ => Vec::new(),
     }
+}
+
+/// Keeps, of the segments found corrupt (`broken`), those the playlist still lists
+/// (`listed`), and gives the first of them: the origin is bad while one is listed
+/// ([`ProbeError::CorruptListed`]). Bounded by the playlist: what is kept is listed. Pure.
+pub fn still_listed(broken: &mut Vec<String>, listed: &[String]) -> Option<String> {
+    broken.retain(|b| listed.contains(b));
+    broken.first().cloned()
 }
 
 /// Checks a segment body the origin sent in full (whole, or a suffix of whole packets) for
@@ -484,6 +509,12 @@ pub struct Prober {
     /// probe that finds it shorter (a segment rewritten short while listed, which players
     /// are fetching) reports it at once, whatever bytes its tail holds.
     pub whole_sizes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// Per playlist URL, the segments found corrupt that the playlist still lists
+    /// ([`ProbeError::CorruptListed`], [`still_listed`]). Why: judged by its newest segment
+    /// alone, an origin came back as soon as a truncation ended, with the segments cut
+    /// meanwhile still in its window; a headless hls.js in the end-to-end test, refetching
+    /// them after the switchback, failed on them (2026-12-03, session 15).
+    pub broken: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
 }
 
 impl Prober {
@@ -501,6 +532,7 @@ impl Prober {
             segments,
             checked: Default::default(),
             whole_sizes: Default::default(),
+            broken: Default::default(),
         }
     }
 }
@@ -638,12 +670,45 @@ impl Prober {
                 }
             }
         };
-        if self.segments
-            && let Some(segment) = newest_segment_uri(&body)
-        {
-            self.check_segment(url, &media_uri, &segment).await?;
+        if self.segments {
+            self.check_segments(url, &media_uri, &body).await?;
         }
         Ok(facts)
+    }
+
+    /// Checks the segments of the media playlist `body`: none found corrupt is still listed,
+    /// and the newest is whole ([`Prober::check_segment`]; a corrupt one is remembered while
+    /// it is listed).
+    async fn check_segments(
+        &self,
+        key: &str,
+        playlist: &Uri,
+        body: &[u8],
+    ) -> Result<(), ProbeError> {
+        let listed = segment_uris(body);
+        let Some(newest) = listed.last() else {
+            return Ok(());
+        };
+        {
+            let mut broken = self
+                .broken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entry = broken.entry(key.to_string()).or_default();
+            if let Some(uri) = still_listed(entry, &listed) {
+                return Err(ProbeError::CorruptListed(uri));
+            }
+        }
+        let checked = self.check_segment(key, playlist, newest).await;
+        if let Err(ProbeError::Corrupt(_)) = &checked {
+            self.broken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(key.to_string())
+                .or_default()
+                .push(newest.clone());
+        }
+        checked
     }
 
     /// Fetches the newest segment: whole the first time it is listed, its tail afterwards
@@ -906,6 +971,25 @@ mod tests {
             Err(ProbeError::Corrupt(msg)) => assert!(msg.contains("1000 to 501"), "{msg}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_corrupt_segment_counts_while_listed_and_is_forgotten_once_not() {
+        let listed = |r: std::ops::RangeInclusive<u32>| -> Vec<String> {
+            r.map(|i| format!("seg{i}.ts")).collect()
+        };
+        let mut broken = vec!["seg5.ts".to_string(), "seg6.ts".to_string()];
+        assert_eq!(
+            still_listed(&mut broken, &listed(1..=6)),
+            Some("seg5.ts".into())
+        );
+        assert_eq!(
+            still_listed(&mut broken, &listed(6..=11)),
+            Some("seg6.ts".into())
+        );
+        assert_eq!(broken, ["seg6.ts"], "what left the window is forgotten");
+        assert_eq!(still_listed(&mut broken, &listed(7..=12)), None);
+        assert!(broken.is_empty());
     }
 
     #[test]

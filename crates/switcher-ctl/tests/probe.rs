@@ -371,6 +371,53 @@ async fn a_listed_segment_that_shrinks_is_reported_at_the_next_probe() {
     }
 }
 
+/// A segment found cut short keeps the origin bad while its playlist lists it, though the
+/// newer segments are whole: any player may still fetch it. Once it has left the window, the
+/// origin is good again.
+#[tokio::test]
+async fn a_corrupt_segment_keeps_the_origin_bad_while_it_is_listed() {
+    let newest = Arc::new(std::sync::atomic::AtomicU64::new(500));
+    let n = newest.clone();
+    let server = TestServer::start(Arc::new(move |path: &str| {
+        if path.ends_with("seg500.ts") {
+            // Cut short: half the packets plus a byte.
+            Reply::ok(ts_body(40)[..40 * 188 / 2 + 1].to_string())
+        } else if path.ends_with(".ts") {
+            Reply::ok(ts_body(40))
+        } else {
+            Reply::ok(playlist_aged(
+                n.load(Ordering::SeqCst),
+                Duration::from_secs(1),
+            ))
+        }
+    }))
+    .await;
+    let p = segment_prober();
+    let outcome = |r: switcher_ctl::probe::ProbeReport| r.outcome.map(|f| f.newest_msn);
+    assert!(
+        matches!(
+            outcome(p.probe(&server.url(PATH)).await),
+            Err(ProbeError::Corrupt(_))
+        ),
+        "the newest segment, cut short"
+    );
+    // Newer whole segments: seg500.ts is still in the window of WINDOW segments.
+    for msn in [501, 500 + common::WINDOW - 1] {
+        newest.store(msn, Ordering::SeqCst);
+        assert_eq!(
+            outcome(p.probe(&server.url(PATH)).await),
+            Err(ProbeError::CorruptListed("seg500.ts".into())),
+            "newest {msn}"
+        );
+    }
+    newest.store(500 + common::WINDOW, Ordering::SeqCst);
+    assert_eq!(
+        outcome(p.probe(&server.url(PATH)).await),
+        Ok(500 + common::WINDOW),
+        "seg500.ts left the window"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_segment_makes_the_origin_bad() {
     let server = origin_with_segments(|_| Reply {
