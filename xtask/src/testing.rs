@@ -49,9 +49,12 @@ impl Tally {
 pub fn run(ws: &Path, extra: &[String]) -> Result<()> {
     prereq::become_root()?;
     // What an earlier run left when it was killed before its drops ran (namespaces with XDP
-    // still attached, bpffs mounts, run directories): removed before anything starts.
+    // still attached, bpffs mounts, run directories), or a failed test kept for a look (its
+    // run directory, with the services' logs): removed before anything starts.
     for removed in test_kit::netns::reap_stale() {
-        println!("xtask test: removed {removed}, left by a killed earlier run");
+        println!(
+            "xtask test: removed {removed}, left by an earlier run (killed, or a failed test's logs)"
+        );
     }
     prereq::ensure(ws)?;
     // Binaries first: interop and end-to-end tests start them as real processes.
