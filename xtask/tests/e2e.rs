@@ -22,32 +22,20 @@ use xtask::stack::{Stack, StackConfig, http_get};
 const VIP: &str = "10.77.0.2:8080";
 const PLAYLIST: &str = "/hls/demo/index.m3u8";
 
-/// Asserts the loaded MSNs are strictly consecutive.
-fn assert_no_gap_no_repeat(phase: &str, segs: &[u64], errors: &[String]) {
-    assert!(
-        segs.len() >= 5,
-        "{phase}: the player loaded too few segments: {segs:?}\nerrors: {errors:#?}"
-    );
-    let unique: BTreeSet<_> = segs.iter().collect();
-    assert_eq!(
-        unique.len(),
-        segs.len(),
-        "{phase}: a segment was loaded twice: {segs:?}"
-    );
-    for w in segs.windows(2) {
-        assert_eq!(
-            w[1],
-            w[0] + 1,
-            "{phase}: gap between {} and {}: {segs:?}",
-            w[0],
-            w[1]
-        );
+/// Why the segments the player loaded (`segs`, MSNs in request order) and its `errors` fail
+/// the drill: too few, one loaded twice, a gap, or an error; `None` when they pass.
+fn gap_or_repeat(segs: &[u64], errors: &[String]) -> Option<String> {
+    if segs.len() < 5 {
+        return Some(format!("the player loaded too few segments: {segs:?}"));
     }
-    assert!(
-        errors.is_empty(),
-        "{phase}: player errors:\n{}",
-        errors.join("\n")
-    );
+    let unique: BTreeSet<_> = segs.iter().collect();
+    if unique.len() != segs.len() {
+        return Some(format!("a segment was loaded twice: {segs:?}"));
+    }
+    if let Some(w) = segs.windows(2).find(|w| w[1] != w[0] + 1) {
+        return Some(format!("gap between {} and {}: {segs:?}", w[0], w[1]));
+    }
+    (!errors.is_empty()).then(|| format!("player errors:\n{}", errors.join("\n")))
 }
 
 /// Installed in the status page: records every fragment hls.js loads (its MSN), fatal errors
@@ -184,9 +172,13 @@ fn drill(
             player.tail(30)
         );
     }
+    let player_log = player.tail(80);
     let (segs, errors) = player.stop();
     steps.push(("checks", now(page)));
-    assert_no_gap_no_repeat(name, &segs, &errors);
+    if let Some(failure) = gap_or_repeat(&segs, &errors) {
+        let why = hls_diagnosis(page, since, &steps, client_ns, run_dir);
+        panic!("{name}: {failure}\nffmpeg player:\n{player_log}\n{why}");
+    }
     let pts = video_pts(&rec).expect("ffprobe");
     assert!(
         pts.len() > 60,
@@ -239,6 +231,11 @@ fn drill(
         segs.len(),
         new.len()
     );
+    // `E2E_VERBOSE=1`: the same account as a failure's for every drill (when comparing a
+    // failing drill with passing ones).
+    if std::env::var_os("E2E_VERBOSE").is_some() {
+        eprintln!("{}", hls_diagnosis(page, since, &steps, client_ns, run_dir));
+    }
 }
 
 #[test]

@@ -33,6 +33,13 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 64;
 /// Default cap on the request target's length; HLS paths are short.
 pub const DEFAULT_MAX_URI_BYTES: usize = 2048;
+/// Default [`Config::segment_wait`]: far above the few to tens of milliseconds by which two
+/// packagers of the same stream write the same segment apart (12-76 ms seen in the end-to-end
+/// test), and half a 2 s target duration, so that a request for a segment that will not come
+/// is still answered within the segment's own time.
+pub const DEFAULT_SEGMENT_WAIT: Duration = Duration::from_secs(1);
+/// Default [`Config::max_segment_waiters`].
+pub const DEFAULT_MAX_SEGMENT_WAITERS: usize = 256;
 /// hyper refuses an HTTP/1 read buffer smaller than this.
 const HYPER_MIN_BUF_BYTES: usize = 8192;
 
@@ -81,6 +88,18 @@ pub struct Config {
     /// Off by default (live files are page-cache hot, see `handler::App`); turn on for slow or
     /// network file systems.
     pub offload_file_io: bool,
+    /// How long a request for a segment that is not there waits for it to appear before its
+    /// 404 (zero: no wait; checked every `handler::SEGMENT_POLL`). Why: origins fed by separate
+    /// packagers write the same segment some milliseconds apart, and a player may take the
+    /// playlist from one and the segment from another (the edge moves its connections one by
+    /// one when it fails over, drains or balances, and players keep several). Without the
+    /// wait, the newest listed segment was a 404 on the origin that had not written it yet
+    /// (docs/ARCHITECTURE.md, "Interchangeable packagers").
+    pub segment_wait: Duration,
+    /// Requests waiting for a segment at once ([`Config::segment_wait`]); beyond this a
+    /// missing segment is a 404 at once, so requests for names that never come cannot make the
+    /// server poll the file system without bound.
+    pub max_segment_waiters: usize,
 }
 
 impl Config {
@@ -100,6 +119,8 @@ impl Config {
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
             tls: None,
             offload_file_io: false,
+            segment_wait: DEFAULT_SEGMENT_WAIT,
+            max_segment_waiters: DEFAULT_MAX_SEGMENT_WAITERS,
         }
     }
 

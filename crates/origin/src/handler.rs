@@ -8,9 +8,10 @@
 
 use std::convert::Infallible;
 use std::io::Read;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
@@ -63,7 +64,16 @@ pub struct App {
     /// Run file-system calls on tokio's blocking pool instead of inline (see
     /// [`crate::Config::offload_file_io`]).
     pub offload_file_io: bool,
+    /// How long a missing segment is waited for ([`crate::Config::segment_wait`]).
+    pub segment_wait: Duration,
+    /// Slots of requests waiting for a segment ([`crate::Config::max_segment_waiters`]).
+    pub segment_waiters: Arc<tokio::sync::Semaphore>,
 }
+
+/// How often a request waiting for a segment ([`App::segment_wait`]) looks for it again: a
+/// few file-system lookups per waiting request over a wait, and a segment is served within
+/// this of being written.
+pub const SEGMENT_POLL: Duration = Duration::from_millis(5);
 
 /// Answers one request and records its metrics. Never fails: every problem is a status code.
 pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>, Infallible> {
@@ -199,9 +209,8 @@ async fn serve_file(
         let source = Source::Memory(prepared.body.clone(), prepared.content_length.clone());
         (validators, source)
     } else {
-        let root = app.root.clone();
-        let key = relative.clone();
-        let opened = app.fs(move || root.open_file(&relative)).await;
+        let opened = open_segment(app, &relative).await;
+        let key = relative;
         let OpenFile { file, version, .. } = match opened {
             Ok(Ok(file)) => file,
             Ok(Err(FileError::NotFound)) => return not_found(),
@@ -459,6 +468,43 @@ fn add_cors(h: &mut HeaderMap) {
     // `*`: the streams are public and requests carry no credentials.
     set(h, ACCESS_CONTROL_ALLOW_ORIGIN, "*");
     set(h, ACCESS_CONTROL_EXPOSE_HEADERS, CORS_EXPOSE_HEADERS);
+}
+
+/// Opens the segment `relative`. One that is not there is waited for, up to
+/// [`App::segment_wait`] while a waiting slot is free, and looked for again every
+/// [`SEGMENT_POLL`]: another origin's packager may have listed it already
+/// ([`crate::Config::segment_wait`]).
+async fn open_segment(app: &App, relative: &Path) -> std::io::Result<Result<OpenFile, FileError>> {
+    let open = || {
+        let (root, relative) = (app.root.clone(), relative.to_path_buf());
+        app.fs(move || root.open_file(&relative))
+    };
+    let missing = |r: &std::io::Result<Result<OpenFile, FileError>>| {
+        matches!(r, Ok(Err(FileError::NotFound)))
+    };
+    let first = open().await;
+    if !missing(&first) || app.segment_wait.is_zero() {
+        return first;
+    }
+    let outcome = |o: &str| app.metrics.segment_waits.with_label_values(&[o]).inc();
+    let Ok(_slot) = app.segment_waiters.try_acquire() else {
+        outcome("no_slot");
+        return first;
+    };
+    let deadline = tokio::time::Instant::now() + app.segment_wait;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            outcome("timed_out");
+            return first;
+        }
+        tokio::time::sleep(SEGMENT_POLL.min(deadline - now)).await;
+        let again = open().await;
+        if !missing(&again) {
+            outcome("appeared");
+            return again;
+        }
+    }
 }
 
 fn not_found() -> Response<Body> {

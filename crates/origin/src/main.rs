@@ -63,6 +63,13 @@ struct Cli {
     /// Run file-system calls on a blocking thread pool (for slow or network file systems).
     #[arg(long, env = "ORIGIN_OFFLOAD_FILE_IO")]
     offload_file_io: bool,
+    /// Seconds a request for a segment that is not there waits for it to appear before its
+    /// 404 (0: none): another origin's packager may have listed it a few milliseconds earlier.
+    #[arg(long, env = "ORIGIN_SEGMENT_WAIT_SECONDS", default_value_t = config::DEFAULT_SEGMENT_WAIT.as_secs_f64())]
+    segment_wait_seconds: f64,
+    /// Requests waiting for a segment at once; beyond it a missing segment is a 404 at once.
+    #[arg(long, env = "ORIGIN_MAX_SEGMENT_WAITERS", default_value_t = config::DEFAULT_MAX_SEGMENT_WAITERS)]
+    max_segment_waiters: usize,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -109,6 +116,8 @@ fn main() -> anyhow::Result<()> {
         max_headers: cli.max_headers,
         max_uri_bytes: cli.max_uri_bytes,
         offload_file_io: cli.offload_file_io,
+        segment_wait: seconds("segment-wait-seconds", cli.segment_wait_seconds)?,
+        max_segment_waiters: cli.max_segment_waiters,
         tls: match (cli.tls_cert, cli.tls_key) {
             (Some(cert), Some(key)) => Some(origin::TlsFiles { cert, key }),
             _ => None,

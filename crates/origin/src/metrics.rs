@@ -51,6 +51,10 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     /// `origin_cache_size_bytes`: bytes of segment bodies held in memory.
     pub cache_bytes: IntGauge,
+    /// `origin_segment_waits_total{outcome}`: requests for a segment that was not there
+    /// (`Config::segment_wait`), by outcome: `appeared` (served once written), `timed_out`
+    /// (404 after the wait), `no_slot` (404 at once: `max_segment_waiters` were waiting).
+    pub segment_waits: IntCounterVec,
     // The series every request touches, resolved once: `with_label_values` hashes the labels
     // and takes a lock on each call, which showed in the per-request profile.
     by_class: [ClassSeries; RouteClass::ALL.len()],
@@ -127,7 +131,15 @@ impl Metrics {
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(cache_hits.clone()))?;
         registry.register(Box::new(cache_misses.clone()))?;
+        let segment_waits = IntCounterVec::new(
+            Opts::new(
+                "origin_segment_waits_total",
+                "Requests for a segment that was not there yet, by outcome (appeared, timed_out, no_slot).",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(segment_waits.clone()))?;
         let by_class = RouteClass::ALL.map(|class| ClassSeries {
             ok: requests.with_label_values(&[class.as_str(), http::StatusCode::OK.as_str()]),
             duration: request_duration.with_label_values(&[class.as_str()]),
@@ -146,6 +158,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_bytes,
+            segment_waits,
         })
     }
 

@@ -106,6 +106,8 @@ impl Shared {
             metrics: Metrics::new()?,
             max_uri_bytes: config.max_uri_bytes,
             offload_file_io: config.offload_file_io,
+            segment_wait: config.segment_wait,
+            segment_waiters: Arc::new(tokio::sync::Semaphore::new(config.max_segment_waiters)),
         });
         Ok(Arc::new(Self {
             app,

@@ -418,3 +418,72 @@ async fn offloaded_file_io_serves_the_same() {
     assert_eq!(r.body, &data[10..20]);
     assert_eq!(server.get("/hls/demo/missing.ts").await.status, 404);
 }
+
+/// Another origin's packager may list a segment a few milliseconds before this one writes it
+/// (`Config::segment_wait`): a request for it in between is answered once it is written, not
+/// with a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_written_while_it_is_asked_for_is_served() {
+    let server = Server::start(|_| {}).await;
+    let data = segment_bytes(SEGMENT_LEN);
+    let (addr, root) = (server.addr, server.root());
+    let writer = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            let tmp = root.join("demo/.tmp-seg2");
+            std::fs::write(&tmp, &data).expect("write");
+            std::fs::rename(&tmp, root.join("demo/seg2.ts")).expect("rename");
+        })
+    };
+    let r = raw(
+        addr,
+        b"GET /hls/demo/seg2.ts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    writer.await.expect("writer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, data);
+    let text = server.get("/metrics").await.text();
+    assert_eq!(
+        metric(&text, r#"origin_segment_waits_total{outcome="appeared"}"#),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+/// A segment that does not come is a 404 after the wait; with every waiting slot taken, a
+/// 404 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_that_does_not_come_is_a_404_and_waiters_are_bounded() {
+    let server = Server::start(|c| {
+        c.segment_wait = std::time::Duration::from_millis(600);
+        c.max_segment_waiters = 1;
+    })
+    .await;
+    let addr = server.addr;
+    let first = tokio::spawn(async move {
+        raw(
+            addr,
+            b"GET /hls/demo/never.ts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
+    // Well inside the first request's wait, which holds the only slot.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(server.get("/hls/demo/never2.ts").await.status, 404);
+    let no_slot = r#"origin_segment_waits_total{outcome="no_slot"}"#;
+    assert_eq!(
+        metric(&server.get("/metrics").await.text(), no_slot),
+        Some(1.0),
+        "the second request did not wait"
+    );
+    assert_eq!(first.await.expect("first").status, 404);
+    let text = server.get("/metrics").await.text();
+    assert_eq!(
+        metric(&text, r#"origin_segment_waits_total{outcome="timed_out"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, no_slot), Some(1.0), "{text}");
+}
