@@ -26,7 +26,7 @@ use crate::body::{Body, FileRange};
 use crate::cache::{PlaylistCache, Prepared, SegmentCache};
 use crate::conditional;
 use crate::files::{FileError, OpenFile, Root};
-use crate::hls::{MediaKind, NO_STORE};
+use crate::hls::{MediaKind, NO_STORE, TS_PACKET_BYTES};
 use crate::metrics::{self, Metrics};
 use crate::range::{self, RangeRequest};
 use crate::route::{self, Route, RouteClass};
@@ -217,6 +217,15 @@ async fn serve_file(
             Ok(Err(FileError::Io(e))) => return internal_error(&e),
             Err(e) => return internal_error(&e),
         };
+        // A transport stream that is not a whole number of packets was cut short (a full
+        // disk, a writer that died, a bad copy): served as it is, a player would take half a
+        // segment as whole, and a player's decoder can fail on it seconds later, when it plays
+        // that part (hls.js in the end-to-end test, session 15). A 5xx instead is an error the
+        // player sees at once and retries, by then through the edge on a healthy origin, and
+        // the edge's probe judges the origin on it (`switcher-ctl`'s `ProbeError::Corrupt`).
+        if kind == MediaKind::TransportStream && version.len % TS_PACKET_BYTES != 0 {
+            return cut_short(&key, version.len);
+        }
         let validators = Validators {
             etag: header_value(version.etag()),
             last_modified: header_value(httpdate::fmt_http_date(version.modified())),
@@ -505,6 +514,22 @@ async fn open_segment(app: &App, relative: &Path) -> std::io::Result<Result<Open
             return again;
         }
     }
+}
+
+/// The answer for a transport stream segment that is not whole packets (see
+/// [`serve_file`]): 500, counted, logged at most once a second.
+fn cut_short(relative: &Path, len: u64) -> Response<Body> {
+    static LAST_LOGGED_S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now_s = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_LOGGED_S.swap(now_s, std::sync::atomic::Ordering::Relaxed) != now_s {
+        tracing::warn!(path = %relative.display(), len, "segment is not whole MPEG-TS packets (cut short?): answered 500");
+    }
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "segment is not whole MPEG-TS packets (cut short?)\n",
+    )
 }
 
 fn not_found() -> Response<Body> {

@@ -11,6 +11,9 @@ pub const PLAYLIST_CACHE_CONTROL: &str = "no-cache";
 /// Segments are immutable once renamed into place (the packager names each one once, by
 /// stream time), so caches may keep them as long as they like.
 pub const SEGMENT_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+/// MPEG-TS packet size (ISO/IEC 13818-1 2.4.3.2; RFC 8216 3.2): a whole `.ts` segment is a
+/// whole number of these, and one that is not was cut short (see `handler::serve_file`).
+pub const TS_PACKET_BYTES: u64 = 188;
 /// Health, metrics and error responses describe the present moment only.
 pub const NO_STORE: &str = "no-store";
 

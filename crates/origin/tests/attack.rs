@@ -33,7 +33,7 @@ impl Origin {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("demo")).expect("mkdir");
         std::fs::write(dir.path().join("demo/index.m3u8"), PLAYLIST).expect("playlist");
-        std::fs::write(dir.path().join("demo/seg1.ts"), vec![7u8; 100_000]).expect("segment");
+        std::fs::write(dir.path().join("demo/seg1.ts"), vec![7u8; 532 * 188]).expect("segment");
         let mut child = Command::new(env!("CARGO_BIN_EXE_origin"))
             .arg("--root")
             .arg(dir.path())
@@ -169,7 +169,7 @@ fn idle_h2_prefaces_are_closed_and_a_good_client_is_served() {
     let (status, body) = origin.get_from(GOOD_CLIENT, "/hls/demo/index.m3u8");
     assert_eq!((status, body.as_slice()), (200, PLAYLIST.as_bytes()));
     let (status, body) = origin.get_from(GOOD_CLIENT, "/hls/demo/seg1.ts");
-    assert_eq!((status, body.len()), (200, 100_000));
+    assert_eq!((status, body.len()), (200, 532 * 188));
 
     for (i, stream) in attack.iter_mut().enumerate() {
         assert!(

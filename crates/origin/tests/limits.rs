@@ -199,7 +199,8 @@ async fn connection_cap_queues_extra_clients() {
 async fn graceful_shutdown_finishes_in_flight_response() {
     // 32 MiB, streamed (above the cache entry limit), read slowly: far more than loopback
     // socket buffers hold, so the response is still in flight when shutdown starts.
-    const BIG: usize = 32 * 1024 * 1024;
+    // About 32 MiB, whole MPEG-TS packets (the origin refuses a `.ts` that is not).
+    const BIG: usize = (32 << 20) / 188 * 188;
     let mut server = Server::start(|c| {
         c.cache_max_entry_bytes = 1024;
         c.shutdown_grace = Duration::from_secs(20);
@@ -251,7 +252,8 @@ async fn shutdown_is_bounded_by_grace() {
     .await;
     std::fs::write(
         server.root().join("demo/big.ts"),
-        vec![7u8; 32 * 1024 * 1024],
+        // About 32 MiB, whole MPEG-TS packets (the origin refuses a `.ts` that is not).
+        vec![7u8; (32 << 20) / 188 * 188],
     )
     .expect("write big");
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");

@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 const WINDOW: usize = 6;
 /// Segments the live stream goes through in the test.
 const SEGMENTS: usize = 30;
-const SEGMENT_BYTES: usize = 200_000;
+/// About 200 kB, whole MPEG-TS packets (the origin refuses a `.ts` that is not).
+const SEGMENT_BYTES: usize = 1064 * 188;
 
 #[tokio::test]
 async fn deleted_segments_are_released_from_the_cache() {

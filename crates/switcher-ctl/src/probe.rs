@@ -742,6 +742,11 @@ impl Prober {
             .map_err(|e| match e {
                 ProbeError::Io(msg) => ProbeError::Segment(msg),
                 ProbeError::HttpStatus(code) => ProbeError::Segment(format!("HTTP {code}")),
+                // The playlist was served and its newest segment is not: every player fetching
+                // it now gets the error. Our origin answers a cut-short transport stream so
+                // (`origin`'s `handler::serve_file`), and remembering it keeps the origin bad
+                // while it is listed, as for a cut body served whole.
+                ProbeError::Http5xx(code) => ProbeError::Corrupt(format!("HTTP {code} for it")),
                 other => other,
             })?;
         let is_ts = target.path().ends_with(".ts");

@@ -418,6 +418,29 @@ async fn a_corrupt_segment_keeps_the_origin_bad_while_it_is_listed() {
     );
 }
 
+/// A 5xx for the newest segment of a playlist that was served (our origin's answer for a
+/// segment cut short) is a corrupt segment: bad at once, and remembered while listed.
+#[tokio::test]
+async fn a_5xx_for_the_newest_segment_is_a_corrupt_segment() {
+    let server = origin_with_segments(|_| Reply {
+        status: 500,
+        body: "segment is not whole MPEG-TS packets (cut short?)\n".into(),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let p = segment_prober();
+    let r = p.probe(&server.url(PATH)).await;
+    assert_eq!(
+        r.outcome,
+        Err(ProbeError::Corrupt("HTTP 500 for it".into()))
+    );
+    assert!(r.outcome.unwrap_err().counts_at_once());
+    assert_eq!(
+        p.probe(&server.url(PATH)).await.outcome,
+        Err(ProbeError::CorruptListed("seg500.ts".into()))
+    );
+}
+
 #[tokio::test]
 async fn a_missing_segment_makes_the_origin_bad() {
     let server = origin_with_segments(|_| Reply {

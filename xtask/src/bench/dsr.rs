@@ -804,7 +804,8 @@ fn measure(
         mib,
     } = w;
     // The same file on both origin hosts.
-    let size = mib << 20;
+    // Whole MPEG-TS packets: the origin refuses a `.ts` that is not (cut short).
+    let size = (mib << 20) / 188 * 188;
     let mut content = vec![0u8; size];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut content)?;
     for o in ORIGIN_HOSTS {

@@ -44,8 +44,9 @@ const WRK_CONNECTIONS: &str = "-c50";
 const WRK_DURATION: &str = "-d5s";
 /// Interleaved rounds per case by default (`ORIGIN_BENCH_ROUNDS` overrides).
 const DEFAULT_ROUNDS: usize = 5;
-/// Segment size: one 2 s segment of a ~4 Mbit/s rendition.
-const SEGMENT_BYTES: usize = 1024 * 1024;
+/// Segment size: one 2 s segment of a ~4 Mbit/s rendition, whole MPEG-TS packets (the origin
+/// refuses a `.ts` that is not, as cut short).
+const SEGMENT_BYTES: usize = (1 << 20) / 188 * 188;
 /// Playlist size target: a 6-segment window with PROGRAM-DATE-TIME tags is about this big.
 const PLAYLIST_TARGET_BYTES: usize = 600;
 /// How long a server may take to answer its first request.

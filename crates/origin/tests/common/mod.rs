@@ -28,8 +28,9 @@ pub struct Server {
 
 pub const PLAYLIST: &str = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n#EXTINF:2.0,\nseg1.ts\n";
 pub const SECRET: &str = "TOP-SECRET-OUTSIDE-ROOT";
-/// Length of the generated segment `demo/seg1.ts`.
-pub const SEGMENT_LEN: usize = 10_000;
+/// Length of the generated segment `demo/seg1.ts`: 53 MPEG-TS packets (the origin refuses a
+/// `.ts` that is not whole packets as cut short).
+pub const SEGMENT_LEN: usize = 53 * 188;
 
 /// Deterministic, position-dependent bytes so that a wrong slice is detected.
 pub fn segment_bytes(len: usize) -> Vec<u8> {
