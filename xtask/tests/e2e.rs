@@ -55,10 +55,10 @@ const HLS_WATCH: &str = r#"(() => {
   return true;
 })()"#;
 
-/// What a failed hls.js check prints: hls.js's log from `since` (the page's `Date.now()`),
+/// What a failed player check prints: hls.js's log from `since` (the page's `Date.now()`),
 /// the drill's steps on the same clock, the client's TCP sockets (a connection still
 /// retransmitting into the partition shows here) and the end of switcher-ctl's log.
-fn hls_diagnosis(
+fn drill_account(
     page: &mut browser::Cdp,
     since: f64,
     steps: &[(&str, f64)],
@@ -72,8 +72,10 @@ fn hls_diagnosis(
         .iter()
         .map(|(s, t)| format!("{s} at {:.0} ms", t - since))
         .collect();
-    let sockets = std::process::Command::new("ip")
-        .args(["netns", "exec", client_ns, "ss", "-tnoi"])
+    let argv = xtask::stack::command_prefix(Some(client_ns), None);
+    let sockets = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["ss", "-tnoi"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_else(|e| e.to_string());
@@ -107,7 +109,7 @@ fn drill(
         || player.segments().len() >= 2,
     );
     let frags_before = page.eval("window.__frags.length").as_u64().unwrap_or(0);
-    // The drill's steps on the page's clock, for `hls_diagnosis`.
+    // The drill's steps on the page's clock, for `drill_account`.
     let now = |page: &mut browser::Cdp| page.eval("Date.now()").as_f64().unwrap_or(0.0);
     let since = now(page);
     let mut steps = Vec::new();
@@ -176,7 +178,7 @@ fn drill(
     let (segs, errors) = player.stop();
     steps.push(("checks", now(page)));
     if let Some(failure) = gap_or_repeat(&segs, &errors) {
-        let why = hls_diagnosis(page, since, &steps, client_ns, run_dir);
+        let why = drill_account(page, since, &steps, client_ns, run_dir);
         panic!("{name}: {failure}\nffmpeg player:\n{player_log}\n{why}");
     }
     let pts = video_pts(&rec).expect("ffprobe");
@@ -202,7 +204,7 @@ fn drill(
         .unwrap_or_default();
     let new: BTreeSet<u64> = frags[frags_before as usize..].iter().copied().collect();
     if new.len() < 2 {
-        let why = hls_diagnosis(page, since, &steps, client_ns, run_dir);
+        let why = drill_account(page, since, &steps, client_ns, run_dir);
         panic!("{name}: hls.js loaded {new:?}\n{why}");
     }
     let distinct: Vec<u64> = frags
@@ -220,7 +222,7 @@ fn drill(
     }
     let fatal = page.eval("window.__fatal.length").as_u64().unwrap_or(0);
     if fatal != 0 {
-        let why = hls_diagnosis(page, since, &steps, client_ns, run_dir);
+        let why = drill_account(page, since, &steps, client_ns, run_dir);
         panic!(
             "{name}: hls.js fatal errors: {}\n{why}",
             page.eval("JSON.stringify(window.__fatal)")
@@ -234,7 +236,7 @@ fn drill(
     // `E2E_VERBOSE=1`: the same account as a failure's for every drill (when comparing a
     // failing drill with passing ones).
     if std::env::var_os("E2E_VERBOSE").is_some() {
-        eprintln!("{}", hls_diagnosis(page, since, &steps, client_ns, run_dir));
+        eprintln!("{}", drill_account(page, since, &steps, client_ns, run_dir));
     }
 }
 
