@@ -296,7 +296,11 @@ pub fn services() -> Vec<Service> {
                 addr: any(ORIGIN_PORTS[i]),
             }],
             scrape: Some("origin"),
-            settings: vec![("root", format!("{STATE_DIR}/{side}"))],
+            settings: vec![
+                ("root", format!("{STATE_DIR}/{side}")),
+                // The other origin's copy, for a file this one cannot serve (origin's `peer`).
+                ("peer", local_url(ORIGIN_PORTS[1 - i])),
+            ],
             env_file: format!("origin-{side}.env"),
             in_edge_target: true,
         });

@@ -106,6 +106,7 @@ pub fn run(ws: &Path, args: RunArgs) -> Result<()> {
         switcher_args: vec!["--policy".into(), args.policy.clone()],
         admin: stack::SWITCHER_ADMIN.into(),
         origins: args.origins,
+        peer_fill: true,
     };
     let stop = Arc::new(AtomicBool::new(false));
     {

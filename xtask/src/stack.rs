@@ -75,6 +75,9 @@ pub struct StackConfig {
     /// named by [`crate::layout::origin_names`] ([`crate::layout::DEFAULT_ORIGINS`]: the
     /// primary and the backup).
     pub origins: usize,
+    /// Give each origin every other one as a peer (`--peer`, origin's `peer` module). On by
+    /// default; off only to measure what it changes (`FAILOVER_BENCH_PEERS=0`).
+    pub peer_fill: bool,
 }
 
 impl StackConfig {
@@ -106,6 +109,7 @@ impl StackConfig {
             switcher_args: vec!["--admin-socket".into(), admin_socket],
             admin: SWITCHER_ADMIN.into(),
             origins: crate::layout::DEFAULT_ORIGINS,
+            peer_fill: true,
         }
     }
 
@@ -306,8 +310,21 @@ impl Stack {
                 ),
             );
         }
+        let vip_host = cfg.vip.ip();
+        let origin_url = |i: usize| {
+            format!(
+                "http://{}:{}",
+                host_for(vip_host),
+                crate::layout::origin_port(i)
+            )
+        };
         for (i, which) in names.iter().enumerate() {
             let port = crate::layout::origin_port(i);
+            // Every other origin is a peer, the next one first, so that the fills of several
+            // failing origins spread (origin's `peer`: a file this one cannot serve).
+            let peers = (1..names.len())
+                .filter(|_| cfg.peer_fill)
+                .flat_map(|k| ["--peer".into(), origin_url((i + k) % names.len())]);
             services.insert(
                 format!("origin-{which}"),
                 svc(
@@ -325,13 +342,13 @@ impl Stack {
                             .into_iter()
                             .flatten(),
                     )
+                    .chain(peers)
                     .collect(),
                     false,
                     Some(format!("{}:{port}", host_for(cfg.local_ip()))),
                 ),
             );
         }
-        let vip_host = cfg.vip.ip();
         let mut sw = vec![
             cfg.bin("switcher-ctl"),
             "run".into(),
@@ -346,13 +363,6 @@ impl Stack {
             "--admin".into(),
             cfg.admin.to_string(),
         ];
-        let origin_url = |i: usize| {
-            format!(
-                "http://{}:{}",
-                host_for(vip_host),
-                crate::layout::origin_port(i)
-            )
-        };
         if cfg.origins == crate::layout::DEFAULT_ORIGINS {
             // The seed's two-origin shorthand, as the deployment's units use it.
             sw.extend([
@@ -735,6 +745,7 @@ mod tests {
             switcher_args: vec!["--policy".into(), policy.into()],
             admin: SWITCHER_ADMIN.into(),
             origins,
+            peer_fill: true,
         }
     }
 
@@ -774,6 +785,15 @@ mod tests {
             ["127.0.0.1:8084", "[::1]:8084"]
         );
         assert_eq!(arg_after(origin4, "--root"), ["/run-dir/hls-o4"]);
+        // Every other origin is a peer, the next one first.
+        assert_eq!(
+            arg_after(origin4, "--peer"),
+            [
+                "http://127.0.0.1:8081",
+                "http://127.0.0.1:8082",
+                "http://127.0.0.1:8083"
+            ]
+        );
         let packager3 = &stack.services["packager-o3"];
         assert_eq!(arg_after(&packager3.argv, "--admin"), ["127.0.0.1:9185"]);
         assert_eq!(arg_after(&packager3.argv, "--out"), ["/run-dir/hls-o3"]);

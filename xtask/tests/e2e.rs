@@ -20,6 +20,8 @@ use xtask::player::{Player, pts_holes, video_pts};
 use xtask::stack::{Stack, StackConfig, http_get};
 
 const VIP: &str = "10.77.0.2:8080";
+/// The edge's address, where the origins listen too (a player on one origin itself).
+const EDGE_IP: &str = "10.77.0.2";
 const PLAYLIST: &str = "/hls/demo/index.m3u8";
 
 /// Why the segments the player loaded (`segs`, MSNs in request order) and its `errors` fail
@@ -108,6 +110,17 @@ fn drill(
         &format!("{name}: player loads 2 segments"),
         || player.segments().len() >= 2,
     );
+    // A storage fault leaves the origin process up. A player on that origin itself, which the
+    // edge does not move, plays on through the fault with the peer's copies of what the origin
+    // cannot serve (origin's `peer`): what every player still on the origin before the failover
+    // gets, here for the whole fault.
+    let storage = matches!(fault, Fault::OriginTruncate | Fault::Origin5xx);
+    let direct = storage.then(|| {
+        let rec = run_dir.join(format!("rec-{name}-direct.ts"));
+        let url = format!("http://{EDGE_IP}:{}{PLAYLIST}", site.port);
+        let player = Player::start(Some(client_ns), &url, &rec).expect("start direct player");
+        (player, rec)
+    });
     let frags_before = page.eval("window.__frags.length").as_u64().unwrap_or(0);
     // The drill's steps on the page's clock, for `drill_account`.
     let now = |page: &mut browser::Cdp| page.eval("Date.now()").as_f64().unwrap_or(0.0);
@@ -194,6 +207,9 @@ fn drill(
     );
     assert_eq!(repeats, 0, "{name}: repeated video in the recording");
     let _ = std::fs::remove_file(&rec);
+    if let Some((direct, rec)) = direct {
+        check_direct_player(name, fault, direct, &rec, site, client_ns);
+    }
     // hls.js went on too: more fragments, none skipped, no fatal error. A fragment loaded
     // again is hls.js's own recovery (it refetches one it could not buffer whole), not a
     // skip: compare the distinct MSNs.
@@ -238,6 +254,59 @@ fn drill(
     if std::env::var_os("E2E_VERBOSE").is_some() {
         eprintln!("{}", drill_account(page, since, &steps, client_ns, run_dir));
     }
+}
+
+/// The player on the faulty origin itself (see `drill`): it recorded every segment whole, in
+/// order, without a hole, and the origin served it peer copies for the fault's reason.
+fn check_direct_player(
+    name: &str,
+    fault: Fault,
+    player: Player,
+    rec: &Path,
+    site: &Site,
+    client_ns: &str,
+) {
+    let log = player.tail(80);
+    let (segs, errors) = player.stop();
+    if let Some(failure) = gap_or_repeat(&segs, &errors) {
+        panic!(
+            "{name}: the player on the {} origin itself: {failure}\n{log}",
+            site.origin
+        );
+    }
+    let (hole, repeats) = pts_holes(&video_pts(rec).expect("ffprobe"));
+    assert!(
+        hole <= 1.0 && repeats == 0,
+        "{name}: the player on the origin itself recorded a {hole:.2} s hole, {repeats} repeats ({segs:?})"
+    );
+    let _ = std::fs::remove_file(rec);
+    let origin = format!("{EDGE_IP}:{}", site.port);
+    let metrics = http_get(Some(client_ns), &origin, "/metrics", Duration::from_secs(2))
+        .expect("origin metrics")
+        .text();
+    let reason = if fault == Fault::OriginTruncate {
+        "cut_short"
+    } else {
+        "unreadable"
+    };
+    let filled = test_kit::metrics::value(
+        &metrics,
+        &format!(r#"origin_peer_fills_total{{outcome="filled",reason="{reason}"}}"#),
+    )
+    .unwrap_or(0.0);
+    assert!(
+        filled >= 1.0,
+        "{name}: the origin served no peer copy ({reason}), so the player never met the fault:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("origin_peer_fills_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!(
+        "drill {name}: the player on the origin itself {} segments, max PTS step {hole:.3} s; {filled} peer fills ({reason})",
+        segs.len()
+    );
 }
 
 #[test]

@@ -40,6 +40,14 @@ pub const DEFAULT_MAX_URI_BYTES: usize = 2048;
 pub const DEFAULT_SEGMENT_WAIT: Duration = Duration::from_secs(1);
 /// Default [`Config::max_segment_waiters`].
 pub const DEFAULT_MAX_SEGMENT_WAITERS: usize = 256;
+/// Default [`Config::peer_fill_timeout`]: a peer on the edge's network answers a segment in
+/// milliseconds; a second is what a player that is waiting for its segment can spare (hls.js
+/// waits 10 s for a first byte, ffmpeg longer).
+pub const DEFAULT_PEER_FILL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default [`Config::max_peer_fills`]: requests for one file share one fill, so this bounds the
+/// distinct files asked of peers at once (at most this many times `peer::MAX_FILL_BYTES` in
+/// memory).
+pub const DEFAULT_MAX_PEER_FILLS: usize = 16;
 /// hyper refuses an HTTP/1 read buffer smaller than this.
 const HYPER_MIN_BUF_BYTES: usize = 8192;
 
@@ -100,6 +108,16 @@ pub struct Config {
     /// missing segment is a 404 at once, so requests for names that never come cannot make the
     /// server poll the file system without bound.
     pub max_segment_waiters: usize,
+    /// Base URLs of peer origins (`http://HOST:PORT`), asked in this order for a file this
+    /// origin cannot serve from its own directory: a segment cut short or still missing after
+    /// [`Config::segment_wait`], a file it fails to read (see [`crate::peer`]). Their packagers
+    /// write byte-identical files, so their copy is served instead of an error. Empty: no
+    /// peer fill.
+    pub peers: Vec<String>,
+    /// Time one fill has in all, over every peer it asks.
+    pub peer_fill_timeout: Duration,
+    /// Files filled from peers at once; beyond it, the request gets this origin's own error.
+    pub max_peer_fills: usize,
 }
 
 impl Config {
@@ -121,6 +139,9 @@ impl Config {
             offload_file_io: false,
             segment_wait: DEFAULT_SEGMENT_WAIT,
             max_segment_waiters: DEFAULT_MAX_SEGMENT_WAITERS,
+            peers: Vec::new(),
+            peer_fill_timeout: DEFAULT_PEER_FILL_TIMEOUT,
+            max_peer_fills: DEFAULT_MAX_PEER_FILLS,
         }
     }
 
@@ -159,6 +180,15 @@ impl Config {
         if self.max_headers == 0 || self.max_uri_bytes == 0 {
             return Err(Error::Config(
                 "max_headers and max_uri_bytes must be positive".into(),
+            ));
+        }
+        for url in &self.peers {
+            crate::peer::Peer::parse(url)?;
+        }
+        if !self.peers.is_empty() && (self.peer_fill_timeout.is_zero() || self.max_peer_fills == 0)
+        {
+            return Err(Error::Config(
+                "with peers, peer_fill_timeout and max_peer_fills must be positive".into(),
             ));
         }
         Ok(self)

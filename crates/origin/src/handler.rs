@@ -28,8 +28,10 @@ use crate::conditional;
 use crate::files::{FileError, OpenFile, Root};
 use crate::hls::{MediaKind, NO_STORE, TS_PACKET_BYTES};
 use crate::metrics::{self, Metrics};
+use crate::peer::{Filled, Peers, Reason};
 use crate::range::{self, RangeRequest};
 use crate::route::{self, Route, RouteClass};
+use service::http::LOCAL_ONLY_HEADER;
 
 /// Methods the origin implements; everything else is 405.
 const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
@@ -68,6 +70,9 @@ pub struct App {
     pub segment_wait: Duration,
     /// Slots of requests waiting for a segment ([`crate::Config::max_segment_waiters`]).
     pub segment_waiters: Arc<tokio::sync::Semaphore>,
+    /// Peer origins asked for a file this one cannot serve ([`crate::Config::peers`]); `None`
+    /// without peers.
+    pub peers: Option<Arc<Peers>>,
 }
 
 /// How often a request waiting for a segment ([`App::segment_wait`]) looks for it again: a
@@ -176,8 +181,9 @@ enum Source {
     File(std::fs::File),
 }
 
-/// Serves a file below the root with validators, conditionals and ranges. `sends_files`: the
-/// connection sends a file body with `sendfile` (see [`SendsFiles`]).
+/// Serves a file below the root with validators, conditionals and ranges: this origin's own
+/// copy, else a peer's ([`crate::peer`]) unless the request asks for the own copy only.
+/// `sends_files`: the connection sends a file body with `sendfile` (see [`SendsFiles`]).
 async fn serve_file(
     app: &App,
     relative: PathBuf,
@@ -186,86 +192,19 @@ async fn serve_file(
     head: bool,
     sends_files: bool,
 ) -> Response<Body> {
-    let (validators, source) = if kind.is_playlist() {
-        let loaded = if app.offload_file_io {
-            let (root, playlists) = (app.root.clone(), app.playlists.clone());
-            tokio::task::spawn_blocking(move || load_playlist(&root, &playlists, relative))
-                .await
-                .map_err(|e| FileError::Io(std::io::Error::other(e)))
-                .and_then(|loaded| loaded)
-        } else {
-            load_playlist(&app.root, &app.playlists, relative)
-        };
-        let prepared = match loaded {
-            Ok(prepared) => prepared,
-            Err(FileError::NotFound) => return not_found(),
-            Err(FileError::Io(e)) => return internal_error(&e),
-        };
-        let validators = Validators {
-            etag: prepared.etag.clone(),
-            last_modified: prepared.last_modified.clone(),
-            modified: prepared.stamp.version.modified(),
-            len: prepared.stamp.version.len,
-        };
-        let source = Source::Memory(prepared.body.clone(), prepared.content_length.clone());
-        (validators, source)
-    } else {
-        let opened = open_segment(app, &relative).await;
-        let key = relative;
-        let OpenFile { file, version, .. } = match opened {
-            Ok(Ok(file)) => file,
-            Ok(Err(FileError::NotFound)) => return not_found(),
-            Ok(Err(FileError::Io(e))) => return internal_error(&e),
-            Err(e) => return internal_error(&e),
-        };
-        // A transport stream that is not a whole number of packets was cut short (a full
-        // disk, a writer that died, a bad copy): served as it is, a player would take half a
-        // segment as whole, and a player's decoder can fail on it seconds later, when it plays
-        // that part (hls.js in the end-to-end test, session 15). A 5xx instead is an error the
-        // player sees at once and retries, by then through the edge on a healthy origin, and
-        // the edge's probe judges the origin on it (`switcher-ctl`'s `ProbeError::Corrupt`).
-        if kind == MediaKind::TransportStream && version.len % TS_PACKET_BYTES != 0 {
-            return cut_short(&key, version.len);
-        }
-        let validators = Validators {
-            etag: header_value(version.etag()),
-            last_modified: header_value(httpdate::fmt_http_date(version.modified())),
-            modified: version.modified(),
-            len: version.len,
-        };
-        if head || sends_files {
-            // The head alone needs no bytes, and `sendfile` takes them from the page cache:
-            // do not read the file or touch the cache.
-            (validators, Source::File(file))
-        } else if app.cache.admits(version.len) {
-            // Cache key: the validated relative path (the version check makes renames safe).
-            let bytes = match app.cache.get(&key, &version) {
-                Some(bytes) => {
-                    app.metrics.cache_hits.inc();
-                    bytes
+    let (validators, source) = match own_copy(app, &relative, kind, head, sends_files).await {
+        Ok(found) => found,
+        Err(unservable) => {
+            let fill = match (&app.peers, unservable.fill_reason(kind)) {
+                (Some(peers), Some(reason)) if !headers.contains_key(LOCAL_ONLY_HEADER) => {
+                    peers.fill(&relative, kind, reason, &app.metrics).await
                 }
-                None => {
-                    app.metrics.cache_misses.inc();
-                    let len = version.len;
-                    match app
-                        .fs(move || read_whole(file, len))
-                        .await
-                        .and_then(|read| read)
-                    {
-                        Ok(bytes) => {
-                            // A new segment: the window moved, so older ones may be gone.
-                            app.sweep_cache();
-                            app.cache.insert(key, version, bytes.clone());
-                            bytes
-                        }
-                        Err(e) => return internal_error(&e),
-                    }
-                }
+                _ => None,
             };
-            let len = HeaderValue::from(version.len);
-            (validators, Source::Memory(bytes, len))
-        } else {
-            (validators, Source::File(file))
+            match fill {
+                Some(filled) => from_peer(filled),
+                None => return unservable.response(&relative),
+            }
         }
     };
     let etag = validators.etag_str();
@@ -345,6 +284,146 @@ async fn serve_file(
     response
 }
 
+/// Why this origin's own copy of a file cannot be served.
+#[derive(Debug)]
+enum Unservable {
+    /// Not there (a segment: not even after the segment wait).
+    NotFound,
+    /// The file system failed.
+    Io(std::io::Error),
+    /// A transport stream of this many bytes, not whole packets.
+    CutShort(u64),
+}
+
+impl Unservable {
+    /// Whether a peer is asked for its copy, and why: not for a playlist that is not there (a
+    /// name no packager writes must not cost a peer request).
+    fn fill_reason(&self, kind: MediaKind) -> Option<Reason> {
+        match self {
+            Unservable::NotFound if kind.is_playlist() => None,
+            Unservable::NotFound => Some(Reason::Missing),
+            Unservable::Io(_) => Some(Reason::Unreadable),
+            Unservable::CutShort(_) => Some(Reason::CutShort),
+        }
+    }
+
+    /// This origin's own answer.
+    fn response(&self, relative: &Path) -> Response<Body> {
+        match self {
+            Unservable::NotFound => not_found(),
+            Unservable::Io(e) => internal_error(e),
+            Unservable::CutShort(len) => cut_short(relative, *len),
+        }
+    }
+}
+
+/// This origin's own copy of `relative`: its validators and where its bytes come from.
+async fn own_copy(
+    app: &App,
+    relative: &Path,
+    kind: MediaKind,
+    head: bool,
+    sends_files: bool,
+) -> Result<(Validators, Source), Unservable> {
+    let unservable = |e: FileError| match e {
+        FileError::NotFound => Unservable::NotFound,
+        FileError::Io(e) => Unservable::Io(e),
+    };
+    if kind.is_playlist() {
+        let loaded = if app.offload_file_io {
+            let (root, playlists) = (app.root.clone(), app.playlists.clone());
+            let relative = relative.to_path_buf();
+            tokio::task::spawn_blocking(move || load_playlist(&root, &playlists, &relative))
+                .await
+                .map_err(|e| FileError::Io(std::io::Error::other(e)))
+                .and_then(|loaded| loaded)
+        } else {
+            load_playlist(&app.root, &app.playlists, relative)
+        };
+        let prepared = loaded.map_err(unservable)?;
+        let validators = Validators {
+            etag: prepared.etag.clone(),
+            last_modified: prepared.last_modified.clone(),
+            modified: prepared.stamp.version.modified(),
+            len: prepared.stamp.version.len,
+        };
+        let source = Source::Memory(prepared.body.clone(), prepared.content_length.clone());
+        return Ok((validators, source));
+    }
+    let OpenFile { file, version, .. } = open_segment(app, relative)
+        .await
+        .map_err(Unservable::Io)?
+        .map_err(unservable)?;
+    // A transport stream that is not a whole number of packets was cut short (a full disk, a
+    // writer that died, a bad copy): served as it is, a player would take half a segment as
+    // whole, and a player's decoder can fail on it seconds later, when it plays that part
+    // (hls.js in the end-to-end test, session 15). A peer's copy, or else a 5xx, which a
+    // player sees at once and retries, by then through the edge on a healthy origin; the
+    // edge's probe judges the origin on it (`switcher-ctl`'s `ProbeError::Corrupt`).
+    if kind == MediaKind::TransportStream && version.len % TS_PACKET_BYTES != 0 {
+        return Err(Unservable::CutShort(version.len));
+    }
+    let validators = Validators {
+        etag: header_value(version.etag()),
+        last_modified: header_value(httpdate::fmt_http_date(version.modified())),
+        modified: version.modified(),
+        len: version.len,
+    };
+    if head || sends_files {
+        // The head alone needs no bytes, and `sendfile` takes them from the page cache: do
+        // not read the file or touch the cache.
+        return Ok((validators, Source::File(file)));
+    }
+    if !app.cache.admits(version.len) {
+        return Ok((validators, Source::File(file)));
+    }
+    // Cache key: the validated relative path (the version check makes renames safe).
+    let bytes = match app.cache.get(relative, &version) {
+        Some(bytes) => {
+            app.metrics.cache_hits.inc();
+            bytes
+        }
+        None => {
+            app.metrics.cache_misses.inc();
+            let len = version.len;
+            let bytes = app
+                .fs(move || read_whole(file, len))
+                .await
+                .and_then(|read| read)
+                .map_err(Unservable::Io)?;
+            // A new segment: the window moved, so older ones may be gone.
+            app.sweep_cache();
+            app.cache
+                .insert(relative.to_path_buf(), version, bytes.clone());
+            bytes
+        }
+    };
+    let len = HeaderValue::from(version.len);
+    Ok((validators, Source::Memory(bytes, len)))
+}
+
+/// A peer's copy as a response source, with the peer's validators where it sent them (its
+/// ETag names the same bytes: the copies are identical).
+fn from_peer(filled: Filled) -> (Validators, Source) {
+    let len = filled.body.len() as u64;
+    let (last_modified, modified) = filled.last_modified.unwrap_or_else(|| {
+        let now = SystemTime::now();
+        (header_value(httpdate::fmt_http_date(now)), now)
+    });
+    let validators = Validators {
+        etag: filled
+            .etag
+            .unwrap_or_else(|| header_value(format!("\"peer-{len:x}\""))),
+        last_modified,
+        modified,
+        len,
+    };
+    (
+        validators,
+        Source::Memory(filled.body, HeaderValue::from(len)),
+    )
+}
+
 /// Headers of a file response: type, length, ranges, range, ETag, Last-Modified,
 /// Cache-Control, and the two CORS headers.
 const RESPONSE_HEADERS: usize = 9;
@@ -356,26 +435,26 @@ const RESPONSE_HEADERS: usize = 9;
 fn load_playlist(
     root: &Root,
     playlists: &PlaylistCache,
-    relative: PathBuf,
+    relative: &Path,
 ) -> Result<Arc<Prepared>, FileError> {
-    if let Ok(Some(stamp)) = root.stat(&relative)
-        && let Some(prepared) = playlists.get(&relative, &stamp)
+    if let Ok(Some(stamp)) = root.stat(relative)
+        && let Some(prepared) = playlists.get(relative, &stamp)
     {
         return Ok(prepared);
     }
     // Read before the open: the settle rule needs a time no later than the open.
     let opened_after = SystemTime::now();
-    let opened = match root.open_file(&relative) {
+    let opened = match root.open_file(relative) {
         Ok(opened) => opened,
         Err(e) => {
-            playlists.remove(&relative);
+            playlists.remove(relative);
             return Err(e);
         }
     };
     let body = read_whole(opened.file, opened.version.len)?;
     let prepared = Arc::new(Prepared::new(opened.stamp, body));
     if PlaylistCache::admits(&prepared, opened_after) {
-        playlists.insert(relative, prepared.clone());
+        playlists.insert(relative.to_path_buf(), prepared.clone());
     }
     Ok(prepared)
 }
@@ -560,4 +639,39 @@ fn set(h: &mut HeaderMap, name: http::header::HeaderName, value: &'static str) {
 fn header_value(value: String) -> HeaderValue {
     // Every computed value is ASCII built from numbers, hex and HTTP dates.
     HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is asked of peers: every own copy that cannot be served, except a playlist that is
+    /// not there. (An unreadable file cannot be made in a test run as root, who reads
+    /// everything: this mapping is what routes it to the same fill as the other reasons.)
+    #[test]
+    fn what_is_asked_of_peers() {
+        let io = || Unservable::Io(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        for kind in [
+            MediaKind::Playlist,
+            MediaKind::TransportStream,
+            MediaKind::Mp4,
+        ] {
+            assert_eq!(io().fill_reason(kind), Some(Reason::Unreadable));
+        }
+        assert_eq!(Unservable::NotFound.fill_reason(MediaKind::Playlist), None);
+        assert_eq!(
+            Unservable::NotFound.fill_reason(MediaKind::Fmp4Segment),
+            Some(Reason::Missing)
+        );
+        assert_eq!(
+            Unservable::CutShort(1000).fill_reason(MediaKind::TransportStream),
+            Some(Reason::CutShort)
+        );
+        assert_eq!(
+            Unservable::CutShort(1000)
+                .response(Path::new("s/1.ts"))
+                .status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

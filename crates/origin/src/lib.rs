@@ -30,6 +30,7 @@
 //!   never stale).
 //! - [`conditional`], [`range`]: sans-IO RFC 9110 preconditions and byte ranges.
 //! - [`body`]: response bodies (memory or a file range), byte-counted.
+//! - [`peer`]: peer fill, a peer origin's copy of a file this origin cannot serve.
 //! - [`metrics`]: Prometheus metrics (`origin_*`).
 //!
 //! The binary (`src/main.rs`) only parses flags, binds with [`bind_shards`] and calls
@@ -48,6 +49,7 @@ pub mod h1;
 pub mod handler;
 pub mod hls;
 pub mod metrics;
+pub mod peer;
 pub mod range;
 pub mod route;
 pub mod server;

@@ -70,6 +70,18 @@ struct Cli {
     /// Requests waiting for a segment at once; beyond it a missing segment is a 404 at once.
     #[arg(long, env = "ORIGIN_MAX_SEGMENT_WAITERS", default_value_t = config::DEFAULT_MAX_SEGMENT_WAITERS)]
     max_segment_waiters: usize,
+    /// A peer origin's base URL (http://HOST:PORT), asked for a segment this origin has cut
+    /// short, still missing after the segment wait, or cannot read (and a playlist it cannot
+    /// read): its packager writes the same bytes. Repeat for several, asked in order (in the
+    /// environment, comma-separated). None: no peer fill.
+    #[arg(long = "peer", env = "ORIGIN_PEERS", value_delimiter = ',', action = clap::ArgAction::Append)]
+    peers: Vec<String>,
+    /// Seconds one peer fill has in all, over every peer it asks.
+    #[arg(long, env = "ORIGIN_PEER_FILL_TIMEOUT_SECONDS", default_value_t = config::DEFAULT_PEER_FILL_TIMEOUT.as_secs_f64())]
+    peer_fill_timeout_seconds: f64,
+    /// Files filled from peers at once; beyond it a request gets this origin's own error.
+    #[arg(long, env = "ORIGIN_MAX_PEER_FILLS", default_value_t = config::DEFAULT_MAX_PEER_FILLS)]
+    max_peer_fills: usize,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -118,6 +130,9 @@ fn main() -> anyhow::Result<()> {
         offload_file_io: cli.offload_file_io,
         segment_wait: seconds("segment-wait-seconds", cli.segment_wait_seconds)?,
         max_segment_waiters: cli.max_segment_waiters,
+        peers: cli.peers,
+        peer_fill_timeout: seconds("peer-fill-timeout-seconds", cli.peer_fill_timeout_seconds)?,
+        max_peer_fills: cli.max_peer_fills,
         tls: match (cli.tls_cert, cli.tls_key) {
             (Some(cert), Some(key)) => Some(origin::TlsFiles { cert, key }),
             _ => None,

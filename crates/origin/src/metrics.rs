@@ -55,6 +55,14 @@ pub struct Metrics {
     /// (`Config::segment_wait`), by outcome: `appeared` (served once written), `timed_out`
     /// (404 after the wait), `no_slot` (404 at once: `max_segment_waiters` were waiting).
     pub segment_waits: IntCounterVec,
+    /// `origin_peer_fills_total{reason,outcome}`: requests answered, or not, with a peer
+    /// origin's copy of a file this origin could not serve (`crate::peer`). `reason`:
+    /// `cut_short` (a transport stream not whole packets), `missing` (a segment not there
+    /// after the segment wait), `unreadable` (the file system failed). `outcome`: `filled`
+    /// (this request asked a peer and served its copy), `shared` (served the copy another
+    /// request asked for), `failed` (no peer had a good copy in time: the request got this
+    /// origin's own error), `no_slot` (`max_peer_fills` fills were running: its own error).
+    pub peer_fills: IntCounterVec,
     // The series every request touches, resolved once: `with_label_values` hashes the labels
     // and takes a lock on each call, which showed in the per-request profile.
     by_class: [ClassSeries; RouteClass::ALL.len()],
@@ -140,6 +148,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(cache_bytes.clone()))?;
         registry.register(Box::new(segment_waits.clone()))?;
+        let peer_fills = IntCounterVec::new(
+            Opts::new(
+                "origin_peer_fills_total",
+                "Requests for a file this origin could not serve, answered or not with a peer origin's copy, by reason (cut_short, missing, unreadable) and outcome (filled, shared, failed, no_slot).",
+            ),
+            &["reason", "outcome"],
+        )?;
+        registry.register(Box::new(peer_fills.clone()))?;
         let by_class = RouteClass::ALL.map(|class| ClassSeries {
             ok: requests.with_label_values(&[class.as_str(), http::StatusCode::OK.as_str()]),
             duration: request_duration.with_label_values(&[class.as_str()]),
@@ -159,6 +175,7 @@ impl Metrics {
             cache_misses,
             cache_bytes,
             segment_waits,
+            peer_fills,
         })
     }
 

@@ -108,6 +108,20 @@ impl Shared {
             offload_file_io: config.offload_file_io,
             segment_wait: config.segment_wait,
             segment_waiters: Arc::new(tokio::sync::Semaphore::new(config.max_segment_waiters)),
+            peers: if config.peers.is_empty() {
+                None
+            } else {
+                let peers = config
+                    .peers
+                    .iter()
+                    .map(|url| crate::peer::Peer::parse(url))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Arc::new(crate::peer::Peers::new(
+                    peers,
+                    config.peer_fill_timeout,
+                    config.max_peer_fills,
+                )))
+            },
         });
         Ok(Arc::new(Self {
             app,

@@ -837,6 +837,8 @@ impl Prober {
         let request = request
             .header(header::HOST, authority)
             .header(header::CONNECTION, "close")
+            // The origin is judged on its own files: never on a copy it filled from a peer.
+            .header(service::http::LOCAL_ONLY_HEADER, "1")
             .header(
                 header::USER_AGENT,
                 concat!("switcher-ctl/", env!("CARGO_PKG_VERSION")),

@@ -10,8 +10,10 @@
 //! defaults (0.2 s interval, 2 windows, 0.1 s connect timeout, segment checks, 30 s drain).
 //!
 //! The player polls like an impatient player: every `POLL` it fetches the playlist and the
-//! newest segment over a keep-alive connection (a new one after an error), recording when
-//! each response's first byte arrives and on which local port. Which origin served a port is
+//! newest segment over a keep-alive connection (a new one after an error; a request whose
+//! reused connection was reset before it was answered is sent again once on a new one, as
+//! HTTP clients do: [`fetch`]), recording when each response's first byte arrives and on
+//! which local port. Which origin served a port is
 //! read from the data plane's conntrack map (`bpftool map dump`, BTF-decoded) once the
 //! failover has settled: the first response after the fault on a connection pinned to the
 //! backup is the figure. Its resolution is `POLL`.
@@ -28,6 +30,11 @@
 //!
 //! `ctl-restart` has no failover: its figure is the number of the player's requests that
 //! failed while switcher-ctl was down and restarting (0 expected).
+//!
+//! Every class also reports the player's failed polls from the fault to the restore: what a
+//! player that does not retry would have lost. Origins are each other's peers (origin's
+//! `peer`), as `cargo xtask run` starts them; `FAILOVER_BENCH_PEERS=0` starts them without, to
+//! measure what peer fill changes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -76,6 +83,15 @@ struct Log {
     errors: Vec<(Instant, String)>,
     /// New connections: when the connect returned, and the local port.
     connects: Vec<(Instant, u16)>,
+    /// Requests sent again on a new connection because the reused one failed before any
+    /// response byte (see [`fetch`]).
+    retries: Vec<Instant>,
+}
+
+/// The player's keep-alive connection, and whether it has answered a request already.
+struct Conn {
+    client: Client,
+    reused: bool,
 }
 
 /// A player in the client namespace (see the module docs); `bench dsr` uses it too.
@@ -92,7 +108,7 @@ impl Player {
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s, vip) = (log.clone(), stop.clone(), vip.to_string());
         let thread = test_kit::netns::spawn_in(client_ns, move || {
-            let mut conn: Option<Client> = None;
+            let mut conn: Option<Conn> = None;
             while !s.load(Ordering::SeqCst) {
                 let r = poll_once(&mut conn, &vip, &l);
                 if let Err(e) = r {
@@ -116,6 +132,13 @@ impl Player {
     pub(super) fn seen_since(&self, t: Instant) -> Vec<Seen> {
         let log = self.log.lock().expect("log");
         log.seen.iter().filter(|s| s.at >= t).copied().collect()
+    }
+
+    /// How many requests were sent again after `t` because their reused connection had been
+    /// closed or reset ([`fetch`]).
+    pub(super) fn retries_since(&self, t: Instant) -> usize {
+        let log = self.log.lock().expect("log");
+        log.retries.iter().filter(|r| **r >= t).count()
     }
 
     /// How many polls failed at or after `t`.
@@ -171,23 +194,62 @@ fn get(conn: &mut Client, path: &str, log: &Mutex<Log>) -> Result<Vec<u8>> {
     Ok(body)
 }
 
-fn poll_once(conn: &mut Option<Client>, vip: &str, log: &Mutex<Log>) -> Result<()> {
-    if conn.is_none() {
-        let c = Client::connect_within(vip, PLAYER_TIMEOUT).context("connect")?;
-        log.lock()
-            .expect("log")
-            .connects
-            .push((Instant::now(), c.local_port()));
-        *conn = Some(c);
+/// One GET as HTTP clients send it (RFC 9112 9.3.1; ffmpeg's HLS demuxer, browsers): a request
+/// on a reused keep-alive connection that fails before any response byte (the server or the
+/// edge closed or reset the idle connection meanwhile) is sent again, once, on a new
+/// connection. Only that: an error status, a failure in the middle of a response or on a new
+/// connection is a failed request, as it is for a player that does not retry.
+fn fetch(conn: &mut Option<Conn>, vip: &str, path: &str, log: &Mutex<Log>) -> Result<Vec<u8>> {
+    loop {
+        if conn.is_none() {
+            let client = Client::connect_within(vip, PLAYER_TIMEOUT).context("connect")?;
+            log.lock()
+                .expect("log")
+                .connects
+                .push((Instant::now(), client.local_port()));
+            *conn = Some(Conn {
+                client,
+                reused: false,
+            });
+        }
+        let c = conn.as_mut().expect("connected");
+        let port = c.client.local_port();
+        let mut answered = false;
+        let result = c.client.request(path, |_| {
+            answered = true;
+            log.lock().expect("log").seen.push(Seen {
+                at: Instant::now(),
+                port,
+            });
+        });
+        match result {
+            Ok((status, body)) => {
+                c.reused = true;
+                if status != 200 {
+                    bail!("GET {path}: status {status}");
+                }
+                return Ok(body);
+            }
+            Err(e) => {
+                let stale = c.reused && !answered;
+                *conn = None;
+                if !stale {
+                    return Err(e).with_context(|| format!("GET {path}"));
+                }
+                log.lock().expect("log").retries.push(Instant::now());
+            }
+        }
     }
-    let c = conn.as_mut().expect("connected");
-    let playlist = String::from_utf8(get(c, PLAYLIST, log)?)?;
+}
+
+fn poll_once(conn: &mut Option<Conn>, vip: &str, log: &Mutex<Log>) -> Result<()> {
+    let playlist = String::from_utf8(fetch(conn, vip, PLAYLIST, log)?)?;
     let newest = playlist
         .lines()
         .rfind(|l| !l.is_empty() && !l.starts_with('#'))
         .context("empty playlist")?
         .to_string();
-    let body = get(c, &format!("/hls/demo/{newest}"), log)?;
+    let body = fetch(conn, vip, &format!("/hls/demo/{newest}"), log)?;
     if body.len() % 188 != 0 {
         bail!("segment cut short");
     }
@@ -285,14 +347,15 @@ impl Setup {
     }
 }
 
-/// One run of `fault`: the figure in seconds (for ctl-restart: failed requests).
+/// One run of `fault`: the figure in seconds (for ctl-restart: failed requests), and the
+/// player's requests that failed from the fault to the restore.
 fn run_once(
     stack: &mut Stack,
     setup: &Setup,
     pair: &Pair,
     bpf: &BpfFs,
     fault: Fault,
-) -> Result<f64> {
+) -> Result<(f64, usize)> {
     wait(
         "every origin healthy, the preferred one active",
         SETTLE_LIMIT,
@@ -362,6 +425,13 @@ fn run_once(
         std::thread::sleep(Duration::from_secs(1));
         0.0
     };
+    // What a player that does not retry loses: every poll that failed while the fault was in
+    // force (the polling player opens a new connection after each).
+    let failed_polls = player.errors_since(t0);
+    let retries = player.retries_since(t0);
+    if retries > 0 {
+        eprintln!("  {retries} requests sent again on a new connection (reused one reset)");
+    }
     injected.restore(stack)?;
     let figure = if fault.fails_primary() {
         figure
@@ -374,7 +444,7 @@ fn run_once(
     wait("switchback", SETTLE_LIMIT, || {
         setup.takes_new_flows(stack, victim)
     })?;
-    Ok(figure)
+    Ok((figure, failed_polls))
 }
 
 /// The herd: `n` keep-alive viewers on the backup during a failover; after the switchback,
@@ -441,6 +511,9 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
         Ok(other) => bail!("FAILOVER_BENCH_POLICY: {other:?} is neither failover nor balance"),
     };
     let origins = env_count("FAILOVER_BENCH_ORIGINS", xtask::layout::DEFAULT_ORIGINS)?;
+    // `FAILOVER_BENCH_PEERS=0`: origins without peers (no peer fill), to measure what it
+    // changes.
+    let peer_fill = std::env::var("FAILOVER_BENCH_PEERS").as_deref() != Ok("0");
     if !(2..=xtask::layout::MAX_ORIGINS).contains(&origins) {
         bail!(
             "FAILOVER_BENCH_ORIGINS: 2 to {}",
@@ -477,6 +550,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     )?;
     let mut cfg = StackConfig::in_namespaces(bin_dir, dir.path.clone(), &pair, &bpf);
     cfg.origins = origins;
+    cfg.peer_fill = peer_fill;
     if balance {
         cfg.switcher_args
             .extend(["--policy".into(), "balance".into()]);
@@ -497,8 +571,15 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     let _ = writeln!(
         out,
         "Machine: {machine}. Stack from target/release in namespaces (native XDP on a veth), \
-         {origins} origins, policy {}, switcher-ctl defaults{}; player polling every {} ms; \
-         {runs} runs per class.\n",
+         {origins} origins{}, policy {}, switcher-ctl defaults{}; player polling every {} ms; \
+         {runs} runs per class. Failed polls: the player's requests (a playlist and the newest \
+         segment each) that failed from the fault to the restore, what a player that does not \
+         retry would have lost.\n",
+        if peer_fill {
+            " (each the other's peer)"
+        } else {
+            " without peers (`FAILOVER_BENCH_PEERS=0`)"
+        },
         if balance { "balance" } else { "failover" },
         if extra.is_empty() {
             String::new()
@@ -509,7 +590,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "| failure class | fault to first media byte from the healthy origin: p50 | p99 | range (min-max) | target p99 |\n|---|---|---|---|---|"
+        "| failure class | fault to first media byte from the healthy origin: p50 | p99 | range (min-max) | target p99 | failed polls per run: median (range) |\n|---|---|---|---|---|---|"
     );
     let result = (|| -> Result<()> {
         for fault in Fault::ALL {
@@ -517,12 +598,14 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
                 continue;
             }
             let mut samples = Vec::with_capacity(runs);
+            let mut polls = Vec::with_capacity(runs);
             let mut failed: Vec<String> = Vec::new();
             for i in 0..runs {
                 match run_once(&mut stack, &setup, &pair, &bpf, fault) {
-                    Ok(s) => {
-                        eprintln!("{} run {}: {s:.3}", fault.name(), i + 1);
+                    Ok((s, p)) => {
+                        eprintln!("{} run {}: {s:.3}, {p} failed polls", fault.name(), i + 1);
                         samples.push(s);
+                        polls.push(p as f64);
                     }
                     // A run that could not be measured is reported, not hidden; the stack is
                     // brought back to the primary before the next one.
@@ -538,17 +621,24 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
             if !failed.is_empty() {
                 let _ = writeln!(
                     out,
-                    "| {} | {} of {runs} runs could not be measured: {} | | | |",
+                    "| {} | {} of {runs} runs could not be measured: {} | | | | |",
                     fault.name(),
                     failed.len(),
                     failed[0].replace('|', "/")
                 );
             }
             samples.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+            polls.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+            let polls = format!(
+                "{} ({}-{})",
+                percentile(&polls, 0.5),
+                polls.first().copied().unwrap_or(f64::NAN),
+                polls.last().copied().unwrap_or(f64::NAN)
+            );
             if fault == Fault::CtlRestart {
                 let _ = writeln!(
                     out,
-                    "| {} | failed player requests per restart: p50 {} | p99 {} | max {} | 0 |",
+                    "| {} | failed player requests per restart: p50 {} | p99 {} | max {} | 0 | {polls} |",
                     fault.name(),
                     percentile(&samples, 0.5),
                     percentile(&samples, 0.99),
@@ -562,7 +652,7 @@ pub fn run(workspace: &Path, out: &mut String) -> Result<()> {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {:.3} s | {:.3} s | {:.3}-{:.3} s | {target} |",
+                    "| {} | {:.3} s | {:.3} s | {:.3}-{:.3} s | {target} | {polls} |",
                     fault.name(),
                     percentile(&samples, 0.5),
                     percentile(&samples, 0.99),

@@ -44,6 +44,15 @@ impl Server {
 
     /// Starts a server; `tweak` adjusts the default config (short timeouts etc.).
     pub async fn start(tweak: impl FnOnce(&mut origin::Config)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        Self::start_bound(listener, tweak).await
+    }
+
+    /// [`Server::start`] on a listener bound already (servers that name each other).
+    pub async fn start_bound(
+        listener: TcpListener,
+        tweak: impl FnOnce(&mut origin::Config),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("root");
         let demo = root.join("demo");
@@ -56,11 +65,15 @@ impl Server {
         std::fs::write(dir.path().join("secret.m3u8"), SECRET).expect("write secret");
         let mut config = origin::Config::new(&root);
         tweak(&mut config);
-        Self::start_with(dir, config).await
+        Self::serve(listener, dir, config)
     }
 
     pub async fn start_with(dir: tempfile::TempDir, config: origin::Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        Self::serve(listener, dir, config)
+    }
+
+    fn serve(listener: TcpListener, dir: tempfile::TempDir, config: origin::Config) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(origin::run(listener, config, async {
