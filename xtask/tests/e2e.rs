@@ -303,9 +303,14 @@ fn check_direct_player(
             .collect::<Vec<_>>()
             .join("\n")
     );
+    let fills: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("origin_peer_fills_total{") && !l.ends_with(" 0"))
+        .collect();
     eprintln!(
-        "drill {name}: the player on the origin itself {} segments, max PTS step {hole:.3} s; {filled} peer fills ({reason})",
-        segs.len()
+        "drill {name}: the player on the origin itself {} segments, max PTS step {hole:.3} s; peer fills: {}",
+        segs.len(),
+        fills.join(", ")
     );
 }
 
