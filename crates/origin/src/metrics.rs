@@ -156,6 +156,13 @@ impl Metrics {
             &["reason", "outcome"],
         )?;
         registry.register(Box::new(peer_fills.clone()))?;
+        // Every series exported from the start at 0: `increase()` over a series that appears
+        // with its first fill would miss that fill (the `OriginServingPeerCopies` alert).
+        for reason in crate::peer::Reason::ALL {
+            for outcome in crate::peer::Outcome::ALL {
+                peer_fills.with_label_values(&[reason.label(), outcome.label()]);
+            }
+        }
         let by_class = RouteClass::ALL.map(|class| ClassSeries {
             ok: requests.with_label_values(&[class.as_str(), http::StatusCode::OK.as_str()]),
             duration: request_duration.with_label_values(&[class.as_str()]),

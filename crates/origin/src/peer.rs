@@ -87,7 +87,44 @@ pub enum Reason {
     Unreadable,
 }
 
+/// What became of one request's fill: the `outcome` label of `origin_peer_fills_total` (see
+/// `Metrics::peer_fills`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// This request asked a peer and served its copy.
+    Filled,
+    /// It served the copy another request asked for.
+    Shared,
+    /// No peer had a good copy in time: this origin's own error.
+    Failed,
+    /// Every fill slot was taken: this origin's own error.
+    NoSlot,
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Filled,
+        Outcome::Shared,
+        Outcome::Failed,
+        Outcome::NoSlot,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Filled => "filled",
+            Outcome::Shared => "shared",
+            Outcome::Failed => "failed",
+            Outcome::NoSlot => "no_slot",
+        }
+    }
+}
+
 impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 3] = [Reason::CutShort, Reason::Missing, Reason::Unreadable];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -187,16 +224,16 @@ impl Peers {
         reason: Reason,
         metrics: &Metrics,
     ) -> Option<Filled> {
-        let count = |outcome: &str| {
+        let count = |outcome: Outcome| {
             metrics
                 .peer_fills
-                .with_label_values(&[reason.label(), outcome])
+                .with_label_values(&[reason.label(), outcome.label()])
                 .inc()
         };
         let flight = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((_, filled)) = state.recent.iter().find(|(p, _)| p == relative) {
-                count("shared");
+                count(Outcome::Shared);
                 return Some(filled.clone());
             }
             Flight {
@@ -218,9 +255,9 @@ impl Peers {
             .get_or_init(|| async move {
                 let outcome = self.fetch(relative, kind).await;
                 *ran_here = Some(match &outcome {
-                    Err(NoSlot) => "no_slot",
-                    Ok(Some(_)) => "filled",
-                    Ok(None) => "failed",
+                    Err(NoSlot) => Outcome::NoSlot,
+                    Ok(Some(_)) => Outcome::Filled,
+                    Ok(None) => Outcome::Failed,
                 });
                 outcome.ok().flatten()
             })
@@ -228,8 +265,8 @@ impl Peers {
             .clone();
         let outcome = match (ran, &filled) {
             (Some(outcome), _) => outcome,
-            (None, Some(_)) => "shared",
-            (None, None) => "failed",
+            (None, Some(_)) => Outcome::Shared,
+            (None, None) => Outcome::Failed,
         };
         count(outcome);
         if ran.is_some() {
@@ -318,7 +355,7 @@ impl Drop for Flight<'_> {
 
 /// Says that this origin's own copy failed, and what the peers did about it: at most once a
 /// second (a herd on a broken file is one line, the metric counts every request).
-fn log_fill(relative: &Path, reason: Reason, outcome: &str) {
+fn log_fill(relative: &Path, reason: Reason, outcome: Outcome) {
     static LAST_LOGGED_S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now_s = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -327,7 +364,7 @@ fn log_fill(relative: &Path, reason: Reason, outcome: &str) {
         tracing::warn!(
             path = %relative.display(),
             reason = reason.label(),
-            outcome,
+            outcome = outcome.label(),
             "own copy unservable: asked the peers"
         );
     }
