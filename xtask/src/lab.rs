@@ -457,18 +457,30 @@ impl Lab {
                 true,
                 Some(PACKAGER_ADMIN.to_string()),
             )?;
+            // The other origin host is this one's peer (origin's `peer`: a file this one
+            // cannot serve), reached over the routed network as the edges' probes reach it.
+            let peers = ORIGIN_HOSTS.iter().filter(|p| **p != o).flat_map(|p| {
+                [
+                    "--peer".to_string(),
+                    format!("http://{}:{VIP_PORT}", self.host(p).addr),
+                ]
+            });
+            let argv = [
+                self.staged("origin"),
+                "--root".into(),
+                dir,
+                "--listen".into(),
+                format!("0.0.0.0:{VIP_PORT}"),
+                "--listen".into(),
+                format!("[{VIP6}]:{VIP_PORT}"),
+            ]
+            .into_iter()
+            .chain(peers)
+            .collect();
             self.spawn(
                 &format!("origin-{o}"),
                 &ns,
-                vec![
-                    self.staged("origin"),
-                    "--root".into(),
-                    dir,
-                    "--listen".into(),
-                    format!("0.0.0.0:{VIP_PORT}"),
-                    "--listen".into(),
-                    format!("[{VIP6}]:{VIP_PORT}"),
-                ],
+                argv,
                 true,
                 Some(format!("127.0.0.1:{VIP_PORT}")),
             )?;

@@ -516,4 +516,58 @@ fn lab_drills_recover_and_viewers_stay_served() {
             "{drill}: viewers not served during and after the fault: {fetches:?}"
         );
     }
+    a_cut_segment_is_served_from_the_other_origin_host(&lab);
+}
+
+/// Peer fill across hosts (origin's `peer`): a segment cut short on origin1's disk is served
+/// whole, from origin2's copy over the routed network, to a request at origin1 itself; a request
+/// for origin1's own copy only (what the edges' probes send) still gets its own error. Last in
+/// its test: the cut segment retires origin1 on both edges while it is listed.
+fn a_cut_segment_is_served_from_the_other_origin_host(lab: &Lab) {
+    let stream = &lab.cfg.stream;
+    let (dir1, dir2) = (
+        lab.hls_dir("origin1").join(stream),
+        lab.hls_dir("origin2").join(stream),
+    );
+    let playlist = std::fs::read_to_string(dir1.join("index.m3u8")).expect("origin1's playlist");
+    let segment = playlist
+        .lines()
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'))
+        .expect("a listed segment")
+        .to_string();
+    let mut whole = Vec::new();
+    lab.wait_for("origin2 has the segment", WAIT, |_| {
+        whole = std::fs::read(dir2.join(&segment)).unwrap_or_default();
+        Ok(!whole.is_empty())
+    })
+    .expect("origin2 writes the segment origin1 listed");
+    let tmp = dir1.join(".cut-by-test");
+    std::fs::write(&tmp, &whole[..whole.len() / 2 + 1]).expect("write the cut copy");
+    std::fs::rename(&tmp, dir1.join(&segment)).expect("cut origin1's segment");
+    let url = format!(
+        "http://{}:{VIP_PORT}/hls/{stream}/{segment}",
+        lab.host("origin1").addr
+    );
+    let curl = |extra: &[&str]| {
+        let mut argv = vec![
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ];
+        argv.extend_from_slice(extra);
+        argv.push(&url);
+        lab.run_in("edge1", &argv).expect("curl from edge1")
+    };
+    assert_eq!(
+        curl(&[]).trim(),
+        format!("200 {}", whole.len()),
+        "origin1 serves origin2's whole copy of its cut segment {segment}"
+    );
+    assert!(
+        curl(&["-H", "x-hls-edge-local-only: 1"]).starts_with("500"),
+        "origin1's own copy is still refused to a local-only request"
+    );
 }
