@@ -119,7 +119,8 @@ fn drill(
         let rec = run_dir.join(format!("rec-{name}-direct.ts"));
         let url = format!("http://{EDGE_IP}:{}{PLAYLIST}", site.port);
         let player = Player::start(Some(client_ns), &url, &rec).expect("start direct player");
-        (player, rec)
+        let (filled_before, _) = peer_fills(fault, site, client_ns);
+        (player, rec, filled_before)
     });
     let frags_before = page.eval("window.__frags.length").as_u64().unwrap_or(0);
     // The drill's steps on the page's clock, for `drill_account`.
@@ -207,8 +208,8 @@ fn drill(
     );
     assert_eq!(repeats, 0, "{name}: repeated video in the recording");
     let _ = std::fs::remove_file(&rec);
-    if let Some((direct, rec)) = direct {
-        check_direct_player(name, fault, direct, &rec, site, client_ns);
+    if let Some((direct, rec, filled_before)) = direct {
+        check_direct_player(name, fault, direct, &rec, filled_before, site, client_ns);
     }
     // hls.js went on too: more fragments, none skipped, no fatal error. A fragment loaded
     // again is hls.js's own recovery (it refetches one it could not buffer whole), not a
@@ -257,12 +258,14 @@ fn drill(
 }
 
 /// The player on the faulty origin itself (see `drill`): it recorded every segment whole, in
-/// order, without a hole, and the origin served it peer copies for the fault's reason.
+/// order, without a hole, and the origin served peer copies for the fault's reason since
+/// `filled_before`.
 fn check_direct_player(
     name: &str,
     fault: Fault,
     player: Player,
     rec: &Path,
+    filled_before: f64,
     site: &Site,
     client_ns: &str,
 ) {
@@ -280,6 +283,20 @@ fn check_direct_player(
         "{name}: the player on the origin itself recorded a {hole:.2} s hole, {repeats} repeats ({segs:?})"
     );
     let _ = std::fs::remove_file(rec);
+    let (filled, series) = peer_fills(fault, site, client_ns);
+    assert!(
+        filled > filled_before,
+        "{name}: the origin served no peer copy during the fault, so the player never met it:\n{series}"
+    );
+    eprintln!(
+        "drill {name}: the player on the origin itself {} segments, max PTS step {hole:.3} s; peer fills: {series}",
+        segs.len()
+    );
+}
+
+/// The faulty origin's `origin_peer_fills_total{outcome="filled"}` for the reason of `fault`
+/// (a storage fault), and every series of it that is not 0, for messages.
+fn peer_fills(fault: Fault, site: &Site, client_ns: &str) -> (f64, String) {
     let origin = format!("{EDGE_IP}:{}", site.port);
     let metrics = http_get(Some(client_ns), &origin, "/metrics", Duration::from_secs(2))
         .expect("origin metrics")
@@ -294,24 +311,12 @@ fn check_direct_player(
         &format!(r#"origin_peer_fills_total{{outcome="filled",reason="{reason}"}}"#),
     )
     .unwrap_or(0.0);
-    assert!(
-        filled >= 1.0,
-        "{name}: the origin served no peer copy ({reason}), so the player never met the fault:\n{}",
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("origin_peer_fills_total"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let fills: Vec<&str> = metrics
+    let series = metrics
         .lines()
         .filter(|l| l.starts_with("origin_peer_fills_total{") && !l.ends_with(" 0"))
-        .collect();
-    eprintln!(
-        "drill {name}: the player on the origin itself {} segments, max PTS step {hole:.3} s; peer fills: {}",
-        segs.len(),
-        fills.join(", ")
-    );
+        .collect::<Vec<_>>()
+        .join(", ");
+    (filled, series)
 }
 
 #[test]

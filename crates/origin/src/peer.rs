@@ -87,6 +87,20 @@ pub enum Reason {
     Unreadable,
 }
 
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 3] = [Reason::CutShort, Reason::Missing, Reason::Unreadable];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::CutShort => "cut_short",
+            Reason::Missing => "missing",
+            Reason::Unreadable => "unreadable",
+        }
+    }
+}
+
 /// What became of one request's fill: the `outcome` label of `origin_peer_fills_total` (see
 /// `Metrics::peer_fills`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,20 +131,6 @@ impl Outcome {
             Outcome::Shared => "shared",
             Outcome::Failed => "failed",
             Outcome::NoSlot => "no_slot",
-        }
-    }
-}
-
-impl Reason {
-    /// Every reason.
-    pub const ALL: [Reason; 3] = [Reason::CutShort, Reason::Missing, Reason::Unreadable];
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Reason::CutShort => "cut_short",
-            Reason::Missing => "missing",
-            Reason::Unreadable => "unreadable",
         }
     }
 }

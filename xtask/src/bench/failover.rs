@@ -13,10 +13,9 @@
 //! newest segment over a keep-alive connection (a new one after an error; a request whose
 //! reused connection was reset before it was answered is sent again once on a new one, as
 //! HTTP clients do: [`fetch`]), recording when each response's first byte arrives and on
-//! which local port. Which origin served a port is
-//! read from the data plane's conntrack map (`bpftool map dump`, BTF-decoded) once the
-//! failover has settled: the first response after the fault on a connection pinned to the
-//! backup is the figure. Its resolution is `POLL`.
+//! which local port. Which origin served a port is read from the data plane's conntrack map
+//! (`bpftool map dump`, BTF-decoded) once the failover has settled: the first response after
+//! the fault on a connection pinned to the backup is the figure. Its resolution is `POLL`.
 //!
 //! `FAILOVER_BENCH_FAULTS=a,b` runs only those classes (`herd` for the herd check);
 //! `FAILOVER_BENCH_SWITCHER_ARGS` adds `switcher-ctl run` flags (e.g. `--finish 0`).
