@@ -45,8 +45,8 @@ pub const DEFAULT_MAX_SEGMENT_WAITERS: usize = 256;
 /// waits 10 s for a first byte, ffmpeg longer).
 pub const DEFAULT_PEER_FILL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default [`Config::max_peer_fills`]: requests for one file share one fill, so this bounds the
-/// distinct files asked of peers at once (at most this many times `peer::MAX_FILL_BYTES` in
-/// memory).
+/// distinct files asked of peers at once (at most this many times `peer::MAX_FILL_BYTES` being
+/// read, besides the 64 MiB of filled segments kept for reuse and the bodies still being sent).
 pub const DEFAULT_MAX_PEER_FILLS: usize = 16;
 /// hyper refuses an HTTP/1 read buffer smaller than this.
 const HYPER_MIN_BUF_BYTES: usize = 8192;
@@ -108,8 +108,9 @@ pub struct Config {
     /// missing segment is a 404 at once, so requests for names that never come cannot make the
     /// server poll the file system without bound.
     pub max_segment_waiters: usize,
-    /// Base URLs of peer origins (`http://HOST:PORT`), asked in this order for a file this
-    /// origin cannot serve from its own directory: a segment cut short or still missing after
+    /// Base URLs of peer origins (`http://HOST:PORT`; an IP address, as a host name is looked
+    /// up within the connect timeout), asked in this order for a file this origin cannot serve
+    /// from its own directory: a segment cut short or still missing after
     /// [`Config::segment_wait`], a file it fails to read (see [`crate::peer`]). Their packagers
     /// write byte-identical files, so their copy is served instead of an error. Empty: no
     /// peer fill.

@@ -192,12 +192,19 @@ async fn serve_file(
     head: bool,
     sends_files: bool,
 ) -> Response<Body> {
-    let (validators, source) = match own_copy(app, &relative, kind, head, sends_files).await {
+    // The edge's prober and a peer filling its own copy ask for this origin's files as they
+    // are: no peer's copy, and no wait for a segment that is not there.
+    let local_only = headers.contains_key(LOCAL_ONLY_HEADER);
+    let own = own_copy(app, &relative, kind, head, sends_files, !local_only).await;
+    let (validators, source) = match own {
         Ok(found) => found,
         Err(unservable) => {
             let fill = match (&app.peers, unservable.fill_reason(kind)) {
-                (Some(peers), Some(reason)) if !headers.contains_key(LOCAL_ONLY_HEADER) => {
-                    peers.fill(&relative, kind, reason, &app.metrics).await
+                (Some(peers), Some(reason)) if !local_only => {
+                    let why = unservable.to_string();
+                    peers
+                        .fill(&relative, kind, reason, &why, &app.metrics)
+                        .await
                 }
                 _ => None,
             };
@@ -285,23 +292,30 @@ async fn serve_file(
 }
 
 /// Why this origin's own copy of a file cannot be served.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum Unservable {
-    /// Not there (a segment: not even after the segment wait).
-    NotFound,
+    /// Not there (a segment: not even after the segment wait). `waited`: false when the wait
+    /// was skipped because every waiting slot was taken.
+    #[error("not found")]
+    NotFound { waited: bool },
     /// The file system failed.
+    #[error("{0}")]
     Io(std::io::Error),
     /// A transport stream of this many bytes, not whole packets.
+    #[error("{0} bytes, not whole MPEG-TS packets")]
     CutShort(u64),
 }
 
 impl Unservable {
-    /// Whether a peer is asked for its copy, and why: not for a playlist that is not there (a
-    /// name no packager writes must not cost a peer request).
+    /// Whether a peer is asked for its copy, and why. Not for a playlist that is not there (a
+    /// name no packager writes must not cost a peer request), nor for a segment that was not
+    /// waited for, every waiting slot being taken: past `max_segment_waiters`, a missing
+    /// segment is a 404 at once, so a flood of names that never come stays cheap.
     fn fill_reason(&self, kind: MediaKind) -> Option<Reason> {
         match self {
-            Unservable::NotFound if kind.is_playlist() => None,
-            Unservable::NotFound => Some(Reason::Missing),
+            Unservable::NotFound { .. } if kind.is_playlist() => None,
+            Unservable::NotFound { waited: false } => None,
+            Unservable::NotFound { waited: true } => Some(Reason::Missing),
             Unservable::Io(_) => Some(Reason::Unreadable),
             Unservable::CutShort(_) => Some(Reason::CutShort),
         }
@@ -310,7 +324,7 @@ impl Unservable {
     /// This origin's own answer.
     fn response(&self, relative: &Path) -> Response<Body> {
         match self {
-            Unservable::NotFound => not_found(),
+            Unservable::NotFound { .. } => not_found(),
             Unservable::Io(e) => internal_error(e),
             Unservable::CutShort(len) => cut_short(relative, *len),
         }
@@ -318,15 +332,17 @@ impl Unservable {
 }
 
 /// This origin's own copy of `relative`: its validators and where its bytes come from.
+/// `wait`: a segment that is not there is waited for ([`open_segment`]).
 async fn own_copy(
     app: &App,
     relative: &Path,
     kind: MediaKind,
     head: bool,
     sends_files: bool,
+    wait: bool,
 ) -> Result<(Validators, Source), Unservable> {
     let unservable = |e: FileError| match e {
-        FileError::NotFound => Unservable::NotFound,
+        FileError::NotFound => Unservable::NotFound { waited: true },
         FileError::Io(e) => Unservable::Io(e),
     };
     if kind.is_playlist() {
@@ -350,10 +366,7 @@ async fn own_copy(
         let source = Source::Memory(prepared.body.clone(), prepared.content_length.clone());
         return Ok((validators, source));
     }
-    let OpenFile { file, version, .. } = open_segment(app, relative)
-        .await
-        .map_err(Unservable::Io)?
-        .map_err(unservable)?;
+    let OpenFile { file, version, .. } = open_segment(app, relative, wait).await?;
     // A transport stream that is not a whole number of packets was cut short (a full disk, a
     // writer that died, a bad copy): served as it is, a player would take half a segment as
     // whole, and a player's decoder can fail on it seconds later, when it plays that part
@@ -559,39 +572,43 @@ fn add_cors(h: &mut HeaderMap) {
     set(h, ACCESS_CONTROL_EXPOSE_HEADERS, CORS_EXPOSE_HEADERS);
 }
 
-/// Opens the segment `relative`. One that is not there is waited for, up to
+/// Opens the segment `relative`. One that is not there is waited for (when `wait`), up to
 /// [`App::segment_wait`] while a waiting slot is free, and looked for again every
 /// [`SEGMENT_POLL`]: another origin's packager may have listed it already
 /// ([`crate::Config::segment_wait`]).
-async fn open_segment(app: &App, relative: &Path) -> std::io::Result<Result<OpenFile, FileError>> {
-    let open = || {
+async fn open_segment(app: &App, relative: &Path, wait: bool) -> Result<OpenFile, Unservable> {
+    let open = || async {
         let (root, relative) = (app.root.clone(), relative.to_path_buf());
-        app.fs(move || root.open_file(&relative))
+        match app.fs(move || root.open_file(&relative)).await {
+            Ok(Ok(file)) => Ok(Some(file)),
+            Ok(Err(FileError::NotFound)) => Ok(None),
+            Ok(Err(FileError::Io(e))) | Err(e) => Err(Unservable::Io(e)),
+        }
     };
-    let missing = |r: &std::io::Result<Result<OpenFile, FileError>>| {
-        matches!(r, Ok(Err(FileError::NotFound)))
-    };
-    let first = open().await;
-    if !missing(&first) || app.segment_wait.is_zero() {
-        return first;
+    if let Some(file) = open().await? {
+        return Ok(file);
+    }
+    // A wait that is not configured, or not wanted, counts as done.
+    let not_found = |waited| Err(Unservable::NotFound { waited });
+    if !wait || app.segment_wait.is_zero() {
+        return not_found(true);
     }
     let outcome = |o: &str| app.metrics.segment_waits.with_label_values(&[o]).inc();
     let Ok(_slot) = app.segment_waiters.try_acquire() else {
         outcome("no_slot");
-        return first;
+        return not_found(false);
     };
     let deadline = tokio::time::Instant::now() + app.segment_wait;
     loop {
         let now = tokio::time::Instant::now();
         if now >= deadline {
             outcome("timed_out");
-            return first;
+            return not_found(true);
         }
         tokio::time::sleep(SEGMENT_POLL.min(deadline - now)).await;
-        let again = open().await;
-        if !missing(&again) {
+        if let Some(file) = open().await? {
             outcome("appeared");
-            return again;
+            return Ok(file);
         }
     }
 }
@@ -646,7 +663,7 @@ mod tests {
     use super::*;
 
     /// What is asked of peers: every own copy that cannot be served, except a playlist that is
-    /// not there. (An unreadable file cannot be made in a test run as root, who reads
+    /// not there and a segment that could not be waited for. (An unreadable file cannot be made in a test run as root, who reads
     /// everything: this mapping is what routes it to the same fill as the other reasons.)
     #[test]
     fn what_is_asked_of_peers() {
@@ -658,11 +675,14 @@ mod tests {
         ] {
             assert_eq!(io().fill_reason(kind), Some(Reason::Unreadable));
         }
-        assert_eq!(Unservable::NotFound.fill_reason(MediaKind::Playlist), None);
+        let missing = |waited| Unservable::NotFound { waited };
+        assert_eq!(missing(true).fill_reason(MediaKind::Playlist), None);
         assert_eq!(
-            Unservable::NotFound.fill_reason(MediaKind::Fmp4Segment),
+            missing(true).fill_reason(MediaKind::Fmp4Segment),
             Some(Reason::Missing)
         );
+        // Past max_segment_waiters: a 404 at once, no peer request either.
+        assert_eq!(missing(false).fill_reason(MediaKind::TransportStream), None);
         assert_eq!(
             Unservable::CutShort(1000).fill_reason(MediaKind::TransportStream),
             Some(Reason::CutShort)

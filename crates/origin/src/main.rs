@@ -70,7 +70,7 @@ struct Cli {
     /// Requests waiting for a segment at once; beyond it a missing segment is a 404 at once.
     #[arg(long, env = "ORIGIN_MAX_SEGMENT_WAITERS", default_value_t = config::DEFAULT_MAX_SEGMENT_WAITERS)]
     max_segment_waiters: usize,
-    /// A peer origin's base URL (http://HOST:PORT), asked for a segment this origin has cut
+    /// A peer origin's base URL (http://IP:PORT), asked for a segment this origin has cut
     /// short, still missing after the segment wait, or cannot read (and a playlist it cannot
     /// read): its packager writes the same bytes. Repeat for several, asked in order (in the
     /// environment, comma-separated). None: no peer fill.

@@ -13,14 +13,17 @@
 //! When (`handler::serve_file`): a segment that is not whole MPEG-TS packets, a segment still
 //! missing after the segment wait, or a file the file system fails to open or read (a
 //! playlist included). A playlist that is not there is a 404 as before: a name no packager
-//! writes must not cost a peer request.
+//! writes must not cost a peer request; nor does a segment that was not waited for because
+//! every waiting slot was taken (a flood of such names stays a 404 at once). A HEAD that needs
+//! a fill fetches the whole copy, as its length is the copy's.
 //!
 //! What it never does:
 //! - hide the fault from the edge: a request carrying [`LOCAL_ONLY_HEADER`] is never filled,
 //!   and the edge's prober sends it, so the origin is still judged on its own files and
 //!   retired as before;
 //! - chain or loop: a fill request carries that header too, so a peer answers from its own
-//!   files (two origins that list each other as peers ask each other at most once);
+//!   files as they are, without a segment wait of its own (two origins that list each other as
+//!   peers ask each other at most once, and a name no packager wrote is a quick 404);
 //! - serve what it cannot check: only a 200, at most [`MAX_FILL_BYTES`], and for a transport
 //!   stream whole packets, each starting with the sync byte;
 //! - grow without bound: at most `max_fills` peer requests at once, each within `timeout` in
@@ -184,11 +187,14 @@ impl Peer {
     }
 }
 
+/// A fill's result: the copy, or why none (`Failed` or `NoSlot`), for every request sharing it.
+type Fetched = std::result::Result<Filled, Outcome>;
+
 /// The fill requests in flight (so a second request for the same file waits for the first's
 /// answer) and the segments filled last.
 #[derive(Debug, Default)]
 struct State {
-    flights: HashMap<PathBuf, Arc<OnceCell<Option<Filled>>>>,
+    flights: HashMap<PathBuf, Arc<OnceCell<Fetched>>>,
     recent: VecDeque<(PathBuf, Filled)>,
     recent_bytes: usize,
 }
@@ -215,13 +221,15 @@ impl Peers {
     }
 
     /// A peer's copy of `relative` (a path below the root, already routed and checked), or
-    /// `None` when no peer had a good one in time or every fill slot is taken. Counted in
+    /// `None` when no peer had a good one in time or every fill slot is taken. `why`: what
+    /// failed with this origin's own copy, for the log. Counted in
     /// `origin_peer_fills_total{reason,outcome}`.
     pub async fn fill(
         &self,
         relative: &Path,
         kind: MediaKind,
         reason: Reason,
+        why: &str,
         metrics: &Metrics,
     ) -> Option<Filled> {
         let count = |outcome: Outcome| {
@@ -246,55 +254,46 @@ impl Peers {
                     .clone(),
             }
         };
-        let cell = &flight.cell;
         // The first request runs the fill; the others wait for its answer (or, if it is
         // cancelled, the next one runs it).
-        let mut ran = None;
+        let mut ran = false;
         let ran_here = &mut ran;
-        let filled = cell
+        let fetched = flight
+            .cell
             .get_or_init(|| async move {
-                let outcome = self.fetch(relative, kind).await;
-                *ran_here = Some(match &outcome {
-                    Err(NoSlot) => Outcome::NoSlot,
-                    Ok(Some(_)) => Outcome::Filled,
-                    Ok(None) => Outcome::Failed,
-                });
-                outcome.ok().flatten()
+                *ran_here = true;
+                self.fetch(relative, kind).await
             })
             .await
             .clone();
-        let outcome = match (ran, &filled) {
-            (Some(outcome), _) => outcome,
-            (None, Some(_)) => Outcome::Shared,
-            (None, None) => Outcome::Failed,
+        let outcome = match (&fetched, ran) {
+            (Ok(_), true) => Outcome::Filled,
+            (Ok(_), false) => Outcome::Shared,
+            (Err(outcome), _) => *outcome,
         };
         count(outcome);
-        if ran.is_some() {
-            log_fill(relative, reason, outcome);
-        }
-        if let (Some(filled), false) = (&filled, kind.is_playlist()) {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if flight.is_current(&state) {
+        if ran {
+            log_fill(relative, reason, why, outcome);
+            // Segments never change: the one that fetched it keeps it for the next requests.
+            if let (Ok(filled), false) = (&fetched, kind.is_playlist()) {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 state.remember(relative, filled);
             }
         }
-        filled
+        fetched.ok()
     }
 
-    /// Asks each peer in turn until one has a good copy, within the fill's deadline.
-    async fn fetch(
-        &self,
-        relative: &Path,
-        kind: MediaKind,
-    ) -> std::result::Result<Option<Filled>, NoSlot> {
+    /// Asks each peer in turn until one has a good copy, within the fill's deadline; else why
+    /// not (`Failed` or `NoSlot`).
+    async fn fetch(&self, relative: &Path, kind: MediaKind) -> Fetched {
         let Ok(_slot) = self.slots.try_acquire() else {
-            return Err(NoSlot);
+            return Err(Outcome::NoSlot);
         };
         let path = request_path(relative);
         let deadline = tokio::time::Instant::now() + self.timeout;
         for peer in &self.peers {
             match tokio::time::timeout_at(deadline, ask(peer, &path, kind)).await {
-                Ok(Ok(filled)) => return Ok(Some(filled)),
+                Ok(Ok(filled)) => return Ok(filled),
                 Ok(Err(why)) => {
                     tracing::debug!(peer = %peer.authority, path, why, "peer fill: no good copy")
                 }
@@ -304,12 +303,17 @@ impl Peers {
                 }
             }
         }
-        Ok(None)
+        Err(Outcome::Failed)
     }
 }
 
 impl State {
+    /// Keeps a filled segment for reuse (once: two fills of one segment can overlap when the
+    /// first's requests all went away), the oldest going first past the bounds.
     fn remember(&mut self, relative: &Path, filled: &Filled) {
+        if self.recent.iter().any(|(p, _)| p == relative) {
+            return;
+        }
         self.recent_bytes += filled.body.len();
         self.recent
             .push_back((relative.to_path_buf(), filled.clone()));
@@ -322,32 +326,26 @@ impl State {
     }
 }
 
-/// Every fill slot was taken.
-struct NoSlot;
-
-/// One request's part in the fill of a file: when the request is done, answered or cancelled
-/// (its viewer went away), the fill leaves the table, so no entry outlives its requests.
+/// One request's part in the fill of a file. A finished fill leaves the table with the first
+/// request done with it (a segment's copy stays in `recent`; a failure is not kept, so the next
+/// request asks again); an unfinished one with the last request that shares it, so a request
+/// that goes away early (its viewer hung up) leaves the fill to the others, and no entry
+/// outlives its requests.
 struct Flight<'a> {
     state: &'a Mutex<State>,
     relative: &'a Path,
-    cell: Arc<OnceCell<Option<Filled>>>,
-}
-
-impl Flight<'_> {
-    /// Whether the table's fill of this file is still this one (the first request to finish
-    /// removes it, and a later request may have started another).
-    fn is_current(&self, state: &State) -> bool {
-        state
-            .flights
-            .get(self.relative)
-            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
-    }
+    cell: Arc<OnceCell<Fetched>>,
 }
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if self.is_current(&state) {
+        // Requests take their share from the table under this lock, so under it the count is
+        // exact: the table's and this one's mean no other request holds the fill.
+        let done = state.flights.get(self.relative).is_some_and(|c| {
+            Arc::ptr_eq(c, &self.cell) && (c.initialized() || Arc::strong_count(c) == 2)
+        });
+        if done {
             state.flights.remove(self.relative);
         }
     }
@@ -355,7 +353,7 @@ impl Drop for Flight<'_> {
 
 /// Says that this origin's own copy failed, and what the peers did about it: at most once a
 /// second (a herd on a broken file is one line, the metric counts every request).
-fn log_fill(relative: &Path, reason: Reason, outcome: Outcome) {
+fn log_fill(relative: &Path, reason: Reason, why: &str, outcome: Outcome) {
     static LAST_LOGGED_S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now_s = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -364,6 +362,7 @@ fn log_fill(relative: &Path, reason: Reason, outcome: Outcome) {
         tracing::warn!(
             path = %relative.display(),
             reason = reason.label(),
+            why,
             outcome = outcome.label(),
             "own copy unservable: asked the peers"
         );
@@ -494,11 +493,6 @@ mod tests {
 
     #[test]
     fn a_copy_is_served_only_when_it_checks_out() {
-        let ts = |packets: usize| {
-            let mut b = vec![0u8; packets * 188];
-            b.iter_mut().step_by(188).for_each(|x| *x = TS_SYNC);
-            b
-        };
         assert!(check(MediaKind::TransportStream, &ts(3)).is_ok());
         assert!(check(MediaKind::TransportStream, &ts(3)[..500]).is_err());
         let mut unsynced = ts(3);
@@ -531,6 +525,7 @@ mod tests {
             relative,
             MediaKind::TransportStream,
             Reason::Missing,
+            "not found",
             &metrics,
         );
         assert!(
@@ -542,6 +537,119 @@ mod tests {
         let state = peers.state.lock().unwrap();
         assert!(state.flights.is_empty() && state.recent.is_empty());
         assert_eq!(peers.slots.available_permits(), 4);
+    }
+
+    /// A peer that answers every request with `body` after `delay`, and counts connections.
+    async fn slow_peer(
+        delay: Duration,
+        body: Vec<u8>,
+    ) -> (Peer, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = Peer::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                });
+            }
+        });
+        (peer, connections)
+    }
+
+    fn ts(packets: usize) -> Vec<u8> {
+        let mut b = vec![0u8; packets * 188];
+        b.iter_mut().step_by(188).for_each(|x| *x = TS_SYNC);
+        b
+    }
+
+    fn fills(metrics: &Metrics, outcome: Outcome) -> u64 {
+        metrics
+            .peer_fills
+            .with_label_values(&[Reason::CutShort.label(), outcome.label()])
+            .get()
+    }
+
+    /// A viewer that hangs up while waiting for a fill another request runs leaves the fill
+    /// to the others: a request after it joins the same fill, and the peer is asked once.
+    #[tokio::test]
+    async fn a_viewer_that_hangs_up_leaves_the_fill_to_the_others() {
+        let (peer, connections) = slow_peer(Duration::from_millis(300), ts(10)).await;
+        let peers = Peers::new(vec![peer], Duration::from_secs(5), 4);
+        let metrics = Metrics::new().unwrap();
+        let fill = || {
+            peers.fill(
+                Path::new("demo/2.ts"),
+                MediaKind::TransportStream,
+                Reason::CutShort,
+                "cut",
+                &metrics,
+            )
+        };
+        let first = fill();
+        let hangs_up = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::timeout(Duration::from_millis(50), fill())
+                .await
+                .is_err()
+        };
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            fill().await
+        };
+        let (first, hung_up, later) = tokio::join!(first, hangs_up, later);
+        assert!(hung_up, "the fill took less than 100 ms");
+        assert_eq!(first.map(|f| f.body.len()), Some(1880));
+        assert_eq!(later.map(|f| f.body.len()), Some(1880));
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(fills(&metrics, Outcome::Filled), 1);
+        assert_eq!(fills(&metrics, Outcome::Shared), 1);
+        assert!(peers.state.lock().unwrap().flights.is_empty());
+    }
+
+    /// Requests that share a fill which found no free slot are counted as such, not as a
+    /// peer without the file.
+    #[tokio::test]
+    async fn a_fill_without_a_slot_is_no_slot_for_every_request_sharing_it() {
+        let (peer, _) = slow_peer(Duration::from_millis(300), ts(10)).await;
+        let peers = Peers::new(vec![peer], Duration::from_secs(5), 1);
+        let metrics = Metrics::new().unwrap();
+        let fill = |name: &'static str| {
+            peers.fill(
+                Path::new(name),
+                MediaKind::TransportStream,
+                Reason::CutShort,
+                "cut",
+                &metrics,
+            )
+        };
+        let holds_the_slot = fill("demo/3.ts");
+        let others = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::join!(fill("demo/4.ts"), fill("demo/4.ts"))
+        };
+        let (held, (a, b)) = tokio::join!(holds_the_slot, others);
+        assert!(held.is_some() && a.is_none() && b.is_none());
+        assert_eq!(fills(&metrics, Outcome::NoSlot), 2);
+        assert_eq!(fills(&metrics, Outcome::Failed), 0);
     }
 
     #[test]

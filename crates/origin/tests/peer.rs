@@ -78,6 +78,19 @@ async fn a_segment_cut_short_here_is_served_from_the_peer() {
     assert_eq!(r.status, 206);
     assert_eq!(r.body, &whole[188..376]);
 
+    // HEAD and a revalidation of the filled copy: its length, and a 304 for its ETag.
+    let r = origin.request("HEAD", "/hls/demo/seg2.ts", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(whole.len().to_string().as_str())
+    );
+    let etag = peer_head.header("etag").expect("etag").to_string();
+    let r = origin
+        .request("GET", "/hls/demo/seg2.ts", &[("If-None-Match", &etag)])
+        .await;
+    assert_eq!(r.status, 304);
+
     // The edge's prober asks for the origin's own copy: the error it is judged on.
     let r = origin
         .request("GET", "/hls/demo/seg2.ts", &[(LOCAL_ONLY_HEADER, "1")])
@@ -86,7 +99,7 @@ async fn a_segment_cut_short_here_is_served_from_the_peer() {
 
     let text = origin.get("/metrics").await.text();
     assert_eq!(fills(&text, "cut_short", "filled"), 1.0, "{text}");
-    assert_eq!(fills(&text, "cut_short", "shared"), 1.0, "{text}");
+    assert_eq!(fills(&text, "cut_short", "shared"), 3.0, "{text}");
     // The one fill, and this test's HEAD.
     assert_eq!(segment_requests(&peer.get("/metrics").await.text()), 2.0);
 }
@@ -108,10 +121,41 @@ async fn a_segment_missing_here_is_served_from_the_peer_after_the_wait() {
         Some(1.0),
         "the segment is waited for first: {text}"
     );
-    // Not on the peer either: this origin's own 404.
+    // Not on the peer either: this origin's own 404. The peer answers a fill from its files
+    // as they are, without a segment wait of its own (this origin waited already).
     assert_eq!(origin.get("/hls/demo/seg4.ts").await.status, 404);
     let text = origin.get("/metrics").await.text();
     assert_eq!(fills(&text, "missing", "failed"), 1.0, "{text}");
+    let peer_text = peer.get("/metrics").await.text();
+    assert_eq!(
+        metric(
+            &peer_text,
+            r#"origin_requests_total{class="segment",status="404"}"#
+        ),
+        Some(1.0),
+        "{peer_text}"
+    );
+    assert!(
+        !peer_text.contains("origin_segment_waits_total{"),
+        "the peer waited: {peer_text}"
+    );
+}
+
+/// Past `max_segment_waiters`, a missing segment is a 404 at once, without a peer request
+/// either: a flood of names that never come stays cheap for both.
+#[tokio::test]
+async fn a_segment_not_waited_for_is_not_asked_of_the_peers() {
+    let peer = Server::start(|_| {}).await;
+    peer.replace("demo/seg9.ts", &ts(5, 9));
+    let origin = with_peers(&[&peer], |c| c.max_segment_waiters = 0).await;
+    assert_eq!(origin.get("/hls/demo/seg9.ts").await.status, 404);
+    assert_eq!(segment_requests(&peer.get("/metrics").await.text()), 0.0);
+    let text = origin.get("/metrics").await.text();
+    assert_eq!(
+        metric(&text, r#"origin_segment_waits_total{outcome="no_slot"}"#),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 /// A playlist that is not here is a 404 without asking: a name no packager writes costs no
@@ -184,11 +228,13 @@ async fn a_bad_copy_from_the_peer_is_not_served() {
     assert_eq!(fills(&text, "cut_short", "failed"), 1.0, "{text}");
 }
 
-/// Peers are asked in order: one refusing connections, one that accepts and never answers
-/// (within the fill's time), then one with the file.
+/// Peers are asked in order until one has a good copy: one refusing connections, one without
+/// the file (it is asked, and answers 404), then one with it; one that accepts and never
+/// answers ends the fill at its deadline.
 #[tokio::test]
 async fn peers_are_asked_in_order_until_one_has_it() {
     let peer = Server::start(|_| {}).await;
+    let lacking = Server::start(|_| {}).await;
     let whole = ts(30, 5);
     peer.replace("demo/seg7.ts", &whole);
     let refusing = {
@@ -198,6 +244,7 @@ async fn peers_are_asked_in_order_until_one_has_it() {
     let origin = Server::start(|c| {
         c.peers = vec![
             format!("http://{refusing}"),
+            format!("http://{}", lacking.addr),
             format!("http://{}", peer.addr),
         ];
     })
@@ -206,6 +253,16 @@ async fn peers_are_asked_in_order_until_one_has_it() {
     let r = origin.get("/hls/demo/seg7.ts").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body, whole);
+    let lacking_text = lacking.get("/metrics").await.text();
+    assert_eq!(
+        metric(
+            &lacking_text,
+            r#"origin_requests_total{class="segment",status="404"}"#
+        ),
+        Some(1.0),
+        "the peer before the one with the file was asked: {lacking_text}"
+    );
+    assert_eq!(segment_requests(&peer.get("/metrics").await.text()), 1.0);
 
     // A peer that accepts and never answers: the fill ends at its deadline, with this
     // origin's own error.

@@ -11,10 +11,12 @@ use crate::server::Router;
 /// Content type of the Prometheus text exposition format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Request header with which a client asks an hls-edge origin to answer from its own files
-/// only, never with a copy filled from a peer origin (the origin's `peer` module). The edge's
-/// prober sends it, since it judges the origin's own files; an origin sends it when it asks a
-/// peer, so that a fill never chains or loops. Any value counts.
+/// Request header with which a client asks an hls-edge origin to answer from its own files as
+/// they are: never with a copy filled from a peer origin (the origin's `peer` module), and
+/// without waiting for a segment that is not there. The edge's prober sends it, since it
+/// judges the origin's own files; an origin sends it when it asks a peer, so that a fill never
+/// chains or loops, and costs the peer no wait (the asking origin waited already). Any value
+/// counts.
 pub const LOCAL_ONLY_HEADER: &str = "x-hls-edge-local-only";
 
 /// A response with `status`, a `Content-Type` and `body`.

@@ -230,7 +230,16 @@ fn fetch(conn: &mut Option<Conn>, vip: &str, path: &str, log: &Mutex<Log>) -> Re
                 return Ok(body);
             }
             Err(e) => {
-                let stale = c.reused && !answered;
+                // Closed or reset before any answer: what an idle keep-alive connection meets
+                // when the server or the edge ended it. A timeout or a garbled answer is not.
+                let closed = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                );
+                let stale = c.reused && !answered && closed;
                 *conn = None;
                 if !stale {
                     return Err(e).with_context(|| format!("GET {path}"));
