@@ -262,7 +262,14 @@ impl Peers {
             .cell
             .get_or_init(|| async move {
                 *ran_here = true;
-                self.fetch(relative, kind).await
+                let fetched = self.fetch(relative, kind).await;
+                // Segments never change: kept for the next requests before this fill is seen
+                // done, so that no request finds neither the fill nor the copy.
+                if let (Ok(filled), false) = (&fetched, kind.is_playlist()) {
+                    let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                    state.remember(relative, filled);
+                }
+                fetched
             })
             .await
             .clone();
@@ -274,11 +281,6 @@ impl Peers {
         count(outcome);
         if ran {
             log_fill(relative, reason, why, outcome);
-            // Segments never change: the one that fetched it keeps it for the next requests.
-            if let (Ok(filled), false) = (&fetched, kind.is_playlist()) {
-                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.remember(relative, filled);
-            }
         }
         fetched.ok()
     }
